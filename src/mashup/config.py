@@ -1,0 +1,131 @@
+"""Typed configuration for each stage, loadable from and saved as YAML."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from mashup.errors import MashupError
+
+Scoring = Literal["letter", "cloze", "auto"]
+Metric = Literal["loss", "accuracy"]
+TrainMode = Literal["lora", "full"]
+LoraMode = Literal["ab", "delta", "concat"]
+SignRule = Literal["mass", "count"]
+
+DEFAULT_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+class StageConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class DataConfig(StageConfig):
+    """Where the target data comes from and how it is turned into prompts."""
+
+    data: str = Field(description="named task (see `mashup tasks list`) or a data file/dir")
+    train: str | None = Field(None, description="explicit train file (overrides carving)")
+    test: str | None = Field(None, description="explicit test file (overrides carving)")
+    test_size: float = Field(0.2, description="fraction (<1) or count (>=1) carved out as test")
+    split_seed: int = 0
+    scoring: Scoring = "auto"
+    max_length: int = 384
+    max_train_examples: int | None = None
+    max_test_examples: int | None = None
+
+
+class SelectConfig(StageConfig):
+    samples: int = Field(256, gt=0)
+    k: int = Field(2, gt=0)
+    metric: Metric = "loss"
+    seed: int = 0
+    batch_size: int = Field(16, gt=0)
+
+
+class MergeConfig(StageConfig):
+    method: str = "average"
+    weights: list[float] | None = None
+    density: float = 1.0
+    lambda_: float = Field(1.0, alias="lambda")
+    normalize: bool | None = None
+    sign: SignRule = "mass"
+    seed: int = 0
+    lora_mode: LoraMode = "ab"
+    fisher_samples: int = Field(64, gt=0)
+
+    @field_validator("density")
+    @classmethod
+    def _density_in_range(cls, value: float) -> float:
+        if not 0.0 < value <= 1.0:
+            raise ValueError(f"density must be in (0, 1] (the fraction kept), got {value}")
+        return value
+
+
+class TrainConfig(StageConfig):
+    mode: TrainMode = "lora"
+    lr: float | None = Field(None, description="defaults: 2e-4 for LoRA, 2e-5 for full fine-tuning")
+    epochs: float = 1.0
+    batch_size: int = Field(32, gt=0)
+    micro_batch_size: int | None = Field(None, description="split each batch for memory; same maths")
+    max_steps: int | None = None
+    eval_every: int | None = Field(None, description="steps between evaluations (default: 10% of steps)")
+    seed: int = 0
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.0
+    target_modules: list[str] = Field(default_factory=lambda: list(DEFAULT_LORA_TARGETS))
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.1
+    max_grad_norm: float = 1.0
+    bf16: bool | None = Field(None, description="bf16 autocast; default: when the CPU/GPU supports it")
+
+    def resolved_lr(self) -> float:
+        if self.lr is not None:
+            return self.lr
+        return 2e-4 if self.mode == "lora" else 2e-5
+
+
+class EvalConfig(StageConfig):
+    split: Literal["train", "test"] = "test"
+    batch_size: int = Field(16, gt=0)
+    max_examples: int | None = None
+
+
+class RunConfig(StageConfig):
+    """The whole method: select, merge, train, evaluate (and optionally the baseline)."""
+
+    base: str
+    data: DataConfig
+    library: str | None = None
+    out: str
+    baseline: bool = False
+    select: SelectConfig = Field(default_factory=SelectConfig)
+    merge: MergeConfig = Field(default_factory=MergeConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    register: bool = True
+    allow_pickle: bool = False
+
+
+ConfigT = TypeVar("ConfigT", bound=StageConfig)
+
+
+def load_config(path: Path, cls: type[ConfigT]) -> ConfigT:
+    """Read a YAML file into a typed config; errors name the file and the field."""
+    try:
+        raw = yaml.safe_load(Path(path).read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise MashupError(f"cannot read config ({exc})", str(path), "check the file exists and is YAML") from None
+    try:
+        return cls.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(p) for p in first["loc"])
+        raise MashupError(f"invalid config field '{field}': {first['msg']}", str(path), "fix that field") from None
+
+
+def save_config(config: StageConfig, path: Path) -> None:
+    path.write_text(yaml.safe_dump(config.model_dump(mode="json", by_alias=True), sort_keys=False))

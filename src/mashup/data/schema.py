@@ -1,0 +1,147 @@
+"""The common multiple-choice format and generic loaders for user data files."""
+
+from __future__ import annotations
+
+import json
+import random
+import string
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mashup.errors import DataError
+
+LETTERS = string.ascii_uppercase
+
+
+@dataclass(frozen=True)
+class MCExample:
+    """One multiple-choice question: ``answer`` is the 0-based index into ``choices``."""
+
+    question: str
+    choices: tuple[str, ...]
+    answer: int
+    context: str | None = None
+
+
+def parse_answer(value: Any, n_choices: int, where: str) -> int:
+    """Accept a 0-based index or a label letter (A, b, ...) and return the index."""
+    if isinstance(value, bool):
+        raise DataError(f"field 'answer' must be an index or a letter, got {value!r}", where, "use 0-based index or A, B, ...")
+    if isinstance(value, int) or (isinstance(value, float) and value.is_integer()):
+        index = int(value)
+    elif isinstance(value, str) and value.strip().isdigit():
+        index = int(value.strip())
+    elif isinstance(value, str) and len(value.strip()) == 1 and value.strip().upper() in LETTERS:
+        index = LETTERS.index(value.strip().upper())
+    else:
+        raise DataError(f"field 'answer' must be an index or a letter, got {value!r}", where, "use 0-based index or A, B, ...")
+    if not 0 <= index < n_choices:
+        raise DataError(f"field 'answer' is {value!r} but there are {n_choices} choices", where, "fix the answer")
+    return index
+
+
+def example_from_row(row: dict[str, Any], where: str) -> MCExample:
+    """Validate one raw row (question, choices, answer, optional context)."""
+    if not isinstance(row, dict):
+        raise DataError("row is not an object", where, "each row needs question, choices, answer")
+    for field in ("question", "choices", "answer"):
+        if field not in row or row[field] is None:
+            raise DataError(f"missing field '{field}'", where, "each row needs question, choices, answer")
+    question, choices = row["question"], row["choices"]
+    if isinstance(choices, str):
+        try:
+            choices = json.loads(choices)
+        except json.JSONDecodeError:
+            raise DataError("field 'choices' is a string, not a list", where, "give a JSON list of strings") from None
+    if not isinstance(question, str):
+        raise DataError("field 'question' must be a string", where, "fix the row")
+    if not isinstance(choices, Sequence) or len(choices) < 2 or not all(isinstance(c, str) for c in choices):
+        raise DataError("field 'choices' must be a list of at least 2 strings", where, "fix the row")
+    if len(choices) > len(LETTERS):
+        raise DataError(f"too many choices ({len(choices)})", where, f"at most {len(LETTERS)}")
+    context = row.get("context")
+    if context is not None and not isinstance(context, str):
+        raise DataError("field 'context' must be a string", where, "fix the row")
+    answer = parse_answer(row["answer"], len(choices), where)
+    return MCExample(question=question, choices=tuple(choices), answer=answer, context=context or None)
+
+
+def _read_rows(path: Path) -> Iterable[tuple[str, dict[str, Any]]]:
+    suffix = path.suffix.lower()
+    if path.is_dir():
+        yield from _read_hf_dir(path)
+    elif suffix in {".jsonl", ".json"}:
+        yield from _read_jsonl(path)
+    elif suffix == ".csv":
+        import csv
+
+        with open(path, newline="") as handle:
+            for number, row in enumerate(csv.DictReader(handle), start=2):
+                yield f"{path}:{number}", dict(row)
+    elif suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        for number, row in enumerate(pq.read_table(path).to_pylist(), start=1):
+            yield f"{path} row {number}", row
+    else:
+        raise DataError(f"unsupported data format '{suffix}'", str(path), "use .jsonl, .csv, .parquet or a saved HF dataset dir")
+
+
+def _read_jsonl(path: Path) -> Iterable[tuple[str, dict[str, Any]]]:
+    with open(path) as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                yield f"{path}:{number}", json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataError(f"invalid JSON ({exc.msg})", f"{path}:{number}", "fix the line") from None
+
+
+def _read_hf_dir(path: Path) -> Iterable[tuple[str, dict[str, Any]]]:
+    import datasets
+
+    try:
+        dataset = datasets.load_from_disk(str(path))
+    except Exception as exc:
+        raise DataError(f"not a saved HF dataset ({exc})", str(path), "save it with Dataset.save_to_disk") from None
+    if isinstance(dataset, datasets.DatasetDict):
+        raise DataError("a DatasetDict, not one split", str(path), "point at one split's directory")
+    for number, row in enumerate(dataset, start=1):
+        yield f"{path} row {number}", row
+
+
+def load_examples(path: str | Path) -> list[MCExample]:
+    """Load and validate a JSONL / CSV / Parquet file or a saved HF dataset dir."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError("data file not found", str(path), "check the path, or use a task name from `mashup tasks list`")
+    examples = [example_from_row(row, where) for where, row in _read_rows(path)]
+    if not examples:
+        raise DataError("no examples", str(path), "the file is empty")
+    return examples
+
+
+def carve_split(
+    examples: Sequence[MCExample], test_size: float, seed: int
+) -> tuple[list[MCExample], list[MCExample]]:
+    """Deterministically split into (train, test); ``test_size`` < 1 is a fraction, else a count."""
+    count = round(len(examples) * test_size) if test_size < 1 else int(test_size)
+    if not 0 < count < len(examples):
+        raise DataError(f"test size {test_size} leaves an empty split of {len(examples)} examples", None,
+                        "choose a --test-size between 0 and the number of examples")
+    order = list(range(len(examples)))
+    random.Random(seed).shuffle(order)
+    test_ids = set(order[:count])
+    train = [ex for i, ex in enumerate(examples) if i not in test_ids]
+    test = [ex for i, ex in enumerate(examples) if i in test_ids]
+    return train, test
+
+
+def sample(examples: Sequence[MCExample], n: int, seed: int) -> list[MCExample]:
+    """``n`` examples drawn without replacement with a fixed seed (all when n >= len)."""
+    if n >= len(examples):
+        return list(examples)
+    return random.Random(seed).sample(list(examples), n)

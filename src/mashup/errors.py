@@ -1,0 +1,38 @@
+"""User-facing errors: one line saying what went wrong, where, and how to fix it."""
+
+from __future__ import annotations
+
+
+class MashupError(Exception):
+    """An error caused by user input; the CLI prints it as one line and exits non-zero."""
+
+    def __init__(self, what: str, where: str | None = None, fix: str | None = None) -> None:
+        self.what = what
+        self.where = where
+        self.fix = fix
+        super().__init__(self.line())
+
+    def line(self) -> str:
+        parts = [self.what]
+        if self.where:
+            parts.append(f"in {self.where}")
+        text = " ".join(parts)
+        if self.fix:
+            text += f"; {self.fix}"
+        return text
+
+
+class DataError(MashupError):
+    """Malformed or missing target data."""
+
+
+class CheckpointError(MashupError):
+    """A checkpoint that cannot be read, is corrupt, or is incompatible."""
+
+
+class LibraryError(MashupError):
+    """A catalog problem: unknown id, duplicate, unreadable database."""
+
+
+class MergeError(MashupError):
+    """A merge that cannot be carried out with the given inputs or settings."""

@@ -1,0 +1,46 @@
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+from tests.tiny import save_tiny_base, save_tiny_full, save_tiny_lora
+
+
+@pytest.fixture(scope="session")
+def tiny_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random Llama-architecture model dir with its tokenizer."""
+    return save_tiny_base(tmp_path_factory.mktemp("tiny-base"))
+
+
+@pytest.fixture(scope="session")
+def tiny_loras(tmp_path_factory: pytest.TempPathFactory, tiny_base: Path) -> list[Path]:
+    root = tmp_path_factory.mktemp("tiny-loras")
+    return [save_tiny_lora(tiny_base, root / f"lora{i}", seed=i) for i in range(3)]
+
+
+@pytest.fixture(scope="session")
+def tiny_fulls(tmp_path_factory: pytest.TempPathFactory, tiny_base: Path) -> list[Path]:
+    root = tmp_path_factory.mktemp("tiny-fulls")
+    return [save_tiny_full(tiny_base, root / f"full{i}", seed=10 + i) for i in range(3)]
+
+
+def write_mc_jsonl(path: Path, n: int, seed: int = 0, n_choices: int = 4) -> Path:
+    """A synthetic multiple-choice file in the common format."""
+    rng = random.Random(seed)
+    words = ["red", "blue", "cat", "dog", "sun", "ice", "water", "fish", "bird", "mat"]
+    with open(path, "w") as handle:
+        for i in range(n):
+            choices = rng.sample(words, n_choices)
+            answer = rng.randrange(n_choices)
+            row = {"question": f"Which word is number {i}? It is {choices[answer]}.", "choices": choices,
+                   "answer": answer}
+            handle.write(json.dumps(row) + "\n")
+    return path
+
+
+@pytest.fixture()
+def mc_file(tmp_path: Path) -> Path:
+    return write_mc_jsonl(tmp_path / "target.jsonl", 40)
