@@ -106,7 +106,7 @@ class RunConfig(StageConfig):
     merge: MergeConfig = Field(default_factory=MergeConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
-    register: bool = True
+    add_to_library: bool = True
     allow_pickle: bool = False
 
 

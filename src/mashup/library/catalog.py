@@ -72,7 +72,7 @@ class Library:
 
     def list(self, *, base: str | None = None, kind: str | None = None) -> list[CheckpointRecord]:
         with self._connect() as conn:
-            rows = conn.execute(f"SELECT {', '.join(_COLUMNS)} FROM checkpoints ORDER BY created, id").fetchall()
+            rows = conn.execute(f"SELECT {', '.join(_COLUMNS)} FROM checkpoints ORDER BY rowid").fetchall()
         records = [_from_row(row) for row in rows]
         return [r for r in records if (base is None or r.base_model == base) and (kind is None or r.kind == kind)]
 

@@ -1,0 +1,89 @@
+"""Left-padded batches whose scored tokens sit at the end, so only those logits are computed."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class ScoredSequence:
+    """Token ids whose last ``n_scored`` tokens are the continuation being scored."""
+
+    ids: tuple[int, ...]
+    n_scored: int
+
+
+def collate(sequences: Sequence[ScoredSequence], pad_id: int, device: torch.device) -> dict[str, torch.Tensor]:
+    """Left-pad to one length; positions count real tokens only."""
+    length = max(len(s.ids) for s in sequences)
+    input_ids = torch.full((len(sequences), length), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), length), dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        input_ids[row, length - len(seq.ids):] = torch.tensor(seq.ids)
+        mask[row, length - len(seq.ids):] = 1
+    positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
+    n_scored = torch.tensor([s.n_scored for s in sequences])
+    return {"input_ids": input_ids.to(device), "attention_mask": mask.to(device),
+            "position_ids": positions.to(device), "n_scored": n_scored.to(device)}
+
+
+def continuation_logprobs(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-probabilities of the scored tokens: ``(logprobs [B, K], mask [B, K])``, K = max scored.
+
+    Only the last K+1 positions go through the LM head (``logits_to_keep``), which saves most of
+    the memory and time a full-vocabulary head costs on long prompts.
+    """
+    n_scored = batch["n_scored"]
+    keep = int(n_scored.max())
+    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                position_ids=batch["position_ids"], logits_to_keep=keep + 1)
+    logits = out.logits[:, :-1, :].float()
+    targets = batch["input_ids"][:, -keep:]
+    logprobs = torch.log_softmax(logits, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    offsets = torch.arange(keep, device=n_scored.device).unsqueeze(0)
+    mask = offsets >= (keep - n_scored).unsqueeze(1)
+    return logprobs * mask, mask
+
+
+def last_token_logprobs(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Log-softmax over the vocabulary at the last position of each (left-padded) prompt."""
+    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                position_ids=batch["position_ids"], logits_to_keep=1)
+    return torch.log_softmax(out.logits[:, -1, :].float(), dim=-1)
+
+
+def shared_prefix_logprobs(model: nn.Module, prompts: Sequence[tuple[int, ...]],
+                           continuations: Sequence[Sequence[tuple[int, ...]]], pad_id: int,
+                           device: torch.device) -> torch.Tensor:
+    """Summed log-probabilities ``[B, C]`` of C continuations per prompt, each prompt encoded once.
+
+    The prompts' KV cache is computed once and repeated for every continuation, so scoring C choices
+    costs about one prompt plus C short continuations instead of C full sequences. Every prompt in the
+    call must have the same number of continuations.
+    """
+    n_choices = len(continuations[0])
+    batch = collate([ScoredSequence(p, 1) for p in prompts], pad_id, device)
+    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                position_ids=batch["position_ids"], use_cache=True, logits_to_keep=1)
+    first = torch.log_softmax(out.logits[:, -1, :].float(), dim=-1).repeat_interleave(n_choices, dim=0)
+    cache = out.past_key_values
+    cache.batch_repeat_interleave(n_choices)
+    flat = [c for conts in continuations for c in conts]
+    length = max(len(c) for c in flat)
+    cont_ids = torch.full((len(flat), length), pad_id, dtype=torch.long, device=device)
+    cont_mask = torch.zeros_like(cont_ids)
+    for row, ids in enumerate(flat):
+        cont_ids[row, :len(ids)] = torch.tensor(ids, device=device)
+        cont_mask[row, :len(ids)] = 1
+    prompt_mask = batch["attention_mask"].repeat_interleave(n_choices, dim=0)
+    start = prompt_mask.sum(dim=1, keepdim=True)
+    positions = start + torch.arange(length, device=device).unsqueeze(0)
+    out = model(input_ids=cont_ids, attention_mask=torch.cat([prompt_mask, cont_mask], dim=1),
+                position_ids=positions, past_key_values=cache, use_cache=True)
+    later = torch.log_softmax(out.logits[:, :-1, :].float(), dim=-1)
+    logprobs = torch.cat([first.unsqueeze(1), later], dim=1).gather(-1, cont_ids.unsqueeze(-1)).squeeze(-1)
+    return (logprobs * cont_mask).sum(dim=1).view(len(prompts), n_choices)

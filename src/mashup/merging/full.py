@@ -1,0 +1,141 @@
+"""Merge full fine-tunes tensor by tensor, streaming safetensors shards in and out."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from mashup.errors import MergeError
+from mashup.merging.plan import MergePlan
+from mashup.merging.registry import merge_tensors
+from mashup.merging.tensors import require_finite
+
+INDEX_NAME = "model.safetensors.index.json"
+MAX_SHARD_BYTES = 2 * 1024**3
+MODEL_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
+               "special_tokens_map.json", "vocab.json", "merges.txt", "tokenizer.model", "added_tokens.json",
+               "chat_template.jinja", "chat_template.json")
+Tensors = dict[str, torch.Tensor]
+
+
+class WeightReader:
+    """Read a model dir's tensors one at a time: a single file, several files, or an index."""
+
+    def __init__(self, model_dir: Path) -> None:
+        self.model_dir = Path(model_dir)
+        index = self.model_dir / INDEX_NAME
+        if index.exists():
+            weight_map = json.loads(index.read_text())["weight_map"]
+            self.files = {name: self.model_dir / file for name, file in weight_map.items()}
+            return
+        self.files = {}
+        for path in sorted(self.model_dir.glob("*.safetensors")):
+            with safe_open(str(path), framework="pt") as handle:
+                self.files.update({name: path for name in handle.keys()})
+        if not self.files:
+            raise MergeError("no safetensors weights to stream", str(self.model_dir),
+                             "full merges read safetensors only; convert the checkpoint")
+
+    def names(self) -> list[str]:
+        return list(self.files)
+
+    def get(self, name: str) -> torch.Tensor:
+        # A fresh handle per tensor: the file mapping is dropped at once, so resident memory stays bounded.
+        with safe_open(str(self.files[name]), framework="pt") as handle:
+            return handle.get_tensor(name)
+
+
+class ShardWriter:
+    """Collect output tensors into shards of at most ``max_bytes``; an index is written for >1 shard."""
+
+    def __init__(self, out_dir: Path, max_bytes: int = MAX_SHARD_BYTES) -> None:
+        self.out_dir, self.max_bytes = out_dir, max_bytes
+        self.pending: Tensors = {}
+        self.pending_bytes = 0
+        self.shards: list[list[str]] = []
+        self.total_bytes = 0
+
+    def add(self, name: str, tensor: torch.Tensor) -> None:
+        size = tensor.numel() * tensor.element_size()
+        if self.pending and self.pending_bytes + size > self.max_bytes:
+            self._flush()
+        self.pending[name] = tensor.contiguous()
+        self.pending_bytes += size
+        self.total_bytes += size
+
+    def _flush(self) -> None:
+        save_file(self.pending, str(self.out_dir / f"shard-{len(self.shards):05d}.tmp"), metadata={"format": "pt"})
+        self.shards.append(list(self.pending))
+        self.pending, self.pending_bytes = {}, 0
+
+    def close(self) -> None:
+        if self.pending or not self.shards:
+            self._flush()
+        if len(self.shards) == 1:
+            (self.out_dir / "shard-00000.tmp").rename(self.out_dir / "model.safetensors")
+            return
+        weight_map = {}
+        for i, names in enumerate(self.shards):
+            file = f"model-{i + 1:05d}-of-{len(self.shards):05d}.safetensors"
+            (self.out_dir / f"shard-{i:05d}.tmp").rename(self.out_dir / file)
+            weight_map.update({name: file for name in names})
+        index = {"metadata": {"total_size": self.total_bytes}, "weight_map": weight_map}
+        (self.out_dir / INDEX_NAME).write_text(json.dumps(index, indent=2) + "\n")
+
+
+def copy_model_files(source: Path, out_dir: Path) -> None:
+    """config.json, generation config and tokenizer files, so the output loads with from_pretrained."""
+    for name in MODEL_FILES:
+        if (source / name).exists():
+            shutil.copy2(source / name, out_dir / name)
+
+
+def _open_inputs(plan: MergePlan, base_model_dir: Path | None) -> tuple[list[WeightReader], WeightReader | None]:
+    readers = [WeightReader(Path(r.path)) for r in plan.records]
+    names = set(readers[0].names())
+    for record, reader in zip(plan.records[1:], readers[1:]):
+        if set(reader.names()) != names:
+            raise MergeError("tensor names differ from the first checkpoint", record.path, "merge one architecture")
+    if not plan.method.uses_reference:
+        return readers, None
+    if base_model_dir is None:
+        raise MergeError(f"{plan.method.name} needs the base model for task vectors", None, "pass base_model_dir")
+    reference = WeightReader(base_model_dir)
+    missing = sorted(names - set(reference.names()))
+    if missing:
+        raise MergeError(f"base model lacks tensor {missing[0]}", str(base_model_dir), "pass the right base model")
+    return readers, reference
+
+
+def merge_full(plan: MergePlan, out_dir: Path, base_model_dir: Path | None = None,
+               statistics: Sequence[Tensors] | None = None, max_shard_bytes: int = MAX_SHARD_BYTES) -> None:
+    """Stream the merge: one tensor per input (plus reference and output) in memory at a time."""
+    readers, reference = _open_inputs(plan, base_model_dir)
+    writer = ShardWriter(out_dir, max_shard_bytes)
+    without_statistics = 0
+    for name in readers[0].names():
+        tensors = [reader.get(name) for reader in readers]
+        for record, tensor in zip(plan.records, tensors):
+            require_finite(tensor, name, record.id or record.path)
+        if not tensors[0].is_floating_point():
+            writer.add(name, tensors[0])
+            continue
+        method, stats = plan.method, None
+        if plan.method.statistic is not None:
+            stats = [s[name] for s in statistics] if statistics and name in statistics[0] else None
+            if stats is None and plan.method.statistic == "fisher":
+                method, without_statistics = plan.method_fallback(), without_statistics + 1
+        ref = reference.get(name) if reference is not None else None
+        merged = merge_tensors(method, tensors, plan.weights, ref, plan.params_for(stats), plan.generator(name))
+        require_finite(merged, name, "the merged output")
+        writer.add(name, merged)
+    writer.close()
+    if without_statistics:
+        plan.warn(f"{without_statistics} tensors had no Fisher information and were averaged")
+    copy_model_files(base_model_dir or Path(plan.records[0].path), out_dir)

@@ -1,0 +1,84 @@
+"""RegMean (Jin et al. 2023): closed-form merge of Linear layers from the Gram matrices of their inputs."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+
+import torch
+
+from mashup.merging.average import AverageMerge
+from mashup.merging.base import MergeMethod, MergeParams, stack_weights
+
+logger = logging.getLogger(__name__)
+
+
+def _limited(batches: Sequence[dict[str, torch.Tensor]], max_examples: int | None) -> Iterator[dict[str, torch.Tensor]]:
+    seen = 0
+    for batch in batches:
+        take = batch["input_ids"].shape[0]
+        if max_examples is not None:
+            take = min(take, max_examples - seen)
+        if take <= 0:
+            return
+        yield {key: value[:take] for key, value in batch.items()}
+        seen += take
+
+
+@torch.no_grad()
+def estimate_gram(model: torch.nn.Module, batches: Sequence[dict[str, torch.Tensor]],
+                  max_examples: int | None = None) -> dict[str, torch.Tensor]:
+    """G = XᵀX of the inputs of every ``nn.Linear``, keyed by its weight name; padding tokens excluded."""
+    linears = {name: m for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    grams = {f"{name}.weight": torch.zeros(m.in_features, m.in_features) for name, m in linears.items()}
+    current: dict[str, torch.Tensor] = {}
+
+    def hook_for(key: str):  # type: ignore[no-untyped-def]
+        def hook(module: torch.nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+            x = args[0].detach().float().reshape(-1, args[0].shape[-1])
+            if "mask" in current:
+                x = x[current["mask"].reshape(-1).bool()]
+            grams[key] += x.T @ x
+        return hook
+
+    handles = [m.register_forward_pre_hook(hook_for(f"{name}.weight")) for name, m in linears.items()]
+    was_training = model.training
+    model.eval()
+    try:
+        for batch in _limited(batches, max_examples):
+            if "attention_mask" in batch:
+                current["mask"] = batch["attention_mask"]
+            model(**{key: value for key, value in batch.items() if key != "labels"})
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(was_training)
+    return grams
+
+
+def regularized_gram(gram: torch.Tensor, alpha: float) -> torch.Tensor:
+    """Scale the off-diagonal entries by alpha (the diagonal is kept)."""
+    diagonal = torch.diag(torch.diagonal(gram))
+    return alpha * gram + (1.0 - alpha) * diagonal
+
+
+class RegMeanMerge(MergeMethod):
+    """W* = (Σ w_i·G_i)⁻¹ Σ w_i·G_i·W_iᵀ for 2-D weights with Grams; other tensors: weighted mean."""
+
+    statistic = "gram"
+
+    def merge(self, tensors: Sequence[torch.Tensor], weights: torch.Tensor, reference: torch.Tensor | None,
+              params: MergeParams, generator: torch.Generator | None) -> torch.Tensor:
+        if params.statistics is None or tensors[0].dim() != 2:
+            return AverageMerge("average").merge(tensors, weights, None, MergeParams(), None)
+        grams = torch.stack([regularized_gram(g.double(), params.regmean_alpha) for g in params.statistics])
+        grams = grams * stack_weights(weights.double(), grams)
+        # Linear weights are (out, in) and y = x Wᵀ, so the closed form solves for Wᵀ.
+        rhs = sum(g @ t.double().T for g, t in zip(grams, tensors))
+        lhs = grams.sum(dim=0)
+        try:
+            solution = torch.linalg.solve(lhs, rhs)
+        except RuntimeError:  # singular: e.g. an input feature that is always zero
+            logger.warning("RegMean Gram sum is singular; using the pseudo-inverse")
+            solution = torch.linalg.pinv(lhs) @ rhs
+        return solution.T.to(weights.dtype)

@@ -1,0 +1,66 @@
+"""Per-checkpoint statistics for Fisher and RegMean merges, computed on the caller's calibration batches."""
+
+from __future__ import annotations
+
+import gc
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from transformers import PreTrainedModel
+
+from mashup.errors import MergeError
+from mashup.library.records import CheckpointRecord
+from mashup.merging.fisher import estimate_fisher
+from mashup.merging.lora import base_weight_name
+from mashup.merging.plan import MergePlan
+from mashup.merging.regmean import estimate_gram
+from mashup.models import attach_adapter, load_model
+
+logger = logging.getLogger(__name__)
+Tensors = dict[str, torch.Tensor]
+
+
+def _lora_weight_names(record: CheckpointRecord) -> set[str]:
+    return {base_weight_name(name.split(".lora_A.")[0]) for name in record.shapes if ".lora_A." in name}
+
+
+def load_checkpoint_model(record: CheckpointRecord, base_model_dir: Path) -> PreTrainedModel:
+    """The checkpoint as a plain model: a full fine-tune, or the base with the adapter merged in."""
+    if record.kind == "full":
+        return load_model(Path(record.path))
+    adapted = attach_adapter(load_model(base_model_dir), Path(record.path), trainable=False)
+    return adapted.merge_and_unload()
+
+
+def _statistics_for(model: PreTrainedModel, plan: MergePlan, record: CheckpointRecord,
+                    batches: Sequence[dict[str, torch.Tensor]]) -> Tensors:
+    limit = plan.config.fisher_samples
+    wanted = _lora_weight_names(record) if record.kind == "lora" else None
+    if plan.method.statistic == "gram":
+        grams = estimate_gram(model, batches, limit)
+        return grams if wanted is None else {n: g for n, g in grams.items() if n in wanted}
+    for name, param in model.named_parameters():
+        param.requires_grad_(wanted is None or name in wanted)
+    return estimate_fisher(model, batches, limit)
+
+
+def compute_statistics(plan: MergePlan, base_model_dir: Path | None,
+                       batches: Sequence[dict[str, torch.Tensor]] | None) -> list[Tensors] | None:
+    """One statistics dict per checkpoint (keyed by base-model weight name), or None if the method needs none."""
+    if plan.method.statistic is None:
+        return None
+    if not batches:
+        raise MergeError(f"{plan.method.name} needs calibration batches", None,
+                         "pass calibration_batches (dicts of input_ids, attention_mask, labels)")
+    if base_model_dir is None:
+        raise MergeError(f"{plan.method.name} needs the base model to load checkpoints", None, "pass base_model_dir")
+    statistics = []
+    for record in plan.records:
+        logger.info("estimating %s statistics for %s", plan.method.statistic, record.id or record.path)
+        model = load_checkpoint_model(record, base_model_dir)
+        statistics.append(_statistics_for(model, plan, record, batches))
+        del model
+        gc.collect()
+    return statistics

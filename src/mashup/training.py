@@ -1,0 +1,169 @@
+"""One training loop for LoRA and full fine-tuning, with periodic held-out evaluation."""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model, get_peft_model_state_dict
+from safetensors.torch import save_file
+from torch import nn
+from transformers import PreTrainedModel, get_cosine_schedule_with_warmup
+
+from mashup.batching import ScoredSequence, collate, continuation_logprobs
+from mashup.config import TrainConfig
+from mashup.data.prompts import EncodedRequest
+from mashup.evaluation import EvalResult, ScoreSettings, evaluate
+from mashup.models import attach_adapter, autocast, load_model
+
+logger = logging.getLogger(__name__)
+ProgressFn = Callable[[int, int, float], None]
+INIT_WEIGHTS = "adapter_init.safetensors"
+
+
+@dataclass
+class CurvePoint:
+    step: int
+    accuracy: float
+    loss: float
+    train_loss: float | None
+    seconds: float  # training time so far, evaluation excluded
+
+
+@dataclass
+class TrainResult:
+    total_steps: int
+    train_seconds: float
+    eval_seconds: float
+    curve: list[CurvePoint] = field(default_factory=list)
+
+    @property
+    def final(self) -> CurvePoint:
+        return self.curve[-1]
+
+    def to_dict(self) -> dict:
+        return {"total_steps": self.total_steps, "train_seconds": self.train_seconds,
+                "eval_seconds": self.eval_seconds, "curve": [asdict(p) for p in self.curve]}
+
+
+def prepare_model(base_dir: Path, config: TrainConfig, init: Path | None = None,
+                  allow_pickle: bool = False) -> nn.Module:
+    """The model to train: a fresh or given LoRA on the base, or a full model (the base or ``init``)."""
+    if config.mode == "full":
+        model = load_model(init or base_dir, allow_pickle=allow_pickle)
+        model.requires_grad_(True)
+        return model
+    model = load_model(base_dir, allow_pickle=allow_pickle)
+    if init is not None:
+        return attach_adapter(model, init, trainable=True)
+    torch.manual_seed(config.seed)  # the fresh adapter's init is reproducible from the seed
+    lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+                      target_modules=list(config.target_modules), task_type="CAUSAL_LM")
+    return get_peft_model(model, lora)
+
+
+def total_steps(n_train: int, config: TrainConfig) -> int:
+    if config.max_steps is not None:
+        return config.max_steps
+    return max(1, math.ceil(config.epochs * math.ceil(n_train / config.batch_size)))
+
+
+def _batch_indices(n: int, batch_size: int, seed: int) -> Iterator[list[int]]:
+    """Shuffled batches epoch after epoch (a fresh order each epoch, fixed by the seed)."""
+    rng = random.Random(seed)
+    while True:
+        order = list(range(n))
+        rng.shuffle(order)
+        yield from (order[i:i + batch_size] for i in range(0, n, batch_size))
+
+
+def _optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    decay, no_decay = [], []
+    for param in model.parameters():
+        if param.requires_grad:
+            (decay if param.ndim >= 2 else no_decay).append(param)  # no decay on biases and norms, as HF
+    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=config.resolved_lr())
+
+
+def _train_step(model: nn.Module, requests: Sequence[EncodedRequest], ids: list[int], config: TrainConfig,
+                settings: ScoreSettings) -> float:
+    """Forward/backward over micro-batches of one batch; returns the batch's mean answer loss."""
+    micro = config.micro_batch_size or config.batch_size
+    total = 0.0
+    for start in range(0, len(ids), micro):
+        seqs = [ScoredSequence(*_pair(requests[i])) for i in ids[start:start + micro]]
+        with autocast(settings.device, settings.bf16):
+            logprobs, mask = continuation_logprobs(model, collate(seqs, settings.pad_id, settings.device))
+        per_example = -logprobs.sum(dim=1) / mask.sum(dim=1)
+        loss = per_example.sum() / len(ids)
+        loss.backward()
+        total += loss.item()
+    return total
+
+
+def _pair(request: EncodedRequest) -> tuple[tuple[int, ...], int]:
+    ids, _ = request.training_pair()
+    return tuple(ids), len(request.continuation_ids[request.answer])
+
+
+def train(model: nn.Module, train_requests: Sequence[EncodedRequest], eval_requests: Sequence[EncodedRequest],
+          config: TrainConfig, settings: ScoreSettings, progress: ProgressFn | None = None) -> TrainResult:
+    """AdamW + cosine with warmup; evaluates at step 0, every ``eval_every`` steps and at the end."""
+    steps = total_steps(len(train_requests), config)
+    eval_every = config.eval_every or max(1, steps // 10)
+    optimizer = _optimizer(model, config)
+    params = [p for p in model.parameters() if p.requires_grad]
+    scheduler = get_cosine_schedule_with_warmup(optimizer, int(config.warmup_ratio * steps), steps)
+    batches = _batch_indices(len(train_requests), config.batch_size, config.seed)
+    result = TrainResult(total_steps=steps, train_seconds=0.0, eval_seconds=0.0)
+    _record(model, eval_requests, settings, result, 0, None)
+    torch.manual_seed(config.seed)
+    for step in range(1, steps + 1):
+        model.train()
+        start = time.perf_counter()
+        train_loss = _train_step(model, train_requests, next(batches), config, settings)
+        torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        result.train_seconds += time.perf_counter() - start
+        if progress:
+            progress(step, steps, train_loss)
+        if step % eval_every == 0 or step == steps:
+            _record(model, eval_requests, settings, result, step, train_loss)
+    return result
+
+
+def _record(model: nn.Module, requests: Sequence[EncodedRequest], settings: ScoreSettings, result: TrainResult,
+            step: int, train_loss: float | None) -> None:
+    scores: EvalResult = evaluate(model, requests, settings)
+    result.eval_seconds += scores.seconds
+    result.curve.append(CurvePoint(step, scores.accuracy, scores.loss, train_loss, result.train_seconds))
+    logger.info("step %d: accuracy %.4f loss %.4f", step, scores.accuracy, scores.loss)
+
+
+def save_init_adapter(model: nn.Module, path: Path) -> None:
+    """Save a LoRA's starting weights: the reference its task vector is measured from."""
+    if isinstance(model, PeftModel):
+        state = {k: v.detach().clone().contiguous() for k, v in get_peft_model_state_dict(model).items()}
+        save_file(state, str(path))
+
+
+def save_trained(model: nn.Module, out_dir: Path, base_identity: str, tokenizer=None) -> Path:
+    """Write a PEFT adapter dir (LoRA) or an HF model dir (full) and return it."""
+    if isinstance(model, PeftModel):
+        model.peft_config["default"].base_model_name_or_path = base_identity
+        model.save_pretrained(out_dir)
+        return out_dir
+    assert isinstance(model, PreTrainedModel)
+    model.save_pretrained(out_dir)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(out_dir)
+    return out_dir

@@ -1,0 +1,181 @@
+"""The CLI verbs as plain typed functions: select, merge, train, evaluate."""
+
+from __future__ import annotations
+
+import csv
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from mashup.batching import ScoredSequence, collate
+from mashup.config import DataConfig, EvalConfig, MergeConfig, SelectConfig, TrainConfig, save_config
+from mashup.data.schema import sample
+from mashup.data.target import TargetData, load_target
+from mashup.errors import LibraryError, MashupError
+from mashup.evaluation import EvalResult, evaluate
+from mashup.io import atomic_output_dir, write_json
+from mashup.library import CheckpointRecord, Library, partition_compatible
+from mashup.models import attach_adapter, load_model
+from mashup.scoring import CheckpointScore, rank, score_checkpoints
+from mashup.training import INIT_WEIGHTS, ProgressFn, TrainResult, prepare_model, save_init_adapter, save_trained, train
+from mashup.workspace import Workspace, open_workspace, write_version
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class SelectResult:
+    ranking: list[CheckpointScore]
+    selected: list[str]
+    rejected: list[dict[str, str]]
+    metric: str
+    n: int
+    seconds: float
+    formulation: str = ""
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["ranking"] = [s.to_dict() for s in self.ranking]
+        return data
+
+
+def compatible_records(library: Library, base: str, kind: str) -> tuple[list[CheckpointRecord], list[dict[str, str]]]:
+    compatible, rejected = partition_compatible(library.list(), base, kind)
+    for record, reason in rejected:
+        logger.warning("skipping %s: %s", record.id, reason)
+    return compatible, [{"id": r.id, "reason": reason} for r, reason in rejected]
+
+
+def select(base: str, data: DataConfig, config: SelectConfig, library_dir: str | Path | None = None, *,
+           kind: str = "lora", workspace: Workspace | None = None, target: TargetData | None = None,
+           allow_pickle: bool = False) -> SelectResult:
+    """Score every compatible checkpoint on a seeded sample of the target's train split; rank them."""
+    start = time.perf_counter()
+    workspace = workspace or open_workspace(base, data)
+    target = target or load_target(data)
+    records, rejected = compatible_records(Library(library_dir), base, kind)
+    if not records:
+        raise LibraryError(f"no compatible {kind} checkpoints for base '{base}'", str(Library(library_dir).directory),
+                           "register some with `mashup library add`")
+    requests = workspace.encode(sample(target.train, config.samples, config.seed), target.template)
+    scores = score_checkpoints(workspace.base_dir, records, requests, workspace.settings(config.batch_size),
+                               allow_pickle=allow_pickle)
+    ranking = rank(scores, config.metric)
+    return SelectResult(ranking=ranking, selected=[s.id for s in ranking[:config.k]], rejected=rejected,
+                        metric=config.metric, n=len(requests), seconds=time.perf_counter() - start,
+                        formulation=workspace.formulation)
+
+
+def calibration_batches(workspace: Workspace, target: TargetData, n: int, seed: int, batch_size: int = 8
+                        ) -> list[dict[str, torch.Tensor]]:
+    """Batches of the target's train split (answer tokens labelled) for Fisher / RegMean statistics."""
+    requests = workspace.encode(sample(target.train, n, seed), target.template)
+    batches = []
+    for start in range(0, len(requests), batch_size):
+        pairs = [r.training_pair() for r in requests[start:start + batch_size]]
+        batch = collate([ScoredSequence(tuple(ids), 1) for ids, _ in pairs], workspace.tokenizer.pad_token_id,
+                        torch.device("cpu"))
+        labels = torch.full_like(batch["input_ids"], -100)
+        for row, (ids, lab) in enumerate(pairs):
+            labels[row, labels.shape[1] - len(lab):] = torch.tensor(lab)
+        batches.append({"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"], "labels": labels})
+    return batches
+
+
+def merge(checkpoint_ids: Sequence[str], config: MergeConfig, out: str | Path, library_dir: str | Path | None = None,
+          *, base: str | None = None, data: DataConfig | None = None, overwrite: bool = False):
+    """Merge catalog checkpoints into one PEFT adapter dir (LoRA) or HF model dir (full)."""
+    from mashup.merging import merge_checkpoints
+
+    library = Library(library_dir)
+    records = [library.get(i) for i in checkpoint_ids]
+    base = base or records[0].base_model
+    needs_base = records[0].kind == "full" or config.method in {"fisher", "regmean"}
+    workspace = open_workspace(base, data or DataConfig(data="")) if needs_base else None
+    batches = None
+    if config.method in {"fisher", "regmean"}:
+        if data is None or workspace is None:
+            raise MashupError(f"merge method '{config.method}' needs target data", None, "pass --data TARGET")
+        batches = calibration_batches(workspace, load_target(data), config.fisher_samples, config.seed)
+    return merge_checkpoints(records, config, Path(out), base_model_dir=workspace.base_dir if workspace else None,
+                             calibration_batches=batches, overwrite=overwrite)
+
+
+@dataclass
+class TrainSummary:
+    out: str
+    weights_dir: str
+    result: TrainResult
+    formulation: str
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {"out": self.out, "weights_dir": self.weights_dir, "formulation": self.formulation,
+                **self.result.to_dict(), **self.extra}
+
+
+def write_curve(result: TrainResult, out_dir: Path) -> None:
+    rows = [asdict(p) for p in result.curve]
+    write_json(out_dir / "curve.json", rows)
+    with open(out_dir / "curve.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def train_in(workspace: Workspace, target: TargetData, config: TrainConfig, eval_config: EvalConfig, out_dir: Path,
+             init: Path | None = None, progress: ProgressFn | None = None, allow_pickle: bool = False) -> TrainSummary:
+    """Train into an existing (temporary) dir: weights, init reference, curve, config and version."""
+    model = prepare_model(workspace.base_dir, config, init, allow_pickle).to(workspace.device)
+    if config.mode == "lora":
+        save_init_adapter(model, out_dir / INIT_WEIGHTS)
+    eval_examples = target.test if eval_config.split == "test" else target.train
+    if eval_config.max_examples is not None:
+        eval_examples = sample(eval_examples, eval_config.max_examples, 0)
+    result = train(model, workspace.encode(target.train, target.template),
+                   workspace.encode(eval_examples, target.template), config,
+                   workspace.settings(eval_config.batch_size), progress)
+    weights_dir = out_dir / ("adapter" if config.mode == "lora" else "model")
+    save_trained(model, weights_dir, workspace.base, workspace.tokenizer)
+    write_curve(result, out_dir)
+    save_config(config, out_dir / "train_config.yaml")
+    write_version(out_dir)
+    summary = TrainSummary(str(out_dir), str(weights_dir), result, workspace.formulation)
+    write_json(out_dir / "result.json", summary.to_dict())
+    return summary
+
+
+def train_model(base: str, data: DataConfig, config: TrainConfig, out: str | Path, *, init: str | Path | None = None,
+                eval_config: EvalConfig | None = None, progress: ProgressFn | None = None,
+                allow_pickle: bool = False, overwrite: bool = False) -> TrainSummary:
+    """Fine-tune (LoRA or full) from the base or ``init``; the output dir appears only when complete."""
+    workspace = open_workspace(base, data, config.bf16)
+    target = load_target(data)
+    with atomic_output_dir(Path(out), overwrite=overwrite) as tmp:
+        summary = train_in(workspace, target, config, eval_config or EvalConfig(), tmp,
+                           Path(init) if init else None, progress, allow_pickle)
+        save_config(data, tmp / "data_config.yaml")
+    final = Path(out)
+    summary.out, summary.weights_dir = str(final), str(final / Path(summary.weights_dir).name)
+    return summary
+
+
+def evaluate_model(base: str, data: DataConfig, *, adapter: str | Path | None = None,
+                   model_dir: str | Path | None = None, config: EvalConfig | None = None,
+                   allow_pickle: bool = False) -> EvalResult:
+    """Multiple-choice accuracy of the base, a LoRA adapter on it, or a full model dir."""
+    config = config or EvalConfig()
+    workspace = open_workspace(base, data)
+    target = load_target(data)
+    model = load_model(Path(model_dir) if model_dir else workspace.base_dir, allow_pickle=allow_pickle)
+    if adapter:
+        model = attach_adapter(model, Path(adapter), trainable=False)
+    examples = target.test if config.split == "test" else target.train
+    if config.max_examples is not None:
+        examples = sample(examples, config.max_examples, 0)
+    return evaluate(model.to(workspace.device), workspace.encode(examples, target.template),
+                    workspace.settings(config.batch_size))

@@ -1,0 +1,72 @@
+"""What every verb needs: the resolved base model, its tokenizer, the formulation and the device."""
+
+from __future__ import annotations
+
+import json
+import platform
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from mashup.config import DataConfig
+from mashup.data.prompts import EncodedRequest, Formulation, PromptTemplate, build_request, encode_requests
+from mashup.data.schema import MCExample
+from mashup.data.target import resolve_formulation
+from mashup.evaluation import ScoreSettings
+from mashup.io import tensor_shapes, weight_files
+from mashup.models import bf16_supported, default_device, load_tokenizer, resolve_base_dir
+
+
+@dataclass
+class Workspace:
+    base: str
+    base_dir: Path
+    tokenizer: PreTrainedTokenizerBase
+    formulation: Formulation
+    device: torch.device
+    bf16: bool
+    max_length: int
+
+    def encode(self, examples: Sequence[MCExample], template: PromptTemplate) -> list[EncodedRequest]:
+        requests = [build_request(ex, template, self.formulation) for ex in examples]
+        return encode_requests(self.tokenizer, requests, self.max_length)
+
+    def settings(self, batch_size: int) -> ScoreSettings:
+        return ScoreSettings(batch_size=batch_size, device=self.device, bf16=self.bf16,
+                             pad_id=int(self.tokenizer.pad_token_id))
+
+
+def count_parameters(model_dir: Path) -> int:
+    """Parameter count from the weight files' headers, without loading the model."""
+    total = 0
+    for path in weight_files(model_dir):
+        for shape in tensor_shapes(path).values():
+            total += int(torch.Size(shape).numel())
+    return total
+
+
+def open_workspace(base: str, data: DataConfig, bf16: bool | None = None) -> Workspace:
+    base_dir = resolve_base_dir(base)
+    device = default_device()
+    return Workspace(
+        base=base, base_dir=base_dir, tokenizer=load_tokenizer(base_dir),
+        formulation=resolve_formulation(data.scoring, count_parameters(base_dir)), device=device,
+        bf16=bf16_supported(device) if bf16 is None else bf16, max_length=data.max_length,
+    )
+
+
+def version_info() -> dict[str, str]:
+    import peft
+    import transformers
+
+    from mashup import __version__
+
+    return {"mashup": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
+            "peft": peft.__version__, "python": platform.python_version()}
+
+
+def write_version(out_dir: Path) -> None:
+    (out_dir / "version.json").write_text(json.dumps(version_info(), indent=2) + "\n")

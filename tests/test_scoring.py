@@ -1,0 +1,64 @@
+import torch
+from peft import PeftModel
+
+from mashup.config import DataConfig, SelectConfig
+from mashup.data import build_request, encode_requests, load_target, sample
+from mashup.library import Library
+from mashup.models import load_model, load_tokenizer
+from mashup.verbs import select
+
+
+def _independent_loss(base_dir, adapter_dir, examples, template, formulation):
+    """Mean over examples of the answer tokens' mean cross-entropy, one unpadded sequence at a time."""
+    tokenizer = load_tokenizer(base_dir)
+    model = PeftModel.from_pretrained(load_model(base_dir), adapter_dir).eval()
+    losses = []
+    for example in examples:
+        request = build_request(example, template, formulation)
+        prompt = tokenizer(request.prompt)["input_ids"]
+        target = tokenizer(request.continuations[example.answer], add_special_tokens=False)["input_ids"]
+        ids = torch.tensor([prompt + target])
+        with torch.no_grad():
+            logprobs = torch.log_softmax(model(input_ids=ids).logits[0], dim=-1)
+        token_losses = [-logprobs[len(prompt) + j - 1, t].item() for j, t in enumerate(target)]
+        losses.append(sum(token_losses) / len(token_losses))
+    return sum(losses) / len(losses)
+
+
+def _select(tmp_path, tiny_base, tiny_loras, mc_file, scoring):
+    library = Library(tmp_path / "lib")
+    records = library.add(tiny_loras)
+    data = DataConfig(data=str(mc_file), scoring=scoring)
+    result = select(str(tiny_base), data, SelectConfig(samples=12, k=2, seed=3, batch_size=5), tmp_path / "lib")
+    return records, data, result
+
+
+def test_ranking_equals_independently_computed_losses(tmp_path, tiny_base, tiny_loras, mc_file):
+    records, data, result = _select(tmp_path, tiny_base, tiny_loras, mc_file, "letter")
+    target = load_target(data)
+    examples = sample(target.train, 12, 3)
+    expected = {r.id: _independent_loss(tiny_base, r.path, examples, target.template, "letter") for r in records}
+    got = {s.id: s.loss for s in result.ranking}
+    for checkpoint_id, loss in expected.items():
+        assert abs(got[checkpoint_id] - loss) < 1e-4
+    assert [s.id for s in result.ranking] == sorted(expected, key=expected.get)
+    assert result.selected == [s.id for s in result.ranking[:2]]
+    assert all(s.n == 12 for s in result.ranking)
+
+
+def test_cloze_selection_matches_independent_losses(tmp_path, tiny_base, tiny_loras, mc_file):
+    records, data, result = _select(tmp_path, tiny_base, tiny_loras, mc_file, "cloze")
+    target = load_target(data)
+    examples = sample(target.train, 12, 3)
+    for score in result.ranking:
+        record = next(r for r in records if r.id == score.id)
+        assert abs(score.loss - _independent_loss(tiny_base, record.path, examples, target.template, "cloze")) < 1e-4
+
+
+def test_accuracy_metric_ranks_by_accuracy(tmp_path, tiny_base, tiny_loras, mc_file):
+    Library(tmp_path / "lib").add(tiny_loras)
+    result = select(str(tiny_base), DataConfig(data=str(mc_file), scoring="letter"),
+                    SelectConfig(samples=16, k=1, metric="accuracy"), tmp_path / "lib")
+    accuracies = [s.accuracy for s in result.ranking]
+    assert accuracies == sorted(accuracies, reverse=True)
+    assert all(0.0 <= a <= 1.0 for a in accuracies)

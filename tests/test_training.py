@@ -1,0 +1,80 @@
+import json
+
+import pytest
+
+from mashup.config import DataConfig, EvalConfig, TrainConfig
+from mashup.errors import MashupError
+from mashup.verbs import evaluate_model, train_model
+
+DATA = dict(scoring="letter", max_length=128)
+
+
+def _train(tmp_path, tiny_base, mc_file, name, **kwargs):
+    config = TrainConfig(**{"batch_size": 8, "max_steps": 4, "eval_every": 2, "lr": 5e-3, "lora_r": 4,
+                            "target_modules": ["q_proj", "v_proj"], **kwargs})
+    return train_model(str(tiny_base), DataConfig(data=str(mc_file), **DATA), config, tmp_path / name,
+                       eval_config=EvalConfig(batch_size=4))
+
+
+def test_lora_training_writes_a_complete_run_dir(tmp_path, tiny_base, mc_file):
+    summary = _train(tmp_path, tiny_base, mc_file, "run")
+    out = tmp_path / "run"
+    for name in ("adapter/adapter_config.json", "adapter/adapter_model.safetensors", "adapter_init.safetensors",
+                 "curve.csv", "curve.json", "train_config.yaml", "data_config.yaml", "version.json", "result.json"):
+        assert (out / name).exists(), name
+    steps = [p["step"] for p in json.loads((out / "curve.json").read_text())]
+    assert steps == [0, 2, 4]
+    assert summary.result.total_steps == 4
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".run.tmp")]
+
+
+def test_step_zero_equals_the_init_accuracy_and_final_equals_eval(tmp_path, tiny_base, mc_file, tiny_loras):
+    data = DataConfig(data=str(mc_file), **DATA)
+    config = TrainConfig(batch_size=8, max_steps=3, lr=5e-3)
+    summary = train_model(str(tiny_base), data, config, tmp_path / "from-init", init=tiny_loras[0],
+                          eval_config=EvalConfig(batch_size=4))
+    init_eval = evaluate_model(str(tiny_base), data, adapter=tiny_loras[0])
+    assert summary.result.curve[0].accuracy == init_eval.accuracy
+    assert summary.result.curve[0].loss == pytest.approx(init_eval.loss, abs=1e-5)
+    final_eval = evaluate_model(str(tiny_base), data, adapter=tmp_path / "from-init" / "adapter")
+    assert summary.result.final.accuracy == final_eval.accuracy
+    assert summary.result.final.loss == pytest.approx(final_eval.loss, abs=1e-4)
+
+
+def test_training_lowers_the_answer_loss(tmp_path, tiny_base, mc_file):
+    summary = _train(tmp_path, tiny_base, mc_file, "lower", max_steps=8, eval_every=8, lr=2e-2)
+    assert summary.result.final.loss < summary.result.curve[0].loss
+
+
+def test_same_seed_same_curve(tmp_path, tiny_base, mc_file):
+    first = _train(tmp_path, tiny_base, mc_file, "a", seed=7)
+    second = _train(tmp_path, tiny_base, mc_file, "b", seed=7)
+    assert [(p.accuracy, round(p.loss, 5)) for p in first.result.curve] == \
+        [(p.accuracy, round(p.loss, 5)) for p in second.result.curve]
+
+
+def test_micro_batches_give_the_same_update(tmp_path, tiny_base, mc_file):
+    whole = _train(tmp_path, tiny_base, mc_file, "whole", max_steps=2, eval_every=2)
+    split = _train(tmp_path, tiny_base, mc_file, "split", max_steps=2, eval_every=2, micro_batch_size=3)
+    assert whole.result.final.loss == pytest.approx(split.result.final.loss, abs=1e-4)
+
+
+def test_full_fine_tuning_uses_the_same_loop(tmp_path, tiny_base, mc_file):
+    summary = _train(tmp_path, tiny_base, mc_file, "full", mode="full", lr=1e-3)
+    out = tmp_path / "full"
+    assert (out / "model" / "config.json").exists() and (out / "model" / "tokenizer.json").exists()
+    assert not (out / "adapter").exists()
+    reloaded = evaluate_model(str(tiny_base), DataConfig(data=str(mc_file), **DATA), model_dir=out / "model")
+    assert reloaded.accuracy == summary.result.final.accuracy
+
+
+def test_failed_training_leaves_no_output(tmp_path, tiny_base, mc_file, monkeypatch):
+    import mashup.training as training
+
+    def explode(*args, **kwargs):
+        raise MashupError("boom")
+
+    monkeypatch.setattr(training, "_train_step", explode)
+    with pytest.raises(MashupError):
+        _train(tmp_path, tiny_base, mc_file, "broken")
+    assert [p.name for p in tmp_path.iterdir()] == ["target.jsonl"]
