@@ -5,18 +5,17 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
 from pydantic import ValidationError
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from mashup.config import DataConfig, EvalConfig, MergeConfig, RunConfig, SelectConfig, TrainConfig, load_config
 from mashup.errors import MashupError
+from mashup.progress import training_bars
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Mashup Learning: fine-tune from merged past checkpoints.")
 library_app = typer.Typer(no_args_is_help=True, help="Manage the checkpoint library.")
@@ -52,22 +51,6 @@ def emit(data: Any, as_json: bool, table: Table | None = None) -> None:
         Console().print(table)
     else:
         Console().print(data)
-
-
-@contextmanager
-def train_progress(enabled: bool = True):
-    """A rich progress bar per training arm, on stderr."""
-    progress = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                        TextColumn("loss {task.fields[loss]:.3f}"), TimeElapsedColumn(), console=err,
-                        disable=not enabled)
-    with progress:
-        def stage(name: str):
-            task_id = progress.add_task(f"train {name}", total=None, loss=float("nan"))
-
-            def update(step: int, total: int, loss: float) -> None:
-                progress.update(task_id, completed=step, total=total, loss=loss)
-            return update
-        yield stage
 
 
 @library_app.command("add")
@@ -198,7 +181,7 @@ def train_cmd(base: BaseOpt, data: DataOpt, out: Annotated[Path, typer.Option("-
     config = TrainConfig(mode=mode, lr=lr, epochs=epochs, batch_size=batch_size, micro_batch_size=micro_batch_size,  # type: ignore[arg-type]
                          max_steps=max_steps, eval_every=eval_every, seed=seed)
     data_config = _data(data, train, test, test_size, scoring, max_length, max_train_examples, max_test_examples)
-    with train_progress() as stage:
+    with training_bars(err) as stage:
         summary = train_model(base, data_config, config, out, init=init, progress=stage("model"),
                               allow_pickle=allow_pickle)
     points = summary.result.curve
@@ -268,7 +251,7 @@ def run_cmd(base: Annotated[Optional[str], typer.Option("--base")] = None,
             raise MashupError(f"missing --{required}", None, f"pass --{required} or set it in --config")
     if not raw["data"].get("data"):
         raise MashupError("missing --data", None, "pass --data TARGET or set data.data in --config")
-    with train_progress() as stage:
+    with training_bars(err) as stage:
         summary = run(RunConfig.model_validate(raw), stage)
     emit(summary, as_json, None if as_json else _summary_table(summary))
 

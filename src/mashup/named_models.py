@@ -11,6 +11,7 @@ import importlib.util
 import json
 import logging
 import os
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,8 +90,19 @@ def materialize_named_model(name: str, cache_dir: Path | None = None) -> Path:
                               "delete it and run again to convert afresh")
     gguf_path = named.gguf_path()
     _require_gguf(named.install_hint())
+    remove_stale_partials(target)
     logger.info("converting %s from %s (one time)", name, gguf_path)
     return convert_gguf(gguf_path, target)
+
+
+def remove_stale_partials(target: Path, max_age_s: float = 3600.0) -> None:
+    """Delete temp dirs that killed conversions left beside ``target`` (untouched for ``max_age_s``)."""
+    if not target.parent.is_dir():
+        return
+    for partial in target.parent.glob(f".{target.name}.tmp-*"):
+        if partial.is_dir() and time.time() - partial.stat().st_mtime > max_age_s:
+            logger.info("removing a partial conversion left by a killed run: %s", partial)
+            shutil.rmtree(partial, ignore_errors=True)
 
 
 def convert_gguf(gguf_path: Path, out_dir: Path, atol: float = DEFAULT_ATOL) -> Path:

@@ -114,8 +114,13 @@ def _pair(request: EncodedRequest) -> tuple[tuple[int, ...], int]:
 
 
 def train(model: nn.Module, train_requests: Sequence[EncodedRequest], eval_requests: Sequence[EncodedRequest],
-          config: TrainConfig, settings: ScoreSettings, progress: ProgressFn | None = None) -> TrainResult:
-    """AdamW + cosine with warmup; evaluates at step 0, every ``eval_every`` steps and at the end."""
+          config: TrainConfig, settings: ScoreSettings, progress: ProgressFn | None = None,
+          initial: EvalResult | None = None) -> TrainResult:
+    """AdamW + cosine with warmup; evaluates at step 0, every ``eval_every`` steps and at the end.
+
+    ``initial`` is the step-0 evaluation when the caller already has it (the same init evaluated on
+    the same requests), which saves one evaluation per arm.
+    """
     steps = total_steps(len(train_requests), config)
     eval_every = config.eval_every or max(1, steps // 10)
     optimizer = _optimizer(model, config)
@@ -123,7 +128,7 @@ def train(model: nn.Module, train_requests: Sequence[EncodedRequest], eval_reque
     scheduler = get_cosine_schedule_with_warmup(optimizer, int(config.warmup_ratio * steps), steps)
     batches = _batch_indices(len(train_requests), config.batch_size, config.seed)
     result = TrainResult(total_steps=steps, train_seconds=0.0, eval_seconds=0.0)
-    _record(model, eval_requests, settings, result, 0, None)
+    _record(model, eval_requests, settings, result, 0, None, initial)
     torch.manual_seed(config.seed)
     for step in range(1, steps + 1):
         model.train()
@@ -142,8 +147,8 @@ def train(model: nn.Module, train_requests: Sequence[EncodedRequest], eval_reque
 
 
 def _record(model: nn.Module, requests: Sequence[EncodedRequest], settings: ScoreSettings, result: TrainResult,
-            step: int, train_loss: float | None) -> None:
-    scores: EvalResult = evaluate(model, requests, settings)
+            step: int, train_loss: float | None, scores: EvalResult | None = None) -> None:
+    scores = scores or evaluate(model, requests, settings)
     result.eval_seconds += scores.seconds
     result.curve.append(CurvePoint(step, scores.accuracy, scores.loss, train_loss, result.train_seconds))
     logger.info("step %d: accuracy %.4f loss %.4f", step, scores.accuracy, scores.loss)

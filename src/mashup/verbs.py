@@ -61,6 +61,9 @@ def select(base: str, data: DataConfig, config: SelectConfig, library_dir: str |
     if not records:
         raise LibraryError(f"no compatible {kind} checkpoints for base '{base}'", str(Library(library_dir).directory),
                            "register some with `mashup library add`")
+    if config.k > len(records):
+        raise LibraryError(f"--k {config.k} but only {len(records)} compatible {kind} checkpoint(s) for '{base}'",
+                           str(Library(library_dir).directory), f"use --k {len(records)} or add checkpoints")
     requests = workspace.encode(sample(target.train, config.samples, config.seed), target.template)
     scores = score_checkpoints(workspace.base_dir, records, requests, workspace.settings(config.batch_size),
                                allow_pickle=allow_pickle)
@@ -128,7 +131,8 @@ def write_curve(result: TrainResult, out_dir: Path) -> None:
 
 
 def train_in(workspace: Workspace, target: TargetData, config: TrainConfig, eval_config: EvalConfig, out_dir: Path,
-             init: Path | None = None, progress: ProgressFn | None = None, allow_pickle: bool = False) -> TrainSummary:
+             init: Path | None = None, progress: ProgressFn | None = None, allow_pickle: bool = False,
+             initial: EvalResult | None = None) -> TrainSummary:
     """Train into an existing (temporary) dir: weights, init reference, curve, config and version."""
     model = prepare_model(workspace.base_dir, config, init, allow_pickle).to(workspace.device)
     if config.mode == "lora":
@@ -138,7 +142,7 @@ def train_in(workspace: Workspace, target: TargetData, config: TrainConfig, eval
         eval_examples = sample(eval_examples, eval_config.max_examples, 0)
     result = train(model, workspace.encode(target.train, target.template),
                    workspace.encode(eval_examples, target.template), config,
-                   workspace.settings(eval_config.batch_size), progress)
+                   workspace.settings(eval_config.batch_size), progress, initial)
     weights_dir = out_dir / ("adapter" if config.mode == "lora" else "model")
     save_trained(model, weights_dir, workspace.base, workspace.tokenizer)
     write_curve(result, out_dir)

@@ -39,6 +39,11 @@ def piqa_row(i: int, label: int = 1) -> Row:
     return {"goal": f"Open jar {i}", "sol1": "Hit it with a fish.", "sol2": "Twist the lid.", "label": label}
 
 
+def sciq_row(i: int, correct: str = "darwin") -> Row:
+    return {"question": f"Who proposed theory {i}?", "distractor1": "Linnaeus", "distractor2": "Shaw",
+            "distractor3": "Scopes", "correct_answer": correct, "support": ""}
+
+
 def social_row(i: int, label: str = "3") -> Row:
     return {"context": f"Sam lent Alex {i} dollars.", "question": "How will Alex feel?", "answerA": "angry",
             "answerB": "bored", "answerC": "grateful", "label": label}
@@ -50,7 +55,8 @@ def winogrande_row(i: int, answer: str = "2") -> Row:
 
 
 def mathqa_row(i: int, correct: str = "c") -> Row:
-    return {"Problem": f"what is {i} + 2 ?", "Rationale": "add", "options": "a ) 1,200 , b ) 2 , c ) 4 , d ) 5 , e ) none",
+    options = "a ) 1,200 , b ) 2 , c ) 4 , d ) 5 , e ) none"
+    return {"Problem": f"what is {i} + 2 ?", "Rationale": "add", "options": options,
             "correct": correct, "annotated_formula": "add(n0,n1)", "linear_formula": "add(n0,n1)|",
             "category": "general"}
 
@@ -63,6 +69,7 @@ def raw_rows(task: str, n: int = 10) -> list[Row]:
         "openbookqa": (lambda i: obqa_row(i), obqa_row(99, key="")),
         "hellaswag": (lambda i: hellaswag_row(i, label=str(i % 4)), hellaswag_row(99, label="")),
         "piqa": (lambda i: piqa_row(i, label=i % 2), piqa_row(99, label=-1)),
+        "sciq": (lambda i: sciq_row(i), sciq_row(99, correct="")),
         "social_iqa": (lambda i: social_row(i, label=str(1 + i % 3)), social_row(99, label="")),
         "winogrande": (lambda i: winogrande_row(i, answer=str(1 + i % 2)), winogrande_row(99, answer="")),
         "mathqa": (lambda i: mathqa_row(i), mathqa_row(99, correct="")),
@@ -77,6 +84,7 @@ OFFLINE_PATHS = {
     "hellaswag": "hellaswag/none/validation",
     "openbookqa": "openbookqa/main/validation",
     "piqa": "piqa/plain_text/validation",
+    "sciq": "sciq/none/validation",
     "social_iqa": "social_i_qa/none/validation",
     "winogrande": "winogrande/winogrande_xl/validation",
 }

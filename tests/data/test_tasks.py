@@ -16,7 +16,7 @@ from mashup.data.tasks import TASKS, get_task, is_task_name, map_rows, mathqa_ch
 from mashup.errors import DataError
 from tests.data import fixtures
 
-NAMES = ["arc_easy", "commonsense_qa", "hellaswag", "mathqa", "openbookqa", "piqa", "social_iqa", "winogrande"]
+NAMES = ["arc_easy", "commonsense_qa", "hellaswag", "mathqa", "openbookqa", "piqa", "sciq", "social_iqa", "winogrande"]
 ANSWER_LINE = "Answer the question below by choosing the correct choice."
 
 
@@ -32,7 +32,8 @@ def assets(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 GOLDEN = {
     "arc_easy": (fixtures.arc_row(7), 1,
-                 f"{ANSWER_LINE}\nQuestion: Which planet is number 7?\nChoices:\nA: p7a\nB: p7b\nC: p7c\nD: p7d\nAnswer:",
+                 f"{ANSWER_LINE}\nQuestion: Which planet is number 7?\nChoices:\nA: p7a\nB: p7b\nC: p7c\nD: p7d\n"
+                 "Answer:",
                  "Question: Which planet is number 7?\nAnswer:"),
     "commonsense_qa": (fixtures.csqa_row(1), 4,
                        f"{ANSWER_LINE}\nQuestion: Where is thing 1?\nChoices:\nA: place 1a\nB: place 1b\nC: place 1c\n"
@@ -53,6 +54,10 @@ GOLDEN = {
     "piqa": (fixtures.piqa_row(4), 1,
              f"{ANSWER_LINE}\nGoal: Open jar 4\nChoices:\nA: Hit it with a fish.\nB: Twist the lid.\nAnswer:",
              "Goal: Open jar 4\nAnswer:"),
+    "sciq": (fixtures.sciq_row(3), 0,
+             f"{ANSWER_LINE}\nQuestion: Who proposed theory 3?\nChoices:\nA: darwin\nB: Linnaeus\nC: Shaw\n"
+             "D: Scopes\nAnswer:",
+             "Question: Who proposed theory 3?\nAnswer:"),
     "social_iqa": (fixtures.social_row(6), 2,
                    f"{ANSWER_LINE}\nContext: Sam lent Alex 6 dollars.\nQuestion: How will Alex feel?\nChoices:\n"
                    "A: angry\nB: bored\nC: grateful\nAnswer:",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import gzip
+import hashlib
 import importlib.metadata
 import importlib.util
 import json
@@ -100,6 +101,16 @@ def _winogrande(row: Row) -> Row | None:
     label = _label(row.get("answer"))
     return None if label is None else {"question": row["sentence"], "choices": [row["option1"], row["option2"]],
                                        "answer": int(label) - 1}
+
+
+def _sciq(row: Row) -> Row | None:
+    """SciQ lists the answer apart from three distractors; its position is fixed per question by a hash."""
+    if _label(row.get("correct_answer")) is None:
+        return None
+    choices = [row["distractor1"], row["distractor2"], row["distractor3"]]
+    position = int(hashlib.sha256(row["question"].encode()).hexdigest(), 16) % 4
+    choices.insert(position, row["correct_answer"])
+    return {"question": row["question"], "choices": choices, "answer": position}
 
 
 _MATHQA_MARK = re.compile(r"(?:^|,)\s*'?\s*([a-e])\s*\)\s*")
@@ -287,6 +298,8 @@ TASKS: dict[str, Task] = {task.name: task for task in (
          _keyed_choices("question_stem"), ("allenai/openbookqa", "main"), "openbookqa/main/validation"),
     Task("piqa", "PIQA physical commonsense: pick the solution to the goal (2 choices)", PIQA_TEMPLATE,
          _piqa, ("piqa", None), "piqa/plain_text/validation"),
+    Task("sciq", "SciQ science exam questions (4 choices; an extra source task, not one of the paper's 8)",
+         DEFAULT_TEMPLATE, _sciq, ("allenai/sciq", None), "sciq/none/validation"),
     Task("social_iqa", "SocialIQA social situations: context and question (3 choices)", DEFAULT_TEMPLATE,
          _social_iqa, ("social_i_qa", None), "social_i_qa/none/validation"),
     Task("winogrande", "WinoGrande: which option fills the blank '_' (2 choices)", DEFAULT_TEMPLATE,

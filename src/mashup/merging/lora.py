@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import save_file
 
 from mashup.errors import MergeError
-from mashup.io import load_weights, weight_files
+from mashup.io import load_weights, sha256_files, weight_files
 from mashup.library.records import ADAPTER_CONFIG, CheckpointRecord
 from mashup.merging.plan import MergePlan
 from mashup.merging.registry import merge_tensors
@@ -46,13 +46,26 @@ def base_weight_name(module: str) -> str:
     return (module[len(PEFT_PREFIX):] if module.startswith(PEFT_PREFIX) else module) + ".weight"
 
 
+def _reference_identity(reference: str | None) -> str | None:
+    """References are the same when their weights are: adapters trained from one seed share an init."""
+    if reference is None:
+        return None
+    path = Path(reference)
+    if not path.exists():
+        raise MergeError("init reference not found", reference, "re-register the adapter with the right --init")
+    files = [path] if path.is_file() else weight_files(path)
+    return sha256_files(files)
+
+
 def load_reference(plan: MergePlan) -> Tensors | None:
     """The adapters' common init weights, or None (the zero adapter) with a warning."""
-    refs = {r.init_reference for r in plan.records}
+    if not plan.method.uses_reference:
+        return None
+    refs = {_reference_identity(r.init_reference) for r in plan.records}
     if len(refs) > 1:
         raise MergeError(f"adapters start from different init references {sorted(map(str, refs))}", None,
                          "task vectors need one common reference; merge adapters with the same init")
-    ref = refs.pop()
+    ref = plan.records[0].init_reference if refs.pop() is not None else None
     if ref is None:
         if plan.method.uses_reference:
             plan.warn("no init_reference recorded for the adapters: the reference is the zero adapter, so each "

@@ -13,7 +13,7 @@ from typing import Literal
 import torch
 
 from mashup.config import SignRule
-from mashup.merging.base import MergeMethod, MergeParams, chunks, flat_chunk, safe_divisor, stack_weights
+from mashup.merging.base import MergeMethod, MergeParams, chunks, flat_chunk, safe_divisor
 
 Sparsify = Literal["none", "magnitude", "random"]
 
@@ -49,12 +49,12 @@ def sparsify(delta: torch.Tensor, density: float, method: Sparsify, generator: t
     return delta if mask is None else delta * mask * factor
 
 
-def sign_mask(weighted: torch.Tensor, rule: SignRule) -> torch.Tensor:
-    """Entries agreeing with the elected sign; elected on the weighted deltas, a zero total counts as +."""
-    signs = weighted.sign()
-    total = weighted.sum(dim=0) if rule == "mass" else signs.sum(dim=0)
-    elected = torch.where(total >= 0, 1.0, -1.0).to(weighted.dtype)
-    return (signs == elected).to(weighted.dtype)
+def agreement(weighted: Sequence[torch.Tensor], rule: SignRule) -> list[torch.Tensor]:
+    """Per input, where its weighted delta has the elected sign (elected on the weighted deltas, a zero
+    total counts as +); exact zeros never agree."""
+    total = sum(weighted) if rule == "mass" else sum(torch.sign(x) for x in weighted)
+    positive = torch.as_tensor(total) >= 0
+    return [torch.where(positive, x > 0, x < 0) for x in weighted]
 
 
 class TaskArithmeticMerge(MergeMethod):
@@ -95,7 +95,7 @@ class TaskArithmeticMerge(MergeMethod):
         out = torch.empty_like(base)
         for part in chunks(out.numel()):
             ref = base.reshape(-1)[part]
-            deltas = torch.stack([self._delta(t, m, part, ref) for t, m in zip(tensors, masks)])
+            deltas = [self._delta(t, m, part, ref) for t, m in zip(tensors, masks)]
             out.view(-1)[part] = ref + params.lambda_ * self._mix(deltas, weights, params)
         return out
 
@@ -104,18 +104,25 @@ class TaskArithmeticMerge(MergeMethod):
                ref: torch.Tensor) -> torch.Tensor:
         delta = flat_chunk(tensor, part, ref.dtype) - ref
         keep, factor = mask
-        return delta if keep is None else delta * keep.reshape(-1)[part] * factor
+        if keep is None:
+            return delta
+        delta = torch.where(keep.reshape(-1)[part], delta, 0.0)
+        return delta if factor == 1.0 else delta * factor
 
-    def _mix(self, deltas: torch.Tensor, weights: torch.Tensor, params: MergeParams) -> torch.Tensor:
-        """Σ w_i·δ_i over agreeing entries (with consensus), divided by the weight mass when normalising."""
-        w = stack_weights(weights, deltas)
-        weighted = deltas * w
-        if self.consensus:
-            mask = sign_mask(weighted, params.sign)
-            mixed = (weighted * mask).sum(dim=0)
-            divisor = (w * mask).sum(dim=0)
-            divisor = torch.where(divisor == 0, torch.ones_like(divisor), divisor)
+    def _mix(self, deltas: Sequence[torch.Tensor], weights: torch.Tensor, params: MergeParams) -> torch.Tensor:
+        """Σ w_i·δ_i over agreeing entries (with consensus), divided by the weight mass when normalising.
+
+        Loops over inputs instead of stacking: reductions over a short leading axis are slow on CPU.
+        """
+        weighted = [w * d for w, d in zip(weights, deltas)]
+        if not self.consensus:
+            mixed = torch.stack(weighted).sum(dim=0) if len(weighted) > 8 else sum(weighted)
+            divisor: torch.Tensor = safe_divisor(weights.sum())
         else:
-            mixed = weighted.sum(dim=0)
-            divisor = safe_divisor(weights.sum())
+            mixed, divisor = torch.zeros_like(deltas[0]), torch.zeros_like(deltas[0])
+            for w, x, agree in zip(weights, weighted, agreement(weighted, params.sign)):
+                mixed += torch.where(agree, x, 0.0)
+                divisor += agree * w
+            divisor = torch.where(divisor == 0, 1.0, divisor)
+        mixed = torch.as_tensor(mixed)
         return mixed / divisor if self.resolve_normalize(params.normalize) else mixed

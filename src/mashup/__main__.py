@@ -1,0 +1,3 @@
+from mashup.cli import main
+
+main()

@@ -1,0 +1,27 @@
+"""Rich progress bars for training, on stderr; the library itself never prints."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+from mashup.training import ProgressFn
+
+
+@contextmanager
+def training_bars(console: Console, enabled: bool = True) -> Iterator[Callable[[str], ProgressFn]]:
+    """Yields ``stage(name)``, which adds a bar and returns the callback the training loop updates."""
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                        TextColumn("loss {task.fields[loss]:.3f}"), TimeElapsedColumn(), console=console,
+                        disable=not enabled)
+    with progress:
+        def stage(name: str) -> ProgressFn:
+            task_id = progress.add_task(f"train {name}", total=None, loss=float("nan"))
+
+            def update(step: int, total: int, loss: float) -> None:
+                progress.update(task_id, completed=step, total=total, loss=loss)
+            return update
+        yield stage

@@ -1,0 +1,94 @@
+"""Each CLI verb end to end, through the same entry point users run."""
+
+import json
+import sys
+
+import pytest
+
+from mashup.cli import main
+
+
+def run_cli(args, capsys, monkeypatch, expect=0):
+    monkeypatch.setattr(sys, "argv", ["mashup", *map(str, args)])
+    code = 0
+    try:
+        main()
+    except SystemExit as exc:
+        code = exc.code or 0
+    out, err = capsys.readouterr()
+    assert code == expect, f"exit {code}, stderr: {err}"
+    return out, err
+
+
+@pytest.fixture()
+def lib(tmp_path):
+    return tmp_path / "lib"
+
+
+def test_library_verbs(tmp_path, lib, tiny_loras, capsys, monkeypatch):
+    out, _ = run_cli(["library", "add", *tiny_loras[:2], "--task", "sciq", "--library", lib, "--json"], capsys, monkeypatch)
+    ids = json.loads(out)
+    assert len(ids) == 2
+    out, _ = run_cli(["library", "list", "--library", lib, "--json"], capsys, monkeypatch)
+    assert [r["id"] for r in json.loads(out)] == ids
+    out, _ = run_cli(["library", "show", ids[0], "--library", lib], capsys, monkeypatch)
+    assert json.loads(out)["task"] == "sciq"
+    run_cli(["library", "remove", ids[0], "--library", lib], capsys, monkeypatch)
+    out, _ = run_cli(["library", "list", "--library", lib, "--json"], capsys, monkeypatch)
+    assert [r["id"] for r in json.loads(out)] == ids[1:]
+
+
+def test_user_errors_are_one_line_and_change_nothing(tmp_path, lib, tiny_loras, capsys, monkeypatch):
+    run_cli(["library", "add", tiny_loras[0], "--library", lib], capsys, monkeypatch)
+    before = (lib / "catalog.sqlite").read_bytes()
+    _, err = run_cli(["library", "add", tiny_loras[1], tmp_path / "missing", "--library", lib], capsys, monkeypatch,
+                     expect=1)
+    assert err.strip().count("\n") == 0 and "checkpoint directory not found" in err and "Traceback" not in err
+    _, err = run_cli(["library", "show", "nope", "--library", lib], capsys, monkeypatch, expect=1)
+    assert "no checkpoint with id 'nope'" in err
+    assert (lib / "catalog.sqlite").read_bytes() == before
+
+
+def test_select_merge_train_eval(tmp_path, lib, tiny_base, tiny_loras, mc_file, capsys, monkeypatch):
+    run_cli(["library", "add", *tiny_loras, "--library", lib], capsys, monkeypatch)
+    common = ["--base", tiny_base, "--data", mc_file, "--scoring", "letter"]
+    out, _ = run_cli(["select", *common, "--library", lib, "--samples", "8", "--k", "2", "--json"], capsys, monkeypatch)
+    selection = json.loads(out)
+    assert len(selection["ranking"]) == 3 and len(selection["selected"]) == 2
+    merged = tmp_path / "merged"
+    ids = [x for i in selection["selected"] for x in ("--checkpoints", i)]
+    run_cli(["merge", *ids, "--out", merged, "--library", lib], capsys, monkeypatch)
+    assert (merged / "adapter_model.safetensors").exists()
+    out, _ = run_cli(["train", *common, "--init", merged, "--out", tmp_path / "trained", "--batch-size", "8",
+                      "--max-steps", "2", "--eval-every", "1", "--json"], capsys, monkeypatch)
+    curve = json.loads(out)["curve"]
+    assert [p["step"] for p in curve] == [0, 1, 2]
+    out, _ = run_cli(["eval", *common, "--adapter", merged, "--json"], capsys, monkeypatch)
+    assert json.loads(out)["accuracy"] == curve[0]["accuracy"]
+
+
+def test_run_with_baseline_registers_the_result(tmp_path, lib, tiny_base, tiny_loras, mc_file, capsys, monkeypatch):
+    run_cli(["library", "add", *tiny_loras, "--library", lib], capsys, monkeypatch)
+    out_dir = tmp_path / "run"
+    out, _ = run_cli(["run", "--base", tiny_base, "--data", mc_file, "--scoring", "letter", "--library", lib,
+                      "--out", out_dir, "--baseline", "--samples", "8", "--batch-size", "8", "--max-steps", "2",
+                      "--eval-every", "1", "--json"], capsys, monkeypatch)
+    summary = json.loads(out)
+    for name in ("run_config.yaml", "version.json", "scores.json", "summary.json", "merged/adapter_config.json",
+                 "mashup/adapter/adapter_model.safetensors", "scratch/curve.csv"):
+        assert (out_dir / name).exists(), name
+    assert set(summary["parity"]) == {"p99", "p100"}
+    assert summary["mashup"]["curve"][0][0] == 0
+    listed = json.loads(run_cli(["library", "list", "--library", lib, "--json"], capsys, monkeypatch)[0])
+    assert summary["registered"] in [r["id"] for r in listed] and len(listed) == 4
+
+
+def test_failed_run_leaves_no_run_dir_and_no_library_change(tmp_path, lib, tiny_base, tiny_loras, mc_file, capsys,
+                                                             monkeypatch):
+    run_cli(["library", "add", *tiny_loras[:1], "--library", lib], capsys, monkeypatch)
+    before = (lib / "catalog.sqlite").read_bytes()
+    _, err = run_cli(["run", "--base", tiny_base, "--data", mc_file, "--library", lib, "--out", tmp_path / "run",
+                      "--k", "3", "--max-steps", "1"], capsys, monkeypatch, expect=1)
+    assert "error:" in err
+    assert not (tmp_path / "run").exists()
+    assert (lib / "catalog.sqlite").read_bytes() == before
