@@ -92,3 +92,31 @@ def test_failed_run_leaves_no_run_dir_and_no_library_change(tmp_path, lib, tiny_
     assert "error:" in err
     assert not (tmp_path / "run").exists()
     assert (lib / "catalog.sqlite").read_bytes() == before
+
+
+def test_merge_methods_and_modes_from_the_cli(tmp_path, lib, tiny_base, tiny_loras, mc_file, capsys, monkeypatch):
+    ids = json.loads(run_cli(["library", "add", *tiny_loras, "--library", lib, "--json"], capsys, monkeypatch)[0])
+    flags = [x for i in ids for x in ("--checkpoints", i)]
+    out, _ = run_cli(["merge", *flags, "--method", "ties", "--density", "0.5", "--lora-mode", "delta", "--out",
+                      tmp_path / "ties", "--library", lib, "--json"], capsys, monkeypatch)
+    report = json.loads(out)
+    assert report["method"] == "ties" and report["lora_mode"] == "delta" and report["svd_relative_error"] > 0
+    out, _ = run_cli(["merge", *flags, "--method", "fisher", "--data", mc_file, "--out", tmp_path / "fisher",
+                      "--library", lib, "--json"], capsys, monkeypatch)
+    assert json.loads(out)["method"] == "fisher"
+    _, err = run_cli(["merge", *flags, "--method", "ties", "--density", "0", "--out", tmp_path / "bad",
+                      "--library", lib], capsys, monkeypatch, expect=2)
+    assert "density" in err and not (tmp_path / "bad").exists()
+    _, err = run_cli(["merge", *flags, "--method", "nope", "--out", tmp_path / "bad", "--library", lib], capsys,
+                     monkeypatch, expect=1)
+    assert "average" in err and not (tmp_path / "bad").exists()
+
+
+def test_run_with_dare_ties_merge(tmp_path, lib, tiny_base, tiny_loras, mc_file, capsys, monkeypatch):
+    run_cli(["library", "add", *tiny_loras, "--library", lib], capsys, monkeypatch)
+    out, _ = run_cli(["run", "--base", tiny_base, "--data", mc_file, "--scoring", "letter", "--library", lib,
+                      "--out", tmp_path / "run", "--merge-method", "dare_ties", "--density", "0.5", "--k", "3",
+                      "--lora-mode", "delta", "--samples", "8", "--batch-size", "8", "--max-steps", "1",
+                      "--no-register", "--json"], capsys, monkeypatch)
+    summary = json.loads(out)
+    assert summary["merge_method"] == "dare_ties" and len(summary["selected"]) == 3 and "registered" not in summary

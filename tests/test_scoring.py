@@ -2,7 +2,7 @@ import torch
 from peft import PeftModel
 
 from mashup.config import DataConfig, SelectConfig
-from mashup.data import build_request, encode_requests, load_target, sample
+from mashup.data import build_request, load_target, sample
 from mashup.library import Library
 from mashup.models import load_model, load_tokenizer
 from mashup.verbs import select

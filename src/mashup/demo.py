@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -18,17 +17,19 @@ from typing import Any
 from rich.console import Console
 
 from mashup.config import DataConfig, EvalConfig, MergeConfig, TrainConfig
+from mashup.data.prompts import EncodedRequest
 from mashup.data.schema import sample
 from mashup.data.target import TargetData, load_target
 from mashup.demo_report import write_plot, write_report, print_tables
 from mashup.evaluation import EvalResult, evaluate
 from mashup.io import atomic_output_dir, write_json
-from mashup.library import Library
+from mashup.library import CheckpointRecord, Library
 from mashup.merging import merge_checkpoints
 from mashup.models import attach_adapter, load_model
+from mashup.named_models import cache_root
 from mashup.progress import training_bars
 from mashup.run import parity
-from mashup.scoring import rank, score_checkpoints
+from mashup.scoring import CheckpointScore, rank, score_checkpoints
 from mashup.training import INIT_WEIGHTS
 from mashup.verbs import train_in
 from mashup.workspace import Workspace, open_workspace, write_version
@@ -45,14 +46,15 @@ class DemoSettings:
     sources: tuple[str, ...] = ("sciq", "openbookqa", "commonsense_qa", "social_iqa")
     scoring: str = "cloze"
     max_length: int = 96
-    source_steps: int | None = 16  # None: one epoch over the source's train split
+    source_steps: int | None = 12  # None: one epoch over the source's train split
+    source_batch_size: int = 16
     source_lr: float = 1e-3
-    steps: int | None = 16  # None: one epoch over the target's train split
+    steps: int | None = 12  # None: one epoch over the target's train split
     eval_every: int | None = 4  # None: every 10% of the steps
     lr: float = 1e-3
-    batch_size: int = 16
-    test_examples: int | None = 200  # None: the whole test split
-    select_samples: int = 32
+    batch_size: int = 8
+    test_examples: int | None = 100  # None: the whole test split
+    select_samples: int = 48
     k: int = 2
     seeds: tuple[int, ...] = (0, 1)
 
@@ -60,18 +62,19 @@ class DemoSettings:
         return DataConfig(data=task, scoring=self.scoring, max_length=self.max_length,  # type: ignore[arg-type]
                           max_test_examples=self.test_examples)
 
-    def train(self, steps: int | None, lr: float, seed: int) -> TrainConfig:
-        return TrainConfig(mode="lora", lr=lr, max_steps=steps, eval_every=self.eval_every,
+    def train(self, seed: int) -> TrainConfig:
+        """Both arms on the target: identical settings, only the initialisation differs."""
+        return TrainConfig(mode="lora", lr=self.lr, max_steps=self.steps, eval_every=self.eval_every,
                            batch_size=self.batch_size, seed=seed)
 
+    def source_train(self) -> TrainConfig:
+        return TrainConfig(mode="lora", lr=self.source_lr, max_steps=self.source_steps,
+                           batch_size=self.source_batch_size, seed=0)
+
     def library_key(self) -> str:
-        fields = (self.base, self.sources, self.scoring, self.max_length, self.source_steps, self.source_lr,
-                  self.batch_size)
+        fields = (self.base, self.scoring, self.max_length, self.source_steps, self.source_lr,
+                  self.source_batch_size)
         return hashlib.sha256(repr(fields).encode()).hexdigest()[:10]
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("MASHUP_CACHE") or Path.home() / ".cache" / "mashup")
 
 
 @dataclass
@@ -91,43 +94,52 @@ def build_source_library(settings: DemoSettings, workspace: Workspace, console: 
         if task in known:
             continue
         out = root / task
-        config = settings.train(settings.source_steps, settings.source_lr, 0)
-        config.eval_every = config.max_steps  # a source needs no curve: evaluate at the start and end only
         with atomic_output_dir(out, overwrite=True) as tmp, training_bars(console) as stage:
-            train_in(workspace, load_target(settings.data(task)), config, EvalConfig(max_examples=50), tmp,
-                     progress=stage(f"source {task}"))
+            # no held-out curve for a source: its relevance is measured by selection on the target
+            train_in(workspace, load_target(settings.data(task)), settings.source_train(), EvalConfig(max_examples=0),
+                     tmp, progress=stage(f"source {task}"))
         library.add([out / "adapter"], task=task, base=settings.base, init_reference=str(out / INIT_WEIGHTS),
                     metadata={"source": "mashup demo"})
     return library
 
 
-def _evaluate_init(workspace: Workspace, requests: list, adapter: Path | None) -> EvalResult:
+def evaluate_init(workspace: Workspace, request_sets: list[list], adapter: Path | None) -> list[EvalResult]:
     model = load_model(workspace.base_dir).to(workspace.device)
     if adapter is not None:
         model = attach_adapter(model, adapter, trainable=False)
-    return evaluate(model, requests, workspace.settings(16))
+    return [evaluate(model, requests, workspace.settings(16)) for requests in request_sets]
+
+
+def select_sources(settings: DemoSettings, workspace: Workspace, library: Library, target: TargetData
+                   ) -> tuple[list[EncodedRequest], list[CheckpointScore], list[CheckpointRecord]]:
+    """Rank the demo's sources by answer loss on a seeded sample of the target's train split."""
+    records = [r for r in library.list() if r.task in settings.sources]
+    sample_requests = workspace.encode(sample(target.train, settings.select_samples, 0), target.template)
+    ranking = rank(score_checkpoints(workspace.base_dir, records, sample_requests, workspace.settings(16)), "loss")
+    return sample_requests, ranking, [library.get(s.id) for s in ranking[:settings.k]]
 
 
 def _zero_shot(settings: DemoSettings, workspace: Workspace, library: Library, target: TargetData,
                run_dir: Path, timer: Timer, console: Console) -> dict[str, Any]:
-    """Selection on the train sample (timed as the method's cost), then zero-shot test accuracies."""
-    records = library.list()
+    """Selection on a train sample (timed as the method's cost), the merge, and zero-shot accuracies.
+
+    Sources are compared on the selection sample (target train split), where selection already
+    scored them; the base and the merged init also on the test split, as both arms' step 0.
+    """
+    records = [r for r in library.list() if r.task in settings.sources]
     start = time.perf_counter()
-    train_requests = workspace.encode(sample(target.train, settings.select_samples, 0), target.template)
-    ranking = rank(score_checkpoints(workspace.base_dir, records, train_requests, workspace.settings(16)), "loss")
-    selected = [library.get(s.id) for s in ranking[:settings.k]]
+    sample_requests, ranking, selected = select_sources(settings, workspace, library, target)
     timer.add("selection", start)
     console.print("selected: " + ", ".join(f"{r.task} ({r.id})" for r in selected))
     start = time.perf_counter()
     merge_checkpoints(selected, MergeConfig(method="average"), run_dir / "merged")
     timer.add("merge", start)
     test_requests = workspace.encode(target.test, target.template)
-    sources = score_checkpoints(workspace.base_dir, records, test_requests, workspace.settings(16))
+    base_sample, base_test = evaluate_init(workspace, [sample_requests, test_requests], None)
+    merged_sample, merged_test = evaluate_init(workspace, [sample_requests, test_requests], run_dir / "merged")
     return {"ranking": [s.to_dict() for s in ranking], "selected": [r.id for r in selected],
-            "tasks": {r.id: r.task for r in records},
-            "sources_test": {s.id: s.accuracy for s in sources},
-            "base": _evaluate_init(workspace, test_requests, None),
-            "merged": _evaluate_init(workspace, test_requests, run_dir / "merged")}
+            "tasks": {r.id: r.task for r in records}, "base": base_test, "merged": merged_test,
+            "base_sample": base_sample.to_dict(), "merged_sample": merged_sample.to_dict()}
 
 
 def _train_arms(settings: DemoSettings, workspace: Workspace, target: TargetData, run_dir: Path,
@@ -141,7 +153,7 @@ def _train_arms(settings: DemoSettings, workspace: Workspace, target: TargetData
             out.mkdir()
             start = time.perf_counter()
             with training_bars(console) as stage:
-                arms[arm] = train_in(workspace, target, settings.train(settings.steps, settings.lr, seed),
+                arms[arm] = train_in(workspace, target, settings.train(seed),
                                      EvalConfig(), out, init, progress=stage(f"{arm} seed {seed}"),
                                      initial=initial).result
             timer.add(f"training_{arm}", start)

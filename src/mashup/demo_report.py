@@ -22,14 +22,20 @@ def mean_parity_fraction(summary: dict[str, Any], key: str = "p100") -> float | 
     return None if any(f is None for f in fractions) else mean(fractions)
 
 
-def _zero_shot_rows(summary: dict[str, Any]) -> list[tuple[str, str, str]]:
+ZERO_SHOT_HEADER = ("checkpoint", "sample loss", "sample accuracy", "test accuracy")
+
+
+def _zero_shot_rows(summary: dict[str, Any]) -> list[tuple[str, ...]]:
+    """Loss and accuracy on the selection sample (target train split); test accuracy for the inits."""
     zero = summary["zero_shot"]
-    losses = {r["id"]: r["loss"] for r in zero["ranking"]}
-    rows = [("base model", "-", f"{zero['base']:.3f}")]
-    for checkpoint_id, accuracy in zero["sources_test"].items():
-        mark = " (selected)" if checkpoint_id in zero["selected"] else ""
-        rows.append((f"source {zero['tasks'][checkpoint_id]}{mark}", f"{losses[checkpoint_id]:.4f}", f"{accuracy:.3f}"))
-    rows.append((f"merged init (average of top {len(zero['selected'])})", "-", f"{zero['merged']:.3f}"))
+    rows = [("base model", f"{zero['base_sample']['loss']:.4f}", f"{zero['base_sample']['accuracy']:.3f}",
+             f"{zero['base']:.3f}")]
+    for score in zero["ranking"]:
+        mark = " (selected)" if score["id"] in zero["selected"] else ""
+        rows.append((f"source {zero['tasks'][score['id']]}{mark}", f"{score['loss']:.4f}", f"{score['accuracy']:.3f}",
+                     "-"))
+    rows.append((f"merged init (average of top {len(zero['selected'])})", f"{zero['merged_sample']['loss']:.4f}",
+                 f"{zero['merged_sample']['accuracy']:.3f}", f"{zero['merged']:.3f}"))
     return rows
 
 
@@ -48,8 +54,9 @@ def _pct(value: float | None) -> str:
 
 
 def print_tables(summary: dict[str, Any], console: Console) -> None:
-    table = Table("checkpoint", "selection loss", "zero-shot test accuracy",
-                  title=f"Zero-shot on {summary['target']} ({summary['n_test']} test questions)")
+    settings = summary["settings"]
+    table = Table(*ZERO_SHOT_HEADER, title=f"Zero-shot on {summary['target']}: selection sample of "
+                  f"{settings['select_samples']} train questions, {summary['n_test']} test questions")
     for row in _zero_shot_rows(summary):
         table.add_row(*row)
     console.print(table)
@@ -102,18 +109,23 @@ def write_report(summary: dict[str, Any], path: Path) -> None:
     curve_rows = [(str(st), f"{m:.3f}", f"{s:.3f}") for (st, m), (_, s) in
                   zip(mean_curves(summary, "mashup"), mean_curves(summary, "scratch"))]
     verdict = ("Mashup reached the from-scratch final accuracy in " + _pct(fraction) + " of the steps on average "
-               f"(target: at most 60%)." if fraction is not None else
+               "(target: at most 60%)." if fraction is not None else
                "Mashup did not reach the from-scratch final accuracy on every seed within the budget.")
     text = f"""# Mashup demo: {summary['target']}
 
 Base `{settings['base']}`, {settings['scoring']} scoring, LoRA r=8 alpha=16, batch {settings['batch_size']},
-{settings['steps']} steps at lr {settings['lr']} for both arms, seeds {settings['seeds']}.
+{settings['steps']} steps at lr {settings['lr']} (cosine, 10% warmup) for both arms, seeds {settings['seeds']};
+the arms differ only in their initialisation (merged sources vs a fresh LoRA).
 Target data: {summary['target_source']} ({summary['n_train']} train, {summary['n_test']} test questions).
-Source library: {', '.join(settings['sources'])} ({settings['source_steps']} steps each).
+Source library: {', '.join(settings['sources'])} ({settings['source_steps']} steps each at batch
+{settings['source_batch_size']}); top {settings['k']} by answer loss averaged (LoRA A and B separately).
 
 ## Zero-shot
 
-{_md_table(("checkpoint", "selection loss", "test accuracy"), _zero_shot_rows(summary))}
+Loss and accuracy on the selection sample ({settings['select_samples']} questions of the target's train split,
+ranked by loss), and accuracy on the test split for the base and the merged init (both arms' step 0).
+
+{_md_table(ZERO_SHOT_HEADER, _zero_shot_rows(summary))}
 
 ## Accuracy curves (mean over seeds)
 

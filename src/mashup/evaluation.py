@@ -58,7 +58,9 @@ def _score_single_token(model: nn.Module, requests: Sequence[EncodedRequest], s:
 def _score_continuations(model: nn.Module, requests: Sequence[EncodedRequest], s: ScoreSettings
                          ) -> tuple[list[float], list[int]]:
     """Cloze answers: each choice is scored by its summed log-likelihood, normalised by length in characters."""
+    # Continuations are padded to the longest in a batch, so batch similar lengths together.
     order = sorted(range(len(requests)), key=lambda i: (len(requests[i].continuation_ids),
+                                                        max(map(len, requests[i].continuation_ids)),
                                                         len(requests[i].prompt_ids)))
     losses, preds = [0.0] * len(requests), [0] * len(requests)
     groups: dict[int, list[int]] = {}

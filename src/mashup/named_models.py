@@ -66,10 +66,15 @@ NAMED_MODELS: dict[str, NamedModel] = {
 }
 
 
+def cache_root() -> Path:
+    """``$MASHUP_CACHE`` when set, else ``~/.cache/mashup``: converted models, the demo's sources."""
+    root = os.environ.get("MASHUP_CACHE")
+    return Path(root).expanduser() if root else Path.home() / ".cache" / "mashup"
+
+
 def default_cache_dir() -> Path:
     """``$MASHUP_CACHE/models`` when set, else ``~/.cache/mashup/models``."""
-    root = os.environ.get("MASHUP_CACHE")
-    return (Path(root).expanduser() if root else Path.home() / ".cache" / "mashup") / "models"
+    return cache_root() / "models"
 
 
 def is_converted(model_dir: Path) -> bool:

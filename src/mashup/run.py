@@ -14,7 +14,7 @@ from mashup.evaluation import steps_to_parity
 from mashup.io import atomic_output_dir, write_json
 from mashup.library import Library
 from mashup.training import INIT_WEIGHTS, ProgressFn, TrainResult
-from mashup.verbs import SelectResult, TrainSummary, select, train_in
+from mashup.verbs import SelectResult, TrainSummary, merge_statistics_batches, select, train_in
 from mashup.workspace import open_workspace, write_version
 
 logger = logging.getLogger(__name__)
@@ -75,7 +75,8 @@ def run(config: RunConfig, stage: StageFn = lambda name: None, overwrite: bool =
         write_json(tmp / "scores.json", selection.to_dict())
         start = time.perf_counter()
         records = [library.get(i) for i in selection.selected]
-        merge_checkpoints(records, config.merge, tmp / "merged", base_model_dir=workspace.base_dir)
+        merge_checkpoints(records, config.merge, tmp / "merged", base_model_dir=workspace.base_dir,
+                          calibration_batches=merge_statistics_batches(config.merge, workspace, target))
         merge_seconds = time.perf_counter() - start
         mashup = train_in(workspace, target, config.train, config.eval, _mkdir(tmp / "mashup"), tmp / "merged",
                           stage("mashup"), config.allow_pickle)

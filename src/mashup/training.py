@@ -128,7 +128,8 @@ def train(model: nn.Module, train_requests: Sequence[EncodedRequest], eval_reque
     scheduler = get_cosine_schedule_with_warmup(optimizer, int(config.warmup_ratio * steps), steps)
     batches = _batch_indices(len(train_requests), config.batch_size, config.seed)
     result = TrainResult(total_steps=steps, train_seconds=0.0, eval_seconds=0.0)
-    _record(model, eval_requests, settings, result, 0, None, initial)
+    if eval_requests:  # an empty eval set trains without a curve (e.g. a library's source adapters)
+        _record(model, eval_requests, settings, result, 0, None, initial)
     torch.manual_seed(config.seed)
     for step in range(1, steps + 1):
         model.train()
@@ -141,7 +142,7 @@ def train(model: nn.Module, train_requests: Sequence[EncodedRequest], eval_reque
         result.train_seconds += time.perf_counter() - start
         if progress:
             progress(step, steps, train_loss)
-        if step % eval_every == 0 or step == steps:
+        if eval_requests and (step % eval_every == 0 or step == steps):
             _record(model, eval_requests, settings, result, step, train_loss)
     return result
 

@@ -6,7 +6,7 @@ import csv
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
@@ -19,9 +19,9 @@ from mashup.errors import LibraryError, MashupError
 from mashup.evaluation import EvalResult, evaluate
 from mashup.io import atomic_output_dir, write_json
 from mashup.library import CheckpointRecord, Library, partition_compatible
-from mashup.models import attach_adapter, load_model
+from mashup.models import attach_adapter, load_model, resolve_base_dir
 from mashup.scoring import CheckpointScore, rank, score_checkpoints
-from mashup.training import INIT_WEIGHTS, ProgressFn, TrainResult, prepare_model, save_init_adapter, save_trained, train
+from mashup.training import INIT_WEIGHTS, CurvePoint, ProgressFn, TrainResult, prepare_model, save_init_adapter, save_trained, train
 from mashup.workspace import Workspace, open_workspace, write_version
 
 logger = logging.getLogger(__name__)
@@ -89,6 +89,17 @@ def calibration_batches(workspace: Workspace, target: TargetData, n: int, seed: 
     return batches
 
 
+STATISTICS_METHODS = frozenset({"fisher", "regmean"})
+
+
+def merge_statistics_batches(config: MergeConfig, workspace: Workspace, target: TargetData
+                             ) -> list[dict[str, torch.Tensor]] | None:
+    """Calibration batches for methods that need data statistics (Fisher, RegMean); None for the rest."""
+    if config.method not in STATISTICS_METHODS:
+        return None
+    return calibration_batches(workspace, target, config.fisher_samples, config.seed)
+
+
 def merge(checkpoint_ids: Sequence[str], config: MergeConfig, out: str | Path, library_dir: str | Path | None = None,
           *, base: str | None = None, data: DataConfig | None = None, overwrite: bool = False):
     """Merge catalog checkpoints into one PEFT adapter dir (LoRA) or HF model dir (full)."""
@@ -97,14 +108,14 @@ def merge(checkpoint_ids: Sequence[str], config: MergeConfig, out: str | Path, l
     library = Library(library_dir)
     records = [library.get(i) for i in checkpoint_ids]
     base = base or records[0].base_model
-    needs_base = records[0].kind == "full" or config.method in {"fisher", "regmean"}
-    workspace = open_workspace(base, data or DataConfig(data="")) if needs_base else None
+    needs_statistics = config.method in STATISTICS_METHODS
+    base_dir = resolve_base_dir(base) if records[0].kind == "full" or needs_statistics else None
     batches = None
-    if config.method in {"fisher", "regmean"}:
-        if data is None or workspace is None:
+    if needs_statistics:
+        if data is None:
             raise MashupError(f"merge method '{config.method}' needs target data", None, "pass --data TARGET")
-        batches = calibration_batches(workspace, load_target(data), config.fisher_samples, config.seed)
-    return merge_checkpoints(records, config, Path(out), base_model_dir=workspace.base_dir if workspace else None,
+        batches = merge_statistics_batches(config, open_workspace(base, data), load_target(data))
+    return merge_checkpoints(records, config, Path(out), base_model_dir=base_dir,
                              calibration_batches=batches, overwrite=overwrite)
 
 
@@ -125,7 +136,7 @@ def write_curve(result: TrainResult, out_dir: Path) -> None:
     rows = [asdict(p) for p in result.curve]
     write_json(out_dir / "curve.json", rows)
     with open(out_dir / "curve.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer = csv.DictWriter(handle, fieldnames=[f.name for f in fields(CurvePoint)])
         writer.writeheader()
         writer.writerows(rows)
 
