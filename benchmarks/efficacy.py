@@ -3,7 +3,8 @@
 The demo's comparison (same steps, lr, schedule, data and seed for both arms; only the
 initialisation differs), run for each target with the other tasks as the source library.
 
-    python benchmarks/efficacy.py --targets arc_easy --seeds 0 1            # the demo's CPU budget
+    python benchmarks/efficacy.py --targets openbookqa --pool arc_easy sciq commonsense_qa social_iqa
+                                                                            # the demo's CPU budget
     python benchmarks/efficacy.py --paper --targets arc_easy openbookqa     # paper settings (GPU)
 """
 
@@ -14,6 +15,7 @@ import json
 from pathlib import Path
 from statistics import mean
 
+from mashup.progress import quiet_third_party
 from mashup.demo import DemoSettings, run_demo
 from mashup.demo_report import mean_parity_fraction
 
@@ -25,17 +27,20 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--base", default="smollm2-135m")
     parser.add_argument("--targets", nargs="+", default=["arc_easy"])
     parser.add_argument("--pool", nargs="+", default=list(POOL), help="tasks the sources are drawn from")
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
-    parser.add_argument("--scoring", default="cloze", choices=["letter", "cloze", "auto"])
-    parser.add_argument("--steps", type=int, default=16, help="target steps (0: one epoch)")
-    parser.add_argument("--source-steps", type=int, default=16, help="source steps (0: one epoch)")
-    parser.add_argument("--eval-every", type=int, default=4, help="0: every 10%% of the steps")
-    parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--test-examples", type=int, default=200, help="0: the whole test split")
-    parser.add_argument("--select-samples", type=int, default=32)
-    parser.add_argument("--k", type=int, default=2)
-    parser.add_argument("--max-length", type=int, default=96)
+    demo = DemoSettings()  # defaults: the demo's CPU budget
+    parser.add_argument("--seeds", nargs="+", type=int, default=list(demo.seeds))
+    parser.add_argument("--scoring", default=demo.scoring, choices=["letter", "cloze", "auto"])
+    parser.add_argument("--steps", type=int, default=demo.steps, help="target steps (0: one epoch)")
+    parser.add_argument("--source-steps", type=int, default=demo.source_steps, help="source steps (0: one epoch)")
+    parser.add_argument("--eval-every", type=int, default=demo.eval_every, help="0: every 10%% of the steps")
+    parser.add_argument("--lr", type=float, default=demo.lr)
+    parser.add_argument("--source-lr", type=float, default=demo.source_lr)
+    parser.add_argument("--batch-size", type=int, default=demo.batch_size)
+    parser.add_argument("--source-batch-size", type=int, default=demo.source_batch_size)
+    parser.add_argument("--test-examples", type=int, default=demo.test_examples, help="0: the whole test split")
+    parser.add_argument("--select-samples", type=int, default=demo.select_samples)
+    parser.add_argument("--k", type=int, default=demo.k)
+    parser.add_argument("--max-length", type=int, default=demo.max_length)
     parser.add_argument("--paper", action="store_true",
                         help="paper settings: 1 epoch, batch 32, 256 selection samples, full test split, lr 2e-4")
     parser.add_argument("--out", type=Path, default=Path("runs/efficacy"))
@@ -46,11 +51,12 @@ def parse_args() -> argparse.Namespace:
 def settings_for(args: argparse.Namespace, target: str) -> DemoSettings:
     none_if_zero = lambda value: value or None  # noqa: E731
     if args.paper:
-        args.steps, args.source_steps, args.eval_every, args.batch_size = 0, 0, 0, 32
-        args.test_examples, args.select_samples, args.lr, args.max_length = 0, 256, 2e-4, 384
+        args.steps, args.source_steps, args.eval_every, args.batch_size, args.source_batch_size = 0, 0, 0, 32, 32
+        args.test_examples, args.select_samples, args.lr, args.source_lr, args.max_length = 0, 256, 2e-4, 2e-4, 384
     return DemoSettings(
         base=args.base, target=target, sources=tuple(t for t in args.pool if t != target), scoring=args.scoring,
-        max_length=args.max_length, source_steps=none_if_zero(args.source_steps), source_lr=args.lr,
+        max_length=args.max_length, source_steps=none_if_zero(args.source_steps), source_lr=args.source_lr,
+        source_batch_size=args.source_batch_size,
         steps=none_if_zero(args.steps), eval_every=none_if_zero(args.eval_every), lr=args.lr,
         batch_size=args.batch_size, test_examples=none_if_zero(args.test_examples),
         select_samples=args.select_samples, k=args.k, seeds=tuple(args.seeds))
@@ -66,6 +72,7 @@ def figures(summary: dict) -> dict:
 
 
 def main() -> None:
+    quiet_third_party()
     args = parse_args()
     rows = [figures(run_demo(args.out / target, settings=settings_for(args, target))) for target in args.targets]
     print(f"{'target':<16}{'base':>7}{'merged':>8}{'scratch':>9}{'mashup':>8}{'gain pp':>9}{'parity99':>10}{'parity100':>11}")

@@ -20,6 +20,7 @@ from rich.console import Console
 
 from mashup.config import EvalConfig, MergeConfig
 from mashup.data.target import load_target
+from mashup.progress import quiet_third_party
 from mashup.demo import DemoSettings, build_source_library, evaluate_init, select_sources
 from mashup.merging import merge_checkpoints
 from mashup.run import parity
@@ -38,6 +39,7 @@ def parse_args() -> argparse.Namespace:
 
 
 def main() -> None:
+    quiet_third_party()
     args = parse_args()
     console = Console(stderr=True)
     settings = DemoSettings(seeds=tuple(args.seeds))

@@ -15,7 +15,7 @@ from rich.table import Table
 
 from mashup.config import DataConfig, EvalConfig, MergeConfig, RunConfig, SelectConfig, TrainConfig, load_config
 from mashup.errors import MashupError
-from mashup.progress import training_bars
+from mashup.progress import quiet_third_party, training_bars
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Mashup Learning: fine-tune from merged past checkpoints.")
 library_app = typer.Typer(no_args_is_help=True, help="Manage the checkpoint library.")
@@ -281,7 +281,7 @@ def demo_cmd(out: Annotated[Optional[Path], typer.Option("--out", help="run dir 
 
 def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    _quiet_third_party()
+    quiet_third_party()
     try:
         app(standalone_mode=False)
     except MashupError as exc:
@@ -301,10 +301,3 @@ def main() -> None:
             exc.show()
             raise SystemExit(exc.exit_code) from None
         raise
-
-
-def _quiet_third_party() -> None:
-    import transformers
-
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()

@@ -11,6 +11,14 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from mashup.training import ProgressFn
 
 
+def quiet_third_party() -> None:
+    """Silence transformers' info logs and weight-loading bars (for the CLI and scripts, not the library)."""
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
 @contextmanager
 def training_bars(console: Console, enabled: bool = True) -> Iterator[Callable[[str], ProgressFn]]:
     """Yields ``stage(name)``, which adds a bar and returns the callback the training loop updates."""
