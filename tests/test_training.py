@@ -78,3 +78,11 @@ def test_failed_training_leaves_no_output(tmp_path, tiny_base, mc_file, monkeypa
     with pytest.raises(MashupError):
         _train(tmp_path, tiny_base, mc_file, "broken")
     assert [p.name for p in tmp_path.iterdir()] == ["target.jsonl"]
+
+
+def test_fresh_lora_starts_exactly_at_the_base(tmp_path, tiny_base, mc_file):
+    """Why the demo may reuse the base's evaluation as the scratch arm's step 0: B starts at zero."""
+    summary = _train(tmp_path, tiny_base, mc_file, "fresh", max_steps=1)
+    base = evaluate_model(str(tiny_base), DataConfig(data=str(mc_file), **DATA))
+    assert summary.result.curve[0].accuracy == base.accuracy
+    assert summary.result.curve[0].loss == pytest.approx(base.loss, abs=1e-6)
