@@ -126,7 +126,6 @@ def _zero_shot(settings: DemoSettings, workspace: Workspace, library: Library, t
     Sources are compared on the selection sample (target train split), where selection already
     scored them; the base and the merged init also on the test split, as both arms' step 0.
     """
-    records = [r for r in library.list() if r.task in settings.sources]
     start = time.perf_counter()
     sample_requests, ranking, selected = select_sources(settings, workspace, library, target)
     timer.add("selection", start)
@@ -138,7 +137,7 @@ def _zero_shot(settings: DemoSettings, workspace: Workspace, library: Library, t
     base_sample, base_test = evaluate_init(workspace, [sample_requests, test_requests], None)
     merged_sample, merged_test = evaluate_init(workspace, [sample_requests, test_requests], run_dir / "merged")
     return {"ranking": [s.to_dict() for s in ranking], "selected": [r.id for r in selected],
-            "tasks": {r.id: r.task for r in records}, "base": base_test, "merged": merged_test,
+            "tasks": {score.id: library.get(score.id).task for score in ranking}, "base": base_test, "merged": merged_test,
             "base_sample": base_sample.to_dict(), "merged_sample": merged_sample.to_dict()}
 
 

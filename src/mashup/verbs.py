@@ -57,13 +57,14 @@ def select(base: str, data: DataConfig, config: SelectConfig, library_dir: str |
     start = time.perf_counter()
     workspace = workspace or open_workspace(base, data)
     target = target or load_target(data)
-    records, rejected = compatible_records(Library(library_dir), base, kind)
+    library = Library(library_dir)
+    records, rejected = compatible_records(library, base, kind)
     if not records:
-        raise LibraryError(f"no compatible {kind} checkpoints for base '{base}'", str(Library(library_dir).directory),
+        raise LibraryError(f"no compatible {kind} checkpoints for base '{base}'", str(library.directory),
                            "register some with `mashup library add`")
     if config.k > len(records):
         raise LibraryError(f"--k {config.k} but only {len(records)} compatible {kind} checkpoint(s) for '{base}'",
-                           str(Library(library_dir).directory), f"use --k {len(records)} or add checkpoints")
+                           str(library.directory), f"use --k {len(records)} or add checkpoints")
     requests = workspace.encode(sample(target.train, config.samples, config.seed), target.template)
     scores = score_checkpoints(workspace.base_dir, records, requests, workspace.settings(config.batch_size),
                                allow_pickle=allow_pickle)
