@@ -155,7 +155,7 @@ def _train_arms(settings: DemoSettings, workspace: Workspace, target: TargetData
                 arms[arm] = train_in(workspace, target, settings.train(seed),
                                      EvalConfig(), out, init, progress=stage(f"{arm} seed {seed}"),
                                      initial=initial).result
-            timer.add(f"training_{arm}", start)
+            timer.add(f"{arm}_arms_train_and_eval", start)
         per_seed.append({"seed": seed, "mashup": arms["mashup"].to_dict(), "scratch": arms["scratch"].to_dict(),
                          "parity": parity(arms["mashup"], arms["scratch"])})
     return per_seed

@@ -141,6 +141,9 @@ ranked by loss), and accuracy on the test split for the base and the merged init
 
 ## Time (seconds)
 
+The arms' times hold training and their held-out evaluations, over all seeds; the source library
+is trained once and reused from the cache afterwards.
+
 {_md_table(("stage", "seconds"), [(k, f"{v:.1f}") for k, v in summary['seconds'].items()])}
 """
     path.write_text(text)
