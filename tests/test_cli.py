@@ -120,3 +120,28 @@ def test_run_with_dare_ties_merge(tmp_path, lib, tiny_base, tiny_loras, mc_file,
                       "--no-register", "--json"], capsys, monkeypatch)
     summary = json.loads(out)
     assert summary["merge_method"] == "dare_ties" and len(summary["selected"]) == 3 and "registered" not in summary
+
+
+def test_full_fine_tune_run(tmp_path, lib, tiny_base, tiny_fulls, mc_file, capsys, monkeypatch):
+    run_cli(["library", "add", *tiny_fulls, "--base", tiny_base, "--library", lib], capsys, monkeypatch)
+    out, _ = run_cli(["run", "--base", tiny_base, "--data", mc_file, "--scoring", "letter", "--library", lib,
+                      "--out", tmp_path / "run", "--mode", "full", "--baseline", "--samples", "8", "--batch-size", "8",
+                      "--max-steps", "2", "--lr", "1e-4", "--json"], capsys, monkeypatch)
+    summary = json.loads(out)
+    assert summary["mode"] == "full" and (tmp_path / "run" / "merged" / "config.json").exists()
+    assert (tmp_path / "run" / "mashup" / "model" / "model.safetensors").exists()
+    listed = json.loads(run_cli(["library", "list", "--library", lib, "--json"], capsys, monkeypatch)[0])
+    assert [r["kind"] for r in listed] == ["full"] * 4 and summary["registered"] == listed[-1]["id"]
+
+
+def test_export_mergekit_yaml(tmp_path, lib, tiny_base, tiny_fulls, capsys, monkeypatch):
+    ids = json.loads(run_cli(["library", "add", *tiny_fulls[:2], "--base", tiny_base, "--library", lib, "--json"],
+                             capsys, monkeypatch)[0])
+    flags = [x for i in ids for x in ("--checkpoints", i)]
+    run_cli(["merge", *flags, "--method", "ties", "--density", "0.5", "--out", tmp_path / "merged",
+             "--export-mergekit", tmp_path / "mergekit.yaml", "--library", lib], capsys, monkeypatch)
+    import yaml
+
+    exported = yaml.safe_load((tmp_path / "mergekit.yaml").read_text())
+    assert exported["merge_method"] == "ties" and exported["base_model"] == str(tiny_base)
+    assert len(exported["models"]) == 2 and (tmp_path / "merged" / "config.json").exists()

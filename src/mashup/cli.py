@@ -151,13 +151,16 @@ def merge_cmd(checkpoints: Annotated[list[str], typer.Option("--checkpoints", he
 
     config = MergeConfig(method=method, weights=weights or None, density=density, lambda_=lambda_,
                          normalize=normalize, sign=sign, seed=seed, lora_mode=lora_mode)  # type: ignore[arg-type]
-    if export_mergekit is not None:
+    exported = None
+    if export_mergekit is not None:  # built first so an unsupported export fails before any merge work
         from mashup.library import Library
         from mashup.merging import export_mergekit_yaml
 
         records = [Library(library).get(i) for i in checkpoints]
-        export_mergekit.write_text(export_mergekit_yaml(records, config, base or records[0].base_model))
+        exported = export_mergekit_yaml(records, config, base or records[0].base_model)
     report = merge(checkpoints, config, out, library, base=base, data=DataConfig(data=data) if data else None)
+    if export_mergekit is not None and exported is not None:
+        export_mergekit.write_text(exported)
     emit(report.to_dict() if as_json else f"merged {len(checkpoints)} checkpoints with {method} into {out}", as_json)
 
 
