@@ -62,3 +62,30 @@ def test_accuracy_metric_ranks_by_accuracy(tmp_path, tiny_base, tiny_loras, mc_f
     accuracies = [s.accuracy for s in result.ranking]
     assert accuracies == sorted(accuracies, reverse=True)
     assert all(0.0 <= a <= 1.0 for a in accuracies)
+
+
+def test_score_cache_scores_only_new_checkpoints(tmp_path, tiny_base, tiny_loras, mc_file, monkeypatch):
+    import mashup.verbs as verbs
+
+    library = Library(tmp_path / "lib")
+    library.add(tiny_loras[:2])
+    data = DataConfig(data=str(mc_file), scoring="letter")
+    config = SelectConfig(samples=10, k=2)
+    first = select(str(tiny_base), data, config, tmp_path / "lib")
+    assert not any(s.cached for s in first.ranking)
+    scored: list[str] = []
+    real = verbs.score_checkpoints
+    monkeypatch.setattr(verbs, "score_checkpoints",
+                        lambda base, records, *a, **k: scored.extend(r.id for r in records) or real(base, records, *a, **k))
+    new = library.add([tiny_loras[2]])[0]
+    second = select(str(tiny_base), data, config, tmp_path / "lib")
+    assert scored == [new.id]
+    by_id = {s.id: s for s in second.ranking}
+    for old in first.ranking:
+        assert by_id[old.id].cached and by_id[old.id].loss == old.loss and by_id[old.id].accuracy == old.accuracy
+    scored.clear()
+    select(str(tiny_base), data, SelectConfig(samples=10, k=2, seed=1), tmp_path / "lib")
+    assert len(scored) == 3, "another sample is another fingerprint: everything is scored again"
+    scored.clear()
+    select(str(tiny_base), data, SelectConfig(samples=10, k=2, cache=False), tmp_path / "lib")
+    assert len(scored) == 3

@@ -119,16 +119,19 @@ def select_cmd(base: BaseOpt, data: DataOpt, library: LibraryOpt = None,
                batch_size: Annotated[int, typer.Option("--batch-size")] = 16, kind: Annotated[str, typer.Option("--kind", help="lora | full")] = "lora",
                train: TrainFileOpt = None, test: TestFileOpt = None, test_size: TestSizeOpt = 0.2,
                scoring: ScoringOpt = "auto", max_length: MaxLenOpt = 384, allow_pickle: PickleOpt = False,
+               no_cache: Annotated[bool, typer.Option("--no-cache", help="rescore checkpoints scored before")] = False,
                as_json: JsonOpt = False) -> None:
     """Rank compatible checkpoints by loss (or accuracy) on a sample of the target's train split."""
     from mashup.verbs import select
 
     result = select(base, _data(data, train, test, test_size, scoring, max_length, None, None),
-                    SelectConfig(samples=samples, k=k, metric=metric, seed=seed, batch_size=batch_size),  # type: ignore[arg-type]
+                    SelectConfig(samples=samples, k=k, metric=metric, seed=seed, batch_size=batch_size,
+                                 cache=not no_cache),  # type: ignore[arg-type]
                     library, kind=kind, allow_pickle=allow_pickle)
     table = Table("rank", "id", "task", "loss", "accuracy", "n", "seconds", title=f"ranking by {metric}")
     for i, s in enumerate(result.ranking, 1):
-        table.add_row(str(i), s.id, s.task or "", f"{s.loss:.4f}", f"{s.accuracy:.3f}", str(s.n), f"{s.seconds:.1f}")
+        seconds = "cached" if s.cached else f"{s.seconds:.1f}"
+        table.add_row(str(i), s.id, s.task or "", f"{s.loss:.4f}", f"{s.accuracy:.3f}", str(s.n), seconds)
     emit(result.to_dict(), as_json, table)
 
 
@@ -159,7 +162,7 @@ def merge_cmd(checkpoints: Annotated[list[str], typer.Option("--checkpoints", he
         records = [Library(library).get(i) for i in checkpoints]
         exported = export_mergekit_yaml(records, config, base or records[0].base_model)
     report = merge(checkpoints, config, out, library, base=base, data=DataConfig(data=data) if data else None)
-    if export_mergekit is not None and exported is not None:
+    if exported is not None:
         export_mergekit.write_text(exported)
     emit(report.to_dict() if as_json else f"merged {len(checkpoints)} checkpoints with {method} into {out}", as_json)
 

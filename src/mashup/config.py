@@ -43,6 +43,7 @@ class SelectConfig(StageConfig):
     metric: Metric = "loss"
     seed: int = 0
     batch_size: int = Field(16, gt=0)
+    cache: bool = Field(True, description="reuse scores of checkpoints already scored on this exact sample")
 
 
 class MergeConfig(StageConfig):

@@ -29,6 +29,7 @@ class CheckpointScore:
     accuracy: float
     n: int
     seconds: float
+    cached: bool = False  # read from the library's score cache rather than computed now
 
     def to_dict(self) -> dict:
         return asdict(self)
