@@ -43,7 +43,7 @@ class DemoSettings:
 
     base: str = "smollm2-135m"
     target: str = "arc_easy"
-    sources: tuple[str, ...] = ("sciq", "openbookqa", "commonsense_qa", "social_iqa")
+    sources: tuple[str, ...] = ("sciq", "openbookqa", "commonsense_qa")
     scoring: str = "cloze"
     max_length: int = 96
     source_steps: int | None = 12  # None: one epoch over the source's train split
