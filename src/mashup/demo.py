@@ -25,13 +25,12 @@ from mashup.evaluation import EvalResult, evaluate
 from mashup.io import atomic_output_dir, write_json
 from mashup.library import CheckpointRecord, Library
 from mashup.merging import merge_checkpoints
-from mashup.models import attach_adapter, load_model
 from mashup.named_models import cache_root
 from mashup.progress import training_bars
 from mashup.run import parity
 from mashup.scoring import CheckpointScore, rank, score_checkpoints
 from mashup.training import INIT_WEIGHTS
-from mashup.verbs import train_in
+from mashup.verbs import load_eval_model, train_in
 from mashup.workspace import Workspace, open_workspace, write_version
 
 logger = logging.getLogger(__name__)
@@ -104,9 +103,7 @@ def build_source_library(settings: DemoSettings, workspace: Workspace, console: 
 
 
 def evaluate_init(workspace: Workspace, request_sets: list[list], adapter: Path | None) -> list[EvalResult]:
-    model = load_model(workspace.base_dir).to(workspace.device)
-    if adapter is not None:
-        model = attach_adapter(model, adapter, trainable=False)
+    model = load_eval_model(workspace, adapter=adapter)
     return [evaluate(model, requests, workspace.settings(16)) for requests in request_sets]
 
 

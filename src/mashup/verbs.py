@@ -165,9 +165,7 @@ def train_in(workspace: Workspace, target: TargetData, config: TrainConfig, eval
     model = prepare_model(workspace.base_dir, config, init, allow_pickle).to(workspace.device)
     if config.mode == "lora":
         save_init_adapter(model, out_dir / INIT_WEIGHTS)
-    eval_examples = target.test if eval_config.split == "test" else target.train
-    if eval_config.max_examples is not None:
-        eval_examples = sample(eval_examples, eval_config.max_examples, 0)
+    eval_examples = eval_split(target, eval_config)
     result = train(model, workspace.encode(target.train, target.template),
                    workspace.encode(eval_examples, target.template), config,
                    workspace.settings(eval_config.batch_size), progress, initial)
@@ -203,11 +201,21 @@ def evaluate_model(base: str, data: DataConfig, *, adapter: str | Path | None = 
     config = config or EvalConfig()
     workspace = open_workspace(base, data)
     target = load_target(data)
+    model = load_eval_model(workspace, adapter=adapter, model_dir=model_dir, allow_pickle=allow_pickle)
+    return evaluate(model, workspace.encode(eval_split(target, config), target.template),
+                    workspace.settings(config.batch_size))
+
+
+def eval_split(target: TargetData, config: EvalConfig) -> list:
+    """The examples an evaluation runs on: the configured split, capped with a fixed seed."""
+    examples = target.test if config.split == "test" else target.train
+    return examples if config.max_examples is None else sample(examples, config.max_examples, 0)
+
+
+def load_eval_model(workspace: Workspace, *, adapter: str | Path | None = None, model_dir: str | Path | None = None,
+                    allow_pickle: bool = False) -> torch.nn.Module:
+    """The base (or a full model dir), with an optional LoRA adapter, on the workspace's device."""
     model = load_model(Path(model_dir) if model_dir else workspace.base_dir, allow_pickle=allow_pickle)
     if adapter:
         model = attach_adapter(model, Path(adapter), trainable=False)
-    examples = target.test if config.split == "test" else target.train
-    if config.max_examples is not None:
-        examples = sample(examples, config.max_examples, 0)
-    return evaluate(model.to(workspace.device), workspace.encode(examples, target.template),
-                    workspace.settings(config.batch_size))
+    return model.to(workspace.device)

@@ -70,15 +70,19 @@ class Library:
                 conn.execute(f"INSERT INTO checkpoints VALUES ({', '.join('?' * len(_COLUMNS))})", _to_row(record))
         return records
 
-    def list(self, *, base: str | None = None, kind: str | None = None) -> list[CheckpointRecord]:
+    def _select(self, where: str = "", params: tuple = ()) -> list[CheckpointRecord]:
         with self._connect() as conn:
-            rows = conn.execute(f"SELECT {', '.join(_COLUMNS)} FROM checkpoints ORDER BY rowid").fetchall()
-        records = [_from_row(row) for row in rows]
+            rows = conn.execute(f"SELECT {', '.join(_COLUMNS)} FROM checkpoints {where} ORDER BY rowid",
+                                params).fetchall()
+        return [_from_row(row) for row in rows]
+
+    def list(self, *, base: str | None = None, kind: str | None = None) -> list[CheckpointRecord]:
+        records = self._select()
         return [r for r in records if (base is None or r.base_model == base) and (kind is None or r.kind == kind)]
 
     def get(self, checkpoint_id: str) -> CheckpointRecord:
         """Look up by id or unique id prefix."""
-        matches = [r for r in self.list() if r.id.startswith(checkpoint_id)] if checkpoint_id else []
+        matches = self._select("WHERE substr(id, 1, ?) = ?", (len(checkpoint_id), checkpoint_id)) if checkpoint_id else []
         if len(matches) != 1:
             problem = "no checkpoint" if not matches else f"{len(matches)} checkpoints match"
             raise LibraryError(f"{problem} with id '{checkpoint_id}'", str(self.directory),
