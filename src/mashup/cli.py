@@ -15,7 +15,7 @@ from rich.table import Table
 
 from mashup.config import DataConfig, EvalConfig, MergeConfig, RunConfig, SelectConfig, TrainConfig, load_config
 from mashup.errors import MashupError
-from mashup.progress import quiet_third_party, training_bars
+from mashup.progress import quiet_third_party, scoring_bar, selection_summary, training_bars
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Mashup Learning: fine-tune from merged past checkpoints.")
 library_app = typer.Typer(no_args_is_help=True, help="Manage the checkpoint library.")
@@ -120,14 +120,23 @@ def select_cmd(base: BaseOpt, data: DataOpt, library: LibraryOpt = None,
                train: TrainFileOpt = None, test: TestFileOpt = None, test_size: TestSizeOpt = 0.2,
                scoring: ScoringOpt = "auto", max_length: MaxLenOpt = 384, allow_pickle: PickleOpt = False,
                no_cache: Annotated[bool, typer.Option("--no-cache", help="rescore checkpoints scored before")] = False,
+               selector: Annotated[str, typer.Option("--selector", help="exhaustive | halving | prefilter+halving")] = "exhaustive",
+               halving_min_samples: Annotated[int, typer.Option("--halving-min-samples", help="first round's sample size")] = 16,
+               halving_factor: Annotated[float, typer.Option("--halving-factor", help="keep 1/factor, grow the sample factor times")] = 4.0,
+               executor: Annotated[str, typer.Option("--executor", help="local | ray")] = "local",
+               ray_address: Annotated[Optional[str], typer.Option("--ray-address", help="existing Ray cluster (default: start one)")] = None,
                as_json: JsonOpt = False) -> None:
     """Rank compatible checkpoints by loss (or accuracy) on a sample of the target's train split."""
+    from mashup.config import HalvingConfig
     from mashup.verbs import select
 
-    result = select(base, _data(data, train, test, test_size, scoring, max_length, None, None),
-                    SelectConfig(samples=samples, k=k, metric=metric, seed=seed, batch_size=batch_size,
-                                 cache=not no_cache),  # type: ignore[arg-type]
-                    library, kind=kind, allow_pickle=allow_pickle)
+    config = SelectConfig(samples=samples, k=k, metric=metric, seed=seed, batch_size=batch_size,  # type: ignore[arg-type]
+                          cache=not no_cache, selector=selector, executor=executor, ray_address=ray_address,  # type: ignore[arg-type]
+                          halving=HalvingConfig(min_samples=halving_min_samples, factor=halving_factor))
+    with scoring_bar(err) as progress:
+        result = select(base, _data(data, train, test, test_size, scoring, max_length, None, None), config,
+                        library, kind=kind, allow_pickle=allow_pickle, progress=progress)
+    err.print(selection_summary(result.stats), highlight=False)
     table = Table("rank", "id", "task", "loss", "accuracy", "n", "seconds", title=f"ranking by {metric}")
     for i, s in enumerate(result.ranking, 1):
         seconds = "cached" if s.cached else f"{s.seconds:.1f}"

@@ -19,9 +19,10 @@ from mashup.errors import LibraryError, MashupError
 from mashup.evaluation import EvalResult, evaluate
 from mashup.io import atomic_output_dir, write_json
 from mashup.library import CheckpointRecord, Library, partition_compatible
-from mashup.library.score_cache import ScoreCache, fingerprint
 from mashup.models import attach_adapter, load_model, resolve_base_dir
-from mashup.scoring import CheckpointScore, rank, score_checkpoints
+from mashup.scoring import CheckpointScore
+from mashup.selection import select_checkpoints
+from mashup.selection.driver import ProgressFn as SelectProgressFn
 from mashup.training import INIT_WEIGHTS, CurvePoint, ProgressFn, TrainResult, prepare_model, save_init_adapter, save_trained, train
 from mashup.workspace import Workspace, open_workspace, write_version
 
@@ -37,6 +38,7 @@ class SelectResult:
     n: int
     seconds: float
     formulation: str = ""
+    stats: dict = field(default_factory=dict)  # what selection cost (mashup.selection.SelectionStats)
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -53,7 +55,7 @@ def compatible_records(library: Library, base: str, kind: str) -> tuple[list[Che
 
 def select(base: str, data: DataConfig, config: SelectConfig, library_dir: str | Path | None = None, *,
            kind: str = "lora", workspace: Workspace | None = None, target: TargetData | None = None,
-           allow_pickle: bool = False) -> SelectResult:
+           allow_pickle: bool = False, progress: SelectProgressFn | None = None) -> SelectResult:
     """Score every compatible checkpoint on a seeded sample of the target's train split; rank them."""
     start = time.perf_counter()
     workspace = workspace or open_workspace(base, data)
@@ -67,27 +69,12 @@ def select(base: str, data: DataConfig, config: SelectConfig, library_dir: str |
         raise LibraryError(f"--k {config.k} but only {len(records)} compatible {kind} checkpoint(s) for '{base}'",
                            str(library.directory), f"use --k {len(records)} or add checkpoints")
     requests = workspace.encode(sample(target.train, config.samples, config.seed), target.template)
-    scores = _scores_with_cache(workspace, records, requests, config, library.directory, allow_pickle)
-    ranking = rank(scores, config.metric)
+    selection = select_checkpoints(workspace, records, requests, config, library.directory,
+                                   allow_pickle=allow_pickle, progress=progress)
+    ranking = selection.ranking
     return SelectResult(ranking=ranking, selected=[s.id for s in ranking[:config.k]], rejected=rejected,
                         metric=config.metric, n=len(requests), seconds=time.perf_counter() - start,
-                        formulation=workspace.formulation)
-
-
-def _scores_with_cache(workspace: Workspace, records: Sequence[CheckpointRecord], requests: list,
-                       config: SelectConfig, library_dir: Path, allow_pickle: bool) -> list[CheckpointScore]:
-    """Score the checkpoints not yet scored on these exact requests; reuse the rest from the cache."""
-    cache = ScoreCache(library_dir) if config.cache else None
-    key = fingerprint(workspace.base_dir, requests)
-    cached = cache.get(key, (r.sha256 for r in records)) if cache else {}
-    fresh = [r for r in records if r.sha256 not in cached]
-    scores = score_checkpoints(workspace.base_dir, fresh, requests, workspace.settings(config.batch_size),
-                               allow_pickle=allow_pickle) if fresh else []
-    if cache and fresh:
-        cache.put(key, [(r.sha256, s.loss, s.accuracy, s.n) for r, s in zip(fresh, scores)])
-    reused = [CheckpointScore(r.id, r.task, r.kind, *cached[r.sha256], seconds=0.0, cached=True)
-              for r in records if r.sha256 in cached]
-    return scores + reused
+                        formulation=workspace.formulation, stats=selection.stats.to_dict())
 
 
 def calibration_batches(workspace: Workspace, target: TargetData, n: int, seed: int, batch_size: int = 8
