@@ -60,11 +60,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--targets", default=",".join(NAMED_TARGETS))
     parser.add_argument("--samples", type=int, default=256)
     parser.add_argument("--max-length", type=int, default=64, help="max tokens per example (scoring and training)")
-    parser.add_argument("--named-steps", default="4,12", help="step budgets of the named-task adapters")
+    parser.add_argument("--named-steps", default="3,8", help="step budgets of the named-task adapters")
     parser.add_argument("--named-seeds", default="0,1")
-    parser.add_argument("--mmlu-steps", type=int, default=8)
-    parser.add_argument("--train-batch-size", type=int, default=8)
-    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--mmlu-steps", type=int, default=5)
+    parser.add_argument("--train-batch-size", type=int, default=4)
+    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--build-limit", type=int, help="train at most this many adapters in this call (resumable)")
     parser.add_argument("--batch-size", type=int, default=16, help="scoring batch size")
     parser.add_argument("--exhaustive-limit", type=int, help="score at most this many new candidates per target "
                         "in this call (the rest on a later call: the score cache keeps what is done)")
@@ -72,6 +73,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "documented subset when exhaustive scoring of all of them does not fit the machine)")
     parser.add_argument("--test-examples", type=int, default=100, help="test questions for merged-init accuracy")
     parser.add_argument("--selectors", default=",".join(SELECTORS))
+    parser.add_argument("--halving-min-samples", type=int, default=16)
+    parser.add_argument("--halving-factor", type=float, default=4.0)
+    parser.add_argument("--min-survivors", type=int, default=8)
+    parser.add_argument("--prefilter-keep", type=float, default=0.1)
+    parser.add_argument("--prefilter-min-keep", type=int, default=32)
     parser.add_argument("--cache-dir", type=Path, help="default: cache_root()/selection-bench")
     parser.add_argument("--json-out", type=Path)
     return parser.parse_known_args(argv)[0]
@@ -133,9 +139,8 @@ def build(args: argparse.Namespace) -> None:
     root = bench_dir(args)
     library = Library(root / "library")
     known = {r.metadata.get("name") for r in library.list()}
-    for spec in real_specs(args):
-        if spec.name in known:
-            continue
+    todo = [spec for spec in real_specs(args) if spec.name not in known]
+    for spec in todo[:args.build_limit] if args.build_limit is not None else todo:
         start = time.perf_counter()
         data = data_config(spec.task, args, root)
         workspace = open_workspace("smollm2-135m", data, bf16=None)
@@ -147,7 +152,8 @@ def build(args: argparse.Namespace) -> None:
         library.add([out / "adapter"], task=spec.task, base="smollm2-135m", init_reference=str(out / INIT_WEIGHTS),
                     metadata={"name": spec.name, "lineage": [spec.task], "origin": "trained"})
         print(f"trained {spec.name} in {time.perf_counter() - start:.1f}s", flush=True)
-    build_merges(args, library, root)
+    if len(library.list()) >= len(real_specs(args)):
+        build_merges(args, library, root)
 
 
 def merge_plan(real: list, targets: list[str], need: int, seed: int = 0) -> list[tuple[str, ...]]:
@@ -289,7 +295,10 @@ def run_selectors(args: argparse.Namespace, target: str) -> None:
                              "forward_tokens": exhaustive.stats.exhaustive_tokens,
                              "seconds": exhaustive_seconds(results["exhaustive_seconds"], len(pool))}
     for name in args.selectors.split(","):
-        config = SelectConfig(samples=args.samples, batch_size=args.batch_size, selector=name, cache=False)
+        config = SelectConfig(samples=args.samples, batch_size=args.batch_size, selector=name, cache=False,
+                              halving={"min_samples": args.halving_min_samples, "factor": args.halving_factor,
+                                       "min_survivors": args.min_survivors},
+                              prefilter={"keep": args.prefilter_keep, "min_keep": args.prefilter_min_keep})
         start = time.perf_counter()
         selection = select_checkpoints(workspace, pool, requests, config, None)
         results[name] = {"ranking": [s.id for s in selection.ranking], "n": [s.n for s in selection.ranking],
@@ -297,8 +306,20 @@ def run_selectors(args: argparse.Namespace, target: str) -> None:
         save_results(path, results)
         print(f"{target}: {name} done in {results[name]['seconds']:.0f}s", flush=True)
     results["random"] = {"ranking": [r.id for r in random.Random(f"random-{target}").sample(pool, 2)]}
+    results["signals"] = prefilter_signals(pool, requests, workspace, args)
     merged_accuracies(args, target, results, library, workspace, loaded)
     save_results(path, results)
+
+
+def prefilter_signals(pool: list, requests: list, workspace, args: argparse.Namespace) -> dict[str, dict[str, float]]:
+    """Every candidate's prefilter values (lower: more promising), to see how the truth ranks under each."""
+    from mashup.config import PrefilterConfig
+    from mashup.selection.prefilter import run_prefilter
+
+    config = PrefilterConfig(keep=len(pool) - 1, min_keep=1)  # keep all but one: every value gets computed
+    result = run_prefilter(pool, requests, workspace.settings(args.batch_size), workspace.base_dir, config,
+                           "benchmark")
+    return result.values
 
 
 def merged_accuracies(args: argparse.Namespace, target: str, results: dict, library, workspace, loaded) -> None:
@@ -340,6 +361,18 @@ def kendall_tau(reference: list[str], ranking: list[str]) -> float:
     return (concordant - discordant) / ((pairs * (concordant + discordant)) ** 0.5 or 1.0)
 
 
+def spearman(a: list[float], b: list[float]) -> float:
+    def ranks(values: list[float]) -> list[int]:
+        order = sorted(range(len(values)), key=values.__getitem__)
+        out = [0] * len(values)
+        for rank, i in enumerate(order):
+            out[i] = rank
+        return out
+    ra, rb = ranks(a), ranks(b)
+    n = len(a)
+    return 1 - 6 * sum((x - y) ** 2 for x, y in zip(ra, rb)) / (n * (n * n - 1)) if n > 1 else 0.0
+
+
 def report(args: argparse.Namespace) -> dict:
     rows = {}
     for target in args.targets.split(","):
@@ -360,6 +393,11 @@ def report(args: argparse.Namespace) -> dict:
                 "seconds_cost_ratio": got["seconds"] / results["exhaustive"]["seconds"],
                 "merged_accuracy": got["merged_accuracy"],
             }
+        for signal, values in results.get("signals", {}).items():
+            order = sorted(values, key=values.get)
+            row[f"signal:{signal}"] = {"rank_of_top1": order.index(truth[0]) + 1,
+                                       "rank_of_top2": max(order.index(t) for t in truth[:2]) + 1,
+                                       "spearman": spearman([values[i] for i in truth], list(range(len(truth))))}
         rows[target] = row
     summary = {name: {metric: mean(float(r[name][metric]) for r in rows.values())
                       for metric in ("top1_retained", "top2_agreement", "kendall_tau_top20", "token_cost_ratio",
@@ -368,6 +406,9 @@ def report(args: argparse.Namespace) -> dict:
     if rows:
         summary["exhaustive"] = {"merged_accuracy": mean(r["exhaustive_merged_accuracy"] for r in rows.values())}
         summary["random"] = {"merged_accuracy": mean(r["random_merged_accuracy"] for r in rows.values())}
+    for key in sorted({k for r in rows.values() for k in r if k.startswith("signal:")}):
+        summary[key] = {m: mean(r[key][m] for r in rows.values() if key in r)
+                        for m in ("rank_of_top1", "rank_of_top2", "spearman")}
     print_report(rows, summary)
     return {"targets": rows, "summary": summary, "settings": vars(args) | {"cache_dir": str(bench_dir(args))}}
 
@@ -377,7 +418,10 @@ def print_report(rows: dict, summary: dict) -> None:
         print(f"\n{target} ({row['candidates']} candidates): merged-init accuracy exhaustive "
               f"{row['exhaustive_merged_accuracy']:.3f}, random-2 {row['random_merged_accuracy']:.3f}")
         for name, r in row.items():
-            if isinstance(r, dict):
+            if name.startswith("signal:"):
+                print(f"  {name:>18}: exhaustive top-1 ranks {r['rank_of_top1']}, top-2 within the first "
+                      f"{r['rank_of_top2']}; Spearman with exhaustive loss {r['spearman']:+.3f}")
+            elif isinstance(r, dict):
                 print(f"  {name:>18}: top-1 kept {r['top1_retained']!s:5} top-2 same {r['top2_agreement']!s:5} "
                       f"tau@20 {r['kendall_tau_top20']:+.3f}  cost {r['token_cost_ratio']:.1%} tokens "
                       f"{r['seconds_cost_ratio']:.1%} seconds  merged-init acc {r['merged_accuracy']:.3f}")

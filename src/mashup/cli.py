@@ -36,6 +36,12 @@ MaxLenOpt = Annotated[int, typer.Option("--max-length", help="max tokens per exa
 MaxTrainOpt = Annotated[Optional[int], typer.Option("--max-train-examples", help="cap on train examples")]
 MaxTestOpt = Annotated[Optional[int], typer.Option("--max-test-examples", help="cap on test examples")]
 PickleOpt = Annotated[bool, typer.Option("--allow-pickle", help="allow .bin weights (torch.load weights_only)")]
+SelectorOpt = Annotated[str, typer.Option("--selector", help="exhaustive | halving | prefilter+halving")]
+HalvingMinOpt = Annotated[int, typer.Option("--halving-min-samples", help="halving: first round's sample size")]
+HalvingFactorOpt = Annotated[float, typer.Option("--halving-factor", help="halving: keep 1/factor, grow the sample "
+                                                                          "factor times")]
+ExecutorOpt = Annotated[str, typer.Option("--executor", help="where scoring runs: local | ray")]
+RayAddressOpt = Annotated[Optional[str], typer.Option("--ray-address", help="existing Ray cluster (default: start one)")]
 
 
 def _data(data: str, train: str | None, test: str | None, test_size: float, scoring: str, max_length: int,
@@ -120,18 +126,16 @@ def select_cmd(base: BaseOpt, data: DataOpt, library: LibraryOpt = None,
                train: TrainFileOpt = None, test: TestFileOpt = None, test_size: TestSizeOpt = 0.2,
                scoring: ScoringOpt = "auto", max_length: MaxLenOpt = 384, allow_pickle: PickleOpt = False,
                no_cache: Annotated[bool, typer.Option("--no-cache", help="rescore checkpoints scored before")] = False,
-               selector: Annotated[str, typer.Option("--selector", help="exhaustive | halving | prefilter+halving")] = "exhaustive",
-               halving_min_samples: Annotated[int, typer.Option("--halving-min-samples", help="first round's sample size")] = 16,
-               halving_factor: Annotated[float, typer.Option("--halving-factor", help="keep 1/factor, grow the sample factor times")] = 4.0,
-               executor: Annotated[str, typer.Option("--executor", help="local | ray")] = "local",
-               ray_address: Annotated[Optional[str], typer.Option("--ray-address", help="existing Ray cluster (default: start one)")] = None,
+               selector: SelectorOpt = "exhaustive", halving_min_samples: HalvingMinOpt = 16,
+               halving_factor: HalvingFactorOpt = 4.0, executor: ExecutorOpt = "local", ray_address: RayAddressOpt = None,
                as_json: JsonOpt = False) -> None:
     """Rank compatible checkpoints by loss (or accuracy) on a sample of the target's train split."""
     from mashup.config import HalvingConfig
     from mashup.verbs import select
 
     config = SelectConfig(samples=samples, k=k, metric=metric, seed=seed, batch_size=batch_size,  # type: ignore[arg-type]
-                          cache=not no_cache, selector=selector, executor=executor, ray_address=ray_address,  # type: ignore[arg-type]
+                          cache=not no_cache, selector=selector, executor=executor,  # type: ignore[arg-type]
+                          ray_address=ray_address,
                           halving=HalvingConfig(min_samples=halving_min_samples, factor=halving_factor))
     with scoring_bar(err) as progress:
         result = select(base, _data(data, train, test, test_size, scoring, max_length, None, None), config,

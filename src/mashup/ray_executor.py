@@ -128,8 +128,8 @@ class RayExecutor:
     def _retry(self, index: int, attempts: list[int], exc: BaseException) -> None:
         attempts[index] += 1
         if attempts[index] > self.retries:
-            raise UnitFailed(f"unit {index} failed {attempts[index]} time(s): {type(exc).__name__}: {exc}".splitlines()[0],
-                             None, "see the Ray logs (/tmp/ray/session_latest/logs)")
+            what = f"unit {index} failed {attempts[index]} time(s): {type(exc).__name__}: {exc}".splitlines()[0]
+            raise UnitFailed(what, None, "see the Ray logs (/tmp/ray/session_latest/logs)")
         logger.warning("unit %d failed (%s); running it again", index, type(exc).__name__)
         self.retried += 1
 

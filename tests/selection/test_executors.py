@@ -1,3 +1,4 @@
+import sys
 from dataclasses import dataclass, field
 
 import pytest
@@ -55,3 +56,9 @@ def test_local_executor_gives_up_after_its_retries_and_never_retries_user_errors
 def test_unknown_executor_is_one_clear_error():
     with pytest.raises(MashupError, match="use --executor local or --executor ray"):
         make_executor("dask")  # type: ignore[arg-type]
+
+
+def test_ray_executor_without_ray_says_how_to_install_it(monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray now raises ImportError
+    with pytest.raises(MashupError, match=r"pip install 'mashup\[ray\]'"):
+        make_executor("ray")

@@ -69,7 +69,8 @@ def run_prefilter(records: Sequence[CheckpointRecord], requests: Sequence[Encode
             values[signal].update(new)
             if cache is not None:
                 cache.put_signals(signal, fingerprint, {keys[i]: v for i, v in new.items()})
-    chosen = _round_robin([sorted(v, key=lambda i: (v[i], i)) for v in values.values()], count - (len(records) - len(eligible)))
+    rankings = [sorted(v, key=lambda i: (v[i], i)) for v in values.values()]
+    chosen = _round_robin(rankings, count - (len(records) - len(eligible)))
     result.kept = [r for r in records if layouts[r.id] is None or r.id in chosen]
     result.values = values
     result.seconds = time.perf_counter() - start
