@@ -49,6 +49,7 @@ def test_user_errors_are_one_line_and_change_nothing(tmp_path, lib, tiny_loras, 
     assert (lib / "catalog.sqlite").read_bytes() == before
 
 
+@pytest.mark.fp32
 def test_select_merge_train_eval(tmp_path, lib, tiny_base, tiny_loras, mc_file, capsys, monkeypatch):
     run_cli(["library", "add", *tiny_loras, "--library", lib], capsys, monkeypatch)
     common = ["--base", tiny_base, "--data", mc_file, "--scoring", "letter"]
@@ -78,7 +79,7 @@ def test_run_with_baseline_registers_the_result(tmp_path, lib, tiny_base, tiny_l
                  "mashup/adapter/adapter_model.safetensors", "scratch/curve.csv"):
         assert (out_dir / name).exists(), name
     assert set(summary["parity"]) == {"p99", "p100"}
-    assert summary["mashup"]["curve"][0][0] == 0
+    assert summary["mashup"]["curve"][0]["step"] == 0
     listed = json.loads(run_cli(["library", "list", "--library", lib, "--json"], capsys, monkeypatch)[0])
     assert summary["registered"] in [r["id"] for r in listed] and len(listed) == 4
 

@@ -36,6 +36,11 @@ MaxLenOpt = Annotated[int, typer.Option("--max-length", help="max tokens per exa
 MaxTrainOpt = Annotated[Optional[int], typer.Option("--max-train-examples", help="cap on train examples")]
 MaxTestOpt = Annotated[Optional[int], typer.Option("--max-test-examples", help="cap on test examples")]
 PickleOpt = Annotated[bool, typer.Option("--allow-pickle", help="allow .bin weights (torch.load weights_only)")]
+IncludeTargetOpt = Annotated[bool, typer.Option(
+    "--include-target-checkpoints", help="also rank checkpoints trained on the target (excluded by default)")]
+NoCacheOpt = Annotated[bool, typer.Option("--no-cache", help="rescore checkpoints scored before on this sample")]
+PrecisionOpt = Annotated[Optional[str], typer.Option(
+    "--precision", help="auto | fp32 | bf16 (default $MASHUP_PRECISION, else auto: bf16 where the CPU/GPU has fast bf16)")]
 
 
 def _data(data: str, train: str | None, test: str | None, test_size: float, scoring: str, max_length: int,
@@ -119,15 +124,15 @@ def select_cmd(base: BaseOpt, data: DataOpt, library: LibraryOpt = None,
                batch_size: Annotated[int, typer.Option("--batch-size")] = 16, kind: Annotated[str, typer.Option("--kind", help="lora | full")] = "lora",
                train: TrainFileOpt = None, test: TestFileOpt = None, test_size: TestSizeOpt = 0.2,
                scoring: ScoringOpt = "auto", max_length: MaxLenOpt = 384, allow_pickle: PickleOpt = False,
-               no_cache: Annotated[bool, typer.Option("--no-cache", help="rescore checkpoints scored before")] = False,
-               as_json: JsonOpt = False) -> None:
+               no_cache: NoCacheOpt = False, include_target: IncludeTargetOpt = False,
+               precision: PrecisionOpt = None, as_json: JsonOpt = False) -> None:
     """Rank compatible checkpoints by loss (or accuracy) on a sample of the target's train split."""
     from mashup.verbs import select
 
     result = select(base, _data(data, train, test, test_size, scoring, max_length, None, None),
                     SelectConfig(samples=samples, k=k, metric=metric, seed=seed, batch_size=batch_size,
-                                 cache=not no_cache),  # type: ignore[arg-type]
-                    library, kind=kind, allow_pickle=allow_pickle)
+                                 cache=not no_cache, include_target_checkpoints=include_target),  # type: ignore[arg-type]
+                    library, kind=kind, allow_pickle=allow_pickle, precision=precision)  # type: ignore[arg-type]
     table = Table("rank", "id", "task", "loss", "accuracy", "n", "seconds", title=f"ranking by {metric}")
     for i, s in enumerate(result.ranking, 1):
         seconds = "cached" if s.cached else f"{s.seconds:.1f}"
@@ -180,7 +185,8 @@ def train_cmd(base: BaseOpt, data: DataOpt, out: Annotated[Path, typer.Option("-
               seed: Annotated[int, typer.Option("--seed")] = 0,
               train: TrainFileOpt = None, test: TestFileOpt = None, test_size: TestSizeOpt = 0.2,
               scoring: ScoringOpt = "auto", max_length: MaxLenOpt = 384, max_train_examples: MaxTrainOpt = None,
-              max_test_examples: MaxTestOpt = None, allow_pickle: PickleOpt = False, as_json: JsonOpt = False) -> None:
+              max_test_examples: MaxTestOpt = None, allow_pickle: PickleOpt = False, precision: PrecisionOpt = None,
+              as_json: JsonOpt = False) -> None:
     """Fine-tune from a fresh LoRA / the base, or from --init; records an accuracy curve."""
     from mashup.verbs import train_model
 
@@ -189,7 +195,7 @@ def train_cmd(base: BaseOpt, data: DataOpt, out: Annotated[Path, typer.Option("-
     data_config = _data(data, train, test, test_size, scoring, max_length, max_train_examples, max_test_examples)
     with training_bars(err) as stage:
         summary = train_model(base, data_config, config, out, init=init, progress=stage("model"),
-                              allow_pickle=allow_pickle)
+                              allow_pickle=allow_pickle, precision=precision)  # type: ignore[arg-type]
     points = summary.result.curve
     table = Table("step", "accuracy", "loss", "train seconds", title=f"trained into {summary.out}")
     for p in points:
@@ -205,12 +211,12 @@ def eval_cmd(base: BaseOpt, data: DataOpt,
              batch_size: Annotated[int, typer.Option("--batch-size")] = 16,
              train: TrainFileOpt = None, test: TestFileOpt = None, test_size: TestSizeOpt = 0.2,
              scoring: ScoringOpt = "auto", max_length: MaxLenOpt = 384, max_test_examples: MaxTestOpt = None,
-             allow_pickle: PickleOpt = False, as_json: JsonOpt = False) -> None:
+             allow_pickle: PickleOpt = False, precision: PrecisionOpt = None, as_json: JsonOpt = False) -> None:
     """Multiple-choice accuracy of the base, an adapter on it, or a full model."""
     from mashup.verbs import evaluate_model
 
     result = evaluate_model(base, _data(data, train, test, test_size, scoring, max_length, None, None),
-                            adapter=adapter, model_dir=model, allow_pickle=allow_pickle,
+                            adapter=adapter, model_dir=model, allow_pickle=allow_pickle, precision=precision,  # type: ignore[arg-type]
                             config=EvalConfig(split=split, batch_size=batch_size, max_examples=max_test_examples))  # type: ignore[arg-type]
     emit(result.to_dict() if as_json else f"accuracy {result.accuracy:.4f}  loss {result.loss:.4f}  n {result.n}", as_json)
 
@@ -236,17 +242,20 @@ def run_cmd(base: Annotated[Optional[str], typer.Option("--base")] = None,
             scoring: Annotated[Optional[str], typer.Option("--scoring")] = None,
             max_train_examples: MaxTrainOpt = None, max_test_examples: MaxTestOpt = None,
             no_register: Annotated[bool, typer.Option("--no-register", help="do not add the result to the library")] = False,
-            as_json: JsonOpt = False) -> None:
+            no_cache: NoCacheOpt = False, include_target: IncludeTargetOpt = False,
+            precision: PrecisionOpt = None, as_json: JsonOpt = False) -> None:
     """Select, merge, train from the merge and evaluate; --baseline adds the from-scratch arm."""
     from mashup.run import run
 
     raw: dict[str, Any] = load_config(config_file, RunConfig).model_dump(by_alias=True) if config_file else {}
     overrides = {"base": base, "out": str(out) if out else None, "library": library, "baseline": baseline or None,
-                 "add_to_library": False if no_register else None}
+                 "add_to_library": False if no_register else None, "precision": precision}
     raw.update({key: value for key, value in overrides.items() if value is not None})
     sections = {"data": {"data": data, "scoring": scoring, "max_train_examples": max_train_examples,
                          "max_test_examples": max_test_examples},
-                "select": {"k": k, "samples": samples, "metric": metric, "seed": seed},
+                "select": {"k": k, "samples": samples, "metric": metric, "seed": seed,
+                           "cache": False if no_cache else None,
+                           "include_target_checkpoints": True if include_target else None},
                 "merge": {"method": merge_method, "density": density, "lora_mode": lora_mode, "seed": seed},
                 "train": {"mode": mode, "lr": lr, "max_steps": max_steps, "eval_every": eval_every,
                           "batch_size": batch_size, "seed": seed}}
@@ -277,11 +286,11 @@ def _summary_table(summary: dict[str, Any]) -> Table:
 @app.command("demo")
 def demo_cmd(out: Annotated[Optional[Path], typer.Option("--out", help="run dir (default ./runs/demo-<time>)")] = None,
              seeds: Annotated[Optional[list[int]], typer.Option("--seed", help="seeds to average (repeat)")] = None,
-             as_json: JsonOpt = False) -> None:
+             precision: PrecisionOpt = None, as_json: JsonOpt = False) -> None:
     """Real SmolLM2-135M, real benchmarks, on a CPU: Mashup vs from-scratch, with a plot and a report."""
     from mashup.demo import run_demo
 
-    report = run_demo(out, seeds=seeds or None, console=err)
+    report = run_demo(out, seeds=seeds or None, console=err, precision=precision)  # type: ignore[arg-type]
     emit(report, as_json, None) if as_json else None
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -15,7 +15,9 @@ Metric = Literal["loss", "accuracy"]
 TrainMode = Literal["lora", "full"]
 LoraMode = Literal["ab", "delta", "concat"]
 SignRule = Literal["mass", "count"]
+Precision = Literal["auto", "fp32", "bf16"]
 
+LORA_SHAPE_FIELDS = ("lora_r", "lora_alpha", "target_modules", "lora_dropout", "use_rslora")
 DEFAULT_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
@@ -27,6 +29,8 @@ class DataConfig(StageConfig):
     """Where the target data comes from and how it is turned into prompts."""
 
     data: str = Field(description="named task (see `mashup tasks list`) or a data file/dir")
+    name: str | None = Field(None, description="the target's name (default: the task name, or the file's name, "
+                                               "or its directory's for files called train/test)")
     train: str | None = Field(None, description="explicit train file (overrides carving)")
     test: str | None = Field(None, description="explicit test file (overrides carving)")
     test_size: float = Field(0.2, description="fraction (<1) or count (>=1) carved out as test")
@@ -44,6 +48,8 @@ class SelectConfig(StageConfig):
     seed: int = 0
     batch_size: int = Field(16, gt=0)
     cache: bool = Field(True, description="reuse scores of checkpoints already scored on this exact sample")
+    include_target_checkpoints: bool = Field(
+        False, description="also rank checkpoints trained on the target itself (excluded by default: they leak it)")
 
 
 class MergeConfig(StageConfig):
@@ -75,18 +81,22 @@ class TrainConfig(StageConfig):
     eval_every: int | None = Field(None, description="steps between evaluations (default: 10% of steps)")
     seed: int = 0
     lora_r: int = 8
-    lora_alpha: int = 16
+    lora_alpha: float = 16
     lora_dropout: float = 0.0
     target_modules: list[str] = Field(default_factory=lambda: list(DEFAULT_LORA_TARGETS))
+    use_rslora: bool = False
     weight_decay: float = 0.01
     warmup_ratio: float = 0.1
     max_grad_norm: float = 1.0
-    bf16: bool | None = Field(None, description="bf16 autocast; default: when the CPU/GPU supports it")
 
     def resolved_lr(self) -> float:
         if self.lr is not None:
             return self.lr
         return 2e-4 if self.mode == "lora" else 2e-5
+
+    def lora_shape(self) -> dict[str, Any]:
+        """The LoRA settings that fix an adapter's capacity; both arms of a comparison must share them."""
+        return {name: getattr(self, name) for name in LORA_SHAPE_FIELDS}
 
 
 class EvalConfig(StageConfig):
@@ -109,6 +119,7 @@ class RunConfig(StageConfig):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     add_to_library: bool = True
     allow_pickle: bool = False
+    precision: Precision | None = Field(None, description="auto | fp32 | bf16; default $MASHUP_PRECISION or auto")
 
 
 ConfigT = TypeVar("ConfigT", bound=StageConfig)

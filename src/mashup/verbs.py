@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from mashup.batching import ScoredSequence, collate
-from mashup.config import DataConfig, EvalConfig, MergeConfig, SelectConfig, TrainConfig, save_config
+from mashup.config import DataConfig, EvalConfig, MergeConfig, Precision, SelectConfig, TrainConfig, save_config
 from mashup.data.schema import sample
 from mashup.data.target import TargetData, load_target
 from mashup.errors import LibraryError, MashupError
@@ -22,7 +22,8 @@ from mashup.library import CheckpointRecord, Library, partition_compatible
 from mashup.library.score_cache import ScoreCache, fingerprint
 from mashup.models import attach_adapter, load_model, resolve_base_dir
 from mashup.scoring import CheckpointScore, rank, score_checkpoints
-from mashup.training import INIT_WEIGHTS, CurvePoint, ProgressFn, TrainResult, prepare_model, save_init_adapter, save_trained, train
+from mashup.training import (INIT_WEIGHTS, CurvePoint, ProgressFn, TrainResult, prepare_model, resolve_train_config,
+                             save_init_adapter, save_trained, train)
 from mashup.workspace import Workspace, open_workspace, write_version
 
 logger = logging.getLogger(__name__)
@@ -33,10 +34,12 @@ class SelectResult:
     ranking: list[CheckpointScore]
     selected: list[str]
     rejected: list[dict[str, str]]
+    excluded: list[str]  # checkpoints trained on the target itself, left out unless asked for
     metric: str
     n: int
     seconds: float
     formulation: str = ""
+    precision: str = "fp32"
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -51,17 +54,36 @@ def compatible_records(library: Library, base: str, kind: str) -> tuple[list[Che
     return compatible, [{"id": r.id, "reason": reason} for r, reason in rejected]
 
 
+def trained_on(record: CheckpointRecord, target: TargetData) -> bool:
+    """True when the checkpoint saw the target's data: the same data fingerprint, or the same task name."""
+    same_data = record.data_fingerprint is not None and record.data_fingerprint == target.fingerprint
+    return same_data or (record.task is not None and record.task == target.name)
+
+
+def exclude_trained_on_target(records: Sequence[CheckpointRecord], target: TargetData, include: bool = False
+                              ) -> tuple[list[CheckpointRecord], list[CheckpointRecord]]:
+    """(candidates, excluded): a checkpoint trained on the target would leak it into the comparison."""
+    excluded = [] if include else [r for r in records if trained_on(r, target)]
+    if excluded:
+        logger.warning("excluded %d checkpoint(s) trained on the target '%s' (%s); pass "
+                       "--include-target-checkpoints to rank them too", len(excluded), target.name,
+                       ", ".join(r.id for r in excluded))
+    return [r for r in records if not (excluded and trained_on(r, target))], excluded
+
+
 def select(base: str, data: DataConfig, config: SelectConfig, library_dir: str | Path | None = None, *,
            kind: str = "lora", workspace: Workspace | None = None, target: TargetData | None = None,
-           allow_pickle: bool = False) -> SelectResult:
+           allow_pickle: bool = False, precision: Precision | None = None) -> SelectResult:
     """Score every compatible checkpoint on a seeded sample of the target's train split; rank them."""
     start = time.perf_counter()
-    workspace = workspace or open_workspace(base, data)
+    workspace = workspace or open_workspace(base, data, precision)
     target = target or load_target(data)
     library = Library(library_dir)
     records, rejected = compatible_records(library, base, kind)
+    records, excluded = exclude_trained_on_target(records, target, config.include_target_checkpoints)
     if not records:
-        raise LibraryError(f"no compatible {kind} checkpoints for base '{base}'", str(library.directory),
+        also = f" other than the {len(excluded)} trained on the target" if excluded else ""
+        raise LibraryError(f"no compatible {kind} checkpoints{also} for base '{base}'", str(library.directory),
                            "register some with `mashup library add`")
     if config.k > len(records):
         raise LibraryError(f"--k {config.k} but only {len(records)} compatible {kind} checkpoint(s) for '{base}'",
@@ -70,8 +92,8 @@ def select(base: str, data: DataConfig, config: SelectConfig, library_dir: str |
     scores = _scores_with_cache(workspace, records, requests, config, library.directory, allow_pickle)
     ranking = rank(scores, config.metric)
     return SelectResult(ranking=ranking, selected=[s.id for s in ranking[:config.k]], rejected=rejected,
-                        metric=config.metric, n=len(requests), seconds=time.perf_counter() - start,
-                        formulation=workspace.formulation)
+                        excluded=[r.id for r in excluded], metric=config.metric, n=len(requests), seconds=time.perf_counter() - start,
+                        formulation=workspace.formulation, precision=workspace.precision)
 
 
 def _scores_with_cache(workspace: Workspace, records: Sequence[CheckpointRecord], requests: list,
@@ -142,11 +164,12 @@ class TrainSummary:
     weights_dir: str
     result: TrainResult
     formulation: str
-    extra: dict = field(default_factory=dict)
+    precision: str
+    config: dict = field(default_factory=dict)  # the resolved TrainConfig it trained with
 
     def to_dict(self) -> dict:
         return {"out": self.out, "weights_dir": self.weights_dir, "formulation": self.formulation,
-                **self.result.to_dict(), **self.extra}
+                "precision": self.precision, "train_config": self.config, **self.result.to_dict()}
 
 
 def write_curve(result: TrainResult, out_dir: Path) -> None:
@@ -161,7 +184,12 @@ def write_curve(result: TrainResult, out_dir: Path) -> None:
 def train_in(workspace: Workspace, target: TargetData, config: TrainConfig, eval_config: EvalConfig, out_dir: Path,
              init: Path | None = None, progress: ProgressFn | None = None, allow_pickle: bool = False,
              initial: EvalResult | None = None) -> TrainSummary:
-    """Train into an existing (temporary) dir: weights, init reference, curve, config and version."""
+    """Train into an existing (temporary) dir: weights, init reference, curve, config and version.
+
+    Starting from an adapter, its LoRA shape (r, alpha, targets, dropout, rsLoRA) overrides ``config``'s,
+    and the config saved beside the weights is the one actually trained with.
+    """
+    config = resolve_train_config(config, init)
     model = prepare_model(workspace.base_dir, config, init, allow_pickle).to(workspace.device)
     if config.mode == "lora":
         save_init_adapter(model, out_dir / INIT_WEIGHTS)
@@ -174,16 +202,18 @@ def train_in(workspace: Workspace, target: TargetData, config: TrainConfig, eval
     write_curve(result, out_dir)
     save_config(config, out_dir / "train_config.yaml")
     write_version(out_dir)
-    summary = TrainSummary(str(out_dir), str(weights_dir), result, workspace.formulation)
+    summary = TrainSummary(str(out_dir), str(weights_dir), result, workspace.formulation, workspace.precision,
+                           config.model_dump(mode="json"))
     write_json(out_dir / "result.json", summary.to_dict())
     return summary
 
 
 def train_model(base: str, data: DataConfig, config: TrainConfig, out: str | Path, *, init: str | Path | None = None,
                 eval_config: EvalConfig | None = None, progress: ProgressFn | None = None,
-                allow_pickle: bool = False, overwrite: bool = False) -> TrainSummary:
+                allow_pickle: bool = False, overwrite: bool = False,
+                precision: Precision | None = None) -> TrainSummary:
     """Fine-tune (LoRA or full) from the base or ``init``; the output dir appears only when complete."""
-    workspace = open_workspace(base, data, config.bf16)
+    workspace = open_workspace(base, data, precision)
     target = load_target(data)
     with atomic_output_dir(Path(out), overwrite=overwrite) as tmp:
         summary = train_in(workspace, target, config, eval_config or EvalConfig(), tmp,
@@ -196,10 +226,10 @@ def train_model(base: str, data: DataConfig, config: TrainConfig, out: str | Pat
 
 def evaluate_model(base: str, data: DataConfig, *, adapter: str | Path | None = None,
                    model_dir: str | Path | None = None, config: EvalConfig | None = None,
-                   allow_pickle: bool = False) -> EvalResult:
+                   allow_pickle: bool = False, precision: Precision | None = None) -> EvalResult:
     """Multiple-choice accuracy of the base, a LoRA adapter on it, or a full model dir."""
     config = config or EvalConfig()
-    workspace = open_workspace(base, data)
+    workspace = open_workspace(base, data, precision)
     target = load_target(data)
     model = load_eval_model(workspace, adapter=adapter, model_dir=model_dir, allow_pickle=allow_pickle)
     return evaluate(model, workspace.encode(eval_split(target, config), target.template),

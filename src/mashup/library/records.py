@@ -35,6 +35,8 @@ class CheckpointRecord:
     init_reference: str | None = None  # weights the adapter started from, for task vectors
     metadata: dict[str, Any] = field(default_factory=dict)
     created: str = ""
+    data_fingerprint: str | None = None  # mashup.data.schema.examples_fingerprint of the data it was trained on
+    lineage: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
