@@ -32,7 +32,7 @@ class MergePlan:
     lora_mode: str | None
     lora_rank: int | None = None  # output rank (ab: the common rank, delta: resolved, concat: set by the merge)
     template: CheckpointRecord | None = None  # whose adapter_config.json the output starts from
-    modules: dict[str, tuple[int, int]] = field(default_factory=dict)  # union of LoRA modules → (out, in)
+    modules: dict[str, tuple[int, int]] = field(default_factory=dict)  # delta/concat: all modules → (out, in)
     warnings: list[str] = field(default_factory=list)
 
     def warn(self, message: str) -> None:
@@ -85,15 +85,16 @@ def _setting_warnings(method: MergeMethod, config: MergeConfig, density: float |
 
 
 def _lora_layout(plan: MergePlan, requested_rank: int | None) -> None:
-    """Fill in the union of modules, the output rank and the template record (LoRA only)."""
-    for record in plan.records:
-        for module, layer in lora_modules(record).items():
-            plan.modules.setdefault(module, (layer.out_features, layer.in_features))
-    plan.modules = dict(sorted(plan.modules.items()))
+    """Fill in the union of modules (delta/concat), the output rank and the template record (LoRA only)."""
+    if plan.lora_mode == "ab":
+        plan.lora_rank = plan.records[0].lora_r
+    else:
+        for record in plan.records:
+            for module, layer in lora_modules(record).items():
+                plan.modules.setdefault(module, (layer.out_features, layer.in_features))
+        plan.modules = dict(sorted(plan.modules.items()))
     if plan.lora_mode == "delta":
         plan.lora_rank = output_rank(plan.records, requested_rank)
-    elif plan.lora_mode == "ab":
-        plan.lora_rank = plan.records[0].lora_r
     plan.template = next((r for r in plan.records if r.lora_r == plan.lora_rank), plan.records[0])
 
 
