@@ -144,12 +144,18 @@ def select_cmd(base: BaseOpt, data: DataOpt, library: LibraryOpt = None,
 def merge_cmd(checkpoints: Annotated[list[str], typer.Option("--checkpoints", help="ids to merge (repeat)")],
               out: Annotated[Path, typer.Option("--out")], method: Annotated[str, typer.Option("--method")] = "average",
               weights: Annotated[Optional[list[float]], typer.Option("--weights")] = None,
-              density: Annotated[float, typer.Option("--density", help="fraction kept, (0, 1]")] = 1.0,
+              density: Annotated[Optional[float], typer.Option(
+                  "--density", help="fraction kept, (0, 1]; default per method: ties 0.2, dare_ties 0.2, "
+                  "dare_linear 0.2, magnitude_prune 0.2 (the others use none)")] = None,
               lambda_: Annotated[float, typer.Option("--lambda")] = 1.0,
               normalize: Annotated[Optional[bool], typer.Option("--normalize/--no-normalize")] = None,
               sign: Annotated[str, typer.Option("--sign", help="mass | count")] = "mass",
               seed: Annotated[int, typer.Option("--seed")] = 0,
-              lora_mode: Annotated[str, typer.Option("--lora-mode", help="ab | delta | concat")] = "ab",
+              lora_mode: Annotated[Optional[str], typer.Option(
+                  "--lora-mode", help="ab | delta | concat; default: ab for average and task_arithmetic, delta for "
+                  "the others (ties, dare_*, magnitude_prune, fisher, regmean)")] = None,
+              lora_rank: Annotated[Optional[int], typer.Option(
+                  "--lora-rank", help="output LoRA rank in delta mode; default: the most common input rank")] = None,
               base: Annotated[Optional[str], typer.Option("--base")] = None,
               data: Annotated[Optional[str], typer.Option("--data", help="target data (fisher, regmean)")] = None,
               export_mergekit: Annotated[Optional[Path], typer.Option("--export-mergekit", help="write mergekit YAML")] = None,
@@ -157,8 +163,8 @@ def merge_cmd(checkpoints: Annotated[list[str], typer.Option("--checkpoints", he
     """Merge checkpoints into a PEFT adapter dir or an HF model dir."""
     from mashup.verbs import merge
 
-    config = MergeConfig(method=method, weights=weights or None, density=density, lambda_=lambda_,
-                         normalize=normalize, sign=sign, seed=seed, lora_mode=lora_mode)  # type: ignore[arg-type]
+    config = MergeConfig(method=method, weights=weights or None, density=density, lambda_=lambda_,  # type: ignore[arg-type]
+                         normalize=normalize, sign=sign, seed=seed, lora_mode=lora_mode, lora_rank=lora_rank)
     exported = None
     if export_mergekit is not None:  # built first so an unsupported export fails before any merge work
         from mashup.library import Library

@@ -53,20 +53,26 @@ class SelectConfig(StageConfig):
 
 
 class MergeConfig(StageConfig):
+    """How to merge the selected checkpoints; ``None`` fields take the method's own default."""
+
     method: str = "average"
     weights: list[float] | None = None
-    density: float = 1.0
+    density: float | None = Field(None, description="fraction kept by ties/dare_*/magnitude_prune; "
+                                  "default: the method's (0.2, see docs/merging.md)")
     lambda_: float = Field(1.0, alias="lambda")
     normalize: bool | None = None
     sign: SignRule = "mass"
     seed: int = 0
-    lora_mode: LoraMode = "ab"
+    lora_mode: LoraMode | None = Field(None, description="default: ab for average/task_arithmetic, "
+                                       "delta for the non-linear methods")
+    lora_rank: int | None = Field(None, gt=0, description="output rank in delta mode; default: the most "
+                                  "common input rank")
     fisher_samples: int = Field(64, gt=0)
 
     @field_validator("density")
     @classmethod
-    def _density_in_range(cls, value: float) -> float:
-        if not 0.0 < value <= 1.0:
+    def _density_in_range(cls, value: float | None) -> float | None:
+        if value is not None and not 0.0 < value <= 1.0:
             raise ValueError(f"density must be in (0, 1] (the fraction kept), got {value}")
         return value
 
