@@ -137,17 +137,18 @@ def test_orphans_of_dead_processes_are_removed_and_unjudgeable_ones_reported(tmp
     reused_pid = _fake_orphan(tmp_path, "b", started=1)  # our pid, another start time: the pid was reused
     alive = make_owned_temp(tmp_path / "c")  # ours, still running
     foreign = _fake_orphan(tmp_path, "d", host="some-other-host")
+    other_container = _fake_orphan(tmp_path, "d2", pid=_dead_pid(), pid_namespace=-1)
     no_record = tmp_path / f".e{TMP_MARK}deadbeef"
     no_record.mkdir()
     with caplog.at_level(logging.WARNING, logger="mashup.atomic_dir"):
         reported = clean_orphans(tmp_path)
     assert not dead.exists() and not reused_pid.exists()
     assert not dead.with_name(dead.name + OWNER_SUFFIX).exists()
-    assert alive.exists() and foreign.exists() and no_record.exists()
-    assert reported == [foreign, no_record]
+    assert alive.exists() and foreign.exists() and no_record.exists() and other_container.exists()
+    assert reported == [foreign, other_container, no_record]
     removed = [r.getMessage() for r in caplog.records if r.getMessage().startswith("removing")]
     left = [r.getMessage() for r in caplog.records if r.getMessage().startswith("leaving")]
-    assert len(removed) == 2 and len(left) == 2 and "some-other-host" in left[0]
+    assert len(removed) == 2 and len(left) == 3 and "some-other-host" in left[0]
 
 
 def test_the_next_command_in_the_parent_dir_cleans_up(tmp_path):

@@ -49,15 +49,16 @@ class Owner:
     boot_id: str | None
     started: int | None  # process start time in clock ticks since boot (/proc/PID/stat), guards pid reuse
     created: str
+    pid_namespace: int | None = None  # containers sharing a hostname see other pids
 
     @classmethod
     def current(cls) -> Owner:
         pid = os.getpid()
         return cls(pid, socket.gethostname(), _boot_id(), _process_start(pid),
-                   datetime.now(timezone.utc).isoformat(timespec="seconds"))
+                   datetime.now(timezone.utc).isoformat(timespec="seconds"), _pid_namespace())
 
     def state(self) -> Literal["alive", "dead", "unknown"]:
-        if self.host != socket.gethostname():
+        if self.host != socket.gethostname() or self.pid_namespace != _pid_namespace():
             return "unknown"
         boot = _boot_id()
         if self.boot_id and boot and self.boot_id != boot:
@@ -88,6 +89,13 @@ def _proc_stat(pid: int) -> list[str] | None:
 def _process_start(pid: int) -> int | None:
     stat = _proc_stat(pid)
     return int(stat[19]) if stat else None
+
+
+def _pid_namespace() -> int | None:
+    try:
+        return os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return None
 
 
 @cache
@@ -164,7 +172,8 @@ def clean_orphans(parent: Path) -> list[Path]:
                            owner.pid, owner.created)  # type: ignore[union-attr]
             discard_temp(entry)
         elif state == "unknown":
-            why = f"written by pid {owner.pid} on host {owner.host}" if owner else "no owner record"
+            why = "no owner record" if owner is None else f"written by pid {owner.pid} on host {owner.host}" + (
+                " in another pid namespace" if owner.pid_namespace != _pid_namespace() else "")
             logger.warning("leaving %s (%s; cannot tell whether that process still runs): remove it by hand "
                            "if no mashup command is writing it", entry, why)
             reported.append(entry)

@@ -7,6 +7,7 @@ import socket
 import pytest
 
 import mashup.library.identity as identity
+from mashup.errors import CheckpointError
 from mashup.library import Library, base_identity, partition_compatible, resolve_identity
 from mashup.named_models import MARKER
 from tests.library.helpers import noisy_copy
@@ -57,11 +58,15 @@ def test_alias_resolved_dir_and_spellings_are_one_base(tmp_path, tiny_base, tiny
         compatible, rejected = partition_compatible(library.list(), base, "lora")
         assert len(compatible) == 3 and rejected == [], base
         assert len(library.list(base=base)) == 3
+    again = Library(tmp_path / "lib2").add([by_alias], base=str(converted))[0]  # --base spelled otherwise: fine
+    assert again.base_model == str(converted) and again.base_identity == records[0].base_identity
     other = shutil.copytree(tiny_base, tmp_path / "other")
     config = json.loads((other / "config.json").read_text())
     (other / "config.json").write_text(json.dumps({**config, "rms_norm_eps": 1e-3}))
     compatible, rejected = partition_compatible(library.list(), str(other), "lora")
     assert compatible == [] and all("other content" in reason for _, reason in rejected)
+    with pytest.raises(CheckpointError, match="adapter names base 'smollm2-135m' but --base is"):
+        Library(tmp_path / "lib3").add([by_alias], base=str(other))
 
 
 def test_unresolvable_bases_fall_back_to_names_without_any_network(tmp_path, tiny_loras, isolated_cache,

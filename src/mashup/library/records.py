@@ -116,6 +116,14 @@ def inspect_full(path: Path, base: str | None, task: str | None, allow_pickle: b
     )
 
 
+def _same_base(a: str, b: str) -> bool:
+    """Two spellings of one base by content (resolved offline); False when either cannot be resolved."""
+    from mashup.library.identity import resolve_identity  # identity imports this module
+
+    identity = resolve_identity(a)
+    return identity is not None and identity == resolve_identity(b)
+
+
 def inspect_checkpoint(
     path: str | Path, *, base: str | None = None, task: str | None = None, allow_pickle: bool = False
 ) -> CheckpointRecord:
@@ -125,7 +133,7 @@ def inspect_checkpoint(
         raise CheckpointError("checkpoint directory not found", str(path), "pass a PEFT adapter or HF model dir")
     if (path / ADAPTER_CONFIG).exists():
         record = inspect_lora(path, task, allow_pickle)
-        if base and record.base_model and base != record.base_model:
+        if base and record.base_model and base != record.base_model and not _same_base(base, record.base_model):
             raise CheckpointError(
                 f"adapter names base '{record.base_model}' but --base is '{base}'", str(path), "drop --base or fix it"
             )
