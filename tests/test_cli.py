@@ -31,7 +31,7 @@ def test_library_verbs(tmp_path, lib, tiny_loras, capsys, monkeypatch):
     assert len(ids) == 2
     out, _ = run_cli(["library", "list", "--library", lib, "--json"], capsys, monkeypatch)
     assert [r["id"] for r in json.loads(out)] == ids
-    out, _ = run_cli(["library", "show", ids[0], "--library", lib], capsys, monkeypatch)
+    out, _ = run_cli(["library", "show", ids[0], "--library", lib, "--json"], capsys, monkeypatch)
     assert json.loads(out)["task"] == "sciq"
     run_cli(["library", "remove", ids[0], "--library", lib], capsys, monkeypatch)
     out, _ = run_cli(["library", "list", "--library", lib, "--json"], capsys, monkeypatch)

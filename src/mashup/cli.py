@@ -15,7 +15,7 @@ from rich.table import Table
 
 from mashup.config import DataConfig, EvalConfig, MergeConfig, RunConfig, SelectConfig, TrainConfig, load_config
 from mashup.errors import MashupError
-from mashup.progress import quiet_third_party, training_bars
+from mashup.progress import count_bar, quiet_third_party, training_bars
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Mashup Learning: fine-tune from merged past checkpoints.")
 library_app = typer.Typer(no_args_is_help=True, help="Manage the checkpoint library.")
@@ -63,20 +63,29 @@ def library_add(paths: Annotated[list[Path], typer.Argument(help="PEFT adapter d
                 task: Annotated[Optional[str], typer.Option("--task")] = None,
                 base: Annotated[Optional[str], typer.Option("--base", help="base of a full fine-tune")] = None,
                 init: Annotated[Optional[str], typer.Option("--init", help="LoRA init weights (task-vector reference)")] = None,
+                recursive: Annotated[bool, typer.Option("--recursive", "-r", help="every adapter/model dir under PATHS")] = False,
+                workers: Annotated[Optional[int], typer.Option("--workers", help="hashing threads")] = None,
                 library: LibraryOpt = None, allow_pickle: PickleOpt = False, as_json: JsonOpt = False) -> None:
-    """Register checkpoints (all or none)."""
+    """Register checkpoints (all or none), hashing them in parallel."""
     from mashup.library import Library
 
-    records = Library(library).add(paths, task=task, base=base, init_reference=init, allow_pickle=allow_pickle)
+    with count_bar(err, "hashing checkpoints", enabled=recursive or len(paths) > 1) as update:
+        records = Library(library).add(paths, task=task, base=base, init_reference=init, allow_pickle=allow_pickle,
+                                       recursive=recursive, workers=workers, progress=update)
     emit([r.id for r in records] if as_json else "\n".join(f"added {r.id} {r.kind} {r.path}" for r in records), as_json)
 
 
 @library_app.command("list")
-def library_list(library: LibraryOpt = None, as_json: JsonOpt = False) -> None:
-    """List registered checkpoints."""
+def library_list(task: Annotated[Optional[str], typer.Option("--task")] = None,
+                 base: Annotated[Optional[str], typer.Option("--base", help="same base by content, any spelling")] = None,
+                 kind: Annotated[Optional[str], typer.Option("--kind", help="lora | full")] = None,
+                 merged_from: Annotated[Optional[str], typer.Option("--merged-from", help="lineage: merged from this id")] = None,
+                 trained_on: Annotated[Optional[str], typer.Option("--trained-on", help="lineage: task or data fingerprint")] = None,
+                 library: LibraryOpt = None, as_json: JsonOpt = False) -> None:
+    """List registered checkpoints, filtered by task, base, kind and lineage."""
     from mashup.library import Library
 
-    records = Library(library).list()
+    records = Library(library).list(task=task, base=base, kind=kind, merged_from=merged_from, trained_on=trained_on)
     table = Table("id", "kind", "task", "base", "r", "path")
     for r in records:
         table.add_row(r.id, r.kind, r.task or "", r.base_model, str(r.lora_r or ""), r.path)
@@ -84,11 +93,17 @@ def library_list(library: LibraryOpt = None, as_json: JsonOpt = False) -> None:
 
 
 @library_app.command("show")
-def library_show(checkpoint_id: str, library: LibraryOpt = None) -> None:
-    """Show one record in full (JSON)."""
+def library_show(checkpoint_id: str, library: LibraryOpt = None, as_json: JsonOpt = False) -> None:
+    """Show one record: its shape, files, base identity and lineage."""
     from mashup.library import Library
+    from mashup.library.report import record_text
 
-    emit(Library(library).get(checkpoint_id).to_dict(), True)
+    lib = Library(library)
+    record = lib.get(checkpoint_id)
+    if as_json:
+        emit(record.to_dict(), True)
+    else:
+        sys.stdout.write(record_text(record, lib) + "\n")
 
 
 @library_app.command("remove")
@@ -98,6 +113,47 @@ def library_remove(checkpoint_id: str, library: LibraryOpt = None) -> None:
 
     record = Library(library).remove(checkpoint_id)
     err.print(f"removed {record.id} (files left at {record.path})")
+
+
+@library_app.command("verify")
+def library_verify(library: LibraryOpt = None, workers: Annotated[Optional[int], typer.Option("--workers")] = None,
+                   as_json: JsonOpt = False) -> None:
+    """Hash every registered file again; list missing or changed ones (exit 1 if any)."""
+    from mashup.library import Library
+
+    lib = Library(library)
+    records = lib.list()
+    with count_bar(err, "verifying", enabled=len(records) > 1) as update:
+        checks = lib.verify(records, workers=workers, progress=update)
+    problems = [c for c in checks if c.status != "ok"]
+    table = Table("id", "status", "reason", title=f"{len(checks) - len(problems)} of {len(checks)} checkpoints ok")
+    for c in problems:
+        table.add_row(c.record.id, c.status, c.reason or "")
+    emit({"checked": len(checks), "problems": [{"id": c.record.id, "status": c.status, "reason": c.reason,
+                                                "path": c.record.path} for c in problems]}, as_json, table)
+    if problems:
+        raise SystemExit(1)  # typer.Exit would only be returned under standalone_mode=False
+
+
+@library_app.command("scores")
+def library_scores(target: Annotated[Optional[str], typer.Option("--target", help="target label (e.g. arc_easy)")] = None,
+                   task: Annotated[Optional[str], typer.Option("--task", help="checkpoints of this task")] = None,
+                   checkpoint: Annotated[Optional[str], typer.Option("--checkpoint", help="checkpoint id prefix")] = None,
+                   metric: Annotated[str, typer.Option("--metric", help="loss | accuracy")] = "loss",
+                   library: LibraryOpt = None, as_json: JsonOpt = False) -> None:
+    """The checkpoints x targets relevance matrix from the score cache."""
+    from mashup.library import Library
+    from mashup.library.report import score_matrix
+
+    if metric not in ("loss", "accuracy"):
+        raise MashupError(f"unknown metric '{metric}'", None, "use --metric loss or --metric accuracy")
+    matrix = score_matrix(Library(library), target=target, task=task, checkpoint=checkpoint)
+    table = Table("id", "task", *[c["label"] for c in matrix.columns], title=f"cached {metric} by target sample")
+    for row in matrix.checkpoints:
+        cells = matrix.cells[row["id"]]
+        values = [f"{cells[c['key']][metric]:.4f}" if c["key"] in cells else "" for c in matrix.columns]
+        table.add_row(row["id"] + ("" if row["in_library"] else " (removed)"), row["task"] or "", *values)
+    emit(matrix.to_dict(), as_json, table)
 
 
 @tasks_app.command("list")

@@ -33,3 +33,16 @@ def training_bars(console: Console, enabled: bool = True) -> Iterator[Callable[[
                 progress.update(task_id, completed=step, total=total, loss=loss)
             return update
         yield stage
+
+
+@contextmanager
+def count_bar(console: Console, description: str, enabled: bool = True) -> Iterator[Callable[[int, int], None]]:
+    """A bar of items done out of a total (checkpoints hashed, ...); yields the ``update(done, total)`` callback.
+
+    Shown on a terminal only: piped or captured stderr keeps just the log and error lines.
+    """
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                        TimeElapsedColumn(), console=console, disable=not (enabled and console.is_terminal))
+    with progress:
+        task_id = progress.add_task(description, total=None)
+        yield lambda done, total: progress.update(task_id, completed=done, total=total)

@@ -89,7 +89,7 @@ def _same_shape_for_both_arms(requested: TrainConfig, init: Path) -> TrainConfig
 
 
 def run(config: RunConfig, stage: StageFn = lambda name: None, overwrite: bool = False) -> dict[str, Any]:
-    """The whole method in one call; the run dir appears only when complete, then the adapter is registered."""
+    """The whole method in one call; the run dir appears only when complete and its adapter registered."""
     from mashup.merging import merge_checkpoints
 
     workspace = open_workspace(config.base, config.data, config.precision)
@@ -97,7 +97,17 @@ def run(config: RunConfig, stage: StageFn = lambda name: None, overwrite: bool =
     library = Library(config.library)
     kind = config.train.mode
     out = Path(config.out)
-    with atomic_output_dir(out, overwrite=overwrite) as tmp:
+
+    def register(final: Path) -> None:  # part of the commit: a failure here removes the run dir again
+        summary["registered"] = _register(library, final / "mashup", kind, target.name, config.base)
+        try:
+            write_json(final / "summary.json", summary)
+        except BaseException:
+            library.remove(summary["registered"])
+            raise
+
+    on_commit = register if config.add_to_library else None
+    with atomic_output_dir(out, overwrite=overwrite, on_commit=on_commit) as tmp:
         save_config(config, tmp / "run_config.yaml")
         write_version(tmp)
         selection = select(config.base, config.data, config.select, config.library, kind=kind, workspace=workspace,
@@ -117,9 +127,6 @@ def run(config: RunConfig, stage: StageFn = lambda name: None, overwrite: bool =
                                stage("scratch"), config.allow_pickle)
         summary = summarize(config, selection, merge_seconds, mashup, scratch, target.name)
         write_json(tmp / "summary.json", summary)
-    if config.add_to_library:
-        summary["registered"] = _register(library, out / "mashup", kind, target.name, config.base)
-        write_json(out / "summary.json", summary)
     return summary
 
 

@@ -47,8 +47,13 @@ class SelectResult:
         return data
 
 
-def compatible_records(library: Library, base: str, kind: str) -> tuple[list[CheckpointRecord], list[dict[str, str]]]:
-    compatible, rejected = partition_compatible(library.list(), base, kind)
+def compatible_records(library: Library, base: str, kind: str, *, lora_mode: str = "ab", base_id: str | None = None
+                       ) -> tuple[list[CheckpointRecord], list[dict[str, str]]]:
+    """Fresh checkpoints that can be merged for a run on ``base``; the others with their reasons, each logged."""
+    records, stale = library.fresh(library.list())
+    compatible, rejected = partition_compatible(records, base, kind, lora_mode=lora_mode,  # type: ignore[arg-type]
+                                                base_id=base_id)
+    rejected = [(r, f"stale: {reason}") for r, reason in stale] + rejected
     for record, reason in rejected:
         logger.warning("skipping %s: %s", record.id, reason)
     return compatible, [{"id": r.id, "reason": reason} for r, reason in rejected]
@@ -89,7 +94,9 @@ def select(base: str, data: DataConfig, config: SelectConfig, library_dir: str |
         raise LibraryError(f"--k {config.k} but only {len(records)} compatible {kind} checkpoint(s) for '{base}'",
                            str(library.directory), f"use --k {len(records)} or add checkpoints")
     requests = workspace.encode(sample(target.train, config.samples, config.seed), target.template)
-    scores = _scores_with_cache(workspace, records, requests, config, library.directory, allow_pickle)
+    sample_info = {"target": target.name, "samples": len(requests), "seed": config.seed,
+                   "formulation": workspace.formulation, "base": base}
+    scores = _scores_with_cache(workspace, records, requests, config, library.directory, allow_pickle, sample_info)
     ranking = rank(scores, config.metric)
     return SelectResult(ranking=ranking, selected=[s.id for s in ranking[:config.k]], rejected=rejected,
                         excluded=[r.id for r in excluded], metric=config.metric, n=len(requests), seconds=time.perf_counter() - start,
@@ -97,7 +104,8 @@ def select(base: str, data: DataConfig, config: SelectConfig, library_dir: str |
 
 
 def _scores_with_cache(workspace: Workspace, records: Sequence[CheckpointRecord], requests: list,
-                       config: SelectConfig, library_dir: Path, allow_pickle: bool) -> list[CheckpointScore]:
+                       config: SelectConfig, library_dir: Path, allow_pickle: bool, sample_info: dict
+                       ) -> list[CheckpointScore]:
     """Score the checkpoints not yet scored on these exact requests; reuse the rest from the cache."""
     cache = ScoreCache(library_dir) if config.cache else None
     key = fingerprint(workspace.base_dir, requests)
@@ -106,9 +114,10 @@ def _scores_with_cache(workspace: Workspace, records: Sequence[CheckpointRecord]
     scores = score_checkpoints(workspace.base_dir, fresh, requests, workspace.settings(config.batch_size),
                                allow_pickle=allow_pickle) if fresh else []
     if cache and fresh:
-        cache.put(key, [(r.sha256, s.loss, s.accuracy, s.n) for r, s in zip(fresh, scores)])
-    reused = [CheckpointScore(r.id, r.task, r.kind, *cached[r.sha256], seconds=0.0, cached=True)
-              for r in records if r.sha256 in cached]
+        cache.put(key, [(r.sha256, s.loss, s.accuracy, s.n, s.seconds) for r, s in zip(fresh, scores)],
+                  target=sample_info["target"], sample=sample_info)
+    reused = [CheckpointScore(r.id, r.task, r.kind, c.loss, c.accuracy, c.n, seconds=0.0, cached=True)
+              for r in records if (c := cached.get(r.sha256)) is not None]
     return scores + reused
 
 
