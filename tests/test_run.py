@@ -86,7 +86,7 @@ def test_second_run_on_the_same_target_does_not_select_the_first_runs_adapter(tm
     candidates = {r.id for r in Library(tmp_path / "lib").list()} - {first["registered"]}
     config = _config(tmp_path, tiny_base, mc_file, "second")
     second = run(config.model_copy(update={"train": config.train.model_copy(update={"seed": 1})}))
-    assert first["registered"] in second["excluded"]
+    assert first["registered"] in [e["id"] for e in second["excluded"]]
     assert first["registered"] not in second["selected"]
     ranked = {s["id"] for s in json.loads((tmp_path / "second" / "scores.json").read_text())["ranking"]}
     assert ranked == candidates and len(candidates) == 2
@@ -115,3 +115,43 @@ def test_run_on_a_named_base_makes_no_network_connection(tmp_path, tiny_base, mc
     config = _config(tmp_path, tiny_base, mc_file, "offline")
     run(config.model_copy(update={"base": "tiny-alias"}))
     assert attempts == []
+
+
+def test_renamed_copy_of_the_target_is_still_recognised_by_its_data(tmp_path, tiny_base, tiny_loras, mc_file):
+    """The task name differs (another file name, rows shuffled): the data fingerprint still matches."""
+    Library(tmp_path / "lib").add(tiny_loras[:2])
+    first = run(_config(tmp_path, tiny_base, mc_file, "first"))
+    lines = mc_file.read_text().splitlines()
+    renamed = tmp_path / "renamed.jsonl"
+    renamed.write_text("\n".join(reversed(lines)) + "\n")
+    config = _config(tmp_path, tiny_base, renamed, "second", add_to_library=False)
+    second = run(config.model_copy(update={"train": config.train.model_copy(update={"seed": 1})}))
+    assert second["target"] == "renamed"
+    assert [e["id"] for e in second["excluded"]] == [first["registered"]]
+    record = Library(tmp_path / "lib").get(first["registered"])
+    assert record.lineage["merged_from"] == first["selected"]
+    assert record.lineage["trained_on"]["task"] == "target"
+    assert record.data_fingerprint == record.lineage["trained_on"]["data_fingerprint"]
+
+
+def test_an_identical_rerun_reuses_the_registered_checkpoint(tmp_path, tiny_base, tiny_loras, mc_file):
+    """Same selection, merge and seed give the same bytes: registration is not a failure then."""
+    Library(tmp_path / "lib").add(tiny_loras[:2])
+    first = run(_config(tmp_path, tiny_base, mc_file, "first"))
+    second = run(_config(tmp_path, tiny_base, mc_file, "second"))
+    assert second["registered"] == first["registered"]
+    assert len(Library(tmp_path / "lib").list()) == 3
+    assert (tmp_path / "second" / "summary.json").exists()
+
+
+def test_cached_scores_count_at_their_recorded_seconds(tmp_path, tiny_base, tiny_loras, mc_file):
+    Library(tmp_path / "lib").add(tiny_loras[:2])
+    cold = run(_config(tmp_path, tiny_base, mc_file, "cold", add_to_library=False))
+    warm = run(_config(tmp_path, tiny_base, mc_file, "warm", add_to_library=False))
+    assert cold["seconds"]["selection_cached_scores"] == 0
+    assert warm["seconds"]["selection_cached_scores"] == 2
+    scored = json.loads((tmp_path / "cold" / "scores.json").read_text())["ranking"]
+    assert warm["seconds"]["selection_uncached"] == pytest.approx(
+        warm["seconds"]["selection"] + sum(s["seconds"] for s in scored))
+    assert warm["parity"]["p100"]["seconds_with_overhead"] is None or \
+        warm["parity"]["p100"]["seconds_with_overhead"] >= warm["seconds"]["selection_uncached"]

@@ -60,7 +60,10 @@ def emit(data: Any, as_json: bool, table: Table | None = None) -> None:
 
 @library_app.command("add")
 def library_add(paths: Annotated[list[Path], typer.Argument(help="PEFT adapter dirs or full HF model dirs")],
-                task: Annotated[Optional[str], typer.Option("--task")] = None,
+                task: Annotated[Optional[str], typer.Option("--task", help="the task it was trained on")] = None,
+                trained_on: Annotated[Optional[str], typer.Option(
+                    "--trained-on", help="the data it was trained on (named task or data file): its fingerprint is "
+                    "recorded so selection never ranks it for that data; default: --task when it names a task")] = None,
                 base: Annotated[Optional[str], typer.Option("--base", help="base of a full fine-tune")] = None,
                 init: Annotated[Optional[str], typer.Option("--init", help="LoRA init weights (task-vector reference)")] = None,
                 recursive: Annotated[bool, typer.Option("--recursive", "-r", help="every adapter/model dir under PATHS")] = False,
@@ -69,9 +72,16 @@ def library_add(paths: Annotated[list[Path], typer.Argument(help="PEFT adapter d
     """Register checkpoints (all or none), hashing them in parallel."""
     from mashup.library import Library
 
+    from mashup.data.tasks import is_task_name
+    from mashup.data.target import load_target
+
+    data = trained_on or (task if task and is_task_name(task) else None)
+    fingerprint = load_target(DataConfig(data=data)).fingerprint if data else None
+    lineage = {"trained_on": {"task": task, "data_fingerprint": fingerprint}} if fingerprint else None
     with count_bar(err, "hashing checkpoints", enabled=recursive or len(paths) > 1) as update:
         records = Library(library).add(paths, task=task, base=base, init_reference=init, allow_pickle=allow_pickle,
-                                       recursive=recursive, workers=workers, progress=update)
+                                       recursive=recursive, workers=workers, progress=update,
+                                       data_fingerprint=fingerprint, lineage=lineage)
     emit([r.id for r in records] if as_json else "\n".join(f"added {r.id} {r.kind} {r.path}" for r in records), as_json)
 
 

@@ -90,14 +90,19 @@ def build_source_library(settings: DemoSettings, workspace: Workspace, console: 
     for task in settings.sources:
         if task in known:
             continue
-        out = root / task
         source = load_target(settings.data(task))
-        with atomic_output_dir(out, overwrite=True) as tmp, training_bars(console) as stage:
+
+        def register(final: Path, source: TargetData = source) -> None:  # part of the commit: all or nothing
+            library.add([final / "adapter"], task=source.name, base=settings.base,
+                        init_reference=str(final / INIT_WEIGHTS), metadata={"source": "mashup demo"},
+                        data_fingerprint=source.fingerprint,
+                        lineage={"trained_on": {"task": source.name, "data_fingerprint": source.fingerprint}})
+
+        with atomic_output_dir(root / task, overwrite=True, on_commit=register) as tmp, \
+                training_bars(console) as stage:
             # no held-out curve for a source: its relevance is measured by selection on the target
             train_in(workspace, source, settings.source_train(), EvalConfig(max_examples=0), tmp,
                      progress=stage(f"source {task}"))
-        library.add([out / "adapter"], task=task, base=settings.base, init_reference=str(out / INIT_WEIGHTS),
-                    metadata={"source": "mashup demo"})
     return library
 
 

@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from mashup.config import RunConfig, TrainConfig, save_config
-from mashup.data.target import load_target
+from mashup.data.target import TargetData, load_target
 from mashup.evaluation import steps_to_parity
-from mashup.io import atomic_output_dir, write_json
+from mashup.io import atomic_output_dir, sha256_files, weight_files, write_json
 from mashup.library import Library
 from mashup.training import INIT_WEIGHTS, ProgressFn, TrainResult, resolve_train_config
 from mashup.verbs import SelectResult, TrainSummary, merge_statistics_batches, select, train_in
@@ -99,7 +99,9 @@ def run(config: RunConfig, stage: StageFn = lambda name: None, overwrite: bool =
     out = Path(config.out)
 
     def register(final: Path) -> None:  # part of the commit: a failure here removes the run dir again
-        summary["registered"] = _register(library, final / "mashup", kind, target.name, config.base)
+        lineage = {"merged_from": selection.selected, "merge_method": config.merge.method,
+                   "trained_on": {"task": target.name, "data_fingerprint": target.fingerprint}, "run": str(final)}
+        summary["registered"] = _register(library, final / "mashup", kind, target, config.base, lineage)
         try:
             write_json(final / "summary.json", summary)
         except BaseException:
@@ -110,8 +112,8 @@ def run(config: RunConfig, stage: StageFn = lambda name: None, overwrite: bool =
     with atomic_output_dir(out, overwrite=overwrite, on_commit=on_commit) as tmp:
         save_config(config, tmp / "run_config.yaml")
         write_version(tmp)
-        selection = select(config.base, config.data, config.select, config.library, kind=kind, workspace=workspace,
-                           target=target, allow_pickle=config.allow_pickle)
+        selection = select(config.base, config.data, config.select, config.library, kind=kind, merge=config.merge,
+                           workspace=workspace, target=target, allow_pickle=config.allow_pickle)
         write_json(tmp / "scores.json", selection.to_dict())
         start = time.perf_counter()
         records = [library.get(i) for i in selection.selected]
@@ -135,10 +137,16 @@ def _mkdir(path: Path) -> Path:
     return path
 
 
-def _register(library: Library, train_dir: Path, kind: str, task: str, base: str) -> str:
-    """Add the finished weights to the library; a LoRA keeps its starting weights as task-vector reference."""
+def _register(library: Library, train_dir: Path, kind: str, target: TargetData, base: str,
+              lineage: dict[str, Any]) -> str:
+    """Add the finished weights to the library with what they were trained on and merged from; a LoRA keeps
+    its starting weights as task-vector reference. Identical weights already registered are reused."""
     weights = train_dir / ("adapter" if kind == "lora" else "model")
+    existing = library.find_by_digest(sha256_files(weight_files(weights)))
+    if existing is not None:
+        logger.warning("identical weights are already registered as %s; not adding them again", existing.id)
+        return existing.id
     reference = str(train_dir / INIT_WEIGHTS) if kind == "lora" else None
-    records = library.add([weights], task=task, base=base, init_reference=reference,
-                          metadata={"source": "mashup run"})
+    records = library.add([weights], task=target.name, base=base, init_reference=reference,
+                          metadata={"source": "mashup run"}, data_fingerprint=target.fingerprint, lineage=lineage)
     return records[0].id

@@ -18,7 +18,9 @@ from mashup.data.target import TargetData, load_target
 from mashup.errors import LibraryError, MashupError
 from mashup.evaluation import EvalResult, evaluate
 from mashup.io import atomic_output_dir, write_json
-from mashup.library import CheckpointRecord, Library, partition_compatible
+from mashup.candidates import describe_shortage, find_candidates
+from mashup.library import CheckpointRecord, Library
+from mashup.library.identity import base_identity
 from mashup.library.score_cache import ScoreCache, fingerprint
 from mashup.models import attach_adapter, load_model, resolve_base_dir
 from mashup.scoring import CheckpointScore, rank, score_checkpoints
@@ -34,7 +36,7 @@ class SelectResult:
     ranking: list[CheckpointScore]
     selected: list[str]
     rejected: list[dict[str, str]]
-    excluded: list[str]  # checkpoints trained on the target itself, left out unless asked for
+    excluded: list[dict[str, str]]  # checkpoints trained on the target itself, left out unless asked for
     metric: str
     n: int
     seconds: float
@@ -47,60 +49,36 @@ class SelectResult:
         return data
 
 
-def compatible_records(library: Library, base: str, kind: str, *, lora_mode: str = "ab", base_id: str | None = None
-                       ) -> tuple[list[CheckpointRecord], list[dict[str, str]]]:
-    """Fresh checkpoints that can be merged for a run on ``base``; the others with their reasons, each logged."""
-    records, stale = library.fresh(library.list())
-    compatible, rejected = partition_compatible(records, base, kind, lora_mode=lora_mode,  # type: ignore[arg-type]
-                                                base_id=base_id)
-    rejected = [(r, f"stale: {reason}") for r, reason in stale] + rejected
-    for record, reason in rejected:
-        logger.warning("skipping %s: %s", record.id, reason)
-    return compatible, [{"id": r.id, "reason": reason} for r, reason in rejected]
-
-
-def trained_on(record: CheckpointRecord, target: TargetData) -> bool:
-    """True when the checkpoint saw the target's data: the same data fingerprint, or the same task name."""
-    same_data = record.data_fingerprint is not None and record.data_fingerprint == target.fingerprint
-    return same_data or (record.task is not None and record.task == target.name)
-
-
-def exclude_trained_on_target(records: Sequence[CheckpointRecord], target: TargetData, include: bool = False
-                              ) -> tuple[list[CheckpointRecord], list[CheckpointRecord]]:
-    """(candidates, excluded): a checkpoint trained on the target would leak it into the comparison."""
-    excluded = [] if include else [r for r in records if trained_on(r, target)]
-    if excluded:
-        logger.warning("excluded %d checkpoint(s) trained on the target '%s' (%s); pass "
-                       "--include-target-checkpoints to rank them too", len(excluded), target.name,
-                       ", ".join(r.id for r in excluded))
-    return [r for r in records if not (excluded and trained_on(r, target))], excluded
-
-
 def select(base: str, data: DataConfig, config: SelectConfig, library_dir: str | Path | None = None, *,
-           kind: str = "lora", workspace: Workspace | None = None, target: TargetData | None = None,
-           allow_pickle: bool = False, precision: Precision | None = None) -> SelectResult:
-    """Score every compatible checkpoint on a seeded sample of the target's train split; rank them."""
+           kind: str = "lora", merge: MergeConfig | None = None, workspace: Workspace | None = None,
+           target: TargetData | None = None, allow_pickle: bool = False,
+           precision: Precision | None = None) -> SelectResult:
+    """Score every usable checkpoint on a seeded sample of the target's train split; rank them.
+
+    Usable (see mashup.candidates): fresh, on this base, not trained on the target, and mergeable under
+    ``merge`` (default: MergeConfig()), so nothing is scored that the merge would refuse.
+    """
     start = time.perf_counter()
     workspace = workspace or open_workspace(base, data, precision)
     target = target or load_target(data)
     library = Library(library_dir)
-    records, rejected = compatible_records(library, base, kind)
-    records, excluded = exclude_trained_on_target(records, target, config.include_target_checkpoints)
-    if not records:
-        also = f" other than the {len(excluded)} trained on the target" if excluded else ""
-        raise LibraryError(f"no compatible {kind} checkpoints{also} for base '{base}'", str(library.directory),
-                           "register some with `mashup library add`")
-    if config.k > len(records):
-        raise LibraryError(f"--k {config.k} but only {len(records)} compatible {kind} checkpoint(s) for '{base}'",
-                           str(library.directory), f"use --k {len(records)} or add checkpoints")
+    candidates = find_candidates(library, base, kind, target, merge or MergeConfig(),
+                                 base_id=base_identity(workspace.base_dir),
+                                 include_target=config.include_target_checkpoints)
+    shortage = describe_shortage(candidates, config.k, kind, base)
+    if shortage:
+        raise LibraryError(shortage, str(library.directory), "register more with `mashup library add`, lower --k, "
+                           "or change the merge settings")
     requests = workspace.encode(sample(target.train, config.samples, config.seed), target.template)
     sample_info = {"target": target.name, "samples": len(requests), "seed": config.seed,
                    "formulation": workspace.formulation, "base": base}
-    scores = _scores_with_cache(workspace, records, requests, config, library.directory, allow_pickle, sample_info)
+    scores = _scores_with_cache(workspace, candidates.records, requests, config, library.directory, allow_pickle,
+                                sample_info)
     ranking = rank(scores, config.metric)
-    return SelectResult(ranking=ranking, selected=[s.id for s in ranking[:config.k]], rejected=rejected,
-                        excluded=[r.id for r in excluded], metric=config.metric, n=len(requests), seconds=time.perf_counter() - start,
-                        formulation=workspace.formulation, precision=workspace.precision)
+    return SelectResult(ranking=ranking, selected=[s.id for s in ranking[:config.k]], rejected=candidates.rejected,
+                        excluded=candidates.excluded, metric=config.metric, n=len(requests),
+                        seconds=time.perf_counter() - start, formulation=workspace.formulation,
+                        precision=workspace.precision)
 
 
 def _scores_with_cache(workspace: Workspace, records: Sequence[CheckpointRecord], requests: list,
@@ -116,7 +94,8 @@ def _scores_with_cache(workspace: Workspace, records: Sequence[CheckpointRecord]
     if cache and fresh:
         cache.put(key, [(r.sha256, s.loss, s.accuracy, s.n, s.seconds) for r, s in zip(fresh, scores)],
                   target=sample_info["target"], sample=sample_info)
-    reused = [CheckpointScore(r.id, r.task, r.kind, c.loss, c.accuracy, c.n, seconds=0.0, cached=True)
+    # a cached score carries the seconds it took when it was computed (0 for rows cached before that was kept)
+    reused = [CheckpointScore(r.id, r.task, r.kind, c.loss, c.accuracy, c.n, seconds=c.seconds or 0.0, cached=True)
               for r in records if (c := cached.get(r.sha256)) is not None]
     return scores + reused
 

@@ -149,6 +149,11 @@ class Library:
                                "see `mashup library list` for ids")
         return matches[0]
 
+    def find_by_digest(self, sha256: str) -> CheckpointRecord | None:
+        """The record of weights with this content digest, if registered (ids are its first 12 hex)."""
+        matches = self._select("WHERE id = ? AND sha256 = ?", (sha256[:12], sha256))
+        return matches[0] if matches else None
+
     def remove(self, checkpoint_id: str) -> CheckpointRecord:
         """Drop the record; the files on disk are left alone."""
         record = self.get(checkpoint_id)
