@@ -102,7 +102,8 @@ class TrainConfig(StageConfig):
 
     def lora_shape(self) -> dict[str, Any]:
         """The LoRA settings that fix an adapter's capacity; both arms of a comparison must share them."""
-        return {name: getattr(self, name) for name in LORA_SHAPE_FIELDS}
+        shape = {name: getattr(self, name) for name in LORA_SHAPE_FIELDS}
+        return {**shape, "target_modules": sorted(shape["target_modules"])}
 
 
 class EvalConfig(StageConfig):
