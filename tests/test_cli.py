@@ -146,3 +146,15 @@ def test_export_mergekit_yaml(tmp_path, lib, tiny_base, tiny_fulls, capsys, monk
     exported = yaml.safe_load((tmp_path / "mergekit.yaml").read_text())
     assert exported["merge_method"] == "ties" and exported["base_model"] == str(tiny_base)
     assert len(exported["models"]) == 2 and (tmp_path / "merged" / "config.json").exists()
+
+
+def test_file_system_errors_are_one_line(tmp_path, tiny_base, mc_file, capsys, monkeypatch):
+    import mashup.verbs as verbs
+
+    def denied(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(tmp_path / "weights.safetensors"))
+
+    monkeypatch.setattr(verbs, "evaluate_model", denied)
+    _, err = run_cli(["eval", "--base", tiny_base, "--data", mc_file], capsys, monkeypatch, expect=1)
+    assert err.strip().splitlines() == [f"error: Permission denied in {tmp_path / 'weights.safetensors'}; check the "
+                                        "path, its permissions and the free disk space"]

@@ -379,6 +379,11 @@ def main() -> None:
         field = ".".join(str(p) for p in first["loc"])
         err.print(f"[red]error:[/red] invalid value for '{field}': {first['msg']}; fix that option", soft_wrap=True)
         raise SystemExit(2) from None
+    except OSError as exc:  # the file system said no (missing file, permissions, disk full): one line too
+        where = f" in {exc.filename}" if exc.filename else ""
+        err.print(f"[red]error:[/red] {exc.strerror or exc}{where}; check the path, its permissions and the free "
+                  "disk space", highlight=False, soft_wrap=True)
+        raise SystemExit(1) from None
     except (typer.Exit, typer.Abort) as exc:
         raise SystemExit(getattr(exc, "exit_code", 1)) from None
     except Exception as exc:  # click usage errors carry their own exit codes

@@ -2,21 +2,32 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from mashup.training import ProgressFn
+if TYPE_CHECKING:  # importing mashup.training would load torch for a type: the CLI's --help stays fast
+    from mashup.training import ProgressFn
 
 
 def quiet_third_party() -> None:
-    """Silence transformers' info logs and weight-loading bars (for the CLI and scripts, not the library)."""
-    import transformers
+    """Silence transformers' info logs and weight-loading bars (for the CLI and scripts, not the library).
 
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
+    Through the environment variables transformers and huggingface_hub read at import, so that calling
+    this does not import them (the CLI's --help stays fast); applied directly if already imported.
+    """
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    if "transformers" in sys.modules:
+        import transformers
+
+        transformers.utils.logging.set_verbosity_error()
+        transformers.utils.logging.disable_progress_bar()
 
 
 @contextmanager
