@@ -106,6 +106,6 @@ def test_a_failure_after_registration_unregisters(tmp_path, tiny_base, tiny_lora
         real(path, data)
 
     monkeypatch.setattr(run_module, "write_json", write_json)
-    with pytest.raises(OSError):
-        run_cli(_run_args(tiny_base, mc_file, lib, out, 1), capsys, monkeypatch)
+    _, err = run_cli(_run_args(tiny_base, mc_file, lib, out, 1), capsys, monkeypatch, expect=1)
+    assert err.strip().splitlines()[-1].startswith("error: No space left on device")
     assert not out.exists() and len(Library(lib).list()) == 3
