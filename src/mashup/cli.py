@@ -16,6 +16,7 @@ from rich.table import Table
 from mashup.config import DataConfig, EvalConfig, MergeConfig, RunConfig, SelectConfig, TrainConfig, load_config
 from mashup.errors import MashupError
 from mashup.progress import quiet_third_party, training_bars
+from mashup.switch.cli import switch_app
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Mashup Learning: fine-tune from merged past checkpoints.")
 library_app = typer.Typer(no_args_is_help=True, help="Manage the checkpoint library.")
@@ -23,6 +24,7 @@ tasks_app = typer.Typer(no_args_is_help=True, help="Named benchmark tasks.")
 app.add_typer(library_app, name="library")
 app.add_typer(tasks_app, name="tasks")
 err = Console(stderr=True)
+app.add_typer(switch_app, name="switch")
 
 LibraryOpt = Annotated[Optional[str], typer.Option("--library", help="library dir (default $MASHUP_LIBRARY or ~/.mashup/library)")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="machine-readable output on stdout")]
