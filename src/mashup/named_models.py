@@ -113,6 +113,14 @@ NAMED_MODELS: dict[str, NamedModel] = {
 }
 
 
+# Zero-shot cloze accuracy (accuracy, questions) on each offline task's test split, a seeded sample when n is
+# below the split size; measured with `mashup eval --base NAME --data TASK --scoring cloze
+# --max-test-examples N` (fp32, 2 CPU cores). Shown by `mashup models list`.
+ZERO_SHOT_CLOZE: dict[str, dict[str, tuple[float, int]]] = {
+    "gemma3-270m": {"arc_easy": (0.582, 500)},
+}
+
+
 def cache_root() -> Path:
     """``$MASHUP_CACHE`` when set, else ``~/.cache/mashup``: converted models, the demo's sources."""
     root = os.environ.get("MASHUP_CACHE")
