@@ -99,3 +99,12 @@ def test_logit_averaging_of_one_model_with_itself_is_that_model(trio) -> None:
     averaged = logit_average_generate([aligned, aligned], QUERY, plan)
     assert averaged.text == alone.text
     assert averaged.segments == [Segment(-1, alone.text, 16)]
+
+
+def test_switching_runs_far_fewer_tokens_than_re_encoding_each_segment(trio) -> None:
+    plan = Plan(generation(segment_tokens=2, max_new_tokens=16), 0)
+    trace = switch_generate(trio, QUERY, random_chooser(3, 4), plan, seed=1)
+    lone = switch_generate(trio, QUERY, fixed(0), Plan(generation(segment_tokens=2, aligned_ends=False), 0))
+    assert sum(lone.forwarded) == len(trio[0].prompt_ids(QUERY)) + 16 - 1  # one model: prompt + generation
+    assert lone.reencoded > sum(lone.forwarded)  # without its cache it would re-run its context 8 times
+    assert sum(trace.forwarded) < trace.reencoded

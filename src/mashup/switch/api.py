@@ -5,26 +5,24 @@ from __future__ import annotations
 from pathlib import Path
 
 from mashup.config import save_config
+from mashup.errors import MashupError
 from mashup.io import atomic_output_dir, write_json
 from mashup.switch.candidates import load_candidates
 from mashup.switch.config import SwitchConfig, SwitchEvalConfig
 from mashup.switch.evaluate import ProgressFn, evaluate_switch
 from mashup.switch.generation import Plan, SwitchTrace, fixed, switch_generate
 from mashup.switch.report import markdown_table, plot_writers
+from mashup.switch.switcher import load_switcher
 from mashup.switch.train import switcher_base
 from mashup.workspace import write_version
 
 
 def generate(config: SwitchConfig, prompt: str, *, writer: str | None = None) -> SwitchTrace:
     """One response: the switcher picks the writers (or ``writer``, a candidate name, writes it all)."""
-    from mashup.switch.switcher import load_switcher
-
     candidates = load_candidates(config.candidates, config.library)
     names = [c.name for c in candidates]
     if writer is not None:
         if writer not in names:
-            from mashup.errors import MashupError
-
             raise MashupError(f"no candidate named '{writer}'", None, f"use one of: {', '.join(names)}")
         plan = Plan(config.generation.model_copy(update={"aligned_ends": False}), None)
         return switch_generate(candidates, prompt, fixed(names.index(writer)), plan)

@@ -10,11 +10,13 @@ Rows (each run on the same seeded sample of the task's test split, greedy unless
   average merge of their deltas with the plain base counted as a zero delta.
 A row that does not apply (one vocabulary or one base per candidate, no trained adapter) is skipped with
 its reason. The cost of each row is the tokens run through all models (switcher included) per response
-token, and the seconds per response token.
+token, and the seconds per response token; beside it, the tokens a loop without per-candidate caches would run
+(re-encoding the prompt and the response so far for every segment, as the reference code does).
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import random
@@ -64,6 +66,7 @@ class SystemResult:
         return {"system": self.name, "accuracy": hits / max(n, 1), "ci95": [low, high], "n": n,
                 "mean_reward": sum(self.rewards) / max(n, 1),
                 "forwarded_per_token": sum(sum(t.forwarded) + t.chooser_tokens for t in self.traces) / tokens,
+                "reencoded_per_token": sum(t.reencoded + t.chooser_tokens for t in self.traces) / tokens,
                 "seconds_per_token": sum(t.seconds for t in self.traces) / tokens,
                 "response_tokens": tokens / max(n, 1),
                 "segment_share": [writers.count(i) / max(len(writers), 1) for i in range(n_candidates)]}
@@ -71,8 +74,6 @@ class SystemResult:
 
 def average_weights(candidates: Sequence[Candidate]) -> Candidate:
     """A candidate whose weights are the uniform average of the given same-base candidates' weights."""
-    import copy
-
     merged = copy.deepcopy(candidates[0].model)
     states = [c.model.state_dict() for c in candidates]
     with torch.no_grad():
@@ -187,5 +188,6 @@ def cost_ratio(rows: Sequence[dict]) -> dict:
         return {}
     tokens = sum(r["forwarded_per_token"] for r in alone) / len(alone)
     seconds = sum(r["seconds_per_token"] for r in alone) / len(alone)
-    return {r["system"]: {"tokens": r["forwarded_per_token"] / tokens, "seconds": r["seconds_per_token"] / seconds}
+    return {r["system"]: {"tokens": r["forwarded_per_token"] / tokens, "seconds": r["seconds_per_token"] / seconds,
+                          "tokens_without_caches": r["reencoded_per_token"] / tokens}
             for r in rows if not r["system"].startswith("alone:")}

@@ -36,6 +36,7 @@ class SwitchTrace:
     chooser_tokens: int = 0  # tokens run through the switcher
     seconds: float = 0.0
     ended: bool = False  # a writer emitted EOS
+    reencoded: int = 0  # tokens a loop without caches would run (re-encoding prompt and response per segment)
 
     @property
     def text(self) -> str:
@@ -48,7 +49,7 @@ class SwitchTrace:
     def to_dict(self) -> dict:
         return {"query": self.query, "text": self.text, "segments": [asdict(s) for s in self.segments],
                 "forwarded": self.forwarded, "chooser_tokens": self.chooser_tokens,
-                "seconds": round(self.seconds, 3), "ended": self.ended}
+                "seconds": round(self.seconds, 3), "ended": self.ended, "reencoded": self.reencoded}
 
 
 # (query, segments so far, segment index) -> the index of the candidate that writes the next segment
@@ -100,19 +101,22 @@ def switch_generate(candidates: Sequence[Candidate], query: str, chooser: Choose
     segments = list(prefix)
     response = "".join(s.text for s in segments)
     ended = False
+    reencoded = 0
     for step in range(len(segments), min(stop_after or plan.n_segments, plan.n_segments)):
         forced = plan.forced(step)
         writer = forced if forced is not None else chooser(query, segments, step)
         stream = streams[writer] = streams[writer] or Stream(candidates[writer], query)
         stream.catch_up(response)
+        before = len(stream.ids)
         text, tokens, ended = stream.write(plan.config.segment_tokens, sampler, segment_generator(seed, step))
+        reencoded += before + max(tokens + ended - 1, 0)
         segments.append(Segment(writer, text, tokens))
         response += text
         if ended:
             break
     forwarded = [s.forwarded if s else 0 for s in streams]
     return SwitchTrace(query, segments, forwarded, chooser_cost() if chooser_cost else 0,
-                       time.perf_counter() - start, ended)
+                       time.perf_counter() - start, ended, reencoded)
 
 
 def logit_average_generate(candidates: Sequence[Candidate], query: str, plan: Plan, *,
@@ -140,5 +144,6 @@ def logit_average_generate(candidates: Sequence[Candidate], query: str, plan: Pl
         if ended:
             break
     text = streams[0].decode_from(first)
-    return SwitchTrace(query, [Segment(-1, text, generated)], [s.forwarded for s in streams],
-                       seconds=time.perf_counter() - start, ended=ended)
+    forwarded = [s.forwarded for s in streams]  # no switching: a loop without caches would run the same
+    return SwitchTrace(query, [Segment(-1, text, generated)], forwarded, seconds=time.perf_counter() - start,
+                       ended=ended, reencoded=sum(forwarded))

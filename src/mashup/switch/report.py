@@ -25,8 +25,8 @@ def markdown_table(result: dict) -> str:
         lines.append(f"| {name} | – | – | – | – | – | skipped: {reason} |")
     if result.get("cost"):
         lines += ["", "Cost against single-model generation (mean of the `alone` rows), per response token:", ""]
-        lines += [f"- {name}: {c['tokens']:.2f}x tokens run, {c['seconds']:.2f}x seconds"
-                  for name, c in result["cost"].items()]
+        lines += [f"- {name}: {c['tokens']:.2f}x tokens run ({c['tokens_without_caches']:.2f}x without per-candidate "
+                  f"caches), {c['seconds']:.2f}x seconds" for name, c in result["cost"].items()]
     return "\n".join(lines) + "\n"
 
 
