@@ -29,7 +29,7 @@ from mashup.library import Library
 from mashup.named_models import cache_root
 from mashup.progress import quiet_third_party
 from mashup.switch.api import evaluate_into
-from mashup.switch.collect import SUMMARY, collect
+from mashup.switch.collect import SUMMARY, collect, labelled_instances
 from mashup.switch.config import (CandidateConfig, CollectConfig, GenerationConfig, RewardConfig, SwitchConfig,
                                   SwitchEvalConfig, default_switcher_training)
 from mashup.switch.report import markdown_table
@@ -92,22 +92,23 @@ def run_task(config: SwitchConfig, profile: Profile, task: str, out: Path, timin
     start = time.perf_counter()
     collected = out / f"collect-{task}"
     if not (collected / SUMMARY).exists():
-        # multiple choice: the margin reward, so that few instances tie with only k rollouts per candidate
-        reward = RewardConfig(mode="margin" if task == MC_TASK else "binary")
+        # Dense rewards for collecting: with 0/1 rewards, k rollouts and 135M models nearly every instance ties
+        # (a smoke run labelled 0 of 2 arithmetic instances). Eval still reports exact-match accuracy.
+        reward = RewardConfig(mode="margin") if task == MC_TASK else RewardConfig(name="number_closeness")
         collect(config, CollectConfig(task=task, instances=profile.instances, rollouts=profile.rollouts,
                                       reward=reward), collected)
     timings[f"collect {task}"] = time.perf_counter() - start
     start = time.perf_counter()
     switcher = out / f"switcher-{task}"
-    if not (switcher / "result.json").exists():
+    if not (switcher / "result.json").exists() and len(labelled_instances(collected)) >= 2:
         train_switcher(config, [collected], switcher, default_switcher_training().model_copy(
             update={"epochs": profile.epochs}))
     timings[f"train {task}"] = time.perf_counter() - start
     start = time.perf_counter()
     evaluated = out / f"eval-{task}"
     if not (evaluated / "results.json").exists():
-        trained = config.model_copy(update={"switcher": config.switcher.model_copy(
-            update={"adapter": str(switcher / "adapter")})})
+        adapter = str(switcher / "adapter") if (switcher / "result.json").exists() else None  # too few labels
+        trained = config.model_copy(update={"switcher": config.switcher.model_copy(update={"adapter": adapter})})
         evaluate_into(trained, SwitchEvalConfig(task=task, max_examples=profile.eval_examples), evaluated)
     timings[f"eval {task}"] = time.perf_counter() - start
     return json.loads((evaluated / "results.json").read_text())

@@ -94,3 +94,13 @@ def test_wilson_interval() -> None:
     low, high = wilson_interval(5, 10)
     assert low == pytest.approx(0.2366, abs=1e-4) and high == pytest.approx(0.7634, abs=1e-4)
     assert wilson_interval(0, 20)[0] == 0.0 and wilson_interval(20, 20)[1] == 1.0
+
+
+def test_number_closeness_is_dense_and_keeps_exact_match_as_correct() -> None:
+    from mashup.switch.rewards import NumberCloseness
+    from mashup.switch.tasks import number_item
+
+    item = number_item("What is 4 * 8?", "32")
+    exact, near, far, none = (NumberCloseness()(item, t) for t in ("The answer is 32", "33", "320", "no idea"))
+    assert exact.reward == 1.0 and exact.correct and not near.correct
+    assert 1.0 > near.reward > far.reward > none.reward == 0.0

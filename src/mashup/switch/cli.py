@@ -23,7 +23,7 @@ OutOpt = Annotated[Path, typer.Option("--out", help="output dir")]
 TaskOpt = Annotated[str, typer.Option("--task", help="gsm8k, arithmetic, or a multiple-choice task")]
 SegmentOpt = Annotated[Optional[int], typer.Option("--segment-tokens", help="new tokens per segment (config: 50)")]
 MaxNewOpt = Annotated[Optional[int], typer.Option("--max-new-tokens", help="response length cap (config: 200)")]
-RewardOpt = Annotated[str, typer.Option("--reward", help="number_match | choice_cloze | auto")]
+RewardOpt = Annotated[str, typer.Option("--reward", help="number_match | number_closeness | choice_cloze | auto")]
 ModeOpt = Annotated[str, typer.Option("--reward-mode", help="choice_cloze reward: binary | margin")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="machine-readable output on stdout")]
 

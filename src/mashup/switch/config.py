@@ -84,7 +84,7 @@ class SwitchConfig(StageConfig):
 
 
 class RewardConfig(StageConfig):
-    name: str = Field("auto", description="number_match | choice_cloze | auto (from the task's kind)")
+    name: str = Field("auto", description="number_match | number_closeness | choice_cloze | auto (by task kind)")
     mode: RewardMode = Field("binary", description="choice_cloze: 0/1 correctness, or the log-likelihood margin")
 
 

@@ -1,6 +1,8 @@
 """Offline rewards for a finished response, behind one small interface and an explicit registry.
 
 - ``number_match``: 1 when the response's final number equals the gold number (GSM8K, arithmetic).
+- ``number_closeness``: 1 / (1 + |final - gold| / max(1, |gold|)), 0 without a number: a dense signal for
+  collecting labels with small models, which rarely get the number exactly (every candidate then ties).
 - ``choice_cloze``: after the switched trace, the aligned candidate picks a choice by cloze scoring (the
   length-normalised log-likelihood, as ``mashup eval --scoring cloze``); the reward is 0/1 correctness or
   the margin log p(gold) - logsumexp(log p(others)) over summed choice log-likelihoods (``mode: margin``).
@@ -60,6 +62,19 @@ class NumberMatch:
         return RewardResult(float(correct), correct)
 
 
+class NumberCloseness:
+    """A dense reward for small models that rarely get the number exactly: 1 / (1 + relative error)."""
+
+    def __call__(self, item: SwitchItem, response: str) -> RewardResult:
+        predicted, gold = final_number(response), str(item.gold).replace(",", "")
+        correct = same_number(predicted, gold)
+        try:
+            error = abs(float(str(predicted)) - float(gold)) / max(1.0, abs(float(gold)))
+        except ValueError:  # no number in the response
+            return RewardResult(0.0, correct)
+        return RewardResult(1.0 / (1.0 + error), correct)
+
+
 class ChoiceCloze:
     """The judge (the aligned candidate) scores each choice after the question and the trace."""
 
@@ -99,6 +114,7 @@ def register_reward(name: str, factory: RewardFactory) -> None:
 
 
 register_reward("number_match", lambda config, task, judge: NumberMatch())
+register_reward("number_closeness", lambda config, task, judge: NumberCloseness())
 register_reward("choice_cloze", lambda config, task, judge: ChoiceCloze(judge, task, config.mode == "margin"))
 
 
