@@ -50,8 +50,8 @@ class Profile:
 
 
 PROFILES = {
-    "cpu": Profile(("arithmetic", "arc_easy"), segment_tokens=16, max_new_tokens=64, instances=32, rollouts=2,
-                   eval_examples=30, source_steps=12, epochs=3),
+    "cpu": Profile(("arithmetic", "arc_easy"), segment_tokens=16, max_new_tokens=64, instances=24, rollouts=2,
+                   eval_examples=24, source_steps=12, epochs=3),
     "smoke": Profile(("arithmetic", "arc_easy"), segment_tokens=16, max_new_tokens=64, instances=2, rollouts=1,
                      eval_examples=2, source_steps=12, epochs=1),
     # the paper's segment size; responses are generated one at a time, so collect dominates (hours on one GPU)
