@@ -16,13 +16,17 @@ from rich.table import Table
 from mashup.config import DataConfig, EvalConfig, MergeConfig, RunConfig, SelectConfig, TrainConfig, load_config
 from mashup.errors import MashupError
 from mashup.progress import count_bar, quiet_third_party, training_bars
+from mashup.switch.cli import switch_app
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Mashup Learning: fine-tune from merged past checkpoints.")
 library_app = typer.Typer(no_args_is_help=True, help="Manage the checkpoint library.")
 tasks_app = typer.Typer(no_args_is_help=True, help="Named benchmark tasks.")
 app.add_typer(library_app, name="library")
 app.add_typer(tasks_app, name="tasks")
+models_app = typer.Typer(no_args_is_help=True, help="Named base models.")
+app.add_typer(models_app, name="models")
 err = Console(stderr=True)
+app.add_typer(switch_app, name="switch")
 
 LibraryOpt = Annotated[Optional[str], typer.Option("--library", help="library dir (default $MASHUP_LIBRARY or ~/.mashup/library)")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="machine-readable output on stdout")]
@@ -179,6 +183,27 @@ def tasks_list(as_json: JsonOpt = False) -> None:
     table = Table("task", "source", "train", "test")
     for row in rows:
         table.add_row(row["task"], row["source"], str(row["train"] or "-"), str(row["test"] or "-"))
+    emit(rows, as_json, table)
+
+
+@models_app.command("list")
+def models_list(as_json: JsonOpt = False) -> None:
+    """Named base models, whether they are installed / converted, and their measured zero-shot cloze accuracy."""
+    import importlib.util
+
+    from mashup.named_models import NAMED_MODELS, ZERO_SHOT_CLOZE, default_cache_dir, is_converted
+
+    rows = []
+    for name, named in NAMED_MODELS.items():
+        packages = (named.package, *named.chunk_packages)
+        rows.append({"model": name, "description": named.description,
+                     "installed": all(importlib.util.find_spec(p) is not None for p in packages),
+                     "converted": is_converted(default_cache_dir() / name),
+                     "zero_shot_cloze": {t: {"accuracy": a, "n": n} for t, (a, n) in ZERO_SHOT_CLOZE.get(name, {}).items()}})
+    table = Table("model", "description", "installed", "converted", "zero-shot cloze accuracy (n)")
+    for row in rows:
+        scores = ", ".join(f"{t} {s['accuracy']:.3f} ({s['n']})" for t, s in row["zero_shot_cloze"].items())
+        table.add_row(row["model"], row["description"], str(row["installed"]), str(row["converted"]), scores or "-")
     emit(rows, as_json, table)
 
 
