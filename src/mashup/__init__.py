@@ -11,8 +11,7 @@ transformers and peft load only when a verb runs.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from mashup.lazy import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -27,15 +26,4 @@ _EXPORTS = {
     "evaluate_model": "mashup.verbs", "merge": "mashup.verbs", "select": "mashup.verbs", "train_model": "mashup.verbs",
 }
 __all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'mashup' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_EXPORTS[name]), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_EXPORTS])
+__getattr__, __dir__ = lazy_exports(globals(), _EXPORTS)

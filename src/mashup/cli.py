@@ -13,6 +13,7 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
+from mashup.cli_options import PrecisionOpt
 from mashup.config import DataConfig, EvalConfig, MergeConfig, RunConfig, SelectConfig, TrainConfig, load_config
 from mashup.errors import MashupError
 from mashup.progress import count_bar, quiet_third_party, training_bars
@@ -43,8 +44,6 @@ PickleOpt = Annotated[bool, typer.Option("--allow-pickle", help="allow .bin weig
 IncludeTargetOpt = Annotated[bool, typer.Option(
     "--include-target-checkpoints", help="also rank checkpoints trained on the target (excluded by default)")]
 NoCacheOpt = Annotated[bool, typer.Option("--no-cache", help="rescore checkpoints scored before on this sample")]
-PrecisionOpt = Annotated[Optional[str], typer.Option(
-    "--precision", help="auto | fp32 | bf16 (default $MASHUP_PRECISION, else auto: bf16 where the CPU/GPU has fast bf16)")]
 
 
 def _data(data: str, train: str | None, test: str | None, test_size: float, scoring: str, max_length: int,

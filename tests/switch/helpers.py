@@ -40,10 +40,10 @@ def save_other_base(out_dir: Path, seed: int = 5) -> Path:
 
 
 def candidate(path: Path, role: str = "candidate", name: str | None = None, adapter: Path | None = None,
-              chat: str = "auto") -> Candidate:
+              chat: str = "auto", precision: str | None = None) -> Candidate:
     config = CandidateConfig(model=str(path), adapter=str(adapter) if adapter else None, role=role, name=name,
                              chat_template=chat)  # type: ignore[arg-type]
-    return load_candidate(config, device=torch.device("cpu"))
+    return load_candidate(config, device=torch.device("cpu"), precision=precision)  # type: ignore[arg-type]
 
 
 def generation(**kwargs: object) -> GenerationConfig:

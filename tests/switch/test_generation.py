@@ -6,13 +6,15 @@ import torch
 
 from mashup.switch.candidates import Sampler, Stream
 from mashup.switch.generation import Plan, Segment, fixed, logit_average_generate, random_chooser, switch_generate
-from tests.switch.helpers import generation
+from tests.switch.helpers import candidate, generation
 
 QUERY = "Question: Which is a colour?"
 
 
-def test_incremental_prefill_matches_re_encoding_the_whole_text(trio) -> None:
-    aligned, other = trio[0], trio[1]
+def test_incremental_prefill_matches_re_encoding_the_whole_text(tiny_base, other_base) -> None:
+    # fp32: the comparison is with a plain fp32 forward pass at fp32 tolerance
+    aligned = candidate(tiny_base, "aligned", "aligned", precision="fp32")
+    other = candidate(other_base, "pretrained", "other", precision="fp32")
     for writer, reader in ((aligned, other), (other, aligned)):
         response = ""
         foreign = Stream(writer, QUERY)

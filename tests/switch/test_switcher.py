@@ -33,6 +33,7 @@ def test_each_digit_is_one_token_after_the_prompt(trio) -> None:
             assert list(c.tokenizer(f"Which one? The answer is model {i}")["input_ids"]) == prompt + [digit]
 
 
+@pytest.mark.fp32
 def test_digit_readout_picks_the_argmax_index(trio) -> None:
     model, tokenizer = trio[0].model, trio[0].tokenizer
     switcher = Switcher(model, tokenizer, 3, device=torch.device("cpu"))

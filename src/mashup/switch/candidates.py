@@ -18,8 +18,9 @@ from transformers.generation.logits_process import TemperatureLogitsWarper, TopP
 
 from mashup.errors import CheckpointError
 from mashup.library import Library
-from mashup.models import (attach_adapter, autocast, bf16_supported, default_device, load_model, load_tokenizer,
-                           resolve_base_dir)
+from mashup.config import Precision
+from mashup.models import (attach_adapter, autocast, default_device, load_model, load_tokenizer, resolve_base_dir,
+                           resolve_precision)
 from mashup.switch.config import CandidateConfig, GenerationConfig
 
 logger = logging.getLogger(__name__)
@@ -61,7 +62,7 @@ class Candidate:
 
 
 def load_candidate(config: CandidateConfig, library: Library | None = None,
-                   device: torch.device | None = None) -> Candidate:
+                   device: torch.device | None = None, precision: Precision | None = None) -> Candidate:
     """Load a named/local/Hub base (with an optional adapter) or a library checkpoint, LoRA merged in."""
     device = device or default_device()
     adapter = Path(config.adapter) if config.adapter else None
@@ -81,7 +82,7 @@ def load_candidate(config: CandidateConfig, library: Library | None = None,
         raise CheckpointError("chat_template: on, but the tokenizer has no chat template", str(base_dir),
                               "use chat_template: auto or off")
     return Candidate(config.label(), config.role, model.eval().to(device), tokenizer, chat, base_dir, device,
-                     bf16_supported(device), _eos_ids(model, tokenizer))
+                     resolve_precision(precision, device) == "bf16", _eos_ids(model, tokenizer))
 
 
 def _eos_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> frozenset[int]:
@@ -170,12 +171,12 @@ class Stream:
 
 
 def load_candidates(configs: list[CandidateConfig], library: str | None = None,
-                    device: torch.device | None = None) -> list[Candidate]:
+                    device: torch.device | None = None, precision: Precision | None = None) -> list[Candidate]:
     """All candidates, in config order (their indices are the switcher's digits)."""
     catalog = Library(library) if any(c.checkpoint for c in configs) else None
     candidates = []
     for config in configs:
-        candidates.append(load_candidate(config, catalog, device))
+        candidates.append(load_candidate(config, catalog, device, precision))
         logger.info("loaded candidate %s (%s, chat template: %s)", config.label(), config.role,
                     candidates[-1].chat)
     return candidates

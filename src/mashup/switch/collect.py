@@ -156,7 +156,7 @@ def collect(config: SwitchConfig, collect_config: CollectConfig, out: str | Path
     log = RolloutLog(out / ROLLOUTS)
     task = task or load_switch_task(collect_config.task)
     items = sample(task.train, collect_config.instances, collect_config.seed)  # type: ignore[arg-type]
-    candidates = list(candidates or load_candidates(config.candidates, config.library))
+    candidates = list(candidates or load_candidates(config.candidates, config.library, precision=config.precision))
     aligned = config.aligned_index()
     generation = config.generation.model_copy(update={
         "do_sample": True, "temperature": collect_config.temperature, "top_p": collect_config.top_p})

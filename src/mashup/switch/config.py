@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from mashup.config import StageConfig, TrainConfig
+from mashup.config import Precision, StageConfig, TrainConfig
 
 ALIGNED = "aligned"
 ChatTemplate = Literal["auto", "on", "off"]
@@ -69,6 +69,7 @@ class SwitchConfig(StageConfig):
     generation: GenerationConfig = Field(default_factory=GenerationConfig)
     switcher: SwitcherConfig = Field(default_factory=SwitcherConfig)
     library: str | None = Field(None, description="library dir for checkpoint ids (default $MASHUP_LIBRARY)")
+    precision: Precision | None = Field(None, description="auto | fp32 | bf16; default $MASHUP_PRECISION or auto")
 
     @model_validator(mode="after")
     def _roles_and_names(self) -> SwitchConfig:

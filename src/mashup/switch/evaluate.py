@@ -143,10 +143,12 @@ def _routed(candidates: Sequence[Candidate], item: SwitchItem, switcher: Switche
 
 def load_switchers(config: SwitchConfig, n: int) -> dict[str, Switcher]:
     base = switcher_base(config)
-    found = {"switcher-untrained": load_switcher(base, n, top_p=config.switcher.top_p, seed=config.generation.seed)}
+    found = {"switcher-untrained": load_switcher(base, n, top_p=config.switcher.top_p, seed=config.generation.seed,
+                                                 precision=config.precision)}
     if config.switcher.adapter:
         found["switcher-trained"] = load_switcher(base, n, adapter=config.switcher.adapter,
-                                                  top_p=config.switcher.top_p, seed=config.generation.seed)
+                                                  top_p=config.switcher.top_p, seed=config.generation.seed,
+                                                  precision=config.precision)
     return found
 
 
@@ -155,7 +157,7 @@ def evaluate_switch(config: SwitchConfig, eval_config: SwitchEvalConfig, *, prog
     """Every applicable row on the same questions; returns rows, skipped rows and the traces."""
     task = task or load_switch_task(eval_config.task)
     items = task.test if eval_config.max_examples is None else sample(task.test, eval_config.max_examples, 0)  # type: ignore[arg-type]
-    candidates = list(candidates or load_candidates(config.candidates, config.library))
+    candidates = list(candidates or load_candidates(config.candidates, config.library, precision=config.precision))
     aligned = config.aligned_index()
     reward = build_reward(eval_config.reward, task, candidates[aligned if aligned is not None else 0])
     systems, skipped = build_systems(config, candidates, load_switchers(config, len(candidates)))

@@ -18,7 +18,9 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from mashup.batching import ScoredSequence, collate, last_token_logprobs
 from mashup.data.prompts import EncodedRequest
 from mashup.errors import CheckpointError
-from mashup.models import attach_adapter, autocast, bf16_supported, default_device, load_model, load_tokenizer, resolve_base_dir
+from mashup.config import Precision
+from mashup.models import (attach_adapter, autocast, default_device, load_model, load_tokenizer, resolve_base_dir,
+                           resolve_precision)
 from mashup.switch.generation import Segment, segment_generator
 
 logger = logging.getLogger(__name__)
@@ -57,11 +59,12 @@ class Switcher:
     """Callable as a generation chooser; counts the tokens it runs for the cost accounting."""
 
     def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, n_candidates: int, *,
-                 top_p: float | None = None, seed: int = 0, device: torch.device | None = None) -> None:
+                 top_p: float | None = None, seed: int = 0, device: torch.device | None = None,
+                 precision: Precision | None = None) -> None:
         self.model, self.tokenizer, self.n = model.eval(), tokenizer, n_candidates
         self.top_p, self.seed = top_p, seed
         self.device = device or next(model.parameters()).device
-        self.bf16 = bf16_supported(self.device)
+        self.bf16 = resolve_precision(precision, self.device) == "bf16"
         self.forwarded = 0
 
     @torch.no_grad()
@@ -88,11 +91,13 @@ class Switcher:
 
 
 def load_switcher(model: str | Path, n_candidates: int, *, adapter: str | Path | None = None,
-                  top_p: float | None = None, seed: int = 0, device: torch.device | None = None) -> Switcher:
+                  top_p: float | None = None, seed: int = 0, device: torch.device | None = None,
+                  precision: Precision | None = None) -> Switcher:
     """The switcher LM (a named base, local dir or Hub id), with its trained LoRA merged in when given."""
     device = device or default_device()
     base_dir = resolve_base_dir(str(model))
     lm = load_model(base_dir)
     if adapter is not None:
         lm = attach_adapter(lm, Path(adapter), trainable=False).merge_and_unload()
-    return Switcher(lm.to(device), load_tokenizer(base_dir), n_candidates, top_p=top_p, seed=seed, device=device)
+    return Switcher(lm.to(device), load_tokenizer(base_dir), n_candidates, top_p=top_p, seed=seed, device=device,
+                    precision=precision)

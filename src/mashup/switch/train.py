@@ -15,7 +15,7 @@ from mashup.config import TrainConfig, save_config
 from mashup.evaluation import ScoreSettings
 from mashup.errors import MashupError
 from mashup.io import atomic_output_dir, write_json
-from mashup.models import bf16_supported, default_device, load_tokenizer, resolve_base_dir
+from mashup.models import default_device, load_tokenizer, resolve_base_dir, resolve_precision
 from mashup.switch.collect import labelled_instances
 from mashup.switch.config import SwitchConfig
 from mashup.switch.switcher import switcher_request
@@ -55,7 +55,7 @@ def train_switcher(config: SwitchConfig, collect_dirs: list[str | Path], out: st
     n_eval = max(1, round(held_out * len(requests)))
     train_requests, eval_requests = requests[n_eval:], requests[:n_eval]
     device = default_device()
-    bf16 = bf16_supported(device) if train_config.bf16 is None else train_config.bf16
+    bf16 = resolve_precision(config.precision, device) == "bf16"
     settings = ScoreSettings(batch_size=16, device=device, bf16=bf16, pad_id=int(tokenizer.pad_token_id))
     with atomic_output_dir(Path(out), overwrite=overwrite) as tmp:
         model = prepare_model(base_dir, train_config).to(device)
