@@ -10,7 +10,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 
 from mashup.atomic_dir import TMP_MARK
 from mashup.errors import LibraryError

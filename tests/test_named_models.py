@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
-import os
 from pathlib import Path
 
 import numpy as np
@@ -156,15 +155,17 @@ def test_materialize_refuses_an_incomplete_cached_dir(fake_package: str, tmp_pat
         materialize_named_model(fake_package, tmp_path / "cache")
 
 
-def test_materialize_removes_stale_partials_only(fake_package: str, tmp_path: Path) -> None:
+def test_a_conversion_finished_meanwhile_by_another_process_is_used(fake_package: str, tmp_path: Path,
+                                                                     monkeypatch) -> None:
     cache = tmp_path / "cache"
-    stale, fresh = cache / f".{fake_package}.tmp-old", cache / f".{fake_package}.tmp-new"
-    for partial in (stale, fresh):
-        partial.mkdir(parents=True)
-        (partial / "model.safetensors").write_bytes(b"half")
-    os.utime(stale, (0, 0))  # a killed conversion from long ago; `fresh` may be a live one
+    real = named_models.convert_gguf
+
+    def race(gguf_path, out_dir, *args, **kwargs):
+        real(gguf_path, out_dir, *args, **kwargs)  # the other process commits first...
+        return real(gguf_path, out_dir, *args, **kwargs)  # ...so this one's commit is refused
+
+    monkeypatch.setattr(named_models, "convert_gguf", race)
     assert named_models.is_converted(materialize_named_model(fake_package, cache))
-    assert not stale.exists() and fresh.exists()
 
 
 def test_missing_package_says_the_pip_command(monkeypatch, tmp_path: Path) -> None:

@@ -14,7 +14,6 @@ import importlib.util
 import json
 import logging
 import os
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -150,19 +149,13 @@ def materialize_named_model(name: str, cache_dir: Path | None = None) -> Path:
                               "delete it and run again to convert afresh")
     gguf_path = named.gguf_path(target.parent)
     _require_gguf(named.install_hint())
-    remove_stale_partials(target)
     logger.info("converting %s from %s (one time)", name, gguf_path)
-    return convert_gguf(gguf_path, target)
-
-
-def remove_stale_partials(target: Path, max_age_s: float = 3600.0) -> None:
-    """Delete temp dirs that killed conversions left beside ``target`` (untouched for ``max_age_s``)."""
-    if not target.parent.is_dir():
-        return
-    for partial in target.parent.glob(f".{target.name}.tmp-*"):
-        if partial.is_dir() and time.time() - partial.stat().st_mtime > max_age_s:
-            logger.info("removing a partial conversion left by a killed run: %s", partial)
-            shutil.rmtree(partial, ignore_errors=True)
+    try:  # a killed conversion's temp dir is removed by atomic_output_dir's orphan cleanup
+        return convert_gguf(gguf_path, target)
+    except MashupError:
+        if is_converted(target):  # another process finished the same conversion first: use it
+            return target
+        raise
 
 
 def convert_gguf(gguf_path: Path, out_dir: Path, atol: float = DEFAULT_ATOL) -> Path:
