@@ -9,6 +9,7 @@ SQLite or file-system error as one line that tells contention, corruption and pe
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import Callable, Iterator
 from contextlib import closing, contextmanager
 from pathlib import Path
@@ -22,7 +23,7 @@ def describe_error(exc: sqlite3.Error | OSError, path: Path, what: str) -> Libra
     """The one-line error for a failure on the SQLite file ``path`` (``what``: 'catalog', 'score cache')."""
     name = getattr(exc, "sqlite_errorname", "") or ""
     text = str(exc)
-    if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")) or "database is locked" in text:
+    if isinstance(exc, sqlite3.Error) and _is_busy(exc):
         return LibraryBusyError(f"library busy: another mashup process holds {path} (waited {BUSY_TIMEOUT_S:g} s)",
                                 None, "retry when it has finished")
     if name.startswith(("SQLITE_NOTADB", "SQLITE_CORRUPT")):
@@ -53,6 +54,34 @@ def read_connection(path: Path, what: str) -> Iterator[sqlite3.Connection | None
         raise describe_error(exc, path, what) from None
 
 
+def _is_busy(exc: sqlite3.Error) -> bool:
+    name = getattr(exc, "sqlite_errorname", "") or ""
+    return name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")) or "database is locked" in str(exc)
+
+
+def _begin_immediate(path: Path) -> sqlite3.Connection:
+    """A connection in WAL mode holding the write lock.
+
+    SQLite's busy handler does not cover every race: switching a brand-new file to WAL, or opening it
+    while another process recovers its WAL, answers SQLITE_BUSY at once. So the whole step is retried
+    here, with backoff, until the same deadline the busy timeout gives.
+    """
+    deadline, delay = time.monotonic() + BUSY_TIMEOUT_S, 0.005
+    while True:
+        conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+        try:
+            if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                conn.execute("PRAGMA journal_mode=WAL")  # persistent: set once per file
+            conn.execute("BEGIN IMMEDIATE")
+            return conn
+        except sqlite3.Error as exc:
+            conn.close()
+            if not _is_busy(exc) or time.monotonic() + delay > deadline:
+                raise
+        time.sleep(delay)
+        delay = min(2 * delay, 0.25)
+
+
 @contextmanager
 def write_transaction(path: Path, what: str, setup: Callable[[sqlite3.Connection], None]
                       ) -> Iterator[sqlite3.Connection]:
@@ -65,10 +94,7 @@ def write_transaction(path: Path, what: str, setup: Callable[[sqlite3.Connection
     except OSError as exc:
         raise describe_error(exc, path, what) from None
     try:
-        with closing(sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None)) as conn:
-            if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
-                conn.execute("PRAGMA journal_mode=WAL")  # persistent: set once per file
-            conn.execute("BEGIN IMMEDIATE")
+        with closing(_begin_immediate(path)) as conn:
             setup(conn)
             yield conn
             conn.execute("COMMIT")  # without it, closing rolls the transaction back
