@@ -34,6 +34,8 @@ class DataConfig(StageConfig):
     train: str | None = Field(None, description="explicit train file (overrides carving)")
     test: str | None = Field(None, description="explicit test file (overrides carving)")
     test_size: float = Field(0.2, description="fraction (<1) or count (>=1) carved out as test")
+    validation_size: float = Field(0.0, ge=0, description="fraction (<1) or count (>=1) of the train split carved out "
+                                                          "as validation (for model selection); 0: none")
     split_seed: int = 0
     scoring: Scoring = "auto"
     max_length: int = 384
@@ -100,7 +102,7 @@ class TrainConfig(StageConfig):
 
 
 class EvalConfig(StageConfig):
-    split: Literal["train", "test"] = "test"
+    split: Literal["train", "validation", "test"] = "test"
     batch_size: int = Field(16, gt=0)
     max_examples: int | None = None
 

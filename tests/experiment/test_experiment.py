@@ -1,0 +1,100 @@
+"""A whole tiny experiment end to end: every unit, the honesty rules, the report."""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import json
+from pathlib import Path
+
+import pytest
+
+from mashup.experiment import plan_experiment, run_experiment, write_report
+from mashup.experiment.analysis import best_lr, train_runs
+from mashup.experiment.report import current_records
+from mashup.experiment.store import ResultStore
+from mashup.library import Library
+from tests.experiment.helpers import TASKS, tiny_config, write_tasks
+
+OUTPUTS = ("table3", "table4", "table5", "table6", "learning_rates", "figure2", "figure3", "figure4")
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory, tiny_base):
+    root = tmp_path_factory.mktemp("experiment")
+    config = tiny_config(tiny_base, write_tasks(root), root / "out")
+    run = run_experiment(config)
+    return config, run, current_records(ResultStore(config.out), config)
+
+
+def test_every_planned_unit_is_recorded_and_every_output_written(finished):
+    config, run, records = finished
+    planned = {p.unit.id for p in plan_experiment(config)}
+    assert set(records) == planned
+    assert sorted(run.computed + run.reused) == sorted(planned) and not run.already_done
+    assert len(run.reused) > 0  # equal jobs (e.g. selections that agree) are computed once
+    report = Path(config.out) / "report"
+    for name, suffix in itertools.product(OUTPUTS, (".md", ".csv", ".png")):
+        assert (report / f"{name}{suffix}").stat().st_size > 0, name + suffix
+    for name in ("table3", "table6"):  # every arm on every task has a number
+        rows = list(csv.DictReader(open(report / f"{name}.csv")))
+        assert rows and all(row["mean"] for row in rows), name
+    assert "n/a" not in (report / "table3.md").read_text()
+
+
+def test_no_candidate_was_trained_on_its_target(finished):
+    config, _, records = finished
+    library = Library(Path(config.out) / "library")
+    tasks_of = {r.id: r.task for r in library.list()}
+    assert sorted(tasks_of.values()) == sorted(TASKS)  # one source per task: its scratch run
+    for task in TASKS:
+        for unit, record in records.items():
+            if record["fields"]["task"] == task and record["fields"]["kind"] == "select":
+                ranked = [tasks_of[s["id"]] for s in record["result"]["ranking"]]
+                assert task not in ranked and len(ranked) == len(TASKS) - 1, unit
+            if record["fields"]["task"] == task and record["fields"]["kind"] == "merge":
+                assert task not in record["result"]["tasks"], unit
+
+
+def test_sources_are_the_scratch_runs_at_their_validation_best_lr(finished):
+    config, _, records = finished
+    for task in TASKS:
+        source = records[f"source/{task}/source"]["result"]
+        assert source["lr"] == best_lr(train_runs(records, task, "scratch")) and source["seed"] == config.seeds[0]
+
+
+def test_each_arm_reports_the_lr_that_won_on_validation(finished):
+    config, _, records = finished
+    rows = list(csv.DictReader(open(Path(config.out) / "report" / "table3.csv")))
+    for row in rows:
+        if row["arm"] in ("scratch", "mashup_loss"):
+            runs = train_runs(records, row["task"], row["arm"])
+            validation = {lr: sum(r.validation for r in rs) / len(rs) for lr, rs in runs.items()}
+            assert validation[float(row["lr"])] == max(validation.values())
+            test = [r.test for r in runs[float(row["lr"])]]
+            assert float(row["mean"]) == pytest.approx(sum(test) / len(test))
+
+
+def test_mashup_starts_at_its_merged_init_and_scratch_at_the_base(finished):
+    _, _, records = finished
+    for task in TASKS:
+        init = records[f"merge/{task}/mashup_loss"]["result"]["test"]["accuracy"]
+        base = records[f"eval/{task}/base"]["result"]["test"]["accuracy"]
+        for unit, record in records.items():
+            fields = record["fields"]
+            if fields["kind"] == "train" and fields["task"] == task and fields["arm"] in ("mashup_loss", "scratch"):
+                expected = init if fields["arm"] == "mashup_loss" else base
+                assert record["result"]["curve"][0]["accuracy"] == expected, unit
+                assert record["result"]["early_drop"]["init_accuracy"] == expected
+
+
+def test_a_second_run_finds_everything_done_and_the_report_regenerates(finished, tmp_path):
+    config, _, records = finished
+    again = run_experiment(config)
+    assert not again.computed and not again.reused and sorted(again.already_done) == sorted(records)
+    before = (Path(config.out) / "report" / "table3.md").read_text()
+    (Path(config.out) / "report" / "table3.md").unlink()
+    write_report(config.out)
+    assert (Path(config.out) / "report" / "table3.md").read_text() == before
+    results = json.loads((Path(config.out) / "results.json").read_text())
+    assert set(results) == set(OUTPUTS)
