@@ -299,20 +299,23 @@ MULTI_VALUE_OPTIONS = frozenset({"--checkpoints", "--weights"})
 def expand_multi_value_options(argv: list[str], options: frozenset[str] = MULTI_VALUE_OPTIONS) -> list[str]:
     """``--checkpoints A B`` -> ``--checkpoints A --checkpoints B`` (click options take one value each)."""
     out: list[str] = []
-    current: str | None = None
+    current: str | None = None  # the multi-value option whose values are being read
+    dangling = False  # ``current`` has no value yet: keep it as given, so click reports the missing value
     for token in argv:
-        if token == "--":
-            current = None
-        elif token in options:
-            current = token
+        is_option = token == "--" or (token.startswith("-") and not _is_number(token))
+        if (is_option or token in options) and dangling:
+            out.append(current)  # type: ignore[arg-type]
+        if token in options:
+            current, dangling = token, True
             continue
-        elif token.startswith("-") and not _is_number(token):
-            current = None
+        if is_option:
+            current, dangling = None, False
         elif current is not None:
             out.append(current)
+            dangling = False
         out.append(token)
-    if current is not None and (not out or out[-1] != current):
-        out.append(current)  # a trailing option without values: let click report the missing value
+    if dangling:
+        out.append(current)  # type: ignore[arg-type]
     return out
 
 

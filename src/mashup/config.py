@@ -138,7 +138,8 @@ def load_config(path: Path, cls: type[ConfigT]) -> ConfigT:
     except ValidationError as exc:
         first = exc.errors()[0]
         field = ".".join(str(p) for p in first["loc"])
-        raise MashupError(f"invalid config field '{field}': {first['msg']}", str(path), "fix that field") from None
+        what = f"invalid config field '{field}': {first['msg']}" if field else f"invalid config: {first['msg']}"
+        raise MashupError(what, str(path), "fix that field" if field else "fix the config") from None
 
 
 def save_config(config: StageConfig, path: Path) -> None:

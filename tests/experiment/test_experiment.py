@@ -98,3 +98,23 @@ def test_a_second_run_finds_everything_done_and_the_report_regenerates(finished,
     assert (Path(config.out) / "report" / "table3.md").read_text() == before
     results = json.loads((Path(config.out) / "results.json").read_text())
     assert set(results) == set(OUTPUTS)
+
+
+def test_the_cli_reports_resumes_and_plans(finished, tmp_path, capsys, monkeypatch):
+    import yaml
+
+    from tests.test_cli import run_cli
+
+    config, _, records = finished
+    out, err = run_cli(["report", config.out], capsys, monkeypatch)
+    assert "Table 3" in out and "report.md" in err
+    config_file = tmp_path / "mine.yaml"
+    config_file.write_text(yaml.safe_dump(config.model_dump(mode="json")))
+    planned = json.loads(run_cli(["experiment", config_file, "--dry-run", "--json"], capsys, monkeypatch)[0])
+    assert len(planned["units"]) == len(records) and all(u["recorded"] for u in planned["units"])
+    summary = json.loads(run_cli(["experiment", config_file, "--json"], capsys, monkeypatch)[0])
+    assert summary["already_done"] == len(records) and summary["computed"] == 0
+    run_cli(["experiment"], capsys, monkeypatch, expect=2)
+    run_cli(["experiment", config_file, "--profile", "cpu-mini"], capsys, monkeypatch, expect=2)
+    _, err = run_cli(["report", tmp_path], capsys, monkeypatch, expect=1)
+    assert "not an experiment dir" in err

@@ -70,7 +70,7 @@ def _carve_validation(train: list[MCExample], size: float, seed: int) -> tuple[l
     try:
         return carve_split(train, size, seed)
     except DataError:
-        raise DataError(f"validation size {size} leaves an empty split of {len(train)} train examples", None,
+        raise DataError(f"validation size {size:g} leaves an empty split of {len(train)} train examples", None,
                         "choose a validation size between 0 and the number of train examples") from None
 
 

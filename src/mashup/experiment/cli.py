@@ -16,8 +16,9 @@ err = Console(stderr=True)
 
 def experiment_cmd(
     config_file: Annotated[Optional[Path], typer.Argument(
-        metavar="[CONFIG]", help="experiment YAML (keys: base, tasks, mode, seeds, lrs, max_steps, epochs, eval_every, "
-                                 "batch_size, samples, k, merge_method, arms, scoring, out)", show_default=False)] = None,
+        metavar="[CONFIG]", help="experiment YAML (keys: base, tasks, mode, seeds, lrs, max_steps, epochs, "
+                                 "eval_every, batch_size, samples, k, merge_method, arms, scoring, out)",
+        show_default=False)] = None,
     profile: Annotated[Optional[str], typer.Option(
         "--profile", help="a built-in profile instead of CONFIG: cpu-mini, paper-smollm2, paper-gemma3",
         show_default="none")] = None,
@@ -76,7 +77,8 @@ def _dry_run(config, as_json: bool) -> None:  # type: ignore[no-untyped-def]
     Console().print(f"{len(planned)} units ({sum(p.shared for p in todo)} certain to share another's job), "
                     f"{len(planned) - len(todo)} recorded; estimated time for the rest, one at a time: "
                     f"{format_seconds(expected)} (shared units cost nothing; {format_seconds(upper)} if every "
-                    "unit ran its own job)")
+                    "unit ran its own job). The cost model was measured on a 2-core CPU and scales with the "
+                    "parameter count; the units a dir has finished rescale it to the hardware they ran on.")
 
 
 def _print_report(report: Path | None) -> None:

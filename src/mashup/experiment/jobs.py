@@ -144,6 +144,13 @@ def _evaluate_test(workspace: Workspace, target: TargetData, model: Any, batch_s
                              workspace.settings(batch_size)).to_dict()}
 
 
+def _load_trained(workspace: Workspace, weights: Path, kind: str) -> Any:
+    """The base with a LoRA adapter dir, or a full model dir, ready to evaluate."""
+    from mashup.verbs import load_eval_model
+
+    return load_eval_model(workspace, **({"adapter": weights} if kind == "lora" else {"model_dir": weights}))
+
+
 def _run_eval(job: EvalJob, tmp: Path) -> dict[str, Any]:
     from mashup.verbs import load_eval_model
 
@@ -183,7 +190,7 @@ def _quiet(logger_name: str) -> Iterator[None]:
 def _run_merge(job: MergeJob, tmp: Path) -> dict[str, Any]:
     from mashup.library import Library
     from mashup.merging import merge_checkpoints
-    from mashup.verbs import load_eval_model, merge_statistics_batches
+    from mashup.verbs import merge_statistics_batches
 
     workspace, target = _context(job)
     library = Library(Path(job.root) / job.library)
@@ -193,8 +200,7 @@ def _run_merge(job: MergeJob, tmp: Path) -> dict[str, Any]:
                           "rerun the experiment")
     report = merge_checkpoints(records, job.merge, tmp / "merged", base_model_dir=workspace.base_dir,
                                calibration_batches=merge_statistics_batches(job.merge, workspace, target))
-    kind = records[0].kind
-    model = load_eval_model(workspace, **({"adapter": tmp / "merged"} if kind == "lora" else {"model_dir": tmp / "merged"}))
+    model = _load_trained(workspace, tmp / "merged", records[0].kind)
     return {"merge_seconds": report.seconds, "merge_report": report.to_dict(), "checkpoint_ids": job.checkpoint_ids,
             "tasks": [r.task for r in records], "lora_shape": init_lora_shape(tmp / "merged"),
             **_evaluate_test(workspace, target, model, job.eval_batch_size)}
@@ -213,7 +219,7 @@ def early_drop(curve: list[dict[str, Any]], total_steps: int) -> dict[str, Any]:
 
 
 def _run_train(job: TrainJob, tmp: Path) -> dict[str, Any]:
-    from mashup.verbs import load_eval_model, train_in
+    from mashup.verbs import train_in
 
     workspace, target = _context(job)
     init = Path(job.root) / "artifacts" / job.init / "merged" if job.init else None
@@ -221,7 +227,7 @@ def _run_train(job: TrainJob, tmp: Path) -> dict[str, Any]:
     summary = train_in(workspace, target, job.train, EvalConfig(split="test", batch_size=job.eval_batch_size), tmp,
                        init, initial=initial)
     weights = Path(summary.weights_dir)
-    model = load_eval_model(workspace, **({"adapter": weights} if job.train.mode == "lora" else {"model_dir": weights}))
+    model = _load_trained(workspace, weights, job.train.mode)
     validation = evaluate(model, workspace.encode(target.validation, target.template),
                           workspace.settings(job.eval_batch_size))
     if not job.keep_weights:  # only the runs that may become sources keep their weights (disk)

@@ -171,9 +171,9 @@ def _resolve_train(unit: Unit, ctx: Context) -> TrainJob:
     fields = ctx.job_fields(unit.task)
     if unit.arm == "scratch":
         initial = ctx.result(Unit("base", "eval", unit.task, "base").id)["test"]
-        keep = config.library is None and unit.seed == config.seeds[0]
-        return TrainJob(**fields, train=config.train_config(unit.lr, unit.seed, ctx.lora_shape),  # type: ignore[arg-type]
-                        initial=initial, keep_weights=keep)
+        keep = config.library is None and unit.seed == config.seeds[0]  # a future source: keep its weights
+        train = config.train_config(unit.lr, unit.seed, ctx.lora_shape)  # type: ignore[arg-type]
+        return TrainJob(**fields, train=train, initial=initial, keep_weights=keep)
     lr = unit.lr if unit.lr is not None else best_lr(train_runs(ctx.records, unit.task, "mashup_loss"))
     merge = ctx.records[merge_unit_for(unit).id]
     return TrainJob(**fields, train=config.train_config(lr, unit.seed, ctx.lora_shape),  # type: ignore[arg-type]

@@ -86,7 +86,7 @@ def _lines(figure: dict[str, Any], ax: Any) -> None:
         ax.set_xscale("log", base=2)
     ax.set_xlabel(figure["xlabel"])
     ax.set_ylabel(figure["ylabel"])
-    ax.legend(fontsize=7)
+    _legend(ax)
 
 
 def _heatmap(figure: dict[str, Any], ax: Any) -> None:
@@ -112,6 +112,11 @@ def _lr_panels(figure: dict[str, Any], axes: Any) -> None:
         ax.set_xscale("log")
         ax.set_xlabel("learning rate")
         ax.set_ylabel(label)
+        _legend(ax)
+
+
+def _legend(ax: Any) -> None:
+    if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=7)
 
 

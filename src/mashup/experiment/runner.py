@@ -144,8 +144,18 @@ def plan_experiment(config: ExperimentConfig) -> list[PlannedUnit]:
     plan = plan_units(config, session.candidates)
     recorded = {path.name for path in store.units_dir.glob("*.json")} if store.units_dir.is_dir() else set()
     shared = provably_shared(plan, config, session.candidates)
-    return [PlannedUnit(unit, session.estimate(unit), unit_file_name(unit.id) in recorded, unit.id in shared)
+    scale = measured_scale(store)
+    return [PlannedUnit(unit, scale * session.estimate(unit), unit_file_name(unit.id) in recorded, unit.id in shared)
             for phase in PHASES for unit in plan[phase]]
+
+
+def measured_scale(store: ResultStore) -> float:
+    """Measured / estimated seconds of the units this dir computed so far (1.0 before any): on hardware
+    unlike the cost model's, the first finished units recalibrate the estimate of the rest."""
+    pairs = [(r["seconds"], r["estimate_seconds"]) for r in store.records().values()
+             if not r.get("reused") and r.get("estimate_seconds")] if store.units_dir.is_dir() else []
+    estimated = sum(e for _, e in pairs)
+    return sum(s for s, _ in pairs) / estimated if estimated > 0 else 1.0
 
 
 def run_experiment(config: ExperimentConfig, *, executor: Executor | None = None,
@@ -154,8 +164,8 @@ def run_experiment(config: ExperimentConfig, *, executor: Executor | None = None
     executor = executor or LocalExecutor()
     store = ResultStore(config.out)
     outcome = ExperimentRun(out=store.root)
+    session = _open_session(config, store)  # every check before anything is written
     with store.open():
-        session = _open_session(config, store)
         save_config(config, store.root / CONFIG_NAME)
         write_version(store.root)
         plan = plan_units(config, session.candidates)
@@ -190,14 +200,19 @@ def _run_phase(units: list[Unit], session: _Session, executor: Executor, progres
     work = list(pending.values())
     for (job, group), result in zip(work, executor.map(execute_job, [job for job, _ in work])):
         for unit in group:
-            record = {"unit": unit.id, "fields": asdict(unit), "key": job.key(), "artifact": job.artifact,
-                      "outputs": result["outputs"], "result": result["result"], "seconds": result["seconds"],
-                      "estimate_seconds": session.estimate(unit), "config_digest": session.digest,
-                      "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                      "job": job.model_dump(mode="json", exclude={"root", "initial"})}
+            status = "reused" if result["reused"] or unit is not group[0] else "computed"
+            record = _unit_record(unit, job, result, status == "reused", session)
             session.store.write(unit.id, record)
             session.ctx.records[unit.id] = record
-            status = "reused" if result["reused"] or unit is not group[0] else "computed"
             (outcome.reused if status == "reused" else outcome.computed).append(unit.id)
             if progress:
                 progress.advance(unit.id, session.estimate(unit), status)
+
+
+def _unit_record(unit: Unit, job: Any, result: dict[str, Any], reused: bool, session: _Session) -> dict[str, Any]:
+    """What a finished unit records: its job (key and spec), outputs' hashes, result and timing."""
+    return {"unit": unit.id, "fields": asdict(unit), "key": job.key(), "artifact": job.artifact,
+            "outputs": result["outputs"], "result": result["result"], "reused": reused,
+            "seconds": result["seconds"], "estimate_seconds": session.estimate(unit),
+            "config_digest": session.digest, "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "job": job.model_dump(mode="json", exclude={"root", "initial"})}
