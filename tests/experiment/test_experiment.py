@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import itertools
 import json
+import pickle
 from pathlib import Path
 
 import pytest
@@ -19,11 +20,25 @@ from tests.experiment.helpers import TASKS, tiny_config, write_tasks
 OUTPUTS = ("table3", "table4", "table5", "table6", "learning_rates", "figure2", "figure3", "figure4")
 
 
+class RemoteLikeExecutor:
+    """Runs each job as a remote worker would get it: function, job and result all go through pickle."""
+
+    def __init__(self) -> None:
+        self.jobs = 0
+
+    def map(self, fn, items):
+        for item in items:
+            self.jobs += 1
+            yield pickle.loads(pickle.dumps(pickle.loads(pickle.dumps(fn))(pickle.loads(pickle.dumps(item)))))
+
+
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory, tiny_base):
     root = tmp_path_factory.mktemp("experiment")
     config = tiny_config(tiny_base, write_tasks(root), root / "out")
-    run = run_experiment(config)
+    executor = RemoteLikeExecutor()
+    run = run_experiment(config, executor=executor)
+    assert executor.jobs == len(run.computed)  # every distinct job went through it; duplicates did not
     return config, run, current_records(ResultStore(config.out), config)
 
 

@@ -93,3 +93,12 @@ def test_a_unit_failing_mid_way_leaves_nothing_and_the_rerun_matches(setup, tmp_
     resumed = run_experiment(config)
     assert resumed.computed and resumed.already_done
     assert comparable(current_records(ResultStore(config.out), config)) == expected
+
+
+def test_a_second_concurrent_run_in_the_same_dir_is_refused(setup, tmp_path):
+    from mashup.errors import MashupError
+
+    base, tasks, _ = setup
+    config = tiny_config(base, tasks, tmp_path / "out", **SMALL)
+    with ResultStore(config.out).open(), pytest.raises(MashupError, match="another `mashup experiment` is running"):
+        run_experiment(config)

@@ -111,7 +111,7 @@ def execute_job(job: AnyJob) -> dict[str, Any]:
     """Run a job (or find its finished artifact) and return its result, output hashes and wall seconds."""
     artifact = Path(job.root) / "artifacts" / job.artifact
     start = time.perf_counter()
-    reused = (artifact / RESULT).is_file()
+    reused = (artifact / RESULT).is_file()  # computed before (by an equal job, or a run killed before recording)
     if reused:
         result = json.loads((artifact / RESULT).read_text())
     else:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
 import time
 from dataclasses import asdict, dataclass, field
@@ -197,8 +198,12 @@ def _run_phase(units: list[Unit], session: _Session, executor: Executor, progres
         outcome.already_done.append(unit.id)
         if progress:
             progress.advance(unit.id, session.estimate(unit), "done")
-    work = list(pending.values())
-    for (job, group), result in zip(work, executor.map(execute_job, [job for job, _ in work])):
+    # a job an earlier phase already computed (equal work under another unit) is read here, not sent out
+    finished = [(job, group) for job, group in pending.values() if session.store.has_artifact(job.artifact)]
+    work = [(job, group) for job, group in pending.values() if not session.store.has_artifact(job.artifact)]
+    results = itertools.chain((execute_job(job) for job, _ in finished),
+                              executor.map(execute_job, [job for job, _ in work]))
+    for (job, group), result in zip(finished + work, results):
         for unit in group:
             status = "reused" if result["reused"] or unit is not group[0] else "computed"
             record = _unit_record(unit, job, result, status == "reused", session)

@@ -80,6 +80,10 @@ class ResultStore:
     def artifact(self, name: str) -> Path:
         return self.artifacts_dir / name
 
+    def has_artifact(self, name: str) -> bool:
+        """True once a job's artifact is complete (its result file is written last, before the rename)."""
+        return (self.artifact(name) / RESULT).is_file()
+
     def record(self, unit_id: str) -> dict[str, Any] | None:
         path = self.units_dir / unit_file_name(unit_id)
         try:
