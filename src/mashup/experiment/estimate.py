@@ -1,7 +1,8 @@
 """A cost model for the units, for ``--dry-run`` and the progress display's ETA.
 
-The per-example costs were measured with SmolLM2-135M (fp32, cloze scoring, max length 96) on the
-2-core AVX2 CPU this project is developed on, and scale linearly with the parameter count. On other
+The per-example costs were measured with SmolLM2-135M (fp32, cloze scoring, max length 96, batch 8,
+OpenBookQA / SciQ / ARC-Easy) on the 2-core AVX2 CPU this project is developed on, and scale linearly
+with the parameter count. On other
 hardware the first finished units recalibrate it: every record keeps its measured seconds, and the
 ratio of measured to estimated seconds rescales what remains.
 """
@@ -24,9 +25,9 @@ KNOWN_PARAMETERS = {"smollm2-135m": REFERENCE_PARAMETERS, "gemma3-270m": 268_098
 class CostModel:
     """Seconds per train example (forward and backward), per scored example, and per model load."""
 
-    train_example: float = 0.23
-    eval_example: float = 0.23
-    load: float = 2.0
+    train_example: float = 0.3
+    eval_example: float = 0.25
+    load: float = 1.5
     merge: float = 0.5
 
     def scaled(self, factor: float) -> CostModel:
@@ -73,7 +74,7 @@ def unit_seconds(unit: Unit, config: ExperimentConfig, sizes: Sizes, model: Cost
     train = config.train_config(unit.lr or config.lrs[0], unit.seed or 0)
     steps = total_steps(sizes.train, train)
     evaluations = math.ceil(steps / (train.eval_every or max(1, steps // 10)))
-    return (model.load + steps * train.batch_size * model.train_example
+    return (2 * model.load + steps * train.batch_size * model.train_example  # trains, then reloads to validate
             + evaluations * sizes.test * model.eval_example + sizes.validation * model.eval_example)
 
 
