@@ -8,8 +8,8 @@ learning rate won on the validation split, which merge a training run starts fro
 from __future__ import annotations
 
 import itertools
-from pathlib import Path
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from mashup.config import MergeConfig
