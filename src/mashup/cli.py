@@ -20,6 +20,7 @@ from mashup.errors import MashupError
 from mashup.experiment import cli as experiment_cli
 from mashup.progress import quiet_third_party, training_bars
 
+
 def _from_config(model: type, field: str) -> str:
     """The shown default of a `run` option that overrides --config: the config field's own default."""
     return f"from --config, else {model.model_fields[field].default}"
@@ -61,7 +62,8 @@ def library_add(paths: Annotated[list[Path], typer.Argument(help="PEFT adapter d
                                    "the target)", show_default="none")] = None,
                 base: Annotated[Optional[str], typer.Option("--base", help="base of a full fine-tune",
                                                             show_default="none (LoRA: from adapter_config.json)")] = None,
-                init: Annotated[Optional[str], typer.Option("--init", help="LoRA init weights (task-vector reference)", show_default="none")] = None,
+                init: Annotated[Optional[str], typer.Option("--init", help="LoRA init weights (task-vector reference)",
+                                                            show_default="none")] = None,
                 library: LibraryOpt = None, allow_pickle: PickleOpt = False, as_json: JsonOpt = False) -> None:
     """Register checkpoints (all or none)."""
     from mashup.library import Library
@@ -142,18 +144,28 @@ def select_cmd(base: BaseOpt, data: DataOptions, library: LibraryOpt = None,
 
 @app.command("merge")
 @with_data_options
-def merge_cmd(checkpoints: Annotated[list[str], typer.Option("--checkpoints", help="ids to merge: --checkpoints A B, or repeat the option")],
-              out: Annotated[Path, typer.Option("--out", help="output dir (must not exist)")], method: Annotated[str, typer.Option("--method", help="merge method (average, ties, dare_ties, dare_linear, task_arithmetic, magnitude_prune, fisher, regmean)")] = "average",
-              weights: Annotated[Optional[list[float]], typer.Option("--weights", help="one weight per checkpoint: --weights 0.7 0.3", show_default="equal")] = None,
+def merge_cmd(checkpoints: Annotated[list[str], typer.Option(
+                  "--checkpoints", help="ids to merge: --checkpoints A B, or repeat the option")],
+              out: Annotated[Path, typer.Option("--out", help="output dir (must not exist)")],
+              method: Annotated[str, typer.Option("--method", help="merge method (average, ties, dare_ties, dare_linear, "
+                                                             "task_arithmetic, magnitude_prune, fisher, regmean)")
+                                ] = "average",
+              weights: Annotated[Optional[list[float]], typer.Option(
+                  "--weights", help="one weight per checkpoint: --weights 0.7 0.3", show_default="equal")] = None,
               density: Annotated[float, typer.Option("--density", help="fraction kept, (0, 1]")] = 1.0,
-              lambda_: Annotated[float, typer.Option("--lambda", help="task-vector scale (task arithmetic, TIES, DARE)")] = 1.0,
-              normalize: Annotated[Optional[bool], typer.Option("--normalize/--no-normalize", help="divide by the sum of weights", show_default="the method's own")] = None,
+              lambda_: Annotated[float, typer.Option("--lambda", help="task-vector scale (task arithmetic, TIES, DARE)")
+                                 ] = 1.0,
+              normalize: Annotated[Optional[bool], typer.Option(
+                  "--normalize/--no-normalize", help="divide by the sum of weights", show_default="the method's own")
+              ] = None,
               sign: Annotated[str, typer.Option("--sign", help="mass | count")] = "mass",
               seed: Annotated[int, typer.Option("--seed", help="seed of random drops (DARE)")] = 0,
               lora_mode: Annotated[str, typer.Option("--lora-mode", help="ab | delta | concat")] = "ab",
-              base: Annotated[Optional[str], typer.Option("--base", help="base model of the checkpoints", show_default="the first checkpoint's")] = None,
+              base: Annotated[Optional[str], typer.Option("--base", help="base model of the checkpoints",
+                                                          show_default="the first checkpoint's")] = None,
               data: DataOptions = DataOptions(),
-              export_mergekit: Annotated[Optional[Path], typer.Option("--export-mergekit", help="also write the merge as a mergekit YAML file", show_default="none")] = None,
+              export_mergekit: Annotated[Optional[Path], typer.Option(
+                  "--export-mergekit", help="also write the merge as a mergekit YAML file", show_default="none")] = None,
               library: LibraryOpt = None, as_json: JsonOpt = False) -> None:
     """Merge checkpoints into a PEFT adapter dir or an HF model dir."""
     from mashup.verbs import merge
@@ -176,14 +188,21 @@ def merge_cmd(checkpoints: Annotated[list[str], typer.Option("--checkpoints", he
 @app.command("train")
 @with_data_options
 def train_cmd(base: BaseOpt, data: DataOptions, out: Annotated[Path, typer.Option("--out", help="output dir (must not exist)")],
-              init: Annotated[Optional[Path], typer.Option("--init", help="merged adapter/model dir to start from", show_default="a fresh LoRA / the base")] = None,
+              init: Annotated[Optional[Path], typer.Option(
+                  "--init", help="merged adapter/model dir to start from", show_default="a fresh LoRA / the base")] = None,
               mode: Annotated[str, typer.Option("--mode", help="lora | full")] = "lora",
-              lr: Annotated[Optional[float], typer.Option("--lr", help="peak learning rate", show_default="2e-4 for LoRA, 2e-5 for full")] = None,
-              epochs: Annotated[float, typer.Option("--epochs", help="passes over the train split (unless --max-steps)")] = 1.0,
+              lr: Annotated[Optional[float], typer.Option(
+                  "--lr", help="peak learning rate", show_default="2e-4 for LoRA, 2e-5 for full")] = None,
+              epochs: Annotated[float, typer.Option(
+                  "--epochs", help="passes over the train split (unless --max-steps)")] = 1.0,
               batch_size: Annotated[int, typer.Option("--batch-size", help="examples per optimizer step")] = 32,
-              micro_batch_size: Annotated[Optional[int], typer.Option("--micro-batch-size", help="split each batch for memory (same update)", show_default="the batch size")] = None,
-              max_steps: Annotated[Optional[int], typer.Option("--max-steps", help="optimizer steps (overrides --epochs)", show_default="from --epochs")] = None,
-              eval_every: Annotated[Optional[int], typer.Option("--eval-every", help="steps between held-out evaluations", show_default="10% of the steps")] = None,
+              micro_batch_size: Annotated[Optional[int], typer.Option(
+                  "--micro-batch-size", help="split each batch for memory (same update)",
+                  show_default="the batch size")] = None,
+              max_steps: Annotated[Optional[int], typer.Option(
+                  "--max-steps", help="optimizer steps (overrides --epochs)", show_default="from --epochs")] = None,
+              eval_every: Annotated[Optional[int], typer.Option(
+                  "--eval-every", help="steps between held-out evaluations", show_default="10% of the steps")] = None,
               seed: Annotated[int, typer.Option("--seed", help="seed of the fresh LoRA and the data order")] = 0,
               allow_pickle: PickleOpt = False, precision: PrecisionOpt = None,
               as_json: JsonOpt = False) -> None:
@@ -206,8 +225,10 @@ def train_cmd(base: BaseOpt, data: DataOptions, out: Annotated[Path, typer.Optio
 @app.command("eval")
 @with_data_options
 def eval_cmd(base: BaseOpt, data: DataOptions,
-             adapter: Annotated[Optional[Path], typer.Option("--adapter", help="PEFT adapter dir to evaluate on the base", show_default="none: the base")] = None,
-             model: Annotated[Optional[Path], typer.Option("--model", help="full HF model dir to evaluate instead of the base", show_default="none: the base")] = None,
+             adapter: Annotated[Optional[Path], typer.Option(
+                 "--adapter", help="PEFT adapter dir to evaluate on the base", show_default="none: the base")] = None,
+             model: Annotated[Optional[Path], typer.Option(
+                 "--model", help="full HF model dir to evaluate instead of the base", show_default="none: the base")] = None,
              split: Annotated[str, typer.Option("--split", help="test | train")] = "test",
              batch_size: Annotated[int, typer.Option("--batch-size", help="examples per scoring batch")] = 16,
              allow_pickle: PickleOpt = False, precision: PrecisionOpt = None, as_json: JsonOpt = False) -> None:
@@ -227,21 +248,41 @@ def run_cmd(base: Annotated[Optional[str], typer.Option("--base", help="base mod
             out: Annotated[Optional[Path], typer.Option("--out", help="run dir (must not exist)",
                                                         show_default="from --config")] = None,
             library: LibraryOpt = None,
-            config_file: Annotated[Optional[Path], typer.Option("--config", help="RunConfig YAML (flags given override it)", show_default="none")] = None,
-            baseline: Annotated[bool, typer.Option("--baseline", help="also train from scratch, same settings")] = False,
-            k: Annotated[Optional[int], typer.Option("--k", help="checkpoints to merge", show_default=_from_config(SelectConfig, "k"))] = None,
-            samples: Annotated[Optional[int], typer.Option("--samples", help="train examples scored per checkpoint", show_default=_from_config(SelectConfig, "samples"))] = None,
-            metric: Annotated[Optional[str], typer.Option("--metric", help="loss | accuracy", show_default=_from_config(SelectConfig, "metric"))] = None,
-            merge_method: Annotated[Optional[str], typer.Option("--merge-method", help="merge method (see `mashup merge --help`)", show_default=_from_config(MergeConfig, "method"))] = None,
-            density: Annotated[Optional[float], typer.Option("--density", help="fraction kept, (0, 1] (TIES, DARE, magnitude pruning)", show_default=_from_config(MergeConfig, "density"))] = None,
-            lora_mode: Annotated[Optional[str], typer.Option("--lora-mode", help="ab | delta | concat", show_default=_from_config(MergeConfig, "lora_mode"))] = None,
-            mode: Annotated[Optional[str], typer.Option("--mode", help="lora | full", show_default=_from_config(TrainConfig, "mode"))] = None,
-            lr: Annotated[Optional[float], typer.Option("--lr", help="peak learning rate", show_default="from --config, else 2e-4 for LoRA, 2e-5 for full")] = None,
-            max_steps: Annotated[Optional[int], typer.Option("--max-steps", help="optimizer steps", show_default="from --config, else one epoch")] = None,
-            eval_every: Annotated[Optional[int], typer.Option("--eval-every", help="steps between evaluations", show_default="from --config, else 10% of the steps")] = None,
-            batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="examples per optimizer step", show_default=_from_config(TrainConfig, "batch_size"))] = None,
-            seed: Annotated[Optional[int], typer.Option("--seed", help="seed of selection sample, merge and training", show_default=_from_config(TrainConfig, "seed"))] = None,
-            no_register: Annotated[bool, typer.Option("--no-register", help="do not add the result to the library")] = False,
+            config_file: Annotated[Optional[Path], typer.Option(
+                "--config", help="RunConfig YAML (flags given override it)", show_default="none")] = None,
+            baseline: Annotated[bool, typer.Option(
+                "--baseline", help="also train from scratch, same settings")] = False,
+            k: Annotated[Optional[int], typer.Option(
+                "--k", help="checkpoints to merge", show_default=_from_config(SelectConfig, "k"))] = None,
+            samples: Annotated[Optional[int], typer.Option(
+                "--samples", help="train examples scored per checkpoint",
+                show_default=_from_config(SelectConfig, "samples"))] = None,
+            metric: Annotated[Optional[str], typer.Option(
+                "--metric", help="loss | accuracy", show_default=_from_config(SelectConfig, "metric"))] = None,
+            merge_method: Annotated[Optional[str], typer.Option(
+                "--merge-method", help="merge method (see `mashup merge --help`)",
+                show_default=_from_config(MergeConfig, "method"))] = None,
+            density: Annotated[Optional[float], typer.Option(
+                "--density", help="fraction kept, (0, 1] (TIES, DARE, magnitude pruning)",
+                show_default=_from_config(MergeConfig, "density"))] = None,
+            lora_mode: Annotated[Optional[str], typer.Option(
+                "--lora-mode", help="ab | delta | concat", show_default=_from_config(MergeConfig, "lora_mode"))] = None,
+            mode: Annotated[Optional[str], typer.Option(
+                "--mode", help="lora | full", show_default=_from_config(TrainConfig, "mode"))] = None,
+            lr: Annotated[Optional[float], typer.Option(
+                "--lr", help="peak learning rate", show_default="from --config, else 2e-4 for LoRA, 2e-5 for full")] = None,
+            max_steps: Annotated[Optional[int], typer.Option(
+                "--max-steps", help="optimizer steps", show_default="from --config, else one epoch")] = None,
+            eval_every: Annotated[Optional[int], typer.Option(
+                "--eval-every", help="steps between evaluations", show_default="from --config, else 10% of the steps")] = None,
+            batch_size: Annotated[Optional[int], typer.Option(
+                "--batch-size", help="examples per optimizer step",
+                show_default=_from_config(TrainConfig, "batch_size"))] = None,
+            seed: Annotated[Optional[int], typer.Option(
+                "--seed", help="seed of selection sample, merge and training",
+                show_default=_from_config(TrainConfig, "seed"))] = None,
+            no_register: Annotated[bool, typer.Option(
+                "--no-register", help="do not add the result to the library")] = False,
             no_cache: NoCacheOpt = False, include_target: IncludeTargetOpt = False,
             precision: PrecisionOpt = None, as_json: JsonOpt = False) -> None:
     """Select, merge, train from the merge and evaluate; --baseline adds the from-scratch arm."""
@@ -284,7 +325,8 @@ def _summary_table(summary: dict[str, Any]) -> Table:
 
 @app.command("demo")
 def demo_cmd(out: Annotated[Optional[Path], typer.Option("--out", help="run dir (default ./runs/demo-<time>)")] = None,
-             seeds: Annotated[Optional[list[int]], typer.Option("--seed", help="seeds to average (repeat)", show_default="0 and 1")] = None,
+             seeds: Annotated[Optional[list[int]], typer.Option(
+                 "--seed", help="seeds to average (repeat)", show_default="0 and 1")] = None,
              precision: PrecisionOpt = None, as_json: JsonOpt = False) -> None:
     """Real SmolLM2-135M, real benchmarks, on a CPU: Mashup vs from-scratch, with a plot and a report."""
     from mashup.demo import run_demo

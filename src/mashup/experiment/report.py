@@ -157,10 +157,14 @@ def write_report(out_dir: str | Path, config: ExperimentConfig | None = None) ->
 
 
 def _header(config: ExperimentConfig, records: Records) -> str:
+    seconds = [r.get("seconds", 0.0) for r in records.values() if not r.get("reused")]
+    computed = len(seconds)
     budget = f"{config.max_steps} steps" if config.max_steps else f"{config.epochs:g} epoch(s)"
     return (f"# Mashup experiment: {config.base}, {config.mode}\n\n"
             f"Leave-one-out over {', '.join(t.name for t in config.tasks)}; seeds {config.seeds}; learning rates "
             f"{', '.join(f'{lr:g}' for lr in config.lrs)} per arm, chosen on a validation split carved from each "
             f"target's train data ({config.validation_size:g}); {budget} at batch {config.batch_size}; selection on "
             f"{config.samples} train examples, top {config.k}, {config.merge_method}; {config.scoring} scoring. "
-            f"{len(records)} units recorded.\n")
+            "± is the population standard deviation over seeds. "
+            f"{len(records)} units recorded ({computed} computed, {sum(seconds):.0f} s of unit time; the rest "
+            "were equal to another unit's job).\n")
