@@ -133,3 +133,19 @@ def test_the_cli_reports_resumes_and_plans(finished, tmp_path, capsys, monkeypat
     run_cli(["experiment", config_file, "--profile", "cpu-mini"], capsys, monkeypatch, expect=2)
     _, err = run_cli(["report", tmp_path], capsys, monkeypatch, expect=1)
     assert "not an experiment dir" in err
+
+
+def test_a_given_library_supplies_the_sources_and_fixes_both_arms_lora_shape(tmp_path, tiny_base, tiny_loras):
+    library = Library(tmp_path / "lib")
+    for path, task in zip(tiny_loras, ("alpha", "beta", "other")):
+        library.add([path], task=task)
+    config = tiny_config(tiny_base, write_tasks(tmp_path), tmp_path / "out", library=str(tmp_path / "lib"), seeds=1,
+                         lrs=[1e-3], arms=["scratch", "mashup_loss"], samples_sweep=[], merge_grid=None)
+    run_experiment(config)
+    records = current_records(ResultStore(config.out), config)
+    assert not (tmp_path / "out" / "library").exists() and not any(u.startswith("source/") for u in records)
+    alpha = records["select/alpha/samples:8"]["result"]
+    assert {s["task"] for s in alpha["ranking"]} == {"beta", "other"} and len(alpha["excluded"]) == 1
+    for unit in ("train/alpha/scratch/lr=0.001/seed=0", "train/alpha/mashup_loss/lr=0.001/seed=0"):
+        shape = records[unit]["result"]["train_config"]
+        assert (shape["lora_r"], sorted(shape["target_modules"])) == (4, ["q_proj", "up_proj", "v_proj"]), unit
