@@ -34,6 +34,8 @@ class DataConfig(StageConfig):
     train: str | None = Field(None, description="explicit train file (overrides carving)")
     test: str | None = Field(None, description="explicit test file (overrides carving)")
     test_size: float = Field(0.2, description="fraction (<1) or count (>=1) carved out as test")
+    validation_size: float = Field(0.0, ge=0, description="fraction (<1) or count (>=1) of the train split carved out "
+                                                          "as validation (for model selection); 0: none")
     split_seed: int = 0
     scoring: Scoring = "auto"
     max_length: int = 384
@@ -107,7 +109,7 @@ class TrainConfig(StageConfig):
 
 
 class EvalConfig(StageConfig):
-    split: Literal["train", "test"] = "test"
+    split: Literal["train", "validation", "test"] = "test"
     batch_size: int = Field(16, gt=0)
     max_examples: int | None = None
 
@@ -143,7 +145,8 @@ def load_config(path: Path, cls: type[ConfigT]) -> ConfigT:
     except ValidationError as exc:
         first = exc.errors()[0]
         field = ".".join(str(p) for p in first["loc"])
-        raise MashupError(f"invalid config field '{field}': {first['msg']}", str(path), "fix that field") from None
+        what = f"invalid config field '{field}': {first['msg']}" if field else f"invalid config: {first['msg']}"
+        raise MashupError(what, str(path), "fix that field" if field else "fix the config") from None
 
 
 def save_config(config: StageConfig, path: Path) -> None:

@@ -15,7 +15,7 @@ from mashup.batching import ScoredSequence, collate
 from mashup.config import DataConfig, EvalConfig, MergeConfig, Precision, SelectConfig, TrainConfig, save_config
 from mashup.data.schema import sample
 from mashup.data.target import TargetData, load_target
-from mashup.errors import LibraryError, MashupError
+from mashup.errors import DataError, LibraryError, MashupError
 from mashup.evaluation import EvalResult, evaluate
 from mashup.io import atomic_output_dir, write_json
 from mashup.candidates import describe_shortage, find_candidates
@@ -226,7 +226,11 @@ def evaluate_model(base: str, data: DataConfig, *, adapter: str | Path | None = 
 
 def eval_split(target: TargetData, config: EvalConfig) -> list:
     """The examples an evaluation runs on: the configured split, capped with a fixed seed."""
-    examples = target.test if config.split == "test" else target.train
+    examples = {"train": target.train, "validation": target.validation, "test": target.test}[config.split]
+    if not examples and config.max_examples != 0:
+        raise DataError(f"the target '{target.name}' has no {config.split} split", target.source,
+                        "carve one with validation_size (--validation-size)" if config.split == "validation"
+                        else "check the data")
     return examples if config.max_examples is None else sample(examples, config.max_examples, 0)
 
 
