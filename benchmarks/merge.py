@@ -7,6 +7,13 @@ memory at fork time, which Linux carries across exec). Seconds cover the merge c
 imports or building catalog records. Prints a table, optionally writes JSON.
 
     python benchmarks/merge.py --synthetic --json-out merge-bench.json
+
+``--lora-factor`` instead times the LoRA delta-mode factorization on every Linear shape of the
+base's decoder layers (k random rank-r adapters): our stacked-QR route (linear methods) and
+randomized SVD (ties) against a dense float64 SVD of each module's ΔW (the previous method), with
+their relative errors against the optimal rank-r error.
+
+    python benchmarks/merge.py --lora-factor --ks 2,3 --rank 8
 """
 
 from __future__ import annotations
@@ -37,6 +44,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--json-out", type=Path, help="write the results here")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads in every child (1 is fairest on a shared machine)")
+    parser.add_argument("--lora-factor", action="store_true", help="benchmark LoRA delta-mode factorization")
+    parser.add_argument("--rank", type=int, default=8, help="adapter and output rank for --lora-factor")
     parser.add_argument("--child", choices=CHILD_MODES, help=argparse.SUPPRESS)
     parser.add_argument("--method", help=argparse.SUPPRESS)
     parser.add_argument("--inputs", nargs="*", type=Path, help=argparse.SUPPRESS)
@@ -61,7 +70,7 @@ def child_ours(args: argparse.Namespace) -> float:
     from mashup.merging import merge_checkpoints
 
     records = _records(args)
-    config = MergeConfig(method=args.method, density=args.density if args.method != "average" else 1.0)
+    config = MergeConfig(method=args.method, density=args.density if args.method != "average" else None)
     start = time.perf_counter()
     merge_checkpoints(records, config, args.out, base_model_dir=args.base)
     return time.perf_counter() - start
@@ -84,7 +93,8 @@ def child_mergekit(args: argparse.Namespace) -> float:
     from mashup.config import MergeConfig
     from mashup.merging import export_mergekit_yaml
 
-    text = export_mergekit_yaml(_records(args), MergeConfig(method=args.method, density=args.density), str(args.base))
+    config = MergeConfig(method=args.method, density=args.density if args.method != "average" else None)
+    text = export_mergekit_yaml(_records(args), config, str(args.base))
     start = time.perf_counter()
     run_merge(MergeConfiguration.model_validate(yaml.safe_load(text)), str(args.out),
               options=MergeOptions(copy_tokenizer=False))
@@ -172,10 +182,75 @@ def mergekit_available() -> str | None:
     return None
 
 
+def lora_factor_rows(base: Path, ks: list[int], rank: int, density: float) -> list[dict]:
+    """Seconds and errors of our factorization against a dense float64 SVD per module, summed over modules."""
+    from mashup.merging import MergeParams, merge_tensors
+    from mashup.merging.lowrank import factor_dense, factor_stacked
+
+    shapes = [tuple(t.shape) for f in sorted(base.glob("*.safetensors")) for n, t in load_file(str(f)).items()
+              if ".layers." in n and n.endswith("proj.weight")]
+    rows = []
+    for k in ks:
+        generator = torch.Generator().manual_seed(k)
+        for method in ("average", "ties"):
+            row = {"k": k, "method": method, "modules": len(shapes), "ours_s": 0.0, "dense_f64_s": 0.0,
+                   "tail_ours": 0.0, "tail_optimal": 0.0, "total": 0.0}
+            for out, inp in shapes:
+                bs = [0.01 * torch.randn(out, rank, generator=generator) for _ in range(k)]
+                as_ = [torch.randn(rank, inp, generator=generator) / inp**0.5 for _ in range(k)]
+                if method == "average":
+                    start = time.perf_counter()
+                    factors = factor_stacked([b / k for b in bs], as_, rank, 1.0, generator)
+                    row["ours_s"] += time.perf_counter() - start
+                    start = time.perf_counter()
+                    delta = sum(b.double() @ a.double() for b, a in zip(bs, as_)) / k
+                else:
+                    delta = merge_tensors("ties", [b @ a for b, a in zip(bs, as_)], [1.0] * k, None,
+                                          MergeParams(density=density))
+                    start = time.perf_counter()
+                    factors = factor_dense(delta, rank, 1.0, generator)
+                    row["ours_s"] += time.perf_counter() - start
+                    start = time.perf_counter()
+                singular = torch.linalg.svd(delta.double(), full_matrices=False).S
+                row["dense_f64_s"] += time.perf_counter() - start
+                row["tail_ours"] += factors.tail
+                row["tail_optimal"] += float((singular[rank:] ** 2).sum())
+                row["total"] += float((singular**2).sum())
+            rows.append(row)
+            print(f"  {method:<8} k={k}: ours {row['ours_s']:.2f}s, dense f64 SVD {row['dense_f64_s']:.2f}s",
+                  file=sys.stderr, flush=True)
+    return rows
+
+
+def print_lora_table(rows: list[dict], rank: int) -> None:
+    header = (f"{'k':>2} {'method':<8} {'modules':>7} {'ours s':>7} {'dense s':>8} {'speed-up':>8} "
+              f"{'err ours':>9} {'err opt':>8}")
+    print(header)
+    print("-" * len(header))
+    for row in rows:
+        error, optimal = ((row[key] / row["total"]) ** 0.5 for key in ("tail_ours", "tail_optimal"))
+        print(f"{row['k']:>2} {row['method']:<8} {row['modules']:>7} {row['ours_s']:>7.2f} {row['dense_f64_s']:>8.2f} "
+              f"{row['dense_f64_s'] / row['ours_s']:>8.1f} {error:>9.4f} {optimal:>8.4f}")
+    print(f"rank {rank}; ours = stacked QR + small SVD (average) or randomized SVD (ties); dense = float64\n"
+          "torch.linalg.svd of each module's ΔW (the previous method; for average its time includes forming ΔW);\n"
+          "err = overall relative Frobenius error of the rank-r factors, opt = the optimal (truncated SVD) error")
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.child:
         run_child(args)
+        return
+    if args.lora_factor:
+        torch.set_num_threads(args.threads)
+        work = Path(tempfile.mkdtemp(prefix="merge-bench-"))
+        base, label = resolve_base(args, work)
+        print(f"base: {label}; LoRA factorization, rank {args.rank}, threads {args.threads}")
+        rows = lora_factor_rows(base, [int(k) for k in args.ks.split(",")], args.rank, args.density)
+        print_lora_table(rows, args.rank)
+        if args.json_out:
+            args.json_out.write_text(json.dumps({"base": label, "rank": args.rank, "rows": rows}, indent=2) + "\n")
+        shutil.rmtree(work, ignore_errors=True)
         return
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="merge-bench-"))
     work.mkdir(parents=True, exist_ok=True)

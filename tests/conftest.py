@@ -9,6 +9,14 @@ import pytest
 from tests.tiny import save_tiny_base, save_tiny_full, save_tiny_lora
 
 
+@pytest.fixture(autouse=True)
+def _fp32_for_oracle_tests(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests marked ``fp32`` compare against fp32 oracles with fp32 tolerances, so they force fp32; the
+    rest run in whatever ``$MASHUP_PRECISION`` (or auto) gives, and the bf16 path has its own tests."""
+    if request.node.get_closest_marker("fp32"):
+        monkeypatch.setenv("MASHUP_PRECISION", "fp32")
+
+
 @pytest.fixture(scope="session")
 def tiny_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random Llama-architecture model dir with its tokenizer."""

@@ -31,7 +31,7 @@ def test_library_verbs(tmp_path, lib, tiny_loras, capsys, monkeypatch):
     assert len(ids) == 2
     out, _ = run_cli(["library", "list", "--library", lib, "--json"], capsys, monkeypatch)
     assert [r["id"] for r in json.loads(out)] == ids
-    out, _ = run_cli(["library", "show", ids[0], "--library", lib], capsys, monkeypatch)
+    out, _ = run_cli(["library", "show", ids[0], "--library", lib, "--json"], capsys, monkeypatch)
     assert json.loads(out)["task"] == "sciq"
     run_cli(["library", "remove", ids[0], "--library", lib], capsys, monkeypatch)
     out, _ = run_cli(["library", "list", "--library", lib, "--json"], capsys, monkeypatch)
@@ -49,6 +49,7 @@ def test_user_errors_are_one_line_and_change_nothing(tmp_path, lib, tiny_loras, 
     assert (lib / "catalog.sqlite").read_bytes() == before
 
 
+@pytest.mark.fp32
 def test_select_merge_train_eval(tmp_path, lib, tiny_base, tiny_loras, mc_file, capsys, monkeypatch):
     run_cli(["library", "add", *tiny_loras, "--library", lib], capsys, monkeypatch)
     common = ["--base", tiny_base, "--data", mc_file, "--scoring", "letter"]
@@ -78,7 +79,7 @@ def test_run_with_baseline_registers_the_result(tmp_path, lib, tiny_base, tiny_l
                  "mashup/adapter/adapter_model.safetensors", "scratch/curve.csv"):
         assert (out_dir / name).exists(), name
     assert set(summary["parity"]) == {"p99", "p100"}
-    assert summary["mashup"]["curve"][0][0] == 0
+    assert summary["mashup"]["curve"][0]["step"] == 0
     listed = json.loads(run_cli(["library", "list", "--library", lib, "--json"], capsys, monkeypatch)[0])
     assert summary["registered"] in [r["id"] for r in listed] and len(listed) == 4
 
@@ -145,3 +146,15 @@ def test_export_mergekit_yaml(tmp_path, lib, tiny_base, tiny_fulls, capsys, monk
     exported = yaml.safe_load((tmp_path / "mergekit.yaml").read_text())
     assert exported["merge_method"] == "ties" and exported["base_model"] == str(tiny_base)
     assert len(exported["models"]) == 2 and (tmp_path / "merged" / "config.json").exists()
+
+
+def test_file_system_errors_are_one_line(tmp_path, tiny_base, mc_file, capsys, monkeypatch):
+    import mashup.verbs as verbs
+
+    def denied(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(tmp_path / "weights.safetensors"))
+
+    monkeypatch.setattr(verbs, "evaluate_model", denied)
+    _, err = run_cli(["eval", "--base", tiny_base, "--data", mc_file], capsys, monkeypatch, expect=1)
+    assert err.strip().splitlines() == [f"error: Permission denied in {tmp_path / 'weights.safetensors'}; check the "
+                                        "path, its permissions and the free disk space"]

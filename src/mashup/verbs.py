@@ -12,18 +12,21 @@ from pathlib import Path
 import torch
 
 from mashup.batching import ScoredSequence, collate
-from mashup.config import DataConfig, EvalConfig, MergeConfig, SelectConfig, TrainConfig, save_config
+from mashup.config import DataConfig, EvalConfig, MergeConfig, Precision, SelectConfig, TrainConfig, save_config
 from mashup.data.schema import sample
 from mashup.data.target import TargetData, load_target
-from mashup.errors import LibraryError, MashupError
+from mashup.errors import DataError, LibraryError, MashupError
 from mashup.evaluation import EvalResult, evaluate
 from mashup.io import atomic_output_dir, write_json
-from mashup.library import CheckpointRecord, Library, partition_compatible
+from mashup.candidates import describe_shortage, find_candidates
+from mashup.library import Library
+from mashup.library.identity import base_identity
 from mashup.models import attach_adapter, load_model, resolve_base_dir
 from mashup.scoring import CheckpointScore
 from mashup.selection import select_checkpoints
 from mashup.selection.driver import ProgressFn as SelectProgressFn
-from mashup.training import INIT_WEIGHTS, CurvePoint, ProgressFn, TrainResult, prepare_model, save_init_adapter, save_trained, train
+from mashup.training import (INIT_WEIGHTS, CurvePoint, ProgressFn, TrainResult, prepare_model, resolve_train_config,
+                             save_init_adapter, save_trained, train)
 from mashup.workspace import Workspace, open_workspace, write_version
 
 logger = logging.getLogger(__name__)
@@ -34,10 +37,12 @@ class SelectResult:
     ranking: list[CheckpointScore]
     selected: list[str]
     rejected: list[dict[str, str]]
+    excluded: list[dict[str, str]]  # checkpoints trained on the target itself, left out unless asked for
     metric: str
     n: int
     seconds: float
     formulation: str = ""
+    precision: str = "fp32"
     stats: dict = field(default_factory=dict)  # what selection cost (mashup.selection.SelectionStats)
 
     def to_dict(self) -> dict:
@@ -46,35 +51,36 @@ class SelectResult:
         return data
 
 
-def compatible_records(library: Library, base: str, kind: str) -> tuple[list[CheckpointRecord], list[dict[str, str]]]:
-    compatible, rejected = partition_compatible(library.list(), base, kind)
-    for record, reason in rejected:
-        logger.warning("skipping %s: %s", record.id, reason)
-    return compatible, [{"id": r.id, "reason": reason} for r, reason in rejected]
-
-
 def select(base: str, data: DataConfig, config: SelectConfig, library_dir: str | Path | None = None, *,
-           kind: str = "lora", workspace: Workspace | None = None, target: TargetData | None = None,
-           allow_pickle: bool = False, progress: SelectProgressFn | None = None) -> SelectResult:
-    """Score every compatible checkpoint on a seeded sample of the target's train split; rank them."""
+           kind: str = "lora", merge: MergeConfig | None = None, workspace: Workspace | None = None,
+           target: TargetData | None = None, allow_pickle: bool = False,
+           precision: Precision | None = None, progress: SelectProgressFn | None = None) -> SelectResult:
+    """Score usable checkpoints on a seeded sample of the target's train split with the configured selector; rank.
+
+    Usable (see mashup.candidates): fresh, on this base, not trained on the target, and mergeable under
+    ``merge`` (default: MergeConfig()), so nothing is scored that the merge would refuse. Scores are
+    cached in the library (``config.cache``); ``progress(done, planned)`` follows the scoring.
+    """
     start = time.perf_counter()
-    workspace = workspace or open_workspace(base, data)
+    workspace = workspace or open_workspace(base, data, precision)
     target = target or load_target(data)
     library = Library(library_dir)
-    records, rejected = compatible_records(library, base, kind)
-    if not records:
-        raise LibraryError(f"no compatible {kind} checkpoints for base '{base}'", str(library.directory),
-                           "register some with `mashup library add`")
-    if config.k > len(records):
-        raise LibraryError(f"--k {config.k} but only {len(records)} compatible {kind} checkpoint(s) for '{base}'",
-                           str(library.directory), f"use --k {len(records)} or add checkpoints")
+    candidates = find_candidates(library, base, kind, target, merge or MergeConfig(),
+                                 base_id=base_identity(workspace.base_dir),
+                                 include_target=config.include_target_checkpoints)
+    shortage = describe_shortage(candidates, config.k, kind, base)
+    if shortage:
+        raise LibraryError(shortage, str(library.directory), "register more with `mashup library add`, lower --k, "
+                           "or change the merge settings")
     requests = workspace.encode(sample(target.train, config.samples, config.seed), target.template)
-    selection = select_checkpoints(workspace, records, requests, config, library.directory,
-                                   allow_pickle=allow_pickle, progress=progress)
+    sample_info = {"target": target.name, "seed": config.seed, "formulation": workspace.formulation, "base": base}
+    selection = select_checkpoints(workspace, candidates.records, requests, config, library.directory,
+                                   allow_pickle=allow_pickle, progress=progress, sample_info=sample_info)
     ranking = selection.ranking
-    return SelectResult(ranking=ranking, selected=[s.id for s in ranking[:config.k]], rejected=rejected,
-                        metric=config.metric, n=len(requests), seconds=time.perf_counter() - start,
-                        formulation=workspace.formulation, stats=selection.stats.to_dict())
+    return SelectResult(ranking=ranking, selected=[s.id for s in ranking[:config.k]], rejected=candidates.rejected,
+                        excluded=candidates.excluded, metric=config.metric, n=len(requests),
+                        seconds=time.perf_counter() - start, formulation=workspace.formulation,
+                        precision=workspace.precision, stats=selection.stats.to_dict())
 
 
 def calibration_batches(workspace: Workspace, target: TargetData, n: int, seed: int, batch_size: int = 8
@@ -129,11 +135,12 @@ class TrainSummary:
     weights_dir: str
     result: TrainResult
     formulation: str
-    extra: dict = field(default_factory=dict)
+    precision: str
+    config: dict = field(default_factory=dict)  # the resolved TrainConfig it trained with
 
     def to_dict(self) -> dict:
         return {"out": self.out, "weights_dir": self.weights_dir, "formulation": self.formulation,
-                **self.result.to_dict(), **self.extra}
+                "precision": self.precision, "train_config": self.config, **self.result.to_dict()}
 
 
 def write_curve(result: TrainResult, out_dir: Path) -> None:
@@ -148,7 +155,12 @@ def write_curve(result: TrainResult, out_dir: Path) -> None:
 def train_in(workspace: Workspace, target: TargetData, config: TrainConfig, eval_config: EvalConfig, out_dir: Path,
              init: Path | None = None, progress: ProgressFn | None = None, allow_pickle: bool = False,
              initial: EvalResult | None = None) -> TrainSummary:
-    """Train into an existing (temporary) dir: weights, init reference, curve, config and version."""
+    """Train into an existing (temporary) dir: weights, init reference, curve, config and version.
+
+    Starting from an adapter, its LoRA shape (r, alpha, targets, dropout, rsLoRA) overrides ``config``'s,
+    and the config saved beside the weights is the one actually trained with.
+    """
+    config = resolve_train_config(config, init)
     model = prepare_model(workspace.base_dir, config, init, allow_pickle).to(workspace.device)
     if config.mode == "lora":
         save_init_adapter(model, out_dir / INIT_WEIGHTS)
@@ -161,16 +173,18 @@ def train_in(workspace: Workspace, target: TargetData, config: TrainConfig, eval
     write_curve(result, out_dir)
     save_config(config, out_dir / "train_config.yaml")
     write_version(out_dir)
-    summary = TrainSummary(str(out_dir), str(weights_dir), result, workspace.formulation)
+    summary = TrainSummary(str(out_dir), str(weights_dir), result, workspace.formulation, workspace.precision,
+                           config.model_dump(mode="json"))
     write_json(out_dir / "result.json", summary.to_dict())
     return summary
 
 
 def train_model(base: str, data: DataConfig, config: TrainConfig, out: str | Path, *, init: str | Path | None = None,
                 eval_config: EvalConfig | None = None, progress: ProgressFn | None = None,
-                allow_pickle: bool = False, overwrite: bool = False) -> TrainSummary:
+                allow_pickle: bool = False, overwrite: bool = False,
+                precision: Precision | None = None) -> TrainSummary:
     """Fine-tune (LoRA or full) from the base or ``init``; the output dir appears only when complete."""
-    workspace = open_workspace(base, data, config.bf16)
+    workspace = open_workspace(base, data, precision)
     target = load_target(data)
     with atomic_output_dir(Path(out), overwrite=overwrite) as tmp:
         summary = train_in(workspace, target, config, eval_config or EvalConfig(), tmp,
@@ -183,10 +197,10 @@ def train_model(base: str, data: DataConfig, config: TrainConfig, out: str | Pat
 
 def evaluate_model(base: str, data: DataConfig, *, adapter: str | Path | None = None,
                    model_dir: str | Path | None = None, config: EvalConfig | None = None,
-                   allow_pickle: bool = False) -> EvalResult:
+                   allow_pickle: bool = False, precision: Precision | None = None) -> EvalResult:
     """Multiple-choice accuracy of the base, a LoRA adapter on it, or a full model dir."""
     config = config or EvalConfig()
-    workspace = open_workspace(base, data)
+    workspace = open_workspace(base, data, precision)
     target = load_target(data)
     model = load_eval_model(workspace, adapter=adapter, model_dir=model_dir, allow_pickle=allow_pickle)
     return evaluate(model, workspace.encode(eval_split(target, config), target.template),
@@ -195,7 +209,11 @@ def evaluate_model(base: str, data: DataConfig, *, adapter: str | Path | None = 
 
 def eval_split(target: TargetData, config: EvalConfig) -> list:
     """The examples an evaluation runs on: the configured split, capped with a fixed seed."""
-    examples = target.test if config.split == "test" else target.train
+    examples = {"train": target.train, "validation": target.validation, "test": target.test}[config.split]
+    if not examples and config.max_examples != 0:
+        raise DataError(f"the target '{target.name}' has no {config.split} split", target.source,
+                        "carve one with validation_size (--validation-size)" if config.split == "validation"
+                        else "check the data")
     return examples if config.max_examples is None else sample(examples, config.max_examples, 0)
 
 

@@ -11,13 +11,13 @@ from pathlib import Path
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from mashup.config import DataConfig
+from mashup.config import DataConfig, Precision
 from mashup.data.prompts import EncodedRequest, Formulation, PromptTemplate, build_request, encode_requests
 from mashup.data.schema import MCExample
 from mashup.data.target import resolve_formulation
 from mashup.evaluation import ScoreSettings
 from mashup.io import tensor_shapes, weight_files
-from mashup.models import bf16_supported, default_device, load_tokenizer, resolve_base_dir
+from mashup.models import default_device, load_tokenizer, resolve_base_dir, resolve_precision
 
 
 @dataclass
@@ -27,8 +27,12 @@ class Workspace:
     tokenizer: PreTrainedTokenizerBase
     formulation: Formulation
     device: torch.device
-    bf16: bool
+    precision: str  # resolved: fp32 or bf16 (bf16 autocast)
     max_length: int
+
+    @property
+    def bf16(self) -> bool:
+        return self.precision == "bf16"
 
     def encode(self, examples: Sequence[MCExample], template: PromptTemplate) -> list[EncodedRequest]:
         requests = [build_request(ex, template, self.formulation) for ex in examples]
@@ -48,13 +52,14 @@ def count_parameters(model_dir: Path) -> int:
     return total
 
 
-def open_workspace(base: str, data: DataConfig, bf16: bool | None = None) -> Workspace:
+def open_workspace(base: str, data: DataConfig, precision: Precision | None = None) -> Workspace:
+    """Resolve the base, its tokenizer, the answer formulation, the device and the precision once."""
     base_dir = resolve_base_dir(base)
     device = default_device()
     return Workspace(
         base=base, base_dir=base_dir, tokenizer=load_tokenizer(base_dir),
         formulation=resolve_formulation(data.scoring, count_parameters(base_dir)), device=device,
-        bf16=bf16_supported(device) if bf16 is None else bf16, max_length=data.max_length,
+        precision=resolve_precision(precision, device), max_length=data.max_length,
     )
 
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 
 import torch
 from peft import PeftModel
+from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from mashup.library.records import CheckpointRecord, inspect_checkpoint
@@ -53,3 +56,33 @@ def logits_with_deltas(base: Path, deltas: dict[str, torch.Tensor], inputs: dict
     for name, delta in deltas.items():
         params[name].add_(delta.to(params[name].dtype))
     return logits_of(model, inputs)
+
+
+def adapter_deltas(path: Path) -> dict[str, torch.Tensor]:
+    """Module prefix → s·B·A in float64, with s from the adapter's own adapter_config.json."""
+    config = json.loads((path / "adapter_config.json").read_text())
+    r = config["r"]
+    scale = config["lora_alpha"] / (r**0.5 if config.get("use_rslora") else r)
+    tensors = load_file(path / "adapter_model.safetensors")
+    return {name.split(".lora_A.")[0]: scale * (tensors[name.replace(".lora_A.", ".lora_B.")].double()
+                                                @ tensors[name].double())
+            for name in tensors if ".lora_A." in name}
+
+
+def copy_adapter(source: Path, target: Path, **config_updates: object) -> Path:
+    """A copy of an adapter dir with some adapter_config.json fields changed (e.g. lora_alpha, use_rslora)."""
+    shutil.copytree(source, target)
+    config = json.loads((target / "adapter_config.json").read_text())
+    config.update(config_updates)
+    (target / "adapter_config.json").write_text(json.dumps(config))
+    return target
+
+
+def zero_b_init(adapter: Path, out: Path, seed: int) -> Path:
+    """An init file like PEFT's default: random lora_A, lora_B = 0 (so ΔW₀ = 0), same names as ``adapter``."""
+    generator = torch.Generator().manual_seed(seed)
+    tensors = load_file(adapter / "adapter_model.safetensors")
+    init = {n: torch.zeros_like(t) if ".lora_B." in n else torch.randn(t.shape, generator=generator)
+            for n, t in tensors.items()}
+    save_file(init, str(out))
+    return out

@@ -61,7 +61,11 @@ def test_dare_ties_with_unit_weights_and_normalize_matches_peft() -> None:
 
 def _mergekit_gta(name: str, base: torch.Tensor, xs: list[torch.Tensor], weights: list[float], density: float,
                   **shared: object) -> torch.Tensor:
-    gta = pytest.importorskip("mergekit.merge_methods.generalized_task_arithmetic")
+    # mergekit is in the test extra, so a missing install fails here rather than skipping silently.
+    try:
+        from mergekit.merge_methods import generalized_task_arithmetic as gta
+    except ImportError as exc:
+        pytest.fail(f"mergekit is not installed ({exc}); `make install` installs the test extra")
     from mergekit.merge_methods.base import TensorGroup
     from mergekit.merge_methods.registry import get
 

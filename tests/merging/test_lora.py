@@ -112,15 +112,16 @@ def test_zero_reference_is_warned_about(tiny_loras: list[Path], tmp_path: Path,
     assert torch.allclose(merged[name], x1[name] + x2[name])
 
 
-def test_refuses_rank_rslora_and_target_mismatches(tiny_base: Path, tiny_loras: list[Path], tmp_path: Path) -> None:
+def test_ab_mode_refuses_rank_scale_and_target_mismatches(tiny_base: Path, tiny_loras: list[Path],
+                                                          tmp_path: Path) -> None:
     rank8 = save_tiny_lora(tiny_base, tmp_path / "r8", seed=5, r=8)
-    with pytest.raises(MergeError, match="LoRA rank"):
-        merge_checkpoints(records([tiny_loras[0], rank8]), MergeConfig(), tmp_path / "a")
+    with pytest.raises(MergeError, match="LoRA rank .*ckpt1 has 8, ckpt0 has 4.*use lora_mode delta or concat"):
+        merge_checkpoints(records([tiny_loras[0], rank8]), MergeConfig(lora_mode="ab"), tmp_path / "a")
     other = save_tiny_lora(tiny_base, tmp_path / "qk", seed=6, targets=("q_proj", "k_proj"))
     with pytest.raises(MergeError, match="target modules"):
-        merge_checkpoints(records([tiny_loras[0], other]), MergeConfig(), tmp_path / "b")
+        merge_checkpoints(records([tiny_loras[0], other]), MergeConfig(lora_mode="ab"), tmp_path / "b")
     recs = records(tiny_loras[:2])
     recs[1].use_rslora = True
-    with pytest.raises(MergeError, match="rslora"):
-        merge_checkpoints(recs, MergeConfig(lora_mode="delta"), tmp_path / "c")
+    with pytest.raises(MergeError, match="LoRA scale .*rsLoRA.*fold each adapter's scale"):
+        merge_checkpoints(recs, MergeConfig(lora_mode="ab"), tmp_path / "c")
     assert not any((tmp_path / d).exists() for d in "abc")

@@ -51,7 +51,7 @@ def test_task_arithmetic_adds_scaled_weighted_deltas() -> None:
 def test_ties_with_all_same_signs_is_the_disjoint_weighted_mean() -> None:
     ref = torch.zeros(5)
     xs = [T([1.0, 2.0, 3.0, 4.0, 5.0]), T([3.0, 2.0, 1.0, 0.5, 5.0])]
-    out = merge_tensors("ties", xs, [1.0, 3.0], ref)
+    out = merge_tensors("ties", xs, [1.0, 3.0], ref, MergeParams(density=1.0))
     assert torch.allclose(out, (xs[0] + 3.0 * xs[1]) / 4.0)
 
 
@@ -60,18 +60,18 @@ TIES_INPUTS = [T([1.0, -2.0, 0.0, 3.0]), T([2.0, 1.0, 0.0, -1.0]), T([-1.0, 1.0,
 
 
 def test_ties_sign_by_mass_zero_total_and_exact_zeros() -> None:
-    out = merge_tensors("ties", TIES_INPUTS, [1.0, 1.0, 1.0], torch.zeros(4))
+    out = merge_tensors("ties", TIES_INPUTS, [1.0, 1.0, 1.0], torch.zeros(4), MergeParams(density=1.0))
     assert torch.equal(out, T([1.5, 1.0, 0.0, 3.0]))
 
 
 def test_ties_sign_by_count_differs_from_mass() -> None:
-    out = merge_tensors("ties", TIES_INPUTS, [1.0, 1.0, 1.0], torch.zeros(4), MergeParams(sign="count"))
+    out = merge_tensors("ties", TIES_INPUTS, [1.0, 1.0, 1.0], torch.zeros(4), MergeParams(density=1.0, sign="count"))
     assert torch.equal(out, T([1.5, 1.0, 0.0, -1.0]))
 
 
 def test_ties_elects_sign_on_weighted_deltas() -> None:
     # unweighted: 2 − 1 > 0 elects +; weighted: 2 − 3·1 < 0 elects −, so only the second survives.
-    out = merge_tensors("ties", [T([2.0]), T([-1.0])], [1.0, 3.0], torch.zeros(1))
+    out = merge_tensors("ties", [T([2.0]), T([-1.0])], [1.0, 3.0], torch.zeros(1), MergeParams(density=1.0))
     assert torch.equal(out, T([-1.0]))
 
 
@@ -104,10 +104,11 @@ def test_magnitude_prune_keeps_the_top_k_of_a_random_tensor() -> None:
 def test_dare_at_density_one_equals_task_arithmetic() -> None:
     ref = torch.randn(6, 4, generator=gen(2))
     xs = [ref + torch.randn(6, 4, generator=gen(3 + i)) for i in range(3)]
+    everything = MergeParams(density=1.0)
     ta = merge_tensors("task_arithmetic", xs, [0.5, 1.0, 2.0], ref)
-    assert torch.equal(merge_tensors("dare_linear", xs, [0.5, 1.0, 2.0], ref, generator=gen()), ta)
-    ties = merge_tensors("ties", xs, [0.5, 1.0, 2.0], ref, MergeParams(normalize=False))
-    assert torch.equal(merge_tensors("dare_ties", xs, [0.5, 1.0, 2.0], ref, generator=gen()), ties)
+    assert torch.equal(merge_tensors("dare_linear", xs, [0.5, 1.0, 2.0], ref, everything, gen()), ta)
+    ties = merge_tensors("ties", xs, [0.5, 1.0, 2.0], ref, MergeParams(density=1.0, normalize=False))
+    assert torch.equal(merge_tensors("dare_ties", xs, [0.5, 1.0, 2.0], ref, everything, gen()), ties)
 
 
 def test_dare_keeps_the_expectation_over_seeds() -> None:

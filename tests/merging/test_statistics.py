@@ -85,7 +85,7 @@ def test_fisher_merge_of_two_fulls_lies_between_them(tiny_base: Path, tiny_fulls
 def test_statistics_methods_on_loras_merge_in_delta_space(method: str, tiny_base: Path, tiny_loras: list[Path],
                                                           tmp_path: Path) -> None:
     out = tmp_path / "out"
-    report = merge_checkpoints(records([tiny_loras[0]] * 2), MergeConfig(method=method), out,
+    report = merge_checkpoints(records([tiny_loras[0]] * 2), MergeConfig(method=method, lora_mode="ab"), out,
                                base_model_dir=tiny_base, calibration_batches=calibration_batches(tiny_base, n=2))
     assert report.lora_mode == "delta" and any("delta space" in w for w in report.warnings)
     assert report.svd_relative_error is not None and report.svd_relative_error < 1e-4

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import string
@@ -145,3 +146,10 @@ def sample(examples: Sequence[MCExample], n: int, seed: int) -> list[MCExample]:
     if n >= len(examples):
         return list(examples)
     return random.Random(seed).sample(list(examples), n)
+
+
+def examples_fingerprint(examples: Iterable[MCExample]) -> str:
+    """A digest of a set of examples: the same for any order and any split of the same rows."""
+    rows = sorted(hashlib.sha256(json.dumps([ex.context, ex.question, list(ex.choices), ex.answer]).encode()).digest()
+                  for ex in examples)
+    return hashlib.sha256(b"".join(rows)).hexdigest()

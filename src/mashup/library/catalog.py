@@ -1,108 +1,216 @@
-"""The checkpoint library: an SQLite catalog inside a library directory."""
+"""The checkpoint library: an SQLite catalog inside a library directory (see library.db for its policy)."""
 
 from __future__ import annotations
 
 import json
+import logging
 import os
-import sqlite3
-from collections.abc import Iterator, Sequence
-from contextlib import closing, contextmanager
+from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
-from mashup.errors import LibraryError
+from mashup.errors import CheckpointError, LibraryError, MashupError
 from mashup.io import check_finite, weight_files
-from mashup.library.records import CheckpointRecord, inspect_checkpoint
+from mashup.library.db import ensure_table, read_connection, select_rows, write_transaction
+from mashup.library.freshness import Freshness, check_freshness, parallel_map
+from mashup.library.identity import BaseMatcher, resolve_identity
+from mashup.library.records import ADAPTER_CONFIG, MODEL_CONFIG, CheckpointRecord, inspect_checkpoint
+
+logger = logging.getLogger(__name__)
 
 DB_NAME = "catalog.sqlite"
-_JSON_FIELDS = ("shapes", "target_modules", "metadata")
-_COLUMNS = (
-    "id", "kind", "path", "sha256", "base_model", "architecture", "shapes", "task", "lora_r", "lora_alpha",
-    "target_modules", "use_rslora", "use_dora", "init_reference", "metadata", "created",
-)
-_SCHEMA = f"CREATE TABLE IF NOT EXISTS checkpoints ({', '.join(_COLUMNS)}, PRIMARY KEY (id))"
+WHAT = "catalog"
+_JSON_FIELDS = ("shapes", "target_modules", "metadata", "file_stats", "lineage")
+# new columns go at the end: older catalogs get them by ALTER TABLE ADD COLUMN
+_COLUMNS = {
+    "id": "", "kind": "", "path": "", "sha256": "", "base_model": "", "architecture": "", "shapes": "", "task": "",
+    "lora_r": "", "lora_alpha": "", "target_modules": "", "use_rslora": "", "use_dora": "", "init_reference": "",
+    "metadata": "", "created": "", "file_stats": "TEXT", "base_identity": "TEXT", "data_fingerprint": "TEXT",
+    "lineage": "TEXT",
+}
+Progress = Callable[[int, int], None]
 
 
 def default_library_dir() -> Path:
     return Path(os.environ.get("MASHUP_LIBRARY") or Path.home() / ".mashup" / "library")
 
 
+def _setup(conn) -> None:
+    ensure_table(conn, "checkpoints", _COLUMNS, "id")
+
+
+def discover_checkpoints(roots: Sequence[str | Path]) -> list[Path]:
+    """Every PEFT adapter dir and HF model dir (config.json beside weights) under ``roots``; hidden dirs skipped."""
+    found: list[Path] = []
+    for root in map(Path, roots):
+        if not root.is_dir():
+            raise CheckpointError("directory not found", str(root), "pass dirs that hold adapters or models")
+        for dirpath, dirnames, filenames in os.walk(root):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))  # also skips temp output dirs
+            weights = any(f.endswith((".safetensors", ".bin")) for f in filenames)
+            if ADAPTER_CONFIG in filenames or (MODEL_CONFIG in filenames and weights):
+                found.append(Path(dirpath))
+    if not found:
+        raise CheckpointError("no adapter or model dirs found", ", ".join(map(str, roots)),
+                              "a checkpoint dir holds adapter_config.json, or config.json and weights")
+    return found
+
+
 class Library:
     """A persistent catalog of checkpoints; every write is one transaction."""
 
     def __init__(self, directory: str | Path | None = None) -> None:
-        self.directory = Path(directory) if directory else default_library_dir()
+        self.directory = Path(directory).expanduser() if directory else default_library_dir()
         self.db_path = self.directory / DB_NAME
 
-    @contextmanager
-    def _connect(self) -> Iterator[sqlite3.Connection]:
-        self.directory.mkdir(parents=True, exist_ok=True)
-        try:
-            with closing(sqlite3.connect(self.db_path)) as conn, conn:
-                conn.execute(_SCHEMA)
-                yield conn
-        except sqlite3.DatabaseError as exc:
-            raise LibraryError(f"cannot use the catalog ({exc})", str(self.db_path),
-                               "check the --library dir; move a corrupt catalog away") from None
+    def _write(self):
+        return write_transaction(self.db_path, WHAT, _setup)
 
     def add(self, paths: Sequence[str | Path], *, task: str | None = None, base: str | None = None,
-            init_reference: str | None = None, metadata: dict | None = None,
-            allow_pickle: bool = False) -> list[CheckpointRecord]:
-        """Register checkpoints; all are inspected first, so a bad one adds none."""
-        records = []
-        for path in paths:
-            record = inspect_checkpoint(path, base=base, task=task, allow_pickle=allow_pickle)
-            check_finite(weight_files(Path(path), allow_pickle=allow_pickle))
+            init_reference: str | None = None, metadata: dict | None = None, data_fingerprint: str | None = None,
+            lineage: dict | None = None, allow_pickle: bool = False, recursive: bool = False,
+            workers: int | None = None, progress: Progress | None = None) -> list[CheckpointRecord]:
+        """Register checkpoints, all or none: every one is inspected and hashed (in parallel) before one
+        transaction adds them. ``recursive`` registers every adapter/model dir under the given dirs.
+        ``progress(done, total)`` is called as checkpoints are inspected."""
+        dirs = discover_checkpoints(paths) if recursive else [Path(p) for p in paths]
+
+        def inspect(path: Path) -> CheckpointRecord:
+            try:
+                record = inspect_checkpoint(path, base=base, task=task, allow_pickle=allow_pickle)
+                check_finite(weight_files(path, allow_pickle=allow_pickle))
+            except OSError as exc:
+                raise CheckpointError(f"cannot read {exc.filename or 'a file'} ({exc.strerror})", str(path),
+                                      "check the files and their permissions") from None
+            return record
+
+        records = parallel_map(inspect, dirs, workers, progress)
+        identities = {b: resolve_identity(b) for b in {r.base_model for r in records}}
+        created = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        for record in records:
             record.id = record.sha256[:12]
             record.init_reference = init_reference
             record.metadata = dict(metadata or {})
-            record.created = datetime.now(timezone.utc).isoformat(timespec="seconds")
-            records.append(record)
-        ids = [r.id for r in records]
-        if len(set(ids)) != len(ids):
-            raise LibraryError("the same weights were given twice", None, "pass each checkpoint once")
-        with self._connect() as conn:
-            for record in records:
-                existing = conn.execute("SELECT path FROM checkpoints WHERE id = ?", (record.id,)).fetchone()
-                if existing:
-                    raise LibraryError(f"already registered as {record.id} ({existing[0]})", record.path,
-                                       "nothing to do, or remove the old entry first")
-                conn.execute(f"INSERT INTO checkpoints VALUES ({', '.join('?' * len(_COLUMNS))})", _to_row(record))
+            record.data_fingerprint = data_fingerprint
+            record.lineage = dict(lineage or {})
+            record.base_identity = identities[record.base_model]
+            record.created = created
+        self._insert(records)
         return records
 
+    def _insert(self, records: list[CheckpointRecord]) -> None:
+        seen: dict[str, str] = {}
+        for record in records:
+            if record.id in seen:
+                raise LibraryError("the same weights were given twice", f"{seen[record.id]} and {record.path}",
+                                   "pass each checkpoint once")
+            seen[record.id] = record.path
+        with self._write() as conn:
+            existing = dict(conn.execute("SELECT id, path FROM checkpoints").fetchall())
+            clash = next((r for r in records if r.id in existing), None)
+            if clash:
+                raise LibraryError(f"already registered as {clash.id} ({existing[clash.id]})", clash.path,
+                                   "nothing to do, or remove the old entry first")
+            columns = ", ".join(_COLUMNS)
+            conn.executemany(f"INSERT INTO checkpoints ({columns}) VALUES ({', '.join('?' * len(_COLUMNS))})",
+                             [_to_row(r) for r in records])
+
     def _select(self, where: str = "", params: tuple = ()) -> list[CheckpointRecord]:
-        with self._connect() as conn:
-            rows = conn.execute(f"SELECT {', '.join(_COLUMNS)} FROM checkpoints {where} ORDER BY rowid",
-                                params).fetchall()
+        with read_connection(self.db_path, WHAT) as conn:
+            rows = select_rows(conn, "checkpoints", list(_COLUMNS), f"{where} ORDER BY rowid", params)
         return [_from_row(row) for row in rows]
 
-    def list(self, *, base: str | None = None, kind: str | None = None) -> list[CheckpointRecord]:
-        records = self._select()
-        return [r for r in records if (base is None or r.base_model == base) and (kind is None or r.kind == kind)]
+    def list(self, *, base: str | None = None, kind: str | None = None, task: str | None = None,
+             merged_from: str | None = None, trained_on: str | None = None) -> list[CheckpointRecord]:
+        """Registered checkpoints, filtered: ``base`` by content identity (or spelling), ``merged_from`` by an id
+        (prefix) in the lineage, ``trained_on`` by the task or data fingerprint (prefix) in the lineage."""
+        clauses = {"kind = ?": kind, "task = ?": task}
+        where = [c for c, v in clauses.items() if v is not None]
+        records = self._select(("WHERE " + " AND ".join(where)) if where else "",
+                               tuple(v for v in clauses.values() if v is not None))
+        if base is not None:
+            matcher = BaseMatcher(base)
+            records = [r for r in records if matcher.mismatch(r) is None]
+        if merged_from is not None:
+            records = [r for r in records if any(str(i).startswith(merged_from)
+                                                 for i in r.lineage.get("merged_from") or [])]
+        if trained_on is not None:
+            records = [r for r in records if _trained_on(r, trained_on)]
+        return records
 
     def get(self, checkpoint_id: str) -> CheckpointRecord:
         """Look up by id or unique id prefix."""
-        matches = self._select("WHERE substr(id, 1, ?) = ?", (len(checkpoint_id), checkpoint_id)) if checkpoint_id else []
+        matches = self._select("WHERE substr(id, 1, ?) = ?", (len(checkpoint_id), checkpoint_id)) \
+            if checkpoint_id else []
         if len(matches) != 1:
             problem = "no checkpoint" if not matches else f"{len(matches)} checkpoints match"
             raise LibraryError(f"{problem} with id '{checkpoint_id}'", str(self.directory),
                                "see `mashup library list` for ids")
         return matches[0]
 
+    def find_by_digest(self, sha256: str) -> CheckpointRecord | None:
+        """The record of weights with this content digest, if registered (ids are its first 12 hex)."""
+        matches = self._select("WHERE id = ? AND sha256 = ?", (sha256[:12], sha256))
+        return matches[0] if matches else None
+
     def remove(self, checkpoint_id: str) -> CheckpointRecord:
         """Drop the record; the files on disk are left alone."""
         record = self.get(checkpoint_id)
-        with self._connect() as conn:
+        with self._write() as conn:
             conn.execute("DELETE FROM checkpoints WHERE id = ?", (record.id,))
         return record
 
+    def fresh(self, records: Sequence[CheckpointRecord], *, workers: int | None = None
+              ) -> tuple[list[CheckpointRecord], list[tuple[CheckpointRecord, str]]]:
+        """Split into (fresh, [(stale, reason)]) by re-checking each record's weight files.
+
+        Unchanged size/mtime/ctime/inode: fresh at the cost of a ``stat``. Changed stats: the files are hashed
+        again; the same bytes keep the record (its new stats are stored), other or missing bytes make it stale.
+        """
+        checks = parallel_map(check_freshness, list(records), workers)
+        self._store_stats(checks)
+        return ([c.record for c in checks if c.status == "ok"],
+                [(c.record, c.reason or c.status) for c in checks if c.status != "ok"])
+
+    def verify(self, records: Sequence[CheckpointRecord] | None = None, *, workers: int | None = None,
+               progress: Progress | None = None) -> list[Freshness]:
+        """Hash every weight file again; each result says ok, missing or changed (with the reason)."""
+        records = self.list() if records is None else list(records)
+        checks = parallel_map(lambda r: check_freshness(r, rehash=True), records, workers, progress)
+        self._store_stats(checks)
+        return checks
+
+    def _store_stats(self, checks: Sequence[Freshness]) -> None:
+        """Record the new stats of files whose bytes were found unchanged, so they are not hashed again."""
+        updates = [(json.dumps(c.new_stats), c.record.id, c.record.sha256) for c in checks if c.new_stats]
+        if not updates:
+            return
+        try:
+            with self._write() as conn:
+                conn.executemany("UPDATE checkpoints SET file_stats = ? WHERE id = ? AND sha256 = ?", updates)
+        except MashupError as exc:  # e.g. a read-only shared library: correct anyway, only re-hashed next time
+            logger.warning("could not record re-checked file stats: %s", exc.line())
+            return
+        for check in checks:
+            if check.new_stats:
+                check.record.file_stats = check.new_stats
+
+
+def _trained_on(record: CheckpointRecord, wanted: str) -> bool:
+    trained = record.lineage.get("trained_on") or {}
+    fingerprint = trained.get("data_fingerprint") or record.data_fingerprint or ""
+    return trained.get("task") == wanted or (len(wanted) >= 6 and fingerprint.startswith(wanted))
+
 
 def _to_row(record: CheckpointRecord) -> tuple:
-    data = record.to_dict()
-    return tuple(json.dumps(data[c]) if c in _JSON_FIELDS else data[c] for c in _COLUMNS)
+    values = ((c, getattr(record, c)) for c in _COLUMNS)  # not to_dict(): its deep copy is slow at 1,000 records
+    return tuple(json.dumps(v) if c in _JSON_FIELDS else v for c, v in values)
 
 
-def _from_row(row: Sequence) -> CheckpointRecord:
-    data = {c: (json.loads(v) if c in _JSON_FIELDS and v is not None else v) for c, v in zip(_COLUMNS, row)}
+def _from_row(row: dict[str, Any]) -> CheckpointRecord:
+    data = {c: (json.loads(v) if c in _JSON_FIELDS and v is not None else v) for c, v in row.items()}
     data["use_rslora"], data["use_dora"] = bool(data["use_rslora"]), bool(data["use_dora"])
+    data["metadata"], data["lineage"] = data["metadata"] or {}, data["lineage"] or {}
+    data["file_stats"] = data["file_stats"] or []
     return CheckpointRecord(**data)

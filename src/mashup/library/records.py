@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from mashup.errors import CheckpointError
-from mashup.io import sha256_files, tensor_shapes, weight_files
+from mashup.io import sha256_files, stat_files, tensor_shapes, weight_files
 
 Kind = Literal["lora", "full"]
 ADAPTER_CONFIG = "adapter_config.json"
@@ -35,6 +35,10 @@ class CheckpointRecord:
     init_reference: str | None = None  # weights the adapter started from, for task vectors
     metadata: dict[str, Any] = field(default_factory=dict)
     created: str = ""
+    file_stats: list[dict[str, Any]] = field(default_factory=list)  # per weight file, as hashed (io.stat_files)
+    base_identity: str | None = None  # content digest of the base (library.identity), None if not resolvable
+    data_fingerprint: str | None = None  # mashup.data.schema.examples_fingerprint of its training task
+    lineage: dict[str, Any] = field(default_factory=dict)  # e.g. merged_from, trained_on, run
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -90,8 +94,9 @@ def inspect_lora(path: Path, task: str | None, allow_pickle: bool) -> Checkpoint
     _check_lora_shapes(shapes, r, str(path))
     targets = config.get("target_modules") or []
     targets = [targets] if isinstance(targets, str) else sorted(targets)
+    stats = stat_files(files)  # before hashing: a change during hashing then shows as a stats mismatch later
     return CheckpointRecord(
-        id="", kind="lora", path=str(path.resolve()), sha256=sha256_files(files),
+        id="", kind="lora", path=str(path.resolve()), sha256=sha256_files(files), file_stats=stats,
         base_model=str(config.get("base_model_name_or_path") or ""), architecture=str(config.get("task_type") or ""),
         shapes=shapes, task=task, lora_r=r, lora_alpha=float(config.get("lora_alpha", r)), target_modules=targets,
         use_rslora=bool(config.get("use_rslora", False)), use_dora=bool(config.get("use_dora", False)),
@@ -102,12 +107,21 @@ def inspect_full(path: Path, base: str | None, task: str | None, allow_pickle: b
     config = _read_json(path / MODEL_CONFIG)
     if not base:
         raise CheckpointError("a full fine-tune needs its base model", str(path), "pass --base MODEL")
-    files = [f for f in weight_files(path, allow_pickle=allow_pickle)]
+    files = weight_files(path, allow_pickle=allow_pickle)
     architecture = (config.get("architectures") or [config.get("model_type", "")])[0]
+    stats = stat_files(files)
     return CheckpointRecord(
-        id="", kind="full", path=str(path.resolve()), sha256=sha256_files(files), base_model=base,
+        id="", kind="full", path=str(path.resolve()), sha256=sha256_files(files), file_stats=stats, base_model=base,
         architecture=str(architecture), shapes=_all_shapes(files), task=task,
     )
+
+
+def _same_base(a: str, b: str) -> bool:
+    """Two spellings of one base by content (resolved offline); False when either cannot be resolved."""
+    from mashup.library.identity import resolve_identity  # identity imports this module
+
+    identity = resolve_identity(a)
+    return identity is not None and identity == resolve_identity(b)
 
 
 def inspect_checkpoint(
@@ -119,7 +133,7 @@ def inspect_checkpoint(
         raise CheckpointError("checkpoint directory not found", str(path), "pass a PEFT adapter or HF model dir")
     if (path / ADAPTER_CONFIG).exists():
         record = inspect_lora(path, task, allow_pickle)
-        if base and record.base_model and base != record.base_model:
+        if base and record.base_model and base != record.base_model and not _same_base(base, record.base_model):
             raise CheckpointError(
                 f"adapter names base '{record.base_model}' but --base is '{base}'", str(path), "drop --base or fix it"
             )

@@ -3,23 +3,33 @@
 Selection cost grows with the library; re-selecting for the same target sample (another k, another
 merge method, after adding checkpoints) then costs only the new checkpoints. A score is keyed by the
 checkpoint's weight digest and a fingerprint of exactly what was scored: the base model files and
-the tokenized requests. Kept in its own SQLite file, so caching never touches catalog entries.
+the tokenized requests. Selection re-checks the weight files first (``Library.fresh``), so a digest
+stands for the bytes on disk and changed bytes never meet an old score. Next to each score the cache
+keeps a readable target label, the sample's description and the seconds it took, for
+``mashup library scores`` and for the cost a cold selection would have had.
+
+Kept in its own SQLite file under the catalog's error policy (library.db), so scoring never touches
+catalog entries and deleting the file is always safe.
 """
 
 from __future__ import annotations
 
 import hashlib
-import sqlite3
+import json
 from collections.abc import Iterable, Sequence
-from contextlib import closing
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any, NamedTuple
 
 from mashup.data.prompts import EncodedRequest
 from mashup.io import weight_files
+from mashup.library.db import ensure_table, read_connection, select_rows, write_transaction
 
 CACHE_NAME = "scores.sqlite"
-_SCHEMA = ("CREATE TABLE IF NOT EXISTS scores (checkpoint_sha TEXT, fingerprint TEXT, loss REAL, accuracy REAL, "
-           "n INTEGER, PRIMARY KEY (checkpoint_sha, fingerprint))")
+WHAT = "score cache"
+_COLUMNS = {"checkpoint_sha": "TEXT", "fingerprint": "TEXT", "loss": "REAL", "accuracy": "REAL", "n": "INTEGER",
+            "seconds": "REAL", "target": "TEXT", "sample": "TEXT", "created": "TEXT"}
 
 
 def fingerprint(base_dir: Path, requests: Sequence[EncodedRequest]) -> str:
@@ -33,25 +43,65 @@ def fingerprint(base_dir: Path, requests: Sequence[EncodedRequest]) -> str:
     return digest.hexdigest()
 
 
+class CachedScore(NamedTuple):
+    loss: float
+    accuracy: float
+    n: int
+    seconds: float | None  # what computing it took; None for scores cached before this was recorded
+
+
+class ScoreRow(NamedTuple):
+    checkpoint_sha: str
+    loss: float
+    accuracy: float
+    n: int
+    seconds: float
+
+
+@dataclass
+class ScoreEntry:
+    """One cached score with what it was computed on, for the relevance matrix."""
+
+    checkpoint_sha: str
+    fingerprint: str
+    loss: float
+    accuracy: float
+    n: int
+    seconds: float | None
+    target: str | None
+    sample: dict[str, Any] = field(default_factory=dict)
+    created: str | None = None
+
+
+def _setup(conn) -> None:
+    ensure_table(conn, "scores", _COLUMNS, "checkpoint_sha, fingerprint")
+
+
 class ScoreCache:
     def __init__(self, library_dir: Path) -> None:
         self.path = Path(library_dir) / CACHE_NAME
 
-    def _connect(self) -> sqlite3.Connection:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(self.path)
-        conn.execute(_SCHEMA)
-        return conn
+    def get(self, key: str, checkpoint_shas: Iterable[str]) -> dict[str, CachedScore]:
+        """Cached scores by checkpoint digest, for those present."""
+        wanted = set(checkpoint_shas)
+        with read_connection(self.path, WHAT) as conn:
+            rows = select_rows(conn, "scores", ["checkpoint_sha", "loss", "accuracy", "n", "seconds"],
+                               "WHERE fingerprint = ?", (key,))
+        return {r["checkpoint_sha"]: CachedScore(r["loss"], r["accuracy"], r["n"], r["seconds"])
+                for r in rows if r["checkpoint_sha"] in wanted}
 
-    def get(self, key: str, checkpoint_shas: Iterable[str]) -> dict[str, tuple[float, float, int]]:
-        """Cached ``(loss, accuracy, n)`` by checkpoint digest, for those present."""
-        wanted = list(checkpoint_shas)
-        with closing(self._connect()) as conn:
-            rows = conn.execute("SELECT checkpoint_sha, loss, accuracy, n FROM scores WHERE fingerprint = ?",
-                                (key,)).fetchall()
-        return {sha: (loss, acc, n) for sha, loss, acc, n in rows if sha in wanted}
+    def put(self, key: str, scores: Iterable[ScoreRow | tuple[str, float, float, int, float]], *,
+            target: str | None = None, sample: dict[str, Any] | None = None) -> None:
+        """Store scores computed on ``key``; ``target`` labels it and ``sample`` describes it (n, seed, ...)."""
+        created = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        rows = [(*ScoreRow(*s), key, target, json.dumps(sample or {}), created) for s in scores]
+        columns = ("checkpoint_sha", "loss", "accuracy", "n", "seconds", "fingerprint", "target", "sample", "created")
+        with write_transaction(self.path, WHAT, _setup) as conn:
+            conn.executemany(f"INSERT OR REPLACE INTO scores ({', '.join(columns)}) "
+                             f"VALUES ({', '.join('?' * len(columns))})", rows)
 
-    def put(self, key: str, scores: Iterable[tuple[str, float, float, int]]) -> None:
-        with closing(self._connect()) as conn, conn:
-            conn.executemany("INSERT OR REPLACE INTO scores VALUES (?, ?, ?, ?, ?)",
-                             [(sha, key, loss, acc, n) for sha, loss, acc, n in scores])
+    def entries(self) -> list[ScoreEntry]:
+        """Every cached score, oldest first."""
+        with read_connection(self.path, WHAT) as conn:
+            rows = select_rows(conn, "scores", list(_COLUMNS), "ORDER BY rowid")
+        return [ScoreEntry(**{**r, "sample": json.loads(r["sample"] or "{}")}) for r in rows]

@@ -14,6 +14,7 @@ import torch
 from mashup.config import MergeConfig, save_config
 from mashup.io import atomic_output_dir, write_json
 from mashup.library.records import CheckpointRecord
+from mashup.merging.compat import reference_key
 from mashup.merging.full import merge_full
 from mashup.merging.lora import merge_lora
 from mashup.merging.plan import build_plan
@@ -26,7 +27,11 @@ REPORT_NAME = "merge_report.json"
 
 @dataclass
 class MergeReport:
-    """What was merged and how; ``svd_module_errors`` holds per-module truncation errors (LoRA delta mode)."""
+    """What was merged and how; ``svd_module_errors`` holds per-module truncation errors (LoRA delta mode).
+
+    ``density`` and ``lora_mode`` are the resolved values (the method's defaults when none was given);
+    ``lora_rank`` is the rank of the written adapter; ``reference`` the task-vector reference identity.
+    """
 
     method: str
     kind: str
@@ -37,6 +42,9 @@ class MergeReport:
     svd_relative_error: float | None
     warnings: list[str]
     svd_module_errors: dict[str, float] = field(default_factory=dict)
+    density: float | None = None
+    lora_rank: int | None = None
+    reference: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -64,6 +72,8 @@ def merge_checkpoints(records: Sequence[CheckpointRecord], config: MergeConfig, 
             method=plan.method.name, kind=plan.kind, checkpoint_ids=[r.id for r in plan.records],
             weights=list(plan.weights), lora_mode=plan.lora_mode, seconds=round(time.perf_counter() - start, 3),
             svd_relative_error=overall, warnings=list(plan.warnings), svd_module_errors=errors,
+            density=plan.params.density, lora_rank=plan.lora_rank,
+            reference=reference_key(plan.records[0], plan.method, plan.lora_mode),  # type: ignore[arg-type]
         )
         save_config(plan.config, tmp / CONFIG_NAME)
         write_json(tmp / REPORT_NAME, report.to_dict())

@@ -12,6 +12,8 @@ from mashup.merging.base import MergeMethod, MergeParams, chunks, flat_chunk, sa
 class AverageMerge(MergeMethod):
     """Σ w_i·x_i / Σ w_i (or Σ w_i·x_i without normalize); the reference is not used."""
 
+    linear = True
+
     def resolve_normalize(self, normalize: bool | None) -> bool:
         return True if normalize is None else normalize
 

@@ -19,9 +19,12 @@ CHUNK_ELEMENTS = 1 << 20  # elementwise merges run over flat chunks so temporari
 
 @dataclass(frozen=True)
 class MergeParams:
-    """Method settings for one tensor; ``statistics`` holds one tensor per input (Fisher or Gram) or None."""
+    """Method settings for one tensor; ``statistics`` holds one tensor per input (Fisher or Gram) or None.
 
-    density: float = 1.0
+    ``density`` None means the method's own default (``MergeMethod.default_density``).
+    """
+
+    density: float | None = None
     lambda_: float = 1.0
     normalize: bool | None = None
     sign: SignRule = "mass"
@@ -33,17 +36,26 @@ class MergeMethod(ABC):
     """One way of combining k tensors of the same shape into one.
 
     Class attributes say what the method needs so callers can prepare it: a reference
-    (task vectors), per-checkpoint statistics, and whether it is linear in the inputs
-    (which makes LoRA ``concat`` exact).
+    (task vectors), per-checkpoint statistics, a density (and its default), and whether the
+    result is linear in the inputs (which makes LoRA ``concat`` and factor-space ``ab`` merges
+    well defined).
     """
 
     uses_reference: ClassVar[bool] = False
     statistic: ClassVar[Statistic | None] = None
     uses_density: bool = False
+    default_density: float | None = None
+    linear: bool = False
     uses_lambda: ClassVar[bool] = False
 
     def __init__(self, name: str) -> None:
         self.name = name
+
+    def resolve_density(self, density: float | None) -> float:
+        """The density actually used: the given one, else the method's default (1.0: keep all)."""
+        if density is not None:
+            return density
+        return self.default_density if self.default_density is not None else 1.0
 
     def default_weights(self, k: int) -> list[float]:
         return [1.0 / k] * k

@@ -1,22 +1,31 @@
-"""Merge LoRA adapters into a new PEFT LoRA adapter, in one of three spaces (ab, delta, concat)."""
+"""Merge LoRA adapters into a new PEFT LoRA adapter, in one of three spaces (ab, delta, concat).
+
+Weights and lambda act linearly on ΔW in every mode; docs/merging.md gives the exact formula per mode.
+"""
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
 
 from mashup.errors import MergeError
-from mashup.io import load_weights, sha256_files, weight_files
+from mashup.io import load_weights, weight_files
 from mashup.library.records import ADAPTER_CONFIG, CheckpointRecord
+from mashup.merging.base import MergeParams
+from mashup.merging.lowrank import Factors, factor_dense, factor_stacked, peft_init_rows
 from mashup.merging.plan import MergePlan
+from mashup.merging.references import ZERO_REFERENCE, reference_identity
 from mashup.merging.registry import merge_tensors
 from mashup.merging.tensors import require_finite
 
+logger = logging.getLogger(__name__)
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 PEFT_PREFIX = "base_model.model."
 Tensors = dict[str, torch.Tensor]
@@ -46,131 +55,166 @@ def base_weight_name(module: str) -> str:
     return (module[len(PEFT_PREFIX):] if module.startswith(PEFT_PREFIX) else module) + ".weight"
 
 
-def _reference_identity(reference: str | None) -> str | None:
-    """References are the same when their weights are: adapters trained from one seed share an init."""
-    if reference is None:
-        return None
-    path = Path(reference)
-    if not path.exists():
-        raise MergeError("init reference not found", reference, "re-register the adapter with the right --init")
-    files = [path] if path.is_file() else weight_files(path)
-    return sha256_files(files)
+def _a(module: str) -> str:
+    return f"{module}.lora_A.weight"
+
+
+def _b(module: str) -> str:
+    return f"{module}.lora_B.weight"
 
 
 def load_reference(plan: MergePlan) -> Tensors | None:
-    """The adapters' common init weights, or None (the zero adapter) with a warning."""
+    """The adapters' common init weights, or None when the reference is zero (no task-vector offset)."""
     if not plan.method.uses_reference:
         return None
-    refs = {_reference_identity(r.init_reference) for r in plan.records}
-    if len(refs) > 1:
-        raise MergeError(f"adapters start from different init references {sorted(map(str, refs))}", None,
-                         "task vectors need one common reference; merge adapters with the same init")
-    ref = plan.records[0].init_reference if refs.pop() is not None else None
-    if ref is None:
-        if plan.method.uses_reference:
+    record = plan.records[0]
+    if reference_identity(record, plan.lora_mode) == ZERO_REFERENCE:  # check_records made them all equal
+        if record.init_reference is None and plan.lora_mode == "ab":
             plan.warn("no init_reference recorded for the adapters: the reference is the zero adapter, so each "
-                      "task vector is the adapter itself (A and B, or s·B·A), not its change from initialisation")
+                      "task vector is the adapter itself (A and B), not its change from initialisation")
+        elif record.init_reference is None:
+            logger.info("no init_reference recorded: ΔW₀ = 0 assumed (PEFT's default init has B = 0)")
         return None
-    tensors = load_adapter(ref)
-    missing = sorted(set(plan.records[0].shapes) - set(tensors))
+    tensors = load_adapter(str(record.init_reference))
+    missing = sorted(n for r in plan.records for n in r.shapes if n not in tensors)
     if missing:
-        raise MergeError(f"init reference lacks tensor {missing[0]}", str(ref), "point at the adapters' init weights")
+        raise MergeError(f"init reference lacks tensor {missing[0]}", str(record.init_reference),
+                         "point at the adapters' init weights")
     return tensors
 
 
-def _delta(tensors: Tensors, module: str, scale: float) -> torch.Tensor:
-    b = tensors[f"{module}.lora_B.weight"].double()
-    return scale * (b @ tensors[f"{module}.lora_A.weight"].double())
+def factor_settings(plan: MergePlan) -> tuple[list[float], list[float], MergeParams, MergeParams]:
+    """Per-factor (weights_A, weights_B, params_A, params_B) for ab mode, so ΔW scales linearly.
 
-
-def refactor(delta: torch.Tensor, r: int, scale: float) -> tuple[torch.Tensor, torch.Tensor, float, float]:
-    """(B, A, tail², total²) with scale·B·A the best rank-r approximation of ``delta``."""
-    u, s, vh = torch.linalg.svd(delta.double(), full_matrices=False)
-    root = s[:r].sqrt() / math.sqrt(scale)
-    b, a = u[:, :r] * root, root[:, None] * vh[:r]
-    if b.shape[1] < r:  # a matrix smaller than the rank: pad with zero components
-        b = torch.nn.functional.pad(b, (0, r - b.shape[1]))
-        a = torch.nn.functional.pad(a, (0, 0, 0, r - a.shape[0]))
-    return b, a, float((s[r:] ** 2).sum()), float((s**2).sum())
+    Like PEFT's add_weighted_adapter, a summed merge puts sign(w)·√|w| on A and √|w| on B (one adapter
+    with weight w gives exactly w·ΔW); a normalising merge (average) takes the weighted mean of each
+    factor, the paper's reference average. lambda is split the same way: sign(λ)·√|λ| and √|λ|.
+    """
+    weights, lam = plan.weights, plan.params.lambda_
+    if plan.method.resolve_normalize(plan.params.normalize):
+        weights_a, weights_b = list(weights), list(weights)
+    else:
+        weights_a = [math.copysign(math.sqrt(abs(w)), w) for w in weights]
+        weights_b = [math.sqrt(abs(w)) for w in weights]
+    params_a = replace(plan.params, lambda_=math.copysign(math.sqrt(abs(lam)), lam))
+    params_b = replace(plan.params, lambda_=math.sqrt(abs(lam)))
+    return weights_a, weights_b, params_a, params_b
 
 
 def merge_ab(plan: MergePlan, adapters: Sequence[Tensors], reference: Tensors | None) -> Tensors:
     """Merge every lora_A and lora_B tensor on its own (the paper's reference code; cross terms for k>1)."""
-    if len({r.lora_scale for r in plan.records}) > 1:
-        raise MergeError("lora_mode ab needs adapters with the same alpha/r scale", None, "use lora_mode delta")
+    weights_a, weights_b, params_a, params_b = factor_settings(plan)
     out: Tensors = {}
     for name in adapters[0]:
+        is_a = ".lora_A." in name
         ref = None if reference is None else reference[name]
-        out[name] = merge_tensors(plan.method, [a[name] for a in adapters], plan.weights, ref, plan.params,
-                                  plan.generator(name))
+        out[name] = merge_tensors(plan.method, [a[name] for a in adapters], weights_a if is_a else weights_b, ref,
+                                  params_a if is_a else params_b, plan.generator(name))
     return out
+
+
+def _module_delta(tensors: Tensors, module: str, scale: float, shape: tuple[int, int]) -> torch.Tensor:
+    """s·B·A in float32, or zeros when the adapter does not adapt this module."""
+    if _a(module) not in tensors:
+        return torch.zeros(shape)
+    return scale * (tensors[_b(module)].float() @ tensors[_a(module)].float())
+
+
+def _factor_linear(plan: MergePlan, module: str, adapters: Sequence[Tensors], reference: Tensors | None,
+                   coefficients: tuple[list[float], float]) -> Factors:
+    """Σ cᵢ·sᵢ·BᵢAᵢ (+ c_ref·ΔW₀) as stacked factors, factored exactly without forming ΔW."""
+    each, of_reference = coefficients
+    terms = [(c * record.lora_scale * t[_b(module)], t[_a(module)])
+             for t, c, record in zip(adapters, each, plan.records) if _a(module) in t and c != 0]
+    if reference is not None and of_reference != 0:
+        terms.append((of_reference * plan.records[0].lora_scale * reference[_b(module)], reference[_a(module)]))
+    if not terms:
+        terms = [(torch.zeros(plan.modules[module][0], 1), torch.zeros(1, plan.modules[module][1]))]
+    bs, as_ = zip(*terms)
+    return factor_stacked(bs, as_, plan.lora_rank or 0, plan.output_scale, plan.generator(module + "/svd"))
+
+
+def _factor_merged(plan: MergePlan, module: str, adapters: Sequence[Tensors], reference: Tensors | None,
+                   statistics: Sequence[Tensors] | None) -> Factors:
+    """Merge the dense ΔWᵢ entry by entry (missing modules: ΔW = 0), then a randomized truncated SVD."""
+    shape = plan.modules[module]
+    deltas = [_module_delta(t, module, record.lora_scale, shape) for t, record in zip(adapters, plan.records)]
+    ref = None if reference is None else _module_delta(reference, module, plan.records[0].lora_scale, shape)
+    stats = None if statistics is None else [st[base_weight_name(module)] for st in statistics]
+    merged = merge_tensors(plan.method, deltas, plan.weights, ref, plan.params_for(stats), plan.generator(module))
+    del deltas
+    return factor_dense(merged, plan.lora_rank or 0, plan.output_scale, plan.generator(module + "/svd"))
 
 
 def merge_delta(plan: MergePlan, adapters: Sequence[Tensors], reference: Tensors | None,
                 statistics: Sequence[Tensors] | None, errors: dict[str, float]) -> Tensors:
-    """Merge exact ΔW_i = s_i·B_i·A_i per module, then refactor to rank r by truncated SVD."""
-    r, s_out = plan.records[0].lora_r or 0, plan.records[0].lora_scale
-    scales = [rec.lora_scale for rec in plan.records]
+    """Merge ΔWᵢ = sᵢ·Bᵢ·Aᵢ per module, then factor to the output rank (exact for linear methods)."""
+    linear = plan.method.linear_coefficients(plan.weights, plan.params) if plan.method.linear else None
+    dtype = adapters[0][next(iter(adapters[0]))].dtype
     out: Tensors = {}
     tail_total, total_total = 0.0, 0.0
-    for module in module_names(adapters[0], plan.records[0].path):
-        deltas = [_delta(a, module, s) for a, s in zip(adapters, scales)]
-        ref = None if reference is None else _delta(reference, module, s_out)
-        stats = None if statistics is None else [st[base_weight_name(module)] for st in statistics]
-        merged = merge_tensors(plan.method, deltas, plan.weights, ref, plan.params_for(stats),
-                               plan.generator(module))
-        b, a, tail, total = refactor(merged, r, s_out)
-        dtype = adapters[0][f"{module}.lora_A.weight"].dtype
-        out[f"{module}.lora_A.weight"], out[f"{module}.lora_B.weight"] = a.to(dtype), b.to(dtype)
-        errors[module] = math.sqrt(tail / total) if total > 0 else 0.0
-        tail_total, total_total = tail_total + tail, total_total + total
+    for module in plan.modules:
+        if linear is not None:
+            factors = _factor_linear(plan, module, adapters, reference, linear)
+        else:
+            factors = _factor_merged(plan, module, adapters, reference, statistics)
+        out[_a(module)], out[_b(module)] = factors.a.to(dtype), factors.b.to(dtype)
+        errors[module] = factors.relative_error
+        tail_total, total_total = tail_total + factors.tail, total_total + factors.total
     errors["__overall__"] = math.sqrt(tail_total / total_total) if total_total > 0 else 0.0
     return out
 
 
-def _concat_alpha(record: CheckpointRecord, rank: int) -> float:
-    """The lora_alpha that keeps the first adapter's scale at the new rank."""
-    scale = record.lora_scale
-    alpha = scale * (math.sqrt(rank) if record.use_rslora else rank)
+def merge_concat(plan: MergePlan, adapters: Sequence[Tensors], reference: Tensors | None) -> Tensors:
+    """Stack cᵢ·Aᵢ and (sᵢ/s)·Bᵢ: exact for linear methods, at rank Σ rᵢ (+ the reference's if it counts).
+
+    A block for a module an adapter lacks gets B = 0 and a PEFT-style A (ΔW unchanged, still trainable).
+    """
+    linear = plan.method.linear_coefficients(plan.weights, plan.params)
+    assert linear is not None  # check_records refuses concat with non-linear methods
+    coefficients, ref_coefficient = linear
+    parts = [(t, c, rec.lora_scale, rec.lora_r or 0) for t, c, rec in zip(adapters, coefficients, plan.records)]
+    if reference is not None and ref_coefficient != 0:
+        ref_rank = next(t.shape[0] for n, t in reference.items() if ".lora_A." in n)
+        parts.append((reference, ref_coefficient, plan.records[0].lora_scale, ref_rank))
+    plan.lora_rank = sum(rank for *_, rank in parts)
+    dtype = adapters[0][next(iter(adapters[0]))].dtype
+    out: Tensors = {}
+    for module, (out_features, in_features) in plan.modules.items():
+        blocks_a, blocks_b = [], []
+        for tensors, coefficient, scale, rank in parts:
+            if _a(module) in tensors:
+                blocks_a.append(coefficient * tensors[_a(module)].float())
+                blocks_b.append(scale / plan.output_scale * tensors[_b(module)].float())
+            else:
+                blocks_a.append(peft_init_rows(rank, in_features, plan.generator(module + "/fill")).float())
+                blocks_b.append(torch.zeros(out_features, rank))
+        out[_a(module)], out[_b(module)] = torch.cat(blocks_a).to(dtype), torch.cat(blocks_b, dim=1).to(dtype)
+    return out
+
+
+def _alpha_for(record: CheckpointRecord, rank: int) -> float:
+    """The lora_alpha that keeps ``record``'s scale at ``rank``."""
+    alpha = record.lora_scale * (math.sqrt(rank) if record.use_rslora else rank)
     return int(round(alpha)) if abs(alpha - round(alpha)) < 1e-9 else alpha
 
 
-def merge_concat(plan: MergePlan, adapters: Sequence[Tensors], reference: Tensors | None) -> tuple[Tensors, int]:
-    """Stack c_i·A_i and s_i/s_out·B_i: exact for linear methods, at rank Σ r_i (+ r if the reference counts)."""
-    linear = plan.method.linear_coefficients(plan.weights, plan.params)
-    if linear is None:
-        raise MergeError(f"lora_mode concat only supports average/task_arithmetic, not {plan.method.name}", None,
-                         "use lora_mode delta")
-    coefficients, ref_coefficient = linear
-    scales = [rec.lora_scale for rec in plan.records]
-    parts = list(zip(adapters, coefficients, scales))
-    if reference is not None and ref_coefficient != 0 and any(
-            t.count_nonzero() for n, t in reference.items() if ".lora_B." in n):
-        parts.append((reference, ref_coefficient, plan.records[0].lora_scale))
-    rank = sum(t[next(n for n in t if ".lora_A." in n)].shape[0] for t, _, _ in parts)
-    s_out = plan.records[0].lora_scale  # _concat_alpha keeps this scale at the new rank
-    out: Tensors = {}
-    for module in module_names(adapters[0], plan.records[0].path):
-        a_name, b_name = f"{module}.lora_A.weight", f"{module}.lora_B.weight"
-        out[a_name] = torch.cat([c * t[a_name].float() for t, c, _ in parts]).to(adapters[0][a_name].dtype)
-        out[b_name] = torch.cat([s / s_out * t[b_name].float() for t, _, s in parts], dim=1).to(
-            adapters[0][b_name].dtype)
-    return out, rank
-
-
-def write_adapter(plan: MergePlan, tensors: Tensors, out_dir: Path, rank: int | None = None) -> None:
-    """adapter_config.json from the first adapter (r/alpha updated when the rank changes) + the weights."""
-    first = plan.records[0]
-    config = json.loads((Path(first.path) / ADAPTER_CONFIG).read_text())
-    if rank is not None and rank != first.lora_r:
-        config["r"], config["lora_alpha"] = rank, _concat_alpha(first, rank)
+def write_adapter(plan: MergePlan, tensors: Tensors, out_dir: Path) -> None:
+    """adapter_config.json from the template adapter (r/alpha for the output rank, targets united) + weights."""
+    template = plan.template or plan.records[0]
+    config = json.loads((Path(template.path) / ADAPTER_CONFIG).read_text())
+    if plan.lora_rank is not None and plan.lora_rank != template.lora_r:
+        config["r"], config["lora_alpha"] = plan.lora_rank, _alpha_for(template, plan.lora_rank)
+    targets = {tuple(sorted(r.target_modules or [])) for r in plan.records}
+    if len(targets) > 1:
+        config["target_modules"] = sorted({t for group in targets for t in group})
     (out_dir / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
     save_file({n: t.contiguous() for n, t in tensors.items()}, str(out_dir / ADAPTER_WEIGHTS),
               metadata={"format": "pt"})
 
 
 def merge_lora(plan: MergePlan, out_dir: Path, statistics: Sequence[Tensors] | None = None) -> dict[str, float]:
-    """Merge the plan's adapters into a PEFT adapter dir; returns SVD errors per module (delta mode)."""
+    """Merge the plan's adapters into a PEFT adapter dir; returns factorization errors per module (delta mode)."""
     adapters = []
     for record in plan.records:
         tensors = load_adapter(record.path)
@@ -180,14 +224,13 @@ def merge_lora(plan: MergePlan, out_dir: Path, statistics: Sequence[Tensors] | N
         adapters.append(tensors)
     reference = load_reference(plan)
     errors: dict[str, float] = {}
-    rank = None
     if plan.lora_mode == "ab":
         merged = merge_ab(plan, adapters, reference)
     elif plan.lora_mode == "delta":
         merged = merge_delta(plan, adapters, reference, statistics, errors)
     else:
-        merged, rank = merge_concat(plan, adapters, reference)
+        merged = merge_concat(plan, adapters, reference)
     for name, tensor in merged.items():
         require_finite(tensor, name, "the merged output")
-    write_adapter(plan, merged, out_dir, rank)
+    write_adapter(plan, merged, out_dir)
     return errors

@@ -13,6 +13,7 @@ from mashup.config import MergeConfig
 from mashup.errors import MergeError
 from mashup.library.records import CheckpointRecord
 from mashup.merging.base import MergeMethod, MergeParams
+from mashup.merging.compat import check_records, lora_modules, output_rank, resolve_lora_mode
 from mashup.merging.registry import get_merge_method
 
 logger = logging.getLogger(__name__)
@@ -20,15 +21,18 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class MergePlan:
-    """Everything a merge needs, resolved: method, weights, per-tensor parameters, warnings."""
+    """Everything a merge needs, resolved: method, weights, per-tensor parameters, LoRA layout, warnings."""
 
     method: MergeMethod
     records: list[CheckpointRecord]
     weights: list[float]
     params: MergeParams
-    config: MergeConfig  # resolved: weights, normalize and lora_mode filled in
+    config: MergeConfig  # resolved: weights, density, normalize, lora_mode and lora_rank filled in
     kind: str
     lora_mode: str | None
+    lora_rank: int | None = None  # output rank (ab: the common rank, delta: resolved, concat: set by the merge)
+    template: CheckpointRecord | None = None  # whose adapter_config.json the output starts from
+    modules: dict[str, tuple[int, int]] = field(default_factory=dict)  # delta/concat: all modules → (out, in)
     warnings: list[str] = field(default_factory=list)
 
     def warn(self, message: str) -> None:
@@ -46,44 +50,52 @@ class MergePlan:
     def params_for(self, statistics: Sequence[torch.Tensor] | None) -> MergeParams:
         return self.params if statistics is None else replace(self.params, statistics=list(statistics))
 
-
-def _check_same(records: Sequence[CheckpointRecord], attribute: str, what: str) -> None:
-    first = getattr(records[0], attribute)
-    for record in records[1:]:
-        if getattr(record, attribute) != first:
-            raise MergeError(f"{what} differs: {record.id or record.path} has {getattr(record, attribute)!r}, "
-                             f"{records[0].id or records[0].path} has {first!r}", None,
-                             "merge only checkpoints that share it")
+    @property
+    def output_scale(self) -> float:
+        """The LoRA scale of the output adapter: the template's (its alpha is rewritten to keep it)."""
+        assert self.template is not None
+        return self.template.lora_scale
 
 
-def _check_records(records: Sequence[CheckpointRecord]) -> None:
-    _check_same(records, "kind", "checkpoint kind")
-    if records[0].kind == "lora":
-        if any(r.use_dora for r in records):
-            raise MergeError("DoRA adapters cannot be merged", None, "use plain LoRA adapters")
-        _check_same(records, "lora_r", "LoRA rank")
-        _check_same(records, "target_modules", "LoRA target modules")
-        _check_same(records, "use_rslora", "use_rslora (rsLoRA and LoRA scale differently)")
-    first = records[0].shapes
-    for record in records[1:]:
-        if record.shapes.keys() != first.keys():
-            missing = sorted(set(first) ^ set(record.shapes))[:3]
-            raise MergeError(f"tensor names differ between checkpoints (e.g. {missing})", record.path)
-        bad = next((n for n in first if record.shapes[n] != first[n]), None)
-        if bad is not None:
-            raise MergeError(f"tensor {bad} has shape {record.shapes[bad]} but {first[bad]} in "
-                             f"{records[0].id or records[0].path}", record.path, "merge checkpoints of one base")
+def _mode_warnings(method: MergeMethod, config: MergeConfig, mode: str) -> list[str]:
+    requested = config.lora_mode
+    if method.statistic is not None and requested not in (None, "delta"):
+        return [f"{method.name} merges LoRA adapters in delta space; lora_mode '{requested}' became 'delta'"]
+    if requested == "ab" and not method.linear:
+        return [f"lora_mode ab with {method.name}: trimming, dropping or sign election act on A and B "
+                f"separately, which has no clear meaning for ΔW = s·B·A; lora_mode delta (the default for "
+                f"{method.name}) applies them to ΔW"]
+    if config.lora_rank is not None and mode != "delta":
+        return [f"lora_rank {config.lora_rank} is ignored in lora_mode {mode} (it sets the delta-mode rank)"]
+    return []
 
 
-def _resolve_lora_mode(plan_method: MergeMethod, config: MergeConfig, warnings: list[str]) -> str:
-    mode = config.lora_mode
-    if plan_method.statistic is not None and mode != "delta":
-        warnings.append(f"{plan_method.name} merges LoRA adapters in delta space; lora_mode '{mode}' became 'delta'")
-        return "delta"
-    if mode == "concat" and plan_method.name not in ("average", "task_arithmetic"):
-        raise MergeError(f"lora_mode concat only supports average/task_arithmetic, not {plan_method.name}", None,
-                         "use lora_mode delta (exact ΔW merge, then SVD) or ab")
-    return mode
+def _setting_warnings(method: MergeMethod, config: MergeConfig, density: float | None) -> list[str]:
+    warnings = []
+    if config.density is not None and not method.uses_density:
+        warnings.append(f"density {config.density} is ignored by {method.name}")
+    if density is not None and density >= 1.0:
+        verb = "dropped" if getattr(method, "sparsify", None) == "random" else "trimmed"
+        same = "sign election without trimming" if getattr(method, "consensus", False) else "task_arithmetic"
+        warnings.append(f"density 1.0 with {method.name}: nothing is {verb}, so this is plain {same}; give a "
+                        f"density below 1 (the default is {method.default_density})")
+    if config.lambda_ != 1.0 and not method.uses_lambda:
+        warnings.append(f"lambda {config.lambda_} is ignored by {method.name}")
+    return warnings
+
+
+def _lora_layout(plan: MergePlan, requested_rank: int | None) -> None:
+    """Fill in the union of modules (delta/concat), the output rank and the template record (LoRA only)."""
+    if plan.lora_mode == "ab":
+        plan.lora_rank = plan.records[0].lora_r
+    else:
+        for record in plan.records:
+            for module, layer in lora_modules(record).items():
+                plan.modules.setdefault(module, (layer.out_features, layer.in_features))
+        plan.modules = dict(sorted(plan.modules.items()))
+    if plan.lora_mode == "delta":
+        plan.lora_rank = output_rank(plan.records, requested_rank)
+    plan.template = next((r for r in plan.records if r.lora_r == plan.lora_rank), plan.records[0])
 
 
 def build_plan(records: Sequence[CheckpointRecord], config: MergeConfig) -> MergePlan:
@@ -96,19 +108,19 @@ def build_plan(records: Sequence[CheckpointRecord], config: MergeConfig) -> Merg
     if len(weights) != len(records):
         raise MergeError(f"{len(weights)} weights given for {len(records)} checkpoints", None,
                          "give one weight per checkpoint (k must not exceed the checkpoints available)")
-    _check_records(records)
-    warnings: list[str] = []
     kind = records[0].kind
-    lora_mode = _resolve_lora_mode(method, config, warnings) if kind == "lora" else None
+    lora_mode = resolve_lora_mode(method, config.lora_mode) if kind == "lora" else None
+    check_records(records, method, lora_mode)
+    density = method.resolve_density(config.density) if method.uses_density else None
     normalize = method.resolve_normalize(config.normalize)
-    resolved = config.model_copy(update={"weights": weights, "normalize": normalize,
-                                         "lora_mode": lora_mode or config.lora_mode})
-    params = MergeParams(density=config.density, lambda_=config.lambda_, normalize=normalize, sign=config.sign)
-    plan = MergePlan(method, records, weights, params, resolved, kind, lora_mode)
-    for message in warnings:
+    params = MergeParams(density=density, lambda_=config.lambda_, normalize=normalize, sign=config.sign)
+    plan = MergePlan(method, records, weights, params, config, kind, lora_mode)
+    if kind == "lora":
+        _lora_layout(plan, config.lora_rank)
+    plan.config = config.model_copy(update={
+        "weights": weights, "density": density, "normalize": normalize, "lora_mode": lora_mode,
+        "lora_rank": plan.lora_rank if lora_mode == "delta" else None})
+    mode_warnings = _mode_warnings(method, config, lora_mode) if lora_mode is not None else []
+    for message in mode_warnings + _setting_warnings(method, config, density):
         plan.warn(message)
-    if config.density != 1.0 and not method.uses_density:
-        plan.warn(f"density {config.density} is ignored by {method.name}")
-    if config.lambda_ != 1.0 and not method.uses_lambda:
-        plan.warn(f"lambda {config.lambda_} is ignored by {method.name}")
     return plan

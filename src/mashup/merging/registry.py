@@ -54,13 +54,22 @@ def merge_tensors(method: str | MergeMethod, tensors: Sequence[torch.Tensor], we
     return merged.to(dtype)
 
 
+# Default densities (fraction kept). mergekit's code default is 1.0, which keeps everything; these follow
+# the TIES paper (keep the top 20%, k = 20) and PEFT's model-merging guide (density=0.2 for ties and
+# dare_ties). docs/merging.md lists the sources.
+TIES_DENSITY = 0.2
+DARE_DENSITY = 0.2
+
+
 def _register_builtin() -> None:
     register_merge_method("average", AverageMerge)
     register_merge_method("task_arithmetic", TaskArithmeticMerge)
-    register_merge_method("ties", TaskArithmeticMerge, sparsify="magnitude", consensus=True, default_normalize=True)
-    register_merge_method("dare_linear", TaskArithmeticMerge, sparsify="random")
-    register_merge_method("dare_ties", TaskArithmeticMerge, sparsify="random", consensus=True)
-    register_merge_method("magnitude_prune", TaskArithmeticMerge, sparsify="magnitude")
+    register_merge_method("ties", TaskArithmeticMerge, sparsify="magnitude", consensus=True, default_normalize=True,
+                          default_density=TIES_DENSITY)
+    register_merge_method("dare_linear", TaskArithmeticMerge, sparsify="random", default_density=DARE_DENSITY)
+    register_merge_method("dare_ties", TaskArithmeticMerge, sparsify="random", consensus=True,
+                          default_density=DARE_DENSITY)
+    register_merge_method("magnitude_prune", TaskArithmeticMerge, sparsify="magnitude", default_density=TIES_DENSITY)
     register_merge_method("fisher", FisherMerge)
     register_merge_method("regmean", RegMeanMerge)
 

@@ -22,8 +22,9 @@ logger = logging.getLogger(__name__)
 Tensors = dict[str, torch.Tensor]
 
 
-def _lora_weight_names(record: CheckpointRecord) -> set[str]:
-    return {base_weight_name(name.split(".lora_A.")[0]) for name in record.shapes if ".lora_A." in name}
+def _lora_weight_names(plan: MergePlan) -> set[str]:
+    """Base weights adapted by any of the plan's adapters (one that lacks a module contributes ΔW = 0 there)."""
+    return {base_weight_name(module) for module in plan.modules}
 
 
 def load_checkpoint_model(record: CheckpointRecord, base_model_dir: Path) -> PreTrainedModel:
@@ -37,7 +38,7 @@ def load_checkpoint_model(record: CheckpointRecord, base_model_dir: Path) -> Pre
 def _statistics_for(model: PreTrainedModel, plan: MergePlan, record: CheckpointRecord,
                     batches: Sequence[dict[str, torch.Tensor]]) -> Tensors:
     limit = plan.config.fisher_samples
-    wanted = _lora_weight_names(record) if record.kind == "lora" else None
+    wanted = _lora_weight_names(plan) if record.kind == "lora" else None
     if plan.method.statistic == "gram":
         grams = estimate_gram(model, batches, limit)
         return grams if wanted is None else {n: g for n, g in grams.items() if n in wanted}

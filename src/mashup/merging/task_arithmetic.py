@@ -64,12 +64,14 @@ class TaskArithmeticMerge(MergeMethod):
     uses_lambda = True
 
     def __init__(self, name: str, *, sparsify: Sparsify = "none", consensus: bool = False,
-                 default_normalize: bool = False) -> None:
+                 default_normalize: bool = False, default_density: float | None = None) -> None:
         super().__init__(name)
         self.sparsify = sparsify
         self.consensus = consensus
         self.default_normalize = default_normalize
         self.uses_density = sparsify != "none"
+        self.default_density = default_density if self.uses_density else None
+        self.linear = not self.uses_density and not consensus
 
     def default_weights(self, k: int) -> list[float]:
         return [1.0] * k
@@ -78,7 +80,7 @@ class TaskArithmeticMerge(MergeMethod):
         return self.default_normalize if normalize is None else normalize
 
     def linear_coefficients(self, weights: Sequence[float], params: MergeParams) -> tuple[list[float], float] | None:
-        if self.sparsify != "none" or self.consensus:
+        if not self.linear:
             return None
         total = sum(weights) if self.resolve_normalize(params.normalize) else 1.0
         total = 1.0 if abs(total) < 1e-8 else total
@@ -89,8 +91,9 @@ class TaskArithmeticMerge(MergeMethod):
               params: MergeParams, generator: torch.Generator | None) -> torch.Tensor:
         dtype = weights.dtype
         base = torch.zeros(tensors[0].shape, dtype=dtype) if reference is None else reference.to(dtype)
-        sparse = self.sparsify != "none" and params.density < 1.0
-        masks = [keep_mask(t.to(dtype) - base, params.density, self.sparsify, generator) if sparse else (None, 1.0)
+        density = self.resolve_density(params.density)
+        sparse = self.sparsify != "none" and density < 1.0
+        masks = [keep_mask(t.to(dtype) - base, density, self.sparsify, generator) if sparse else (None, 1.0)
                  for t in tensors]
         out = torch.empty_like(base)
         for part in chunks(out.numel()):

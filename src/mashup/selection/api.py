@@ -19,10 +19,12 @@ from mashup.workspace import Workspace
 
 def select_checkpoints(workspace: Workspace, records: Sequence[CheckpointRecord], requests: Sequence[EncodedRequest],
                        config: SelectConfig, library_dir: Path | None, *, allow_pickle: bool = False,
-                       progress: ProgressFn | None = None, executor: Executor | None = None) -> Selection:
+                       progress: ProgressFn | None = None, executor: Executor | None = None,
+                       sample_info: dict | None = None) -> Selection:
     """Rank ``records`` on ``requests`` (the seeded sample) with the configured selector and executor.
 
-    Scores are read from and written to the library's score cache unless ``config.cache`` is off.
+    Scores are read from and written to the library's score cache unless ``config.cache`` is off;
+    ``sample_info`` (target, seed, formulation) labels them there.
     An executor passed in is left open (the caller owns it); one made here is closed here.
     """
     selector = get_selector(config.selector)
@@ -36,7 +38,7 @@ def select_checkpoints(workspace: Workspace, records: Sequence[CheckpointRecord]
     stats = SelectionStats(selector=config.selector, executor=executor.name, candidates=len(records),
                            samples=len(requests), exhaustive_tokens=len(records) * sample_tokens(requests))
     unit_size = config.adapters_per_forward or default_adapters_per_forward(workspace.base_dir, settings)
-    store = ScoreStore(library_dir if config.cache else None, workspace.base_dir)
+    store = ScoreStore(library_dir if config.cache else None, workspace.base_dir, sample_info)
     retried_before = executor.retried
     context = SelectionContext(workspace.base_dir, requests, settings, config, executor, factory, store, stats,
                                unit_size=unit_size, library_dir=library_dir if config.cache else None,

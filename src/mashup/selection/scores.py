@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from mashup.data.prompts import EncodedRequest
 from mashup.library import CheckpointRecord
@@ -52,9 +53,10 @@ class PrefixScore:
 class ScoreStore:
     """Read and write prefix means in the library's score cache (``None`` library: no cache)."""
 
-    def __init__(self, library_dir: Path | None, base_dir: Path) -> None:
+    def __init__(self, library_dir: Path | None, base_dir: Path, sample_info: dict[str, Any] | None = None) -> None:
         self.cache = ScoreCache(library_dir) if library_dir is not None else None
         self.base_dir = base_dir
+        self.sample_info = sample_info or {}  # target, seed, formulation: labels the relevance matrix
 
     def lookup(self, requests: Sequence[EncodedRequest], records: Iterable[CheckpointRecord]) -> dict[str, PrefixScore]:
         """Cached scores on exactly these requests, by record id."""
@@ -65,11 +67,14 @@ class ScoreStore:
         out = {}
         for record in records:
             if record.sha256 in found:
-                loss, accuracy, n = found[record.sha256]
-                out[record.id] = PrefixScore(loss * n, round(accuracy * n), n, cached=True)
+                loss, accuracy, n, seconds = found[record.sha256]
+                # a cached score keeps the seconds it cost (0 for rows cached before that was recorded)
+                out[record.id] = PrefixScore(loss * n, round(accuracy * n), n, seconds=seconds or 0.0, cached=True)
         return out
 
     def store(self, requests: Sequence[EncodedRequest], scores: Sequence[tuple[CheckpointRecord, PrefixScore]]) -> None:
         if self.cache is not None and scores:
+            info = {**self.sample_info, "samples": len(requests)}
             self.cache.put(fingerprint(self.base_dir, requests),
-                           [(r.sha256, s.loss, s.accuracy, s.n) for r, s in scores])
+                           [(r.sha256, s.loss, s.accuracy, s.n, s.seconds) for r, s in scores],
+                           target=info.get("target"), sample=info)

@@ -1,0 +1,108 @@
+"""Which library checkpoints selection may rank for a target, decided before anything is scored.
+
+A candidate must be fresh (its files unchanged since registration), fit the base and kind, not have been
+trained on the target (that would leak the target into the comparison), and be mergeable with the
+others under the run's merge settings (same init reference for task-vector methods, same LoRA shape in
+``ab`` mode). Every checkpoint left out is reported with its reason, so selection never pays for a
+candidate the merge would refuse.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+
+from mashup.config import MergeConfig
+from mashup.data.target import TargetData
+from mashup.errors import MashupError
+from mashup.library import CheckpointRecord, Library, partition_compatible
+from mashup.merging import merge_compatibility, reference_key
+from mashup.merging.compat import method_and_mode
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Candidates:
+    """The checkpoints to rank, and the ones left out: ``rejected`` (cannot join) and ``excluded``
+    (trained on the target), each as {"id", "reason"}."""
+
+    records: list[CheckpointRecord]
+    rejected: list[dict[str, str]] = field(default_factory=list)
+    excluded: list[dict[str, str]] = field(default_factory=list)
+
+
+def trained_on(record: CheckpointRecord, target: TargetData) -> bool:
+    """True when the checkpoint saw the target's data: the same data fingerprint, or the same task name."""
+    same_data = record.data_fingerprint is not None and record.data_fingerprint == target.fingerprint
+    trained_task = (record.lineage.get("trained_on") or {}).get("task")
+    return same_data or target.name in {record.task, trained_task}
+
+
+def _same_reference(records: list[CheckpointRecord], merge: MergeConfig
+                    ) -> tuple[list[CheckpointRecord], list[tuple[CheckpointRecord, str]]]:
+    """Task-vector merges need one init reference: keep the largest group of equal references."""
+    method, mode = method_and_mode(merge, records[0].kind)
+    keys: dict[str, str | None] = {}
+    rejected = []
+    for record in records:
+        try:
+            keys[record.id] = reference_key(record, method, mode)
+        except MashupError as exc:
+            rejected.append((record, exc.line()))
+    counts = Counter(keys.values())
+    if len(counts) <= 1:
+        return [r for r in records if r.id in keys], rejected
+    majority = next(key for key in keys.values() if counts[key] == max(counts.values()))
+    for record in records:
+        if record.id in keys and keys[record.id] != majority:
+            rejected.append((record, f"init reference {keys[record.id]} differs from the {counts[majority]} "
+                                     f"candidates' {majority} ({merge.method} merges task vectors from one reference)"))
+    return [r for r in records if keys.get(r.id, object()) == majority], rejected
+
+
+def _mergeable(records: list[CheckpointRecord], merge: MergeConfig
+               ) -> tuple[list[CheckpointRecord], list[tuple[CheckpointRecord, str]]]:
+    if not records:
+        return records, []
+    records, rejected = _same_reference(records, merge)
+    kept = []
+    for record in records:
+        reason = merge_compatibility([records[0], record], merge) if kept else merge_compatibility([record], merge)
+        (rejected.append((record, reason)) if reason else kept.append(record))
+    return kept, rejected
+
+
+def find_candidates(library: Library, base: str, kind: str, target: TargetData, merge: MergeConfig, *,
+                    base_id: str | None = None, include_target: bool = False) -> Candidates:
+    """The library's checkpoints that selection may rank for ``target``, with every exclusion logged."""
+    _, lora_mode = method_and_mode(merge, kind)
+    fresh, stale = library.fresh(library.list())
+    compatible, rejected = partition_compatible(fresh, base, kind, lora_mode=lora_mode or "ab", base_id=base_id)
+    rejected = [(r, f"stale: {reason}") for r, reason in stale] + rejected
+    leaking = [] if include_target else [r for r in compatible if trained_on(r, target)]
+    leaking_ids = {r.id for r in leaking}
+    mergeable, refused = _mergeable([r for r in compatible if r.id not in leaking_ids], merge)
+    rejected += refused
+    for record, reason in rejected:
+        logger.warning("skipping %s: %s", record.id, reason)
+    if leaking:
+        logger.warning("excluded %d checkpoint(s) trained on the target '%s' (%s); pass "
+                       "--include-target-checkpoints to rank them too", len(leaking), target.name,
+                       ", ".join(r.id for r in leaking))
+    return Candidates(mergeable, [{"id": r.id, "reason": reason} for r, reason in rejected],
+                      [{"id": r.id, "reason": f"trained on the target '{target.name}'"} for r in leaking])
+
+
+def describe_shortage(candidates: Candidates, k: int, kind: str, base: str) -> str | None:
+    """Why selection cannot pick ``k``, in one line (None when it can)."""
+    if len(candidates.records) >= max(k, 1):
+        return None
+    left_out = []
+    if candidates.excluded:
+        left_out.append(f"{len(candidates.excluded)} trained on the target")
+    if candidates.rejected:
+        left_out.append(f"{len(candidates.rejected)} incompatible (reasons above)")
+    also = f"; left out: {', '.join(left_out)}" if left_out else ""
+    return f"k={k} but {len(candidates.records)} usable {kind} checkpoint(s) for base '{base}'{also}"

@@ -1,0 +1,223 @@
+"""`mashup experiment`: run every unit of the protocol phase by phase, resumably, then write the report."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from mashup.config import save_config
+from mashup.data.target import TargetData, load_target
+from mashup.errors import MashupError
+from mashup.experiment.config import ExperimentConfig
+from mashup.experiment.estimate import CostModel, Sizes, cost_model, provably_shared, unit_seconds
+from mashup.experiment.executor import Executor, LocalExecutor
+from mashup.experiment.jobs import execute_job
+from mashup.experiment.plan import PHASES, Context, Unit, plan_units, resolve
+from mashup.experiment.report import CONFIG_NAME, config_digest, write_report
+from mashup.experiment.store import ResultStore, unit_file_name
+from mashup.workspace import write_version
+
+logger = logging.getLogger(__name__)
+
+
+class ProgressSink(Protocol):
+    """Told about every unit as it finishes (the CLI shows units done / total, elapsed and ETA)."""
+
+    def start(self, total: int, estimate_seconds: float) -> None: ...
+
+    def advance(self, unit_id: str, estimate_seconds: float, status: str) -> None: ...
+
+
+@dataclass
+class PlannedUnit:
+    unit: Unit
+    estimate_seconds: float
+    recorded: bool
+    shared: bool = False  # its job certainly equals another unit's: it will cost nothing
+
+
+@dataclass
+class ExperimentRun:
+    """What a run did: units computed now, found already done, or served by an equal job's artifact."""
+
+    out: Path
+    computed: list[str] = field(default_factory=list)
+    reused: list[str] = field(default_factory=list)
+    already_done: list[str] = field(default_factory=list)
+    report: Path | None = None
+
+
+def check_base(base: str) -> None:
+    """A named model of this install, a local HF model dir or a Hub id; a clear error for anything else."""
+    from mashup.named_models import NAMED_MODELS
+
+    if base in NAMED_MODELS or Path(base).expanduser().is_dir():
+        return
+    if base.count("/") == 1 and not base.startswith((".", "/", "~")):
+        return  # a Hub id: resolved (downloaded once) when the first unit opens it
+    raise MashupError(f"base model '{base}' is not available: not a named model of this install, a local model "
+                      "dir or a Hub id", None,
+                      f"use one of the named models ({', '.join(sorted(NAMED_MODELS))}), a local HF model dir, or "
+                      "install the mashup version that ships this named model")
+
+
+def _preflight(config: ExperimentConfig) -> dict[str, TargetData]:
+    from mashup.merging import merge_method_names
+
+    check_base(config.base)
+    methods = {config.merge_method, *(config.merge_grid.methods if config.merge_grid else [])}
+    unknown = sorted(methods - set(merge_method_names()))
+    if unknown:
+        raise MashupError(f"unknown merge method(s) {unknown}", None, f"use: {', '.join(merge_method_names())}")
+    return {task.name: load_target(config.data_config(task)) for task in config.tasks}
+
+
+def _given_library(config: ExperimentConfig, targets: dict[str, TargetData]) -> tuple[dict[str, int], dict | None]:
+    """Candidates per target in a given library, and the one LoRA shape both arms then share."""
+    from mashup.library import Library, partition_compatible
+    from mashup.verbs import trained_on
+
+    compatible, _ = partition_compatible(Library(config.library).list(), config.base, config.mode)
+    counts = {name: sum(not trained_on(r, target) for r in compatible) for name, target in targets.items()}
+    short = {name: n for name, n in counts.items() if n < config.k}
+    if short:
+        raise MashupError(f"the library has fewer than k={config.k} compatible checkpoints not trained on {short}",
+                          config.library, "add checkpoints or lower k")
+    if config.mode != "lora":
+        return counts, None
+    shapes = {(r.lora_r, r.lora_alpha, tuple(r.target_modules or ()), r.use_rslora) for r in compatible}
+    if len(shapes) != 1:
+        raise MashupError(f"the library's LoRA adapters come in {len(shapes)} shapes (r, alpha, targets, rsLoRA)",
+                          config.library, "both arms must share one shape: use a library of one shape")
+    r, alpha, targets, rslora = shapes.pop()
+    return counts, {"lora_r": r, "lora_alpha": alpha, "target_modules": list(targets), "use_rslora": rslora}
+
+
+def _library_digest(library_dir: str) -> str:
+    from mashup.library import Library
+
+    rows = sorted(f"{r.id}:{r.sha256}:{r.task}:{r.base_model}" for r in Library(library_dir).list())
+    return hashlib.sha256("\n".join(rows).encode()).hexdigest()
+
+
+@dataclass
+class _Session:
+    """Run-wide state: the config, the store, the records so far, and the cost model for estimates."""
+
+    config: ExperimentConfig
+    store: ResultStore
+    ctx: Context
+    sizes: dict[str, Sizes]
+    candidates: dict[str, int]
+    model: CostModel
+    digest: str
+
+    def estimate(self, unit: Unit) -> float:
+        return unit_seconds(unit, self.config, self.sizes[unit.task], self.model, self.candidates[unit.task])
+
+
+def _open_session(config: ExperimentConfig, store: ResultStore) -> _Session:
+    from mashup.models import default_device, resolve_precision
+
+    targets = _preflight(config)
+    # the experiment's own library is named relative to its dir, so moving the dir keeps every job key
+    library = str(Path(config.library).resolve()) if config.library else store.library_dir.name
+    if config.library is None:
+        candidates, shape = {name: len(targets) - 1 for name in targets}, None
+    else:
+        candidates, shape = _given_library(config, targets)
+    ctx = Context(config=config, root=str(store.root), precision=resolve_precision(config.precision,
+                                                                                   default_device()),
+                  library=library, lora_shape=shape)
+    sizes = {name: Sizes(len(t.train), len(t.validation), len(t.test)) for name, t in targets.items()}
+    return _Session(config, store, ctx, sizes, candidates, cost_model(config), config_digest(config))
+
+
+def plan_experiment(config: ExperimentConfig) -> list[PlannedUnit]:
+    """Every planned unit with its estimated seconds, and whether a record for it exists (for --dry-run)."""
+    store = ResultStore(config.out)
+    session = _open_session(config, store)
+    plan = plan_units(config, session.candidates)
+    recorded = {path.name for path in store.units_dir.glob("*.json")} if store.units_dir.is_dir() else set()
+    shared = provably_shared(plan, config, session.candidates)
+    scale = measured_scale(store)
+    return [PlannedUnit(unit, scale * session.estimate(unit), unit_file_name(unit.id) in recorded, unit.id in shared)
+            for phase in PHASES for unit in plan[phase]]
+
+
+def measured_scale(store: ResultStore) -> float:
+    """Measured / estimated seconds of the units this dir computed so far (1.0 before any): on hardware
+    unlike the cost model's, the first finished units recalibrate the estimate of the rest."""
+    pairs = [(r["seconds"], r["estimate_seconds"]) for r in store.records().values()
+             if not r.get("reused") and r.get("estimate_seconds")] if store.units_dir.is_dir() else []
+    estimated = sum(e for _, e in pairs)
+    return sum(s for s, _ in pairs) / estimated if estimated > 0 else 1.0
+
+
+def run_experiment(config: ExperimentConfig, *, executor: Executor | None = None,
+                   progress: ProgressSink | None = None) -> ExperimentRun:
+    """Run (or resume) the whole protocol into ``config.out`` and write the report there."""
+    executor = executor or LocalExecutor()
+    store = ResultStore(config.out)
+    outcome = ExperimentRun(out=store.root)
+    session = _open_session(config, store)  # every check before anything is written
+    with store.open():
+        save_config(config, store.root / CONFIG_NAME)
+        write_version(store.root)
+        plan = plan_units(config, session.candidates)
+        if progress:
+            shared = provably_shared(plan, config, session.candidates)
+            progress.start(sum(len(units) for units in plan.values()),
+                           sum(session.estimate(u) for units in plan.values() for u in units if u.id not in shared))
+        for phase in PHASES:
+            if phase == "selection":
+                session.ctx.library_digest = _library_digest(str(store.root / session.ctx.library))
+            _run_phase(plan[phase], session, executor, progress, outcome)
+    outcome.report = write_report(store.root, config)
+    return outcome
+
+
+def _run_phase(units: list[Unit], session: _Session, executor: Executor, progress: ProgressSink | None,
+               outcome: ExperimentRun) -> None:
+    """Resolve the phase's units; record those already done; run each distinct remaining job once."""
+    pending: dict[str, tuple[Any, list[Unit]]] = {}
+    for unit in units:
+        job = resolve(unit, session.ctx)
+        record = session.store.valid_record(unit.id, job.key())
+        if record is None:
+            pending.setdefault(job.key(), (job, []))[1].append(unit)
+            continue
+        if record.get("config_digest") != session.digest:  # the same work under a changed config: confirm it
+            session.store.write(unit.id, {**record, "config_digest": session.digest})
+        session.ctx.records[unit.id] = {**record, "config_digest": session.digest}
+        outcome.already_done.append(unit.id)
+        if progress:
+            progress.advance(unit.id, session.estimate(unit), "done")
+    # a job an earlier phase already computed (equal work under another unit) is read here, not sent out
+    finished = [(job, group) for job, group in pending.values() if session.store.has_artifact(job.artifact)]
+    work = [(job, group) for job, group in pending.values() if not session.store.has_artifact(job.artifact)]
+    results = itertools.chain((execute_job(job) for job, _ in finished),
+                              executor.map(execute_job, [job for job, _ in work]))
+    for (job, group), result in zip(finished + work, results):
+        for unit in group:
+            status = "reused" if result["reused"] or unit is not group[0] else "computed"
+            record = _unit_record(unit, job, result, status == "reused", session)
+            session.store.write(unit.id, record)
+            session.ctx.records[unit.id] = record
+            (outcome.reused if status == "reused" else outcome.computed).append(unit.id)
+            if progress:
+                progress.advance(unit.id, session.estimate(unit), status)
+
+
+def _unit_record(unit: Unit, job: Any, result: dict[str, Any], reused: bool, session: _Session) -> dict[str, Any]:
+    """What a finished unit records: its job (key and spec), outputs' hashes, result and timing."""
+    return {"unit": unit.id, "fields": asdict(unit), "key": job.key(), "artifact": job.artifact,
+            "outputs": result["outputs"], "result": result["result"], "reused": reused,
+            "seconds": result["seconds"], "estimate_seconds": session.estimate(unit),
+            "config_digest": session.digest, "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "job": job.model_dump(mode="json", exclude={"root", "initial"})}

@@ -1,0 +1,85 @@
+"""Whether a catalog entry still describes the bytes on disk.
+
+The cheap check compares each weight file's size, mtime, ctime and inode with those recorded when it
+was hashed; only when they differ is the file hashed again. Same bytes: the entry is fresh (with new
+stats to record). Other bytes or missing files: the entry is stale, with the reason.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+from mashup.errors import MashupError
+from mashup.io import sha256_files, stat_files, weight_files
+from mashup.library.records import CheckpointRecord
+
+Status = Literal["ok", "missing", "changed"]
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+@dataclass
+class Freshness:
+    record: CheckpointRecord
+    status: Status
+    reason: str | None = None
+    new_stats: list[dict[str, Any]] | None = None  # set when the stats changed but the bytes did not
+    rehashed: bool = False
+
+
+def check_freshness(record: CheckpointRecord, *, rehash: bool = False) -> Freshness:
+    """Compare ``record`` with its files; ``rehash`` hashes even when the stats are unchanged (verify)."""
+    path = Path(record.path)
+    if not path.is_dir():
+        return Freshness(record, "missing", f"checkpoint dir {path} is gone")
+    try:
+        files = weight_files(path, allow_pickle=True)
+        current = stat_files(files)
+    except (MashupError, OSError):
+        return Freshness(record, "missing", f"no weight files left in {path}")
+    names = [s["name"] for s in current]
+    stored = record.file_stats
+    if stored and [s["name"] for s in stored] != names:
+        return Freshness(record, "changed", f"weight files are now {', '.join(names)}, were "
+                                            f"{', '.join(s['name'] for s in stored)}")
+    if stored == current and not rehash:
+        return Freshness(record, "ok")
+    try:
+        digest = sha256_files(files)
+    except OSError as exc:
+        return Freshness(record, "missing", f"cannot read {path} ({exc.strerror})")
+    if digest != record.sha256:
+        return Freshness(record, "changed", f"weights changed since registration (sha256 {record.sha256[:12]} "
+                                            f"now {digest[:12]}) in {path}")
+    return Freshness(record, "ok", new_stats=None if stored == current else current, rehashed=True)
+
+
+def parallel_map(func: Callable[[T], R], items: Sequence[T], workers: int | None = None,
+                 progress: Callable[[int, int], None] | None = None) -> list[R]:
+    """``[func(x) for x in items]`` on threads (hashing and safetensors reads release the GIL), in order.
+
+    On an error the items not started yet are dropped, and the first error in item order is raised.
+    """
+    total = len(items)
+    with ThreadPoolExecutor(max_workers=max(1, min(workers or default_workers(), total))) as pool:
+        futures = [pool.submit(func, item) for item in items]
+        for count, future in enumerate(as_completed(futures), 1):
+            if future.exception() is not None:
+                for other in futures:
+                    other.cancel()
+                break
+            if progress:
+                progress(count, total)
+    for future in futures:
+        if not future.cancelled() and future.exception() is not None:
+            raise future.exception()  # type: ignore[misc]
+    return [f.result() for f in futures]
+
+
+def default_workers() -> int:
+    return min(8, 2 * (os.cpu_count() or 1))

@@ -1,0 +1,149 @@
+"""Base models identified by content, so that an alias (``smollm2-135m``), its resolved cache dir, a Hub id
+and any spelling of the same path are one base.
+
+The identity is a digest of the model's config (canonical JSON, without name/path/version fields) and of
+its weight files. Hashing a base's weights costs seconds once; the result is cached (in
+``$MASHUP_CACHE/identities.sqlite``) under the dir's path and its files' sizes and mtimes, so later calls
+cost a few ``stat`` calls. Resolution never touches the network: a named model counts only once
+converted, a Hub id only when already in the local Hugging Face cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+
+from mashup.errors import MashupError
+from mashup.io import sha256_files, stat_files, weight_files
+from mashup.library.db import ensure_table, read_connection, select_rows, write_transaction
+from mashup.library.records import CheckpointRecord
+
+logger = logging.getLogger(__name__)
+
+CACHE_NAME = "identities.sqlite"
+_CACHE_COLUMNS = {"key": "TEXT", "identity": "TEXT", "path": "TEXT"}
+# fields that name or date a model rather than define it
+_NAME_FIELDS = frozenset({"_name_or_path", "name_or_path", "transformers_version", "_commit_hash"})
+
+
+def _cache_path() -> Path:
+    from mashup.named_models import cache_root
+
+    return cache_root() / CACHE_NAME
+
+
+def _canonical_config(config_path: Path) -> bytes:
+    try:
+        config = json.loads(config_path.read_text())
+    except (OSError, ValueError) as exc:
+        raise MashupError(f"cannot read the base's config ({exc})", str(config_path), "fix the model dir") from None
+    if isinstance(config, dict):
+        config = {k: v for k, v in config.items() if k not in _NAME_FIELDS}
+    return json.dumps(config, sort_keys=True, separators=(",", ":")).encode()
+
+
+def base_identity(model_dir: str | Path) -> str:
+    """Content digest of a local HF model dir: canonical config plus weights; cached by path, size and mtime."""
+    model_dir = Path(model_dir).expanduser().resolve()
+    files = weight_files(model_dir, allow_pickle=True)
+    stats = stat_files([model_dir / "config.json", *files])  # stat before hashing, as the catalog does
+    key = hashlib.sha256(json.dumps([str(model_dir), [(s["name"], s["size"], s["mtime_ns"]) for s in stats]])
+                         .encode()).hexdigest()
+    cached = _cache_get(key)
+    if cached:
+        return cached
+    digest = hashlib.sha256(b"config:" + _canonical_config(model_dir / "config.json"))
+    digest.update(b"weights:" + sha256_files(files).encode())
+    identity = digest.hexdigest()
+    _cache_put(key, identity, model_dir)
+    return identity
+
+
+def _cache_get(key: str) -> str | None:
+    try:
+        with read_connection(_cache_path(), "identity cache") as conn:
+            rows = select_rows(conn, "identities", ["identity"], "WHERE key = ?", (key,))
+    except MashupError as exc:
+        logger.warning("not using the base identity cache: %s", exc.line())
+        return None
+    return rows[0]["identity"] if rows else None
+
+
+def _cache_put(key: str, identity: str, model_dir: Path) -> None:
+    try:
+        with write_transaction(_cache_path(), "identity cache",
+                               lambda conn: ensure_table(conn, "identities", _CACHE_COLUMNS, "key")) as conn:
+            conn.execute("INSERT OR REPLACE INTO identities (key, identity, path) VALUES (?, ?, ?)",
+                         (key, identity, str(model_dir)))
+    except MashupError as exc:  # a cache: the identity is still right, only the next call is slower
+        logger.warning("cannot cache the base identity: %s", exc.line())
+
+
+def local_base_dir(base: str) -> Path | None:
+    """The local model dir ``base`` names, found without any network access; None if there is none yet."""
+    from mashup.named_models import NAMED_MODELS, default_cache_dir, is_converted
+
+    if base in NAMED_MODELS:
+        converted = default_cache_dir() / base
+        return converted if is_converted(converted) else None
+    path = Path(base).expanduser()
+    if path.is_dir():
+        return path if (path / "config.json").is_file() else None
+    if base.count("/") != 1 or base.startswith((".", "/", "~")):
+        return None
+    try:
+        from huggingface_hub import snapshot_download
+
+        snapshot = Path(snapshot_download(base, local_files_only=True))
+    except Exception:  # not in the local HF cache (or no hub library): unresolvable offline, by design
+        return None
+    return snapshot if (snapshot / "config.json").is_file() else None
+
+
+def resolve_identity(base: str) -> str | None:
+    """``base_identity`` of what ``base`` names locally, or None when it cannot be resolved offline."""
+    model_dir = local_base_dir(base)
+    if model_dir is None:
+        return None
+    try:
+        return base_identity(model_dir)
+    except MashupError as exc:  # e.g. a dir without weight files: fall back to comparing names
+        logger.debug("no identity for base %s: %s", base, exc.line())
+        return None
+
+
+def _same_spelling(a: str, b: str) -> bool:
+    if a == b:
+        return True
+    if any(s.startswith(("/", ".", "~")) or Path(s).expanduser().exists() for s in (a, b)):
+        return Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
+    return False
+
+
+class BaseMatcher:
+    """Whether records were made on a given base: by content identity where both sides resolve locally,
+    else by spelling (equal strings or the same resolved path). Identities are resolved once per spelling."""
+
+    def __init__(self, base: str, identity: str | None = None) -> None:
+        self.base = base
+        self.identity = identity if identity is not None else resolve_identity(base)
+        self._resolved: dict[str, str | None] = {}
+
+    def record_identity(self, record: CheckpointRecord) -> str | None:
+        if record.base_identity:
+            return record.base_identity
+        if record.base_model not in self._resolved:
+            self._resolved[record.base_model] = resolve_identity(record.base_model)
+        return self._resolved[record.base_model]
+
+    def mismatch(self, record: CheckpointRecord) -> str | None:
+        """Why ``record`` is not on this base, or None if it is."""
+        other = self.record_identity(record)
+        if self.identity and other:
+            if other == self.identity:
+                return None
+            return f"base model '{record.base_model}' has other content than '{self.base}'"
+        return None if _same_spelling(record.base_model, self.base) else \
+            f"base model is '{record.base_model}', not '{self.base}'"

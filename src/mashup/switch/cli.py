@@ -1,0 +1,135 @@
+"""`mashup switch ...`: a thin typer layer over mashup.switch's functions."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from mashup.cli_options import PrecisionOpt
+from mashup.config import load_config
+from mashup.switch.config import CollectConfig, RewardConfig, SwitchConfig, SwitchEvalConfig, default_switcher_training
+
+switch_app = typer.Typer(no_args_is_help=True, help="Switch Generation: checkpoints take turns writing a response "
+                                                    "(arXiv 2510.09913).")
+err = Console(stderr=True)
+
+ConfigOpt = Annotated[Path, typer.Option("--config", help="switch config YAML: candidates, generation, switcher")]
+OutOpt = Annotated[Path, typer.Option("--out", help="output dir")]
+TaskOpt = Annotated[str, typer.Option("--task", help="gsm8k, arithmetic, or a multiple-choice task")]
+SegmentOpt = Annotated[Optional[int], typer.Option("--segment-tokens", help="new tokens per segment (config: 50)")]
+MaxNewOpt = Annotated[Optional[int], typer.Option("--max-new-tokens", help="response length cap (config: 200)")]
+RewardOpt = Annotated[str, typer.Option("--reward", help="number_match | number_closeness | choice_cloze | auto")]
+ModeOpt = Annotated[str, typer.Option("--reward-mode", help="choice_cloze reward: binary | margin")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="machine-readable output on stdout")]
+
+
+def _config(path: Path, segment_tokens: int | None = None, max_new_tokens: int | None = None,
+            adapter: str | None = None, precision: str | None = None) -> SwitchConfig:
+    config = load_config(path, SwitchConfig)
+    if precision:
+        config = config.model_copy(update={"precision": precision})
+    updates = {k: v for k, v in {"segment_tokens": segment_tokens, "max_new_tokens": max_new_tokens}.items() if v}
+    config = config.model_copy(update={"generation": config.generation.model_copy(update=updates)})
+    if adapter:
+        config = config.model_copy(update={"switcher": config.switcher.model_copy(update={"adapter": adapter})})
+    return SwitchConfig.model_validate(config.model_dump())
+
+
+def _emit(data: Any, as_json: bool, text: str) -> None:
+    if as_json:
+        sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+    else:
+        Console().print(text, highlight=False, soft_wrap=True)
+
+
+def _bar() -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                    TimeElapsedColumn(), TimeRemainingColumn(), console=err)
+
+
+@switch_app.command("collect")
+def collect_cmd(config: ConfigOpt, task: TaskOpt, out: OutOpt,
+                instances: Annotated[int, typer.Option("--instances", help="train questions, one prefix each")] = 64,
+                rollouts: Annotated[int, typer.Option("--rollouts", help="k completions per candidate")] = 2,
+                seed: Annotated[int, typer.Option("--seed")] = 0, reward: RewardOpt = "auto",
+                reward_mode: ModeOpt = "binary", segment_tokens: SegmentOpt = None, max_new_tokens: MaxNewOpt = None,
+                precision: PrecisionOpt = None, as_json: JsonOpt = False) -> None:
+    """Label the best next writer from random-switch rollouts; re-run the same command to resume."""
+    from mashup.switch.collect import collect
+
+    collect_config = CollectConfig(task=task, instances=instances, rollouts=rollouts, seed=seed,
+                                   reward=RewardConfig(name=reward, mode=reward_mode))  # type: ignore[arg-type]
+    with _bar() as bar:
+        bar_id = bar.add_task(f"collect {task}", total=instances)
+        summary = collect(_config(config, segment_tokens, max_new_tokens, precision=precision), collect_config, out,
+                          progress=lambda done, total: bar.update(bar_id, completed=done, total=total))
+    _emit(summary, as_json, f"{summary['labelled']} of {summary['instances']} instances labelled "
+                            f"(dropped: {summary['dropped']}); labels {summary['labels']}; written to {out}")
+
+
+@switch_app.command("train")
+def train_cmd(config: ConfigOpt, data: Annotated[list[Path], typer.Option("--data", help="collect dir (repeat)")],
+              out: OutOpt, lr: Annotated[Optional[float], typer.Option("--lr")] = None,
+              epochs: Annotated[Optional[float], typer.Option("--epochs")] = None,
+              batch_size: Annotated[Optional[int], typer.Option("--batch-size")] = None,
+              max_steps: Annotated[Optional[int], typer.Option("--max-steps")] = None,
+              seed: Annotated[int, typer.Option("--seed")] = 0, precision: PrecisionOpt = None,
+              as_json: JsonOpt = False) -> None:
+    """Fine-tune the switcher (LoRA, loss on the label digit) on collected labels."""
+    from mashup.progress import training_bars
+    from mashup.switch.train import train_switcher
+
+    updates = {"lr": lr, "epochs": epochs, "batch_size": batch_size, "max_steps": max_steps, "seed": seed}
+    train_config = default_switcher_training().model_copy(update={k: v for k, v in updates.items() if v is not None})
+    with training_bars(err) as stage:
+        summary = train_switcher(_config(config, precision=precision), list(data), out, train_config,
+                                 progress=stage("switcher"))
+    curve = summary["curve"]
+    _emit(summary, as_json, f"switcher trained into {summary['adapter']} on {summary['train_examples']} labels; "
+                            f"held-out label accuracy {curve[0]['accuracy']:.3f} -> {curve[-1]['accuracy']:.3f}")
+
+
+@switch_app.command("generate")
+def generate_cmd(config: ConfigOpt, prompt: Annotated[str, typer.Argument(help="the prompt")],
+                 adapter: Annotated[Optional[str], typer.Option("--adapter", help="trained switcher adapter")] = None,
+                 writer: Annotated[Optional[str], typer.Option("--writer", help="one candidate writes it all")] = None,
+                 segment_tokens: SegmentOpt = None, max_new_tokens: MaxNewOpt = None, precision: PrecisionOpt = None,
+                 as_json: JsonOpt = False) -> None:
+    """A prompt in, the response out, with which candidate wrote each segment."""
+    from mashup.switch.api import generate
+
+    switch_config = _config(config, segment_tokens, max_new_tokens, adapter, precision)
+    trace = generate(switch_config, prompt, writer=writer)
+    names = [c.label() for c in switch_config.candidates]
+    lines = [f"[{names[s.writer]}] {s.text!r}" for s in trace.segments]
+    _emit(trace.to_dict(), as_json, trace.text + "\n\n" + "\n".join(lines))
+
+
+@switch_app.command("eval")
+def eval_cmd(config: ConfigOpt, task: TaskOpt, out: OutOpt,
+             adapter: Annotated[Optional[str], typer.Option("--adapter", help="trained switcher adapter")] = None,
+             max_examples: Annotated[Optional[int], typer.Option("--max-examples", help="test questions (0: all)")] = 50,
+             systems: Annotated[Optional[list[str]], typer.Option("--system", help="rows to run (repeat)")] = None,
+             reward_mode: ModeOpt = "binary", segment_tokens: SegmentOpt = None, max_new_tokens: MaxNewOpt = None,
+             precision: PrecisionOpt = None, as_json: JsonOpt = False) -> None:
+    """Accuracy with 95% CIs: each candidate, random, untrained/trained switcher, router, logit average, merge."""
+    from mashup.switch.api import evaluate_into
+    from mashup.switch.report import markdown_table
+
+    eval_config = SwitchEvalConfig(task=task, max_examples=max_examples or None, systems=systems or None,
+                                   reward=RewardConfig(mode=reward_mode))  # type: ignore[arg-type]
+    with _bar() as bar:
+        bars: dict[str, Any] = {}
+
+        def progress(system: str, done: int, total: int) -> None:
+            bars.setdefault(system, bar.add_task(system, total=total))
+            bar.update(bars[system], completed=done)
+        result = evaluate_into(_config(config, segment_tokens, max_new_tokens, adapter, precision), eval_config, out,
+                               progress=progress)
+    _emit({k: v for k, v in result.items() if k != "traces"}, as_json, markdown_table(result))

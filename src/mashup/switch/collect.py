@@ -1,0 +1,196 @@
+"""`mashup switch collect`: label which candidate should write the next segment, from random-switch rollouts.
+
+For each sampled train question: a random-switch prefix is generated up to a cut at 10-90% of the
+response's segments; each candidate writes the next segment; then ``rollouts`` random-switch completions
+follow from each candidate's segment, with the same seeds across candidates (common random numbers: the
+same switch pattern and sampling noise). The label is the candidate whose completions score the best
+mean reward; an instance where every candidate ties is kept in the log but not used for training.
+
+Every instance is one JSON line appended (and fsynced) to ``rollouts.jsonl``, with all its rollouts and
+rewards. Each instance's randomness comes from ``(seed, index)`` alone, so a run killed part-way resumes
+with the instances not yet logged and gives the same file. ``summary.json`` is written last: a collect
+dir without it is unfinished.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import asdict
+from pathlib import Path
+
+from mashup.config import load_config, save_config
+from mashup.data.schema import sample
+from mashup.errors import MashupError
+from mashup.io import write_json
+from mashup.switch.candidates import Candidate, load_candidates
+from mashup.switch.config import CollectConfig, SwitchConfig
+from mashup.switch.generation import Plan, Segment, fixed, random_chooser, switch_generate
+from mashup.switch.rewards import Reward, build_reward
+from mashup.switch.tasks import SwitchItem, SwitchTask, load_switch_task
+from mashup.workspace import write_version
+
+logger = logging.getLogger(__name__)
+ROLLOUTS, SUMMARY = "rollouts.jsonl", "summary.json"
+SWITCH_CONFIG, COLLECT_CONFIG = "switch_config.yaml", "collect_config.yaml"
+ProgressFn = Callable[[int, int], None]
+
+
+def best_candidate(means: Sequence[float], aligned: int | None) -> int | None:
+    """The index with the best mean reward; None when all tie. Among tied best, the aligned one, else the first."""
+    best = max(means)
+    tied = [i for i, m in enumerate(means) if m == best]
+    if len(tied) == len(means):
+        return None
+    return aligned if aligned in tied else tied[0]
+
+
+def decision_steps(plan: Plan) -> list[int]:
+    """Segments whose writer a chooser decides (not the first, not one the aligned candidate is forced to)."""
+    return [s for s in range(1, plan.n_segments) if plan.forced(s) is None]
+
+
+def choose_cut(plan: Plan, config: CollectConfig, rng: random.Random) -> int:
+    steps = decision_steps(plan)
+    if not steps:
+        raise MashupError(f"a response of {plan.n_segments} segments leaves no switch to label", None,
+                          "raise max_new_tokens or lower segment_tokens (at least 3 segments with aligned ends)")
+    target = rng.uniform(config.cut_min, config.cut_max) * plan.n_segments
+    return min(steps, key=lambda s: (abs(s - target), s))
+
+
+def collect_instance(candidates: Sequence[Candidate], plan: Plan, reward: Reward, item: SwitchItem, index: int,
+                     config: CollectConfig) -> dict:
+    """One labelled instance: the prefix, each candidate's segment, its k completions and their rewards."""
+    seed = config.seed * 1_000_003 + index
+    n = len(candidates)
+    cut = choose_cut(plan, config, random.Random(seed))
+    prefix = switch_generate(candidates, item.query, random_chooser(n, seed), plan, seed=seed, stop_after=cut)
+    record: dict = {"index": index, "query": item.query, "gold": item.gold, "cut": cut,
+                    "prefix": [asdict(s) for s in prefix.segments], "candidates": [], "label": None}
+    if prefix.ended:
+        record["dropped"] = "response ended before the cut"
+        return record
+    for writer in range(n):
+        step = switch_generate(candidates, item.query, fixed(writer), plan, seed=seed, prefix=prefix.segments,
+                               stop_after=cut + 1)
+        rollouts = []
+        for j in range(config.rollouts):
+            rollout_seed = seed * 31 + j + 1  # the same for every candidate: common random numbers
+            done = step if step.ended else switch_generate(
+                candidates, item.query, random_chooser(n, rollout_seed), plan, seed=rollout_seed,
+                prefix=step.segments)
+            result = reward(item, done.text)
+            rollouts.append({"seed": rollout_seed, "writers": done.writers, "text": done.text,
+                             "reward": result.reward, "correct": result.correct})
+        mean = sum(r["reward"] for r in rollouts) / len(rollouts)
+        record["candidates"].append({"segment": asdict(step.segments[cut]), "rollouts": rollouts, "mean": mean})
+    record["label"] = best_candidate([c["mean"] for c in record["candidates"]], plan.aligned)
+    record["dropped"] = "all candidates tie" if record["label"] is None else None
+    return record
+
+
+class RolloutLog:
+    """Append-only JSON lines, one finished instance each; a torn last line (a crash mid-write) is cut off."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.records: list[dict] = []
+        if path.exists():
+            good = 0
+            with open(path, "rb") as handle:
+                for line in handle:
+                    try:
+                        self.records.append(json.loads(line))
+                    except json.JSONDecodeError:
+                        break
+                    good += len(line)
+            if good < path.stat().st_size:
+                logger.warning("dropping a partly written line at the end of %s", path)
+                os.truncate(path, good)
+
+    @property
+    def done(self) -> set[int]:
+        return {r["index"] for r in self.records}
+
+    def append(self, record: dict) -> None:
+        with open(self.path, "a") as handle:
+            handle.write(json.dumps(record) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        self.records.append(record)
+
+
+def _prepare(out: Path, config: SwitchConfig, collect_config: CollectConfig) -> None:
+    """A new dir gets the configs; an existing one must hold the same configs (then it is resumed)."""
+    if (out / COLLECT_CONFIG).exists():
+        same = (load_config(out / SWITCH_CONFIG, SwitchConfig) == config
+                and load_config(out / COLLECT_CONFIG, CollectConfig) == collect_config)
+        if not same:
+            raise MashupError("the output dir holds a collect with other settings", str(out),
+                              "resume with the same settings, or choose another --out")
+        return
+    if out.exists() and any(out.iterdir()):
+        raise MashupError("output directory already exists and is not a collect", str(out), "choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(config, out / SWITCH_CONFIG)
+    save_config(collect_config, out / COLLECT_CONFIG)
+    write_version(out)
+
+
+def collect(config: SwitchConfig, collect_config: CollectConfig, out: str | Path, *,
+            progress: ProgressFn | None = None, candidates: Sequence[Candidate] | None = None,
+            task: SwitchTask | None = None) -> dict:
+    """Run (or resume) a collect into ``out``; returns the summary also written to ``summary.json``.
+
+    ``candidates`` and ``task`` may be given already loaded (they must match the configs).
+    """
+    start = time.perf_counter()
+    out = Path(out)
+    _prepare(out, config, collect_config)
+    log = RolloutLog(out / ROLLOUTS)
+    task = task or load_switch_task(collect_config.task)
+    items = sample(task.train, collect_config.instances, collect_config.seed)  # type: ignore[arg-type]
+    candidates = list(candidates or load_candidates(config.candidates, config.library, precision=config.precision))
+    aligned = config.aligned_index()
+    generation = config.generation.model_copy(update={
+        "do_sample": True, "temperature": collect_config.temperature, "top_p": collect_config.top_p})
+    plan = Plan(generation, aligned)
+    reward = build_reward(collect_config.reward, task, candidates[aligned if aligned is not None else 0])
+    done = log.done
+    for index, item in enumerate(items):
+        if index not in done:
+            log.append(collect_instance(candidates, plan, reward, item, index, collect_config))
+        if progress:
+            progress(index + 1, len(items))
+    summary = summarise(log.records, [c.name for c in candidates], time.perf_counter() - start)
+    partial = out / f".{SUMMARY}.tmp"
+    write_json(partial, summary)
+    partial.replace(out / SUMMARY)
+    return summary
+
+
+def summarise(records: Sequence[dict], names: Sequence[str], seconds: float) -> dict:
+    labels = Counter(r["label"] for r in records if r["label"] is not None)
+    dropped = Counter(r["dropped"] for r in records if r.get("dropped"))
+    kept = [r for r in records if r["label"] is not None]
+    mean_reward = {name: (sum(r["candidates"][i]["mean"] for r in records if r["candidates"]) /
+                          max(1, sum(1 for r in records if r["candidates"]))) for i, name in enumerate(names)}
+    return {"instances": len(records), "labelled": len(kept), "dropped": dict(dropped),
+            "labels": {names[i]: labels.get(i, 0) for i in range(len(names))},
+            "mean_reward_after_segment": mean_reward, "seconds_this_run": round(seconds, 1)}
+
+
+def labelled_instances(collect_dir: str | Path) -> list[tuple[str, list[Segment], int]]:
+    """``(query, prefix segments, label)`` for each labelled instance of a finished collect."""
+    out = Path(collect_dir)
+    if not (out / SUMMARY).is_file():
+        raise MashupError("collect dir is unfinished (no summary.json)", str(out),
+                          "run `mashup switch collect` again with the same settings to finish it")
+    return [(r["query"], [Segment(**s) for s in r["prefix"]], int(r["label"]))
+            for r in RolloutLog(out / ROLLOUTS).records if r["label"] is not None]

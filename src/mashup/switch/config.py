@@ -1,0 +1,116 @@
+"""Typed configuration for Switch Generation, loadable from YAML like mashup.config's stages."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from mashup.config import Precision, StageConfig, TrainConfig
+
+ALIGNED = "aligned"
+ChatTemplate = Literal["auto", "on", "off"]
+RewardMode = Literal["binary", "margin"]
+
+
+class CandidateConfig(StageConfig):
+    """One model that may write segments: a base (named, local dir or Hub id), or a library checkpoint."""
+
+    name: str | None = Field(None, description="label in traces and tables (default: derived from the source)")
+    model: str | None = Field(None, description="smollm2-135m, gemma3-270m, a local HF dir or a Hub id")
+    adapter: str | None = Field(None, description="a LoRA adapter dir on `model`")
+    checkpoint: str | None = Field(None, description="a library checkpoint id (LoRA on its base, or a full model)")
+    role: str = Field("candidate", description=f"'{ALIGNED}' writes the first and last segments")
+    chat_template: ChatTemplate = Field("auto", description="auto: apply it when the tokenizer has one")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> CandidateConfig:
+        if (self.model is None) == (self.checkpoint is None):
+            raise ValueError("give exactly one of 'model' or 'checkpoint'")
+        if self.checkpoint is not None and self.adapter is not None:
+            raise ValueError("'adapter' goes with 'model'; a library checkpoint already names its weights")
+        return self
+
+    def label(self) -> str:
+        if self.name:
+            return self.name
+        source = self.checkpoint or str(self.model).rstrip("/").rsplit("/", 1)[-1]
+        return f"{source}+{str(self.adapter).rstrip('/').rsplit('/', 1)[-1]}" if self.adapter else source
+
+
+class GenerationConfig(StageConfig):
+    """Segments of a fixed number of new tokens; greedy unless ``do_sample``."""
+
+    segment_tokens: int = Field(50, gt=0, description="new tokens per segment (the paper's 50)")
+    max_new_tokens: int = Field(200, gt=0, description="response length cap, in the writers' tokens")
+    do_sample: bool = False
+    temperature: float = Field(1.0, gt=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    seed: int = 0
+    aligned_ends: bool = Field(True, description="the aligned candidate writes the first and last segments")
+
+    @property
+    def n_segments(self) -> int:
+        return -(-self.max_new_tokens // self.segment_tokens)
+
+
+class SwitcherConfig(StageConfig):
+    """The LM that picks the next writer from the digit logits; untrained without ``adapter``."""
+
+    model: str | None = Field(None, description="base LM (default: the aligned candidate's base)")
+    adapter: str | None = Field(None, description="trained switcher LoRA dir (the adapter/ of `switch train`)")
+    top_p: float | None = Field(None, gt=0, le=1, description="sample the choice with top-p; argmax when unset")
+
+
+class SwitchConfig(StageConfig):
+    """The candidates, how they generate, and the switcher."""
+
+    candidates: list[CandidateConfig] = Field(min_length=2, max_length=4)
+    generation: GenerationConfig = Field(default_factory=GenerationConfig)
+    switcher: SwitcherConfig = Field(default_factory=SwitcherConfig)
+    library: str | None = Field(None, description="library dir for checkpoint ids (default $MASHUP_LIBRARY)")
+    precision: Precision | None = Field(None, description="auto | fp32 | bf16; default $MASHUP_PRECISION or auto")
+
+    @model_validator(mode="after")
+    def _roles_and_names(self) -> SwitchConfig:
+        if sum(c.role == ALIGNED for c in self.candidates) > 1:
+            raise ValueError(f"at most one candidate may have role '{ALIGNED}'")
+        labels = [c.label() for c in self.candidates]
+        if len(set(labels)) != len(labels):
+            raise ValueError(f"candidate names must differ, got {labels}; set 'name'")
+        return self
+
+    def aligned_index(self) -> int | None:
+        return next((i for i, c in enumerate(self.candidates) if c.role == ALIGNED), None)
+
+
+class RewardConfig(StageConfig):
+    name: str = Field("auto", description="number_match | number_closeness | choice_cloze | auto (by task kind)")
+    mode: RewardMode = Field("binary", description="choice_cloze: 0/1 correctness, or the log-likelihood margin")
+
+
+class CollectConfig(StageConfig):
+    """Random-switch rollouts that label which candidate should write the next segment."""
+
+    task: str
+    instances: int = Field(64, gt=0, description="train questions sampled (one prefix each)")
+    rollouts: int = Field(2, gt=0, description="k random-switch completions after each candidate's segment")
+    cut_min: float = Field(0.1, ge=0, lt=1)
+    cut_max: float = Field(0.9, gt=0, le=1)
+    seed: int = 0
+    reward: RewardConfig = Field(default_factory=RewardConfig)
+    temperature: float = Field(0.7, gt=0, description="rollouts sample (the reference code's 0.7 / 0.9)")
+    top_p: float = Field(0.9, gt=0, le=1)
+
+
+def default_switcher_training() -> TrainConfig:
+    """LoRA on the switcher, loss on the label digit only; a few epochs over a small labelled set."""
+    return TrainConfig(lr=5e-4, epochs=3, batch_size=8, lora_r=8, lora_alpha=16)
+
+
+class SwitchEvalConfig(StageConfig):
+    task: str
+    max_examples: int | None = Field(50, description="test questions (seeded sample); None: the whole split")
+    systems: list[str] | None = Field(None, description="which rows to run (default: all that apply)")
+    plot_examples: int = Field(6, ge=0)
+    reward: RewardConfig = Field(default_factory=RewardConfig)

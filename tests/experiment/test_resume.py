@@ -1,0 +1,104 @@
+"""Crash safety: a run killed (SIGKILL) or failing part-way resumes to exactly the uninterrupted results."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+import mashup
+from mashup.experiment import run_experiment
+from mashup.experiment import jobs as jobs_module
+from mashup.experiment.report import current_records
+from mashup.experiment.store import RESULT, ResultStore, hash_outputs
+from tests.experiment.helpers import comparable, tiny_config, write_tasks
+
+SMALL = dict(arms=["scratch", "mashup_loss", "mashup_accuracy", "mashup_random", "mashup_at_init"],
+             samples_sweep=[4], merge_grid=None)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory, tiny_base):
+    root = tmp_path_factory.mktemp("resume")
+    tasks = write_tasks(root)
+    reference = tiny_config(tiny_base, tasks, root / "reference", **SMALL)
+    run_experiment(reference)
+    return tiny_base, tasks, comparable(current_records(ResultStore(reference.out), reference))
+
+
+def _nothing_half_finished(out: Path) -> None:
+    """Every visible artifact is complete and every record's outputs are intact."""
+    store = ResultStore(out)
+    for artifact in store.artifacts_dir.iterdir():
+        if not artifact.name.startswith("."):
+            assert (artifact / RESULT).is_file(), f"{artifact} looks finished but is not"
+    for unit, record in store.records().items():
+        assert hash_outputs(store.artifact(record["artifact"])) == record["outputs"], unit
+
+
+def test_sigkill_part_way_then_resume_redoes_only_unfinished_units(setup, tmp_path):
+    base, tasks, expected = setup
+    config = tiny_config(base, tasks, tmp_path / "out", **SMALL)
+    config_file = tmp_path / "experiment.yaml"
+    config_file.write_text(yaml.safe_dump(config.model_dump(mode="json")))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(mashup.__file__).parents[1]),
+                                                         os.environ.get("PYTHONPATH", "")])}
+    process = subprocess.Popen([sys.executable, "-m", "mashup", "experiment", str(config_file)], env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    units = tmp_path / "out" / "units"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None:
+        if units.is_dir() and len(list(units.glob("*.json"))) >= 12:
+            break
+        time.sleep(0.05)
+    assert process.poll() is None, "the run ended before it could be killed"
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    _nothing_half_finished(tmp_path / "out")
+    before = set(ResultStore(tmp_path / "out").records())
+    assert 12 <= len(before) < len(expected)
+
+    resumed = run_experiment(config)
+    assert before <= set(resumed.already_done)
+    assert not before & set(resumed.computed + resumed.reused)
+    assert comparable(current_records(ResultStore(config.out), config)) == expected
+    assert not list((tmp_path / "out" / "artifacts").glob(".*"))  # the killed run's temp dirs are gone
+
+
+def test_a_unit_failing_mid_way_leaves_nothing_and_the_rerun_matches(setup, tmp_path, monkeypatch):
+    base, tasks, expected = setup
+    config = tiny_config(base, tasks, tmp_path / "out", **SMALL)
+    train, calls = jobs_module._RUNNERS["train"], []
+
+    def failing_train(job, tmp):
+        calls.append(job)
+        result = train(job, tmp)  # the unit's files are all written ...
+        if len(calls) == 5:
+            raise RuntimeError("injected failure")  # ... and it fails before it is finished
+        return result
+
+    monkeypatch.setitem(jobs_module._RUNNERS, "train", failing_train)
+    with pytest.raises(RuntimeError, match="injected"):
+        run_experiment(config)
+    _nothing_half_finished(tmp_path / "out")
+    failed = calls[-1]
+    assert not (tmp_path / "out" / "artifacts" / failed.artifact).exists()
+    monkeypatch.setitem(jobs_module._RUNNERS, "train", train)
+    resumed = run_experiment(config)
+    assert resumed.computed and resumed.already_done
+    assert comparable(current_records(ResultStore(config.out), config)) == expected
+
+
+def test_a_second_concurrent_run_in_the_same_dir_is_refused(setup, tmp_path):
+    from mashup.errors import MashupError
+
+    base, tasks, _ = setup
+    config = tiny_config(base, tasks, tmp_path / "out", **SMALL)
+    with ResultStore(config.out).open(), pytest.raises(MashupError, match="another `mashup experiment` is running"):
+        run_experiment(config)

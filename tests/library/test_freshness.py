@@ -1,0 +1,114 @@
+"""Stale checkpoints: changed or missing files are found, skipped with a reason, and never served from the cache."""
+
+import json
+import logging
+import os
+import shutil
+
+import pytest
+
+import mashup.library.freshness as freshness
+from mashup.config import DataConfig, SelectConfig
+from mashup.library import Library
+from mashup.verbs import select
+from tests.library.helpers import noisy_copy
+from tests.test_cli import run_cli
+
+
+@pytest.fixture()
+def hashes(monkeypatch):
+    """Counts full re-hashes done by the freshness check."""
+    calls: list[str] = []
+    real = freshness.sha256_files
+    monkeypatch.setattr(freshness, "sha256_files", lambda files: calls.append(files[0].parent.name) or real(files))
+    return calls
+
+
+@pytest.fixture()
+def own_loras(tmp_path, tiny_loras):
+    """Copies we may change (the session's tiny adapters are shared)."""
+    return [noisy_copy(src, tmp_path / "adapters" / f"own{i}", seed=i) for i, src in enumerate(tiny_loras)]
+
+
+def test_unchanged_files_cost_a_stat_and_touched_ones_a_rehash(tmp_path, own_loras, hashes):
+    library = Library(tmp_path / "lib")
+    records = library.add(own_loras)
+    fresh, stale = library.fresh(library.list())
+    assert [r.id for r in fresh] == [r.id for r in records] and stale == [] and hashes == []
+    weights = own_loras[0] / "adapter_model.safetensors"
+    os.utime(weights, ns=(1, 1))  # same bytes, other mtime
+    fresh, stale = library.fresh(library.list())
+    assert len(fresh) == 3 and stale == [] and hashes == ["own0"]
+    assert library.get(records[0].id).file_stats[0]["mtime_ns"] == 1, "the new stats are stored"
+    library.fresh(library.list())
+    assert hashes == ["own0"], "and not hashed again"
+
+
+def test_changed_and_missing_checkpoints_are_stale_with_a_reason(tmp_path, own_loras):
+    library = Library(tmp_path / "lib")
+    records = library.add(own_loras)
+    weights = own_loras[0] / "adapter_model.safetensors"
+    stat = weights.stat()
+    shutil.copyfile(own_loras[1] / "adapter_model.safetensors", weights)  # other bytes, same size
+    os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # even with the old mtime restored
+    shutil.rmtree(own_loras[2])
+    fresh, stale = library.fresh(library.list())
+    assert [r.id for r in fresh] == [records[1].id]
+    reasons = {r.id: reason for r, reason in stale}
+    assert "weights changed since registration" in reasons[records[0].id]
+    assert "is gone" in reasons[records[2].id]
+
+
+def test_select_skips_stale_checkpoints_and_never_serves_a_cached_score_for_changed_bytes(
+        tmp_path, tiny_base, own_loras, mc_file, caplog, monkeypatch):
+    import mashup.verbs as verbs
+
+    library = Library(tmp_path / "lib")
+    records = library.add(own_loras)
+    data, config = DataConfig(data=str(mc_file), scoring="letter"), SelectConfig(samples=8, k=1)
+    first = select(str(tiny_base), data, config, library.directory)
+    assert {s.id for s in first.ranking} == {r.id for r in records}
+    weights = own_loras[0] / "adapter_model.safetensors"
+    stat = weights.stat()
+    noisy = noisy_copy(own_loras[0], tmp_path / "changed", seed=99) / "adapter_model.safetensors"
+    shutil.copyfile(noisy, weights)
+    os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    scored: list[str] = []
+    real = verbs.score_checkpoints
+    monkeypatch.setattr(verbs, "score_checkpoints",
+                        lambda base, recs, *a, **k: scored.extend(r.id for r in recs) or real(base, recs, *a, **k))
+    with caplog.at_level(logging.WARNING, logger="mashup.verbs"):
+        second = select(str(tiny_base), data, config, library.directory)
+    assert records[0].id not in {s.id for s in second.ranking}, "the changed checkpoint is not ranked"
+    assert all(s.cached for s in second.ranking) and scored == []
+    assert [r["id"] for r in second.rejected] == [records[0].id] and "stale" in second.rejected[0]["reason"]
+    warnings = [r.getMessage() for r in caplog.records if records[0].id in r.getMessage()]
+    assert len(warnings) == 1 and "weights changed" in warnings[0]
+    # registered again, the changed bytes are another checkpoint: scored afresh, not served the old score
+    library.remove(records[0].id)
+    new = library.add([own_loras[0]])[0]
+    third = select(str(tiny_base), data, config, library.directory)
+    assert scored == [new.id]
+    old_loss = next(s.loss for s in first.ranking if s.id == records[0].id)
+    assert next(s.loss for s in third.ranking if s.id == new.id) != old_loss
+
+
+def test_verify_lists_missing_and_changed_files(tmp_path, own_loras, capsys, monkeypatch):
+    lib = tmp_path / "lib"
+    ids = json.loads(run_cli(["library", "add", *own_loras, "--library", lib, "--json"], capsys, monkeypatch)[0])
+    out, _ = run_cli(["library", "verify", "--library", lib, "--json"], capsys, monkeypatch)
+    assert json.loads(out) == {"checked": 3, "problems": []}
+    (own_loras[1] / "adapter_model.safetensors").write_bytes(b"garbage")
+    shutil.rmtree(own_loras[2])
+    out, _ = run_cli(["library", "verify", "--library", lib, "--json"], capsys, monkeypatch, expect=1)
+    problems = {p["id"]: p for p in json.loads(out)["problems"]}
+    assert problems[ids[1]]["status"] == "changed" and problems[ids[2]]["status"] == "missing"
+    out, _ = run_cli(["library", "verify", "--library", lib], capsys, monkeypatch, expect=1)
+    assert "1 of 3 checkpoints ok" in out and ids[1] in out and ids[2] in out
+
+
+def test_verify_rehashes_even_when_stats_match(tmp_path, own_loras, hashes):
+    library = Library(tmp_path / "lib")
+    library.add(own_loras[:2])
+    checks = library.verify()
+    assert [c.status for c in checks] == ["ok", "ok"] and sorted(hashes) == ["own0", "own1"]

@@ -1,0 +1,62 @@
+"""`mashup switch collect / train / eval / generate` end to end on tiny models and a multiple-choice file."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import yaml
+
+from tests.conftest import write_mc_jsonl
+from tests.test_cli import run_cli
+
+
+def _config(tmp_path: Path, tiny_base: Path, other_base: Path, expert_lora: Path) -> Path:
+    config = {"candidates": [{"model": str(tiny_base), "role": "aligned", "name": "aligned"},
+                             {"model": str(other_base), "name": "other"},
+                             {"model": str(tiny_base), "adapter": str(expert_lora), "name": "expert"}],
+              "generation": {"segment_tokens": 3, "max_new_tokens": 12}}
+    path = tmp_path / "switch.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_collect_train_eval_generate(tmp_path, tiny_base, other_base, expert_lora, capsys, monkeypatch) -> None:
+    config = _config(tmp_path, tiny_base, other_base, expert_lora)
+    task = write_mc_jsonl(tmp_path / "quiz.jsonl", 24)
+    out, _ = run_cli(["switch", "collect", "--config", config, "--task", task, "--out", tmp_path / "collect",
+                      "--instances", 6, "--rollouts", 1, "--reward-mode", "margin", "--json"], capsys, monkeypatch)
+    summary = json.loads(out)
+    assert summary["instances"] == 6 and summary["labelled"] == 6  # margins are continuous: no ties
+    out, _ = run_cli(["switch", "train", "--config", config, "--data", tmp_path / "collect", "--out",
+                      tmp_path / "switcher", "--max-steps", 2, "--batch-size", 2, "--json"], capsys, monkeypatch)
+    trained = json.loads(out)
+    adapter = tmp_path / "switcher" / "adapter"
+    assert (adapter / "adapter_model.safetensors").is_file() and trained["train_examples"] + trained["held_out"] == 6
+    for name in ("curve.json", "train_config.yaml", "switch_config.yaml", "version.json", "result.json"):
+        assert (tmp_path / "switcher" / name).is_file(), name
+    out, _ = run_cli(["switch", "eval", "--config", config, "--task", task, "--out", tmp_path / "eval",
+                      "--adapter", adapter, "--max-examples", 3, "--json"], capsys, monkeypatch)
+    result = json.loads(out)
+    rows = {r["system"]: r for r in result["rows"]}
+    assert set(rows) == {"alone:aligned", "alone:other", "alone:expert", "random", "switcher-untrained",
+                         "switcher-trained", "router", "logit-average", "merge"}
+    for row in rows.values():
+        low, high = row["ci95"]
+        assert row["n"] == 3 and low <= row["accuracy"] <= high
+    assert rows["alone:other"]["segment_share"] == [0.0, 1.0, 0.0]
+    assert set(result["cost"]) == set(rows) - {"alone:aligned", "alone:other", "alone:expert"}
+    for name in ("results.json", "report.md", "writers.png", "switch_config.yaml", "eval_config.yaml"):
+        assert (tmp_path / "eval" / name).is_file(), name
+    out, _ = run_cli(["switch", "generate", "--config", config, "--adapter", adapter, "Which is a colour?",
+                      "--json"], capsys, monkeypatch)
+    trace = json.loads(out)
+    assert [s["writer"] for s in trace["segments"]][0] == 0 and trace["text"]
+
+
+def test_bad_config_is_one_line(tmp_path, tiny_base, capsys, monkeypatch) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump({"candidates": [{"model": str(tiny_base), "role": "aligned"},
+                                                   {"model": str(tiny_base), "role": "aligned", "name": "b"}]}))
+    _, err = run_cli(["switch", "generate", "--config", path, "hi"], capsys, monkeypatch, expect=1)
+    assert "at most one candidate may have role 'aligned'" in err and err.strip().count("\n") == 0
