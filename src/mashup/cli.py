@@ -99,11 +99,11 @@ def library_add(paths: Annotated[list[Path], typer.Argument(help="PEFT adapter d
 
 
 @library_app.command("list")
-def library_list(task: Annotated[Optional[str], typer.Option("--task")] = None,
-                 base: Annotated[Optional[str], typer.Option("--base", help="same base by content, any spelling")] = None,
-                 kind: Annotated[Optional[str], typer.Option("--kind", help="lora | full")] = None,
-                 merged_from: Annotated[Optional[str], typer.Option("--merged-from", help="lineage: merged from this id")] = None,
-                 trained_on: Annotated[Optional[str], typer.Option("--trained-on", help="lineage: task or data fingerprint")] = None,
+def library_list(task: Annotated[Optional[str], typer.Option("--task", help="only checkpoints of this task", show_default="all")] = None,
+                 base: Annotated[Optional[str], typer.Option("--base", help="same base by content, any spelling", show_default="all")] = None,
+                 kind: Annotated[Optional[str], typer.Option("--kind", help="lora | full", show_default="both")] = None,
+                 merged_from: Annotated[Optional[str], typer.Option("--merged-from", help="lineage: merged from this id", show_default="any")] = None,
+                 trained_on: Annotated[Optional[str], typer.Option("--trained-on", help="lineage: task or data fingerprint", show_default="any")] = None,
                  library: LibraryOpt = None, as_json: JsonOpt = False) -> None:
     """List registered checkpoints, filtered by task, base, kind and lineage."""
     from mashup.library import Library
@@ -139,7 +139,7 @@ def library_remove(checkpoint_id: str, library: LibraryOpt = None) -> None:
 
 
 @library_app.command("verify")
-def library_verify(library: LibraryOpt = None, workers: Annotated[Optional[int], typer.Option("--workers")] = None,
+def library_verify(library: LibraryOpt = None, workers: Annotated[Optional[int], typer.Option("--workers", help="hashing threads", show_default="CPU count")] = None,
                    as_json: JsonOpt = False) -> None:
     """Hash every registered file again; list missing or changed ones (exit 1 if any)."""
     from mashup.library import Library
@@ -159,9 +159,9 @@ def library_verify(library: LibraryOpt = None, workers: Annotated[Optional[int],
 
 
 @library_app.command("scores")
-def library_scores(target: Annotated[Optional[str], typer.Option("--target", help="target label (e.g. arc_easy)")] = None,
-                   task: Annotated[Optional[str], typer.Option("--task", help="checkpoints of this task")] = None,
-                   checkpoint: Annotated[Optional[str], typer.Option("--checkpoint", help="checkpoint id prefix")] = None,
+def library_scores(target: Annotated[Optional[str], typer.Option("--target", help="target label (e.g. arc_easy)", show_default="all")] = None,
+                   task: Annotated[Optional[str], typer.Option("--task", help="checkpoints of this task", show_default="all")] = None,
+                   checkpoint: Annotated[Optional[str], typer.Option("--checkpoint", help="checkpoint id prefix", show_default="all")] = None,
                    metric: Annotated[str, typer.Option("--metric", help="loss | accuracy")] = "loss",
                    library: LibraryOpt = None, as_json: JsonOpt = False) -> None:
     """The checkpoints x targets relevance matrix from the score cache."""

@@ -160,7 +160,8 @@ def _run_eval(job: EvalJob, tmp: Path) -> dict[str, Any]:
 
 def _run_select(job: SelectJob, tmp: Path) -> dict[str, Any]:
     from mashup.library import Library
-    from mashup.verbs import select, trained_on
+    from mashup.candidates import trained_on
+    from mashup.verbs import select
 
     workspace, target = _context(job)
     config = SelectConfig(samples=job.samples, k=1, metric="loss", seed=job.seed, cache=False)

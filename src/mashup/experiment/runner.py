@@ -80,7 +80,7 @@ def _preflight(config: ExperimentConfig) -> dict[str, TargetData]:
 def _given_library(config: ExperimentConfig, targets: dict[str, TargetData]) -> tuple[dict[str, int], dict | None]:
     """Candidates per target in a given library, and the one LoRA shape both arms then share."""
     from mashup.library import Library, partition_compatible
-    from mashup.verbs import trained_on
+    from mashup.candidates import trained_on
 
     compatible, _ = partition_compatible(Library(config.library).list(), config.base, config.mode)
     counts = {name: sum(not trained_on(r, target) for r in compatible) for name, target in targets.items()}

@@ -22,8 +22,8 @@ err = Console(stderr=True)
 ConfigOpt = Annotated[Path, typer.Option("--config", help="switch config YAML: candidates, generation, switcher")]
 OutOpt = Annotated[Path, typer.Option("--out", help="output dir")]
 TaskOpt = Annotated[str, typer.Option("--task", help="gsm8k, arithmetic, or a multiple-choice task")]
-SegmentOpt = Annotated[Optional[int], typer.Option("--segment-tokens", help="new tokens per segment (config: 50)")]
-MaxNewOpt = Annotated[Optional[int], typer.Option("--max-new-tokens", help="response length cap (config: 200)")]
+SegmentOpt = Annotated[Optional[int], typer.Option("--segment-tokens", help="new tokens per segment", show_default="from --config (50)")]
+MaxNewOpt = Annotated[Optional[int], typer.Option("--max-new-tokens", help="response length cap", show_default="from --config (200)")]
 RewardOpt = Annotated[str, typer.Option("--reward", help="number_match | number_closeness | choice_cloze | auto")]
 ModeOpt = Annotated[str, typer.Option("--reward-mode", help="choice_cloze reward: binary | margin")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="machine-readable output on stdout")]
@@ -57,7 +57,7 @@ def _bar() -> Progress:
 def collect_cmd(config: ConfigOpt, task: TaskOpt, out: OutOpt,
                 instances: Annotated[int, typer.Option("--instances", help="train questions, one prefix each")] = 64,
                 rollouts: Annotated[int, typer.Option("--rollouts", help="k completions per candidate")] = 2,
-                seed: Annotated[int, typer.Option("--seed")] = 0, reward: RewardOpt = "auto",
+                seed: Annotated[int, typer.Option("--seed", help="seed of prefixes, cuts and rollouts")] = 0, reward: RewardOpt = "auto",
                 reward_mode: ModeOpt = "binary", segment_tokens: SegmentOpt = None, max_new_tokens: MaxNewOpt = None,
                 precision: PrecisionOpt = None, as_json: JsonOpt = False) -> None:
     """Label the best next writer from random-switch rollouts; re-run the same command to resume."""
@@ -75,11 +75,11 @@ def collect_cmd(config: ConfigOpt, task: TaskOpt, out: OutOpt,
 
 @switch_app.command("train")
 def train_cmd(config: ConfigOpt, data: Annotated[list[Path], typer.Option("--data", help="collect dir (repeat)")],
-              out: OutOpt, lr: Annotated[Optional[float], typer.Option("--lr")] = None,
-              epochs: Annotated[Optional[float], typer.Option("--epochs")] = None,
-              batch_size: Annotated[Optional[int], typer.Option("--batch-size")] = None,
-              max_steps: Annotated[Optional[int], typer.Option("--max-steps")] = None,
-              seed: Annotated[int, typer.Option("--seed")] = 0, precision: PrecisionOpt = None,
+              out: OutOpt, lr: Annotated[Optional[float], typer.Option("--lr", help="peak learning rate", show_default="from --config")] = None,
+              epochs: Annotated[Optional[float], typer.Option("--epochs", help="passes over the labels", show_default="from --config")] = None,
+              batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="examples per optimizer step", show_default="from --config")] = None,
+              max_steps: Annotated[Optional[int], typer.Option("--max-steps", help="optimizer steps (overrides --epochs)", show_default="from --config")] = None,
+              seed: Annotated[int, typer.Option("--seed", help="seed of the LoRA init and data order")] = 0, precision: PrecisionOpt = None,
               as_json: JsonOpt = False) -> None:
     """Fine-tune the switcher (LoRA, loss on the label digit) on collected labels."""
     from mashup.progress import training_bars
@@ -97,8 +97,8 @@ def train_cmd(config: ConfigOpt, data: Annotated[list[Path], typer.Option("--dat
 
 @switch_app.command("generate")
 def generate_cmd(config: ConfigOpt, prompt: Annotated[str, typer.Argument(help="the prompt")],
-                 adapter: Annotated[Optional[str], typer.Option("--adapter", help="trained switcher adapter")] = None,
-                 writer: Annotated[Optional[str], typer.Option("--writer", help="one candidate writes it all")] = None,
+                 adapter: Annotated[Optional[str], typer.Option("--adapter", help="trained switcher adapter", show_default="none: untrained switcher")] = None,
+                 writer: Annotated[Optional[str], typer.Option("--writer", help="one candidate writes it all", show_default="none: the switcher picks")] = None,
                  segment_tokens: SegmentOpt = None, max_new_tokens: MaxNewOpt = None, precision: PrecisionOpt = None,
                  as_json: JsonOpt = False) -> None:
     """A prompt in, the response out, with which candidate wrote each segment."""
@@ -113,9 +113,9 @@ def generate_cmd(config: ConfigOpt, prompt: Annotated[str, typer.Argument(help="
 
 @switch_app.command("eval")
 def eval_cmd(config: ConfigOpt, task: TaskOpt, out: OutOpt,
-             adapter: Annotated[Optional[str], typer.Option("--adapter", help="trained switcher adapter")] = None,
+             adapter: Annotated[Optional[str], typer.Option("--adapter", help="trained switcher adapter", show_default="none: untrained switcher")] = None,
              max_examples: Annotated[Optional[int], typer.Option("--max-examples", help="test questions (0: all)")] = 50,
-             systems: Annotated[Optional[list[str]], typer.Option("--system", help="rows to run (repeat)")] = None,
+             systems: Annotated[Optional[list[str]], typer.Option("--system", help="rows to run (repeat)", show_default="all")] = None,
              reward_mode: ModeOpt = "binary", segment_tokens: SegmentOpt = None, max_new_tokens: MaxNewOpt = None,
              precision: PrecisionOpt = None, as_json: JsonOpt = False) -> None:
     """Accuracy with 95% CIs: each candidate, random, untrained/trained switcher, router, logit average, merge."""
