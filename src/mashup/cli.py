@@ -259,8 +259,8 @@ def merge_cmd(checkpoints: Annotated[list[str], typer.Option(
               weights: Annotated[Optional[list[float]], typer.Option(
                   "--weights", help="one weight per checkpoint: --weights 0.7 0.3", show_default="equal")] = None,
               density: Annotated[Optional[float], typer.Option(
-                  "--density", help="fraction kept, (0, 1]", show_default="per method: 0.2 for ties, dare_ties, "
-                  "dare_linear, magnitude_prune; the others use none")] = None,
+                  "--density", help="fraction kept, (0, 1]", show_default="per method: ties 0.2, dare_ties 0.2, "
+                  "dare_linear 0.2, magnitude_prune 0.2; the others use none")] = None,
               lambda_: Annotated[float, typer.Option("--lambda", help="task-vector scale (task arithmetic, TIES, DARE)")
                                  ] = 1.0,
               normalize: Annotated[Optional[bool], typer.Option(
