@@ -269,7 +269,7 @@ def merge_cmd(checkpoints: Annotated[list[str], typer.Option(
               sign: Annotated[str, typer.Option("--sign", help="mass | count")] = "mass",
               seed: Annotated[int, typer.Option("--seed", help="seed of random drops (DARE)")] = 0,
               lora_mode: Annotated[Optional[str], typer.Option(
-                  "--lora-mode", help="ab | delta | concat", show_default="ab for average and task_arithmetic, delta "
+                  "--lora-mode", help="ab | delta | concat; default: ab for average and task_arithmetic, delta "
                   "for the others")] = None,
               lora_rank: Annotated[Optional[int], typer.Option(
                   "--lora-rank", help="output LoRA rank in delta mode", show_default="the most common input rank")
