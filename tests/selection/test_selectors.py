@@ -111,3 +111,15 @@ def test_halving_scores_only_the_requests_new_to_each_survivor(tmp_path, tiny_ba
     assert result.stats["forward_tokens"] == 3 * sum(tokens[:4]) + 2 * sum(tokens[4:])
     assert result.stats["exhaustive_tokens"] == 3 * sum(tokens)
     assert math.isclose(result.stats["cost_ratio"], result.stats["forward_tokens"] / result.stats["exhaustive_tokens"])
+
+
+def test_halving_over_full_finetunes_matches_exhaustive_scores(tmp_path, tiny_base, tiny_fulls, mc_file):
+    Library(tmp_path / "lib").add(tiny_fulls, base=str(tiny_base))
+    data = DataConfig(data=str(mc_file), scoring="letter")
+    config = {"samples": 12, "k": 1, "batch_size": 4, "cache": False,
+              "halving": HalvingConfig(min_samples=3, factor=3, min_survivors=1)}
+    full = select(str(tiny_base), data, SelectConfig(**config), tmp_path / "lib", kind="full")
+    halved = select(str(tiny_base), data, SelectConfig(selector="halving", **config), tmp_path / "lib", kind="full")
+    winner = halved.ranking[0]
+    assert winner.n == 12 and winner.loss == pytest.approx({s.id: s.loss for s in full.ranking}[winner.id], abs=1e-6)
+    assert [(r["samples"], r["candidates"]) for r in halved.stats["rounds"]] == [(3, 3), (12, 1)]
