@@ -143,7 +143,7 @@ def build(args: argparse.Namespace) -> None:
     for spec in todo[:args.build_limit] if args.build_limit is not None else todo:
         start = time.perf_counter()
         data = data_config(spec.task, args, root)
-        workspace = open_workspace("smollm2-135m", data, bf16=None)
+        workspace = open_workspace("smollm2-135m", data)
         out = root / "real" / spec.name
         config = TrainConfig(mode="lora", lr=args.lr, max_steps=spec.steps, batch_size=args.train_batch_size,
                              seed=spec.seed)
