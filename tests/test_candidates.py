@@ -6,7 +6,7 @@ from peft import LoraConfig, get_peft_model, get_peft_model_state_dict
 from safetensors.torch import save_file
 from transformers import AutoModelForCausalLM
 
-import mashup.verbs as verbs
+from mashup.selection.scores import ScoreStore
 from mashup.config import DataConfig, MergeConfig, SelectConfig
 from mashup.errors import LibraryError
 from mashup.library import Library
@@ -28,9 +28,9 @@ def _fresh_init(base_dir, path, seed, r=4, targets=("q_proj", "v_proj", "up_proj
 def scored(monkeypatch):
     """Ids of the checkpoints selection actually scores."""
     ids: list[str] = []
-    real = verbs.score_checkpoints
-    monkeypatch.setattr(verbs, "score_checkpoints",
-                        lambda base, records, *a, **k: ids.extend(r.id for r in records) or real(base, records, *a, **k))
+    real = ScoreStore.store  # every freshly computed score passes through it (cached or not)
+    monkeypatch.setattr(ScoreStore, "store",
+                        lambda self, requests, scores: ids.extend(r.id for r, _ in scores) or real(self, requests, scores))
     return ids
 
 

@@ -6,6 +6,7 @@ from mashup.config import DataConfig, SelectConfig
 from mashup.data import build_request, load_target, sample
 from mashup.library import Library
 from mashup.models import load_model, load_tokenizer
+from mashup.selection import ScoringEngine
 from mashup.verbs import select
 
 
@@ -68,8 +69,6 @@ def test_accuracy_metric_ranks_by_accuracy(tmp_path, tiny_base, tiny_loras, mc_f
 
 
 def test_score_cache_scores_only_new_checkpoints(tmp_path, tiny_base, tiny_loras, mc_file, monkeypatch):
-    import mashup.verbs as verbs
-
     library = Library(tmp_path / "lib")
     library.add(tiny_loras[:2])
     data = DataConfig(data=str(mc_file), scoring="letter")
@@ -77,9 +76,9 @@ def test_score_cache_scores_only_new_checkpoints(tmp_path, tiny_base, tiny_loras
     first = select(str(tiny_base), data, config, tmp_path / "lib")
     assert not any(s.cached for s in first.ranking)
     scored: list[str] = []
-    real = verbs.score_checkpoints
-    monkeypatch.setattr(verbs, "score_checkpoints",
-                        lambda base, records, *a, **k: scored.extend(r.id for r in records) or real(base, records, *a, **k))
+    real = ScoringEngine.score
+    monkeypatch.setattr(ScoringEngine, "score",
+                        lambda self, records, *a, **k: scored.extend(r.id for r in records) or real(self, records, *a, **k))
     new = library.add([tiny_loras[2]])[0]
     second = select(str(tiny_base), data, config, tmp_path / "lib")
     assert scored == [new.id]

@@ -49,41 +49,74 @@ def continuation_logprobs(model: nn.Module, batch: dict[str, torch.Tensor]) -> t
     return logprobs * mask, mask
 
 
-def last_token_logprobs(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Log-softmax over the vocabulary at the last position of each (left-padded) prompt."""
+def repeat_rows(batch: dict[str, torch.Tensor], copies: int) -> dict[str, torch.Tensor]:
+    """The batch stacked ``copies`` times along rows (copy-major), for scoring several adapters in one forward."""
+    return batch if copies == 1 else {k: v.repeat(copies, *([1] * (v.dim() - 1))) for k, v in batch.items()}
+
+
+def last_token_logprobs(model: nn.Module, batch: dict[str, torch.Tensor], copies: int = 1) -> torch.Tensor:
+    """Log-softmax over the vocabulary at the last position of each (left-padded) prompt: ``[copies * B, V]``."""
+    batch = repeat_rows(batch, copies)
     out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                 position_ids=batch["position_ids"], logits_to_keep=1)
     return torch.log_softmax(out.logits[:, -1, :].float(), dim=-1)
 
 
-def shared_prefix_logprobs(model: nn.Module, prompts: Sequence[tuple[int, ...]],
-                           continuations: Sequence[Sequence[tuple[int, ...]]], pad_id: int,
-                           device: torch.device) -> torch.Tensor:
-    """Summed log-probabilities ``[B, C]`` of C continuations per prompt, each prompt encoded once.
+@dataclass(frozen=True)
+class PrefixBatch:
+    """Prompts (left-padded) and their C continuations each (right-padded), collated once."""
+
+    prompts: dict[str, torch.Tensor]
+    continuation_ids: torch.Tensor  # [B * C, L]
+    continuation_mask: torch.Tensor  # [B * C, L]
+    n_choices: int
+
+
+def prefix_batch(prompts: Sequence[tuple[int, ...]], continuations: Sequence[Sequence[tuple[int, ...]]], pad_id: int,
+                 device: torch.device) -> PrefixBatch:
+    """Collate prompts with the same number of continuations each."""
+    flat = [c for conts in continuations for c in conts]
+    length = max(len(c) for c in flat)
+    cont_ids = torch.full((len(flat), length), pad_id, dtype=torch.long)
+    cont_mask = torch.zeros_like(cont_ids)
+    for row, ids in enumerate(flat):
+        cont_ids[row, :len(ids)] = torch.tensor(ids)
+        cont_mask[row, :len(ids)] = 1
+    return PrefixBatch(collate([ScoredSequence(p, 1) for p in prompts], pad_id, device), cont_ids.to(device),
+                       cont_mask.to(device), len(continuations[0]))
+
+
+def prefix_batch_logprobs(model: nn.Module, batch: PrefixBatch, copies: int = 1) -> torch.Tensor:
+    """Summed log-probabilities ``[copies * B, C]`` of each prompt's continuations, each prompt encoded once.
 
     The prompts' KV cache is computed once and repeated for every continuation, so scoring C choices
-    costs about one prompt plus C short continuations instead of C full sequences. Every prompt in the
-    call must have the same number of continuations.
+    costs about one prompt plus C short continuations instead of C full sequences. With ``copies`` > 1
+    the rows are stacked copy-major (row ``g * B + b``), which is how several LoRA slots share a forward.
     """
-    n_choices = len(continuations[0])
-    batch = collate([ScoredSequence(p, 1) for p in prompts], pad_id, device)
-    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                position_ids=batch["position_ids"], use_cache=True, logits_to_keep=1)
+    n_choices = batch.n_choices
+    prompts = repeat_rows(batch.prompts, copies)
+    out = model(input_ids=prompts["input_ids"], attention_mask=prompts["attention_mask"],
+                position_ids=prompts["position_ids"], use_cache=True, logits_to_keep=1)
     first = torch.log_softmax(out.logits[:, -1, :].float(), dim=-1).repeat_interleave(n_choices, dim=0)
     cache = out.past_key_values
     cache.batch_repeat_interleave(n_choices)
-    flat = [c for conts in continuations for c in conts]
-    length = max(len(c) for c in flat)
-    cont_ids = torch.full((len(flat), length), pad_id, dtype=torch.long, device=device)
-    cont_mask = torch.zeros_like(cont_ids)
-    for row, ids in enumerate(flat):
-        cont_ids[row, :len(ids)] = torch.tensor(ids, device=device)
-        cont_mask[row, :len(ids)] = 1
-    prompt_mask = batch["attention_mask"].repeat_interleave(n_choices, dim=0)
+    cont_ids = batch.continuation_ids.repeat(copies, 1)
+    cont_mask = batch.continuation_mask.repeat(copies, 1)
+    prompt_mask = prompts["attention_mask"].repeat_interleave(n_choices, dim=0)
     start = prompt_mask.sum(dim=1, keepdim=True)
-    positions = start + torch.arange(length, device=device).unsqueeze(0)
+    positions = start + torch.arange(cont_ids.shape[1], device=cont_ids.device).unsqueeze(0)
     out = model(input_ids=cont_ids, attention_mask=torch.cat([prompt_mask, cont_mask], dim=1),
                 position_ids=positions, past_key_values=cache, use_cache=True)
     later = torch.log_softmax(out.logits[:, :-1, :].float(), dim=-1)
     logprobs = torch.cat([first.unsqueeze(1), later], dim=1).gather(-1, cont_ids.unsqueeze(-1)).squeeze(-1)
-    return (logprobs * cont_mask).sum(dim=1).view(len(prompts), n_choices)
+    return (logprobs * cont_mask).sum(dim=1).view(-1, n_choices)
+
+
+def shared_prefix_logprobs(model: nn.Module, prompts: Sequence[tuple[int, ...]],
+                           continuations: Sequence[Sequence[tuple[int, ...]]], pad_id: int,
+                           device: torch.device) -> torch.Tensor:
+    """Summed log-probabilities ``[B, C]`` of C continuations per prompt (see ``prefix_batch_logprobs``).
+
+    Every prompt in the call must have the same number of continuations.
+    """
+    return prefix_batch_logprobs(model, prefix_batch(prompts, continuations, pad_id, device))

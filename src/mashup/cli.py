@@ -19,7 +19,7 @@ from mashup.cli_options import PrecisionOpt
 from mashup.config import DataConfig, EvalConfig, MergeConfig, RunConfig, SelectConfig, TrainConfig, load_config
 from mashup.errors import MashupError
 from mashup.experiment import cli as experiment_cli
-from mashup.progress import count_bar, quiet_third_party, training_bars
+from mashup.progress import count_bar, quiet_third_party, scoring_bar, selection_summary, training_bars
 from mashup.switch.cli import switch_app
 
 
@@ -47,6 +47,13 @@ PickleOpt = Annotated[bool, typer.Option("--allow-pickle", help="allow .bin weig
 IncludeTargetOpt = Annotated[bool, typer.Option(
     "--include-target-checkpoints", help="also rank checkpoints trained on the target (excluded by default)")]
 NoCacheOpt = Annotated[bool, typer.Option("--no-cache", help="rescore checkpoints scored before on this sample")]
+SelectorOpt = Annotated[str, typer.Option("--selector", help="exhaustive | halving | prefilter+halving")]
+HalvingMinOpt = Annotated[int, typer.Option("--halving-min-samples", help="halving: first round's sample size")]
+HalvingFactorOpt = Annotated[float, typer.Option("--halving-factor", help="halving: keep 1/factor, grow the sample "
+                                                                          "factor times")]
+ExecutorOpt = Annotated[str, typer.Option("--executor", help="where scoring runs: local | ray")]
+RayAddressOpt = Annotated[Optional[str], typer.Option("--ray-address", help="existing Ray cluster",
+                                                      show_default="none: start one locally")]
 
 
 def emit(data: Any, as_json: bool, table: Table | None = None) -> None:
@@ -219,14 +226,21 @@ def select_cmd(base: BaseOpt, data: DataOptions, library: LibraryOpt = None,
                batch_size: Annotated[int, typer.Option("--batch-size", help="examples per scoring batch")] = 16,
                kind: Annotated[str, typer.Option("--kind", help="lora | full")] = "lora",
                allow_pickle: PickleOpt = False, no_cache: NoCacheOpt = False, include_target: IncludeTargetOpt = False,
+               selector: SelectorOpt = "exhaustive", halving_min_samples: HalvingMinOpt = 16,
+               halving_factor: HalvingFactorOpt = 4.0, executor: ExecutorOpt = "local", ray_address: RayAddressOpt = None,
                precision: PrecisionOpt = None, as_json: JsonOpt = False) -> None:
     """Rank compatible checkpoints by loss (or accuracy) on a sample of the target's train split."""
+    from mashup.config import HalvingConfig
     from mashup.verbs import select
 
-    result = select(base, data.config(),
-                    SelectConfig(samples=samples, k=k, metric=metric, seed=seed, batch_size=batch_size,
-                                 cache=not no_cache, include_target_checkpoints=include_target),  # type: ignore[arg-type]
-                    library, kind=kind, allow_pickle=allow_pickle, precision=precision)  # type: ignore[arg-type]
+    config = SelectConfig(samples=samples, k=k, metric=metric, seed=seed, batch_size=batch_size,  # type: ignore[arg-type]
+                          cache=not no_cache, include_target_checkpoints=include_target, selector=selector,  # type: ignore[arg-type]
+                          executor=executor, ray_address=ray_address,  # type: ignore[arg-type]
+                          halving=HalvingConfig(min_samples=halving_min_samples, factor=halving_factor))
+    with scoring_bar(err) as progress:
+        result = select(base, data.config(), config, library, kind=kind, allow_pickle=allow_pickle,
+                        precision=precision, progress=progress)  # type: ignore[arg-type]
+    err.print(selection_summary(result.stats), highlight=False)
     table = Table("rank", "id", "task", "loss", "accuracy", "n", "seconds", title=f"ranking by {metric}")
     for i, s in enumerate(result.ranking, 1):
         seconds = "cached" if s.cached else f"{s.seconds:.1f}"

@@ -43,6 +43,28 @@ class DataConfig(StageConfig):
     max_test_examples: int | None = None
 
 
+SelectorName = Literal["exhaustive", "halving", "prefilter+halving"]
+ExecutorName = Literal["local", "ray"]
+PrefilterSignal = Literal["first_order", "arrow"]
+
+
+class HalvingConfig(StageConfig):
+    """Successive halving: every survivor scored on the same growing nested sample, the worst dropped."""
+
+    min_samples: int = Field(16, gt=0, description="samples each candidate is scored on in the first round")
+    factor: float = Field(4.0, gt=1, description="each round keeps 1/factor of the candidates and grows the "
+                                                 "sample factor times, up to `samples`")
+    min_survivors: int = Field(8, gt=0, description="candidates that always reach the full sample (at least k)")
+
+
+class PrefilterConfig(StageConfig):
+    """Signals that need no forward pass per candidate; the best by any signal go on to halving."""
+
+    signals: list[PrefilterSignal] = Field(default_factory=lambda: ["first_order", "arrow"])
+    keep: float = Field(0.1, gt=0, description="candidates kept: a fraction (<1) or a count (>=1)")
+    min_keep: int = Field(32, gt=0, description="never keep fewer than this many (or all)")
+
+
 class SelectConfig(StageConfig):
     samples: int = Field(256, gt=0)
     k: int = Field(2, gt=0)
@@ -50,6 +72,13 @@ class SelectConfig(StageConfig):
     seed: int = 0
     batch_size: int = Field(16, gt=0)
     cache: bool = Field(True, description="reuse scores of checkpoints already scored on this exact sample")
+    selector: SelectorName = Field("exhaustive", description="exhaustive | halving | prefilter+halving")
+    halving: HalvingConfig = Field(default_factory=HalvingConfig)
+    prefilter: PrefilterConfig = Field(default_factory=PrefilterConfig)
+    executor: ExecutorName = Field("local", description="where scoring runs: local | ray")
+    ray_address: str | None = Field(None, description="an existing Ray cluster (default: start one locally)")
+    adapters_per_forward: int | None = Field(None, gt=0, description="LoRA adapters scored in one forward "
+                                                                      "(default: by model size and device)")
     include_target_checkpoints: bool = Field(
         False, description="also rank checkpoints trained on the target itself (excluded by default: they leak it)")
 

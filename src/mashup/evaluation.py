@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from mashup.batching import ScoredSequence, collate, last_token_logprobs, shared_prefix_logprobs
+from mashup.batching import PrefixBatch, ScoredSequence, collate, last_token_logprobs, prefix_batch, prefix_batch_logprobs
 from mashup.data.prompts import EncodedRequest
 from mashup.models import autocast
 
@@ -40,58 +40,113 @@ def _batches(items: list, size: int) -> list[list]:
     return [items[i:i + size] for i in range(0, len(items), size)]
 
 
-def _score_single_token(model: nn.Module, requests: Sequence[EncodedRequest], s: ScoreSettings
-                        ) -> tuple[list[float], list[int]]:
+@dataclass(frozen=True)
+class _LetterBatch:
     """Letter answers: one forward pass per prompt scores every choice at the answer position."""
+
+    rows: list[int]
+    inputs: dict[str, torch.Tensor]
+    choice_ids: torch.Tensor  # [B, C] (padded with 0 where a prompt has fewer choices)
+    choice_mask: torch.Tensor  # [B, C]
+    answers: torch.Tensor  # [B]
+
+    def score(self, model: nn.Module, copies: int) -> tuple[torch.Tensor, torch.Tensor]:
+        logprobs = last_token_logprobs(model, self.inputs, copies).cpu().view(copies, len(self.rows), -1)
+        chosen = logprobs.gather(-1, self.choice_ids.expand(copies, -1, -1))
+        losses = -chosen.gather(-1, self.answers.view(1, -1, 1).expand(copies, -1, 1)).squeeze(-1)
+        preds = chosen.masked_fill(~self.choice_mask, float("-inf")).argmax(dim=-1)
+        return losses.double(), preds
+
+
+@dataclass(frozen=True)
+class _ClozeBatch:
+    """Cloze answers: each choice scored by its summed log-likelihood, normalised by length in characters."""
+
+    rows: list[int]
+    prefix: PrefixBatch
+    answers: torch.Tensor  # [B]
+    answer_tokens: torch.Tensor  # [B], float64
+    chars: torch.Tensor  # [B, C], float32
+
+    def score(self, model: nn.Module, copies: int) -> tuple[torch.Tensor, torch.Tensor]:
+        sums = prefix_batch_logprobs(model, self.prefix, copies).cpu().view(copies, len(self.rows), -1)
+        answer_sums = sums.gather(-1, self.answers.view(1, -1, 1).expand(copies, -1, 1)).squeeze(-1)
+        losses = -answer_sums.double() / self.answer_tokens
+        return losses, (sums / self.chars).argmax(dim=-1)
+
+
+def _letter_batches(requests: Sequence[EncodedRequest], s: ScoreSettings) -> list[_LetterBatch]:
     order = sorted(range(len(requests)), key=lambda i: len(requests[i].prompt_ids))
-    losses, preds = [0.0] * len(requests), [0] * len(requests)
+    batches = []
     for chunk in _batches(order, s.batch_size):
-        batch = collate([ScoredSequence(requests[i].prompt_ids, 1) for i in chunk], s.pad_id, s.device)
-        with autocast(s.device, s.bf16):
-            logprobs = last_token_logprobs(model, batch).cpu()
+        width = max(len(requests[i].continuation_ids) for i in chunk)
+        choice_ids = torch.zeros((len(chunk), width), dtype=torch.long)
+        mask = torch.zeros((len(chunk), width), dtype=torch.bool)
         for row, i in enumerate(chunk):
-            choice_ids = [ids[0] for ids in requests[i].continuation_ids]
-            losses[i] = -logprobs[row, choice_ids[requests[i].answer]].item()
-            preds[i] = int(torch.argmax(logprobs[row, choice_ids]))
-    return losses, preds
+            ids = [c[0] for c in requests[i].continuation_ids]
+            choice_ids[row, :len(ids)], mask[row, :len(ids)] = torch.tensor(ids), True
+        batches.append(_LetterBatch(chunk, collate([ScoredSequence(requests[i].prompt_ids, 1) for i in chunk],
+                                                   s.pad_id, s.device), choice_ids, mask,
+                                    torch.tensor([requests[i].answer for i in chunk])))
+    return batches
 
 
-def _score_continuations(model: nn.Module, requests: Sequence[EncodedRequest], s: ScoreSettings
-                         ) -> tuple[list[float], list[int]]:
-    """Cloze answers: each choice is scored by its summed log-likelihood, normalised by length in characters."""
+def _cloze_batches(requests: Sequence[EncodedRequest], s: ScoreSettings) -> list[_ClozeBatch]:
     # Continuations are padded to the longest in a batch, so batch similar lengths together.
     order = sorted(range(len(requests)), key=lambda i: (len(requests[i].continuation_ids),
                                                         max(map(len, requests[i].continuation_ids)),
                                                         len(requests[i].prompt_ids)))
-    losses, preds = [0.0] * len(requests), [0] * len(requests)
     groups: dict[int, list[int]] = {}
-    for i in order:  # one call scores prompts with equal numbers of choices
+    for i in order:  # one batch holds prompts with equal numbers of choices
         groups.setdefault(len(requests[i].continuation_ids), []).append(i)
+    batches = []
     for members in groups.values():
         for chunk in _batches(members, s.batch_size):
-            with autocast(s.device, s.bf16):
-                sums = shared_prefix_logprobs(model, [requests[i].prompt_ids for i in chunk],
-                                              [requests[i].continuation_ids for i in chunk], s.pad_id, s.device)
-            for row, i in enumerate(chunk):
-                r = requests[i]
-                losses[i] = -sums[row, r.answer].item() / len(r.continuation_ids[r.answer])
-                normalised = sums[row].cpu() / torch.tensor(r.continuation_chars, dtype=torch.float32)
-                preds[i] = int(torch.argmax(normalised))
-    return losses, preds
+            rs = [requests[i] for i in chunk]
+            prefix = prefix_batch([r.prompt_ids for r in rs], [r.continuation_ids for r in rs], s.pad_id, s.device)
+            batches.append(_ClozeBatch(chunk, prefix, torch.tensor([r.answer for r in rs]),
+                                       torch.tensor([len(r.continuation_ids[r.answer]) for r in rs],
+                                                    dtype=torch.float64),
+                                       torch.tensor([r.continuation_chars for r in rs], dtype=torch.float32)))
+    return batches
 
 
-@torch.no_grad()
+class ScoringPlan:
+    """Requests ordered, batched and collated once; ``run`` scores them with a model, as often as needed.
+
+    With ``copies`` = G the model is run on every batch stacked G times (copy-major rows), which is
+    how G LoRA slots are scored in one forward (see mashup.selection.slots).
+    """
+
+    def __init__(self, requests: Sequence[EncodedRequest], settings: ScoreSettings) -> None:
+        self.requests = list(requests)
+        self.settings = settings
+        single = all(r.single_token for r in self.requests)
+        self.batches: list[_LetterBatch | _ClozeBatch] = (
+            _letter_batches(self.requests, settings) if single else _cloze_batches(self.requests, settings))
+
+    @torch.no_grad()
+    def run(self, model: nn.Module, copies: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-example answer loss ``[copies, n]`` (float64) and predicted choice ``[copies, n]``."""
+        losses = torch.zeros((copies, len(self.requests)), dtype=torch.float64)
+        preds = torch.zeros((copies, len(self.requests)), dtype=torch.long)
+        was_training = model.training
+        model.eval()
+        try:
+            for batch in self.batches:
+                with autocast(self.settings.device, self.settings.bf16):
+                    batch_losses, batch_preds = batch.score(model, copies)
+                losses[:, batch.rows], preds[:, batch.rows] = batch_losses, batch_preds
+        finally:
+            model.train(was_training)
+        return losses, preds
+
+
 def score_requests(model: nn.Module, requests: Sequence[EncodedRequest], settings: ScoreSettings
                    ) -> tuple[list[float], list[int]]:
     """Per-example answer loss and predicted choice index."""
-    was_training = model.training
-    model.eval()
-    try:
-        if all(r.single_token for r in requests):
-            return _score_single_token(model, requests, settings)
-        return _score_continuations(model, requests, settings)
-    finally:
-        model.train(was_training)
+    losses, preds = ScoringPlan(requests, settings).run(model)
+    return losses[0].tolist(), preds[0].tolist()
 
 
 def evaluate(model: nn.Module, requests: Sequence[EncodedRequest], settings: ScoreSettings) -> EvalResult:

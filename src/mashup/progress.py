@@ -47,6 +47,32 @@ def training_bars(console: Console, enabled: bool = True) -> Iterator[Callable[[
 
 
 @contextmanager
+def scoring_bar(console: Console, enabled: bool = True) -> Iterator[Callable[[int, int], None]]:
+    """Yields the ``progress(done, planned)`` callback selection calls as checkpoint-samples are scored."""
+    progress = Progress(TextColumn("select"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
+                        TextColumn("{task.completed}/{task.total} checkpoint-samples"), TimeElapsedColumn(),
+                        console=console, disable=not enabled, transient=True)
+    with progress:
+        task_id = progress.add_task("select", total=None)
+
+        def update(done: int, planned: int) -> None:
+            progress.update(task_id, completed=done, total=planned)
+        yield update
+
+
+def selection_summary(stats: dict) -> str:
+    """One line on what a selection cost; says so when everything came from the cache."""
+    if stats.get("forward_tokens", 0) == 0 and stats.get("probe_tokens", 0) == 0:
+        return (f"select: all {stats.get('cached', 0)} scores came from the cache; nothing was scored "
+                f"(0 forward tokens)")
+    parts = [f"select ({stats['selector']}, {stats['executor']}): scored {stats['scored']}, cached {stats['cached']}"]
+    if stats.get("prefiltered_out"):
+        parts.append(f"{stats['prefiltered_out']} left out by the prefilter")
+    parts.append(f"{stats['cost_ratio']:.1%} of exhaustive forward tokens")
+    return "; ".join(parts)
+
+
+@contextmanager
 def count_bar(console: Console, description: str, enabled: bool = True) -> Iterator[Callable[[int, int], None]]:
     """A bar of items done out of a total (checkpoints hashed, ...); yields the ``update(done, total)`` callback.
 

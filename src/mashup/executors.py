@@ -1,0 +1,106 @@
+"""Where units of work run: here, one at a time (``LocalExecutor``), or fanned out over Ray actors.
+
+An executor maps a *worker factory* over *units*. The factory is a picklable callable that builds a
+worker once per process or actor (loading a model, say) and the worker is called on each unit; units
+and results must pickle too. Results come back in unit order; ``on_result`` sees each one as it
+lands, in the calling process, so a single writer can record them. A unit that fails is run again up
+to ``retries`` times (on a fresh worker when its process died); a ``MashupError`` is the user's to
+fix and is raised at once. Selection scoring uses this today; any protocol whose units are
+independent (e.g. the arms of an experiment) can use it as is.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any, Literal, Protocol, TypeVar
+
+from mashup.errors import MashupError
+
+logger = logging.getLogger(__name__)
+
+U = TypeVar("U")
+R = TypeVar("R")
+WorkerFactory = Callable[[], Callable[[Any], Any]]
+ResultFn = Callable[[int, Any], None]
+ExecutorName = Literal["local", "ray"]
+
+
+class Executor(Protocol):
+    """Runs units through workers built by a factory; see the module docstring for the contract."""
+
+    name: str
+    retried: int  # units run again after a failure, over this executor's life
+
+    def map(self, factory: WorkerFactory, units: Sequence[Any], *, on_result: ResultFn | None = None) -> list[Any]:
+        ...
+
+    def close(self) -> None:
+        ...
+
+
+class UnitFailed(MashupError):
+    """A unit kept failing after its retries."""
+
+
+class LocalExecutor:
+    """Units one at a time in this process; the worker is built once per factory and kept for later maps."""
+
+    name = "local"
+
+    def __init__(self, retries: int = 2) -> None:
+        self.retries = retries
+        self.retried = 0
+        self._factory: WorkerFactory | None = None
+        self._worker: Callable[[Any], Any] | None = None
+
+    def _worker_for(self, factory: WorkerFactory) -> Callable[[Any], Any]:
+        if self._factory is not factory or self._worker is None:
+            self._worker = None  # drop the previous worker (and its model) before building the next
+            self._worker, self._factory = factory(), factory
+        return self._worker
+
+    def map(self, factory: WorkerFactory, units: Sequence[Any], *, on_result: ResultFn | None = None) -> list[Any]:
+        results = []
+        for index, unit in enumerate(units):
+            result = self._run(factory, unit, index)
+            results.append(result)
+            if on_result:
+                on_result(index, result)
+        return results
+
+    def _run(self, factory: WorkerFactory, unit: Any, index: int) -> Any:
+        for attempt in range(self.retries + 1):
+            try:
+                return self._worker_for(factory)(unit)
+            except MashupError:
+                raise
+            except Exception as exc:
+                if attempt == self.retries:
+                    raise UnitFailed(f"unit {index} failed {attempt + 1} time(s): {type(exc).__name__}: {exc}",
+                                     None, "see the log for the traceback") from exc
+                logger.warning("unit %d failed (%s); retrying with a fresh worker", index, exc)
+                self.retried += 1
+                self._worker = None
+        raise AssertionError("unreachable")
+
+    def close(self) -> None:
+        self._worker = self._factory = None
+
+    def __enter__(self) -> LocalExecutor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def make_executor(name: ExecutorName, *, address: str | None = None, workers: int | None = None,
+                  retries: int = 2) -> Executor:
+    """``local`` or ``ray`` (Ray is an optional extra, imported only here)."""
+    if name == "local":
+        return LocalExecutor(retries=retries)
+    if name == "ray":
+        from mashup.ray_executor import RayExecutor
+
+        return RayExecutor(address=address, workers=workers, retries=retries)
+    raise MashupError(f"unknown executor '{name}'", None, "use --executor local or --executor ray")

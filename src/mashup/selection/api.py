@@ -1,0 +1,52 @@
+"""``select_checkpoints``: the one call ``mashup.verbs.select`` makes to rank candidates."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from mashup.config import SelectConfig
+from mashup.data.prompts import EncodedRequest
+from mashup.executors import Executor, make_executor
+from mashup.library import CheckpointRecord
+from mashup.selection.driver import ProgressFn, Selection, SelectionContext, SelectionStats, sample_tokens
+from mashup.selection.engine import default_adapters_per_forward
+from mashup.selection.scores import ScoreStore
+from mashup.selection.selectors import get_selector
+from mashup.selection.units import EngineFactory
+from mashup.workspace import Workspace
+
+
+def select_checkpoints(workspace: Workspace, records: Sequence[CheckpointRecord], requests: Sequence[EncodedRequest],
+                       config: SelectConfig, library_dir: Path | None, *, allow_pickle: bool = False,
+                       progress: ProgressFn | None = None, executor: Executor | None = None,
+                       sample_info: dict | None = None) -> Selection:
+    """Rank ``records`` on ``requests`` (the seeded sample) with the configured selector and executor.
+
+    Scores are read from and written to the library's score cache unless ``config.cache`` is off;
+    ``sample_info`` (target, seed, formulation) labels them there.
+    An executor passed in is left open (the caller owns it); one made here is closed here.
+    """
+    selector = get_selector(config.selector)
+    settings = workspace.settings(config.batch_size)
+    own = executor is None
+    executor = executor or make_executor(config.executor, address=config.ray_address)
+    local = executor.name == "local"
+    factory = EngineFactory(workspace.base_dir, tuple(requests), config.batch_size, settings.pad_id,
+                            device=str(settings.device) if local else None, bf16=settings.bf16 if local else None,
+                            adapters_per_forward=config.adapters_per_forward, allow_pickle=allow_pickle)
+    stats = SelectionStats(selector=config.selector, executor=executor.name, candidates=len(records),
+                           samples=len(requests), exhaustive_tokens=len(records) * sample_tokens(requests))
+    unit_size = config.adapters_per_forward or default_adapters_per_forward(workspace.base_dir, settings)
+    store = ScoreStore(library_dir if config.cache else None, workspace.base_dir, sample_info)
+    retried_before = executor.retried
+    context = SelectionContext(workspace.base_dir, requests, settings, config, executor, factory, store, stats,
+                               unit_size=unit_size, library_dir=library_dir if config.cache else None,
+                               allow_pickle=allow_pickle, progress=progress)
+    try:
+        ranking = selector(context, records)
+    finally:
+        stats.retried_units = executor.retried - retried_before
+        if own:
+            executor.close()
+    return Selection(ranking, stats)

@@ -1,0 +1,195 @@
+"""The scoring engine: one base model, requests batched once, adapters copied into slots.
+
+Numbers equal ``evaluate`` on a PEFT model with the adapter attached (up to float rounding): the same
+batches, the same shared-prefix cloze scoring, the same per-example loss. What changes is the cost
+around the forward passes: no tokenising, collating or module building per candidate, and on hardware
+where small forwards leave the matmul units idle, several adapters share one forward.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from peft import PeftModel
+from torch import nn
+
+from mashup.data.prompts import EncodedRequest
+from mashup.evaluation import ScoreSettings, ScoringPlan
+from mashup.io import load_weights, weight_files
+from mashup.library.records import CheckpointRecord
+from mashup.models import attach_adapter, load_full_weights_into, load_model
+from mashup.selection.slots import LoRASlots, SlotLayout
+from mashup.workspace import count_parameters
+
+logger = logging.getLogger(__name__)
+
+# Rows (adapters x examples) one forward may hold before grouping stops paying: past this the matmuls
+# are large enough that stacking more adapters only adds activation memory.
+GROUP_ROWS = 256
+# Above this many parameters the forward is compute-bound on a CPU, so adapters run one at a time.
+CPU_GROUPING_MAX_PARAMETERS = 50_000_000
+
+
+@dataclass
+class ExampleScores:
+    """One checkpoint's per-example answer losses and correctness on the requests scored."""
+
+    id: str
+    indices: tuple[int, ...]
+    losses: list[float]
+    correct: list[bool]
+    seconds: float
+    tokens: int  # forward tokens: real (unpadded) prompt and continuation tokens
+
+    @property
+    def loss(self) -> float:
+        return sum(self.losses) / len(self.losses)
+
+    @property
+    def accuracy(self) -> float:
+        return sum(self.correct) / len(self.correct)
+
+
+def forward_tokens(request: EncodedRequest) -> int:
+    """Tokens a request sends through the model: the prompt, plus every continuation when cloze-scored."""
+    if request.single_token:
+        return len(request.prompt_ids)
+    return len(request.prompt_ids) + sum(len(c) for c in request.continuation_ids)
+
+
+def default_adapters_per_forward(base_dir: Path, settings: ScoreSettings) -> int:
+    """How many adapters share a forward: enough rows to fill the matmuls, one on a CPU for real models."""
+    if settings.device.type == "cpu" and count_parameters(base_dir) > CPU_GROUPING_MAX_PARAMETERS:
+        return 1
+    return max(1, GROUP_ROWS // settings.batch_size)
+
+
+class ScoringEngine:
+    """Scores checkpoints of one base on fixed requests; build once, call ``score`` as often as needed."""
+
+    def __init__(self, base_dir: Path, requests: Sequence[EncodedRequest], settings: ScoreSettings, *,
+                 adapters_per_forward: int | None = None, allow_pickle: bool = False) -> None:
+        self.base_dir = Path(base_dir)
+        self.requests = list(requests)
+        self.settings = settings
+        self.allow_pickle = allow_pickle
+        self._requested_group = adapters_per_forward
+        self._plans: dict[tuple[int, ...], ScoringPlan] = {}
+        self._slots: LoRASlots | None = None
+        self._slot_model: nn.Module | None = None
+        self._full_model: nn.Module | None = None
+        self._peft_model: nn.Module | None = None
+
+    def _load_base(self) -> nn.Module:
+        model = load_model(self.base_dir, allow_pickle=self.allow_pickle).to(self.settings.device)
+        return model.eval().requires_grad_(False)
+
+    def plan(self, indices: tuple[int, ...]) -> ScoringPlan:
+        """Batches for a subset of the requests, collated once and kept."""
+        if indices not in self._plans:
+            self._plans[indices] = ScoringPlan([self.requests[i] for i in indices], self.settings)
+        return self._plans[indices]
+
+    def tokens(self, indices: Sequence[int]) -> int:
+        return sum(forward_tokens(self.requests[i]) for i in indices)
+
+    def score(self, records: Sequence[CheckpointRecord], indices: Sequence[int] | None = None,
+              on_scored: Callable[[ExampleScores], None] | None = None) -> list[ExampleScores]:
+        """Per-example scores of each record on ``indices`` (default: all requests), in record order.
+
+        LoRA adapters run first (on the untouched base), then full fine-tunes, swapped into one model.
+        """
+        key = tuple(range(len(self.requests))) if indices is None else tuple(indices)
+        plan = self.plan(key)
+        tokens = self.tokens(key)
+        results: dict[str, ExampleScores] = {}
+
+        def emit(record: CheckpointRecord, losses: torch.Tensor, preds: torch.Tensor, seconds: float) -> None:
+            answers = [r.answer for r in plan.requests]
+            scores = ExampleScores(record.id, key, losses.tolist(), [p == a for p, a in zip(preds.tolist(), answers)],
+                                   seconds, tokens)
+            results[record.id] = scores
+            logger.info("scored %s (%s): loss %.4f accuracy %.4f", record.id, record.task, scores.loss, scores.accuracy)
+            if on_scored:
+                on_scored(scores)
+
+        layouts = {r.id: SlotLayout.of(r) for r in records}
+        grouped = [r for r in records if layouts[r.id] is not None and self._slots_for(layouts[r.id]) is not None]
+        for start in range(0, len(grouped), self._group_size()):
+            self._score_group(grouped[start:start + self._group_size()], plan, emit)
+        for record in records:
+            if record.id not in results and record.kind == "lora":
+                self._score_alone(record, plan, emit, self._peft_for)
+        for record in records:
+            if record.id not in results:
+                self._score_alone(record, plan, emit, self._full_for)
+        return [results[r.id] for r in records]
+
+    def _group_size(self) -> int:
+        if self._requested_group is None:
+            self._requested_group = default_adapters_per_forward(self.base_dir, self.settings)
+        return self._requested_group
+
+    def _slots_for(self, layout: SlotLayout) -> LoRASlots | None:
+        """The slots (built on first use); None for an adapter whose layout differs from theirs."""
+        if self._slots is None:
+            self._slot_model = self._load_base()
+            self._slots = LoRASlots(self._slot_model, layout, self._group_size())
+        return self._slots if self._slots.layout == layout else None
+
+    def _score_group(self, group: Sequence[CheckpointRecord], plan: ScoringPlan, emit: Callable) -> None:
+        assert self._slots is not None and self._slot_model is not None
+        start = time.perf_counter()
+        loaded = []
+        for record in group:
+            tensors = load_adapter_tensors(Path(record.path), self.allow_pickle)
+            if self._slots.fits(tensors):
+                self._slots.load(len(loaded), tensors, record.lora_scale)
+                loaded.append(record)
+        if loaded:
+            self._slots.activate(len(loaded))
+            losses, preds = plan.run(self._slot_model, copies=len(loaded))
+            self._slots.activate(0)
+            seconds = (time.perf_counter() - start) / len(loaded)
+            for g, record in enumerate(loaded):
+                emit(record, losses[g], preds[g], seconds)
+
+    def _score_alone(self, record: CheckpointRecord, plan: ScoringPlan, emit: Callable,
+                     activate: Callable[[CheckpointRecord], nn.Module]) -> None:
+        start = time.perf_counter()
+        model = activate(record)
+        losses, preds = plan.run(model)
+        emit(record, losses[0], preds[0], time.perf_counter() - start)
+
+    def _full_for(self, record: CheckpointRecord) -> nn.Module:
+        """A full fine-tune's weights swapped into one reused model object."""
+        if self._full_model is None:
+            self._full_model = self._load_base()
+        load_full_weights_into(self._full_model, Path(record.path), allow_pickle=self.allow_pickle)
+        return self._full_model
+
+    def _peft_for(self, record: CheckpointRecord) -> nn.Module:
+        """Adapters the slots cannot hold (other layouts, DoRA-like features) go through PEFT's own modules."""
+        name = f"ckpt_{record.id}"
+        if self._peft_model is None:
+            self._peft_model = attach_adapter(self._load_base(), Path(record.path), trainable=False, adapter_name=name)
+        else:
+            model = self._peft_model
+            previous = model.active_adapter
+            model.load_adapter(record.path, adapter_name=name, is_trainable=False)
+            model.set_adapter(name)
+            model.delete_adapter(previous)
+        assert isinstance(self._peft_model, PeftModel)
+        return self._peft_model.eval()
+
+
+def load_adapter_tensors(adapter_dir: Path, allow_pickle: bool) -> dict[str, torch.Tensor]:
+    tensors: dict[str, torch.Tensor] = {}
+    for path in weight_files(adapter_dir, allow_pickle=allow_pickle):
+        tensors.update(load_weights(path))
+    return tensors

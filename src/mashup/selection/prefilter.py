@@ -1,0 +1,125 @@
+"""Prefilters: rank LoRA candidates without a forward pass per candidate, keep the most promising.
+
+Each signal gives a value per candidate, lower meaning more promising. One probe pass of the base over
+the target sample serves every signal; each candidate's factors are read once. The kept set takes the
+signals' best candidates in turn (round robin), so one misleading signal cannot crowd out the other.
+Values are cached per weights and target sample, so a repeated selection runs no probe at all.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mashup.config import PrefilterConfig
+from mashup.data.prompts import EncodedRequest
+from mashup.evaluation import ScoreSettings
+from mashup.library import CheckpointRecord
+from mashup.selection.arrow import affinity, prototypes
+from mashup.selection.engine import load_adapter_tensors
+from mashup.selection.first_order import predicted_change
+from mashup.selection.probe import Probe, run_probe
+from mashup.selection.signal_cache import SignalCache, weights_key
+from mashup.selection.slots import SlotLayout
+
+logger = logging.getLogger(__name__)
+SIGNALS = ("first_order", "arrow")
+
+
+@dataclass
+class PrefilterResult:
+    kept: list[CheckpointRecord]
+    values: dict[str, dict[str, float]] = field(default_factory=dict)  # signal -> record id -> value
+    probe_tokens: int = 0  # forward-token equivalents of the probe (backward counted as two forwards)
+    seconds: float = 0.0
+
+
+def keep_count(n: int, config: PrefilterConfig) -> int:
+    wanted = math.ceil(config.keep * n) if config.keep < 1 else int(config.keep)
+    return min(n, max(wanted, config.min_keep))
+
+
+def run_prefilter(records: Sequence[CheckpointRecord], requests: Sequence[EncodedRequest], settings: ScoreSettings,
+                  base_dir: Path, config: PrefilterConfig, fingerprint: str, *, library_dir: Path | None = None,
+                  allow_pickle: bool = False) -> PrefilterResult:
+    """The candidates worth scoring: every one without a plain LoRA layout, plus the best by the signals."""
+    start = time.perf_counter()
+    layouts = {r.id: SlotLayout.of(r) for r in records}
+    eligible = [r for r in records if layouts[r.id] is not None]
+    count = keep_count(len(records), config)
+    if not eligible or count >= len(records):
+        return PrefilterResult(list(records), seconds=time.perf_counter() - start)
+    cache = SignalCache(library_dir) if library_dir is not None else None
+    keys = {r.id: weights_key(r, allow_pickle) for r in eligible}
+    values = {signal: _cached(cache, signal, fingerprint, eligible, keys) for signal in config.signals}
+    missing = {signal: [r for r in eligible if r.id not in values[signal]] for signal in config.signals}
+    result = PrefilterResult([])
+    if any(missing.values()):
+        layout = layouts[eligible[0].id]
+        assert layout is not None
+        probe = run_probe(base_dir, requests, settings, layout.modules, gradients=bool(missing.get("first_order")),
+                          inputs=bool(missing.get("arrow")), allow_pickle=allow_pickle)
+        result.probe_tokens = probe.tokens * (3 if probe.gradients else 1)
+        fresh = _compute(missing, probe, layout, keys, cache, allow_pickle)
+        for signal, new in fresh.items():
+            values[signal].update(new)
+            if cache is not None:
+                cache.put_signals(signal, fingerprint, {keys[i]: v for i, v in new.items()})
+    rankings = [sorted(v, key=lambda i: (v[i], i)) for v in values.values()]
+    chosen = _round_robin(rankings, count - (len(records) - len(eligible)))
+    result.kept = [r for r in records if layouts[r.id] is None or r.id in chosen]
+    result.values = values
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def _cached(cache: SignalCache | None, signal: str, fingerprint: str, records: Sequence[CheckpointRecord],
+            keys: dict[str, str]) -> dict[str, float]:
+    if cache is None:
+        return {}
+    found = cache.signals(signal, fingerprint, keys.values())
+    return {r.id: found[keys[r.id]] for r in records if keys[r.id] in found}
+
+
+def _compute(missing: dict[str, list[CheckpointRecord]], probe: Probe, layout: SlotLayout, keys: dict[str, str],
+             cache: SignalCache | None, allow_pickle: bool) -> dict[str, dict[str, float]]:
+    """Each missing value, reading each candidate's factors once (Arrow prototypes from the cache when there)."""
+    first_ids = {r.id for r in missing.get("first_order", [])}
+    arrow_ids = {r.id for r in missing.get("arrow", [])}
+    known = cache.prototypes(keys[i] for i in arrow_ids) if cache is not None and arrow_ids else {}
+    fresh: dict[str, dict[str, float]] = {signal: {} for signal in missing}
+    protos, new_protos = {}, {}
+    for record in {r.id: r for records in missing.values() for r in records}.values():
+        key = keys[record.id]
+        needs_tensors = record.id in first_ids or (record.id in arrow_ids and key not in known)
+        tensors = load_adapter_tensors(Path(record.path), allow_pickle) if needs_tensors else {}
+        if record.id in first_ids:
+            fresh["first_order"][record.id] = predicted_change(probe.gradients, tensors, record.lora_scale)
+        if record.id in arrow_ids:
+            protos[record.id] = known[key] if key in known else prototypes(tensors, layout.modules)
+            if key not in known:
+                new_protos[key] = protos[record.id]
+    if arrow_ids:
+        ids = sorted(arrow_ids)
+        fresh["arrow"] = {i: -a for i, a in zip(ids, affinity(probe.inputs, [protos[i] for i in ids]))}
+        if cache is not None and new_protos:
+            cache.put_prototypes(new_protos)
+    return fresh
+
+
+def _round_robin(rankings: Sequence[Sequence[str]], count: int) -> set[str]:
+    """Take the next best of each ranking in turn until ``count`` distinct ids are taken."""
+    chosen: set[str] = set()
+    cursors = [0] * len(rankings)
+    while len(chosen) < count and any(c < len(r) for c, r in zip(cursors, rankings)):
+        for i, ranking in enumerate(rankings):
+            while cursors[i] < len(ranking) and ranking[cursors[i]] in chosen:
+                cursors[i] += 1
+            if cursors[i] < len(ranking) and len(chosen) < count:
+                chosen.add(ranking[cursors[i]])
+                cursors[i] += 1
+    return chosen

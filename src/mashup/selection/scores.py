@@ -1,0 +1,80 @@
+"""Prefix scores: a checkpoint's answer-loss sum and correct count over the first n requests of the sample.
+
+Successive halving scores survivors on nested prefixes of one seeded sample, so a longer prefix only
+needs the requests past the shorter one; a score cached for a prefix (under that prefix's fingerprint)
+is reused the same way. ``ScoreStore`` is the one place selection touches the library's score cache.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mashup.data.prompts import EncodedRequest
+from mashup.library import CheckpointRecord
+from mashup.library.score_cache import ScoreCache, fingerprint
+from mashup.scoring import CheckpointScore
+from mashup.selection.engine import ExampleScores
+
+
+@dataclass
+class PrefixScore:
+    loss_sum: float
+    correct: int
+    n: int
+    seconds: float = 0.0
+    tokens: int = 0  # forward tokens spent on it in this call
+    cached: bool = False
+
+    @property
+    def loss(self) -> float:
+        return self.loss_sum / self.n
+
+    @property
+    def accuracy(self) -> float:
+        return self.correct / self.n
+
+    @classmethod
+    def of(cls, scores: ExampleScores) -> PrefixScore:
+        return cls(sum(scores.losses), sum(scores.correct), len(scores.losses), scores.seconds, scores.tokens)
+
+    def extended(self, more: PrefixScore) -> PrefixScore:
+        """This prefix followed by the requests scored in ``more``."""
+        return PrefixScore(self.loss_sum + more.loss_sum, self.correct + more.correct, self.n + more.n,
+                           self.seconds + more.seconds, self.tokens + more.tokens, self.cached and more.cached)
+
+    def checkpoint_score(self, record: CheckpointRecord) -> CheckpointScore:
+        return CheckpointScore(record.id, record.task, record.kind, self.loss, self.accuracy, self.n, self.seconds,
+                               cached=self.cached)
+
+
+class ScoreStore:
+    """Read and write prefix means in the library's score cache (``None`` library: no cache)."""
+
+    def __init__(self, library_dir: Path | None, base_dir: Path, sample_info: dict[str, Any] | None = None) -> None:
+        self.cache = ScoreCache(library_dir) if library_dir is not None else None
+        self.base_dir = base_dir
+        self.sample_info = sample_info or {}  # target, seed, formulation: labels the relevance matrix
+
+    def lookup(self, requests: Sequence[EncodedRequest], records: Iterable[CheckpointRecord]) -> dict[str, PrefixScore]:
+        """Cached scores on exactly these requests, by record id."""
+        records = list(records)
+        if self.cache is None or not records:
+            return {}
+        found = self.cache.get(fingerprint(self.base_dir, requests), (r.sha256 for r in records))
+        out = {}
+        for record in records:
+            if record.sha256 in found:
+                loss, accuracy, n, seconds = found[record.sha256]
+                # a cached score keeps the seconds it cost (0 for rows cached before that was recorded)
+                out[record.id] = PrefixScore(loss * n, round(accuracy * n), n, seconds=seconds or 0.0, cached=True)
+        return out
+
+    def store(self, requests: Sequence[EncodedRequest], scores: Sequence[tuple[CheckpointRecord, PrefixScore]]) -> None:
+        if self.cache is not None and scores:
+            info = {**self.sample_info, "samples": len(requests)}
+            self.cache.put(fingerprint(self.base_dir, requests),
+                           [(r.sha256, s.loss, s.accuracy, s.n, s.seconds) for r, s in scores],
+                           target=info.get("target"), sample=info)

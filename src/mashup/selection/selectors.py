@@ -1,0 +1,107 @@
+"""Selectors: which candidates are scored on how much of the sample. One registry, names in errors.
+
+- ``exhaustive``: every candidate on the whole sample (the paper's selection).
+- ``halving``: successive halving on nested prefixes of the same sample; survivors reach the whole sample.
+- ``prefilter+halving``: signals that need no forward pass per candidate (first-order estimate, Arrow
+  prototypes) keep the most promising few, then halving ranks those.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+from mashup.config import HalvingConfig
+from mashup.errors import MashupError
+from mashup.library import CheckpointRecord
+from mashup.scoring import CheckpointScore, rank
+from mashup.selection.driver import SelectionContext
+from mashup.selection.prefilter import run_prefilter
+
+Selector = Callable[[SelectionContext, Sequence[CheckpointRecord]], list[CheckpointScore]]
+_REGISTRY: dict[str, Selector] = {}
+
+
+def register_selector(name: str, selector: Selector) -> None:
+    if name in _REGISTRY:
+        raise MashupError(f"selector '{name}' is already registered")
+    _REGISTRY[name] = selector
+
+
+def selector_names() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def get_selector(name: str) -> Selector:
+    if name not in _REGISTRY:
+        raise MashupError(f"unknown selector '{name}'", None, f"use one of: {', '.join(selector_names())}")
+    return _REGISTRY[name]
+
+
+def halving_schedule(candidates: int, samples: int, config: HalvingConfig, k: int) -> list[tuple[int, int]]:
+    """Rounds as ``(sample size, candidates scored)``: keep 1/factor, grow the sample factor times.
+
+    Candidates never drop below ``max(k, min_survivors)``; once there, the next round is the whole
+    sample. The last round always scores its survivors on all ``samples``.
+    """
+    floor = max(k, config.min_survivors)
+    n = samples if candidates <= floor else min(config.min_samples, samples)
+    rounds = [(n, candidates)]
+    while n < samples:
+        candidates = max(math.ceil(candidates / config.factor), min(floor, candidates))
+        n = samples if candidates <= floor else min(samples, math.ceil(n * config.factor))
+        rounds.append((n, candidates))
+    return rounds
+
+
+def planned_work(rounds: Sequence[tuple[int, int]]) -> int:
+    """Candidate-samples the schedule scores, each candidate scoring only the requests new to it."""
+    previous, total = 0, 0
+    for n, candidates in rounds:
+        total += candidates * (n - previous)
+        previous = n
+    return total
+
+
+def _ranked(context: SelectionContext, records: Sequence[CheckpointRecord], n: int) -> list[CheckpointScore]:
+    scores = context.score(records, n)
+    return rank([scores[r.id].checkpoint_score(r) for r in records], context.config.metric)
+
+
+def exhaustive(context: SelectionContext, records: Sequence[CheckpointRecord]) -> list[CheckpointScore]:
+    samples = len(context.requests)
+    context.plan(len(records) * samples)
+    return _ranked(context, records, samples)
+
+
+def halving(context: SelectionContext, records: Sequence[CheckpointRecord]) -> list[CheckpointScore]:
+    """Successive halving; the ranking lists the final round, then each earlier round's dropped candidates."""
+    config = context.config
+    rounds = halving_schedule(len(records), len(context.requests), config.halving, config.k)
+    context.plan(planned_work(rounds))
+    by_id = {r.id: r for r in records}
+    survivors, dropped = list(records), []
+    for i, (n, _) in enumerate(rounds):
+        ranked = _ranked(context, survivors, n)
+        if i == len(rounds) - 1:
+            return ranked + [s for group in reversed(dropped) for s in group]
+        keep = rounds[i + 1][1]
+        dropped.append(ranked[keep:])
+        survivors = [by_id[s.id] for s in ranked[:keep]]
+    raise AssertionError("a schedule has at least one round")
+
+
+def prefilter_halving(context: SelectionContext, records: Sequence[CheckpointRecord]) -> list[CheckpointScore]:
+    """Keep the prefilters' most promising candidates, then rank them by halving."""
+    config = context.config
+    result = run_prefilter(records, context.requests, context.settings, context.base_dir, config.prefilter,
+                           context.fingerprint(), library_dir=context.library_dir, allow_pickle=context.allow_pickle)
+    context.stats.probe_tokens += result.probe_tokens
+    context.stats.prefilter_seconds += result.seconds
+    context.stats.prefiltered_out = len(records) - len(result.kept)
+    return halving(context, result.kept)
+
+
+register_selector("exhaustive", exhaustive)
+register_selector("halving", halving)
+register_selector("prefilter+halving", prefilter_halving)

@@ -1,0 +1,130 @@
+"""LoRA slots built once into the base model: adapters are copied in, several share one forward.
+
+PEFT's ``load_adapter``/``delete_adapter`` rebuilds modules for every candidate, and its mixed-adapter
+batches (``adapter_names=``) gather and scatter each adapter's rows with index lists. Selection scores
+hundreds of same-shaped adapters on the same batches, so here each targeted ``nn.Linear`` is wrapped
+once with G slots of stacked factors, an adapter is a tensor copy into a slot, and the batch's rows
+belong to slots in contiguous equal blocks (copy-major, as ``mashup.batching.repeat_rows`` lays them
+out), so the G low-rank updates are two batched matmuls per module.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mashup.library.records import ADAPTER_CONFIG, CheckpointRecord
+
+_PREFIX = "base_model.model."
+_A, _B = ".lora_A.weight", ".lora_B.weight"
+# adapter_config.json features that change what the adapter computes beyond base(x) + s * B(A(x))
+_UNSUPPORTED_FLAGS = ("fan_in_fan_out", "lora_bias", "use_dora", "alora_invocation_tokens", "layer_replication",
+                      "use_qalora", "target_parameters", "arrow_config", "use_bdlora", "modules_to_save",
+                      "trainable_token_indices")
+
+
+@dataclass(frozen=True)
+class SlotLayout:
+    """Which modules carry LoRA factors, and their rank: what one set of slots can hold."""
+
+    rank: int
+    modules: tuple[str, ...]  # module paths in the base model, e.g. model.layers.0.self_attn.q_proj
+
+    @classmethod
+    def of(cls, record: CheckpointRecord) -> SlotLayout | None:
+        """The layout of a plain LoRA adapter; None when it needs PEFT's own modules (see _UNSUPPORTED_FLAGS)."""
+        if record.kind != "lora" or record.lora_r is None or not _plain_config(Path(record.path)):
+            return None
+        modules = []
+        for name in record.shapes:
+            if not name.startswith(_PREFIX) or not name.endswith((_A, _B)):
+                return None
+            if name.endswith(_A):
+                modules.append(name[len(_PREFIX):-len(_A)])
+        return cls(record.lora_r, tuple(sorted(modules)))
+
+
+def _plain_config(adapter_dir: Path) -> bool:
+    try:
+        config = json.loads((adapter_dir / ADAPTER_CONFIG).read_text())
+    except (OSError, json.JSONDecodeError):
+        return False  # let PEFT's loader produce the error message
+    return not any(config.get(flag) for flag in _UNSUPPORTED_FLAGS)
+
+
+def adapter_factors(tensors: Mapping[str, torch.Tensor], module: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(A [r, in], B [out, r])`` of one module from a PEFT adapter state dict."""
+    return tensors[_PREFIX + module + _A], tensors[_PREFIX + module + _B]
+
+
+class GroupedLoRALinear(nn.Module):
+    """``base(x) + s_g * B_g A_g x`` where row block g of the batch belongs to slot g."""
+
+    def __init__(self, base_layer: nn.Linear, rank: int, slots: int) -> None:
+        super().__init__()
+        self.base_layer = base_layer
+        weight = base_layer.weight
+        self.register_buffer("lora_A", torch.zeros(slots, rank, base_layer.in_features, dtype=weight.dtype,
+                                                   device=weight.device), persistent=False)
+        self.register_buffer("lora_B", torch.zeros(slots, base_layer.out_features, rank, dtype=weight.dtype,
+                                                   device=weight.device), persistent=False)
+        self.register_buffer("scale", torch.zeros(slots, dtype=weight.dtype, device=weight.device), persistent=False)
+        self.active = 0  # slots in use; 0 leaves the base layer alone
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        result = self.base_layer(x)
+        g = self.active
+        if g == 0:
+            return result
+        if g == 1:  # the same ops as PEFT's LoRA Linear: B(A(x)) * s
+            return result + F.linear(F.linear(x.to(self.lora_A.dtype), self.lora_A[0]), self.lora_B[0]) * self.scale[0]
+        xg = x.to(self.lora_A.dtype).reshape(g, -1, x.shape[-1])
+        delta = torch.bmm(torch.bmm(xg, self.lora_A[:g].transpose(1, 2)), self.lora_B[:g].transpose(1, 2))
+        delta = delta * self.scale[:g].view(g, 1, 1)
+        return result + delta.reshape(*x.shape[:-1], -1).to(result.dtype)
+
+
+class LoRASlots:
+    """G slots wrapped once around the layout's modules of ``model`` (in place)."""
+
+    def __init__(self, model: nn.Module, layout: SlotLayout, slots: int) -> None:
+        self.layout = layout
+        self.slots = slots
+        self.modules: dict[str, GroupedLoRALinear] = {}
+        for path in layout.modules:
+            parent_path, _, child = path.rpartition(".")
+            parent = model.get_submodule(parent_path)
+            base = getattr(parent, child)
+            if not isinstance(base, nn.Linear):
+                raise TypeError(f"{path} is a {type(base).__name__}, not nn.Linear")
+            wrapped = GroupedLoRALinear(base, layout.rank, slots)
+            setattr(parent, child, wrapped)
+            self.modules[path] = wrapped
+
+    def fits(self, tensors: Mapping[str, torch.Tensor]) -> bool:
+        """True when every factor has exactly the slot's shape."""
+        for path, module in self.modules.items():
+            a, b = adapter_factors(tensors, path)
+            if a.shape != module.lora_A.shape[1:] or b.shape != module.lora_B.shape[1:]:
+                return False
+        return True
+
+    @torch.no_grad()
+    def load(self, slot: int, tensors: Mapping[str, torch.Tensor], scale: float) -> None:
+        for path, module in self.modules.items():
+            a, b = adapter_factors(tensors, path)
+            module.lora_A[slot].copy_(a)
+            module.lora_B[slot].copy_(b)
+            module.scale[slot] = scale
+
+    def activate(self, n: int) -> None:
+        """Use the first ``n`` slots (0: the plain base model)."""
+        for module in self.modules.values():
+            module.active = n
+

@@ -1,0 +1,45 @@
+"""Scoring as executor units: a picklable engine factory and the unit it runs (records x request range)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from mashup.data.prompts import EncodedRequest
+from mashup.evaluation import ScoreSettings
+from mashup.library import CheckpointRecord
+from mashup.models import bf16_supported, default_device
+from mashup.selection.engine import ExampleScores, ScoringEngine
+
+
+@dataclass(frozen=True)
+class ScoreUnit:
+    records: tuple[CheckpointRecord, ...]
+    indices: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class EngineFactory:
+    """Builds one ``ScoringEngine`` per worker; the device is the worker's own unless given."""
+
+    base_dir: Path
+    requests: tuple[EncodedRequest, ...]
+    batch_size: int
+    pad_id: int
+    device: str | None = None
+    bf16: bool | None = None
+    adapters_per_forward: int | None = None
+    allow_pickle: bool = False
+
+    def settings(self) -> ScoreSettings:
+        import torch
+
+        device = torch.device(self.device) if self.device else default_device()
+        bf16 = bf16_supported(device) if self.bf16 is None else self.bf16
+        return ScoreSettings(batch_size=self.batch_size, device=device, bf16=bf16, pad_id=self.pad_id)
+
+    def __call__(self) -> Callable[[ScoreUnit], list[ExampleScores]]:
+        engine = ScoringEngine(self.base_dir, self.requests, self.settings(),
+                               adapters_per_forward=self.adapters_per_forward, allow_pickle=self.allow_pickle)
+        return lambda unit: engine.score(unit.records, unit.indices)

@@ -1,0 +1,28 @@
+import json
+
+from mashup.library import Library
+from tests.test_cli import run_cli
+
+
+def test_select_cli_with_halving_then_a_free_repeat(tmp_path, tiny_base, tiny_loras, mc_file, capsys, monkeypatch):
+    Library(tmp_path / "lib").add(tiny_loras)
+    args = ["select", "--base", tiny_base, "--data", mc_file, "--library", tmp_path / "lib", "--samples", 12,
+            "--scoring", "letter", "--selector", "halving", "--halving-min-samples", 4, "--halving-factor", 2, "--json"]
+    out, err = run_cli(args, capsys, monkeypatch)
+    first = json.loads(out)
+    assert first["stats"]["selector"] == "halving" and first["stats"]["scored"] > 0
+    assert "of exhaustive forward tokens" in err
+    out, err = run_cli(args, capsys, monkeypatch)
+    again = json.loads(out)
+    assert "nothing was scored (0 forward tokens)" in err
+    assert again["selected"] == first["selected"] and again["stats"]["forward_tokens"] == 0
+
+
+def test_select_cli_rejects_unknown_selector_and_executor(tmp_path, tiny_base, tiny_loras, mc_file, capsys,
+                                                          monkeypatch):
+    Library(tmp_path / "lib").add(tiny_loras[:2])
+    base = ["select", "--base", tiny_base, "--data", mc_file, "--library", tmp_path / "lib"]
+    _, err = run_cli([*base, "--selector", "greedy"], capsys, monkeypatch, expect=2)
+    assert "selector" in err and "Traceback" not in err
+    _, err = run_cli([*base, "--executor", "dask"], capsys, monkeypatch, expect=2)
+    assert "executor" in err and "Traceback" not in err

@@ -1,0 +1,125 @@
+import math
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file, save_file
+
+from mashup.config import DataConfig, EvalConfig, HalvingConfig, SelectConfig, TrainConfig
+from mashup.errors import MashupError
+from mashup.library import Library
+from mashup.selection import get_selector, halving_schedule
+from mashup.selection.engine import forward_tokens
+from mashup.selection.selectors import planned_work
+from mashup.verbs import select, train_model
+from tests.conftest import write_mc_jsonl
+from tests.selection.helpers import requests_for
+from tests.tiny import save_tiny_lora
+
+
+def test_halving_schedule_keeps_a_fraction_and_ends_on_the_whole_sample():
+    config = HalvingConfig(min_samples=16, factor=4, min_survivors=8)
+    assert halving_schedule(1000, 256, config, k=2) == [(16, 1000), (64, 250), (256, 63)]
+    assert halving_schedule(100, 256, config, k=2) == [(16, 100), (64, 25), (256, 8)]
+    assert halving_schedule(8, 256, config, k=2) == [(256, 8)], "few candidates: plain exhaustive"
+    assert halving_schedule(40, 256, config, k=12) == [(16, 40), (256, 12)], "never below k"
+    assert halving_schedule(1000, 10, config, k=2) == [(10, 1000)]
+    assert planned_work([(16, 1000), (64, 250), (256, 63)]) == 1000 * 16 + 250 * 48 + 63 * 192
+
+
+def test_unknown_selector_lists_the_valid_ones():
+    with pytest.raises(MashupError, match="exhaustive, halving, prefilter\\+halving"):
+        get_selector("greedy")
+
+
+@pytest.fixture(scope="module")
+def graded_loras(tmp_path_factory, tiny_base):
+    """Three adapters trained on the target (30, 60, 90 steps) and 13 strong random ones: a clear top 3."""
+    root = tmp_path_factory.mktemp("graded")
+    target = write_mc_jsonl(root / "target.jsonl", 40)
+    data = DataConfig(data=str(target), scoring="cloze")
+    paths = []
+    for i, steps in enumerate((30, 60, 90)):
+        config = TrainConfig(lr=3e-2, max_steps=steps, batch_size=8, seed=i, lora_r=4, lora_alpha=8,
+                             target_modules=["q_proj", "v_proj", "up_proj"])
+        paths.append(Path(train_model(str(tiny_base), data, config, root / f"trained{i}",
+                                      eval_config=EvalConfig(max_examples=0)).weights_dir))
+    for i in range(13):
+        path = save_tiny_lora(tiny_base, root / f"random{i}", seed=100 + i)
+        weights = path / "adapter_model.safetensors"
+        save_file({k: v * 6 if "lora_B" in k else v for k, v in load_file(weights).items()}, weights)
+        paths.append(path)
+    return paths
+
+
+def _select(tmp_path, mc_file, tiny_base, selector, samples=24):
+    config = SelectConfig(samples=samples, k=2, selector=selector, batch_size=8, cache=False,
+                          halving=HalvingConfig(min_samples=4, factor=2, min_survivors=2))
+    return select(str(tiny_base), DataConfig(data=str(mc_file), scoring="cloze"), config, tmp_path / "lib")
+
+
+def test_halving_keeps_the_true_top_k_for_less(tmp_path, tiny_base, graded_loras, mc_file):
+    Library(tmp_path / "lib").add(graded_loras)
+    full = _select(tmp_path, mc_file, tiny_base, "exhaustive")
+    halved = _select(tmp_path, mc_file, tiny_base, "halving")
+    assert set(halved.selected) == set(full.selected)
+    assert halved.selected == full.selected
+    exhaustive_loss = {s.id: s.loss for s in full.ranking}
+    for score in halved.ranking[:2]:
+        assert score.n == 24 and score.loss == pytest.approx(exhaustive_loss[score.id], abs=1e-6)
+    assert [s.n for s in halved.ranking] == sorted((s.n for s in halved.ranking), reverse=True)
+    assert {s.id for s in halved.ranking} == {s.id for s in full.ranking}
+    assert halved.stats["forward_tokens"] < 0.6 * full.stats["forward_tokens"]
+    assert full.stats["cost_ratio"] == pytest.approx(1.0)
+    assert [r["samples"] for r in halved.stats["rounds"]] == [4, 8, 16, 24]
+
+
+def test_prefilter_then_halving_keeps_the_true_top_k(tmp_path, tiny_base, graded_loras, mc_file):
+    Library(tmp_path / "lib").add(graded_loras)
+    full = _select(tmp_path, mc_file, tiny_base, "exhaustive")
+    config = SelectConfig(samples=24, k=2, selector="prefilter+halving", batch_size=8,
+                          halving=HalvingConfig(min_samples=4, factor=2, min_survivors=2),
+                          prefilter={"keep": 6, "min_keep": 1})
+    picked = select(str(tiny_base), DataConfig(data=str(mc_file), scoring="cloze"), config, tmp_path / "lib")
+    assert picked.selected == full.selected
+    assert picked.stats["prefiltered_out"] == 10 and len(picked.ranking) == 6
+    assert picked.stats["probe_tokens"] > 0
+
+
+@pytest.mark.parametrize("selector", ["exhaustive", "halving", "prefilter+halving"])
+def test_a_repeated_select_costs_nothing(tmp_path, tiny_base, tiny_loras, mc_file, selector):
+    extra = [save_tiny_lora(tiny_base, tmp_path / f"x{i}", seed=50 + i) for i in range(6)]
+    Library(tmp_path / "lib").add([*tiny_loras, *extra])
+    config = SelectConfig(samples=16, k=2, selector=selector, batch_size=8,
+                          halving=HalvingConfig(min_samples=4, factor=2, min_survivors=2),
+                          prefilter={"keep": 5, "min_keep": 1})
+    data = DataConfig(data=str(mc_file), scoring="letter")
+    first = select(str(tiny_base), data, config, tmp_path / "lib")
+    again = select(str(tiny_base), data, config, tmp_path / "lib")
+    assert first.stats["forward_tokens"] > 0
+    assert again.stats["forward_tokens"] == 0 and again.stats["probe_tokens"] == 0 and again.stats["scored"] == 0
+    assert [(s.id, s.n) for s in again.ranking] == [(s.id, s.n) for s in first.ranking]
+    assert all(s.cached for s in again.ranking)
+    assert [s.loss for s in again.ranking] == pytest.approx([s.loss for s in first.ranking], abs=1e-9)
+
+
+def test_halving_scores_only_the_requests_new_to_each_survivor(tmp_path, tiny_base, tiny_loras, mc_file):
+    Library(tmp_path / "lib").add(tiny_loras)
+    result = _select(tmp_path, mc_file, tiny_base, "halving", samples=16)
+    assert [(r["samples"], r["candidates"]) for r in result.stats["rounds"]] == [(4, 3), (16, 2)]
+    _, requests = requests_for(tiny_base, mc_file, 16, "cloze")
+    tokens = [forward_tokens(r) for r in requests]
+    assert result.stats["forward_tokens"] == 3 * sum(tokens[:4]) + 2 * sum(tokens[4:])
+    assert result.stats["exhaustive_tokens"] == 3 * sum(tokens)
+    assert math.isclose(result.stats["cost_ratio"], result.stats["forward_tokens"] / result.stats["exhaustive_tokens"])
+
+
+def test_halving_over_full_finetunes_matches_exhaustive_scores(tmp_path, tiny_base, tiny_fulls, mc_file):
+    Library(tmp_path / "lib").add(tiny_fulls, base=str(tiny_base))
+    data = DataConfig(data=str(mc_file), scoring="letter")
+    config = {"samples": 12, "k": 1, "batch_size": 4, "cache": False,
+              "halving": HalvingConfig(min_samples=3, factor=3, min_survivors=1)}
+    full = select(str(tiny_base), data, SelectConfig(**config), tmp_path / "lib", kind="full")
+    halved = select(str(tiny_base), data, SelectConfig(selector="halving", **config), tmp_path / "lib", kind="full")
+    winner = halved.ranking[0]
+    assert winner.n == 12 and winner.loss == pytest.approx({s.id: s.loss for s in full.ranking}[winner.id], abs=1e-6)
+    assert [(r["samples"], r["candidates"]) for r in halved.stats["rounds"]] == [(3, 3), (12, 1)]
