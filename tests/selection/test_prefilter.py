@@ -53,6 +53,7 @@ def test_arrow_prototype_is_the_top_right_singular_vector_of_the_dense_update():
     assert affinity(inputs, [got])[0] == pytest.approx(expected, rel=1e-5)
 
 
+@pytest.mark.fp32  # a central difference of 3% is below bf16's resolution
 def test_first_order_estimate_matches_the_measured_loss_change(tiny_base, tiny_loras, mc_file):
     """The probe's gradient and the estimate agree with a central difference of the engine's loss."""
     workspace, requests = requests_for(tiny_base, mc_file, 12, "cloze")

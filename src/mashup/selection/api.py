@@ -32,8 +32,9 @@ def select_checkpoints(workspace: Workspace, records: Sequence[CheckpointRecord]
     own = executor is None
     executor = executor or make_executor(config.executor, address=config.ray_address)
     local = executor.name == "local"
+    # remote workers pick their own device, but score in the driver's precision: a Ray run ranks like a local one
     factory = EngineFactory(workspace.base_dir, tuple(requests), config.batch_size, settings.pad_id,
-                            device=str(settings.device) if local else None, bf16=settings.bf16 if local else None,
+                            device=str(settings.device) if local else None, bf16=settings.bf16,
                             adapters_per_forward=config.adapters_per_forward, allow_pickle=allow_pickle)
     stats = SelectionStats(selector=config.selector, executor=executor.name, candidates=len(records),
                            samples=len(requests), exhaustive_tokens=len(records) * sample_tokens(requests))

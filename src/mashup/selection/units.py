@@ -9,7 +9,7 @@ from pathlib import Path
 from mashup.data.prompts import EncodedRequest
 from mashup.evaluation import ScoreSettings
 from mashup.library import CheckpointRecord
-from mashup.models import bf16_supported, default_device
+from mashup.models import default_device, resolve_precision
 from mashup.selection.engine import ExampleScores, ScoringEngine
 
 
@@ -36,7 +36,7 @@ class EngineFactory:
         import torch
 
         device = torch.device(self.device) if self.device else default_device()
-        bf16 = bf16_supported(device) if self.bf16 is None else self.bf16
+        bf16 = resolve_precision(None, device) == "bf16" if self.bf16 is None else self.bf16
         return ScoreSettings(batch_size=self.batch_size, device=device, bf16=bf16, pad_id=self.pad_id)
 
     def __call__(self) -> Callable[[ScoreUnit], list[ExampleScores]]:
