@@ -181,17 +181,21 @@ def library_scores(target: Annotated[Optional[str], typer.Option("--target", hel
 
 @tasks_app.command("list")
 def tasks_list(as_json: JsonOpt = False) -> None:
-    """Named benchmark tasks, their source and split sizes."""
+    """Named benchmark tasks, their source and split sizes, and the named models' measured zero-shot cloze accuracy."""
     from mashup.data.tasks import TASKS
+    from mashup.named_models import ZERO_SHOT_CLOZE
 
     rows = []
     for name, task in TASKS.items():
         sizes = task.split_sizes()
+        zero_shot = {model: {"accuracy": scores[name][0], "n": scores[name][1]}
+                     for model, scores in ZERO_SHOT_CLOZE.items() if name in scores}
         rows.append({"task": name, "source": task.source_name(), "train": sizes and sizes.get("train"),
-                     "test": sizes and sizes.get("test")})
-    table = Table("task", "source", "train", "test")
+                     "test": sizes and sizes.get("test"), "zero_shot_cloze": zero_shot})
+    table = Table("task", "source", "train", "test", "zero-shot cloze accuracy (n questions)")
     for row in rows:
-        table.add_row(row["task"], row["source"], str(row["train"] or "-"), str(row["test"] or "-"))
+        notes = ", ".join(f"{m} {z['accuracy']:.3f} ({z['n']})" for m, z in row["zero_shot_cloze"].items())
+        table.add_row(row["task"], row["source"], str(row["train"] or "-"), str(row["test"] or "-"), notes or "-")
     emit(rows, as_json, table)
 
 

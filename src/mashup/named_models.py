@@ -116,7 +116,9 @@ NAMED_MODELS: dict[str, NamedModel] = {
 # below the split size; measured with `mashup eval --base NAME --data TASK --scoring cloze
 # --max-test-examples N` (fp32, 2 CPU cores). Shown by `mashup models list`.
 ZERO_SHOT_CLOZE: dict[str, dict[str, tuple[float, int]]] = {
-    "gemma3-270m": {"arc_easy": (0.582, 500), "commonsense_qa": (0.44, 100)},
+    "gemma3-270m": {"arc_easy": (0.582, 500), "commonsense_qa": (0.44, 100), "hellaswag": (0.40, 100),
+                    "openbookqa": (0.22, 100), "piqa": (0.63, 100), "sciq": (0.68, 100), "social_iqa": (0.37, 100),
+                    "winogrande": (0.52, 100)},
 }
 
 
