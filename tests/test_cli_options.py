@@ -123,3 +123,13 @@ def test_name_option_names_a_file_target(tmp_path, tiny_base, capsys, monkeypatc
                       "--json"], capsys, monkeypatch)
     assert json.loads(out)["curve"][0]["step"] == 0
     assert __import__("yaml").safe_load((tmp_path / "trained" / "data_config.yaml").read_text())["name"] == "custom"
+
+
+def test_the_cli_starts_without_torch_transformers_or_peft():
+    """`mashup --help` stays fast: every verb imports its heavy modules on first use, not at CLI import."""
+    import subprocess
+    import sys
+
+    code = "import sys, mashup.cli; print(sorted(m for m in ('torch', 'transformers', 'peft') if m in sys.modules))"
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert loaded.strip() == "[]"

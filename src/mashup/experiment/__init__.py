@@ -6,14 +6,18 @@ the selection baselines, and Tables 3-6 / Figures 2-4::
     from mashup.experiment import load_profile, run_experiment
     run = run_experiment(load_profile("cpu-mini"))
     print(run.report)
+
+Names are imported on first use (see mashup.lazy), so the CLI registers `mashup experiment` cheaply.
 """
 
-from mashup.experiment.config import ExperimentConfig, MergeGrid, TaskSpec, load_experiment_config, load_profile, \
-    profile_names
-from mashup.experiment.executor import Executor, LocalExecutor
-from mashup.experiment.report import write_report
-from mashup.experiment.runner import ExperimentRun, PlannedUnit, plan_experiment, run_experiment
+from mashup.lazy import lazy_exports
 
-__all__ = ["ExperimentConfig", "ExperimentRun", "Executor", "LocalExecutor", "MergeGrid", "PlannedUnit", "TaskSpec",
-           "load_experiment_config", "load_profile", "plan_experiment", "profile_names", "run_experiment",
-           "write_report"]
+_EXPORTS = {
+    **dict.fromkeys(["ExperimentConfig", "MergeGrid", "TaskSpec", "load_experiment_config", "load_profile",
+                     "profile_names"], "mashup.experiment.config"),
+    **dict.fromkeys(["Executor", "LocalExecutor"], "mashup.experiment.executor"),
+    "write_report": "mashup.experiment.report",
+    **dict.fromkeys(["ExperimentRun", "PlannedUnit", "plan_experiment", "run_experiment"], "mashup.experiment.runner"),
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(globals(), _EXPORTS)
