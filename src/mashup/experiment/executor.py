@@ -15,6 +15,8 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol, TypeVar
 
+from mashup import executors
+
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -48,7 +50,7 @@ class PooledExecutor:
     the rest still run. The pool's own ``map`` runs in a thread here, because the runner pulls results.
     """
 
-    def __init__(self, pool: PoolLike) -> None:
+    def __init__(self, pool: executors.Executor) -> None:
         self.pool = pool
 
     def map(self, fn: Callable[[T], R], items: Sequence[T]) -> Iterator[R]:
@@ -80,17 +82,8 @@ class PooledExecutor:
         self.pool.close()
 
 
-class PoolLike(Protocol):
-    def map(self, factory: Callable[[], Callable[[Any], Any]], units: Sequence[Any], *,
-            on_result: Callable[[int, Any], None] | None = None) -> list[Any]: ...
-
-    def close(self) -> None: ...
-
-
 def make_experiment_executor(name: str, *, address: str | None = None) -> Executor:
     """``local`` (one unit at a time here) or ``ray`` (units fanned out over Ray actors)."""
     if name == "local":
         return LocalExecutor()
-    from mashup.executors import make_executor
-
-    return PooledExecutor(make_executor(name, address=address))  # type: ignore[arg-type]
+    return PooledExecutor(executors.make_executor(name, address=address))

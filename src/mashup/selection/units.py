@@ -9,7 +9,7 @@ from pathlib import Path
 from mashup.data.prompts import EncodedRequest
 from mashup.evaluation import ScoreSettings
 from mashup.library import CheckpointRecord
-from mashup.models import default_device, resolve_precision
+from mashup.models import default_device
 from mashup.selection.engine import ExampleScores, ScoringEngine
 
 
@@ -28,7 +28,7 @@ class EngineFactory:
     batch_size: int
     pad_id: int
     device: str | None = None
-    bf16: bool | None = None
+    bf16: bool = False  # the driver's resolved precision, so remote workers score like local ones
     adapters_per_forward: int | None = None
     allow_pickle: bool = False
 
@@ -36,8 +36,7 @@ class EngineFactory:
         import torch
 
         device = torch.device(self.device) if self.device else default_device()
-        bf16 = resolve_precision(None, device) == "bf16" if self.bf16 is None else self.bf16
-        return ScoreSettings(batch_size=self.batch_size, device=device, bf16=bf16, pad_id=self.pad_id)
+        return ScoreSettings(batch_size=self.batch_size, device=device, bf16=self.bf16, pad_id=self.pad_id)
 
     def __call__(self) -> Callable[[ScoreUnit], list[ExampleScores]]:
         engine = ScoringEngine(self.base_dir, self.requests, self.settings(),
