@@ -7,15 +7,23 @@ Run through ``benchmarks/selection.py --library-size N``. Stages (``--stage``, d
   tasks), then merges random pairs and triples of them (``merge_checkpoints``, plain average) until
   every target has N candidates that were not trained on it, and registers everything in one
   library. All of it is cached under ``mashup.named_models.cache_root()/selection-bench/``.
-- ``exhaustive``: scores each target's candidates on the whole sample through the library's score
-  cache, so it can be run in pieces (``--exhaustive-limit``) and resumes where it stopped.
-- ``selectors``: runs each selector with the cache off (its true cost), a random-2 baseline, and the
-  zero-shot accuracy of the merged init (average of the top 2) on the target's test split.
+- ``exhaustive``: scores each target's candidates on the whole sample through the real engine and
+  keeps every candidate's per-example scores and seconds (``selection_replay.RecordingExecutor``),
+  saved every ``--save-every`` candidates, so it can run in pieces (``--exhaustive-limit``) and resumes.
+- ``selectors``: runs each selector's own code on those recorded scores (``ReplayExecutor``: no
+  forward pass; the prefilter's probe and signals are computed for real), and on ``--live-targets``
+  also live with the cache off, for measured seconds and a check that the live top k equals the
+  replayed one. Then a random-2 baseline and the zero-shot accuracy of the merged init (average of
+  the top 2) on the target's test split.
+- ``sweep`` (also part of ``all``): more selector settings replayed on the recorded scores, free.
 - ``report``: per target and overall: top-1 retained, top-2 set agreement, Kendall tau over the
-  exhaustive top 20, cost ratio in forward tokens and seconds, merged-init accuracies.
+  exhaustive top 20, cost ratio in forward tokens and seconds, merged-init accuracies, and where
+  each prefilter signal ranks exhaustive's top 1 and top 2.
 
 A target's candidates exclude every adapter whose lineage contains the target task (the adapters
 trained on it and the merges made from them), as a held-out target would see the library.
+``--candidate-limit M`` scores a seeded random M of them (a documented subset where exhaustive
+scoring of all N does not fit the machine).
 """
 
 from __future__ import annotations
@@ -56,7 +64,8 @@ class RealSpec:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--library-size", type=int, default=1000, help="candidates per target")
-    parser.add_argument("--stage", choices=["build", "exhaustive", "selectors", "report", "all"], default="all")
+    parser.add_argument("--stage", choices=["build", "exhaustive", "selectors", "report", "sweep", "all"],
+                        default="all")
     parser.add_argument("--targets", default=",".join(NAMED_TARGETS))
     parser.add_argument("--samples", type=int, default=256)
     parser.add_argument("--max-length", type=int, default=64, help="max tokens per example (scoring and training)")
@@ -68,7 +77,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--build-limit", type=int, help="train at most this many adapters in this call (resumable)")
     parser.add_argument("--batch-size", type=int, default=16, help="scoring batch size")
     parser.add_argument("--exhaustive-limit", type=int, help="score at most this many new candidates per target "
-                        "in this call (the rest on a later call: the score cache keeps what is done)")
+                        "in this call (the rest on a later call: the results file keeps what is done)")
+    parser.add_argument("--save-every", type=int, default=4, help="save the recorded scores every this many candidates")
+    parser.add_argument("--live-targets", default="", help="comma-separated targets whose selectors also run live "
+                        "(cache off) to measure seconds and check the replayed ranking")
     parser.add_argument("--candidate-limit", type=int, help="use only the first M candidates of each target (a "
                         "documented subset when exhaustive scoring of all of them does not fit the machine)")
     parser.add_argument("--test-examples", type=int, default=100, help="test questions for merged-init accuracy")
@@ -211,14 +223,20 @@ def _register(library, pending: list) -> None:
 
 
 def candidates(library, target: str, args: argparse.Namespace) -> list:
-    """The target's held-out candidates: nothing whose lineage contains it; real ones first, then merges."""
+    """The target's held-out candidates: nothing whose lineage contains it; real ones first, then merges.
+
+    With ``--candidate-limit M``, a seeded random M of those, so the subset mixes tasks and merges as the
+    whole pool does (taking the first M would keep only the real adapters of the first tasks by name).
+    """
     records = [r for r in library.list() if target not in r.metadata.get("lineage", [])]
     records.sort(key=lambda r: (r.metadata.get("origin") != "trained", r.metadata.get("name")))
     real = [r for r in records if r.metadata.get("origin") == "trained"]
     merges = [r for r in records if r.metadata.get("origin") == "merge"]
     random.Random(target).shuffle(merges)
     picked = (real + merges)[:args.library_size]
-    return picked[:args.candidate_limit] if args.candidate_limit else picked
+    if args.candidate_limit and args.candidate_limit < len(picked):
+        picked = random.Random(f"subset-{target}").sample(picked, args.candidate_limit)
+    return picked
 
 
 def target_setup(target: str, args: argparse.Namespace):
@@ -247,79 +265,94 @@ def save_results(path: Path, results: dict) -> None:
 
 
 def run_exhaustive(args: argparse.Namespace, target: str) -> None:
+    """Every candidate on the whole sample through the real engine, keeping each one's per-example scores.
+
+    Saved after every ``--save-every`` candidates, so an interrupted call resumes where it stopped.
+    """
     from mashup.config import SelectConfig
     from mashup.library import Library
     from mashup.selection import select_checkpoints
+    from selection_replay import RecordingExecutor
 
-    root = bench_dir(args)
-    library = Library(root / "library")
+    library = Library(bench_dir(args) / "library")
     pool = candidates(library, target, args)
     workspace, _, requests = target_setup(target, args)
     path = results_path(args, target)
     results = load_results(path)
-    seconds = results.setdefault("exhaustive_seconds", {})
-    todo = [r for r in pool if r.id not in seconds]
+    examples = results.setdefault("examples", {})
+    todo = [r for r in pool if r.id not in examples]
     if args.exhaustive_limit is not None:
         todo = todo[:args.exhaustive_limit]
-    config = SelectConfig(samples=args.samples, selector="exhaustive", batch_size=args.batch_size)
-    if todo:  # scores land in the cache unit by unit; seconds are kept for those scored in this call
-        selection = select_checkpoints(workspace, todo, requests, config, library.directory)
-        for score in selection.ranking:
-            seconds[score.id] = None if score.cached else score.seconds
+    config = SelectConfig(samples=args.samples, batch_size=args.batch_size, cache=False)
+    executor = RecordingExecutor(len(requests), examples.__setitem__)
+    for i in range(0, len(todo), args.save_every):
+        select_checkpoints(workspace, todo[i:i + args.save_every], requests, config, None, executor=executor)
         save_results(path, results)
-    print(f"{target}: exhaustive scores for {len(seconds)}/{len(pool)} candidates", flush=True)
+        print(f"{target}: exhaustive scores for {len(examples)}/{len(pool)} candidates", flush=True)
 
 
-def exhaustive_seconds(measured: dict[str, float | None], candidates: int) -> float:
-    """Candidates x the mean seconds per candidate measured (scores found in the cache carry no time)."""
-    times = [s for s in measured.values() if s is not None]
-    return mean(times) * candidates
+def replay(workspace, pool: list, requests: list, config, recorded: dict, prefilter=None) -> tuple:
+    """A selector's real code on recorded per-example scores: ``(selection, estimated scoring seconds)``."""
+    from contextlib import nullcontext
+
+    from mashup.selection import select_checkpoints
+    from selection_replay import ReplayExecutor, fixed_prefilter
+
+    executor = ReplayExecutor(recorded)
+    with fixed_prefilter(prefilter) if prefilter is not None else nullcontext():
+        selection = select_checkpoints(workspace, pool, requests, config, None, executor=executor)
+    return selection, executor.replayed_seconds
+
+
+def selector_config(args: argparse.Namespace, name: str):
+    from mashup.config import SelectConfig
+
+    return SelectConfig(samples=args.samples, batch_size=args.batch_size, selector=name, cache=False,
+                        halving={"min_samples": args.halving_min_samples, "factor": args.halving_factor,
+                                 "min_survivors": args.min_survivors},
+                        prefilter={"keep": args.prefilter_keep, "min_keep": args.prefilter_min_keep})
 
 
 def run_selectors(args: argparse.Namespace, target: str) -> None:
-    from mashup.config import SelectConfig
+    """Each selector replayed on the recorded scores (and run live on ``--live-targets``), random-2, signals."""
     from mashup.library import Library
     from mashup.selection import select_checkpoints
+    from mashup.selection.prefilter import run_prefilter
 
     library = Library(bench_dir(args) / "library")
     pool = candidates(library, target, args)
     workspace, loaded, requests = target_setup(target, args)
     path = results_path(args, target)
     results = load_results(path)
-    if len(results.get("exhaustive_seconds", {})) < len(pool):
-        raise SystemExit(f"{target}: run --stage exhaustive first")
-    exhaustive = select_checkpoints(workspace, pool, requests,
-                                     SelectConfig(samples=args.samples, batch_size=args.batch_size), library.directory)
-    assert exhaustive.stats.nothing_scored, "exhaustive scores come from the cache here"
+    recorded = results.get("examples", {})
+    if any(r.id not in recorded for r in pool):
+        raise SystemExit(f"{target}: run --stage exhaustive first ({len(recorded)}/{len(pool)} scored)")
+    exhaustive, _ = replay(workspace, pool, requests, selector_config(args, "exhaustive"), recorded)
     results["exhaustive"] = {"ranking": [s.id for s in exhaustive.ranking], "losses": [s.loss for s in exhaustive.ranking],
                              "forward_tokens": exhaustive.stats.exhaustive_tokens,
-                             "seconds": exhaustive_seconds(results["exhaustive_seconds"], len(pool))}
+                             "seconds": sum(recorded[r.id]["seconds"] for r in pool)}
+    prefilter = run_prefilter(pool, requests, workspace.settings(args.batch_size), workspace.base_dir,
+                              selector_config(args, "prefilter+halving").prefilter, "benchmark")
+    results["signals"] = prefilter.values
     for name in args.selectors.split(","):
-        config = SelectConfig(samples=args.samples, batch_size=args.batch_size, selector=name, cache=False,
-                              halving={"min_samples": args.halving_min_samples, "factor": args.halving_factor,
-                                       "min_survivors": args.min_survivors},
-                              prefilter={"keep": args.prefilter_keep, "min_keep": args.prefilter_min_keep})
-        start = time.perf_counter()
-        selection = select_checkpoints(workspace, pool, requests, config, None)
-        results[name] = {"ranking": [s.id for s in selection.ranking], "n": [s.n for s in selection.ranking],
-                         "seconds": time.perf_counter() - start, "stats": selection.stats.to_dict()}
+        config = selector_config(args, name)
+        selection, seconds = replay(workspace, pool, requests, config, recorded,
+                                    prefilter if name == "prefilter+halving" else None)
+        entry = results[name] = {"ranking": [s.id for s in selection.ranking], "n": [s.n for s in selection.ranking],
+                                 "estimated_seconds": seconds + selection.stats.prefilter_seconds,
+                                 "stats": selection.stats.to_dict()}
+        if target in args.live_targets.split(","):
+            start = time.perf_counter()
+            live = select_checkpoints(workspace, pool, requests, config, None)
+            entry["live"] = {"seconds": time.perf_counter() - start, "ranking": [s.id for s in live.ranking],
+                             "cost_ratio": live.stats.cost_ratio,
+                             "top_k_as_replayed": [s.id for s in live.ranking[:config.k]] == entry["ranking"][:config.k]}
         save_results(path, results)
-        print(f"{target}: {name} done in {results[name]['seconds']:.0f}s", flush=True)
+        print(f"{target}: {name} replayed" + (f", live in {entry['live']['seconds']:.0f}s" if "live" in entry else ""),
+              flush=True)
     results["random"] = {"ranking": [r.id for r in random.Random(f"random-{target}").sample(pool, 2)]}
-    results["signals"] = prefilter_signals(pool, requests, workspace, args)
     merged_accuracies(args, target, results, library, workspace, loaded)
     save_results(path, results)
-
-
-def prefilter_signals(pool: list, requests: list, workspace, args: argparse.Namespace) -> dict[str, dict[str, float]]:
-    """Every candidate's prefilter values (lower: more promising), to see how the truth ranks under each."""
-    from mashup.config import PrefilterConfig
-    from mashup.selection.prefilter import run_prefilter
-
-    config = PrefilterConfig(keep=len(pool) - 1, min_keep=1)  # keep all but one: every value gets computed
-    result = run_prefilter(pool, requests, workspace.settings(args.batch_size), workspace.base_dir, config,
-                           "benchmark")
-    return result.values
 
 
 def merged_accuracies(args: argparse.Namespace, target: str, results: dict, library, workspace, loaded) -> None:
@@ -340,6 +373,48 @@ def merged_accuracies(args: argparse.Namespace, target: str, results: dict, libr
                 merge_checkpoints([library.get(i) for i in pair], MergeConfig(method="average"), out)
             done[key] = evaluate(load_eval_model(workspace, adapter=out), test, workspace.settings(args.batch_size)).accuracy
         results[method]["merged_accuracy"] = done[key]
+
+
+def sweep(args: argparse.Namespace) -> dict:
+    """Selector settings replayed on every target's recorded scores: agreement against token cost.
+
+    Costs no forward pass: halving at each (first sample, factor), and prefilter+halving keeping each
+    count by the recorded signals (its probe's tokens, from the selectors stage, still charged).
+    """
+    from mashup.library import Library
+    from mashup.selection.prefilter import PrefilterResult, _round_robin
+
+    library = Library(bench_dir(args) / "library")
+    table: dict[str, list[tuple[bool, bool, float]]] = {}
+    for target in args.targets.split(","):
+        results = load_results(results_path(args, target))
+        if "signals" not in results:
+            continue
+        pool = candidates(library, target, args)
+        workspace, _, requests = target_setup(target, args)
+        truth = results["exhaustive"]["ranking"]
+        probe = results["prefilter+halving"]["stats"]["probe_tokens"]
+        settings = [(f"halving first={m} factor={f:g} survivors={n}", m, f, n, None)
+                    for m in (4, 8, 16) for f in (2.0, 4.0) for n in (4, 8)]
+        settings += [(f"prefilter keep={k} + halving first=8 factor=4 survivors=4", 8, 4.0, 4, k) for k in (4, 8, 16)]
+        for label, first, factor, survivors, keep in settings:
+            run_args = argparse.Namespace(**{**vars(args), "halving_min_samples": first, "halving_factor": factor,
+                                             "min_survivors": survivors})
+            prefilter = None
+            if keep is not None:
+                chosen = _round_robin([sorted(v, key=lambda i: (v[i], i)) for v in results["signals"].values()], keep)
+                prefilter = PrefilterResult([r for r in pool if r.id in chosen], probe_tokens=probe)
+            config = selector_config(run_args, "halving" if keep is None else "prefilter+halving")
+            selection, _ = replay(workspace, pool, requests, config, results["examples"], prefilter)
+            top = [s.id for s in selection.ranking[:2]]
+            table.setdefault(label, []).append((truth[0] in top, set(top) == set(truth[:2]),
+                                                selection.stats.cost_ratio))
+    print(f"\nsettings replayed over {len(next(iter(table.values()), []))} targets:")
+    for label, rows in table.items():
+        print(f"  {label:>58}: top-1 kept {mean(r[0] for r in rows):.3f}  top-2 same {mean(r[1] for r in rows):.3f}  "
+              f"cost {mean(r[2] for r in rows):.1%} tokens")
+    return {label: {"top1_retained": mean(r[0] for r in rows), "top2_agreement": mean(r[1] for r in rows),
+                    "token_cost_ratio": mean(r[2] for r in rows)} for label, rows in table.items()}
 
 
 # ---- report ------------------------------------------------------------------------------------------------
@@ -390,7 +465,11 @@ def report(args: argparse.Namespace) -> dict:
                 "top2_agreement": set(truth[:2]) == set(got["ranking"][:2]),
                 "kendall_tau_top20": kendall_tau(truth[:20], got["ranking"]),
                 "token_cost_ratio": stats["cost_ratio"],
-                "seconds_cost_ratio": got["seconds"] / results["exhaustive"]["seconds"],
+                # replayed scoring at the recorded seconds per token, plus the prefilter's measured seconds
+                "seconds_cost_ratio": got["estimated_seconds"] / results["exhaustive"]["seconds"],
+                "live_seconds_cost_ratio": (got["live"]["seconds"] / results["exhaustive"]["seconds"]
+                                            if "live" in got else None),
+                "live_top_k_as_replayed": got["live"]["top_k_as_replayed"] if "live" in got else None,
                 "merged_accuracy": got["merged_accuracy"],
             }
         for signal, values in results.get("signals", {}).items():
@@ -399,9 +478,10 @@ def report(args: argparse.Namespace) -> dict:
                                        "rank_of_top2": max(order.index(t) for t in truth[:2]) + 1,
                                        "spearman": spearman([values[i] for i in truth], list(range(len(truth))))}
         rows[target] = row
-    summary = {name: {metric: mean(float(r[name][metric]) for r in rows.values())
-                      for metric in ("top1_retained", "top2_agreement", "kendall_tau_top20", "token_cost_ratio",
-                                     "seconds_cost_ratio", "merged_accuracy")}
+    metrics = ("top1_retained", "top2_agreement", "kendall_tau_top20", "token_cost_ratio", "seconds_cost_ratio",
+               "live_seconds_cost_ratio", "live_top_k_as_replayed", "merged_accuracy")
+    summary = {name: {metric: mean(values) for metric in metrics
+                      if (values := [float(r[name][metric]) for r in rows.values() if r[name][metric] is not None])}
                for name in args.selectors.split(",") if rows}
     if rows:
         summary["exhaustive"] = {"merged_accuracy": mean(r["exhaustive_merged_accuracy"] for r in rows.values())}
@@ -424,10 +504,18 @@ def print_report(rows: dict, summary: dict) -> None:
             elif isinstance(r, dict):
                 print(f"  {name:>18}: top-1 kept {r['top1_retained']!s:5} top-2 same {r['top2_agreement']!s:5} "
                       f"tau@20 {r['kendall_tau_top20']:+.3f}  cost {r['token_cost_ratio']:.1%} tokens "
-                      f"{r['seconds_cost_ratio']:.1%} seconds  merged-init acc {r['merged_accuracy']:.3f}")
+                      f"{r['seconds_cost_ratio']:.1%} seconds (est.)" + live_text(r)
+                      + f"  merged-init acc {r['merged_accuracy']:.3f}")
     print("\nsummary over targets:")
     for name, metrics in summary.items():
         print(f"  {name:>18}: " + "  ".join(f"{k} {v:.3f}" for k, v in metrics.items()))
+
+
+def live_text(row: dict) -> str:
+    if row["live_seconds_cost_ratio"] is None:
+        return ""
+    return (f", live {row['live_seconds_cost_ratio']:.1%} seconds, live top-k "
+            + ("= replayed" if row["live_top_k_as_replayed"] else "!= replayed"))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -440,7 +528,9 @@ def main(argv: list[str] | None = None) -> None:
             run_exhaustive(args, target)
         if args.stage in ("selectors", "all"):
             run_selectors(args, target)
-    if args.stage in ("report", "all", "selectors"):
+    if args.stage in ("report", "all", "selectors", "sweep"):
         result = report(args)
+        if args.stage in ("sweep", "all"):
+            result["sweep"] = sweep(args)
         if args.json_out:
             args.json_out.write_text(json.dumps(result, indent=2, default=str))

@@ -98,7 +98,7 @@ def prefix_batch_logprobs(model: nn.Module, batch: PrefixBatch, copies: int = 1)
     out = model(input_ids=prompts["input_ids"], attention_mask=prompts["attention_mask"],
                 position_ids=prompts["position_ids"], use_cache=True, logits_to_keep=1)
     first = torch.log_softmax(out.logits[:, -1, :].float(), dim=-1).repeat_interleave(n_choices, dim=0)
-    cache = out.past_key_values
+    cache = out.cache
     cache.batch_repeat_interleave(n_choices)
     cont_ids = batch.continuation_ids.repeat(copies, 1)
     cont_mask = batch.continuation_mask.repeat(copies, 1)
@@ -106,7 +106,7 @@ def prefix_batch_logprobs(model: nn.Module, batch: PrefixBatch, copies: int = 1)
     start = prompt_mask.sum(dim=1, keepdim=True)
     positions = start + torch.arange(cont_ids.shape[1], device=cont_ids.device).unsqueeze(0)
     out = model(input_ids=cont_ids, attention_mask=torch.cat([prompt_mask, cont_mask], dim=1),
-                position_ids=positions, past_key_values=cache, use_cache=True)
+                position_ids=positions, cache=cache, use_cache=True)
     later = torch.log_softmax(out.logits[:, :-1, :].float(), dim=-1)
     logprobs = torch.cat([first.unsqueeze(1), later], dim=1).gather(-1, cont_ids.unsqueeze(-1)).squeeze(-1)
     return (logprobs * cont_mask).sum(dim=1).view(-1, n_choices)
