@@ -81,8 +81,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--save-every", type=int, default=4, help="save the recorded scores every this many candidates")
     parser.add_argument("--live-targets", default="", help="comma-separated targets whose selectors also run live "
                         "(cache off) to measure seconds and check the replayed ranking")
-    parser.add_argument("--candidate-limit", type=int, help="use only the first M candidates of each target (a "
-                        "documented subset when exhaustive scoring of all of them does not fit the machine)")
+    parser.add_argument("--candidate-limit", type=int, help="use only a seeded random M of each target's candidates "
+                        "(a documented subset when exhaustive scoring of all of them does not fit the machine)")
     parser.add_argument("--test-examples", type=int, default=100, help="test questions for merged-init accuracy")
     parser.add_argument("--selectors", default=",".join(SELECTORS))
     parser.add_argument("--halving-min-samples", type=int, default=16)
@@ -378,11 +378,11 @@ def merged_accuracies(args: argparse.Namespace, target: str, results: dict, libr
 def sweep(args: argparse.Namespace) -> dict:
     """Selector settings replayed on every target's recorded scores: agreement against token cost.
 
-    Costs no forward pass: halving at each (first sample, factor), and prefilter+halving keeping each
-    count by the recorded signals (its probe's tokens, from the selectors stage, still charged).
+    Costs no forward pass: halving at each (first sample, factor, survivors), and prefilter+halving keeping
+    each count by the recorded signals (its probe's tokens, from the selectors stage, still charged).
     """
     from mashup.library import Library
-    from mashup.selection.prefilter import PrefilterResult, _round_robin
+    from mashup.selection.prefilter import PrefilterResult, best_by_signals
 
     library = Library(bench_dir(args) / "library")
     table: dict[str, list[tuple[bool, bool, float]]] = {}
@@ -402,7 +402,7 @@ def sweep(args: argparse.Namespace) -> dict:
                                              "min_survivors": survivors})
             prefilter = None
             if keep is not None:
-                chosen = _round_robin([sorted(v, key=lambda i: (v[i], i)) for v in results["signals"].values()], keep)
+                chosen = best_by_signals(results["signals"], keep)
                 prefilter = PrefilterResult([r for r in pool if r.id in chosen], probe_tokens=probe)
             config = selector_config(run_args, "halving" if keep is None else "prefilter+halving")
             selection, _ = replay(workspace, pool, requests, config, results["examples"], prefilter)

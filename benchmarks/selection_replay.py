@@ -28,7 +28,7 @@ Recorded = dict[str, dict[str, Any]]  # record id -> {"losses", "correct", "seco
 class RecordingExecutor:
     """A local executor that keeps the per-example scores of every unit covering the whole sample."""
 
-    name = "local"
+    name = "local"  # select_checkpoints pins a local executor's engine to the driver's device
 
     def __init__(self, samples: int, on_record: Callable[[str, dict[str, Any]], None]) -> None:
         self._inner = LocalExecutor()

@@ -69,8 +69,7 @@ def run_prefilter(records: Sequence[CheckpointRecord], requests: Sequence[Encode
             values[signal].update(new)
             if cache is not None:
                 cache.put_signals(signal, fingerprint, {keys[i]: v for i, v in new.items()})
-    rankings = [sorted(v, key=lambda i: (v[i], i)) for v in values.values()]
-    chosen = _round_robin(rankings, count - (len(records) - len(eligible)))
+    chosen = best_by_signals(values, count - (len(records) - len(eligible)))
     result.kept = [r for r in records if layouts[r.id] is None or r.id in chosen]
     result.values = values
     result.seconds = time.perf_counter() - start
@@ -109,6 +108,11 @@ def _compute(missing: dict[str, list[CheckpointRecord]], probe: Probe, layout: S
         if cache is not None and new_protos:
             cache.put_prototypes(new_protos)
     return fresh
+
+
+def best_by_signals(values: dict[str, dict[str, float]], count: int) -> set[str]:
+    """The ``count`` ids the signals rank best (lowest value first, ties by id), taken from each in turn."""
+    return _round_robin([sorted(v, key=lambda i: (v[i], i)) for v in values.values()], count)
 
 
 def _round_robin(rankings: Sequence[Sequence[str]], count: int) -> set[str]:
