@@ -15,7 +15,8 @@ Run through ``benchmarks/selection.py --library-size N``. Stages (``--stage``, d
   also live with the cache off, for measured seconds and a check that the live top k equals the
   replayed one. Then a random-2 baseline and the zero-shot accuracy of the merged init (average of
   the top 2) on the target's test split.
-- ``sweep`` (also part of ``all``): more selector settings replayed on the recorded scores, free.
+- ``sweep`` (also part of ``all``): more selector settings replayed on the recorded scores, on
+  ``--orderings`` seeded orderings of the sample, free (``selection_sweep``).
 - ``report``: per target and overall: top-1 retained, top-2 set agreement, Kendall tau over the
   exhaustive top 20, cost ratio in forward tokens and seconds, merged-init accuracies, and where
   each prefilter signal ranks exhaustive's top 1 and top 2.
@@ -85,10 +86,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "(a documented subset when exhaustive scoring of all of them does not fit the machine)")
     parser.add_argument("--test-examples", type=int, default=100, help="test questions for merged-init accuracy")
     parser.add_argument("--selectors", default=",".join(SELECTORS))
-    parser.add_argument("--halving-min-samples", type=int, default=16)
+    parser.add_argument("--halving-min-samples", type=int, default=8)
     parser.add_argument("--halving-factor", type=float, default=4.0)
     parser.add_argument("--min-survivors", type=int, default=8)
-    parser.add_argument("--prefilter-keep", type=float, default=0.1)
+    parser.add_argument("--halving-keep-within-se", type=float, default=2.0)
+    parser.add_argument("--orderings", type=int, default=100, help="sweep: replay each setting on this many seeded "
+                        "orderings of the sample (the first is the sample's own order); exhaustive's ranking is "
+                        "the same for all of them")
+    parser.add_argument("--prefilter-keep", type=float, default=0.5)
     parser.add_argument("--prefilter-min-keep", type=int, default=32)
     parser.add_argument("--cache-dir", type=Path, help="default: cache_root()/selection-bench")
     parser.add_argument("--json-out", type=Path)
@@ -309,7 +314,7 @@ def selector_config(args: argparse.Namespace, name: str):
 
     return SelectConfig(samples=args.samples, batch_size=args.batch_size, selector=name, cache=False,
                         halving={"min_samples": args.halving_min_samples, "factor": args.halving_factor,
-                                 "min_survivors": args.min_survivors},
+                                 "min_survivors": args.min_survivors, "keep_within_se": args.halving_keep_within_se},
                         prefilter={"keep": args.prefilter_keep, "min_keep": args.prefilter_min_keep})
 
 
@@ -373,48 +378,6 @@ def merged_accuracies(args: argparse.Namespace, target: str, results: dict, libr
                 merge_checkpoints([library.get(i) for i in pair], MergeConfig(method="average"), out)
             done[key] = evaluate(load_eval_model(workspace, adapter=out), test, workspace.settings(args.batch_size)).accuracy
         results[method]["merged_accuracy"] = done[key]
-
-
-def sweep(args: argparse.Namespace) -> dict:
-    """Selector settings replayed on every target's recorded scores: agreement against token cost.
-
-    Costs no forward pass: halving at each (first sample, factor, survivors), and prefilter+halving keeping
-    each count by the recorded signals (its probe's tokens, from the selectors stage, still charged).
-    """
-    from mashup.library import Library
-    from mashup.selection.prefilter import PrefilterResult, best_by_signals
-
-    library = Library(bench_dir(args) / "library")
-    table: dict[str, list[tuple[bool, bool, float]]] = {}
-    for target in args.targets.split(","):
-        results = load_results(results_path(args, target))
-        if "signals" not in results:
-            continue
-        pool = candidates(library, target, args)
-        workspace, _, requests = target_setup(target, args)
-        truth = results["exhaustive"]["ranking"]
-        probe = results["prefilter+halving"]["stats"]["probe_tokens"]
-        settings = [(f"halving first={m} factor={f:g} survivors={n}", m, f, n, None)
-                    for m in (4, 8, 16) for f in (2.0, 4.0) for n in (4, 8)]
-        settings += [(f"prefilter keep={k} + halving first=8 factor=4 survivors=4", 8, 4.0, 4, k) for k in (4, 8, 16)]
-        for label, first, factor, survivors, keep in settings:
-            run_args = argparse.Namespace(**{**vars(args), "halving_min_samples": first, "halving_factor": factor,
-                                             "min_survivors": survivors})
-            prefilter = None
-            if keep is not None:
-                chosen = best_by_signals(results["signals"], keep)
-                prefilter = PrefilterResult([r for r in pool if r.id in chosen], probe_tokens=probe)
-            config = selector_config(run_args, "halving" if keep is None else "prefilter+halving")
-            selection, _ = replay(workspace, pool, requests, config, results["examples"], prefilter)
-            top = [s.id for s in selection.ranking[:2]]
-            table.setdefault(label, []).append((truth[0] in top, set(top) == set(truth[:2]),
-                                                selection.stats.cost_ratio))
-    print(f"\nsettings replayed over {len(next(iter(table.values()), []))} targets:")
-    for label, rows in table.items():
-        print(f"  {label:>58}: top-1 kept {mean(r[0] for r in rows):.3f}  top-2 same {mean(r[1] for r in rows):.3f}  "
-              f"cost {mean(r[2] for r in rows):.1%} tokens")
-    return {label: {"top1_retained": mean(r[0] for r in rows), "top2_agreement": mean(r[1] for r in rows),
-                    "token_cost_ratio": mean(r[2] for r in rows)} for label, rows in table.items()}
 
 
 # ---- report ------------------------------------------------------------------------------------------------
@@ -531,6 +494,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.stage in ("report", "all", "selectors", "sweep"):
         result = report(args)
         if args.stage in ("sweep", "all"):
+            from selection_sweep import sweep
+
             result["sweep"] = sweep(args)
         if args.json_out:
             args.json_out.write_text(json.dumps(result, indent=2, default=str))

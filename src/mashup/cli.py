@@ -48,12 +48,20 @@ IncludeTargetOpt = Annotated[bool, typer.Option(
     "--include-target-checkpoints", help="also rank checkpoints trained on the target (excluded by default)")]
 NoCacheOpt = Annotated[bool, typer.Option("--no-cache", help="rescore checkpoints scored before on this sample")]
 SelectorOpt = Annotated[str, typer.Option("--selector", help="exhaustive | halving | prefilter+halving")]
-HalvingMinOpt = Annotated[int, typer.Option("--halving-min-samples", help="halving: first round's sample size")]
-HalvingFactorOpt = Annotated[float, typer.Option("--halving-factor", help="halving: keep 1/factor, grow the sample "
-                                                                          "factor times")]
+HalvingMinOpt = Annotated[Optional[int], typer.Option("--halving-min-samples", help="halving: first round's sample "
+                                                      "size", show_default="8")]
+HalvingFactorOpt = Annotated[Optional[float], typer.Option("--halving-factor", help="halving: keep 1/factor, grow the "
+                                                           "sample factor times", show_default="4")]
+HalvingSeOpt = Annotated[Optional[float], typer.Option("--halving-keep-within-se", help="halving: also keep candidates "
+                         "within this many standard errors of the k-th best (paired; 0: off)", show_default="2")]
 ExecutorOpt = Annotated[str, typer.Option("--executor", help="where scoring runs: local | ray")]
 RayAddressOpt = Annotated[Optional[str], typer.Option("--ray-address", help="existing Ray cluster",
                                                       show_default="none: start one locally")]
+
+
+def _given(**options: Any) -> dict[str, Any]:
+    """The options the user set (the config's own defaults apply to the rest)."""
+    return {name: value for name, value in options.items() if value is not None}
 
 
 def emit(data: Any, as_json: bool, table: Table | None = None) -> None:
@@ -230,8 +238,9 @@ def select_cmd(base: BaseOpt, data: DataOptions, library: LibraryOpt = None,
                batch_size: Annotated[int, typer.Option("--batch-size", help="examples per scoring batch")] = 16,
                kind: Annotated[str, typer.Option("--kind", help="lora | full")] = "lora",
                allow_pickle: PickleOpt = False, no_cache: NoCacheOpt = False, include_target: IncludeTargetOpt = False,
-               selector: SelectorOpt = "exhaustive", halving_min_samples: HalvingMinOpt = 16,
-               halving_factor: HalvingFactorOpt = 4.0, executor: ExecutorOpt = "local", ray_address: RayAddressOpt = None,
+               selector: SelectorOpt = "exhaustive", halving_min_samples: HalvingMinOpt = None,
+               halving_factor: HalvingFactorOpt = None, halving_keep_within_se: HalvingSeOpt = None,
+               executor: ExecutorOpt = "local", ray_address: RayAddressOpt = None,
                precision: PrecisionOpt = None, as_json: JsonOpt = False) -> None:
     """Rank compatible checkpoints by loss (or accuracy) on a sample of the target's train split."""
     from mashup.config import HalvingConfig
@@ -240,7 +249,8 @@ def select_cmd(base: BaseOpt, data: DataOptions, library: LibraryOpt = None,
     config = SelectConfig(samples=samples, k=k, metric=metric, seed=seed, batch_size=batch_size,  # type: ignore[arg-type]
                           cache=not no_cache, include_target_checkpoints=include_target, selector=selector,  # type: ignore[arg-type]
                           executor=executor, ray_address=ray_address,  # type: ignore[arg-type]
-                          halving=HalvingConfig(min_samples=halving_min_samples, factor=halving_factor))
+                          halving=HalvingConfig(**_given(min_samples=halving_min_samples, factor=halving_factor,
+                                                         keep_within_se=halving_keep_within_se)))
     with scoring_bar(err) as progress:
         result = select(base, data.config(), config, library, kind=kind, allow_pickle=allow_pickle,
                         precision=precision, progress=progress)  # type: ignore[arg-type]

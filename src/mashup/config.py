@@ -51,17 +51,20 @@ PrefilterSignal = Literal["first_order", "arrow"]
 class HalvingConfig(StageConfig):
     """Successive halving: every survivor scored on the same growing nested sample, the worst dropped."""
 
-    min_samples: int = Field(16, gt=0, description="samples each candidate is scored on in the first round")
+    min_samples: int = Field(8, gt=0, description="samples each candidate is scored on in the first round")
     factor: float = Field(4.0, gt=1, description="each round keeps 1/factor of the candidates and grows the "
                                                  "sample factor times, up to `samples`")
     min_survivors: int = Field(8, gt=0, description="candidates that always reach the full sample (at least k)")
+    keep_within_se: float = Field(2.0, ge=0, description="also keep (up to as many again) the candidates whose "
+                                  "per-example loss gap to the k-th best is within this many standard errors "
+                                  "(a paired test; loss metric only); 0 turns it off")
 
 
 class PrefilterConfig(StageConfig):
     """Signals that need no forward pass per candidate; the best by any signal go on to halving."""
 
     signals: list[PrefilterSignal] = Field(default_factory=lambda: ["first_order", "arrow"])
-    keep: float = Field(0.1, gt=0, description="candidates kept: a fraction (<1) or a count (>=1)")
+    keep: float = Field(0.5, gt=0, description="candidates kept: a fraction (<1) or a count (>=1)")
     min_keep: int = Field(32, gt=0, description="never keep fewer than this many (or all)")
 
 

@@ -9,7 +9,9 @@ from mashup.errors import MashupError
 from mashup.library import Library
 from mashup.selection import get_selector, halving_schedule
 from mashup.selection.engine import forward_tokens
-from mashup.selection.selectors import planned_work
+from mashup.scoring import CheckpointScore, rank
+from mashup.selection.scores import PrefixScore
+from mashup.selection.selectors import close_contenders, planned_work
 from mashup.verbs import select, train_model
 from tests.conftest import write_mc_jsonl
 from tests.selection.helpers import requests_for
@@ -51,9 +53,9 @@ def graded_loras(tmp_path_factory, tiny_base):
     return paths
 
 
-def _select(tmp_path, mc_file, tiny_base, selector, samples=24):
+def _select(tmp_path, mc_file, tiny_base, selector, samples=24, keep_within_se=2.0):
     config = SelectConfig(samples=samples, k=2, selector=selector, batch_size=8, cache=False,
-                          halving=HalvingConfig(min_samples=4, factor=2, min_survivors=2))
+                          halving=HalvingConfig(min_samples=4, factor=2, min_survivors=2, keep_within_se=keep_within_se))
     return select(str(tiny_base), DataConfig(data=str(mc_file), scoring="cloze"), config, tmp_path / "lib")
 
 
@@ -105,7 +107,7 @@ def test_a_repeated_select_costs_nothing(tmp_path, tiny_base, tiny_loras, mc_fil
 
 def test_halving_scores_only_the_requests_new_to_each_survivor(tmp_path, tiny_base, tiny_loras, mc_file):
     Library(tmp_path / "lib").add(tiny_loras)
-    result = _select(tmp_path, mc_file, tiny_base, "halving", samples=16)
+    result = _select(tmp_path, mc_file, tiny_base, "halving", samples=16, keep_within_se=0)
     assert [(r["samples"], r["candidates"]) for r in result.stats["rounds"]] == [(4, 3), (16, 2)]
     _, requests = requests_for(tiny_base, mc_file, 16, "cloze")
     tokens = [forward_tokens(r) for r in requests]
@@ -118,9 +120,43 @@ def test_halving_over_full_finetunes_matches_exhaustive_scores(tmp_path, tiny_ba
     Library(tmp_path / "lib").add(tiny_fulls, base=str(tiny_base))
     data = DataConfig(data=str(mc_file), scoring="letter")
     config = {"samples": 12, "k": 1, "batch_size": 4, "cache": False,
-              "halving": HalvingConfig(min_samples=3, factor=3, min_survivors=1)}
+              "halving": HalvingConfig(min_samples=3, factor=3, min_survivors=1, keep_within_se=0)}
     full = select(str(tiny_base), data, SelectConfig(**config), tmp_path / "lib", kind="full")
     halved = select(str(tiny_base), data, SelectConfig(selector="halving", **config), tmp_path / "lib", kind="full")
     winner = halved.ranking[0]
     assert winner.n == 12 and winner.loss == pytest.approx({s.id: s.loss for s in full.ranking}[winner.id], abs=1e-6)
     assert [(r["samples"], r["candidates"]) for r in halved.stats["rounds"]] == [(3, 3), (12, 1)]
+
+
+def test_halving_races_near_ties_on_instead_of_cutting_them(tmp_path, tiny_base, tiny_loras, mc_file):
+    """Three random adapters of a tiny model are near-identical: no gap is significant, so all reach 16."""
+    Library(tmp_path / "lib").add(tiny_loras)
+    result = _select(tmp_path, mc_file, tiny_base, "halving", samples=16)
+    assert [(r["samples"], r["candidates"]) for r in result.stats["rounds"]] == [(4, 3), (16, 3)]
+    assert [s.n for s in result.ranking] == [16, 16, 16]
+    assert result.stats["forward_tokens"] == result.stats["exhaustive_tokens"]
+
+
+def _prefix(losses):
+    return PrefixScore(sum(losses), 0, len(losses), losses=tuple(losses))
+
+
+def _ranking(scores):
+    return rank([CheckpointScore(i, None, "lora", s.loss, 0.0, s.n, 0.0) for i, s in scores.items()], "loss")
+
+
+def test_close_contenders_are_the_ones_a_paired_test_cannot_tell_from_the_kth_best():
+    noise = [0.3, -0.3, 0.25, -0.2, 0.1, -0.15, 0.2, -0.1]
+    best = [1.0 + 0.1 * i for i in range(8)]
+    scores = {"a": _prefix([x - 0.5 for x in best]), "b": _prefix(best),
+              "steady": _prefix([x + 0.05 for x in best]),  # small but consistent gap: significant
+              "noisy": _prefix([x + 0.05 + e for x, e in zip(best, noise)]),  # same mean gap, noisy: not significant
+              "far": _prefix([x + 2.0 + e for x, e in zip(best, noise)]),
+              "unknown": PrefixScore(sum(best) + 0.01, 0, 8)}  # an old cache row: no per-example losses
+    ranked = _ranking(scores)
+    assert [s.id for s in ranked] == ["a", "b", "unknown", "steady", "noisy", "far"]
+    assert [s.id for s in close_contenders(ranked, scores, keep=2, k=2, within_se=2.0)] == ["noisy"]
+    assert close_contenders(ranked, scores, keep=2, k=2, within_se=0.0) == []
+    # a constant gap has no noise: significant at any width; a wide enough one keeps the far noisy one
+    assert [s.id for s in close_contenders(ranked, scores, keep=2, k=2, within_se=100.0)] == ["noisy", "far"]
+    assert [s.id for s in close_contenders(ranked, scores, keep=1, k=1, within_se=100.0)] == ["noisy"], "at most keep"

@@ -6,7 +6,8 @@ checkpoint's weight digest and a fingerprint of exactly what was scored: the bas
 the tokenized requests. Selection re-checks the weight files first (``Library.fresh``), so a digest
 stands for the bytes on disk and changed bytes never meet an old score. Next to each score the cache
 keeps a readable target label, the sample's description and the seconds it took, for
-``mashup library scores`` and for the cost a cold selection would have had.
+``mashup library scores`` and for the cost a cold selection would have had, and the per-example
+losses, so successive halving's paired comparisons decide the same way on a cached repeat.
 
 Kept in its own SQLite file under the catalog's error policy (library.db), so scoring never touches
 catalog entries and deleting the file is always safe.
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -29,7 +31,7 @@ from mashup.library.db import ensure_table, read_connection, select_rows, write_
 CACHE_NAME = "scores.sqlite"
 WHAT = "score cache"
 _COLUMNS = {"checkpoint_sha": "TEXT", "fingerprint": "TEXT", "loss": "REAL", "accuracy": "REAL", "n": "INTEGER",
-            "seconds": "REAL", "target": "TEXT", "sample": "TEXT", "created": "TEXT"}
+            "seconds": "REAL", "target": "TEXT", "sample": "TEXT", "created": "TEXT", "losses": "BLOB"}
 
 
 def fingerprint(base_dir: Path, requests: Sequence[EncodedRequest]) -> str:
@@ -48,6 +50,7 @@ class CachedScore(NamedTuple):
     accuracy: float
     n: int
     seconds: float | None  # what computing it took; None for scores cached before this was recorded
+    losses: tuple[float, ...] | None = None  # per-example answer losses; None for rows cached before they were kept
 
 
 class ScoreRow(NamedTuple):
@@ -56,6 +59,16 @@ class ScoreRow(NamedTuple):
     accuracy: float
     n: int
     seconds: float
+    losses: Sequence[float] | None = None
+
+
+def pack_losses(losses: Sequence[float] | None) -> bytes | None:
+    """Per-example losses as little-endian float64 (a few KB per score: cheap next to scoring them again)."""
+    return None if losses is None else struct.pack(f"<{len(losses)}d", *losses)
+
+
+def unpack_losses(blob: bytes | None) -> tuple[float, ...] | None:
+    return None if blob is None else struct.unpack(f"<{len(blob) // 8}d", blob)
 
 
 @dataclass
@@ -85,17 +98,20 @@ class ScoreCache:
         """Cached scores by checkpoint digest, for those present."""
         wanted = set(checkpoint_shas)
         with read_connection(self.path, WHAT) as conn:
-            rows = select_rows(conn, "scores", ["checkpoint_sha", "loss", "accuracy", "n", "seconds"],
+            rows = select_rows(conn, "scores", ["checkpoint_sha", "loss", "accuracy", "n", "seconds", "losses"],
                                "WHERE fingerprint = ?", (key,))
-        return {r["checkpoint_sha"]: CachedScore(r["loss"], r["accuracy"], r["n"], r["seconds"])
+        return {r["checkpoint_sha"]: CachedScore(r["loss"], r["accuracy"], r["n"], r["seconds"],
+                                                 unpack_losses(r["losses"]))
                 for r in rows if r["checkpoint_sha"] in wanted}
 
-    def put(self, key: str, scores: Iterable[ScoreRow | tuple[str, float, float, int, float]], *,
+    def put(self, key: str, scores: Iterable[ScoreRow | tuple], *,
             target: str | None = None, sample: dict[str, Any] | None = None) -> None:
         """Store scores computed on ``key``; ``target`` labels it and ``sample`` describes it (n, seed, ...)."""
         created = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        rows = [(*ScoreRow(*s), key, target, json.dumps(sample or {}), created) for s in scores]
-        columns = ("checkpoint_sha", "loss", "accuracy", "n", "seconds", "fingerprint", "target", "sample", "created")
+        rows = [(*row[:5], pack_losses(row.losses), key, target, json.dumps(sample or {}), created)
+                for row in (ScoreRow(*s) for s in scores)]
+        columns = ("checkpoint_sha", "loss", "accuracy", "n", "seconds", "losses", "fingerprint", "target", "sample",
+                   "created")
         with write_transaction(self.path, WHAT, _setup) as conn:
             conn.executemany(f"INSERT OR REPLACE INTO scores ({', '.join(columns)}) "
                              f"VALUES ({', '.join('?' * len(columns))})", rows)
@@ -103,5 +119,5 @@ class ScoreCache:
     def entries(self) -> list[ScoreEntry]:
         """Every cached score, oldest first."""
         with read_connection(self.path, WHAT) as conn:
-            rows = select_rows(conn, "scores", list(_COLUMNS), "ORDER BY rowid")
+            rows = select_rows(conn, "scores", [c for c in _COLUMNS if c != "losses"], "ORDER BY rowid")
         return [ScoreEntry(**{**r, "sample": json.loads(r["sample"] or "{}")}) for r in rows]

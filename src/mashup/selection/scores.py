@@ -27,6 +27,7 @@ class PrefixScore:
     seconds: float = 0.0
     tokens: int = 0  # forward tokens spent on it in this call
     cached: bool = False
+    losses: tuple[float, ...] | None = None  # per-example, for paired comparisons (None: not kept by an old cache)
 
     @property
     def loss(self) -> float:
@@ -38,12 +39,14 @@ class PrefixScore:
 
     @classmethod
     def of(cls, scores: ExampleScores) -> PrefixScore:
-        return cls(sum(scores.losses), sum(scores.correct), len(scores.losses), scores.seconds, scores.tokens)
+        return cls(sum(scores.losses), sum(scores.correct), len(scores.losses), scores.seconds, scores.tokens,
+                   losses=tuple(scores.losses))
 
     def extended(self, more: PrefixScore) -> PrefixScore:
         """This prefix followed by the requests scored in ``more``."""
+        losses = self.losses + more.losses if self.losses is not None and more.losses is not None else None
         return PrefixScore(self.loss_sum + more.loss_sum, self.correct + more.correct, self.n + more.n,
-                           self.seconds + more.seconds, self.tokens + more.tokens, self.cached and more.cached)
+                           self.seconds + more.seconds, self.tokens + more.tokens, self.cached and more.cached, losses)
 
     def checkpoint_score(self, record: CheckpointRecord) -> CheckpointScore:
         return CheckpointScore(record.id, record.task, record.kind, self.loss, self.accuracy, self.n, self.seconds,
@@ -67,14 +70,15 @@ class ScoreStore:
         out = {}
         for record in records:
             if record.sha256 in found:
-                loss, accuracy, n, seconds = found[record.sha256]
+                loss, accuracy, n, seconds, losses = found[record.sha256]
                 # a cached score keeps the seconds it cost (0 for rows cached before that was recorded)
-                out[record.id] = PrefixScore(loss * n, round(accuracy * n), n, seconds=seconds or 0.0, cached=True)
+                out[record.id] = PrefixScore(loss * n, round(accuracy * n), n, seconds=seconds or 0.0, cached=True,
+                                             losses=losses if losses is not None and len(losses) == n else None)
         return out
 
     def store(self, requests: Sequence[EncodedRequest], scores: Sequence[tuple[CheckpointRecord, PrefixScore]]) -> None:
         if self.cache is not None and scores:
             info = {**self.sample_info, "samples": len(requests)}
             self.cache.put(fingerprint(self.base_dir, requests),
-                           [(r.sha256, s.loss, s.accuracy, s.n, s.seconds) for r, s in scores],
+                           [(r.sha256, s.loss, s.accuracy, s.n, s.seconds, s.losses) for r, s in scores],
                            target=info.get("target"), sample=info)

@@ -2,6 +2,9 @@
 
 - ``exhaustive``: every candidate on the whole sample (the paper's selection).
 - ``halving``: successive halving on nested prefixes of the same sample; survivors reach the whole sample.
+  Besides the best 1/factor, a round keeps (up to as many again) the candidates whose per-example loss
+  gap to the k-th best is within ``keep_within_se`` standard errors: a paired comparison on the same
+  questions, so near-ties race on to a bigger sample instead of being cut by noise.
 - ``prefilter+halving``: signals that need no forward pass per candidate (first-order estimate, Arrow
   prototypes) keep the most promising few, then halving ranks those.
 """
@@ -9,7 +12,8 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+import statistics
+from collections.abc import Callable, Mapping, Sequence
 
 from mashup.config import HalvingConfig
 from mashup.errors import MashupError
@@ -17,6 +21,7 @@ from mashup.library import CheckpointRecord
 from mashup.scoring import CheckpointScore, rank
 from mashup.selection.driver import SelectionContext
 from mashup.selection.prefilter import run_prefilter
+from mashup.selection.scores import PrefixScore
 
 Selector = Callable[[SelectionContext, Sequence[CheckpointRecord]], list[CheckpointScore]]
 _REGISTRY: dict[str, Selector] = {}
@@ -68,6 +73,29 @@ def _ranked(context: SelectionContext, records: Sequence[CheckpointRecord], n: i
     return rank([scores[r.id].checkpoint_score(r) for r in records], context.config.metric)
 
 
+def close_contenders(ranked: Sequence[CheckpointScore], scores: Mapping[str, PrefixScore], keep: int, k: int,
+                     within_se: float) -> list[CheckpointScore]:
+    """Candidates ranked past ``keep`` that are not significantly worse than the k-th best (at most ``keep``).
+
+    Significance is a paired test on the same requests: the mean per-example loss gap to the k-th best
+    against ``within_se`` standard errors of that gap. Scores without per-example losses are not tested.
+    """
+    reference = scores[ranked[k - 1].id].losses if within_se > 0 and len(ranked) >= k else None
+    if reference is None or len(reference) < 2:
+        return []
+    close = []
+    for score in ranked[keep:]:
+        if len(close) == keep:
+            break
+        losses = scores[score.id].losses
+        if losses is None:
+            continue
+        gaps = [a - b for a, b in zip(losses, reference)]
+        if statistics.fmean(gaps) <= within_se * statistics.stdev(gaps) / math.sqrt(len(gaps)):
+            close.append(score)
+    return close
+
+
 def exhaustive(context: SelectionContext, records: Sequence[CheckpointRecord]) -> list[CheckpointScore]:
     samples = len(context.requests)
     context.plan(len(records) * samples)
@@ -79,15 +107,20 @@ def halving(context: SelectionContext, records: Sequence[CheckpointRecord]) -> l
     config = context.config
     rounds = halving_schedule(len(records), len(context.requests), config.halving, config.k)
     context.plan(planned_work(rounds))
+    within_se = config.halving.keep_within_se if config.metric == "loss" else 0.0
     by_id = {r.id: r for r in records}
     survivors, dropped = list(records), []
-    for i, (n, _) in enumerate(rounds):
-        ranked = _ranked(context, survivors, n)
+    for i, (n, planned) in enumerate(rounds):
+        if len(survivors) > planned:  # close contenders kept past the schedule
+            context.plan((len(survivors) - planned) * (n - rounds[i - 1][0]))
+        scores = context.score(survivors, n)
+        ranked = rank([scores[r.id].checkpoint_score(r) for r in survivors], config.metric)
         if i == len(rounds) - 1:
             return ranked + [s for group in reversed(dropped) for s in group]
         keep = rounds[i + 1][1]
-        dropped.append(ranked[keep:])
-        survivors = [by_id[s.id] for s in ranked[:keep]]
+        kept = {s.id for s in ranked[:keep] + close_contenders(ranked, scores, keep, config.k, within_se)}
+        dropped.append([s for s in ranked if s.id not in kept])
+        survivors = [by_id[s.id] for s in ranked if s.id in kept]
     raise AssertionError("a schedule has at least one round")
 
 

@@ -1,0 +1,83 @@
+"""Selector settings replayed on recorded scores over many orderings of the sample: agreement against cost.
+
+Halving decides on prefixes of the sample, so one seeded sample says little about how often a setting
+keeps exhaustive's top 2: a lucky order can hide a near-tie that another order would cut. Every
+ordering of the same questions has the same exhaustive ranking, so replaying a setting on many
+seeded orderings (no forward pass) estimates, per target, the chance that it keeps exhaustive's top
+1 and top 2, and its mean cost in forward tokens. The first ordering is the sample's own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+from statistics import mean
+
+from selection_library import bench_dir, candidates, load_results, replay, results_path, selector_config, target_setup
+
+# (label, first questions, factor, survivors, keep_within_se, prefilter keep or None)
+SETTINGS = [(f"halving first={m} factor=4 survivors=8 within_se={z:g}", m, 4.0, 8, z, None)
+            for m in (4, 8, 16) for z in (0.0, 1.0, 2.0)]
+SETTINGS += [(f"halving first=8 factor=2 survivors=8 within_se={z:g}", 8, 2.0, 8, z, None) for z in (0.0, 2.0)]
+SETTINGS += [(f"prefilter keep={k} + halving first=8 factor=4 survivors=8 within_se=2", 8, 4.0, 8, 2.0, k)
+             for k in (8, 16)]
+
+
+def reordered(requests: list, recorded: dict, order: list[int]) -> tuple[list, dict]:
+    """The sample and each candidate's recorded scores in another order of the same questions."""
+    moved = {cid: {**got, "losses": [got["losses"][i] for i in order], "correct": [got["correct"][i] for i in order]}
+             for cid, got in recorded.items()}
+    return [requests[i] for i in order], moved
+
+
+def orderings(target: str, samples: int, count: int) -> list[list[int]]:
+    identity = list(range(samples))
+    return [identity] + [random.Random(f"order-{target}-{i}").sample(identity, samples) for i in range(1, count)]
+
+
+def sweep(args: argparse.Namespace) -> dict:
+    """Each setting on every target and ordering: rates of top-1 kept and same top 2, mean token cost."""
+    from mashup.library import Library
+    from mashup.selection.prefilter import PrefilterResult, best_by_signals
+
+    library = Library(bench_dir(args) / "library")
+    rows: dict[str, dict[str, list[tuple[bool, bool, float]]]] = {}
+    for target in args.targets.split(","):
+        results = load_results(results_path(args, target))
+        if "signals" not in results:
+            continue
+        pool = candidates(library, target, args)
+        workspace, _, requests = target_setup(target, args)
+        truth = results["exhaustive"]["ranking"]
+        probe = results["prefilter+halving"]["stats"]["probe_tokens"]
+        for order in orderings(target, len(requests), args.orderings):
+            sample, recorded = reordered(requests, results["examples"], order)
+            for label, first, factor, survivors, within_se, keep in SETTINGS:
+                run_args = argparse.Namespace(**{**vars(args), "halving_min_samples": first, "halving_factor": factor,
+                                                 "min_survivors": survivors, "halving_keep_within_se": within_se})
+                prefilter = None
+                if keep is not None:  # the signals do not depend on the order of the sample
+                    chosen = best_by_signals(results["signals"], keep)
+                    prefilter = PrefilterResult([r for r in pool if r.id in chosen], probe_tokens=probe)
+                config = selector_config(run_args, "halving" if keep is None else "prefilter+halving")
+                selection, _ = replay(workspace, pool, sample, config, recorded, prefilter)
+                top = [s.id for s in selection.ranking[:2]]
+                rows.setdefault(label, {}).setdefault(target, []).append(
+                    (truth[0] in top, set(top) == set(truth[:2]), selection.stats.cost_ratio))
+        print(f"{target}: {len(SETTINGS)} settings replayed on {args.orderings} orderings", flush=True)
+    return summarize(rows)
+
+
+def summarize(rows: dict[str, dict[str, list[tuple[bool, bool, float]]]]) -> dict:
+    out = {}
+    print("\nsettings replayed (rates over targets x orderings; worst target's top-1 rate):")
+    for label, by_target in rows.items():
+        every = [r for runs in by_target.values() for r in runs]
+        out[label] = {"top1_retained": mean(r[0] for r in every), "top2_agreement": mean(r[1] for r in every),
+                      "worst_target_top1": min(mean(r[0] for r in runs) for runs in by_target.values()),
+                      "token_cost_ratio": mean(r[2] for r in every), "runs": len(every),
+                      "per_target_top2": {t: mean(r[1] for r in runs) for t, runs in by_target.items()}}
+        row = out[label]
+        print(f"  {label:>66}: top-1 kept {row['top1_retained']:.3f} (worst {row['worst_target_top1']:.2f})  "
+              f"top-2 same {row['top2_agreement']:.3f}  cost {row['token_cost_ratio']:.1%} tokens")
+    return out
