@@ -10,17 +10,39 @@ seeded orderings (no forward pass) estimates, per target, the chance that it kee
 from __future__ import annotations
 
 import argparse
+import math
 import random
 from statistics import mean
 
 from selection_library import bench_dir, candidates, load_results, replay, results_path, selector_config, target_setup
 
-# (label, first questions, factor, survivors, keep_within_se, prefilter keep or None)
+# (label, first questions, factor, survivors, keep_within_se, prefilter's kept share of the pool or None)
 SETTINGS = [(f"halving first={m} factor=4 survivors=8 within_se={z:g}", m, 4.0, 8, z, None)
             for m in (4, 8, 16) for z in (0.0, 1.0, 2.0)]
 SETTINGS += [(f"halving first=8 factor=2 survivors=8 within_se={z:g}", 8, 2.0, 8, z, None) for z in (0.0, 2.0)]
-SETTINGS += [(f"prefilter keep={k} + halving first=8 factor=4 survivors=8 within_se=2", 8, 4.0, 8, 2.0, k)
-             for k in (8, 16)]
+SETTINGS += [(f"prefilter keep={k:g} + halving first=8 factor=4 survivors=8 within_se=2", 8, 4.0, 8, 2.0, k)
+             for k in (0.25, 0.5)]
+
+
+def planned_share(first: int, factor: float, survivors: int, within_se: float, keep: float | None,
+                  candidates: int = 1000, samples: int = 256, k: int = 2) -> tuple[float, float]:
+    """The setting's planned share of exhaustive work at full scale: the schedule alone, and with every round
+    keeping the paired rule's cap (as many again). A prefilter halves only what it keeps and adds its probe
+    (a forward and a backward of the base over the sample: about 3 candidates' worth)."""
+    from mashup.config import HalvingConfig
+    from mashup.selection.selectors import halving_schedule, planned_work
+
+    pool = math.ceil(keep * candidates) if keep is not None else candidates
+    rounds = halving_schedule(pool, samples, HalvingConfig(min_samples=first, factor=factor,
+                                                            min_survivors=survivors), k)
+    capped, alive, previous = 0, pool, 0
+    for i, (n, _) in enumerate(rounds):
+        capped += alive * (n - previous)
+        previous = n
+        if i + 1 < len(rounds):
+            alive = min(alive, 2 * rounds[i + 1][1]) if within_se > 0 else rounds[i + 1][1]
+    probe = 3 * samples if keep is not None else 0
+    return (planned_work(rounds) + probe) / (candidates * samples), (capped + probe) / (candidates * samples)
 
 
 def reordered(requests: list, recorded: dict, order: list[int]) -> tuple[list, dict]:
@@ -57,7 +79,7 @@ def sweep(args: argparse.Namespace) -> dict:
                                                  "min_survivors": survivors, "halving_keep_within_se": within_se})
                 prefilter = None
                 if keep is not None:  # the signals do not depend on the order of the sample
-                    chosen = best_by_signals(results["signals"], keep)
+                    chosen = best_by_signals(results["signals"], math.ceil(keep * len(pool)))
                     prefilter = PrefilterResult([r for r in pool if r.id in chosen], probe_tokens=probe)
                 config = selector_config(run_args, "halving" if keep is None else "prefilter+halving")
                 selection, _ = replay(workspace, pool, sample, config, recorded, prefilter)
@@ -70,14 +92,18 @@ def sweep(args: argparse.Namespace) -> dict:
 
 def summarize(rows: dict[str, dict[str, list[tuple[bool, bool, float]]]]) -> dict:
     out = {}
-    print("\nsettings replayed (rates over targets x orderings; worst target's top-1 rate):")
+    print("\nsettings replayed (rates over targets x orderings; worst target's top-1 rate; planned share of "
+          "exhaustive at 1,000 candidates x 256 questions):")
+    plans = {label: planned_share(*setting) for label, *setting in SETTINGS}
     for label, by_target in rows.items():
         every = [r for runs in by_target.values() for r in runs]
         out[label] = {"top1_retained": mean(r[0] for r in every), "top2_agreement": mean(r[1] for r in every),
                       "worst_target_top1": min(mean(r[0] for r in runs) for runs in by_target.values()),
                       "token_cost_ratio": mean(r[2] for r in every), "runs": len(every),
-                      "per_target_top2": {t: mean(r[1] for r in runs) for t, runs in by_target.items()}}
+                      "per_target_top2": {t: mean(r[1] for r in runs) for t, runs in by_target.items()},
+                      "planned_share_1000x256": plans[label]}
         row = out[label]
         print(f"  {label:>66}: top-1 kept {row['top1_retained']:.3f} (worst {row['worst_target_top1']:.2f})  "
-              f"top-2 same {row['top2_agreement']:.3f}  cost {row['token_cost_ratio']:.1%} tokens")
+              f"top-2 same {row['top2_agreement']:.3f}  cost {row['token_cost_ratio']:.1%} tokens  "
+              f"planned {plans[label][0]:.1%}-{plans[label][1]:.1%}")
     return out

@@ -6,7 +6,8 @@
   gap to the k-th best is within ``keep_within_se`` standard errors: a paired comparison on the same
   questions, so near-ties race on to a bigger sample instead of being cut by noise.
 - ``prefilter+halving``: signals that need no forward pass per candidate (first-order estimate, Arrow
-  prototypes) keep the most promising few, then halving ranks those.
+  prototypes) keep the most promising share of the candidates (half by default: on real adapters the
+  signals are too weak to keep fewer safely), then halving ranks those.
 """
 
 from __future__ import annotations
