@@ -16,16 +16,22 @@ from rich.table import Table
 
 from mashup.cli_data import DataOptions, with_data_options
 from mashup.cli_options import PrecisionOpt
-from mashup.config import DataConfig, EvalConfig, MergeConfig, RunConfig, SelectConfig, TrainConfig, load_config
+from mashup.config import (DataConfig, EvalConfig, HalvingConfig, MergeConfig, RunConfig, SelectConfig, TrainConfig,
+                           load_config)
 from mashup.errors import MashupError
 from mashup.experiment import cli as experiment_cli
 from mashup.progress import count_bar, quiet_third_party, scoring_bar, selection_summary, training_bars
 from mashup.switch.cli import switch_app
 
 
+def _config_default(model: type, field: str) -> str:
+    """A config field's own default, shown for an option that leaves it to the config."""
+    return str(model.model_fields[field].default)
+
+
 def _from_config(model: type, field: str) -> str:
     """The shown default of a `run` option that overrides --config: the config field's own default."""
-    return f"from --config, else {model.model_fields[field].default}"
+    return f"from --config, else {_config_default(model, field)}"
 
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Mashup Learning: fine-tune from merged past checkpoints.")
@@ -48,12 +54,15 @@ IncludeTargetOpt = Annotated[bool, typer.Option(
     "--include-target-checkpoints", help="also rank checkpoints trained on the target (excluded by default)")]
 NoCacheOpt = Annotated[bool, typer.Option("--no-cache", help="rescore checkpoints scored before on this sample")]
 SelectorOpt = Annotated[str, typer.Option("--selector", help="exhaustive | halving | prefilter+halving")]
-HalvingMinOpt = Annotated[Optional[int], typer.Option("--halving-min-samples", help="halving: first round's sample "
-                                                      "size", show_default="8")]
-HalvingFactorOpt = Annotated[Optional[float], typer.Option("--halving-factor", help="halving: keep 1/factor, grow the "
-                                                           "sample factor times", show_default="4")]
-HalvingSeOpt = Annotated[Optional[float], typer.Option("--halving-keep-within-se", help="halving: also keep candidates "
-                         "within this many standard errors of the k-th best (paired; 0: off)", show_default="2")]
+HalvingMinOpt = Annotated[Optional[int], typer.Option(
+    "--halving-min-samples", help="halving: first round's sample size",
+    show_default=_config_default(HalvingConfig, "min_samples"))]
+HalvingFactorOpt = Annotated[Optional[float], typer.Option(
+    "--halving-factor", help="halving: keep 1/factor, grow the sample factor times",
+    show_default=_config_default(HalvingConfig, "factor"))]
+HalvingSeOpt = Annotated[Optional[float], typer.Option(
+    "--halving-keep-within-se", help="halving: also keep candidates within this many standard errors of the k-th "
+    "best (paired; 0: off)", show_default=_config_default(HalvingConfig, "keep_within_se"))]
 ExecutorOpt = Annotated[str, typer.Option("--executor", help="where scoring runs: local | ray")]
 RayAddressOpt = Annotated[Optional[str], typer.Option("--ray-address", help="existing Ray cluster",
                                                       show_default="none: start one locally")]
@@ -243,7 +252,6 @@ def select_cmd(base: BaseOpt, data: DataOptions, library: LibraryOpt = None,
                executor: ExecutorOpt = "local", ray_address: RayAddressOpt = None,
                precision: PrecisionOpt = None, as_json: JsonOpt = False) -> None:
     """Rank compatible checkpoints by loss (or accuracy) on a sample of the target's train split."""
-    from mashup.config import HalvingConfig
     from mashup.verbs import select
 
     config = SelectConfig(samples=samples, k=k, metric=metric, seed=seed, batch_size=batch_size,  # type: ignore[arg-type]
@@ -418,7 +426,7 @@ def run_cmd(base: Annotated[Optional[str], typer.Option("--base", help="base mod
     raw: dict[str, Any] = load_config(config_file, RunConfig).model_dump(by_alias=True) if config_file else {}
     overrides = {"base": base, "out": str(out) if out else None, "library": library, "baseline": baseline or None,
                  "add_to_library": False if no_register else None, "precision": precision}
-    raw.update({key: value for key, value in overrides.items() if value is not None})
+    raw.update(_given(**overrides))
     sections = {"data": data.given(),
                 "select": {"k": k, "samples": samples, "metric": metric, "seed": seed,
                            "cache": False if no_cache else None,
@@ -427,7 +435,7 @@ def run_cmd(base: Annotated[Optional[str], typer.Option("--base", help="base mod
                 "train": {"mode": mode, "lr": lr, "max_steps": max_steps, "eval_every": eval_every,
                           "batch_size": batch_size, "seed": seed}}
     for section, values in sections.items():
-        raw.setdefault(section, {}).update({key: v for key, v in values.items() if v is not None})
+        raw.setdefault(section, {}).update(_given(**values))
     for required in ("base", "out"):
         if not raw.get(required):
             raise MashupError(f"missing --{required}", None, f"pass --{required} or set it in --config")

@@ -69,9 +69,11 @@ def planned_work(rounds: Sequence[tuple[int, int]]) -> int:
     return total
 
 
-def _ranked(context: SelectionContext, records: Sequence[CheckpointRecord], n: int) -> list[CheckpointScore]:
+def _ranked(context: SelectionContext, records: Sequence[CheckpointRecord], n: int
+            ) -> tuple[list[CheckpointScore], dict[str, PrefixScore]]:
+    """The records ranked on the first ``n`` requests, and their prefix scores by id."""
     scores = context.score(records, n)
-    return rank([scores[r.id].checkpoint_score(r) for r in records], context.config.metric)
+    return rank([scores[r.id].checkpoint_score(r) for r in records], context.config.metric), scores
 
 
 def close_contenders(ranked: Sequence[CheckpointScore], scores: Mapping[str, PrefixScore], keep: int, k: int,
@@ -100,7 +102,7 @@ def close_contenders(ranked: Sequence[CheckpointScore], scores: Mapping[str, Pre
 def exhaustive(context: SelectionContext, records: Sequence[CheckpointRecord]) -> list[CheckpointScore]:
     samples = len(context.requests)
     context.plan(len(records) * samples)
-    return _ranked(context, records, samples)
+    return _ranked(context, records, samples)[0]
 
 
 def halving(context: SelectionContext, records: Sequence[CheckpointRecord]) -> list[CheckpointScore]:
@@ -114,8 +116,7 @@ def halving(context: SelectionContext, records: Sequence[CheckpointRecord]) -> l
     for i, (n, planned) in enumerate(rounds):
         if len(survivors) > planned:  # close contenders kept past the schedule
             context.plan((len(survivors) - planned) * (n - rounds[i - 1][0]))
-        scores = context.score(survivors, n)
-        ranked = rank([scores[r.id].checkpoint_score(r) for r in survivors], config.metric)
+        ranked, scores = _ranked(context, survivors, n)
         if i == len(rounds) - 1:
             return ranked + [s for group in reversed(dropped) for s in group]
         keep = rounds[i + 1][1]
