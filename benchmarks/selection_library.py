@@ -86,15 +86,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "(a documented subset when exhaustive scoring of all of them does not fit the machine)")
     parser.add_argument("--test-examples", type=int, default=100, help="test questions for merged-init accuracy")
     parser.add_argument("--selectors", default=",".join(SELECTORS))
-    parser.add_argument("--halving-min-samples", type=int, default=8)
-    parser.add_argument("--halving-factor", type=float, default=4.0)
-    parser.add_argument("--min-survivors", type=int, default=8)
-    parser.add_argument("--halving-keep-within-se", type=float, default=2.0)
+    # selector settings left unset take the library's own defaults (HalvingConfig, PrefilterConfig)
+    parser.add_argument("--halving-min-samples", type=int)
+    parser.add_argument("--halving-factor", type=float)
+    parser.add_argument("--min-survivors", type=int)
+    parser.add_argument("--halving-keep-within-se", type=float)
     parser.add_argument("--orderings", type=int, default=100, help="sweep: replay each setting on this many seeded "
                         "orderings of the sample (the first is the sample's own order); exhaustive's ranking is "
                         "the same for all of them")
-    parser.add_argument("--prefilter-keep", type=float, default=0.5)
-    parser.add_argument("--prefilter-min-keep", type=int, default=32)
+    parser.add_argument("--prefilter-keep", type=float)
+    parser.add_argument("--prefilter-min-keep", type=int)
     parser.add_argument("--cache-dir", type=Path, help="default: cache_root()/selection-bench")
     parser.add_argument("--json-out", type=Path)
     return parser.parse_known_args(argv)[0]
@@ -313,9 +314,13 @@ def selector_config(args: argparse.Namespace, name: str):
     from mashup.config import SelectConfig
 
     return SelectConfig(samples=args.samples, batch_size=args.batch_size, selector=name, cache=False,
-                        halving={"min_samples": args.halving_min_samples, "factor": args.halving_factor,
-                                 "min_survivors": args.min_survivors, "keep_within_se": args.halving_keep_within_se},
-                        prefilter={"keep": args.prefilter_keep, "min_keep": args.prefilter_min_keep})
+                        halving=_given(min_samples=args.halving_min_samples, factor=args.halving_factor,
+                                       min_survivors=args.min_survivors, keep_within_se=args.halving_keep_within_se),
+                        prefilter=_given(keep=args.prefilter_keep, min_keep=args.prefilter_min_keep))
+
+
+def _given(**settings) -> dict:
+    return {name: value for name, value in settings.items() if value is not None}
 
 
 def run_selectors(args: argparse.Namespace, target: str) -> None:
