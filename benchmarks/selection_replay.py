@@ -68,18 +68,20 @@ class ReplayExecutor:
         self.replayed_seconds = 0.0
 
     def map(self, factory: WorkerFactory, units: Sequence[Any], *, on_result: ResultFn | None = None) -> list[Any]:
-        requests = factory.requests  # an EngineFactory: the sample the selection scores
-        whole = sum(forward_tokens(r) for r in requests)
+        requests = factory.requests  # an EngineFactory: the sample the selection scores, and what it scores
+        whole = sum(forward_tokens(r, factory.with_accuracy) for r in requests)
         out = []
         for index, unit in enumerate(units):
-            tokens = sum(forward_tokens(requests[i]) for i in unit.indices)
+            tokens = sum(forward_tokens(requests[i], factory.with_accuracy) for i in unit.indices)
             results = []
             for record in unit.records:
                 got = self.recorded[record.id]
                 seconds = got["seconds"] * tokens / whole
                 self.replayed_seconds += seconds
+                correct = ([got["correct"][i] for i in unit.indices]
+                           if factory.with_accuracy and got.get("correct") is not None else None)
                 results.append(ExampleScores(record.id, unit.indices, [got["losses"][i] for i in unit.indices],
-                                             [got["correct"][i] for i in unit.indices], seconds, tokens))
+                                             correct, seconds, tokens))
             out.append(results)
             if on_result:
                 on_result(index, results)

@@ -47,7 +47,10 @@ def planned_share(first: int, factor: float, survivors: int, within_se: float, k
 
 def reordered(requests: list, recorded: dict, order: list[int]) -> tuple[list, dict]:
     """The sample and each candidate's recorded scores in another order of the same questions."""
-    moved = {cid: {**got, "losses": [got["losses"][i] for i in order], "correct": [got["correct"][i] for i in order]}
+    def moved_list(values: list | None) -> list | None:
+        return None if values is None else [values[i] for i in order]  # correct: None when recorded loss-only
+
+    moved = {cid: {**got, "losses": moved_list(got["losses"]), "correct": moved_list(got.get("correct"))}
              for cid, got in recorded.items()}
     return [requests[i] for i in order], moved
 

@@ -91,3 +91,30 @@ def test_score_cache_scores_only_new_checkpoints(tmp_path, tiny_base, tiny_loras
     scored.clear()
     select(str(tiny_base), data, SelectConfig(samples=10, k=2, cache=False), tmp_path / "lib")
     assert len(scored) == 3
+
+
+def test_loss_selection_scores_only_the_gold_answer_and_the_cache_knows_it(tmp_path, tiny_base, tiny_loras, mc_file,
+                                                                           monkeypatch):
+    library = Library(tmp_path / "lib")
+    library.add(tiny_loras)
+    data = DataConfig(data=str(mc_file), scoring="cloze")
+    by_loss = select(str(tiny_base), data, SelectConfig(samples=10, k=2), tmp_path / "lib")
+    assert all(s.accuracy is None for s in by_loss.ranking)
+    with_accuracy = select(str(tiny_base), data, SelectConfig(samples=10, k=2, with_accuracy=True, cache=False),
+                           tmp_path / "lib")
+    assert all(s.accuracy is not None for s in with_accuracy.ranking)
+    assert by_loss.stats["exhaustive_tokens"] < with_accuracy.stats["exhaustive_tokens"]
+    assert [s.id for s in by_loss.ranking] == [s.id for s in with_accuracy.ranking]
+    for a, b in zip(by_loss.ranking, with_accuracy.ranking):
+        assert a.loss == pytest.approx(b.loss, abs=1e-5)
+
+    scored: list[str] = []
+    real = ScoringEngine.score
+    monkeypatch.setattr(ScoringEngine, "score",
+                        lambda self, records, *a, **k: scored.extend(r.id for r in records) or real(self, records, *a, **k))
+    # the cache holds loss-only scores: a ranking by accuracy scores again and stores accuracy with them
+    by_accuracy = select(str(tiny_base), data, SelectConfig(samples=10, k=2, metric="accuracy"), tmp_path / "lib")
+    assert len(scored) == 3 and not any(s.cached for s in by_accuracy.ranking)
+    scored.clear()
+    again = select(str(tiny_base), data, SelectConfig(samples=10, k=2), tmp_path / "lib")
+    assert scored == [] and all(s.cached and s.accuracy is not None for s in again.ranking)

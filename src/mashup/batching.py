@@ -31,12 +31,15 @@ def collate(sequences: Sequence[ScoredSequence], pad_id: int, device: torch.devi
             "position_ids": positions.to(device), "n_scored": n_scored.to(device)}
 
 
-def continuation_logprobs(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Log-probabilities of the scored tokens: ``(logprobs [B, K], mask [B, K])``, K = max scored.
+def continuation_logprobs(model: nn.Module, batch: dict[str, torch.Tensor], copies: int = 1
+                          ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-probabilities of the scored tokens: ``(logprobs [copies * B, K], mask [copies * B, K])``, K = max scored.
 
     Only the last K+1 positions go through the LM head (``logits_to_keep``), which saves most of
-    the memory and time a full-vocabulary head costs on long prompts.
+    the memory and time a full-vocabulary head costs on long prompts. ``copies`` stacks the rows as
+    ``repeat_rows`` does.
     """
+    batch = repeat_rows(batch, copies)
     n_scored = batch["n_scored"]
     keep = int(n_scored.max())
     out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],

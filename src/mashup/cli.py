@@ -175,6 +175,11 @@ def library_verify(library: LibraryOpt = None, workers: Annotated[Optional[int],
         raise SystemExit(1)  # typer.Exit would only be returned under standalone_mode=False
 
 
+def _cell(value: float | None, digits: int = 4) -> str:
+    """A score for a table; "-" where it was not computed (accuracy of a loss-only selection)."""
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
 @library_app.command("scores")
 def library_scores(target: Annotated[Optional[str], typer.Option("--target", help="target label (e.g. arc_easy)", show_default="all")] = None,
                    task: Annotated[Optional[str], typer.Option("--task", help="checkpoints of this task", show_default="all")] = None,
@@ -191,7 +196,7 @@ def library_scores(target: Annotated[Optional[str], typer.Option("--target", hel
     table = Table("id", "task", *[c["label"] for c in matrix.columns], title=f"cached {metric} by target sample")
     for row in matrix.checkpoints:
         cells = matrix.cells[row["id"]]
-        values = [f"{cells[c['key']][metric]:.4f}" if c["key"] in cells else "" for c in matrix.columns]
+        values = [_cell(cells[c["key"]][metric]) if c["key"] in cells else "" for c in matrix.columns]
         table.add_row(row["id"] + ("" if row["in_library"] else " (removed)"), row["task"] or "", *values)
     emit(matrix.to_dict(), as_json, table)
 
@@ -243,6 +248,9 @@ def select_cmd(base: BaseOpt, data: DataOptions, library: LibraryOpt = None,
                samples: Annotated[int, typer.Option("--samples", help="train examples scored per checkpoint")] = 256,
                k: Annotated[int, typer.Option("--k", help="how many top checkpoints count as selected")] = 2,
                metric: Annotated[str, typer.Option("--metric", help="loss | accuracy")] = "loss",
+               with_accuracy: Annotated[bool, typer.Option(
+                   "--with-accuracy", help="also score accuracy when ranking by loss (cloze: every choice's "
+                   "forward pass, not only the correct one's)")] = False,
                seed: Annotated[int, typer.Option("--seed", help="seed of the train sample")] = 0,
                batch_size: Annotated[int, typer.Option("--batch-size", help="examples per scoring batch")] = 16,
                kind: Annotated[str, typer.Option("--kind", help="lora | full")] = "lora",
@@ -254,7 +262,8 @@ def select_cmd(base: BaseOpt, data: DataOptions, library: LibraryOpt = None,
     """Rank compatible checkpoints by loss (or accuracy) on a sample of the target's train split."""
     from mashup.verbs import select
 
-    config = SelectConfig(samples=samples, k=k, metric=metric, seed=seed, batch_size=batch_size,  # type: ignore[arg-type]
+    config = SelectConfig(samples=samples, k=k, metric=metric, with_accuracy=with_accuracy, seed=seed,  # type: ignore[arg-type]
+                          batch_size=batch_size,
                           cache=not no_cache, include_target_checkpoints=include_target, selector=selector,  # type: ignore[arg-type]
                           executor=executor, ray_address=ray_address,  # type: ignore[arg-type]
                           halving=HalvingConfig(**_given(min_samples=halving_min_samples, factor=halving_factor,
@@ -266,7 +275,7 @@ def select_cmd(base: BaseOpt, data: DataOptions, library: LibraryOpt = None,
     table = Table("rank", "id", "task", "loss", "accuracy", "n", "seconds", title=f"ranking by {metric}")
     for i, s in enumerate(result.ranking, 1):
         seconds = "cached" if s.cached else f"{s.seconds:.1f}"
-        table.add_row(str(i), s.id, s.task or "", f"{s.loss:.4f}", f"{s.accuracy:.3f}", str(s.n), seconds)
+        table.add_row(str(i), s.id, s.task or "", f"{s.loss:.4f}", _cell(s.accuracy, 3), str(s.n), seconds)
     emit(result.to_dict(), as_json, table)
 
 

@@ -72,6 +72,8 @@ class SelectConfig(StageConfig):
     samples: int = Field(256, gt=0)
     k: int = Field(2, gt=0)
     metric: Metric = "loss"
+    with_accuracy: bool = Field(False, description="also score accuracy when ranking by loss (cloze data: every "
+                                "choice's forward pass; by loss alone only the correct one's)")
     seed: int = 0
     batch_size: int = Field(16, gt=0)
     cache: bool = Field(True, description="reuse scores of checkpoints already scored on this exact sample")

@@ -25,6 +25,10 @@ def mean_parity_fraction(summary: dict[str, Any], key: str = "p100") -> float | 
 ZERO_SHOT_HEADER = ("checkpoint", "sample loss", "sample accuracy", "test accuracy")
 
 
+def _accuracy(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"  # None: selection by loss scores no accuracy
+
+
 def _zero_shot_rows(summary: dict[str, Any]) -> list[tuple[str, ...]]:
     """Loss and accuracy on the selection sample (target train split); test accuracy for the inits."""
     zero = summary["zero_shot"]
@@ -32,7 +36,7 @@ def _zero_shot_rows(summary: dict[str, Any]) -> list[tuple[str, ...]]:
              f"{zero['base']:.3f}")]
     for score in zero["ranking"]:
         mark = " (selected)" if score["id"] in zero["selected"] else ""
-        rows.append((f"source {zero['tasks'][score['id']]}{mark}", f"{score['loss']:.4f}", f"{score['accuracy']:.3f}",
+        rows.append((f"source {zero['tasks'][score['id']]}{mark}", f"{score['loss']:.4f}", _accuracy(score["accuracy"]),
                      "-"))
     rows.append((f"merged init (average of top {len(zero['selected'])})", f"{zero['merged_sample']['loss']:.4f}",
                  f"{zero['merged_sample']['accuracy']:.3f}", f"{zero['merged']:.3f}"))
@@ -124,6 +128,7 @@ Source library: {', '.join(settings['sources'])} ({settings['source_steps']} ste
 
 Loss and accuracy on the selection sample ({settings['select_samples']} questions of the target's train split,
 ranked by loss), and accuracy on the test split for the base and the merged init (both arms' step 0).
+Selection by loss scores each source on the correct answer only, so it has no accuracy for them ("-").
 
 {_md_table(ZERO_SHOT_HEADER, _zero_shot_rows(summary))}
 

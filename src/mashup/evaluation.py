@@ -9,7 +9,15 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from mashup.batching import PrefixBatch, ScoredSequence, collate, last_token_logprobs, prefix_batch, prefix_batch_logprobs
+from mashup.batching import (
+    PrefixBatch,
+    ScoredSequence,
+    collate,
+    continuation_logprobs,
+    last_token_logprobs,
+    prefix_batch,
+    prefix_batch_logprobs,
+)
 from mashup.data.prompts import EncodedRequest
 from mashup.models import autocast
 
@@ -75,6 +83,20 @@ class _ClozeBatch:
         return losses, (sums / self.chars).argmax(dim=-1)
 
 
+@dataclass(frozen=True)
+class _AnswerBatch:
+    """Cloze answers, loss only: each prompt with its gold continuation, one sequence, no other choice."""
+
+    rows: list[int]
+    inputs: dict[str, torch.Tensor]  # prompt + gold continuation, the continuation scored
+    answer_tokens: torch.Tensor  # [B], float64
+
+    def score(self, model: nn.Module, copies: int) -> tuple[torch.Tensor, None]:
+        logprobs, _ = continuation_logprobs(model, self.inputs, copies)
+        sums = logprobs.sum(dim=1).cpu().double().view(copies, len(self.rows))
+        return -sums / self.answer_tokens, None
+
+
 def _letter_batches(requests: Sequence[EncodedRequest], s: ScoreSettings) -> list[_LetterBatch]:
     order = sorted(range(len(requests)), key=lambda i: len(requests[i].prompt_ids))
     batches = []
@@ -111,32 +133,53 @@ def _cloze_batches(requests: Sequence[EncodedRequest], s: ScoreSettings) -> list
     return batches
 
 
+def _answer_batches(requests: Sequence[EncodedRequest], s: ScoreSettings) -> list[_AnswerBatch]:
+    # Every row's LM head covers the batch's longest answer, so batch similar answer lengths together.
+    order = sorted(range(len(requests)), key=lambda i: (len(requests[i].gold_ids), len(requests[i].prompt_ids)))
+    batches = []
+    for chunk in _batches(order, s.batch_size):
+        rs = [requests[i] for i in chunk]
+        inputs = collate([ScoredSequence(tuple(r.prompt_ids) + tuple(r.gold_ids), len(r.gold_ids)) for r in rs],
+                         s.pad_id, s.device)
+        batches.append(_AnswerBatch(chunk, inputs, torch.tensor([len(r.gold_ids) for r in rs], dtype=torch.float64)))
+    return batches
+
+
 class ScoringPlan:
     """Requests ordered, batched and collated once; ``run`` scores them with a model, as often as needed.
 
     With ``copies`` = G the model is run on every batch stacked G times (copy-major rows), which is
-    how G LoRA slots are scored in one forward (see mashup.selection.slots).
+    how G LoRA slots are scored in one forward (see mashup.selection.slots). ``with_accuracy=False``
+    scores cloze requests by their gold continuation alone: the same loss without the other choices'
+    forward passes, and no prediction (letter requests predict anyway: it costs nothing there).
     """
 
-    def __init__(self, requests: Sequence[EncodedRequest], settings: ScoreSettings) -> None:
+    def __init__(self, requests: Sequence[EncodedRequest], settings: ScoreSettings, with_accuracy: bool = True
+                 ) -> None:
         self.requests = list(requests)
         self.settings = settings
         single = all(r.single_token for r in self.requests)
-        self.batches: list[_LetterBatch | _ClozeBatch] = (
-            _letter_batches(self.requests, settings) if single else _cloze_batches(self.requests, settings))
+        self.with_accuracy = with_accuracy or single
+        self.batches: list[_LetterBatch | _ClozeBatch | _AnswerBatch] = (
+            _letter_batches(self.requests, settings) if single
+            else _cloze_batches(self.requests, settings) if with_accuracy
+            else _answer_batches(self.requests, settings))
 
     @torch.no_grad()
-    def run(self, model: nn.Module, copies: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-example answer loss ``[copies, n]`` (float64) and predicted choice ``[copies, n]``."""
+    def run(self, model: nn.Module, copies: int = 1) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Per-example answer loss ``[copies, n]`` (float64) and predicted choice ``[copies, n]`` (None
+        without accuracy)."""
         losses = torch.zeros((copies, len(self.requests)), dtype=torch.float64)
-        preds = torch.zeros((copies, len(self.requests)), dtype=torch.long)
+        preds = torch.zeros((copies, len(self.requests)), dtype=torch.long) if self.with_accuracy else None
         was_training = model.training
         model.eval()
         try:
             for batch in self.batches:
                 with autocast(self.settings.device, self.settings.bf16):
                     batch_losses, batch_preds = batch.score(model, copies)
-                losses[:, batch.rows], preds[:, batch.rows] = batch_losses, batch_preds
+                losses[:, batch.rows] = batch_losses
+                if preds is not None:
+                    preds[:, batch.rows] = batch_preds
         finally:
             model.train(was_training)
         return losses, preds
@@ -146,6 +189,7 @@ def score_requests(model: nn.Module, requests: Sequence[EncodedRequest], setting
                    ) -> tuple[list[float], list[int]]:
     """Per-example answer loss and predicted choice index."""
     losses, preds = ScoringPlan(requests, settings).run(model)
+    assert preds is not None
     return losses[0].tolist(), preds[0].tolist()
 
 

@@ -21,7 +21,7 @@ class CheckpointScore:
     task: str | None
     kind: str
     loss: float
-    accuracy: float
+    accuracy: float | None  # None: scored for a loss ranking, which needs no accuracy
     n: int
     seconds: float
     cached: bool = False  # read from the library's score cache rather than computed now
@@ -33,7 +33,8 @@ class CheckpointScore:
 def rank(scores: Sequence[CheckpointScore], metric: Metric) -> list[CheckpointScore]:
     """Best first: ascending loss, or descending accuracy (ties broken by loss, then id)."""
     if metric == "accuracy":
-        return sorted(scores, key=lambda s: (-s.accuracy, s.loss, s.id))
+        assert all(s.accuracy is not None for s in scores), "an accuracy ranking needs scores with accuracy"
+        return sorted(scores, key=lambda s: (-(s.accuracy or 0.0), s.loss, s.id))
     return sorted(scores, key=lambda s: (s.loss, s.id))
 
 

@@ -14,23 +14,28 @@ def _reference(base, path, requests, settings, full=False):
     return score_requests(model.eval(), requests, settings)
 
 
+@pytest.mark.parametrize("with_accuracy", [True, False])
 @pytest.mark.parametrize("scoring", ["letter", "cloze"])
 @pytest.mark.parametrize("group", [1, 2, 3])
-def test_engine_equals_peft_evaluation(tiny_base, tiny_loras, mc_file, tmp_path, scoring, group):
+def test_engine_equals_peft_evaluation(tiny_base, tiny_loras, mc_file, tmp_path, scoring, group, with_accuracy):
     workspace, requests = requests_for(tiny_base, mc_file, 14, scoring)
     settings = workspace.settings(4)
     other_rank = save_tiny_lora(tiny_base, tmp_path / "r2", seed=7, r=2)  # another layout: scored through PEFT
     paths = [*tiny_loras, other_rank, tiny_loras[0]]
     records = records_for(paths[:-1])
     records.append(records[0])  # the same adapter twice in one call scores the same
-    engine = ScoringEngine(tiny_base, requests, settings, adapters_per_forward=group)
+    engine = ScoringEngine(tiny_base, requests, settings, adapters_per_forward=group, with_accuracy=with_accuracy)
     got = engine.score(records)
     assert [s.id for s in got] == [r.id for r in records]
+    # loss only: a cloze request sends its gold continuation alone, with the same loss and no prediction
+    predicts = with_accuracy or scoring == "letter"
     for scores, path in zip(got, paths):
         losses, preds = _reference(tiny_base, path, requests, settings)
         assert scores.losses == pytest.approx(losses, abs=1e-5)
-        assert scores.correct == [p == r.answer for p, r in zip(preds, requests)]
-        assert scores.tokens == sum(forward_tokens(r) for r in requests)
+        assert scores.correct == ([p == r.answer for p, r in zip(preds, requests)] if predicts else None)
+        assert scores.tokens == sum(forward_tokens(r, with_accuracy) for r in requests)
+    if not predicts:
+        assert scores.tokens < sum(forward_tokens(r) for r in requests)
 
 
 def test_engine_scores_subsets_and_full_finetunes(tiny_base, tiny_loras, tiny_fulls, mc_file):

@@ -110,7 +110,7 @@ def test_halving_scores_only_the_requests_new_to_each_survivor(tmp_path, tiny_ba
     result = _select(tmp_path, mc_file, tiny_base, "halving", samples=16, keep_within_se=0)
     assert [(r["samples"], r["candidates"]) for r in result.stats["rounds"]] == [(4, 3), (16, 2)]
     _, requests = requests_for(tiny_base, mc_file, 16, "cloze")
-    tokens = [forward_tokens(r) for r in requests]
+    tokens = [forward_tokens(r, with_accuracy=False) for r in requests]  # a loss ranking scores gold answers only
     assert result.stats["forward_tokens"] == 3 * sum(tokens[:4]) + 2 * sum(tokens[4:])
     assert result.stats["exhaustive_tokens"] == 3 * sum(tokens)
     assert math.isclose(result.stats["cost_ratio"], result.stats["forward_tokens"] / result.stats["exhaustive_tokens"])

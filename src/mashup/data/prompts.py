@@ -60,9 +60,14 @@ class EncodedRequest:
         """True when every continuation is one token: one forward pass scores them all."""
         return all(len(ids) == 1 for ids in self.continuation_ids)
 
+    @property
+    def gold_ids(self) -> tuple[int, ...]:
+        """The correct continuation's tokens."""
+        return self.continuation_ids[self.answer]
+
     def training_pair(self) -> tuple[list[int], list[int]]:
         """``(input_ids, labels)`` for the correct continuation; prompt tokens masked with -100."""
-        target = list(self.continuation_ids[self.answer])
+        target = list(self.gold_ids)
         return list(self.prompt_ids) + target, [-100] * len(self.prompt_ids) + target
 
 

@@ -164,7 +164,8 @@ def _run_select(job: SelectJob, tmp: Path) -> dict[str, Any]:
     from mashup.verbs import select
 
     workspace, target = _context(job)
-    config = SelectConfig(samples=job.samples, k=1, metric="loss", seed=job.seed, cache=False)
+    # one scoring serves the arms by loss and by accuracy
+    config = SelectConfig(samples=job.samples, k=1, metric="loss", with_accuracy=True, seed=job.seed, cache=False)
     library = Library(Path(job.root) / job.library)
     with _quiet("mashup.verbs"):  # leaving the target's own source out is the protocol, not news: it is recorded
         selection = select(job.base, job.data, config, library.directory, kind=job.mode, workspace=workspace,

@@ -47,7 +47,7 @@ def fingerprint(base_dir: Path, requests: Sequence[EncodedRequest]) -> str:
 
 class CachedScore(NamedTuple):
     loss: float
-    accuracy: float
+    accuracy: float | None  # None: scored for a loss ranking, without accuracy
     n: int
     seconds: float | None  # what computing it took; None for scores cached before this was recorded
     losses: tuple[float, ...] | None = None  # per-example answer losses; None for rows cached before they were kept
@@ -56,7 +56,7 @@ class CachedScore(NamedTuple):
 class ScoreRow(NamedTuple):
     checkpoint_sha: str
     loss: float
-    accuracy: float
+    accuracy: float | None
     n: int
     seconds: float
     losses: Sequence[float] | None = None
@@ -78,7 +78,7 @@ class ScoreEntry:
     checkpoint_sha: str
     fingerprint: str
     loss: float
-    accuracy: float
+    accuracy: float | None
     n: int
     seconds: float | None
     target: str | None

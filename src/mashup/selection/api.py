@@ -32,14 +32,19 @@ def select_checkpoints(workspace: Workspace, records: Sequence[CheckpointRecord]
     own = executor is None
     executor = executor or make_executor(config.executor, address=config.ray_address)
     local = executor.name == "local"
+    # a loss ranking needs no accuracy, and without it a cloze request costs its gold continuation only
+    with_accuracy = config.metric == "accuracy" or config.with_accuracy
     # remote workers pick their own device, but score in the driver's precision: a Ray run ranks like a local one
     factory = EngineFactory(workspace.base_dir, tuple(requests), config.batch_size, settings.pad_id,
                             device=str(settings.device) if local else None, bf16=settings.bf16,
-                            adapters_per_forward=config.adapters_per_forward, allow_pickle=allow_pickle)
+                            adapters_per_forward=config.adapters_per_forward, allow_pickle=allow_pickle,
+                            with_accuracy=with_accuracy)
     stats = SelectionStats(selector=config.selector, executor=executor.name, candidates=len(records),
-                           samples=len(requests), exhaustive_tokens=len(records) * sample_tokens(requests))
+                           samples=len(requests),
+                           exhaustive_tokens=len(records) * sample_tokens(requests, with_accuracy))
     unit_size = config.adapters_per_forward or default_adapters_per_forward(workspace.base_dir, settings)
-    store = ScoreStore(library_dir if config.cache else None, workspace.base_dir, sample_info)
+    store = ScoreStore(library_dir if config.cache else None, workspace.base_dir, sample_info,
+                       needs_accuracy=with_accuracy)
     retried_before = executor.retried
     context = SelectionContext(workspace.base_dir, requests, settings, config, executor, factory, store, stats,
                                unit_size=unit_size, library_dir=library_dir if config.cache else None,

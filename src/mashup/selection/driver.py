@@ -148,5 +148,5 @@ class SelectionContext:
         return known.n if known is not None and known.n < n else 0
 
 
-def sample_tokens(requests: Sequence[EncodedRequest]) -> int:
-    return sum(forward_tokens(r) for r in requests)
+def sample_tokens(requests: Sequence[EncodedRequest], with_accuracy: bool = True) -> int:
+    return sum(forward_tokens(r, with_accuracy) for r in requests)

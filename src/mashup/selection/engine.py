@@ -3,7 +3,9 @@
 Numbers equal ``evaluate`` on a PEFT model with the adapter attached (up to float rounding): the same
 batches, the same shared-prefix cloze scoring, the same per-example loss. What changes is the cost
 around the forward passes: no tokenising, collating or module building per candidate, and on hardware
-where small forwards leave the matmul units idle, several adapters share one forward.
+where small forwards leave the matmul units idle, several adapters share one forward. Built with
+``with_accuracy=False`` it scores cloze requests by the gold continuation alone (the same losses, no
+accuracy), which is all a loss ranking needs.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ class ExampleScores:
     id: str
     indices: tuple[int, ...]
     losses: list[float]
-    correct: list[bool]
+    correct: list[bool] | None  # None: scored without accuracy
     seconds: float
     tokens: int  # forward tokens: real (unpadded) prompt and continuation tokens
 
@@ -51,14 +53,17 @@ class ExampleScores:
         return sum(self.losses) / len(self.losses)
 
     @property
-    def accuracy(self) -> float:
-        return sum(self.correct) / len(self.correct)
+    def accuracy(self) -> float | None:
+        return None if self.correct is None else sum(self.correct) / len(self.correct)
 
 
-def forward_tokens(request: EncodedRequest) -> int:
-    """Tokens a request sends through the model: the prompt, plus every continuation when cloze-scored."""
+def forward_tokens(request: EncodedRequest, with_accuracy: bool = True) -> int:
+    """Tokens a request sends through the model: the prompt, plus every continuation when cloze-scored
+    (only the gold one without accuracy)."""
     if request.single_token:
         return len(request.prompt_ids)
+    if not with_accuracy:
+        return len(request.prompt_ids) + len(request.gold_ids)
     return len(request.prompt_ids) + sum(len(c) for c in request.continuation_ids)
 
 
@@ -73,10 +78,12 @@ class ScoringEngine:
     """Scores checkpoints of one base on fixed requests; build once, call ``score`` as often as needed."""
 
     def __init__(self, base_dir: Path, requests: Sequence[EncodedRequest], settings: ScoreSettings, *,
-                 adapters_per_forward: int | None = None, allow_pickle: bool = False) -> None:
+                 adapters_per_forward: int | None = None, allow_pickle: bool = False, with_accuracy: bool = True
+                 ) -> None:
         self.base_dir = Path(base_dir)
         self.requests = list(requests)
         self.settings = settings
+        self.with_accuracy = with_accuracy
         self.allow_pickle = allow_pickle
         self._requested_group = adapters_per_forward
         self._plans: dict[tuple[int, ...], ScoringPlan] = {}
@@ -92,11 +99,11 @@ class ScoringEngine:
     def plan(self, indices: tuple[int, ...]) -> ScoringPlan:
         """Batches for a subset of the requests, collated once and kept."""
         if indices not in self._plans:
-            self._plans[indices] = ScoringPlan([self.requests[i] for i in indices], self.settings)
+            self._plans[indices] = ScoringPlan([self.requests[i] for i in indices], self.settings, self.with_accuracy)
         return self._plans[indices]
 
     def tokens(self, indices: Sequence[int]) -> int:
-        return sum(forward_tokens(self.requests[i]) for i in indices)
+        return sum(forward_tokens(self.requests[i], self.with_accuracy) for i in indices)
 
     def score(self, records: Sequence[CheckpointRecord], indices: Sequence[int] | None = None,
               on_scored: Callable[[ExampleScores], None] | None = None) -> list[ExampleScores]:
@@ -109,12 +116,11 @@ class ScoringEngine:
         tokens = self.tokens(key)
         results: dict[str, ExampleScores] = {}
 
-        def emit(record: CheckpointRecord, losses: torch.Tensor, preds: torch.Tensor, seconds: float) -> None:
-            answers = [r.answer for r in plan.requests]
-            scores = ExampleScores(record.id, key, losses.tolist(), [p == a for p, a in zip(preds.tolist(), answers)],
-                                   seconds, tokens)
+        def emit(record: CheckpointRecord, losses: torch.Tensor, preds: torch.Tensor | None, seconds: float) -> None:
+            correct = None if preds is None else [p == r.answer for p, r in zip(preds.tolist(), plan.requests)]
+            scores = ExampleScores(record.id, key, losses.tolist(), correct, seconds, tokens)
             results[record.id] = scores
-            logger.info("scored %s (%s): loss %.4f accuracy %.4f", record.id, record.task, scores.loss, scores.accuracy)
+            logger.info("scored %s (%s): loss %.4f accuracy %s", record.id, record.task, scores.loss, scores.accuracy)
             if on_scored:
                 on_scored(scores)
 
@@ -157,14 +163,14 @@ class ScoringEngine:
             self._slots.activate(0)
             seconds = (time.perf_counter() - start) / len(loaded)
             for g, record in enumerate(loaded):
-                emit(record, losses[g], preds[g], seconds)
+                emit(record, losses[g], None if preds is None else preds[g], seconds)
 
     def _score_alone(self, record: CheckpointRecord, plan: ScoringPlan, emit: Callable,
                      activate: Callable[[CheckpointRecord], nn.Module]) -> None:
         start = time.perf_counter()
         model = activate(record)
         losses, preds = plan.run(model)
-        emit(record, losses[0], preds[0], time.perf_counter() - start)
+        emit(record, losses[0], None if preds is None else preds[0], time.perf_counter() - start)
 
     def _full_for(self, record: CheckpointRecord) -> nn.Module:
         """A full fine-tune's weights swapped into one reused model object."""

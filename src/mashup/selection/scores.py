@@ -22,7 +22,7 @@ from mashup.selection.engine import ExampleScores
 @dataclass
 class PrefixScore:
     loss_sum: float
-    correct: int
+    correct: int | None  # None: scored without accuracy
     n: int
     seconds: float = 0.0
     tokens: int = 0  # forward tokens spent on it in this call
@@ -34,18 +34,20 @@ class PrefixScore:
         return self.loss_sum / self.n
 
     @property
-    def accuracy(self) -> float:
-        return self.correct / self.n
+    def accuracy(self) -> float | None:
+        return None if self.correct is None else self.correct / self.n
 
     @classmethod
     def of(cls, scores: ExampleScores) -> PrefixScore:
-        return cls(sum(scores.losses), sum(scores.correct), len(scores.losses), scores.seconds, scores.tokens,
+        correct = None if scores.correct is None else sum(scores.correct)
+        return cls(sum(scores.losses), correct, len(scores.losses), scores.seconds, scores.tokens,
                    losses=tuple(scores.losses))
 
     def extended(self, more: PrefixScore) -> PrefixScore:
         """This prefix followed by the requests scored in ``more``."""
         losses = self.losses + more.losses if self.losses is not None and more.losses is not None else None
-        return PrefixScore(self.loss_sum + more.loss_sum, self.correct + more.correct, self.n + more.n,
+        correct = self.correct + more.correct if self.correct is not None and more.correct is not None else None
+        return PrefixScore(self.loss_sum + more.loss_sum, correct, self.n + more.n,
                            self.seconds + more.seconds, self.tokens + more.tokens, self.cached and more.cached, losses)
 
     def checkpoint_score(self, record: CheckpointRecord) -> CheckpointScore:
@@ -56,10 +58,12 @@ class PrefixScore:
 class ScoreStore:
     """Read and write prefix means in the library's score cache (``None`` library: no cache)."""
 
-    def __init__(self, library_dir: Path | None, base_dir: Path, sample_info: dict[str, Any] | None = None) -> None:
+    def __init__(self, library_dir: Path | None, base_dir: Path, sample_info: dict[str, Any] | None = None, *,
+                 needs_accuracy: bool = True) -> None:
         self.cache = ScoreCache(library_dir) if library_dir is not None else None
         self.base_dir = base_dir
         self.sample_info = sample_info or {}  # target, seed, formulation: labels the relevance matrix
+        self.needs_accuracy = needs_accuracy  # then a score cached without accuracy is scored again
 
     def lookup(self, requests: Sequence[EncodedRequest], records: Iterable[CheckpointRecord]) -> dict[str, PrefixScore]:
         """Cached scores on exactly these requests, by record id."""
@@ -71,8 +75,11 @@ class ScoreStore:
         for record in records:
             if record.sha256 in found:
                 loss, accuracy, n, seconds, losses = found[record.sha256]
+                if accuracy is None and self.needs_accuracy:
+                    continue
                 # a cached score keeps the seconds it cost (0 for rows cached before that was recorded)
-                out[record.id] = PrefixScore(loss * n, round(accuracy * n), n, seconds=seconds or 0.0, cached=True,
+                out[record.id] = PrefixScore(loss * n, None if accuracy is None else round(accuracy * n), n,
+                                             seconds=seconds or 0.0, cached=True,
                                              losses=losses if losses is not None and len(losses) == n else None)
         return out
 

@@ -31,6 +31,7 @@ class EngineFactory:
     bf16: bool = False  # the driver's resolved precision, so remote workers score like local ones
     adapters_per_forward: int | None = None
     allow_pickle: bool = False
+    with_accuracy: bool = True  # False: loss only (cloze requests score the gold continuation alone)
 
     def settings(self) -> ScoreSettings:
         import torch
@@ -40,5 +41,6 @@ class EngineFactory:
 
     def __call__(self) -> Callable[[ScoreUnit], list[ExampleScores]]:
         engine = ScoringEngine(self.base_dir, self.requests, self.settings(),
-                               adapters_per_forward=self.adapters_per_forward, allow_pickle=self.allow_pickle)
+                               adapters_per_forward=self.adapters_per_forward, allow_pickle=self.allow_pickle,
+                               with_accuracy=self.with_accuracy)
         return lambda unit: engine.score(unit.records, unit.indices)
