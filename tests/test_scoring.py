@@ -93,6 +93,7 @@ def test_score_cache_scores_only_new_checkpoints(tmp_path, tiny_base, tiny_loras
     assert len(scored) == 3
 
 
+@pytest.mark.fp32  # compares the loss-only layout with the every-choice one to fp32 precision
 def test_loss_selection_scores_only_the_gold_answer_and_the_cache_knows_it(tmp_path, tiny_base, tiny_loras, mc_file,
                                                                            monkeypatch):
     library = Library(tmp_path / "lib")

@@ -29,9 +29,11 @@ def test_engine_equals_peft_evaluation(tiny_base, tiny_loras, mc_file, tmp_path,
     assert [s.id for s in got] == [r.id for r in records]
     # loss only: a cloze request sends its gold continuation alone, with the same loss and no prediction
     predicts = with_accuracy or scoring == "letter"
+    # the reference encodes a prompt once for all choices: in bf16 another layout of the same sums rounds apart
+    tolerance = {"rel": 1e-3} if settings.bf16 and not predicts else {"abs": 1e-5}
     for scores, path in zip(got, paths):
         losses, preds = _reference(tiny_base, path, requests, settings)
-        assert scores.losses == pytest.approx(losses, abs=1e-5)
+        assert scores.losses == pytest.approx(losses, **tolerance)
         assert scores.correct == ([p == r.answer for p, r in zip(preds, requests)] if predicts else None)
         assert scores.tokens == sum(forward_tokens(r, with_accuracy) for r in requests)
     if not predicts:
