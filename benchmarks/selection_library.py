@@ -34,9 +34,13 @@ import hashlib
 import itertools
 import json
 import logging
+import multiprocessing
+import os
 import random
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from statistics import mean
 
@@ -49,6 +53,12 @@ MMLU_SUBJECTS = (
     "high_school_world_history", "marketing", "human_aging", "world_religions", "sociology",
 )
 SELECTORS = ("halving", "prefilter+halving")
+STARTED = time.monotonic()
+
+
+def out_of_time(args: argparse.Namespace) -> bool:
+    """True once ``--deadline`` seconds have passed since the benchmark started."""
+    return args.deadline is not None and time.monotonic() - STARTED > args.deadline
 
 
 @dataclass(frozen=True)
@@ -96,6 +106,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "the same for all of them")
     parser.add_argument("--prefilter-keep", type=float)
     parser.add_argument("--prefilter-min-keep", type=int)
+    parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
+                        help="build: processes that make and register the merges")
+    parser.add_argument("--deadline", type=float, help="seconds from the start after which no new target (or "
+                        "exhaustive chunk) is begun; what is done is saved, and a later call resumes")
     parser.add_argument("--cache-dir", type=Path, help="default: cache_root()/selection-bench")
     parser.add_argument("--json-out", type=Path)
     return parser.parse_known_args(argv)[0]
@@ -194,35 +208,59 @@ def merge_plan(real: list, targets: list[str], need: int, seed: int = 0) -> list
 
 
 def build_merges(args: argparse.Namespace, library, root: Path) -> None:
-    from mashup.config import MergeConfig
-    from mashup.merging import merge_checkpoints
-
     records = library.list()
     real = [r for r in records if r.metadata.get("origin") == "trained"]
     by_name = {r.metadata["name"]: r for r in real}
     done = {r.metadata.get("name") for r in records}
-    targets = args.targets.split(",")
-    pending = []
-    for combo in merge_plan(real, targets, args.library_size):
-        name = "merge-" + hashlib.sha256("+".join(combo).encode()).hexdigest()[:12]
-        if name in done:
-            continue
+    todo = [combo for combo in merge_plan(real, args.targets.split(","), args.library_size)
+            if merge_name(combo) not in done]
+    if not todo:
+        return
+    workers = max(1, min(args.workers, len(todo)))
+    chunks = [todo[i::workers * 4] for i in range(workers * 4) if todo[i::workers * 4]]
+    start = time.perf_counter()
+    # Processes, not threads: a merge is hundreds of small tensor ops, bound by the interpreter lock.
+    # Spawned, so no worker inherits the parent's CUDA state or thread pools. The catalog takes
+    # concurrent writers (WAL, retried), so each worker registers its own merges.
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        for _ in pool.map(make_merges, [library.directory] * len(chunks), [root] * len(chunks),
+                          [by_name] * len(chunks), chunks):
+            pass
+    print(f"made and registered {len(todo)} merges in {time.perf_counter() - start:.0f}s ({workers} processes)",
+          flush=True)
+    _records.cache_clear()
+
+
+def make_merges(library_dir: Path, root: Path, by_name: dict, combos: list[tuple[str, ...]]) -> None:
+    """Average each combination of real adapters and register it with its lineage (one worker's share)."""
+    import torch
+
+    from mashup.config import MergeConfig
+    from mashup.library import Library
+    from mashup.merging import merge_checkpoints
+
+    torch.set_num_threads(1)
+    library = Library(library_dir)
+    for combo in combos:
+        name = merge_name(combo)
         out = root / "merges" / name
         if not out.exists():
             merge_checkpoints([by_name[n] for n in combo], MergeConfig(method="average"), out)
         lineage = sorted({by_name[n].metadata["lineage"][0] for n in combo})
-        pending.append((out, {"name": name, "lineage": lineage, "parents": list(combo), "origin": "merge"}))
-        if len(pending) == 50:
-            _register(library, pending)
-    _register(library, pending)
+        library.add([out], task="+".join(lineage), base="smollm2-135m", workers=1,
+                    metadata={"name": name, "lineage": lineage, "parents": list(combo), "origin": "merge"})
 
 
-def _register(library, pending: list) -> None:
-    for out, metadata in pending:
-        library.add([out], task="+".join(metadata["lineage"]), base="smollm2-135m", metadata=metadata)
-    if pending:
-        print(f"registered {len(pending)} merges", flush=True)
-    pending.clear()
+def merge_name(combo: tuple[str, ...]) -> str:
+    return "merge-" + hashlib.sha256("+".join(combo).encode()).hexdigest()[:12]
+
+
+@lru_cache(maxsize=4)
+def _records(library_dir: str) -> tuple:
+    """The library's records, read once per process (reading 1,000 records takes seconds)."""
+    from mashup.library import Library
+
+    return tuple(Library(library_dir).list())
 
 
 # ---- scoring -----------------------------------------------------------------------------------------------
@@ -234,7 +272,7 @@ def candidates(library, target: str, args: argparse.Namespace) -> list:
     With ``--candidate-limit M``, a seeded random M of those, so the subset mixes tasks and merges as the
     whole pool does (taking the first M would keep only the real adapters of the first tasks by name).
     """
-    records = [r for r in library.list() if target not in r.metadata.get("lineage", [])]
+    records = [r for r in _records(str(library.directory)) if target not in r.metadata.get("lineage", [])]
     records.sort(key=lambda r: (r.metadata.get("origin") != "trained", r.metadata.get("name")))
     real = [r for r in records if r.metadata.get("origin") == "trained"]
     merges = [r for r in records if r.metadata.get("origin") == "merge"]
@@ -291,10 +329,15 @@ def run_exhaustive(args: argparse.Namespace, target: str) -> None:
         todo = todo[:args.exhaustive_limit]
     config = SelectConfig(samples=args.samples, batch_size=args.batch_size, cache=False)
     executor = RecordingExecutor(len(requests), examples.__setitem__)
+    start = time.perf_counter()
     for i in range(0, len(todo), args.save_every):
+        if out_of_time(args):
+            print(f"{target}: deadline reached, {len(examples)}/{len(pool)} candidates scored", flush=True)
+            return
         select_checkpoints(workspace, todo[i:i + args.save_every], requests, config, None, executor=executor)
         save_results(path, results)
-        print(f"{target}: exhaustive scores for {len(examples)}/{len(pool)} candidates", flush=True)
+        print(f"{target}: exhaustive scores for {len(examples)}/{len(pool)} candidates "
+              f"({time.perf_counter() - start:.0f}s)", flush=True)
 
 
 def replay(workspace, pool: list, requests: list, config, recorded: dict, prefilter=None) -> tuple:
@@ -336,14 +379,17 @@ def run_selectors(args: argparse.Namespace, target: str) -> None:
     results = load_results(path)
     recorded = results.get("examples", {})
     if any(r.id not in recorded for r in pool):
-        raise SystemExit(f"{target}: run --stage exhaustive first ({len(recorded)}/{len(pool)} scored)")
+        print(f"{target}: skipped, run --stage exhaustive first ({len(recorded)}/{len(pool)} scored)", flush=True)
+        return
     exhaustive, _ = replay(workspace, pool, requests, selector_config(args, "exhaustive"), recorded)
     results["exhaustive"] = {"ranking": [s.id for s in exhaustive.ranking], "losses": [s.loss for s in exhaustive.ranking],
                              "forward_tokens": exhaustive.stats.exhaustive_tokens,
                              "seconds": sum(recorded[r.id]["seconds"] for r in pool)}
-    prefilter = run_prefilter(pool, requests, workspace.settings(args.batch_size), workspace.base_dir,
-                              selector_config(args, "prefilter+halving").prefilter, "benchmark")
-    results["signals"] = prefilter.values
+    prefilter = None
+    if "prefilter+halving" in args.selectors.split(","):  # its probe is real work: only when it is replayed
+        prefilter = run_prefilter(pool, requests, workspace.settings(args.batch_size), workspace.base_dir,
+                                  selector_config(args, "prefilter+halving").prefilter, "benchmark")
+        results["signals"] = prefilter.values
     for name in args.selectors.split(","):
         config = selector_config(args, name)
         selection, seconds = replay(workspace, pool, requests, config, recorded,
@@ -361,8 +407,8 @@ def run_selectors(args: argparse.Namespace, target: str) -> None:
                              "cost_ratio": live.stats.cost_ratio,
                              "top_k_as_replayed": [s.id for s in live.ranking[:config.k]] == entry["ranking"][:config.k]}
         save_results(path, results)
-        print(f"{target}: {name} replayed" + (f", live in {entry['live']['seconds']:.0f}s" if "live" in entry else ""),
-              flush=True)
+        print(f"{target}: {name} replayed" + (f", live in {entry['live']['seconds']:.1f}s" if "live" in entry else "")
+              + f" ({time.monotonic() - STARTED:.0f}s since the start)", flush=True)
     results["random"] = {"ranking": [r.id for r in random.Random(f"random-{target}").sample(pool, 2)]}
     merged_accuracies(args, target, results, library, workspace, loaded)
     save_results(path, results)
@@ -423,12 +469,14 @@ def report(args: argparse.Namespace) -> dict:
     rows = {}
     for target in args.targets.split(","):
         results = load_results(results_path(args, target))
-        if "exhaustive" not in results:
+        if "merged_accuracy" not in results.get("random", {}):  # selectors not (completely) run on it
             continue
         truth = results["exhaustive"]["ranking"]
         row = {"candidates": len(truth), "exhaustive_merged_accuracy": results["exhaustive"]["merged_accuracy"],
                "random_merged_accuracy": results["random"]["merged_accuracy"]}
         for name in args.selectors.split(","):
+            if name not in results:  # not replayed on this target (a run cut short by --deadline)
+                continue
             got = results[name]
             stats = got["stats"]
             row[name] = {
@@ -452,7 +500,8 @@ def report(args: argparse.Namespace) -> dict:
     metrics = ("top1_retained", "top2_agreement", "kendall_tau_top20", "token_cost_ratio", "seconds_cost_ratio",
                "live_seconds_cost_ratio", "live_top_k_as_replayed", "merged_accuracy")
     summary = {name: {metric: mean(values) for metric in metrics
-                      if (values := [float(r[name][metric]) for r in rows.values() if r[name][metric] is not None])}
+                      if (values := [float(r[name][metric]) for r in rows.values()
+                                     if name in r and r[name][metric] is not None])}
                for name in args.selectors.split(",") if rows}
     if rows:
         summary["exhaustive"] = {"merged_accuracy": mean(r["exhaustive_merged_accuracy"] for r in rows.values())}
@@ -495,13 +544,16 @@ def main(argv: list[str] | None = None) -> None:
     if args.stage in ("build", "all"):
         build(args)
     for target in args.targets.split(","):
+        if out_of_time(args):
+            print(f"deadline reached before {target}", flush=True)
+            break
         if args.stage in ("exhaustive", "all"):
             run_exhaustive(args, target)
-        if args.stage in ("selectors", "all"):
+        if args.stage in ("selectors", "all") and not out_of_time(args):
             run_selectors(args, target)
     if args.stage in ("report", "all", "selectors", "sweep"):
         result = report(args)
-        if args.stage in ("sweep", "all"):
+        if args.stage in ("sweep", "all") and args.orderings > 0:
             from selection_sweep import sweep
 
             result["sweep"] = sweep(args)

@@ -69,15 +69,17 @@ def sweep(args: argparse.Namespace) -> dict:
     rows: dict[str, dict[str, list[tuple[bool, bool, float]]]] = {}
     for target in args.targets.split(","):
         results = load_results(results_path(args, target))
-        if "signals" not in results:
+        if "exhaustive" not in results:
             continue
         pool = candidates(library, target, args)
         workspace, _, requests = target_setup(target, args)
         truth = results["exhaustive"]["ranking"]
-        probe = results["prefilter+halving"]["stats"]["probe_tokens"]
+        signals = "signals" in results and "prefilter+halving" in results  # else: halving settings only
+        probe = results["prefilter+halving"]["stats"]["probe_tokens"] if signals else 0
+        settings = [s for s in SETTINGS if signals or s[-1] is None]
         for order in orderings(target, len(requests), args.orderings):
             sample, recorded = reordered(requests, results["examples"], order)
-            for label, first, factor, survivors, within_se, keep in SETTINGS:
+            for label, first, factor, survivors, within_se, keep in settings:
                 run_args = argparse.Namespace(**{**vars(args), "halving_min_samples": first, "halving_factor": factor,
                                                  "min_survivors": survivors, "halving_keep_within_se": within_se})
                 prefilter = None
@@ -89,7 +91,7 @@ def sweep(args: argparse.Namespace) -> dict:
                 top = [s.id for s in selection.ranking[:2]]
                 rows.setdefault(label, {}).setdefault(target, []).append(
                     (truth[0] in top, set(top) == set(truth[:2]), selection.stats.cost_ratio))
-        print(f"{target}: {len(SETTINGS)} settings replayed on {args.orderings} orderings", flush=True)
+        print(f"{target}: {len(settings)} settings replayed on {args.orderings} orderings", flush=True)
     return summarize(rows)
 
 

@@ -13,7 +13,7 @@ import mashup.models as models
 from mashup.config import DataConfig, EvalConfig, SelectConfig, TrainConfig
 from mashup.errors import MashupError
 from mashup.library import Library
-from mashup.models import resolve_precision
+from mashup.models import attention_backends, resolve_precision
 from mashup.verbs import evaluate_model, select, train_model
 from tests.test_scoring import _independent_loss
 
@@ -83,3 +83,16 @@ def test_bf16_training_records_its_precision_and_step_zero_matches_bf16_eval(tmp
                           precision="fp32")
     assert summary.result.curve[0].loss == pytest.approx(fp32.loss, rel=2e-2)
     assert summary.result.final.loss < summary.result.curve[0].loss
+
+
+def test_bf16_attention_on_cuda_leaves_out_the_cudnn_kernel():
+    """cuDNN's SDPA backward returns NaN query gradients for padded lengths of 64 mod 128 (torch 2.11,
+    H100/H200), so bf16 on CUDA runs attention on the other kernels; CPU and fp32 keep the defaults."""
+    before = torch.backends.cuda.cudnn_sdp_enabled()
+    with attention_backends(torch.device("cuda"), bf16=True):
+        assert not torch.backends.cuda.cudnn_sdp_enabled()
+        assert torch.backends.cuda.mem_efficient_sdp_enabled() and torch.backends.cuda.math_sdp_enabled()
+    assert torch.backends.cuda.cudnn_sdp_enabled() == before
+    for device, bf16 in ((torch.device("cuda"), False), (torch.device("cpu"), True)):
+        with attention_backends(device, bf16):
+            assert torch.backends.cuda.cudnn_sdp_enabled() == before

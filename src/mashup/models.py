@@ -119,9 +119,27 @@ def _warn_emulated_bf16(device_type: str) -> None:
 
 @contextlib.contextmanager
 def autocast(device: torch.device, enabled: bool) -> Iterator[None]:
-    """bf16 autocast on the given device when enabled; a no-op otherwise."""
-    with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled):
+    """bf16 autocast on the given device when enabled; a no-op otherwise.
+
+    On CUDA it also keeps attention off cuDNN's kernel (see ``attention_backends``).
+    """
+    with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled), \
+            attention_backends(device, enabled):
         yield
+
+
+def attention_backends(device: torch.device, bf16: bool) -> contextlib.AbstractContextManager:
+    """SDPA without the cuDNN backend for bf16 on CUDA; nothing changes elsewhere.
+
+    With an explicit (padding) mask and a sequence length of 64 mod 128, cuDNN's backward returns NaN
+    query gradients on H100/H200 since torch 2.11 (pytorch/pytorch#196678): on an H200 it trained one
+    LoRA adapter of a short-budget build to NaN. The memory-efficient kernel computes the same attention.
+    """
+    if device.type != "cuda" or not bf16:
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
 
 
 def default_device() -> torch.device:

@@ -3,7 +3,7 @@ import torch
 
 from mashup.evaluation import score_requests
 from mashup.models import attach_adapter, load_model
-from mashup.selection.engine import ScoringEngine, forward_tokens
+from mashup.selection.engine import GROUP_ROWS, ScoringEngine, default_adapters_per_forward, forward_tokens
 from tests.selection.helpers import records_for, requests_for
 from tests.tiny import save_tiny_lora
 
@@ -11,7 +11,7 @@ from tests.tiny import save_tiny_lora
 def _reference(base, path, requests, settings, full=False):
     """Per-example losses the plain way: a fresh model with the adapter attached through PEFT."""
     model = load_model(path) if full else attach_adapter(load_model(base), path, trainable=False)
-    return score_requests(model.eval(), requests, settings)
+    return score_requests(model.to(settings.device).eval(), requests, settings)
 
 
 @pytest.mark.parametrize("with_accuracy", [True, False])
@@ -66,3 +66,20 @@ def test_grouped_forward_matches_one_adapter_at_a_time(tiny_base, tiny_loras, mc
     grouped = ScoringEngine(tiny_base, requests, workspace.settings(3), adapters_per_forward=3).score(records)
     for a, b in zip(one, grouped):
         assert torch.allclose(torch.tensor(a.losses), torch.tensor(b.losses), atol=1e-5)
+
+
+def test_default_grouping_follows_the_examples_each_adapter_brings(tiny_base, tiny_loras, mc_file):
+    """Few examples per adapter (a first halving round) put more adapters in one forward. The slots are
+    built once, for the first call; a later call on more examples groups fewer adapters into them."""
+    workspace, requests = requests_for(tiny_base, mc_file, 12, "cloze")
+    settings = workspace.settings(8)
+    assert default_adapters_per_forward(tiny_base, settings, 2) == GROUP_ROWS // 2
+    assert default_adapters_per_forward(tiny_base, settings, 100) == GROUP_ROWS // 8
+    assert default_adapters_per_forward(tiny_base, settings) == GROUP_ROWS // 8
+    records = records_for(tiny_loras)
+    engine = ScoringEngine(tiny_base, requests, settings)
+    first = engine.score(records, indices=(0, 1))
+    later = engine.score(records)
+    for path, few, every in zip(tiny_loras, first, later):
+        assert few.losses == pytest.approx(_reference(tiny_base, path, requests[:2], settings)[0], abs=1e-5)
+        assert every.losses == pytest.approx(_reference(tiny_base, path, requests, settings)[0], abs=1e-5)

@@ -42,7 +42,10 @@ def select_checkpoints(workspace: Workspace, records: Sequence[CheckpointRecord]
     stats = SelectionStats(selector=config.selector, executor=executor.name, candidates=len(records),
                            samples=len(requests),
                            exhaustive_tokens=len(records) * sample_tokens(requests, with_accuracy))
-    unit_size = config.adapters_per_forward or default_adapters_per_forward(workspace.base_dir, settings)
+
+    def unit_size(examples: int) -> int:  # a unit is what one worker call scores: one forward's adapters
+        return config.adapters_per_forward or default_adapters_per_forward(workspace.base_dir, settings, examples)
+
     store = ScoreStore(library_dir if config.cache else None, workspace.base_dir, sample_info,
                        needs_accuracy=with_accuracy)
     retried_before = executor.retried

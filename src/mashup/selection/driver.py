@@ -79,7 +79,7 @@ class SelectionContext:
 
     def __init__(self, base_dir: Path, requests: Sequence[EncodedRequest], settings: ScoreSettings,
                  config: SelectConfig, executor: Executor, factory: EngineFactory, store: ScoreStore,
-                 stats: SelectionStats, *, unit_size: int, library_dir: Path | None = None,
+                 stats: SelectionStats, *, unit_size: Callable[[int], int], library_dir: Path | None = None,
                  allow_pickle: bool = False, progress: ProgressFn | None = None) -> None:
         self.base_dir, self.requests, self.settings, self.config = base_dir, list(requests), settings, config
         self.executor, self.factory, self.store, self.stats = executor, factory, store, stats
@@ -117,8 +117,9 @@ class SelectionContext:
                 round_stats.cached += 1
             else:
                 todo.setdefault(self._start(record, n), []).append(record)
-        units = [ScoreUnit(tuple(group[i:i + self.unit_size]), tuple(range(start, n)))
-                 for start, group in todo.items() for i in range(0, len(group), self.unit_size)]
+        units = [ScoreUnit(tuple(group[i:i + size]), tuple(range(start, n)))
+                 for start, group in todo.items() for size in [self.unit_size(n - start)]
+                 for i in range(0, len(group), size)]
 
         def on_result(index: int, results: list[ExampleScores]) -> None:
             unit, fresh = units[index], []

