@@ -68,6 +68,25 @@ def test_bf16_selection_is_within_bf16_tolerance_of_the_fp32_oracle(tmp_path, ti
         assert score.loss != oracle, "bf16 autocast was not applied"
 
 
+
+def test_cached_scores_answer_only_selections_in_their_own_precision(tmp_path, tiny_base, tiny_loras, mc_file):
+    """bf16 and fp32 losses round about 1e-3 apart, enough to reorder a near-tie: the precision is part
+    of the cache key. fp32 keys are unchanged, so caches written before that stay valid."""
+    Library(tmp_path / "lib").add(tiny_loras)
+    data = DataConfig(data=str(mc_file), scoring="cloze")
+    config = SelectConfig(samples=8, k=2, seed=3, batch_size=4)
+
+    def cached(precision: str) -> tuple[int, int]:
+        stats = select(str(tiny_base), data, config, tmp_path / "lib", precision=precision).stats
+        return stats["scored"], stats["cached"]
+
+    n = len(tiny_loras)
+    assert cached("fp32") == (n, 0)
+    assert cached("bf16") == (n, 0), "fp32 scores answered a bf16 selection"
+    assert cached("bf16") == (0, n)
+    assert cached("fp32") == (0, n)
+
+
 def test_bf16_training_records_its_precision_and_step_zero_matches_bf16_eval(tmp_path, tiny_base, mc_file,
                                                                               tiny_loras):
     data = DataConfig(data=str(mc_file), **DATA)

@@ -20,7 +20,8 @@ from mashup.config import (DataConfig, EvalConfig, HalvingConfig, MergeConfig, R
                            load_config)
 from mashup.errors import MashupError
 from mashup.experiment import cli as experiment_cli
-from mashup.progress import count_bar, quiet_third_party, scoring_bar, selection_summary, training_bars
+from mashup.progress import (count_bar, quiet_third_party, score_cell, scoring_bar, selection_summary,
+                             training_bars)
 from mashup.switch.cli import switch_app
 
 
@@ -175,11 +176,6 @@ def library_verify(library: LibraryOpt = None, workers: Annotated[Optional[int],
         raise SystemExit(1)  # typer.Exit would only be returned under standalone_mode=False
 
 
-def _cell(value: float | None, digits: int = 4) -> str:
-    """A score for a table; "-" where it was not computed (accuracy of a loss-only selection)."""
-    return "-" if value is None else f"{value:.{digits}f}"
-
-
 @library_app.command("scores")
 def library_scores(target: Annotated[Optional[str], typer.Option("--target", help="target label (e.g. arc_easy)", show_default="all")] = None,
                    task: Annotated[Optional[str], typer.Option("--task", help="checkpoints of this task", show_default="all")] = None,
@@ -196,7 +192,7 @@ def library_scores(target: Annotated[Optional[str], typer.Option("--target", hel
     table = Table("id", "task", *[c["label"] for c in matrix.columns], title=f"cached {metric} by target sample")
     for row in matrix.checkpoints:
         cells = matrix.cells[row["id"]]
-        values = [_cell(cells[c["key"]][metric]) if c["key"] in cells else "" for c in matrix.columns]
+        values = [score_cell(cells[c["key"]][metric]) if c["key"] in cells else "" for c in matrix.columns]
         table.add_row(row["id"] + ("" if row["in_library"] else " (removed)"), row["task"] or "", *values)
     emit(matrix.to_dict(), as_json, table)
 
@@ -275,7 +271,7 @@ def select_cmd(base: BaseOpt, data: DataOptions, library: LibraryOpt = None,
     table = Table("rank", "id", "task", "loss", "accuracy", "n", "seconds", title=f"ranking by {metric}")
     for i, s in enumerate(result.ranking, 1):
         seconds = "cached" if s.cached else f"{s.seconds:.1f}"
-        table.add_row(str(i), s.id, s.task or "", f"{s.loss:.4f}", _cell(s.accuracy, 3), str(s.n), seconds)
+        table.add_row(str(i), s.id, s.task or "", f"{s.loss:.4f}", score_cell(s.accuracy, 3), str(s.n), seconds)
     emit(result.to_dict(), as_json, table)
 
 

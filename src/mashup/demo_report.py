@@ -9,6 +9,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from mashup.progress import score_cell
+
 
 def mean_curves(summary: dict[str, Any], arm: str) -> list[tuple[int, float]]:
     """Accuracy per evaluated step, averaged over seeds."""
@@ -25,10 +27,6 @@ def mean_parity_fraction(summary: dict[str, Any], key: str = "p100") -> float | 
 ZERO_SHOT_HEADER = ("checkpoint", "sample loss", "sample accuracy", "test accuracy")
 
 
-def _accuracy(value: float | None) -> str:
-    return "-" if value is None else f"{value:.3f}"  # None: selection by loss scores no accuracy
-
-
 def _zero_shot_rows(summary: dict[str, Any]) -> list[tuple[str, ...]]:
     """Loss and accuracy on the selection sample (target train split); test accuracy for the inits."""
     zero = summary["zero_shot"]
@@ -36,7 +34,7 @@ def _zero_shot_rows(summary: dict[str, Any]) -> list[tuple[str, ...]]:
              f"{zero['base']:.3f}")]
     for score in zero["ranking"]:
         mark = " (selected)" if score["id"] in zero["selected"] else ""
-        rows.append((f"source {zero['tasks'][score['id']]}{mark}", f"{score['loss']:.4f}", _accuracy(score["accuracy"]),
+        rows.append((f"source {zero['tasks'][score['id']]}{mark}", f"{score['loss']:.4f}", score_cell(score["accuracy"], 3),
                      "-"))
     rows.append((f"merged init (average of top {len(zero['selected'])})", f"{zero['merged_sample']['loss']:.4f}",
                  f"{zero['merged_sample']['accuracy']:.3f}", f"{zero['merged']:.3f}"))

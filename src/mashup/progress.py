@@ -1,4 +1,4 @@
-"""Rich progress bars for training, on stderr; the library itself never prints."""
+"""Rich progress bars (on stderr) and the terminal's score formatting; the library itself never prints."""
 
 from __future__ import annotations
 
@@ -58,6 +58,11 @@ def scoring_bar(console: Console, enabled: bool = True) -> Iterator[Callable[[in
         def update(done: int, planned: int) -> None:
             progress.update(task_id, completed=done, total=planned)
         yield update
+
+
+def score_cell(value: float | None, digits: int = 4) -> str:
+    """A score for a table; "-" where it was not computed (accuracy of a loss-only selection)."""
+    return "-" if value is None else f"{value:.{digits}f}"
 
 
 def selection_summary(stats: dict) -> str:

@@ -3,7 +3,7 @@
 Selection cost grows with the library; re-selecting for the same target sample (another k, another
 merge method, after adding checkpoints) then costs only the new checkpoints. A score is keyed by the
 checkpoint's weight digest and a fingerprint of exactly what was scored: the base model files and
-the tokenized requests. Selection re-checks the weight files first (``Library.fresh``), so a digest
+the tokenized requests, and the precision. Selection re-checks the weight files first (``Library.fresh``), so a digest
 stands for the bytes on disk and changed bytes never meet an old score. Next to each score the cache
 keeps a readable target label, the sample's description and the seconds it took, for
 ``mashup library scores`` and for the cost a cold selection would have had, and the per-example
@@ -34,9 +34,11 @@ _COLUMNS = {"checkpoint_sha": "TEXT", "fingerprint": "TEXT", "loss": "REAL", "ac
             "seconds": "REAL", "target": "TEXT", "sample": "TEXT", "created": "TEXT", "losses": "BLOB"}
 
 
-def fingerprint(base_dir: Path, requests: Sequence[EncodedRequest]) -> str:
-    """What the scores depend on: the base weights (by name, size and mtime) and every token scored."""
-    digest = hashlib.sha256()
+def fingerprint(base_dir: Path, requests: Sequence[EncodedRequest], bf16: bool = False) -> str:
+    """What the scores depend on: the base weights (by name, size and mtime), every token scored and
+    the precision (bf16 rounds a loss about 1e-3 apart from fp32, enough to reorder a near-tie).
+    fp32 keys are those written before precision was part of the key, so fp32 caches stay valid."""
+    digest = hashlib.sha256(b"bf16|" if bf16 else b"")
     for path in weight_files(base_dir):
         stat = path.stat()
         digest.update(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode())

@@ -47,7 +47,7 @@ def select_checkpoints(workspace: Workspace, records: Sequence[CheckpointRecord]
         return config.adapters_per_forward or default_adapters_per_forward(workspace.base_dir, settings, examples)
 
     store = ScoreStore(library_dir if config.cache else None, workspace.base_dir, sample_info,
-                       needs_accuracy=with_accuracy)
+                       needs_accuracy=with_accuracy, bf16=settings.bf16)
     retried_before = executor.retried
     context = SelectionContext(workspace.base_dir, requests, settings, config, executor, factory, store, stats,
                                unit_size=unit_size, library_dir=library_dir if config.cache else None,

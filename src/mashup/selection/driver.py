@@ -89,7 +89,7 @@ class SelectionContext:
         self.known: dict[str, PrefixScore] = {}
 
     def fingerprint(self, n: int | None = None) -> str:
-        return fingerprint(self.base_dir, self.requests[:n])
+        return fingerprint(self.base_dir, self.requests[:n], self.settings.bf16)
 
     def plan(self, checkpoint_samples: int) -> None:
         """Announce how much scoring (candidates x samples) the selector expects, for the progress bar."""

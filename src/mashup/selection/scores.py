@@ -59,9 +59,10 @@ class ScoreStore:
     """Read and write prefix means in the library's score cache (``None`` library: no cache)."""
 
     def __init__(self, library_dir: Path | None, base_dir: Path, sample_info: dict[str, Any] | None = None, *,
-                 needs_accuracy: bool = True) -> None:
+                 needs_accuracy: bool = True, bf16: bool = False) -> None:
         self.cache = ScoreCache(library_dir) if library_dir is not None else None
         self.base_dir = base_dir
+        self.bf16 = bf16  # part of the key: scores of one precision never answer the other
         self.sample_info = sample_info or {}  # target, seed, formulation: labels the relevance matrix
         self.needs_accuracy = needs_accuracy  # then a score cached without accuracy is scored again
 
@@ -70,7 +71,7 @@ class ScoreStore:
         records = list(records)
         if self.cache is None or not records:
             return {}
-        found = self.cache.get(fingerprint(self.base_dir, requests), (r.sha256 for r in records))
+        found = self.cache.get(fingerprint(self.base_dir, requests, self.bf16), (r.sha256 for r in records))
         out = {}
         for record in records:
             if record.sha256 in found:
@@ -86,6 +87,6 @@ class ScoreStore:
     def store(self, requests: Sequence[EncodedRequest], scores: Sequence[tuple[CheckpointRecord, PrefixScore]]) -> None:
         if self.cache is not None and scores:
             info = {**self.sample_info, "samples": len(requests)}
-            self.cache.put(fingerprint(self.base_dir, requests),
+            self.cache.put(fingerprint(self.base_dir, requests, self.bf16),
                            [(r.sha256, s.loss, s.accuracy, s.n, s.seconds, s.losses) for r, s in scores],
                            target=info.get("target"), sample=info)
