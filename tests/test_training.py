@@ -3,7 +3,7 @@ import json
 import pytest
 
 from mashup.config import DataConfig, EvalConfig, TrainConfig
-from mashup.errors import MashupError
+from mashup.errors import MashupError, TrainingError
 from mashup.verbs import evaluate_model, train_model
 
 DATA = dict(scoring="letter", max_length=128)
@@ -82,6 +82,23 @@ def test_failed_training_leaves_no_output(tmp_path, tiny_base, mc_file, monkeypa
         _train(tmp_path, tiny_base, mc_file, "broken")
     assert [p.name for p in tmp_path.iterdir()] == ["target.jsonl"]
 
+
+
+def test_diverged_training_stops_with_one_clear_error_and_no_output(tmp_path, tiny_base, mc_file, monkeypatch):
+    """A NaN gradient (as cuDNN's attention backward gave on an H200) stops training before it reaches
+    the weights: no NaN adapter is saved to look like a finished run."""
+    import mashup.training as training
+
+    real = training.continuation_logprobs
+
+    def poisoned(*args, **kwargs):
+        logprobs, mask = real(*args, **kwargs)
+        return logprobs * float("nan"), mask
+
+    monkeypatch.setattr(training, "continuation_logprobs", poisoned)
+    with pytest.raises(TrainingError, match="training diverged at step 1: the gradient norm is nan"):
+        _train(tmp_path, tiny_base, mc_file, "diverged")
+    assert [p.name for p in tmp_path.iterdir()] == ["target.jsonl"]
 
 @pytest.mark.fp32
 def test_fresh_lora_starts_exactly_at_the_base(tmp_path, tiny_base, mc_file):

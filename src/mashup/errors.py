@@ -38,5 +38,9 @@ class MergeError(MashupError):
     """A merge that cannot be carried out with the given inputs or settings."""
 
 
+class TrainingError(MashupError):
+    """Training that cannot go on: its gradients stopped being finite."""
+
+
 class LibraryBusyError(LibraryError):
     """Another process holds the library's write lock longer than the busy timeout."""

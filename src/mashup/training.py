@@ -20,6 +20,7 @@ from transformers import PreTrainedModel, get_cosine_schedule_with_warmup
 
 from mashup.batching import ScoredSequence, collate, continuation_logprobs
 from mashup.config import TrainConfig
+from mashup.errors import TrainingError
 from mashup.data.prompts import EncodedRequest
 from mashup.library.records import ADAPTER_CONFIG
 from mashup.evaluation import EvalResult, ScoreSettings, evaluate
@@ -156,7 +157,7 @@ def train(model: nn.Module, train_requests: Sequence[EncodedRequest], eval_reque
         model.train()
         start = time.perf_counter()
         train_loss = _train_step(model, train_requests, next(batches), config, settings)
-        torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+        _require_finite(torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm), step, settings)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
@@ -166,6 +167,15 @@ def train(model: nn.Module, train_requests: Sequence[EncodedRequest], eval_reque
         if eval_requests and (step % eval_every == 0 or step == steps):
             _record(model, eval_requests, settings, result, step, train_loss)
     return result
+
+
+def _require_finite(grad_norm: torch.Tensor, step: int, settings: ScoreSettings) -> None:
+    """Stop before a NaN or inf gradient reaches the weights (clipping would turn inf into NaN updates)."""
+    if not torch.isfinite(grad_norm):
+        precision = "bf16" if settings.bf16 else "fp32"
+        raise TrainingError(f"training diverged at step {step}: the gradient norm is {grad_norm.item()} ({precision})",
+                            None, "lower the learning rate" + (", or train in fp32 (--precision fp32)"
+                                                              if settings.bf16 else ""))
 
 
 def _record(model: nn.Module, requests: Sequence[EncodedRequest], settings: ScoreSettings, result: TrainResult,
