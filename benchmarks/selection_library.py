@@ -166,7 +166,9 @@ def mmlu_file(subject: str, root: Path) -> Path:
 
 def build(args: argparse.Namespace) -> None:
     from mashup.library import Library
+    from mashup.models import resolve_base_dir
 
+    resolve_base_dir("smollm2-135m")  # converted once here, before any worker process needs it
     root = bench_dir(args)
     library = Library(root / "library")
     known = {r.metadata.get("name") for r in library.list()}
