@@ -43,6 +43,10 @@ class ScoreSettings:
     bf16: bool
     pad_id: int
 
+    @property
+    def precision(self) -> str:
+        return "bf16" if self.bf16 else "fp32"
+
 
 def _batches(items: list, size: int) -> list[list]:
     return [items[i:i + size] for i in range(0, len(items), size)]
@@ -133,14 +137,18 @@ def _cloze_batches(requests: Sequence[EncodedRequest], s: ScoreSettings) -> list
     return batches
 
 
+def answer_sequence(request: EncodedRequest) -> ScoredSequence:
+    """The prompt followed by the correct continuation, the continuation scored (training's and a loss's input)."""
+    return ScoredSequence(tuple(request.prompt_ids) + tuple(request.gold_ids), len(request.gold_ids))
+
+
 def _answer_batches(requests: Sequence[EncodedRequest], s: ScoreSettings) -> list[_AnswerBatch]:
     # Every row's LM head covers the batch's longest answer, so batch similar answer lengths together.
     order = sorted(range(len(requests)), key=lambda i: (len(requests[i].gold_ids), len(requests[i].prompt_ids)))
     batches = []
     for chunk in _batches(order, s.batch_size):
         rs = [requests[i] for i in chunk]
-        inputs = collate([ScoredSequence(tuple(r.prompt_ids) + tuple(r.gold_ids), len(r.gold_ids)) for r in rs],
-                         s.pad_id, s.device)
+        inputs = collate([answer_sequence(r) for r in rs], s.pad_id, s.device)
         batches.append(_AnswerBatch(chunk, inputs, torch.tensor([len(r.gold_ids) for r in rs], dtype=torch.float64)))
     return batches
 
@@ -198,7 +206,7 @@ def evaluate(model: nn.Module, requests: Sequence[EncodedRequest], settings: Sco
     losses, preds = score_requests(model, requests, settings)
     correct = sum(p == r.answer for p, r in zip(preds, requests))
     return EvalResult(accuracy=correct / len(requests), loss=sum(losses) / len(losses), n=len(requests),
-                      seconds=time.perf_counter() - start, precision="bf16" if settings.bf16 else "fp32")
+                      seconds=time.perf_counter() - start, precision=settings.precision)
 
 
 def steps_to_parity(curve: Sequence[tuple[int, float]], target: float, fraction: float = 1.0) -> int | None:

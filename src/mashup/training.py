@@ -18,12 +18,12 @@ from safetensors.torch import save_file
 from torch import nn
 from transformers import PreTrainedModel, get_cosine_schedule_with_warmup
 
-from mashup.batching import ScoredSequence, collate, continuation_logprobs
+from mashup.batching import collate, continuation_logprobs
 from mashup.config import TrainConfig
-from mashup.errors import TrainingError
 from mashup.data.prompts import EncodedRequest
+from mashup.errors import TrainingError
 from mashup.library.records import ADAPTER_CONFIG
-from mashup.evaluation import EvalResult, ScoreSettings, evaluate
+from mashup.evaluation import EvalResult, ScoreSettings, answer_sequence, evaluate
 from mashup.models import attach_adapter, autocast, load_model
 
 logger = logging.getLogger(__name__)
@@ -120,7 +120,7 @@ def _train_step(model: nn.Module, requests: Sequence[EncodedRequest], ids: list[
     micro = config.micro_batch_size or config.batch_size
     total = 0.0
     for start in range(0, len(ids), micro):
-        seqs = [ScoredSequence(*_pair(requests[i])) for i in ids[start:start + micro]]
+        seqs = [answer_sequence(requests[i]) for i in ids[start:start + micro]]
         with autocast(settings.device, settings.bf16):
             logprobs, mask = continuation_logprobs(model, collate(seqs, settings.pad_id, settings.device))
         per_example = -logprobs.sum(dim=1) / mask.sum(dim=1)
@@ -128,11 +128,6 @@ def _train_step(model: nn.Module, requests: Sequence[EncodedRequest], ids: list[
         loss.backward()
         total += loss.item()
     return total
-
-
-def _pair(request: EncodedRequest) -> tuple[tuple[int, ...], int]:
-    ids, _ = request.training_pair()
-    return tuple(ids), len(request.continuation_ids[request.answer])
 
 
 def train(model: nn.Module, train_requests: Sequence[EncodedRequest], eval_requests: Sequence[EncodedRequest],
@@ -172,8 +167,8 @@ def train(model: nn.Module, train_requests: Sequence[EncodedRequest], eval_reque
 def _require_finite(grad_norm: torch.Tensor, step: int, settings: ScoreSettings) -> None:
     """Stop before a NaN or inf gradient reaches the weights (clipping would turn inf into NaN updates)."""
     if not torch.isfinite(grad_norm):
-        precision = "bf16" if settings.bf16 else "fp32"
-        raise TrainingError(f"training diverged at step {step}: the gradient norm is {grad_norm.item()} ({precision})",
+        raise TrainingError(f"training diverged at step {step}: the gradient norm is {grad_norm.item()} "
+                            f"({settings.precision})",
                             None, "lower the learning rate" + (", or train in fp32 (--precision fp32)"
                                                               if settings.bf16 else ""))
 

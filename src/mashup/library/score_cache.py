@@ -2,9 +2,9 @@
 
 Selection cost grows with the library; re-selecting for the same target sample (another k, another
 merge method, after adding checkpoints) then costs only the new checkpoints. A score is keyed by the
-checkpoint's weight digest and a fingerprint of exactly what was scored: the base model files and
-the tokenized requests, and the precision. Selection re-checks the weight files first (``Library.fresh``), so a digest
-stands for the bytes on disk and changed bytes never meet an old score. Next to each score the cache
+checkpoint's weight digest and a fingerprint of exactly what was scored: the base model files, the
+tokenized requests and the precision. Selection re-checks the weight files first (``Library.fresh``),
+so a digest stands for the bytes on disk and changed bytes never meet an old score. Next to each score the cache
 keeps a readable target label, the sample's description and the seconds it took, for
 ``mashup library scores`` and for the cost a cold selection would have had, and the per-example
 losses, so successive halving's paired comparisons decide the same way on a cached repeat.

@@ -91,6 +91,7 @@ class ScoringEngine:
         self.with_accuracy = with_accuracy
         self.allow_pickle = allow_pickle
         self._requested_group = adapters_per_forward
+        self._default_groups: dict[int, int] = {}  # examples per adapter -> adapters per forward
         self._plans: dict[tuple[int, ...], ScoringPlan] = {}
         self._slots: LoRASlots | None = None
         self._slot_model: nn.Module | None = None
@@ -147,7 +148,9 @@ class ScoringEngine:
     def _group_size(self, examples: int) -> int:
         if self._requested_group is not None:
             return self._requested_group
-        return default_adapters_per_forward(self.base_dir, self.settings, examples)
+        if examples not in self._default_groups:  # the default reads the base's weight headers: once per size
+            self._default_groups[examples] = default_adapters_per_forward(self.base_dir, self.settings, examples)
+        return self._default_groups[examples]
 
     def _slots_for(self, layout: SlotLayout, group: int) -> LoRASlots | None:
         """The slots (built on first use, ``group`` of them); None for an adapter whose layout differs."""

@@ -16,9 +16,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from mashup.batching import ScoredSequence, collate, continuation_logprobs
+from mashup.batching import collate, continuation_logprobs
 from mashup.data.prompts import EncodedRequest
-from mashup.evaluation import ScoreSettings
+from mashup.evaluation import ScoreSettings, answer_sequence
 from mashup.models import autocast, load_model
 
 
@@ -44,7 +44,7 @@ def run_probe(base_dir: Path, requests: Sequence[EncodedRequest], settings: Scor
     keep: dict[str, torch.Tensor] = {}  # the rows kept from the current batch (same tokens for every module)
     hooks = [linear.register_forward_hook(_capture(name, captured, keep)) for name, linear in linears.items()
              ] if inputs else []
-    pairs = [_pair(r) for r in requests]
+    pairs = [answer_sequence(r) for r in requests]
     generator = torch.Generator().manual_seed(seed)
     rows_per_example = max(1, max_input_rows // max(1, len(requests)))
     tokens = 0
@@ -69,11 +69,6 @@ def run_probe(base_dir: Path, requests: Sequence[EncodedRequest], settings: Scor
         probe.inputs = {name: torch.cat(rows).float().cpu() for name, rows in captured.items()}
     probe.seconds = time.perf_counter() - start
     return probe
-
-
-def _pair(request: EncodedRequest) -> ScoredSequence:
-    ids, _ = request.training_pair()
-    return ScoredSequence(tuple(ids), len(request.continuation_ids[request.answer]))
 
 
 def _token_sample(mask: torch.Tensor, per_example: int, generator: torch.Generator) -> torch.Tensor:
