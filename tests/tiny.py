@@ -9,6 +9,8 @@ from peft import LoraConfig, get_peft_model
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
+from mashup.models import quiet_peft_deprecations
+
 CORPUS = [
     "Answer the question below by choosing the correct choice.",
     "Question: Which is a colour? Choices: A: red B: dog C: run D: blue Answer: A",
@@ -55,7 +57,8 @@ def save_tiny_lora(base_dir: Path, out_dir: Path, seed: int, base_name: str | No
     torch.manual_seed(seed)
     config = LoraConfig(r=r, lora_alpha=2 * r, target_modules=list(targets), init_lora_weights=False,
                         task_type="CAUSAL_LM")
-    peft_model = get_peft_model(model, config)
+    with quiet_peft_deprecations():
+        peft_model = get_peft_model(model, config)
     peft_model.peft_config["default"].base_model_name_or_path = base_name or str(base_dir)
     peft_model.save_pretrained(out_dir, save_embedding_layers=False)  # "auto" looks base_name up on the Hub
     return out_dir

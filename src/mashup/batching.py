@@ -52,6 +52,13 @@ def continuation_logprobs(model: nn.Module, batch: dict[str, torch.Tensor], copi
     return logprobs * mask, mask
 
 
+def answer_losses(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Each row's mean cross-entropy over its scored tokens ``[B]``, differentiable: the loss training
+    minimises and the prefilter's probe differentiates (selection's scores divide in float64 instead)."""
+    logprobs, mask = continuation_logprobs(model, batch)
+    return -logprobs.sum(dim=1) / mask.sum(dim=1)
+
+
 def repeat_rows(batch: dict[str, torch.Tensor], copies: int) -> dict[str, torch.Tensor]:
     """The batch stacked ``copies`` times along rows (copy-major), for scoring several adapters in one forward."""
     return batch if copies == 1 else {k: v.repeat(copies, *([1] * (v.dim() - 1))) for k, v in batch.items()}

@@ -6,6 +6,7 @@ import contextlib
 import functools
 import logging
 import os
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -60,10 +61,22 @@ def load_model(model_dir: Path, *, allow_pickle: bool = False) -> PreTrainedMode
     return model
 
 
+@contextlib.contextmanager
+def quiet_peft_deprecations() -> Iterator[None]:
+    """Hide the FutureWarning PEFT 0.21 triggers by reading transformers 5's ``is_gradient_checkpointing``.
+
+    It is raised inside PEFT on every wrap, and nothing a user of ours can change removes it.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        yield
+
+
 def attach_adapter(model: PreTrainedModel, adapter_dir: Path, *, trainable: bool,
                    adapter_name: str = "default") -> PeftModel:
     try:
-        return PeftModel.from_pretrained(model, adapter_dir, adapter_name=adapter_name, is_trainable=trainable)
+        with quiet_peft_deprecations():
+            return PeftModel.from_pretrained(model, adapter_dir, adapter_name=adapter_name, is_trainable=trainable)
     except (OSError, ValueError, RuntimeError, KeyError) as exc:
         raise CheckpointError(f"cannot load LoRA adapter ({exc})".splitlines()[0], str(adapter_dir),
                               "check it was trained on this base model") from None

@@ -18,13 +18,13 @@ from safetensors.torch import save_file
 from torch import nn
 from transformers import PreTrainedModel, get_cosine_schedule_with_warmup
 
-from mashup.batching import collate, continuation_logprobs
+from mashup.batching import answer_losses, collate
 from mashup.config import TrainConfig
 from mashup.data.prompts import EncodedRequest
 from mashup.errors import TrainingError
 from mashup.library.records import ADAPTER_CONFIG
 from mashup.evaluation import EvalResult, ScoreSettings, answer_sequence, evaluate
-from mashup.models import attach_adapter, autocast, load_model
+from mashup.models import attach_adapter, autocast, load_model, quiet_peft_deprecations
 
 logger = logging.getLogger(__name__)
 ProgressFn = Callable[[int, int, float], None]
@@ -69,7 +69,8 @@ def prepare_model(base_dir: Path, config: TrainConfig, init: Path | None = None,
     torch.manual_seed(config.seed)  # the fresh adapter's init is reproducible from the seed
     lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
                       target_modules=list(config.target_modules), use_rslora=config.use_rslora, task_type="CAUSAL_LM")
-    return get_peft_model(model, lora)
+    with quiet_peft_deprecations():
+        return get_peft_model(model, lora)
 
 
 def init_lora_shape(init: Path) -> dict[str, Any] | None:
@@ -122,8 +123,7 @@ def _train_step(model: nn.Module, requests: Sequence[EncodedRequest], ids: list[
     for start in range(0, len(ids), micro):
         seqs = [answer_sequence(requests[i]) for i in ids[start:start + micro]]
         with autocast(settings.device, settings.bf16):
-            logprobs, mask = continuation_logprobs(model, collate(seqs, settings.pad_id, settings.device))
-        per_example = -logprobs.sum(dim=1) / mask.sum(dim=1)
+            per_example = answer_losses(model, collate(seqs, settings.pad_id, settings.device))
         loss = per_example.sum() / len(ids)
         loss.backward()
         total += loss.item()

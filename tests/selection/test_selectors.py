@@ -26,6 +26,10 @@ def test_halving_schedule_keeps_a_fraction_and_ends_on_the_whole_sample():
     assert halving_schedule(40, 256, config, k=12) == [(16, 40), (256, 12)], "never below k"
     assert halving_schedule(1000, 10, config, k=2) == [(10, 1000)]
     assert planned_work([(16, 1000), (64, 250), (256, 63)]) == 1000 * 16 + 250 * 48 + 63 * 192
+    # at most as many close contenders again each round, and never more than the round before scored
+    assert planned_work([(16, 1000), (64, 250), (256, 63)], contenders=True) == 1000 * 16 + 500 * 48 + 126 * 192
+    assert planned_work([(8, 40), (32, 10), (256, 8)], contenders=True) == 40 * 8 + 20 * 24 + 16 * 224
+    assert planned_work([(8, 12), (256, 8)], contenders=True) == 12 * 8 + 12 * 248
 
 
 def test_unknown_selector_lists_the_valid_ones():

@@ -83,20 +83,26 @@ def encode_requests(
     requests: Sequence[Request],
     max_length: int,
 ) -> list[EncodedRequest]:
-    """Tokenize prompt and continuations separately; truncate the prompt from the left to fit."""
-    encoded = []
-    for request in requests:
-        prompt_ids = tokenizer(request.prompt)["input_ids"]
-        conts = tuple(tuple(tokenizer(c, add_special_tokens=False)["input_ids"]) for c in request.continuations)
+    """Tokenize prompt and continuations separately; truncate the prompt from the left to fit.
+
+    All prompts go to the tokenizer in one call and all continuations in another: a fast tokenizer
+    encodes a list in Rust, the same ids as one call per string at a fraction of the per-call overhead.
+    """
+    if not requests:
+        return []
+    prompts = tokenizer([r.prompt for r in requests])["input_ids"]
+    flat = tokenizer([c for r in requests for c in r.continuations], add_special_tokens=False)["input_ids"]
+    encoded, start = [], 0
+    for request, prompt_ids in zip(requests, prompts):
+        conts = tuple(tuple(ids) for ids in flat[start:start + len(request.continuations)])
+        start += len(request.continuations)
         room = max_length - max(len(c) for c in conts)
         if len(prompt_ids) > room:
             prompt_ids = prompt_ids[len(prompt_ids) - max(room, 1):]
-        encoded.append(
-            EncodedRequest(
-                prompt_ids=tuple(prompt_ids),
-                continuation_ids=conts,
-                continuation_chars=tuple(max(len(c.strip()), 1) for c in request.continuations),
-                answer=request.answer,
-            )
-        )
+        encoded.append(EncodedRequest(
+            prompt_ids=tuple(prompt_ids),
+            continuation_ids=conts,
+            continuation_chars=tuple(max(len(c.strip()), 1) for c in request.continuations),
+            answer=request.answer,
+        ))
     return encoded

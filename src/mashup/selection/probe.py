@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from mashup.batching import collate, continuation_logprobs
+from mashup.batching import answer_losses, collate
 from mashup.data.prompts import EncodedRequest
 from mashup.evaluation import ScoreSettings, answer_sequence
 from mashup.models import autocast, load_model
@@ -55,9 +55,8 @@ def run_probe(base_dir: Path, requests: Sequence[EncodedRequest], settings: Scor
             keep["rows"] = _token_sample(batch["attention_mask"], rows_per_example, generator)
             tokens += int(batch["attention_mask"].sum())
             with torch.set_grad_enabled(gradients), autocast(settings.device, settings.bf16):
-                logprobs, mask = continuation_logprobs(model, batch)
+                per_example = answer_losses(model, batch)
             if gradients:
-                per_example = -logprobs.sum(dim=1) / mask.sum(dim=1)
                 (per_example.sum() / len(pairs)).backward()
     finally:
         for hook in hooks:

@@ -60,11 +60,16 @@ def halving_schedule(candidates: int, samples: int, config: HalvingConfig, k: in
     return rounds
 
 
-def planned_work(rounds: Sequence[tuple[int, int]]) -> int:
-    """Candidate-samples the schedule scores, each candidate scoring only the requests new to it."""
-    previous, total = 0, 0
-    for n, candidates in rounds:
-        total += candidates * (n - previous)
+def planned_work(rounds: Sequence[tuple[int, int]], contenders: bool = False) -> int:
+    """Candidate-samples the schedule scores, each candidate scoring only the requests new to it.
+
+    With ``contenders``, the most it can score: every round after the first also carries as many close
+    contenders as it keeps (``close_contenders``' cap), never more than the round before scored.
+    """
+    previous, total, alive = 0, 0, 0
+    for i, (n, planned) in enumerate(rounds):
+        alive = min(alive, 2 * planned) if contenders and i else planned
+        total += alive * (n - previous)
         previous = n
     return total
 
