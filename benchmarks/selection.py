@@ -11,7 +11,9 @@ on cloze data the gold continuation only, as the reference code scores it):
 - forward limit: N x the fastest of ``--repeats`` runs of the pre-batched forward passes over the
   sample with one PEFT adapter attached (nothing loaded, swapped or batched).
 
-"ours" includes loading the base, batching the sample and loading every adapter. ``--groups`` adds
+"ours" includes loading the base, batching the sample and loading every adapter. It also prints the
+milliseconds to put one adapter into a slot: its file read and copied as one block (what the engine
+does with a one-dtype safetensors file) against ``load_file`` and a copy per tensor. ``--groups`` adds
 timings with a forced number of adapters per forward; ``--naive-max`` times the naive loop on the
 first adapters only (each adapter costs the same there). "with accuracy" times ours scoring every
 choice too (``--with-accuracy`` of ``select``), what a loss ranking spared.
@@ -53,6 +55,7 @@ class ThroughputRow:
     adapters_per_forward: int
     ours_by_group: dict[int, float]  # s/adapter with a forced number of adapters per forward
     ours_with_accuracy_s_per_adapter: float  # every choice scored too (cloze), at the default group
+    swap_ms_per_adapter: dict[str, float]  # into a slot: "one_block" and "tensor_by_tensor" (best of 3 passes)
 
     @property
     def overhead_ratio(self) -> float:
@@ -168,7 +171,30 @@ def measure(model_name: str, base: Path, adapters: list[Path], data, args: argpa
         times.append(time.perf_counter() - start)
     tokens = sum(forward_tokens(r, with_accuracy=False) for r in requests)
     return ThroughputRow(model_name, len(adapters), len(requests), tokens, naive, by_group[group], by_group[1],
-                         min(times), group, by_group, with_accuracy)
+                         min(times), group, by_group, with_accuracy, swap_times(base, records, settings.device))
+
+
+def swap_times(base: Path, records: list, device: torch.device, passes: int = 3) -> dict[str, float]:
+    """Milliseconds per adapter to fill a slot: one block read and copy, and the per-tensor path."""
+    from mashup.models import load_model
+    from mashup.selection.slots import LoRASlots, SlotLayout, load_adapter_tensors
+
+    slots = LoRASlots(load_model(base).to(device), SlotLayout.of(records[0]), 1)
+    paths = [Path(r.path) for r in records]
+
+    def per_adapter(load) -> float:
+        best = float("inf")
+        for _ in range(passes):
+            start = time.perf_counter()
+            for path in paths:
+                load(path)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            best = min(best, time.perf_counter() - start)
+        return 1000 * best / len(paths)
+
+    return {"one_block": per_adapter(lambda path: slots.load_adapter(0, path, 1.0)),
+            "tensor_by_tensor": per_adapter(lambda path: slots.load(0, load_adapter_tensors(path, False), 1.0))}
 
 
 def run_throughput(args: argparse.Namespace) -> list[ThroughputRow]:
@@ -198,7 +224,9 @@ def _print_row(row: ThroughputRow) -> None:
           f"{row.ours_one_per_forward_s_per_adapter / row.forward_limit_s_per_adapter:.3f}  naive/ours {speedup}  "
           f"with accuracy {row.ours_with_accuracy_s_per_adapter:.3f} "
           f"({row.ours_with_accuracy_s_per_adapter / row.ours_s_per_adapter:.2f}x ours)  "
-          + "  ".join(f"G={g}: {t:.3f}" for g, t in row.ours_by_group.items()), flush=True)
+          + "  ".join(f"G={g}: {t:.3f}" for g, t in row.ours_by_group.items())
+          + f"  | swap into a slot, ms/adapter: one block {row.swap_ms_per_adapter['one_block']:.2f}, "
+          f"tensor by tensor {row.swap_ms_per_adapter['tensor_by_tensor']:.2f}", flush=True)
 
 
 def main(argv: list[str] | None = None) -> None:

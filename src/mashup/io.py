@@ -5,6 +5,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
+import struct
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +19,11 @@ from mashup.atomic_dir import atomic_output_dir
 from mashup.errors import CheckpointError
 
 logger = logging.getLogger(__name__)
-__all__ = ["atomic_output_dir", "check_finite", "load_weights", "sha256_files", "stat_files", "tensor_shapes",
-           "weight_files", "write_json"]
+__all__ = ["atomic_output_dir", "check_finite", "load_weights", "read_tensor_block", "sha256_files", "stat_files",
+           "tensor_shapes", "weight_files", "write_json"]
+
+_SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
+_MAX_HEADER = 100 << 20
 
 
 def write_json(path: Path, data: Any) -> None:
@@ -74,6 +80,53 @@ def load_weights(path: Path) -> dict[str, torch.Tensor]:
     except Exception as exc:  # corrupt or truncated files raise library-specific errors
         raise CheckpointError(f"cannot read weights ({type(exc).__name__}: {exc})", str(path),
                               "the file is corrupt or truncated; re-save it") from None
+
+
+def read_tensor_block(path: Path, expected: Sequence[tuple[str, tuple[int, ...]]]) -> torch.Tensor | None:
+    """The data of a safetensors file holding exactly ``expected`` (names and shapes, in data order), in one
+    dtype: one flat tensor from one read. None when the file is laid out otherwise (or unreadable).
+
+    ``load_file`` builds one tensor per name, and a LoRA adapter has hundreds of small ones; its callers
+    copy them one by one. A file saved by safetensors in one dtype keeps its tensors sorted by name and
+    back to back, so the scoring engine reads the whole data section once and copies it into a slot in
+    one go (see mashup.selection.slots). The header is parsed here because safetensors does not expose
+    data offsets; anything unexpected returns None and the caller falls back to ``load_weights``, whose
+    errors say what is wrong.
+    """
+    try:
+        with open(path, "rb") as handle:
+            (size,) = struct.unpack("<Q", handle.read(8))
+            if size > _MAX_HEADER:
+                return None
+            header = json.loads(handle.read(size))
+            dtype, nbytes = _block_layout(header, expected)
+            if dtype is None:
+                return None
+            block = bytearray(nbytes)
+            handle.seek(8 + size)
+            if handle.readinto(block) != nbytes:
+                return None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, struct.error):
+        return None
+    return torch.frombuffer(block, dtype=dtype)
+
+
+def _block_layout(header: dict, expected: Sequence[tuple[str, tuple[int, ...]]]) -> tuple[torch.dtype | None, int]:
+    """The one dtype and byte size of a header whose tensors are ``expected``, back to back from offset 0."""
+    entries = sorted((tuple(v["data_offsets"]), name, v["dtype"], tuple(v["shape"]))
+                     for name, v in header.items() if name != "__metadata__")
+    dtypes = {dtype for _, _, dtype, _ in entries}
+    if not entries or len(dtypes) != 1 or entries[0][2] not in _SAFETENSORS_DTYPES:
+        return None, 0
+    if [(name, shape) for _, name, _, shape in entries] != [(name, tuple(shape)) for name, shape in expected]:
+        return None, 0
+    itemsize = _SAFETENSORS_DTYPES[entries[0][2]].itemsize
+    end = 0
+    for (begin, stop), _, _, shape in entries:
+        if begin != end or stop - begin != itemsize * math.prod(shape):
+            return None, 0
+        end = stop
+    return _SAFETENSORS_DTYPES[entries[0][2]], end
 
 
 def tensor_shapes(path: Path) -> dict[str, list[int]]:

@@ -8,7 +8,8 @@ from safetensors.torch import load_file, save_file
 from mashup.config import PrefilterConfig
 from mashup.library.score_cache import fingerprint
 from mashup.selection.arrow import affinity, prototypes
-from mashup.selection.engine import ScoringEngine, load_adapter_tensors
+from mashup.selection.engine import ScoringEngine
+from mashup.selection.slots import load_adapter_tensors
 from mashup.selection.first_order import predicted_change
 from mashup.selection.prefilter import _round_robin, keep_count, run_prefilter
 from mashup.selection.probe import run_probe

@@ -22,7 +22,6 @@ from torch import nn
 
 from mashup.data.prompts import EncodedRequest
 from mashup.evaluation import ScoreSettings, ScoringPlan
-from mashup.io import load_weights, weight_files
 from mashup.library.records import CheckpointRecord
 from mashup.models import attach_adapter, load_full_weights_into, load_model
 from mashup.selection.slots import LoRASlots, SlotLayout
@@ -164,9 +163,7 @@ class ScoringEngine:
         start = time.perf_counter()
         loaded = []
         for record in group:
-            tensors = load_adapter_tensors(Path(record.path), self.allow_pickle)
-            if self._slots.fits(tensors):
-                self._slots.load(len(loaded), tensors, record.lora_scale)
+            if self._slots.load_adapter(len(loaded), Path(record.path), record.lora_scale, self.allow_pickle):
                 loaded.append(record)
         if loaded:
             self._slots.activate(len(loaded))
@@ -204,9 +201,3 @@ class ScoringEngine:
         assert isinstance(self._peft_model, PeftModel)
         return self._peft_model.eval()
 
-
-def load_adapter_tensors(adapter_dir: Path, allow_pickle: bool) -> dict[str, torch.Tensor]:
-    tensors: dict[str, torch.Tensor] = {}
-    for path in weight_files(adapter_dir, allow_pickle=allow_pickle):
-        tensors.update(load_weights(path))
-    return tensors

@@ -20,7 +20,7 @@ from mashup.data.prompts import EncodedRequest
 from mashup.evaluation import ScoreSettings
 from mashup.library import CheckpointRecord
 from mashup.selection.arrow import affinity, prototypes
-from mashup.selection.engine import load_adapter_tensors
+from mashup.selection.slots import load_adapter_tensors
 from mashup.selection.first_order import predicted_change
 from mashup.selection.probe import Probe, run_probe
 from mashup.selection.signal_cache import SignalCache, weights_key

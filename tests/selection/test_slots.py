@@ -1,0 +1,89 @@
+"""LoRA slots load an adapter as one block when its file is laid out as a slot row, else tensor by tensor."""
+
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from mashup.errors import CheckpointError
+from mashup.io import read_tensor_block
+from mashup.library.records import ADAPTER_CONFIG
+from mashup.models import load_model
+from mashup.selection.slots import LoRASlots, SlotLayout, load_adapter_tensors
+from tests.selection.helpers import records_for
+
+WEIGHTS = "adapter_model.safetensors"
+
+
+def _variant(source, out, tensors) -> object:
+    """An adapter dir with ``source``'s config and the given tensors."""
+    out.mkdir()
+    shutil.copy(source / ADAPTER_CONFIG, out / ADAPTER_CONFIG)
+    save_file(tensors, str(out / WEIGHTS))
+    return out
+
+
+def _slots(tiny_base, adapter) -> LoRASlots:
+    return LoRASlots(load_model(tiny_base), SlotLayout.of(records_for([adapter])[0]), slots=2)
+
+
+def _row_tensor_by_tensor(tiny_base, adapter) -> torch.Tensor:
+    """The storage row the per-tensor path fills: the reference for the one-block path."""
+    slots = _slots(tiny_base, adapter)
+    slots.load(1, load_adapter_tensors(adapter, False), 2.0)
+    return slots.storage[1]
+
+
+def test_a_safetensors_file_reads_as_one_block_in_name_order(tiny_loras):
+    tensors = load_adapter_tensors(tiny_loras[0], False)
+    expected = [(name, tuple(t.shape)) for name, t in sorted(tensors.items())]
+    block = read_tensor_block(tiny_loras[0] / WEIGHTS, expected)
+    assert block is not None and block.dtype == torch.float32
+    assert torch.equal(block, torch.cat([tensors[name].flatten() for name, _ in expected]))
+    assert read_tensor_block(tiny_loras[0] / WEIGHTS, expected[1:]) is None  # another set of tensors
+    assert read_tensor_block(tiny_loras[0] / WEIGHTS, expected[::-1]) is None  # another order
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_one_dtype_files_load_as_one_block_and_equal_the_per_tensor_path(tiny_base, tiny_loras, tmp_path, dtype):
+    source = tiny_loras[1]
+    adapter = _variant(source, tmp_path / "half", {k: v.to(dtype) for k, v in load_adapter_tensors(source, False).items()})
+    slots = _slots(tiny_base, adapter)
+    assert read_tensor_block(adapter / WEIGHTS, slots.factors) is not None
+    assert slots.load_adapter(1, adapter, 2.0)
+    assert torch.equal(slots.storage[1], _row_tensor_by_tensor(tiny_base, adapter))
+    assert slots.scale[1] == 2.0 and slots.storage[0].abs().sum() == 0  # the other slot is untouched
+
+
+def test_mixed_dtype_files_load_tensor_by_tensor(tiny_base, tiny_loras, tmp_path):
+    tensors = load_adapter_tensors(tiny_loras[2], False)
+    first = sorted(tensors)[0]
+    adapter = _variant(tiny_loras[2], tmp_path / "mixed", {**tensors, first: tensors[first].to(torch.float16)})
+    slots = _slots(tiny_base, adapter)
+    assert read_tensor_block(adapter / WEIGHTS, slots.factors) is None
+    assert slots.load_adapter(0, adapter, 2.0)
+    assert torch.equal(slots.storage[0], _row_tensor_by_tensor(tiny_base, adapter))
+    assert slots.storage[0].abs().sum() > 0
+
+
+def test_unreadable_files_fall_back_to_the_loader_and_its_error(tiny_base, tiny_loras, tmp_path):
+    slots = _slots(tiny_base, tiny_loras[0])
+    truncated = _variant(tiny_loras[0], tmp_path / "truncated", load_adapter_tensors(tiny_loras[0], False))
+    data = (truncated / WEIGHTS).read_bytes()
+    (truncated / WEIGHTS).write_bytes(data[:-100])
+    assert read_tensor_block(truncated / WEIGHTS, slots.factors) is None
+    with pytest.raises(CheckpointError, match="corrupt or truncated"):
+        slots.load_adapter(0, truncated, 2.0)
+    (truncated / WEIGHTS).write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00[1, 2, 3, 4, 5, 6]")  # a header, not a dict
+    assert read_tensor_block(truncated / WEIGHTS, slots.factors) is None
+    (truncated / WEIGHTS).write_bytes(b"\xff" * 8)  # a header length past any file
+    assert read_tensor_block(truncated / WEIGHTS, slots.factors) is None
+
+
+def test_an_adapter_of_another_shape_does_not_fit(tiny_base, tiny_loras, tmp_path):
+    slots = _slots(tiny_base, tiny_loras[0])
+    wider = {k: torch.cat([v, v], dim=0 if "lora_A" in k else 1) for k, v in load_adapter_tensors(tiny_loras[0], False).items()}
+    adapter = _variant(tiny_loras[0], tmp_path / "wider", wider)
+    assert not slots.load_adapter(0, adapter, 2.0)
+    assert slots.storage.abs().sum() == 0
