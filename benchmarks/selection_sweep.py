@@ -13,31 +13,42 @@ import argparse
 import math
 import random
 from statistics import mean
+from typing import NamedTuple
 
 from selection_library import bench_dir, candidates, load_results, replay, results_path, selector_config, target_setup
 
-# (label, first questions, factor, survivors, keep_within_se, prefilter's kept share of the pool or None)
-SETTINGS = [(f"halving first={m} factor=4 survivors=8 within_se={z:g}", m, 4.0, 8, z, None)
+class Setting(NamedTuple):
+    label: str
+    first: int  # questions in the first round
+    factor: float
+    survivors: int
+    within_se: float
+    keep: float | None = None  # the prefilter's kept share of the pool; None: no prefilter
+    cap: float | None = None  # HalvingConfig.max_share
+
+
+SETTINGS = [Setting(f"halving first={m} factor=4 survivors=8 within_se={z:g}", m, 4.0, 8, z)
             for m in (4, 8, 16) for z in (0.0, 1.0, 2.0)]
-SETTINGS += [(f"halving first=8 factor=2 survivors=8 within_se={z:g}", 8, 2.0, 8, z, None) for z in (0.0, 2.0)]
-SETTINGS += [(f"prefilter keep={k:g} + halving first=8 factor=4 survivors=8 within_se=2", 8, 4.0, 8, 2.0, k)
+SETTINGS += [Setting(f"halving first=8 factor=2 survivors=8 within_se={z:g}", 8, 2.0, 8, z) for z in (0.0, 2.0)]
+SETTINGS += [Setting("halving first=8 factor=4 survivors=8 within_se=2 max_share=0.1", 8, 4.0, 8, 2.0, cap=0.1)]
+SETTINGS += [Setting(f"prefilter keep={k:g} + halving first=8 factor=4 survivors=8 within_se=2", 8, 4.0, 8, 2.0, k)
              for k in (0.25, 0.5)]
 
 
-def planned_share(first: int, factor: float, survivors: int, within_se: float, keep: float | None,
-                  candidates: int = 1000, samples: int = 256, k: int = 2) -> tuple[float, float]:
+def planned_share(setting: Setting, candidates: int = 1000, samples: int = 256, k: int = 2) -> tuple[float, float]:
     """The setting's planned share of exhaustive work at full scale: the schedule alone, and with every round
-    keeping the paired rule's cap (as many again). A prefilter halves only what it keeps and adds its probe
-    (a forward and a backward of the base over the sample: about 3 candidates' worth)."""
+    keeping the paired rule's cap (as many again), or up to ``cap``. A prefilter halves only what it keeps
+    and adds its probe (a forward and a backward of the base over the sample: about 3 candidates' worth)."""
     from mashup.config import HalvingConfig
     from mashup.selection.selectors import halving_schedule, planned_work
 
-    pool = math.ceil(keep * candidates) if keep is not None else candidates
-    rounds = halving_schedule(pool, samples, HalvingConfig(min_samples=first, factor=factor,
-                                                            min_survivors=survivors), k)
-    probe = 3 * samples if keep is not None else 0
-    return ((planned_work(rounds) + probe) / (candidates * samples),
-            (planned_work(rounds, contenders=within_se > 0) + probe) / (candidates * samples))
+    pool = math.ceil(setting.keep * candidates) if setting.keep is not None else candidates
+    rounds = halving_schedule(pool, samples, HalvingConfig(min_samples=setting.first, factor=setting.factor,
+                                                            min_survivors=setting.survivors), k)
+    probe = 3 * samples if setting.keep is not None else 0
+    low = (planned_work(rounds) + probe) / (candidates * samples)
+    high = (planned_work(rounds, contenders=setting.within_se > 0) + probe) / (candidates * samples)
+    return low, high if setting.cap is None else max(low, min(high, setting.cap))
 
 
 def reordered(requests: list, recorded: dict, order: list[int]) -> tuple[list, dict]:
@@ -71,20 +82,22 @@ def sweep(args: argparse.Namespace) -> dict:
         truth = results["exhaustive"]["ranking"]
         signals = "signals" in results and "prefilter+halving" in results  # else: halving settings only
         probe = results["prefilter+halving"]["stats"]["probe_tokens"] if signals else 0
-        settings = [s for s in SETTINGS if signals or s[-1] is None]
+        settings = [s for s in SETTINGS if signals or s.keep is None]
         for order in orderings(target, len(requests), args.orderings):
             sample, recorded = reordered(requests, results["examples"], order)
-            for label, first, factor, survivors, within_se, keep in settings:
-                run_args = argparse.Namespace(**{**vars(args), "halving_min_samples": first, "halving_factor": factor,
-                                                 "min_survivors": survivors, "halving_keep_within_se": within_se})
+            for setting in settings:
+                run_args = argparse.Namespace(**{**vars(args), "halving_min_samples": setting.first,
+                                                 "halving_factor": setting.factor, "min_survivors": setting.survivors,
+                                                 "halving_keep_within_se": setting.within_se,
+                                                 "halving_max_share": setting.cap})
                 prefilter = None
-                if keep is not None:  # the signals do not depend on the order of the sample
-                    chosen = best_by_signals(results["signals"], math.ceil(keep * len(pool)))
+                if setting.keep is not None:  # the signals do not depend on the order of the sample
+                    chosen = best_by_signals(results["signals"], math.ceil(setting.keep * len(pool)))
                     prefilter = PrefilterResult([r for r in pool if r.id in chosen], probe_tokens=probe)
-                config = selector_config(run_args, "halving" if keep is None else "prefilter+halving")
+                config = selector_config(run_args, "halving" if setting.keep is None else "prefilter+halving")
                 selection, _ = replay(workspace, pool, sample, config, recorded, prefilter)
                 top = [s.id for s in selection.ranking[:2]]
-                rows.setdefault(label, {}).setdefault(target, []).append(
+                rows.setdefault(setting.label, {}).setdefault(target, []).append(
                     (truth[0] in top, set(top) == set(truth[:2]), selection.stats.cost_ratio))
         print(f"{target}: {len(settings)} settings replayed on {args.orderings} orderings", flush=True)
     return summarize(rows)
@@ -94,7 +107,7 @@ def summarize(rows: dict[str, dict[str, list[tuple[bool, bool, float]]]]) -> dic
     out = {}
     print("\nsettings replayed (rates over targets x orderings; worst target's top-1 rate; planned share of "
           "exhaustive at 1,000 candidates x 256 questions):")
-    plans = {label: planned_share(*setting) for label, *setting in SETTINGS}
+    plans = {setting.label: planned_share(setting) for setting in SETTINGS}
     for label, by_target in rows.items():
         every = [r for runs in by_target.values() for r in runs]
         out[label] = {"top1_retained": mean(r[0] for r in every), "top2_agreement": mean(r[1] for r in every),

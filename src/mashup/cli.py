@@ -64,6 +64,9 @@ HalvingFactorOpt = Annotated[Optional[float], typer.Option(
 HalvingSeOpt = Annotated[Optional[float], typer.Option(
     "--halving-keep-within-se", help="halving: also keep candidates within this many standard errors of the k-th "
     "best (paired; 0: off)", show_default=_config_default(HalvingConfig, "keep_within_se"))]
+HalvingShareOpt = Annotated[Optional[float], typer.Option(
+    "--halving-max-share", help="halving: keep near-ties only while the selection's forward tokens stay within "
+    "this share of exhaustive scoring's (the schedule itself is never cut)", show_default="no cap")]
 ExecutorOpt = Annotated[str, typer.Option("--executor", help="where scoring runs: local | ray")]
 RayAddressOpt = Annotated[Optional[str], typer.Option("--ray-address", help="existing Ray cluster",
                                                       show_default="none: start one locally")]
@@ -253,7 +256,7 @@ def select_cmd(base: BaseOpt, data: DataOptions, library: LibraryOpt = None,
                allow_pickle: PickleOpt = False, no_cache: NoCacheOpt = False, include_target: IncludeTargetOpt = False,
                selector: SelectorOpt = "exhaustive", halving_min_samples: HalvingMinOpt = None,
                halving_factor: HalvingFactorOpt = None, halving_keep_within_se: HalvingSeOpt = None,
-               executor: ExecutorOpt = "local", ray_address: RayAddressOpt = None,
+               halving_max_share: HalvingShareOpt = None, executor: ExecutorOpt = "local", ray_address: RayAddressOpt = None,
                precision: PrecisionOpt = None, as_json: JsonOpt = False) -> None:
     """Rank compatible checkpoints by loss (or accuracy) on a sample of the target's train split."""
     from mashup.verbs import select
@@ -263,7 +266,8 @@ def select_cmd(base: BaseOpt, data: DataOptions, library: LibraryOpt = None,
                           cache=not no_cache, include_target_checkpoints=include_target, selector=selector,  # type: ignore[arg-type]
                           executor=executor, ray_address=ray_address,  # type: ignore[arg-type]
                           halving=HalvingConfig(**_given(min_samples=halving_min_samples, factor=halving_factor,
-                                                         keep_within_se=halving_keep_within_se)))
+                                                         keep_within_se=halving_keep_within_se,
+                                                         max_share=halving_max_share)))
     with scoring_bar(err) as progress:
         result = select(base, data.config(), config, library, kind=kind, allow_pickle=allow_pickle,
                         precision=precision, progress=progress)  # type: ignore[arg-type]

@@ -58,6 +58,9 @@ class HalvingConfig(StageConfig):
     keep_within_se: float = Field(2.0, ge=0, description="also keep (up to as many again) the candidates whose "
                                   "per-example loss gap to the k-th best is within this many standard errors "
                                   "(a paired test; loss metric only); 0 turns it off")
+    max_share: float | None = Field(None, gt=0, le=1, description="keep near-ties only while the selection's "
+                                       "forward tokens (a prefilter's probe included) stay within this share of "
+                                       "exhaustive scoring's; the schedule itself is never cut; none: no cap")
 
 
 class PrefilterConfig(StageConfig):

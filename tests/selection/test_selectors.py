@@ -11,7 +11,7 @@ from mashup.selection import get_selector, halving_schedule
 from mashup.selection.engine import forward_tokens
 from mashup.scoring import CheckpointScore, rank
 from mashup.selection.scores import PrefixScore
-from mashup.selection.selectors import close_contenders, planned_work
+from mashup.selection.selectors import close_contenders, near_tie_room, planned_work
 from mashup.verbs import select, train_model
 from tests.conftest import write_mc_jsonl
 from tests.selection.helpers import requests_for
@@ -57,9 +57,10 @@ def graded_loras(tmp_path_factory, tiny_base):
     return paths
 
 
-def _select(tmp_path, mc_file, tiny_base, selector, samples=24, keep_within_se=2.0):
+def _select(tmp_path, mc_file, tiny_base, selector, samples=24, keep_within_se=2.0, max_share=None):
     config = SelectConfig(samples=samples, k=2, selector=selector, batch_size=8, cache=False,
-                          halving=HalvingConfig(min_samples=4, factor=2, min_survivors=2, keep_within_se=keep_within_se))
+                          halving=HalvingConfig(min_samples=4, factor=2, min_survivors=2, keep_within_se=keep_within_se,
+                                                max_share=max_share))
     return select(str(tiny_base), DataConfig(data=str(mc_file), scoring="cloze"), config, tmp_path / "lib")
 
 
@@ -139,6 +140,29 @@ def test_halving_races_near_ties_on_instead_of_cutting_them(tmp_path, tiny_base,
     assert [(r["samples"], r["candidates"]) for r in result.stats["rounds"]] == [(4, 3), (16, 3)]
     assert [s.n for s in result.ranking] == [16, 16, 16]
     assert result.stats["forward_tokens"] == result.stats["exhaustive_tokens"]
+
+
+def test_a_cost_cap_keeps_only_the_near_ties_it_has_room_for(tmp_path, tiny_base, tiny_loras, mc_file):
+    """The near-ties above cost the whole sample. A cap that fits them changes nothing; one below that
+    keeps only the schedule's 2 survivors; one below the schedule's own share does not cut the schedule."""
+    Library(tmp_path / "lib").add(tiny_loras)
+    _, requests = requests_for(tiny_base, mc_file, 16, "cloze")
+    tokens = [forward_tokens(r, with_accuracy=False) for r in requests]
+    schedule = (3 * sum(tokens[:4]) + 2 * sum(tokens[4:])) / (3 * sum(tokens))
+    for cap, last_round in [(1.0, (16, 3)), ((1.0 + schedule) / 2, (16, 2)), (schedule / 2, (16, 2))]:
+        result = _select(tmp_path, mc_file, tiny_base, "halving", samples=16, max_share=cap)
+        assert [(r["samples"], r["candidates"]) for r in result.stats["rounds"]] == [(4, 3), last_round]
+        assert result.stats["cost_ratio"] == pytest.approx(1.0 if last_round[1] == 3 else schedule)
+
+
+def test_near_tie_room_leaves_the_schedules_later_rounds_their_tokens():
+    rounds = [(8, 1000), (32, 250), (128, 63), (256, 16)]
+    prefix = list(range(257))  # one token per request
+    later = 250 * 24 + 63 * 96 + 16 * 128
+    assert near_tie_room(rounds, prefix, 0, later) == 0
+    assert near_tie_room(rounds, prefix, 0, later + 24 * 10 + 23) == 10
+    assert near_tie_room(rounds, prefix, 0, later - 1) == 0  # over already: no near-ties, the schedule stands
+    assert near_tie_room(rounds, prefix, 2, 16 * 128 + 128 * 3) == 3
 
 
 def _prefix(losses):

@@ -4,7 +4,8 @@
 - ``halving``: successive halving on nested prefixes of the same sample; survivors reach the whole sample.
   Besides the best 1/factor, a round keeps (up to as many again) the candidates whose per-example loss
   gap to the k-th best is within ``keep_within_se`` standard errors: a paired comparison on the same
-  questions, so near-ties race on to a bigger sample instead of being cut by noise.
+  questions, so near-ties race on to a bigger sample instead of being cut by noise. With ``max_share``
+  a round keeps only as many near-ties as the cost cap leaves room for.
 - ``prefilter+halving``: signals that need no forward pass per candidate (first-order estimate, Arrow
   prototypes) keep the most promising share of the candidates (half by default: on real adapters the
   signals are too weak to keep fewer safely), then halving ranks those.
@@ -12,6 +13,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import statistics
 from collections.abc import Callable, Mapping, Sequence
@@ -21,6 +23,7 @@ from mashup.errors import MashupError
 from mashup.library import CheckpointRecord
 from mashup.scoring import CheckpointScore, rank
 from mashup.selection.driver import SelectionContext
+from mashup.selection.engine import forward_tokens
 from mashup.selection.prefilter import run_prefilter
 from mashup.selection.scores import PrefixScore
 
@@ -104,6 +107,20 @@ def close_contenders(ranked: Sequence[CheckpointScore], scores: Mapping[str, Pre
     return close
 
 
+def near_tie_room(rounds: Sequence[tuple[int, int]], prefix_tokens: Sequence[int], i: int, room: float) -> int:
+    """How many candidates past the schedule round ``i + 1`` may carry, with ``room`` forward tokens left after
+    round ``i`` and every later round still scoring what the schedule plans.
+
+    A round commits only the next round's work, so the cap holds whatever later rounds keep: with no
+    near-ties they cost exactly the schedule counted here.
+    """
+    def step(j: int) -> int:  # tokens one candidate scores in round j: the requests new to it
+        return max(1, prefix_tokens[rounds[j][0]] - prefix_tokens[rounds[j - 1][0]])
+
+    room -= sum(rounds[j][1] * step(j) for j in range(i + 1, len(rounds)))
+    return max(0, math.floor(room / step(i + 1)))
+
+
 def exhaustive(context: SelectionContext, records: Sequence[CheckpointRecord]) -> list[CheckpointScore]:
     samples = len(context.requests)
     context.plan(len(records) * samples)
@@ -116,16 +133,25 @@ def halving(context: SelectionContext, records: Sequence[CheckpointRecord]) -> l
     rounds = halving_schedule(len(records), len(context.requests), config.halving, config.k)
     context.plan(planned_work(rounds))
     within_se = config.halving.keep_within_se if config.metric == "loss" else 0.0
+    prefix_tokens = list(itertools.accumulate((forward_tokens(r, context.factory.with_accuracy)
+                                               for r in context.requests), initial=0))
+    budget = (math.inf if config.halving.max_share is None  # the whole selection's: a prefilter's probe counts
+              else config.halving.max_share * context.stats.exhaustive_tokens - context.stats.probe_tokens)
     by_id = {r.id: r for r in records}
-    survivors, dropped = list(records), []
+    survivors, dropped, spent = list(records), [], 0
     for i, (n, planned) in enumerate(rounds):
+        previous = rounds[i - 1][0] if i else 0
         if len(survivors) > planned:  # close contenders kept past the schedule
-            context.plan((len(survivors) - planned) * (n - rounds[i - 1][0]))
+            context.plan((len(survivors) - planned) * (n - previous))
         ranked, scores = _ranked(context, survivors, n)
+        spent += len(survivors) * (prefix_tokens[n] - prefix_tokens[previous])
         if i == len(rounds) - 1:
             return ranked + [s for group in reversed(dropped) for s in group]
         keep = rounds[i + 1][1]
-        kept = {s.id for s in ranked[:keep] + close_contenders(ranked, scores, keep, config.k, within_se)}
+        close = close_contenders(ranked, scores, keep, config.k, within_se)
+        if budget < math.inf:
+            close = close[:near_tie_room(rounds, prefix_tokens, i, budget - spent)]
+        kept = {s.id for s in ranked[:keep] + close}
         dropped.append([s for s in ranked if s.id not in kept])
         survivors = [by_id[s.id] for s in ranked if s.id in kept]
     raise AssertionError("a schedule has at least one round")
