@@ -10,8 +10,14 @@
 #       END: seconds the call may take (set it below the call's limit); D1: seconds after which no new
 #       target is begun in the halving pass; D2: the same for the pass that adds prefilter+halving.
 #       Each pass is stopped in time to pack what it saved: results (two targets per archive), the
-#       library's catalog and logs come back in $OUT.
+#       library's catalog and logs come back in $OUT. THROUGHPUT=1 first runs the engine's throughput
+#       benchmark on 32 SmolLM2 adapters x 256 questions (ours against the naive loop and the forward
+#       limit, and the slot loads; a few minutes, most of it writing the adapters) into
+#       $OUT/throughput.{txt,json}.
 #
+# On an H100 (15 minutes of device time, start included) the build took about 2 minutes and each target
+# about 3 (exhaustive 1,000 x 256 in 110 s, then the selectors with a live halving run); set TARGETS to the
+# ones still missing, e.g. TARGETS=hellaswag,piqa,social_iqa LIVE=hellaswag.
 # A carried path is gone on the next call unless that call carries it again, so setup copies what run
 # needs to /tmp, which lasts as long as the machine stays warm (about 30 s between calls).
 # The real adapters train in BUILD_PRECISION (default fp32: on an H200 a bf16 build before the cuDNN
@@ -88,6 +94,10 @@ run() {
   local common="--library-size ${N:-1000} --samples ${S:-256} --batch-size ${BS:-256} --workers ${W:-14} --train-workers ${TW:-4}
                 --save-every 250 --orderings 0 --targets $TARGETS --build-precision $BUILD_PRECISION"
   local stop=$((END - 30))  # each pass is killed by then, leaving time to pack
+  if [ "${THROUGHPUT:-0}" = 1 ]; then
+    timeout $((stop - SECONDS)) python3 benchmarks/selection.py --tiny-ns "" --real-ns 32 --samples 256 \
+      --batch-size 256 --naive-max 8 --groups 4,32 --json-out "$OUT/throughput.json" > "$OUT/throughput.txt" 2>&1
+  fi
   timeout $((stop - SECONDS)) python3 benchmarks/selection.py $common --stage all --selectors halving \
     --live-targets "${LIVE:-arc_easy,winogrande}" --deadline $((D1 - SECONDS)) --json-out "$OUT/report1.json" \
     > >(tee "$OUT/log1.txt") 2>&1
