@@ -12,7 +12,7 @@ on cloze data the gold continuation only, as the reference code scores it):
   sample with one PEFT adapter attached (nothing loaded, swapped or batched).
 
 "ours" includes loading the base, batching the sample and loading every adapter. It also prints the
-milliseconds to put one adapter into a slot: its file read and copied as one block (what the engine
+milliseconds to put one adapter into a slot: its file mapped and copied as one block (what the engine
 does with a one-dtype safetensors file) against ``load_file`` and a copy per tensor. ``--groups`` adds
 timings with a forced number of adapters per forward; ``--naive-max`` times the naive loop on the
 first adapters only (each adapter costs the same there). "with accuracy" times ours scoring every
@@ -175,7 +175,7 @@ def measure(model_name: str, base: Path, adapters: list[Path], data, args: argpa
 
 
 def swap_times(base: Path, records: list, device: torch.device, passes: int = 3) -> dict[str, float]:
-    """Milliseconds per adapter to fill a slot: one block read and copy, and the per-tensor path."""
+    """Milliseconds per adapter to fill a slot: one block mapped and copied, and the per-tensor path."""
     from mashup.models import load_model
     from mashup.selection.slots import LoRASlots, SlotLayout, load_adapter_tensors
 

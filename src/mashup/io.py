@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
 import math
+import mmap
+import os
 import struct
 from collections.abc import Sequence
 from pathlib import Path
@@ -84,41 +87,41 @@ def load_weights(path: Path) -> dict[str, torch.Tensor]:
 
 def read_tensor_block(path: Path, expected: Sequence[tuple[str, tuple[int, ...]]]) -> torch.Tensor | None:
     """The data of a safetensors file holding exactly ``expected`` (names and shapes, in data order), in one
-    dtype: one flat tensor from one read. None when the file is laid out otherwise (or unreadable).
+    dtype: one flat tensor mapped from the file. None when the file is laid out otherwise (or unreadable).
 
     ``load_file`` builds one tensor per name, and a LoRA adapter has hundreds of small ones; its callers
     copy them one by one. A file saved by safetensors in one dtype keeps its tensors sorted by name and
-    back to back, so the scoring engine reads the whole data section once and copies it into a slot in
-    one go (see mashup.selection.slots). The header is parsed here because safetensors does not expose
-    data offsets; anything unexpected returns None and the caller falls back to ``load_weights``, whose
-    errors say what is wrong.
+    back to back, so the scoring engine maps the data section and copies it into a slot in one go (see
+    mashup.selection.slots): one copy from the page cache instead of a read and a copy. The header is
+    parsed here because safetensors does not expose data offsets; anything unexpected returns None and
+    the caller falls back to ``load_weights``, whose errors say what is wrong.
     """
     try:
         with open(path, "rb") as handle:
             (size,) = struct.unpack("<Q", handle.read(8))
             if size > _MAX_HEADER:
                 return None
-            header = json.loads(handle.read(size))
-            dtype, nbytes = _block_layout(header, expected)
-            if dtype is None:
+            dtype, nbytes = _block_layout(handle.read(size), tuple((name, tuple(shape)) for name, shape in expected))
+            if dtype is None or 8 + size + nbytes > os.fstat(handle.fileno()).st_size:
                 return None
-            block = bytearray(nbytes)
-            handle.seek(8 + size)
-            if handle.readinto(block) != nbytes:
-                return None
+            # copy-on-write: a writable view for torch.frombuffer; nothing is ever written through it
+            mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_COPY)
+        return torch.frombuffer(mapped, dtype=dtype, count=nbytes // dtype.itemsize, offset=8 + size)
     except (OSError, ValueError, KeyError, TypeError, AttributeError, struct.error):
         return None
-    return torch.frombuffer(block, dtype=dtype)
 
 
-def _block_layout(header: dict, expected: Sequence[tuple[str, tuple[int, ...]]]) -> tuple[torch.dtype | None, int]:
+@functools.lru_cache(maxsize=16)  # adapters of one layout share their header bytes: parse and check it once
+def _block_layout(raw_header: bytes, expected: tuple[tuple[str, tuple[int, ...]], ...]
+                  ) -> tuple[torch.dtype | None, int]:
     """The one dtype and byte size of a header whose tensors are ``expected``, back to back from offset 0."""
+    header = json.loads(raw_header)
     entries = sorted((tuple(v["data_offsets"]), name, v["dtype"], tuple(v["shape"]))
                      for name, v in header.items() if name != "__metadata__")
     dtypes = {dtype for _, _, dtype, _ in entries}
     if not entries or len(dtypes) != 1 or entries[0][2] not in _SAFETENSORS_DTYPES:
         return None, 0
-    if [(name, shape) for _, name, _, shape in entries] != [(name, tuple(shape)) for name, shape in expected]:
+    if tuple((name, shape) for _, name, _, shape in entries) != expected:
         return None, 0
     itemsize = _SAFETENSORS_DTYPES[entries[0][2]].itemsize
     end = 0
