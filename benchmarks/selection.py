@@ -177,7 +177,8 @@ def measure(model_name: str, base: Path, adapters: list[Path], data, args: argpa
 def swap_times(base: Path, records: list, device: torch.device, passes: int = 3) -> dict[str, float]:
     """Milliseconds per adapter to fill a slot: one block mapped and copied, and the per-tensor path."""
     from mashup.models import load_model
-    from mashup.selection.slots import LoRASlots, SlotLayout, load_adapter_tensors
+    from mashup.io import load_weight_dir
+    from mashup.selection.slots import LoRASlots, SlotLayout
 
     slots = LoRASlots(load_model(base).to(device), SlotLayout.of(records[0]), 1)
     paths = [Path(r.path) for r in records]
@@ -194,7 +195,7 @@ def swap_times(base: Path, records: list, device: torch.device, passes: int = 3)
         return 1000 * best / len(paths)
 
     return {"one_block": per_adapter(lambda path: slots.load_adapter(0, path, 1.0)),
-            "tensor_by_tensor": per_adapter(lambda path: slots.load(0, load_adapter_tensors(path, False), 1.0))}
+            "tensor_by_tensor": per_adapter(lambda path: slots.load(0, load_weight_dir(path), 1.0))}
 
 
 def run_throughput(args: argparse.Namespace) -> list[ThroughputRow]:

@@ -22,8 +22,8 @@ from mashup.atomic_dir import atomic_output_dir
 from mashup.errors import CheckpointError
 
 logger = logging.getLogger(__name__)
-__all__ = ["atomic_output_dir", "check_finite", "load_weights", "read_tensor_block", "sha256_files", "stat_files",
-           "tensor_shapes", "weight_files", "write_json"]
+__all__ = ["atomic_output_dir", "check_finite", "load_weight_dir", "load_weights", "read_tensor_block",
+           "sha256_files", "stat_files", "tensor_shapes", "weight_files", "write_json"]
 
 _SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
 _MAX_HEADER = 100 << 20
@@ -83,6 +83,14 @@ def load_weights(path: Path) -> dict[str, torch.Tensor]:
     except Exception as exc:  # corrupt or truncated files raise library-specific errors
         raise CheckpointError(f"cannot read weights ({type(exc).__name__}: {exc})", str(path),
                               "the file is corrupt or truncated; re-save it") from None
+
+
+def load_weight_dir(model_dir: Path, *, allow_pickle: bool = False) -> dict[str, torch.Tensor]:
+    """Every tensor of a model or adapter dir's weight files, in one dict."""
+    tensors: dict[str, torch.Tensor] = {}
+    for path in weight_files(model_dir, allow_pickle=allow_pickle):
+        tensors.update(load_weights(path))
+    return tensors
 
 
 def read_tensor_block(path: Path, expected: Sequence[tuple[str, tuple[int, ...]]]) -> torch.Tensor | None:

@@ -16,7 +16,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 
 from mashup.config import Precision
 from mashup.errors import CheckpointError, MashupError
-from mashup.io import load_weights, weight_files
+from mashup.io import load_weight_dir, weight_files
 
 logger = logging.getLogger(__name__)
 
@@ -84,9 +84,7 @@ def attach_adapter(model: PreTrainedModel, adapter_dir: Path, *, trainable: bool
 
 def load_full_weights_into(model: PreTrainedModel, model_dir: Path, *, allow_pickle: bool = False) -> None:
     """Swap a full fine-tune's weights into an already-built model of the same shapes."""
-    state: dict[str, torch.Tensor] = {}
-    for path in weight_files(model_dir, allow_pickle=allow_pickle):
-        state.update(load_weights(path))
+    state = load_weight_dir(model_dir, allow_pickle=allow_pickle)
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [m for m in missing if not _is_tied(model, m)]
     if missing or unexpected:

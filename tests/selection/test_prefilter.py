@@ -6,10 +6,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from mashup.config import PrefilterConfig
+from mashup.io import load_weight_dir
 from mashup.library.score_cache import fingerprint
 from mashup.selection.arrow import affinity, prototypes
 from mashup.selection.engine import ScoringEngine
-from mashup.selection.slots import load_adapter_tensors
 from mashup.selection.first_order import predicted_change
 from mashup.selection.prefilter import _round_robin, keep_count, run_prefilter
 from mashup.selection.probe import run_probe
@@ -66,7 +66,7 @@ def test_first_order_estimate_matches_the_measured_loss_change(tiny_base, tiny_l
     shifted = [dataclasses.replace(record, id=f"s{sign}", lora_alpha=sign * epsilon * record.lora_r) for sign in (1, -1)]
     plus, minus = ScoringEngine(tiny_base, requests, settings, adapters_per_forward=1).score(shifted)
     measured = (plus.loss - minus.loss) / 2
-    predicted = predicted_change(probe.gradients, load_adapter_tensors(tiny_loras[0], False), epsilon)
+    predicted = predicted_change(probe.gradients, load_weight_dir(tiny_loras[0]), epsilon)
     assert measured == pytest.approx(predicted, rel=0.01)
     assert abs(predicted) > 1e-4
 

@@ -7,10 +7,10 @@ import torch
 from safetensors.torch import save_file
 
 from mashup.errors import CheckpointError
-from mashup.io import read_tensor_block
+from mashup.io import load_weight_dir, read_tensor_block
 from mashup.library.records import ADAPTER_CONFIG
 from mashup.models import load_model
-from mashup.selection.slots import LoRASlots, SlotLayout, load_adapter_tensors
+from mashup.selection.slots import LoRASlots, SlotLayout
 from tests.selection.helpers import records_for
 
 WEIGHTS = "adapter_model.safetensors"
@@ -31,12 +31,12 @@ def _slots(tiny_base, adapter) -> LoRASlots:
 def _row_tensor_by_tensor(tiny_base, adapter) -> torch.Tensor:
     """The storage row the per-tensor path fills: the reference for the one-block path."""
     slots = _slots(tiny_base, adapter)
-    slots.load(1, load_adapter_tensors(adapter, False), 2.0)
+    slots.load(1, load_weight_dir(adapter), 2.0)
     return slots.storage[1]
 
 
 def test_a_safetensors_file_reads_as_one_block_in_name_order(tiny_loras):
-    tensors = load_adapter_tensors(tiny_loras[0], False)
+    tensors = load_weight_dir(tiny_loras[0])
     expected = [(name, tuple(t.shape)) for name, t in sorted(tensors.items())]
     block = read_tensor_block(tiny_loras[0] / WEIGHTS, expected)
     assert block is not None and block.dtype == torch.float32
@@ -48,7 +48,7 @@ def test_a_safetensors_file_reads_as_one_block_in_name_order(tiny_loras):
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_one_dtype_files_load_as_one_block_and_equal_the_per_tensor_path(tiny_base, tiny_loras, tmp_path, dtype):
     source = tiny_loras[1]
-    adapter = _variant(source, tmp_path / "half", {k: v.to(dtype) for k, v in load_adapter_tensors(source, False).items()})
+    adapter = _variant(source, tmp_path / "half", {k: v.to(dtype) for k, v in load_weight_dir(source).items()})
     slots = _slots(tiny_base, adapter)
     assert read_tensor_block(adapter / WEIGHTS, slots.factors) is not None
     assert slots.load_adapter(1, adapter, 2.0)
@@ -57,7 +57,7 @@ def test_one_dtype_files_load_as_one_block_and_equal_the_per_tensor_path(tiny_ba
 
 
 def test_mixed_dtype_files_load_tensor_by_tensor(tiny_base, tiny_loras, tmp_path):
-    tensors = load_adapter_tensors(tiny_loras[2], False)
+    tensors = load_weight_dir(tiny_loras[2])
     first = sorted(tensors)[0]
     adapter = _variant(tiny_loras[2], tmp_path / "mixed", {**tensors, first: tensors[first].to(torch.float16)})
     slots = _slots(tiny_base, adapter)
@@ -69,7 +69,7 @@ def test_mixed_dtype_files_load_tensor_by_tensor(tiny_base, tiny_loras, tmp_path
 
 def test_unreadable_files_fall_back_to_the_loader_and_its_error(tiny_base, tiny_loras, tmp_path):
     slots = _slots(tiny_base, tiny_loras[0])
-    truncated = _variant(tiny_loras[0], tmp_path / "truncated", load_adapter_tensors(tiny_loras[0], False))
+    truncated = _variant(tiny_loras[0], tmp_path / "truncated", load_weight_dir(tiny_loras[0]))
     data = (truncated / WEIGHTS).read_bytes()
     (truncated / WEIGHTS).write_bytes(data[:-100])
     assert read_tensor_block(truncated / WEIGHTS, slots.factors) is None
@@ -83,7 +83,7 @@ def test_unreadable_files_fall_back_to_the_loader_and_its_error(tiny_base, tiny_
 
 def test_an_adapter_of_another_shape_does_not_fit(tiny_base, tiny_loras, tmp_path):
     slots = _slots(tiny_base, tiny_loras[0])
-    wider = {k: torch.cat([v, v], dim=0 if "lora_A" in k else 1) for k, v in load_adapter_tensors(tiny_loras[0], False).items()}
+    wider = {k: torch.cat([v, v], dim=0 if "lora_A" in k else 1) for k, v in load_weight_dir(tiny_loras[0]).items()}
     adapter = _variant(tiny_loras[0], tmp_path / "wider", wider)
     assert not slots.load_adapter(0, adapter, 2.0)
     assert slots.storage.abs().sum() == 0

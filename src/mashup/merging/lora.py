@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import save_file
 
 from mashup.errors import MergeError
-from mashup.io import load_weights, weight_files
+from mashup.io import load_weight_dir, load_weights
 from mashup.library.records import ADAPTER_CONFIG, CheckpointRecord
 from mashup.merging.base import MergeParams
 from mashup.merging.lowrank import Factors, factor_dense, factor_stacked, peft_init_rows
@@ -34,11 +34,7 @@ Tensors = dict[str, torch.Tensor]
 def load_adapter(path: str | Path) -> Tensors:
     """All tensors of an adapter dir (or of a single safetensors file)."""
     path = Path(path)
-    files = [path] if path.is_file() else weight_files(path)
-    tensors: Tensors = {}
-    for file in files:
-        tensors.update(load_weights(file))
-    return tensors
+    return load_weights(path) if path.is_file() else load_weight_dir(path)
 
 
 def module_names(tensors: Tensors, where: str) -> list[str]:

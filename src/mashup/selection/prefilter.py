@@ -19,8 +19,8 @@ from mashup.config import PrefilterConfig
 from mashup.data.prompts import EncodedRequest
 from mashup.evaluation import ScoreSettings
 from mashup.library import CheckpointRecord
+from mashup.io import load_weight_dir
 from mashup.selection.arrow import affinity, prototypes
-from mashup.selection.slots import load_adapter_tensors
 from mashup.selection.first_order import predicted_change
 from mashup.selection.probe import Probe, run_probe
 from mashup.selection.signal_cache import SignalCache, weights_key
@@ -95,7 +95,7 @@ def _compute(missing: dict[str, list[CheckpointRecord]], probe: Probe, layout: S
     for record in {r.id: r for records in missing.values() for r in records}.values():
         key = keys[record.id]
         needs_tensors = record.id in first_ids or (record.id in arrow_ids and key not in known)
-        tensors = load_adapter_tensors(Path(record.path), allow_pickle) if needs_tensors else {}
+        tensors = load_weight_dir(Path(record.path), allow_pickle=allow_pickle) if needs_tensors else {}
         if record.id in first_ids:
             fresh["first_order"][record.id] = predicted_change(probe.gradients, tensors, record.lora_scale)
         if record.id in arrow_ids:

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mashup.io import load_weights, read_tensor_block, weight_files
+from mashup.io import load_weight_dir, read_tensor_block, weight_files
 from mashup.library.records import ADAPTER_CONFIG, CheckpointRecord
 
 _PREFIX = "base_model.model."
@@ -67,14 +67,6 @@ def _plain_config(adapter_dir: Path) -> bool:
 def adapter_factors(tensors: Mapping[str, torch.Tensor], module: str) -> tuple[torch.Tensor, torch.Tensor]:
     """``(A [r, in], B [out, r])`` of one module from a PEFT adapter state dict."""
     return tensors[_PREFIX + module + _A], tensors[_PREFIX + module + _B]
-
-
-def load_adapter_tensors(adapter_dir: Path, allow_pickle: bool) -> dict[str, torch.Tensor]:
-    """Every tensor of an adapter dir's weight files (safetensors; pickles only when allowed)."""
-    tensors: dict[str, torch.Tensor] = {}
-    for path in weight_files(adapter_dir, allow_pickle=allow_pickle):
-        tensors.update(load_weights(path))
-    return tensors
 
 
 class GroupedLoRALinear(nn.Module):
@@ -162,7 +154,7 @@ class LoRASlots:
             self.storage[slot].copy_(block)
             self.scale[slot] = scale
             return True
-        tensors = load_adapter_tensors(adapter_dir, allow_pickle)
+        tensors = load_weight_dir(adapter_dir, allow_pickle=allow_pickle)
         if not self.fits(tensors):
             return False
         self.load(slot, tensors, scale)
