@@ -22,6 +22,21 @@ def test_left_padded_continuations_match_unpadded_forward(tiny_base):
             assert abs(logprobs[row].sum().item() - _reference_sum(model, prompt, cont)) < 1e-4
 
 
+def test_log_softmax_in_row_chunks_changes_no_bit(tiny_base, monkeypatch):
+    """The float32 log-softmax runs on row chunks to bound memory; each row's numbers are its own."""
+    import mashup.batching as batching
+
+    model = load_model(tiny_base).eval()
+    seqs = [((5, 6, 7, 8, 9), (10, 11)), ((12, 13), (14,)), ((3, 4, 5, 6, 7, 8, 9), (20, 21, 22))]
+    batch = collate([ScoredSequence(p + c, len(c)) for p, c in seqs], 0, torch.device("cpu"))
+    with torch.no_grad():
+        whole, mask = continuation_logprobs(model, batch, copies=2)
+        monkeypatch.setattr(batching, "LOGIT_CHUNK_ELEMENTS", 1)  # one row per chunk
+        chunked, chunked_mask = continuation_logprobs(model, batch, copies=2)
+    assert torch.equal(whole, chunked) and torch.equal(mask, chunked_mask)
+    assert whole.shape == (6, 3)
+
+
 def test_shared_prefix_scores_equal_full_sequences(tiny_base):
     model = load_model(tiny_base).eval()
     prompts = [(5, 6, 7, 8, 9), (12, 13)]

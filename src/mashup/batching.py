@@ -9,6 +9,11 @@ import torch
 from torch import nn
 
 
+# Float32 logits one log-softmax call may hold (1 GiB): scoring several adapters per forward on a GPU
+# makes many rows, and a row's answer positions times a large vocabulary add up fast.
+LOGIT_CHUNK_ELEMENTS = 1 << 28
+
+
 @dataclass(frozen=True)
 class ScoredSequence:
     """Token ids whose last ``n_scored`` tokens are the continuation being scored."""
@@ -44,9 +49,12 @@ def continuation_logprobs(model: nn.Module, batch: dict[str, torch.Tensor], copi
     keep = int(n_scored.max())
     out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                 position_ids=batch["position_ids"], logits_to_keep=keep + 1)
-    logits = out.logits[:, :-1, :].float()
+    logits = out.logits[:, :-1, :]
     targets = batch["input_ids"][:, -keep:]
-    logprobs = torch.log_softmax(logits, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    # the float32 log-softmax runs on row chunks, so the head's logits are held once, not three times
+    rows = max(1, LOGIT_CHUNK_ELEMENTS // (keep * logits.shape[-1]))
+    logprobs = torch.cat([torch.log_softmax(chunk.float(), dim=-1).gather(-1, t.unsqueeze(-1)).squeeze(-1)
+                          for chunk, t in zip(logits.split(rows), targets.split(rows))])
     offsets = torch.arange(keep, device=n_scored.device).unsqueeze(0)
     mask = offsets >= (keep - n_scored).unsqueeze(1)
     return logprobs * mask, mask

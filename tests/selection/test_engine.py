@@ -1,9 +1,11 @@
+import dataclasses
+
 import pytest
 import torch
 
 from mashup.evaluation import score_requests
 from mashup.models import attach_adapter, load_model
-from mashup.selection.engine import GROUP_ROWS, ScoringEngine, default_adapters_per_forward, forward_tokens
+from mashup.selection.engine import CUDA_GROUP_ROWS, GROUP_ROWS, ScoringEngine, default_adapters_per_forward, forward_tokens
 from tests.selection.helpers import records_for, requests_for
 from tests.tiny import save_tiny_lora
 
@@ -76,6 +78,8 @@ def test_default_grouping_follows_the_examples_each_adapter_brings(tiny_base, ti
     assert default_adapters_per_forward(tiny_base, settings, 2) == GROUP_ROWS // 2
     assert default_adapters_per_forward(tiny_base, settings, 100) == GROUP_ROWS // 8
     assert default_adapters_per_forward(tiny_base, settings) == GROUP_ROWS // 8
+    on_gpu = dataclasses.replace(settings, device=torch.device("cuda"))  # only its type is read
+    assert default_adapters_per_forward(tiny_base, on_gpu) == CUDA_GROUP_ROWS // 8 > GROUP_ROWS // 8
     records = records_for(tiny_loras)
     engine = ScoringEngine(tiny_base, requests, settings)
     first = engine.score(records, indices=(0, 1))
