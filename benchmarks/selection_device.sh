@@ -17,8 +17,10 @@
 #       machine (its library, scores and assembled GGUF stay in /tmp) when the second ran out of time.
 #
 # On an H100 (15 minutes of device time, start included) the build took about 2 minutes and each target
-# about 3 (exhaustive 1,000 x 256 in 110 s, then the selectors with a live halving run); set TARGETS to the
-# ones still missing, e.g. TARGETS=hellaswag,piqa,social_iqa LIVE=hellaswag.
+# 1.5-4 (exhaustive 1,000 x 256 in 67-191 s, then the selectors with a live halving run of 10-50 s); the
+# prefilter pass spent 132 s on piqa's signals before they were computed in chunks. Set TARGETS to the
+# ones still missing, e.g. TARGETS=hellaswag,commonsense_qa,openbookqa,sciq LIVE=hellaswag, and give the
+# prefilter pass its own call (PASSES=2) on the warm machine.
 # A carried path is gone on the next call unless that call carries it again, so setup copies what run
 # needs to /tmp, which lasts as long as the machine stays warm (about 30 s between calls).
 # The real adapters train in BUILD_PRECISION (default fp32: on an H200 a bf16 build before the cuDNN

@@ -10,7 +10,7 @@ import math
 import mmap
 import os
 import struct
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -91,6 +91,23 @@ def load_weight_dir(model_dir: Path, *, allow_pickle: bool = False) -> dict[str,
     for path in weight_files(model_dir, allow_pickle=allow_pickle):
         tensors.update(load_weights(path))
     return tensors
+
+
+def map_weight_dir(model_dir: Path, shapes: Mapping[str, Sequence[int]], *, allow_pickle: bool = False
+                   ) -> dict[str, torch.Tensor]:
+    """``load_weight_dir``, but as views into the mapped file where the dir is one safetensors file of
+    exactly ``shapes`` in one dtype (see ``read_tensor_block``): no read and no tensor per name up front."""
+    files = weight_files(model_dir, allow_pickle=allow_pickle)
+    expected = sorted((name, tuple(shape)) for name, shape in shapes.items())
+    block = read_tensor_block(files[0], expected) if len(files) == 1 else None
+    if block is None:
+        return load_weight_dir(model_dir, allow_pickle=allow_pickle)
+    views, offset = {}, 0
+    for name, shape in expected:
+        size = math.prod(shape)
+        views[name] = block[offset:offset + size].view(shape)
+        offset += size
+    return views
 
 
 def read_tensor_block(path: Path, expected: Sequence[tuple[str, tuple[int, ...]]]) -> torch.Tensor | None:

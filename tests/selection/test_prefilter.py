@@ -6,11 +6,11 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from mashup.config import PrefilterConfig
-from mashup.io import load_weight_dir
+from mashup.io import load_weight_dir, map_weight_dir
 from mashup.library.score_cache import fingerprint
-from mashup.selection.arrow import affinity, prototypes
+from mashup.selection.arrow import affinity, prototypes, prototypes_of
 from mashup.selection.engine import ScoringEngine
-from mashup.selection.first_order import predicted_change
+from mashup.selection.first_order import predicted_change, predicted_changes
 from mashup.selection.prefilter import _round_robin, keep_count, run_prefilter
 from mashup.selection.probe import run_probe
 from mashup.selection.signal_cache import SignalCache, weights_key
@@ -37,6 +37,41 @@ def test_first_order_equals_the_dense_inner_product():
     dense = sum((grads[m] * (tensors[f"{PREFIX}{m}.lora_B.weight"] @ tensors[f"{PREFIX}{m}.lora_A.weight"])).sum()
                 for m in modules)
     assert predicted_change(grads, tensors, 0.5) == pytest.approx(0.5 * float(dense), rel=1e-5)
+
+
+def test_signals_batched_over_adapters_equal_one_at_a_time():
+    """Stacked adapters (fp32 and bf16 mixed) give each one's own first-order value and prototypes."""
+    generator = torch.Generator().manual_seed(2)
+    modules = ["layers.0.q", "layers.1.up"]
+    adapters = [_factors(generator, modules) for _ in range(3)]
+    adapters[1] = {k: v.bfloat16() for k, v in adapters[1].items()}
+    grads = {m: torch.randn(7 if m.endswith("q") else 4, 5 if m.endswith("q") else 6, generator=generator)
+             for m in modules}
+    batched = predicted_changes(grads, adapters, [0.5, 2.0, 1.0])
+    assert batched == pytest.approx([predicted_change(grads, t, s) for t, s in zip(adapters, [0.5, 2.0, 1.0])],
+                                    rel=1e-5)
+    assert len(set(batched)) == 3
+    for protos, tensors in zip(prototypes_of(adapters, modules), adapters):
+        for module, vector in prototypes(tensors, modules).items():
+            assert abs(float(protos[module] @ vector)) == pytest.approx(1.0, abs=1e-5)
+    # dependent rows of A (a singular A A^T) take the QR route: here B A has rank 1, v = A's row direction
+    repeated = {k: (v[:1].expand_as(v).clone() if "lora_A" in k else v) for k, v in adapters[0].items()}
+    for module, vector in prototypes_of([adapters[2], repeated], modules)[1].items():
+        row = repeated[f"{PREFIX}{module}.lora_A.weight"][0]
+        assert abs(float(vector @ row / row.norm())) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_mapped_weights_equal_loaded_ones_and_fall_back(tmp_path, tiny_loras):
+    from mashup.library import inspect_checkpoint
+
+    shapes = inspect_checkpoint(tiny_loras[0]).shapes
+    loaded = load_weight_dir(tiny_loras[0])
+    mapped = map_weight_dir(tiny_loras[0], shapes)
+    assert mapped.keys() == loaded.keys() and all(torch.equal(mapped[k], loaded[k]) for k in loaded)
+    name = next(iter(shapes))
+    other = {**shapes, name: [shapes[name][0] + 1, *shapes[name][1:]]}  # not this file's layout: read as usual
+    fallback = map_weight_dir(tiny_loras[0], other)
+    assert all(torch.equal(fallback[k], loaded[k]) for k in loaded)
 
 
 def test_arrow_prototype_is_the_top_right_singular_vector_of_the_dense_update():
@@ -109,3 +144,24 @@ def test_keep_count_and_round_robin():
     assert keep_count(1000, PrefilterConfig(keep=50, min_keep=1)) == 50
     assert _round_robin([["a", "b", "c", "d"], ["c", "a", "e", "f"]], 4) == {"a", "c", "b", "e"}
     assert _round_robin([["a", "b"], ["a", "b"]], 5) == {"a", "b"}
+
+
+def test_prefilter_ranks_every_rank_of_the_probed_modules_and_keeps_other_layouts(tmp_path, tiny_base, tiny_loras,
+                                                                                     mc_file):
+    """Ranks 4 and 2 on the same modules are both ranked (their factors stack per rank); an adapter on
+    other modules, which the probe did not cover, is kept unranked."""
+    from tests.tiny import save_tiny_lora
+
+    workspace, requests = requests_for(tiny_base, mc_file, 6, "cloze")
+    rank2 = save_tiny_lora(tiny_base, tmp_path / "rank2", seed=7, r=2)
+    q_only = save_tiny_lora(tiny_base, tmp_path / "q-only", seed=8, targets=("q_proj",))
+    records = records_for([*tiny_loras, rank2, q_only])
+    config = PrefilterConfig(keep=2, min_keep=1)
+    result = run_prefilter(records, requests, workspace.settings(3), tiny_base, config, "key")
+    ranked = {r.id for r in records[:4]}
+    assert set(result.values["first_order"]) == ranked and set(result.values["arrow"]) == ranked
+    assert records[4] in result.kept and len(result.kept) == 2
+    single = predicted_change(run_probe(tiny_base, requests, workspace.settings(3), SlotLayout.of(records[3]).modules,
+                                        gradients=True, inputs=False).gradients, load_weight_dir(rank2),
+                              records[3].lora_scale)
+    assert result.values["first_order"][records[3].id] == pytest.approx(single, rel=1e-4)

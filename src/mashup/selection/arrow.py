@@ -17,13 +17,42 @@ from mashup.selection.slots import adapter_factors
 
 def prototypes(tensors: Mapping[str, torch.Tensor], modules: Sequence[str]) -> dict[str, torch.Tensor]:
     """Unit top right singular vector of each module's B @ A (the scale does not change it)."""
-    out = {}
+    return prototypes_of([tensors], modules)[0]
+
+
+def prototypes_of(adapters: Sequence[Mapping[str, torch.Tensor]], modules: Sequence[str]
+                  ) -> list[dict[str, torch.Tensor]]:
+    """``prototypes`` of several adapters of one layout, batched over them: r x r problems only.
+
+    R comes from the Cholesky factor of A A^T (= R^T R) and the top right singular vector of B R^T from
+    the r x r eigenproblem of its Gram matrix, instead of a QR and an SVD per matrix: LAPACK's fixed
+    cost per call, not the arithmetic, set the time of the many small factorisations. Factors whose
+    A A^T is singular take the QR route.
+    """
+    out: list[dict[str, torch.Tensor]] = [{} for _ in adapters]
     for module in modules:
-        a, b = (t.double() for t in adapter_factors(tensors, module))
-        q, r = torch.linalg.qr(a.T)  # a.T: [in, r]
-        _, _, vh = torch.linalg.svd(b @ r.T, full_matrices=False)
-        out[module] = (q @ vh[0]).float()
+        factors = [adapter_factors(tensors, module) for tensors in adapters]
+        a = torch.stack([a.float() for a, _ in factors])  # [C, r, in]
+        b = torch.stack([b.float() for _, b in factors])  # [C, out, r]
+        # the r x r Gram matrices in float32 (no float64 copy of the factors), everything after in float64
+        lower, info = torch.linalg.cholesky_ex((a @ a.transpose(1, 2)).double())  # A A^T = L L^T: R = L^T
+        gram = lower.transpose(1, 2) @ (b.transpose(1, 2) @ b).double() @ lower  # of B R^T
+        _, eigenvectors = torch.linalg.eigh(gram)  # ascending: the top one is last
+        w = torch.linalg.solve_triangular(lower.transpose(1, 2), eigenvectors[:, :, -1:], upper=True)
+        vectors = (a.transpose(1, 2) @ w.float()).squeeze(-1)  # Q w = A^T R^-1 w, [C, in]
+        for i in torch.nonzero(info).flatten().tolist():
+            vectors[i] = _top_right_vector(a[i].double(), b[i].double()).float()
+        vectors = vectors / vectors.norm(dim=1, keepdim=True)
+        for protos, vector in zip(out, vectors):
+            protos[module] = vector.clone()  # its own storage: the signal cache saves each one
     return out
+
+
+def _top_right_vector(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """The top right singular vector of B @ A by QR and SVD, for an A whose rows are dependent."""
+    q, r = torch.linalg.qr(a.T)  # a.T: [in, r]
+    _, _, vh = torch.linalg.svd(b @ r.T, full_matrices=False)
+    return q @ vh[0]
 
 
 def affinity(inputs: Mapping[str, torch.Tensor], candidates: Sequence[Mapping[str, torch.Tensor]]) -> list[float]:

@@ -15,19 +15,22 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
+
 from mashup.config import PrefilterConfig
 from mashup.data.prompts import EncodedRequest
 from mashup.evaluation import ScoreSettings
 from mashup.library import CheckpointRecord
-from mashup.io import load_weight_dir
-from mashup.selection.arrow import affinity, prototypes
-from mashup.selection.first_order import predicted_change
+from mashup.io import map_weight_dir
+from mashup.selection.arrow import affinity, prototypes_of
+from mashup.selection.first_order import predicted_changes
 from mashup.selection.probe import Probe, run_probe
 from mashup.selection.signal_cache import SignalCache, weights_key
 from mashup.selection.slots import SlotLayout
 
 logger = logging.getLogger(__name__)
 SIGNALS = ("first_order", "arrow")
+CHUNK = 32  # candidates whose factors are stacked for one batched product (about 320 MB of SmolLM2 adapters)
 
 
 @dataclass
@@ -46,10 +49,13 @@ def keep_count(n: int, config: PrefilterConfig) -> int:
 def run_prefilter(records: Sequence[CheckpointRecord], requests: Sequence[EncodedRequest], settings: ScoreSettings,
                   base_dir: Path, config: PrefilterConfig, fingerprint: str, *, library_dir: Path | None = None,
                   allow_pickle: bool = False) -> PrefilterResult:
-    """The candidates worth scoring: every one without a plain LoRA layout, plus the best by the signals."""
+    """The candidates worth scoring: every one the signals cannot rank (no plain LoRA layout, or other
+    target modules than the first such adapter's, which the probe covers), plus the best by the signals."""
     start = time.perf_counter()
     layouts = {r.id: SlotLayout.of(r) for r in records}
-    eligible = [r for r in records if layouts[r.id] is not None]
+    plain = [r for r in records if layouts[r.id] is not None]
+    modules = layouts[plain[0].id].modules if plain else ()
+    eligible = [r for r in plain if layouts[r.id].modules == modules]
     count = keep_count(len(records), config)
     if not eligible or count >= len(records):
         return PrefilterResult(list(records), seconds=time.perf_counter() - start)
@@ -59,18 +65,17 @@ def run_prefilter(records: Sequence[CheckpointRecord], requests: Sequence[Encode
     missing = {signal: [r for r in eligible if r.id not in values[signal]] for signal in config.signals}
     result = PrefilterResult([])
     if any(missing.values()):
-        layout = layouts[eligible[0].id]
-        assert layout is not None
-        probe = run_probe(base_dir, requests, settings, layout.modules, gradients=bool(missing.get("first_order")),
+        probe = run_probe(base_dir, requests, settings, modules, gradients=bool(missing.get("first_order")),
                           inputs=bool(missing.get("arrow")), allow_pickle=allow_pickle)
         result.probe_tokens = probe.tokens * (3 if probe.gradients else 1)
-        fresh = _compute(missing, probe, layout, keys, cache, allow_pickle)
+        fresh = _compute(missing, probe, modules, keys, cache, settings.device, allow_pickle)
         for signal, new in fresh.items():
             values[signal].update(new)
             if cache is not None:
                 cache.put_signals(signal, fingerprint, {keys[i]: v for i, v in new.items()})
     chosen = best_by_signals(values, count - (len(records) - len(eligible)))
-    result.kept = [r for r in records if layouts[r.id] is None or r.id in chosen]
+    ranked = {r.id for r in eligible}
+    result.kept = [r for r in records if r.id not in ranked or r.id in chosen]
     result.values = values
     result.seconds = time.perf_counter() - start
     return result
@@ -84,30 +89,47 @@ def _cached(cache: SignalCache | None, signal: str, fingerprint: str, records: S
     return {r.id: found[keys[r.id]] for r in records if keys[r.id] in found}
 
 
-def _compute(missing: dict[str, list[CheckpointRecord]], probe: Probe, layout: SlotLayout, keys: dict[str, str],
-             cache: SignalCache | None, allow_pickle: bool) -> dict[str, dict[str, float]]:
-    """Each missing value, reading each candidate's factors once (Arrow prototypes from the cache when there)."""
+def _compute(missing: dict[str, list[CheckpointRecord]], probe: Probe, modules: Sequence[str], keys: dict[str, str],
+             cache: SignalCache | None, device: torch.device, allow_pickle: bool) -> dict[str, dict[str, float]]:
+    """Each missing value, reading each candidate's factors once (Arrow prototypes from the cache when there).
+
+    Candidates go in chunks of one rank, their factors mapped from the files: the first-order products
+    and the prototypes' r x r problems are batched over a chunk, and the gradients move once to the
+    device the probe ran on.
+    """
     first_ids = {r.id for r in missing.get("first_order", [])}
     arrow_ids = {r.id for r in missing.get("arrow", [])}
     known = cache.prototypes(keys[i] for i in arrow_ids) if cache is not None and arrow_ids else {}
+    gradients = {module: grad.to(device) for module, grad in probe.gradients.items()}
     fresh: dict[str, dict[str, float]] = {signal: {} for signal in missing}
-    protos, new_protos = {}, {}
-    for record in {r.id: r for records in missing.values() for r in records}.values():
-        key = keys[record.id]
-        needs_tensors = record.id in first_ids or (record.id in arrow_ids and key not in known)
-        tensors = load_weight_dir(Path(record.path), allow_pickle=allow_pickle) if needs_tensors else {}
-        if record.id in first_ids:
-            fresh["first_order"][record.id] = predicted_change(probe.gradients, tensors, record.lora_scale)
-        if record.id in arrow_ids:
-            protos[record.id] = known[key] if key in known else prototypes(tensors, layout.modules)
-            if key not in known:
-                new_protos[key] = protos[record.id]
+    protos = {i: known[keys[i]] for i in arrow_ids if keys[i] in known}
+    new_protos = {}
+    todo = [r for r in {r.id: r for records in missing.values() for r in records}.values()
+            if r.id in first_ids or r.id not in protos]
+    for chunk in _chunks(todo):
+        tensors = [map_weight_dir(Path(r.path), r.shapes, allow_pickle=allow_pickle) for r in chunk]
+        first = [(r, t) for r, t in zip(chunk, tensors) if r.id in first_ids]
+        if first:
+            values = predicted_changes(gradients, [t for _, t in first], [r.lora_scale for r, _ in first])
+            fresh["first_order"].update((r.id, v) for (r, _), v in zip(first, values))
+        arrow = [(r, t) for r, t in zip(chunk, tensors) if r.id in arrow_ids and r.id not in protos]
+        if arrow:
+            for (record, _), computed in zip(arrow, prototypes_of([t for _, t in arrow], modules)):
+                protos[record.id] = new_protos[keys[record.id]] = computed
     if arrow_ids:
         ids = sorted(arrow_ids)
         fresh["arrow"] = {i: -a for i, a in zip(ids, affinity(probe.inputs, [protos[i] for i in ids]))}
         if cache is not None and new_protos:
             cache.put_prototypes(new_protos)
     return fresh
+
+
+def _chunks(records: Sequence[CheckpointRecord]) -> list[list[CheckpointRecord]]:
+    """Up to CHUNK records of one rank each (factors of one rank stack)."""
+    by_rank: dict[int | None, list[CheckpointRecord]] = {}
+    for record in records:
+        by_rank.setdefault(record.lora_r, []).append(record)
+    return [group[i:i + CHUNK] for group in by_rank.values() for i in range(0, len(group), CHUNK)]
 
 
 def best_by_signals(values: dict[str, dict[str, float]], count: int) -> set[str]:
