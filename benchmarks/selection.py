@@ -13,7 +13,8 @@ on cloze data the gold continuation only, as the reference code scores it):
 
 "ours" includes loading the base, batching the sample and loading every adapter. It also prints the
 milliseconds to put one adapter into a slot: its file mapped and copied as one block (what the engine
-does with a one-dtype safetensors file) against ``load_file`` and a copy per tensor. ``--groups`` adds
+does with a one-dtype safetensors file) against ``load_file`` and a copy per tensor, and the prefilter's
+signals per adapter computed one adapter at a time against stacked in chunks. ``--groups`` adds
 timings with a forced number of adapters per forward; ``--naive-max`` times the naive loop on the
 first adapters only (each adapter costs the same there). "with accuracy" times ours scoring every
 choice too (``--with-accuracy`` of ``select``), what a loss ranking spared.
@@ -56,6 +57,7 @@ class ThroughputRow:
     ours_by_group: dict[int, float]  # s/adapter with a forced number of adapters per forward
     ours_with_accuracy_s_per_adapter: float  # every choice scored too (cloze), at the default group
     swap_ms_per_adapter: dict[str, float]  # into a slot: "one_block" and "tensor_by_tensor" (best of 3 passes)
+    signals_ms_per_adapter: dict[str, float]  # prefilter signals: "one_at_a_time" and "chunked" (best of 2 passes)
 
     @property
     def overhead_ratio(self) -> float:
@@ -171,7 +173,8 @@ def measure(model_name: str, base: Path, adapters: list[Path], data, args: argpa
         times.append(time.perf_counter() - start)
     tokens = sum(forward_tokens(r, with_accuracy=False) for r in requests)
     return ThroughputRow(model_name, len(adapters), len(requests), tokens, naive, by_group[group], by_group[1],
-                         min(times), group, by_group, with_accuracy, swap_times(base, records, settings.device))
+                         min(times), group, by_group, with_accuracy, swap_times(base, records, settings.device),
+                         signal_times(base, records, requests, settings))
 
 
 def swap_times(base: Path, records: list, device: torch.device, passes: int = 3) -> dict[str, float]:
@@ -196,6 +199,28 @@ def swap_times(base: Path, records: list, device: torch.device, passes: int = 3)
 
     return {"one_block": per_adapter(lambda path: slots.load_adapter(0, path, 1.0)),
             "tensor_by_tensor": per_adapter(lambda path: slots.load(0, load_weight_dir(path), 1.0))}
+
+
+def signal_times(base: Path, records: list, requests: list, settings, passes: int = 2) -> dict[str, float]:
+    """Milliseconds per adapter for the prefilter's two signals (first-order and Arrow, the probe excluded):
+    each adapter alone, and stacked in chunks as the prefilter does."""
+    from mashup.selection.prefilter import CHUNK, compute_signals
+    from mashup.selection.probe import run_probe
+    from mashup.selection.slots import SlotLayout
+
+    modules = SlotLayout.of(records[0]).modules
+    probe = run_probe(base, requests, settings, modules, gradients=True, inputs=True)
+    missing = {"first_order": records, "arrow": records}
+
+    def per_adapter(chunk: int) -> float:
+        best = float("inf")
+        for _ in range(passes):
+            start = time.perf_counter()
+            compute_signals(missing, probe, modules, {r.id: r.id for r in records}, None, settings.device, chunk=chunk)
+            best = min(best, time.perf_counter() - start)
+        return 1000 * best / len(records)
+
+    return {"one_at_a_time": per_adapter(1), "chunked": per_adapter(CHUNK)}
 
 
 def run_throughput(args: argparse.Namespace) -> list[ThroughputRow]:
@@ -227,7 +252,9 @@ def _print_row(row: ThroughputRow) -> None:
           f"({row.ours_with_accuracy_s_per_adapter / row.ours_s_per_adapter:.2f}x ours)  "
           + "  ".join(f"G={g}: {t:.3f}" for g, t in row.ours_by_group.items())
           + f"  | swap into a slot, ms/adapter: one block {row.swap_ms_per_adapter['one_block']:.2f}, "
-          f"tensor by tensor {row.swap_ms_per_adapter['tensor_by_tensor']:.2f}", flush=True)
+          f"tensor by tensor {row.swap_ms_per_adapter['tensor_by_tensor']:.2f}"
+          f"  | prefilter signals, ms/adapter: one at a time {row.signals_ms_per_adapter['one_at_a_time']:.1f}, "
+          f"chunked {row.signals_ms_per_adapter['chunked']:.1f}", flush=True)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -119,3 +119,7 @@ def test_loss_selection_scores_only_the_gold_answer_and_the_cache_knows_it(tmp_p
     scored.clear()
     again = select(str(tiny_base), data, SelectConfig(samples=10, k=2), tmp_path / "lib")
     assert scored == [] and all(s.cached and s.accuracy is not None for s in again.ranking)
+    # a cold loss-only selection would have cost the loss-only share of the every-choice rows' seconds
+    share = by_loss.stats["exhaustive_tokens"] / with_accuracy.stats["exhaustive_tokens"]
+    seconds = {s.id: s.seconds for s in by_accuracy.ranking}
+    assert all(s.seconds == pytest.approx(seconds[s.id] * share) and s.seconds > 0 for s in again.ranking)

@@ -68,7 +68,7 @@ def run_prefilter(records: Sequence[CheckpointRecord], requests: Sequence[Encode
         probe = run_probe(base_dir, requests, settings, modules, gradients=bool(missing.get("first_order")),
                           inputs=bool(missing.get("arrow")), allow_pickle=allow_pickle)
         result.probe_tokens = probe.tokens * (3 if probe.gradients else 1)
-        fresh = _compute(missing, probe, modules, keys, cache, settings.device, allow_pickle)
+        fresh = compute_signals(missing, probe, modules, keys, cache, settings.device, allow_pickle)
         for signal, new in fresh.items():
             values[signal].update(new)
             if cache is not None:
@@ -89,9 +89,11 @@ def _cached(cache: SignalCache | None, signal: str, fingerprint: str, records: S
     return {r.id: found[keys[r.id]] for r in records if keys[r.id] in found}
 
 
-def _compute(missing: dict[str, list[CheckpointRecord]], probe: Probe, modules: Sequence[str], keys: dict[str, str],
-             cache: SignalCache | None, device: torch.device, allow_pickle: bool) -> dict[str, dict[str, float]]:
-    """Each missing value, reading each candidate's factors once (Arrow prototypes from the cache when there).
+def compute_signals(missing: dict[str, list[CheckpointRecord]], probe: Probe, modules: Sequence[str],
+                    keys: dict[str, str], cache: SignalCache | None, device: torch.device, allow_pickle: bool = False,
+                    chunk: int = CHUNK) -> dict[str, dict[str, float]]:
+    """Each missing value (signal -> record id -> value), reading each candidate's factors once (Arrow
+    prototypes from the cache when there; ``keys`` are the records' weight keys).
 
     Candidates go in chunks of one rank, their factors mapped from the files: the first-order products
     and the prototypes' r x r problems are batched over a chunk, and the gradients move once to the
@@ -106,13 +108,13 @@ def _compute(missing: dict[str, list[CheckpointRecord]], probe: Probe, modules: 
     new_protos = {}
     todo = [r for r in {r.id: r for records in missing.values() for r in records}.values()
             if r.id in first_ids or r.id not in protos]
-    for chunk in _chunks(todo):
-        tensors = [map_weight_dir(Path(r.path), r.shapes, allow_pickle=allow_pickle) for r in chunk]
-        first = [(r, t) for r, t in zip(chunk, tensors) if r.id in first_ids]
+    for group in _chunks(todo, chunk):
+        tensors = [map_weight_dir(Path(r.path), r.shapes, allow_pickle=allow_pickle) for r in group]
+        first = [(r, t) for r, t in zip(group, tensors) if r.id in first_ids]
         if first:
             values = predicted_changes(gradients, [t for _, t in first], [r.lora_scale for r, _ in first])
             fresh["first_order"].update((r.id, v) for (r, _), v in zip(first, values))
-        arrow = [(r, t) for r, t in zip(chunk, tensors) if r.id in arrow_ids and r.id not in protos]
+        arrow = [(r, t) for r, t in zip(group, tensors) if r.id in arrow_ids and r.id not in protos]
         if arrow:
             for (record, _), computed in zip(arrow, prototypes_of([t for _, t in arrow], modules)):
                 protos[record.id] = new_protos[keys[record.id]] = computed
@@ -124,12 +126,12 @@ def _compute(missing: dict[str, list[CheckpointRecord]], probe: Probe, modules: 
     return fresh
 
 
-def _chunks(records: Sequence[CheckpointRecord]) -> list[list[CheckpointRecord]]:
-    """Up to CHUNK records of one rank each (factors of one rank stack)."""
+def _chunks(records: Sequence[CheckpointRecord], size: int) -> list[list[CheckpointRecord]]:
+    """Up to ``size`` records of one rank each (factors of one rank stack)."""
     by_rank: dict[int | None, list[CheckpointRecord]] = {}
     for record in records:
         by_rank.setdefault(record.lora_r, []).append(record)
-    return [group[i:i + CHUNK] for group in by_rank.values() for i in range(0, len(group), CHUNK)]
+    return [group[i:i + size] for group in by_rank.values() for i in range(0, len(group), size)]
 
 
 def best_by_signals(values: dict[str, dict[str, float]], count: int) -> set[str]:

@@ -16,7 +16,7 @@ from mashup.data.prompts import EncodedRequest
 from mashup.library import CheckpointRecord
 from mashup.library.score_cache import ScoreCache, fingerprint
 from mashup.scoring import CheckpointScore
-from mashup.selection.engine import ExampleScores
+from mashup.selection.engine import ExampleScores, forward_tokens
 
 
 @dataclass
@@ -73,6 +73,8 @@ class ScoreStore:
             return {}
         found = self.cache.get(fingerprint(self.base_dir, requests, self.bf16), (r.sha256 for r in records))
         out = {}
+        # a score cached with every choice answers a loss ranking at the loss-only share of its tokens
+        share = 1.0 if self.needs_accuracy else _loss_only_share(requests)
         for record in records:
             if record.sha256 in found:
                 loss, accuracy, n, seconds, losses = found[record.sha256]
@@ -80,7 +82,8 @@ class ScoreStore:
                     continue
                 # a cached score keeps the seconds it cost (0 for rows cached before that was recorded)
                 out[record.id] = PrefixScore(loss * n, None if accuracy is None else round(accuracy * n), n,
-                                             seconds=seconds or 0.0, cached=True,
+                                             seconds=(seconds or 0.0) * (1.0 if accuracy is None else share),
+                                             cached=True,
                                              losses=losses if losses is not None and len(losses) == n else None)
         return out
 
@@ -90,3 +93,9 @@ class ScoreStore:
             self.cache.put(fingerprint(self.base_dir, requests, self.bf16),
                            [(r.sha256, s.loss, s.accuracy, s.n, s.seconds, s.losses) for r, s in scores],
                            target=info.get("target"), sample=info)
+
+
+def _loss_only_share(requests: Sequence[EncodedRequest]) -> float:
+    """Forward tokens of a loss-only scoring of ``requests`` over those of scoring every choice."""
+    every_choice = sum(forward_tokens(r, with_accuracy=True) for r in requests)
+    return sum(forward_tokens(r, with_accuracy=False) for r in requests) / max(1, every_choice)
