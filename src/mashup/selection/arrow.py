@@ -36,11 +36,13 @@ def prototypes_of(adapters: Sequence[Mapping[str, torch.Tensor]], modules: Seque
         b = torch.stack([b.float() for _, b in factors])  # [C, out, r]
         # the r x r Gram matrices in float32 (no float64 copy of the factors), everything after in float64
         lower, info = torch.linalg.cholesky_ex((a @ a.transpose(1, 2)).double())  # A A^T = L L^T: R = L^T
+        failed = torch.nonzero(info).flatten().tolist()
+        lower[failed] = torch.eye(lower.shape[-1], dtype=lower.dtype)  # placeholders, replaced below
         gram = lower.transpose(1, 2) @ (b.transpose(1, 2) @ b).double() @ lower  # of B R^T
         _, eigenvectors = torch.linalg.eigh(gram)  # ascending: the top one is last
         w = torch.linalg.solve_triangular(lower.transpose(1, 2), eigenvectors[:, :, -1:], upper=True)
         vectors = (a.transpose(1, 2) @ w.float()).squeeze(-1)  # Q w = A^T R^-1 w, [C, in]
-        for i in torch.nonzero(info).flatten().tolist():
+        for i in failed:
             vectors[i] = _top_right_vector(a[i].double(), b[i].double()).float()
         vectors = vectors / vectors.norm(dim=1, keepdim=True)
         for protos, vector in zip(out, vectors):
