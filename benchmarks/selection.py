@@ -34,6 +34,7 @@ import json
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -166,15 +167,23 @@ def measure(model_name: str, base: Path, adapters: list[Path], data, args: argpa
 
     model = attach_adapter(load_model(base), adapters[0], trainable=False).to(settings.device).eval()
     plan = ScoringPlan(requests, settings, with_accuracy=False)
-    times = []
-    for _ in range(args.repeats):
-        start = time.perf_counter()
-        plan.run(model)
-        times.append(time.perf_counter() - start)
+    limit = best_seconds(lambda: plan.run(model), args.repeats)
     tokens = sum(forward_tokens(r, with_accuracy=False) for r in requests)
     return ThroughputRow(model_name, len(adapters), len(requests), tokens, naive, by_group[group], by_group[1],
-                         min(times), group, by_group, with_accuracy, swap_times(base, records, settings.device),
+                         limit, group, by_group, with_accuracy, swap_times(base, records, settings.device),
                          signal_times(base, records, requests, settings))
+
+
+def best_seconds(run: Callable[[], object], passes: int) -> float:
+    """The fastest of ``passes`` runs, in seconds (on a GPU, up to the last kernel's end)."""
+    best = float("inf")
+    for _ in range(passes):
+        start = time.perf_counter()
+        run()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - start)
+    return best
 
 
 def swap_times(base: Path, records: list, device: torch.device, passes: int = 3) -> dict[str, float]:
@@ -187,15 +196,7 @@ def swap_times(base: Path, records: list, device: torch.device, passes: int = 3)
     paths = [Path(r.path) for r in records]
 
     def per_adapter(load) -> float:
-        best = float("inf")
-        for _ in range(passes):
-            start = time.perf_counter()
-            for path in paths:
-                load(path)
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            best = min(best, time.perf_counter() - start)
-        return 1000 * best / len(paths)
+        return 1000 * best_seconds(lambda: [load(path) for path in paths], passes) / len(paths)
 
     return {"one_block": per_adapter(lambda path: slots.load_adapter(0, path, 1.0)),
             "tensor_by_tensor": per_adapter(lambda path: slots.load(0, load_weight_dir(path), 1.0))}
@@ -213,12 +214,9 @@ def signal_times(base: Path, records: list, requests: list, settings, passes: in
     missing = {"first_order": records, "arrow": records}
 
     def per_adapter(chunk: int) -> float:
-        best = float("inf")
-        for _ in range(passes):
-            start = time.perf_counter()
-            compute_signals(missing, probe, modules, {r.id: r.id for r in records}, None, settings.device, chunk=chunk)
-            best = min(best, time.perf_counter() - start)
-        return 1000 * best / len(records)
+        seconds = best_seconds(lambda: compute_signals(missing, probe, modules, {r.id: r.id for r in records}, None,
+                                                       settings.device, chunk=chunk), passes)
+        return 1000 * seconds / len(records)
 
     return {"one_at_a_time": per_adapter(1), "chunked": per_adapter(CHUNK)}
 

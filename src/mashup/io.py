@@ -22,7 +22,8 @@ from mashup.atomic_dir import atomic_output_dir
 from mashup.errors import CheckpointError
 
 logger = logging.getLogger(__name__)
-__all__ = ["atomic_output_dir", "check_finite", "load_weight_dir", "load_weights", "read_tensor_block",
+__all__ = ["atomic_output_dir", "check_finite", "load_weight_dir", "load_weights", "map_weight_dir",
+           "read_dir_block", "read_tensor_block",
            "sha256_files", "stat_files", "tensor_shapes", "weight_files", "write_json"]
 
 _SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
@@ -97,9 +98,8 @@ def map_weight_dir(model_dir: Path, shapes: Mapping[str, Sequence[int]], *, allo
                    ) -> dict[str, torch.Tensor]:
     """``load_weight_dir``, but as views into the mapped file where the dir is one safetensors file of
     exactly ``shapes`` in one dtype (see ``read_tensor_block``): no read and no tensor per name up front."""
-    files = weight_files(model_dir, allow_pickle=allow_pickle)
     expected = sorted((name, tuple(shape)) for name, shape in shapes.items())
-    block = read_tensor_block(files[0], expected) if len(files) == 1 else None
+    block = read_dir_block(model_dir, expected, allow_pickle=allow_pickle)
     if block is None:
         return load_weight_dir(model_dir, allow_pickle=allow_pickle)
     views, offset = {}, 0
@@ -108,6 +108,13 @@ def map_weight_dir(model_dir: Path, shapes: Mapping[str, Sequence[int]], *, allo
         views[name] = block[offset:offset + size].view(shape)
         offset += size
     return views
+
+
+def read_dir_block(model_dir: Path, expected: Sequence[tuple[str, tuple[int, ...]]], *, allow_pickle: bool = False
+                   ) -> torch.Tensor | None:
+    """``read_tensor_block`` of a dir whose weights are one file; None for a dir of several files."""
+    files = weight_files(model_dir, allow_pickle=allow_pickle)
+    return read_tensor_block(files[0], expected) if len(files) == 1 else None
 
 
 def read_tensor_block(path: Path, expected: Sequence[tuple[str, tuple[int, ...]]]) -> torch.Tensor | None:

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mashup.io import load_weight_dir, read_tensor_block, weight_files
+from mashup.io import load_weight_dir, read_dir_block
 from mashup.library.records import ADAPTER_CONFIG, CheckpointRecord
 
 _PREFIX = "base_model.model."
@@ -148,8 +148,7 @@ class LoRASlots:
     def load_adapter(self, slot: int, adapter_dir: Path, scale: float, allow_pickle: bool = False) -> bool:
         """Copy an adapter dir's factors into ``slot``: one copy from the mapped file when it is laid out as
         the storage row, else tensor by tensor. False (nothing loaded) when its shapes do not fit."""
-        files = weight_files(adapter_dir, allow_pickle=allow_pickle)
-        block = read_tensor_block(files[0], self.factors) if len(files) == 1 else None
+        block = read_dir_block(adapter_dir, self.factors, allow_pickle=allow_pickle)
         if block is not None:
             self.storage[slot].copy_(block)
             self.scale[slot] = scale
