@@ -29,6 +29,7 @@ class RecordingExecutor:
     """A local executor that keeps the per-example scores of every unit covering the whole sample."""
 
     name = "local"  # select_checkpoints pins a local executor's engine to the driver's device
+    worker_device = None
 
     def __init__(self, samples: int, on_record: Callable[[str, dict[str, Any]], None]) -> None:
         self._inner = LocalExecutor()
@@ -62,6 +63,7 @@ class ReplayExecutor:
 
     name = "replay"
     retried = 0
+    worker_device = None  # units sized for the driver's device, as a local run would be
 
     def __init__(self, recorded: Recorded) -> None:
         self.recorded = recorded

@@ -31,6 +31,7 @@ class Executor(Protocol):
 
     name: str
     retried: int  # units run again after a failure, over this executor's life
+    worker_device: str | None  # the device type workers score on ("cuda", "cpu"); None: the caller's own
 
     def map(self, factory: WorkerFactory, units: Sequence[Any], *, on_result: ResultFn | None = None) -> list[Any]:
         ...
@@ -47,6 +48,7 @@ class LocalExecutor:
     """Units one at a time in this process; the worker is built once per factory and kept for later maps."""
 
     name = "local"
+    worker_device = None  # the worker runs in this process, on its device
 
     def __init__(self, retries: int = 2) -> None:
         self.retries = retries

@@ -67,6 +67,7 @@ class RayExecutor:
                      logging_level=logging.WARNING)
         gpus = int(ray.cluster_resources().get("GPU", 0))
         self._options: dict[str, Any] = {"num_gpus": 1} if gpus else {"num_cpus": cpus_per_worker}
+        self.worker_device = "cuda" if gpus else "cpu"
         cpus = int(ray.cluster_resources().get("CPU", 1))
         self.workers = workers or (gpus if gpus else max(1, cpus // cpus_per_worker))
         self._remote = ray.remote(_Actor)

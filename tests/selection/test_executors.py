@@ -62,3 +62,40 @@ def test_ray_executor_without_ray_says_how_to_install_it(monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray now raises ImportError
     with pytest.raises(MashupError, match=r"pip install 'mashup\[ray\]'"):
         make_executor("ray")
+
+
+
+class SizeNotingExecutor(LocalExecutor):
+    """Runs here and notes each unit's size; ``worker_device`` set, it says its workers score there, as GPU
+    actors behind a CPU driver do."""
+
+    def __init__(self, worker_device: str | None) -> None:
+        super().__init__()
+        self.name = "local" if worker_device is None else "remote-like"
+        self.worker_device = worker_device
+        self.unit_sizes: list[int] = []
+
+    def map(self, factory, units, *, on_result=None):
+        self.unit_sizes += [len(unit.records) for unit in units]
+        return super().map(factory, units, on_result=on_result)
+
+
+@pytest.mark.parametrize(("worker_device", "sizes"), [(None, [2, 2, 2, 1]), ("cpu", [2, 2, 2, 1]), ("cuda", [7])])
+def test_units_are_sized_for_the_workers_device(tiny_base, tiny_loras, mc_file, tmp_path, monkeypatch, worker_device,
+                                                sizes):
+    import mashup.selection.engine as engine
+    from mashup.config import SelectConfig
+    from mashup.selection import select_checkpoints
+    from tests.selection.helpers import records_for, requests_for
+    from tests.tiny import save_tiny_lora
+
+    monkeypatch.setattr(engine, "GROUP_ROWS", 16)  # 2 adapters x 8 rows per forward on a CPU
+    monkeypatch.setattr(engine, "CUDA_GROUP_ROWS", 64)  # 8 on a GPU
+    extra = [save_tiny_lora(tiny_base, tmp_path / f"x{i}", seed=40 + i) for i in range(7 - len(tiny_loras))]
+    workspace, requests = requests_for(tiny_base, mc_file, 8, "cloze")
+    executor = SizeNotingExecutor(worker_device)
+    config = SelectConfig(samples=8, k=2, batch_size=8, cache=False)
+    selection = select_checkpoints(workspace, records_for([*tiny_loras, *extra]), requests, config, None,
+                                   executor=executor)
+    assert len(selection.ranking) == 7
+    assert executor.unit_sizes == sizes

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
+
+import torch
 
 from mashup.config import SelectConfig
 from mashup.data.prompts import EncodedRequest
@@ -43,8 +46,14 @@ def select_checkpoints(workspace: Workspace, records: Sequence[CheckpointRecord]
                            samples=len(requests),
                            exhaustive_tokens=len(records) * sample_tokens(requests, with_accuracy))
 
-    def unit_size(examples: int) -> int:  # a unit is what one worker call scores: one forward's adapters
-        return config.adapters_per_forward or default_adapters_per_forward(workspace.base_dir, settings, examples)
+    # a unit is what one worker call scores: one forward's adapters on the workers' device (GPU actors
+    # behind a CPU driver still get GPU-sized units)
+    worker_settings = settings if local or executor.worker_device is None else replace(
+        settings, device=torch.device(executor.worker_device))
+
+    def unit_size(examples: int) -> int:
+        return config.adapters_per_forward or default_adapters_per_forward(workspace.base_dir, worker_settings,
+                                                                           examples)
 
     store = ScoreStore(library_dir if config.cache else None, workspace.base_dir, sample_info,
                        needs_accuracy=with_accuracy, bf16=settings.bf16)
