@@ -13,7 +13,9 @@
 #       library's catalog and logs come back in $OUT. THROUGHPUT=1 first runs the engine's throughput
 #       benchmark on 32 SmolLM2 adapters x 256 questions (ours against the naive loop and the forward
 #       limit, and the slot loads; a few minutes, most of it writing the adapters) into
-#       $OUT/throughput.{txt,json}. PASSES=2 runs the prefilter pass alone: a third call on the still-warm
+#       $OUT/throughput.{txt,json}. PADDING=1 first times loss scoring with length-budget batches against
+#       fixed-size ones on the 8 targets (scoring_padding.py, 256-question batches, 4 copies per forward as the
+#       engine stacks them on CUDA; about a minute) into $OUT/padding.{txt,json}. PASSES=2 runs the prefilter pass alone: a third call on the still-warm
 #       machine (its library, scores and assembled GGUF stay in /tmp) when the second ran out of time.
 #
 # On an H100 (15 minutes of device time, start included) the build took about 2 minutes and each target
@@ -100,6 +102,10 @@ run() {
   if [ "${THROUGHPUT:-0}" = 1 ] && [[ $PASSES == *1* ]]; then
     timeout $((stop - SECONDS)) python3 benchmarks/selection.py --tiny-ns "" --real-ns 32 --samples 256 \
       --batch-size 256 --naive-max 8 --groups 4,32 --json-out "$OUT/throughput.json" > "$OUT/throughput.txt" 2>&1
+  fi
+  if [ "${PADDING:-0}" = 1 ]; then
+    timeout $((stop - SECONDS)) python3 benchmarks/scoring_padding.py --batch-sizes 256 --copies 4 --repeats 3 \
+      --json-out "$OUT/padding.json" > "$OUT/padding.txt" 2>&1
   fi
   if [[ $PASSES == *1* ]]; then
     timeout $((stop - SECONDS)) python3 benchmarks/selection.py $common --stage all --selectors halving \

@@ -1,6 +1,15 @@
+import random
+
 import torch
 
-from mashup.batching import ScoredSequence, collate, continuation_logprobs, last_token_logprobs, shared_prefix_logprobs
+from mashup.batching import (
+    ScoredSequence,
+    collate,
+    continuation_logprobs,
+    last_token_logprobs,
+    length_batches,
+    shared_prefix_logprobs,
+)
 from mashup.models import load_model
 
 
@@ -55,3 +64,22 @@ def test_last_token_logprobs_ignore_left_padding(tiny_base):
         got = last_token_logprobs(model, batch)
         alone = torch.log_softmax(model(input_ids=torch.tensor([[5, 6, 7]])).logits[0, -1], dim=-1)
     assert torch.allclose(got[0], alone, atol=1e-5)
+
+
+def test_length_batches_give_a_long_tail_its_own_batch():
+    lengths = [10] * 15 + [100]
+    batches = length_batches(range(16), lengths, batch_size=16)
+    assert batches == [list(range(15)), [15]]  # 16 rows padded to 100 would be 10x the median's budget
+
+
+def test_length_batches_keep_order_rows_and_budget():
+    rng = random.Random(0)
+    lengths = [rng.choice([5, 8, 12, 40, 90]) for _ in range(200)]
+    order = sorted(range(200), key=lengths.__getitem__)
+    batches = length_batches(order, lengths, batch_size=16)
+    assert [i for batch in batches for i in batch] == order
+    budget = 16 * sorted(lengths)[100]
+    for batch in batches:
+        assert 1 <= len(batch) <= 16
+        assert len(batch) == 1 or len(batch) * max(lengths[i] for i in batch) <= budget
+    assert length_batches([], [], 4) == []

@@ -13,6 +13,7 @@ from mashup.batching import (
     PrefixBatch,
     ScoredSequence,
     collate,
+    length_batches,
     continuation_logprobs,
     last_token_logprobs,
     prefix_batch,
@@ -102,9 +103,10 @@ class _AnswerBatch:
 
 
 def _letter_batches(requests: Sequence[EncodedRequest], s: ScoreSettings) -> list[_LetterBatch]:
-    order = sorted(range(len(requests)), key=lambda i: len(requests[i].prompt_ids))
+    lengths = [len(r.prompt_ids) for r in requests]
+    order = sorted(range(len(requests)), key=lambda i: lengths[i])
     batches = []
-    for chunk in _batches(order, s.batch_size):
+    for chunk in length_batches(order, lengths, s.batch_size):
         width = max(len(requests[i].continuation_ids) for i in chunk)
         choice_ids = torch.zeros((len(chunk), width), dtype=torch.long)
         mask = torch.zeros((len(chunk), width), dtype=torch.bool)
@@ -143,10 +145,12 @@ def answer_sequence(request: EncodedRequest) -> ScoredSequence:
 
 
 def _answer_batches(requests: Sequence[EncodedRequest], s: ScoreSettings) -> list[_AnswerBatch]:
-    # Every row's LM head covers the batch's longest answer, so batch similar answer lengths together.
-    order = sorted(range(len(requests)), key=lambda i: (len(requests[i].gold_ids), len(requests[i].prompt_ids)))
+    # Rows are padded to the batch's longest sequence, which costs more than the LM head over its longest
+    # answer (a position through the whole model against one through the head), so sort by total length.
+    lengths = [len(r.prompt_ids) + len(r.gold_ids) for r in requests]
+    order = sorted(range(len(requests)), key=lambda i: (lengths[i], len(requests[i].gold_ids)))
     batches = []
-    for chunk in _batches(order, s.batch_size):
+    for chunk in length_batches(order, lengths, s.batch_size):
         rs = [requests[i] for i in chunk]
         inputs = collate([answer_sequence(r) for r in rs], s.pad_id, s.device)
         batches.append(_AnswerBatch(chunk, inputs, torch.tensor([len(r.gold_ids) for r in rs], dtype=torch.float64)))
@@ -155,6 +159,9 @@ def _answer_batches(requests: Sequence[EncodedRequest], s: ScoreSettings) -> lis
 
 class ScoringPlan:
     """Requests ordered, batched and collated once; ``run`` scores them with a model, as often as needed.
+
+    Letter and loss-only batches hold similar lengths, at most ``batch_size`` rows and about
+    ``batch_size`` median-length rows' worth of padded tokens (``mashup.batching.length_batches``).
 
     With ``copies`` = G the model is run on every batch stacked G times (copy-major rows), which is
     how G LoRA slots are scored in one forward (see mashup.selection.slots). ``with_accuracy=False``

@@ -5,7 +5,15 @@ import torch
 
 from mashup.evaluation import score_requests
 from mashup.models import attach_adapter, load_model
-from mashup.selection.engine import CUDA_GROUP_ROWS, GROUP_ROWS, ScoringEngine, default_adapters_per_forward, forward_tokens
+import mashup.selection.engine as engine_module
+from mashup.selection.engine import (
+    CPU_LARGE_MODEL_GROUP_ROWS,
+    CUDA_GROUP_ROWS,
+    GROUP_ROWS,
+    ScoringEngine,
+    default_adapters_per_forward,
+    forward_tokens,
+)
 from tests.selection.helpers import records_for, requests_for
 from tests.tiny import save_tiny_lora
 
@@ -70,7 +78,7 @@ def test_grouped_forward_matches_one_adapter_at_a_time(tiny_base, tiny_loras, mc
         assert torch.allclose(torch.tensor(a.losses), torch.tensor(b.losses), atol=1e-5)
 
 
-def test_default_grouping_follows_the_examples_each_adapter_brings(tiny_base, tiny_loras, mc_file):
+def test_default_grouping_follows_the_examples_each_adapter_brings(tiny_base, tiny_loras, mc_file, monkeypatch):
     """Few examples per adapter (a first halving round) put more adapters in one forward. The slots are
     built once, for the first call; a later call on more examples groups fewer adapters into them."""
     workspace, requests = requests_for(tiny_base, mc_file, 12, "cloze")
@@ -80,6 +88,11 @@ def test_default_grouping_follows_the_examples_each_adapter_brings(tiny_base, ti
     assert default_adapters_per_forward(tiny_base, settings) == GROUP_ROWS // 8
     on_gpu = dataclasses.replace(settings, device=torch.device("cuda"))  # only its type is read
     assert default_adapters_per_forward(tiny_base, on_gpu) == CUDA_GROUP_ROWS // 8 > GROUP_ROWS // 8
+    with monkeypatch.context() as patch:  # as if the base were a real model: fewer rows per forward on a CPU
+        patch.setattr(engine_module, "CPU_GROUPING_MAX_PARAMETERS", 0)
+        assert default_adapters_per_forward(tiny_base, settings) == CPU_LARGE_MODEL_GROUP_ROWS // 8 < GROUP_ROWS // 8
+        assert default_adapters_per_forward(tiny_base, workspace.settings(256)) == 1
+        assert default_adapters_per_forward(tiny_base, on_gpu) == CUDA_GROUP_ROWS // 8
     records = records_for(tiny_loras)
     engine = ScoringEngine(tiny_base, requests, settings)
     first = engine.score(records, indices=(0, 1))
