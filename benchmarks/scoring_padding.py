@@ -104,7 +104,8 @@ def main(argv: list[str] | None = None) -> None:
         for batch_size in (int(x) for x in args.batch_sizes.split(",")):
             row = {"target": target, **measure(model, workspace, requests, batch_size, args.repeats, args.copies)}
             results.append(row)
-            print(f"{target:>15} batch {batch_size:<4} {len(requests)} rows  | fixed: {row['fixed']['batches']} batches, "
+            print(f"{target:>15} batch {batch_size:<4} {len(requests)} rows  | "
+                  f"fixed: {row['fixed']['batches']} batches, "
                   f"padded {row['fixed']['padded_over_real']:.2f}x real, {row['fixed']['seconds']:.2f} s  | budget: "
                   f"{row['budget']['batches']} batches, padded {row['budget']['padded_over_real']:.2f}x real, "
                   f"{row['budget']['seconds']:.2f} s  | budget/fixed {row['seconds_ratio']:.2f}  "

@@ -40,10 +40,10 @@ def length_batches(order: Sequence[int], lengths: Sequence[int], batch_size: int
     """``order`` cut into consecutive batches of at most ``batch_size`` rows whose padded size (rows x the
     longest row's length) stays within ``batch_size`` x the median length.
 
-    Every row of a batch is padded to its longest, so with one length cap a few long requests would
-    pad a whole batch: on 256 PIQA questions in one batch of 256, 4.4x the real tokens. With the budget the long
-    tail goes into smaller batches, and a batch holds about what ``batch_size`` typical rows do. ``order``
-    should list the rows by ascending length.
+    Every row of a batch is padded to its longest, so with a row cap alone a few long requests pad a
+    whole batch (256 PIQA questions in one batch: 4.4x the real tokens). With the budget the long tail
+    goes into smaller batches, and no batch is larger than ``batch_size`` rows of the longest would be.
+    ``order`` should list the rows by ascending length.
     """
     if not order:
         return []

@@ -13,9 +13,9 @@ from mashup.batching import (
     PrefixBatch,
     ScoredSequence,
     collate,
-    length_batches,
     continuation_logprobs,
     last_token_logprobs,
+    length_batches,
     prefix_batch,
     prefix_batch_logprobs,
 )
