@@ -14,15 +14,16 @@
 #       benchmark on 32 SmolLM2 adapters x 256 questions (ours against the naive loop and the forward
 #       limit, and the slot loads; a few minutes, most of it writing the adapters) into
 #       $OUT/throughput.{txt,json}. PADDING=1 first times loss scoring with length-budget batches against
-#       fixed-size ones on the 8 targets (scoring_padding.py, 256-question batches, 4 copies per forward as the
-#       engine stacks them on CUDA; about a minute) into $OUT/padding.{txt,json}. PASSES=2 runs the prefilter pass alone: a third call on the still-warm
-#       machine (its library, scores and assembled GGUF stay in /tmp) when the second ran out of time.
+#       fixed-size ones on the 8 targets (scoring_padding.py, 256-question batches, 4 copies per forward as
+#       the engine stacks them on CUDA; about a minute, not yet run) into $OUT/padding.{txt,json}. PASSES=2
+#       runs the prefilter pass alone: a third call on the still-warm machine (its library, scores and
+#       assembled GGUF stay in /tmp) when the second ran out of time.
 #
 # On an H100 (15 minutes of device time, start included) the build took about 2 minutes and each target
 # 1.5-4 (exhaustive 1,000 x 256 in 67-191 s, then the selectors with a live halving run of 10-50 s); the
 # prefilter pass spent 132 s on piqa's signals before they were computed in chunks. Set TARGETS to the
-# ones still missing, e.g. TARGETS=hellaswag,commonsense_qa,openbookqa,sciq LIVE=hellaswag, and give the
-# prefilter pass its own call (PASSES=2) on the warm machine.
+# ones still missing, e.g. PADDING=1 TARGETS=hellaswag,commonsense_qa,openbookqa,sciq LIVE=hellaswag, and
+# give the prefilter pass its own call (PASSES=2) on the warm machine.
 # A carried path is gone on the next call unless that call carries it again, so setup copies what run
 # needs to /tmp, which lasts as long as the machine stays warm (about 30 s between calls).
 # The real adapters train in BUILD_PRECISION (default fp32: on an H200 a bf16 build before the cuDNN
