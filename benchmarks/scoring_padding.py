@@ -44,16 +44,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def fixed_size_batches(plan, requests: list, batch_size: int) -> list:
-    """The baseline: the plan's requests in batches of ``batch_size`` rows, by answer then prompt length."""
+def fixed_size_batches(settings, requests: list) -> list:
+    """The baseline: the requests in batches of exactly ``settings.batch_size`` rows, by answer then prompt length."""
     from mashup.batching import collate
     from mashup.evaluation import _AnswerBatch, _batches, answer_sequence
 
     order = sorted(range(len(requests)), key=lambda i: (len(requests[i].gold_ids), len(requests[i].prompt_ids)))
     batches = []
-    for chunk in _batches(order, batch_size):
+    for chunk in _batches(order, settings.batch_size):
         rows = [requests[i] for i in chunk]
-        inputs = collate([answer_sequence(r) for r in rows], plan.settings.pad_id, plan.settings.device)
+        inputs = collate([answer_sequence(r) for r in rows], settings.pad_id, settings.device)
         batches.append(_AnswerBatch(chunk, inputs, torch.tensor([len(r.gold_ids) for r in rows], dtype=torch.float64)))
     return batches
 
@@ -65,18 +65,19 @@ def padded_tokens(batches: list) -> int:
 def measure(model, workspace, requests: list, batch_size: int, repeats: int, copies: int = 1) -> dict:
     from mashup.evaluation import ScoringPlan
 
-    plan = ScoringPlan(requests, workspace.settings(batch_size), with_accuracy=False)
-    baseline = ScoringPlan(requests, workspace.settings(batch_size), with_accuracy=False)
-    baseline.batches = fixed_size_batches(baseline, requests, batch_size)
+    settings = workspace.settings(batch_size)
+    plan = ScoringPlan(requests, settings, with_accuracy=False)
+    baseline = ScoringPlan(requests, settings, with_accuracy=False)
+    baseline.batches = fixed_size_batches(settings, requests)
     real = sum(len(r.prompt_ids) + len(r.gold_ids) for r in requests)
     row: dict = {"batch_size": batch_size, "real_tokens": real}
+    losses = {}
     for name, p in (("fixed", baseline), ("budget", plan)):
         scored: list[torch.Tensor] = []
         seconds = best_seconds(lambda: scored.append(p.run(model, copies)[0]), repeats)
         row[name] = {"batches": len(p.batches), "padded_over_real": padded_tokens(p.batches) / real, "seconds": seconds}
-        row.setdefault("losses", []).append(scored[-1])
-    fixed_losses, budget_losses = row.pop("losses")
-    row["max_loss_difference"] = float((fixed_losses - budget_losses).abs().max())
+        losses[name] = scored[-1]
+    row["max_loss_difference"] = float((losses["fixed"] - losses["budget"]).abs().max())
     row["seconds_ratio"] = row["budget"]["seconds"] / row["fixed"]["seconds"]
     return row
 

@@ -3,8 +3,13 @@ from dataclasses import dataclass, field
 
 import pytest
 
+import mashup.selection.engine as engine
+from mashup.config import SelectConfig
 from mashup.errors import DataError, MashupError
 from mashup.executors import LocalExecutor, UnitFailed, make_executor
+from mashup.selection import select_checkpoints
+from tests.selection.helpers import records_for, requests_for
+from tests.tiny import save_tiny_lora
 
 
 @dataclass(eq=False)
@@ -64,7 +69,6 @@ def test_ray_executor_without_ray_says_how_to_install_it(monkeypatch):
         make_executor("ray")
 
 
-
 class SizeNotingExecutor(LocalExecutor):
     """Runs here and notes each unit's size; ``worker_device`` set, it says its workers score there, as GPU
     actors behind a CPU driver do."""
@@ -83,12 +87,6 @@ class SizeNotingExecutor(LocalExecutor):
 @pytest.mark.parametrize(("worker_device", "sizes"), [(None, [2, 2, 2, 1]), ("cpu", [2, 2, 2, 1]), ("cuda", [7])])
 def test_units_are_sized_for_the_workers_device(tiny_base, tiny_loras, mc_file, tmp_path, monkeypatch, worker_device,
                                                 sizes):
-    import mashup.selection.engine as engine
-    from mashup.config import SelectConfig
-    from mashup.selection import select_checkpoints
-    from tests.selection.helpers import records_for, requests_for
-    from tests.tiny import save_tiny_lora
-
     monkeypatch.setattr(engine, "GROUP_ROWS", 16)  # 2 adapters x 8 rows per forward on a CPU
     monkeypatch.setattr(engine, "CUDA_GROUP_ROWS", 64)  # 8 on a GPU
     extra = [save_tiny_lora(tiny_base, tmp_path / f"x{i}", seed=40 + i) for i in range(7 - len(tiny_loras))]
