@@ -139,7 +139,7 @@ def measure(model_name: str, base: Path, adapters: list[Path], data, args: argpa
     from mashup.data.target import load_target
     from mashup.evaluation import ScoringPlan
     from mashup.models import attach_adapter, load_model
-    from mashup.selection.engine import ScoringEngine, default_adapters_per_forward, forward_tokens
+    from mashup.selection.engine import ScoringEngine, default_adapters_per_forward, sample_tokens
     from mashup.workspace import open_workspace
 
     workspace = open_workspace(str(base), data)
@@ -168,7 +168,7 @@ def measure(model_name: str, base: Path, adapters: list[Path], data, args: argpa
     model = attach_adapter(load_model(base), adapters[0], trainable=False).to(settings.device).eval()
     plan = ScoringPlan(requests, settings, with_accuracy=False)
     limit = best_seconds(lambda: plan.run(model), args.repeats)
-    tokens = sum(forward_tokens(r, with_accuracy=False) for r in requests)
+    tokens = sample_tokens(requests, with_accuracy=False)
     return ThroughputRow(model_name, len(adapters), len(requests), tokens, naive, by_group[group], by_group[1],
                          limit, group, by_group, with_accuracy, swap_times(base, records, settings.device),
                          signal_times(base, records, requests, settings))

@@ -144,13 +144,18 @@ def answer_sequence(request: EncodedRequest) -> ScoredSequence:
     return ScoredSequence(tuple(request.prompt_ids) + tuple(request.gold_ids), len(request.gold_ids))
 
 
-def _answer_batches(requests: Sequence[EncodedRequest], s: ScoreSettings) -> list[_AnswerBatch]:
+def answer_batch_rows(requests: Sequence[EncodedRequest], batch_size: int) -> list[list[int]]:
+    """Which requests form each batch of prompt + gold answer sequences (loss scoring, the prefilter's probe)."""
     # Rows are padded to the batch's longest sequence, which costs more than the LM head over its longest
     # answer (a position through the whole model against one through the head), so sort by total length.
     lengths = [len(r.prompt_ids) + len(r.gold_ids) for r in requests]
     order = sorted(range(len(requests)), key=lambda i: (lengths[i], len(requests[i].gold_ids)))
+    return length_batches(order, lengths, batch_size)
+
+
+def _answer_batches(requests: Sequence[EncodedRequest], s: ScoreSettings) -> list[_AnswerBatch]:
     batches = []
-    for chunk in length_batches(order, lengths, s.batch_size):
+    for chunk in answer_batch_rows(requests, s.batch_size):
         rs = [requests[i] for i in chunk]
         inputs = collate([answer_sequence(r) for r in rs], s.pad_id, s.device)
         batches.append(_AnswerBatch(chunk, inputs, torch.tensor([len(r.gold_ids) for r in rs], dtype=torch.float64)))

@@ -12,8 +12,8 @@ from mashup.config import SelectConfig
 from mashup.data.prompts import EncodedRequest
 from mashup.executors import Executor, make_executor
 from mashup.library import CheckpointRecord
-from mashup.selection.driver import ProgressFn, Selection, SelectionContext, SelectionStats, sample_tokens
-from mashup.selection.engine import default_adapters_per_forward
+from mashup.selection.driver import ProgressFn, Selection, SelectionContext, SelectionStats
+from mashup.selection.engine import default_adapters_per_forward, sample_tokens
 from mashup.selection.scores import ScoreStore
 from mashup.selection.selectors import get_selector
 from mashup.selection.units import EngineFactory
@@ -48,7 +48,7 @@ def select_checkpoints(workspace: Workspace, records: Sequence[CheckpointRecord]
 
     # a unit is what one worker call scores: one forward's adapters on the workers' device (GPU actors
     # behind a CPU driver still get GPU-sized units)
-    worker_settings = settings if local or executor.worker_device is None else replace(
+    worker_settings = settings if executor.worker_device is None else replace(
         settings, device=torch.device(executor.worker_device))
 
     def unit_size(examples: int) -> int:

@@ -21,7 +21,7 @@ from mashup.executors import Executor
 from mashup.library import CheckpointRecord
 from mashup.library.score_cache import fingerprint
 from mashup.scoring import CheckpointScore
-from mashup.selection.engine import ExampleScores, forward_tokens
+from mashup.selection.engine import ExampleScores
 from mashup.selection.scores import PrefixScore, ScoreStore
 from mashup.selection.units import EngineFactory, ScoreUnit
 
@@ -148,6 +148,3 @@ class SelectionContext:
         known = self.known.get(record.id)
         return known.n if known is not None and known.n < n else 0
 
-
-def sample_tokens(requests: Sequence[EncodedRequest], with_accuracy: bool = True) -> int:
-    return sum(forward_tokens(r, with_accuracy) for r in requests)

@@ -74,6 +74,11 @@ def forward_tokens(request: EncodedRequest, with_accuracy: bool = True) -> int:
     return len(request.prompt_ids) + sum(len(c) for c in request.continuation_ids)
 
 
+def sample_tokens(requests: Sequence[EncodedRequest], with_accuracy: bool = True) -> int:
+    """Forward tokens of scoring every request once (see ``forward_tokens``)."""
+    return sum(forward_tokens(r, with_accuracy) for r in requests)
+
+
 def default_adapters_per_forward(base_dir: Path, settings: ScoreSettings, examples: int | None = None) -> int:
     """How many adapters share a forward: enough rows to fill the matmuls (more on a GPU, fewer for a real
     model on a CPU).
@@ -122,7 +127,7 @@ class ScoringEngine:
         return self._plans[indices]
 
     def tokens(self, indices: Sequence[int]) -> int:
-        return sum(forward_tokens(self.requests[i], self.with_accuracy) for i in indices)
+        return sample_tokens([self.requests[i] for i in indices], self.with_accuracy)
 
     def score(self, records: Sequence[CheckpointRecord], indices: Sequence[int] | None = None,
               on_scored: Callable[[ExampleScores], None] | None = None) -> list[ExampleScores]:

@@ -16,9 +16,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from mashup.batching import answer_losses, collate, length_batches
+from mashup.batching import answer_losses, collate
 from mashup.data.prompts import EncodedRequest
-from mashup.evaluation import ScoreSettings, answer_sequence
+from mashup.evaluation import ScoreSettings, answer_batch_rows, answer_sequence
 from mashup.models import autocast, load_model
 
 
@@ -45,12 +45,11 @@ def run_probe(base_dir: Path, requests: Sequence[EncodedRequest], settings: Scor
     hooks = [linear.register_forward_hook(_capture(name, captured, keep)) for name, linear in linears.items()
              ] if inputs else []
     pairs = [answer_sequence(r) for r in requests]
-    lengths = [len(p.ids) for p in pairs]
     generator = torch.Generator().manual_seed(seed)
     rows_per_example = max(1, max_input_rows // max(1, len(requests)))
     tokens = 0
-    try:  # batched by length, as scoring is, so padding costs little
-        for rows in length_batches(sorted(range(len(pairs)), key=lengths.__getitem__), lengths, settings.batch_size):
+    try:
+        for rows in answer_batch_rows(requests, settings.batch_size):  # scoring's batches: little padding
             batch = collate([pairs[i] for i in rows], settings.pad_id, settings.device)
             keep["rows"] = _token_sample(batch["attention_mask"], rows_per_example, generator)
             tokens += int(batch["attention_mask"].sum())

@@ -16,7 +16,7 @@ from mashup.data.prompts import EncodedRequest
 from mashup.library import CheckpointRecord
 from mashup.library.score_cache import ScoreCache, fingerprint
 from mashup.scoring import CheckpointScore
-from mashup.selection.engine import ExampleScores, forward_tokens
+from mashup.selection.engine import ExampleScores, sample_tokens
 
 
 @dataclass
@@ -97,5 +97,4 @@ class ScoreStore:
 
 def _loss_only_share(requests: Sequence[EncodedRequest]) -> float:
     """Forward tokens of a loss-only scoring of ``requests`` over those of scoring every choice."""
-    every_choice = sum(forward_tokens(r, with_accuracy=True) for r in requests)
-    return sum(forward_tokens(r, with_accuracy=False) for r in requests) / max(1, every_choice)
+    return sample_tokens(requests, with_accuracy=False) / max(1, sample_tokens(requests, with_accuracy=True))
