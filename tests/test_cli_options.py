@@ -125,11 +125,23 @@ def test_name_option_names_a_file_target(tmp_path, tiny_base, capsys, monkeypatc
     assert __import__("yaml").safe_load((tmp_path / "trained" / "data_config.yaml").read_text())["name"] == "custom"
 
 
-def test_the_cli_starts_without_torch_transformers_or_peft():
-    """`mashup --help` stays fast: every verb imports its heavy modules on first use, not at CLI import."""
+def _imported_by(modules: str, heavy: tuple[str, ...]) -> list[str]:
+    """Which of ``heavy`` a fresh interpreter has imported after importing ``modules``."""
     import subprocess
     import sys
 
-    code = "import sys, mashup.cli; print(sorted(m for m in ('torch', 'transformers', 'peft') if m in sys.modules))"
-    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert loaded.strip() == "[]"
+    code = f"import sys, {modules}; print(sorted(m for m in {heavy!r} if m in sys.modules))"
+    return json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                     check=True).stdout.replace("'", '"'))
+
+
+def test_the_cli_starts_without_torch_transformers_or_peft():
+    """`mashup --help` stays fast: every verb imports its heavy modules on first use, not at CLI import."""
+    assert _imported_by("mashup.cli", ("torch", "transformers", "peft")) == []
+
+
+def test_library_commands_and_a_cached_select_import_no_model_code():
+    """Listing a library or its score matrix reads JSON and SQLite only; a select imports model code only
+    when it loads a model (a cached one loads none). On a 2-core CPU each of these imports costs seconds."""
+    assert _imported_by("mashup.library, mashup.library.report", ("torch", "transformers", "peft")) == []
+    assert _imported_by("mashup.verbs", ("peft", "transformers.modeling_utils")) == []

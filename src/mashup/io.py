@@ -12,21 +12,24 @@ import os
 import struct
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 from safetensors import safe_open
-from safetensors.torch import load_file
 
 from mashup.atomic_dir import atomic_output_dir
 from mashup.errors import CheckpointError
+
+# torch is imported where tensors are made: the library's catalog imports this module, and listing or
+# registering checkpoints reads headers and hashes bytes only (torch takes about 2 s to import here)
+if TYPE_CHECKING:
+    import torch
 
 logger = logging.getLogger(__name__)
 __all__ = ["atomic_output_dir", "check_finite", "load_weight_dir", "load_weights", "map_weight_dir",
            "read_dir_block", "read_tensor_block",
            "sha256_files", "stat_files", "tensor_shapes", "weight_files", "write_json"]
 
-_SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
+_SAFETENSORS_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16"}  # torch names
 _MAX_HEADER = 100 << 20
 
 
@@ -77,6 +80,9 @@ def weight_files(model_dir: Path, *, allow_pickle: bool = False) -> list[Path]:
 
 def load_weights(path: Path) -> dict[str, torch.Tensor]:
     """Load one weight file; pickles only through ``torch.load(weights_only=True)``."""
+    import torch
+    from safetensors.torch import load_file
+
     try:
         if path.suffix == ".safetensors":
             return load_file(str(path))
@@ -128,6 +134,8 @@ def read_tensor_block(path: Path, expected: Sequence[tuple[str, tuple[int, ...]]
     parsed here because safetensors does not expose data offsets; anything unexpected returns None and
     the caller falls back to ``load_weights``, whose errors say what is wrong.
     """
+    import torch
+
     try:
         with open(path, "rb") as handle:
             (size,) = struct.unpack("<Q", handle.read(8))
@@ -147,6 +155,8 @@ def read_tensor_block(path: Path, expected: Sequence[tuple[str, tuple[int, ...]]
 def _block_layout(raw_header: bytes, expected: tuple[tuple[str, tuple[int, ...]], ...]
                   ) -> tuple[torch.dtype | None, int]:
     """The one dtype and byte size of a header whose tensors are ``expected``, back to back from offset 0."""
+    import torch
+
     header = json.loads(raw_header)
     entries = sorted((tuple(v["data_offsets"]), name, v["dtype"], tuple(v["shape"]))
                      for name, v in header.items() if name != "__metadata__")
@@ -155,13 +165,14 @@ def _block_layout(raw_header: bytes, expected: tuple[tuple[str, tuple[int, ...]]
         return None, 0
     if tuple((name, shape) for _, name, _, shape in entries) != expected:
         return None, 0
-    itemsize = _SAFETENSORS_DTYPES[entries[0][2]].itemsize
+    dtype = getattr(torch, _SAFETENSORS_DTYPES[entries[0][2]])
+    itemsize = dtype.itemsize
     end = 0
     for (begin, stop), _, _, shape in entries:
         if begin != end or stop - begin != itemsize * math.prod(shape):
             return None, 0
         end = stop
-    return _SAFETENSORS_DTYPES[entries[0][2]], end
+    return dtype, end
 
 
 def tensor_shapes(path: Path) -> dict[str, list[int]]:
@@ -178,6 +189,8 @@ def tensor_shapes(path: Path) -> dict[str, list[int]]:
 
 def check_finite(files: list[Path]) -> None:
     """Refuse weights holding NaN or inf, one tensor in memory at a time."""
+    import torch
+
     for path in files:
         if path.suffix != ".safetensors":
             tensors = load_weights(path)

@@ -9,14 +9,19 @@ import os
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
-from peft import PeftModel
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from mashup.config import Precision
 from mashup.errors import CheckpointError, MashupError
 from mashup.io import load_weight_dir, weight_files
+
+# transformers' modeling code and peft are imported where a model is loaded: on a 2-core CPU they add
+# about 4 s to every command, and a cached select or a library listing loads no model
+if TYPE_CHECKING:
+    from peft import PeftModel
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +46,8 @@ def resolve_base_dir(base: str, cache_dir: Path | None = None) -> Path:
 
 
 def load_tokenizer(model_dir: Path) -> PreTrainedTokenizerBase:
+    from transformers import AutoTokenizer
+
     tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=False)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -50,6 +57,8 @@ def load_tokenizer(model_dir: Path) -> PreTrainedTokenizerBase:
 
 def load_model(model_dir: Path, *, allow_pickle: bool = False) -> PreTrainedModel:
     """Load a causal LM in float32 from safetensors (pickles only with ``allow_pickle``)."""
+    from transformers import AutoModelForCausalLM
+
     weight_files(Path(model_dir), allow_pickle=allow_pickle)  # refuses pickles early, with a clear line
     try:
         model = AutoModelForCausalLM.from_pretrained(
@@ -74,6 +83,8 @@ def quiet_peft_deprecations() -> Iterator[None]:
 
 def attach_adapter(model: PreTrainedModel, adapter_dir: Path, *, trainable: bool,
                    adapter_name: str = "default") -> PeftModel:
+    from peft import PeftModel
+
     try:
         with quiet_peft_deprecations():
             return PeftModel.from_pretrained(model, adapter_dir, adapter_name=adapter_name, is_trainable=trainable)

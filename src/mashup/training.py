@@ -13,10 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from peft import LoraConfig, PeftModel, get_peft_model, get_peft_model_state_dict
 from safetensors.torch import save_file
 from torch import nn
-from transformers import PreTrainedModel, get_cosine_schedule_with_warmup
 
 from mashup.batching import answer_losses, collate
 from mashup.config import TrainConfig
@@ -66,6 +64,8 @@ def prepare_model(base_dir: Path, config: TrainConfig, init: Path | None = None,
     model = load_model(base_dir, allow_pickle=allow_pickle)
     if init is not None:
         return attach_adapter(model, init, trainable=True)
+    from peft import LoraConfig, get_peft_model  # where a model is trained: see mashup.models on import time
+
     torch.manual_seed(config.seed)  # the fresh adapter's init is reproducible from the seed
     lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
                       target_modules=list(config.target_modules), use_rslora=config.use_rslora, task_type="CAUSAL_LM")
@@ -138,6 +138,8 @@ def train(model: nn.Module, train_requests: Sequence[EncodedRequest], eval_reque
     ``initial`` is the step-0 evaluation when the caller already has it (the same init evaluated on
     the same requests), which saves one evaluation per arm.
     """
+    from transformers import get_cosine_schedule_with_warmup
+
     steps = total_steps(len(train_requests), config)
     eval_every = config.eval_every or max(1, steps // 10)
     optimizer = _optimizer(model, config)
@@ -183,6 +185,8 @@ def _record(model: nn.Module, requests: Sequence[EncodedRequest], settings: Scor
 
 def save_init_adapter(model: nn.Module, path: Path) -> None:
     """Save a LoRA's starting weights: the reference its task vector is measured from."""
+    from peft import PeftModel, get_peft_model_state_dict
+
     if isinstance(model, PeftModel):
         # save_embedding_layers=False: we never train embeddings, and "auto" looks the base up on the Hub
         state = get_peft_model_state_dict(model, save_embedding_layers=False)
@@ -191,6 +195,9 @@ def save_init_adapter(model: nn.Module, path: Path) -> None:
 
 def save_trained(model: nn.Module, out_dir: Path, base_identity: str, tokenizer=None) -> Path:
     """Write a PEFT adapter dir (LoRA) or an HF model dir (full) and return it."""
+    from peft import PeftModel
+    from transformers import PreTrainedModel
+
     if isinstance(model, PeftModel):
         model.peft_config["default"].base_model_name_or_path = base_identity
         model.save_pretrained(out_dir, save_embedding_layers=False)  # "auto" would look the base up on the Hub

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
-
-from transformers import PreTrainedTokenizerBase
+from typing import TYPE_CHECKING, Literal
 
 from mashup.data.schema import LETTERS, MCExample
+
+if TYPE_CHECKING:  # the score cache reads requests without a tokenizer: no transformers import (~2 s) for it
+    from transformers import PreTrainedTokenizerBase
 
 Formulation = Literal["letter", "cloze"]
 DEFAULT_INSTRUCTION = "Answer the question below by choosing the correct choice."

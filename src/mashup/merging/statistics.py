@@ -6,9 +6,9 @@ import gc
 import logging
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
-from transformers import PreTrainedModel
 
 from mashup.errors import MergeError
 from mashup.library.records import CheckpointRecord
@@ -17,6 +17,9 @@ from mashup.merging.lora import base_weight_name
 from mashup.merging.plan import MergePlan
 from mashup.merging.regmean import estimate_gram
 from mashup.models import attach_adapter, load_model
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 logger = logging.getLogger(__name__)
 Tensors = dict[str, torch.Tensor]

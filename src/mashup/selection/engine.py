@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from peft import PeftModel
 from torch import nn
 
 from mashup.data.prompts import EncodedRequest
@@ -208,6 +207,8 @@ class ScoringEngine:
 
     def _peft_for(self, record: CheckpointRecord) -> nn.Module:
         """Adapters the slots cannot hold (other layouts, DoRA-like features) go through PEFT's own modules."""
+        from peft import PeftModel
+
         name = f"ckpt_{record.id}"
         if self._peft_model is None:
             self._peft_model = attach_adapter(self._load_base(), Path(record.path), trainable=False, adapter_name=name)
