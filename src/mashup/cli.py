@@ -257,7 +257,9 @@ def select_cmd(base: BaseOpt, data: DataOptions, library: LibraryOpt = None,
                selector: SelectorOpt = "exhaustive", halving_min_samples: HalvingMinOpt = None,
                halving_factor: HalvingFactorOpt = None, halving_keep_within_se: HalvingSeOpt = None,
                halving_max_share: HalvingShareOpt = None, executor: ExecutorOpt = "local", ray_address: RayAddressOpt = None,
-               precision: PrecisionOpt = None, as_json: JsonOpt = False) -> None:
+               precision: PrecisionOpt = None, as_json: JsonOpt = False,
+               rows: Annotated[int, typer.Option("--rows", min=0, help="ranks the table shows (0: all; --json "
+                                                 "always lists every one)")] = 20) -> None:
     """Rank compatible checkpoints by loss (or accuracy) on a sample of the target's train split."""
     from mashup.verbs import select
 
@@ -272,8 +274,12 @@ def select_cmd(base: BaseOpt, data: DataOptions, library: LibraryOpt = None,
         result = select(base, data.config(), config, library, kind=kind, allow_pickle=allow_pickle,
                         precision=precision, progress=progress)  # type: ignore[arg-type]
     err.print(selection_summary(result.stats), highlight=False)
-    table = Table("rank", "id", "task", "loss", "accuracy", "n", "seconds", title=f"ranking by {metric}")
-    for i, s in enumerate(result.ranking, 1):
+    shown = result.ranking[:rows] if rows else result.ranking
+    caption = (None if len(shown) == len(result.ranking)  # a library of 1,000 would scroll the summary away
+               else f"the first {len(shown)} of {len(result.ranking)} ranked: --rows 0 or --json for all")
+    table = Table("rank", "id", "task", "loss", "accuracy", "n", "seconds", title=f"ranking by {metric}",
+                  caption=caption)
+    for i, s in enumerate(shown, 1):
         seconds = "cached" if s.cached else f"{s.seconds:.1f}"
         table.add_row(str(i), s.id, s.task or "", f"{s.loss:.4f}", score_cell(s.accuracy, 3), str(s.n), seconds)
     emit(result.to_dict(), as_json, table)

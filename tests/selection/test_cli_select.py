@@ -26,3 +26,16 @@ def test_select_cli_rejects_unknown_selector_and_executor(tmp_path, tiny_base, t
     assert "selector" in err and "Traceback" not in err
     _, err = run_cli([*base, "--executor", "dask"], capsys, monkeypatch, expect=2)
     assert "executor" in err and "Traceback" not in err
+
+
+def test_the_ranking_table_shows_the_first_rows_and_says_how_to_see_all(tmp_path, tiny_base, tiny_loras, mc_file,
+                                                                         capsys, monkeypatch):
+    Library(tmp_path / "lib").add(tiny_loras)
+    args = ["select", "--base", tiny_base, "--data", mc_file, "--library", tmp_path / "lib", "--samples", 8,
+            "--scoring", "letter"]
+    out, _ = run_cli([*args, "--rows", 2], capsys, monkeypatch)
+    ids = json.loads(run_cli([*args, "--json"], capsys, monkeypatch)[0])["ranking"]
+    assert [r["id"] in out for r in ids] == [True, True, False]
+    assert "the first 2 of 3 ranked: --rows 0 or --json for all" in " ".join(out.split())
+    out, _ = run_cli([*args, "--rows", 0], capsys, monkeypatch)
+    assert all(r["id"] in out for r in ids) and "--rows 0" not in out
