@@ -1,4 +1,6 @@
 import math
+import random
+import statistics
 from pathlib import Path
 
 import pytest
@@ -11,7 +13,7 @@ from mashup.selection import get_selector, halving_schedule
 from mashup.selection.engine import forward_tokens
 from mashup.scoring import CheckpointScore, rank
 from mashup.selection.scores import PrefixScore
-from mashup.selection.selectors import close_contenders, near_tie_room, planned_work
+from mashup.selection.selectors import _mean_and_stdev, close_contenders, near_tie_room, planned_work
 from mashup.verbs import select, train_model
 from tests.conftest import write_mc_jsonl
 from tests.selection.helpers import requests_for
@@ -188,3 +190,12 @@ def test_close_contenders_are_the_ones_a_paired_test_cannot_tell_from_the_kth_be
     # a constant gap has no noise: significant at any width; a wide enough one keeps the far noisy one
     assert [s.id for s in close_contenders(ranked, scores, keep=2, k=2, within_se=100.0)] == ["noisy", "far"]
     assert [s.id for s in close_contenders(ranked, scores, keep=1, k=1, within_se=100.0)] == ["noisy"], "at most keep"
+
+
+def test_the_paired_tests_mean_and_stdev_are_the_statistics_modules():
+    generator = random.Random(0)
+    for n in (2, 3, 8, 256):
+        values = [generator.gauss(0, 1) * 10 ** generator.randint(-6, 2) for _ in range(n)]
+        mean, stdev = _mean_and_stdev(values)
+        assert mean == pytest.approx(statistics.fmean(values), rel=1e-12, abs=1e-300)
+        assert stdev == pytest.approx(statistics.stdev(values), rel=1e-12)
