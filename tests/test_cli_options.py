@@ -130,9 +130,8 @@ def _imported_by(modules: str, heavy: tuple[str, ...]) -> list[str]:
     import subprocess
     import sys
 
-    code = f"import sys, {modules}; print(sorted(m for m in {heavy!r} if m in sys.modules))"
-    return json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                                     check=True).stdout.replace("'", '"'))
+    code = f"import json, sys, {modules}; print(json.dumps(sorted(m for m in {heavy!r} if m in sys.modules)))"
+    return json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
 
 
 def test_the_cli_starts_without_torch_transformers_or_peft():

@@ -19,8 +19,9 @@ from safetensors import safe_open
 from mashup.atomic_dir import atomic_output_dir
 from mashup.errors import CheckpointError
 
-# torch is imported where tensors are made: the library's catalog imports this module, and listing or
-# registering checkpoints reads headers and hashes bytes only (torch takes about 2 s to import here)
+# torch is imported where tensors are made: the library's catalog imports this module, and listing the
+# library reads its catalog only (torch takes about 2 s to import here; registering imports it for the NaN
+# check)
 if TYPE_CHECKING:
     import torch
 
