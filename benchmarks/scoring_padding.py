@@ -46,16 +46,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def fixed_size_batches(settings, requests: list) -> list:
     """The baseline: the requests in batches of exactly ``settings.batch_size`` rows, by answer then prompt length."""
-    from mashup.batching import collate
-    from mashup.evaluation import _AnswerBatch, _batches, answer_sequence
+    from mashup.evaluation import _answer_batches, _batches
 
     order = sorted(range(len(requests)), key=lambda i: (len(requests[i].gold_ids), len(requests[i].prompt_ids)))
-    batches = []
-    for chunk in _batches(order, settings.batch_size):
-        rows = [requests[i] for i in chunk]
-        inputs = collate([answer_sequence(r) for r in rows], settings.pad_id, settings.device)
-        batches.append(_AnswerBatch(chunk, inputs, torch.tensor([len(r.gold_ids) for r in rows], dtype=torch.float64)))
-    return batches
+    return _answer_batches(requests, settings, _batches(order, settings.batch_size))
 
 
 def padded_tokens(batches: list) -> int:

@@ -153,9 +153,11 @@ def answer_batch_rows(requests: Sequence[EncodedRequest], batch_size: int) -> li
     return length_batches(order, lengths, batch_size)
 
 
-def _answer_batches(requests: Sequence[EncodedRequest], s: ScoreSettings) -> list[_AnswerBatch]:
+def _answer_batches(requests: Sequence[EncodedRequest], s: ScoreSettings,
+                    rows: Sequence[Sequence[int]] | None = None) -> list[_AnswerBatch]:
+    """Collated prompt + gold answer batches; ``rows``: which requests form each (default ``answer_batch_rows``)."""
     batches = []
-    for chunk in answer_batch_rows(requests, s.batch_size):
+    for chunk in answer_batch_rows(requests, s.batch_size) if rows is None else rows:
         rs = [requests[i] for i in chunk]
         inputs = collate([answer_sequence(r) for r in rs], s.pad_id, s.device)
         batches.append(_AnswerBatch(chunk, inputs, torch.tensor([len(r.gold_ids) for r in rs], dtype=torch.float64)))
