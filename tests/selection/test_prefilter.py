@@ -1,5 +1,6 @@
 import dataclasses
 import os
+import shutil
 
 import pytest
 import torch
@@ -10,6 +11,7 @@ from mashup.io import load_weight_dir, map_weight_dir
 from mashup.library.score_cache import fingerprint
 from mashup.selection.arrow import affinity, prototypes, prototypes_of
 from mashup.selection.engine import ScoringEngine
+from mashup.selection.factors import stack_factors
 from mashup.selection.first_order import predicted_change, predicted_changes
 from mashup.selection.prefilter import _round_robin, keep_count, run_prefilter
 from mashup.selection.probe import run_probe
@@ -47,18 +49,19 @@ def test_signals_batched_over_adapters_equal_one_at_a_time():
     adapters[1] = {k: v.bfloat16() for k, v in adapters[1].items()}
     grads = {m: torch.randn(7 if m.endswith("q") else 4, 5 if m.endswith("q") else 6, generator=generator)
              for m in modules}
-    batched = predicted_changes(grads, adapters, [0.5, 2.0, 1.0])
+    batched = predicted_changes(grads, stack_factors(adapters, modules), [0.5, 2.0, 1.0])
     assert batched == pytest.approx([predicted_change(grads, t, s) for t, s in zip(adapters, [0.5, 2.0, 1.0])],
                                     rel=1e-5)
     assert len(set(batched)) == 3
-    for protos, tensors in zip(prototypes_of(adapters, modules), adapters):
+    stacked = prototypes_of(stack_factors(adapters, modules))
+    for c, tensors in enumerate(adapters):
         for module, vector in prototypes(tensors, modules).items():
-            assert abs(float(protos[module] @ vector)) == pytest.approx(1.0, abs=1e-5)
+            assert abs(float(stacked[module][c] @ vector)) == pytest.approx(1.0, abs=1e-5)
     # dependent rows of A (a singular A A^T) take the QR route: here B A has rank 1, v = A's row direction
     repeated = {k: (v[:1].expand_as(v).clone() if "lora_A" in k else v) for k, v in adapters[0].items()}
-    for module, vector in prototypes_of([adapters[2], repeated], modules)[1].items():
+    for module, vectors in prototypes_of(stack_factors([adapters[2], repeated], modules)).items():
         row = repeated[f"{PREFIX}{module}.lora_A.weight"][0]
-        assert abs(float(vector @ row / row.norm())) == pytest.approx(1.0, abs=1e-5)
+        assert abs(float(vectors[1] @ row / row.norm())) == pytest.approx(1.0, abs=1e-5)
 
 
 def test_mapped_weights_equal_loaded_ones_and_fall_back(tmp_path, tiny_loras):
@@ -165,3 +168,43 @@ def test_prefilter_ranks_every_rank_of_the_probed_modules_and_keeps_other_layout
                                         gradients=True, inputs=False).gradients, load_weight_dir(rank2),
                               records[3].lora_scale)
     assert result.values["first_order"][records[3].id] == pytest.approx(single, rel=1e-4)
+
+
+def test_factors_read_from_files_equal_the_loaded_ones_and_a_changed_file_is_an_error(tmp_path, tiny_loras):
+    """One block per file where it is laid out as one, else loaded tensor by tensor; both as loaded."""
+    from mashup.errors import CheckpointError
+    from mashup.selection.factors import FactorReader
+
+    mixed = tmp_path / "mixed"  # two dtypes in one file: no single block
+    shutil.copytree(tiny_loras[1], mixed)
+    tensors = load_file(str(mixed / "adapter_model.safetensors"))
+    first = sorted(tensors)[0]
+    save_file({**tensors, first: tensors[first].bfloat16()}, str(mixed / "adapter_model.safetensors"))
+    records = records_for([tiny_loras[0], mixed])
+    modules = SlotLayout.of(records[0]).modules
+    reader = FactorReader(torch.device("cpu"))
+    reader.read(records[1:], modules)  # a smaller read first: the buffer grows
+    read = reader.read(records, modules)
+    loaded = stack_factors([load_weight_dir(tiny_loras[0]), load_weight_dir(mixed)], modules)
+    assert read.keys() == loaded.keys()
+    assert all(torch.equal(read[m][0], loaded[m][0]) and torch.equal(read[m][1], loaded[m][1]) for m in modules)
+    wider = {k: torch.cat([v, v]) if k == first else v for k, v in tensors.items()}
+    save_file(wider, str(mixed / "adapter_model.safetensors"))  # after registration: the record is stale
+    with pytest.raises(CheckpointError, match="differ from what the library recorded"):
+        reader.read(records, modules)
+
+
+def test_signals_in_chunks_equal_one_adapter_at_a_time(tiny_base, tiny_loras, mc_file):
+    from mashup.selection.prefilter import compute_signals
+
+    workspace, requests = requests_for(tiny_base, mc_file, 6, "cloze")
+    records = records_for(tiny_loras)
+    modules = SlotLayout.of(records[0]).modules
+    probe = run_probe(tiny_base, requests, workspace.settings(3), modules, gradients=True, inputs=True)
+    missing = {"first_order": records, "arrow": records[1:]}  # some candidates need one signal only
+    keys = {r.id: r.id for r in records}
+    chunked = compute_signals(missing, probe, modules, keys, None, torch.device("cpu"), chunk=3)
+    alone = compute_signals(missing, probe, modules, keys, None, torch.device("cpu"), chunk=1)
+    assert chunked.keys() == alone.keys() == {"first_order", "arrow"} and len(chunked["arrow"]) == len(records) - 1
+    for signal in chunked:
+        assert chunked[signal] == pytest.approx(alone[signal], rel=1e-5)

@@ -87,3 +87,15 @@ def test_an_adapter_of_another_shape_does_not_fit(tiny_base, tiny_loras, tmp_pat
     adapter = _variant(tiny_loras[0], tmp_path / "wider", wider)
     assert not slots.load_adapter(0, adapter, 2.0)
     assert slots.storage.abs().sum() == 0
+
+
+def test_adapters_with_the_same_names_share_one_layout_and_other_names_have_none(tiny_loras, tmp_path):
+    first, second = records_for(tiny_loras[:2])
+    layout = SlotLayout.of(first)
+    assert layout is SlotLayout.of(second)  # one parse of the names for a library of one base
+    assert layout.rank == first.lora_r and all(m.startswith("model.layers.") for m in layout.modules)
+    assert len(layout.modules) * 2 == len(first.shapes)
+    tensors = load_weight_dir(tiny_loras[0])
+    tensors["base_model.model.lm_head.weight"] = torch.zeros(2, 2)  # a full tensor beside the factors
+    (other,) = records_for([_variant(tiny_loras[0], tmp_path / "with-head", tensors)])
+    assert SlotLayout.of(other) is None

@@ -12,41 +12,40 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
-from mashup.selection.slots import adapter_factors
+from mashup.selection.factors import StackedFactors, stack_factors
 
 
 def prototypes(tensors: Mapping[str, torch.Tensor], modules: Sequence[str]) -> dict[str, torch.Tensor]:
     """Unit top right singular vector of each module's B @ A (the scale does not change it)."""
-    return prototypes_of([tensors], modules)[0]
+    return {module: vectors[0] for module, vectors in prototypes_of(stack_factors([tensors], modules)).items()}
 
 
-def prototypes_of(adapters: Sequence[Mapping[str, torch.Tensor]], modules: Sequence[str]
-                  ) -> list[dict[str, torch.Tensor]]:
-    """``prototypes`` of several adapters of one layout, batched over them: r x r problems only.
+def prototypes_of(factors: StackedFactors) -> dict[str, torch.Tensor]:
+    """``prototypes`` of stacked adapters, module -> [C, in], where the factors are: r x r problems only.
 
     R comes from the Cholesky factor of A A^T (= R^T R) and the top right singular vector of B R^T from
     the r x r eigenproblem of its Gram matrix, instead of a QR and an SVD per matrix: LAPACK's fixed
-    cost per call, not the arithmetic, set the time of the many small factorisations. Factors whose
-    A A^T is singular take the QR route.
+    cost per call, not the arithmetic, set the time of the many small factorisations, so every module's
+    problems are solved in one batched call. Factors whose A A^T is singular take the QR route.
     """
-    out: list[dict[str, torch.Tensor]] = [{} for _ in adapters]
-    for module in modules:
-        factors = [adapter_factors(tensors, module) for tensors in adapters]
-        a = torch.stack([a.float() for a, _ in factors])  # [C, r, in]
-        b = torch.stack([b.float() for _, b in factors])  # [C, out, r]
-        # the r x r Gram matrices in float32 (no float64 copy of the factors), everything after in float64
-        lower, info = torch.linalg.cholesky_ex((a @ a.transpose(1, 2)).double())  # A A^T = L L^T: R = L^T
-        failed = torch.nonzero(info).flatten().tolist()
-        lower[failed] = torch.eye(lower.shape[-1], dtype=lower.dtype)  # placeholders, replaced below
-        gram = lower.transpose(1, 2) @ (b.transpose(1, 2) @ b).double() @ lower  # of B R^T
-        _, eigenvectors = torch.linalg.eigh(gram)  # ascending: the top one is last
-        w = torch.linalg.solve_triangular(lower.transpose(1, 2), eigenvectors[:, :, -1:], upper=True)
-        vectors = (a.transpose(1, 2) @ w.float()).squeeze(-1)  # Q w = A^T R^-1 w, [C, in]
-        for i in failed:
+    # the r x r Gram matrices in float32 (no float64 copy of the factors), everything after in float64
+    gram_a = torch.stack([a @ a.transpose(1, 2) for a, _ in factors.values()]).double()  # [modules, C, r, r]
+    gram_b = torch.stack([b.transpose(1, 2) @ b for _, b in factors.values()]).double()
+    lower, info = torch.linalg.cholesky_ex(gram_a)  # A A^T = L L^T: R = L^T
+    singular = info != 0
+    eye = torch.eye(lower.shape[-1], dtype=lower.dtype, device=lower.device)
+    lower = torch.where(singular[..., None, None], eye, lower)  # placeholders, replaced below
+    _, eigenvectors = torch.linalg.eigh(lower.transpose(-1, -2) @ gram_b @ lower)  # ascending: top one last
+    w = torch.linalg.solve_triangular(lower.transpose(-1, -2), eigenvectors[..., -1:], upper=True).float()
+    redo: dict[int, list[int]] = {}
+    for k, i in torch.nonzero(singular).tolist():
+        redo.setdefault(k, []).append(i)
+    out = {}
+    for k, (module, (a, b)) in enumerate(factors.items()):
+        vectors = (a.transpose(1, 2) @ w[k]).squeeze(-1)  # Q w = A^T R^-1 w, [C, in]
+        for i in redo.get(k, []):
             vectors[i] = _top_right_vector(a[i].double(), b[i].double()).float()
-        vectors = vectors / vectors.norm(dim=1, keepdim=True)
-        for protos, vector in zip(out, vectors):
-            protos[module] = vector.clone()  # its own storage: the signal cache saves each one
+        out[module] = vectors / vectors.norm(dim=1, keepdim=True)
     return out
 
 

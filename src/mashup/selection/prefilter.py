@@ -21,8 +21,8 @@ from mashup.config import PrefilterConfig
 from mashup.data.prompts import EncodedRequest
 from mashup.evaluation import ScoreSettings
 from mashup.library import CheckpointRecord
-from mashup.io import map_weight_dir
 from mashup.selection.arrow import affinity, prototypes_of
+from mashup.selection.factors import FactorReader, StackedFactors, factor_count
 from mashup.selection.first_order import predicted_changes
 from mashup.selection.probe import Probe, run_probe
 from mashup.selection.signal_cache import SignalCache, weights_key
@@ -31,6 +31,7 @@ from mashup.selection.slots import SlotLayout
 logger = logging.getLogger(__name__)
 SIGNALS = ("first_order", "arrow")
 CHUNK = 32  # candidates whose factors are stacked for one batched product (about 320 MB of SmolLM2 adapters)
+CHUNK_BYTES = 512 << 20  # and at most this much of them in float32 (6 rank-8 adapters of a 7B Llama)
 
 
 @dataclass
@@ -95,9 +96,9 @@ def compute_signals(missing: dict[str, list[CheckpointRecord]], probe: Probe, mo
     """Each missing value (signal -> record id -> value), reading each candidate's factors once (Arrow
     prototypes from the cache when there; ``keys`` are the records' weight keys).
 
-    Candidates go in chunks of one rank, their factors mapped from the files: the first-order products
-    and the prototypes' r x r problems are batched over a chunk, and the gradients move once to the
-    device the probe ran on.
+    Candidates go in chunks of one rank (``chunk`` at most, and at most ``CHUNK_BYTES`` of factors), each
+    chunk read into one tensor on the device the probe ran on (``FactorReader``): the first-order products
+    and the prototypes' r x r problems are batched over it, and the prototypes come back in one copy.
     """
     first_ids = {r.id for r in missing.get("first_order", [])}
     arrow_ids = {r.id for r in missing.get("arrow", [])}
@@ -108,16 +109,21 @@ def compute_signals(missing: dict[str, list[CheckpointRecord]], probe: Probe, mo
     new_protos = {}
     todo = [r for r in {r.id: r for records in missing.values() for r in records}.values()
             if r.id in first_ids or r.id not in protos]
+    reader = FactorReader(device, allow_pickle)
     for group in _chunks(todo, chunk):
-        tensors = [map_weight_dir(Path(r.path), r.shapes, allow_pickle=allow_pickle) for r in group]
-        first = [(r, t) for r, t in zip(group, tensors) if r.id in first_ids]
+        factors = reader.read(group, modules)
+        first = [i for i, r in enumerate(group) if r.id in first_ids]
         if first:
-            values = predicted_changes(gradients, [t for _, t in first], [r.lora_scale for r, _ in first])
-            fresh["first_order"].update((r.id, v) for (r, _), v in zip(first, values))
-        arrow = [(r, t) for r, t in zip(group, tensors) if r.id in arrow_ids and r.id not in protos]
+            scales = [group[i].lora_scale for i in first]
+            values = predicted_changes(gradients, _rows(factors, first, len(group)), scales)
+            fresh["first_order"].update((group[i].id, v) for i, v in zip(first, values))
+        arrow = [i for i, r in enumerate(group) if r.id in arrow_ids and r.id not in protos]
         if arrow:
-            for (record, _), computed in zip(arrow, prototypes_of([t for _, t in arrow], modules)):
-                protos[record.id] = new_protos[keys[record.id]] = computed
+            vectors = prototypes_of(_rows(factors, arrow, len(group)))
+            flat = torch.cat([vectors[m] for m in modules], dim=1).cpu()  # one copy back for the chunk
+            sizes = [vectors[m].shape[1] for m in modules]
+            for i, row in zip(arrow, flat):
+                protos[group[i].id] = new_protos[keys[group[i].id]] = dict(zip(modules, row.split(sizes)))
     if arrow_ids:
         ids = sorted(arrow_ids)
         fresh["arrow"] = {i: -a for i, a in zip(ids, affinity(probe.inputs, [protos[i] for i in ids]))}
@@ -126,12 +132,24 @@ def compute_signals(missing: dict[str, list[CheckpointRecord]], probe: Probe, mo
     return fresh
 
 
+def _rows(factors: StackedFactors, rows: list[int], count: int) -> StackedFactors:
+    """The factors of the given adapters of a chunk (all of them without a copy)."""
+    if len(rows) == count:
+        return factors
+    index = torch.tensor(rows, device=next(iter(factors.values()))[0].device)
+    return {module: (a[index], b[index]) for module, (a, b) in factors.items()}
+
+
 def _chunks(records: Sequence[CheckpointRecord], size: int) -> list[list[CheckpointRecord]]:
-    """Up to ``size`` records of one rank each (factors of one rank stack)."""
+    """Up to ``size`` records of one rank each (factors of one rank stack), and at most ``CHUNK_BYTES``."""
     by_rank: dict[int | None, list[CheckpointRecord]] = {}
     for record in records:
         by_rank.setdefault(record.lora_r, []).append(record)
-    return [group[i:i + size] for group in by_rank.values() for i in range(0, len(group), size)]
+    chunks = []
+    for group in by_rank.values():
+        step = max(1, min(size, CHUNK_BYTES // (4 * factor_count(group[0]))))
+        chunks += [group[i:i + step] for i in range(0, len(group), step)]
+    return chunks
 
 
 def best_by_signals(values: dict[str, dict[str, float]], count: int) -> set[str]:

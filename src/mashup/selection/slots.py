@@ -15,6 +15,7 @@ not the forwards, can set its time (SmolLM2 adapter on a 2-core CPU: 1.7 ms agai
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -47,13 +48,24 @@ class SlotLayout:
         """The layout of a plain LoRA adapter; None when it needs PEFT's own modules (see _UNSUPPORTED_FLAGS)."""
         if record.kind != "lora" or record.lora_r is None or not _plain_config(Path(record.path)):
             return None
-        modules = []
-        for name in record.shapes:
-            if not name.startswith(_PREFIX) or not name.endswith((_A, _B)):
-                return None
-            if name.endswith(_A):
-                modules.append(name[len(_PREFIX):-len(_A)])
-        return cls(record.lora_r, tuple(sorted(modules)))
+        return _layout(record.lora_r, tuple(record.shapes))
+
+
+@functools.lru_cache(maxsize=64)
+def _layout(rank: int, names: tuple[str, ...]) -> SlotLayout | None:
+    """The layout of a LoRA state dict's tensor names, or None for a name that is no LoRA factor.
+
+    Cached: a library's adapters of one base share their names, and the engine asks once per load (a
+    first halving round loads every candidate): the loop over a SmolLM2 adapter's 420 names took 0.4 ms,
+    against 0.02 ms to hash them. Equal layouts are then one object, so comparing them is cheap too.
+    """
+    modules = []
+    for name in names:
+        if not name.startswith(_PREFIX) or not name.endswith((_A, _B)):
+            return None
+        if name.endswith(_A):
+            modules.append(name[len(_PREFIX):-len(_A)])
+    return SlotLayout(rank, tuple(sorted(modules)))
 
 
 def _plain_config(adapter_dir: Path) -> bool:
