@@ -17,7 +17,9 @@
 #       fixed-size ones on the 8 targets (scoring_padding.py, 256-question batches, 4 copies per forward as
 #       the engine stacks them on CUDA; about a minute, not yet run) into $OUT/padding.{txt,json}. PASSES=2
 #       runs the prefilter pass alone: a third call on the still-warm machine (its library, scores and
-#       assembled GGUF stay in /tmp) when the second ran out of time.
+#       assembled GGUF stay in /tmp) when the second ran out of time. SELECTORS=exhaustive,halving also runs
+#       exhaustive scoring live on the LIVE targets, so live halving is timed against live exhaustive (base
+#       load included in both) as well as against the recorded per-candidate seconds.
 #
 # On an H100 (15 minutes of device time, start included) the build took about 2 minutes and each target
 # 1.5-4 (exhaustive 1,000 x 256 in 67-191 s, then the selectors with a live halving run of 10-50 s); the
@@ -109,7 +111,7 @@ run() {
       --json-out "$OUT/padding.json" > "$OUT/padding.txt" 2>&1
   fi
   if [[ $PASSES == *1* ]]; then
-    timeout $((stop - SECONDS)) python3 benchmarks/selection.py $common --stage all --selectors halving \
+    timeout $((stop - SECONDS)) python3 benchmarks/selection.py $common --stage all --selectors "${SELECTORS:-halving}" \
       --live-targets "${LIVE:-arc_easy,winogrande}" --deadline $((D1 - SECONDS)) --json-out "$OUT/report1.json" \
       > >(tee "$OUT/log1.txt") 2>&1
     pack_results

@@ -430,7 +430,9 @@ def run_selectors(args: argparse.Namespace, target: str) -> None:
         print(f"{target}: skipped, run --stage exhaustive first ({len(recorded)}/{len(pool)} scored)", flush=True)
         return
     exhaustive, _ = replay(workspace, pool, requests, selector_config(args, "exhaustive"), recorded)
-    results["exhaustive"] = {"ranking": [s.id for s in exhaustive.ranking], "losses": [s.loss for s in exhaustive.ranking],
+    results["exhaustive"] = {**results.get("exhaustive", {}),  # keeps a live run of it (--selectors exhaustive,...)
+                             "ranking": [s.id for s in exhaustive.ranking],
+                             "losses": [s.loss for s in exhaustive.ranking],
                              "forward_tokens": exhaustive.stats.exhaustive_tokens,
                              "seconds": sum(recorded[r.id]["seconds"] for r in pool)}
     prefilter = None
@@ -443,7 +445,9 @@ def run_selectors(args: argparse.Namespace, target: str) -> None:
         selection, seconds = replay(workspace, pool, requests, config, recorded,
                                     prefilter if name == "prefilter+halving" else None)
         previous = results.get(name, {})
-        entry = results[name] = {"ranking": [s.id for s in selection.ranking], "n": [s.n for s in selection.ranking],
+        reference = previous if name == "exhaustive" else {}  # run live too: keep the recorded tokens and seconds
+        entry = results[name] = {**reference, "ranking": [s.id for s in selection.ranking],
+                                 "n": [s.n for s in selection.ranking],
                                  "estimated_seconds": seconds + selection.stats.prefilter_seconds,
                                  "stats": selection.stats.to_dict()}
         if "live" in previous:  # a live run is a measurement of its time: kept until the target runs live again
@@ -552,7 +556,8 @@ def report(args: argparse.Namespace) -> dict:
                                      if name in r and r[name][metric] is not None])}
                for name in args.selectors.split(",") if rows}
     if rows:
-        summary["exhaustive"] = {"merged_accuracy": mean(r["exhaustive_merged_accuracy"] for r in rows.values())}
+        summary["exhaustive"] = {**summary.get("exhaustive", {}),  # its live seconds, when it was a selector too
+                                 "merged_accuracy": mean(r["exhaustive_merged_accuracy"] for r in rows.values())}
         summary["random"] = {"merged_accuracy": mean(r["random_merged_accuracy"] for r in rows.values())}
     for key in sorted({k for r in rows.values() for k in r if k.startswith("signal:")}):
         summary[key] = {m: mean(r[key][m] for r in rows.values() if key in r)

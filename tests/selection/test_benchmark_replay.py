@@ -35,3 +35,31 @@ def test_replayed_halving_ranks_and_counts_tokens_like_a_live_run(tmp_path, tiny
     assert replayed.stats.forward_tokens == live.stats.forward_tokens < live.stats.exhaustive_tokens
     whole = sum(v["seconds"] for v in recorded.values())
     assert 0 < replayer.replayed_seconds < whole
+
+
+def test_report_keeps_exhaustive_timed_live_beside_the_selectors(tmp_path):
+    """``--selectors exhaustive,halving`` reports live exhaustive seconds against the recorded ones, and the
+    summary keeps them beside the merged-init accuracy."""
+    import json
+
+    from selection_library import parse_args, report, results_path
+
+    args = parse_args(["--targets", "arc_easy", "--selectors", "exhaustive,halving", "--library-size", "4",
+                       "--cache-dir", str(tmp_path)])
+    ranking = ["a", "b", "c", "d"]
+    stats = {"cost_ratio": 1.0}
+    results = {
+        "exhaustive": {"ranking": ranking, "seconds": 40.0, "merged_accuracy": 0.5, "estimated_seconds": 40.0,
+                       "stats": stats, "live": {"seconds": 44.0, "top_k_as_replayed": True}},
+        "halving": {"ranking": ["b", "a", "d", "c"], "estimated_seconds": 4.0, "stats": {"cost_ratio": 0.1},
+                    "live": {"seconds": 6.0, "top_k_as_replayed": True}, "merged_accuracy": 0.5},
+        "random": {"ranking": ["c", "d"], "merged_accuracy": 0.25},
+    }
+    path = results_path(args, "arc_easy")
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps(results))
+    summary = report(args)["summary"]
+    assert summary["exhaustive"]["live_seconds_cost_ratio"] == pytest.approx(1.1)
+    assert summary["exhaustive"]["merged_accuracy"] == 0.5
+    assert summary["halving"]["live_seconds_cost_ratio"] == pytest.approx(0.15)
+    assert summary["halving"]["top2_agreement"] == 1.0 and summary["random"]["merged_accuracy"] == 0.25
