@@ -10,7 +10,7 @@ import math
 import mmap
 import os
 import struct
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,9 +26,8 @@ if TYPE_CHECKING:
     import torch
 
 logger = logging.getLogger(__name__)
-__all__ = ["atomic_output_dir", "check_finite", "load_weight_dir", "load_weights", "map_weight_dir",
-           "read_dir_block", "read_tensor_block",
-           "sha256_files", "stat_files", "tensor_shapes", "weight_files", "write_json"]
+__all__ = ["atomic_output_dir", "check_finite", "load_weight_dir", "load_weights", "read_dir_block",
+           "read_tensor_block", "sha256_files", "stat_files", "tensor_shapes", "weight_files", "write_json"]
 
 _SAFETENSORS_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16"}  # torch names
 _MAX_HEADER = 100 << 20
@@ -99,22 +98,6 @@ def load_weight_dir(model_dir: Path, *, allow_pickle: bool = False) -> dict[str,
     for path in weight_files(model_dir, allow_pickle=allow_pickle):
         tensors.update(load_weights(path))
     return tensors
-
-
-def map_weight_dir(model_dir: Path, shapes: Mapping[str, Sequence[int]], *, allow_pickle: bool = False
-                   ) -> dict[str, torch.Tensor]:
-    """``load_weight_dir``, but as views into the mapped file where the dir is one safetensors file of
-    exactly ``shapes`` in one dtype (see ``read_tensor_block``): no read and no tensor per name up front."""
-    expected = sorted((name, tuple(shape)) for name, shape in shapes.items())
-    block = read_dir_block(model_dir, expected, allow_pickle=allow_pickle)
-    if block is None:
-        return load_weight_dir(model_dir, allow_pickle=allow_pickle)
-    views, offset = {}, 0
-    for name, shape in expected:
-        size = math.prod(shape)
-        views[name] = block[offset:offset + size].view(shape)
-        offset += size
-    return views
 
 
 def read_dir_block(model_dir: Path, expected: Sequence[tuple[str, tuple[int, ...]]], *, allow_pickle: bool = False

@@ -7,7 +7,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from mashup.config import PrefilterConfig
-from mashup.io import load_weight_dir, map_weight_dir
+from mashup.io import load_weight_dir
 from mashup.library.score_cache import fingerprint
 from mashup.selection.arrow import affinity, prototypes, prototypes_of
 from mashup.selection.engine import ScoringEngine
@@ -62,19 +62,6 @@ def test_signals_batched_over_adapters_equal_one_at_a_time():
     for module, vectors in prototypes_of(stack_factors([adapters[2], repeated], modules)).items():
         row = repeated[f"{PREFIX}{module}.lora_A.weight"][0]
         assert abs(float(vectors[1] @ row / row.norm())) == pytest.approx(1.0, abs=1e-5)
-
-
-def test_mapped_weights_equal_loaded_ones_and_fall_back(tmp_path, tiny_loras):
-    from mashup.library import inspect_checkpoint
-
-    shapes = inspect_checkpoint(tiny_loras[0]).shapes
-    loaded = load_weight_dir(tiny_loras[0])
-    mapped = map_weight_dir(tiny_loras[0], shapes)
-    assert mapped.keys() == loaded.keys() and all(torch.equal(mapped[k], loaded[k]) for k in loaded)
-    name = next(iter(shapes))
-    other = {**shapes, name: [shapes[name][0] + 1, *shapes[name][1:]]}  # not this file's layout: read as usual
-    fallback = map_weight_dir(tiny_loras[0], other)
-    assert all(torch.equal(fallback[k], loaded[k]) for k in loaded)
 
 
 def test_arrow_prototype_is_the_top_right_singular_vector_of_the_dense_update():
