@@ -457,7 +457,8 @@ def run_selectors(args: argparse.Namespace, target: str) -> None:
             live = select_checkpoints(workspace, pool, requests, config, None)
             entry["live"] = {"seconds": time.perf_counter() - start, "ranking": [s.id for s in live.ranking],
                              "cost_ratio": live.stats.cost_ratio,
-                             "top_k_as_replayed": [s.id for s in live.ranking[:config.k]] == entry["ranking"][:config.k]}
+                             "top_k_as_replayed":
+                                 [s.id for s in live.ranking[:config.k]] == entry["ranking"][:config.k]}
         save_results(path, results)
         print(f"{target}: {name} replayed" + (f", live in {entry['live']['seconds']:.1f}s" if "live" in entry else "")
               + f" ({time.monotonic() - STARTED:.0f}s since the start)", flush=True)
@@ -482,7 +483,8 @@ def merged_accuracies(args: argparse.Namespace, target: str, results: dict, libr
             out = bench_dir(args) / "merged-inits" / key
             if not out.exists():
                 merge_checkpoints([library.get(i) for i in pair], MergeConfig(method="average"), out)
-            done[key] = evaluate(load_eval_model(workspace, adapter=out), test, workspace.settings(args.batch_size)).accuracy
+            model = load_eval_model(workspace, adapter=out)
+            done[key] = evaluate(model, test, workspace.settings(args.batch_size)).accuracy
         results[method]["merged_accuracy"] = done[key]
 
 
@@ -542,6 +544,8 @@ def report(args: argparse.Namespace) -> dict:
                                             if "live" in got else None),
                 "live_top_k_as_replayed": got["live"]["top_k_as_replayed"] if "live" in got else None,
                 "merged_accuracy": got["merged_accuracy"],
+                "prefilter_seconds": stats.get("prefilter_seconds", 0.0),  # probe and signals, measured
+                "probe_seconds": stats.get("probe_seconds"),  # None in results recorded before it was
             }
         for signal, values in results.get("signals", {}).items():
             order = sorted(values, key=values.get)
@@ -577,11 +581,18 @@ def print_report(rows: dict, summary: dict) -> None:
             elif isinstance(r, dict):
                 print(f"  {name:>18}: top-1 kept {r['top1_retained']!s:5} top-2 same {r['top2_agreement']!s:5} "
                       f"tau@20 {r['kendall_tau_top20']:+.3f}  cost {r['token_cost_ratio']:.1%} tokens "
-                      f"{r['seconds_cost_ratio']:.1%} seconds (est.)" + live_text(r)
+                      f"{r['seconds_cost_ratio']:.1%} seconds (est.)" + live_text(r) + prefilter_text(r)
                       + f"  merged-init acc {r['merged_accuracy']:.3f}")
     print("\nsummary over targets:")
     for name, metrics in summary.items():
         print(f"  {name:>18}: " + "  ".join(f"{k} {v:.3f}" for k, v in metrics.items()))
+
+
+def prefilter_text(row: dict) -> str:
+    if not row["prefilter_seconds"]:
+        return ""
+    probe = row["probe_seconds"]
+    return f", prefilter {row['prefilter_seconds']:.1f}s" + (f" (probe {probe:.1f}s)" if probe is not None else "")
 
 
 def live_text(row: dict) -> str:

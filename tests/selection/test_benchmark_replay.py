@@ -58,6 +58,8 @@ def test_report_keeps_exhaustive_timed_live_beside_the_selectors(tmp_path):
     path = results_path(args, "arc_easy")
     path.parent.mkdir(parents=True)
     path.write_text(json.dumps(results))
+    rows = report(args)["targets"]
+    assert rows["arc_easy"]["halving"]["prefilter_seconds"] == 0.0  # halving runs no prefilter
     summary = report(args)["summary"]
     assert summary["exhaustive"]["live_seconds_cost_ratio"] == pytest.approx(1.1)
     assert summary["exhaustive"]["merged_accuracy"] == 0.5

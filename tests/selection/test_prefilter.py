@@ -111,6 +111,7 @@ def test_prototypes_are_cached_and_recomputed_when_the_bytes_change(tmp_path, ti
     assert set(cache.prototypes([old_key])) == {old_key}
     again = run_prefilter(records, requests, workspace.settings(4), tiny_base, config, key, library_dir=lib)
     assert again.probe_tokens == 0 and again.values == first.values, "everything cached: no probe"
+    assert first.probe_seconds > 0 and again.probe_seconds == 0
     weights = paths[0] / "adapter_model.safetensors"
     changed = {k: (v.flip(0) if "lora_A" in k else v) for k, v in load_file(weights).items()}
     save_file(changed, weights)

@@ -93,6 +93,7 @@ def test_prefilter_then_halving_keeps_the_true_top_k(tmp_path, tiny_base, graded
     assert picked.selected == full.selected
     assert picked.stats["prefiltered_out"] == 10 and len(picked.ranking) == 6
     assert picked.stats["probe_tokens"] > 0
+    assert 0 < picked.stats["probe_seconds"] < picked.stats["prefilter_seconds"]  # the rest: the signals
 
 
 @pytest.mark.parametrize("selector", ["exhaustive", "halving", "prefilter+halving"])

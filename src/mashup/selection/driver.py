@@ -52,6 +52,7 @@ class SelectionStats:
     prefiltered_out: int = 0
     retried_units: int = 0
     prefilter_seconds: float = 0.0
+    probe_seconds: float = 0.0  # of prefilter_seconds, the probe's: loading the base, forward and backward
     scoring_seconds: float = 0.0
     rounds: list[RoundStats] = field(default_factory=list)
 

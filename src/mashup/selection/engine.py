@@ -149,7 +149,8 @@ class ScoringEngine:
 
         layouts = {r.id: SlotLayout.of(r) for r in records}
         group = self._group_size(len(key))
-        grouped = [r for r in records if layouts[r.id] is not None and self._slots_for(layouts[r.id], group) is not None]
+        grouped = [r for r in records
+                   if layouts[r.id] is not None and self._slots_for(layouts[r.id], group) is not None]
         if self._slots is not None:
             group = min(group, self._slots.slots)  # slots are built once, for the first call's group size
         for start in range(0, len(grouped), group):

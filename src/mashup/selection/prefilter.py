@@ -40,6 +40,7 @@ class PrefilterResult:
     values: dict[str, dict[str, float]] = field(default_factory=dict)  # signal -> record id -> value
     probe_tokens: int = 0  # forward-token equivalents of the probe (backward counted as two forwards)
     seconds: float = 0.0
+    probe_seconds: float = 0.0  # of ``seconds``: the probe (the rest reads factors and computes the signals)
 
 
 def keep_count(n: int, config: PrefilterConfig) -> int:
@@ -69,6 +70,7 @@ def run_prefilter(records: Sequence[CheckpointRecord], requests: Sequence[Encode
         probe = run_probe(base_dir, requests, settings, modules, gradients=bool(missing.get("first_order")),
                           inputs=bool(missing.get("arrow")), allow_pickle=allow_pickle)
         result.probe_tokens = probe.tokens * (3 if probe.gradients else 1)
+        result.probe_seconds = probe.seconds
         fresh = compute_signals(missing, probe, modules, keys, cache, settings.device, allow_pickle)
         for signal, new in fresh.items():
             values[signal].update(new)

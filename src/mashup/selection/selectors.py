@@ -171,6 +171,7 @@ def prefilter_halving(context: SelectionContext, records: Sequence[CheckpointRec
                            context.fingerprint(), library_dir=context.library_dir, allow_pickle=context.allow_pickle)
     context.stats.probe_tokens += result.probe_tokens
     context.stats.prefilter_seconds += result.seconds
+    context.stats.probe_seconds += result.probe_seconds
     context.stats.prefiltered_out = len(records) - len(result.kept)
     return halving(context, result.kept)
 
