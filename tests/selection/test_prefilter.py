@@ -168,12 +168,16 @@ def test_factors_read_from_files_equal_the_loaded_ones_and_a_changed_file_is_an_
     tensors = load_file(str(mixed / "adapter_model.safetensors"))
     first = sorted(tensors)[0]
     save_file({**tensors, first: tensors[first].bfloat16()}, str(mixed / "adapter_model.safetensors"))
-    records = records_for([tiny_loras[0], mixed])
+    half = tmp_path / "bf16"  # one block in another dtype: converted as it is copied
+    shutil.copytree(tiny_loras[2], half)
+    save_file({k: v.bfloat16() for k, v in load_file(str(half / "adapter_model.safetensors")).items()},
+              str(half / "adapter_model.safetensors"))
+    records = records_for([tiny_loras[0], mixed, half])
     modules = SlotLayout.of(records[0]).modules
     reader = FactorReader(torch.device("cpu"))
-    reader.read(records[1:], modules)  # a smaller read first: the buffer grows
+    reader.read(records[1:2], modules)  # a smaller read first: the buffer grows
     read = reader.read(records, modules)
-    loaded = stack_factors([load_weight_dir(tiny_loras[0]), load_weight_dir(mixed)], modules)
+    loaded = stack_factors([load_weight_dir(path) for path in (tiny_loras[0], mixed, half)], modules)
     assert read.keys() == loaded.keys()
     assert all(torch.equal(read[m][0], loaded[m][0]) and torch.equal(read[m][1], loaded[m][1]) for m in modules)
     wider = {k: torch.cat([v, v]) if k == first else v for k, v in tensors.items()}
