@@ -18,7 +18,7 @@ import torch
 from mashup.errors import CheckpointError
 from mashup.io import load_weight_dir, read_dir_block
 from mashup.library import CheckpointRecord
-from mashup.selection.slots import adapter_factors
+from mashup.selection.slots import adapter_factors, row_views
 
 StackedFactors = dict[str, tuple[torch.Tensor, torch.Tensor]]
 
@@ -54,11 +54,7 @@ class FactorReader:
         rows = self._rows[:len(records)]
         for row, record in zip(rows, records):
             row.copy_(_flat_row(record, expected, self.allow_pickle))  # to float32 (and the device) as it copies
-        views, offset = {}, 0
-        for name, shape in expected:
-            size = math.prod(shape)
-            views[name] = rows[:, offset:offset + size].view(len(records), *shape)
-            offset += size
+        views = row_views(rows, expected)
         return {module: adapter_factors(views, module) for module in modules}
 
 

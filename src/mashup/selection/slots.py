@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Mapping
+import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -81,6 +82,17 @@ def adapter_factors(tensors: Mapping[str, torch.Tensor], module: str) -> tuple[t
     return tensors[_PREFIX + module + _A], tensors[_PREFIX + module + _B]
 
 
+def row_views(rows: torch.Tensor, layout: Sequence[tuple[str, tuple[int, ...]]]) -> dict[str, torch.Tensor]:
+    """Views ``[len(rows), *shape]`` into ``rows`` [N, P] whose tensors lie back to back in ``layout`` order
+    (name, shape), as a one-dtype safetensors file stores them."""
+    views, offset = {}, 0
+    for name, shape in layout:
+        size = math.prod(shape)
+        views[name] = rows[:, offset:offset + size].view(rows.shape[0], *shape)
+        offset += size
+    return views
+
+
 class GroupedLoRALinear(nn.Module):
     """``base(x) + s_g * B_g A_g x`` where row block g of the batch belongs to slot g.
 
@@ -129,10 +141,7 @@ class LoRASlots:
         self.storage = torch.zeros(slots, sum(r * c for _, (r, c) in self.factors), dtype=weight.dtype,
                                    device=weight.device)
         self.scale = torch.zeros(slots, dtype=weight.dtype, device=weight.device)
-        views, offset = {}, 0
-        for name, (rows, cols) in self.factors:
-            views[name] = self.storage[:, offset:offset + rows * cols].view(slots, rows, cols)
-            offset += rows * cols
+        views = row_views(self.storage, self.factors)
         self.modules: dict[str, GroupedLoRALinear] = {}
         for path, base in bases.items():
             wrapped = GroupedLoRALinear(base, views[_PREFIX + path + _A], views[_PREFIX + path + _B], self.scale)
