@@ -19,7 +19,9 @@
 #       runs the prefilter pass alone: a third call on the still-warm machine (its library, scores and
 #       assembled GGUF stay in /tmp) when the second ran out of time. SELECTORS=exhaustive,halving also runs
 #       exhaustive scoring live on the LIVE targets, so live halving is timed against live exhaustive (base
-#       load included in both) as well as against the recorded per-candidate seconds.
+#       load included in both) as well as against the recorded per-candidate seconds. READ_AHEAD_AB=1 runs
+#       each selector live a second time with read-ahead off (mashup.selection.read_ahead, on by default
+#       on CUDA), so the overlap of adapter loads with forwards is timed against the plain loads.
 #
 # On an H100 (15 minutes of device time, start included) the build took about 2 minutes and each target
 # 1.5-4 (exhaustive 1,000 x 256 in 67-191 s, then the selectors with a live halving run of 10-50 s); the
@@ -113,7 +115,7 @@ run() {
   if [[ $PASSES == *1* ]]; then
     timeout $((stop - SECONDS)) python3 benchmarks/selection.py $common --stage all --selectors "${SELECTORS:-halving}" \
       --live-targets "${LIVE:-arc_easy,winogrande}" --deadline $((D1 - SECONDS)) --json-out "$OUT/report1.json" \
-      > >(tee "$OUT/log1.txt") 2>&1
+      $([ "${READ_AHEAD_AB:-0}" = 1 ] && echo --compare-read-ahead) > >(tee "$OUT/log1.txt") 2>&1
     pack_results
   fi
   if [[ $PASSES == *2* ]] && [ $((stop - SECONDS)) -gt 20 ]; then

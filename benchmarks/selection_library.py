@@ -97,6 +97,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--save-every", type=int, default=4, help="save the recorded scores every this many candidates")
     parser.add_argument("--live-targets", default="", help="comma-separated targets whose selectors also run live "
                         "(cache off) to measure seconds and check the replayed ranking")
+    parser.add_argument("--compare-read-ahead", action="store_true", help="live targets: run each selector live "
+                        "again with read-ahead off (on by default on CUDA), for its seconds")
     parser.add_argument("--candidate-limit", type=int, help="use only a seeded random M of each target's candidates "
                         "(a documented subset when exhaustive scoring of all of them does not fit the machine)")
     parser.add_argument("--test-examples", type=int, default=100, help="test questions for merged-init accuracy")
@@ -459,12 +461,23 @@ def run_selectors(args: argparse.Namespace, target: str) -> None:
                              "cost_ratio": live.stats.cost_ratio,
                              "top_k_as_replayed":
                                  [s.id for s in live.ranking[:config.k]] == entry["ranking"][:config.k]}
+            if args.compare_read_ahead:
+                entry["live"]["read_ahead_off_seconds"] = live_seconds(workspace, pool, requests,
+                                                                       config.model_copy(update={"read_ahead": False}))
         save_results(path, results)
         print(f"{target}: {name} replayed" + (f", live in {entry['live']['seconds']:.1f}s" if "live" in entry else "")
               + f" ({time.monotonic() - STARTED:.0f}s since the start)", flush=True)
     results["random"] = {"ranking": [r.id for r in random.Random(f"random-{target}").sample(pool, 2)]}
     merged_accuracies(args, target, results, library, workspace, loaded)
     save_results(path, results)
+
+
+def live_seconds(workspace, pool, requests, config) -> float:
+    from mashup.selection import select_checkpoints
+
+    start = time.perf_counter()
+    select_checkpoints(workspace, pool, requests, config, None)
+    return time.perf_counter() - start
 
 
 def merged_accuracies(args: argparse.Namespace, target: str, results: dict, library, workspace, loaded) -> None:
@@ -543,6 +556,9 @@ def report(args: argparse.Namespace) -> dict:
                 "live_seconds_cost_ratio": (got["live"]["seconds"] / results["exhaustive"]["seconds"]
                                             if "live" in got else None),
                 "live_top_k_as_replayed": got["live"]["top_k_as_replayed"] if "live" in got else None,
+                "live_read_ahead_off_seconds_cost_ratio": (
+                    got["live"]["read_ahead_off_seconds"] / results["exhaustive"]["seconds"]
+                    if "read_ahead_off_seconds" in got.get("live", {}) else None),
                 "merged_accuracy": got["merged_accuracy"],
                 "prefilter_seconds": stats.get("prefilter_seconds", 0.0),  # probe and signals, measured
                 "probe_seconds": stats.get("probe_seconds"),  # None in results recorded before it was
@@ -554,7 +570,8 @@ def report(args: argparse.Namespace) -> dict:
                                        "spearman": spearman([values[i] for i in truth], list(range(len(truth))))}
         rows[target] = row
     metrics = ("top1_retained", "top2_agreement", "kendall_tau_top20", "token_cost_ratio", "seconds_cost_ratio",
-               "live_seconds_cost_ratio", "live_top_k_as_replayed", "merged_accuracy")
+               "live_seconds_cost_ratio", "live_top_k_as_replayed", "live_read_ahead_off_seconds_cost_ratio",
+               "merged_accuracy")
     summary = {name: {metric: mean(values) for metric in metrics
                       if (values := [float(r[name][metric]) for r in rows.values()
                                      if name in r and r[name][metric] is not None])}
@@ -598,7 +615,9 @@ def prefilter_text(row: dict) -> str:
 def live_text(row: dict) -> str:
     if row["live_seconds_cost_ratio"] is None:
         return ""
-    return (f", live {row['live_seconds_cost_ratio']:.1%} seconds, live top-k "
+    off = row.get("live_read_ahead_off_seconds_cost_ratio")
+    return (f", live {row['live_seconds_cost_ratio']:.1%} seconds"
+            + (f" ({off:.1%} with read-ahead off)" if off is not None else "") + ", live top-k "
             + ("= replayed" if row["live_top_k_as_replayed"] else "!= replayed"))
 
 

@@ -87,6 +87,8 @@ class SelectConfig(StageConfig):
     ray_address: str | None = Field(None, description="an existing Ray cluster (default: start one locally)")
     adapters_per_forward: int | None = Field(None, gt=0, description="LoRA adapters scored in one forward "
                                                                       "(default: by model size and device)")
+    read_ahead: bool | None = Field(None, description="read the next adapters' files on threads while forwards "
+                                    "run (default: on CUDA only; on a CPU the threads take cores from the forwards)")
     include_target_checkpoints: bool = Field(
         False, description="also rank checkpoints trained on the target itself (excluded by default: they leak it)")
 

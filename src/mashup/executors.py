@@ -2,8 +2,10 @@
 
 An executor maps a *worker factory* over *units*. The factory is a picklable callable that builds a
 worker once per process or actor (loading a model, say) and the worker is called on each unit; units
-and results must pickle too. Results come back in unit order; ``on_result`` sees each one as it
-lands, in the calling process, so a single writer can record them. A unit that fails is run again up
+and results must pickle too. A worker may also have ``prefetch(unit)``, a hint that it will be called
+on that unit soon: ``LocalExecutor`` gives it the next unit before running each one, so the worker can
+read the next unit's inputs while it computes. Results come back in unit order; ``on_result`` sees
+each one as it lands, in the calling process, so a single writer can record them. A unit that fails is run again up
 to ``retries`` times (on a fresh worker when its process died); a ``MashupError`` is the user's to
 fix and is raised at once. Selection scoring uses this today; any protocol whose units are
 independent (e.g. the arms of an experiment) can use it as is.
@@ -65,16 +67,21 @@ class LocalExecutor:
     def map(self, factory: WorkerFactory, units: Sequence[Any], *, on_result: ResultFn | None = None) -> list[Any]:
         results = []
         for index, unit in enumerate(units):
-            result = self._run(factory, unit, index)
+            result = self._run(factory, unit, index, units[index + 1] if index + 1 < len(units) else None)
             results.append(result)
             if on_result:
                 on_result(index, result)
         return results
 
-    def _run(self, factory: WorkerFactory, unit: Any, index: int) -> Any:
+    def _run(self, factory: WorkerFactory, unit: Any, index: int, upcoming: Any = None) -> Any:
         for attempt in range(self.retries + 1):
             try:
-                return self._worker_for(factory)(unit)
+                worker = self._worker_for(factory)
+                prefetch = getattr(worker, "prefetch", None)
+                if prefetch is not None and upcoming is not None:  # this unit's reads first, then the next's
+                    prefetch(unit)
+                    prefetch(upcoming)
+                return worker(unit)
             except MashupError:
                 raise
             except Exception as exc:

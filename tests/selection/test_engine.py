@@ -100,3 +100,15 @@ def test_default_grouping_follows_the_examples_each_adapter_brings(tiny_base, ti
     for path, few, every in zip(tiny_loras, first, later):
         assert few.losses == pytest.approx(_reference(tiny_base, path, requests[:2], settings)[0], abs=1e-5)
         assert every.losses == pytest.approx(_reference(tiny_base, path, requests, settings)[0], abs=1e-5)
+
+
+def test_an_adapter_the_slots_cannot_hold_scores_again_in_a_later_call(tiny_base, tiny_loras, mc_file, tmp_path):
+    """A later halving round scores survivors again on the same engine, PEFT-loaded ones too."""
+    workspace, requests = requests_for(tiny_base, mc_file, 6, "cloze")
+    settings = workspace.settings(3)
+    other_rank = save_tiny_lora(tiny_base, tmp_path / "r2", seed=7, r=2)
+    records = records_for([tiny_loras[0], other_rank])
+    engine = ScoringEngine(tiny_base, requests, settings)
+    engine.score(records, indices=(0, 1))
+    again = engine.score(records)
+    assert again[1].losses == pytest.approx(_reference(tiny_base, other_rank, requests, settings)[0], abs=1e-5)

@@ -180,6 +180,13 @@ def test_factors_read_from_files_equal_the_loaded_ones_and_a_changed_file_is_an_
     loaded = stack_factors([load_weight_dir(path) for path in (tiny_loras[0], mixed, half)], modules)
     assert read.keys() == loaded.keys()
     assert all(torch.equal(read[m][0], loaded[m][0]) and torch.equal(read[m][1], loaded[m][1]) for m in modules)
+    ahead = FactorReader(torch.device("cpu"), read_ahead=True)  # files read on threads first (mixed: as None)
+    assert not reader.read_ahead  # off on a CPU by default
+    ahead.prefetch(records)
+    assert [r.queued for r in ahead._readers.values()] == [3]
+    read = ahead.read(records, modules)
+    assert all(torch.equal(read[m][0], loaded[m][0]) and torch.equal(read[m][1], loaded[m][1]) for m in modules)
+    assert [r.queued for r in ahead._readers.values()] == [0]
     wider = {k: torch.cat([v, v]) if k == first else v for k, v in tensors.items()}
     save_file(wider, str(mixed / "adapter_model.safetensors"))  # after registration: the record is stale
     with pytest.raises(CheckpointError, match="differ from what the library recorded"):

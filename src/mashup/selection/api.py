@@ -41,7 +41,7 @@ def select_checkpoints(workspace: Workspace, records: Sequence[CheckpointRecord]
     factory = EngineFactory(workspace.base_dir, tuple(requests), config.batch_size, settings.pad_id,
                             device=str(settings.device) if local else None, bf16=settings.bf16,
                             adapters_per_forward=config.adapters_per_forward, allow_pickle=allow_pickle,
-                            with_accuracy=with_accuracy)
+                            with_accuracy=with_accuracy, read_ahead=config.read_ahead)
     stats = SelectionStats(selector=config.selector, executor=executor.name, candidates=len(records),
                            samples=len(requests),
                            exhaustive_tokens=len(records) * sample_tokens(requests, with_accuracy))

@@ -23,6 +23,7 @@ from mashup.data.prompts import EncodedRequest
 from mashup.evaluation import ScoreSettings, ScoringPlan
 from mashup.library.records import CheckpointRecord
 from mashup.models import attach_adapter, load_full_weights_into, load_model
+from mashup.selection.read_ahead import AdapterReadAhead, default_read_ahead
 from mashup.selection.slots import LoRASlots, SlotLayout
 from mashup.workspace import count_parameters
 
@@ -97,11 +98,15 @@ def group_rows(base_dir: Path, settings: ScoreSettings) -> int:
 
 
 class ScoringEngine:
-    """Scores checkpoints of one base on fixed requests; build once, call ``score`` as often as needed."""
+    """Scores checkpoints of one base on fixed requests; build once, call ``score`` as often as needed.
+
+    ``read_ahead`` reads adapter files on threads while the forwards run (``mashup.selection.read_ahead``;
+    default: on CUDA only); ``prefetch`` queues the records of a later call.
+    """
 
     def __init__(self, base_dir: Path, requests: Sequence[EncodedRequest], settings: ScoreSettings, *,
-                 adapters_per_forward: int | None = None, allow_pickle: bool = False, with_accuracy: bool = True
-                 ) -> None:
+                 adapters_per_forward: int | None = None, allow_pickle: bool = False, with_accuracy: bool = True,
+                 read_ahead: bool | None = None) -> None:
         self.base_dir = Path(base_dir)
         self.requests = list(requests)
         self.settings = settings
@@ -110,10 +115,13 @@ class ScoringEngine:
         self._requested_group = adapters_per_forward
         self._default_groups: dict[int, int] = {}  # examples per adapter -> adapters per forward
         self._plans: dict[tuple[int, ...], ScoringPlan] = {}
+        self._layouts: dict[str, SlotLayout | None] = {}  # by record id
         self._slots: LoRASlots | None = None
         self._slot_model: nn.Module | None = None
         self._full_model: nn.Module | None = None
         self._peft_model: nn.Module | None = None
+        self.read_ahead = default_read_ahead(settings.device) if read_ahead is None else read_ahead
+        self._reader: AdapterReadAhead | None = None
 
     def _load_base(self) -> nn.Module:
         model = load_model(self.base_dir, allow_pickle=self.allow_pickle).to(self.settings.device)
@@ -147,12 +155,8 @@ class ScoringEngine:
             if on_scored:
                 on_scored(scores)
 
-        layouts = {r.id: SlotLayout.of(r) for r in records}
-        group = self._group_size(len(key))
-        grouped = [r for r in records
-                   if layouts[r.id] is not None and self._slots_for(layouts[r.id], group) is not None]
-        if self._slots is not None:
-            group = min(group, self._slots.slots)  # slots are built once, for the first call's group size
+        grouped, group = self._grouped(records, len(key))
+        self._queue_reads(grouped)
         for start in range(0, len(grouped), group):
             self._score_group(grouped[start:start + group], plan, emit)
         for record in records:
@@ -162,6 +166,28 @@ class ScoringEngine:
             if record.id not in results:
                 self._score_alone(record, plan, emit, self._full_for)
         return [results[r.id] for r in records]
+
+    def prefetch(self, records: Sequence[CheckpointRecord], indices: Sequence[int] | None = None) -> None:
+        """Start reading the adapters that a later ``score(records, indices)`` will copy into slots, after
+        those already queued (a no-op unless reading ahead)."""
+        if self.read_ahead:
+            self._queue_reads(self._grouped(records, len(self.requests) if indices is None else len(indices))[0])
+
+    def _queue_reads(self, grouped: Sequence[CheckpointRecord]) -> None:
+        if self._reader is not None:
+            self._reader.request(Path(r.path) for r in grouped)
+
+    def _grouped(self, records: Sequence[CheckpointRecord], examples: int) -> tuple[list[CheckpointRecord], int]:
+        """The records the slots can hold (building them on first use), and how many share a forward."""
+        for record in records:
+            if record.id not in self._layouts:  # read once: a record is scored and prefetched in several calls
+                self._layouts[record.id] = SlotLayout.of(record)
+        group = self._group_size(examples)
+        grouped = [r for r in records if (layout := self._layouts[r.id]) is not None
+                   and self._slots_for(layout, group) is not None]
+        if self._slots is not None:
+            group = min(group, self._slots.slots)  # slots are built once, for the first call's group size
+        return grouped, group
 
     def _group_size(self, examples: int) -> int:
         if self._requested_group is not None:
@@ -175,6 +201,9 @@ class ScoringEngine:
         if self._slots is None:
             self._slot_model = self._load_base()
             self._slots = LoRASlots(self._slot_model, layout, group)
+            if self.read_ahead:
+                self._reader = AdapterReadAhead(self._slots.factors, pin=self.settings.device.type == "cuda",
+                                                allow_pickle=self.allow_pickle)
         return self._slots if self._slots.layout == layout else None
 
     def _score_group(self, group: Sequence[CheckpointRecord], plan: ScoringPlan, emit: Callable) -> None:
@@ -182,7 +211,8 @@ class ScoringEngine:
         start = time.perf_counter()
         loaded = []
         for record in group:
-            if self._slots.load_adapter(len(loaded), Path(record.path), record.lora_scale, self.allow_pickle):
+            block = self._reader.take(Path(record.path)) if self._reader is not None else None
+            if self._slots.load_adapter(len(loaded), Path(record.path), record.lora_scale, self.allow_pickle, block):
                 loaded.append(record)
         if loaded:
             self._slots.activate(len(loaded))
@@ -213,7 +243,7 @@ class ScoringEngine:
         name = f"ckpt_{record.id}"
         if self._peft_model is None:
             self._peft_model = attach_adapter(self._load_base(), Path(record.path), trainable=False, adapter_name=name)
-        else:
+        elif self._peft_model.active_adapter != name:  # the same adapter again (a later halving round) stays
             model = self._peft_model
             previous = model.active_adapter
             model.load_adapter(record.path, adapter_name=name, is_trainable=False)

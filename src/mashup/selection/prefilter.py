@@ -112,7 +112,9 @@ def compute_signals(missing: dict[str, list[CheckpointRecord]], probe: Probe, mo
     todo = [r for r in {r.id: r for records in missing.values() for r in records}.values()
             if r.id in first_ids or r.id not in protos]
     reader = FactorReader(device, allow_pickle)
-    for group in _chunks(todo, chunk):
+    chunks = _chunks(todo, chunk)
+    reader.prefetch([r for group in chunks for r in group])
+    for group in chunks:
         factors = reader.read(group, modules)
         first = [i for i, r in enumerate(group) if r.id in first_ids]
         if first:

@@ -166,12 +166,16 @@ class LoRASlots:
         self.scale[slot] = scale
 
     @torch.no_grad()
-    def load_adapter(self, slot: int, adapter_dir: Path, scale: float, allow_pickle: bool = False) -> bool:
-        """Copy an adapter dir's factors into ``slot``: one copy from the mapped file when it is laid out as
-        the storage row, else tensor by tensor. False (nothing loaded) when its shapes do not fit."""
-        block = read_dir_block(adapter_dir, self.factors, allow_pickle=allow_pickle)
+    def load_adapter(self, slot: int, adapter_dir: Path, scale: float, allow_pickle: bool = False,
+                     block: torch.Tensor | None = None) -> bool:
+        """Copy an adapter dir's factors into ``slot``: one copy from the mapped file (or ``block``, its data
+        already read) when it is laid out as the storage row, else tensor by tensor. False (nothing loaded)
+        when its shapes do not fit."""
+        if block is None:
+            block = read_dir_block(adapter_dir, self.factors, allow_pickle=allow_pickle)
         if block is not None:
-            self.storage[slot].copy_(block)
+            # from pinned memory the transfer is queued behind the forward in flight instead of waiting for it
+            self.storage[slot].copy_(block, non_blocking=block.is_pinned())
             self.scale[slot] = scale
             return True
         tensors = load_weight_dir(adapter_dir, allow_pickle=allow_pickle)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +31,7 @@ class EngineFactory:
     adapters_per_forward: int | None = None
     allow_pickle: bool = False
     with_accuracy: bool = True  # False: loss only (cloze requests score the gold continuation alone)
+    read_ahead: bool | None = None  # read the next adapters' files on threads while forwards run (None: on CUDA)
 
     def settings(self) -> ScoreSettings:
         import torch
@@ -39,8 +39,21 @@ class EngineFactory:
         device = torch.device(self.device) if self.device else default_device()
         return ScoreSettings(batch_size=self.batch_size, device=device, bf16=self.bf16, pad_id=self.pad_id)
 
-    def __call__(self) -> Callable[[ScoreUnit], list[ExampleScores]]:
-        engine = ScoringEngine(self.base_dir, self.requests, self.settings(),
-                               adapters_per_forward=self.adapters_per_forward, allow_pickle=self.allow_pickle,
-                               with_accuracy=self.with_accuracy)
-        return lambda unit: engine.score(unit.records, unit.indices)
+    def __call__(self) -> EngineWorker:
+        return EngineWorker(ScoringEngine(self.base_dir, self.requests, self.settings(),
+                                          adapters_per_forward=self.adapters_per_forward,
+                                          allow_pickle=self.allow_pickle, with_accuracy=self.with_accuracy,
+                                          read_ahead=self.read_ahead))
+
+
+@dataclass(frozen=True)
+class EngineWorker:
+    """Scores units with one engine; ``prefetch`` lets it read a unit's adapters while it scores another."""
+
+    engine: ScoringEngine
+
+    def __call__(self, unit: ScoreUnit) -> list[ExampleScores]:
+        return self.engine.score(unit.records, unit.indices)
+
+    def prefetch(self, unit: ScoreUnit) -> None:
+        self.engine.prefetch(unit.records, unit.indices)

@@ -1,0 +1,113 @@
+"""Adapter files read ahead on threads while the forwards run: the same scores, in a selection too."""
+
+import shutil
+
+import torch
+from safetensors.torch import save_file
+
+from mashup.config import SelectConfig
+from mashup.executors import LocalExecutor
+from mashup.io import load_weight_dir, read_dir_block
+from mashup.library.records import ADAPTER_CONFIG
+from mashup.models import load_model
+from mashup.selection import select_checkpoints
+from mashup.selection.engine import ScoringEngine
+from mashup.selection.read_ahead import AdapterReadAhead
+from mashup.selection.slots import LoRASlots, SlotLayout
+from tests.selection.helpers import records_for, requests_for
+from tests.tiny import save_tiny_lora
+
+
+def _factors(tiny_base, adapter):
+    return LoRASlots(load_model(tiny_base), SlotLayout.of(records_for([adapter])[0]), slots=1).factors
+
+
+def _copies(adapters, root):
+    """Copies of the adapter dirs, which a test may delete."""
+    return [shutil.copytree(a, root / f"copy{i}") for i, a in enumerate(adapters)]
+
+
+def test_reads_land_before_they_are_taken_in_the_files_layout(tiny_base, tiny_loras, tmp_path):
+    adapters = _copies(tiny_loras, tmp_path)
+    expected = [read_dir_block(a, _factors(tiny_base, a)).clone() for a in adapters]
+    reader = AdapterReadAhead(_factors(tiny_base, adapters[0]), pin=False)
+    reader.request(adapters)
+    reader.request(adapters[:1])  # already queued: ignored
+    assert reader.queued == len(adapters)
+    for future in list(reader._reads.values()):
+        future.result()
+    for adapter in adapters:  # read already: the files may go
+        shutil.rmtree(adapter)
+    for adapter, block in zip(adapters, expected):
+        got = reader.take(adapter)
+        assert got is not None and torch.equal(got, block)
+    assert reader.queued == 0
+    reader.close()
+
+
+def test_reads_stay_within_the_budget_and_unrequested_or_other_files_read_on_take(tiny_base, tiny_loras, tmp_path):
+    factors = _factors(tiny_base, tiny_loras[0])
+    reader = AdapterReadAhead(factors, pin=False, budget_bytes=1)  # below one adapter: one read at a time
+    reader.request(tiny_loras)
+    assert len(reader._reads) == 1 and reader.queued == 3
+    assert torch.equal(reader.take(tiny_loras[1]), read_dir_block(tiny_loras[1], factors))  # out of order
+    assert reader.queued == 2
+    for adapter in (tiny_loras[0], tiny_loras[2]):
+        assert torch.equal(reader.take(adapter), read_dir_block(adapter, factors))
+    assert torch.equal(reader.take(tiny_loras[0]), read_dir_block(tiny_loras[0], factors))  # never requested
+    tensors = load_weight_dir(tiny_loras[0])
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    shutil.copy(tiny_loras[0] / ADAPTER_CONFIG, mixed / ADAPTER_CONFIG)
+    first = sorted(tensors)[0]
+    save_file({**tensors, first: tensors[first].half()}, str(mixed / "adapter_model.safetensors"))
+    reader.request([mixed])
+    assert reader.take(mixed) is None  # no one-block file: the slots load it tensor by tensor
+    reader.close()
+
+
+def test_engine_reading_ahead_scores_as_without(tiny_base, tiny_loras, mc_file, tmp_path):
+    workspace, requests = requests_for(tiny_base, mc_file, 9, "cloze")
+    other_rank = save_tiny_lora(tiny_base, tmp_path / "r2", seed=7, r=2)  # another layout: through PEFT
+    records = records_for([*tiny_loras, other_rank, *tiny_loras[:2]])
+    settings = workspace.settings(3)
+    plain = ScoringEngine(tiny_base, requests, settings, adapters_per_forward=2)
+    assert not plain.read_ahead  # off on a CPU by default
+    ahead = ScoringEngine(tiny_base, requests, settings, adapters_per_forward=2, read_ahead=True)
+    ahead.prefetch([*records[4:], records[3]], (0, 1))  # a later call's adapters, queued first
+    assert ahead._reader is not None and ahead._reader.queued == 2  # the r=2 adapter goes through PEFT
+    for indices in [(0, 1), None]:
+        want, got = plain.score(records, indices), ahead.score(records, indices)
+        assert [g.losses for g in got] == [w.losses for w in want]
+        assert ahead._reader.queued == 0
+
+
+class RecordingWorker:
+    def __init__(self, log):
+        self.log = log
+
+    def __call__(self, unit):
+        self.log.append(("run", unit))
+        return unit
+
+    def prefetch(self, unit):
+        self.log.append(("prefetch", unit))
+
+
+def test_the_local_executor_hints_each_unit_and_the_next_before_running_it():
+    log = []
+    assert LocalExecutor().map(lambda: RecordingWorker(log), [0, 1, 2]) == [0, 1, 2]
+    assert log == [("prefetch", 0), ("prefetch", 1), ("run", 0),
+                   ("prefetch", 1), ("prefetch", 2), ("run", 1), ("run", 2)]
+
+
+def test_a_selection_reading_ahead_ranks_and_scores_as_without(tiny_base, tiny_loras, mc_file, tmp_path):
+    workspace, requests = requests_for(tiny_base, mc_file, 12, "cloze")
+    extra = [save_tiny_lora(tiny_base, tmp_path / f"x{i}", seed=20 + i) for i in range(3)]
+    records = records_for([*tiny_loras, *extra])
+    runs = []
+    for read_ahead in (False, True):
+        config = SelectConfig(samples=12, batch_size=4, cache=False, selector="halving", adapters_per_forward=2,
+                              read_ahead=read_ahead)
+        runs.append(select_checkpoints(workspace, records, requests, config, None).ranking)
+    assert [(s.id, s.loss, s.n) for s in runs[0]] == [(s.id, s.loss, s.n) for s in runs[1]]
