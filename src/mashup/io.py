@@ -107,6 +107,22 @@ def read_dir_block(model_dir: Path, expected: Sequence[tuple[str, tuple[int, ...
     return read_tensor_block(files[0], expected) if len(files) == 1 else None
 
 
+def read_dir_flat(model_dir: Path, expected: Sequence[tuple[str, tuple[int, ...]]], *, allow_pickle: bool = False
+                  ) -> torch.Tensor | None:
+    """A dir's tensors back to back in ``expected`` order (name, shape), as one flat tensor: the mapped block
+    where its file is laid out so (``read_dir_block``), else loaded and joined (in their widest dtype).
+    None when its tensors are not exactly ``expected``."""
+    import torch
+
+    block = read_dir_block(model_dir, expected, allow_pickle=allow_pickle)
+    if block is not None:
+        return block
+    tensors = load_weight_dir(model_dir, allow_pickle=allow_pickle)
+    if {name: tuple(t.shape) for name, t in tensors.items()} != dict(expected):
+        return None
+    return torch.cat([tensors[name].reshape(-1) for name, _ in expected])
+
+
 def read_tensor_block(path: Path, expected: Sequence[tuple[str, tuple[int, ...]]]) -> torch.Tensor | None:
     """The data of a safetensors file holding exactly ``expected`` (names and shapes, in data order), in one
     dtype: one flat tensor mapped from the file. None when the file is laid out otherwise (or unreadable).

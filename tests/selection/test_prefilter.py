@@ -159,7 +159,7 @@ def test_prefilter_ranks_every_rank_of_the_probed_modules_and_keeps_other_layout
 
 
 def test_factors_read_from_files_equal_the_loaded_ones_and_a_changed_file_is_an_error(tmp_path, tiny_loras):
-    """One block per file where it is laid out as one, else loaded tensor by tensor; both as loaded."""
+    """One block per file where it is laid out as one, else loaded and joined; both as loaded."""
     from mashup.errors import CheckpointError
     from mashup.selection.factors import FactorReader
 

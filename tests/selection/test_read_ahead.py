@@ -62,7 +62,7 @@ def test_reads_stay_within_the_budget_and_unrequested_or_other_files_read_on_tak
     first = sorted(tensors)[0]
     save_file({**tensors, first: tensors[first].half()}, str(mixed / "adapter_model.safetensors"))
     reader.request([mixed])
-    assert reader.take(mixed) is None  # no one-block file: the slots load it tensor by tensor
+    assert reader.take(mixed) is None  # no one-block file: the slots load its tensors and join them
     reader.close()
 
 

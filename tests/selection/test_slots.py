@@ -1,4 +1,4 @@
-"""LoRA slots load an adapter as one block when its file is laid out as a slot row, else tensor by tensor."""
+"""LoRA slots load an adapter as one block when its file is laid out as a slot row, else loaded and joined."""
 
 import shutil
 
@@ -10,7 +10,7 @@ from mashup.errors import CheckpointError
 from mashup.io import load_weight_dir, read_tensor_block
 from mashup.library.records import ADAPTER_CONFIG
 from mashup.models import load_model
-from mashup.selection.slots import LoRASlots, SlotLayout
+from mashup.selection.slots import LoRASlots, SlotLayout, adapter_factors
 from tests.selection.helpers import records_for
 
 WEIGHTS = "adapter_model.safetensors"
@@ -29,9 +29,13 @@ def _slots(tiny_base, adapter) -> LoRASlots:
 
 
 def _row_tensor_by_tensor(tiny_base, adapter) -> torch.Tensor:
-    """The storage row the per-tensor path fills: the reference for the one-block path."""
+    """Slot 1's storage row filled through each module's views, tensor by tensor: the reference."""
     slots = _slots(tiny_base, adapter)
-    slots.load(1, load_weight_dir(adapter), 2.0)
+    tensors = load_weight_dir(adapter)
+    for path, module in slots.modules.items():
+        a, b = adapter_factors(tensors, path)
+        module.lora_A[1].copy_(a)
+        module.lora_B[1].copy_(b)
     return slots.storage[1]
 
 
@@ -56,7 +60,7 @@ def test_one_dtype_files_load_as_one_block_and_equal_the_per_tensor_path(tiny_ba
     assert slots.scale[1] == 2.0 and slots.storage[0].abs().sum() == 0  # the other slot is untouched
 
 
-def test_mixed_dtype_files_load_tensor_by_tensor(tiny_base, tiny_loras, tmp_path):
+def test_mixed_dtype_files_load_joined(tiny_base, tiny_loras, tmp_path):
     tensors = load_weight_dir(tiny_loras[2])
     first = sorted(tensors)[0]
     adapter = _variant(tiny_loras[2], tmp_path / "mixed", {**tensors, first: tensors[first].to(torch.float16)})
@@ -86,6 +90,9 @@ def test_an_adapter_of_another_shape_does_not_fit(tiny_base, tiny_loras, tmp_pat
     wider = {k: torch.cat([v, v], dim=0 if "lora_A" in k else 1) for k, v in load_weight_dir(tiny_loras[0]).items()}
     adapter = _variant(tiny_loras[0], tmp_path / "wider", wider)
     assert not slots.load_adapter(0, adapter, 2.0)
+    tensors = sorted(load_weight_dir(tiny_loras[0]).items())
+    fewer = _variant(tiny_loras[0], tmp_path / "fewer", dict(tensors[1:]))  # a factor missing
+    assert not slots.load_adapter(0, fewer, 2.0)
     assert slots.storage.abs().sum() == 0
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from mashup.errors import CheckpointError
-from mashup.io import load_weight_dir, read_dir_block
+from mashup.io import read_dir_flat
 from mashup.library import CheckpointRecord
 from mashup.selection.read_ahead import AdapterReadAhead, default_read_ahead
 from mashup.selection.slots import adapter_factors, row_views
@@ -104,11 +104,8 @@ def _flat_row(record: CheckpointRecord, expected: Sequence[tuple[str, tuple[int,
               allow_pickle: bool) -> torch.Tensor:
     """The adapter's tensors back to back in ``expected`` order: its mapped file, else loaded and joined."""
     path = Path(record.path)
-    block = read_dir_block(path, expected, allow_pickle=allow_pickle)
-    if block is not None:
-        return block
-    tensors = load_weight_dir(path, allow_pickle=allow_pickle)
-    if sorted((name, tuple(t.shape)) for name, t in tensors.items()) != list(expected):
+    flat = read_dir_flat(path, expected, allow_pickle=allow_pickle)
+    if flat is None:
         raise CheckpointError("its tensors differ from what the library recorded (changed on disk?)", str(path),
                               f"register it again: mashup library add {path}")
-    return torch.cat([tensors[name].float().reshape(-1) for name, _ in expected])
+    return flat

@@ -39,7 +39,7 @@ class AdapterReadAhead:
 
     ``factors`` is the slots' storage layout (name, shape) that a one-block file must match; a dir
     whose file does not (several files, several dtypes) reads as None, and the caller falls back to
-    loading it tensor by tensor.
+    loading its tensors and joining them (``mashup.io.read_dir_flat``).
     """
 
     def __init__(self, factors: Sequence[tuple[str, tuple[int, ...]]], *, pin: bool, allow_pickle: bool = False,

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mashup.io import load_weight_dir, read_dir_block
+from mashup.io import read_dir_flat
 from mashup.library.records import ADAPTER_CONFIG, CheckpointRecord
 
 _PREFIX = "base_model.model."
@@ -149,39 +149,19 @@ class LoRASlots:
             setattr(model.get_submodule(parent_path), child, wrapped)
             self.modules[path] = wrapped
 
-    def fits(self, tensors: Mapping[str, torch.Tensor]) -> bool:
-        """True when every factor has exactly the slot's shape."""
-        for path, module in self.modules.items():
-            a, b = adapter_factors(tensors, path)
-            if a.shape != module.lora_A.shape[1:] or b.shape != module.lora_B.shape[1:]:
-                return False
-        return True
-
-    @torch.no_grad()
-    def load(self, slot: int, tensors: Mapping[str, torch.Tensor], scale: float) -> None:
-        for path, module in self.modules.items():
-            a, b = adapter_factors(tensors, path)
-            module.lora_A[slot].copy_(a)
-            module.lora_B[slot].copy_(b)
-        self.scale[slot] = scale
-
     @torch.no_grad()
     def load_adapter(self, slot: int, adapter_dir: Path, scale: float, allow_pickle: bool = False,
                      block: torch.Tensor | None = None) -> bool:
-        """Copy an adapter dir's factors into ``slot``: one copy from the mapped file (or ``block``, its data
-        already read) when it is laid out as the storage row, else tensor by tensor. False (nothing loaded)
-        when its shapes do not fit."""
+        """Copy an adapter dir's factors into ``slot`` in one copy: ``block`` (its data, already read), else
+        its file mapped as one block, else its tensors loaded and joined (``io.read_dir_flat``). False
+        (nothing loaded) when its tensors are not exactly the slots' factors."""
         if block is None:
-            block = read_dir_block(adapter_dir, self.factors, allow_pickle=allow_pickle)
-        if block is not None:
-            # from pinned memory the transfer is queued behind the forward in flight instead of waiting for it
-            self.storage[slot].copy_(block, non_blocking=block.is_pinned())
-            self.scale[slot] = scale
-            return True
-        tensors = load_weight_dir(adapter_dir, allow_pickle=allow_pickle)
-        if not self.fits(tensors):
+            block = read_dir_flat(adapter_dir, self.factors, allow_pickle=allow_pickle)
+        if block is None:
             return False
-        self.load(slot, tensors, scale)
+        # from pinned memory the transfer is queued behind the forward in flight instead of waiting for it
+        self.storage[slot].copy_(block, non_blocking=block.is_pinned())
+        self.scale[slot] = scale
         return True
 
     def activate(self, n: int) -> None:
