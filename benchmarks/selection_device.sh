@@ -20,8 +20,8 @@
 #       assembled GGUF stay in /tmp) when the second ran out of time. SELECTORS=exhaustive,halving also runs
 #       exhaustive scoring live on the LIVE targets, so live halving is timed against live exhaustive (base
 #       load included in both) as well as against the recorded per-candidate seconds. READ_AHEAD_AB=1 runs
-#       each selector live a second time with read-ahead off (mashup.selection.read_ahead, on by default
-#       on CUDA), so the overlap of adapter loads with forwards is timed against the plain loads.
+#       each selector but exhaustive live a second time with read-ahead off (mashup.selection.read_ahead,
+#       on by default on CUDA), so the overlap of adapter loads with forwards is timed against plain loads.
 #
 # On an H100 (15 minutes of device time, start included) the build took about 2 minutes and each target
 # 1.5-4 (exhaustive 1,000 x 256 in 67-191 s, then the selectors with a live halving run of 10-50 s); the
