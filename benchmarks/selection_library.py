@@ -419,7 +419,6 @@ def _given(**settings) -> dict:
 def run_selectors(args: argparse.Namespace, target: str) -> None:
     """Each selector replayed on the recorded scores (and run live on ``--live-targets``), random-2, signals."""
     from mashup.library import Library
-    from mashup.selection import select_checkpoints
     from mashup.selection.prefilter import run_prefilter
 
     library = Library(bench_dir(args) / "library")
@@ -455,15 +454,14 @@ def run_selectors(args: argparse.Namespace, target: str) -> None:
         if "live" in previous:  # a live run is a measurement of its time: kept until the target runs live again
             entry["live"] = previous["live"]
         if target in args.live_targets.split(","):
-            start = time.perf_counter()
-            live = select_checkpoints(workspace, pool, requests, config, None)
-            entry["live"] = {"seconds": time.perf_counter() - start, "ranking": [s.id for s in live.ranking],
+            live, seconds = timed_selection(workspace, pool, requests, config)
+            entry["live"] = {"seconds": seconds, "ranking": [s.id for s in live.ranking],
                              "cost_ratio": live.stats.cost_ratio,
                              "top_k_as_replayed":
                                  [s.id for s in live.ranking[:config.k]] == entry["ranking"][:config.k]}
             if args.compare_read_ahead and name != "exhaustive":  # its loads are a small share; its time is not
-                entry["live"]["read_ahead_off_seconds"] = live_seconds(workspace, pool, requests,
-                                                                       config.model_copy(update={"read_ahead": False}))
+                _, entry["live"]["read_ahead_off_seconds"] = timed_selection(
+                    workspace, pool, requests, config.model_copy(update={"read_ahead": False}))
         save_results(path, results)
         print(f"{target}: {name} replayed" + (f", live in {entry['live']['seconds']:.1f}s" if "live" in entry else "")
               + f" ({time.monotonic() - STARTED:.0f}s since the start)", flush=True)
@@ -472,12 +470,13 @@ def run_selectors(args: argparse.Namespace, target: str) -> None:
     save_results(path, results)
 
 
-def live_seconds(workspace, pool, requests, config) -> float:
+def timed_selection(workspace, pool, requests, config) -> tuple:
+    """A live selection (cache off) and its seconds."""
     from mashup.selection import select_checkpoints
 
     start = time.perf_counter()
-    select_checkpoints(workspace, pool, requests, config, None)
-    return time.perf_counter() - start
+    selection = select_checkpoints(workspace, pool, requests, config, None)
+    return selection, time.perf_counter() - start
 
 
 def merged_accuracies(args: argparse.Namespace, target: str, results: dict, library, workspace, loaded) -> None:

@@ -5,9 +5,9 @@ worker once per process or actor (loading a model, say) and the worker is called
 and results must pickle too. A worker may also have ``prefetch(unit)``, a hint that it will be called
 on that unit soon: ``LocalExecutor`` gives it the next unit before running each one, so the worker can
 read the next unit's inputs while it computes. Results come back in unit order; ``on_result`` sees
-each one as it lands, in the calling process, so a single writer can record them. A unit that fails is run again up
-to ``retries`` times (on a fresh worker when its process died); a ``MashupError`` is the user's to
-fix and is raised at once. Selection scoring uses this today; any protocol whose units are
+each one as it lands, in the calling process, so a single writer can record them. A unit that fails
+is run again up to ``retries`` times (on a fresh worker when its process died); a ``MashupError`` is
+the user's to fix and is raised at once. Selection scoring uses this today; any protocol whose units are
 independent (e.g. the arms of an experiment) can use it as is.
 """
 

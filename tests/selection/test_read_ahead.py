@@ -30,7 +30,7 @@ def _copies(adapters, root):
 def test_reads_land_before_they_are_taken_in_the_files_layout(tiny_base, tiny_loras, tmp_path):
     adapters = _copies(tiny_loras, tmp_path)
     expected = [read_dir_block(a, _factors(tiny_base, a)).clone() for a in adapters]
-    reader = AdapterReadAhead(_factors(tiny_base, adapters[0]), pin=False)
+    reader = AdapterReadAhead(_factors(tiny_base, adapters[0]), torch.device("cpu"))
     reader.request(adapters)
     reader.request(adapters[:1])  # already queued: ignored
     assert reader.queued == len(adapters)
@@ -42,12 +42,11 @@ def test_reads_land_before_they_are_taken_in_the_files_layout(tiny_base, tiny_lo
         got = reader.take(adapter)
         assert got is not None and torch.equal(got, block)
     assert reader.queued == 0
-    reader.close()
 
 
 def test_reads_stay_within_the_budget_and_unrequested_or_other_files_read_on_take(tiny_base, tiny_loras, tmp_path):
     factors = _factors(tiny_base, tiny_loras[0])
-    reader = AdapterReadAhead(factors, pin=False, budget_bytes=1)  # below one adapter: one read at a time
+    reader = AdapterReadAhead(factors, torch.device("cpu"), budget_bytes=1)  # below one adapter: one at a time
     reader.request(tiny_loras)
     assert len(reader._reads) == 1 and reader.queued == 3
     assert torch.equal(reader.take(tiny_loras[1]), read_dir_block(tiny_loras[1], factors))  # out of order
@@ -63,7 +62,6 @@ def test_reads_stay_within_the_budget_and_unrequested_or_other_files_read_on_tak
     save_file({**tensors, first: tensors[first].half()}, str(mixed / "adapter_model.safetensors"))
     reader.request([mixed])
     assert reader.take(mixed) is None  # no one-block file: the slots load its tensors and join them
-    reader.close()
 
 
 def test_engine_reading_ahead_scores_as_without(tiny_base, tiny_loras, mc_file, tmp_path):

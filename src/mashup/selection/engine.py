@@ -202,7 +202,7 @@ class ScoringEngine:
             self._slot_model = self._load_base()
             self._slots = LoRASlots(self._slot_model, layout, group)
             if self.read_ahead:
-                self._reader = AdapterReadAhead(self._slots.factors, pin=self.settings.device.type == "cuda",
+                self._reader = AdapterReadAhead(self._slots.factors, self.settings.device,
                                                 allow_pickle=self.allow_pickle)
         return self._slots if self._slots.layout == layout else None
 

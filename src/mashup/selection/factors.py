@@ -24,14 +24,12 @@ from mashup.selection.slots import adapter_factors, row_views
 StackedFactors = dict[str, tuple[torch.Tensor, torch.Tensor]]
 
 
-def stack_factors(adapters: Sequence[Mapping[str, torch.Tensor]], modules: Sequence[str],
-                  device: torch.device | None = None) -> StackedFactors:
+def stack_factors(adapters: Sequence[Mapping[str, torch.Tensor]], modules: Sequence[str]) -> StackedFactors:
     """The factors of loaded state dicts (any float dtypes), stacked per module in float32."""
     stacked = {}
     for module in modules:
         pairs = [adapter_factors(tensors, module) for tensors in adapters]
-        stacked[module] = (torch.stack([a.float() for a, _ in pairs]).to(device),
-                           torch.stack([b.float() for _, b in pairs]).to(device))
+        stacked[module] = (torch.stack([a.float() for a, _ in pairs]), torch.stack([b.float() for _, b in pairs]))
     return stacked
 
 
@@ -59,7 +57,7 @@ class FactorReader:
             by_layout.setdefault(_layout_key(record), []).append(record)
         for key, group in by_layout.items():
             if key not in self._readers:
-                self._readers[key] = AdapterReadAhead(self._expected(group[0]), pin=self.device.type == "cuda",
+                self._readers[key] = AdapterReadAhead(self._expected(group[0]), self.device,
                                                       allow_pickle=self.allow_pickle)
             self._readers[key].request(Path(r.path) for r in group)
 

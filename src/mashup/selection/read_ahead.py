@@ -41,15 +41,17 @@ def default_read_ahead(device: torch.device) -> bool:
 class AdapterReadAhead:
     """Reads adapter dirs into host blocks ahead of ``take``, within a byte budget, on worker threads.
 
-    ``factors`` is the slots' storage layout (name, shape) that a one-block file must match; a dir
+    ``factors`` is the storage layout (name, shape) that a one-block file must match, and ``device`` where
+    the blocks are copied to (pinned host memory for CUDA); a dir
     whose file does not (several files, several dtypes) reads as None, and the caller falls back to
     loading its tensors and joining them (``mashup.io.read_dir_flat``).
     """
 
-    def __init__(self, factors: Sequence[tuple[str, tuple[int, ...]]], *, pin: bool, allow_pickle: bool = False,
-                 threads: int = READ_THREADS, budget_bytes: int = READ_AHEAD_BYTES) -> None:
+    def __init__(self, factors: Sequence[tuple[str, tuple[int, ...]]], device: torch.device, *,
+                 allow_pickle: bool = False, threads: int = READ_THREADS, budget_bytes: int = READ_AHEAD_BYTES
+                 ) -> None:
         self.factors = list(factors)
-        self.pin = pin
+        self.pin = device.type == "cuda"  # blocks bound for a GPU: the copy there runs without the host
         self.allow_pickle = allow_pickle
         # budgeted at 4 bytes a value: the widest dtype an adapter file holds in practice (float32)
         self.block_bytes = 4 * sum(math.prod(shape) for _, shape in self.factors)
@@ -81,11 +83,6 @@ class AdapterReadAhead:
     def queued(self) -> int:
         """Reads requested and not taken yet."""
         return len(self._waiting) + len(self._reads)
-
-    def close(self) -> None:
-        self._waiting.clear()
-        self._pool.shutdown(wait=True, cancel_futures=True)
-        self._reads.clear()
 
     def _submit(self) -> None:
         # at least one read is always under way, whatever the budget: an adapter larger than it still loads
