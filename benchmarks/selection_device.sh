@@ -22,6 +22,10 @@
 #       load included in both) as well as against the recorded per-candidate seconds. READ_AHEAD_AB=1 runs
 #       each selector but exhaustive live a second time with read-ahead off (mashup.selection.read_ahead,
 #       on by default on CUDA), so the overlap of adapter loads with forwards is timed against plain loads.
+#       PROFILE=1 runs each live selector but exhaustive once more under cProfile ($OUT/profile-*.txt).
+#       READ_BENCH=1 times the read-ahead's reads of the library's merged adapters by thread count after the
+#       first pass (benchmarks/read_ahead.py, $OUT/read_ahead.{txt,json}). LIVE2: the targets the prefilter
+#       pass runs live (halving and prefilter+halving, cache off).
 #
 # On an H100 (15 minutes of device time, start included) the build took about 2 minutes and each target
 # 1.5-4 (exhaustive 1,000 x 256 in 67-191 s, then the selectors with a live halving run of 10-50 s); the
@@ -82,11 +86,15 @@ setup() {
   cp .devcarry/gguf1/part /tmp/dev/gguf1.part || exit 1
   env_vars
   local bench
-  bench=$(python3 -c "from selection_library import bench_dir, parse_args
-print(bench_dir(parse_args(['--build-precision', '$BUILD_PRECISION'])))")
+  bench=$(bench_path)
   mkdir -p "$bench/mmlu" && cp /tmp/dev/mmlu/*.jsonl "$bench/mmlu/"
   python3 -c "import torch, transformers, peft, datasets, mashup
 print(torch.__version__, transformers.__version__, peft.__version__, torch.cuda.get_device_name())" || exit 1
+}
+
+bench_path() {
+  python3 -c "from selection_library import bench_dir, parse_args
+print(bench_dir(parse_args(['--build-precision', '$BUILD_PRECISION'])))"
 }
 
 env_vars() {
@@ -115,12 +123,18 @@ run() {
   if [[ $PASSES == *1* ]]; then
     timeout $((stop - SECONDS)) python3 benchmarks/selection.py $common --stage all --selectors "${SELECTORS:-halving}" \
       --live-targets "${LIVE:-arc_easy,winogrande}" --deadline $((D1 - SECONDS)) --json-out "$OUT/report1.json" \
-      $([ "${READ_AHEAD_AB:-0}" = 1 ] && echo --compare-read-ahead) > >(tee "$OUT/log1.txt") 2>&1
+      $([ "${READ_AHEAD_AB:-0}" = 1 ] && echo --compare-read-ahead) $([ "${PROFILE:-0}" = 1 ] && echo --profile-dir "$OUT") \
+      > >(tee "$OUT/log1.txt") 2>&1
     pack_results
+  fi
+  if [ "${READ_BENCH:-0}" = 1 ] && [ $((stop - SECONDS)) -gt 60 ]; then
+    timeout $((stop - SECONDS)) python3 benchmarks/read_ahead.py --adapters "$(bench_path)/merges" --threads 1,2,4,8,12 \
+      --json-out "$OUT/read_ahead.json" > "$OUT/read_ahead.txt" 2>&1
   fi
   if [[ $PASSES == *2* ]] && [ $((stop - SECONDS)) -gt 20 ]; then
     timeout $((stop - SECONDS)) python3 benchmarks/selection.py $common --stage selectors \
       --selectors halving,prefilter+halving --deadline $((D2 - SECONDS)) --json-out "$OUT/report2.json" \
+      --live-targets "${LIVE2:-}" \
       > >(tee "$OUT/log2.txt") 2>&1
     pack_results
   fi

@@ -99,6 +99,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "(cache off) to measure seconds and check the replayed ranking")
     parser.add_argument("--compare-read-ahead", action="store_true", help="live targets: run each selector but "
                         "exhaustive live again with read-ahead off (on by default on CUDA), for its seconds")
+    parser.add_argument("--profile-dir", type=Path, help="live targets: run each selector but exhaustive once more "
+                        "under cProfile, its top functions into DIR/profile-TARGET-SELECTOR.txt")
     parser.add_argument("--candidate-limit", type=int, help="use only a seeded random M of each target's candidates "
                         "(a documented subset when exhaustive scoring of all of them does not fit the machine)")
     parser.add_argument("--test-examples", type=int, default=100, help="test questions for merged-init accuracy")
@@ -462,6 +464,8 @@ def run_selectors(args: argparse.Namespace, target: str) -> None:
             if args.compare_read_ahead and name != "exhaustive":  # its loads are a small share; its time is not
                 _, entry["live"]["read_ahead_off_seconds"] = timed_selection(
                     workspace, pool, requests, config.model_copy(update={"read_ahead": False}))
+            if args.profile_dir and name != "exhaustive":
+                profiled_selection(workspace, pool, requests, config, args.profile_dir / f"profile-{target}-{name}.txt")
         save_results(path, results)
         print(f"{target}: {name} replayed" + (f", live in {entry['live']['seconds']:.1f}s" if "live" in entry else "")
               + f" ({time.monotonic() - STARTED:.0f}s since the start)", flush=True)
@@ -477,6 +481,23 @@ def timed_selection(workspace, pool, requests, config) -> tuple:
     start = time.perf_counter()
     selection = select_checkpoints(workspace, pool, requests, config, None)
     return selection, time.perf_counter() - start
+
+
+def profiled_selection(workspace, pool, requests, config, out: Path) -> None:
+    """One more live selection under cProfile: its top functions by cumulative and by own time, to ``out``."""
+    import cProfile
+    import io
+    import pstats
+
+    profiler = cProfile.Profile()
+    _, seconds = profiler.runcall(timed_selection, workspace, pool, requests, config)
+    text = io.StringIO()
+    text.write(f"live selection under cProfile: {seconds:.2f} s\n")
+    stats = pstats.Stats(profiler, stream=text)
+    stats.sort_stats("cumulative").print_stats(45)
+    stats.sort_stats("tottime").print_stats(30)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text.getvalue())
 
 
 def merged_accuracies(args: argparse.Namespace, target: str, results: dict, library, workspace, loaded) -> None:

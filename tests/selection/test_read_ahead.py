@@ -1,6 +1,9 @@
 """Adapter files read ahead on threads while the forwards run: the same scores, in a selection too."""
 
+import math
 import shutil
+import sys
+from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
@@ -109,3 +112,15 @@ def test_a_selection_reading_ahead_ranks_and_scores_as_without(tiny_base, tiny_l
                               read_ahead=read_ahead)
         runs.append(select_checkpoints(workspace, records, requests, config, None).ranking)
     assert [(s.id, s.loss, s.n) for s in runs[0]] == [(s.id, s.loss, s.n) for s in runs[1]]
+
+
+def test_the_read_benchmark_reads_every_adapter_in_the_slots_layout(tiny_base, tiny_loras, tmp_path):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    from read_ahead import main, storage_factors  # benchmarks/read_ahead.py
+
+    adapters = _copies(tiny_loras, tmp_path)
+    factors = _factors(tiny_base, adapters[0])
+    assert storage_factors(adapters[0]) == factors
+    result = main(["--adapters", str(tmp_path), "--threads", "1,2", "--device", "cpu"])
+    assert result["adapters"] == len(adapters) and set(result["threads"]) == {1, 2}
+    assert result["bytes_each"] == 4 * sum(math.prod(shape) for _, shape in factors)  # float32 files

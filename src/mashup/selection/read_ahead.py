@@ -27,9 +27,12 @@ from mashup.io import read_dir_block
 # Host memory that reads may hold ahead of use. A first round on a GPU groups about 128 SmolLM2
 # adapters (10 MB each in float32) per forward: this keeps most of the next group ready.
 READ_AHEAD_BYTES = 1 << 30
-# A first round on 1,000 float32 SmolLM2 adapters reads about 10 GB; one thread copied a 10 MB adapter from
-# the page cache in about 2 ms here, so a few threads keep up with a GPU's forwards. Half the host's
-# cores at most, and never the one the forwards are launched from.
+# A first round on 1,000 float32 SmolLM2 adapters reads about 10 GB, 1.25 GB for each forward of 128 of
+# them. On an H200's 16-core host (benchmarks/read_ahead.py, the 1,000 from the page cache into pinned
+# memory) 1 thread read 4.8 GB/s, 2 read 8.3, 4 read 6.8, 8 read 14.5 and 12 read 13.0; yet a live
+# halving on commonsense_qa took 4.96 and 5.86 s with 4 threads against 5.31 and 7.20 s with 8
+# (alternating in one process): past a few threads the reads are not what the forwards wait for. Half
+# the host's cores at most, so that the thread launching the forwards keeps one. Read at construction.
 READ_THREADS = max(1, min(4, (os.cpu_count() or 2) // 2))
 
 
@@ -41,14 +44,14 @@ def default_read_ahead(device: torch.device) -> bool:
 class AdapterReadAhead:
     """Reads adapter dirs into host blocks ahead of ``take``, within a byte budget, on worker threads.
 
-    ``factors`` is the storage layout (name, shape) that a one-block file must match, and ``device`` where
-    the blocks are copied to (pinned host memory for CUDA); a dir
+    ``factors`` is the storage layout (name, shape) that a one-block file must match, ``device`` where
+    the blocks are copied to (pinned host memory for CUDA), ``threads`` default ``READ_THREADS``; a dir
     whose file does not (several files, several dtypes) reads as None, and the caller falls back to
     loading its tensors and joining them (``mashup.io.read_dir_flat``).
     """
 
     def __init__(self, factors: Sequence[tuple[str, tuple[int, ...]]], device: torch.device, *,
-                 allow_pickle: bool = False, threads: int = READ_THREADS, budget_bytes: int = READ_AHEAD_BYTES
+                 allow_pickle: bool = False, threads: int | None = None, budget_bytes: int = READ_AHEAD_BYTES
                  ) -> None:
         self.factors = list(factors)
         self.pin = device.type == "cuda"  # blocks bound for a GPU: the copy there runs without the host
@@ -56,7 +59,7 @@ class AdapterReadAhead:
         # budgeted at 4 bytes a value: the widest dtype an adapter file holds in practice (float32)
         self.block_bytes = 4 * sum(math.prod(shape) for _, shape in self.factors)
         self.budget_bytes = budget_bytes
-        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="mashup-read-ahead")
+        self._pool = ThreadPoolExecutor(threads or READ_THREADS, thread_name_prefix="mashup-read-ahead")
         self._waiting: deque[Path] = deque()  # requested, not submitted yet (over the budget)
         self._reads: dict[Path, Future[torch.Tensor | None]] = {}
 
