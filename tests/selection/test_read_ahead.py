@@ -2,7 +2,6 @@
 
 import math
 import shutil
-import sys
 from pathlib import Path
 
 import torch
@@ -114,8 +113,8 @@ def test_a_selection_reading_ahead_ranks_and_scores_as_without(tiny_base, tiny_l
     assert [(s.id, s.loss, s.n) for s in runs[0]] == [(s.id, s.loss, s.n) for s in runs[1]]
 
 
-def test_the_read_benchmark_reads_every_adapter_in_the_slots_layout(tiny_base, tiny_loras, tmp_path):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+def test_the_read_benchmark_reads_every_adapter_in_the_slots_layout(tiny_base, tiny_loras, tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[2] / "benchmarks"))
     from read_ahead import main, storage_factors  # benchmarks/read_ahead.py
 
     adapters = _copies(tiny_loras, tmp_path)
