@@ -20,15 +20,15 @@ import time
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 
+from mashup.io import tensor_shapes
 from mashup.selection.read_ahead import AdapterReadAhead
 
 
 def storage_factors(adapter_dir: Path) -> list[tuple[str, tuple[int, ...]]]:
     """(name, shape) of an adapter file's tensors, in the order a one-dtype file stores them."""
-    with safe_open(str(adapter_dir / "adapter_model.safetensors"), "pt") as handle:
-        return sorted((name, tuple(handle.get_slice(name).get_shape())) for name in handle.keys())
+    shapes = tensor_shapes(adapter_dir / "adapter_model.safetensors")
+    return sorted((name, tuple(shape)) for name, shape in shapes.items())
 
 
 def read_all(dirs: list[Path], factors: list, device: torch.device, threads: int) -> tuple[float, int]:
