@@ -4,14 +4,18 @@ import math
 import shutil
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import save_file
 
 from mashup.config import SelectConfig
+from mashup.errors import CheckpointError
 from mashup.executors import LocalExecutor
 from mashup.io import load_weight_dir, read_dir_block
 from mashup.library.records import ADAPTER_CONFIG
 from mashup.models import load_model
+from mashup.selection import engine as engine_module
+from mashup.selection import read_ahead as read_ahead_module
 from mashup.selection import select_checkpoints
 from mashup.selection.engine import ScoringEngine
 from mashup.selection.read_ahead import AdapterReadAhead
@@ -66,6 +70,43 @@ def test_reads_stay_within_the_budget_and_unrequested_or_other_files_read_on_tak
     assert reader.take(mixed) is None  # no one-block file: the slots load its tensors and join them
 
 
+@pytest.mark.parametrize("chunk_rows", [1, 64])  # kept in one block per copy, or all in one
+def test_kept_blocks_are_taken_again_without_reading_within_their_budget(tiny_base, tiny_loras, tmp_path, monkeypatch,
+                                                                         chunk_rows):
+    monkeypatch.setattr(read_ahead_module, "KEEP_CHUNK_ROWS", chunk_rows)
+    adapters = _copies(tiny_loras, tmp_path)
+    factors = _factors(tiny_base, adapters[0])
+    blocks = [read_dir_block(a, factors).clone() for a in adapters]
+    reader = AdapterReadAhead(factors, torch.device("cpu"), keep_bytes=2 * blocks[0].numel() * blocks[0].element_size())
+    for adapter, block in zip(adapters, blocks):
+        reader.keep(adapter, block)
+    block.zero_()  # the reader kept a copy, not the caller's tensor
+    for adapter in adapters:
+        shutil.rmtree(adapter)
+    reader.request(adapters[:2])  # kept: nothing to read
+    assert reader.queued == 0
+    for adapter, want in zip(adapters[:2], blocks):
+        assert torch.equal(reader.take(adapter), want) and torch.equal(reader.take(adapter), want)
+    with pytest.raises(CheckpointError, match="no weight files"):  # past the budget: not kept, so read
+        reader.take(adapters[2])
+
+
+def test_engine_keeping_blocks_scores_later_rounds_without_the_files(tiny_base, tiny_loras, mc_file, tmp_path,
+                                                                     monkeypatch):
+    workspace, requests = requests_for(tiny_base, mc_file, 9, "cloze")
+    records = records_for(_copies(tiny_loras, tmp_path))
+    settings = workspace.settings(3)
+    want = ScoringEngine(tiny_base, requests, settings, adapters_per_forward=2).score(records)
+    monkeypatch.setattr(engine_module, "device_keep_bytes", lambda device: 1 << 30)  # as on a GPU with room
+    engine = ScoringEngine(tiny_base, requests, settings, adapters_per_forward=2, read_ahead=True)
+    first = engine.score(records, range(4))  # a first round: every adapter loaded once
+    for record in records:
+        shutil.rmtree(record.path)
+    rest = engine.score(records, range(4, 9))  # a later round: from the kept blocks
+    for w, f, r in zip(want, first, rest):
+        assert f.losses + r.losses == pytest.approx(w.losses, abs=1e-6)
+
+
 def test_engine_reading_ahead_scores_as_without(tiny_base, tiny_loras, mc_file, tmp_path):
     workspace, requests = requests_for(tiny_base, mc_file, 9, "cloze")
     other_rank = save_tiny_lora(tiny_base, tmp_path / "r2", seed=7, r=2)  # another layout: through PEFT
@@ -76,10 +117,29 @@ def test_engine_reading_ahead_scores_as_without(tiny_base, tiny_loras, mc_file, 
     ahead = ScoringEngine(tiny_base, requests, settings, adapters_per_forward=2, read_ahead=True)
     ahead.prefetch([*records[4:], records[3]], (0, 1))  # a later call's adapters, queued first
     assert ahead._reader is not None and ahead._reader.queued == 2  # the r=2 adapter goes through PEFT
+    assert ahead._slot_model is None  # the base loads at the first score, while those reads run
     for indices in [(0, 1), None]:
         want, got = plain.score(records, indices), ahead.score(records, indices)
         assert [g.losses for g in got] == [w.losses for w in want]
         assert ahead._reader.queued == 0
+
+
+def test_an_adapter_that_does_not_fit_the_base_fails_as_without_reading_ahead(tiny_base, tiny_loras, mc_file,
+                                                                            tmp_path):
+    """Reads start from the catalog's shapes before the base loads; when those do not fit the base, the
+    adapter must still reach PEFT's loader and its message, not a failed copy into a slot."""
+    workspace, requests = requests_for(tiny_base, mc_file, 6, "cloze")
+    misfit = shutil.copytree(tiny_loras[0], tmp_path / "misfit")
+    tensors = load_weight_dir(misfit)
+    name = sorted(n for n in tensors if ".lora_A." in n)[0]
+    tensors[name] = torch.cat([tensors[name], tensors[name][:, :1]], dim=1)  # one input more than the base has
+    save_file(tensors, str(misfit / "adapter_model.safetensors"))
+    record = records_for([misfit])[0]
+    for read_ahead in (False, True):
+        engine = ScoringEngine(tiny_base, requests, workspace.settings(3), adapters_per_forward=2,
+                               read_ahead=read_ahead)
+        with pytest.raises(CheckpointError, match="trained on this base model"):
+            engine.score([record])
 
 
 class RecordingWorker:

@@ -34,6 +34,7 @@ class RoundStats:
     candidates: int
     scored: int = 0  # scores computed now (the rest came from this call or the cache)
     cached: int = 0
+    seconds: float = 0.0  # scoring this round (the first includes loading the base)
 
 
 @dataclass
@@ -138,7 +139,8 @@ class SelectionContext:
         start = time.perf_counter()
         if units:
             self.executor.map(self.factory, units, on_result=on_result)
-        self.stats.scoring_seconds += time.perf_counter() - start
+        round_stats.seconds = time.perf_counter() - start
+        self.stats.scoring_seconds += round_stats.seconds
         self.stats.scored += round_stats.scored
         self.stats.cached += round_stats.cached
         self.stats.rounds.append(round_stats)

@@ -23,8 +23,8 @@ from mashup.data.prompts import EncodedRequest
 from mashup.evaluation import ScoreSettings, ScoringPlan
 from mashup.library.records import CheckpointRecord
 from mashup.models import attach_adapter, load_full_weights_into, load_model
-from mashup.selection.read_ahead import AdapterReadAhead, default_read_ahead
-from mashup.selection.slots import LoRASlots, SlotLayout
+from mashup.selection.read_ahead import AdapterReadAhead, default_read_ahead, device_keep_bytes
+from mashup.selection.slots import LoRASlots, SlotLayout, stored_factors
 from mashup.workspace import count_parameters
 
 logger = logging.getLogger(__name__)
@@ -116,6 +116,8 @@ class ScoringEngine:
         self._default_groups: dict[int, int] = {}  # examples per adapter -> adapters per forward
         self._plans: dict[tuple[int, ...], ScoringPlan] = {}
         self._layouts: dict[str, SlotLayout | None] = {}  # by record id
+        self._layout: SlotLayout | None = None  # the slots' layout: the first plain adapter's
+        self._slot_count = 0  # slots to build: the group size of the first call that saw that adapter
         self._slots: LoRASlots | None = None
         self._slot_model: nn.Module | None = None
         self._full_model: nn.Module | None = None
@@ -157,6 +159,8 @@ class ScoringEngine:
 
         grouped, group = self._grouped(records, len(key))
         self._queue_reads(grouped)
+        if grouped:
+            self._build_slots()
         for start in range(0, len(grouped), group):
             self._score_group(grouped[start:start + group], plan, emit)
         for record in records:
@@ -178,16 +182,19 @@ class ScoringEngine:
             self._reader.request(Path(r.path) for r in grouped)
 
     def _grouped(self, records: Sequence[CheckpointRecord], examples: int) -> tuple[list[CheckpointRecord], int]:
-        """The records the slots can hold (building them on first use), and how many share a forward."""
+        """The records the slots hold (the first plain adapter seen picks their layout), and how many share
+        a forward."""
         for record in records:
             if record.id not in self._layouts:  # read once: a record is scored and prefetched in several calls
                 self._layouts[record.id] = SlotLayout.of(record)
         group = self._group_size(examples)
-        grouped = [r for r in records if (layout := self._layouts[r.id]) is not None
-                   and self._slots_for(layout, group) is not None]
-        if self._slots is not None:
-            group = min(group, self._slots.slots)  # slots are built once, for the first call's group size
-        return grouped, group
+        if self._layout is None:
+            first = next((r for r in records if self._layouts[r.id] is not None), None)
+            if first is None:
+                return [], group
+            self._choose_layout(first, group)
+        grouped = [r for r in records if self._layouts[r.id] == self._layout]
+        return grouped, min(group, self._slot_count)  # slots are built once, for the first call's group size
 
     def _group_size(self, examples: int) -> int:
         if self._requested_group is not None:
@@ -196,23 +203,38 @@ class ScoringEngine:
             self._default_groups[examples] = default_adapters_per_forward(self.base_dir, self.settings, examples)
         return self._default_groups[examples]
 
-    def _slots_for(self, layout: SlotLayout, group: int) -> LoRASlots | None:
-        """The slots (built on first use, ``group`` of them); None for an adapter whose layout differs."""
-        if self._slots is None:
-            self._slot_model = self._load_base()
-            self._slots = LoRASlots(self._slot_model, layout, group)
-            if self.read_ahead:
-                self._reader = AdapterReadAhead(self._slots.factors, self.settings.device,
-                                                allow_pickle=self.allow_pickle)
-        return self._slots if self._slots.layout == layout else None
+    def _choose_layout(self, record: CheckpointRecord, group: int) -> None:
+        """Fix the slots' layout and count; the base loads later (``_build_slots``), so that reads queued
+        before then run while it loads: the reader checks files against the catalog's shapes."""
+        self._layout, self._slot_count = self._layouts[record.id], group
+        if self.read_ahead:
+            device = self.settings.device
+            self._reader = AdapterReadAhead(stored_factors(record), device, allow_pickle=self.allow_pickle,
+                                            keep_bytes=device_keep_bytes(device))
+
+    def _build_slots(self) -> None:
+        """Load the base and wrap it with the slots, once."""
+        if self._slots is not None:
+            return
+        assert self._layout is not None
+        self._slot_model = self._load_base()
+        self._slots = LoRASlots(self._slot_model, self._layout, self._slot_count)
+        if self._reader is not None and self._reader.factors != self._slots.factors:
+            # the adapter's shapes do not fit the base: no block could go into a slot, so read for the slots
+            self._reader.close()
+            self._reader = AdapterReadAhead(self._slots.factors, self.settings.device, allow_pickle=self.allow_pickle,
+                                            keep_bytes=self._reader.keep_bytes)
 
     def _score_group(self, group: Sequence[CheckpointRecord], plan: ScoringPlan, emit: Callable) -> None:
         assert self._slots is not None and self._slot_model is not None
         start = time.perf_counter()
         loaded = []
         for record in group:
-            block = self._reader.take(Path(record.path)) if self._reader is not None else None
-            if self._slots.load_adapter(len(loaded), Path(record.path), record.lora_scale, self.allow_pickle, block):
+            path = Path(record.path)
+            block = self._reader.take(path) if self._reader is not None else None
+            if self._slots.load_adapter(len(loaded), path, record.lora_scale, self.allow_pickle, block):
+                if self._reader is not None:
+                    self._reader.keep(path, self._slots.storage[len(loaded)])
                 loaded.append(record)
         if loaded:
             self._slots.activate(len(loaded))
