@@ -26,7 +26,9 @@
 #       READ_BENCH=1 times the read-ahead's reads of the library's merged adapters by thread count after the
 #       first pass (benchmarks/read_ahead.py, read_ahead.{txt,json}). LIVE2: the targets the prefilter
 #       pass runs live (halving and prefilter+halving, cache off). GROUP_ROWS: rows per forward on CUDA
-#       (default 1024) for every scoring of the run, recorded and live.
+#       (default 1024) for every scoring of the run, recorded and live. KEEP_AB=1 runs each live selector but
+#       exhaustive again without keeping loaded adapter blocks on the GPU (read_ahead.DEVICE_KEEP_SHARE).
+#       Live runs print each round's seconds.
 #
 # On an H100 (15 minutes of device time, start included) the build took about 2 minutes and each target
 # 1.5-4 (exhaustive 1,000 x 256 in 67-191 s, then the selectors with a live halving run of 10-50 s); the
@@ -130,6 +132,7 @@ run() {
     timeout $((stop - SECONDS)) python3 benchmarks/selection.py $common --stage all --selectors "${SELECTORS:-halving}" \
       --live-targets "${LIVE:-arc_easy,winogrande}" --deadline $((D1 - SECONDS)) --json-out "$logs/report1.json" \
       $([ "${READ_AHEAD_AB:-0}" = 1 ] && echo --compare-read-ahead) $([ "${PROFILE:-0}" = 1 ] && echo --profile-dir "$logs") \
+      $([ "${KEEP_AB:-0}" = 1 ] && echo --compare-device-keep) \
       > >(tee "$logs/log1.txt") 2>&1
     pack_results
   fi

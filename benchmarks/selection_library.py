@@ -99,6 +99,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "(cache off) to measure seconds and check the replayed ranking")
     parser.add_argument("--compare-read-ahead", action="store_true", help="live targets: run each selector but "
                         "exhaustive live again with read-ahead off (on by default on CUDA), for its seconds")
+    parser.add_argument("--compare-device-keep", action="store_true", help="live targets: run each selector but "
+                        "exhaustive live again without keeping loaded blocks on the device (kept by default on CUDA; "
+                        "mashup.selection.read_ahead.DEVICE_KEEP_SHARE), for its seconds")
     parser.add_argument("--cuda-group-rows", type=int, help="rows per forward when adapters share one on CUDA, for "
                         "every scoring of this run (mashup.selection.engine.CUDA_GROUP_ROWS, default 1024)")
     parser.add_argument("--profile-dir", type=Path, help="live targets: run each selector but exhaustive once more "
@@ -466,6 +469,8 @@ def run_selectors(args: argparse.Namespace, target: str) -> None:
             if args.compare_read_ahead and name != "exhaustive":  # its loads are a small share; its time is not
                 _, entry["live"]["read_ahead_off_seconds"] = timed_selection(
                     workspace, pool, requests, config.model_copy(update={"read_ahead": False}))
+            if args.compare_device_keep and name != "exhaustive":
+                entry["live"]["keep_off_seconds"] = seconds_without_device_keep(workspace, pool, requests, config)
             if args.profile_dir and name != "exhaustive":
                 profiled_selection(workspace, pool, requests, config, args.profile_dir / f"profile-{target}-{name}.txt")
         save_results(path, results)
@@ -489,6 +494,17 @@ def timed_selection(workspace, pool, requests, config) -> tuple:
     start = time.perf_counter()
     selection = select_checkpoints(workspace, pool, requests, config, None)
     return selection, time.perf_counter() - start
+
+
+def seconds_without_device_keep(workspace, pool, requests, config) -> float:
+    """A live selection's seconds with no loaded blocks kept on the device (later rounds read them again)."""
+    from mashup.selection import read_ahead
+
+    share, read_ahead.DEVICE_KEEP_SHARE = read_ahead.DEVICE_KEEP_SHARE, 0.0
+    try:
+        return timed_selection(workspace, pool, requests, config)[1]
+    finally:
+        read_ahead.DEVICE_KEEP_SHARE = share
 
 
 def profiled_selection(workspace, pool, requests, config, out: Path) -> None:
@@ -587,6 +603,9 @@ def report(args: argparse.Namespace) -> dict:
                 "live_read_ahead_off_seconds_cost_ratio": (
                     got["live"]["read_ahead_off_seconds"] / results["exhaustive"]["seconds"]
                     if "read_ahead_off_seconds" in got.get("live", {}) else None),
+                "live_keep_off_seconds_cost_ratio": (
+                    got["live"]["keep_off_seconds"] / results["exhaustive"]["seconds"]
+                    if "keep_off_seconds" in got.get("live", {}) else None),
                 "merged_accuracy": got["merged_accuracy"],
                 "prefilter_seconds": stats.get("prefilter_seconds", 0.0),  # probe and signals, measured
                 "probe_seconds": stats.get("probe_seconds"),  # None in results recorded before it was
@@ -599,7 +618,7 @@ def report(args: argparse.Namespace) -> dict:
         rows[target] = row
     metrics = ("top1_retained", "top2_agreement", "kendall_tau_top20", "token_cost_ratio", "seconds_cost_ratio",
                "live_seconds_cost_ratio", "live_top_k_as_replayed", "live_read_ahead_off_seconds_cost_ratio",
-               "merged_accuracy")
+               "live_keep_off_seconds_cost_ratio", "merged_accuracy")
     summary = {name: {metric: mean(values) for metric in metrics
                       if (values := [float(r[name][metric]) for r in rows.values()
                                      if name in r and r[name][metric] is not None])}
@@ -644,8 +663,10 @@ def live_text(row: dict) -> str:
     if row["live_seconds_cost_ratio"] is None:
         return ""
     off = row.get("live_read_ahead_off_seconds_cost_ratio")
+    not_kept = row.get("live_keep_off_seconds_cost_ratio")
     return (f", live {row['live_seconds_cost_ratio']:.1%} seconds"
-            + (f" ({off:.1%} with read-ahead off)" if off is not None else "") + ", live top-k "
+            + (f" ({off:.1%} with read-ahead off)" if off is not None else "")
+            + (f" ({not_kept:.1%} with no blocks kept on the device)" if not_kept is not None else "") + ", live top-k "
             + ("= replayed" if row["live_top_k_as_replayed"] else "!= replayed"))
 
 

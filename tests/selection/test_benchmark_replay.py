@@ -39,7 +39,8 @@ def test_replayed_halving_ranks_and_counts_tokens_like_a_live_run(tmp_path, tiny
 
 def test_report_keeps_exhaustive_timed_live_beside_the_selectors(tmp_path, capsys):
     """``--selectors exhaustive,halving`` reports live exhaustive seconds against the recorded ones, and the
-    summary keeps them beside the merged-init accuracy; ``--compare-read-ahead``'s second live run too."""
+    summary keeps them beside the merged-init accuracy; the second live runs of ``--compare-read-ahead`` and
+    ``--compare-device-keep`` too."""
     import json
 
     from selection_library import parse_args, report, results_path
@@ -52,7 +53,8 @@ def test_report_keeps_exhaustive_timed_live_beside_the_selectors(tmp_path, capsy
         "exhaustive": {"ranking": ranking, "seconds": 40.0, "merged_accuracy": 0.5, "estimated_seconds": 40.0,
                        "stats": stats, "live": {"seconds": 44.0, "top_k_as_replayed": True}},
         "halving": {"ranking": ["b", "a", "d", "c"], "estimated_seconds": 4.0, "stats": {"cost_ratio": 0.1},
-                    "live": {"seconds": 6.0, "top_k_as_replayed": True, "read_ahead_off_seconds": 8.0},
+                    "live": {"seconds": 6.0, "top_k_as_replayed": True, "read_ahead_off_seconds": 8.0,
+                             "keep_off_seconds": 7.0},
                     "merged_accuracy": 0.5},
         "random": {"ranking": ["c", "d"], "merged_accuracy": 0.25},
     }
@@ -67,5 +69,7 @@ def test_report_keeps_exhaustive_timed_live_beside_the_selectors(tmp_path, capsy
     assert summary["halving"]["live_seconds_cost_ratio"] == pytest.approx(0.15)
     assert summary["halving"]["live_read_ahead_off_seconds_cost_ratio"] == pytest.approx(0.2)
     assert "live_read_ahead_off_seconds_cost_ratio" not in summary["exhaustive"]
-    assert "live 15.0% seconds (20.0% with read-ahead off)" in capsys.readouterr().out
+    assert summary["halving"]["live_keep_off_seconds_cost_ratio"] == pytest.approx(0.175)
+    assert "live 15.0% seconds (20.0% with read-ahead off) (17.5% with no blocks kept on the device)" \
+        in capsys.readouterr().out
     assert summary["halving"]["top2_agreement"] == 1.0 and summary["random"]["merged_accuracy"] == 0.25

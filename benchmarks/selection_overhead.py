@@ -1,0 +1,152 @@
+"""Seconds a live selection spends outside its forward passes: the adapters' reads and copies into slots,
+the ranking between rounds and the driver around them, by selector.
+
+Each scoring run's forward is replaced by a stand-in that derives every adapter's per-example losses from
+the factors in its slot (so each adapter is still read and copied in, and halving still ranks and drops),
+and the runs are counted. On a CPU the copies into slots run on the host; on CUDA they are queued behind
+the forwards, so what this prints there is the host's work, not what a real run waits for.
+
+    python benchmarks/selection_overhead.py --adapters 1000 --selectors exhaustive,halving --read-ahead both
+
+The library is ``--distinct`` random rank-8 LoRA adapters of the base (seeded, built once in ``--dir``)
+repeated by hard links up to ``--adapters`` dirs: as many files to read as a real library, with page-cache
+hits as for a library read moments ago. ``--group-rows`` sets the rows per forward (default 1,024, as on
+CUDA) so that adapters group as they would on a GPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+
+from mashup.config import DataConfig, SelectConfig
+from mashup.data.schema import sample
+from mashup.data.target import load_target
+from mashup.library import CheckpointRecord, inspect_checkpoint
+from mashup.selection import engine, select_checkpoints
+from mashup.selection.slots import GroupedLoRALinear
+from mashup.workspace import Workspace, open_workspace
+
+TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def random_adapters(workspace: Workspace, root: Path, count: int) -> list[Path]:
+    """``count`` seeded random rank-8 adapters of the workspace's base (made once)."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    dirs, model = [root / f"a{i}" for i in range(count)], None
+    for seed, out in enumerate(dirs):
+        if (out / "adapter_model.safetensors").exists():
+            continue
+        if model is None:
+            model = get_peft_model(AutoModelForCausalLM.from_pretrained(workspace.base_dir),
+                                   LoraConfig(r=8, lora_alpha=16, target_modules=list(TARGETS)))
+        torch.manual_seed(seed)
+        with torch.no_grad():
+            for name, parameter in model.named_parameters():
+                if "lora_" in name:
+                    parameter.normal_(0, 0.02)
+        model.peft_config["default"].base_model_name_or_path = str(workspace.base_dir)
+        model.save_pretrained(out, save_embedding_layers=False)
+    return dirs
+
+
+def linked_library(distinct: list[Path], root: Path, count: int) -> list[CheckpointRecord]:
+    """``count`` adapter dirs, hard links to the distinct ones in turn, as catalog records ``c0``, ``c1``, ..."""
+    records = []
+    for i in range(count):
+        out = root / f"c{i}"
+        if not out.exists():
+            out.mkdir(parents=True)
+            for file in distinct[i % len(distinct)].iterdir():
+                if file.is_file():
+                    os.link(file, out / file.name)
+        record = inspect_checkpoint(out)
+        record.id = f"c{i}"  # linked copies share a hash; the catalog would reject them as one checkpoint
+        records.append(record)
+    return records
+
+
+@contextlib.contextmanager
+def stand_in_forwards() -> Iterator[list[int]]:
+    """``ScoringPlan.run`` replaced by losses read off the slots' factors; yields a one-item run counter."""
+    from mashup import evaluation
+
+    runs, original = [0], evaluation.ScoringPlan.run
+
+    def run(plan, model, copies: int = 1):
+        runs[0] += len(plan.batches)
+        module = next(m for m in model.modules() if isinstance(m, GroupedLoRALinear))
+        per_adapter = module.lora_A[:copies].reshape(copies, -1)[:, :64].double().sum(dim=1)
+        wobble = torch.arange(len(plan.requests), dtype=torch.float64).sin()
+        return 3 + per_adapter[:, None] + 0.5 * wobble[None, :] * per_adapter[:, None].cos(), None
+
+    evaluation.ScoringPlan.run = run
+    try:
+        yield runs
+    finally:
+        evaluation.ScoringPlan.run = original
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--base", default="smollm2-135m")
+    parser.add_argument("--target", default="arc_easy", help="a named task or a multiple-choice JSONL file")
+    parser.add_argument("--adapters", type=int, default=1000)
+    parser.add_argument("--distinct", type=int, default=64)
+    parser.add_argument("--samples", type=int, default=256)
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--group-rows", type=int, default=1024)
+    parser.add_argument("--selectors", default="exhaustive,halving")
+    parser.add_argument("--read-ahead", choices=["default", "on", "off", "both"], default="default")
+    parser.add_argument("--repeats", type=int, default=3, help="runs per setting; the first also warms caches")
+    parser.add_argument("--dir", type=Path, default=Path.home() / ".cache/mashup/selection-overhead")
+    parser.add_argument("--json-out", type=Path)
+    args = parser.parse_args(argv)
+
+    data = DataConfig(data=args.target)
+    workspace = open_workspace(args.base, data)
+    root = args.dir / workspace.base_dir.name
+    records = linked_library(random_adapters(workspace, root / "distinct", args.distinct), root / "library",
+                             args.adapters)
+    target = load_target(data)
+    requests = workspace.encode(sample(target.train, args.samples, 0), target.template)
+    engine.GROUP_ROWS = engine.CPU_LARGE_MODEL_GROUP_ROWS = engine.CUDA_GROUP_ROWS = args.group_rows
+    modes = {"default": [None], "on": [True], "off": [False], "both": [True, False]}[args.read_ahead]
+    print(f"{args.adapters} adapters ({args.distinct} distinct), {len(requests)} questions, {args.group_rows} rows "
+          f"per forward, torch threads {torch.get_num_threads()}", flush=True)
+    runs_out = []
+    with stand_in_forwards() as runs:
+        for repeat in range(args.repeats):
+            for read_ahead in modes:
+                for name in args.selectors.split(","):
+                    config = SelectConfig(samples=args.samples, batch_size=args.batch_size, cache=False,
+                                          selector=name, read_ahead=read_ahead)
+                    runs[0], start = 0, time.perf_counter()
+                    selection = select_checkpoints(workspace, records, requests, config, None)
+                    seconds = time.perf_counter() - start
+                    rounds = [{"samples": r.samples, "candidates": r.candidates, "seconds": r.seconds}
+                              for r in selection.stats.rounds]
+                    runs_out.append({"repeat": repeat, "selector": name, "read_ahead": read_ahead, "seconds": seconds,
+                                     "scoring_runs": runs[0], "token_share": selection.stats.cost_ratio,
+                                     "rounds": rounds})
+                    print(f"{name:>10} read-ahead {read_ahead!s:5}: {seconds:6.2f} s outside the forwards, "
+                          f"{runs[0]} forwards, {selection.stats.cost_ratio:.1%} of the tokens; rounds "
+                          + ", ".join(f"{r['samples']}q x {r['candidates']} {r['seconds']:.2f}s" for r in rounds),
+                          flush=True)
+    result = {"settings": {k: str(v) for k, v in vars(args).items()}, "runs": runs_out}
+    if args.json_out:
+        args.json_out.write_text(json.dumps(result, indent=2))
+    return result
+
+
+if __name__ == "__main__":
+    main()
