@@ -208,9 +208,8 @@ class ScoringEngine:
         before then run while it loads: the reader checks files against the catalog's shapes."""
         self._layout, self._slot_count = self._layouts[record.id], group
         if self.read_ahead:
-            device = self.settings.device
-            self._reader = AdapterReadAhead(stored_factors(record), device, allow_pickle=self.allow_pickle,
-                                            keep_bytes=device_keep_bytes(device))
+            self._reader = AdapterReadAhead(stored_factors(record), self.settings.device,
+                                            allow_pickle=self.allow_pickle)
 
     def _build_slots(self) -> None:
         """Load the base and wrap it with the slots, once."""
@@ -219,11 +218,14 @@ class ScoringEngine:
         assert self._layout is not None
         self._slot_model = self._load_base()
         self._slots = LoRASlots(self._slot_model, self._layout, self._slot_count)
-        if self._reader is not None and self._reader.factors != self._slots.factors:
+        if self._reader is None:
+            return
+        if self._reader.factors != self._slots.factors:
             # the adapter's shapes do not fit the base: no block could go into a slot, so read for the slots
             self._reader.close()
-            self._reader = AdapterReadAhead(self._slots.factors, self.settings.device, allow_pickle=self.allow_pickle,
-                                            keep_bytes=self._reader.keep_bytes)
+            self._reader = AdapterReadAhead(self._slots.factors, self.settings.device, allow_pickle=self.allow_pickle)
+        # sized once the base and the slots take their memory, so the blocks kept leave the forwards theirs
+        self._reader.keep_bytes = device_keep_bytes(self.settings.device)
 
     def _score_group(self, group: Sequence[CheckpointRecord], plan: ScoringPlan, emit: Callable) -> None:
         assert self._slots is not None and self._slot_model is not None

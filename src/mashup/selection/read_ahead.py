@@ -39,7 +39,7 @@ READ_THREADS = max(1, min(4, (os.cpu_count() or 2) // 2))
 # A halving loads its survivors again in each later round, and learns which they are only once the last
 # round's forward is ranked: a read then is a wait. On a GPU with memory to spare the blocks it loaded
 # stay there (``AdapterReadAhead.keep``); 1,000 float32 SmolLM2 adapters take 9.8 GB, 7% of an H200.
-DEVICE_KEEP_SHARE = 0.25  # of the device memory free when a selection's slots are laid out
+DEVICE_KEEP_SHARE = 0.25  # of the device memory free once the base and its slots are loaded
 KEEP_CHUNK_ROWS = 64  # kept blocks per allocation
 
 
