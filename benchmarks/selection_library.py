@@ -463,7 +463,9 @@ def run_selectors(args: argparse.Namespace, target: str) -> None:
         if target in args.live_targets.split(","):
             live, seconds = timed_selection(workspace, pool, requests, config)
             entry["live"] = {"seconds": seconds, "ranking": [s.id for s in live.ranking],
-                             "cost_ratio": live.stats.cost_ratio, "rounds": _round_seconds(live.stats),
+                             "cost_ratio": live.stats.cost_ratio,
+                             "rounds": [{"samples": r.samples, "candidates": r.candidates, "seconds": r.seconds}
+                                        for r in live.stats.rounds],
                              "top_k_as_replayed":
                                  [s.id for s in live.ranking[:config.k]] == entry["ranking"][:config.k]}
             if args.compare_read_ahead and name != "exhaustive":  # its loads are a small share; its time is not
@@ -475,16 +477,17 @@ def run_selectors(args: argparse.Namespace, target: str) -> None:
                 profiled_selection(workspace, pool, requests, config, args.profile_dir / f"profile-{target}-{name}.txt")
         save_results(path, results)
         print(f"{target}: {name} replayed" + (f", live in {entry['live']['seconds']:.1f}s" if "live" in entry else "")
-              + (f" ({entry['live']['rounds']})" if "rounds" in entry.get("live", {}) else "")
+              + (f" ({round_seconds(entry['live']['rounds'])})" if "rounds" in entry.get("live", {}) else "")
               + f" ({time.monotonic() - STARTED:.0f}s since the start)", flush=True)
     results["random"] = {"ranking": [r.id for r in random.Random(f"random-{target}").sample(pool, 2)]}
     merged_accuracies(args, target, results, library, workspace, loaded)
     save_results(path, results)
 
 
-def _round_seconds(stats) -> str:
-    """Each round's questions, candidates and seconds, e.g. ``8q x 1000: 1.42s``; the first includes the base's load."""
-    return ", ".join(f"{r.samples}q x {r.candidates}: {r.seconds:.2f}s" for r in stats.rounds)
+def round_seconds(rounds: list[dict]) -> str:
+    """Each round's questions, candidates and seconds, e.g. ``8q x 1000: 1.42s`` (the first includes loading
+    the base)."""
+    return ", ".join(f"{r['samples']}q x {r['candidates']}: {r['seconds']:.2f}s" for r in rounds)
 
 
 def timed_selection(workspace, pool, requests, config) -> tuple:

@@ -73,3 +73,10 @@ def test_report_keeps_exhaustive_timed_live_beside_the_selectors(tmp_path, capsy
     assert "live 15.0% seconds (20.0% with read-ahead off) (17.5% with no blocks kept on the device)" \
         in capsys.readouterr().out
     assert summary["halving"]["top2_agreement"] == 1.0 and summary["random"]["merged_accuracy"] == 0.25
+
+
+def test_round_seconds_read_as_questions_candidates_and_seconds():
+    from selection_library import round_seconds
+
+    rounds = [{"samples": 8, "candidates": 1000, "seconds": 1.416}, {"samples": 32, "candidates": 250, "seconds": 0.5}]
+    assert round_seconds(rounds) == "8q x 1000: 1.42s, 32q x 250: 0.50s"
