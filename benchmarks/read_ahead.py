@@ -21,14 +21,13 @@ from pathlib import Path
 
 import torch
 
-from mashup.io import tensor_shapes
+from mashup.io import sorted_shapes, tensor_shapes
 from mashup.selection.read_ahead import AdapterReadAhead
 
 
 def storage_factors(adapter_dir: Path) -> list[tuple[str, tuple[int, ...]]]:
     """(name, shape) of an adapter file's tensors, in the order a one-dtype file stores them."""
-    shapes = tensor_shapes(adapter_dir / "adapter_model.safetensors")
-    return sorted((name, tuple(shape)) for name, shape in shapes.items())
+    return sorted_shapes(tensor_shapes(adapter_dir / "adapter_model.safetensors"))
 
 
 def read_all(dirs: list[Path], factors: list, device: torch.device, threads: int) -> tuple[float, int]:

@@ -10,7 +10,7 @@ import math
 import mmap
 import os
 import struct
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,7 +27,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 __all__ = ["atomic_output_dir", "check_finite", "load_weight_dir", "load_weights", "read_dir_block",
-           "read_tensor_block", "sha256_files", "stat_files", "tensor_shapes", "weight_files", "write_json"]
+           "read_tensor_block", "sha256_files", "sorted_shapes", "stat_files", "tensor_shapes", "weight_files",
+           "write_json"]
 
 _SAFETENSORS_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16"}  # torch names
 _MAX_HEADER = 100 << 20
@@ -173,6 +174,11 @@ def _block_layout(raw_header: bytes, expected: tuple[tuple[str, tuple[int, ...]]
             return None, 0
         end = stop
     return dtype, end
+
+
+def sorted_shapes(shapes: Mapping[str, Sequence[int]]) -> list[tuple[str, tuple[int, ...]]]:
+    """(name, shape) of each tensor, sorted by name: the order a one-dtype safetensors file stores them in."""
+    return sorted((name, tuple(shape)) for name, shape in shapes.items())
 
 
 def tensor_shapes(path: Path) -> dict[str, list[int]]:

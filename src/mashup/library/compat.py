@@ -12,6 +12,7 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Literal
 
+from mashup.io import sorted_shapes
 from mashup.library.identity import BaseMatcher
 from mashup.library.records import CheckpointRecord
 
@@ -24,7 +25,7 @@ def lora_signature(record: CheckpointRecord) -> tuple:
 
 
 def _shapes_signature(record: CheckpointRecord) -> tuple:
-    return tuple(sorted((name, tuple(shape)) for name, shape in record.shapes.items()))
+    return tuple(sorted_shapes(record.shapes))
 
 
 def _lora_difference(record: CheckpointRecord, template: CheckpointRecord) -> str | None:

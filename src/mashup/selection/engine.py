@@ -22,9 +22,10 @@ from torch import nn
 from mashup.data.prompts import EncodedRequest
 from mashup.evaluation import ScoreSettings, ScoringPlan
 from mashup.library.records import CheckpointRecord
+from mashup.io import sorted_shapes
 from mashup.models import attach_adapter, load_full_weights_into, load_model
 from mashup.selection.read_ahead import AdapterReadAhead, default_read_ahead, device_keep_bytes
-from mashup.selection.slots import LoRASlots, SlotLayout, stored_factors
+from mashup.selection.slots import LoRASlots, SlotLayout
 from mashup.workspace import count_parameters
 
 logger = logging.getLogger(__name__)
@@ -208,7 +209,7 @@ class ScoringEngine:
         before then run while it loads: the reader checks files against the catalog's shapes."""
         self._layout, self._slot_count = self._layouts[record.id], group
         if self.read_ahead:
-            self._reader = AdapterReadAhead(stored_factors(record), self.settings.device,
+            self._reader = AdapterReadAhead(sorted_shapes(record.shapes), self.settings.device,
                                             allow_pickle=self.allow_pickle)
 
     def _build_slots(self) -> None:

@@ -16,10 +16,10 @@ from pathlib import Path
 import torch
 
 from mashup.errors import CheckpointError
-from mashup.io import read_dir_flat
+from mashup.io import read_dir_flat, sorted_shapes
 from mashup.library import CheckpointRecord
 from mashup.selection.read_ahead import AdapterReadAhead, default_read_ahead
-from mashup.selection.slots import adapter_factors, row_views, stored_factors
+from mashup.selection.slots import adapter_factors, row_views
 
 StackedFactors = dict[str, tuple[torch.Tensor, torch.Tensor]]
 
@@ -81,7 +81,7 @@ class FactorReader:
         """Name and shape of each tensor in a one-block file's order (sorted once per layout)."""
         key = _layout_key(record)
         if key not in self._layouts:
-            self._layouts[key] = stored_factors(record)
+            self._layouts[key] = sorted_shapes(record.shapes)
         return self._layouts[key]
 
 

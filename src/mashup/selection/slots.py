@@ -69,12 +69,6 @@ def _layout(rank: int, names: tuple[str, ...]) -> SlotLayout | None:
     return SlotLayout(rank, tuple(sorted(modules)))
 
 
-def stored_factors(record: CheckpointRecord) -> list[tuple[str, tuple[int, ...]]]:
-    """Name and shape of each tensor the catalog recorded for an adapter, in the order a one-dtype
-    safetensors file stores them (by name): for a plain adapter that fits its base, ``LoRASlots.factors``."""
-    return sorted((name, tuple(shape)) for name, shape in record.shapes.items())
-
-
 def _plain_config(adapter_dir: Path) -> bool:
     try:
         config = json.loads((adapter_dir / ADAPTER_CONFIG).read_text())
