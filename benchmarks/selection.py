@@ -59,6 +59,9 @@ class ThroughputRow:
     ours_with_accuracy_s_per_adapter: float  # every choice scored too (cloze), at the default group
     swap_ms_per_adapter: dict[str, float]  # into a slot: "one_block" and "tensor_by_tensor" (best of 3 passes)
     signals_ms_per_adapter: dict[str, float]  # prefilter signals: "one_at_a_time" and "chunked" (best of 2 passes)
+    # ours (default group) against the naive loop's per-example losses, on the adapters both scored: largest
+    # |difference| / |naive|; None without the naive loop
+    max_rel_diff_vs_naive: float | None = None
 
     @property
     def overhead_ratio(self) -> float:
@@ -148,21 +151,25 @@ def measure(model_name: str, base: Path, adapters: list[Path], data, args: argpa
     settings = workspace.settings(args.batch_size)
     records = _records(adapters)
 
-    naive = None
+    naive, naive_losses = None, []
     if args.naive_max:
         start = time.perf_counter()
         for path in adapters[:args.naive_max]:
             model = attach_adapter(load_model(base), path, trainable=False).to(settings.device)
-            ScoringPlan(requests, settings, with_accuracy=False).run(model)
+            naive_losses.append(ScoringPlan(requests, settings, with_accuracy=False).run(model)[0][0])
         naive = (time.perf_counter() - start) / min(len(adapters), args.naive_max)
+    ours_losses: dict[int, list] = {}
 
     def ours(group: int, with_accuracy: bool = False) -> float:
         start = time.perf_counter()
-        ScoringEngine(base, requests, settings, adapters_per_forward=group, with_accuracy=with_accuracy).score(records)
+        scores = ScoringEngine(base, requests, settings, adapters_per_forward=group,
+                               with_accuracy=with_accuracy).score(records)
+        ours_losses.setdefault(group, [torch.tensor(s.losses, dtype=torch.float64) for s in scores])
         return (time.perf_counter() - start) / len(records)
 
     group = default_adapters_per_forward(base, settings)
     by_group = {g: ours(g) for g in sorted({group, 1, *(int(x) for x in args.groups.split(",") if x)})}
+    diffs = [((got - want).abs() / want.abs()).max().item() for got, want in zip(ours_losses[group], naive_losses)]
     with_accuracy = ours(group, with_accuracy=True)
 
     model = attach_adapter(load_model(base), adapters[0], trainable=False).to(settings.device).eval()
@@ -171,7 +178,7 @@ def measure(model_name: str, base: Path, adapters: list[Path], data, args: argpa
     tokens = sample_tokens(requests, with_accuracy=False)
     return ThroughputRow(model_name, len(adapters), len(requests), tokens, naive, by_group[group], by_group[1],
                          limit, group, by_group, with_accuracy, swap_times(base, records, settings.device),
-                         signal_times(base, records, requests, settings))
+                         signal_times(base, records, requests, settings), max(diffs) if diffs else None)
 
 
 def best_seconds(run: Callable[[], object], passes: int) -> float:
@@ -259,7 +266,9 @@ def _print_row(row: ThroughputRow) -> None:
           + f"  | swap into a slot, ms/adapter: one block {row.swap_ms_per_adapter['one_block']:.2f}, "
           f"tensor by tensor {row.swap_ms_per_adapter['tensor_by_tensor']:.2f}"
           f"  | prefilter signals, ms/adapter: one at a time {row.signals_ms_per_adapter['one_at_a_time']:.1f}, "
-          f"chunked {row.signals_ms_per_adapter['chunked']:.1f}", flush=True)
+          f"chunked {row.signals_ms_per_adapter['chunked']:.1f}"
+          + ("" if row.max_rel_diff_vs_naive is None else
+             f"  | ours against naive: losses within {row.max_rel_diff_vs_naive:.1e} (relative)"), flush=True)
 
 
 def main(argv: list[str] | None = None) -> None:

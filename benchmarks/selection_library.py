@@ -115,7 +115,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--halving-factor", type=float)
     parser.add_argument("--min-survivors", type=int)
     parser.add_argument("--halving-keep-within-se", type=float)
-    parser.add_argument("--halving-max-share", type=float)
+    parser.add_argument("--halving-max-share", metavar="S|auto|none")
     parser.add_argument("--orderings", type=int, default=100, help="sweep: replay each setting on this many seeded "
                         "orderings of the sample (the first is the sample's own order); exhaustive's ranking is "
                         "the same for all of them")
@@ -410,12 +410,12 @@ def replay(workspace, pool: list, requests: list, config, recorded: dict, prefil
 
 
 def selector_config(args: argparse.Namespace, name: str):
-    from mashup.config import SelectConfig
+    from mashup.config import SelectConfig, max_share_option
 
     return SelectConfig(samples=args.samples, batch_size=args.batch_size, selector=name, cache=False,
                         halving=_given(min_samples=args.halving_min_samples, factor=args.halving_factor,
-                                       min_survivors=args.min_survivors, keep_within_se=args.halving_keep_within_se,
-                                       max_share=args.halving_max_share),
+                                       min_survivors=args.min_survivors, keep_within_se=args.halving_keep_within_se)
+                        | max_share_option(args.halving_max_share),
                         prefilter=_given(keep=args.prefilter_keep, min_keep=args.prefilter_min_keep))
 
 

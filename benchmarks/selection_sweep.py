@@ -24,7 +24,7 @@ class Setting(NamedTuple):
     survivors: int
     within_se: float
     keep: float | None = None  # the prefilter's kept share of the pool; None: no prefilter
-    cap: float | None = None  # HalvingConfig.max_share
+    cap: float | None = None  # HalvingConfig.max_share; None: no cap
 
 
 SETTINGS = [Setting(f"halving first={m} factor=4 survivors=8 within_se={z:g}", m, 4.0, 8, z)
@@ -89,7 +89,8 @@ def sweep(args: argparse.Namespace) -> dict:
                 run_args = argparse.Namespace(**{**vars(args), "halving_min_samples": setting.first,
                                                  "halving_factor": setting.factor, "min_survivors": setting.survivors,
                                                  "halving_keep_within_se": setting.within_se,
-                                                 "halving_max_share": setting.cap})
+                                                 "halving_max_share": "none" if setting.cap is None
+                                                 else str(setting.cap)})
                 prefilter = None
                 if setting.keep is not None:  # the signals do not depend on the order of the sample
                     chosen = best_by_signals(results["signals"], math.ceil(setting.keep * len(pool)))

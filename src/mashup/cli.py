@@ -16,8 +16,8 @@ from rich.table import Table
 
 from mashup.cli_data import DataOptions, with_data_options
 from mashup.cli_options import PrecisionOpt
-from mashup.config import (DataConfig, EvalConfig, HalvingConfig, MergeConfig, RunConfig, SelectConfig, TrainConfig,
-                           load_config)
+from mashup.config import (AUTO_MAX_SHARE, DataConfig, EvalConfig, HalvingConfig, MergeConfig, RunConfig, SelectConfig,
+                           TrainConfig, load_config, max_share_option)
 from mashup.errors import MashupError
 from mashup.experiment import cli as experiment_cli
 from mashup.progress import (count_bar, quiet_third_party, score_cell, scoring_bar, selection_summary,
@@ -64,9 +64,10 @@ HalvingFactorOpt = Annotated[Optional[float], typer.Option(
 HalvingSeOpt = Annotated[Optional[float], typer.Option(
     "--halving-keep-within-se", help="halving: also keep candidates within this many standard errors of the k-th "
     "best (paired; 0: off)", show_default=_config_default(HalvingConfig, "keep_within_se"))]
-HalvingShareOpt = Annotated[Optional[float], typer.Option(
-    "--halving-max-share", help="halving: keep near-ties only while the selection's forward tokens stay within "
-    "this share of exhaustive scoring's (the schedule itself is never cut)", show_default="no cap")]
+HalvingShareOpt = Annotated[Optional[str], typer.Option(
+    "--halving-max-share", metavar="S|auto|none", help="halving: keep near-ties only while the selection's forward "
+    f"tokens stay within this share of exhaustive scoring's (the schedule itself is never cut); auto: "
+    f"{AUTO_MAX_SHARE:g} where the schedule leaves room under it, else none", show_default="auto")]
 ExecutorOpt = Annotated[str, typer.Option("--executor", help="where scoring runs: local | ray")]
 RayAddressOpt = Annotated[Optional[str], typer.Option("--ray-address", help="existing Ray cluster",
                                                       show_default="none: start one locally")]
@@ -268,8 +269,8 @@ def select_cmd(base: BaseOpt, data: DataOptions, library: LibraryOpt = None,
                           cache=not no_cache, include_target_checkpoints=include_target, selector=selector,  # type: ignore[arg-type]
                           executor=executor, ray_address=ray_address,  # type: ignore[arg-type]
                           halving=HalvingConfig(**_given(min_samples=halving_min_samples, factor=halving_factor,
-                                                         keep_within_se=halving_keep_within_se,
-                                                         max_share=halving_max_share)))
+                                                         keep_within_se=halving_keep_within_se),
+                                                **max_share_option(halving_max_share)))
     with scoring_bar(err) as progress:
         result = select(base, data.config(), config, library, kind=kind, allow_pickle=allow_pickle,
                         precision=precision, progress=progress)  # type: ignore[arg-type]

@@ -1,5 +1,6 @@
 import json
 
+from mashup.config import HalvingConfig, max_share_option
 from mashup.library import Library
 from tests.test_cli import run_cli
 
@@ -26,6 +27,16 @@ def test_select_cli_rejects_unknown_selector_and_executor(tmp_path, tiny_base, t
     assert "selector" in err and "Traceback" not in err
     _, err = run_cli([*base, "--executor", "dask"], capsys, monkeypatch, expect=2)
     assert "executor" in err and "Traceback" not in err
+    _, err = run_cli([*base, "--selector", "halving", "--halving-max-share", "a tenth"], capsys, monkeypatch, expect=1)
+    assert "invalid --halving-max-share 'a tenth'" in err and "auto or none" in err
+
+
+def test_the_halving_cap_option_takes_a_share_auto_or_none():
+    assert max_share_option(None) == {}  # unset: the config's default (auto)
+    assert max_share_option("0.1") == {"max_share": 0.1}
+    assert max_share_option(" Auto ") == {"max_share": "auto"}
+    assert max_share_option("none") == {"max_share": None}
+    assert HalvingConfig(**max_share_option("none")).max_share is None
 
 
 def test_the_ranking_table_shows_the_first_rows_and_says_how_to_see_all(tmp_path, tiny_base, tiny_loras, mc_file,

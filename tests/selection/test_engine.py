@@ -18,6 +18,14 @@ from tests.selection.helpers import records_for, requests_for
 from tests.tiny import save_tiny_lora
 
 
+def _tolerance(settings) -> dict:
+    """fp32: equal to rounding. bf16: the same sums round apart: the reference encodes a prompt once for all
+    choices, and the slots add their update to the base output in one fused matmul (one rounding where PEFT's
+    LoRA layer rounds three times). Seen: up to 3e-4 here, 9.5e-4 in benchmarks/selection.py's tiny run; a
+    misplaced slot or a lost scale is off by far more than 5e-3."""
+    return {"rel": 5e-3} if settings.bf16 else {"abs": 1e-5}
+
+
 def _reference(base, path, requests, settings, full=False):
     """Per-example losses the plain way: a fresh model with the adapter attached through PEFT."""
     model = load_model(path) if full else attach_adapter(load_model(base), path, trainable=False)
@@ -39,8 +47,7 @@ def test_engine_equals_peft_evaluation(tiny_base, tiny_loras, mc_file, tmp_path,
     assert [s.id for s in got] == [r.id for r in records]
     # loss only: a cloze request sends its gold continuation alone, with the same loss and no prediction
     predicts = with_accuracy or scoring == "letter"
-    # the reference encodes a prompt once for all choices: in bf16 another layout of the same sums rounds apart
-    tolerance = {"rel": 1e-3} if settings.bf16 and not predicts else {"abs": 1e-5}
+    tolerance = _tolerance(settings)
     for scores, path in zip(got, paths):
         losses, preds = _reference(tiny_base, path, requests, settings)
         assert scores.losses == pytest.approx(losses, **tolerance)
@@ -72,10 +79,11 @@ def test_engine_scores_subsets_and_full_finetunes(tiny_base, tiny_loras, tiny_fu
 def test_grouped_forward_matches_one_adapter_at_a_time(tiny_base, tiny_loras, mc_file):
     workspace, requests = requests_for(tiny_base, mc_file, 9, "cloze")
     records = records_for(tiny_loras)
-    one = ScoringEngine(tiny_base, requests, workspace.settings(3), adapters_per_forward=1).score(records)
-    grouped = ScoringEngine(tiny_base, requests, workspace.settings(3), adapters_per_forward=3).score(records)
+    settings = workspace.settings(3)
+    one = ScoringEngine(tiny_base, requests, settings, adapters_per_forward=1).score(records)
+    grouped = ScoringEngine(tiny_base, requests, settings, adapters_per_forward=3).score(records)
     for a, b in zip(one, grouped):
-        assert torch.allclose(torch.tensor(a.losses), torch.tensor(b.losses), atol=1e-5)
+        assert a.losses == pytest.approx(b.losses, **_tolerance(settings))
 
 
 def test_default_grouping_follows_the_examples_each_adapter_brings(tiny_base, tiny_loras, mc_file, monkeypatch):
@@ -98,8 +106,8 @@ def test_default_grouping_follows_the_examples_each_adapter_brings(tiny_base, ti
     first = engine.score(records, indices=(0, 1))
     later = engine.score(records)
     for path, few, every in zip(tiny_loras, first, later):
-        assert few.losses == pytest.approx(_reference(tiny_base, path, requests[:2], settings)[0], abs=1e-5)
-        assert every.losses == pytest.approx(_reference(tiny_base, path, requests, settings)[0], abs=1e-5)
+        assert few.losses == pytest.approx(_reference(tiny_base, path, requests[:2], settings)[0], **_tolerance(settings))
+        assert every.losses == pytest.approx(_reference(tiny_base, path, requests, settings)[0], **_tolerance(settings))
 
 
 def test_an_adapter_the_slots_cannot_hold_scores_again_in_a_later_call(tiny_base, tiny_loras, mc_file, tmp_path):

@@ -106,3 +106,47 @@ def test_adapters_with_the_same_names_share_one_layout_and_other_names_have_none
     tensors["base_model.model.lm_head.weight"] = torch.zeros(2, 2)  # a full tensor beside the factors
     (other,) = records_for([_variant(tiny_loras[0], tmp_path / "with-head", tensors)])
     assert SlotLayout.of(other) is None
+
+
+def _three_linears() -> torch.nn.Module:
+    model = torch.nn.Module()
+    model.a, model.b, model.c = (torch.nn.Linear(6, 5, bias=False) for _ in range(3))
+    model.b.weight = model.a.weight  # tied, as a head to its embeddings
+    return model
+
+
+@pytest.mark.parametrize("scales", [(2.0, 2.0, 2.0), (0.5, 2.0, 3.0)])
+def test_grouped_rows_get_their_own_slots_update(scales):
+    """Row block g gets base(x) + s_g B_g A_g x: one fused matmul for a common scale, a scale per slot else."""
+    torch.manual_seed(0)
+    model = _three_linears()
+    base = torch.nn.Linear(6, 5, bias=False).requires_grad_(False)
+    base.load_state_dict(model.c.state_dict())
+    slots = LoRASlots(model, SlotLayout(2, ("c",)), slots=4)
+    factors = torch.randn(4, slots.storage.shape[1])
+    for slot, scale in enumerate(scales):
+        slots.storage[slot].copy_(factors[slot])
+        slots.scale[slot], slots._scales[slot] = scale, scale
+    slots.activate(len(scales))
+    assert slots.modules["c"].alpha == (2.0 if len(set(scales)) == 1 else None)
+    x = torch.randn(len(scales) * 2, 7, 6)
+    with torch.no_grad():
+        got = model.c(x)
+    module = slots.modules["c"]
+    for g, scale in enumerate(scales):
+        rows = x[2 * g:2 * g + 2]
+        expected = base(rows) + scale * rows @ module.lora_A[g].T @ module.lora_B[g].T
+        assert torch.allclose(got[2 * g:2 * g + 2], expected, atol=1e-5)
+    slots.activate(0)
+    assert torch.equal(model.c(x), base(x))
+
+
+def test_slots_in_the_autocast_dtype_cast_the_layers_they_wrap_unless_tied():
+    model = _three_linears()
+    slots = LoRASlots(model, SlotLayout(2, ("a", "c")), slots=2, dtype=torch.bfloat16)
+    assert slots.storage.dtype == torch.bfloat16 and slots.scale.dtype == torch.float32
+    assert slots.modules["c"].base_layer.weight.dtype == torch.bfloat16
+    assert model.a.base_layer.weight.dtype == model.b.weight.dtype == torch.float32  # tied: b computes with it
+    x = torch.randn(2, 3, 6)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert model.c(x).dtype == model.a(x).dtype == torch.bfloat16

@@ -218,7 +218,9 @@ class ScoringEngine:
             return
         assert self._layout is not None
         self._slot_model = self._load_base()
-        self._slots = LoRASlots(self._slot_model, self._layout, self._slot_count)
+        # under bf16 autocast the slots and the layers they wrap hold bf16: autocast would cast them each forward
+        dtype = torch.bfloat16 if self.settings.bf16 else None
+        self._slots = LoRASlots(self._slot_model, self._layout, self._slot_count, dtype)
         if self._reader is None:
             return
         if self._reader.factors != self._slots.factors:

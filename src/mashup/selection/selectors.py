@@ -4,8 +4,9 @@
 - ``halving``: successive halving on nested prefixes of the same sample; survivors reach the whole sample.
   Besides the best 1/factor, a round keeps (up to as many again) the candidates whose per-example loss
   gap to the k-th best is within ``keep_within_se`` standard errors: a paired comparison on the same
-  questions, so near-ties race on to a bigger sample instead of being cut by noise. With ``max_share``
-  a round keeps only as many near-ties as the cost cap leaves room for.
+  questions, so near-ties race on to a bigger sample instead of being cut by noise. A round keeps only
+  as many near-ties as the cost cap ``max_share`` leaves room for (``auto``: 10% of exhaustive's
+  forward tokens where the schedule alone fits under that, else no cap).
 - ``prefilter+halving``: signals that need no forward pass per candidate (first-order estimate, Arrow
   prototypes) keep the most promising share of the candidates (half by default: on real adapters the
   signals are too weak to keep fewer safely), then halving ranks those.
@@ -17,7 +18,7 @@ import itertools
 import math
 from collections.abc import Callable, Mapping, Sequence
 
-from mashup.config import HalvingConfig
+from mashup.config import AUTO_MAX_SHARE, HalvingConfig
 from mashup.errors import MashupError
 from mashup.library import CheckpointRecord
 from mashup.scoring import CheckpointScore, rank
@@ -114,6 +115,12 @@ def _mean_and_stdev(values: Sequence[float]) -> tuple[float, float]:
     return mean, math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (len(values) - 1))
 
 
+def round_tokens(rounds: Sequence[tuple[int, int]], prefix_tokens: Sequence[int], j: int) -> int:
+    """Forward tokens one candidate scores in round ``j``: the requests new to it (at least 1)."""
+    previous = rounds[j - 1][0] if j else 0
+    return max(1, prefix_tokens[rounds[j][0]] - prefix_tokens[previous])
+
+
 def near_tie_room(rounds: Sequence[tuple[int, int]], prefix_tokens: Sequence[int], i: int, room: float) -> int:
     """How many candidates past the schedule round ``i + 1`` may carry, with ``room`` forward tokens left after
     round ``i`` and every later round still scoring what the schedule plans.
@@ -121,11 +128,23 @@ def near_tie_room(rounds: Sequence[tuple[int, int]], prefix_tokens: Sequence[int
     A round commits only the next round's work, so the cap holds whatever later rounds keep: with no
     near-ties they cost exactly the schedule counted here.
     """
-    def step(j: int) -> int:  # tokens one candidate scores in round j: the requests new to it
-        return max(1, prefix_tokens[rounds[j][0]] - prefix_tokens[rounds[j - 1][0]])
+    room -= sum(rounds[j][1] * round_tokens(rounds, prefix_tokens, j) for j in range(i + 1, len(rounds)))
+    return max(0, math.floor(room / round_tokens(rounds, prefix_tokens, i + 1)))
 
-    room -= sum(rounds[j][1] * step(j) for j in range(i + 1, len(rounds)))
-    return max(0, math.floor(room / step(i + 1)))
+
+def token_budget(context: SelectionContext, rounds: Sequence[tuple[int, int]], prefix_tokens: Sequence[int]
+                 ) -> float:
+    """Forward tokens the whole selection may spend, a prefilter's probe included (``max_share``; inf: no cap).
+
+    ``auto`` caps at ``AUTO_MAX_SHARE`` where the schedule alone fits under it; on smaller pools, whose
+    schedule costs more, that cap would only turn the near-tie rule off, so there is none.
+    """
+    share = context.config.halving.max_share
+    exhaustive_tokens, probe_tokens = context.stats.exhaustive_tokens, context.stats.probe_tokens
+    if share == "auto":
+        schedule = sum(planned * round_tokens(rounds, prefix_tokens, j) for j, (_, planned) in enumerate(rounds))
+        share = AUTO_MAX_SHARE if schedule + probe_tokens <= AUTO_MAX_SHARE * exhaustive_tokens else None
+    return math.inf if share is None else share * exhaustive_tokens - probe_tokens
 
 
 def exhaustive(context: SelectionContext, records: Sequence[CheckpointRecord]) -> list[CheckpointScore]:
@@ -142,8 +161,7 @@ def halving(context: SelectionContext, records: Sequence[CheckpointRecord]) -> l
     within_se = config.halving.keep_within_se if config.metric == "loss" else 0.0
     prefix_tokens = list(itertools.accumulate((forward_tokens(r, context.factory.with_accuracy)
                                                for r in context.requests), initial=0))
-    budget = (math.inf if config.halving.max_share is None  # the whole selection's: a prefilter's probe counts
-              else config.halving.max_share * context.stats.exhaustive_tokens - context.stats.probe_tokens)
+    budget = token_budget(context, rounds, prefix_tokens)
     by_id = {r.id: r for r in records}
     survivors, dropped, spent = list(records), [], 0
     for i, (n, planned) in enumerate(rounds):

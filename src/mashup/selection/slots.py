@@ -97,7 +97,9 @@ class GroupedLoRALinear(nn.Module):
     """``base(x) + s_g * B_g A_g x`` where row block g of the batch belongs to slot g.
 
     ``lora_A`` [G, r, in], ``lora_B`` [G, out, r] and ``scale`` [G] are given (views into the slots'
-    storage), so one copy can fill every module's factors of a slot.
+    storage), so one copy can fill every module's factors of a slot. ``alpha`` is the active slots'
+    common scale, when they share one (``LoRASlots.activate``): then the update and its sum with the
+    base output are one ``baddbmm``, where a scale per slot costs a multiply and an add more.
     """
 
     def __init__(self, base_layer: nn.Linear, lora_A: torch.Tensor, lora_B: torch.Tensor, scale: torch.Tensor
@@ -108,42 +110,57 @@ class GroupedLoRALinear(nn.Module):
         self.register_buffer("lora_B", lora_B, persistent=False)
         self.register_buffer("scale", scale, persistent=False)
         self.active = 0  # slots in use; 0 leaves the base layer alone
+        self.alpha: float | None = None  # the active slots' common scale, if any
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        result = self.base_layer(x)
         g = self.active
         if g == 0:
-            return result
+            return self.base_layer(x)
+        # one cast of the input for both paths: under autocast the base layer would cast it again
+        x = x.to(self.lora_A.dtype)
+        result = self.base_layer(x)
         if g == 1:  # the same ops as PEFT's LoRA Linear: B(A(x)) * s
-            return result + F.linear(F.linear(x.to(self.lora_A.dtype), self.lora_A[0]), self.lora_B[0]) * self.scale[0]
-        xg = x.to(self.lora_A.dtype).reshape(g, -1, x.shape[-1])
-        delta = torch.bmm(torch.bmm(xg, self.lora_A[:g].transpose(1, 2)), self.lora_B[:g].transpose(1, 2))
-        delta = delta * self.scale[:g].view(g, 1, 1)
-        return result + delta.reshape(*x.shape[:-1], -1).to(result.dtype)
+            return result + F.linear(F.linear(x, self.lora_A[0]), self.lora_B[0]) * self.scale[0]
+        down = torch.bmm(x.reshape(g, -1, x.shape[-1]), self.lora_A[:g].transpose(1, 2))
+        up = self.lora_B[:g].transpose(1, 2)
+        if self.alpha is None:
+            down = (down * self.scale[:g].view(g, 1, 1)).to(down.dtype)
+        blocks = result.reshape(g, -1, result.shape[-1])
+        return torch.baddbmm(blocks.to(down.dtype), down, up, alpha=1.0 if self.alpha is None else self.alpha
+                             ).to(result.dtype).view(result.shape)
 
 
 class LoRASlots:
     """G slots wrapped once around the layout's modules of ``model`` (in place).
 
-    ``storage`` [G, P] holds every factor of a slot in one row, in the order ``factors`` gives.
+    ``storage`` [G, P] holds every factor of a slot in one row, in the order ``factors`` gives, in
+    ``dtype`` (default: the model's). A ``dtype`` other than the model's must be the one autocast runs
+    the forwards in: the wrapped layers' weights (untied ones) are cast to it once here, where autocast
+    would cast them and every slot's factors again in each forward, a kernel each.
     """
 
-    def __init__(self, model: nn.Module, layout: SlotLayout, slots: int) -> None:
+    def __init__(self, model: nn.Module, layout: SlotLayout, slots: int, dtype: torch.dtype | None = None) -> None:
         self.layout = layout
         self.slots = slots
         bases = {path: _linear(model, path) for path in layout.modules}
         weight = next(iter(bases.values())).weight
+        cast = dtype is not None and dtype != weight.dtype
+        dtype = dtype or weight.dtype
         shapes = {}
         for path, base in bases.items():
             shapes[_PREFIX + path + _A] = (layout.rank, base.in_features)
             shapes[_PREFIX + path + _B] = (base.out_features, layout.rank)
         self.factors = sorted(shapes.items())  # the order safetensors writes a one-dtype file in
-        self.storage = torch.zeros(slots, sum(r * c for _, (r, c) in self.factors), dtype=weight.dtype,
-                                   device=weight.device)
-        self.scale = torch.zeros(slots, dtype=weight.dtype, device=weight.device)
+        self.storage = torch.zeros(slots, sum(r * c for _, (r, c) in self.factors), dtype=dtype, device=weight.device)
+        self.scale = torch.zeros(slots, dtype=torch.float32, device=weight.device)
+        self._scales = [0.0] * slots  # the same on the host: ``activate`` reads them without a device sync
+        self._stage: torch.Tensor | None = None  # see ``load_adapter``
         views = row_views(self.storage, self.factors)
+        tied = _tied_parameters(model) if cast else set()
         self.modules: dict[str, GroupedLoRALinear] = {}
         for path, base in bases.items():
+            if cast and not any(id(p) in tied for p in base.parameters()):
+                base.to(dtype)  # a tied weight stays: its other module computes with it too
             wrapped = GroupedLoRALinear(base, views[_PREFIX + path + _A], views[_PREFIX + path + _B], self.scale)
             parent_path, _, child = path.rpartition(".")
             setattr(model.get_submodule(parent_path), child, wrapped)
@@ -159,15 +176,39 @@ class LoRASlots:
             block = read_dir_flat(adapter_dir, self.factors, allow_pickle=allow_pickle)
         if block is None:
             return False
+        if block.device != self.storage.device and block.dtype != self.storage.dtype:
+            # a copy to another device that also converts converts first on the source's side: on the host,
+            # into pageable memory that the transfer then waits on. So transfer as is, then convert there.
+            block = self._staging(block.dtype).copy_(block, non_blocking=block.is_pinned())
         # from pinned memory the transfer is queued behind the forward in flight instead of waiting for it
         self.storage[slot].copy_(block, non_blocking=block.is_pinned())
         self.scale[slot] = scale
+        self._scales[slot] = float(scale)
         return True
+
+    def _staging(self, dtype: torch.dtype) -> torch.Tensor:
+        """One slot row in ``dtype`` on the slots' device, reused by every load (the copies into and out of it
+        run in stream order)."""
+        if self._stage is None or self._stage.dtype != dtype:
+            self._stage = torch.empty(self.storage.shape[1], dtype=dtype, device=self.storage.device)
+        return self._stage
 
     def activate(self, n: int) -> None:
         """Use the first ``n`` slots (0: the plain base model)."""
+        common = set(self._scales[:n])
+        alpha = common.pop() if len(common) == 1 else None
         for module in self.modules.values():
             module.active = n
+            module.alpha = alpha
+
+
+def _tied_parameters(model: nn.Module) -> set[int]:
+    """Ids of the parameters that more than one module holds (tied weights)."""
+    seen: set[int] = set()
+    tied: set[int] = set()
+    for _, parameter in model.named_parameters(remove_duplicate=False):
+        (tied if id(parameter) in seen else seen).add(id(parameter))
+    return tied
 
 
 def _linear(model: nn.Module, path: str) -> nn.Linear:
