@@ -113,12 +113,13 @@ class GroupedLoRALinear(nn.Module):
         self.alpha: float | None = None  # the active slots' common scale, if any
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        g = self.active
-        if g == 0:
-            return self.base_layer(x)
-        # one cast of the input for both paths: under autocast the base layer would cast it again
+        # the layer's dtype (the slots'): under autocast the base layer would cast its input, and so would the
+        # update's matmuls, each on its own
         x = x.to(self.lora_A.dtype)
         result = self.base_layer(x)
+        g = self.active
+        if g == 0:
+            return result
         if g == 1:  # the same ops as PEFT's LoRA Linear: B(A(x)) * s
             return result + F.linear(F.linear(x, self.lora_A[0]), self.lora_B[0]) * self.scale[0]
         down = torch.bmm(x.reshape(g, -1, x.shape[-1]), self.lora_A[:g].transpose(1, 2))
