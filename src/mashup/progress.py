@@ -73,7 +73,8 @@ def selection_summary(stats: dict) -> str:
     parts = [f"select ({stats['selector']}, {stats['executor']}): scored {stats['scored']}, cached {stats['cached']}"]
     if stats.get("prefiltered_out"):
         parts.append(f"{stats['prefiltered_out']} left out by the prefilter")
-    parts.append(f"{stats['cost_ratio']:.1%} of exhaustive forward tokens")
+    cap = stats.get("token_cap")
+    parts.append(f"{stats['cost_ratio']:.1%} of exhaustive forward tokens" + (f" (cap {cap:.0%})" if cap else ""))
     return "; ".join(parts)
 
 

@@ -2,6 +2,7 @@ import json
 
 from mashup.config import HalvingConfig, max_share_option
 from mashup.library import Library
+from mashup.progress import selection_summary
 from tests.test_cli import run_cli
 
 
@@ -29,6 +30,13 @@ def test_select_cli_rejects_unknown_selector_and_executor(tmp_path, tiny_base, t
     assert "executor" in err and "Traceback" not in err
     _, err = run_cli([*base, "--selector", "halving", "--halving-max-share", "a tenth"], capsys, monkeypatch, expect=1)
     assert "invalid --halving-max-share 'a tenth'" in err and "auto or none" in err
+
+
+def test_the_summary_line_names_a_cap_that_held():
+    stats = {"selector": "halving", "executor": "local", "scored": 1000, "cached": 0, "forward_tokens": 92,
+             "probe_tokens": 0, "cost_ratio": 0.092}
+    assert selection_summary({**stats, "token_cap": 0.1}).endswith("9.2% of exhaustive forward tokens (cap 10%)")
+    assert selection_summary({**stats, "token_cap": None}).endswith("9.2% of exhaustive forward tokens")
 
 
 def test_the_halving_cap_option_takes_a_share_auto_or_none():

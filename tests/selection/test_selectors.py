@@ -14,7 +14,7 @@ from mashup.selection import get_selector, halving_schedule
 from mashup.selection.engine import forward_tokens
 from mashup.scoring import CheckpointScore, rank
 from mashup.selection.scores import PrefixScore
-from mashup.selection.selectors import _mean_and_stdev, close_contenders, near_tie_room, planned_work, token_budget
+from mashup.selection.selectors import _mean_and_stdev, close_contenders, near_tie_room, planned_work, token_cap
 from mashup.verbs import select, train_model
 from tests.conftest import write_mc_jsonl
 from tests.selection.helpers import requests_for
@@ -157,10 +157,13 @@ def test_a_cost_cap_keeps_only_the_near_ties_it_has_room_for(tmp_path, tiny_base
         result = _select(tmp_path, mc_file, tiny_base, "halving", samples=16, max_share=cap)
         assert [(r["samples"], r["candidates"]) for r in result.stats["rounds"]] == [(4, 3), last_round]
         assert result.stats["cost_ratio"] == pytest.approx(1.0 if last_round[1] == 3 else schedule)
+        assert result.stats["token_cap"] == cap
+    # the default (auto) sets no cap on a pool this small: the near-ties race on as without one
+    assert _select(tmp_path, mc_file, tiny_base, "halving", samples=16).stats["token_cap"] is None
 
 
-def _budget_context(max_share, candidates: int, probe_tokens: int = 0) -> SimpleNamespace:
-    """What ``token_budget`` reads of a selection: its cap, and the tokens of exhaustive scoring and of a probe."""
+def _cap_context(max_share, candidates: int, probe_tokens: int = 0) -> SimpleNamespace:
+    """What ``token_cap`` reads of a selection: its setting, and the tokens of exhaustive scoring and of a probe."""
     return SimpleNamespace(config=SimpleNamespace(halving=HalvingConfig(max_share=max_share)),
                            stats=SimpleNamespace(exhaustive_tokens=candidates * 256, probe_tokens=probe_tokens))
 
@@ -168,13 +171,13 @@ def _budget_context(max_share, candidates: int, probe_tokens: int = 0) -> Simple
 def test_the_automatic_cap_is_ten_percent_where_the_schedule_fits_under_it():
     prefix = list(range(257))  # one token per request
     large = [(8, 1000), (32, 250), (128, 63), (256, 16)]  # the schedule alone: 22,096 of 256,000 tokens (8.6%)
-    assert token_budget(_budget_context("auto", 1000), large, prefix) == pytest.approx(25_600)
-    assert token_budget(_budget_context("auto", 1000, probe_tokens=1_000), large, prefix) == pytest.approx(24_600)
-    assert token_budget(_budget_context("auto", 1000, probe_tokens=4_000), large, prefix) == math.inf  # no room
+    assert token_cap(_cap_context("auto", 1000), large, prefix) == 0.1
+    assert token_cap(_cap_context("auto", 1000, probe_tokens=3_000), large, prefix) == 0.1
+    assert token_cap(_cap_context("auto", 1000, probe_tokens=4_000), large, prefix) is None  # no room left
     small = [(8, 40), (32, 10), (256, 8)]  # 2,352 of 10,240 (23%): a cap would only turn the near-tie rule off
-    assert token_budget(_budget_context("auto", 40), small, prefix) == math.inf
-    assert token_budget(_budget_context(0.1, 40), small, prefix) == pytest.approx(1_024)  # a given cap holds
-    assert token_budget(_budget_context(None, 1000), large, prefix) == math.inf
+    assert token_cap(_cap_context("auto", 40), small, prefix) is None
+    assert token_cap(_cap_context(0.1, 40), small, prefix) == 0.1  # a given cap holds
+    assert token_cap(_cap_context(None, 1000), large, prefix) is None
     assert HalvingConfig().max_share == "auto"
 
 

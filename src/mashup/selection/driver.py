@@ -56,6 +56,7 @@ class SelectionStats:
     probe_seconds: float = 0.0  # of prefilter_seconds, the probe's: loading the base, forward and backward
     scoring_seconds: float = 0.0
     rounds: list[RoundStats] = field(default_factory=list)
+    token_cap: float | None = None  # halving's cap on the cost ratio, as resolved (HalvingConfig.max_share)
 
     @property
     def cost_ratio(self) -> float:

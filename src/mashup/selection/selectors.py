@@ -132,19 +132,20 @@ def near_tie_room(rounds: Sequence[tuple[int, int]], prefix_tokens: Sequence[int
     return max(0, math.floor(room / round_tokens(rounds, prefix_tokens, i + 1)))
 
 
-def token_budget(context: SelectionContext, rounds: Sequence[tuple[int, int]], prefix_tokens: Sequence[int]
-                 ) -> float:
-    """Forward tokens the whole selection may spend, a prefilter's probe included (``max_share``; inf: no cap).
+def token_cap(context: SelectionContext, rounds: Sequence[tuple[int, int]], prefix_tokens: Sequence[int]
+              ) -> float | None:
+    """The share of exhaustive forward tokens the whole selection may spend, a prefilter's probe included
+    (``max_share``; None: no cap).
 
-    ``auto`` caps at ``AUTO_MAX_SHARE`` where the schedule alone fits under it; on smaller pools, whose
-    schedule costs more, that cap would only turn the near-tie rule off, so there is none.
+    ``auto`` is ``AUTO_MAX_SHARE`` where the schedule alone fits under it; on smaller pools, whose schedule
+    costs more, that cap would only turn the near-tie rule off, so there is none.
     """
     share = context.config.halving.max_share
-    exhaustive_tokens, probe_tokens = context.stats.exhaustive_tokens, context.stats.probe_tokens
-    if share == "auto":
-        schedule = sum(planned * round_tokens(rounds, prefix_tokens, j) for j, (_, planned) in enumerate(rounds))
-        share = AUTO_MAX_SHARE if schedule + probe_tokens <= AUTO_MAX_SHARE * exhaustive_tokens else None
-    return math.inf if share is None else share * exhaustive_tokens - probe_tokens
+    if share != "auto":
+        return share
+    stats = context.stats
+    schedule = sum(planned * round_tokens(rounds, prefix_tokens, j) for j, (_, planned) in enumerate(rounds))
+    return AUTO_MAX_SHARE if schedule + stats.probe_tokens <= AUTO_MAX_SHARE * stats.exhaustive_tokens else None
 
 
 def exhaustive(context: SelectionContext, records: Sequence[CheckpointRecord]) -> list[CheckpointScore]:
@@ -161,7 +162,8 @@ def halving(context: SelectionContext, records: Sequence[CheckpointRecord]) -> l
     within_se = config.halving.keep_within_se if config.metric == "loss" else 0.0
     prefix_tokens = list(itertools.accumulate((forward_tokens(r, context.factory.with_accuracy)
                                                for r in context.requests), initial=0))
-    budget = token_budget(context, rounds, prefix_tokens)
+    cap = context.stats.token_cap = token_cap(context, rounds, prefix_tokens)
+    budget = math.inf if cap is None else cap * context.stats.exhaustive_tokens - context.stats.probe_tokens
     by_id = {r.id: r for r in records}
     survivors, dropped, spent = list(records), [], 0
     for i, (n, planned) in enumerate(rounds):
