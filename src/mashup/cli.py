@@ -67,7 +67,7 @@ HalvingSeOpt = Annotated[Optional[float], typer.Option(
 HalvingShareOpt = Annotated[Optional[str], typer.Option(
     "--halving-max-share", metavar="S|auto|none", help="halving: keep near-ties only while the selection's forward "
     f"tokens stay within this share of exhaustive scoring's (the schedule itself is never cut); auto: "
-    f"{AUTO_MAX_SHARE:g} where the schedule leaves room under it, else none", show_default="auto")]
+    f"{AUTO_MAX_SHARE:g} where that leaves the near-ties room (large pools), else none", show_default="auto")]
 ExecutorOpt = Annotated[str, typer.Option("--executor", help="where scoring runs: local | ray")]
 RayAddressOpt = Annotated[Optional[str], typer.Option("--ray-address", help="existing Ray cluster",
                                                       show_default="none: start one locally")]

@@ -49,10 +49,14 @@ PrefilterSignal = Literal["first_order", "arrow"]
 
 
 # halving's default cap on forward tokens, as a share of exhaustive scoring's: the target. Replayed on
-# 1,000 real SmolLM2 candidates (8 targets x 100 orderings, README) it kept the same top 2 as without it
-# (98.5% against 98.6%) at 9.2% of the tokens against 9.8%, and at most 10% where near-ties had sent
-# three targets to 11.0-11.4%.
+# 1,000 real SmolLM2 candidates x 256 questions (8 targets x 100 orderings, README) it kept the same top 2 as
+# without it (98.5% against 98.6%) at 9.2% of the tokens against 9.8%, and at most 10% where near-ties had
+# sent three targets to 11.0-11.4%. There near-ties took 14% on top of the schedule's own 8.6% on average,
+# and the cap left them 16%. ``auto`` caps only where the schedule leaves near-ties at least
+# AUTO_NEAR_TIE_ROOM of its own cost: pools of about 330 candidates and more at 256 questions (the 1,000
+# above: schedules of 8.4-8.7% of the tokens); on smaller ones the cap would cut the near-tie rule short.
 AUTO_MAX_SHARE = 0.1
+AUTO_NEAR_TIE_ROOM = 0.1
 
 
 class HalvingConfig(StageConfig):
@@ -68,8 +72,8 @@ class HalvingConfig(StageConfig):
     max_share: Annotated[float, Field(gt=0, le=1)] | Literal["auto"] | None = Field(
         "auto", description="keep near-ties only while the selection's forward tokens (a prefilter's probe "
                             "included) stay within this share of exhaustive scoring's; the schedule itself is never "
-                            f"cut; auto: {AUTO_MAX_SHARE:g} where the schedule alone leaves room under it (pools of "
-                            "a few hundred candidates and more), else no cap; none: no cap")
+                            f"cut; auto: {AUTO_MAX_SHARE:g} where the schedule leaves near-ties room under it "
+                            "(pools of about 330 candidates and more at 256 questions), else no cap; none: no cap")
 
 
 def max_share_option(text: str | None) -> dict[str, Any]:

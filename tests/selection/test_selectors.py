@@ -172,10 +172,13 @@ def test_the_automatic_cap_is_ten_percent_where_the_schedule_fits_under_it():
     prefix = list(range(257))  # one token per request
     large = [(8, 1000), (32, 250), (128, 63), (256, 16)]  # the schedule alone: 22,096 of 256,000 tokens (8.6%)
     assert token_cap(_cap_context("auto", 1000), large, prefix) == 0.1
-    assert token_cap(_cap_context("auto", 1000, probe_tokens=3_000), large, prefix) == 0.1
-    assert token_cap(_cap_context("auto", 1000, probe_tokens=4_000), large, prefix) is None  # no room left
+    # near-ties must keep a tenth of the schedule's tokens under the cap: 24,306 with the probe at most 1,294
+    assert token_cap(_cap_context("auto", 1000, probe_tokens=1_294), large, prefix) == 0.1
+    assert token_cap(_cap_context("auto", 1000, probe_tokens=1_295), large, prefix) is None
     small = [(8, 40), (32, 10), (256, 8)]  # 2,352 of 10,240 (23%): a cap would only turn the near-tie rule off
     assert token_cap(_cap_context("auto", 40), small, prefix) is None
+    mid = [(8, 300), (32, 75), (128, 19), (256, 8)]  # 7,048 of 76,800 (9.2%): a cap would leave near-ties 0.8%
+    assert token_cap(_cap_context("auto", 300), mid, prefix) is None
     assert token_cap(_cap_context(0.1, 40), small, prefix) == 0.1  # a given cap holds
     assert token_cap(_cap_context(None, 1000), large, prefix) is None
     assert HalvingConfig().max_share == "auto"

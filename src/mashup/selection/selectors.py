@@ -6,7 +6,7 @@
   gap to the k-th best is within ``keep_within_se`` standard errors: a paired comparison on the same
   questions, so near-ties race on to a bigger sample instead of being cut by noise. A round keeps only
   as many near-ties as the cost cap ``max_share`` leaves room for (``auto``: 10% of exhaustive's
-  forward tokens where the schedule alone fits under that, else no cap).
+  forward tokens where that leaves near-ties room: on pools of about 330 candidates and more).
 - ``prefilter+halving``: signals that need no forward pass per candidate (first-order estimate, Arrow
   prototypes) keep the most promising share of the candidates (half by default: on real adapters the
   signals are too weak to keep fewer safely), then halving ranks those.
@@ -18,7 +18,7 @@ import itertools
 import math
 from collections.abc import Callable, Mapping, Sequence
 
-from mashup.config import AUTO_MAX_SHARE, HalvingConfig
+from mashup.config import AUTO_MAX_SHARE, AUTO_NEAR_TIE_ROOM, HalvingConfig
 from mashup.errors import MashupError
 from mashup.library import CheckpointRecord
 from mashup.scoring import CheckpointScore, rank
@@ -137,15 +137,17 @@ def token_cap(context: SelectionContext, rounds: Sequence[tuple[int, int]], pref
     """The share of exhaustive forward tokens the whole selection may spend, a prefilter's probe included
     (``max_share``; None: no cap).
 
-    ``auto`` is ``AUTO_MAX_SHARE`` where the schedule alone fits under it; on smaller pools, whose schedule
-    costs more, that cap would only turn the near-tie rule off, so there is none.
+    ``auto`` is ``AUTO_MAX_SHARE`` where that leaves near-ties ``AUTO_NEAR_TIE_ROOM`` of the schedule's own
+    tokens; on smaller pools, whose schedule costs more, the cap would cut the near-tie rule short or turn it
+    off, so there is none.
     """
     share = context.config.halving.max_share
     if share != "auto":
         return share
     stats = context.stats
     schedule = sum(planned * round_tokens(rounds, prefix_tokens, j) for j, (_, planned) in enumerate(rounds))
-    return AUTO_MAX_SHARE if schedule + stats.probe_tokens <= AUTO_MAX_SHARE * stats.exhaustive_tokens else None
+    fits = (1 + AUTO_NEAR_TIE_ROOM) * schedule + stats.probe_tokens <= AUTO_MAX_SHARE * stats.exhaustive_tokens
+    return AUTO_MAX_SHARE if fits else None
 
 
 def exhaustive(context: SelectionContext, records: Sequence[CheckpointRecord]) -> list[CheckpointScore]:
