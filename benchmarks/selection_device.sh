@@ -13,7 +13,8 @@
 #       library's catalog, and run.tgz with the logs, reports and the extras below come back in $OUT.
 #       THROUGHPUT=1 first runs the engine's throughput benchmark on 32 SmolLM2 adapters x 256 questions (ours against the naive loop and the forward
 #       limit, and the slot loads; a few minutes, most of it writing the adapters) into
-#       throughput.{txt,json}. PADDING=1 first times loss scoring with length-budget batches against
+#       throughput.{txt,json}; its lines end with the largest gap between ours and the naive loop's losses,
+#       which checks the slots' bf16 path on CUDA (fp32 blocks moved, then converted on the device). PADDING=1 first times loss scoring with length-budget batches against
 #       fixed-size ones on the 8 targets (scoring_padding.py, 256-question batches, 4 copies per forward as
 #       the engine stacks them on CUDA; about a minute, not yet run) into padding.{txt,json}. PASSES=2
 #       runs the prefilter pass alone: a third call on the still-warm machine (its library, scores and
