@@ -2,9 +2,11 @@
 
 import json
 import logging
+import os
 import subprocess
 import sys
 import threading
+import time
 
 import pytest
 
@@ -157,3 +159,22 @@ def test_the_next_command_in_the_parent_dir_cleans_up(tmp_path):
         assert not dead.exists()
         (tmp / "a").write_text("x")
     assert _leftovers(tmp_path) == []
+
+
+def test_owner_records_without_a_dir_go_when_dead_or_unreadable_past_the_grace(tmp_path):
+    dead = tmp_path / f".a{TMP_MARK}00000001{OWNER_SUFFIX}"  # killed after the final rename
+    dead.write_text(json.dumps({**json.loads(_owner_of(make_owned_temp(tmp_path / "x"))), "pid": _dead_pid()}))
+    old_empty = tmp_path / f".b{TMP_MARK}00000002{OWNER_SUFFIX}"  # killed between creating and writing it
+    old_empty.touch()
+    os.utime(old_empty, (time.time() - 120, time.time() - 120))
+    fresh_empty = tmp_path / f".c{TMP_MARK}00000003{OWNER_SUFFIX}"  # maybe a live writer about to fill it
+    fresh_empty.touch()
+    clean_orphans(tmp_path)
+    assert not dead.exists() and not old_empty.exists() and fresh_empty.exists()
+    clean_orphans(tmp_path, unreadable_after_s=0)
+    assert not fresh_empty.exists()
+    assert len(_leftovers(tmp_path)) == 2  # the live temp dir "x" and its record stay
+
+
+def _owner_of(tmp):
+    return tmp.with_name(tmp.name + OWNER_SUFFIX).read_text()

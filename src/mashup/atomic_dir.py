@@ -9,7 +9,8 @@ Plain ``rename()`` is not enough: it silently replaces an *empty* existing dir.
 
 Temp dirs of dead processes on this host are removed by the next command writing into the same
 parent dir (one warning line each); those it cannot judge (another host, no owner record) are
-reported and left alone.
+reported and left alone. A record whose dir is gone goes too: its writer died, or it is empty (killed
+between creating and writing it) and older than a grace no live writer needs.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import secrets
 import shutil
 import socket
 import sys
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
@@ -37,6 +39,7 @@ logger = logging.getLogger(__name__)
 
 TMP_MARK = ".mashup-tmp-"
 OWNER_SUFFIX = ".owner.json"
+UNREADABLE_RECORD_GRACE_S = 60.0
 OnCommit = Callable[[Path], None]
 
 
@@ -153,15 +156,31 @@ def discard_temp(tmp: Path) -> None:
         _owner_path(tmp).unlink()
 
 
-def clean_orphans(parent: Path) -> list[Path]:
-    """Remove temp dirs that dead processes on this host left in ``parent``; report (and return) the others."""
+def _stale_record(record: Path, tmp: Path, unreadable_after_s: float) -> bool:
+    """A record without its dir, left by a dead process: crashed before ``mkdir``, after the final rename,
+    or (unreadable: empty or cut short) between creating the record and writing it."""
+    if tmp.exists():
+        return False
+    owner = _read_owner(tmp)
+    if owner is not None:
+        return owner.state() == "dead"
+    try:  # a live writer fills its record within microseconds of creating it
+        return time.time() - record.stat().st_mtime >= unreadable_after_s
+    except OSError:
+        return False
+
+
+def clean_orphans(parent: Path, *, unreadable_after_s: float = UNREADABLE_RECORD_GRACE_S) -> list[Path]:
+    """Remove temp dirs that dead processes on this host left in ``parent``; report (and return) the others.
+
+    An owner record with no dir and no readable content is removed once it is ``unreadable_after_s`` old;
+    a caller that holds ``parent`` exclusively (an experiment dir under its lock) passes 0.
+    """
     reported = []
     for entry in sorted(Path(parent).glob(f".*{TMP_MARK}*")):
         if entry.name.endswith(OWNER_SUFFIX):
-            tmp = entry.with_name(entry.name[: -len(OWNER_SUFFIX)])
-            owner = _read_owner(tmp)
-            if not tmp.exists() and owner is not None and owner.state() == "dead":
-                entry.unlink(missing_ok=True)  # the record of a crash before mkdir or after the final rename
+            if _stale_record(entry, entry.with_name(entry.name[: -len(OWNER_SUFFIX)]), unreadable_after_s):
+                entry.unlink(missing_ok=True)
             continue
         if not entry.is_dir():
             continue

@@ -102,3 +102,21 @@ def test_a_second_concurrent_run_in_the_same_dir_is_refused(setup, tmp_path):
     config = tiny_config(base, tasks, tmp_path / "out", **SMALL)
     with ResultStore(config.out).open(), pytest.raises(MashupError, match="another `mashup experiment` is running"):
         run_experiment(config)
+
+
+def test_opening_the_store_clears_every_trace_of_a_killed_run_at_once(tmp_path):
+    from mashup.atomic_dir import OWNER_SUFFIX, TMP_MARK, make_owned_temp
+
+    store = ResultStore(tmp_path / "out")
+    store.artifacts_dir.mkdir(parents=True)
+    store.units_dir.mkdir()
+    killed = subprocess.Popen([sys.executable, "-c", "pass"])
+    killed.wait()
+    half_written = make_owned_temp(store.artifact("train-a"))  # the killed run's temp dir ...
+    owner = half_written.with_name(half_written.name + OWNER_SUFFIX)
+    owner.write_text(owner.read_text().replace(f'"pid": {os.getpid()}', f'"pid": {killed.pid}'))
+    (store.artifacts_dir / f".train-b{TMP_MARK}0badf00d{OWNER_SUFFIX}").touch()  # ... killed mid-record, just now
+    (store.units_dir / ".unit-c.x.tmp").write_text("{")
+    with store.open():
+        left = [*store.artifacts_dir.iterdir(), *store.units_dir.iterdir()]
+    assert left == []

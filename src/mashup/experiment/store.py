@@ -21,12 +21,12 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from mashup.atomic_dir import clean_orphans
 from mashup.errors import MashupError
 
 logger = logging.getLogger(__name__)
@@ -73,9 +73,12 @@ class ResultStore:
             yield self
 
     def _remove_partials(self) -> None:
-        for partial in [*self.artifacts_dir.glob(".*.tmp-*"), *self.units_dir.glob(".*.tmp")]:
+        # The lock makes this run the dir's only writer, so even an owner record too short to name its
+        # writer (a kill between creating and writing it) is a killed run's and can go at once.
+        clean_orphans(self.artifacts_dir, unreadable_after_s=0)
+        for partial in self.units_dir.glob(".*.tmp"):
             logger.info("removing what an interrupted run left half-written: %s", partial)
-            shutil.rmtree(partial, ignore_errors=True) if partial.is_dir() else partial.unlink(missing_ok=True)
+            partial.unlink(missing_ok=True)
 
     def artifact(self, name: str) -> Path:
         return self.artifacts_dir / name
