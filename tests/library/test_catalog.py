@@ -62,6 +62,29 @@ def test_nan_weights_and_rank_mismatch_are_refused(tmp_path, tiny_loras):
         Library(tmp_path / "lib").add([bad_rank])
 
 
+@pytest.mark.parametrize("layout", ["one block", "two dtypes"])
+def test_every_non_finite_value_is_found_and_its_tensor_named(tmp_path, layout):
+    """Finite one-dtype files are checked as one mapped block; a NaN or inf there, or a file in several
+    dtypes, is checked tensor by tensor, so the error names the tensor."""
+    import torch
+
+    from mashup.io import check_finite, read_tensor_block
+
+    tensors = {f"t{i}": torch.randn(3, 5) for i in range(4)}
+    if layout == "two dtypes":
+        tensors["t0"] = tensors["t0"].half()
+    path = tmp_path / "w.safetensors"
+    save_file(tensors, path)
+    assert (read_tensor_block(path) is not None) == (layout == "one block")
+    check_finite([path])
+    for bad, value in [("t3", float("inf")), ("t0", float("nan"))]:
+        broken = {**tensors, bad: tensors[bad].clone()}
+        broken[bad][2, 4] = value
+        save_file(broken, path)
+        with pytest.raises(CheckpointError, match=f"tensor {bad} holds NaN or inf"):
+            check_finite([path])
+
+
 def test_pickle_weights_are_refused_without_opt_in(tmp_path, tiny_loras):
     import torch
 

@@ -25,7 +25,7 @@ def lora_signature(record: CheckpointRecord) -> tuple:
 
 
 def _shapes_signature(record: CheckpointRecord) -> tuple:
-    return tuple(sorted_shapes(record.shapes))
+    return sorted_shapes(record.shapes)
 
 
 def _lora_difference(record: CheckpointRecord, template: CheckpointRecord) -> str | None:

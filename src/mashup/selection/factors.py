@@ -45,7 +45,7 @@ class FactorReader:
         self.allow_pickle = allow_pickle
         self.read_ahead = default_read_ahead(device) if read_ahead is None else read_ahead
         self._rows: torch.Tensor | None = None
-        self._layouts: dict[LayoutKey, list[tuple[str, tuple[int, ...]]]] = {}
+        self._layouts: dict[LayoutKey, tuple[tuple[str, tuple[int, ...]], ...]] = {}
         self._readers: dict[LayoutKey, AdapterReadAhead] = {}
 
     def prefetch(self, records: Sequence[CheckpointRecord]) -> None:
@@ -77,7 +77,7 @@ class FactorReader:
         views = row_views(rows, expected)
         return {module: adapter_factors(views, module) for module in modules}
 
-    def _expected(self, record: CheckpointRecord) -> list[tuple[str, tuple[int, ...]]]:
+    def _expected(self, record: CheckpointRecord) -> tuple[tuple[str, tuple[int, ...]], ...]:
         """Name and shape of each tensor in a one-block file's order (sorted once per layout)."""
         key = _layout_key(record)
         if key not in self._layouts:

@@ -70,7 +70,7 @@ class AdapterReadAhead:
     def __init__(self, factors: Sequence[tuple[str, tuple[int, ...]]], device: torch.device, *,
                  allow_pickle: bool = False, threads: int | None = None, budget_bytes: int = READ_AHEAD_BYTES,
                  keep_bytes: int = 0) -> None:
-        self.factors = list(factors)
+        self.factors = tuple(factors)  # a tuple: mashup.io takes it as its cache key as is
         self.pin = device.type == "cuda"  # blocks bound for a GPU: the copy there runs without the host
         self.allow_pickle = allow_pickle
         # budgeted at 4 bytes a value: the widest dtype an adapter file holds in practice (float32)

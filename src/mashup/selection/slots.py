@@ -151,7 +151,7 @@ class LoRASlots:
         for path, base in bases.items():
             shapes[_PREFIX + path + _A] = (layout.rank, base.in_features)
             shapes[_PREFIX + path + _B] = (base.out_features, layout.rank)
-        self.factors = sorted(shapes.items())  # the order safetensors writes a one-dtype file in
+        self.factors = tuple(sorted(shapes.items()))  # the order safetensors writes a one-dtype file in
         self.storage = torch.zeros(slots, sum(r * c for _, (r, c) in self.factors), dtype=dtype, device=weight.device)
         self.scale = torch.zeros(slots, dtype=torch.float32, device=weight.device)
         self._scales = [0.0] * slots  # the same on the host: ``activate`` reads them without a device sync
