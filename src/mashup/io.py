@@ -165,7 +165,8 @@ def _hashable(expected: Sequence[tuple[str, tuple[int, ...]]] | None
 @functools.lru_cache(maxsize=16)  # adapters of one layout share their header bytes: parse and check it once
 def _block_layout(raw_header: bytes, expected: tuple[tuple[str, tuple[int, ...]], ...] | None
                   ) -> tuple[torch.dtype | None, int]:
-    """The one dtype and byte size of a header whose tensors are ``expected``, back to back from offset 0."""
+    """The one dtype and byte size of a header whose tensors are ``expected`` (any, if None), back to back
+    from offset 0."""
     import torch
 
     header = json.loads(raw_header)
@@ -224,7 +225,7 @@ def check_finite(files: list[Path]) -> None:
 
 def _finite_block(path: Path) -> bool:
     """True when ``path`` maps as one block (``read_tensor_block``) and every value is finite: one check per
-    chunk, where hundreds of small tensors cost ~0.1 ms each (40 ms a SmolLM2 adapter, against 2 ms)."""
+    chunk, where hundreds of small tensors cost ~0.1 ms each (a SmolLM2 adapter: 43 ms, against 7 ms)."""
     import torch
 
     block = read_tensor_block(path) if path.suffix == ".safetensors" else None
