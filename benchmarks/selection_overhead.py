@@ -8,6 +8,13 @@ the forwards, so what this prints there is the host's work, not what a real run 
 
     python benchmarks/selection_overhead.py --adapters 1000 --selectors exhaustive,halving --read-ahead both
 
+With ``--real-forwards`` the forwards run for real and each line is a whole live selection's seconds, with
+its share of exhaustive's: on a device whose forwards are compute-bound (a real model on a CPU) that share
+should track the token share, the work outside the forwards being small beside them.
+
+    python benchmarks/selection_overhead.py --target commonsense_qa --adapters 64 --samples 64 \
+        --batch-size 16 --group-rows 64 --repeats 1 --selectors halving,exhaustive --real-forwards
+
 The library is ``--distinct`` random rank-8 LoRA adapters of the base (seeded, built once in ``--dir``)
 repeated by hard links up to ``--adapters`` dirs: as many files to read as a real library, with page-cache
 hits as for a library read moments ago. ``--group-rows`` sets the rows per forward (default 1,024, as on
@@ -76,14 +83,17 @@ def linked_library(distinct: list[Path], root: Path, count: int) -> list[Checkpo
 
 
 @contextlib.contextmanager
-def stand_in_forwards() -> Iterator[list[int]]:
-    """``ScoringPlan.run`` replaced by losses read off the slots' factors; yields a one-item run counter."""
+def counted_forwards(stand_in: bool = True) -> Iterator[list[int]]:
+    """``ScoringPlan.run`` counted and, with ``stand_in``, replaced by losses read off the slots' factors;
+    yields a one-item run counter."""
     from mashup import evaluation
 
     runs, original = [0], evaluation.ScoringPlan.run
 
     def run(plan, model, copies: int = 1):
         runs[0] += len(plan.batches)
+        if not stand_in:
+            return original(plan, model, copies)
         module = next(m for m in model.modules() if isinstance(m, GroupedLoRALinear))
         per_adapter = module.lora_A[:copies].reshape(copies, -1)[:, :64].double().sum(dim=1)
         wobble = torch.arange(len(plan.requests), dtype=torch.float64).sin()
@@ -94,6 +104,18 @@ def stand_in_forwards() -> Iterator[list[int]]:
         yield runs
     finally:
         evaluation.ScoringPlan.run = original
+
+
+def print_seconds_shares(runs: list[dict]) -> None:
+    """Each run's seconds as a share of the exhaustive run's of the same repeat and read-ahead, beside its
+    token share."""
+    exhaustive = {(r["repeat"], r["read_ahead"]): r["seconds"] for r in runs if r["selector"] == "exhaustive"}
+    for r in runs:
+        base = exhaustive.get((r["repeat"], r["read_ahead"]))
+        if base and r["selector"] != "exhaustive":
+            r["seconds_share"] = r["seconds"] / base
+            print(f"{r['selector']:>10} read-ahead {r['read_ahead']!s:5}: {r['seconds_share']:.1%} of exhaustive's "
+                  f"seconds, {r['token_share']:.1%} of its tokens", flush=True)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -109,6 +131,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--read-ahead", choices=["default", "on", "off", "both"], default="default")
     parser.add_argument("--repeats", type=int, default=3, help="runs per setting; the first also warms caches")
     parser.add_argument("--dir", type=Path, default=Path.home() / ".cache/mashup/selection-overhead")
+    parser.add_argument("--real-forwards", action="store_true",
+                        help="run the forwards instead of standing in for them: a live selection's seconds")
     parser.add_argument("--json-out", type=Path)
     args = parser.parse_args(argv)
 
@@ -124,7 +148,8 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"{args.adapters} adapters ({args.distinct} distinct), {len(requests)} questions, {args.group_rows} rows "
           f"per forward, torch threads {torch.get_num_threads()}", flush=True)
     runs_out = []
-    with stand_in_forwards() as runs:
+    what = "in all" if args.real_forwards else "outside the forwards"
+    with counted_forwards(stand_in=not args.real_forwards) as runs:
         for repeat in range(args.repeats):
             for read_ahead in modes:
                 for name in args.selectors.split(","):
@@ -138,10 +163,11 @@ def main(argv: list[str] | None = None) -> dict:
                     runs_out.append({"repeat": repeat, "selector": name, "read_ahead": read_ahead, "seconds": seconds,
                                      "scoring_runs": runs[0], "token_share": selection.stats.cost_ratio,
                                      "rounds": rounds})
-                    print(f"{name:>10} read-ahead {read_ahead!s:5}: {seconds:6.2f} s outside the forwards, "
+                    print(f"{name:>10} read-ahead {read_ahead!s:5}: {seconds:6.2f} s {what}, "
                           f"{runs[0]} forwards, {selection.stats.cost_ratio:.1%} of the tokens; rounds "
                           + ", ".join(f"{r['samples']}q x {r['candidates']} {r['seconds']:.2f}s" for r in rounds),
                           flush=True)
+    print_seconds_shares(runs_out)
     result = {"settings": {k: str(v) for k, v in vars(args).items()}, "runs": runs_out}
     if args.json_out:
         args.json_out.write_text(json.dumps(result, indent=2))

@@ -29,3 +29,23 @@ def test_the_overhead_benchmark_counts_forwards_and_rounds_by_selector(tiny_base
         # every batch of the 16 questions
         assert exhaustive["scoring_runs"] % 3 == 0 and exhaustive["scoring_runs"] >= 12
         assert halving["scoring_runs"] > 0
+        assert halving["seconds_share"] == halving["seconds"] / exhaustive["seconds"]
+
+
+def test_with_real_forwards_the_benchmark_times_live_selections(tiny_base, mc_file, tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    for name in ("GROUP_ROWS", "CPU_LARGE_MODEL_GROUP_ROWS", "CUDA_GROUP_ROWS"):
+        monkeypatch.setattr(engine, name, getattr(engine, name))
+    from selection_overhead import main
+
+    real_forwards = []
+    run = evaluation.ScoringPlan.run
+    monkeypatch.setattr(evaluation.ScoringPlan, "run",
+                        lambda plan, *a, **k: real_forwards.append(len(plan.batches)) or run(plan, *a, **k))
+    result = main(["--base", str(tiny_base), "--target", str(mc_file), "--adapters", "6", "--distinct", "6",
+                   "--samples", "16", "--batch-size", "4", "--group-rows", "16", "--repeats", "1",
+                   "--read-ahead", "off", "--selectors", "halving,exhaustive", "--real-forwards",
+                   "--dir", str(tmp_path / "bench")])
+    halving, exhaustive = result["runs"]
+    assert sum(real_forwards) == halving["scoring_runs"] + exhaustive["scoring_runs"] > 0  # each batch ran for real
+    assert halving["seconds_share"] == halving["seconds"] / exhaustive["seconds"] and "seconds_share" not in exhaustive
