@@ -25,12 +25,12 @@ from mashup.io import sorted_shapes, tensor_shapes
 from mashup.selection.read_ahead import AdapterReadAhead
 
 
-def storage_factors(adapter_dir: Path) -> list[tuple[str, tuple[int, ...]]]:
+def storage_factors(adapter_dir: Path) -> tuple[tuple[str, tuple[int, ...]], ...]:
     """(name, shape) of an adapter file's tensors, in the order a one-dtype file stores them."""
     return sorted_shapes(tensor_shapes(adapter_dir / "adapter_model.safetensors"))
 
 
-def read_all(dirs: list[Path], factors: list, device: torch.device, threads: int) -> tuple[float, int]:
+def read_all(dirs: list[Path], factors: tuple, device: torch.device, threads: int) -> tuple[float, int]:
     """Seconds to read every dir (and copy it to ``device`` where that is CUDA), and the bytes read."""
     reader = AdapterReadAhead(factors, device, threads=threads)
     target = torch.empty(reader.block_bytes, dtype=torch.uint8, device=device) if device.type == "cuda" else None

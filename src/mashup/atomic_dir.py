@@ -156,9 +156,10 @@ def discard_temp(tmp: Path) -> None:
         _owner_path(tmp).unlink()
 
 
-def _stale_record(record: Path, tmp: Path, unreadable_after_s: float) -> bool:
+def _stale_record(record: Path, unreadable_after_s: float) -> bool:
     """A record without its dir, left by a dead process: crashed before ``mkdir``, after the final rename,
     or (unreadable: empty or cut short) between creating the record and writing it."""
+    tmp = record.with_name(record.name[: -len(OWNER_SUFFIX)])
     if tmp.exists():
         return False
     owner = _read_owner(tmp)
@@ -179,7 +180,7 @@ def clean_orphans(parent: Path, *, unreadable_after_s: float = UNREADABLE_RECORD
     reported = []
     for entry in sorted(Path(parent).glob(f".*{TMP_MARK}*")):
         if entry.name.endswith(OWNER_SUFFIX):
-            if _stale_record(entry, entry.with_name(entry.name[: -len(OWNER_SUFFIX)]), unreadable_after_s):
+            if _stale_record(entry, unreadable_after_s):
                 entry.unlink(missing_ok=True)
             continue
         if not entry.is_dir():
