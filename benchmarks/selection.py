@@ -62,6 +62,9 @@ class ThroughputRow:
     # ours (default group) against the naive loop's per-example losses, on the adapters both scored: largest
     # |difference| / |naive|; None without the naive loop
     max_rel_diff_vs_naive: float | None = None
+    # the same measure between the naive loop's first adapter and each other one: how far apart the adapters
+    # being ranked are, so a gap of 0 where they barely differ (bf16 rounding away a small update) reads as such
+    max_rel_spread_naive: float | None = None
 
     @property
     def overhead_ratio(self) -> float:
@@ -170,6 +173,7 @@ def measure(model_name: str, base: Path, adapters: list[Path], data, args: argpa
     group = default_adapters_per_forward(base, settings)
     by_group = {g: ours(g) for g in sorted({group, 1, *(int(x) for x in args.groups.split(",") if x)})}
     diffs = [((got - want).abs() / want.abs()).max().item() for got, want in zip(ours_losses[group], naive_losses)]
+    spread = [((other - naive_losses[0]).abs() / naive_losses[0].abs()).max().item() for other in naive_losses[1:]]
     with_accuracy = ours(group, with_accuracy=True)
 
     model = attach_adapter(load_model(base), adapters[0], trainable=False).to(settings.device).eval()
@@ -178,7 +182,8 @@ def measure(model_name: str, base: Path, adapters: list[Path], data, args: argpa
     tokens = sample_tokens(requests, with_accuracy=False)
     return ThroughputRow(model_name, len(adapters), len(requests), tokens, naive, by_group[group], by_group[1],
                          limit, group, by_group, with_accuracy, swap_times(base, records, settings.device),
-                         signal_times(base, records, requests, settings), max(diffs) if diffs else None)
+                         signal_times(base, records, requests, settings), max(diffs) if diffs else None,
+                         max(spread) if spread else None)
 
 
 def best_seconds(run: Callable[[], object], passes: int) -> float:
@@ -268,7 +273,9 @@ def _print_row(row: ThroughputRow) -> None:
           f"  | prefilter signals, ms/adapter: one at a time {row.signals_ms_per_adapter['one_at_a_time']:.1f}, "
           f"chunked {row.signals_ms_per_adapter['chunked']:.1f}"
           + ("" if row.max_rel_diff_vs_naive is None else
-             f"  | ours against naive: losses within {row.max_rel_diff_vs_naive:.1e} (relative)"), flush=True)
+             f"  | ours against naive: losses within {row.max_rel_diff_vs_naive:.1e} (relative)")
+          + ("" if row.max_rel_spread_naive is None else
+             f", the adapters' own losses {row.max_rel_spread_naive:.1e} apart"), flush=True)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -29,7 +29,10 @@
 #       pass runs live (halving and prefilter+halving, cache off). GROUP_ROWS: rows per forward on CUDA
 #       (default 1024) for every scoring of the run, recorded and live. KEEP_AB=1 runs each live selector but
 #       exhaustive again without keeping loaded adapter blocks on the GPU (read_ahead.DEVICE_KEEP_SHARE).
-#       Live runs print each round's seconds.
+#       Live runs print each round's seconds. AB=default,threads8,rows2048,... then runs live halving (AB_H
+#       times per variant) and exhaustive (AB_E times, under default and rows* variants) alternated on AB_TARGETS
+#       (default commonsense_qa) with benchmarks/selection_live_ab.py into ab.{txt,json}; AB_SPLIT=1 adds a
+#       halving timed forward by forward, AB_CURVE=256,512,... a forward's queue and finish times by rows.
 #
 # On an H100 (15 minutes of device time, start included) the build took about 2 minutes and each target
 # 1.5-4 (exhaustive 1,000 x 256 in 67-191 s, then the selectors with a live halving run of 10-50 s); the
@@ -136,6 +139,13 @@ run() {
       $([ "${KEEP_AB:-0}" = 1 ] && echo --compare-device-keep) \
       > >(tee "$logs/log1.txt") 2>&1
     pack_results
+  fi
+  if [ -n "${AB:-}" ] && [ $((stop - SECONDS)) -gt 30 ]; then
+    timeout $((stop - SECONDS)) python3 benchmarks/selection_live_ab.py --targets "${AB_TARGETS:-commonsense_qa}" \
+      --variants "$AB" --halving-repeats "${AB_H:-3}" --exhaustive-repeats "${AB_E:-1}" \
+      $([ "${AB_SPLIT:-0}" = 1 ] && echo --split) ${AB_CURVE:+--forward-curve $AB_CURVE} --json-out "$logs/ab.json" \
+      --bench-args "--library-size ${N:-1000} --samples ${S:-256} --batch-size ${BS:-256} --build-precision $BUILD_PRECISION" \
+      > >(tee "$logs/ab.txt") 2>&1
   fi
   if [ "${READ_BENCH:-0}" = 1 ] && [ $((stop - SECONDS)) -gt 60 ]; then
     timeout $((stop - SECONDS)) python3 benchmarks/read_ahead.py --adapters "$(bench_path)/merges" --threads 1,2,4,8,12 \

@@ -1,0 +1,207 @@
+"""Live selections on the library-scale benchmark's library, alternated under engine settings: where a
+halving's seconds go on a device, and which setting moves its share of exhaustive's.
+
+Run after ``benchmarks/selection.py --library-size N`` has built the library (same cache, same flags):
+
+    python benchmarks/selection_live_ab.py --targets commonsense_qa --variants default,threads8,rows2048 \
+        --halving-repeats 3 --exhaustive-repeats 1
+
+Each repeat runs every variant's halving once, in turn (so drift hits every variant alike); exhaustive runs
+only under the variants that change its forwards (``rows*``), plus ``default``. Variants:
+
+- ``default``: the engine as it ships.
+- ``threadsN``: N read-ahead threads (``read_ahead.READ_THREADS``).
+- ``rowsN``: N rows per forward on CUDA (``engine.CUDA_GROUP_ROWS``).
+- ``keepoff``: no loaded blocks kept on the device (``read_ahead.DEVICE_KEEP_SHARE`` = 0).
+- ``gcoff``: Python's garbage collector off during the selection.
+
+``--split`` also times one halving with the device synchronised around every forward
+(``ScoringPlan.run``), so its seconds split into forwards and everything else, forward by forward (rows,
+copies, seconds), and ``--forward-curve`` times forwards of one adapter group at growing rows: the seconds
+to queue them (host) and to finish them (device), which says whether forwards there are bound by the host
+launching kernels or by the device computing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gc
+import json
+import statistics
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+
+from selection_library import bench_dir, candidates, parse_args as bench_args, selector_config, target_setup
+
+
+@contextlib.contextmanager
+def variant(name: str) -> Iterator[None]:
+    """The engine setting a variant names, restored afterwards."""
+    from mashup.selection import engine, read_ahead
+
+    saved = (read_ahead.READ_THREADS, engine.CUDA_GROUP_ROWS, read_ahead.DEVICE_KEEP_SHARE)
+    try:
+        if name.startswith("threads"):
+            read_ahead.READ_THREADS = int(name[len("threads"):])
+        elif name.startswith("rows"):
+            engine.CUDA_GROUP_ROWS = int(name[len("rows"):])
+        elif name == "keepoff":
+            read_ahead.DEVICE_KEEP_SHARE = 0.0
+        elif name == "gcoff":
+            gc.disable()
+        elif name != "default":
+            raise SystemExit(f"unknown variant {name}: default, threadsN, rowsN, keepoff or gcoff")
+        yield
+    finally:
+        read_ahead.READ_THREADS, engine.CUDA_GROUP_ROWS, read_ahead.DEVICE_KEEP_SHARE = saved
+        gc.enable()
+
+
+def live(workspace, pool, requests, config) -> dict:
+    from mashup.selection import select_checkpoints
+
+    start = time.perf_counter()
+    selection = select_checkpoints(workspace, pool, requests, config, None)
+    seconds = time.perf_counter() - start
+    return {"seconds": seconds, "top2": [s.id for s in selection.ranking[:2]],
+            "token_share": selection.stats.cost_ratio,
+            "rounds": [[r.samples, r.candidates, round(r.seconds, 3)] for r in selection.stats.rounds]}
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@contextlib.contextmanager
+def timed_forwards(device: torch.device) -> Iterator[list[dict]]:
+    """Every ``ScoringPlan.run`` timed with the device synchronised before and after it."""
+    from mashup import evaluation
+
+    forwards, original = [], evaluation.ScoringPlan.run
+
+    def run(plan, model, copies: int = 1):
+        synchronize(device)
+        start = time.perf_counter()
+        out = original(plan, model, copies)
+        synchronize(device)
+        forwards.append({"rows": [len(b.rows) * copies for b in plan.batches], "copies": copies,
+                         "seconds": time.perf_counter() - start})
+        return out
+
+    evaluation.ScoringPlan.run = run
+    try:
+        yield forwards
+    finally:
+        evaluation.ScoringPlan.run = original
+
+
+def forward_curve(workspace, pool, requests, config, rows_list: list[int]) -> list[dict]:
+    """Seconds to queue and to finish one forward of ``rows`` rows (the sample's first questions stacked
+    over G adapters in slots), three times each after a warm-up."""
+    from mashup.selection.engine import ScoringEngine
+
+    settings = workspace.settings(config.batch_size)
+    questions = 8
+    out = []
+    for rows in rows_list:
+        group = max(1, rows // questions)
+        engine = ScoringEngine(workspace.base_dir, requests, settings, adapters_per_forward=group,
+                               with_accuracy=False, read_ahead=False)
+        engine.score(pool[:group], range(questions))  # builds the slots, loads the adapters, warms up
+        plan, model = engine.plan(tuple(range(questions))), engine._slot_model
+        engine._slots.activate(group)
+        queued, finished = [], []
+        for _ in range(3):
+            synchronize(settings.device)
+            start = time.perf_counter()
+            for batch in plan.batches:  # the forward alone: no copy of its losses back to the host
+                with torch.no_grad(), _autocast(settings):
+                    from mashup.batching import continuation_logprobs
+                    continuation_logprobs(model, batch.inputs, group)
+            queued.append(time.perf_counter() - start)
+            synchronize(settings.device)
+            finished.append(time.perf_counter() - start)
+        out.append({"rows": group * questions, "adapters": group, "queued_s": statistics.median(queued),
+                    "finished_s": statistics.median(finished)})
+        print(f"  forward of {group * questions:5d} rows ({group} adapters x {questions} questions): queued in "
+              f"{out[-1]['queued_s'] * 1e3:6.1f} ms, finished in {out[-1]['finished_s'] * 1e3:6.1f} ms", flush=True)
+        del engine, model
+        torch.cuda.empty_cache() if settings.device.type == "cuda" else None
+    return out
+
+
+def _autocast(settings):
+    from mashup.models import autocast
+
+    return autocast(settings.device, settings.bf16)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--targets", default="commonsense_qa")
+    parser.add_argument("--variants", default="default")
+    parser.add_argument("--halving-repeats", type=int, default=3)
+    parser.add_argument("--exhaustive-repeats", type=int, default=1)
+    parser.add_argument("--split", action="store_true")
+    parser.add_argument("--forward-curve", default="", help="rows, e.g. 256,512,1024,2048")
+    parser.add_argument("--bench-args", default="", help="flags of selection.py the library was built with")
+    parser.add_argument("--json-out", type=Path)
+    args = parser.parse_args()
+    bench = bench_args(args.bench_args.split())
+    from mashup.library import Library
+
+    library = Library(bench_dir(bench) / "library")
+    result: dict = {"variants": args.variants, "targets": {}}
+    for target in args.targets.split(","):
+        pool = candidates(library, target, bench)
+        workspace, _, requests = target_setup(target, bench)
+        runs: list[dict] = []
+        result["targets"][target] = {"candidates": len(pool), "runs": runs}
+        print(f"{target}: {len(pool)} candidates, {len(requests)} questions", flush=True)
+        for repeat in range(max(args.halving_repeats, args.exhaustive_repeats)):
+            for name in args.variants.split(","):
+                selectors = ["halving"] if repeat < args.halving_repeats else []
+                if repeat < args.exhaustive_repeats and (name == "default" or name.startswith("rows")):
+                    selectors.append("exhaustive")
+                for selector in selectors:
+                    with variant(name):
+                        run = live(workspace, pool, requests, selector_config(bench, selector))
+                    runs.append({"variant": name, "selector": selector, "repeat": repeat, **run})
+                    print(f"  {name:>10} {selector:>10}: {run['seconds']:6.2f} s, tokens {run['token_share']:.2%}, "
+                          f"top-2 {run['top2']}, rounds {run['rounds']}", flush=True)
+        summarize(runs)
+        config = selector_config(bench, "halving")
+        if args.split:
+            with timed_forwards(workspace.settings(config.batch_size).device) as forwards:
+                run = live(workspace, pool, requests, config)
+            inside = sum(f["seconds"] for f in forwards)
+            result["targets"][target]["split"] = {**run, "forwards": forwards, "forward_seconds": inside}
+            print(f"  halving, synchronised: {run['seconds']:.2f} s, {len(forwards)} scoring runs "
+                  f"{inside:.2f} s, outside them {run['seconds'] - inside:.2f} s", flush=True)
+            for f in forwards:
+                print(f"    rows {f['rows']} ({f['copies']} adapters): {f['seconds'] * 1e3:.1f} ms", flush=True)
+        if args.forward_curve:
+            result["targets"][target]["forward_curve"] = forward_curve(
+                workspace, pool, requests, config, [int(r) for r in args.forward_curve.split(",")])
+        if args.json_out:
+            args.json_out.write_text(json.dumps(result, indent=1))
+
+
+def summarize(runs: list[dict]) -> None:
+    """Median seconds per variant and selector, and halving's share of exhaustive's."""
+    medians: dict[tuple[str, str], float] = {}
+    for key in sorted({(r["variant"], r["selector"]) for r in runs}):
+        medians[key] = statistics.median(r["seconds"] for r in runs if (r["variant"], r["selector"]) == key)
+    for (name, selector), seconds in medians.items():
+        exhaustive = medians.get((name, "exhaustive")) or medians.get(("default", "exhaustive"))
+        share = f", {seconds / exhaustive:.1%} of exhaustive's" if selector == "halving" and exhaustive else ""
+        print(f"  median {name:>10} {selector:>10}: {seconds:6.2f} s{share}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,57 @@
+"""The live A/B benchmark's pieces that run anywhere: the engine settings a variant names, restored after
+it, and the timed scoring runs it wraps around ``ScoringPlan.run``."""
+
+import gc
+from pathlib import Path
+
+import pytest
+import torch
+
+from mashup import evaluation
+from mashup.selection import engine, read_ahead
+
+
+@pytest.fixture
+def live_ab(monkeypatch):
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    import selection_live_ab  # benchmarks/selection_live_ab.py
+
+    return selection_live_ab
+
+
+def test_each_variant_sets_its_engine_setting_and_restores_it(live_ab):
+    threads, rows, keep = read_ahead.READ_THREADS, engine.CUDA_GROUP_ROWS, read_ahead.DEVICE_KEEP_SHARE
+    with live_ab.variant("threads7"):
+        assert read_ahead.READ_THREADS == 7
+    with live_ab.variant("rows333"):
+        assert engine.CUDA_GROUP_ROWS == 333
+    with live_ab.variant("keepoff"):
+        assert read_ahead.DEVICE_KEEP_SHARE == 0.0
+    with live_ab.variant("gcoff"):
+        assert not gc.isenabled()
+    assert gc.isenabled()
+    assert (read_ahead.READ_THREADS, engine.CUDA_GROUP_ROWS, read_ahead.DEVICE_KEEP_SHARE) == (threads, rows, keep)
+    with pytest.raises(SystemExit, match="unknown variant"), live_ab.variant("fast"):
+        pass
+
+
+def test_timed_forwards_record_every_scoring_run_and_restore_the_plan(live_ab, tiny_base, tiny_loras, mc_file):
+    from mashup.config import DataConfig
+    from mashup.data.schema import sample
+    from mashup.data.target import load_target
+    from mashup.library import inspect_checkpoint
+    from mashup.selection.engine import ScoringEngine
+    from mashup.workspace import open_workspace
+
+    workspace = open_workspace(str(tiny_base), DataConfig(data=str(mc_file)))
+    target = load_target(DataConfig(data=str(mc_file)))
+    requests = workspace.encode(sample(target.train, 8, 0), target.template)
+    records = [inspect_checkpoint(path) for path in tiny_loras[:2]]
+    run = evaluation.ScoringPlan.run
+    with live_ab.timed_forwards(torch.device("cpu")) as forwards:
+        scores = ScoringEngine(tiny_base, requests, workspace.settings(4), adapters_per_forward=2,
+                               with_accuracy=False).score(records)
+    assert evaluation.ScoringPlan.run is run
+    assert len(scores) == 2 and len(forwards) == 1  # both adapters in one scoring run
+    assert forwards[0]["copies"] == 2 and sum(forwards[0]["rows"]) == 2 * len(requests)
+    assert forwards[0]["seconds"] > 0
