@@ -103,6 +103,7 @@ def timed_forwards(device: torch.device) -> Iterator[list[dict]]:
 def forward_curve(workspace, pool, requests, config, rows_list: list[int]) -> list[dict]:
     """Seconds to queue and to finish one forward of ``rows`` rows (the sample's first questions stacked
     over G adapters in slots), three times each after a warm-up."""
+    from mashup.batching import continuation_logprobs
     from mashup.selection.engine import ScoringEngine
 
     settings = workspace.settings(config.batch_size)
@@ -113,6 +114,7 @@ def forward_curve(workspace, pool, requests, config, rows_list: list[int]) -> li
         engine = ScoringEngine(workspace.base_dir, requests, settings, adapters_per_forward=group,
                                with_accuracy=False, read_ahead=False)
         engine.score(pool[:group], range(questions))  # builds the slots, loads the adapters, warms up
+        # the engine's own model and slots: the forward alone is timed, without the loads around it
         plan, model = engine.plan(tuple(range(questions))), engine._slot_model
         engine._slots.activate(group)
         queued, finished = [], []
@@ -121,7 +123,6 @@ def forward_curve(workspace, pool, requests, config, rows_list: list[int]) -> li
             start = time.perf_counter()
             for batch in plan.batches:  # the forward alone: no copy of its losses back to the host
                 with torch.no_grad(), _autocast(settings):
-                    from mashup.batching import continuation_logprobs
                     continuation_logprobs(model, batch.inputs, group)
             queued.append(time.perf_counter() - start)
             synchronize(settings.device)
@@ -131,7 +132,8 @@ def forward_curve(workspace, pool, requests, config, rows_list: list[int]) -> li
         print(f"  forward of {group * questions:5d} rows ({group} adapters x {questions} questions): queued in "
               f"{out[-1]['queued_s'] * 1e3:6.1f} ms, finished in {out[-1]['finished_s'] * 1e3:6.1f} ms", flush=True)
         del engine, model
-        torch.cuda.empty_cache() if settings.device.type == "cuda" else None
+        if settings.device.type == "cuda":
+            torch.cuda.empty_cache()
     return out
 
 
