@@ -35,7 +35,8 @@ from pathlib import Path
 
 import torch
 
-from selection_library import bench_dir, candidates, parse_args as bench_args, selector_config, target_setup
+from selection_library import (bench_dir, candidates, parse_args as bench_args, selector_config, target_setup,
+                               timed_selection)
 
 
 @contextlib.contextmanager
@@ -62,11 +63,8 @@ def variant(name: str) -> Iterator[None]:
 
 
 def live(workspace, pool, requests, config) -> dict:
-    from mashup.selection import select_checkpoints
-
-    start = time.perf_counter()
-    selection = select_checkpoints(workspace, pool, requests, config, None)
-    seconds = time.perf_counter() - start
+    """One live selection (``selection_library.timed_selection``: cache off) as a JSON-ready record."""
+    selection, seconds = timed_selection(workspace, pool, requests, config)
     return {"seconds": seconds, "top2": [s.id for s in selection.ranking[:2]],
             "token_share": selection.stats.cost_ratio,
             "rounds": [[r.samples, r.candidates, round(r.seconds, 3)] for r in selection.stats.rounds]}
@@ -104,6 +102,7 @@ def forward_curve(workspace, pool, requests, config, rows_list: list[int]) -> li
     """Seconds to queue and to finish one forward of ``rows`` rows (the sample's first questions stacked
     over G adapters in slots), three times each after a warm-up."""
     from mashup.batching import continuation_logprobs
+    from mashup.models import autocast
     from mashup.selection.engine import ScoringEngine
 
     settings = workspace.settings(config.batch_size)
@@ -122,7 +121,7 @@ def forward_curve(workspace, pool, requests, config, rows_list: list[int]) -> li
             synchronize(settings.device)
             start = time.perf_counter()
             for batch in plan.batches:  # the forward alone: no copy of its losses back to the host
-                with torch.no_grad(), _autocast(settings):
+                with torch.no_grad(), autocast(settings.device, settings.bf16):
                     continuation_logprobs(model, batch.inputs, group)
             queued.append(time.perf_counter() - start)
             synchronize(settings.device)
@@ -135,12 +134,6 @@ def forward_curve(workspace, pool, requests, config, rows_list: list[int]) -> li
         if settings.device.type == "cuda":
             torch.cuda.empty_cache()
     return out
-
-
-def _autocast(settings):
-    from mashup.models import autocast
-
-    return autocast(settings.device, settings.bf16)
 
 
 def main() -> None:
