@@ -32,7 +32,9 @@
 #       Live runs print each round's seconds. AB=default,threads8,rows2048,... then runs live halving (AB_H
 #       times per variant) and exhaustive (AB_E times, under default and rows* variants) alternated on AB_TARGETS
 #       (default commonsense_qa) with benchmarks/selection_live_ab.py into ab.{txt,json}; AB_SPLIT=1 adds a
-#       halving timed forward by forward, AB_CURVE=256,512,... a forward's queue and finish times by rows.
+#       halving timed forward by forward, AB_CURVE=256,512,... a forward's queue and finish times by rows,
+#       AB_CHECK=K the engine's losses against PEFT's for K adapters. STAGE=build: the first pass only builds
+#       the library (for an A/B alone).
 #
 # On an H100 (15 minutes of device time, start included) the build took about 2 minutes and each target
 # 1.5-4 (exhaustive 1,000 x 256 in 67-191 s, then the selectors with a live halving run of 10-50 s); the
@@ -133,7 +135,7 @@ run() {
       --json-out "$logs/padding.json" > "$logs/padding.txt" 2>&1
   fi
   if [[ $PASSES == *1* ]]; then
-    timeout $((stop - SECONDS)) python3 benchmarks/selection.py $common --stage all --selectors "${SELECTORS:-halving}" \
+    timeout $((stop - SECONDS)) python3 benchmarks/selection.py $common --stage ${STAGE:-all} --selectors "${SELECTORS:-halving}" \
       --live-targets "${LIVE:-arc_easy,winogrande}" --deadline $((D1 - SECONDS)) --json-out "$logs/report1.json" \
       $([ "${READ_AHEAD_AB:-0}" = 1 ] && echo --compare-read-ahead) $([ "${PROFILE:-0}" = 1 ] && echo --profile-dir "$logs") \
       $([ "${KEEP_AB:-0}" = 1 ] && echo --compare-device-keep) \
@@ -143,7 +145,7 @@ run() {
   if [ -n "${AB:-}" ] && [ $((stop - SECONDS)) -gt 30 ]; then
     timeout $((stop - SECONDS)) python3 benchmarks/selection_live_ab.py --targets "${AB_TARGETS:-commonsense_qa}" \
       --variants "$AB" --halving-repeats "${AB_H:-3}" --exhaustive-repeats "${AB_E:-1}" \
-      $([ "${AB_SPLIT:-0}" = 1 ] && echo --split) ${AB_CURVE:+--forward-curve $AB_CURVE} --json-out "$logs/ab.json" \
+      $([ "${AB_SPLIT:-0}" = 1 ] && echo --split) ${AB_CURVE:+--forward-curve $AB_CURVE} ${AB_CHECK:+--check-peft $AB_CHECK} --json-out "$logs/ab.json" \
       --bench-args "--library-size ${N:-1000} --samples ${S:-256} --batch-size ${BS:-256} --build-precision $BUILD_PRECISION" \
       > >(tee "$logs/ab.txt") 2>&1
   fi

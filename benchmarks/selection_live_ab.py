@@ -7,17 +7,22 @@ Run after ``benchmarks/selection.py --library-size N`` has built the library (sa
         --halving-repeats 3 --exhaustive-repeats 1
 
 Each repeat runs every variant's halving once, in turn (so drift hits every variant alike); exhaustive runs
-only under the variants that change its forwards (``rows*``), plus ``default``. Variants:
+only under the variants that change its forwards (``rows*``, ``nooverlap``), plus ``default``. Variants:
 
 - ``default``: the engine as it ships.
 - ``threadsN``: N read-ahead threads (``read_ahead.READ_THREADS``).
+- ``budgetN``: N GiB of host memory that reads may hold ahead of use (``read_ahead.READ_AHEAD_BYTES``).
 - ``rowsN``: N rows per forward on CUDA (``engine.CUDA_GROUP_ROWS``).
 - ``keepoff``: no loaded blocks kept on the device (``read_ahead.DEVICE_KEEP_SHARE`` = 0).
 - ``gcoff``: Python's garbage collector off during the selection.
+- ``nooverlap``: each scoring run's scores read as soon as it is queued (``ScoringPlan.start``), so the next
+  group's adapters load only once the last forwards are done: the engine before its one-group-ahead overlap.
+- ``mmapreads``: the read-ahead maps each file and copies it, as before ``mashup.io.read_dir_block_into``.
 
 ``--split`` also times one halving with the device synchronised around every forward
-(``ScoringPlan.run``), so its seconds split into forwards and everything else, forward by forward (rows,
-copies, seconds), and ``--forward-curve`` times forwards of one adapter group at growing rows: the seconds
+(``ScoringPlan.start``), so its seconds split into forwards and everything else, forward by forward (rows,
+copies, seconds), ``--check-peft K`` scores K of the pool's adapters with the engine and with PEFT one at a
+time, and ``--forward-curve`` times forwards of one adapter group at growing rows: the seconds
 to queue them (host) and to finish them (device), which says whether forwards there are bound by the host
 launching kernels or by the device computing.
 """
@@ -26,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import gc
 import json
 import statistics
@@ -42,24 +48,58 @@ from selection_library import (bench_dir, candidates, parse_args as bench_args, 
 @contextlib.contextmanager
 def variant(name: str) -> Iterator[None]:
     """The engine setting a variant names, restored afterwards."""
+    from mashup import evaluation
     from mashup.selection import engine, read_ahead
 
-    saved = (read_ahead.READ_THREADS, engine.CUDA_GROUP_ROWS, read_ahead.DEVICE_KEEP_SHARE)
+    names = ((read_ahead, "READ_THREADS"), (engine, "CUDA_GROUP_ROWS"), (read_ahead, "DEVICE_KEEP_SHARE"),
+             (read_ahead, "READ_AHEAD_BYTES"))
+    saved = [getattr(module, name) for module, name in names]
+    start, read = evaluation.ScoringPlan.start, read_ahead.AdapterReadAhead._read
     try:
         if name.startswith("threads"):
             read_ahead.READ_THREADS = int(name[len("threads"):])
+        elif name.startswith("budget"):
+            read_ahead.READ_AHEAD_BYTES = int(float(name[len("budget"):]) * (1 << 30))
         elif name.startswith("rows"):
             engine.CUDA_GROUP_ROWS = int(name[len("rows"):])
         elif name == "keepoff":
             read_ahead.DEVICE_KEEP_SHARE = 0.0
         elif name == "gcoff":
             gc.disable()
+        elif name == "nooverlap":
+            evaluation.ScoringPlan.start = lambda plan, model, copies=1: read_at_once(start(plan, model, copies))
+        elif name == "mmapreads":
+            read_ahead.AdapterReadAhead._read = mapped_read
         elif name != "default":
-            raise SystemExit(f"unknown variant {name}: default, threadsN, rowsN, keepoff or gcoff")
+            raise SystemExit(f"unknown variant {name}: default, threadsN, budgetN, rowsN, keepoff, gcoff, nooverlap "
+                             "or mmapreads")
         yield
     finally:
-        read_ahead.READ_THREADS, engine.CUDA_GROUP_ROWS, read_ahead.DEVICE_KEEP_SHARE = saved
+        for (module, attribute), value in zip(names, saved):
+            setattr(module, attribute, value)
+        evaluation.ScoringPlan.start, read_ahead.AdapterReadAhead._read = start, read
         gc.enable()
+
+
+def read_at_once(pending):
+    """A scoring run's scores read as soon as it is queued: the engine without its one-group-ahead overlap."""
+    from mashup.evaluation import PendingScores
+
+    scores = pending.result()
+    return PendingScores(lambda: scores)
+
+
+def mapped_read(reader, adapter_dir: Path) -> torch.Tensor | None:
+    """The read-ahead's read before ``mashup.io.read_dir_block_into``: the file mapped, then copied into a new
+    (pinned, for CUDA) block on the thread."""
+    from mashup.io import read_dir_block
+
+    block = read_dir_block(adapter_dir, reader.factors, allow_pickle=reader.allow_pickle)
+    if block is None:
+        return None
+    staged = torch.empty(block.shape, dtype=block.dtype, pin_memory=reader.pin)
+    staged.view(torch.uint8).numpy()[:] = block.view(torch.uint8).numpy()
+    return staged
 
 
 def live(workspace, pool, requests, config) -> dict:
@@ -77,25 +117,59 @@ def synchronize(device: torch.device) -> None:
 
 @contextlib.contextmanager
 def timed_forwards(device: torch.device) -> Iterator[list[dict]]:
-    """Every ``ScoringPlan.run`` timed with the device synchronised before and after it."""
+    """Every scoring run (``ScoringPlan.start``) timed with the device synchronised before it and its scores
+    read at once (the engine's one-group-ahead overlap is off)."""
     from mashup import evaluation
 
-    forwards, original = [], evaluation.ScoringPlan.run
+    forwards, original = [], evaluation.ScoringPlan.start
 
-    def run(plan, model, copies: int = 1):
+    def start(plan, model, copies: int = 1):
         synchronize(device)
-        start = time.perf_counter()
-        out = original(plan, model, copies)
-        synchronize(device)
+        began = time.perf_counter()
+        scores = original(plan, model, copies).result()
         forwards.append({"rows": [len(b.rows) * copies for b in plan.batches], "copies": copies,
-                         "seconds": time.perf_counter() - start})
-        return out
+                         "seconds": time.perf_counter() - began})
+        return evaluation.PendingScores(lambda: scores)
 
-    evaluation.ScoringPlan.run = run
+    evaluation.ScoringPlan.start = start
     try:
         yield forwards
     finally:
-        evaluation.ScoringPlan.run = original
+        evaluation.ScoringPlan.start = original
+
+
+def check_against_peft(workspace, pool, requests, adapters: int, questions: int = 32, per_forward: int = 4
+                       ) -> list[dict]:
+    """The engine's losses (``per_forward`` adapters a forward, read ahead, one group ahead) against PEFT's (each
+    adapter attached to a fresh base, one at a time) for the pool's first ``adapters`` on the first ``questions``, in
+    fp32 and in the run's precision: the largest gap beside how far apart the adapters' own losses are (a slot
+    holding the wrong adapter, or read before its copy landed, shows a gap of that size)."""
+    from mashup.evaluation import ScoringPlan
+    from mashup.models import attach_adapter, load_model
+    from mashup.selection.engine import ScoringEngine
+
+    records, sample = pool[:adapters], requests[:questions]
+    settings = workspace.settings(256)
+    out = []
+    for bf16 in sorted({False, settings.bf16}):
+        exact = dataclasses.replace(settings, bf16=bf16)
+        engine = ScoringEngine(workspace.base_dir, sample, exact, adapters_per_forward=per_forward, with_accuracy=False,
+                               read_ahead=True)
+        ours = torch.tensor([s.losses for s in engine.score(records)])
+        plan = ScoringPlan(sample, exact, with_accuracy=False)
+        theirs = torch.stack([plan.run(attach_adapter(load_model(workspace.base_dir).to(exact.device), Path(r.path),
+                                                      trainable=False))[0][0] for r in records])
+        means = theirs.mean(dim=1)
+        row = {"precision": exact.precision, "adapters": len(records), "questions": len(sample),
+               "max_gap": float((ours - theirs).abs().max()), "max_mean_gap": float((ours.mean(1) - means).abs().max()),
+               "mean_spread": float(means.max() - means.min()),
+               "same_order": ours.mean(1).argsort().tolist() == means.argsort().tolist()}
+        out.append(row)
+        print(f"  engine against PEFT, {row['precision']}, {len(records)} adapters x {len(sample)} questions: largest "
+              f"gap {row['max_gap']:.2e} (mean loss {row['max_mean_gap']:.2e}), the adapters' mean losses "
+              f"{row['mean_spread']:.2e} apart, same order {row['same_order']}", flush=True)
+        del engine
+    return out
 
 
 def forward_curve(workspace, pool, requests, config, rows_list: list[int]) -> list[dict]:
@@ -144,6 +218,7 @@ def main() -> None:
     parser.add_argument("--exhaustive-repeats", type=int, default=1)
     parser.add_argument("--split", action="store_true")
     parser.add_argument("--forward-curve", default="", help="rows, e.g. 256,512,1024,2048")
+    parser.add_argument("--check-peft", type=int, default=0, help="adapters to score with the engine and PEFT")
     parser.add_argument("--bench-args", default="", help="flags of selection.py the library was built with")
     parser.add_argument("--json-out", type=Path)
     args = parser.parse_args()
@@ -158,10 +233,12 @@ def main() -> None:
         runs: list[dict] = []
         result["targets"][target] = {"candidates": len(pool), "runs": runs}
         print(f"{target}: {len(pool)} candidates, {len(requests)} questions", flush=True)
+        if args.check_peft:
+            result["targets"][target]["check_peft"] = check_against_peft(workspace, pool, requests, args.check_peft)
         for repeat in range(max(args.halving_repeats, args.exhaustive_repeats)):
             for name in args.variants.split(","):
                 selectors = ["halving"] if repeat < args.halving_repeats else []
-                if repeat < args.exhaustive_repeats and (name == "default" or name.startswith("rows")):
+                if repeat < args.exhaustive_repeats and (name in ("default", "nooverlap") or name.startswith("rows")):
                     selectors.append("exhaustive")
                 for selector in selectors:
                     with variant(name):

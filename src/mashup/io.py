@@ -10,7 +10,7 @@ import math
 import mmap
 import os
 import struct
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,8 +27,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 __all__ = ["atomic_output_dir", "check_finite", "load_weight_dir", "load_weights", "read_dir_block",
-           "read_tensor_block", "sha256_files", "sorted_shapes", "stat_files", "tensor_shapes", "weight_files",
-           "write_json"]
+           "read_dir_block_into", "read_tensor_block", "sha256_files", "sorted_shapes", "stat_files", "tensor_shapes",
+           "weight_files", "write_json"]
 
 _SAFETENSORS_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16"}  # torch names
 _MAX_HEADER = 100 << 20
@@ -141,17 +141,62 @@ def read_tensor_block(path: Path, expected: Sequence[tuple[str, tuple[int, ...]]
 
     try:
         with open(path, "rb") as handle:
-            (size,) = struct.unpack("<Q", handle.read(8))
-            if size > _MAX_HEADER:
-                return None
-            dtype, nbytes = _block_layout(handle.read(size), _hashable(expected))
-            if dtype is None or 8 + size + nbytes > os.fstat(handle.fileno()).st_size:
+            span = _block_span(handle, expected)
+            if span is None:
                 return None
             # copy-on-write: a writable view for torch.frombuffer; nothing is ever written through it
             mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_COPY)
-        return torch.frombuffer(mapped, dtype=dtype, count=nbytes // dtype.itemsize, offset=8 + size)
+        dtype, offset, nbytes = span
+        return torch.frombuffer(mapped, dtype=dtype, count=nbytes // dtype.itemsize, offset=offset)
     except (OSError, ValueError, KeyError, TypeError, AttributeError, struct.error):
         return None
+
+
+def read_dir_block_into(model_dir: Path, expected: Sequence[tuple[str, tuple[int, ...]]],
+                        allocate: Callable[[torch.dtype, int], torch.Tensor], *, allow_pickle: bool = False
+                        ) -> torch.Tensor | None:
+    """``read_dir_block``'s data read into a new flat tensor from ``allocate(dtype, numel)`` (pinned host memory,
+    say) with plain reads, or None as ``read_dir_block``.
+
+    For threads that read many files in a row: mapping a file faults in each of its pages, and unmapping it
+    stops every other thread of the process to flush its mappings, so mapped reads on several threads scale
+    poorly (on an H200's host, 4 threads read 1,000 SmolLM2 adapters at 6.8 GB/s). A read copies from the page
+    cache straight into the tensor, with the GIL released."""
+    import torch
+
+    files = weight_files(model_dir, allow_pickle=allow_pickle)
+    if len(files) != 1:
+        return None
+    try:
+        with open(files[0], "rb", buffering=0) as handle:
+            span = _block_span(handle, expected)
+            if span is None:
+                return None
+            dtype, offset, nbytes = span
+            block = allocate(dtype, nbytes // dtype.itemsize)
+            view = memoryview(block.view(torch.uint8).numpy())
+            handle.seek(offset)
+            done = 0
+            while done < nbytes:  # a regular file reads whole, but a read may stop early on a signal
+                count = handle.readinto(view[done:])
+                if not count:
+                    return None
+                done += count
+        return block
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, struct.error):
+        return None
+
+
+def _block_span(handle: Any, expected: Sequence[tuple[str, tuple[int, ...]]] | None
+                ) -> tuple[torch.dtype, int, int] | None:
+    """(dtype, data offset, data bytes) of an open safetensors file laid out as ``read_tensor_block`` needs."""
+    (size,) = struct.unpack("<Q", handle.read(8))
+    if size > _MAX_HEADER:
+        return None
+    dtype, nbytes = _block_layout(handle.read(size), _hashable(expected))
+    if dtype is None or 8 + size + nbytes > os.fstat(handle.fileno()).st_size:
+        return None
+    return dtype, 8 + size, nbytes
 
 
 def _hashable(expected: Sequence[tuple[str, tuple[int, ...]]] | None

@@ -1,5 +1,5 @@
 """The live A/B benchmark's pieces that run anywhere: the engine settings a variant names, restored after
-it, and the timed scoring runs it wraps around ``ScoringPlan.run``."""
+it, and the timed scoring runs it wraps around ``ScoringPlan.start``."""
 
 import gc
 from pathlib import Path
@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from mashup import evaluation
-from mashup.selection import engine, read_ahead
+from mashup.selection import engine, read_ahead, slots
 
 
 @pytest.fixture
@@ -21,16 +21,26 @@ def live_ab(monkeypatch):
 
 def test_each_variant_sets_its_engine_setting_and_restores_it(live_ab):
     threads, rows, keep = read_ahead.READ_THREADS, engine.CUDA_GROUP_ROWS, read_ahead.DEVICE_KEEP_SHARE
+    budget = read_ahead.READ_AHEAD_BYTES
     with live_ab.variant("threads7"):
         assert read_ahead.READ_THREADS == 7
+    with live_ab.variant("budget0.5"):
+        assert read_ahead.READ_AHEAD_BYTES == 1 << 29
     with live_ab.variant("rows333"):
         assert engine.CUDA_GROUP_ROWS == 333
     with live_ab.variant("keepoff"):
         assert read_ahead.DEVICE_KEEP_SHARE == 0.0
     with live_ab.variant("gcoff"):
         assert not gc.isenabled()
+    start, read = evaluation.ScoringPlan.start, read_ahead.AdapterReadAhead._read
+    with live_ab.variant("nooverlap"):
+        assert evaluation.ScoringPlan.start is not start
+    with live_ab.variant("mmapreads"):
+        assert read_ahead.AdapterReadAhead._read is live_ab.mapped_read
+    assert (evaluation.ScoringPlan.start, read_ahead.AdapterReadAhead._read) == (start, read)
     assert gc.isenabled()
     assert (read_ahead.READ_THREADS, engine.CUDA_GROUP_ROWS, read_ahead.DEVICE_KEEP_SHARE) == (threads, rows, keep)
+    assert read_ahead.READ_AHEAD_BYTES == budget
     with pytest.raises(SystemExit, match="unknown variant"), live_ab.variant("fast"):
         pass
 
@@ -47,11 +57,59 @@ def test_timed_forwards_record_every_scoring_run_and_restore_the_plan(live_ab, t
     target = load_target(DataConfig(data=str(mc_file)))
     requests = workspace.encode(sample(target.train, 8, 0), target.template)
     records = [inspect_checkpoint(path) for path in tiny_loras[:2]]
-    run = evaluation.ScoringPlan.run
+    run = evaluation.ScoringPlan.start
     with live_ab.timed_forwards(torch.device("cpu")) as forwards:
         scores = ScoringEngine(tiny_base, requests, workspace.settings(4), adapters_per_forward=2,
                                with_accuracy=False).score(records)
-    assert evaluation.ScoringPlan.run is run
+    assert evaluation.ScoringPlan.start is run
     assert len(scores) == 2 and len(forwards) == 1  # both adapters in one scoring run
     assert forwards[0]["copies"] == 2 and sum(forwards[0]["rows"]) == 2 * len(requests)
     assert forwards[0]["seconds"] > 0
+
+
+def test_the_peft_check_finds_the_engine_equal_to_peft_and_a_wrong_slot(live_ab, tiny_base, tiny_loras, mc_file,
+                                                                         monkeypatch):
+    from mashup.config import DataConfig
+    from mashup.data.schema import sample
+    from mashup.data.target import load_target
+    from mashup.library import inspect_checkpoint
+    from mashup.workspace import open_workspace
+
+    workspace = open_workspace(str(tiny_base), DataConfig(data=str(mc_file)))
+    target = load_target(DataConfig(data=str(mc_file)))
+    requests = workspace.encode(sample(target.train, 8, 0), target.template)
+    pool = [inspect_checkpoint(path) for path in tiny_loras]
+    for i, record in enumerate(pool):
+        record.id = f"lora{i}"  # as a library names them
+    # 2 adapters a forward: the third adapter's group is queued before the first group's scores are read
+    [row] = live_ab.check_against_peft(workspace, pool, requests, adapters=3, per_forward=2)
+    assert row["precision"] == "fp32" and row["adapters"] == 3 and row["questions"] == 8
+    assert row["max_gap"] < 1e-4 and row["same_order"] and row["mean_spread"] > 100 * row["max_gap"]
+    load = slots.LoRASlots.load_adapter  # a fault: every adapter of a group lands in its first slot
+    monkeypatch.setattr(slots.LoRASlots, "load_adapter", lambda self, slot, *a, **k: load(self, 0, *a, **k))
+    [wrong] = live_ab.check_against_peft(workspace, pool, requests, adapters=3, per_forward=2)
+    assert wrong["max_gap"] > 10 * row["max_gap"]
+
+
+def test_the_old_ways_score_and_read_as_the_engine_does(live_ab, tiny_base, tiny_loras, mc_file):
+    """``nooverlap`` and ``mmapreads`` change when scores are read and how files are read, not what comes out."""
+    from mashup.config import DataConfig
+    from mashup.data.schema import sample
+    from mashup.data.target import load_target
+    from mashup.library import inspect_checkpoint
+    from mashup.selection.engine import ScoringEngine
+    from mashup.workspace import open_workspace
+
+    workspace = open_workspace(str(tiny_base), DataConfig(data=str(mc_file)))
+    target = load_target(DataConfig(data=str(mc_file)))
+    requests = workspace.encode(sample(target.train, 8, 0), target.template)
+    records = [inspect_checkpoint(path) for path in tiny_loras]
+    for i, record in enumerate(records):
+        record.id = f"lora{i}"
+    losses = {}
+    for name in ("default", "nooverlap", "mmapreads"):
+        with live_ab.variant(name):
+            engine = ScoringEngine(tiny_base, requests, workspace.settings(4), adapters_per_forward=2,
+                                   with_accuracy=False, read_ahead=True)
+            losses[name] = [s.losses for s in engine.score(records)]
+    assert losses["nooverlap"] == losses["default"] == losses["mmapreads"]

@@ -11,7 +11,7 @@ from safetensors.torch import save_file
 from mashup.config import SelectConfig
 from mashup.errors import CheckpointError
 from mashup.executors import LocalExecutor
-from mashup.io import load_weight_dir, read_dir_block
+from mashup.io import load_weight_dir, read_dir_block, read_dir_block_into
 from mashup.library.records import ADAPTER_CONFIG
 from mashup.models import load_model
 from mashup.selection import engine as engine_module
@@ -48,6 +48,26 @@ def test_reads_land_before_they_are_taken_in_the_files_layout(tiny_base, tiny_lo
         got = reader.take(adapter)
         assert got is not None and torch.equal(got, block)
     assert reader.queued == 0
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_a_block_read_into_new_memory_equals_the_mapped_block(tiny_base, tiny_loras, tmp_path, dtype):
+    adapter = _copies(tiny_loras[:1], tmp_path)[0]
+    file = adapter / "adapter_model.safetensors"
+    save_file({k: v.to(dtype) for k, v in load_weight_dir(adapter).items()}, str(file))
+    factors = _factors(tiny_base, adapter)
+    made = []
+
+    def allocate(dtype, numel):
+        made.append((dtype, numel))
+        return torch.empty(numel, dtype=dtype)
+
+    block = read_dir_block_into(adapter, factors, allocate)
+    assert block.dtype == dtype and torch.equal(block, read_dir_block(adapter, factors))
+    assert made == [(dtype, block.numel())] and block.numel() == sum(math.prod(shape) for _, shape in factors)
+    assert read_dir_block_into(adapter, factors[1:], allocate) is None  # not the slots' tensors
+    file.write_bytes(file.read_bytes()[:-2])  # cut short
+    assert read_dir_block_into(adapter, factors, allocate) is None and read_dir_block(adapter, factors) is None
 
 
 def test_reads_stay_within_the_budget_and_unrequested_or_other_files_read_on_take(tiny_base, tiny_loras, tmp_path):

@@ -3,7 +3,7 @@
 A first halving round loads every candidate for a few questions each. On an H200 a SmolLM2 forward
 over 1,000 adapters x 8 questions took about as long as loading them the plain way: each load is a
 host read of the file plus a copy from pageable memory that the host waits for, and the GPU idles
-meanwhile. Here a few threads copy each adapter's one-block file (``mashup.io.read_dir_block``) into
+meanwhile. Here a few threads read each adapter's one-block file (``mashup.io.read_dir_block_into``) into
 host memory, pinned where the device is CUDA, in the order the engine will want them; the engine's
 copy into a slot is then an asynchronous transfer queued behind the forward in flight.
 
@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from mashup.io import read_dir_block
+from mashup.io import read_dir_block_into
 
 # Host memory that reads may hold ahead of use. A first round on a GPU groups about 128 SmolLM2
 # adapters (10 MB each in float32) per forward: this keeps most of the next group ready.
@@ -144,12 +144,9 @@ class AdapterReadAhead:
             self._reads[adapter_dir] = self._pool.submit(self._read, adapter_dir)
 
     def _read(self, adapter_dir: Path) -> torch.Tensor | None:
-        block = read_dir_block(adapter_dir, self.factors, allow_pickle=self.allow_pickle)
-        if block is None:
-            return None
-        # a copy, not the mapped view, so that the transfer to the GPU can run after this returns. numpy's
-        # copy runs on this thread alone with the GIL released; torch's copy_ would start an OpenMP team
-        # here, whose spinning threads take cores from the forwards
-        staged = torch.empty(block.shape, dtype=block.dtype, pin_memory=self.pin)
-        staged.view(torch.uint8).numpy()[:] = block.view(torch.uint8).numpy()
-        return staged
+        # read, not mapped and copied (see read_dir_block_into), into a new block: the transfer to the GPU can
+        # run after this returns
+        return read_dir_block_into(adapter_dir, self.factors, self._allocate, allow_pickle=self.allow_pickle)
+
+    def _allocate(self, dtype: torch.dtype, numel: int) -> torch.Tensor:
+        return torch.empty(numel, dtype=dtype, pin_memory=self.pin)
