@@ -7,7 +7,7 @@ Run after ``benchmarks/selection.py --library-size N`` has built the library (sa
         --halving-repeats 3 --exhaustive-repeats 1
 
 Each repeat runs every variant's halving once, in turn (so drift hits every variant alike); exhaustive runs
-only under the variants that change its forwards (``rows*``, ``nooverlap``), plus ``default``. Variants:
+only under the variants that change its forwards (``rows*``), plus ``default``. Variants:
 
 - ``default``: the engine as it ships.
 - ``threadsN``: N read-ahead threads (``read_ahead.READ_THREADS``).
@@ -15,12 +15,10 @@ only under the variants that change its forwards (``rows*``, ``nooverlap``), plu
 - ``rowsN``: N rows per forward on CUDA (``engine.CUDA_GROUP_ROWS``).
 - ``keepoff``: no loaded blocks kept on the device (``read_ahead.DEVICE_KEEP_SHARE`` = 0).
 - ``gcoff``: Python's garbage collector off during the selection.
-- ``nooverlap``: each scoring run's scores read as soon as it is queued (``ScoringPlan.start``), so the next
-  group's adapters load only once the last forwards are done: the engine before its one-group-ahead overlap.
 - ``mmapreads``: the read-ahead maps each file and copies it, as before ``mashup.io.read_dir_block_into``.
 
 ``--split`` also times one halving with the device synchronised around every forward
-(``ScoringPlan.start``), so its seconds split into forwards and everything else, forward by forward (rows,
+(``ScoringPlan.run``), so its seconds split into forwards and everything else, forward by forward (rows,
 copies, seconds), ``--check-peft K`` scores K of the pool's adapters with the engine and with PEFT one at a
 time, and ``--forward-curve`` times forwards of one adapter group at growing rows: the seconds
 to queue them (host) and to finish them (device), which says whether forwards there are bound by the host
@@ -48,13 +46,12 @@ from selection_library import (bench_dir, candidates, parse_args as bench_args, 
 @contextlib.contextmanager
 def variant(name: str) -> Iterator[None]:
     """The engine setting a variant names, restored afterwards."""
-    from mashup import evaluation
     from mashup.selection import engine, read_ahead
 
     names = ((read_ahead, "READ_THREADS"), (engine, "CUDA_GROUP_ROWS"), (read_ahead, "DEVICE_KEEP_SHARE"),
              (read_ahead, "READ_AHEAD_BYTES"))
     saved = [getattr(module, name) for module, name in names]
-    start, read = evaluation.ScoringPlan.start, read_ahead.AdapterReadAhead._read
+    read = read_ahead.AdapterReadAhead._read
     try:
         if name.startswith("threads"):
             read_ahead.READ_THREADS = int(name[len("threads"):])
@@ -66,27 +63,16 @@ def variant(name: str) -> Iterator[None]:
             read_ahead.DEVICE_KEEP_SHARE = 0.0
         elif name == "gcoff":
             gc.disable()
-        elif name == "nooverlap":
-            evaluation.ScoringPlan.start = lambda plan, model, copies=1: read_at_once(start(plan, model, copies))
         elif name == "mmapreads":
             read_ahead.AdapterReadAhead._read = mapped_read
         elif name != "default":
-            raise SystemExit(f"unknown variant {name}: default, threadsN, budgetN, rowsN, keepoff, gcoff, nooverlap "
-                             "or mmapreads")
+            raise SystemExit(f"unknown variant {name}: default, threadsN, budgetN, rowsN, keepoff, gcoff or mmapreads")
         yield
     finally:
         for (module, attribute), value in zip(names, saved):
             setattr(module, attribute, value)
-        evaluation.ScoringPlan.start, read_ahead.AdapterReadAhead._read = start, read
+        read_ahead.AdapterReadAhead._read = read
         gc.enable()
-
-
-def read_at_once(pending):
-    """A scoring run's scores read as soon as it is queued: the engine without its one-group-ahead overlap."""
-    from mashup.evaluation import PendingScores
-
-    scores = pending.result()
-    return PendingScores(lambda: scores)
 
 
 def mapped_read(reader, adapter_dir: Path) -> torch.Tensor | None:
@@ -117,30 +103,30 @@ def synchronize(device: torch.device) -> None:
 
 @contextlib.contextmanager
 def timed_forwards(device: torch.device) -> Iterator[list[dict]]:
-    """Every scoring run (``ScoringPlan.start``) timed with the device synchronised before it and its scores
-    read at once (the engine's one-group-ahead overlap is off)."""
+    """Every ``ScoringPlan.run`` timed with the device synchronised before and after it."""
     from mashup import evaluation
 
-    forwards, original = [], evaluation.ScoringPlan.start
+    forwards, original = [], evaluation.ScoringPlan.run
 
-    def start(plan, model, copies: int = 1):
+    def run(plan, model, copies: int = 1):
         synchronize(device)
-        began = time.perf_counter()
-        scores = original(plan, model, copies).result()
+        start = time.perf_counter()
+        out = original(plan, model, copies)
+        synchronize(device)
         forwards.append({"rows": [len(b.rows) * copies for b in plan.batches], "copies": copies,
-                         "seconds": time.perf_counter() - began})
-        return evaluation.PendingScores(lambda: scores)
+                         "seconds": time.perf_counter() - start})
+        return out
 
-    evaluation.ScoringPlan.start = start
+    evaluation.ScoringPlan.run = run
     try:
         yield forwards
     finally:
-        evaluation.ScoringPlan.start = original
+        evaluation.ScoringPlan.run = original
 
 
 def check_against_peft(workspace, pool, requests, adapters: int, questions: int = 32, per_forward: int = 4
                        ) -> list[dict]:
-    """The engine's losses (``per_forward`` adapters a forward, read ahead, one group ahead) against PEFT's (each
+    """The engine's losses (``per_forward`` adapters a forward, read ahead) against PEFT's (each
     adapter attached to a fresh base, one at a time) for the pool's first ``adapters`` on the first ``questions``, in
     fp32 and in the run's precision: the largest gap beside how far apart the adapters' own losses are (a slot
     holding the wrong adapter, or read before its copy landed, shows a gap of that size)."""
@@ -238,7 +224,7 @@ def main() -> None:
         for repeat in range(max(args.halving_repeats, args.exhaustive_repeats)):
             for name in args.variants.split(","):
                 selectors = ["halving"] if repeat < args.halving_repeats else []
-                if repeat < args.exhaustive_repeats and (name in ("default", "nooverlap") or name.startswith("rows")):
+                if repeat < args.exhaustive_repeats and (name == "default" or name.startswith("rows")):
                     selectors.append("exhaustive")
                 for selector in selectors:
                     with variant(name):

@@ -84,27 +84,26 @@ def linked_library(distinct: list[Path], root: Path, count: int) -> list[Checkpo
 
 @contextlib.contextmanager
 def counted_forwards(stand_in: bool = True) -> Iterator[list[int]]:
-    """Scoring runs (``ScoringPlan.start``) counted by batch and, with ``stand_in``, replaced by losses read off
-    the slots' factors; yields a one-item run counter."""
+    """``ScoringPlan.run`` counted and, with ``stand_in``, replaced by losses read off the slots' factors;
+    yields a one-item run counter."""
     from mashup import evaluation
 
-    runs, original = [0], evaluation.ScoringPlan.start
+    runs, original = [0], evaluation.ScoringPlan.run
 
-    def start(plan, model, copies: int = 1):
+    def run(plan, model, copies: int = 1):
         runs[0] += len(plan.batches)
         if not stand_in:
             return original(plan, model, copies)
         module = next(m for m in model.modules() if isinstance(m, GroupedLoRALinear))
         per_adapter = module.lora_A[:copies].reshape(copies, -1)[:, :64].double().sum(dim=1)
         wobble = torch.arange(len(plan.requests), dtype=torch.float64).sin()
-        losses = 3 + per_adapter[:, None] + 0.5 * wobble[None, :] * per_adapter[:, None].cos()
-        return evaluation.PendingScores(lambda: (losses, None))
+        return 3 + per_adapter[:, None] + 0.5 * wobble[None, :] * per_adapter[:, None].cos(), None
 
-    evaluation.ScoringPlan.start = start
+    evaluation.ScoringPlan.run = run
     try:
         yield runs
     finally:
-        evaluation.ScoringPlan.start = original
+        evaluation.ScoringPlan.run = original
 
 
 def print_seconds_shares(runs: list[dict]) -> None:

@@ -59,17 +59,17 @@ def length_batches(order: Sequence[int], lengths: Sequence[int], batch_size: int
     return batches
 
 
-def continuation_logprobs(model: nn.Module, batch: dict[str, torch.Tensor], copies: int = 1,
-                          keep: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def continuation_logprobs(model: nn.Module, batch: dict[str, torch.Tensor], copies: int = 1
+                          ) -> tuple[torch.Tensor, torch.Tensor]:
     """Log-probabilities of the scored tokens: ``(logprobs [copies * B, K], mask [copies * B, K])``, K = max scored.
 
     Only the last K+1 positions go through the LM head (``logits_to_keep``), which saves most of
     the memory and time a full-vocabulary head costs on long prompts. ``copies`` stacks the rows as
-    ``repeat_rows`` does. ``keep``: K when the caller knows it; read off ``n_scored`` it waits for the device.
+    ``repeat_rows`` does.
     """
     batch = repeat_rows(batch, copies)
     n_scored = batch["n_scored"]
-    keep = int(n_scored.max()) if keep is None else keep
+    keep = int(n_scored.max())
     out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                 position_ids=batch["position_ids"], logits_to_keep=keep + 1)
     logits = out.logits[:, :-1, :]

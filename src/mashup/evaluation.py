@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import torch
@@ -63,14 +63,10 @@ class _LetterBatch:
     choice_mask: torch.Tensor  # [B, C]
     answers: torch.Tensor  # [B]
 
-    def forward(self, model: nn.Module, copies: int) -> torch.Tensor:
-        """The choices' log-probabilities ``[copies * B, C]``, on the device: gathered there, so only C values a
-        row come back, not the vocabulary."""
+    def score(self, model: nn.Module, copies: int) -> tuple[torch.Tensor, torch.Tensor]:
+        # the choices gathered on the device: C values a row come back to the host, not the vocabulary's
         logprobs = last_token_logprobs(model, self.inputs, copies)
-        return logprobs.gather(-1, self.choice_ids.repeat(copies, 1))
-
-    def finish(self, chosen: torch.Tensor, copies: int) -> tuple[torch.Tensor, torch.Tensor]:
-        chosen = chosen.view(copies, len(self.rows), -1)
+        chosen = logprobs.gather(-1, self.choice_ids.repeat(copies, 1)).cpu().view(copies, len(self.rows), -1)
         losses = -chosen.gather(-1, self.answers.view(1, -1, 1).expand(copies, -1, 1)).squeeze(-1)
         preds = chosen.masked_fill(~self.choice_mask, float("-inf")).argmax(dim=-1)
         return losses.double(), preds
@@ -86,11 +82,8 @@ class _ClozeBatch:
     answer_tokens: torch.Tensor  # [B], float64
     chars: torch.Tensor  # [B, C], float32
 
-    def forward(self, model: nn.Module, copies: int) -> torch.Tensor:
-        return prefix_batch_logprobs(model, self.prefix, copies)
-
-    def finish(self, sums: torch.Tensor, copies: int) -> tuple[torch.Tensor, torch.Tensor]:
-        sums = sums.view(copies, len(self.rows), -1)
+    def score(self, model: nn.Module, copies: int) -> tuple[torch.Tensor, torch.Tensor]:
+        sums = prefix_batch_logprobs(model, self.prefix, copies).cpu().view(copies, len(self.rows), -1)
         answer_sums = sums.gather(-1, self.answers.view(1, -1, 1).expand(copies, -1, 1)).squeeze(-1)
         losses = -answer_sums.double() / self.answer_tokens
         return losses, (sums / self.chars).argmax(dim=-1)
@@ -103,14 +96,11 @@ class _AnswerBatch:
     rows: list[int]
     inputs: dict[str, torch.Tensor]  # prompt + gold continuation, the continuation scored
     answer_tokens: torch.Tensor  # [B], float64
-    longest_answer: int  # known here: reading it off the device's ``n_scored`` would wait for the GPU
 
-    def forward(self, model: nn.Module, copies: int) -> torch.Tensor:
-        logprobs, _ = continuation_logprobs(model, self.inputs, copies, self.longest_answer)
-        return logprobs.sum(dim=1)
-
-    def finish(self, sums: torch.Tensor, copies: int) -> tuple[torch.Tensor, None]:
-        return -sums.double().view(copies, len(self.rows)) / self.answer_tokens, None
+    def score(self, model: nn.Module, copies: int) -> tuple[torch.Tensor, None]:
+        logprobs, _ = continuation_logprobs(model, self.inputs, copies)
+        sums = logprobs.sum(dim=1).cpu().double().view(copies, len(self.rows))
+        return -sums / self.answer_tokens, None
 
 
 def _letter_batches(requests: Sequence[EncodedRequest], s: ScoreSettings) -> list[_LetterBatch]:
@@ -171,9 +161,7 @@ def _answer_batches(requests: Sequence[EncodedRequest], s: ScoreSettings,
     for chunk in answer_batch_rows(requests, s.batch_size) if rows is None else rows:
         rs = [requests[i] for i in chunk]
         inputs = collate([answer_sequence(r) for r in rs], s.pad_id, s.device)
-        answer_tokens = [len(r.gold_ids) for r in rs]
-        batches.append(_AnswerBatch(chunk, inputs, torch.tensor(answer_tokens, dtype=torch.float64),
-                                    max(answer_tokens)))
+        batches.append(_AnswerBatch(chunk, inputs, torch.tensor([len(r.gold_ids) for r in rs], dtype=torch.float64)))
     return batches
 
 
@@ -200,15 +188,12 @@ class ScoringPlan:
             else _cloze_batches(self.requests, settings) if with_accuracy
             else _answer_batches(self.requests, settings))
 
+    @torch.no_grad()
     def run(self, model: nn.Module, copies: int = 1) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Per-example answer loss ``[copies, n]`` (float64) and predicted choice ``[copies, n]`` (None
         without accuracy)."""
-        return self.start(model, copies).result()
-
-    @torch.no_grad()
-    def start(self, model: nn.Module, copies: int = 1) -> PendingScores:
-        """Queue the forwards and the copies of their outputs to the host; ``result()`` waits for them. On a GPU
-        the host goes on meanwhile (selection loads the next adapters), where ``run`` would wait at once."""
+        losses = torch.zeros((copies, len(self.requests)), dtype=torch.float64)
+        preds = torch.zeros((copies, len(self.requests)), dtype=torch.long) if self.with_accuracy else None
         # switching modes sets every module (5 ms for eval and back on SmolLM2 with LoRA slots, 2-core CPU,
         # against 0.5 ms to look), and selection runs a model already wholly in eval mode hundreds of times
         was_training = model.training
@@ -216,43 +201,16 @@ class ScoringPlan:
         if switch:
             model.eval()
         try:
-            outputs = []
             for batch in self.batches:
                 with autocast(self.settings.device, self.settings.bf16):
-                    # from a GPU into pinned host memory, queued: no wait here
-                    outputs.append(batch.forward(model, copies).to("cpu", non_blocking=True))
+                    batch_losses, batch_preds = batch.score(model, copies)
+                losses[:, batch.rows] = batch_losses
+                if preds is not None:
+                    preds[:, batch.rows] = batch_preds
         finally:
             if switch:
                 model.train(was_training)
-        ready = None
-        if self.settings.device.type == "cuda":
-            ready = torch.cuda.Event()
-            ready.record(torch.cuda.current_stream(self.settings.device))
-        return PendingScores(lambda: self._finish(outputs, copies), ready)
-
-    def _finish(self, outputs: Sequence[torch.Tensor], copies: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-        losses = torch.zeros((copies, len(self.requests)), dtype=torch.float64)
-        preds = torch.zeros((copies, len(self.requests)), dtype=torch.long) if self.with_accuracy else None
-        for batch, output in zip(self.batches, outputs):
-            batch_losses, batch_preds = batch.finish(output, copies)
-            losses[:, batch.rows] = batch_losses
-            if preds is not None:
-                preds[:, batch.rows] = batch_preds
         return losses, preds
-
-
-@dataclass
-class PendingScores:
-    """A scoring run's forwards, queued (``ScoringPlan.start``): ``result()`` waits for them, once ``ready``
-    (None: already done), and returns ``ScoringPlan.run``'s losses and predictions."""
-
-    finish: Callable[[], tuple[torch.Tensor, torch.Tensor | None]]
-    ready: torch.cuda.Event | None = None
-
-    def result(self) -> tuple[torch.Tensor, torch.Tensor | None]:
-        if self.ready is not None:
-            self.ready.synchronize()
-        return self.finish()
 
 
 def score_requests(model: nn.Module, requests: Sequence[EncodedRequest], settings: ScoreSettings

@@ -1,5 +1,5 @@
 """The live A/B benchmark's pieces that run anywhere: the engine settings a variant names, restored after
-it, and the timed scoring runs it wraps around ``ScoringPlan.start``."""
+it, and the timed scoring runs it wraps around ``ScoringPlan.run``."""
 
 import gc
 from pathlib import Path
@@ -32,12 +32,10 @@ def test_each_variant_sets_its_engine_setting_and_restores_it(live_ab):
         assert read_ahead.DEVICE_KEEP_SHARE == 0.0
     with live_ab.variant("gcoff"):
         assert not gc.isenabled()
-    start, read = evaluation.ScoringPlan.start, read_ahead.AdapterReadAhead._read
-    with live_ab.variant("nooverlap"):
-        assert evaluation.ScoringPlan.start is not start
+    read = read_ahead.AdapterReadAhead._read
     with live_ab.variant("mmapreads"):
         assert read_ahead.AdapterReadAhead._read is live_ab.mapped_read
-    assert (evaluation.ScoringPlan.start, read_ahead.AdapterReadAhead._read) == (start, read)
+    assert read_ahead.AdapterReadAhead._read is read
     assert gc.isenabled()
     assert (read_ahead.READ_THREADS, engine.CUDA_GROUP_ROWS, read_ahead.DEVICE_KEEP_SHARE) == (threads, rows, keep)
     assert read_ahead.READ_AHEAD_BYTES == budget
@@ -57,11 +55,11 @@ def test_timed_forwards_record_every_scoring_run_and_restore_the_plan(live_ab, t
     target = load_target(DataConfig(data=str(mc_file)))
     requests = workspace.encode(sample(target.train, 8, 0), target.template)
     records = [inspect_checkpoint(path) for path in tiny_loras[:2]]
-    run = evaluation.ScoringPlan.start
+    run = evaluation.ScoringPlan.run
     with live_ab.timed_forwards(torch.device("cpu")) as forwards:
         scores = ScoringEngine(tiny_base, requests, workspace.settings(4), adapters_per_forward=2,
                                with_accuracy=False).score(records)
-    assert evaluation.ScoringPlan.start is run
+    assert evaluation.ScoringPlan.run is run
     assert len(scores) == 2 and len(forwards) == 1  # both adapters in one scoring run
     assert forwards[0]["copies"] == 2 and sum(forwards[0]["rows"]) == 2 * len(requests)
     assert forwards[0]["seconds"] > 0
@@ -81,7 +79,7 @@ def test_the_peft_check_finds_the_engine_equal_to_peft_and_a_wrong_slot(live_ab,
     pool = [inspect_checkpoint(path) for path in tiny_loras]
     for i, record in enumerate(pool):
         record.id = f"lora{i}"  # as a library names them
-    # 2 adapters a forward: the third adapter's group is queued before the first group's scores are read
+    # 2 adapters a forward: the third adapter goes into a slot the first group used
     [row] = live_ab.check_against_peft(workspace, pool, requests, adapters=3, per_forward=2)
     assert row["precision"] == "fp32" and row["adapters"] == 3 and row["questions"] == 8
     assert row["max_gap"] < 1e-4 and row["same_order"] and row["mean_spread"] > 100 * row["max_gap"]
@@ -91,8 +89,8 @@ def test_the_peft_check_finds_the_engine_equal_to_peft_and_a_wrong_slot(live_ab,
     assert wrong["max_gap"] > 10 * row["max_gap"]
 
 
-def test_the_old_ways_score_and_read_as_the_engine_does(live_ab, tiny_base, tiny_loras, mc_file):
-    """``nooverlap`` and ``mmapreads`` change when scores are read and how files are read, not what comes out."""
+def test_mapped_reads_score_as_the_engine_does(live_ab, tiny_base, tiny_loras, mc_file):
+    """``mmapreads`` changes how the read-ahead reads files, not what comes out."""
     from mashup.config import DataConfig
     from mashup.data.schema import sample
     from mashup.data.target import load_target
@@ -107,9 +105,9 @@ def test_the_old_ways_score_and_read_as_the_engine_does(live_ab, tiny_base, tiny
     for i, record in enumerate(records):
         record.id = f"lora{i}"
     losses = {}
-    for name in ("default", "nooverlap", "mmapreads"):
+    for name in ("default", "mmapreads"):
         with live_ab.variant(name):
             engine = ScoringEngine(tiny_base, requests, workspace.settings(4), adapters_per_forward=2,
                                    with_accuracy=False, read_ahead=True)
             losses[name] = [s.losses for s in engine.score(records)]
-    assert losses["nooverlap"] == losses["default"] == losses["mmapreads"]
+    assert losses["default"] == losses["mmapreads"]

@@ -12,11 +12,11 @@ def test_the_overhead_benchmark_counts_forwards_and_rounds_by_selector(tiny_base
         monkeypatch.setattr(engine, name, getattr(engine, name))
     from selection_overhead import main  # benchmarks/selection_overhead.py
 
-    run = evaluation.ScoringPlan.start
+    run = evaluation.ScoringPlan.run
     result = main(["--base", str(tiny_base), "--target", str(mc_file), "--adapters", "12", "--distinct", "3",
                    "--samples", "16", "--batch-size", "4", "--group-rows", "16", "--repeats", "1",
                    "--read-ahead", "both", "--dir", str(tmp_path / "bench")])
-    assert evaluation.ScoringPlan.start is run  # restored
+    assert evaluation.ScoringPlan.run is run  # restored
     runs = {(r["selector"], r["read_ahead"]): r for r in result["runs"]}
     assert set(runs) == {(s, ra) for s in ("exhaustive", "halving") for ra in (True, False)}
     for read_ahead in (True, False):
@@ -39,8 +39,8 @@ def test_with_real_forwards_the_benchmark_times_live_selections(tiny_base, mc_fi
     from selection_overhead import main
 
     real_forwards = []
-    run = evaluation.ScoringPlan.start
-    monkeypatch.setattr(evaluation.ScoringPlan, "start",
+    run = evaluation.ScoringPlan.run
+    monkeypatch.setattr(evaluation.ScoringPlan, "run",
                         lambda plan, *a, **k: real_forwards.append(len(plan.batches)) or run(plan, *a, **k))
     result = main(["--base", str(tiny_base), "--target", str(mc_file), "--adapters", "6", "--distinct", "6",
                    "--samples", "16", "--batch-size", "4", "--group-rows", "16", "--repeats", "1",

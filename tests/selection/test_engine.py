@@ -120,27 +120,3 @@ def test_an_adapter_the_slots_cannot_hold_scores_again_in_a_later_call(tiny_base
     engine.score(records, indices=(0, 1))
     again = engine.score(records)
     assert again[1].losses == pytest.approx(_reference(tiny_base, other_rank, requests, settings)[0], abs=1e-5)
-
-
-def test_a_group_failing_to_load_still_emits_the_group_queued_before_it(tiny_base, tiny_loras, mc_file, monkeypatch):
-    """Groups run one ahead: the first group's scores are read only once the second is queued, so an error
-    loading the second must not lose the first's (an interrupted selection keeps what it scored)."""
-    from mashup.selection import slots
-
-    workspace, requests = requests_for(tiny_base, mc_file, 6, "cloze")
-    records = records_for(tiny_loras)
-    load, loads = slots.LoRASlots.load_adapter, []
-
-    def failing_third(self, slot, *args, **kwargs):
-        loads.append(slot)
-        if len(loads) == 3:
-            raise OSError("disk gone")
-        return load(self, slot, *args, **kwargs)
-
-    monkeypatch.setattr(slots.LoRASlots, "load_adapter", failing_third)
-    scored = []
-    engine = ScoringEngine(tiny_base, requests, workspace.settings(3), adapters_per_forward=2, with_accuracy=False)
-    with pytest.raises(OSError, match="disk gone"):
-        engine.score(records, on_scored=scored.append)
-    assert [s.id for s in scored] == [r.id for r in records[:2]]
-    assert all(s.seconds > 0 for s in scored) and scored[0].seconds == scored[1].seconds  # the group's share

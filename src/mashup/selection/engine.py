@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from mashup.data.prompts import EncodedRequest
-from mashup.evaluation import PendingScores, ScoreSettings, ScoringPlan
+from mashup.evaluation import ScoreSettings, ScoringPlan
 from mashup.library.records import CheckpointRecord
 from mashup.io import sorted_shapes
 from mashup.models import attach_adapter, load_full_weights_into, load_model
@@ -98,22 +98,6 @@ def group_rows(base_dir: Path, settings: ScoreSettings) -> int:
     return CPU_LARGE_MODEL_GROUP_ROWS if count_parameters(base_dir) > CPU_GROUPING_MAX_PARAMETERS else GROUP_ROWS
 
 
-@dataclass
-class _QueuedGroup:
-    """Records in slots whose forwards are queued."""
-
-    records: list[CheckpointRecord]
-    pending: PendingScores
-
-    def emit(self, emit: Callable, since: float) -> float:
-        """Wait for the scores, pass each record's on with its share of the seconds since ``since``; the time."""
-        losses, preds = self.pending.result()
-        now = time.perf_counter()
-        for g, record in enumerate(self.records):
-            emit(record, losses[g], None if preds is None else preds[g], (now - since) / len(self.records))
-        return now
-
-
 class ScoringEngine:
     """Scores checkpoints of one base on fixed requests; build once, call ``score`` as often as needed.
 
@@ -178,7 +162,8 @@ class ScoringEngine:
         self._queue_reads(grouped)
         if grouped:
             self._build_slots()
-            self._score_groups(grouped, group, plan, emit)
+        for start in range(0, len(grouped), group):
+            self._score_group(grouped[start:start + group], plan, emit)
         for record in records:
             if record.id not in results and record.kind == "lora":
                 self._score_alone(record, plan, emit, self._peft_for)
@@ -245,26 +230,9 @@ class ScoringEngine:
         # sized once the base and the slots take their memory, so the blocks kept leave the forwards theirs
         self._reader.keep_bytes = device_keep_bytes(self.settings.device)
 
-    def _score_groups(self, records: Sequence[CheckpointRecord], group: int, plan: ScoringPlan, emit: Callable
-                      ) -> None:
-        """Score the records in slot groups, one group ahead: a group's scores are read back once the next
-        group is queued, so on a GPU the next adapters load while the last forwards run. Each record's seconds
-        are its share of the time from the last group's scores to its group's."""
-        clock = time.perf_counter()
-        waiting: _QueuedGroup | None = None
-        try:
-            for start in range(0, len(records), group):
-                queued = self._queue_group(records[start:start + group], plan)
-                done, waiting = waiting, queued
-                if done is not None:
-                    clock = done.emit(emit, clock)
-        finally:  # an error loading one group still emits the group before it
-            if waiting is not None:
-                waiting.emit(emit, clock)
-
-    def _queue_group(self, group: Sequence[CheckpointRecord], plan: ScoringPlan) -> _QueuedGroup | None:
-        """Copy the group's adapters into the slots and queue their forwards (None: none of them loaded)."""
+    def _score_group(self, group: Sequence[CheckpointRecord], plan: ScoringPlan, emit: Callable) -> None:
         assert self._slots is not None and self._slot_model is not None
+        start = time.perf_counter()
         loaded = []
         for record in group:
             path = Path(record.path)
@@ -273,13 +241,13 @@ class ScoringEngine:
                 if self._reader is not None:
                     self._reader.keep(path, self._slots.storage[len(loaded)])
                 loaded.append(record)
-        if not loaded:
-            return None
-        self._slots.activate(len(loaded))
-        # the slots' contents change only in stream order: the next group's copies wait for these forwards
-        pending = plan.start(self._slot_model, copies=len(loaded))
-        self._slots.activate(0)
-        return _QueuedGroup(loaded, pending)
+        if loaded:
+            self._slots.activate(len(loaded))
+            losses, preds = plan.run(self._slot_model, copies=len(loaded))
+            self._slots.activate(0)
+            seconds = (time.perf_counter() - start) / len(loaded)
+            for g, record in enumerate(loaded):
+                emit(record, losses[g], None if preds is None else preds[g], seconds)
 
     def _score_alone(self, record: CheckpointRecord, plan: ScoringPlan, emit: Callable,
                      activate: Callable[[CheckpointRecord], nn.Module]) -> None:
