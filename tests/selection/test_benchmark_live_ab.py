@@ -80,12 +80,15 @@ def test_the_peft_check_finds_the_engine_equal_to_peft_and_a_wrong_slot(live_ab,
     for i, record in enumerate(pool):
         record.id = f"lora{i}"  # as a library names them
     # 2 adapters a forward: the third adapter goes into a slot the first group used
-    [row] = live_ab.check_against_peft(workspace, pool, requests, adapters=3, per_forward=2)
+    # fp32 first, then the workspace's precision where that is bf16 (MASHUP_PRECISION=bf16)
+    row, *bf16 = live_ab.check_against_peft(workspace, pool, requests, adapters=3, per_forward=2)
+    assert [r["precision"] for r in bf16] == (["bf16"] if workspace.bf16 else [])
+    assert all(r["same_order"] for r in bf16)
     assert row["precision"] == "fp32" and row["adapters"] == 3 and row["questions"] == 8
     assert row["max_gap"] < 1e-4 and row["same_order"] and row["mean_spread"] > 100 * row["max_gap"]
     load = slots.LoRASlots.load_adapter  # a fault: every adapter of a group lands in its first slot
     monkeypatch.setattr(slots.LoRASlots, "load_adapter", lambda self, slot, *a, **k: load(self, 0, *a, **k))
-    [wrong] = live_ab.check_against_peft(workspace, pool, requests, adapters=3, per_forward=2)
+    wrong, *_ = live_ab.check_against_peft(workspace, pool, requests, adapters=3, per_forward=2)
     assert wrong["max_gap"] > 10 * row["max_gap"]
 
 
