@@ -4,7 +4,7 @@ from peft import PeftModel
 
 from mashup.config import DataConfig, SelectConfig
 from mashup.data import build_request, load_target, sample
-from mashup.library import Library
+from mashup.library import Library, score_cache
 from mashup.models import load_model, load_tokenizer
 from mashup.selection import ScoringEngine
 from mashup.verbs import select
@@ -91,6 +91,10 @@ def test_score_cache_scores_only_new_checkpoints(tmp_path, tiny_base, tiny_loras
     scored.clear()
     select(str(tiny_base), data, SelectConfig(samples=10, k=2, cache=False), tmp_path / "lib")
     assert len(scored) == 3
+    scored.clear()
+    monkeypatch.setattr(score_cache, "SCORING_VERSION", score_cache.SCORING_VERSION + 1)
+    select(str(tiny_base), data, config, tmp_path / "lib")
+    assert len(scored) == 3, "scores from another scoring version are not read"
 
 
 @pytest.mark.fp32  # compares the loss-only layout with the every-choice one to fp32 precision

@@ -34,11 +34,19 @@ _COLUMNS = {"checkpoint_sha": "TEXT", "fingerprint": "TEXT", "loss": "REAL", "ac
             "seconds": "REAL", "target": "TEXT", "sample": "TEXT", "created": "TEXT", "losses": "BLOB"}
 
 
+# How scores are computed from those inputs (the loss's normalisation, the answer tokens counted, ...): bump it
+# with any change that moves a score, so that caches written before the change are not read after it.
+SCORING_VERSION = 1
+
+
 def fingerprint(base_dir: Path, requests: Sequence[EncodedRequest], bf16: bool = False) -> str:
-    """What the scores depend on: the base weights (by name, size and mtime), every token scored and
-    the precision (bf16 rounds a loss about 1e-3 apart from fp32, enough to reorder a near-tie).
-    fp32 keys are those written before precision was part of the key, so fp32 caches stay valid."""
+    """What the scores depend on: the base weights (by name, size and mtime), every token scored, the
+    precision (bf16 rounds a loss about 1e-3 apart from fp32, enough to reorder a near-tie) and
+    ``SCORING_VERSION``. fp32 keys of version 1 are those written before precision and version were part of
+    the key, so those caches stay valid."""
     digest = hashlib.sha256(b"bf16|" if bf16 else b"")
+    if SCORING_VERSION > 1:
+        digest.update(f"scoring-v{SCORING_VERSION}|".encode())
     for path in weight_files(base_dir):
         stat = path.stat()
         digest.update(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode())
