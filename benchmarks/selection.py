@@ -140,6 +140,19 @@ def _records(paths: list[Path]) -> list:
     return records
 
 
+def peft_losses(base: Path, adapters: list[Path], requests: list, settings) -> list[torch.Tensor]:
+    """Each adapter's per-example losses the naive way: attached to a freshly loaded base through PEFT, its
+    requests batched again, one adapter at a time."""
+    from mashup.evaluation import ScoringPlan
+    from mashup.models import attach_adapter, load_model
+
+    losses = []
+    for path in adapters:
+        model = attach_adapter(load_model(base), path, trainable=False).to(settings.device)
+        losses.append(ScoringPlan(requests, settings, with_accuracy=False).run(model)[0][0])
+    return losses
+
+
 def measure(model_name: str, base: Path, adapters: list[Path], data, args: argparse.Namespace) -> ThroughputRow:
     from mashup.data.schema import sample
     from mashup.data.target import load_target
@@ -157,9 +170,7 @@ def measure(model_name: str, base: Path, adapters: list[Path], data, args: argpa
     naive, naive_losses = None, []
     if args.naive_max:
         start = time.perf_counter()
-        for path in adapters[:args.naive_max]:
-            model = attach_adapter(load_model(base), path, trainable=False).to(settings.device)
-            naive_losses.append(ScoringPlan(requests, settings, with_accuracy=False).run(model)[0][0])
+        naive_losses = peft_losses(base, adapters[:args.naive_max], requests, settings)
         naive = (time.perf_counter() - start) / min(len(adapters), args.naive_max)
     ours_losses: dict[int, list] = {}
 

@@ -130,9 +130,9 @@ def check_against_peft(workspace, pool, requests, adapters: int, questions: int 
     adapter attached to a fresh base, one at a time) for the pool's first ``adapters`` on the first ``questions``, in
     fp32 and in the run's precision: the largest gap beside how far apart the adapters' own losses are (a slot
     holding the wrong adapter, or read before its copy landed, shows a gap of that size)."""
-    from mashup.evaluation import ScoringPlan
-    from mashup.models import attach_adapter, load_model
     from mashup.selection.engine import ScoringEngine
+
+    from selection import peft_losses  # benchmarks/selection.py: its naive loop
 
     records, sample = pool[:adapters], requests[:questions]
     settings = workspace.settings(256)
@@ -142,9 +142,7 @@ def check_against_peft(workspace, pool, requests, adapters: int, questions: int 
         engine = ScoringEngine(workspace.base_dir, sample, exact, adapters_per_forward=per_forward, with_accuracy=False,
                                read_ahead=True)
         ours = torch.tensor([s.losses for s in engine.score(records)])
-        plan = ScoringPlan(sample, exact, with_accuracy=False)
-        theirs = torch.stack([plan.run(attach_adapter(load_model(workspace.base_dir).to(exact.device), Path(r.path),
-                                                      trainable=False))[0][0] for r in records])
+        theirs = torch.stack(peft_losses(workspace.base_dir, [Path(r.path) for r in records], sample, exact))
         means = theirs.mean(dim=1)
         row = {"precision": exact.precision, "adapters": len(records), "questions": len(sample),
                "max_gap": float((ours - theirs).abs().max()), "max_mean_gap": float((ours.mean(1) - means).abs().max()),
