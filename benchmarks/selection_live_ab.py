@@ -7,12 +7,14 @@ Run after ``benchmarks/selection.py --library-size N`` has built the library (sa
         --halving-repeats 3 --exhaustive-repeats 1
 
 Each repeat runs every variant's halving once, in turn (so drift hits every variant alike); exhaustive runs
-only under the variants that change its forwards (``rows*``), plus ``default``. Variants:
+only under the variants that change its forwards (``rows*``, ``wholegroups``), plus ``default``. Variants:
 
 - ``default``: the engine as it ships.
 - ``threadsN``: N read-ahead threads (``read_ahead.READ_THREADS``).
 - ``budgetN``: N GiB of host memory that reads may hold ahead of use (``read_ahead.READ_AHEAD_BYTES``).
 - ``rowsN``: N rows per forward on CUDA (``engine.CUDA_GROUP_ROWS``).
+- ``wholegroups``: every batch runs once for a whole group of adapters, sized by the questions scored, as
+  the engine did before each batch stacked its own share (``engine.STACK_EACH_BATCH``).
 - ``keepoff``: no loaded blocks kept on the device (``read_ahead.DEVICE_KEEP_SHARE`` = 0).
 - ``gcoff``: Python's garbage collector off during the selection.
 - ``mmapreads``: the read-ahead maps each file and copies it, as before ``mashup.io.read_dir_block_into``.
@@ -49,7 +51,7 @@ def variant(name: str) -> Iterator[None]:
     from mashup.selection import engine, read_ahead
 
     names = ((read_ahead, "READ_THREADS"), (engine, "CUDA_GROUP_ROWS"), (read_ahead, "DEVICE_KEEP_SHARE"),
-             (read_ahead, "READ_AHEAD_BYTES"))
+             (read_ahead, "READ_AHEAD_BYTES"), (engine, "STACK_EACH_BATCH"))
     saved = [getattr(module, name) for module, name in names]
     read = read_ahead.AdapterReadAhead._read
     try:
@@ -59,6 +61,8 @@ def variant(name: str) -> Iterator[None]:
             read_ahead.READ_AHEAD_BYTES = int(float(name[len("budget"):]) * (1 << 30))
         elif name.startswith("rows"):
             engine.CUDA_GROUP_ROWS = int(name[len("rows"):])
+        elif name == "wholegroups":
+            engine.STACK_EACH_BATCH = False
         elif name == "keepoff":
             read_ahead.DEVICE_KEEP_SHARE = 0.0
         elif name == "gcoff":
@@ -66,7 +70,8 @@ def variant(name: str) -> Iterator[None]:
         elif name == "mmapreads":
             read_ahead.AdapterReadAhead._read = mapped_read
         elif name != "default":
-            raise SystemExit(f"unknown variant {name}: default, threadsN, budgetN, rowsN, keepoff, gcoff or mmapreads")
+            raise SystemExit(f"unknown variant {name}: default, threadsN, budgetN, rowsN, wholegroups, keepoff, gcoff "
+                             "or mmapreads")
         yield
     finally:
         for (module, attribute), value in zip(names, saved):
@@ -108,12 +113,12 @@ def timed_forwards(device: torch.device) -> Iterator[list[dict]]:
 
     forwards, original = [], evaluation.ScoringPlan.run
 
-    def run(plan, model, copies: int = 1):
+    def run(plan, model, copies: int = 1, **stacking):
         synchronize(device)
         start = time.perf_counter()
-        out = original(plan, model, copies)
+        out = original(plan, model, copies, **stacking)
         synchronize(device)
-        forwards.append({"rows": [len(b.rows) * copies for b in plan.batches], "copies": copies,
+        forwards.append({"rows": plan.forward_rows(copies, stacking.get("stack_rows")), "copies": copies,
                          "seconds": time.perf_counter() - start})
         return out
 
@@ -222,7 +227,7 @@ def main() -> None:
         for repeat in range(max(args.halving_repeats, args.exhaustive_repeats)):
             for name in args.variants.split(","):
                 selectors = ["halving"] if repeat < args.halving_repeats else []
-                if repeat < args.exhaustive_repeats and (name == "default" or name.startswith("rows")):
+                if repeat < args.exhaustive_repeats and (name in ("default", "wholegroups") or name.startswith("rows")):
                     selectors.append("exhaustive")
                 for selector in selectors:
                     with variant(name):

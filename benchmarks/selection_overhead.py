@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import json
 import os
 import time
@@ -90,10 +91,10 @@ def counted_forwards(stand_in: bool = True) -> Iterator[list[int]]:
 
     runs, original = [0], evaluation.ScoringPlan.run
 
-    def run(plan, model, copies: int = 1):
-        runs[0] += len(plan.batches)
+    def run(plan, model, copies: int = 1, **stacking):
+        runs[0] += len(plan.forward_rows(copies, stacking.get("stack_rows")))
         if not stand_in:
-            return original(plan, model, copies)
+            return original(plan, model, copies, **stacking)
         module = next(m for m in model.modules() if isinstance(m, GroupedLoRALinear))
         per_adapter = module.lora_A[:copies].reshape(copies, -1)[:, :64].double().sum(dim=1)
         wobble = torch.arange(len(plan.requests), dtype=torch.float64).sin()
@@ -107,15 +108,18 @@ def counted_forwards(stand_in: bool = True) -> Iterator[list[int]]:
 
 
 def print_seconds_shares(runs: list[dict]) -> None:
-    """Each run's seconds as a share of the exhaustive run's of the same repeat and read-ahead, beside its
-    token share."""
-    exhaustive = {(r["repeat"], r["read_ahead"]): r["seconds"] for r in runs if r["selector"] == "exhaustive"}
+    """Each run's seconds as a share of the exhaustive run's of the same repeat, read-ahead and stacking,
+    beside its token share."""
+    def setting(run: dict) -> tuple:
+        return run["repeat"], run["read_ahead"], run.get("stacked", True)
+
+    exhaustive = {setting(r): r["seconds"] for r in runs if r["selector"] == "exhaustive"}
     for r in runs:
-        base = exhaustive.get((r["repeat"], r["read_ahead"]))
+        base = exhaustive.get(setting(r))
         if base and r["selector"] != "exhaustive":
             r["seconds_share"] = r["seconds"] / base
-            print(f"{r['selector']:>10} read-ahead {r['read_ahead']!s:5}: {r['seconds_share']:.1%} of exhaustive's "
-                  f"seconds, {r['token_share']:.1%} of its tokens", flush=True)
+            print(f"{r['selector']:>10} read-ahead {r['read_ahead']!s:5} stacked {r.get('stacked', True)!s:5}: "
+                  f"{r['seconds_share']:.1%} of exhaustive's seconds, {r['token_share']:.1%} of its tokens", flush=True)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -129,6 +133,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--group-rows", type=int, default=1024)
     parser.add_argument("--selectors", default="exhaustive,halving")
     parser.add_argument("--read-ahead", choices=["default", "on", "off", "both"], default="default")
+    parser.add_argument("--stacking", choices=["on", "off", "both"], default="on",
+                        help="each batch stacked for its share of a group, cut for it (the default engine), or every "
+                        "batch run once for a whole group (off: engine.STACK_EACH_BATCH, the engine before)")
     parser.add_argument("--repeats", type=int, default=3, help="runs per setting; the first also warms caches")
     parser.add_argument("--dir", type=Path, default=Path.home() / ".cache/mashup/selection-overhead")
     parser.add_argument("--real-forwards", action="store_true",
@@ -149,24 +156,26 @@ def main(argv: list[str] | None = None) -> dict:
           f"per forward, torch threads {torch.get_num_threads()}", flush=True)
     runs_out = []
     what = "in all" if args.real_forwards else "outside the forwards"
+    stackings = {"on": [True], "off": [False], "both": [True, False]}[args.stacking]
     with counted_forwards(stand_in=not args.real_forwards) as runs:
-        for repeat in range(args.repeats):
-            for read_ahead in modes:
-                for name in args.selectors.split(","):
-                    config = SelectConfig(samples=args.samples, batch_size=args.batch_size, cache=False,
-                                          selector=name, read_ahead=read_ahead)
-                    runs[0], start = 0, time.perf_counter()
-                    selection = select_checkpoints(workspace, records, requests, config, None)
-                    seconds = time.perf_counter() - start
-                    rounds = [{"samples": r.samples, "candidates": r.candidates, "seconds": r.seconds}
-                              for r in selection.stats.rounds]
-                    runs_out.append({"repeat": repeat, "selector": name, "read_ahead": read_ahead, "seconds": seconds,
-                                     "scoring_runs": runs[0], "token_share": selection.stats.cost_ratio,
-                                     "rounds": rounds})
-                    print(f"{name:>10} read-ahead {read_ahead!s:5}: {seconds:6.2f} s {what}, "
-                          f"{runs[0]} forwards, {selection.stats.cost_ratio:.1%} of the tokens; rounds "
-                          + ", ".join(f"{r['samples']}q x {r['candidates']} {r['seconds']:.2f}s" for r in rounds),
-                          flush=True)
+        for repeat, read_ahead, stacked in itertools.product(range(args.repeats), modes, stackings):
+            engine.STACK_EACH_BATCH = stacked
+            for name in args.selectors.split(","):
+                config = SelectConfig(samples=args.samples, batch_size=args.batch_size, cache=False,
+                                      selector=name, read_ahead=read_ahead)
+                runs[0], start = 0, time.perf_counter()
+                selection = select_checkpoints(workspace, records, requests, config, None)
+                seconds = time.perf_counter() - start
+                rounds = [{"samples": r.samples, "candidates": r.candidates, "seconds": r.seconds}
+                          for r in selection.stats.rounds]
+                runs_out.append({"repeat": repeat, "selector": name, "read_ahead": read_ahead, "stacked": stacked,
+                                 "seconds": seconds, "scoring_runs": runs[0], "token_share": selection.stats.cost_ratio,
+                                 "top2": [c.id for c in selection.ranking[:2]], "rounds": rounds})
+                print(f"{name:>10} read-ahead {read_ahead!s:5} stacked {stacked!s:5}: {seconds:6.2f} s {what}, "
+                      f"{runs[0]} forwards, {selection.stats.cost_ratio:.1%} of the tokens, top 2 "
+                      f"{runs_out[-1]['top2']}; rounds "
+                      + ", ".join(f"{r['samples']}q x {r['candidates']} {r['seconds']:.2f}s" for r in rounds),
+                      flush=True)
     print_seconds_shares(runs_out)
     result = {"settings": {k: str(v) for k, v in vars(args).items()}, "runs": runs_out}
     if args.json_out:

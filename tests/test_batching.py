@@ -1,14 +1,17 @@
 import random
 
+import pytest
 import torch
 
 from mashup.batching import (
     ScoredSequence,
+    Stacking,
     collate,
     continuation_logprobs,
     last_token_logprobs,
     length_batches,
     shared_prefix_logprobs,
+    stacked_batches,
 )
 from mashup.models import load_model
 
@@ -83,3 +86,39 @@ def test_length_batches_keep_order_rows_and_budget():
         assert 1 <= len(batch) <= 16
         assert len(batch) == 1 or len(batch) * max(lengths[i] for i in batch) <= budget
     assert length_batches([], [], 4) == []
+
+
+def _stacked_work(batches: list[list[int]], lengths: list[int], stacking: Stacking) -> float:
+    group = stacking.adapters
+    fixed = stacking.fixed_share * stacking.rows * sorted(lengths)[len(lengths) // 2]
+    forwards = [-(-group // max(1, min(group, stacking.rows // len(b)))) for b in batches]
+    return sum(f * fixed + group * len(b) * max(lengths[i] for i in b) for f, b in zip(forwards, batches))
+
+
+@pytest.mark.parametrize("share", [0.0, 0.05, 1.0, 50.0])
+def test_stacked_batches_are_the_least_work_of_all_cuts(share):
+    """Against every way to cut 9 length-sorted rows into consecutive batches of at most 4."""
+    lengths = [3, 3, 4, 7, 8, 8, 12, 30, 31]
+    order = list(range(len(lengths)))
+    stacking = Stacking(rows=16, adapters=8, fixed_share=share)
+    got = stacked_batches(order, lengths, 4, stacking)
+    assert [i for batch in got for i in batch] == order and max(map(len, got)) <= 4
+
+    def cuts(start: int):
+        if start == len(order):
+            yield []
+        for stop in range(start + 1, min(len(order), start + 4) + 1):
+            for rest in cuts(stop):
+                yield [order[start:stop], *rest]
+
+    least = min(_stacked_work(c, lengths, stacking) for c in cuts(0))
+    assert _stacked_work(got, lengths, stacking) == pytest.approx(least)
+    if share == 0.0:  # nothing but padding counts: only equal lengths share a batch
+        assert all(len({lengths[i] for i in batch}) == 1 for batch in got)
+    if share == 50.0:  # forwards count most: as few as any cut makes (a batch of 4 rows takes 2, of 2 takes 1)
+        forwards = lambda batches: sum(-(-8 // min(8, 16 // len(b))) for b in batches)  # noqa: E731
+        assert forwards(got) == min(forwards(c) for c in cuts(0)) == 5
+
+
+def test_stacked_batches_of_nothing():
+    assert stacked_batches([], [], 4, Stacking(16, 2, 1.0)) == []

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
 import torch
@@ -12,12 +12,14 @@ from torch import nn
 from mashup.batching import (
     PrefixBatch,
     ScoredSequence,
+    Stacking,
     collate,
     continuation_logprobs,
     last_token_logprobs,
     length_batches,
     prefix_batch,
     prefix_batch_logprobs,
+    stacked_batches,
 )
 from mashup.data.prompts import EncodedRequest
 from mashup.models import autocast
@@ -103,11 +105,24 @@ class _AnswerBatch:
         return -sums / self.answer_tokens, None
 
 
-def _letter_batches(requests: Sequence[EncodedRequest], s: ScoreSettings) -> list[_LetterBatch]:
+def _cut(order: Sequence[int], lengths: Sequence[int], batch_size: int, stacking: Stacking | None
+         ) -> list[list[int]]:
+    """Rows sorted by length, cut for one forward each (``length_batches``) or for stacked forwards."""
+    if stacking is None:
+        return length_batches(order, lengths, batch_size)
+    return stacked_batches(order, lengths, batch_size, stacking)
+
+
+def _letter_rows(requests: Sequence[EncodedRequest], batch_size: int, stacking: Stacking | None = None
+                 ) -> list[list[int]]:
     lengths = [len(r.prompt_ids) for r in requests]
-    order = sorted(range(len(requests)), key=lambda i: lengths[i])
+    return _cut(sorted(range(len(requests)), key=lambda i: lengths[i]), lengths, batch_size, stacking)
+
+
+def _letter_batches(requests: Sequence[EncodedRequest], s: ScoreSettings, rows: Sequence[Sequence[int]]
+                    ) -> list[_LetterBatch]:
     batches = []
-    for chunk in length_batches(order, lengths, s.batch_size):
+    for chunk in rows:
         width = max(len(requests[i].continuation_ids) for i in chunk)
         choice_ids = torch.zeros((len(chunk), width), dtype=torch.long)
         mask = torch.zeros((len(chunk), width), dtype=torch.bool)
@@ -120,7 +135,7 @@ def _letter_batches(requests: Sequence[EncodedRequest], s: ScoreSettings) -> lis
     return batches
 
 
-def _cloze_batches(requests: Sequence[EncodedRequest], s: ScoreSettings) -> list[_ClozeBatch]:
+def _cloze_rows(requests: Sequence[EncodedRequest], batch_size: int) -> list[list[int]]:
     # Continuations are padded to the longest in a batch, so batch similar lengths together.
     order = sorted(range(len(requests)), key=lambda i: (len(requests[i].continuation_ids),
                                                         max(map(len, requests[i].continuation_ids)),
@@ -128,15 +143,18 @@ def _cloze_batches(requests: Sequence[EncodedRequest], s: ScoreSettings) -> list
     groups: dict[int, list[int]] = {}
     for i in order:  # one batch holds prompts with equal numbers of choices
         groups.setdefault(len(requests[i].continuation_ids), []).append(i)
+    return [chunk for members in groups.values() for chunk in _batches(members, batch_size)]
+
+
+def _cloze_batches(requests: Sequence[EncodedRequest], s: ScoreSettings, rows: Sequence[Sequence[int]]
+                   ) -> list[_ClozeBatch]:
     batches = []
-    for members in groups.values():
-        for chunk in _batches(members, s.batch_size):
-            rs = [requests[i] for i in chunk]
-            prefix = prefix_batch([r.prompt_ids for r in rs], [r.continuation_ids for r in rs], s.pad_id, s.device)
-            batches.append(_ClozeBatch(chunk, prefix, torch.tensor([r.answer for r in rs]),
-                                       torch.tensor([len(r.continuation_ids[r.answer]) for r in rs],
-                                                    dtype=torch.float64),
-                                       torch.tensor([r.continuation_chars for r in rs], dtype=torch.float32)))
+    for chunk in rows:
+        rs = [requests[i] for i in chunk]
+        prefix = prefix_batch([r.prompt_ids for r in rs], [r.continuation_ids for r in rs], s.pad_id, s.device)
+        batches.append(_ClozeBatch(chunk, prefix, torch.tensor([r.answer for r in rs]),
+                                   torch.tensor([len(r.continuation_ids[r.answer]) for r in rs], dtype=torch.float64),
+                                   torch.tensor([r.continuation_chars for r in rs], dtype=torch.float32)))
     return batches
 
 
@@ -145,13 +163,15 @@ def answer_sequence(request: EncodedRequest) -> ScoredSequence:
     return ScoredSequence(tuple(request.prompt_ids) + tuple(request.gold_ids), len(request.gold_ids))
 
 
-def answer_batch_rows(requests: Sequence[EncodedRequest], batch_size: int) -> list[list[int]]:
-    """Which requests form each batch of prompt + gold answer sequences (loss scoring, the prefilter's probe)."""
+def answer_batch_rows(requests: Sequence[EncodedRequest], batch_size: int, stacking: Stacking | None = None
+                      ) -> list[list[int]]:
+    """Which requests form each batch of prompt + gold answer sequences (loss scoring, the prefilter's probe),
+    cut for stacked forwards with ``stacking``."""
     # Rows are padded to the batch's longest sequence, which costs more than the LM head over its longest
     # answer (a position through the whole model against one through the head), so sort by total length.
     lengths = [len(r.prompt_ids) + len(r.gold_ids) for r in requests]
     order = sorted(range(len(requests)), key=lambda i: (lengths[i], len(requests[i].gold_ids)))
-    return length_batches(order, lengths, batch_size)
+    return _cut(order, lengths, batch_size, stacking)
 
 
 def _answer_batches(requests: Sequence[EncodedRequest], s: ScoreSettings,
@@ -169,7 +189,9 @@ class ScoringPlan:
     """Requests ordered, batched and collated once; ``run`` scores them with a model, as often as needed.
 
     Letter and loss-only batches hold similar lengths, at most ``batch_size`` rows and about
-    ``batch_size`` median-length rows' worth of padded tokens (``mashup.batching.length_batches``).
+    ``batch_size`` median-length rows' worth of padded tokens (``mashup.batching.length_batches``), or,
+    given a ``stacking`` (each batch stacked for a group of adapters), cut for that
+    (``mashup.batching.stacked_batches``).
 
     With ``copies`` = G the model is run on every batch stacked G times (copy-major rows), which is
     how G LoRA slots are scored in one forward (see mashup.selection.slots). ``with_accuracy=False``
@@ -177,21 +199,35 @@ class ScoringPlan:
     forward passes, and no prediction (letter requests predict anyway: it costs nothing there).
     """
 
-    def __init__(self, requests: Sequence[EncodedRequest], settings: ScoreSettings, with_accuracy: bool = True
-                 ) -> None:
+    def __init__(self, requests: Sequence[EncodedRequest], settings: ScoreSettings, with_accuracy: bool = True,
+                 stacking: Stacking | None = None) -> None:
         self.requests = list(requests)
         self.settings = settings
-        single = all(r.single_token for r in self.requests)
+        single = _single_token(self.requests)
         self.with_accuracy = with_accuracy or single
+        rows = plan_batch_rows(self.requests, settings.batch_size, with_accuracy, stacking)
         self.batches: list[_LetterBatch | _ClozeBatch | _AnswerBatch] = (
-            _letter_batches(self.requests, settings) if single
-            else _cloze_batches(self.requests, settings) if with_accuracy
-            else _answer_batches(self.requests, settings))
+            _letter_batches(self.requests, settings, rows) if single
+            else _cloze_batches(self.requests, settings, rows) if with_accuracy
+            else _answer_batches(self.requests, settings, rows))
+
+    def forward_rows(self, copies: int = 1, stack_rows: int | None = None) -> list[int]:
+        """Rows of each forward ``run`` makes with these arguments, in order."""
+        return [len(batch.rows) * count for batch in self.batches
+                for _, count in stack_windows(copies, len(batch.rows), stack_rows)]
 
     @torch.no_grad()
-    def run(self, model: nn.Module, copies: int = 1) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def run(self, model: nn.Module, copies: int = 1, *, stack_rows: int | None = None,
+            select: Callable[[int, int], None] | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Per-example answer loss ``[copies, n]`` (float64) and predicted choice ``[copies, n]`` (None
-        without accuracy)."""
+        without accuracy).
+
+        By default each batch runs once with its rows stacked ``copies`` times. With ``stack_rows`` a batch
+        stacks only as many copies as fit that many rows, in windows (``stack_windows``), each announced
+        first with ``select(first copy, count)`` (which LoRA slots the forward is to use).
+        """
+        if stack_rows is not None and select is None:
+            raise ValueError("stack_rows needs select: each window of copies must be made the model's")
         losses = torch.zeros((copies, len(self.requests)), dtype=torch.float64)
         preds = torch.zeros((copies, len(self.requests)), dtype=torch.long) if self.with_accuracy else None
         # switching modes sets every module (5 ms for eval and back on SmolLM2 with LoRA slots, 2-core CPU,
@@ -202,15 +238,48 @@ class ScoringPlan:
             model.eval()
         try:
             for batch in self.batches:
-                with autocast(self.settings.device, self.settings.bf16):
-                    batch_losses, batch_preds = batch.score(model, copies)
-                losses[:, batch.rows] = batch_losses
-                if preds is not None:
-                    preds[:, batch.rows] = batch_preds
+                for first, count in stack_windows(copies, len(batch.rows), stack_rows):
+                    if select is not None:
+                        select(first, count)
+                    with autocast(self.settings.device, self.settings.bf16):
+                        batch_losses, batch_preds = batch.score(model, count)
+                    losses[first:first + count, batch.rows] = batch_losses
+                    if preds is not None:
+                        preds[first:first + count, batch.rows] = batch_preds
         finally:
             if switch:
                 model.train(was_training)
         return losses, preds
+
+def _single_token(requests: Sequence[EncodedRequest]) -> bool:
+    return all(r.single_token for r in requests)
+
+
+def plan_batch_rows(requests: Sequence[EncodedRequest], batch_size: int, with_accuracy: bool = True,
+                    stacking: Stacking | None = None) -> list[list[int]]:
+    """Which requests form each batch of a ``ScoringPlan`` of them, found without collating any. Loss and
+    letter batches are cut for stacked forwards with ``stacking``; cloze batches with every choice are
+    grouped by their number of choices and keep their cuts."""
+    if _single_token(requests):
+        return _letter_rows(requests, batch_size, stacking)
+    if with_accuracy:
+        return _cloze_rows(requests, batch_size)
+    return answer_batch_rows(requests, batch_size, stacking)
+
+
+def stack_windows(copies: int, rows: int, stack_rows: int | None) -> list[tuple[int, int]]:
+    """(first copy, count) of each forward over a batch of ``rows`` rows scored for ``copies`` copies: all in
+    one, or as many as fit ``stack_rows`` rows per forward, the windows as even as their number allows."""
+    if stack_rows is None:
+        return [(0, copies)]
+    forwards = -(-copies // max(1, min(copies, stack_rows // rows)))
+    size, longer = divmod(copies, forwards)
+    windows, first = [], 0
+    for index in range(forwards):
+        count = size + (index < longer)
+        windows.append((first, count))
+        first += count
+    return windows
 
 
 def score_requests(model: nn.Module, requests: Sequence[EncodedRequest], settings: ScoreSettings

@@ -1,4 +1,6 @@
 import dataclasses
+import json
+import shutil
 
 import pytest
 import torch
@@ -91,11 +93,20 @@ def test_default_grouping_follows_the_examples_each_adapter_brings(tiny_base, ti
     built once, for the first call; a later call on more examples groups fewer adapters into them."""
     workspace, requests = requests_for(tiny_base, mc_file, 12, "cloze")
     settings = workspace.settings(8)
-    assert default_adapters_per_forward(tiny_base, settings, 2) == GROUP_ROWS // 2
-    assert default_adapters_per_forward(tiny_base, settings, 100) == GROUP_ROWS // 8
+    assert default_adapters_per_forward(tiny_base, settings, [2]) == GROUP_ROWS // 2
+    assert default_adapters_per_forward(tiny_base, settings, [8] * 12 + [4]) == GROUP_ROWS // 8
     assert default_adapters_per_forward(tiny_base, settings) == GROUP_ROWS // 8
     on_gpu = dataclasses.replace(settings, device=torch.device("cuda"))  # only its type is read
     assert default_adapters_per_forward(tiny_base, on_gpu) == CUDA_GROUP_ROWS // 8 > GROUP_ROWS // 8
+    # sized by the smallest batch, which stacks a whole group in one forward (the larger ones in several)...
+    wide = dataclasses.replace(on_gpu, batch_size=256)
+    assert default_adapters_per_forward(tiny_base, wide, [206, 50]) == CUDA_GROUP_ROWS // 50
+    # ...but a tail of a few long questions does not make a group of hundreds
+    assert default_adapters_per_forward(tiny_base, wide, [125, 3]) == CUDA_GROUP_ROWS // engine_module.MIN_STACK_ROWS
+    assert default_adapters_per_forward(tiny_base, wide, [4]) == CUDA_GROUP_ROWS // 4
+    with monkeypatch.context() as patch:  # the engine before: a group sized by the questions, every batch at once
+        patch.setattr(engine_module, "STACK_EACH_BATCH", False)
+        assert default_adapters_per_forward(tiny_base, wide, [206, 50]) == CUDA_GROUP_ROWS // 256
     with monkeypatch.context() as patch:  # as if the base were a real model: fewer rows per forward on a CPU
         patch.setattr(engine_module, "CPU_GROUPING_MAX_PARAMETERS", 0)
         assert default_adapters_per_forward(tiny_base, settings) == CPU_LARGE_MODEL_GROUP_ROWS // 8 < GROUP_ROWS // 8
@@ -120,3 +131,43 @@ def test_an_adapter_the_slots_cannot_hold_scores_again_in_a_later_call(tiny_base
     engine.score(records, indices=(0, 1))
     again = engine.score(records)
     assert again[1].losses == pytest.approx(_reference(tiny_base, other_rank, requests, settings)[0], abs=1e-5)
+
+
+def test_each_batch_stacks_its_own_share_of_a_group(tiny_base, tiny_loras, mc_file, tmp_path, monkeypatch):
+    """By default a group is sized by its smallest batch, which scores the whole group in one forward, and
+    a larger batch scores it in windows of slots (``ScoringPlan.run``'s ``stack_rows``). Every adapter
+    still scores as alone, in windows whose slots share a scale and in windows whose slots do not."""
+    from mashup import evaluation
+
+    monkeypatch.setattr(engine_module, "GROUP_ROWS", 16)
+    monkeypatch.setattr(engine_module, "MIN_STACK_ROWS", 2)
+    monkeypatch.setitem(engine_module.FORWARD_FIXED_SHARE, "cpu", 1.0)
+    workspace, requests = requests_for(tiny_base, mc_file, 12, "letter")
+    settings = workspace.settings(8)
+    stacking = engine_module.default_stacking(tiny_base, settings)
+    rows = [len(b) for b in evaluation.plan_batch_rows(requests, 8, stacking=stacking)]
+    assert len(set(rows)) > 1
+    scaled = tmp_path / "scaled"  # the same factors at another lora_alpha: another scale in the same slots
+    shutil.copytree(tiny_loras[1], scaled)
+    config = json.loads((scaled / "adapter_config.json").read_text())
+    (scaled / "adapter_config.json").write_text(json.dumps({**config, "lora_alpha": 3 * config["lora_alpha"]}))
+    paths = [*tiny_loras, scaled] + [save_tiny_lora(tiny_base, tmp_path / f"more{i}", seed=20 + i) for i in range(5)]
+    records = records_for(paths)
+    records[3].id = "scaled"  # its weights are tiny_loras[1]'s, so is its digest
+    forwards = []
+    run = evaluation.ScoringPlan.run
+
+    def counted(plan, model, copies=1, **stacking):
+        forwards.append(plan.forward_rows(copies, stacking.get("stack_rows")))
+        return run(plan, model, copies, **stacking)
+
+    monkeypatch.setattr(evaluation.ScoringPlan, "run", counted)
+    got = ScoringEngine(tiny_base, requests, settings).score(records)
+    group = default_adapters_per_forward(tiny_base, settings, rows)
+    assert group == 16 // min(rows) < len(records)
+    assert [len(f) > len(rows) for f in forwards] == [True, False]  # in windows; the last group, of one, not
+    assert max(max(f) for f in forwards) <= 16
+    for scores, path in zip(got, paths):
+        reference = _reference(tiny_base, path, requests, settings)[0]
+        assert scores.losses == pytest.approx(reference, **_tolerance(settings))
+    assert got[3].losses != pytest.approx(got[1].losses, abs=1e-3)  # the scale matters here

@@ -10,10 +10,11 @@ import torch
 
 from mashup.config import SelectConfig
 from mashup.data.prompts import EncodedRequest
+from mashup.evaluation import plan_batch_rows
 from mashup.executors import Executor, make_executor
 from mashup.library import CheckpointRecord
 from mashup.selection.driver import ProgressFn, Selection, SelectionContext, SelectionStats
-from mashup.selection.engine import default_adapters_per_forward, sample_tokens
+from mashup.selection.engine import default_adapters_per_forward, default_stacking, sample_tokens
 from mashup.selection.scores import ScoreStore
 from mashup.selection.selectors import get_selector
 from mashup.selection.units import EngineFactory
@@ -51,9 +52,12 @@ def select_checkpoints(workspace: Workspace, records: Sequence[CheckpointRecord]
     worker_settings = settings if executor.worker_device is None else replace(
         settings, device=torch.device(executor.worker_device))
 
-    def unit_size(examples: int) -> int:
-        return config.adapters_per_forward or default_adapters_per_forward(workspace.base_dir, worker_settings,
-                                                                           examples)
+    def unit_size(unit_requests: Sequence[EncodedRequest], candidates: int) -> int:
+        if config.adapters_per_forward:
+            return config.adapters_per_forward
+        stacking = default_stacking(workspace.base_dir, worker_settings, candidates)
+        rows = [len(batch) for batch in plan_batch_rows(unit_requests, config.batch_size, with_accuracy, stacking)]
+        return default_adapters_per_forward(workspace.base_dir, worker_settings, rows)
 
     store = ScoreStore(library_dir if config.cache else None, workspace.base_dir, sample_info,
                        needs_accuracy=with_accuracy, bf16=settings.bf16)

@@ -82,7 +82,8 @@ class SelectionContext:
 
     def __init__(self, base_dir: Path, requests: Sequence[EncodedRequest], settings: ScoreSettings,
                  config: SelectConfig, executor: Executor, factory: EngineFactory, store: ScoreStore,
-                 stats: SelectionStats, *, unit_size: Callable[[int], int], library_dir: Path | None = None,
+                 stats: SelectionStats, *, unit_size: Callable[[Sequence[EncodedRequest], int], int],
+                 library_dir: Path | None = None,
                  allow_pickle: bool = False, progress: ProgressFn | None = None) -> None:
         self.base_dir, self.requests, self.settings, self.config = base_dir, list(requests), settings, config
         self.executor, self.factory, self.store, self.stats = executor, factory, store, stats
@@ -120,9 +121,10 @@ class SelectionContext:
                 round_stats.cached += 1
             else:
                 todo.setdefault(self._start(record, n), []).append(record)
-        units = [ScoreUnit(tuple(group[i:i + size]), tuple(range(start, n)))
-                 for start, group in todo.items() for size in [self.unit_size(n - start)]
-                 for i in range(0, len(group), size)]
+        # a unit: the adapters scored from ``start`` on that one worker call loads at once
+        sizes = {start: self.unit_size(self.requests[start:n], len(group)) for start, group in todo.items()}
+        units = [ScoreUnit(tuple(group[i:i + sizes[start]]), tuple(range(start, n)))
+                 for start, group in todo.items() for i in range(0, len(group), sizes[start])]
 
         def on_result(index: int, results: list[ExampleScores]) -> None:
             unit, fresh = units[index], []

@@ -13,12 +13,13 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from mashup.batching import Stacking
 from mashup.data.prompts import EncodedRequest
 from mashup.evaluation import ScoreSettings, ScoringPlan
 from mashup.library.records import CheckpointRecord
@@ -43,6 +44,25 @@ CUDA_GROUP_ROWS = 1024
 # questions), 8 per forward 0.96-0.97x.
 CPU_GROUPING_MAX_PARAMETERS = 50_000_000
 CPU_LARGE_MODEL_GROUP_ROWS = 64
+# Each batch of a group's requests stacks as many of its adapters as fill a forward, so that a pass's short
+# tail batch (50 of 256 CommonsenseQA questions) runs once for 20 adapters rather than once for every 4,
+# and the requests are cut by length for that (``batching.stacked_batches``): a batch cut in two then
+# costs few more forwards, each half stacking twice the adapters, and pads far less. False: every batch
+# (cut by ``batching.length_batches``) runs once for a whole group (the engine before; benchmarks A/B
+# against it). Not yet timed on a GPU: see ``benchmarks/scoring_cost_model.py`` for what a model fitted
+# on an H200's timed forwards predicts.
+STACK_EACH_BATCH = True
+# A group is sized by its smallest batch, but a batch of a few rows (a long-question tail) would make it
+# huge: below this many rows a batch counts as this many.
+MIN_STACK_ROWS = 8
+# A forward's fixed cost (kernel launches, small matmuls' overhead) in padded tokens, as a share of a full
+# forward's rows x the sample's median length. On an H200 a SmolLM2 forward took max(40-43 ms, 23-44 ms +
+# 1.65-2.03 ms per 1,000 padded tokens) (scoring_cost_model.py's fits on three machines): 11-27 thousand
+# tokens' worth, against 1,024 rows x 19 tokens on CommonsenseQA. On this project's 2-core CPU a SmolLM2
+# forward took 88 ms + 2.0 ms a token (rows x length from 8 to 2,048 tokens): 44 tokens, against 64 rows x
+# 20. A larger model's forwards cost more per token for the same launches: its share is lower, and cuts
+# by this one err towards fewer batches.
+FORWARD_FIXED_SHARE = {"cuda": 1.0, "cpu": 0.035}
 
 
 @dataclass
@@ -80,15 +100,34 @@ def sample_tokens(requests: Sequence[EncodedRequest], with_accuracy: bool = True
     return sum(forward_tokens(r, with_accuracy) for r in requests)
 
 
-def default_adapters_per_forward(base_dir: Path, settings: ScoreSettings, examples: int | None = None) -> int:
-    """How many adapters share a forward: enough rows to fill the matmuls (more on a GPU, fewer for a real
-    model on a CPU).
+def default_adapters_per_forward(base_dir: Path, settings: ScoreSettings,
+                                 batch_rows: Sequence[int] | None = None) -> int:
+    """How many adapters a group holds (slots loaded at once): enough to fill one forward's rows (more on a
+    GPU, fewer for a real model on a CPU) on the smallest of the batches they are scored on.
 
-    ``examples`` is how many requests each adapter is scored on: a first halving round of 8 examples
-    fills a forward's rows with many adapters, where a 256-example pass fills them with one.
+    ``batch_rows`` are the rows of each of those batches (``evaluation.plan_batch_rows``; default: one
+    batch of ``settings.batch_size``). A first halving round of 8 examples fills a forward with many
+    adapters, a 256-example pass with few; with ``STACK_EACH_BATCH`` each batch then stacks as many of the
+    group as fill a forward (``ScoringPlan.run``'s ``stack_rows``), so a pass's short tail batch runs once
+    for many adapters instead of once for each few.
     """
-    rows = min(settings.batch_size, examples) if examples else settings.batch_size
-    return max(1, group_rows(base_dir, settings) // rows)
+    rows = group_rows(base_dir, settings)
+    if not batch_rows:
+        return max(1, rows // settings.batch_size)
+    if not STACK_EACH_BATCH:
+        return max(1, rows // min(settings.batch_size, sum(batch_rows)))
+    return max(1, rows // max(min(batch_rows), min(MIN_STACK_ROWS, max(batch_rows))))
+
+
+def default_stacking(base_dir: Path, settings: ScoreSettings, adapters: int | None = None) -> Stacking | None:
+    """How a group of ``adapters`` (default: as many as the smallest batch stacks) stacks each batch on the
+    settings' device (None: without ``STACK_EACH_BATCH``)."""
+    if not STACK_EACH_BATCH:
+        return None
+    rows = group_rows(base_dir, settings)
+    most = max(1, rows // MIN_STACK_ROWS)
+    share = FORWARD_FIXED_SHARE.get(settings.device.type, FORWARD_FIXED_SHARE["cuda"])
+    return Stacking(rows, most if adapters is None else max(1, min(most, adapters)), share)
 
 
 def group_rows(base_dir: Path, settings: ScoreSettings) -> int:
@@ -114,8 +153,10 @@ class ScoringEngine:
         self.with_accuracy = with_accuracy
         self.allow_pickle = allow_pickle
         self._requested_group = adapters_per_forward
-        self._default_groups: dict[int, int] = {}  # examples per adapter -> adapters per forward
-        self._plans: dict[tuple[int, ...], ScoringPlan] = {}
+        self._default_groups: dict[tuple[int, ...], int] = {}  # batch rows -> adapters per group
+        self._stacking: Stacking | None = None if adapters_per_forward is not None else default_stacking(
+            self.base_dir, settings)  # a group size asked for is what every forward holds
+        self._plans: dict[tuple[tuple[int, ...], int | None], ScoringPlan] = {}  # by indices and adapters stacked
         self._layouts: dict[str, SlotLayout | None] = {}  # by record id
         self._layout: SlotLayout | None = None  # the slots' layout: the first plain adapter's
         self._slot_count = 0  # slots to build: the group size of the first call that saw that adapter
@@ -130,11 +171,17 @@ class ScoringEngine:
         model = load_model(self.base_dir, allow_pickle=self.allow_pickle).to(self.settings.device)
         return model.eval().requires_grad_(False)
 
-    def plan(self, indices: tuple[int, ...]) -> ScoringPlan:
-        """Batches for a subset of the requests, collated once and kept."""
-        if indices not in self._plans:
-            self._plans[indices] = ScoringPlan([self.requests[i] for i in indices], self.settings, self.with_accuracy)
-        return self._plans[indices]
+    def plan(self, indices: tuple[int, ...], adapters: int = 1) -> ScoringPlan:
+        """Batches for a subset of the requests, collated once and kept; where each batch is stacked for a
+        group, cut for ``adapters`` of them (``batching.stacked_batches``)."""
+        stacking = self._stacking
+        if stacking is not None:
+            stacking = replace(stacking, adapters=max(1, min(stacking.adapters, adapters)))
+        key = (indices, None if stacking is None else stacking.adapters)
+        if key not in self._plans:
+            self._plans[key] = ScoringPlan([self.requests[i] for i in indices], self.settings, self.with_accuracy,
+                                           stacking)
+        return self._plans[key]
 
     def tokens(self, indices: Sequence[int]) -> int:
         return sample_tokens([self.requests[i] for i in indices], self.with_accuracy)
@@ -146,7 +193,7 @@ class ScoringEngine:
         LoRA adapters run first (on the untouched base), then full fine-tunes, swapped into one model.
         """
         key = tuple(range(len(self.requests))) if indices is None else tuple(indices)
-        plan = self.plan(key)
+        grouped, group, plan = self._grouped(records, key)
         tokens = self.tokens(key)
         results: dict[str, ExampleScores] = {}
 
@@ -158,7 +205,6 @@ class ScoringEngine:
             if on_scored:
                 on_scored(scores)
 
-        grouped, group = self._grouped(records, len(key))
         self._queue_reads(grouped)
         if grouped:
             self._build_slots()
@@ -176,33 +222,40 @@ class ScoringEngine:
         """Start reading the adapters that a later ``score(records, indices)`` will copy into slots, after
         those already queued (a no-op unless reading ahead)."""
         if self.read_ahead:
-            self._queue_reads(self._grouped(records, len(self.requests) if indices is None else len(indices))[0])
+            key = tuple(range(len(self.requests))) if indices is None else tuple(indices)
+            self._queue_reads(self._grouped(records, key)[0])
 
     def _queue_reads(self, grouped: Sequence[CheckpointRecord]) -> None:
         if self._reader is not None:
             self._reader.request(Path(r.path) for r in grouped)
 
-    def _grouped(self, records: Sequence[CheckpointRecord], examples: int) -> tuple[list[CheckpointRecord], int]:
-        """The records the slots hold (the first plain adapter seen picks their layout), and how many share
-        a forward."""
+    def _grouped(self, records: Sequence[CheckpointRecord], key: tuple[int, ...]
+                 ) -> tuple[list[CheckpointRecord], int, ScoringPlan]:
+        """The records the slots hold (the first plain adapter seen picks their layout), how many are loaded
+        at once, and the plan of ``key`` they are scored with."""
         for record in records:
             if record.id not in self._layouts:  # read once: a record is scored and prefetched in several calls
                 self._layouts[record.id] = SlotLayout.of(record)
-        group = self._group_size(examples)
+        first = None
         if self._layout is None:
             first = next((r for r in records if self._layouts[r.id] is not None), None)
             if first is None:
-                return [], group
+                return [], 1, self.plan(key)
+        layout = self._layout or self._layouts[first.id]
+        grouped = [r for r in records if self._layouts[r.id] == layout]
+        plan = self.plan(key, len(grouped))
+        group = self._group_size(plan)
+        if first is not None:
             self._choose_layout(first, group)
-        grouped = [r for r in records if self._layouts[r.id] == self._layout]
-        return grouped, min(group, self._slot_count)  # slots are built once, for the first call's group size
+        return grouped, min(group, self._slot_count), plan  # slots are built once, for the first call's group size
 
-    def _group_size(self, examples: int) -> int:
+    def _group_size(self, plan: ScoringPlan) -> int:
         if self._requested_group is not None:
             return self._requested_group
-        if examples not in self._default_groups:  # the default reads the base's weight headers: once per size
-            self._default_groups[examples] = default_adapters_per_forward(self.base_dir, self.settings, examples)
-        return self._default_groups[examples]
+        rows = tuple(len(batch.rows) for batch in plan.batches)
+        if rows not in self._default_groups:  # the default reads the base's weight headers: once per shape
+            self._default_groups[rows] = default_adapters_per_forward(self.base_dir, self.settings, rows)
+        return self._default_groups[rows]
 
     def _choose_layout(self, record: CheckpointRecord, group: int) -> None:
         """Fix the slots' layout and count; the base loads later (``_build_slots``), so that reads queued
@@ -242,9 +295,12 @@ class ScoringEngine:
                     self._reader.keep(path, self._slots.storage[len(loaded)])
                 loaded.append(record)
         if loaded:
-            self._slots.activate(len(loaded))
-            losses, preds = plan.run(self._slot_model, copies=len(loaded))
-            self._slots.activate(0)
+            slots = self._slots
+            slots.activate(len(loaded))
+            stack_rows = None if self._stacking is None else self._stacking.rows
+            losses, preds = plan.run(self._slot_model, copies=len(loaded), stack_rows=stack_rows,
+                                     select=lambda first, count: slots.activate(count, first))
+            slots.activate(0)
             seconds = (time.perf_counter() - start) / len(loaded)
             for g, record in enumerate(loaded):
                 emit(record, losses[g], None if preds is None else preds[g], seconds)

@@ -94,7 +94,7 @@ def row_views(rows: torch.Tensor, layout: Sequence[tuple[str, tuple[int, ...]]])
 
 
 class GroupedLoRALinear(nn.Module):
-    """``base(x) + s_g * B_g A_g x`` where row block g of the batch belongs to slot g.
+    """``base(x) + s_g * B_g A_g x`` where row block g of the batch belongs to slot ``first`` + g.
 
     ``lora_A`` [G, r, in], ``lora_B`` [G, out, r] and ``scale`` [G] are given (views into the slots'
     storage), so one copy can fill every module's factors of a slot. ``alpha`` is the active slots'
@@ -110,6 +110,7 @@ class GroupedLoRALinear(nn.Module):
         self.register_buffer("lora_B", lora_B, persistent=False)
         self.register_buffer("scale", scale, persistent=False)
         self.active = 0  # slots in use; 0 leaves the base layer alone
+        self.first = 0  # the first slot in use: rows block g belongs to slot first + g
         self.alpha: float | None = None  # the active slots' common scale, if any
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -117,15 +118,15 @@ class GroupedLoRALinear(nn.Module):
         # update's matmuls, each on its own
         x = x.to(self.lora_A.dtype)
         result = self.base_layer(x)
-        g = self.active
+        g, first = self.active, self.first
         if g == 0:
             return result
         if g == 1:  # the same ops as PEFT's LoRA Linear: B(A(x)) * s
-            return result + F.linear(F.linear(x, self.lora_A[0]), self.lora_B[0]) * self.scale[0]
-        down = torch.bmm(x.reshape(g, -1, x.shape[-1]), self.lora_A[:g].transpose(1, 2))
-        up = self.lora_B[:g].transpose(1, 2)
+            return result + F.linear(F.linear(x, self.lora_A[first]), self.lora_B[first]) * self.scale[first]
+        down = torch.bmm(x.reshape(g, -1, x.shape[-1]), self.lora_A[first:first + g].transpose(1, 2))
+        up = self.lora_B[first:first + g].transpose(1, 2)
         if self.alpha is None:
-            down = (down * self.scale[:g].view(g, 1, 1)).to(down.dtype)
+            down = (down * self.scale[first:first + g].view(g, 1, 1)).to(down.dtype)
         blocks = result.reshape(g, -1, result.shape[-1])
         return torch.baddbmm(blocks.to(down.dtype), down, up, alpha=1.0 if self.alpha is None else self.alpha
                              ).to(result.dtype).view(result.shape)
@@ -194,13 +195,12 @@ class LoRASlots:
             self._stage = torch.empty(self.storage.shape[1], dtype=dtype, device=self.storage.device)
         return self._stage
 
-    def activate(self, n: int) -> None:
-        """Use the first ``n`` slots (0: the plain base model)."""
-        common = set(self._scales[:n])
+    def activate(self, n: int, first: int = 0) -> None:
+        """Use ``n`` slots from slot ``first`` on (0: the plain base model)."""
+        common = set(self._scales[first:first + n])
         alpha = common.pop() if len(common) == 1 else None
         for module in self.modules.values():
-            module.active = n
-            module.alpha = alpha
+            module.active, module.first, module.alpha = n, first, alpha
 
 
 def _tied_parameters(model: nn.Module) -> set[int]:
