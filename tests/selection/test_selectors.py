@@ -5,11 +5,13 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import torch
 from safetensors.torch import load_file, save_file
 
 from mashup.config import DataConfig, EvalConfig, HalvingConfig, SelectConfig, TrainConfig
 from mashup.errors import MashupError
 from mashup.library import Library
+from mashup.models import resolve_precision
 from mashup.selection import get_selector, halving_schedule
 from mashup.selection.engine import forward_tokens
 from mashup.scoring import CheckpointScore, rank
@@ -19,6 +21,12 @@ from mashup.verbs import select, train_model
 from tests.conftest import write_mc_jsonl
 from tests.selection.helpers import requests_for
 from tests.tiny import save_tiny_lora
+
+
+def _same_score() -> dict:
+    """fp32: equal to rounding. bf16: one request scored in batches padded to other lengths rounds apart (seen:
+    1.7e-4 on a loss of 6.3, where halving's rounds and exhaustive's pass cut the requests differently)."""
+    return {"rel": 5e-3} if resolve_precision(None, torch.device("cpu")) == "bf16" else {"abs": 1e-6}
 
 
 def test_halving_schedule_keeps_a_fraction_and_ends_on_the_whole_sample():
@@ -76,7 +84,7 @@ def test_halving_keeps_the_true_top_k_for_less(tmp_path, tiny_base, graded_loras
     assert halved.selected == full.selected
     exhaustive_loss = {s.id: s.loss for s in full.ranking}
     for score in halved.ranking[:2]:
-        assert score.n == 24 and score.loss == pytest.approx(exhaustive_loss[score.id], abs=1e-6)
+        assert score.n == 24 and score.loss == pytest.approx(exhaustive_loss[score.id], **_same_score())
     assert [s.n for s in halved.ranking] == sorted((s.n for s in halved.ranking), reverse=True)
     assert {s.id for s in halved.ranking} == {s.id for s in full.ranking}
     assert halved.stats["forward_tokens"] < 0.6 * full.stats["forward_tokens"]
@@ -133,7 +141,8 @@ def test_halving_over_full_finetunes_matches_exhaustive_scores(tmp_path, tiny_ba
     full = select(str(tiny_base), data, SelectConfig(**config), tmp_path / "lib", kind="full")
     halved = select(str(tiny_base), data, SelectConfig(selector="halving", **config), tmp_path / "lib", kind="full")
     winner = halved.ranking[0]
-    assert winner.n == 12 and winner.loss == pytest.approx({s.id: s.loss for s in full.ranking}[winner.id], abs=1e-6)
+    exhaustive_loss = {s.id: s.loss for s in full.ranking}
+    assert winner.n == 12 and winner.loss == pytest.approx(exhaustive_loss[winner.id], **_same_score())
     assert [(r["samples"], r["candidates"]) for r in halved.stats["rounds"]] == [(3, 3), (12, 1)]
 
 
