@@ -85,6 +85,32 @@ def test_every_non_finite_value_is_found_and_its_tensor_named(tmp_path, layout):
             check_finite([path])
 
 
+@pytest.mark.parametrize("layout", ["one block", "one block, bf16", "two dtypes"])
+def test_hashing_checks_values_from_the_same_reads(tmp_path, monkeypatch, layout):
+    """``sha256_files(check_values=True)``: the plain digest, and ``check_finite``'s error for a NaN or inf in
+    any chunk of the data (chunks of 16 bytes here), naming the tensor."""
+    import torch
+
+    from mashup import io
+
+    monkeypatch.setattr(io, "_CHECK_CHUNK", 16)
+    tensors = {f"t{i}": torch.randn(3, 5) for i in range(4)}
+    if layout == "one block, bf16":
+        tensors = {name: t.bfloat16() for name, t in tensors.items()}
+    if layout == "two dtypes":
+        tensors["t0"] = tensors["t0"].half()
+    paths = [tmp_path / "a.safetensors", tmp_path / "b.safetensors"]
+    for path in paths:
+        save_file(tensors, path)
+    assert io.sha256_files(paths, check_values=True) == io.sha256_files(paths)
+    for bad, value in [("t3", float("inf")), ("t0", float("nan"))]:
+        broken = {**tensors, bad: tensors[bad].clone()}
+        broken[bad][2, 4] = value
+        save_file(broken, paths[1])
+        with pytest.raises(CheckpointError, match=f"tensor {bad} holds NaN or inf"):
+            io.sha256_files(paths, check_values=True)
+
+
 def test_pickle_weights_are_refused_without_opt_in(tmp_path, tiny_loras):
     import torch
 

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 from mashup.errors import CheckpointError, LibraryError, MashupError
-from mashup.io import check_finite, weight_files
 from mashup.library.db import ensure_table, read_connection, select_rows, write_transaction
 from mashup.library.freshness import Freshness, check_freshness, parallel_map
 from mashup.library.identity import BaseMatcher, resolve_identity
@@ -78,8 +77,7 @@ class Library:
 
         def inspect(path: Path) -> CheckpointRecord:
             try:
-                record = inspect_checkpoint(path, base=base, task=task, allow_pickle=allow_pickle)
-                check_finite(weight_files(path, allow_pickle=allow_pickle))
+                record = inspect_checkpoint(path, base=base, task=task, allow_pickle=allow_pickle, check_values=True)
             except OSError as exc:
                 raise CheckpointError(f"cannot read {exc.filename or 'a file'} ({exc.strerror})", str(path),
                                       "check the files and their permissions") from None

@@ -82,7 +82,7 @@ def _check_lora_shapes(shapes: dict[str, list[int]], r: int, where: str) -> None
             )
 
 
-def inspect_lora(path: Path, task: str | None, allow_pickle: bool) -> CheckpointRecord:
+def inspect_lora(path: Path, task: str | None, allow_pickle: bool, check_values: bool = False) -> CheckpointRecord:
     config = _read_json(path / ADAPTER_CONFIG)
     if str(config.get("peft_type", "")).upper() != "LORA":
         raise CheckpointError(f"peft_type is {config.get('peft_type')!r}, only LORA is supported", str(path))
@@ -96,14 +96,16 @@ def inspect_lora(path: Path, task: str | None, allow_pickle: bool) -> Checkpoint
     targets = [targets] if isinstance(targets, str) else sorted(targets)
     stats = stat_files(files)  # before hashing: a change during hashing then shows as a stats mismatch later
     return CheckpointRecord(
-        id="", kind="lora", path=str(path.resolve()), sha256=sha256_files(files), file_stats=stats,
+        id="", kind="lora", path=str(path.resolve()), sha256=sha256_files(files, check_values=check_values),
+        file_stats=stats,
         base_model=str(config.get("base_model_name_or_path") or ""), architecture=str(config.get("task_type") or ""),
         shapes=shapes, task=task, lora_r=r, lora_alpha=float(config.get("lora_alpha", r)), target_modules=targets,
         use_rslora=bool(config.get("use_rslora", False)), use_dora=bool(config.get("use_dora", False)),
     )
 
 
-def inspect_full(path: Path, base: str | None, task: str | None, allow_pickle: bool) -> CheckpointRecord:
+def inspect_full(path: Path, base: str | None, task: str | None, allow_pickle: bool, check_values: bool = False
+                 ) -> CheckpointRecord:
     config = _read_json(path / MODEL_CONFIG)
     if not base:
         raise CheckpointError("a full fine-tune needs its base model", str(path), "pass --base MODEL")
@@ -111,8 +113,8 @@ def inspect_full(path: Path, base: str | None, task: str | None, allow_pickle: b
     architecture = (config.get("architectures") or [config.get("model_type", "")])[0]
     stats = stat_files(files)
     return CheckpointRecord(
-        id="", kind="full", path=str(path.resolve()), sha256=sha256_files(files), file_stats=stats, base_model=base,
-        architecture=str(architecture), shapes=_all_shapes(files), task=task,
+        id="", kind="full", path=str(path.resolve()), sha256=sha256_files(files, check_values=check_values),
+        file_stats=stats, base_model=base, architecture=str(architecture), shapes=_all_shapes(files), task=task,
     )
 
 
@@ -125,14 +127,16 @@ def _same_base(a: str, b: str) -> bool:
 
 
 def inspect_checkpoint(
-    path: str | Path, *, base: str | None = None, task: str | None = None, allow_pickle: bool = False
+    path: str | Path, *, base: str | None = None, task: str | None = None, allow_pickle: bool = False,
+    check_values: bool = False,
 ) -> CheckpointRecord:
-    """Read a PEFT LoRA adapter dir or a full HF model dir; refuse what cannot be read, with the reason."""
+    """Read a PEFT LoRA adapter dir or a full HF model dir; refuse what cannot be read, with the reason.
+    ``check_values`` also refuses weights holding NaN or inf, checked as they are hashed."""
     path = Path(path)
     if not path.is_dir():
         raise CheckpointError("checkpoint directory not found", str(path), "pass a PEFT adapter or HF model dir")
     if (path / ADAPTER_CONFIG).exists():
-        record = inspect_lora(path, task, allow_pickle)
+        record = inspect_lora(path, task, allow_pickle, check_values)
         if base and record.base_model and base != record.base_model and not _same_base(base, record.base_model):
             raise CheckpointError(
                 f"adapter names base '{record.base_model}' but --base is '{base}'", str(path), "drop --base or fix it"
@@ -142,6 +146,6 @@ def inspect_checkpoint(
             raise CheckpointError("adapter_config.json names no base model", str(path), "pass --base MODEL")
         return record
     if (path / MODEL_CONFIG).exists():
-        return inspect_full(path, base, task, allow_pickle)
+        return inspect_full(path, base, task, allow_pickle, check_values)
     raise CheckpointError("neither adapter_config.json nor config.json found", str(path),
                           "pass a PEFT adapter dir or a full HF model dir")
