@@ -30,6 +30,9 @@ def test_each_variant_sets_its_engine_setting_and_restores_it(live_ab):
         assert engine.CUDA_GROUP_ROWS == 333
     with live_ab.variant("keepoff"):
         assert read_ahead.DEVICE_KEEP_SHARE == 0.0
+    with live_ab.variant("wholegroups"):
+        assert engine.STACK_EACH_BATCH is False
+    assert engine.STACK_EACH_BATCH is True
     with live_ab.variant("gcoff"):
         assert not gc.isenabled()
     read = read_ahead.AdapterReadAhead._read
@@ -63,6 +66,9 @@ def test_timed_forwards_record_every_scoring_run_and_restore_the_plan(live_ab, t
     assert len(scores) == 2 and len(forwards) == 1  # both adapters in one scoring run
     assert forwards[0]["copies"] == 2 and sum(forwards[0]["rows"]) == 2 * len(requests)
     assert forwards[0]["seconds"] > 0
+    with live_ab.timed_forwards(torch.device("cpu")) as stacked:  # the default: each batch stacked, in windows
+        ScoringEngine(tiny_base, requests, workspace.settings(4), with_accuracy=False).score(records)
+    assert sum(sum(f["rows"]) for f in stacked) == 2 * len(requests)
 
 
 def test_the_peft_check_finds_the_engine_equal_to_peft_and_a_wrong_slot(live_ab, tiny_base, tiny_loras, mc_file,
