@@ -251,6 +251,7 @@ class ScoringPlan:
                 model.train(was_training)
         return losses, preds
 
+
 def _single_token(requests: Sequence[EncodedRequest]) -> bool:
     return all(r.single_token for r in requests)
 
