@@ -25,13 +25,15 @@
 #       on by default on CUDA), so the overlap of adapter loads with forwards is timed against plain loads.
 #       PROFILE=1 runs each live selector but exhaustive once more under cProfile (profile-*.txt).
 #       READ_BENCH=1 times the read-ahead's reads of the library's merged adapters by thread count after the
-#       first pass (benchmarks/read_ahead.py, read_ahead.{txt,json}). LIVE2: the targets the prefilter
-#       pass runs live (halving and prefilter+halving, cache off). GROUP_ROWS: rows per forward on CUDA
+#       first pass, from the float32 files and from their bf16 scoring copies (benchmarks/read_ahead.py,
+#       read_ahead.{txt,json}). LIVE2: the targets the prefilter pass runs live (halving and
+#       prefilter+halving, cache off). GROUP_ROWS: rows per forward on CUDA
 #       (default 1024) for every scoring of the run, recorded and live. KEEP_AB=1 runs each live selector but
 #       exhaustive again without keeping loaded adapter blocks on the GPU (read_ahead.DEVICE_KEEP_SHARE).
 #       Live runs print each round's seconds. AB=default,threads8,rows2048,... then runs live halving (AB_H
-#       times per variant) and exhaustive (AB_E times, under default and rows* variants) alternated on AB_TARGETS
-#       (default commonsense_qa) with benchmarks/selection_live_ab.py into ab.{txt,json}; AB_SPLIT=1 adds a
+#       times per variant) and exhaustive (AB_E times, under default, wholegroups, copies and rows* variants)
+#       alternated on AB_TARGETS (default commonsense_qa) with benchmarks/selection_live_ab.py into
+#       ab.{txt,json}; AB_SPLIT=1 adds a
 #       halving timed forward by forward, AB_CURVE=256,512,... a forward's queue and finish times by rows,
 #       AB_CHECK=K the engine's losses against PEFT's for K adapters. STAGE=build: the first pass only builds
 #       the library (for an A/B alone).
@@ -151,7 +153,8 @@ run() {
   fi
   if [ "${READ_BENCH:-0}" = 1 ] && [ $((stop - SECONDS)) -gt 60 ]; then
     timeout $((stop - SECONDS)) python3 benchmarks/read_ahead.py --adapters "$(bench_path)/merges" --threads 1,2,4,8,12 \
-      --json-out "$logs/read_ahead.json" > "$logs/read_ahead.txt" 2>&1
+      --scoring-copies "$(bench_path)/read-bench-copies" --json-out "$logs/read_ahead.json" \
+      > "$logs/read_ahead.txt" 2>&1
   fi
   if [[ $PASSES == *2* ]] && [ $((stop - SECONDS)) -gt 20 ]; then
     timeout $((stop - SECONDS)) python3 benchmarks/selection.py $common --stage selectors \

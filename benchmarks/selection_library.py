@@ -490,12 +490,12 @@ def round_seconds(rounds: list[dict]) -> str:
     return ", ".join(f"{r['samples']}q x {r['candidates']}: {r['seconds']:.2f}s" for r in rounds)
 
 
-def timed_selection(workspace, pool, requests, config) -> tuple:
-    """A live selection (cache off) and its seconds."""
+def timed_selection(workspace, pool, requests, config, library_dir: Path | None = None) -> tuple:
+    """A live selection (cache off; with ``library_dir``, its scoring copies on) and its seconds."""
     from mashup.selection import select_checkpoints
 
     start = time.perf_counter()
-    selection = select_checkpoints(workspace, pool, requests, config, None)
+    selection = select_checkpoints(workspace, pool, requests, config, library_dir)
     return selection, time.perf_counter() - start
 
 

@@ -7,7 +7,8 @@ Run after ``benchmarks/selection.py --library-size N`` has built the library (sa
         --halving-repeats 3 --exhaustive-repeats 1
 
 Each repeat runs every variant's halving once, in turn (so drift hits every variant alike); exhaustive runs
-only under the variants that change its forwards (``rows*``, ``wholegroups``), plus ``default``. Variants:
+only under the variants that change its forwards or reads (``rows*``, ``wholegroups``, ``copies``), plus
+``default``. Variants:
 
 - ``default``: the engine as it ships.
 - ``threadsN``: N read-ahead threads (``read_ahead.READ_THREADS``).
@@ -18,6 +19,9 @@ only under the variants that change its forwards (``rows*``, ``wholegroups``), p
 - ``keepoff``: no loaded blocks kept on the device (``read_ahead.DEVICE_KEEP_SHARE`` = 0).
 - ``gcoff``: Python's garbage collector off during the selection.
 - ``mmapreads``: the read-ahead maps each file and copies it, as before ``mashup.io.read_dir_block_into``.
+- ``copies``: selections given the library dir, so that reading ahead in bf16 they read bf16 copies of the
+  float32 adapters (``mashup.selection.scoring_copies``); the other variants read the files. One halving under
+  it runs first and makes the copies (reported as ``copies-making``); it runs exhaustive too.
 
 ``--split`` also times one halving with the device synchronised around every forward
 (``ScoringPlan.run``), so its seconds split into forwards and everything else, forward by forward (rows,
@@ -69,9 +73,9 @@ def variant(name: str) -> Iterator[None]:
             gc.disable()
         elif name == "mmapreads":
             read_ahead.AdapterReadAhead._read = mapped_read
-        elif name != "default":
-            raise SystemExit(f"unknown variant {name}: default, threadsN, budgetN, rowsN, wholegroups, keepoff, gcoff "
-                             "or mmapreads")
+        elif name not in ("default", "copies"):  # copies: the library dir is passed (main)
+            raise SystemExit(f"unknown variant {name}: default, threadsN, budgetN, rowsN, wholegroups, keepoff, gcoff, "
+                             "mmapreads or copies")
         yield
     finally:
         for (module, attribute), value in zip(names, saved):
@@ -93,9 +97,9 @@ def mapped_read(reader, adapter_dir: Path) -> torch.Tensor | None:
     return staged
 
 
-def live(workspace, pool, requests, config) -> dict:
+def live(workspace, pool, requests, config, library_dir: Path | None = None) -> dict:
     """One live selection (``selection_library.timed_selection``: cache off) as a JSON-ready record."""
-    selection, seconds = timed_selection(workspace, pool, requests, config)
+    selection, seconds = timed_selection(workspace, pool, requests, config, library_dir)
     return {"seconds": seconds, "top2": [s.id for s in selection.ranking[:2]],
             "token_share": selection.stats.cost_ratio,
             "rounds": [[r.samples, r.candidates, round(r.seconds, 3)] for r in selection.stats.rounds]}
@@ -224,17 +228,14 @@ def main() -> None:
         print(f"{target}: {len(pool)} candidates, {len(requests)} questions", flush=True)
         if args.check_peft:
             result["targets"][target]["check_peft"] = check_against_peft(workspace, pool, requests, args.check_peft)
-        for repeat in range(max(args.halving_repeats, args.exhaustive_repeats)):
-            for name in args.variants.split(","):
-                selectors = ["halving"] if repeat < args.halving_repeats else []
-                if repeat < args.exhaustive_repeats and (name in ("default", "wholegroups") or name.startswith("rows")):
-                    selectors.append("exhaustive")
-                for selector in selectors:
-                    with variant(name):
-                        run = live(workspace, pool, requests, selector_config(bench, selector))
-                    runs.append({"variant": name, "selector": selector, "repeat": repeat, **run})
-                    print(f"  {name:>10} {selector:>10}: {run['seconds']:6.2f} s, tokens {run['token_share']:.2%}, "
-                          f"top-2 {run['top2']}, rounds {run['rounds']}", flush=True)
+        for name, selector, repeat in schedule(args.variants.split(","), args.halving_repeats,
+                                               args.exhaustive_repeats):
+            library_dir = library.directory if name.startswith("copies") else None
+            with variant(name.removesuffix("-making")):
+                run = live(workspace, pool, requests, selector_config(bench, selector), library_dir)
+            runs.append({"variant": name, "selector": selector, "repeat": repeat, **run})
+            print(f"  {name:>10} {selector:>10}: {run['seconds']:6.2f} s, tokens {run['token_share']:.2%}, "
+                  f"top-2 {run['top2']}, rounds {run['rounds']}", flush=True)
         summarize(runs)
         config = selector_config(bench, "halving")
         if args.split:
@@ -251,6 +252,20 @@ def main() -> None:
                 workspace, pool, requests, config, [int(r) for r in args.forward_curve.split(",")])
         if args.json_out:
             args.json_out.write_text(json.dumps(result, indent=1))
+
+
+def schedule(variants: list[str], halving_repeats: int, exhaustive_repeats: int) -> list[tuple[str, str, int]]:
+    """(variant, selector, repeat) in run order: each repeat runs every variant in turn; exhaustive only under the
+    variants that change its forwards or reads, and ``copies`` first makes its copies in a run of its own."""
+    runs = [("copies-making", "halving", -1)] if "copies" in variants else []
+    for repeat in range(max(halving_repeats, exhaustive_repeats)):
+        for name in variants:
+            if repeat < halving_repeats:
+                runs.append((name, "halving", repeat))
+            forwards_or_reads = name in ("default", "wholegroups", "copies") or name.startswith("rows")
+            if repeat < exhaustive_repeats and forwards_or_reads:
+                runs.append((name, "exhaustive", repeat))
+    return runs
 
 
 def summarize(runs: list[dict]) -> None:

@@ -117,6 +117,9 @@ class SelectConfig(StageConfig):
                                                                       "(default: by model size and device)")
     read_ahead: bool | None = Field(None, description="read the next adapters' files on threads while forwards "
                                     "run (default: on CUDA only; on a CPU the threads take cores from the forwards)")
+    scoring_copies: bool = Field(True, description="reading ahead into bf16 slots, keep a bf16 copy of each float32 "
+                                 "adapter under the library dir (scoring-copies/, safe to delete) and read it in "
+                                 "later selections: the same scores from half the bytes")
     include_target_checkpoints: bool = Field(
         False, description="also rank checkpoints trained on the target itself (excluded by default: they leak it)")
 

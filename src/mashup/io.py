@@ -207,13 +207,17 @@ def read_dir_block_into(model_dir: Path, expected: Sequence[tuple[str, tuple[int
     interrupts the process's other threads to flush their page mappings. On an H200's host, first halving
     rounds over 1,000 SmolLM2 adapters took 1.35-1.43 s with these reads, against 1.55-1.76 s with mapped
     ones on another machine (README, "Overlapping loads with forwards")."""
+    files = weight_files(model_dir, allow_pickle=allow_pickle)
+    return read_file_block_into(files[0], expected, allocate) if len(files) == 1 else None
+
+
+def read_file_block_into(path: Path, expected: Sequence[tuple[str, tuple[int, ...]]],
+                         allocate: Callable[[torch.dtype, int], torch.Tensor]) -> torch.Tensor | None:
+    """``read_dir_block_into`` of one safetensors file: None when it is missing or laid out otherwise."""
     import torch
 
-    files = weight_files(model_dir, allow_pickle=allow_pickle)
-    if len(files) != 1:
-        return None
     try:
-        with open(files[0], "rb", buffering=0) as handle:
+        with open(path, "rb", buffering=0) as handle:
             span = _block_span(handle, expected)
             if span is None:
                 return None

@@ -46,6 +46,15 @@ def test_each_variant_sets_its_engine_setting_and_restores_it(live_ab):
         pass
 
 
+def test_the_schedule_alternates_variants_and_makes_copies_before_timing_them(live_ab):
+    assert live_ab.schedule(["default", "copies", "threads8"], 2, 1) == [
+        ("copies-making", "halving", -1),
+        ("default", "halving", 0), ("default", "exhaustive", 0), ("copies", "halving", 0),
+        ("copies", "exhaustive", 0), ("threads8", "halving", 0),
+        ("default", "halving", 1), ("copies", "halving", 1), ("threads8", "halving", 1)]
+    assert live_ab.schedule(["default"], 1, 0) == [("default", "halving", 0)]
+
+
 def test_timed_forwards_record_every_scoring_run_and_restore_the_plan(live_ab, tiny_base, tiny_loras, mc_file):
     from mashup.config import DataConfig
     from mashup.data.schema import sample

@@ -200,6 +200,8 @@ def test_the_read_benchmark_reads_every_adapter_in_the_slots_layout(tiny_base, t
     adapters = _copies(tiny_loras, tmp_path)
     factors = _factors(tiny_base, adapters[0])
     assert storage_factors(adapters[0]) == factors
-    result = main(["--adapters", str(tmp_path), "--threads", "1,2", "--device", "cpu"])
-    assert result["adapters"] == len(adapters) and set(result["threads"]) == {1, 2}
+    result = main(["--adapters", str(tmp_path), "--threads", "1,2", "--device", "cpu",
+                   "--scoring-copies", str(tmp_path.parent / f"{tmp_path.name}-copies")])
+    assert result["adapters"] == len(adapters) and set(result["threads"]) == set(result["copies"]) == {1, 2}
     assert result["bytes_each"] == 4 * sum(math.prod(shape) for _, shape in factors)  # float32 files
+    assert all(row["bytes_each"] == result["bytes_each"] / 2 for row in result["copies"].values())  # bf16 copies

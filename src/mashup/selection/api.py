@@ -16,6 +16,7 @@ from mashup.library import CheckpointRecord
 from mashup.selection.driver import ProgressFn, Selection, SelectionContext, SelectionStats
 from mashup.selection.engine import default_adapters_per_forward, default_stacking, sample_tokens
 from mashup.selection.scores import ScoreStore
+from mashup.selection.scoring_copies import SCORING_COPIES_DIR
 from mashup.selection.selectors import get_selector
 from mashup.selection.units import EngineFactory
 from mashup.workspace import Workspace
@@ -28,7 +29,8 @@ def select_checkpoints(workspace: Workspace, records: Sequence[CheckpointRecord]
     """Rank ``records`` on ``requests`` (the seeded sample) with the configured selector and executor.
 
     Scores are read from and written to the library's score cache unless ``config.cache`` is off;
-    ``sample_info`` (target, seed, formulation) labels them there.
+    ``sample_info`` (target, seed, formulation) labels them there. Reading ahead into bf16 slots, bf16 copies of
+    float32 adapters are kept under the library dir unless ``config.scoring_copies`` is off.
     An executor passed in is left open (the caller owns it); one made here is closed here.
     """
     selector = get_selector(config.selector)
@@ -38,11 +40,13 @@ def select_checkpoints(workspace: Workspace, records: Sequence[CheckpointRecord]
     local = executor.name == "local"
     # a loss ranking needs no accuracy, and without it a cloze request costs its gold continuation only
     with_accuracy = config.metric == "accuracy" or config.with_accuracy
+    copies_dir = Path(library_dir) / SCORING_COPIES_DIR if library_dir and config.scoring_copies else None
     # remote workers pick their own device, but score in the driver's precision: a Ray run ranks like a local one
     factory = EngineFactory(workspace.base_dir, tuple(requests), config.batch_size, settings.pad_id,
                             device=str(settings.device) if local else None, bf16=settings.bf16,
                             adapters_per_forward=config.adapters_per_forward, allow_pickle=allow_pickle,
-                            with_accuracy=with_accuracy, read_ahead=config.read_ahead)
+                            with_accuracy=with_accuracy, read_ahead=config.read_ahead,
+                            copies_dir=copies_dir)
     stats = SelectionStats(selector=config.selector, executor=executor.name, candidates=len(records),
                            samples=len(requests),
                            exhaustive_tokens=len(records) * sample_tokens(requests, with_accuracy))

@@ -26,6 +26,7 @@ from mashup.library.records import CheckpointRecord
 from mashup.io import sorted_shapes
 from mashup.models import attach_adapter, load_full_weights_into, load_model
 from mashup.selection.read_ahead import AdapterReadAhead, default_read_ahead, device_keep_bytes
+from mashup.selection.scoring_copies import ScoringCopies
 from mashup.selection.slots import LoRASlots, SlotLayout
 from mashup.workspace import count_parameters
 
@@ -141,12 +142,13 @@ class ScoringEngine:
     """Scores checkpoints of one base on fixed requests; build once, call ``score`` as often as needed.
 
     ``read_ahead`` reads adapter files on threads while the forwards run (``mashup.selection.read_ahead``;
-    default: on CUDA only); ``prefetch`` queues the records of a later call.
+    default: on CUDA only); ``prefetch`` queues the records of a later call. Reading ahead into bf16 slots, it
+    keeps copies of float32 adapters in bf16 under ``copies_dir`` and reads those (``scoring_copies``).
     """
 
     def __init__(self, base_dir: Path, requests: Sequence[EncodedRequest], settings: ScoreSettings, *,
                  adapters_per_forward: int | None = None, allow_pickle: bool = False, with_accuracy: bool = True,
-                 read_ahead: bool | None = None) -> None:
+                 read_ahead: bool | None = None, copies_dir: Path | None = None) -> None:
         self.base_dir = Path(base_dir)
         self.requests = list(requests)
         self.settings = settings
@@ -166,6 +168,8 @@ class ScoringEngine:
         self._peft_model: nn.Module | None = None
         self.read_ahead = default_read_ahead(settings.device) if read_ahead is None else read_ahead
         self._reader: AdapterReadAhead | None = None
+        # the slots hold bf16 under settings.bf16 (_build_slots): only then is a narrower copy the same values
+        self._scoring_copies = ScoringCopies(copies_dir) if copies_dir is not None and settings.bf16 else None
 
     def _load_base(self) -> nn.Module:
         model = load_model(self.base_dir, allow_pickle=self.allow_pickle).to(self.settings.device)
@@ -263,7 +267,7 @@ class ScoringEngine:
         self._layout, self._slot_count = self._layouts[record.id], group
         if self.read_ahead:
             self._reader = AdapterReadAhead(sorted_shapes(record.shapes), self.settings.device,
-                                            allow_pickle=self.allow_pickle)
+                                            allow_pickle=self.allow_pickle, copies=self._scoring_copies)
 
     def _build_slots(self) -> None:
         """Load the base and wrap it with the slots, once."""
@@ -279,7 +283,8 @@ class ScoringEngine:
         if self._reader.factors != self._slots.factors:
             # the adapter's shapes do not fit the base: no block could go into a slot, so read for the slots
             self._reader.close()
-            self._reader = AdapterReadAhead(self._slots.factors, self.settings.device, allow_pickle=self.allow_pickle)
+            self._reader = AdapterReadAhead(self._slots.factors, self.settings.device, allow_pickle=self.allow_pickle,
+                                            copies=self._scoring_copies)
         # sized once the base and the slots take their memory, so the blocks kept leave the forwards theirs
         self._reader.keep_bytes = device_keep_bytes(self.settings.device)
 

@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from mashup.io import read_dir_block_into
+from mashup.selection.scoring_copies import ScoringCopies
 
 # Host memory that reads may hold ahead of use. A first round on a GPU groups about 128 SmolLM2
 # adapters (10 MB each in float32) per forward: this keeps most of the next group ready.
@@ -64,12 +65,13 @@ class AdapterReadAhead:
     the blocks are copied to (pinned host memory for CUDA), ``threads`` default ``READ_THREADS``; a dir
     whose file does not (several files, several dtypes) reads as None, and the caller falls back to
     loading its tensors and joining them (``mashup.io.read_dir_flat``). Blocks handed to ``keep`` (up to
-    ``keep_bytes``) are what later ``take``s of their dir return, without reading it again.
+    ``keep_bytes``) are what later ``take``s of their dir return, without reading it again. With ``copies``,
+    a dir's copy in the scoring precision is read where there is one, and made where there is not.
     """
 
     def __init__(self, factors: Sequence[tuple[str, tuple[int, ...]]], device: torch.device, *,
                  allow_pickle: bool = False, threads: int | None = None, budget_bytes: int = READ_AHEAD_BYTES,
-                 keep_bytes: int = 0) -> None:
+                 keep_bytes: int = 0, copies: ScoringCopies | None = None) -> None:
         self.factors = tuple(factors)  # a tuple: mashup.io takes it as its cache key as is
         self.pin = device.type == "cuda"  # blocks bound for a GPU: the copy there runs without the host
         self.allow_pickle = allow_pickle
@@ -80,6 +82,7 @@ class AdapterReadAhead:
         self._waiting: deque[Path] = deque()  # requested, not submitted yet (over the budget)
         self._reads: dict[Path, Future[torch.Tensor | None]] = {}
         self.keep_bytes = keep_bytes
+        self.copies = copies
         self._kept: dict[Path, torch.Tensor] = {}  # rows of _chunks
         self._chunks: list[torch.Tensor] = []
         self._free_rows = 0  # in the last chunk
@@ -146,7 +149,15 @@ class AdapterReadAhead:
     def _read(self, adapter_dir: Path) -> torch.Tensor | None:
         # read, not mapped and copied (see read_dir_block_into), into a new block: the transfer to the GPU can
         # run after this returns
-        return read_dir_block_into(adapter_dir, self.factors, self._allocate, allow_pickle=self.allow_pickle)
+        if self.copies is None:
+            return read_dir_block_into(adapter_dir, self.factors, self._allocate, allow_pickle=self.allow_pickle)
+        copy = self.copies.path_for(adapter_dir, allow_pickle=self.allow_pickle)
+        block = None if copy is None else self.copies.read(copy, self.factors, self._allocate)
+        if block is None:
+            block = read_dir_block_into(adapter_dir, self.factors, self._allocate, allow_pickle=self.allow_pickle)
+            if copy is not None and block is not None:
+                self.copies.write(copy, block, self.factors)
+        return block
 
     def _allocate(self, dtype: torch.dtype, numel: int) -> torch.Tensor:
         return torch.empty(numel, dtype=dtype, pin_memory=self.pin)

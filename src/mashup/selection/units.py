@@ -32,6 +32,7 @@ class EngineFactory:
     allow_pickle: bool = False
     with_accuracy: bool = True  # False: loss only (cloze requests score the gold continuation alone)
     read_ahead: bool | None = None  # read the next adapters' files on threads while forwards run (None: on CUDA)
+    copies_dir: Path | None = None  # where reading ahead keeps bf16 copies of float32 adapters (scoring_copies)
 
     def settings(self) -> ScoreSettings:
         import torch
@@ -43,7 +44,7 @@ class EngineFactory:
         return EngineWorker(ScoringEngine(self.base_dir, self.requests, self.settings(),
                                           adapters_per_forward=self.adapters_per_forward,
                                           allow_pickle=self.allow_pickle, with_accuracy=self.with_accuracy,
-                                          read_ahead=self.read_ahead))
+                                          read_ahead=self.read_ahead, copies_dir=self.copies_dir))
 
 
 @dataclass(frozen=True)

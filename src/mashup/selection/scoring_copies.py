@@ -1,0 +1,118 @@
+"""Copies of float32 adapter files in the precision the slots score in, kept under the library dir.
+
+A first halving round reads every candidate, and on a GPU it scores them in bf16: a float32 file is
+read whole, copied to the device, and rounded there, so half the bytes read are dropped. On an H200
+that read is most of what a first round over 1,000 SmolLM2 adapters spends outside its forwards
+(9.8 GB, about 0.8 s; README, "Where a halving's seconds go"). The read-ahead therefore writes each
+float32 block it reads once more, rounded to the slots' dtype, into ``<library>/scoring-copies/``, and
+later selections read that copy instead: the same values the slots held (rounding to nearest even
+on the host or on the device gives the same bf16), from half the bytes.
+
+A copy is named by its source file's absolute path, size and modification time, so an adapter whose
+file changes (or moves) gets a new copy rather than a stale one; the old one stays until the dir is
+deleted, which is always safe. Writes go to a temporary file renamed into place: a killed process
+leaves no half copy under a copy's name. Where the dir cannot be written, scoring reads the adapters'
+own files, with one warning.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import json
+import logging
+import math
+import os
+import struct
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+from mashup.io import read_file_block_into, weight_files
+
+logger = logging.getLogger(__name__)
+
+SCORING_COPIES_DIR = "scoring-copies"  # under a library dir
+_TEMP_MARK = ".tmp-"
+_STALE_TEMP_SECONDS = 3600  # a temp file older than this belongs to a killed process
+_SAFETENSORS_NAMES = {torch.bfloat16: "BF16", torch.float16: "F16"}
+
+
+class ScoringCopies:
+    """Copies of adapter files in ``dtype`` under ``directory``, read and written by the read-ahead threads."""
+
+    def __init__(self, directory: Path, dtype: torch.dtype = torch.bfloat16) -> None:
+        self.directory = Path(directory)
+        self.dtype = dtype
+        self._writable = True
+        self._lock = threading.Lock()  # the warning when writes fail is given once
+        _remove_stale_temps(self.directory)
+
+    def path_for(self, adapter_dir: Path, *, allow_pickle: bool = False) -> Path | None:
+        """Where the copy of a one-file adapter dir lives (it may not exist yet); None for other dirs."""
+        files = weight_files(adapter_dir, allow_pickle=allow_pickle)
+        if len(files) != 1 or files[0].suffix != ".safetensors":
+            return None
+        stat = files[0].stat()
+        key = f"{os.path.abspath(files[0])}:{stat.st_size}:{stat.st_mtime_ns}"
+        name = hashlib.sha256(key.encode()).hexdigest()[:32]
+        return self.directory / f"{name}.{str(self.dtype).removeprefix('torch.')}.safetensors"
+
+    def read(self, copy: Path, factors: Sequence[tuple[str, tuple[int, ...]]],
+             allocate: Callable[[torch.dtype, int], torch.Tensor]) -> torch.Tensor | None:
+        """The copy's block, or None when there is none (or it is not one block of ``factors`` in ``dtype``)."""
+        block = read_file_block_into(copy, factors, allocate)
+        return block if block is not None and block.dtype == self.dtype else None
+
+    def write(self, copy: Path, block: torch.Tensor, factors: tuple[tuple[str, tuple[int, ...]], ...]) -> None:
+        """Save ``block`` (a source file's data, ``factors`` back to back) rounded to ``dtype`` as ``copy``, if
+        that makes it smaller."""
+        if not self._writable or block.element_size() <= self.dtype.itemsize or not block.dtype.is_floating_point:
+            return
+        rounded = block.to(self.dtype)
+        temp = copy.with_name(f"{copy.name}{_TEMP_MARK}{os.getpid()}-{threading.get_ident()}")
+        try:
+            copy.parent.mkdir(parents=True, exist_ok=True)
+            with open(temp, "wb") as handle:
+                handle.write(_header(factors, self.dtype))
+                handle.write(memoryview(rounded.view(torch.uint8).numpy()))
+            os.replace(temp, copy)
+        except Exception as exc:  # a cache: a failed write (disk full, read-only dir) must not fail the selection
+            with contextlib.suppress(OSError):
+                temp.unlink(missing_ok=True)
+            with self._lock:
+                if self._writable:
+                    self._writable = False
+                    logger.warning("cannot write scoring copies under %s (%s): reading the adapters' own files",
+                                   self.directory, exc)
+
+
+@functools.lru_cache(maxsize=16)
+def _header(factors: tuple[tuple[str, tuple[int, ...]], ...], dtype: torch.dtype) -> bytes:
+    """A safetensors header for ``factors`` back to back in ``dtype``, as safetensors writes a one-dtype file.
+
+    Written here, not by ``safetensors.torch.save_file``: that takes one tensor per name, and building a
+    SmolLM2 adapter's 420 views and saving them took 30 ms an adapter on a 2-core host, against 2 ms for
+    the cast; a library's adapters share one header, so it is built once."""
+    entries, offset = {}, 0
+    for name, shape in factors:
+        size = dtype.itemsize * math.prod(shape)
+        entries[name] = {"dtype": _SAFETENSORS_NAMES[dtype], "shape": list(shape),
+                         "data_offsets": [offset, offset + size]}
+        offset += size
+    header = json.dumps(entries, separators=(",", ":")).encode()
+    header += b" " * (-len(header) % 8)  # the data starts 8-byte aligned, as safetensors pads it
+    return struct.pack("<Q", len(header)) + header
+
+
+def _remove_stale_temps(directory: Path) -> None:
+    cutoff = time.time() - _STALE_TEMP_SECONDS
+    try:
+        for temp in directory.glob(f"*{_TEMP_MARK}*"):
+            if temp.stat().st_mtime < cutoff:
+                temp.unlink(missing_ok=True)
+    except OSError:
+        pass  # another process removed it first, or the dir cannot be listed: writes will say so

@@ -1,0 +1,116 @@
+"""bf16 copies of float32 adapters for scoring in bf16: the same values, kept apart from the library's files."""
+
+import logging
+import os
+import shutil
+import time
+from dataclasses import replace
+
+import torch
+from safetensors.torch import load_file
+
+from mashup.config import SelectConfig
+from mashup.io import read_dir_block
+from mashup.models import load_model
+from mashup.selection import read_ahead as read_ahead_module
+from mashup.selection import select_checkpoints
+from mashup.selection.engine import ScoringEngine
+from mashup.selection.scoring_copies import SCORING_COPIES_DIR, ScoringCopies
+from mashup.selection.slots import LoRASlots, SlotLayout
+from tests.selection.helpers import records_for, requests_for
+
+
+def _factors(tiny_base, adapter):
+    return LoRASlots(load_model(tiny_base), SlotLayout.of(records_for([adapter])[0]), slots=1).factors
+
+
+def _empty(dtype, numel):
+    return torch.empty(numel, dtype=dtype)
+
+
+def test_a_copy_holds_the_block_rounded_and_a_changed_file_gets_another(tiny_base, tiny_loras, tmp_path):
+    adapter = shutil.copytree(tiny_loras[0], tmp_path / "adapter")
+    factors = _factors(tiny_base, adapter)
+    copies = ScoringCopies(tmp_path / "copies")
+    copy = copies.path_for(adapter)
+    assert copies.read(copy, factors, _empty) is None  # not made yet
+    block = read_dir_block(adapter, factors)
+    assert block.dtype == torch.float32
+    copies.write(copy, block, factors)
+    got = copies.read(copy, factors, _empty)
+    assert got.dtype == torch.bfloat16 and torch.equal(got, block.to(torch.bfloat16))
+    assert load_file(copy).keys() == {name for name, _ in factors}  # a plain safetensors file
+    assert [p.name for p in copy.parent.iterdir()] == [copy.name]  # no temp file left
+    whole = copy.read_bytes()
+    copy.write_bytes(whole[:-2])  # cut short (say, a full disk): no copy, so the file is read and copied again
+    assert copies.read(copy, factors, _empty) is None
+    copy.write_bytes(whole)
+    file = adapter / "adapter_model.safetensors"
+    stat = file.stat()
+    os.utime(file, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))  # the file changed: another copy
+    assert copies.path_for(adapter) != copy
+    copies.write(copies.path_for(adapter), got, factors)  # already bf16: nothing smaller to write
+    assert not copies.path_for(adapter).exists()
+
+
+def test_stale_temp_files_go_and_fresh_ones_stay(tmp_path):
+    stale, fresh = tmp_path / "a.bfloat16.safetensors.tmp-1-2", tmp_path / "b.bfloat16.safetensors.tmp-3-4"
+    for temp in (stale, fresh):
+        temp.write_bytes(b"half")
+    old = time.time() - 2 * 3600
+    os.utime(stale, (old, old))
+    ScoringCopies(tmp_path)
+    assert not stale.exists() and fresh.exists()
+
+
+def test_engine_reading_bf16_copies_scores_as_without(tiny_base, tiny_loras, mc_file, tmp_path, monkeypatch):
+    workspace, requests = requests_for(tiny_base, mc_file, 6, "cloze")
+    records = records_for([shutil.copytree(a, tmp_path / f"a{i}") for i, a in enumerate(tiny_loras)])
+    settings = replace(workspace.settings(3), bf16=True)
+    want = [s.losses for s in ScoringEngine(tiny_base, requests, settings, adapters_per_forward=2).score(records)]
+    copies_dir = tmp_path / "copies"
+    first = ScoringEngine(tiny_base, requests, settings, adapters_per_forward=2, read_ahead=True,
+                          copies_dir=copies_dir)
+    assert [s.losses for s in first.score(records)] == want  # read the float32 files, made the copies
+    assert len(list(copies_dir.glob("*.bfloat16.safetensors"))) == len(records)
+
+    def no_source_reads(*args, **kwargs):
+        raise AssertionError("read an adapter's own file although its copy was there")
+
+    monkeypatch.setattr(read_ahead_module, "read_dir_block_into", no_source_reads)
+    again = ScoringEngine(tiny_base, requests, settings, adapters_per_forward=2, read_ahead=True,
+                          copies_dir=copies_dir)
+    assert [s.losses for s in again.score(records)] == want
+
+
+def test_no_copies_in_float32_nor_where_the_dir_cannot_be_written(tiny_base, tiny_loras, mc_file, tmp_path, caplog):
+    workspace, requests = requests_for(tiny_base, mc_file, 6, "cloze")
+    records = records_for(tiny_loras)
+    fp32 = replace(workspace.settings(3), bf16=False)
+    engine = ScoringEngine(tiny_base, requests, fp32, adapters_per_forward=2, read_ahead=True,
+                           copies_dir=tmp_path / "copies")
+    engine.score(records)
+    assert not (tmp_path / "copies").exists()  # float32 slots: a bf16 copy would change the scores
+    bf16 = replace(fp32, bf16=True)
+    want = [s.losses for s in ScoringEngine(tiny_base, requests, bf16, adapters_per_forward=2).score(records)]
+    blocked = tmp_path / "a-file"
+    blocked.write_text("not a dir")
+    engine = ScoringEngine(tiny_base, requests, bf16, adapters_per_forward=2, read_ahead=True, copies_dir=blocked)
+    with caplog.at_level(logging.WARNING, logger="mashup.selection.scoring_copies"):
+        assert [s.losses for s in engine.score(records)] == want
+    assert len([r for r in caplog.records if "cannot write scoring copies" in r.message]) == 1
+
+
+def test_a_selection_keeps_its_copies_under_the_library_dir_unless_turned_off(tiny_base, tiny_loras, mc_file,
+                                                                              tmp_path, monkeypatch):
+    monkeypatch.setenv("MASHUP_PRECISION", "bf16")
+    workspace, requests = requests_for(tiny_base, mc_file, 8, "cloze")
+    records = records_for(tiny_loras)
+    rankings = []
+    for on, library in ((False, tmp_path / "off"), (True, tmp_path / "on")):
+        config = SelectConfig(samples=8, batch_size=4, cache=False, selector="halving", adapters_per_forward=2,
+                              read_ahead=True, scoring_copies=on)
+        rankings.append([(s.id, s.loss) for s in select_checkpoints(workspace, records, requests, config,
+                                                                     library).ranking])
+        assert (library / SCORING_COPIES_DIR).exists() == on
+    assert rankings[0] == rankings[1]
