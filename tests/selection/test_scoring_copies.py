@@ -5,6 +5,7 @@ import os
 import shutil
 import time
 from dataclasses import replace
+from types import SimpleNamespace
 
 import torch
 from safetensors.torch import load_file
@@ -13,6 +14,7 @@ from mashup.config import SelectConfig
 from mashup.io import read_dir_block
 from mashup.models import load_model
 from mashup.selection import read_ahead as read_ahead_module
+from mashup.selection import scoring_copies
 from mashup.selection import select_checkpoints
 from mashup.selection.engine import ScoringEngine
 from mashup.selection.scoring_copies import SCORING_COPIES_DIR, ScoringCopies
@@ -53,6 +55,19 @@ def test_a_copy_holds_the_block_rounded_and_a_changed_file_gets_another(tiny_bas
     assert not copies.path_for(adapter).exists()
 
 
+def test_no_copy_is_written_onto_a_nearly_full_disk(tiny_base, tiny_loras, tmp_path, monkeypatch, caplog):
+    factors = _factors(tiny_base, tiny_loras[0])
+    block = read_dir_block(tiny_loras[0], factors)
+    copies = ScoringCopies(tmp_path / "copies")
+    total = 100 << 30
+    monkeypatch.setattr(scoring_copies.shutil, "disk_usage", lambda path: SimpleNamespace(total=total, free=5 << 30))
+    with caplog.at_level(logging.WARNING, logger="mashup.selection.scoring_copies"):
+        for adapter in tiny_loras:
+            copies.write(copies.path_for(adapter), block, factors)  # 5 GiB free of 100: under 5% once written
+    assert list((tmp_path / "copies").iterdir()) == []
+    assert len([r for r in caplog.records if "nearly full" in r.message]) == 1
+
+
 def test_stale_temp_files_go_and_fresh_ones_stay(tmp_path):
     stale, fresh = tmp_path / "a.bfloat16.safetensors.tmp-1-2", tmp_path / "b.bfloat16.safetensors.tmp-3-4"
     for temp in (stale, fresh):
@@ -63,7 +78,7 @@ def test_stale_temp_files_go_and_fresh_ones_stay(tmp_path):
     assert not stale.exists() and fresh.exists()
 
 
-def test_engine_reading_bf16_copies_scores_as_without(tiny_base, tiny_loras, mc_file, tmp_path, monkeypatch):
+def test_engine_reading_bf16_copies_scores_as_without(tiny_base, tiny_loras, mc_file, tmp_path, monkeypatch, caplog):
     workspace, requests = requests_for(tiny_base, mc_file, 6, "cloze")
     records = records_for([shutil.copytree(a, tmp_path / f"a{i}") for i, a in enumerate(tiny_loras)])
     settings = replace(workspace.settings(3), bf16=True)
@@ -71,8 +86,11 @@ def test_engine_reading_bf16_copies_scores_as_without(tiny_base, tiny_loras, mc_
     copies_dir = tmp_path / "copies"
     first = ScoringEngine(tiny_base, requests, settings, adapters_per_forward=2, read_ahead=True,
                           copies_dir=copies_dir)
-    assert [s.losses for s in first.score(records)] == want  # read the float32 files, made the copies
+    with caplog.at_level(logging.INFO, logger="mashup.selection.scoring_copies"):
+        assert [s.losses for s in first.score(records)] == want  # read the float32 files, made the copies
     assert len(list(copies_dir.glob("*.bfloat16.safetensors"))) == len(records)
+    assert [r.message for r in caplog.records] == [f"keeping bf16 copies of float32 adapters for scoring under "
+                                                   f"{copies_dir}"]  # said once, not once a copy
 
     def no_source_reads(*args, **kwargs):
         raise AssertionError("read an adapter's own file although its copy was there")

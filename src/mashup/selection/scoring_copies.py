@@ -11,8 +11,8 @@ on the host or on the device gives the same bf16), from half the bytes.
 A copy is named by its source file's absolute path, size and modification time, so an adapter whose
 file changes (or moves) gets a new copy rather than a stale one; the old one stays until the dir is
 deleted, which is always safe. Writes go to a temporary file renamed into place: a killed process
-leaves no half copy under a copy's name. Where the dir cannot be written, scoring reads the adapters'
-own files, with one warning.
+leaves no half copy under a copy's name. Where the dir cannot be written, or its disk would have less
+than 5% free, scoring reads the adapters' own files, with one warning.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import struct
 import threading
 import time
@@ -38,6 +39,8 @@ logger = logging.getLogger(__name__)
 SCORING_COPIES_DIR = "scoring-copies"  # under a library dir
 _TEMP_MARK = ".tmp-"
 _STALE_TEMP_SECONDS = 3600  # a temp file older than this belongs to a killed process
+MIN_FREE_SHARE = 0.05  # of the disk left free by the copies
+MIN_FREE_BYTES = 1 << 30
 _SAFETENSORS_NAMES = {torch.bfloat16: "BF16", torch.float16: "F16"}
 
 
@@ -48,7 +51,8 @@ class ScoringCopies:
         self.directory = Path(directory)
         self.dtype = dtype
         self._writable = True
-        self._lock = threading.Lock()  # the warning when writes fail is given once
+        self._logged: set[str] = set()
+        self._lock = threading.Lock()
         _remove_stale_temps(self.directory)
 
     def path_for(self, adapter_dir: Path, *, allow_pickle: bool = False) -> Path | None:
@@ -76,6 +80,10 @@ class ScoringCopies:
         temp = copy.with_name(f"{copy.name}{_TEMP_MARK}{os.getpid()}-{threading.get_ident()}")
         try:
             copy.parent.mkdir(parents=True, exist_ok=True)
+            if not _room_for(copy.parent, rounded.numel() * rounded.element_size()):
+                self._writable = False
+                self._log_once(logging.WARNING, "not writing more scoring copies under %s: its disk is nearly full")
+                return
             with open(temp, "wb") as handle:
                 handle.write(_header(factors, self.dtype))
                 handle.write(memoryview(rounded.view(torch.uint8).numpy()))
@@ -83,11 +91,19 @@ class ScoringCopies:
         except Exception as exc:  # a cache: a failed write (disk full, read-only dir) must not fail the selection
             with contextlib.suppress(OSError):
                 temp.unlink(missing_ok=True)
-            with self._lock:
-                if self._writable:
-                    self._writable = False
-                    logger.warning("cannot write scoring copies under %s (%s): reading the adapters' own files",
-                                   self.directory, exc)
+            self._writable = False
+            self._log_once(logging.WARNING, "cannot write scoring copies under %s (%s): reading the adapters' own "
+                           "files", exc)
+            return
+        self._log_once(logging.INFO, "keeping bf16 copies of float32 adapters for scoring under %s")
+
+    def _log_once(self, level: int, message: str, *args: object) -> None:
+        """Each message once per instance: the read threads write hundreds of copies."""
+        with self._lock:
+            if message in self._logged:
+                return
+            self._logged.add(message)
+        logger.log(level, message, self.directory, *args)
 
 
 @functools.lru_cache(maxsize=16)
@@ -106,6 +122,13 @@ def _header(factors: tuple[tuple[str, tuple[int, ...]], ...], dtype: torch.dtype
     header = json.dumps(entries, separators=(",", ":")).encode()
     header += b" " * (-len(header) % 8)  # the data starts 8-byte aligned, as safetensors pads it
     return struct.pack("<Q", len(header)) + header
+
+
+def _room_for(directory: Path, nbytes: int) -> bool:
+    """Whether ``nbytes`` more leave the disk at least ``MIN_FREE_SHARE`` (and 1 GiB) free: a cache must not fill
+    the disk that the library and its outputs live on."""
+    usage = shutil.disk_usage(directory)
+    return usage.free - nbytes >= max(MIN_FREE_BYTES, MIN_FREE_SHARE * usage.total)
 
 
 def _remove_stale_temps(directory: Path) -> None:
