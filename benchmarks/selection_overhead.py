@@ -15,6 +15,10 @@ should track the token share, the work outside the forwards being small beside t
     python benchmarks/selection_overhead.py --target commonsense_qa --adapters 64 --samples 64 \
         --batch-size 16 --group-rows 64 --repeats 1 --selectors halving,exhaustive --real-forwards
 
+With ``--scoring-copies on|both`` selections get a library dir, so that reading ahead in bf16
+(``MASHUP_PRECISION=bf16 ... --read-ahead on``) they make bf16 copies of the float32 adapters and then read
+them (``mashup.selection.scoring_copies``); ``both`` alternates with and without.
+
 The library is ``--distinct`` random rank-8 LoRA adapters of the base (seeded, built once in ``--dir``)
 repeated by hard links up to ``--adapters`` dirs: as many files to read as a real library, with page-cache
 hits as for a library read moments ago. ``--group-rows`` sets the rows per forward (default 1,024, as on
@@ -108,18 +112,19 @@ def counted_forwards(stand_in: bool = True) -> Iterator[list[int]]:
 
 
 def print_seconds_shares(runs: list[dict]) -> None:
-    """Each run's seconds as a share of the exhaustive run's of the same repeat, read-ahead and stacking,
+    """Each run's seconds as a share of the exhaustive run's of the same repeat, read-ahead, stacking and copies,
     beside its token share."""
     def setting(run: dict) -> tuple:
-        return run["repeat"], run["read_ahead"], run.get("stacked", True)
+        return run["repeat"], run["read_ahead"], run.get("stacked", True), run.get("copies", False)
 
     exhaustive = {setting(r): r["seconds"] for r in runs if r["selector"] == "exhaustive"}
     for r in runs:
         base = exhaustive.get(setting(r))
         if base and r["selector"] != "exhaustive":
             r["seconds_share"] = r["seconds"] / base
-            print(f"{r['selector']:>10} read-ahead {r['read_ahead']!s:5} stacked {r.get('stacked', True)!s:5}: "
-                  f"{r['seconds_share']:.1%} of exhaustive's seconds, {r['token_share']:.1%} of its tokens", flush=True)
+            print(f"{r['selector']:>10} read-ahead {r['read_ahead']!s:5} stacked {r.get('stacked', True)!s:5} copies "
+                  f"{r.get('copies', False)!s:5}: {r['seconds_share']:.1%} of exhaustive's seconds, "
+                  f"{r['token_share']:.1%} of its tokens", flush=True)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -136,6 +141,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--stacking", choices=["on", "off", "both"], default="on",
                         help="each batch stacked for its share of a group, cut for it (the default engine), or every "
                         "batch run once for a whole group (off: engine.STACK_EACH_BATCH, the engine before)")
+    parser.add_argument("--scoring-copies", choices=["on", "off", "both"], default="off",
+                        help="on: selections get a library dir (under --dir), so that reading ahead into bf16 slots "
+                        "(MASHUP_PRECISION=bf16) they make and then read bf16 copies of the float32 adapters")
     parser.add_argument("--repeats", type=int, default=3, help="runs per setting; the first also warms caches")
     parser.add_argument("--dir", type=Path, default=Path.home() / ".cache/mashup/selection-overhead")
     parser.add_argument("--real-forwards", action="store_true",
@@ -157,21 +165,25 @@ def main(argv: list[str] | None = None) -> dict:
     runs_out = []
     what = "in all" if args.real_forwards else "outside the forwards"
     stackings = {"on": [True], "off": [False], "both": [True, False]}[args.stacking]
+    copies = {"on": [True], "off": [False], "both": [False, True]}[args.scoring_copies]
     with counted_forwards(stand_in=not args.real_forwards) as runs:
-        for repeat, read_ahead, stacked in itertools.product(range(args.repeats), modes, stackings):
+        for repeat, read_ahead, stacked, copied in itertools.product(range(args.repeats), modes, stackings, copies):
             engine.STACK_EACH_BATCH = stacked
             for name in args.selectors.split(","):
                 config = SelectConfig(samples=args.samples, batch_size=args.batch_size, cache=False,
                                       selector=name, read_ahead=read_ahead)
                 runs[0], start = 0, time.perf_counter()
-                selection = select_checkpoints(workspace, records, requests, config, None)
+                selection = select_checkpoints(workspace, records, requests, config,
+                                               root / "copies-library" if copied else None)
                 seconds = time.perf_counter() - start
                 rounds = [{"samples": r.samples, "candidates": r.candidates, "seconds": r.seconds}
                           for r in selection.stats.rounds]
                 runs_out.append({"repeat": repeat, "selector": name, "read_ahead": read_ahead, "stacked": stacked,
-                                 "seconds": seconds, "scoring_runs": runs[0], "token_share": selection.stats.cost_ratio,
+                                 "copies": copied, "precision": workspace.precision, "seconds": seconds,
+                                 "scoring_runs": runs[0], "token_share": selection.stats.cost_ratio,
                                  "top2": [c.id for c in selection.ranking[:2]], "rounds": rounds})
-                print(f"{name:>10} read-ahead {read_ahead!s:5} stacked {stacked!s:5}: {seconds:6.2f} s {what}, "
+                print(f"{name:>10} read-ahead {read_ahead!s:5} stacked {stacked!s:5} copies {copied!s:5}: "
+                      f"{seconds:6.2f} s {what}, "
                       f"{runs[0]} forwards, {selection.stats.cost_ratio:.1%} of the tokens, top 2 "
                       f"{runs_out[-1]['top2']}; rounds "
                       + ", ".join(f"{r['samples']}q x {r['candidates']} {r['seconds']:.2f}s" for r in rounds),

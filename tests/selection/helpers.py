@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+import threading
 from pathlib import Path
 
 from mashup.config import DataConfig
@@ -25,3 +27,11 @@ def requests_for(base: Path, mc_file: Path, n: int, scoring: str = "letter", see
     workspace = open_workspace(str(base), data)
     target = load_target(data)
     return workspace, workspace.encode(sample(target.train, n, seed), target.template)
+
+
+def wait_for_copy_writers() -> None:
+    """Until the scoring copies' writer threads of engines gone by now have written what they queued and ended."""
+    gc.collect()
+    for thread in threading.enumerate():
+        if thread.name.startswith("mashup-scoring-copies"):
+            thread.join(30)

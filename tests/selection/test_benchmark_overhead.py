@@ -4,6 +4,7 @@ from pathlib import Path
 
 from mashup import evaluation
 from mashup.selection import engine
+from tests.selection.helpers import wait_for_copy_writers
 
 
 def test_the_overhead_benchmark_counts_forwards_and_rounds_by_selector(tiny_base, mc_file, tmp_path, monkeypatch):
@@ -49,3 +50,22 @@ def test_with_real_forwards_the_benchmark_times_live_selections(tiny_base, mc_fi
     halving, exhaustive = result["runs"]
     assert sum(real_forwards) == halving["scoring_runs"] + exhaustive["scoring_runs"] > 0  # each batch ran for real
     assert halving["seconds_share"] == halving["seconds"] / exhaustive["seconds"] and "seconds_share" not in exhaustive
+
+
+def test_with_scoring_copies_the_benchmark_makes_them_and_ranks_as_without(tiny_base, mc_file, tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    for name in ("GROUP_ROWS", "CPU_LARGE_MODEL_GROUP_ROWS", "CUDA_GROUP_ROWS"):
+        monkeypatch.setattr(engine, name, getattr(engine, name))
+    monkeypatch.setenv("MASHUP_PRECISION", "bf16")  # the slots hold bf16: a bf16 copy is the same values
+    from selection_overhead import main
+
+    result = main(["--base", str(tiny_base), "--target", str(mc_file), "--adapters", "6", "--distinct", "3",
+                   "--samples", "16", "--batch-size", "4", "--group-rows", "16", "--repeats", "2",
+                   "--read-ahead", "on", "--scoring-copies", "both", "--dir", str(tmp_path / "bench")])
+    runs = {(r["repeat"], r["selector"], r["copies"]): r for r in result["runs"]}
+    assert len(runs) == 8 and {r["precision"] for r in result["runs"]} == {"bf16"}
+    for repeat, selector in {(r, s) for r, s, _ in runs}:
+        assert runs[repeat, selector, True]["top2"] == runs[repeat, selector, False]["top2"]
+    wait_for_copy_writers()
+    copies = list((tmp_path / "bench").glob("*/copies-library/scoring-copies/*.safetensors"))
+    assert len(copies) == 6  # one per adapter dir (hard links to 3 files have 6 paths)

@@ -3,6 +3,7 @@
 import logging
 import os
 import shutil
+import threading
 import time
 from dataclasses import replace
 from types import SimpleNamespace
@@ -19,7 +20,7 @@ from mashup.selection import select_checkpoints
 from mashup.selection.engine import ScoringEngine
 from mashup.selection.scoring_copies import SCORING_COPIES_DIR, ScoringCopies
 from mashup.selection.slots import LoRASlots, SlotLayout
-from tests.selection.helpers import records_for, requests_for
+from tests.selection.helpers import records_for, requests_for, wait_for_copy_writers
 
 
 def _factors(tiny_base, adapter):
@@ -68,6 +69,34 @@ def test_no_copy_is_written_onto_a_nearly_full_disk(tiny_base, tiny_loras, tmp_p
     assert len([r for r in caplog.records if "nearly full" in r.message]) == 1
 
 
+def test_a_copy_is_queued_only_while_the_writer_keeps_up(tiny_base, tiny_loras, tmp_path, monkeypatch):
+    factors = _factors(tiny_base, tiny_loras[0])
+    block = read_dir_block(tiny_loras[0], factors).clone()
+    copies = ScoringCopies(tmp_path / "copies")
+    started, release = threading.Event(), threading.Event()
+    write = copies.write
+
+    def slow_write(*args):
+        started.set()
+        release.wait(30)
+        write(*args)
+
+    monkeypatch.setattr(copies, "write", slow_write)
+    monkeypatch.setattr(scoring_copies, "WRITE_QUEUE_BYTES", 2 * block.numel() * block.element_size())
+    paths = [tmp_path / f"copy{i}.bfloat16.safetensors" for i in range(4)]
+    copies.submit(paths[0], block, factors)
+    assert started.wait(30)  # the first is being written, and still counts against the queue
+    for path in paths[1:]:
+        copies.submit(path, block, factors)
+    assert copies.skipped == 2  # room for two blocks: the third and fourth go on without a copy
+    release.set()
+    copies.flush()
+    assert [p.exists() for p in paths] == [True, True, False, False]
+    copies.submit(paths[3], block, factors)  # the writer caught up: queued again
+    copies.flush()
+    assert paths[3].exists() and copies.skipped == 2
+
+
 def test_stale_temp_files_go_and_fresh_ones_stay(tmp_path):
     stale, fresh = tmp_path / "a.bfloat16.safetensors.tmp-1-2", tmp_path / "b.bfloat16.safetensors.tmp-3-4"
     for temp in (stale, fresh):
@@ -87,7 +116,8 @@ def test_engine_reading_bf16_copies_scores_as_without(tiny_base, tiny_loras, mc_
     first = ScoringEngine(tiny_base, requests, settings, adapters_per_forward=2, read_ahead=True,
                           copies_dir=copies_dir)
     with caplog.at_level(logging.INFO, logger="mashup.selection.scoring_copies"):
-        assert [s.losses for s in first.score(records)] == want  # read the float32 files, made the copies
+        assert [s.losses for s in first.score(records)] == want  # read the float32 files, queued their copies
+        first._scoring_copies.flush()
     assert len(list(copies_dir.glob("*.bfloat16.safetensors"))) == len(records)
     assert [r.message for r in caplog.records] == [f"keeping bf16 copies of float32 adapters for scoring under "
                                                    f"{copies_dir}"]  # said once, not once a copy
@@ -116,6 +146,7 @@ def test_no_copies_in_float32_nor_where_the_dir_cannot_be_written(tiny_base, tin
     engine = ScoringEngine(tiny_base, requests, bf16, adapters_per_forward=2, read_ahead=True, copies_dir=blocked)
     with caplog.at_level(logging.WARNING, logger="mashup.selection.scoring_copies"):
         assert [s.losses for s in engine.score(records)] == want
+        engine._scoring_copies.flush()
     assert len([r for r in caplog.records if "cannot write scoring copies" in r.message]) == 1
 
 
@@ -130,5 +161,6 @@ def test_a_selection_keeps_its_copies_under_the_library_dir_unless_turned_off(ti
                               read_ahead=True, scoring_copies=on)
         rankings.append([(s.id, s.loss) for s in select_checkpoints(workspace, records, requests, config,
                                                                      library).ranking])
+        wait_for_copy_writers()
         assert (library / SCORING_COPIES_DIR).exists() == on
     assert rankings[0] == rankings[1]

@@ -156,7 +156,7 @@ class AdapterReadAhead:
         if block is None:
             block = read_dir_block_into(adapter_dir, self.factors, self._allocate, allow_pickle=self.allow_pickle)
             if copy is not None and block is not None:
-                self.copies.write(copy, block, self.factors)
+                self.copies.submit(copy, block, self.factors)
         return block
 
     def _allocate(self, dtype: torch.dtype, numel: int) -> torch.Tensor:

@@ -3,10 +3,12 @@
 A first halving round reads every candidate, and on a GPU it scores them in bf16: a float32 file is
 read whole, copied to the device, and rounded there, so half the bytes read are dropped. On an H200
 that read is most of what a first round over 1,000 SmolLM2 adapters spends outside its forwards
-(9.8 GB, about 0.8 s; README, "Where a halving's seconds go"). The read-ahead therefore writes each
-float32 block it reads once more, rounded to the slots' dtype, into ``<library>/scoring-copies/``, and
-later selections read that copy instead: the same values the slots held (rounding to nearest even
-on the host or on the device gives the same bf16), from half the bytes.
+(9.8 GB, about 0.8 s; README, "Where a halving's seconds go"). The read-ahead therefore hands each
+float32 block it reads to a writer thread, which saves it rounded to the slots' dtype into
+``<library>/scoring-copies/``, and later selections read that copy instead: the same values the slots
+held (rounding to nearest even on the host or on the device gives the same bf16), from half the bytes.
+Blocks wait for the writer within ``WRITE_QUEUE_BYTES``; past that a read goes on without queueing its
+copy, so a slow disk never slows a selection down to its pace, and a later selection makes the rest.
 
 A copy is named by its source file's absolute path, size and modification time, so an adapter whose
 file changes (or moves) gets a new copy rather than a stale one; the old one stays until the dir is
@@ -29,9 +31,11 @@ import struct
 import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
+
 from mashup.io import read_file_block_into, weight_files
 
 logger = logging.getLogger(__name__)
@@ -39,13 +43,15 @@ logger = logging.getLogger(__name__)
 SCORING_COPIES_DIR = "scoring-copies"  # under a library dir
 _TEMP_MARK = ".tmp-"
 _STALE_TEMP_SECONDS = 3600  # a temp file older than this belongs to a killed process
+WRITE_QUEUE_BYTES = 256 << 20  # blocks read and waiting for the writer thread
 MIN_FREE_SHARE = 0.05  # of the disk left free by the copies
 MIN_FREE_BYTES = 1 << 30
 _SAFETENSORS_NAMES = {torch.bfloat16: "BF16", torch.float16: "F16"}
 
 
 class ScoringCopies:
-    """Copies of adapter files in ``dtype`` under ``directory``, read and written by the read-ahead threads."""
+    """Copies of adapter files in ``dtype`` under ``directory``: read by the read-ahead threads, written by a
+    thread of their own (``submit``) or by the caller (``write``)."""
 
     def __init__(self, directory: Path, dtype: torch.dtype = torch.bfloat16) -> None:
         self.directory = Path(directory)
@@ -53,6 +59,9 @@ class ScoringCopies:
         self._writable = True
         self._logged: set[str] = set()
         self._lock = threading.Lock()
+        self._writer: ThreadPoolExecutor | None = None
+        self._queued_bytes = 0
+        self.skipped = 0  # copies not queued because the writer was behind
         _remove_stale_temps(self.directory)
 
     def path_for(self, adapter_dir: Path, *, allow_pickle: bool = False) -> Path | None:
@@ -71,10 +80,40 @@ class ScoringCopies:
         block = read_file_block_into(copy, factors, allocate)
         return block if block is not None and block.dtype == self.dtype else None
 
+    def submit(self, copy: Path, block: torch.Tensor, factors: tuple[tuple[str, tuple[int, ...]], ...]) -> None:
+        """``write`` on the writer thread, unless the blocks waiting for it would pass ``WRITE_QUEUE_BYTES``."""
+        if not self._wanted(block):
+            return
+        nbytes = block.numel() * block.element_size()
+        with self._lock:
+            if self._queued_bytes + nbytes > WRITE_QUEUE_BYTES:
+                self.skipped += 1
+                return
+            self._queued_bytes += nbytes
+            if self._writer is None:
+                self._writer = ThreadPoolExecutor(1, thread_name_prefix="mashup-scoring-copies")
+        self._writer.submit(self._write_queued, copy, block, factors, nbytes)
+
+    def flush(self) -> None:
+        """Wait until the copies queued so far are written."""
+        if self._writer is not None:
+            self._writer.submit(lambda: None).result()  # one thread: it runs after everything queued before
+
+    def _write_queued(self, copy: Path, block: torch.Tensor, factors: tuple[tuple[str, tuple[int, ...]], ...],
+                      nbytes: int) -> None:
+        try:
+            self.write(copy, block, factors)
+        finally:
+            with self._lock:
+                self._queued_bytes -= nbytes
+
+    def _wanted(self, block: torch.Tensor) -> bool:
+        return self._writable and block.dtype.is_floating_point and block.element_size() > self.dtype.itemsize
+
     def write(self, copy: Path, block: torch.Tensor, factors: tuple[tuple[str, tuple[int, ...]], ...]) -> None:
         """Save ``block`` (a source file's data, ``factors`` back to back) rounded to ``dtype`` as ``copy``, if
         that makes it smaller."""
-        if not self._writable or block.element_size() <= self.dtype.itemsize or not block.dtype.is_floating_point:
+        if not self._wanted(block):
             return
         rounded = block.to(self.dtype)
         temp = copy.with_name(f"{copy.name}{_TEMP_MARK}{os.getpid()}-{threading.get_ident()}")
