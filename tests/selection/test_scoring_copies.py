@@ -54,6 +54,11 @@ def test_a_copy_holds_the_block_rounded_and_a_changed_file_gets_another(tiny_bas
     assert copies.path_for(adapter) != copy
     copies.write(copies.path_for(adapter), got, factors)  # already bf16: nothing smaller to write
     assert not copies.path_for(adapter).exists()
+    named = copies.path_for(adapter)
+    time.sleep(0.01)
+    file.write_bytes((tiny_loras[1] / "adapter_model.safetensors").read_bytes())  # another adapter, same size,
+    os.utime(file, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))  # its mtime set back, as `cp -p` might
+    assert copies.path_for(adapter) != named  # the change time still tells
 
 
 def test_no_copy_is_written_onto_a_nearly_full_disk(tiny_base, tiny_loras, tmp_path, monkeypatch, caplog):

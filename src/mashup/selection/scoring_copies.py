@@ -10,9 +10,9 @@ held (rounding to nearest even on the host or on the device gives the same bf16)
 Blocks wait for the writer within ``WRITE_QUEUE_BYTES``; past that a read goes on without queueing its
 copy, so a slow disk never slows a selection down to its pace, and a later selection makes the rest.
 
-A copy is named by its source file's absolute path, size and modification time, so an adapter whose
-file changes (or moves) gets a new copy rather than a stale one; the old one stays until the dir is
-deleted, which is always safe. Writes go to a temporary file renamed into place: a killed process
+A copy is named by its source file's absolute path, size, modification and change times and inode, so
+an adapter whose file changes (or moves) gets a new copy rather than a stale one; the old one stays
+until the dir is deleted, which is always safe. Writes go to a temporary file renamed into place: a killed process
 leaves no half copy under a copy's name. Where the dir cannot be written, or its disk would have less
 than 5% free, scoring reads the adapters' own files, with one warning.
 """
@@ -70,7 +70,8 @@ class ScoringCopies:
         if len(files) != 1 or files[0].suffix != ".safetensors":
             return None
         stat = files[0].stat()
-        key = f"{os.path.abspath(files[0])}:{stat.st_size}:{stat.st_mtime_ns}"
+        # the stats the catalog's freshness check uses: a write changes ctime, which no copy tool can set
+        key = f"{os.path.abspath(files[0])}:{stat.st_size}:{stat.st_mtime_ns}:{stat.st_ctime_ns}:{stat.st_ino}"
         name = hashlib.sha256(key.encode()).hexdigest()[:32]
         return self.directory / f"{name}.{str(self.dtype).removeprefix('torch.')}.safetensors"
 
