@@ -124,7 +124,7 @@ def test_engine_reading_bf16_copies_scores_as_without(tiny_base, tiny_loras, mc_
         assert [s.losses for s in first.score(records)] == want  # read the float32 files, queued their copies
         first._scoring_copies.flush()
     assert len(list(copies_dir.glob("*.bfloat16.safetensors"))) == len(records)
-    assert [r.message for r in caplog.records] == [f"keeping bf16 copies of float32 adapters for scoring under "
+    assert [r.message for r in caplog.records] == [f"keeping bfloat16 copies of float32 adapters for scoring under "
                                                    f"{copies_dir}"]  # said once, not once a copy
 
     def no_source_reads(*args, **kwargs):

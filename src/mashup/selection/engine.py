@@ -169,7 +169,8 @@ class ScoringEngine:
         self.read_ahead = default_read_ahead(settings.device) if read_ahead is None else read_ahead
         self._reader: AdapterReadAhead | None = None
         # the slots hold bf16 under settings.bf16 (_build_slots): only then is a narrower copy the same values
-        self._scoring_copies = ScoringCopies(copies_dir) if copies_dir is not None and settings.bf16 else None
+        use_copies = copies_dir is not None and settings.bf16 and self.read_ahead
+        self._scoring_copies = ScoringCopies(copies_dir) if use_copies else None
 
     def _load_base(self) -> nn.Module:
         model = load_model(self.base_dir, allow_pickle=self.allow_pickle).to(self.settings.device)

@@ -12,9 +12,9 @@ copy, so a slow disk never slows a selection down to its pace, and a later selec
 
 A copy is named by its source file's absolute path, size, modification and change times and inode, so
 an adapter whose file changes (or moves) gets a new copy rather than a stale one; the old one stays
-until the dir is deleted, which is always safe. Writes go to a temporary file renamed into place: a killed process
-leaves no half copy under a copy's name. Where the dir cannot be written, or its disk would have less
-than 5% free, scoring reads the adapters' own files, with one warning.
+until the dir is deleted, which is always safe. Writes go to a temporary file renamed into place: a
+killed process leaves no half copy under a copy's name. Where the dir cannot be written, or its disk
+would have less than 5% free, scoring reads the adapters' own files, with one warning.
 """
 
 from __future__ import annotations
@@ -122,7 +122,8 @@ class ScoringCopies:
             copy.parent.mkdir(parents=True, exist_ok=True)
             if not _room_for(copy.parent, rounded.numel() * rounded.element_size()):
                 self._writable = False
-                self._log_once(logging.WARNING, "not writing more scoring copies under %s: its disk is nearly full")
+                self._log_once(logging.WARNING, "not writing more scoring copies under %s: its disk is nearly full",
+                               self.directory)
                 return
             with open(temp, "wb") as handle:
                 handle.write(_header(factors, self.dtype))
@@ -133,17 +134,18 @@ class ScoringCopies:
                 temp.unlink(missing_ok=True)
             self._writable = False
             self._log_once(logging.WARNING, "cannot write scoring copies under %s (%s): reading the adapters' own "
-                           "files", exc)
+                           "files", self.directory, exc)
             return
-        self._log_once(logging.INFO, "keeping bf16 copies of float32 adapters for scoring under %s")
+        self._log_once(logging.INFO, "keeping %s copies of %s adapters for scoring under %s",
+                       str(self.dtype).removeprefix("torch."), str(block.dtype).removeprefix("torch."), self.directory)
 
     def _log_once(self, level: int, message: str, *args: object) -> None:
-        """Each message once per instance: the read threads write hundreds of copies."""
+        """Each message once per instance: copies are written by the hundred."""
         with self._lock:
             if message in self._logged:
                 return
             self._logged.add(message)
-        logger.log(level, message, self.directory, *args)
+        logger.log(level, message, *args)
 
 
 @functools.lru_cache(maxsize=16)
