@@ -20,8 +20,8 @@ only under the variants that change its forwards or reads (``rows*``, ``wholegro
 - ``gcoff``: Python's garbage collector off during the selection.
 - ``mmapreads``: the read-ahead maps each file and copies it, as before ``mashup.io.read_dir_block_into``.
 - ``copies``: selections given the library dir, so that reading ahead in bf16 they read bf16 copies of the
-  float32 adapters (``mashup.selection.scoring_copies``); the other variants read the files. One halving under
-  it runs first and makes the copies (reported as ``copies-making``); it runs exhaustive too.
+  float32 adapters (``mashup.selection.scoring_copies``); the other variants read the files. Every candidate's
+  copy is made first, on one thread (its seconds are reported); it runs exhaustive too.
 
 ``--split`` also times one halving with the device synchronised around every forward
 (``ScoringPlan.run``), so its seconds split into forwards and everything else, forward by forward (rows,
@@ -228,10 +228,13 @@ def main() -> None:
         print(f"{target}: {len(pool)} candidates, {len(requests)} questions", flush=True)
         if args.check_peft:
             result["targets"][target]["check_peft"] = check_against_peft(workspace, pool, requests, args.check_peft)
+        if "copies" in args.variants.split(","):
+            result["targets"][target]["copies_made_seconds"] = made = make_all_copies(library.directory, pool)
+            print(f"  scoring copies of {len(pool)} candidates made in {made:.1f} s", flush=True)
         for name, selector, repeat in schedule(args.variants.split(","), args.halving_repeats,
                                                args.exhaustive_repeats):
-            library_dir = library.directory if name.startswith("copies") else None
-            with variant(name.removesuffix("-making")):
+            library_dir = library.directory if name == "copies" else None
+            with variant(name):
                 run = live(workspace, pool, requests, selector_config(bench, selector), library_dir)
             runs.append({"variant": name, "selector": selector, "repeat": repeat, **run})
             print(f"  {name:>10} {selector:>10}: {run['seconds']:6.2f} s, tokens {run['token_share']:.2%}, "
@@ -254,10 +257,20 @@ def main() -> None:
             args.json_out.write_text(json.dumps(result, indent=1))
 
 
+def make_all_copies(library_dir: Path, pool: list) -> float:
+    """Seconds to make the pool's bf16 scoring copies where the ``copies`` variant's selections read them."""
+    from read_ahead import make_copies, storage_factors  # benchmarks/read_ahead.py
+
+    from mashup.selection.scoring_copies import SCORING_COPIES_DIR, ScoringCopies
+
+    dirs = [Path(r.path) for r in pool]
+    return make_copies(dirs, storage_factors(dirs[0]), ScoringCopies(library_dir / SCORING_COPIES_DIR))
+
+
 def schedule(variants: list[str], halving_repeats: int, exhaustive_repeats: int) -> list[tuple[str, str, int]]:
     """(variant, selector, repeat) in run order: each repeat runs every variant in turn; exhaustive only under the
-    variants that change its forwards or reads, and ``copies`` first makes its copies in a run of its own."""
-    runs = [("copies-making", "halving", -1)] if "copies" in variants else []
+    variants that change its forwards or reads."""
+    runs = []
     for repeat in range(max(halving_repeats, exhaustive_repeats)):
         for name in variants:
             if repeat < halving_repeats:

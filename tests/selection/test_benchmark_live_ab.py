@@ -46,9 +46,8 @@ def test_each_variant_sets_its_engine_setting_and_restores_it(live_ab):
         pass
 
 
-def test_the_schedule_alternates_variants_and_makes_copies_before_timing_them(live_ab):
+def test_the_schedule_alternates_variants(live_ab):
     assert live_ab.schedule(["default", "copies", "threads8"], 2, 1) == [
-        ("copies-making", "halving", -1),
         ("default", "halving", 0), ("default", "exhaustive", 0), ("copies", "halving", 0),
         ("copies", "exhaustive", 0), ("threads8", "halving", 0),
         ("default", "halving", 1), ("copies", "halving", 1), ("threads8", "halving", 1)]
@@ -129,3 +128,13 @@ def test_mapped_reads_score_as_the_engine_does(live_ab, tiny_base, tiny_loras, m
                                    with_accuracy=False, read_ahead=True)
             losses[name] = [s.losses for s in engine.score(records)]
     assert losses["default"] == losses["mmapreads"]
+
+
+def test_the_copies_variant_finds_every_candidates_copy_made(live_ab, tiny_base, tiny_loras, tmp_path):
+    from mashup.library import inspect_checkpoint
+    from mashup.selection.scoring_copies import SCORING_COPIES_DIR, ScoringCopies
+
+    pool = [inspect_checkpoint(path) for path in tiny_loras]
+    assert live_ab.make_all_copies(tmp_path, pool) > 0
+    copies = ScoringCopies(tmp_path / SCORING_COPIES_DIR)
+    assert all(copies.path_for(Path(record.path)).exists() for record in pool)
