@@ -70,6 +70,12 @@ class Stacking:
     fixed_share: float
 
 
+def stacked_forwards(copies: int, rows: int, stack_rows: int) -> int:
+    """Forwards that score a batch of ``rows`` rows for ``copies`` stacked copies, at most ``stack_rows`` rows
+    each (at least one copy a forward)."""
+    return -(-copies // max(1, min(copies, stack_rows // rows)))
+
+
 def stacked_batches(order: Sequence[int], lengths: Sequence[int], batch_size: int, stacking: Stacking
                     ) -> list[list[int]]:
     """``order`` (by ascending length) cut into batches of at most ``batch_size`` rows where the work of
@@ -93,8 +99,7 @@ def stacked_batches(order: Sequence[int], lengths: Sequence[int], batch_size: in
         longest = sorted_lengths[j - 1]
         for i in range(max(0, j - batch_size), j):
             rows = j - i
-            forwards = -(-group // max(1, min(group, stacking.rows // rows)))
-            work = best[i] + forwards * fixed + group * rows * longest
+            work = best[i] + stacked_forwards(group, rows, stacking.rows) * fixed + group * rows * longest
             if work < best[j]:
                 best[j], cut[j] = work, i
     batches, j = [], n

@@ -20,6 +20,7 @@ from mashup.batching import (
     prefix_batch,
     prefix_batch_logprobs,
     stacked_batches,
+    stacked_forwards,
 )
 from mashup.data.prompts import EncodedRequest
 from mashup.models import autocast
@@ -273,7 +274,7 @@ def stack_windows(copies: int, rows: int, stack_rows: int | None) -> list[tuple[
     one, or as many as fit ``stack_rows`` rows per forward, the windows as even as their number allows."""
     if stack_rows is None:
         return [(0, copies)]
-    forwards = -(-copies // max(1, min(copies, stack_rows // rows)))
+    forwards = stacked_forwards(copies, rows, stack_rows)
     size, longer = divmod(copies, forwards)
     windows, first = [], 0
     for index in range(forwards):
