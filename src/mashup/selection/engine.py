@@ -302,8 +302,8 @@ class ScoringEngine:
                 loaded.append(record)
         if loaded:
             slots = self._slots
-            slots.activate(len(loaded))
             stack_rows = None if self._stacking is None else self._stacking.rows
+            # run makes each forward's slots active (select) before it: the whole group, or each window of it
             losses, preds = plan.run(self._slot_model, copies=len(loaded), stack_rows=stack_rows,
                                      select=lambda first, count: slots.activate(count, first))
             slots.activate(0)
