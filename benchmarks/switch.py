@@ -26,6 +26,7 @@ from pathlib import Path
 
 from mashup.config import DataConfig, EvalConfig, SelectConfig, TrainConfig, save_config
 from mashup.library import Library
+from mashup.models import default_device, resolve_precision
 from mashup.named_models import cache_root
 from mashup.progress import quiet_third_party
 from mashup.switch.api import evaluate_into
@@ -64,8 +65,9 @@ MC_TASK = "arc_easy"
 
 
 def source_library(profile: Profile) -> Library:
-    """One LoRA per source task on SmolLM2, trained once and cached."""
-    root = cache_root() / "switch-bench" / f"sources-{profile.source_steps}"
+    """One LoRA per source task on SmolLM2, trained once and cached (per precision: bf16 sources differ)."""
+    precision = resolve_precision(None, default_device())
+    root = cache_root() / "switch-bench" / f"sources-{profile.source_steps}-{precision}"
     library = Library(root / "library")
     known = {r.task for r in library.list()}
     for task in SOURCES:

@@ -24,3 +24,11 @@ def test_demo_flow_writes_report_plot_and_summary(tmp_path, tiny_base, monkeypat
     # a second run reuses the cached source library instead of training it again
     again = run_demo(tmp_path / "run2", settings=settings)
     assert again["seconds"]["source_library"] < summary["seconds"]["source_library"]
+
+
+def test_source_library_is_cached_per_precision():
+    # sources trained in bf16 differ from fp32 ones: an fp32 demo must not reuse a bf16 run's (README figures)
+    settings = DemoSettings()
+    assert settings.library_key("fp32") != settings.library_key("bf16")
+    assert settings.library_key("fp32") == DemoSettings().library_key("fp32")
+    assert settings.library_key("fp32") != DemoSettings(source_steps=settings.source_steps + 1).library_key("fp32")

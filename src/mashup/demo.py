@@ -76,15 +76,17 @@ class DemoSettings:
         return TrainConfig(mode="lora", lr=self.source_lr, max_steps=self.source_steps,
                            batch_size=self.source_batch_size, seed=0)
 
-    def library_key(self) -> str:
+    def library_key(self, precision: str) -> str:
+        """Names the cached source library: sources trained in bf16 differ from fp32 ones, so each
+        precision keeps its own (an fp32 demo must not reuse a bf16 run's sources, or vice versa)."""
         fields = (self.base, self.scoring, self.max_length, self.source_steps, self.source_lr,
-                  self.source_batch_size)
+                  self.source_batch_size, precision)
         return hashlib.sha256(repr(fields).encode()).hexdigest()[:10]
 
 
 def build_source_library(settings: DemoSettings, workspace: Workspace, console: Console) -> Library:
     """Train one LoRA per source task (once; cached by settings) and register them in a demo library."""
-    root = cache_root() / "demo" / f"sources-{settings.library_key()}"
+    root = cache_root() / "demo" / f"sources-{settings.library_key(workspace.precision)}"
     library = Library(root / "library")
     known = {r.task for r in library.list()}
     for task in settings.sources:
