@@ -19,12 +19,14 @@ what the runs with a small second batch took beyond their first. Each file is on
 
 prints, per machine: the fit, the measured and predicted seconds of the exhaustive pass (held out), and per
 target the padded-token share of halving (what its forwards process, where ``token_share`` counts real
-tokens) and the predicted forward seconds of halving and exhaustive under three batchings: ``whole
+tokens) and the predicted forward seconds of halving and exhaustive under four batchings: ``whole
 groups`` (the engine before ``engine.STACK_EACH_BATCH``: every length batch, cut by
 ``batching.length_batches``, runs once for a whole group of adapters sized by the questions),
 ``stacked`` (the engine now: batches cut by ``batching.stacked_batches``, a group sized by its smallest
-batch, each batch stacking as many of it as fill a forward), and ``cut by cost``, not built: slots for 128
-adapters, each batch stacked, the length-sorted rows cut where the fitted model's seconds are least.
+batch, each batch stacking as many of it as fill a forward), ``cut by cost``, not built: slots for 128
+adapters, each batch stacked, the length-sorted rows cut where the fitted model's seconds are least; and
+``packed``, not built either: no padding at all (each adapter's questions back to back, forwards of at most
+1,024 median-length rows' worth of real tokens), a lower bound on what any batching of these rows can do.
 These are predictions of a model, not timings.
 """
 
@@ -106,6 +108,19 @@ class ForwardModel:
     def _group(self, batches: Sequence[Batch], adapters: int, stack_rows: int | None) -> float:
         return sum(self.forward(rows * count, length) for rows, length in batches
                    for _, count in stack_windows(adapters, rows, stack_rows))
+
+    def packed(self, tokens_per_adapter: int, candidates: int, budget: int) -> float:
+        """Padding-free forwards (not built): each adapter's questions back to back in its rows, ``SLOTS``
+        adapters loaded at a time, each forward at most ``budget`` real tokens. A lower bound: it prices no
+        room left at rows' ends and no attention over a packed row's longer context."""
+        full, rest = divmod(candidates, SLOTS)
+        seconds = 0.0
+        for size, count in ((SLOTS, full), (rest, 1)):
+            tokens = size * tokens_per_adapter
+            forwards = -(-tokens // budget)
+            seconds += count * sum(self.forward(1, tokens // forwards + (i < tokens % forwards))
+                                   for i in range(forwards))
+        return seconds
 
     def cut_by_cost(self, lengths: Sequence[int], candidates: int) -> tuple[float, tuple[Batch, ...]]:
         """``per_batch`` with the length-sorted rows cut where that minimises the predicted seconds."""
@@ -231,6 +246,7 @@ def predict(model: ForwardModel, sample: Sample, rounds: Sequence[tuple[int, int
         return sum(c * per_adapter(a, b, c) for a, b, c in slices) / (
             exhaustive_candidates * per_adapter(0, n, exhaustive_candidates))
 
+    budget = ROWS_PER_FORWARD * sorted(sample.lengths)[n // 2]  # what a stacked forward of median rows holds
     real = sum(c * sample.real_tokens(a, b) for a, b, c in slices)
     full_real = exhaustive_candidates * sample.real_tokens(0, n)
     ways = {
@@ -240,6 +256,8 @@ def predict(model: ForwardModel, sample: Sample, rounds: Sequence[tuple[int, int
                     model.engine(sample.batches(0, n, exhaustive_candidates), exhaustive_candidates)),
         "cut by cost": (sum(model.cut_by_cost(sample.lengths[a:b], c)[0] for a, b, c in slices),
                         model.cut_by_cost(sample.lengths, exhaustive_candidates)[0]),
+        "packed": (sum(model.packed(sample.real_tokens(a, b), c, budget) for a, b, c in slices),
+                   model.packed(sample.real_tokens(0, n), exhaustive_candidates, budget)),
     }
     return {"token_share": real / full_real, "padded_token_share": padded(False),
             "padded_token_share_stacked": padded(True),

@@ -65,6 +65,8 @@ class ThroughputRow:
     # the same measure between the naive loop's first adapter and each other one: how far apart the adapters
     # being ranked are, so a gap of 0 where they barely differ (bf16 rounding away a small update) reads as such
     max_rel_spread_naive: float | None = None
+    # "fp32" or "bf16": what every way above scored in ($MASHUP_PRECISION, else auto: bf16 where it is fast)
+    precision: str = ""
 
     @property
     def overhead_ratio(self) -> float:
@@ -111,7 +113,7 @@ def _tiny_setup(work: Path, n: int, samples: int) -> tuple[Path, list[Path], Pat
 def _real_setup(work: Path, n: int) -> tuple[Path, list[Path]]:
     from peft import LoraConfig, get_peft_model
 
-    from mashup.models import load_model
+    from mashup.models import load_model, quiet_peft_deprecations
     from mashup.named_models import materialize_named_model
 
     base = materialize_named_model("smollm2-135m")
@@ -120,7 +122,8 @@ def _real_setup(work: Path, n: int) -> tuple[Path, list[Path]]:
         if not path.exists():
             torch.manual_seed(i)
             config = LoraConfig(r=8, lora_alpha=16, target_modules=ALL_TARGETS, init_lora_weights=False)
-            model = get_peft_model(load_model(base), config)
+            with quiet_peft_deprecations():
+                model = get_peft_model(load_model(base), config)
             with torch.no_grad():  # PEFT's non-default init draws B at full scale; keep the adapter near the base
                 for name, param in model.named_parameters():
                     if "lora_B" in name:
@@ -194,7 +197,7 @@ def measure(model_name: str, base: Path, adapters: list[Path], data, args: argpa
     return ThroughputRow(model_name, len(adapters), len(requests), tokens, naive, by_group[group], by_group[1],
                          limit, group, by_group, with_accuracy, swap_times(base, records, settings.device),
                          signal_times(base, records, requests, settings), max(diffs) if diffs else None,
-                         max(spread) if spread else None)
+                         max(spread) if spread else None, precision=settings.precision)
 
 
 def best_seconds(run: Callable[[], object], passes: int) -> float:
@@ -271,7 +274,8 @@ def run_throughput(args: argparse.Namespace) -> list[ThroughputRow]:
 def _print_row(row: ThroughputRow) -> None:
     naive = "-" if row.naive_s_per_adapter is None else f"{row.naive_s_per_adapter:.3f}"
     speedup = "-" if row.speedup_over_naive is None else f"{row.speedup_over_naive:.2f}x"
-    print(f"{row.model:>13} N={row.n_adapters:<4} samples={row.samples} tokens={row.tokens}  s/adapter: "
+    print(f"{row.model:>13} N={row.n_adapters:<4} samples={row.samples} tokens={row.tokens} {row.precision}  "
+          "s/adapter: "
           f"naive {naive}  ours {row.ours_s_per_adapter:.3f} (G={row.adapters_per_forward}; "
           f"G=1 {row.ours_one_per_forward_s_per_adapter:.3f})  forward limit {row.forward_limit_s_per_adapter:.3f}  "
           f"| ours/limit {row.overhead_ratio:.3f}  G=1/limit "

@@ -53,6 +53,18 @@ def test_a_fixed_cost_per_forward_buys_fewer_forwards(cost_model):
     assert few < many
 
 
+def test_packed_forwards_cost_real_tokens_in_as_few_forwards_as_the_budget_allows(cost_model):
+    slots = cost_model.SLOTS
+    no_fixed = cost_model.ForwardModel(a=0.0, b=1.0, floor=0.0)
+    assert no_fixed.packed(300, 1000, budget=10_000) == pytest.approx(1000 * 300)  # no padding priced
+    fixed = cost_model.ForwardModel(a=1.0, b=0.0, floor=0.0)
+    # 128 adapters x 300 tokens in forwards of at most 10,000: 4 a group; 1,000 adapters are 7 full groups
+    # and one of 104 (31,200 tokens: 4 forwards)
+    assert 1000 // slots == 7 and fixed.packed(300, 1000, budget=10_000) == pytest.approx(7 * 4 + 4)
+    floor = cost_model.ForwardModel(a=0.0, b=1e-9, floor=0.5)
+    assert floor.packed(10, 8, budget=10_000) == pytest.approx(0.5)  # one small forward at the floor
+
+
 def test_fit_recovers_the_model_that_made_the_runs(cost_model):
     truth = cost_model.ForwardModel(a=0.02, b=2e-6, floor=0.04)
     shapes = [((1024, 31),), ((1008, 27),), ((960, 52),), ((1000, 41), (24, 64))]  # forwards: rows, length
