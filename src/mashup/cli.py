@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 import warnings
@@ -11,16 +10,16 @@ from typing import Annotated, Any, Optional
 
 import typer
 from pydantic import ValidationError
-from rich.console import Console
 from rich.table import Table
 
 from mashup.cli_data import DataOptions, with_data_options
-from mashup.cli_options import PrecisionOpt
-from mashup.config import (AUTO_MAX_SHARE, DataConfig, EvalConfig, HalvingConfig, MergeConfig, RunConfig, SelectConfig,
+from mashup.cli_catalog import library_app, models_app, tasks_app
+from mashup.cli_options import JsonOpt, LibraryOpt, PickleOpt, PrecisionOpt, emit, err
+from mashup.config import (AUTO_MAX_SHARE, EvalConfig, HalvingConfig, MergeConfig, RunConfig, SelectConfig,
                            TrainConfig, load_config, max_share_option)
 from mashup.errors import MashupError
 from mashup.experiment import cli as experiment_cli
-from mashup.progress import (count_bar, quiet_third_party, score_cell, scoring_bar, selection_summary,
+from mashup.progress import (quiet_third_party, score_cell, scoring_bar, selection_summary,
                              training_bars)
 from mashup.switch.cli import switch_app
 
@@ -36,21 +35,14 @@ def _from_config(model: type, field: str) -> str:
 
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Mashup Learning: fine-tune from merged past checkpoints.")
-library_app = typer.Typer(no_args_is_help=True, help="Manage the checkpoint library.")
-tasks_app = typer.Typer(no_args_is_help=True, help="Named benchmark tasks.")
 app.add_typer(library_app, name="library")
 app.add_typer(tasks_app, name="tasks")
-models_app = typer.Typer(no_args_is_help=True, help="Named base models.")
 app.add_typer(models_app, name="models")
 app.command("experiment")(experiment_cli.experiment_cmd)
 app.command("report")(experiment_cli.report_cmd)
-err = Console(stderr=True)
 app.add_typer(switch_app, name="switch")
 
-LibraryOpt = Annotated[Optional[str], typer.Option("--library", help="library dir (default $MASHUP_LIBRARY or ~/.mashup/library)")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="machine-readable output on stdout")]
 BaseOpt = Annotated[str, typer.Option("--base", help="base model: smollm2-135m, a local HF dir or a Hub id")]
-PickleOpt = Annotated[bool, typer.Option("--allow-pickle", help="allow .bin weights (torch.load weights_only)")]
 IncludeTargetOpt = Annotated[bool, typer.Option(
     "--include-target-checkpoints", help="also rank checkpoints trained on the target (excluded by default)")]
 NoCacheOpt = Annotated[bool, typer.Option("--no-cache", help="rescore checkpoints scored before on this sample")]
@@ -76,170 +68,6 @@ RayAddressOpt = Annotated[Optional[str], typer.Option("--ray-address", help="exi
 def _given(**options: Any) -> dict[str, Any]:
     """The options the user set (the config's own defaults apply to the rest)."""
     return {name: value for name, value in options.items() if value is not None}
-
-
-def emit(data: Any, as_json: bool, table: Table | None = None) -> None:
-    if as_json:
-        sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
-    elif table is not None:
-        Console().print(table)
-    else:
-        Console().print(data)
-
-
-@library_app.command("add")
-def library_add(paths: Annotated[list[Path], typer.Argument(help="PEFT adapter dirs or full HF model dirs")],
-                task: Annotated[Optional[str], typer.Option(
-                    "--task", help="task the checkpoints were trained on (selection leaves out those trained on "
-                                   "the target)", show_default="none")] = None,
-                trained_on: Annotated[Optional[str], typer.Option(
-                    "--trained-on", help="the data it was trained on (named task or data file): its fingerprint is "
-                    "recorded so selection never ranks it for that data", show_default="--task when it names a task")
-                ] = None,
-                base: Annotated[Optional[str], typer.Option("--base", help="base of a full fine-tune",
-                                                            show_default="none (LoRA: from adapter_config.json)")] = None,
-                init: Annotated[Optional[str], typer.Option("--init", help="LoRA init weights (task-vector reference)",
-                                                            show_default="none")] = None,
-                recursive: Annotated[bool, typer.Option("--recursive", "-r", help="every adapter/model dir under PATHS")] = False,
-                workers: Annotated[Optional[int], typer.Option("--workers", help="hashing threads",
-                                                               show_default="CPU count")] = None,
-                library: LibraryOpt = None, allow_pickle: PickleOpt = False, as_json: JsonOpt = False) -> None:
-    """Register checkpoints (all or none), hashing them in parallel."""
-    from mashup.library import Library
-
-    from mashup.data.tasks import is_task_name
-    from mashup.data.target import load_target
-
-    data = trained_on or (task if task and is_task_name(task) else None)
-    fingerprint = load_target(DataConfig(data=data)).fingerprint if data else None
-    lineage = {"trained_on": {"task": task, "data_fingerprint": fingerprint}} if fingerprint else None
-    with count_bar(err, "hashing checkpoints", enabled=recursive or len(paths) > 1) as update:
-        records = Library(library).add(paths, task=task, base=base, init_reference=init, allow_pickle=allow_pickle,
-                                       recursive=recursive, workers=workers, progress=update,
-                                       data_fingerprint=fingerprint, lineage=lineage)
-    emit([r.id for r in records] if as_json else "\n".join(f"added {r.id} {r.kind} {r.path}" for r in records), as_json)
-
-
-@library_app.command("list")
-def library_list(task: Annotated[Optional[str], typer.Option("--task", help="only checkpoints of this task", show_default="all")] = None,
-                 base: Annotated[Optional[str], typer.Option("--base", help="same base by content, any spelling", show_default="all")] = None,
-                 kind: Annotated[Optional[str], typer.Option("--kind", help="lora | full", show_default="both")] = None,
-                 merged_from: Annotated[Optional[str], typer.Option("--merged-from", help="lineage: merged from this id", show_default="any")] = None,
-                 trained_on: Annotated[Optional[str], typer.Option("--trained-on", help="lineage: task or data fingerprint", show_default="any")] = None,
-                 library: LibraryOpt = None, as_json: JsonOpt = False) -> None:
-    """List registered checkpoints, filtered by task, base, kind and lineage."""
-    from mashup.library import Library
-
-    records = Library(library).list(task=task, base=base, kind=kind, merged_from=merged_from, trained_on=trained_on)
-    table = Table("id", "kind", "task", "base", "r", "path")
-    for r in records:
-        table.add_row(r.id, r.kind, r.task or "", r.base_model, str(r.lora_r or ""), r.path)
-    emit([{k: v for k, v in r.to_dict().items() if k != "shapes"} for r in records], as_json, table)
-
-
-@library_app.command("show")
-def library_show(checkpoint_id: str, library: LibraryOpt = None, as_json: JsonOpt = False) -> None:
-    """Show one record: its shape, files, base identity and lineage."""
-    from mashup.library import Library
-    from mashup.library.report import record_text
-
-    lib = Library(library)
-    record = lib.get(checkpoint_id)
-    if as_json:
-        emit(record.to_dict(), True)
-    else:
-        sys.stdout.write(record_text(record, lib) + "\n")
-
-
-@library_app.command("remove")
-def library_remove(checkpoint_id: str, library: LibraryOpt = None) -> None:
-    """Remove a record (files on disk are left alone)."""
-    from mashup.library import Library
-
-    record = Library(library).remove(checkpoint_id)
-    err.print(f"removed {record.id} (files left at {record.path})")
-
-
-@library_app.command("verify")
-def library_verify(library: LibraryOpt = None, workers: Annotated[Optional[int], typer.Option("--workers", help="hashing threads", show_default="CPU count")] = None,
-                   as_json: JsonOpt = False) -> None:
-    """Hash every registered file again; list missing or changed ones (exit 1 if any)."""
-    from mashup.library import Library
-
-    lib = Library(library)
-    records = lib.list()
-    with count_bar(err, "verifying", enabled=len(records) > 1) as update:
-        checks = lib.verify(records, workers=workers, progress=update)
-    problems = [c for c in checks if c.status != "ok"]
-    table = Table("id", "status", "reason", title=f"{len(checks) - len(problems)} of {len(checks)} checkpoints ok")
-    for c in problems:
-        table.add_row(c.record.id, c.status, c.reason or "")
-    emit({"checked": len(checks), "problems": [{"id": c.record.id, "status": c.status, "reason": c.reason,
-                                                "path": c.record.path} for c in problems]}, as_json, table)
-    if problems:
-        raise SystemExit(1)  # typer.Exit would only be returned under standalone_mode=False
-
-
-@library_app.command("scores")
-def library_scores(target: Annotated[Optional[str], typer.Option("--target", help="target label (e.g. arc_easy)", show_default="all")] = None,
-                   task: Annotated[Optional[str], typer.Option("--task", help="checkpoints of this task", show_default="all")] = None,
-                   checkpoint: Annotated[Optional[str], typer.Option("--checkpoint", help="checkpoint id prefix", show_default="all")] = None,
-                   metric: Annotated[str, typer.Option("--metric", help="loss | accuracy")] = "loss",
-                   library: LibraryOpt = None, as_json: JsonOpt = False) -> None:
-    """The checkpoints x targets relevance matrix from the score cache."""
-    from mashup.library import Library
-    from mashup.library.report import score_matrix
-
-    if metric not in ("loss", "accuracy"):
-        raise MashupError(f"unknown metric '{metric}'", None, "use --metric loss or --metric accuracy")
-    matrix = score_matrix(Library(library), target=target, task=task, checkpoint=checkpoint)
-    table = Table("id", "task", *[c["label"] for c in matrix.columns], title=f"cached {metric} by target sample")
-    for row in matrix.checkpoints:
-        cells = matrix.cells[row["id"]]
-        values = [score_cell(cells[c["key"]][metric]) if c["key"] in cells else "" for c in matrix.columns]
-        table.add_row(row["id"] + ("" if row["in_library"] else " (removed)"), row["task"] or "", *values)
-    emit(matrix.to_dict(), as_json, table)
-
-
-@tasks_app.command("list")
-def tasks_list(as_json: JsonOpt = False) -> None:
-    """Named benchmark tasks, their source and split sizes, and the named models' measured zero-shot cloze accuracy."""
-    from mashup.data.tasks import TASKS
-    from mashup.named_models import ZERO_SHOT_CLOZE
-
-    rows = []
-    for name, task in TASKS.items():
-        sizes = task.split_sizes()
-        zero_shot = {model: {"accuracy": scores[name][0], "n": scores[name][1]}
-                     for model, scores in ZERO_SHOT_CLOZE.items() if name in scores}
-        rows.append({"task": name, "source": task.source_name(), "train": sizes and sizes.get("train"),
-                     "test": sizes and sizes.get("test"), "zero_shot_cloze": zero_shot})
-    table = Table("task", "source", "train", "test", "zero-shot cloze accuracy (n questions)")
-    for row in rows:
-        notes = ", ".join(f"{m} {z['accuracy']:.3f} ({z['n']})" for m, z in row["zero_shot_cloze"].items())
-        table.add_row(row["task"], row["source"], str(row["train"] or "-"), str(row["test"] or "-"), notes or "-")
-    emit(rows, as_json, table)
-
-
-@models_app.command("list")
-def models_list(as_json: JsonOpt = False) -> None:
-    """Named base models, whether they are installed / converted, and their measured zero-shot cloze accuracy."""
-    import importlib.util
-
-    from mashup.named_models import NAMED_MODELS, ZERO_SHOT_CLOZE, default_cache_dir, is_converted
-
-    rows = []
-    for name, named in NAMED_MODELS.items():
-        packages = (named.package, *named.chunk_packages)
-        rows.append({"model": name, "description": named.description,
-                     "installed": all(importlib.util.find_spec(p) is not None for p in packages),
-                     "converted": is_converted(default_cache_dir() / name),
-                     "zero_shot_cloze": {t: {"accuracy": a, "n": n} for t, (a, n) in ZERO_SHOT_CLOZE.get(name, {}).items()}})
-    table = Table("model", "description", "installed", "converted", "zero-shot cloze accuracy (n)")
-    for row in rows:
-        scores = ", ".join(f"{t} {s['accuracy']:.3f} ({s['n']})" for t, s in row["zero_shot_cloze"].items())
-        table.add_row(row["model"], row["description"], str(row["installed"]), str(row["converted"]), scores or "-")
-    emit(rows, as_json, table)
 
 
 @app.command("select")

@@ -11,13 +11,12 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from mashup.cli_options import PrecisionOpt
+from mashup.cli_options import JsonOpt, PrecisionOpt, err
 from mashup.config import load_config
 from mashup.switch.config import CollectConfig, RewardConfig, SwitchConfig, SwitchEvalConfig, default_switcher_training
 
 switch_app = typer.Typer(no_args_is_help=True, help="Switch Generation: checkpoints take turns writing a response "
                                                     "(arXiv 2510.09913).")
-err = Console(stderr=True)
 
 ConfigOpt = Annotated[Path, typer.Option("--config", help="switch config YAML: candidates, generation, switcher")]
 OutOpt = Annotated[Path, typer.Option("--out", help="output dir")]
@@ -26,7 +25,6 @@ SegmentOpt = Annotated[Optional[int], typer.Option("--segment-tokens", help="new
 MaxNewOpt = Annotated[Optional[int], typer.Option("--max-new-tokens", help="response length cap", show_default="from --config (200)")]
 RewardOpt = Annotated[str, typer.Option("--reward", help="number_match | number_closeness | choice_cloze | auto")]
 ModeOpt = Annotated[str, typer.Option("--reward-mode", help="choice_cloze reward: binary | margin")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="machine-readable output on stdout")]
 
 
 def _config(path: Path, segment_tokens: int | None = None, max_new_tokens: int | None = None,
