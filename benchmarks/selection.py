@@ -58,7 +58,8 @@ class ThroughputRow:
     ours_by_group: dict[int, float]  # s/adapter with a forced number of adapters per forward
     ours_with_accuracy_s_per_adapter: float  # every choice scored too (cloze), at the default group
     swap_ms_per_adapter: dict[str, float]  # into a slot: "one_block" and "tensor_by_tensor" (best of 3 passes)
-    signals_ms_per_adapter: dict[str, float]  # prefilter signals: "one_at_a_time" and "chunked" (best of 2 passes)
+    # prefilter signals: "one_at_a_time", "chunked" and "arrow_cached" (Arrow alone, prototypes cached; best of 2)
+    signals_ms_per_adapter: dict[str, float]
     # ours (default group) against the naive loop's per-example losses, on the adapters both scored: largest
     # |difference| / |naive|; None without the naive loop
     max_rel_diff_vs_naive: float | None = None
@@ -237,9 +238,11 @@ def swap_times(base: Path, records: list, device: torch.device, passes: int = 3)
 
 def signal_times(base: Path, records: list, requests: list, settings, passes: int = 2) -> dict[str, float]:
     """Milliseconds per adapter for the prefilter's two signals (first-order and Arrow, the probe excluded):
-    each adapter alone, and stacked in chunks as the prefilter does."""
+    each adapter alone, and stacked in chunks as the prefilter does; and Arrow alone once its prototypes are
+    cached, as on a new target (no adapter read: the cache's rows and the products with the probe's inputs)."""
     from mashup.selection.prefilter import CHUNK, compute_signals
     from mashup.selection.probe import run_probe
+    from mashup.selection.signal_cache import SignalCache
     from mashup.selection.slots import SlotLayout
 
     modules = SlotLayout.of(records[0]).modules
@@ -251,7 +254,13 @@ def signal_times(base: Path, records: list, requests: list, settings, passes: in
                                                        settings.device, chunk=chunk), passes)
         return 1000 * seconds / len(records)
 
-    return {"one_at_a_time": per_adapter(1), "chunked": per_adapter(CHUNK)}
+    keys = {r.id: r.id for r in records}
+    with tempfile.TemporaryDirectory() as tmp:
+        cache, arrow = SignalCache(Path(tmp)), {"arrow": records}
+        compute_signals(arrow, probe, modules, keys, cache, settings.device)  # caches the prototypes
+        cached = best_seconds(lambda: compute_signals(arrow, probe, modules, keys, cache, settings.device), passes)
+    return {"one_at_a_time": per_adapter(1), "chunked": per_adapter(CHUNK),
+            "arrow_cached": 1000 * cached / len(records)}
 
 
 def run_throughput(args: argparse.Namespace) -> list[ThroughputRow]:
@@ -286,7 +295,8 @@ def _print_row(row: ThroughputRow) -> None:
           + f"  | swap into a slot, ms/adapter: one block {row.swap_ms_per_adapter['one_block']:.2f}, "
           f"tensor by tensor {row.swap_ms_per_adapter['tensor_by_tensor']:.2f}"
           f"  | prefilter signals, ms/adapter: one at a time {row.signals_ms_per_adapter['one_at_a_time']:.1f}, "
-          f"chunked {row.signals_ms_per_adapter['chunked']:.1f}"
+          f"chunked {row.signals_ms_per_adapter['chunked']:.1f}, Arrow alone with cached prototypes "
+          f"{row.signals_ms_per_adapter['arrow_cached']:.2f}"
           + ("" if row.max_rel_diff_vs_naive is None else
              f"  | ours against naive: losses within {row.max_rel_diff_vs_naive:.1e} (relative)")
           + ("" if row.max_rel_spread_naive is None else

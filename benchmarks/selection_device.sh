@@ -27,7 +27,10 @@
 #       READ_BENCH=1 times the read-ahead's reads of the library's merged adapters by thread count after the
 #       first pass, from the float32 files and from their bf16 scoring copies (benchmarks/read_ahead.py,
 #       read_ahead.{txt,json}). LIVE2: the targets the prefilter pass runs live (halving and
-#       prefilter+halving, cache off). GROUP_ROWS: rows per forward on CUDA
+#       prefilter+halving, cache off); PREFILTER_SIGNALS=arrow and PREFILTER_KEEP=0.5 set its prefilter, and
+#       WARM_PROTOTYPES=1 runs live prefilter+halving once more as on a new target whose Arrow prototypes are
+#       cached (the replay's prefilter caches them): no candidate is read for the prefilter then, only the
+#       kept ones for halving. GROUP_ROWS: rows per forward on CUDA
 #       (default 1024) for every scoring of the run, recorded and live. KEEP_AB=1 runs each live selector but
 #       exhaustive again without keeping loaded adapter blocks on the GPU (read_ahead.DEVICE_KEEP_SHARE).
 #       Live runs print each round's seconds. AB=default,threads8,rows2048,... then runs live halving (AB_H
@@ -159,7 +162,8 @@ run() {
   if [[ $PASSES == *2* ]] && [ $((stop - SECONDS)) -gt 20 ]; then
     timeout $((stop - SECONDS)) python3 benchmarks/selection.py $common --stage selectors \
       --selectors halving,prefilter+halving --deadline $((D2 - SECONDS)) --json-out "$logs/report2.json" \
-      --live-targets "${LIVE2:-}" \
+      --live-targets "${LIVE2:-}" ${PREFILTER_SIGNALS:+--prefilter-signals $PREFILTER_SIGNALS} \
+      ${PREFILTER_KEEP:+--prefilter-keep $PREFILTER_KEEP} $([ "${WARM_PROTOTYPES:-0}" = 1 ] && echo --warm-prototypes) \
       > >(tee "$logs/log2.txt") 2>&1
   fi
   pack_results

@@ -121,6 +121,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "the same for all of them")
     parser.add_argument("--prefilter-keep", type=float)
     parser.add_argument("--prefilter-min-keep", type=int)
+    parser.add_argument("--prefilter-signals", help="comma-separated (default: the library's, first_order,arrow)")
+    parser.add_argument("--warm-prototypes", action="store_true", help="live prefilter+halving also runs as on a new "
+                        "target once Arrow's prototypes are cached (they depend on the weights only)")
     parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
                         help="build: processes that make and register the merges")
     parser.add_argument("--train-workers", type=int, default=1, help="build: processes that train the real "
@@ -416,7 +419,8 @@ def selector_config(args: argparse.Namespace, name: str):
                         halving=_given(min_samples=args.halving_min_samples, factor=args.halving_factor,
                                        min_survivors=args.min_survivors, keep_within_se=args.halving_keep_within_se)
                         | max_share_option(args.halving_max_share),
-                        prefilter=_given(keep=args.prefilter_keep, min_keep=args.prefilter_min_keep))
+                        prefilter=_given(keep=args.prefilter_keep, min_keep=args.prefilter_min_keep,
+                                         signals=args.prefilter_signals and args.prefilter_signals.split(",")))
 
 
 def _given(**settings) -> dict:
@@ -446,7 +450,8 @@ def run_selectors(args: argparse.Namespace, target: str) -> None:
     prefilter = None
     if "prefilter+halving" in args.selectors.split(","):  # its probe is real work: only when it is replayed
         prefilter = run_prefilter(pool, requests, workspace.settings(args.batch_size), workspace.base_dir,
-                                  selector_config(args, "prefilter+halving").prefilter, "benchmark")
+                                  selector_config(args, "prefilter+halving").prefilter, "benchmark",
+                                  library_dir=prototype_dir(args) if args.warm_prototypes else None)
         results["signals"] = prefilter.values
     for name in args.selectors.split(","):
         config = selector_config(args, name)
@@ -473,11 +478,17 @@ def run_selectors(args: argparse.Namespace, target: str) -> None:
                     workspace, pool, requests, config.model_copy(update={"read_ahead": False}))
             if args.compare_device_keep and name != "exhaustive":
                 entry["live"]["keep_off_seconds"] = seconds_without_device_keep(workspace, pool, requests, config)
+            if args.warm_prototypes and name == "prefilter+halving":
+                warm = entry["live"]["warm_prototypes"] = warm_prototype_selection(workspace, pool, requests, config,
+                                                                                   prototype_dir(args))
+                entry["live"]["warm_prototypes_seconds"] = warm["seconds"]
             if args.profile_dir and name != "exhaustive":
                 profiled_selection(workspace, pool, requests, config, args.profile_dir / f"profile-{target}-{name}.txt")
         save_results(path, results)
         print(f"{target}: {name} replayed" + (f", live in {entry['live']['seconds']:.1f}s" if "live" in entry else "")
               + (f" ({round_seconds(entry['live']['rounds'])})" if "rounds" in entry.get("live", {}) else "")
+              + (f"; as on a new target with cached prototypes {entry['live']['warm_prototypes']['seconds']:.1f}s"
+                 if "warm_prototypes" in entry.get("live", {}) else "")
               + f" ({time.monotonic() - STARTED:.0f}s since the start)", flush=True)
     results["random"] = {"ranking": [r.id for r in random.Random(f"random-{target}").sample(pool, 2)]}
     merged_accuracies(args, target, results, library, workspace, loaded)
@@ -497,6 +508,37 @@ def timed_selection(workspace, pool, requests, config, library_dir: Path | None 
     start = time.perf_counter()
     selection = select_checkpoints(workspace, pool, requests, config, library_dir)
     return selection, time.perf_counter() - start
+
+
+def prototype_dir(args: argparse.Namespace) -> Path:
+    """Where ``--warm-prototypes`` keeps the prefilter's signal cache (the replay's prefilter fills it)."""
+    return bench_dir(args) / "prototype-cache"
+
+
+def warm_prototype_selection(workspace, pool, requests, config, cache_dir: Path) -> dict:
+    """A live selection as on a new target once the library's Arrow prototypes are cached: the signal values and
+    scores cached for any sample are dropped first, the prototypes kept (cache on; no scoring copies, so that
+    only the prefilter differs from the other live runs)."""
+    import sqlite3
+    from contextlib import closing
+
+    from mashup.library.score_cache import CACHE_NAME as SCORES
+    from mashup.selection.signal_cache import CACHE_NAME as SIGNALS
+
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    (cache_dir / SCORES).unlink(missing_ok=True)
+    with closing(sqlite3.connect(cache_dir / SIGNALS)) as conn, conn:
+        tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if "signals" in tables:
+            conn.execute("DELETE FROM signals")
+        cached = conn.execute("SELECT COUNT(*) FROM prototype_rows").fetchone()[0] if "prototype_rows" in tables else 0
+    live, seconds = timed_selection(workspace, pool, requests,
+                                    config.model_copy(update={"cache": True, "scoring_copies": False}), cache_dir)
+    return {"seconds": seconds, "prototypes_cached": cached, "ranking": [s.id for s in live.ranking],
+            "cost_ratio": live.stats.cost_ratio, "prefilter_seconds": live.stats.prefilter_seconds,
+            "probe_seconds": live.stats.probe_seconds,
+            "rounds": [{"samples": r.samples, "candidates": r.candidates, "seconds": r.seconds}
+                       for r in live.stats.rounds]}
 
 
 def seconds_without_device_keep(workspace, pool, requests, config) -> float:
@@ -603,12 +645,12 @@ def report(args: argparse.Namespace) -> dict:
                 "live_seconds_cost_ratio": (got["live"]["seconds"] / results["exhaustive"]["seconds"]
                                             if "live" in got else None),
                 "live_top_k_as_replayed": got["live"]["top_k_as_replayed"] if "live" in got else None,
-                "live_read_ahead_off_seconds_cost_ratio": (
-                    got["live"]["read_ahead_off_seconds"] / results["exhaustive"]["seconds"]
-                    if "read_ahead_off_seconds" in got.get("live", {}) else None),
-                "live_keep_off_seconds_cost_ratio": (
-                    got["live"]["keep_off_seconds"] / results["exhaustive"]["seconds"]
-                    if "keep_off_seconds" in got.get("live", {}) else None),
+                **{f"live_{variant}_seconds_cost_ratio": (
+                    got["live"][f"{variant}_seconds"] / results["exhaustive"]["seconds"]
+                    if f"{variant}_seconds" in got.get("live", {}) else None) for variant in LIVE_VARIANTS},
+                "live_warm_prototypes_top2_agreement": (
+                    set(truth[:2]) == set(got["live"]["warm_prototypes"]["ranking"][:2])
+                    if "warm_prototypes" in got.get("live", {}) else None),
                 "merged_accuracy": got["merged_accuracy"],
                 "prefilter_seconds": stats.get("prefilter_seconds", 0.0),  # probe and signals, measured
                 "probe_seconds": stats.get("probe_seconds"),  # None in results recorded before it was
@@ -620,8 +662,9 @@ def report(args: argparse.Namespace) -> dict:
                                        "spearman": spearman([values[i] for i in truth], list(range(len(truth))))}
         rows[target] = row
     metrics = ("top1_retained", "top2_agreement", "kendall_tau_top20", "token_cost_ratio", "seconds_cost_ratio",
-               "live_seconds_cost_ratio", "live_top_k_as_replayed", "live_read_ahead_off_seconds_cost_ratio",
-               "live_keep_off_seconds_cost_ratio", "merged_accuracy")
+               "live_seconds_cost_ratio", "live_top_k_as_replayed",
+               *(f"live_{variant}_seconds_cost_ratio" for variant in LIVE_VARIANTS),
+               "live_warm_prototypes_top2_agreement", "merged_accuracy")
     summary = {name: {metric: mean(values) for metric in metrics
                       if (values := [float(r[name][metric]) for r in rows.values()
                                      if name in r and r[name][metric] is not None])}
@@ -662,14 +705,17 @@ def prefilter_text(row: dict) -> str:
     return f", prefilter {row['prefilter_seconds']:.1f}s" + (f" (probe {probe:.1f}s)" if probe is not None else "")
 
 
+# the other live runs of a selector: what each changed (--compare-read-ahead, --compare-device-keep, --warm-prototypes)
+LIVE_VARIANTS = {"read_ahead_off": "with read-ahead off", "keep_off": "with no blocks kept on the device",
+                 "warm_prototypes": "as on a new target with Arrow's prototypes cached"}
+
+
 def live_text(row: dict) -> str:
     if row["live_seconds_cost_ratio"] is None:
         return ""
-    off = row.get("live_read_ahead_off_seconds_cost_ratio")
-    not_kept = row.get("live_keep_off_seconds_cost_ratio")
-    return (f", live {row['live_seconds_cost_ratio']:.1%} seconds"
-            + (f" ({off:.1%} with read-ahead off)" if off is not None else "")
-            + (f" ({not_kept:.1%} with no blocks kept on the device)" if not_kept is not None else "") + ", live top-k "
+    variants = "".join(f" ({ratio:.1%} {LIVE_VARIANTS[variant]})" for variant in LIVE_VARIANTS
+                       if (ratio := row.get(f"live_{variant}_seconds_cost_ratio")) is not None)
+    return (f", live {row['live_seconds_cost_ratio']:.1%} seconds{variants}, live top-k "
             + ("= replayed" if row["live_top_k_as_replayed"] else "!= replayed"))
 
 

@@ -15,8 +15,8 @@ from rich.table import Table
 from mashup.cli_data import DataOptions, with_data_options
 from mashup.cli_catalog import library_app, models_app, tasks_app
 from mashup.cli_options import JsonOpt, LibraryOpt, PickleOpt, PrecisionOpt, emit, err
-from mashup.config import (AUTO_MAX_SHARE, EvalConfig, HalvingConfig, MergeConfig, RunConfig, SelectConfig,
-                           TrainConfig, load_config, max_share_option)
+from mashup.config import (AUTO_MAX_SHARE, EvalConfig, HalvingConfig, MergeConfig, PrefilterConfig, RunConfig,
+                           SelectConfig, TrainConfig, load_config, max_share_option)
 from mashup.errors import MashupError
 from mashup.experiment import cli as experiment_cli
 from mashup.progress import (quiet_third_party, score_cell, scoring_bar, selection_summary,
@@ -60,9 +60,23 @@ HalvingShareOpt = Annotated[Optional[str], typer.Option(
     "--halving-max-share", metavar="S|auto|none", help="halving: keep near-ties only while the selection's forward "
     f"tokens stay within this share of exhaustive scoring's (the schedule itself is never cut); auto: "
     f"{AUTO_MAX_SHARE:g} where that leaves the near-ties room (large pools), else none", show_default="auto")]
+PrefilterKeepOpt = Annotated[Optional[float], typer.Option(
+    "--prefilter-keep", help="prefilter+halving: candidates the signals keep for halving: a fraction (<1) or a count",
+    show_default=_config_default(PrefilterConfig, "keep"))]
+PrefilterMinOpt = Annotated[Optional[int], typer.Option(
+    "--prefilter-min-keep", help="prefilter+halving: never keep fewer (or all)",
+    show_default=_config_default(PrefilterConfig, "min_keep"))]
+PrefilterSignalsOpt = Annotated[Optional[str], typer.Option(
+    "--prefilter-signals", metavar="first_order,arrow", help="prefilter+halving: the signals, comma-separated "
+    "(arrow alone reads no candidate once its prototypes are cached)", show_default="first_order,arrow")]
 ExecutorOpt = Annotated[str, typer.Option("--executor", help="where scoring runs: local | ray")]
 RayAddressOpt = Annotated[Optional[str], typer.Option("--ray-address", help="existing Ray cluster",
                                                       show_default="none: start one locally")]
+
+
+def _comma_list(text: str | None) -> list[str] | None:
+    """A comma-separated option's items; None when it is unset."""
+    return [item.strip() for item in text.split(",") if item.strip()] if text else None
 
 
 def _given(**options: Any) -> dict[str, Any]:
@@ -85,7 +99,9 @@ def select_cmd(base: BaseOpt, data: DataOptions, library: LibraryOpt = None,
                allow_pickle: PickleOpt = False, no_cache: NoCacheOpt = False, include_target: IncludeTargetOpt = False,
                selector: SelectorOpt = "exhaustive", halving_min_samples: HalvingMinOpt = None,
                halving_factor: HalvingFactorOpt = None, halving_keep_within_se: HalvingSeOpt = None,
-               halving_max_share: HalvingShareOpt = None, executor: ExecutorOpt = "local", ray_address: RayAddressOpt = None,
+               halving_max_share: HalvingShareOpt = None, prefilter_keep: PrefilterKeepOpt = None,
+               prefilter_min_keep: PrefilterMinOpt = None, prefilter_signals: PrefilterSignalsOpt = None,
+               executor: ExecutorOpt = "local", ray_address: RayAddressOpt = None,
                precision: PrecisionOpt = None, as_json: JsonOpt = False,
                rows: Annotated[int, typer.Option("--rows", min=0, help="ranks the table shows (0: all; --json "
                                                  "always lists every one)")] = 20) -> None:
@@ -98,7 +114,9 @@ def select_cmd(base: BaseOpt, data: DataOptions, library: LibraryOpt = None,
                           executor=executor, ray_address=ray_address,  # type: ignore[arg-type]
                           halving=HalvingConfig(**_given(min_samples=halving_min_samples, factor=halving_factor,
                                                          keep_within_se=halving_keep_within_se),
-                                                **max_share_option(halving_max_share)))
+                                                **max_share_option(halving_max_share)),
+                          prefilter=PrefilterConfig(**_given(keep=prefilter_keep, min_keep=prefilter_min_keep,
+                                                             signals=_comma_list(prefilter_signals))))
     with scoring_bar(err) as progress:
         result = select(base, data.config(), config, library, kind=kind, allow_pickle=allow_pickle,
                         precision=precision, progress=progress)  # type: ignore[arg-type]

@@ -75,6 +75,59 @@ def test_report_keeps_exhaustive_timed_live_beside_the_selectors(tmp_path, capsy
     assert summary["halving"]["top2_agreement"] == 1.0 and summary["random"]["merged_accuracy"] == 0.25
 
 
+def test_report_shows_prefilter_halving_run_as_on_a_new_target_with_cached_prototypes(tmp_path, capsys):
+    import json
+
+    from selection_library import parse_args, report, results_path
+
+    args = parse_args(["--targets", "arc_easy", "--selectors", "prefilter+halving", "--library-size", "4",
+                       "--cache-dir", str(tmp_path)])
+    warm = {"seconds": 2.0, "ranking": ["b", "c", "a", "d"], "prototypes_cached": 4}
+    results = {
+        "exhaustive": {"ranking": ["a", "b", "c", "d"], "seconds": 40.0, "merged_accuracy": 0.5},
+        "prefilter+halving": {"ranking": ["a", "b", "c", "d"], "estimated_seconds": 4.0, "merged_accuracy": 0.5,
+                              "stats": {"cost_ratio": 0.05, "prefilter_seconds": 1.0, "probe_seconds": 0.5},
+                              "live": {"seconds": 5.0, "top_k_as_replayed": True, "warm_prototypes": warm,
+                                       "warm_prototypes_seconds": 2.0}},
+        "random": {"ranking": ["c", "d"], "merged_accuracy": 0.25},
+    }
+    path = results_path(args, "arc_easy")
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps(results))
+    row = report(args)["targets"]["arc_easy"]["prefilter+halving"]
+    assert row["live_warm_prototypes_seconds_cost_ratio"] == pytest.approx(0.05)
+    assert row["live_warm_prototypes_top2_agreement"] is False  # its top 2 (b, c) is not exhaustive's (a, b)
+    assert row["live_read_ahead_off_seconds_cost_ratio"] is None
+    assert "live 12.5% seconds (5.0% as on a new target with Arrow's prototypes cached)" in capsys.readouterr().out
+
+
+def test_a_selection_as_on_a_new_target_reads_no_candidate_for_the_prefilter(tmp_path, tiny_base, tiny_loras, mc_file,
+                                                                              monkeypatch):
+    from selection_library import warm_prototype_selection
+
+    from mashup.config import PrefilterConfig
+    from mashup.selection import factors
+    from mashup.selection.prefilter import run_prefilter
+
+    records = records_for(tiny_loras)
+    workspace, requests = requests_for(tiny_base, mc_file, 12, scoring="letter")
+    config = SelectConfig(samples=12, k=1, selector="prefilter+halving", batch_size=4, cache=False,
+                          prefilter=PrefilterConfig(signals=["arrow"], keep=2, min_keep=1),
+                          halving=HalvingConfig(min_samples=4, factor=2, min_survivors=1))
+    cache_dir = tmp_path / "prototype-cache"
+    run_prefilter(records, requests, workspace.settings(4), tiny_base, config.prefilter, "benchmark",
+                  library_dir=cache_dir)  # what the replay's prefilter leaves behind
+
+    def no_read(*args, **kwargs):
+        raise AssertionError("the prefilter read a candidate's factors")
+
+    monkeypatch.setattr(factors.FactorReader, "read", no_read)
+    for _ in range(2):  # the second run finds no scores or signal values from the first
+        warm = warm_prototype_selection(workspace, records, requests, config, cache_dir)
+        assert warm["prototypes_cached"] == 3 and warm["probe_seconds"] > 0 and len(warm["ranking"]) == 2
+        assert warm["rounds"][0]["candidates"] == 2  # the prefilter kept 2 of the 3
+
+
 def test_round_seconds_read_as_questions_candidates_and_seconds():
     from selection_library import round_seconds
 

@@ -58,3 +58,17 @@ def test_the_ranking_table_shows_the_first_rows_and_says_how_to_see_all(tmp_path
     assert "the first 2 of 3 ranked: --rows 0 or --json for all" in " ".join(out.split())
     out, _ = run_cli([*args, "--rows", 0], capsys, monkeypatch)
     assert all(r["id"] in out for r in ids) and "--rows 0" not in out
+
+
+def test_select_cli_sets_the_prefilter(tmp_path, tiny_base, tiny_loras, mc_file, capsys, monkeypatch):
+    Library(tmp_path / "lib").add(tiny_loras)
+    args = ["select", "--base", tiny_base, "--data", mc_file, "--library", tmp_path / "lib", "--samples", 8,
+            "--scoring", "letter", "--selector", "prefilter+halving", "--no-cache", "--json"]
+    default = json.loads(run_cli(args, capsys, monkeypatch)[0])["stats"]
+    assert default["prefiltered_out"] == 0  # 3 candidates: under the default min_keep (32), all are kept
+    out, _ = run_cli([*args, "--prefilter-keep", 1, "--prefilter-min-keep", 1, "--prefilter-signals", "arrow"],
+                     capsys, monkeypatch)
+    stats = json.loads(out)["stats"]
+    assert stats["prefiltered_out"] == 2 and stats["probe_tokens"] > 0
+    _, err = run_cli([*args, "--prefilter-signals", "arrow,embeddings"], capsys, monkeypatch, expect=2)
+    assert "signals" in err and "Traceback" not in err

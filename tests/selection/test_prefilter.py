@@ -76,7 +76,12 @@ def test_arrow_prototype_is_the_top_right_singular_vector_of_the_dense_update():
         assert float(got[m].norm()) == pytest.approx(1.0, abs=1e-5)
     inputs = {m: torch.randn(9, got[m].shape[0], generator=generator) for m in modules}
     expected = sum(float((inputs[m] / inputs[m].norm(dim=1, keepdim=True) @ got[m]).abs().mean()) for m in modules) / 2
-    assert affinity(inputs, [got])[0] == pytest.approx(expected, rel=1e-5)
+    layout = [(m, got[m].shape[0]) for m in modules]
+    row = torch.cat([got[m] for m in modules])
+    assert affinity(inputs, row[None], layout)[0] == pytest.approx(expected, rel=1e-5)
+    other = torch.randn(row.shape[0], generator=generator)
+    both = affinity(inputs, torch.stack([row, other]).half(), layout)  # any float dtype, one row per candidate
+    assert both[0] == pytest.approx(expected, rel=1e-3) and both[1] != pytest.approx(expected, rel=1e-3)
 
 
 @pytest.mark.fp32  # a central difference of 3% is below bf16's resolution
@@ -108,7 +113,10 @@ def test_prototypes_are_cached_and_recomputed_when_the_bytes_change(tmp_path, ti
     first = run_prefilter(records, requests, workspace.settings(4), tiny_base, config, key, library_dir=lib)
     cache = SignalCache(lib)
     old_key = weights_key(records[0])
-    assert set(cache.prototypes([old_key])) == {old_key}
+    layout = SlotLayout.of(records[0])
+    rows = [(m, records[0].shapes[f"{PREFIX}{m}.lora_A.weight"][1]) for m in layout.modules]
+    assert set(cache.prototypes([old_key], rows)) == {old_key}
+    assert cache.prototypes([old_key], rows[:-1]) == {}, "a row cut for another layout reads as missing"
     again = run_prefilter(records, requests, workspace.settings(4), tiny_base, config, key, library_dir=lib)
     assert again.probe_tokens == 0 and again.values == first.values, "everything cached: no probe"
     assert first.probe_seconds > 0 and again.probe_seconds == 0
@@ -120,12 +128,37 @@ def test_prototypes_are_cached_and_recomputed_when_the_bytes_change(tmp_path, ti
     assert new_key != old_key
     third = run_prefilter(records, requests, workspace.settings(4), tiny_base, config, key, library_dir=lib)
     assert third.probe_tokens > 0
-    stored = cache.prototypes([new_key])[new_key]
-    layout = SlotLayout.of(records[0])
-    for module, vector in prototypes(changed, layout.modules).items():
-        assert torch.allclose(stored[module], vector, atol=1e-3)  # stored as float16
+    stored = cache.prototypes([new_key], rows)[new_key].split([size for _, size in rows])
+    for got, (module, vector) in zip(stored, prototypes(changed, layout.modules).items()):
+        assert torch.allclose(got.float(), vector, atol=1e-3)  # stored as float16
     assert third.values["arrow"][records[1].id] == pytest.approx(first.values["arrow"][records[1].id])
     assert third.values["arrow"][records[0].id] != pytest.approx(first.values["arrow"][records[0].id])
+
+
+def test_arrow_alone_reads_no_adapter_once_its_prototypes_are_cached(tmp_path, tiny_base, tiny_loras, mc_file,
+                                                                   monkeypatch):
+    """A new target (another sample) needs only the probe and the cached prototypes: the kept set costs no read
+    of any candidate, which is what lets the prefilter cut a halving's first round (README, the cost model)."""
+    from mashup.selection import factors
+
+    workspace, requests = requests_for(tiny_base, mc_file, 12, "letter")
+    records = records_for(tiny_loras)
+    config = PrefilterConfig(signals=["arrow"], keep=1, min_keep=1)
+    settings, lib = workspace.settings(4), tmp_path / "lib"
+    run_prefilter(records, requests[:6], settings, tiny_base, config, "first target", library_dir=lib)
+    fresh = run_prefilter(records, requests[6:], settings, tiny_base, config, "second target")  # no cache
+
+    def no_read(*args, **kwargs):
+        raise AssertionError("a candidate's factors were read")
+
+    monkeypatch.setattr(factors.FactorReader, "read", no_read)
+    warm = run_prefilter(records, requests[6:], settings, tiny_base, config, "second target", library_dir=lib)
+    assert warm.probe_tokens > 0, "a new target: the probe runs"
+    assert warm.values["arrow"] == fresh.values["arrow"]  # cold runs round the prototypes as the cache keeps them
+    assert [r.id for r in warm.kept] == [r.id for r in fresh.kept] and len(warm.kept) == 1
+    with pytest.raises(AssertionError, match="factors were read"):  # the check bites: first-order must read them
+        run_prefilter(records, requests[6:], settings, tiny_base, PrefilterConfig(keep=1, min_keep=1),
+                      "third target", library_dir=lib)
 
 
 def test_keep_count_and_round_robin():

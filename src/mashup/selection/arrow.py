@@ -56,11 +56,21 @@ def _top_right_vector(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return q @ vh[0]
 
 
-def affinity(inputs: Mapping[str, torch.Tensor], candidates: Sequence[Mapping[str, torch.Tensor]]) -> list[float]:
-    """Mean over modules and input rows of |<x/|x|, v>| for each candidate's prototypes (higher: more relevant)."""
-    totals = torch.zeros(len(candidates), dtype=torch.float64)
-    for module, x in inputs.items():
+Layout = Sequence[tuple[str, int]]  # (module, in_features) in the order a prototype row holds them
+
+
+def affinity(inputs: Mapping[str, torch.Tensor], prototypes: torch.Tensor, layout: Layout) -> list[float]:
+    """Mean over modules and input rows of |<x/|x|, v>| for each candidate (higher: more relevant).
+
+    ``prototypes`` holds one row per candidate: its modules' unit vectors back to back in ``layout`` order, in
+    any float dtype (the cache keeps float16), on the device the products run on. One row per candidate, not
+    a tensor per module: a thousand candidates' 210 SmolLM2 modules as separate tensors cost more to gather
+    than the products themselves.
+    """
+    device = prototypes.device
+    totals = torch.zeros(len(prototypes), dtype=torch.float64, device=device)
+    for (module, _), block in zip(layout, prototypes.split([size for _, size in layout], dim=1)):
+        x = inputs[module].to(device, torch.float32)
         unit = x / x.norm(dim=1, keepdim=True).clamp_min(1e-12)
-        stacked = torch.stack([c[module] for c in candidates], dim=1)  # [in, C]
-        totals += (unit @ stacked).abs().mean(dim=0).double()
-    return (totals / len(inputs)).tolist()
+        totals += (unit @ block.T.float()).abs().mean(dim=0).double()
+    return (totals / len(layout)).tolist()

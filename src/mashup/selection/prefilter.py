@@ -104,10 +104,11 @@ def compute_signals(missing: dict[str, list[CheckpointRecord]], probe: Probe, mo
     """
     first_ids = {r.id for r in missing.get("first_order", [])}
     arrow_ids = {r.id for r in missing.get("arrow", [])}
-    known = cache.prototypes(keys[i] for i in arrow_ids) if cache is not None and arrow_ids else {}
+    layout = tuple((module, probe.inputs[module].shape[1]) for module in modules) if arrow_ids else ()
+    known = cache.prototypes((keys[i] for i in arrow_ids), layout) if cache is not None and arrow_ids else {}
     gradients = {module: grad.to(device) for module, grad in probe.gradients.items()}
     fresh: dict[str, dict[str, float]] = {signal: {} for signal in missing}
-    protos = {i: known[keys[i]] for i in arrow_ids if keys[i] in known}
+    protos = {i: known[keys[i]] for i in arrow_ids if keys[i] in known}  # float16 rows, as the cache keeps them
     new_protos = {}
     todo = [r for r in {r.id: r for records in missing.values() for r in records}.values()
             if r.id in first_ids or r.id not in protos]
@@ -124,15 +125,16 @@ def compute_signals(missing: dict[str, list[CheckpointRecord]], probe: Probe, mo
         arrow = [i for i, r in enumerate(group) if r.id in arrow_ids and r.id not in protos]
         if arrow:
             vectors = prototypes_of(_rows(factors, arrow, len(group)))
-            flat = torch.cat([vectors[m] for m in modules], dim=1).cpu()  # one copy back for the chunk
-            sizes = [vectors[m].shape[1] for m in modules]
+            # one copy back for the chunk, rounded as the cache keeps it: a cold and a warm run rank alike
+            flat = torch.cat([vectors[m] for m in modules], dim=1).to("cpu", torch.float16)
             for i, row in zip(arrow, flat):
-                protos[group[i].id] = new_protos[keys[group[i].id]] = dict(zip(modules, row.split(sizes)))
+                protos[group[i].id] = new_protos[keys[group[i].id]] = row
     if arrow_ids:
         ids = sorted(arrow_ids)
-        fresh["arrow"] = {i: -a for i, a in zip(ids, affinity(probe.inputs, [protos[i] for i in ids]))}
+        matrix = torch.stack([protos[i] for i in ids]).to(device)
+        fresh["arrow"] = {i: -a for i, a in zip(ids, affinity(probe.inputs, matrix, layout))}
         if cache is not None and new_protos:
-            cache.put_prototypes(new_protos)
+            cache.put_prototypes(new_protos, layout)
     return fresh
 
 

@@ -8,25 +8,34 @@ change on disk after registration gets fresh values instead of stale ones.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import sqlite3
 from collections.abc import Iterable, Iterator
 from contextlib import closing, contextmanager
 from pathlib import Path
 
+import numpy as np
 import torch
-from safetensors.torch import load as load_bytes
-from safetensors.torch import save as save_bytes
 
 from mashup.io import weight_files
 from mashup.library import CheckpointRecord
+from mashup.selection.arrow import Layout
 
 CACHE_NAME = "selection.sqlite"
 _CHUNK = 500  # keys per IN (...) query, under SQLite's variable limit
 _SCHEMA = (
-    "CREATE TABLE IF NOT EXISTS prototypes (weights_key TEXT PRIMARY KEY, data BLOB)",
+    # prototypes were once stored per module (a safetensors blob of 210 tensors for SmolLM2, 2 ms each to load):
+    # now one float16 row per adapter, tagged with the layout it was cut for; the old table is dropped (a cache)
+    "DROP TABLE IF EXISTS prototypes",
+    "CREATE TABLE IF NOT EXISTS prototype_rows (weights_key TEXT PRIMARY KEY, layout TEXT, data BLOB)",
     "CREATE TABLE IF NOT EXISTS signals (signal TEXT, fingerprint TEXT, weights_key TEXT, value REAL, "
     "PRIMARY KEY (signal, fingerprint, weights_key))",
 )
+
+
+def _layout_tag(layout: Layout) -> str:
+    return hashlib.sha256(json.dumps([list(entry) for entry in layout]).encode()).hexdigest()[:16]
 
 
 def weights_key(record: CheckpointRecord, allow_pickle: bool = False) -> str:
@@ -47,21 +56,30 @@ class SignalCache:
                 conn.execute(statement)
             yield conn
 
-    def prototypes(self, keys: Iterable[str]) -> dict[str, dict[str, torch.Tensor]]:
-        wanted = list(keys)
+    def prototypes(self, keys: Iterable[str], layout: Layout) -> dict[str, torch.Tensor]:
+        """The cached prototype rows (float16, ``layout`` order) of the given weights keys; rows cut for another
+        layout read as missing."""
+        wanted, tag = list(keys), _layout_tag(layout)
+        size = sum(in_features for _, in_features in layout)
         rows = []
         with self._connect() as conn:
             for start in range(0, len(wanted), _CHUNK):
                 chunk = wanted[start:start + _CHUNK]
-                rows += conn.execute(f"SELECT weights_key, data FROM prototypes WHERE weights_key IN "
-                                     f"({', '.join('?' * len(chunk))})", chunk).fetchall()
-        return {key: {m: t.float() for m, t in load_bytes(data).items()} for key, data in rows}
+                rows += conn.execute(f"SELECT weights_key, data FROM prototype_rows WHERE layout = ? AND weights_key "
+                                     f"IN ({', '.join('?' * len(chunk))})", [tag, *chunk]).fetchall()
+        rows = [(key, data) for key, data in rows if len(data) == 2 * size]
+        block = np.empty((len(rows), size), dtype=np.float16)  # one copy out of SQLite's bytes, no tensor per row
+        for i, (_, data) in enumerate(rows):
+            block[i] = np.frombuffer(data, dtype=np.float16)
+        return dict(zip((key for key, _ in rows), torch.from_numpy(block)))
 
-    def put_prototypes(self, items: dict[str, dict[str, torch.Tensor]]) -> None:
-        rows = [(key, save_bytes({m: t.half().contiguous() for m, t in vectors.items()}))
-                for key, vectors in items.items()]
+    def put_prototypes(self, items: dict[str, torch.Tensor], layout: Layout) -> None:
+        """Store each weights key's prototype row (its modules' vectors back to back in ``layout`` order)."""
+        tag = _layout_tag(layout)
+        rows = [(key, tag, row.detach().to("cpu", torch.float16).contiguous().numpy().tobytes())
+                for key, row in items.items()]
         with self._connect() as conn:
-            conn.executemany("INSERT OR REPLACE INTO prototypes VALUES (?, ?)", rows)
+            conn.executemany("INSERT OR REPLACE INTO prototype_rows VALUES (?, ?, ?)", rows)
 
     def signals(self, signal: str, fingerprint: str, keys: Iterable[str]) -> dict[str, float]:
         wanted = set(keys)
