@@ -161,6 +161,19 @@ def test_arrow_alone_reads_no_adapter_once_its_prototypes_are_cached(tmp_path, t
                       "third target", library_dir=lib)
 
 
+def test_arrow_values_do_not_depend_on_how_many_rows_are_matched_at_once(tiny_base, tiny_loras, mc_file,
+                                                                         monkeypatch):
+    from mashup.selection import prefilter
+
+    workspace, requests = requests_for(tiny_base, mc_file, 6, "letter")
+    records = records_for(tiny_loras)
+    config = PrefilterConfig(signals=["arrow"], keep=1, min_keep=1)
+    whole = run_prefilter(records, requests, workspace.settings(3), tiny_base, config, "key").values["arrow"]
+    monkeypatch.setattr(prefilter, "ARROW_ROWS", 2)  # 3 candidates: a chunk of 2 and one of 1
+    chunked = run_prefilter(records, requests, workspace.settings(3), tiny_base, config, "key").values["arrow"]
+    assert chunked.keys() == whole.keys() and chunked == pytest.approx(whole, rel=1e-6)
+
+
 def test_keep_count_and_round_robin():
     assert keep_count(1000, PrefilterConfig(keep=0.1, min_keep=32)) == 100
     assert keep_count(100, PrefilterConfig(keep=0.1, min_keep=32)) == 32

@@ -32,6 +32,7 @@ logger = logging.getLogger(__name__)
 SIGNALS = ("first_order", "arrow")
 CHUNK = 32  # candidates whose factors are stacked for one batched product (about 320 MB of SmolLM2 adapters)
 CHUNK_BYTES = 512 << 20  # and at most this much of them in float32 (6 rank-8 adapters of a 7B Llama)
+ARROW_ROWS = 256  # prototype rows matched at a time (77 MB of SmolLM2's in float16, 560 MB of a 7B Llama's)
 
 
 @dataclass
@@ -131,8 +132,11 @@ def compute_signals(missing: dict[str, list[CheckpointRecord]], probe: Probe, mo
                 protos[group[i].id] = new_protos[keys[group[i].id]] = row
     if arrow_ids:
         ids = sorted(arrow_ids)
-        matrix = torch.stack([protos[i] for i in ids]).to(device)
-        fresh["arrow"] = {i: -a for i, a in zip(ids, affinity(probe.inputs, matrix, layout))}
+        values = []
+        for start in range(0, len(ids), ARROW_ROWS):  # the rows stacked a chunk at a time: bounded extra memory
+            rows = torch.stack([protos[i] for i in ids[start:start + ARROW_ROWS]]).to(device)
+            values += affinity(probe.inputs, rows, layout)
+        fresh["arrow"] = {i: -a for i, a in zip(ids, values)}
         if cache is not None and new_protos:
             cache.put_prototypes(new_protos, layout)
     return fresh
