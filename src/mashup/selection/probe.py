@@ -24,8 +24,8 @@ from mashup.models import autocast, load_model
 
 @dataclass
 class Probe:
-    gradients: dict[str, torch.Tensor] = field(default_factory=dict)  # module -> dL/dW [out, in]
-    inputs: dict[str, torch.Tensor] = field(default_factory=dict)  # module -> input rows [T, in]
+    gradients: dict[str, torch.Tensor] = field(default_factory=dict)  # module -> dL/dW [out, in], on the device
+    inputs: dict[str, torch.Tensor] = field(default_factory=dict)  # module -> input rows [T, in], on the device
     tokens: int = 0  # forward tokens (the backward pass is not counted here)
     seconds: float = 0.0
 
@@ -51,7 +51,7 @@ def run_probe(base_dir: Path, requests: Sequence[EncodedRequest], settings: Scor
     try:
         for rows in answer_batch_rows(requests, settings.batch_size):  # scoring's batches: little padding
             batch = collate([pairs[i] for i in rows], settings.pad_id, settings.device)
-            keep["rows"] = _token_sample(batch["attention_mask"], rows_per_example, generator)
+            keep["rows"] = _token_sample(batch["attention_mask"], rows_per_example, generator).to(settings.device)
             tokens += int(batch["attention_mask"].sum())
             with torch.set_grad_enabled(gradients), autocast(settings.device, settings.bf16):
                 per_example = answer_losses(model, batch)
@@ -61,10 +61,12 @@ def run_probe(base_dir: Path, requests: Sequence[EncodedRequest], settings: Scor
         for hook in hooks:
             hook.remove()
     probe = Probe(tokens=tokens)
+    # both stay on the device: the signals are computed there (prefilter.compute_signals), and copying them to
+    # the host and back cost a transfer each, and the hooks a sync per module and batch
     if gradients:
-        probe.gradients = {name: linear.weight.grad.detach().float().cpu() for name, linear in linears.items()}
+        probe.gradients = {name: linear.weight.grad.detach().float() for name, linear in linears.items()}
     if inputs:
-        probe.inputs = {name: torch.cat(rows).float().cpu() for name, rows in captured.items()}
+        probe.inputs = {name: torch.cat(rows) for name, rows in captured.items()}
     probe.seconds = time.perf_counter() - start
     return probe
 
@@ -72,9 +74,10 @@ def run_probe(base_dir: Path, requests: Sequence[EncodedRequest], settings: Scor
 def _token_sample(mask: torch.Tensor, per_example: int, generator: torch.Generator) -> torch.Tensor:
     """Flat indices of up to ``per_example`` real (unpadded) tokens of each row, drawn with the seed."""
     picked = []
+    mask = mask.cpu()  # once, not a device sync per row
     width = mask.shape[1]
     for row in range(mask.shape[0]):
-        real = torch.nonzero(mask[row].cpu(), as_tuple=True)[0]
+        real = torch.nonzero(mask[row], as_tuple=True)[0]
         order = torch.randperm(len(real), generator=generator)[:per_example]
         picked.append(row * width + real[order])
     return torch.cat(picked)
@@ -83,5 +86,5 @@ def _token_sample(mask: torch.Tensor, per_example: int, generator: torch.Generat
 def _capture(name: str, captured: dict[str, list[torch.Tensor]], keep: dict[str, torch.Tensor]):
     def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
         x = args[0].detach()
-        captured[name].append(x.reshape(-1, x.shape[-1])[keep["rows"].to(x.device)].float().cpu())
+        captured[name].append(x.reshape(-1, x.shape[-1])[keep["rows"].to(x.device)].float())
     return hook
