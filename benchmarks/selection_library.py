@@ -502,7 +502,8 @@ def round_seconds(rounds: list[dict]) -> str:
 
 
 def timed_selection(workspace, pool, requests, config, library_dir: Path | None = None) -> tuple:
-    """A live selection (cache off; with ``library_dir``, its scoring copies on) and its seconds."""
+    """A live selection (cache off; with ``library_dir``, its scoring copies on and the prefilter's cached
+    Arrow prototypes in use) and its seconds."""
     from mashup.selection import select_checkpoints
 
     start = time.perf_counter()
@@ -516,24 +517,20 @@ def prototype_dir(args: argparse.Namespace) -> Path:
 
 
 def warm_prototype_selection(workspace, pool, requests, config, cache_dir: Path) -> dict:
-    """A live selection as on a new target once the library's Arrow prototypes are cached: the signal values and
-    scores cached for any sample are dropped first, the prototypes kept (cache on; no scoring copies, so that
-    only the prefilter differs from the other live runs)."""
+    """A live selection as on a new target once the library's Arrow prototypes are cached in ``cache_dir``: the
+    cache off as in the other live runs, which keeps the prototypes in use (they depend on the weights alone) but
+    no signal value or score; no scoring copies, so that only the prefilter differs from the other live runs."""
     import sqlite3
     from contextlib import closing
 
-    from mashup.library.score_cache import CACHE_NAME as SCORES
-    from mashup.selection.signal_cache import CACHE_NAME as SIGNALS
+    from mashup.selection.signal_cache import CACHE_NAME
 
     cache_dir.mkdir(parents=True, exist_ok=True)
-    (cache_dir / SCORES).unlink(missing_ok=True)
-    with closing(sqlite3.connect(cache_dir / SIGNALS)) as conn, conn:
+    with closing(sqlite3.connect(cache_dir / CACHE_NAME)) as conn:
         tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-        if "signals" in tables:
-            conn.execute("DELETE FROM signals")
         cached = conn.execute("SELECT COUNT(*) FROM prototype_rows").fetchone()[0] if "prototype_rows" in tables else 0
     live, seconds = timed_selection(workspace, pool, requests,
-                                    config.model_copy(update={"cache": True, "scoring_copies": False}), cache_dir)
+                                    config.model_copy(update={"cache": False, "scoring_copies": False}), cache_dir)
     return {"seconds": seconds, "prototypes_cached": cached, "ranking": [s.id for s in live.ranking],
             "cost_ratio": live.stats.cost_ratio, "prefilter_seconds": live.stats.prefilter_seconds,
             "probe_seconds": live.stats.probe_seconds,

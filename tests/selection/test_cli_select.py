@@ -3,6 +3,7 @@ import json
 from mashup.config import HalvingConfig, max_share_option
 from mashup.library import Library
 from mashup.progress import selection_summary
+from mashup.selection import factors
 from tests.test_cli import run_cli
 
 
@@ -66,9 +67,17 @@ def test_select_cli_sets_the_prefilter(tmp_path, tiny_base, tiny_loras, mc_file,
             "--scoring", "letter", "--selector", "prefilter+halving", "--no-cache", "--json"]
     default = json.loads(run_cli(args, capsys, monkeypatch)[0])["stats"]
     assert default["prefiltered_out"] == 0  # 3 candidates: under the default min_keep (32), all are kept
-    out, _ = run_cli([*args, "--prefilter-keep", 1, "--prefilter-min-keep", 1, "--prefilter-signals", "arrow"],
-                     capsys, monkeypatch)
-    stats = json.loads(out)["stats"]
-    assert stats["prefiltered_out"] == 2 and stats["probe_tokens"] > 0
+    arrow = [*args, "--prefilter-keep", 1, "--prefilter-min-keep", 1, "--prefilter-signals", "arrow"]
+    first = json.loads(run_cli(arrow, capsys, monkeypatch)[0])
+    assert first["stats"]["prefiltered_out"] == 2 and first["stats"]["probe_tokens"] > 0
+
+    def no_read(*args, **kwargs):
+        raise AssertionError("a candidate's factors were read")
+
+    # --no-cache rescoring still uses the prototypes, which are keyed by the weights' bytes and cannot be stale
+    monkeypatch.setattr(factors.FactorReader, "read", no_read)
+    again = json.loads(run_cli(arrow, capsys, monkeypatch)[0])
+    assert again["selected"] == first["selected"] and again["stats"]["probe_tokens"] > 0
+    monkeypatch.undo()
     _, err = run_cli([*args, "--prefilter-signals", "arrow,embeddings"], capsys, monkeypatch, expect=2)
     assert "signals" in err and "Traceback" not in err

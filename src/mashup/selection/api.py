@@ -67,7 +67,7 @@ def select_checkpoints(workspace: Workspace, records: Sequence[CheckpointRecord]
                        needs_accuracy=with_accuracy, bf16=settings.bf16)
     retried_before = executor.retried
     context = SelectionContext(workspace.base_dir, requests, settings, config, executor, factory, store, stats,
-                               unit_size=unit_size, library_dir=library_dir if config.cache else None,
+                               unit_size=unit_size, library_dir=library_dir,
                                allow_pickle=allow_pickle, progress=progress)
     try:
         ranking = selector(context, records)

@@ -51,9 +51,13 @@ def keep_count(n: int, config: PrefilterConfig) -> int:
 
 def run_prefilter(records: Sequence[CheckpointRecord], requests: Sequence[EncodedRequest], settings: ScoreSettings,
                   base_dir: Path, config: PrefilterConfig, fingerprint: str, *, library_dir: Path | None = None,
-                  allow_pickle: bool = False) -> PrefilterResult:
+                  cache_values: bool = True, allow_pickle: bool = False) -> PrefilterResult:
     """The candidates worth scoring: every one the signals cannot rank (no plain LoRA layout, or other
-    target modules than the first such adapter's, which the probe covers), plus the best by the signals."""
+    target modules than the first such adapter's, which the probe covers), plus the best by the signals.
+
+    With ``library_dir`` Arrow's prototypes are cached there (they depend on the weights' bytes alone, so
+    they are kept even when ``cache_values`` is off), and with ``cache_values`` the signals' values for
+    this ``fingerprint`` too."""
     start = time.perf_counter()
     layouts = {r.id: SlotLayout.of(r) for r in records}
     plain = [r for r in records if layouts[r.id] is not None]
@@ -64,7 +68,8 @@ def run_prefilter(records: Sequence[CheckpointRecord], requests: Sequence[Encode
         return PrefilterResult(list(records), seconds=time.perf_counter() - start)
     cache = SignalCache(library_dir) if library_dir is not None else None
     keys = {r.id: weights_key(r, allow_pickle) for r in eligible}
-    values = {signal: _cached(cache, signal, fingerprint, eligible, keys) for signal in config.signals}
+    value_cache = cache if cache_values else None
+    values = {signal: _cached(value_cache, signal, fingerprint, eligible, keys) for signal in config.signals}
     missing = {signal: [r for r in eligible if r.id not in values[signal]] for signal in config.signals}
     result = PrefilterResult([])
     if any(missing.values()):
@@ -75,8 +80,8 @@ def run_prefilter(records: Sequence[CheckpointRecord], requests: Sequence[Encode
         fresh = compute_signals(missing, probe, modules, keys, cache, settings.device, allow_pickle)
         for signal, new in fresh.items():
             values[signal].update(new)
-            if cache is not None:
-                cache.put_signals(signal, fingerprint, {keys[i]: v for i, v in new.items()})
+            if value_cache is not None:
+                value_cache.put_signals(signal, fingerprint, {keys[i]: v for i, v in new.items()})
     chosen = best_by_signals(values, count - (len(records) - len(eligible)))
     ranked = {r.id for r in eligible}
     result.kept = [r for r in records if r.id not in ranked or r.id in chosen]

@@ -190,7 +190,8 @@ def prefilter_halving(context: SelectionContext, records: Sequence[CheckpointRec
     """Keep the prefilters' most promising candidates, then rank them by halving."""
     config = context.config
     result = run_prefilter(records, context.requests, context.settings, context.base_dir, config.prefilter,
-                           context.fingerprint(), library_dir=context.library_dir, allow_pickle=context.allow_pickle)
+                           context.fingerprint(), library_dir=context.library_dir, cache_values=config.cache,
+                           allow_pickle=context.allow_pickle)
     context.stats.probe_tokens += result.probe_tokens
     context.stats.prefilter_seconds += result.seconds
     context.stats.probe_seconds += result.probe_seconds
