@@ -82,6 +82,9 @@ def test_run_with_baseline_registers_the_result(tmp_path, lib, tiny_base, tiny_l
     assert summary["mashup"]["curve"][0]["step"] == 0
     listed = json.loads(run_cli(["library", "list", "--library", lib, "--json"], capsys, monkeypatch)[0])
     assert summary["registered"] in [r["id"] for r in listed] and len(listed) == 4
+    import sqlite3  # the registered adapter's Arrow prototypes were cached with it, beside the 3 added before
+    with sqlite3.connect(lib / "selection.sqlite") as conn:
+        assert conn.execute("SELECT COUNT(*) FROM prototype_rows").fetchone()[0] == 4
 
 
 def test_failed_run_leaves_no_run_dir_and_no_library_change(tmp_path, lib, tiny_base, tiny_loras, mc_file, capsys,

@@ -53,10 +53,16 @@ def library_add(paths: Annotated[list[Path], typer.Argument(help="PEFT adapter d
     data = trained_on or (task if task and is_task_name(task) else None)
     fingerprint = load_target(DataConfig(data=data)).fingerprint if data else None
     lineage = {"trained_on": {"task": task, "data_fingerprint": fingerprint}} if fingerprint else None
+    lib = Library(library)
     with count_bar(err, "hashing checkpoints", enabled=recursive or len(paths) > 1) as update:
-        records = Library(library).add(paths, task=task, base=base, init_reference=init, allow_pickle=allow_pickle,
-                                       recursive=recursive, workers=workers, progress=update,
-                                       data_fingerprint=fingerprint, lineage=lineage)
+        records = lib.add(paths, task=task, base=base, init_reference=init, allow_pickle=allow_pickle,
+                          recursive=recursive, workers=workers, progress=update, data_fingerprint=fingerprint,
+                          lineage=lineage)
+    if any(r.kind == "lora" for r in records):
+        from mashup.selection.prefilter import warm_prototype_cache
+
+        with count_bar(err, "Arrow prototypes", enabled=recursive or len(paths) > 1) as update:
+            warm_prototype_cache(records, lib.directory, allow_pickle=allow_pickle, progress=update)
     emit([r.id for r in records] if as_json else "\n".join(f"added {r.id} {r.kind} {r.path}" for r in records),
          as_json)
 

@@ -14,6 +14,7 @@ from mashup.data.target import TargetData, load_target
 from mashup.evaluation import steps_to_parity
 from mashup.io import atomic_output_dir, sha256_files, weight_files, write_json
 from mashup.library import Library
+from mashup.selection.prefilter import warm_prototype_cache
 from mashup.training import INIT_WEIGHTS, ProgressFn, TrainResult, resolve_train_config
 from mashup.verbs import SelectResult, TrainSummary, merge_statistics_batches, select, train_in
 from mashup.workspace import open_workspace, write_version
@@ -149,4 +150,5 @@ def _register(library: Library, train_dir: Path, kind: str, target: TargetData, 
     reference = str(train_dir / INIT_WEIGHTS) if kind == "lora" else None
     records = library.add([weights], task=target.name, base=base, init_reference=reference,
                           metadata={"source": "mashup run"}, data_fingerprint=target.fingerprint, lineage=lineage)
+    warm_prototype_cache(records, library.directory)  # the next selection's prefilter then reads none of it
     return records[0].id

@@ -174,6 +174,41 @@ def test_arrow_values_do_not_depend_on_how_many_rows_are_matched_at_once(tiny_ba
     assert chunked.keys() == whole.keys() and chunked == pytest.approx(whole, rel=1e-6)
 
 
+def test_registering_caches_the_prototypes_a_prefilter_would_compute(tmp_path, tiny_base, tiny_loras, mc_file,
+                                                                     capsys, monkeypatch):
+    """``library add`` caches each adapter's Arrow prototypes, equal to the bit to what the prefilter computes, so
+    the first prefilter by Arrow reads no candidate."""
+    from mashup.library import Library
+    from mashup.selection import factors
+    from mashup.selection.prefilter import cache_prototypes
+    from tests.test_cli import run_cli
+
+    lib = tmp_path / "lib"
+    run_cli(["library", "add", *tiny_loras, "--library", lib], capsys, monkeypatch)
+    records = Library(lib).list()
+    assert cache_prototypes(records, lib) == 0, "all three were cached by the add"
+    workspace, requests = requests_for(tiny_base, mc_file, 6, "letter")
+    config = PrefilterConfig(signals=["arrow"], keep=1, min_keep=1)
+    fresh = run_prefilter(records, requests, workspace.settings(3), tiny_base, config, "key")  # no cache
+
+    def no_read(*args, **kwargs):
+        raise AssertionError("a candidate's factors were read")
+
+    monkeypatch.setattr(factors.FactorReader, "read", no_read)
+    warm = run_prefilter(records, requests, workspace.settings(3), tiny_base, config, "key", library_dir=lib)
+    assert warm.values["arrow"] == fresh.values["arrow"]
+
+
+def test_a_prototype_cache_that_cannot_be_written_is_a_warning(tmp_path, tiny_loras, caplog):
+    from mashup.selection.prefilter import warm_prototype_cache
+
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("")  # the cache's dir is a file: SQLite cannot open selection.sqlite under it
+    with caplog.at_level("WARNING"):
+        warm_prototype_cache(records_for(tiny_loras), blocker)
+    assert "Arrow prototypes not cached" in caplog.text
+
+
 def test_keep_count_and_round_robin():
     assert keep_count(1000, PrefilterConfig(keep=0.1, min_keep=32)) == 100
     assert keep_count(100, PrefilterConfig(keep=0.1, min_keep=32)) == 32

@@ -10,15 +10,18 @@ from __future__ import annotations
 
 import logging
 import math
+import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from mashup.config import PrefilterConfig
 from mashup.data.prompts import EncodedRequest
+from mashup.errors import MashupError
 from mashup.evaluation import ScoreSettings
 from mashup.library import CheckpointRecord
 from mashup.selection.arrow import affinity, prototypes_of
@@ -26,7 +29,7 @@ from mashup.selection.factors import FactorReader, StackedFactors, factor_count
 from mashup.selection.first_order import predicted_changes
 from mashup.selection.probe import Probe, run_probe
 from mashup.selection.signal_cache import SignalCache, weights_key
-from mashup.selection.slots import SlotLayout
+from mashup.selection.slots import SlotLayout, input_features
 
 logger = logging.getLogger(__name__)
 SIGNALS = ("first_order", "arrow")
@@ -88,6 +91,46 @@ def run_prefilter(records: Sequence[CheckpointRecord], requests: Sequence[Encode
     result.values = values
     result.seconds = time.perf_counter() - start
     return result
+
+
+def cache_prototypes(records: Sequence[CheckpointRecord], library_dir: Path, *, allow_pickle: bool = False,
+                     progress: Callable[[int, int], None] | None = None) -> int:
+    """Compute and cache Arrow's prototypes of the plain LoRA adapters among ``records`` that have none yet
+    (each file read once, on the CPU); returns how many were computed.
+
+    Prototypes depend on the weights alone, so registering an adapter is the time to make them: then a
+    prefilter by Arrow reads no candidate from the first selection on (``library add``, ``mashup run``).
+    """
+    by_layout: dict[tuple[tuple[str, int], ...], list[CheckpointRecord]] = {}
+    for record in records:
+        layout = SlotLayout.of(record)
+        if layout is not None:
+            by_layout.setdefault(input_features(record, layout.modules), []).append(record)
+    cache, computed = SignalCache(library_dir), 0
+    total, done = sum(len(group) for group in by_layout.values()), 0
+    for rows, group in by_layout.items():
+        keys = {r.id: weights_key(r, allow_pickle) for r in group}
+        known = cache.prototypes(keys.values(), rows)
+        todo = [r for r in group if keys[r.id] not in known]
+        done += len(group) - len(todo)
+        reader, modules = FactorReader(torch.device("cpu"), allow_pickle), [m for m, _ in rows]
+        for chunk in _chunks(todo, CHUNK):
+            vectors = prototypes_of(reader.read(chunk, modules))
+            flat = torch.cat([vectors[m] for m in modules], dim=1).to(torch.float16)
+            cache.put_prototypes({keys[r.id]: row for r, row in zip(chunk, flat)}, rows)
+            computed, done = computed + len(chunk), done + len(chunk)
+            if progress is not None:
+                progress(done, total)
+    return computed
+
+
+def warm_prototype_cache(records: Sequence[CheckpointRecord], library_dir: Path, **kwargs: Any) -> None:
+    """``cache_prototypes`` after registering, where the checkpoints are in the library already: a failure
+    must not fail (or undo) that, so it is a warning, and the first prefilter computes them instead."""
+    try:
+        cache_prototypes(records, library_dir, **kwargs)
+    except (OSError, sqlite3.Error, MashupError, RuntimeError, ValueError, KeyError) as exc:
+        logger.warning("Arrow prototypes not cached (%s); a prefilter computes them when it first needs them", exc)
 
 
 def _cached(cache: SignalCache | None, signal: str, fingerprint: str, records: Sequence[CheckpointRecord],

@@ -77,6 +77,11 @@ def _plain_config(adapter_dir: Path) -> bool:
     return not any(config.get(flag) for flag in _UNSUPPORTED_FLAGS)
 
 
+def input_features(record: CheckpointRecord, modules: Sequence[str]) -> tuple[tuple[str, int], ...]:
+    """(module, in_features) of each module of a plain LoRA adapter, from its A factors' recorded shapes."""
+    return tuple((module, record.shapes[_PREFIX + module + _A][1]) for module in modules)
+
+
 def adapter_factors(tensors: Mapping[str, torch.Tensor], module: str) -> tuple[torch.Tensor, torch.Tensor]:
     """``(A [r, in], B [out, r])`` of one module from a PEFT adapter state dict."""
     return tensors[_PREFIX + module + _A], tensors[_PREFIX + module + _B]
