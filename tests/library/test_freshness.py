@@ -59,6 +59,28 @@ def test_changed_and_missing_checkpoints_are_stale_with_a_reason(tmp_path, own_l
     assert "is gone" in reasons[records[2].id]
 
 
+def test_an_adapter_config_changed_after_registration_makes_the_entry_stale(tmp_path, own_loras, capsys,
+                                                                           monkeypatch):
+    """The digest covers the weights alone, yet alpha (or rank, rsLoRA, DoRA, targets) changes what they compute:
+    an edited adapter_config.json must not leave a record, or its cached scores, describing the old adapter."""
+    lib = tmp_path / "lib"
+    ids = json.loads(run_cli(["library", "add", *own_loras, "--library", lib, "--json"], capsys, monkeypatch)[0])
+    config_path = own_loras[0] / "adapter_config.json"
+    config = json.loads(config_path.read_text())
+    alpha = float(config["lora_alpha"])
+    config_path.write_text(json.dumps({**config, "lora_alpha": 2 * alpha, "base_model_name_or_path": "renamed"}))
+    (own_loras[1] / "adapter_config.json").unlink()
+    fresh, stale = Library(lib).fresh(Library(lib).list())
+    assert [r.id for r in fresh] == [ids[2]]
+    reasons = {r.id: reason for r, reason in stale}
+    assert f"adapter_config.json changed since registration (lora_alpha {alpha} -> {2 * alpha})" in reasons[ids[0]]
+    assert "adapter_config.json cannot be read now" in reasons[ids[1]]
+    out, _ = run_cli(["library", "verify", "--library", lib, "--json"], capsys, monkeypatch, expect=1)
+    assert {p["id"]: p["status"] for p in json.loads(out)["problems"]} == {ids[0]: "changed", ids[1]: "changed"}
+    config_path.write_text(json.dumps({**config, "base_model_name_or_path": "renamed"}))  # what does not matter
+    assert ids[0] in {r.id for r in Library(lib).fresh(Library(lib).list())[0]}
+
+
 def test_select_skips_stale_checkpoints_and_never_serves_a_cached_score_for_changed_bytes(
         tmp_path, tiny_base, own_loras, mc_file, caplog, monkeypatch):
 

@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from mashup.errors import CheckpointError
+from mashup.errors import CheckpointError, MashupError
 from mashup.io import sha256_files, stat_files, tensor_shapes, weight_files
 
 Kind = Literal["lora", "full"]
@@ -90,18 +90,36 @@ def inspect_lora(path: Path, task: str | None, allow_pickle: bool, check_values:
         raise CheckpointError("per-module rank/alpha patterns are not supported", str(path))
     files = weight_files(path, allow_pickle=allow_pickle)
     shapes = _all_shapes(files)
-    r = int(config.get("r", 8))
-    _check_lora_shapes(shapes, r, str(path))
-    targets = config.get("target_modules") or []
-    targets = [targets] if isinstance(targets, str) else sorted(targets)
+    settings = lora_settings(config)
+    _check_lora_shapes(shapes, settings["lora_r"], str(path))
     stats = stat_files(files)  # before hashing: a change during hashing then shows as a stats mismatch later
     return CheckpointRecord(
         id="", kind="lora", path=str(path.resolve()), sha256=sha256_files(files, check_values=check_values),
         file_stats=stats,
         base_model=str(config.get("base_model_name_or_path") or ""), architecture=str(config.get("task_type") or ""),
-        shapes=shapes, task=task, lora_r=r, lora_alpha=float(config.get("lora_alpha", r)), target_modules=targets,
-        use_rslora=bool(config.get("use_rslora", False)), use_dora=bool(config.get("use_dora", False)),
+        shapes=shapes, task=task, **settings,
     )
+
+
+def lora_settings(config: dict[str, Any]) -> dict[str, Any]:
+    """What an adapter_config.json says about how the factors apply (the record's fields of the same names):
+    rank, alpha, rsLoRA, DoRA and the target modules. The weights' digest does not cover them."""
+    r = int(config.get("r", 8))
+    targets = config.get("target_modules") or []
+    return {"lora_r": r, "lora_alpha": float(config.get("lora_alpha", r)),
+            "target_modules": [targets] if isinstance(targets, str) else sorted(targets),
+            "use_rslora": bool(config.get("use_rslora", False)), "use_dora": bool(config.get("use_dora", False))}
+
+
+def lora_config_change(record: CheckpointRecord) -> str | None:
+    """How the adapter_config.json on disk now differs from what ``record`` registered, or None."""
+    try:
+        now = lora_settings(_read_json(Path(record.path) / ADAPTER_CONFIG))
+    except MashupError as exc:
+        return f"{ADAPTER_CONFIG} cannot be read now ({exc.what})"
+    changes = [f"{name} {getattr(record, name)} -> {value}" for name, value in now.items()
+               if value != getattr(record, name)]
+    return f"{ADAPTER_CONFIG} changed since registration ({'; '.join(changes)})" if changes else None
 
 
 def inspect_full(path: Path, base: str | None, task: str | None, allow_pickle: bool, check_values: bool = False
