@@ -109,7 +109,7 @@ def test_old_catalog_and_score_cache_are_read_then_migrated_in_place(tmp_path, t
     library.add([tiny_loras[1]], lineage={"merged_from": [record.id]})
     assert [r.lineage for r in library.list()] == [{}, {"merged_from": [record.id]}]
     cache = ScoreCache(lib)
-    assert cache.get("fp", [current.sha256]) == {current.sha256: (2.5, 0.25, 8, None, None)}
+    assert cache.get("fp", [current.sha256]) == {current.sha256: (2.5, 0.25, 8, None, None, None)}
     cache.put("fp2", [(current.sha256, 1.0, 0.5, 8, 0.75)], target="arc_easy", sample={"seed": 0})
     assert cache.get("fp2", [current.sha256])[current.sha256].seconds == 0.75
     cache.put("fp3", [(current.sha256, 0.5, 0.5, 2, 0.1, [0.25, 0.75])])

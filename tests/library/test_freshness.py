@@ -81,6 +81,27 @@ def test_an_adapter_config_changed_after_registration_makes_the_entry_stale(tmp_
     assert ids[0] in {r.id for r in Library(lib).fresh(Library(lib).list())[0]}
 
 
+def test_scores_cached_under_one_alpha_never_answer_for_another(tmp_path, tiny_base, own_loras, mc_file):
+    """Registered again with another alpha, the same weights get the same id but their cached score (and
+    prefilter values) are not served: they were computed with the old scale."""
+    library = Library(tmp_path / "lib")
+    records = library.add(own_loras)
+    data, config = DataConfig(data=str(mc_file), scoring="letter"), SelectConfig(samples=8, k=1)
+    first = select(str(tiny_base), data, config, library.directory)
+    for path, record in zip(own_loras, records):  # all three: an alpha unlike the others' would be left out
+        settings = json.loads((path / "adapter_config.json").read_text())
+        (path / "adapter_config.json").write_text(json.dumps({**settings, "lora_alpha": 4 * settings["lora_alpha"]}))
+        library.remove(record.id)
+    again = library.add(own_loras)
+    assert [r.id for r in again] == [r.id for r in records] and again[0].applies != records[0].applies
+    second = select(str(tiny_base), data, config, library.directory)
+    assert second.stats["scored"] == 3 and not any(s.cached for s in second.ranking)
+    old = {s.id: s.loss for s in first.ranking}
+    assert all(s.loss != old[s.id] for s in second.ranking)
+    third = select(str(tiny_base), data, config, library.directory)  # and the new scores are cached in their place
+    assert third.stats["scored"] == 0
+
+
 def test_select_skips_stale_checkpoints_and_never_serves_a_cached_score_for_changed_bytes(
         tmp_path, tiny_base, own_loras, mc_file, caplog, monkeypatch):
 

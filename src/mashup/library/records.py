@@ -50,6 +50,14 @@ class CheckpointRecord:
             raise CheckpointError("not a LoRA adapter", self.path)
         return self.lora_alpha / (self.lora_r**0.5 if self.use_rslora else self.lora_r)
 
+    @property
+    def applies(self) -> str | None:
+        """A LoRA's ``lora_settings`` as one string (None for a full fine-tune): what, beside the weights' digest,
+        a cached score or prefilter value depends on, since the digest covers the weights alone."""
+        if self.kind != "lora":
+            return None
+        return json.dumps({name: getattr(self, name) for name in LORA_SETTINGS}, separators=(",", ":"))
+
 
 def _read_json(path: Path) -> dict[str, Any]:
     try:
@@ -99,6 +107,9 @@ def inspect_lora(path: Path, task: str | None, allow_pickle: bool, check_values:
         base_model=str(config.get("base_model_name_or_path") or ""), architecture=str(config.get("task_type") or ""),
         shapes=shapes, task=task, **settings,
     )
+
+
+LORA_SETTINGS = ("lora_r", "lora_alpha", "target_modules", "use_rslora", "use_dora")
 
 
 def lora_settings(config: dict[str, Any]) -> dict[str, Any]:

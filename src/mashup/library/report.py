@@ -98,6 +98,8 @@ def score_matrix(library: Library, *, target: str | None = None, task: str | Non
     rows: dict[str, dict[str, Any]] = {}
     for entry in ScoreCache(library.directory).entries():
         record = by_sha.get(entry.checkpoint_sha)
+        if record is not None and entry.applies is not None and entry.applies != record.applies:
+            continue  # scored with other LoRA settings than the record's (same weights): not its score
         row_id = record.id if record else entry.checkpoint_sha[:12]
         row_task = record.task if record else None
         label = entry.target or entry.sample.get("target")

@@ -31,7 +31,8 @@ from mashup.library.db import ensure_table, read_connection, select_rows, write_
 CACHE_NAME = "scores.sqlite"
 WHAT = "score cache"
 _COLUMNS = {"checkpoint_sha": "TEXT", "fingerprint": "TEXT", "loss": "REAL", "accuracy": "REAL", "n": "INTEGER",
-            "seconds": "REAL", "target": "TEXT", "sample": "TEXT", "created": "TEXT", "losses": "BLOB"}
+            "seconds": "REAL", "target": "TEXT", "sample": "TEXT", "created": "TEXT", "losses": "BLOB",
+            "applies": "TEXT"}
 
 
 # How scores are computed from those inputs (the loss's normalisation, the answer tokens counted, ...): bump it
@@ -61,6 +62,7 @@ class CachedScore(NamedTuple):
     n: int
     seconds: float | None  # what computing it took; None for scores cached before this was recorded
     losses: tuple[float, ...] | None = None  # per-example answer losses; None for rows cached before they were kept
+    applies: str | None = None  # the LoRA's settings it was scored with (CheckpointRecord.applies); None: unknown
 
 
 class ScoreRow(NamedTuple):
@@ -70,6 +72,7 @@ class ScoreRow(NamedTuple):
     n: int
     seconds: float
     losses: Sequence[float] | None = None
+    applies: str | None = None
 
 
 def pack_losses(losses: Sequence[float] | None) -> bytes | None:
@@ -94,6 +97,7 @@ class ScoreEntry:
     target: str | None
     sample: dict[str, Any] = field(default_factory=dict)
     created: str | None = None
+    applies: str | None = None
 
 
 def _setup(conn) -> None:
@@ -108,20 +112,20 @@ class ScoreCache:
         """Cached scores by checkpoint digest, for those present."""
         wanted = set(checkpoint_shas)
         with read_connection(self.path, WHAT) as conn:
-            rows = select_rows(conn, "scores", ["checkpoint_sha", "loss", "accuracy", "n", "seconds", "losses"],
-                               "WHERE fingerprint = ?", (key,))
+            rows = select_rows(conn, "scores", ["checkpoint_sha", "loss", "accuracy", "n", "seconds", "losses",
+                                                "applies"], "WHERE fingerprint = ?", (key,))
         return {r["checkpoint_sha"]: CachedScore(r["loss"], r["accuracy"], r["n"], r["seconds"],
-                                                 unpack_losses(r["losses"]))
+                                                 unpack_losses(r["losses"]), r["applies"])
                 for r in rows if r["checkpoint_sha"] in wanted}
 
     def put(self, key: str, scores: Iterable[ScoreRow | tuple], *,
             target: str | None = None, sample: dict[str, Any] | None = None) -> None:
         """Store scores computed on ``key``; ``target`` labels it and ``sample`` describes it (n, seed, ...)."""
         created = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        rows = [(*row[:5], pack_losses(row.losses), key, target, json.dumps(sample or {}), created)
+        rows = [(*row[:5], pack_losses(row.losses), row.applies, key, target, json.dumps(sample or {}), created)
                 for row in (ScoreRow(*s) for s in scores)]
-        columns = ("checkpoint_sha", "loss", "accuracy", "n", "seconds", "losses", "fingerprint", "target", "sample",
-                   "created")
+        columns = ("checkpoint_sha", "loss", "accuracy", "n", "seconds", "losses", "applies", "fingerprint", "target",
+                   "sample", "created")
         with write_transaction(self.path, WHAT, _setup) as conn:
             conn.executemany(f"INSERT OR REPLACE INTO scores ({', '.join(columns)}) "
                              f"VALUES ({', '.join('?' * len(columns))})", rows)

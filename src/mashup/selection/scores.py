@@ -77,8 +77,10 @@ class ScoreStore:
         share = 1.0 if self.needs_accuracy else _loss_only_share(requests)
         for record in records:
             if record.sha256 in found:
-                loss, accuracy, n, seconds, losses = found[record.sha256]
+                loss, accuracy, n, seconds, losses, applies = found[record.sha256]
                 if accuracy is None and self.needs_accuracy:
+                    continue
+                if applies is not None and applies != record.applies:  # same weights, another alpha (rank, ...)
                     continue
                 # a cached score keeps the seconds it cost (0 for rows cached before that was recorded)
                 out[record.id] = PrefixScore(loss * n, None if accuracy is None else round(accuracy * n), n,
@@ -91,7 +93,7 @@ class ScoreStore:
         if self.cache is not None and scores:
             info = {**self.sample_info, "samples": len(requests)}
             self.cache.put(fingerprint(self.base_dir, requests, self.bf16),
-                           [(r.sha256, s.loss, s.accuracy, s.n, s.seconds, s.losses) for r, s in scores],
+                           [(r.sha256, s.loss, s.accuracy, s.n, s.seconds, s.losses, r.applies) for r, s in scores],
                            target=info.get("target"), sample=info)
 
 

@@ -39,9 +39,11 @@ def _layout_tag(layout: Layout) -> str:
 
 
 def weights_key(record: CheckpointRecord, allow_pickle: bool = False) -> str:
-    """The catalog digest plus the weight files' sizes and mtimes: changes when the bytes on disk do."""
+    """The catalog digest plus the weight files' sizes and mtimes, and a LoRA's settings (the first-order value
+    scales with alpha): changes when the bytes on disk or what they compute do."""
     stats = [path.stat() for path in weight_files(Path(record.path), allow_pickle=allow_pickle)]
-    return record.sha256 + "".join(f":{s.st_size}:{s.st_mtime_ns}" for s in stats)
+    key = record.sha256 + "".join(f":{s.st_size}:{s.st_mtime_ns}" for s in stats)
+    return key if record.applies is None else f"{key}:{record.applies}"
 
 
 class SignalCache:
