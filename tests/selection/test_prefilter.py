@@ -209,6 +209,20 @@ def test_a_prototype_cache_that_cannot_be_written_is_a_warning(tmp_path, tiny_lo
     assert "Arrow prototypes not cached" in caplog.text
 
 
+def test_a_library_whose_prefilter_cache_cannot_be_opened_is_filtered_without_it(tmp_path, tiny_base, tiny_loras,
+                                                                                 mc_file, caplog):
+    workspace, requests = requests_for(tiny_base, mc_file, 6, "letter")
+    records = records_for(tiny_loras)
+    config = PrefilterConfig(signals=["arrow"], keep=1, min_keep=1)
+    blocker = tmp_path / "library"
+    blocker.write_text("")  # not a dir: nothing can be created under it (a read-only library, for root too)
+    fresh = run_prefilter(records, requests, workspace.settings(3), tiny_base, config, "key")
+    with caplog.at_level("WARNING"):
+        blocked = run_prefilter(records, requests, workspace.settings(3), tiny_base, config, "key",
+                                library_dir=blocker)
+    assert blocked.values == fresh.values and "computing without it" in caplog.text
+
+
 def test_keep_count_and_round_robin():
     assert keep_count(1000, PrefilterConfig(keep=0.1, min_keep=32)) == 100
     assert keep_count(100, PrefilterConfig(keep=0.1, min_keep=32)) == 32

@@ -69,7 +69,7 @@ def run_prefilter(records: Sequence[CheckpointRecord], requests: Sequence[Encode
     count = keep_count(len(records), config)
     if not eligible or count >= len(records):
         return PrefilterResult(list(records), seconds=time.perf_counter() - start)
-    cache = SignalCache(library_dir) if library_dir is not None else None
+    cache = _open_cache(library_dir)
     keys = {r.id: weights_key(r, allow_pickle) for r in eligible}
     value_cache = cache if cache_values else None
     values = {signal: _cached(value_cache, signal, fingerprint, eligible, keys) for signal in config.signals}
@@ -131,6 +131,20 @@ def warm_prototype_cache(records: Sequence[CheckpointRecord], library_dir: Path,
         cache_prototypes(records, library_dir, **kwargs)
     except (OSError, sqlite3.Error, MashupError, RuntimeError, ValueError, KeyError) as exc:
         logger.warning("Arrow prototypes not cached (%s); a prefilter computes them when it first needs them", exc)
+
+
+def _open_cache(library_dir: Path | None) -> SignalCache | None:
+    """The signal cache under ``library_dir``, or None (with a warning) where it cannot be opened, say a
+    read-only library: the prefilter then computes what it needs, as without a library."""
+    if library_dir is None:
+        return None
+    cache = SignalCache(library_dir)
+    try:
+        cache.signals("", "", ())  # opens it, creating the file and its tables when missing
+    except (OSError, sqlite3.Error) as exc:
+        logger.warning("prefilter cache %s cannot be used (%s); computing without it", cache.path, exc)
+        return None
+    return cache
 
 
 def _cached(cache: SignalCache | None, signal: str, fingerprint: str, records: Sequence[CheckpointRecord],
