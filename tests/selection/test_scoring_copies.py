@@ -130,7 +130,7 @@ def test_engine_reading_bf16_copies_scores_as_without(tiny_base, tiny_loras, mc_
     def no_source_reads(*args, **kwargs):
         raise AssertionError("read an adapter's own file although its copy was there")
 
-    monkeypatch.setattr(read_ahead_module, "read_dir_block_into", no_source_reads)
+    monkeypatch.setattr(read_ahead_module, "read_file_block_into", no_source_reads)
     again = ScoringEngine(tiny_base, requests, settings, adapters_per_forward=2, read_ahead=True,
                           copies_dir=copies_dir)
     assert [s.losses for s in again.score(records)] == want

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from mashup.io import read_dir_block_into
+from mashup.io import read_file_block_into, weight_files
 from mashup.selection.scoring_copies import ScoringCopies
 
 # Host memory that reads may hold ahead of use. A first round on a GPU groups about 128 SmolLM2
@@ -148,13 +148,14 @@ class AdapterReadAhead:
 
     def _read(self, adapter_dir: Path) -> torch.Tensor | None:
         # read, not mapped and copied (see read_dir_block_into), into a new block: the transfer to the GPU can
-        # run after this returns
-        if self.copies is None:
-            return read_dir_block_into(adapter_dir, self.factors, self._allocate, allow_pickle=self.allow_pickle)
-        copy = self.copies.path_for(adapter_dir, allow_pickle=self.allow_pickle)
+        # run after this returns. The dir is listed once, for its copy's name and for the read
+        files = weight_files(adapter_dir, allow_pickle=self.allow_pickle)
+        if len(files) != 1:
+            return None
+        copy = None if self.copies is None else self.copies.path_for_file(files[0])
         block = None if copy is None else self.copies.read(copy, self.factors, self._allocate)
         if block is None:
-            block = read_dir_block_into(adapter_dir, self.factors, self._allocate, allow_pickle=self.allow_pickle)
+            block = read_file_block_into(files[0], self.factors, self._allocate)
             if copy is not None and block is not None:
                 self.copies.submit(copy, block, self.factors)
         return block

@@ -67,11 +67,15 @@ class ScoringCopies:
     def path_for(self, adapter_dir: Path, *, allow_pickle: bool = False) -> Path | None:
         """Where the copy of a one-file adapter dir lives (it may not exist yet); None for other dirs."""
         files = weight_files(adapter_dir, allow_pickle=allow_pickle)
-        if len(files) != 1 or files[0].suffix != ".safetensors":
+        return self.path_for_file(files[0]) if len(files) == 1 else None
+
+    def path_for_file(self, weights: Path) -> Path | None:
+        """``path_for`` of an adapter's one weight file, for a caller that listed its dir already."""
+        if weights.suffix != ".safetensors":
             return None
-        stat = files[0].stat()
+        stat = weights.stat()
         # the stats the catalog's freshness check uses: a write changes ctime, which no copy tool can set
-        key = f"{os.path.abspath(files[0])}:{stat.st_size}:{stat.st_mtime_ns}:{stat.st_ctime_ns}:{stat.st_ino}"
+        key = f"{os.path.abspath(weights)}:{stat.st_size}:{stat.st_mtime_ns}:{stat.st_ctime_ns}:{stat.st_ino}"
         name = hashlib.sha256(key.encode()).hexdigest()[:32]
         return self.directory / f"{name}.{str(self.dtype).removeprefix('torch.')}.safetensors"
 
