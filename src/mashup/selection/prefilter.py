@@ -115,8 +115,7 @@ def cache_prototypes(records: Sequence[CheckpointRecord], library_dir: Path, *, 
         done += len(group) - len(todo)
         reader, modules = FactorReader(torch.device("cpu"), allow_pickle), [m for m, _ in rows]
         for chunk in _chunks(todo, CHUNK):
-            vectors = prototypes_of(reader.read(chunk, modules))
-            flat = torch.cat([vectors[m] for m in modules], dim=1).to(torch.float16)
+            flat = _prototype_rows(reader.read(chunk, modules), modules)
             cache.put_prototypes({keys[r.id]: row for r, row in zip(chunk, flat)}, rows)
             computed, done = computed + len(chunk), done + len(chunk)
             if progress is not None:
@@ -140,7 +139,7 @@ def _open_cache(library_dir: Path | None) -> SignalCache | None:
         return None
     cache = SignalCache(library_dir)
     try:
-        cache.signals("", "", ())  # opens it, creating the file and its tables when missing
+        cache.open()
     except (OSError, sqlite3.Error) as exc:
         logger.warning("prefilter cache %s cannot be used (%s); computing without it", cache.path, exc)
         return None
@@ -167,7 +166,7 @@ def compute_signals(missing: dict[str, list[CheckpointRecord]], probe: Probe, mo
     """
     first_ids = {r.id for r in missing.get("first_order", [])}
     arrow_ids = {r.id for r in missing.get("arrow", [])}
-    layout = tuple((module, probe.inputs[module].shape[1]) for module in modules) if arrow_ids else ()
+    layout = input_features(missing["arrow"][0], modules) if arrow_ids else ()
     known = cache.prototypes((keys[i] for i in arrow_ids), layout) if cache is not None and arrow_ids else {}
     gradients = {module: grad.to(device) for module, grad in probe.gradients.items()}
     fresh: dict[str, dict[str, float]] = {signal: {} for signal in missing}
@@ -187,9 +186,7 @@ def compute_signals(missing: dict[str, list[CheckpointRecord]], probe: Probe, mo
             fresh["first_order"].update((group[i].id, v) for i, v in zip(first, values))
         arrow = [i for i, r in enumerate(group) if r.id in arrow_ids and r.id not in protos]
         if arrow:
-            vectors = prototypes_of(_rows(factors, arrow, len(group)))
-            # one copy back for the chunk, rounded as the cache keeps it: a cold and a warm run rank alike
-            flat = torch.cat([vectors[m] for m in modules], dim=1).to("cpu", torch.float16)
+            flat = _prototype_rows(_rows(factors, arrow, len(group)), modules)
             for i, row in zip(arrow, flat):
                 protos[group[i].id] = new_protos[keys[group[i].id]] = row
     if arrow_ids:
@@ -202,6 +199,13 @@ def compute_signals(missing: dict[str, list[CheckpointRecord]], probe: Probe, mo
         if cache is not None and new_protos:
             cache.put_prototypes(new_protos, layout)
     return fresh
+
+
+def _prototype_rows(factors: StackedFactors, modules: Sequence[str]) -> torch.Tensor:
+    """Each stacked adapter's prototypes back to back in ``modules`` order, one float16 row on the CPU per adapter:
+    one copy back for the chunk, rounded as the cache keeps them, so a cold and a warm run rank alike."""
+    vectors = prototypes_of(factors)
+    return torch.cat([vectors[m] for m in modules], dim=1).to("cpu", torch.float16)
 
 
 def _rows(factors: StackedFactors, rows: list[int], count: int) -> StackedFactors:

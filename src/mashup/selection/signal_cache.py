@@ -58,6 +58,11 @@ class SignalCache:
                 conn.execute(statement)
             yield conn
 
+    def open(self) -> None:
+        """Create the file and its tables where missing; raises OSError or sqlite3.Error where it cannot be used."""
+        with self._connect():
+            pass
+
     def prototypes(self, keys: Iterable[str], layout: Layout) -> dict[str, torch.Tensor]:
         """The cached prototype rows (float16, ``layout`` order) of the given weights keys; rows cut for another
         layout read as missing."""
