@@ -29,6 +29,11 @@ def _config_default(model: type, field: str) -> str:
     return str(model.model_fields[field].default)
 
 
+def _config_option(flag: str, help: str, model: type, field: str) -> Any:
+    """An option that, when unset, leaves ``model``'s ``field`` at the config's default, which its help shows."""
+    return typer.Option(flag, help=help, show_default=_config_default(model, field))
+
+
 def _from_config(model: type, field: str) -> str:
     """The shown default of a `run` option that overrides --config: the config field's own default."""
     return f"from --config, else {_config_default(model, field)}"
@@ -47,25 +52,22 @@ IncludeTargetOpt = Annotated[bool, typer.Option(
     "--include-target-checkpoints", help="also rank checkpoints trained on the target (excluded by default)")]
 NoCacheOpt = Annotated[bool, typer.Option("--no-cache", help="rescore checkpoints scored before on this sample")]
 SelectorOpt = Annotated[str, typer.Option("--selector", help="exhaustive | halving | prefilter+halving")]
-HalvingMinOpt = Annotated[Optional[int], typer.Option(
-    "--halving-min-samples", help="halving: first round's sample size",
-    show_default=_config_default(HalvingConfig, "min_samples"))]
-HalvingFactorOpt = Annotated[Optional[float], typer.Option(
-    "--halving-factor", help="halving: keep 1/factor, grow the sample factor times",
-    show_default=_config_default(HalvingConfig, "factor"))]
-HalvingSeOpt = Annotated[Optional[float], typer.Option(
-    "--halving-keep-within-se", help="halving: also keep candidates within this many standard errors of the k-th "
-    "best (paired; 0: off)", show_default=_config_default(HalvingConfig, "keep_within_se"))]
+HalvingMinOpt = Annotated[Optional[int], _config_option(
+    "--halving-min-samples", "halving: first round's sample size", HalvingConfig, "min_samples")]
+HalvingFactorOpt = Annotated[Optional[float], _config_option(
+    "--halving-factor", "halving: keep 1/factor, grow the sample factor times", HalvingConfig, "factor")]
+HalvingSeOpt = Annotated[Optional[float], _config_option(
+    "--halving-keep-within-se", "halving: also keep candidates within this many standard errors of the k-th best "
+    "(paired; 0: off)", HalvingConfig, "keep_within_se")]
 HalvingShareOpt = Annotated[Optional[str], typer.Option(
     "--halving-max-share", metavar="S|auto|none", help="halving: keep near-ties only while the selection's forward "
     f"tokens stay within this share of exhaustive scoring's (the schedule itself is never cut); auto: "
     f"{AUTO_MAX_SHARE:g} where that leaves the near-ties room (large pools), else none", show_default="auto")]
-PrefilterKeepOpt = Annotated[Optional[float], typer.Option(
-    "--prefilter-keep", help="prefilter+halving: candidates the signals keep for halving: a fraction (<1) or a count",
-    show_default=_config_default(PrefilterConfig, "keep"))]
-PrefilterMinOpt = Annotated[Optional[int], typer.Option(
-    "--prefilter-min-keep", help="prefilter+halving: never keep fewer (or all)",
-    show_default=_config_default(PrefilterConfig, "min_keep"))]
+PrefilterKeepOpt = Annotated[Optional[float], _config_option(
+    "--prefilter-keep", "prefilter+halving: candidates the signals keep for halving: a fraction (<1) or a count",
+    PrefilterConfig, "keep")]
+PrefilterMinOpt = Annotated[Optional[int], _config_option(
+    "--prefilter-min-keep", "prefilter+halving: never keep fewer (or all)", PrefilterConfig, "min_keep")]
 PrefilterSignalsOpt = Annotated[Optional[str], typer.Option(
     "--prefilter-signals", metavar="first_order,arrow", help="prefilter+halving: the signals, comma-separated "
     "(arrow alone reads no candidate once its prototypes are cached)", show_default="first_order,arrow")]
