@@ -520,15 +520,12 @@ def warm_prototype_selection(workspace, pool, requests, config, cache_dir: Path)
     """A live selection as on a new target once the library's Arrow prototypes are cached in ``cache_dir``: the
     cache off as in the other live runs, which keeps the prototypes in use (they depend on the weights alone) but
     no signal value or score; no scoring copies, so that only the prefilter differs from the other live runs."""
-    import sqlite3
-    from contextlib import closing
+    from mashup.selection.signal_cache import SignalCache, weights_key
+    from mashup.selection.slots import SlotLayout, input_features
 
-    from mashup.selection.signal_cache import CACHE_NAME
-
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    with closing(sqlite3.connect(cache_dir / CACHE_NAME)) as conn:
-        tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-        cached = conn.execute("SELECT COUNT(*) FROM prototype_rows").fetchone()[0] if "prototype_rows" in tables else 0
+    lora = [r for r in pool if SlotLayout.of(r) is not None]
+    layout = input_features(lora[0], SlotLayout.of(lora[0]).modules) if lora else ()
+    cached = len(SignalCache(cache_dir).prototype_keys({weights_key(r) for r in lora}, layout)) if lora else 0
     live, seconds = timed_selection(workspace, pool, requests,
                                     config.model_copy(update={"cache": False, "scoring_copies": False}), cache_dir)
     return {"seconds": seconds, "prototypes_cached": cached, "ranking": [s.id for s in live.ranking],

@@ -9,7 +9,7 @@ from safetensors.torch import load_file, save_file
 from mashup.config import PrefilterConfig
 from mashup.io import load_weight_dir
 from mashup.library.score_cache import fingerprint
-from mashup.selection.arrow import affinity, prototypes, prototypes_of
+from mashup.selection.arrow import affinity, prototypes, prototypes_of, unit_inputs
 from mashup.selection.engine import ScoringEngine
 from mashup.selection.factors import stack_factors
 from mashup.selection.first_order import predicted_change, predicted_changes
@@ -78,9 +78,10 @@ def test_arrow_prototype_is_the_top_right_singular_vector_of_the_dense_update():
     expected = sum(float((inputs[m] / inputs[m].norm(dim=1, keepdim=True) @ got[m]).abs().mean()) for m in modules) / 2
     layout = [(m, got[m].shape[0]) for m in modules]
     row = torch.cat([got[m] for m in modules])
-    assert affinity(inputs, row[None], layout)[0] == pytest.approx(expected, rel=1e-5)
+    units = unit_inputs(inputs, torch.device("cpu"))
+    assert affinity(units, row[None], layout)[0] == pytest.approx(expected, rel=1e-5)
     other = torch.randn(row.shape[0], generator=generator)
-    both = affinity(inputs, torch.stack([row, other]).half(), layout)  # any float dtype, one row per candidate
+    both = affinity(units, torch.stack([row, other]).half(), layout)  # any float dtype, one row per candidate
     assert both[0] == pytest.approx(expected, rel=1e-3) and both[1] != pytest.approx(expected, rel=1e-3)
 
 
@@ -172,6 +173,38 @@ def test_arrow_values_do_not_depend_on_how_many_rows_are_matched_at_once(tiny_ba
     monkeypatch.setattr(prefilter, "ARROW_ROWS", 2)  # 3 candidates: a chunk of 2 and one of 1
     chunked = run_prefilter(records, requests, workspace.settings(3), tiny_base, config, "key").values["arrow"]
     assert chunked.keys() == whole.keys() and chunked == pytest.approx(whole, rel=1e-6)
+
+
+def test_cached_prototype_rows_are_read_a_block_at_a_time(tmp_path, tiny_base, tiny_loras, mc_file, monkeypatch):
+    """A warm prefilter holds a block of the library's rows at a time (2.2 MB an adapter of a 7B Llama),
+    and copies of one file, which share its cached row, each get its value."""
+    from mashup.selection import prefilter
+
+    copy = shutil.copytree(tiny_loras[0], tmp_path / "copy")  # same bytes and mtimes: same weights key
+    records = records_for([*tiny_loras, copy])
+    records[-1].id = "copy"
+    assert weights_key(records[-1]) == weights_key(records[0])
+    workspace, requests = requests_for(tiny_base, mc_file, 6, "letter")
+    config = PrefilterConfig(signals=["arrow"], keep=1, min_keep=1)
+    settings, lib = workspace.settings(3), tmp_path / "lib"
+    cold = run_prefilter(records, requests, settings, tiny_base, config, "key").values["arrow"]
+    prefilter.cache_prototypes(records, lib)
+    blocks = []
+    real_blocks = SignalCache.prototype_blocks
+
+    def spy(self, keys, layout, rows):
+        for found, block in real_blocks(self, keys, layout, rows):
+            blocks.append(len(block))
+            yield found, block
+
+    llama_7b = [("down" if i % 7 == 6 else "other", 11008 if i % 7 == 6 else 4096) for i in range(7 * 32)]
+    assert prefilter.arrow_block_rows(llama_7b) == 58, "2.2 MB rows: at most ARROW_BYTES of them at once"
+    monkeypatch.setattr(SignalCache, "prototype_blocks", spy)
+    monkeypatch.setattr(prefilter, "ARROW_ROWS", 2)
+    warm = run_prefilter(records, requests, settings, tiny_base, config, "key", library_dir=lib).values["arrow"]
+    assert blocks == [2, 1], "three distinct rows, two at a time"
+    assert warm.keys() == cold.keys() and len(warm) == 4 and warm == pytest.approx(cold, rel=1e-6)
+    assert warm["copy"] == warm[records[0].id] and cold["copy"] == cold[records[0].id], "one row for both"
 
 
 def test_registering_caches_the_prototypes_a_prefilter_would_compute(tmp_path, tiny_base, tiny_loras, mc_file,

@@ -59,8 +59,19 @@ def _top_right_vector(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 Layout = Sequence[tuple[str, int]]  # (module, in_features) in the order a prototype row holds them
 
 
-def affinity(inputs: Mapping[str, torch.Tensor], prototypes: torch.Tensor, layout: Layout) -> list[float]:
-    """Mean over modules and input rows of |<x/|x|, v>| for each candidate (higher: more relevant).
+def unit_inputs(inputs: Mapping[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    """The probe's input rows scaled to unit length in float32 on ``device``: made once per target, matched
+    against every block of prototype rows (``affinity``)."""
+    units = {}
+    for module, x in inputs.items():
+        x = x.to(device, torch.float32)
+        units[module] = x / x.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    return units
+
+
+def affinity(units: Mapping[str, torch.Tensor], prototypes: torch.Tensor, layout: Layout) -> list[float]:
+    """Mean over modules and input rows of |<x/|x|, v>| for each candidate (higher: more relevant), where
+    ``units`` holds each module's x/|x| (``unit_inputs``).
 
     ``prototypes`` holds one row per candidate: its modules' unit vectors back to back in ``layout`` order, in
     any float dtype (the cache keeps float16), on the device the products run on. One row per candidate, not
@@ -70,7 +81,5 @@ def affinity(inputs: Mapping[str, torch.Tensor], prototypes: torch.Tensor, layou
     device = prototypes.device
     totals = torch.zeros(len(prototypes), dtype=torch.float64, device=device)
     for (module, _), block in zip(layout, prototypes.split([size for _, size in layout], dim=1)):
-        x = inputs[module].to(device, torch.float32)
-        unit = x / x.norm(dim=1, keepdim=True).clamp_min(1e-12)
-        totals += (unit @ block.T.float()).abs().mean(dim=0).double()
+        totals += (units[module] @ block.T.float()).abs().mean(dim=0).double()
     return (totals / len(layout)).tolist()

@@ -24,7 +24,7 @@ from mashup.data.prompts import EncodedRequest
 from mashup.errors import MashupError
 from mashup.evaluation import ScoreSettings
 from mashup.library import CheckpointRecord
-from mashup.selection.arrow import affinity, prototypes_of
+from mashup.selection.arrow import Layout, affinity, prototypes_of, unit_inputs
 from mashup.selection.factors import FactorReader, StackedFactors, factor_count
 from mashup.selection.first_order import predicted_changes
 from mashup.selection.probe import Probe, run_probe
@@ -35,7 +35,8 @@ logger = logging.getLogger(__name__)
 SIGNALS = ("first_order", "arrow")
 CHUNK = 32  # candidates whose factors are stacked for one batched product (about 320 MB of SmolLM2 adapters)
 CHUNK_BYTES = 512 << 20  # and at most this much of them in float32 (6 rank-8 adapters of a 7B Llama)
-ARROW_ROWS = 256  # prototype rows matched at a time (77 MB of SmolLM2's in float16, 560 MB of a 7B Llama's)
+ARROW_ROWS = 256  # prototype rows matched at a time (77 MB of SmolLM2's in float16)
+ARROW_BYTES = 128 << 20  # and at most this much of them (58 rows of a 7B Llama's, 2.2 MB each)
 
 
 @dataclass
@@ -110,7 +111,7 @@ def cache_prototypes(records: Sequence[CheckpointRecord], library_dir: Path, *, 
     total, done = sum(len(group) for group in by_layout.values()), 0
     for rows, group in by_layout.items():
         keys = {r.id: weights_key(r, allow_pickle) for r in group}
-        known = cache.prototypes(keys.values(), rows)
+        known = cache.prototype_keys(keys.values(), rows)
         todo = [r for r in group if keys[r.id] not in known]
         done += len(group) - len(todo)
         reader, modules = FactorReader(torch.device("cpu"), allow_pickle), [m for m, _ in rows]
@@ -165,15 +166,11 @@ def compute_signals(missing: dict[str, list[CheckpointRecord]], probe: Probe, mo
     and the prototypes' r x r problems are batched over it, and the prototypes come back in one copy.
     """
     first_ids = {r.id for r in missing.get("first_order", [])}
-    arrow_ids = {r.id for r in missing.get("arrow", [])}
-    layout = input_features(missing["arrow"][0], modules) if arrow_ids else ()
-    known = cache.prototypes((keys[i] for i in arrow_ids), layout) if cache is not None and arrow_ids else {}
-    gradients = {module: grad.to(device) for module, grad in probe.gradients.items()}
+    arrow = _ArrowMatch(missing["arrow"], probe, modules, keys, cache, device) if missing.get("arrow") else None
+    gradients = {module: grad.to(device) for module, grad in probe.gradients.items()}  # no copy where they are
     fresh: dict[str, dict[str, float]] = {signal: {} for signal in missing}
-    protos = {i: known[keys[i]] for i in arrow_ids if keys[i] in known}  # float16 rows, as the cache keeps them
-    new_protos = {}
     todo = [r for r in {r.id: r for records in missing.values() for r in records}.values()
-            if r.id in first_ids or r.id not in protos]
+            if r.id in first_ids or (arrow is not None and arrow.needs_factors(r))]
     reader = FactorReader(device, allow_pickle)
     chunks = _chunks(todo, chunk)
     reader.prefetch([r for group in chunks for r in group])
@@ -184,21 +181,60 @@ def compute_signals(missing: dict[str, list[CheckpointRecord]], probe: Probe, mo
             scales = [group[i].lora_scale for i in first]
             values = predicted_changes(gradients, _rows(factors, first, len(group)), scales)
             fresh["first_order"].update((group[i].id, v) for i, v in zip(first, values))
-        arrow = [i for i, r in enumerate(group) if r.id in arrow_ids and r.id not in protos]
-        if arrow:
-            flat = _prototype_rows(_rows(factors, arrow, len(group)), modules)
-            for i, row in zip(arrow, flat):
-                protos[group[i].id] = new_protos[keys[group[i].id]] = row
-    if arrow_ids:
-        ids = sorted(arrow_ids)
-        values = []
-        for start in range(0, len(ids), ARROW_ROWS):  # the rows stacked a chunk at a time: bounded extra memory
-            rows = torch.stack([protos[i] for i in ids[start:start + ARROW_ROWS]]).to(device)
-            values += affinity(probe.inputs, rows, layout)
-        fresh["arrow"] = {i: -a for i, a in zip(ids, values)}
-        if cache is not None and new_protos:
-            cache.put_prototypes(new_protos, layout)
+        new = [i for i, r in enumerate(group) if arrow is not None and arrow.needs_factors(r)]
+        if new:
+            arrow.match_new([group[i] for i in new], _prototype_rows(_rows(factors, new, len(group)), modules))
+    if arrow is not None:
+        fresh["arrow"] = arrow.match_cached()
     return fresh
+
+
+class _ArrowMatch:
+    """Arrow's values (minus the affinity: lower is better) of candidates, their prototype rows matched a
+    block at a time as they are made or read from the cache, so a library's rows are never all in memory."""
+
+    def __init__(self, records: Sequence[CheckpointRecord], probe: Probe, modules: Sequence[str],
+                 keys: dict[str, str], cache: SignalCache | None, device: torch.device) -> None:
+        self.layout = input_features(records[0], modules)
+        self.cache, self.device, self.keys = cache, device, keys
+        self.block_rows = arrow_block_rows(self.layout)
+        self.units = unit_inputs(probe.inputs, device)
+        self.cached = cache.prototype_keys((keys[r.id] for r in records), self.layout) if cache is not None else set()
+        self.ids_by_key: dict[str, list[str]] = {}  # copies of one file share a key, and so a row
+        for record in records:
+            self.ids_by_key.setdefault(keys[record.id], []).append(record.id)
+        self.values: dict[str, float] = {}
+
+    def needs_factors(self, record: CheckpointRecord) -> bool:
+        """Whether the record's row is to be made from its factors: wanted, not cached, not made (for a copy)."""
+        owners = self.ids_by_key.get(self.keys.get(record.id), [])
+        return bool(owners) and owners[0] == record.id and self.keys[record.id] not in self.cached \
+            and record.id not in self.values
+
+    def match_new(self, records: Sequence[CheckpointRecord], rows: torch.Tensor) -> None:
+        """Match rows made from the factors (float16 on the CPU, as the cache keeps them) and cache them."""
+        self._match([self.ids_by_key[self.keys[r.id]] for r in records], rows)
+        if self.cache is not None:
+            self.cache.put_prototypes({self.keys[r.id]: row for r, row in zip(records, rows)}, self.layout)
+
+    def match_cached(self) -> dict[str, float]:
+        """Match the cached rows a block at a time (``arrow_block_rows``); returns every candidate's value."""
+        if self.cache is not None and self.cached:
+            for found, block in self.cache.prototype_blocks(self.cached, self.layout, self.block_rows):
+                self._match([self.ids_by_key[key] for key in found], block)
+        return self.values
+
+    def _match(self, owners: list[list[str]], rows: torch.Tensor) -> None:
+        """Each row's value to the ids that own it (copies of one file share a row)."""
+        for start in range(0, len(owners), self.block_rows):
+            block = rows[start:start + self.block_rows].to(self.device)
+            for ids, value in zip(owners[start:start + self.block_rows], affinity(self.units, block, self.layout)):
+                self.values.update((i, -value) for i in ids)
+
+
+def arrow_block_rows(layout: Layout) -> int:
+    """Prototype rows matched at a time: ``ARROW_ROWS``, fewer where they would take over ``ARROW_BYTES``."""
+    return max(1, min(ARROW_ROWS, ARROW_BYTES // (2 * sum(size for _, size in layout))))
 
 
 def _prototype_rows(factors: StackedFactors, modules: Sequence[str]) -> torch.Tensor:

@@ -38,6 +38,10 @@ def _layout_tag(layout: Layout) -> str:
     return hashlib.sha256(json.dumps([list(entry) for entry in layout]).encode()).hexdigest()[:16]
 
 
+def _row_bytes(layout: Layout) -> int:
+    return 2 * sum(in_features for _, in_features in layout)  # float16
+
+
 def weights_key(record: CheckpointRecord, allow_pickle: bool = False) -> str:
     """The catalog digest plus the weight files' sizes and mtimes, and a LoRA's settings (the first-order value
     scales with alpha): changes when the bytes on disk or what they compute do."""
@@ -63,22 +67,42 @@ class SignalCache:
         with self._connect():
             pass
 
-    def prototypes(self, keys: Iterable[str], layout: Layout) -> dict[str, torch.Tensor]:
-        """The cached prototype rows (float16, ``layout`` order) of the given weights keys; rows cut for another
-        layout read as missing."""
-        wanted, tag = list(keys), _layout_tag(layout)
-        size = sum(in_features for _, in_features in layout)
-        rows = []
+    def prototype_keys(self, keys: Iterable[str], layout: Layout) -> set[str]:
+        """The given weights keys with a cached row cut for ``layout`` (found without reading the rows)."""
+        wanted, tag, size = list(keys), _layout_tag(layout), _row_bytes(layout)
+        found: set[str] = set()
         with self._connect() as conn:
             for start in range(0, len(wanted), _CHUNK):
                 chunk = wanted[start:start + _CHUNK]
-                rows += conn.execute(f"SELECT weights_key, data FROM prototype_rows WHERE layout = ? AND weights_key "
-                                     f"IN ({', '.join('?' * len(chunk))})", [tag, *chunk]).fetchall()
-        rows = [(key, data) for key, data in rows if len(data) == 2 * size]
-        block = np.empty((len(rows), size), dtype=np.float16)  # one copy out of SQLite's bytes, no tensor per row
-        for i, (_, data) in enumerate(rows):
-            block[i] = np.frombuffer(data, dtype=np.float16)
-        return dict(zip((key for key, _ in rows), torch.from_numpy(block)))
+                found.update(key for (key,) in conn.execute(
+                    f"SELECT weights_key FROM prototype_rows WHERE layout = ? AND length(data) = ? AND weights_key "
+                    f"IN ({', '.join('?' * len(chunk))})", [tag, size, *chunk]))
+        return found
+
+    def prototype_blocks(self, keys: Iterable[str], layout: Layout,
+                         rows: int) -> Iterator[tuple[list[str], torch.Tensor]]:
+        """The cached rows (float16, ``layout`` order) of the given weights keys, at most ``rows`` at a time as
+        (keys, [n, features] block): a library's rows are never all in memory (2.3 MB an adapter of a 7B Llama).
+        Keys without a row cut for ``layout`` are left out."""
+        wanted, tag, size = list(keys), _layout_tag(layout), _row_bytes(layout)
+        step = max(1, min(rows, _CHUNK))
+        with self._connect() as conn:
+            for start in range(0, len(wanted), step):
+                chunk = wanted[start:start + step]
+                cursor = conn.execute(f"SELECT weights_key, data FROM prototype_rows WHERE layout = ? AND "
+                                      f"length(data) = ? AND weights_key IN ({', '.join('?' * len(chunk))})",
+                                      [tag, size, *chunk])
+                block, found = np.empty((len(chunk), size // 2), dtype=np.float16), []
+                for key, data in cursor:  # row by row into the block: one blob in memory at a time
+                    block[len(found)] = np.frombuffer(data, dtype=np.float16)
+                    found.append(key)
+                if found:
+                    yield found, torch.from_numpy(block[:len(found)])
+
+    def prototypes(self, keys: Iterable[str], layout: Layout) -> dict[str, torch.Tensor]:
+        """``prototype_blocks`` as one dict, weights key -> row: for a few keys."""
+        return {key: row for found, block in self.prototype_blocks(keys, layout, _CHUNK)
+                for key, row in zip(found, block)}
 
     def put_prototypes(self, items: dict[str, torch.Tensor], layout: Layout) -> None:
         """Store each weights key's prototype row (its modules' vectors back to back in ``layout`` order)."""
