@@ -94,7 +94,7 @@ def max_share_option(text: str | None) -> dict[str, Any]:
 class PrefilterConfig(StageConfig):
     """Signals that need no forward pass per candidate; the best by any signal go on to halving."""
 
-    signals: list[PrefilterSignal] = Field(default_factory=lambda: ["first_order", "arrow"])
+    signals: list[PrefilterSignal] = Field(default_factory=lambda: ["first_order", "arrow"], min_length=1)
     keep: float = Field(0.5, gt=0, description="candidates kept: a fraction (<1) or a count (>=1)")
     min_keep: int = Field(32, gt=0, description="never keep fewer than this many (or all)")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -31,11 +32,16 @@ class CheckpointScore:
 
 
 def rank(scores: Sequence[CheckpointScore], metric: Metric) -> list[CheckpointScore]:
-    """Best first: ascending loss, or descending accuracy (ties broken by loss, then id)."""
+    """Best first: ascending loss, or descending accuracy (ties broken by loss, then id). A loss that is not
+    finite (a forward that overflowed) ranks last: a NaN would scramble the sort and could come out first."""
     if metric == "accuracy":
         assert all(s.accuracy is not None for s in scores), "an accuracy ranking needs scores with accuracy"
-        return sorted(scores, key=lambda s: (-(s.accuracy or 0.0), s.loss, s.id))
-    return sorted(scores, key=lambda s: (s.loss, s.id))
+        return sorted(scores, key=lambda s: (-(s.accuracy or 0.0), _finite_or_last(s.loss), s.id))
+    return sorted(scores, key=lambda s: (_finite_or_last(s.loss), s.id))
+
+
+def _finite_or_last(loss: float) -> float:
+    return loss if math.isfinite(loss) else math.inf
 
 
 def score_checkpoints(

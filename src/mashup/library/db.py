@@ -27,8 +27,8 @@ def describe_error(exc: sqlite3.Error | OSError, path: Path, what: str) -> Libra
         return LibraryBusyError(f"library busy: another mashup process holds {path} (waited {BUSY_TIMEOUT_S:g} s)",
                                 None, "retry when it has finished")
     if name.startswith(("SQLITE_NOTADB", "SQLITE_CORRUPT")):
-        keep = "it only caches scores, so deleting it is safe" if what == "score cache" else \
-            "a new, empty catalog is made on the next add"
+        keep = "a new, empty catalog is made on the next add" if what == "catalog" else \
+            "it is only a cache, so deleting it is safe"
         return LibraryError(f"not a SQLite database (or corrupt): the {what} {path}", None,
                             f"move it away ({keep})")
     if name.startswith(("SQLITE_READONLY", "SQLITE_PERM")) or isinstance(exc, PermissionError):

@@ -11,6 +11,7 @@ accuracy), which is all a loss ranking needs.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -207,6 +208,9 @@ class ScoringEngine:
             scores = ExampleScores(record.id, key, losses.tolist(), correct, seconds, tokens)
             results[record.id] = scores
             logger.info("scored %s (%s): loss %.4f accuracy %s", record.id, record.task, scores.loss, scores.accuracy)
+            if not math.isfinite(scores.loss):
+                logger.warning("%s (%s) scored a loss of %s (its forward overflowed): it ranks last", record.id,
+                               record.path, scores.loss)
             if on_scored:
                 on_scored(scores)
 

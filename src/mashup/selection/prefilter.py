@@ -12,7 +12,8 @@ import logging
 import math
 import sqlite3
 import time
-from collections.abc import Callable, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,21 +57,21 @@ def keep_count(n: int, config: PrefilterConfig) -> int:
 def run_prefilter(records: Sequence[CheckpointRecord], requests: Sequence[EncodedRequest], settings: ScoreSettings,
                   base_dir: Path, config: PrefilterConfig, fingerprint: str, *, library_dir: Path | None = None,
                   cache_values: bool = True, allow_pickle: bool = False) -> PrefilterResult:
-    """The candidates worth scoring: every one the signals cannot rank (no plain LoRA layout, or other
-    target modules than the first such adapter's, which the probe covers), plus the best by the signals.
+    """The candidates worth scoring: the best ``config.keep`` of those the signals can rank (plain LoRA
+    adapters on the library's most common set of target modules, which the probe covers), plus every
+    one they cannot rank.
 
     With ``library_dir`` Arrow's prototypes are cached there (they depend on the weights' bytes alone, so
     they are kept even when ``cache_values`` is off), and with ``cache_values`` the signals' values for
     this ``fingerprint`` too."""
     start = time.perf_counter()
     layouts = {r.id: SlotLayout.of(r) for r in records}
-    plain = [r for r in records if layouts[r.id] is not None]
-    modules = layouts[plain[0].id].modules if plain else ()
-    eligible = [r for r in plain if layouts[r.id].modules == modules]
-    count = keep_count(len(records), config)
-    if not eligible or count >= len(records):
+    modules = _most_common_modules(layout.modules for layout in layouts.values() if layout is not None)
+    eligible = [r for r in records if layouts[r.id] is not None and layouts[r.id].modules == modules]
+    count = keep_count(len(eligible), config)
+    if count >= len(eligible):
         return PrefilterResult(list(records), seconds=time.perf_counter() - start)
-    cache = _open_cache(library_dir)
+    cache = SignalCache(library_dir) if library_dir is not None else None
     keys = {r.id: weights_key(r, allow_pickle) for r in eligible}
     value_cache = cache if cache_values else None
     values = {signal: _cached(value_cache, signal, fingerprint, eligible, keys) for signal in config.signals}
@@ -86,12 +87,19 @@ def run_prefilter(records: Sequence[CheckpointRecord], requests: Sequence[Encode
             values[signal].update(new)
             if value_cache is not None:
                 value_cache.put_signals(signal, fingerprint, {keys[i]: v for i, v in new.items()})
-    chosen = best_by_signals(values, count - (len(records) - len(eligible)))
+    chosen = best_by_signals(values, count)
     ranked = {r.id for r in eligible}
     result.kept = [r for r in records if r.id not in ranked or r.id in chosen]
     result.values = values
     result.seconds = time.perf_counter() - start
     return result
+
+
+def _most_common_modules(module_sets: Iterable[tuple[str, ...]]) -> tuple[str, ...]:
+    """The target modules most plain LoRA adapters share (ties: the first in sorted order), so that the
+    ranked set does not hang on which adapter comes first; () where there is none."""
+    counts = Counter(module_sets)
+    return min(counts, key=lambda modules: (-counts[modules], modules)) if counts else ()
 
 
 def cache_prototypes(records: Sequence[CheckpointRecord], library_dir: Path, *, allow_pickle: bool = False,
@@ -107,17 +115,19 @@ def cache_prototypes(records: Sequence[CheckpointRecord], library_dir: Path, *, 
         layout = SlotLayout.of(record)
         if layout is not None:
             by_layout.setdefault(input_features(record, layout.modules), []).append(record)
-    cache, computed = SignalCache(library_dir), 0
+    cache, computed = SignalCache(library_dir), 0  # a cache that cannot be written: its warning, and no work
     total, done = sum(len(group) for group in by_layout.values()), 0
     for rows, group in by_layout.items():
         keys = {r.id: weights_key(r, allow_pickle) for r in group}
         known = cache.prototype_keys(keys.values(), rows)
-        todo = [r for r in group if keys[r.id] not in known]
+        todo = [r for r in group if keys[r.id] not in known] if cache.usable else []
         done += len(group) - len(todo)
         reader, modules = FactorReader(torch.device("cpu"), allow_pickle), [m for m, _ in rows]
         for chunk in _chunks(todo, CHUNK):
             flat = _prototype_rows(reader.read(chunk, modules), modules)
             cache.put_prototypes({keys[r.id]: row for r, row in zip(chunk, flat)}, rows)
+            if not cache.usable:
+                return computed
             computed, done = computed + len(chunk), done + len(chunk)
             if progress is not None:
                 progress(done, total)
@@ -131,20 +141,6 @@ def warm_prototype_cache(records: Sequence[CheckpointRecord], library_dir: Path,
         cache_prototypes(records, library_dir, **kwargs)
     except (OSError, sqlite3.Error, MashupError, RuntimeError, ValueError, KeyError) as exc:
         logger.warning("Arrow prototypes not cached (%s); a prefilter computes them when it first needs them", exc)
-
-
-def _open_cache(library_dir: Path | None) -> SignalCache | None:
-    """The signal cache under ``library_dir``, or None (with a warning) where it cannot be opened, say a
-    read-only library: the prefilter then computes what it needs, as without a library."""
-    if library_dir is None:
-        return None
-    cache = SignalCache(library_dir)
-    try:
-        cache.open()
-    except (OSError, sqlite3.Error) as exc:
-        logger.warning("prefilter cache %s cannot be used (%s); computing without it", cache.path, exc)
-        return None
-    return cache
 
 
 def _cached(cache: SignalCache | None, signal: str, fingerprint: str, records: Sequence[CheckpointRecord],
@@ -167,6 +163,8 @@ def compute_signals(missing: dict[str, list[CheckpointRecord]], probe: Probe, mo
     """
     first_ids = {r.id for r in missing.get("first_order", [])}
     arrow = _ArrowMatch(missing["arrow"], probe, modules, keys, cache, device) if missing.get("arrow") else None
+    if arrow is not None:
+        arrow.match_cached()  # first: what the cache cannot give (or stops giving) is made from the factors below
     gradients = {module: grad.to(device) for module, grad in probe.gradients.items()}  # no copy where they are
     fresh: dict[str, dict[str, float]] = {signal: {} for signal in missing}
     todo = [r for r in {r.id: r for records in missing.values() for r in records}.values()
@@ -180,18 +178,24 @@ def compute_signals(missing: dict[str, list[CheckpointRecord]], probe: Probe, mo
         if first:
             scales = [group[i].lora_scale for i in first]
             values = predicted_changes(gradients, _rows(factors, first, len(group)), scales)
-            fresh["first_order"].update((group[i].id, v) for i, v in zip(first, values))
+            fresh["first_order"].update((group[i].id, _finite_or_worst(v)) for i, v in zip(first, values))
         new = [i for i, r in enumerate(group) if arrow is not None and arrow.needs_factors(r)]
         if new:
             arrow.match_new([group[i] for i in new], _prototype_rows(_rows(factors, new, len(group)), modules))
     if arrow is not None:
-        fresh["arrow"] = arrow.match_cached()
+        fresh["arrow"] = arrow.values
     return fresh
+
+
+def _finite_or_worst(value: float) -> float:
+    """A signal's value, or +inf (ranked last) where it overflowed: NaN would scramble the sort (and the cache
+    would keep it as NULL)."""
+    return value if math.isfinite(value) else math.inf
 
 
 class _ArrowMatch:
     """Arrow's values (minus the affinity: lower is better) of candidates, their prototype rows matched a
-    block at a time as they are made or read from the cache, so a library's rows are never all in memory."""
+    block at a time as they are read from the cache or made, so a library's rows are never all in memory."""
 
     def __init__(self, records: Sequence[CheckpointRecord], probe: Probe, modules: Sequence[str],
                  keys: dict[str, str], cache: SignalCache | None, device: torch.device) -> None:
@@ -199,17 +203,22 @@ class _ArrowMatch:
         self.cache, self.device, self.keys = cache, device, keys
         self.block_rows = arrow_block_rows(self.layout)
         self.units = unit_inputs(probe.inputs, device)
-        self.cached = cache.prototype_keys((keys[r.id] for r in records), self.layout) if cache is not None else set()
         self.ids_by_key: dict[str, list[str]] = {}  # copies of one file share a key, and so a row
         for record in records:
             self.ids_by_key.setdefault(keys[record.id], []).append(record.id)
         self.values: dict[str, float] = {}
 
+    def match_cached(self) -> None:
+        """Match the rows the cache has, a block at a time (``arrow_block_rows``)."""
+        if self.cache is not None:
+            for found, block in self.cache.prototype_blocks(self.ids_by_key, self.layout, self.block_rows):
+                self._match([self.ids_by_key[key] for key in found], block)
+
     def needs_factors(self, record: CheckpointRecord) -> bool:
-        """Whether the record's row is to be made from its factors: wanted, not cached, not made (for a copy)."""
+        """Whether the record's row is to be made from its factors: wanted, not matched yet, and the first
+        of its copies."""
         owners = self.ids_by_key.get(self.keys.get(record.id), [])
-        return bool(owners) and owners[0] == record.id and self.keys[record.id] not in self.cached \
-            and record.id not in self.values
+        return bool(owners) and owners[0] == record.id and record.id not in self.values
 
     def match_new(self, records: Sequence[CheckpointRecord], rows: torch.Tensor) -> None:
         """Match rows made from the factors (float16 on the CPU, as the cache keeps them) and cache them."""
@@ -217,19 +226,12 @@ class _ArrowMatch:
         if self.cache is not None:
             self.cache.put_prototypes({self.keys[r.id]: row for r, row in zip(records, rows)}, self.layout)
 
-    def match_cached(self) -> dict[str, float]:
-        """Match the cached rows a block at a time (``arrow_block_rows``); returns every candidate's value."""
-        if self.cache is not None and self.cached:
-            for found, block in self.cache.prototype_blocks(self.cached, self.layout, self.block_rows):
-                self._match([self.ids_by_key[key] for key in found], block)
-        return self.values
-
     def _match(self, owners: list[list[str]], rows: torch.Tensor) -> None:
         """Each row's value to the ids that own it (copies of one file share a row)."""
         for start in range(0, len(owners), self.block_rows):
             block = rows[start:start + self.block_rows].to(self.device)
             for ids, value in zip(owners[start:start + self.block_rows], affinity(self.units, block, self.layout)):
-                self.values.update((i, -value) for i in ids)
+                self.values.update((i, _finite_or_worst(-value)) for i in ids)
 
 
 def arrow_block_rows(layout: Layout) -> int:

@@ -7,6 +7,7 @@ is reused the same way. ``ScoreStore`` is the one place selection touches the li
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,6 +79,7 @@ class ScoreStore:
         for record in records:
             if record.sha256 in found:
                 loss, accuracy, n, seconds, losses, applies = found[record.sha256]
+                loss = math.nan if loss is None else loss  # SQLite keeps a NaN as NULL; it ranks last (scoring.rank)
                 if accuracy is None and self.needs_accuracy:
                     continue
                 if applies is not None and applies != record.applies:  # same weights, another alpha (rank, ...)

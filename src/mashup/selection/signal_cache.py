@@ -4,25 +4,33 @@ Arrow prototypes depend only on an adapter's weights; a target's signal values (
 Arrow affinity) depend on the weights and on exactly what was scored. Both are keyed by the weights'
 key: the catalog digest plus each weight file's size and modification time, so an adapter whose bytes
 change on disk after registration gets fresh values instead of stale ones.
+
+The file follows the library's SQLite policy (``library.db``: WAL, a busy timeout, one-line errors), and
+being a cache, a failure to use it is one warning, not an error: the prefilter computes what it lacks.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import sqlite3
 from collections.abc import Iterable, Iterator
-from contextlib import closing, contextmanager
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from mashup.errors import LibraryError
 from mashup.io import weight_files
 from mashup.library import CheckpointRecord
+from mashup.library.db import read_connection, table_columns, write_transaction
 from mashup.selection.arrow import Layout
 
+logger = logging.getLogger(__name__)
 CACHE_NAME = "selection.sqlite"
+WHAT = "prefilter cache"
 _CHUNK = 500  # keys per IN (...) query, under SQLite's variable limit
 _SCHEMA = (
     # prototypes were once stored per module (a safetensors blob of 210 tensors for SmolLM2, 2 ms each to load):
@@ -32,6 +40,11 @@ _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS signals (signal TEXT, fingerprint TEXT, weights_key TEXT, value REAL, "
     "PRIMARY KEY (signal, fingerprint, weights_key))",
 )
+
+
+def _setup(conn: sqlite3.Connection) -> None:
+    for statement in _SCHEMA:
+        conn.execute(statement)
 
 
 def _layout_tag(layout: Layout) -> str:
@@ -51,28 +64,58 @@ def weights_key(record: CheckpointRecord, allow_pickle: bool = False) -> str:
 
 
 class SignalCache:
+    """The prefilter's values under a library dir. A cache: where it cannot be read or written (a read-only
+    library, a corrupt file, another process holding it past the busy timeout) that is one warning, and the
+    cache is off for the rest of this object's life: reads find nothing, writes keep nothing."""
+
     def __init__(self, library_dir: Path) -> None:
         self.path = Path(library_dir) / CACHE_NAME
+        self.usable = True
 
     @contextmanager
-    def _connect(self) -> Iterator[sqlite3.Connection]:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with closing(sqlite3.connect(self.path)) as conn, conn:
-            for statement in _SCHEMA:
-                conn.execute(statement)
-            yield conn
+    def _reading(self, table: str) -> Iterator[sqlite3.Connection | None]:
+        """A connection to read ``table`` with, or None where there is nothing to read (no file or table yet,
+        or the cache is off)."""
+        if not self.usable:
+            yield None
+            return
+        entered = False
+        try:
+            with read_connection(self.path, WHAT) as conn:
+                readable = conn is not None and bool(table_columns(conn, table))
+                entered = True
+                yield conn if readable else None
+        except LibraryError as exc:
+            self._turn_off(exc)
+            if not entered:  # failed before the block ran: it runs with nothing to read
+                yield None
 
-    def open(self) -> None:
-        """Create the file and its tables where missing; raises OSError or sqlite3.Error where it cannot be used."""
-        with self._connect():
-            pass
+    @contextmanager
+    def _writing(self) -> Iterator[sqlite3.Connection | None]:
+        """A write transaction (the schema made or migrated first), or None where the cache is off."""
+        if not self.usable:
+            yield None
+            return
+        entered = False
+        try:
+            with write_transaction(self.path, WHAT, _setup) as conn:
+                entered = True
+                yield conn
+        except LibraryError as exc:
+            self._turn_off(exc)
+            if not entered:  # failed before the block ran: it runs with nowhere to write
+                yield None
+
+    def _turn_off(self, exc: LibraryError) -> None:
+        self.usable = False
+        logger.warning("%s; the prefilter goes on without its cache", exc)
 
     def prototype_keys(self, keys: Iterable[str], layout: Layout) -> set[str]:
         """The given weights keys with a cached row cut for ``layout`` (found without reading the rows)."""
         wanted, tag, size = list(keys), _layout_tag(layout), _row_bytes(layout)
         found: set[str] = set()
-        with self._connect() as conn:
-            for start in range(0, len(wanted), _CHUNK):
+        with self._reading("prototype_rows") as conn:
+            for start in range(0, len(wanted) if conn is not None else 0, _CHUNK):
                 chunk = wanted[start:start + _CHUNK]
                 found.update(key for (key,) in conn.execute(
                     f"SELECT weights_key FROM prototype_rows WHERE layout = ? AND length(data) = ? AND weights_key "
@@ -86,8 +129,8 @@ class SignalCache:
         Keys without a row cut for ``layout`` are left out."""
         wanted, tag, size = list(keys), _layout_tag(layout), _row_bytes(layout)
         step = max(1, min(rows, _CHUNK))
-        with self._connect() as conn:
-            for start in range(0, len(wanted), step):
+        with self._reading("prototype_rows") as conn:
+            for start in range(0, len(wanted) if conn is not None else 0, step):
                 chunk = wanted[start:start + step]
                 cursor = conn.execute(f"SELECT weights_key, data FROM prototype_rows WHERE layout = ? AND "
                                       f"length(data) = ? AND weights_key IN ({', '.join('?' * len(chunk))})",
@@ -109,17 +152,22 @@ class SignalCache:
         tag = _layout_tag(layout)
         rows = [(key, tag, row.detach().to("cpu", torch.float16).contiguous().numpy().tobytes())
                 for key, row in items.items()]
-        with self._connect() as conn:
-            conn.executemany("INSERT OR REPLACE INTO prototype_rows VALUES (?, ?, ?)", rows)
+        with self._writing() as conn:
+            if conn is not None:
+                conn.executemany("INSERT OR REPLACE INTO prototype_rows VALUES (?, ?, ?)", rows)
 
     def signals(self, signal: str, fingerprint: str, keys: Iterable[str]) -> dict[str, float]:
-        wanted = set(keys)
-        with self._connect() as conn:
-            rows = conn.execute("SELECT weights_key, value FROM signals WHERE signal = ? AND fingerprint = ?",
-                                (signal, fingerprint)).fetchall()
-        return {key: value for key, value in rows if key in wanted}
+        """The cached values of ``signal`` for this target sample, by weights key (a NaN, kept as NULL, reads
+        as missing)."""
+        wanted, rows = set(keys), []
+        with self._reading("signals") as conn:
+            if conn is not None:
+                rows = conn.execute("SELECT weights_key, value FROM signals WHERE signal = ? AND fingerprint = ?",
+                                    (signal, fingerprint)).fetchall()
+        return {key: value for key, value in rows if key in wanted and value is not None}
 
     def put_signals(self, signal: str, fingerprint: str, values: dict[str, float]) -> None:
-        with self._connect() as conn:
-            conn.executemany("INSERT OR REPLACE INTO signals VALUES (?, ?, ?, ?)",
-                             [(signal, fingerprint, key, value) for key, value in values.items()])
+        with self._writing() as conn:
+            if conn is not None:
+                conn.executemany("INSERT OR REPLACE INTO signals VALUES (?, ?, ?, ?)",
+                                 [(signal, fingerprint, key, value) for key, value in values.items()])
