@@ -17,6 +17,9 @@ LoraMode = Literal["ab", "delta", "concat"]
 SignRule = Literal["mass", "count"]
 Precision = Literal["auto", "fp32", "bf16"]
 
+# Floats that must be finite numbers ("nan" and "inf" parse as floats and would slip past a range check).
+Finite = Annotated[float, Field(allow_inf_nan=False)]
+
 LORA_SHAPE_FIELDS = ("lora_r", "lora_alpha", "target_modules", "lora_dropout", "use_rslora")
 DEFAULT_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -33,14 +36,14 @@ class DataConfig(StageConfig):
                                                "or its directory's for files called train/test)")
     train: str | None = Field(None, description="explicit train file (overrides carving)")
     test: str | None = Field(None, description="explicit test file (overrides carving)")
-    test_size: float = Field(0.2, description="fraction (<1) or count (>=1) carved out as test")
-    validation_size: float = Field(0.0, ge=0, description="fraction (<1) or count (>=1) of the train split carved out "
+    test_size: Finite = Field(0.2, gt=0, description="fraction (<1) or count (>=1) carved out as test")
+    validation_size: Finite = Field(0.0, ge=0, description="fraction (<1) or count (>=1) of the train split carved out "
                                                           "as validation (for model selection); 0: none")
     split_seed: int = 0
     scoring: Scoring = "auto"
-    max_length: int = 384
-    max_train_examples: int | None = None
-    max_test_examples: int | None = None
+    max_length: int = Field(384, gt=0, description="max tokens per example")
+    max_train_examples: int | None = Field(None, gt=0)
+    max_test_examples: int | None = Field(None, gt=0)
 
 
 SelectorName = Literal["exhaustive", "halving", "prefilter+halving"]
@@ -128,10 +131,10 @@ class MergeConfig(StageConfig):
     """How to merge the selected checkpoints; ``None`` fields take the method's own default."""
 
     method: str = "average"
-    weights: list[float] | None = None
+    weights: list[Finite] | None = None
     density: float | None = Field(None, description="fraction kept by ties/dare_*/magnitude_prune; "
                                   "default: the method's (0.2, see docs/merging.md)")
-    lambda_: float = Field(1.0, alias="lambda")
+    lambda_: Finite = Field(1.0, alias="lambda")
     normalize: bool | None = None
     sign: SignRule = "mass"
     seed: int = 0
@@ -140,6 +143,14 @@ class MergeConfig(StageConfig):
     lora_rank: int | None = Field(None, gt=0, description="output rank in delta mode; default: the most "
                                   "common input rank")
     fisher_samples: int = Field(64, gt=0)
+
+    @field_validator("weights")
+    @classmethod
+    def _some_weight(cls, value: list[float] | None) -> list[float] | None:
+        if value is not None and value and not any(value):
+            raise ValueError("all weights are 0, so the merge would hold none of the checkpoints; give at least "
+                             "one non-zero weight")
+        return value
 
     @field_validator("density")
     @classmethod
@@ -151,21 +162,21 @@ class MergeConfig(StageConfig):
 
 class TrainConfig(StageConfig):
     mode: TrainMode = "lora"
-    lr: float | None = Field(None, description="defaults: 2e-4 for LoRA, 2e-5 for full fine-tuning")
-    epochs: float = 1.0
+    lr: Finite | None = Field(None, gt=0, description="defaults: 2e-4 for LoRA, 2e-5 for full fine-tuning")
+    epochs: Finite = Field(1.0, gt=0)
     batch_size: int = Field(32, gt=0)
-    micro_batch_size: int | None = Field(None, description="split each batch for memory; same maths")
-    max_steps: int | None = None
-    eval_every: int | None = Field(None, description="steps between evaluations (default: 10% of steps)")
+    micro_batch_size: int | None = Field(None, gt=0, description="split each batch for memory; same maths")
+    max_steps: int | None = Field(None, gt=0)
+    eval_every: int | None = Field(None, gt=0, description="steps between evaluations (default: 10% of steps)")
     seed: int = 0
-    lora_r: int = 8
-    lora_alpha: float = 16
-    lora_dropout: float = 0.0
+    lora_r: int = Field(8, gt=0)
+    lora_alpha: Finite = Field(16, gt=0)
+    lora_dropout: Finite = Field(0.0, ge=0, lt=1)
     target_modules: list[str] = Field(default_factory=lambda: list(DEFAULT_LORA_TARGETS))
     use_rslora: bool = False
-    weight_decay: float = 0.01
-    warmup_ratio: float = 0.1
-    max_grad_norm: float = 1.0
+    weight_decay: Finite = Field(0.01, ge=0)
+    warmup_ratio: Finite = Field(0.1, ge=0, le=1)
+    max_grad_norm: float = Field(1.0, gt=0, description="gradient clipping norm (inf: no clipping)")
 
     def resolved_lr(self) -> float:
         if self.lr is not None:
@@ -181,7 +192,7 @@ class TrainConfig(StageConfig):
 class EvalConfig(StageConfig):
     split: Literal["train", "validation", "test"] = "test"
     batch_size: int = Field(16, gt=0)
-    max_examples: int | None = None
+    max_examples: int | None = Field(None, ge=0, description="cap on examples evaluated (0: no evaluation)")
 
 
 class RunConfig(StageConfig):

@@ -26,9 +26,9 @@ if TYPE_CHECKING:
     import torch
 
 logger = logging.getLogger(__name__)
-__all__ = ["atomic_output_dir", "check_finite", "load_weight_dir", "load_weights", "read_dir_block",
-           "read_dir_block_into", "read_tensor_block", "sha256_files", "sorted_shapes", "stat_files", "tensor_shapes",
-           "weight_files", "write_json"]
+__all__ = ["atomic_output_dir", "check_finite", "load_weight_dir", "load_weights", "non_float_tensors",
+           "read_dir_block", "read_dir_block_into", "read_tensor_block", "sha256_files", "sorted_shapes",
+           "stat_files", "tensor_shapes", "weight_files", "write_json"]
 
 _SAFETENSORS_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16"}  # torch names
 _MAX_HEADER = 100 << 20
@@ -133,8 +133,12 @@ def load_weights(path: Path) -> dict[str, torch.Tensor]:
             return load_file(str(path))
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # corrupt or truncated files raise library-specific errors
-        raise CheckpointError(f"cannot read weights ({type(exc).__name__}: {exc})", str(path),
-                              "the file is corrupt or truncated; re-save it") from None
+        raise _unreadable(path, exc) from None
+
+
+def _unreadable(path: Path, exc: Exception) -> CheckpointError:
+    return CheckpointError(f"cannot read weights ({type(exc).__name__}: {exc})", str(path),
+                           "the file is corrupt or truncated; re-save or re-download it")
 
 
 def load_weight_dir(model_dir: Path, *, allow_pickle: bool = False) -> dict[str, torch.Tensor]:
@@ -294,8 +298,19 @@ def tensor_shapes(path: Path) -> dict[str, list[int]]:
         with safe_open(str(path), framework="pt") as handle:
             return {name: list(handle.get_slice(name).get_shape()) for name in handle.keys()}
     except Exception as exc:
-        raise CheckpointError(f"cannot read weights ({type(exc).__name__}: {exc})", str(path),
-                              "the file is corrupt or truncated; re-save it") from None
+        raise _unreadable(path, exc) from None
+
+
+def non_float_tensors(path: Path) -> list[str]:
+    """Names of the tensors in a weight file that do not hold floating-point values (safetensors: header only)."""
+    if path.suffix != ".safetensors":
+        return [name for name, t in load_weights(path).items() if not t.is_floating_point()]
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            dtypes = {name: handle.get_slice(name).get_dtype() for name in handle.keys()}
+    except Exception as exc:
+        raise _unreadable(path, exc) from None
+    return [name for name, dtype in dtypes.items() if not dtype.startswith(("F", "BF"))]  # F16, BF16, F8_E4M3...
 
 
 def check_finite(files: list[Path]) -> None:
@@ -309,7 +324,10 @@ def check_finite(files: list[Path]) -> None:
             tensors = load_weights(path)
             items = tensors.items()
         else:
-            handle = safe_open(str(path), framework="pt")
+            try:
+                handle = safe_open(str(path), framework="pt")
+            except Exception as exc:
+                raise _unreadable(path, exc) from None
             items = ((name, handle.get_tensor(name)) for name in handle.keys())
         for name, tensor in items:
             if tensor.is_floating_point() and not torch.isfinite(tensor).all():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import logging
 import os
 import warnings
@@ -12,10 +13,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
+from safetensors import SafetensorError
 
 from mashup.config import Precision
 from mashup.errors import CheckpointError, MashupError
-from mashup.io import load_weight_dir, weight_files
+from mashup.io import check_finite, load_weight_dir, tensor_shapes, weight_files
 
 # transformers' modeling code and peft are imported where a model is loaded: on a 2-core CPU they add
 # about 4 s to every command, and a cached select or a library listing loads no model
@@ -36,6 +38,7 @@ def resolve_base_dir(base: str, cache_dir: Path | None = None) -> Path:
     if path.is_dir():
         if not (path / "config.json").exists():
             raise CheckpointError("no config.json in the base model dir", str(path), "pass an HF model dir")
+        _require_json(path / "config.json")
         return path
     if path.suffix or base.startswith((".", "/", "~")) or base.count("/") != 1:
         raise MashupError(f"unknown base model '{base}'", None,
@@ -45,26 +48,54 @@ def resolve_base_dir(base: str, cache_dir: Path | None = None) -> Path:
     return Path(snapshot_download(base, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt"]))
 
 
+def _require_json(path: Path) -> None:
+    """Refuse a config that is not JSON here: transformers says so through an OSError, which reads as a file
+    system problem."""
+    try:
+        json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{path.name} is not valid JSON ({exc})", str(path), "fix or re-save the file") from None
+
+
 def load_tokenizer(model_dir: Path) -> PreTrainedTokenizerBase:
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=False)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=False)
+    except (OSError, ValueError) as exc:
+        reason = str(exc).splitlines()[0].rstrip(" :")
+        raise CheckpointError(f"cannot load the tokenizer ({reason})", str(model_dir),
+                              "the model dir needs its tokenizer files (tokenizer.json, tokenizer_config.json); "
+                              "copy them from the model it was saved from") from None
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "right"
     return tokenizer
 
 
-def load_model(model_dir: Path, *, allow_pickle: bool = False) -> PreTrainedModel:
-    """Load a causal LM in float32 from safetensors (pickles only with ``allow_pickle``)."""
+def _checked_weight_files(model_dir: Path, *, allow_pickle: bool = False, check_values: bool = False) -> list[Path]:
+    """``weight_files``, which refuses pickles early with a clear line; with ``check_values`` every file is also
+    checked readable and finite (``check_finite``: one read of each)."""
+    if not Path(model_dir).is_dir():
+        raise CheckpointError("checkpoint directory not found", str(model_dir), "pass a PEFT adapter or HF model dir")
+    files = weight_files(Path(model_dir), allow_pickle=allow_pickle)
+    if check_values:
+        check_finite(files)
+    return files
+
+
+def load_model(model_dir: Path, *, allow_pickle: bool = False, check_values: bool = False) -> PreTrainedModel:
+    """Load a causal LM in float32 from safetensors (pickles only with ``allow_pickle``); with ``check_values``,
+    refuse weights holding NaN or inf."""
     from transformers import AutoModelForCausalLM
 
-    weight_files(Path(model_dir), allow_pickle=allow_pickle)  # refuses pickles early, with a clear line
+    _checked_weight_files(model_dir, allow_pickle=allow_pickle, check_values=check_values)
     try:
+        # None: safetensors where there are any, else the pickles weight_files allowed
         model = AutoModelForCausalLM.from_pretrained(
-            model_dir, dtype=torch.float32, use_safetensors=not allow_pickle, trust_remote_code=False
+            model_dir, dtype=torch.float32, use_safetensors=None if allow_pickle else True, trust_remote_code=False
         )
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, SafetensorError) as exc:
         raise CheckpointError(f"cannot load model ({exc})".splitlines()[0], str(model_dir),
                               "check it is a complete HF model dir") from None
     return model
@@ -81,16 +112,41 @@ def quiet_peft_deprecations() -> Iterator[None]:
         yield
 
 
-def attach_adapter(model: PreTrainedModel, adapter_dir: Path, *, trainable: bool,
-                   adapter_name: str = "default") -> PeftModel:
+def attach_adapter(model: PreTrainedModel, adapter_dir: Path, *, trainable: bool, adapter_name: str = "default",
+                   allow_pickle: bool = False, check_values: bool = False) -> PeftModel:
+    """``model`` with the adapter in ``adapter_dir``: from safetensors (pickles only with ``allow_pickle``), every
+    tensor used; with ``check_values``, refuse weights holding NaN or inf."""
     from peft import PeftModel
 
+    files = _checked_weight_files(adapter_dir, allow_pickle=allow_pickle, check_values=check_values)
     try:
-        with quiet_peft_deprecations():
-            return PeftModel.from_pretrained(model, adapter_dir, adapter_name=adapter_name, is_trainable=trainable)
-    except (OSError, ValueError, RuntimeError, KeyError) as exc:
+        with quiet_peft_deprecations(), warnings.catch_warnings():
+            # the keys it names are refused below, with the tensors nothing loaded (which it does not name)
+            warnings.filterwarnings("ignore", message=".*Found missing adapter keys", category=UserWarning)
+            peft_model = PeftModel.from_pretrained(model, adapter_dir, adapter_name=adapter_name,
+                                                   is_trainable=trainable)
+    except (OSError, ValueError, RuntimeError, KeyError, SafetensorError) as exc:
         raise CheckpointError(f"cannot load LoRA adapter ({exc})".splitlines()[0], str(adapter_dir),
                               "check it was trained on this base model") from None
+    _require_matching_keys(peft_model, adapter_name, files, adapter_dir)
+    return peft_model
+
+
+def _require_matching_keys(model: PeftModel, adapter_name: str, files: list[Path], adapter_dir: Path) -> None:
+    """Refuse an adapter whose tensors are not the ones its adapter_config.json makes: PEFT loads the tensors
+    that match, leaves the rest of the adapter at its init and drops the tensors no module takes."""
+    from peft import get_peft_model_state_dict
+
+    # save_embedding_layers=False: "auto" looks the base up on the Hub; embeddings are no LoRA factors anyway
+    expected = set(get_peft_model_state_dict(model, adapter_name=adapter_name, save_embedding_layers=False))
+    found = {name for path in files for name in tensor_shapes(path)}
+    missing = sorted(expected - found)
+    unused = sorted(name for name in found - expected if "lora_" in name)
+    if missing or unused:
+        parts = [f"{len(missing)} tensors its target_modules need are missing (e.g. {missing[0]})"] if missing else []
+        parts += [f"{len(unused)} tensors fit no target module (e.g. {unused[0]})"] if unused else []
+        raise CheckpointError(f"adapter_config.json and the weights disagree: {'; '.join(parts)}", str(adapter_dir),
+                              "fix target_modules in adapter_config.json or re-save the adapter")
 
 
 def load_full_weights_into(model: PreTrainedModel, model_dir: Path, *, allow_pickle: bool = False) -> None:

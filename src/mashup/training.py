@@ -19,8 +19,8 @@ from torch import nn
 from mashup.batching import answer_losses, collate
 from mashup.config import TrainConfig
 from mashup.data.prompts import EncodedRequest
-from mashup.errors import TrainingError
-from mashup.library.records import ADAPTER_CONFIG
+from mashup.errors import CheckpointError, TrainingError
+from mashup.library.records import ADAPTER_CONFIG, MODEL_CONFIG
 from mashup.evaluation import EvalResult, ScoreSettings, answer_sequence, evaluate
 from mashup.models import attach_adapter, autocast, load_model, quiet_peft_deprecations
 
@@ -56,14 +56,15 @@ class TrainResult:
 
 def prepare_model(base_dir: Path, config: TrainConfig, init: Path | None = None,
                   allow_pickle: bool = False) -> nn.Module:
-    """The model to train: a fresh or given LoRA on the base, or a full model (the base or ``init``)."""
+    """The model to train: a fresh or given LoRA on the base, or a full model (the base or ``init``). Weights
+    holding NaN or inf are refused here: training would stop at its first step, blaming the learning rate."""
     if config.mode == "full":
-        model = load_model(init or base_dir, allow_pickle=allow_pickle)
+        model = load_model(init or base_dir, allow_pickle=allow_pickle, check_values=True)
         model.requires_grad_(True)
         return model
-    model = load_model(base_dir, allow_pickle=allow_pickle)
+    model = load_model(base_dir, allow_pickle=allow_pickle, check_values=True)
     if init is not None:
-        return attach_adapter(model, init, trainable=True)
+        return attach_adapter(model, init, trainable=True, allow_pickle=allow_pickle, check_values=True)
     from peft import LoraConfig, get_peft_model  # where a model is trained: see mashup.models on import time
 
     torch.manual_seed(config.seed)  # the fresh adapter's init is reproducible from the seed
@@ -78,15 +79,35 @@ def init_lora_shape(init: Path) -> dict[str, Any] | None:
     config_path = Path(init) / ADAPTER_CONFIG
     if not config_path.exists():
         return None
-    raw = json.loads(config_path.read_text())
-    targets = raw.get("target_modules") or []
-    return {"lora_r": int(raw.get("r", 8)), "lora_alpha": float(raw.get("lora_alpha", raw.get("r", 8))),
-            "target_modules": sorted([targets] if isinstance(targets, str) else targets),
-            "lora_dropout": float(raw.get("lora_dropout") or 0.0), "use_rslora": bool(raw.get("use_rslora", False))}
+    try:
+        raw = json.loads(config_path.read_text())
+        targets = raw.get("target_modules") or []
+        return {"lora_r": int(raw.get("r", 8)), "lora_alpha": float(raw.get("lora_alpha", raw.get("r", 8))),
+                "target_modules": sorted([targets] if isinstance(targets, str) else targets),
+                "lora_dropout": float(raw.get("lora_dropout") or 0.0),
+                "use_rslora": bool(raw.get("use_rslora", False))}
+    except (ValueError, TypeError, AttributeError) as exc:  # not JSON, not an object, or a field of the wrong type
+        raise CheckpointError(f"cannot read the LoRA shape from {ADAPTER_CONFIG} ({type(exc).__name__}: {exc})",
+                              str(config_path), "fix or re-save the file") from None
+
+
+def check_init_kind(mode: str, init: Path) -> None:
+    """Refuse an init of the other kind before anything loads: transformers loads an adapter dir as the base
+    with the adapter in it, and a full fine-tune of that failed only when it was saved."""
+    is_adapter = (Path(init) / ADAPTER_CONFIG).exists()
+    if mode == "full" and is_adapter:
+        raise CheckpointError("a LoRA adapter dir cannot start a full fine-tune (--mode full)", str(init),
+                              "train it with --mode lora, or pass a full HF model dir (the adapter merged into "
+                              "its base)")
+    if mode == "lora" and not is_adapter and (Path(init) / MODEL_CONFIG).exists():
+        raise CheckpointError("a full model dir cannot start a LoRA run (--mode lora)", str(init),
+                              "train it with --mode full, or pass a PEFT adapter dir")
 
 
 def resolve_train_config(config: TrainConfig, init: Path | None) -> TrainConfig:
     """The config a LoRA run really trains with: starting from an adapter fixes its shape (r, alpha, ...)."""
+    if init is not None:
+        check_init_kind(config.mode, init)
     shape = init_lora_shape(init) if init is not None and config.mode == "lora" else None
     return config if shape is None else config.model_copy(update=shape)
 

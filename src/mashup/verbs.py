@@ -219,8 +219,10 @@ def eval_split(target: TargetData, config: EvalConfig) -> list:
 
 def load_eval_model(workspace: Workspace, *, adapter: str | Path | None = None, model_dir: str | Path | None = None,
                     allow_pickle: bool = False) -> torch.nn.Module:
-    """The base (or a full model dir), with an optional LoRA adapter, on the workspace's device."""
-    model = load_model(Path(model_dir) if model_dir else workspace.base_dir, allow_pickle=allow_pickle)
+    """The base (or a full model dir), with an optional LoRA adapter, on the workspace's device; weights holding
+    NaN or inf are refused (they would score as a loss of nan)."""
+    model = load_model(Path(model_dir) if model_dir else workspace.base_dir, allow_pickle=allow_pickle,
+                       check_values=True)
     if adapter:
-        model = attach_adapter(model, Path(adapter), trainable=False)
+        model = attach_adapter(model, Path(adapter), trainable=False, allow_pickle=allow_pickle, check_values=True)
     return model.to(workspace.device)

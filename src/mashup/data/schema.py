@@ -69,36 +69,95 @@ def example_from_row(row: dict[str, Any], where: str) -> MCExample:
     return MCExample(question=question, choices=tuple(choices), answer=answer, context=context or None)
 
 
+# "utf-8-sig" reads plain UTF-8 too, and drops the byte-order mark Excel and some editors put first.
+ENCODING = "utf-8-sig"
+JSONL_FIX = "fix the line: each line holds one whole JSON object (JSONL)"
+JSON_FIX = f"{JSONL_FIX}, or the file holds one JSON array of row objects"
+
+
 def _read_rows(path: Path) -> Iterable[tuple[str, dict[str, Any]]]:
+    try:
+        yield from _rows_by_format(path)
+    except UnicodeDecodeError:
+        raise _not_text_error(path) from None
+
+
+def _rows_by_format(path: Path) -> Iterable[tuple[str, dict[str, Any]]]:
     suffix = path.suffix.lower()
     if path.is_dir():
         yield from _read_hf_dir(path)
+    elif suffix == ".json" and _first_char(path) == "[":
+        yield from _read_json_array(path)
     elif suffix in {".jsonl", ".json"}:
-        yield from _read_jsonl(path)
+        yield from _read_jsonl(path, JSON_FIX if suffix == ".json" else JSONL_FIX)
     elif suffix == ".csv":
-        import csv
-
-        with open(path, newline="") as handle:
-            for number, row in enumerate(csv.DictReader(handle), start=2):
-                yield f"{path}:{number}", dict(row)
+        yield from _read_csv(path)
     elif suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        for number, row in enumerate(pq.read_table(path).to_pylist(), start=1):
-            yield f"{path} row {number}", row
+        yield from _read_parquet(path)
     else:
         raise DataError(f"unsupported data format '{suffix}'", str(path), "use .jsonl, .csv, .parquet or a saved HF dataset dir")
 
 
-def _read_jsonl(path: Path) -> Iterable[tuple[str, dict[str, Any]]]:
-    with open(path) as handle:
+def _not_text_error(path: Path) -> DataError:
+    with open(path, "rb") as handle:
+        head = handle.read(2)
+    if head == b"\x1f\x8b":
+        return DataError("gzip-compressed, not UTF-8 text", str(path), "decompress it (gunzip) first")
+    kind = " (UTF-16?)" if head in (b"\xff\xfe", b"\xfe\xff") else ""
+    return DataError(f"not UTF-8 text{kind}", str(path), "save it as UTF-8 JSONL or CSV")
+
+
+def _first_char(path: Path) -> str:
+    """The first non-whitespace character of a text file ('' if there is none)."""
+    with open(path, encoding=ENCODING) as handle:
+        while chunk := handle.read(4096):
+            if stripped := chunk.lstrip():
+                return stripped[0]
+    return ""
+
+
+def _read_json_array(path: Path) -> Iterable[tuple[str, dict[str, Any]]]:
+    """A .json file holding one JSON array of rows, as ``load_dataset("json")`` also accepts."""
+    with open(path, encoding=ENCODING) as handle:
+        try:
+            rows = json.load(handle)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"invalid JSON ({exc.msg})", f"{path}:{exc.lineno}", "fix the JSON array") from None
+    for number, row in enumerate(rows, start=1):
+        yield f"{path} row {number}", row
+
+
+def _read_jsonl(path: Path, fix: str) -> Iterable[tuple[str, dict[str, Any]]]:
+    with open(path, encoding=ENCODING) as handle:
         for number, line in enumerate(handle, start=1):
             if not line.strip():
                 continue
             try:
                 yield f"{path}:{number}", json.loads(line)
             except json.JSONDecodeError as exc:
-                raise DataError(f"invalid JSON ({exc.msg})", f"{path}:{number}", "fix the line") from None
+                raise DataError(f"invalid JSON ({exc.msg})", f"{path}:{number}", fix) from None
+
+
+def _read_csv(path: Path) -> Iterable[tuple[str, dict[str, Any]]]:
+    import csv
+
+    with open(path, newline="", encoding=ENCODING) as handle:
+        for number, row in enumerate(csv.DictReader(handle), start=2):
+            yield f"{path}:{number}", dict(row)
+
+
+def _read_parquet(path: Path) -> Iterable[tuple[str, dict[str, Any]]]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path)
+    except pa.ArrowException as exc:
+        reason = " ".join(str(exc).split())  # one line, whatever Arrow says
+        raise DataError(f"not a readable Parquet file ({reason})", str(path),
+                        "write it again (e.g. pandas DataFrame.to_parquet) or use JSONL/CSV") from None
+    for number, row in enumerate(table.to_pylist(), start=1):
+        yield f"{path} row {number}", row
 
 
 def _read_hf_dir(path: Path) -> Iterable[tuple[str, dict[str, Any]]]:

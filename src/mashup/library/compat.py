@@ -3,7 +3,8 @@
 Bases are compared by content (library.identity). LoRA adapters of different rank, target modules,
 alpha or rsLoRA can be merged as ``delta`` (B·A, then refactored) or ``concat``; the ``ab`` mode
 averages the A and B factors as stored, so there they must all match. The template that the others
-must match is the most common signature among the candidates (or one given), never just the first.
+must match is the most common signature among the candidates (or one given), never just the first; full
+fine-tunes must fit the base's own tensors instead, where the base is a local dir of safetensors.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Literal
 
 from mashup.io import sorted_shapes
 from mashup.library.identity import BaseMatcher
-from mashup.library.records import CheckpointRecord
+from mashup.library.records import CheckpointRecord, base_tensor_shapes, full_shapes_difference
 
 LoraMode = Literal["ab", "delta", "concat"]
 SHAPE_FREE_MODES = frozenset({"delta", "concat"})
@@ -93,16 +94,27 @@ def partition_compatible(
     """Split into (compatible, [(excluded, reason)]), both in the order given.
 
     ``template`` fixes the rank/targets/alpha/shapes to match; by default the most common signature among
-    the records on ``base`` of ``kind``. ``base_id`` is the base's content identity when the caller has the
-    model dir at hand (``base_identity(dir)``); otherwise it is resolved from ``base`` offline.
+    the records on ``base`` of ``kind``, except that full fine-tunes are matched against the base's tensors
+    where they can be read: the most common shapes can be those of broken or foreign checkpoints. ``base_id``
+    is the base's content identity when the caller has the model dir at hand (``base_identity(dir)``);
+    otherwise it is resolved from ``base`` offline.
     """
     matcher = BaseMatcher(base, base_id)
     first_pass = [(r, incompatibility(r, None, base, kind, lora_mode=lora_mode, matcher=matcher)) for r in records]
-    template = template or most_common_template([r for r, reason in first_pass if reason is None])
+    base_shapes = base_tensor_shapes(base) if kind == "full" and template is None else None
+    if base_shapes is None:
+        template = template or most_common_template([r for r, reason in first_pass if reason is None])
     compatible: list[CheckpointRecord] = []
     rejected: list[tuple[CheckpointRecord, str]] = []
     for record, reason in first_pass:
-        if reason is None and record is not template:
+        if reason is None and base_shapes is not None:
+            reason = _base_difference(record, base_shapes)
+        elif reason is None and record is not template:
             reason = incompatibility(record, template, base, kind, lora_mode=lora_mode, matcher=matcher)
         (rejected.append((record, reason)) if reason else compatible.append(record))
     return compatible, rejected
+
+
+def _base_difference(record: CheckpointRecord, base_shapes: dict[str, list[int]]) -> str | None:
+    difference = full_shapes_difference(record.shapes, base_shapes)
+    return f"parameter shapes differ from the base's ({difference})" if difference else None

@@ -17,6 +17,7 @@ from mashup.merging.compat import check_records, lora_modules, output_rank, reso
 from mashup.merging.registry import get_merge_method
 
 logger = logging.getLogger(__name__)
+WEIGHT_SUM_TOLERANCE = 1e-8  # as ``safe_divisor``, below which the methods would skip the division
 
 
 @dataclass
@@ -98,6 +99,20 @@ def _lora_layout(plan: MergePlan, requested_rank: int | None) -> None:
     plan.template = next((r for r in plan.records if r.lora_r == plan.lora_rank), plan.records[0])
 
 
+def _divides_by_weight_sum(method: MergeMethod, normalize: bool | None) -> bool:
+    """Average and normalised task arithmetic / dare_linear / magnitude_prune divide by Σ w_i, Fisher and
+    RegMean by Σ w_i·F_i and Σ w_i·G_i; ties and dare_ties divide each entry by its agreeing weights only."""
+    return method.statistic is not None or (bool(normalize) and not getattr(method, "consensus", False))
+
+
+def _check_weight_sum(method: MergeMethod, weights: Sequence[float], normalize: bool | None) -> None:
+    """A weighted mean with weights summing to 0 has no value; the methods would silently skip the division."""
+    if not _divides_by_weight_sum(method, normalize) or abs(sum(weights)) >= WEIGHT_SUM_TOLERANCE:
+        return
+    fix = "give weights with a non-zero sum" + (", or turn normalize off (--no-normalize)" if normalize else "")
+    raise MergeError(f"the weights {list(weights)} sum to 0, and {method.name} divides by their sum", None, fix)
+
+
 def build_plan(records: Sequence[CheckpointRecord], config: MergeConfig) -> MergePlan:
     """Check the inputs and resolve defaults; raises MergeError before any output exists."""
     records = list(records)
@@ -108,11 +123,12 @@ def build_plan(records: Sequence[CheckpointRecord], config: MergeConfig) -> Merg
     if len(weights) != len(records):
         raise MergeError(f"{len(weights)} weights given for {len(records)} checkpoints", None,
                          "give one weight per checkpoint (k must not exceed the checkpoints available)")
+    normalize = method.resolve_normalize(config.normalize)
+    _check_weight_sum(method, weights, normalize)
     kind = records[0].kind
     lora_mode = resolve_lora_mode(method, config.lora_mode) if kind == "lora" else None
     check_records(records, method, lora_mode)
     density = method.resolve_density(config.density) if method.uses_density else None
-    normalize = method.resolve_normalize(config.normalize)
     params = MergeParams(density=density, lambda_=config.lambda_, normalize=normalize, sign=config.sign)
     plan = MergePlan(method, records, weights, params, config, kind, lora_mode)
     if kind == "lora":

@@ -335,7 +335,8 @@ class ScoringEngine:
 
         name = f"ckpt_{record.id}"
         if self._peft_model is None:
-            self._peft_model = attach_adapter(self._load_base(), Path(record.path), trainable=False, adapter_name=name)
+            self._peft_model = attach_adapter(self._load_base(), Path(record.path), trainable=False, adapter_name=name,
+                                              allow_pickle=self.allow_pickle)
         elif self._peft_model.active_adapter != name:  # the same adapter again (a later halving round) stays
             model = self._peft_model
             previous = model.active_adapter
