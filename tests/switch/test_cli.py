@@ -60,3 +60,12 @@ def test_bad_config_is_one_line(tmp_path, tiny_base, capsys, monkeypatch) -> Non
                                                    {"model": str(tiny_base), "role": "aligned", "name": "b"}]}))
     _, err = run_cli(["switch", "generate", "--config", path, "hi"], capsys, monkeypatch, expect=1)
     assert "at most one candidate may have role 'aligned'" in err and err.strip().count("\n") == 0
+
+
+def test_switcher_training_options_are_range_checked(tmp_path, tiny_base, other_base, expert_lora, capsys,
+                                                     monkeypatch) -> None:
+    config = _config(tmp_path, tiny_base, other_base, expert_lora)
+    _, err = run_cli(["switch", "train", "--config", config, "--data", tmp_path / "collect", "--out",
+                      tmp_path / "switcher", "--lr", -1], capsys, monkeypatch, expect=2)
+    assert "'lr'" in err and "greater than 0" in err and err.strip().count("\n") == 0
+    assert not (tmp_path / "switcher").exists()

@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from mashup.cli_options import JsonOpt, PrecisionOpt, err
-from mashup.config import load_config
+from mashup.config import TrainConfig, load_config
 from mashup.switch.config import CollectConfig, RewardConfig, SwitchConfig, SwitchEvalConfig, default_switcher_training
 
 switch_app = typer.Typer(no_args_is_help=True, help="Switch Generation: checkpoints take turns writing a response "
@@ -84,7 +84,8 @@ def train_cmd(config: ConfigOpt, data: Annotated[list[Path], typer.Option("--dat
     from mashup.switch.train import train_switcher
 
     updates = {"lr": lr, "epochs": epochs, "batch_size": batch_size, "max_steps": max_steps, "seed": seed}
-    train_config = default_switcher_training().model_copy(update={k: v for k, v in updates.items() if v is not None})
+    given = {k: v for k, v in updates.items() if v is not None}
+    train_config = TrainConfig(**{**default_switcher_training().model_dump(), **given})  # validated, unlike model_copy
     with training_bars(err) as stage:
         summary = train_switcher(_config(config, precision=precision), list(data), out, train_config,
                                  progress=stage("switcher"))
