@@ -2,6 +2,7 @@
 is unchanged, and the next run with the same --out succeeds and cleans up."""
 
 import importlib
+import json
 import logging
 import os
 import signal
@@ -91,12 +92,8 @@ def test_a_failing_registration_leaves_no_output(tmp_path, tiny_base, tiny_loras
     assert [r.to_dict() for r in Library(lib).list()] == before
 
 
-def test_a_failure_after_registration_unregisters(tmp_path, tiny_base, tiny_loras, mc_file, capsys, monkeypatch):
-    """The summary rewrite after registration fails: the run dir goes and so does the new catalog entry."""
-    run_module = importlib.import_module("mashup.run")  # the package exports a function of the same name
-
-    lib, out = tmp_path / "lib", tmp_path / "runs" / "arc"
-    Library(lib).add(tiny_loras)
+def _fail_the_registered_summary(run_module, monkeypatch) -> None:
+    """The disk fills as the summary that names the registered entry is written."""
     real = run_module.write_json
 
     def write_json(path, data):
@@ -105,6 +102,46 @@ def test_a_failure_after_registration_unregisters(tmp_path, tiny_base, tiny_lora
         real(path, data)
 
     monkeypatch.setattr(run_module, "write_json", write_json)
+
+
+def test_a_failure_after_registration_unregisters(tmp_path, tiny_base, tiny_loras, mc_file, capsys, monkeypatch):
+    """The summary rewrite after registration fails: the run dir goes and so does the new catalog entry."""
+    run_module = importlib.import_module("mashup.run")  # the package exports a function of the same name
+
+    lib, out = tmp_path / "lib", tmp_path / "runs" / "arc"
+    Library(lib).add(tiny_loras)
+    _fail_the_registered_summary(run_module, monkeypatch)
     _, err = run_cli(_run_args(tiny_base, mc_file, lib, out, 1), capsys, monkeypatch, expect=1)
     assert err.strip().splitlines()[-1].startswith("error: No space left on device")
     assert not out.exists() and len(Library(lib).list()) == 3
+
+
+def test_an_interrupted_prototype_warm_up_leaves_a_complete_registered_run(tmp_path, tiny_base, tiny_loras, mc_file,
+                                                                         capsys, monkeypatch):
+    """The warm-up runs after the commit: Ctrl-C there costs the cache, not a catalog entry pointing at a run dir
+    that was removed (as when it ran inside the commit)."""
+    run_module = importlib.import_module("mashup.run")
+    lib, out = tmp_path / "lib", tmp_path / "runs" / "arc"
+    Library(lib).add(tiny_loras)
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(run_module, "warm_prototype_cache", interrupted)
+    run_cli(_run_args(tiny_base, mc_file, lib, out, 1), capsys, monkeypatch, expect=130)
+    summary = json.loads((out / "summary.json").read_text())
+    record = Library(lib).get(summary["registered"])
+    assert Path(record.path).is_dir() and len(Library(lib).list()) == 4
+
+
+def test_a_failure_after_registration_keeps_weights_registered_before(tmp_path, tiny_base, tiny_loras, mc_file,
+                                                                      capsys, monkeypatch):
+    """A rerun whose weights were registered by an earlier run: failing, it must not remove that entry."""
+    run_module = importlib.import_module("mashup.run")
+    lib = tmp_path / "lib"
+    Library(lib).add(tiny_loras)
+    run_cli(_run_args(tiny_base, mc_file, lib, tmp_path / "runs" / "first", 1), capsys, monkeypatch)
+    before = [r.id for r in Library(lib).list()]
+    _fail_the_registered_summary(run_module, monkeypatch)
+    run_cli(_run_args(tiny_base, mc_file, lib, tmp_path / "runs" / "second", 1), capsys, monkeypatch, expect=1)
+    assert [r.id for r in Library(lib).list()] == before and not (tmp_path / "runs" / "second").exists()

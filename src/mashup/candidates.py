@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
 from mashup.config import MergeConfig
@@ -21,6 +22,8 @@ from mashup.merging import merge_compatibility, reference_key
 from mashup.merging.compat import method_and_mode
 
 logger = logging.getLogger(__name__)
+INCLUDE_TARGET_HINT = ("to rank them too, pass --include-target-checkpoints (select, run) or set "
+                       "include_target_checkpoints: true in the select config")
 
 
 @dataclass
@@ -75,10 +78,16 @@ def _mergeable(records: list[CheckpointRecord], merge: MergeConfig
 
 
 def find_candidates(library: Library, base: str, kind: str, target: TargetData, merge: MergeConfig, *,
-                    base_id: str | None = None, include_target: bool = False) -> Candidates:
-    """The library's checkpoints that selection may rank for ``target``, with every exclusion logged."""
+                    base_id: str | None = None, include_target: bool = False, among: Collection[str] | None = None,
+                    include_hint: str | None = INCLUDE_TARGET_HINT) -> Candidates:
+    """The library's checkpoints that selection may rank for ``target``, with every exclusion logged.
+
+    ``among`` limits them to these ids (None: the whole library). ``include_hint`` tells the caller's users
+    how to rank the target's own checkpoints; None when leaving them out is the protocol (logged as info).
+    """
     _, lora_mode = method_and_mode(merge, kind)
-    fresh, stale = library.fresh(library.list())
+    listed = [r for r in library.list() if among is None or r.id in among]
+    fresh, stale = library.fresh(listed)
     compatible, rejected = partition_compatible(fresh, base, kind, lora_mode=lora_mode or "ab", base_id=base_id)
     rejected = [(r, f"stale: {reason}") for r, reason in stale] + rejected
     leaking = [] if include_target else [r for r in compatible if trained_on(r, target)]
@@ -88,9 +97,9 @@ def find_candidates(library: Library, base: str, kind: str, target: TargetData, 
     for record, reason in rejected:
         logger.warning("skipping %s: %s", record.id, reason)
     if leaking:
-        logger.warning("excluded %d checkpoint(s) trained on the target '%s' (%s); pass "
-                       "--include-target-checkpoints to rank them too", len(leaking), target.name,
-                       ", ".join(r.id for r in leaking))
+        logger.log(logging.WARNING if include_hint else logging.INFO, "excluded %d checkpoint(s) trained on the "
+                   "target '%s' (%s)%s", len(leaking), target.name, ", ".join(r.id for r in leaking),
+                   f"; {include_hint}" if include_hint else "")
     return Candidates(mergeable, [{"id": r.id, "reason": reason} for r, reason in rejected],
                       [{"id": r.id, "reason": f"trained on the target '{target.name}'"} for r in leaking])
 

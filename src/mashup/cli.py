@@ -16,8 +16,9 @@ from mashup.cli_data import DataOptions, with_data_options
 from mashup.cli_catalog import library_app, models_app, tasks_app
 from mashup.cli_options import JsonOpt, LibraryOpt, PickleOpt, PrecisionOpt, emit, err
 from mashup.config import (AUTO_MAX_SHARE, EvalConfig, HalvingConfig, MergeConfig, PrefilterConfig, RunConfig,
-                           SelectConfig, TrainConfig, load_config, max_share_option)
+                           SelectConfig, TrainConfig, max_share_option, read_config_mapping, validate_config)
 from mashup.errors import MashupError
+from mashup.io import write_text_atomic
 from mashup.experiment import cli as experiment_cli
 from mashup.progress import (quiet_third_party, score_cell, scoring_bar, selection_summary,
                              training_bars)
@@ -108,8 +109,11 @@ def select_cmd(base: BaseOpt, data: DataOptions, library: LibraryOpt = None,
                rows: Annotated[int, typer.Option("--rows", min=0, help="ranks the table shows (0: all; --json "
                                                  "always lists every one)")] = 20) -> None:
     """Rank compatible checkpoints by loss (or accuracy) on a sample of the target's train split."""
+    from mashup.library import Library, check_kind
     from mashup.verbs import select
 
+    check_kind(kind)
+    Library.existing(library)
     config = SelectConfig(samples=samples, k=k, metric=metric, with_accuracy=with_accuracy, seed=seed,  # type: ignore[arg-type]
                           batch_size=batch_size,
                           cache=not no_cache, include_target_checkpoints=include_target, selector=selector,  # type: ignore[arg-type]
@@ -167,20 +171,24 @@ def merge_cmd(checkpoints: Annotated[list[str], typer.Option(
                   "--export-mergekit", help="also write the merge as a mergekit YAML file", show_default="none")] = None,
               library: LibraryOpt = None, as_json: JsonOpt = False) -> None:
     """Merge checkpoints into a PEFT adapter dir or an HF model dir."""
+    from mashup.library import Library
     from mashup.verbs import merge
 
+    Library.existing(library)
     config = MergeConfig(method=method, weights=weights or None, density=density, lambda_=lambda_,  # type: ignore[arg-type]
                          normalize=normalize, sign=sign, seed=seed, lora_mode=lora_mode, lora_rank=lora_rank)
     exported = None
     if export_mergekit is not None:  # built first so an unsupported export fails before any merge work
-        from mashup.library import Library
         from mashup.merging import export_mergekit_yaml
 
         records = [Library(library).get(i) for i in checkpoints]
         exported = export_mergekit_yaml(records, config, base or records[0].base_model)
+        if not export_mergekit.parent.is_dir():  # checked before the merge, which would be left behind
+            raise MashupError("no such dir for the --export-mergekit file", str(export_mergekit.parent),
+                              "create it or choose another path")
     report = merge(checkpoints, config, out, library, base=base, data=data.config() if data.given() else None)
     if exported is not None:
-        export_mergekit.write_text(exported)
+        write_text_atomic(export_mergekit, exported)
     emit(report.to_dict() if as_json else f"merged {len(checkpoints)} checkpoints with {method} into {out}", as_json)
 
 
@@ -285,9 +293,11 @@ def run_cmd(base: Annotated[Optional[str], typer.Option("--base", help="base mod
             no_cache: NoCacheOpt = False, include_target: IncludeTargetOpt = False,
             precision: PrecisionOpt = None, as_json: JsonOpt = False) -> None:
     """Select, merge, train from the merge and evaluate; --baseline adds the from-scratch arm."""
+    from mashup.library import Library
     from mashup.run import run
 
-    raw: dict[str, Any] = load_config(config_file, RunConfig).model_dump(by_alias=True) if config_file else {}
+    # the file's own mapping, validated once with the flags merged over it, so flags may supply what it leaves out
+    raw: dict[str, Any] = read_config_mapping(config_file) if config_file else {}
     overrides = {"base": base, "out": str(out) if out else None, "library": library, "baseline": baseline or None,
                  "add_to_library": False if no_register else None, "precision": precision}
     raw.update(_given(**overrides))
@@ -299,15 +309,24 @@ def run_cmd(base: Annotated[Optional[str], typer.Option("--base", help="base mod
                 "train": {"mode": mode, "lr": lr, "max_steps": max_steps, "eval_every": eval_every,
                           "batch_size": batch_size, "seed": seed}}
     for section, values in sections.items():
-        raw.setdefault(section, {}).update(_given(**values))
+        _merge_section(raw, section, _given(**values))
     for required in ("base", "out"):
         if not raw.get(required):
             raise MashupError(f"missing --{required}", None, f"pass --{required} or set it in --config")
-    if not raw["data"].get("data"):
+    if isinstance(raw["data"], dict) and not raw["data"].get("data"):
         raise MashupError("missing --data", None, "pass --data TARGET or set data.data in --config")
+    config = validate_config(raw, RunConfig, config_file) if config_file else RunConfig.model_validate(raw)
+    Library.existing(config.library)
     with training_bars(err) as stage:
-        summary = run(RunConfig.model_validate(raw), stage)
+        summary = run(config, stage)
     emit(summary, as_json, None if as_json else _summary_table(summary))
+
+
+def _merge_section(raw: dict[str, Any], section: str, flags: dict[str, Any]) -> None:
+    """The flags given for one config section over the file's values (a non-mapping is left for validation)."""
+    current = raw.setdefault(section, {})
+    if isinstance(current, dict):
+        current.update(flags)
 
 
 def _summary_table(summary: dict[str, Any]) -> Table:
@@ -383,9 +402,14 @@ def main() -> None:
         _main(expand_multi_value_options(sys.argv[1:]))
 
 
+INTERRUPTED = 130  # the shell's exit status for SIGINT
+
+
 def _main(argv: list[str]) -> None:
     try:
-        app(argv, prog_name="mashup", standalone_mode=False)
+        code = app(argv, prog_name="mashup", standalone_mode=False)
+    except KeyboardInterrupt:  # where typer leaves it to us
+        code = INTERRUPTED
     except MashupError as exc:
         err.print(f"[red]error:[/red] {exc.line()}", highlight=False, soft_wrap=True)
         raise SystemExit(1) from None
@@ -407,3 +431,9 @@ def _main(argv: list[str]) -> None:
             exc.show()
             raise SystemExit(exc.exit_code) from None
         raise
+    # outside standalone mode typer *returns* an exit code (130 for Ctrl-C) instead of exiting with it: without
+    # this, an interrupted command exited 0 and `mashup ... && next` went on
+    if isinstance(code, int) and not isinstance(code, bool) and code != 0:
+        if code == INTERRUPTED:
+            err.print("[red]interrupted[/red]", highlight=False)
+        raise SystemExit(code)

@@ -58,13 +58,15 @@ def library_add(paths: Annotated[list[Path], typer.Argument(help="PEFT adapter d
         records = lib.add(paths, task=task, base=base, init_reference=init, allow_pickle=allow_pickle,
                           recursive=recursive, workers=workers, progress=update, data_fingerprint=fingerprint,
                           lineage=lineage)
+    # what was added is said first: the prototypes are only a cache, and an interrupted warm-up (exit 130) must
+    # not hide that the checkpoints are registered
+    emit([r.id for r in records] if as_json else "\n".join(f"added {r.id} {r.kind} {r.path}" for r in records),
+         as_json)
     if any(r.kind == "lora" for r in records):
         from mashup.selection.prefilter import warm_prototype_cache
 
         with count_bar(err, "Arrow prototypes", enabled=recursive or len(paths) > 1) as update:
             warm_prototype_cache(records, lib.directory, allow_pickle=allow_pickle, progress=update)
-    emit([r.id for r in records] if as_json else "\n".join(f"added {r.id} {r.kind} {r.path}" for r in records),
-         as_json)
 
 
 @library_app.command("list")
@@ -79,7 +81,8 @@ def library_list(task: Annotated[Optional[str], _filter("--task", "only checkpoi
     """List registered checkpoints, filtered by task, base, kind and lineage."""
     from mashup.library import Library
 
-    records = Library(library).list(task=task, base=base, kind=kind, merged_from=merged_from, trained_on=trained_on)
+    records = Library.existing(library).list(task=task, base=base, kind=kind, merged_from=merged_from,
+                                             trained_on=trained_on)
     table = Table("id", "kind", "task", "base", "r", "path")
     for r in records:
         table.add_row(r.id, r.kind, r.task or "", r.base_model, str(r.lora_r or ""), r.path)
@@ -92,7 +95,7 @@ def library_show(checkpoint_id: str, library: LibraryOpt = None, as_json: JsonOp
     from mashup.library import Library
     from mashup.library.report import record_text
 
-    lib = Library(library)
+    lib = Library.existing(library)
     record = lib.get(checkpoint_id)
     if as_json:
         emit(record.to_dict(), True)
@@ -105,7 +108,7 @@ def library_remove(checkpoint_id: str, library: LibraryOpt = None) -> None:
     """Remove a record (files on disk are left alone)."""
     from mashup.library import Library
 
-    record = Library(library).remove(checkpoint_id)
+    record = Library.existing(library).remove(checkpoint_id)
     err.print(f"removed {record.id} (files left at {record.path})")
 
 
@@ -114,7 +117,7 @@ def library_verify(library: LibraryOpt = None, workers: WorkersOpt = None, as_js
     """Hash every registered file again; list missing or changed ones (exit 1 if any)."""
     from mashup.library import Library
 
-    lib = Library(library)
+    lib = Library.existing(library)
     records = lib.list()
     with count_bar(err, "verifying", enabled=len(records) > 1) as update:
         checks = lib.verify(records, workers=workers, progress=update)
@@ -140,7 +143,7 @@ def library_scores(target: Annotated[Optional[str], _filter("--target", "target 
 
     if metric not in ("loss", "accuracy"):
         raise MashupError(f"unknown metric '{metric}'", None, "use --metric loss or --metric accuracy")
-    matrix = score_matrix(Library(library), target=target, task=task, checkpoint=checkpoint)
+    matrix = score_matrix(Library.existing(library), target=target, task=task, checkpoint=checkpoint)
     table = Table("id", "task", *[c["label"] for c in matrix.columns], title=f"cached {metric} by target sample")
     for row in matrix.checkpoints:
         cells = matrix.cells[row["id"]]

@@ -217,18 +217,52 @@ ConfigT = TypeVar("ConfigT", bound=StageConfig)
 
 def load_config(path: Path, cls: type[ConfigT]) -> ConfigT:
     """Read a YAML file into a typed config; errors name the file and the field."""
+    return validate_config(read_config_mapping(path), cls, path)
+
+
+def read_config_mapping(path: Path) -> dict[str, Any]:
+    """A config file's raw YAML mapping (empty file: {}), not validated yet; errors are one line naming the file."""
     try:
-        raw = yaml.safe_load(Path(path).read_text()) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise MashupError(f"cannot read config ({exc})", str(path), "check the file exists and is YAML") from None
+        text = Path(path).read_bytes().decode("utf-8")
+    except OSError as exc:
+        raise MashupError(f"cannot read config ({exc.strerror or exc})", str(path),
+                          "check the file exists and is readable") from None
+    except UnicodeDecodeError as exc:
+        raise MashupError(f"config is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start})",
+                          str(path), "save the file as UTF-8") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise MashupError(f"invalid YAML: {_yaml_problem(exc)}", str(path), "fix the YAML syntax there") from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise MashupError(f"config is a YAML {type(raw).__name__}, not a mapping of fields", str(path),
+                          "write one 'field: value' per line") from None
+    return raw
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """The parser's problem and where, on one line (its own text spans several, quoting the line)."""
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    problem = " ".join(str(getattr(exc, "problem", None) or exc).split())
+    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark else problem
+
+
+def validate_config(raw: dict[str, Any], cls: type[ConfigT], path: Path | None) -> ConfigT:
+    """``raw`` (a config file's mapping, maybe with flags merged over it) as a typed config; errors name ``path``
+    and the field."""
     try:
         return cls.model_validate(raw)
     except ValidationError as exc:
         first = exc.errors()[0]
         field = ".".join(str(p) for p in first["loc"])
         what = f"invalid config field '{field}': {first['msg']}" if field else f"invalid config: {first['msg']}"
-        raise MashupError(what, str(path), "fix that field" if field else "fix the config") from None
+        raise MashupError(what, str(path) if path else None, "fix that field" if field else "fix the config") from None
 
 
 def save_config(config: StageConfig, path: Path) -> None:
-    path.write_text(yaml.safe_dump(config.model_dump(mode="json", by_alias=True), sort_keys=False))
+    """``config`` as YAML at ``path``, atomically (a kill never leaves half a config to be read back)."""
+    from mashup.io import write_text_atomic
+
+    write_text_atomic(path, yaml.safe_dump(config.model_dump(mode="json", by_alias=True), sort_keys=False))

@@ -20,10 +20,13 @@ from rich.console import Console
 from mashup.config import DataConfig, EvalConfig, MergeConfig, Precision, RunConfig, SelectConfig, TrainConfig
 from mashup.data.schema import sample
 from mashup.data.target import TargetData, load_target
+from mashup.data.tasks import is_task_name
 from mashup.demo_report import print_tables, write_plot, write_report
+from mashup.errors import MashupError
 from mashup.evaluation import evaluate
 from mashup.io import atomic_output_dir, write_json
 from mashup.library import Library
+from mashup.models import default_device, resolve_precision
 from mashup.named_models import cache_root
 from mashup.progress import training_bars
 from mashup.run import run
@@ -88,11 +91,13 @@ def build_source_library(settings: DemoSettings, workspace: Workspace, console: 
     """Train one LoRA per source task (once; cached by settings) and register them in a demo library."""
     root = cache_root() / "demo" / f"sources-{settings.library_key(workspace.precision)}"
     library = Library(root / "library")
-    known = {r.task for r in library.list()}
+    trained = library.list()
     for task in settings.sources:
-        if task in known:
+        if any(r.task == task for r in trained):  # a named task: known without loading it
             continue
         source = load_target(settings.data(task))
+        if any(r.data_fingerprint == source.fingerprint for r in trained):  # a data file: known by its content
+            continue
 
         def register(final: Path, source: TargetData = source) -> None:  # part of the commit: all or nothing
             library.add([final / "adapter"], task=source.name, base=settings.base,
@@ -100,12 +105,18 @@ def build_source_library(settings: DemoSettings, workspace: Workspace, console: 
                         data_fingerprint=source.fingerprint,
                         lineage={"trained_on": {"task": source.name, "data_fingerprint": source.fingerprint}})
 
-        with atomic_output_dir(root / task, overwrite=True, on_commit=register) as tmp, \
+        with atomic_output_dir(root / _source_dir(task, source), overwrite=True, on_commit=register) as tmp, \
                 training_bars(console) as stage:
             # no held-out curve for a source: its relevance is measured by selection on the target
             train_in(workspace, source, settings.source_train(), EvalConfig(max_examples=0), tmp,
                      progress=stage(f"source {task}"))
     return library
+
+
+def _source_dir(task: str, source: TargetData) -> str:
+    """The cache dir name of a source's adapter: a data file's path would lead out of the cache (an absolute one
+    replaced by the output dir itself), so a file source is named by its task name and content."""
+    return task if is_task_name(task) else f"{source.name}-{source.fingerprint[:12]}"
 
 
 def _zero_shot(settings: DemoSettings, workspace: Workspace, target: TargetData, first_run: dict[str, Any],
@@ -138,6 +149,23 @@ def _seconds(runs: list[dict[str, Any]], source_library: float) -> dict[str, flo
                                                for r in runs)}
 
 
+def check_demo_options(settings: DemoSettings, out: Path, precision: Precision | None) -> None:
+    """Refuse bad options before any work (the base's conversion and the source library take minutes).
+
+    A seed given twice would rerun into its own seed dir and fail only after the first run; an existing --out
+    would be refused only when the results are placed.
+    """
+    repeated = sorted({seed for seed in settings.seeds if settings.seeds.count(seed) > 1})
+    if repeated:
+        raise MashupError(f"seed {', '.join(map(str, repeated))} given more than once", "--seed", "give each seed once")
+    if not settings.seeds:
+        raise MashupError("no seeds to run", "--seed", "give at least one --seed")
+    if out.exists() and not (out.is_dir() and not any(out.iterdir())):
+        raise MashupError("output directory already exists and is not empty", str(out),
+                          "choose another --out or remove it")
+    resolve_precision(precision, default_device())
+
+
 def run_demo(out: Path | None = None, *, seeds: list[int] | None = None, settings: DemoSettings | None = None,
              console: Console | None = None, precision: Precision | None = None) -> dict[str, Any]:
     """Run the whole demo; returns the summary written to ``<run dir>/summary.json``.
@@ -150,6 +178,7 @@ def run_demo(out: Path | None = None, *, seeds: list[int] | None = None, setting
         settings = DemoSettings(**{**asdict(settings), "seeds": tuple(seeds)})
     console = console or Console(stderr=True)
     out = Path(out or Path("runs") / time.strftime("demo-%Y%m%d-%H%M%S"))
+    check_demo_options(settings, out, precision)
     started = time.perf_counter()
     workspace = open_workspace(settings.base, settings.data(settings.target), precision)
     library = build_source_library(settings, workspace, console)

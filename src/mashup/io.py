@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 __all__ = ["atomic_output_dir", "check_finite", "load_weight_dir", "load_weights", "non_float_tensors",
            "read_dir_block", "read_dir_block_into", "read_tensor_block", "sha256_files", "sorted_shapes",
-           "stat_files", "tensor_shapes", "weight_files", "write_json"]
+           "stat_files", "tensor_shapes", "weight_files", "write_json", "write_text_atomic"]
 
 _SAFETENSORS_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16"}  # torch names
 _MAX_HEADER = 100 << 20
@@ -36,7 +36,21 @@ _CHECK_CHUNK = 8 << 20  # bytes hashed and checked at a time when registering
 
 
 def write_json(path: Path, data: Any) -> None:
-    path.write_text(json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
+    """``data`` as JSON at ``path``, atomically (``write_text_atomic``): a summary written last marks its dir
+    complete."""
+    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """``text`` at ``path``, written to a temp sibling and renamed: a reader (or a kill) never meets half a file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def sha256_files(paths: list[Path], *, check_values: bool = False) -> str:

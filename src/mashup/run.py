@@ -13,7 +13,7 @@ from mashup.config import RunConfig, TrainConfig, save_config
 from mashup.data.target import TargetData, load_target
 from mashup.evaluation import steps_to_parity
 from mashup.io import atomic_output_dir, sha256_files, weight_files, write_json
-from mashup.library import Library
+from mashup.library import CheckpointRecord, Library
 from mashup.selection.prefilter import warm_prototype_cache
 from mashup.training import INIT_WEIGHTS, ProgressFn, TrainResult, resolve_train_config
 from mashup.verbs import SelectResult, TrainSummary, merge_statistics_batches, select, train_in
@@ -99,14 +99,18 @@ def run(config: RunConfig, stage: StageFn = lambda name: None, overwrite: bool =
     kind = config.train.mode
     out = Path(config.out)
 
+    added: list[CheckpointRecord] = []
+
     def register(final: Path) -> None:  # part of the commit: a failure here removes the run dir again
         lineage = {"merged_from": selection.selected, "merge_method": config.merge.method,
                    "trained_on": {"task": target.name, "data_fingerprint": target.fingerprint}, "run": str(final)}
-        summary["registered"] = _register(library, final / "mashup", kind, target, config.base, lineage)
+        summary["registered"], new = _register(library, final / "mashup", kind, target, config.base, lineage)
+        added.extend(new)
         try:
             write_json(final / "summary.json", summary)
         except BaseException:
-            library.remove(summary["registered"])
+            if new:  # weights registered before this run stay
+                library.remove(summary["registered"])
             raise
 
     on_commit = register if config.add_to_library else None
@@ -129,7 +133,10 @@ def run(config: RunConfig, stage: StageFn = lambda name: None, overwrite: bool =
             scratch = train_in(workspace, target, arm_config, config.eval, _mkdir(tmp / "scratch"), None,
                                stage("scratch"), config.allow_pickle)
         summary = summarize(config, selection, merge_seconds, mashup, scratch, target.name)
-        write_json(tmp / "summary.json", summary)
+        if on_commit is None:  # else registering writes it: a run dir with summary.json is complete and registered
+            write_json(tmp / "summary.json", summary)
+    # after the commit, where an interruption costs only the cache: the next prefilter computes what is missing
+    warm_prototype_cache(added, library.directory)
     return summary
 
 
@@ -139,16 +146,16 @@ def _mkdir(path: Path) -> Path:
 
 
 def _register(library: Library, train_dir: Path, kind: str, target: TargetData, base: str,
-              lineage: dict[str, Any]) -> str:
+              lineage: dict[str, Any]) -> tuple[str, list[CheckpointRecord]]:
     """Add the finished weights to the library with what they were trained on and merged from; a LoRA keeps
-    its starting weights as task-vector reference. Identical weights already registered are reused."""
+    its starting weights as task-vector reference. Identical weights already registered are reused (no
+    record added). Returns the id and the records added."""
     weights = train_dir / ("adapter" if kind == "lora" else "model")
     existing = library.find_by_digest(sha256_files(weight_files(weights)))
     if existing is not None:
         logger.warning("identical weights are already registered as %s; not adding them again", existing.id)
-        return existing.id
+        return existing.id, []
     reference = str(train_dir / INIT_WEIGHTS) if kind == "lora" else None
     records = library.add([weights], task=target.name, base=base, init_reference=reference,
                           metadata={"source": "mashup run"}, data_fingerprint=target.fingerprint, lineage=lineage)
-    warm_prototype_cache(records, library.directory)  # the next selection's prefilter then reads none of it
-    return records[0].id
+    return records[0].id, records

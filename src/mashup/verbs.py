@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -18,7 +18,7 @@ from mashup.data.target import TargetData, load_target
 from mashup.errors import DataError, LibraryError, MashupError
 from mashup.evaluation import EvalResult, evaluate
 from mashup.io import atomic_output_dir, write_json
-from mashup.candidates import describe_shortage, find_candidates
+from mashup.candidates import INCLUDE_TARGET_HINT, describe_shortage, find_candidates
 from mashup.library import Library
 from mashup.library.identity import base_identity
 from mashup.models import attach_adapter, load_model, resolve_base_dir
@@ -54,11 +54,13 @@ class SelectResult:
 def select(base: str, data: DataConfig, config: SelectConfig, library_dir: str | Path | None = None, *,
            kind: str = "lora", merge: MergeConfig | None = None, workspace: Workspace | None = None,
            target: TargetData | None = None, allow_pickle: bool = False,
-           precision: Precision | None = None, progress: SelectProgressFn | None = None) -> SelectResult:
+           precision: Precision | None = None, progress: SelectProgressFn | None = None,
+           among: Collection[str] | None = None, include_hint: str | None = INCLUDE_TARGET_HINT) -> SelectResult:
     """Score usable checkpoints on a seeded sample of the target's train split with the configured selector; rank.
 
     Usable (see mashup.candidates): fresh, on this base, not trained on the target, and mergeable under
-    ``merge`` (default: MergeConfig()), so nothing is scored that the merge would refuse. Scores are
+    ``merge`` (default: MergeConfig()), so nothing is scored that the merge would refuse; ``among`` limits them
+    to these ids and ``include_hint`` is what an exclusion's log line suggests (``find_candidates``). Scores are
     cached in the library (``config.cache``); ``progress(done, planned)`` follows the scoring.
     """
     start = time.perf_counter()
@@ -67,7 +69,8 @@ def select(base: str, data: DataConfig, config: SelectConfig, library_dir: str |
     library = Library(library_dir)
     candidates = find_candidates(library, base, kind, target, merge or MergeConfig(),
                                  base_id=base_identity(workspace.base_dir),
-                                 include_target=config.include_target_checkpoints)
+                                 include_target=config.include_target_checkpoints, among=among,
+                                 include_hint=include_hint)
     shortage = describe_shortage(candidates, config.k, kind, base)
     if shortage:
         raise LibraryError(shortage, str(library.directory), "register more with `mashup library add`, lower --k, "

@@ -145,6 +145,10 @@ def test_cli_out_of_range_option_is_one_line_exit_2(
         monkeypatch: pytest.MonkeyPatch, verb: list[str], option: list[str], field: str) -> None:
     out = ["--out", tmp_path / "out"] if verb[0] == "train" else []
     library = ["--library", tmp_path / "lib"] if verb[0] == "select" else []
+    if library:
+        from mashup.library import Library
+
+        Library(tmp_path / "lib").add([])  # an existing (empty) library: the option, not the library, is wrong
     err = cli_error([*verb, "--base", tiny_base, "--data", mc_file, *option, *out, *library], capsys, monkeypatch)
     assert f"invalid value for '{field}'" in err and err.strip().count("\n") == 0
     assert not (tmp_path / "out").exists()

@@ -120,3 +120,20 @@ def test_opening_the_store_clears_every_trace_of_a_killed_run_at_once(tmp_path):
     with store.open():
         left = [*store.artifacts_dir.iterdir(), *store.units_dir.iterdir()]
     assert left == []
+
+
+def test_a_rerun_that_does_not_finish_leaves_no_old_report(setup, tmp_path, monkeypatch):
+    """A finished dir run again (say with more seeds) and stopped part-way: the earlier report would read as this
+    config's, so it goes when the rerun starts; the next finished run writes the new one."""
+    base, tasks, _ = setup
+    config = tiny_config(base, tasks, tmp_path / "out", **SMALL)
+    run_experiment(config)
+    assert (tmp_path / "out" / "report.md").is_file() and (tmp_path / "out" / "results.json").is_file()
+
+    def failing(job, tmp):
+        raise RuntimeError("stopped")
+
+    monkeypatch.setitem(jobs_module._RUNNERS, "train", failing)
+    with pytest.raises(RuntimeError, match="stopped"):
+        run_experiment(tiny_config(base, tasks, tmp_path / "out", **{**SMALL, "seeds": 3}))
+    assert not (tmp_path / "out" / "report.md").exists() and not (tmp_path / "out" / "results.json").exists()

@@ -96,11 +96,13 @@ def _print_report(report: Path | None) -> None:
         Console().print((report.parent / "report" / "table3.md").read_text())
 
 
-def report_cmd(directory: Annotated[Path, typer.Argument(help="an experiment dir (the `out` of mashup experiment)")]
-               ) -> None:
+def report_cmd(directory: Annotated[Path, typer.Argument(help="an experiment dir (the `out` of mashup experiment)")],
+               partial: Annotated[bool, typer.Option(
+                   "--partial", help="report an unfinished experiment: the units without a record read n/a")
+               ] = False) -> None:
     """Regenerate Tables 3-6 and Figures 2-4 (markdown, CSV, PNG) from an experiment's recorded results."""
     from mashup.experiment import write_report
 
-    report = write_report(directory)
+    report = write_report(directory, partial=partial)
     err.print(f"wrote {report} and {report.parent / 'report'}/ (tables and figures as .md, .csv, .png)")
     _print_report(report)

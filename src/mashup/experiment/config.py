@@ -10,11 +10,11 @@ from __future__ import annotations
 import math
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import AfterValidator, Field, PositiveInt, field_validator, model_validator
 
-from mashup.config import DataConfig, Precision, Scoring, StageConfig, TrainConfig, TrainMode, load_config
+from mashup.config import DataConfig, Finite, Precision, Scoring, StageConfig, TrainConfig, TrainMode, load_config
 from mashup.errors import MashupError
 
 Arm = Literal["scratch", "mashup_loss", "mashup_accuracy", "mashup_random", "oracle", "mashup_at_init"]
@@ -26,6 +26,18 @@ DEFAULT_LRS: dict[str, list[float]] = {"lora": [5e-5, 1.6e-4, 2.7e-4, 3.8e-4, 5e
                                        "full": [5e-6, 1.6e-5, 2.7e-5, 3.8e-5, 5e-5]}
 GRID_METHODS = ["average", "ties", "dare_ties", "task_arithmetic"]
 PROFILES_PACKAGE = "mashup.experiment.profiles"
+PositiveFinite = Annotated[Finite, Field(gt=0)]
+
+
+def _known_merge_method(name: str) -> str:
+    from mashup.merging import merge_method_names
+
+    if name not in merge_method_names():
+        raise ValueError(f"unknown merge method '{name}'; use one of: {', '.join(merge_method_names())}")
+    return name
+
+
+MergeMethodName = Annotated[str, AfterValidator(_known_merge_method)]
 
 
 class TaskSpec(StageConfig):
@@ -50,8 +62,8 @@ class TaskSpec(StageConfig):
 class MergeGrid(StageConfig):
     """Figure 3: every merge method x k, each trained at the Mashup (loss) arm's best learning rate."""
 
-    methods: list[str] = Field(default_factory=lambda: list(GRID_METHODS), min_length=1)
-    k: list[int] = Field(default_factory=lambda: [1, 2, 3], min_length=1)
+    methods: list[MergeMethodName] = Field(default_factory=lambda: list(GRID_METHODS), min_length=1)
+    k: list[PositiveInt] = Field(default_factory=lambda: [1, 2, 3], min_length=1)
 
 
 class ExperimentConfig(StageConfig):
@@ -62,25 +74,26 @@ class ExperimentConfig(StageConfig):
     tasks: list[TaskSpec] = Field(min_length=1)
     mode: TrainMode = "lora"
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2])
-    lrs: list[float] = Field(default_factory=list, description="default: the paper's five per mode")
+    lrs: list[PositiveFinite] = Field(default_factory=list, description="default: the paper's five per mode")
     max_steps: int | None = Field(None, gt=0, description="optimizer steps per run (default: from epochs)")
-    epochs: float = Field(1.0, gt=0)
+    epochs: Finite = Field(1.0, gt=0)
     eval_every: int | None = Field(None, gt=0, description="steps between test evaluations (default: 10%)")
     batch_size: int = Field(32, gt=0)
     samples: int = Field(256, gt=0, description="train examples each checkpoint is scored on for selection")
     k: int = Field(2, gt=0)
-    merge_method: str = "average"
+    merge_method: MergeMethodName = "average"
     arms: list[Arm] = Field(default_factory=lambda: list(DEFAULT_ARMS))
     scoring: Scoring = "auto"
     out: str = "runs/experiment"
     # optional refinements
     library: str | None = Field(None, description="take the sources from this library instead of training them")
-    validation_size: float = Field(0.1, gt=0, description="share (<1) or count of train held out to pick the LR")
+    validation_size: Finite = Field(0.1, gt=0, description="share (<1) or count of train held out to pick the LR")
     max_length: int = Field(384, gt=0)
     max_test_examples: int | None = Field(None, gt=0, description="cap on each task's reported test split")
     eval_batch_size: int = Field(16, gt=0)
     selection_seed: int = 0
-    samples_sweep: list[int] = Field(default_factory=list, description="Figure 2 (opt-in): selection sample sizes")
+    samples_sweep: list[PositiveInt] = Field(default_factory=list,
+                                             description="Figure 2 (opt-in): selection sample sizes")
     merge_grid: MergeGrid | None = Field(None, description="Figure 3 (opt-in): merge methods x k")
     precision: Precision | None = None
 

@@ -9,15 +9,12 @@ the result with the outputs' hashes. Every job reuses the package's own verbs: `
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import hashlib
 import json
-import logging
 import random
 import shutil
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Union
 
@@ -32,7 +29,6 @@ from mashup.io import atomic_output_dir, write_json
 from mashup.run import selection_timing
 from mashup.training import INIT_WEIGHTS, init_lora_shape
 from mashup.workspace import Workspace, open_workspace
-
 
 class Job(StageConfig):
     """What every job shares: where the experiment lives (not part of the key) and the base model."""
@@ -65,7 +61,9 @@ class SelectJob(Job):
 
     kind: Literal["select"] = "select"
     library: str = Field(description="library dir; a relative one is inside the experiment dir")
-    library_digest: str = Field(description="the library's checkpoints (digests): a changed library reselects")
+    library_digest: str = Field(description="the candidates' checkpoints (digests): a changed library reselects")
+    sources: list[str] | None = Field(None, description="the ids to rank: the sources this plan trained (a dir "
+                                      "reused with another config keeps others'); None: all of a given library")
     samples: int
     seed: int
     mode: TrainMode
@@ -159,34 +157,23 @@ def _run_eval(job: EvalJob, tmp: Path) -> dict[str, Any]:
 
 
 def _run_select(job: SelectJob, tmp: Path) -> dict[str, Any]:
-    from mashup.library import Library
     from mashup.candidates import trained_on
+    from mashup.library import Library
     from mashup.verbs import select
 
     workspace, target = _context(job)
-    # one scoring serves the arms by loss and by accuracy
-    config = SelectConfig(samples=job.samples, k=1, metric="loss", with_accuracy=True, seed=job.seed, cache=False)
     library = Library(Path(job.root) / job.library)
-    with _quiet("mashup.verbs"):  # leaving the target's own source out is the protocol, not news: it is recorded
-        selection = select(job.base, job.data, config, library.directory, kind=job.mode, workspace=workspace,
-                           target=target)
+    # one scoring serves the arms by loss and by accuracy; leaving the target's own source out is the protocol,
+    # not news (it is recorded as "excluded"), so its log line hints at no flag
+    config = SelectConfig(samples=job.samples, k=1, metric="loss", with_accuracy=True, seed=job.seed, cache=False)
+    selection = select(job.base, job.data, config, library.directory, kind=job.mode, workspace=workspace,
+                       target=target, among=job.sources, include_hint=None)
     leaked = [s.id for s in selection.ranking if trained_on(library.get(s.id), target)]
-    if leaked:  # select() excludes them; this guards the experiment's honesty against any future change there
+    if leaked:  # find_candidates excludes them; this guards the experiment's honesty against any future change there
         raise MashupError(f"selection for '{target.name}' ranked checkpoints trained on it: {leaked}",
                           str(library.directory))
     return {"ranking": [s.to_dict() for s in selection.ranking], "excluded": selection.excluded,
             "rejected": selection.rejected, "n": selection.n, **selection_timing(selection)}
-
-
-@contextlib.contextmanager
-def _quiet(logger_name: str) -> Iterator[None]:
-    log = logging.getLogger(logger_name)
-    level = log.level
-    log.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        log.setLevel(level)
 
 
 def _run_merge(job: MergeJob, tmp: Path) -> dict[str, Any]:

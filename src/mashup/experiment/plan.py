@@ -118,10 +118,23 @@ def _resolve_source(unit: Unit, ctx: Context) -> SourceJob:
                      mode=config.mode, lr=lr, seed=seed)
 
 
+def planned_sources(ctx: Context) -> list[str] | None:
+    """The source checkpoints this config's plan trained (None with a given library: all of it).
+
+    A dir reused with a changed config keeps the earlier configs' sources in its library; ranking them
+    too would make the results depend on the dir's history.
+    """
+    if ctx.config.library is not None:
+        return None
+    return sorted(ctx.result(Unit("sources", "source", t.name, "source").id)["checkpoint_id"]
+                  for t in ctx.config.tasks)
+
+
 def _resolve_select(unit: Unit, ctx: Context) -> SelectJob:
     samples = int(unit.arm.split(":")[1])
     return SelectJob(**ctx.job_fields(unit.task), library=ctx.library, library_digest=ctx.library_digest,
-                     samples=samples, seed=ctx.config.selection_seed, mode=ctx.config.mode)
+                     sources=planned_sources(ctx), samples=samples, seed=ctx.config.selection_seed,
+                     mode=ctx.config.mode)
 
 
 def ranking(ctx: Context, task: str, samples: int | None = None) -> list[CheckpointScore]:

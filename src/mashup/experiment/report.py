@@ -4,19 +4,23 @@ from __future__ import annotations
 
 import csv
 import logging
+import shutil
 from pathlib import Path
 from typing import Any
 
 from mashup.errors import MashupError
 from mashup.experiment.analysis import Records
 from mashup.experiment.config import ExperimentConfig, load_experiment_config
-from mashup.experiment.store import ResultStore
+from mashup.experiment.plan import Unit, plan_units
+from mashup.experiment.store import ResultStore, unit_file_name
 from mashup.experiment.tables import ALL_OUTPUTS, Output
-from mashup.io import write_json
+from mashup.io import write_json, write_text_atomic
 
 logger = logging.getLogger(__name__)
 CONFIG_NAME = "experiment.yaml"
 REPORT_DIR = "report"
+REPORT_MD = "report.md"
+RESULTS_JSON = "results.json"
 
 
 def markdown_table(header: list[str], rows: list[list[str]]) -> str:
@@ -132,15 +136,31 @@ def config_digest(config: ExperimentConfig) -> str:
     return hashlib.sha256(config.model_dump_json(exclude={"out"}).encode()).hexdigest()[:16]
 
 
-def write_report(out_dir: str | Path, config: ExperimentConfig | None = None) -> Path:
-    """Regenerate every table and figure in ``<out_dir>/report/`` and ``<out_dir>/report.md``; returns the latter."""
+def write_report(out_dir: str | Path, config: ExperimentConfig | None = None, *, partial: bool = False,
+                 candidates: dict[str, int] | None = None) -> Path:
+    """Regenerate every table and figure in ``<out_dir>/report/`` and ``<out_dir>/report.md``; returns the latter.
+
+    A planned unit whose record cannot be read is an error; planned units without a record (an unfinished
+    experiment) are one too, unless ``partial``. Either way the earlier report is left as it was.
+    ``candidates`` (sources per target) is the runner's, when it knows them.
+    """
     out_dir = Path(out_dir)
     if config is None:
         if not (out_dir / CONFIG_NAME).is_file():
             raise MashupError("not an experiment dir (no experiment.yaml)", str(out_dir),
                               "pass the out dir of a `mashup experiment` run")
         config = load_experiment_config(out_dir / CONFIG_NAME)
-    records = current_records(ResultStore(out_dir), config)
+    store = ResultStore(out_dir)
+    records = current_records(store, config)
+    missing, planned = missing_units(store, config, records, candidates)
+    if missing and not partial:
+        raise MashupError(f"{len(missing)} of {planned} planned units have no record for this dir's config (an "
+                          f"unfinished experiment; first: {missing[0]})", str(out_dir),
+                          "rerun `mashup experiment` on this dir to finish it, or pass --partial to report what "
+                          "is recorded")
+    if missing:
+        logger.warning("partial report: %d of %d planned units have no record (first: %s); their cells read n/a",
+                       len(missing), planned, missing[0])
     report_dir = out_dir / REPORT_DIR
     report_dir.mkdir(exist_ok=True)
     outputs = [build(config, records) for build in ALL_OUTPUTS]
@@ -150,13 +170,43 @@ def write_report(out_dir: str | Path, config: ExperimentConfig | None = None) ->
         write_csv(output, report_dir / f"{output.name}.csv")
         write_png(output, report_dir / f"{output.name}.png")
         sections.append(render_markdown(output) + f"\n![{output.name}]({REPORT_DIR}/{output.name}.png)\n")
-    write_json(out_dir / "results.json", {o.name: o.csv_rows for o in outputs})
-    report = out_dir / "report.md"
-    report.write_text(_header(config, records) + "\n" + "\n".join(sections))
+    write_json(out_dir / RESULTS_JSON, {o.name: o.csv_rows for o in outputs})
+    report = out_dir / REPORT_MD
+    write_text_atomic(report, _header(config, records, len(missing), planned) + "\n" + "\n".join(sections))
     return report
 
 
-def _header(config: ExperimentConfig, records: Records) -> str:
+def drop_report(out_dir: Path) -> None:
+    """Remove a report an earlier run wrote: a rerun that does not finish must not leave it looking current."""
+    for name in (REPORT_MD, RESULTS_JSON):
+        (out_dir / name).unlink(missing_ok=True)
+    shutil.rmtree(out_dir / REPORT_DIR, ignore_errors=True)
+
+
+def missing_units(store: ResultStore, config: ExperimentConfig, records: Records,
+                  candidates: dict[str, int] | None = None) -> tuple[list[str], int]:
+    """The planned units without a record for this config, and how many are planned; raises for a planned
+    unit whose record file is unreadable (its results would silently read n/a)."""
+    planned = [u.id for units in plan_units(config, candidates or _candidates(config, records)).values()
+               for u in units]
+    for unit_id in planned:
+        reason = store.unreadable(unit_id)
+        if reason:
+            raise MashupError(f"unreadable unit record ({reason})", str(store.units_dir / unit_file_name(unit_id)),
+                              "rerun `mashup experiment` on this dir to redo that unit, then `mashup report`")
+    return [u for u in planned if u not in records], len(planned)
+
+
+def _candidates(config: ExperimentConfig, records: Records) -> dict[str, int]:
+    """Sources per target: the other tasks', or what selection ranked in a given library (0 before it ran)."""
+    if config.library is None:
+        return {t.name: len(config.tasks) - 1 for t in config.tasks}
+    selections = {t.name: records.get(Unit("selection", "select", t.name, f"samples:{config.samples}").id)
+                  for t in config.tasks}
+    return {name: len(r["result"]["ranking"]) if r else 0 for name, r in selections.items()}
+
+
+def _header(config: ExperimentConfig, records: Records, missing: int, planned: int) -> str:
     seconds = [r.get("seconds", 0.0) for r in records.values() if not r.get("reused")]
     computed = len(seconds)
     budget = f"{config.max_steps} steps" if config.max_steps else f"{config.epochs:g} epoch(s)"
@@ -167,4 +217,6 @@ def _header(config: ExperimentConfig, records: Records) -> str:
             f"{config.samples} train examples, top {config.k}, {config.merge_method}; {config.scoring} scoring. "
             "± is the population standard deviation over seeds. "
             f"{len(records)} units recorded ({computed} computed, {sum(seconds):.0f} s of unit time; the rest "
-            "were equal to another unit's job).\n")
+            "were equal to another unit's job)."
+            + (f" **Partial report: {missing} of {planned} planned units have no record yet.**" if missing else "")
+            + "\n")

@@ -17,8 +17,8 @@ from mashup.experiment.config import ExperimentConfig
 from mashup.experiment.estimate import CostModel, Sizes, cost_model, provably_shared, unit_seconds
 from mashup.experiment.executor import Executor, LocalExecutor
 from mashup.experiment.jobs import execute_job
-from mashup.experiment.plan import PHASES, Context, Unit, plan_units, resolve
-from mashup.experiment.report import CONFIG_NAME, config_digest, write_report
+from mashup.experiment.plan import PHASES, Context, Unit, plan_units, planned_sources, resolve
+from mashup.experiment.report import CONFIG_NAME, config_digest, drop_report, write_report
 from mashup.experiment.store import ResultStore, unit_file_name
 from mashup.workspace import write_version
 
@@ -67,13 +67,7 @@ def check_base(base: str) -> None:
 
 
 def _preflight(config: ExperimentConfig) -> dict[str, TargetData]:
-    from mashup.merging import merge_method_names
-
-    check_base(config.base)
-    methods = {config.merge_method, *(config.merge_grid.methods if config.merge_grid else [])}
-    unknown = sorted(methods - set(merge_method_names()))
-    if unknown:
-        raise MashupError(f"unknown merge method(s) {unknown}", None, f"use: {', '.join(merge_method_names())}")
+    check_base(config.base)  # merge method names are checked when the config loads
     return {task.name: load_target(config.data_config(task)) for task in config.tasks}
 
 
@@ -98,10 +92,12 @@ def _given_library(config: ExperimentConfig, targets: dict[str, TargetData]) -> 
     return counts, {"lora_r": r, "lora_alpha": alpha, "target_modules": list(targets), "use_rslora": rslora}
 
 
-def _library_digest(library_dir: str) -> str:
+def _library_digest(library_dir: str, ids: list[str] | None) -> str:
+    """The digest of the checkpoints selection may rank: ``ids`` (all of the library when None)."""
     from mashup.library import Library
 
-    rows = sorted(f"{r.id}:{r.sha256}:{r.task}:{r.base_model}" for r in Library(library_dir).list())
+    rows = sorted(f"{r.id}:{r.sha256}:{r.task}:{r.base_model}" for r in Library(library_dir).list()
+                  if ids is None or r.id in ids)
     return hashlib.sha256("\n".join(rows).encode()).hexdigest()
 
 
@@ -167,6 +163,7 @@ def run_experiment(config: ExperimentConfig, *, executor: Executor | None = None
     outcome = ExperimentRun(out=store.root)
     session = _open_session(config, store)  # every check before anything is written
     with store.open():
+        drop_report(store.root)  # rewritten at the end: an unfinished rerun must not leave the old one looking current
         save_config(config, store.root / CONFIG_NAME)
         write_version(store.root)
         plan = plan_units(config, session.candidates)
@@ -176,9 +173,10 @@ def run_experiment(config: ExperimentConfig, *, executor: Executor | None = None
                            sum(session.estimate(u) for units in plan.values() for u in units if u.id not in shared))
         for phase in PHASES:
             if phase == "selection":
-                session.ctx.library_digest = _library_digest(str(store.root / session.ctx.library))
+                session.ctx.library_digest = _library_digest(str(store.root / session.ctx.library),
+                                                             planned_sources(session.ctx))
             _run_phase(plan[phase], session, executor, progress, outcome)
-    outcome.report = write_report(store.root, config)
+    outcome.report = write_report(store.root, config, candidates=session.candidates)
     return outcome
 
 

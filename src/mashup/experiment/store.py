@@ -97,6 +97,16 @@ class ResultStore:
             logger.warning("ignoring unreadable unit record %s (%s); the unit will be redone", path, exc)
             return None
 
+    def unreadable(self, unit_id: str) -> str | None:
+        """Why the unit's record file cannot be read as a record; None when it can, or when there is none."""
+        try:
+            record = json.loads((self.units_dir / unit_file_name(unit_id)).read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            return str(exc)
+        return None if isinstance(record, dict) and "unit" in record else "not a unit record"
+
     def valid_record(self, unit_id: str, key: str) -> dict[str, Any] | None:
         """The unit's record if it is for this exact job and its outputs are unchanged; else None."""
         record = self.record(unit_id)
@@ -122,7 +132,7 @@ class ResultStore:
         """Every recorded unit, by unit id (validity against a config is the runner's business)."""
         records = {}
         for path in sorted(self.units_dir.glob("*.json")):
-            with contextlib.suppress(OSError, json.JSONDecodeError):
+            with contextlib.suppress(OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError):
                 record = json.loads(path.read_text())
                 records[record["unit"]] = record
         return records

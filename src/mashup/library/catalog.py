@@ -29,10 +29,18 @@ _COLUMNS = {
     "lineage": "TEXT",
 }
 Progress = Callable[[int, int], None]
+KINDS = ("lora", "full")
+LIBRARY_ENV = "MASHUP_LIBRARY"
 
 
 def default_library_dir() -> Path:
-    return Path(os.environ.get("MASHUP_LIBRARY") or Path.home() / ".mashup" / "library")
+    return Path(os.environ.get(LIBRARY_ENV) or Path.home() / ".mashup" / "library")
+
+
+def check_kind(kind: str | None) -> None:
+    """A checkpoint-kind filter must name a kind: a typo would match nothing and pass as an empty result."""
+    if kind is not None and kind not in KINDS:
+        raise MashupError(f"unknown checkpoint kind '{kind}'", "--kind", f"use one of: {', '.join(KINDS)}")
 
 
 def _setup(conn) -> None:
@@ -62,6 +70,22 @@ class Library:
     def __init__(self, directory: str | Path | None = None) -> None:
         self.directory = Path(directory).expanduser() if directory else default_library_dir()
         self.db_path = self.directory / DB_NAME
+        if self.directory.exists() and not self.directory.is_dir():
+            raise LibraryError("the library is a file, not a directory", str(self.directory),
+                               f"give the library's directory (check --library / ${LIBRARY_ENV})")
+
+    @classmethod
+    def existing(cls, directory: str | Path | None = None) -> Library:
+        """The library a command reads: a dir given (as ``directory`` or $MASHUP_LIBRARY) must hold a catalog, so a
+        mistyped path is an error rather than an empty library; the default dir may not exist yet (empty)."""
+        library = cls(directory)
+        given = directory or os.environ.get(LIBRARY_ENV)
+        if given and not library.db_path.exists():
+            problem = "library dir not found" if not library.directory.exists() else f"no library catalog ({DB_NAME})"
+            raise LibraryError(problem, str(library.directory),
+                               f"check --library / ${LIBRARY_ENV}, or register checkpoints with "
+                               "`mashup library add` first")
+        return library
 
     def _write(self):
         return write_transaction(self.db_path, WHAT, _setup)
@@ -123,6 +147,7 @@ class Library:
              merged_from: str | None = None, trained_on: str | None = None) -> list[CheckpointRecord]:
         """Registered checkpoints, filtered: ``base`` by content identity (or spelling), ``merged_from`` by an id
         (prefix) in the lineage, ``trained_on`` by the task or data fingerprint (prefix) in the lineage."""
+        check_kind(kind)
         clauses = {"kind = ?": kind, "task = ?": task}
         where = [c for c, v in clauses.items() if v is not None]
         records = self._select(("WHERE " + " AND ".join(where)) if where else "",

@@ -32,7 +32,8 @@ def _config(path: Path, segment_tokens: int | None = None, max_new_tokens: int |
     config = load_config(path, SwitchConfig)
     if precision:
         config = config.model_copy(update={"precision": precision})
-    updates = {k: v for k, v in {"segment_tokens": segment_tokens, "max_new_tokens": max_new_tokens}.items() if v}
+    updates = {k: v for k, v in {"segment_tokens": segment_tokens, "max_new_tokens": max_new_tokens}.items()
+               if v is not None}  # 0 reaches validation and is refused there, not taken for "not given"
     config = config.model_copy(update={"generation": config.generation.model_copy(update=updates)})
     if adapter:
         config = config.model_copy(update={"switcher": config.switcher.model_copy(update={"adapter": adapter})})

@@ -55,11 +55,17 @@ def decision_steps(plan: Plan) -> list[int]:
     return [s for s in range(1, plan.n_segments) if plan.forced(s) is None]
 
 
-def choose_cut(plan: Plan, config: CollectConfig, rng: random.Random) -> int:
+def require_switches(plan: Plan) -> list[int]:
+    """The plan's decision steps; a MashupError when there is none to label."""
     steps = decision_steps(plan)
     if not steps:
         raise MashupError(f"a response of {plan.n_segments} segments leaves no switch to label", None,
                           "raise max_new_tokens or lower segment_tokens (at least 3 segments with aligned ends)")
+    return steps
+
+
+def choose_cut(plan: Plan, config: CollectConfig, rng: random.Random) -> int:
+    steps = require_switches(plan)
     target = rng.uniform(config.cut_min, config.cut_max) * plan.n_segments
     return min(steps, key=lambda s: (abs(s - target), s))
 
@@ -96,23 +102,31 @@ def collect_instance(candidates: Sequence[Candidate], plan: Plan, reward: Reward
 
 
 class RolloutLog:
-    """Append-only JSON lines, one finished instance each; a torn last line (a crash mid-write) is cut off."""
+    """Append-only JSON lines, one finished instance each.
 
-    def __init__(self, path: Path) -> None:
+    Reading never changes the file: a line that does not parse is an error naming it. Only ``resume`` (a
+    collect about to append) cuts a torn last line, the one a crash mid-write leaves behind.
+    """
+
+    def __init__(self, path: Path, *, resume: bool = False) -> None:
         self.path = path
         self.records: list[dict] = []
-        if path.exists():
-            good = 0
-            with open(path, "rb") as handle:
-                for line in handle:
-                    try:
-                        self.records.append(json.loads(line))
-                    except json.JSONDecodeError:
-                        break
-                    good += len(line)
-            if good < path.stat().st_size:
+        if not path.exists():
+            return
+        with open(path, "rb") as handle:
+            lines = handle.readlines()
+        good = 0
+        for number, line in enumerate(lines, start=1):
+            if resume and number == len(lines) and not line.endswith(b"\n"):  # every append ends with one
                 logger.warning("dropping a partly written line at the end of %s", path)
                 os.truncate(path, good)
+                return
+            record = _parse_record(line)
+            if record is None:
+                raise MashupError("rollout log line is not a whole instance record", f"{path}:{number}",
+                                  "restore the file from a copy, or run the collect again into a new --out")
+            self.records.append(record)
+            good += len(line)
 
     @property
     def done(self) -> set[int]:
@@ -126,21 +140,43 @@ class RolloutLog:
         self.records.append(record)
 
 
-def _prepare(out: Path, config: SwitchConfig, collect_config: CollectConfig) -> None:
-    """A new dir gets the configs; an existing one must hold the same configs (then it is resumed)."""
+def _parse_record(line: bytes) -> dict | None:
+    """The instance a log line holds, or None when it is not one (torn, edited, or another file's)."""
+    try:
+        record = json.loads(line)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    if not isinstance(record, dict) or not isinstance(record.get("index"), int) or "label" not in record:
+        return None
+    return record
+
+
+def _resumable(out: Path, config: SwitchConfig, collect_config: CollectConfig) -> bool:
+    """Whether ``out`` holds a collect with the same configs (to resume); False for a new or empty dir."""
     if (out / COLLECT_CONFIG).exists():
         same = (load_config(out / SWITCH_CONFIG, SwitchConfig) == config
                 and load_config(out / COLLECT_CONFIG, CollectConfig) == collect_config)
         if not same:
             raise MashupError("the output dir holds a collect with other settings", str(out),
                               "resume with the same settings, or choose another --out")
-        return
-    if out.exists() and any(out.iterdir()):
+        return True
+    if out.exists() and (not out.is_dir() or not all(_started(p.name) for p in out.iterdir())):
         raise MashupError("output directory already exists and is not a collect", str(out), "choose another --out")
+    return False
+
+
+def _started(name: str) -> bool:
+    """A file that a start killed before its last write leaves (the dir is then started afresh)."""
+    return name in (SWITCH_CONFIG, "version.json") or (name.startswith(".") and name.endswith(".tmp"))
+
+
+def _start(out: Path, config: SwitchConfig, collect_config: CollectConfig) -> None:
     out.mkdir(parents=True, exist_ok=True)
+    for stale in out.glob(".*.tmp"):  # a config write an earlier, killed start cut short
+        stale.unlink()
     save_config(config, out / SWITCH_CONFIG)
-    save_config(collect_config, out / COLLECT_CONFIG)
     write_version(out)
+    save_config(collect_config, out / COLLECT_CONFIG)  # last: its presence makes the dir a collect to resume
 
 
 def collect(config: SwitchConfig, collect_config: CollectConfig, out: str | Path, *,
@@ -148,20 +184,24 @@ def collect(config: SwitchConfig, collect_config: CollectConfig, out: str | Path
             task: SwitchTask | None = None) -> dict:
     """Run (or resume) a collect into ``out``; returns the summary also written to ``summary.json``.
 
-    ``candidates`` and ``task`` may be given already loaded (they must match the configs).
+    ``candidates`` and ``task`` may be given already loaded (they must match the configs). The task, plan,
+    candidates and reward are all checked before anything is written, so a bad setting leaves no dir behind.
     """
     start = time.perf_counter()
     out = Path(out)
-    _prepare(out, config, collect_config)
-    log = RolloutLog(out / ROLLOUTS)
+    resuming = _resumable(out, config, collect_config)
     task = task or load_switch_task(collect_config.task)
     items = sample(task.train, collect_config.instances, collect_config.seed)  # type: ignore[arg-type]
-    candidates = list(candidates or load_candidates(config.candidates, config.library, precision=config.precision))
     aligned = config.aligned_index()
     generation = config.generation.model_copy(update={
         "do_sample": True, "temperature": collect_config.temperature, "top_p": collect_config.top_p})
     plan = Plan(generation, aligned)
+    require_switches(plan)
+    candidates = list(candidates or load_candidates(config.candidates, config.library, precision=config.precision))
     reward = build_reward(collect_config.reward, task, candidates[aligned if aligned is not None else 0])
+    if not resuming:
+        _start(out, config, collect_config)
+    log = RolloutLog(out / ROLLOUTS, resume=True)
     done = log.done
     for index, item in enumerate(items):
         if index not in done:
@@ -192,5 +232,13 @@ def labelled_instances(collect_dir: str | Path) -> list[tuple[str, list[Segment]
     if not (out / SUMMARY).is_file():
         raise MashupError("collect dir is unfinished (no summary.json)", str(out),
                           "run `mashup switch collect` again with the same settings to finish it")
-    return [(r["query"], [Segment(**s) for s in r["prefix"]], int(r["label"]))
-            for r in RolloutLog(out / ROLLOUTS).records if r["label"] is not None]
+    log = RolloutLog(out / ROLLOUTS)
+    return [_labelled(r, log.path) for r in log.records if r["label"] is not None]
+
+
+def _labelled(record: dict, path: Path) -> tuple[str, list[Segment], int]:
+    try:
+        return str(record["query"]), [Segment(**s) for s in record["prefix"]], int(record["label"])
+    except (KeyError, TypeError, ValueError):
+        raise MashupError(f"instance {record['index']} is not a labelled instance record", str(path),
+                          "restore the file from a copy, or run the collect again into a new --out") from None

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from mashup.config import Precision, StageConfig, TrainConfig
+from mashup.config import Finite, Precision, StageConfig, TrainConfig
 
 ALIGNED = "aligned"
 ChatTemplate = Literal["auto", "on", "off"]
@@ -44,8 +44,8 @@ class GenerationConfig(StageConfig):
     segment_tokens: int = Field(50, gt=0, description="new tokens per segment (the paper's 50)")
     max_new_tokens: int = Field(200, gt=0, description="response length cap, in the writers' tokens")
     do_sample: bool = False
-    temperature: float = Field(1.0, gt=0)
-    top_p: float = Field(1.0, gt=0, le=1)
+    temperature: Finite = Field(1.0, gt=0)
+    top_p: Finite = Field(1.0, gt=0, le=1)
     seed: int = 0
     aligned_ends: bool = Field(True, description="the aligned candidate writes the first and last segments")
 
@@ -59,7 +59,7 @@ class SwitcherConfig(StageConfig):
 
     model: str | None = Field(None, description="base LM (default: the aligned candidate's base)")
     adapter: str | None = Field(None, description="trained switcher LoRA dir (the adapter/ of `switch train`)")
-    top_p: float | None = Field(None, gt=0, le=1, description="sample the choice with top-p; argmax when unset")
+    top_p: Finite | None = Field(None, gt=0, le=1, description="sample the choice with top-p; argmax when unset")
 
 
 class SwitchConfig(StageConfig):
@@ -95,12 +95,12 @@ class CollectConfig(StageConfig):
     task: str
     instances: int = Field(64, gt=0, description="train questions sampled (one prefix each)")
     rollouts: int = Field(2, gt=0, description="k random-switch completions after each candidate's segment")
-    cut_min: float = Field(0.1, ge=0, lt=1)
-    cut_max: float = Field(0.9, gt=0, le=1)
+    cut_min: Finite = Field(0.1, ge=0, lt=1)
+    cut_max: Finite = Field(0.9, gt=0, le=1)
     seed: int = 0
     reward: RewardConfig = Field(default_factory=RewardConfig)
-    temperature: float = Field(0.7, gt=0, description="rollouts sample (the reference code's 0.7 / 0.9)")
-    top_p: float = Field(0.9, gt=0, le=1)
+    temperature: Finite = Field(0.7, gt=0, description="rollouts sample (the reference code's 0.7 / 0.9)")
+    top_p: Finite = Field(0.9, gt=0, le=1)
 
 
 def default_switcher_training() -> TrainConfig:
@@ -110,7 +110,7 @@ def default_switcher_training() -> TrainConfig:
 
 class SwitchEvalConfig(StageConfig):
     task: str
-    max_examples: int | None = Field(50, description="test questions (seeded sample); None: the whole split")
+    max_examples: int | None = Field(50, gt=0, description="test questions (seeded sample); None: the whole split")
     systems: list[str] | None = Field(None, description="which rows to run (default: all that apply)")
     plot_examples: int = Field(6, ge=0)
     reward: RewardConfig = Field(default_factory=RewardConfig)

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 import torch
 
 from mashup.data.schema import sample
+from mashup.errors import MashupError
 from mashup.switch.candidates import Candidate, load_candidates
 from mashup.switch.config import SwitchConfig, SwitchEvalConfig
 from mashup.switch.generation import Plan, SwitchTrace, fixed, logit_average_generate, random_chooser, switch_generate
@@ -151,9 +152,30 @@ def load_switchers(config: SwitchConfig, n: int) -> dict[str, Switcher]:
     return found
 
 
+def system_names(config: SwitchConfig) -> list[str]:
+    """Every row an eval may run with these candidates, whether or not it applies to them."""
+    return [*(f"alone:{c.label()}" for c in config.candidates), "random", "switcher-untrained", "switcher-trained",
+            "router", "logit-average", "merge"]
+
+
+def require_known_systems(config: SwitchConfig, systems: Sequence[str] | None) -> None:
+    unknown = [s for s in systems or [] if s not in system_names(config)]
+    if unknown:
+        raise MashupError(f"unknown system {', '.join(map(repr, unknown))}", None,
+                          f"use --system with one of: {', '.join(system_names(config))}")
+
+
+def _require_applicable(systems: Sequence[str], skipped: dict[str, str]) -> None:
+    for name in systems:
+        if name in skipped:
+            raise MashupError(f"system '{name}' does not apply here: {skipped[name]}", None,
+                              "drop that --system, or give what it needs")
+
+
 def evaluate_switch(config: SwitchConfig, eval_config: SwitchEvalConfig, *, progress: ProgressFn | None = None,
                     candidates: Sequence[Candidate] | None = None, task: SwitchTask | None = None) -> dict:
     """Every applicable row on the same questions; returns rows, skipped rows and the traces."""
+    require_known_systems(config, eval_config.systems)
     task = task or load_switch_task(eval_config.task)
     items = task.test if eval_config.max_examples is None else sample(task.test, eval_config.max_examples, 0)  # type: ignore[arg-type]
     candidates = list(candidates or load_candidates(config.candidates, config.library, precision=config.precision))
@@ -161,6 +183,7 @@ def evaluate_switch(config: SwitchConfig, eval_config: SwitchEvalConfig, *, prog
     reward = build_reward(eval_config.reward, task, candidates[aligned if aligned is not None else 0])
     systems, skipped = build_systems(config, candidates, load_switchers(config, len(candidates)))
     if eval_config.systems:
+        _require_applicable(eval_config.systems, skipped)
         systems = {k: v for k, v in systems.items() if k in eval_config.systems}
     results = {name: SystemResult(name) for name in systems}
     rng = random.Random(config.generation.seed)

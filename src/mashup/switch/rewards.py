@@ -22,7 +22,7 @@ from mashup.data.prompts import Request, encode_requests
 from mashup.errors import MashupError
 from mashup.switch.candidates import Candidate
 from mashup.switch.config import RewardConfig
-from mashup.switch.tasks import SwitchItem, SwitchTask
+from mashup.switch.tasks import Kind, SwitchItem, SwitchTask
 
 NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
 ANSWER_IS = re.compile(r"answer is", re.IGNORECASE)
@@ -105,17 +105,21 @@ class ChoiceCloze:
 
 RewardFactory = Callable[[RewardConfig, SwitchTask, Candidate], Reward]
 REWARDS: dict[str, RewardFactory] = {}
+REWARD_KINDS: dict[str, Kind] = {}  # the task kind a reward can score (none: any)
 
 
-def register_reward(name: str, factory: RewardFactory) -> None:
+def register_reward(name: str, factory: RewardFactory, kind: Kind | None = None) -> None:
     if name in REWARDS:
         raise ValueError(f"reward '{name}' is already registered")
     REWARDS[name] = factory
+    if kind is not None:
+        REWARD_KINDS[name] = kind
 
 
-register_reward("number_match", lambda config, task, judge: NumberMatch())
-register_reward("number_closeness", lambda config, task, judge: NumberCloseness())
-register_reward("choice_cloze", lambda config, task, judge: ChoiceCloze(judge, task, config.mode == "margin"))
+register_reward("number_match", lambda config, task, judge: NumberMatch(), "number")
+register_reward("number_closeness", lambda config, task, judge: NumberCloseness(), "number")
+register_reward("choice_cloze", lambda config, task, judge: ChoiceCloze(judge, task, config.mode == "margin"),
+                "choice")
 
 
 def build_reward(config: RewardConfig, task: SwitchTask, judge: Candidate) -> Reward:
@@ -125,4 +129,9 @@ def build_reward(config: RewardConfig, task: SwitchTask, judge: Candidate) -> Re
         name = "number_match" if task.kind == "number" else "choice_cloze"
     if name not in REWARDS:
         raise MashupError(f"unknown reward '{name}'", None, f"use one of: {', '.join(sorted(REWARDS))}, auto")
+    kind = REWARD_KINDS.get(name, task.kind)
+    if kind != task.kind:
+        fitting = [n for n in sorted(REWARDS) if REWARD_KINDS.get(n, task.kind) == task.kind]
+        raise MashupError(f"reward '{name}' scores {kind} answers, but task '{task.name}' is {task.kind}", None,
+                          f"use --reward {' or '.join([*fitting, 'auto'])}")
     return REWARDS[name](config, task, judge)

@@ -8,6 +8,7 @@ sampling. The same prompt, with the label's digit as the only scored token, is a
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,6 +19,8 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from mashup.batching import ScoredSequence, collate, last_token_logprobs
 from mashup.data.prompts import EncodedRequest
 from mashup.errors import CheckpointError
+from mashup.library.identity import resolve_identity
+from mashup.library.records import ADAPTER_CONFIG
 from mashup.config import Precision
 from mashup.models import (attach_adapter, autocast, default_device, load_model, load_tokenizer, resolve_base_dir,
                            resolve_precision)
@@ -98,6 +101,34 @@ def load_switcher(model: str | Path, n_candidates: int, *, adapter: str | Path |
     base_dir = resolve_base_dir(str(model))
     lm = load_model(base_dir)
     if adapter is not None:
+        require_adapter_base(Path(adapter), str(model))
         lm = attach_adapter(lm, Path(adapter), trainable=False).merge_and_unload()
     return Switcher(lm.to(device), load_tokenizer(base_dir), n_candidates, top_p=top_p, seed=seed, device=device,
                     precision=precision)
+
+
+def require_adapter_base(adapter: Path, model: str) -> None:
+    """Refuse a switcher adapter trained on another base: same shapes would load, and pick writers at random.
+
+    The base is the one ``switch train`` records in adapter_config.json; compared by content identity where
+    both resolve locally, else by spelling (as the library matches bases).
+    """
+    try:
+        recorded = json.loads((adapter / ADAPTER_CONFIG).read_text()).get("base_model_name_or_path")
+    except (OSError, ValueError, AttributeError):
+        return  # attach_adapter says what is wrong with the dir
+    if not isinstance(recorded, str) or not recorded:
+        return
+    if not _same_base(recorded, model):
+        raise CheckpointError(f"the switcher adapter was trained on base '{recorded}', not '{model}'", str(adapter),
+                              "set switcher.model to the base it was trained on, or train a switcher on this one")
+
+
+def _same_base(a: str, b: str) -> bool:
+    identities = resolve_identity(a), resolve_identity(b)
+    if all(identities):
+        return identities[0] == identities[1]
+    if a == b:
+        return True
+    return any(Path(s).expanduser().exists() for s in (a, b)) and \
+        Path(a).expanduser().resolve() == Path(b).expanduser().resolve()

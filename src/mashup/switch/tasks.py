@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Literal
 
 from mashup.data.prompts import PromptTemplate
-from mashup.data.schema import LETTERS, MCExample, carve_split, load_examples
+from mashup.data.schema import LETTERS, MCExample, carve_split, example_from_row
+from mashup.data.schema import _read_rows as read_rows  # the project's JSONL reader: errors name file:line
 from mashup.data.tasks import ASSETS_HINT, SPLIT_SEED, assets_dir, get_task, is_task_name
 from mashup.errors import DataError
 
@@ -68,19 +69,35 @@ def load_switch_task(name: str) -> SwitchTask:
 
 def _file_task(path: Path) -> SwitchTask:
     """A JSONL file of open questions (``question``, numeric ``answer``) or of multiple-choice rows."""
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    if rows and "choices" in rows[0]:
-        examples = load_examples(path)
+    rows = list(_file_rows(path))
+    if len(rows) < 2:
+        raise DataError(f"a switch task file needs at least 2 rows (a train and a test half), got {len(rows)}",
+                        str(path), "add questions to the file")
+    if "choices" in rows[0][1]:
+        examples = [example_from_row(row, where) for where, row in rows]
         train, test = carve_split(examples, OPEN_TEST_FRACTION, SPLIT_SEED)
         return SwitchTask(path.stem, "choice", [choice_item(ex) for ex in train], [choice_item(ex) for ex in test],
                           PromptTemplate())
-    try:
-        items = [number_item(str(row["question"]), str(row["answer"])) for row in rows]
-    except (KeyError, TypeError):
-        raise DataError("each line needs 'question' and 'answer' (or 'choices' for multiple choice)", str(path),
-                        "fix the file") from None
+    items = [_number_row(row, where) for where, row in rows]
     train, test = carve_split(items, OPEN_TEST_FRACTION, SPLIT_SEED)  # type: ignore[arg-type]
     return SwitchTask(path.stem, "number", train, test)  # type: ignore[arg-type]
+
+
+def _file_rows(path: Path) -> Iterable[tuple[str, dict]]:
+    """``(file:line, row)`` per row, read as ``mashup eval`` reads data (bad JSON, non-UTF-8 text and rows
+    that are not objects are DataErrors naming the file and line)."""
+    for where, row in read_rows(path):
+        if not isinstance(row, dict):
+            raise DataError(f"row is {type(row).__name__}, not an object", where,
+                            "write one JSON object per line (question/answer, or question/choices/answer)")
+        yield where, row
+
+
+def _number_row(row: dict, where: str) -> SwitchItem:
+    if "question" not in row or "answer" not in row:
+        raise DataError("each line needs 'question' and 'answer' (or 'choices' for multiple choice)", where,
+                        "fix the line")
+    return number_item(str(row["question"]), str(row["answer"]))
 
 
 def choice_item(example: MCExample) -> SwitchItem:

@@ -11,13 +11,14 @@ import logging
 import random
 from pathlib import Path
 
-from mashup.config import TrainConfig, save_config
+from mashup.config import TrainConfig, load_config, save_config
 from mashup.evaluation import ScoreSettings
 from mashup.errors import MashupError
 from mashup.io import atomic_output_dir, write_json
 from mashup.models import default_device, load_tokenizer, resolve_base_dir, resolve_precision
-from mashup.switch.collect import labelled_instances
-from mashup.switch.config import SwitchConfig
+from mashup.switch.collect import ROLLOUTS, SWITCH_CONFIG, labelled_instances
+from mashup.switch.config import CandidateConfig, SwitchConfig
+from mashup.switch.generation import Segment
 from mashup.switch.switcher import switcher_request
 from mashup.training import ProgressFn, prepare_model, save_trained, train
 from mashup.verbs import write_curve
@@ -38,18 +39,61 @@ def switcher_base(config: SwitchConfig) -> str:
     return candidate.model
 
 
+def checked_collect_dirs(config: SwitchConfig, collect_dirs: list[str | Path]) -> list[Path]:
+    """The collect dirs, each once (by resolved path), each a collect made with ``config``'s candidates."""
+    found: dict[Path, Path] = {}
+    for d in map(Path, collect_dirs):
+        if not d.exists():
+            raise MashupError("no such collect dir", str(d), "check the --data path")
+        if not d.is_dir():
+            raise MashupError("--data is not a dir", str(d), "give the --out dir of `mashup switch collect`")
+        found.setdefault(d.resolve(), d)  # a dir given twice would put copies of held-out labels in training
+    for d in found.values():
+        _require_same_candidates(config, d)
+    return list(found.values())
+
+
+def _candidate_key(candidate: CandidateConfig) -> tuple:
+    """What a label's index stands for: the candidate's weights and its role (paths compared resolved)."""
+    def place(path: str | None) -> str | None:
+        return str(Path(path).expanduser().resolve()) if path and Path(path).expanduser().exists() else path
+    return candidate.checkpoint, place(candidate.model), place(candidate.adapter), candidate.role
+
+
+def _require_same_candidates(config: SwitchConfig, collect_dir: Path) -> None:
+    recorded_path = collect_dir / SWITCH_CONFIG
+    if not recorded_path.is_file():
+        raise MashupError(f"not a collect dir (no {SWITCH_CONFIG})", str(collect_dir),
+                          "give the --out dir of `mashup switch collect`")
+    recorded = load_config(recorded_path, SwitchConfig).candidates
+    if [_candidate_key(c) for c in recorded] != [_candidate_key(c) for c in config.candidates]:
+        raise MashupError(f"the collect labelled other candidates ({', '.join(c.label() for c in recorded)}) than "
+                          f"--config ({', '.join(c.label() for c in config.candidates)})", str(collect_dir),
+                          "train with the switch config the collect was made with, in the same order")
+
+
+def _labels_below(n: int, collect_dir: Path) -> list[tuple[str, list[Segment], int]]:
+    """The collect's labelled instances, each label naming one of the ``n`` candidates."""
+    instances = labelled_instances(collect_dir)
+    labels = {label for _, _, label in instances}
+    if labels and not 0 <= min(labels) <= max(labels) < n:
+        raise MashupError(f"labels {sorted(labels)} do not all name one of the {n} candidates",
+                          str(collect_dir / ROLLOUTS), "restore the collect, or run it again into a new --out")
+    return instances
+
+
 def train_switcher(config: SwitchConfig, collect_dirs: list[str | Path], out: str | Path,
                    train_config: TrainConfig, *, held_out: float = HELD_OUT, progress: ProgressFn | None = None,
                    overwrite: bool = False) -> dict:
     """Train a LoRA switcher into ``out/adapter``; returns (and writes) the result with its curve."""
-    instances = [x for d in collect_dirs for x in labelled_instances(d)]
+    n = len(config.candidates)
+    instances = [x for d in checked_collect_dirs(config, collect_dirs) for x in _labels_below(n, d)]
     if len(instances) < 2:
         raise MashupError(f"only {len(instances)} labelled instance(s) to train on", ", ".join(map(str, collect_dirs)),
                           "collect more instances (--instances) or more rollouts")
     base = switcher_base(config)
     base_dir = resolve_base_dir(base)
     tokenizer = load_tokenizer(base_dir)
-    n = len(config.candidates)
     requests = [switcher_request(tokenizer, q, segments, n, label) for q, segments, label in instances]
     random.Random(train_config.seed).shuffle(requests)
     n_eval = max(1, round(held_out * len(requests)))

@@ -1,0 +1,188 @@
+"""Bad input to the CLI's library, config and demo options: one line naming what, where and the fix, a non-zero
+exit, before any work, and nothing lost (audit 4: F6, F8, F12, F13)."""
+
+import json
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from mashup.config import RunConfig, load_config
+from mashup.demo import DemoSettings, build_source_library, run_demo
+from mashup.errors import MashupError
+from mashup.workspace import open_workspace
+from tests.test_cli import run_cli
+
+
+@pytest.fixture()
+def lib(tmp_path: Path, tiny_loras: list[Path], capsys, monkeypatch) -> Path:
+    """A library holding one LoRA."""
+    run_cli(["library", "add", tiny_loras[0], "--library", tmp_path / "lib"], capsys, monkeypatch)
+    return tmp_path / "lib"
+
+
+def one_line_error(err: str) -> str:
+    assert err.strip().count("\n") == 0 and "Traceback" not in err, err
+    return err
+
+
+# F12: a typo in --kind or --library is an error, not an empty (successful) result
+
+
+@pytest.mark.parametrize("kind", ["bogus", "LoRA"])
+def test_unknown_kind_is_refused_with_the_valid_kinds(lib, kind, capsys, monkeypatch):
+    _, err = run_cli(["library", "list", "--kind", kind, "--library", lib, "--json"], capsys, monkeypatch, expect=1)
+    assert f"unknown checkpoint kind '{kind}'" in one_line_error(err) and "lora, full" in err
+
+
+@pytest.mark.parametrize("verb", [["list"], ["verify"], ["scores"], ["show", "abc"], ["remove", "abc"]])
+def test_a_missing_library_dir_is_an_error_for_reading_verbs(tmp_path, verb, capsys, monkeypatch):
+    missing = tmp_path / "no" / "such" / "lib"
+    _, err = run_cli(["library", *verb, "--library", missing], capsys, monkeypatch, expect=1)
+    assert "library dir not found" in one_line_error(err) and str(missing) in err and "library add" in err
+    assert not (tmp_path / "no").exists()
+
+
+def test_a_dir_without_catalog_and_a_file_are_not_libraries(tmp_path, tiny_loras, capsys, monkeypatch):
+    (tmp_path / "empty").mkdir()
+    _, err = run_cli(["library", "verify", "--library", tmp_path / "empty"], capsys, monkeypatch, expect=1)
+    assert "no library catalog" in one_line_error(err)
+    afile = tmp_path / "notes.txt"
+    afile.write_text("keep me")
+    for verb in (["list"], ["add", tiny_loras[0]]):
+        _, err = run_cli(["library", *verb, "--library", afile], capsys, monkeypatch, expect=1)
+        assert "the library is a file" in one_line_error(err)
+    assert afile.read_text() == "keep me"
+
+
+def test_a_missing_library_from_the_environment_is_an_error(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("MASHUP_LIBRARY", str(tmp_path / "typo"))
+    _, err = run_cli(["library", "list"], capsys, monkeypatch, expect=1)
+    assert "library dir not found" in one_line_error(err) and "MASHUP_LIBRARY" in err
+
+
+def test_the_default_library_not_made_yet_lists_empty(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("MASHUP_LIBRARY", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    out, _ = run_cli(["library", "list", "--json"], capsys, monkeypatch)
+    assert json.loads(out) == []
+
+
+def test_select_and_run_refuse_a_missing_library_before_any_work(tmp_path, tiny_base, mc_file, capsys, monkeypatch):
+    def no_work(*args, **kwargs):
+        raise AssertionError("work started before the library was checked")
+
+    monkeypatch.setattr("mashup.verbs.select", no_work)
+    monkeypatch.setattr("mashup.run.run", no_work)
+    common = ["--base", tiny_base, "--data", mc_file, "--library", tmp_path / "typo"]
+    for verb in (["select", "--kind", "full"], ["run", "--out", tmp_path / "run"]):
+        _, err = run_cli([*verb, *common], capsys, monkeypatch, expect=1)
+        assert "library dir not found" in one_line_error(err)
+    _, err = run_cli(["select", "--kind", "bogus", *common], capsys, monkeypatch, expect=1)
+    assert "unknown checkpoint kind 'bogus'" in one_line_error(err)
+
+
+# F6: a config file that is not UTF-8 or not valid YAML
+
+
+def test_a_non_utf8_config_is_one_line_naming_the_file(tmp_path, capsys, monkeypatch):
+    path = tmp_path / "run.yaml"
+    path.write_bytes(b"base: x\nout: y\ndata: {data: \xff\xfe}\n")
+    with pytest.raises(MashupError, match="not UTF-8") as caught:
+        load_config(path, RunConfig)
+    assert caught.value.where == str(path)
+    _, err = run_cli(["run", "--config", path], capsys, monkeypatch, expect=1)
+    assert "not UTF-8" in one_line_error(err) and str(path) in err
+
+
+def test_a_yaml_syntax_error_is_one_line_with_line_and_column(tmp_path, capsys, monkeypatch):
+    path = tmp_path / "run.yaml"
+    path.write_text("base: x\nselect: {k: 1\n")
+    _, err = run_cli(["run", "--config", path], capsys, monkeypatch, expect=1)
+    assert "invalid YAML" in one_line_error(err) and "line 3, column 1" in err and str(path) in err
+
+
+# F8: `run --config` with a partial file, the flags supplying the rest
+
+
+@pytest.fixture()
+def captured_run(monkeypatch) -> list[RunConfig]:
+    """`mashup run` validates its config and stops there: the run itself is tested elsewhere."""
+    configs: list[RunConfig] = []
+
+    def fake_run(config: RunConfig, stage) -> dict:
+        configs.append(config)
+        return {}
+
+    monkeypatch.setattr("mashup.run.run", fake_run)
+    return configs
+
+
+def test_run_merges_flags_over_a_partial_config(tmp_path, lib, mc_file, captured_run, capsys, monkeypatch):
+    path = tmp_path / "partial.yaml"
+    path.write_text("select: {k: 1, samples: 4}\ntrain: {max_steps: 2, batch_size: 4}\n")
+    run_cli(["run", "--config", path, "--base", "tiny", "--data", mc_file, "--library", lib, "--out",
+             tmp_path / "run", "--max-steps", "3", "--no-register", "--json"], capsys, monkeypatch)
+    config = captured_run[0]
+    assert (config.base, config.data.data, config.out) == ("tiny", str(mc_file), str(tmp_path / "run"))
+    assert (config.select.k, config.select.samples, config.train.max_steps, config.train.batch_size) == (1, 4, 3, 4)
+    assert not config.add_to_library
+
+
+def test_a_bad_field_in_a_partial_config_names_the_file(tmp_path, lib, mc_file, captured_run, capsys, monkeypatch):
+    path = tmp_path / "partial.yaml"
+    path.write_text("select: {k: 0}\n")
+    _, err = run_cli(["run", "--config", path, "--base", "tiny", "--data", mc_file, "--library", lib, "--out",
+                      tmp_path / "run"], capsys, monkeypatch, expect=1)
+    assert "invalid config field 'select.k'" in one_line_error(err) and str(path) in err
+    assert not captured_run
+
+
+# F13: the demo checks its options before any work
+
+
+@pytest.fixture()
+def no_demo_work(monkeypatch) -> None:
+    def no_work(*args, **kwargs):
+        raise AssertionError("the demo started work before checking its options")
+
+    monkeypatch.setattr("mashup.demo.open_workspace", no_work)
+    monkeypatch.setattr("mashup.demo.build_source_library", no_work)
+
+
+def test_demo_refuses_a_repeated_seed_before_any_work(tmp_path, no_demo_work, capsys, monkeypatch):
+    with pytest.raises(MashupError, match="seed 0 given more than once"):
+        run_demo(tmp_path / "demo", seeds=[0, 1, 0], settings=DemoSettings())
+    _, err = run_cli(["demo", "--out", tmp_path / "demo", "--seed", "0", "--seed", "0"], capsys, monkeypatch, expect=1)
+    assert "given more than once" in one_line_error(err) and "--seed" in err
+    assert not (tmp_path / "demo").exists()
+
+
+def test_demo_refuses_an_existing_out_before_any_work(tmp_path, no_demo_work):
+    out = tmp_path / "demo"
+    out.mkdir()
+    (out / "kept.txt").write_text("mine")
+    with pytest.raises(MashupError, match="already exists and is not empty"):
+        run_demo(out, seeds=[0])
+    assert (out / "kept.txt").read_text() == "mine"
+
+
+def test_demo_refuses_an_unknown_precision_before_any_work(tmp_path, no_demo_work, monkeypatch):
+    with pytest.raises(MashupError, match="unknown precision 'fp64'.*--precision"):
+        run_demo(tmp_path / "demo", precision="fp64")  # type: ignore[arg-type]
+    monkeypatch.setenv("MASHUP_PRECISION", "fp64")
+    with pytest.raises(MashupError, match="unknown precision 'fp64'.*MASHUP_PRECISION"):
+        run_demo(tmp_path / "demo")
+
+
+def test_demo_sources_given_as_files_stay_in_the_cache_and_are_reused(tmp_path, tiny_base, mc_file, monkeypatch):
+    # the source's path once named its output dir (an absolute one: the data file itself, replaced by the adapter
+    # dir), and its task name ("target") is not that path: a rerun trained and registered it again
+    monkeypatch.setenv("MASHUP_CACHE", str(tmp_path / "cache"))
+    settings = DemoSettings(base=str(tiny_base), target=str(mc_file), sources=(str(mc_file),), scoring="letter",
+                            max_length=64, source_steps=1, source_batch_size=4)
+    workspace = open_workspace(settings.base, settings.data(settings.target), "fp32")
+    first = build_source_library(settings, workspace, Console(stderr=True)).list()
+    again = build_source_library(settings, workspace, Console(stderr=True)).list()
+    assert len(first) == 1 and [r.id for r in again] == [first[0].id]
+    assert mc_file.is_file() and Path(first[0].path).is_relative_to(tmp_path / "cache")
