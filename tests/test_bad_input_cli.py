@@ -138,6 +138,15 @@ def test_a_bad_field_in_a_partial_config_names_the_file(tmp_path, lib, mc_file, 
     assert not captured_run
 
 
+def test_a_value_neither_the_config_nor_a_flag_gives_names_the_file(tmp_path, lib, mc_file, captured_run, capsys,
+                                                                     monkeypatch):
+    path = tmp_path / "partial.yaml"
+    path.write_text("select: {k: 1}\n")
+    _, err = run_cli(["run", "--config", path, "--data", mc_file, "--library", lib, "--out", tmp_path / "run"],
+                     capsys, monkeypatch, expect=1)
+    assert "missing --base" in one_line_error(err) and str(path) in err and not captured_run
+
+
 # F13: the demo checks its options before any work
 
 

@@ -41,3 +41,28 @@ def test_library_add_interrupted_while_caching_prototypes_says_what_it_added(tmp
                        expect=130)
     added = [r.id for r in Library(tmp_path / "lib").list()]
     assert len(added) == 3 and all(f"added {i}" in out for i in added) and "interrupted" in err
+
+
+def test_an_output_path_that_is_a_file_is_refused_even_with_overwrite(tmp_path):
+    import pytest
+
+    from mashup.atomic_dir import atomic_output_dir
+    from mashup.errors import MashupError
+
+    data = tmp_path / "train.jsonl"
+    data.write_text("{}\n")
+    for overwrite in (False, True):
+        with pytest.raises(MashupError, match="the output path is a file"), atomic_output_dir(data, overwrite=overwrite):
+            pass
+    assert data.read_text() == "{}\n"
+
+
+def test_select_checks_the_kind_it_is_given(tiny_base, mc_file):
+    import pytest
+
+    from mashup.config import DataConfig, SelectConfig
+    from mashup.errors import MashupError
+    from mashup.verbs import select
+
+    with pytest.raises(MashupError, match="unknown checkpoint kind 'LoRA'"):
+        select(str(tiny_base), DataConfig(data=str(mc_file)), SelectConfig(), kind="LoRA")

@@ -286,6 +286,8 @@ def atomic_output_dir(out_dir: Path, *, overwrite: bool = False, on_commit: OnCo
     """
     out_dir = Path(out_dir)
     existed_empty = out_dir.is_dir() and not any(out_dir.iterdir())
+    if out_dir.exists() and not out_dir.is_dir():
+        raise MashupError("the output path is a file, not a directory", str(out_dir), "choose another --out")
     if out_dir.exists() and not existed_empty and not overwrite:
         raise MashupError("output directory already exists and is not empty", str(out_dir),
                           "choose another --out or remove it")

@@ -310,11 +310,12 @@ def run_cmd(base: Annotated[Optional[str], typer.Option("--base", help="base mod
                           "batch_size": batch_size, "seed": seed}}
     for section, values in sections.items():
         _merge_section(raw, section, _given(**values))
+    where = str(config_file) if config_file else None  # a config given: the file the value is missing from
     for required in ("base", "out"):
         if not raw.get(required):
-            raise MashupError(f"missing --{required}", None, f"pass --{required} or set it in --config")
+            raise MashupError(f"missing --{required}", where, f"pass --{required} or set it in --config")
     if isinstance(raw["data"], dict) and not raw["data"].get("data"):
-        raise MashupError("missing --data", None, "pass --data TARGET or set data.data in --config")
+        raise MashupError("missing --data", where, "pass --data TARGET or set data.data in --config")
     config = validate_config(raw, RunConfig, config_file) if config_file else RunConfig.model_validate(raw)
     Library.existing(config.library)
     with training_bars(err) as stage:

@@ -19,7 +19,7 @@ from mashup.errors import DataError, LibraryError, MashupError
 from mashup.evaluation import EvalResult, evaluate
 from mashup.io import atomic_output_dir, write_json
 from mashup.candidates import INCLUDE_TARGET_HINT, describe_shortage, find_candidates
-from mashup.library import Library
+from mashup.library import Library, check_kind
 from mashup.library.identity import base_identity
 from mashup.models import attach_adapter, load_model, resolve_base_dir
 from mashup.scoring import CheckpointScore
@@ -63,6 +63,7 @@ def select(base: str, data: DataConfig, config: SelectConfig, library_dir: str |
     to these ids and ``include_hint`` is what an exclusion's log line suggests (``find_candidates``). Scores are
     cached in the library (``config.cache``); ``progress(done, planned)`` follows the scoring.
     """
+    check_kind(kind)
     start = time.perf_counter()
     workspace = workspace or open_workspace(base, data, precision)
     target = target or load_target(data)
