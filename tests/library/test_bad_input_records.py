@@ -66,6 +66,13 @@ def test_lora_tensors_outside_target_modules_are_refused(tmp_path, tiny_loras):
     _refused(Library(tmp_path / "lib"), [regex], "does not cover")
 
 
+def test_lora_tensors_outside_layers_to_transform_are_refused(tmp_path, tiny_loras):
+    bad = noisy_copy(tiny_loras[0], tmp_path / "bad", seed=1, layers_to_transform=[0])  # tensors in layers 0 and 1
+    _refused(Library(tmp_path / "lib"), [tiny_loras[1], bad], r"is in layer 1, which layers_to_transform \[0\]")
+    both = noisy_copy(tiny_loras[0], tmp_path / "both", seed=2, layers_to_transform=[0, 1])
+    assert len(Library(tmp_path / "lib").add([both])) == 1
+
+
 @pytest.mark.parametrize("targets", [
     ["q_proj", "v_proj", "up_proj", "not_in_this_model"], ["self_attn.q_proj", "self_attn.v_proj", "mlp.up_proj"],
     r"model\.layers\.\d+\.(self_attn\.(q|v)_proj|mlp\.up_proj)", "all-linear", None, [],

@@ -115,12 +115,23 @@ def _check_lora_targets(shapes: dict[str, list[int]], config: dict[str, Any], wh
     targets = config.get("target_modules")
     if not targets or targets == "all-linear" or config.get("target_parameters"):
         return  # PEFT's defaults for the architecture, or layers these names do not describe
+    layers = config.get("layers_to_transform")
+    layers = [layers] if isinstance(layers, int) else layers
     for name in shapes:
-        if (".lora_A." in name or ".lora_B." in name) and not _targeted(_lora_module(name), targets):
+        if ".lora_A." not in name and ".lora_B." not in name:
+            continue
+        module = _lora_module(name)
+        if not _targeted(module, targets):
             raise CheckpointError(
-                f"tensor {name} adapts module '{_lora_module(name)}', which target_modules {json.dumps(targets)} "
+                f"tensor {name} adapts module '{module}', which target_modules {json.dumps(targets)} "
                 f"in {ADAPTER_CONFIG} does not cover (PEFT would drop it on load)", where,
                 "fix target_modules or re-save the adapter")
+        layer = re.search(r"\.(\d+)\.", f".{module}.")
+        if isinstance(layers, list) and layer is not None and int(layer.group(1)) not in layers:
+            raise CheckpointError(
+                f"tensor {name} is in layer {layer.group(1)}, which layers_to_transform {json.dumps(layers)} "
+                f"in {ADAPTER_CONFIG} leaves out (PEFT would drop it on load)", where,
+                "fix layers_to_transform or re-save the adapter")
 
 
 def _check_lora_dtypes(files: list[Path], where: str) -> None:

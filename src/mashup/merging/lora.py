@@ -195,18 +195,38 @@ def _alpha_for(record: CheckpointRecord, rank: int) -> float:
     return int(round(alpha)) if abs(alpha - round(alpha)) < 1e-9 else alpha
 
 
+# adapter_config.json fields that narrow which modules target_modules picks: united across inputs that differ,
+# they would pick modules no input adapted or drop ones an input did (PEFT then drops the tensors on load)
+_NARROWING = ("layers_to_transform", "layers_pattern", "exclude_modules")
+
+
 def write_adapter(plan: MergePlan, tensors: Tensors, out_dir: Path) -> None:
-    """adapter_config.json from the template adapter (r/alpha for the output rank, targets united) + weights."""
+    """adapter_config.json from the template adapter (r/alpha for the output rank, targets for exactly the
+    modules the merge wrote) + weights."""
     template = plan.template or plan.records[0]
     config = json.loads((Path(template.path) / ADAPTER_CONFIG).read_text())
     if plan.lora_rank is not None and plan.lora_rank != template.lora_r:
         config["r"], config["lora_alpha"] = plan.lora_rank, _alpha_for(template, plan.lora_rank)
-    targets = {tuple(sorted(r.target_modules or [])) for r in plan.records}
-    if len(targets) > 1:
-        config["target_modules"] = sorted({t for group in targets for t in group})
+    _set_targets(config, [json.loads((Path(r.path) / ADAPTER_CONFIG).read_text()) for r in plan.records], tensors)
     (out_dir / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
     save_file({n: t.contiguous() for n, t in tensors.items()}, str(out_dir / ADAPTER_WEIGHTS),
               metadata={"format": "pt"})
+
+
+def _set_targets(config: dict, inputs: list[dict], tensors: Tensors) -> None:
+    """The output's targets: the inputs' own where they agree; their union of module names where they differ
+    only in those; else (a regex, or a narrowing field on either side) the adapted modules by full name, which
+    PEFT matches exactly."""
+    fields = ("target_modules", *_NARROWING)
+    if len({json.dumps([c.get(f) for f in fields], sort_keys=True) for c in inputs}) == 1:
+        return
+    if not any(c.get(f) for c in inputs for f in _NARROWING) and all(
+            isinstance(c.get("target_modules"), list) for c in inputs):
+        config["target_modules"] = sorted({t for c in inputs for t in c["target_modules"]})
+        return
+    config["target_modules"] = [base_weight_name(m).removesuffix(".weight") for m in module_names(tensors, "")]
+    for field in _NARROWING:
+        config.pop(field, None)
 
 
 def merge_lora(plan: MergePlan, out_dir: Path, statistics: Sequence[Tensors] | None = None) -> dict[str, float]:
