@@ -273,6 +273,16 @@ def _undo(out_dir: Path, displaced: Path | None) -> None:
         discard_temp(displaced)
 
 
+def require_free_output(out_dir: Path, *, overwrite: bool = False) -> None:
+    """Refuse an output path that is a file, or (without ``overwrite``) a dir that is not empty: what
+    ``atomic_output_dir`` checks first, for a caller with minutes of work to do before it."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise MashupError("the output path is a file, not a directory", str(out_dir), "choose another --out")
+    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
+        raise MashupError("output directory already exists and is not empty", str(out_dir),
+                          "choose another --out or remove it")
+
+
 @contextlib.contextmanager
 def atomic_output_dir(out_dir: Path, *, overwrite: bool = False, on_commit: OnCommit | None = None
                       ) -> Iterator[Path]:
@@ -286,11 +296,7 @@ def atomic_output_dir(out_dir: Path, *, overwrite: bool = False, on_commit: OnCo
     """
     out_dir = Path(out_dir)
     existed_empty = out_dir.is_dir() and not any(out_dir.iterdir())
-    if out_dir.exists() and not out_dir.is_dir():
-        raise MashupError("the output path is a file, not a directory", str(out_dir), "choose another --out")
-    if out_dir.exists() and not existed_empty and not overwrite:
-        raise MashupError("output directory already exists and is not empty", str(out_dir),
-                          "choose another --out or remove it")
+    require_free_output(out_dir, overwrite=overwrite)
     try:
         out_dir.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

@@ -24,6 +24,7 @@ from mashup.data.tasks import is_task_name
 from mashup.demo_report import print_tables, write_plot, write_report
 from mashup.errors import MashupError
 from mashup.evaluation import evaluate
+from mashup.atomic_dir import require_free_output
 from mashup.io import atomic_output_dir, write_json
 from mashup.library import Library
 from mashup.models import default_device, resolve_precision
@@ -160,9 +161,7 @@ def check_demo_options(settings: DemoSettings, out: Path, precision: Precision |
         raise MashupError(f"seed {', '.join(map(str, repeated))} given more than once", "--seed", "give each seed once")
     if not settings.seeds:
         raise MashupError("no seeds to run", "--seed", "give at least one --seed")
-    if out.exists() and not (out.is_dir() and not any(out.iterdir())):
-        raise MashupError("output directory already exists and is not empty", str(out),
-                          "choose another --out or remove it")
+    require_free_output(out)
     resolve_precision(precision, default_device())
 
 

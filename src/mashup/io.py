@@ -10,7 +10,7 @@ import math
 import mmap
 import os
 import struct
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
@@ -27,8 +27,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 __all__ = ["atomic_output_dir", "check_finite", "load_weight_dir", "load_weights", "non_float_tensors",
-           "read_dir_block", "read_dir_block_into", "read_tensor_block", "sha256_files", "sorted_shapes",
-           "stat_files", "tensor_shapes", "weight_files", "write_json", "write_text_atomic"]
+           "read_dir_block", "read_dir_block_into", "read_tensor_block", "require_finite_tensors", "sha256_files",
+           "sorted_shapes", "stat_files", "tensor_shapes", "weight_files", "write_json", "write_text_atomic"]
 
 _SAFETENSORS_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16"}  # torch names
 _MAX_HEADER = 100 << 20
@@ -329,8 +329,6 @@ def non_float_tensors(path: Path) -> list[str]:
 
 def check_finite(files: list[Path]) -> None:
     """Refuse weights holding NaN or inf, one tensor (or chunk) in memory at a time."""
-    import torch
-
     for path in files:
         if _finite_block(path):
             continue  # else: a NaN or inf to name, or a file not laid out as one block
@@ -343,10 +341,17 @@ def check_finite(files: list[Path]) -> None:
             except Exception as exc:
                 raise _unreadable(path, exc) from None
             items = ((name, handle.get_tensor(name)) for name in handle.keys())
-        for name, tensor in items:
-            if tensor.is_floating_point() and not torch.isfinite(tensor).all():
-                raise CheckpointError(f"tensor {name} holds NaN or inf", str(path),
-                                      "the checkpoint is broken; retrain or re-export it")
+        require_finite_tensors(items, path)
+
+
+def require_finite_tensors(items: Iterable[tuple[str, torch.Tensor]], where: str | Path) -> None:
+    """Refuse the first tensor holding NaN or inf, by name, as checked one at a time from ``items``."""
+    import torch
+
+    for name, tensor in items:
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise CheckpointError(f"tensor {name} holds NaN or inf", str(where),
+                                  "the checkpoint is broken; retrain or re-export it")
 
 
 def _finite_block(path: Path) -> bool:

@@ -17,7 +17,7 @@ from safetensors import SafetensorError
 
 from mashup.config import Precision
 from mashup.errors import CheckpointError, MashupError
-from mashup.io import check_finite, load_weight_dir, tensor_shapes, weight_files
+from mashup.io import check_finite, load_weight_dir, require_finite_tensors, tensor_shapes, weight_files
 
 # transformers' modeling code and peft are imported where a model is loaded: on a 2-core CPU they add
 # about 4 s to every command, and a cached select or a library listing loads no model
@@ -89,7 +89,10 @@ def load_model(model_dir: Path, *, allow_pickle: bool = False, check_values: boo
     refuse weights holding NaN or inf."""
     from transformers import AutoModelForCausalLM
 
-    _checked_weight_files(model_dir, allow_pickle=allow_pickle, check_values=check_values)
+    files = _checked_weight_files(model_dir, allow_pickle=allow_pickle)
+    if check_values:  # a corrupt file named from its header; the values checked once loaded, not read twice
+        for path in files:
+            tensor_shapes(path)
     try:
         # None: safetensors where there are any, else the pickles weight_files allowed
         model = AutoModelForCausalLM.from_pretrained(
@@ -98,6 +101,8 @@ def load_model(model_dir: Path, *, allow_pickle: bool = False, check_values: boo
     except (OSError, ValueError, SafetensorError) as exc:
         raise CheckpointError(f"cannot load model ({exc})".splitlines()[0], str(model_dir),
                               "check it is a complete HF model dir") from None
+    if check_values:
+        require_finite_tensors(model.named_parameters(), model_dir)
     return model
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import random
@@ -20,7 +19,7 @@ from mashup.batching import answer_losses, collate
 from mashup.config import TrainConfig
 from mashup.data.prompts import EncodedRequest
 from mashup.errors import CheckpointError, TrainingError
-from mashup.library.records import ADAPTER_CONFIG, MODEL_CONFIG
+from mashup.library.records import ADAPTER_CONFIG, MODEL_CONFIG, lora_settings, read_json_object
 from mashup.evaluation import EvalResult, ScoreSettings, answer_sequence, evaluate
 from mashup.models import attach_adapter, autocast, load_model, quiet_peft_deprecations
 
@@ -79,16 +78,16 @@ def init_lora_shape(init: Path) -> dict[str, Any] | None:
     config_path = Path(init) / ADAPTER_CONFIG
     if not config_path.exists():
         return None
+    config = read_json_object(config_path)
+    settings = lora_settings(config, str(config_path))  # the library's reading: the same defaults and checks
     try:
-        raw = json.loads(config_path.read_text())
-        targets = raw.get("target_modules") or []
-        return {"lora_r": int(raw.get("r", 8)), "lora_alpha": float(raw.get("lora_alpha", raw.get("r", 8))),
-                "target_modules": sorted([targets] if isinstance(targets, str) else targets),
-                "lora_dropout": float(raw.get("lora_dropout") or 0.0),
-                "use_rslora": bool(raw.get("use_rslora", False))}
-    except (ValueError, TypeError, AttributeError) as exc:  # not JSON, not an object, or a field of the wrong type
-        raise CheckpointError(f"cannot read the LoRA shape from {ADAPTER_CONFIG} ({type(exc).__name__}: {exc})",
-                              str(config_path), "fix or re-save the file") from None
+        dropout = float(config.get("lora_dropout") or 0.0)
+    except (TypeError, ValueError):
+        raise CheckpointError(f"{ADAPTER_CONFIG} field 'lora_dropout' is not a number", str(config_path),
+                              "fix or re-save the file") from None
+    return {"lora_r": settings["lora_r"], "lora_alpha": settings["lora_alpha"],
+            "target_modules": settings["target_modules"], "lora_dropout": dropout,
+            "use_rslora": settings["use_rslora"]}
 
 
 def check_init_kind(mode: str, init: Path) -> None:

@@ -75,7 +75,9 @@ JSONL_FIX = "fix the line: each line holds one whole JSON object (JSONL)"
 JSON_FIX = f"{JSONL_FIX}, or the file holds one JSON array of row objects"
 
 
-def _read_rows(path: Path) -> Iterable[tuple[str, dict[str, Any]]]:
+def read_rows(path: Path) -> Iterable[tuple[str, dict[str, Any]]]:
+    """``(where, row)`` for each row of a JSONL/JSON/CSV/Parquet file or saved HF dataset dir; a file that cannot
+    be read is a DataError naming it (and the line, where there is one)."""
     try:
         yield from _rows_by_format(path)
     except UnicodeDecodeError:
@@ -178,7 +180,7 @@ def load_examples(path: str | Path) -> list[MCExample]:
     path = Path(path)
     if not path.exists():
         raise DataError("data file not found", str(path), "check the path, or use a task name from `mashup tasks list`")
-    examples = [example_from_row(row, where) for where, row in _read_rows(path)]
+    examples = [example_from_row(row, where) for where, row in read_rows(path)]
     if not examples:
         raise DataError("no examples", str(path), "the file is empty")
     return examples

@@ -114,6 +114,13 @@ def resolve_identity(base: str) -> str | None:
         return None
 
 
+def same_base(a: str, b: str) -> bool:
+    """Whether two spellings name one base: by content identity where both resolve locally, else by spelling
+    (``BaseMatcher``'s rule, for two names rather than a record)."""
+    identities = resolve_identity(a), resolve_identity(b)
+    return identities[0] == identities[1] if all(identities) else _same_spelling(a, b)
+
+
 def _same_spelling(a: str, b: str) -> bool:
     if a == b:
         return True

@@ -62,7 +62,8 @@ class CheckpointRecord:
         return json.dumps({name: getattr(self, name) for name in LORA_SETTINGS}, separators=(",", ":"))
 
 
-def _read_json(path: Path) -> dict[str, Any]:
+def read_json_object(path: Path) -> dict[str, Any]:
+    """A JSON file holding an object (a checkpoint's config), or one CheckpointError line."""
     try:
         data = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
@@ -143,7 +144,7 @@ def _check_lora_dtypes(files: list[Path], where: str) -> None:
 
 
 def inspect_lora(path: Path, task: str | None, allow_pickle: bool, check_values: bool = False) -> CheckpointRecord:
-    config = _read_json(path / ADAPTER_CONFIG)
+    config = read_json_object(path / ADAPTER_CONFIG)
     if str(config.get("peft_type", "")).upper() != "LORA":
         raise CheckpointError(f"peft_type is {config.get('peft_type')!r}, only LORA is supported", str(path))
     if "rank_pattern" in config and config["rank_pattern"] or config.get("alpha_pattern"):
@@ -212,7 +213,7 @@ def lora_config_change(record: CheckpointRecord) -> str | None:
     """How the adapter_config.json on disk now differs from what ``record`` registered, or None."""
     config_path = Path(record.path) / ADAPTER_CONFIG
     try:
-        now = lora_settings(_read_json(config_path), str(config_path))
+        now = lora_settings(read_json_object(config_path), str(config_path))
     except MashupError as exc:
         return f"{ADAPTER_CONFIG} cannot be read now ({exc.what})"
     changes = [f"{name} {getattr(record, name)} -> {value}" for name, value in now.items()
@@ -222,7 +223,7 @@ def lora_config_change(record: CheckpointRecord) -> str | None:
 
 def inspect_full(path: Path, base: str | None, task: str | None, allow_pickle: bool, check_values: bool = False
                  ) -> CheckpointRecord:
-    config = _read_json(path / MODEL_CONFIG)
+    config = read_json_object(path / MODEL_CONFIG)
     if not base:
         raise CheckpointError("a full fine-tune needs its base model", str(path), "pass --base MODEL")
     files = weight_files(path, allow_pickle=allow_pickle)

@@ -15,8 +15,8 @@ import hashlib
 import json
 import logging
 import sqlite3
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -72,38 +72,32 @@ class SignalCache:
         self.path = Path(library_dir) / CACHE_NAME
         self.usable = True
 
-    @contextmanager
-    def _reading(self, table: str) -> Iterator[sqlite3.Connection | None]:
+    def _reading(self, table: str) -> AbstractContextManager[sqlite3.Connection | None]:
         """A connection to read ``table`` with, or None where there is nothing to read (no file or table yet,
         or the cache is off)."""
-        if not self.usable:
-            yield None
-            return
-        entered = False
-        try:
-            with read_connection(self.path, WHAT) as conn:
-                readable = conn is not None and bool(table_columns(conn, table))
-                entered = True
-                yield conn if readable else None
-        except LibraryError as exc:
-            self._turn_off(exc)
-            if not entered:  # failed before the block ran: it runs with nothing to read
-                yield None
+        return self._guarded(lambda: read_connection(self.path, WHAT), table)
+
+    def _writing(self) -> AbstractContextManager[sqlite3.Connection | None]:
+        """A write transaction (the schema made or migrated first), or None where the cache is off."""
+        return self._guarded(lambda: write_transaction(self.path, WHAT, _setup))
 
     @contextmanager
-    def _writing(self) -> Iterator[sqlite3.Connection | None]:
-        """A write transaction (the schema made or migrated first), or None where the cache is off."""
+    def _guarded(self, connect: Callable[[], AbstractContextManager[sqlite3.Connection | None]],
+                 table: str | None = None) -> Iterator[sqlite3.Connection | None]:
+        """``connect()``'s connection (None without ``table`` in it), or None where the cache is off; a failure
+        (LibraryError) turns the cache off with one warning, and a block it came before runs with None."""
         if not self.usable:
             yield None
             return
         entered = False
         try:
-            with write_transaction(self.path, WHAT, _setup) as conn:
+            with connect() as conn:
+                usable = conn is not None and (table is None or bool(table_columns(conn, table)))
                 entered = True
-                yield conn
+                yield conn if usable else None
         except LibraryError as exc:
             self._turn_off(exc)
-            if not entered:  # failed before the block ran: it runs with nowhere to write
+            if not entered:
                 yield None
 
     def _turn_off(self, exc: LibraryError) -> None:

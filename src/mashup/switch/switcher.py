@@ -19,7 +19,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from mashup.batching import ScoredSequence, collate, last_token_logprobs
 from mashup.data.prompts import EncodedRequest
 from mashup.errors import CheckpointError
-from mashup.library.identity import resolve_identity
+from mashup.library.identity import same_base
 from mashup.library.records import ADAPTER_CONFIG
 from mashup.config import Precision
 from mashup.models import (attach_adapter, autocast, default_device, load_model, load_tokenizer, resolve_base_dir,
@@ -119,16 +119,6 @@ def require_adapter_base(adapter: Path, model: str) -> None:
         return  # attach_adapter says what is wrong with the dir
     if not isinstance(recorded, str) or not recorded:
         return
-    if not _same_base(recorded, model):
+    if not same_base(recorded, model):
         raise CheckpointError(f"the switcher adapter was trained on base '{recorded}', not '{model}'", str(adapter),
                               "set switcher.model to the base it was trained on, or train a switcher on this one")
-
-
-def _same_base(a: str, b: str) -> bool:
-    identities = resolve_identity(a), resolve_identity(b)
-    if all(identities):
-        return identities[0] == identities[1]
-    if a == b:
-        return True
-    return any(Path(s).expanduser().exists() for s in (a, b)) and \
-        Path(a).expanduser().resolve() == Path(b).expanduser().resolve()

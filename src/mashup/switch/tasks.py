@@ -17,8 +17,7 @@ from pathlib import Path
 from typing import Literal
 
 from mashup.data.prompts import PromptTemplate
-from mashup.data.schema import LETTERS, MCExample, carve_split, example_from_row
-from mashup.data.schema import _read_rows as read_rows  # the project's JSONL reader: errors name file:line
+from mashup.data.schema import LETTERS, MCExample, carve_split, example_from_row, read_rows
 from mashup.data.tasks import ASSETS_HINT, SPLIT_SEED, assets_dir, get_task, is_task_name
 from mashup.errors import DataError
 
