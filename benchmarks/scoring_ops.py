@@ -1,6 +1,6 @@
 """Operations a scoring run dispatches: the base alone, one adapter through PEFT, G adapters in LoRA slots.
 
-On a GPU a small model's forward is bound by launching its kernels, not by its matmuls (README,
+On a GPU a small model's forward is bound by launching its kernels, not by its matmuls (docs/selection.md,
 "Measured on an H200"), so the number of kernels a forward launches sets its cost there. This counts
 the aten operations dispatched below autocast (its casts included), split into kernels and views
 (views launch nothing), for one scoring run over the same sample in fp32 and under bf16 autocast:

@@ -52,8 +52,8 @@ PrefilterSignal = Literal["first_order", "arrow"]
 
 
 # halving's default cap on forward tokens, as a share of exhaustive scoring's: the target. Replayed on
-# 1,000 real SmolLM2 candidates x 256 questions (8 targets x 100 orderings, README) it kept the same top 2 as
-# without it (98.5% against 98.6%) at 9.2% of the tokens against 9.8%, and at most 10% where near-ties had
+# 1,000 real SmolLM2 candidates x 256 questions (8 targets x 100 orderings, docs/selection.md) it kept the same
+# top 2 as without it (98.5% against 98.6%) at 9.2% of the tokens against 9.8%, and at most 10% where near-ties had
 # sent three targets to 11.0-11.4%. There near-ties took 14% on top of the schedule's own 8.6% on average,
 # and the cap left them 16%. ``auto`` caps only where the schedule leaves near-ties at least
 # AUTO_NEAR_TIE_ROOM of its own cost: pools of about 330 candidates and more at 256 questions (the 1,000

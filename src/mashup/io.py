@@ -224,7 +224,7 @@ def read_dir_block_into(model_dir: Path, expected: Sequence[tuple[str, tuple[int
     straight into the tensor with the GIL released, where a mapping faults in each page and its unmapping
     interrupts the process's other threads to flush their page mappings. On an H200's host, first halving
     rounds over 1,000 SmolLM2 adapters took 1.35-1.43 s with these reads, against 1.55-1.76 s with mapped
-    ones on another machine (README, "Overlapping loads with forwards")."""
+    ones on another machine (docs/selection.md, "Overlapping loads with forwards")."""
     files = weight_files(model_dir, allow_pickle=allow_pickle)
     return read_file_block_into(files[0], expected, allocate) if len(files) == 1 else None
 

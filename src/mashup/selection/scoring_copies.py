@@ -3,7 +3,7 @@
 A first halving round reads every candidate, and on a GPU it scores them in bf16: a float32 file is
 read whole, copied to the device, and rounded there, so half the bytes read are dropped. On an H200
 that read is most of what a first round over 1,000 SmolLM2 adapters spends outside its forwards
-(9.8 GB, about 0.8 s; README, "Where a halving's seconds go"). The read-ahead therefore hands each
+(9.8 GB, about 0.8 s; docs/selection.md, "Where a halving's seconds go"). The read-ahead therefore hands each
 float32 block it reads to a writer thread, which saves it rounded to the slots' dtype into
 ``<library>/scoring-copies/``, and later selections read that copy instead: the same values the slots
 held (rounding to nearest even on the host or on the device gives the same bf16), from half the bytes.
