@@ -135,6 +135,17 @@ def test_an_unreadable_init_adapter_config_is_one_error(tmp_path, tiny_base, tin
         _train(tmp_path, tiny_base, mc_file, adapter)
 
 
+@pytest.mark.parametrize("change", [{"lora_alpha": -16}, {"lora_dropout": 1.5}])
+def test_an_init_adapter_config_outside_the_train_config_ranges_is_one_error(tmp_path, tiny_base, tiny_loras,
+                                                                             mc_file, change):
+    adapter = _copy(tiny_loras[0], tmp_path / "cfg")
+    config_path = adapter / "adapter_config.json"
+    config_path.write_text(json.dumps({**json.loads(config_path.read_text()), **change}))
+    with pytest.raises(CheckpointError, match=f"unusable LoRA setting: {next(iter(change))}"):
+        _train(tmp_path, tiny_base, mc_file, adapter)
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_base_without_tokenizer_files_is_one_line(tmp_path, tiny_base, mc_file, capsys, monkeypatch):
     base = _copy(tiny_base, tmp_path / "notok")
     for path in base.iterdir():
@@ -148,3 +159,18 @@ def test_a_base_config_that_is_not_json_says_so(tmp_path, tiny_base, mc_file, ca
     (base / "config.json").write_text("{oops")
     err = _eval_cli(tiny_base, mc_file, capsys, monkeypatch, base=base)
     assert "config.json is not valid JSON" in err and str(base / "config.json") in err
+
+
+def _pickled_base(tiny_base, dst):
+    base = _copy(tiny_base, dst)
+    for path in base.glob("*.safetensors"):
+        torch.save(load_file(path), base / "pytorch_model.bin")
+        path.unlink()
+    return base
+
+
+def test_a_pickle_only_base_needs_allow_pickle_and_then_works(tmp_path, tiny_base, mc_file, capsys, monkeypatch):
+    base = _pickled_base(tiny_base, tmp_path / "bin-base")
+    assert "refusing to unpickle" in _eval_cli(tiny_base, mc_file, capsys, monkeypatch, base=base)
+    allowed = evaluate_model(str(base), _data(mc_file), allow_pickle=True)
+    assert allowed.loss == pytest.approx(evaluate_model(str(tiny_base), _data(mc_file)).loss)

@@ -6,85 +6,38 @@ import logging
 import sys
 import warnings
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 from pydantic import ValidationError
 from rich.table import Table
 
-from mashup.cli_data import DataOptions, with_data_options
 from mashup.cli_catalog import library_app, models_app, tasks_app
-from mashup.cli_options import JsonOpt, LibraryOpt, PickleOpt, PrecisionOpt, emit, err
-from mashup.config import (AUTO_MAX_SHARE, EvalConfig, HalvingConfig, MergeConfig, PrefilterConfig, RunConfig,
-                           SelectConfig, TrainConfig, max_share_option, read_config_mapping, validate_config)
+from mashup.cli_data import DataOptions, with_data_options
+from mashup.cli_options import (BaseOpt, ExecutorOpt, HalvingFactorOpt, HalvingMinOpt, HalvingSeOpt, HalvingShareOpt,
+                                IncludeTargetOpt, JsonOpt, LibraryOpt, NoCacheOpt, PickleOpt, PrecisionOpt,
+                                PrefilterKeepOpt, PrefilterMinOpt, PrefilterSignalsOpt, RayAddressOpt, SelectorOpt,
+                                comma_list, emit, err, given)
+from mashup.cli_run import demo_cmd, run_cmd
+from mashup.config import (EvalConfig, HalvingConfig, MergeConfig, PrefilterConfig, SelectConfig, TrainConfig,
+                           max_share_option)
 from mashup.errors import MashupError
-from mashup.io import write_text_atomic
 from mashup.experiment import cli as experiment_cli
-from mashup.progress import (quiet_third_party, score_cell, scoring_bar, selection_summary,
-                             training_bars)
+from mashup.io import write_text_atomic
+from mashup.progress import quiet_third_party, score_cell, scoring_bar, selection_summary, training_bars
 from mashup.switch.cli import switch_app
 
+if TYPE_CHECKING:
+    from mashup.verbs import SelectResult
 
-def _config_default(model: type, field: str) -> str:
-    """A config field's own default, shown for an option that leaves it to the config."""
-    return str(model.model_fields[field].default)
-
-
-def _config_option(flag: str, help: str, model: type, field: str) -> Any:
-    """An option that, when unset, leaves ``model``'s ``field`` at the config's default, which its help shows."""
-    return typer.Option(flag, help=help, show_default=_config_default(model, field))
-
-
-def _from_config(model: type, field: str) -> str:
-    """The shown default of a `run` option that overrides --config: the config field's own default."""
-    return f"from --config, else {_config_default(model, field)}"
-
-
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Mashup Learning: fine-tune from merged past checkpoints.")
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Mashup Learning: fine-tune from merged past checkpoints.")
 app.add_typer(library_app, name="library")
 app.add_typer(tasks_app, name="tasks")
 app.add_typer(models_app, name="models")
 app.command("experiment")(experiment_cli.experiment_cmd)
 app.command("report")(experiment_cli.report_cmd)
 app.add_typer(switch_app, name="switch")
-
-BaseOpt = Annotated[str, typer.Option("--base", help="base model: smollm2-135m, a local HF dir or a Hub id")]
-IncludeTargetOpt = Annotated[bool, typer.Option(
-    "--include-target-checkpoints", help="also rank checkpoints trained on the target (excluded by default)")]
-NoCacheOpt = Annotated[bool, typer.Option("--no-cache", help="rescore checkpoints scored before on this sample")]
-SelectorOpt = Annotated[str, typer.Option("--selector", help="exhaustive | halving | prefilter+halving")]
-HalvingMinOpt = Annotated[Optional[int], _config_option(
-    "--halving-min-samples", "halving: first round's sample size", HalvingConfig, "min_samples")]
-HalvingFactorOpt = Annotated[Optional[float], _config_option(
-    "--halving-factor", "halving: keep 1/factor, grow the sample factor times", HalvingConfig, "factor")]
-HalvingSeOpt = Annotated[Optional[float], _config_option(
-    "--halving-keep-within-se", "halving: also keep candidates within this many standard errors of the k-th best "
-    "(paired; 0: off)", HalvingConfig, "keep_within_se")]
-HalvingShareOpt = Annotated[Optional[str], typer.Option(
-    "--halving-max-share", metavar="S|auto|none", help="halving: keep near-ties only while the selection's forward "
-    f"tokens stay within this share of exhaustive scoring's (the schedule itself is never cut); auto: "
-    f"{AUTO_MAX_SHARE:g} where that leaves the near-ties room (large pools), else none", show_default="auto")]
-PrefilterKeepOpt = Annotated[Optional[float], _config_option(
-    "--prefilter-keep", "prefilter+halving: candidates the signals keep for halving: a fraction (<1) or a count",
-    PrefilterConfig, "keep")]
-PrefilterMinOpt = Annotated[Optional[int], _config_option(
-    "--prefilter-min-keep", "prefilter+halving: never keep fewer (or all)", PrefilterConfig, "min_keep")]
-PrefilterSignalsOpt = Annotated[Optional[str], typer.Option(
-    "--prefilter-signals", metavar="first_order,arrow", help="prefilter+halving: the signals, comma-separated "
-    "(arrow alone reads no candidate once its prototypes are cached)", show_default="first_order,arrow")]
-ExecutorOpt = Annotated[str, typer.Option("--executor", help="where scoring runs: local | ray")]
-RayAddressOpt = Annotated[Optional[str], typer.Option("--ray-address", help="existing Ray cluster",
-                                                      show_default="none: start one locally")]
-
-
-def _comma_list(text: str | None) -> list[str] | None:
-    """A comma-separated option's items; None when it is unset."""
-    return [item.strip() for item in text.split(",") if item.strip()] if text else None
-
-
-def _given(**options: Any) -> dict[str, Any]:
-    """The options the user set (the config's own defaults apply to the rest)."""
-    return {name: value for name, value in options.items() if value is not None}
 
 
 @app.command("select")
@@ -114,19 +67,24 @@ def select_cmd(base: BaseOpt, data: DataOptions, library: LibraryOpt = None,
 
     check_kind(kind)
     Library.existing(library)
-    config = SelectConfig(samples=samples, k=k, metric=metric, with_accuracy=with_accuracy, seed=seed,  # type: ignore[arg-type]
-                          batch_size=batch_size,
-                          cache=not no_cache, include_target_checkpoints=include_target, selector=selector,  # type: ignore[arg-type]
+    config = SelectConfig(samples=samples, k=k, metric=metric,  # type: ignore[arg-type]
+                          with_accuracy=with_accuracy, seed=seed, batch_size=batch_size, cache=not no_cache,
+                          include_target_checkpoints=include_target, selector=selector,  # type: ignore[arg-type]
                           executor=executor, ray_address=ray_address,  # type: ignore[arg-type]
-                          halving=HalvingConfig(**_given(min_samples=halving_min_samples, factor=halving_factor,
-                                                         keep_within_se=halving_keep_within_se),
+                          halving=HalvingConfig(**given(min_samples=halving_min_samples, factor=halving_factor,
+                                                        keep_within_se=halving_keep_within_se),
                                                 **max_share_option(halving_max_share)),
-                          prefilter=PrefilterConfig(**_given(keep=prefilter_keep, min_keep=prefilter_min_keep,
-                                                             signals=_comma_list(prefilter_signals))))
+                          prefilter=PrefilterConfig(**given(keep=prefilter_keep, min_keep=prefilter_min_keep,
+                                                            signals=comma_list(prefilter_signals))))
     with scoring_bar(err) as progress:
         result = select(base, data.config(), config, library, kind=kind, allow_pickle=allow_pickle,
                         precision=precision, progress=progress)  # type: ignore[arg-type]
     err.print(selection_summary(result.stats), highlight=False)
+    emit(result.to_dict(), as_json, _ranking_table(result, metric, rows))
+
+
+def _ranking_table(result: SelectResult, metric: str, rows: int) -> Table:
+    """The ranking's first ``rows`` (0: all), with a caption saying how many more there are."""
     shown = result.ranking[:rows] if rows else result.ranking
     caption = (None if len(shown) == len(result.ranking)  # a library of 1,000 would scroll the summary away
                else f"the first {len(shown)} of {len(result.ranking)} ranked: --rows 0 or --json for all")
@@ -135,7 +93,7 @@ def select_cmd(base: BaseOpt, data: DataOptions, library: LibraryOpt = None,
     for i, s in enumerate(shown, 1):
         seconds = "cached" if s.cached else f"{s.seconds:.1f}"
         table.add_row(str(i), s.id, s.task or "", f"{s.loss:.4f}", score_cell(s.accuracy, 3), str(s.n), seconds)
-    emit(result.to_dict(), as_json, table)
+    return table
 
 
 @app.command("merge")
@@ -143,9 +101,9 @@ def select_cmd(base: BaseOpt, data: DataOptions, library: LibraryOpt = None,
 def merge_cmd(checkpoints: Annotated[list[str], typer.Option(
                   "--checkpoints", help="ids to merge: --checkpoints A B, or repeat the option")],
               out: Annotated[Path, typer.Option("--out", help="output dir (must not exist)")],
-              method: Annotated[str, typer.Option("--method", help="merge method (average, ties, dare_ties, dare_linear, "
-                                                             "task_arithmetic, magnitude_prune, fisher, regmean)")
-                                ] = "average",
+              method: Annotated[str, typer.Option(
+                  "--method", help="merge method (average, ties, dare_ties, dare_linear, task_arithmetic, "
+                  "magnitude_prune, fisher, regmean)")] = "average",
               weights: Annotated[Optional[list[float]], typer.Option(
                   "--weights", help="one weight per checkpoint: --weights 0.7 0.3", show_default="equal")] = None,
               density: Annotated[Optional[float], typer.Option(
@@ -168,15 +126,17 @@ def merge_cmd(checkpoints: Annotated[list[str], typer.Option(
                                                           show_default="the first checkpoint's")] = None,
               data: DataOptions = DataOptions(),
               export_mergekit: Annotated[Optional[Path], typer.Option(
-                  "--export-mergekit", help="also write the merge as a mergekit YAML file", show_default="none")] = None,
+                  "--export-mergekit", help="also write the merge as a mergekit YAML file",
+                  show_default="none")] = None,
               library: LibraryOpt = None, as_json: JsonOpt = False) -> None:
     """Merge checkpoints into a PEFT adapter dir or an HF model dir."""
     from mashup.library import Library
     from mashup.verbs import merge
 
     Library.existing(library)
-    config = MergeConfig(method=method, weights=weights or None, density=density, lambda_=lambda_,  # type: ignore[arg-type]
-                         normalize=normalize, sign=sign, seed=seed, lora_mode=lora_mode, lora_rank=lora_rank)
+    config = MergeConfig(method=method, weights=weights or None,  # type: ignore[arg-type]
+                         density=density, lambda_=lambda_, normalize=normalize, sign=sign, seed=seed,
+                         lora_mode=lora_mode, lora_rank=lora_rank)
     exported = None
     if export_mergekit is not None:  # built first so an unsupported export fails before any merge work
         from mashup.merging import export_mergekit_yaml
@@ -194,9 +154,11 @@ def merge_cmd(checkpoints: Annotated[list[str], typer.Option(
 
 @app.command("train")
 @with_data_options
-def train_cmd(base: BaseOpt, data: DataOptions, out: Annotated[Path, typer.Option("--out", help="output dir (must not exist)")],
+def train_cmd(base: BaseOpt, data: DataOptions,
+              out: Annotated[Path, typer.Option("--out", help="output dir (must not exist)")],
               init: Annotated[Optional[Path], typer.Option(
-                  "--init", help="merged adapter/model dir to start from", show_default="a fresh LoRA / the base")] = None,
+                  "--init", help="merged adapter/model dir to start from",
+                  show_default="a fresh LoRA / the base")] = None,
               mode: Annotated[str, typer.Option("--mode", help="lora | full")] = "lora",
               lr: Annotated[Optional[float], typer.Option(
                   "--lr", help="peak learning rate", show_default="2e-4 for LoRA, 2e-5 for full")] = None,
@@ -216,8 +178,8 @@ def train_cmd(base: BaseOpt, data: DataOptions, out: Annotated[Path, typer.Optio
     """Fine-tune from a fresh LoRA / the base, or from --init; records an accuracy curve."""
     from mashup.verbs import train_model
 
-    config = TrainConfig(mode=mode, lr=lr, epochs=epochs, batch_size=batch_size, micro_batch_size=micro_batch_size,  # type: ignore[arg-type]
-                         max_steps=max_steps, eval_every=eval_every, seed=seed)
+    config = TrainConfig(mode=mode, lr=lr, epochs=epochs, batch_size=batch_size,  # type: ignore[arg-type]
+                         micro_batch_size=micro_batch_size, max_steps=max_steps, eval_every=eval_every, seed=seed)
     data_config = data.config()
     with training_bars(err) as stage:
         summary = train_model(base, data_config, config, out, init=init, progress=stage("model"),
@@ -235,7 +197,8 @@ def eval_cmd(base: BaseOpt, data: DataOptions,
              adapter: Annotated[Optional[Path], typer.Option(
                  "--adapter", help="PEFT adapter dir to evaluate on the base", show_default="none: the base")] = None,
              model: Annotated[Optional[Path], typer.Option(
-                 "--model", help="full HF model dir to evaluate instead of the base", show_default="none: the base")] = None,
+                 "--model", help="full HF model dir to evaluate instead of the base",
+                 show_default="none: the base")] = None,
              split: Annotated[str, typer.Option("--split", help="test | train")] = "test",
              batch_size: Annotated[int, typer.Option("--batch-size", help="examples per scoring batch")] = 16,
              allow_pickle: PickleOpt = False, precision: PrecisionOpt = None, as_json: JsonOpt = False) -> None:
@@ -243,115 +206,14 @@ def eval_cmd(base: BaseOpt, data: DataOptions,
     from mashup.verbs import evaluate_model
 
     result = evaluate_model(base, data.config(), adapter=adapter, model_dir=model, allow_pickle=allow_pickle,
-                            precision=precision, config=EvalConfig(split=split, batch_size=batch_size))  # type: ignore[arg-type]
-    emit(result.to_dict() if as_json else f"accuracy {result.accuracy:.4f}  loss {result.loss:.4f}  n {result.n}", as_json)
+                            precision=precision,  # type: ignore[arg-type]
+                            config=EvalConfig(split=split, batch_size=batch_size))  # type: ignore[arg-type]
+    line = f"accuracy {result.accuracy:.4f}  loss {result.loss:.4f}  n {result.n}"
+    emit(result.to_dict() if as_json else line, as_json)
 
 
-@app.command("run")
-@with_data_options
-def run_cmd(base: Annotated[Optional[str], typer.Option("--base", help="base model: smollm2-135m, a local HF dir or a Hub id",
-                                                       show_default="from --config")] = None,
-            data: DataOptions = DataOptions(),
-            out: Annotated[Optional[Path], typer.Option("--out", help="run dir (must not exist)",
-                                                        show_default="from --config")] = None,
-            library: LibraryOpt = None,
-            config_file: Annotated[Optional[Path], typer.Option(
-                "--config", help="RunConfig YAML (flags given override it)", show_default="none")] = None,
-            baseline: Annotated[bool, typer.Option(
-                "--baseline", help="also train from scratch, same settings")] = False,
-            k: Annotated[Optional[int], typer.Option(
-                "--k", help="checkpoints to merge", show_default=_from_config(SelectConfig, "k"))] = None,
-            samples: Annotated[Optional[int], typer.Option(
-                "--samples", help="train examples scored per checkpoint",
-                show_default=_from_config(SelectConfig, "samples"))] = None,
-            metric: Annotated[Optional[str], typer.Option(
-                "--metric", help="loss | accuracy", show_default=_from_config(SelectConfig, "metric"))] = None,
-            merge_method: Annotated[Optional[str], typer.Option(
-                "--merge-method", help="merge method (see `mashup merge --help`)",
-                show_default=_from_config(MergeConfig, "method"))] = None,
-            density: Annotated[Optional[float], typer.Option(
-                "--density", help="fraction kept, (0, 1] (TIES, DARE, magnitude pruning)",
-                show_default=_from_config(MergeConfig, "density"))] = None,
-            lora_mode: Annotated[Optional[str], typer.Option(
-                "--lora-mode", help="ab | delta | concat", show_default=_from_config(MergeConfig, "lora_mode"))] = None,
-            mode: Annotated[Optional[str], typer.Option(
-                "--mode", help="lora | full", show_default=_from_config(TrainConfig, "mode"))] = None,
-            lr: Annotated[Optional[float], typer.Option(
-                "--lr", help="peak learning rate", show_default="from --config, else 2e-4 for LoRA, 2e-5 for full")] = None,
-            max_steps: Annotated[Optional[int], typer.Option(
-                "--max-steps", help="optimizer steps", show_default="from --config, else one epoch")] = None,
-            eval_every: Annotated[Optional[int], typer.Option(
-                "--eval-every", help="steps between evaluations", show_default="from --config, else 10% of the steps")] = None,
-            batch_size: Annotated[Optional[int], typer.Option(
-                "--batch-size", help="examples per optimizer step",
-                show_default=_from_config(TrainConfig, "batch_size"))] = None,
-            seed: Annotated[Optional[int], typer.Option(
-                "--seed", help="seed of selection sample, merge and training",
-                show_default=_from_config(TrainConfig, "seed"))] = None,
-            no_register: Annotated[bool, typer.Option(
-                "--no-register", help="do not add the result to the library")] = False,
-            no_cache: NoCacheOpt = False, include_target: IncludeTargetOpt = False,
-            precision: PrecisionOpt = None, as_json: JsonOpt = False) -> None:
-    """Select, merge, train from the merge and evaluate; --baseline adds the from-scratch arm."""
-    from mashup.library import Library
-    from mashup.run import run
-
-    # the file's own mapping, validated once with the flags merged over it, so flags may supply what it leaves out
-    raw: dict[str, Any] = read_config_mapping(config_file) if config_file else {}
-    overrides = {"base": base, "out": str(out) if out else None, "library": library, "baseline": baseline or None,
-                 "add_to_library": False if no_register else None, "precision": precision}
-    raw.update(_given(**overrides))
-    sections = {"data": data.given(),
-                "select": {"k": k, "samples": samples, "metric": metric, "seed": seed,
-                           "cache": False if no_cache else None,
-                           "include_target_checkpoints": True if include_target else None},
-                "merge": {"method": merge_method, "density": density, "lora_mode": lora_mode, "seed": seed},
-                "train": {"mode": mode, "lr": lr, "max_steps": max_steps, "eval_every": eval_every,
-                          "batch_size": batch_size, "seed": seed}}
-    for section, values in sections.items():
-        _merge_section(raw, section, _given(**values))
-    where = str(config_file) if config_file else None  # a config given: the file the value is missing from
-    for required in ("base", "out"):
-        if not raw.get(required):
-            raise MashupError(f"missing --{required}", where, f"pass --{required} or set it in --config")
-    if isinstance(raw["data"], dict) and not raw["data"].get("data"):
-        raise MashupError("missing --data", where, "pass --data TARGET or set data.data in --config")
-    config = validate_config(raw, RunConfig, config_file) if config_file else RunConfig.model_validate(raw)
-    Library.existing(config.library)
-    with training_bars(err) as stage:
-        summary = run(config, stage)
-    emit(summary, as_json, None if as_json else _summary_table(summary))
-
-
-def _merge_section(raw: dict[str, Any], section: str, flags: dict[str, Any]) -> None:
-    """The flags given for one config section over the file's values (a non-mapping is left for validation)."""
-    current = raw.setdefault(section, {})
-    if isinstance(current, dict):
-        current.update(flags)
-
-
-def _summary_table(summary: dict[str, Any]) -> Table:
-    table = Table("arm", "step-0 accuracy", "final accuracy", "train seconds", title=f"Mashup on {summary['target']}")
-    for arm in ("mashup", "scratch"):
-        if arm in summary:
-            a = summary[arm]
-            table.add_row(arm, f"{a['init_accuracy']:.4f}", f"{a['final_accuracy']:.4f}", f"{a['train_seconds']:.1f}")
-    if "parity" in summary:
-        p = summary["parity"]
-        table.caption = f"steps to parity: 99% {p['p99']['step']}, 100% {p['p100']['step']}"
-    return table
-
-
-@app.command("demo")
-def demo_cmd(out: Annotated[Optional[Path], typer.Option("--out", help="run dir (default ./runs/demo-<time>)")] = None,
-             seeds: Annotated[Optional[list[int]], typer.Option(
-                 "--seed", help="seeds to average (repeat)", show_default="0 and 1")] = None,
-             precision: PrecisionOpt = None, as_json: JsonOpt = False) -> None:
-    """Real SmolLM2-135M, real benchmarks, on a CPU: Mashup vs from-scratch, with a plot and a report."""
-    from mashup.demo import run_demo
-
-    report = run_demo(out, seeds=seeds or None, console=err, precision=precision)  # type: ignore[arg-type]
-    emit(report, as_json, None) if as_json else None
+app.command("run")(run_cmd)
+app.command("demo")(demo_cmd)
 
 
 MULTI_VALUE_OPTIONS = frozenset({"--checkpoints", "--weights"})

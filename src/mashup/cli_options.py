@@ -1,4 +1,5 @@
-"""CLI options shared by several sub-apps (the main verbs, `mashup switch`, ...), declared once."""
+"""CLI options shared by several commands (the main verbs, `mashup switch`, ...), declared once, and the helpers
+that declare an option whose default is left to a config."""
 
 from __future__ import annotations
 
@@ -10,10 +11,13 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from mashup.config import AUTO_MAX_SHARE, HalvingConfig, PrefilterConfig
+
 err = Console(stderr=True)  # progress bars and messages; results go to stdout
 
 PrecisionOpt = Annotated[Optional[str], typer.Option(
-    "--precision", help="auto | fp32 | bf16 (default $MASHUP_PRECISION, else auto: bf16 where the CPU/GPU has fast bf16)")]
+    "--precision",
+    help="auto | fp32 | bf16 (default $MASHUP_PRECISION, else auto: bf16 where the CPU/GPU has fast bf16)")]
 LibraryOpt = Annotated[Optional[str], typer.Option(
     "--library", help="library dir (default $MASHUP_LIBRARY or ~/.mashup/library)")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="machine-readable output on stdout")]
@@ -28,3 +32,52 @@ def emit(data: Any, as_json: bool, table: Table | None = None) -> None:
         Console().print(table)
     else:
         Console().print(data)
+
+
+def config_default(model: type, field: str) -> str:
+    """A config field's own default, shown for an option that leaves it to the config."""
+    return str(model.model_fields[field].default)
+
+
+def config_option(flag: str, help: str, model: type, field: str) -> Any:
+    """An option that, when unset, leaves ``model``'s ``field`` at the config's default, which its help shows."""
+    return typer.Option(flag, help=help, show_default=config_default(model, field))
+
+
+def comma_list(text: str | None) -> list[str] | None:
+    """A comma-separated option's items; None when it is unset."""
+    return [item.strip() for item in text.split(",") if item.strip()] if text else None
+
+
+def given(**options: Any) -> dict[str, Any]:
+    """The options the user set (the config's own defaults apply to the rest)."""
+    return {name: value for name, value in options.items() if value is not None}
+
+
+BaseOpt = Annotated[str, typer.Option("--base", help="base model: smollm2-135m, a local HF dir or a Hub id")]
+IncludeTargetOpt = Annotated[bool, typer.Option(
+    "--include-target-checkpoints", help="also rank checkpoints trained on the target (excluded by default)")]
+NoCacheOpt = Annotated[bool, typer.Option("--no-cache", help="rescore checkpoints scored before on this sample")]
+SelectorOpt = Annotated[str, typer.Option("--selector", help="exhaustive | halving | prefilter+halving")]
+HalvingMinOpt = Annotated[Optional[int], config_option(
+    "--halving-min-samples", "halving: first round's sample size", HalvingConfig, "min_samples")]
+HalvingFactorOpt = Annotated[Optional[float], config_option(
+    "--halving-factor", "halving: keep 1/factor, grow the sample factor times", HalvingConfig, "factor")]
+HalvingSeOpt = Annotated[Optional[float], config_option(
+    "--halving-keep-within-se", "halving: also keep candidates within this many standard errors of the k-th best "
+    "(paired; 0: off)", HalvingConfig, "keep_within_se")]
+HalvingShareOpt = Annotated[Optional[str], typer.Option(
+    "--halving-max-share", metavar="S|auto|none", help="halving: keep near-ties only while the selection's forward "
+    f"tokens stay within this share of exhaustive scoring's (the schedule itself is never cut); auto: "
+    f"{AUTO_MAX_SHARE:g} where that leaves the near-ties room (large pools), else none", show_default="auto")]
+PrefilterKeepOpt = Annotated[Optional[float], config_option(
+    "--prefilter-keep", "prefilter+halving: candidates the signals keep for halving: a fraction (<1) or a count",
+    PrefilterConfig, "keep")]
+PrefilterMinOpt = Annotated[Optional[int], config_option(
+    "--prefilter-min-keep", "prefilter+halving: never keep fewer (or all)", PrefilterConfig, "min_keep")]
+PrefilterSignalsOpt = Annotated[Optional[str], typer.Option(
+    "--prefilter-signals", metavar="first_order,arrow", help="prefilter+halving: the signals, comma-separated "
+    "(arrow alone reads no candidate once its prototypes are cached)", show_default="first_order,arrow")]
+ExecutorOpt = Annotated[str, typer.Option("--executor", help="where scoring runs: local | ray")]
+RayAddressOpt = Annotated[Optional[str], typer.Option("--ray-address", help="existing Ray cluster",
+                                                      show_default="none: start one locally")]

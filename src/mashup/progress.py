@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
 if TYPE_CHECKING:  # importing mashup.training would load torch for a type: the CLI's --help stays fast
     from mashup.training import ProgressFn
@@ -32,16 +32,19 @@ def quiet_third_party() -> None:
 
 @contextmanager
 def training_bars(console: Console, enabled: bool = True) -> Iterator[Callable[[str], ProgressFn]]:
-    """Yields ``stage(name)``, which adds a bar and returns the callback the training loop updates."""
+    """Yields ``stage(name)``, which returns the callback the training loop updates. Its bar appears at the
+    first update, so input checks that fail before training starts leave their error line alone."""
     progress = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                         TextColumn("loss {task.fields[loss]:.3f}"), TimeElapsedColumn(), console=console,
                         disable=not enabled)
     with progress:
         def stage(name: str) -> ProgressFn:
-            task_id = progress.add_task(f"train {name}", total=None, loss=float("nan"))
+            task_ids: list[TaskID] = []
 
             def update(step: int, total: int, loss: float) -> None:
-                progress.update(task_id, completed=step, total=total, loss=loss)
+                if not task_ids:
+                    task_ids.append(progress.add_task(f"train {name}", total=total, loss=loss))
+                progress.update(task_ids[0], completed=step, total=total, loss=loss)
             return update
         yield stage
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import ValidationError
 from safetensors.torch import save_file
 from torch import nn
 
@@ -108,7 +109,16 @@ def resolve_train_config(config: TrainConfig, init: Path | None) -> TrainConfig:
     if init is not None:
         check_init_kind(config.mode, init)
     shape = init_lora_shape(init) if init is not None and config.mode == "lora" else None
-    return config if shape is None else config.model_copy(update=shape)
+    if shape is None:
+        return config
+    try:  # validated, not model_copy: the adapter's config is outside input, like any other
+        return TrainConfig.model_validate({**config.model_dump(), **shape})
+    except ValidationError as exc:
+        problem = exc.errors()[0]
+        field_name = ".".join(str(part) for part in problem["loc"])
+        raise CheckpointError(f"{ADAPTER_CONFIG} gives an unusable LoRA setting: {field_name}: {problem['msg']}",
+                              str(Path(init) / ADAPTER_CONFIG),
+                              "fix the adapter config or re-save the adapter") from None
 
 
 def total_steps(n_train: int, config: TrainConfig) -> int:
@@ -167,6 +177,8 @@ def train(model: nn.Module, train_requests: Sequence[EncodedRequest], eval_reque
     scheduler = get_cosine_schedule_with_warmup(optimizer, int(config.warmup_ratio * steps), steps)
     batches = _batch_indices(len(train_requests), config.batch_size, config.seed)
     result = TrainResult(total_steps=steps, train_seconds=0.0, eval_seconds=0.0)
+    if progress:
+        progress(0, steps, math.nan)
     if eval_requests:  # an empty eval set trains without a curve (e.g. a library's source adapters)
         _record(model, eval_requests, settings, result, 0, None, initial)
     torch.manual_seed(config.seed)

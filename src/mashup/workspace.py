@@ -44,12 +44,27 @@ class Workspace:
 
 
 def count_parameters(model_dir: Path) -> int:
-    """Parameter count from the weight files' headers, without loading the model."""
+    """Parameter count from the safetensors headers, without loading the model.
+
+    A base with only pickle weights is counted from its config on the meta device: a count is no reason to
+    unpickle, and whether the weights may be unpickled is decided where they are loaded (``--allow-pickle``).
+    """
+    if not any(model_dir.glob("*.safetensors")) and any(model_dir.glob("*.bin")):
+        return _count_from_config(model_dir)
     total = 0
     for path in weight_files(model_dir):
         for shape in tensor_shapes(path).values():
             total += int(torch.Size(shape).numel())
     return total
+
+
+def _count_from_config(model_dir: Path) -> int:
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(model_dir)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    return sum(param.numel() for param in model.parameters())
 
 
 def open_workspace(base: str, data: DataConfig, precision: Precision | None = None) -> Workspace:

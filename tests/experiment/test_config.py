@@ -44,6 +44,16 @@ def test_invalid_configs_name_the_problem(tmp_path, change, message):
     assert str(path) in str(error.value)
 
 
+def test_negative_seeds_are_refused_at_load_naming_them_and_the_fix(tmp_path):
+    path = tmp_path / "experiment.yaml"
+    path.write_text(yaml.safe_dump({"tasks": ["arc_easy", "sciq"], "k": 1, "seeds": [0, -1, 2]}))
+    with pytest.raises(MashupError) as error:
+        load_experiment_config(path)
+    line = error.value.line()
+    assert str(path) in line and "'seeds'" in line and "[-1]" in line and "seeds: 3" in line
+    assert ExperimentConfig(tasks=["arc_easy", "sciq"], k=1, seeds=[0, 5]).seeds == [0, 5]
+
+
 def test_profiles_ship_with_the_package_and_validate():
     assert profile_names() == ["cpu-mini", "paper-gemma3", "paper-smollm2"]
     mini = load_profile("cpu-mini")

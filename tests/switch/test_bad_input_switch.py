@@ -20,7 +20,7 @@ from mashup.switch.evaluate import evaluate_switch
 from mashup.switch.rewards import RewardResult, build_reward
 from mashup.switch.switcher import load_switcher
 from mashup.switch.tasks import SwitchTask, load_switch_task, number_item
-from mashup.switch.train import checked_collect_dirs, train_switcher
+from mashup.switch.train import check_switcher_inputs, checked_collect_dirs, train_switcher
 from tests.switch.helpers import generation
 from tests.test_cli import run_cli
 from tests.tiny import save_tiny_base
@@ -100,6 +100,18 @@ def test_train_data_paths(finished, tiny_base, other_base, tmp_path, monkeypatch
         checked_collect_dirs(config, [tmp_path / "typo"])
     with pytest.raises(MashupError, match="not a dir"):
         checked_collect_dirs(config, [finished / "summary.json"])
+
+
+def test_train_checks_its_output_dir_before_any_work(finished, tiny_base, other_base, tmp_path, monkeypatch) -> None:
+    config = _switch_config(tiny_base, other_base)
+    (tmp_path / "sw").mkdir()
+    (tmp_path / "sw" / "keep.txt").write_text("keep me")
+    monkeypatch.setattr("mashup.switch.train.load_tokenizer", lambda *a: pytest.fail("work began before the checks"))
+    with pytest.raises(MashupError, match="already exists and is not empty"):
+        check_switcher_inputs(config, [finished], tmp_path / "sw")
+    inputs = check_switcher_inputs(config, [finished], tmp_path / "free")
+    assert len(inputs.instances) >= 2 and inputs.base == str(tiny_base)
+    assert (tmp_path / "sw" / "keep.txt").read_text() == "keep me" and not (tmp_path / "free").exists()
 
 
 # F3: eval rejects systems it cannot run and nonsense sample sizes

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import yaml
 
 from tests.conftest import write_mc_jsonl
@@ -69,3 +70,35 @@ def test_switcher_training_options_are_range_checked(tmp_path, tiny_base, other_
                       tmp_path / "switcher", "--lr", -1], capsys, monkeypatch, expect=2)
     assert "'lr'" in err and "greater than 0" in err and err.strip().count("\n") == 0
     assert not (tmp_path / "switcher").exists()
+
+
+def _error_alone(err: str) -> str:
+    """One error line and nothing else: no progress bar drawn before it (no bar glyphs, no empty bar line)."""
+    assert err.strip().count("\n") == 0 and err.lstrip().startswith("error:"), err
+    assert "━" not in err and "None" not in err and "Traceback" not in err, err
+    return err
+
+
+@pytest.mark.parametrize("case", ["missing", "a file", "not a collect"])
+def test_bad_train_input_is_its_error_alone(case, tmp_path, tiny_base, other_base, expert_lora, capsys,
+                                            monkeypatch) -> None:
+    config = _config(tmp_path, tiny_base, other_base, expert_lora)
+    data = tmp_path / "collect"
+    if case == "a file":
+        data.write_text("not a dir")
+    elif case == "not a collect":
+        data.mkdir()
+    _, err = run_cli(["switch", "train", "--config", config, "--data", data, "--out", tmp_path / "switcher"],
+                     capsys, monkeypatch, expect=1)
+    expected = {"missing": "no such collect dir", "a file": "--data is not a dir", "not a collect": "not a collect dir"}
+    assert expected[case] in _error_alone(err)
+    assert not (tmp_path / "switcher").exists()
+
+
+def test_bad_collect_input_is_its_error_alone(tmp_path, tiny_base, other_base, expert_lora, capsys,
+                                              monkeypatch) -> None:
+    config = _config(tmp_path, tiny_base, other_base, expert_lora)
+    _, err = run_cli(["switch", "collect", "--config", config, "--task", tmp_path / "no-such-task.jsonl", "--out",
+                      tmp_path / "collect"], capsys, monkeypatch, expect=1)
+    _error_alone(err)
+    assert not (tmp_path / "collect").exists()

@@ -112,6 +112,15 @@ class ExperimentConfig(StageConfig):
             return list(range(value))
         return value
 
+    @field_validator("seeds")
+    @classmethod
+    def _non_negative_seeds(cls, seeds: list[int]) -> list[int]:
+        negative = [seed for seed in seeds if seed < 0]
+        if negative:
+            raise ValueError(f"seeds must be >= 0, got {negative}; use non-negative seeds, e.g. seeds: [0, 1, 2], or "
+                             "a count (seeds: 3 means 0, 1, 2)")
+        return seeds
+
     @model_validator(mode="after")
     def _consistent(self) -> ExperimentConfig:
         names = [t.name for t in self.tasks]

@@ -156,6 +156,12 @@ def _run_eval(job: EvalJob, tmp: Path) -> dict[str, Any]:
     return _evaluate_test(workspace, target, load_eval_model(workspace), job.eval_batch_size)
 
 
+def selection_merge() -> MergeConfig:
+    """The merge settings a selection's candidates must be mergeable under (``mashup select``'s default); the
+    runner counts a given library's candidates under the same ones."""
+    return MergeConfig()
+
+
 def _run_select(job: SelectJob, tmp: Path) -> dict[str, Any]:
     from mashup.candidates import trained_on
     from mashup.library import Library
@@ -166,8 +172,8 @@ def _run_select(job: SelectJob, tmp: Path) -> dict[str, Any]:
     # one scoring serves the arms by loss and by accuracy; leaving the target's own source out is the protocol,
     # not news (it is recorded as "excluded"), so its log line hints at no flag
     config = SelectConfig(samples=job.samples, k=1, metric="loss", with_accuracy=True, seed=job.seed, cache=False)
-    selection = select(job.base, job.data, config, library.directory, kind=job.mode, workspace=workspace,
-                       target=target, among=job.sources, include_hint=None)
+    selection = select(job.base, job.data, config, library.directory, kind=job.mode, merge=selection_merge(),
+                       workspace=workspace, target=target, among=job.sources, include_hint=None)
     leaked = [s.id for s in selection.ranking if trained_on(library.get(s.id), target)]
     if leaked:  # find_candidates excludes them; this guards the experiment's honesty against any future change there
         raise MashupError(f"selection for '{target.name}' ranked checkpoints trained on it: {leaked}",

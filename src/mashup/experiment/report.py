@@ -11,7 +11,8 @@ from typing import Any
 from mashup.errors import MashupError
 from mashup.experiment.analysis import Records
 from mashup.experiment.config import ExperimentConfig, load_experiment_config
-from mashup.experiment.plan import Unit, plan_units
+from mashup.experiment.plan import plan_units
+from mashup.experiment.sources import candidate_counts
 from mashup.experiment.store import ResultStore, unit_file_name
 from mashup.experiment.tables import ALL_OUTPUTS, Output
 from mashup.io import write_json, write_text_atomic
@@ -187,23 +188,15 @@ def missing_units(store: ResultStore, config: ExperimentConfig, records: Records
                   candidates: dict[str, int] | None = None) -> tuple[list[str], int]:
     """The planned units without a record for this config, and how many are planned; raises for a planned
     unit whose record file is unreadable (its results would silently read n/a)."""
-    planned = [u.id for units in plan_units(config, candidates or _candidates(config, records)).values()
+    planned = [u.id for units in plan_units(config, candidates or candidate_counts(config, records=records)).values()
                for u in units]
-    for unit_id in planned:
+    missing = [unit_id for unit_id in planned if unit_id not in records]
+    for unit_id in missing:  # a unit in ``records`` was read already
         reason = store.unreadable(unit_id)
         if reason:
             raise MashupError(f"unreadable unit record ({reason})", str(store.units_dir / unit_file_name(unit_id)),
                               "rerun `mashup experiment` on this dir to redo that unit, then `mashup report`")
-    return [u for u in planned if u not in records], len(planned)
-
-
-def _candidates(config: ExperimentConfig, records: Records) -> dict[str, int]:
-    """Sources per target: the other tasks', or what selection ranked in a given library (0 before it ran)."""
-    if config.library is None:
-        return {t.name: len(config.tasks) - 1 for t in config.tasks}
-    selections = {t.name: records.get(Unit("selection", "select", t.name, f"samples:{config.samples}").id)
-                  for t in config.tasks}
-    return {name: len(r["result"]["ranking"]) if r else 0 for name, r in selections.items()}
+    return missing, len(planned)
 
 
 def _header(config: ExperimentConfig, records: Records, missing: int, planned: int) -> str:

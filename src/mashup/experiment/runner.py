@@ -19,6 +19,7 @@ from mashup.experiment.executor import Executor, LocalExecutor
 from mashup.experiment.jobs import execute_job
 from mashup.experiment.plan import PHASES, Context, Unit, plan_units, planned_sources, resolve
 from mashup.experiment.report import CONFIG_NAME, config_digest, drop_report, write_report
+from mashup.experiment.sources import candidate_counts, usable_candidates
 from mashup.experiment.store import ResultStore, unit_file_name
 from mashup.workspace import write_version
 
@@ -72,24 +73,28 @@ def _preflight(config: ExperimentConfig) -> dict[str, TargetData]:
 
 
 def _given_library(config: ExperimentConfig, targets: dict[str, TargetData]) -> tuple[dict[str, int], dict | None]:
-    """Candidates per target in a given library, and the one LoRA shape both arms then share."""
-    from mashup.library import Library, partition_compatible
-    from mashup.candidates import trained_on
+    """Candidates per target in a given library (as its selection will find them), and the one LoRA shape both
+    arms then share."""
+    from mashup.candidates import describe_shortage
 
-    compatible, _ = partition_compatible(Library(config.library).list(), config.base, config.mode)
-    counts = {name: sum(not trained_on(r, target) for r in compatible) for name, target in targets.items()}
-    short = {name: n for name, n in counts.items() if n < config.k}
+    usable = usable_candidates(config, targets)
+    short = {name: line for name, found in usable.items()
+             if (line := describe_shortage(found, config.k, config.mode, config.base))}
     if short:
-        raise MashupError(f"the library has fewer than k={config.k} compatible checkpoints not trained on {short}",
+        name, line = next(iter(short.items()))
+        others = f" (and {len(short) - 1} more target(s))" if len(short) > 1 else ""
+        raise MashupError(f"the library is short of candidates for target '{name}': {line}{others}",
                           config.library, "add checkpoints or lower k")
+    counts = candidate_counts(config, usable=usable)
     if config.mode != "lora":
         return counts, None
-    shapes = {(r.lora_r, r.lora_alpha, tuple(r.target_modules or ()), r.use_rslora) for r in compatible}
+    records = {r.id: r for found in usable.values() for r in found.records}.values()
+    shapes = {(r.lora_r, r.lora_alpha, tuple(r.target_modules or ()), r.use_rslora) for r in records}
     if len(shapes) != 1:
         raise MashupError(f"the library's LoRA adapters come in {len(shapes)} shapes (r, alpha, targets, rsLoRA)",
                           config.library, "both arms must share one shape: use a library of one shape")
-    r, alpha, targets, rslora = shapes.pop()
-    return counts, {"lora_r": r, "lora_alpha": alpha, "target_modules": list(targets), "use_rslora": rslora}
+    r, alpha, modules, rslora = shapes.pop()
+    return counts, {"lora_r": r, "lora_alpha": alpha, "target_modules": list(modules), "use_rslora": rslora}
 
 
 def _library_digest(library_dir: str, ids: list[str] | None) -> str:
@@ -123,10 +128,7 @@ def _open_session(config: ExperimentConfig, store: ResultStore) -> _Session:
     targets = _preflight(config)
     # the experiment's own library is named relative to its dir, so moving the dir keeps every job key
     library = str(Path(config.library).resolve()) if config.library else store.library_dir.name
-    if config.library is None:
-        candidates, shape = {name: len(targets) - 1 for name in targets}, None
-    else:
-        candidates, shape = _given_library(config, targets)
+    candidates, shape = (candidate_counts(config), None) if config.library is None else _given_library(config, targets)
     ctx = Context(config=config, root=str(store.root), precision=resolve_precision(config.precision,
                                                                                    default_device()),
                   library=library, lora_shape=shape)

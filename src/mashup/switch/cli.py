@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from mashup.cli_options import JsonOpt, PrecisionOpt, err
 from mashup.config import TrainConfig, load_config
-from mashup.switch.config import CollectConfig, RewardConfig, SwitchConfig, SwitchEvalConfig, default_switcher_training
+from mashup.switch.config import (CollectConfig, RewardConfig, SwitchConfig, SwitchEvalConfig,
+                                  default_switcher_training)
 
 switch_app = typer.Typer(no_args_is_help=True, help="Switch Generation: checkpoints take turns writing a response "
                                                     "(arXiv 2510.09913).")
@@ -21,8 +24,19 @@ switch_app = typer.Typer(no_args_is_help=True, help="Switch Generation: checkpoi
 ConfigOpt = Annotated[Path, typer.Option("--config", help="switch config YAML: candidates, generation, switcher")]
 OutOpt = Annotated[Path, typer.Option("--out", help="output dir")]
 TaskOpt = Annotated[str, typer.Option("--task", help="gsm8k, arithmetic, or a multiple-choice task")]
-SegmentOpt = Annotated[Optional[int], typer.Option("--segment-tokens", help="new tokens per segment", show_default="from --config (50)")]
-MaxNewOpt = Annotated[Optional[int], typer.Option("--max-new-tokens", help="response length cap", show_default="from --config (200)")]
+SegmentOpt = Annotated[Optional[int], typer.Option("--segment-tokens", help="new tokens per segment",
+                                                   show_default="from --config (50)")]
+MaxNewOpt = Annotated[Optional[int], typer.Option("--max-new-tokens", help="response length cap",
+                                                  show_default="from --config (200)")]
+AdapterOpt = Annotated[Optional[str], typer.Option("--adapter", help="trained switcher adapter",
+                                                   show_default="none: untrained switcher")]
+
+
+def _from_config(flag: str, help: str) -> Any:
+    """A `switch train` option that, when unset, leaves the switch config's training value."""
+    return typer.Option(flag, help=help, show_default="from --config")
+
+
 RewardOpt = Annotated[str, typer.Option("--reward", help="number_match | number_closeness | choice_cloze | auto")]
 ModeOpt = Annotated[str, typer.Option("--reward-mode", help="choice_cloze reward: binary | margin")]
 
@@ -52,44 +66,63 @@ def _bar() -> Progress:
                     TimeElapsedColumn(), TimeRemainingColumn(), console=err)
 
 
+@contextmanager
+def _bars() -> Iterator[Callable[[str, int, int], None]]:
+    """Yields ``update(name, done, total)``: one bar per name, shown from its first update, so that nothing is
+    drawn before the verb's input checks have passed (a bad input is its error line alone)."""
+    with ExitStack() as stack:
+        progress: list[Progress] = []
+        bars: dict[str, TaskID] = {}
+
+        def update(name: str, done: int, total: int) -> None:
+            if not progress:
+                progress.append(stack.enter_context(_bar()))
+            if name not in bars:
+                bars[name] = progress[0].add_task(name, total=total)
+            progress[0].update(bars[name], completed=done, total=total)
+        yield update
+
+
 @switch_app.command("collect")
 def collect_cmd(config: ConfigOpt, task: TaskOpt, out: OutOpt,
                 instances: Annotated[int, typer.Option("--instances", help="train questions, one prefix each")] = 64,
                 rollouts: Annotated[int, typer.Option("--rollouts", help="k completions per candidate")] = 2,
-                seed: Annotated[int, typer.Option("--seed", help="seed of prefixes, cuts and rollouts")] = 0, reward: RewardOpt = "auto",
-                reward_mode: ModeOpt = "binary", segment_tokens: SegmentOpt = None, max_new_tokens: MaxNewOpt = None,
-                precision: PrecisionOpt = None, as_json: JsonOpt = False) -> None:
+                seed: Annotated[int, typer.Option("--seed", help="seed of prefixes, cuts and rollouts")] = 0,
+                reward: RewardOpt = "auto", reward_mode: ModeOpt = "binary", segment_tokens: SegmentOpt = None,
+                max_new_tokens: MaxNewOpt = None, precision: PrecisionOpt = None, as_json: JsonOpt = False) -> None:
     """Label the best next writer from random-switch rollouts; re-run the same command to resume."""
     from mashup.switch.collect import collect
 
     collect_config = CollectConfig(task=task, instances=instances, rollouts=rollouts, seed=seed,
                                    reward=RewardConfig(name=reward, mode=reward_mode))  # type: ignore[arg-type]
-    with _bar() as bar:
-        bar_id = bar.add_task(f"collect {task}", total=instances)
-        summary = collect(_config(config, segment_tokens, max_new_tokens, precision=precision), collect_config, out,
-                          progress=lambda done, total: bar.update(bar_id, completed=done, total=total))
+    switch_config = _config(config, segment_tokens, max_new_tokens, precision=precision)
+    with _bars() as update:
+        summary = collect(switch_config, collect_config, out,
+                          progress=lambda done, total: update(f"collect {task}", done, total))
     _emit(summary, as_json, f"{summary['labelled']} of {summary['instances']} instances labelled "
                             f"(dropped: {summary['dropped']}); labels {summary['labels']}; written to {out}")
 
 
 @switch_app.command("train")
 def train_cmd(config: ConfigOpt, data: Annotated[list[Path], typer.Option("--data", help="collect dir (repeat)")],
-              out: OutOpt, lr: Annotated[Optional[float], typer.Option("--lr", help="peak learning rate", show_default="from --config")] = None,
-              epochs: Annotated[Optional[float], typer.Option("--epochs", help="passes over the labels", show_default="from --config")] = None,
-              batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="examples per optimizer step", show_default="from --config")] = None,
-              max_steps: Annotated[Optional[int], typer.Option("--max-steps", help="optimizer steps (overrides --epochs)", show_default="from --config")] = None,
-              seed: Annotated[int, typer.Option("--seed", help="seed of the LoRA init and data order")] = 0, precision: PrecisionOpt = None,
-              as_json: JsonOpt = False) -> None:
+              out: OutOpt, lr: Annotated[Optional[float], _from_config("--lr", "peak learning rate")] = None,
+              epochs: Annotated[Optional[float], _from_config("--epochs", "passes over the labels")] = None,
+              batch_size: Annotated[Optional[int], _from_config("--batch-size", "examples per optimizer step")] = None,
+              max_steps: Annotated[Optional[int], _from_config(
+                  "--max-steps", "optimizer steps (overrides --epochs)")] = None,
+              seed: Annotated[int, typer.Option("--seed", help="seed of the LoRA init and data order")] = 0,
+              precision: PrecisionOpt = None, as_json: JsonOpt = False) -> None:
     """Fine-tune the switcher (LoRA, loss on the label digit) on collected labels."""
     from mashup.progress import training_bars
-    from mashup.switch.train import train_switcher
+    from mashup.switch.train import check_switcher_inputs, train_checked
 
     updates = {"lr": lr, "epochs": epochs, "batch_size": batch_size, "max_steps": max_steps, "seed": seed}
     given = {k: v for k, v in updates.items() if v is not None}
     train_config = TrainConfig(**{**default_switcher_training().model_dump(), **given})  # validated, unlike model_copy
+    switch_config = _config(config, precision=precision)
+    inputs = check_switcher_inputs(switch_config, list(data), out)  # bad input: its error alone, no empty bar
     with training_bars(err) as stage:
-        summary = train_switcher(_config(config, precision=precision), list(data), out, train_config,
-                                 progress=stage("switcher"))
+        summary = train_checked(switch_config, inputs, out, train_config, progress=stage("switcher"))
     curve = summary["curve"]
     _emit(summary, as_json, f"switcher trained into {summary['adapter']} on {summary['train_examples']} labels; "
                             f"held-out label accuracy {curve[0]['accuracy']:.3f} -> {curve[-1]['accuracy']:.3f}")
@@ -97,8 +130,9 @@ def train_cmd(config: ConfigOpt, data: Annotated[list[Path], typer.Option("--dat
 
 @switch_app.command("generate")
 def generate_cmd(config: ConfigOpt, prompt: Annotated[str, typer.Argument(help="the prompt")],
-                 adapter: Annotated[Optional[str], typer.Option("--adapter", help="trained switcher adapter", show_default="none: untrained switcher")] = None,
-                 writer: Annotated[Optional[str], typer.Option("--writer", help="one candidate writes it all", show_default="none: the switcher picks")] = None,
+                 adapter: AdapterOpt = None,
+                 writer: Annotated[Optional[str], typer.Option("--writer", help="one candidate writes it all",
+                                                               show_default="none: the switcher picks")] = None,
                  segment_tokens: SegmentOpt = None, max_new_tokens: MaxNewOpt = None, precision: PrecisionOpt = None,
                  as_json: JsonOpt = False) -> None:
     """A prompt in, the response out, with which candidate wrote each segment."""
@@ -113,9 +147,11 @@ def generate_cmd(config: ConfigOpt, prompt: Annotated[str, typer.Argument(help="
 
 @switch_app.command("eval")
 def eval_cmd(config: ConfigOpt, task: TaskOpt, out: OutOpt,
-             adapter: Annotated[Optional[str], typer.Option("--adapter", help="trained switcher adapter", show_default="none: untrained switcher")] = None,
-             max_examples: Annotated[Optional[int], typer.Option("--max-examples", help="test questions (0: all)")] = 50,
-             systems: Annotated[Optional[list[str]], typer.Option("--system", help="rows to run (repeat)", show_default="all")] = None,
+             adapter: AdapterOpt = None,
+             max_examples: Annotated[Optional[int], typer.Option(
+                 "--max-examples", help="test questions (0: all)")] = 50,
+             systems: Annotated[Optional[list[str]], typer.Option(
+                 "--system", help="rows to run (repeat)", show_default="all")] = None,
              reward_mode: ModeOpt = "binary", segment_tokens: SegmentOpt = None, max_new_tokens: MaxNewOpt = None,
              precision: PrecisionOpt = None, as_json: JsonOpt = False) -> None:
     """Accuracy with 95% CIs: each candidate, random, untrained/trained switcher, router, logit average, merge."""
@@ -124,12 +160,7 @@ def eval_cmd(config: ConfigOpt, task: TaskOpt, out: OutOpt,
 
     eval_config = SwitchEvalConfig(task=task, max_examples=max_examples or None, systems=systems or None,
                                    reward=RewardConfig(mode=reward_mode))  # type: ignore[arg-type]
-    with _bar() as bar:
-        bars: dict[str, Any] = {}
-
-        def progress(system: str, done: int, total: int) -> None:
-            bars.setdefault(system, bar.add_task(system, total=total))
-            bar.update(bars[system], completed=done)
-        result = evaluate_into(_config(config, segment_tokens, max_new_tokens, adapter, precision), eval_config, out,
-                               progress=progress)
+    switch_config = _config(config, segment_tokens, max_new_tokens, adapter, precision)
+    with _bars() as update:
+        result = evaluate_into(switch_config, eval_config, out, progress=update)
     _emit({k: v for k, v in result.items() if k != "traces"}, as_json, markdown_table(result))

@@ -203,6 +203,8 @@ def collect(config: SwitchConfig, collect_config: CollectConfig, out: str | Path
         _start(out, config, collect_config)
     log = RolloutLog(out / ROLLOUTS, resume=True)
     done = log.done
+    if progress:  # every check has passed: a progress bar may appear now
+        progress(0, len(items))
     for index, item in enumerate(items):
         if index not in done:
             log.append(collect_instance(candidates, plan, reward, item, index, collect_config))

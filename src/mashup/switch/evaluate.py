@@ -177,7 +177,8 @@ def evaluate_switch(config: SwitchConfig, eval_config: SwitchEvalConfig, *, prog
     """Every applicable row on the same questions; returns rows, skipped rows and the traces."""
     require_known_systems(config, eval_config.systems)
     task = task or load_switch_task(eval_config.task)
-    items = task.test if eval_config.max_examples is None else sample(task.test, eval_config.max_examples, 0)  # type: ignore[arg-type]
+    items = (task.test if eval_config.max_examples is None
+             else sample(task.test, eval_config.max_examples, 0))  # type: ignore[arg-type]
     candidates = list(candidates or load_candidates(config.candidates, config.library, precision=config.precision))
     aligned = config.aligned_index()
     reward = build_reward(eval_config.reward, task, candidates[aligned if aligned is not None else 0])

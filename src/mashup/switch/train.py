@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import logging
 import random
+from dataclasses import dataclass
 from pathlib import Path
 
+from mashup.atomic_dir import require_free_output
 from mashup.config import TrainConfig, load_config, save_config
 from mashup.evaluation import ScoreSettings
 from mashup.errors import MashupError
@@ -82,19 +84,44 @@ def _labels_below(n: int, collect_dir: Path) -> list[tuple[str, list[Segment], i
     return instances
 
 
-def train_switcher(config: SwitchConfig, collect_dirs: list[str | Path], out: str | Path,
-                   train_config: TrainConfig, *, held_out: float = HELD_OUT, progress: ProgressFn | None = None,
-                   overwrite: bool = False) -> dict:
-    """Train a LoRA switcher into ``out/adapter``; returns (and writes) the result with its curve."""
+@dataclass(frozen=True)
+class SwitcherInputs:
+    """A switcher training's checked inputs: the collects' labelled instances and the switcher's base."""
+
+    instances: list[tuple[str, list[Segment], int]]
+    base: str
+    base_dir: Path
+
+
+def check_switcher_inputs(config: SwitchConfig, collect_dirs: list[str | Path], out: str | Path, *,
+                          overwrite: bool = False) -> SwitcherInputs:
+    """Every check of a switcher training's input (collects, labels, base, output dir), before any work: a
+    caller showing progress runs this first, so bad input is one error line, not a bar and then an error."""
     n = len(config.candidates)
     instances = [x for d in checked_collect_dirs(config, collect_dirs) for x in _labels_below(n, d)]
     if len(instances) < 2:
         raise MashupError(f"only {len(instances)} labelled instance(s) to train on", ", ".join(map(str, collect_dirs)),
                           "collect more instances (--instances) or more rollouts")
+    require_free_output(Path(out), overwrite=overwrite)
     base = switcher_base(config)
-    base_dir = resolve_base_dir(base)
+    return SwitcherInputs(instances, base, resolve_base_dir(base))
+
+
+def train_switcher(config: SwitchConfig, collect_dirs: list[str | Path], out: str | Path,
+                   train_config: TrainConfig, *, held_out: float = HELD_OUT, progress: ProgressFn | None = None,
+                   overwrite: bool = False) -> dict:
+    """Train a LoRA switcher into ``out/adapter``; returns (and writes) the result with its curve."""
+    inputs = check_switcher_inputs(config, collect_dirs, out, overwrite=overwrite)
+    return train_checked(config, inputs, out, train_config, held_out=held_out, progress=progress,
+                         overwrite=overwrite)
+
+
+def train_checked(config: SwitchConfig, inputs: SwitcherInputs, out: str | Path, train_config: TrainConfig, *,
+                  held_out: float = HELD_OUT, progress: ProgressFn | None = None, overwrite: bool = False) -> dict:
+    """:func:`train_switcher` on inputs :func:`check_switcher_inputs` has checked."""
+    n, base, base_dir = len(config.candidates), inputs.base, inputs.base_dir
     tokenizer = load_tokenizer(base_dir)
-    requests = [switcher_request(tokenizer, q, segments, n, label) for q, segments, label in instances]
+    requests = [switcher_request(tokenizer, q, segments, n, label) for q, segments, label in inputs.instances]
     random.Random(train_config.seed).shuffle(requests)
     n_eval = max(1, round(held_out * len(requests)))
     train_requests, eval_requests = requests[n_eval:], requests[:n_eval]

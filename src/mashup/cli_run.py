@@ -1,0 +1,131 @@
+"""`mashup run` and `mashup demo`: the whole pipeline, over mashup.run and mashup.demo (registered in mashup.cli)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.table import Table
+
+from mashup.cli_data import DataOptions, with_data_options
+from mashup.cli_options import (IncludeTargetOpt, JsonOpt, LibraryOpt, NoCacheOpt, PrecisionOpt, config_default, emit,
+                                err, given)
+from mashup.config import MergeConfig, RunConfig, SelectConfig, TrainConfig, read_config_mapping, validate_config
+from mashup.errors import MashupError
+from mashup.progress import training_bars
+
+
+def _override(flag: str, help: str, model: type, field: str) -> Any:
+    """A `run` option that overrides --config; its shown default is the config field's own default."""
+    return typer.Option(flag, help=help, show_default=f"from --config, else {config_default(model, field)}")
+
+
+def _from_config(flag: str, help: str, shown: str = "") -> Any:
+    """A `run` option that overrides --config, with no config default to show (or ``shown`` after its "else")."""
+    return typer.Option(flag, help=help, show_default=f"from --config, else {shown}" if shown else "from --config")
+
+
+@with_data_options
+def run_cmd(base: Annotated[Optional[str], _from_config(
+                "--base", "base model: smollm2-135m, a local HF dir or a Hub id")] = None,
+            data: DataOptions = DataOptions(),
+            out: Annotated[Optional[Path], _from_config("--out", "run dir (must not exist)")] = None,
+            library: LibraryOpt = None,
+            config_file: Annotated[Optional[Path], typer.Option(
+                "--config", help="RunConfig YAML (flags given override it)", show_default="none")] = None,
+            baseline: Annotated[bool, typer.Option(
+                "--baseline", help="also train from scratch, same settings")] = False,
+            k: Annotated[Optional[int], _override("--k", "checkpoints to merge", SelectConfig, "k")] = None,
+            samples: Annotated[Optional[int], _override(
+                "--samples", "train examples scored per checkpoint", SelectConfig, "samples")] = None,
+            metric: Annotated[Optional[str], _override("--metric", "loss | accuracy", SelectConfig, "metric")] = None,
+            merge_method: Annotated[Optional[str], _override(
+                "--merge-method", "merge method (see `mashup merge --help`)", MergeConfig, "method")] = None,
+            density: Annotated[Optional[float], _override(
+                "--density", "fraction kept, (0, 1] (TIES, DARE, magnitude pruning)", MergeConfig, "density")] = None,
+            lora_mode: Annotated[Optional[str], _override(
+                "--lora-mode", "ab | delta | concat", MergeConfig, "lora_mode")] = None,
+            mode: Annotated[Optional[str], _override("--mode", "lora | full", TrainConfig, "mode")] = None,
+            lr: Annotated[Optional[float], _from_config(
+                "--lr", "peak learning rate", "2e-4 for LoRA, 2e-5 for full")] = None,
+            max_steps: Annotated[Optional[int], _from_config("--max-steps", "optimizer steps", "one epoch")] = None,
+            eval_every: Annotated[Optional[int], _from_config(
+                "--eval-every", "steps between evaluations", "10% of the steps")] = None,
+            batch_size: Annotated[Optional[int], _override(
+                "--batch-size", "examples per optimizer step", TrainConfig, "batch_size")] = None,
+            seed: Annotated[Optional[int], _override(
+                "--seed", "seed of selection sample, merge and training", TrainConfig, "seed")] = None,
+            no_register: Annotated[bool, typer.Option(
+                "--no-register", help="do not add the result to the library")] = False,
+            no_cache: NoCacheOpt = False, include_target: IncludeTargetOpt = False,
+            precision: PrecisionOpt = None, as_json: JsonOpt = False) -> None:
+    """Select, merge, train from the merge and evaluate; --baseline adds the from-scratch arm."""
+    from mashup.library import Library
+    from mashup.run import run
+
+    overrides = {"base": base, "out": str(out) if out else None, "library": library, "baseline": baseline or None,
+                 "add_to_library": False if no_register else None, "precision": precision}
+    sections = {"data": data.given(),
+                "select": {"k": k, "samples": samples, "metric": metric, "seed": seed,
+                           "cache": False if no_cache else None,
+                           "include_target_checkpoints": True if include_target else None},
+                "merge": {"method": merge_method, "density": density, "lora_mode": lora_mode, "seed": seed},
+                "train": {"mode": mode, "lr": lr, "max_steps": max_steps, "eval_every": eval_every,
+                          "batch_size": batch_size, "seed": seed}}
+    config = run_config(config_file, overrides, sections)
+    Library.existing(config.library)
+    with training_bars(err) as stage:
+        summary = run(config, stage)
+    emit(summary, as_json, None if as_json else _summary_table(summary))
+
+
+def run_config(config_file: Path | None, overrides: dict[str, Any], sections: dict[str, dict[str, Any]]
+               ) -> RunConfig:
+    """The file's own mapping with the flags given (None: not given) merged over it, validated once, so flags may
+    supply what it leaves out; a missing --base, --out or --data names the file it is missing from."""
+    raw: dict[str, Any] = read_config_mapping(config_file) if config_file else {}
+    raw.update(given(**overrides))
+    for section, values in sections.items():
+        _merge_section(raw, section, given(**values))
+    where = str(config_file) if config_file else None  # a config given: the file the value is missing from
+    for required in ("base", "out"):
+        if not raw.get(required):
+            raise MashupError(f"missing --{required}", where, f"pass --{required} or set it in --config")
+    if isinstance(raw["data"], dict) and not raw["data"].get("data"):
+        raise MashupError("missing --data", where, "pass --data TARGET or set data.data in --config")
+    return validate_config(raw, RunConfig, config_file) if config_file else RunConfig.model_validate(raw)
+
+
+def _merge_section(raw: dict[str, Any], section: str, flags: dict[str, Any]) -> None:
+    """The flags given for one config section over the file's values (a non-mapping is left for validation)."""
+    current = raw.setdefault(section, {})
+    if isinstance(current, dict):
+        current.update(flags)
+
+
+def _summary_table(summary: dict[str, Any]) -> Table:
+    table = Table("arm", "step-0 accuracy", "final accuracy", "train seconds",
+                  title=f"Mashup on {summary['target']}")
+    for arm in ("mashup", "scratch"):
+        if arm in summary:
+            a = summary[arm]
+            table.add_row(arm, f"{a['init_accuracy']:.4f}", f"{a['final_accuracy']:.4f}",
+                          f"{a['train_seconds']:.1f}")
+    if "parity" in summary:
+        p = summary["parity"]
+        table.caption = f"steps to parity: 99% {p['p99']['step']}, 100% {p['p100']['step']}"
+    return table
+
+
+def demo_cmd(out: Annotated[Optional[Path], typer.Option(
+                 "--out", help="run dir (default ./runs/demo-<time>)")] = None,
+             seeds: Annotated[Optional[list[int]], typer.Option(
+                 "--seed", help="seeds to average (repeat)", show_default="0 and 1")] = None,
+             precision: PrecisionOpt = None, as_json: JsonOpt = False) -> None:
+    """Real SmolLM2-135M, real benchmarks, on a CPU: Mashup vs from-scratch, with a plot and a report."""
+    from mashup.demo import run_demo
+
+    report = run_demo(out, seeds=seeds or None, console=err, precision=precision)  # type: ignore[arg-type]
+    if as_json:
+        emit(report, as_json)

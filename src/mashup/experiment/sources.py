@@ -1,0 +1,46 @@
+"""How many candidates each target's selection ranks: the number the plan is made of (oracle merges, estimates).
+
+Leave-one-out, a target's candidates are the other tasks' sources. From a given library they are what
+``mashup.candidates.find_candidates`` keeps under the selection job's merge settings (fresh, on the base, not
+trained on the target, mergeable): the runner counts them before anything runs, and ``mashup report`` reads
+the same number back from the recorded selections.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from mashup.experiment.analysis import Records
+from mashup.experiment.config import ExperimentConfig
+from mashup.experiment.plan import Unit
+
+if TYPE_CHECKING:
+    from mashup.candidates import Candidates
+    from mashup.data.target import TargetData
+
+
+def usable_candidates(config: ExperimentConfig, targets: dict[str, TargetData]) -> dict[str, Candidates]:
+    """Per target, the given library's checkpoints its selection may rank, with those left out and why."""
+    from mashup.candidates import find_candidates
+    from mashup.experiment.jobs import selection_merge
+    from mashup.library import Library
+
+    if config.library is None:
+        raise ValueError("usable_candidates needs a config with a given library")
+    library = Library(config.library)
+    return {name: find_candidates(library, config.base, config.mode, target, selection_merge(), include_hint=None)
+            for name, target in targets.items()}
+
+
+def candidate_counts(config: ExperimentConfig, *, usable: dict[str, Candidates] | None = None,
+                     records: Records | None = None) -> dict[str, int]:
+    """Candidates per target: the other tasks' leave-one-out; from a given library, the ``usable`` ones when
+    counted (``usable_candidates``), else those the recorded selections ranked (0 before one ran)."""
+    if config.library is None:
+        return {task.name: len(config.tasks) - 1 for task in config.tasks}
+    if usable is not None:
+        return {name: len(found.records) for name, found in usable.items()}
+    records = records or {}
+    selections = {task.name: records.get(Unit("selection", "select", task.name, f"samples:{config.samples}").id)
+                  for task in config.tasks}
+    return {name: len(record["result"]["ranking"]) if record else 0 for name, record in selections.items()}
