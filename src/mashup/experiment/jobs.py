@@ -15,14 +15,15 @@ import json
 import random
 import shutil
 import time
+from collections.abc import Collection, Sequence
 from pathlib import Path
-from typing import Any, ClassVar, Literal, Union
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Union
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from mashup.config import DataConfig, EvalConfig, MergeConfig, SelectConfig, StageConfig, TrainConfig, TrainMode
 from mashup.data.target import TargetData, load_target
-from mashup.errors import MashupError
+from mashup.errors import LibraryError, MashupError
 from mashup.evaluation import EvalResult, evaluate
 from mashup.experiment.store import RESULT, hash_outputs
 from mashup.io import atomic_output_dir, write_json
@@ -30,8 +31,17 @@ from mashup.run import selection_timing
 from mashup.training import INIT_WEIGHTS, init_lora_shape
 from mashup.workspace import Workspace, open_workspace
 
+if TYPE_CHECKING:
+    from mashup.candidates import Candidates
+    from mashup.library import Library
+
+
 class Job(StageConfig):
-    """What every job shares: where the experiment lives (not part of the key) and the base model."""
+    """What every job shares: where the experiment lives (not part of the key) and the base model.
+
+    ``ADDED_FIELDS`` names fields added after records were written: each is in the key only when it is not
+    None, so a job that leaves one at None keeps the key (and the valid records) it had before the field existed.
+    """
 
     root: str = Field(description="the experiment dir; artifacts go under <root>/artifacts")
     base: str
@@ -40,9 +50,11 @@ class Job(StageConfig):
     eval_batch_size: int = 16
 
     NOT_IN_KEY: ClassVar[frozenset[str]] = frozenset({"root"})
+    ADDED_FIELDS: ClassVar[frozenset[str]] = frozenset()
 
     def key(self) -> str:
-        spec = self.model_dump(mode="json", exclude=set(self.NOT_IN_KEY))
+        unset = {name for name in self.ADDED_FIELDS if getattr(self, name) is None}
+        spec = self.model_dump(mode="json", exclude=set(self.NOT_IN_KEY) | unset)
         return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
 
     @property
@@ -67,6 +79,21 @@ class SelectJob(Job):
     samples: int
     seed: int
     mode: TrainMode
+    merges: list[MergeConfig] | None = Field(None, description="the merges every ranked checkpoint must be "
+                                             "mergeable under (a given library: the arms' and the grid's); "
+                                             "None: mashup select's default alone (average)")
+
+    ADDED_FIELDS: ClassVar[frozenset[str]] = frozenset({"merges"})
+
+    @field_validator("merges")
+    @classmethod
+    def _default_as_none(cls, merges: list[MergeConfig] | None) -> list[MergeConfig] | None:
+        # the default spelled out is the default: it keeps the key selections under it were recorded with
+        return None if merges == [MergeConfig()] else merges
+
+    def merge_configs(self) -> list[MergeConfig]:
+        """The merges the ranked checkpoints must all be mergeable under, in the order they filter."""
+        return self.merges or [MergeConfig()]
 
 
 class MergeJob(Job):
@@ -156,30 +183,48 @@ def _run_eval(job: EvalJob, tmp: Path) -> dict[str, Any]:
     return _evaluate_test(workspace, target, load_eval_model(workspace), job.eval_batch_size)
 
 
-def selection_merge() -> MergeConfig:
-    """The merge settings a selection's candidates must be mergeable under (``mashup select``'s default); the
-    runner counts a given library's candidates under the same ones."""
-    return MergeConfig()
+def mergeable_candidates(library: Library, base: str, mode: str, target: TargetData, merges: Sequence[MergeConfig],
+                         *, among: Collection[str] | None = None, base_id: str | None = None) -> Candidates:
+    """What ``find_candidates`` keeps under every one of ``merges``, each pass among the ones the pass before kept;
+    ``rejected`` gathers every pass's reasons. The runner counts a given library's candidates with it, and a
+    selection ranks exactly these."""
+    from mashup.candidates import Candidates, find_candidates
+
+    first, *others = merges
+    found = find_candidates(library, base, mode, target, first, base_id=base_id, among=among, include_hint=None)
+    for merge in others:
+        narrowed = find_candidates(library, base, mode, target, merge, base_id=base_id,
+                                   among=[r.id for r in found.records], include_hint=None)
+        found = Candidates(narrowed.records, found.rejected + narrowed.rejected, found.excluded)
+    return found
 
 
 def _run_select(job: SelectJob, tmp: Path) -> dict[str, Any]:
-    from mashup.candidates import trained_on
+    from mashup.candidates import describe_shortage, trained_on
     from mashup.library import Library
+    from mashup.library.identity import base_identity
     from mashup.verbs import select
 
     workspace, target = _context(job)
     library = Library(Path(job.root) / job.library)
-    # one scoring serves the arms by loss and by accuracy; leaving the target's own source out is the protocol,
-    # not news (it is recorded as "excluded"), so its log line hints at no flag
+    merges = job.merge_configs()
+    # leaving the target's own source out is the protocol, not news (it is recorded as "excluded"): no hint
+    found = mergeable_candidates(library, job.base, job.mode, target, merges, among=job.sources,
+                                 base_id=base_identity(workspace.base_dir))
+    shortage = describe_shortage(found, 1, job.mode, job.base)
+    if shortage:
+        raise LibraryError(shortage, str(library.directory), "add checkpoints or change the merge settings")
+    # one scoring serves the arms by loss and by accuracy, over exactly the candidates found (select's own
+    # filter, under the first merge, keeps them all)
     config = SelectConfig(samples=job.samples, k=1, metric="loss", with_accuracy=True, seed=job.seed, cache=False)
-    selection = select(job.base, job.data, config, library.directory, kind=job.mode, merge=selection_merge(),
-                       workspace=workspace, target=target, among=job.sources, include_hint=None)
+    selection = select(job.base, job.data, config, library.directory, kind=job.mode, merge=merges[0],
+                       workspace=workspace, target=target, among=[r.id for r in found.records], include_hint=None)
     leaked = [s.id for s in selection.ranking if trained_on(library.get(s.id), target)]
     if leaked:  # find_candidates excludes them; this guards the experiment's honesty against any future change there
         raise MashupError(f"selection for '{target.name}' ranked checkpoints trained on it: {leaked}",
                           str(library.directory))
-    return {"ranking": [s.to_dict() for s in selection.ranking], "excluded": selection.excluded,
-            "rejected": selection.rejected, "n": selection.n, **selection_timing(selection)}
+    return {"ranking": [s.to_dict() for s in selection.ranking], "excluded": found.excluded,
+            "rejected": found.rejected + selection.rejected, "n": selection.n, **selection_timing(selection)}
 
 
 def _run_merge(job: MergeJob, tmp: Path) -> dict[str, Any]:

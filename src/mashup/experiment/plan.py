@@ -130,11 +130,22 @@ def planned_sources(ctx: Context) -> list[str] | None:
                   for t in ctx.config.tasks)
 
 
+def selection_merges(config: ExperimentConfig) -> list[MergeConfig]:
+    """Every merge the experiment runs on selection's candidates, distinct, in order: the arms' ``merge_method``,
+    then each ``merge_grid`` method. A given library's candidates must be mergeable under all of them."""
+    methods = dict.fromkeys([config.merge_method, *(config.merge_grid.methods if config.merge_grid else [])])
+    return [MergeConfig(method=method) for method in methods]
+
+
 def _resolve_select(unit: Unit, ctx: Context) -> SelectJob:
+    config = ctx.config
     samples = int(unit.arm.split(":")[1])
+    # leave-one-out sources are trained from one init, and the plan counts each of them as a candidate: their
+    # selection keeps the default filter (and the keys recorded under it)
+    merges = selection_merges(config) if config.library is not None else None
     return SelectJob(**ctx.job_fields(unit.task), library=ctx.library, library_digest=ctx.library_digest,
-                     sources=planned_sources(ctx), samples=samples, seed=ctx.config.selection_seed,
-                     mode=ctx.config.mode)
+                     sources=planned_sources(ctx), samples=samples, seed=config.selection_seed, mode=config.mode,
+                     merges=merges)
 
 
 def ranking(ctx: Context, task: str, samples: int | None = None) -> list[CheckpointScore]:

@@ -73,8 +73,8 @@ def _preflight(config: ExperimentConfig) -> dict[str, TargetData]:
 
 
 def _given_library(config: ExperimentConfig, targets: dict[str, TargetData]) -> tuple[dict[str, int], dict | None]:
-    """Candidates per target in a given library (as its selection will find them), and the one LoRA shape both
-    arms then share."""
+    """Candidates per target in a given library (as its selection will find them: mergeable under every merge
+    the experiment runs), and the one LoRA shape both arms then share."""
     from mashup.candidates import describe_shortage
 
     usable = usable_candidates(config, targets)
@@ -84,7 +84,7 @@ def _given_library(config: ExperimentConfig, targets: dict[str, TargetData]) -> 
         name, line = next(iter(short.items()))
         others = f" (and {len(short) - 1} more target(s))" if len(short) > 1 else ""
         raise MashupError(f"the library is short of candidates for target '{name}': {line}{others}",
-                          config.library, "add checkpoints or lower k")
+                          config.library, "add checkpoints, lower k, or merge with methods that accept them all")
     counts = candidate_counts(config, usable=usable)
     if config.mode != "lora":
         return counts, None
