@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from mashup.config import DataConfig, EvalConfig, TrainConfig
-from mashup.errors import CheckpointError
+from mashup.errors import CheckpointError, MashupError
 from mashup.models import attach_adapter, load_model
 from mashup.verbs import evaluate_model, train_model
 from tests.test_cli import run_cli
@@ -141,7 +141,7 @@ def test_an_init_adapter_config_outside_the_train_config_ranges_is_one_error(tmp
     adapter = _copy(tiny_loras[0], tmp_path / "cfg")
     config_path = adapter / "adapter_config.json"
     config_path.write_text(json.dumps({**json.loads(config_path.read_text()), **change}))
-    with pytest.raises(CheckpointError, match=f"unusable LoRA setting: {next(iter(change))}"):
+    with pytest.raises(MashupError, match=f"invalid config field '{next(iter(change))}'.*adapter_config.json"):
         _train(tmp_path, tiny_base, mc_file, adapter)
     assert not (tmp_path / "out").exists()
 
@@ -174,3 +174,12 @@ def test_a_pickle_only_base_needs_allow_pickle_and_then_works(tmp_path, tiny_bas
     assert "refusing to unpickle" in _eval_cli(tiny_base, mc_file, capsys, monkeypatch, base=base)
     allowed = evaluate_model(str(base), _data(mc_file), allow_pickle=True)
     assert allowed.loss == pytest.approx(evaluate_model(str(tiny_base), _data(mc_file)).loss)
+
+
+def test_a_pickle_only_base_of_an_unknown_architecture_is_one_line(tmp_path, tiny_base, mc_file, capsys,
+                                                                    monkeypatch):
+    base = _pickled_base(tiny_base, tmp_path / "bin-base")
+    config = json.loads((base / "config.json").read_text())
+    (base / "config.json").write_text(json.dumps({**config, "model_type": "nonsense_arch"}))
+    err = _eval_cli(tiny_base, mc_file, capsys, monkeypatch, "--allow-pickle", base=base)
+    assert "cannot read the model config" in err and "bin-base" in err

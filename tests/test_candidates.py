@@ -1,27 +1,13 @@
 """Selection leaves out, before scoring anything, the checkpoints the merge would refuse, with reasons."""
 
 import pytest
-import torch
-from peft import LoraConfig, get_peft_model, get_peft_model_state_dict
-from safetensors.torch import save_file
-from transformers import AutoModelForCausalLM
 
 from mashup.selection.scores import ScoreStore
 from mashup.config import DataConfig, MergeConfig, SelectConfig
 from mashup.errors import LibraryError
 from mashup.library import Library
 from mashup.verbs import select
-from tests.tiny import save_tiny_lora
-
-
-def _fresh_init(base_dir, path, seed, r=4, targets=("q_proj", "v_proj", "up_proj")):
-    """The starting weights PEFT gives a new LoRA: random A, zero B (what training records as init)."""
-    torch.manual_seed(seed)
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base_dir),
-                           LoraConfig(r=r, lora_alpha=2 * r, target_modules=list(targets)))
-    save_file({k: v.contiguous() for k, v in get_peft_model_state_dict(model, save_embedding_layers=False).items()},
-              str(path))
-    return str(path)
+from tests.tiny import save_fresh_init, save_tiny_lora
 
 
 @pytest.fixture()
@@ -42,8 +28,8 @@ def _select(tmp_path, tiny_base, mc_file, merge, k=2):
 def test_task_vectors_from_another_init_are_left_out_in_ab_mode_but_not_in_delta(tmp_path, tiny_base, tiny_loras,
                                                                                    mc_file, scored):
     library = Library(tmp_path / "lib")
-    shared = _fresh_init(tiny_base, tmp_path / "init0.safetensors", seed=0)
-    other = _fresh_init(tiny_base, tmp_path / "init1.safetensors", seed=1)
+    shared = save_fresh_init(tiny_base, tmp_path / "init0.safetensors", seed=0)
+    other = save_fresh_init(tiny_base, tmp_path / "init1.safetensors", seed=1)
     majority = library.add(tiny_loras[:2], init_reference=shared)
     outsider = library.add(tiny_loras[2:], init_reference=other)[0]
     result = _select(tmp_path, tiny_base, mc_file, MergeConfig(method="task_arithmetic", lora_mode="ab"))

@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from peft import LoraConfig, get_peft_model
+from peft import LoraConfig, get_peft_model, get_peft_model_state_dict
+from safetensors.torch import save_file
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
@@ -73,3 +74,14 @@ def save_tiny_full(base_dir: Path, out_dir: Path, seed: int, scale: float = 0.05
             param.add_(scale * torch.randn(param.shape, generator=generator))
     model.save_pretrained(out_dir)
     return out_dir
+
+
+def save_fresh_init(base_dir: Path, path: Path, seed: int, r: int = 4,
+                    targets: tuple[str, ...] = ("q_proj", "v_proj", "up_proj")) -> str:
+    """The starting weights PEFT gives a new LoRA: random A, zero B (what training records as init)."""
+    torch.manual_seed(seed)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base_dir),
+                           LoraConfig(r=r, lora_alpha=2 * r, target_modules=list(targets)))
+    save_file({k: v.contiguous() for k, v in get_peft_model_state_dict(model, save_embedding_layers=False).items()},
+              str(path))
+    return str(path)

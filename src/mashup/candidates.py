@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Collection
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from mashup.config import MergeConfig
@@ -79,11 +79,12 @@ def _mergeable(records: list[CheckpointRecord], merge: MergeConfig
 
 def find_candidates(library: Library, base: str, kind: str, target: TargetData, merge: MergeConfig, *,
                     base_id: str | None = None, include_target: bool = False, among: Collection[str] | None = None,
-                    include_hint: str | None = INCLUDE_TARGET_HINT) -> Candidates:
+                    include_hint: str | None = INCLUDE_TARGET_HINT, log_rejected: bool = True) -> Candidates:
     """The library's checkpoints that selection may rank for ``target``, with every exclusion logged.
 
     ``among`` limits them to these ids (None: the whole library). ``include_hint`` tells the caller's users
     how to rank the target's own checkpoints; None when leaving them out is the protocol (logged as info).
+    ``log_rejected=False`` leaves the rejected ones to a caller that gathers several calls' (``log_rejections``).
     """
     _, lora_mode = method_and_mode(merge, kind)
     listed = [r for r in library.list() if among is None or r.id in among]
@@ -94,14 +95,40 @@ def find_candidates(library: Library, base: str, kind: str, target: TargetData, 
     leaking_ids = {r.id for r in leaking}
     mergeable, refused = _mergeable([r for r in compatible if r.id not in leaking_ids], merge)
     rejected += refused
-    for record, reason in rejected:
-        logger.warning("skipping %s: %s", record.id, reason)
+    found = Candidates(mergeable, [{"id": r.id, "reason": reason} for r, reason in rejected],
+                       [{"id": r.id, "reason": f"trained on the target '{target.name}'"} for r in leaking])
+    if log_rejected:
+        log_rejections(found.rejected)
     if leaking:
         logger.log(logging.WARNING if include_hint else logging.INFO, "excluded %d checkpoint(s) trained on the "
                    "target '%s' (%s)%s", len(leaking), target.name, ", ".join(r.id for r in leaking),
                    f"; {include_hint}" if include_hint else "")
-    return Candidates(mergeable, [{"id": r.id, "reason": reason} for r, reason in rejected],
-                      [{"id": r.id, "reason": f"trained on the target '{target.name}'"} for r in leaking])
+    return found
+
+
+def find_mergeable_candidates(library: Library, base: str, kind: str, target: TargetData,
+                              merges: Sequence[MergeConfig], *, among: Collection[str] | None = None,
+                              base_id: str | None = None, log_rejected: bool = True) -> Candidates:
+    """What ``find_candidates`` keeps under every one of ``merges`` (an experiment's arms and grid merge the
+    same ranking with several methods), each pass among those the pass before kept; ``rejected`` gathers
+    every pass's reasons. The target's own checkpoints are left out as the protocol (no hint)."""
+    if not merges:
+        raise ValueError("find_mergeable_candidates needs at least one merge config")
+    found = find_candidates(library, base, kind, target, merges[0], base_id=base_id, among=among,
+                            include_hint=None, log_rejected=False)
+    for merge in merges[1:]:
+        narrowed = find_candidates(library, base, kind, target, merge, base_id=base_id,
+                                   among=[r.id for r in found.records], include_hint=None, log_rejected=False)
+        found = Candidates(narrowed.records, found.rejected + narrowed.rejected, found.excluded)
+    if log_rejected:
+        log_rejections(found.rejected)
+    return found
+
+
+def log_rejections(rejected: Iterable[dict[str, str]]) -> None:
+    """One warning per checkpoint left out (``Candidates.rejected`` items), a repeated one only once."""
+    for checkpoint_id, reason in dict.fromkeys((item["id"], item["reason"]) for item in rejected):
+        logger.warning("skipping %s: %s", checkpoint_id, reason)
 
 
 def describe_shortage(candidates: Candidates, k: int, kind: str, base: str) -> str | None:

@@ -44,6 +44,11 @@ def config_option(flag: str, help: str, model: type, field: str) -> Any:
     return typer.Option(flag, help=help, show_default=config_default(model, field))
 
 
+def from_config_option(flag: str, help: str, shown: str = "") -> Any:
+    """An option that overrides a --config file's value; ``shown``: the default when the file leaves it out."""
+    return typer.Option(flag, help=help, show_default=f"from --config, else {shown}" if shown else "from --config")
+
+
 def comma_list(text: str | None) -> list[str] | None:
     """A comma-separated option's items; None when it is unset."""
     return [item.strip() for item in text.split(",") if item.strip()] if text else None

@@ -10,7 +10,7 @@ from rich.table import Table
 
 from mashup.cli_data import DataOptions, with_data_options
 from mashup.cli_options import (IncludeTargetOpt, JsonOpt, LibraryOpt, NoCacheOpt, PrecisionOpt, config_default, emit,
-                                err, given)
+                                err, from_config_option, given)
 from mashup.config import MergeConfig, RunConfig, SelectConfig, TrainConfig, read_config_mapping, validate_config
 from mashup.errors import MashupError
 from mashup.progress import training_bars
@@ -18,19 +18,14 @@ from mashup.progress import training_bars
 
 def _override(flag: str, help: str, model: type, field: str) -> Any:
     """A `run` option that overrides --config; its shown default is the config field's own default."""
-    return typer.Option(flag, help=help, show_default=f"from --config, else {config_default(model, field)}")
-
-
-def _from_config(flag: str, help: str, shown: str = "") -> Any:
-    """A `run` option that overrides --config, with no config default to show (or ``shown`` after its "else")."""
-    return typer.Option(flag, help=help, show_default=f"from --config, else {shown}" if shown else "from --config")
+    return from_config_option(flag, help, config_default(model, field))
 
 
 @with_data_options
-def run_cmd(base: Annotated[Optional[str], _from_config(
+def run_cmd(base: Annotated[Optional[str], from_config_option(
                 "--base", "base model: smollm2-135m, a local HF dir or a Hub id")] = None,
             data: DataOptions = DataOptions(),
-            out: Annotated[Optional[Path], _from_config("--out", "run dir (must not exist)")] = None,
+            out: Annotated[Optional[Path], from_config_option("--out", "run dir (must not exist)")] = None,
             library: LibraryOpt = None,
             config_file: Annotated[Optional[Path], typer.Option(
                 "--config", help="RunConfig YAML (flags given override it)", show_default="none")] = None,
@@ -47,10 +42,11 @@ def run_cmd(base: Annotated[Optional[str], _from_config(
             lora_mode: Annotated[Optional[str], _override(
                 "--lora-mode", "ab | delta | concat", MergeConfig, "lora_mode")] = None,
             mode: Annotated[Optional[str], _override("--mode", "lora | full", TrainConfig, "mode")] = None,
-            lr: Annotated[Optional[float], _from_config(
+            lr: Annotated[Optional[float], from_config_option(
                 "--lr", "peak learning rate", "2e-4 for LoRA, 2e-5 for full")] = None,
-            max_steps: Annotated[Optional[int], _from_config("--max-steps", "optimizer steps", "one epoch")] = None,
-            eval_every: Annotated[Optional[int], _from_config(
+            max_steps: Annotated[Optional[int], from_config_option(
+                "--max-steps", "optimizer steps", "one epoch")] = None,
+            eval_every: Annotated[Optional[int], from_config_option(
                 "--eval-every", "steps between evaluations", "10% of the steps")] = None,
             batch_size: Annotated[Optional[int], _override(
                 "--batch-size", "examples per optimizer step", TrainConfig, "batch_size")] = None,

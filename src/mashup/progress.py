@@ -39,12 +39,13 @@ def training_bars(console: Console, enabled: bool = True) -> Iterator[Callable[[
                         disable=not enabled)
     with progress:
         def stage(name: str) -> ProgressFn:
-            task_ids: list[TaskID] = []
+            task_id: TaskID | None = None
 
             def update(step: int, total: int, loss: float) -> None:
-                if not task_ids:
-                    task_ids.append(progress.add_task(f"train {name}", total=total, loss=loss))
-                progress.update(task_ids[0], completed=step, total=total, loss=loss)
+                nonlocal task_id
+                if task_id is None:
+                    task_id = progress.add_task(f"train {name}", total=total, loss=loss)
+                progress.update(task_id, completed=step, total=total, loss=loss)
             return update
         yield stage
 

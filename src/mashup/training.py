@@ -12,12 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from pydantic import ValidationError
 from safetensors.torch import save_file
 from torch import nn
 
 from mashup.batching import answer_losses, collate
-from mashup.config import TrainConfig
+from mashup.config import TrainConfig, validate_config
 from mashup.data.prompts import EncodedRequest
 from mashup.errors import CheckpointError, TrainingError
 from mashup.library.records import ADAPTER_CONFIG, MODEL_CONFIG, lora_settings, read_json_object
@@ -111,14 +110,8 @@ def resolve_train_config(config: TrainConfig, init: Path | None) -> TrainConfig:
     shape = init_lora_shape(init) if init is not None and config.mode == "lora" else None
     if shape is None:
         return config
-    try:  # validated, not model_copy: the adapter's config is outside input, like any other
-        return TrainConfig.model_validate({**config.model_dump(), **shape})
-    except ValidationError as exc:
-        problem = exc.errors()[0]
-        field_name = ".".join(str(part) for part in problem["loc"])
-        raise CheckpointError(f"{ADAPTER_CONFIG} gives an unusable LoRA setting: {field_name}: {problem['msg']}",
-                              str(Path(init) / ADAPTER_CONFIG),
-                              "fix the adapter config or re-save the adapter") from None
+    # validated, not model_copy: the adapter's config is outside input, like any other
+    return validate_config({**config.model_dump(), **shape}, TrainConfig, Path(init) / ADAPTER_CONFIG)
 
 
 def total_steps(n_train: int, config: TrainConfig) -> int:

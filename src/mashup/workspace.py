@@ -15,6 +15,7 @@ from mashup.config import DataConfig, Precision
 from mashup.data.prompts import EncodedRequest, Formulation, PromptTemplate, build_request, encode_requests
 from mashup.data.schema import MCExample
 from mashup.data.target import resolve_formulation
+from mashup.errors import CheckpointError
 from mashup.evaluation import ScoreSettings
 from mashup.io import tensor_shapes, weight_files
 from mashup.models import default_device, load_tokenizer, resolve_base_dir, resolve_precision
@@ -49,21 +50,22 @@ def count_parameters(model_dir: Path) -> int:
     A base with only pickle weights is counted from its config on the meta device: a count is no reason to
     unpickle, and whether the weights may be unpickled is decided where they are loaded (``--allow-pickle``).
     """
-    if not any(model_dir.glob("*.safetensors")) and any(model_dir.glob("*.bin")):
+    files = weight_files(model_dir, allow_pickle=True)
+    if files[0].suffix != ".safetensors":
         return _count_from_config(model_dir)
-    total = 0
-    for path in weight_files(model_dir):
-        for shape in tensor_shapes(path).values():
-            total += int(torch.Size(shape).numel())
-    return total
+    return sum(int(torch.Size(shape).numel()) for path in files for shape in tensor_shapes(path).values())
 
 
 def _count_from_config(model_dir: Path) -> int:
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    config = AutoConfig.from_pretrained(model_dir)
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config)
+    try:
+        config = AutoConfig.from_pretrained(model_dir, trust_remote_code=False)
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(config, trust_remote_code=False)
+    except (OSError, ValueError, KeyError) as exc:
+        raise CheckpointError(f"cannot read the model config ({exc})".splitlines()[0], str(model_dir),
+                              "check it is a complete HF model dir") from None
     return sum(param.numel() for param in model.parameters())
 
 

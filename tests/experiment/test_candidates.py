@@ -63,3 +63,25 @@ def test_missing_units_does_not_read_again_the_records_it_is_given(tmp_path, mon
     monkeypatch.setattr(ResultStore, "unreadable", lambda self, unit_id: checked.append(unit_id) or real(self, unit_id))
     assert missing_units(store, config, records) == ([planned[-1]], len(planned))
     assert checked == [planned[-1]]  # only the unit without a record is looked for on disk
+
+
+def test_a_given_library_short_for_a_grid_k_is_refused_before_anything_runs(tmp_path, tiny_base,
+                                                                          library_with_a_gone_checkpoint):
+    config = tiny_config(tiny_base, write_tasks(tmp_path), tmp_path / "out",
+                         library=str(library_with_a_gone_checkpoint.directory), samples_sweep=[],
+                         merge_grid={"methods": ["average"], "k": [1, 2]}, k=1)
+    with pytest.raises(MashupError, match="k=2") as error:  # beta and gamma have one usable source each
+        plan_experiment(config)
+    assert "merge_grid" in str(error.value)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_checkpoint_left_out_is_warned_about_once_not_once_per_target(tmp_path, tiny_base, caplog,
+                                                                          library_with_a_gone_checkpoint):
+    config = tiny_config(tiny_base, write_tasks(tmp_path), tmp_path / "out",
+                         library=str(library_with_a_gone_checkpoint.directory),
+                         arms=["scratch", "mashup_loss"], samples_sweep=[], merge_grid=None, k=1)
+    with caplog.at_level("WARNING", logger="mashup.candidates"):
+        plan_experiment(config)
+    skipped = [r.getMessage() for r in caplog.records if r.getMessage().startswith("skipping")]
+    assert len(skipped) == 1 and "stale" in skipped[0], skipped  # 3 targets, one warning

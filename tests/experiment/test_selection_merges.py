@@ -15,7 +15,7 @@ from mashup.experiment.report import current_records
 from mashup.experiment.store import ResultStore
 from mashup.library import CheckpointRecord, Library
 from tests.experiment.helpers import tiny_config, write_tasks
-from tests.test_candidates import _fresh_init
+from tests.tiny import save_fresh_init
 from tests.tiny import save_tiny_lora
 
 SELECTION = "select/alpha/samples:8"
@@ -60,7 +60,7 @@ def test_a_ties_experiment_ranks_only_checkpoints_ties_can_merge(tmp_path, tiny_
 
 def test_a_grid_method_that_merges_task_vectors_narrows_the_candidates(tmp_path, tiny_base, tiny_loras):
     # fresh PEFT inits (B = 0): one reference in delta mode, two digests in ab mode (task_arithmetic's default)
-    references = [_fresh_init(tiny_base, tmp_path / f"init{seed}.safetensors", seed=seed) for seed in (0, 0, 1)]
+    references = [save_fresh_init(tiny_base, tmp_path / f"init{seed}.safetensors", seed=seed) for seed in (0, 0, 1)]
     library, outsider = _library(tmp_path, tiny_loras, references)
     config = _config(tmp_path, tiny_base, library, merge_grid={"methods": ["average", "task_arithmetic"], "k": [1]})
     assert _oracle_merges(config) == 2

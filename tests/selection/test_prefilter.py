@@ -139,7 +139,8 @@ def test_prototypes_are_cached_and_recomputed_when_the_bytes_change(tmp_path, ti
 def test_arrow_alone_reads_no_adapter_once_its_prototypes_are_cached(tmp_path, tiny_base, tiny_loras, mc_file,
                                                                    monkeypatch):
     """A new target (another sample) needs only the probe and the cached prototypes: the kept set costs no read
-    of any candidate, which is what lets the prefilter cut a halving's first round (docs/selection.md, the cost model)."""
+    of any candidate, which is what lets the prefilter cut a halving's first round (docs/selection.md, the cost
+    model)."""
     from mashup.selection import factors
 
     workspace, requests = requests_for(tiny_base, mc_file, 12, "letter")

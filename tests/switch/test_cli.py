@@ -102,3 +102,18 @@ def test_bad_collect_input_is_its_error_alone(tmp_path, tiny_base, other_base, e
                       tmp_path / "collect"], capsys, monkeypatch, expect=1)
     _error_alone(err)
     assert not (tmp_path / "collect").exists()
+
+
+def test_progress_shows_one_bar_per_name_from_its_first_update(monkeypatch) -> None:
+    from mashup.switch import cli
+
+    made = []
+    real_bar = cli._bar
+    monkeypatch.setattr(cli, "_bar", lambda: made.append(real_bar()) or made[-1])
+    with cli._bars() as update:
+        assert not made  # nothing drawn before the first update
+        for done in range(3):
+            update("collect a", done, 3)
+        update("eval b", 1, 2)
+    assert len(made) == 1 and [t.description for t in made[0].tasks] == ["collect a", "eval b"]
+    assert [t.completed for t in made[0].tasks] == [2, 1]

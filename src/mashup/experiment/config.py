@@ -143,11 +143,15 @@ class ExperimentConfig(StageConfig):
         return self
 
     def _check_k_against_sources(self, sources: int) -> None:
-        ks = [self.k, *(self.merge_grid.k if self.merge_grid else [])]
         if sources < 1:
             raise ValueError("leave-one-out needs at least 2 tasks (or a given library)")
-        if max(ks) > sources:
-            raise ValueError(f"k={max(ks)} but each target has only {sources} source task(s) (the other tasks)")
+        if self.largest_k() > sources:
+            raise ValueError(f"k={self.largest_k()} but each target has only {sources} source task(s) (the other "
+                             "tasks)")
+
+    def largest_k(self) -> int:
+        """The most checkpoints any merge of the experiment takes: ``k``, or a larger ``merge_grid`` k."""
+        return max([self.k, *(self.merge_grid.k if self.merge_grid else [])])
 
     # --- what the units are made of ---
 

@@ -15,9 +15,8 @@ import json
 import random
 import shutil
 import time
-from collections.abc import Collection, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Literal, Union
+from typing import Any, ClassVar, Literal, Union
 
 from pydantic import Field, field_validator
 
@@ -30,11 +29,6 @@ from mashup.io import atomic_output_dir, write_json
 from mashup.run import selection_timing
 from mashup.training import INIT_WEIGHTS, init_lora_shape
 from mashup.workspace import Workspace, open_workspace
-
-if TYPE_CHECKING:
-    from mashup.candidates import Candidates
-    from mashup.library import Library
-
 
 class Job(StageConfig):
     """What every job shares: where the experiment lives (not part of the key) and the base model.
@@ -183,24 +177,8 @@ def _run_eval(job: EvalJob, tmp: Path) -> dict[str, Any]:
     return _evaluate_test(workspace, target, load_eval_model(workspace), job.eval_batch_size)
 
 
-def mergeable_candidates(library: Library, base: str, mode: str, target: TargetData, merges: Sequence[MergeConfig],
-                         *, among: Collection[str] | None = None, base_id: str | None = None) -> Candidates:
-    """What ``find_candidates`` keeps under every one of ``merges``, each pass among the ones the pass before kept;
-    ``rejected`` gathers every pass's reasons. The runner counts a given library's candidates with it, and a
-    selection ranks exactly these."""
-    from mashup.candidates import Candidates, find_candidates
-
-    first, *others = merges
-    found = find_candidates(library, base, mode, target, first, base_id=base_id, among=among, include_hint=None)
-    for merge in others:
-        narrowed = find_candidates(library, base, mode, target, merge, base_id=base_id,
-                                   among=[r.id for r in found.records], include_hint=None)
-        found = Candidates(narrowed.records, found.rejected + narrowed.rejected, found.excluded)
-    return found
-
-
 def _run_select(job: SelectJob, tmp: Path) -> dict[str, Any]:
-    from mashup.candidates import describe_shortage, trained_on
+    from mashup.candidates import describe_shortage, find_mergeable_candidates, trained_on
     from mashup.library import Library
     from mashup.library.identity import base_identity
     from mashup.verbs import select
@@ -209,7 +187,7 @@ def _run_select(job: SelectJob, tmp: Path) -> dict[str, Any]:
     library = Library(Path(job.root) / job.library)
     merges = job.merge_configs()
     # leaving the target's own source out is the protocol, not news (it is recorded as "excluded"): no hint
-    found = mergeable_candidates(library, job.base, job.mode, target, merges, among=job.sources,
+    found = find_mergeable_candidates(library, job.base, job.mode, target, merges, among=job.sources,
                                  base_id=base_identity(workspace.base_dir))
     shortage = describe_shortage(found, 1, job.mode, job.base)
     if shortage:

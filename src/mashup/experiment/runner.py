@@ -79,12 +79,13 @@ def _given_library(config: ExperimentConfig, targets: dict[str, TargetData]) -> 
 
     usable = usable_candidates(config, targets)
     short = {name: line for name, found in usable.items()
-             if (line := describe_shortage(found, config.k, config.mode, config.base))}
+             if (line := describe_shortage(found, config.largest_k(), config.mode, config.base))}
     if short:
         name, line = next(iter(short.items()))
         others = f" (and {len(short) - 1} more target(s))" if len(short) > 1 else ""
         raise MashupError(f"the library is short of candidates for target '{name}': {line}{others}",
-                          config.library, "add checkpoints, lower k, or merge with methods that accept them all")
+                          config.library,
+                          "add checkpoints, lower k (or merge_grid's k), or merge with methods that accept them all")
     counts = candidate_counts(config, usable=usable)
     if config.mode != "lora":
         return counts, None

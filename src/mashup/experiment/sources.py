@@ -1,10 +1,9 @@
 """How many candidates each target's selection ranks: the number the plan is made of (oracle merges, estimates).
 
 Leave-one-out, a target's candidates are the other tasks' sources. From a given library they are what
-``mashup.candidates.find_candidates`` keeps under every merge the experiment runs on them (fresh, on the base,
-not trained on the target, mergeable under the arms' method and each grid method: ``jobs.mergeable_candidates``,
-as the selection job does): the runner counts them before anything runs, and ``mashup report`` reads the same
-number back from the recorded selections.
+``mashup.candidates.find_mergeable_candidates`` keeps, as the selection job does: fresh, on the base, not
+trained on the target, and mergeable under the arms' method and each grid method. The runner counts them
+before anything runs, and ``mashup report`` reads the same number back from the recorded selections.
 """
 
 from __future__ import annotations
@@ -13,7 +12,6 @@ from typing import TYPE_CHECKING
 
 from mashup.experiment.analysis import Records
 from mashup.experiment.config import ExperimentConfig
-from mashup.experiment.jobs import mergeable_candidates
 from mashup.experiment.plan import Unit, selection_merges
 
 if TYPE_CHECKING:
@@ -23,14 +21,18 @@ if TYPE_CHECKING:
 
 def usable_candidates(config: ExperimentConfig, targets: dict[str, TargetData]) -> dict[str, Candidates]:
     """Per target, the given library's checkpoints its selection may rank, with those left out and why."""
+    from mashup.candidates import find_mergeable_candidates, log_rejections
     from mashup.library import Library
 
     if config.library is None:
         raise ValueError("usable_candidates needs a config with a given library")
     library = Library(config.library)
     merges = selection_merges(config)
-    return {name: mergeable_candidates(library, config.base, config.mode, target, merges)
-            for name, target in targets.items()}
+    usable = {name: find_mergeable_candidates(library, config.base, config.mode, target, merges,
+                                              log_rejected=False)
+              for name, target in targets.items()}
+    log_rejections(item for found in usable.values() for item in found.rejected)  # once, not once per target
+    return usable
 
 
 def candidate_counts(config: ExperimentConfig, *, usable: dict[str, Candidates] | None = None,

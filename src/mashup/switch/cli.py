@@ -13,7 +13,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from mashup.cli_options import JsonOpt, PrecisionOpt, err
+from mashup.cli_options import JsonOpt, PrecisionOpt, err, from_config_option, given
 from mashup.config import TrainConfig, load_config
 from mashup.switch.config import (CollectConfig, RewardConfig, SwitchConfig, SwitchEvalConfig,
                                   default_switcher_training)
@@ -32,11 +32,6 @@ AdapterOpt = Annotated[Optional[str], typer.Option("--adapter", help="trained sw
                                                    show_default="none: untrained switcher")]
 
 
-def _from_config(flag: str, help: str) -> Any:
-    """A `switch train` option that, when unset, leaves the switch config's training value."""
-    return typer.Option(flag, help=help, show_default="from --config")
-
-
 RewardOpt = Annotated[str, typer.Option("--reward", help="number_match | number_closeness | choice_cloze | auto")]
 ModeOpt = Annotated[str, typer.Option("--reward-mode", help="choice_cloze reward: binary | margin")]
 
@@ -46,8 +41,8 @@ def _config(path: Path, segment_tokens: int | None = None, max_new_tokens: int |
     config = load_config(path, SwitchConfig)
     if precision:
         config = config.model_copy(update={"precision": precision})
-    updates = {k: v for k, v in {"segment_tokens": segment_tokens, "max_new_tokens": max_new_tokens}.items()
-               if v is not None}  # 0 reaches validation and is refused there, not taken for "not given"
+    # 0 reaches validation and is refused there, not taken for "not given"
+    updates = given(segment_tokens=segment_tokens, max_new_tokens=max_new_tokens)
     config = config.model_copy(update={"generation": config.generation.model_copy(update=updates)})
     if adapter:
         config = config.model_copy(update={"switcher": config.switcher.model_copy(update={"adapter": adapter})})
@@ -105,10 +100,11 @@ def collect_cmd(config: ConfigOpt, task: TaskOpt, out: OutOpt,
 
 @switch_app.command("train")
 def train_cmd(config: ConfigOpt, data: Annotated[list[Path], typer.Option("--data", help="collect dir (repeat)")],
-              out: OutOpt, lr: Annotated[Optional[float], _from_config("--lr", "peak learning rate")] = None,
-              epochs: Annotated[Optional[float], _from_config("--epochs", "passes over the labels")] = None,
-              batch_size: Annotated[Optional[int], _from_config("--batch-size", "examples per optimizer step")] = None,
-              max_steps: Annotated[Optional[int], _from_config(
+              out: OutOpt, lr: Annotated[Optional[float], from_config_option("--lr", "peak learning rate")] = None,
+              epochs: Annotated[Optional[float], from_config_option("--epochs", "passes over the labels")] = None,
+              batch_size: Annotated[Optional[int], from_config_option(
+                  "--batch-size", "examples per optimizer step")] = None,
+              max_steps: Annotated[Optional[int], from_config_option(
                   "--max-steps", "optimizer steps (overrides --epochs)")] = None,
               seed: Annotated[int, typer.Option("--seed", help="seed of the LoRA init and data order")] = 0,
               precision: PrecisionOpt = None, as_json: JsonOpt = False) -> None:
@@ -116,9 +112,8 @@ def train_cmd(config: ConfigOpt, data: Annotated[list[Path], typer.Option("--dat
     from mashup.progress import training_bars
     from mashup.switch.train import check_switcher_inputs, train_checked
 
-    updates = {"lr": lr, "epochs": epochs, "batch_size": batch_size, "max_steps": max_steps, "seed": seed}
-    given = {k: v for k, v in updates.items() if v is not None}
-    train_config = TrainConfig(**{**default_switcher_training().model_dump(), **given})  # validated, unlike model_copy
+    chosen = given(lr=lr, epochs=epochs, batch_size=batch_size, max_steps=max_steps, seed=seed)
+    train_config = TrainConfig(**{**default_switcher_training().model_dump(), **chosen})  # validated, unlike model_copy
     switch_config = _config(config, precision=precision)
     inputs = check_switcher_inputs(switch_config, list(data), out)  # bad input: its error alone, no empty bar
     with training_bars(err) as stage:
