@@ -200,6 +200,6 @@ def test_demo_sources_given_as_files_stay_in_the_cache_and_are_reused(tmp_path, 
 def test_a_missing_data_file_is_its_error_alone_without_a_training_bar(tmp_path, tiny_base, capsys, monkeypatch):
     _, err = run_cli(["train", "--out", tmp_path / "out", "--base", tiny_base, "--data", tmp_path / "nope.jsonl"],
                      capsys, monkeypatch, expect=1)
-    assert "nope.jsonl" in one_line_error(err) and err.lstrip().startswith("error:"), err
+    assert "nope.jsonl" in one_line_error(err) and err.startswith("error:"), err  # not even a blank line before
     assert "━" not in err and "None" not in err, err
     assert not (tmp_path / "out").exists()

@@ -76,3 +76,18 @@ def test_library_add_trained_on_records_the_datas_fingerprint(tmp_path, tiny_bas
     result = select(str(tiny_base), DataConfig(data=str(copy), scoring="letter", max_length=96),
                     SelectConfig(samples=6, k=2), lib)
     assert [e["id"] for e in result.excluded] == [leaked.id] and leaked.id not in scored
+
+
+def test_a_shortage_for_the_kind_names_the_option_that_ranks_the_other_kind(tmp_path, tiny_base, tiny_fulls,
+                                                                            mc_file, scored):
+    Library(tmp_path / "lib").add(tiny_fulls, base=str(tiny_base))
+    with pytest.raises(LibraryError, match=r"0 usable lora checkpoint.*3 of kind full.*--kind full") as error:
+        _select(tmp_path, tiny_base, mc_file, MergeConfig())
+    assert "incompatible" not in str(error.value) and scored == []
+
+
+def test_a_shortage_names_no_kind_option_when_no_other_kind_was_left_out(tmp_path, tiny_base, tiny_loras, mc_file):
+    Library(tmp_path / "lib").add(tiny_loras[:1])
+    with pytest.raises(LibraryError, match="k=2 but 1 usable lora") as error:
+        _select(tmp_path, tiny_base, mc_file, MergeConfig())
+    assert "--kind" not in str(error.value)

@@ -161,3 +161,42 @@ def test_file_system_errors_are_one_line(tmp_path, tiny_base, mc_file, capsys, m
     _, err = run_cli(["eval", "--base", tiny_base, "--data", mc_file], capsys, monkeypatch, expect=1)
     assert err.strip().splitlines() == [f"error: Permission denied in {tmp_path / 'weights.safetensors'}; check the "
                                         "path, its permissions and the free disk space"]
+
+
+def test_select_takes_the_merge_its_candidates_must_join(tmp_path, lib, tiny_base, tiny_loras, mc_file, capsys,
+                                                         monkeypatch):
+    from tests.tiny import save_tiny_lora
+
+    run_cli(["library", "add", *tiny_loras[:2], save_tiny_lora(tiny_base, tmp_path / "rank2", seed=9, r=2),
+             "--library", lib], capsys, monkeypatch)
+    common = ["select", "--base", tiny_base, "--data", mc_file, "--scoring", "letter", "--library", lib,
+              "--samples", "4", "--json"]
+    ab = json.loads(run_cli(common, capsys, monkeypatch)[0])  # average merges in ab mode: rank 2 left out
+    assert len(ab["ranking"]) == 2 and "LoRA rank" in ab["rejected"][0]["reason"]
+    delta = json.loads(run_cli([*common, "--lora-mode", "delta", "--k", "3"], capsys, monkeypatch)[0])
+    assert len(delta["ranking"]) == 3 and delta["rejected"] == []
+    ties = json.loads(run_cli([*common, "--merge-method", "ties", "--k", "3"], capsys, monkeypatch)[0])
+    assert len(ties["ranking"]) == 3  # ties merges in delta mode by default
+    _, err = run_cli([*common, "--merge-method", "bogus"], capsys, monkeypatch, expect=1)
+    assert "unknown merge method 'bogus'" in err and err.strip().count("\n") == 0
+
+
+def test_select_on_a_library_of_the_other_kind_names_the_kind_option(tmp_path, lib, tiny_base, tiny_fulls, mc_file,
+                                                                     capsys, monkeypatch):
+    run_cli(["library", "add", *tiny_fulls, "--base", tiny_base, "--library", lib], capsys, monkeypatch)
+    _, err = run_cli(["select", "--base", tiny_base, "--data", mc_file, "--scoring", "letter", "--library", lib],
+                     capsys, monkeypatch, expect=1)
+    assert "--kind full" in err.splitlines()[-1] and "run uses" not in err
+
+
+def test_run_summary_says_when_parity_is_not_reached():
+    from rich.console import Console
+
+    from mashup.cli_run import _summary_table
+
+    arm = {"init_accuracy": 0.25, "final_accuracy": 0.5, "train_seconds": 1.0}
+    summary = {"target": "t", "mashup": arm, "scratch": arm, "parity": {"p99": {"step": None}, "p100": {"step": 4}}}
+    console = Console(width=200, record=True)
+    console.print(_summary_table(summary))
+    text = console.export_text()
+    assert "99% not reached" in text and "100% 4" in text and "None" not in text

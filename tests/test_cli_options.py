@@ -144,3 +144,24 @@ def test_library_commands_and_a_cached_select_import_no_model_code():
     when it loads a model (a cached one loads none). On a 2-core CPU each of these imports costs seconds."""
     assert _imported_by("mashup.library, mashup.library.report", ("torch", "transformers", "peft")) == []
     assert _imported_by("mashup.verbs", ("peft", "transformers.modeling_utils")) == []
+
+
+def test_base_help_lists_every_named_model(capsys, monkeypatch):
+    from mashup.named_models import NAMED_MODELS
+
+    commands = dict(_commands())
+    for verb in ("select", "train", "eval", "run"):
+        base = next(param for param in commands[verb].params if "--base" in param.opts)
+        assert all(name in base.help for name in NAMED_MODELS), verb
+
+
+def test_switch_train_help_shows_the_switchers_own_training_defaults():
+    from mashup.switch.config import default_switcher_training
+
+    defaults = default_switcher_training()
+    params = {param.opts[0]: param for param in dict(_commands())["switch train"].params}
+    assert params["--lr"].show_default == f"{defaults.lr:g}"
+    assert params["--epochs"].show_default == f"{defaults.epochs:g}"
+    assert params["--batch-size"].show_default == str(defaults.batch_size)
+    assert not any("config" in str(params[flag].show_default) for flag in ("--lr", "--epochs", "--batch-size",
+                                                                          "--max-steps"))

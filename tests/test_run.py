@@ -64,14 +64,21 @@ def _config(tmp_path, tiny_base, mc_file, name, **kwargs) -> RunConfig:
 
 def test_both_arms_train_the_merged_inits_lora_shape(tmp_path, tiny_base, tiny_loras, mc_file, caplog):
     Library(tmp_path / "lib").add(tiny_loras)  # r=4, alpha=8, q/v/up; the requested config says r=8 on 7 modules
+    config = _config(tmp_path, tiny_base, mc_file, "run", add_to_library=False)
+    config.train.eval_every = None  # 2 steps: resolved to 1, as _config asks, so the curves are the same
     with caplog.at_level(logging.WARNING, logger="mashup.run"):
-        summary = run(_config(tmp_path, tiny_base, mc_file, "run", add_to_library=False))
+        summary = run(config)
     shapes = {arm: {k: summary[arm]["train_config"][k] for k in ("lora_r", "lora_alpha", "target_modules",
                                                                  "lora_dropout", "use_rslora")}
               for arm in ("mashup", "scratch")}
     assert shapes["mashup"] == shapes["scratch"]
     assert shapes["scratch"]["lora_r"] == 4 and shapes["scratch"]["target_modules"] == ["q_proj", "up_proj", "v_proj"]
     assert summary["requested_train_config"]["lora_r"] == 8
+    assert summary["train_config"] == summary["mashup"]["train_config"] == summary["scratch"]["train_config"]
+    requested, resolved = summary["requested_train_config"], summary["train_config"]
+    assert (requested["lr"], requested["eval_every"]) == (None, None)  # as asked
+    assert (resolved["lr"], resolved["eval_every"], resolved["lora_r"]) == (2e-4, 1, 4)  # as trained
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["train_config"] == resolved
     assert any("LoRA shape differs" in r.getMessage() for r in caplog.records)
     for arm in ("mashup", "scratch"):
         adapter = json.loads((tmp_path / "run" / arm / "adapter" / "adapter_config.json").read_text())

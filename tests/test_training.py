@@ -1,10 +1,14 @@
 import json
+import re
 
 import pytest
+import yaml
+from pydantic import ValidationError
 
 from mashup.config import DataConfig, EvalConfig, TrainConfig
 from mashup.errors import MashupError, TrainingError
 from mashup.verbs import evaluate_model, train_model
+from tests.test_cli import run_cli
 
 DATA = dict(scoring="letter", max_length=128)
 
@@ -106,3 +110,42 @@ def test_fresh_lora_starts_exactly_at_the_base(tmp_path, tiny_base, mc_file):
     base = evaluate_model(str(tiny_base), DataConfig(data=str(mc_file), **DATA))
     assert summary.result.curve[0].accuracy == base.accuracy
     assert summary.result.curve[0].loss == pytest.approx(base.loss, abs=1e-6)
+
+
+@pytest.mark.parametrize(("fields", "steps", "lr", "eval_every"), [
+    ({}, 4, 2e-4, 1), ({"mode": "full"}, 40, 2e-5, 4), ({"lr": 3e-3, "eval_every": 7}, 40, 3e-3, 7),
+])
+def test_resolved_fills_in_the_defaults_a_run_trains_with(fields, steps, lr, eval_every):
+    config = TrainConfig(**fields)
+    resolved = config.resolved(steps)
+    assert (resolved.lr, resolved.eval_every) == (lr, eval_every)
+    assert resolved.resolved(steps) == resolved  # the training loop resolves again: nothing changes
+    assert config == TrainConfig(**fields)  # the given config (an experiment job's key) is left as it was
+    assert resolved.model_dump(exclude={"lr", "eval_every"}) == config.model_dump(exclude={"lr", "eval_every"})
+
+
+def test_the_written_configs_hold_the_lr_and_eval_every_trained_with(tmp_path, tiny_base, mc_file):
+    summary = _train(tmp_path, tiny_base, mc_file, "defaults", lr=None, eval_every=None)
+    written = yaml.safe_load((tmp_path / "defaults" / "train_config.yaml").read_text())
+    result = json.loads((tmp_path / "defaults" / "result.json").read_text())
+    assert (written["lr"], written["eval_every"]) == (2e-4, 1)  # LoRA's default; 4 steps // 10, at least 1
+    assert result["train_config"] == written == summary.config
+    assert [p["step"] for p in result["curve"]] == [0, 1, 2, 3, 4]  # evaluated every eval_every written
+    assert TrainConfig(**written).resolved(4) == TrainConfig(**written)  # a valid config, read back as it is
+
+
+@pytest.mark.parametrize("lr", [1.5, 1e38])
+def test_a_learning_rate_above_one_is_refused_with_the_reason(lr):
+    reason = f"learning rate {lr:g} is above 1, where AdamW updates make no sense"
+    with pytest.raises(ValidationError, match=re.escape(reason)):
+        TrainConfig(lr=lr)
+    assert TrainConfig(lr=1.0).lr == 1.0
+
+
+def test_train_with_a_huge_lr_is_one_usage_line_and_writes_nothing(tmp_path, tiny_base, mc_file, capsys,
+                                                                    monkeypatch):
+    _, err = run_cli(["train", "--base", tiny_base, "--data", mc_file, "--scoring", "letter", "--out",
+                      tmp_path / "big", "--max-steps", "1", "--lr", "1e38"], capsys, monkeypatch, expect=2)
+    assert err.strip().count("\n") == 0 and "Traceback" not in err, err
+    assert "invalid value for 'lr'" in err and "above 1" in err
+    assert [p.name for p in tmp_path.iterdir()] == ["target.jsonl"]

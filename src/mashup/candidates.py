@@ -17,23 +17,26 @@ from dataclasses import dataclass, field
 from mashup.config import MergeConfig
 from mashup.data.target import TargetData
 from mashup.errors import MashupError
-from mashup.library import CheckpointRecord, Library, partition_compatible
+from mashup.library import BaseMatcher, CheckpointRecord, Library, incompatibility, partition_compatible
 from mashup.merging import merge_compatibility, reference_key
 from mashup.merging.compat import method_and_mode
 
 logger = logging.getLogger(__name__)
 INCLUDE_TARGET_HINT = ("to rank them too, pass --include-target-checkpoints (select, run) or set "
                        "include_target_checkpoints: true in the select config")
+KIND_HINT = "to rank them: --kind {kind} in select, --mode {kind} in run, mode: {kind} in an experiment config"
 
 
 @dataclass
 class Candidates:
     """The checkpoints to rank, and the ones left out: ``rejected`` (cannot join) and ``excluded``
-    (trained on the target), each as {"id", "reason"}."""
+    (trained on the target), each as {"id", "reason"}; ``other_kinds`` counts, per kind, the rejected ones
+    left out for their kind alone (they fit the base: a run of that kind could rank them)."""
 
     records: list[CheckpointRecord]
     rejected: list[dict[str, str]] = field(default_factory=list)
     excluded: list[dict[str, str]] = field(default_factory=list)
+    other_kinds: dict[str, int] = field(default_factory=dict)
 
 
 def trained_on(record: CheckpointRecord, target: TargetData) -> bool:
@@ -90,13 +93,14 @@ def find_candidates(library: Library, base: str, kind: str, target: TargetData, 
     listed = [r for r in library.list() if among is None or r.id in among]
     fresh, stale = library.fresh(listed)
     compatible, rejected = partition_compatible(fresh, base, kind, lora_mode=lora_mode or "ab", base_id=base_id)
+    other_kinds = _other_kinds([r for r, _ in rejected], base, kind, base_id)  # fresh ones only
     rejected = [(r, f"stale: {reason}") for r, reason in stale] + rejected
     leaking = [] if include_target else [r for r in compatible if trained_on(r, target)]
     leaking_ids = {r.id for r in leaking}
     mergeable, refused = _mergeable([r for r in compatible if r.id not in leaking_ids], merge)
     rejected += refused
     found = Candidates(mergeable, [{"id": r.id, "reason": reason} for r, reason in rejected],
-                       [{"id": r.id, "reason": f"trained on the target '{target.name}'"} for r in leaking])
+                       [{"id": r.id, "reason": f"trained on the target '{target.name}'"} for r in leaking], other_kinds)
     if log_rejected:
         log_rejections(found.rejected)
     if leaking:
@@ -119,10 +123,20 @@ def find_mergeable_candidates(library: Library, base: str, kind: str, target: Ta
     for merge in merges[1:]:
         narrowed = find_candidates(library, base, kind, target, merge, base_id=base_id,
                                    among=[r.id for r in found.records], include_hint=None, log_rejected=False)
-        found = Candidates(narrowed.records, found.rejected + narrowed.rejected, found.excluded)
+        found = Candidates(narrowed.records, found.rejected + narrowed.rejected, found.excluded, found.other_kinds)
     if log_rejected:
         log_rejections(found.rejected)
     return found
+
+
+def _other_kinds(rejected: Sequence[CheckpointRecord], base: str, kind: str, base_id: str | None
+                 ) -> dict[str, int]:
+    """Per other kind, how many of ``rejected`` would be candidates of their own kind on ``base``."""
+    others = [r for r in rejected if r.kind != kind]
+    if not others:  # the usual case: no second base identity to resolve
+        return {}
+    matcher = BaseMatcher(base, base_id)
+    return dict(Counter(r.kind for r in others if incompatibility(r, None, base, r.kind, matcher=matcher) is None))
 
 
 def log_rejections(rejected: Iterable[dict[str, str]]) -> None:
@@ -132,13 +146,17 @@ def log_rejections(rejected: Iterable[dict[str, str]]) -> None:
 
 
 def describe_shortage(candidates: Candidates, k: int, kind: str, base: str) -> str | None:
-    """Why selection cannot pick ``k``, in one line (None when it can)."""
+    """Why selection cannot pick ``k``, in one line (None when it can); checkpoints left out for their kind
+    alone are counted apart, with the option that ranks them (``KIND_HINT``)."""
     if len(candidates.records) >= max(k, 1):
         return None
     left_out = []
     if candidates.excluded:
         left_out.append(f"{len(candidates.excluded)} trained on the target")
-    if candidates.rejected:
-        left_out.append(f"{len(candidates.rejected)} incompatible (reasons above)")
+    incompatible = len(candidates.rejected) - sum(candidates.other_kinds.values())
+    if incompatible:
+        left_out.append(f"{incompatible} incompatible (reasons above)")
+    left_out += [f"{n} of kind {other} ({KIND_HINT.format(kind=other)})"
+                 for other, n in sorted(candidates.other_kinds.items())]
     also = f"; left out: {', '.join(left_out)}" if left_out else ""
     return f"k={k} but {len(candidates.records)} usable {kind} checkpoint(s) for base '{base}'{also}"

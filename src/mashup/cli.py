@@ -15,9 +15,9 @@ from rich.table import Table
 from mashup.cli_catalog import library_app, models_app, tasks_app
 from mashup.cli_data import DataOptions, with_data_options
 from mashup.cli_options import (BaseOpt, ExecutorOpt, HalvingFactorOpt, HalvingMinOpt, HalvingSeOpt, HalvingShareOpt,
-                                IncludeTargetOpt, JsonOpt, LibraryOpt, NoCacheOpt, PickleOpt, PrecisionOpt,
-                                PrefilterKeepOpt, PrefilterMinOpt, PrefilterSignalsOpt, RayAddressOpt, SelectorOpt,
-                                comma_list, emit, err, given)
+                                IncludeTargetOpt, JsonOpt, LibraryOpt, LoraModeOpt, MergeMethodOpt, NoCacheOpt,
+                                PickleOpt, PrecisionOpt, PrefilterKeepOpt, PrefilterMinOpt, PrefilterSignalsOpt,
+                                RayAddressOpt, SelectorOpt, comma_list, emit, err, given)
 from mashup.cli_run import demo_cmd, run_cmd
 from mashup.config import (EvalConfig, HalvingConfig, MergeConfig, PrefilterConfig, SelectConfig, TrainConfig,
                            max_share_option)
@@ -52,6 +52,7 @@ def select_cmd(base: BaseOpt, data: DataOptions, library: LibraryOpt = None,
                seed: Annotated[int, typer.Option("--seed", help="seed of the train sample")] = 0,
                batch_size: Annotated[int, typer.Option("--batch-size", help="examples per scoring batch")] = 16,
                kind: Annotated[str, typer.Option("--kind", help="lora | full")] = "lora",
+               merge_method: MergeMethodOpt = None, lora_mode: LoraModeOpt = None,
                allow_pickle: PickleOpt = False, no_cache: NoCacheOpt = False, include_target: IncludeTargetOpt = False,
                selector: SelectorOpt = "exhaustive", halving_min_samples: HalvingMinOpt = None,
                halving_factor: HalvingFactorOpt = None, halving_keep_within_se: HalvingSeOpt = None,
@@ -63,9 +64,12 @@ def select_cmd(base: BaseOpt, data: DataOptions, library: LibraryOpt = None,
                                                  "always lists every one)")] = 20) -> None:
     """Rank compatible checkpoints by loss (or accuracy) on a sample of the target's train split."""
     from mashup.library import Library, check_kind
+    from mashup.merging.compat import method_and_mode
     from mashup.verbs import select
 
     check_kind(kind)
+    merge = MergeConfig(**given(method=merge_method, lora_mode=lora_mode))
+    method_and_mode(merge, kind)  # an unknown method fails here, before the base model loads
     Library.existing(library)
     config = SelectConfig(samples=samples, k=k, metric=metric,  # type: ignore[arg-type]
                           with_accuracy=with_accuracy, seed=seed, batch_size=batch_size, cache=not no_cache,
@@ -77,7 +81,7 @@ def select_cmd(base: BaseOpt, data: DataOptions, library: LibraryOpt = None,
                           prefilter=PrefilterConfig(**given(keep=prefilter_keep, min_keep=prefilter_min_keep,
                                                             signals=comma_list(prefilter_signals))))
     with scoring_bar(err) as progress:
-        result = select(base, data.config(), config, library, kind=kind, allow_pickle=allow_pickle,
+        result = select(base, data.config(), config, library, kind=kind, merge=merge, allow_pickle=allow_pickle,
                         precision=precision, progress=progress)  # type: ignore[arg-type]
     err.print(selection_summary(result.stats), highlight=False)
     emit(result.to_dict(), as_json, _ranking_table(result, metric, rows))

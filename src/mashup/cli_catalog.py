@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 from rich.table import Table
@@ -13,6 +13,9 @@ from mashup.cli_options import JsonOpt, LibraryOpt, PickleOpt, emit, err
 from mashup.config import DataConfig
 from mashup.errors import MashupError
 from mashup.progress import count_bar, score_cell
+
+if TYPE_CHECKING:
+    from mashup.library.catalog import Added
 
 library_app = typer.Typer(no_args_is_help=True, help="Manage the checkpoint library.")
 tasks_app = typer.Typer(no_args_is_help=True, help="Named benchmark tasks.")
@@ -41,10 +44,11 @@ def library_add(paths: Annotated[list[Path], typer.Argument(help="PEFT adapter d
                 init: Annotated[Optional[str], typer.Option(
                     "--init", help="LoRA init weights (task-vector reference)", show_default="none")] = None,
                 recursive: Annotated[bool, typer.Option(
-                    "--recursive", "-r", help="every adapter/model dir under PATHS")] = False,
+                    "--recursive", "-r", help="every adapter/model dir under PATHS; those already registered with "
+                    "the same weights are skipped (--json: {added, skipped} ids)")] = False,
                 workers: WorkersOpt = None,
                 library: LibraryOpt = None, allow_pickle: PickleOpt = False, as_json: JsonOpt = False) -> None:
-    """Register checkpoints (all or none), hashing them in parallel."""
+    """Register checkpoints (all or none), hashing them in parallel; a re-scan (--recursive) adds the new ones."""
     from mashup.library import Library
 
     from mashup.data.tasks import is_task_name
@@ -60,13 +64,29 @@ def library_add(paths: Annotated[list[Path], typer.Argument(help="PEFT adapter d
                           lineage=lineage)
     # what was added is said first: the prototypes are only a cache, and an interrupted warm-up (exit 130) must
     # not hide that the checkpoints are registered
-    emit([r.id for r in records] if as_json else "\n".join(f"added {r.id} {r.kind} {r.path}" for r in records),
-         as_json)
+    if as_json:
+        ids = [r.id for r in records]
+        emit({"added": ids, "skipped": [r.id for r in records.skipped]} if recursive else ids, True)
+    else:
+        sys.stdout.write(_added_text(records) + "\n")
     if any(r.kind == "lora" for r in records):
         from mashup.selection.prefilter import warm_prototype_cache
 
         with count_bar(err, "Arrow prototypes", enabled=recursive or len(paths) > 1) as update:
             warm_prototype_cache(records, lib.directory, allow_pickle=allow_pickle, progress=update)
+
+
+def _plural(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+def _added_text(records: Added) -> str:
+    """`library add`'s report: a line per checkpoint added, then how many a re-scan found already registered."""
+    lines = [f"added {r.id} {r.kind} {r.path}" for r in records]
+    if records.skipped:
+        lines.append(f"skipped {_plural(len(records.skipped), 'checkpoint')} already registered with the same "
+                     f"weights{'' if records else ' (nothing new)'}")
+    return "\n".join(lines)
 
 
 @library_app.command("list")
@@ -122,6 +142,10 @@ def library_verify(library: LibraryOpt = None, workers: WorkersOpt = None, as_js
     with count_bar(err, "verifying", enabled=len(records) > 1) as update:
         checks = lib.verify(records, workers=workers, progress=update)
     problems = [c for c in checks if c.status != "ok"]
+    if not problems and not as_json:
+        sys.stdout.write(f"all {_plural(len(checks), 'checkpoint')} verified: weights unchanged\n" if checks
+                         else "no checkpoints registered: nothing to verify\n")
+        return
     table = Table("id", "status", "reason", title=f"{len(checks) - len(problems)} of {len(checks)} checkpoints ok")
     for c in problems:
         table.add_row(c.record.id, c.status, c.reason or "")

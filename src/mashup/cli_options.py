@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from mashup.config import AUTO_MAX_SHARE, HalvingConfig, PrefilterConfig
+from mashup.config import AUTO_MAX_SHARE, HalvingConfig, MergeConfig, PrefilterConfig
 
 err = Console(stderr=True)  # progress bars and messages; results go to stdout
 
@@ -59,7 +59,16 @@ def given(**options: Any) -> dict[str, Any]:
     return {name: value for name, value in options.items() if value is not None}
 
 
-BaseOpt = Annotated[str, typer.Option("--base", help="base model: smollm2-135m, a local HF dir or a Hub id")]
+# mashup.named_models.NAMED_MODELS' names: that module imports torch, which --help must not (a test pins the two equal)
+NAMED_BASES = ("smollm2-135m", "gemma3-270m")
+BASE_HELP = f"base model: {', '.join(NAMED_BASES)}, a local HF dir or a Hub id"
+BaseOpt = Annotated[str, typer.Option("--base", help=BASE_HELP)]
+MERGE_METHOD_HELP = "merge method (see `mashup merge --help`)"
+LORA_MODE_HELP = "ab | delta | concat"
+LORA_MODE_DEFAULT = "the method's: ab for average and task_arithmetic, delta for the others"
+MergeMethodOpt = Annotated[Optional[str], config_option("--merge-method", MERGE_METHOD_HELP, MergeConfig, "method")]
+LoraModeOpt = Annotated[Optional[str], typer.Option("--lora-mode", help=LORA_MODE_HELP,
+                                                    show_default=LORA_MODE_DEFAULT)]
 IncludeTargetOpt = Annotated[bool, typer.Option(
     "--include-target-checkpoints", help="also rank checkpoints trained on the target (excluded by default)")]
 NoCacheOpt = Annotated[bool, typer.Option("--no-cache", help="rescore checkpoints scored before on this sample")]

@@ -9,8 +9,9 @@ import typer
 from rich.table import Table
 
 from mashup.cli_data import DataOptions, with_data_options
-from mashup.cli_options import (IncludeTargetOpt, JsonOpt, LibraryOpt, NoCacheOpt, PrecisionOpt, config_default, emit,
-                                err, from_config_option, given)
+from mashup.cli_options import (BASE_HELP, LORA_MODE_DEFAULT, LORA_MODE_HELP, MERGE_METHOD_HELP, IncludeTargetOpt,
+                                JsonOpt, LibraryOpt, NoCacheOpt, PrecisionOpt, config_default, emit, err,
+                                from_config_option, given)
 from mashup.config import MergeConfig, RunConfig, SelectConfig, TrainConfig, read_config_mapping, validate_config
 from mashup.errors import MashupError
 from mashup.progress import training_bars
@@ -22,8 +23,7 @@ def _override(flag: str, help: str, model: type, field: str) -> Any:
 
 
 @with_data_options
-def run_cmd(base: Annotated[Optional[str], from_config_option(
-                "--base", "base model: smollm2-135m, a local HF dir or a Hub id")] = None,
+def run_cmd(base: Annotated[Optional[str], from_config_option("--base", BASE_HELP)] = None,
             data: DataOptions = DataOptions(),
             out: Annotated[Optional[Path], from_config_option("--out", "run dir (must not exist)")] = None,
             library: LibraryOpt = None,
@@ -36,11 +36,12 @@ def run_cmd(base: Annotated[Optional[str], from_config_option(
                 "--samples", "train examples scored per checkpoint", SelectConfig, "samples")] = None,
             metric: Annotated[Optional[str], _override("--metric", "loss | accuracy", SelectConfig, "metric")] = None,
             merge_method: Annotated[Optional[str], _override(
-                "--merge-method", "merge method (see `mashup merge --help`)", MergeConfig, "method")] = None,
-            density: Annotated[Optional[float], _override(
-                "--density", "fraction kept, (0, 1] (TIES, DARE, magnitude pruning)", MergeConfig, "density")] = None,
-            lora_mode: Annotated[Optional[str], _override(
-                "--lora-mode", "ab | delta | concat", MergeConfig, "lora_mode")] = None,
+                "--merge-method", MERGE_METHOD_HELP, MergeConfig, "method")] = None,
+            density: Annotated[Optional[float], from_config_option(
+                "--density", "fraction kept, (0, 1] (TIES, DARE, magnitude pruning)",
+                "the method's: 0.2 for ties, dare_* and magnitude_prune")] = None,
+            lora_mode: Annotated[Optional[str], from_config_option(
+                "--lora-mode", LORA_MODE_HELP, LORA_MODE_DEFAULT)] = None,
             mode: Annotated[Optional[str], _override("--mode", "lora | full", TrainConfig, "mode")] = None,
             lr: Annotated[Optional[float], from_config_option(
                 "--lr", "peak learning rate", "2e-4 for LoRA, 2e-5 for full")] = None,
@@ -110,8 +111,13 @@ def _summary_table(summary: dict[str, Any]) -> Table:
                           f"{a['train_seconds']:.1f}")
     if "parity" in summary:
         p = summary["parity"]
-        table.caption = f"steps to parity: 99% {p['p99']['step']}, 100% {p['p100']['step']}"
+        table.caption = f"steps to parity: 99% {_parity_step(p['p99'])}, 100% {_parity_step(p['p100'])}"
     return table
+
+
+def _parity_step(point: dict[str, Any]) -> str:
+    """The step at which the Mashup arm reached this share of scratch's final accuracy, or "not reached"."""
+    return "not reached" if point["step"] is None else str(point["step"])
 
 
 def demo_cmd(out: Annotated[Optional[Path], typer.Option(

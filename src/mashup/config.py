@@ -21,6 +21,7 @@ Precision = Literal["auto", "fp32", "bf16"]
 Finite = Annotated[float, Field(allow_inf_nan=False)]
 
 LORA_SHAPE_FIELDS = ("lora_r", "lora_alpha", "target_modules", "lora_dropout", "use_rslora")
+MAX_LR = 1.0  # AdamW moves each weight by about lr a step: above 1 that outgrows the weights themselves
 DEFAULT_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
@@ -162,7 +163,8 @@ class MergeConfig(StageConfig):
 
 class TrainConfig(StageConfig):
     mode: TrainMode = "lora"
-    lr: Finite | None = Field(None, gt=0, description="defaults: 2e-4 for LoRA, 2e-5 for full fine-tuning")
+    lr: Finite | None = Field(None, gt=0, description="peak learning rate, at most 1; defaults: 2e-4 for LoRA, "
+                                                      "2e-5 for full fine-tuning")
     epochs: Finite = Field(1.0, gt=0)
     batch_size: int = Field(32, gt=0)
     micro_batch_size: int | None = Field(None, gt=0, description="split each batch for memory; same maths")
@@ -178,10 +180,28 @@ class TrainConfig(StageConfig):
     warmup_ratio: Finite = Field(0.1, ge=0, le=1)
     max_grad_norm: float = Field(1.0, gt=0, description="gradient clipping norm (inf: no clipping)")
 
+    @field_validator("lr")
+    @classmethod
+    def _lr_at_most_one(cls, value: float | None) -> float | None:
+        if value is not None and value > MAX_LR:
+            raise ValueError(f"learning rate {value:g} is above {MAX_LR:g}, where AdamW updates make no sense; "
+                             "typical values are 1e-5..1e-3")
+        return value
+
     def resolved_lr(self) -> float:
+        """The peak learning rate: ``lr``, or the mode's default."""
         if self.lr is not None:
             return self.lr
         return 2e-4 if self.mode == "lora" else 2e-5
+
+    def resolved_eval_every(self, steps: int) -> int:
+        """Steps between evaluations in a run of ``steps`` steps: ``eval_every``, or 10% of the steps."""
+        return self.eval_every or max(1, steps // 10)
+
+    def resolved(self, steps: int) -> TrainConfig:
+        """This config with the defaults that depend on the mode and the step count filled in: what a run of
+        ``steps`` steps trains with, and what its output dir records."""
+        return self.model_copy(update={"lr": self.resolved_lr(), "eval_every": self.resolved_eval_every(steps)})
 
     def lora_shape(self) -> dict[str, Any]:
         """The LoRA settings that fix an adapter's capacity; both arms of a comparison must share them."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from typing import TYPE_CHECKING
 
 from rich.console import Console
@@ -31,21 +31,38 @@ def quiet_third_party() -> None:
 
 
 @contextmanager
+def started_on_first_use(make: Callable[[], Progress]) -> Iterator[Callable[[], Progress]]:
+    """Yields ``progress()``, which starts the display ``make`` builds at its first call and returns it: a
+    command that fails its input checks before any work prints its error line alone, with no empty bar or
+    blank line before it."""
+    with ExitStack() as stack:
+        started: list[Progress] = []
+
+        def progress() -> Progress:
+            if not started:
+                started.append(stack.enter_context(make()))
+            return started[0]
+        yield progress
+
+
+@contextmanager
 def training_bars(console: Console, enabled: bool = True) -> Iterator[Callable[[str], ProgressFn]]:
-    """Yields ``stage(name)``, which returns the callback the training loop updates. Its bar appears at the
-    first update, so input checks that fail before training starts leave their error line alone."""
-    progress = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+    """Yields ``stage(name)``, which returns the callback the training loop updates; its bar appears at the
+    first update."""
+    def make() -> Progress:
+        return Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                         TextColumn("loss {task.fields[loss]:.3f}"), TimeElapsedColumn(), console=console,
                         disable=not enabled)
-    with progress:
+
+    with started_on_first_use(make) as progress:
         def stage(name: str) -> ProgressFn:
             task_id: TaskID | None = None
 
             def update(step: int, total: int, loss: float) -> None:
                 nonlocal task_id
                 if task_id is None:
-                    task_id = progress.add_task(f"train {name}", total=total, loss=loss)
-                progress.update(task_id, completed=step, total=total, loss=loss)
+                    task_id = progress().add_task(f"train {name}", total=total, loss=loss)
+                progress().update(task_id, completed=step, total=total, loss=loss)
             return update
         yield stage
 
@@ -53,14 +70,19 @@ def training_bars(console: Console, enabled: bool = True) -> Iterator[Callable[[
 @contextmanager
 def scoring_bar(console: Console, enabled: bool = True) -> Iterator[Callable[[int, int], None]]:
     """Yields the ``progress(done, planned)`` callback selection calls as checkpoint-samples are scored."""
-    progress = Progress(TextColumn("select"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
+    def make() -> Progress:
+        return Progress(TextColumn("select"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
                         TextColumn("{task.completed}/{task.total} checkpoint-samples"), TimeElapsedColumn(),
                         console=console, disable=not enabled, transient=True)
-    with progress:
-        task_id = progress.add_task("select", total=None)
+
+    with started_on_first_use(make) as progress:
+        task_id: TaskID | None = None
 
         def update(done: int, planned: int) -> None:
-            progress.update(task_id, completed=done, total=planned)
+            nonlocal task_id
+            if task_id is None:
+                task_id = progress().add_task("select", total=planned)
+            progress().update(task_id, completed=done, total=planned)
         yield update
 
 

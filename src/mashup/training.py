@@ -156,7 +156,8 @@ def _train_step(model: nn.Module, requests: Sequence[EncodedRequest], ids: list[
 def train(model: nn.Module, train_requests: Sequence[EncodedRequest], eval_requests: Sequence[EncodedRequest],
           config: TrainConfig, settings: ScoreSettings, progress: ProgressFn | None = None,
           initial: EvalResult | None = None) -> TrainResult:
-    """AdamW + cosine with warmup; evaluates at step 0, every ``eval_every`` steps and at the end.
+    """AdamW + cosine with warmup; evaluates at step 0, every ``eval_every`` steps and at the end. The lr and
+    eval_every it trains with are ``config.resolved(steps)``'s, which is what the writers record.
 
     ``initial`` is the step-0 evaluation when the caller already has it (the same init evaluated on
     the same requests), which saves one evaluation per arm.
@@ -164,7 +165,8 @@ def train(model: nn.Module, train_requests: Sequence[EncodedRequest], eval_reque
     from transformers import get_cosine_schedule_with_warmup
 
     steps = total_steps(len(train_requests), config)
-    eval_every = config.eval_every or max(1, steps // 10)
+    config = config.resolved(steps)
+    eval_every = config.resolved_eval_every(steps)
     optimizer = _optimizer(model, config)
     params = [p for p in model.parameters() if p.requires_grad]
     scheduler = get_cosine_schedule_with_warmup(optimizer, int(config.warmup_ratio * steps), steps)

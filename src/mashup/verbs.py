@@ -26,7 +26,7 @@ from mashup.scoring import CheckpointScore
 from mashup.selection import select_checkpoints
 from mashup.selection.driver import ProgressFn as SelectProgressFn
 from mashup.training import (INIT_WEIGHTS, CurvePoint, ProgressFn, TrainResult, prepare_model, resolve_train_config,
-                             save_init_adapter, save_trained, train)
+                             save_init_adapter, save_trained, total_steps, train)
 from mashup.workspace import Workspace, open_workspace, write_version
 
 logger = logging.getLogger(__name__)
@@ -162,15 +162,16 @@ def train_in(workspace: Workspace, target: TargetData, config: TrainConfig, eval
     """Train into an existing (temporary) dir: weights, init reference, curve, config and version.
 
     Starting from an adapter, its LoRA shape (r, alpha, targets, dropout, rsLoRA) overrides ``config``'s,
-    and the config saved beside the weights is the one actually trained with.
+    and the config saved beside the weights is the one actually trained with (lr and eval_every resolved).
     """
     config = resolve_train_config(config, init)
     model = prepare_model(workspace.base_dir, config, init, allow_pickle).to(workspace.device)
     if config.mode == "lora":
         save_init_adapter(model, out_dir / INIT_WEIGHTS)
     eval_examples = eval_split(target, eval_config)
-    result = train(model, workspace.encode(target.train, target.template),
-                   workspace.encode(eval_examples, target.template), config,
+    train_requests = workspace.encode(target.train, target.template)
+    config = config.resolved(total_steps(len(train_requests), config))  # the lr and eval_every written below
+    result = train(model, train_requests, workspace.encode(eval_examples, target.template), config,
                    workspace.settings(eval_config.batch_size), progress, initial)
     weights_dir = out_dir / ("adapter" if config.mode == "lora" else "model")
     save_trained(model, weights_dir, workspace.base, workspace.tokenizer)

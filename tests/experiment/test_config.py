@@ -33,6 +33,7 @@ def test_fixed_keys_and_defaults():
     ({"arms": ["scratch", "mashup_accuracy"], "samples_sweep": [8]}, "mashup_loss"),
     ({"seeds": 0}, "seeds"),
     ({"lrs": [1e-3, 1e-3]}, "distinct"),
+    ({"lrs": [1e-3, 2.0]}, "at most 1"),
     ({"unknown_key": 1}, "unknown_key"),
 ])
 def test_invalid_configs_name_the_problem(tmp_path, change, message):

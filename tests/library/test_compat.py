@@ -125,4 +125,4 @@ def test_full_checkpoints_need_equal_shapes(tmp_path, tiny_base, tiny_fulls, tin
     library.add(tiny_fulls, base=str(tiny_base))
     library.add(tiny_loras[:1])
     compatible, rejected = partition_compatible(library.list(), str(tiny_base), "full", lora_mode="delta")
-    assert len(compatible) == 3 and [reason for _, reason in rejected] == ["kind is lora, run uses full"]
+    assert len(compatible) == 3 and [reason for _, reason in rejected] == ["kind is lora, not full"]

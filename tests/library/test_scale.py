@@ -66,9 +66,10 @@ def test_cli_add_recursive_list_filters_and_show_lineage(tmp_path, tiny_loras, c
     lib = tmp_path / "lib"
     root = tmp_path / "tree"
     many_adapters(tiny_loras[0], root, 3)
-    ids = json.loads(run_cli(["library", "add", root, "--recursive", "--task", "sciq", "--library", lib, "--json"],
-                             capsys, monkeypatch)[0])
-    assert len(ids) == 3
+    added = json.loads(run_cli(["library", "add", root, "--recursive", "--task", "sciq", "--library", lib, "--json"],
+                               capsys, monkeypatch)[0])
+    ids = added["added"]
+    assert len(ids) == 3 and added["skipped"] == []
     child = Library(lib).add([tiny_loras[1]], task="arc_easy", data_fingerprint="ab" * 32, lineage={
         "merged_from": ids[:2], "trained_on": {"task": "arc_easy", "data_fingerprint": "ab" * 32},
         "run": "runs/arc"})[0]

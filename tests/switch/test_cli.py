@@ -36,6 +36,8 @@ def test_collect_train_eval_generate(tmp_path, tiny_base, other_base, expert_lor
     assert (adapter / "adapter_model.safetensors").is_file() and trained["train_examples"] + trained["held_out"] == 6
     for name in ("curve.json", "train_config.yaml", "switch_config.yaml", "version.json", "result.json"):
         assert (tmp_path / "switcher" / name).is_file(), name
+    written = yaml.safe_load((tmp_path / "switcher" / "train_config.yaml").read_text())
+    assert (written["lr"], written["eval_every"]) == (5e-4, 1)  # as trained: the switcher's lr, 10% of 2 steps
     out, _ = run_cli(["switch", "eval", "--config", config, "--task", task, "--out", tmp_path / "eval",
                       "--adapter", adapter, "--max-examples", 3, "--json"], capsys, monkeypatch)
     result = json.loads(out)
@@ -53,6 +55,15 @@ def test_collect_train_eval_generate(tmp_path, tiny_base, other_base, expert_lor
                       "--json"], capsys, monkeypatch)
     trace = json.loads(out)
     assert [s["writer"] for s in trace["segments"]][0] == 0 and trace["text"]
+
+
+def test_generate_prints_each_segments_writer(tmp_path, tiny_base, other_base, expert_lora, capsys,
+                                            monkeypatch) -> None:
+    config = _config(tmp_path, tiny_base, other_base, expert_lora)
+    out, _ = run_cli(["switch", "generate", "--config", config, "--writer", "expert", "Which is a colour?"],
+                     capsys, monkeypatch)
+    segments = out.rstrip().split("\n\n")[-1].splitlines()  # the response, a blank line, one line per segment
+    assert segments and all(line.startswith("[expert] '") for line in segments), out
 
 
 def test_bad_config_is_one_line(tmp_path, tiny_base, capsys, monkeypatch) -> None:

@@ -14,7 +14,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, Field, PositiveInt, field_validator, model_validator
 
-from mashup.config import DataConfig, Finite, Precision, Scoring, StageConfig, TrainConfig, TrainMode, load_config
+from mashup.config import (MAX_LR, DataConfig, Finite, Precision, Scoring, StageConfig, TrainConfig, TrainMode,
+                           load_config)
 from mashup.errors import MashupError
 
 Arm = Literal["scratch", "mashup_loss", "mashup_accuracy", "mashup_random", "oracle", "mashup_at_init"]
@@ -130,8 +131,8 @@ class ExperimentConfig(StageConfig):
             raise ValueError(f"seeds must be distinct and non-empty, got {self.seeds}")
         if not self.lrs:
             self.lrs = list(DEFAULT_LRS[self.mode])
-        if any(lr <= 0 for lr in self.lrs) or len(set(self.lrs)) != len(self.lrs):
-            raise ValueError(f"lrs must be distinct and positive, got {self.lrs}")
+        if any(lr <= 0 or lr > MAX_LR for lr in self.lrs) or len(set(self.lrs)) != len(self.lrs):
+            raise ValueError(f"lrs must be distinct, positive and at most {MAX_LR:g}, got {self.lrs}")
         if "scratch" not in self.arms:
             raise ValueError("arms must include 'scratch': every table compares against it")
         if len(set(self.arms)) != len(self.arms):

@@ -73,7 +73,7 @@ def unit_seconds(unit: Unit, config: ExperimentConfig, sizes: Sizes, model: Cost
         return model.load + model.merge + test_eval
     train = config.train_config(unit.lr or config.lrs[0], unit.seed or 0)
     steps = total_steps(sizes.train, train)
-    evaluations = math.ceil(steps / (train.eval_every or max(1, steps // 10)))
+    evaluations = math.ceil(steps / train.resolved_eval_every(steps))
     return (2 * model.load + steps * train.batch_size * model.train_example  # trains, then reloads to validate
             + evaluations * sizes.test * model.eval_example + sizes.validation * model.eval_example)
 

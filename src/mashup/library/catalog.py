@@ -13,7 +13,7 @@ from typing import Any
 from mashup.errors import CheckpointError, LibraryError, MashupError
 from mashup.library.db import ensure_table, read_connection, select_rows, write_transaction
 from mashup.library.freshness import Freshness, check_freshness, parallel_map
-from mashup.library.identity import BaseMatcher, resolve_identity
+from mashup.library.identity import BaseMatcher, resolve_identity, stored_base
 from mashup.library.records import ADAPTER_CONFIG, MODEL_CONFIG, CheckpointRecord, inspect_checkpoint
 
 logger = logging.getLogger(__name__)
@@ -64,6 +64,15 @@ def discover_checkpoints(roots: Sequence[str | Path]) -> list[Path]:
     return found
 
 
+class Added(list[CheckpointRecord]):
+    """The records ``Library.add`` registered, in order; ``skipped`` holds the checkpoints a recursive add found
+    already registered with the same weights (each with its registered id and the path where it was found)."""
+
+    def __init__(self, added: Sequence[CheckpointRecord] = (), skipped: Sequence[CheckpointRecord] = ()) -> None:
+        super().__init__(added)
+        self.skipped = list(skipped)
+
+
 class Library:
     """A persistent catalog of checkpoints; every write is one transaction."""
 
@@ -93,50 +102,54 @@ class Library:
     def add(self, paths: Sequence[str | Path], *, task: str | None = None, base: str | None = None,
             init_reference: str | None = None, metadata: dict | None = None, data_fingerprint: str | None = None,
             lineage: dict | None = None, allow_pickle: bool = False, recursive: bool = False,
-            workers: int | None = None, progress: Progress | None = None) -> list[CheckpointRecord]:
+            workers: int | None = None, progress: Progress | None = None) -> Added:
         """Register checkpoints, all or none: every one is inspected and hashed (in parallel) before one
-        transaction adds them. ``recursive`` registers every adapter/model dir under the given dirs.
+        transaction adds them. ``recursive`` registers every adapter/model dir under the given dirs, skipping
+        those already registered with the same weights (the result's ``skipped``); named explicitly, such a
+        checkpoint is an error. The init reference, and a base that is a local path, are stored absolute.
         ``progress(done, total)`` is called as checkpoints are inspected."""
         dirs = discover_checkpoints(paths) if recursive else [Path(p) for p in paths]
+        registered = {Path(r.path): r for r in self.list()} if recursive else {}
 
-        def inspect(path: Path) -> CheckpointRecord:
-            try:
-                record = inspect_checkpoint(path, base=base, task=task, allow_pickle=allow_pickle, check_values=True)
-            except OSError as exc:
-                raise CheckpointError(f"cannot read {exc.filename or 'a file'} ({exc.strerror})", str(path),
-                                      "check the files and their permissions") from None
-            return record
+        def inspect(path: Path) -> tuple[CheckpointRecord, bool]:
+            known = registered.get(path.resolve())
+            if known is not None and check_freshness(known).status == "ok":
+                return known, True  # unchanged since it was registered: skipped without hashing it again
+            return _inspect(path, base, task, allow_pickle), False
 
-        records = parallel_map(inspect, dirs, workers, progress)
-        identities = {b: resolve_identity(b) for b in {r.base_model for r in records}}
-        created = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        for record in records:
-            record.id = record.sha256[:12]
-            record.init_reference = init_reference
-            record.metadata = dict(metadata or {})
-            record.data_fingerprint = data_fingerprint
-            record.lineage = dict(lineage or {})
-            record.base_identity = identities[record.base_model]
-            record.created = created
-        self._insert(records)
-        return records
+        found = parallel_map(inspect, dirs, workers, progress)
+        new = [record for record, known in found if not known]
+        # absolute, not resolved: a symlinked file (e.g. in the HF cache) keeps its name and suffix
+        init = str(Path(init_reference).expanduser().absolute()) if init_reference else None
+        for record in new:
+            record.init_reference, record.data_fingerprint = init, data_fingerprint
+            record.metadata, record.lineage = dict(metadata or {}), dict(lineage or {})
+        _complete(new)
+        added, skipped = self._insert(new, skip_registered=recursive)  # even none: creates the library
+        skipped = [record for record, known in found if known] + skipped
+        if skipped:
+            logger.info("%d checkpoints already registered with the same weights: skipped", len(skipped))
+            logger.debug("skipped as registered: %s", ", ".join(f"{r.path} ({r.id})" for r in skipped))
+        return Added(added, skipped)
 
-    def _insert(self, records: list[CheckpointRecord]) -> None:
-        seen: dict[str, str] = {}
-        for record in records:
-            if record.id in seen:
-                raise LibraryError("the same weights were given twice", f"{seen[record.id]} and {record.path}",
-                                   "pass each checkpoint once")
-            seen[record.id] = record.path
+    def _insert(self, records: list[CheckpointRecord], *, skip_registered: bool
+                ) -> tuple[list[CheckpointRecord], list[CheckpointRecord]]:
+        """Insert ``records`` in one transaction; returns (added, skipped). Weights already registered (same
+        digest) are skipped with ``skip_registered``, else refused; the same weights given twice are refused."""
         with self._write() as conn:
-            existing = dict(conn.execute("SELECT id, path FROM checkpoints").fetchall())
-            clash = next((r for r in records if r.id in existing), None)
+            existing = {i: (path, sha) for i, path, sha in conn.execute("SELECT id, path, sha256 FROM checkpoints")}
+            skipped = [r for r in records if skip_registered and existing.get(r.id, ("", ""))[1] == r.sha256]
+            skipped_ids = {r.id for r in skipped}
+            added = [r for r in records if r.id not in skipped_ids]
+            _refuse_duplicates(added)
+            clash = next((r for r in added if r.id in existing), None)
             if clash:
-                raise LibraryError(f"already registered as {clash.id} ({existing[clash.id]})", clash.path,
+                raise LibraryError(f"already registered as {clash.id} ({existing[clash.id][0]})", clash.path,
                                    "nothing to do, or remove the old entry first")
             columns = ", ".join(_COLUMNS)
             conn.executemany(f"INSERT INTO checkpoints ({columns}) VALUES ({', '.join('?' * len(_COLUMNS))})",
-                             [_to_row(r) for r in records])
+                             [_to_row(r) for r in added])
+        return added, skipped
 
     def _select(self, where: str = "", params: tuple = ()) -> list[CheckpointRecord]:
         with read_connection(self.db_path, WHAT) as conn:
@@ -218,6 +231,35 @@ class Library:
         for check in checks:
             if check.new_stats:
                 check.record.file_stats = check.new_stats
+
+
+def _inspect(path: Path, base: str | None, task: str | None, allow_pickle: bool) -> CheckpointRecord:
+    try:
+        return inspect_checkpoint(path, base=base, task=task, allow_pickle=allow_pickle, check_values=True)
+    except OSError as exc:
+        raise CheckpointError(f"cannot read {exc.filename or 'a file'} ({exc.strerror})", str(path),
+                              "check the files and their permissions") from None
+
+
+def _complete(records: list[CheckpointRecord]) -> None:
+    """What registration adds to inspected records: the id, the time, the base as stored (a local path
+    absolute, see ``stored_base``) and its content identity."""
+    for record in records:
+        record.base_model = stored_base(record.base_model)
+    identities = {b: resolve_identity(b) for b in {r.base_model for r in records}}
+    created = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    for record in records:
+        record.id, record.created = record.sha256[:12], created
+        record.base_identity = identities[record.base_model]
+
+
+def _refuse_duplicates(records: list[CheckpointRecord]) -> None:
+    seen: dict[str, str] = {}
+    for record in records:
+        if record.id in seen:
+            raise LibraryError("the same weights were given twice", f"{seen[record.id]} and {record.path}",
+                               "pass each checkpoint once")
+        seen[record.id] = record.path
 
 
 def _trained_on(record: CheckpointRecord, wanted: str) -> bool:

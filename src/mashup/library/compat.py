@@ -60,7 +60,7 @@ def incompatibility(record: CheckpointRecord, reference: CheckpointRecord | None
     if reason:
         return reason
     if record.kind != kind:
-        return f"kind is {record.kind}, run uses {kind}"
+        return f"kind is {record.kind}, not {kind}"
     if record.use_dora:
         return "DoRA adapters are not supported for merging"
     if reference is None:

@@ -102,6 +102,16 @@ def local_base_dir(base: str) -> Path | None:
     return snapshot if (snapshot / "config.json").is_file() else None
 
 
+def stored_base(base: str) -> str:
+    """How the catalog records ``base``: an existing local path absolute (symlinks kept), so that the record means
+    the same from any working dir; a named model (``smollm2-135m``, which ``local_base_dir`` ranks before a dir of
+    that name) or a Hub id as given."""
+    from mashup.named_models import NAMED_MODELS
+
+    path = Path(base).expanduser()
+    return str(path.absolute()) if base and base not in NAMED_MODELS and path.exists() else base
+
+
 def resolve_identity(base: str) -> str | None:
     """``base_identity`` of what ``base`` names locally, or None when it cannot be resolved offline."""
     model_dir = local_base_dir(base)

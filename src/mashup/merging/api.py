@@ -19,6 +19,7 @@ from mashup.merging.full import merge_full
 from mashup.merging.lora import merge_lora
 from mashup.merging.plan import build_plan
 from mashup.merging.statistics import compute_statistics
+from mashup.workspace import write_version
 
 logger = logging.getLogger(__name__)
 CONFIG_NAME = "merge_config.yaml"
@@ -56,7 +57,8 @@ def merge_checkpoints(records: Sequence[CheckpointRecord], config: MergeConfig, 
                       overwrite: bool = False) -> MergeReport:
     """Merge checkpoints of one kind into ``out_dir`` (a PEFT adapter dir or an HF model dir).
 
-    Writes atomically: on any error (MergeError for bad inputs, NaN/inf, mismatches) nothing is left.
+    Beside the weights: the resolved config, the report and the package versions (version.json). Writes
+    atomically: on any error (MergeError for bad inputs, NaN/inf, mismatches) nothing is left.
     """
     start = time.perf_counter()
     plan = build_plan(records, config)
@@ -77,6 +79,7 @@ def merge_checkpoints(records: Sequence[CheckpointRecord], config: MergeConfig, 
         )
         save_config(plan.config, tmp / CONFIG_NAME)
         write_json(tmp / REPORT_NAME, report.to_dict())
+        write_version(tmp)
     logger.info("merged %d %s checkpoints with %s in %.1fs", len(plan.records), plan.kind, plan.method.name,
                 report.seconds)
     return report

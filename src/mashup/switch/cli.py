@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -13,8 +13,9 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from mashup.cli_options import JsonOpt, PrecisionOpt, err, from_config_option, given
+from mashup.cli_options import JsonOpt, PrecisionOpt, err, given
 from mashup.config import TrainConfig, load_config
+from mashup.progress import started_on_first_use
 from mashup.switch.config import (CollectConfig, RewardConfig, SwitchConfig, SwitchEvalConfig,
                                   default_switcher_training)
 
@@ -36,6 +37,14 @@ RewardOpt = Annotated[str, typer.Option("--reward", help="number_match | number_
 ModeOpt = Annotated[str, typer.Option("--reward-mode", help="choice_cloze reward: binary | margin")]
 
 
+def _training_option(flag: str, help: str, field: str, unset: str = "none") -> Any:
+    """A `switch train` option whose shown default is the switcher's own (``default_switcher_training``);
+    ``unset``: what is shown where that leaves the field None."""
+    value = getattr(default_switcher_training(), field)
+    shown = unset if value is None else f"{value:g}" if isinstance(value, float) else str(value)
+    return typer.Option(flag, help=help, show_default=shown)
+
+
 def _config(path: Path, segment_tokens: int | None = None, max_new_tokens: int | None = None,
             adapter: str | None = None, precision: str | None = None) -> SwitchConfig:
     config = load_config(path, SwitchConfig)
@@ -53,7 +62,7 @@ def _emit(data: Any, as_json: bool, text: str) -> None:
     if as_json:
         sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
     else:
-        Console().print(text, highlight=False, soft_wrap=True)
+        Console().print(text, markup=False, highlight=False, soft_wrap=True)  # "[name] ..." is text, not a style
 
 
 def _bar() -> Progress:
@@ -65,16 +74,13 @@ def _bar() -> Progress:
 def _bars() -> Iterator[Callable[[str, int, int], None]]:
     """Yields ``update(name, done, total)``: one bar per name, shown from its first update, so that nothing is
     drawn before the verb's input checks have passed (a bad input is its error line alone)."""
-    with ExitStack() as stack:
-        progress: list[Progress] = []
+    with started_on_first_use(_bar) as progress:
         bars: dict[str, TaskID] = {}
 
         def update(name: str, done: int, total: int) -> None:
-            if not progress:
-                progress.append(stack.enter_context(_bar()))
             if name not in bars:
-                bars[name] = progress[0].add_task(name, total=total)
-            progress[0].update(bars[name], completed=done, total=total)
+                bars[name] = progress().add_task(name, total=total)
+            progress().update(bars[name], completed=done, total=total)
         yield update
 
 
@@ -100,12 +106,13 @@ def collect_cmd(config: ConfigOpt, task: TaskOpt, out: OutOpt,
 
 @switch_app.command("train")
 def train_cmd(config: ConfigOpt, data: Annotated[list[Path], typer.Option("--data", help="collect dir (repeat)")],
-              out: OutOpt, lr: Annotated[Optional[float], from_config_option("--lr", "peak learning rate")] = None,
-              epochs: Annotated[Optional[float], from_config_option("--epochs", "passes over the labels")] = None,
-              batch_size: Annotated[Optional[int], from_config_option(
-                  "--batch-size", "examples per optimizer step")] = None,
-              max_steps: Annotated[Optional[int], from_config_option(
-                  "--max-steps", "optimizer steps (overrides --epochs)")] = None,
+              out: OutOpt, lr: Annotated[Optional[float], _training_option("--lr", "peak learning rate", "lr")] = None,
+              epochs: Annotated[Optional[float], _training_option(
+                  "--epochs", "passes over the labels", "epochs")] = None,
+              batch_size: Annotated[Optional[int], _training_option(
+                  "--batch-size", "examples per optimizer step", "batch_size")] = None,
+              max_steps: Annotated[Optional[int], _training_option(
+                  "--max-steps", "optimizer steps (overrides --epochs)", "max_steps", "from --epochs")] = None,
               seed: Annotated[int, typer.Option("--seed", help="seed of the LoRA init and data order")] = 0,
               precision: PrecisionOpt = None, as_json: JsonOpt = False) -> None:
     """Fine-tune the switcher (LoRA, loss on the label digit) on collected labels."""

@@ -22,7 +22,7 @@ from mashup.switch.collect import ROLLOUTS, SWITCH_CONFIG, labelled_instances
 from mashup.switch.config import CandidateConfig, SwitchConfig
 from mashup.switch.generation import Segment
 from mashup.switch.switcher import switcher_request
-from mashup.training import ProgressFn, prepare_model, save_trained, train
+from mashup.training import ProgressFn, prepare_model, save_trained, total_steps, train
 from mashup.verbs import write_curve
 from mashup.workspace import write_version
 
@@ -125,6 +125,7 @@ def train_checked(config: SwitchConfig, inputs: SwitcherInputs, out: str | Path,
     random.Random(train_config.seed).shuffle(requests)
     n_eval = max(1, round(held_out * len(requests)))
     train_requests, eval_requests = requests[n_eval:], requests[:n_eval]
+    train_config = train_config.resolved(total_steps(len(train_requests), train_config))  # as written: as used
     device = default_device()
     bf16 = resolve_precision(config.precision, device) == "bf16"
     settings = ScoreSettings(batch_size=16, device=device, bf16=bf16, pad_id=int(tokenizer.pad_token_id))
