@@ -162,3 +162,12 @@ def test_cached_scores_count_at_their_recorded_seconds(tmp_path, tiny_base, tiny
         warm["seconds"]["selection"] + sum(s["seconds"] for s in scored))
     assert warm["parity"]["p100"]["seconds_with_overhead"] is None or \
         warm["parity"]["p100"]["seconds_with_overhead"] >= warm["seconds"]["selection_uncached"]
+
+
+def test_a_run_into_a_relative_out_records_its_dir_absolute(tmp_path, tiny_base, tiny_loras, mc_file, monkeypatch):
+    Library(tmp_path / "lib").add(tiny_loras[:2])
+    monkeypatch.chdir(tmp_path)
+    summary = run(_config(tmp_path, tiny_base, mc_file, "x").model_copy(update={"out": "runs/first"}))
+    record = Library(tmp_path / "lib").get(summary["registered"])
+    assert record.lineage["run"] == str(tmp_path / "runs" / "first")  # readable from any working dir
+    assert record.init_reference == str(tmp_path / "runs" / "first" / "mashup" / "adapter_init.safetensors")

@@ -104,7 +104,8 @@ def run(config: RunConfig, stage: StageFn = lambda name: None, overwrite: bool =
 
     def register(final: Path) -> None:  # part of the commit: a failure here removes the run dir again
         lineage = {"merged_from": selection.selected, "merge_method": config.merge.method,
-                   "trained_on": {"task": target.name, "data_fingerprint": target.fingerprint}, "run": str(final)}
+                   "trained_on": {"task": target.name, "data_fingerprint": target.fingerprint},
+                   "run": str(final.absolute())}
         summary["registered"], new = _register(library, final / "mashup", kind, target, config.base, lineage)
         added.extend(new)
         try:
