@@ -147,8 +147,10 @@ def test_library_commands_and_a_cached_select_import_no_model_code():
 
 
 def test_base_help_lists_every_named_model(capsys, monkeypatch):
+    from mashup.cli_options import NAMED_BASES
     from mashup.named_models import NAMED_MODELS
 
+    assert NAMED_BASES == tuple(NAMED_MODELS)  # the literal --help shows, without importing torch for it
     commands = dict(_commands())
     for verb in ("select", "train", "eval", "run"):
         base = next(param for param in commands[verb].params if "--base" in param.opts)
@@ -165,3 +167,24 @@ def test_switch_train_help_shows_the_switchers_own_training_defaults():
     assert params["--batch-size"].show_default == str(defaults.batch_size)
     assert not any("config" in str(params[flag].show_default) for flag in ("--lr", "--epochs", "--batch-size",
                                                                           "--max-steps"))
+
+
+def test_progress_displays_draw_nothing_before_their_first_update():
+    """A command whose input checks fail before any work prints its error line alone (no bar, no blank line)."""
+    import io
+
+    from rich.console import Console
+
+    from mashup.progress import count_bar, scoring_bar, training_bars
+
+    def drawn(display, update=None) -> str:
+        console = Console(file=io.StringIO(), force_terminal=True, width=80)
+        with display(console) as callback:
+            if update:
+                update(callback)
+        return console.file.getvalue()
+
+    for display in (lambda c: count_bar(c, "hashing"), scoring_bar, training_bars):
+        assert drawn(display) == ""
+    assert "hashing" in drawn(lambda c: count_bar(c, "hashing"), lambda update: update(1, 2))
+    assert "train a" in drawn(training_bars, lambda stage: stage("a")(1, 2, 0.5))

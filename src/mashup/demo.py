@@ -33,7 +33,8 @@ from mashup.progress import training_bars
 from mashup.run import run
 from mashup.training import INIT_WEIGHTS
 from mashup.verbs import load_eval_model, train_in
-from mashup.workspace import Workspace, open_workspace, write_version
+from mashup.provenance import write_version
+from mashup.workspace import Workspace, open_workspace
 
 logger = logging.getLogger(__name__)
 

@@ -110,8 +110,16 @@ def count_bar(console: Console, description: str, enabled: bool = True) -> Itera
 
     Shown on a terminal only: piped or captured stderr keeps just the log and error lines.
     """
-    progress = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+    def make() -> Progress:
+        return Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                         TimeElapsedColumn(), console=console, disable=not (enabled and console.is_terminal))
-    with progress:
-        task_id = progress.add_task(description, total=None)
-        yield lambda done, total: progress.update(task_id, completed=done, total=total)
+
+    with started_on_first_use(make) as progress:
+        task_id: TaskID | None = None
+
+        def update(done: int, total: int) -> None:
+            nonlocal task_id
+            if task_id is None:
+                task_id = progress().add_task(description, total=total)
+            progress().update(task_id, completed=done, total=total)
+        yield update

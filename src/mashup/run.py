@@ -17,7 +17,8 @@ from mashup.library import CheckpointRecord, Library
 from mashup.selection.prefilter import warm_prototype_cache
 from mashup.training import INIT_WEIGHTS, ProgressFn, TrainResult, resolve_train_config
 from mashup.verbs import SelectResult, TrainSummary, merge_statistics_batches, select, train_in
-from mashup.workspace import open_workspace, write_version
+from mashup.provenance import write_version
+from mashup.workspace import open_workspace
 
 logger = logging.getLogger(__name__)
 StageFn = Callable[[str], ProgressFn | None]

@@ -27,7 +27,8 @@ from mashup.selection import select_checkpoints
 from mashup.selection.driver import ProgressFn as SelectProgressFn
 from mashup.training import (INIT_WEIGHTS, CurvePoint, ProgressFn, TrainResult, prepare_model, resolve_train_config,
                              save_init_adapter, save_trained, total_steps, train)
-from mashup.workspace import Workspace, open_workspace, write_version
+from mashup.provenance import write_version
+from mashup.workspace import Workspace, open_workspace
 
 logger = logging.getLogger(__name__)
 

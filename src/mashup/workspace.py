@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import platform
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,17 +76,3 @@ def open_workspace(base: str, data: DataConfig, precision: Precision | None = No
         formulation=resolve_formulation(data.scoring, count_parameters(base_dir)), device=device,
         precision=resolve_precision(precision, device), max_length=data.max_length,
     )
-
-
-def version_info() -> dict[str, str]:
-    import peft
-    import transformers
-
-    from mashup import __version__
-
-    return {"mashup": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
-            "peft": peft.__version__, "python": platform.python_version()}
-
-
-def write_version(out_dir: Path) -> None:
-    (out_dir / "version.json").write_text(json.dumps(version_info(), indent=2) + "\n")

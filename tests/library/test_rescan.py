@@ -40,7 +40,7 @@ def test_recursive_add_skips_registered_weights_and_adds_the_new(tmp_path, tiny_
     assert {r.id for r in again.skipped} == {r.id for r in first}
     assert sorted(hashed) == ["a0003", "a0004", "copy-of-a0000"], "unchanged registered dirs are not hashed again"
     assert len(library.list()) == 5
-    assert "4 checkpoints already registered with the same weights: skipped" in caplog.text
+    assert "4 checkpoint(s) already registered with the same weights: skipped" in caplog.text
 
 
 def test_recursive_rescan_is_all_or_none_for_the_new_and_explicit_adds_still_refuse(tmp_path, tiny_loras):
@@ -94,3 +94,35 @@ def test_verify_with_every_checkpoint_ok_says_so_in_one_line(tmp_path, tiny_lora
     assert out == "all 2 checkpoints verified: weights unchanged\n"
     report = json.loads(run_cli(["library", "verify", "--library", lib, "--json"], capsys, monkeypatch)[0])
     assert report == {"checked": 2, "problems": []}
+
+
+@pytest.fixture()
+def scanned(tmp_path, tiny_loras):
+    """A dir of two adapters, registered by a recursive add: (the dir, the library, the records)."""
+    root = tmp_path / "runs"
+    many_adapters(tiny_loras[0], root, 2)
+    library = Library(tmp_path / "lib")
+    return root, library, library.add([root], recursive=True)
+
+
+def test_a_rescan_of_a_moved_dir_says_its_registrations_are_stale(tmp_path, scanned):
+    root, library, first = scanned
+    root.rename(tmp_path / "moved")
+    with pytest.raises(LibraryError, match=f"registered as {first[0].id} at .*which is stale.*is gone") as error:
+        library.add([tmp_path / "moved"], recursive=True)
+    assert f"mashup library remove {first[0].id}" in str(error.value)
+    assert [r.path for r in library.list()] == [r.path for r in first]  # nothing changed
+
+
+def test_a_rescan_of_a_registered_dir_whose_files_changed_adds_no_second_record(scanned, tiny_loras):
+    root, library, first = scanned
+    shutil.rmtree(root / "a0001")
+    noisy_copy(tiny_loras[0], root / "a0001", seed=7)  # new weights at a registered path
+    with pytest.raises(LibraryError, match=f"registered as {first[1].id} at .*stale.*changed"):
+        library.add([root], recursive=True)
+    assert [r.id for r in library.list()] == [r.id for r in first]
+    config_path = root / "a0000" / "adapter_config.json"  # the settings changed, the weights did not
+    config_path.write_text(json.dumps({**json.loads(config_path.read_text()), "lora_alpha": 99}))
+    shutil.rmtree(root / "a0001")
+    with pytest.raises(LibraryError, match=f"registered as {first[0].id} at .*adapter_config.json changed"):
+        library.add([root], recursive=True)

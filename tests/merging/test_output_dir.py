@@ -10,7 +10,7 @@ import pytest
 
 from mashup.config import MergeConfig
 from mashup.merging import merge_checkpoints
-from mashup.workspace import version_info
+from mashup.provenance import version_info
 from tests.merging.helpers import records
 
 

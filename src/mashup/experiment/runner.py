@@ -21,7 +21,7 @@ from mashup.experiment.plan import PHASES, Context, Unit, plan_units, planned_so
 from mashup.experiment.report import CONFIG_NAME, config_digest, drop_report, write_report
 from mashup.experiment.sources import candidate_counts, usable_candidates
 from mashup.experiment.store import ResultStore, unit_file_name
-from mashup.workspace import write_version
+from mashup.provenance import write_version
 
 logger = logging.getLogger(__name__)
 

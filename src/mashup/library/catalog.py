@@ -57,11 +57,22 @@ def discover_checkpoints(roots: Sequence[str | Path]) -> list[Path]:
             dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))  # also skips temp output dirs
             weights = any(f.endswith((".safetensors", ".bin")) for f in filenames)
             if ADAPTER_CONFIG in filenames or (MODEL_CONFIG in filenames and weights):
-                found.append(Path(dirpath))
+                found.append(Path(dirpath).resolve())
+    found = list(dict.fromkeys(found))  # overlapping roots (runs and runs/sub) name a dir once
     if not found:
         raise CheckpointError("no adapter or model dirs found", ", ".join(map(str, roots)),
                               "a checkpoint dir holds adapter_config.json, or config.json and weights")
     return found
+
+
+def _require_fresh(registered: CheckpointRecord, found: Path) -> None:
+    """A re-scan skips ``found`` as ``registered`` only while that registration still serves; a stale one (files
+    gone, moved or changed) would leave selection nothing to rank, so the add stops and says how to fix it."""
+    freshness = check_freshness(registered)
+    if freshness.status != "ok":
+        raise LibraryError(f"registered as {registered.id} at {registered.path}, which is stale "
+                           f"({freshness.reason})", str(found),
+                           f"`mashup library remove {registered.id}`, then add it again")
 
 
 class Added(list[CheckpointRecord]):
@@ -109,12 +120,14 @@ class Library:
         checkpoint is an error. The init reference, and a base that is a local path, are stored absolute.
         ``progress(done, total)`` is called as checkpoints are inspected."""
         dirs = discover_checkpoints(paths) if recursive else [Path(p) for p in paths]
-        registered = {Path(r.path): r for r in self.list()} if recursive else {}
+        registered = self.list() if recursive else []
+        at_path = {Path(r.path): r for r in registered}
 
         def inspect(path: Path) -> tuple[CheckpointRecord, bool]:
-            known = registered.get(path.resolve())
-            if known is not None and check_freshness(known).status == "ok":
-                return known, True  # unchanged since it was registered: skipped without hashing it again
+            known = at_path.get(path.resolve())
+            if known is not None:  # a re-scan: unchanged, it is skipped without hashing it again
+                _require_fresh(known, path)
+                return known, True
             return _inspect(path, base, task, allow_pickle), False
 
         found = parallel_map(inspect, dirs, workers, progress)
@@ -125,10 +138,16 @@ class Library:
             record.init_reference, record.data_fingerprint = init, data_fingerprint
             record.metadata, record.lineage = dict(metadata or {}), dict(lineage or {})
         _complete(new)
-        added, skipped = self._insert(new, skip_registered=recursive)  # even none: creates the library
+        by_id = {r.id: r for r in registered}
+        for record in new:  # the same weights registered elsewhere: skipped only for a registration that serves
+            if record.id in by_id:
+                _require_fresh(by_id[record.id], Path(record.path))
+        # with none new, a library that exists is not written (it may be read-only); one that does not is made
+        added, skipped = (self._insert(new, skip_registered=recursive) if new or not self.db_path.exists()
+                          else ([], []))
         skipped = [record for record, known in found if known] + skipped
         if skipped:
-            logger.info("%d checkpoints already registered with the same weights: skipped", len(skipped))
+            logger.info("%d checkpoint(s) already registered with the same weights: skipped", len(skipped))
             logger.debug("skipped as registered: %s", ", ".join(f"{r.path} ({r.id})" for r in skipped))
         return Added(added, skipped)
 

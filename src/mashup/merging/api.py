@@ -19,7 +19,7 @@ from mashup.merging.full import merge_full
 from mashup.merging.lora import merge_lora
 from mashup.merging.plan import build_plan
 from mashup.merging.statistics import compute_statistics
-from mashup.workspace import write_version
+from mashup.provenance import write_version
 
 logger = logging.getLogger(__name__)
 CONFIG_NAME = "merge_config.yaml"

@@ -14,7 +14,7 @@ from mashup.switch.generation import Plan, SwitchTrace, fixed, switch_generate
 from mashup.switch.report import markdown_table, plot_writers
 from mashup.switch.switcher import load_switcher
 from mashup.switch.train import switcher_base
-from mashup.workspace import write_version
+from mashup.provenance import write_version
 
 
 def generate(config: SwitchConfig, prompt: str, *, writer: str | None = None) -> SwitchTrace:

@@ -33,7 +33,7 @@ from mashup.switch.config import CollectConfig, SwitchConfig
 from mashup.switch.generation import Plan, Segment, fixed, random_chooser, switch_generate
 from mashup.switch.rewards import Reward, build_reward
 from mashup.switch.tasks import SwitchItem, SwitchTask, load_switch_task
-from mashup.workspace import write_version
+from mashup.provenance import write_version
 
 logger = logging.getLogger(__name__)
 ROLLOUTS, SUMMARY = "rollouts.jsonl", "summary.json"

@@ -24,7 +24,7 @@ from mashup.switch.generation import Segment
 from mashup.switch.switcher import switcher_request
 from mashup.training import ProgressFn, prepare_model, save_trained, total_steps, train
 from mashup.verbs import write_curve
-from mashup.workspace import write_version
+from mashup.provenance import write_version
 
 logger = logging.getLogger(__name__)
 HELD_OUT = 0.2
