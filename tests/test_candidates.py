@@ -91,3 +91,14 @@ def test_a_shortage_names_no_kind_option_when_no_other_kind_was_left_out(tmp_pat
     with pytest.raises(LibraryError, match="k=2 but 1 usable lora") as error:
         _select(tmp_path, tiny_base, mc_file, MergeConfig())
     assert "--kind" not in str(error.value)
+
+
+def test_no_kind_hint_for_other_kind_checkpoints_the_target_leaves_out_anyway(tmp_path, tiny_base, tiny_fulls,
+                                                                             mc_file):
+    from mashup.data.target import load_target
+
+    target = load_target(DataConfig(data=str(mc_file), scoring="letter", max_length=96))
+    Library(tmp_path / "lib").add(tiny_fulls, base=str(tiny_base), task=target.name)  # trained on the target
+    with pytest.raises(LibraryError, match="0 usable lora") as error:
+        _select(tmp_path, tiny_base, mc_file, MergeConfig())
+    assert "--kind full" not in str(error.value)  # under --kind full they would be left out as well

@@ -93,7 +93,8 @@ def find_candidates(library: Library, base: str, kind: str, target: TargetData, 
     listed = [r for r in library.list() if among is None or r.id in among]
     fresh, stale = library.fresh(listed)
     compatible, rejected = partition_compatible(fresh, base, kind, lora_mode=lora_mode or "ab", base_id=base_id)
-    other_kinds = _other_kinds([r for r, _ in rejected], base, kind, base_id)  # fresh ones only
+    other_kinds = _other_kinds([r for r, _ in rejected if include_target or not trained_on(r, target)], base, kind,
+                               base_id)  # fresh ones, that the other kind would not leave out as the target's
     rejected = [(r, f"stale: {reason}") for r, reason in stale] + rejected
     leaking = [] if include_target else [r for r in compatible if trained_on(r, target)]
     leaking_ids = {r.id for r in leaking}

@@ -102,3 +102,10 @@ def test_cli_merges_from_another_working_dir(trial, tmp_path, capsys, monkeypatc
              "--library", lib], capsys, monkeypatch)
     assert (tmp_path / "m-lora" / "adapter_model.safetensors").exists()
     assert (tmp_path / "m-full" / "config.json").exists()
+
+
+def test_a_missing_init_reference_is_refused_at_registration(tmp_path, tiny_loras, capsys, monkeypatch):
+    _, err = run_cli(["library", "add", tiny_loras[0], "--init", tmp_path / "typo.safetensors", "--library",
+                      tmp_path / "lib"], capsys, monkeypatch, expect=1)
+    assert "init reference not found" in err and "typo.safetensors" in err and err.strip().count("\n") == 0
+    assert not (tmp_path / "lib" / "catalog.sqlite").exists()  # nothing registered, no library made

@@ -119,6 +119,10 @@ class Library:
         those already registered with the same weights (the result's ``skipped``); named explicitly, such a
         checkpoint is an error. The init reference, and a base that is a local path, are stored absolute.
         ``progress(done, total)`` is called as checkpoints are inspected."""
+        if init_reference and not Path(init_reference).expanduser().exists():  # else a typo shows at merge time
+            raise CheckpointError("init reference not found", str(init_reference),
+                                  "pass the file (or dir) of the LoRA's starting weights, e.g. "
+                                  "adapter_init.safetensors")
         dirs = discover_checkpoints(paths) if recursive else [Path(p) for p in paths]
         registered = self.list() if recursive else []
         at_path = {Path(r.path): r for r in registered}
