@@ -188,3 +188,4 @@ def test_progress_displays_draw_nothing_before_their_first_update():
         assert drawn(display) == ""
     assert "hashing" in drawn(lambda c: count_bar(c, "hashing"), lambda update: update(1, 2))
     assert "train a" in drawn(training_bars, lambda stage: stage("a")(1, 2, 0.5))
+

@@ -14,10 +14,10 @@ from rich.table import Table
 
 from mashup.cli_catalog import library_app, models_app, tasks_app
 from mashup.cli_data import DataOptions, with_data_options
-from mashup.cli_options import (BaseOpt, ExecutorOpt, HalvingFactorOpt, HalvingMinOpt, HalvingSeOpt, HalvingShareOpt,
-                                IncludeTargetOpt, JsonOpt, LibraryOpt, LoraModeOpt, MergeMethodOpt, NoCacheOpt,
-                                PickleOpt, PrecisionOpt, PrefilterKeepOpt, PrefilterMinOpt, PrefilterSignalsOpt,
-                                RayAddressOpt, SelectorOpt, comma_list, emit, err, given)
+from mashup.cli_options import (DENSITY_DEFAULT, DENSITY_HELP, BaseOpt, ExecutorOpt, HalvingFactorOpt, HalvingMinOpt,
+                                HalvingSeOpt, HalvingShareOpt, IncludeTargetOpt, JsonOpt, LibraryOpt, LoraModeOpt,
+                                MergeMethodOpt, NoCacheOpt, PickleOpt, PrecisionOpt, PrefilterKeepOpt, PrefilterMinOpt,
+                                PrefilterSignalsOpt, RayAddressOpt, SelectorOpt, comma_list, emit, err, given)
 from mashup.cli_run import demo_cmd, run_cmd
 from mashup.config import (EvalConfig, HalvingConfig, MergeConfig, PrefilterConfig, SelectConfig, TrainConfig,
                            max_share_option)
@@ -111,8 +111,7 @@ def merge_cmd(checkpoints: Annotated[list[str], typer.Option(
               weights: Annotated[Optional[list[float]], typer.Option(
                   "--weights", help="one weight per checkpoint: --weights 0.7 0.3", show_default="equal")] = None,
               density: Annotated[Optional[float], typer.Option(
-                  "--density", help="fraction kept, (0, 1]", show_default="per method: ties 0.2, dare_ties 0.2, "
-                  "dare_linear 0.2, magnitude_prune 0.2; the others use none")] = None,
+                  "--density", help=DENSITY_HELP, show_default=DENSITY_DEFAULT)] = None,
               lambda_: Annotated[float, typer.Option("--lambda", help="task-vector scale (task arithmetic, TIES, DARE)")
                                  ] = 1.0,
               normalize: Annotated[Optional[bool], typer.Option(
@@ -120,9 +119,7 @@ def merge_cmd(checkpoints: Annotated[list[str], typer.Option(
               ] = None,
               sign: Annotated[str, typer.Option("--sign", help="mass | count")] = "mass",
               seed: Annotated[int, typer.Option("--seed", help="seed of random drops (DARE)")] = 0,
-              lora_mode: Annotated[Optional[str], typer.Option(
-                  "--lora-mode", help="ab | delta | concat; default: ab for average and task_arithmetic, delta "
-                  "for the others")] = None,
+              lora_mode: LoraModeOpt = None,
               lora_rank: Annotated[Optional[int], typer.Option(
                   "--lora-rank", help="output LoRA rank in delta mode", show_default="the most common input rank")
               ] = None,

@@ -66,6 +66,9 @@ BaseOpt = Annotated[str, typer.Option("--base", help=BASE_HELP)]
 MERGE_METHOD_HELP = "merge method (see `mashup merge --help`)"
 LORA_MODE_HELP = "ab | delta | concat"
 LORA_MODE_DEFAULT = "the method's: ab for average and task_arithmetic, delta for the others"
+# the merge methods' own densities (mashup.merging.registry, which imports torch; a test pins the text to it)
+DENSITY_HELP = "fraction kept, (0, 1] (TIES, DARE, magnitude pruning)"
+DENSITY_DEFAULT = "the method's: 0.2 for dare_linear, dare_ties, magnitude_prune and ties; none for the others"
 MergeMethodOpt = Annotated[Optional[str], config_option("--merge-method", MERGE_METHOD_HELP, MergeConfig, "method")]
 LoraModeOpt = Annotated[Optional[str], typer.Option("--lora-mode", help=LORA_MODE_HELP,
                                                     show_default=LORA_MODE_DEFAULT)]

@@ -9,9 +9,9 @@ import typer
 from rich.table import Table
 
 from mashup.cli_data import DataOptions, with_data_options
-from mashup.cli_options import (BASE_HELP, LORA_MODE_DEFAULT, LORA_MODE_HELP, MERGE_METHOD_HELP, IncludeTargetOpt,
-                                JsonOpt, LibraryOpt, NoCacheOpt, PrecisionOpt, config_default, emit, err,
-                                from_config_option, given)
+from mashup.cli_options import (BASE_HELP, DENSITY_DEFAULT, DENSITY_HELP, LORA_MODE_DEFAULT, LORA_MODE_HELP,
+                                MERGE_METHOD_HELP, IncludeTargetOpt, JsonOpt, LibraryOpt, NoCacheOpt, PrecisionOpt,
+                                config_default, emit, err, from_config_option, given)
 from mashup.config import MergeConfig, RunConfig, SelectConfig, TrainConfig, read_config_mapping, validate_config
 from mashup.errors import MashupError
 from mashup.progress import training_bars
@@ -37,9 +37,7 @@ def run_cmd(base: Annotated[Optional[str], from_config_option("--base", BASE_HEL
             metric: Annotated[Optional[str], _override("--metric", "loss | accuracy", SelectConfig, "metric")] = None,
             merge_method: Annotated[Optional[str], _override(
                 "--merge-method", MERGE_METHOD_HELP, MergeConfig, "method")] = None,
-            density: Annotated[Optional[float], from_config_option(
-                "--density", "fraction kept, (0, 1] (TIES, DARE, magnitude pruning)",
-                "the method's: 0.2 for ties, dare_* and magnitude_prune")] = None,
+            density: Annotated[Optional[float], from_config_option("--density", DENSITY_HELP, DENSITY_DEFAULT)] = None,
             lora_mode: Annotated[Optional[str], from_config_option(
                 "--lora-mode", LORA_MODE_HELP, LORA_MODE_DEFAULT)] = None,
             mode: Annotated[Optional[str], _override("--mode", "lora | full", TrainConfig, "mode")] = None,
