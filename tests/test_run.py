@@ -74,11 +74,11 @@ def test_both_arms_train_the_merged_inits_lora_shape(tmp_path, tiny_base, tiny_l
     assert shapes["mashup"] == shapes["scratch"]
     assert shapes["scratch"]["lora_r"] == 4 and shapes["scratch"]["target_modules"] == ["q_proj", "up_proj", "v_proj"]
     assert summary["requested_train_config"]["lora_r"] == 8
-    assert summary["train_config"] == summary["mashup"]["train_config"] == summary["scratch"]["train_config"]
-    requested, resolved = summary["requested_train_config"], summary["train_config"]
+    assert summary["mashup"]["train_config"] == summary["scratch"]["train_config"]
+    requested, resolved = summary["requested_train_config"], summary["mashup"]["train_config"]
     assert (requested["lr"], requested["eval_every"]) == (None, None)  # as asked
     assert (resolved["lr"], resolved["eval_every"], resolved["lora_r"]) == (2e-4, 1, 4)  # as trained
-    assert json.loads((tmp_path / "run" / "summary.json").read_text())["train_config"] == resolved
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["scratch"]["train_config"] == resolved
     assert any("LoRA shape differs" in r.getMessage() for r in caplog.records)
     for arm in ("mashup", "scratch"):
         adapter = json.loads((tmp_path / "run" / arm / "adapter" / "adapter_config.json").read_text())

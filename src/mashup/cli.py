@@ -23,7 +23,6 @@ from mashup.config import (EvalConfig, HalvingConfig, MergeConfig, PrefilterConf
                            max_share_option)
 from mashup.errors import MashupError
 from mashup.experiment import cli as experiment_cli
-from mashup.io import write_text_atomic
 from mashup.progress import quiet_third_party, score_cell, scoring_bar, selection_summary, training_bars
 from mashup.switch.cli import switch_app
 
@@ -134,7 +133,7 @@ def merge_cmd(checkpoints: Annotated[list[str], typer.Option(
     from mashup.library import Library
     from mashup.verbs import merge
 
-    Library.existing(library)
+    lib = Library.existing(library)
     config = MergeConfig(method=method, weights=weights or None,  # type: ignore[arg-type]
                          density=density, lambda_=lambda_, normalize=normalize, sign=sign, seed=seed,
                          lora_mode=lora_mode, lora_rank=lora_rank)
@@ -142,13 +141,15 @@ def merge_cmd(checkpoints: Annotated[list[str], typer.Option(
     if export_mergekit is not None:  # built first so an unsupported export fails before any merge work
         from mashup.merging import export_mergekit_yaml
 
-        records = [Library(library).get(i) for i in checkpoints]
+        records = [lib.get(i) for i in checkpoints]
         exported = export_mergekit_yaml(records, config, base or records[0].base_model)
         if not export_mergekit.parent.is_dir():  # checked before the merge, which would be left behind
             raise MashupError("no such dir for the --export-mergekit file", str(export_mergekit.parent),
                               "create it or choose another path")
     report = merge(checkpoints, config, out, library, base=base, data=data.config() if data.given() else None)
     if exported is not None:
+        from mashup.io import write_text_atomic
+
         write_text_atomic(export_mergekit, exported)
     emit(report.to_dict() if as_json else f"merged {len(checkpoints)} checkpoints with {method} into {out}", as_json)
 

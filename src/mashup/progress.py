@@ -45,6 +45,19 @@ def started_on_first_use(make: Callable[[], Progress]) -> Iterator[Callable[[], 
         yield progress
 
 
+def task_on_first_update(progress: Callable[[], Progress], description: str) -> Callable[..., None]:
+    """``update(completed, total, **fields)`` of one task of ``progress()``, added (and the display started)
+    at its first call."""
+    task_id: TaskID | None = None
+
+    def update(completed: int, total: int, **fields: object) -> None:
+        nonlocal task_id
+        if task_id is None:
+            task_id = progress().add_task(description, total=total, **fields)
+        progress().update(task_id, completed=completed, total=total, **fields)
+    return update
+
+
 @contextmanager
 def training_bars(console: Console, enabled: bool = True) -> Iterator[Callable[[str], ProgressFn]]:
     """Yields ``stage(name)``, which returns the callback the training loop updates; its bar appears at the
@@ -56,14 +69,8 @@ def training_bars(console: Console, enabled: bool = True) -> Iterator[Callable[[
 
     with started_on_first_use(make) as progress:
         def stage(name: str) -> ProgressFn:
-            task_id: TaskID | None = None
-
-            def update(step: int, total: int, loss: float) -> None:
-                nonlocal task_id
-                if task_id is None:
-                    task_id = progress().add_task(f"train {name}", total=total, loss=loss)
-                progress().update(task_id, completed=step, total=total, loss=loss)
-            return update
+            update = task_on_first_update(progress, f"train {name}")
+            return lambda step, total, loss: update(step, total, loss=loss)
         yield stage
 
 
@@ -76,14 +83,7 @@ def scoring_bar(console: Console, enabled: bool = True) -> Iterator[Callable[[in
                         console=console, disable=not enabled, transient=True)
 
     with started_on_first_use(make) as progress:
-        task_id: TaskID | None = None
-
-        def update(done: int, planned: int) -> None:
-            nonlocal task_id
-            if task_id is None:
-                task_id = progress().add_task("select", total=planned)
-            progress().update(task_id, completed=done, total=planned)
-        yield update
+        yield task_on_first_update(progress, "select")
 
 
 def score_cell(value: float | None, digits: int = 4) -> str:
@@ -115,11 +115,4 @@ def count_bar(console: Console, description: str, enabled: bool = True) -> Itera
                         TimeElapsedColumn(), console=console, disable=not (enabled and console.is_terminal))
 
     with started_on_first_use(make) as progress:
-        task_id: TaskID | None = None
-
-        def update(done: int, total: int) -> None:
-            nonlocal task_id
-            if task_id is None:
-                task_id = progress().add_task(description, total=total)
-            progress().update(task_id, completed=done, total=total)
-        yield update
+        yield task_on_first_update(progress, description)

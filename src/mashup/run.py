@@ -67,7 +67,6 @@ def summarize(config: RunConfig, selection: SelectResult, merge_seconds: float, 
         "target": target_name, "base": config.base, "mode": config.train.mode, "formulation": mashup.formulation,
         "precision": mashup.precision, "selected": selection.selected, "excluded": selection.excluded,
         "merge_method": config.merge.method, "requested_train_config": config.train.model_dump(mode="json"),
-        "train_config": mashup.config,  # what both arms trained with: the init's LoRA shape, lr and eval_every resolved
         "mashup": _arm(mashup),
         "seconds": {**timing, "merge": merge_seconds, "mashup_training": mashup.result.train_seconds},
     }

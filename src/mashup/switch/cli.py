@@ -11,11 +11,11 @@ from typing import Annotated, Any, Optional
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from mashup.cli_options import JsonOpt, PrecisionOpt, err, given
 from mashup.config import TrainConfig, load_config
-from mashup.progress import started_on_first_use
+from mashup.progress import started_on_first_use, task_on_first_update
 from mashup.switch.config import (CollectConfig, RewardConfig, SwitchConfig, SwitchEvalConfig,
                                   default_switcher_training)
 
@@ -75,12 +75,10 @@ def _bars() -> Iterator[Callable[[str, int, int], None]]:
     """Yields ``update(name, done, total)``: one bar per name, shown from its first update, so that nothing is
     drawn before the verb's input checks have passed (a bad input is its error line alone)."""
     with started_on_first_use(_bar) as progress:
-        bars: dict[str, TaskID] = {}
+        bars: dict[str, Callable[..., None]] = {}
 
         def update(name: str, done: int, total: int) -> None:
-            if name not in bars:
-                bars[name] = progress().add_task(name, total=total)
-            progress().update(bars[name], completed=done, total=total)
+            bars.setdefault(name, task_on_first_update(progress, name))(done, total)
         yield update
 
 

@@ -211,9 +211,7 @@ def collect(config: SwitchConfig, collect_config: CollectConfig, out: str | Path
         if progress:
             progress(index + 1, len(items))
     summary = summarise(log.records, [c.name for c in candidates], time.perf_counter() - start)
-    partial = out / f".{SUMMARY}.tmp"
-    write_json(partial, summary)
-    partial.replace(out / SUMMARY)
+    write_json(out / SUMMARY, summary)  # atomic: a summary on disk marks a finished collect
     return summary
 
 
