@@ -279,7 +279,8 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def print_table(rows: list[dict], skipped: str | None) -> None:
-    header = f"{'k':>2} {'method':<8} {'ours s':>7} {'ours MB':>8} {'base s':>7} {'base MB':>8} {'MB ratio':>9} {'mergekit':>16}"
+    header = (f"{'k':>2} {'method':<8} {'ours s':>7} {'ours MB':>8} {'base s':>7} {'base MB':>8} {'MB ratio':>9} "
+              f"{'mergekit':>16}")
     print(header)
     print("-" * len(header))
     for row in rows:

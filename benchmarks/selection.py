@@ -162,7 +162,8 @@ def measure(model_name: str, base: Path, adapters: list[Path], data, args: argpa
     from mashup.data.target import load_target
     from mashup.evaluation import ScoringPlan
     from mashup.models import attach_adapter, load_model
-    from mashup.selection.engine import ScoringEngine, default_adapters_per_forward, sample_tokens
+    from mashup.selection.engine import ScoringEngine, default_adapters_per_forward
+    from mashup.selection.example_scores import sample_tokens
     from mashup.workspace import open_workspace
 
     workspace = open_workspace(str(base), data)

@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from typing import Any, Iterator
 
 from mashup.executors import LocalExecutor, ResultFn, WorkerFactory
-from mashup.selection.engine import ExampleScores, forward_tokens
+from mashup.selection.example_scores import ExampleScores, forward_tokens
 
 Recorded = dict[str, dict[str, Any]]  # record id -> {"losses", "correct", "seconds", "tokens"} on the whole sample
 

@@ -82,6 +82,19 @@ def test_select_and_run_refuse_a_missing_library_before_any_work(tmp_path, tiny_
     assert "unknown checkpoint kind 'bogus'" in one_line_error(err)
 
 
+def test_the_python_verbs_refuse_a_missing_library_too(tmp_path, tiny_base, mc_file):
+    """As the CLI does: a typo in a library path is not an empty library ("0 usable checkpoints")."""
+    from mashup.config import DataConfig, MergeConfig, SelectConfig
+    from mashup.verbs import merge, select
+
+    data = DataConfig(data=str(mc_file), scoring="letter")
+    with pytest.raises(MashupError, match="library dir not found"):
+        select(str(tiny_base), data, SelectConfig(samples=4, k=1), tmp_path / "typo")
+    with pytest.raises(MashupError, match="library dir not found"):
+        merge(["abc"], MergeConfig(), tmp_path / "merged", tmp_path / "typo")
+    assert not (tmp_path / "merged").exists() and not (tmp_path / "typo").exists()
+
+
 # F6: a config file that is not UTF-8 or not valid YAML
 
 
@@ -136,6 +149,30 @@ def test_a_bad_field_in_a_partial_config_names_the_file(tmp_path, lib, mc_file, 
                       tmp_path / "run"], capsys, monkeypatch, expect=1)
     assert "invalid config field 'select.k'" in one_line_error(err) and str(path) in err
     assert not captured_run
+
+@pytest.mark.parametrize(("option", "problem"), [(["--lora-mode", "bogus"], "Input should be 'ab', 'delta' or"),
+                                                 (["--density=2"], "density must be in (0, 1]")])
+def test_a_bad_flag_value_names_the_flag_in_its_own_words(tmp_path, lib, mc_file, captured_run, option, problem,
+                                                           capsys, monkeypatch):
+    """The flag as typed, not the config field behind it, and the validator's message without pydantic's prefix."""
+    _, err = run_cli(["run", "--base", "tiny", "--data", mc_file, "--library", lib, "--out", tmp_path / "run",
+                      "--merge-method", "ties", *option], capsys, monkeypatch, expect=2)
+    flag = option[0].split("=")[0]
+    assert f"invalid value for {flag}: {problem}" in one_line_error(err) and "Value error" not in err
+    assert not captured_run and not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("verb", [["merge", "--lambda", "nan"], ["merge", "--weights", "0.5", "nan"],
+                                  ["select", "--selector", "halving", "--halving-factor", "1"]])
+def test_a_flag_named_apart_from_its_field_is_still_named(tmp_path, mc_file, verb, capsys, monkeypatch):
+    """--lambda fills lambda_, --weights an item of weights, --halving-factor halving.factor."""
+    inputs = {"merge": ["--checkpoints", "a", "b", "--out", tmp_path / "m"], "select": ["--base", "tiny", "--data",
+                                                                                      mc_file]}[verb[0]]
+    _, err = run_cli([*verb, *inputs], capsys, monkeypatch, expect=2)
+    flag = {"--lambda": "--lambda: ", "--weights": "--weights (value 2): "}.get(verb[1], "--halving-factor: ")
+    assert f"invalid value for {flag}" in one_line_error(err)
+    assert not (tmp_path / "m").exists()
+
 
 
 def test_a_value_neither_the_config_nor_a_flag_gives_names_the_file(tmp_path, lib, mc_file, captured_run, capsys,

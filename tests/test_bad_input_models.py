@@ -135,7 +135,7 @@ def test_an_unreadable_init_adapter_config_is_one_error(tmp_path, tiny_base, tin
         _train(tmp_path, tiny_base, mc_file, adapter)
 
 
-@pytest.mark.parametrize("change", [{"lora_alpha": -16}, {"lora_dropout": 1.5}])
+@pytest.mark.parametrize("change", [{"lora_alpha": 0}, {"lora_dropout": 1.5}])
 def test_an_init_adapter_config_outside_the_train_config_ranges_is_one_error(tmp_path, tiny_base, tiny_loras,
                                                                              mc_file, change):
     adapter = _copy(tiny_loras[0], tmp_path / "cfg")
@@ -144,6 +144,36 @@ def test_an_init_adapter_config_outside_the_train_config_ranges_is_one_error(tmp
     with pytest.raises(MashupError, match=f"invalid config field '{next(iter(change))}'.*adapter_config.json"):
         _train(tmp_path, tiny_base, mc_file, adapter)
     assert not (tmp_path / "out").exists()
+
+
+def test_an_init_negated_through_its_alpha_trains_from_the_same_delta_w(tmp_path, tiny_base, tiny_loras, mc_file):
+    """A negative lora_alpha is a legitimate task vector (the library registers it): with B negated too it is the
+    same ΔW, so training starts from the same loss as from the original."""
+    adapter = _copy(tiny_loras[0], tmp_path / "negated")
+    config_path = adapter / "adapter_config.json"
+    config = json.loads(config_path.read_text())
+    config_path.write_text(json.dumps({**config, "lora_alpha": -config["lora_alpha"]}))
+    tensors = load_file(adapter / ADAPTER_WEIGHTS)
+    save_file({k: -v if "lora_B" in k else v for k, v in tensors.items()}, adapter / ADAPTER_WEIGHTS)
+    original = evaluate_model(str(tiny_base), _data(mc_file), adapter=tiny_loras[0], config=EvalConfig(batch_size=4))
+    summary = _train(tmp_path, tiny_base, mc_file, adapter, eval_every=1)
+    assert summary.result.curve[0].step == 0
+    assert summary.result.curve[0].loss == pytest.approx(original.loss, abs=1e-5)
+    assert json.loads((tmp_path / "out" / "adapter" / "adapter_config.json").read_text())["lora_alpha"] < 0
+
+
+def test_a_hub_base_that_cannot_be_fetched_is_one_line(tiny_base, mc_file, capsys, monkeypatch):
+    import huggingface_hub
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    def offline(*args, **kwargs):
+        raise LocalEntryNotFoundError("Got: ConnectError: [Errno -2] Name or service not known\nAn error happened "
+                                      "while trying to locate the files on the Hub.")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", offline)
+    err = _eval_cli(tiny_base, mc_file, capsys, monkeypatch, base="nobody/no-such-model")
+    assert "cannot get base model 'nobody/no-such-model' from the Hugging Face Hub" in err
+    assert "free disk space" not in err and "local model dir" in err
 
 
 def test_a_base_without_tokenizer_files_is_one_line(tmp_path, tiny_base, mc_file, capsys, monkeypatch):

@@ -16,7 +16,8 @@ def scored(monkeypatch):
     ids: list[str] = []
     real = ScoreStore.store  # every freshly computed score passes through it (cached or not)
     monkeypatch.setattr(ScoreStore, "store",
-                        lambda self, requests, scores: ids.extend(r.id for r, _ in scores) or real(self, requests, scores))
+                        lambda self, requests, scores: ids.extend(r.id for r, _ in scores)
+                        or real(self, requests, scores))
     return ids
 
 

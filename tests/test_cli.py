@@ -26,7 +26,8 @@ def lib(tmp_path):
 
 
 def test_library_verbs(tmp_path, lib, tiny_loras, capsys, monkeypatch):
-    out, _ = run_cli(["library", "add", *tiny_loras[:2], "--task", "sciq", "--library", lib, "--json"], capsys, monkeypatch)
+    out, _ = run_cli(["library", "add", *tiny_loras[:2], "--task", "sciq", "--library", lib, "--json"], capsys,
+                     monkeypatch)
     ids = json.loads(out)
     assert len(ids) == 2
     out, _ = run_cli(["library", "list", "--library", lib, "--json"], capsys, monkeypatch)

@@ -147,10 +147,12 @@ def test_library_commands_and_a_cached_select_import_no_model_code():
 
 
 def test_base_help_lists_every_named_model(capsys, monkeypatch):
-    from mashup.cli_options import NAMED_BASES
+    from mashup.config import NAMED_BASES
     from mashup.named_models import NAMED_MODELS
+    from mashup.switch.config import CandidateConfig
 
     assert NAMED_BASES == tuple(NAMED_MODELS)  # the literal --help shows, without importing torch for it
+    assert all(name in CandidateConfig.model_fields["model"].description for name in NAMED_MODELS)
     commands = dict(_commands())
     for verb in ("select", "train", "eval", "run"):
         base = next(param for param in commands[verb].params if "--base" in param.opts)

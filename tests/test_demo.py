@@ -14,7 +14,8 @@ def test_demo_flow_writes_report_plot_and_summary(tmp_path, tiny_base, monkeypat
                             eval_every=1, test_examples=8, select_samples=4, batch_size=4, source_batch_size=4,
                             seeds=(0, 1), max_length=64)
     summary = run_demo(tmp_path / "run", settings=settings)
-    for name in ("report.md", "accuracy.png", "summary.json", "version.json", "seed0/merged/adapter_model.safetensors", "seed1/summary.json"):
+    for name in ("report.md", "accuracy.png", "summary.json", "version.json", "seed0/merged/adapter_model.safetensors",
+                 "seed1/summary.json"):
         assert (tmp_path / "run" / name).exists(), name
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["seeds"][1]["seed"] == 1
     assert len(summary["zero_shot"]["selected"]) == 2 and len(summary["zero_shot"]["ranking"]) == 3

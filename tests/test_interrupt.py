@@ -52,7 +52,8 @@ def test_an_output_path_that_is_a_file_is_refused_even_with_overwrite(tmp_path):
     data = tmp_path / "train.jsonl"
     data.write_text("{}\n")
     for overwrite in (False, True):
-        with pytest.raises(MashupError, match="the output path is a file"), atomic_output_dir(data, overwrite=overwrite):
+        with (pytest.raises(MashupError, match="the output path is a file"),
+              atomic_output_dir(data, overwrite=overwrite)):
             pass
     assert data.read_text() == "{}\n"
 

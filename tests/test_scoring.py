@@ -78,7 +78,8 @@ def test_score_cache_scores_only_new_checkpoints(tmp_path, tiny_base, tiny_loras
     scored: list[str] = []
     real = ScoringEngine.score
     monkeypatch.setattr(ScoringEngine, "score",
-                        lambda self, records, *a, **k: scored.extend(r.id for r in records) or real(self, records, *a, **k))
+                        lambda self, records, *a, **k: scored.extend(r.id for r in records)
+                        or real(self, records, *a, **k))
     new = library.add([tiny_loras[2]])[0]
     second = select(str(tiny_base), data, config, tmp_path / "lib")
     assert scored == [new.id]
@@ -116,7 +117,8 @@ def test_loss_selection_scores_only_the_gold_answer_and_the_cache_knows_it(tmp_p
     scored: list[str] = []
     real = ScoringEngine.score
     monkeypatch.setattr(ScoringEngine, "score",
-                        lambda self, records, *a, **k: scored.extend(r.id for r in records) or real(self, records, *a, **k))
+                        lambda self, records, *a, **k: scored.extend(r.id for r in records)
+                        or real(self, records, *a, **k))
     # the cache holds loss-only scores: a ranking by accuracy scores again and stores accuracy with them
     by_accuracy = select(str(tiny_base), data, SelectConfig(samples=10, k=2, metric="accuracy"), tmp_path / "lib")
     assert len(scored) == 3 and not any(s.cached for s in by_accuracy.ranking)

@@ -147,5 +147,5 @@ def test_train_with_a_huge_lr_is_one_usage_line_and_writes_nothing(tmp_path, tin
     _, err = run_cli(["train", "--base", tiny_base, "--data", mc_file, "--scoring", "letter", "--out",
                       tmp_path / "big", "--max-steps", "1", "--lr", "1e38"], capsys, monkeypatch, expect=2)
     assert err.strip().count("\n") == 0 and "Traceback" not in err, err
-    assert "invalid value for 'lr'" in err and "above 1" in err
+    assert "invalid value for --lr: learning rate" in err and "above 1" in err
     assert [p.name for p in tmp_path.iterdir()] == ["target.jsonl"]

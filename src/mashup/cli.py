@@ -20,7 +20,7 @@ from mashup.cli_options import (DENSITY_DEFAULT, DENSITY_HELP, BaseOpt, Executor
                                 PrefilterSignalsOpt, RayAddressOpt, SelectorOpt, comma_list, emit, err, given)
 from mashup.cli_run import demo_cmd, run_cmd
 from mashup.config import (EvalConfig, HalvingConfig, MergeConfig, PrefilterConfig, SelectConfig, TrainConfig,
-                           max_share_option)
+                           first_problem, max_share_option)
 from mashup.errors import MashupError
 from mashup.experiment import cli as experiment_cli
 from mashup.progress import quiet_third_party, score_cell, scoring_bar, selection_summary, training_bars
@@ -267,6 +267,21 @@ def main() -> None:
         _main(expand_multi_value_options(sys.argv[1:]))
 
 
+def _option_named(field: str, argv: list[str]) -> str:
+    """The flag the user typed for config ``field``, else the field: named as the field's last part
+    (``merge.lora_mode`` -> ``--lora-mode``, ``weights.1`` -> ``--weights (value 2)``, ``lambda_`` ->
+    ``--lambda``), or ending in it (``merge.method`` -> ``--merge-method``, ``halving.factor`` -> ``--halving-factor``).
+    """
+    parts = [part for part in field.split(".") if not part.isdigit()]
+    name = parts[-1].rstrip("_").replace("_", "-") if parts else ""
+    typed = [arg.split("=", 1)[0] for arg in argv if arg.startswith("--")]
+    named = [flag for flag in typed if flag == f"--{name}"] or [flag for flag in typed if flag.endswith(f"-{name}")]
+    if not (name and named):
+        return f"'{field}'"
+    items = [int(part) + 1 for part in field.split(".") if part.isdigit()]
+    return named[0] + (f" (value {items[-1]})" if items else "")
+
+
 INTERRUPTED = 130  # the shell's exit status for SIGINT
 
 
@@ -279,9 +294,9 @@ def _main(argv: list[str]) -> None:
         err.print(f"[red]error:[/red] {exc.line()}", highlight=False, soft_wrap=True)
         raise SystemExit(1) from None
     except ValidationError as exc:
-        first = exc.errors()[0]
-        field = ".".join(str(p) for p in first["loc"])
-        err.print(f"[red]error:[/red] invalid value for '{field}': {first['msg']}; fix that option", soft_wrap=True)
+        field, problem = first_problem(exc)
+        err.print(f"[red]error:[/red] invalid value for {_option_named(field, argv)}: {problem}; fix that option",
+                  highlight=False, soft_wrap=True)
         raise SystemExit(2) from None
     except OSError as exc:  # the file system said no (missing file, permissions, disk full): one line too
         where = f" in {exc.filename}" if exc.filename else ""

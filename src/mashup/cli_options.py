@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from mashup.config import AUTO_MAX_SHARE, HalvingConfig, MergeConfig, PrefilterConfig
+from mashup.config import AUTO_MAX_SHARE, BASE_SPELLINGS, HalvingConfig, MergeConfig, PrefilterConfig
 
 err = Console(stderr=True)  # progress bars and messages; results go to stdout
 
@@ -59,9 +59,7 @@ def given(**options: Any) -> dict[str, Any]:
     return {name: value for name, value in options.items() if value is not None}
 
 
-# mashup.named_models.NAMED_MODELS' names: that module imports torch, which --help must not (a test pins the two equal)
-NAMED_BASES = ("smollm2-135m", "gemma3-270m")
-BASE_HELP = f"base model: {', '.join(NAMED_BASES)}, a local HF dir or a Hub id"
+BASE_HELP = f"base model: {BASE_SPELLINGS}"
 BaseOpt = Annotated[str, typer.Option("--base", help=BASE_HELP)]
 MERGE_METHOD_HELP = "merge method (see `mashup merge --help`)"
 LORA_MODE_HELP = "ab | delta | concat"

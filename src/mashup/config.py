@@ -22,6 +22,10 @@ Finite = Annotated[float, Field(allow_inf_nan=False)]
 
 LORA_SHAPE_FIELDS = ("lora_r", "lora_alpha", "target_modules", "lora_dropout", "use_rslora")
 MAX_LR = 1.0  # AdamW moves each weight by about lr a step: above 1 that outgrows the weights themselves
+# mashup.named_models.NAMED_MODELS' names, for help texts: that module imports torch, which --help and config loading
+# must not (a test pins the two equal)
+NAMED_BASES = ("smollm2-135m", "gemma3-270m")
+BASE_SPELLINGS = f"{', '.join(NAMED_BASES)}, a local HF dir or a Hub id"
 DEFAULT_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
@@ -172,7 +176,8 @@ class TrainConfig(StageConfig):
     eval_every: int | None = Field(None, gt=0, description="steps between evaluations (default: 10% of steps)")
     seed: int = 0
     lora_r: int = Field(8, gt=0)
-    lora_alpha: Finite = Field(16, gt=0)
+    lora_alpha: Finite = Field(16, description="LoRA scale numerator (alpha / r); negative when an init adapter "
+                                               "is a negated task vector, never 0")
     lora_dropout: Finite = Field(0.0, ge=0, lt=1)
     target_modules: list[str] = Field(default_factory=lambda: list(DEFAULT_LORA_TARGETS))
     use_rslora: bool = False
@@ -186,6 +191,14 @@ class TrainConfig(StageConfig):
         if value is not None and value > MAX_LR:
             raise ValueError(f"learning rate {value:g} is above {MAX_LR:g}, where AdamW updates make no sense; "
                              "typical values are 1e-5..1e-3")
+        return value
+
+    @field_validator("lora_alpha")
+    @classmethod
+    def _alpha_not_zero(cls, value: float) -> float:
+        if value == 0:
+            raise ValueError("lora_alpha 0 scales the adapter to nothing, so it could not learn; the usual value is "
+                             "2 x lora_r")
         return value
 
     def resolved_lr(self) -> float:
@@ -269,15 +282,22 @@ def _yaml_problem(exc: yaml.YAMLError) -> str:
     return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark else problem
 
 
+def first_problem(exc: ValidationError) -> tuple[str, str]:
+    """The first invalid field's dotted path and what is wrong with it, without pydantic's "Value error, " (the
+    prefix it puts before a validator's own message)."""
+    first = exc.errors()[0]
+    problem = first["msg"].removeprefix("Value error, ")
+    return ".".join(str(part) for part in first["loc"]), problem
+
+
 def validate_config(raw: dict[str, Any], cls: type[ConfigT], path: Path | None) -> ConfigT:
     """``raw`` (a config file's mapping, maybe with flags merged over it) as a typed config; errors name ``path``
     and the field."""
     try:
         return cls.model_validate(raw)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        field = ".".join(str(p) for p in first["loc"])
-        what = f"invalid config field '{field}': {first['msg']}" if field else f"invalid config: {first['msg']}"
+        field, problem = first_problem(exc)
+        what = f"invalid config field '{field}': {problem}" if field else f"invalid config: {problem}"
         raise MashupError(what, str(path) if path else None, "fix that field" if field else "fix the config") from None
 
 

@@ -34,8 +34,8 @@ def _zero_shot_rows(summary: dict[str, Any]) -> list[tuple[str, ...]]:
              f"{zero['base']:.3f}")]
     for score in zero["ranking"]:
         mark = " (selected)" if score["id"] in zero["selected"] else ""
-        rows.append((f"source {zero['tasks'][score['id']]}{mark}", f"{score['loss']:.4f}", score_cell(score["accuracy"], 3),
-                     "-"))
+        rows.append((f"source {zero['tasks'][score['id']]}{mark}", f"{score['loss']:.4f}",
+                     score_cell(score["accuracy"], 3), "-"))
     rows.append((f"merged init (average of top {len(zero['selected'])})", f"{zero['merged_sample']['loss']:.4f}",
                  f"{zero['merged_sample']['accuracy']:.3f}", f"{zero['merged']:.3f}"))
     return rows

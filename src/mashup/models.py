@@ -43,9 +43,22 @@ def resolve_base_dir(base: str, cache_dir: Path | None = None) -> Path:
     if path.suffix or base.startswith((".", "/", "~")) or base.count("/") != 1:
         raise MashupError(f"unknown base model '{base}'", None,
                           f"use a local model dir, a Hub id, or one of: {', '.join(sorted(NAMED_MODELS))}")
-    from huggingface_hub import snapshot_download
+    return _hub_snapshot(base)
 
-    return Path(snapshot_download(base, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt"]))
+
+def _hub_snapshot(repo_id: str) -> Path:
+    """The Hub model's files (the local HF cache's copy when there is one); a failed download is one line."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt"]))
+    except (HfHubHTTPError, LocalEntryNotFoundError, OSError) as exc:  # offline, unknown id, gated, ...
+        reason = " ".join(str(exc).split())
+        raise MashupError(f"cannot get base model '{repo_id}' from the Hugging Face Hub "
+                          f"({reason[:200] + '...' if len(reason) > 200 else reason})", None,
+                          "check the id and the network, or pass a local model dir or a named model "
+                          "(`mashup models list`)") from None
 
 
 def _require_json(path: Path) -> None:

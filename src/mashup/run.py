@@ -96,7 +96,7 @@ def run(config: RunConfig, stage: StageFn = lambda name: None, overwrite: bool =
 
     workspace = open_workspace(config.base, config.data, config.precision)
     target = load_target(config.data)
-    library = Library(config.library)
+    library = Library.existing(config.library)
     kind = config.train.mode
     out = Path(config.out)
 

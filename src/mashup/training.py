@@ -165,8 +165,7 @@ def train(model: nn.Module, train_requests: Sequence[EncodedRequest], eval_reque
     from transformers import get_cosine_schedule_with_warmup
 
     steps = total_steps(len(train_requests), config)
-    config = config.resolved(steps)
-    eval_every = config.resolved_eval_every(steps)
+    config = config.resolved(steps)  # idempotent: a caller that resolved it first records what runs
     optimizer = _optimizer(model, config)
     params = [p for p in model.parameters() if p.requires_grad]
     scheduler = get_cosine_schedule_with_warmup(optimizer, int(config.warmup_ratio * steps), steps)
@@ -188,7 +187,7 @@ def train(model: nn.Module, train_requests: Sequence[EncodedRequest], eval_reque
         result.train_seconds += time.perf_counter() - start
         if progress:
             progress(step, steps, train_loss)
-        if eval_requests and (step % eval_every == 0 or step == steps):
+        if eval_requests and (step % config.eval_every == 0 or step == steps):
             _record(model, eval_requests, settings, result, step, train_loss)
     return result
 

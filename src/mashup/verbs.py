@@ -68,7 +68,7 @@ def select(base: str, data: DataConfig, config: SelectConfig, library_dir: str |
     start = time.perf_counter()
     workspace = workspace or open_workspace(base, data, precision)
     target = target or load_target(data)
-    library = Library(library_dir)
+    library = Library.existing(library_dir)  # a given dir that is not a library: a typo, not an empty one
     candidates = find_candidates(library, base, kind, target, merge or MergeConfig(),
                                  base_id=base_identity(workspace.base_dir),
                                  include_target=config.include_target_checkpoints, among=among,
@@ -120,7 +120,7 @@ def merge(checkpoint_ids: Sequence[str], config: MergeConfig, out: str | Path, l
     """Merge catalog checkpoints into one PEFT adapter dir (LoRA) or HF model dir (full)."""
     from mashup.merging import merge_checkpoints
 
-    library = Library(library_dir)
+    library = Library.existing(library_dir)
     records = [library.get(i) for i in checkpoint_ids]
     base = base or records[0].base_model
     needs_statistics = config.method in STATISTICS_METHODS

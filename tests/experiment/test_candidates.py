@@ -85,3 +85,36 @@ def test_a_checkpoint_left_out_is_warned_about_once_not_once_per_target(tmp_path
         plan_experiment(config)
     skipped = [r.getMessage() for r in caplog.records if r.getMessage().startswith("skipping")]
     assert len(skipped) == 1 and "stale" in skipped[0], skipped  # 3 targets, one warning
+
+
+def test_a_named_base_not_converted_yet_counts_a_library_registered_under_its_dir(tmp_path, tiny_base, monkeypatch,
+                                                                                  library_with_a_gone_checkpoint):
+    """The count matches records by content, as the selection job does once the base is converted: by spelling
+    alone, 'tiny-named' never matched the dir the library's adapters were registered on."""
+    from mashup import named_models
+
+    monkeypatch.setenv("MASHUP_CACHE", str(tmp_path / "cache"))  # nothing converted there yet
+    monkeypatch.setitem(named_models.NAMED_MODELS, "tiny-named", named_models.NAMED_MODELS["smollm2-135m"])
+    converted: list[str] = []
+    monkeypatch.setattr(named_models, "materialize_named_model", lambda name: converted.append(name) or tiny_base)
+    config = tiny_config("tiny-named", write_tasks(tmp_path), tmp_path / "out",
+                         library=str(library_with_a_gone_checkpoint.directory),
+                         arms=["scratch", "mashup_loss", "oracle"], samples_sweep=[], merge_grid=None)
+    ids = [p.unit.id for p in plan_experiment(config)]
+    oracles = {task: sum(i.startswith(f"merge/{task}/oracle:") for i in ids) for task in TASKS}
+    assert oracles == {"alpha": 2, "beta": 1, "gamma": 1} and converted == ["tiny-named"]
+
+
+def test_a_named_base_that_cannot_be_converted_is_counted_by_name(tmp_path, monkeypatch, caplog):
+    """Planning does not fail on a conversion its first unit would report anyway: records match by spelling."""
+    from mashup import named_models
+    from mashup.experiment.sources import _base_identity
+
+    monkeypatch.setenv("MASHUP_CACHE", str(tmp_path / "cache"))
+
+    def no_gguf(name):
+        raise MashupError("the gguf package is needed to convert", None, "pip install gguf")
+
+    monkeypatch.setattr(named_models, "materialize_named_model", no_gguf)
+    assert _base_identity("smollm2-135m") is None
+    assert "counting candidates by base name only: the gguf package is needed" in caplog.text

@@ -16,7 +16,7 @@ import mashup
 from mashup.experiment import run_experiment
 from mashup.experiment import jobs as jobs_module
 from mashup.experiment.report import current_records
-from mashup.experiment.store import RESULT, ResultStore, hash_outputs
+from mashup.experiment.store import RESULT, ResultStore, hash_outputs, unit_file_name
 from tests.experiment.helpers import comparable, tiny_config, write_tasks
 
 SMALL = dict(arms=["scratch", "mashup_loss", "mashup_accuracy", "mashup_random", "mashup_at_init"],
@@ -137,3 +137,17 @@ def test_a_rerun_that_does_not_finish_leaves_no_old_report(setup, tmp_path, monk
     with pytest.raises(RuntimeError, match="stopped"):
         run_experiment(tiny_config(base, tasks, tmp_path / "out", **{**SMALL, "seeds": 3}))
     assert not (tmp_path / "out" / "report.md").exists() and not (tmp_path / "out" / "results.json").exists()
+
+
+@pytest.mark.parametrize(("content", "problem"), [(b'{"unit": ', "Expecting value"), (b"[1, 2]", "not a unit record"),
+                                                  (b'{"key": "k"}', "not a unit record"),
+                                                  (b"\xff\xfe garbage", "can't decode")])
+def test_a_hand_edited_unit_record_is_redone_and_named_by_the_report_check(tmp_path, content, problem, caplog):
+    """One reading for both: a resumed run redoes the unit (with a warning), the report names the problem."""
+    store = ResultStore(tmp_path)
+    with store.open():
+        store.write("unit-a", {"unit": "unit-a", "key": "k"})
+    (store.units_dir / unit_file_name("unit-a")).write_bytes(content)
+    assert store.record("unit-a") is None and store.valid_record("unit-a", "k") is None
+    assert problem in store.unreadable("unit-a") and "will be redone" in caplog.text
+    assert store.record("unit-b") is None and store.unreadable("unit-b") is None and "unit-b" not in caplog.text

@@ -108,3 +108,15 @@ def test_figures_2_and_3_data():
     assert figure2(CONFIG, records).rows == [["arc_easy", "40.0 ± 0.0", "54.0 ± 2.0"],
                                              ["sciq", "40.0 ± 0.0", "50.0 ± 0.0"], ["Avg.", "40.0", "52.0"]]
     assert figure3(CONFIG, records).rows == [["average", "1.50"], ["ties", "1.50"]]
+
+
+def test_captions_describe_only_the_rows_present():
+    records = synthetic_records()
+    assert "Mashup at init: the merged init, untrained." in table3(CONFIG, records).caption
+    plain = two_task_config(arms=["scratch", "mashup_loss"])
+    three = table3(plain, records)
+    assert [row[0] for row in three.rows] == ["From scratch", "Mashup Learning"] and "at init" not in three.caption
+    six = table6(plain, records).caption
+    assert "By loss: the top-1 by loss on 16 train examples" in six
+    assert not any(word in six for word in ("random", "accuracy", "oracle", "Oracle"))
+    assert all(word in table6(CONFIG, records).caption for word in ("Random:", "By accuracy:", "Oracle:"))

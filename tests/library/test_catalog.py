@@ -92,8 +92,9 @@ def test_hashing_checks_values_from_the_same_reads(tmp_path, monkeypatch, layout
     import torch
 
     from mashup import io
+    from mashup.io import hashing
 
-    monkeypatch.setattr(io, "_CHECK_CHUNK", 16)
+    monkeypatch.setattr(hashing, "_CHECK_CHUNK", 16)
     tensors = {f"t{i}": torch.randn(3, 5) for i in range(4)}
     if layout == "one block, bf16":
         tensors = {name: t.bfloat16() for name, t in tensors.items()}

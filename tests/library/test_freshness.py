@@ -4,10 +4,10 @@ import json
 import logging
 import os
 import shutil
+import sqlite3
 
 import pytest
 
-import mashup.library.freshness as freshness
 from mashup.config import DataConfig, SelectConfig
 from mashup.library import Library
 from mashup.verbs import select
@@ -16,32 +16,23 @@ from tests.test_cli import run_cli
 
 
 @pytest.fixture()
-def hashes(monkeypatch):
-    """Counts full re-hashes done by the freshness check."""
-    calls: list[str] = []
-    real = freshness.sha256_files
-    monkeypatch.setattr(freshness, "sha256_files", lambda files: calls.append(files[0].parent.name) or real(files))
-    return calls
-
-
-@pytest.fixture()
 def own_loras(tmp_path, tiny_loras):
     """Copies we may change (the session's tiny adapters are shared)."""
     return [noisy_copy(src, tmp_path / "adapters" / f"own{i}", seed=i) for i, src in enumerate(tiny_loras)]
 
 
-def test_unchanged_files_cost_a_stat_and_touched_ones_a_rehash(tmp_path, own_loras, hashes):
+def test_unchanged_files_cost_a_stat_and_touched_ones_a_rehash(tmp_path, own_loras, rehashed):
     library = Library(tmp_path / "lib")
     records = library.add(own_loras)
     fresh, stale = library.fresh(library.list())
-    assert [r.id for r in fresh] == [r.id for r in records] and stale == [] and hashes == []
+    assert [r.id for r in fresh] == [r.id for r in records] and stale == [] and rehashed == []
     weights = own_loras[0] / "adapter_model.safetensors"
     os.utime(weights, ns=(1, 1))  # same bytes, other mtime
     fresh, stale = library.fresh(library.list())
-    assert len(fresh) == 3 and stale == [] and hashes == ["own0"]
+    assert len(fresh) == 3 and stale == [] and rehashed == ["own0"]
     assert library.get(records[0].id).file_stats[0]["mtime_ns"] == 1, "the new stats are stored"
     library.fresh(library.list())
-    assert hashes == ["own0"], "and not hashed again"
+    assert rehashed == ["own0"], "and not hashed again"
 
 
 def test_changed_and_missing_checkpoints_are_stale_with_a_reason(tmp_path, own_loras):
@@ -145,8 +136,37 @@ def test_verify_lists_missing_and_changed_files(tmp_path, own_loras, capsys, mon
     assert "1 of 3 checkpoints ok" in out and ids[1] in out and ids[2] in out
 
 
-def test_verify_rehashes_even_when_stats_match(tmp_path, own_loras, hashes):
+def test_verify_rehashes_even_when_stats_match(tmp_path, own_loras, rehashed):
     library = Library(tmp_path / "lib")
     library.add(own_loras[:2])
     checks = library.verify()
-    assert [c.status for c in checks] == ["ok", "ok"] and sorted(hashes) == ["own0", "own1"]
+    assert [c.status for c in checks] == ["ok", "ok"] and sorted(rehashed) == ["own0", "own1"]
+
+
+@pytest.mark.parametrize(("field", "value", "change"), [
+    ("exclude_modules", ["up_proj"], "exclude_modules None -> ['up_proj']"),
+    ("layers_to_transform", [0], "layers_to_transform None -> [0]"),
+    ("layers_pattern", "layers", "layers_pattern None -> 'layers'"),
+])
+def test_a_narrowing_field_edited_after_registration_makes_the_entry_stale(tmp_path, own_loras, field, value,
+                                                                           change):
+    """Registration judged the factors against exclude_modules, layers_to_transform and layers_pattern; edited
+    later, PEFT may drop factors that selection would still score."""
+    library = Library(tmp_path / "lib")
+    record = library.add([own_loras[0]])[0]
+    config_path = own_loras[0] / "adapter_config.json"
+    config_path.write_text(json.dumps({**json.loads(config_path.read_text()), field: value}))
+    fresh, stale = library.fresh(library.list())
+    assert fresh == [] and [(r.id, reason) for r, reason in stale] == [
+        (record.id, f"adapter_config.json changed since registration ({change}) in {own_loras[0]}")]
+
+
+def test_a_record_registered_before_the_narrowing_fields_were_kept_is_not_compared_on_them(tmp_path, own_loras):
+    library = Library(tmp_path / "lib")
+    record = library.add([own_loras[0]])[0]
+    with sqlite3.connect(library.db_path) as conn:  # as an older version wrote it: the column empty
+        conn.execute("UPDATE checkpoints SET narrowing = NULL")
+    assert library.get(record.id).narrowing is None
+    config_path = own_loras[0] / "adapter_config.json"
+    config_path.write_text(json.dumps({**json.loads(config_path.read_text()), "exclude_modules": ["k_proj"]}))
+    assert [r.id for r in library.fresh(library.list())[0]] == [record.id]

@@ -65,7 +65,7 @@ def run_cli(args: list[object], capsys: pytest.CaptureFixture[str],
 
 
 @pytest.mark.parametrize(("weights", "code", "message"), [
-    (["nan", "1"], 2, "'weights.0': Input should be a finite number"),
+    (["nan", "1"], 2, "--weights (value 1): Input should be a finite number"),
     (["0", "0"], 2, "all weights are 0"),
     (["1", "-1"], 1, "sum to 0, and average divides by their sum"),
 ])

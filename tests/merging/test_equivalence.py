@@ -25,7 +25,8 @@ def test_ties_with_unit_weights_matches_peft(sign: str, peft_sign: str) -> None:
     # PEFT elects on unweighted deltas and divides by the agreeing count: identical to ours when all w = 1.
     xs = deltas()
     expected = merge_utils.ties(xs, torch.ones(3), density=0.4, majority_sign_method=peft_sign)
-    ours = merge_tensors("ties", xs, [1.0, 1.0, 1.0], None, MergeParams(density=0.4, sign=sign))  # type: ignore[arg-type]
+    params = MergeParams(density=0.4, sign=sign)  # type: ignore[arg-type]
+    ours = merge_tensors("ties", xs, [1.0, 1.0, 1.0], None, params)
     assert torch.allclose(ours, expected, atol=1e-6)
 
 

@@ -20,7 +20,9 @@ def corrupt_copy(source: Path, target: Path, name: str, value: torch.Tensor | No
     """A copy of a full checkpoint with one tensor replaced (value) or poisoned with NaN (None)."""
     shutil.copytree(source, target)
     tensors = load_file(target / "model.safetensors")
-    tensors[name] = value if value is not None else tensors[name].clone().index_fill_(0, torch.tensor([0]), float("nan"))
+    if value is None:
+        value = tensors[name].clone().index_fill_(0, torch.tensor([0]), float("nan"))
+    tensors[name] = value
     save_file(tensors, str(target / "model.safetensors"), metadata={"format": "pt"})
     return target
 

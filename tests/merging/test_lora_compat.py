@@ -112,14 +112,16 @@ def test_merge_compatibility_reads_no_checkpoint_weights(tiny_loras: list[Path],
     def refuse(*args: object, **kwargs: object) -> None:
         raise AssertionError("merge_compatibility loaded weights")
 
-    monkeypatch.setattr("mashup.io.load_weights", refuse)
+    monkeypatch.setattr("mashup.io.files.load_weights", refuse)
     monkeypatch.setattr("safetensors.torch.load_file", refuse)
     assert merge_compatibility(records(tiny_loras), MergeConfig(method="ties")) is None
     assert merge_compatibility(trained[:1], MergeConfig(method="ties")) is None
-    assert "different init references" in merge_compatibility(trained, MergeConfig(method="ties"))  # type: ignore[operator]
+    different_inits = merge_compatibility(trained, MergeConfig(method="ties"))
+    assert "different init references" in different_inits  # type: ignore[operator]
     assert merge_compatibility(trained, MergeConfig(method="average")) is None  # no task vectors, no reference
-    assert "concat only supports" in merge_compatibility(records(tiny_loras), MergeConfig(method="ties",  # type: ignore[operator]
-                                                                                            lora_mode="concat"))
+    concat = merge_compatibility(records(tiny_loras), MergeConfig(method="ties", lora_mode="concat"))
+    assert "concat only supports" in concat  # type: ignore[operator]
     mixed_kinds = records(tiny_loras[:1]) + records(tiny_fulls[:1], tiny_base)
     assert "checkpoint kind differs" in merge_compatibility(mixed_kinds, MergeConfig())  # type: ignore[operator]
-    assert "unknown merge method" in merge_compatibility(records(tiny_loras), MergeConfig(method="slerp"))  # type: ignore[operator]
+    slerp = merge_compatibility(records(tiny_loras), MergeConfig(method="slerp"))
+    assert "unknown merge method" in slerp  # type: ignore[operator]

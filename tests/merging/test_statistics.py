@@ -72,7 +72,8 @@ def test_fisher_and_regmean_of_identical_fulls_reproduce_them(tiny_base: Path, t
 
 def test_fisher_merge_of_two_fulls_lies_between_them(tiny_base: Path, tiny_fulls: list[Path], tmp_path: Path) -> None:
     merge_checkpoints(records(tiny_fulls[:2], tiny_base), MergeConfig(method="fisher", fisher_samples=2),
-                      tmp_path / "out", base_model_dir=tiny_base, calibration_batches=calibration_batches(tiny_base, n=2))
+                      tmp_path / "out", base_model_dir=tiny_base,
+                      calibration_batches=calibration_batches(tiny_base, n=2))
     a, b = (load_file(p / "model.safetensors") for p in tiny_fulls[:2])
     merged = load_file(tmp_path / "out" / "model.safetensors")
     name = "model.layers.0.mlp.up_proj.weight"

@@ -14,8 +14,8 @@ from mashup.selection.engine import (
     GROUP_ROWS,
     ScoringEngine,
     default_adapters_per_forward,
-    forward_tokens,
 )
+from mashup.selection.example_scores import forward_tokens
 from tests.selection.helpers import records_for, requests_for
 from tests.tiny import save_tiny_lora
 
@@ -116,9 +116,10 @@ def test_default_grouping_follows_the_examples_each_adapter_brings(tiny_base, ti
     engine = ScoringEngine(tiny_base, requests, settings)
     first = engine.score(records, indices=(0, 1))
     later = engine.score(records)
+    tolerance = _tolerance(settings)
     for path, few, every in zip(tiny_loras, first, later):
-        assert few.losses == pytest.approx(_reference(tiny_base, path, requests[:2], settings)[0], **_tolerance(settings))
-        assert every.losses == pytest.approx(_reference(tiny_base, path, requests, settings)[0], **_tolerance(settings))
+        assert few.losses == pytest.approx(_reference(tiny_base, path, requests[:2], settings)[0], **tolerance)
+        assert every.losses == pytest.approx(_reference(tiny_base, path, requests, settings)[0], **tolerance)
 
 
 def test_an_adapter_the_slots_cannot_hold_scores_again_in_a_later_call(tiny_base, tiny_loras, mc_file, tmp_path):

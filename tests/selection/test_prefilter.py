@@ -94,7 +94,8 @@ def test_first_order_estimate_matches_the_measured_loss_change(tiny_base, tiny_l
     layout = SlotLayout.of(record)
     probe = run_probe(tiny_base, requests, settings, layout.modules, gradients=True, inputs=False)
     epsilon = 0.03
-    shifted = [dataclasses.replace(record, id=f"s{sign}", lora_alpha=sign * epsilon * record.lora_r) for sign in (1, -1)]
+    shifted = [dataclasses.replace(record, id=f"s{sign}", lora_alpha=sign * epsilon * record.lora_r)
+               for sign in (1, -1)]
     plus, minus = ScoringEngine(tiny_base, requests, settings, adapters_per_forward=1).score(shifted)
     measured = (plus.loss - minus.loss) / 2
     predicted = predicted_change(probe.gradients, load_weight_dir(tiny_loras[0]), epsilon)

@@ -6,6 +6,7 @@ import shutil
 import threading
 import time
 from dataclasses import replace
+from pathlib import Path
 from types import SimpleNamespace
 
 import torch
@@ -169,3 +170,58 @@ def test_a_selection_keeps_its_copies_under_the_library_dir_unless_turned_off(ti
         wait_for_copy_writers()
         assert (library / SCORING_COPIES_DIR).exists() == on
     assert rankings[0] == rankings[1]
+
+
+def test_copies_no_catalog_entry_reads_go_at_the_next_selection(tiny_base, tiny_loras, mc_file, tmp_path,
+                                                                 monkeypatch):
+    """A changed adapter's old copy and a removed adapter's copy are orphans: the next selection that keeps copies
+    deletes them, and keeps those its library still reads (a copy is made only once)."""
+    from mashup.library import Library
+
+    monkeypatch.setenv("MASHUP_PRECISION", "bf16")
+    workspace, requests = requests_for(tiny_base, mc_file, 4, "cloze")
+    library = Library(tmp_path / "lib")
+    adapters = [shutil.copytree(path, tmp_path / path.name) for path in tiny_loras[:3]]
+    library.add(adapters)
+    config = SelectConfig(samples=4, batch_size=4, cache=False, adapters_per_forward=2, read_ahead=True)
+    copies_dir = tmp_path / "lib" / SCORING_COPIES_DIR
+
+    def select(records):
+        select_checkpoints(workspace, records, requests, config, library.directory)
+        wait_for_copy_writers()
+        return {p.name for p in copies_dir.iterdir()}
+
+    records = {Path(r.path).name: r for r in library.list()}
+    first = select(list(records.values()))
+    assert len(first) == 3
+    library.remove(records[adapters[2].name].id)  # its copy is an orphan now
+    weights = adapters[1] / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes())  # the same bytes rewritten: a new ctime, so a new copy name
+    kept = {ScoringCopies(copies_dir).path_for(adapters[0]).name}
+    second = select([records[adapters[0].name]])
+    assert second == kept and kept < first  # adapter 1's new copy is made when it is scored again
+    assert select(library.list()) == kept | {ScoringCopies(copies_dir).path_for(adapters[1]).name}
+
+
+def test_pruning_is_housekeeping_only_where_copies_are_kept(tiny_base, tiny_loras, mc_file, tmp_path, monkeypatch,
+                                                            caplog):
+    """No pruning where the engines keep no copies (float32 here); a catalog that cannot be read is a warning."""
+    from mashup.library import Library
+
+    library = Library(tmp_path / "lib")
+    library.add([tiny_loras[0]])
+    orphan = tmp_path / "lib" / SCORING_COPIES_DIR / f"{'0' * 32}.bfloat16.safetensors"
+    orphan.parent.mkdir()
+    orphan.write_bytes(b"not read")
+    monkeypatch.setenv("MASHUP_PRECISION", "fp32")
+    workspace, requests = requests_for(tiny_base, mc_file, 4, "cloze")
+    config = SelectConfig(samples=4, batch_size=4, cache=False, read_ahead=True)
+    select_checkpoints(workspace, library.list(), requests, config, library.directory)
+    assert orphan.exists()
+    monkeypatch.setenv("MASHUP_PRECISION", "bf16")
+    workspace, requests = requests_for(tiny_base, mc_file, 4, "cloze")
+    records = library.list()
+    library.db_path.write_bytes(b"not a database")
+    select_checkpoints(workspace, records, requests, config, library.directory)
+    wait_for_copy_writers()
+    assert orphan.exists() and "not pruning the scoring copies" in caplog.text

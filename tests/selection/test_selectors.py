@@ -13,7 +13,7 @@ from mashup.errors import MashupError
 from mashup.library import Library
 from mashup.models import resolve_precision
 from mashup.selection import get_selector, halving_schedule
-from mashup.selection.engine import forward_tokens
+from mashup.selection.example_scores import forward_tokens
 from mashup.scoring import CheckpointScore, rank
 from mashup.selection.scores import PrefixScore
 from mashup.selection.selectors import _mean_and_stdev, close_contenders, near_tie_room, planned_work, token_cap

@@ -172,7 +172,7 @@ def test_zero_segment_tokens_is_refused(tmp_path, tiny_base, capsys, monkeypatch
                                                    {"model": str(tiny_base), "name": "b"}]}))
     _, err = run_cli(["switch", "generate", "--config", path, "hi", "--segment-tokens", 0], capsys, monkeypatch,
                      expect=2)
-    assert "segment_tokens" in err and "greater than 0" in err and err.strip().count("\n") == 0
+    assert "invalid value for --segment-tokens: " in err and "greater than 0" in err and err.strip().count("\n") == 0
 
 
 # F14: a switcher adapter only goes on the base it was trained on
@@ -214,3 +214,44 @@ def test_a_collect_killed_while_starting_starts_afresh(trio, tiny_base, other_ba
     summary = collect(config, CONFIG, out, candidates=trio[:2], task=TASK)
     assert summary["instances"] == CONFIG.instances and (out / collect_module.COLLECT_CONFIG).is_file()
     assert not list(out.glob(".*.tmp"))
+
+
+# a task meant as a file that is not there is "not found", not an unknown task name
+@pytest.mark.parametrize("name", ["mine_missing.jsonl", "questions.json", "data/questions"])
+def test_a_missing_task_file_is_not_found(name: str, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DataError, match=rf"^data file not found in {name}; check the path"):
+        load_switch_task(name)
+    (tmp_path / "data").mkdir()
+    with pytest.raises(DataError, match=r"^a directory, not a JSONL task file in data"):
+        load_switch_task("data")
+    with pytest.raises(DataError, match="unknown switch task 'nosuch'"):
+        load_switch_task("nosuch")
+
+
+# a reward given by name alone, in every config that has one
+def test_a_reward_may_be_given_by_name() -> None:
+    import mashup.switch.config as config_module
+
+    with_reward = [model for model in vars(config_module).values() if isinstance(model, type)
+                   and issubclass(model, config_module.StageConfig) and "reward" in model.model_fields]
+    assert {m.__name__ for m in with_reward} == {"CollectConfig", "SwitchEvalConfig"}
+    for model in with_reward:
+        assert model(task="tiny", reward="number_closeness").reward == RewardConfig(name="number_closeness")
+        assert model(task="tiny", reward={"name": "choice_cloze", "mode": "margin"}).reward.mode == "margin"
+        assert model.model_validate(yaml.safe_load("task: tiny\nreward: number_match\n")).reward.name == "number_match"
+
+
+# a reward that cannot score the task is refused before any model loads
+@pytest.mark.parametrize("reward, match", [("bogus", "unknown reward 'bogus'"), ("choice_cloze", "scores choice")])
+def test_a_bad_reward_is_refused_before_the_models_load(reward, match, tiny_base, other_base, tmp_path,
+                                                        monkeypatch) -> None:
+    evaluate_module = importlib.import_module("mashup.switch.evaluate")
+    for module in (collect_module, evaluate_module):
+        monkeypatch.setattr(module, "load_candidates", lambda *a, **k: pytest.fail("models loaded before the check"))
+    config = _switch_config(tiny_base, other_base)
+    with pytest.raises(MashupError, match=match):
+        collect(config, CONFIG.model_copy(update={"reward": RewardConfig(name=reward)}), tmp_path / "col", task=TASK)
+    with pytest.raises(MashupError, match=match):
+        evaluate_switch(config, SwitchEvalConfig(task="tiny", reward=reward), task=TASK)  # type: ignore[arg-type]
+    assert not (tmp_path / "col").exists()

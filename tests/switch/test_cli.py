@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 from pathlib import Path
 
@@ -79,7 +80,7 @@ def test_switcher_training_options_are_range_checked(tmp_path, tiny_base, other_
     config = _config(tmp_path, tiny_base, other_base, expert_lora)
     _, err = run_cli(["switch", "train", "--config", config, "--data", tmp_path / "collect", "--out",
                       tmp_path / "switcher", "--lr", -1], capsys, monkeypatch, expect=2)
-    assert "'lr'" in err and "greater than 0" in err and err.strip().count("\n") == 0
+    assert "invalid value for --lr: " in err and "greater than 0" in err and err.strip().count("\n") == 0
     assert not (tmp_path / "switcher").exists()
 
 
@@ -128,3 +129,54 @@ def test_progress_shows_one_bar_per_name_from_its_first_update(monkeypatch) -> N
         update("eval b", 1, 2)
     assert len(made) == 1 and [t.description for t in made[0].tasks] == ["collect a", "eval b"]
     assert [t.completed for t in made[0].tasks] == [2, 1]
+
+
+def _number_task(path: Path, n: int = 6) -> Path:
+    path.write_text("".join(json.dumps({"question": f"What is {i} + 1?", "answer": str(i + 1)}) + "\n"
+                            for i in range(n)))
+    return path
+
+
+@pytest.mark.parametrize("verb", ["collect", "eval"])
+def test_a_missing_task_file_is_not_found_before_the_models_load(verb, tmp_path, tiny_base, other_base, expert_lora,
+                                                                 capsys, monkeypatch) -> None:
+    for module in ("mashup.switch.collect", "mashup.switch.evaluate"):  # modules, not mashup.switch's functions
+        monkeypatch.setattr(importlib.import_module(module), "load_candidates",
+                            lambda *a, **k: pytest.fail("models loaded before the check"))
+    config = _config(tmp_path, tiny_base, other_base, expert_lora)
+    monkeypatch.chdir(tmp_path)
+    _, err = run_cli(["switch", verb, "--config", config, "--task", "mine_missing.jsonl", "--out", tmp_path / "o"],
+                     capsys, monkeypatch, expect=1)
+    assert "data file not found in mine_missing.jsonl" in _error_alone(err)
+    assert not (tmp_path / "o").exists()
+
+
+def test_eval_takes_a_reward(tmp_path, tiny_base, other_base, expert_lora, capsys, monkeypatch) -> None:
+    from mashup.switch import evaluate, rewards
+
+    built: list[str] = []
+
+    def spy(*args: object) -> rewards.Reward:
+        reward = rewards.build_reward(*args)  # type: ignore[arg-type]
+        built.append(type(reward).__name__)
+        return reward
+
+    monkeypatch.setattr(evaluate, "build_reward", spy)
+    config = _config(tmp_path, tiny_base, other_base, expert_lora)
+    task = _number_task(tmp_path / "sums.jsonl")
+    for name, used in (("auto", "NumberMatch"), ("number_closeness", "NumberCloseness")):
+        flags = ["--reward", name] if name != "auto" else []  # auto: the default
+        run_cli(["switch", "eval", "--config", config, "--task", task, "--out", tmp_path / name, "--max-examples", 1,
+                 "--system", "alone:aligned", *flags, "--json"], capsys, monkeypatch)
+        assert built[-1] == used
+        assert yaml.safe_load((tmp_path / name / "eval_config.yaml").read_text())["reward"]["name"] == name
+
+
+def test_eval_refuses_a_reward_that_cannot_score_the_task(tmp_path, tiny_base, other_base, expert_lora, capsys,
+                                                          monkeypatch) -> None:
+    monkeypatch.setattr("mashup.switch.evaluate.load_candidates", lambda *a, **k: pytest.fail("models loaded"))
+    config = _config(tmp_path, tiny_base, other_base, expert_lora)
+    _, err = run_cli(["switch", "eval", "--config", config, "--task", _number_task(tmp_path / "sums.jsonl"), "--out",
+                      tmp_path / "eval", "--reward", "choice_cloze"], capsys, monkeypatch, expect=1)
+    assert "reward 'choice_cloze' scores choice answers" in _error_alone(err)
+    assert not (tmp_path / "eval").exists()

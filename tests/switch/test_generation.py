@@ -66,7 +66,8 @@ def test_first_and_last_segments_go_to_the_aligned_role(trio) -> None:
     trace = switch_generate(trio, QUERY, never_aligned, plan)
     assert trace.writers == [0, 1, 1, 1, 0]
     assert asked == [1, 2, 3]  # the chooser is not consulted for the forced ends
-    unforced = switch_generate(trio, QUERY, never_aligned, Plan(plan.config.model_copy(update={"aligned_ends": False}), 0))
+    unaligned = Plan(plan.config.model_copy(update={"aligned_ends": False}), 0)
+    unforced = switch_generate(trio, QUERY, never_aligned, unaligned)
     assert unforced.writers == [1] * 5
 
 

@@ -24,7 +24,8 @@ def test_smollm2_and_gemma3_take_turns_on_one_response() -> None:
     assert trace.writers[0] == 0 and (trace.ended or trace.writers == [0, 1, 1, 0])
     assert trace.text.strip() and "\ufffd" not in trace.text
     assert all(s.tokens <= 8 for s in trace.segments)
-    alone = switch_generate([smol], item.query, fixed(0), Plan(plan.config.model_copy(update={"aligned_ends": False}), 0))
+    unaligned = Plan(plan.config.model_copy(update={"aligned_ends": False}), 0)
+    alone = switch_generate([smol], item.query, fixed(0), unaligned)
     prompt = torch.tensor([smol.prompt_ids(item.query)])
     with torch.no_grad():  # one writer with its cache is plain greedy decoding through the chat template
         reference = smol.model.generate(prompt, max_new_tokens=32, do_sample=False, pad_token_id=smol.pad_id,

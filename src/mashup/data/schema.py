@@ -29,7 +29,8 @@ class MCExample:
 def parse_answer(value: Any, n_choices: int, where: str) -> int:
     """Accept a 0-based index or a label letter (A, b, ...) and return the index."""
     if isinstance(value, bool):
-        raise DataError(f"field 'answer' must be an index or a letter, got {value!r}", where, "use 0-based index or A, B, ...")
+        raise DataError(f"field 'answer' must be an index or a letter, got {value!r}", where,
+                        "use 0-based index or A, B, ...")
     if isinstance(value, int) or (isinstance(value, float) and value.is_integer()):
         index = int(value)
     elif isinstance(value, str) and value.strip().isdigit():
@@ -37,7 +38,8 @@ def parse_answer(value: Any, n_choices: int, where: str) -> int:
     elif isinstance(value, str) and len(value.strip()) == 1 and value.strip().upper() in LETTERS:
         index = LETTERS.index(value.strip().upper())
     else:
-        raise DataError(f"field 'answer' must be an index or a letter, got {value!r}", where, "use 0-based index or A, B, ...")
+        raise DataError(f"field 'answer' must be an index or a letter, got {value!r}", where,
+                        "use 0-based index or A, B, ...")
     if not 0 <= index < n_choices:
         raise DataError(f"field 'answer' is {value!r} but there are {n_choices} choices", where, "fix the answer")
     return index
@@ -97,7 +99,8 @@ def _rows_by_format(path: Path) -> Iterable[tuple[str, dict[str, Any]]]:
     elif suffix == ".parquet":
         yield from _read_parquet(path)
     else:
-        raise DataError(f"unsupported data format '{suffix}'", str(path), "use .jsonl, .csv, .parquet or a saved HF dataset dir")
+        raise DataError(f"unsupported data format '{suffix}'", str(path),
+                        "use .jsonl, .csv, .parquet or a saved HF dataset dir")
 
 
 def _not_text_error(path: Path) -> DataError:

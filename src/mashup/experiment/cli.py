@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import json
 import sys
+from collections import Counter
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 from rich.console import Console
-from rich.table import Table
+from rich.table import Column, Table
+
+if TYPE_CHECKING:
+    from mashup.experiment.config import ExperimentConfig
+    from mashup.experiment.runner import PlannedUnit
 
 err = Console(stderr=True)
 
@@ -22,7 +27,8 @@ def experiment_cmd(
     profile: Annotated[Optional[str], typer.Option(
         "--profile", help="a built-in profile instead of CONFIG: cpu-mini, paper-smollm2, paper-gemma3",
         show_default="none")] = None,
-    out: Annotated[Optional[Path], typer.Option("--out", help="experiment dir (resumes what is recorded there)",
+    out: Annotated[Optional[Path], typer.Option("--out", help="experiment dir: new, empty, or an earlier run's "
+                                                "(resumes what is recorded there)",
                                                 show_default="the config's `out`")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="print the planned units and an estimated time; "
                                                             "run nothing")] = False,
@@ -36,9 +42,11 @@ def experiment_cmd(
     """Leave-one-out Mashup vs from-scratch: seeds, a learning-rate sweep per arm chosen on validation, the
     selection baselines, Tables 3-6 and Figures 2-4. Rerun the same command to resume after a crash."""
     from mashup.experiment import load_experiment_config, load_profile
+    from mashup.experiment.executor import check_executor_name
 
     if (config_file is None) == (profile is None):
         raise typer.BadParameter("give a CONFIG file or --profile NAME (one of them)")
+    check_executor_name(executor)
     config = load_profile(profile) if profile else load_experiment_config(config_file)  # type: ignore[arg-type]
     if out is not None:
         config = config.model_copy(update={"out": str(out)})
@@ -65,7 +73,11 @@ def experiment_cmd(
         _print_report(run.report)
 
 
-def _dry_run(config, as_json: bool) -> None:  # type: ignore[no-untyped-def]
+# what --dry-run says of a unit a run will not skip, by its record's status (see runner._record_statuses)
+_TODO_NOTES = {"stale": "stale: will be redone", "waiting": "waits on earlier units", "new": ""}
+
+
+def _dry_run(config: ExperimentConfig, as_json: bool) -> None:
     from mashup.experiment import plan_experiment
     from mashup.experiment.estimate import format_seconds
 
@@ -75,20 +87,33 @@ def _dry_run(config, as_json: bool) -> None:  # type: ignore[no-untyped-def]
     expected = sum(p.estimate_seconds for p in todo if not p.shared)
     if as_json:
         rows = [{"unit": p.unit.id, "phase": p.unit.phase, "estimate_seconds": round(p.estimate_seconds, 1),
-                 "recorded": p.recorded, "shared": p.shared} for p in planned]
+                 "recorded": p.recorded, "status": p.status, "shared": p.shared} for p in planned]
         sys.stdout.write(json.dumps({"units": rows, "estimate_seconds": round(expected, 1),
                                      "estimate_seconds_if_nothing_shared": round(upper, 1)}, indent=2) + "\n")
         return
-    table = Table("phase", "unit", "estimate", title=f"planned units for {config.out}")
+    table = Table("phase", Column("unit", overflow="fold"), "estimate", title=f"planned units for {config.out}")
     for p in planned:
-        status = "recorded" if p.recorded else format_seconds(p.estimate_seconds) + (" (shared)" if p.shared else "")
+        notes = [note for note in (_TODO_NOTES.get(p.status), "shared" if p.shared else "") if note]
+        status = "recorded" if p.recorded else format_seconds(p.estimate_seconds) + "".join(f" ({n})" for n in notes)
         table.add_row(p.unit.phase, p.unit.id, status)
     Console().print(table)
     Console().print(f"{len(planned)} units ({sum(p.shared for p in todo)} certain to share another's job), "
-                    f"{len(planned) - len(todo)} recorded; estimated time for the rest, one at a time: "
+                    f"{_status_counts(planned)}; estimated time for the rest, one at a time: "
                     f"{format_seconds(expected)} (shared units cost nothing; {format_seconds(upper)} if every "
                     "unit ran its own job). The cost model was measured on a 2-core CPU and scales with the "
                     "parameter count; the units a dir has finished rescale it to the hardware they ran on.")
+
+
+def _status_counts(planned: list[PlannedUnit]) -> str:
+    """How many units are recorded, stale or waiting on earlier units (the recorded count always)."""
+    counts = Counter(p.status for p in planned)
+    parts = [f"{counts['recorded']} recorded"]
+    if counts["stale"]:
+        parts.append(f"{counts['stale']} stale (recorded for another job: will be redone)")
+    if counts["waiting"]:
+        parts.append(f"{counts['waiting']} recorded but built on earlier units still to do (rechecked once those "
+                     "are done: redone unless they come out unchanged)")
+    return ", ".join(parts)
 
 
 def _print_report(report: Path | None) -> None:

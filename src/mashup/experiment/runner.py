@@ -8,15 +8,15 @@ import logging
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from mashup.config import save_config
 from mashup.data.target import TargetData, load_target
-from mashup.errors import MashupError
+from mashup.errors import LibraryError, MashupError
 from mashup.experiment.config import ExperimentConfig
 from mashup.experiment.estimate import CostModel, Sizes, cost_model, provably_shared, unit_seconds
 from mashup.experiment.executor import Executor, LocalExecutor
-from mashup.experiment.jobs import execute_job
+from mashup.experiment.jobs import AnyJob, execute_job
 from mashup.experiment.plan import PHASES, Context, Unit, plan_units, planned_sources, resolve
 from mashup.experiment.report import CONFIG_NAME, config_digest, drop_report, write_report
 from mashup.experiment.sources import candidate_counts, usable_candidates
@@ -24,6 +24,8 @@ from mashup.experiment.store import ResultStore, unit_file_name
 from mashup.provenance import write_version
 
 logger = logging.getLogger(__name__)
+# What a run will find of a planned unit; see _record_statuses
+RecordStatus = Literal["recorded", "stale", "waiting", "new"]
 
 
 class ProgressSink(Protocol):
@@ -31,15 +33,20 @@ class ProgressSink(Protocol):
 
     def start(self, total: int, estimate_seconds: float) -> None: ...
 
-    def advance(self, unit_id: str, estimate_seconds: float, status: str) -> None: ...
+    def advance(self, unit_id: str, estimate_seconds: float, status: str, seconds: float | None = None) -> None: ...
 
 
 @dataclass
 class PlannedUnit:
     unit: Unit
     estimate_seconds: float
-    recorded: bool
+    status: RecordStatus
     shared: bool = False  # its job certainly equals another unit's: it will cost nothing
+
+    @property
+    def recorded(self) -> bool:
+        """A run will skip it: its record is for the job the config resolves to, outputs unchanged."""
+        return self.status == "recorded"
 
 
 @dataclass
@@ -60,15 +67,44 @@ def check_base(base: str) -> None:
     if base in NAMED_MODELS or Path(base).expanduser().is_dir():
         return
     if base.count("/") == 1 and not base.startswith((".", "/", "~")):
-        return  # a Hub id: resolved (downloaded once) when the first unit opens it
+        from mashup.models import resolve_base_dir
+
+        resolve_base_dir(base)  # a Hub id: fetched once now (the first unit needs it), or one line on why not
+        return
     raise MashupError(f"base model '{base}' is not available: not a named model of this install, a local model "
                       "dir or a Hub id", None,
                       f"use one of the named models ({', '.join(sorted(NAMED_MODELS))}), a local HF model dir, or "
                       "install the mashup version that ships this named model")
 
 
-def _preflight(config: ExperimentConfig) -> dict[str, TargetData]:
+def _check_out(store: ResultStore) -> None:
+    """An ``out`` that exists must be an experiment dir (a run resumes it) or empty: a run writes into it."""
+    root = store.root
+    if root.exists() and not root.is_dir():
+        raise MashupError("the experiment's out is a file, not a dir", str(root), "pick a new or empty dir for --out")
+    if not root.is_dir() or (root / CONFIG_NAME).is_file() or store.units_dir.is_dir():
+        return
+    if next(root.iterdir(), None) is not None:
+        raise MashupError(f"the out dir is not empty and holds no experiment (no {CONFIG_NAME} or units/ of an "
+                          "earlier run)", str(root), "pick a new or empty dir for --out (or the config's `out`)")
+
+
+def _check_library(directory: str) -> None:
+    """A given library must exist: a mistyped path is an error, not a library short of candidates."""
+    from mashup.library import Library
+
+    try:
+        Library.existing(directory)
+    except LibraryError as exc:
+        raise LibraryError(exc.what, exc.where, "check the config's `library:` (a relative path is read from the "
+                           "current dir), or register checkpoints with `mashup library add` first") from None
+
+
+def _preflight(config: ExperimentConfig, store: ResultStore) -> dict[str, TargetData]:
+    _check_out(store)
     check_base(config.base)  # merge method names are checked when the config loads
+    if config.library is not None:
+        _check_library(config.library)
     return {task.name: load_target(config.data_config(task)) for task in config.tasks}
 
 
@@ -126,7 +162,7 @@ class _Session:
 def _open_session(config: ExperimentConfig, store: ResultStore) -> _Session:
     from mashup.models import default_device, resolve_precision
 
-    targets = _preflight(config)
+    targets = _preflight(config, store)
     # the experiment's own library is named relative to its dir, so moving the dir keeps every job key
     library = str(Path(config.library).resolve()) if config.library else store.library_dir.name
     candidates, shape = (candidate_counts(config), None) if config.library is None else _given_library(config, targets)
@@ -138,15 +174,38 @@ def _open_session(config: ExperimentConfig, store: ResultStore) -> _Session:
 
 
 def plan_experiment(config: ExperimentConfig) -> list[PlannedUnit]:
-    """Every planned unit with its estimated seconds, and whether a record for it exists (for --dry-run)."""
+    """Every planned unit with its estimated seconds, and what a run will find of it (for --dry-run)."""
     store = ResultStore(config.out)
     session = _open_session(config, store)
     plan = plan_units(config, session.candidates)
-    recorded = {path.name for path in store.units_dir.glob("*.json")} if store.units_dir.is_dir() else set()
+    statuses = _record_statuses(plan, session)
     shared = provably_shared(plan, config, session.candidates)
     scale = measured_scale(store)
-    return [PlannedUnit(unit, scale * session.estimate(unit), unit_file_name(unit.id) in recorded, unit.id in shared)
+    return [PlannedUnit(unit, scale * session.estimate(unit), statuses[unit.id], unit.id in shared)
             for phase in PHASES for unit in plan[phase]]
+
+
+def _record_statuses(plan: dict[str, list[Unit]], session: _Session) -> dict[str, RecordStatus]:
+    """Per unit, by the run's own test (``_done_record``): "recorded" (the run skips it), "stale" (a record of
+    another job: redone), "new", or "waiting": recorded, but keyed on earlier units still to do, so known only
+    once they are. A phase's jobs are built from every earlier phase's records, so they are resolved here only
+    while all of those are done; nothing is written."""
+    statuses: dict[str, RecordStatus] = {}
+    ready = True
+    for phase in PHASES:
+        if ready:
+            _enter_phase(phase, session)
+        for unit in plan[phase]:
+            record = _done_record(unit, session)[1] if ready else None
+            if record is not None:
+                session.ctx.records[unit.id] = record
+                statuses[unit.id] = "recorded"
+            elif (session.store.units_dir / unit_file_name(unit.id)).exists():
+                statuses[unit.id] = "stale" if ready else "waiting"
+            else:
+                statuses[unit.id] = "new"
+        ready = ready and all(statuses[unit.id] == "recorded" for unit in plan[phase])
+    return statuses
 
 
 def measured_scale(store: ResultStore) -> float:
@@ -175,12 +234,24 @@ def run_experiment(config: ExperimentConfig, *, executor: Executor | None = None
             progress.start(sum(len(units) for units in plan.values()),
                            sum(session.estimate(u) for units in plan.values() for u in units if u.id not in shared))
         for phase in PHASES:
-            if phase == "selection":
-                session.ctx.library_digest = _library_digest(str(store.root / session.ctx.library),
-                                                             planned_sources(session.ctx))
+            _enter_phase(phase, session)
             _run_phase(plan[phase], session, executor, progress, outcome)
     outcome.report = write_report(store.root, config, candidates=session.candidates)
     return outcome
+
+
+def _enter_phase(phase: str, session: _Session) -> None:
+    """Set what the phase's jobs are keyed on besides the records: selection, the library's digest."""
+    if phase == "selection":
+        session.ctx.library_digest = _library_digest(str(session.store.root / session.ctx.library),
+                                                     planned_sources(session.ctx))
+
+
+def _done_record(unit: Unit, session: _Session) -> tuple[AnyJob, dict[str, Any] | None]:
+    """The unit's job, and its record when a run skips it: a record of this exact job, outputs unchanged.
+    The one test of "done" for both a run and its --dry-run."""
+    job = resolve(unit, session.ctx)
+    return job, session.store.valid_record(unit.id, job.key())
 
 
 def _run_phase(units: list[Unit], session: _Session, executor: Executor, progress: ProgressSink | None,
@@ -188,9 +259,9 @@ def _run_phase(units: list[Unit], session: _Session, executor: Executor, progres
     """Resolve the phase's units; record those already done; run each distinct remaining job once."""
     pending: dict[str, tuple[Any, list[Unit]]] = {}
     for unit in units:
-        job = resolve(unit, session.ctx)
-        record = session.store.valid_record(unit.id, job.key())
+        job, record = _done_record(unit, session)
         if record is None:
+            session.store.discard_changed_outputs(unit.id, job.key())
             pending.setdefault(job.key(), (job, []))[1].append(unit)
             continue
         if record.get("config_digest") != session.digest:  # the same work under a changed config: confirm it
@@ -212,7 +283,7 @@ def _run_phase(units: list[Unit], session: _Session, executor: Executor, progres
             session.ctx.records[unit.id] = record
             (outcome.reused if status == "reused" else outcome.computed).append(unit.id)
             if progress:
-                progress.advance(unit.id, session.estimate(unit), status)
+                progress.advance(unit.id, session.estimate(unit), status, record["seconds"])
 
 
 def _unit_record(unit: Unit, job: Any, result: dict[str, Any], reused: bool, session: _Session) -> dict[str, Any]:

@@ -8,8 +8,10 @@ before anything runs, and ``mashup report`` reads the same number back from the 
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING
 
+from mashup.errors import MashupError
 from mashup.experiment.analysis import Records
 from mashup.experiment.config import ExperimentConfig
 from mashup.experiment.plan import Unit, selection_merges
@@ -17,6 +19,8 @@ from mashup.experiment.plan import Unit, selection_merges
 if TYPE_CHECKING:
     from mashup.candidates import Candidates
     from mashup.data.target import TargetData
+
+logger = logging.getLogger(__name__)
 
 
 def usable_candidates(config: ExperimentConfig, targets: dict[str, TargetData]) -> dict[str, Candidates]:
@@ -28,11 +32,28 @@ def usable_candidates(config: ExperimentConfig, targets: dict[str, TargetData]) 
         raise ValueError("usable_candidates needs a config with a given library")
     library = Library(config.library)
     merges = selection_merges(config)
+    base_id = _base_identity(config.base)
     usable = {name: find_mergeable_candidates(library, config.base, config.mode, target, merges,
-                                              log_rejected=False)
+                                              base_id=base_id, log_rejected=False)
               for name, target in targets.items()}
     log_rejections(item for found in usable.values() for item in found.rejected)  # once, not once per target
     return usable
+
+
+def _base_identity(base: str) -> str | None:
+    """The base's content identity as the selection job will see it (``base_identity`` of its workspace's dir): a
+    named model not converted yet is converted now, which its first unit would do anyway. Without this the count
+    compared records by spelling only, and refused a library registered under the converted dir's path."""
+    from mashup.library.identity import base_identity, resolve_identity
+    from mashup.named_models import NAMED_MODELS, materialize_named_model
+
+    identity = resolve_identity(base)
+    if identity is None and base in NAMED_MODELS:
+        try:
+            identity = base_identity(materialize_named_model(base))
+        except MashupError as exc:  # its first unit will say so; until then, records are matched by spelling
+            logger.warning("counting candidates by base name only: %s", exc.line())
+    return identity
 
 
 def candidate_counts(config: ExperimentConfig, *, usable: dict[str, Candidates] | None = None,

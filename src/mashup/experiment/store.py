@@ -21,6 +21,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -88,24 +89,25 @@ class ResultStore:
         return (self.artifact(name) / RESULT).is_file()
 
     def record(self, unit_id: str) -> dict[str, Any] | None:
-        path = self.units_dir / unit_file_name(unit_id)
-        try:
-            return json.loads(path.read_text())
-        except FileNotFoundError:
-            return None
-        except (OSError, json.JSONDecodeError) as exc:  # cannot happen through write(); a hand-edited file
-            logger.warning("ignoring unreadable unit record %s (%s); the unit will be redone", path, exc)
-            return None
+        record, problem = self._read(unit_id)
+        if problem:  # cannot happen through write(); a hand-edited file
+            logger.warning("ignoring unreadable unit record %s (%s); the unit will be redone",
+                           self.units_dir / unit_file_name(unit_id), problem)
+        return record
 
     def unreadable(self, unit_id: str) -> str | None:
         """Why the unit's record file cannot be read as a record; None when it can, or when there is none."""
+        return self._read(unit_id)[1]
+
+    def _read(self, unit_id: str) -> tuple[dict[str, Any] | None, str | None]:
+        """The unit's record, or why its file is not one (both None: no file)."""
         try:
             record = json.loads((self.units_dir / unit_file_name(unit_id)).read_text())
         except FileNotFoundError:
-            return None
+            return None, None
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            return str(exc)
-        return None if isinstance(record, dict) and "unit" in record else "not a unit record"
+            return None, str(exc)
+        return (record, None) if isinstance(record, dict) and "unit" in record else (None, "not a unit record")
 
     def valid_record(self, unit_id: str, key: str) -> dict[str, Any] | None:
         """The unit's record if it is for this exact job and its outputs are unchanged; else None."""
@@ -114,9 +116,17 @@ class ResultStore:
             return None
         artifact = self.artifact(record["artifact"])
         if not artifact.is_dir() or hash_outputs(artifact) != record["outputs"]:
-            logger.warning("outputs of %s are missing or changed since they were recorded; redoing it", unit_id)
+            logger.warning("outputs of %s are missing or changed since they were recorded; it will be redone", unit_id)
             return None
         return record
+
+    def discard_changed_outputs(self, unit_id: str, key: str) -> None:
+        """Delete the artifact of a record of this exact job that ``valid_record`` refused (its outputs changed
+        since they were recorded), so that the job is computed again rather than its changed files reused."""
+        record = self.record(unit_id)
+        if record is not None and record.get("key") == key and self.artifact(record["artifact"]).is_dir():
+            logger.warning("removing the changed outputs of %s before computing them again", unit_id)
+            shutil.rmtree(self.artifact(record["artifact"]))
 
     def write(self, unit_id: str, record: dict[str, Any]) -> None:
         """Record a finished unit (atomically: a reader sees the old record or the new, never half)."""

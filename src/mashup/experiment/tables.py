@@ -65,21 +65,29 @@ def _accuracy_table(name: str, title: str, caption: str, arms: list[str], names:
 
 def table3(config: ExperimentConfig, records: Records) -> Output:
     arms = [a for a in ("scratch", "mashup_at_init", "mashup_loss") if a in config.arms]
+    at_init = " Mashup at init: the merged init, untrained." if "mashup_at_init" in arms else ""
     return _accuracy_table(
         "table3", "Table 3: accuracy (%) per task, leave-one-out",
         f"Test accuracy, mean ± std over {len(config.seeds)} seeds, each arm at its learning rate chosen on the "
-        "validation split carved from the target's train data. Mashup at init: the merged init, untrained.",
+        f"validation split carved from the target's train data.{at_init}",
         arms, ARM_NAMES, config, records)
+
+
+# Table 6's caption describes each selection row present
+_SELECTIONS = {"mashup_random": "{k} checkpoint(s) at random",
+               "mashup_accuracy": "the top-{k} by accuracy on {samples} train examples",
+               "mashup_loss": "the top-{k} by loss on {samples} train examples",
+               "oracle": "the best on the validation split of all merges of {k} candidates"}
 
 
 def table6(config: ExperimentConfig, records: Records) -> Output:
     arms = [a for a in ("scratch", "mashup_random", "mashup_accuracy", "mashup_loss", "oracle") if a in config.arms]
-    return _accuracy_table(
-        "table6", "Table 6: checkpoint selection methods compared (accuracy %)",
-        f"Top-{config.k} checkpoints by loss or accuracy on {config.samples} train examples, at random, or the "
-        "oracle (the best of all merges of k candidates on the validation split), each merged with "
-        f"{config.merge_method} and trained at its best validation LR; mean ± std over seeds.",
-        arms, SELECTION_NAMES, config, records)
+    rows = [f"{SELECTION_NAMES[a]}: {_SELECTIONS[a].format(k=config.k, samples=config.samples)}"
+            for a in arms if a in _SELECTIONS]
+    caption = (f"{'; '.join(rows)}; each merged with {config.merge_method} and trained at its best validation LR. "
+               if rows else "") + "Mean ± std over seeds."
+    return _accuracy_table("table6", "Table 6: checkpoint selection methods compared (accuracy %)", caption, arms,
+                           SELECTION_NAMES, config, records)
 
 
 def table4(config: ExperimentConfig, records: Records) -> Output:

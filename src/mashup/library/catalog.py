@@ -7,26 +7,27 @@ import logging
 import os
 from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from mashup.errors import CheckpointError, LibraryError, MashupError
 from mashup.library.db import ensure_table, read_connection, select_rows, write_transaction
-from mashup.library.freshness import Freshness, check_freshness, parallel_map
+from mashup.library.freshness import Freshness, check_freshness, parallel_map, require_fresh
 from mashup.library.identity import BaseMatcher, resolve_identity, stored_base
-from mashup.library.records import ADAPTER_CONFIG, MODEL_CONFIG, CheckpointRecord, inspect_checkpoint
+from mashup.library.records import BaseShapes, CheckpointRecord, discover_checkpoints, inspect_to_register
 
 logger = logging.getLogger(__name__)
 
 DB_NAME = "catalog.sqlite"
 WHAT = "catalog"
-_JSON_FIELDS = ("shapes", "target_modules", "metadata", "file_stats", "lineage")
+_JSON_FIELDS = ("shapes", "target_modules", "metadata", "file_stats", "lineage", "narrowing")
 # new columns go at the end: older catalogs get them by ALTER TABLE ADD COLUMN
 _COLUMNS = {
     "id": "", "kind": "", "path": "", "sha256": "", "base_model": "", "architecture": "", "shapes": "", "task": "",
     "lora_r": "", "lora_alpha": "", "target_modules": "", "use_rslora": "", "use_dora": "", "init_reference": "",
     "metadata": "", "created": "", "file_stats": "TEXT", "base_identity": "TEXT", "data_fingerprint": "TEXT",
-    "lineage": "TEXT",
+    "lineage": "TEXT", "narrowing": "TEXT",
 }
 Progress = Callable[[int, int], None]
 KINDS = ("lora", "full")
@@ -45,34 +46,6 @@ def check_kind(kind: str | None) -> None:
 
 def _setup(conn) -> None:
     ensure_table(conn, "checkpoints", _COLUMNS, "id")
-
-
-def discover_checkpoints(roots: Sequence[str | Path]) -> list[Path]:
-    """Every PEFT adapter dir and HF model dir (config.json beside weights) under ``roots``; hidden dirs skipped."""
-    found: list[Path] = []
-    for root in map(Path, roots):
-        if not root.is_dir():
-            raise CheckpointError("directory not found", str(root), "pass dirs that hold adapters or models")
-        for dirpath, dirnames, filenames in os.walk(root):
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))  # also skips temp output dirs
-            weights = any(f.endswith((".safetensors", ".bin")) for f in filenames)
-            if ADAPTER_CONFIG in filenames or (MODEL_CONFIG in filenames and weights):
-                found.append(Path(dirpath).resolve())
-    found = list(dict.fromkeys(found))  # overlapping roots (runs and runs/sub) name a dir once
-    if not found:
-        raise CheckpointError("no adapter or model dirs found", ", ".join(map(str, roots)),
-                              "a checkpoint dir holds adapter_config.json, or config.json and weights")
-    return found
-
-
-def _require_fresh(registered: CheckpointRecord, found: Path) -> None:
-    """A re-scan skips ``found`` as ``registered`` only while that registration still serves; a stale one (files
-    gone, moved or changed) would leave selection nothing to rank, so the add stops and says how to fix it."""
-    freshness = check_freshness(registered)
-    if freshness.status != "ok":
-        raise LibraryError(f"registered as {registered.id} at {registered.path}, which is stale "
-                           f"({freshness.reason})", str(found),
-                           f"`mashup library remove {registered.id}`, then add it again")
 
 
 class Added(list[CheckpointRecord]):
@@ -119,37 +92,22 @@ class Library:
         those already registered with the same weights (the result's ``skipped``); named explicitly, such a
         checkpoint is an error. The init reference, and a base that is a local path, are stored absolute.
         ``progress(done, total)`` is called as checkpoints are inspected."""
-        if init_reference and not Path(init_reference).expanduser().exists():  # else a typo shows at merge time
-            raise CheckpointError("init reference not found", str(init_reference),
-                                  "pass the file (or dir) of the LoRA's starting weights, e.g. "
-                                  "adapter_init.safetensors")
+        init = _stored_init_reference(init_reference)
         dirs = discover_checkpoints(paths) if recursive else [Path(p) for p in paths]
         registered = self.list() if recursive else []
-        at_path = {Path(r.path): r for r in registered}
-
-        def inspect(path: Path) -> tuple[CheckpointRecord, bool]:
-            known = at_path.get(path.resolve())
-            if known is not None:  # a re-scan: unchanged, it is skipped without hashing it again
-                _require_fresh(known, path)
-                return known, True
-            return _inspect(path, base, task, allow_pickle), False
-
-        found = parallel_map(inspect, dirs, workers, progress)
-        new = [record for record, known in found if not known]
-        # absolute, not resolved: a symlinked file (e.g. in the HF cache) keeps its name and suffix
-        init = str(Path(init_reference).expanduser().absolute()) if init_reference else None
+        base_shapes = BaseShapes()  # the base's headers read once for all the full fine-tunes added
+        inspect = partial(inspect_to_register, base=base, task=task, allow_pickle=allow_pickle, base_shapes=base_shapes)
+        new, rescanned = _inspect_new(dirs, registered, inspect, workers, progress)
         for record in new:
             record.init_reference, record.data_fingerprint = init, data_fingerprint
             record.metadata, record.lineage = dict(metadata or {}), dict(lineage or {})
         _complete(new)
-        by_id = {r.id: r for r in registered}
-        for record in new:  # the same weights registered elsewhere: skipped only for a registration that serves
-            if record.id in by_id:
-                _require_fresh(by_id[record.id], Path(record.path))
+        checks = _checks_of_registered(new, rescanned, registered)
         # with none new, a library that exists is not written (it may be read-only); one that does not is made
         added, skipped = (self._insert(new, skip_registered=recursive) if new or not self.db_path.exists()
                           else ([], []))
-        skipped = [record for record, known in found if known] + skipped
+        self._store_stats(checks)  # so that dirs hashed again for new stats are not hashed next time
+        skipped = [c.record for c in rescanned] + skipped
         if skipped:
             logger.info("%d checkpoint(s) already registered with the same weights: skipped", len(skipped))
             logger.debug("skipped as registered: %s", ", ".join(f"{r.path} ({r.id})" for r in skipped))
@@ -178,6 +136,11 @@ class Library:
         with read_connection(self.db_path, WHAT) as conn:
             rows = select_rows(conn, "checkpoints", list(_COLUMNS), f"{where} ORDER BY rowid", params)
         return [_from_row(row) for row in rows]
+
+    def paths(self) -> list[str]:
+        """Every entry's checkpoint dir, without building records (their shapes are most of a catalog's bytes)."""
+        with read_connection(self.db_path, WHAT) as conn:
+            return [row["path"] for row in select_rows(conn, "checkpoints", ["path"], "ORDER BY rowid")]
 
     def list(self, *, base: str | None = None, kind: str | None = None, task: str | None = None,
              merged_from: str | None = None, trained_on: str | None = None) -> list[CheckpointRecord]:
@@ -256,12 +219,41 @@ class Library:
                 check.record.file_stats = check.new_stats
 
 
-def _inspect(path: Path, base: str | None, task: str | None, allow_pickle: bool) -> CheckpointRecord:
-    try:
-        return inspect_checkpoint(path, base=base, task=task, allow_pickle=allow_pickle, check_values=True)
-    except OSError as exc:
-        raise CheckpointError(f"cannot read {exc.filename or 'a file'} ({exc.strerror})", str(path),
-                              "check the files and their permissions") from None
+def _stored_init_reference(init_reference: str | None) -> str | None:
+    """An init reference as registration stores it: absolute, not resolved (a symlinked file, e.g. in the HF
+    cache, keeps its name and suffix); a missing one is refused now, else a typo shows at merge time."""
+    if not init_reference:
+        return None
+    if not Path(init_reference).expanduser().exists():
+        raise CheckpointError("init reference not found", str(init_reference),
+                              "pass the file (or dir) of the LoRA's starting weights, e.g. adapter_init.safetensors")
+    return str(Path(init_reference).expanduser().absolute())
+
+
+def _inspect_new(dirs: list[Path], registered: list[CheckpointRecord], inspect: Callable[[Path], CheckpointRecord],
+                 workers: int | None, progress: Progress | None) -> tuple[list[CheckpointRecord], list[Freshness]]:
+    """Inspect and hash ``dirs`` in parallel: (their new records, the checks of those already registered at
+    their path). A re-scan skips such a dir without hashing it again, while its registration serves."""
+    at_path = {Path(r.path): r for r in registered}
+
+    def one(path: Path) -> CheckpointRecord | Freshness:
+        known = at_path.get(path.resolve())
+        return inspect(path) if known is None else require_fresh(known, path)
+
+    found = parallel_map(one, dirs, workers, progress)
+    return [f for f in found if isinstance(f, CheckpointRecord)], [f for f in found if isinstance(f, Freshness)]
+
+
+def _checks_of_registered(new: list[CheckpointRecord], rescanned: list[Freshness],
+                          registered: list[CheckpointRecord]) -> list[Freshness]:
+    """The freshness checks behind a recursive add's skips: of registrations re-scanned at their own path, and of
+    those holding the weights of a checkpoint found at another path (skipped only while they serve)."""
+    by_id = {r.id: r for r in registered}
+    checks = {c.record.id: c for c in rescanned}
+    for record in new:
+        if record.id in by_id and record.id not in checks:
+            checks[record.id] = require_fresh(by_id[record.id], Path(record.path))
+    return list(checks.values())
 
 
 def _complete(records: list[CheckpointRecord]) -> None:

@@ -4,7 +4,8 @@ The cheap check compares each weight file's size, mtime, ctime and inode with th
 was hashed; only when they differ is the file hashed again. Same bytes: the entry is fresh (with new
 stats to record). Other bytes or missing files: the entry is stale, with the reason. A LoRA's
 adapter_config.json is read again each time (about 30 us): its rank, alpha, rsLoRA, DoRA and target
-modules change what the weights compute, and the digest covers the weights alone.
+modules change what the weights compute, its exclude_modules, layers_to_transform and layers_pattern
+which of them PEFT loads, and the digest covers the weights alone.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from mashup.errors import MashupError
+from mashup.errors import LibraryError, MashupError
 from mashup.io import sha256_files, stat_files, weight_files
 from mashup.library.records import CheckpointRecord, lora_config_change
 
@@ -61,6 +62,17 @@ def check_freshness(record: CheckpointRecord, *, rehash: bool = False) -> Freshn
         return Freshness(record, "changed", f"weights changed since registration (sha256 {record.sha256[:12]} "
                                             f"now {digest[:12]}) in {path}")
     return Freshness(record, "ok", new_stats=None if stored == current else current, rehashed=True)
+
+
+def require_fresh(registered: CheckpointRecord, found: Path) -> Freshness:
+    """A re-scan skips ``found`` as ``registered`` only while that registration still serves; a stale one (files
+    gone, moved or changed) would leave selection nothing to rank, so the add stops and says how to fix it."""
+    freshness = check_freshness(registered)
+    if freshness.status != "ok":
+        raise LibraryError(f"registered as {registered.id} at {registered.path}, which is stale "
+                           f"({freshness.reason})", str(found),
+                           f"`mashup library remove {registered.id}`, then add it again")
+    return freshness
 
 
 def parallel_map(func: Callable[[T], R], items: Sequence[T], workers: int | None = None,

@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import json
-import math
-import re
-from collections.abc import Callable
+import os
+import threading
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from mashup.errors import CheckpointError, MashupError
-from mashup.io import non_float_tensors, sha256_files, stat_files, tensor_shapes, weight_files
+from mashup.io import TensorSpec, sha256_files, stat_files, tensor_specs, weight_files
+from mashup.library.lora_config import (ADAPTER_CONFIG, LORA_SETTINGS, check_lora_dtypes, check_lora_shapes,
+                                        check_lora_targets, lora_narrowing, lora_settings)
 
 Kind = Literal["lora", "full"]
-ADAPTER_CONFIG = "adapter_config.json"
 MODEL_CONFIG = "config.json"
 
 
@@ -42,6 +43,9 @@ class CheckpointRecord:
     base_identity: str | None = None  # content digest of the base (library.identity), None if not resolvable
     data_fingerprint: str | None = None  # mashup.data.schema.examples_fingerprint of its training task
     lineage: dict[str, Any] = field(default_factory=dict)  # e.g. merged_from, trained_on, run
+    # a LoRA's lora_config.NARROWING_FIELDS as registered; None for a full fine-tune, or a LoRA registered before
+    # they were kept (then not compared)
+    narrowing: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -73,77 +77,20 @@ def read_json_object(path: Path) -> dict[str, Any]:
     return data
 
 
-def _all_shapes(files: list[Path]) -> dict[str, list[int]]:
-    shapes: dict[str, list[int]] = {}
-    for path in files:
-        shapes.update(tensor_shapes(path))
-    return shapes
+def _all_specs(files: list[Path]) -> dict[Path, dict[str, TensorSpec]]:
+    """Each weight file's tensors, from one parse of its header."""
+    return {file: tensor_specs(file) for file in files}
 
 
-def _check_lora_shapes(shapes: dict[str, list[int]], r: int, where: str) -> None:
-    a_names = [n for n in shapes if ".lora_A." in n]
-    if not a_names:
-        raise CheckpointError("adapter weights hold no lora_A/lora_B tensors", where, "is this a LoRA adapter?")
-    for name in a_names:
-        b_name = name.replace(".lora_A.", ".lora_B.")
-        if b_name not in shapes:
-            raise CheckpointError(f"tensor {b_name} is missing", where, "re-save the adapter")
-        if shapes[name][0] != r or shapes[b_name][-1] != r:
-            raise CheckpointError(
-                f"tensor {name} has rank {shapes[name][0]} but adapter_config.json says r={r}", where, "re-save the adapter"
-            )
+def _all_shapes(specs: Mapping[Path, Mapping[str, TensorSpec]]) -> dict[str, list[int]]:
+    """The shape of every tensor of a checkpoint (``specs``: each weight file's tensors)."""
+    return {name: spec.shape for tensors in specs.values() for name, spec in tensors.items()}
 
 
-def _lora_module(name: str) -> str:
-    """The module a saved lora_A/lora_B tensor adapts, named as PEFT matches target_modules against it."""
-    module = re.split(r"\.lora_[AB]\.", name, maxsplit=1)[0]
-    return module.removeprefix("base_model.model.")
-
-
-def _targeted(module: str, targets: str | list[str]) -> bool:
-    """PEFT's rule (tuners_utils.check_target_module_exists): a string is a regex the whole name must match,
-    a list entry matches the name itself or its last dotted parts."""
-    if isinstance(targets, str):
-        try:
-            return re.fullmatch(targets, module) is not None
-        except re.error:
-            return True  # not ours to judge: PEFT reports it when loading
-    return any(module == t or module.endswith(f".{t}") for t in targets)
-
-
-def _check_lora_targets(shapes: dict[str, list[int]], config: dict[str, Any], where: str) -> None:
-    """Refuse factors of modules that target_modules leaves out: PEFT would silently drop them on load."""
-    targets = config.get("target_modules")
-    if not targets or targets == "all-linear" or config.get("target_parameters"):
-        return  # PEFT's defaults for the architecture, or layers these names do not describe
-    layers = config.get("layers_to_transform")
-    layers = [layers] if isinstance(layers, int) else layers
-    for name in shapes:
-        if ".lora_A." not in name and ".lora_B." not in name:
-            continue
-        module = _lora_module(name)
-        if not _targeted(module, targets):
-            raise CheckpointError(
-                f"tensor {name} adapts module '{module}', which target_modules {json.dumps(targets)} "
-                f"in {ADAPTER_CONFIG} does not cover (PEFT would drop it on load)", where,
-                "fix target_modules or re-save the adapter")
-        layer = re.search(r"\.(\d+)\.", f".{module}.")
-        if isinstance(layers, list) and layer is not None and int(layer.group(1)) not in layers:
-            raise CheckpointError(
-                f"tensor {name} is in layer {layer.group(1)}, which layers_to_transform {json.dumps(layers)} "
-                f"in {ADAPTER_CONFIG} leaves out (PEFT would drop it on load)", where,
-                "fix layers_to_transform or re-save the adapter")
-
-
-def _check_lora_dtypes(files: list[Path], where: str) -> None:
-    for path in files:
-        bad = [n for n in non_float_tensors(path) if ".lora_A." in n or ".lora_B." in n]
-        if bad:
-            raise CheckpointError(f"tensor {bad[0]} is not floating point ({len(bad)} such LoRA tensor(s))",
-                                  str(path), "re-save the adapter in float32, float16 or bfloat16")
-
-
-def inspect_lora(path: Path, task: str | None, allow_pickle: bool, check_values: bool = False) -> CheckpointRecord:
+def inspect_lora(path: Path, task: str | None, allow_pickle: bool, check_values: bool = False,
+                 base: str | None = None) -> CheckpointRecord:
+    """Read a PEFT LoRA adapter dir, each weight file's header parsed once; ``base`` (else the one its config
+    names) tells the targets PEFT picks where target_modules is null."""
     config = read_json_object(path / ADAPTER_CONFIG)
     if str(config.get("peft_type", "")).upper() != "LORA":
         raise CheckpointError(f"peft_type is {config.get('peft_type')!r}, only LORA is supported", str(path))
@@ -151,84 +98,49 @@ def inspect_lora(path: Path, task: str | None, allow_pickle: bool, check_values:
         raise CheckpointError("per-module rank/alpha patterns are not supported", str(path))
     settings = lora_settings(config, str(path / ADAPTER_CONFIG))
     files = weight_files(path, allow_pickle=allow_pickle)
-    shapes = _all_shapes(files)
-    _check_lora_shapes(shapes, settings["lora_r"], str(path))
-    _check_lora_targets(shapes, config, str(path))
-    _check_lora_dtypes(files, str(path))
+    specs = _all_specs(files)
+    shapes = _all_shapes(specs)
+    check_lora_shapes(shapes, settings["lora_r"], str(path))
+    base_model = str(config.get("base_model_name_or_path") or "")
+    check_lora_targets(shapes, config, base or base_model, str(path))
+    check_lora_dtypes(specs)
     stats = stat_files(files)  # before hashing: a change during hashing then shows as a stats mismatch later
     return CheckpointRecord(
         id="", kind="lora", path=str(path.resolve()), sha256=sha256_files(files, check_values=check_values),
-        file_stats=stats,
-        base_model=str(config.get("base_model_name_or_path") or ""), architecture=str(config.get("task_type") or ""),
-        shapes=shapes, task=task, **settings,
+        file_stats=stats, base_model=base_model, architecture=str(config.get("task_type") or ""),
+        shapes=shapes, task=task, narrowing=lora_narrowing(config), **settings,
     )
 
 
-LORA_SETTINGS = ("lora_r", "lora_alpha", "target_modules", "use_rslora", "use_dora")
-
-
-def _is_count(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value > 0
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _is_targets(value: Any) -> bool:
-    return value is None or isinstance(value, str) or (isinstance(value, list)
-                                                       and all(isinstance(t, str) for t in value))
-
-
-def _is_flag(value: Any) -> bool:
-    return value is None or isinstance(value, bool)
-
-
-def _field(config: dict[str, Any], name: str, default: Any, valid: Callable[[Any], bool], expected: str,
-           where: str) -> Any:
-    """``config[name]`` (``default`` if absent), refused unless of the type PEFT expects."""
-    value = config.get(name, default)
-    if not valid(value):
-        shown = json.dumps(value)
-        shown = shown if len(shown) <= 40 else shown[:37] + "..."
-        raise CheckpointError(f"{ADAPTER_CONFIG} field '{name}' is {shown}, expected {expected}", where,
-                              f"fix '{name}' in the file or re-save the adapter")
-    return value
-
-
-def lora_settings(config: dict[str, Any], where: str = ADAPTER_CONFIG) -> dict[str, Any]:
-    """What an adapter_config.json (at ``where``) says about how the factors apply (the record's fields of the
-    same names): rank, alpha, rsLoRA, DoRA and the target modules. The weights' digest does not cover them."""
-    r = _field(config, "r", 8, _is_count, "a positive integer", where)
-    alpha = _field(config, "lora_alpha", r, _is_number, "a number", where)
-    targets = _field(config, "target_modules", None, _is_targets, "a list of module names or a regex string",
-                     where) or []
-    return {"lora_r": r, "lora_alpha": float(alpha),
-            "target_modules": [targets] if isinstance(targets, str) else sorted(targets),
-            "use_rslora": bool(_field(config, "use_rslora", False, _is_flag, "true or false", where)),
-            "use_dora": bool(_field(config, "use_dora", False, _is_flag, "true or false", where))}
-
-
 def lora_config_change(record: CheckpointRecord) -> str | None:
-    """How the adapter_config.json on disk now differs from what ``record`` registered, or None."""
+    """How the adapter_config.json on disk now differs from what ``record`` registered (its settings, and the
+    narrowing fields where the record kept them), or None."""
     config_path = Path(record.path) / ADAPTER_CONFIG
     try:
-        now = lora_settings(read_json_object(config_path), str(config_path))
+        config = read_json_object(config_path)
+        now = lora_settings(config, str(config_path))
     except MashupError as exc:
         return f"{ADAPTER_CONFIG} cannot be read now ({exc.what})"
-    changes = [f"{name} {getattr(record, name)} -> {value}" for name, value in now.items()
-               if value != getattr(record, name)]
+    then = {name: getattr(record, name) for name in LORA_SETTINGS}
+    if record.narrowing is not None:
+        now, then = {**now, **lora_narrowing(config)}, {**then, **record.narrowing}
+    changes = [f"{name} {then.get(name)!r} -> {value!r}" for name, value in now.items() if value != then.get(name)]
     return f"{ADAPTER_CONFIG} changed since registration ({'; '.join(changes)})" if changes else None
 
 
-def inspect_full(path: Path, base: str | None, task: str | None, allow_pickle: bool, check_values: bool = False
-                 ) -> CheckpointRecord:
+ShapesOfBase = Callable[[str], dict[str, list[int]] | None]  # a base -> its tensors' shapes
+
+
+def inspect_full(path: Path, base: str | None, task: str | None, allow_pickle: bool, check_values: bool = False,
+                 base_shapes: ShapesOfBase | None = None) -> CheckpointRecord:
+    """Read a full HF model dir fine-tuned from ``base``; ``base_shapes`` (default ``base_tensor_shapes``) gives
+    the base's tensors to match its own against."""
     config = read_json_object(path / MODEL_CONFIG)
     if not base:
         raise CheckpointError("a full fine-tune needs its base model", str(path), "pass --base MODEL")
     files = weight_files(path, allow_pickle=allow_pickle)
-    shapes = _all_shapes(files)
-    _check_fits_base(shapes, base, str(path))
+    shapes = _all_shapes(_all_specs(files))
+    _check_fits_base(shapes, base, (base_shapes or base_tensor_shapes)(base), str(path))
     architecture = (config.get("architectures") or [config.get("model_type", "")])[0]
     stats = stat_files(files)
     return CheckpointRecord(
@@ -250,9 +162,25 @@ def base_tensor_shapes(base: str) -> dict[str, list[int]] | None:
     model_dir = local_base_dir(base)
     files = sorted(model_dir.glob("*.safetensors")) if model_dir else []
     try:
-        return _all_shapes(files) if files else None
+        return _all_shapes(_all_specs(files)) if files else None
     except CheckpointError:
         return None
+
+
+class BaseShapes:
+    """``base_tensor_shapes``, read once per base for as long as this object lives (one ``Library.add``): the
+    full fine-tunes registered together share one read of the base's headers, and the next add reads them again,
+    as they may have changed by then. Safe to call from several threads."""
+
+    def __init__(self) -> None:
+        self._shapes: dict[str, dict[str, list[int]] | None] = {}
+        self._lock = threading.Lock()
+
+    def __call__(self, base: str) -> dict[str, list[int]] | None:
+        with self._lock:  # held while reading: the other threads wait for this read rather than each reading
+            if base not in self._shapes:
+                self._shapes[base] = base_tensor_shapes(base)
+            return self._shapes[base]
 
 
 def full_shapes_difference(shapes: dict[str, list[int]], base_shapes: dict[str, list[int]]) -> str | None:
@@ -270,8 +198,8 @@ def full_shapes_difference(shapes: dict[str, list[int]], base_shapes: dict[str, 
     return None
 
 
-def _check_fits_base(shapes: dict[str, list[int]], base: str, where: str) -> None:
-    base_shapes = base_tensor_shapes(base)
+def _check_fits_base(shapes: dict[str, list[int]], base: str, base_shapes: dict[str, list[int]] | None,
+                     where: str) -> None:
     difference = full_shapes_difference(shapes, base_shapes) if base_shapes is not None else None
     if difference:
         raise CheckpointError(f"{difference}: not a fine-tune of base '{base}'", where,
@@ -288,15 +216,16 @@ def _same_base(a: str, b: str) -> bool:
 
 def inspect_checkpoint(
     path: str | Path, *, base: str | None = None, task: str | None = None, allow_pickle: bool = False,
-    check_values: bool = False,
+    check_values: bool = False, base_shapes: ShapesOfBase | None = None,
 ) -> CheckpointRecord:
     """Read a PEFT LoRA adapter dir or a full HF model dir; refuse what cannot be read, with the reason.
-    ``check_values`` also refuses weights holding NaN or inf, checked as they are hashed."""
+    ``check_values`` also refuses weights holding NaN or inf, checked as they are hashed; ``base_shapes`` gives
+    the base's tensors for a full fine-tune (a ``BaseShapes`` shares one read among many checkpoints)."""
     path = Path(path)
     if not path.is_dir():
         raise CheckpointError("checkpoint directory not found", str(path), "pass a PEFT adapter or HF model dir")
     if (path / ADAPTER_CONFIG).exists():
-        record = inspect_lora(path, task, allow_pickle, check_values)
+        record = inspect_lora(path, task, allow_pickle, check_values, base)
         if base and record.base_model and base != record.base_model and not _same_base(base, record.base_model):
             raise CheckpointError(
                 f"adapter names base '{record.base_model}' but --base is '{base}'", str(path), "drop --base or fix it"
@@ -306,6 +235,36 @@ def inspect_checkpoint(
             raise CheckpointError("adapter_config.json names no base model", str(path), "pass --base MODEL")
         return record
     if (path / MODEL_CONFIG).exists():
-        return inspect_full(path, base, task, allow_pickle, check_values)
+        return inspect_full(path, base, task, allow_pickle, check_values, base_shapes)
     raise CheckpointError("neither adapter_config.json nor config.json found", str(path),
                           "pass a PEFT adapter dir or a full HF model dir")
+
+
+def inspect_to_register(path: Path, *, base: str | None, task: str | None, allow_pickle: bool,
+                        base_shapes: ShapesOfBase) -> CheckpointRecord:
+    """``inspect_checkpoint`` as registration runs it: weights holding NaN or inf refused, and an unreadable file
+    one CheckpointError line."""
+    try:
+        return inspect_checkpoint(path, base=base, task=task, allow_pickle=allow_pickle, check_values=True,
+                                  base_shapes=base_shapes)
+    except OSError as exc:
+        raise CheckpointError(f"cannot read {exc.filename or 'a file'} ({exc.strerror})", str(path),
+                              "check the files and their permissions") from None
+
+
+def discover_checkpoints(roots: Sequence[str | Path]) -> list[Path]:
+    """Every PEFT adapter dir and HF model dir (config.json beside weights) under ``roots``; hidden dirs skipped."""
+    found: list[Path] = []
+    for root in map(Path, roots):
+        if not root.is_dir():
+            raise CheckpointError("directory not found", str(root), "pass dirs that hold adapters or models")
+        for dirpath, dirnames, filenames in os.walk(root):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))  # also skips temp output dirs
+            weights = any(f.endswith((".safetensors", ".bin")) for f in filenames)
+            if ADAPTER_CONFIG in filenames or (MODEL_CONFIG in filenames and weights):
+                found.append(Path(dirpath).resolve())
+    found = list(dict.fromkeys(found))  # overlapping roots (runs and runs/sub) name a dir once
+    if not found:
+        raise CheckpointError("no adapter or model dirs found", ", ".join(map(str, roots)),
+                              "a checkpoint dir holds adapter_config.json, or config.json and weights")
+    return found

@@ -51,7 +51,8 @@ class FisherMerge(MergeMethod):
         mean_coefficients = weights / safe_divisor(weights.sum())
         for part in chunks(out.numel()):
             stacked = torch.stack([flat_chunk(t, part, dtype) for t in tensors])
-            weighted_fisher = stack_weights(weights, stacked) * torch.stack([flat_chunk(f, part, dtype) for f in fishers])
+            fisher = torch.stack([flat_chunk(f, part, dtype) for f in fishers])
+            weighted_fisher = stack_weights(weights, stacked) * fisher
             total = weighted_fisher.sum(dim=0)
             merged = (weighted_fisher * stacked).sum(dim=0) / torch.where(total == 0, torch.ones_like(total), total)
             fallback = (stacked * stack_weights(mean_coefficients, stacked)).sum(dim=0)

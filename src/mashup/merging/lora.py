@@ -17,6 +17,7 @@ from safetensors.torch import save_file
 
 from mashup.errors import MergeError
 from mashup.io import load_weight_dir, load_weights
+from mashup.library.lora_config import NARROWING_FIELDS, is_factor
 from mashup.library.records import ADAPTER_CONFIG, CheckpointRecord
 from mashup.merging.base import MergeParams
 from mashup.merging.lowrank import Factors, factor_dense, factor_stacked, peft_init_rows
@@ -39,7 +40,7 @@ def load_adapter(path: str | Path) -> Tensors:
 
 def module_names(tensors: Tensors, where: str) -> list[str]:
     """The LoRA module prefixes; anything but lora_A/lora_B tensors is refused."""
-    extra = [n for n in tensors if ".lora_A." not in n and ".lora_B." not in n]
+    extra = [n for n in tensors if not is_factor(n)]
     if extra:
         raise MergeError(f"adapter holds non-LoRA tensors (e.g. {extra[0]}: modules_to_save or DoRA)", where,
                          "merge adapters that hold only lora_A/lora_B tensors")
@@ -195,19 +196,15 @@ def _alpha_for(record: CheckpointRecord, rank: int) -> float:
     return int(round(alpha)) if abs(alpha - round(alpha)) < 1e-9 else alpha
 
 
-# adapter_config.json fields that narrow which modules target_modules picks: united across inputs that differ,
-# they would pick modules no input adapted or drop ones an input did (PEFT then drops the tensors on load)
-_NARROWING = ("layers_to_transform", "layers_pattern", "exclude_modules")
-
-
 def write_adapter(plan: MergePlan, tensors: Tensors, out_dir: Path) -> None:
     """adapter_config.json from the template adapter (r/alpha for the output rank, targets for exactly the
     modules the merge wrote) + weights."""
     template = plan.template or plan.records[0]
-    config = json.loads((Path(template.path) / ADAPTER_CONFIG).read_text())
+    inputs = {r.path: json.loads((Path(r.path) / ADAPTER_CONFIG).read_text()) for r in plan.records}
+    config = dict(inputs[template.path])  # the template is one of the inputs (MergePlan.template)
     if plan.lora_rank is not None and plan.lora_rank != template.lora_r:
         config["r"], config["lora_alpha"] = plan.lora_rank, _alpha_for(template, plan.lora_rank)
-    _set_targets(config, [json.loads((Path(r.path) / ADAPTER_CONFIG).read_text()) for r in plan.records], tensors)
+    _set_targets(config, list(inputs.values()), tensors)
     (out_dir / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
     save_file({n: t.contiguous() for n, t in tensors.items()}, str(out_dir / ADAPTER_WEIGHTS),
               metadata={"format": "pt"})
@@ -216,16 +213,17 @@ def write_adapter(plan: MergePlan, tensors: Tensors, out_dir: Path) -> None:
 def _set_targets(config: dict, inputs: list[dict], tensors: Tensors) -> None:
     """The output's targets: the inputs' own where they agree; their union of module names where they differ
     only in those; else (a regex, or a narrowing field on either side) the adapted modules by full name, which
-    PEFT matches exactly."""
-    fields = ("target_modules", *_NARROWING)
+    PEFT matches exactly: narrowing fields united across inputs that differ would pick modules no input adapted
+    or drop ones an input did (PEFT then drops the tensors on load)."""
+    fields = ("target_modules", *NARROWING_FIELDS)
     if len({json.dumps([c.get(f) for f in fields], sort_keys=True) for c in inputs}) == 1:
         return
-    if not any(c.get(f) for c in inputs for f in _NARROWING) and all(
+    if not any(c.get(f) for c in inputs for f in NARROWING_FIELDS) and all(
             isinstance(c.get("target_modules"), list) for c in inputs):
         config["target_modules"] = sorted({t for c in inputs for t in c["target_modules"]})
         return
     config["target_modules"] = [base_weight_name(m).removesuffix(".weight") for m in module_names(tensors, "")]
-    for field in _NARROWING:
+    for field in NARROWING_FIELDS:
         config.pop(field, None)
 
 

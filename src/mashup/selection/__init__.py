@@ -7,7 +7,8 @@ adapters against one base with the sample batched once.
 
 from mashup.selection.api import select_checkpoints
 from mashup.selection.driver import Selection, SelectionStats
-from mashup.selection.engine import ExampleScores, ScoringEngine
+from mashup.selection.engine import ScoringEngine
+from mashup.selection.example_scores import ExampleScores
 from mashup.selection.selectors import get_selector, halving_schedule, register_selector, selector_names
 
 __all__ = ["ExampleScores", "ScoringEngine", "Selection", "SelectionStats", "get_selector", "halving_schedule",

@@ -2,24 +2,31 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import replace
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 
 from mashup.config import SelectConfig
 from mashup.data.prompts import EncodedRequest
-from mashup.evaluation import plan_batch_rows
+from mashup.evaluation import ScoreSettings, plan_batch_rows
 from mashup.executors import Executor, make_executor
-from mashup.library import CheckpointRecord
+from mashup.errors import MashupError
+from mashup.io import weight_files
+from mashup.library import CheckpointRecord, Library
 from mashup.selection.driver import ProgressFn, Selection, SelectionContext, SelectionStats
-from mashup.selection.engine import default_adapters_per_forward, default_stacking, sample_tokens
+from mashup.selection.engine import default_adapters_per_forward, default_stacking
+from mashup.selection.example_scores import sample_tokens
 from mashup.selection.scores import ScoreStore
-from mashup.selection.scoring_copies import SCORING_COPIES_DIR
+from mashup.selection.read_ahead import default_read_ahead
+from mashup.selection.scoring_copies import SCORING_COPIES_DIR, prune_orphans
 from mashup.selection.selectors import get_selector
 from mashup.selection.units import EngineFactory
 from mashup.workspace import Workspace
+
+logger = logging.getLogger(__name__)
 
 
 def select_checkpoints(workspace: Workspace, records: Sequence[CheckpointRecord], requests: Sequence[EncodedRequest],
@@ -35,12 +42,12 @@ def select_checkpoints(workspace: Workspace, records: Sequence[CheckpointRecord]
     """
     selector = get_selector(config.selector)
     settings = workspace.settings(config.batch_size)
+    copies_dir = Path(library_dir) / SCORING_COPIES_DIR if library_dir and config.scoring_copies else None
     own = executor is None
     executor = executor or make_executor(config.executor, address=config.ray_address)
     local = executor.name == "local"
     # a loss ranking needs no accuracy, and without it a cloze request costs its gold continuation only
     with_accuracy = config.metric == "accuracy" or config.with_accuracy
-    copies_dir = Path(library_dir) / SCORING_COPIES_DIR if library_dir and config.scoring_copies else None
     # remote workers pick their own device, but score in the driver's precision: a Ray run ranks like a local one
     factory = EngineFactory(workspace.base_dir, tuple(requests), config.batch_size, settings.pad_id,
                             device=str(settings.device) if local else None, bf16=settings.bf16,
@@ -50,19 +57,11 @@ def select_checkpoints(workspace: Workspace, records: Sequence[CheckpointRecord]
     stats = SelectionStats(selector=config.selector, executor=executor.name, candidates=len(records),
                            samples=len(requests),
                            exhaustive_tokens=len(records) * sample_tokens(requests, with_accuracy))
-
     # a unit is what one worker call scores: one forward's adapters on the workers' device (GPU actors
     # behind a CPU driver still get GPU-sized units)
     worker_settings = settings if executor.worker_device is None else replace(
         settings, device=torch.device(executor.worker_device))
-
-    def unit_size(unit_requests: Sequence[EncodedRequest], candidates: int) -> int:
-        if config.adapters_per_forward:
-            return config.adapters_per_forward
-        stacking = default_stacking(workspace.base_dir, worker_settings, candidates)
-        rows = [len(batch) for batch in plan_batch_rows(unit_requests, config.batch_size, with_accuracy, stacking)]
-        return default_adapters_per_forward(workspace.base_dir, worker_settings, rows)
-
+    unit_size = UnitSizer(workspace.base_dir, worker_settings, config, with_accuracy)
     store = ScoreStore(library_dir if config.cache else None, workspace.base_dir, sample_info,
                        needs_accuracy=with_accuracy, bf16=settings.bf16)
     retried_before = executor.retried
@@ -70,9 +69,63 @@ def select_checkpoints(workspace: Workspace, records: Sequence[CheckpointRecord]
                                unit_size=unit_size, library_dir=library_dir,
                                allow_pickle=allow_pickle, progress=progress)
     try:
+        if copies_dir is not None and _keeps_copies(config, worker_settings):
+            _prune_copies(copies_dir, Path(library_dir), records)  # type: ignore[arg-type]
         ranking = selector(context, records)
     finally:
         stats.retried_units = executor.retried - retried_before
         if own:
             executor.close()
     return Selection(ranking, stats)
+
+
+@dataclass(frozen=True)
+class UnitSizer:
+    """Adapters per unit (one forward's group) for requests scored among ``candidates``: the configured number,
+    else what fills the workers' forwards (``default_adapters_per_forward`` over the stacked batches)."""
+
+    base_dir: Path
+    settings: ScoreSettings
+    config: SelectConfig
+    with_accuracy: bool
+
+    def __call__(self, unit_requests: Sequence[EncodedRequest], candidates: int) -> int:
+        if self.config.adapters_per_forward:
+            return self.config.adapters_per_forward
+        stacking = default_stacking(self.base_dir, self.settings, candidates)
+        batches = plan_batch_rows(unit_requests, self.config.batch_size, self.with_accuracy, stacking)
+        return default_adapters_per_forward(self.base_dir, self.settings, [len(batch) for batch in batches])
+
+
+def _keeps_copies(config: SelectConfig, settings: ScoreSettings) -> bool:
+    """Whether the engines keep scoring copies (``ScoringEngine``'s rule): bf16 slots read ahead into."""
+    read_ahead = default_read_ahead(settings.device) if config.read_ahead is None else config.read_ahead
+    return settings.bf16 and read_ahead
+
+
+def _prune_copies(copies_dir: Path, library_dir: Path, records: Sequence[CheckpointRecord]) -> None:
+    """Drop the scoring copies that neither a catalog entry nor a record scored now reads any more: housekeeping
+    of a cache, so a catalog that cannot be read now is a warning, not a failed selection."""
+    if not copies_dir.is_dir():
+        return
+    library = Library(library_dir)
+    try:
+        listed = library.paths() if library.db_path.exists() else []
+        removed = prune_orphans(copies_dir, _single_weight_files([*listed, *(r.path for r in records)]))
+    except (MashupError, OSError) as exc:
+        logger.warning("not pruning the scoring copies under %s: %s", copies_dir,
+                       exc.line() if isinstance(exc, MashupError) else exc)
+        return
+    if removed:
+        logger.info("removed %d scoring copies of adapters changed, moved or removed since (%s)", removed, copies_dir)
+
+
+def _single_weight_files(adapter_dirs: Sequence[str]) -> Iterator[Path]:
+    """Each dir's weight file, for dirs that hold one (only those get copies)."""
+    for adapter_dir in adapter_dirs:
+        try:
+            files = weight_files(Path(adapter_dir), allow_pickle=True)
+        except (MashupError, OSError):  # gone or emptied: nothing of it to keep
+            continue
+        if len(files) == 1:
+            yield files[0]

@@ -21,7 +21,7 @@ from mashup.executors import Executor
 from mashup.library import CheckpointRecord
 from mashup.library.score_cache import fingerprint
 from mashup.scoring import CheckpointScore
-from mashup.selection.engine import ExampleScores
+from mashup.selection.example_scores import ExampleScores
 from mashup.selection.scores import PrefixScore, ScoreStore
 from mashup.selection.units import EngineFactory, ScoreUnit
 

@@ -14,7 +14,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -25,10 +25,12 @@ from mashup.data.prompts import EncodedRequest
 from mashup.evaluation import ScoreSettings, ScoringPlan
 from mashup.library.records import CheckpointRecord
 from mashup.io import sorted_shapes
-from mashup.models import attach_adapter, load_full_weights_into, load_model
+from mashup.models import load_model
+from mashup.selection.example_scores import ExampleScores, sample_tokens
 from mashup.selection.read_ahead import AdapterReadAhead, default_read_ahead, device_keep_bytes
 from mashup.selection.scoring_copies import ScoringCopies
 from mashup.selection.slots import LoRASlots, SlotLayout
+from mashup.selection.swapped_models import SwappedModels
 from mashup.workspace import count_parameters
 
 logger = logging.getLogger(__name__)
@@ -65,41 +67,6 @@ MIN_STACK_ROWS = 8
 # 20. A larger model's forwards cost more per token for the same launches: its share is lower, and cuts
 # by this one err towards fewer batches.
 FORWARD_FIXED_SHARE = {"cuda": 1.0, "cpu": 0.035}
-
-
-@dataclass
-class ExampleScores:
-    """One checkpoint's per-example answer losses and correctness on the requests scored."""
-
-    id: str
-    indices: tuple[int, ...]
-    losses: list[float]
-    correct: list[bool] | None  # None: scored without accuracy
-    seconds: float
-    tokens: int  # forward tokens: real (unpadded) prompt and continuation tokens
-
-    @property
-    def loss(self) -> float:
-        return sum(self.losses) / len(self.losses)
-
-    @property
-    def accuracy(self) -> float | None:
-        return None if self.correct is None else sum(self.correct) / len(self.correct)
-
-
-def forward_tokens(request: EncodedRequest, with_accuracy: bool = True) -> int:
-    """Tokens a request sends through the model: the prompt, plus every continuation when cloze-scored
-    (only the gold one without accuracy)."""
-    if request.single_token:
-        return len(request.prompt_ids)
-    if not with_accuracy:
-        return len(request.prompt_ids) + len(request.gold_ids)
-    return len(request.prompt_ids) + sum(len(c) for c in request.continuation_ids)
-
-
-def sample_tokens(requests: Sequence[EncodedRequest], with_accuracy: bool = True) -> int:
-    """Forward tokens of scoring every request once (see ``forward_tokens``)."""
-    return sum(forward_tokens(r, with_accuracy) for r in requests)
 
 
 def default_adapters_per_forward(base_dir: Path, settings: ScoreSettings,
@@ -165,8 +132,7 @@ class ScoringEngine:
         self._slot_count = 0  # slots to build: the group size of the first call that saw that adapter
         self._slots: LoRASlots | None = None
         self._slot_model: nn.Module | None = None
-        self._full_model: nn.Module | None = None
-        self._peft_model: nn.Module | None = None
+        self._swapped = SwappedModels(self._load_base, allow_pickle)  # full fine-tunes and adapters not in slots
         self.read_ahead = default_read_ahead(settings.device) if read_ahead is None else read_ahead
         self._reader: AdapterReadAhead | None = None
         # the slots hold bf16 under settings.bf16 (_build_slots): only then is a narrower copy the same values
@@ -221,10 +187,10 @@ class ScoringEngine:
             self._score_group(grouped[start:start + group], plan, emit)
         for record in records:
             if record.id not in results and record.kind == "lora":
-                self._score_alone(record, plan, emit, self._peft_for)
+                self._score_alone(record, plan, emit, self._swapped.peft)
         for record in records:
             if record.id not in results:
-                self._score_alone(record, plan, emit, self._full_for)
+                self._score_alone(record, plan, emit, self._swapped.full)
         return [results[r.id] for r in records]
 
     def prefetch(self, records: Sequence[CheckpointRecord], indices: Sequence[int] | None = None) -> None:
@@ -321,28 +287,3 @@ class ScoringEngine:
         model = activate(record)
         losses, preds = plan.run(model)
         emit(record, losses[0], None if preds is None else preds[0], time.perf_counter() - start)
-
-    def _full_for(self, record: CheckpointRecord) -> nn.Module:
-        """A full fine-tune's weights swapped into one reused model object."""
-        if self._full_model is None:
-            self._full_model = self._load_base()
-        load_full_weights_into(self._full_model, Path(record.path), allow_pickle=self.allow_pickle)
-        return self._full_model
-
-    def _peft_for(self, record: CheckpointRecord) -> nn.Module:
-        """Adapters the slots cannot hold (other layouts, DoRA-like features) go through PEFT's own modules."""
-        from peft import PeftModel
-
-        name = f"ckpt_{record.id}"
-        if self._peft_model is None:
-            self._peft_model = attach_adapter(self._load_base(), Path(record.path), trainable=False, adapter_name=name,
-                                              allow_pickle=self.allow_pickle)
-        elif self._peft_model.active_adapter != name:  # the same adapter again (a later halving round) stays
-            model = self._peft_model
-            previous = model.active_adapter
-            model.load_adapter(record.path, adapter_name=name, is_trainable=False)
-            model.set_adapter(name)
-            model.delete_adapter(previous)
-        assert isinstance(self._peft_model, PeftModel)
-        return self._peft_model.eval()
-

@@ -17,7 +17,7 @@ from mashup.data.prompts import EncodedRequest
 from mashup.library import CheckpointRecord
 from mashup.library.score_cache import ScoreCache, fingerprint
 from mashup.scoring import CheckpointScore
-from mashup.selection.engine import ExampleScores, sample_tokens
+from mashup.selection.example_scores import ExampleScores, sample_tokens
 
 
 @dataclass

@@ -11,10 +11,15 @@ Blocks wait for the writer within ``WRITE_QUEUE_BYTES``; past that a read goes o
 copy, so a slow disk never slows a selection down to its pace, and a later selection makes the rest.
 
 A copy is named by its source file's absolute path, size, modification and change times and inode, so
-an adapter whose file changes (or moves) gets a new copy rather than a stale one; the old one stays
-until the dir is deleted, which is always safe. Writes go to a temporary file renamed into place: a
-killed process leaves no half copy under a copy's name. Where the dir cannot be written, or its disk
-would have less than 5% free, scoring reads the adapters' own files, with one warning.
+an adapter whose file changes (or moves) gets a new copy rather than a stale one; the old one, and the copy of
+an adapter removed from the catalog, go at the next selection that keeps copies (``prune_orphans``, run by
+the driver). The names come from the driver's view of the files: on a shared dir whose inodes differ between
+hosts (some FUSE mounts), a Ray worker names its copies apart from the driver's view, which prunes them as
+orphans; that costs their rewrite, never a wrong score. Deleting the dir is always safe.
+
+Writes go to a temporary file renamed into place: a killed process leaves no half copy under a copy's name.
+Where the dir cannot be written, or its disk would have less than 5% free, scoring reads the adapters' own
+files, with one warning.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ import shutil
 import struct
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -73,11 +78,7 @@ class ScoringCopies:
         """``path_for`` of an adapter's one weight file, for a caller that listed its dir already."""
         if weights.suffix != ".safetensors":
             return None
-        stat = weights.stat()
-        # the stats the catalog's freshness check uses: a write changes ctime, which no copy tool can set
-        key = f"{os.path.abspath(weights)}:{stat.st_size}:{stat.st_mtime_ns}:{stat.st_ctime_ns}:{stat.st_ino}"
-        name = hashlib.sha256(key.encode()).hexdigest()[:32]
-        return self.directory / f"{name}.{str(self.dtype).removeprefix('torch.')}.safetensors"
+        return self.directory / f"{copy_stem(weights)}.{str(self.dtype).removeprefix('torch.')}.safetensors"
 
     def read(self, copy: Path, factors: Sequence[tuple[str, tuple[int, ...]]],
              allocate: Callable[[torch.dtype, int], torch.Tensor]) -> torch.Tensor | None:
@@ -153,6 +154,32 @@ class ScoringCopies:
                 return
             self._logged.add(message)
         logger.log(level, message, *args)
+
+
+def copy_stem(weights: Path) -> str:
+    """The name a copy of ``weights`` has (before its dtype): its absolute path and the stats the catalog's
+    freshness check uses. A write changes ctime, which no copy tool can set, so changed bytes get a new name."""
+    stat = weights.stat()
+    key = f"{os.path.abspath(weights)}:{stat.st_size}:{stat.st_mtime_ns}:{stat.st_ctime_ns}:{stat.st_ino}"
+    return hashlib.sha256(key.encode()).hexdigest()[:32]
+
+
+def prune_orphans(directory: Path, current: Iterable[Path]) -> int:
+    """Delete the copies that none of ``current`` (the adapters' weight files still in use) names: their adapter
+    changed, moved or left the catalog, so no selection reads them again. Returns how many went."""
+    if not directory.is_dir():
+        return 0
+    keep = set()
+    for weights in current:
+        with contextlib.suppress(OSError):  # gone since it was listed: its copy is an orphan too
+            keep.add(copy_stem(weights))
+    removed = 0
+    for copy in directory.glob("*.safetensors"):  # not the temp files (".tmp-" after the suffix): see above
+        if copy.name.split(".", 1)[0] not in keep:
+            with contextlib.suppress(OSError):  # another process pruned it first
+                copy.unlink()
+                removed += 1
+    return removed
 
 
 @functools.lru_cache(maxsize=16)

@@ -23,7 +23,7 @@ from mashup.errors import MashupError
 from mashup.library import CheckpointRecord
 from mashup.scoring import CheckpointScore, rank
 from mashup.selection.driver import SelectionContext
-from mashup.selection.engine import forward_tokens
+from mashup.selection.example_scores import forward_tokens
 from mashup.selection.prefilter import run_prefilter
 from mashup.selection.scores import PrefixScore
 

@@ -9,7 +9,8 @@ from mashup.data.prompts import EncodedRequest
 from mashup.evaluation import ScoreSettings
 from mashup.library import CheckpointRecord
 from mashup.models import default_device
-from mashup.selection.engine import ExampleScores, ScoringEngine
+from mashup.selection.engine import ScoringEngine
+from mashup.selection.example_scores import ExampleScores
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 from mashup.cli_options import JsonOpt, PrecisionOpt, err, given
 from mashup.config import TrainConfig, load_config
 from mashup.progress import started_on_first_use, task_on_first_update
-from mashup.switch.config import (CollectConfig, RewardConfig, SwitchConfig, SwitchEvalConfig,
+from mashup.switch.config import (SYSTEMS, CollectConfig, RewardConfig, SwitchConfig, SwitchEvalConfig,
                                   default_switcher_training)
 
 switch_app = typer.Typer(no_args_is_help=True, help="Switch Generation: checkpoints take turns writing a response "
@@ -24,7 +24,7 @@ switch_app = typer.Typer(no_args_is_help=True, help="Switch Generation: checkpoi
 
 ConfigOpt = Annotated[Path, typer.Option("--config", help="switch config YAML: candidates, generation, switcher")]
 OutOpt = Annotated[Path, typer.Option("--out", help="output dir")]
-TaskOpt = Annotated[str, typer.Option("--task", help="gsm8k, arithmetic, or a multiple-choice task")]
+TaskOpt = Annotated[str, typer.Option("--task", help="gsm8k, arithmetic, a multiple-choice task, or a JSONL file")]
 SegmentOpt = Annotated[Optional[int], typer.Option("--segment-tokens", help="new tokens per segment",
                                                    show_default="from --config (50)")]
 MaxNewOpt = Annotated[Optional[int], typer.Option("--max-new-tokens", help="response length cap",
@@ -33,7 +33,9 @@ AdapterOpt = Annotated[Optional[str], typer.Option("--adapter", help="trained sw
                                                    show_default="none: untrained switcher")]
 
 
-RewardOpt = Annotated[str, typer.Option("--reward", help="number_match | number_closeness | choice_cloze | auto")]
+# collect's and eval's reward options, declared once
+RewardOpt = Annotated[str, typer.Option("--reward", help="number_match | number_closeness | choice_cloze | auto "
+                                        "(number_match on open tasks, choice_cloze on multiple choice)")]
 ModeOpt = Annotated[str, typer.Option("--reward-mode", help="choice_cloze reward: binary | margin")]
 
 
@@ -151,15 +153,16 @@ def eval_cmd(config: ConfigOpt, task: TaskOpt, out: OutOpt,
              max_examples: Annotated[Optional[int], typer.Option(
                  "--max-examples", help="test questions (0: all)")] = 50,
              systems: Annotated[Optional[list[str]], typer.Option(
-                 "--system", help="rows to run (repeat)", show_default="all")] = None,
-             reward_mode: ModeOpt = "binary", segment_tokens: SegmentOpt = None, max_new_tokens: MaxNewOpt = None,
-             precision: PrecisionOpt = None, as_json: JsonOpt = False) -> None:
+                 "--system", help=f"rows to run (repeat): alone:NAME (a candidate's name), {', '.join(SYSTEMS)}",
+                 show_default="all")] = None,
+             reward: RewardOpt = "auto", reward_mode: ModeOpt = "binary", segment_tokens: SegmentOpt = None,
+             max_new_tokens: MaxNewOpt = None, precision: PrecisionOpt = None, as_json: JsonOpt = False) -> None:
     """Accuracy with 95% CIs: each candidate, random, untrained/trained switcher, router, logit average, merge."""
     from mashup.switch.api import evaluate_into
     from mashup.switch.report import markdown_table
 
     eval_config = SwitchEvalConfig(task=task, max_examples=max_examples or None, systems=systems or None,
-                                   reward=RewardConfig(mode=reward_mode))  # type: ignore[arg-type]
+                                   reward=RewardConfig(name=reward, mode=reward_mode))  # type: ignore[arg-type]
     switch_config = _config(config, segment_tokens, max_new_tokens, adapter, precision)
     with _bars() as update:
         result = evaluate_into(switch_config, eval_config, out, progress=update)

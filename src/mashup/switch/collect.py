@@ -31,7 +31,7 @@ from mashup.io import write_json
 from mashup.switch.candidates import Candidate, load_candidates
 from mashup.switch.config import CollectConfig, SwitchConfig
 from mashup.switch.generation import Plan, Segment, fixed, random_chooser, switch_generate
-from mashup.switch.rewards import Reward, build_reward
+from mashup.switch.rewards import Reward, build_reward, reward_name
 from mashup.switch.tasks import SwitchItem, SwitchTask, load_switch_task
 from mashup.provenance import write_version
 
@@ -197,6 +197,7 @@ def collect(config: SwitchConfig, collect_config: CollectConfig, out: str | Path
         "do_sample": True, "temperature": collect_config.temperature, "top_p": collect_config.top_p})
     plan = Plan(generation, aligned)
     require_switches(plan)
+    reward_name(collect_config.reward, task)  # before the models load: a bad reward fails at once
     candidates = list(candidates or load_candidates(config.candidates, config.library, precision=config.precision))
     reward = build_reward(collect_config.reward, task, candidates[aligned if aligned is not None else 0])
     if not resuming:

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import BeforeValidator, Field, model_validator
 
-from mashup.config import Finite, Precision, StageConfig, TrainConfig
+from mashup.config import BASE_SPELLINGS, Finite, Precision, StageConfig, TrainConfig
 
 ALIGNED = "aligned"
+# the eval rows beside each candidate alone ("alone:NAME"), in the order an eval runs them
+SYSTEMS = ("random", "switcher-untrained", "switcher-trained", "router", "logit-average", "merge")
 ChatTemplate = Literal["auto", "on", "off"]
 RewardMode = Literal["binary", "margin"]
 
@@ -17,7 +19,7 @@ class CandidateConfig(StageConfig):
     """One model that may write segments: a base (named, local dir or Hub id), or a library checkpoint."""
 
     name: str | None = Field(None, description="label in traces and tables (default: derived from the source)")
-    model: str | None = Field(None, description="smollm2-135m, gemma3-270m, a local HF dir or a Hub id")
+    model: str | None = Field(None, description=BASE_SPELLINGS)
     adapter: str | None = Field(None, description="a LoRA adapter dir on `model`")
     checkpoint: str | None = Field(None, description="a library checkpoint id (LoRA on its base, or a full model)")
     role: str = Field("candidate", description=f"'{ALIGNED}' writes the first and last segments")
@@ -89,6 +91,15 @@ class RewardConfig(StageConfig):
     mode: RewardMode = Field("binary", description="choice_cloze: 0/1 correctness, or the log-likelihood margin")
 
 
+def _reward_shorthand(value: Any) -> Any:
+    """``reward: number_closeness`` is short for ``reward: {name: number_closeness}``."""
+    return {"name": value} if isinstance(value, str) else value
+
+
+# every config's reward field: a RewardConfig, or its name alone
+RewardField = Annotated[RewardConfig, BeforeValidator(_reward_shorthand)]
+
+
 class CollectConfig(StageConfig):
     """Random-switch rollouts that label which candidate should write the next segment."""
 
@@ -98,7 +109,7 @@ class CollectConfig(StageConfig):
     cut_min: Finite = Field(0.1, ge=0, lt=1)
     cut_max: Finite = Field(0.9, gt=0, le=1)
     seed: int = 0
-    reward: RewardConfig = Field(default_factory=RewardConfig)
+    reward: RewardField = Field(default_factory=RewardConfig, description="a reward name, or {name, mode}")
     temperature: Finite = Field(0.7, gt=0, description="rollouts sample (the reference code's 0.7 / 0.9)")
     top_p: Finite = Field(0.9, gt=0, le=1)
 
@@ -113,4 +124,4 @@ class SwitchEvalConfig(StageConfig):
     max_examples: int | None = Field(50, gt=0, description="test questions (seeded sample); None: the whole split")
     systems: list[str] | None = Field(None, description="which rows to run (default: all that apply)")
     plot_examples: int = Field(6, ge=0)
-    reward: RewardConfig = Field(default_factory=RewardConfig)
+    reward: RewardField = Field(default_factory=RewardConfig, description="a reward name, or {name, mode}")

@@ -28,9 +28,9 @@ import torch
 from mashup.data.schema import sample
 from mashup.errors import MashupError
 from mashup.switch.candidates import Candidate, load_candidates
-from mashup.switch.config import SwitchConfig, SwitchEvalConfig
+from mashup.switch.config import SYSTEMS, SwitchConfig, SwitchEvalConfig
 from mashup.switch.generation import Plan, SwitchTrace, fixed, logit_average_generate, random_chooser, switch_generate
-from mashup.switch.rewards import build_reward
+from mashup.switch.rewards import build_reward, reward_name
 from mashup.switch.switcher import Switcher, load_switcher
 from mashup.switch.tasks import SwitchItem, SwitchTask, load_switch_task
 from mashup.switch.train import switcher_base
@@ -154,8 +154,7 @@ def load_switchers(config: SwitchConfig, n: int) -> dict[str, Switcher]:
 
 def system_names(config: SwitchConfig) -> list[str]:
     """Every row an eval may run with these candidates, whether or not it applies to them."""
-    return [*(f"alone:{c.label()}" for c in config.candidates), "random", "switcher-untrained", "switcher-trained",
-            "router", "logit-average", "merge"]
+    return [*(f"alone:{c.label()}" for c in config.candidates), *SYSTEMS]
 
 
 def require_known_systems(config: SwitchConfig, systems: Sequence[str] | None) -> None:
@@ -179,6 +178,7 @@ def evaluate_switch(config: SwitchConfig, eval_config: SwitchEvalConfig, *, prog
     task = task or load_switch_task(eval_config.task)
     items = (task.test if eval_config.max_examples is None
              else sample(task.test, eval_config.max_examples, 0))  # type: ignore[arg-type]
+    reward_name(eval_config.reward, task)  # before the models load: a bad reward fails at once
     candidates = list(candidates or load_candidates(config.candidates, config.library, precision=config.precision))
     aligned = config.aligned_index()
     reward = build_reward(eval_config.reward, task, candidates[aligned if aligned is not None else 0])

@@ -122,8 +122,10 @@ register_reward("choice_cloze", lambda config, task, judge: ChoiceCloze(judge, t
                 "choice")
 
 
-def build_reward(config: RewardConfig, task: SwitchTask, judge: Candidate) -> Reward:
-    """The configured reward; ``auto`` picks by the task's kind. ``judge`` is the aligned candidate."""
+def reward_name(config: RewardConfig, task: SwitchTask) -> str:
+    """The registered reward ``config`` picks for ``task`` (``auto``: number_match for open tasks, choice_cloze for
+    multiple choice); a MashupError when there is none or it cannot score the task. Needs no model, so a bad
+    reward is refused before any candidate loads."""
     name = config.name
     if name == "auto":
         name = "number_match" if task.kind == "number" else "choice_cloze"
@@ -134,4 +136,9 @@ def build_reward(config: RewardConfig, task: SwitchTask, judge: Candidate) -> Re
         fitting = [n for n in sorted(REWARDS) if REWARD_KINDS.get(n, task.kind) == task.kind]
         raise MashupError(f"reward '{name}' scores {kind} answers, but task '{task.name}' is {task.kind}", None,
                           f"use --reward {' or '.join([*fitting, 'auto'])}")
-    return REWARDS[name](config, task, judge)
+    return name
+
+
+def build_reward(config: RewardConfig, task: SwitchTask, judge: Candidate) -> Reward:
+    """The configured reward (checked by ``reward_name``). ``judge`` is the aligned candidate."""
+    return REWARDS[reward_name(config, task)](config, task, judge)

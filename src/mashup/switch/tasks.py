@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,7 +51,8 @@ OPEN_FILES = {"gsm8k": "gsm8k/gold_bpb_5shot/requests.jsonl.gz",
 
 
 def load_switch_task(name: str) -> SwitchTask:
-    """A named open task (gsm8k, arithmetic) or a multiple-choice task; DataError listing names otherwise."""
+    """A named open task (gsm8k, arithmetic), a multiple-choice task or a JSONL file; a DataError otherwise
+    (``data file not found`` for a name that is meant as a path)."""
     if name in OPEN_FILES:
         items = list(_open_items(name, _request_file(name)))
         train, test = carve_split(items, OPEN_TEST_FRACTION, SPLIT_SEED)  # type: ignore[arg-type]
@@ -60,10 +62,21 @@ def load_switch_task(name: str) -> SwitchTask:
         train, test = task.load()
         return SwitchTask(name, "choice", [choice_item(ex) for ex in train], [choice_item(ex) for ex in test],
                           task.template)
-    if Path(name).is_file():
-        return _file_task(Path(name))
+    path = Path(name)
+    if path.is_file():
+        return _file_task(path)
+    if path.is_dir():
+        raise DataError("a directory, not a JSONL task file", name, "give the JSONL file inside it")
+    if _looks_like_path(name):
+        raise DataError("data file not found", name,
+                        "check the path, or use gsm8k, arithmetic or a task name from `mashup tasks list`")
     raise DataError(f"unknown switch task '{name}'", None,
                     "use gsm8k, arithmetic, a multiple-choice task from `mashup tasks list`, or a JSONL file")
+
+
+def _looks_like_path(name: str) -> bool:
+    """A name meant as a file (a data suffix or a directory part), never a task name."""
+    return Path(name).suffix.lower() in (".jsonl", ".json") or "/" in name or os.sep in name
 
 
 def _file_task(path: Path) -> SwitchTask:

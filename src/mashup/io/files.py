@@ -1,0 +1,92 @@
+"""Weight files and their bytes: which files a checkpoint dir holds, their stats, loading them, atomic writes."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from mashup.errors import CheckpointError
+
+# torch is imported where tensors are made: the library's catalog imports this package, and listing the
+# library reads its catalog only (torch takes about 2 s to import here; registering imports it for the NaN
+# check)
+if TYPE_CHECKING:
+    import torch
+
+
+def write_json(path: Path, data: Any) -> None:
+    """``data`` as JSON at ``path``, atomically (``write_text_atomic``): a summary written last marks its dir
+    complete."""
+    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """``text`` at ``path``, written to a temp sibling and renamed: a reader (or a kill) never meets half a file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def stat_files(paths: list[Path]) -> list[dict[str, Any]]:
+    """Name, size, mtime, ctime and inode of each file: what tells, short of hashing, that a file changed.
+
+    ctime cannot be set back by tools that restore an mtime (``touch -d``, ``cp -p``), and the inode
+    changes when a file is replaced by another one.
+    """
+    stats = []
+    for path in paths:
+        st = path.stat()
+        stats.append({"name": path.name, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "ctime_ns": st.st_ctime_ns,
+                      "ino": st.st_ino})
+    return stats
+
+
+def weight_files(model_dir: Path, *, allow_pickle: bool = False) -> list[Path]:
+    """The weight files of a model or adapter dir: safetensors, or pickles only when allowed."""
+    found = sorted(model_dir.glob("*.safetensors"))
+    if found:
+        return found
+    pickles = sorted(model_dir.glob("*.bin"))
+    if pickles and not allow_pickle:
+        raise CheckpointError(
+            "only pickle (.bin) weights found; refusing to unpickle",
+            str(model_dir),
+            "convert them to safetensors or pass --allow-pickle",
+        )
+    if pickles:
+        return pickles
+    raise CheckpointError("no weight files (*.safetensors)", str(model_dir), "point at a model or adapter dir")
+
+
+def load_weights(path: Path) -> dict[str, torch.Tensor]:
+    """Load one weight file; pickles only through ``torch.load(weights_only=True)``."""
+    import torch
+    from safetensors.torch import load_file
+
+    try:
+        if path.suffix == ".safetensors":
+            return load_file(str(path))
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # corrupt or truncated files raise library-specific errors
+        raise unreadable_error(path, exc) from None
+
+
+def unreadable_error(path: Path, exc: Exception) -> CheckpointError:
+    """The one error line for a weight file that cannot be read."""
+    return CheckpointError(f"cannot read weights ({type(exc).__name__}: {exc})", str(path),
+                           "the file is corrupt or truncated; re-save or re-download it")
+
+
+def load_weight_dir(model_dir: Path, *, allow_pickle: bool = False) -> dict[str, torch.Tensor]:
+    """Every tensor of a model or adapter dir's weight files, in one dict."""
+    tensors: dict[str, torch.Tensor] = {}
+    for path in weight_files(model_dir, allow_pickle=allow_pickle):
+        tensors.update(load_weights(path))
+    return tensors
