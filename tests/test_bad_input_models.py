@@ -162,7 +162,8 @@ def test_an_init_negated_through_its_alpha_trains_from_the_same_delta_w(tmp_path
     assert json.loads((tmp_path / "out" / "adapter" / "adapter_config.json").read_text())["lora_alpha"] < 0
 
 
-def test_a_hub_base_that_cannot_be_fetched_is_one_line(tiny_base, mc_file, capsys, monkeypatch):
+@pytest.mark.parametrize("hub_id", ["nobody/no-such-model", "Qwen/Qwen2.5-0.5B"])  # a dot is no file suffix
+def test_a_hub_base_that_cannot_be_fetched_is_one_line(tiny_base, mc_file, hub_id, capsys, monkeypatch):
     import huggingface_hub
     from huggingface_hub.errors import LocalEntryNotFoundError
 
@@ -171,9 +172,14 @@ def test_a_hub_base_that_cannot_be_fetched_is_one_line(tiny_base, mc_file, capsy
                                       "while trying to locate the files on the Hub.")
 
     monkeypatch.setattr(huggingface_hub, "snapshot_download", offline)
-    err = _eval_cli(tiny_base, mc_file, capsys, monkeypatch, base="nobody/no-such-model")
-    assert "cannot get base model 'nobody/no-such-model' from the Hugging Face Hub" in err
+    err = _eval_cli(tiny_base, mc_file, capsys, monkeypatch, base=hub_id)
+    assert f"cannot get base model '{hub_id}' from the Hugging Face Hub" in err
     assert "free disk space" not in err and "local model dir" in err
+
+
+@pytest.mark.parametrize("base", ["org/bad name", "models/llama.gguf", "a/b/c"])
+def test_a_base_that_is_neither_a_dir_nor_a_hub_id_is_one_line(tiny_base, mc_file, base, capsys, monkeypatch):
+    assert f"unknown base model '{base}'" in _eval_cli(tiny_base, mc_file, capsys, monkeypatch, base=base)
 
 
 def test_a_base_without_tokenizer_files_is_one_line(tmp_path, tiny_base, mc_file, capsys, monkeypatch):

@@ -180,7 +180,7 @@ def test_progress_displays_draw_nothing_before_their_first_update():
     from mashup.progress import count_bar, scoring_bar, training_bars
 
     def drawn(display, update=None) -> str:
-        console = Console(file=io.StringIO(), force_terminal=True, width=80)
+        console = Console(file=io.StringIO(), force_terminal=True, force_interactive=True, width=80)
         with display(console) as callback:
             if update:
                 update(callback)

@@ -272,11 +272,13 @@ def _option_named(field: str, argv: list[str]) -> str:
     (``merge.lora_mode`` -> ``--lora-mode``, ``weights.1`` -> ``--weights (value 2)``, ``lambda_`` ->
     ``--lambda``), or ending in it (``merge.method`` -> ``--merge-method``, ``halving.factor`` -> ``--halving-factor``).
     """
-    parts = [part for part in field.split(".") if not part.isdigit()]
-    name = parts[-1].rstrip("_").replace("_", "-") if parts else ""
+    parts = [part.rstrip("_").replace("_", "-") for part in field.split(".") if not part.isdigit()]
+    if not parts:
+        return f"'{field}'"
     typed = [arg.split("=", 1)[0] for arg in argv if arg.startswith("--")]
-    named = [flag for flag in typed if flag == f"--{name}"] or [flag for flag in typed if flag.endswith(f"-{name}")]
-    if not (name and named):
+    exact = [f"--{'-'.join(parts[-2:])}", f"--{parts[-1]}"]  # --prefilter-keep before --keep, never --min-keep
+    named = [flag for flag in exact if flag in typed] or [flag for flag in typed if flag.endswith(f"-{parts[-1]}")]
+    if not named:
         return f"'{field}'"
     items = [int(part) + 1 for part in field.split(".") if part.isdigit()]
     return named[0] + (f" (value {items[-1]})" if items else "")

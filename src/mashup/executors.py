@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from typing import Any, Literal, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar, get_args
 
+from mashup.config import ExecutorName
 from mashup.errors import MashupError
 
 logger = logging.getLogger(__name__)
@@ -25,7 +26,7 @@ U = TypeVar("U")
 R = TypeVar("R")
 WorkerFactory = Callable[[], Callable[[Any], Any]]
 ResultFn = Callable[[int, Any], None]
-ExecutorName = Literal["local", "ray"]
+EXECUTOR_NAMES: tuple[str, ...] = get_args(ExecutorName)
 
 
 class Executor(Protocol):
@@ -106,10 +107,18 @@ class LocalExecutor:
 def make_executor(name: ExecutorName, *, address: str | None = None, workers: int | None = None,
                   retries: int = 2) -> Executor:
     """``local`` or ``ray`` (Ray is an optional extra, imported only here)."""
+    check_executor_name(name)
     if name == "local":
         return LocalExecutor(retries=retries)
     if name == "ray":
         from mashup.ray_executor import RayExecutor
 
         return RayExecutor(address=address, workers=workers, retries=retries)
-    raise MashupError(f"unknown executor '{name}'", None, "use --executor local or --executor ray")
+    raise AssertionError(name)  # check_executor_name knows every name
+
+
+def check_executor_name(name: str) -> None:
+    """Refuse an unknown executor name before anything is planned or started (a dry run included)."""
+    if name not in EXECUTOR_NAMES:
+        raise MashupError(f"unknown executor '{name}'", None,
+                          f"use {' or '.join(f'--executor {known}' for known in EXECUTOR_NAMES)}")

@@ -18,6 +18,7 @@ from safetensors import SafetensorError
 from mashup.config import Precision
 from mashup.errors import CheckpointError, MashupError
 from mashup.io import check_finite, load_weight_dir, require_finite_tensors, tensor_shapes, weight_files
+from mashup.library.identity import is_hub_id
 
 # transformers' modeling code and peft are imported where a model is loaded: on a 2-core CPU they add
 # about 4 s to every command, and a cached select or a library listing loads no model
@@ -40,19 +41,21 @@ def resolve_base_dir(base: str, cache_dir: Path | None = None) -> Path:
             raise CheckpointError("no config.json in the base model dir", str(path), "pass an HF model dir")
         _require_json(path / "config.json")
         return path
-    if path.suffix or base.startswith((".", "/", "~")) or base.count("/") != 1:
+    if not is_hub_id(base):
         raise MashupError(f"unknown base model '{base}'", None,
                           f"use a local model dir, a Hub id, or one of: {', '.join(sorted(NAMED_MODELS))}")
-    return _hub_snapshot(base)
+    return fetch_hub_model(base)
 
 
-def _hub_snapshot(repo_id: str) -> Path:
-    """The Hub model's files (the local HF cache's copy when there is one); a failed download is one line."""
+def fetch_hub_model(repo_id: str, *, config_only: bool = False) -> Path:
+    """The Hub model's files (the local HF cache's copy when there is one), or only its config.json (to check it
+    can be had without downloading the weights); a failed download is one line."""
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
+    patterns = ["config.json"] if config_only else ["*.json", "*.safetensors", "*.model", "*.txt"]
     try:
-        return Path(snapshot_download(repo_id, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt"]))
+        return Path(snapshot_download(repo_id, allow_patterns=patterns))
     except (HfHubHTTPError, LocalEntryNotFoundError, OSError) as exc:  # offline, unknown id, gated, ...
         reason = " ".join(str(exc).split())
         raise MashupError(f"cannot get base model '{repo_id}' from the Hugging Face Hub "

@@ -112,7 +112,7 @@ def count_bar(console: Console, description: str, enabled: bool = True) -> Itera
     """
     def make() -> Progress:
         return Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                        TimeElapsedColumn(), console=console, disable=not (enabled and console.is_terminal))
+                        TimeElapsedColumn(), console=console, disable=not (enabled and console.is_interactive))
 
     with started_on_first_use(make) as progress:
         yield task_on_first_update(progress, description)

@@ -240,6 +240,7 @@ def test_a_reward_may_be_given_by_name() -> None:
         assert model(task="tiny", reward="number_closeness").reward == RewardConfig(name="number_closeness")
         assert model(task="tiny", reward={"name": "choice_cloze", "mode": "margin"}).reward.mode == "margin"
         assert model.model_validate(yaml.safe_load("task: tiny\nreward: number_match\n")).reward.name == "number_match"
+        assert model.model_validate(yaml.safe_load("task: tiny\nreward:\n")).reward == RewardConfig()  # empty
 
 
 # a reward that cannot score the task is refused before any model loads

@@ -42,7 +42,7 @@ def experiment_cmd(
     """Leave-one-out Mashup vs from-scratch: seeds, a learning-rate sweep per arm chosen on validation, the
     selection baselines, Tables 3-6 and Figures 2-4. Rerun the same command to resume after a crash."""
     from mashup.experiment import load_experiment_config, load_profile
-    from mashup.experiment.executor import check_executor_name
+    from mashup.executors import check_executor_name
 
     if (config_file is None) == (profile is None):
         raise typer.BadParameter("give a CONFIG file or --profile NAME (one of them)")
@@ -74,7 +74,7 @@ def experiment_cmd(
 
 
 # what --dry-run says of a unit a run will not skip, by its record's status (see runner._record_statuses)
-_TODO_NOTES = {"stale": "stale: will be redone", "waiting": "waits on earlier units", "new": ""}
+_TODO_NOTES = {"stale": "stale: runs again", "waiting": "waits on earlier units", "new": ""}
 
 
 def _dry_run(config: ExperimentConfig, as_json: bool) -> None:
@@ -109,7 +109,7 @@ def _status_counts(planned: list[PlannedUnit]) -> str:
     counts = Counter(p.status for p in planned)
     parts = [f"{counts['recorded']} recorded"]
     if counts["stale"]:
-        parts.append(f"{counts['stale']} stale (recorded for another job: will be redone)")
+        parts.append(f"{counts['stale']} stale (the record no longer matches its job or files: run again)")
     if counts["waiting"]:
         parts.append(f"{counts['waiting']} recorded but built on earlier units still to do (rechecked once those "
                      "are done: redone unless they come out unchanged)")

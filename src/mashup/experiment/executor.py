@@ -16,9 +16,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol, TypeVar
 
 from mashup import executors
-from mashup.errors import MashupError
 
-EXECUTOR_NAMES = ("local", "ray")
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -84,15 +82,9 @@ class PooledExecutor:
         self.pool.close()
 
 
-def check_executor_name(name: str) -> None:
-    """Refuse an unknown executor name before anything is planned or started (a dry run included)."""
-    if name not in EXECUTOR_NAMES:
-        raise MashupError(f"unknown executor '{name}'", None, "use --executor local or --executor ray")
-
-
 def make_experiment_executor(name: str, *, address: str | None = None) -> Executor:
     """``local`` (one unit at a time here) or ``ray`` (units fanned out over Ray actors)."""
-    check_executor_name(name)
+    executors.check_executor_name(name)
     if name == "local":
         return LocalExecutor()
     return PooledExecutor(executors.make_executor(name, address=address))

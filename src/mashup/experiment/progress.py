@@ -25,7 +25,7 @@ class UnitProgress:
 
     def __init__(self, console: Console) -> None:
         self._console = console
-        self._live = console.is_terminal
+        self._live = console.is_interactive  # a terminal that redraws (not TERM=dumb: Emacs, some CI logs)
         self._progress = Progress(TextColumn("{task.completed}/{task.total} units"), BarColumn(bar_width=24),
                                   TextColumn("elapsed {task.fields[elapsed]}  ETA {task.fields[eta]}"),
                                   TextColumn("{task.fields[last]}"), console=console, transient=False,

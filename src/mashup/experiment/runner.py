@@ -21,6 +21,7 @@ from mashup.experiment.plan import PHASES, Context, Unit, plan_units, planned_so
 from mashup.experiment.report import CONFIG_NAME, config_digest, drop_report, write_report
 from mashup.experiment.sources import candidate_counts, usable_candidates
 from mashup.experiment.store import ResultStore, unit_file_name
+from mashup.library.identity import is_hub_id
 from mashup.provenance import write_version
 
 logger = logging.getLogger(__name__)
@@ -66,10 +67,10 @@ def check_base(base: str) -> None:
 
     if base in NAMED_MODELS or Path(base).expanduser().is_dir():
         return
-    if base.count("/") == 1 and not base.startswith((".", "/", "~")):
-        from mashup.models import resolve_base_dir
+    if is_hub_id(base):
+        from mashup.models import fetch_hub_model
 
-        resolve_base_dir(base)  # a Hub id: fetched once now (the first unit needs it), or one line on why not
+        fetch_hub_model(base, config_only=True)  # reachable (the weights come with the first unit), or one line
         return
     raise MashupError(f"base model '{base}' is not available: not a named model of this install, a local model "
                       "dir or a Hub id", None,
@@ -82,11 +83,13 @@ def _check_out(store: ResultStore) -> None:
     root = store.root
     if root.exists() and not root.is_dir():
         raise MashupError("the experiment's out is a file, not a dir", str(root), "pick a new or empty dir for --out")
-    if not root.is_dir() or (root / CONFIG_NAME).is_file() or store.units_dir.is_dir():
+    # units/ is made first (ResultStore.open), so even a run killed at once resumes; an experiment.yaml alone may
+    # be the user's own config, which a run would overwrite
+    if not root.is_dir() or store.units_dir.is_dir():
         return
     if next(root.iterdir(), None) is not None:
-        raise MashupError(f"the out dir is not empty and holds no experiment (no {CONFIG_NAME} or units/ of an "
-                          "earlier run)", str(root), "pick a new or empty dir for --out (or the config's `out`)")
+        raise MashupError("the out dir is not empty and holds no experiment (no units/ of an earlier run)", str(root),
+                          "pick a new or empty dir for --out (or the config's `out`)")
 
 
 def _check_library(directory: str) -> None:
@@ -261,7 +264,6 @@ def _run_phase(units: list[Unit], session: _Session, executor: Executor, progres
     for unit in units:
         job, record = _done_record(unit, session)
         if record is None:
-            session.store.discard_changed_outputs(unit.id, job.key())
             pending.setdefault(job.key(), (job, []))[1].append(unit)
             continue
         if record.get("config_digest") != session.digest:  # the same work under a changed config: confirm it

@@ -42,8 +42,9 @@ def usable_candidates(config: ExperimentConfig, targets: dict[str, TargetData]) 
 
 def _base_identity(base: str) -> str | None:
     """The base's content identity as the selection job will see it (``base_identity`` of its workspace's dir): a
-    named model not converted yet is converted now, which its first unit would do anyway. Without this the count
-    compared records by spelling only, and refused a library registered under the converted dir's path."""
+    named model not converted yet is converted now (a dry run too: into the model cache, as its first unit would
+    do). Without this the count compared records by spelling only, and refused a library registered under the
+    converted dir's path."""
     from mashup.library.identity import base_identity, resolve_identity
     from mashup.named_models import NAMED_MODELS, materialize_named_model
 

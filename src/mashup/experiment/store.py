@@ -21,7 +21,6 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -119,14 +118,6 @@ class ResultStore:
             logger.warning("outputs of %s are missing or changed since they were recorded; it will be redone", unit_id)
             return None
         return record
-
-    def discard_changed_outputs(self, unit_id: str, key: str) -> None:
-        """Delete the artifact of a record of this exact job that ``valid_record`` refused (its outputs changed
-        since they were recorded), so that the job is computed again rather than its changed files reused."""
-        record = self.record(unit_id)
-        if record is not None and record.get("key") == key and self.artifact(record["artifact"]).is_dir():
-            logger.warning("removing the changed outputs of %s before computing them again", unit_id)
-            shutil.rmtree(self.artifact(record["artifact"]))
 
     def write(self, unit_id: str, record: dict[str, Any]) -> None:
         """Record a finished unit (atomically: a reader sees the old record or the new, never half)."""

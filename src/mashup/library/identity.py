@@ -81,6 +81,23 @@ def _cache_put(key: str, identity: str, model_dir: Path) -> None:
         logger.warning("cannot cache the base identity: %s", exc.line())
 
 
+_FILE_SUFFIXES = (".gguf", ".safetensors", ".bin", ".pt", ".json", ".jsonl", ".yaml", ".yml")
+
+
+def is_hub_id(name: str) -> bool:
+    """``namespace/name`` as the Hub spells a model repo (dots allowed: ``Qwen/Qwen2.5-0.5B``), not a path: one
+    that starts like a path or ends like a weights or data file is taken for a missing local file."""
+    if name.count("/") != 1 or name.startswith((".", "/", "~")) or name.lower().endswith(_FILE_SUFFIXES):
+        return False
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return False
+    return True
+
+
 def local_base_dir(base: str) -> Path | None:
     """The local model dir ``base`` names, found without any network access; None if there is none yet."""
     from mashup.named_models import NAMED_MODELS, default_cache_dir, is_converted
@@ -91,7 +108,7 @@ def local_base_dir(base: str) -> Path | None:
     path = Path(base).expanduser()
     if path.is_dir():
         return path if (path / "config.json").is_file() else None
-    if base.count("/") != 1 or base.startswith((".", "/", "~")):
+    if not is_hub_id(base):
         return None
     try:
         from huggingface_hub import snapshot_download

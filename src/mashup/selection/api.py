@@ -17,10 +17,9 @@ from mashup.errors import MashupError
 from mashup.io import weight_files
 from mashup.library import CheckpointRecord, Library
 from mashup.selection.driver import ProgressFn, Selection, SelectionContext, SelectionStats
-from mashup.selection.engine import default_adapters_per_forward, default_stacking
+from mashup.selection.engine import default_adapters_per_forward, default_stacking, keeps_scoring_copies
 from mashup.selection.example_scores import sample_tokens
 from mashup.selection.scores import ScoreStore
-from mashup.selection.read_ahead import default_read_ahead
 from mashup.selection.scoring_copies import SCORING_COPIES_DIR, prune_orphans
 from mashup.selection.selectors import get_selector
 from mashup.selection.units import EngineFactory
@@ -69,7 +68,7 @@ def select_checkpoints(workspace: Workspace, records: Sequence[CheckpointRecord]
                                unit_size=unit_size, library_dir=library_dir,
                                allow_pickle=allow_pickle, progress=progress)
     try:
-        if copies_dir is not None and _keeps_copies(config, worker_settings):
+        if copies_dir is not None and keeps_scoring_copies(worker_settings, config.read_ahead):
             _prune_copies(copies_dir, Path(library_dir), records)  # type: ignore[arg-type]
         ranking = selector(context, records)
     finally:
@@ -95,12 +94,6 @@ class UnitSizer:
         stacking = default_stacking(self.base_dir, self.settings, candidates)
         batches = plan_batch_rows(unit_requests, self.config.batch_size, self.with_accuracy, stacking)
         return default_adapters_per_forward(self.base_dir, self.settings, [len(batch) for batch in batches])
-
-
-def _keeps_copies(config: SelectConfig, settings: ScoreSettings) -> bool:
-    """Whether the engines keep scoring copies (``ScoringEngine``'s rule): bf16 slots read ahead into."""
-    read_ahead = default_read_ahead(settings.device) if config.read_ahead is None else config.read_ahead
-    return settings.bf16 and read_ahead
 
 
 def _prune_copies(copies_dir: Path, library_dir: Path, records: Sequence[CheckpointRecord]) -> None:

@@ -106,6 +106,12 @@ def group_rows(base_dir: Path, settings: ScoreSettings) -> int:
     return CPU_LARGE_MODEL_GROUP_ROWS if count_parameters(base_dir) > CPU_GROUPING_MAX_PARAMETERS else GROUP_ROWS
 
 
+def keeps_scoring_copies(settings: ScoreSettings, read_ahead: bool | None) -> bool:
+    """Whether an engine keeps bf16 copies of float32 adapters: when it reads ahead (None: by the device) into
+    slots of bf16 (``settings.bf16``), the only case where a narrower copy holds the same values."""
+    return settings.bf16 and (default_read_ahead(settings.device) if read_ahead is None else read_ahead)
+
+
 class ScoringEngine:
     """Scores checkpoints of one base on fixed requests; build once, call ``score`` as often as needed.
 
@@ -135,8 +141,7 @@ class ScoringEngine:
         self._swapped = SwappedModels(self._load_base, allow_pickle)  # full fine-tunes and adapters not in slots
         self.read_ahead = default_read_ahead(settings.device) if read_ahead is None else read_ahead
         self._reader: AdapterReadAhead | None = None
-        # the slots hold bf16 under settings.bf16 (_build_slots): only then is a narrower copy the same values
-        use_copies = copies_dir is not None and settings.bf16 and self.read_ahead
+        use_copies = copies_dir is not None and keeps_scoring_copies(settings, self.read_ahead)
         self._scoring_copies = ScoringCopies(copies_dir) if use_copies else None
 
     def _load_base(self) -> nn.Module:

@@ -92,7 +92,10 @@ class RewardConfig(StageConfig):
 
 
 def _reward_shorthand(value: Any) -> Any:
-    """``reward: number_closeness`` is short for ``reward: {name: number_closeness}``."""
+    """``reward: number_closeness`` is short for ``reward: {name: number_closeness}``; an empty ``reward:`` is
+    the default."""
+    if value is None:
+        return {}
     return {"name": value} if isinstance(value, str) else value
 
 
