@@ -85,3 +85,17 @@ def save_fresh_init(base_dir: Path, path: Path, seed: int, r: int = 4,
     save_file({k: v.contiguous() for k, v in get_peft_model_state_dict(model, save_embedding_layers=False).items()},
               str(path))
     return str(path)
+
+
+def copy_with_nan(model_dir: Path, out_dir: Path) -> Path:
+    """A copy of a model or adapter dir whose first tensor (by name) holds one NaN."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    copy = Path(shutil.copytree(model_dir, out_dir))
+    weights = next(copy.glob("*.safetensors"))
+    tensors = load_file(weights)
+    tensors[min(tensors)].view(-1)[0] = float("nan")
+    save_file(tensors, weights, metadata={"format": "pt"})
+    return copy

@@ -93,3 +93,16 @@ def test_statistics_methods_on_loras_merge_in_delta_space(method: str, tiny_base
     inputs = sample_inputs(tiny_base)
     expected = adapter_logits(tiny_base, tiny_loras[0], inputs)
     assert torch.allclose(adapter_logits(tiny_base, out, inputs), expected, atol=1e-4)
+
+
+def test_a_base_with_nan_weights_is_named_before_its_statistics(tiny_base: Path, tiny_loras: list[Path],
+                                                                 tmp_path: Path) -> None:
+    """The base is not registered, so nothing checked it: NaN statistics would only show in the merged output."""
+    from mashup.errors import CheckpointError
+    from tests.tiny import copy_with_nan
+
+    base = copy_with_nan(tiny_base, tmp_path / "nan-base")
+    with pytest.raises(CheckpointError, match="NaN or inf") as error:
+        merge_checkpoints(records(tiny_loras[:2]), MergeConfig(method="fisher"), tmp_path / "out", base_model_dir=base,
+                          calibration_batches=calibration_batches(tiny_base, n=2))
+    assert str(base) in error.value.line() and not (tmp_path / "out").exists()

@@ -7,8 +7,9 @@ import sqlite3
 import pytest
 from pydantic import ValidationError
 
-from mashup.config import PrefilterConfig
+from mashup.config import PrefilterConfig, SelectConfig
 from mashup.scoring import CheckpointScore, rank
+from mashup.selection import select_checkpoints
 from mashup.selection.prefilter import run_prefilter
 from mashup.selection.scores import PrefixScore, ScoreStore
 from mashup.selection.signal_cache import CACHE_NAME, SignalCache
@@ -71,3 +72,16 @@ def test_a_prefilter_cache_another_process_holds_is_a_warning(tmp_path, tiny_bas
 def test_a_prefilter_needs_a_signal():
     with pytest.raises(ValidationError, match="signals"):
         PrefilterConfig(signals=[])
+
+
+def test_a_base_with_nan_weights_is_one_error_not_a_ranking_of_nans(tmp_path, tiny_base, tiny_loras, mc_file):
+    """Every loss would be NaN and rank alike: the base is refused when it loads, naming it."""
+    from mashup.errors import CheckpointError
+    from tests.tiny import copy_with_nan
+
+    base = copy_with_nan(tiny_base, tmp_path / "nan-base")
+    workspace, requests = requests_for(base, mc_file, 4)
+    with pytest.raises(CheckpointError, match="NaN or inf") as error:
+        select_checkpoints(workspace, records_for(tiny_loras[:2]), requests, SelectConfig(samples=4, cache=False),
+                           None)
+    assert str(base) in error.value.line()

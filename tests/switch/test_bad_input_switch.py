@@ -23,7 +23,7 @@ from mashup.switch.tasks import SwitchTask, load_switch_task, number_item
 from mashup.switch.train import check_switcher_inputs, checked_collect_dirs, train_switcher
 from tests.switch.helpers import generation
 from tests.test_cli import run_cli
-from tests.tiny import save_tiny_base
+from tests.tiny import copy_with_nan, save_tiny_base
 
 collect_module = importlib.import_module("mashup.switch.collect")
 TASK = SwitchTask("tiny", "number", [number_item(f"What is {i} + 1?", str(i + 1)) for i in range(6)],
@@ -256,3 +256,18 @@ def test_a_bad_reward_is_refused_before_the_models_load(reward, match, tiny_base
     with pytest.raises(MashupError, match=match):
         evaluate_switch(config, SwitchEvalConfig(task="tiny", reward=reward), task=TASK)  # type: ignore[arg-type]
     assert not (tmp_path / "col").exists()
+
+
+def test_nan_weights_in_a_candidate_or_the_switcher_are_one_error(tiny_base, expert_lora, tmp_path) -> None:
+    """A NaN weight would write garbage text without failing: refused when the model loads, naming the dir."""
+    from mashup.switch.candidates import load_candidate
+
+    broken_base = copy_with_nan(tiny_base, tmp_path / "nan-base")
+    with pytest.raises(CheckpointError, match="NaN or inf") as error:
+        load_candidate(CandidateConfig(model=str(broken_base), name="a"))
+    assert str(broken_base) in error.value.line()
+    broken_adapter = copy_with_nan(expert_lora, tmp_path / "nan-lora")
+    with pytest.raises(CheckpointError, match="NaN or inf"):
+        load_candidate(CandidateConfig(model=str(tiny_base), adapter=str(broken_adapter), name="a"))
+    with pytest.raises(CheckpointError, match="NaN or inf"):
+        load_switcher(str(broken_base), 2)

@@ -73,9 +73,9 @@ def load_candidate(config: CandidateConfig, library: Library | None = None,
         adapter = Path(record.path) if record.kind == "lora" else None
     else:
         base_dir = weights_dir = resolve_base_dir(str(config.model))
-    model = load_model(weights_dir)
+    model = load_model(weights_dir, check_values=True)  # a NaN weight would write garbage text, not fail
     if adapter is not None:
-        model = attach_adapter(model, adapter, trainable=False).merge_and_unload()
+        model = attach_adapter(model, adapter, trainable=False, check_values=True).merge_and_unload()
     tokenizer = load_tokenizer(weights_dir if (weights_dir / "tokenizer_config.json").is_file() else base_dir)
     chat = config.chat_template == "on" or (config.chat_template == "auto" and bool(tokenizer.chat_template))
     if config.chat_template == "on" and not tokenizer.chat_template:
