@@ -23,7 +23,8 @@ from mashup.executors import ResultFn, UnitFailed, WorkerFactory
 logger = logging.getLogger(__name__)
 
 
-def _ray() -> Any:
+def require_ray() -> Any:
+    """The ray module, or one line on how to install it."""
     try:
         import ray
     except ImportError:
@@ -57,7 +58,7 @@ class RayExecutor:
 
     def __init__(self, address: str | None = None, workers: int | None = None, retries: int = 2,
                  cpus_per_worker: int = 1) -> None:
-        ray = _ray()
+        ray = require_ray()
         self._ray = ray
         self.retries = retries
         self.retried = 0

@@ -50,8 +50,16 @@ class PooledExecutor:
     the rest still run. The pool's own ``map`` runs in a thread here, because the runner pulls results.
     """
 
-    def __init__(self, pool: executors.Executor) -> None:
-        self.pool = pool
+    def __init__(self, make_pool: Callable[[], executors.Executor]) -> None:
+        self._make_pool = make_pool
+        self._pool: executors.Executor | None = None
+
+    @property
+    def pool(self) -> executors.Executor:
+        """The pool, started at the first ``map``: a run's checks come first, then Ray (a cluster, actors)."""
+        if self._pool is None:
+            self._pool = self._make_pool()
+        return self._pool
 
     def map(self, fn: Callable[[T], R], items: Sequence[T]) -> Iterator[R]:
         landed: queue.Queue[tuple[int, Any]] = queue.Queue()
@@ -79,7 +87,8 @@ class PooledExecutor:
         thread.join()
 
     def close(self) -> None:
-        self.pool.close()
+        if self._pool is not None:
+            self._pool.close()
 
 
 def make_experiment_executor(name: str, *, address: str | None = None) -> Executor:
@@ -87,4 +96,7 @@ def make_experiment_executor(name: str, *, address: str | None = None) -> Execut
     executors.check_executor_name(name)
     if name == "local":
         return LocalExecutor()
-    return PooledExecutor(executors.make_executor(name, address=address))
+    from mashup.ray_executor import require_ray
+
+    require_ray()  # not installed: said now, before a run writes anything
+    return PooledExecutor(functools.partial(executors.make_executor, name, address=address))
