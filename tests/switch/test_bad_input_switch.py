@@ -222,11 +222,23 @@ def test_a_missing_task_file_is_not_found(name: str, tmp_path: Path, monkeypatch
     monkeypatch.chdir(tmp_path)
     with pytest.raises(DataError, match=rf"^data file not found in {name}; check the path"):
         load_switch_task(name)
-    (tmp_path / "data").mkdir()
-    with pytest.raises(DataError, match=r"^a directory, not a JSONL task file in data"):
-        load_switch_task("data")
     with pytest.raises(DataError, match="unknown switch task 'nosuch'"):
         load_switch_task("nosuch")
+
+
+def test_a_task_is_read_from_any_format_eval_reads(tmp_path: Path, monkeypatch) -> None:
+    """CSV, Parquet or a saved HF dataset dir, as `mashup eval --data` reads them, not only JSONL."""
+    import datasets
+
+    rows = [{"question": f"What is {i} + 1?", "answer": str(i + 1)} for i in range(10)]
+    datasets.Dataset.from_list(rows).save_to_disk(str(tmp_path / "saved"))
+    datasets.Dataset.from_list(rows).to_csv(str(tmp_path / "rows.csv"))
+    monkeypatch.chdir(tmp_path)
+    for name in ("saved", "rows.csv"):
+        task = load_switch_task(name)
+        assert task.kind == "number" and len(task.train) + len(task.test) == 10
+    with pytest.raises(DataError, match=r"^data file not found in missing.csv"):
+        load_switch_task("missing.csv")
 
 
 # a reward given by name alone, in every config that has one

