@@ -256,15 +256,17 @@ def test_a_reward_may_be_given_by_name() -> None:
 
 
 # a reward that cannot score the task is refused before any model loads
-@pytest.mark.parametrize("reward, match", [("bogus", "unknown reward 'bogus'"), ("choice_cloze", "scores choice")])
+@pytest.mark.parametrize("reward, match", [("bogus", "unknown reward 'bogus'"), ("choice_cloze", "scores choice"),
+                                           ({"name": "number_closeness", "mode": "margin"}, "applies to choice_cloze")])
 def test_a_bad_reward_is_refused_before_the_models_load(reward, match, tiny_base, other_base, tmp_path,
                                                         monkeypatch) -> None:
     evaluate_module = importlib.import_module("mashup.switch.evaluate")
     for module in (collect_module, evaluate_module):
         monkeypatch.setattr(module, "load_candidates", lambda *a, **k: pytest.fail("models loaded before the check"))
     config = _switch_config(tiny_base, other_base)
+    reward_config = RewardConfig.model_validate(reward if isinstance(reward, dict) else {"name": reward})
     with pytest.raises(MashupError, match=match):
-        collect(config, CONFIG.model_copy(update={"reward": RewardConfig(name=reward)}), tmp_path / "col", task=TASK)
+        collect(config, CONFIG.model_copy(update={"reward": reward_config}), tmp_path / "col", task=TASK)
     with pytest.raises(MashupError, match=match):
         evaluate_switch(config, SwitchEvalConfig(task="tiny", reward=reward), task=TASK)  # type: ignore[arg-type]
     assert not (tmp_path / "col").exists()

@@ -136,6 +136,9 @@ def reward_name(config: RewardConfig, task: SwitchTask) -> str:
         fitting = [n for n in sorted(REWARDS) if REWARD_KINDS.get(n, task.kind) == task.kind]
         raise MashupError(f"reward '{name}' scores {kind} answers, but task '{task.name}' is {task.kind}", None,
                           f"use --reward {' or '.join([*fitting, 'auto'])}")
+    if config.mode != "binary" and name != "choice_cloze":  # only a choice's log-likelihoods have a margin
+        raise MashupError(f"reward mode '{config.mode}' applies to choice_cloze, not to {name}", None,
+                          "drop --reward-mode (reward.mode), or use a multiple-choice task")
     return name
 
 
