@@ -37,3 +37,19 @@ def test_benchmark_script_imports(script: Path, monkeypatch: pytest.MonkeyPatch)
 
 def test_benchmark_scripts_are_found() -> None:
     assert BENCHMARKS / "lora_modes.py" in SCRIPTS
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=[p.name for p in SCRIPTS])
+def test_every_name_a_benchmark_takes_from_mashup_exists(script: Path) -> None:
+    """Also the imports inside functions, which importing the script does not run."""
+    import ast
+    import importlib
+
+    tree = ast.parse(script.read_text(), filename=str(script))
+    imports = [node for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module
+               and node.module.split(".")[0] == "mashup"]
+    for node in imports:
+        module = importlib.import_module(node.module)  # type: ignore[arg-type]
+        missing = [alias.name for alias in node.names if not hasattr(module, alias.name)
+                   and importlib.util.find_spec(f"{node.module}.{alias.name}") is None]
+        assert not missing, f"{script.name}:{node.lineno}: {node.module} has no {', '.join(missing)}"

@@ -17,7 +17,8 @@ from mashup.cli_data import DataOptions, with_data_options
 from mashup.cli_options import (DENSITY_DEFAULT, DENSITY_HELP, BaseOpt, ExecutorOpt, HalvingFactorOpt, HalvingMinOpt,
                                 HalvingSeOpt, HalvingShareOpt, IncludeTargetOpt, JsonOpt, LibraryOpt, LoraModeOpt,
                                 MergeMethodOpt, NoCacheOpt, PickleOpt, PrecisionOpt, PrefilterKeepOpt, PrefilterMinOpt,
-                                PrefilterSignalsOpt, RayAddressOpt, SelectorOpt, comma_list, emit, err, given)
+                                PrefilterSignalsOpt, RayAddressOpt, SelectorOpt, comma_list, emit, err, given,
+                                option_named)
 from mashup.cli_run import demo_cmd, run_cmd
 from mashup.config import (EvalConfig, HalvingConfig, MergeConfig, PrefilterConfig, SelectConfig, TrainConfig,
                            first_problem, max_share_option)
@@ -267,23 +268,6 @@ def main() -> None:
         _main(expand_multi_value_options(sys.argv[1:]))
 
 
-def _option_named(field: str, argv: list[str]) -> str:
-    """The flag the user typed for config ``field``, else the field: named as the field's last part
-    (``merge.lora_mode`` -> ``--lora-mode``, ``weights.1`` -> ``--weights (value 2)``, ``lambda_`` ->
-    ``--lambda``), or ending in it (``merge.method`` -> ``--merge-method``, ``halving.factor`` -> ``--halving-factor``).
-    """
-    parts = [part.rstrip("_").replace("_", "-") for part in field.split(".") if not part.isdigit()]
-    if not parts:
-        return f"'{field}'"
-    typed = [arg.split("=", 1)[0] for arg in argv if arg.startswith("--")]
-    exact = [f"--{'-'.join(parts[-2:])}", f"--{parts[-1]}"]  # --prefilter-keep before --keep, never --min-keep
-    named = [flag for flag in exact if flag in typed] or [flag for flag in typed if flag.endswith(f"-{parts[-1]}")]
-    if not named:
-        return f"'{field}'"
-    items = [int(part) + 1 for part in field.split(".") if part.isdigit()]
-    return named[0] + (f" (value {items[-1]})" if items else "")
-
-
 INTERRUPTED = 130  # the shell's exit status for SIGINT
 
 
@@ -297,7 +281,7 @@ def _main(argv: list[str]) -> None:
         raise SystemExit(1) from None
     except ValidationError as exc:
         field, problem = first_problem(exc)
-        err.print(f"[red]error:[/red] invalid value for {_option_named(field, argv)}: {problem}; fix that option",
+        err.print(f"[red]error:[/red] invalid value for {option_named(field, argv)}: {problem}; fix that option",
                   highlight=False, soft_wrap=True)
         raise SystemExit(2) from None
     except OSError as exc:  # the file system said no (missing file, permissions, disk full): one line too

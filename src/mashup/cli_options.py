@@ -96,3 +96,20 @@ PrefilterSignalsOpt = Annotated[Optional[str], typer.Option(
 ExecutorOpt = Annotated[str, typer.Option("--executor", help="where scoring runs: local | ray")]
 RayAddressOpt = Annotated[Optional[str], typer.Option("--ray-address", help="existing Ray cluster",
                                                       show_default="none: start one locally")]
+
+
+def option_named(field: str, argv: list[str]) -> str:
+    """The flag the user typed for config ``field``, else the field: named as the field's last part
+    (``merge.lora_mode`` -> ``--lora-mode``, ``weights.1`` -> ``--weights (value 2)``, ``lambda_`` ->
+    ``--lambda``), or ending in it (``merge.method`` -> ``--merge-method``, ``halving.factor`` -> ``--halving-factor``).
+    """
+    parts = [part.rstrip("_").replace("_", "-") for part in field.split(".") if not part.isdigit()]
+    if not parts:
+        return f"'{field}'"
+    typed = [arg.split("=", 1)[0] for arg in argv if arg.startswith("--")]
+    exact = [f"--{'-'.join(parts[-2:])}", f"--{parts[-1]}"]  # --prefilter-keep before --keep, never --min-keep
+    named = [flag for flag in exact if flag in typed] or [flag for flag in typed if flag.endswith(f"-{parts[-1]}")]
+    if not named:
+        return f"'{field}'"
+    items = [int(part) + 1 for part in field.split(".") if part.isdigit()]
+    return named[0] + (f" (value {items[-1]})" if items else "")

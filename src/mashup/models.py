@@ -18,7 +18,7 @@ from safetensors import SafetensorError
 from mashup.config import Precision
 from mashup.errors import CheckpointError, MashupError
 from mashup.io import check_finite, load_weight_dir, require_finite_tensors, tensor_shapes, weight_files
-from mashup.library.identity import is_hub_id
+from mashup.hub import fetch_hub_model, is_hub_id
 
 # transformers' modeling code and peft are imported where a model is loaded: on a 2-core CPU they add
 # about 4 s to every command, and a cached select or a library listing loads no model
@@ -35,6 +35,21 @@ def resolve_base_dir(base: str, cache_dir: Path | None = None) -> Path:
 
     if base in NAMED_MODELS:
         return materialize_named_model(base, cache_dir)
+    return _local_or_hub_dir(base, fetch_weights=True)
+
+
+def check_base_available(base: str) -> None:
+    """``resolve_base_dir``'s checks without its work: a named model is not converted, and of a Hub model only
+    config.json is fetched; one line on what is wrong otherwise."""
+    from mashup.named_models import NAMED_MODELS
+
+    if base not in NAMED_MODELS:
+        _local_or_hub_dir(base, fetch_weights=False)
+
+
+def _local_or_hub_dir(base: str, *, fetch_weights: bool) -> Path:
+    from mashup.named_models import NAMED_MODELS
+
     path = Path(base).expanduser()
     if path.is_dir():
         if not (path / "config.json").exists():
@@ -42,26 +57,10 @@ def resolve_base_dir(base: str, cache_dir: Path | None = None) -> Path:
         _require_json(path / "config.json")
         return path
     if not is_hub_id(base):
-        raise MashupError(f"unknown base model '{base}'", None,
-                          f"use a local model dir, a Hub id, or one of: {', '.join(sorted(NAMED_MODELS))}")
-    return fetch_hub_model(base)
-
-
-def fetch_hub_model(repo_id: str, *, config_only: bool = False) -> Path:
-    """The Hub model's files (the local HF cache's copy when there is one), or only its config.json (to check it
-    can be had without downloading the weights); a failed download is one line."""
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
-
-    patterns = ["config.json"] if config_only else ["*.json", "*.safetensors", "*.model", "*.txt"]
-    try:
-        return Path(snapshot_download(repo_id, allow_patterns=patterns))
-    except (HfHubHTTPError, LocalEntryNotFoundError, OSError) as exc:  # offline, unknown id, gated, ...
-        reason = " ".join(str(exc).split())
-        raise MashupError(f"cannot get base model '{repo_id}' from the Hugging Face Hub "
-                          f"({reason[:200] + '...' if len(reason) > 200 else reason})", None,
-                          "check the id and the network, or pass a local model dir or a named model "
-                          "(`mashup models list`)") from None
+        raise MashupError(f"unknown base model '{base}': not a named model of this install, a local model dir or "
+                          "a Hub id", None, f"use one of the named models ({', '.join(sorted(NAMED_MODELS))}), a "
+                          "local HF model dir or a Hub id (or install the mashup version that ships this name)")
+    return fetch_hub_model(base, config_only=not fetch_weights)
 
 
 def _require_json(path: Path) -> None:

@@ -19,7 +19,8 @@ from mashup.batching import answer_losses, collate
 from mashup.config import TrainConfig, validate_config
 from mashup.data.prompts import EncodedRequest
 from mashup.errors import CheckpointError, TrainingError
-from mashup.library.records import ADAPTER_CONFIG, MODEL_CONFIG, lora_settings, read_json_object
+from mashup.library.lora_config import ADAPTER_CONFIG, lora_settings
+from mashup.library.records import MODEL_CONFIG, read_json_object
 from mashup.evaluation import EvalResult, ScoreSettings, answer_sequence, evaluate
 from mashup.models import attach_adapter, autocast, load_model, quiet_peft_deprecations
 

@@ -74,7 +74,7 @@ def test_a_base_that_is_not_available_fails_before_anything_is_written(tmp_path,
 
     monkeypatch.delitem(named_models.NAMED_MODELS, "gemma3-270m", raising=False)
     config = load_profile("paper-gemma3").model_copy(update={"out": str(tmp_path / "out")})
-    with pytest.raises(MashupError, match="base model 'gemma3-270m' is not available.*smollm2-135m"):
+    with pytest.raises(MashupError, match="unknown base model 'gemma3-270m'.*smollm2-135m"):
         run_experiment(config)
     assert not (tmp_path / "out").exists()
 

@@ -12,7 +12,7 @@ from mashup.config import SelectConfig
 from mashup.errors import CheckpointError
 from mashup.executors import LocalExecutor
 from mashup.io import load_weight_dir, read_dir_block, read_dir_block_into
-from mashup.library.records import ADAPTER_CONFIG
+from mashup.library.lora_config import ADAPTER_CONFIG
 from mashup.models import load_model
 from mashup.selection import engine as engine_module
 from mashup.selection import read_ahead as read_ahead_module

@@ -9,7 +9,7 @@ from safetensors.torch import save_file
 
 from mashup.errors import CheckpointError
 from mashup.io import load_weight_dir, read_tensor_block
-from mashup.library.records import ADAPTER_CONFIG
+from mashup.library.lora_config import ADAPTER_CONFIG
 from mashup.models import load_model
 from mashup.selection.slots import LoRASlots, SlotLayout, adapter_factors
 from tests.selection.helpers import records_for

@@ -285,3 +285,11 @@ def test_nan_weights_in_a_candidate_or_the_switcher_are_one_error(tiny_base, exp
         load_candidate(CandidateConfig(model=str(tiny_base), adapter=str(broken_adapter), name="a"))
     with pytest.raises(CheckpointError, match="NaN or inf"):
         load_switcher(str(broken_base), 2)
+
+
+def test_a_checkpoint_candidate_in_a_library_that_does_not_exist_says_so(tmp_path) -> None:
+    from mashup.switch.candidates import load_candidates
+
+    with pytest.raises(MashupError, match="library dir not found") as error:
+        load_candidates([CandidateConfig(checkpoint="abc123", name="a")], library=str(tmp_path / "no-such-lib"))
+    assert str(tmp_path / "no-such-lib") in error.value.line()

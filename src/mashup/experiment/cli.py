@@ -74,7 +74,8 @@ def experiment_cmd(
 
 
 # what --dry-run says of a unit a run will not skip, by its record's status (see runner._record_statuses)
-_TODO_NOTES = {"stale": "stale: runs again", "waiting": "waits on earlier units", "new": ""}
+_TODO_NOTES = {"stale": "stale: runs again", "changed": "files changed: recorded again as they are",
+               "waiting": "waits on earlier units", "new": ""}
 
 
 def _dry_run(config: ExperimentConfig, as_json: bool) -> None:
@@ -105,11 +106,14 @@ def _dry_run(config: ExperimentConfig, as_json: bool) -> None:
 
 
 def _status_counts(planned: list[PlannedUnit]) -> str:
-    """How many units are recorded, stale or waiting on earlier units (the recorded count always)."""
+    """How many units are recorded, stale, changed or waiting on earlier units (the recorded count always)."""
     counts = Counter(p.status for p in planned)
     parts = [f"{counts['recorded']} recorded"]
     if counts["stale"]:
-        parts.append(f"{counts['stale']} stale (the record no longer matches its job or files: run again)")
+        parts.append(f"{counts['stale']} stale (recorded for another job: run again)")
+    if counts["changed"]:
+        parts.append(f"{counts['changed']} changed (files edited or removed since they were recorded: recorded "
+                     "again as they are now, a removed one computed again)")
     if counts["waiting"]:
         parts.append(f"{counts['waiting']} recorded but built on earlier units still to do (rechecked once those "
                      "are done: redone unless they come out unchanged)")

@@ -21,12 +21,11 @@ from mashup.experiment.plan import PHASES, Context, Unit, plan_units, planned_so
 from mashup.experiment.report import CONFIG_NAME, config_digest, drop_report, write_report
 from mashup.experiment.sources import candidate_counts, usable_candidates
 from mashup.experiment.store import ResultStore, unit_file_name
-from mashup.library.identity import is_hub_id
 from mashup.provenance import write_version
 
 logger = logging.getLogger(__name__)
 # What a run will find of a planned unit; see _record_statuses
-RecordStatus = Literal["recorded", "stale", "waiting", "new"]
+RecordStatus = Literal["recorded", "stale", "changed", "waiting", "new"]
 
 
 class ProgressSink(Protocol):
@@ -61,23 +60,6 @@ class ExperimentRun:
     report: Path | None = None
 
 
-def check_base(base: str) -> None:
-    """A named model of this install, a local HF model dir or a Hub id; a clear error for anything else."""
-    from mashup.named_models import NAMED_MODELS
-
-    if base in NAMED_MODELS or Path(base).expanduser().is_dir():
-        return
-    if is_hub_id(base):
-        from mashup.models import fetch_hub_model
-
-        fetch_hub_model(base, config_only=True)  # reachable (the weights come with the first unit), or one line
-        return
-    raise MashupError(f"base model '{base}' is not available: not a named model of this install, a local model "
-                      "dir or a Hub id", None,
-                      f"use one of the named models ({', '.join(sorted(NAMED_MODELS))}), a local HF model dir, or "
-                      "install the mashup version that ships this named model")
-
-
 def _check_out(store: ResultStore) -> None:
     """An ``out`` that exists must be an experiment dir (a run resumes it) or empty: a run writes into it."""
     root = store.root
@@ -104,8 +86,10 @@ def _check_library(directory: str) -> None:
 
 
 def _preflight(config: ExperimentConfig, store: ResultStore) -> dict[str, TargetData]:
+    from mashup.models import check_base_available
+
     _check_out(store)
-    check_base(config.base)  # merge method names are checked when the config loads
+    check_base_available(config.base)  # merge method names are checked when the config loads
     if config.library is not None:
         _check_library(config.library)
     return {task.name: load_target(config.data_config(task)) for task in config.tasks}
@@ -190,23 +174,27 @@ def plan_experiment(config: ExperimentConfig) -> list[PlannedUnit]:
 
 def _record_statuses(plan: dict[str, list[Unit]], session: _Session) -> dict[str, RecordStatus]:
     """Per unit, by the run's own test (``_done_record``): "recorded" (the run skips it), "stale" (a record of
-    another job: redone), "new", or "waiting": recorded, but keyed on earlier units still to do, so known only
-    once they are. A phase's jobs are built from every earlier phase's records, so they are resolved here only
-    while all of those are done; nothing is written."""
+    another job: computed again), "changed" (a record of this job whose files changed or went: a run records
+    an artifact still there as it is now, and computes a missing one), "new", or "waiting": recorded, but keyed
+    on earlier units still to do, so known only once they are. A phase's jobs are built from every earlier
+    phase's records, so they are resolved here only while all of those are done; nothing is written."""
     statuses: dict[str, RecordStatus] = {}
     ready = True
     for phase in PHASES:
         if ready:
             _enter_phase(phase, session)
         for unit in plan[phase]:
-            record = _done_record(unit, session)[1] if ready else None
+            job, record = _done_record(unit, session) if ready else (None, None)
             if record is not None:
                 session.ctx.records[unit.id] = record
                 statuses[unit.id] = "recorded"
-            elif (session.store.units_dir / unit_file_name(unit.id)).exists():
-                statuses[unit.id] = "stale" if ready else "waiting"
-            else:
+            elif not (session.store.units_dir / unit_file_name(unit.id)).exists():
                 statuses[unit.id] = "new"
+            elif job is None:
+                statuses[unit.id] = "waiting"
+            else:
+                same_job = (session.store.record(unit.id) or {}).get("key") == job.key()
+                statuses[unit.id] = "changed" if same_job else "stale"
         ready = ready and all(statuses[unit.id] == "recorded" for unit in plan[phase])
     return statuses
 

@@ -115,7 +115,8 @@ class ResultStore:
             return None
         artifact = self.artifact(record["artifact"])
         if not artifact.is_dir() or hash_outputs(artifact) != record["outputs"]:
-            logger.warning("outputs of %s are missing or changed since they were recorded; it will be redone", unit_id)
+            logger.warning("outputs of %s are missing or changed since they were recorded; a run records them again "
+                           "as they are now (computed again if missing)", unit_id)
             return None
         return record
 

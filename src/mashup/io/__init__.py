@@ -1,7 +1,8 @@
 """File-system helpers: atomic output directories (see mashup.atomic_dir), digests and safe weight loading.
 
 ``files``: weight files, their stats, loading and atomic writes; ``blocks``: one-block tensor reads;
-``headers``: header reads and finite checks; ``hashing``: digests. Every public name is importable from here.
+``headers``: header reads and finite checks; ``hashing``: digests. What the rest of the package uses is
+importable from here; ``block_span`` and ``unreadable_error`` are shared between these modules only.
 """
 
 from mashup.atomic_dir import atomic_output_dir

@@ -16,6 +16,7 @@ import logging
 from pathlib import Path
 
 from mashup.errors import MashupError
+from mashup.hub import is_hub_id
 from mashup.io import sha256_files, stat_files, weight_files
 from mashup.library.db import ensure_table, read_connection, select_rows, write_transaction
 from mashup.library.records import CheckpointRecord
@@ -79,23 +80,6 @@ def _cache_put(key: str, identity: str, model_dir: Path) -> None:
                          (key, identity, str(model_dir)))
     except MashupError as exc:  # a cache: the identity is still right, only the next call is slower
         logger.warning("cannot cache the base identity: %s", exc.line())
-
-
-_FILE_SUFFIXES = (".gguf", ".safetensors", ".bin", ".pt", ".json", ".jsonl", ".yaml", ".yml")
-
-
-def is_hub_id(name: str) -> bool:
-    """``namespace/name`` as the Hub spells a model repo (dots allowed: ``Qwen/Qwen2.5-0.5B``), not a path: one
-    that starts like a path or ends like a weights or data file is taken for a missing local file."""
-    if name.count("/") != 1 or name.startswith((".", "/", "~")) or name.lower().endswith(_FILE_SUFFIXES):
-        return False
-    from huggingface_hub.utils import HFValidationError, validate_repo_id
-
-    try:
-        validate_repo_id(name)
-    except HFValidationError:
-        return False
-    return True
 
 
 def local_base_dir(base: str) -> Path | None:

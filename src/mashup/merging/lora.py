@@ -17,8 +17,8 @@ from safetensors.torch import save_file
 
 from mashup.errors import MergeError
 from mashup.io import load_weight_dir, load_weights
-from mashup.library.lora_config import NARROWING_FIELDS, is_factor
-from mashup.library.records import ADAPTER_CONFIG, CheckpointRecord
+from mashup.library.lora_config import ADAPTER_CONFIG, NARROWING_FIELDS, is_factor
+from mashup.library.records import CheckpointRecord
 from mashup.merging.base import MergeParams
 from mashup.merging.lowrank import Factors, factor_dense, factor_stacked, peft_init_rows
 from mashup.merging.plan import MergePlan

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -13,19 +12,16 @@ from mashup.config import SelectConfig
 from mashup.data.prompts import EncodedRequest
 from mashup.evaluation import ScoreSettings, plan_batch_rows
 from mashup.executors import Executor, make_executor
-from mashup.errors import MashupError
-from mashup.io import weight_files
-from mashup.library import CheckpointRecord, Library
+from mashup.library import CheckpointRecord
 from mashup.selection.driver import ProgressFn, Selection, SelectionContext, SelectionStats
 from mashup.selection.engine import default_adapters_per_forward, default_stacking, keeps_scoring_copies
 from mashup.selection.example_scores import sample_tokens
 from mashup.selection.scores import ScoreStore
-from mashup.selection.scoring_copies import SCORING_COPIES_DIR, prune_orphans
+from mashup.selection.scoring_copies import SCORING_COPIES_DIR, prune_library_copies
 from mashup.selection.selectors import get_selector
 from mashup.selection.units import EngineFactory
 from mashup.workspace import Workspace
 
-logger = logging.getLogger(__name__)
 
 
 def select_checkpoints(workspace: Workspace, records: Sequence[CheckpointRecord], requests: Sequence[EncodedRequest],
@@ -69,7 +65,7 @@ def select_checkpoints(workspace: Workspace, records: Sequence[CheckpointRecord]
                                allow_pickle=allow_pickle, progress=progress)
     try:
         if copies_dir is not None and keeps_scoring_copies(worker_settings, config.read_ahead):
-            _prune_copies(copies_dir, Path(library_dir), records)  # type: ignore[arg-type]
+            prune_library_copies(copies_dir, Path(library_dir), [r.path for r in records])  # type: ignore[arg-type]
         ranking = selector(context, records)
     finally:
         stats.retried_units = executor.retried - retried_before
@@ -94,31 +90,3 @@ class UnitSizer:
         stacking = default_stacking(self.base_dir, self.settings, candidates)
         batches = plan_batch_rows(unit_requests, self.config.batch_size, self.with_accuracy, stacking)
         return default_adapters_per_forward(self.base_dir, self.settings, [len(batch) for batch in batches])
-
-
-def _prune_copies(copies_dir: Path, library_dir: Path, records: Sequence[CheckpointRecord]) -> None:
-    """Drop the scoring copies that neither a catalog entry nor a record scored now reads any more: housekeeping
-    of a cache, so a catalog that cannot be read now is a warning, not a failed selection."""
-    if not copies_dir.is_dir():
-        return
-    library = Library(library_dir)
-    try:
-        listed = library.paths() if library.db_path.exists() else []
-        removed = prune_orphans(copies_dir, _single_weight_files([*listed, *(r.path for r in records)]))
-    except (MashupError, OSError) as exc:
-        logger.warning("not pruning the scoring copies under %s: %s", copies_dir,
-                       exc.line() if isinstance(exc, MashupError) else exc)
-        return
-    if removed:
-        logger.info("removed %d scoring copies of adapters changed, moved or removed since (%s)", removed, copies_dir)
-
-
-def _single_weight_files(adapter_dirs: Sequence[str]) -> Iterator[Path]:
-    """Each dir's weight file, for dirs that hold one (only those get copies)."""
-    for adapter_dir in adapter_dirs:
-        try:
-            files = weight_files(Path(adapter_dir), allow_pickle=True)
-        except (MashupError, OSError):  # gone or emptied: nothing of it to keep
-            continue
-        if len(files) == 1:
-            yield files[0]

@@ -12,10 +12,10 @@ copy, so a slow disk never slows a selection down to its pace, and a later selec
 
 A copy is named by its source file's absolute path, size, modification and change times and inode, so
 an adapter whose file changes (or moves) gets a new copy rather than a stale one; the old one, and the copy of
-an adapter removed from the catalog, go at the next selection that keeps copies (``prune_orphans``, run by
-the driver). The names come from the driver's view of the files: on a shared dir whose inodes differ between
-hosts (some FUSE mounts), a Ray worker names its copies apart from the driver's view, which prunes them as
-orphans; that costs their rewrite, never a wrong score. Deleting the dir is always safe.
+an adapter removed from the catalog, go at the next selection that keeps copies (``prune_library_copies``,
+run where the selection is driven). The names come from that host's view of the files: on a shared dir whose
+inodes differ between hosts (some FUSE mounts), a Ray worker names its copies apart from it, so they are
+pruned as orphans; that costs their rewrite, never a wrong score. Deleting the dir is always safe.
 
 Writes go to a temporary file renamed into place: a killed process leaves no half copy under a copy's name.
 Where the dir cannot be written, or its disk would have less than 5% free, scoring reads the adapters' own
@@ -35,13 +35,15 @@ import shutil
 import struct
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
 
+from mashup.errors import MashupError
 from mashup.io import read_file_block_into, weight_files
+from mashup.library import Library
 
 logger = logging.getLogger(__name__)
 
@@ -162,6 +164,33 @@ def copy_stem(weights: Path) -> str:
     stat = weights.stat()
     key = f"{os.path.abspath(weights)}:{stat.st_size}:{stat.st_mtime_ns}:{stat.st_ctime_ns}:{stat.st_ino}"
     return hashlib.sha256(key.encode()).hexdigest()[:32]
+
+
+def prune_library_copies(copies_dir: Path, library_dir: Path, scored: Sequence[str]) -> None:
+    """Drop the copies that neither a catalog entry nor an adapter dir scored now (``scored``) reads any more:
+    housekeeping of a cache, so a catalog that cannot be read now is a warning, not a failed selection."""
+    if not copies_dir.is_dir():
+        return
+    try:
+        adapter_dirs = [*Library(library_dir).paths(), *scored]
+        removed = prune_orphans(copies_dir, _single_weight_files(adapter_dirs))
+    except (MashupError, OSError) as exc:
+        logger.warning("not pruning the scoring copies under %s: %s", copies_dir,
+                       exc.line() if isinstance(exc, MashupError) else exc)
+        return
+    if removed:
+        logger.info("removed %d scoring copies of adapters changed, moved or removed since (%s)", removed, copies_dir)
+
+
+def _single_weight_files(adapter_dirs: Sequence[str]) -> Iterator[Path]:
+    """Each dir's weight file, for dirs that hold one (only those get copies)."""
+    for adapter_dir in adapter_dirs:
+        try:
+            files = weight_files(Path(adapter_dir), allow_pickle=True)
+        except (MashupError, OSError):  # gone or emptied: nothing of it to keep
+            continue
+        if len(files) == 1:
+            yield files[0]
 
 
 def prune_orphans(directory: Path, current: Iterable[Path]) -> int:

@@ -27,7 +27,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from mashup.io import read_dir_flat
-from mashup.library.records import ADAPTER_CONFIG, CheckpointRecord
+from mashup.library.lora_config import ADAPTER_CONFIG
+from mashup.library.records import CheckpointRecord
 
 _PREFIX = "base_model.model."
 _A, _B = ".lora_A.weight", ".lora_B.weight"

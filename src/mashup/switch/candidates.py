@@ -173,7 +173,7 @@ class Stream:
 def load_candidates(configs: list[CandidateConfig], library: str | None = None,
                     device: torch.device | None = None, precision: Precision | None = None) -> list[Candidate]:
     """All candidates, in config order (their indices are the switcher's digits)."""
-    catalog = Library(library) if any(c.checkpoint for c in configs) else None
+    catalog = Library.existing(library) if any(c.checkpoint for c in configs) else None  # a typo: said as such
     candidates = []
     for config in configs:
         candidates.append(load_candidate(config, catalog, device, precision))

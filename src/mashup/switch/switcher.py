@@ -20,7 +20,7 @@ from mashup.batching import ScoredSequence, collate, last_token_logprobs
 from mashup.data.prompts import EncodedRequest
 from mashup.errors import CheckpointError
 from mashup.library.identity import same_base
-from mashup.library.records import ADAPTER_CONFIG
+from mashup.library.lora_config import ADAPTER_CONFIG
 from mashup.config import Precision
 from mashup.models import (attach_adapter, autocast, default_device, load_model, load_tokenizer, resolve_base_dir,
                            resolve_precision)
