@@ -92,9 +92,14 @@ def test_invalid_json_line(tmp_path: Path) -> None:
         load_examples(path)
 
 
-def test_file_level_errors(tmp_path: Path) -> None:
+def test_file_level_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(DataError, match="data file not found"):
         load_examples(tmp_path / "missing.jsonl")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DataError, match="unknown task 'arc_esy'; did you mean arc_easy?"):  # a typo, not a path
+        load_examples("arc_esy")
+    with pytest.raises(DataError, match="data file not found in nosuch"):
+        load_examples("nosuch")
     (tmp_path / "empty.jsonl").write_text("\n")
     with pytest.raises(DataError, match="no examples"):
         load_examples(tmp_path / "empty.jsonl")

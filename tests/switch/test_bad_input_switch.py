@@ -133,7 +133,7 @@ def test_eval_max_examples_must_be_positive(n: int) -> None:
 # F4: a collect that cannot start writes nothing, so the corrected rerun is not refused
 def test_a_collect_that_cannot_start_leaves_no_dir(trio, tiny_base, other_base, tmp_path) -> None:
     config, out = _switch_config(tiny_base, other_base), tmp_path / "col"
-    with pytest.raises(DataError, match="unknown switch task"):
+    with pytest.raises(DataError, match="data file not found in nosuch"):
         collect(config, CONFIG.model_copy(update={"task": "nosuch"}), out, candidates=trio[:2])
     with pytest.raises(MashupError, match="unknown reward"):
         collect(config, CONFIG.model_copy(update={"reward": RewardConfig(name="bogus")}), out, candidates=trio[:2],
@@ -222,8 +222,10 @@ def test_a_missing_task_file_is_not_found(name: str, tmp_path: Path, monkeypatch
     monkeypatch.chdir(tmp_path)
     with pytest.raises(DataError, match=rf"^data file not found in {name}; check the path"):
         load_switch_task(name)
-    with pytest.raises(DataError, match="unknown switch task 'nosuch'"):
+    with pytest.raises(DataError, match="data file not found in nosuch"):  # as `mashup eval --data` says
         load_switch_task("nosuch")
+    with pytest.raises(DataError, match="unknown task 'arithmetc'; did you mean arithmetic?"):
+        load_switch_task("arithmetc")
 
 
 def test_a_task_is_read_from_any_format_eval_reads(tmp_path: Path, monkeypatch) -> None:

@@ -178,11 +178,28 @@ def _read_hf_dir(path: Path) -> Iterable[tuple[str, dict[str, Any]]]:
         yield f"{path} row {number}", row
 
 
+DATA_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")  # what read_rows reads, besides a saved dataset dir
+
+
+def data_not_found(name: str, task_names: Iterable[str], tasks_hint: str) -> DataError:
+    """The error for ``name`` that is neither a known task nor an existing file: a name close to a task's is
+    taken for a misspelt task (with the suggestion), anything else for a missing file."""
+    import difflib
+
+    looks_like_path = Path(name).suffix.lower() in DATA_SUFFIXES or "/" in name or "\\" in name
+    close = [] if looks_like_path else difflib.get_close_matches(name, list(task_names), n=1)
+    if close:
+        return DataError(f"unknown task '{name}'", None, f"did you mean {close[0]}? (or use {tasks_hint})")
+    return DataError("data file not found", name, f"check the path, or use {tasks_hint}")
+
+
 def load_examples(path: str | Path) -> list[MCExample]:
     """Load and validate a JSONL / CSV / Parquet file or a saved HF dataset dir."""
+    from mashup.data.tasks import TASKS
+
     path = Path(path)
     if not path.exists():
-        raise DataError("data file not found", str(path), "check the path, or use a task name from `mashup tasks list`")
+        raise data_not_found(str(path), TASKS, "a task name from `mashup tasks list`")
     examples = [example_from_row(row, where) for where, row in read_rows(path)]
     if not examples:
         raise DataError("no examples", str(path), "the file is empty")

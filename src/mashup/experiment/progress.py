@@ -61,7 +61,7 @@ class UnitProgress:
         eta = format_seconds(self._remaining * rate)
         assert self._task is not None
         self._progress.update(self._task, advance=1, elapsed=format_seconds(elapsed), eta=eta,
-                              last=f"{status}: {unit_id}")
+                              last=f"{_WORDS.get(status, status)}: {unit_id}")
         took = f"{seconds:.1f} s; " if status == "computed" and seconds is not None else ""
         self._line(f"[{self._done}/{self._total}] {_WORDS.get(status, status)} {unit_id} "
                    f"({took}elapsed {format_seconds(elapsed)}, ETA {eta})")

@@ -12,15 +12,14 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 from mashup.data.prompts import PromptTemplate
-from mashup.data.schema import LETTERS, MCExample, carve_split, example_from_row, read_rows
-from mashup.data.tasks import ASSETS_HINT, SPLIT_SEED, assets_dir, get_task, is_task_name
+from mashup.data.schema import LETTERS, MCExample, carve_split, data_not_found, example_from_row, read_rows
+from mashup.data.tasks import ASSETS_HINT, SPLIT_SEED, TASKS, assets_dir, get_task, is_task_name
 from mashup.errors import DataError
 
 Kind = Literal["number", "choice"]
@@ -66,16 +65,7 @@ def load_switch_task(name: str) -> SwitchTask:
     path = Path(name)
     if path.is_file() or path.is_dir():  # read as `mashup eval --data` reads: JSONL, CSV, Parquet, a saved dataset
         return _file_task(path)
-    if _looks_like_path(name):
-        raise DataError("data file not found", name,
-                        "check the path, or use gsm8k, arithmetic or a task name from `mashup tasks list`")
-    raise DataError(f"unknown switch task '{name}'", None,
-                    "use gsm8k, arithmetic, a multiple-choice task from `mashup tasks list`, or a data file")
-
-
-def _looks_like_path(name: str) -> bool:
-    """A name meant as a file (a data suffix or a directory part), never a task name."""
-    return Path(name).suffix.lower() in (".jsonl", ".json", ".csv", ".parquet") or "/" in name or os.sep in name
+    raise data_not_found(name, [*OPEN_FILES, *TASKS], "gsm8k, arithmetic or a task name from `mashup tasks list`")
 
 
 def _file_task(path: Path) -> SwitchTask:
