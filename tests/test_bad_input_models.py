@@ -104,7 +104,7 @@ def test_truncated_weights_are_one_line(tmp_path, tiny_base, tiny_loras, tiny_fu
     assert "corrupt or truncated" in _eval_cli(tiny_base, mc_file, capsys, monkeypatch, "--model", full)
     with pytest.raises(CheckpointError, match="corrupt or truncated"):
         _train(tmp_path, tiny_base, mc_file, adapter)
-    with pytest.raises(CheckpointError, match="cannot load"):  # unchecked loads name the file as well
+    with pytest.raises(CheckpointError, match="corrupt or truncated"):  # unchecked loads name the file as well
         attach_adapter(load_model(tiny_base), adapter, trainable=False)
     with pytest.raises(CheckpointError, match="cannot load model"):
         load_model(full)
@@ -180,6 +180,25 @@ def test_a_hub_base_that_cannot_be_fetched_is_one_line(tiny_base, mc_file, hub_i
 @pytest.mark.parametrize("base", ["org/bad name", "models/llama.gguf", "a/b/c"])
 def test_a_base_that_is_neither_a_dir_nor_a_hub_id_is_one_line(tiny_base, mc_file, base, capsys, monkeypatch):
     assert f"unknown base model '{base}'" in _eval_cli(tiny_base, mc_file, capsys, monkeypatch, base=base)
+
+
+def test_weights_a_loader_would_start_at_random_or_cast_are_refused(tmp_path, tiny_base, tiny_loras, mc_file, capsys,
+                                                                    monkeypatch):
+    """A base with a tensor missing, and a LoRA with integer factors, loaded without registration: eval used to
+    print numbers from a randomly initialised weight or a silent cast, with exit 0."""
+    from safetensors.torch import load_file, save_file
+
+    base = _copy(tiny_base, tmp_path / "missing")
+    weights = next(base.glob("*.safetensors"))
+    tensors = load_file(weights)
+    del tensors["model.layers.0.mlp.down_proj.weight"]
+    save_file(tensors, weights, metadata={"format": "pt"})
+    assert "1 weight(s) missing from the checkpoint (e.g. model.layers.0.mlp.down_proj.weight)" in _eval_cli(
+        tiny_base, mc_file, capsys, monkeypatch, base=base)
+    adapter = _copy(tiny_loras[0], tmp_path / "ints")
+    tensors = load_file(adapter / ADAPTER_WEIGHTS)
+    save_file({name: t.to(torch.int32) for name, t in tensors.items()}, adapter / ADAPTER_WEIGHTS)
+    assert "is not floating point" in _eval_cli(tiny_base, mc_file, capsys, monkeypatch, "--adapter", adapter)
 
 
 def test_a_base_without_tokenizer_files_is_one_line(tmp_path, tiny_base, mc_file, capsys, monkeypatch):

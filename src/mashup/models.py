@@ -110,12 +110,18 @@ def load_model(model_dir: Path, *, allow_pickle: bool = False, check_values: boo
             tensor_shapes(path)
     try:
         # None: safetensors where there are any, else the pickles weight_files allowed
-        model = AutoModelForCausalLM.from_pretrained(
-            model_dir, dtype=torch.float32, use_safetensors=None if allow_pickle else True, trust_remote_code=False
+        model, info = AutoModelForCausalLM.from_pretrained(
+            model_dir, dtype=torch.float32, use_safetensors=None if allow_pickle else True, trust_remote_code=False,
+            output_loading_info=True,
         )
     except (OSError, ValueError, SafetensorError) as exc:
         raise CheckpointError(f"cannot load model ({exc})".splitlines()[0], str(model_dir),
                               "check it is a complete HF model dir") from None
+    if info["missing_keys"]:  # transformers initialises them at random, with a note on stderr only
+        missing = sorted(info["missing_keys"])
+        raise CheckpointError(f"{len(missing)} weight(s) missing from the checkpoint (e.g. {missing[0]}), which "
+                              "would start at random", str(model_dir), "re-save the model, or check it is this "
+                              "architecture's checkpoint")
     if check_values:
         require_finite_tensors(model.named_parameters(), model_dir)
     return model
@@ -138,7 +144,10 @@ def attach_adapter(model: PreTrainedModel, adapter_dir: Path, *, trainable: bool
     tensor used; with ``check_values``, refuse weights holding NaN or inf."""
     from peft import PeftModel
 
+    from mashup.library.records import check_lora_dir
+
     files = _checked_weight_files(adapter_dir, allow_pickle=allow_pickle, check_values=check_values)
+    check_lora_dir(Path(adapter_dir), allow_pickle)  # one line, where PEFT gave a traceback or a cut-off message
     try:
         with quiet_peft_deprecations(), warnings.catch_warnings():
             # the keys it names are refused below, with the tensors nothing loaded (which it does not name)

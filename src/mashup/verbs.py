@@ -122,6 +122,12 @@ def merge(checkpoint_ids: Sequence[str], config: MergeConfig, out: str | Path, l
 
     library = Library.existing(library_dir)
     records = [library.get(i) for i in checkpoint_ids]
+    stale = library.fresh(records)[1]
+    if stale:  # select leaves these out; merging one would record a lineage of bytes that are not there
+        record, reason = stale[0]
+        raise LibraryError(f"checkpoint {record.id} is stale: {reason}", str(library.directory),
+                           f"register it again (`mashup library remove {record.id}`, then `library add`) or merge "
+                           "others")
     base = base or records[0].base_model
     needs_statistics = config.method in STATISTICS_METHODS
     base_dir = resolve_base_dir(base) if records[0].kind == "full" or needs_statistics else None

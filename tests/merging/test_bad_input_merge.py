@@ -79,3 +79,23 @@ def test_cli_bad_weights_are_one_line_and_write_nothing(
                      capsys, monkeypatch)
     assert result[0] == code and message in result[2] and result[2].strip().count("\n") == 0, result
     assert not out.exists()
+
+
+def test_merging_a_checkpoint_whose_weights_changed_since_registration_is_refused(tmp_path: Path,
+                                                                                 tiny_loras: list[Path]) -> None:
+    """select leaves a stale checkpoint out; merge named it by id and merged the bytes there now."""
+    import shutil
+
+    from mashup.config import MergeConfig
+    from mashup.errors import LibraryError
+    from mashup.library import Library
+    from mashup.verbs import merge
+
+    library = Library(tmp_path / "lib")
+    copies = [shutil.copytree(path, tmp_path / path.name) for path in tiny_loras[:2]]
+    ids = [record.id for record in library.add(copies)]
+    weights = copies[1] / "adapter_model.safetensors"
+    weights.write_bytes((tiny_loras[2] / "adapter_model.safetensors").read_bytes())
+    with pytest.raises(LibraryError, match=f"checkpoint {ids[1]} is stale: weights changed since registration"):
+        merge(ids, MergeConfig(), tmp_path / "merged", library.directory)
+    assert not (tmp_path / "merged").exists()

@@ -112,6 +112,17 @@ def inspect_lora(path: Path, task: str | None, allow_pickle: bool, check_values:
     )
 
 
+def check_lora_dir(path: Path, allow_pickle: bool = False) -> None:
+    """The checks registration runs on an adapter's config, tensor ranks and dtypes, for one loaded without being
+    registered (``mashup eval --adapter``): PEFT would fail on them with a traceback, or cast int factors."""
+    config = read_json_object(path / ADAPTER_CONFIG)
+    settings = lora_settings(config, str(path / ADAPTER_CONFIG))
+    specs = _all_specs(weight_files(path, allow_pickle=allow_pickle))
+    if not (config.get("rank_pattern") or config.get("alpha_pattern")):  # else ranks differ by module
+        check_lora_shapes(_all_shapes(specs), settings["lora_r"], str(path))
+    check_lora_dtypes(specs)
+
+
 def lora_config_change(record: CheckpointRecord) -> str | None:
     """How the adapter_config.json on disk now differs from what ``record`` registered (its settings, and the
     narrowing fields where the record kept them), or None."""
