@@ -150,6 +150,14 @@ def test_export_mergekit_yaml(tmp_path, lib, tiny_base, tiny_fulls, capsys, monk
     exported = yaml.safe_load((tmp_path / "mergekit.yaml").read_text())
     assert exported["merge_method"] == "ties" and exported["base_model"] == str(tiny_base)
     assert len(exported["models"]) == 2 and (tmp_path / "merged" / "config.json").exists()
+    (tmp_path / "mine.txt").write_text("keep me")
+    for export, problem in ((tmp_path / "mine.txt", "already exists"), (tmp_path / "merged", "already exists"),
+                            (tmp_path / "no" / "x.yaml", "no such dir")):
+        _, err = run_cli(["merge", *flags, "--method", "ties", "--out", tmp_path / "again", "--export-mergekit",
+                          export, "--library", lib], capsys, monkeypatch, expect=1)
+        assert f"error: {'the --export-mergekit file ' if 'exists' in problem else ''}{problem}" in err, err
+        assert not (tmp_path / "again").exists()  # refused before the merge, which would be left behind
+    assert (tmp_path / "mine.txt").read_text() == "keep me"
 
 
 def test_file_system_errors_are_one_line(tmp_path, tiny_base, mc_file, capsys, monkeypatch):

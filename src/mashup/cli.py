@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -144,15 +145,25 @@ def merge_cmd(checkpoints: Annotated[list[str], typer.Option(
 
         records = [lib.get(i) for i in checkpoints]
         exported = export_mergekit_yaml(records, config, base or records[0].base_model)
-        if not export_mergekit.parent.is_dir():  # checked before the merge, which would be left behind
-            raise MashupError("no such dir for the --export-mergekit file", str(export_mergekit.parent),
-                              "create it or choose another path")
+        _require_free_export(export_mergekit)  # before the merge, which a failed export would leave behind
     report = merge(checkpoints, config, out, library, base=base, data=data.config() if data.given() else None)
     if exported is not None:
         from mashup.io import write_text_atomic
 
         write_text_atomic(export_mergekit, exported)
     emit(report.to_dict() if as_json else f"merged {len(checkpoints)} checkpoints with {method} into {out}", as_json)
+
+
+def _require_free_export(path: Path) -> None:
+    """The --export-mergekit file must be new, in a dir that exists and can be written: never an overwrite."""
+    if path.exists() or path.is_symlink():
+        raise MashupError("the --export-mergekit file already exists", str(path), "choose another path or remove it")
+    if not path.parent.is_dir():
+        raise MashupError("no such dir for the --export-mergekit file", str(path.parent),
+                          "create it or choose another path")
+    if not os.access(path.parent, os.W_OK):
+        raise MashupError("cannot write the --export-mergekit file here (permission denied)", str(path.parent),
+                          "choose a dir you can write to")
 
 
 @app.command("train")
