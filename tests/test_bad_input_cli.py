@@ -240,3 +240,14 @@ def test_a_missing_data_file_is_its_error_alone_without_a_training_bar(tmp_path,
     assert "nope.jsonl" in one_line_error(err) and err.startswith("error:"), err  # not even a blank line before
     assert "━" not in err and "None" not in err, err
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["merge"], "error: Missing option '--checkpoints'; see `mashup merge --help`"),
+    (["nosuchverb"], "error: No such command 'nosuchverb'; see `mashup --help`"),
+    (["library", "add", "x", "--workers", "0"], "error: Invalid value for '--workers'"),
+])
+def test_a_usage_error_is_one_line_too(argv, message, capsys, monkeypatch):
+    """click prints usage, a hint and the error on four lines; every other error is one."""
+    _, err = run_cli(argv, capsys, monkeypatch, expect=2)
+    assert message in one_line_error(err)

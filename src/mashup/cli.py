@@ -279,6 +279,15 @@ def main() -> None:
         _main(expand_multi_value_options(sys.argv[1:]))
 
 
+def _usage_error(exc: Exception) -> None:
+    """A usage error on one line, like every other error (click prints usage, a hint and the error on four)."""
+    context = getattr(exc, "ctx", None)
+    command = context.command_path if context is not None else "mashup"
+    message = exc.format_message() if callable(getattr(exc, "format_message", None)) else str(exc)
+    err.print(f"[red]error:[/red] {' '.join(message.split()).rstrip('.')}; see `{command} --help`", highlight=False,
+              soft_wrap=True)
+
+
 INTERRUPTED = 130  # the shell's exit status for SIGINT
 
 
@@ -305,7 +314,7 @@ def _main(argv: list[str]) -> None:
     except Exception as exc:
         # click's usage errors (typer vendors its own click, so match the interface, not the class): exit 2
         if isinstance(getattr(exc, "exit_code", None), int) and callable(getattr(exc, "show", None)):
-            exc.show()
+            _usage_error(exc)
             raise SystemExit(exc.exit_code) from None
         raise
     # outside standalone mode typer *returns* an exit code (130 for Ctrl-C) instead of exiting with it: without

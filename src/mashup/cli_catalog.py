@@ -21,7 +21,8 @@ library_app = typer.Typer(no_args_is_help=True, help="Manage the checkpoint libr
 tasks_app = typer.Typer(no_args_is_help=True, help="Named benchmark tasks.")
 models_app = typer.Typer(no_args_is_help=True, help="Named base models.")
 
-WorkersOpt = Annotated[Optional[int], typer.Option("--workers", help="hashing threads", show_default="CPU count")]
+WorkersOpt = Annotated[Optional[int], typer.Option("--workers", min=1, help="hashing threads",
+                                                   show_default="CPU count")]
 
 
 def _filter(flag: str, help: str, shown: str = "all") -> Any:
