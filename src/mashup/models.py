@@ -146,8 +146,8 @@ def attach_adapter(model: PreTrainedModel, adapter_dir: Path, *, trainable: bool
 
     from mashup.library.records import check_lora_dir
 
-    files = _checked_weight_files(adapter_dir, allow_pickle=allow_pickle, check_values=check_values)
-    check_lora_dir(Path(adapter_dir), allow_pickle)  # one line, where PEFT gave a traceback or a cut-off message
+    _checked_weight_files(adapter_dir, allow_pickle=allow_pickle, check_values=check_values)
+    shapes = check_lora_dir(Path(adapter_dir), allow_pickle)  # one line, where PEFT gave a traceback
     try:
         with quiet_peft_deprecations(), warnings.catch_warnings():
             # the keys it names are refused below, with the tensors nothing loaded (which it does not name)
@@ -157,18 +157,17 @@ def attach_adapter(model: PreTrainedModel, adapter_dir: Path, *, trainable: bool
     except (OSError, ValueError, RuntimeError, KeyError, SafetensorError) as exc:
         raise CheckpointError(f"cannot load LoRA adapter ({exc})".splitlines()[0], str(adapter_dir),
                               "check it was trained on this base model") from None
-    _require_matching_keys(peft_model, adapter_name, files, adapter_dir)
+    _require_matching_keys(peft_model, adapter_name, set(shapes), adapter_dir)
     return peft_model
 
 
-def _require_matching_keys(model: PeftModel, adapter_name: str, files: list[Path], adapter_dir: Path) -> None:
+def _require_matching_keys(model: PeftModel, adapter_name: str, found: set[str], adapter_dir: Path) -> None:
     """Refuse an adapter whose tensors are not the ones its adapter_config.json makes: PEFT loads the tensors
     that match, leaves the rest of the adapter at its init and drops the tensors no module takes."""
     from peft import get_peft_model_state_dict
 
     # save_embedding_layers=False: "auto" looks the base up on the Hub; embeddings are no LoRA factors anyway
     expected = set(get_peft_model_state_dict(model, adapter_name=adapter_name, save_embedding_layers=False))
-    found = {name for path in files for name in tensor_shapes(path)}
     missing = sorted(expected - found)
     unused = sorted(name for name in found - expected if "lora_" in name)
     if missing or unused:

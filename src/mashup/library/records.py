@@ -97,10 +97,7 @@ def inspect_lora(path: Path, task: str | None, allow_pickle: bool, check_values:
     if "rank_pattern" in config and config["rank_pattern"] or config.get("alpha_pattern"):
         raise CheckpointError("per-module rank/alpha patterns are not supported", str(path))
     settings = lora_settings(config, str(path / ADAPTER_CONFIG))
-    files = weight_files(path, allow_pickle=allow_pickle)
-    specs = _all_specs(files)
-    shapes = _all_shapes(specs)
-    check_lora_shapes(shapes, settings["lora_r"], str(path))
+    files, specs, shapes = _lora_tensors(path, config, settings["lora_r"], allow_pickle)
     base_model = str(config.get("base_model_name_or_path") or "")
     check_lora_targets(shapes, config, base or base_model, str(path))
     check_lora_dtypes(specs)
@@ -112,15 +109,27 @@ def inspect_lora(path: Path, task: str | None, allow_pickle: bool, check_values:
     )
 
 
-def check_lora_dir(path: Path, allow_pickle: bool = False) -> None:
+def check_lora_dir(path: Path, allow_pickle: bool = False) -> dict[str, list[int]]:
     """The checks registration runs on an adapter's config, tensor ranks and dtypes, for one loaded without being
-    registered (``mashup eval --adapter``): PEFT would fail on them with a traceback, or cast int factors."""
+    registered (``mashup eval --adapter``): PEFT would fail on them with a traceback, or cast int factors.
+    Returns every tensor's shape (from the one header read)."""
     config = read_json_object(path / ADAPTER_CONFIG)
     settings = lora_settings(config, str(path / ADAPTER_CONFIG))
-    specs = _all_specs(weight_files(path, allow_pickle=allow_pickle))
-    if not (config.get("rank_pattern") or config.get("alpha_pattern")):  # else ranks differ by module
-        check_lora_shapes(_all_shapes(specs), settings["lora_r"], str(path))
+    _, specs, shapes = _lora_tensors(path, config, settings["lora_r"], allow_pickle)
     check_lora_dtypes(specs)
+    return shapes
+
+
+def _lora_tensors(path: Path, config: dict[str, Any], r: int, allow_pickle: bool
+                  ) -> tuple[list[Path], dict[Path, dict[str, TensorSpec]], dict[str, list[int]]]:
+    """An adapter's weight files, each one's tensors (one header parse) and all shapes, the factors' ranks
+    checked against ``r`` (unless per-module rank patterns make them differ)."""
+    files = weight_files(path, allow_pickle=allow_pickle)
+    specs = _all_specs(files)
+    shapes = _all_shapes(specs)
+    if not (config.get("rank_pattern") or config.get("alpha_pattern")):
+        check_lora_shapes(shapes, r, str(path))
+    return files, specs, shapes
 
 
 def lora_config_change(record: CheckpointRecord) -> str | None:
