@@ -66,7 +66,8 @@ def train_arm(workspace: Workspace, target: TargetData, settings: DemoSettings, 
               out: Path, init: Path | None = None, initial: EvalResult | None = None) -> TrainResult:
     """One arm on the target with the demo's target settings; only ``init`` differs between arms."""
     out.mkdir(parents=True)
-    return train_in(workspace, target, settings.train(seed), demo.eval, out, init, initial=initial).result
+    return train_in(workspace, target, settings.train(seed), demo.eval, out, init, initial=initial,
+                    final_dir=out).result
 
 
 def compare_mode(workspace: Workspace, target: TargetData, settings: DemoSettings, demo: RunConfig,

@@ -95,7 +95,8 @@ def main(argv: list[str] | None = None) -> None:
         loaded = load_target(data)
         requests = workspace.encode(sample(loaded.train, args.samples, 0), loaded.template)
         if model is None:
-            model = load_model(workspace.base_dir).to(workspace.settings(1).device).eval().requires_grad_(False)
+            model = load_model(workspace.base_dir, check_values=False).to(workspace.settings(1).device)
+            model = model.eval().requires_grad_(False)
         for batch_size in (int(x) for x in args.batch_sizes.split(",")):
             row = {"target": target, **measure(model, workspace, requests, batch_size, args.repeats, args.copies)}
             results.append(row)

@@ -124,7 +124,7 @@ def _real_setup(work: Path, n: int) -> tuple[Path, list[Path]]:
             torch.manual_seed(i)
             config = LoraConfig(r=8, lora_alpha=16, target_modules=ALL_TARGETS, init_lora_weights=False)
             with quiet_peft_deprecations():
-                model = get_peft_model(load_model(base), config)
+                model = get_peft_model(load_model(base, check_values=False), config)
             with torch.no_grad():  # PEFT's non-default init draws B at full scale; keep the adapter near the base
                 for name, param in model.named_parameters():
                     if "lora_B" in name:
@@ -152,7 +152,9 @@ def peft_losses(base: Path, adapters: list[Path], requests: list, settings) -> l
 
     losses = []
     for path in adapters:
-        model = attach_adapter(load_model(base), path, trainable=False).to(settings.device)
+        # PeftModel.from_pretrained as a user would call it: no NaN scan of the base and adapter per candidate
+        model = attach_adapter(load_model(base, check_values=False), path, trainable=False, check_values=False)
+        model = model.to(settings.device)
         losses.append(ScoringPlan(requests, settings, with_accuracy=False).run(model)[0][0])
     return losses
 
@@ -192,7 +194,8 @@ def measure(model_name: str, base: Path, adapters: list[Path], data, args: argpa
     spread = [((other - naive_losses[0]).abs() / naive_losses[0].abs()).max().item() for other in naive_losses[1:]]
     with_accuracy = ours(group, with_accuracy=True)
 
-    model = attach_adapter(load_model(base), adapters[0], trainable=False).to(settings.device).eval()
+    model = attach_adapter(load_model(base, check_values=False), adapters[0], trainable=False, check_values=False)
+    model = model.to(settings.device).eval()
     plan = ScoringPlan(requests, settings, with_accuracy=False)
     limit = best_seconds(lambda: plan.run(model), args.repeats)
     tokens = sample_tokens(requests, with_accuracy=False)
@@ -220,7 +223,7 @@ def swap_times(base: Path, records: list, device: torch.device, passes: int = 3)
     from mashup.io import load_weight_dir
     from mashup.selection.slots import LoRASlots, SlotLayout, adapter_factors
 
-    slots = LoRASlots(load_model(base).to(device), SlotLayout.of(records[0]), 1)
+    slots = LoRASlots(load_model(base, check_values=False).to(device), SlotLayout.of(records[0]), 1)
     paths = [Path(r.path) for r in records]
 
     def per_adapter(load) -> float:

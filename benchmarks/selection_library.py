@@ -221,7 +221,7 @@ def train_real(args: argparse.Namespace, specs: list[RealSpec]) -> None:
         config = TrainConfig(mode="lora", lr=args.lr, max_steps=spec.steps, batch_size=args.train_batch_size,
                              seed=spec.seed)
         with atomic_output_dir(out, overwrite=True) as tmp:
-            train_in(workspace, load_target(data), config, EvalConfig(max_examples=0), tmp)
+            train_in(workspace, load_target(data), config, EvalConfig(max_examples=0), tmp, final_dir=out)
         library.add([out / "adapter"], task=spec.task, base="smollm2-135m", init_reference=str(out / INIT_WEIGHTS),
                     metadata={"name": spec.name, "lineage": [spec.task], "origin": "trained"})
         print(f"trained {spec.name} in {time.perf_counter() - start:.1f}s", flush=True)

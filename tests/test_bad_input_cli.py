@@ -11,6 +11,7 @@ from mashup.config import RunConfig, load_config
 from mashup.demo import DemoSettings, build_source_library, run_demo
 from mashup.errors import MashupError
 from mashup.workspace import open_workspace
+from tests.cli_helpers import cli_commands, command_flags
 from tests.test_cli import run_cli
 
 
@@ -150,6 +151,36 @@ def test_a_bad_field_in_a_partial_config_names_the_file(tmp_path, lib, mc_file, 
     assert "invalid config field 'select.k'" in one_line_error(err) and str(path) in err
     assert not captured_run
 
+
+def _complete_config(tmp_path: Path, mc_file: Path) -> Path:
+    path = tmp_path / "ok.yaml"
+    path.write_text(f"base: tiny\nout: {tmp_path / 'run'}\ndata: {{data: {mc_file}}}\nselect: {{k: 2}}\n")
+    return path
+
+
+@pytest.mark.parametrize(("flag", "problem"), [(["--k", "0"], "greater than 0"),
+                                               (["--seed", "-1"], "greater than or equal to 0"),
+                                               (["--lr", "nan"], "a finite number")])
+def test_a_bad_flag_value_over_a_config_names_the_flag_not_the_file(tmp_path, lib, mc_file, captured_run, flag,
+                                                                     problem, capsys, monkeypatch):
+    """`run --config ok.yaml --k 0`: the file is fine (its k is overridden), the flag's value is not."""
+    path = _complete_config(tmp_path, mc_file)
+    _, err = run_cli(["run", "--config", path, "--library", lib, *flag], capsys, monkeypatch, expect=2)
+    assert f"invalid value for {flag[0]}: Input should be {problem}; fix that option" in one_line_error(err)
+    assert str(path) not in err and "config field" not in err and not captured_run
+
+
+def test_a_bad_file_value_beside_good_flags_still_names_the_file(tmp_path, lib, mc_file, captured_run, capsys,
+                                                                  monkeypatch):
+    path = _complete_config(tmp_path, mc_file)
+    path.write_text(path.read_text().replace("{k: 2}", "{k: 2, samples: 0}"))
+    _, err = run_cli(["run", "--config", path, "--library", lib, "--k", "3", "--seed", "1"], capsys, monkeypatch,
+                     expect=1)
+    assert f"invalid config field 'select.samples': Input should be greater than 0 in {path}; fix that field" in \
+        one_line_error(err)
+    assert not captured_run
+
+
 @pytest.mark.parametrize(("option", "problem"), [(["--lora-mode", "bogus"], "Input should be 'ab', 'delta' or"),
                                                  (["--density=2"], "density must be in (0, 1]")])
 def test_a_bad_flag_value_names_the_flag_in_its_own_words(tmp_path, lib, mc_file, captured_run, option, problem,
@@ -173,6 +204,15 @@ def test_a_flag_named_apart_from_its_field_is_still_named(tmp_path, mc_file, ver
     assert f"invalid value for {flag}" in one_line_error(err)
     assert not (tmp_path / "m").exists()
 
+
+@pytest.mark.parametrize("verb", ["select", "merge", "train", "run"])
+def test_a_negative_seed_is_refused(tmp_path, mc_file, verb, capsys, monkeypatch):
+    """random.Random(-1) draws the same sample as Random(1) under another name (and numpy refuses it)."""
+    inputs = {"merge": ["--checkpoints", "a", "b", "--out", tmp_path / "out"]}.get(
+        verb, ["--base", "tiny", "--data", mc_file] + (["--out", tmp_path / "out"] if verb != "select" else []))
+    _, err = run_cli([verb, *inputs, "--seed", "-1"], capsys, monkeypatch, expect=2)
+    assert "invalid value for --seed: Input should be greater than or equal to 0" in one_line_error(err)
+    assert not (tmp_path / "out").exists()
 
 
 def test_a_value_neither_the_config_nor_a_flag_gives_names_the_file(tmp_path, lib, mc_file, captured_run, capsys,
@@ -251,3 +291,39 @@ def test_a_usage_error_is_one_line_too(argv, message, capsys, monkeypatch):
     """click prints usage, a hint and the error on four lines; every other error is one."""
     _, err = run_cli(argv, capsys, monkeypatch, expect=2)
     assert message in one_line_error(err)
+
+
+# audit 5: a misspelt config key is said as such, before what it leaves missing
+
+
+@pytest.mark.parametrize(("text", "said"), [
+    ("bsae: x\nout: y\ndata: {data: d}\n", "unknown config key 'bsae' (did you mean 'base'?)"),
+    ("base: x\nout: y\ndata: {dat: d}\n", "unknown config key 'dat' in section 'data' (did you mean 'data'?)"),
+    ("base: x\nout: y\ndata: {data: d}\nmerge: {lamda: 2}\n",
+     "unknown config key 'lamda' in section 'merge' (did you mean 'lambda'?)"),
+])
+def test_a_misspelt_run_config_key_is_said_before_what_it_leaves_missing(tmp_path, text, said, capsys, monkeypatch):
+    path = tmp_path / "run.yaml"
+    path.write_text(text)
+    _, err = run_cli(["run", "--config", path], capsys, monkeypatch, expect=1)
+    assert said in one_line_error(err) and f"in {path};" in err and "missing" not in err
+    assert "valid keys" in err and ("base, data, library, out" in err or "valid keys in section" in err)
+
+
+def test_a_misspelt_required_key_in_any_config_file_is_said_as_such(tmp_path):
+    from mashup.switch.config import CollectConfig
+
+    path = tmp_path / "collect.yaml"
+    path.write_text("taks: gsm8k\ninstances: 4\n")
+    with pytest.raises(MashupError, match=r"unknown config key 'taks' \(did you mean 'task'\?\)") as caught:
+        load_config(path, CollectConfig)
+    assert "valid keys: task, instances" in caught.value.fix and caught.value.where == str(path)
+
+
+def test_eval_on_the_validation_split_names_an_option_eval_takes(tiny_base, mc_file, capsys, monkeypatch):
+    args = ["eval", "--base", tiny_base, "--data", mc_file, "--scoring", "letter", "--split", "validation"]
+    _, err = run_cli(args, capsys, monkeypatch, expect=1)
+    assert "no validation split" in one_line_error(err) and "--validation-size" in err
+    assert "--validation-size" in command_flags(dict(cli_commands())["eval"])
+    out, _ = run_cli([*args, "--validation-size", "0.25", "--json"], capsys, monkeypatch)
+    assert json.loads(out)["n"] == 8  # a quarter of the 32 train examples of 40

@@ -12,9 +12,12 @@ from mashup.errors import CheckpointError, MashupError
 from mashup.models import attach_adapter, load_model
 from mashup.verbs import evaluate_model, train_model
 from tests.test_cli import run_cli
+from tests.tiny import copy_with_nan
 
 DATA = {"scoring": "letter", "max_length": 128}
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
+UNKNOWN_ARCHITECTURE = "architecture 'nonsense_arch' (model_type) is not known to the installed transformers"
+CUSTOM_CODE = {"AutoConfig": "configuration_x.XConfig", "AutoModelForCausalLM": "modeling_x.XForCausalLM"}
 
 
 def _copy(src, dst):
@@ -105,9 +108,9 @@ def test_truncated_weights_are_one_line(tmp_path, tiny_base, tiny_loras, tiny_fu
     with pytest.raises(CheckpointError, match="corrupt or truncated"):
         _train(tmp_path, tiny_base, mc_file, adapter)
     with pytest.raises(CheckpointError, match="corrupt or truncated"):  # unchecked loads name the file as well
-        attach_adapter(load_model(tiny_base), adapter, trainable=False)
+        attach_adapter(load_model(tiny_base), adapter, trainable=False, check_values=False)
     with pytest.raises(CheckpointError, match="cannot load model"):
-        load_model(full)
+        load_model(full, check_values=False)
 
 
 @pytest.mark.parametrize("targets", [["k_proj"], ["q_proj"], ["q_proj", "k_proj", "v_proj", "up_proj"]])
@@ -233,8 +236,127 @@ def test_a_pickle_only_base_needs_allow_pickle_and_then_works(tmp_path, tiny_bas
 
 def test_a_pickle_only_base_of_an_unknown_architecture_is_one_line(tmp_path, tiny_base, mc_file, capsys,
                                                                     monkeypatch):
+    """Counted from its config (no safetensors headers to count): said as the load would say it."""
     base = _pickled_base(tiny_base, tmp_path / "bin-base")
     config = json.loads((base / "config.json").read_text())
     (base / "config.json").write_text(json.dumps({**config, "model_type": "nonsense_arch"}))
     err = _eval_cli(tiny_base, mc_file, capsys, monkeypatch, "--allow-pickle", base=base)
-    assert "cannot read the model config" in err and "bin-base" in err
+    assert UNKNOWN_ARCHITECTURE in err and f"in {base / 'config.json'};" in err
+
+
+# audit 5: a base config.json with a wrong-typed field, a pickle holding objects, a file given for a dir
+
+
+def _with_config(tiny_base, dst, **change):
+    base = _copy(tiny_base, dst)
+    config = json.loads((base / "config.json").read_text())
+    (base / "config.json").write_text(json.dumps({**config, **change}))
+    return base
+
+
+def test_an_architecture_transformers_does_not_know_is_said_as_such(tmp_path, tiny_base, mc_file, capsys,
+                                                                    monkeypatch):
+    """Not "invalid model config ... fix that value": no value of config.json is wrong for a newer transformers."""
+    import transformers
+
+    base = _with_config(tiny_base, tmp_path / "unknown", model_type="nonsense_arch")
+    err = _eval_cli(tiny_base, mc_file, capsys, monkeypatch, base=base)
+    assert f"{UNKNOWN_ARCHITECTURE} {transformers.__version__} in {base / 'config.json'};" in err
+    assert "upgrade transformers" in err and "invalid model config" not in err
+
+
+@pytest.mark.parametrize(("change", "auto_map"), [
+    ({"model_type": "x_arch", "auto_map": CUSTOM_CODE}, "AutoConfig, AutoModelForCausalLM"),  # no config class
+    ({"model_type": "t5", "auto_map": {"AutoModelForCausalLM": "modeling_x.X"}}, "AutoModelForCausalLM"),  # no model
+])
+def test_a_config_that_needs_the_models_own_code_says_mashup_does_not_run_it(tmp_path, tiny_base, mc_file, capsys,
+                                                                             monkeypatch, change, auto_map):
+    base = _with_config(tiny_base, tmp_path / "custom", **change)
+    err = _eval_cli(tiny_base, mc_file, capsys, monkeypatch, base=base)
+    assert f"config.json needs the model's own code (auto_map: {auto_map}), and mashup does not run a model's own " \
+           f"code (trust_remote_code) in {base / 'config.json'};" in err
+    assert "invalid model config" not in err and "pass the argument" not in err
+
+
+def test_an_auto_map_on_an_architecture_transformers_ships_is_no_fault_of_its_own(tmp_path, tiny_base, mc_file,
+                                                                                 capsys, monkeypatch):
+    """transformers uses its own class there: a wrong-typed field is still that field's fault."""
+    base = _with_config(tiny_base, tmp_path / "typed", auto_map=CUSTOM_CODE, hidden_size="32")
+    err = _eval_cli(tiny_base, mc_file, capsys, monkeypatch, base=base)
+    assert "invalid model config" in err and "'hidden_size' expected int" in err and "own code" not in err
+    assert load_model(_with_config(tiny_base, tmp_path / "fine", auto_map=CUSTOM_CODE)) is not None
+
+
+def test_a_wrong_typed_base_config_field_is_one_line_naming_field_and_file(tmp_path, tiny_base, mc_file, capsys,
+                                                                           monkeypatch):
+    base = _with_config(tiny_base, tmp_path / "typed", hidden_size="32")
+    err = _eval_cli(tiny_base, mc_file, capsys, monkeypatch, base=base)
+    assert "invalid model config" in err and "'hidden_size' expected int" in err
+    assert f"in {base / 'config.json'};" in err and "fix that value" in err
+
+
+@pytest.mark.parametrize("change", [{"vocab_size": -1}, {"hidden_act": "nope"}, {"num_hidden_layers": 1.5}])
+def test_a_config_no_model_can_be_built_from_is_named_by_load_model(tmp_path, tiny_base, change):
+    base = _with_config(tiny_base, tmp_path / "unbuildable", **change)
+    with pytest.raises(CheckpointError, match="invalid model config") as caught:
+        load_model(base)
+    assert caught.value.where == str(base / "config.json")
+
+
+def test_a_config_of_other_shapes_than_the_weights_is_one_line(tmp_path, tiny_base, mc_file, capsys, monkeypatch):
+    """A config that builds a model, but one the saved weights do not fit (transformers raised after a table)."""
+    base = _with_config(tiny_base, tmp_path / "fewer_heads", num_key_value_heads=1)
+    err = _eval_cli(tiny_base, mc_file, capsys, monkeypatch, base=base)
+    assert "weight model.layers.0.self_attn.k_proj.weight has shape [16, 32] but config.json makes it [8, 32]" in err
+    assert f"in {base};" in err
+
+
+def test_a_load_failure_the_config_does_not_explain_still_raises(tmp_path, tiny_base, monkeypatch):
+    """Only the config's own failures become a CheckpointError: a bug in loading is not hidden behind one."""
+    from transformers import AutoModelForCausalLM
+
+    def bug(*args, **kwargs):
+        raise TypeError("a bug in loading")
+
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", bug)
+    with pytest.raises(TypeError, match="a bug in loading"):
+        load_model(tiny_base)
+
+
+@pytest.mark.parametrize("extra", ["namespace", "nested"])
+def test_a_pickle_holding_objects_is_one_line_without_torchs_advice(tmp_path, tiny_base, tiny_loras, mc_file, capsys,
+                                                                    monkeypatch, extra):
+    import argparse
+
+    adapter = _copy(tiny_loras[0], tmp_path / "objects")
+    tensors = load_file(adapter / ADAPTER_WEIGHTS)
+    content = {**tensors, "args": argparse.Namespace(lr=1)} if extra == "namespace" else {"state_dict": tensors}
+    torch.save(content, adapter / "adapter_model.bin")
+    (adapter / ADAPTER_WEIGHTS).unlink()
+    err = _eval_cli(tiny_base, mc_file, capsys, monkeypatch, "--adapter", adapter, "--allow-pickle")
+    assert "holds objects beyond tensors" in err and "only tensor-only pickles" in err and "safetensors" in err
+    assert "weights_only=False" not in err and str(adapter / "adapter_model.bin") in err
+    assert ("argparse.Namespace" in err) == (extra == "namespace")
+
+
+def test_a_file_given_for_an_adapter_or_model_dir_says_so(tmp_path, tiny_base, tiny_loras, tiny_fulls, mc_file,
+                                                          capsys, monkeypatch):
+    weights = tiny_loras[0] / ADAPTER_WEIGHTS
+    err = _eval_cli(tiny_base, mc_file, capsys, monkeypatch, "--adapter", weights)
+    assert "a file, not a LoRA adapter dir (a dir holding adapter_config.json)" in err
+    assert f"pass the dir that holds it, {tiny_loras[0]}" in err and "not found" not in err
+    err = _eval_cli(tiny_base, mc_file, capsys, monkeypatch, "--adapter", tiny_fulls[0])
+    assert "no adapter_config.json: not a LoRA adapter dir (it holds a full model" in err
+    err = _eval_cli(tiny_base, mc_file, capsys, monkeypatch, "--model", tiny_fulls[0] / "model.safetensors")
+    assert "a file, not a checkpoint dir" in err and f"pass the dir that holds it, {tiny_fulls[0]}" in err
+
+
+def test_loads_refuse_nan_weights_by_default(tmp_path, tiny_base, tiny_loras):
+    """Every loader but the GGUF check (which compares logits) checks the values: that is the default now."""
+    adapter = copy_with_nan(tiny_loras[0], tmp_path / "nan-adapter")
+    with pytest.raises(CheckpointError, match="holds NaN or inf"):
+        attach_adapter(load_model(tiny_base), adapter, trainable=False)
+    base = copy_with_nan(tiny_base, tmp_path / "nan-base")
+    with pytest.raises(CheckpointError, match="holds NaN or inf"):
+        load_model(base)
+    assert load_model(base, check_values=False) is not None  # asked for: unchecked

@@ -22,6 +22,8 @@ def test_demo_flow_writes_report_plot_and_summary(tmp_path, tiny_base, monkeypat
     for seed in summary["seeds"]:
         assert seed["mashup"]["curve"][0]["accuracy"] == summary["zero_shot"]["merged"]
         assert seed["scratch"]["curve"][0]["accuracy"] == summary["zero_shot"]["base"]
+    sources = list((tmp_path / "cache").rglob("result.json"))
+    assert len(sources) == 3 and all(json.loads(r.read_text())["out"] == str(r.parent) for r in sources)
     # a second run reuses the cached source library instead of training it again
     again = run_demo(tmp_path / "run2", settings=settings)
     assert again["seconds"]["source_library"] < summary["seconds"]["source_library"]

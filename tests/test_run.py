@@ -81,6 +81,9 @@ def test_both_arms_train_the_merged_inits_lora_shape(tmp_path, tiny_base, tiny_l
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["scratch"]["train_config"] == resolved
     assert any("LoRA shape differs" in r.getMessage() for r in caplog.records)
     for arm in ("mashup", "scratch"):
+        result = json.loads((tmp_path / "run" / arm / "result.json").read_text())  # the dir it is in, not a temp one
+        assert (result["out"], result["weights_dir"]) == (str(tmp_path / "run" / arm), str(tmp_path / "run" / arm /
+                                                                                          "adapter"))
         adapter = json.loads((tmp_path / "run" / arm / "adapter" / "adapter_config.json").read_text())
         assert (adapter["r"], adapter["lora_alpha"], sorted(adapter["target_modules"])) == (4, 8, ["q_proj", "up_proj",
                                                                                                    "v_proj"])

@@ -32,6 +32,13 @@ def test_lora_training_writes_a_complete_run_dir(tmp_path, tiny_base, mc_file):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".run.tmp")]
 
 
+def test_result_json_records_the_final_out_dir_not_the_staging_one(tmp_path, tiny_base, mc_file):
+    summary = _train(tmp_path, tiny_base, mc_file, "final", max_steps=1, eval_every=1)
+    result = json.loads((tmp_path / "final" / "result.json").read_text())
+    assert result["out"] == summary.out == str(tmp_path / "final")
+    assert result["weights_dir"] == summary.weights_dir == str(tmp_path / "final" / "adapter")
+
+
 @pytest.mark.fp32
 def test_step_zero_equals_the_init_accuracy_and_final_equals_eval(tmp_path, tiny_base, mc_file, tiny_loras):
     data = DataConfig(data=str(mc_file), **DATA)

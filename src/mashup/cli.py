@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
-import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
-from pydantic import ValidationError
 from rich.table import Table
 
 from mashup.cli_catalog import library_app, models_app, tasks_app
@@ -18,14 +15,14 @@ from mashup.cli_data import DataOptions, with_data_options
 from mashup.cli_options import (DENSITY_DEFAULT, DENSITY_HELP, BaseOpt, ExecutorOpt, HalvingFactorOpt, HalvingMinOpt,
                                 HalvingSeOpt, HalvingShareOpt, IncludeTargetOpt, JsonOpt, LibraryOpt, LoraModeOpt,
                                 MergeMethodOpt, NoCacheOpt, PickleOpt, PrecisionOpt, PrefilterKeepOpt, PrefilterMinOpt,
-                                PrefilterSignalsOpt, RayAddressOpt, SelectorOpt, comma_list, emit, err, given,
-                                option_named)
+                                PrefilterSignalsOpt, RayAddressOpt, SelectorOpt, comma_list, emit, err, given)
 from mashup.cli_run import demo_cmd, run_cmd
+from mashup.cli_runner import run_command_line
 from mashup.config import (EvalConfig, HalvingConfig, MergeConfig, PrefilterConfig, SelectConfig, TrainConfig,
-                           first_problem, max_share_option)
-from mashup.errors import MashupError
+                           max_share_option)
+from mashup.errors import MashupError, MergeError
 from mashup.experiment import cli as experiment_cli
-from mashup.progress import quiet_third_party, score_cell, scoring_bar, selection_summary, training_bars
+from mashup.progress import score_cell, scoring_bar, selection_summary, training_bars
 from mashup.switch.cli import switch_app
 
 if TYPE_CHECKING:
@@ -70,7 +67,10 @@ def select_cmd(base: BaseOpt, data: DataOptions, library: LibraryOpt = None,
 
     check_kind(kind)
     merge = MergeConfig(**given(method=merge_method, lora_mode=lora_mode))
-    method_and_mode(merge, kind)  # an unknown method fails here, before the base model loads
+    try:
+        method_and_mode(merge, kind)  # an unknown method fails here, before the base model loads
+    except MergeError as exc:  # the only one it raises: the method's
+        raise MergeError(exc.what, "--merge-method", exc.fix) from None
     Library.existing(library)
     config = SelectConfig(samples=samples, k=k, metric=metric,  # type: ignore[arg-type]
                           with_accuracy=with_accuracy, seed=seed, batch_size=batch_size, cache=not no_cache,
@@ -213,7 +213,8 @@ def eval_cmd(base: BaseOpt, data: DataOptions,
              model: Annotated[Optional[Path], typer.Option(
                  "--model", help="full HF model dir to evaluate instead of the base",
                  show_default="none: the base")] = None,
-             split: Annotated[str, typer.Option("--split", help="test | train")] = "test",
+             split: Annotated[str, typer.Option(
+                 "--split", help="test | train | validation (carved with --validation-size)")] = "test",
              batch_size: Annotated[int, typer.Option("--batch-size", help="examples per scoring batch")] = 16,
              allow_pickle: PickleOpt = False, precision: PrecisionOpt = None, as_json: JsonOpt = False) -> None:
     """Multiple-choice accuracy of the base, an adapter on it, or a full model."""
@@ -230,96 +231,6 @@ app.command("run")(run_cmd)
 app.command("demo")(demo_cmd)
 
 
-MULTI_VALUE_OPTIONS = frozenset({"--checkpoints", "--weights"})
-
-
-def expand_multi_value_options(argv: list[str], options: frozenset[str] = MULTI_VALUE_OPTIONS) -> list[str]:
-    """``--checkpoints A B`` -> ``--checkpoints A --checkpoints B`` (click options take one value each)."""
-    out: list[str] = []
-    current: str | None = None  # the multi-value option whose values are being read
-    dangling = False  # ``current`` has no value yet: keep it as given, so click reports the missing value
-    for token in argv:
-        is_option = token == "--" or (token.startswith("-") and not _is_number(token))
-        if (is_option or token in options) and dangling:
-            out.append(current)  # type: ignore[arg-type]
-        if token in options:
-            current, dangling = token, True
-            continue
-        if is_option:
-            current, dangling = None, False
-        elif current is not None:
-            out.append(current)
-            dangling = False
-        out.append(token)
-    if dangling:
-        out.append(current)  # type: ignore[arg-type]
-    return out
-
-
-def _is_number(token: str) -> bool:
-    try:
-        float(token)
-    except ValueError:
-        return False
-    return True
-
-
-def _quiet_warnings() -> None:
-    """Third-party deprecation notices and PEFT's Hub-lookup note are not the user's concern on the CLI."""
-    for category in (DeprecationWarning, PendingDeprecationWarning, FutureWarning):
-        warnings.filterwarnings("ignore", category=category)
-    warnings.filterwarnings("ignore", message="Could not find a config file", category=UserWarning)
-
-
 def main() -> None:
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    with warnings.catch_warnings():
-        _quiet_warnings()
-        quiet_third_party()
-        _main(expand_multi_value_options(sys.argv[1:]))
-
-
-def _usage_error(exc: Exception) -> None:
-    """A usage error on one line, like every other error (click prints usage, a hint and the error on four)."""
-    context = getattr(exc, "ctx", None)
-    command = context.command_path if context is not None else "mashup"
-    message = exc.format_message() if callable(getattr(exc, "format_message", None)) else str(exc)
-    err.print(f"[red]error:[/red] {' '.join(message.split()).rstrip('.')}; see `{command} --help`", highlight=False,
-              soft_wrap=True)
-
-
-INTERRUPTED = 130  # the shell's exit status for SIGINT
-
-
-def _main(argv: list[str]) -> None:
-    try:
-        code = app(argv, prog_name="mashup", standalone_mode=False)
-    except KeyboardInterrupt:  # where typer leaves it to us
-        code = INTERRUPTED
-    except MashupError as exc:
-        err.print(f"[red]error:[/red] {exc.line()}", highlight=False, soft_wrap=True)
-        raise SystemExit(1) from None
-    except ValidationError as exc:
-        field, problem = first_problem(exc)
-        err.print(f"[red]error:[/red] invalid value for {option_named(field, argv)}: {problem}; fix that option",
-                  highlight=False, soft_wrap=True)
-        raise SystemExit(2) from None
-    except OSError as exc:  # the file system said no (missing file, permissions, disk full): one line too
-        where = f" in {exc.filename}" if exc.filename else ""
-        err.print(f"[red]error:[/red] {exc.strerror or exc}{where}; check the path, its permissions and the free "
-                  "disk space", highlight=False, soft_wrap=True)
-        raise SystemExit(1) from None
-    except (typer.Exit, typer.Abort) as exc:
-        raise SystemExit(getattr(exc, "exit_code", 1)) from None
-    except Exception as exc:
-        # click's usage errors (typer vendors its own click, so match the interface, not the class): exit 2
-        if isinstance(getattr(exc, "exit_code", None), int) and callable(getattr(exc, "show", None)):
-            _usage_error(exc)
-            raise SystemExit(exc.exit_code) from None
-        raise
-    # outside standalone mode typer *returns* an exit code (130 for Ctrl-C) instead of exiting with it: without
-    # this, an interrupted command exited 0 and `mashup ... && next` went on
-    if isinstance(code, int) and not isinstance(code, bool) and code != 0:
-        if code == INTERRUPTED:
-            err.print("[red]interrupted[/red]", highlight=False)
-        raise SystemExit(code)
+    """The `mashup` command: ``sys.argv`` run through the app, every error one line (mashup.cli_runner)."""
+    run_command_line(app, sys.argv[1:])

@@ -49,7 +49,9 @@ def library_add(paths: Annotated[list[Path], typer.Argument(help="PEFT adapter d
                     "the same weights are skipped (--json: {added, skipped} ids)")] = False,
                 workers: WorkersOpt = None,
                 library: LibraryOpt = None, allow_pickle: PickleOpt = False, as_json: JsonOpt = False) -> None:
-    """Register checkpoints (all or none), hashing them in parallel; a re-scan (--recursive) adds the new ones."""
+    """Register checkpoints (all or none), hashing them in parallel; a re-scan (--recursive) adds the new ones.
+
+    --json: the ids added, or with --recursive {added, skipped}."""
     from mashup.library import Library
 
     from mashup.data.tasks import is_task_name
@@ -129,29 +131,32 @@ def library_remove(checkpoint_id: str, library: LibraryOpt = None) -> None:
     """Remove a record (files on disk are left alone)."""
     from mashup.library import Library
 
-    record = Library.existing(library).remove(checkpoint_id)
-    err.print(f"removed {record.id} (files left at {record.path})")
+    removed = Library.existing(library).remove(checkpoint_id)
+    err.print(f"removed {removed.id}" + (f" (files left at {removed.path})" if removed.path else ""))
 
 
 @library_app.command("verify")
 def library_verify(library: LibraryOpt = None, workers: WorkersOpt = None, as_json: JsonOpt = False) -> None:
-    """Hash every registered file again; list missing or changed ones (exit 1 if any)."""
+    """Hash every registered file again; list missing, changed or unreadable entries (exit 1 if any)."""
     from mashup.library import Library
 
     lib = Library.existing(library)
-    records = lib.list()
+    records, unreadable = lib.entries()
     with count_bar(err, "verifying", enabled=len(records) > 1) as update:
         checks = lib.verify(records, workers=workers, progress=update)
-    problems = [c for c in checks if c.status != "ok"]
+    problems = [{"id": c.record.id, "status": c.status, "reason": c.reason, "path": c.record.path}
+                for c in checks if c.status != "ok"]
+    problems += [{"id": u.id, "status": "unreadable", "reason": f"{u.what}; {u.fix}", "path": u.path}
+                 for u in unreadable]
+    total = len(checks) + len(unreadable)
     if not problems and not as_json:
-        sys.stdout.write(f"all {_plural(len(checks), 'checkpoint')} verified: weights unchanged\n" if checks
+        sys.stdout.write(f"all {_plural(total, 'checkpoint')} verified: weights unchanged\n" if total
                          else "no checkpoints registered: nothing to verify\n")
         return
-    table = Table("id", "status", "reason", title=f"{len(checks) - len(problems)} of {len(checks)} checkpoints ok")
-    for c in problems:
-        table.add_row(c.record.id, c.status, c.reason or "")
-    emit({"checked": len(checks), "problems": [{"id": c.record.id, "status": c.status, "reason": c.reason,
-                                                "path": c.record.path} for c in problems]}, as_json, table)
+    table = Table("id", "status", "reason", title=f"{total - len(problems)} of {total} checkpoints ok")
+    for problem in problems:
+        table.add_row(problem["id"], problem["status"], problem["reason"] or "")
+    emit({"checked": total, "problems": problems}, as_json, table)
     if problems:
         raise SystemExit(1)  # typer.Exit would only be returned under standalone_mode=False
 

@@ -1,9 +1,9 @@
 """The target-data options, defined once for every CLI verb that reads target data.
 
 A verb declares one parameter ``data: DataOptions`` and is decorated with :func:`with_data_options`;
-the decorator puts ``--data``, ``--name``, ``--train``, ``--test``, ``--test-size``, ``--scoring``,
-``--max-length``, ``--max-train-examples`` and ``--max-test-examples`` in its signature (so typer shows
-them in ``--help`` with their defaults) and hands the verb one :class:`DataOptions` holding what was given.
+the decorator puts ``--data``, ``--name``, ``--train``, ``--test``, ``--test-size``, ``--validation-size``,
+``--scoring``, ``--max-length``, ``--max-train-examples`` and ``--max-test-examples`` in its signature (so typer
+shows them in ``--help`` with their defaults) and hands the verb one :class:`DataOptions` holding what was given.
 """
 
 from __future__ import annotations
@@ -41,6 +41,9 @@ _OPTIONS: dict[str, tuple[type, typer.models.OptionInfo]] = {
     "test": (str, _option("--test", "explicit test file", "carved from the data with --test-size")),
     "test_size": (float, _option("--test-size", "fraction (<1) or count (>=1) of a single data file carved out as "
                                                 "test")),
+    "validation_size": (float, _option("--validation-size", "fraction (<1) or count (>=1) of the train split "
+                                                            "carved out as validation (eval --split validation); "
+                                                            "0: none")),
     "scoring": (str, _option("--scoring", "letter | cloze | auto (auto: cloze below 1B parameters, else letter)")),
     "max_length": (int, _option("--max-length", "max tokens per example (longer prompts are cut from the left)")),
     "max_train_examples": (int, _option("--max-train-examples", "cap on train examples (seeded sample)", "all")),
@@ -57,6 +60,7 @@ class DataOptions:
     train: str | None = None
     test: str | None = None
     test_size: float | None = None
+    validation_size: float | None = None
     scoring: str | None = None
     max_length: int | None = None
     max_train_examples: int | None = None

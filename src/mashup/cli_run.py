@@ -6,13 +6,15 @@ from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
+from pydantic import ValidationError
 from rich.table import Table
 
 from mashup.cli_data import DataOptions, with_data_options
 from mashup.cli_options import (BASE_HELP, DENSITY_DEFAULT, DENSITY_HELP, LORA_MODE_DEFAULT, LORA_MODE_HELP,
                                 MERGE_METHOD_HELP, IncludeTargetOpt, JsonOpt, LibraryOpt, NoCacheOpt, PrecisionOpt,
                                 config_default, emit, err, from_config_option, given)
-from mashup.config import MergeConfig, RunConfig, SelectConfig, TrainConfig, read_config_mapping, validate_config
+from mashup.config import MergeConfig, RunConfig, SelectConfig, TrainConfig
+from mashup.config_files import config_error, first_problem, read_config_mapping, require_known_keys
 from mashup.errors import MashupError
 from mashup.progress import training_bars
 
@@ -78,18 +80,34 @@ def run_cmd(base: Annotated[Optional[str], from_config_option("--base", BASE_HEL
 def run_config(config_file: Path | None, overrides: dict[str, Any], sections: dict[str, dict[str, Any]]
                ) -> RunConfig:
     """The file's own mapping with the flags given (None: not given) merged over it, validated once, so flags may
-    supply what it leaves out; a missing --base, --out or --data names the file it is missing from."""
+    supply what it leaves out; a missing --base, --out or --data names the file it is missing from, after any
+    unknown key in it (``bsae:`` is a typo for ``base``, not a missing base)."""
     raw: dict[str, Any] = read_config_mapping(config_file) if config_file else {}
+    require_known_keys(raw, RunConfig, config_file)
+    flagged = set(given(**overrides))  # the fields the flags set, as dotted paths
     raw.update(given(**overrides))
     for section, values in sections.items():
         _merge_section(raw, section, given(**values))
+        flagged |= {f"{section}.{name}" for name in given(**values)}
     where = str(config_file) if config_file else None  # a config given: the file the value is missing from
     for required in ("base", "out"):
         if not raw.get(required):
             raise MashupError(f"missing --{required}", where, f"pass --{required} or set it in --config")
     if isinstance(raw["data"], dict) and not raw["data"].get("data"):
         raise MashupError("missing --data", where, "pass --data TARGET or set data.data in --config")
-    return validate_config(raw, RunConfig, config_file) if config_file else RunConfig.model_validate(raw)
+    return _validated(raw, config_file, flagged)
+
+
+def _validated(raw: dict[str, Any], config_file: Path | None, flagged: set[str]) -> RunConfig:
+    """``raw`` as a RunConfig; an invalid value is blamed on the flag that gave it (raised as is: the CLI names
+    the flag as typed) or else on the config file."""
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as exc:
+        field, _ = first_problem(exc)
+        if config_file is None or any(field == name or field.startswith(f"{name}.") for name in flagged):
+            raise
+        raise config_error(exc, RunConfig, config_file) from None
 
 
 def _merge_section(raw: dict[str, Any], section: str, flags: dict[str, Any]) -> None:

@@ -1,13 +1,13 @@
-"""Typed configuration for each stage, loadable from and saved as YAML."""
+"""Typed configuration for each stage (mashup.config_files reads them from YAML and saves them back)."""
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+# the config files' functions that callers long imported from here (the package exports them too)
+from mashup.config_files import load_config, save_config  # noqa: F401
 from mashup.errors import MashupError
 
 Scoring = Literal["letter", "cloze", "auto"]
@@ -44,7 +44,7 @@ class DataConfig(StageConfig):
     test_size: Finite = Field(0.2, gt=0, description="fraction (<1) or count (>=1) carved out as test")
     validation_size: Finite = Field(0.0, ge=0, description="fraction (<1) or count (>=1) of the train split carved out "
                                                           "as validation (for model selection); 0: none")
-    split_seed: int = 0
+    split_seed: int = Field(0, ge=0)
     scoring: Scoring = "auto"
     max_length: int = Field(384, gt=0, description="max tokens per example")
     max_train_examples: int | None = Field(None, gt=0)
@@ -113,7 +113,7 @@ class SelectConfig(StageConfig):
     metric: Metric = "loss"
     with_accuracy: bool = Field(False, description="also score accuracy when ranking by loss (cloze data: every "
                                 "choice's forward pass; by loss alone only the correct one's)")
-    seed: int = 0
+    seed: int = Field(0, ge=0)  # random.Random(-3) draws as Random(3); numpy refuses negatives
     batch_size: int = Field(16, gt=0)
     cache: bool = Field(True, description="reuse scores of checkpoints already scored on this exact sample")
     selector: SelectorName = Field("exhaustive", description="exhaustive | halving | prefilter+halving")
@@ -142,7 +142,7 @@ class MergeConfig(StageConfig):
     lambda_: Finite = Field(1.0, alias="lambda")
     normalize: bool | None = None
     sign: SignRule = "mass"
-    seed: int = 0
+    seed: int = Field(0, ge=0)  # random.Random(-3) draws as Random(3); numpy refuses negatives
     lora_mode: LoraMode | None = Field(None, description="default: ab for average/task_arithmetic, "
                                        "delta for the non-linear methods")
     lora_rank: int | None = Field(None, gt=0, description="output rank in delta mode; default: the most "
@@ -153,8 +153,8 @@ class MergeConfig(StageConfig):
     @classmethod
     def _some_weight(cls, value: list[float] | None) -> list[float] | None:
         if value is not None and value and not any(value):
-            raise ValueError("all weights are 0, so the merge would hold none of the checkpoints; give at least "
-                             "one non-zero weight")
+            raise ValueError("all weights are 0, so the merge would hold none of the checkpoints (one must be "
+                             "non-zero)")
         return value
 
     @field_validator("density")
@@ -174,7 +174,7 @@ class TrainConfig(StageConfig):
     micro_batch_size: int | None = Field(None, gt=0, description="split each batch for memory; same maths")
     max_steps: int | None = Field(None, gt=0)
     eval_every: int | None = Field(None, gt=0, description="steps between evaluations (default: 10% of steps)")
-    seed: int = 0
+    seed: int = Field(0, ge=0)  # random.Random(-3) draws as Random(3); numpy refuses negatives
     lora_r: int = Field(8, gt=0)
     lora_alpha: Finite = Field(16, description="LoRA scale numerator (alpha / r); negative when an init adapter "
                                                "is a negated task vector, never 0")
@@ -243,66 +243,3 @@ class RunConfig(StageConfig):
     add_to_library: bool = True
     allow_pickle: bool = False
     precision: Precision | None = Field(None, description="auto | fp32 | bf16; default $MASHUP_PRECISION or auto")
-
-
-ConfigT = TypeVar("ConfigT", bound=StageConfig)
-
-
-def load_config(path: Path, cls: type[ConfigT]) -> ConfigT:
-    """Read a YAML file into a typed config; errors name the file and the field."""
-    return validate_config(read_config_mapping(path), cls, path)
-
-
-def read_config_mapping(path: Path) -> dict[str, Any]:
-    """A config file's raw YAML mapping (empty file: {}), not validated yet; errors are one line naming the file."""
-    try:
-        text = Path(path).read_bytes().decode("utf-8")
-    except OSError as exc:
-        raise MashupError(f"cannot read config ({exc.strerror or exc})", str(path),
-                          "check the file exists and is readable") from None
-    except UnicodeDecodeError as exc:
-        raise MashupError(f"config is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start})",
-                          str(path), "save the file as UTF-8") from None
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise MashupError(f"invalid YAML: {_yaml_problem(exc)}", str(path), "fix the YAML syntax there") from None
-    if raw is None:
-        return {}
-    if not isinstance(raw, dict):
-        raise MashupError(f"config is a YAML {type(raw).__name__}, not a mapping of fields", str(path),
-                          "write one 'field: value' per line") from None
-    return raw
-
-
-def _yaml_problem(exc: yaml.YAMLError) -> str:
-    """The parser's problem and where, on one line (its own text spans several, quoting the line)."""
-    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
-    problem = " ".join(str(getattr(exc, "problem", None) or exc).split())
-    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark else problem
-
-
-def first_problem(exc: ValidationError) -> tuple[str, str]:
-    """The first invalid field's dotted path and what is wrong with it, without pydantic's "Value error, " (the
-    prefix it puts before a validator's own message)."""
-    first = exc.errors()[0]
-    problem = first["msg"].removeprefix("Value error, ")
-    return ".".join(str(part) for part in first["loc"]), problem
-
-
-def validate_config(raw: dict[str, Any], cls: type[ConfigT], path: Path | None) -> ConfigT:
-    """``raw`` (a config file's mapping, maybe with flags merged over it) as a typed config; errors name ``path``
-    and the field."""
-    try:
-        return cls.model_validate(raw)
-    except ValidationError as exc:
-        field, problem = first_problem(exc)
-        what = f"invalid config field '{field}': {problem}" if field else f"invalid config: {problem}"
-        raise MashupError(what, str(path) if path else None, "fix that field" if field else "fix the config") from None
-
-
-def save_config(config: StageConfig, path: Path) -> None:
-    """``config`` as YAML at ``path``, atomically (a kill never leaves half a config to be read back)."""
-    from mashup.io import write_text_atomic
-
-    write_text_atomic(path, yaml.safe_dump(config.model_dump(mode="json", by_alias=True), sort_keys=False))

@@ -107,11 +107,11 @@ def build_source_library(settings: DemoSettings, workspace: Workspace, console: 
                         data_fingerprint=source.fingerprint,
                         lineage={"trained_on": {"task": source.name, "data_fingerprint": source.fingerprint}})
 
-        with atomic_output_dir(root / _source_dir(task, source), overwrite=True, on_commit=register) as tmp, \
-                training_bars(console) as stage:
+        final = root / _source_dir(task, source)
+        with atomic_output_dir(final, overwrite=True, on_commit=register) as tmp, training_bars(console) as stage:
             # no held-out curve for a source: its relevance is measured by selection on the target
             train_in(workspace, source, settings.source_train(), EvalConfig(max_examples=0), tmp,
-                     progress=stage(f"source {task}"))
+                     progress=stage(f"source {task}"), final_dir=final)
     return library
 
 

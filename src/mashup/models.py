@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import logging
 import os
 import warnings
@@ -17,7 +16,10 @@ from safetensors import SafetensorError
 
 from mashup.config import Precision
 from mashup.errors import CheckpointError, MashupError
-from mashup.io import check_finite, load_weight_dir, require_finite_tensors, tensor_shapes, weight_files
+from mashup.io import load_weight_dir, require_finite_tensors, tensor_shapes
+from mashup.library.records import MODEL_CONFIG
+from mashup.model_checks import (checked_weight_files, raise_config_fault, require_adapter_dir, require_json,
+                                 require_matching_keys, require_matching_sizes)
 from mashup.hub import fetch_hub_model, is_hub_id
 
 # transformers' modeling code and peft are imported where a model is loaded: on a 2-core CPU they add
@@ -52,9 +54,9 @@ def _local_or_hub_dir(base: str, *, fetch_weights: bool) -> Path:
 
     path = Path(base).expanduser()
     if path.is_dir():
-        if not (path / "config.json").exists():
-            raise CheckpointError("no config.json in the base model dir", str(path), "pass an HF model dir")
-        _require_json(path / "config.json")
+        if not (path / MODEL_CONFIG).exists():
+            raise CheckpointError(f"no {MODEL_CONFIG} in the base model dir", str(path), "pass an HF model dir")
+        require_json(path / MODEL_CONFIG)
         return path
     if not is_hub_id(base):
         raise MashupError(f"unknown base model '{base}': not a named model of this install, a local model dir or "
@@ -63,21 +65,15 @@ def _local_or_hub_dir(base: str, *, fetch_weights: bool) -> Path:
     return fetch_hub_model(base, config_only=not fetch_weights)
 
 
-def _require_json(path: Path) -> None:
-    """Refuse a config that is not JSON here: transformers says so through an OSError, which reads as a file
-    system problem."""
-    try:
-        json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"{path.name} is not valid JSON ({exc})", str(path), "fix or re-save the file") from None
-
-
 def load_tokenizer(model_dir: Path) -> PreTrainedTokenizerBase:
     from transformers import AutoTokenizer
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=False)
-    except (OSError, ValueError) as exc:
+    except Exception as exc:  # it parses config.json first: a bad field there is the config's fault
+        raise_config_fault(model_dir, build=False)
+        if not isinstance(exc, (OSError, ValueError)):
+            raise
         reason = str(exc).splitlines()[0].rstrip(" :")
         raise CheckpointError(f"cannot load the tokenizer ({reason})", str(model_dir),
                               "the model dir needs its tokenizer files (tokenizer.json, tokenizer_config.json); "
@@ -88,23 +84,12 @@ def load_tokenizer(model_dir: Path) -> PreTrainedTokenizerBase:
     return tokenizer
 
 
-def _checked_weight_files(model_dir: Path, *, allow_pickle: bool = False, check_values: bool = False) -> list[Path]:
-    """``weight_files``, which refuses pickles early with a clear line; with ``check_values`` every file is also
-    checked readable and finite (``check_finite``: one read of each)."""
-    if not Path(model_dir).is_dir():
-        raise CheckpointError("checkpoint directory not found", str(model_dir), "pass a PEFT adapter or HF model dir")
-    files = weight_files(Path(model_dir), allow_pickle=allow_pickle)
-    if check_values:
-        check_finite(files)
-    return files
-
-
-def load_model(model_dir: Path, *, allow_pickle: bool = False, check_values: bool = False) -> PreTrainedModel:
-    """Load a causal LM in float32 from safetensors (pickles only with ``allow_pickle``); with ``check_values``,
-    refuse weights holding NaN or inf."""
+def load_model(model_dir: Path, *, allow_pickle: bool = False, check_values: bool = True) -> PreTrainedModel:
+    """Load a causal LM in float32 from safetensors (pickles only with ``allow_pickle``), refusing weights holding
+    NaN or inf unless ``check_values`` is off; a config.json that does not parse or build a model is named."""
     from transformers import AutoModelForCausalLM
 
-    files = _checked_weight_files(model_dir, allow_pickle=allow_pickle)
+    files = checked_weight_files(model_dir, allow_pickle=allow_pickle)
     if check_values:  # a corrupt file named from its header; the values checked once loaded, not read twice
         for path in files:
             tensor_shapes(path)
@@ -112,11 +97,15 @@ def load_model(model_dir: Path, *, allow_pickle: bool = False, check_values: boo
         # None: safetensors where there are any, else the pickles weight_files allowed
         model, info = AutoModelForCausalLM.from_pretrained(
             model_dir, dtype=torch.float32, use_safetensors=None if allow_pickle else True, trust_remote_code=False,
-            output_loading_info=True,
+            output_loading_info=True, ignore_mismatched_sizes=True,  # refused below in one line, not a traceback
         )
-    except (OSError, ValueError, SafetensorError) as exc:
+    except Exception as exc:  # a config that does not parse or build a model is named; a bug is not hidden
+        raise_config_fault(model_dir, build=True)
+        if not isinstance(exc, (OSError, ValueError, SafetensorError)):
+            raise
         raise CheckpointError(f"cannot load model ({exc})".splitlines()[0], str(model_dir),
                               "check it is a complete HF model dir") from None
+    require_matching_sizes(info["mismatched_keys"], model_dir)
     if info["missing_keys"]:  # transformers initialises them at random, with a note on stderr only
         missing = sorted(info["missing_keys"])
         raise CheckpointError(f"{len(missing)} weight(s) missing from the checkpoint (e.g. {missing[0]}), which "
@@ -139,14 +128,15 @@ def quiet_peft_deprecations() -> Iterator[None]:
 
 
 def attach_adapter(model: PreTrainedModel, adapter_dir: Path, *, trainable: bool, adapter_name: str = "default",
-                   allow_pickle: bool = False, check_values: bool = False) -> PeftModel:
+                   allow_pickle: bool = False, check_values: bool = True) -> PeftModel:
     """``model`` with the adapter in ``adapter_dir``: from safetensors (pickles only with ``allow_pickle``), every
-    tensor used; with ``check_values``, refuse weights holding NaN or inf."""
+    tensor used; weights holding NaN or inf are refused unless ``check_values`` is off."""
     from peft import PeftModel
 
     from mashup.library.records import check_lora_dir
 
-    _checked_weight_files(adapter_dir, allow_pickle=allow_pickle, check_values=check_values)
+    require_adapter_dir(Path(adapter_dir))
+    checked_weight_files(adapter_dir, allow_pickle=allow_pickle, check_values=check_values)
     shapes = check_lora_dir(Path(adapter_dir), allow_pickle)  # one line, where PEFT gave a traceback
     try:
         with quiet_peft_deprecations(), warnings.catch_warnings():
@@ -157,24 +147,8 @@ def attach_adapter(model: PreTrainedModel, adapter_dir: Path, *, trainable: bool
     except (OSError, ValueError, RuntimeError, KeyError, SafetensorError) as exc:
         raise CheckpointError(f"cannot load LoRA adapter ({exc})".splitlines()[0], str(adapter_dir),
                               "check it was trained on this base model") from None
-    _require_matching_keys(peft_model, adapter_name, set(shapes), adapter_dir)
+    require_matching_keys(peft_model, adapter_name, set(shapes), adapter_dir)
     return peft_model
-
-
-def _require_matching_keys(model: PeftModel, adapter_name: str, found: set[str], adapter_dir: Path) -> None:
-    """Refuse an adapter whose tensors are not the ones its adapter_config.json makes: PEFT loads the tensors
-    that match, leaves the rest of the adapter at its init and drops the tensors no module takes."""
-    from peft import get_peft_model_state_dict
-
-    # save_embedding_layers=False: "auto" looks the base up on the Hub; embeddings are no LoRA factors anyway
-    expected = set(get_peft_model_state_dict(model, adapter_name=adapter_name, save_embedding_layers=False))
-    missing = sorted(expected - found)
-    unused = sorted(name for name in found - expected if "lora_" in name)
-    if missing or unused:
-        parts = [f"{len(missing)} tensors its target_modules need are missing (e.g. {missing[0]})"] if missing else []
-        parts += [f"{len(unused)} tensors fit no target module (e.g. {unused[0]})"] if unused else []
-        raise CheckpointError(f"adapter_config.json and the weights disagree: {'; '.join(parts)}", str(adapter_dir),
-                              "fix target_modules in adapter_config.json or re-save the adapter")
 
 
 def load_full_weights_into(model: PreTrainedModel, model_dir: Path, *, allow_pickle: bool = False) -> None:

@@ -129,11 +129,11 @@ def run(config: RunConfig, stage: StageFn = lambda name: None, overwrite: bool =
         merge_seconds = time.perf_counter() - start
         arm_config = _same_shape_for_both_arms(config.train, tmp / "merged")
         mashup = train_in(workspace, target, arm_config, config.eval, _mkdir(tmp / "mashup"), tmp / "merged",
-                          stage("mashup"), config.allow_pickle)
+                          stage("mashup"), config.allow_pickle, final_dir=out / "mashup")
         scratch = None
         if config.baseline:
             scratch = train_in(workspace, target, arm_config, config.eval, _mkdir(tmp / "scratch"), None,
-                               stage("scratch"), config.allow_pickle)
+                               stage("scratch"), config.allow_pickle, final_dir=out / "scratch")
         summary = summarize(config, selection, merge_seconds, mashup, scratch, target.name)
         if on_commit is None:  # else registering writes it: a run dir with summary.json is complete and registered
             write_json(tmp / "summary.json", summary)

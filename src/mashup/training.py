@@ -16,7 +16,8 @@ from safetensors.torch import save_file
 from torch import nn
 
 from mashup.batching import answer_losses, collate
-from mashup.config import TrainConfig, validate_config
+from mashup.config import TrainConfig
+from mashup.config_files import validate_config
 from mashup.data.prompts import EncodedRequest
 from mashup.errors import CheckpointError, TrainingError
 from mashup.library.lora_config import ADAPTER_CONFIG, lora_settings
@@ -59,12 +60,12 @@ def prepare_model(base_dir: Path, config: TrainConfig, init: Path | None = None,
     """The model to train: a fresh or given LoRA on the base, or a full model (the base or ``init``). Weights
     holding NaN or inf are refused here: training would stop at its first step, blaming the learning rate."""
     if config.mode == "full":
-        model = load_model(init or base_dir, allow_pickle=allow_pickle, check_values=True)
+        model = load_model(init or base_dir, allow_pickle=allow_pickle)
         model.requires_grad_(True)
         return model
-    model = load_model(base_dir, allow_pickle=allow_pickle, check_values=True)
+    model = load_model(base_dir, allow_pickle=allow_pickle)
     if init is not None:
-        return attach_adapter(model, init, trainable=True, allow_pickle=allow_pickle, check_values=True)
+        return attach_adapter(model, init, trainable=True, allow_pickle=allow_pickle)
     from peft import LoraConfig, get_peft_model  # where a model is trained: see mashup.models on import time
 
     torch.manual_seed(config.seed)  # the fresh adapter's init is reproducible from the seed

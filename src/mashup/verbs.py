@@ -21,6 +21,7 @@ from mashup.io import atomic_output_dir, write_json
 from mashup.candidates import INCLUDE_TARGET_HINT, describe_shortage, find_candidates
 from mashup.library import Library, check_kind
 from mashup.library.identity import base_identity
+from mashup.model_checks import require_registered_dir
 from mashup.models import attach_adapter, load_model, resolve_base_dir
 from mashup.scoring import CheckpointScore
 from mashup.selection import select_checkpoints
@@ -125,6 +126,7 @@ def merge(checkpoint_ids: Sequence[str], config: MergeConfig, out: str | Path, l
     stale = library.fresh(records)[1]
     if stale:  # select leaves these out; merging one would record a lineage of bytes that are not there
         record, reason = stale[0]
+        require_registered_dir(record, library.directory)  # a dir that is gone: nothing there to register again
         raise LibraryError(f"checkpoint {record.id} is stale: {reason}", str(library.directory),
                            f"register it again (`mashup library remove {record.id}`, then `library add`) or merge "
                            "others")
@@ -165,8 +167,9 @@ def write_curve(result: TrainResult, out_dir: Path) -> None:
 
 def train_in(workspace: Workspace, target: TargetData, config: TrainConfig, eval_config: EvalConfig, out_dir: Path,
              init: Path | None = None, progress: ProgressFn | None = None, allow_pickle: bool = False,
-             initial: EvalResult | None = None) -> TrainSummary:
-    """Train into an existing (temporary) dir: weights, init reference, curve, config and version.
+             initial: EvalResult | None = None, *, final_dir: Path) -> TrainSummary:
+    """Train into an existing (temporary) dir: weights, init reference, curve, config and version; the summary
+    (and result.json) names ``final_dir``, what ``out_dir`` becomes once committed (``out_dir`` if already final).
 
     Starting from an adapter, its LoRA shape (r, alpha, targets, dropout, rsLoRA) overrides ``config``'s,
     and the config saved beside the weights is the one actually trained with (lr and eval_every resolved).
@@ -185,8 +188,8 @@ def train_in(workspace: Workspace, target: TargetData, config: TrainConfig, eval
     write_curve(result, out_dir)
     save_config(config, out_dir / "train_config.yaml")
     write_version(out_dir)
-    summary = TrainSummary(str(out_dir), str(weights_dir), result, workspace.formulation, workspace.precision,
-                           config.model_dump(mode="json"))
+    summary = TrainSummary(str(final_dir), str(final_dir / weights_dir.name), result, workspace.formulation,
+                           workspace.precision, config.model_dump(mode="json"))
     write_json(out_dir / "result.json", summary.to_dict())
     return summary
 
@@ -200,10 +203,8 @@ def train_model(base: str, data: DataConfig, config: TrainConfig, out: str | Pat
     target = load_target(data)
     with atomic_output_dir(Path(out), overwrite=overwrite) as tmp:
         summary = train_in(workspace, target, config, eval_config or EvalConfig(), tmp,
-                           Path(init) if init else None, progress, allow_pickle)
+                           Path(init) if init else None, progress, allow_pickle, final_dir=Path(out))
         save_config(data, tmp / "data_config.yaml")
-    final = Path(out)
-    summary.out, summary.weights_dir = str(final), str(final / Path(summary.weights_dir).name)
     return summary
 
 
@@ -214,9 +215,9 @@ def evaluate_model(base: str, data: DataConfig, *, adapter: str | Path | None = 
     config = config or EvalConfig()
     workspace = open_workspace(base, data, precision)
     target = load_target(data)
+    examples = eval_split(target, config)  # a split the target lacks is said before the model loads
     model = load_eval_model(workspace, adapter=adapter, model_dir=model_dir, allow_pickle=allow_pickle)
-    return evaluate(model, workspace.encode(eval_split(target, config), target.template),
-                    workspace.settings(config.batch_size))
+    return evaluate(model, workspace.encode(examples, target.template), workspace.settings(config.batch_size))
 
 
 def eval_split(target: TargetData, config: EvalConfig) -> list:
@@ -224,7 +225,8 @@ def eval_split(target: TargetData, config: EvalConfig) -> list:
     examples = {"train": target.train, "validation": target.validation, "test": target.test}[config.split]
     if not examples and config.max_examples != 0:
         raise DataError(f"the target '{target.name}' has no {config.split} split", target.source,
-                        "carve one with validation_size (--validation-size)" if config.split == "validation"
+                        "carve one with --validation-size (validation_size under data: in a config file)"
+                        if config.split == "validation"
                         else "check the data")
     return examples if config.max_examples is None else sample(examples, config.max_examples, 0)
 
@@ -233,8 +235,7 @@ def load_eval_model(workspace: Workspace, *, adapter: str | Path | None = None, 
                     allow_pickle: bool = False) -> torch.nn.Module:
     """The base (or a full model dir), with an optional LoRA adapter, on the workspace's device; weights holding
     NaN or inf are refused (they would score as a loss of nan)."""
-    model = load_model(Path(model_dir) if model_dir else workspace.base_dir, allow_pickle=allow_pickle,
-                       check_values=True)
+    model = load_model(Path(model_dir) if model_dir else workspace.base_dir, allow_pickle=allow_pickle)
     if adapter:
-        model = attach_adapter(model, Path(adapter), trainable=False, allow_pickle=allow_pickle, check_values=True)
+        model = attach_adapter(model, Path(adapter), trainable=False, allow_pickle=allow_pickle)
     return model.to(workspace.device)

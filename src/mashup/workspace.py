@@ -16,6 +16,7 @@ from mashup.data.target import resolve_formulation
 from mashup.errors import CheckpointError
 from mashup.evaluation import ScoreSettings
 from mashup.io import tensor_shapes, weight_files
+from mashup.model_checks import model_on_meta
 from mashup.models import default_device, load_tokenizer, resolve_base_dir, resolve_precision
 
 
@@ -55,13 +56,9 @@ def count_parameters(model_dir: Path) -> int:
 
 
 def _count_from_config(model_dir: Path) -> int:
-    from transformers import AutoConfig, AutoModelForCausalLM
-
     try:
-        config = AutoConfig.from_pretrained(model_dir, trust_remote_code=False)
-        with torch.device("meta"):
-            model = AutoModelForCausalLM.from_config(config, trust_remote_code=False)
-    except (OSError, ValueError, KeyError) as exc:
+        model = model_on_meta(model_dir)
+    except OSError as exc:
         raise CheckpointError(f"cannot read the model config ({exc})".splitlines()[0], str(model_dir),
                               "check it is a complete HF model dir") from None
     return sum(param.numel() for param in model.parameters())

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import builtins
+import os
 from pathlib import Path
 from typing import Any
 
-from mashup.experiment import ExperimentConfig
+import pytest
+
+from mashup.experiment import ExperimentConfig, manifest
 from tests.conftest import write_mc_jsonl
 
 TASKS = ("alpha", "beta", "gamma")
@@ -49,3 +53,32 @@ def comparable(records: dict[str, dict]) -> dict[str, Any]:
 def _stable_outputs(record: dict) -> dict[str, str]:
     """Output hashes of the files whose content is deterministic (not the timing-bearing JSON/CSV)."""
     return {path: digest for path, digest in record["outputs"].items() if path.endswith(".safetensors")}
+
+
+def track_reads(monkeypatch: pytest.MonkeyPatch, directory: Path) -> list[Path]:
+    """The files under ``directory`` hashed from now on: given to the manifest's hashing function, or opened for
+    binary reading some other way (``Path.read_bytes`` and ``Path.open`` do not go through ``open``: the
+    hashing function is tracked so that a file read by it is seen however it opens the file)."""
+    reads: list[Path] = []
+    real = builtins.open
+    real_hash = manifest.sha256_file
+    hashing_now: list[Path] = []  # the file being hashed: its own open is not counted twice
+
+    def hashing(path: Path) -> str:
+        if Path(directory) in Path(path).parents:
+            reads.append(Path(path))
+        hashing_now.append(Path(path))
+        try:
+            return real_hash(path)
+        finally:
+            hashing_now.pop()
+
+    def tracking(file: Any, mode: str = "r", *args: Any, **kwargs: Any) -> Any:
+        if isinstance(file, (str, os.PathLike)) and "rb" in mode and Path(directory) in Path(file).parents \
+                and Path(file) not in hashing_now:
+            reads.append(Path(file))
+        return real(file, mode, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", tracking)
+    monkeypatch.setattr(manifest, "sha256_file", hashing)
+    return reads

@@ -108,7 +108,7 @@ def test_a_named_base_not_converted_yet_counts_a_library_registered_under_its_di
 def test_a_named_base_that_cannot_be_converted_is_counted_by_name(tmp_path, monkeypatch, caplog):
     """Planning does not fail on a conversion its first unit would report anyway: records match by spelling."""
     from mashup import named_models
-    from mashup.experiment.sources import _base_identity
+    from mashup.experiment.sources import selection_base_identity
 
     monkeypatch.setenv("MASHUP_CACHE", str(tmp_path / "cache"))
 
@@ -116,5 +116,5 @@ def test_a_named_base_that_cannot_be_converted_is_counted_by_name(tmp_path, monk
         raise MashupError("the gguf package is needed to convert", None, "pip install gguf")
 
     monkeypatch.setattr(named_models, "materialize_named_model", no_gguf)
-    assert _base_identity("smollm2-135m") is None
+    assert selection_base_identity("smollm2-135m") is None
     assert "counting candidates by base name only: the gguf package is needed" in caplog.text

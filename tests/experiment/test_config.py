@@ -55,6 +55,17 @@ def test_negative_seeds_are_refused_at_load_naming_them_and_the_fix(tmp_path):
     assert ExperimentConfig(tasks=["arc_easy", "sciq"], k=1, seeds=[0, 5]).seeds == [0, 5]
 
 
+def test_a_negative_selection_seed_is_refused_at_load(tmp_path):
+    """random.Random seeds with the absolute value: -3 would draw seed 3's sample under another job key."""
+    path = tmp_path / "experiment.yaml"
+    path.write_text(yaml.safe_dump({"tasks": ["arc_easy", "sciq"], "k": 1, "selection_seed": -3}))
+    with pytest.raises(MashupError) as error:
+        load_experiment_config(path)
+    line = error.value.line()
+    assert str(path) in line and "'selection_seed'" in line and "must be >= 0, got -3" in line and "\n" not in line
+    assert ExperimentConfig(tasks=["arc_easy", "sciq"], k=1, selection_seed=3).selection_seed == 3
+
+
 def test_profiles_ship_with_the_package_and_validate():
     assert profile_names() == ["cpu-mini", "paper-gemma3", "paper-smollm2"]
     mini = load_profile("cpu-mini")

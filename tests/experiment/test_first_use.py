@@ -13,9 +13,11 @@ import pytest
 import yaml
 from rich.console import Console
 
+from mashup.config import MergeConfig
 from mashup.experiment import plan_experiment, run_experiment
+from mashup.experiment.jobs import SelectJob
 from mashup.experiment.progress import UnitProgress
-from mashup.experiment.store import RESULT, ResultStore
+from mashup.experiment.store import ResultStore, unit_file_name
 from tests.experiment.helpers import tiny_config, write_tasks
 from tests.test_cli import run_cli
 
@@ -56,21 +58,74 @@ def test_a_dry_run_after_a_config_change_counts_as_done_only_what_the_run_skips(
     assert all(p.status == "waiting" for u, p in planned.items() if u.startswith(("source/", "merge/", "select/")))
     out, _ = run_cli(["experiment", _config_file(config, tmp_path), "--dry-run"], capsys, monkeypatch)
     summary = " ".join(out.split())
-    assert "2 recorded, 2 stale (recorded for another job: run again), 8 recorded but" in summary
+    assert "2 recorded, 2 stale (recorded for another job, or its files edited or removed since: run again), 8 " \
+           "recorded but" in summary
     run = run_experiment(config)
     assert set(run.already_done) == BASE_UNITS and len(run.computed) + len(run.reused) == 10
 
 
-def test_a_dry_run_does_not_count_a_unit_whose_outputs_changed(finished, tmp_path):
+@pytest.mark.parametrize("change", ["edit", "remove"])
+def test_a_unit_whose_artifact_was_edited_or_removed_is_stale_and_computed_again(finished, tmp_path, change):
+    """Not recorded again as it is now: the merged weights are computed again (the same bytes, here), and the
+    training units keyed on that merge wait for it, then count as done."""
     config = _copy(finished, tmp_path)
     store = ResultStore(config.out)
-    unit = "train/beta/mashup_loss/lr=0.001/seed=0"
+    unit = "merge/beta/mashup_loss"
     artifact = store.artifact(store.record(unit)["artifact"])
-    next(path for path in artifact.rglob("*") if path.is_file() and path.name != RESULT).write_bytes(b"changed")
+    weights = artifact / "merged" / "adapter_model.safetensors"
+    original = weights.read_bytes()
+    if change == "edit":
+        weights.write_bytes(original[:-4] + b"edit")  # same size: told by its hash
+    else:
+        shutil.rmtree(artifact)
     planned = {p.unit.id: p for p in plan_experiment(config)}
-    assert [u for u, p in planned.items() if not p.recorded] == [unit] and planned[unit].status == "changed"
-    run = run_experiment(config)  # the artifact is recorded again as it is (equal jobs share artifacts)
-    assert sorted(run.already_done) == sorted(set(planned) - {unit}) and run.reused == [unit]
+    assert [u for u, p in planned.items() if p.status == "stale"] == [unit]
+    assert [u for u, p in planned.items() if p.status == "waiting"] == ["train/alpha/mashup_loss/lr=0.001/seed=0",
+                                                                        "train/beta/mashup_loss/lr=0.001/seed=0"]
+    run = run_experiment(config)
+    assert run.computed == [unit] and not run.reused and weights.read_bytes() == original
+    assert store.valid_record(unit, store.record(unit)["key"]) is not None
+
+
+def test_stray_files_and_edited_timing_files_change_nothing(finished, tmp_path):
+    """A file manager's .DS_Store, and the seconds in a curve or a result (they differ between equal
+    computations), are not part of an artifact's manifest."""
+    config = _copy(finished, tmp_path)
+    store = ResultStore(config.out)
+    for unit in ("merge/beta/mashup_loss", "train/alpha/scratch/lr=0.001/seed=0"):
+        artifact = store.artifact(store.record(unit)["artifact"])
+        for stray in (artifact / ".DS_Store", artifact / "._unit_result.json", next(artifact.glob("*/")) / ".DS_Store"):
+            stray.write_bytes(b"\0Bud1")
+    (artifact / "curve.csv").write_text("step,accuracy,loss,train_loss,seconds\n0,0.5,1.0,,9.9\n")
+    assert all(p.recorded for p in plan_experiment(config))
+    assert len(run_experiment(config).already_done) == 12
+
+
+def test_a_record_of_the_wrong_shape_is_redone_and_named_by_the_report(finished, tmp_path, capsys, monkeypatch):
+    """Valid JSON the readers cannot use (here a training result without its settings) is no record: the run redoes
+    the unit, and `mashup report` names the file in one line instead of failing with a KeyError."""
+    config = _copy(finished, tmp_path)
+    store = ResultStore(config.out)
+    unit = "train/alpha/scratch/lr=0.001/seed=0"
+    record = store.record(unit)
+    del record["result"]["train_config"]
+    (store.units_dir / unit_file_name(unit)).write_text(json.dumps(record))
+    _, err = run_cli(["report", config.out], capsys, monkeypatch, expect=1)
+    assert len(err.strip().splitlines()) == 1 and unit_file_name(unit) in err
+    assert "not a unit record: result.train_config: field required" in err and "rerun `mashup experiment`" in err
+    assert {p.unit.id: p.status for p in plan_experiment(config)}[unit] == "stale"
+    run = run_experiment(config)
+    assert unit not in run.already_done and unit in run.computed + run.reused
+    run_cli(["report", config.out], capsys, monkeypatch)
+
+
+def test_a_records_job_shows_the_merges_its_selection_filtered_under(finished):
+    """Leave-one-out selection keeps the default merge as None in its key (the key records had before the field);
+    the record shows the merge, not null."""
+    store = ResultStore(finished.out)
+    record = store.record("select/alpha/samples:8")
+    assert record["job"]["merges"] == [MergeConfig().model_dump(mode="json")]
+    assert SelectJob.model_validate({**record["job"], "root": finished.out}).key() == record["key"]
 
 
 def test_a_given_library_that_does_not_exist_is_named_by_a_dry_run_and_a_run(tiny_base, tmp_path, capsys,
@@ -104,10 +159,14 @@ def test_a_hub_base_that_cannot_be_fetched_fails_before_anything_is_written(tmp_
     assert not (tmp_path / "out").exists() and asked == [["config.json"]] * 2  # a check, not the weights
 
 
-def test_an_unknown_executor_fails_a_dry_run_too(tiny_base, tmp_path, capsys, monkeypatch):
+def test_an_unknown_executor_fails_a_dry_run_too_as_selects_does(tiny_base, tmp_path, capsys, monkeypatch):
+    """The same names (mashup.config.ExecutorName), the same exit status and line as `mashup select --executor`."""
     config_file = _config_file(tiny_config(tiny_base, write_tasks(tmp_path)[:2], tmp_path / "out", **SMALL), tmp_path)
-    out, err = run_cli(["experiment", config_file, "--executor", "foo", "--dry-run"], capsys, monkeypatch, expect=1)
-    assert "unknown executor 'foo'; use --executor local or --executor ray" in err and not out
+    for dry in (["--dry-run"], []):
+        out, err = run_cli(["experiment", config_file, "--executor", "foo", *dry], capsys, monkeypatch, expect=2)
+        assert err.strip() == "error: invalid value for --executor: Input should be 'local' or 'ray'; fix that option"
+        assert not out
+    assert not (tmp_path / "out").exists()
 
 
 def test_an_occupied_out_dir_that_is_no_experiment_is_refused(tiny_base, tmp_path, capsys, monkeypatch):

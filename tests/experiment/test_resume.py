@@ -140,7 +140,9 @@ def test_a_rerun_that_does_not_finish_leaves_no_old_report(setup, tmp_path, monk
 
 
 @pytest.mark.parametrize(("content", "problem"), [(b'{"unit": ', "Expecting value"), (b"[1, 2]", "not a unit record"),
-                                                  (b'{"key": "k"}', "not a unit record"),
+                                                  (b'{"key": "k"}', "not a unit record"), (b"{}", "not a unit record"),
+                                                  (b'{"status": "done"}', "not a unit record"),
+                                                  (b'{"unit": "unit-a", "key": "k"}', "fields: field required"),
                                                   (b"\xff\xfe garbage", "can't decode")])
 def test_a_hand_edited_unit_record_is_redone_and_named_by_the_report_check(tmp_path, content, problem, caplog):
     """One reading for both: a resumed run redoes the unit (with a warning), the report names the problem."""
@@ -151,3 +153,16 @@ def test_a_hand_edited_unit_record_is_redone_and_named_by_the_report_check(tmp_p
     assert store.record("unit-a") is None and store.valid_record("unit-a", "k") is None
     assert problem in store.unreadable("unit-a") and "will be redone" in caplog.text
     assert store.record("unit-b") is None and store.unreadable("unit-b") is None and "unit-b" not in caplog.text
+
+
+def test_a_record_in_another_units_file_is_no_record_of_either(tmp_path):
+    record = {"unit": "eval/alpha/base", "key": "k", "artifact": "eval-0", "outputs": {}, "seconds": 1.0,
+              "fields": {"phase": "base", "kind": "eval", "task": "alpha", "arm": "base", "seed": None, "lr": None},
+              "result": {"test": {"accuracy": 0.5, "loss": 1.0, "n": 4, "seconds": 0.1}}}
+    store = ResultStore(tmp_path)
+    with store.open():
+        store.write("eval/alpha/base", record)
+    assert store.record("eval/alpha/base") == record and store.unreadable("eval/alpha/base") is None
+    (store.units_dir / unit_file_name("eval/alpha/base")).rename(store.units_dir / unit_file_name("eval/beta/base"))
+    assert store.record("eval/beta/base") is None and store.records() == {}
+    assert "it names unit 'eval/alpha/base'" in store.unreadable("eval/beta/base")

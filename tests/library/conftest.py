@@ -2,7 +2,7 @@
 
 import pytest
 
-from mashup.library import freshness
+from mashup.library import freshness, records
 
 
 @pytest.fixture()
@@ -11,4 +11,14 @@ def rehashed(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     calls: list[str] = []
     real = freshness.sha256_files
     monkeypatch.setattr(freshness, "sha256_files", lambda files: calls.append(files[0].parent.name) or real(files))
+    return calls
+
+
+@pytest.fixture()
+def hashed(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Names of the checkpoint dirs hashed at registration."""
+    calls: list[str] = []
+    real = records.sha256_files
+    monkeypatch.setattr(records, "sha256_files",
+                        lambda files, **kwargs: calls.append(files[0].parent.name) or real(files, **kwargs))
     return calls

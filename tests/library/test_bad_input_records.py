@@ -2,7 +2,9 @@
 full fine-tunes matched against their base's tensors."""
 
 import dataclasses
+import re
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,6 +13,7 @@ from safetensors.torch import load_file, save_file
 from mashup.errors import CheckpointError
 from mashup.io import check_finite
 from mashup.library import Library, partition_compatible
+from mashup.library.records import check_lora_dir
 from tests.library.helpers import noisy_copy
 
 ADAPTER = "adapter_model.safetensors"
@@ -140,3 +143,116 @@ def test_full_checkpoints_fall_back_to_the_most_common_shapes_without_a_local_ba
     compatible, rejected = partition_compatible([odd, *records], "some-org/not-local", "full")
     assert compatible == records and [r.id for r, _ in rejected] == ["odd"]
     assert rejected[0][1] == "parameter shapes differ (extra)"
+
+
+def _not_a_model_dir(tmp_path, kind: str) -> str:
+    """A --base that names no model dir: ``kind`` says how."""
+    if kind == "file":
+        (tmp_path / "base.safetensors").write_bytes(b"")
+        return str(tmp_path / "base.safetensors")
+    if kind == "missing":
+        return str(tmp_path / "no-such-base")
+    (tmp_path / "base").mkdir()
+    if kind == "bad config":
+        (tmp_path / "base" / "config.json").write_text("{not json")
+    elif kind == "no weights":
+        (tmp_path / "base" / "config.json").write_text('{"model_type": "llama"}')
+    return str(tmp_path / "base")
+
+
+@pytest.mark.parametrize(("kind", "match"), [
+    ("missing", "base model not found"), ("file", "base model is a file, not a model dir"),
+    ("empty dir", "no config.json in the base model dir"),
+    ("bad config", r"not a base model dir: cannot read config\.json"),
+    ("no weights", r"not a base model dir: no weight files"),
+])
+def test_full_fine_tune_on_a_base_that_is_no_model_dir_is_refused(tmp_path, tiny_fulls, kind, match):
+    base = _not_a_model_dir(tmp_path, kind)
+    error = _refused(Library(tmp_path / "lib"), [tiny_fulls[0]], match, base=base)
+    assert error.where == base and "--base" in error.fix
+
+
+@pytest.mark.parametrize("base", ["./no-such-base", "~/no-such-mashup-base", "models/base.safetensors"])
+def test_full_fine_tune_on_a_missing_relative_base_is_refused_where_it_was_looked_for(tmp_path, tiny_fulls,
+                                                                                      monkeypatch, base):
+    monkeypatch.chdir(tmp_path)
+    error = _refused(Library(tmp_path / "lib"), [tiny_fulls[0]], "base model not found", base=base)
+    assert error.where == str(Path(base).expanduser().absolute())
+
+
+def test_full_fine_tune_on_an_unknown_base_name_is_refused_naming_the_named_models(tmp_path, tiny_fulls):
+    error = _refused(Library(tmp_path / "lib"), [tiny_fulls[0]], "unknown base model 'smollm2-13m': not a named "
+                     "model, a local model dir or a Hub id", base="smollm2-13m")
+    assert "smollm2-135m" in error.fix
+
+
+def test_full_fine_tune_on_a_named_model_or_hub_id_not_at_hand_is_registered(tmp_path, tiny_fulls, monkeypatch):
+    """Not converted, not in the HF cache: nothing is downloaded, the identity stays unresolved."""
+    monkeypatch.setenv("MASHUP_CACHE", str(tmp_path / "cache"))
+    library = Library(tmp_path / "lib")
+    named, hub = library.add([tiny_fulls[0]], base="smollm2-135m") + library.add([tiny_fulls[1]], base="org/model")
+    assert (named.base_model, named.base_identity, hub.base_model) == ("smollm2-135m", None, "org/model")
+
+
+def _factors(tensors, part: str, module: str = ""):
+    return [n for n in sorted(tensors) if f".{part}." in n and module in n]
+
+
+def _wider_inputs(tensors):
+    for name in _factors(tensors, "lora_A"):
+        tensors[name] = torch.zeros(tensors[name].shape[0], 48)
+
+
+def _wider_up_proj_output(tensors):
+    name = _factors(tensors, "lora_B", "up_proj")[0]
+    tensors[name] = torch.zeros(96, tensors[name].shape[1])
+
+
+@pytest.mark.parametrize(("edit", "factor", "shape"), [(_wider_inputs, "lora_A", "[4, 48]"),
+                                                      (_wider_up_proj_output, "lora_B", "[96, 4]")])
+def test_lora_for_other_module_sizes_than_its_base_on_disk_is_refused(tmp_path, tiny_base, tiny_loras, edit, factor,
+                                                                      shape):
+    bad = _edit_tensors(noisy_copy(tiny_loras[0], tmp_path / "bad", seed=1), ADAPTER, edit)
+    match = re.escape(f"tensor base_model.model.model.layers.0.mlp.up_proj.{factor}.weight has shape {shape}, which "
+                      "does not fit the base's model.layers.0.mlp.up_proj.weight [64, 32]")
+    error = _refused(Library(tmp_path / "lib"), [tiny_loras[1], bad], match + re.escape(f": not an adapter of base "
+                                                                                          f"'{tiny_base}'"))
+    assert error.where == str(bad) and "--base" in error.fix
+    _refused(Library(tmp_path / "lib"), [bad], match, base=str(tiny_base))
+
+
+def test_lora_whose_base_is_not_on_disk_is_left_to_loading(tmp_path, tiny_loras):
+    other = noisy_copy(tiny_loras[0], tmp_path / "other", seed=1, base_model_name_or_path="some-org/not-local")
+    assert len(Library(tmp_path / "lib").add([_edit_tensors(other, ADAPTER, _wider_inputs)])) == 1
+
+
+@pytest.mark.parametrize(("field", "value", "expected"), [
+    ("lora_dropout", "x", "a number from 0 to 1"), ("lora_dropout", None, "a number from 0 to 1"),
+    ("lora_dropout", 1.5, "a number from 0 to 1"), ("bias", "some", 'one of "none", "all", "lora_only"'),
+    ("bias", None, "one of"), ("fan_in_fan_out", "no", "true or false"), ("inference_mode", 1, "true or false"),
+    ("lora_bias", "x", "true or false"), ("init_lora_weights", 5, "true, false or an init method name"),
+    ("modules_to_save", "lm_head", "a list of module names or null"),
+    ("target_parameters", "weight", "a list of parameter names or null"),
+    ("layer_replication", [[0, "2"]], r"a list of \[start, end\] layer ranges"),
+    ("task_type", 5, 'a task type such as "CAUSAL_LM"'),
+])
+def test_wrongly_typed_field_peft_reads_on_load_names_field_file_and_type(tmp_path, tiny_loras, field, value,
+                                                                          expected):
+    bad = noisy_copy(tiny_loras[0], tmp_path / "bad", seed=1, **{field: value})
+    error = _refused(Library(tmp_path / "lib"), [bad], f"field '{field}' is .*, expected {expected}")
+    assert error.where == str(bad / "adapter_config.json") and field in error.fix
+    with pytest.raises(CheckpointError, match=f"field '{field}'"):  # loaded without registering (eval --adapter)
+        check_lora_dir(bad)
+
+
+def test_fields_peft_reads_on_load_accept_what_peft_accepts(tmp_path, tiny_loras):
+    fields = {"lora_dropout": 1, "bias": "lora_only", "fan_in_fan_out": None, "init_lora_weights": "gaussian",
+              "modules_to_save": [], "layer_replication": [[0, 2]], "task_type": None, "target_parameters": None}
+    assert len(Library(tmp_path / "lib").add([noisy_copy(tiny_loras[0], tmp_path / "a", seed=1, **fields)])) == 1
+
+
+def test_peft_type_is_read_as_written(tmp_path, tiny_loras):
+    """PEFT looks the type up case-sensitively: "lora" fails there with a KeyError."""
+    bad = noisy_copy(tiny_loras[0], tmp_path / "bad", seed=1, peft_type="lora")
+    assert _refused(Library(tmp_path / "lib"), [bad], "peft_type is 'lora', only \"LORA\" is supported").where == \
+        str(bad)

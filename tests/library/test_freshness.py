@@ -161,6 +161,28 @@ def test_a_narrowing_field_edited_after_registration_makes_the_entry_stale(tmp_p
         (record.id, f"adapter_config.json changed since registration ({change}) in {own_loras[0]}")]
 
 
+@pytest.mark.parametrize(("registered", "now"), [
+    ({"layers_to_transform": [0, 1]}, {"layers_to_transform": [1, 0, 1]}),
+    ({"layers_to_transform": 0, "target_modules": ["model.layers.1.self_attn.q_proj", "model.layers.1.self_attn.v_proj",
+                                                   "model.layers.1.mlp.up_proj", "q_proj", "v_proj", "up_proj"]},
+     {"layers_to_transform": [0]}),
+    ({"layers_to_transform": [0, 1], "layers_pattern": "layers"}, {"layers_pattern": ["layers"]}),
+    ({"exclude_modules": ["k_proj", "o_proj"]}, {"exclude_modules": ["o_proj", "k_proj"]}),
+    ({"exclude_modules": []}, {"exclude_modules": None}), ({"layers_to_transform": []}, {"layers_to_transform": None}),
+])
+def test_a_narrowing_field_rewritten_to_the_same_choice_keeps_the_entry_fresh(tmp_path, own_loras, registered, now):
+    """PEFT reads layers_to_transform 0 as [0], names as a set and an empty list as none; the record keeps the
+    fields as written (so that an older record, kept so, compares the same way)."""
+    config_path = own_loras[0] / "adapter_config.json"
+    config_path.write_text(json.dumps({**json.loads(config_path.read_text()), **registered}))
+    library = Library(tmp_path / "lib")
+    record = library.add([own_loras[0]])[0]
+    assert {k: v for k, v in record.narrowing.items() if k in registered} == {
+        k: v for k, v in registered.items() if k != "target_modules"}
+    config_path.write_text(json.dumps({**json.loads(config_path.read_text()), **now}))
+    assert [r.id for r in library.fresh(library.list())[0]] == [record.id]
+
+
 def test_a_record_registered_before_the_narrowing_fields_were_kept_is_not_compared_on_them(tmp_path, own_loras):
     library = Library(tmp_path / "lib")
     record = library.add([own_loras[0]])[0]

@@ -11,6 +11,7 @@ from safetensors.torch import load_file, save_file
 
 from mashup.errors import CheckpointError
 from mashup.library import Library
+from mashup.library.lora_config import lora_base_difference
 from tests.library.helpers import noisy_copy
 
 ADAPTER = "adapter_model.safetensors"
@@ -114,10 +115,32 @@ def test_wrongly_typed_narrowing_field_names_field_and_file(tmp_path, tiny_loras
     assert error.where == str(bad / "adapter_config.json")
 
 
-@pytest.mark.parametrize("field", ["target_modules", "exclude_modules"])
+@pytest.mark.parametrize("field", ["target_modules", "exclude_modules", "layers_pattern"])
 def test_a_regex_that_does_not_compile_names_field_file_and_error(tmp_path, tiny_loras, field):
-    bad = noisy_copy(tiny_loras[0], tmp_path / "bad", seed=1, **{field: "(.*q_proj"})
+    """PEFT matches layers_pattern as part of a regex too (then failing with a bare re.error)."""
+    layers = {"layers_to_transform": [0, 1]} if field == "layers_pattern" else {}
+    bad = noisy_copy(tiny_loras[0], tmp_path / "bad", seed=1, **{field: "(.*q_proj"}, **layers)
     expected = f"adapter_config.json field '{field}' is \"(.*q_proj\", not a valid regex (missing ), unterminated " \
                "subpattern at position 0)"
     error = _refused(tmp_path, bad, re.escape(expected))
     assert error.where == str(bad / "adapter_config.json") and field in error.fix
+
+
+def test_a_layers_pattern_list_with_one_regex_that_does_not_compile_is_refused(tmp_path, tiny_loras):
+    bad = noisy_copy(tiny_loras[0], tmp_path / "bad", seed=1, layers_to_transform=[0, 1],
+                     layers_pattern=["layers", "h["])
+    error = _refused(tmp_path, bad, re.escape("field 'layers_pattern' is [\"layers\", \"h[\"], not a valid regex"))
+    assert error.where == str(bad / "adapter_config.json") and "layers_pattern" in error.fix
+
+
+@pytest.mark.parametrize(("base", "difference"), [
+    ({"m.weight": [64, 32]}, None), ({"m.weight": [32, 64]}, None),  # a Linear; a Conv1D stores (in, out)
+    ({"other.weight": [8, 8]}, None), ({"m.weight": [64, 32, 1, 1]}, None),  # left to loading
+    ({"m.weight": [64, 48]}, "tensor base_model.model.m.lora_A.weight has shape [4, 32], which does not fit the "
+                             "base's m.weight [64, 48]"),
+    ({"m.weight": [48, 32]}, "tensor base_model.model.m.lora_B.weight has shape [64, 4], which does not fit the "
+                             "base's m.weight [48, 32]"),
+])
+def test_lora_factors_are_fitted_to_the_base_module_in_either_orientation(base, difference):
+    factors = {"base_model.model.m.lora_A.weight": [4, 32], "base_model.model.m.lora_B.weight": [64, 4]}
+    assert lora_base_difference(factors, base) == difference

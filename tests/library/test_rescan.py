@@ -6,21 +6,11 @@ import shutil
 
 import pytest
 
-import mashup.library.records as records_module
 from mashup.errors import CheckpointError, LibraryError
 from mashup.library import Library
 from tests.library.helpers import many_adapters, noisy_copy
 from tests.test_cli import run_cli
 
-
-@pytest.fixture()
-def hashed(monkeypatch):
-    """Names of the checkpoint dirs hashed at registration."""
-    calls: list[str] = []
-    real = records_module.sha256_files
-    monkeypatch.setattr(records_module, "sha256_files",
-                        lambda files, **kwargs: calls.append(files[0].parent.name) or real(files, **kwargs))
-    return calls
 
 
 def test_recursive_add_skips_registered_weights_and_adds_the_new(tmp_path, tiny_loras, hashed, caplog):

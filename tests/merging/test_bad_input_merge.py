@@ -99,3 +99,25 @@ def test_merging_a_checkpoint_whose_weights_changed_since_registration_is_refuse
     with pytest.raises(LibraryError, match=f"checkpoint {ids[1]} is stale: weights changed since registration"):
         merge(ids, MergeConfig(), tmp_path / "merged", library.directory)
     assert not (tmp_path / "merged").exists()
+
+
+def test_merging_a_checkpoint_whose_dir_was_deleted_says_so(tmp_path: Path, tiny_loras: list[Path], capsys,
+                                                            monkeypatch) -> None:
+    """Not "stale ... register it again": there is nothing left at its path to register."""
+    import shutil
+
+    from mashup.library import Library
+
+    library = Library(tmp_path / "lib")
+    copies = [shutil.copytree(path, tmp_path / path.name) for path in tiny_loras[:2]]
+    ids = [record.id for record in library.add(copies)]
+    shutil.rmtree(copies[1])
+    monkeypatch.setattr(sys, "argv", ["mashup", "merge", "--checkpoints", *ids, "--out", str(tmp_path / "merged"),
+                                      "--library", str(library.directory)])
+    with pytest.raises(SystemExit) as exit_:
+        main()
+    err = capsys.readouterr().err
+    assert exit_.value.code == 1 and err.strip().count("\n") == 0
+    assert f"checkpoint {ids[1]}'s dir {copies[1]} is missing (deleted or moved since it was registered)" in err
+    assert f"`mashup library remove {ids[1]}`" in err and "stale" not in err
+    assert not (tmp_path / "merged").exists()

@@ -109,5 +109,5 @@ def test_mergekit_runs_our_yaml_to_the_same_weights(tiny_base: Path, tiny_fulls:
 def test_copies_model_files_from_the_first_checkpoint_without_base(tiny_fulls: list[Path], tmp_path: Path) -> None:
     source = tmp_path / "src"
     shutil.copytree(tiny_fulls[0], source)
-    merge_checkpoints(records([source, tiny_fulls[1]], Path("base")), MergeConfig(), tmp_path / "out")
+    merge_checkpoints(records([source, tiny_fulls[1]], Path("org/base-not-at-hand")), MergeConfig(), tmp_path / "out")
     assert (tmp_path / "out" / "config.json").read_text() == (source / "config.json").read_text()

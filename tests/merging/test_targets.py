@@ -35,7 +35,7 @@ def test_merged_targets_pick_the_merged_modules(tmp_path, tiny_base, mc_file, mo
     out = tmp_path / "merged"
     merge_checkpoints(records(inputs), MergeConfig(lora_mode=mode), out)
     # before: layers_to_transform [0] was copied from the first input, or the regex put in a list; PEFT then
-    # dropped the other modules' tensors, which attach_adapter refuses (models._require_matching_keys)
+    # dropped the other modules' tensors, which attach_adapter refuses (model_checks.require_matching_keys)
     peft_model = attach_adapter(load_model(tiny_base), out, trainable=False)
     workspace, requests = requests_for(tiny_base, mc_file, 6, "letter")
     settings = workspace.settings(3)

@@ -13,6 +13,7 @@ from mashup.errors import CheckpointError
 from mashup.executors import LocalExecutor
 from mashup.io import load_weight_dir, read_dir_block, read_dir_block_into
 from mashup.library.lora_config import ADAPTER_CONFIG
+from mashup.library.records import inspect_checkpoint
 from mashup.models import load_model
 from mashup.selection import engine as engine_module
 from mashup.selection import read_ahead as read_ahead_module
@@ -146,15 +147,17 @@ def test_engine_reading_ahead_scores_as_without(tiny_base, tiny_loras, mc_file, 
 
 def test_an_adapter_that_does_not_fit_the_base_fails_as_without_reading_ahead(tiny_base, tiny_loras, mc_file,
                                                                             tmp_path):
-    """Reads start from the catalog's shapes before the base loads; when those do not fit the base, the
-    adapter must still reach PEFT's loader and its message, not a failed copy into a slot."""
+    """Reads start from the catalog's shapes before the base loads; when those do not fit the base (registration
+    refuses such an adapter where its base is on disk, so one could be registered only with its base elsewhere),
+    the adapter must still reach PEFT's loader and its message, not a failed copy into a slot."""
     workspace, requests = requests_for(tiny_base, mc_file, 6, "cloze")
     misfit = shutil.copytree(tiny_loras[0], tmp_path / "misfit")
     tensors = load_weight_dir(misfit)
     name = sorted(n for n in tensors if ".lora_A." in n)[0]
     tensors[name] = torch.cat([tensors[name], tensors[name][:, :1]], dim=1)  # one input more than the base has
     save_file(tensors, str(misfit / "adapter_model.safetensors"))
-    record = records_for([misfit])[0]
+    record = inspect_checkpoint(misfit, base_shapes=lambda base: None)  # as if its base were not on disk
+    record.id = record.sha256[:12]
     for read_ahead in (False, True):
         engine = ScoringEngine(tiny_base, requests, workspace.settings(3), adapters_per_forward=2,
                                read_ahead=read_ahead)

@@ -17,7 +17,7 @@ from mashup.switch.collect import collect, labelled_instances
 from mashup.switch.config import (CandidateConfig, CollectConfig, GenerationConfig, RewardConfig, SwitchConfig,
                                   SwitchEvalConfig)
 from mashup.switch.evaluate import evaluate_switch
-from mashup.switch.rewards import RewardResult, build_reward
+from mashup.switch.rewards import RewardResult, reward_name
 from mashup.switch.switcher import load_switcher
 from mashup.switch.tasks import SwitchTask, load_switch_task, number_item
 from mashup.switch.train import check_switcher_inputs, checked_collect_dirs, train_switcher
@@ -189,7 +189,7 @@ def test_a_switcher_adapter_on_another_base_is_refused(tiny_base, expert_lora, t
 def test_a_number_reward_on_a_choice_task_is_refused() -> None:
     task = SwitchTask("quiz", "choice", [], [])
     with pytest.raises(MashupError, match="scores number answers"):
-        build_reward(RewardConfig(name="number_match"), task, None)  # type: ignore[arg-type]
+        reward_name(RewardConfig(name="number_match"), task)
 
 
 @pytest.mark.parametrize("value", [float("inf"), float("nan")])
@@ -295,3 +295,47 @@ def test_a_checkpoint_candidate_in_a_library_that_does_not_exist_says_so(tmp_pat
     with pytest.raises(MashupError, match="library dir not found") as error:
         load_candidates([CandidateConfig(checkpoint="abc123", name="a")], library=str(tmp_path / "no-such-lib"))
     assert str(tmp_path / "no-such-lib") in error.value.line()
+
+
+def test_a_checkpoint_candidate_whose_dir_was_deleted_says_so(tmp_path, expert_lora) -> None:
+    from mashup.errors import LibraryError
+    from mashup.library import Library
+    from mashup.switch.candidates import load_candidates
+
+    copy = shutil.copytree(expert_lora, tmp_path / "gone")
+    record = Library(tmp_path / "lib").add([copy])[0]
+    shutil.rmtree(copy)
+    with pytest.raises(LibraryError, match=f"checkpoint {record.id}'s dir .*gone is missing") as error:
+        load_candidates([CandidateConfig(checkpoint=record.id, name="a")], library=str(tmp_path / "lib"))
+    assert f"`mashup library remove {record.id}`" in error.value.line() and "PEFT adapter" not in error.value.line()
+
+
+def test_the_reward_is_checked_once(trio, tiny_base, other_base, tmp_path, monkeypatch) -> None:
+    """Before the models load, and not again when it is built."""
+    from mashup.switch import rewards
+
+    checks: list[str] = []
+
+    def counted(config: RewardConfig, task: SwitchTask) -> str:
+        checks.append(config.name)
+        return reward_name(config, task)
+
+    evaluate_module = importlib.import_module("mashup.switch.evaluate")
+    for module in (rewards, collect_module, evaluate_module):
+        monkeypatch.setattr(module, "reward_name", counted)
+    collect(_switch_config(tiny_base, other_base), CONFIG.model_copy(update={"instances": 1}), tmp_path / "col",
+            candidates=trio[:2], task=TASK)
+    assert checks == ["auto"]
+    evaluate_switch(_switch_config(tiny_base, other_base), SwitchEvalConfig(task="tiny", max_examples=1,
+                                                                            systems=["alone:a"]),
+                    candidates=trio[:2], task=TASK)
+    assert checks == ["auto", "auto"]
+
+
+@pytest.mark.parametrize("config", ["GenerationConfig", "CollectConfig"])
+def test_a_negative_seed_is_refused(config):
+    from mashup.switch import config as switch_config
+
+    fields = {"task": "t"} if config == "CollectConfig" else {}
+    with pytest.raises(ValidationError, match="greater than or equal to 0"):
+        getattr(switch_config, config)(seed=-1, **fields)

@@ -9,14 +9,24 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
+from pydantic import BaseModel
 from rich.console import Console
 from rich.table import Column, Table
+
+from mashup.config import ExecutorName
 
 if TYPE_CHECKING:
     from mashup.experiment.config import ExperimentConfig
     from mashup.experiment.runner import PlannedUnit
 
 err = Console(stderr=True)
+
+
+class _Options(BaseModel):
+    """The options checked as `mashup select`'s are (in its SelectConfig): an unknown value exits 2 with
+    "invalid value for --executor: ...", from the one list of names."""
+
+    executor: ExecutorName
 
 
 def experiment_cmd(
@@ -42,11 +52,10 @@ def experiment_cmd(
     """Leave-one-out Mashup vs from-scratch: seeds, a learning-rate sweep per arm chosen on validation, the
     selection baselines, Tables 3-6 and Figures 2-4. Rerun the same command to resume after a crash."""
     from mashup.experiment import load_experiment_config, load_profile
-    from mashup.executors import check_executor_name
 
     if (config_file is None) == (profile is None):
         raise typer.BadParameter("give a CONFIG file or --profile NAME (one of them)")
-    check_executor_name(executor)
+    _Options(executor=executor)  # type: ignore[arg-type]
     config = load_profile(profile) if profile else load_experiment_config(config_file)  # type: ignore[arg-type]
     if out is not None:
         config = config.model_copy(update={"out": str(out)})
@@ -74,7 +83,7 @@ def experiment_cmd(
 
 
 # what --dry-run says of a unit a run will not skip, by its record's status (see runner._record_statuses)
-_TODO_NOTES = {"stale": "stale: runs again", "changed": "files changed: recorded again as they are",
+_TODO_NOTES = {"stale": "stale: runs again", "changed": "remade for an equal unit: recorded again from it",
                "waiting": "waits on earlier units", "new": ""}
 
 
@@ -110,10 +119,11 @@ def _status_counts(planned: list[PlannedUnit]) -> str:
     counts = Counter(p.status for p in planned)
     parts = [f"{counts['recorded']} recorded"]
     if counts["stale"]:
-        parts.append(f"{counts['stale']} stale (recorded for another job: run again)")
+        parts.append(f"{counts['stale']} stale (recorded for another job, or its files edited or removed since: "
+                     "run again)")
     if counts["changed"]:
-        parts.append(f"{counts['changed']} changed (files edited or removed since they were recorded: recorded "
-                     "again as they are now, a removed one computed again)")
+        parts.append(f"{counts['changed']} changed (its artifact was remade since for an equal unit: recorded again "
+                     "from it)")
     if counts["waiting"]:
         parts.append(f"{counts['waiting']} recorded but built on earlier units still to do (rechecked once those "
                      "are done: redone unless they come out unchanged)")

@@ -122,6 +122,16 @@ class ExperimentConfig(StageConfig):
                              "a count (seeds: 3 means 0, 1, 2)")
         return seeds
 
+    @field_validator("selection_seed")
+    @classmethod
+    def _non_negative_selection_seed(cls, seed: int) -> int:
+        # selection samples with random.Random, which seeds with the absolute value: -3 would silently draw
+        # seed 3's sample under another job key
+        if seed < 0:
+            raise ValueError(f"selection_seed must be >= 0, got {seed} (a negative seed draws the same sample as "
+                             f"{-seed})")
+        return seed
+
     @model_validator(mode="after")
     def _consistent(self) -> ExperimentConfig:
         names = [t.name for t in self.tasks]

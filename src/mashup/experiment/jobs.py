@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import logging
 import random
 import shutil
 import time
@@ -24,11 +25,13 @@ from mashup.config import DataConfig, EvalConfig, MergeConfig, SelectConfig, Sta
 from mashup.data.target import TargetData, load_target
 from mashup.errors import LibraryError, MashupError
 from mashup.evaluation import EvalResult, evaluate
-from mashup.experiment.store import RESULT, hash_outputs
+from mashup.experiment.manifest import RESULT, scan
 from mashup.io import atomic_output_dir, write_json
 from mashup.run import selection_timing
 from mashup.training import INIT_WEIGHTS, init_lora_shape
 from mashup.workspace import Workspace, open_workspace
+
+logger = logging.getLogger(__name__)
 
 class Job(StageConfig):
     """What every job shares: where the experiment lives (not part of the key) and the base model.
@@ -54,6 +57,10 @@ class Job(StageConfig):
     @property
     def artifact(self) -> str:
         return f"{self.kind}-{self.key()[:16]}"  # type: ignore[attr-defined]
+
+    def resolved_spec(self) -> dict[str, Any]:
+        """The job as its unit's record shows it: every setting as the job applies it (not part of the key)."""
+        return self.model_dump(mode="json", exclude={"root", "initial"})
 
 
 class EvalJob(Job):
@@ -88,6 +95,11 @@ class SelectJob(Job):
     def merge_configs(self) -> list[MergeConfig]:
         """The merges the ranked checkpoints must all be mergeable under, in the order they filter."""
         return self.merges or [MergeConfig()]
+
+    def resolved_spec(self) -> dict[str, Any]:
+        # ``merges`` is None in the key when it is the default (the key records had before the field existed);
+        # a record shows the merges selection filtered under, not that null
+        return {**super().resolved_spec(), "merges": [m.model_dump(mode="json") for m in self.merge_configs()]}
 
 
 class MergeJob(Job):
@@ -127,7 +139,8 @@ AnyJob = Union[EvalJob, SelectJob, MergeJob, TrainJob, SourceJob]
 
 
 def execute_job(job: AnyJob) -> dict[str, Any]:
-    """Run a job (or find its finished artifact) and return its result, output hashes and wall seconds."""
+    """Run a job (or find its finished artifact) and return its result, output hashes, the artifact's manifest
+    (see manifest.py) and wall seconds."""
     artifact = Path(job.root) / "artifacts" / job.artifact
     start = time.perf_counter()
     reused = (artifact / RESULT).is_file()  # computed before (by an equal job, or a run killed before recording)
@@ -137,7 +150,8 @@ def execute_job(job: AnyJob) -> dict[str, Any]:
         with atomic_output_dir(artifact) as tmp:
             result = _RUNNERS[job.kind](job, tmp)
             write_json(tmp / RESULT, result)
-    return {"result": result, "outputs": hash_outputs(artifact), "reused": reused,
+    outputs, manifest = scan(artifact)
+    return {"result": result, "outputs": outputs, "manifest": manifest, "reused": reused,
             "seconds": time.perf_counter() - start}
 
 
@@ -243,8 +257,8 @@ def _run_train(job: TrainJob, tmp: Path) -> dict[str, Any]:
     init = Path(job.root) / "artifacts" / job.init / "merged" if job.init else None
     initial = EvalResult(**job.initial) if job.initial else None
     summary = train_in(workspace, target, job.train, EvalConfig(split="test", batch_size=job.eval_batch_size), tmp,
-                       init, initial=initial)
-    weights = Path(summary.weights_dir)
+                       init, initial=initial, final_dir=Path(job.root) / "artifacts" / job.artifact)
+    weights = tmp / Path(summary.weights_dir).name  # the summary names the dir tmp becomes
     model = _load_trained(workspace, weights, job.train.mode)
     validation = evaluate(model, workspace.encode(target.validation, target.template),
                           workspace.settings(job.eval_batch_size))
@@ -266,6 +280,11 @@ def _run_source(job: SourceJob, tmp: Path) -> dict[str, Any]:
     weights = (train_dir / ("adapter" if job.mode == "lora" else "model")).resolve()
     library = Library(Path(job.root) / job.library)
     known = [r for r in library.list() if Path(r.path) == weights]
+    _, stale = library.fresh(known)
+    for entry, why in stale:  # its training run was computed again since (other bytes): register those instead
+        logger.warning("source %s of %s: %s; registering the weights there now", entry.id, job.data.name, why)
+        library.remove(entry.id)
+    known = [r for r in known if r.id not in {entry.id for entry, _ in stale}]
     if not known:  # registered by a run killed before it recorded this unit: reuse that entry
         reference = str(train_dir / INIT_WEIGHTS) if job.mode == "lora" else None
         known = library.add([weights], task=job.data.name, base=job.base, init_reference=reference,

@@ -11,16 +11,16 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from mashup.config import save_config
-from mashup.data.target import TargetData, load_target
-from mashup.errors import LibraryError, MashupError
 from mashup.experiment.config import ExperimentConfig
 from mashup.experiment.estimate import CostModel, Sizes, cost_model, provably_shared, unit_seconds
 from mashup.experiment.executor import Executor, LocalExecutor
 from mashup.experiment.jobs import AnyJob, execute_job
 from mashup.experiment.plan import PHASES, Context, Unit, plan_units, planned_sources, resolve
+from mashup.experiment.preflight import given_library, preflight
 from mashup.experiment.report import CONFIG_NAME, config_digest, drop_report, write_report
-from mashup.experiment.sources import candidate_counts, usable_candidates
+from mashup.experiment.sources import candidate_counts
 from mashup.experiment.store import ResultStore, unit_file_name
+from mashup.experiment.upstream import upstream_changed
 from mashup.provenance import write_version
 
 logger = logging.getLogger(__name__)
@@ -60,67 +60,6 @@ class ExperimentRun:
     report: Path | None = None
 
 
-def _check_out(store: ResultStore) -> None:
-    """An ``out`` that exists must be an experiment dir (a run resumes it) or empty: a run writes into it."""
-    root = store.root
-    if root.exists() and not root.is_dir():
-        raise MashupError("the experiment's out is a file, not a dir", str(root), "pick a new or empty dir for --out")
-    # units/ is made first (ResultStore.open), so even a run killed at once resumes; an experiment.yaml alone may
-    # be the user's own config, which a run would overwrite
-    if not root.is_dir() or store.units_dir.is_dir():
-        return
-    if next(root.iterdir(), None) is not None:
-        raise MashupError("the out dir is not empty and holds no experiment (no units/ of an earlier run)", str(root),
-                          "pick a new or empty dir for --out (or the config's `out`)")
-
-
-def _check_library(directory: str) -> None:
-    """A given library must exist: a mistyped path is an error, not a library short of candidates."""
-    from mashup.library import Library
-
-    try:
-        Library.existing(directory)
-    except LibraryError as exc:
-        raise LibraryError(exc.what, exc.where, "check the config's `library:` (a relative path is read from the "
-                           "current dir), or register checkpoints with `mashup library add` first") from None
-
-
-def _preflight(config: ExperimentConfig, store: ResultStore) -> dict[str, TargetData]:
-    from mashup.models import check_base_available
-
-    _check_out(store)
-    check_base_available(config.base)  # merge method names are checked when the config loads
-    if config.library is not None:
-        _check_library(config.library)
-    return {task.name: load_target(config.data_config(task)) for task in config.tasks}
-
-
-def _given_library(config: ExperimentConfig, targets: dict[str, TargetData]) -> tuple[dict[str, int], dict | None]:
-    """Candidates per target in a given library (as its selection will find them: mergeable under every merge
-    the experiment runs), and the one LoRA shape both arms then share."""
-    from mashup.candidates import describe_shortage
-
-    usable = usable_candidates(config, targets)
-    short = {name: line for name, found in usable.items()
-             if (line := describe_shortage(found, config.largest_k(), config.mode, config.base))}
-    if short:
-        name, line = next(iter(short.items()))
-        others = f" (and {len(short) - 1} more target(s))" if len(short) > 1 else ""
-        raise MashupError(f"the library is short of candidates for target '{name}': {line}{others}",
-                          config.library,
-                          "add checkpoints, lower k (or merge_grid's k), or merge with methods that accept them all")
-    counts = candidate_counts(config, usable=usable)
-    if config.mode != "lora":
-        return counts, None
-    records = {r.id: r for found in usable.values() for r in found.records}.values()
-    shapes = {(r.lora_r, r.lora_alpha, tuple(r.target_modules or ()), r.use_rslora) for r in records}
-    if len(shapes) != 1:
-        raise MashupError(f"the library's LoRA adapters come in {len(shapes)} shapes (r, alpha, targets, rsLoRA)",
-                          config.library, "both arms must share one shape: use a library of one shape")
-    r, alpha, modules, rslora = shapes.pop()
-    return counts, {"lora_r": r, "lora_alpha": alpha, "target_modules": list(modules), "use_rslora": rslora}
-
-
 def _library_digest(library_dir: str, ids: list[str] | None) -> str:
     """The digest of the checkpoints selection may rank: ``ids`` (all of the library when None)."""
     from mashup.library import Library
@@ -149,10 +88,10 @@ class _Session:
 def _open_session(config: ExperimentConfig, store: ResultStore) -> _Session:
     from mashup.models import default_device, resolve_precision
 
-    targets = _preflight(config, store)
+    targets = preflight(config, store)
     # the experiment's own library is named relative to its dir, so moving the dir keeps every job key
     library = str(Path(config.library).resolve()) if config.library else store.library_dir.name
-    candidates, shape = (candidate_counts(config), None) if config.library is None else _given_library(config, targets)
+    candidates, shape = (candidate_counts(config), None) if config.library is None else given_library(config, targets)
     ctx = Context(config=config, root=str(store.root), precision=resolve_precision(config.precision,
                                                                                    default_device()),
                   library=library, lora_shape=shape)
@@ -174,10 +113,11 @@ def plan_experiment(config: ExperimentConfig) -> list[PlannedUnit]:
 
 def _record_statuses(plan: dict[str, list[Unit]], session: _Session) -> dict[str, RecordStatus]:
     """Per unit, by the run's own test (``_done_record``): "recorded" (the run skips it), "stale" (a record of
-    another job: computed again), "changed" (a record of this job whose files changed or went: a run records
-    an artifact still there as it is now, and computes a missing one), "new", or "waiting": recorded, but keyed
-    on earlier units still to do, so known only once they are. A phase's jobs are built from every earlier
-    phase's records, so they are resolved here only while all of those are done; nothing is written."""
+    another job, or of this job whose artifact was edited or removed since: computed again), "changed" (a record
+    of this job whose artifact was remade since for an equal unit, as that unit's record lists it: recorded again
+    from it), "new", or "waiting": recorded, but keyed on earlier units still to do, so known only once they are.
+    A phase's jobs are built from every earlier phase's records, so they are resolved here only while all of
+    those are done; nothing is written."""
     statuses: dict[str, RecordStatus] = {}
     ready = True
     for phase in PHASES:
@@ -194,7 +134,8 @@ def _record_statuses(plan: dict[str, list[Unit]], session: _Session) -> dict[str
                 statuses[unit.id] = "waiting"
             else:
                 same_job = (session.store.record(unit.id) or {}).get("key") == job.key()
-                statuses[unit.id] = "changed" if same_job else "stale"
+                vouched = same_job and session.store.vouched(job.artifact) and not upstream_changed(job)
+                statuses[unit.id] = "changed" if vouched else "stale"
         ready = ready and all(statuses[unit.id] == "recorded" for unit in plan[phase])
     return statuses
 
@@ -239,10 +180,12 @@ def _enter_phase(phase: str, session: _Session) -> None:
 
 
 def _done_record(unit: Unit, session: _Session) -> tuple[AnyJob, dict[str, Any] | None]:
-    """The unit's job, and its record when a run skips it: a record of this exact job, outputs unchanged.
-    The one test of "done" for both a run and its --dry-run."""
+    """The unit's job, and its record when a run skips it: a record of this exact job, its artifact holding
+    the files it lists and still following from its upstream artifact (upstream.py). The one test of "done"
+    for both a run and its --dry-run."""
     job = resolve(unit, session.ctx)
-    return job, session.store.valid_record(unit.id, job.key())
+    record = session.store.valid_record(unit.id, job.key())
+    return job, None if record is None or upstream_changed(job, record["result"]) else record
 
 
 def _run_phase(units: list[Unit], session: _Session, executor: Executor, progress: ProgressSink | None,
@@ -254,12 +197,14 @@ def _run_phase(units: list[Unit], session: _Session, executor: Executor, progres
         if record is None:
             pending.setdefault(job.key(), (job, []))[1].append(unit)
             continue
-        if record.get("config_digest") != session.digest:  # the same work under a changed config: confirm it
-            session.store.write(unit.id, {**record, "config_digest": session.digest})
-        session.ctx.records[unit.id] = {**record, "config_digest": session.digest}
+        session.ctx.records[unit.id] = _confirm(unit, record, session)
         outcome.already_done.append(unit.id)
         if progress:
             progress.advance(unit.id, session.estimate(unit), "done")
+    for job, group in pending.values():  # an artifact edited since it was recorded is computed again
+        why = session.store.to_replace(job.artifact) or upstream_changed(job)
+        if why:
+            session.store.discard_artifact(job.artifact, why)
     # a job an earlier phase already computed (equal work under another unit) is read here, not sent out
     finished = [(job, group) for job, group in pending.values() if session.store.has_artifact(job.artifact)]
     work = [(job, group) for job, group in pending.values() if not session.store.has_artifact(job.artifact)]
@@ -276,10 +221,22 @@ def _run_phase(units: list[Unit], session: _Session, executor: Executor, progres
                 progress.advance(unit.id, session.estimate(unit), status, record["seconds"])
 
 
-def _unit_record(unit: Unit, job: Any, result: dict[str, Any], reused: bool, session: _Session) -> dict[str, Any]:
-    """What a finished unit records: its job (key and spec), outputs' hashes, result and timing."""
+def _confirm(unit: Unit, record: dict[str, Any], session: _Session) -> dict[str, Any]:
+    """A done unit's record as this run keeps it: under this config's digest (the same work under a changed
+    config), with its manifest as verified now (one added to an older record, stats of a copied dir); written
+    only when that changes it."""
+    confirmed = {**record, "config_digest": session.digest}
+    if confirmed != session.store.record(unit.id):
+        session.store.write(unit.id, confirmed)
+    return confirmed
+
+
+def _unit_record(unit: Unit, job: AnyJob, result: dict[str, Any], reused: bool, session: _Session
+                 ) -> dict[str, Any]:
+    """What a finished unit records: its job (key and resolved spec), outputs' hashes and the artifact's
+    manifest, result and timing."""
     return {"unit": unit.id, "fields": asdict(unit), "key": job.key(), "artifact": job.artifact,
-            "outputs": result["outputs"], "result": result["result"], "reused": reused,
-            "seconds": result["seconds"], "estimate_seconds": session.estimate(unit),
+            "outputs": result["outputs"], "manifest": result["manifest"], "result": result["result"],
+            "reused": reused, "seconds": result["seconds"], "estimate_seconds": session.estimate(unit),
             "config_digest": session.digest, "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
-            "job": job.model_dump(mode="json", exclude={"root", "initial"})}
+            "job": job.resolved_spec()}

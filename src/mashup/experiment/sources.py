@@ -32,7 +32,7 @@ def usable_candidates(config: ExperimentConfig, targets: dict[str, TargetData]) 
         raise ValueError("usable_candidates needs a config with a given library")
     library = Library(config.library)
     merges = selection_merges(config)
-    base_id = _base_identity(config.base)
+    base_id = selection_base_identity(config.base)
     usable = {name: find_mergeable_candidates(library, config.base, config.mode, target, merges,
                                               base_id=base_id, log_rejected=False)
               for name, target in targets.items()}
@@ -40,7 +40,7 @@ def usable_candidates(config: ExperimentConfig, targets: dict[str, TargetData]) 
     return usable
 
 
-def _base_identity(base: str) -> str | None:
+def selection_base_identity(base: str) -> str | None:
     """The base's content identity as the selection job will see it (``base_identity`` of its workspace's dir): a
     named model not converted yet is converted now (a dry run too: into the model cache, as its first unit would
     do). Without this the count compared records by spelling only, and refused a library registered under the

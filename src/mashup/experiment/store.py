@@ -7,42 +7,37 @@ Layout::
     <out>/units/<unit>.json   one record per finished unit: its job key, artifact, output hashes and result
     <out>/library/            the source checkpoints the experiment trained (when it trains them)
 
-A unit counts as done only when its record exists, names the job key the current config resolves to,
-and the artifact's files still have the recorded hashes. Artifacts appear by an atomic rename and records
-by an atomic replace, so a run killed at any point leaves nothing that looks finished; the next run
-removes the killed run's temporary dirs and redoes what has no valid record.
+A unit counts as done only when its record exists, has the shape its readers need (records.py), names
+the job key the current config resolves to, and the artifact still holds the files its manifest lists
+(manifest.py; a record written before manifests: the files its ``outputs`` hash). Artifacts appear by an
+atomic rename and records by an atomic replace, so a run killed at any point leaves nothing that looks
+finished; the next run removes the killed run's temporary dirs and redoes what has no valid record. An
+artifact edited since it was recorded is replaced by a fresh computation (:meth:`ResultStore.to_replace`); the
+old one, with any file added to it by hand, is moved to ``<out>/artifacts/.replaced/<name>-<UTC time>``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import json
 import logging
 import os
 import tempfile
 from collections.abc import Iterator
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from mashup.atomic_dir import clean_orphans
 from mashup.errors import MashupError
+from mashup.experiment.manifest import RESULT as RESULT
+from mashup.experiment.manifest import Difference, Manifest, from_outputs, verify
+from mashup.experiment.manifest import hash_outputs as hash_outputs
+from mashup.experiment.records import record_problem
 
 logger = logging.getLogger(__name__)
-RESULT = "unit_result.json"  # written last inside an artifact, before the dir is renamed into place
-
-
-def hash_outputs(directory: Path) -> dict[str, str]:
-    """sha256 of every file under ``directory``, by relative path."""
-    hashes = {}
-    for path in sorted(p for p in directory.rglob("*") if p.is_file()):
-        digest = hashlib.sha256()
-        with open(path, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-        hashes[path.relative_to(directory).as_posix()] = digest.hexdigest()
-    return hashes
+REPLACED = ".replaced"  # under artifacts/: artifacts moved aside to be computed again (safe to delete)
 
 
 def unit_file_name(unit_id: str) -> str:
@@ -57,6 +52,7 @@ class ResultStore:
         self.units_dir = self.root / "units"
         self.artifacts_dir = self.root / "artifacts"
         self.library_dir = self.root / "library"
+        self._scanned: list[dict[str, Any]] | None = None  # every record, read once for vouched()
 
     @contextlib.contextmanager
     def open(self) -> Iterator[ResultStore]:
@@ -100,25 +96,73 @@ class ResultStore:
 
     def _read(self, unit_id: str) -> tuple[dict[str, Any] | None, str | None]:
         """The unit's record, or why its file is not one (both None: no file)."""
-        try:
-            record = json.loads((self.units_dir / unit_file_name(unit_id)).read_text())
-        except FileNotFoundError:
-            return None, None
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            return None, str(exc)
-        return (record, None) if isinstance(record, dict) and "unit" in record else (None, "not a unit record")
+        return _load(self.units_dir / unit_file_name(unit_id))
 
     def valid_record(self, unit_id: str, key: str) -> dict[str, Any] | None:
-        """The unit's record if it is for this exact job and its outputs are unchanged; else None."""
+        """The unit's record if it is for this exact job and its artifact holds the files recorded; else None.
+        It comes with the manifest as verified now (stats refreshed, or made for a record without one), which
+        is how a run confirming it records it."""
         record = self.record(unit_id)
-        if record is None or record.get("key") != key:
+        if record is None or record["key"] != key:
             return None
+        manifest = self.checked_manifest(record)
+        if isinstance(manifest, Difference):
+            logger.warning("the artifact of %s (%s) no longer holds the files its record lists (%s since; edited, "
+                           "removed or remade): the unit is not done", unit_id, record["artifact"], manifest)
+            return None
+        return {**record, "manifest": manifest}
+
+    def checked_manifest(self, record: dict[str, Any]) -> Manifest | Difference:
+        """The manifest of the record's artifact now, if it is complete and holds the files the record lists;
+        else the first difference (an incomplete one: its result file removed)."""
         artifact = self.artifact(record["artifact"])
-        if not artifact.is_dir() or hash_outputs(artifact) != record["outputs"]:
-            logger.warning("outputs of %s are missing or changed since they were recorded; a run records them again "
-                           "as they are now (computed again if missing)", unit_id)
+        if not (artifact / RESULT).is_file():
+            return Difference(RESULT, "removed")
+        manifest = record.get("manifest")
+        return verify(artifact, from_outputs(record["outputs"]) if manifest is None else manifest)
+
+    def _naming(self, name: str) -> list[dict[str, Any]]:
+        """Every record (read once until the next write) that names the artifact."""
+        if self._scanned is None:
+            self._scanned = list(self.records().values())
+        return [r for r in self._scanned if r["artifact"] == name]
+
+    def vouched(self, name: str) -> bool:
+        """True when some record names the artifact and it holds the files that record lists: it was made for a
+        recorded unit (maybe remade for an equal unit after another's record), not edited since."""
+        return any(not isinstance(self.checked_manifest(r), Difference) for r in self._naming(name))
+
+    def to_replace(self, name: str) -> str | None:
+        """Why a job's existing artifact must be computed again rather than reused (None: it is reused, or there
+        is none): incomplete (its result file, written last, is gone: a hand edit), or named by some record yet
+        matching none (edited since it was recorded), whichever unit claims it first. One that no record names is
+        a killed run's finished work: reused."""
+        if not self.artifact(name).exists():
             return None
-        return record
+        if not self.has_artifact(name):
+            return f"incomplete ({RESULT} removed)"
+        first = None
+        for record in self._naming(name):
+            checked = self.checked_manifest(record)
+            if not isinstance(checked, Difference):
+                return None  # vouched for by this record
+            first = first or f"{checked} since {record['unit']} recorded it"
+        return first
+
+    def discard_artifact(self, name: str, why: str) -> Path:
+        """Move an artifact aside to compute it again, with whatever was added to it: to
+        ``artifacts/.replaced/<name>-<UTC time>`` (safe to delete), in one atomic rename, so a run killed at any
+        point leaves it in place or moved aside, never half of it. Returns where it went."""
+        aside = self.artifacts_dir / REPLACED
+        aside.mkdir(exist_ok=True)
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        target, n = aside / f"{name}-{stamp}", 1
+        while target.exists():  # replaced twice within a second
+            n += 1
+            target = aside / f"{name}-{stamp}-{n}"
+        os.rename(self.artifact(name), target)
+        logger.warning("artifact %s is computed again: %s; the old one is kept in %s", name, why, target)
+        return target
 
     def write(self, unit_id: str, record: dict[str, Any]) -> None:
         """Record a finished unit (atomically: a reader sees the old record or the new, never half)."""
@@ -129,12 +173,28 @@ class ResultStore:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
+        self._scanned = None
 
     def records(self) -> dict[str, dict[str, Any]]:
-        """Every recorded unit, by unit id (validity against a config is the runner's business)."""
+        """Every readable unit record, by unit id (validity against a config is the runner's business)."""
         records = {}
         for path in sorted(self.units_dir.glob("*.json")):
-            with contextlib.suppress(OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError):
-                record = json.loads(path.read_text())
+            record, _ = _load(path)
+            if record is not None:
                 records[record["unit"]] = record
         return records
+
+
+def _load(path: Path) -> tuple[dict[str, Any] | None, str | None]:
+    """The record in ``path``, or why it is not the record of the unit the file is named for (both None: no
+    file). Valid JSON of another shape is no record: its readers would fail on it (records.py)."""
+    try:
+        record = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None, None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        return None, str(exc)
+    problem = record_problem(record)
+    if problem is None and unit_file_name(record["unit"]) != path.name:
+        problem = f"not a unit record: it names unit {record['unit']!r}"
+    return (None, problem) if problem else (record, None)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -14,6 +16,8 @@ from mashup.errors import CheckpointError
 # check)
 if TYPE_CHECKING:
     import torch
+
+WEIGHTS_ONLY_FAILED = "Weights only load failed"  # torch's UnpicklingError for a pickle that holds objects
 
 
 def write_json(path: Path, data: Any) -> None:
@@ -66,16 +70,33 @@ def weight_files(model_dir: Path, *, allow_pickle: bool = False) -> list[Path]:
 
 
 def load_weights(path: Path) -> dict[str, torch.Tensor]:
-    """Load one weight file; pickles only through ``torch.load(weights_only=True)``."""
+    """Load one weight file; pickles only through ``torch.load(weights_only=True)``, and only tensors by name."""
     import torch
     from safetensors.torch import load_file
 
     try:
         if path.suffix == ".safetensors":
             return load_file(str(path))
-        return torch.load(path, map_location="cpu", weights_only=True)
+        tensors = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:  # weights_only met an object: torch's advice is to unpickle it anyway
+        if WEIGHTS_ONLY_FAILED not in str(exc):
+            raise unreadable_error(path, exc) from None
+        found = re.search(r"GLOBAL (\S+)", str(exc))
+        raise objects_error(path, found.group(1) if found else None) from None
     except Exception as exc:  # corrupt or truncated files raise library-specific errors
         raise unreadable_error(path, exc) from None
+    if not isinstance(tensors, dict) or not all(isinstance(name, str) and isinstance(value, torch.Tensor)
+                                                for name, value in tensors.items()):
+        raise objects_error(path, None)
+    return tensors
+
+
+def objects_error(path: Path, found: str | None) -> CheckpointError:
+    """The one error line for a pickle that holds more than a mapping of names to tensors."""
+    what = f" ({found})" if found else ""
+    return CheckpointError(f"the pickle holds objects beyond tensors{what}, and mashup loads only tensor-only "
+                           "pickles", str(path),
+                           "convert it to safetensors (a dict of its tensors, saved with safetensors.torch.save_file)")
 
 
 def unreadable_error(path: Path, exc: Exception) -> CheckpointError:

@@ -5,31 +5,25 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Callable, Sequence
-from datetime import datetime, timezone
+from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
 
-from mashup.errors import CheckpointError, LibraryError, MashupError
+from mashup.errors import LibraryError, MashupError
+from mashup.library.base_shapes import BaseShapes
 from mashup.library.db import ensure_table, read_connection, select_rows, write_transaction
-from mashup.library.freshness import Freshness, check_freshness, parallel_map, require_fresh
-from mashup.library.identity import BaseMatcher, resolve_identity, stored_base
-from mashup.library.records import BaseShapes, CheckpointRecord, discover_checkpoints, inspect_to_register
+from mashup.library.freshness import Freshness, check_freshness, parallel_map
+from mashup.library.identity import BaseMatcher
+from mashup.library.records import CheckpointRecord, discover_checkpoints, inspect_to_register
+from mashup.library.registration import (Progress, checks_of_registered, complete_records, inspect_new,
+                                         refuse_duplicates, stored_init_reference)
+from mashup.library.rows import COLUMNS, UnreadableEntry, from_row, read_rows, to_row, unreadable_ids
 
 logger = logging.getLogger(__name__)
 
 DB_NAME = "catalog.sqlite"
 WHAT = "catalog"
-_JSON_FIELDS = ("shapes", "target_modules", "metadata", "file_stats", "lineage", "narrowing")
-# new columns go at the end: older catalogs get them by ALTER TABLE ADD COLUMN
-_COLUMNS = {
-    "id": "", "kind": "", "path": "", "sha256": "", "base_model": "", "architecture": "", "shapes": "", "task": "",
-    "lora_r": "", "lora_alpha": "", "target_modules": "", "use_rslora": "", "use_dora": "", "init_reference": "",
-    "metadata": "", "created": "", "file_stats": "TEXT", "base_identity": "TEXT", "data_fingerprint": "TEXT",
-    "lineage": "TEXT", "narrowing": "TEXT",
-}
-Progress = Callable[[int, int], None]
 KINDS = ("lora", "full")
 LIBRARY_ENV = "MASHUP_LIBRARY"
 
@@ -45,7 +39,7 @@ def check_kind(kind: str | None) -> None:
 
 
 def _setup(conn) -> None:
-    ensure_table(conn, "checkpoints", _COLUMNS, "id")
+    ensure_table(conn, "checkpoints", COLUMNS, "id")
 
 
 class Added(list[CheckpointRecord]):
@@ -63,6 +57,7 @@ class Library:
     def __init__(self, directory: str | Path | None = None) -> None:
         self.directory = Path(directory).expanduser() if directory else default_library_dir()
         self.db_path = self.directory / DB_NAME
+        self._warned: set[str] = set()  # unreadable entries warned about (see ``_select``)
         if self.directory.exists() and not self.directory.is_dir():
             raise LibraryError("the library is a file, not a directory", str(self.directory),
                                f"give the library's directory (check --library / ${LIBRARY_ENV})")
@@ -92,17 +87,17 @@ class Library:
         those already registered with the same weights (the result's ``skipped``); named explicitly, such a
         checkpoint is an error. The init reference, and a base that is a local path, are stored absolute.
         ``progress(done, total)`` is called as checkpoints are inspected."""
-        init = _stored_init_reference(init_reference)
+        init = stored_init_reference(init_reference)
         dirs = discover_checkpoints(paths) if recursive else [Path(p) for p in paths]
         registered = self.list() if recursive else []
         base_shapes = BaseShapes()  # the base's headers read once for all the full fine-tunes added
         inspect = partial(inspect_to_register, base=base, task=task, allow_pickle=allow_pickle, base_shapes=base_shapes)
-        new, rescanned = _inspect_new(dirs, registered, inspect, workers, progress)
+        new, rescanned = inspect_new(dirs, registered, inspect, workers, progress)
         for record in new:
             record.init_reference, record.data_fingerprint = init, data_fingerprint
             record.metadata, record.lineage = dict(metadata or {}), dict(lineage or {})
-        _complete(new)
-        checks = _checks_of_registered(new, rescanned, registered)
+        complete_records(new)
+        checks = checks_of_registered(new, rescanned, registered)
         # with none new, a library that exists is not written (it may be read-only); one that does not is made
         added, skipped = (self._insert(new, skip_registered=recursive) if new or not self.db_path.exists()
                           else ([], []))
@@ -116,36 +111,57 @@ class Library:
     def _insert(self, records: list[CheckpointRecord], *, skip_registered: bool
                 ) -> tuple[list[CheckpointRecord], list[CheckpointRecord]]:
         """Insert ``records`` in one transaction; returns (added, skipped). Weights already registered (same
-        digest) are skipped with ``skip_registered``, else refused; the same weights given twice are refused."""
+        digest) are skipped with ``skip_registered``, else refused; the same weights given twice are refused. An
+        entry of the same id that cannot be read (see ``entries``) is replaced, with a warning: registering the
+        checkpoint again is how such an entry is repaired."""
         with self._write() as conn:
             existing = {i: (path, sha) for i, path, sha in conn.execute("SELECT id, path, sha256 FROM checkpoints")}
+            replaced = unreadable_ids(conn, {r.id for r in records if r.id in existing}, str(self.db_path))
+            existing = {i: found for i, found in existing.items() if i not in replaced}
             skipped = [r for r in records if skip_registered and existing.get(r.id, ("", ""))[1] == r.sha256]
             skipped_ids = {r.id for r in skipped}
             added = [r for r in records if r.id not in skipped_ids]
-            _refuse_duplicates(added)
-            clash = next((r for r in added if r.id in existing), None)
-            if clash:
-                raise LibraryError(f"already registered as {clash.id} ({existing[clash.id][0]})", clash.path,
-                                   "nothing to do, or remove the old entry first")
-            columns = ", ".join(_COLUMNS)
-            conn.executemany(f"INSERT INTO checkpoints ({columns}) VALUES ({', '.join('?' * len(_COLUMNS))})",
-                             [_to_row(r) for r in added])
+            refuse_duplicates(added)
+            _refuse_registered(added, existing)
+            conn.executemany("DELETE FROM checkpoints WHERE id = ?", [(i,) for i in sorted(replaced)])
+            columns = ", ".join(COLUMNS)
+            conn.executemany(f"INSERT INTO checkpoints ({columns}) VALUES ({', '.join('?' * len(COLUMNS))})",
+                             [to_row(r) for r in added])
+        for checkpoint_id in sorted(replaced):
+            logger.warning("replaced unreadable catalog entry %s", checkpoint_id)
         return added, skipped
 
-    def _select(self, where: str = "", params: tuple = ()) -> list[CheckpointRecord]:
+    def _rows(self, where: str = "", params: tuple = ()) -> list[dict[str, Any]]:
         with read_connection(self.db_path, WHAT) as conn:
-            rows = select_rows(conn, "checkpoints", list(_COLUMNS), f"{where} ORDER BY rowid", params)
-        return [_from_row(row) for row in rows]
+            return select_rows(conn, "checkpoints", list(COLUMNS), f"{where} ORDER BY rowid", params)
+
+    def _read(self, rows: list[dict[str, Any]]) -> tuple[list[CheckpointRecord], list[UnreadableEntry]]:
+        return read_rows(rows, str(self.db_path))
+
+    def entries(self) -> tuple[list[CheckpointRecord], list[UnreadableEntry]]:
+        """Every record, and each catalog row that cannot be read as one (damaged or edited by hand)."""
+        return self._read(self._rows())
+
+    def _select(self, where: str = "", params: tuple = ()) -> list[CheckpointRecord]:
+        """The readable records; a row that cannot be read is left out, with a warning once per ``Library``."""
+        records, unreadable = self._read(self._rows(where, params))
+        for entry in unreadable:
+            if entry.id not in self._warned:
+                self._warned.add(entry.id)
+                logger.warning("%s", entry.line())
+        return records
 
     def paths(self) -> list[str]:
         """Every entry's checkpoint dir, without building records (their shapes are most of a catalog's bytes)."""
         with read_connection(self.db_path, WHAT) as conn:
-            return [row["path"] for row in select_rows(conn, "checkpoints", ["path"], "ORDER BY rowid")]
+            rows = select_rows(conn, "checkpoints", ["path"], "ORDER BY rowid")
+        return [row["path"] for row in rows if isinstance(row["path"], str)]
 
     def list(self, *, base: str | None = None, kind: str | None = None, task: str | None = None,
              merged_from: str | None = None, trained_on: str | None = None) -> list[CheckpointRecord]:
         """Registered checkpoints, filtered: ``base`` by content identity (or spelling), ``merged_from`` by an id
-        (prefix) in the lineage, ``trained_on`` by the task or data fingerprint (prefix) in the lineage."""
+        (prefix) in the lineage, ``trained_on`` by the task or data fingerprint (prefix) in the lineage. A row
+        that cannot be read is left out with a warning (see ``entries``)."""
         check_kind(kind)
         clauses = {"kind = ?": kind, "task = ?": task}
         where = [c for c, v in clauses.items() if v is not None]
@@ -161,27 +177,35 @@ class Library:
             records = [r for r in records if _trained_on(r, trained_on)]
         return records
 
-    def get(self, checkpoint_id: str) -> CheckpointRecord:
-        """Look up by id or unique id prefix."""
-        matches = self._select("WHERE substr(id, 1, ?) = ?", (len(checkpoint_id), checkpoint_id)) \
-            if checkpoint_id else []
-        if len(matches) != 1:
-            problem = "no checkpoint" if not matches else f"{len(matches)} checkpoints match"
+    def _match(self, checkpoint_id: str) -> dict[str, Any]:
+        """The one row whose id starts with ``checkpoint_id``, unread."""
+        rows = self._rows("WHERE substr(id, 1, ?) = ?", (len(checkpoint_id), checkpoint_id)) if checkpoint_id else []
+        if len(rows) != 1:
+            problem = "no checkpoint" if not rows else f"{len(rows)} checkpoints match"
             raise LibraryError(f"{problem} with id '{checkpoint_id}'", str(self.directory),
                                "see `mashup library list` for ids")
-        return matches[0]
+        return rows[0]
+
+    def get(self, checkpoint_id: str) -> CheckpointRecord:
+        """Look up by id or unique id prefix; an ``UnreadableEntry`` if its row cannot be read."""
+        return from_row(self._match(checkpoint_id), str(self.db_path))
 
     def find_by_digest(self, sha256: str) -> CheckpointRecord | None:
         """The record of weights with this content digest, if registered (ids are its first 12 hex)."""
-        matches = self._select("WHERE id = ? AND sha256 = ?", (sha256[:12], sha256))
-        return matches[0] if matches else None
+        rows = self._rows("WHERE id = ? AND sha256 = ?", (sha256[:12], sha256))
+        return from_row(rows[0], str(self.db_path)) if rows else None
 
-    def remove(self, checkpoint_id: str) -> CheckpointRecord:
-        """Drop the record; the files on disk are left alone."""
-        record = self.get(checkpoint_id)
+    def remove(self, checkpoint_id: str) -> CheckpointRecord | UnreadableEntry:
+        """Drop the entry, readable or not (then its ``UnreadableEntry`` is returned, with the id and path as far
+        as the row gives them); the files on disk are left alone."""
+        row = self._match(checkpoint_id)
+        try:
+            removed: CheckpointRecord | UnreadableEntry = from_row(row, str(self.db_path))
+        except UnreadableEntry as exc:
+            removed = exc
         with self._write() as conn:
-            conn.execute("DELETE FROM checkpoints WHERE id = ?", (record.id,))
-        return record
+            conn.execute("DELETE FROM checkpoints WHERE id = ?", (row["id"],))  # as stored, even if not text
+        return removed
 
     def fresh(self, records: Sequence[CheckpointRecord], *, workers: int | None = None
               ) -> tuple[list[CheckpointRecord], list[tuple[CheckpointRecord, str]]]:
@@ -219,78 +243,15 @@ class Library:
                 check.record.file_stats = check.new_stats
 
 
-def _stored_init_reference(init_reference: str | None) -> str | None:
-    """An init reference as registration stores it: absolute, not resolved (a symlinked file, e.g. in the HF
-    cache, keeps its name and suffix); a missing one is refused now, else a typo shows at merge time."""
-    if not init_reference:
-        return None
-    if not Path(init_reference).expanduser().exists():
-        raise CheckpointError("init reference not found", str(init_reference),
-                              "pass the file (or dir) of the LoRA's starting weights, e.g. adapter_init.safetensors")
-    return str(Path(init_reference).expanduser().absolute())
-
-
-def _inspect_new(dirs: list[Path], registered: list[CheckpointRecord], inspect: Callable[[Path], CheckpointRecord],
-                 workers: int | None, progress: Progress | None) -> tuple[list[CheckpointRecord], list[Freshness]]:
-    """Inspect and hash ``dirs`` in parallel: (their new records, the checks of those already registered at
-    their path). A re-scan skips such a dir without hashing it again, while its registration serves."""
-    at_path = {Path(r.path): r for r in registered}
-
-    def one(path: Path) -> CheckpointRecord | Freshness:
-        known = at_path.get(path.resolve())
-        return inspect(path) if known is None else require_fresh(known, path)
-
-    found = parallel_map(one, dirs, workers, progress)
-    return [f for f in found if isinstance(f, CheckpointRecord)], [f for f in found if isinstance(f, Freshness)]
-
-
-def _checks_of_registered(new: list[CheckpointRecord], rescanned: list[Freshness],
-                          registered: list[CheckpointRecord]) -> list[Freshness]:
-    """The freshness checks behind a recursive add's skips: of registrations re-scanned at their own path, and of
-    those holding the weights of a checkpoint found at another path (skipped only while they serve)."""
-    by_id = {r.id: r for r in registered}
-    checks = {c.record.id: c for c in rescanned}
-    for record in new:
-        if record.id in by_id and record.id not in checks:
-            checks[record.id] = require_fresh(by_id[record.id], Path(record.path))
-    return list(checks.values())
-
-
-def _complete(records: list[CheckpointRecord]) -> None:
-    """What registration adds to inspected records: the id, the time, the base as stored (a local path
-    absolute, see ``stored_base``) and its content identity."""
-    for record in records:
-        record.base_model = stored_base(record.base_model)
-    identities = {b: resolve_identity(b) for b in {r.base_model for r in records}}
-    created = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    for record in records:
-        record.id, record.created = record.sha256[:12], created
-        record.base_identity = identities[record.base_model]
-
-
-def _refuse_duplicates(records: list[CheckpointRecord]) -> None:
-    seen: dict[str, str] = {}
-    for record in records:
-        if record.id in seen:
-            raise LibraryError("the same weights were given twice", f"{seen[record.id]} and {record.path}",
-                               "pass each checkpoint once")
-        seen[record.id] = record.path
-
-
 def _trained_on(record: CheckpointRecord, wanted: str) -> bool:
     trained = record.lineage.get("trained_on") or {}
     fingerprint = trained.get("data_fingerprint") or record.data_fingerprint or ""
     return trained.get("task") == wanted or (len(wanted) >= 6 and fingerprint.startswith(wanted))
 
 
-def _to_row(record: CheckpointRecord) -> tuple:
-    values = ((c, getattr(record, c)) for c in _COLUMNS)  # not to_dict(): its deep copy is slow at 1,000 records
-    return tuple(json.dumps(v) if c in _JSON_FIELDS else v for c, v in values)
-
-
-def _from_row(row: dict[str, Any]) -> CheckpointRecord:
-    data = {c: (json.loads(v) if c in _JSON_FIELDS and v is not None else v) for c, v in row.items()}
-    data["use_rslora"], data["use_dora"] = bool(data["use_rslora"]), bool(data["use_dora"])
-    data["metadata"], data["lineage"] = data["metadata"] or {}, data["lineage"] or {}
-    data["file_stats"] = data["file_stats"] or []
-    return CheckpointRecord(**data)
+def _refuse_registered(records: list[CheckpointRecord], existing: dict[str, tuple[str, str]]) -> None:
+    """Refuse a record whose id is registered (``existing``: each id's path and digest)."""
+    clash = next((r for r in records if r.id in existing), None)
+    if clash:
+        raise LibraryError(f"already registered as {clash.id} ({existing[clash.id][0]})", clash.path,
+                           "nothing to do, or remove the old entry first")

@@ -14,8 +14,9 @@ from collections.abc import Sequence
 from typing import Literal
 
 from mashup.io import sorted_shapes
+from mashup.library.base_shapes import base_tensor_shapes, full_shapes_difference
 from mashup.library.identity import BaseMatcher
-from mashup.library.records import CheckpointRecord, base_tensor_shapes, full_shapes_difference
+from mashup.library.records import CheckpointRecord
 
 LoraMode = Literal["ab", "delta", "concat"]
 SHAPE_FREE_MODES = frozenset({"delta", "concat"})

@@ -15,11 +15,11 @@ import json
 import logging
 from pathlib import Path
 
-from mashup.errors import MashupError
+from mashup.errors import CheckpointError, MashupError
 from mashup.hub import is_hub_id
 from mashup.io import sha256_files, stat_files, weight_files
 from mashup.library.db import ensure_table, read_connection, select_rows, write_transaction
-from mashup.library.records import CheckpointRecord
+from mashup.library.records import CheckpointRecord, read_json_object
 
 logger = logging.getLogger(__name__)
 
@@ -101,6 +101,34 @@ def local_base_dir(base: str) -> Path | None:
     except Exception:  # not in the local HF cache (or no hub library): unresolvable offline, by design
         return None
     return snapshot if (snapshot / "config.json").is_file() else None
+
+
+_BASE_FIX = "pass --base the model dir it was fine-tuned from (or a named model, or a Hub id)"
+
+
+def check_base_dir(base: str) -> None:
+    """Refuse a base that is neither a named model, a Hub id nor a local model dir (config.json, a JSON object,
+    beside weight files), as ``models.check_base_available`` reads a name: a named model or a Hub id passes whether
+    or not it is at hand (nothing is downloaded); any other name is a path, which must be such a dir."""
+    from mashup.named_models import NAMED_MODELS
+
+    path = Path(base).expanduser()
+    if base in NAMED_MODELS or (not path.exists() and is_hub_id(base)):
+        return
+    if not path.exists() and not base.startswith((".", "~")) and "/" not in base:  # a name more than a path
+        raise CheckpointError(f"unknown base model '{base}': not a named model, a local model dir or a Hub id", None,
+                              f"use a named model ({', '.join(sorted(NAMED_MODELS))}), a model dir or a Hub id")
+    if not path.exists():
+        raise CheckpointError("base model not found", str(path.absolute()), _BASE_FIX)
+    if not path.is_dir():
+        raise CheckpointError("base model is a file, not a model dir", str(path.absolute()), _BASE_FIX)
+    if not (path / "config.json").is_file():
+        raise CheckpointError("no config.json in the base model dir", str(path.absolute()), _BASE_FIX)
+    try:
+        read_json_object(path / "config.json")
+        weight_files(path, allow_pickle=True)
+    except CheckpointError as exc:
+        raise CheckpointError(f"not a base model dir: {exc.what}", str(path.absolute()), _BASE_FIX) from None
 
 
 def stored_base(base: str) -> str:

@@ -1,24 +1,18 @@
-"""What a LoRA adapter_config.json says, and whether the adapter's tensors are the ones it makes PEFT load.
-
-Which modules a config adapts follows PEFT's rule (``check_target_module_exists`` in peft.tuners.tuners_utils,
-PEFT 0.21): exclude_modules first, then target_modules (a regex the whole module name must match, or names it
-must equal or end with), then, for names matched by their ending, layers_to_transform, with the layer index
-found by layers_pattern. PEFT drops a factor of any other module without a word on load (where
-models._require_matching_keys catches it); registration refuses it first, before any score depends on it.
+"""What a LoRA adapter_config.json says (rank, alpha, targets and the other fields PEFT reads), refused where PEFT
+could not load it, and whether the adapter's tensors have the shapes and dtypes it implies. Which modules it
+makes PEFT adapt is ``lora_targets``'.
 """
 
 from __future__ import annotations
 
-import json
-import math
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from mashup.errors import CheckpointError
 from mashup.io import TensorSpec
+from mashup.library.values import is_count, is_int, is_number, shown
 
 ADAPTER_CONFIG = "adapter_config.json"
 LORA_SETTINGS = ("lora_r", "lora_alpha", "target_modules", "use_rslora", "use_dora")
@@ -26,18 +20,10 @@ LORA_SETTINGS = ("lora_r", "lora_alpha", "target_modules", "use_rslora", "use_do
 # edit of them later makes the record stale, and a merge cannot unite inputs that differ in them
 NARROWING_FIELDS = ("exclude_modules", "layers_to_transform", "layers_pattern")
 _NAMES = "a list of module names or a regex string"
-_ALL_LINEAR = "all-linear"  # PEFT's shorthand, compared case-insensitively; it picks linear layers once built
+ALL_LINEAR = "all-linear"  # PEFT's shorthand, compared case-insensitively; it picks linear layers once built
 
 
-def _is_count(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value > 0
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _is_targets(value: Any) -> bool:
+def is_module_names(value: Any) -> bool:
     return value is None or isinstance(value, str) or (isinstance(value, list)
                                                        and all(isinstance(t, str) for t in value))
 
@@ -46,57 +32,105 @@ def _is_flag(value: Any) -> bool:
     return value is None or isinstance(value, bool)
 
 
-def _is_layers(value: Any) -> bool:
-    def is_index(v: Any) -> bool:
-        return isinstance(v, int) and not isinstance(v, bool)
-
-    return value is None or is_index(value) or (isinstance(value, list) and all(map(is_index, value)))
+def is_layer_choice(value: Any) -> bool:
+    return value is None or is_int(value) or (isinstance(value, list) and all(map(is_int, value)))
 
 
-def _field(config: dict[str, Any], name: str, default: Any, valid: Callable[[Any], bool], expected: str,
+def _is_names(value: Any) -> bool:
+    return value is None or (isinstance(value, list) and all(isinstance(v, str) for v in value))
+
+
+def _is_ranges(value: Any) -> bool:
+    return value is None or (isinstance(value, list) and all(
+        isinstance(r, list) and len(r) == 2 and all(map(is_int, r)) for r in value))
+
+
+# LoraConfig fields PEFT uses on load without checking their type: a wrong one is a traceback there (a string
+# dropout, a null bias) or a silent misreading (the string "no" is a true fan_in_fan_out); absent ones default
+_PEFT_FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "lora_dropout": (lambda v: is_number(v) and 0 <= v <= 1, "a number from 0 to 1"),
+    "bias": (lambda v: v in ("none", "all", "lora_only"), 'one of "none", "all", "lora_only"'),
+    "fan_in_fan_out": (_is_flag, "true or false"), "inference_mode": (_is_flag, "true or false"),
+    "lora_bias": (_is_flag, "true or false"),
+    "init_lora_weights": (lambda v: v is None or isinstance(v, (bool, str)), "true, false or an init method name"),
+    "modules_to_save": (_is_names, "a list of module names or null"),
+    "target_parameters": (_is_names, "a list of parameter names or null"),
+    "layer_replication": (_is_ranges, "a list of [start, end] layer ranges or null"),
+    "task_type": (lambda v: v is None or isinstance(v, str), 'a task type such as "CAUSAL_LM", or null'),
+}
+
+
+def read_field(config: dict[str, Any], name: str, default: Any, valid: Callable[[Any], bool], expected: str,
            where: str) -> Any:
     """``config[name]`` (``default`` if absent), refused unless of the type PEFT expects."""
     value = config.get(name, default)
     if not valid(value):
-        raise CheckpointError(f"{ADAPTER_CONFIG} field '{name}' is {_shown(value)}, expected {expected}", where,
+        raise CheckpointError(f"{ADAPTER_CONFIG} field '{name}' is {shown(value)}, expected {expected}", where,
                               f"fix '{name}' in the file or re-save the adapter")
     return value
 
 
-def _shown(value: Any) -> str:
-    shown = json.dumps(value)
-    return shown if len(shown) <= 40 else shown[:37] + "..."
-
-
-def _names_field(config: dict[str, Any], name: str, where: str) -> str | list[str] | None:
-    """A field naming modules as target_modules does; a string must compile, as PEFT matches it with
-    ``re.fullmatch`` on load (where it would fail with a bare ``re.error``)."""
-    value = _field(config, name, None, _is_targets, _NAMES, where)
-    if isinstance(value, str):
+def require_regexes(name: str, value: Any, regexes: list[str], fix: str, where: str) -> None:
+    """Refuse field ``name`` unless each of ``regexes`` (made of its ``value`` as PEFT makes them) compiles: on
+    load PEFT would fail with a bare ``re.error``."""
+    for regex in regexes:
         try:
-            re.compile(value)
+            re.compile(regex)
         except re.error as exc:
-            raise CheckpointError(f"{ADAPTER_CONFIG} field '{name}' is {_shown(value)}, not a valid regex ({exc})",
-                                  where, f"fix the regex in '{name}' or list the module names instead") from None
+            raise CheckpointError(f"{ADAPTER_CONFIG} field '{name}' is {shown(value)}, not a valid regex ({exc})",
+                                  where, fix) from None
+
+
+def names_field(config: dict[str, Any], name: str, where: str) -> str | list[str] | None:
+    """A field naming modules as target_modules does; a string must compile, as PEFT matches it with
+    ``re.fullmatch`` on load."""
+    value = read_field(config, name, None, is_module_names, _NAMES, where)
+    if isinstance(value, str):
+        require_regexes(name, value, [value], f"fix the regex in '{name}' or list the module names instead", where)
     return value
 
 
 def lora_settings(config: dict[str, Any], where: str = ADAPTER_CONFIG) -> dict[str, Any]:
     """What an adapter_config.json (at ``where``) says about how the factors apply (the record's fields of the
     same names): rank, alpha, rsLoRA, DoRA and the target modules. The weights' digest does not cover them."""
-    r = _field(config, "r", 8, _is_count, "a positive integer", where)
-    alpha = _field(config, "lora_alpha", r, _is_number, "a number", where)
-    targets = _names_field(config, "target_modules", where) or []
+    r = read_field(config, "r", 8, is_count, "a positive integer", where)
+    alpha = read_field(config, "lora_alpha", r, is_number, "a number", where)
+    targets = names_field(config, "target_modules", where) or []
     return {"lora_r": r, "lora_alpha": float(alpha),
             "target_modules": [targets] if isinstance(targets, str) else sorted(targets),
-            "use_rslora": bool(_field(config, "use_rslora", False, _is_flag, "true or false", where)),
-            "use_dora": bool(_field(config, "use_dora", False, _is_flag, "true or false", where))}
+            "use_rslora": bool(read_field(config, "use_rslora", False, _is_flag, "true or false", where)),
+            "use_dora": bool(read_field(config, "use_dora", False, _is_flag, "true or false", where))}
+
+
+def check_peft_fields(config: dict[str, Any], where: str = ADAPTER_CONFIG) -> None:
+    """Refuse the other fields PEFT reads on load where of a type (or a value) it cannot use, naming the field and
+    the file ``where``: what registers, or loads as an adapter, must be what PEFT can load. Training reads an init
+    adapter's dropout against its own, narrower range (``init_lora_shape``), so ``lora_settings`` leaves it."""
+    for name, (valid, expected) in _PEFT_FIELDS.items():
+        if name in config:
+            read_field(config, name, None, valid, expected, where)
 
 
 def lora_narrowing(config: dict[str, Any]) -> dict[str, Any]:
     """The ``NARROWING_FIELDS`` as an adapter_config.json gives them (None where absent), kept by a record to tell
-    when they change."""
+    when they change (compared by ``narrowing_choice``)."""
     return {name: config.get(name) for name in NARROWING_FIELDS}
+
+
+def narrowing_choice(name: str, value: Any) -> Any:
+    """A narrowing field's value as PEFT acts on it, so that spellings of one choice compare equal:
+    ``layers_to_transform`` 0 and [0], null and an empty list or string, a list of names or layers in any order
+    (PEFT makes it a set); other fields as given. Layer patterns keep their order: PEFT takes the first that finds
+    an index."""
+    if name not in NARROWING_FIELDS:
+        return value
+    if value is None or value in ("", []):
+        return None
+    if name == "layers_to_transform" and isinstance(value, int) or name == "layers_pattern" and isinstance(value, str):
+        return [value]
+    if name != "layers_pattern" and isinstance(value, list) and all(isinstance(v, (int, str)) for v in value):
+        return sorted(set(value), key=repr)
+    return value
 
 
 def is_factor(name: str) -> bool:
@@ -116,6 +150,22 @@ def check_lora_shapes(shapes: dict[str, list[int]], r: int, where: str) -> None:
                                   "re-save the adapter")
 
 
+def lora_base_difference(shapes: dict[str, list[int]], base_shapes: dict[str, list[int]]) -> str | None:
+    """How an adapter's factors do not fit its base's modules: the first whose input (lora_A) or output (lora_B)
+    size is not its module's; None when they fit. A module the base holds no 2-D weight of is left to loading."""
+    for a_name in sorted(n for n in shapes if ".lora_A." in n):
+        a, b = shapes[a_name], shapes.get(a_name.replace(".lora_A.", ".lora_B."))
+        weight_name = f"{lora_module(a_name)}.weight"
+        weight = base_shapes.get(weight_name)
+        if b is None or weight is None or not len(a) == len(b) == len(weight) == 2:
+            continue
+        if [b[0], a[1]] in (weight, weight[::-1]):  # (out, in) of a Linear, or of a Conv1D, which stores it (in, out)
+            continue
+        wrong = a_name if a[1] not in weight else a_name.replace(".lora_A.", ".lora_B.")
+        return f"tensor {wrong} has shape {shapes[wrong]}, which does not fit the base's {weight_name} {weight}"
+    return None
+
+
 def check_lora_dtypes(specs: Mapping[Path, Mapping[str, TensorSpec]]) -> None:
     """Refuse factors that are not floating point, naming the file (``specs``: each file's tensors)."""
     for path, tensors in specs.items():
@@ -125,140 +175,7 @@ def check_lora_dtypes(specs: Mapping[Path, Mapping[str, TensorSpec]]) -> None:
                                   str(path), "re-save the adapter in float32, float16 or bfloat16")
 
 
-@dataclass(frozen=True)
-class _Targets:
-    """The modules PEFT adapts by name (a regex, or names to equal or end with), as the errors show them."""
-
-    value: str | list[str]
-    shown: str
-
-
-@dataclass(frozen=True)
-class _Narrowing:
-    """The fields that narrow what target_modules matches: None where a field does not apply."""
-
-    excluded: str | list[str] | None
-    layers: list[int] | None
-    patterns: list[str] | None  # None: PEFT's default, the first numbered part of the name
-
-
-def check_lora_targets(shapes: dict[str, list[int]], config: dict[str, Any], base: str | None, where: str) -> None:
-    """Refuse factors PEFT would drop on load (their module not targeted, excluded, or in a layer left out) and
-    configs PEFT refuses to load for their targets; ``base`` is needed only where target_modules is null."""
-    narrowing = _narrowing(config, where)  # refused as PEFT's LoraConfig refuses it, whatever the targets
-    if config.get("target_parameters"):
-        return  # LoRA on parameters: module names alone do not say what is adapted
-    targets = _targets(config, base, where)
-    for name in filter(is_factor, shapes):
-        dropped = _dropped(_lora_module(name), targets, narrowing)
-        if dropped:
-            what, field = dropped
-            raise CheckpointError(f"tensor {name} {what} (PEFT would drop it on load)", where,
-                                  f"fix {field} or re-save the adapter")
-
-
-def _narrowing(config: dict[str, Any], where: str) -> _Narrowing:
-    """exclude_modules, layers_to_transform and layers_pattern, refused where PEFT's LoraConfig refuses them."""
-    where_file = str(Path(where) / ADAPTER_CONFIG)
-    excluded = _names_field(config, "exclude_modules", where_file)
-    layers = _field(config, "layers_to_transform", None, _is_layers, "a layer index or a list of them", where_file)
-    patterns = _field(config, "layers_pattern", None, _is_targets, "a name or a list of names", where_file)
-    if patterns and layers is None:
-        raise CheckpointError(f"layers_pattern {json.dumps(patterns)} in {ADAPTER_CONFIG} needs layers_to_transform "
-                              "(PEFT refuses to load it)", where, "add layers_to_transform or drop layers_pattern")
-    given = [name for name, value in (("layers_to_transform", layers), ("layers_pattern", patterns))
-             if value is not None]
-    if isinstance(config.get("target_modules"), str) and given:
-        raise CheckpointError(f"{given[0]} in {ADAPTER_CONFIG} cannot narrow a target_modules string (PEFT refuses "
-                              "to load it)", where, f"drop {given[0]} or list the target modules")
-    return _Narrowing(excluded or None, [layers] if isinstance(layers, int) else layers or None,
-                      [patterns] if isinstance(patterns, str) else patterns or None)
-
-
-def _targets(config: dict[str, Any], base: str | None, where: str) -> _Targets | None:
-    """What target_modules makes PEFT adapt; None where that is known only once the model is built."""
-    targets = config.get("target_modules")
-    if targets is None:
-        return _default_targets(base, where)
-    if isinstance(targets, str) and targets.lower() == _ALL_LINEAR:
-        return None
-    if not targets:
-        raise CheckpointError(f"target_modules {json.dumps(targets)} in {ADAPTER_CONFIG} names no module (PEFT "
-                              "refuses to load it)", where, "list the adapted modules in target_modules")
-    return _Targets(targets, f"target_modules {json.dumps(targets)} in {ADAPTER_CONFIG}")
-
-
-def _default_targets(base: str | None, where: str) -> _Targets | None:
-    """PEFT's targets for a null target_modules: its default for the base's model_type; None where the base is not
-    at hand (the check is then left to loading)."""
-    from mashup.library.identity import local_base_dir  # identity imports records, which imports this module
-
-    model_dir = local_base_dir(base) if base else None
-    try:
-        model_type = json.loads((model_dir / "config.json").read_text()).get("model_type") if model_dir else None
-    except (OSError, ValueError, AttributeError):
-        return None
-    if not isinstance(model_type, str):
-        return None
-    # imports peft (seconds): only for the rare config that leaves its targets to PEFT
-    from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as defaults
-
-    targets = defaults.get(model_type)
-    if targets is None:
-        raise CheckpointError(f"target_modules is null in {ADAPTER_CONFIG} and PEFT has no default targets for "
-                              f"model_type '{model_type}' of base '{base}'", where,
-                              "list the adapted modules in target_modules")
-    targets = targets if isinstance(targets, str) else sorted(targets)
-    return _Targets(targets, f"PEFT's default target_modules {json.dumps(targets)} for model_type '{model_type}' "
-                             f"(target_modules is null in {ADAPTER_CONFIG})")
-
-
-def _lora_module(name: str) -> str:
+def lora_module(name: str) -> str:
     """The module a saved lora_A/lora_B tensor adapts, named as PEFT matches target_modules against it."""
     module = re.split(r"\.lora_[AB]\.", name, maxsplit=1)[0]
     return module.removeprefix("base_model.model.")
-
-
-def _matches(module: str, names: str | list[str]) -> bool:
-    """PEFT's rule: a string is a regex the whole name must match (``_names_field`` checked that it compiles), a
-    list entry matches the name itself or its last dotted parts."""
-    if isinstance(names, str):
-        return re.fullmatch(names, module) is not None
-    return any(module == n or module.endswith(f".{n}") for n in names)
-
-
-def _dropped(module: str, targets: _Targets | None, narrowing: _Narrowing) -> tuple[str, str] | None:
-    """Why PEFT would not adapt ``module``, and the field that says so; None if it would (or cannot be told)."""
-    adapts = f"adapts module '{module}', which"
-    if narrowing.excluded and _matches(module, narrowing.excluded):
-        excluded = json.dumps(narrowing.excluded)
-        return f"{adapts} exclude_modules {excluded} in {ADAPTER_CONFIG} excludes", "exclude_modules"
-    if targets is None:
-        return None
-    if not _matches(module, targets.value):
-        return f"{adapts} {targets.shown} does not cover", "target_modules"
-    if narrowing.layers is None or isinstance(targets.value, str) or module in targets.value:
-        return None  # PEFT checks the layer only of a module matched by the ending of its name
-    try:
-        index = _layer_index(module, narrowing.patterns)
-    except re.error:
-        return None
-    layers = f"layers_to_transform {json.dumps(narrowing.layers)} in {ADAPTER_CONFIG}"
-    if index is None and narrowing.patterns:
-        return (f"adapts module '{module}', in which layers_pattern {json.dumps(narrowing.patterns)} in "
-                f"{ADAPTER_CONFIG} finds no layer index", "layers_pattern")
-    if index is None:
-        return f"{adapts} has no layer index for {layers}", "layers_to_transform"
-    if index not in narrowing.layers:
-        return f"is in layer {index}, which {layers} leaves out", "layers_to_transform"
-    return None
-
-
-def _layer_index(module: str, patterns: list[str] | None) -> int | None:
-    """The layer index PEFT reads from a module's name: its first numbered part, or the number after a
-    layers_pattern name."""
-    if not patterns:
-        match = re.match(r".*?\.[^.]*\.(\d+)\.", module)
-    else:
-        match = next(filter(None, (re.match(rf"(?:^|.*?\.){p}\.(\d+)\.", module) for p in patterns)), None)
-    return int(match.group(1)) if match else None

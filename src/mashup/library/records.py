@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import json
 import os
-import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from mashup.errors import CheckpointError, MashupError
-from mashup.io import TensorSpec, sha256_files, stat_files, tensor_specs, weight_files
+from mashup.io import TensorSpec, sha256_files, stat_files, weight_files
+from mashup.library.base_shapes import (ShapesOfBase, all_shapes, all_specs, base_tensor_shapes, check_fits_base,
+                                        check_lora_fits_base)
 from mashup.library.lora_config import (ADAPTER_CONFIG, LORA_SETTINGS, check_lora_dtypes, check_lora_shapes,
-                                        check_lora_targets, lora_narrowing, lora_settings)
+                                        check_peft_fields, lora_narrowing, lora_settings, narrowing_choice)
+from mashup.library.lora_targets import check_lora_targets
 
 Kind = Literal["lora", "full"]
 MODEL_CONFIG = "config.json"
@@ -77,29 +79,22 @@ def read_json_object(path: Path) -> dict[str, Any]:
     return data
 
 
-def _all_specs(files: list[Path]) -> dict[Path, dict[str, TensorSpec]]:
-    """Each weight file's tensors, from one parse of its header."""
-    return {file: tensor_specs(file) for file in files}
-
-
-def _all_shapes(specs: Mapping[Path, Mapping[str, TensorSpec]]) -> dict[str, list[int]]:
-    """The shape of every tensor of a checkpoint (``specs``: each weight file's tensors)."""
-    return {name: spec.shape for tensors in specs.values() for name, spec in tensors.items()}
-
-
 def inspect_lora(path: Path, task: str | None, allow_pickle: bool, check_values: bool = False,
-                 base: str | None = None) -> CheckpointRecord:
+                 base: str | None = None, base_shapes: ShapesOfBase | None = None) -> CheckpointRecord:
     """Read a PEFT LoRA adapter dir, each weight file's header parsed once; ``base`` (else the one its config
-    names) tells the targets PEFT picks where target_modules is null."""
+    names) tells the targets PEFT picks where target_modules is null, and, where it is on disk, the module shapes
+    the factors must fit (``base_shapes``, default ``base_tensor_shapes``)."""
     config = read_json_object(path / ADAPTER_CONFIG)
-    if str(config.get("peft_type", "")).upper() != "LORA":
-        raise CheckpointError(f"peft_type is {config.get('peft_type')!r}, only LORA is supported", str(path))
+    if config.get("peft_type") != "LORA":  # PEFT looks it up as written: "lora" fails there with a KeyError
+        raise CheckpointError(f"peft_type is {config.get('peft_type')!r}, only \"LORA\" is supported", str(path))
     if "rank_pattern" in config and config["rank_pattern"] or config.get("alpha_pattern"):
         raise CheckpointError("per-module rank/alpha patterns are not supported", str(path))
     settings = lora_settings(config, str(path / ADAPTER_CONFIG))
+    check_peft_fields(config, str(path / ADAPTER_CONFIG))
     files, specs, shapes = _lora_tensors(path, config, settings["lora_r"], allow_pickle)
     base_model = str(config.get("base_model_name_or_path") or "")
     check_lora_targets(shapes, config, base or base_model, str(path))
+    check_lora_fits_base(shapes, base or base_model, base_shapes or base_tensor_shapes, str(path))
     check_lora_dtypes(specs)
     stats = stat_files(files)  # before hashing: a change during hashing then shows as a stats mismatch later
     return CheckpointRecord(
@@ -115,6 +110,7 @@ def check_lora_dir(path: Path, allow_pickle: bool = False) -> dict[str, list[int
     Returns every tensor's shape (from the one header read)."""
     config = read_json_object(path / ADAPTER_CONFIG)
     settings = lora_settings(config, str(path / ADAPTER_CONFIG))
+    check_peft_fields(config, str(path / ADAPTER_CONFIG))
     _, specs, shapes = _lora_tensors(path, config, settings["lora_r"], allow_pickle)
     check_lora_dtypes(specs)
     return shapes
@@ -125,8 +121,8 @@ def _lora_tensors(path: Path, config: dict[str, Any], r: int, allow_pickle: bool
     """An adapter's weight files, each one's tensors (one header parse) and all shapes, the factors' ranks
     checked against ``r`` (unless per-module rank patterns make them differ)."""
     files = weight_files(path, allow_pickle=allow_pickle)
-    specs = _all_specs(files)
-    shapes = _all_shapes(specs)
+    specs = all_specs(files)
+    shapes = all_shapes(specs)
     if not (config.get("rank_pattern") or config.get("alpha_pattern")):
         check_lora_shapes(shapes, r, str(path))
     return files, specs, shapes
@@ -144,11 +140,9 @@ def lora_config_change(record: CheckpointRecord) -> str | None:
     then = {name: getattr(record, name) for name in LORA_SETTINGS}
     if record.narrowing is not None:
         now, then = {**now, **lora_narrowing(config)}, {**then, **record.narrowing}
-    changes = [f"{name} {then.get(name)!r} -> {value!r}" for name, value in now.items() if value != then.get(name)]
+    changes = [f"{name} {then.get(name)!r} -> {value!r}" for name, value in now.items()
+               if narrowing_choice(name, value) != narrowing_choice(name, then.get(name))]
     return f"{ADAPTER_CONFIG} changed since registration ({'; '.join(changes)})" if changes else None
-
-
-ShapesOfBase = Callable[[str], dict[str, list[int]] | None]  # a base -> its tensors' shapes
 
 
 def inspect_full(path: Path, base: str | None, task: str | None, allow_pickle: bool, check_values: bool = False,
@@ -158,72 +152,18 @@ def inspect_full(path: Path, base: str | None, task: str | None, allow_pickle: b
     config = read_json_object(path / MODEL_CONFIG)
     if not base:
         raise CheckpointError("a full fine-tune needs its base model", str(path), "pass --base MODEL")
+    from mashup.library.identity import check_base_dir  # identity imports this module
+
+    check_base_dir(base)  # else a typo registers as a base whose identity is unresolved, found out at merge time
     files = weight_files(path, allow_pickle=allow_pickle)
-    shapes = _all_shapes(_all_specs(files))
-    _check_fits_base(shapes, base, (base_shapes or base_tensor_shapes)(base), str(path))
+    shapes = all_shapes(all_specs(files))
+    check_fits_base(shapes, base, (base_shapes or base_tensor_shapes)(base), str(path))
     architecture = (config.get("architectures") or [config.get("model_type", "")])[0]
     stats = stat_files(files)
     return CheckpointRecord(
         id="", kind="full", path=str(path.resolve()), sha256=sha256_files(files, check_values=check_values),
         file_stats=stats, base_model=base, architecture=str(architecture), shapes=shapes, task=task,
     )
-
-
-# a tied output head is saved by some tools and left out by others; whether the base ties it is known once the
-# model is built, where models.load_full_weights_into refuses an untied one that is missing
-_TIED_HEAD = "lm_head.weight"
-
-
-def base_tensor_shapes(base: str) -> dict[str, list[int]] | None:
-    """Names and shapes of the tensors of the local model dir ``base`` names, from its safetensors headers (no
-    weights read); None when it is not local or not readable so."""
-    from mashup.library.identity import local_base_dir  # identity imports this module
-
-    model_dir = local_base_dir(base)
-    files = sorted(model_dir.glob("*.safetensors")) if model_dir else []
-    try:
-        return _all_shapes(_all_specs(files)) if files else None
-    except CheckpointError:
-        return None
-
-
-class BaseShapes:
-    """``base_tensor_shapes``, read once per base for as long as this object lives (one ``Library.add``): the
-    full fine-tunes registered together share one read of the base's headers, and the next add reads them again,
-    as they may have changed by then. Safe to call from several threads."""
-
-    def __init__(self) -> None:
-        self._shapes: dict[str, dict[str, list[int]] | None] = {}
-        self._lock = threading.Lock()
-
-    def __call__(self, base: str) -> dict[str, list[int]] | None:
-        with self._lock:  # held while reading: the other threads wait for this read rather than each reading
-            if base not in self._shapes:
-                self._shapes[base] = base_tensor_shapes(base)
-            return self._shapes[base]
-
-
-def full_shapes_difference(shapes: dict[str, list[int]], base_shapes: dict[str, list[int]]) -> str | None:
-    """How a full checkpoint's tensors (``shapes``) do not fit its base's: a missing, unexpected or reshaped
-    tensor; None when they fit."""
-    missing = sorted(set(base_shapes) - set(shapes) - {_TIED_HEAD})
-    if missing:
-        return f"tensor {missing[0]} of the base is missing ({len(missing)} missing)"
-    unexpected = sorted(set(shapes) - set(base_shapes) - {_TIED_HEAD})
-    if unexpected:
-        return f"tensor {unexpected[0]} is not in the base ({len(unexpected)} such)"
-    for name, shape in sorted(shapes.items()):
-        if name in base_shapes and shape != base_shapes[name]:
-            return f"tensor {name} has shape {shape} where the base has {base_shapes[name]}"
-    return None
-
-
-def _check_fits_base(shapes: dict[str, list[int]], base: str, base_shapes: dict[str, list[int]] | None,
-                     where: str) -> None:
-    difference = full_shapes_difference(shapes, base_shapes) if base_shapes is not None else None
-    if difference:
-        raise CheckpointError(f"{difference}: not a fine-tune of base '{base}'", where,
-                              "register it with the --base it was fine-tuned from, or re-save it")
 
 
 def _same_base(a: str, b: str) -> bool:
@@ -240,12 +180,12 @@ def inspect_checkpoint(
 ) -> CheckpointRecord:
     """Read a PEFT LoRA adapter dir or a full HF model dir; refuse what cannot be read, with the reason.
     ``check_values`` also refuses weights holding NaN or inf, checked as they are hashed; ``base_shapes`` gives
-    the base's tensors for a full fine-tune (a ``BaseShapes`` shares one read among many checkpoints)."""
+    the base's tensors to match a checkpoint's against (a ``BaseShapes`` shares one read among many)."""
     path = Path(path)
     if not path.is_dir():
         raise CheckpointError("checkpoint directory not found", str(path), "pass a PEFT adapter or HF model dir")
     if (path / ADAPTER_CONFIG).exists():
-        record = inspect_lora(path, task, allow_pickle, check_values, base)
+        record = inspect_lora(path, task, allow_pickle, check_values, base, base_shapes)
         if base and record.base_model and base != record.base_model and not _same_base(base, record.base_model):
             raise CheckpointError(
                 f"adapter names base '{record.base_model}' but --base is '{base}'", str(path), "drop --base or fix it"

@@ -33,9 +33,9 @@ def _lora_weight_names(plan: MergePlan) -> set[str]:
 def load_checkpoint_model(record: CheckpointRecord, base_model_dir: Path) -> PreTrainedModel:
     """The checkpoint as a plain model: a full fine-tune, or the base with the adapter merged in."""
     if record.kind == "full":
-        return load_model(Path(record.path), check_values=True)
+        return load_model(Path(record.path))
     # the base is not registered, so nothing checked its values: NaN statistics would only show in the output
-    adapted = attach_adapter(load_model(base_model_dir, check_values=True), Path(record.path), trainable=False)
+    adapted = attach_adapter(load_model(base_model_dir), Path(record.path), trainable=False)
     return adapted.merge_and_unload()
 
 

@@ -145,7 +145,7 @@ class ScoringEngine:
         self._scoring_copies = ScoringCopies(copies_dir) if use_copies else None
 
     def _load_base(self) -> nn.Module:
-        model = load_model(self.base_dir, allow_pickle=self.allow_pickle, check_values=True).to(self.settings.device)
+        model = load_model(self.base_dir, allow_pickle=self.allow_pickle).to(self.settings.device)
         return model.eval().requires_grad_(False)
 
     def plan(self, indices: tuple[int, ...], adapters: int = 1) -> ScoringPlan:

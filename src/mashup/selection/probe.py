@@ -35,7 +35,7 @@ def run_probe(base_dir: Path, requests: Sequence[EncodedRequest], settings: Scor
               allow_pickle: bool = False) -> Probe:
     """Gradients and/or input rows of ``modules`` of the base on ``requests`` (answer tokens labelled)."""
     start = time.perf_counter()
-    model = load_model(base_dir, allow_pickle=allow_pickle, check_values=True).to(settings.device).eval()
+    model = load_model(base_dir, allow_pickle=allow_pickle).to(settings.device).eval()
     model.requires_grad_(False)
     linears = {name: model.get_submodule(name) for name in modules}
     for linear in linears.values():

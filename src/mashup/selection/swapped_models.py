@@ -33,8 +33,9 @@ class SwappedModels:
 
         name = f"ckpt_{record.id}"
         if self._peft_model is None:
+            # unchecked, as the slots read them: registration checked the values and freshness vouches for them
             self._peft_model = attach_adapter(self._load_base(), Path(record.path), trainable=False, adapter_name=name,
-                                              allow_pickle=self.allow_pickle)
+                                              allow_pickle=self.allow_pickle, check_values=False)
         elif self._peft_model.active_adapter != name:  # the same adapter again (a later halving round) stays
             model = self._peft_model
             previous = model.active_adapter

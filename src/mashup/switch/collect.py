@@ -197,9 +197,9 @@ def collect(config: SwitchConfig, collect_config: CollectConfig, out: str | Path
         "do_sample": True, "temperature": collect_config.temperature, "top_p": collect_config.top_p})
     plan = Plan(generation, aligned)
     require_switches(plan)
-    reward_name(collect_config.reward, task)  # before the models load: a bad reward fails at once
+    chosen = reward_name(collect_config.reward, task)  # before the models load: a bad reward fails at once
     candidates = list(candidates or load_candidates(config.candidates, config.library, precision=config.precision))
-    reward = build_reward(collect_config.reward, task, candidates[aligned if aligned is not None else 0])
+    reward = build_reward(chosen, collect_config.reward, task, candidates[aligned if aligned is not None else 0])
     if not resuming:
         _start(out, config, collect_config)
     log = RolloutLog(out / ROLLOUTS, resume=True)

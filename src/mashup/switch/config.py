@@ -48,7 +48,7 @@ class GenerationConfig(StageConfig):
     do_sample: bool = False
     temperature: Finite = Field(1.0, gt=0)
     top_p: Finite = Field(1.0, gt=0, le=1)
-    seed: int = 0
+    seed: int = Field(0, ge=0)  # as every seed: random.Random(-3) draws as Random(3)
     aligned_ends: bool = Field(True, description="the aligned candidate writes the first and last segments")
 
     @property
@@ -111,7 +111,7 @@ class CollectConfig(StageConfig):
     rollouts: int = Field(2, gt=0, description="k random-switch completions after each candidate's segment")
     cut_min: Finite = Field(0.1, ge=0, lt=1)
     cut_max: Finite = Field(0.9, gt=0, le=1)
-    seed: int = 0
+    seed: int = Field(0, ge=0)  # as every seed: random.Random(-3) draws as Random(3)
     reward: RewardField = Field(default_factory=RewardConfig, description="a reward name, or {name, mode}")
     temperature: Finite = Field(0.7, gt=0, description="rollouts sample (the reference code's 0.7 / 0.9)")
     top_p: Finite = Field(0.9, gt=0, le=1)

@@ -178,10 +178,10 @@ def evaluate_switch(config: SwitchConfig, eval_config: SwitchEvalConfig, *, prog
     task = task or load_switch_task(eval_config.task)
     items = (task.test if eval_config.max_examples is None
              else sample(task.test, eval_config.max_examples, 0))  # type: ignore[arg-type]
-    reward_name(eval_config.reward, task)  # before the models load: a bad reward fails at once
+    chosen = reward_name(eval_config.reward, task)  # before the models load: a bad reward fails at once
     candidates = list(candidates or load_candidates(config.candidates, config.library, precision=config.precision))
     aligned = config.aligned_index()
-    reward = build_reward(eval_config.reward, task, candidates[aligned if aligned is not None else 0])
+    reward = build_reward(chosen, eval_config.reward, task, candidates[aligned if aligned is not None else 0])
     systems, skipped = build_systems(config, candidates, load_switchers(config, len(candidates)))
     if eval_config.systems:
         _require_applicable(eval_config.systems, skipped)

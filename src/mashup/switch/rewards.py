@@ -142,6 +142,7 @@ def reward_name(config: RewardConfig, task: SwitchTask) -> str:
     return name
 
 
-def build_reward(config: RewardConfig, task: SwitchTask, judge: Candidate) -> Reward:
-    """The configured reward (checked by ``reward_name``). ``judge`` is the aligned candidate."""
-    return REWARDS[reward_name(config, task)](config, task, judge)
+def build_reward(name: str, config: RewardConfig, task: SwitchTask, judge: Candidate) -> Reward:
+    """The reward ``name``: what ``reward_name`` returned for ``config`` and ``task``, the one check, done before
+    any model loads. ``judge`` is the aligned candidate."""
+    return REWARDS[name](config, task, judge)

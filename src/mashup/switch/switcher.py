@@ -99,10 +99,10 @@ def load_switcher(model: str | Path, n_candidates: int, *, adapter: str | Path |
     """The switcher LM (a named base, local dir or Hub id), with its trained LoRA merged in when given."""
     device = device or default_device()
     base_dir = resolve_base_dir(str(model))
-    lm = load_model(base_dir, check_values=True)
+    lm = load_model(base_dir)
     if adapter is not None:
         require_adapter_base(Path(adapter), str(model))
-        lm = attach_adapter(lm, Path(adapter), trainable=False, check_values=True).merge_and_unload()
+        lm = attach_adapter(lm, Path(adapter), trainable=False).merge_and_unload()
     return Switcher(lm.to(device), load_tokenizer(base_dir), n_candidates, top_p=top_p, seed=seed, device=device,
                     precision=precision)
 

@@ -1,0 +1,73 @@
+"""What ``Library.add`` does before its one write: find which dirs are new, inspect and hash them (in parallel),
+and complete their records (id, time, base as stored and its identity); the catalog's write is ``catalog``'s."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+
+from mashup.errors import CheckpointError, LibraryError
+from mashup.library.freshness import Freshness, parallel_map, require_fresh
+from mashup.library.identity import resolve_identity, stored_base
+from mashup.library.records import CheckpointRecord
+
+Progress = Callable[[int, int], None]
+
+
+def stored_init_reference(init_reference: str | None) -> str | None:
+    """An init reference as registration stores it: absolute, not resolved (a symlinked file, e.g. in the HF
+    cache, keeps its name and suffix); a missing one is refused now, else a typo shows at merge time."""
+    if not init_reference:
+        return None
+    if not Path(init_reference).expanduser().exists():
+        raise CheckpointError("init reference not found", str(init_reference),
+                              "pass the file (or dir) of the LoRA's starting weights, e.g. adapter_init.safetensors")
+    return str(Path(init_reference).expanduser().absolute())
+
+
+def inspect_new(dirs: list[Path], registered: list[CheckpointRecord], inspect: Callable[[Path], CheckpointRecord],
+                workers: int | None, progress: Progress | None) -> tuple[list[CheckpointRecord], list[Freshness]]:
+    """Inspect and hash ``dirs`` in parallel: (their new records, the checks of those already registered at
+    their path). A re-scan skips such a dir without hashing it again, while its registration serves."""
+    at_path = {Path(r.path): r for r in registered}
+
+    def one(path: Path) -> CheckpointRecord | Freshness:
+        known = at_path.get(path.resolve())
+        return inspect(path) if known is None else require_fresh(known, path)
+
+    found = parallel_map(one, dirs, workers, progress)
+    return [f for f in found if isinstance(f, CheckpointRecord)], [f for f in found if isinstance(f, Freshness)]
+
+
+def checks_of_registered(new: list[CheckpointRecord], rescanned: list[Freshness],
+                         registered: list[CheckpointRecord]) -> list[Freshness]:
+    """The freshness checks behind a recursive add's skips: of registrations re-scanned at their own path, and of
+    those holding the weights of a checkpoint found at another path (skipped only while they serve)."""
+    by_id = {r.id: r for r in registered}
+    checks = {c.record.id: c for c in rescanned}
+    for record in new:
+        if record.id in by_id and record.id not in checks:
+            checks[record.id] = require_fresh(by_id[record.id], Path(record.path))
+    return list(checks.values())
+
+
+def complete_records(records: list[CheckpointRecord]) -> None:
+    """What registration adds to inspected records: the id, the time, the base as stored (a local path
+    absolute, see ``stored_base``) and its content identity."""
+    for record in records:
+        record.base_model = stored_base(record.base_model)
+    identities = {b: resolve_identity(b) for b in {r.base_model for r in records}}
+    created = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    for record in records:
+        record.id, record.created = record.sha256[:12], created
+        record.base_identity = identities[record.base_model]
+
+
+def refuse_duplicates(records: list[CheckpointRecord]) -> None:
+    seen: dict[str, str] = {}
+    for record in records:
+        if record.id in seen:
+            raise LibraryError("the same weights were given twice", f"{seen[record.id]} and {record.path}",
+                               "pass each checkpoint once")
+        seen[record.id] = record.path

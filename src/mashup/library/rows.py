@@ -1,0 +1,126 @@
+"""How a ``CheckpointRecord`` is stored as a catalog row, and read back.
+
+Reading checks every column, so that a row damaged or edited by hand is one ``UnreadableEntry`` naming the record
+and the column (and the ``library remove`` that drops it) rather than a traceback in every command that reads the
+catalog.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from mashup.errors import LibraryError
+from mashup.library.db import select_rows
+from mashup.library.records import CheckpointRecord
+from mashup.library.values import is_int, is_number, shown
+
+# new columns go at the end: older catalogs get them by ALTER TABLE ADD COLUMN
+COLUMNS = {
+    "id": "", "kind": "", "path": "", "sha256": "", "base_model": "", "architecture": "", "shapes": "", "task": "",
+    "lora_r": "", "lora_alpha": "", "target_modules": "", "use_rslora": "", "use_dora": "", "init_reference": "",
+    "metadata": "", "created": "", "file_stats": "TEXT", "base_identity": "TEXT", "data_fingerprint": "TEXT",
+    "lineage": "TEXT", "narrowing": "TEXT",
+}
+JSON_FIELDS = ("shapes", "target_modules", "metadata", "file_stats", "lineage", "narrowing")
+
+
+class UnreadableEntry(LibraryError):
+    """A catalog row that cannot be read as a record; ``id`` and ``path`` as far as the row gives them."""
+
+    def __init__(self, row: dict[str, Any], problem: str, catalog: str) -> None:
+        raw_id, path = row.get("id"), row.get("path")
+        self.id = "" if raw_id is None else str(raw_id)
+        self.path = path if isinstance(path, str) else None
+        fix = (f"remove it with `mashup library remove {self.id}` and register the checkpoint again" if self.id else
+               f"delete it: sqlite3 {catalog} \"DELETE FROM checkpoints WHERE id IS NULL OR id = ''\"")
+        super().__init__(f"catalog entry {self.id or '(no id)'} cannot be read ({problem})", catalog, fix)
+
+
+def _anything(v: Any) -> bool:
+    return True
+
+
+def _text(v: Any) -> bool:
+    return isinstance(v, str)
+
+
+def _optional(valid: Callable[[Any], bool]) -> Callable[[Any], bool]:
+    return lambda v: v is None or valid(v)
+
+
+def _shapes(v: Any) -> bool:
+    return isinstance(v, dict) and all(isinstance(s, list) and all(map(is_int, s)) for s in v.values())
+
+
+def _texts(v: Any) -> bool:
+    return isinstance(v, list) and all(map(_text, v))
+
+
+def _stats(v: Any) -> bool:
+    return isinstance(v, list) and all(isinstance(s, dict) for s in v)
+
+
+# each column's check, on the value as read (JSON columns parsed) and what the error says it should be
+_CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "kind": (lambda v: v in ("lora", "full"), "'lora' or 'full'"),
+    "path": (lambda v: isinstance(v, str) and bool(v), "a path"), "sha256": (_text, "a digest"),
+    "base_model": (_text, "a base model"), "architecture": (_optional(_text), "text"),
+    "shapes": (_shapes, "tensor names with their shapes"), "task": (_optional(_text), "a task or null"),
+    "lora_r": (_optional(is_int), "an integer or null"), "lora_alpha": (_optional(is_number), "a number or null"),
+    "target_modules": (_optional(_texts), "a list of module names or null"),
+    "use_rslora": (_optional(is_int), "0 or 1"), "use_dora": (_optional(is_int), "0 or 1"),
+    "init_reference": (_optional(_text), "a path or null"), "created": (_optional(_text), "a time"),
+    "metadata": (_optional(lambda v: isinstance(v, dict)), "an object or null"),
+    "file_stats": (_optional(_stats), "a list of file stats or null"),
+    "base_identity": (_optional(_text), "a digest or null"), "data_fingerprint": (_optional(_text), "a digest or null"),
+    "lineage": (_optional(lambda v: isinstance(v, dict)), "an object or null"),
+    "narrowing": (_optional(lambda v: isinstance(v, dict)), "an object or null"),
+}
+
+
+def to_row(record: CheckpointRecord) -> tuple:
+    values = ((c, getattr(record, c)) for c in COLUMNS)  # not to_dict(): its deep copy is slow at 1,000 records
+    return tuple(json.dumps(v) if c in JSON_FIELDS else v for c, v in values)
+
+
+def from_row(row: dict[str, Any], catalog: str) -> CheckpointRecord:
+    """The record a row holds (``catalog``: the file, for the error), or an ``UnreadableEntry``."""
+    if not isinstance(row.get("id"), str) or not row["id"]:
+        raise UnreadableEntry(row, f"its id is {shown(row.get('id'))}", catalog)
+    data = {}
+    for column, value in row.items():
+        try:
+            data[column] = json.loads(value) if column in JSON_FIELDS and value is not None else value
+        except (TypeError, ValueError) as exc:
+            raise UnreadableEntry(row, f"column '{column}' is not valid JSON: {exc}", catalog) from None
+        valid, expected = _CHECKS.get(column, (_anything, ""))
+        if not valid(data[column]):
+            raise UnreadableEntry(row, f"column '{column}' is {shown(data[column])}, expected {expected}", catalog)
+    data["use_rslora"], data["use_dora"] = bool(data["use_rslora"]), bool(data["use_dora"])
+    data["metadata"], data["lineage"] = data["metadata"] or {}, data["lineage"] or {}
+    data["file_stats"] = data["file_stats"] or []
+    return CheckpointRecord(**data)
+
+
+def read_rows(rows: list[dict[str, Any]], catalog: str) -> tuple[list[CheckpointRecord], list[UnreadableEntry]]:
+    """The records ``rows`` hold, and an ``UnreadableEntry`` for each row that cannot be read as one."""
+    records, unreadable = [], []
+    for row in rows:
+        try:
+            records.append(from_row(row, catalog))
+        except UnreadableEntry as exc:
+            unreadable.append(exc)
+    return records, unreadable
+
+
+def unreadable_ids(conn: sqlite3.Connection, ids: Iterable[str], catalog: str) -> set[str]:
+    """Which of ``ids`` name a row that cannot be read as a record (only those rows are read)."""
+    found = set()
+    for checkpoint_id in ids:
+        rows = select_rows(conn, "checkpoints", list(COLUMNS), "WHERE id = ?", (checkpoint_id,))
+        if read_rows(rows, catalog)[1]:
+            found.add(checkpoint_id)
+    return found

@@ -1,0 +1,187 @@
+"""What is wrong with a model or adapter dir, said in one line naming the file at fault, before (or after)
+transformers and PEFT load it: a file given for its dir, a registered dir that is gone, a config.json that does
+not parse or build a model, an adapter's tensors that are not the ones its adapter_config.json makes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from mashup.errors import CheckpointError, LibraryError
+from mashup.io import check_finite, weight_files
+from mashup.library.lora_config import ADAPTER_CONFIG
+from mashup.library.records import MODEL_CONFIG
+
+if TYPE_CHECKING:
+    from peft import PeftModel
+    from transformers import PretrainedConfig, PreTrainedModel
+
+    from mashup.library import CheckpointRecord
+
+REASON_CHARS = 200  # of an invalid config's reason: transformers' own may run to a paragraph
+
+
+def require_json(path: Path) -> None:
+    """Refuse a config that is not JSON here: transformers says so through an OSError, which reads as a file
+    system problem."""
+    try:
+        json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{path.name} is not valid JSON ({exc})", str(path), "fix or re-save the file") from None
+
+
+def raise_config_fault(model_dir: Path, *, build: bool) -> None:
+    """After a failed load: raise a CheckpointError naming config.json when the config alone fails, because it
+    does not parse (a wrong-typed field) or, with ``build``, no model can be made from it (on the meta device).
+    Return when it is fine: the failure was something else, for the caller to handle or let through."""
+    if not (Path(model_dir) / MODEL_CONFIG).is_file():
+        return
+    try:
+        if build:
+            model_on_meta(model_dir)
+        else:
+            _parsed_config(model_dir)
+    except OSError:  # the file system, not the config's values
+        return
+
+
+def model_on_meta(model_dir: Path) -> PreTrainedModel:
+    """The model config.json makes, built on the meta device (no memory, no weights read). A config that does not
+    parse or build raises a CheckpointError naming it; an OSError (the file system) is left to the caller."""
+    from transformers import AutoModelForCausalLM
+
+    config = _parsed_config(model_dir)
+    try:
+        with torch.device("meta"):
+            return AutoModelForCausalLM.from_config(config, trust_remote_code=False)
+    except OSError:
+        raise
+    except Exception as fault:
+        raise _config_error(Path(model_dir) / MODEL_CONFIG, config, fault) from None
+
+
+def _parsed_config(model_dir: Path) -> PretrainedConfig:
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(model_dir, trust_remote_code=False)
+    except OSError:
+        raise
+    except Exception as fault:
+        raise _config_error(Path(model_dir) / MODEL_CONFIG, None, fault) from None
+
+
+def _config_error(config_path: Path, config: PretrainedConfig | None, fault: Exception) -> CheckpointError:
+    """Why config.json does not parse (``config`` None) or build a model, in one line: an architecture transformers
+    does not know, one needing the model's own code, or else a field's type or value (transformers' reason, cut)."""
+    import transformers
+
+    fields = _fields(config_path)
+    auto_map = fields.get("auto_map") if isinstance(fields.get("auto_map"), dict) else {}
+    model_type = fields.get("model_type")
+    known = isinstance(model_type, str) and model_type in transformers.CONFIG_MAPPING
+    if _needs_own_code(auto_map, known, config):
+        return CheckpointError(f"{MODEL_CONFIG} needs the model's own code (auto_map: {', '.join(sorted(auto_map))}"
+                               "), and mashup does not run a model's own code (trust_remote_code)", str(config_path),
+                               "use a base of an architecture transformers ships, or a conversion of this model to "
+                               "one")
+    if config is None and isinstance(model_type, str) and not known:
+        return CheckpointError(f"architecture '{model_type}' (model_type) is not known to the installed "
+                               f"transformers {transformers.__version__}", str(config_path),
+                               "upgrade transformers (pip install -U transformers), or use a base of an "
+                               "architecture it supports")
+    cause = fault.__cause__ if isinstance(fault.__cause__, Exception) else fault  # a field's own problem
+    reason = " ".join(f"{type(cause).__name__}: {cause}".split())
+    reason = reason if len(reason) <= REASON_CHARS else reason[:REASON_CHARS].rstrip() + "..."
+    return CheckpointError(f"invalid model config ({reason})", str(config_path),
+                           f"fix that value, or copy {MODEL_CONFIG} from the model these weights came from")
+
+
+def _needs_own_code(auto_map: dict[str, Any], known: bool, config: PretrainedConfig | None) -> bool:
+    """The step that failed needs a class only the model's own code has: auto_map names one for it, and
+    transformers has none of its own (its own classes are used where it has them, even with an auto_map)."""
+    if config is None:
+        return "AutoConfig" in auto_map and not known
+    from transformers import MODEL_FOR_CAUSAL_LM_MAPPING
+
+    return "AutoModelForCausalLM" in auto_map and type(config) not in MODEL_FOR_CAUSAL_LM_MAPPING
+
+
+def _fields(config_path: Path) -> dict[str, Any]:
+    """config.json's fields, or none where it is no JSON object (transformers said what was wrong then)."""
+    try:
+        fields = json.loads(config_path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return fields if isinstance(fields, dict) else {}
+
+
+def require_matching_sizes(mismatched: list[tuple[str, Any, Any]], model_dir: Path) -> None:
+    """Refuse weights of other shapes than config.json makes (``mismatched``: transformers' (name, checkpoint
+    shape, model shape) for each; it loaded them at random)."""
+    if mismatched:
+        name, saved, made = sorted(mismatched)[0]
+        raise CheckpointError(f"weight {name} has shape {list(saved)} but {MODEL_CONFIG} makes it {list(made)} "
+                              f"({len(mismatched)} such weight(s))", str(model_dir),
+                              f"fix {MODEL_CONFIG} to the architecture the weights were saved with, or re-save them")
+
+
+def _dir_holding(path: Path) -> str:
+    """The fix for a file (a weight file, say) given where its checkpoint dir belongs."""
+    if any((path.parent / name).is_file() for name in (ADAPTER_CONFIG, MODEL_CONFIG)):
+        return f"pass the dir that holds it, {path.parent}"
+    return "pass a PEFT adapter dir (with adapter_config.json) or an HF model dir (with config.json)"
+
+
+def checked_weight_files(model_dir: Path, *, allow_pickle: bool = False, check_values: bool = False) -> list[Path]:
+    """``weight_files``, which refuses pickles early with a clear line; with ``check_values`` every file is also
+    checked readable and finite (``check_finite``: one read of each)."""
+    if Path(model_dir).is_file():
+        raise CheckpointError("a file, not a checkpoint dir", str(model_dir), _dir_holding(Path(model_dir)))
+    if not Path(model_dir).is_dir():
+        raise CheckpointError("checkpoint directory not found", str(model_dir), "pass a PEFT adapter or HF model dir")
+    files = weight_files(Path(model_dir), allow_pickle=allow_pickle)
+    if check_values:
+        check_finite(files)
+    return files
+
+
+def require_adapter_dir(path: Path) -> None:
+    """A LoRA adapter is a dir holding adapter_config.json: a file, or a dir without one (a full model's), is
+    said as such rather than as an unreadable adapter_config.json."""
+    if path.is_file():
+        raise CheckpointError("a file, not a LoRA adapter dir (a dir holding adapter_config.json)", str(path),
+                              _dir_holding(path))
+    if path.is_dir() and not (path / ADAPTER_CONFIG).exists():
+        full = f" (it holds a full model: {MODEL_CONFIG})" if (path / MODEL_CONFIG).is_file() else ""
+        raise CheckpointError(f"no adapter_config.json: not a LoRA adapter dir{full}", str(path),
+                              "pass the PEFT adapter dir that holds adapter_config.json")
+
+
+def require_registered_dir(record: CheckpointRecord, library_dir: Path) -> None:
+    """Refuse a library checkpoint whose dir is gone (deleted or moved since it was registered), saying so: the
+    catalog still lists it, and re-adding its old path is no fix. Where freshness is checked (merge), only for a
+    record it found stale, to pick this fix over "register it again"; a switch candidate is loaded unchecked."""
+    if not Path(record.path).is_dir():
+        raise LibraryError(f"checkpoint {record.id}'s dir {record.path} is missing (deleted or moved since it was "
+                           "registered)", str(library_dir), f"restore it there, or `mashup library remove "
+                           f"{record.id}` (then `mashup library add` it from where it is now)")
+
+
+def require_matching_keys(model: PeftModel, adapter_name: str, found: set[str], adapter_dir: Path) -> None:
+    """Refuse an adapter whose tensors are not the ones its adapter_config.json makes: PEFT loads the tensors
+    that match, leaves the rest of the adapter at its init and drops the tensors no module takes."""
+    from peft import get_peft_model_state_dict
+
+    # save_embedding_layers=False: "auto" looks the base up on the Hub; embeddings are no LoRA factors anyway
+    expected = set(get_peft_model_state_dict(model, adapter_name=adapter_name, save_embedding_layers=False))
+    missing = sorted(expected - found)
+    unused = sorted(name for name in found - expected if "lora_" in name)
+    if missing or unused:
+        parts = [f"{len(missing)} tensors its target_modules need are missing (e.g. {missing[0]})"] if missing else []
+        parts += [f"{len(unused)} tensors fit no target module (e.g. {unused[0]})"] if unused else []
+        raise CheckpointError(f"adapter_config.json and the weights disagree: {'; '.join(parts)}", str(adapter_dir),
+                              "fix target_modules in adapter_config.json or re-save the adapter")
