@@ -181,6 +181,19 @@ def test_a_bad_file_value_beside_good_flags_still_names_the_file(tmp_path, lib, 
     assert not captured_run
 
 
+@pytest.mark.parametrize("from_flag", [False, True])
+def test_an_unknown_merge_method_names_the_flag_or_file_before_any_work(tmp_path, lib, mc_file, captured_run,
+                                                                        from_flag, capsys, monkeypatch):
+    path = _complete_config(tmp_path, mc_file)
+    flag = ["--merge-method", "bogus"] if from_flag else []
+    if not from_flag:
+        path.write_text(path.read_text() + "merge: {method: bogus}\n")
+    _, err = run_cli(["run", "--config", path, "--library", lib, *flag], capsys, monkeypatch, expect=1)
+    where = "--merge-method" if from_flag else str(path)
+    assert f"unknown merge method 'bogus' in {where}; use one of: average," in one_line_error(err)
+    assert not captured_run
+
+
 @pytest.mark.parametrize(("option", "problem"), [(["--lora-mode", "bogus"], "Input should be 'ab', 'delta' or"),
                                                  (["--density=2"], "density must be in (0, 1]")])
 def test_a_bad_flag_value_names_the_flag_in_its_own_words(tmp_path, lib, mc_file, captured_run, option, problem,

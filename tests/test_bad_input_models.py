@@ -109,7 +109,7 @@ def test_truncated_weights_are_one_line(tmp_path, tiny_base, tiny_loras, tiny_fu
         _train(tmp_path, tiny_base, mc_file, adapter)
     with pytest.raises(CheckpointError, match="corrupt or truncated"):  # unchecked loads name the file as well
         attach_adapter(load_model(tiny_base), adapter, trainable=False, check_values=False)
-    with pytest.raises(CheckpointError, match="cannot load model"):
+    with pytest.raises(CheckpointError, match="model.safetensors; the file is corrupt or truncated"):
         load_model(full, check_values=False)
 
 
@@ -309,6 +309,35 @@ def test_a_config_of_other_shapes_than_the_weights_is_one_line(tmp_path, tiny_ba
     err = _eval_cli(tiny_base, mc_file, capsys, monkeypatch, base=base)
     assert "weight model.layers.0.self_attn.k_proj.weight has shape [16, 32] but config.json makes it [8, 32]" in err
     assert f"in {base};" in err
+
+
+def test_a_tied_head_of_another_vocab_size_is_one_line_too(tmp_path, tiny_base):
+    """With tied embeddings transformers failed on meta tensors, before any size check of its own."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(tiny_base)
+    config.tie_word_embeddings = True
+    base = tmp_path / "tied"
+    AutoModelForCausalLM.from_config(config).save_pretrained(base)
+    _with_config(base, tmp_path / "tied_wider", vocab_size=config.vocab_size + 100)
+    with pytest.raises(CheckpointError, match="weight model.embed_tokens.weight has shape") as caught:
+        load_model(tmp_path / "tied_wider")
+    assert caught.value.where == str(tmp_path / "tied_wider")
+
+
+def test_a_config_with_fewer_layers_than_the_weights_is_refused(tmp_path, tiny_base):
+    """transformers left the extra layers out with a note on stderr: a truncated model loaded."""
+    base = _with_config(tiny_base, tmp_path / "one_layer", num_hidden_layers=1)
+    with pytest.raises(CheckpointError, match=r"weight\(s\) in the checkpoint that config.json has no place for "
+                                              r"\(e.g. model.layers.1."):
+        load_model(base)
+
+
+def test_a_model_type_that_is_no_causal_lm_is_said_as_such(tmp_path, tiny_base):
+    """Not "fix that value": a T5 config is valid, just not a causal LM."""
+    base = _with_config(tiny_base, tmp_path / "t5", model_type="t5", architectures=["T5ForConditionalGeneration"])
+    with pytest.raises(CheckpointError, match="model_type 't5' is not a causal language model"):
+        load_model(base)
 
 
 def test_a_load_failure_the_config_does_not_explain_still_raises(tmp_path, tiny_base, monkeypatch):

@@ -227,11 +227,10 @@ ACCEPTED = {
     ("merge", "--lambda", "-1"), ("merge", "--lambda", "0"), ("merge", "--lambda", "2"), ("merge", "--weights", "2"),
     # checked where the work starts, which the walk stops before
     *((verb, "--precision", "bogus") for verb in ("select", "train", "eval")),
-    ("merge", "--method", "bogus"), ("run", "--merge-method", "bogus"),
 }
 MUST_REFUSE = {("select", "--halving-max-share", "-1"), ("run", "--k", "0"), ("merge", "--density", "2"),
                ("eval", "--split", "bogus"), ("switch collect", "--reward-mode", "bogus"), ("train", "--lr", "nan"),
-               ("merge", "--test-size", "0")}
+               ("merge", "--test-size", "0"), ("merge", "--method", "bogus"), ("run", "--merge-method", "bogus")}
 
 
 def _value_type(command: Any, name: str) -> Any:

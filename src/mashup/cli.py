@@ -15,7 +15,8 @@ from mashup.cli_data import DataOptions, with_data_options
 from mashup.cli_options import (DENSITY_DEFAULT, DENSITY_HELP, BaseOpt, ExecutorOpt, HalvingFactorOpt, HalvingMinOpt,
                                 HalvingSeOpt, HalvingShareOpt, IncludeTargetOpt, JsonOpt, LibraryOpt, LoraModeOpt,
                                 MergeMethodOpt, NoCacheOpt, PickleOpt, PrecisionOpt, PrefilterKeepOpt, PrefilterMinOpt,
-                                PrefilterSignalsOpt, RayAddressOpt, SelectorOpt, comma_list, emit, err, given)
+                                PrefilterSignalsOpt, RayAddressOpt, SelectorOpt, comma_list, emit, err, given,
+                                require_merge_method)
 from mashup.cli_run import demo_cmd, run_cmd
 from mashup.cli_runner import run_command_line
 from mashup.config import (EvalConfig, HalvingConfig, MergeConfig, PrefilterConfig, SelectConfig, TrainConfig,
@@ -135,6 +136,7 @@ def merge_cmd(checkpoints: Annotated[list[str], typer.Option(
     from mashup.library import Library
     from mashup.verbs import merge
 
+    require_merge_method(method, "--method")
     lib = Library.existing(library)
     config = MergeConfig(method=method, weights=weights or None,  # type: ignore[arg-type]
                          density=density, lambda_=lambda_, normalize=normalize, sign=sign, seed=seed,

@@ -113,3 +113,15 @@ def option_named(field: str, argv: list[str]) -> str:
         return f"'{field}'"
     items = [int(part) + 1 for part in field.split(".") if part.isdigit()]
     return named[0] + (f" (value {items[-1]})" if items else "")
+
+
+def require_merge_method(name: str, where: str | None) -> None:
+    """Refuse an unknown merge method before any work, naming the flag or the file that gave it (the registry
+    imports torch, so this is called in a command, not at import)."""
+    from mashup.errors import MergeError
+    from mashup.merging.registry import get_merge_method
+
+    try:
+        get_merge_method(name)
+    except MergeError as exc:
+        raise MergeError(exc.what, where, exc.fix) from None

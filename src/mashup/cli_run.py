@@ -12,7 +12,7 @@ from rich.table import Table
 from mashup.cli_data import DataOptions, with_data_options
 from mashup.cli_options import (BASE_HELP, DENSITY_DEFAULT, DENSITY_HELP, LORA_MODE_DEFAULT, LORA_MODE_HELP,
                                 MERGE_METHOD_HELP, IncludeTargetOpt, JsonOpt, LibraryOpt, NoCacheOpt, PrecisionOpt,
-                                config_default, emit, err, from_config_option, given)
+                                config_default, emit, err, from_config_option, given, require_merge_method)
 from mashup.config import MergeConfig, RunConfig, SelectConfig, TrainConfig
 from mashup.config_files import config_error, first_problem, read_config_mapping, require_known_keys
 from mashup.errors import MashupError
@@ -71,6 +71,7 @@ def run_cmd(base: Annotated[Optional[str], from_config_option("--base", BASE_HEL
                 "train": {"mode": mode, "lr": lr, "max_steps": max_steps, "eval_every": eval_every,
                           "batch_size": batch_size, "seed": seed}}
     config = run_config(config_file, overrides, sections)
+    require_merge_method(config.merge.method, "--merge-method" if merge_method else str(config_file))
     Library.existing(config.library)
     with training_bars(err) as stage:
         summary = run(config, stage)

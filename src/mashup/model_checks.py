@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from mashup.errors import CheckpointError, LibraryError
-from mashup.io import check_finite, weight_files
+from mashup.io import check_finite, tensor_shapes, weight_files
 from mashup.library.lora_config import ADAPTER_CONFIG
 from mashup.library.records import MODEL_CONFIG
 
@@ -93,6 +93,10 @@ def _config_error(config_path: Path, config: PretrainedConfig | None, fault: Exc
                                f"transformers {transformers.__version__}", str(config_path),
                                "upgrade transformers (pip install -U transformers), or use a base of an "
                                "architecture it supports")
+    if config is not None and not _is_causal_lm(config):
+        return CheckpointError(f"model_type '{model_type}' is not a causal language model (transformers has no "
+                               "AutoModelForCausalLM class for it)", str(config_path),
+                               "use a decoder-only base (Llama, Gemma, Mistral, Qwen, SmolLM...)")
     cause = fault.__cause__ if isinstance(fault.__cause__, Exception) else fault  # a field's own problem
     reason = " ".join(f"{type(cause).__name__}: {cause}".split())
     reason = reason if len(reason) <= REASON_CHARS else reason[:REASON_CHARS].rstrip() + "..."
@@ -100,14 +104,18 @@ def _config_error(config_path: Path, config: PretrainedConfig | None, fault: Exc
                            f"fix that value, or copy {MODEL_CONFIG} from the model these weights came from")
 
 
+def _is_causal_lm(config: PretrainedConfig) -> bool:
+    from transformers import MODEL_FOR_CAUSAL_LM_MAPPING
+
+    return type(config) in MODEL_FOR_CAUSAL_LM_MAPPING
+
+
 def _needs_own_code(auto_map: dict[str, Any], known: bool, config: PretrainedConfig | None) -> bool:
     """The step that failed needs a class only the model's own code has: auto_map names one for it, and
     transformers has none of its own (its own classes are used where it has them, even with an auto_map)."""
     if config is None:
         return "AutoConfig" in auto_map and not known
-    from transformers import MODEL_FOR_CAUSAL_LM_MAPPING
-
-    return "AutoModelForCausalLM" in auto_map and type(config) not in MODEL_FOR_CAUSAL_LM_MAPPING
+    return "AutoModelForCausalLM" in auto_map and not _is_causal_lm(config)
 
 
 def _fields(config_path: Path) -> dict[str, Any]:
@@ -119,14 +127,31 @@ def _fields(config_path: Path) -> dict[str, Any]:
     return fields if isinstance(fields, dict) else {}
 
 
-def require_matching_sizes(mismatched: list[tuple[str, Any, Any]], model_dir: Path) -> None:
-    """Refuse weights of other shapes than config.json makes (``mismatched``: transformers' (name, checkpoint
-    shape, model shape) for each; it loaded them at random)."""
+_ARCHITECTURE_FIX = f"fix {MODEL_CONFIG} to the architecture the weights were saved with, or re-save them"
+
+
+def require_saved_shapes(model_dir: Path, files: list[Path]) -> None:
+    """After a failed load: refuse saved weights (safetensors headers) of other shapes than config.json makes,
+    where transformers raised after printing a table (or, for a tied head, on meta tensors)."""
+    made = {name: list(tensor.shape) for name, tensor in model_on_meta(model_dir).state_dict().items()}
+    saved: dict[str, list[int]] = {}
+    for path in files:
+        if path.suffix == ".safetensors":
+            saved.update(tensor_shapes(path))
+    mismatched = sorted((name, shape) for name, shape in saved.items() if name in made and made[name] != shape)
     if mismatched:
-        name, saved, made = sorted(mismatched)[0]
-        raise CheckpointError(f"weight {name} has shape {list(saved)} but {MODEL_CONFIG} makes it {list(made)} "
-                              f"({len(mismatched)} such weight(s))", str(model_dir),
-                              f"fix {MODEL_CONFIG} to the architecture the weights were saved with, or re-save them")
+        name, shape = mismatched[0]
+        raise CheckpointError(f"weight {name} has shape {shape} but {MODEL_CONFIG} makes it {made[name]} "
+                              f"({len(mismatched)} such weight(s))", str(model_dir), _ARCHITECTURE_FIX)
+
+
+def require_all_weights_used(unexpected: list[str], model_dir: Path) -> None:
+    """Refuse saved weights the model config.json makes has no place for (fewer layers, say): transformers leaves
+    them out with a note on stderr only, and a truncated model would load."""
+    if unexpected:
+        raise CheckpointError(f"{len(unexpected)} weight(s) in the checkpoint that {MODEL_CONFIG} has no place for "
+                              f"(e.g. {sorted(unexpected)[0]}), which would be left out", str(model_dir),
+                              _ARCHITECTURE_FIX)
 
 
 def _dir_holding(path: Path) -> str:

@@ -241,6 +241,16 @@ def test_a_source_whose_training_run_is_computed_again_with_other_bytes_is_regis
     assert all(p.recorded for p in plan_experiment(config))
 
 
+def test_a_finished_experiment_moved_elsewhere_resumes_with_nothing_computed(tiny_base, tmp_path):
+    """Its library names the sources' weights where they were: gone after a move, which is no recompute."""
+    config = tiny_config(tiny_base, write_tasks(tmp_path)[:2], tmp_path / "out", seeds=1, lrs=[1e-3],
+                         max_steps=2, eval_every=1, arms=["scratch", "mashup_loss"], samples_sweep=[], merge_grid=None)
+    run_experiment(config)
+    moved = config.model_copy(update={"out": str((tmp_path / "out").rename(tmp_path / "moved"))})
+    assert all(p.recorded for p in plan_experiment(moved))
+    assert run_experiment(moved).computed == [] and not (tmp_path / "moved" / "artifacts" / ".replaced").exists()
+
+
 def _noisy(real: Any, job: Any, tmp: Path) -> Any:
     result = real(job, tmp)
     _flip(tmp / "adapter", 1)

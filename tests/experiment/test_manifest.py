@@ -12,12 +12,15 @@ from typing import Any
 
 import pytest
 
+from mashup.errors import MashupError
 from mashup.experiment.manifest import RESULT, Difference, scan, verify
+from mashup.experiment.records import finished_result
 from mashup.experiment.store import REPLACED, ResultStore
 from tests.experiment.helpers import track_reads
 
 WEIGHTS = "merged/adapter_model.safetensors"
 NAME = "merge-0123456789abcdef"
+MERGED = {"merge_seconds": 0.004, "test": {"accuracy": 0.5, "loss": 1.0, "n": 4, "seconds": 0.1}}  # a merge's result
 
 
 def _artifact(store: ResultStore, name: str = NAME, weights: bytes = b"w" * 64) -> Path:
@@ -27,7 +30,7 @@ def _artifact(store: ResultStore, name: str = NAME, weights: bytes = b"w" * 64) 
     (path / WEIGHTS).write_bytes(weights)
     (path / "merged" / "adapter_config.json").write_text('{"r": 8}')
     (path / "merged" / "merge_report.json").write_text('{"seconds": 0.004}')
-    (path / RESULT).write_text(json.dumps({"merge_seconds": 0.004}))
+    (path / RESULT).write_text(json.dumps(MERGED))
     return path
 
 
@@ -38,7 +41,7 @@ def _record(store: ResultStore, arm: str, name: str = NAME, *, manifest: bool = 
     record: dict[str, Any] = {
         "unit": unit_id, "key": "k", "artifact": name, "outputs": outputs, "seconds": 1.0,
         "fields": {"phase": "merges", "kind": "merge", "task": "alpha", "arm": arm, "seed": None, "lr": None},
-        "result": {"merge_seconds": 0.004, "test": {"accuracy": 0.5, "loss": 1.0, "n": 4, "seconds": 0.1}}}
+        "result": MERGED}
     store.write(unit_id, {**record, "manifest": files} if manifest else record)
     return unit_id
 
@@ -105,7 +108,7 @@ def test_stray_files_and_timing_files_are_no_change_but_a_new_file_is(store):
     for stray in (".DS_Store", "merged/.DS_Store", "merged/._adapter_model.safetensors", "Thumbs.db"):
         (path / stray).write_bytes(b"\0Bud1")
     (path / "merged" / "merge_report.json").write_text('{"seconds": 9.9}')
-    (path / RESULT).write_text(json.dumps({"merge_seconds": 9.9}))
+    (path / RESULT).write_text(json.dumps({**MERGED, "merge_seconds": 9.9}))
     assert store.valid_record(unit, "k") is not None
     (path / "merged" / "model-00002.safetensors").write_bytes(b"more weights a loader would read")
     assert store.valid_record(unit, "k") is None
@@ -186,3 +189,50 @@ def test_a_replaced_artifact_is_moved_aside_with_a_users_files_and_the_reason_lo
     assert store.discard_artifact(NAME, "again") != aside  # twice within a second: both kept
     with store.open():  # the next run's cleanup of killed runs' temp dirs leaves them alone
         assert len(list((store.artifacts_dir / REPLACED).iterdir())) == 2
+
+
+def test_an_artifact_whose_result_is_not_its_kinds_is_incomplete_and_no_record_on_it_is_done(store):
+    """Its result file is volatile (in no manifest): ``{}`` or a list there would be reused and recorded, making a
+    record no run can read. Incomplete: replaced and computed again, under a record or none."""
+    path = _artifact(store)
+    unit = _record(store, "mashup_loss")
+    for bad in ("{}", "[]", '{"merge_seconds": 0.004}', "not json"):
+        (path / RESULT).write_text(bad)
+        assert not store.has_artifact(NAME) and store.valid_record(unit, "k") is None and not store.vouched(NAME)
+        assert store.to_replace(NAME).startswith(f"incomplete ({RESULT} ")
+    (path / RESULT).write_text("{}")
+    assert store.to_replace(NAME) == f"incomplete ({RESULT} is not a unit result: test: field required)"
+    with pytest.raises(MashupError, match="incomplete artifact"):  # what a job reads, if it ever got there
+        finished_result(path)
+    (path / RESULT).write_text(json.dumps(MERGED))
+    assert finished_result(path) == MERGED and finished_result(store.artifact("merge-ffffffffffffffff")) is None
+
+
+def test_the_records_of_an_artifact_to_compute_are_retired_and_a_new_one_no_record_names_is_reused(store):
+    """Moved to units/.replaced: a run killed after the new artifact's rename, before its units' records, leaves it
+    named by no record, so the next run reuses it instead of replacing it again (a GPU's bytes differ each time)."""
+    path = _artifact(store)
+    units = [_record(store, "mashup_loss"), _record(store, "mashup_accuracy")]
+    _artifact(store, "merge-ffffffffffffffff")
+    other = _record(store, "oracle", "merge-ffffffffffffffff")
+    (path / WEIGHTS).write_bytes(b"x" * 64)
+    store.discard_artifact(NAME, store.to_replace(NAME))
+    moved = store.retire_records(NAME)
+    assert sorted(p.parent for p in moved) == [store.units_dir / REPLACED] * 2
+    assert all(store.record(u) is None and store.unreadable(u) is None for u in units)
+    assert list(store.records()) == [other] and store.retire_records(NAME) == []
+    _artifact(store, weights=b"y" * 64)  # computed again with other bytes, then killed before the records
+    assert store.to_replace(NAME) is None and store.has_artifact(NAME)
+
+
+def test_a_replaced_artifact_is_logged_with_its_size_and_the_dir_summed_up(store, caplog):
+    path = _artifact(store)
+    size = sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    assert store.replaced_note() is None
+    with caplog.at_level(logging.WARNING):
+        store.discard_artifact(NAME, "edited")
+    assert f"({size} B): safe to delete" in caplog.text
+    _artifact(store)
+    store.discard_artifact(NAME, "again")
+    assert store.replaced_note() == (f"{store.artifacts_dir / REPLACED} holds 2 replaced artifact(s), {2 * size} B "
+                                     "in all: nothing reads them again, safe to delete")

@@ -26,6 +26,7 @@ from mashup.data.target import TargetData, load_target
 from mashup.errors import LibraryError, MashupError
 from mashup.evaluation import EvalResult, evaluate
 from mashup.experiment.manifest import RESULT, scan
+from mashup.experiment.records import finished_result
 from mashup.io import atomic_output_dir, write_json
 from mashup.run import selection_timing
 from mashup.training import INIT_WEIGHTS, init_lora_shape
@@ -143,10 +144,9 @@ def execute_job(job: AnyJob) -> dict[str, Any]:
     (see manifest.py) and wall seconds."""
     artifact = Path(job.root) / "artifacts" / job.artifact
     start = time.perf_counter()
-    reused = (artifact / RESULT).is_file()  # computed before (by an equal job, or a run killed before recording)
-    if reused:
-        result = json.loads((artifact / RESULT).read_text())
-    else:
+    result = finished_result(artifact)  # computed before (by an equal job, or a run killed before recording)
+    reused = result is not None
+    if result is None:
         with atomic_output_dir(artifact) as tmp:
             result = _RUNNERS[job.kind](job, tmp)
             write_json(tmp / RESULT, result)

@@ -10,9 +10,14 @@ are allowed. Numbers are strict: ``"0.5"`` is not a number.
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from mashup.errors import MashupError
+from mashup.experiment.manifest import RESULT
 
 
 class _Open(BaseModel):
@@ -90,6 +95,7 @@ class _Train(_Open):
 
 class _Source(_Open):
     checkpoint_id: str
+    digest: str
 
 
 class _Fields(_Exact):  # dataclasses.asdict(plan.Unit)
@@ -136,20 +142,53 @@ def record_problem(record: Any) -> str | None:
     try:
         unit = Unit(**_Record.model_validate(record).fields.model_dump())
     except ValidationError as exc:
-        return _first_error(exc)
+        return f"not a unit record: {_first_error(exc)}"
     if unit.id != record["unit"]:
         return f"not a unit record: its fields are those of unit {unit.id!r}"
     if unit.kind not in RESULTS:
         return f"not a unit record: no unit is of kind {unit.kind!r}"
+    problem = result_problem(unit.kind, record["result"])
+    return f"not a unit record: result.{problem}" if problem else None
+
+
+def result_problem(kind: str, result: Any) -> str | None:
+    """Why ``result`` (parsed JSON) is not what a job of ``kind`` returns, as its readers take it; None when it is."""
+    if kind not in RESULTS:
+        return f"no job is of kind {kind!r}"
     try:
-        RESULTS[unit.kind].model_validate(record["result"])
+        RESULTS[kind].model_validate(result)
     except ValidationError as exc:
-        return _first_error(exc, "result.")
+        return _first_error(exc)
     return None
 
 
-def _first_error(exc: ValidationError, prefix: str = "") -> str:
-    """``not a unit record: result.curve.0.step: field required``, from pydantic's first error."""
+def artifact_result(directory: Path) -> tuple[dict[str, Any] | None, str | None]:
+    """An artifact dir's result, or why it is not complete: its result file, written last, is gone or not a
+    result of the artifact's kind (``<kind>-<key>``; a hand edit: the file is volatile, in no manifest)."""
+    try:
+        result = json.loads((directory / RESULT).read_text())
+    except FileNotFoundError:
+        return None, f"{RESULT} removed"
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        return None, f"{RESULT} unreadable: {exc}"
+    problem = result_problem(directory.name.rsplit("-", 1)[0], result)
+    return (None, f"{RESULT} is not a unit result: {problem}") if problem else (result, None)
+
+
+def finished_result(directory: Path) -> dict[str, Any] | None:
+    """The result of a finished artifact; None when there is none. One there but incomplete is refused: the
+    runner moves such an artifact aside, to compute it again, before any job sees it."""
+    if not directory.exists():
+        return None
+    result, problem = artifact_result(directory)
+    if problem:
+        raise MashupError(f"incomplete artifact ({problem})", str(directory),
+                          "rerun `mashup experiment`: it moves the artifact aside and computes it again")
+    return result
+
+
+def _first_error(exc: ValidationError) -> str:
+    """``curve.0.step: field required``, from pydantic's first error."""
     first = exc.errors()[0]
     message = first["msg"][:1].lower() + first["msg"][1:]
-    return f"not a unit record: {prefix}{'.'.join(str(part) for part in first['loc'])}: {message}"
+    return f"{'.'.join(str(part) for part in first['loc'])}: {message}"

@@ -26,6 +26,7 @@ from mashup.provenance import write_version
 logger = logging.getLogger(__name__)
 # What a run will find of a planned unit; see _record_statuses
 RecordStatus = Literal["recorded", "stale", "changed", "waiting", "new"]
+Pending = tuple[AnyJob, list[Unit]]  # a job still to record, with the units it serves
 
 
 class ProgressSink(Protocol):
@@ -169,6 +170,9 @@ def run_experiment(config: ExperimentConfig, *, executor: Executor | None = None
             _enter_phase(phase, session)
             _run_phase(plan[phase], session, executor, progress, outcome)
     outcome.report = write_report(store.root, config, candidates=session.candidates)
+    note = store.replaced_note()
+    if note:
+        logger.warning(note)
     return outcome
 
 
@@ -191,7 +195,7 @@ def _done_record(unit: Unit, session: _Session) -> tuple[AnyJob, dict[str, Any] 
 def _run_phase(units: list[Unit], session: _Session, executor: Executor, progress: ProgressSink | None,
                outcome: ExperimentRun) -> None:
     """Resolve the phase's units; record those already done; run each distinct remaining job once."""
-    pending: dict[str, tuple[Any, list[Unit]]] = {}
+    pending: dict[str, Pending] = {}
     for unit in units:
         job, record = _done_record(unit, session)
         if record is None:
@@ -201,13 +205,7 @@ def _run_phase(units: list[Unit], session: _Session, executor: Executor, progres
         outcome.already_done.append(unit.id)
         if progress:
             progress.advance(unit.id, session.estimate(unit), "done")
-    for job, group in pending.values():  # an artifact edited since it was recorded is computed again
-        why = session.store.to_replace(job.artifact) or upstream_changed(job)
-        if why:
-            session.store.discard_artifact(job.artifact, why)
-    # a job an earlier phase already computed (equal work under another unit) is read here, not sent out
-    finished = [(job, group) for job, group in pending.values() if session.store.has_artifact(job.artifact)]
-    work = [(job, group) for job, group in pending.values() if not session.store.has_artifact(job.artifact)]
+    finished, work = _claim(list(pending.values()), session.store)
     results = itertools.chain((execute_job(job) for job, _ in finished),
                               executor.map(execute_job, [job for job, _ in work]))
     for (job, group), result in zip(finished + work, results):
@@ -219,6 +217,24 @@ def _run_phase(units: list[Unit], session: _Session, executor: Executor, progres
             (outcome.reused if status == "reused" else outcome.computed).append(unit.id)
             if progress:
                 progress.advance(unit.id, session.estimate(unit), status, record["seconds"])
+
+
+def _claim(pending: list[Pending], store: ResultStore) -> tuple[list[Pending], list[Pending]]:
+    """The phase's remaining jobs split into those with a finished artifact (an equal unit's, or a killed run's:
+    read here, not sent out) and those to compute. An artifact edited since it was recorded, or no longer following
+    from its upstream, is moved aside first; then the records naming an artifact to compute are retired (also
+    those a run killed between the move and the retirement left), so that a run killed after its rename, before
+    its units' records, leaves it named by no record: reused next time, not replaced again."""
+    for job, _ in pending:
+        why = store.to_replace(job.artifact) or upstream_changed(job)
+        if why:
+            store.discard_artifact(job.artifact, why)
+    complete = [store.has_artifact(job.artifact) for job, _ in pending]
+    finished = [entry for entry, done in zip(pending, complete) if done]
+    work = [entry for entry, done in zip(pending, complete) if not done]
+    for job, _ in work:
+        store.retire_records(job.artifact)
+    return finished, work
 
 
 def _confirm(unit: Unit, record: dict[str, Any], session: _Session) -> dict[str, Any]:

@@ -13,7 +13,10 @@ the job key the current config resolves to, and the artifact still holds the fil
 atomic rename and records by an atomic replace, so a run killed at any point leaves nothing that looks
 finished; the next run removes the killed run's temporary dirs and redoes what has no valid record. An
 artifact edited since it was recorded is replaced by a fresh computation (:meth:`ResultStore.to_replace`); the
-old one, with any file added to it by hand, is moved to ``<out>/artifacts/.replaced/<name>-<UTC time>``.
+old one, with any file added to it by hand, is moved to ``<out>/artifacts/.replaced/<name>-<UTC time>``, and
+before any artifact is computed the records naming it are moved to ``<out>/units/.replaced/``
+(:meth:`ResultStore.retire_records`): a run killed between its rename and its records leaves it named by none,
+so the next run reuses it. Both ``.replaced`` dirs are read by nothing: safe to delete.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from mashup.errors import MashupError
 from mashup.experiment.manifest import RESULT as RESULT
 from mashup.experiment.manifest import Difference, Manifest, from_outputs, verify
 from mashup.experiment.manifest import hash_outputs as hash_outputs
-from mashup.experiment.records import record_problem
+from mashup.experiment.records import artifact_result, record_problem
 
 logger = logging.getLogger(__name__)
 REPLACED = ".replaced"  # under artifacts/: artifacts moved aside to be computed again (safe to delete)
@@ -80,8 +83,13 @@ class ResultStore:
         return self.artifacts_dir / name
 
     def has_artifact(self, name: str) -> bool:
-        """True once a job's artifact is complete (its result file is written last, before the rename)."""
-        return (self.artifact(name) / RESULT).is_file()
+        """True once a job's artifact is complete: its result file, written last before the rename, is there and
+        has its kind's result shape (records.py)."""
+        return self.incomplete(name) is None
+
+    def incomplete(self, name: str) -> str | None:
+        """Why a job's artifact is not complete (see :meth:`has_artifact`); None when it is."""
+        return artifact_result(self.artifact(name))[1]
 
     def record(self, unit_id: str) -> dict[str, Any] | None:
         record, problem = self._read(unit_id)
@@ -114,10 +122,10 @@ class ResultStore:
 
     def checked_manifest(self, record: dict[str, Any]) -> Manifest | Difference:
         """The manifest of the record's artifact now, if it is complete and holds the files the record lists;
-        else the first difference (an incomplete one: its result file removed)."""
+        else the first difference (an incomplete one: its result file removed, or edited to no result)."""
         artifact = self.artifact(record["artifact"])
-        if not (artifact / RESULT).is_file():
-            return Difference(RESULT, "removed")
+        if not self.has_artifact(record["artifact"]):
+            return Difference(RESULT, "changed" if (artifact / RESULT).is_file() else "removed")
         manifest = record.get("manifest")
         return verify(artifact, from_outputs(record["outputs"]) if manifest is None else manifest)
 
@@ -134,13 +142,14 @@ class ResultStore:
 
     def to_replace(self, name: str) -> str | None:
         """Why a job's existing artifact must be computed again rather than reused (None: it is reused, or there
-        is none): incomplete (its result file, written last, is gone: a hand edit), or named by some record yet
-        matching none (edited since it was recorded), whichever unit claims it first. One that no record names is
-        a killed run's finished work: reused."""
+        is none): incomplete (its result file, written last, gone or not a result of its kind: a hand edit), or
+        named by some record yet matching none (edited since it was recorded), whichever unit claims it first. One
+        that no record names is a killed run's finished work: reused (see :meth:`retire_records`)."""
         if not self.artifact(name).exists():
             return None
-        if not self.has_artifact(name):
-            return f"incomplete ({RESULT} removed)"
+        problem = self.incomplete(name)
+        if problem:
+            return f"incomplete ({problem})"
         first = None
         for record in self._naming(name):
             checked = self.checked_manifest(record)
@@ -153,16 +162,37 @@ class ResultStore:
         """Move an artifact aside to compute it again, with whatever was added to it: to
         ``artifacts/.replaced/<name>-<UTC time>`` (safe to delete), in one atomic rename, so a run killed at any
         point leaves it in place or moved aside, never half of it. Returns where it went."""
-        aside = self.artifacts_dir / REPLACED
-        aside.mkdir(exist_ok=True)
-        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-        target, n = aside / f"{name}-{stamp}", 1
-        while target.exists():  # replaced twice within a second
-            n += 1
-            target = aside / f"{name}-{stamp}-{n}"
+        target = _aside(self.artifacts_dir / REPLACED, name)
         os.rename(self.artifact(name), target)
-        logger.warning("artifact %s is computed again: %s; the old one is kept in %s", name, why, target)
+        logger.warning("artifact %s is computed again: %s; the old one is moved to %s (%s): safe to delete",
+                       name, why, target, _size(_bytes_under(target)))
         return target
+
+    def retire_records(self, name: str) -> list[Path]:
+        """Move every record that names the artifact to ``units/.replaced/<file>-<UTC time>`` (each in one atomic
+        rename), before the artifact is computed (again): they vouch for bytes that are gone, so the units are
+        not done (a rerun and ``mashup report`` see no record), and a run killed after the new artifact's rename,
+        before its units' records, leaves an artifact no record names: reused, not replaced again. Returns where
+        they went."""
+        moved: list[Path] = []
+        for record in self._naming(name):
+            path = self.units_dir / unit_file_name(record["unit"])
+            moved.append(_aside(self.units_dir / REPLACED, path.stem, ".json"))
+            os.rename(path, moved[-1])
+            logger.info("record of %s retired to %s: its artifact %s is computed again", record["unit"], moved[-1],
+                        name)
+        self._scanned = None
+        return moved
+
+    def replaced_note(self) -> str | None:
+        """One line on what ``artifacts/.replaced`` holds (a stat walk), for the end of a run; None when empty."""
+        aside = self.artifacts_dir / REPLACED
+        entries = sorted(aside.iterdir()) if aside.is_dir() else []
+        if not entries:
+            return None
+        total = sum(_bytes_under(entry) for entry in entries)
+        return (f"{aside} holds {len(entries)} replaced artifact(s), {_size(total)} in all: nothing reads them "
+                "again, safe to delete")
 
     def write(self, unit_id: str, record: dict[str, Any]) -> None:
         """Record a finished unit (atomically: a reader sees the old record or the new, never half)."""
@@ -198,3 +228,29 @@ def _load(path: Path) -> tuple[dict[str, Any] | None, str | None]:
     if problem is None and unit_file_name(record["unit"]) != path.name:
         problem = f"not a unit record: it names unit {record['unit']!r}"
     return (None, problem) if problem else (record, None)
+
+
+def _aside(directory: Path, name: str, suffix: str = "") -> Path:
+    """A free path ``<directory>/<name>-<UTC time><suffix>`` (``-2``, ``-3``... when taken within a second)."""
+    directory.mkdir(exist_ok=True)
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    target, n = directory / f"{name}-{stamp}{suffix}", 1
+    while target.exists():
+        n += 1
+        target = directory / f"{name}-{stamp}-{n}{suffix}"
+    return target
+
+
+def _bytes_under(path: Path) -> int:
+    """The size of the files under ``path`` (a stat of each; links not followed)."""
+    if not path.is_dir() or path.is_symlink():
+        return path.lstat().st_size
+    return sum(_bytes_under(Path(entry.path)) for entry in os.scandir(path))
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KB", "MB"):
+        if n < 1024:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GB"

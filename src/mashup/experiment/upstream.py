@@ -29,6 +29,8 @@ def upstream_changed(job: AnyJob, result: dict[str, Any] | None = None) -> str |
             result = json.loads((Path(job.root) / "artifacts" / job.artifact / RESULT).read_text())
         except (OSError, ValueError):
             return None  # none finished (or not readable: the manifest check's business)
+    if not isinstance(result, dict):
+        return "its result is not a unit result"
     if isinstance(job, SourceJob):
         return source_changed(job, result)
     return _init_changed(job, result)
@@ -52,10 +54,13 @@ def source_changed(job: SourceJob, result: dict[str, Any]) -> str | None:
 
     library = Library(Path(job.root) / job.library)
     try:
-        entry = library.get(result["checkpoint_id"])
+        entry = library.get(str(result.get("checkpoint_id")))
     except LibraryError:  # no such entry, or its row cannot be read
-        return f"its library entry {result['checkpoint_id']} is gone"
-    if entry.sha256 != result["digest"]:
+        return f"its library entry {result.get('checkpoint_id')} is gone"
+    if entry.sha256 != result.get("digest"):
         return f"its library entry {entry.id} names other weights"
+    if not Path(entry.path).exists():
+        # the experiment dir moved (the library keeps absolute paths): not a recompute, so resumed as before
+        return None
     _, stale = library.fresh([entry])
     return f"the weights it registered changed ({stale[0][1]})" if stale else None

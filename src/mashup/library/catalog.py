@@ -112,11 +112,13 @@ class Library:
                 ) -> tuple[list[CheckpointRecord], list[CheckpointRecord]]:
         """Insert ``records`` in one transaction; returns (added, skipped). Weights already registered (same
         digest) are skipped with ``skip_registered``, else refused; the same weights given twice are refused. An
-        entry of the same id that cannot be read (see ``entries``) is replaced, with a warning: registering the
-        checkpoint again is how such an entry is repaired."""
+        entry of the same id that cannot be read (see ``entries``) is replaced by a plain add, with a warning:
+        registering the checkpoint again is how such an entry is repaired. A re-scan (``skip_registered``) skips it
+        with a warning instead: it would drop what the entry held (task, lineage) without being asked."""
         with self._write() as conn:
             existing = {i: (path, sha) for i, path, sha in conn.execute("SELECT id, path, sha256 FROM checkpoints")}
-            replaced = unreadable_ids(conn, {r.id for r in records if r.id in existing}, str(self.db_path))
+            unreadable = unreadable_ids(conn, {r.id for r in records if r.id in existing}, str(self.db_path))
+            replaced = set() if skip_registered else unreadable
             existing = {i: found for i, found in existing.items() if i not in replaced}
             skipped = [r for r in records if skip_registered and existing.get(r.id, ("", ""))[1] == r.sha256]
             skipped_ids = {r.id for r in skipped}
@@ -129,6 +131,9 @@ class Library:
                              [to_row(r) for r in added])
         for checkpoint_id in sorted(replaced):
             logger.warning("replaced unreadable catalog entry %s", checkpoint_id)
+        for checkpoint_id in sorted(unreadable - replaced):
+            logger.warning("catalog entry %s cannot be read: skipped; add its dir alone to replace it (with its "
+                           "--task), or `mashup library remove %s`", checkpoint_id, checkpoint_id)
         return added, skipped
 
     def _rows(self, where: str = "", params: tuple = ()) -> list[dict[str, Any]]:
