@@ -303,10 +303,14 @@ def test_a_config_no_model_can_be_built_from_is_named_by_load_model(tmp_path, ti
     assert caught.value.where == str(base / "config.json")
 
 
-def test_a_config_of_other_shapes_than_the_weights_is_one_line(tmp_path, tiny_base, mc_file, capsys, monkeypatch):
-    """A config that builds a model, but one the saved weights do not fit (transformers raised after a table)."""
-    base = _with_config(tiny_base, tmp_path / "fewer_heads", num_key_value_heads=1)
-    err = _eval_cli(tiny_base, mc_file, capsys, monkeypatch, base=base)
+@pytest.mark.parametrize("pickled", [False, True])
+def test_a_config_of_other_shapes_than_the_weights_is_one_line(tmp_path, tiny_base, mc_file, pickled, capsys,
+                                                               monkeypatch):
+    """A config that builds a model, but one the saved weights do not fit (transformers raised after a table); a
+    pickle has no header to compare, so the load itself must say so."""
+    saved = _pickled_base(tiny_base, tmp_path / "bin") if pickled else tiny_base
+    base = _with_config(saved, tmp_path / "fewer_heads", num_key_value_heads=1)
+    err = _eval_cli(tiny_base, mc_file, capsys, monkeypatch, *(["--allow-pickle"] if pickled else []), base=base)
     assert "weight model.layers.0.self_attn.k_proj.weight has shape [16, 32] but config.json makes it [8, 32]" in err
     assert f"in {base};" in err
 

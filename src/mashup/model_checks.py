@@ -138,10 +138,16 @@ def require_saved_shapes(model_dir: Path, files: list[Path]) -> None:
     for path in files:
         if path.suffix == ".safetensors":
             saved.update(tensor_shapes(path))
-    mismatched = sorted((name, shape) for name, shape in saved.items() if name in made and made[name] != shape)
+    require_matching_sizes([(name, shape, made[name]) for name, shape in saved.items()
+                            if name in made and made[name] != shape], model_dir)
+
+
+def require_matching_sizes(mismatched: list[tuple[str, Any, Any]], model_dir: Path) -> None:
+    """Refuse weights saved in other shapes than config.json makes (``mismatched``: (name, saved shape, made
+    shape) for each, as transformers' loading info lists them)."""
     if mismatched:
-        name, shape = mismatched[0]
-        raise CheckpointError(f"weight {name} has shape {shape} but {MODEL_CONFIG} makes it {made[name]} "
+        name, saved, made = sorted(mismatched, key=lambda item: item[0])[0]
+        raise CheckpointError(f"weight {name} has shape {list(saved)} but {MODEL_CONFIG} makes it {list(made)} "
                               f"({len(mismatched)} such weight(s))", str(model_dir), _ARCHITECTURE_FIX)
 
 

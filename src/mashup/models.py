@@ -19,7 +19,8 @@ from mashup.errors import CheckpointError, MashupError
 from mashup.io import load_weight_dir, require_finite_tensors, tensor_shapes
 from mashup.library.records import MODEL_CONFIG
 from mashup.model_checks import (checked_weight_files, raise_config_fault, require_adapter_dir, require_json,
-                                 require_all_weights_used, require_matching_keys, require_saved_shapes)
+                                 require_all_weights_used, require_matching_keys, require_matching_sizes,
+                                 require_saved_shapes)
 from mashup.hub import fetch_hub_model, is_hub_id
 
 # transformers' modeling code and peft are imported where a model is loaded: on a 2-core CPU they add
@@ -97,7 +98,7 @@ def load_model(model_dir: Path, *, allow_pickle: bool = False, check_values: boo
         # None: safetensors where there are any, else the pickles weight_files allowed
         model, info = AutoModelForCausalLM.from_pretrained(
             model_dir, dtype=torch.float32, use_safetensors=None if allow_pickle else True, trust_remote_code=False,
-            output_loading_info=True,
+            output_loading_info=True, ignore_mismatched_sizes=True,  # refused below in one line, not a traceback
         )
     except Exception as exc:  # a config that does not parse or build a model is named; a bug is not hidden
         raise_config_fault(model_dir, build=True)
@@ -106,6 +107,7 @@ def load_model(model_dir: Path, *, allow_pickle: bool = False, check_values: boo
             raise
         raise CheckpointError(f"cannot load model ({exc})".splitlines()[0], str(model_dir),
                               "check it is a complete HF model dir") from None
+    require_matching_sizes(info["mismatched_keys"], model_dir)  # a tied head fails in the load: see the except
     require_all_weights_used(info["unexpected_keys"], model_dir)
     if info["missing_keys"]:  # transformers initialises them at random, with a note on stderr only
         missing = sorted(info["missing_keys"])

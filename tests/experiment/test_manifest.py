@@ -15,6 +15,7 @@ import pytest
 from mashup.errors import MashupError
 from mashup.experiment.manifest import RESULT, Difference, scan, verify
 from mashup.experiment.records import finished_result
+from mashup.experiment import store as store_module
 from mashup.experiment.store import REPLACED, ResultStore
 from tests.experiment.helpers import track_reads
 
@@ -236,3 +237,14 @@ def test_a_replaced_artifact_is_logged_with_its_size_and_the_dir_summed_up(store
     store.discard_artifact(NAME, "again")
     assert store.replaced_note() == (f"{store.artifacts_dir / REPLACED} holds 2 replaced artifact(s), {2 * size} B "
                                      "in all: nothing reads them again, safe to delete")
+
+
+def test_retiring_the_records_of_an_artifact_no_record_names_reads_no_record_again(store, monkeypatch):
+    """Called for every job computed: a cache dropped each time read every record once per job."""
+    _artifact(store)
+    _record(store, "mashup_loss")
+    store.retire_records("merge-ffffffffffffffff")  # reads the records once
+    reads: list[Path] = []
+    real = store_module._load
+    monkeypatch.setattr(store_module, "_load", lambda path: reads.append(path) or real(path))
+    assert store.retire_records("merge-eeeeeeeeeeeeeeee") == [] and reads == []

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import secrets
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -83,3 +84,25 @@ def test_an_artifact_whose_result_is_not_its_kinds_is_computed_again_and_the_run
     assert f"artifact {artifact} is computed again: incomplete ({RESULT} is not a unit result" in caplog.text
     assert f"{store.artifacts_dir / REPLACED} holds 1 replaced artifact(s)" in caplog.text
     assert all(p.recorded for p in plan_experiment(config))
+
+
+def test_a_job_never_started_keeps_its_records_when_the_phase_fails_first(tiny_base, tmp_path, monkeypatch):
+    """Records are retired as their artifact is computed, not for the whole phase up front: a run that fails at
+    its first merge leaves the other merge's record (its figures) where report finds it."""
+    from mashup.experiment import jobs
+
+    config = _small(tiny_base, tmp_path)
+    run_experiment(config)
+    store = ResultStore(config.out)
+    merges = sorted(unit for unit in (p.unit.id for p in plan_experiment(config)) if unit.startswith("merge/"))
+    assert len(merges) == 2
+    for unit in merges:  # deleted to free disk, say
+        shutil.rmtree(store.artifact(store.record(unit)["artifact"]))
+
+    def failing(job: Any, tmp: Path) -> Any:
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setitem(jobs._RUNNERS, "merge", failing)
+    with pytest.raises(Exception, match="out of memory"):
+        run_experiment(config)
+    assert [store.record(unit) is None for unit in merges] == [True, False]

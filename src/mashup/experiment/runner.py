@@ -207,7 +207,7 @@ def _run_phase(units: list[Unit], session: _Session, executor: Executor, progres
             progress.advance(unit.id, session.estimate(unit), "done")
     finished, work = _claim(list(pending.values()), session.store)
     results = itertools.chain((execute_job(job) for job, _ in finished),
-                              executor.map(execute_job, [job for job, _ in work]))
+                              executor.map(compute_job, [job for job, _ in work]))
     for (job, group), result in zip(finished + work, results):
         for unit in group:
             status = "reused" if result["reused"] or unit is not group[0] else "computed"
@@ -222,9 +222,7 @@ def _run_phase(units: list[Unit], session: _Session, executor: Executor, progres
 def _claim(pending: list[Pending], store: ResultStore) -> tuple[list[Pending], list[Pending]]:
     """The phase's remaining jobs split into those with a finished artifact (an equal unit's, or a killed run's:
     read here, not sent out) and those to compute. An artifact edited since it was recorded, or no longer following
-    from its upstream, is moved aside first; then the records naming an artifact to compute are retired (also
-    those a run killed between the move and the retirement left), so that a run killed after its rename, before
-    its units' records, leaves it named by no record: reused next time, not replaced again."""
+    from its upstream, is moved aside first (its records are retired as it is computed: ``compute_job``)."""
     for job, _ in pending:
         why = store.to_replace(job.artifact) or upstream_changed(job)
         if why:
@@ -232,9 +230,15 @@ def _claim(pending: list[Pending], store: ResultStore) -> tuple[list[Pending], l
     complete = [store.has_artifact(job.artifact) for job, _ in pending]
     finished = [entry for entry, done in zip(pending, complete) if done]
     work = [entry for entry, done in zip(pending, complete) if not done]
-    for job, _ in work:
-        store.retire_records(job.artifact)
     return finished, work
+
+
+def compute_job(job: AnyJob) -> dict[str, Any]:
+    """``execute_job`` right after retiring the records that name its artifact (also those a run killed after a
+    discard left): a run killed after the new artifact's rename, before its units' records, leaves it named by no
+    record, reused next time rather than replaced again; and a job never started keeps its records."""
+    ResultStore(job.root).retire_records(job.artifact)
+    return execute_job(job)
 
 
 def _confirm(unit: Unit, record: dict[str, Any], session: _Session) -> dict[str, Any]:

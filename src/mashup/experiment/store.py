@@ -181,7 +181,8 @@ class ResultStore:
             os.rename(path, moved[-1])
             logger.info("record of %s retired to %s: its artifact %s is computed again", record["unit"], moved[-1],
                         name)
-        self._scanned = None
+        if moved:
+            self._scanned = None
         return moved
 
     def replaced_note(self) -> str | None:
