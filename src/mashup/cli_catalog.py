@@ -84,8 +84,10 @@ def _plural(n: int, noun: str) -> str:
 
 
 def _added_text(records: Added) -> str:
-    """`library add`'s report: a line per checkpoint added, then how many a re-scan found already registered."""
-    lines = [f"added {r.id} {r.kind} {r.path}" for r in records]
+    """`library add`'s report: a line per checkpoint added (or relocated: its entry re-pointed at the dir it moved
+    to), then how many a re-scan found already registered."""
+    relocated = {r.id for r in records.relocated}
+    lines = [f"{'relocated' if r.id in relocated else 'added'} {r.id} {r.kind} {r.path}" for r in records]
     if records.skipped:
         lines.append(f"skipped {_plural(len(records.skipped), 'checkpoint')} already registered with the same "
                      f"weights{'' if records else ' (nothing new)'}")

@@ -198,8 +198,8 @@ def require_registered_dir(record: CheckpointRecord, library_dir: Path) -> None:
     record it found stale, to pick this fix over "register it again"; a switch candidate is loaded unchecked."""
     if not Path(record.path).is_dir():
         raise LibraryError(f"checkpoint {record.id}'s dir {record.path} is missing (deleted or moved since it was "
-                           "registered)", str(library_dir), f"restore it there, or `mashup library remove "
-                           f"{record.id}` (then `mashup library add` it from where it is now)")
+                           "registered)", str(library_dir), "restore it there, or `mashup library add` it where it "
+                           f"is now (its entry is kept), or `mashup library remove {record.id}`")
 
 
 def require_matching_keys(model: PeftModel, adapter_name: str, found: set[str], adapter_dir: Path) -> None:

@@ -16,7 +16,7 @@ from mashup.experiment import plan_experiment, run_experiment, write_report
 from mashup.experiment.analysis import best_lr, train_runs
 from mashup.experiment.manifest import scan
 from mashup.experiment.report import current_records
-from mashup.experiment.store import ResultStore
+from mashup.experiment.store import ResultStore, unit_file_name
 from mashup.library import Library
 from tests.experiment.helpers import TASKS, tiny_config, track_reads, write_tasks
 
@@ -249,6 +249,26 @@ def test_a_finished_experiment_moved_elsewhere_resumes_with_nothing_computed(tin
     moved = config.model_copy(update={"out": str((tmp_path / "out").rename(tmp_path / "moved"))})
     assert all(p.recorded for p in plan_experiment(moved))
     assert run_experiment(moved).computed == [] and not (tmp_path / "moved" / "artifacts" / ".replaced").exists()
+
+
+def test_an_unfinished_experiment_moved_elsewhere_relocates_its_sources_and_completes(tiny_base, tmp_path):
+    """Killed before its merges, then moved: the merges to come read the sources where they are now."""
+    config = tiny_config(tiny_base, write_tasks(tmp_path)[:2], tmp_path / "out", seeds=1, lrs=[1e-3],
+                         max_steps=2, eval_every=1, arms=["scratch", "mashup_loss"], samples_sweep=[], merge_grid=None)
+    run_experiment(config)
+    store = ResultStore(config.out)
+    undone = {uid: rec for uid, rec in store.records().items() if rec["fields"]["phase"] in ("merges", "mashup")}
+    assert undone
+    for uid, record in undone.items():  # as if killed before the merges phase
+        (store.units_dir / unit_file_name(uid)).unlink()
+        shutil.rmtree(store.artifact(record["artifact"]), ignore_errors=True)
+    moved = config.model_copy(update={"out": str((tmp_path / "out").rename(tmp_path / "moved"))})
+    assert all(p.recorded for p in plan_experiment(moved) if p.unit.phase == "sources")  # dry run: nothing written
+    assert all(str(tmp_path / "out") in r.path for r in Library(tmp_path / "moved" / "library").list())
+    run = run_experiment(moved)
+    assert sorted(run.computed) == sorted(undone) and not (tmp_path / "moved" / "artifacts" / ".replaced").exists()
+    library = Library(tmp_path / "moved" / "library")
+    assert all(str(tmp_path / "moved") in r.path for r in library.list()) and library.fresh(library.list())[1] == []
 
 
 def _noisy(real: Any, job: Any, tmp: Path) -> Any:

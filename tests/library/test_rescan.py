@@ -95,13 +95,16 @@ def scanned(tmp_path, tiny_loras):
     return root, library, library.add([root], recursive=True)
 
 
-def test_a_rescan_of_a_moved_dir_says_its_registrations_are_stale(tmp_path, scanned):
+def test_a_rescan_of_a_moved_dir_relocates_its_registrations(tmp_path, scanned, caplog):
     root, library, first = scanned
     root.rename(tmp_path / "moved")
-    with pytest.raises(LibraryError, match=f"registered as {first[0].id} at .*which is stale.*is gone") as error:
-        library.add([tmp_path / "moved"], recursive=True)
-    assert f"mashup library remove {first[0].id}" in str(error.value)
-    assert [r.path for r in library.list()] == [r.path for r in first]  # nothing changed
+    with caplog.at_level(logging.WARNING, logger="mashup.library"):
+        again = library.add([tmp_path / "moved"], recursive=True)
+    assert [r.id for r in again] == [r.id for r in first] and again.skipped == []
+    assert [r.id for r in again.relocated] == [r.id for r in first]
+    assert [r.path for r in library.list()] == [str(tmp_path / "moved" / n) for n in ("a0000", "a0001")]
+    assert f"checkpoint {first[0].id} moved: {first[0].path} -> {tmp_path / 'moved' / 'a0000'}" in caplog.text
+    assert library.add([tmp_path / "moved"], recursive=True).skipped != []  # registered where they are now
 
 
 def test_a_rescan_of_a_registered_dir_whose_files_changed_adds_no_second_record(scanned, tiny_loras):

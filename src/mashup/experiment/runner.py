@@ -20,7 +20,7 @@ from mashup.experiment.preflight import given_library, preflight
 from mashup.experiment.report import CONFIG_NAME, config_digest, drop_report, write_report
 from mashup.experiment.sources import candidate_counts
 from mashup.experiment.store import ResultStore, unit_file_name
-from mashup.experiment.upstream import upstream_changed
+from mashup.experiment.upstream import relocate_moved, upstream_changed
 from mashup.provenance import write_version
 
 logger = logging.getLogger(__name__)
@@ -158,6 +158,8 @@ def run_experiment(config: ExperimentConfig, *, executor: Executor | None = None
     outcome = ExperimentRun(out=store.root)
     session = _open_session(config, store)  # every check before anything is written
     with store.open():
+        if config.library is None:  # the dir may have been moved since its sources were registered
+            relocate_moved(store.root, store.library_dir)
         drop_report(store.root)  # rewritten at the end: an unfinished rerun must not leave the old one looking current
         save_config(config, store.root / CONFIG_NAME)
         write_version(store.root)

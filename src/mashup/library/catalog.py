@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -18,7 +19,8 @@ from mashup.library.identity import BaseMatcher
 from mashup.library.records import CheckpointRecord, discover_checkpoints, inspect_to_register
 from mashup.library.registration import (Progress, checks_of_registered, complete_records, inspect_new,
                                          refuse_duplicates, stored_init_reference)
-from mashup.library.rows import COLUMNS, UnreadableEntry, from_row, read_rows, to_row, unreadable_ids
+from mashup.library.rows import (COLUMNS, UnreadableEntry, from_row, read_rows, relocate_rows, to_row,
+                                 unreadable_ids)
 
 logger = logging.getLogger(__name__)
 
@@ -44,11 +46,14 @@ def _setup(conn) -> None:
 
 class Added(list[CheckpointRecord]):
     """The records ``Library.add`` registered, in order; ``skipped`` holds the checkpoints a recursive add found
-    already registered with the same weights (each with its registered id and the path where it was found)."""
+    already registered with the same weights (each with its registered id and the path where it was found);
+    ``relocated`` the entries among those added that were re-pointed at their checkpoint's new dir (moved)."""
 
-    def __init__(self, added: Sequence[CheckpointRecord] = (), skipped: Sequence[CheckpointRecord] = ()) -> None:
+    def __init__(self, added: Sequence[CheckpointRecord] = (), skipped: Sequence[CheckpointRecord] = (),
+                 relocated: Sequence[CheckpointRecord] = ()) -> None:
         super().__init__(added)
         self.skipped = list(skipped)
+        self.relocated = list(relocated)
 
 
 class Library:
@@ -99,42 +104,57 @@ class Library:
         complete_records(new)
         checks = checks_of_registered(new, rescanned, registered)
         # with none new, a library that exists is not written (it may be read-only); one that does not is made
-        added, skipped = (self._insert(new, skip_registered=recursive) if new or not self.db_path.exists()
-                          else ([], []))
+        added, skipped, relocated = (self._insert(new, skip_registered=recursive) if new or not self.db_path.exists()
+                                     else ([], [], []))
         self._store_stats(checks)  # so that dirs hashed again for new stats are not hashed next time
         skipped = [c.record for c in rescanned] + skipped
         if skipped:
             logger.info("%d checkpoint(s) already registered with the same weights: skipped", len(skipped))
             logger.debug("skipped as registered: %s", ", ".join(f"{r.path} ({r.id})" for r in skipped))
-        return Added(added, skipped)
+        return Added(added, skipped, relocated)
 
     def _insert(self, records: list[CheckpointRecord], *, skip_registered: bool
-                ) -> tuple[list[CheckpointRecord], list[CheckpointRecord]]:
-        """Insert ``records`` in one transaction; returns (added, skipped). Weights already registered (same
-        digest) are skipped with ``skip_registered``, else refused; the same weights given twice are refused. An
-        entry of the same id that cannot be read (see ``entries``) is replaced by a plain add, with a warning:
-        registering the checkpoint again is how such an entry is repaired. A re-scan (``skip_registered``) skips it
-        with a warning instead: it would drop what the entry held (task, lineage) without being asked."""
+                ) -> tuple[list[CheckpointRecord], list[CheckpointRecord], list[CheckpointRecord]]:
+        """Insert ``records`` in one transaction; returns (added, skipped, relocated). Weights already registered
+        (same digest) are skipped with ``skip_registered``, else refused; the same weights given twice are refused;
+        weights registered at a dir that is gone (moved) re-point that entry at the new dir, keeping what it holds
+        (``relocated``, also among the added). An entry of the same id that cannot be read (see ``entries``) is
+        replaced by a plain add, with a warning: registering the checkpoint again is how such an entry is repaired.
+        A re-scan (``skip_registered``) skips it with a warning instead: it would drop what the entry held (task,
+        lineage) without being asked."""
         with self._write() as conn:
             existing = {i: (path, sha) for i, path, sha in conn.execute("SELECT id, path, sha256 FROM checkpoints")}
             unreadable = unreadable_ids(conn, {r.id for r in records if r.id in existing}, str(self.db_path))
             replaced = set() if skip_registered else unreadable
             existing = {i: found for i, found in existing.items() if i not in replaced}
-            skipped = [r for r in records if skip_registered and existing.get(r.id, ("", ""))[1] == r.sha256]
-            skipped_ids = {r.id for r in skipped}
-            added = [r for r in records if r.id not in skipped_ids]
-            refuse_duplicates(added)
+            gone = {r.id for r in records if r.id in existing and not Path(existing[r.id][0]).is_dir()}
+            moved = [r for r in records if r.id in gone and existing[r.id][1] == r.sha256]
+            skipped = [r for r in records if skip_registered and r.id not in gone
+                       and existing.get(r.id, ("", ""))[1] == r.sha256]
+            left = {r.id for r in skipped + moved}
+            added = [r for r in records if r.id not in left]
+            refuse_duplicates(added + moved)
             _refuse_registered(added, existing)
+            relocated = {r.id: r for r in relocate_rows(conn, moved, str(self.db_path))}
             conn.executemany("DELETE FROM checkpoints WHERE id = ?", [(i,) for i in sorted(replaced)])
             columns = ", ".join(COLUMNS)
             conn.executemany(f"INSERT INTO checkpoints ({columns}) VALUES ({', '.join('?' * len(COLUMNS))})",
                              [to_row(r) for r in added])
-        for checkpoint_id in sorted(replaced):
-            logger.warning("replaced unreadable catalog entry %s", checkpoint_id)
-        for checkpoint_id in sorted(unreadable - replaced):
-            logger.warning("catalog entry %s cannot be read: skipped; add its dir alone to replace it (with its "
-                           "--task), or `mashup library remove %s`", checkpoint_id, checkpoint_id)
-        return added, skipped
+        _log_insert(replaced, unreadable - replaced, [(existing[i][0], r) for i, r in relocated.items()])
+        added = [relocated.get(r.id, r) for r in records if r.id in relocated or r.id not in left]
+        return added, skipped, list(relocated.values())
+
+    def relocate(self, record: CheckpointRecord, path: str | Path) -> Freshness:
+        """Re-point ``record``, whose dir is gone, at ``path`` if that holds the same checkpoint (the freshness
+        check: a stat, hashing only files whose stats changed), as ``add`` of a moved checkpoint does; the check."""
+        moved = dataclasses.replace(record, path=str(Path(path).resolve()))
+        check = check_freshness(moved)
+        if check.status == "ok" and not Path(record.path).is_dir():
+            moved.file_stats = check.new_stats or moved.file_stats
+            with self._write() as conn:
+                relocate_rows(conn, [moved], str(self.db_path))
+            _log_insert(set(), set(), [(record.path, moved)])
+        return check
 
     def _rows(self, where: str = "", params: tuple = ()) -> list[dict[str, Any]]:
         with read_connection(self.db_path, WHAT) as conn:
@@ -260,3 +280,14 @@ def _refuse_registered(records: list[CheckpointRecord], existing: dict[str, tupl
     if clash:
         raise LibraryError(f"already registered as {clash.id} ({existing[clash.id][0]})", clash.path,
                            "nothing to do, or remove the old entry first")
+
+
+def _log_insert(replaced: set[str], unreadable: set[str], relocated: list[tuple[str, CheckpointRecord]]) -> None:
+    """Warn of the entries an add replaced (unreadable), left (unreadable, in a re-scan) and re-pointed (moved)."""
+    for checkpoint_id in sorted(replaced):
+        logger.warning("replaced unreadable catalog entry %s", checkpoint_id)
+    for checkpoint_id in sorted(unreadable):
+        logger.warning("catalog entry %s cannot be read: skipped; add its dir alone to replace it (with its "
+                       "--task), or `mashup library remove %s`", checkpoint_id, checkpoint_id)
+    for old, record in relocated:
+        logger.warning("checkpoint %s moved: %s -> %s (its entry kept)", record.id, old, record.path)

@@ -43,11 +43,12 @@ def inspect_new(dirs: list[Path], registered: list[CheckpointRecord], inspect: C
 def checks_of_registered(new: list[CheckpointRecord], rescanned: list[Freshness],
                          registered: list[CheckpointRecord]) -> list[Freshness]:
     """The freshness checks behind a recursive add's skips: of registrations re-scanned at their own path, and of
-    those holding the weights of a checkpoint found at another path (skipped only while they serve)."""
+    those holding the weights of a checkpoint found at another path (skipped only while they serve). One whose dir
+    is gone is not checked: the checkpoint moved, and the add re-points its entry at the path found."""
     by_id = {r.id: r for r in registered}
     checks = {c.record.id: c for c in rescanned}
     for record in new:
-        if record.id in by_id and record.id not in checks:
+        if record.id in by_id and record.id not in checks and Path(by_id[record.id].path).is_dir():
             checks[record.id] = require_fresh(by_id[record.id], Path(record.path))
     return list(checks.values())
 

@@ -7,6 +7,7 @@ catalog.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sqlite3
 from collections.abc import Callable, Iterable
@@ -14,7 +15,7 @@ from typing import Any
 
 from mashup.errors import LibraryError
 from mashup.library.db import select_rows
-from mashup.library.records import CheckpointRecord
+from mashup.library.records import CheckpointRecord, lora_config_change
 from mashup.library.values import is_int, is_number, shown
 
 # new columns go at the end: older catalogs get them by ALTER TABLE ADD COLUMN
@@ -124,3 +125,20 @@ def unreadable_ids(conn: sqlite3.Connection, ids: Iterable[str], catalog: str) -
         if read_rows(rows, catalog)[1]:
             found.add(checkpoint_id)
     return found
+
+
+def relocate_rows(conn: sqlite3.Connection, moved: list[CheckpointRecord], catalog: str) -> list[CheckpointRecord]:
+    """Re-point the entries of ``moved``'s ids (whose dirs are gone) at ``moved``'s paths, with their new file stats,
+    keeping everything else they hold (task, lineage, metadata, created): the entries as they now read."""
+    relocated = []
+    for record in moved:
+        kept = from_row(select_rows(conn, "checkpoints", list(COLUMNS), "WHERE id = ?", (record.id,))[0], catalog)
+        kept = dataclasses.replace(kept, path=record.path, file_stats=record.file_stats)
+        change = lora_config_change(kept) if kept.kind == "lora" else None
+        if change:  # the same weights under other settings compute something else: not the same checkpoint moved
+            raise LibraryError(f"registered as {kept.id}, whose dir is gone, but {change}", record.path,
+                               f"`mashup library remove {kept.id}`, then add it again")
+        conn.execute("UPDATE checkpoints SET path = ?, file_stats = ? WHERE id = ?",
+                     (kept.path, json.dumps(kept.file_stats), kept.id))
+        relocated.append(kept)
+    return relocated
