@@ -46,12 +46,12 @@ def library_add(paths: Annotated[list[Path], typer.Argument(help="PEFT adapter d
                     "--init", help="LoRA init weights (task-vector reference)", show_default="none")] = None,
                 recursive: Annotated[bool, typer.Option(
                     "--recursive", "-r", help="every adapter/model dir under PATHS; those already registered with "
-                    "the same weights are skipped (--json: {added, skipped} ids)")] = False,
+                    "the same weights are skipped (--json: {added, skipped, relocated} ids)")] = False,
                 workers: WorkersOpt = None,
                 library: LibraryOpt = None, allow_pickle: PickleOpt = False, as_json: JsonOpt = False) -> None:
     """Register checkpoints (all or none), hashing them in parallel; a re-scan (--recursive) adds the new ones.
 
-    --json: the ids added, or with --recursive {added, skipped}."""
+    --json: the ids added, or with --recursive {added, skipped, relocated} (relocated: also in added)."""
     from mashup.library import Library
 
     from mashup.data.tasks import is_task_name
@@ -69,7 +69,8 @@ def library_add(paths: Annotated[list[Path], typer.Argument(help="PEFT adapter d
     # not hide that the checkpoints are registered
     if as_json:
         ids = [r.id for r in records]
-        emit({"added": ids, "skipped": [r.id for r in records.skipped]} if recursive else ids, True)
+        emit({"added": ids, "skipped": [r.id for r in records.skipped], "relocated": [r.id for r in records.relocated]}
+             if recursive else ids, True)
     else:
         sys.stdout.write(_added_text(records) + "\n")
     if any(r.kind == "lora" for r in records):

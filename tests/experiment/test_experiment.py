@@ -251,17 +251,24 @@ def test_a_finished_experiment_moved_elsewhere_resumes_with_nothing_computed(tin
     assert run_experiment(moved).computed == [] and not (tmp_path / "moved" / "artifacts" / ".replaced").exists()
 
 
-def test_an_unfinished_experiment_moved_elsewhere_relocates_its_sources_and_completes(tiny_base, tmp_path):
-    """Killed before its merges, then moved: the merges to come read the sources where they are now."""
-    config = tiny_config(tiny_base, write_tasks(tmp_path)[:2], tmp_path / "out", seeds=1, lrs=[1e-3],
-                         max_steps=2, eval_every=1, arms=["scratch", "mashup_loss"], samples_sweep=[], merge_grid=None)
+def _killed_before_merges(tiny_base: Path, tmp_path: Path, **overrides: Any) -> tuple[Any, dict[str, Any]]:
+    """A finished run with its merges and mashup runs undone, as if killed before its merges: (config, undone)."""
+    config = tiny_config(tiny_base, write_tasks(tmp_path)[:2], tmp_path / "out", seeds=1, lrs=[1e-3], max_steps=2,
+                         eval_every=1, arms=["scratch", "mashup_loss"], samples_sweep=[], merge_grid=None, **overrides)
     run_experiment(config)
     store = ResultStore(config.out)
     undone = {uid: rec for uid, rec in store.records().items() if rec["fields"]["phase"] in ("merges", "mashup")}
     assert undone
-    for uid, record in undone.items():  # as if killed before the merges phase
+    for uid, record in undone.items():
         (store.units_dir / unit_file_name(uid)).unlink()
         shutil.rmtree(store.artifact(record["artifact"]), ignore_errors=True)
+    return config, undone
+
+
+def test_an_unfinished_experiment_moved_elsewhere_relocates_its_sources_and_completes(tiny_base, tmp_path):
+    """Killed before its merges, then moved: the merges to come read the sources where they are now, and their
+    init references (ties takes task vectors against them)."""
+    config, undone = _killed_before_merges(tiny_base, tmp_path, merge_method="ties")
     moved = config.model_copy(update={"out": str((tmp_path / "out").rename(tmp_path / "moved"))})
     assert all(p.recorded for p in plan_experiment(moved) if p.unit.phase == "sources")  # dry run: nothing written
     assert all(str(tmp_path / "out") in r.path for r in Library(tmp_path / "moved" / "library").list())
@@ -269,6 +276,20 @@ def test_an_unfinished_experiment_moved_elsewhere_relocates_its_sources_and_comp
     assert sorted(run.computed) == sorted(undone) and not (tmp_path / "moved" / "artifacts" / ".replaced").exists()
     library = Library(tmp_path / "moved" / "library")
     assert all(str(tmp_path / "moved") in r.path for r in library.list()) and library.fresh(library.list())[1] == []
+    assert all(r.init_reference == str(Path(r.path).parent / "adapter_init.safetensors") for r in library.list())
+
+
+def test_a_source_trained_again_after_a_move_is_relocated_before_the_merges(tiny_base, tmp_path):
+    """Moved, and a source's training run lost: trained again to the same weights, its entry follows them."""
+    config, undone = _killed_before_merges(tiny_base, tmp_path)
+    lost = Library(tmp_path / "out" / "library").list()[0]
+    moved = config.model_copy(update={"out": str((tmp_path / "out").rename(tmp_path / "moved"))})
+    shutil.rmtree(tmp_path / "moved" / "artifacts" / Path(lost.path).parent.name)
+    run = run_experiment(moved)
+    assert set(undone) < set(run.computed)
+    entry = Library(tmp_path / "moved" / "library").get(lost.id)
+    assert entry.path == str(tmp_path / "moved" / "artifacts" / Path(lost.path).parent.name / "adapter")
+    assert run_experiment(moved).computed == []
 
 
 def _noisy(real: Any, job: Any, tmp: Path) -> Any:

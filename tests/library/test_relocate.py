@@ -1,16 +1,22 @@
 """A checkpoint moved on disk is registered again at its new dir: its entry is re-pointed there, keeping what it
-holds (task, lineage, metadata, created); one whose old dir still exists is refused as before."""
+holds (task, lineage, metadata, created) but what the add gives (task, init reference, data fingerprint), and an
+init reference beside the old dir follows it; one whose old dir still exists is refused as before. A re-scan leaves
+an unreadable entry whose dir is gone (skipped, with a warning); ``relocate`` writes only what it read in its write."""
 
 import json
 import logging
 import os
 import shutil
+import sqlite3
 
 import pytest
 
 from mashup.errors import LibraryError
 from mashup.library import Library
 from mashup.library.catalog import DB_NAME
+from safetensors.torch import load_file, save_file
+
+from mashup.merging.compat import reference_key
 from tests.library.helpers import noisy_copy
 from tests.test_cli import run_cli
 
@@ -31,7 +37,7 @@ def test_adding_a_moved_checkpoint_relocates_its_entry_and_keeps_what_it_holds(t
     shutil.copytree(record.path, new)  # another disk: other inodes, so other file stats
     shutil.rmtree(tmp_path / "old")
     with caplog.at_level(logging.WARNING, logger="mashup.library"):
-        added = library.add([new], task="ignored")
+        added = library.add([new])
     entry = library.get(record.id)
     assert [r.id for r in added] == [record.id] and [r.id for r in added.relocated] == [record.id]
     assert entry.path == str(new) and entry.file_stats != record.file_stats
@@ -76,3 +82,77 @@ def test_cli_add_of_a_moved_checkpoint_says_relocated(tmp_path, registered, caps
     out, _ = run_cli(["library", "add", tmp_path / "new" / "adapter", "--library", library.directory], capsys,
                      monkeypatch)
     assert "".join(out.split()) == "".join(f"relocated {record.id} lora {tmp_path / 'new' / 'adapter'}".split())
+
+
+def _lora_run(tiny_lora, run_dir):
+    """An adapter in a training run's dir with its init weights beside it, as `mashup run` leaves them."""
+    adapter = noisy_copy(tiny_lora, run_dir / "adapter", seed=5)
+    tensors = load_file(adapter / "adapter_model.safetensors")
+    save_file({k: v * 0 if "lora_B" in k else v for k, v in tensors.items()}, run_dir / "adapter_init.safetensors")
+    return adapter
+
+
+def test_a_moved_lora_s_init_reference_beside_it_moves_with_it(tmp_path, tiny_loras):
+    library = Library(tmp_path / "lib")
+    adapter = _lora_run(tiny_loras[0], tmp_path / "run1")
+    record, = library.add([adapter], task="alpha", init_reference=str(tmp_path / "run1" / "adapter_init.safetensors"))
+    (tmp_path / "run1").rename(tmp_path / "run2")
+    library.add([tmp_path / "run2" / "adapter"])
+    entry = library.get(record.id)
+    assert (entry.task, entry.init_reference) == ("alpha", str(tmp_path / "run2" / "adapter_init.safetensors"))
+    assert reference_key(entry, "task_arithmetic", "ab")  # a task-vector merge finds it
+
+
+def test_relocating_keeps_an_init_reference_elsewhere_and_takes_what_the_add_gives(tmp_path, tiny_loras):
+    library = Library(tmp_path / "lib")
+    adapter = _lora_run(tiny_loras[0], tmp_path / "run1")
+    shared = tmp_path / "inits" / "init.safetensors"
+    shared.parent.mkdir()
+    (tmp_path / "run1" / "adapter_init.safetensors").rename(shared)
+    record, = library.add([adapter], task="alpha", init_reference=str(shared), data_fingerprint="f" * 64)
+    (tmp_path / "run1").rename(tmp_path / "run2")
+    library.relocate(record, tmp_path / "run2" / "adapter")
+    assert (library.get(record.id).init_reference, library.get(record.id).task) == (str(shared), "alpha")
+    (tmp_path / "run2").rename(tmp_path / "run3")
+    other = tmp_path / "other.safetensors"
+    shutil.copy(shared, other)
+    library.add([tmp_path / "run3" / "adapter"], task="beta", init_reference=str(other), data_fingerprint="e" * 64)
+    entry = library.get(record.id)
+    assert (entry.task, entry.init_reference, entry.data_fingerprint) == ("beta", str(other), "e" * 64)
+    assert (entry.created, entry.path) == (record.created, str(tmp_path / "run3" / "adapter"))
+
+
+@pytest.mark.parametrize("damage", ["task = 5", "task = NULL, path = NULL"])
+def test_a_rescan_skips_an_unreadable_entry_whose_dir_is_gone(tmp_path, registered, caplog, damage):
+    library, record = registered
+    with sqlite3.connect(library.db_path) as conn:
+        conn.execute(f"UPDATE checkpoints SET {damage} WHERE id = ?", (record.id,))
+    os.rename(tmp_path / "old", tmp_path / "new")
+    with caplog.at_level(logging.WARNING, logger="mashup.library"):
+        again = library.add([tmp_path / "new"], recursive=True)
+    assert list(again) == [] and [r.id for r in again.skipped] == [record.id] and again.relocated == []
+    assert f"catalog entry {record.id} cannot be read: skipped" in caplog.text
+
+
+def test_relocate_writes_nothing_for_an_entry_removed_meanwhile(tmp_path, registered):
+    library, record = registered
+    os.rename(tmp_path / "old", tmp_path / "new")
+    Library(library.directory).remove(record.id)  # another process
+    assert library.relocate(record, tmp_path / "new" / "adapter").status == "ok" and library.list() == []
+
+
+def test_relocate_leaves_an_entry_re_pointed_meanwhile(tmp_path, registered):
+    library, record = registered
+    os.rename(tmp_path / "old", tmp_path / "new")
+    shutil.copytree(tmp_path / "new", tmp_path / "other")
+    Library(library.directory).add([tmp_path / "other" / "adapter"])  # another process relocated it there
+    library.relocate(record, tmp_path / "new" / "adapter")
+    assert library.get(record.id).path == str(tmp_path / "other" / "adapter")
+
+
+def test_cli_recursive_add_json_lists_the_relocated(tmp_path, registered, capsys, monkeypatch):
+    library, record = registered
+    os.rename(tmp_path / "old", tmp_path / "new")
+    out, _ = run_cli(["library", "add", tmp_path / "new", "--recursive", "--library", library.directory, "--json"],
+                     capsys, monkeypatch)
+    assert json.loads(out) == {"added": [record.id], "skipped": [], "relocated": [record.id]}

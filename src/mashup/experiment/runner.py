@@ -158,8 +158,6 @@ def run_experiment(config: ExperimentConfig, *, executor: Executor | None = None
     outcome = ExperimentRun(out=store.root)
     session = _open_session(config, store)  # every check before anything is written
     with store.open():
-        if config.library is None:  # the dir may have been moved since its sources were registered
-            relocate_moved(store.root, store.library_dir)
         drop_report(store.root)  # rewritten at the end: an unfinished rerun must not leave the old one looking current
         save_config(config, store.root / CONFIG_NAME)
         write_version(store.root)
@@ -169,6 +167,8 @@ def run_experiment(config: ExperimentConfig, *, executor: Executor | None = None
             progress.start(sum(len(units) for units in plan.values()),
                            sum(session.estimate(u) for units in plan.values() for u in units if u.id not in shared))
         for phase in PHASES:
+            if phase == "selection" and config.library is None:  # the phases reading the library's paths: the
+                relocate_moved(store.root, store.library_dir)  # dir may have moved since the sources were registered
             _enter_phase(phase, session)
             _run_phase(plan[phase], session, executor, progress, outcome)
     outcome.report = write_report(store.root, config, candidates=session.candidates)

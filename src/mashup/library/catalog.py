@@ -18,7 +18,7 @@ from mashup.library.freshness import Freshness, check_freshness, parallel_map
 from mashup.library.identity import BaseMatcher
 from mashup.library.records import CheckpointRecord, discover_checkpoints, inspect_to_register
 from mashup.library.registration import (Progress, checks_of_registered, complete_records, inspect_new,
-                                         refuse_duplicates, stored_init_reference)
+                                         refuse_duplicates, refuse_registered, stored_init_reference)
 from mashup.library.rows import (COLUMNS, UnreadableEntry, from_row, read_rows, relocate_rows, to_row,
                                  unreadable_ids)
 
@@ -118,23 +118,24 @@ class Library:
         """Insert ``records`` in one transaction; returns (added, skipped, relocated). Weights already registered
         (same digest) are skipped with ``skip_registered``, else refused; the same weights given twice are refused;
         weights registered at a dir that is gone (moved) re-point that entry at the new dir, keeping what it holds
-        (``relocated``, also among the added). An entry of the same id that cannot be read (see ``entries``) is
-        replaced by a plain add, with a warning: registering the checkpoint again is how such an entry is repaired.
-        A re-scan (``skip_registered``) skips it with a warning instead: it would drop what the entry held (task,
-        lineage) without being asked."""
+        but what the add gives (``moved_entry``; ``relocated``, also among the added). An entry of the same id that
+        cannot be read (see ``entries``) is replaced by a plain add, with a warning: registering the checkpoint again
+        is how such an entry is repaired. A re-scan (``skip_registered``) skips it with a warning instead (even
+        where its dir is gone): it would drop what the entry held (task, lineage) without being asked."""
         with self._write() as conn:
             existing = {i: (path, sha) for i, path, sha in conn.execute("SELECT id, path, sha256 FROM checkpoints")}
             unreadable = unreadable_ids(conn, {r.id for r in records if r.id in existing}, str(self.db_path))
             replaced = set() if skip_registered else unreadable
             existing = {i: found for i, found in existing.items() if i not in replaced}
-            gone = {r.id for r in records if r.id in existing and not Path(existing[r.id][0]).is_dir()}
+            gone = {r.id for r in records if r.id in existing and r.id not in unreadable  # skipped with a warning
+                    and not Path(existing[r.id][0]).is_dir()}
             moved = [r for r in records if r.id in gone and existing[r.id][1] == r.sha256]
             skipped = [r for r in records if skip_registered and r.id not in gone
                        and existing.get(r.id, ("", ""))[1] == r.sha256]
             left = {r.id for r in skipped + moved}
             added = [r for r in records if r.id not in left]
             refuse_duplicates(added + moved)
-            _refuse_registered(added, existing)
+            refuse_registered(added, existing)
             relocated = {r.id: r for r in relocate_rows(conn, moved, str(self.db_path))}
             conn.executemany("DELETE FROM checkpoints WHERE id = ?", [(i,) for i in sorted(replaced)])
             columns = ", ".join(COLUMNS)
@@ -146,14 +147,25 @@ class Library:
 
     def relocate(self, record: CheckpointRecord, path: str | Path) -> Freshness:
         """Re-point ``record``, whose dir is gone, at ``path`` if that holds the same checkpoint (the freshness
-        check: a stat, hashing only files whose stats changed), as ``add`` of a moved checkpoint does; the check."""
-        moved = dataclasses.replace(record, path=str(Path(path).resolve()))
+        check: a stat, hashing only files whose stats changed), as ``add`` of a moved checkpoint does; the check.
+        Nothing is written when the entry, as read in the write, is gone, or was re-pointed meanwhile (its path is
+        not ``record``'s, or is a dir again), or cannot be read."""
+        moved = dataclasses.replace(record, path=str(Path(path).resolve()), task=None, init_reference=None,
+                                    data_fingerprint=None)  # the entry's kept (see ``moved_entry``)
         check = check_freshness(moved)
-        if check.status == "ok" and not Path(record.path).is_dir():
-            moved.file_stats = check.new_stats or moved.file_stats
+        if check.status != "ok":
+            return check
+        moved.file_stats = check.new_stats or moved.file_stats
+        try:
             with self._write() as conn:
+                rows = select_rows(conn, "checkpoints", ["path"], "WHERE id = ?", (record.id,))
+                if not rows or rows[0]["path"] != record.path or Path(record.path).is_dir():
+                    return check
                 relocate_rows(conn, [moved], str(self.db_path))
-            _log_insert(set(), set(), [(record.path, moved)])
+        except UnreadableEntry as exc:
+            logger.warning("%s", exc.line())
+            return check
+        _log_insert(set(), set(), [(record.path, moved)])
         return check
 
     def _rows(self, where: str = "", params: tuple = ()) -> list[dict[str, Any]]:
@@ -272,14 +284,6 @@ def _trained_on(record: CheckpointRecord, wanted: str) -> bool:
     trained = record.lineage.get("trained_on") or {}
     fingerprint = trained.get("data_fingerprint") or record.data_fingerprint or ""
     return trained.get("task") == wanted or (len(wanted) >= 6 and fingerprint.startswith(wanted))
-
-
-def _refuse_registered(records: list[CheckpointRecord], existing: dict[str, tuple[str, str]]) -> None:
-    """Refuse a record whose id is registered (``existing``: each id's path and digest)."""
-    clash = next((r for r in records if r.id in existing), None)
-    if clash:
-        raise LibraryError(f"already registered as {clash.id} ({existing[clash.id][0]})", clash.path,
-                           "nothing to do, or remove the old entry first")
 
 
 def _log_insert(replaced: set[str], unreadable: set[str], relocated: list[tuple[str, CheckpointRecord]]) -> None:

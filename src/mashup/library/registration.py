@@ -72,3 +72,11 @@ def refuse_duplicates(records: list[CheckpointRecord]) -> None:
             raise LibraryError("the same weights were given twice", f"{seen[record.id]} and {record.path}",
                                "pass each checkpoint once")
         seen[record.id] = record.path
+
+
+def refuse_registered(records: list[CheckpointRecord], existing: dict[str, tuple[str, str]]) -> None:
+    """Refuse a record whose id is registered (``existing``: each id's path and digest)."""
+    clash = next((r for r in records if r.id in existing), None)
+    if clash:
+        raise LibraryError(f"already registered as {clash.id} ({existing[clash.id][0]})", clash.path,
+                           "nothing to do, or remove the old entry first")

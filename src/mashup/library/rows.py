@@ -11,6 +11,7 @@ import dataclasses
 import json
 import sqlite3
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 
 from mashup.errors import LibraryError
@@ -129,16 +130,31 @@ def unreadable_ids(conn: sqlite3.Connection, ids: Iterable[str], catalog: str) -
 
 def relocate_rows(conn: sqlite3.Connection, moved: list[CheckpointRecord], catalog: str) -> list[CheckpointRecord]:
     """Re-point the entries of ``moved``'s ids (whose dirs are gone) at ``moved``'s paths, with their new file stats,
-    keeping everything else they hold (task, lineage, metadata, created): the entries as they now read."""
+    keeping everything else they hold (lineage, metadata, created) but what the add gave (see ``moved_entry``): the
+    entries as they now read."""
     relocated = []
     for record in moved:
         kept = from_row(select_rows(conn, "checkpoints", list(COLUMNS), "WHERE id = ?", (record.id,))[0], catalog)
-        kept = dataclasses.replace(kept, path=record.path, file_stats=record.file_stats)
+        kept = moved_entry(kept, record)
         change = lora_config_change(kept) if kept.kind == "lora" else None
         if change:  # the same weights under other settings compute something else: not the same checkpoint moved
             raise LibraryError(f"registered as {kept.id}, whose dir is gone, but {change}", record.path,
                                f"`mashup library remove {kept.id}`, then add it again")
-        conn.execute("UPDATE checkpoints SET path = ?, file_stats = ? WHERE id = ?",
-                     (kept.path, json.dumps(kept.file_stats), kept.id))
+        conn.execute("UPDATE checkpoints SET path = ?, file_stats = ?, task = ?, init_reference = ?, "
+                     "data_fingerprint = ? WHERE id = ?", (kept.path, json.dumps(kept.file_stats), kept.task,
+                                                           kept.init_reference, kept.data_fingerprint, kept.id))
         relocated.append(kept)
     return relocated
+
+
+def moved_entry(kept: CheckpointRecord, record: CheckpointRecord) -> CheckpointRecord:
+    """``kept`` (an entry whose dir is gone) at ``record``'s path and file stats; the task, init reference and data
+    fingerprint the add gave (not null) replace the entry's. An init reference beside the old dir (a training run's
+    ``adapter_init.safetensors``) moved along with it: the same file beside the new dir, when there."""
+    init = record.init_reference or kept.init_reference
+    old_parent, new_parent = Path(kept.path).parent, Path(record.path).parent
+    if not record.init_reference and init and Path(init).is_relative_to(old_parent):
+        beside = new_parent / Path(init).relative_to(old_parent)
+        init = str(beside) if beside.exists() else init
+    return dataclasses.replace(kept, path=record.path, file_stats=record.file_stats, task=record.task or kept.task,
+                               init_reference=init, data_fingerprint=record.data_fingerprint or kept.data_fingerprint)
