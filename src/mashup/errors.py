@@ -22,6 +22,13 @@ class MashupError(Exception):
         return text
 
 
+def short_reason(text: str, limit: int = 200) -> str:
+    """A third-party error's text for one of our lines: whitespace collapsed, cut to ``limit`` characters
+    (transformers' and huggingface_hub's messages may run to a paragraph)."""
+    line = " ".join(text.split())
+    return line if len(line) <= limit else line[:limit].rstrip() + "..."
+
+
 class DataError(MashupError):
     """Malformed or missing target data."""
 

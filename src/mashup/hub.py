@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mashup.errors import MashupError
+from mashup.errors import MashupError, short_reason
 
 _FILE_SUFFIXES = (".gguf", ".safetensors", ".bin", ".pt", ".json", ".jsonl", ".yaml", ".yml")
 
@@ -37,8 +37,7 @@ def fetch_hub_model(repo_id: str, *, config_only: bool = False) -> Path:
     try:
         return Path(snapshot_download(repo_id, allow_patterns=patterns))
     except (HfHubHTTPError, LocalEntryNotFoundError, OSError) as exc:  # offline, unknown id, gated, ...
-        reason = " ".join(str(exc).split())
-        raise MashupError(f"cannot get base model '{repo_id}' from the Hugging Face Hub "
-                          f"({reason[:200] + '...' if len(reason) > 200 else reason})", None,
+        raise MashupError(f"cannot get base model '{repo_id}' from the Hugging Face Hub ({short_reason(str(exc))})",
+                          None,
                           "check the id and the network, or pass a local model dir or a named model "
                           "(`mashup models list`)") from None

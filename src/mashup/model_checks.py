@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from mashup.errors import CheckpointError, LibraryError
+from mashup.errors import CheckpointError, LibraryError, short_reason
 from mashup.io import check_finite, tensor_shapes, weight_files
 from mashup.library.lora_config import ADAPTER_CONFIG
 from mashup.library.records import MODEL_CONFIG
@@ -20,8 +20,6 @@ if TYPE_CHECKING:
     from transformers import PretrainedConfig, PreTrainedModel
 
     from mashup.library import CheckpointRecord
-
-REASON_CHARS = 200  # of an invalid config's reason: transformers' own may run to a paragraph
 
 
 def require_json(path: Path) -> None:
@@ -98,8 +96,7 @@ def _config_error(config_path: Path, config: PretrainedConfig | None, fault: Exc
                                "AutoModelForCausalLM class for it)", str(config_path),
                                "use a decoder-only base (Llama, Gemma, Mistral, Qwen, SmolLM...)")
     cause = fault.__cause__ if isinstance(fault.__cause__, Exception) else fault  # a field's own problem
-    reason = " ".join(f"{type(cause).__name__}: {cause}".split())
-    reason = reason if len(reason) <= REASON_CHARS else reason[:REASON_CHARS].rstrip() + "..."
+    reason = short_reason(f"{type(cause).__name__}: {cause}")
     return CheckpointError(f"invalid model config ({reason})", str(config_path),
                            f"fix that value, or copy {MODEL_CONFIG} from the model these weights came from")
 

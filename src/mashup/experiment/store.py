@@ -34,6 +34,7 @@ from typing import Any
 
 from mashup.atomic_dir import clean_orphans
 from mashup.errors import MashupError
+from mashup.io import readable_size
 from mashup.experiment.manifest import RESULT as RESULT
 from mashup.experiment.manifest import Difference, Manifest, from_outputs, verify
 from mashup.experiment.manifest import hash_outputs as hash_outputs
@@ -165,7 +166,7 @@ class ResultStore:
         target = _aside(self.artifacts_dir / REPLACED, name)
         os.rename(self.artifact(name), target)
         logger.warning("artifact %s is computed again: %s; the old one is moved to %s (%s): safe to delete",
-                       name, why, target, _size(_bytes_under(target)))
+                       name, why, target, readable_size(_bytes_under(target)))
         return target
 
     def retire_records(self, name: str) -> list[Path]:
@@ -192,7 +193,7 @@ class ResultStore:
         if not entries:
             return None
         total = sum(_bytes_under(entry) for entry in entries)
-        return (f"{aside} holds {len(entries)} replaced artifact(s), {_size(total)} in all: nothing reads them "
+        return (f"{aside} holds {len(entries)} replaced artifact(s), {readable_size(total)} in all: nothing reads them "
                 "again, safe to delete")
 
     def write(self, unit_id: str, record: dict[str, Any]) -> None:
@@ -248,10 +249,3 @@ def _bytes_under(path: Path) -> int:
         return path.lstat().st_size
     return sum(_bytes_under(Path(entry.path)) for entry in os.scandir(path))
 
-
-def _size(n: float) -> str:
-    for unit in ("B", "KB", "MB"):
-        if n < 1024:
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} GB"

@@ -10,7 +10,6 @@ Job keys, and the records written before this check, are unchanged: when nothing
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import replace
 from pathlib import Path
@@ -18,7 +17,7 @@ from typing import Any
 
 from mashup.errors import LibraryError
 from mashup.experiment.jobs import AnyJob, SourceJob, TrainJob
-from mashup.experiment.manifest import RESULT
+from mashup.experiment.records import artifact_result
 
 logger = logging.getLogger(__name__)
 
@@ -28,13 +27,10 @@ def upstream_changed(job: AnyJob, result: dict[str, Any] | None = None) -> str |
     artifact; None when it does, or when there is no finished artifact, or nothing upstream to follow."""
     if not isinstance(job, (SourceJob, TrainJob)) or (isinstance(job, TrainJob) and not job.initial):
         return None
-    if result is None:
-        try:
-            result = json.loads((Path(job.root) / "artifacts" / job.artifact / RESULT).read_text())
-        except (OSError, ValueError):
-            return None  # none finished (or not readable: the manifest check's business)
-    if not isinstance(result, dict):
-        return "its result is not a unit result"
+    if result is None:  # none finished, or incomplete (the store's business): nothing to compare
+        result = artifact_result(Path(job.root) / "artifacts" / job.artifact)[0]
+        if result is None:
+            return None
     if isinstance(job, SourceJob):
         return source_changed(job, result)
     return _init_changed(job, result)

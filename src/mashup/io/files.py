@@ -111,3 +111,12 @@ def load_weight_dir(model_dir: Path, *, allow_pickle: bool = False) -> dict[str,
     for path in weight_files(model_dir, allow_pickle=allow_pickle):
         tensors.update(load_weights(path))
     return tensors
+
+
+def readable_size(n: float) -> str:
+    """A byte count as people read it: ``512 B``, ``3.9 KB``, ``1.2 GB`` (powers of 1024)."""
+    for unit in ("B", "KB", "MB"):
+        if n < 1024:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GB"

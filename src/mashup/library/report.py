@@ -6,17 +6,10 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from mashup.errors import LibraryError
+from mashup.io import readable_size
 from mashup.library.catalog import Library
 from mashup.library.records import CheckpointRecord
 from mashup.library.score_cache import ScoreCache, ScoreEntry
-
-
-def _size(n: int) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024  # type: ignore[assignment]
-    return str(n)
 
 
 def _checkpoint_label(library: Library, checkpoint_id: str) -> str:
@@ -58,7 +51,7 @@ def record_text(record: CheckpointRecord, library: Library) -> str:
     else:
         shape = f"full ({record.architecture})"
     identity = f" (identity {record.base_identity[:12]})" if record.base_identity else " (identity unresolved)"
-    files = ", ".join(f"{s['name']} {_size(int(s['size']))}" for s in record.file_stats) or "-"
+    files = ", ".join(f"{s['name']} {readable_size(int(s['size']))}" for s in record.file_stats) or "-"
     rows = [("id", record.id), ("kind", shape), ("task", record.task or "-"), ("base", record.base_model + identity),
             ("path", record.path), ("weights", f"{files}; sha256 {record.sha256}"),
             ("data", record.data_fingerprint or "-"), ("init", record.init_reference or "-"),
