@@ -71,20 +71,20 @@ def test_stack_windows_fill_a_forward_and_split_evenly():
 
 def test_run_scores_each_window_with_the_copies_it_selects(tiny_base, monkeypatch):
     """``select(first, count)`` comes before each forward, which scores ``count`` copies into rows first on."""
-    from mashup import evaluation
+    from mashup import score_batches
 
     model = load_model(tiny_base).eval()
     plan = ScoringPlan(_requests(12, seed=1), ScoreSettings(8, torch.device("cpu"), False, 0), False)
     plain, _ = plan.run(model)
     windows, scored = [], []
-    original = evaluation._AnswerBatch.score
+    original = score_batches.AnswerBatch.score
 
     def score(batch, model, copies):  # marks each copy's losses with its window's first copy
         scored.append((len(batch.rows), copies))
         losses, preds = original(batch, model, copies)
         return losses + windows[-1][0], preds
 
-    monkeypatch.setattr(evaluation._AnswerBatch, "score", score)
+    monkeypatch.setattr(score_batches.AnswerBatch, "score", score)
     with pytest.raises(ValueError, match="needs select"):
         plan.run(model, copies=5, stack_rows=16)
     losses, _ = plan.run(model, copies=5, stack_rows=16, select=lambda first, count: windows.append((first, count)))

@@ -23,17 +23,15 @@ import logging
 import os
 import secrets
 import shutil
-import socket
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from dataclasses import asdict
 from functools import cache
 from pathlib import Path
-from typing import Literal
 
 from mashup.errors import MashupError
+from mashup.process_owner import Owner, current_pid_namespace
 
 logger = logging.getLogger(__name__)
 
@@ -41,72 +39,6 @@ TMP_MARK = ".mashup-tmp-"
 OWNER_SUFFIX = ".owner.json"
 UNREADABLE_RECORD_GRACE_S = 60.0
 OnCommit = Callable[[Path], None]
-
-
-@dataclass(frozen=True)
-class Owner:
-    """Who is writing a temp dir; enough to tell on this host whether that process still runs."""
-
-    pid: int
-    host: str
-    boot_id: str | None
-    started: int | None  # process start time in clock ticks since boot (/proc/PID/stat), guards pid reuse
-    created: str
-    pid_namespace: int | None = None  # containers sharing a hostname see other pids
-
-    @classmethod
-    def current(cls) -> Owner:
-        pid = os.getpid()
-        return cls(pid, socket.gethostname(), _boot_id(), _process_start(pid),
-                   datetime.now(timezone.utc).isoformat(timespec="seconds"), _pid_namespace())
-
-    def state(self) -> Literal["alive", "dead", "unknown"]:
-        if self.host != socket.gethostname() or self.pid_namespace != _pid_namespace():
-            return "unknown"
-        boot = _boot_id()
-        if self.boot_id and boot and self.boot_id != boot:
-            return "dead"  # the host rebooted since
-        if Path("/proc/self/stat").exists():
-            stat = _proc_stat(self.pid)
-            if stat is None or stat[0] in ("Z", "X"):
-                return "dead"
-            return "dead" if self.started is not None and int(stat[19]) != self.started else "alive"
-        try:
-            os.kill(self.pid, 0)
-        except ProcessLookupError:
-            return "dead"
-        except PermissionError:
-            pass
-        return "alive"
-
-
-def _proc_stat(pid: int) -> list[str] | None:
-    """The fields of /proc/PID/stat after the command name (state first), or None if there is no such process."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return text.rsplit(")", 1)[1].split()
-
-
-def _process_start(pid: int) -> int | None:
-    stat = _proc_stat(pid)
-    return int(stat[19]) if stat else None
-
-
-def _pid_namespace() -> int | None:
-    try:
-        return os.stat("/proc/self/ns/pid").st_ino
-    except OSError:
-        return None
-
-
-@cache
-def _boot_id() -> str | None:
-    try:
-        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    except OSError:
-        return None
 
 
 def _owner_path(tmp: Path) -> Path:
@@ -193,7 +125,7 @@ def clean_orphans(parent: Path, *, unreadable_after_s: float = UNREADABLE_RECORD
             discard_temp(entry)
         elif state == "unknown":
             why = "no owner record" if owner is None else f"written by pid {owner.pid} on host {owner.host}" + (
-                " in another pid namespace" if owner.pid_namespace != _pid_namespace() else "")
+                " in another pid namespace" if owner.pid_namespace != current_pid_namespace() else "")
             logger.warning("leaving %s (%s; cannot tell whether that process still runs): remove it by hand "
                            "if no mashup command is writing it", entry, why)
             reported.append(entry)

@@ -151,15 +151,19 @@ def library_verify(library: LibraryOpt = None, workers: WorkersOpt = None, as_js
                 for c in checks if c.status != "ok"]
     problems += [{"id": u.id, "status": "unreadable", "reason": f"{u.what}; {u.fix}", "path": u.path}
                  for u in unreadable]
-    total = len(checks) + len(unreadable)
     if not problems and not as_json:
-        sys.stdout.write(f"all {_plural(total, 'checkpoint')} verified: weights unchanged\n" if total
+        sys.stdout.write(f"all {_plural(len(checks), 'checkpoint')} verified: weights unchanged\n" if checks
                          else "no checkpoints registered: nothing to verify\n")
         return
-    table = Table("id", "status", "reason", title=f"{total - len(problems)} of {total} checkpoints ok")
+    # unreadable rows were never hashed: they are problems, but not part of what was checked
+    ok = sum(c.status == "ok" for c in checks)
+    title = f"{ok} of {_plural(len(checks), 'checkpoint')} ok"
+    if unreadable:
+        title += f"; {len(unreadable)} unreadable {'entry' if len(unreadable) == 1 else 'entries'} not checked"
+    table = Table("id", "status", "reason", title=title)
     for problem in problems:
         table.add_row(problem["id"], problem["status"], problem["reason"] or "")
-    emit({"checked": total, "problems": problems}, as_json, table)
+    emit({"checked": len(checks), "ok": ok, "unreadable": len(unreadable), "problems": problems}, as_json, table)
     if problems:
         raise SystemExit(1)  # typer.Exit would only be returned under standalone_mode=False
 

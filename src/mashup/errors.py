@@ -23,10 +23,14 @@ class MashupError(Exception):
 
 
 def short_reason(text: str, limit: int = 200) -> str:
-    """A third-party error's text for one of our lines: whitespace collapsed, cut to ``limit`` characters
+    """A third-party error's text for one of our lines: whitespace collapsed, ``clipped`` to ``limit`` characters
     (transformers' and huggingface_hub's messages may run to a paragraph)."""
-    line = " ".join(text.split())
-    return line if len(line) <= limit else line[:limit].rstrip() + "..."
+    return clipped(" ".join(text.split()), limit)
+
+
+def clipped(text: str, limit: int) -> str:
+    """``text`` cut to at most ``limit`` characters, a cut one ending in "..."."""
+    return text if len(text) <= limit else text[:limit - 3].rstrip() + "..."
 
 
 class DataError(MashupError):

@@ -1,9 +1,11 @@
 """What is wrong with a model or adapter dir, said in one line naming the file at fault, before (or after)
 transformers and PEFT load it: a file given for its dir, a registered dir that is gone, a config.json that does
-not parse or build a model, an adapter's tensors that are not the ones its adapter_config.json makes."""
+not parse or build a model or does not fit the saved weights, an adapter's tensors that are not the ones its
+adapter_config.json makes."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -31,19 +33,32 @@ def require_json(path: Path) -> None:
         raise CheckpointError(f"{path.name} is not valid JSON ({exc})", str(path), "fix or re-save the file") from None
 
 
-def raise_config_fault(model_dir: Path, *, build: bool) -> None:
-    """After a failed load: raise a CheckpointError naming config.json when the config alone fails, because it
-    does not parse (a wrong-typed field) or, with ``build``, no model can be made from it (on the meta device).
-    Return when it is fine: the failure was something else, for the caller to handle or let through."""
+def raise_config_fault(model_dir: Path) -> None:
+    """After a failed load: raise a CheckpointError naming config.json when it does not parse (a wrong-typed field).
+    Return when it does: the failure was something else, for the caller to handle or let through."""
+    if (Path(model_dir) / MODEL_CONFIG).is_file():
+        with contextlib.suppress(OSError):  # the file system, not the config's values
+            _parsed_config(model_dir)
+
+
+def raise_load_fault(model_dir: Path, files: list[Path]) -> None:
+    """After a failed model load: raise a CheckpointError where config.json is at fault, because it does not parse
+    or build a model (built once, on the meta device) or makes other shapes than the saved weights (read from their
+    safetensors headers, where transformers raised rather than list them). Return otherwise: the failure was
+    something else, for the caller to handle or let through."""
     if not (Path(model_dir) / MODEL_CONFIG).is_file():
         return
     try:
-        if build:
-            model_on_meta(model_dir)
-        else:
-            _parsed_config(model_dir)
+        made = model_on_meta(model_dir)
     except OSError:  # the file system, not the config's values
         return
+    made_shapes = {name: list(tensor.shape) for name, tensor in made.state_dict().items()}
+    saved: dict[str, list[int]] = {}
+    for path in files:
+        if path.suffix == ".safetensors":
+            saved.update(tensor_shapes(path))
+    require_matching_sizes([(name, shape, made_shapes[name]) for name, shape in saved.items()
+                            if name in made_shapes and made_shapes[name] != shape], model_dir)
 
 
 def model_on_meta(model_dir: Path) -> PreTrainedModel:
@@ -127,18 +142,6 @@ def _fields(config_path: Path) -> dict[str, Any]:
 _ARCHITECTURE_FIX = f"fix {MODEL_CONFIG} to the architecture the weights were saved with, or re-save them"
 
 
-def require_saved_shapes(model_dir: Path, files: list[Path]) -> None:
-    """After a failed load: refuse saved weights (safetensors headers) of other shapes than config.json makes,
-    where transformers raised after printing a table (or, for a tied head, on meta tensors)."""
-    made = {name: list(tensor.shape) for name, tensor in model_on_meta(model_dir).state_dict().items()}
-    saved: dict[str, list[int]] = {}
-    for path in files:
-        if path.suffix == ".safetensors":
-            saved.update(tensor_shapes(path))
-    require_matching_sizes([(name, shape, made[name]) for name, shape in saved.items()
-                            if name in made and made[name] != shape], model_dir)
-
-
 def require_matching_sizes(mismatched: list[tuple[str, Any, Any]], model_dir: Path) -> None:
     """Refuse weights saved in other shapes than config.json makes (``mismatched``: (name, saved shape, made
     shape) for each, as transformers' loading info lists them)."""
@@ -155,6 +158,36 @@ def require_all_weights_used(unexpected: list[str], model_dir: Path) -> None:
         raise CheckpointError(f"{len(unexpected)} weight(s) in the checkpoint that {MODEL_CONFIG} has no place for "
                               f"(e.g. {sorted(unexpected)[0]}), which would be left out", str(model_dir),
                               _ARCHITECTURE_FIX)
+
+
+def require_clean_load(model: PreTrainedModel, info: dict[str, Any], model_dir: Path) -> None:
+    """Refuse what ``from_pretrained`` let through with a note on stderr at most (``info``: its loading info):
+    weights of other shapes or with no place in the model, weights missing (which start at random), a saved head
+    that config.json ties to the embeddings."""
+    require_matching_sizes(info["mismatched_keys"], model_dir)  # some fail in the load: raise_load_fault
+    require_all_weights_used(info["unexpected_keys"], model_dir)
+    if info["missing_keys"]:
+        missing = sorted(info["missing_keys"])
+        raise CheckpointError(f"{len(missing)} weight(s) missing from the checkpoint (e.g. {missing[0]}), which "
+                              "would start at random", str(model_dir), "re-save the model, or check it is this "
+                              "architecture's checkpoint")
+    require_tied_head(model, model_dir)
+
+
+def require_tied_head(model: PreTrainedModel, model_dir: Path) -> None:
+    """Refuse a checkpoint whose config.json ties the output head to the embeddings while its weights hold a head of
+    other values: transformers leaves the two untied then (its warning silenced with the rest), against the config
+    that a later ``tie_weights()`` and our own checks go by. A tied checkpoint saved without its head, or with one
+    equal to the embeddings, loads tied, so the parameters tell, and no tensor is read again."""
+    tied = getattr(model.config.get_text_config(decoder=True), "tie_word_embeddings", False)
+    head, embeddings = model.get_output_embeddings(), model.get_input_embeddings()
+    if not tied or head is None or embeddings is None or head.weight is embeddings.weight:
+        return
+    name = next((name for name, param in model.named_parameters() if param is head.weight), "the output head")
+    raise CheckpointError(f"{MODEL_CONFIG} ties the output head to the embeddings (tie_word_embeddings: true), but "
+                          f"the checkpoint's {name} holds other values", str(model_dir),
+                          f"set tie_word_embeddings to false in {MODEL_CONFIG} to keep that head, or re-save the "
+                          "model with its head tied")
 
 
 def _dir_holding(path: Path) -> str:

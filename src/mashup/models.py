@@ -16,12 +16,18 @@ from safetensors import SafetensorError
 
 from mashup.config import Precision
 from mashup.errors import CheckpointError, MashupError
+from mashup.hub import fetch_hub_model, is_hub_id
 from mashup.io import load_weight_dir, require_finite_tensors, tensor_shapes
 from mashup.library.records import MODEL_CONFIG
-from mashup.model_checks import (checked_weight_files, raise_config_fault, require_adapter_dir, require_json,
-                                 require_all_weights_used, require_matching_keys, require_matching_sizes,
-                                 require_saved_shapes)
-from mashup.hub import fetch_hub_model, is_hub_id
+from mashup.model_checks import (
+    checked_weight_files,
+    raise_config_fault,
+    raise_load_fault,
+    require_adapter_dir,
+    require_clean_load,
+    require_json,
+    require_matching_keys,
+)
 
 # transformers' modeling code and peft are imported where a model is loaded: on a 2-core CPU they add
 # about 4 s to every command, and a cached select or a library listing loads no model
@@ -42,12 +48,23 @@ def resolve_base_dir(base: str, cache_dir: Path | None = None) -> Path:
 
 
 def check_base_available(base: str) -> None:
-    """``resolve_base_dir``'s checks without its work: a named model is not converted, and of a Hub model only
-    config.json is fetched; one line on what is wrong otherwise."""
+    """``resolve_base_dir``'s checks without its work (a named model is not converted, of a Hub model only
+    config.json is fetched), and of a local dir the library's rule too (config.json a JSON object, beside weight
+    files), so that a base a load would refuse is refused here, before anything is written; one line on what is
+    wrong otherwise."""
+    from mashup.library.identity import check_base_dir
     from mashup.named_models import NAMED_MODELS
 
-    if base not in NAMED_MODELS:
-        _local_or_hub_dir(base, fetch_weights=False)
+    if base in NAMED_MODELS:
+        return
+    # unlike check_base_dir (registration, offline), a Hub id is looked up here: its config.json is fetched
+    _local_or_hub_dir(base, fetch_weights=False)
+    if Path(base).expanduser().is_dir():
+        try:
+            check_base_dir(base)
+        except CheckpointError as exc:  # its fix is worded for `library add --base`
+            raise CheckpointError(exc.what, exc.where, "point base at an HF model dir (config.json beside its "
+                                  "weight files), a named model or a Hub id") from None
 
 
 def _local_or_hub_dir(base: str, *, fetch_weights: bool) -> Path:
@@ -72,7 +89,7 @@ def load_tokenizer(model_dir: Path) -> PreTrainedTokenizerBase:
     try:
         tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=False)
     except Exception as exc:  # it parses config.json first: a bad field there is the config's fault
-        raise_config_fault(model_dir, build=False)
+        raise_config_fault(model_dir)
         if not isinstance(exc, (OSError, ValueError)):
             raise
         reason = str(exc).splitlines()[0].rstrip(" :")
@@ -91,6 +108,9 @@ def load_model(model_dir: Path, *, allow_pickle: bool = False, check_values: boo
     from transformers import AutoModelForCausalLM
 
     files = checked_weight_files(model_dir, allow_pickle=allow_pickle)
+    if not (Path(model_dir) / MODEL_CONFIG).is_file():  # else transformers blames a model_type missing from it
+        raise CheckpointError(f"no {MODEL_CONFIG} in the model dir", str(model_dir),
+                              f"pass a complete HF model dir ({MODEL_CONFIG} beside its weights)")
     if check_values:  # a corrupt file named from its header; the values checked once loaded, not read twice
         for path in files:
             tensor_shapes(path)
@@ -101,19 +121,12 @@ def load_model(model_dir: Path, *, allow_pickle: bool = False, check_values: boo
             output_loading_info=True, ignore_mismatched_sizes=True,  # refused below in one line, not a traceback
         )
     except Exception as exc:  # a config that does not parse or build a model is named; a bug is not hidden
-        raise_config_fault(model_dir, build=True)
-        require_saved_shapes(model_dir, files)
+        raise_load_fault(model_dir, files)
         if not isinstance(exc, (OSError, ValueError, SafetensorError)):
             raise
         raise CheckpointError(f"cannot load model ({exc})".splitlines()[0], str(model_dir),
                               "check it is a complete HF model dir") from None
-    require_matching_sizes(info["mismatched_keys"], model_dir)  # a tied head fails in the load: see the except
-    require_all_weights_used(info["unexpected_keys"], model_dir)
-    if info["missing_keys"]:  # transformers initialises them at random, with a note on stderr only
-        missing = sorted(info["missing_keys"])
-        raise CheckpointError(f"{len(missing)} weight(s) missing from the checkpoint (e.g. {missing[0]}), which "
-                              "would start at random", str(model_dir), "re-save the model, or check it is this "
-                              "architecture's checkpoint")
+    require_clean_load(model, info, model_dir)
     if check_values:
         require_finite_tensors(model.named_parameters(), model_dir)
     return model
@@ -157,11 +170,24 @@ def attach_adapter(model: PreTrainedModel, adapter_dir: Path, *, trainable: bool
 def load_full_weights_into(model: PreTrainedModel, model_dir: Path, *, allow_pickle: bool = False) -> None:
     """Swap a full fine-tune's weights into an already-built model of the same shapes."""
     state = load_weight_dir(model_dir, allow_pickle=allow_pickle)
+    _require_tied_copy(model, state, model_dir)
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [m for m in missing if not _is_tied(model, m)]
     if missing or unexpected:
         raise CheckpointError(f"weights do not fit the base (missing {missing[:2]}, unexpected {unexpected[:2]})",
                               str(model_dir), "register it against the right --base")
+
+
+def _require_tied_copy(model: PreTrainedModel, state: dict[str, torch.Tensor], model_dir: Path) -> None:
+    """Refuse a full fine-tune for a tied base whose saved head differs from its saved embeddings: both would load
+    into the one parameter they share, the last one winning."""
+    embeddings = model.get_input_embeddings()
+    shared = [name for name, param in model.named_parameters(remove_duplicate=False)
+              if embeddings is not None and param is embeddings.weight and name in state]
+    if len(shared) > 1 and not all(torch.equal(state[name], state[shared[0]]) for name in shared[1:]):
+        raise CheckpointError(f"the base ties {shared[1]} to {shared[0]}, but the checkpoint holds other values in "
+                              "each", str(model_dir), "register it against a base with an untied head, or re-save "
+                              "it with its head tied")
 
 
 def _is_tied(model: PreTrainedModel, name: str) -> bool:

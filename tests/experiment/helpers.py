@@ -82,3 +82,11 @@ def track_reads(monkeypatch: pytest.MonkeyPatch, directory: Path) -> list[Path]:
     monkeypatch.setattr(builtins, "open", tracking)
     monkeypatch.setattr(manifest, "sha256_file", hashing)
     return reads
+
+
+def flip_bits(weights_dir: Path, bit: int) -> None:
+    """Change the lowest bits of the last value of each weight file (still finite): other bytes, as a GPU gives."""
+    for path in weights_dir.glob("*.safetensors"):
+        data = bytearray(path.read_bytes())
+        data[-4] ^= bit
+        path.write_bytes(bytes(data))

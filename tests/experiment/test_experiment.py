@@ -16,9 +16,9 @@ from mashup.experiment import plan_experiment, run_experiment, write_report
 from mashup.experiment.analysis import best_lr, train_runs
 from mashup.experiment.manifest import scan
 from mashup.experiment.report import current_records
-from mashup.experiment.store import ResultStore, unit_file_name
+from mashup.experiment.store import ResultStore
 from mashup.library import Library
-from tests.experiment.helpers import TASKS, tiny_config, track_reads, write_tasks
+from tests.experiment.helpers import TASKS, flip_bits, tiny_config, track_reads, write_tasks
 
 OUTPUTS = ("table3", "table4", "table5", "table6", "learning_rates", "figure2", "figure3", "figure4")
 
@@ -210,21 +210,12 @@ def _copy(config: Any, tmp_path: Path) -> Any:
     return config.model_copy(update={"out": str(shutil.copytree(config.out, tmp_path / "out"))})
 
 
-def _flip(weights_dir: Path, bit: int) -> None:
-    """Change the lowest bits of the last value of each weight file (still finite): other bytes, as a GPU gives."""
-    for path in weights_dir.glob("*.safetensors"):
-        data = bytearray(path.read_bytes())
-        data[-4] ^= bit
-        path.write_bytes(bytes(data))
-
-
 def test_a_source_whose_training_run_is_computed_again_with_other_bytes_is_registered_again(tiny_base, tmp_path,
                                                                                           monkeypatch):
     """The source unit's key names its run's artifact, not its bytes: a run remade with other bytes makes the
     source (and so the selections ranking it) stale, and the library entry is made for the weights now there."""
     from mashup.experiment import jobs
 
-    # its own dir: a copied dir's library still names the weights in the dir it was copied from
     config = tiny_config(tiny_base, write_tasks(tmp_path)[:2], tmp_path / "out", seeds=1, lrs=[1e-3],
                          max_steps=2, eval_every=1, arms=["scratch", "mashup_loss"], samples_sweep=[], merge_grid=None)
     run_experiment(config)
@@ -232,7 +223,7 @@ def test_a_source_whose_training_run_is_computed_again_with_other_bytes_is_regis
     monkeypatch.setitem(jobs._RUNNERS, "train", lambda job, tmp: _noisy(real, job, tmp))
     store = ResultStore(config.out)
     source = store.record("source/alpha/source")
-    _flip(store.artifact(source["job"]["train_artifact"]) / "adapter", 2)  # edited by hand: computed again
+    flip_bits(store.artifact(source["job"]["train_artifact"]) / "adapter", 2)  # edited by hand: computed again
     run = run_experiment(config)
     assert "source/alpha/source" in run.computed and "select/beta/samples:8" in run.computed
     library = Library(store.library_dir)
@@ -241,60 +232,9 @@ def test_a_source_whose_training_run_is_computed_again_with_other_bytes_is_regis
     assert all(p.recorded for p in plan_experiment(config))
 
 
-def test_a_finished_experiment_moved_elsewhere_resumes_with_nothing_computed(tiny_base, tmp_path):
-    """Its library names the sources' weights where they were: gone after a move, which is no recompute."""
-    config = tiny_config(tiny_base, write_tasks(tmp_path)[:2], tmp_path / "out", seeds=1, lrs=[1e-3],
-                         max_steps=2, eval_every=1, arms=["scratch", "mashup_loss"], samples_sweep=[], merge_grid=None)
-    run_experiment(config)
-    moved = config.model_copy(update={"out": str((tmp_path / "out").rename(tmp_path / "moved"))})
-    assert all(p.recorded for p in plan_experiment(moved))
-    assert run_experiment(moved).computed == [] and not (tmp_path / "moved" / "artifacts" / ".replaced").exists()
-
-
-def _killed_before_merges(tiny_base: Path, tmp_path: Path, **overrides: Any) -> tuple[Any, dict[str, Any]]:
-    """A finished run with its merges and mashup runs undone, as if killed before its merges: (config, undone)."""
-    config = tiny_config(tiny_base, write_tasks(tmp_path)[:2], tmp_path / "out", seeds=1, lrs=[1e-3], max_steps=2,
-                         eval_every=1, arms=["scratch", "mashup_loss"], samples_sweep=[], merge_grid=None, **overrides)
-    run_experiment(config)
-    store = ResultStore(config.out)
-    undone = {uid: rec for uid, rec in store.records().items() if rec["fields"]["phase"] in ("merges", "mashup")}
-    assert undone
-    for uid, record in undone.items():
-        (store.units_dir / unit_file_name(uid)).unlink()
-        shutil.rmtree(store.artifact(record["artifact"]), ignore_errors=True)
-    return config, undone
-
-
-def test_an_unfinished_experiment_moved_elsewhere_relocates_its_sources_and_completes(tiny_base, tmp_path):
-    """Killed before its merges, then moved: the merges to come read the sources where they are now, and their
-    init references (ties takes task vectors against them)."""
-    config, undone = _killed_before_merges(tiny_base, tmp_path, merge_method="ties")
-    moved = config.model_copy(update={"out": str((tmp_path / "out").rename(tmp_path / "moved"))})
-    assert all(p.recorded for p in plan_experiment(moved) if p.unit.phase == "sources")  # dry run: nothing written
-    assert all(str(tmp_path / "out") in r.path for r in Library(tmp_path / "moved" / "library").list())
-    run = run_experiment(moved)
-    assert sorted(run.computed) == sorted(undone) and not (tmp_path / "moved" / "artifacts" / ".replaced").exists()
-    library = Library(tmp_path / "moved" / "library")
-    assert all(str(tmp_path / "moved") in r.path for r in library.list()) and library.fresh(library.list())[1] == []
-    assert all(r.init_reference == str(Path(r.path).parent / "adapter_init.safetensors") for r in library.list())
-
-
-def test_a_source_trained_again_after_a_move_is_relocated_before_the_merges(tiny_base, tmp_path):
-    """Moved, and a source's training run lost: trained again to the same weights, its entry follows them."""
-    config, undone = _killed_before_merges(tiny_base, tmp_path)
-    lost = Library(tmp_path / "out" / "library").list()[0]
-    moved = config.model_copy(update={"out": str((tmp_path / "out").rename(tmp_path / "moved"))})
-    shutil.rmtree(tmp_path / "moved" / "artifacts" / Path(lost.path).parent.name)
-    run = run_experiment(moved)
-    assert set(undone) < set(run.computed)
-    entry = Library(tmp_path / "moved" / "library").get(lost.id)
-    assert entry.path == str(tmp_path / "moved" / "artifacts" / Path(lost.path).parent.name / "adapter")
-    assert run_experiment(moved).computed == []
-
-
 def _noisy(real: Any, job: Any, tmp: Path) -> Any:
     result = real(job, tmp)
-    _flip(tmp / "adapter", 1)
+    flip_bits(tmp / "adapter", 1)
     return result
 
 

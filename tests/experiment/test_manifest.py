@@ -13,10 +13,11 @@ from typing import Any
 import pytest
 
 from mashup.errors import MashupError
+from mashup.io import readable_size
 from mashup.experiment.manifest import RESULT, Difference, scan, verify
 from mashup.experiment.records import finished_result
 from mashup.experiment import store as store_module
-from mashup.experiment.store import REPLACED, ResultStore
+from mashup.experiment.store import REPLACED, ResultStore, unit_file_name
 from tests.experiment.helpers import track_reads
 
 WEIGHTS = "merged/adapter_model.safetensors"
@@ -218,10 +219,11 @@ def test_the_records_of_an_artifact_to_compute_are_retired_and_a_new_one_no_reco
     other = _record(store, "oracle", "merge-ffffffffffffffff")
     (path / WEIGHTS).write_bytes(b"x" * 64)
     store.discard_artifact(NAME, store.to_replace(NAME))
-    moved = store.retire_records(NAME)
+    assert sorted(store.naming(NAME)) == sorted(units)
+    moved = store.retire_records(NAME, [*units, other])  # the other names another artifact: kept
     assert sorted(p.parent for p in moved) == [store.units_dir / REPLACED] * 2
     assert all(store.record(u) is None and store.unreadable(u) is None for u in units)
-    assert list(store.records()) == [other] and store.retire_records(NAME) == []
+    assert list(store.records()) == [other] and store.retire_records(NAME, units) == []
     _artifact(store, weights=b"y" * 64)  # computed again with other bytes, then killed before the records
     assert store.to_replace(NAME) is None and store.has_artifact(NAME)
 
@@ -239,12 +241,51 @@ def test_a_replaced_artifact_is_logged_with_its_size_and_the_dir_summed_up(store
                                      "in all: nothing reads them again, safe to delete")
 
 
-def test_retiring_the_records_of_an_artifact_no_record_names_reads_no_record_again(store, monkeypatch):
-    """Called for every job computed: a cache dropped each time read every record once per job."""
+def test_the_note_at_the_end_of_a_run_counts_retired_records_too(store):
+    """Records retired for an artifact removed by hand (nothing moved to artifacts/.replaced) are counted, and with
+    replaced artifacts both dirs are named in the one line, summed together."""
+    path = _artifact(store)
+    unit = _record(store, "mashup_loss")
+    shutil.rmtree(path)
+    [retired] = store.retire_records(NAME, store.naming(NAME))
+    record_size = retired.stat().st_size
+    assert store.replaced_note() == (f"{store.units_dir / REPLACED} holds 1 retired record(s), "
+                                     f"{readable_size(record_size)} in all: nothing reads them again, safe to delete")
+    size = sum(p.stat().st_size for p in _artifact(store).rglob("*") if p.is_file())
+    store.discard_artifact(NAME, "edited")
+    assert store.record(unit) is None and store.replaced_note() == (
+        f"{store.artifacts_dir / REPLACED} holds 1 replaced artifact(s) and {store.units_dir / REPLACED} holds 1 "
+        f"retired record(s), {readable_size(size + record_size)} in all: nothing reads them again, safe to delete")
+
+
+def test_retiring_the_records_of_an_artifact_reads_only_the_records_of_the_units_given(store, monkeypatch):
+    """Called for every job computed, with the units the runner found naming its artifact as it claimed the job:
+    reading every record again for each job was a scan per job."""
     _artifact(store)
-    _record(store, "mashup_loss")
-    store.retire_records("merge-ffffffffffffffff")  # reads the records once
+    _artifact(store, "merge-ffffffffffffffff")
+    units = [_record(store, "mashup_loss"), _record(store, "mashup_accuracy")]
+    others = [_record(store, arm, "merge-ffffffffffffffff") for arm in ("oracle", "mashup_random")]
     reads: list[Path] = []
     real = store_module._load
     monkeypatch.setattr(store_module, "_load", lambda path: reads.append(path) or real(path))
-    assert store.retire_records("merge-eeeeeeeeeeeeeeee") == [] and reads == []
+    assert len(store.retire_records(NAME, units)) == 2
+    assert _names(reads) == sorted(unit_file_name(u) for u in units)
+    assert sorted(store.records()) == sorted(others)
+
+
+def test_computing_a_job_retires_the_records_claimed_with_it_without_a_scan(store, monkeypatch):
+    from types import SimpleNamespace
+
+    from mashup.experiment import runner
+
+    _artifact(store)
+    _artifact(store, "merge-ffffffffffffffff")
+    unit = _record(store, "mashup_loss")
+    other = _record(store, "oracle", "merge-ffffffffffffffff")
+    claimed = runner.Claimed(SimpleNamespace(root=str(store.root), artifact=NAME), tuple(store.naming(NAME)))
+    reads: list[Path] = []
+    real = store_module._load
+    monkeypatch.setattr(store_module, "_load", lambda path: reads.append(path) or real(path))
+    monkeypatch.setattr(runner, "execute_job", lambda job: {"computed": job.artifact})
+    assert runner.compute_job(claimed) == {"computed": NAME}
+    assert _names(reads) == [unit_file_name(unit)] and list(store.records()) == [other]

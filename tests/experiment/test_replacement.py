@@ -1,5 +1,6 @@
-"""Replacing an edited artifact end to end: a replacement finished before a kill is kept, an artifact whose result
-file is not its kind's is computed again, and what was moved aside is summed up."""
+"""Replacing an edited artifact end to end: a replacement finished before a kill is kept, a run killed between the
+discard and the retirement of its records is completed by the next, an artifact whose result file is not its kind's
+is computed again, and what was moved aside is summed up."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from mashup.experiment import plan_experiment, run_experiment
 from mashup.experiment.manifest import RESULT
 from mashup.experiment.report import current_records, missing_units
 from mashup.experiment.store import REPLACED, ResultStore, unit_file_name
-from tests.experiment.helpers import tiny_config, write_tasks
+from tests.experiment.helpers import comparable, tiny_config, write_tasks
 
 TRAIN = "train/alpha/mashup_loss/lr=0.001/seed=0"  # a run from a merge: no later unit is built on it
 
@@ -106,3 +107,38 @@ def test_a_job_never_started_keeps_its_records_when_the_phase_fails_first(tiny_b
     with pytest.raises(Exception, match="out of memory"):
         run_experiment(config)
     assert [store.record(unit) is None for unit in merges] == [True, False]
+
+
+def test_a_run_killed_between_discarding_an_artifact_and_retiring_its_records_is_completed_by_the_next(
+        tiny_base, tmp_path, monkeypatch):
+    """The edited artifact moved aside, its record not yet retired: the record names an artifact that is gone, so
+    the unit is not done; the next run retires the record, computes the artifact once, and leaves every other
+    record as it was, and the edited artifact and the old record where they can still be found."""
+    config = _small(tiny_base, tmp_path)
+    run_experiment(config)
+    store = ResultStore(config.out)
+    before = store.records()
+    artifact = before[TRAIN]["artifact"]
+    (store.artifact(artifact) / "train_config.yaml").write_text("edited by hand\n")
+    discard = ResultStore.discard_artifact
+
+    def killed(self: ResultStore, name: str, why: str) -> Path:
+        discard(self, name, why)
+        raise KeyboardInterrupt("killed after the discard, before the records are retired")
+
+    monkeypatch.setattr(ResultStore, "discard_artifact", killed)
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(config)
+    monkeypatch.setattr(ResultStore, "discard_artifact", discard)
+    assert not store.artifact(artifact).exists() and store.record(TRAIN) == before[TRAIN]
+    assert {p.unit.id: p.status for p in plan_experiment(config)}[TRAIN] == "stale"
+    run = run_experiment(config)
+    assert run.computed == [TRAIN] and not run.reused
+    [edited] = (store.artifacts_dir / REPLACED).iterdir()
+    assert (edited / "train_config.yaml").read_text() == "edited by hand\n"
+    [retired] = (store.units_dir / REPLACED).iterdir()
+    assert json.loads(retired.read_text()) == before[TRAIN]
+    after = store.records()
+    assert {u: r for u, r in after.items() if u != TRAIN} == {u: r for u, r in before.items() if u != TRAIN}
+    assert comparable({TRAIN: after[TRAIN]}) == comparable({TRAIN: before[TRAIN]})
+    assert all(p.recorded for p in plan_experiment(config))

@@ -71,6 +71,23 @@ def test_a_grid_method_that_merges_task_vectors_narrows_the_candidates(tmp_path,
     assert "task_arithmetic" in next(r["reason"] for r in result["rejected"] if r["id"] == outsider.id)
 
 
+def test_a_selection_job_finds_its_candidates_once_and_scores_exactly_those(tmp_path, tiny_base, tiny_loras,
+                                                                          monkeypatch):
+    """Under the one default merge, one pass of the candidate filter (each candidate's freshness checked once):
+    the scoring takes the candidates found, rather than finding them again."""
+    library, _ = _library(tmp_path, tiny_loras, [None] * 3)
+    context = Context(config=_config(tmp_path, tiny_base, library), root=str(tmp_path / "out"), precision="fp32",
+                      library=str(library.directory))
+    checked: list[list[str]] = []
+    fresh = Library.fresh
+    monkeypatch.setattr(Library, "fresh", lambda self, records, **kw: checked.append([r.id for r in records])
+                        or fresh(self, records, **kw))
+    result = execute_job(resolve(Unit("selection", "select", "alpha", "samples:8"), context))["result"]
+    assert checked == [[r.id for r in library.list()]]
+    assert sorted(s["id"] for s in result["ranking"]) == sorted(checked[0]) and result["n"] == 8
+    assert result["selection_uncached"] == result["selection"] > 0 and result["rejected"] == []
+
+
 def _select_job(**fields: Any) -> SelectJob:
     data = DataConfig(data="alpha/train.jsonl", name="alpha", scoring="letter", max_length=64, validation_size=8)
     return SelectJob(root="/anywhere", base="smollm2-135m", precision="fp32", data=data, library="library",

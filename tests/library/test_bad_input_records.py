@@ -13,6 +13,7 @@ from safetensors.torch import load_file, save_file
 from mashup.errors import CheckpointError
 from mashup.io import check_finite
 from mashup.library import Library, partition_compatible
+from mashup.library.lora_config import TASK_TYPES, is_lora_init
 from mashup.library.records import check_lora_dir
 from tests.library.helpers import noisy_copy
 
@@ -230,11 +231,11 @@ def test_lora_whose_base_is_not_on_disk_is_left_to_loading(tmp_path, tiny_loras)
     ("lora_dropout", "x", "a number from 0 to 1"), ("lora_dropout", None, "a number from 0 to 1"),
     ("lora_dropout", 1.5, "a number from 0 to 1"), ("bias", "some", 'one of "none", "all", "lora_only"'),
     ("bias", None, "one of"), ("fan_in_fan_out", "no", "true or false"), ("inference_mode", 1, "true or false"),
-    ("lora_bias", "x", "true or false"), ("init_lora_weights", 5, "true, false or an init method name"),
+    ("lora_bias", "x", "true or false"), ("init_lora_weights", 5, "true, false or one of"),
     ("modules_to_save", "lm_head", "a list of module names or null"),
     ("target_parameters", "weight", "a list of parameter names or null"),
     ("layer_replication", [[0, "2"]], r"a list of \[start, end\] layer ranges"),
-    ("task_type", 5, 'a task type such as "CAUSAL_LM"'),
+    ("task_type", 5, 'null or one of "SEQ_CLS"'),
 ])
 def test_wrongly_typed_field_peft_reads_on_load_names_field_file_and_type(tmp_path, tiny_loras, field, value,
                                                                           expected):
@@ -249,6 +250,42 @@ def test_fields_peft_reads_on_load_accept_what_peft_accepts(tmp_path, tiny_loras
     fields = {"lora_dropout": 1, "bias": "lora_only", "fan_in_fan_out": None, "init_lora_weights": "gaussian",
               "modules_to_save": [], "layer_replication": [[0, 2]], "task_type": None, "target_parameters": None}
     assert len(Library(tmp_path / "lib").add([noisy_copy(tiny_loras[0], tmp_path / "a", seed=1, **fields)])) == 1
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("init_lora_weights", "kaiming"), ("init_lora_weights", "EVA"), ("init_lora_weights", "PiSSA"),
+    ("init_lora_weights", "pissa_niter_x"), ("task_type", "causal_lm"), ("task_type", "CAUSAL-LM"),
+])
+def test_values_peft_refuses_on_load_name_dir_field_and_accepted_values(tmp_path, tiny_loras, field, value):
+    bad = noisy_copy(tiny_loras[0], tmp_path / "bad", seed=1, **{field: value})
+    accepted = '"pissa_niter_<n>"' if field == "init_lora_weights" else '"CAUSAL_LM"'
+    error = _refused(Library(tmp_path / "lib"), [bad], f"field '{field}' is \"{value}\", expected .*{accepted}")
+    assert error.where == str(bad / "adapter_config.json")
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("init_lora_weights", "pissa_niter_4"), ("init_lora_weights", "OLoRA"), ("init_lora_weights", "Gaussian"),
+    ("init_lora_weights", "corda"), ("init_lora_weights", False), ("task_type", "SEQ_2_SEQ_LM"),
+])
+def test_values_peft_takes_on_load_are_accepted(tmp_path, tiny_loras, field, value):
+    assert len(Library(tmp_path / "lib").add([noisy_copy(tiny_loras[0], tmp_path / "a", seed=1, **{field: value})]))
+
+
+def test_init_and_task_type_checks_agree_with_peft():
+    """PEFT itself decides: building a LoRA layer runs the init PEFT runs on load; the config checks task_type."""
+    from peft import LoraConfig
+    from peft.tuners.lora.layer import Linear
+    from peft.utils.peft_types import TaskType
+
+    assert TASK_TYPES == tuple(t.value for t in TaskType)
+    for value in [True, False, None, "", "gaussian", "Gaussian", "eva", "EVA", "olora", "OLoRA", "pissa",
+                  "pissa_niter_4", "pissa_niter_x", "PiSSA", "pissa_x", "mica", "orthogonal", "Orthogonal", "kaiming"]:
+        try:
+            Linear(torch.nn.Linear(4, 4), "default", config=LoraConfig(r=2, init_lora_weights=value), r=2, lora_alpha=2)
+        except ValueError:
+            assert not is_lora_init(value), value
+        else:
+            assert is_lora_init(value), value
 
 
 def test_peft_type_is_read_as_written(tmp_path, tiny_loras):

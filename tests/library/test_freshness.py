@@ -126,7 +126,7 @@ def test_verify_lists_missing_and_changed_files(tmp_path, own_loras, capsys, mon
     lib = tmp_path / "lib"
     ids = json.loads(run_cli(["library", "add", *own_loras, "--library", lib, "--json"], capsys, monkeypatch)[0])
     out, _ = run_cli(["library", "verify", "--library", lib, "--json"], capsys, monkeypatch)
-    assert json.loads(out) == {"checked": 3, "problems": []}
+    assert json.loads(out) == {"checked": 3, "ok": 3, "unreadable": 0, "problems": []}
     (own_loras[1] / "adapter_model.safetensors").write_bytes(b"garbage")
     shutil.rmtree(own_loras[2])
     out, _ = run_cli(["library", "verify", "--library", lib, "--json"], capsys, monkeypatch, expect=1)

@@ -62,7 +62,7 @@ def test_a_moved_adapter_with_other_settings_is_refused_and_nothing_is_written(t
     config_path.write_text(json.dumps({**json.loads(config_path.read_text()), "lora_alpha": 99}))
     extra = noisy_copy(tiny_loras[0], tmp_path / "extra", seed=6)
     before = (library.directory / DB_NAME).read_bytes()
-    with pytest.raises(LibraryError, match=f"registered as {record.id}, whose dir is gone, but .*lora_alpha"):
+    with pytest.raises(LibraryError, match=f"registered as {record.id} .*, but .*lora_alpha"):
         library.add([extra, tmp_path / "new" / "adapter"])
     assert (library.directory / DB_NAME).read_bytes() == before  # all or none: the extra is not added either
 
@@ -156,3 +156,25 @@ def test_cli_recursive_add_json_lists_the_relocated(tmp_path, registered, capsys
     out, _ = run_cli(["library", "add", tmp_path / "new", "--recursive", "--library", library.directory, "--json"],
                      capsys, monkeypatch)
     assert json.loads(out) == {"added": [record.id], "skipped": [], "relocated": [record.id]}
+
+
+def test_repoint_re_points_an_entry_whose_dir_is_still_there(tmp_path, registered):
+    library, record = registered
+    shutil.copytree(tmp_path / "old", tmp_path / "copy")
+    with pytest.raises(LibraryError, match="already registered"):
+        library.add([tmp_path / "copy" / "adapter"])
+    added = library.add([tmp_path / "copy" / "adapter"], repoint=True)
+    entry = library.get(record.id)
+    assert [r.id for r in added] == [record.id] and [r.id for r in added.relocated] == [record.id]
+    assert entry.path == str(tmp_path / "copy" / "adapter") and len(library.list()) == 1
+    assert (entry.task, entry.metadata, entry.lineage, entry.created) == ("alpha", {"lr": 1e-4},
+                                                                          record.lineage, record.created)
+
+
+def test_relocate_of_a_copy_re_points_the_entry_only_when_asked(tmp_path, registered):
+    library, record = registered
+    shutil.copytree(tmp_path / "old", tmp_path / "copy")
+    assert library.relocate(record, tmp_path / "copy" / "adapter").status == "ok"
+    assert library.get(record.id).path == record.path  # its dir is there: a plain relocate leaves it
+    assert library.relocate(record, tmp_path / "copy" / "adapter", copied=True).status == "ok"
+    assert library.get(record.id).path == str(tmp_path / "copy" / "adapter")

@@ -83,7 +83,7 @@ def test_verify_with_every_checkpoint_ok_says_so_in_one_line(tmp_path, tiny_lora
     out, _ = run_cli(["library", "verify", "--library", lib], capsys, monkeypatch)
     assert out == "all 2 checkpoints verified: weights unchanged\n"
     report = json.loads(run_cli(["library", "verify", "--library", lib, "--json"], capsys, monkeypatch)[0])
-    assert report == {"checked": 2, "problems": []}
+    assert report == {"checked": 2, "ok": 2, "unreadable": 0, "problems": []}
 
 
 @pytest.fixture()

@@ -9,14 +9,15 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM
 
 from mashup.config import MergeConfig
-from mashup.errors import MergeError
+from mashup.errors import CheckpointError, MergeError
 from mashup.merging import export_mergekit_yaml, merge_checkpoints, merge_tensors
 from mashup.merging.full import merge_full
 from mashup.merging.plan import build_plan
+from mashup.models import load_full_weights_into, load_model
 from tests.merging.helpers import records
 
 
@@ -111,3 +112,50 @@ def test_copies_model_files_from_the_first_checkpoint_without_base(tiny_fulls: l
     shutil.copytree(tiny_fulls[0], source)
     merge_checkpoints(records([source, tiny_fulls[1]], Path("org/base-not-at-hand")), MergeConfig(), tmp_path / "out")
     assert (tmp_path / "out" / "config.json").read_text() == (source / "config.json").read_text()
+
+
+def _tied_full(base: Path, out: Path, seed: int, head_offset: float = 0.0) -> Path:
+    """A full fine-tune of a tied model that stores its head too (as some exporters do): equal to the
+    embeddings, or ``head_offset`` away from them."""
+    model = AutoModelForCausalLM.from_pretrained(base)
+    model.config.tie_word_embeddings = True
+    generator = torch.Generator().manual_seed(seed)
+    weights = {name: param.detach() + 0.05 * torch.randn(param.shape, generator=generator)
+               for name, param in model.named_parameters() if name != "lm_head.weight"}
+    weights["lm_head.weight"] = weights["model.embed_tokens.weight"] + head_offset
+    out.mkdir()
+    save_file({name: t.contiguous() for name, t in weights.items()}, str(out / "model.safetensors"),
+              metadata={"format": "pt"})
+    model.config.save_pretrained(out)
+    return out
+
+
+def test_a_tied_head_stored_beside_the_embeddings_stays_tied_through_a_sparsifying_merge(
+        tiny_base: Path, tmp_path: Path) -> None:
+    fulls = [_tied_full(tiny_base, tmp_path / f"tied{i}", seed=i) for i in range(2)]
+    out = tmp_path / "out"
+    merge_checkpoints(records(fulls, tiny_base), MergeConfig(method="dare_ties", density=0.5), out,
+                      base_model_dir=fulls[0])
+    merged = state(out)
+    assert "lm_head.weight" not in merged  # transformers ties it again on load
+    model = load_model(out)  # refuses a head that config.json ties yet holds other values
+    assert model.get_output_embeddings().weight is model.get_input_embeddings().weight
+
+
+def test_a_tied_config_with_a_head_of_other_values_is_refused_by_the_merge(tiny_base: Path, tmp_path: Path) -> None:
+    fulls = [_tied_full(tiny_base, tmp_path / "tied0", seed=0),
+             _tied_full(tiny_base, tmp_path / "untied1", seed=1, head_offset=0.5)]
+    with pytest.raises(MergeError, match="ties the output head.*untied1") as caught:
+        merge_checkpoints(records(fulls, tiny_base), MergeConfig(), tmp_path / "out")
+    assert "tie_word_embeddings" in caught.value.fix and not (tmp_path / "out").exists()
+
+
+def test_swapping_a_full_finetune_into_a_tied_base_refuses_a_head_of_other_values(tiny_base: Path,
+                                                                                    tmp_path: Path) -> None:
+    equal = _tied_full(tiny_base, tmp_path / "equal", seed=0)
+    other = _tied_full(tiny_base, tmp_path / "other", seed=1, head_offset=0.5)
+    model = load_model(equal)
+    assert model.get_output_embeddings().weight is model.get_input_embeddings().weight
+    load_full_weights_into(model, equal)
+    with pytest.raises(CheckpointError, match="ties lm_head.weight to model.embed_tokens.weight.*other"):
+        load_full_weights_into(model, other)

@@ -259,6 +259,24 @@ def test_a_library_whose_prefilter_cache_cannot_be_opened_is_filtered_without_it
     assert blocked.values == fresh.values and "goes on without its cache" in caplog.text
 
 
+def test_arrow_alone_cutting_a_small_pool_warns_once_and_ranks_as_before(tiny_base, tiny_loras, mc_file, caplog):
+    """Arrow alone misranks small pools (a target's true top 2 ranked 81st of 96): a warning, the same result."""
+    workspace, requests = requests_for(tiny_base, mc_file, 6, "letter")
+    records, settings = records_for(tiny_loras), workspace.settings(3)
+    runs, warned = {}, {}
+    for name, signals, keep in [("arrow", ["arrow"], 0.5), ("both", ["first_order", "arrow"], 0.5),
+                                ("keeps all", ["arrow"], 0.99)]:
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="mashup.selection.prefilter"):
+            runs[name] = run_prefilter(records, requests, settings, tiny_base,
+                                       PrefilterConfig(signals=signals, keep=keep, min_keep=1), "key")
+        warned[name] = [r.getMessage() for r in caplog.records]
+    assert len(warned["arrow"]) == 1 and "Arrow alone is not safe on 3 candidates (under 500)" in warned["arrow"][0]
+    assert "--prefilter-signals first_order,arrow" in warned["arrow"][0]
+    assert warned["both"] == warned["keeps all"] == [], "both signals, or no cut: no warning"
+    assert len(runs["arrow"].kept) == 2 and runs["arrow"].values["arrow"] == runs["both"].values["arrow"]
+
+
 def test_keep_count_and_round_robin():
     assert keep_count(1000, PrefilterConfig(keep=0.1, min_keep=32)) == 100
     assert keep_count(100, PrefilterConfig(keep=0.1, min_keep=32)) == 32

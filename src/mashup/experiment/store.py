@@ -27,7 +27,7 @@ import json
 import logging
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -41,7 +41,7 @@ from mashup.experiment.manifest import hash_outputs as hash_outputs
 from mashup.experiment.records import artifact_result, record_problem
 
 logger = logging.getLogger(__name__)
-REPLACED = ".replaced"  # under artifacts/: artifacts moved aside to be computed again (safe to delete)
+REPLACED = ".replaced"  # under artifacts/ and units/: what was moved aside to be computed again (safe to delete)
 
 
 def unit_file_name(unit_id: str) -> str:
@@ -136,10 +136,25 @@ class ResultStore:
             self._scanned = list(self.records().values())
         return [r for r in self._scanned if r["artifact"] == name]
 
+    def naming(self, name: str) -> list[str]:
+        """The units whose records name the artifact (the records read once until the next write)."""
+        return [r["unit"] for r in self._naming(name)]
+
+    def _vouching(self, name: str) -> tuple[bool, str | None]:
+        """Whether some record naming the artifact vouches for it (it holds the files that record lists); when none
+        does, the first naming record's difference (None: no record names it)."""
+        first = None
+        for record in self._naming(name):
+            checked = self.checked_manifest(record)
+            if not isinstance(checked, Difference):
+                return True, None
+            first = first or f"{checked} since {record['unit']} recorded it"
+        return False, first
+
     def vouched(self, name: str) -> bool:
         """True when some record names the artifact and it holds the files that record lists: it was made for a
         recorded unit (maybe remade for an equal unit after another's record), not edited since."""
-        return any(not isinstance(self.checked_manifest(r), Difference) for r in self._naming(name))
+        return self._vouching(name)[0]
 
     def to_replace(self, name: str) -> str | None:
         """Why a job's existing artifact must be computed again rather than reused (None: it is reused, or there
@@ -149,15 +164,7 @@ class ResultStore:
         if not self.artifact(name).exists():
             return None
         problem = self.incomplete(name)
-        if problem:
-            return f"incomplete ({problem})"
-        first = None
-        for record in self._naming(name):
-            checked = self.checked_manifest(record)
-            if not isinstance(checked, Difference):
-                return None  # vouched for by this record
-            first = first or f"{checked} since {record['unit']} recorded it"
-        return first
+        return f"incomplete ({problem})" if problem else self._vouching(name)[1]
 
     def discard_artifact(self, name: str, why: str) -> Path:
         """Move an artifact aside to compute it again, with whatever was added to it: to
@@ -169,32 +176,36 @@ class ResultStore:
                        name, why, target, readable_size(_bytes_under(target)))
         return target
 
-    def retire_records(self, name: str) -> list[Path]:
-        """Move every record that names the artifact to ``units/.replaced/<file>-<UTC time>`` (each in one atomic
-        rename), before the artifact is computed (again): they vouch for bytes that are gone, so the units are
-        not done (a rerun and ``mashup report`` see no record), and a run killed after the new artifact's rename,
-        before its units' records, leaves an artifact no record names: reused, not replaced again. Returns where
-        they went."""
+    def retire_records(self, name: str, units: Iterable[str]) -> list[Path]:
+        """Move the records of ``units`` that name the artifact (``naming``'s, as the job was claimed; only their
+        files are read) to ``units/.replaced/<file>-<UTC time>``, each in one atomic rename, before the artifact is
+        computed (again): they vouch for bytes that are gone, so the units are not done (a rerun and ``mashup
+        report`` see no record), and a run killed after the new artifact's rename, before its units' records,
+        leaves an artifact no record names: reused, not replaced again. Returns where they went."""
         moved: list[Path] = []
-        for record in self._naming(name):
-            path = self.units_dir / unit_file_name(record["unit"])
+        for unit in units:
+            record = self.record(unit)
+            if record is None or record["artifact"] != name:  # gone or rewritten since the claim
+                continue
+            path = self.units_dir / unit_file_name(unit)
             moved.append(_aside(self.units_dir / REPLACED, path.stem, ".json"))
             os.rename(path, moved[-1])
-            logger.info("record of %s retired to %s: its artifact %s is computed again", record["unit"], moved[-1],
-                        name)
+            logger.info("record of %s retired to %s: its artifact %s is computed again", unit, moved[-1], name)
         if moved:
             self._scanned = None
         return moved
 
     def replaced_note(self) -> str | None:
-        """One line on what ``artifacts/.replaced`` holds (a stat walk), for the end of a run; None when empty."""
-        aside = self.artifacts_dir / REPLACED
-        entries = sorted(aside.iterdir()) if aside.is_dir() else []
-        if not entries:
+        """One line on what the ``.replaced`` dirs hold (a stat walk), for the end of a run; None when both are
+        empty."""
+        held = [(aside, what, entries) for aside, what in ((self.artifacts_dir / REPLACED, "replaced artifact(s)"),
+                                                           (self.units_dir / REPLACED, "retired record(s)"))
+                if (entries := _entries(aside))]
+        if not held:
             return None
-        total = sum(_bytes_under(entry) for entry in entries)
-        return (f"{aside} holds {len(entries)} replaced artifact(s), {readable_size(total)} in all: nothing reads them "
-                "again, safe to delete")
+        total = sum(_bytes_under(entry) for _, _, entries in held for entry in entries)
+        listed = " and ".join(f"{aside} holds {len(entries)} {what}" for aside, what, entries in held)
+        return f"{listed}, {readable_size(total)} in all: nothing reads them again, safe to delete"
 
     def write(self, unit_id: str, record: dict[str, Any]) -> None:
         """Record a finished unit (atomically: a reader sees the old record or the new, never half)."""
@@ -241,6 +252,10 @@ def _aside(directory: Path, name: str, suffix: str = "") -> Path:
         n += 1
         target = directory / f"{name}-{stamp}-{n}{suffix}"
     return target
+
+
+def _entries(directory: Path) -> list[Path]:
+    return sorted(directory.iterdir()) if directory.is_dir() else []
 
 
 def _bytes_under(path: Path) -> int:

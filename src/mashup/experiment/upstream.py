@@ -10,16 +10,14 @@ Job keys, and the records written before this check, are unchanged: when nothing
 
 from __future__ import annotations
 
-import logging
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from mashup.errors import LibraryError
 from mashup.experiment.jobs import AnyJob, SourceJob, TrainJob
+from mashup.experiment.own_library import source_weights
 from mashup.experiment.records import artifact_result
-
-logger = logging.getLogger(__name__)
 
 
 def upstream_changed(job: AnyJob, result: dict[str, Any] | None = None) -> str | None:
@@ -60,31 +58,9 @@ def source_changed(job: SourceJob, result: dict[str, Any]) -> str | None:
         return f"its library entry {result.get('checkpoint_id')} is gone"
     if entry.sha256 != result.get("digest"):
         return f"its library entry {entry.id} names other weights"
-    if not Path(entry.path).exists():  # the experiment dir moved (the library keeps absolute paths): a run
-        moved = check_freshness(replace(entry, path=str(_weights(job))))  # re-points it (``relocate_moved``)
-        return None if moved.status == "ok" else f"the weights it registered changed ({moved.reason})"
+    weights = source_weights(job)
+    if Path(entry.path) != weights:  # registered where this dir was moved or copied from (a run re-points it before
+        here = check_freshness(replace(entry, path=str(weights)))  # selection: own_library.py): this dir's count
+        return None if here.status == "ok" else f"the weights it registered changed ({here.reason})"
     _, stale = library.fresh([entry])
     return f"the weights it registered changed ({stale[0][1]})" if stale else None
-
-
-def _weights(job: SourceJob) -> Path:
-    """Where a source's weights are in the experiment dir: its training run's adapter (or model)."""
-    return Path(job.root) / "artifacts" / job.train_artifact / ("adapter" if job.mode == "lora" else "model")
-
-
-def relocate_moved(root: Path, library_dir: Path) -> None:
-    """Re-point the entries of an experiment's own library at this dir's artifacts when the dir was moved since
-    they were registered (the library keeps absolute paths): merges and selections to come read those paths. An
-    entry is re-pointed only at the same weights; other bytes there leave it, for its source to be found stale."""
-    from mashup.library import Library
-
-    library = Library(library_dir)
-    if not library.db_path.exists():
-        return
-    for entry in library.list():
-        old = Path(entry.path)
-        new = root / "artifacts" / old.parent.name / old.name
-        if old.parent.parent.name == "artifacts" and not old.is_dir() and new.is_dir():
-            check = library.relocate(entry, new)
-            if check.status != "ok":
-                logger.warning("library entry %s not moved to %s: %s", entry.id, new, check.reason)

@@ -86,12 +86,13 @@ class Library:
     def add(self, paths: Sequence[str | Path], *, task: str | None = None, base: str | None = None,
             init_reference: str | None = None, metadata: dict | None = None, data_fingerprint: str | None = None,
             lineage: dict | None = None, allow_pickle: bool = False, recursive: bool = False,
-            workers: int | None = None, progress: Progress | None = None) -> Added:
+            workers: int | None = None, progress: Progress | None = None, repoint: bool = False) -> Added:
         """Register checkpoints, all or none: every one is inspected and hashed (in parallel) before one
         transaction adds them. ``recursive`` registers every adapter/model dir under the given dirs, skipping
         those already registered with the same weights (the result's ``skipped``); named explicitly, such a
-        checkpoint is an error. The init reference, and a base that is a local path, are stored absolute.
-        ``progress(done, total)`` is called as checkpoints are inspected."""
+        checkpoint is an error, unless its entry's dir is gone (moved: the entry is re-pointed) or ``repoint``
+        (the entry is re-pointed wherever it was). The init reference, and a base that is a local path, are stored
+        absolute. ``progress(done, total)`` is called as checkpoints are inspected."""
         init = stored_init_reference(init_reference)
         dirs = discover_checkpoints(paths) if recursive else [Path(p) for p in paths]
         registered = self.list() if recursive else []
@@ -104,8 +105,8 @@ class Library:
         complete_records(new)
         checks = checks_of_registered(new, rescanned, registered)
         # with none new, a library that exists is not written (it may be read-only); one that does not is made
-        added, skipped, relocated = (self._insert(new, skip_registered=recursive) if new or not self.db_path.exists()
-                                     else ([], [], []))
+        added, skipped, relocated = (self._insert(new, skip_registered=recursive, repoint=repoint)
+                                     if new or not self.db_path.exists() else ([], [], []))
         self._store_stats(checks)  # so that dirs hashed again for new stats are not hashed next time
         skipped = [c.record for c in rescanned] + skipped
         if skipped:
@@ -113,11 +114,12 @@ class Library:
             logger.debug("skipped as registered: %s", ", ".join(f"{r.path} ({r.id})" for r in skipped))
         return Added(added, skipped, relocated)
 
-    def _insert(self, records: list[CheckpointRecord], *, skip_registered: bool
+    def _insert(self, records: list[CheckpointRecord], *, skip_registered: bool, repoint: bool = False
                 ) -> tuple[list[CheckpointRecord], list[CheckpointRecord], list[CheckpointRecord]]:
         """Insert ``records`` in one transaction; returns (added, skipped, relocated). Weights already registered
         (same digest) are skipped with ``skip_registered``, else refused; the same weights given twice are refused;
-        weights registered at a dir that is gone (moved) re-point that entry at the new dir, keeping what it holds
+        weights registered at a dir that is gone (moved), or anywhere with ``repoint``, re-point that entry at the new
+        dir, keeping what it holds
         but what the add gives (``moved_entry``; ``relocated``, also among the added). An entry of the same id that
         cannot be read (see ``entries``) is replaced by a plain add, with a warning: registering the checkpoint again
         is how such an entry is repaired. A re-scan (``skip_registered``) skips it with a warning instead (even
@@ -128,7 +130,7 @@ class Library:
             replaced = set() if skip_registered else unreadable
             existing = {i: found for i, found in existing.items() if i not in replaced}
             gone = {r.id for r in records if r.id in existing and r.id not in unreadable  # skipped with a warning
-                    and not Path(existing[r.id][0]).is_dir()}
+                    and (repoint or not Path(existing[r.id][0]).is_dir())}
             moved = [r for r in records if r.id in gone and existing[r.id][1] == r.sha256]
             skipped = [r for r in records if skip_registered and r.id not in gone
                        and existing.get(r.id, ("", ""))[1] == r.sha256]
@@ -145,11 +147,12 @@ class Library:
         added = [relocated.get(r.id, r) for r in records if r.id in relocated or r.id not in left]
         return added, skipped, list(relocated.values())
 
-    def relocate(self, record: CheckpointRecord, path: str | Path) -> Freshness:
-        """Re-point ``record``, whose dir is gone, at ``path`` if that holds the same checkpoint (the freshness
-        check: a stat, hashing only files whose stats changed), as ``add`` of a moved checkpoint does; the check.
-        Nothing is written when the entry, as read in the write, is gone, or was re-pointed meanwhile (its path is
-        not ``record``'s, or is a dir again), or cannot be read."""
+    def relocate(self, record: CheckpointRecord, path: str | Path, *, copied: bool = False) -> Freshness:
+        """Re-point ``record``, whose dir is gone (or, ``copied``, still there: ``path`` holds a copy to use instead),
+        at ``path`` if that holds the same checkpoint (the freshness check: a stat, hashing only files whose stats
+        changed), as ``add`` of a moved checkpoint does; the check. Nothing is written when the entry, as read in
+        the write, is gone, or was re-pointed meanwhile (its path is not ``record``'s, or, not ``copied``, is a dir
+        again), or cannot be read."""
         moved = dataclasses.replace(record, path=str(Path(path).resolve()), task=None, init_reference=None,
                                     data_fingerprint=None)  # the entry's kept (see ``moved_entry``)
         check = check_freshness(moved)
@@ -159,7 +162,7 @@ class Library:
         try:
             with self._write() as conn:
                 rows = select_rows(conn, "checkpoints", ["path"], "WHERE id = ?", (record.id,))
-                if not rows or rows[0]["path"] != record.path or Path(record.path).is_dir():
+                if not rows or rows[0]["path"] != record.path or (not copied and Path(record.path).is_dir()):
                     return check
                 relocate_rows(conn, [moved], str(self.db_path))
         except UnreadableEntry as exc:

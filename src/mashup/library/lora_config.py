@@ -45,24 +45,52 @@ def _is_ranges(value: Any) -> bool:
         isinstance(r, list) and len(r) == 2 and all(map(is_int, r)) for r in value))
 
 
-# LoraConfig fields PEFT uses on load without checking their type: a wrong one is a traceback there (a string
-# dropout, a null bias) or a silent misreading (the string "no" is a true fan_in_fan_out); absent ones default
+# PEFT 0.21's TaskType values: PeftConfig refuses any other non-null task_type on load
+TASK_TYPES = ("SEQ_CLS", "SEQ_2_SEQ_LM", "CAUSAL_LM", "TOKEN_CLS", "QUESTION_ANS", "FEATURE_EXTRACTION")
+_INITS = '"gaussian", "eva", "olora", "pissa", "pissa_niter_<n>", "corda", "loftq", "orthogonal", "mica", "lora_ga"'
+
+
+def is_lora_init(value: Any) -> bool:
+    """Whether PEFT 0.21's ``LoraLayer.update_layer`` takes ``value`` as init_lora_weights on load: a falsy one
+    skips the init, a few names are compared case-insensitively, pissa and corda by prefix; any other string fails
+    there with "Unknown initialization". Numbers are refused by type, though PEFT would take 0 as false."""
+    if value is None or isinstance(value, bool) or value == "":
+        return True
+    if not isinstance(value, str):
+        return False
+    if value.startswith("pissa"):  # pissa_init: "pissa", or "<...>_niter_<int>" for fast SVD
+        parts = value.split("_niter_")
+        return value == "pissa" or len(parts) == 2 and _is_int_text(parts[1])
+    return (value.startswith("corda") or value.lower() in ("olora", "mica", "gaussian")
+            or value in ("loftq", "eva", "orthogonal", "lora_ga"))
+
+
+def _is_int_text(text: str) -> bool:
+    try:
+        int(text)  # as pissa_init parses the iteration count
+    except ValueError:
+        return False
+    return True
+
+
+# LoraConfig fields PEFT uses on load: a wrong type or value is a traceback there (a string dropout, a null bias,
+# an unknown init or task type) or a silent misreading (the string "no" is a true fan_in_fan_out); absent ones default
 _PEFT_FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "lora_dropout": (lambda v: is_number(v) and 0 <= v <= 1, "a number from 0 to 1"),
     "bias": (lambda v: v in ("none", "all", "lora_only"), 'one of "none", "all", "lora_only"'),
     "fan_in_fan_out": (_is_flag, "true or false"), "inference_mode": (_is_flag, "true or false"),
     "lora_bias": (_is_flag, "true or false"),
-    "init_lora_weights": (lambda v: v is None or isinstance(v, (bool, str)), "true, false or an init method name"),
+    "init_lora_weights": (is_lora_init, f"true, false or one of {_INITS}"),
     "modules_to_save": (_is_names, "a list of module names or null"),
     "target_parameters": (_is_names, "a list of parameter names or null"),
     "layer_replication": (_is_ranges, "a list of [start, end] layer ranges or null"),
-    "task_type": (lambda v: v is None or isinstance(v, str), 'a task type such as "CAUSAL_LM", or null'),
+    "task_type": (lambda v: v is None or v in TASK_TYPES, "null or one of " + ", ".join(f'"{t}"' for t in TASK_TYPES)),
 }
 
 
 def read_field(config: dict[str, Any], name: str, default: Any, valid: Callable[[Any], bool], expected: str,
            where: str) -> Any:
-    """``config[name]`` (``default`` if absent), refused unless of the type PEFT expects."""
+    """``config[name]`` (``default`` if absent), refused unless of a type (and value) PEFT takes."""
     value = config.get(name, default)
     if not valid(value):
         raise CheckpointError(f"{ADAPTER_CONFIG} field '{name}' is {shown(value)}, expected {expected}", where,

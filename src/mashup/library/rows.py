@@ -129,16 +129,16 @@ def unreadable_ids(conn: sqlite3.Connection, ids: Iterable[str], catalog: str) -
 
 
 def relocate_rows(conn: sqlite3.Connection, moved: list[CheckpointRecord], catalog: str) -> list[CheckpointRecord]:
-    """Re-point the entries of ``moved``'s ids (whose dirs are gone) at ``moved``'s paths, with their new file stats,
-    keeping everything else they hold (lineage, metadata, created) but what the add gave (see ``moved_entry``): the
-    entries as they now read."""
+    """Re-point the entries of ``moved``'s ids (whose dirs are gone, or copied) at ``moved``'s paths, with their new
+    file stats, keeping everything else they hold (lineage, metadata, created) but what the add gave (see
+    ``moved_entry``): the entries as they now read."""
     relocated = []
     for record in moved:
         kept = from_row(select_rows(conn, "checkpoints", list(COLUMNS), "WHERE id = ?", (record.id,))[0], catalog)
-        kept = moved_entry(kept, record)
+        old_path, kept = kept.path, moved_entry(kept, record)
         change = lora_config_change(kept) if kept.kind == "lora" else None
         if change:  # the same weights under other settings compute something else: not the same checkpoint moved
-            raise LibraryError(f"registered as {kept.id}, whose dir is gone, but {change}", record.path,
+            raise LibraryError(f"registered as {kept.id} ({old_path}), but {change}", record.path,
                                f"`mashup library remove {kept.id}`, then add it again")
         conn.execute("UPDATE checkpoints SET path = ?, file_stats = ?, task = ?, init_reference = ?, "
                      "data_fingerprint = ? WHERE id = ?", (kept.path, json.dumps(kept.file_stats), kept.task,
@@ -148,9 +148,9 @@ def relocate_rows(conn: sqlite3.Connection, moved: list[CheckpointRecord], catal
 
 
 def moved_entry(kept: CheckpointRecord, record: CheckpointRecord) -> CheckpointRecord:
-    """``kept`` (an entry whose dir is gone) at ``record``'s path and file stats; the task, init reference and data
-    fingerprint the add gave (not null) replace the entry's. An init reference beside the old dir (a training run's
-    ``adapter_init.safetensors``) moved along with it: the same file beside the new dir, when there."""
+    """``kept`` (an entry whose dir is gone, or copied) at ``record``'s path and file stats; the task, init reference
+    and data fingerprint the add gave (not null) replace the entry's. An init reference beside the old dir (a
+    training run's ``adapter_init.safetensors``) moved along with it: the same file beside the new dir, when there."""
     init = record.init_reference or kept.init_reference
     old_parent, new_parent = Path(kept.path).parent, Path(record.path).parent
     if not record.init_reference and init and Path(init).is_relative_to(old_parent):

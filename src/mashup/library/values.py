@@ -6,6 +6,8 @@ import json
 import math
 from typing import Any
 
+from mashup.errors import clipped
+
 
 def is_int(value: Any) -> bool:
     """An integer, not a bool (JSON's true would pass ``isinstance(v, int)``)."""
@@ -29,4 +31,4 @@ def shown(value: Any) -> str:
         text = json.dumps(value)
     except (TypeError, ValueError):
         text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
+    return clipped(text, 40)  # whitespace kept: in a value (a regex, say) it may be what is wrong

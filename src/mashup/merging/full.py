@@ -22,6 +22,9 @@ MODEL_FILES = ("config.json", "generation_config.json", "tokenizer.json", "token
                "special_tokens_map.json", "vocab.json", "merges.txt", "tokenizer.model", "added_tokens.json",
                "chat_template.jinja", "chat_template.json")
 Tensors = dict[str, torch.Tensor]
+HEAD_NAME = "lm_head.weight"
+# where causal LMs that can tie their head keep the input embeddings (Llama/Mistral/Qwen/Gemma/SmolLM, GPT-2)
+EMBEDDING_NAMES = ("model.embed_tokens.weight", "model.language_model.embed_tokens.weight", "transformer.wte.weight")
 
 
 class WeightReader:
@@ -113,13 +116,43 @@ def _open_inputs(plan: MergePlan, base_model_dir: Path | None) -> tuple[list[Wei
     return readers, reference
 
 
+def _ties_head(model_dir: Path) -> bool:
+    """Whether the checkpoint's config.json ties its output head to the input embeddings."""
+    try:
+        config = json.loads((model_dir / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    text_config = config.get("text_config") if isinstance(config.get("text_config"), dict) else {}
+    return bool(config.get("tie_word_embeddings", text_config.get("tie_word_embeddings", False)))
+
+
+def tied_head_copy(plan: MergePlan, readers: Sequence[WeightReader]) -> str | None:
+    """The output head's name where the inputs tie it to the embeddings yet store it too (equal to them): it is
+    left out of the merge, which transformers ties again on load. Merged on its own, a random or magnitude
+    sparsification would make it differ from the merged embeddings, and a head that config.json ties but that
+    differs from the embeddings is refused on load. A stored head of other values is refused here."""
+    names = set(readers[0].names())
+    embedding = next((name for name in EMBEDDING_NAMES if name in names), None)
+    if HEAD_NAME not in names or embedding is None or not _ties_head(Path(plan.records[0].path)):
+        return None
+    for record, reader in zip(plan.records, readers):
+        if not torch.equal(reader.get(HEAD_NAME), reader.get(embedding)):
+            raise MergeError(f"config.json ties the output head to the embeddings, but {HEAD_NAME} holds other "
+                             f"values than {embedding}", record.path, "set tie_word_embeddings to false in its "
+                             "config.json to keep that head, or re-save the model with its head tied")
+    return HEAD_NAME
+
+
 def merge_full(plan: MergePlan, out_dir: Path, base_model_dir: Path | None = None,
                statistics: Sequence[Tensors] | None = None, max_shard_bytes: int = MAX_SHARD_BYTES) -> None:
     """Stream the merge: one tensor per input (plus reference and output) in memory at a time."""
     readers, reference = _open_inputs(plan, base_model_dir)
     writer = ShardWriter(out_dir, max_shard_bytes)
     without_statistics = 0
+    tied_head = tied_head_copy(plan, readers)
     for name in readers[0].names():
+        if name == tied_head:
+            continue
         tensors = [reader.get(name) for reader in readers]
         for record, tensor in zip(plan.records, tensors):
             require_finite(tensor, name, record.id or record.path)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from functools import cached_property
 from pathlib import Path
 
 import torch
@@ -14,7 +15,7 @@ from mashup.evaluation import ScoreSettings, plan_batch_rows
 from mashup.executors import Executor, make_executor
 from mashup.library import CheckpointRecord
 from mashup.selection.driver import ProgressFn, Selection, SelectionContext, SelectionStats
-from mashup.selection.engine import default_adapters_per_forward, default_stacking, keeps_scoring_copies
+from mashup.selection.engine import default_adapters_per_forward, default_stacking, group_rows, keeps_scoring_copies
 from mashup.selection.example_scores import sample_tokens
 from mashup.selection.scores import ScoreStore
 from mashup.selection.scoring_copies import SCORING_COPIES_DIR, prune_library_copies
@@ -87,6 +88,13 @@ class UnitSizer:
     def __call__(self, unit_requests: Sequence[EncodedRequest], candidates: int) -> int:
         if self.config.adapters_per_forward:
             return self.config.adapters_per_forward
-        stacking = default_stacking(self.base_dir, self.settings, candidates)
+        stacking = default_stacking(self.base_dir, self.settings, candidates, forward_rows=self._group_rows)
         batches = plan_batch_rows(unit_requests, self.config.batch_size, self.with_accuracy, stacking)
-        return default_adapters_per_forward(self.base_dir, self.settings, [len(batch) for batch in batches])
+        return default_adapters_per_forward(self.base_dir, self.settings, [len(batch) for batch in batches],
+                                            forward_rows=self._group_rows)
+
+    @cached_property
+    def _group_rows(self) -> int:
+        """``group_rows`` once per selection (a sizer lives for one, on one base): on a CPU it reads the base's
+        safetensors headers, which every halving round would otherwise read again."""
+        return group_rows(self.base_dir, self.settings)

@@ -69,8 +69,8 @@ MIN_STACK_ROWS = 8
 FORWARD_FIXED_SHARE = {"cuda": 1.0, "cpu": 0.035}
 
 
-def default_adapters_per_forward(base_dir: Path, settings: ScoreSettings,
-                                 batch_rows: Sequence[int] | None = None) -> int:
+def default_adapters_per_forward(base_dir: Path, settings: ScoreSettings, batch_rows: Sequence[int] | None = None,
+                                 forward_rows: int | None = None) -> int:
     """How many adapters a group holds (slots loaded at once): enough to fill one forward's rows (more on a
     GPU, fewer for a real model on a CPU) on the smallest of the batches they are scored on.
 
@@ -78,9 +78,9 @@ def default_adapters_per_forward(base_dir: Path, settings: ScoreSettings,
     batch of ``settings.batch_size``). A first halving round of 8 examples fills a forward with many
     adapters, a 256-example pass with few; with ``STACK_EACH_BATCH`` each batch then stacks as many of the
     group as fill a forward (``ScoringPlan.run``'s ``stack_rows``), so a pass's short tail batch runs once
-    for many adapters instead of once for each few.
+    for many adapters instead of once for each few. ``forward_rows``: ``group_rows``' answer, if known.
     """
-    rows = group_rows(base_dir, settings)
+    rows = group_rows(base_dir, settings) if forward_rows is None else forward_rows
     if not batch_rows:
         return max(1, rows // settings.batch_size)
     if not STACK_EACH_BATCH:
@@ -88,12 +88,13 @@ def default_adapters_per_forward(base_dir: Path, settings: ScoreSettings,
     return max(1, rows // max(min(batch_rows), min(MIN_STACK_ROWS, max(batch_rows))))
 
 
-def default_stacking(base_dir: Path, settings: ScoreSettings, adapters: int | None = None) -> Stacking | None:
+def default_stacking(base_dir: Path, settings: ScoreSettings, adapters: int | None = None,
+                     forward_rows: int | None = None) -> Stacking | None:
     """How a group of ``adapters`` (default: as many as the smallest batch stacks) stacks each batch on the
-    settings' device (None: without ``STACK_EACH_BATCH``)."""
+    settings' device (None: without ``STACK_EACH_BATCH``); ``forward_rows`` as in ``default_adapters_per_forward``."""
     if not STACK_EACH_BATCH:
         return None
-    rows = group_rows(base_dir, settings)
+    rows = group_rows(base_dir, settings) if forward_rows is None else forward_rows
     most = max(1, rows // MIN_STACK_ROWS)
     share = FORWARD_FIXED_SHARE.get(settings.device.type, FORWARD_FIXED_SHARE["cuda"])
     return Stacking(rows, most if adapters is None else max(1, min(most, adapters)), share)
@@ -233,8 +234,9 @@ class ScoringEngine:
         if self._requested_group is not None:
             return self._requested_group
         rows = tuple(len(batch.rows) for batch in plan.batches)
-        if rows not in self._default_groups:  # the default reads the base's weight headers: once per shape
-            self._default_groups[rows] = default_adapters_per_forward(self.base_dir, self.settings, rows)
+        if rows not in self._default_groups:  # the stacking's rows were read from the base's headers once
+            self._default_groups[rows] = default_adapters_per_forward(
+                self.base_dir, self.settings, rows, forward_rows=self._stacking.rows if self._stacking else None)
         return self._default_groups[rows]
 
     def _choose_layout(self, record: CheckpointRecord, group: int) -> None:

@@ -1,0 +1,90 @@
+"""The experiment's own library: the sources it registers from its scratch runs, kept pointing into this dir.
+
+The library keeps absolute paths: an entry names ``<out>/artifacts/<train artifact>/adapter`` (or ``model``) as it
+was when registered. In a dir moved since (the old one gone) or copied (``cp -r``: the old one still there), an
+entry naming another experiment dir's ``artifacts/<name>/...`` is re-pointed at this dir's ``artifacts/<name>/...``
+when that holds the same weights, so the merges and selections to come read this dir's files, and deleting or
+editing the original changes nothing here. Either way the entry is re-pointed in place, in one transaction
+(``Library.relocate``, ``copied`` where the old dir is still there), keeping what it holds.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from mashup.library import Library
+from mashup.library.records import CheckpointRecord
+from mashup.training import INIT_WEIGHTS
+
+if TYPE_CHECKING:
+    from mashup.experiment.jobs import SourceJob
+
+logger = logging.getLogger(__name__)
+
+
+def source_weights(job: SourceJob) -> Path:
+    """Where a source's weights are in this experiment dir: its training run's adapter (or model), resolved."""
+    return (_train_dir(job) / ("adapter" if job.mode == "lora" else "model")).resolve()
+
+
+def _train_dir(job: SourceJob) -> Path:
+    return Path(job.root) / "artifacts" / job.train_artifact
+
+
+def register_source(job: SourceJob, tmp: Path) -> dict[str, Any]:
+    """The source job: register the training run's weights in the experiment's library and name the entry. An entry
+    registered for them already (here, or where this dir was moved or copied from) is kept if it holds these weights
+    (re-pointed here), dropped if not. The same weights registered from another training run (computed again under
+    another job key, say another ``eval_every``, to the same bytes) are re-pointed here too."""
+    weights = source_weights(job)
+    library = Library(Path(job.root) / job.library)
+    known: list[CheckpointRecord] = []
+    for entry in [r for r in library.list() if counterpart(Path(job.root), r) == weights]:
+        why = follow(library, entry, weights)
+        if why is None:
+            known.append(entry)
+            continue
+        # its training run was computed again since (other bytes): register those instead
+        logger.warning("source %s of %s: %s; registering the weights there now", entry.id, job.data.name, why)
+        library.remove(entry.id)
+    if not known:  # else registered by a run killed before it recorded this unit: that entry is reused
+        reference = str(_train_dir(job) / INIT_WEIGHTS) if job.mode == "lora" else None
+        known = library.add([weights], task=job.data.name, base=job.base, init_reference=reference,
+                            metadata={"source": "mashup experiment", "lr": job.lr, "seed": job.seed}, repoint=True)
+    return {"checkpoint_id": known[0].id, "digest": known[0].sha256, "task": job.data.name, "lr": job.lr,
+            "seed": job.seed}
+
+
+def repoint_library(root: Path, library_dir: Path) -> None:
+    """Re-point every entry of the experiment's own library that names another experiment dir's artifacts at the
+    same weights in ``root`` (see the module doc); other bytes here leave it, for its source to be found stale."""
+    library = Library(library_dir)
+    if not library.db_path.exists():
+        return
+    for entry in library.list():
+        here = counterpart(root, entry)
+        if here is None or Path(entry.path) == here or not here.is_dir():
+            continue
+        why = follow(library, entry, here)
+        if why:
+            logger.warning("library entry %s not re-pointed at %s: %s", entry.id, here, why)
+
+
+def counterpart(root: Path, entry: CheckpointRecord) -> Path | None:
+    """This dir's ``artifacts/<name>/<weights>`` for an entry registered in some experiment dir's (this one's
+    included); None for an entry registered elsewhere."""
+    old = Path(entry.path)
+    return root.resolve() / "artifacts" / old.parent.name / old.name if old.parent.parent.name == "artifacts" else None
+
+
+def follow(library: Library, entry: CheckpointRecord, here: Path) -> str | None:
+    """Check ``entry`` against the weights at ``here``, its counterpart in this dir, re-pointing it there when it
+    names another dir's: None when they are the weights it registered, else why not (the entry is left as it was)."""
+    if Path(entry.path) == here:
+        stale = library.fresh([entry])[1]
+        return stale[0][1] if stale else None
+    check = library.relocate(entry, here, copied=Path(entry.path).is_dir())
+    return None if check.status == "ok" else check.reason
+
