@@ -199,9 +199,9 @@ def _tied_copy(tiny_base, dst, head=None):
 def test_an_untied_head_under_a_config_that_ties_it_is_one_line(tmp_path, tiny_base, mc_file, capsys, monkeypatch):
     """transformers left the saved head untied with a warning we silence, against the config that says tied."""
     base = _tied_copy(tiny_base, tmp_path / "edited", head="own")
-    with pytest.raises(CheckpointError, match=r"config.json ties the output head to the embeddings "
-                                              r"\(tie_word_embeddings: true\), but the checkpoint's lm_head.weight "
-                                              r"holds other values") as caught:
+    with pytest.raises(CheckpointError, match=r"config.json ties lm_head.weight to model.embed_tokens.weight "
+                                              r"\(tie_word_embeddings\), but the checkpoint holds other values in "
+                                              r"each") as caught:
         load_model(base)
     assert caught.value.where == str(base) and "set tie_word_embeddings to false" in caught.value.fix
     assert "tie_word_embeddings" in eval_error(tiny_base, mc_file, capsys, monkeypatch, base=base)
@@ -254,3 +254,20 @@ def test_a_base_dir_a_load_would_refuse_is_refused_before_any_work(tmp_path, tin
         check_base_available(str(base))
     assert caught.value.where == str(base.absolute()) and "point base at an HF model dir" in caught.value.fix
     check_base_available(str(tiny_base))
+
+
+def test_a_composite_config_untied_at_the_top_loads(tmp_path):
+    """Gemma-3's composite config: untied at the top level (which transformers goes by), its text_config left at
+    the default that ties: transformers keeps the saved head, and so does our check."""
+    from transformers import AutoModelForCausalLM, Gemma3Config
+
+    config = Gemma3Config(
+        text_config=dict(vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=1, head_dim=16),
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                           image_size=28, patch_size=14),
+        mm_tokens_per_image=4, image_token_index=299, boi_token_index=297, eoi_token_index=298,
+        tie_word_embeddings=False)
+    AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path / "gemma3")
+    model = load_model(tmp_path / "gemma3")
+    assert model.get_output_embeddings().weight is not model.get_input_embeddings().weight

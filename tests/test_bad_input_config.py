@@ -184,18 +184,3 @@ def test_a_misspelt_required_key_in_any_config_file_is_said_as_such(tmp_path):
         load_config(path, CollectConfig)
     assert "valid keys: task, instances" in caught.value.fix and caught.value.where == str(path)
 
-
-def test_a_misspelt_key_in_a_list_of_sections_is_said_before_what_it_leaves_missing(tmp_path):
-    """``require_known_keys`` (run before a caller's own checks of what is missing) looks into a list's items where
-    the field is a list of configs, and not into a list of plain values."""
-    from mashup.config_files import require_known_keys
-    from mashup.switch.config import SwitchConfig
-
-    path = tmp_path / "switch.yaml"
-    raw = {"candidates": [{"model": "a"}, {"modle": "b"}]}
-    with pytest.raises(MashupError, match=r"unknown config key 'modle' in section 'candidates.1' \(did you mean "
-                                          r"'model'\?\)") as caught:
-        require_known_keys(raw, SwitchConfig, path)
-    assert "valid keys in section 'candidates.1': name, model" in caught.value.fix
-    require_known_keys({"candidates": [{"model": "a"}, {"checkpoint": "b"}]}, SwitchConfig, path)
-    require_known_keys({"select": {"prefilter": {"signals": ["arrow"]}}}, RunConfig, path)

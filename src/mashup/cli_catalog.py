@@ -80,8 +80,8 @@ def library_add(paths: Annotated[list[Path], typer.Argument(help="PEFT adapter d
             warm_prototype_cache(records, lib.directory, allow_pickle=allow_pickle, progress=update)
 
 
-def _plural(n: int, noun: str) -> str:
-    return f"{n} {noun}{'' if n == 1 else 's'}"
+def _plural(n: int, noun: str, plural: str | None = None) -> str:
+    return f"{n} {noun if n == 1 else plural or noun + 's'}"
 
 
 def _added_text(records: Added) -> str:
@@ -159,7 +159,7 @@ def library_verify(library: LibraryOpt = None, workers: WorkersOpt = None, as_js
     ok = sum(c.status == "ok" for c in checks)
     title = f"{ok} of {_plural(len(checks), 'checkpoint')} ok"
     if unreadable:
-        title += f"; {len(unreadable)} unreadable {'entry' if len(unreadable) == 1 else 'entries'} not checked"
+        title += f"; {_plural(len(unreadable), 'unreadable entry', 'unreadable entries')} not checked"
     table = Table("id", "status", "reason", title=title)
     for problem in problems:
         table.add_row(problem["id"], problem["status"], problem["reason"] or "")

@@ -91,9 +91,9 @@ def config_error(exc: ValidationError, cls: type[BaseModel], path: Path | None) 
 
 
 def require_known_keys(raw: Mapping[str, Any], cls: type[BaseModel], path: Path | None,
-                       section: tuple[int | str, ...] = ()) -> None:
-    """Refuse a key ``cls`` has no field for, in ``raw`` or a section of it (a list's items too), before any check
-    of what is missing (validation would also refuse it, after a caller's own checks)."""
+                       section: tuple[str, ...] = ()) -> None:
+    """Refuse a key ``cls`` has no field for, in ``raw`` or a section of it, before any check of what is missing
+    (validation would also refuse it, after a caller's own checks)."""
     model = _model_at(cls, section)
     if model is None:
         return
@@ -102,10 +102,6 @@ def require_known_keys(raw: Mapping[str, Any], cls: type[BaseModel], path: Path 
             raise unknown_key_error((*section, str(key)), cls, path)
         if isinstance(value, Mapping):
             require_known_keys(value, cls, path, (*section, str(key)))
-        elif isinstance(value, list):  # items that are sections where the field is a list of configs
-            for index, item in enumerate(value):
-                if isinstance(item, Mapping):
-                    require_known_keys(item, cls, path, (*section, str(key), index))
 
 
 def unknown_key_error(loc: Sequence[int | str], cls: type[BaseModel], path: Path | None) -> MashupError:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -175,19 +176,40 @@ def require_clean_load(model: PreTrainedModel, info: dict[str, Any], model_dir: 
 
 
 def require_tied_head(model: PreTrainedModel, model_dir: Path) -> None:
-    """Refuse a checkpoint whose config.json ties the output head to the embeddings while its weights hold a head of
-    other values: transformers leaves the two untied then (its warning silenced with the rest), against the config
-    that a later ``tie_weights()`` and our own checks go by. A tied checkpoint saved without its head, or with one
-    equal to the embeddings, loads tied, so the parameters tell, and no tensor is read again."""
-    tied = getattr(model.config.get_text_config(decoder=True), "tie_word_embeddings", False)
-    head, embeddings = model.get_output_embeddings(), model.get_input_embeddings()
-    if not tied or head is None or embeddings is None or head.weight is embeddings.weight:
-        return
-    name = next((name for name, param in model.named_parameters() if param is head.weight), "the output head")
-    raise CheckpointError(f"{MODEL_CONFIG} ties the output head to the embeddings (tie_word_embeddings: true), but "
-                          f"the checkpoint's {name} holds other values", str(model_dir),
-                          f"set tie_word_embeddings to false in {MODEL_CONFIG} to keep that head, or re-save the "
-                          "model with its head tied")
+    """Refuse a checkpoint whose config.json ties weights (the output head to the embeddings) that its files hold
+    with other values: transformers leaves the two untied then (its warning silenced with the rest), against the
+    config that a later ``tie_weights()`` and our own checks go by. A tied checkpoint saved without its head, or with
+    one equal to the embeddings, loads tied, so the parameters tell, and no tensor is read again."""
+    for name, shared in tied_weights(model).items():
+        if _parameter(model, name) is not _parameter(model, shared):
+            raise CheckpointError(f"{MODEL_CONFIG} ties {name} to {shared} (tie_word_embeddings), but the checkpoint "
+                                  "holds other values in each", str(model_dir), "set tie_word_embeddings to false in "
+                                  f"{MODEL_CONFIG} to keep both, or re-save the model with them tied")
+
+
+def _parameter(model: PreTrainedModel, name: str) -> torch.Tensor | None:
+    try:
+        return model.get_parameter(name)
+    except AttributeError:  # a buffer, or a name the model no longer has
+        return None
+
+
+def tied_weights(model: PreTrainedModel) -> dict[str, str]:
+    """The weights transformers ties as the model's config asks, each name → the weight it shares (for a causal LM
+    that ties: the output head → the input embeddings; none where the config unties them)."""
+    return dict(model.get_expanded_tied_weights_keys(all_submodels=True))
+
+
+def untied_copy(tied: dict[str, str], names: Collection[str], read: Callable[[str], torch.Tensor]
+                ) -> tuple[str, str] | None:
+    """The first pair of ``tied`` weights a checkpoint stores both of (``names``, read by ``read``) with other
+    values; NaN counts as equal to NaN, for the finite check to name."""
+    for name, shared in tied.items():
+        if name in names and shared in names:
+            a, b = read(name), read(shared)
+            if a.shape != b.shape or not bool((a == b).logical_or_(a.isnan() & b.isnan()).all()):
+                return name, shared
+    return None
 
 
 def _dir_holding(path: Path) -> str:

@@ -27,6 +27,8 @@ from mashup.model_checks import (
     require_clean_load,
     require_json,
     require_matching_keys,
+    tied_weights,
+    untied_copy,
 )
 
 # transformers' modeling code and peft are imported where a model is loaded: on a 2-core CPU they add
@@ -181,13 +183,11 @@ def load_full_weights_into(model: PreTrainedModel, model_dir: Path, *, allow_pic
 def _require_tied_copy(model: PreTrainedModel, state: dict[str, torch.Tensor], model_dir: Path) -> None:
     """Refuse a full fine-tune for a tied base whose saved head differs from its saved embeddings: both would load
     into the one parameter they share, the last one winning."""
-    embeddings = model.get_input_embeddings()
-    shared = [name for name, param in model.named_parameters(remove_duplicate=False)
-              if embeddings is not None and param is embeddings.weight and name in state]
-    if len(shared) > 1 and not all(torch.equal(state[name], state[shared[0]]) for name in shared[1:]):
-        raise CheckpointError(f"the base ties {shared[1]} to {shared[0]}, but the checkpoint holds other values in "
-                              "each", str(model_dir), "register it against a base with an untied head, or re-save "
-                              "it with its head tied")
+    pair = untied_copy(tied_weights(model), state, state.__getitem__)
+    if pair:
+        raise CheckpointError(f"the base ties {pair[0]} to {pair[1]}, but the checkpoint holds other values in each",
+                              str(model_dir), "register it against a base with an untied head, or re-save it with "
+                              "its head tied")
 
 
 def _is_tied(model: PreTrainedModel, name: str) -> bool:

@@ -7,14 +7,17 @@ from __future__ import annotations
 import logging
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
 from mashup.experiment import plan_experiment, run_experiment
-from mashup.experiment.own_library import repoint_library
+from mashup.errors import LibraryError
+from mashup.experiment.own_library import register_source, repoint_library
 from mashup.experiment.report import current_records
 from mashup.experiment.store import REPLACED, ResultStore, unit_file_name
+from mashup.experiment.upstream import source_changed
 from mashup.library import CheckpointRecord, Library
 from tests.experiment.helpers import comparable, flip_bits, tiny_config, write_tasks
 from tests.library.helpers import noisy_copy
@@ -108,6 +111,66 @@ def test_sources_trained_again_to_the_same_bytes_re_point_their_entries(tiny_bas
     after = {r.id: r.path for r in library.list()}
     assert after.keys() == before.keys() and all(after[i] != before[i] and Path(after[i]).is_dir() for i in after)
     assert library.fresh(library.list())[1] == []
+
+
+def _source(root: Path, train: str, task: str = "alpha") -> SimpleNamespace:
+    """The fields of a SourceJob that registering it reads."""
+    return SimpleNamespace(root=str(root), mode="lora", train_artifact=train, library="library",
+                           data=SimpleNamespace(name=task), base=None, lr=1e-3, seed=0)
+
+
+def _trained(root: Path, tiny_loras: list[Path], *trains: str, seed: int = 1) -> None:
+    """Training runs ``trains`` under ``root/artifacts`` that all wrote the same adapter."""
+    for train in trains:
+        noisy_copy(tiny_loras[0], root / "artifacts" / train / "adapter", seed=seed)
+        (root / "artifacts" / train / "adapter_init.safetensors").write_bytes(b"init")
+
+
+def test_the_same_bytes_registered_by_another_source_are_refused_not_re_pointed(tmp_path, tiny_loras):
+    root = tmp_path / "out"
+    _trained(root, tiny_loras, "train-a", "train-b")
+    first = register_source(_source(root, "train-a", "alpha"), tmp_path)
+    with pytest.raises(LibraryError, match=f"already registered as {first['checkpoint_id']}"):
+        register_source(_source(root, "train-b", "beta"), tmp_path)
+    [entry] = Library(root / "library").list()
+    assert (entry.task, entry.path) == ("alpha", str(root / "artifacts" / "train-a" / "adapter"))
+
+
+def test_a_source_whose_entry_went_to_a_run_since_deleted_is_registered_again_at_its_own(tmp_path, tiny_loras):
+    """Re-pointed at another run of the source (another config, the same bytes), whose dir is deleted since: the
+    first config's source is not done, and registering it points the entry back at its own run."""
+    root = tmp_path / "out"
+    _trained(root, tiny_loras, "train-1", "train-2")
+    first = register_source(_source(root, "train-1"), tmp_path)
+    assert register_source(_source(root, "train-2"), tmp_path) == first
+    assert source_changed(_source(root, "train-1"), first) is None  # the other run is there: the entry serves both
+    shutil.rmtree(root / "artifacts" / "train-2")
+    assert "gone" in source_changed(_source(root, "train-1"), first)
+    assert register_source(_source(root, "train-1"), tmp_path) == first
+    library = Library(root / "library")
+    assert library.get(first["checkpoint_id"]).path == str(root / "artifacts" / "train-1" / "adapter")
+    assert library.fresh(library.list())[1] == [] and source_changed(_source(root, "train-1"), first) is None
+
+
+@pytest.mark.parametrize("linked_name", ["scratch", "artifacts"])
+def test_artifacts_linked_to_another_disk(tmp_path, tiny_loras, caplog, linked_name):
+    """``artifacts`` a link (to a dir of another name, or named so too): entries are found as this dir's, a
+    re-registration replaces a stale one, and a re-point is no move."""
+    root, scratch = tmp_path / "out", tmp_path / "disk" / linked_name
+    root.mkdir()
+    scratch.mkdir(parents=True)
+    (root / "artifacts").symlink_to(scratch)
+    _trained(root, tiny_loras, "train-a")
+    register_source(_source(root, "train-a"), tmp_path)
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        repoint_library(root, root / "library")
+    assert "moved" not in caplog.text and "re-pointed" not in caplog.text
+    shutil.rmtree(scratch / "train-a" / "adapter")  # trained again to other bytes, killed before its record
+    _trained(root, tiny_loras, "train-a", seed=2)
+    again = register_source(_source(root, "train-a"), tmp_path)
+    library = Library(root / "library")
+    assert [r.id for r in library.list()] == [again["checkpoint_id"]] and library.fresh(library.list())[1] == []
 
 
 def test_a_finished_experiment_moved_elsewhere_resumes_with_nothing_computed(tiny_base, tmp_path):

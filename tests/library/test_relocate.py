@@ -163,7 +163,7 @@ def test_repoint_re_points_an_entry_whose_dir_is_still_there(tmp_path, registere
     shutil.copytree(tmp_path / "old", tmp_path / "copy")
     with pytest.raises(LibraryError, match="already registered"):
         library.add([tmp_path / "copy" / "adapter"])
-    added = library.add([tmp_path / "copy" / "adapter"], repoint=True)
+    added = library.add([tmp_path / "copy" / "adapter"], repoint=[record.id])
     entry = library.get(record.id)
     assert [r.id for r in added] == [record.id] and [r.id for r in added.relocated] == [record.id]
     assert entry.path == str(tmp_path / "copy" / "adapter") and len(library.list()) == 1

@@ -10,7 +10,7 @@ import pytest
 import torch
 import yaml
 from safetensors.torch import load_file, save_file
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, GemmaConfig, GemmaForCausalLM
 
 from mashup.config import MergeConfig
 from mashup.errors import CheckpointError, MergeError
@@ -114,11 +114,13 @@ def test_copies_model_files_from_the_first_checkpoint_without_base(tiny_fulls: l
     assert (tmp_path / "out" / "config.json").read_text() == (source / "config.json").read_text()
 
 
-def _tied_full(base: Path, out: Path, seed: int, head_offset: float = 0.0) -> Path:
-    """A full fine-tune of a tied model that stores its head too (as some exporters do): equal to the
-    embeddings, or ``head_offset`` away from them."""
-    model = AutoModelForCausalLM.from_pretrained(base)
-    model.config.tie_word_embeddings = True
+def _tied_full(base: Path, out: Path, seed: int, head_offset: float = 0.0, model: torch.nn.Module | None = None
+               ) -> Path:
+    """A full fine-tune of a tied model (``base``'s, tied; or ``model``, whose config ties) that stores its head too
+    (as some exporters do): equal to the embeddings, or ``head_offset`` away from them."""
+    if model is None:
+        model = AutoModelForCausalLM.from_pretrained(base)
+        model.config.tie_word_embeddings = True
     generator = torch.Generator().manual_seed(seed)
     weights = {name: param.detach() + 0.05 * torch.randn(param.shape, generator=generator)
                for name, param in model.named_parameters() if name != "lm_head.weight"}
@@ -130,22 +132,52 @@ def _tied_full(base: Path, out: Path, seed: int, head_offset: float = 0.0) -> Pa
     return out
 
 
-def test_a_tied_head_stored_beside_the_embeddings_stays_tied_through_a_sparsifying_merge(
-        tiny_base: Path, tmp_path: Path) -> None:
+def _tied_base(base: Path, out: Path) -> Path:
+    """``base`` tied and saved by transformers, which stores no head."""
+    model = AutoModelForCausalLM.from_pretrained(base)
+    model.config.tie_word_embeddings = True
+    model.tie_weights()
+    model.save_pretrained(out)
+    assert "lm_head.weight" not in state(out)
+    return out
+
+
+@pytest.mark.parametrize("method", ["dare_ties", "ties", "average"])
+def test_a_tied_head_stored_beside_the_embeddings_stays_tied_through_a_merge(tiny_base: Path, tmp_path: Path,
+                                                                            method: str) -> None:
+    """Against a base saved by transformers (no head stored): the head is left out, tied again on load."""
+    base = _tied_base(tiny_base, tmp_path / "base")
     fulls = [_tied_full(tiny_base, tmp_path / f"tied{i}", seed=i) for i in range(2)]
     out = tmp_path / "out"
-    merge_checkpoints(records(fulls, tiny_base), MergeConfig(method="dare_ties", density=0.5), out,
-                      base_model_dir=fulls[0])
-    merged = state(out)
-    assert "lm_head.weight" not in merged  # transformers ties it again on load
+    merge_checkpoints(records(fulls, base), MergeConfig(method=method, density=0.5), out, base_model_dir=base)
+    assert "lm_head.weight" not in state(out)
     model = load_model(out)  # refuses a head that config.json ties yet holds other values
+    assert model.get_output_embeddings().weight is model.get_input_embeddings().weight
+
+
+def test_a_config_tied_by_its_class_default_is_tied_through_a_merge(tmp_path: Path) -> None:
+    """Gemma's configs leave tie_word_embeddings out (the class default ties): still tied, head left out."""
+    torch.manual_seed(0)
+    gemma = GemmaForCausalLM(GemmaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                         num_attention_heads=4, num_key_value_heads=1, head_dim=8))
+    fulls = [_tied_full(Path(), tmp_path / f"gemma{i}", seed=i, model=gemma) for i in range(2)]
+    for full in fulls:
+        config = json.loads((full / "config.json").read_text())
+        config.pop("tie_word_embeddings", None)
+        (full / "config.json").write_text(json.dumps(config))
+    gemma.save_pretrained(tmp_path / "base")
+    out = tmp_path / "out"
+    merge_checkpoints(records(fulls, tmp_path / "base"), MergeConfig(method="dare_linear", density=0.5), out,
+                      base_model_dir=tmp_path / "base")
+    model = load_model(out)
+    assert "lm_head.weight" not in state(out)
     assert model.get_output_embeddings().weight is model.get_input_embeddings().weight
 
 
 def test_a_tied_config_with_a_head_of_other_values_is_refused_by_the_merge(tiny_base: Path, tmp_path: Path) -> None:
     fulls = [_tied_full(tiny_base, tmp_path / "tied0", seed=0),
              _tied_full(tiny_base, tmp_path / "untied1", seed=1, head_offset=0.5)]
-    with pytest.raises(MergeError, match="ties the output head.*untied1") as caught:
+    with pytest.raises(MergeError, match="ties lm_head.weight to model.embed_tokens.weight.*untied1") as caught:
         merge_checkpoints(records(fulls, tiny_base), MergeConfig(), tmp_path / "out")
     assert "tie_word_embeddings" in caught.value.fix and not (tmp_path / "out").exists()
 

@@ -260,7 +260,7 @@ def test_a_library_whose_prefilter_cache_cannot_be_opened_is_filtered_without_it
 
 
 def test_arrow_alone_cutting_a_small_pool_warns_once_and_ranks_as_before(tiny_base, tiny_loras, mc_file, caplog):
-    """Arrow alone misranks small pools (a target's true top 2 ranked 81st of 96): a warning, the same result."""
+    """Arrow alone misranks small pools (a target's exhaustive top 1 ranked 81st of 96): a warning, the same result."""
     workspace, requests = requests_for(tiny_base, mc_file, 6, "letter")
     records, settings = records_for(tiny_loras), workspace.settings(3)
     runs, warned = {}, {}

@@ -196,8 +196,8 @@ def _run_select(job: SelectJob, tmp: Path) -> dict[str, Any]:
     from mashup.library.identity import base_identity
     from mashup.selection import select_checkpoints
 
-    start = time.perf_counter()
     workspace, target = _context(job)
+    start = time.perf_counter()  # what `mashup select` times: from finding the candidates, the workspace open
     library = Library(Path(job.root) / job.library)
     # leaving the target's own source out is the protocol, not news (it is recorded as "excluded"): no hint
     found = find_mergeable_candidates(library, job.base, job.mode, target, job.merge_configs(), among=job.sources,

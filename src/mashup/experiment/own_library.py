@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from mashup.experiment.jobs import SourceJob
 
 logger = logging.getLogger(__name__)
+TRAIN_PREFIX = "train-"  # a training run's artifact name: ``<kind>-<key>`` (``jobs.Job.artifact``)
 
 
 def source_weights(job: SourceJob) -> Path:
@@ -36,12 +37,14 @@ def _train_dir(job: SourceJob) -> Path:
 def register_source(job: SourceJob, tmp: Path) -> dict[str, Any]:
     """The source job: register the training run's weights in the experiment's library and name the entry. An entry
     registered for them already (here, or where this dir was moved or copied from) is kept if it holds these weights
-    (re-pointed here), dropped if not. The same weights registered from another training run (computed again under
-    another job key, say another ``eval_every``, to the same bytes) are re-pointed here too."""
+    (re-pointed here), dropped if not. The same weights registered by another training run of this source (task, lr
+    and seed: computed again under another job key, say another ``eval_every``, to the same bytes) are re-pointed
+    here too; registered for another source, they are refused as already registered."""
     weights = source_weights(job)
     library = Library(Path(job.root) / job.library)
     known: list[CheckpointRecord] = []
-    for entry in [r for r in library.list() if counterpart(Path(job.root), r) == weights]:
+    entries = library.list()
+    for entry in [r for r in entries if counterpart(Path(job.root), r) == weights]:
         why = follow(library, entry, weights)
         if why is None:
             known.append(entry)
@@ -52,9 +55,18 @@ def register_source(job: SourceJob, tmp: Path) -> dict[str, Any]:
     if not known:  # else registered by a run killed before it recorded this unit: that entry is reused
         reference = str(_train_dir(job) / INIT_WEIGHTS) if job.mode == "lora" else None
         known = library.add([weights], task=job.data.name, base=job.base, init_reference=reference,
-                            metadata={"source": "mashup experiment", "lr": job.lr, "seed": job.seed}, repoint=True)
+                            metadata=_metadata(job), repoint=[r.id for r in entries if _of_source(r, job)])
     return {"checkpoint_id": known[0].id, "digest": known[0].sha256, "task": job.data.name, "lr": job.lr,
             "seed": job.seed}
+
+
+def _metadata(job: SourceJob) -> dict[str, Any]:
+    return {"source": "mashup experiment", "lr": job.lr, "seed": job.seed}
+
+
+def _of_source(entry: CheckpointRecord, job: SourceJob) -> bool:
+    """Whether ``entry`` was registered by a training run of ``job``'s source (any run: any job key)."""
+    return entry.task == job.data.name and all(entry.metadata.get(k) == v for k, v in _metadata(job).items())
 
 
 def repoint_library(root: Path, library_dir: Path) -> None:
@@ -73,10 +85,13 @@ def repoint_library(root: Path, library_dir: Path) -> None:
 
 
 def counterpart(root: Path, entry: CheckpointRecord) -> Path | None:
-    """This dir's ``artifacts/<name>/<weights>`` for an entry registered in some experiment dir's (this one's
-    included); None for an entry registered elsewhere."""
+    """This dir's ``artifacts/<train artifact>/<weights>``, resolved as entry paths are, for an entry registered from
+    a training run's artifact (in this dir, or one it was moved or copied from; ``artifacts`` may be a link to a dir
+    of another name); None for any other entry."""
     old = Path(entry.path)
-    return root.resolve() / "artifacts" / old.parent.name / old.name if old.parent.parent.name == "artifacts" else None
+    if not old.parent.name.startswith(TRAIN_PREFIX) or old.name not in ("adapter", "model"):
+        return None
+    return (root / "artifacts" / old.parent.name / old.name).resolve()
 
 
 def follow(library: Library, entry: CheckpointRecord, here: Path) -> str | None:

@@ -16,7 +16,7 @@ from typing import Any
 
 from mashup.errors import LibraryError
 from mashup.experiment.jobs import AnyJob, SourceJob, TrainJob
-from mashup.experiment.own_library import source_weights
+from mashup.experiment.own_library import counterpart, source_weights
 from mashup.experiment.records import artifact_result
 
 
@@ -59,8 +59,8 @@ def source_changed(job: SourceJob, result: dict[str, Any]) -> str | None:
     if entry.sha256 != result.get("digest"):
         return f"its library entry {entry.id} names other weights"
     weights = source_weights(job)
-    if Path(entry.path) != weights:  # registered where this dir was moved or copied from (a run re-points it before
-        here = check_freshness(replace(entry, path=str(weights)))  # selection: own_library.py): this dir's count
-        return None if here.status == "ok" else f"the weights it registered changed ({here.reason})"
-    _, stale = library.fresh([entry])
+    if Path(entry.path) != weights and counterpart(Path(job.root), entry) == weights:  # registered where this dir
+        here = check_freshness(replace(entry, path=str(weights)))  # was moved or copied from (a run re-points it
+        return None if here.status == "ok" else f"the weights it registered changed ({here.reason})"  # before use)
+    _, stale = library.fresh([entry])  # here, or at another training run of the source (the same bytes, re-pointed)
     return f"the weights it registered changed ({stale[0][1]})" if stale else None

@@ -6,7 +6,7 @@ import dataclasses
 import json
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -19,7 +19,7 @@ from mashup.library.identity import BaseMatcher
 from mashup.library.records import CheckpointRecord, discover_checkpoints, inspect_to_register
 from mashup.library.registration import (Progress, checks_of_registered, complete_records, inspect_new,
                                          refuse_duplicates, refuse_registered, stored_init_reference)
-from mashup.library.rows import (COLUMNS, UnreadableEntry, from_row, read_rows, relocate_rows, to_row,
+from mashup.library.rows import (COLUMNS, UnreadableEntry, from_row, log_insert, read_rows, relocate_rows, to_row,
                                  unreadable_ids)
 
 logger = logging.getLogger(__name__)
@@ -47,7 +47,8 @@ def _setup(conn) -> None:
 class Added(list[CheckpointRecord]):
     """The records ``Library.add`` registered, in order; ``skipped`` holds the checkpoints a recursive add found
     already registered with the same weights (each with its registered id and the path where it was found);
-    ``relocated`` the entries among those added that were re-pointed at their checkpoint's new dir (moved)."""
+    ``relocated`` the entries among those added that were re-pointed at their checkpoint's new dir (moved, or
+    re-pointed on request)."""
 
     def __init__(self, added: Sequence[CheckpointRecord] = (), skipped: Sequence[CheckpointRecord] = (),
                  relocated: Sequence[CheckpointRecord] = ()) -> None:
@@ -86,13 +87,13 @@ class Library:
     def add(self, paths: Sequence[str | Path], *, task: str | None = None, base: str | None = None,
             init_reference: str | None = None, metadata: dict | None = None, data_fingerprint: str | None = None,
             lineage: dict | None = None, allow_pickle: bool = False, recursive: bool = False,
-            workers: int | None = None, progress: Progress | None = None, repoint: bool = False) -> Added:
+            workers: int | None = None, progress: Progress | None = None, repoint: Collection[str] = ()) -> Added:
         """Register checkpoints, all or none: every one is inspected and hashed (in parallel) before one
         transaction adds them. ``recursive`` registers every adapter/model dir under the given dirs, skipping
         those already registered with the same weights (the result's ``skipped``); named explicitly, such a
-        checkpoint is an error, unless its entry's dir is gone (moved: the entry is re-pointed) or ``repoint``
-        (the entry is re-pointed wherever it was). The init reference, and a base that is a local path, are stored
-        absolute. ``progress(done, total)`` is called as checkpoints are inspected."""
+        checkpoint is an error, unless its entry's dir is gone (moved: the entry is re-pointed) or its id is in
+        ``repoint`` (ids whose entries are re-pointed wherever their dirs are). The init reference, and a base that
+        is a local path, are stored absolute. ``progress(done, total)`` is called as checkpoints are inspected."""
         init = stored_init_reference(init_reference)
         dirs = discover_checkpoints(paths) if recursive else [Path(p) for p in paths]
         registered = self.list() if recursive else []
@@ -114,23 +115,23 @@ class Library:
             logger.debug("skipped as registered: %s", ", ".join(f"{r.path} ({r.id})" for r in skipped))
         return Added(added, skipped, relocated)
 
-    def _insert(self, records: list[CheckpointRecord], *, skip_registered: bool, repoint: bool = False
+    def _insert(self, records: list[CheckpointRecord], *, skip_registered: bool, repoint: Collection[str] = ()
                 ) -> tuple[list[CheckpointRecord], list[CheckpointRecord], list[CheckpointRecord]]:
-        """Insert ``records`` in one transaction; returns (added, skipped, relocated). Weights already registered
-        (same digest) are skipped with ``skip_registered``, else refused; the same weights given twice are refused;
-        weights registered at a dir that is gone (moved), or anywhere with ``repoint``, re-point that entry at the new
-        dir, keeping what it holds
-        but what the add gives (``moved_entry``; ``relocated``, also among the added). An entry of the same id that
-        cannot be read (see ``entries``) is replaced by a plain add, with a warning: registering the checkpoint again
-        is how such an entry is repaired. A re-scan (``skip_registered``) skips it with a warning instead (even
-        where its dir is gone): it would drop what the entry held (task, lineage) without being asked."""
+        """Insert ``records`` in one transaction; returns (added, skipped, relocated). Weights already registered (same
+        digest) are skipped with ``skip_registered``, else refused; the same weights given twice are refused; weights
+        registered at a dir that is gone (moved), or anywhere for an id in ``repoint``, re-point that entry at the new
+        dir, keeping what it holds but what the add gives (``moved_entry``; ``relocated``, also among the added). An
+        entry of the same id that cannot be read (see ``entries``) is replaced by a plain add, with a warning:
+        registering the checkpoint again is how such an entry is repaired. A re-scan (``skip_registered``) skips it with
+        a warning instead (even where its dir is gone): it would drop what the entry held (task, lineage) without being
+        asked."""
         with self._write() as conn:
             existing = {i: (path, sha) for i, path, sha in conn.execute("SELECT id, path, sha256 FROM checkpoints")}
             unreadable = unreadable_ids(conn, {r.id for r in records if r.id in existing}, str(self.db_path))
             replaced = set() if skip_registered else unreadable
             existing = {i: found for i, found in existing.items() if i not in replaced}
             gone = {r.id for r in records if r.id in existing and r.id not in unreadable  # skipped with a warning
-                    and (repoint or not Path(existing[r.id][0]).is_dir())}
+                    and (r.id in repoint or not Path(existing[r.id][0]).is_dir())}
             moved = [r for r in records if r.id in gone and existing[r.id][1] == r.sha256]
             skipped = [r for r in records if skip_registered and r.id not in gone
                        and existing.get(r.id, ("", ""))[1] == r.sha256]
@@ -143,7 +144,7 @@ class Library:
             columns = ", ".join(COLUMNS)
             conn.executemany(f"INSERT INTO checkpoints ({columns}) VALUES ({', '.join('?' * len(COLUMNS))})",
                              [to_row(r) for r in added])
-        _log_insert(replaced, unreadable - replaced, [(existing[i][0], r) for i, r in relocated.items()])
+        log_insert(replaced, unreadable - replaced, [(existing[i][0], r) for i, r in relocated.items()])
         added = [relocated.get(r.id, r) for r in records if r.id in relocated or r.id not in left]
         return added, skipped, list(relocated.values())
 
@@ -168,7 +169,7 @@ class Library:
         except UnreadableEntry as exc:
             logger.warning("%s", exc.line())
             return check
-        _log_insert(set(), set(), [(record.path, moved)])
+        log_insert(set(), set(), [(record.path, moved)])
         return check
 
     def _rows(self, where: str = "", params: tuple = ()) -> list[dict[str, Any]]:
@@ -288,13 +289,3 @@ def _trained_on(record: CheckpointRecord, wanted: str) -> bool:
     fingerprint = trained.get("data_fingerprint") or record.data_fingerprint or ""
     return trained.get("task") == wanted or (len(wanted) >= 6 and fingerprint.startswith(wanted))
 
-
-def _log_insert(replaced: set[str], unreadable: set[str], relocated: list[tuple[str, CheckpointRecord]]) -> None:
-    """Warn of the entries an add replaced (unreadable), left (unreadable, in a re-scan) and re-pointed (moved)."""
-    for checkpoint_id in sorted(replaced):
-        logger.warning("replaced unreadable catalog entry %s", checkpoint_id)
-    for checkpoint_id in sorted(unreadable):
-        logger.warning("catalog entry %s cannot be read: skipped; add its dir alone to replace it (with its "
-                       "--task), or `mashup library remove %s`", checkpoint_id, checkpoint_id)
-    for old, record in relocated:
-        logger.warning("checkpoint %s moved: %s -> %s (its entry kept)", record.id, old, record.path)

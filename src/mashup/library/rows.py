@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import sqlite3
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -18,6 +19,8 @@ from mashup.errors import LibraryError
 from mashup.library.db import select_rows
 from mashup.library.records import CheckpointRecord, lora_config_change
 from mashup.library.values import is_int, is_number, shown
+
+logger = logging.getLogger(__name__)
 
 # new columns go at the end: older catalogs get them by ALTER TABLE ADD COLUMN
 COLUMNS = {
@@ -158,3 +161,18 @@ def moved_entry(kept: CheckpointRecord, record: CheckpointRecord) -> CheckpointR
         init = str(beside) if beside.exists() else init
     return dataclasses.replace(kept, path=record.path, file_stats=record.file_stats, task=record.task or kept.task,
                                init_reference=init, data_fingerprint=record.data_fingerprint or kept.data_fingerprint)
+
+
+def log_insert(replaced: set[str], unreadable: set[str], relocated: list[tuple[str, CheckpointRecord]]) -> None:
+    """Warn of the entries an add replaced (unreadable), left (unreadable, in a re-scan) and re-pointed: moved (the
+    old dir gone: a warning) or on request (``Library.add``'s ``repoint``, the old dir still there: info)."""
+    for checkpoint_id in sorted(replaced):
+        logger.warning("replaced unreadable catalog entry %s", checkpoint_id)
+    for checkpoint_id in sorted(unreadable):
+        logger.warning("catalog entry %s cannot be read: skipped; add its dir alone to replace it (with its "
+                       "--task), or `mashup library remove %s`", checkpoint_id, checkpoint_id)
+    for old, record in relocated:
+        if Path(old).is_dir():
+            logger.info("checkpoint %s re-pointed: %s -> %s (its entry kept)", record.id, old, record.path)
+        else:
+            logger.warning("checkpoint %s moved: %s -> %s (its entry kept)", record.id, old, record.path)

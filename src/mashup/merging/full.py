@@ -11,7 +11,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from mashup.errors import MergeError
+from mashup.errors import MashupError, MergeError
 from mashup.merging.plan import MergePlan
 from mashup.merging.registry import merge_tensors
 from mashup.merging.tensors import require_finite
@@ -22,9 +22,6 @@ MODEL_FILES = ("config.json", "generation_config.json", "tokenizer.json", "token
                "special_tokens_map.json", "vocab.json", "merges.txt", "tokenizer.model", "added_tokens.json",
                "chat_template.jinja", "chat_template.json")
 Tensors = dict[str, torch.Tensor]
-HEAD_NAME = "lm_head.weight"
-# where causal LMs that can tie their head keep the input embeddings (Llama/Mistral/Qwen/Gemma/SmolLM, GPT-2)
-EMBEDDING_NAMES = ("model.embed_tokens.weight", "model.language_model.embed_tokens.weight", "transformer.wte.weight")
 
 
 class WeightReader:
@@ -99,59 +96,56 @@ def copy_model_files(source: Path, out_dir: Path) -> None:
             shutil.copy2(source / name, out_dir / name)
 
 
-def _open_inputs(plan: MergePlan, base_model_dir: Path | None) -> tuple[list[WeightReader], WeightReader | None]:
+def _open_inputs(plan: MergePlan, base_model_dir: Path | None
+                 ) -> tuple[list[WeightReader], WeightReader | None, set[str]]:
+    """The inputs' readers, the reference's (for task vectors) and the tied copies left out (``tied_copies``)."""
     readers = [WeightReader(Path(r.path)) for r in plan.records]
     names = set(readers[0].names())
     for record, reader in zip(plan.records[1:], readers[1:]):
         if set(reader.names()) != names:
             raise MergeError("tensor names differ from the first checkpoint", record.path, "merge one architecture")
+    tied = tied_copies(plan, readers)
     if not plan.method.uses_reference:
-        return readers, None
+        return readers, None, tied
     if base_model_dir is None:
         raise MergeError(f"{plan.method.name} needs the base model for task vectors", None, "pass base_model_dir")
     reference = WeightReader(base_model_dir)
-    missing = sorted(names - set(reference.names()))
+    missing = sorted(names - tied - set(reference.names()))
     if missing:
         raise MergeError(f"base model lacks tensor {missing[0]}", str(base_model_dir), "pass the right base model")
-    return readers, reference
+    return readers, reference, tied
 
 
-def _ties_head(model_dir: Path) -> bool:
-    """Whether the checkpoint's config.json ties its output head to the input embeddings."""
-    try:
-        config = json.loads((model_dir / "config.json").read_text())
-    except (OSError, ValueError):
-        return False
-    text_config = config.get("text_config") if isinstance(config.get("text_config"), dict) else {}
-    return bool(config.get("tie_word_embeddings", text_config.get("tie_word_embeddings", False)))
+def tied_copies(plan: MergePlan, readers: Sequence[WeightReader]) -> set[str]:
+    """The weights the inputs' config.json ties to others (the output head to the embeddings) that they store too,
+    equal to those: left out of the merge, for transformers to tie again on load. Merged on their own, a random or
+    magnitude sparsification would make them differ from what they are tied to, and such a checkpoint is refused on
+    load; a base saved by transformers stores none of them. A stored copy of other values is refused here."""
+    from mashup.model_checks import model_on_meta, tied_weights, untied_copy
 
-
-def tied_head_copy(plan: MergePlan, readers: Sequence[WeightReader]) -> str | None:
-    """The output head's name where the inputs tie it to the embeddings yet store it too (equal to them): it is
-    left out of the merge, which transformers ties again on load. Merged on its own, a random or magnitude
-    sparsification would make it differ from the merged embeddings, and a head that config.json ties but that
-    differs from the embeddings is refused on load. A stored head of other values is refused here."""
     names = set(readers[0].names())
-    embedding = next((name for name in EMBEDDING_NAMES if name in names), None)
-    if HEAD_NAME not in names or embedding is None or not _ties_head(Path(plan.records[0].path)):
-        return None
+    try:
+        tied = tied_weights(model_on_meta(Path(plan.records[0].path)))
+    except (MashupError, OSError):  # a config no installed transformers builds: its tensors merge as they are
+        return set()
+    tied = {name: shared for name, shared in tied.items() if name in names and shared in names}
     for record, reader in zip(plan.records, readers):
-        if not torch.equal(reader.get(HEAD_NAME), reader.get(embedding)):
-            raise MergeError(f"config.json ties the output head to the embeddings, but {HEAD_NAME} holds other "
-                             f"values than {embedding}", record.path, "set tie_word_embeddings to false in its "
-                             "config.json to keep that head, or re-save the model with its head tied")
-    return HEAD_NAME
+        pair = untied_copy(tied, names, reader.get)
+        if pair:
+            raise MergeError(f"config.json ties {pair[0]} to {pair[1]}, but the checkpoint holds other values in "
+                             "each", record.path, "set tie_word_embeddings to false in its config.json to keep "
+                             "both, or re-save the model with them tied")
+    return set(tied)
 
 
 def merge_full(plan: MergePlan, out_dir: Path, base_model_dir: Path | None = None,
                statistics: Sequence[Tensors] | None = None, max_shard_bytes: int = MAX_SHARD_BYTES) -> None:
     """Stream the merge: one tensor per input (plus reference and output) in memory at a time."""
-    readers, reference = _open_inputs(plan, base_model_dir)
+    readers, reference, tied = _open_inputs(plan, base_model_dir)
     writer = ShardWriter(out_dir, max_shard_bytes)
     without_statistics = 0
-    tied_head = tied_head_copy(plan, readers)
     for name in readers[0].names():
-        if name == tied_head:
+        if name in tied:
             continue
         tensors = [reader.get(name) for reader in readers]
         for record, tensor in zip(plan.records, tensors):

@@ -38,8 +38,8 @@ CHUNK = 32  # candidates whose factors are stacked for one batched product (abou
 CHUNK_BYTES = 512 << 20  # and at most this much of them in float32 (6 rank-8 adapters of a 7B Llama)
 ARROW_ROWS = 256  # prototype rows matched at a time (77 MB of SmolLM2's in float16)
 ARROW_BYTES = 128 << 20  # and at most this much of them (58 rows of a 7B Llama's, 2.2 MB each)
-# below this many ranked candidates Arrow alone is no safe cut (measured: a target's true top 2 ranked 81st of 96;
-# of 1,000, the worst 335th)
+# below this many ranked candidates Arrow alone is no safe cut (measured: it ranked a target's exhaustive top 1 81st
+# of 96; among 1,000, the worse of exhaustive's top 2 at most 335th)
 ARROW_ALONE_MIN_POOL = 500
 
 
