@@ -204,6 +204,7 @@ def test_an_untied_head_under_a_config_that_ties_it_is_one_line(tmp_path, tiny_b
                                               r"each") as caught:
         load_model(base)
     assert caught.value.where == str(base) and "set tie_word_embeddings to false" in caught.value.fix
+    capsys.readouterr()  # the direct load's progress bar
     assert "tie_word_embeddings" in eval_error(tiny_base, mc_file, capsys, monkeypatch, base=base)
 
 
@@ -271,3 +272,22 @@ def test_a_composite_config_untied_at_the_top_loads(tmp_path):
     AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path / "gemma3")
     model = load_model(tmp_path / "gemma3")
     assert model.get_output_embeddings().weight is not model.get_input_embeddings().weight
+
+
+def test_an_untied_copy_is_found_by_value_with_nan_equal_to_nan():
+    import torch
+
+    from mashup.model_checks import untied_copy
+
+    head = torch.tensor([[1.0, float("nan")], [0.5, 2.0]])
+    tied = {"lm_head.weight": "embed.weight"}
+
+    def pair(other: torch.Tensor) -> tuple[str, str] | None:
+        return untied_copy(tied, {"lm_head.weight", "embed.weight"},
+                           {"lm_head.weight": head, "embed.weight": other}.__getitem__)
+
+    assert pair(head.clone()) is None  # the finite check names a NaN, not this one
+    assert pair(head.to(torch.bfloat16)) is None
+    assert pair(head + 1) == ("lm_head.weight", "embed.weight")
+    assert pair(head[:1]) == ("lm_head.weight", "embed.weight")
+    assert untied_copy(tied, {"embed.weight"}, lambda name: head) is None  # the head not stored: nothing to compare

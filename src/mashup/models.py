@@ -191,7 +191,7 @@ def _require_tied_copy(model: PreTrainedModel, state: dict[str, torch.Tensor], m
 
 
 def _is_tied(model: PreTrainedModel, name: str) -> bool:
-    return name == "lm_head.weight" and bool(getattr(model.config, "tie_word_embeddings", False))
+    return name in tied_weights(model)
 
 
 PRECISION_ENV = "MASHUP_PRECISION"

@@ -126,12 +126,18 @@ def _trained(root: Path, tiny_loras: list[Path], *trains: str, seed: int = 1) ->
         (root / "artifacts" / train / "adapter_init.safetensors").write_bytes(b"init")
 
 
-def test_the_same_bytes_registered_by_another_source_are_refused_not_re_pointed(tmp_path, tiny_loras):
+@pytest.mark.parametrize("first_run", ["kept", "deleted"])
+def test_the_same_bytes_registered_by_another_source_are_refused_not_re_pointed(tmp_path, tiny_loras, first_run):
+    """Whether or not the other source's run dir is still there (a gone one is no move here)."""
     root = tmp_path / "out"
     _trained(root, tiny_loras, "train-a", "train-b")
     first = register_source(_source(root, "train-a", "alpha"), tmp_path)
-    with pytest.raises(LibraryError, match=f"already registered as {first['checkpoint_id']}"):
+    if first_run == "deleted":
+        shutil.rmtree(root / "artifacts" / "train-a")
+    with pytest.raises(LibraryError, match=f"source beta .* trained to weights already registered as "
+                                           f"{first['checkpoint_id']} .*another source's") as caught:
         register_source(_source(root, "train-b", "beta"), tmp_path)
+    assert "two sources with the same weights" in caught.value.fix
     [entry] = Library(root / "library").list()
     assert (entry.task, entry.path) == ("alpha", str(root / "artifacts" / "train-a" / "adapter"))
 
@@ -171,6 +177,18 @@ def test_artifacts_linked_to_another_disk(tmp_path, tiny_loras, caplog, linked_n
     again = register_source(_source(root, "train-a"), tmp_path)
     library = Library(root / "library")
     assert [r.id for r in library.list()] == [again["checkpoint_id"]] and library.fresh(library.list())[1] == []
+
+
+def test_a_dir_moved_after_going_back_to_a_config_resumes_with_nothing_computed(tiny_base, tmp_path):
+    """Config 1, then another eval_every (its sources' entries re-pointed at the new runs), then config 1 again,
+    then the dir moved: the entries' weights are found in the moved dir, nothing is computed again."""
+    config = _small(tiny_base, tmp_path)
+    run_experiment(config)
+    run_experiment(config.model_copy(update={"eval_every": 2}))
+    assert run_experiment(config).computed == []
+    moved = config.model_copy(update={"out": str(Path(config.out).rename(tmp_path / "moved"))})
+    assert all(p.recorded for p in plan_experiment(moved))
+    assert run_experiment(moved).computed == [] and not (tmp_path / "moved" / "artifacts" / REPLACED).exists()
 
 
 def test_a_finished_experiment_moved_elsewhere_resumes_with_nothing_computed(tiny_base, tmp_path):

@@ -13,7 +13,7 @@ from safetensors.torch import load_file, save_file
 from mashup.errors import CheckpointError
 from mashup.io import check_finite
 from mashup.library import Library, partition_compatible
-from mashup.library.lora_config import TASK_TYPES, changes_base_on_load, is_lora_init
+from mashup.library.lora_config import TASK_TYPES, changes_base, is_lora_init
 from mashup.library.records import check_lora_dir
 from tests.library.helpers import noisy_copy
 
@@ -256,18 +256,18 @@ def test_fields_peft_reads_on_load_accept_what_peft_accepts(tmp_path, tiny_loras
     ("init_lora_weights", "kaiming"), ("init_lora_weights", "EVA"), ("init_lora_weights", "PiSSA"),
     ("init_lora_weights", "pissa_niter_x"), ("task_type", "causal_lm"), ("task_type", "CAUSAL-LM"),
     ("init_lora_weights", "pissa_niter_4"), ("init_lora_weights", "OLoRA"), ("init_lora_weights", "corda"),
-    ("init_lora_weights", "loftq"),
+    ("init_lora_weights", "loftq"), ("init_lora_weights", "lora_ga"),
 ])
 def test_values_peft_refuses_on_load_name_dir_field_and_accepted_values(tmp_path, tiny_loras, field, value):
     bad = noisy_copy(tiny_loras[0], tmp_path / "bad", seed=1, **{field: value})
-    accepted = '"gaussian".*change the base weights' if field == "init_lora_weights" else '"CAUSAL_LM"'
+    accepted = '"gaussian".*rewritten base weights' if field == "init_lora_weights" else '"CAUSAL_LM"'
     error = _refused(Library(tmp_path / "lib"), [bad], f"field '{field}' is \"{value}\", expected .*{accepted}")
     assert error.where == str(bad / "adapter_config.json")
 
 
 @pytest.mark.parametrize(("field", "value"), [
     ("init_lora_weights", "eva"), ("init_lora_weights", "orthogonal"), ("init_lora_weights", "Gaussian"),
-    ("init_lora_weights", "lora_ga"), ("init_lora_weights", False), ("task_type", "SEQ_2_SEQ_LM"),
+    ("init_lora_weights", "mica"), ("init_lora_weights", False), ("task_type", "SEQ_2_SEQ_LM"),
 ])
 def test_values_peft_takes_on_load_are_accepted(tmp_path, tiny_loras, field, value):
     assert len(Library(tmp_path / "lib").add([noisy_copy(tiny_loras[0], tmp_path / "a", seed=1, **{field: value})]))
@@ -298,15 +298,18 @@ def test_peft_type_is_read_as_written(tmp_path, tiny_loras):
 
 
 def test_the_inits_refused_for_changing_the_base_do_so_in_peft():
-    """Building a LoRA layer runs the init PEFT runs on load: PiSSA and OLoRA rewrite the base weight, the inits
-    accepted leave it."""
-    from peft import LoraConfig
+    """Building a LoRA layer runs the init PEFT runs as training starts (LoRA-GA given its gradients) and, but for
+    LoRA-GA, on load: the inits refused rewrite the base weight, the inits accepted leave it."""
+    from peft import LoraConfig, LoraGAConfig
     from peft.tuners.lora.layer import Linear
 
-    for value in ["pissa", "pissa_niter_2", "olora", "OLoRA", "gaussian", "eva", "orthogonal", "mica", True, False]:
+    for value in ["pissa", "pissa_niter_2", "olora", "OLoRA", "lora_ga", "gaussian", "eva", "orthogonal", "mica",
+                  True, False]:
         torch.manual_seed(0)
         base = torch.nn.Linear(4, 4)
+        base._peft_loraga_grad = torch.randn(4, 4)  # what LoRA-GA's preprocessing leaves on each layer
         before = base.weight.detach().clone()
-        Linear(base, "default", config=LoraConfig(r=2, init_lora_weights=value), r=2, lora_alpha=2,
+        extra = {"lora_ga_config": LoraGAConfig()} if value == "lora_ga" else {}
+        Linear(base, "default", config=LoraConfig(r=2, init_lora_weights=value, **extra), r=2, lora_alpha=2,
                init_lora_weights=value)
-        assert changes_base_on_load(value) == (not torch.equal(base.weight, before)), value
+        assert changes_base(value) == (not torch.equal(base.weight, before)), value

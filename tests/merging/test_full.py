@@ -191,3 +191,15 @@ def test_swapping_a_full_finetune_into_a_tied_base_refuses_a_head_of_other_value
     load_full_weights_into(model, equal)
     with pytest.raises(CheckpointError, match="ties lm_head.weight to model.embed_tokens.weight.*other"):
         load_full_weights_into(model, other)
+
+
+def test_the_tie_is_read_from_the_config_the_output_gets(tiny_base: Path, tmp_path: Path) -> None:
+    """Inputs that tie their head (stored, equal), merged against an untied base whose config.json the output gets:
+    the head is merged as the untied output needs it."""
+    fulls = [_tied_full(tiny_base, tmp_path / f"tied{i}", seed=i) for i in range(2)]
+    out = tmp_path / "out"
+    merge_checkpoints(records(fulls, tiny_base), MergeConfig(method="dare_ties", density=0.5), out,
+                      base_model_dir=tiny_base)
+    assert "lm_head.weight" in state(out)
+    model = load_model(out)
+    assert model.get_output_embeddings().weight is not model.get_input_embeddings().weight

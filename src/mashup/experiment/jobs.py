@@ -197,7 +197,7 @@ def _run_select(job: SelectJob, tmp: Path) -> dict[str, Any]:
     from mashup.selection import select_checkpoints
 
     workspace, target = _context(job)
-    start = time.perf_counter()  # what `mashup select` times: from finding the candidates, the workspace open
+    start = time.perf_counter()  # as `mashup run` times its selection: the workspace already open
     library = Library(Path(job.root) / job.library)
     # leaving the target's own source out is the protocol, not news (it is recorded as "excluded"): no hint
     found = find_mergeable_candidates(library, job.base, job.mode, target, job.merge_configs(), among=job.sources,

@@ -14,6 +14,7 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from mashup.errors import LibraryError
 from mashup.library import Library
 from mashup.library.records import CheckpointRecord
 from mashup.training import INIT_WEIGHTS
@@ -54,8 +55,15 @@ def register_source(job: SourceJob, tmp: Path) -> dict[str, Any]:
         library.remove(entry.id)
     if not known:  # else registered by a run killed before it recorded this unit: that entry is reused
         reference = str(_train_dir(job) / INIT_WEIGHTS) if job.mode == "lora" else None
-        known = library.add([weights], task=job.data.name, base=job.base, init_reference=reference,
-                            metadata=_metadata(job), repoint=[r.id for r in entries if _of_source(r, job)])
+        try:
+            known = library.add([weights], task=job.data.name, base=job.base, init_reference=reference,
+                                metadata=_metadata(job), repoint=[r.id for r in entries if _of_source(r, job)])
+        except LibraryError as exc:
+            if not exc.what.startswith("already registered"):
+                raise
+            raise LibraryError(f"source {job.data.name} (lr {job.lr}, seed {job.seed}) trained to weights "
+                               f"{exc.what}, another source's", exc.where, "two sources with the same weights cannot "
+                               "share the experiment's library: check their data files differ") from None
     return {"checkpoint_id": known[0].id, "digest": known[0].sha256, "task": job.data.name, "lr": job.lr,
             "seed": job.seed}
 

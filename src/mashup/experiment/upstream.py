@@ -16,7 +16,7 @@ from typing import Any
 
 from mashup.errors import LibraryError
 from mashup.experiment.jobs import AnyJob, SourceJob, TrainJob
-from mashup.experiment.own_library import counterpart, source_weights
+from mashup.experiment.own_library import counterpart
 from mashup.experiment.records import artifact_result
 
 
@@ -58,9 +58,9 @@ def source_changed(job: SourceJob, result: dict[str, Any]) -> str | None:
         return f"its library entry {result.get('checkpoint_id')} is gone"
     if entry.sha256 != result.get("digest"):
         return f"its library entry {entry.id} names other weights"
-    weights = source_weights(job)
-    if Path(entry.path) != weights and counterpart(Path(job.root), entry) == weights:  # registered where this dir
-        here = check_freshness(replace(entry, path=str(weights)))  # was moved or copied from (a run re-points it
-        return None if here.status == "ok" else f"the weights it registered changed ({here.reason})"  # before use)
-    _, stale = library.fresh([entry])  # here, or at another training run of the source (the same bytes, re-pointed)
+    here = counterpart(Path(job.root), entry)  # its weights in this dir: of this source's run, or another's that it
+    if here is not None and Path(entry.path) != here:  # was re-pointed at; registered where this dir was moved or
+        check = check_freshness(replace(entry, path=str(here)))  # copied from (a run re-points it before use)
+        return None if check.status == "ok" else f"the weights it registered changed ({check.reason})"
+    _, stale = library.fresh([entry])
     return f"the weights it registered changed ({stale[0][1]})" if stale else None

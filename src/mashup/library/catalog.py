@@ -87,13 +87,14 @@ class Library:
     def add(self, paths: Sequence[str | Path], *, task: str | None = None, base: str | None = None,
             init_reference: str | None = None, metadata: dict | None = None, data_fingerprint: str | None = None,
             lineage: dict | None = None, allow_pickle: bool = False, recursive: bool = False,
-            workers: int | None = None, progress: Progress | None = None, repoint: Collection[str] = ()) -> Added:
-        """Register checkpoints, all or none: every one is inspected and hashed (in parallel) before one
-        transaction adds them. ``recursive`` registers every adapter/model dir under the given dirs, skipping
-        those already registered with the same weights (the result's ``skipped``); named explicitly, such a
-        checkpoint is an error, unless its entry's dir is gone (moved: the entry is re-pointed) or its id is in
-        ``repoint`` (ids whose entries are re-pointed wherever their dirs are). The init reference, and a base that
-        is a local path, are stored absolute. ``progress(done, total)`` is called as checkpoints are inspected."""
+            workers: int | None = None, progress: Progress | None = None, repoint: Collection[str] | None = None
+            ) -> Added:
+        """Register checkpoints, all or none: every one is inspected and hashed (in parallel) before one transaction
+        adds them. ``recursive`` registers every adapter/model dir under the given dirs, skipping those already
+        registered with the same weights (the result's ``skipped``); named explicitly, such a checkpoint is an error,
+        unless its entry's dir is gone (moved: the entry is re-pointed); given ``repoint``, unless its id is in it
+        instead (ids whose entries are re-pointed wherever their dirs are; no other is). The init reference, and a base
+        that is a local path, are stored absolute. ``progress(done, total)`` is called as checkpoints are inspected."""
         init = stored_init_reference(init_reference)
         dirs = discover_checkpoints(paths) if recursive else [Path(p) for p in paths]
         registered = self.list() if recursive else []
@@ -115,23 +116,24 @@ class Library:
             logger.debug("skipped as registered: %s", ", ".join(f"{r.path} ({r.id})" for r in skipped))
         return Added(added, skipped, relocated)
 
-    def _insert(self, records: list[CheckpointRecord], *, skip_registered: bool, repoint: Collection[str] = ()
+    def _insert(self, records: list[CheckpointRecord], *, skip_registered: bool,
+                repoint: Collection[str] | None = None
                 ) -> tuple[list[CheckpointRecord], list[CheckpointRecord], list[CheckpointRecord]]:
         """Insert ``records`` in one transaction; returns (added, skipped, relocated). Weights already registered (same
         digest) are skipped with ``skip_registered``, else refused; the same weights given twice are refused; weights
-        registered at a dir that is gone (moved), or anywhere for an id in ``repoint``, re-point that entry at the new
-        dir, keeping what it holds but what the add gives (``moved_entry``; ``relocated``, also among the added). An
-        entry of the same id that cannot be read (see ``entries``) is replaced by a plain add, with a warning:
-        registering the checkpoint again is how such an entry is repaired. A re-scan (``skip_registered``) skips it with
-        a warning instead (even where its dir is gone): it would drop what the entry held (task, lineage) without being
-        asked."""
+        registered at a dir that is gone (moved), or, given ``repoint``, anywhere for an id in it, re-point that entry
+        at the new dir, keeping what it holds but what the add gives (``moved_entry``; ``relocated``, also among the
+        added). An entry of the same id that cannot be read (see ``entries``) is replaced by a plain add, with a
+        warning: registering the checkpoint again is how such an entry is repaired. A re-scan (``skip_registered``)
+        skips it with a warning instead (even where its dir is gone): it would drop what the entry held (task, lineage)
+        without being asked."""
         with self._write() as conn:
             existing = {i: (path, sha) for i, path, sha in conn.execute("SELECT id, path, sha256 FROM checkpoints")}
             unreadable = unreadable_ids(conn, {r.id for r in records if r.id in existing}, str(self.db_path))
             replaced = set() if skip_registered else unreadable
             existing = {i: found for i, found in existing.items() if i not in replaced}
             gone = {r.id for r in records if r.id in existing and r.id not in unreadable  # skipped with a warning
-                    and (r.id in repoint or not Path(existing[r.id][0]).is_dir())}
+                    and (r.id in repoint if repoint is not None else not Path(existing[r.id][0]).is_dir())}
             moved = [r for r in records if r.id in gone and existing[r.id][1] == r.sha256]
             skipped = [r for r in records if skip_registered and r.id not in gone
                        and existing.get(r.id, ("", ""))[1] == r.sha256]

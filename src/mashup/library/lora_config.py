@@ -47,9 +47,10 @@ def _is_ranges(value: Any) -> bool:
 
 # PEFT 0.21's TaskType values: PeftConfig refuses any other non-null task_type on load
 TASK_TYPES = ("SEQ_CLS", "SEQ_2_SEQ_LM", "CAUSAL_LM", "TOKEN_CLS", "QUESTION_ANS", "FEATURE_EXTRACTION")
-_INITS = ('"gaussian", "eva", "orthogonal", "mica", "lora_ga" (pissa, olora, corda and loftq adapters change the '
-          "base weights as PEFT loads them, so their factors are no update of the base: save them converted to plain "
-          "LoRA, PEFT's path_initial_model_for_weight_conversion)")
+_INITS = ('"gaussian", "eva", "orthogonal", "mica" (pissa, olora, corda and lora_ga adapters were trained on '
+          "rewritten base weights, so their factors are no update of the base: save them converted to plain LoRA, "
+          "PEFT's path_initial_model_for_weight_conversion; a loftq adapter pairs with its own quantized base: "
+          "register it against that base, with init_lora_weights true)")
 
 
 def is_lora_init(value: Any) -> bool:
@@ -67,11 +68,13 @@ def is_lora_init(value: Any) -> bool:
             or value in ("loftq", "eva", "orthogonal", "lora_ga"))
 
 
-def changes_base_on_load(value: Any) -> bool:
-    """Whether PEFT, loading an adapter saved with this init_lora_weights, runs an init that rewrites the base
-    weights (PiSSA and OLoRA subtract the initial factors, LoftQ quantizes; CorDA fails without its preprocessing)."""
+def changes_base(value: Any) -> bool:
+    """Whether an adapter saved with this init_lora_weights was trained on other base weights than its base's: PiSSA,
+    OLoRA, CorDA and LoRA-GA subtract the initial factors from the base as training starts (PEFT runs PiSSA and OLoRA
+    again as it loads such an adapter; CorDA fails there without its preprocessing), LoftQ quantizes it. A converted
+    one (PEFT's ``path_initial_model_for_weight_conversion``) is saved with ``true``."""
     return isinstance(value, str) and (value.startswith(("pissa", "corda")) or value.lower() == "olora"
-                                       or value == "loftq")
+                                       or value in ("loftq", "lora_ga"))
 
 
 def _is_int_text(text: str) -> bool:
@@ -89,7 +92,7 @@ _PEFT_FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "bias": (lambda v: v in ("none", "all", "lora_only"), 'one of "none", "all", "lora_only"'),
     "fan_in_fan_out": (_is_flag, "true or false"), "inference_mode": (_is_flag, "true or false"),
     "lora_bias": (_is_flag, "true or false"),
-    "init_lora_weights": (lambda v: is_lora_init(v) and not changes_base_on_load(v), f"true, false or one of {_INITS}"),
+    "init_lora_weights": (lambda v: is_lora_init(v) and not changes_base(v), f"true, false or one of {_INITS}"),
     "modules_to_save": (_is_names, "a list of module names or null"),
     "target_parameters": (_is_names, "a list of parameter names or null"),
     "layer_replication": (_is_ranges, "a list of [start, end] layer ranges or null"),

@@ -104,7 +104,7 @@ def _open_inputs(plan: MergePlan, base_model_dir: Path | None
     for record, reader in zip(plan.records[1:], readers[1:]):
         if set(reader.names()) != names:
             raise MergeError("tensor names differ from the first checkpoint", record.path, "merge one architecture")
-    tied = tied_copies(plan, readers)
+    tied = tied_copies(plan, readers, base_model_dir or Path(plan.records[0].path))  # the output's config.json
     if not plan.method.uses_reference:
         return readers, None, tied
     if base_model_dir is None:
@@ -116,24 +116,25 @@ def _open_inputs(plan: MergePlan, base_model_dir: Path | None
     return readers, reference, tied
 
 
-def tied_copies(plan: MergePlan, readers: Sequence[WeightReader]) -> set[str]:
-    """The weights the inputs' config.json ties to others (the output head to the embeddings) that they store too,
-    equal to those: left out of the merge, for transformers to tie again on load. Merged on their own, a random or
+def tied_copies(plan: MergePlan, readers: Sequence[WeightReader], config_dir: Path) -> set[str]:
+    """The weights that ``config_dir``'s config.json (the one the output gets) ties to others (the output head to the
+    embeddings) and that the inputs store too, equal to those: left out of the merge, for transformers to tie again
+    on load. Merged on their own, a random or
     magnitude sparsification would make them differ from what they are tied to, and such a checkpoint is refused on
     load; a base saved by transformers stores none of them. A stored copy of other values is refused here."""
     from mashup.model_checks import model_on_meta, tied_weights, untied_copy
 
     names = set(readers[0].names())
     try:
-        tied = tied_weights(model_on_meta(Path(plan.records[0].path)))
+        tied = tied_weights(model_on_meta(config_dir))
     except (MashupError, OSError):  # a config no installed transformers builds: its tensors merge as they are
         return set()
     tied = {name: shared for name, shared in tied.items() if name in names and shared in names}
     for record, reader in zip(plan.records, readers):
         pair = untied_copy(tied, names, reader.get)
         if pair:
-            raise MergeError(f"config.json ties {pair[0]} to {pair[1]}, but the checkpoint holds other values in "
-                             "each", record.path, "set tie_word_embeddings to false in its config.json to keep "
+            raise MergeError(f"{config_dir / 'config.json'} ties {pair[0]} to {pair[1]}, but the checkpoint holds "
+                             "other values in each", record.path, "set tie_word_embeddings to false there to keep "
                              "both, or re-save the model with them tied")
     return set(tied)
 
