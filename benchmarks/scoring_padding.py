@@ -46,10 +46,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def fixed_size_batches(settings, requests: list) -> list:
     """The baseline: the requests in batches of exactly ``settings.batch_size`` rows, by answer then prompt length."""
-    from mashup.evaluation import _answer_batches, _batches
+    from mashup.score_batches import answer_batches, chunks
 
     order = sorted(range(len(requests)), key=lambda i: (len(requests[i].gold_ids), len(requests[i].prompt_ids)))
-    return _answer_batches(requests, settings, _batches(order, settings.batch_size))
+    return answer_batches(requests, settings, chunks(order, settings.batch_size))
 
 
 def padded_tokens(batches: list) -> int:

@@ -2,6 +2,8 @@
 
 from pathlib import Path
 
+import pytest
+
 from tests.test_cli import run_cli
 
 
@@ -10,7 +12,9 @@ def one_line_error(err: str) -> str:
     return err
 
 
-def library_of_one(directory: Path, adapter: Path, capsys, monkeypatch) -> Path:
-    """A library at ``directory`` holding the LoRA ``adapter``."""
-    run_cli(["library", "add", adapter, "--library", directory], capsys, monkeypatch)
+@pytest.fixture()
+def lib(tmp_path: Path, tiny_loras: list[Path], capsys, monkeypatch) -> Path:
+    """A library holding one LoRA."""
+    directory = tmp_path / "lib"
+    run_cli(["library", "add", tiny_loras[0], "--library", directory], capsys, monkeypatch)
     return directory

@@ -199,9 +199,8 @@ def _tied_copy(tiny_base, dst, head=None):
 def test_an_untied_head_under_a_config_that_ties_it_is_one_line(tmp_path, tiny_base, mc_file, capsys, monkeypatch):
     """transformers left the saved head untied with a warning we silence, against the config that says tied."""
     base = _tied_copy(tiny_base, tmp_path / "edited", head="own")
-    with pytest.raises(CheckpointError, match=r"config.json ties lm_head.weight to model.embed_tokens.weight "
-                                              r"\(tie_word_embeddings\), but the checkpoint holds other values in "
-                                              r"each") as caught:
+    with pytest.raises(CheckpointError, match=r"its lm_head.weight differs from model.embed_tokens.weight, which "
+                                              r"its config.json ties it to \(tie_word_embeddings\)") as caught:
         load_model(base)
     assert caught.value.where == str(base) and "set tie_word_embeddings to false" in caught.value.fix
     capsys.readouterr()  # the direct load's progress bar
@@ -218,7 +217,7 @@ def test_a_model_dir_without_config_json_says_so(tmp_path, tiny_base):
     """Not "invalid model config ... fix that value" naming a config.json that is not there."""
     base = copy_dir(tiny_base, tmp_path / "noconfig")
     (base / "config.json").unlink()
-    with pytest.raises(CheckpointError, match="no config.json in the model dir") as caught:
+    with pytest.raises(CheckpointError, match="no config.json in ") as caught:
         load_model(base)
     assert caught.value.where == str(base)
 

@@ -11,16 +11,10 @@ from rich.console import Console
 from mashup.demo import DemoSettings, build_source_library, run_demo
 from mashup.errors import MashupError
 from mashup.workspace import open_workspace
-from tests.cli_errors import library_of_one, one_line_error
+from tests.cli_errors import lib as lib  # the fixture
+from tests.cli_errors import one_line_error
 from tests.cli_helpers import cli_commands, command_flags
 from tests.test_cli import run_cli
-
-
-@pytest.fixture()
-def lib(tmp_path: Path, tiny_loras: list[Path], capsys, monkeypatch) -> Path:
-    """A library holding one LoRA."""
-    return library_of_one(tmp_path / "lib", tiny_loras[0], capsys, monkeypatch)
-
 
 # F12: a typo in --kind or --library is an error, not an empty (successful) result
 

@@ -7,15 +7,9 @@ import pytest
 
 from mashup.config import RunConfig, load_config
 from mashup.errors import MashupError
-from tests.cli_errors import library_of_one, one_line_error
+from tests.cli_errors import lib as lib  # the fixture
+from tests.cli_errors import one_line_error
 from tests.test_cli import run_cli
-
-
-@pytest.fixture()
-def lib(tmp_path: Path, tiny_loras: list[Path], capsys, monkeypatch) -> Path:
-    """A library holding one LoRA."""
-    return library_of_one(tmp_path / "lib", tiny_loras[0], capsys, monkeypatch)
-
 
 # F6: a config file that is not UTF-8 or not valid YAML
 
@@ -183,4 +177,3 @@ def test_a_misspelt_required_key_in_any_config_file_is_said_as_such(tmp_path):
     with pytest.raises(MashupError, match=r"unknown config key 'taks' \(did you mean 'task'\?\)") as caught:
         load_config(path, CollectConfig)
     assert "valid keys: task, instances" in caught.value.fix and caught.value.where == str(path)
-

@@ -4,8 +4,9 @@ import pytest
 import torch
 
 from mashup.data.prompts import EncodedRequest
-from mashup.evaluation import ScoreSettings, ScoringPlan, plan_batch_rows, stack_windows
+from mashup.evaluation import ScoreSettings, ScoringPlan, stack_windows
 from mashup.models import load_model
+from mashup.score_batches import plan_batch_rows
 
 
 def _requests(n: int, seed: int = 0) -> list[EncodedRequest]:

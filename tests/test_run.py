@@ -11,7 +11,6 @@ from mashup.library import Library
 from mashup.run import parity, run, selection_timing
 from mashup.scoring import CheckpointScore
 from mashup.training import CurvePoint, TrainResult
-from mashup.verbs import SelectResult
 
 
 def _result(points: list[tuple[int, float, float]], total_steps: int) -> TrainResult:
@@ -49,10 +48,8 @@ def test_selection_timing_counts_cached_scores_at_their_recorded_seconds():
     ranking = [CheckpointScore("a", None, "lora", 1.0, 0.5, 8, seconds=3.0),
                CheckpointScore("b", None, "lora", 2.0, 0.5, 8, seconds=7.0, cached=True),
                CheckpointScore("c", None, "lora", 3.0, 0.5, 8, seconds=11.0, cached=True)]
-    selection = SelectResult(ranking=ranking, selected=["a"], rejected=[], excluded=[], metric="loss", n=8,
-                             seconds=4.0)
-    assert selection_timing(selection) == {"selection": 4.0, "selection_uncached": 22.0,
-                                           "selection_cached_scores": 2}
+    assert selection_timing(4.0, ranking) == {"selection": 4.0, "selection_uncached": 22.0,
+                                              "selection_cached_scores": 2}
 
 
 def _config(tmp_path, tiny_base, mc_file, name, **kwargs) -> RunConfig:

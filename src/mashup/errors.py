@@ -45,6 +45,14 @@ class LibraryError(MashupError):
     """A catalog problem: unknown id, duplicate, unreadable database."""
 
 
+class AlreadyRegistered(LibraryError):
+    """Weights added that the catalog holds already, under ``checkpoint_id``."""
+
+    def __init__(self, what: str, where: str | None = None, fix: str | None = None, checkpoint_id: str = "") -> None:
+        super().__init__(what, where, fix)
+        self.checkpoint_id = checkpoint_id
+
+
 class MergeError(MashupError):
     """A merge that cannot be carried out with the given inputs or settings."""
 

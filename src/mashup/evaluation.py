@@ -15,21 +15,12 @@ from mashup.data.prompts import EncodedRequest
 from mashup.models import autocast
 from mashup.score_batches import (
     ScoreBatch,
-    answer_batch_rows,
     answer_batches,
-    answer_sequence,
     cloze_batches,
     letter_batches,
     plan_batch_rows,
     single_token,
 )
-from mashup.score_batches import answer_batches as _answer_batches  # noqa: F401
-from mashup.score_batches import chunks as _batches  # noqa: F401
-
-# answer_batch_rows, answer_sequence and plan_batch_rows are imported from here, where they were before the batches
-# moved out to mashup.score_batches, and so are the private two above (by benchmarks/scoring_padding.py)
-__all__ = ["EvalResult", "ScoreSettings", "ScoringPlan", "answer_batch_rows", "answer_sequence", "evaluate",
-           "plan_batch_rows", "score_requests", "stack_windows", "steps_to_parity"]
 
 
 @dataclass

@@ -182,9 +182,9 @@ def require_tied_head(model: PreTrainedModel, model_dir: Path) -> None:
     one equal to the embeddings, loads tied, so the parameters tell, and no tensor is read again."""
     for name, shared in tied_weights(model).items():
         if _parameter(model, name) is not _parameter(model, shared):
-            raise CheckpointError(f"{MODEL_CONFIG} ties {name} to {shared} (tie_word_embeddings), but the checkpoint "
-                                  "holds other values in each", str(model_dir), "set tie_word_embeddings to false in "
-                                  f"{MODEL_CONFIG} to keep both, or re-save the model with them tied")
+            raise CheckpointError(untied_what((name, shared), f"its {MODEL_CONFIG}"), str(model_dir),
+                                  f"set tie_word_embeddings to false in {MODEL_CONFIG} to keep both, or re-save the "
+                                  "model with them tied")
 
 
 def _parameter(model: PreTrainedModel, name: str) -> torch.Tensor | None:
@@ -198,6 +198,11 @@ def tied_weights(model: PreTrainedModel) -> dict[str, str]:
     """The weights transformers ties as the model's config asks, each name → the weight it shares (for a causal LM
     that ties: the output head → the input embeddings; none where the config unties them)."""
     return dict(model.get_expanded_tied_weights_keys(all_submodels=True))
+
+
+def untied_what(pair: tuple[str, str], tied_by: str) -> str:
+    """One wording for a stored weight that differs from the one ``tied_by`` (a config) ties it to."""
+    return f"its {pair[0]} differs from {pair[1]}, which {tied_by} ties it to (tie_word_embeddings)"
 
 
 def untied_copy(tied: dict[str, str], names: Collection[str], read: Callable[[str], torch.Tensor]

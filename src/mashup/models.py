@@ -29,6 +29,7 @@ from mashup.model_checks import (
     require_matching_keys,
     tied_weights,
     untied_copy,
+    untied_what,
 )
 
 # transformers' modeling code and peft are imported where a model is loaded: on a 2-core CPU they add
@@ -111,7 +112,7 @@ def load_model(model_dir: Path, *, allow_pickle: bool = False, check_values: boo
 
     files = checked_weight_files(model_dir, allow_pickle=allow_pickle)
     if not (Path(model_dir) / MODEL_CONFIG).is_file():  # else transformers blames a model_type missing from it
-        raise CheckpointError(f"no {MODEL_CONFIG} in the model dir", str(model_dir),
+        raise CheckpointError(f"no {MODEL_CONFIG}", str(model_dir),
                               f"pass a complete HF model dir ({MODEL_CONFIG} beside its weights)")
     if check_values:  # a corrupt file named from its header; the values checked once loaded, not read twice
         for path in files:
@@ -170,28 +171,19 @@ def attach_adapter(model: PreTrainedModel, adapter_dir: Path, *, trainable: bool
 
 
 def load_full_weights_into(model: PreTrainedModel, model_dir: Path, *, allow_pickle: bool = False) -> None:
-    """Swap a full fine-tune's weights into an already-built model of the same shapes."""
+    """Swap a full fine-tune's weights into an already-built model of the same shapes. Weights the base ties are one
+    parameter: a checkpoint holding other values in each is refused (the last one loaded would win)."""
     state = load_weight_dir(model_dir, allow_pickle=allow_pickle)
-    _require_tied_copy(model, state, model_dir)
+    tied = tied_weights(model)
+    pair = untied_copy(tied, state, state.__getitem__)
+    if pair:
+        raise CheckpointError(untied_what(pair, "the base"), str(model_dir), "register it against a base with an "
+                              "untied head, or re-save it with its head tied")
     missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [m for m in missing if not _is_tied(model, m)]
+    missing = [m for m in missing if m not in tied]
     if missing or unexpected:
         raise CheckpointError(f"weights do not fit the base (missing {missing[:2]}, unexpected {unexpected[:2]})",
                               str(model_dir), "register it against the right --base")
-
-
-def _require_tied_copy(model: PreTrainedModel, state: dict[str, torch.Tensor], model_dir: Path) -> None:
-    """Refuse a full fine-tune for a tied base whose saved head differs from its saved embeddings: both would load
-    into the one parameter they share, the last one winning."""
-    pair = untied_copy(tied_weights(model), state, state.__getitem__)
-    if pair:
-        raise CheckpointError(f"the base ties {pair[0]} to {pair[1]}, but the checkpoint holds other values in each",
-                              str(model_dir), "register it against a base with an untied head, or re-save it with "
-                              "its head tied")
-
-
-def _is_tied(model: PreTrainedModel, name: str) -> bool:
-    return name in tied_weights(model)
 
 
 PRECISION_ENV = "MASHUP_PRECISION"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -14,6 +14,7 @@ from mashup.data.target import TargetData, load_target
 from mashup.evaluation import steps_to_parity
 from mashup.io import atomic_output_dir, sha256_files, weight_files, write_json
 from mashup.library import CheckpointRecord, Library
+from mashup.scoring import CheckpointScore
 from mashup.selection.prefilter import warm_prototype_cache
 from mashup.training import INIT_WEIGHTS, ProgressFn, TrainResult, resolve_train_config
 from mashup.verbs import SelectResult, TrainSummary, merge_statistics_batches, select, train_in
@@ -53,16 +54,16 @@ def parity(mashup: TrainResult, scratch: TrainResult, overhead_seconds: float = 
     return out
 
 
-def selection_timing(selection: SelectResult) -> dict[str, float | int]:
+def selection_timing(seconds: float, ranking: Sequence[CheckpointScore]) -> dict[str, float | int]:
     """Seconds actually spent, and what a cold selection would have cost (cached scores' recorded seconds)."""
-    cached = [s for s in selection.ranking if s.cached]
-    return {"selection": selection.seconds, "selection_uncached": selection.seconds + sum(s.seconds for s in cached),
+    cached = [s for s in ranking if s.cached]
+    return {"selection": seconds, "selection_uncached": seconds + sum(s.seconds for s in cached),
             "selection_cached_scores": len(cached)}
 
 
 def summarize(config: RunConfig, selection: SelectResult, merge_seconds: float, mashup: TrainSummary,
               scratch: TrainSummary | None, target_name: str) -> dict[str, Any]:
-    timing = selection_timing(selection)
+    timing = selection_timing(selection.seconds, selection.ranking)
     summary: dict[str, Any] = {
         "target": target_name, "base": config.base, "mode": config.train.mode, "formulation": mashup.formulation,
         "precision": mashup.precision, "selected": selection.selected, "excluded": selection.excluded,

@@ -158,7 +158,7 @@ def answer_batch_rows(requests: Sequence[EncodedRequest], batch_size: int, stack
 
 
 def answer_batches(requests: Sequence[EncodedRequest], s: ScoreSettings,
-                    rows: Sequence[Sequence[int]] | None = None) -> list[AnswerBatch]:
+                   rows: Sequence[Sequence[int]] | None = None) -> list[AnswerBatch]:
     """Collated prompt + gold answer batches; ``rows``: which requests form each (default ``answer_batch_rows``)."""
     batches = []
     for chunk in answer_batch_rows(requests, s.batch_size) if rows is None else rows:

@@ -20,10 +20,11 @@ from mashup.config import TrainConfig
 from mashup.config_files import validate_config
 from mashup.data.prompts import EncodedRequest
 from mashup.errors import CheckpointError, TrainingError
+from mashup.evaluation import EvalResult, ScoreSettings, evaluate
 from mashup.library.lora_config import ADAPTER_CONFIG, lora_settings
 from mashup.library.records import MODEL_CONFIG, read_json_object
-from mashup.evaluation import EvalResult, ScoreSettings, answer_sequence, evaluate
 from mashup.models import attach_adapter, autocast, load_model, quiet_peft_deprecations
+from mashup.score_batches import answer_sequence
 
 logger = logging.getLogger(__name__)
 ProgressFn = Callable[[int, int, float], None]

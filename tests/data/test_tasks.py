@@ -12,7 +12,8 @@ import pytest
 from mashup.data import tasks
 from mashup.data.prompts import PromptTemplate, build_request
 from mashup.data.schema import MCExample
-from mashup.data.tasks import TASKS, get_task, is_task_name, map_rows, mathqa_choices, template_for
+from mashup.data.task_rows import Unusable, mathqa_choices
+from mashup.data.tasks import TASKS, get_task, is_task_name, map_rows, template_for
 from mashup.errors import DataError
 from tests.data import fixtures
 
@@ -120,7 +121,7 @@ def test_mathqa_options_parsing() -> None:
     assert mathqa_choices("a ) rs . 1,200 , b ) 2.5 km / hr , c ) 3 , d ) 4 , e ) none of these") == [
         "rs . 1,200", "2.5 km / hr", "3", "4", "none of these"]
     assert mathqa_choices("['a ) 10', 'b ) 20', 'c ) 30', 'd ) 40', 'e ) 50']") == ["10", "20", "30", "40", "50"]
-    with pytest.raises(tasks.Unusable):
+    with pytest.raises(Unusable):
         mathqa_choices("a ) 1 , b ) 2")
 
 

@@ -13,11 +13,11 @@ from typing import Any
 import pytest
 
 from mashup.errors import MashupError
-from mashup.io import readable_size
+from mashup.experiment import store as store_module
 from mashup.experiment.manifest import RESULT, Difference, scan, verify
 from mashup.experiment.records import finished_result
-from mashup.experiment import store as store_module
 from mashup.experiment.store import REPLACED, ResultStore, unit_file_name
+from mashup.io import readable_size
 from tests.experiment.helpers import track_reads
 
 WEIGHTS = "merged/adapter_model.safetensors"

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from mashup.experiment import plan_experiment, run_experiment
 from mashup.errors import LibraryError
+from mashup.experiment import plan_experiment, run_experiment
 from mashup.experiment.own_library import register_source, repoint_library
 from mashup.experiment.report import current_records
 from mashup.experiment.store import REPLACED, ResultStore, unit_file_name
@@ -134,8 +134,9 @@ def test_the_same_bytes_registered_by_another_source_are_refused_not_re_pointed(
     first = register_source(_source(root, "train-a", "alpha"), tmp_path)
     if first_run == "deleted":
         shutil.rmtree(root / "artifacts" / "train-a")
-    with pytest.raises(LibraryError, match=f"source beta .* trained to weights already registered as "
-                                           f"{first['checkpoint_id']} .*another source's") as caught:
+    with pytest.raises(LibraryError, match=r"source beta \(lr 0.001, seed 0\) trained to the same weights as source "
+                                           rf"alpha \(lr 0.001, seed 0\), registered as {first['checkpoint_id']} ") \
+            as caught:
         register_source(_source(root, "train-b", "beta"), tmp_path)
     assert "two sources with the same weights" in caught.value.fix
     [entry] = Library(root / "library").list()
@@ -193,8 +194,7 @@ def test_a_dir_moved_after_going_back_to_a_config_resumes_with_nothing_computed(
 
 def test_a_finished_experiment_moved_elsewhere_resumes_with_nothing_computed(tiny_base, tmp_path):
     """Its library names the sources' weights where they were: gone after a move, which is no recompute."""
-    config = tiny_config(tiny_base, write_tasks(tmp_path)[:2], tmp_path / "out", seeds=1, lrs=[1e-3],
-                         max_steps=2, eval_every=1, arms=["scratch", "mashup_loss"], samples_sweep=[], merge_grid=None)
+    config = _small(tiny_base, tmp_path)
     run_experiment(config)
     moved = config.model_copy(update={"out": str((tmp_path / "out").rename(tmp_path / "moved"))})
     assert all(p.recorded for p in plan_experiment(moved))
@@ -203,8 +203,7 @@ def test_a_finished_experiment_moved_elsewhere_resumes_with_nothing_computed(tin
 
 def _killed_before_merges(tiny_base: Path, tmp_path: Path, **overrides: Any) -> tuple[Any, dict[str, Any]]:
     """A finished run with its merges and mashup runs undone, as if killed before its merges: (config, undone)."""
-    config = tiny_config(tiny_base, write_tasks(tmp_path)[:2], tmp_path / "out", seeds=1, lrs=[1e-3], max_steps=2,
-                         eval_every=1, arms=["scratch", "mashup_loss"], samples_sweep=[], merge_grid=None, **overrides)
+    config = _small(tiny_base, tmp_path, **overrides)
     run_experiment(config)
     store = ResultStore(config.out)
     undone = {uid: rec for uid, rec in store.records().items() if rec["fields"]["phase"] in ("merges", "mashup")}

@@ -1,12 +1,17 @@
-"""Fast library fixtures: adapter dirs made by copying a tiny adapter with seeded noise (no model built)."""
+"""Fast library fixtures: adapter dirs made by copying a tiny adapter with seeded noise (no model built), and the
+one-line refusal a bad one gets."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file, save_file
+
+from mashup.errors import CheckpointError
+from mashup.library import Library
 
 
 def noisy_copy(src: Path, dst: Path, seed: int, **config_changes) -> Path:
@@ -23,3 +28,12 @@ def noisy_copy(src: Path, dst: Path, seed: int, **config_changes) -> Path:
 
 def many_adapters(src: Path, root: Path, n: int, offset: int = 0) -> list[Path]:
     return [noisy_copy(src, root / f"a{offset + i:04d}", seed=1000 + offset + i) for i in range(n)]
+
+
+def refused(library: Library, paths, match: str, **kwargs) -> CheckpointError:
+    """``library.add(paths)`` raises a one-line CheckpointError and registers nothing."""
+    with pytest.raises(CheckpointError, match=match) as caught:
+        library.add(paths, **kwargs)
+    assert "\n" not in str(caught.value)
+    assert library.list() == []
+    return caught.value

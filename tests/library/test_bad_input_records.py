@@ -1,5 +1,6 @@
 """Bad checkpoints refused at registration with one line (what, where, how to fix), the catalog unchanged;
-full fine-tunes matched against their base's tensors."""
+full fine-tunes matched against their base's tensors. The fields PEFT reads on load:
+tests/library/test_peft_fields.py."""
 
 import dataclasses
 import re
@@ -13,21 +14,10 @@ from safetensors.torch import load_file, save_file
 from mashup.errors import CheckpointError
 from mashup.io import check_finite
 from mashup.library import Library, partition_compatible
-from mashup.library.lora_config import TASK_TYPES, changes_base, is_lora_init
-from mashup.library.records import check_lora_dir
-from tests.library.helpers import noisy_copy
+from tests.library.helpers import noisy_copy, refused
 
 ADAPTER = "adapter_model.safetensors"
 MODEL = "model.safetensors"
-
-
-def _refused(library: Library, paths, match: str, **kwargs) -> CheckpointError:
-    """``library.add(paths)`` raises a one-line CheckpointError and registers nothing."""
-    with pytest.raises(CheckpointError, match=match) as caught:
-        library.add(paths, **kwargs)
-    assert "\n" not in str(caught.value)
-    assert library.list() == []
-    return caught.value
 
 
 def _edit_tensors(path, name, edit):
@@ -44,7 +34,7 @@ def _truncate(path):
 def test_truncated_full_model_is_one_line_naming_the_file(tmp_path, tiny_base, tiny_fulls):
     full = shutil.copytree(tiny_fulls[0], tmp_path / "full")
     _truncate(full / MODEL)
-    error = _refused(Library(tmp_path / "lib"), [tiny_fulls[1], full], "cannot read weights", base=str(tiny_base))
+    error = refused(Library(tmp_path / "lib"), [tiny_fulls[1], full], "cannot read weights", base=str(tiny_base))
     assert error.where == str(full / MODEL) and "re-download" in error.fix
     with pytest.raises(CheckpointError, match="corrupt or truncated"):
         check_finite([full / MODEL])
@@ -57,22 +47,22 @@ def test_truncated_full_model_is_one_line_naming_the_file(tmp_path, tiny_base, t
 ])
 def test_wrongly_typed_adapter_config_field_names_field_file_and_type(tmp_path, tiny_loras, field, value, expected):
     bad = noisy_copy(tiny_loras[0], tmp_path / "bad", seed=1, **{field: value})
-    error = _refused(Library(tmp_path / "lib"), [tiny_loras[1], bad], f"field '{field}' is .*, expected {expected}")
+    error = refused(Library(tmp_path / "lib"), [tiny_loras[1], bad], f"field '{field}' is .*, expected {expected}")
     assert error.where == str(bad / "adapter_config.json")
 
 
 def test_lora_tensors_outside_target_modules_are_refused(tmp_path, tiny_loras):
     bad = noisy_copy(tiny_loras[0], tmp_path / "bad", seed=1, target_modules=["k_proj"])
-    error = _refused(Library(tmp_path / "lib"), [tiny_loras[1], bad], r"adapts module 'model\.layers\.0\..*"
-                     r"which target_modules \[\"k_proj\"\]")
+    error = refused(Library(tmp_path / "lib"), [tiny_loras[1], bad], r"adapts module 'model\.layers\.0\..*"
+                    r"which target_modules \[\"k_proj\"\]")
     assert error.where == str(bad)
     regex = noisy_copy(tiny_loras[0], tmp_path / "regex", seed=2, target_modules=r".*\.(k_proj|o_proj)")
-    _refused(Library(tmp_path / "lib"), [regex], "does not cover")
+    refused(Library(tmp_path / "lib"), [regex], "does not cover")
 
 
 def test_lora_tensors_outside_layers_to_transform_are_refused(tmp_path, tiny_loras):
     bad = noisy_copy(tiny_loras[0], tmp_path / "bad", seed=1, layers_to_transform=[0])  # tensors in layers 0 and 1
-    _refused(Library(tmp_path / "lib"), [tiny_loras[1], bad], r"is in layer 1, which layers_to_transform \[0\]")
+    refused(Library(tmp_path / "lib"), [tiny_loras[1], bad], r"is in layer 1, which layers_to_transform \[0\]")
     both = noisy_copy(tiny_loras[0], tmp_path / "both", seed=2, layers_to_transform=[0, 1])
     assert len(Library(tmp_path / "lib").add([both])) == 1
 
@@ -90,7 +80,7 @@ def test_integer_lora_tensors_are_refused(tmp_path, tiny_loras):
     bad = noisy_copy(tiny_loras[0], tmp_path / "bad", seed=1)
     first = min(load_file(bad / ADAPTER))
     _edit_tensors(bad, ADAPTER, lambda t: t.update({first: t[first].to(torch.int32)}))
-    error = _refused(Library(tmp_path / "lib"), [tiny_loras[1], bad], f"tensor {first} is not floating point")
+    error = refused(Library(tmp_path / "lib"), [tiny_loras[1], bad], f"tensor {first} is not floating point")
     assert error.where == str(bad / ADAPTER)
 
 
@@ -113,7 +103,7 @@ def _one_extra(tensors):
 ])
 def test_full_checkpoint_not_fitting_its_base_is_refused(tmp_path, tiny_base, tiny_fulls, edit, match):
     bad = _edit_tensors(shutil.copytree(tiny_fulls[0], tmp_path / "bad"), MODEL, edit)
-    error = _refused(Library(tmp_path / "lib"), [tiny_fulls[1], bad], match, base=str(tiny_base))
+    error = refused(Library(tmp_path / "lib"), [tiny_fulls[1], bad], match, base=str(tiny_base))
     assert error.where == str(bad) and "--base" in error.fix
 
 
@@ -169,7 +159,7 @@ def _not_a_model_dir(tmp_path, kind: str) -> str:
 ])
 def test_full_fine_tune_on_a_base_that_is_no_model_dir_is_refused(tmp_path, tiny_fulls, kind, match):
     base = _not_a_model_dir(tmp_path, kind)
-    error = _refused(Library(tmp_path / "lib"), [tiny_fulls[0]], match, base=base)
+    error = refused(Library(tmp_path / "lib"), [tiny_fulls[0]], match, base=base)
     assert error.where == base and "--base" in error.fix
 
 
@@ -177,13 +167,13 @@ def test_full_fine_tune_on_a_base_that_is_no_model_dir_is_refused(tmp_path, tiny
 def test_full_fine_tune_on_a_missing_relative_base_is_refused_where_it_was_looked_for(tmp_path, tiny_fulls,
                                                                                       monkeypatch, base):
     monkeypatch.chdir(tmp_path)
-    error = _refused(Library(tmp_path / "lib"), [tiny_fulls[0]], "base model not found", base=base)
+    error = refused(Library(tmp_path / "lib"), [tiny_fulls[0]], "base model not found", base=base)
     assert error.where == str(Path(base).expanduser().absolute())
 
 
 def test_full_fine_tune_on_an_unknown_base_name_is_refused_naming_the_named_models(tmp_path, tiny_fulls):
-    error = _refused(Library(tmp_path / "lib"), [tiny_fulls[0]], "unknown base model 'smollm2-13m': not a named "
-                     "model, a local model dir or a Hub id", base="smollm2-13m")
+    error = refused(Library(tmp_path / "lib"), [tiny_fulls[0]], "unknown base model 'smollm2-13m': not a named "
+                    "model, a local model dir or a Hub id", base="smollm2-13m")
     assert "smollm2-135m" in error.fix
 
 
@@ -216,100 +206,12 @@ def test_lora_for_other_module_sizes_than_its_base_on_disk_is_refused(tmp_path, 
     bad = _edit_tensors(noisy_copy(tiny_loras[0], tmp_path / "bad", seed=1), ADAPTER, edit)
     match = re.escape(f"tensor base_model.model.model.layers.0.mlp.up_proj.{factor}.weight has shape {shape}, which "
                       "does not fit the base's model.layers.0.mlp.up_proj.weight [64, 32]")
-    error = _refused(Library(tmp_path / "lib"), [tiny_loras[1], bad], match + re.escape(f": not an adapter of base "
-                                                                                          f"'{tiny_base}'"))
+    error = refused(Library(tmp_path / "lib"), [tiny_loras[1], bad], match + re.escape(f": not an adapter of base "
+                                                                                         f"'{tiny_base}'"))
     assert error.where == str(bad) and "--base" in error.fix
-    _refused(Library(tmp_path / "lib"), [bad], match, base=str(tiny_base))
+    refused(Library(tmp_path / "lib"), [bad], match, base=str(tiny_base))
 
 
 def test_lora_whose_base_is_not_on_disk_is_left_to_loading(tmp_path, tiny_loras):
     other = noisy_copy(tiny_loras[0], tmp_path / "other", seed=1, base_model_name_or_path="some-org/not-local")
     assert len(Library(tmp_path / "lib").add([_edit_tensors(other, ADAPTER, _wider_inputs)])) == 1
-
-
-@pytest.mark.parametrize(("field", "value", "expected"), [
-    ("lora_dropout", "x", "a number from 0 to 1"), ("lora_dropout", None, "a number from 0 to 1"),
-    ("lora_dropout", 1.5, "a number from 0 to 1"), ("bias", "some", 'one of "none", "all", "lora_only"'),
-    ("bias", None, "one of"), ("fan_in_fan_out", "no", "true or false"), ("inference_mode", 1, "true or false"),
-    ("lora_bias", "x", "true or false"), ("init_lora_weights", 5, "true, false or one of"),
-    ("modules_to_save", "lm_head", "a list of module names or null"),
-    ("target_parameters", "weight", "a list of parameter names or null"),
-    ("layer_replication", [[0, "2"]], r"a list of \[start, end\] layer ranges"),
-    ("task_type", 5, 'null or one of "SEQ_CLS"'),
-])
-def test_wrongly_typed_field_peft_reads_on_load_names_field_file_and_type(tmp_path, tiny_loras, field, value,
-                                                                          expected):
-    bad = noisy_copy(tiny_loras[0], tmp_path / "bad", seed=1, **{field: value})
-    error = _refused(Library(tmp_path / "lib"), [bad], f"field '{field}' is .*, expected {expected}")
-    assert error.where == str(bad / "adapter_config.json") and field in error.fix
-    with pytest.raises(CheckpointError, match=f"field '{field}'"):  # loaded without registering (eval --adapter)
-        check_lora_dir(bad)
-
-
-def test_fields_peft_reads_on_load_accept_what_peft_accepts(tmp_path, tiny_loras):
-    fields = {"lora_dropout": 1, "bias": "lora_only", "fan_in_fan_out": None, "init_lora_weights": "gaussian",
-              "modules_to_save": [], "layer_replication": [[0, 2]], "task_type": None, "target_parameters": None}
-    assert len(Library(tmp_path / "lib").add([noisy_copy(tiny_loras[0], tmp_path / "a", seed=1, **fields)])) == 1
-
-
-@pytest.mark.parametrize(("field", "value"), [
-    ("init_lora_weights", "kaiming"), ("init_lora_weights", "EVA"), ("init_lora_weights", "PiSSA"),
-    ("init_lora_weights", "pissa_niter_x"), ("task_type", "causal_lm"), ("task_type", "CAUSAL-LM"),
-    ("init_lora_weights", "pissa_niter_4"), ("init_lora_weights", "OLoRA"), ("init_lora_weights", "corda"),
-    ("init_lora_weights", "loftq"), ("init_lora_weights", "lora_ga"),
-])
-def test_values_peft_refuses_on_load_name_dir_field_and_accepted_values(tmp_path, tiny_loras, field, value):
-    bad = noisy_copy(tiny_loras[0], tmp_path / "bad", seed=1, **{field: value})
-    accepted = '"gaussian".*rewritten base weights' if field == "init_lora_weights" else '"CAUSAL_LM"'
-    error = _refused(Library(tmp_path / "lib"), [bad], f"field '{field}' is \"{value}\", expected .*{accepted}")
-    assert error.where == str(bad / "adapter_config.json")
-
-
-@pytest.mark.parametrize(("field", "value"), [
-    ("init_lora_weights", "eva"), ("init_lora_weights", "orthogonal"), ("init_lora_weights", "Gaussian"),
-    ("init_lora_weights", "mica"), ("init_lora_weights", False), ("task_type", "SEQ_2_SEQ_LM"),
-])
-def test_values_peft_takes_on_load_are_accepted(tmp_path, tiny_loras, field, value):
-    assert len(Library(tmp_path / "lib").add([noisy_copy(tiny_loras[0], tmp_path / "a", seed=1, **{field: value})]))
-
-
-def test_init_and_task_type_checks_agree_with_peft():
-    """PEFT itself decides: building a LoRA layer runs the init PEFT runs on load; the config checks task_type."""
-    from peft import LoraConfig
-    from peft.tuners.lora.layer import Linear
-    from peft.utils.peft_types import TaskType
-
-    assert TASK_TYPES == tuple(t.value for t in TaskType)
-    for value in [True, False, None, "", "gaussian", "Gaussian", "eva", "EVA", "olora", "OLoRA", "pissa",
-                  "pissa_niter_4", "pissa_niter_x", "PiSSA", "pissa_x", "mica", "orthogonal", "Orthogonal", "kaiming"]:
-        try:
-            Linear(torch.nn.Linear(4, 4), "default", config=LoraConfig(r=2, init_lora_weights=value), r=2, lora_alpha=2)
-        except ValueError:
-            assert not is_lora_init(value), value
-        else:
-            assert is_lora_init(value), value
-
-
-def test_peft_type_is_read_as_written(tmp_path, tiny_loras):
-    """PEFT looks the type up case-sensitively: "lora" fails there with a KeyError."""
-    bad = noisy_copy(tiny_loras[0], tmp_path / "bad", seed=1, peft_type="lora")
-    assert _refused(Library(tmp_path / "lib"), [bad], "peft_type is 'lora', only \"LORA\" is supported").where == \
-        str(bad)
-
-
-def test_the_inits_refused_for_changing_the_base_do_so_in_peft():
-    """Building a LoRA layer runs the init PEFT runs as training starts (LoRA-GA given its gradients) and, but for
-    LoRA-GA, on load: the inits refused rewrite the base weight, the inits accepted leave it."""
-    from peft import LoraConfig, LoraGAConfig
-    from peft.tuners.lora.layer import Linear
-
-    for value in ["pissa", "pissa_niter_2", "olora", "OLoRA", "lora_ga", "gaussian", "eva", "orthogonal", "mica",
-                  True, False]:
-        torch.manual_seed(0)
-        base = torch.nn.Linear(4, 4)
-        base._peft_loraga_grad = torch.randn(4, 4)  # what LoRA-GA's preprocessing leaves on each layer
-        before = base.weight.detach().clone()
-        extra = {"lora_ga_config": LoraGAConfig()} if value == "lora_ga" else {}
-        Linear(base, "default", config=LoraConfig(r=2, init_lora_weights=value, **extra), r=2, lora_alpha=2,
-               init_lora_weights=value)
-        assert changes_base(value) == (not torch.equal(base.weight, before)), value

@@ -19,6 +19,7 @@ from mashup.merging.full import merge_full
 from mashup.merging.plan import build_plan
 from mashup.models import load_full_weights_into, load_model
 from tests.merging.helpers import records
+from tests.tiny import save_tiny_full
 
 
 def state(path: Path) -> dict[str, torch.Tensor]:
@@ -177,9 +178,27 @@ def test_a_config_tied_by_its_class_default_is_tied_through_a_merge(tmp_path: Pa
 def test_a_tied_config_with_a_head_of_other_values_is_refused_by_the_merge(tiny_base: Path, tmp_path: Path) -> None:
     fulls = [_tied_full(tiny_base, tmp_path / "tied0", seed=0),
              _tied_full(tiny_base, tmp_path / "untied1", seed=1, head_offset=0.5)]
-    with pytest.raises(MergeError, match="ties lm_head.weight to model.embed_tokens.weight.*untied1") as caught:
+    with pytest.raises(MergeError, match=r"its lm_head.weight differs from model.embed_tokens.weight, which "
+                                         r".*tied0/config.json \(the merge output's config\) ties it to .*untied1") \
+            as caught:
         merge_checkpoints(records(fulls, tiny_base), MergeConfig(), tmp_path / "out")
-    assert "tie_word_embeddings" in caught.value.fix and not (tmp_path / "out").exists()
+    assert "in the checkpoints' config.json" in caught.value.fix and not (tmp_path / "out").exists()
+    base = _tied_base(tiny_base, tmp_path / "base")
+    with pytest.raises(MergeError, match="base/config.json .* ties it to") as caught:
+        merge_checkpoints(records(fulls, base), MergeConfig(), tmp_path / "out", base_model_dir=base)
+    assert "merge against a base whose config.json unties them" in caught.value.fix
+
+
+def test_inputs_that_tie_and_leave_out_their_head_are_refused_against_an_untied_base(tiny_base: Path,
+                                                                                      tmp_path: Path) -> None:
+    """The output would get the base's untied config and no head to go with it."""
+    base = _tied_base(tiny_base, tmp_path / "tied")
+    fulls = [save_tiny_full(base, tmp_path / f"full{i}", seed=i) for i in range(2)]
+    assert "lm_head.weight" not in state(fulls[0])
+    with pytest.raises(MergeError, match="tie lm_head.weight to model.embed_tokens.weight and do not store it, but "
+                                         ".*unties it") as caught:
+        merge_checkpoints(records(fulls, base), MergeConfig(), tmp_path / "out", base_model_dir=tiny_base)
+    assert "ties them too" in caught.value.fix and not (tmp_path / "out").exists()
 
 
 def test_swapping_a_full_finetune_into_a_tied_base_refuses_a_head_of_other_values(tiny_base: Path,
@@ -189,7 +208,7 @@ def test_swapping_a_full_finetune_into_a_tied_base_refuses_a_head_of_other_value
     model = load_model(equal)
     assert model.get_output_embeddings().weight is model.get_input_embeddings().weight
     load_full_weights_into(model, equal)
-    with pytest.raises(CheckpointError, match="ties lm_head.weight to model.embed_tokens.weight.*other"):
+    with pytest.raises(CheckpointError, match="differs from model.embed_tokens.weight, which the base ties it to"):
         load_full_weights_into(model, other)
 
 

@@ -5,9 +5,9 @@ import shutil
 import pytest
 import torch
 
+import mashup.selection.engine as engine_module
 from mashup.evaluation import score_requests
 from mashup.models import attach_adapter, load_model
-import mashup.selection.engine as engine_module
 from mashup.selection.engine import (
     CPU_LARGE_MODEL_GROUP_ROWS,
     CUDA_GROUP_ROWS,
@@ -138,7 +138,7 @@ def test_each_batch_stacks_its_own_share_of_a_group(tiny_base, tiny_loras, mc_fi
     """By default a group is sized by its smallest batch, which scores the whole group in one forward, and
     a larger batch scores it in windows of slots (``ScoringPlan.run``'s ``stack_rows``). Every adapter
     still scores as alone, in windows whose slots share a scale and in windows whose slots do not."""
-    from mashup import evaluation
+    from mashup import evaluation, score_batches
 
     monkeypatch.setattr(engine_module, "GROUP_ROWS", 16)
     monkeypatch.setattr(engine_module, "MIN_STACK_ROWS", 2)
@@ -146,7 +146,7 @@ def test_each_batch_stacks_its_own_share_of_a_group(tiny_base, tiny_loras, mc_fi
     workspace, requests = requests_for(tiny_base, mc_file, 12, "letter")
     settings = workspace.settings(8)
     stacking = engine_module.default_stacking(tiny_base, settings)
-    rows = [len(b) for b in evaluation.plan_batch_rows(requests, 8, stacking=stacking)]
+    rows = [len(b) for b in score_batches.plan_batch_rows(requests, 8, stacking=stacking)]
     assert len(set(rows)) > 1
     scaled = tmp_path / "scaled"  # the same factors at another lora_alpha: another scale in the same slots
     shutil.copytree(tiny_loras[1], scaled)

@@ -66,7 +66,7 @@ def test_a_prefilter_cache_another_process_holds_is_a_warning(tmp_path, tiny_bas
     finally:
         holder.close()
     assert held.values == fresh.values and held.probe_tokens > 0
-    busy = [r for r in caplog.records if r.name != "mashup.selection.prefilter"]  # not Arrow alone's warning
+    busy = [r for r in caplog.records if r.name != "mashup.selection.prefilter"]  # not the small-pool warning
     assert [r.levelname for r in busy] == ["WARNING"] and "library busy" in caplog.text
 
 

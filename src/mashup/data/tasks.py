@@ -22,7 +22,7 @@ from typing import Literal
 from mashup.data import task_rows
 from mashup.data.prompts import PromptTemplate
 from mashup.data.schema import MCExample, carve_split, example_from_row
-from mashup.data.task_rows import Row, Unusable, clean_hellaswag, mathqa_choices  # noqa: F401 (kept importable here)
+from mashup.data.task_rows import Row, Unusable
 from mashup.errors import DataError
 
 logger = logging.getLogger(__name__)

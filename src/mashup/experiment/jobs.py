@@ -3,8 +3,9 @@
 Each job is a typed spec; its key is a digest of everything that determines its result, so equal work
 (e.g. two selection methods that pick the same checkpoints) is computed once. :func:`execute_job`
 writes the job's outputs into ``<root>/artifacts/<kind>-<key>`` through an atomic rename and returns
-the result with the outputs' hashes. Every job reuses the package's own verbs: ``select``,
-``merge_checkpoints``, ``train_in`` and ``evaluate``.
+the result with the outputs' hashes. Every job reuses the package's own steps: ``select_checkpoints`` (over the
+candidates it finds once), ``merge_checkpoints``, ``train_in``, ``evaluate`` and, for a source, its registration in
+the experiment's own library (``own_library.register_source``).
 """
 
 from __future__ import annotations
@@ -194,6 +195,7 @@ def _run_select(job: SelectJob, tmp: Path) -> dict[str, Any]:
     from mashup.data.schema import sample
     from mashup.library import Library
     from mashup.library.identity import base_identity
+    from mashup.run import selection_timing
     from mashup.selection import select_checkpoints
 
     workspace, target = _context(job)
@@ -214,9 +216,8 @@ def _run_select(job: SelectJob, tmp: Path) -> dict[str, Any]:
     config = SelectConfig(samples=job.samples, k=1, metric="loss", with_accuracy=True, seed=job.seed, cache=False)
     requests = workspace.encode(sample(target.train, job.samples, job.seed), target.template)
     ranking = select_checkpoints(workspace, found.records, requests, config, library.directory).ranking
-    seconds = time.perf_counter() - start
     return {"ranking": [s.to_dict() for s in ranking], "excluded": found.excluded, "rejected": found.rejected,
-            "n": len(requests), "selection": seconds, "selection_uncached": seconds, "selection_cached_scores": 0}
+            "n": len(requests), **selection_timing(time.perf_counter() - start, ranking)}
 
 
 def _run_merge(job: MergeJob, tmp: Path) -> dict[str, Any]:

@@ -5,7 +5,9 @@ was when registered. In a dir moved since (the old one gone) or copied (``cp -r`
 entry naming another experiment dir's ``artifacts/<name>/...`` is re-pointed at this dir's ``artifacts/<name>/...``
 when that holds the same weights, so the merges and selections to come read this dir's files, and deleting or
 editing the original changes nothing here. Either way the entry is re-pointed in place, in one transaction
-(``Library.relocate``, ``copied`` where the old dir is still there), keeping what it holds.
+(``Library.relocate``, ``copied`` where the old dir is still there), keeping what it holds. A source trained again
+to the same bytes under another job key re-points its entry at the new run as it registers (``Library.add`` with
+``repoint``: only the entries of the same source).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mashup.errors import LibraryError
+from mashup.errors import AlreadyRegistered, LibraryError
 from mashup.library import Library
 from mashup.library.records import CheckpointRecord
 from mashup.training import INIT_WEIGHTS
@@ -26,7 +28,7 @@ logger = logging.getLogger(__name__)
 TRAIN_PREFIX = "train-"  # a training run's artifact name: ``<kind>-<key>`` (``jobs.Job.artifact``)
 
 
-def source_weights(job: SourceJob) -> Path:
+def _source_weights(job: SourceJob) -> Path:
     """Where a source's weights are in this experiment dir: its training run's adapter (or model), resolved."""
     return (_train_dir(job) / ("adapter" if job.mode == "lora" else "model")).resolve()
 
@@ -40,32 +42,38 @@ def register_source(job: SourceJob, tmp: Path) -> dict[str, Any]:
     registered for them already (here, or where this dir was moved or copied from) is kept if it holds these weights
     (re-pointed here), dropped if not. The same weights registered by another training run of this source (task, lr
     and seed: computed again under another job key, say another ``eval_every``, to the same bytes) are re-pointed
-    here too; registered for another source, they are refused as already registered."""
-    weights = source_weights(job)
+    here too; registered for another source, they are refused, even where that source's run dir is gone."""
+    weights = _source_weights(job)
     library = Library(Path(job.root) / job.library)
     known: list[CheckpointRecord] = []
     entries = library.list()
     for entry in [r for r in entries if counterpart(Path(job.root), r) == weights]:
-        why = follow(library, entry, weights)
+        why = _follow(library, entry, weights)
         if why is None:
             known.append(entry)
             continue
         # its training run was computed again since (other bytes): register those instead
-        logger.warning("source %s of %s: %s; registering the weights there now", entry.id, job.data.name, why)
+        logger.warning("library entry %s of source %s: %s; registering the weights at %s instead", entry.id,
+                       job.data.name, why, weights)
         library.remove(entry.id)
     if not known:  # else registered by a run killed before it recorded this unit: that entry is reused
         reference = str(_train_dir(job) / INIT_WEIGHTS) if job.mode == "lora" else None
         try:
             known = library.add([weights], task=job.data.name, base=job.base, init_reference=reference,
                                 metadata=_metadata(job), repoint=[r.id for r in entries if _of_source(r, job)])
-        except LibraryError as exc:
-            if not exc.what.startswith("already registered"):
-                raise
-            raise LibraryError(f"source {job.data.name} (lr {job.lr}, seed {job.seed}) trained to weights "
-                               f"{exc.what}, another source's", exc.where, "two sources with the same weights cannot "
-                               "share the experiment's library: check their data files differ") from None
+        except AlreadyRegistered as exc:
+            raise _same_weights_error(library.get(exc.checkpoint_id), job, weights) from None
     return {"checkpoint_id": known[0].id, "digest": known[0].sha256, "task": job.data.name, "lr": job.lr,
             "seed": job.seed}
+
+
+def _same_weights_error(other: CheckpointRecord, job: SourceJob, weights: Path) -> LibraryError:
+    """Two sources trained to the same weights: one library entry cannot stand for both."""
+    lr, seed = other.metadata.get("lr"), other.metadata.get("seed")
+    return LibraryError(f"source {job.data.name} (lr {job.lr}, seed {job.seed}) trained to the same weights as source "
+                        f"{other.task} (lr {lr}, seed {seed}), registered as {other.id} ({other.path})", str(weights),
+                        "two sources with the same weights cannot share the experiment's library: check that their "
+                        "task data, lr or seed differ")
 
 
 def _metadata(job: SourceJob) -> dict[str, Any]:
@@ -87,9 +95,10 @@ def repoint_library(root: Path, library_dir: Path) -> None:
         here = counterpart(root, entry)
         if here is None or Path(entry.path) == here or not here.is_dir():
             continue
-        why = follow(library, entry, here)
+        why = _follow(library, entry, here)
         if why:
-            logger.warning("library entry %s not re-pointed at %s: %s", entry.id, here, why)
+            logger.warning("library entry %s not re-pointed at %s: %s; its source is registered or computed again",
+                           entry.id, here, why)
 
 
 def counterpart(root: Path, entry: CheckpointRecord) -> Path | None:
@@ -102,7 +111,7 @@ def counterpart(root: Path, entry: CheckpointRecord) -> Path | None:
     return (root / "artifacts" / old.parent.name / old.name).resolve()
 
 
-def follow(library: Library, entry: CheckpointRecord, here: Path) -> str | None:
+def _follow(library: Library, entry: CheckpointRecord, here: Path) -> str | None:
     """Check ``entry`` against the weights at ``here``, its counterpart in this dir, re-pointing it there when it
     names another dir's: None when they are the weights it registered, else why not (the entry is left as it was)."""
     if Path(entry.path) == here:
@@ -110,4 +119,3 @@ def follow(library: Library, entry: CheckpointRecord, here: Path) -> str | None:
         return stale[0][1] if stale else None
     check = library.relocate(entry, here, copied=Path(entry.path).is_dir())
     return None if check.status == "ok" else check.reason
-

@@ -121,12 +121,12 @@ class Library:
                 ) -> tuple[list[CheckpointRecord], list[CheckpointRecord], list[CheckpointRecord]]:
         """Insert ``records`` in one transaction; returns (added, skipped, relocated). Weights already registered (same
         digest) are skipped with ``skip_registered``, else refused; the same weights given twice are refused; weights
-        registered at a dir that is gone (moved), or, given ``repoint``, anywhere for an id in it, re-point that entry
-        at the new dir, keeping what it holds but what the add gives (``moved_entry``; ``relocated``, also among the
-        added). An entry of the same id that cannot be read (see ``entries``) is replaced by a plain add, with a
-        warning: registering the checkpoint again is how such an entry is repaired. A re-scan (``skip_registered``)
-        skips it with a warning instead (even where its dir is gone): it would drop what the entry held (task, lineage)
-        without being asked."""
+        registered at a dir that is gone (moved; given ``repoint``, instead: anywhere for an id in it, and no other) re-
+        point that entry at the new dir, keeping what it holds but what the add gives (``moved_entry``; ``relocated``,
+        also among the added). An entry of the same id that cannot be read (see ``entries``) is replaced by a plain add,
+        with a warning: registering the checkpoint again is how such an entry is repaired. A re-scan
+        (``skip_registered``) skips it with a warning instead (even where its dir is gone): it would drop what the entry
+        held (task, lineage) without being asked."""
         with self._write() as conn:
             existing = {i: (path, sha) for i, path, sha in conn.execute("SELECT id, path, sha256 FROM checkpoints")}
             unreadable = unreadable_ids(conn, {r.id for r in records if r.id in existing}, str(self.db_path))
@@ -290,4 +290,3 @@ def _trained_on(record: CheckpointRecord, wanted: str) -> bool:
     trained = record.lineage.get("trained_on") or {}
     fingerprint = trained.get("data_fingerprint") or record.data_fingerprint or ""
     return trained.get("task") == wanted or (len(wanted) >= 6 and fingerprint.startswith(wanted))
-

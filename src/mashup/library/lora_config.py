@@ -47,10 +47,11 @@ def _is_ranges(value: Any) -> bool:
 
 # PEFT 0.21's TaskType values: PeftConfig refuses any other non-null task_type on load
 TASK_TYPES = ("SEQ_CLS", "SEQ_2_SEQ_LM", "CAUSAL_LM", "TOKEN_CLS", "QUESTION_ANS", "FEATURE_EXTRACTION")
-_INITS = ('"gaussian", "eva", "orthogonal", "mica" (pissa, olora, corda and lora_ga adapters were trained on '
-          "rewritten base weights, so their factors are no update of the base: save them converted to plain LoRA, "
-          "PEFT's path_initial_model_for_weight_conversion; a loftq adapter pairs with its own quantized base: "
-          "register it against that base, with init_lora_weights true)")
+_INITS = '"gaussian", "eva", "orthogonal", "mica"'
+_CONVERT = ("re-save it converted to plain LoRA (PEFT's path_initial_model_for_weight_conversion, which writes "
+            "init_lora_weights true)")
+_BASE_CHANGED_FIX = {"loftq": "register it against the base PEFT saved with it (set base_model_name_or_path to that "
+                              "dir and init_lora_weights to true)"}
 
 
 def is_lora_init(value: Any) -> bool:
@@ -92,7 +93,7 @@ _PEFT_FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "bias": (lambda v: v in ("none", "all", "lora_only"), 'one of "none", "all", "lora_only"'),
     "fan_in_fan_out": (_is_flag, "true or false"), "inference_mode": (_is_flag, "true or false"),
     "lora_bias": (_is_flag, "true or false"),
-    "init_lora_weights": (lambda v: is_lora_init(v) and not changes_base(v), f"true, false or one of {_INITS}"),
+    "init_lora_weights": (is_lora_init, f"true, false or one of {_INITS}"),
     "modules_to_save": (_is_names, "a list of module names or null"),
     "target_parameters": (_is_names, "a list of parameter names or null"),
     "layer_replication": (_is_ranges, "a list of [start, end] layer ranges or null"),
@@ -149,6 +150,11 @@ def check_peft_fields(config: dict[str, Any], where: str = ADAPTER_CONFIG) -> No
     for name, (valid, expected) in _PEFT_FIELDS.items():
         if name in config:
             read_field(config, name, None, valid, expected, where)
+    init = config.get("init_lora_weights")
+    if changes_base(init):
+        raise CheckpointError(f"{ADAPTER_CONFIG} field 'init_lora_weights' is {shown(init)}: the adapter was trained "
+                              "on rewritten base weights, so its factors are no update of the base", where,
+                              _BASE_CHANGED_FIX.get(init, _CONVERT))
 
 
 def lora_narrowing(config: dict[str, Any]) -> dict[str, Any]:

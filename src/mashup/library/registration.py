@@ -7,7 +7,7 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
-from mashup.errors import CheckpointError, LibraryError
+from mashup.errors import AlreadyRegistered, CheckpointError, LibraryError
 from mashup.library.freshness import Freshness, parallel_map, require_fresh
 from mashup.library.identity import resolve_identity, stored_base
 from mashup.library.records import CheckpointRecord
@@ -78,5 +78,5 @@ def refuse_registered(records: list[CheckpointRecord], existing: dict[str, tuple
     """Refuse a record whose id is registered (``existing``: each id's path and digest)."""
     clash = next((r for r in records if r.id in existing), None)
     if clash:
-        raise LibraryError(f"already registered as {clash.id} ({existing[clash.id][0]})", clash.path,
-                           "nothing to do, or remove the old entry first")
+        raise AlreadyRegistered(f"already registered as {clash.id} ({existing[clash.id][0]})", clash.path,
+                                "nothing to do, or remove the old entry first", clash.id)

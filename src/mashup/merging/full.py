@@ -12,6 +12,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from mashup.errors import MashupError, MergeError
+from mashup.library.records import CheckpointRecord
 from mashup.merging.plan import MergePlan
 from mashup.merging.registry import merge_tensors
 from mashup.merging.tensors import require_finite
@@ -96,7 +97,7 @@ def copy_model_files(source: Path, out_dir: Path) -> None:
             shutil.copy2(source / name, out_dir / name)
 
 
-def _open_inputs(plan: MergePlan, base_model_dir: Path | None
+def _open_inputs(plan: MergePlan, base_model_dir: Path | None, config_dir: Path
                  ) -> tuple[list[WeightReader], WeightReader | None, set[str]]:
     """The inputs' readers, the reference's (for task vectors) and the tied copies left out (``tied_copies``)."""
     readers = [WeightReader(Path(r.path)) for r in plan.records]
@@ -104,7 +105,7 @@ def _open_inputs(plan: MergePlan, base_model_dir: Path | None
     for record, reader in zip(plan.records[1:], readers[1:]):
         if set(reader.names()) != names:
             raise MergeError("tensor names differ from the first checkpoint", record.path, "merge one architecture")
-    tied = tied_copies(plan, readers, base_model_dir or Path(plan.records[0].path))  # the output's config.json
+    tied = tied_copies(plan.records, readers, names, config_dir)
     if not plan.method.uses_reference:
         return readers, None, tied
     if base_model_dir is None:
@@ -116,33 +117,42 @@ def _open_inputs(plan: MergePlan, base_model_dir: Path | None
     return readers, reference, tied
 
 
-def tied_copies(plan: MergePlan, readers: Sequence[WeightReader], config_dir: Path) -> set[str]:
+def tied_copies(records: Sequence[CheckpointRecord], readers: Sequence[WeightReader], names: set[str],
+                config_dir: Path) -> set[str]:
     """The weights that ``config_dir``'s config.json (the one the output gets) ties to others (the output head to the
     embeddings) and that the inputs store too, equal to those: left out of the merge, for transformers to tie again
-    on load. Merged on their own, a random or
-    magnitude sparsification would make them differ from what they are tied to, and such a checkpoint is refused on
-    load; a base saved by transformers stores none of them. A stored copy of other values is refused here."""
-    from mashup.model_checks import model_on_meta, tied_weights, untied_copy
+    on load. Merged on their own, a random or magnitude sparsification would make them differ from what they are
+    tied to, and such a checkpoint is refused on load; a base saved by transformers stores none of them. A stored
+    copy of other values is refused here, and so is a weight the inputs tie and leave out that the output unties."""
+    from mashup.model_checks import model_on_meta, tied_weights, untied_copy, untied_what
 
-    names = set(readers[0].names())
+    first, config = Path(records[0].path), config_dir / "config.json"
     try:
         tied = tied_weights(model_on_meta(config_dir))
+        inputs_tied = tied if config_dir == first else tied_weights(model_on_meta(first))
     except (MashupError, OSError):  # a config no installed transformers builds: its tensors merge as they are
         return set()
+    unstored = sorted(name for name in inputs_tied if name not in tied and name not in names)
+    if unstored:
+        raise MergeError(f"the checkpoints tie {unstored[0]} to {inputs_tied[unstored[0]]} and do not store it, but "
+                         f"{config}, which the merge output gets, unties it", str(first), "merge against a base "
+                         "whose config.json ties them too")
     tied = {name: shared for name, shared in tied.items() if name in names and shared in names}
-    for record, reader in zip(plan.records, readers):
+    fix = ("re-save the checkpoints with them tied, or merge against a base whose config.json unties them"
+           if config_dir != first else "set tie_word_embeddings to false in the checkpoints' config.json to keep "
+           "both, or re-save them with them tied")
+    for record, reader in zip(records, readers):
         pair = untied_copy(tied, names, reader.get)
         if pair:
-            raise MergeError(f"{config_dir / 'config.json'} ties {pair[0]} to {pair[1]}, but the checkpoint holds "
-                             "other values in each", record.path, "set tie_word_embeddings to false there to keep "
-                             "both, or re-save the model with them tied")
+            raise MergeError(untied_what(pair, f"{config} (the merge output's config)"), record.path, fix)
     return set(tied)
 
 
 def merge_full(plan: MergePlan, out_dir: Path, base_model_dir: Path | None = None,
                statistics: Sequence[Tensors] | None = None, max_shard_bytes: int = MAX_SHARD_BYTES) -> None:
     """Stream the merge: one tensor per input (plus reference and output) in memory at a time."""
-    readers, reference, tied = _open_inputs(plan, base_model_dir)
+    config_dir = base_model_dir or Path(plan.records[0].path)  # the config.json (and tokenizer) the output gets
+    readers, reference, tied = _open_inputs(plan, base_model_dir, config_dir)
     writer = ShardWriter(out_dir, max_shard_bytes)
     without_statistics = 0
     for name in readers[0].names():
@@ -166,4 +176,4 @@ def merge_full(plan: MergePlan, out_dir: Path, base_model_dir: Path | None = Non
     writer.close()
     if without_statistics:
         plan.warn(f"{without_statistics} tensors had no Fisher information and were averaged")
-    copy_model_files(base_model_dir or Path(plan.records[0].path), out_dir)
+    copy_model_files(config_dir, out_dir)

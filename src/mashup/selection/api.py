@@ -11,9 +11,10 @@ import torch
 
 from mashup.config import SelectConfig
 from mashup.data.prompts import EncodedRequest
-from mashup.evaluation import ScoreSettings, plan_batch_rows
+from mashup.evaluation import ScoreSettings
 from mashup.executors import Executor, make_executor
 from mashup.library import CheckpointRecord
+from mashup.score_batches import plan_batch_rows
 from mashup.selection.driver import ProgressFn, Selection, SelectionContext, SelectionStats
 from mashup.selection.engine import default_adapters_per_forward, default_stacking, group_rows, keeps_scoring_copies
 from mashup.selection.example_scores import sample_tokens
@@ -22,7 +23,6 @@ from mashup.selection.scoring_copies import SCORING_COPIES_DIR, prune_library_co
 from mashup.selection.selectors import get_selector
 from mashup.selection.units import EngineFactory
 from mashup.workspace import Workspace
-
 
 
 def select_checkpoints(workspace: Workspace, records: Sequence[CheckpointRecord], requests: Sequence[EncodedRequest],

@@ -74,7 +74,7 @@ def default_adapters_per_forward(base_dir: Path, settings: ScoreSettings, batch_
     """How many adapters a group holds (slots loaded at once): enough to fill one forward's rows (more on a
     GPU, fewer for a real model on a CPU) on the smallest of the batches they are scored on.
 
-    ``batch_rows`` are the rows of each of those batches (``evaluation.plan_batch_rows``; default: one
+    ``batch_rows`` are the rows of each of those batches (``score_batches.plan_batch_rows``; default: one
     batch of ``settings.batch_size``). A first halving round of 8 examples fills a forward with many
     adapters, a 256-example pass with few; with ``STACK_EACH_BATCH`` each batch then stacks as many of the
     group as fill a forward (``ScoringPlan.run``'s ``stack_rows``), so a pass's short tail batch runs once

@@ -38,9 +38,10 @@ CHUNK = 32  # candidates whose factors are stacked for one batched product (abou
 CHUNK_BYTES = 512 << 20  # and at most this much of them in float32 (6 rank-8 adapters of a 7B Llama)
 ARROW_ROWS = 256  # prototype rows matched at a time (77 MB of SmolLM2's in float16)
 ARROW_BYTES = 128 << 20  # and at most this much of them (58 rows of a 7B Llama's, 2.2 MB each)
-# below this many ranked candidates Arrow alone is no safe cut (measured: it ranked a target's exhaustive top 1 81st
-# of 96; among 1,000, the worse of exhaustive's top 2 at most 335th)
-ARROW_ALONE_MIN_POOL = 500
+# below this many ranked candidates the signals are no safe cut (measured at 96: a target's exhaustive top 1 ranked
+# 52nd by the first-order estimate and 81st by Arrow, so keeping half lost it; among 1,000 the worse of exhaustive's
+# top 2 ranked at most 335th by Arrow, inside the half kept)
+SAFE_CUT_MIN_POOL = 500
 
 
 @dataclass
@@ -74,10 +75,9 @@ def run_prefilter(records: Sequence[CheckpointRecord], requests: Sequence[Encode
     count = keep_count(len(eligible), config)
     if count >= len(eligible):
         return PrefilterResult(list(records), seconds=time.perf_counter() - start)
-    if set(config.signals) == {"arrow"} and len(eligible) < ARROW_ALONE_MIN_POOL:
-        logger.warning("a prefilter by Arrow alone is not safe on %d candidates (under %d): it may drop the best "
-                       "ones; use both signals (--prefilter-signals first_order,arrow, the default)",
-                       len(eligible), ARROW_ALONE_MIN_POOL)
+    if len(eligible) < SAFE_CUT_MIN_POOL:
+        logger.warning("the prefilter's signals are too weak to cut %d candidates (under %d) safely: it may drop the "
+                       "best ones; on a pool this small use --selector halving", len(eligible), SAFE_CUT_MIN_POOL)
     cache = SignalCache(library_dir) if library_dir is not None else None
     keys = {r.id: weights_key(r, allow_pickle) for r in eligible}
     value_cache = cache if cache_values else None

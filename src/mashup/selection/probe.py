@@ -18,8 +18,9 @@ from torch import nn
 
 from mashup.batching import answer_losses, collate
 from mashup.data.prompts import EncodedRequest
-from mashup.evaluation import ScoreSettings, answer_batch_rows, answer_sequence
+from mashup.evaluation import ScoreSettings
 from mashup.models import autocast, load_model
+from mashup.score_batches import answer_batch_rows, answer_sequence
 
 
 @dataclass

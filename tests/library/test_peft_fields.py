@@ -1,0 +1,107 @@
+"""The adapter_config.json fields PEFT reads on load: registration refuses, with one line naming the field, a
+value of the wrong type, a value PEFT fails on and an init that rewrote the base weights, accepts what PEFT
+accepts, and agrees with PEFT itself on which is which."""
+
+import pytest
+import torch
+
+from mashup.errors import CheckpointError
+from mashup.library import Library
+from mashup.library.lora_config import TASK_TYPES, changes_base, is_lora_init
+from mashup.library.records import check_lora_dir
+from tests.library.helpers import noisy_copy, refused
+
+
+@pytest.mark.parametrize(("field", "value", "expected"), [
+    ("lora_dropout", "x", "a number from 0 to 1"), ("lora_dropout", None, "a number from 0 to 1"),
+    ("lora_dropout", 1.5, "a number from 0 to 1"), ("bias", "some", 'one of "none", "all", "lora_only"'),
+    ("bias", None, "one of"), ("fan_in_fan_out", "no", "true or false"), ("inference_mode", 1, "true or false"),
+    ("lora_bias", "x", "true or false"), ("init_lora_weights", 5, "true, false or one of"),
+    ("modules_to_save", "lm_head", "a list of module names or null"),
+    ("target_parameters", "weight", "a list of parameter names or null"),
+    ("layer_replication", [[0, "2"]], r"a list of \[start, end\] layer ranges"),
+    ("task_type", 5, 'null or one of "SEQ_CLS"'),
+])
+def test_wrongly_typed_field_peft_reads_on_load_names_field_file_and_type(tmp_path, tiny_loras, field, value,
+                                                                          expected):
+    bad = noisy_copy(tiny_loras[0], tmp_path / "bad", seed=1, **{field: value})
+    error = refused(Library(tmp_path / "lib"), [bad], f"field '{field}' is .*, expected {expected}")
+    assert error.where == str(bad / "adapter_config.json") and field in error.fix
+    with pytest.raises(CheckpointError, match=f"field '{field}'"):  # loaded without registering (eval --adapter)
+        check_lora_dir(bad)
+
+
+def test_fields_peft_reads_on_load_accept_what_peft_accepts(tmp_path, tiny_loras):
+    fields = {"lora_dropout": 1, "bias": "lora_only", "fan_in_fan_out": None, "init_lora_weights": "gaussian",
+              "modules_to_save": [], "layer_replication": [[0, 2]], "task_type": None, "target_parameters": None}
+    assert len(Library(tmp_path / "lib").add([noisy_copy(tiny_loras[0], tmp_path / "a", seed=1, **fields)])) == 1
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("init_lora_weights", "kaiming"), ("init_lora_weights", "EVA"), ("init_lora_weights", "PiSSA"),
+    ("init_lora_weights", "pissa_niter_x"), ("task_type", "causal_lm"), ("task_type", "CAUSAL-LM"),
+])
+def test_values_peft_refuses_on_load_name_dir_field_and_accepted_values(tmp_path, tiny_loras, field, value):
+    bad = noisy_copy(tiny_loras[0], tmp_path / "bad", seed=1, **{field: value})
+    accepted = '"gaussian", "eva"' if field == "init_lora_weights" else '"CAUSAL_LM"'
+    error = refused(Library(tmp_path / "lib"), [bad], f"field '{field}' is \"{value}\", expected .*{accepted}")
+    assert error.where == str(bad / "adapter_config.json")
+
+
+@pytest.mark.parametrize("init", ["pissa", "pissa_niter_4", "OLoRA", "corda", "lora_ga", "loftq"])
+def test_adapters_trained_on_rewritten_base_weights_are_refused_with_how_to_convert(tmp_path, tiny_loras, init):
+    bad = noisy_copy(tiny_loras[0], tmp_path / "bad", seed=1, init_lora_weights=init)
+    error = refused(Library(tmp_path / "lib"), [bad], f"field 'init_lora_weights' is \"{init}\": the adapter was "
+                    "trained on rewritten base weights")
+    assert error.where == str(bad / "adapter_config.json")
+    assert ("base PEFT saved with it" if init == "loftq" else "path_initial_model_for_weight_conversion") in error.fix
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("init_lora_weights", "eva"), ("init_lora_weights", "orthogonal"), ("init_lora_weights", "Gaussian"),
+    ("init_lora_weights", "mica"), ("init_lora_weights", False), ("task_type", "SEQ_2_SEQ_LM"),
+])
+def test_values_peft_takes_on_load_are_accepted(tmp_path, tiny_loras, field, value):
+    assert len(Library(tmp_path / "lib").add([noisy_copy(tiny_loras[0], tmp_path / "a", seed=1, **{field: value})]))
+
+
+def test_init_and_task_type_checks_agree_with_peft():
+    """PEFT itself decides: building a LoRA layer runs the init PEFT runs on load; the config checks task_type."""
+    from peft import LoraConfig
+    from peft.tuners.lora.layer import Linear
+    from peft.utils.peft_types import TaskType
+
+    assert TASK_TYPES == tuple(t.value for t in TaskType)
+    for value in [True, False, None, "", "gaussian", "Gaussian", "eva", "EVA", "olora", "OLoRA", "pissa",
+                  "pissa_niter_4", "pissa_niter_x", "PiSSA", "pissa_x", "mica", "orthogonal", "Orthogonal", "kaiming"]:
+        try:
+            Linear(torch.nn.Linear(4, 4), "default", config=LoraConfig(r=2, init_lora_weights=value), r=2, lora_alpha=2)
+        except ValueError:
+            assert not is_lora_init(value), value
+        else:
+            assert is_lora_init(value), value
+
+
+def test_peft_type_is_read_as_written(tmp_path, tiny_loras):
+    """PEFT looks the type up case-sensitively: "lora" fails there with a KeyError."""
+    bad = noisy_copy(tiny_loras[0], tmp_path / "bad", seed=1, peft_type="lora")
+    assert refused(Library(tmp_path / "lib"), [bad], "peft_type is 'lora', only \"LORA\" is supported").where == \
+        str(bad)
+
+
+def test_the_inits_refused_for_changing_the_base_do_so_in_peft():
+    """Building a LoRA layer runs the init PEFT runs as training starts (LoRA-GA given its gradients) and, but for
+    LoRA-GA, on load: the inits refused rewrite the base weight, the inits accepted leave it."""
+    from peft import LoraConfig, LoraGAConfig
+    from peft.tuners.lora.layer import Linear
+
+    for value in ["pissa", "pissa_niter_2", "olora", "OLoRA", "lora_ga", "gaussian", "eva", "orthogonal", "mica",
+                  True, False]:
+        torch.manual_seed(0)
+        base = torch.nn.Linear(4, 4)
+        base._peft_loraga_grad = torch.randn(4, 4)  # what LoRA-GA's preprocessing leaves on each layer
+        before = base.weight.detach().clone()
+        extra = {"lora_ga_config": LoraGAConfig()} if value == "lora_ga" else {}
+        Linear(base, "default", config=LoraConfig(r=2, init_lora_weights=value, **extra), r=2, lora_alpha=2,
+               init_lora_weights=value)
+        assert changes_base(value) == (not torch.equal(base.weight, before)), value
