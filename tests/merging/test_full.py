@@ -178,13 +178,13 @@ def test_a_config_tied_by_its_class_default_is_tied_through_a_merge(tmp_path: Pa
 def test_a_tied_config_with_a_head_of_other_values_is_refused_by_the_merge(tiny_base: Path, tmp_path: Path) -> None:
     fulls = [_tied_full(tiny_base, tmp_path / "tied0", seed=0),
              _tied_full(tiny_base, tmp_path / "untied1", seed=1, head_offset=0.5)]
-    with pytest.raises(MergeError, match=r"its lm_head.weight differs from model.embed_tokens.weight, which "
-                                         r".*tied0/config.json \(the merge output's config\) ties it to .*untied1") \
+    with pytest.raises(MergeError, match=r"its lm_head.weight differs from model.embed_tokens.weight, which the "
+                                         r"merge output's config \(.*tied0/config.json\) ties it to .*untied1") \
             as caught:
         merge_checkpoints(records(fulls, tiny_base), MergeConfig(), tmp_path / "out")
     assert "in the checkpoints' config.json" in caught.value.fix and not (tmp_path / "out").exists()
     base = _tied_base(tiny_base, tmp_path / "base")
-    with pytest.raises(MergeError, match="base/config.json .* ties it to") as caught:
+    with pytest.raises(MergeError, match=r"base/config.json\) ties it to") as caught:
         merge_checkpoints(records(fulls, base), MergeConfig(), tmp_path / "out", base_model_dir=base)
     assert "merge against a base whose config.json unties them" in caught.value.fix
 
@@ -195,8 +195,8 @@ def test_inputs_that_tie_and_leave_out_their_head_are_refused_against_an_untied_
     base = _tied_base(tiny_base, tmp_path / "tied")
     fulls = [save_tiny_full(base, tmp_path / f"full{i}", seed=i) for i in range(2)]
     assert "lm_head.weight" not in state(fulls[0])
-    with pytest.raises(MergeError, match="tie lm_head.weight to model.embed_tokens.weight and do not store it, but "
-                                         ".*unties it") as caught:
+    with pytest.raises(MergeError, match="tie lm_head.weight to model.embed_tokens.weight and leave it out, but the "
+                                         "config the merge output gets .* unties it") as caught:
         merge_checkpoints(records(fulls, base), MergeConfig(), tmp_path / "out", base_model_dir=tiny_base)
     assert "ties them too" in caught.value.fix and not (tmp_path / "out").exists()
 
@@ -222,3 +222,14 @@ def test_the_tie_is_read_from_the_config_the_output_gets(tiny_base: Path, tmp_pa
     assert "lm_head.weight" in state(out)
     model = load_model(out)
     assert model.get_output_embeddings().weight is not model.get_input_embeddings().weight
+
+
+def test_the_output_configs_tie_is_checked_though_the_inputs_config_does_not_build(tiny_base: Path,
+                                                                                   tmp_path: Path) -> None:
+    fulls = [_tied_full(tiny_base, tmp_path / f"odd{i}", seed=i, head_offset=0.5) for i in range(2)]
+    for full in fulls:
+        config = json.loads((full / "config.json").read_text())
+        (full / "config.json").write_text(json.dumps({**config, "model_type": "nosuchmodel"}))
+    base = _tied_base(tiny_base, tmp_path / "base")
+    with pytest.raises(MergeError, match=r"differs from model.embed_tokens.weight, which the merge output's config "):
+        merge_checkpoints(records(fulls, base), MergeConfig(), tmp_path / "out", base_model_dir=base)

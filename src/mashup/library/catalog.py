@@ -121,10 +121,10 @@ class Library:
                 ) -> tuple[list[CheckpointRecord], list[CheckpointRecord], list[CheckpointRecord]]:
         """Insert ``records`` in one transaction; returns (added, skipped, relocated). Weights already registered (same
         digest) are skipped with ``skip_registered``, else refused; the same weights given twice are refused; weights
-        registered at a dir that is gone (moved; given ``repoint``, instead: anywhere for an id in it, and no other) re-
-        point that entry at the new dir, keeping what it holds but what the add gives (``moved_entry``; ``relocated``,
-        also among the added). An entry of the same id that cannot be read (see ``entries``) is replaced by a plain add,
-        with a warning: registering the checkpoint again is how such an entry is repaired. A re-scan
+        registered at a dir that is gone (moved; given ``repoint``, instead: anywhere for an id in it, and no other)
+        re-point that entry at the new dir, keeping what it holds but what the add gives (``moved_entry``;
+        ``relocated``, also among the added). An entry of the same id that cannot be read (see ``entries``) is replaced
+        by a plain add, with a warning: registering the checkpoint again is how such an entry is repaired. A re-scan
         (``skip_registered``) skips it with a warning instead (even where its dir is gone): it would drop what the entry
         held (task, lineage) without being asked."""
         with self._write() as conn:

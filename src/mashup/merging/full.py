@@ -124,18 +124,15 @@ def tied_copies(records: Sequence[CheckpointRecord], readers: Sequence[WeightRea
     on load. Merged on their own, a random or magnitude sparsification would make them differ from what they are
     tied to, and such a checkpoint is refused on load; a base saved by transformers stores none of them. A stored
     copy of other values is refused here, and so is a weight the inputs tie and leave out that the output unties."""
-    from mashup.model_checks import model_on_meta, tied_weights, untied_copy, untied_what
+    from mashup.model_checks import untied_copy, untied_what
 
     first, config = Path(records[0].path), config_dir / "config.json"
-    try:
-        tied = tied_weights(model_on_meta(config_dir))
-        inputs_tied = tied if config_dir == first else tied_weights(model_on_meta(first))
-    except (MashupError, OSError):  # a config no installed transformers builds: its tensors merge as they are
-        return set()
+    tied = _tied_by(config_dir)
+    inputs_tied = tied if config_dir == first else _tied_by(first)
     unstored = sorted(name for name in inputs_tied if name not in tied and name not in names)
     if unstored:
-        raise MergeError(f"the checkpoints tie {unstored[0]} to {inputs_tied[unstored[0]]} and do not store it, but "
-                         f"{config}, which the merge output gets, unties it", str(first), "merge against a base "
+        raise MergeError(f"the checkpoints tie {unstored[0]} to {inputs_tied[unstored[0]]} and leave it out, but the "
+                         f"config the merge output gets ({config}) unties it", str(first), "merge against a base "
                          "whose config.json ties them too")
     tied = {name: shared for name, shared in tied.items() if name in names and shared in names}
     fix = ("re-save the checkpoints with them tied, or merge against a base whose config.json unties them"
@@ -144,8 +141,19 @@ def tied_copies(records: Sequence[CheckpointRecord], readers: Sequence[WeightRea
     for record, reader in zip(records, readers):
         pair = untied_copy(tied, names, reader.get)
         if pair:
-            raise MergeError(untied_what(pair, f"{config} (the merge output's config)"), record.path, fix)
+            raise MergeError(untied_what(pair, f"the merge output's config ({config})"), record.path, fix)
     return set(tied)
+
+
+def _tied_by(model_dir: Path) -> dict[str, str]:
+    """The weights ``model_dir``'s config.json ties (``model_checks.tied_weights``); none where no installed
+    transformers builds it: its tensors then merge as they are."""
+    from mashup.model_checks import model_on_meta, tied_weights
+
+    try:
+        return tied_weights(model_on_meta(model_dir))
+    except (MashupError, OSError):
+        return {}
 
 
 def merge_full(plan: MergePlan, out_dir: Path, base_model_dir: Path | None = None,
