@@ -256,6 +256,17 @@ def test_a_base_dir_a_load_would_refuse_is_refused_before_any_work(tmp_path, tin
     check_base_available(str(tiny_base))
 
 
+def test_a_pickle_only_base_is_refused_before_any_work(tmp_path, tiny_base):
+    """An experiment loads safetensors only (no --allow-pickle), though the library registers against such a base."""
+    from mashup.models import check_base_available
+
+    base = copy_dir(tiny_base, tmp_path / "base")
+    (base / "model.safetensors").rename(base / "pytorch_model.bin")
+    with pytest.raises(CheckpointError, match="only pickle .* refusing to unpickle") as caught:
+        check_base_available(str(base))
+    assert caught.value.where == str(base.absolute()) and "convert them to safetensors" in caught.value.fix
+
+
 def test_a_composite_config_untied_at_the_top_loads(tmp_path):
     """Gemma-3's composite config: untied at the top level (which transformers goes by), its text_config left at
     the default that ties: transformers keeps the saved head, and so does our check."""
@@ -271,22 +282,3 @@ def test_a_composite_config_untied_at_the_top_loads(tmp_path):
     AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path / "gemma3")
     model = load_model(tmp_path / "gemma3")
     assert model.get_output_embeddings().weight is not model.get_input_embeddings().weight
-
-
-def test_an_untied_copy_is_found_by_value_with_nan_equal_to_nan():
-    import torch
-
-    from mashup.model_checks import untied_copy
-
-    head = torch.tensor([[1.0, float("nan")], [0.5, 2.0]])
-    tied = {"lm_head.weight": "embed.weight"}
-
-    def pair(other: torch.Tensor) -> tuple[str, str] | None:
-        return untied_copy(tied, {"lm_head.weight", "embed.weight"},
-                           {"lm_head.weight": head, "embed.weight": other}.__getitem__)
-
-    assert pair(head.clone()) is None  # the finite check names a NaN, not this one
-    assert pair(head.to(torch.bfloat16)) is None
-    assert pair(head + 1) == ("lm_head.weight", "embed.weight")
-    assert pair(head[:1]) == ("lm_head.weight", "embed.weight")
-    assert untied_copy(tied, {"embed.weight"}, lambda name: head) is None  # the head not stored: nothing to compare

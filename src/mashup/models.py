@@ -62,12 +62,18 @@ def check_base_available(base: str) -> None:
         return
     # unlike check_base_dir (registration, offline), a Hub id is looked up here: its config.json is fetched
     _local_or_hub_dir(base, fetch_weights=False)
-    if Path(base).expanduser().is_dir():
-        try:
-            check_base_dir(base)
-        except CheckpointError as exc:  # its fix is worded for `library add --base`
-            raise CheckpointError(exc.what, exc.where, "point base at an HF model dir (config.json beside its "
-                                  "weight files), a named model or a Hub id") from None
+    path = Path(base).expanduser()
+    if not path.is_dir():
+        return
+    try:
+        check_base_dir(base)
+    except CheckpointError as exc:  # its fix is worded for `library add --base`
+        raise CheckpointError(exc.what, exc.where, "point base at an HF model dir (config.json beside its "
+                              "weight files), a named model or a Hub id") from None
+    if not any(path.glob("*.safetensors")):  # check_base_dir takes pickles; a run here has no --allow-pickle
+        raise CheckpointError("only pickle (.bin) weights in the base model dir; refusing to unpickle",
+                              str(path.absolute()), "convert them to safetensors (save_pretrained with "
+                              "safe_serialization) and point base at that dir")
 
 
 def _local_or_hub_dir(base: str, *, fetch_weights: bool) -> Path:

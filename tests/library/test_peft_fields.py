@@ -105,3 +105,17 @@ def test_the_inits_refused_for_changing_the_base_do_so_in_peft():
         Linear(base, "default", config=LoraConfig(r=2, init_lora_weights=value, **extra), r=2, lora_alpha=2,
                init_lora_weights=value)
         assert changes_base(value) == (not torch.equal(base.weight, before)), value
+
+
+@pytest.mark.parametrize(("fields", "said"), [
+    ({"lora_bias": True, "init_lora_weights": "gaussian"}, 'init_lora_weights "gaussian"'),
+    ({"lora_bias": True, "init_lora_weights": None}, "init_lora_weights null"),
+    ({"lora_bias": True, "use_dora": True}, "use_dora"),
+])
+def test_lora_bias_with_settings_peft_refuses_is_refused(tmp_path, tiny_loras, fields, said):
+    from peft import LoraConfig
+
+    with pytest.raises(ValueError):
+        LoraConfig(r=2, target_modules=["q_proj"], **fields)
+    bad = noisy_copy(tiny_loras[0], tmp_path / "bad", seed=1, **fields)
+    refused(Library(tmp_path / "lib"), [bad], f"sets lora_bias true with {said}, which PEFT refuses to load")

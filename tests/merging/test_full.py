@@ -233,3 +233,20 @@ def test_the_output_configs_tie_is_checked_though_the_inputs_config_does_not_bui
     base = _tied_base(tiny_base, tmp_path / "base")
     with pytest.raises(MergeError, match=r"differs from model.embed_tokens.weight, which the merge output's config "):
         merge_checkpoints(records(fulls, base), MergeConfig(), tmp_path / "out", base_model_dir=base)
+
+
+def test_an_untied_copy_is_found_by_value_with_nan_equal_to_nan():
+    from mashup.model_checks import untied_copy
+
+    head = torch.tensor([[1.0, float("nan")], [0.5, 2.0]])
+    tied = {"lm_head.weight": "embed.weight"}
+
+    def pair(other: torch.Tensor) -> tuple[str, str] | None:
+        return untied_copy(tied, {"lm_head.weight", "embed.weight"},
+                           {"lm_head.weight": head, "embed.weight": other}.__getitem__)
+
+    assert pair(head.clone()) is None  # the finite check names a NaN, not this one
+    assert pair(head.to(torch.bfloat16)) is None
+    assert pair(head + 1) == ("lm_head.weight", "embed.weight")
+    assert pair(head[:1]) == ("lm_head.weight", "embed.weight")
+    assert untied_copy(tied, {"embed.weight"}, lambda name: head) is None  # the head not stored: nothing to compare

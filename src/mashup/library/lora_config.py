@@ -150,7 +150,12 @@ def check_peft_fields(config: dict[str, Any], where: str = ADAPTER_CONFIG) -> No
     for name, (valid, expected) in _PEFT_FIELDS.items():
         if name in config:
             read_field(config, name, None, valid, expected, where)
-    init = config.get("init_lora_weights")
+    init = config.get("init_lora_weights", True)
+    if config.get("lora_bias") and (init not in (True, False) or config.get("use_dora")):  # as LoraConfig refuses
+        raise CheckpointError(f"{ADAPTER_CONFIG} sets lora_bias true with "
+                              f"{'use_dora' if config.get('use_dora') else f'init_lora_weights {shown(init)}'}, which "
+                              "PEFT refuses to load", where, "re-save the adapter with the settings it was trained "
+                              "with")
     if changes_base(init):
         raise CheckpointError(f"{ADAPTER_CONFIG} field 'init_lora_weights' is {shown(init)}: the adapter was trained "
                               "on rewritten base weights, so its factors are no update of the base", where,
