@@ -72,8 +72,8 @@ def check_base_available(base: str) -> None:
                               "weight files), a named model or a Hub id") from None
     if not any(path.glob("*.safetensors")):  # check_base_dir takes pickles; a run here has no --allow-pickle
         raise CheckpointError("only pickle (.bin) weights in the base model dir; refusing to unpickle",
-                              str(path.absolute()), "convert them to safetensors (save_pretrained with "
-                              "safe_serialization) and point base at that dir")
+                              str(path.absolute()), "convert them to safetensors (load the model and "
+                              "save_pretrained it again: transformers writes safetensors) and point base at that dir")
 
 
 def _local_or_hub_dir(base: str, *, fetch_weights: bool) -> Path:

@@ -119,3 +119,13 @@ def test_lora_bias_with_settings_peft_refuses_is_refused(tmp_path, tiny_loras, f
         LoraConfig(r=2, target_modules=["q_proj"], **fields)
     bad = noisy_copy(tiny_loras[0], tmp_path / "bad", seed=1, **fields)
     refused(Library(tmp_path / "lib"), [bad], f"sets lora_bias true with {said}, which PEFT refuses to load")
+
+
+@pytest.mark.parametrize("init", ["absent", True, False])
+def test_lora_bias_with_the_inits_peft_takes_is_registered(tmp_path, tiny_loras, init):
+    from peft import PeftConfig
+
+    fields = {"lora_bias": True} if init == "absent" else {"lora_bias": True, "init_lora_weights": init}
+    adapter = noisy_copy(tiny_loras[0], tmp_path / "a", seed=1, **fields)
+    assert PeftConfig.from_pretrained(adapter).lora_bias
+    assert len(Library(tmp_path / "lib").add([adapter])) == 1

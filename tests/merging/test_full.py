@@ -250,3 +250,15 @@ def test_an_untied_copy_is_found_by_value_with_nan_equal_to_nan():
     assert pair(head + 1) == ("lm_head.weight", "embed.weight")
     assert pair(head[:1]) == ("lm_head.weight", "embed.weight")
     assert untied_copy(tied, {"embed.weight"}, lambda name: head) is None  # the head not stored: nothing to compare
+
+
+def test_a_merge_whose_output_config_does_not_build_merges_as_before(tiny_base: Path, tmp_path: Path) -> None:
+    """Inputs that tie and leave out their head against a base config no installed transformers builds: nothing is
+    known of the output's ties, so nothing is refused for them (the tensors merge as they are)."""
+    base = _tied_base(tiny_base, tmp_path / "base")
+    fulls = [save_tiny_full(base, tmp_path / f"full{i}", seed=i) for i in range(2)]
+    odd = Path(shutil.copytree(base, tmp_path / "odd"))
+    config = json.loads((odd / "config.json").read_text())
+    (odd / "config.json").write_text(json.dumps({**config, "model_type": "nosuchmodel"}))
+    merge_checkpoints(records(fulls, base), MergeConfig(), tmp_path / "out", base_model_dir=odd)
+    assert "lm_head.weight" not in state(tmp_path / "out")

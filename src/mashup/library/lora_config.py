@@ -150,16 +150,23 @@ def check_peft_fields(config: dict[str, Any], where: str = ADAPTER_CONFIG) -> No
     for name, (valid, expected) in _PEFT_FIELDS.items():
         if name in config:
             read_field(config, name, None, valid, expected, where)
-    init = config.get("init_lora_weights", True)
-    if config.get("lora_bias") and (init not in (True, False) or config.get("use_dora")):  # as LoraConfig refuses
-        raise CheckpointError(f"{ADAPTER_CONFIG} sets lora_bias true with "
-                              f"{'use_dora' if config.get('use_dora') else f'init_lora_weights {shown(init)}'}, which "
-                              "PEFT refuses to load", where, "re-save the adapter with the settings it was trained "
-                              "with")
+    init = config.get("init_lora_weights", True)  # PEFT's default
+    _require_bias_setting(config, init, where)
     if changes_base(init):
         raise CheckpointError(f"{ADAPTER_CONFIG} field 'init_lora_weights' is {shown(init)}: the adapter was trained "
                               "on rewritten base weights, so its factors are no update of the base", where,
                               _BASE_CHANGED_FIX.get(init, _CONVERT))
+
+
+def _require_bias_setting(config: dict[str, Any], init: Any, where: str) -> None:
+    """Refuse ``lora_bias`` with DoRA or an init other than true or false, as PEFT's LoraConfig does on load."""
+    dora = bool(config.get("use_dora"))
+    if not config.get("lora_bias") or init in (True, False) and not dora:
+        return
+    other = "use_dora" if dora else f"init_lora_weights {shown(init)}"
+    fix = ("set use_dora or lora_bias to false, whichever the adapter was not trained with" if dora
+           else "set init_lora_weights to true, or lora_bias to false if the adapter stores no lora_B bias")
+    raise CheckpointError(f"{ADAPTER_CONFIG} sets lora_bias true with {other}, which PEFT refuses to load", where, fix)
 
 
 def lora_narrowing(config: dict[str, Any]) -> dict[str, Any]:

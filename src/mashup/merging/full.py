@@ -128,7 +128,9 @@ def tied_copies(records: Sequence[CheckpointRecord], readers: Sequence[WeightRea
 
     first, config = Path(records[0].path), config_dir / "config.json"
     tied = _tied_by(config_dir)
-    inputs_tied = tied if config_dir == first else _tied_by(first)
+    if tied is None:  # a config no installed transformers builds: its tensors merge as they are
+        return set()
+    inputs_tied = tied if config_dir == first else _tied_by(first) or {}
     unstored = sorted(name for name in inputs_tied if name not in tied and name not in names)
     if unstored:
         raise MergeError(f"the checkpoints tie {unstored[0]} to {inputs_tied[unstored[0]]} and leave it out, but the "
@@ -145,15 +147,15 @@ def tied_copies(records: Sequence[CheckpointRecord], readers: Sequence[WeightRea
     return set(tied)
 
 
-def _tied_by(model_dir: Path) -> dict[str, str]:
-    """The weights ``model_dir``'s config.json ties (``model_checks.tied_weights``); none where no installed
-    transformers builds it: its tensors then merge as they are."""
+def _tied_by(model_dir: Path) -> dict[str, str] | None:
+    """The weights ``model_dir``'s config.json ties (``model_checks.tied_weights``); None where no installed
+    transformers builds it."""
     from mashup.model_checks import model_on_meta, tied_weights
 
     try:
         return tied_weights(model_on_meta(model_dir))
     except (MashupError, OSError):
-        return {}
+        return None
 
 
 def merge_full(plan: MergePlan, out_dir: Path, base_model_dir: Path | None = None,
