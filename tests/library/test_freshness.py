@@ -72,6 +72,18 @@ def test_an_adapter_config_changed_after_registration_makes_the_entry_stale(tmp_
     assert ids[0] in {r.id for r in Library(lib).fresh(Library(lib).list())[0]}
 
 
+def test_an_adapter_config_edited_into_one_peft_refuses_is_stale(tmp_path, own_loras):
+    """Registration refuses what PEFT cannot load; an edit after it, into such a config, is a change too (else
+    selection's PEFT load or a merge's copied config would meet it)."""
+    library = Library(tmp_path / "lib")
+    record, = library.add([own_loras[0]])
+    config_path = own_loras[0] / "adapter_config.json"
+    config = json.loads(config_path.read_text())
+    config_path.write_text(json.dumps({**config, "lora_bias": True, "init_lora_weights": "gaussian"}))
+    [(stale, reason)] = library.fresh([record])[1]
+    assert stale.id == record.id and "sets lora_bias true with init_lora_weights" in reason
+
+
 def test_scores_cached_under_one_alpha_never_answer_for_another(tmp_path, tiny_base, own_loras, mc_file):
     """Registered again with another alpha, the same weights get the same id but their cached score (and
     prefilter values) are not served: they were computed with the old scale."""

@@ -130,11 +130,13 @@ def _lora_tensors(path: Path, config: dict[str, Any], r: int, allow_pickle: bool
 
 def lora_config_change(record: CheckpointRecord) -> str | None:
     """How the adapter_config.json on disk now differs from what ``record`` registered (its settings, and the
-    narrowing fields where the record kept them), or None."""
+    narrowing fields where the record kept them), or None; an edit PEFT would refuse to load (``check_peft_fields``,
+    as at registration) is a change too."""
     config_path = Path(record.path) / ADAPTER_CONFIG
     try:
         config = read_json_object(config_path)
         now = lora_settings(config, str(config_path))
+        check_peft_fields(config, str(config_path))
     except MashupError as exc:
         return f"{ADAPTER_CONFIG} cannot be read now ({exc.what})"
     then = {name: getattr(record, name) for name in LORA_SETTINGS}
