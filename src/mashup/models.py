@@ -17,7 +17,7 @@ from safetensors import SafetensorError
 from mashup.config import Precision
 from mashup.errors import CheckpointError, MashupError
 from mashup.hub import fetch_hub_model, is_hub_id
-from mashup.io import load_weight_dir, require_finite_tensors, tensor_shapes
+from mashup.io import load_weight_dir, require_finite_tensors, tensor_shapes, weight_files
 from mashup.library.records import MODEL_CONFIG
 from mashup.model_checks import (
     checked_weight_files,
@@ -70,10 +70,12 @@ def check_base_available(base: str) -> None:
     except CheckpointError as exc:  # its fix is worded for `library add --base`
         raise CheckpointError(exc.what, exc.where, "point base at an HF model dir (config.json beside its "
                               "weight files), a named model or a Hub id") from None
-    if not any(path.glob("*.safetensors")):  # check_base_dir takes pickles; a run here has no --allow-pickle
-        raise CheckpointError("only pickle (.bin) weights in the base model dir; refusing to unpickle",
-                              str(path.absolute()), "convert them to safetensors (load the model and "
-                              "save_pretrained it again: transformers writes safetensors) and point base at that dir")
+    try:
+        weight_files(path)  # the loader's rule: check_base_dir takes pickles, and a run here has no --allow-pickle
+    except CheckpointError as exc:  # its fix offers --allow-pickle
+        raise CheckpointError(exc.what, str(path.absolute()), "convert them to safetensors (load the model and "
+                              "save_pretrained it again: transformers writes safetensors) and point base at that "
+                              "dir") from None
 
 
 def _local_or_hub_dir(base: str, *, fetch_weights: bool) -> Path:
