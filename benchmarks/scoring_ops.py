@@ -27,6 +27,7 @@ from mashup.data.schema import sample
 from mashup.data.target import load_target
 from mashup.evaluation import ScoringPlan
 from mashup.library import inspect_checkpoint
+from mashup.library.base_shapes import BaseShapes
 from mashup.models import attach_adapter, load_model
 from mashup.selection.slots import LoRASlots, SlotLayout
 from mashup.workspace import open_workspace
@@ -72,7 +73,8 @@ def main(argv: list[str] | None = None) -> dict:
     target = load_target(data)
     requests = workspace.encode(sample(target.train, args.questions, 0), target.template)
     adapters = random_adapters(workspace, args.dir / workspace.base_dir.name / "distinct", args.slots)
-    records = [inspect_checkpoint(path) for path in adapters]
+    base_shapes = BaseShapes()  # the base's model built once for all
+    records = [inspect_checkpoint(path, base_shapes=base_shapes) for path in adapters]
     for i, record in enumerate(records):
         record.id = f"a{i}"
     result = {"settings": {k: str(v) for k, v in vars(args).items()}}

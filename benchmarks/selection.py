@@ -135,10 +135,11 @@ def _real_setup(work: Path, n: int) -> tuple[Path, list[Path]]:
 
 def _records(paths: list[Path]) -> list:
     from mashup.library import inspect_checkpoint
+    from mashup.library.base_shapes import BaseShapes
 
-    records = []
+    records, base_shapes = [], BaseShapes()  # the base's model built once for all
     for i, path in enumerate(paths):
-        record = inspect_checkpoint(path)
+        record = inspect_checkpoint(path, base_shapes=base_shapes)
         record.id = f"a{i}"
         records.append(record)
     return records

@@ -42,6 +42,7 @@ from mashup.config import DataConfig, SelectConfig
 from mashup.data.schema import sample
 from mashup.data.target import load_target
 from mashup.library import CheckpointRecord, inspect_checkpoint
+from mashup.library.base_shapes import BaseShapes
 from mashup.selection import engine, select_checkpoints
 from mashup.selection.slots import GroupedLoRALinear
 from mashup.workspace import Workspace, open_workspace
@@ -73,7 +74,7 @@ def random_adapters(workspace: Workspace, root: Path, count: int) -> list[Path]:
 
 def linked_library(distinct: list[Path], root: Path, count: int) -> list[CheckpointRecord]:
     """``count`` adapter dirs, hard links to the distinct ones in turn, as catalog records ``c0``, ``c1``, ..."""
-    records = []
+    records, base_shapes = [], BaseShapes()  # the base's model built once for all
     for i in range(count):
         out = root / f"c{i}"
         if not out.exists():
@@ -81,7 +82,7 @@ def linked_library(distinct: list[Path], root: Path, count: int) -> list[Checkpo
             for file in distinct[i % len(distinct)].iterdir():
                 if file.is_file():
                     os.link(file, out / file.name)
-        record = inspect_checkpoint(out)
+        record = inspect_checkpoint(out, base_shapes=base_shapes)
         record.id = f"c{i}"  # linked copies share a hash; the catalog would reject them as one checkpoint
         records.append(record)
     return records

@@ -52,3 +52,14 @@ def write_mc_jsonl(path: Path, n: int, seed: int = 0, n_choices: int = 4) -> Pat
 @pytest.fixture()
 def mc_file(tmp_path: Path) -> Path:
     return write_mc_jsonl(tmp_path / "target.jsonl", 40)
+
+
+@pytest.fixture()
+def lora_lib(tmp_path: Path, tiny_loras: list[Path], capsys: pytest.CaptureFixture,
+                     monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A library holding one LoRA, registered through the CLI."""
+    from tests.test_cli import run_cli
+
+    directory = tmp_path / "lib"
+    run_cli(["library", "add", tiny_loras[0], "--library", directory], capsys, monkeypatch)
+    return directory

@@ -11,7 +11,6 @@ from rich.console import Console
 from mashup.demo import DemoSettings, build_source_library, run_demo
 from mashup.errors import MashupError
 from mashup.workspace import open_workspace
-from tests.cli_errors import lib as lib  # the fixture
 from tests.cli_errors import one_line_error
 from tests.cli_helpers import cli_commands, command_flags
 from tests.test_cli import run_cli
@@ -20,14 +19,15 @@ from tests.test_cli import run_cli
 
 
 @pytest.mark.parametrize("kind", ["bogus", "LoRA"])
-def test_unknown_kind_is_refused_with_the_valid_kinds(lib, kind, capsys, monkeypatch):
-    _, err = run_cli(["library", "list", "--kind", kind, "--library", lib, "--json"], capsys, monkeypatch, expect=1)
+def test_unknown_kind_is_refused_with_the_valid_kinds(lora_lib, kind, capsys, monkeypatch):
+    _, err = run_cli(["library", "list", "--kind", kind, "--library", lora_lib, "--json"], capsys, monkeypatch,
+                     expect=1)
     assert f"unknown checkpoint kind '{kind}'" in one_line_error(err) and "lora, full" in err
 
 
 @pytest.mark.parametrize("verb", [["list"], ["verify"], ["scores"], ["show", "abc"], ["remove", "abc"]])
 def test_a_missing_library_dir_is_an_error_for_reading_verbs(tmp_path, verb, capsys, monkeypatch):
-    missing = tmp_path / "no" / "such" / "lib"
+    missing = tmp_path / "no" / "such" / "lora_lib"
     _, err = run_cli(["library", *verb, "--library", missing], capsys, monkeypatch, expect=1)
     assert "library dir not found" in one_line_error(err) and str(missing) in err and "library add" in err
     assert not (tmp_path / "no").exists()

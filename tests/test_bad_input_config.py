@@ -7,7 +7,6 @@ import pytest
 
 from mashup.config import RunConfig, load_config
 from mashup.errors import MashupError
-from tests.cli_errors import lib as lib  # the fixture
 from tests.cli_errors import one_line_error
 from tests.test_cli import run_cli
 
@@ -47,10 +46,10 @@ def captured_run(monkeypatch) -> list[RunConfig]:
     return configs
 
 
-def test_run_merges_flags_over_a_partial_config(tmp_path, lib, mc_file, captured_run, capsys, monkeypatch):
+def test_run_merges_flags_over_a_partial_config(tmp_path, lora_lib, mc_file, captured_run, capsys, monkeypatch):
     path = tmp_path / "partial.yaml"
     path.write_text("select: {k: 1, samples: 4}\ntrain: {max_steps: 2, batch_size: 4}\n")
-    run_cli(["run", "--config", path, "--base", "tiny", "--data", mc_file, "--library", lib, "--out",
+    run_cli(["run", "--config", path, "--base", "tiny", "--data", mc_file, "--library", lora_lib, "--out",
              tmp_path / "run", "--max-steps", "3", "--no-register", "--json"], capsys, monkeypatch)
     config = captured_run[0]
     assert (config.base, config.data.data, config.out) == ("tiny", str(mc_file), str(tmp_path / "run"))
@@ -58,10 +57,10 @@ def test_run_merges_flags_over_a_partial_config(tmp_path, lib, mc_file, captured
     assert not config.add_to_library
 
 
-def test_a_bad_field_in_a_partial_config_names_the_file(tmp_path, lib, mc_file, captured_run, capsys, monkeypatch):
+def test_a_bad_field_in_a_partial_config_names_the_file(tmp_path, lora_lib, mc_file, captured_run, capsys, monkeypatch):
     path = tmp_path / "partial.yaml"
     path.write_text("select: {k: 0}\n")
-    _, err = run_cli(["run", "--config", path, "--base", "tiny", "--data", mc_file, "--library", lib, "--out",
+    _, err = run_cli(["run", "--config", path, "--base", "tiny", "--data", mc_file, "--library", lora_lib, "--out",
                       tmp_path / "run"], capsys, monkeypatch, expect=1)
     assert "invalid config field 'select.k'" in one_line_error(err) and str(path) in err
     assert not captured_run
@@ -76,20 +75,20 @@ def _complete_config(tmp_path: Path, mc_file: Path) -> Path:
 @pytest.mark.parametrize(("flag", "problem"), [(["--k", "0"], "greater than 0"),
                                                (["--seed", "-1"], "greater than or equal to 0"),
                                                (["--lr", "nan"], "a finite number")])
-def test_a_bad_flag_value_over_a_config_names_the_flag_not_the_file(tmp_path, lib, mc_file, captured_run, flag,
+def test_a_bad_flag_value_over_a_config_names_the_flag_not_the_file(tmp_path, lora_lib, mc_file, captured_run, flag,
                                                                      problem, capsys, monkeypatch):
     """`run --config ok.yaml --k 0`: the file is fine (its k is overridden), the flag's value is not."""
     path = _complete_config(tmp_path, mc_file)
-    _, err = run_cli(["run", "--config", path, "--library", lib, *flag], capsys, monkeypatch, expect=2)
+    _, err = run_cli(["run", "--config", path, "--library", lora_lib, *flag], capsys, monkeypatch, expect=2)
     assert f"invalid value for {flag[0]}: Input should be {problem}; fix that option" in one_line_error(err)
     assert str(path) not in err and "config field" not in err and not captured_run
 
 
-def test_a_bad_file_value_beside_good_flags_still_names_the_file(tmp_path, lib, mc_file, captured_run, capsys,
+def test_a_bad_file_value_beside_good_flags_still_names_the_file(tmp_path, lora_lib, mc_file, captured_run, capsys,
                                                                   monkeypatch):
     path = _complete_config(tmp_path, mc_file)
     path.write_text(path.read_text().replace("{k: 2}", "{k: 2, samples: 0}"))
-    _, err = run_cli(["run", "--config", path, "--library", lib, "--k", "3", "--seed", "1"], capsys, monkeypatch,
+    _, err = run_cli(["run", "--config", path, "--library", lora_lib, "--k", "3", "--seed", "1"], capsys, monkeypatch,
                      expect=1)
     assert f"invalid config field 'select.samples': Input should be greater than 0 in {path}; fix that field" in \
         one_line_error(err)
@@ -97,13 +96,13 @@ def test_a_bad_file_value_beside_good_flags_still_names_the_file(tmp_path, lib, 
 
 
 @pytest.mark.parametrize("from_flag", [False, True])
-def test_an_unknown_merge_method_names_the_flag_or_file_before_any_work(tmp_path, lib, mc_file, captured_run,
+def test_an_unknown_merge_method_names_the_flag_or_file_before_any_work(tmp_path, lora_lib, mc_file, captured_run,
                                                                         from_flag, capsys, monkeypatch):
     path = _complete_config(tmp_path, mc_file)
     flag = ["--merge-method", "bogus"] if from_flag else []
     if not from_flag:
         path.write_text(path.read_text() + "merge: {method: bogus}\n")
-    _, err = run_cli(["run", "--config", path, "--library", lib, *flag], capsys, monkeypatch, expect=1)
+    _, err = run_cli(["run", "--config", path, "--library", lora_lib, *flag], capsys, monkeypatch, expect=1)
     where = "--merge-method" if from_flag else str(path)
     assert f"unknown merge method 'bogus' in {where}; use one of: average," in one_line_error(err)
     assert not captured_run
@@ -111,10 +110,10 @@ def test_an_unknown_merge_method_names_the_flag_or_file_before_any_work(tmp_path
 
 @pytest.mark.parametrize(("option", "problem"), [(["--lora-mode", "bogus"], "Input should be 'ab', 'delta' or"),
                                                  (["--density=2"], "density must be in (0, 1]")])
-def test_a_bad_flag_value_names_the_flag_in_its_own_words(tmp_path, lib, mc_file, captured_run, option, problem,
+def test_a_bad_flag_value_names_the_flag_in_its_own_words(tmp_path, lora_lib, mc_file, captured_run, option, problem,
                                                            capsys, monkeypatch):
     """The flag as typed, not the config field behind it, and the validator's message without pydantic's prefix."""
-    _, err = run_cli(["run", "--base", "tiny", "--data", mc_file, "--library", lib, "--out", tmp_path / "run",
+    _, err = run_cli(["run", "--base", "tiny", "--data", mc_file, "--library", lora_lib, "--out", tmp_path / "run",
                       "--merge-method", "ties", *option], capsys, monkeypatch, expect=2)
     flag = option[0].split("=")[0]
     assert f"invalid value for {flag}: {problem}" in one_line_error(err) and "Value error" not in err
@@ -143,11 +142,11 @@ def test_a_negative_seed_is_refused(tmp_path, mc_file, verb, capsys, monkeypatch
     assert not (tmp_path / "out").exists()
 
 
-def test_a_value_neither_the_config_nor_a_flag_gives_names_the_file(tmp_path, lib, mc_file, captured_run, capsys,
+def test_a_value_neither_the_config_nor_a_flag_gives_names_the_file(tmp_path, lora_lib, mc_file, captured_run, capsys,
                                                                      monkeypatch):
     path = tmp_path / "partial.yaml"
     path.write_text("select: {k: 1}\n")
-    _, err = run_cli(["run", "--config", path, "--data", mc_file, "--library", lib, "--out", tmp_path / "run"],
+    _, err = run_cli(["run", "--config", path, "--data", mc_file, "--library", lora_lib, "--out", tmp_path / "run"],
                      capsys, monkeypatch, expect=1)
     assert "missing --base" in one_line_error(err) and str(path) in err and not captured_run
 

@@ -51,7 +51,8 @@ def library_add(paths: Annotated[list[Path], typer.Argument(help="PEFT adapter d
                 library: LibraryOpt = None, allow_pickle: PickleOpt = False, as_json: JsonOpt = False) -> None:
     """Register checkpoints (all or none), hashing them in parallel; a re-scan (--recursive) adds the new ones.
 
-    --json: the ids added, or with --recursive {added, skipped, relocated} (relocated: also in added)."""
+    --json: the ids added (repaired unreadable entries too), or with --recursive {added, skipped, relocated}
+    (relocated: also in added)."""
     from mashup.library import Library
 
     from mashup.data.tasks import is_task_name
@@ -86,9 +87,13 @@ def _plural(n: int, noun: str, plural: str | None = None) -> str:
 
 def _added_text(records: Added) -> str:
     """`library add`'s report: a line per checkpoint added (or relocated: its entry re-pointed at the dir it moved
-    to), then how many a re-scan found already registered."""
-    relocated = {r.id for r in records.relocated}
-    lines = [f"{'relocated' if r.id in relocated else 'added'} {r.id} {r.kind} {r.path}" for r in records]
+    to; or repaired: it replaced an entry of its id that could not be read), then how many entries were repaired
+    and how many checkpoints a re-scan found already registered."""
+    said = {**{r.id: "relocated" for r in records.relocated}, **{r.id: "repaired" for r in records.repaired}}
+    lines = [f"{said.get(r.id, 'added')} {r.id} {r.kind} {r.path}" for r in records]
+    if records.repaired:
+        entries = _plural(len(records.repaired), "unreadable catalog entry", "unreadable catalog entries")
+        lines.append(f"repaired {entries}: registered afresh, with only this add's --task and --trained-on")
     if records.skipped:
         lines.append(f"skipped {_plural(len(records.skipped), 'checkpoint')} already registered with the same "
                      f"weights{'' if records else ' (nothing new)'}")

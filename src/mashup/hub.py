@@ -6,9 +6,12 @@ experiment's checks, can use it without importing the other.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from mashup.errors import MashupError, short_reason
+
+logger = logging.getLogger(__name__)
 
 _FILE_SUFFIXES = (".gguf", ".safetensors", ".bin", ".pt", ".json", ".jsonl", ".yaml", ".yml")
 
@@ -41,3 +44,19 @@ def fetch_hub_model(repo_id: str, *, config_only: bool = False) -> Path:
                           None,
                           "check the id and the network, or pass a local model dir or a named model "
                           "(`mashup models list`)") from None
+
+
+def list_hub_files(repo_id: str) -> list[str] | None:
+    """The paths of the files in the Hub model's repo (its default revision, as ``fetch_hub_model`` fetches), listed
+    without downloading any; None when no listing can be had: offline mode, or the Hub out of reach."""
+    import huggingface_hub
+
+    if huggingface_hub.is_offline_mode():  # HF_HUB_OFFLINE: no request at all, as snapshot_download makes none
+        return None
+    try:
+        return huggingface_hub.list_repo_files(repo_id)
+    # any failure: a dropped network or a proxy raises the errors of whichever HTTP client this huggingface_hub
+    # is built on, none of them an OSError; the listing only adds an early check, so the caller goes without it
+    except Exception as exc:
+        logger.debug("cannot list the files of Hub model %s: %s", repo_id, short_reason(str(exc)))
+        return None

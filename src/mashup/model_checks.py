@@ -200,6 +200,27 @@ def tied_weights(model: PreTrainedModel) -> dict[str, str]:
     return dict(model.get_expanded_tied_weights_keys(all_submodels=True))
 
 
+def saved_tied_weights(model: PreTrainedModel) -> dict[str, str]:
+    """``tied_weights`` under the names their files hold them by (``saved_names``)."""
+    tied = tied_weights(model)
+    saved = saved_names(model, {name for pair in tied.items() for name in pair})
+    return {saved[name]: saved[shared] for name, shared in tied.items()}
+
+
+def saved_names(model: PreTrainedModel, names: Collection[str]) -> dict[str, str]:
+    """Each of the model's weight ``names`` → the name ``save_pretrained`` writes it under. transformers 5 builds
+    some architectures under other names than their checkpoints use and renames on load and save (Gemma-3's
+    multimodal model is ``model.language_model.*`` built, ``language_model.model.*`` saved); a weight a conversion
+    splits or fuses (MoE experts) keeps its own name here."""
+    from transformers.core_model_loading import revert_weight_conversion
+
+    state = model.state_dict()
+    # stand-ins of each weight's shape, to follow each one's renaming by identity
+    tensors = {name: torch.empty(state[name].shape, device="meta") for name in names}
+    renamed = {id(tensor): saved for saved, tensor in revert_weight_conversion(model, dict(tensors)).items()}
+    return {name: renamed.get(id(tensor), name) for name, tensor in tensors.items()}
+
+
 def untied_what(pair: tuple[str, str], tied_by: str) -> str:
     """One wording for a stored weight that differs from the one ``tied_by`` (a config) ties it to."""
     return f"its {pair[0]} differs from {pair[1]}, which {tied_by} ties it to (tie_word_embeddings)"
@@ -264,6 +285,13 @@ def require_matching_keys(model: PeftModel, adapter_name: str, found: set[str], 
     that match, leaves the rest of the adapter at its init and drops the tensors no module takes."""
     from peft import get_peft_model_state_dict
 
+    from mashup.library.base_shapes import adapted_modules, not_a_module
+
+    # PEFT renames the modules of one saved under another transformers version's names as it loads it, but the
+    # library's slots and merges take them as written: refused with how to re-save it, everywhere alike
+    unknown = sorted(adapted_modules(found) - {name for name, _ in model.get_base_model().named_modules()})
+    if unknown:
+        raise not_a_module(unknown[0], "the base", str(adapter_dir))
     # save_embedding_layers=False: "auto" looks the base up on the Hub; embeddings are no LoRA factors anyway
     expected = set(get_peft_model_state_dict(model, adapter_name=adapter_name, save_embedding_layers=False))
     missing = sorted(expected - found)

@@ -16,7 +16,7 @@ from safetensors import SafetensorError
 
 from mashup.config import Precision
 from mashup.errors import CheckpointError, MashupError
-from mashup.hub import fetch_hub_model, is_hub_id
+from mashup.hub import fetch_hub_model, is_hub_id, list_hub_files
 from mashup.io import load_weight_dir, require_finite_tensors, tensor_shapes, weight_files
 from mashup.library.records import MODEL_CONFIG
 from mashup.model_checks import (
@@ -52,9 +52,9 @@ def resolve_base_dir(base: str, cache_dir: Path | None = None) -> Path:
 
 def check_base_available(base: str) -> None:
     """``resolve_base_dir``'s checks without its work (a named model is not converted, of a Hub model only
-    config.json is fetched), and of a local dir the library's rule too (config.json a JSON object, beside weight
-    files), so that a base a load would refuse is refused here, before anything is written; one line on what is
-    wrong otherwise."""
+    config.json is fetched and its file list read), and of a local dir the library's rule too (config.json a JSON
+    object, beside weight files), so that a base a load would refuse is refused here, before anything is written;
+    one line on what is wrong otherwise."""
     from mashup.library.identity import check_base_dir
     from mashup.named_models import NAMED_MODELS
 
@@ -63,7 +63,8 @@ def check_base_available(base: str) -> None:
     # unlike check_base_dir (registration, offline), a Hub id is looked up here: its config.json is fetched
     _local_or_hub_dir(base, fetch_weights=False)
     path = Path(base).expanduser()
-    if not path.is_dir():
+    if not path.is_dir():  # a Hub id: _local_or_hub_dir refused any other name
+        _check_hub_weights(base)
         return
     try:
         check_base_dir(base)
@@ -76,6 +77,26 @@ def check_base_available(base: str) -> None:
         raise CheckpointError(exc.what, str(path.absolute()), "convert them to safetensors (load the model and "
                               "save_pretrained it again: transformers writes safetensors) and point base at that "
                               "dir") from None
+
+
+def _check_hub_weights(repo_id: str) -> None:
+    """Refuse a Hub model whose repo has no safetensors at its top level: ``fetch_hub_model`` fetches no pickles and
+    the load reads the snapshot's top level (``weight_files``), so it would fail after the experiment's work. A repo
+    that cannot be listed (offline, Hub out of reach) passes, as before: the load then decides."""
+    files = list_hub_files(repo_id)
+    if files is None:
+        return
+    top_level = [name for name in files if "/" not in name]
+    if any(name.endswith(".safetensors") for name in top_level):
+        return
+    where = f"Hub repo {repo_id}"
+    if any(name.endswith(".bin") for name in top_level):
+        raise CheckpointError("only pickle (.bin) weights found (a Hub base is fetched as safetensors only)", where,
+                              "convert them to safetensors (load the model and save_pretrained it to a local dir: "
+                              "transformers writes safetensors) and point base at that dir")
+    raise CheckpointError("no weight files (*.safetensors) found", where,
+                          "point base at a Hub id whose repo holds safetensors weights, a local HF model dir or a "
+                          "named model")
 
 
 def _local_or_hub_dir(base: str, *, fetch_weights: bool) -> Path:
@@ -113,9 +134,11 @@ def load_tokenizer(model_dir: Path) -> PreTrainedTokenizerBase:
     return tokenizer
 
 
-def load_model(model_dir: Path, *, allow_pickle: bool = False, check_values: bool = True) -> PreTrainedModel:
-    """Load a causal LM in float32 from safetensors (pickles only with ``allow_pickle``), refusing weights holding
-    NaN or inf unless ``check_values`` is off; a config.json that does not parse or build a model is named."""
+def load_model(model_dir: Path, *, allow_pickle: bool = False, check_values: bool = True,
+               dtype: torch.dtype | str = torch.float32) -> PreTrainedModel:
+    """Load a causal LM in float32 (or ``dtype``: "auto" keeps the checkpoint's) from safetensors (pickles only with
+    ``allow_pickle``), refusing weights holding NaN or inf unless ``check_values`` is off; a config.json that does
+    not parse or build a model is named."""
     from transformers import AutoModelForCausalLM
 
     files = checked_weight_files(model_dir, allow_pickle=allow_pickle)
@@ -128,7 +151,7 @@ def load_model(model_dir: Path, *, allow_pickle: bool = False, check_values: boo
     try:
         # None: safetensors where there are any, else the pickles weight_files allowed
         model, info = AutoModelForCausalLM.from_pretrained(
-            model_dir, dtype=torch.float32, use_safetensors=None if allow_pickle else True, trust_remote_code=False,
+            model_dir, dtype=dtype, use_safetensors=None if allow_pickle else True, trust_remote_code=False,
             output_loading_info=True, ignore_mismatched_sizes=True,  # refused below in one line, not a traceback
         )
     except Exception as exc:  # a config that does not parse or build a model is named; a bug is not hidden
@@ -182,6 +205,11 @@ def load_full_weights_into(model: PreTrainedModel, model_dir: Path, *, allow_pic
     """Swap a full fine-tune's weights into an already-built model of the same shapes. Weights the base ties are one
     parameter: a checkpoint holding other values in each is refused (the last one loaded would win)."""
     state = load_weight_dir(model_dir, allow_pickle=allow_pickle)
+    if not state.keys() <= model.state_dict().keys():
+        # saved under other names than the model's own: transformers 5 renames or fuses some architectures' weights
+        # on load (Gemma-3's multimodal model, MoE experts), so it loads them (in their own dtype, as read here)
+        del state
+        state = load_model(model_dir, allow_pickle=allow_pickle, check_values=False, dtype="auto").state_dict()
     tied = tied_weights(model)
     pair = untied_copy(tied, state, state.__getitem__)
     if pair:

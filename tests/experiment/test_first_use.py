@@ -159,6 +159,31 @@ def test_a_hub_base_that_cannot_be_fetched_fails_before_anything_is_written(tmp_
     assert not (tmp_path / "out").exists() and asked == [["config.json"]] * 2  # a check, not the weights
 
 
+def test_a_hub_base_with_only_pickle_weights_fails_before_anything_is_written(tmp_path, capsys, monkeypatch):
+    """The run would fetch the base's safetensors only, and find none after the work before its first load."""
+    import huggingface_hub
+
+    snapshot = tmp_path / "snapshot"
+    snapshot.mkdir()
+    (snapshot / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    asked: list[list[str]] = []
+
+    def download(repo_id, allow_patterns=None, **kwargs):
+        asked.append(allow_patterns)
+        return str(snapshot)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", download)
+    monkeypatch.setattr(huggingface_hub, "list_repo_files", lambda repo_id, **kwargs: ["config.json",
+                                                                                       "pytorch_model.bin"])
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    config = tiny_config("nobody/pickles", write_tasks(tmp_path)[:2], tmp_path / "out", **SMALL)
+    for dry in (["--dry-run"], []):
+        _, err = run_cli(["experiment", _config_file(config, tmp_path), *dry], capsys, monkeypatch, expect=1)
+        assert "only pickle (.bin) weights found" in err and "Hub repo nobody/pickles" in " ".join(err.split())
+        assert len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists() and asked == [["config.json"]] * 2  # a check, not the weights
+
+
 def test_an_unknown_executor_fails_a_dry_run_too_as_selects_does(tiny_base, tmp_path, capsys, monkeypatch):
     """The same names (mashup.config.ExecutorName), the same exit status and line as `mashup select --executor`."""
     config_file = _config_file(tiny_config(tiny_base, write_tasks(tmp_path)[:2], tmp_path / "out", **SMALL), tmp_path)

@@ -67,19 +67,12 @@ def test_values_peft_takes_on_load_are_accepted(tmp_path, tiny_loras, field, val
 
 def test_init_and_task_type_checks_agree_with_peft():
     """PEFT itself decides: building a LoRA layer runs the init PEFT runs on load; the config checks task_type."""
-    from peft import LoraConfig
-    from peft.tuners.lora.layer import Linear
     from peft.utils.peft_types import TaskType
 
     assert TASK_TYPES == tuple(t.value for t in TaskType)
     for value in [True, False, None, "", "gaussian", "Gaussian", "eva", "EVA", "olora", "OLoRA", "pissa",
                   "pissa_niter_4", "pissa_niter_x", "PiSSA", "pissa_x", "mica", "orthogonal", "Orthogonal", "kaiming"]:
-        try:
-            Linear(torch.nn.Linear(4, 4), "default", config=LoraConfig(r=2, init_lora_weights=value), r=2, lora_alpha=2)
-        except ValueError:
-            assert not is_lora_init(value), value
-        else:
-            assert is_lora_init(value), value
+        assert is_lora_init(value) == peft_layer_takes(value), value
 
 
 def test_peft_type_is_read_as_written(tmp_path, tiny_loras):
@@ -129,3 +122,66 @@ def test_lora_bias_with_the_inits_peft_takes_is_registered(tmp_path, tiny_loras,
     adapter = noisy_copy(tiny_loras[0], tmp_path / "a", seed=1, **fields)
     assert PeftConfig.from_pretrained(adapter).lora_bias
     assert len(Library(tmp_path / "lib").add([adapter])) == 1
+
+
+@pytest.mark.parametrize("fields", [{"init_lora_weights": 0}, {"lora_bias": 0}, {"lora_bias": 1},
+                                    {"lora_bias": 1, "init_lora_weights": 0}, {"lora_bias": 1.0}])
+def test_0_and_1_spelling_false_and_true_are_registered_as_peft_takes_them(tmp_path, tiny_loras, fields):
+    adapter = noisy_copy(tiny_loras[0], tmp_path / "a", seed=1, **fields)
+    assert len(Library(tmp_path / "lib").add([adapter])) == 1
+    assert check_lora_dir(adapter)
+
+
+@pytest.mark.parametrize("init", [1, 2, 0.5, -1])
+def test_a_number_init_but_0_is_refused_saying_peft_fails_to_load_it(tmp_path, tiny_loras, init):
+    bad = noisy_copy(tiny_loras[0], tmp_path / "bad", seed=1, init_lora_weights=init)
+    error = refused(Library(tmp_path / "lib"), [bad], f"field 'init_lora_weights' is {init}, expected true, false or "
+                    "one of .*: PEFT takes 0 as false, and fails to load any other number")
+    assert error.where == str(bad / "adapter_config.json") and "init_lora_weights" in error.fix
+
+
+@pytest.mark.parametrize(("fields", "said"), [
+    ({"lora_bias": 2}, "field 'lora_bias' is 2, expected true or false"),
+    ({"lora_bias": 1, "init_lora_weights": "gaussian"}, 'sets lora_bias true with init_lora_weights "gaussian"'),
+    ({"lora_bias": 1, "use_dora": True}, "sets lora_bias true with use_dora"),
+])
+def test_lora_bias_1_is_checked_as_true(tmp_path, tiny_loras, fields, said):
+    refused(Library(tmp_path / "lib"), [noisy_copy(tiny_loras[0], tmp_path / "bad", seed=1, **fields)], said)
+
+
+def test_0_and_1_load_in_peft_as_false_and_true_and_a_number_init_but_0_fails(tmp_path, tiny_base, tiny_loras):
+    """What the checks above take from PEFT itself: an adapter whose config has 0 and 1 for init_lora_weights and
+    lora_bias loads as the one with false and true (the same model, its lora_B bias made or not), and
+    init_lora_weights 1 fails to load, as every number but 0 fails to build a LoRA layer."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    def loaded(name: str, **fields) -> tuple[torch.Tensor, bool]:
+        adapter = noisy_copy(tiny_loras[0], tmp_path / name, seed=1, **fields)
+        torch.manual_seed(0)  # lora_bias makes a lora_B bias this adapter does not store: PEFT inits it randomly
+        model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_base), adapter)
+        with torch.no_grad():
+            logits = model(torch.tensor([[1, 2, 3, 4]])).logits
+        return logits, model.base_model.model.model.layers[0].self_attn.q_proj.lora_B["default"].bias is not None
+
+    for ints, bools in [((0, 1), (False, True)), ((0, 0), (False, False))]:
+        (logits, bias), (expected, expected_bias) = [loaded(f"{init}-{bias}", init_lora_weights=init, lora_bias=bias)
+                                                     for init, bias in (ints, bools)]
+        assert torch.equal(logits, expected) and bias == expected_bias == bool(ints[1])
+    with pytest.raises(AttributeError, match="no attribute 'lower'"):
+        loaded("1", init_lora_weights=1)
+    for value in [0, 0.0, 1, 2, 0.5]:
+        assert is_lora_init(value) == peft_layer_takes(value), value
+
+
+def peft_layer_takes(init) -> bool:
+    """Whether PEFT builds a LoRA layer with ``init`` as init_lora_weights, running the init it runs on load (an
+    unknown name fails with a ValueError, a number but 0 with an AttributeError)."""
+    from peft import LoraConfig
+    from peft.tuners.lora.layer import Linear
+
+    try:
+        Linear(torch.nn.Linear(4, 4), "default", config=LoraConfig(r=2, init_lora_weights=init), r=2, lora_alpha=2)
+    except (ValueError, AttributeError):
+        return False
+    return True

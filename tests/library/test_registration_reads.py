@@ -1,6 +1,6 @@
-"""What registration reads: each weight file's header once, the base's headers once per add (to fit a LoRA's
-factors or a full fine-tune's tensors against), and a re-scan records the stats of a dir it had to hash again
-(writing nothing when nothing changed)."""
+"""What registration reads: each weight file's header once, per add the base's headers once (to fit a full
+fine-tune's tensors against) or its model built once from config.json (to fit a LoRA's factors against), and a
+re-scan records the stats of a dir it had to hash again (writing nothing when nothing changed)."""
 
 import logging
 import os
@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 import mashup.io.headers as headers
+import mashup.model_checks as model_checks
 from mashup.errors import LibraryError
 from mashup.library import Library
 from tests.library.helpers import many_adapters, noisy_copy
@@ -27,7 +28,7 @@ def opened(monkeypatch):
 def test_registering_a_lora_parses_each_header_once(tmp_path, tiny_base, tiny_loras, opened):
     """Shapes and dtypes come from one parse; hashing reads the bytes (and checks them) without safe_open."""
     Library(tmp_path / "lib").add(tiny_loras[:2])
-    assert sorted(p.parent for p in opened) == sorted([tiny_base, *tiny_loras[:2]]), "the base's: to fit the factors"
+    assert sorted(p.parent for p in opened) == sorted(tiny_loras[:2]), "the base's model is built on meta instead"
 
 
 def test_adding_full_fine_tunes_reads_the_base_headers_once(tmp_path, tiny_base, tiny_fulls, opened):
@@ -37,9 +38,13 @@ def test_adding_full_fine_tunes_reads_the_base_headers_once(tmp_path, tiny_base,
     assert [p.parent for p in opened].count(tiny_base) == 2, "read again by the next add: it may have changed"
 
 
-def test_adding_loras_reads_the_base_headers_once(tmp_path, tiny_base, tiny_loras, opened):
+def test_adding_loras_builds_the_base_model_once(tmp_path, tiny_base, tiny_loras, monkeypatch):
+    built: list[Path] = []
+    real = model_checks.model_on_meta
+    monkeypatch.setattr(model_checks, "model_on_meta", lambda model_dir: built.append(Path(model_dir))
+                        or real(model_dir))
     Library(tmp_path / "lib").add(tiny_loras, base=str(tiny_base))
-    assert [p.parent for p in opened].count(tiny_base) == 1
+    assert built == [tiny_base]
 
 
 def _refuse_writes(*args, **kwargs):

@@ -7,11 +7,12 @@ import shutil
 from pathlib import Path
 
 import torch
-from peft import PeftModel
+from peft import LoraConfig, PeftModel, get_peft_model
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from mashup.library.records import CheckpointRecord, inspect_checkpoint
+from mashup.models import quiet_peft_deprecations
 from tests.tiny import CORPUS
 
 
@@ -85,4 +86,21 @@ def zero_b_init(adapter: Path, out: Path, seed: int) -> Path:
     init = {n: torch.zeros_like(t) if ".lora_B." in n else torch.randn(t.shape, generator=generator)
             for n, t in tensors.items()}
     save_file(init, str(out))
+    return out
+
+
+def save_bias_lora(base: Path, out: Path, seed: int, lora_alpha: int = 8,
+                   targets: tuple[str, ...] = ("q_proj", "v_proj")) -> Path:
+    """An r=4 adapter with PEFT's lora_bias (lora_B.bias tensors), A, B and the biases random as if trained."""
+    torch.manual_seed(seed)
+    config = LoraConfig(r=4, lora_alpha=lora_alpha, target_modules=list(targets), lora_bias=True,
+                        init_lora_weights=False, task_type="CAUSAL_LM")
+    with quiet_peft_deprecations():
+        model = get_peft_model(AutoModelForCausalLM.from_pretrained(base), config)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if ".lora_B." in name and name.endswith(".bias"):
+                param.normal_(0.0, 0.5)
+    model.peft_config["default"].base_model_name_or_path = str(base)
+    model.save_pretrained(out, save_embedding_layers=False)
     return out

@@ -96,3 +96,22 @@ def test_merge_help_states_each_default() -> None:
     run_help = " ".join(CliRunner().invoke(app, ["run", "--help"], env={"COLUMNS": "400"}).output.split())
     assert "from --config, else the method's: 0.2 for" in run_help  # run shares the text
     assert "[default: 1.0]" not in text.split("--density")[1].split("--lambda")[0]
+
+
+@pytest.mark.parametrize(("settings", "warning"), [
+    ({"method": "task_arithmetic", "sign": "count"}, "sign count is ignored by task_arithmetic"),
+    ({"method": "dare_linear", "sign": "count"}, "sign count is ignored by dare_linear"),
+    ({"method": "fisher", "normalize": False}, "normalize false is ignored by fisher"),
+    ({"method": "regmean", "normalize": True}, "normalize true is ignored by regmean"),
+])
+def test_sign_and_normalize_a_method_ignores_are_warned_about(settings: dict, warning: str,
+                                                              tiny_base: Path, tiny_fulls: list[Path]) -> None:
+    plan = build_plan(records(tiny_fulls[:2], tiny_base), MergeConfig(**settings))
+    assert [w for w in plan.warnings if w.startswith(warning)], plan.warnings
+
+
+def test_sign_and_normalize_a_method_uses_are_not_warned_about(tiny_base: Path, tiny_fulls: list[Path]) -> None:
+    for settings in [{"method": "ties", "sign": "count"}, {"method": "dare_ties", "sign": "count"},
+                     {"method": "average", "normalize": False}, {"method": "ties", "normalize": False}]:
+        plan = build_plan(records(tiny_fulls[:2], tiny_base), MergeConfig(**settings))
+        assert not [w for w in plan.warnings if "sign" in w or "normalize" in w], (settings, plan.warnings)

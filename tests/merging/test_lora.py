@@ -125,3 +125,18 @@ def test_ab_mode_refuses_rank_scale_and_target_mismatches(tiny_base: Path, tiny_
     with pytest.raises(MergeError, match="LoRA scale .*rsLoRA.*fold each adapter's scale"):
         merge_checkpoints(recs, MergeConfig(lora_mode="ab"), tmp_path / "c")
     assert not any((tmp_path / d).exists() for d in "abc")
+
+
+def test_concat_fills_each_missing_block_with_its_own_rows(tiny_base: Path, tiny_loras: list[Path],
+                                                           tmp_path: Path) -> None:
+    """Equal filler rows would get equal gradients and stay equal: part of the rank would never train."""
+    k_proj = save_tiny_lora(tiny_base, tmp_path / "k", seed=5, targets=("q_proj", "k_proj"))
+    paths = [tiny_loras[0], tiny_loras[1], k_proj]  # only the third adapts k_proj
+    config = MergeConfig(method="average", lora_mode="concat", seed=3)
+    merge_checkpoints(records(paths), config, tmp_path / "out")
+    merge_checkpoints(records(paths), config, tmp_path / "again")
+    name = "base_model.model.model.layers.0.self_attn.k_proj.lora_A.weight"
+    a, again = load_file(tmp_path / "out" / WEIGHTS)[name], load_file(tmp_path / "again" / WEIGHTS)[name]
+    assert torch.equal(a, again)  # deterministic for a seed
+    assert not torch.equal(a[0:4], a[4:8])
+    assert int(torch.linalg.matrix_rank(a[:8].double())) == 8

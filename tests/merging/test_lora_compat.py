@@ -125,3 +125,33 @@ def test_merge_compatibility_reads_no_checkpoint_weights(tiny_loras: list[Path],
     assert "checkpoint kind differs" in merge_compatibility(mixed_kinds, MergeConfig())  # type: ignore[operator]
     slerp = merge_compatibility(records(tiny_loras), MergeConfig(method="slerp"))
     assert "unknown merge method" in slerp  # type: ignore[operator]
+
+
+def save_modules_to_save_lora(base: Path, out: Path, seed: int) -> Path:
+    """An adapter that also saves a full lm_head copy (modules_to_save)."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from mashup.models import quiet_peft_deprecations
+
+    torch.manual_seed(seed)
+    config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], modules_to_save=["lm_head"],
+                        init_lora_weights=False, task_type="CAUSAL_LM")
+    with quiet_peft_deprecations():
+        model = get_peft_model(AutoModelForCausalLM.from_pretrained(base), config)
+    model.peft_config["default"].base_model_name_or_path = str(base)
+    model.save_pretrained(out, save_embedding_layers=False)
+    return out
+
+
+@pytest.mark.parametrize("config", [MergeConfig(method="ties"), MergeConfig(method="average", lora_mode="delta"),
+                                    MergeConfig(method="average", lora_mode="concat"), MergeConfig(method="average")],
+                         ids=["ties", "delta", "concat", "ab"])
+def test_compatibility_refuses_modules_to_save_as_the_merge_does(config: MergeConfig, tiny_base: Path,
+                                                                 tmp_path: Path) -> None:
+    paths = [save_modules_to_save_lora(tiny_base, tmp_path / f"mts{i}", seed=i) for i in range(2)]
+    reason = merge_compatibility(records(paths), config)
+    with pytest.raises(MergeError) as refused:
+        merge_checkpoints(records(paths), config, tmp_path / "out")
+    assert reason is not None and reason == refused.value.line()
+    assert reason.startswith("adapter holds non-LoRA tensors (e.g. base_model.model.lm_head")

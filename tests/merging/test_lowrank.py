@@ -10,7 +10,7 @@ import torch
 from mashup.config import MergeConfig
 from mashup.merging import MergeParams, merge_checkpoints, merge_tensors
 from mashup.merging.lowrank import factor_dense, factor_stacked
-from tests.merging.helpers import adapter_deltas, records
+from tests.merging.helpers import adapter_deltas, copy_adapter, records
 
 
 def gen(seed: int) -> torch.Generator:
@@ -95,3 +95,26 @@ def test_delta_average_at_rank_sum_is_exact(tiny_loras: list[Path], tmp_path: Pa
     for module, merged in adapter_deltas(out).items():
         expected = sum(d[module] for d in inputs) / 3
         assert float((merged - expected).norm() / expected.norm()) < 1e-6
+
+
+@pytest.mark.parametrize("scale", [2.0, -2.0])
+def test_factors_keep_the_sign_of_a_negative_scale(scale: float) -> None:
+    bs, as_ = random_factors(k=2)
+    delta = sum(b.double() @ a.double() for b, a in zip(bs, as_))
+    stacked = factor_stacked(bs, as_, 8, scale, gen(1))
+    dense = factor_dense(delta, 8, scale, gen(1))
+    for factors in (stacked, dense):
+        assert torch.isfinite(factors.b).all() and torch.isfinite(factors.a).all()
+        assert torch.allclose(scale * factors.b @ factors.a, delta, atol=1e-6 * float(delta.abs().max()))
+
+
+def test_negative_alpha_adapters_merge_in_delta_mode(tiny_loras: list[Path], tmp_path: Path) -> None:
+    """lora_alpha < 0 (a negated task vector): B·A·scale of the output is the merged ΔW, not NaN."""
+    paths = [copy_adapter(p, tmp_path / f"neg{i}", lora_alpha=-8) for i, p in enumerate(tiny_loras[:2])]
+    out = tmp_path / "out"
+    merge_checkpoints(records(paths), MergeConfig(method="average", lora_mode="delta", lora_rank=8), out)
+    got, inputs = adapter_deltas(out), [adapter_deltas(p) for p in paths]
+    assert got.keys() == inputs[0].keys()
+    for module, delta in got.items():
+        assert torch.allclose(delta, (inputs[0][module] + inputs[1][module]) / 2, atol=1e-6), module
+    merge_checkpoints(records(paths), MergeConfig(method="ties"), tmp_path / "ties")  # the dense route: no NaN

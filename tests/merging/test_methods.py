@@ -170,3 +170,11 @@ def test_merge_tensors_refuses_bad_shapes_and_weight_counts() -> None:
         merge_tensors("average", [torch.zeros(2), torch.zeros(3)], [0.5, 0.5])
     with pytest.raises(MergeError, match="2 weights for 1 tensors"):
         merge_tensors("average", [torch.zeros(2)], [0.5, 0.5])
+
+
+@pytest.mark.parametrize("method", ["ties", "dare_ties", "dare_linear", "magnitude_prune"])
+@pytest.mark.parametrize("density", [0.0, -0.5, 1.5])
+def test_merge_tensors_refuses_a_density_outside_0_1(method: str, density: float) -> None:
+    xs = [torch.randn(4, 4, generator=gen(i)) for i in range(2)]
+    with pytest.raises(MergeError, match=rf"density must be in \(0, 1\] \(the fraction kept\), got {density}"):
+        merge_tensors(method, xs, [1.0, 1.0], torch.zeros(4, 4), MergeParams(density=density), gen())

@@ -12,6 +12,7 @@ from mashup.config import SelectConfig
 from mashup.errors import CheckpointError
 from mashup.executors import LocalExecutor
 from mashup.io import load_weight_dir, read_dir_block, read_dir_block_into
+from mashup.library.base_shapes import BaseShapes
 from mashup.library.lora_config import ADAPTER_CONFIG
 from mashup.library.records import inspect_checkpoint
 from mashup.models import load_model
@@ -156,7 +157,7 @@ def test_an_adapter_that_does_not_fit_the_base_fails_as_without_reading_ahead(ti
     name = sorted(n for n in tensors if ".lora_A." in n)[0]
     tensors[name] = torch.cat([tensors[name], tensors[name][:, :1]], dim=1)  # one input more than the base has
     save_file(tensors, str(misfit / "adapter_model.safetensors"))
-    record = inspect_checkpoint(misfit, base_shapes=lambda base: None)  # as if its base were not on disk
+    record = inspect_checkpoint(misfit, base_shapes=BaseShapes(lambda base: None, lambda base: None))  # no base
     record.id = record.sha256[:12]
     for read_ahead in (False, True):
         engine = ScoringEngine(tiny_base, requests, workspace.settings(3), adapters_per_forward=2,

@@ -45,17 +45,8 @@ def register_source(job: SourceJob, tmp: Path) -> dict[str, Any]:
     here too; registered for another source, they are refused, even where that source's run dir is gone."""
     weights = _source_weights(job)
     library = Library(Path(job.root) / job.library)
-    known: list[CheckpointRecord] = []
     entries = library.list()
-    for entry in [r for r in entries if counterpart(Path(job.root), r) == weights]:
-        why = _follow(library, entry, weights)
-        if why is None:
-            known.append(entry)
-            continue
-        # its training run was computed again since (other bytes): register those instead
-        logger.warning("library entry %s of source %s: %s; registering the weights at %s instead", entry.id,
-                       job.data.name, why, weights)
-        library.remove(entry.id)
+    known = _kept_entries(library, entries, job, weights)
     if not known:  # else registered by a run killed before it recorded this unit: that entry is reused
         reference = str(_train_dir(job) / INIT_WEIGHTS) if job.mode == "lora" else None
         try:
@@ -65,6 +56,23 @@ def register_source(job: SourceJob, tmp: Path) -> dict[str, Any]:
             raise _same_weights_error(library.get(exc.checkpoint_id), job, weights) from None
     return {"checkpoint_id": known[0].id, "digest": known[0].sha256, "task": job.data.name, "lr": job.lr,
             "seed": job.seed}
+
+
+def _kept_entries(library: Library, entries: list[CheckpointRecord], job: SourceJob,
+                  weights: Path) -> list[CheckpointRecord]:
+    """The entries registered for ``weights`` (here, or where this dir was moved or copied from) that hold them,
+    re-pointed here; the others are removed from ``library``."""
+    kept: list[CheckpointRecord] = []
+    for entry in [r for r in entries if counterpart(Path(job.root), r) == weights]:
+        why = _follow(library, entry, weights)
+        if why is None:
+            kept.append(entry)
+            continue
+        # its training run was computed again since (other bytes): register those instead
+        logger.warning("library entry %s of source %s: %s; registering the weights at %s instead", entry.id,
+                       job.data.name, why, weights)
+        library.remove(entry.id)
+    return kept
 
 
 def _same_weights_error(other: CheckpointRecord, job: SourceJob, weights: Path) -> LibraryError:

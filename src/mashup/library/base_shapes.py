@@ -3,13 +3,14 @@ shapes read from its safetensors headers (``base_tensor_shapes``, once per regis
 
 from __future__ import annotations
 
+import re
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 from mashup.errors import CheckpointError
 from mashup.io import TensorSpec, tensor_specs
-from mashup.library.lora_config import ADAPTER_CONFIG, lora_base_difference
+from mashup.library.lora_config import ADAPTER_CONFIG, lora_base_difference, lora_module
 
 ShapesOfBase = Callable[[str], dict[str, list[int]] | None]  # a base -> its tensors' shapes
 
@@ -24,9 +25,12 @@ def all_shapes(specs: Mapping[Path, Mapping[str, TensorSpec]]) -> dict[str, list
     return {name: spec.shape for tensors in specs.values() for name, spec in tensors.items()}
 
 
-# a tied output head is saved by some tools and left out by others; whether the base ties it is known once the
-# model is built, where models.load_full_weights_into refuses an untied one that is missing
-_TIED_HEAD = "lm_head.weight"
+def _heads(names: set[str]) -> set[str]:
+    """The output heads among ``names``: a tied one is saved by some tools and left out by others, and whether the
+    base ties it is known once the model is built (``models.load_full_weights_into`` refuses an untied one that is
+    missing). Composite models save it under their text model's prefix (Gemma-3's multimodal checkpoints:
+    ``language_model.lm_head.weight``)."""
+    return {name for name in names if name == "lm_head.weight" or name.endswith(".lm_head.weight")}
 
 
 def base_tensor_shapes(base: str) -> dict[str, list[int]] | None:
@@ -42,29 +46,54 @@ def base_tensor_shapes(base: str) -> dict[str, list[int]] | None:
         return None
 
 
-class BaseShapes:
-    """``base_tensor_shapes``, read once per base for as long as this object lives (one ``Library.add``): the
-    full fine-tunes registered together share one read of the base's headers, and the next add reads them again,
-    as they may have changed by then. Safe to call from several threads."""
+def base_module_shapes(base: str) -> dict[str, list[int]] | None:
+    """Names and shapes of the weights of the model the local base dir's config.json builds (on the meta device: no
+    weights read), by the model's own names, which PEFT names the modules it adapts by; transformers 5 saves some
+    architectures under other names (``model_checks.saved_names``). None when the base is not local or its config
+    does not build."""
+    from mashup.library.identity import local_base_dir  # identity imports records, which imports this module
+    from mashup.model_checks import model_on_meta
 
-    def __init__(self) -> None:
-        self._shapes: dict[str, dict[str, list[int]] | None] = {}
+    model_dir = local_base_dir(base)
+    if model_dir is None:
+        return None
+    try:
+        return {name: list(tensor.shape) for name, tensor in model_on_meta(model_dir).state_dict().items()}
+    except (CheckpointError, OSError):
+        return None
+
+
+class BaseShapes:
+    """A base's shapes, each read once per base for as long as this object lives (one ``Library.add``): ``files``
+    (``base_tensor_shapes``, which full fine-tunes must match) and ``modules`` (``base_module_shapes``, which
+    adapters must fit). The checkpoints registered together share one read, and the next add reads again, as the
+    base may have changed by then. Safe to call from several threads."""
+
+    def __init__(self, files: ShapesOfBase = base_tensor_shapes, modules: ShapesOfBase = base_module_shapes) -> None:
+        self._read = {"files": files, "modules": modules}
+        self._shapes: dict[tuple[str, str], dict[str, list[int]] | None] = {}
         self._lock = threading.Lock()
 
-    def __call__(self, base: str) -> dict[str, list[int]] | None:
+    def files(self, base: str) -> dict[str, list[int]] | None:
+        return self._get("files", base)
+
+    def modules(self, base: str) -> dict[str, list[int]] | None:
+        return self._get("modules", base)
+
+    def _get(self, what: str, base: str) -> dict[str, list[int]] | None:
         with self._lock:  # held while reading: the other threads wait for this read rather than each reading
-            if base not in self._shapes:
-                self._shapes[base] = base_tensor_shapes(base)
-            return self._shapes[base]
+            if (what, base) not in self._shapes:
+                self._shapes[what, base] = self._read[what](base)
+            return self._shapes[what, base]
 
 
 def full_shapes_difference(shapes: dict[str, list[int]], base_shapes: dict[str, list[int]]) -> str | None:
     """How a full checkpoint's tensors (``shapes``) do not fit its base's: a missing, unexpected or reshaped
     tensor; None when they fit."""
-    missing = sorted(set(base_shapes) - set(shapes) - {_TIED_HEAD})
+    missing = sorted(set(base_shapes) - set(shapes) - _heads(set(base_shapes)))
     if missing:
         return f"tensor {missing[0]} of the base is missing ({len(missing)} missing)"
-    unexpected = sorted(set(shapes) - set(base_shapes) - {_TIED_HEAD})
+    unexpected = sorted(set(shapes) - set(base_shapes) - _heads(set(shapes)))
     if unexpected:
         return f"tensor {unexpected[0]} is not in the base ({len(unexpected)} such)"
     for name, shape in sorted(shapes.items()):
@@ -81,12 +110,42 @@ def check_fits_base(shapes: dict[str, list[int]], base: str, base_shapes: dict[s
                               "register it with the --base it was fine-tuned from, or re-save it")
 
 
-def check_lora_fits_base(shapes: dict[str, list[int]], base: str, base_shapes: ShapesOfBase, where: str) -> None:
-    """Refuse factors made for other module sizes than the base's (when it is on disk): PEFT fails on them at load
-    time with a size-mismatch traceback, after every score that used the record."""
-    shapes_of_base = base_shapes(base) if base else None
-    difference = lora_base_difference(shapes, shapes_of_base) if shapes_of_base else None
+def check_lora_fits_base(shapes: dict[str, list[int]], base: str, base_shapes: BaseShapes, where: str) -> None:
+    """Refuse factors of modules the model the base's config builds does not have, or made for other module sizes
+    (when the base is on disk; where its config does not build, the sizes of its files' weights): PEFT fails on them
+    at load time with a traceback, after every score that used the record."""
+    built = base_shapes.modules(base) if base else None
+    shapes_of_base = built if built is not None else base_shapes.files(base) if base else None
+    if not shapes_of_base:
+        return
+    unknown = unknown_module(shapes, built) if built is not None else None  # files may leave a tied head out
+    if unknown:
+        raise not_a_module(unknown, f"base '{base}'", where)
+    difference = lora_base_difference(shapes, shapes_of_base)
     if difference:
         raise CheckpointError(f"{difference}: not an adapter of base '{base}'", where,
                               "register it with the base it was trained on (base_model_name_or_path in "
                               f"{ADAPTER_CONFIG}, or --base), or re-save it")
+
+
+def not_a_module(module: str, base: str, where: str) -> CheckpointError:
+    """One wording for an adapter of modules the base's model does not have."""
+    if re.search(r"\.experts\.\d+\.", module):  # PEFT re-saves those as target_parameters, which we refuse
+        fix = ("per-expert LoRA of a model whose experts transformers 5 fuses is not supported: use adapters of its "
+               "attention or dense layers")
+    else:
+        fix = ("register it with the base it was trained on; one saved under another transformers version's module "
+               "names loads in PEFT, which renames them: re-save it so (PeftModel.from_pretrained(model, "
+               "DIR).save_pretrained(NEW_DIR)) and register that")
+    return CheckpointError(f"adapter module {module} is not a module of the model {base} builds", where, fix)
+
+
+def adapted_modules(names: Iterable[str]) -> set[str]:
+    """The modules an adapter's tensors (``names``) hold LoRA factors of."""
+    return {lora_module(name) for name in names if ".lora_A." in name}
+
+
+def unknown_module(shapes: dict[str, list[int]], base_shapes: dict[str, list[int]]) -> str | None:
+    """The first module an adapter's factors (``shapes``) adapt that holds none of the base's weights."""
+    holders = {name[:i] for name in base_shapes for i, char in enumerate(name) if char == "."}
+    return next((module for module in sorted(adapted_modules(shapes)) if module not in holders), None)

@@ -48,13 +48,25 @@ class Added(list[CheckpointRecord]):
     """The records ``Library.add`` registered, in order; ``skipped`` holds the checkpoints a recursive add found
     already registered with the same weights (each with its registered id and the path where it was found);
     ``relocated`` the entries among those added that were re-pointed at their checkpoint's new dir (moved, or
-    re-pointed on request)."""
+    re-pointed on request); ``repaired`` those among the added that replaced an entry of their id that could not be
+    read (see ``Library.entries``)."""
 
     def __init__(self, added: Sequence[CheckpointRecord] = (), skipped: Sequence[CheckpointRecord] = (),
-                 relocated: Sequence[CheckpointRecord] = ()) -> None:
+                 relocated: Sequence[CheckpointRecord] = (), repaired: Sequence[CheckpointRecord] = ()) -> None:
         super().__init__(added)
         self.skipped = list(skipped)
         self.relocated = list(relocated)
+        self.repaired = list(repaired)
+
+
+@dataclasses.dataclass
+class _Sorted:
+    """How ``Library._insert`` sorts the records it is given against the catalog's rows."""
+
+    added: list[CheckpointRecord]  # to insert, the repaired among them
+    moved: list[CheckpointRecord]  # whose entries are re-pointed at their dirs
+    skipped: list[CheckpointRecord]
+    replaced: set[str]  # ids of unreadable entries deleted for the record added (repaired)
 
 
 class Library:
@@ -98,7 +110,7 @@ class Library:
         init = stored_init_reference(init_reference)
         dirs = discover_checkpoints(paths) if recursive else [Path(p) for p in paths]
         registered = self.list() if recursive else []
-        base_shapes = BaseShapes()  # the base's headers read once for all the full fine-tunes added
+        base_shapes = BaseShapes()  # the base's shapes read once for all the checkpoints added
         inspect = partial(inspect_to_register, base=base, task=task, allow_pickle=allow_pickle, base_shapes=base_shapes)
         new, rescanned = inspect_new(dirs, registered, inspect, workers, progress)
         for record in new:
@@ -107,48 +119,30 @@ class Library:
         complete_records(new)
         checks = checks_of_registered(new, rescanned, registered)
         # with none new, a library that exists is not written (it may be read-only); one that does not is made
-        added, skipped, relocated = (self._insert(new, skip_registered=recursive, repoint=repoint)
-                                     if new or not self.db_path.exists() else ([], [], []))
+        inserted = (self._insert(new, skip_registered=recursive, repoint=repoint)
+                    if new or not self.db_path.exists() else Added())
         self._store_stats(checks)  # so that dirs hashed again for new stats are not hashed next time
-        skipped = [c.record for c in rescanned] + skipped
-        if skipped:
-            logger.info("%d checkpoint(s) already registered with the same weights: skipped", len(skipped))
-            logger.debug("skipped as registered: %s", ", ".join(f"{r.path} ({r.id})" for r in skipped))
-        return Added(added, skipped, relocated)
+        inserted.skipped = [c.record for c in rescanned] + inserted.skipped
+        _log_skipped(inserted.skipped)
+        return inserted
 
     def _insert(self, records: list[CheckpointRecord], *, skip_registered: bool,
-                repoint: Collection[str] | None = None
-                ) -> tuple[list[CheckpointRecord], list[CheckpointRecord], list[CheckpointRecord]]:
-        """Insert ``records`` in one transaction; returns (added, skipped, relocated). Weights already registered (same
-        digest) are skipped with ``skip_registered``, else refused; the same weights given twice are refused; weights
-        registered at a dir that is gone (moved; given ``repoint``, instead: anywhere for an id in it, and no other)
-        re-point that entry at the new dir, keeping what it holds but what the add gives (``moved_entry``;
-        ``relocated``, also among the added). An entry of the same id that cannot be read (see ``entries``) is replaced
-        by a plain add, with a warning: registering the checkpoint again is how such an entry is repaired. A re-scan
-        (``skip_registered``) skips it with a warning instead (even where its dir is gone): it would drop what the entry
-        held (task, lineage) without being asked."""
+                repoint: Collection[str] | None = None) -> Added:
+        """Insert ``records`` in one transaction (sorted by ``_sort_records``): the added (the relocated and repaired
+        among them, as they now read), the skipped, the relocated and the repaired."""
         with self._write() as conn:
             existing = {i: (path, sha) for i, path, sha in conn.execute("SELECT id, path, sha256 FROM checkpoints")}
             unreadable = unreadable_ids(conn, {r.id for r in records if r.id in existing}, str(self.db_path))
-            replaced = set() if skip_registered else unreadable
-            existing = {i: found for i, found in existing.items() if i not in replaced}
-            gone = {r.id for r in records if r.id in existing and r.id not in unreadable  # skipped with a warning
-                    and (r.id in repoint if repoint is not None else not Path(existing[r.id][0]).is_dir())}
-            moved = [r for r in records if r.id in gone and existing[r.id][1] == r.sha256]
-            skipped = [r for r in records if skip_registered and r.id not in gone
-                       and existing.get(r.id, ("", ""))[1] == r.sha256]
-            left = {r.id for r in skipped + moved}
-            added = [r for r in records if r.id not in left]
-            refuse_duplicates(added + moved)
-            refuse_registered(added, existing)
-            relocated = {r.id: r for r in relocate_rows(conn, moved, str(self.db_path))}
-            conn.executemany("DELETE FROM checkpoints WHERE id = ?", [(i,) for i in sorted(replaced)])
+            plan = _sort_records(records, existing, unreadable, skip_registered=skip_registered, repoint=repoint)
+            relocated = {r.id: r for r in relocate_rows(conn, plan.moved, str(self.db_path))}
+            conn.executemany("DELETE FROM checkpoints WHERE id = ?", [(i,) for i in sorted(plan.replaced)])
             columns = ", ".join(COLUMNS)
             conn.executemany(f"INSERT INTO checkpoints ({columns}) VALUES ({', '.join('?' * len(COLUMNS))})",
-                             [to_row(r) for r in added])
-        log_insert(replaced, unreadable - replaced, [(existing[i][0], r) for i, r in relocated.items()])
-        added = [relocated.get(r.id, r) for r in records if r.id in relocated or r.id not in left]
-        return added, skipped, list(relocated.values())
+                             [to_row(r) for r in plan.added])
+        log_insert(plan.replaced, unreadable - plan.replaced, [(existing[i][0], r) for i, r in relocated.items()])
+        left = {r.id for r in plan.skipped}
+        return Added([relocated.get(r.id, r) for r in records if r.id not in left], plan.skipped,
+                     list(relocated.values()), [r for r in plan.added if r.id in plan.replaced])
 
     def relocate(self, record: CheckpointRecord, path: str | Path, *, copied: bool = False) -> Freshness:
         """Re-point ``record``, whose dir is gone (or, ``copied``, still there: ``path`` holds a copy to use instead),
@@ -284,6 +278,36 @@ class Library:
         for check in checks:
             if check.new_stats:
                 check.record.file_stats = check.new_stats
+
+
+def _sort_records(records: list[CheckpointRecord], existing: dict[str, tuple[str, str]], unreadable: set[str], *,
+                  skip_registered: bool, repoint: Collection[str] | None) -> _Sorted:
+    """Sort ``records`` against the entries ``existing`` (each id's path and digest; ``unreadable``: ids of those
+    that cannot be read). Weights already registered (same digest) are skipped with ``skip_registered``, else
+    refused; the same weights given twice are refused; weights registered at a dir that is gone (moved; given
+    ``repoint``, instead: anywhere for an id in it, and no other) re-point that entry at the new dir, keeping what
+    it holds but what the add gives (``moved_entry``). An entry of the same id that cannot be read is replaced by a
+    plain add, with a warning (``log_insert``): registering the checkpoint again is how such an entry is repaired. A
+    re-scan (``skip_registered``) skips it with a warning instead (even where its dir is gone): it would drop what
+    the entry held (task, lineage) without being asked."""
+    replaced = set() if skip_registered else unreadable
+    existing = {i: found for i, found in existing.items() if i not in replaced}
+    gone = {r.id for r in records if r.id in existing and r.id not in unreadable  # skipped with a warning
+            and (r.id in repoint if repoint is not None else not Path(existing[r.id][0]).is_dir())}
+    moved = [r for r in records if r.id in gone and existing[r.id][1] == r.sha256]
+    skipped = [r for r in records if skip_registered and r.id not in gone
+               and existing.get(r.id, ("", ""))[1] == r.sha256]
+    left = {r.id for r in skipped + moved}
+    added = [r for r in records if r.id not in left]
+    refuse_duplicates(added + moved)
+    refuse_registered(added, existing)
+    return _Sorted(added, moved, skipped, replaced)
+
+
+def _log_skipped(skipped: list[CheckpointRecord]) -> None:
+    if skipped:
+        logger.info("%d checkpoint(s) already registered with the same weights: skipped", len(skipped))
+        logger.debug("skipped as registered: %s", ", ".join(f"{r.path} ({r.id})" for r in skipped))
 
 
 def _trained_on(record: CheckpointRecord, wanted: str) -> bool:

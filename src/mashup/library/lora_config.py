@@ -32,6 +32,16 @@ def _is_flag(value: Any) -> bool:
     return value is None or isinstance(value, bool)
 
 
+def _is_bias_flag(value: Any) -> bool:
+    """A flag, or 0 or 1 for false or true: PEFT 0.21 takes lora_bias by truth value (``nn.Linear(bias=1)``)."""
+    return _is_flag(value) or is_number(value) and value in (0, 1)
+
+
+def _as_flag(value: Any) -> Any:
+    """0 and 1 (int or float) as the false and true PEFT takes them for; any other value, a bool too, as given."""
+    return bool(value) if is_number(value) and value in (0, 1) else value
+
+
 def is_layer_choice(value: Any) -> bool:
     return value is None or is_int(value) or (isinstance(value, list) and all(map(is_int, value)))
 
@@ -56,9 +66,9 @@ _BASE_CHANGED_FIX = {"loftq": "register it against the base PEFT saved with it (
 
 def is_lora_init(value: Any) -> bool:
     """Whether PEFT 0.21's ``LoraLayer.update_layer`` takes ``value`` as init_lora_weights on load: a falsy one
-    skips the init, a few names are compared case-insensitively, pissa and corda by prefix; any other string fails
-    there with "Unknown initialization". Numbers are refused by type, though PEFT would take 0 as false."""
-    if value is None or isinstance(value, bool) or value == "":
+    (0 too) skips the init, a few names are compared case-insensitively, pissa and corda by prefix; any other
+    string fails there with "Unknown initialization", any other number with an AttributeError."""
+    if value is None or isinstance(value, bool) or value == "" or is_number(value) and value == 0:
         return True
     if not isinstance(value, str):
         return False
@@ -92,7 +102,7 @@ _PEFT_FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "lora_dropout": (lambda v: is_number(v) and 0 <= v <= 1, "a number from 0 to 1"),
     "bias": (lambda v: v in ("none", "all", "lora_only"), 'one of "none", "all", "lora_only"'),
     "fan_in_fan_out": (_is_flag, "true or false"), "inference_mode": (_is_flag, "true or false"),
-    "lora_bias": (_is_flag, "true or false"),
+    "lora_bias": (_is_bias_flag, "true or false (or 1 or 0)"),
     "init_lora_weights": (is_lora_init, f"true, false or one of {_INITS}"),
     "modules_to_save": (_is_names, "a list of module names or null"),
     "target_parameters": (_is_names, "a list of parameter names or null"),
@@ -147,10 +157,11 @@ def check_peft_fields(config: dict[str, Any], where: str = ADAPTER_CONFIG) -> No
     """Refuse the other fields PEFT reads on load where of a type (or a value) it cannot use, naming the field and
     the file ``where``: what registers, or loads as an adapter, must be what PEFT can load. Training reads an init
     adapter's dropout against its own, narrower range (``init_lora_shape``), so ``lora_settings`` leaves it."""
+    _refuse_number_init(config.get("init_lora_weights"), where)
     for name, (valid, expected) in _PEFT_FIELDS.items():
         if name in config:
             read_field(config, name, None, valid, expected, where)
-    init = config.get("init_lora_weights", True)  # PEFT's default
+    init = _as_flag(config.get("init_lora_weights", True))  # PEFT's default
     _require_bias_setting(config, init, where)
     if changes_base(init):
         raise CheckpointError(f"{ADAPTER_CONFIG} field 'init_lora_weights' is {shown(init)}: the adapter was trained "
@@ -158,10 +169,20 @@ def check_peft_fields(config: dict[str, Any], where: str = ADAPTER_CONFIG) -> No
                               _BASE_CHANGED_FIX.get(init, _CONVERT))
 
 
+def _refuse_number_init(init: Any, where: str) -> None:
+    """Refuse a number as init_lora_weights but 0 (false): PEFT's ``reset_lora_parameters`` takes any other as an
+    init's name and fails on load with "'int' object has no attribute 'lower'"."""
+    if is_number(init) and init != 0:
+        raise CheckpointError(f"{ADAPTER_CONFIG} field 'init_lora_weights' is {shown(init)}, expected true, false or "
+                              f"one of {_INITS}: PEFT takes 0 as false, and fails to load any other number", where,
+                              "set 'init_lora_weights' to true in the file or re-save the adapter")
+
+
 def _require_bias_setting(config: dict[str, Any], init: Any, where: str) -> None:
-    """Refuse ``lora_bias`` with DoRA or an init other than true or false, as PEFT's LoraConfig does on load."""
+    """Refuse ``lora_bias`` with DoRA or an init (``_as_flag``'s) other than true or false, as PEFT's LoraConfig does
+    on load."""
     dora = bool(config.get("use_dora"))
-    if not config.get("lora_bias") or init in (True, False) and not dora:
+    if not config.get("lora_bias") or isinstance(init, bool) and not dora:
         return
     other = "use_dora" if dora else f"init_lora_weights {shown(init)}"
     fix = ("set use_dora or lora_bias to false, whichever the adapter was not trained with" if dora

@@ -11,8 +11,7 @@ from typing import Any, Literal
 
 from mashup.errors import CheckpointError, MashupError
 from mashup.io import TensorSpec, sha256_files, stat_files, weight_files
-from mashup.library.base_shapes import (ShapesOfBase, all_shapes, all_specs, base_tensor_shapes, check_fits_base,
-                                        check_lora_fits_base)
+from mashup.library.base_shapes import BaseShapes, all_shapes, all_specs, check_fits_base, check_lora_fits_base
 from mashup.library.lora_config import (ADAPTER_CONFIG, LORA_SETTINGS, check_lora_dtypes, check_lora_shapes,
                                         check_peft_fields, lora_narrowing, lora_settings, narrowing_choice)
 from mashup.library.lora_targets import check_lora_targets
@@ -80,10 +79,10 @@ def read_json_object(path: Path) -> dict[str, Any]:
 
 
 def inspect_lora(path: Path, task: str | None, allow_pickle: bool, check_values: bool = False,
-                 base: str | None = None, base_shapes: ShapesOfBase | None = None) -> CheckpointRecord:
+                 base: str | None = None, base_shapes: BaseShapes | None = None) -> CheckpointRecord:
     """Read a PEFT LoRA adapter dir, each weight file's header parsed once; ``base`` (else the one its config
     names) tells the targets PEFT picks where target_modules is null, and, where it is on disk, the module shapes
-    the factors must fit (``base_shapes``, default ``base_tensor_shapes``)."""
+    the factors must fit (``base_shapes``, default a fresh ``BaseShapes``)."""
     config = read_json_object(path / ADAPTER_CONFIG)
     if config.get("peft_type") != "LORA":  # PEFT looks it up as written: "lora" fails there with a KeyError
         raise CheckpointError(f"peft_type is {config.get('peft_type')!r}, only \"LORA\" is supported", str(path))
@@ -94,7 +93,7 @@ def inspect_lora(path: Path, task: str | None, allow_pickle: bool, check_values:
     files, specs, shapes = _lora_tensors(path, config, settings["lora_r"], allow_pickle)
     base_model = str(config.get("base_model_name_or_path") or "")
     check_lora_targets(shapes, config, base or base_model, str(path))
-    check_lora_fits_base(shapes, base or base_model, base_shapes or base_tensor_shapes, str(path))
+    check_lora_fits_base(shapes, base or base_model, base_shapes or BaseShapes(), str(path))
     check_lora_dtypes(specs)
     stats = stat_files(files)  # before hashing: a change during hashing then shows as a stats mismatch later
     return CheckpointRecord(
@@ -148,8 +147,8 @@ def lora_config_change(record: CheckpointRecord) -> str | None:
 
 
 def inspect_full(path: Path, base: str | None, task: str | None, allow_pickle: bool, check_values: bool = False,
-                 base_shapes: ShapesOfBase | None = None) -> CheckpointRecord:
-    """Read a full HF model dir fine-tuned from ``base``; ``base_shapes`` (default ``base_tensor_shapes``) gives
+                 base_shapes: BaseShapes | None = None) -> CheckpointRecord:
+    """Read a full HF model dir fine-tuned from ``base``; ``base_shapes`` (default a fresh ``BaseShapes``) gives
     the base's tensors to match its own against."""
     config = read_json_object(path / MODEL_CONFIG)
     if not base:
@@ -159,7 +158,7 @@ def inspect_full(path: Path, base: str | None, task: str | None, allow_pickle: b
     check_base_dir(base)  # else a typo registers as a base whose identity is unresolved, found out at merge time
     files = weight_files(path, allow_pickle=allow_pickle)
     shapes = all_shapes(all_specs(files))
-    check_fits_base(shapes, base, (base_shapes or base_tensor_shapes)(base), str(path))
+    check_fits_base(shapes, base, (base_shapes or BaseShapes()).files(base), str(path))
     architecture = (config.get("architectures") or [config.get("model_type", "")])[0]
     stats = stat_files(files)
     return CheckpointRecord(
@@ -178,7 +177,7 @@ def _same_base(a: str, b: str) -> bool:
 
 def inspect_checkpoint(
     path: str | Path, *, base: str | None = None, task: str | None = None, allow_pickle: bool = False,
-    check_values: bool = False, base_shapes: ShapesOfBase | None = None,
+    check_values: bool = False, base_shapes: BaseShapes | None = None,
 ) -> CheckpointRecord:
     """Read a PEFT LoRA adapter dir or a full HF model dir; refuse what cannot be read, with the reason.
     ``check_values`` also refuses weights holding NaN or inf, checked as they are hashed; ``base_shapes`` gives
@@ -203,7 +202,7 @@ def inspect_checkpoint(
 
 
 def inspect_to_register(path: Path, *, base: str | None, task: str | None, allow_pickle: bool,
-                        base_shapes: ShapesOfBase) -> CheckpointRecord:
+                        base_shapes: BaseShapes) -> CheckpointRecord:
     """``inspect_checkpoint`` as registration runs it: weights holding NaN or inf refused, and an unreadable file
     one CheckpointError line."""
     try:

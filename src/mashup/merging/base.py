@@ -21,7 +21,8 @@ CHUNK_ELEMENTS = 1 << 20  # elementwise merges run over flat chunks so temporari
 class MergeParams:
     """Method settings for one tensor; ``statistics`` holds one tensor per input (Fisher or Gram) or None.
 
-    ``density`` None means the method's own default (``MergeMethod.default_density``).
+    ``density`` None means the method's own default (``MergeMethod.default_density``). ``transposed``: the
+    tensor is a weight stored (in, out), as transformers' Conv1D stores it (RegMean solves for it as stored).
     """
 
     density: float | None = None
@@ -30,6 +31,7 @@ class MergeParams:
     sign: SignRule = "mass"
     statistics: Sequence[torch.Tensor] | None = None
     regmean_alpha: float = REGMEAN_ALPHA
+    transposed: bool = False
 
 
 class MergeMethod(ABC):

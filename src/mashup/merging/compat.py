@@ -9,11 +9,12 @@ can exclude candidates for the same reasons a merge would refuse them.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from mashup.config import LoraMode, MergeConfig
 from mashup.errors import MashupError, MergeError
+from mashup.library.lora_config import is_factor
 from mashup.library.records import CheckpointRecord
 from mashup.merging.base import MergeMethod
 from mashup.merging.references import reference_identity
@@ -31,6 +32,14 @@ class LoraModule:
 
 def _name(record: CheckpointRecord) -> str:
     return record.id or record.path
+
+
+def refuse_other_tensors(names: Iterable[str], where: str | None) -> None:
+    """Refuse an adapter holding anything but lora_A/lora_B tensors (modules_to_save, DoRA magnitudes)."""
+    extra = [n for n in names if not is_factor(n)]
+    if extra:
+        raise MergeError(f"adapter holds non-LoRA tensors (e.g. {extra[0]}: modules_to_save or DoRA)", where,
+                         "merge adapters that hold only lora_A/lora_B tensors")
 
 
 def lora_modules(record: CheckpointRecord) -> dict[str, LoraModule]:
@@ -125,6 +134,8 @@ def check_records(records: Sequence[CheckpointRecord], method: MergeMethod, lora
     else:
         if any(r.use_dora for r in records):
             raise MergeError("DoRA adapters cannot be merged", None, "use plain LoRA adapters")
+        for record in records:
+            refuse_other_tensors(record.shapes, record.path)
         if lora_mode == "concat" and not method.linear:
             raise MergeError(f"lora_mode concat only supports average/task_arithmetic (linear methods), not "
                              f"{method.name}", None, "use lora_mode delta (ΔW merge, then SVD)")

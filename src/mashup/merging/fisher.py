@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 import torch
 
+from mashup.errors import MergeError
 from mashup.merging.base import (MergeMethod, MergeParams, chunks, flat_chunk, require_statistics, safe_divisor,
                                  stack_weights)
 
@@ -46,6 +47,10 @@ class FisherMerge(MergeMethod):
     def merge(self, tensors: Sequence[torch.Tensor], weights: torch.Tensor, reference: torch.Tensor | None,
               params: MergeParams, generator: torch.Generator | None) -> torch.Tensor:
         fishers = require_statistics(params, len(tensors), self.name)
+        bad = next((f for f in fishers if f.shape != tensors[0].shape), None)
+        if bad is not None:  # entries are matched by position: another shape would weight the wrong ones
+            raise MergeError(f"Fisher statistic has shape {tuple(bad.shape)} but the tensor {tuple(tensors[0].shape)}",
+                             None, "pass one Fisher tensor per input, shaped like the tensor it weights")
         dtype = weights.dtype
         out = torch.empty(tensors[0].shape, dtype=dtype)
         mean_coefficients = weights / safe_divisor(weights.sum())

@@ -148,12 +148,12 @@ def tied_copies(records: Sequence[CheckpointRecord], readers: Sequence[WeightRea
 
 
 def _tied_by(model_dir: Path) -> dict[str, str] | None:
-    """The weights ``model_dir``'s config.json ties (``model_checks.tied_weights``); None where no installed
-    transformers builds it."""
-    from mashup.model_checks import model_on_meta, tied_weights
+    """The weights ``model_dir``'s config.json ties, by the names its files hold them under
+    (``model_checks.saved_tied_weights``); None where no installed transformers builds it."""
+    from mashup.model_checks import model_on_meta, saved_tied_weights
 
     try:
-        return tied_weights(model_on_meta(model_dir))
+        return saved_tied_weights(model_on_meta(model_dir))
     except (MashupError, OSError):
         return None
 
@@ -180,7 +180,8 @@ def merge_full(plan: MergePlan, out_dir: Path, base_model_dir: Path | None = Non
             if stats is None and plan.method.statistic == "fisher":
                 method, without_statistics = plan.method_fallback(), without_statistics + 1
         ref = reference.get(name) if reference is not None else None
-        merged = merge_tensors(method, tensors, plan.weights, ref, plan.params_for(stats), plan.generator(name))
+        params = plan.params_for(stats, transposed=name in plan.conv1d_weights)
+        merged = merge_tensors(method, tensors, plan.weights, ref, params, plan.generator(name))
         require_finite(merged, name, "the merged output")
         writer.add(name, merged)
     writer.close()

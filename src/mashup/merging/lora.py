@@ -17,9 +17,10 @@ from safetensors.torch import save_file
 
 from mashup.errors import MergeError
 from mashup.io import load_weight_dir, load_weights
-from mashup.library.lora_config import ADAPTER_CONFIG, NARROWING_FIELDS, is_factor
+from mashup.library.lora_config import ADAPTER_CONFIG, NARROWING_FIELDS
 from mashup.library.records import CheckpointRecord
 from mashup.merging.base import MergeParams
+from mashup.merging.compat import refuse_other_tensors
 from mashup.merging.lowrank import Factors, factor_dense, factor_stacked, peft_init_rows
 from mashup.merging.plan import MergePlan
 from mashup.merging.references import ZERO_REFERENCE, reference_identity
@@ -39,11 +40,8 @@ def load_adapter(path: str | Path) -> Tensors:
 
 
 def module_names(tensors: Tensors, where: str) -> list[str]:
-    """The LoRA module prefixes; anything but lora_A/lora_B tensors is refused."""
-    extra = [n for n in tensors if not is_factor(n)]
-    if extra:
-        raise MergeError(f"adapter holds non-LoRA tensors (e.g. {extra[0]}: modules_to_save or DoRA)", where,
-                         "merge adapters that hold only lora_A/lora_B tensors")
+    """The LoRA module prefixes; anything but lora_A/lora_B tensors (lora_B biases included) is refused."""
+    refuse_other_tensors(tensors, where)
     return sorted(n.split(".lora_A.")[0] for n in tensors if ".lora_A." in n)
 
 
@@ -58,6 +56,15 @@ def _a(module: str) -> str:
 
 def _b(module: str) -> str:
     return f"{module}.lora_B.weight"
+
+
+def _bias(module: str) -> str:
+    return f"{module}.lora_B.bias"
+
+
+def _has_biases(adapters: Sequence[Tensors]) -> bool:
+    """Whether any adapter has lora_B biases (PEFT's lora_bias): the output then gets one for every module."""
+    return any(name.endswith(".lora_B.bias") for tensors in adapters for name in tensors)
 
 
 def load_reference(plan: MergePlan) -> Tensors | None:
@@ -105,8 +112,11 @@ def merge_ab(plan: MergePlan, adapters: Sequence[Tensors], reference: Tensors | 
     for name in adapters[0]:
         is_a = ".lora_A." in name
         ref = None if reference is None else reference[name]
-        out[name] = merge_tensors(plan.method, [a[name] for a in adapters], weights_a if is_a else weights_b, ref,
-                                  params_a if is_a else params_b, plan.generator(name))
+        if name.endswith(".lora_B.bias"):  # s·b is not a product: the weights and lambda act on it as given
+            weights, params = plan.weights, plan.params
+        else:
+            weights, params = (weights_a, params_a) if is_a else (weights_b, params_b)
+        out[name] = merge_tensors(plan.method, [a[name] for a in adapters], weights, ref, params, plan.generator(name))
     return out
 
 
@@ -131,16 +141,45 @@ def _factor_linear(plan: MergePlan, module: str, adapters: Sequence[Tensors], re
     return factor_stacked(bs, as_, plan.lora_rank or 0, plan.output_scale, plan.generator(module + "/svd"))
 
 
+def _module_statistics(plan: MergePlan, module: str, statistics: Sequence[Tensors]) -> list[torch.Tensor]:
+    """Each checkpoint's statistic for ``module``'s weight, laid out for ΔW (out, in): a Conv1D stores its
+    weight, so its Fisher, (in, out). A Gram is (in, in) either way."""
+    name = base_weight_name(module)
+    if any(name not in st for st in statistics):
+        raise MergeError(f"{plan.method.name} has no {plan.method.statistic} statistics for {name}, which the adapters "
+                         "adapt (not a Linear or Conv1D layer?)", None, "use a method without statistics (e.g. ties)")
+    stats = [st[name] for st in statistics]
+    if plan.method.statistic == "fisher" and name in plan.conv1d_weights:
+        stats = [f.T for f in stats]
+    return stats
+
+
 def _factor_merged(plan: MergePlan, module: str, adapters: Sequence[Tensors], reference: Tensors | None,
                    statistics: Sequence[Tensors] | None) -> Factors:
     """Merge the dense ΔWᵢ entry by entry (missing modules: ΔW = 0), then a randomized truncated SVD."""
     shape = plan.modules[module]
     deltas = [_module_delta(t, module, record.lora_scale, shape) for t, record in zip(adapters, plan.records)]
     ref = None if reference is None else _module_delta(reference, module, plan.records[0].lora_scale, shape)
-    stats = None if statistics is None else [st[base_weight_name(module)] for st in statistics]
+    stats = None if statistics is None else _module_statistics(plan, module, statistics)
     merged = merge_tensors(plan.method, deltas, plan.weights, ref, plan.params_for(stats), plan.generator(module))
     del deltas
     return factor_dense(merged, plan.lora_rank or 0, plan.output_scale, plan.generator(module + "/svd"))
+
+
+def _merged_bias(plan: MergePlan, module: str, adapters: Sequence[Tensors], reference: Tensors | None) -> torch.Tensor:
+    """The output's lora_B bias: the method applied to the biases' effects sᵢ·bᵢ (0 where an adapter has none),
+    divided by the output scale s, as ΔW is (linear methods: Σ cᵢ·(sᵢ/s)·bᵢ). Fisher and RegMean have no
+    statistics for it: the weighted mean."""
+    out_features = plan.modules[module][0]
+
+    def effect(tensors: Tensors, scale: float) -> torch.Tensor:
+        return scale * tensors[_bias(module)].float() if _bias(module) in tensors else torch.zeros(out_features)
+
+    scaled = [effect(t, record.lora_scale) for t, record in zip(adapters, plan.records)]
+    ref = None if reference is None else effect(reference, plan.records[0].lora_scale)
+    method = plan.method_fallback() if plan.method.statistic is not None else plan.method
+    merged = merge_tensors(method, scaled, plan.weights, ref, plan.params, plan.generator(module + "/bias"))
+    return merged / plan.output_scale
 
 
 def merge_delta(plan: MergePlan, adapters: Sequence[Tensors], reference: Tensors | None,
@@ -148,6 +187,9 @@ def merge_delta(plan: MergePlan, adapters: Sequence[Tensors], reference: Tensors
     """Merge ΔWᵢ = sᵢ·Bᵢ·Aᵢ per module, then factor to the output rank (exact for linear methods)."""
     linear = plan.method.linear_coefficients(plan.weights, plan.params) if plan.method.linear else None
     dtype = adapters[0][next(iter(adapters[0]))].dtype
+    biases = _has_biases(adapters)
+    if biases and plan.method.statistic == "fisher":
+        plan.warn("the lora_B biases have no Fisher information and were averaged")
     out: Tensors = {}
     tail_total, total_total = 0.0, 0.0
     for module in plan.modules:
@@ -156,6 +198,8 @@ def merge_delta(plan: MergePlan, adapters: Sequence[Tensors], reference: Tensors
         else:
             factors = _factor_merged(plan, module, adapters, reference, statistics)
         out[_a(module)], out[_b(module)] = factors.a.to(dtype), factors.b.to(dtype)
+        if biases:
+            out[_bias(module)] = _merged_bias(plan, module, adapters, reference).to(dtype)
         errors[module] = factors.relative_error
         tail_total, total_total = tail_total + factors.tail, total_total + factors.total
     errors["__overall__"] = math.sqrt(tail_total / total_total) if total_total > 0 else 0.0
@@ -163,7 +207,8 @@ def merge_delta(plan: MergePlan, adapters: Sequence[Tensors], reference: Tensors
 
 
 def merge_concat(plan: MergePlan, adapters: Sequence[Tensors], reference: Tensors | None) -> Tensors:
-    """Stack cᵢ·Aᵢ and (sᵢ/s)·Bᵢ: exact for linear methods, at rank Σ rᵢ (+ the reference's if it counts).
+    """Stack cᵢ·Aᵢ and (sᵢ/s)·Bᵢ: exact for linear methods, at rank Σ rᵢ (+ the reference's if it counts);
+    lora_B biases merge to Σ cᵢ·(sᵢ/s)·bᵢ (``_merged_bias``).
 
     A block for a module an adapter lacks gets B = 0 and a PEFT-style A (ΔW unchanged, still trainable).
     """
@@ -176,17 +221,21 @@ def merge_concat(plan: MergePlan, adapters: Sequence[Tensors], reference: Tensor
         parts.append((reference, ref_coefficient, plan.records[0].lora_scale, ref_rank))
     plan.lora_rank = sum(rank for *_, rank in parts)
     dtype = adapters[0][next(iter(adapters[0]))].dtype
+    biases = _has_biases(adapters)
     out: Tensors = {}
     for module, (out_features, in_features) in plan.modules.items():
         blocks_a, blocks_b = [], []
-        for tensors, coefficient, scale, rank in parts:
+        for index, (tensors, coefficient, scale, rank) in enumerate(parts):
             if _a(module) in tensors:
                 blocks_a.append(coefficient * tensors[_a(module)].float())
                 blocks_b.append(scale / plan.output_scale * tensors[_b(module)].float())
             else:
-                blocks_a.append(peft_init_rows(rank, in_features, plan.generator(module + "/fill")).float())
+                # one seed per block: equal filler blocks would get equal gradients and stay equal in training
+                blocks_a.append(peft_init_rows(rank, in_features, plan.generator(f"{module}/fill/{index}")).float())
                 blocks_b.append(torch.zeros(out_features, rank))
         out[_a(module)], out[_b(module)] = torch.cat(blocks_a).to(dtype), torch.cat(blocks_b, dim=1).to(dtype)
+        if biases:
+            out[_bias(module)] = _merged_bias(plan, module, adapters, reference).to(dtype)
     return out
 
 
@@ -205,6 +254,8 @@ def write_adapter(plan: MergePlan, tensors: Tensors, out_dir: Path) -> None:
     if plan.lora_rank is not None and plan.lora_rank != template.lora_r:
         config["r"], config["lora_alpha"] = plan.lora_rank, _alpha_for(template, plan.lora_rank)
     _set_targets(config, list(inputs.values()), tensors)
+    if _has_biases([tensors]):  # the template may be an input without biases
+        config["lora_bias"] = True
     (out_dir / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
     save_file({n: t.contiguous() for n, t in tensors.items()}, str(out_dir / ADAPTER_WEIGHTS),
               metadata={"format": "pt"})

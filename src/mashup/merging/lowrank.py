@@ -44,7 +44,8 @@ def peft_init_rows(rows: int, in_features: int, generator: torch.Generator | Non
 
 def _split(u: torch.Tensor, s: torch.Tensor, vh: torch.Tensor, rank: int, scale: float,
            generator: torch.Generator | None, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """B = U_r·√S_r/√scale and A = √S_r·V_rᵀ/√scale, padded to ``rank`` components.
+    """B = sign(scale)·U_r·√S_r/√|scale| and A = √S_r·V_rᵀ/√|scale| (so scale·B·A = U_r·S_r·V_rᵀ), padded to
+    ``rank`` components.
 
     Components ΔW does not have (past its numerical rank: σ ≤ σ_max·max(out, in)·eps) get B = 0 and an
     A row drawn like PEFT's default init (kaiming-uniform, bound 1/√in): they add nothing to ΔW and,
@@ -52,10 +53,10 @@ def _split(u: torch.Tensor, s: torch.Tensor, vh: torch.Tensor, rank: int, scale:
     """
     threshold = float(s.max()) * max(u.shape[0], vh.shape[1]) * eps if s.numel() else 0.0
     keep = int((s[:rank] > threshold).sum()) if threshold > 0 else 0
-    root = (s[:keep] / scale).sqrt()
+    root = (s[:keep] / abs(scale)).sqrt()
     b = torch.zeros(u.shape[0], rank, dtype=u.dtype)
     a = torch.empty(rank, vh.shape[1], dtype=u.dtype)
-    b[:, :keep] = u[:, :keep] * root
+    b[:, :keep] = u[:, :keep] * root * math.copysign(1.0, scale)
     a[:keep] = root[:, None] * vh[:keep]
     if keep < rank:
         a[keep:] = peft_init_rows(rank - keep, vh.shape[1], generator).to(u.dtype)

@@ -34,6 +34,7 @@ class MergePlan:
     lora_rank: int | None = None  # output rank (ab: the common rank, delta: resolved, concat: set by the merge)
     template: CheckpointRecord | None = None  # whose adapter_config.json the output starts from
     modules: dict[str, tuple[int, int]] = field(default_factory=dict)  # delta/concat: all modules → (out, in)
+    conv1d_weights: set[str] = field(default_factory=set)  # base weights stored (in, out); set with the statistics
     warnings: list[str] = field(default_factory=list)
 
     def warn(self, message: str) -> None:
@@ -48,8 +49,10 @@ class MergePlan:
         """The weighted mean, for tensors a statistics-based method has no statistics for."""
         return get_merge_method("average")
 
-    def params_for(self, statistics: Sequence[torch.Tensor] | None) -> MergeParams:
-        return self.params if statistics is None else replace(self.params, statistics=list(statistics))
+    def params_for(self, statistics: Sequence[torch.Tensor] | None, transposed: bool = False) -> MergeParams:
+        if statistics is None:
+            return self.params
+        return replace(self.params, statistics=list(statistics), transposed=transposed)
 
     @property
     def output_scale(self) -> float:
@@ -82,6 +85,11 @@ def _setting_warnings(method: MergeMethod, config: MergeConfig, density: float |
                         f"density below 1 (the default is {method.default_density})")
     if config.lambda_ != 1.0 and not method.uses_lambda:
         warnings.append(f"lambda {config.lambda_} is ignored by {method.name}")
+    if config.sign != "mass" and not getattr(method, "consensus", False):
+        warnings.append(f"sign {config.sign} is ignored by {method.name} (it has no sign election)")
+    if config.normalize is not None and method.resolve_normalize(None) is None:
+        warnings.append(f"normalize {str(config.normalize).lower()} is ignored by {method.name} (it always divides "
+                        "by its weighted statistics)")
     return warnings
 
 

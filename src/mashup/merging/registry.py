@@ -48,9 +48,12 @@ def merge_tensors(method: str | MergeMethod, tensors: Sequence[torch.Tensor], we
     shape, dtype = tensors[0].shape, tensors[0].dtype
     if any(t.shape != shape for t in tensors) or (reference is not None and reference.shape != shape):
         raise MergeError(f"tensor shapes differ: {[tuple(t.shape) for t in tensors]}")
+    params = params or MergeParams()
+    if params.density is not None and not 0.0 < params.density <= 1.0:
+        raise MergeError(f"density must be in (0, 1] (the fraction kept), got {params.density}",
+                         f"merge_tensors ({merger.name})", "give the fraction to keep, above 0 and at most 1")
     work = torch.float64 if dtype == torch.float64 else torch.float32
-    merged = merger.merge(list(tensors), torch.tensor(list(weights), dtype=work), reference,
-                          params or MergeParams(), generator)
+    merged = merger.merge(list(tensors), torch.tensor(list(weights), dtype=work), reference, params, generator)
     return merged.to(dtype)
 
 

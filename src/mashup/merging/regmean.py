@@ -7,6 +7,7 @@ from collections.abc import Iterator, Sequence
 
 import torch
 
+from mashup.errors import MergeError
 from mashup.merging.average import AverageMerge
 from mashup.merging.base import MergeMethod, MergeParams, stack_weights
 
@@ -25,12 +26,30 @@ def _limited(batches: Sequence[dict[str, torch.Tensor]], max_examples: int | Non
         seen += take
 
 
+def _is_conv1d(module: torch.nn.Module) -> bool:
+    from transformers.pytorch_utils import Conv1D  # here: importing transformers is slow and merges rarely need it
+
+    return isinstance(module, Conv1D)
+
+
+def conv1d_weights(model: torch.nn.Module) -> set[str]:
+    """The names of the weights stored (in, out): those of transformers' Conv1D (GPT-2 style) layers."""
+    return {f"{name}.weight" for name, m in model.named_modules() if _is_conv1d(m)}
+
+
+def _input_features(module: torch.nn.Module) -> int | None:
+    """The input width of a Linear or a Conv1D (weight stored (in, out)); None for other modules."""
+    if isinstance(module, torch.nn.Linear):
+        return module.in_features
+    return module.weight.shape[0] if _is_conv1d(module) else None
+
+
 @torch.no_grad()
 def estimate_gram(model: torch.nn.Module, batches: Sequence[dict[str, torch.Tensor]],
                   max_examples: int | None = None) -> dict[str, torch.Tensor]:
-    """G = XᵀX of the inputs of every ``nn.Linear``, keyed by its weight name; padding tokens excluded."""
-    linears = {name: m for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
-    grams = {f"{name}.weight": torch.zeros(m.in_features, m.in_features) for name, m in linears.items()}
+    """G = XᵀX of the inputs of every ``nn.Linear`` and Conv1D, keyed by its weight name; padding tokens excluded."""
+    linears = {name: m for name, m in model.named_modules() if _input_features(m) is not None}
+    grams = {f"{name}.weight": torch.zeros(_input_features(m), _input_features(m)) for name, m in linears.items()}
     current: dict[str, torch.Tensor] = {}
 
     def hook_for(key: str):  # type: ignore[no-untyped-def]
@@ -62,8 +81,18 @@ def regularized_gram(gram: torch.Tensor, alpha: float) -> torch.Tensor:
     return alpha * gram + (1.0 - alpha) * diagonal
 
 
+def _check_grams(grams: Sequence[torch.Tensor], shape: torch.Size, transposed: bool) -> None:
+    width = shape[0] if transposed else shape[1]
+    bad = next((g for g in grams if g.shape != (width, width)), None)
+    if bad is not None:
+        layout = "(in, out)" if transposed else "(out, in)"
+        raise MergeError(f"regmean Gram has shape {tuple(bad.shape)} but the weight {tuple(shape)} stored {layout} "
+                         f"takes {width} inputs", None, "pass the Gram of each weight's own layer inputs")
+
+
 class RegMeanMerge(MergeMethod):
-    """W* = (Σ w_i·G_i)⁻¹ Σ w_i·G_i·W_iᵀ for 2-D weights with Grams; other tensors: weighted mean."""
+    """W* = (Σ w_i·G_i)⁻¹ Σ w_i·G_i·W_iᵀ for 2-D weights with Grams (W_i as stored when ``params.transposed``:
+    a Conv1D computes x·W); other tensors: weighted mean."""
 
     statistic = "gram"
 
@@ -71,14 +100,16 @@ class RegMeanMerge(MergeMethod):
               params: MergeParams, generator: torch.Generator | None) -> torch.Tensor:
         if params.statistics is None or tensors[0].dim() != 2:
             return AverageMerge("average").merge(tensors, weights, None, MergeParams(), None)
+        _check_grams(params.statistics, tensors[0].shape, params.transposed)
         grams = torch.stack([regularized_gram(g.double(), params.regmean_alpha) for g in params.statistics])
         grams = grams * stack_weights(weights.double(), grams)
-        # Linear weights are (out, in) and y = x Wᵀ, so the closed form solves for Wᵀ.
-        rhs = sum(g @ t.double().T for g, t in zip(grams, tensors))
+        # Linear weights are (out, in) and y = x Wᵀ, so the closed form solves for Wᵀ; Conv1D's are Wᵀ already.
+        inputs = [t.double() if params.transposed else t.double().T for t in tensors]
+        rhs = sum(g @ t for g, t in zip(grams, inputs))
         lhs = grams.sum(dim=0)
         try:
             solution = torch.linalg.solve(lhs, rhs)
         except RuntimeError:  # singular: e.g. an input feature that is always zero
             logger.warning("RegMean Gram sum is singular; using the pseudo-inverse")
             solution = torch.linalg.pinv(lhs) @ rhs
-        return solution.T.to(weights.dtype)
+        return (solution if params.transposed else solution.T).to(weights.dtype)

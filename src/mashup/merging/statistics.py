@@ -15,7 +15,8 @@ from mashup.library.records import CheckpointRecord
 from mashup.merging.fisher import estimate_fisher
 from mashup.merging.lora import base_weight_name
 from mashup.merging.plan import MergePlan
-from mashup.merging.regmean import estimate_gram
+from mashup.merging.regmean import conv1d_weights, estimate_gram
+from mashup.model_checks import saved_names
 from mashup.models import attach_adapter, load_model
 
 if TYPE_CHECKING:
@@ -36,7 +37,17 @@ def load_checkpoint_model(record: CheckpointRecord, base_model_dir: Path) -> Pre
         return load_model(Path(record.path))
     # the base is not registered, so nothing checked its values: NaN statistics would only show in the output
     adapted = attach_adapter(load_model(base_model_dir), Path(record.path), trainable=False)
+    _require_foldable(adapted, record.path)
     return adapted.merge_and_unload()
+
+
+def _require_foldable(model: torch.nn.Module, where: str) -> None:
+    """PEFT folds a lora_B bias into its base layer's bias; a base layer without one cannot take it."""
+    for name, module in model.named_modules():
+        if any(getattr(module, "lora_bias", {}).values()) and getattr(module.get_base_layer(), "bias", None) is None:
+            raise MergeError(f"module {name} has a lora_B bias (lora_bias) but its base layer has none, so the adapter "
+                             "cannot be merged into the base to estimate statistics", where,
+                             "use a method without statistics (average, ties, ...)")
 
 
 def _statistics_for(model: PreTrainedModel, plan: MergePlan, record: CheckpointRecord,
@@ -53,7 +64,8 @@ def _statistics_for(model: PreTrainedModel, plan: MergePlan, record: CheckpointR
 
 def compute_statistics(plan: MergePlan, base_model_dir: Path | None,
                        batches: Sequence[dict[str, torch.Tensor]] | None) -> list[Tensors] | None:
-    """One statistics dict per checkpoint (keyed by base-model weight name), or None if the method needs none."""
+    """One statistics dict per checkpoint (keyed by base-model weight name, in each weight's stored layout), or None
+    if the method needs none; sets ``plan.conv1d_weights``, the weights stored (in, out)."""
     if plan.method.statistic is None:
         return None
     if not batches:
@@ -65,7 +77,12 @@ def compute_statistics(plan: MergePlan, base_model_dir: Path | None,
     for record in plan.records:
         logger.info("estimating %s statistics for %s", plan.method.statistic, record.id or record.path)
         model = load_checkpoint_model(record, base_model_dir)
+        plan.conv1d_weights = conv1d_weights(model)
         statistics.append(_statistics_for(model, plan, record, batches))
+        if record.kind == "full":  # a full merge reads weights by their files' names, which may not be the model's
+            saved = saved_names(model, statistics[-1].keys() | plan.conv1d_weights)
+            statistics[-1] = {saved[name]: stat for name, stat in statistics[-1].items()}
+            plan.conv1d_weights = {saved[name] for name in plan.conv1d_weights}
         del model
         gc.collect()
     return statistics

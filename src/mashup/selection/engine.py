@@ -29,7 +29,7 @@ from mashup.models import load_model
 from mashup.selection.example_scores import ExampleScores, sample_tokens
 from mashup.selection.read_ahead import AdapterReadAhead, default_read_ahead, device_keep_bytes
 from mashup.selection.scoring_copies import ScoringCopies
-from mashup.selection.slots import LoRASlots, SlotLayout
+from mashup.selection.slots import LoRASlots, SlotLayout, require_modules
 from mashup.selection.swapped_models import SwappedModels
 from mashup.workspace import count_parameters
 
@@ -136,6 +136,7 @@ class ScoringEngine:
         self._plans: dict[tuple[tuple[int, ...], int | None], ScoringPlan] = {}  # by indices and adapters stacked
         self._layouts: dict[str, SlotLayout | None] = {}  # by record id
         self._layout: SlotLayout | None = None  # the slots' layout: the first plain adapter's
+        self._layout_of = ""  # that adapter's dir
         self._slot_count = 0  # slots to build: the group size of the first call that saw that adapter
         self._slots: LoRASlots | None = None
         self._slot_model: nn.Module | None = None
@@ -242,7 +243,7 @@ class ScoringEngine:
     def _choose_layout(self, record: CheckpointRecord, group: int) -> None:
         """Fix the slots' layout and count; the base loads later (``_build_slots``), so that reads queued
         before then run while it loads: the reader checks files against the catalog's shapes."""
-        self._layout, self._slot_count = self._layouts[record.id], group
+        self._layout, self._slot_count, self._layout_of = self._layouts[record.id], group, record.path
         if self.read_ahead:
             self._reader = AdapterReadAhead(sorted_shapes(record.shapes), self.settings.device,
                                             allow_pickle=self.allow_pickle, copies=self._scoring_copies)
@@ -253,6 +254,7 @@ class ScoringEngine:
             return
         assert self._layout is not None
         self._slot_model = self._load_base()
+        require_modules(self._slot_model, self._layout, self._layout_of)
         # under bf16 autocast the slots and the layers they wrap hold bf16: autocast would cast them each forward
         dtype = torch.bfloat16 if self.settings.bf16 else None
         self._slots = LoRASlots(self._slot_model, self._layout, self._slot_count, dtype)

@@ -1,0 +1,230 @@
+"""Full fine-tunes whose files name their weights otherwise than the model built from them: transformers 5 builds
+Gemma-3's multimodal model as ``model.language_model.*`` and saves it as ``language_model.model.*`` (its head as
+``language_model.lm_head.weight``), and fuses Mixtral's per-expert weights on load. Registration, the swap into a
+base for scoring, and merges go by the files' names."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import AutoModelForCausalLM, Gemma3Config, MixtralConfig
+
+from mashup.config import MergeConfig
+from mashup.errors import CheckpointError
+from mashup.library import Library
+from mashup.library.base_shapes import BaseShapes
+from mashup.library.records import inspect_checkpoint
+from mashup.merging import merge_checkpoints
+from mashup.models import load_full_weights_into, load_model
+from mashup.selection.engine import ScoringEngine
+from tests.merging.helpers import records
+from tests.selection.helpers import requests_for
+from tests.tiny import build_tokenizer
+
+SAVED_HEAD, SAVED_EMBEDDINGS = "language_model.lm_head.weight", "language_model.model.embed_tokens.weight"
+
+
+def _gemma3(out: Path) -> Path:
+    """A tiny Gemma-3 multimodal base (tied head), saved by transformers: no head stored."""
+    torch.manual_seed(0)
+    tokenizer = build_tokenizer()
+    vocab = len(tokenizer) + 3  # and the image tokens
+    config = Gemma3Config(
+        text_config=dict(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=1, head_dim=16),
+        vision_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                           image_size=28, patch_size=14),
+        mm_tokens_per_image=4, image_token_index=vocab - 1, boi_token_index=vocab - 3, eoi_token_index=vocab - 2)
+    AutoModelForCausalLM.from_config(config).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    assert SAVED_EMBEDDINGS in load_file(out / "model.safetensors")
+    return out
+
+
+def _mixtral(out: Path) -> Path:
+    torch.manual_seed(0)
+    config = MixtralConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                           num_attention_heads=2, num_key_value_heads=1, num_local_experts=4, num_experts_per_tok=2)
+    AutoModelForCausalLM.from_config(config).save_pretrained(out)
+    assert "model.layers.0.block_sparse_moe.experts.0.w1.weight" in load_file(out / "model.safetensors")
+    return out
+
+
+def _full(base: Path, out: Path, seed: int, head_offset: float | None = None) -> Path:
+    """A full fine-tune of ``base`` saved by transformers; with ``head_offset``, its file stores the head too (as
+    some exporters do), that far from the embeddings."""
+    model = load_model(base)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in model.parameters():
+            param.add_(0.05 * torch.randn(param.shape, generator=generator))
+    model.save_pretrained(out)
+    if head_offset is not None:
+        weights = load_file(out / "model.safetensors")
+        weights[SAVED_HEAD] = weights[SAVED_EMBEDDINGS] + head_offset
+        save_file(weights, str(out / "model.safetensors"), metadata={"format": "pt"})
+    return out
+
+
+def _same_weights(model: torch.nn.Module, other: torch.nn.Module) -> bool:
+    theirs = other.state_dict()
+    return all(torch.equal(tensor, theirs[name]) for name, tensor in model.state_dict().items())
+
+
+def test_a_composite_full_finetune_that_stores_its_head_registers(tmp_path: Path) -> None:
+    base = _gemma3(tmp_path / "base")
+    full = _full(base, tmp_path / "full", seed=1, head_offset=0.0)
+    assert [r.kind for r in Library(tmp_path / "lib").add([full], base=str(base), task="t")] == ["full"]
+
+
+@pytest.mark.parametrize("build", [_gemma3, _mixtral])
+def test_a_full_finetune_saved_under_other_names_swaps_into_its_base(tmp_path: Path, build) -> None:
+    base = build(tmp_path / "base")
+    full = _full(base, tmp_path / "full", seed=1)
+    model = load_model(base)
+    load_full_weights_into(model, full)
+    assert _same_weights(model, load_model(full)) and not _same_weights(model, load_model(base))
+
+
+def test_a_composite_full_finetune_whose_stored_head_differs_is_refused_on_swap(tmp_path: Path) -> None:
+    base = _gemma3(tmp_path / "base")
+    full = _full(base, tmp_path / "full", seed=1, head_offset=0.5)
+    with pytest.raises(CheckpointError, match="its lm_head.weight differs from") as caught:
+        load_full_weights_into(load_model(base), full)
+    assert caught.value.where == str(full)
+
+
+@pytest.mark.parametrize("method", ["dare_ties", "ties"])
+def test_composite_finetunes_storing_their_tied_head_stay_tied_through_a_merge(tmp_path: Path, method: str) -> None:
+    """The stored head is found under its saved name and left out, for transformers to tie again on load (merged on
+    its own, a sparsification would make it differ from the merged embeddings: refused on load)."""
+    base = _gemma3(tmp_path / "base")
+    fulls = [_full(base, tmp_path / f"full{i}", seed=i, head_offset=0.0) for i in range(2)]
+    out = tmp_path / "out"
+    merge_checkpoints(records(fulls, base), MergeConfig(method=method, density=0.5), out, base_model_dir=base)
+    assert SAVED_HEAD not in load_file(out / "model.safetensors")
+    model = load_model(out)
+    assert model.get_output_embeddings().weight is model.get_input_embeddings().weight
+
+
+def _gemma3_lora(base: Path, out: Path, *, older_names: bool = False, wider: bool = False) -> Path:
+    """An adapter of ``base`` saved by PEFT (by the model's module names); ``older_names``: renamed as adapters
+    saved under older transformers were (``language_model.model.*``); ``wider``: one lora_A a column too wide."""
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(r=2, lora_alpha=4, target_modules=r".*language_model.*\.(q_proj|v_proj)")
+    get_peft_model(load_model(base), config).save_pretrained(out)
+    file = out / "adapter_model.safetensors"
+    weights = load_file(file)
+    if older_names:
+        weights = {name.replace("base_model.model.model.language_model.", "base_model.model.language_model.model."):
+                   tensor for name, tensor in weights.items()}
+    if wider:
+        name = sorted(n for n in weights if ".lora_A." in n)[0]
+        weights[name] = torch.cat([weights[name], weights[name][:, :1]], dim=1)
+    save_file(weights, str(file), metadata={"format": "pt"})
+    return out
+
+
+def test_a_composite_models_adapter_registers_and_its_factors_are_fitted_to_the_built_model(tmp_path: Path) -> None:
+    """PEFT names the modules as the model builds them (model.language_model.*), not as its files do: the factors
+    are checked against the built model's shapes."""
+    base = _gemma3(tmp_path / "base")
+    assert [r.kind for r in Library(tmp_path / "lib").add([_gemma3_lora(base, tmp_path / "lora")], base=str(base),
+                                                          task="t")] == ["lora"]
+    wider = _gemma3_lora(base, tmp_path / "wider", wider=True)
+    with pytest.raises(CheckpointError, match=r"model.language_model.layers.0.self_attn.q_proj.lora_A.weight has "
+                                              r"shape \[2, 33\], which does not fit"):
+        Library(tmp_path / "lib").add([wider], base=str(base), task="t")
+
+
+def test_an_adapter_saved_under_older_module_names_is_refused_with_how_to_resave_it(tmp_path: Path) -> None:
+    """Selection copies factors into the modules they name, and the built model has none of these."""
+    base = _gemma3(tmp_path / "base")
+    older = _gemma3_lora(base, tmp_path / "older", older_names=True)
+    with pytest.raises(CheckpointError, match="adapter module language_model.model.layers.0.self_attn.q_proj is not "
+                                              "a module of the model base") as caught:
+        Library(tmp_path / "lib").add([older], base=str(base), task="t")
+    assert caught.value.where == str(older) and "save_pretrained(NEW_DIR)" in caught.value.fix
+    assert not (tmp_path / "lib").exists() or Library(tmp_path / "lib").list() == []
+
+
+def test_selection_scores_a_composite_models_adapter_and_names_one_under_older_module_names(tmp_path: Path,
+                                                                                          mc_file: Path) -> None:
+    """An adapter registered before registration refused older module names: one line naming it, not a traceback
+    (nor retries) from the slots."""
+    base = _gemma3(tmp_path / "base")
+    workspace, requests = requests_for(base, mc_file, 4, "cloze")
+    adapter = inspect_checkpoint(_gemma3_lora(base, tmp_path / "lora"))
+    older = inspect_checkpoint(_gemma3_lora(base, tmp_path / "older", older_names=True),
+                               base_shapes=BaseShapes(lambda base: None, lambda base: None))
+    for record, name in ((adapter, "lora"), (older, "older")):
+        record.id = name
+    (score,) = ScoringEngine(base, requests, workspace.settings(4)).score([adapter])
+    assert 0 < score.loss < 20
+    with pytest.raises(CheckpointError, match="adapter module language_model.model.layers.0.self_attn.q_proj is not "
+                                              "a module of the model the base builds") as caught:
+        ScoringEngine(base, requests, workspace.settings(4)).score([older])
+    assert caught.value.where == older.path
+    with pytest.raises(CheckpointError, match="adapter module language_model.model.layers.0.self_attn.q_proj is not "
+                                              "a module of the model the base builds"):  # through PEFT's modules
+        ScoringEngine(base, requests, workspace.settings(4)).score([adapter, older])
+
+
+def test_an_adapter_under_older_module_names_is_refused_alike_where_peft_loads_it(tmp_path: Path) -> None:
+    """PEFT renames such an adapter's modules as it loads it (eval --adapter, train --init, selection's PEFT path),
+    while the library's slots and merges take them as written: one refusal, with how to re-save it."""
+    from mashup.models import attach_adapter
+
+    base = _gemma3(tmp_path / "base")
+    older = _gemma3_lora(base, tmp_path / "older", older_names=True)
+    with pytest.raises(CheckpointError, match="adapter module language_model.model.layers.0.self_attn.q_proj is not "
+                                              "a module of the model the base builds") as caught:
+        attach_adapter(load_model(base), older, trainable=False)
+    assert caught.value.where == str(older) and "save_pretrained(NEW_DIR)" in caught.value.fix
+
+
+def test_a_per_expert_adapter_of_a_model_that_fuses_its_experts_is_refused_without_a_resave_fix(tmp_path: Path
+                                                                                                ) -> None:
+    """PEFT would re-save it as target_parameters, which registration refuses: no fix that leads there."""
+    import json
+
+    base = _mixtral(tmp_path / "base")
+    adapter = tmp_path / "experts"
+    adapter.mkdir()
+    module = "base_model.model.model.layers.0.block_sparse_moe.experts.0.w1"
+    save_file({f"{module}.lora_A.weight": torch.zeros(2, 32), f"{module}.lora_B.weight": torch.zeros(64, 2)},
+              str(adapter / "adapter_model.safetensors"), metadata={"format": "pt"})
+    (adapter / "adapter_config.json").write_text(json.dumps({
+        "peft_type": "LORA", "r": 2, "lora_alpha": 4, "target_modules": ["w1"], "base_model_name_or_path": str(base)}))
+    with pytest.raises(CheckpointError, match="adapter module model.layers.0.block_sparse_moe.experts.0.w1 is not a "
+                                              "module") as caught:
+        Library(tmp_path / "lib").add([adapter], task="t")
+    assert "per-expert LoRA" in caught.value.fix and "save_pretrained" not in caught.value.fix
+
+
+@pytest.mark.parametrize("method", ["fisher", "regmean"])
+def test_statistics_of_composite_full_finetunes_reach_the_weights_their_files_name(tmp_path: Path, method: str,
+                                                                                    caplog) -> None:
+    """Statistics are estimated on the built model (model.language_model.*) and read by the files' names
+    (language_model.model.*): none left unmatched, so no weight falls back to a plain average."""
+    from mashup.merging.statistics import compute_statistics
+    from mashup.merging.plan import build_plan
+
+    base = _gemma3(tmp_path / "base")
+    fulls = [_full(base, tmp_path / f"full{i}", seed=i) for i in range(2)]
+    plan = build_plan(records(fulls, base), MergeConfig(method=method))
+    tokens = torch.randint(0, 100, (2, 8))
+    batches = [{"input_ids": tokens, "attention_mask": torch.ones_like(tokens), "labels": tokens}]
+    statistics = compute_statistics(plan, base, batches)
+    layer = "language_model.model.layers.0.mlp.up_proj.weight"
+    assert all(layer in stats for stats in statistics)
+    out = tmp_path / "out"
+    merge_checkpoints(records(fulls, base), MergeConfig(method=method), out, base_model_dir=base,
+                      calibration_batches=batches)
+    assert not [r for r in caplog.records if "averaged" in r.getMessage()]
+    merged, inputs = load_file(out / "model.safetensors"), [load_file(f / "model.safetensors") for f in fulls]
+    assert not torch.allclose(merged[layer], (inputs[0][layer] + inputs[1][layer]) / 2)

@@ -1,0 +1,85 @@
+"""The base preflight (``check_base_available``) of a Hub model reads its repo's file list: a repo a load could not
+use (pickles only, no safetensors) is refused before any work, and a repo that cannot be listed passes as before.
+The Hub is never reached: huggingface_hub's download and listing are replaced."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import huggingface_hub
+import pytest
+from huggingface_hub.errors import OfflineModeIsEnabled
+
+from mashup.errors import CheckpointError
+from mashup.models import check_base_available
+
+REPO = "nobody/some-model"
+
+
+@pytest.fixture()
+def hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """A Hub whose repo holds config.json and whatever ``listed`` is set to; records what each call asked."""
+    snapshot = tmp_path / "snapshot"
+    snapshot.mkdir()
+    (snapshot / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    state: dict[str, Any] = {"listed": [], "downloads": [], "listings": []}
+
+    def snapshot_download(repo_id: str, allow_patterns: list[str] | None = None, **kwargs: object) -> str:
+        state["downloads"].append(allow_patterns)
+        return str(snapshot)
+
+    def list_repo_files(repo_id: str, **kwargs: object) -> list[str]:
+        state["listings"].append(repo_id)
+        listed = state["listed"]
+        if isinstance(listed, Exception):
+            raise listed
+        return listed
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    monkeypatch.setattr(huggingface_hub, "list_repo_files", list_repo_files)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    return state
+
+
+def test_a_hub_base_with_only_pickle_weights_is_refused_in_one_line(hub):
+    hub["listed"] = ["config.json", "pytorch_model.bin", "tokenizer.json", "README.md"]
+    with pytest.raises(CheckpointError) as caught:
+        check_base_available(REPO)
+    line = str(caught.value)
+    assert line.startswith("only pickle (.bin) weights found") and f"in Hub repo {REPO}" in line
+    assert "convert them to safetensors" in line and len(line.splitlines()) == 1
+    assert hub["downloads"] == [["config.json"]] and hub["listings"] == [REPO]  # listed, no weights fetched
+
+
+def test_a_hub_base_without_top_level_safetensors_is_refused(hub):
+    """The load reads the snapshot's top level, so safetensors only in a subfolder do not make a loadable base."""
+    hub["listed"] = ["config.json", "onnx/model.safetensors", "model.gguf"]
+    with pytest.raises(CheckpointError, match=f"no weight files \\(\\*.safetensors\\) found in Hub repo {REPO}"):
+        check_base_available(REPO)
+
+
+@pytest.mark.parametrize("listed", [["config.json", "model.safetensors"],
+                                    ["config.json", "pytorch_model.bin", "model-00001-of-00002.safetensors",
+                                     "model-00002-of-00002.safetensors", "model.safetensors.index.json"]])
+def test_a_hub_base_with_safetensors_passes(hub, listed):
+    hub["listed"] = listed
+    check_base_available(REPO)
+    assert hub["listings"] == [REPO]
+
+
+@pytest.mark.parametrize("failure", [OfflineModeIsEnabled("offline"), ConnectionError("Name or service not known"),
+                                     TimeoutError("timed out"), RuntimeError("a transport error of the HTTP client")])
+def test_a_hub_base_whose_files_cannot_be_listed_passes_as_before(hub, failure):
+    """No listing, no refusal: config.json came (maybe from the HF cache), and the load decides on the weights."""
+    hub["listed"] = failure
+    check_base_available(REPO)
+    assert hub["listings"] == [REPO]
+
+
+def test_offline_mode_lists_nothing(hub, monkeypatch):
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    hub["listed"] = ["config.json", "pytorch_model.bin"]
+    check_base_available(REPO)
+    assert hub["listings"] == []
