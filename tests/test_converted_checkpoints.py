@@ -129,12 +129,19 @@ def _gemma3_lora(base: Path, out: Path, *, older_names: bool = False, wider: boo
     return out
 
 
-def test_a_composite_models_adapter_registers_and_its_factors_are_fitted_to_the_built_model(tmp_path: Path) -> None:
+def test_a_composite_models_adapter_registers_and_its_factors_are_fitted_to_the_built_model(tmp_path: Path,
+                                                                                            monkeypatch) -> None:
     """PEFT names the modules as the model builds them (model.language_model.*), not as its files do: the factors
-    are checked against the built model's shapes."""
+    are checked against the built model's shapes (built once per add)."""
+    import mashup.model_checks as model_checks
+
     base = _gemma3(tmp_path / "base")
-    assert [r.kind for r in Library(tmp_path / "lib").add([_gemma3_lora(base, tmp_path / "lora")], base=str(base),
-                                                          task="t")] == ["lora"]
+    built: list[Path] = []
+    real = model_checks.model_on_meta
+    monkeypatch.setattr(model_checks, "model_on_meta", lambda model_dir: built.append(model_dir) or real(model_dir))
+    loras = [_gemma3_lora(base, tmp_path / f"lora{i}") for i in range(2)]
+    assert [r.kind for r in Library(tmp_path / "lib").add(loras, base=str(base), task="t")] == ["lora"] * 2
+    assert built == [base]
     wider = _gemma3_lora(base, tmp_path / "wider", wider=True)
     with pytest.raises(CheckpointError, match=r"model.language_model.layers.0.self_attn.q_proj.lora_A.weight has "
                                               r"shape \[2, 33\], which does not fit"):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import warnings
 from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -280,6 +281,10 @@ def require_registered_dir(record: CheckpointRecord, library_dir: Path) -> None:
                            f"is now (its entry is kept), or `mashup library remove {record.id}`")
 
 
+_BIAS_TAKEN_FOR_A_SHARD = (r"Adapter '.*': \d+ LoRA tensor\(s\) have invalid shape: [^ ]*\.lora_B\.bias:\(\d+,\)"
+                           r"(, [^ ]*\.lora_B\.bias:\(\d+,\))*( \(\+\d+ more\))?\. ")
+
+
 def require_matching_keys(model: PeftModel, adapter_name: str, found: set[str], adapter_dir: Path) -> None:
     """Refuse an adapter whose tensors are not the ones its adapter_config.json makes: PEFT loads the tensors
     that match, leaves the rest of the adapter at its init and drops the tensors no module takes."""
@@ -292,8 +297,12 @@ def require_matching_keys(model: PeftModel, adapter_name: str, found: set[str], 
     unknown = sorted(adapted_modules(found) - {name for name, _ in model.get_base_model().named_modules()})
     if unknown:
         raise not_a_module(unknown[0], "the base", str(adapter_dir))
-    # save_embedding_layers=False: "auto" looks the base up on the Hub; embeddings are no LoRA factors anyway
-    expected = set(get_peft_model_state_dict(model, adapter_name=adapter_name, save_embedding_layers=False))
+    with warnings.catch_warnings():
+        # PEFT 0.21 takes a lora_B bias (lora_bias, 1-D) for a factor DeepSpeed left sharded (registration and
+        # check_lora_dir check every factor's shape)
+        warnings.filterwarnings("ignore", message=_BIAS_TAKEN_FOR_A_SHARD)
+        # save_embedding_layers=False: "auto" looks the base up on the Hub; embeddings are no LoRA factors anyway
+        expected = set(get_peft_model_state_dict(model, adapter_name=adapter_name, save_embedding_layers=False))
     missing = sorted(expected - found)
     unused = sorted(name for name in found - expected if "lora_" in name)
     if missing or unused:

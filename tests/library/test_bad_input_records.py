@@ -42,7 +42,8 @@ def test_truncated_full_model_is_one_line_naming_the_file(tmp_path, tiny_base, t
 
 @pytest.mark.parametrize(("field", "value", "expected"), [
     ("r", None, "a positive integer"), ("r", "abc", "a positive integer"), ("r", 0, "a positive integer"),
-    ("lora_alpha", "x", "a number"), ("target_modules", 5, "a list of module names"),
+    ("lora_alpha", "x", "a non-zero number"), ("lora_alpha", 0, "a non-zero number"),
+    ("target_modules", 5, "a list of module names"),
     ("target_modules", ["q_proj", 3], "a list of module names"), ("use_rslora", "yes", "true or false"),
 ])
 def test_wrongly_typed_adapter_config_field_names_field_file_and_type(tmp_path, tiny_loras, field, value, expected):

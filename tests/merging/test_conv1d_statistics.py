@@ -116,8 +116,12 @@ def test_statistics_of_another_shape_are_refused() -> None:
     x = [torch.randn(4, 3), torch.randn(4, 3)]
     with pytest.raises(MergeError, match=r"Fisher statistic has shape \(3, 4\) but the tensor \(4, 3\)"):
         merge_tensors("fisher", x, [0.5, 0.5], None, MergeParams(statistics=[torch.rand(3, 4)] * 2))
-    with pytest.raises(MergeError, match=r"regmean Gram has shape \(4, 4\)"):
+    with pytest.raises(MergeError, match=r"regmean Gram has shape \(4, 4\)") as caught:
         merge_tensors("regmean", x, [0.5, 0.5], None, MergeParams(statistics=[torch.eye(4)] * 2))
+    assert "pass MergeParams(transposed=True)" in caught.value.fix  # the Gram of a Conv1D's inputs
+    with pytest.raises(MergeError, match=r"regmean Gram has shape \(5, 5\)") as caught:
+        merge_tensors("regmean", x, [0.5, 0.5], None, MergeParams(statistics=[torch.eye(5)] * 2))
+    assert caught.value.fix == "pass the Gram of each weight's own layer inputs"
     transposed = merge_tensors("regmean", [t.T for t in x], [0.5, 0.5], None,
                                MergeParams(statistics=[torch.eye(3) + 0.1] * 2, transposed=True))
     linear = merge_tensors("regmean", x, [0.5, 0.5], None, MergeParams(statistics=[torch.eye(3) + 0.1] * 2))

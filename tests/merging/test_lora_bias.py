@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from mashup.config import MergeConfig
-from mashup.errors import MergeError
 from mashup.merging import merge_checkpoints, merge_compatibility, merge_tensors
 from mashup.merging.lora import load_adapter
 from tests.merging.helpers import (adapter_deltas, adapter_logits, calibration_batches, records, sample_inputs,
@@ -100,11 +100,43 @@ def test_compatibility_agrees_with_the_merge(bias_loras: list[Path], tiny_loras:
     assert json.loads((tmp_path / "out" / "adapter_config.json").read_text())["lora_bias"] is True
 
 
+def test_ab_mode_names_a_lora_bias_in_some_adapters_only(bias_loras: list[Path], tmp_path: Path) -> None:
+    plain = shutil.copytree(bias_loras[0], tmp_path / "plain")
+    weights = load_file(plain / WEIGHTS)
+    save_file({n: t for n, t in weights.items() if not n.endswith(".bias")}, str(plain / WEIGHTS))
+    config = json.loads((plain / "adapter_config.json").read_text())
+    (plain / "adapter_config.json").write_text(json.dumps({**config, "lora_bias": False}))
+    reason = merge_compatibility(records([plain, bias_loras[0]]), MergeConfig(method="average", lora_mode="ab"))
+    assert "lora_bias differs between checkpoints" in reason and "lora_mode delta or concat" in reason
+
+
 @pytest.mark.parametrize("method", ["fisher", "regmean"])
-def test_statistics_refuse_biases_the_base_layers_cannot_take(method: str, bias_loras: list[Path], tiny_base: Path,
-                                                              tmp_path: Path) -> None:
-    """Statistics come from the adapter merged into the base; PEFT cannot fold a bias into a bias-less layer."""
-    with pytest.raises(MergeError, match="has a lora_B bias .* but its base layer has none"):
-        merge_checkpoints(records(bias_loras), MergeConfig(method=method), tmp_path / "out", base_model_dir=tiny_base,
-                          calibration_batches=calibration_batches(tiny_base))
-    assert not (tmp_path / "out").exists()
+def test_statistics_fold_biases_into_base_layers_that_have_none(method: str, bias_loras: list[Path],
+                                                                tiny_base: Path, tmp_path: Path) -> None:
+    """Statistics come from the adapter merged into the base: a bias-less base layer gets a zero bias to take the
+    lora_B bias PEFT folds into it, so the merged model computes what the adapter does."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from mashup.merging.statistics import load_checkpoint_model
+
+    inputs = sample_inputs(tiny_base)
+    with torch.no_grad():
+        folded = load_checkpoint_model(records(bias_loras)[0], tiny_base).eval()(**inputs).logits
+        adapter = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_base), bias_loras[0]).eval()
+        assert torch.allclose(folded, adapter(**inputs).logits, atol=1e-5)
+    merge_checkpoints(records(bias_loras), MergeConfig(method=method), tmp_path / "out", base_model_dir=tiny_base,
+                      calibration_batches=calibration_batches(tiny_base))
+    assert sum(n.endswith(".lora_B.bias") for n in load_file(tmp_path / "out" / WEIGHTS)) == 4
+
+
+def test_a_lora_bias_adapter_loads_without_peft_taking_its_biases_for_deepspeed_shards(bias_loras: list[Path],
+                                                                                      tiny_base: Path) -> None:
+    import warnings
+
+    from mashup.models import attach_adapter, load_model
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        attach_adapter(load_model(tiny_base), bias_loras[0], trainable=False)
+    assert not [w for w in caught if "DeepSpeed" in str(w.message)]

@@ -106,3 +106,26 @@ def test_a_base_with_nan_weights_is_named_before_its_statistics(tiny_base: Path,
         merge_checkpoints(records(tiny_loras[:2]), MergeConfig(method="fisher"), tmp_path / "out", base_model_dir=base,
                           calibration_batches=calibration_batches(tiny_base, n=2))
     assert str(base) in error.value.line() and not (tmp_path / "out").exists()
+
+
+def test_fisher_covers_a_tied_weight_under_each_of_its_names(tiny_base: Path, tmp_path: Path) -> None:
+    """A LoRA of lm_head on a base that ties it to the embeddings: named_parameters lists the one tensor once."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_base)
+    base.config.tie_word_embeddings = True
+    base.tie_weights()
+    base.save_pretrained(tmp_path / "tied")
+    for name in (tiny_base / "tokenizer.json", tiny_base / "tokenizer_config.json"):
+        (tmp_path / "tied" / name.name).write_bytes(name.read_bytes())
+    loras = []
+    for seed in range(2):
+        torch.manual_seed(seed)
+        model = get_peft_model(AutoModelForCausalLM.from_pretrained(tmp_path / "tied"), LoraConfig(
+            r=2, lora_alpha=4, target_modules=["q_proj", "lm_head"], init_lora_weights=False))
+        model.save_pretrained(tmp_path / f"lora{seed}", save_embedding_layers=False)
+        loras.append(tmp_path / f"lora{seed}")
+    merge_checkpoints(records(loras), MergeConfig(method="fisher"), tmp_path / "out", base_model_dir=tmp_path / "tied",
+                      calibration_batches=calibration_batches(tmp_path / "tied"))
+    assert any("lm_head.lora_B" in name for name in load_file(tmp_path / "out" / "adapter_model.safetensors"))

@@ -1,12 +1,16 @@
 """A checkpoint's tensor shapes from its weight files' headers, and whether they fit its base's: the base's
-shapes read from its safetensors headers (``base_tensor_shapes``, once per registration with ``BaseShapes``)."""
+shapes read from its safetensors headers (``base_tensor_shapes``), or, for an adapter where the files' names may
+not be the modules', from the model its config.json builds (``base_module_shapes``); each once per registration
+with ``BaseShapes``."""
 
 from __future__ import annotations
 
+import json
 import re
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 from mashup.errors import CheckpointError
 from mashup.io import TensorSpec, tensor_specs
@@ -63,16 +67,37 @@ def base_module_shapes(base: str) -> dict[str, list[int]] | None:
         return None
 
 
+def may_rename(base: str) -> bool:
+    """Whether transformers may build the model of the local base dir ``base`` names under other names than its files
+    hold, from its config.json alone: a composite model (a ``text_config``) or one with experts, which it may fuse.
+    Building the model to see costs an import of its transformers classes (about 2 s) a plain decoder's adapters need
+    not pay: their modules are the files' names."""
+    from mashup.library.identity import local_base_dir  # identity imports records, which imports this module
+
+    model_dir = local_base_dir(base)
+    try:
+        config = json.loads((model_dir / "config.json").read_text()) if model_dir else None
+    except (OSError, ValueError):
+        return True
+    if not isinstance(config, dict):
+        return True
+    return "text_config" in config or any("expert" in key for key in config)
+
+
 class BaseShapes:
     """A base's shapes, each read once per base for as long as this object lives (one ``Library.add``): ``files``
     (``base_tensor_shapes``, which full fine-tunes must match) and ``modules`` (``base_module_shapes``, which
-    adapters must fit). The checkpoints registered together share one read, and the next add reads again, as the
-    base may have changed by then. Safe to call from several threads."""
+    adapters must fit), and whether they may differ (``may_rename``). The checkpoints registered together share one
+    read, and the next add reads again, as the base may have changed by then. Safe to call from several threads."""
 
-    def __init__(self, files: ShapesOfBase = base_tensor_shapes, modules: ShapesOfBase = base_module_shapes) -> None:
-        self._read = {"files": files, "modules": modules}
-        self._shapes: dict[tuple[str, str], dict[str, list[int]] | None] = {}
+    def __init__(self, files: ShapesOfBase = base_tensor_shapes, modules: ShapesOfBase = base_module_shapes,
+                 renames: Callable[[str], bool] = may_rename) -> None:
+        self._read: dict[str, Callable[[str], Any]] = {"files": files, "modules": modules, "renames": renames}
+        self._shapes: dict[tuple[str, str], Any] = {}
         self._lock = threading.Lock()
+
+    def may_rename(self, base: str) -> bool:
+        return self._get("renames", base)
 
     def files(self, base: str) -> dict[str, list[int]] | None:
         return self._get("files", base)
@@ -80,7 +105,7 @@ class BaseShapes:
     def modules(self, base: str) -> dict[str, list[int]] | None:
         return self._get("modules", base)
 
-    def _get(self, what: str, base: str) -> dict[str, list[int]] | None:
+    def _get(self, what: str, base: str) -> Any:
         with self._lock:  # held while reading: the other threads wait for this read rather than each reading
             if (what, base) not in self._shapes:
                 self._shapes[what, base] = self._read[what](base)
@@ -114,8 +139,13 @@ def check_lora_fits_base(shapes: dict[str, list[int]], base: str, base_shapes: B
     """Refuse factors of modules the model the base's config builds does not have, or made for other module sizes
     (when the base is on disk; where its config does not build, the sizes of its files' weights): PEFT fails on them
     at load time with a traceback, after every score that used the record."""
-    built = base_shapes.modules(base) if base else None
-    shapes_of_base = built if built is not None else base_shapes.files(base) if base else None
+    if not base:
+        return
+    files = base_shapes.files(base)
+    # the model is built only where the files' names may not tell (see may_rename), or do not hold every module
+    check_built = files is None or base_shapes.may_rename(base) or unknown_module(shapes, files) is not None
+    built = base_shapes.modules(base) if check_built else None
+    shapes_of_base = built if built is not None else files
     if not shapes_of_base:
         return
     unknown = unknown_module(shapes, built) if built is not None else None  # files may leave a tied head out

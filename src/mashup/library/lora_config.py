@@ -145,7 +145,8 @@ def lora_settings(config: dict[str, Any], where: str = ADAPTER_CONFIG) -> dict[s
     """What an adapter_config.json (at ``where``) says about how the factors apply (the record's fields of the
     same names): rank, alpha, rsLoRA, DoRA and the target modules. The weights' digest does not cover them."""
     r = read_field(config, "r", 8, is_count, "a positive integer", where)
-    alpha = read_field(config, "lora_alpha", r, is_number, "a number", where)
+    # 0 scales the adapter to nothing: no update to score or merge (a merge could not factor a zero scale)
+    alpha = read_field(config, "lora_alpha", r, lambda v: is_number(v) and v != 0, "a non-zero number", where)
     targets = names_field(config, "target_modules", where) or []
     return {"lora_r": r, "lora_alpha": float(alpha),
             "target_modules": [targets] if isinstance(targets, str) else sorted(targets),

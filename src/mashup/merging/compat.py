@@ -94,8 +94,11 @@ def _check_shapes_equal(records: Sequence[CheckpointRecord]) -> None:
     first = records[0].shapes
     for record in records[1:]:
         if record.shapes.keys() != first.keys():
-            missing = sorted(set(first) ^ set(record.shapes))[:3]
-            raise MergeError(f"tensor names differ between checkpoints (e.g. {missing})", record.path)
+            differing = sorted(set(first) ^ set(record.shapes))
+            if all(name.endswith(".lora_B.bias") for name in differing):
+                raise MergeError(f"lora_bias differs between checkpoints (e.g. {differing[0]} in one only)",
+                                 record.path, "merge with lora_mode delta or concat, which take a missing bias as 0")
+            raise MergeError(f"tensor names differ between checkpoints (e.g. {differing[:3]})", record.path)
         bad = next((n for n in first if record.shapes[n] != first[n]), None)
         if bad is not None:
             raise MergeError(f"tensor {bad} has shape {record.shapes[bad]} but {first[bad]} in {_name(records[0])}",

@@ -16,10 +16,12 @@ def estimate_fisher(model: torch.nn.Module, batches: Sequence[dict[str, torch.Te
     """Diagonal empirical Fisher: the mean over examples of the squared LM-loss gradient.
 
     Each example gets its own backward pass (squaring a batch gradient would not be a Fisher).
-    Only parameters with ``requires_grad`` are covered; batches hold input_ids, attention_mask, labels.
+    Only parameters with ``requires_grad`` are covered, a tied one under each of its names (one tensor);
+    batches hold input_ids, attention_mask, labels.
     """
     params = {name: p for name, p in model.named_parameters() if p.requires_grad}
     fisher = {name: torch.zeros_like(p, dtype=torch.float32) for name, p in params.items()}
+    aliases = {name: p for name, p in model.named_parameters(remove_duplicate=False) if p.requires_grad}
     was_training = model.training
     model.eval()  # no dropout: the Fisher of the deterministic model
     seen = 0
@@ -36,7 +38,8 @@ def estimate_fisher(model: torch.nn.Module, batches: Sequence[dict[str, torch.Te
             seen += 1
     model.zero_grad(set_to_none=True)
     model.train(was_training)
-    return {name: f / max(seen, 1) for name, f in fisher.items()}
+    by_tensor = {id(params[name]): f / max(seen, 1) for name, f in fisher.items()}
+    return {name: by_tensor[id(p)] for name, p in aliases.items()}
 
 
 class FisherMerge(MergeMethod):

@@ -86,8 +86,12 @@ def _check_grams(grams: Sequence[torch.Tensor], shape: torch.Size, transposed: b
     bad = next((g for g in grams if g.shape != (width, width)), None)
     if bad is not None:
         layout = "(in, out)" if transposed else "(out, in)"
+        other = shape[1] if transposed else shape[0]
+        fix = ("pass the Gram of each weight's own layer inputs" if bad.shape != (other, other) else
+               "for a weight stored (out, in), pass transposed=False" if transposed else
+               "for a Conv1D weight (stored (in, out), see conv1d_weights), pass MergeParams(transposed=True)")
         raise MergeError(f"regmean Gram has shape {tuple(bad.shape)} but the weight {tuple(shape)} stored {layout} "
-                         f"takes {width} inputs", None, "pass the Gram of each weight's own layer inputs")
+                         f"takes {width} inputs", None, fix)
 
 
 class RegMeanMerge(MergeMethod):

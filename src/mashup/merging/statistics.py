@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -36,18 +37,22 @@ def load_checkpoint_model(record: CheckpointRecord, base_model_dir: Path) -> Pre
     if record.kind == "full":
         return load_model(Path(record.path))
     # the base is not registered, so nothing checked its values: NaN statistics would only show in the output
-    adapted = attach_adapter(load_model(base_model_dir), Path(record.path), trainable=False)
-    _require_foldable(adapted, record.path)
+    with warnings.catch_warnings():  # that it could not merge a lora_B bias into a bias-less layer: it can, below
+        warnings.filterwarnings("ignore", message="`lora_bias=True` was passed but the targeted layer")
+        adapted = attach_adapter(load_model(base_model_dir), Path(record.path), trainable=False)
+    _zero_biases_to_fold_into(adapted)
     return adapted.merge_and_unload()
 
 
-def _require_foldable(model: torch.nn.Module, where: str) -> None:
-    """PEFT folds a lora_B bias into its base layer's bias; a base layer without one cannot take it."""
-    for name, module in model.named_modules():
-        if any(getattr(module, "lora_bias", {}).values()) and getattr(module.get_base_layer(), "bias", None) is None:
-            raise MergeError(f"module {name} has a lora_B bias (lora_bias) but its base layer has none, so the adapter "
-                             "cannot be merged into the base to estimate statistics", where,
-                             "use a method without statistics (average, ties, ...)")
+def _zero_biases_to_fold_into(model: torch.nn.Module) -> None:
+    """PEFT folds a lora_B bias (lora_bias) into its base layer's bias: a base layer without one gets a zero bias
+    to take it, which computes what the adapter does."""
+    for module in model.modules():
+        if any(getattr(module, "lora_bias", {}).values()):
+            layer = module.get_base_layer()
+            if getattr(layer, "bias", None) is None:
+                layer.bias = torch.nn.Parameter(torch.zeros(layer.weight.shape[0], dtype=layer.weight.dtype,
+                                                            device=layer.weight.device), requires_grad=False)
 
 
 def _statistics_for(model: PreTrainedModel, plan: MergePlan, record: CheckpointRecord,
@@ -57,8 +62,12 @@ def _statistics_for(model: PreTrainedModel, plan: MergePlan, record: CheckpointR
     if plan.method.statistic == "gram":
         grams = estimate_gram(model, batches, limit)
         return grams if wanted is None else {n: g for n, g in grams.items() if n in wanted}
-    for name, param in model.named_parameters():
-        param.requires_grad_(wanted is None or name in wanted)
+    aliases = list(model.named_parameters(remove_duplicate=False))  # a tied head is wanted under either name
+    for _, param in aliases:
+        param.requires_grad_(False)
+    for name, param in aliases:
+        if wanted is None or name in wanted:
+            param.requires_grad_(True)
     return estimate_fisher(model, batches, limit)
 
 
