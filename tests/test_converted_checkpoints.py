@@ -235,3 +235,67 @@ def test_statistics_of_composite_full_finetunes_reach_the_weights_their_files_na
     assert not [r for r in caplog.records if "averaged" in r.getMessage()]
     merged, inputs = load_file(out / "model.safetensors"), [load_file(f / "model.safetensors") for f in fulls]
     assert not torch.allclose(merged[layer], (inputs[0][layer] + inputs[1][layer]) / 2)
+
+
+def test_an_adapter_of_a_plain_decoder_saved_under_its_files_names_is_refused_at_registration(tmp_path: Path
+                                                                                             ) -> None:
+    """Pythia's files hold its head as embed_out.weight, which transformers 5 builds as lm_head: the base's
+    config.json does not tell, so the module names are checked against the built model."""
+    import json
+
+    from peft import LoraConfig, get_peft_model
+    from transformers import GPTNeoXConfig
+
+    tokenizer = build_tokenizer()
+    config = GPTNeoXConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                           num_attention_heads=2, tie_word_embeddings=False, eos_token_id=0, pad_token_id=0)
+    base = tmp_path / "base"
+    AutoModelForCausalLM.from_config(config).save_pretrained(base)
+    weights = load_file(base / "model.safetensors")
+    save_file({name.replace("lm_head.", "embed_out."): t for name, t in weights.items()},
+              str(base / "model.safetensors"), metadata={"format": "pt"})
+    adapter = tmp_path / "lora"
+    lora = LoraConfig(r=2, lora_alpha=4, target_modules=["query_key_value", "lm_head"], init_lora_weights=False)
+    get_peft_model(load_model(base), lora).save_pretrained(adapter, save_embedding_layers=False)
+    weights = load_file(adapter / "adapter_model.safetensors")
+    save_file({name.replace(".lm_head.", ".embed_out."): t for name, t in weights.items()},
+              str(adapter / "adapter_model.safetensors"), metadata={"format": "pt"})
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    (adapter / "adapter_config.json").write_text(json.dumps({**config, "target_modules": ["query_key_value",
+                                                                                           "embed_out"]}))
+    with pytest.raises(CheckpointError, match="adapter module embed_out is not a module of the model base"):
+        Library(tmp_path / "lib").add([adapter], base=str(base), task="t")
+
+
+def test_a_second_copy_of_the_weights_beside_the_loaded_files_is_not_taken_for_them(tmp_path: Path) -> None:
+    """Mistral's Hub repos hold consolidated.safetensors (mistral-inference's names) beside transformers' shards or
+    model.safetensors: registration, hashing and merges read the files transformers loads."""
+    from mashup.io import weight_files
+    from mashup.library.identity import base_identity
+    from tests.tiny import save_tiny_base
+
+    sharded, single = tmp_path / "sharded", save_tiny_base(tmp_path / "single")
+    load_model(single).save_pretrained(sharded, max_shard_size="20KB")
+    identities = {base: base_identity(base) for base in (sharded, single)}
+    for base in (sharded, single):
+        save_file({"layers.0.attention.wq.weight": torch.zeros(2, 2)}, str(base / "consolidated.safetensors"))
+        assert all(f.name != "consolidated.safetensors" for f in weight_files(base))
+        assert base_identity(base) == identities[base]
+    assert len(weight_files(sharded)) > 1
+    full = _full(single, tmp_path / "full", seed=1)
+    assert [r.kind for r in Library(tmp_path / "lib").add([full], base=str(sharded), task="t")] == ["full"]
+    merge_checkpoints(records([full, full], sharded), MergeConfig(method="ties"), tmp_path / "out",
+                      base_model_dir=sharded)
+    assert "layers.0.attention.wq.weight" not in load_file(tmp_path / "out" / "model.safetensors")
+
+
+def test_a_weight_index_naming_a_missing_shard_is_one_line(tmp_path: Path) -> None:
+    from mashup.io import weight_files
+    from tests.tiny import save_tiny_base
+
+    base = tmp_path / "sharded"
+    load_model(save_tiny_base(tmp_path / "single")).save_pretrained(base, max_shard_size="20KB")
+    shard = sorted(base.glob("model-*.safetensors"))[0]
+    shard.unlink()
+    with pytest.raises(CheckpointError, match=f"shard {shard.name} named by model.safetensors.index.json is missing"):
+        weight_files(base)

@@ -26,8 +26,10 @@ def hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     (snapshot / "config.json").write_text(json.dumps({"model_type": "llama"}))
     state: dict[str, Any] = {"listed": [], "downloads": [], "listings": []}
 
-    def snapshot_download(repo_id: str, allow_patterns: list[str] | None = None, **kwargs: object) -> str:
+    def snapshot_download(repo_id: str, allow_patterns: list[str] | None = None,
+                          ignore_patterns: list[str] | None = None, **kwargs: object) -> str:
         state["downloads"].append(allow_patterns)
+        state["ignored"] = ignore_patterns
         return str(snapshot)
 
     def list_repo_files(repo_id: str, **kwargs: object) -> list[str]:
@@ -83,3 +85,14 @@ def test_offline_mode_lists_nothing(hub, monkeypatch):
     hub["listed"] = ["config.json", "pytorch_model.bin"]
     check_base_available(REPO)
     assert hub["listings"] == []
+
+
+def test_mistral_inferences_copy_of_the_weights_is_neither_fetched_nor_taken_for_them(hub):
+    """Mistral's repos hold consolidated.safetensors (mistral-inference's names) beside transformers' shards."""
+    from mashup.hub import fetch_hub_model
+
+    fetch_hub_model(REPO)
+    assert hub["ignored"] == ["consolidated*"]
+    hub["listed"] = ["config.json", "consolidated.safetensors", "pytorch_model.bin"]
+    with pytest.raises(CheckpointError, match="only pickle"):
+        check_base_available(REPO)

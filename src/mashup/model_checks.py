@@ -8,7 +8,7 @@ from __future__ import annotations
 import contextlib
 import json
 import warnings
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -281,6 +281,15 @@ def require_registered_dir(record: CheckpointRecord, library_dir: Path) -> None:
                            f"is now (its entry is kept), or `mashup library remove {record.id}`")
 
 
+@contextlib.contextmanager
+def quiet_bias_shard_warning() -> Iterator[None]:
+    """Hide PEFT 0.21's warning, as it collects an adapter's state dict, that takes a lora_B bias (lora_bias, 1-D)
+    for a factor DeepSpeed left sharded (registration and ``check_lora_dir`` check every factor's shape)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=_BIAS_TAKEN_FOR_A_SHARD)
+        yield
+
+
 _BIAS_TAKEN_FOR_A_SHARD = (r"Adapter '.*': \d+ LoRA tensor\(s\) have invalid shape: [^ ]*\.lora_B\.bias:\(\d+,\)"
                            r"(, [^ ]*\.lora_B\.bias:\(\d+,\))*( \(\+\d+ more\))?\. ")
 
@@ -297,10 +306,7 @@ def require_matching_keys(model: PeftModel, adapter_name: str, found: set[str], 
     unknown = sorted(adapted_modules(found) - {name for name, _ in model.get_base_model().named_modules()})
     if unknown:
         raise not_a_module(unknown[0], "the base", str(adapter_dir))
-    with warnings.catch_warnings():
-        # PEFT 0.21 takes a lora_B bias (lora_bias, 1-D) for a factor DeepSpeed left sharded (registration and
-        # check_lora_dir check every factor's shape)
-        warnings.filterwarnings("ignore", message=_BIAS_TAKEN_FOR_A_SHARD)
+    with quiet_bias_shard_warning():
         # save_embedding_layers=False: "auto" looks the base up on the Hub; embeddings are no LoRA factors anyway
         expected = set(get_peft_model_state_dict(model, adapter_name=adapter_name, save_embedding_layers=False))
     missing = sorted(expected - found)

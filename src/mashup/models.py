@@ -87,7 +87,7 @@ def _check_hub_weights(repo_id: str) -> None:
     if files is None:
         return
     top_level = [name for name in files if "/" not in name]
-    if any(name.endswith(".safetensors") for name in top_level):
+    if any(name.endswith(".safetensors") and not name.startswith("consolidated") for name in top_level):
         return
     where = f"Hub repo {repo_id}"
     if any(name.endswith(".bin") for name in top_level):

@@ -23,6 +23,7 @@ from mashup.errors import CheckpointError, TrainingError
 from mashup.evaluation import EvalResult, ScoreSettings, evaluate
 from mashup.library.lora_config import ADAPTER_CONFIG, lora_settings
 from mashup.library.records import MODEL_CONFIG, read_json_object
+from mashup.model_checks import quiet_bias_shard_warning
 from mashup.models import attach_adapter, autocast, load_model, quiet_peft_deprecations
 from mashup.score_batches import answer_sequence
 
@@ -218,7 +219,8 @@ def save_init_adapter(model: nn.Module, path: Path) -> None:
 
     if isinstance(model, PeftModel):
         # save_embedding_layers=False: we never train embeddings, and "auto" looks the base up on the Hub
-        state = get_peft_model_state_dict(model, save_embedding_layers=False)
+        with quiet_bias_shard_warning():
+            state = get_peft_model_state_dict(model, save_embedding_layers=False)
         save_file({k: v.detach().clone().contiguous() for k, v in state.items()}, str(path))
 
 
@@ -229,7 +231,8 @@ def save_trained(model: nn.Module, out_dir: Path, base_identity: str, tokenizer=
 
     if isinstance(model, PeftModel):
         model.peft_config["default"].base_model_name_or_path = base_identity
-        model.save_pretrained(out_dir, save_embedding_layers=False)  # "auto" would look the base up on the Hub
+        with quiet_bias_shard_warning():
+            model.save_pretrained(out_dir, save_embedding_layers=False)  # "auto" would look the base up on the Hub
         return out_dir
     assert isinstance(model, PreTrainedModel)
     model.save_pretrained(out_dir)

@@ -185,3 +185,22 @@ def peft_layer_takes(init) -> bool:
     except (ValueError, AttributeError):
         return False
     return True
+
+
+def test_fields_left_out_take_pefts_defaults(tmp_path, tiny_loras):
+    """An adapter_config.json without r or lora_alpha: PEFT applies its LoraConfig defaults on load (alpha 8, not
+    r), so the record's scale is the one PEFT applies."""
+    import dataclasses
+    import json
+
+    from peft import LoraConfig
+
+    from mashup.library.lora_config import PEFT_DEFAULTS
+
+    assert PEFT_DEFAULTS == {f.name: f.default for f in dataclasses.fields(LoraConfig) if f.name in PEFT_DEFAULTS}
+    adapter = noisy_copy(tiny_loras[0], tmp_path / "a", seed=1)
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    assert config["r"] == 4
+    (adapter / "adapter_config.json").write_text(json.dumps({k: v for k, v in config.items() if k != "lora_alpha"}))
+    (record,) = Library(tmp_path / "lib").add([adapter])
+    assert record.lora_alpha == 8 and record.lora_scale == 2

@@ -140,3 +140,18 @@ def test_a_lora_bias_adapter_loads_without_peft_taking_its_biases_for_deepspeed_
         warnings.simplefilter("always")
         attach_adapter(load_model(tiny_base), bias_loras[0], trainable=False)
     assert not [w for w in caught if "DeepSpeed" in str(w.message)]
+
+
+def test_training_saves_a_lora_bias_adapter_without_pefts_deepspeed_warning(bias_loras: list[Path], tiny_base: Path,
+                                                                            tmp_path: Path) -> None:
+    import warnings
+
+    from mashup.models import attach_adapter, load_model
+    from mashup.training import save_init_adapter, save_trained
+
+    model = attach_adapter(load_model(tiny_base), bias_loras[0], trainable=True)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        save_init_adapter(model, tmp_path / "init.safetensors")
+        save_trained(model, tmp_path / "out", str(tiny_base))
+    assert not [w for w in caught if "DeepSpeed" in str(w.message)]

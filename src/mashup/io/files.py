@@ -52,11 +52,15 @@ def stat_files(paths: list[Path]) -> list[dict[str, Any]]:
     return stats
 
 
+SAFETENSORS_INDEX = "model.safetensors.index.json"
+
+
 def weight_files(model_dir: Path, *, allow_pickle: bool = False) -> list[Path]:
-    """The weight files of a model or adapter dir: safetensors, or pickles only when allowed."""
+    """The weight files of a model or adapter dir as transformers loads them: safetensors (the shards its index
+    names, where it has one), or pickles only when allowed."""
     found = sorted(model_dir.glob("*.safetensors"))
     if found:
-        return found
+        return _loaded_safetensors(model_dir, found)
     pickles = sorted(model_dir.glob("*.bin"))
     if pickles and not allow_pickle:
         raise CheckpointError(
@@ -67,6 +71,26 @@ def weight_files(model_dir: Path, *, allow_pickle: bool = False) -> list[Path]:
     if pickles:
         return pickles
     raise CheckpointError("no weight files (*.safetensors)", str(model_dir), "point at a model or adapter dir")
+
+
+def _loaded_safetensors(model_dir: Path, found: list[Path]) -> list[Path]:
+    """Of the safetensors files ``found``, those transformers loads: a sharded model's index names its shards, and
+    a dir may hold another copy of the weights under other names beside them or beside model.safetensors (Mistral's
+    Hub repos: consolidated.safetensors, for mistral-inference)."""
+    index = model_dir / SAFETENSORS_INDEX
+    if not index.is_file():
+        single = model_dir / "model.safetensors"
+        return [single] if single in found else found
+    try:
+        shards = sorted({model_dir / name for name in json.loads(index.read_text())["weight_map"].values()})
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise CheckpointError(f"{SAFETENSORS_INDEX} is not a weight index ({type(exc).__name__}: {exc})",
+                              str(index), "re-save the model") from None
+    missing = [shard for shard in shards if not shard.is_file()]
+    if missing:
+        raise CheckpointError(f"shard {missing[0].name} named by {SAFETENSORS_INDEX} is missing "
+                              f"({len(missing)} missing)", str(model_dir), "copy the model's files again")
+    return shards
 
 
 def load_weights(path: Path) -> dict[str, torch.Tensor]:

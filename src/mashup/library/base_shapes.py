@@ -1,19 +1,16 @@
 """A checkpoint's tensor shapes from its weight files' headers, and whether they fit its base's: the base's
-shapes read from its safetensors headers (``base_tensor_shapes``), or, for an adapter where the files' names may
-not be the modules', from the model its config.json builds (``base_module_shapes``); each once per registration
-with ``BaseShapes``."""
+shapes read from its safetensors headers (``base_tensor_shapes``) for a full fine-tune, and for an adapter from the
+model its config.json builds (``base_module_shapes``); each once per registration with ``BaseShapes``."""
 
 from __future__ import annotations
 
-import json
 import re
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any
 
 from mashup.errors import CheckpointError
-from mashup.io import TensorSpec, tensor_specs
+from mashup.io import TensorSpec, tensor_specs, weight_files
 from mashup.library.lora_config import ADAPTER_CONFIG, lora_base_difference, lora_module
 
 ShapesOfBase = Callable[[str], dict[str, list[int]] | None]  # a base -> its tensors' shapes
@@ -43,9 +40,10 @@ def base_tensor_shapes(base: str) -> dict[str, list[int]] | None:
     from mashup.library.identity import local_base_dir  # identity imports records, which imports this module
 
     model_dir = local_base_dir(base)
-    files = sorted(model_dir.glob("*.safetensors")) if model_dir else []
-    try:
-        return all_shapes(all_specs(files)) if files else None
+    if model_dir is None:
+        return None
+    try:  # the files transformers loads (weight_files), safetensors only
+        return all_shapes(all_specs(weight_files(model_dir)))
     except CheckpointError:
         return None
 
@@ -67,37 +65,16 @@ def base_module_shapes(base: str) -> dict[str, list[int]] | None:
         return None
 
 
-def may_rename(base: str) -> bool:
-    """Whether transformers may build the model of the local base dir ``base`` names under other names than its files
-    hold, from its config.json alone: a composite model (a ``text_config``) or one with experts, which it may fuse.
-    Building the model to see costs an import of its transformers classes (about 2 s) a plain decoder's adapters need
-    not pay: their modules are the files' names."""
-    from mashup.library.identity import local_base_dir  # identity imports records, which imports this module
-
-    model_dir = local_base_dir(base)
-    try:
-        config = json.loads((model_dir / "config.json").read_text()) if model_dir else None
-    except (OSError, ValueError):
-        return True
-    if not isinstance(config, dict):
-        return True
-    return "text_config" in config or any("expert" in key for key in config)
-
-
 class BaseShapes:
     """A base's shapes, each read once per base for as long as this object lives (one ``Library.add``): ``files``
     (``base_tensor_shapes``, which full fine-tunes must match) and ``modules`` (``base_module_shapes``, which
-    adapters must fit), and whether they may differ (``may_rename``). The checkpoints registered together share one
-    read, and the next add reads again, as the base may have changed by then. Safe to call from several threads."""
+    adapters must fit). The checkpoints registered together share one read, and the next add reads again, as the
+    base may have changed by then. Safe to call from several threads."""
 
-    def __init__(self, files: ShapesOfBase = base_tensor_shapes, modules: ShapesOfBase = base_module_shapes,
-                 renames: Callable[[str], bool] = may_rename) -> None:
-        self._read: dict[str, Callable[[str], Any]] = {"files": files, "modules": modules, "renames": renames}
-        self._shapes: dict[tuple[str, str], Any] = {}
+    def __init__(self, files: ShapesOfBase = base_tensor_shapes, modules: ShapesOfBase = base_module_shapes) -> None:
+        self._read = {"files": files, "modules": modules}
+        self._shapes: dict[tuple[str, str], dict[str, list[int]] | None] = {}
         self._lock = threading.Lock()
-
-    def may_rename(self, base: str) -> bool:
-        return self._get("renames", base)
 
     def files(self, base: str) -> dict[str, list[int]] | None:
         return self._get("files", base)
@@ -105,7 +82,7 @@ class BaseShapes:
     def modules(self, base: str) -> dict[str, list[int]] | None:
         return self._get("modules", base)
 
-    def _get(self, what: str, base: str) -> Any:
+    def _get(self, what: str, base: str) -> dict[str, list[int]] | None:
         with self._lock:  # held while reading: the other threads wait for this read rather than each reading
             if (what, base) not in self._shapes:
                 self._shapes[what, base] = self._read[what](base)
@@ -141,11 +118,10 @@ def check_lora_fits_base(shapes: dict[str, list[int]], base: str, base_shapes: B
     at load time with a traceback, after every score that used the record."""
     if not base:
         return
-    files = base_shapes.files(base)
-    # the model is built only where the files' names may not tell (see may_rename), or do not hold every module
-    check_built = files is None or base_shapes.may_rename(base) or unknown_module(shapes, files) is not None
-    built = base_shapes.modules(base) if check_built else None
-    shapes_of_base = built if built is not None else files
+    # built, not read from the files: transformers 5 names some models' modules otherwise than their files, so a
+    # config.json alone does not tell (a composite model, EXAONE, GPT-NeoX's embed_out, fused MoE experts)
+    built = base_shapes.modules(base)
+    shapes_of_base = built if built is not None else base_shapes.files(base)
     if not shapes_of_base:
         return
     unknown = unknown_module(shapes, built) if built is not None else None  # files may leave a tied head out

@@ -16,6 +16,7 @@ from mashup.library.values import is_count, is_int, is_number, shown
 
 ADAPTER_CONFIG = "adapter_config.json"
 LORA_SETTINGS = ("lora_r", "lora_alpha", "target_modules", "use_rslora", "use_dora")
+PEFT_DEFAULTS = {"r": 8, "lora_alpha": 8}  # peft.LoraConfig's, which PEFT applies to a field the file leaves out
 # the fields that narrow which modules target_modules picks: registration judges the factors against them, so an
 # edit of them later makes the record stale, and a merge cannot unite inputs that differ in them
 NARROWING_FIELDS = ("exclude_modules", "layers_to_transform", "layers_pattern")
@@ -144,9 +145,10 @@ def names_field(config: dict[str, Any], name: str, where: str) -> str | list[str
 def lora_settings(config: dict[str, Any], where: str = ADAPTER_CONFIG) -> dict[str, Any]:
     """What an adapter_config.json (at ``where``) says about how the factors apply (the record's fields of the
     same names): rank, alpha, rsLoRA, DoRA and the target modules. The weights' digest does not cover them."""
-    r = read_field(config, "r", 8, is_count, "a positive integer", where)
+    r = read_field(config, "r", PEFT_DEFAULTS["r"], is_count, "a positive integer", where)
     # 0 scales the adapter to nothing: no update to score or merge (a merge could not factor a zero scale)
-    alpha = read_field(config, "lora_alpha", r, lambda v: is_number(v) and v != 0, "a non-zero number", where)
+    alpha = read_field(config, "lora_alpha", PEFT_DEFAULTS["lora_alpha"], lambda v: is_number(v) and v != 0,
+                       "a non-zero number", where)
     targets = names_field(config, "target_modules", where) or []
     return {"lora_r": r, "lora_alpha": float(alpha),
             "target_modules": [targets] if isinstance(targets, str) else sorted(targets),

@@ -12,6 +12,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from mashup.errors import MashupError, MergeError
+from mashup.io import weight_files
 from mashup.library.records import CheckpointRecord
 from mashup.merging.plan import MergePlan
 from mashup.merging.registry import merge_tensors
@@ -36,7 +37,8 @@ class WeightReader:
             self.files = {name: self.model_dir / file for name, file in weight_map.items()}
             return
         self.files = {}
-        for path in sorted(self.model_dir.glob("*.safetensors")):
+        # the files transformers loads (weight_files): not another copy beside them (Mistral's consolidated.*)
+        for path in weight_files(self.model_dir) if any(self.model_dir.glob("*.safetensors")) else []:
             with safe_open(str(path), framework="pt") as handle:
                 self.files.update({name: path for name in handle.keys()})
         if not self.files:
