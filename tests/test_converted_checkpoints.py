@@ -269,19 +269,17 @@ def test_an_adapter_of_a_plain_decoder_saved_under_its_files_names_is_refused_at
 
 def test_a_second_copy_of_the_weights_beside_the_loaded_files_is_not_taken_for_them(tmp_path: Path) -> None:
     """Mistral's Hub repos hold consolidated.safetensors (mistral-inference's names) beside transformers' shards or
-    model.safetensors: registration, hashing and merges read the files transformers loads."""
-    from mashup.io import weight_files
-    from mashup.library.identity import base_identity
+    model.safetensors: registering a full fine-tune against such a base and merging read the files transformers
+    loads. (A base's identity still hashes every safetensors file, as libraries registered before recorded it.)"""
+    from mashup.io import loaded_safetensors
     from tests.tiny import save_tiny_base
 
     sharded, single = tmp_path / "sharded", save_tiny_base(tmp_path / "single")
     load_model(single).save_pretrained(sharded, max_shard_size="20KB")
-    identities = {base: base_identity(base) for base in (sharded, single)}
     for base in (sharded, single):
         save_file({"layers.0.attention.wq.weight": torch.zeros(2, 2)}, str(base / "consolidated.safetensors"))
-        assert all(f.name != "consolidated.safetensors" for f in weight_files(base))
-        assert base_identity(base) == identities[base]
-    assert len(weight_files(sharded)) > 1
+        assert all(f.name != "consolidated.safetensors" for f in loaded_safetensors(base))
+    assert len(loaded_safetensors(sharded)) > 1
     full = _full(single, tmp_path / "full", seed=1)
     assert [r.kind for r in Library(tmp_path / "lib").add([full], base=str(sharded), task="t")] == ["full"]
     merge_checkpoints(records([full, full], sharded), MergeConfig(method="ties"), tmp_path / "out",
@@ -289,13 +287,26 @@ def test_a_second_copy_of_the_weights_beside_the_loaded_files_is_not_taken_for_t
     assert "layers.0.attention.wq.weight" not in load_file(tmp_path / "out" / "model.safetensors")
 
 
-def test_a_weight_index_naming_a_missing_shard_is_one_line(tmp_path: Path) -> None:
-    from mashup.io import weight_files
+def test_the_loaded_files_are_picked_as_transformers_picks_them(tmp_path: Path) -> None:
+    """model.safetensors before an index; an index's shards, each a file of the dir, at least one, all there."""
+    import json
+
+    from mashup.io import loaded_safetensors
     from tests.tiny import save_tiny_base
 
     base = tmp_path / "sharded"
     load_model(save_tiny_base(tmp_path / "single")).save_pretrained(base, max_shard_size="20KB")
+    index = base / "model.safetensors.index.json"
+    weight_map = json.loads(index.read_text())["weight_map"]
+    for names, problem in (({}, "names no shards"), ({"w": "../elsewhere.safetensors"}, "names shard ../elsewhere")):
+        index.write_text(json.dumps({"weight_map": names}))
+        with pytest.raises(CheckpointError, match=problem):
+            loaded_safetensors(base)
+    index.write_text(json.dumps({"weight_map": weight_map}))
     shard = sorted(base.glob("model-*.safetensors"))[0]
-    shard.unlink()
+    shard.rename(tmp_path / shard.name)
     with pytest.raises(CheckpointError, match=f"shard {shard.name} named by model.safetensors.index.json is missing"):
-        weight_files(base)
+        loaded_safetensors(base)
+    (tmp_path / shard.name).rename(shard)
+    save_file({"w": torch.zeros(1)}, str(base / "model.safetensors"))
+    assert loaded_safetensors(base) == [base / "model.safetensors"]

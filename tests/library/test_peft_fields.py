@@ -204,3 +204,18 @@ def test_fields_left_out_take_pefts_defaults(tmp_path, tiny_loras):
     (adapter / "adapter_config.json").write_text(json.dumps({k: v for k, v in config.items() if k != "lora_alpha"}))
     (record,) = Library(tmp_path / "lib").add([adapter])
     assert record.lora_alpha == 8 and record.lora_scale == 2
+
+
+def test_a_record_registered_with_r_for_a_missing_alpha_says_why_it_is_stale(tmp_path, tiny_loras):
+    """Before PEFT's default was read, a missing lora_alpha registered as r: such a record is stale, and says so
+    rather than blaming an edit."""
+    import json
+
+    from mashup.library.records import lora_config_change
+
+    adapter = noisy_copy(tiny_loras[0], tmp_path / "a", seed=1)
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    (adapter / "adapter_config.json").write_text(json.dumps({k: v for k, v in config.items() if k != "lora_alpha"}))
+    (record,) = Library(tmp_path / "lib").add([adapter])
+    record.lora_alpha = float(record.lora_r)  # as registered before
+    assert "which mashup now reads as PEFT does (8, its default)" in lora_config_change(record)

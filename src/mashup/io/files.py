@@ -56,11 +56,11 @@ SAFETENSORS_INDEX = "model.safetensors.index.json"
 
 
 def weight_files(model_dir: Path, *, allow_pickle: bool = False) -> list[Path]:
-    """The weight files of a model or adapter dir as transformers loads them: safetensors (the shards its index
-    names, where it has one), or pickles only when allowed."""
+    """The weight files of a model or adapter dir, all that identify it (hashed, stat-checked): safetensors, or
+    pickles only when allowed. ``loaded_safetensors`` gives those transformers loads."""
     found = sorted(model_dir.glob("*.safetensors"))
     if found:
-        return _loaded_safetensors(model_dir, found)
+        return found
     pickles = sorted(model_dir.glob("*.bin"))
     if pickles and not allow_pickle:
         raise CheckpointError(
@@ -73,19 +73,26 @@ def weight_files(model_dir: Path, *, allow_pickle: bool = False) -> list[Path]:
     raise CheckpointError("no weight files (*.safetensors)", str(model_dir), "point at a model or adapter dir")
 
 
-def _loaded_safetensors(model_dir: Path, found: list[Path]) -> list[Path]:
-    """Of the safetensors files ``found``, those transformers loads: a sharded model's index names its shards, and
-    a dir may hold another copy of the weights under other names beside them or beside model.safetensors (Mistral's
-    Hub repos: consolidated.safetensors, for mistral-inference)."""
-    index = model_dir / SAFETENSORS_INDEX
+def loaded_safetensors(model_dir: Path) -> list[Path]:
+    """The safetensors files transformers loads from a model dir, as it picks them: ``model.safetensors`` where
+    there is one, else the shards its index names, else every ``*.safetensors``. A dir may hold another copy of
+    the weights under other names beside them (Mistral's Hub repos: consolidated.safetensors, for
+    mistral-inference), which reading the model's tensors must leave out."""
+    single, index = model_dir / "model.safetensors", model_dir / SAFETENSORS_INDEX
+    if single.is_file():
+        return [single]
     if not index.is_file():
-        single = model_dir / "model.safetensors"
-        return [single] if single in found else found
+        return weight_files(model_dir)
     try:
-        shards = sorted({model_dir / name for name in json.loads(index.read_text())["weight_map"].values()})
+        names = set(json.loads(index.read_text())["weight_map"].values())
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise CheckpointError(f"{SAFETENSORS_INDEX} is not a weight index ({type(exc).__name__}: {exc})",
                               str(index), "re-save the model") from None
+    shards = sorted(model_dir / name for name in names if isinstance(name, str))
+    outside = next((name for name in sorted(map(str, names)) if Path(name).name != name), None)
+    if outside is not None or not shards:
+        raise CheckpointError(f"{SAFETENSORS_INDEX} names {'shard ' + outside if outside else 'no shards'}, not a "
+                              "file of this dir", str(index), "re-save the model")
     missing = [shard for shard in shards if not shard.is_file()]
     if missing:
         raise CheckpointError(f"shard {missing[0].name} named by {SAFETENSORS_INDEX} is missing "

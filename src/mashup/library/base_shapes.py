@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 from mashup.errors import CheckpointError
-from mashup.io import TensorSpec, tensor_specs, weight_files
+from mashup.io import TensorSpec, loaded_safetensors, tensor_specs
 from mashup.library.lora_config import ADAPTER_CONFIG, lora_base_difference, lora_module
 
 ShapesOfBase = Callable[[str], dict[str, list[int]] | None]  # a base -> its tensors' shapes
@@ -42,8 +42,8 @@ def base_tensor_shapes(base: str) -> dict[str, list[int]] | None:
     model_dir = local_base_dir(base)
     if model_dir is None:
         return None
-    try:  # the files transformers loads (weight_files), safetensors only
-        return all_shapes(all_specs(weight_files(model_dir)))
+    try:  # the files transformers loads, safetensors only
+        return all_shapes(all_specs(loaded_safetensors(model_dir)))
     except CheckpointError:
         return None
 

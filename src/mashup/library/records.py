@@ -143,6 +143,10 @@ def lora_config_change(record: CheckpointRecord) -> str | None:
         now, then = {**now, **lora_narrowing(config)}, {**then, **record.narrowing}
     changes = [f"{name} {then.get(name)!r} -> {value!r}" for name, value in now.items()
                if narrowing_choice(name, value) != narrowing_choice(name, then.get(name))]
+    if changes == [f"lora_alpha {then['lora_alpha']!r} -> {now['lora_alpha']!r}"] and "lora_alpha" not in config \
+            and then["lora_alpha"] == then["lora_r"]:
+        return (f"{ADAPTER_CONFIG} has no lora_alpha, which mashup now reads as PEFT does (8, its default) where it "
+                f"was registered as r ({then['lora_r']}): remove the entry and add the adapter again")
     return f"{ADAPTER_CONFIG} changed since registration ({'; '.join(changes)})" if changes else None
 
 

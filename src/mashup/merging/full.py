@@ -12,7 +12,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from mashup.errors import MashupError, MergeError
-from mashup.io import weight_files
+from mashup.io import loaded_safetensors
 from mashup.library.records import CheckpointRecord
 from mashup.merging.plan import MergePlan
 from mashup.merging.registry import merge_tensors
@@ -31,14 +31,9 @@ class WeightReader:
 
     def __init__(self, model_dir: Path) -> None:
         self.model_dir = Path(model_dir)
-        index = self.model_dir / INDEX_NAME
-        if index.exists():
-            weight_map = json.loads(index.read_text())["weight_map"]
-            self.files = {name: self.model_dir / file for name, file in weight_map.items()}
-            return
         self.files = {}
-        # the files transformers loads (weight_files): not another copy beside them (Mistral's consolidated.*)
-        for path in weight_files(self.model_dir) if any(self.model_dir.glob("*.safetensors")) else []:
+        # the files transformers loads: not another copy beside them (Mistral's consolidated.safetensors)
+        for path in loaded_safetensors(self.model_dir) if any(self.model_dir.glob("*.safetensors")) else []:
             with safe_open(str(path), framework="pt") as handle:
                 self.files.update({name: path for name in handle.keys()})
         if not self.files:
