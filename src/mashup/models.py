@@ -27,10 +27,8 @@ from mashup.model_checks import (
     require_clean_load,
     require_json,
     require_matching_keys,
-    tied_weights,
-    untied_copy,
-    untied_what,
 )
+from mashup.weight_names import tied_weights, untied_copy, untied_what
 
 # transformers' modeling code and peft are imported where a model is loaded: on a 2-core CPU they add
 # about 4 s to every command, and a cached select or a library listing loads no model

@@ -236,7 +236,7 @@ def test_the_output_configs_tie_is_checked_though_the_inputs_config_does_not_bui
 
 
 def test_an_untied_copy_is_found_by_value_with_nan_equal_to_nan():
-    from mashup.model_checks import untied_copy
+    from mashup.weight_names import untied_copy
 
     head = torch.tensor([[1.0, float("nan")], [0.5, 2.0]])
     tied = {"lm_head.weight": "embed.weight"}

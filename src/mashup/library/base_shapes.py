@@ -51,7 +51,7 @@ def base_tensor_shapes(base: str) -> dict[str, list[int]] | None:
 def base_module_shapes(base: str) -> dict[str, list[int]] | None:
     """Names and shapes of the weights of the model the local base dir's config.json builds (on the meta device: no
     weights read), by the model's own names, which PEFT names the modules it adapts by; transformers 5 saves some
-    architectures under other names (``model_checks.saved_names``). None when the base is not local or its config
+    architectures under other names (``weight_names.saved_names``). None when the base is not local or its config
     does not build."""
     from mashup.library.identity import local_base_dir  # identity imports records, which imports this module
     from mashup.model_checks import model_on_meta

@@ -17,8 +17,8 @@ from mashup.library.db import ensure_table, read_connection, select_rows, write_
 from mashup.library.freshness import Freshness, check_freshness, parallel_map
 from mashup.library.identity import BaseMatcher
 from mashup.library.records import CheckpointRecord, discover_checkpoints, inspect_to_register
-from mashup.library.registration import (Progress, checks_of_registered, complete_records, inspect_new,
-                                         refuse_duplicates, refuse_registered, stored_init_reference)
+from mashup.library.registration import (Progress, checks_of_registered, complete_records, inspect_new, sort_records,
+                                         stored_init_reference)
 from mashup.library.rows import (COLUMNS, UnreadableEntry, from_row, log_insert, read_rows, relocate_rows, to_row,
                                  unreadable_ids)
 
@@ -57,16 +57,6 @@ class Added(list[CheckpointRecord]):
         self.skipped = list(skipped)
         self.relocated = list(relocated)
         self.repaired = list(repaired)
-
-
-@dataclasses.dataclass
-class _Sorted:
-    """How ``Library._insert`` sorts the records it is given against the catalog's rows."""
-
-    added: list[CheckpointRecord]  # to insert, the repaired among them
-    moved: list[CheckpointRecord]  # whose entries are re-pointed at their dirs
-    skipped: list[CheckpointRecord]
-    replaced: set[str]  # ids of unreadable entries deleted for the record added (repaired)
 
 
 class Library:
@@ -128,12 +118,12 @@ class Library:
 
     def _insert(self, records: list[CheckpointRecord], *, skip_registered: bool,
                 repoint: Collection[str] | None = None) -> Added:
-        """Insert ``records`` in one transaction (sorted by ``_sort_records``): the added (the relocated and repaired
-        among them, as they now read), the skipped, the relocated and the repaired."""
+        """Insert ``records`` in one transaction (sorted by ``registration.sort_records``): the added (the relocated
+        and repaired among them, as they now read), the skipped, the relocated and the repaired."""
         with self._write() as conn:
             existing = {i: (path, sha) for i, path, sha in conn.execute("SELECT id, path, sha256 FROM checkpoints")}
             unreadable = unreadable_ids(conn, {r.id for r in records if r.id in existing}, str(self.db_path))
-            plan = _sort_records(records, existing, unreadable, skip_registered=skip_registered, repoint=repoint)
+            plan = sort_records(records, existing, unreadable, skip_registered=skip_registered, repoint=repoint)
             relocated = {r.id: r for r in relocate_rows(conn, plan.moved, str(self.db_path))}
             conn.executemany("DELETE FROM checkpoints WHERE id = ?", [(i,) for i in sorted(plan.replaced)])
             columns = ", ".join(COLUMNS)
@@ -278,30 +268,6 @@ class Library:
         for check in checks:
             if check.new_stats:
                 check.record.file_stats = check.new_stats
-
-
-def _sort_records(records: list[CheckpointRecord], existing: dict[str, tuple[str, str]], unreadable: set[str], *,
-                  skip_registered: bool, repoint: Collection[str] | None) -> _Sorted:
-    """Sort ``records`` against the entries ``existing`` (each id's path and digest; ``unreadable``: ids of those
-    that cannot be read). Weights already registered (same digest) are skipped with ``skip_registered``, else
-    refused; the same weights given twice are refused; weights registered at a dir that is gone (moved; given
-    ``repoint``, instead: anywhere for an id in it, and no other) re-point that entry at the new dir, keeping what
-    it holds but what the add gives (``moved_entry``). An entry of the same id that cannot be read is replaced by a
-    plain add, with a warning (``log_insert``): registering the checkpoint again is how such an entry is repaired. A
-    re-scan (``skip_registered``) skips it with a warning instead (even where its dir is gone): it would drop what
-    the entry held (task, lineage) without being asked."""
-    replaced = set() if skip_registered else unreadable
-    existing = {i: found for i, found in existing.items() if i not in replaced}
-    gone = {r.id for r in records if r.id in existing and r.id not in unreadable  # skipped with a warning
-            and (r.id in repoint if repoint is not None else not Path(existing[r.id][0]).is_dir())}
-    moved = [r for r in records if r.id in gone and existing[r.id][1] == r.sha256]
-    skipped = [r for r in records if skip_registered and r.id not in gone
-               and existing.get(r.id, ("", ""))[1] == r.sha256]
-    left = {r.id for r in skipped + moved}
-    added = [r for r in records if r.id not in left]
-    refuse_duplicates(added + moved)
-    refuse_registered(added, existing)
-    return _Sorted(added, moved, skipped, replaced)
 
 
 def _log_skipped(skipped: list[CheckpointRecord]) -> None:

@@ -1,9 +1,11 @@
 """What ``Library.add`` does before its one write: find which dirs are new, inspect and hash them (in parallel),
-and complete their records (id, time, base as stored and its identity); the catalog's write is ``catalog``'s."""
+complete their records (id, time, base as stored and its identity), and sort them against the catalog's rows
+(``sort_records``); the catalog's write is ``catalog``'s."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import dataclasses
+from collections.abc import Callable, Collection
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -80,3 +82,37 @@ def refuse_registered(records: list[CheckpointRecord], existing: dict[str, tuple
     if clash:
         raise AlreadyRegistered(f"already registered as {clash.id} ({existing[clash.id][0]})", clash.path,
                                 "nothing to do, or remove the old entry first", clash.id)
+
+
+@dataclasses.dataclass
+class SortedRecords:
+    """How ``Library.add`` sorts the records it is given against the catalog's rows."""
+
+    added: list[CheckpointRecord]  # to insert, the repaired among them
+    moved: list[CheckpointRecord]  # whose entries are re-pointed at their dirs
+    skipped: list[CheckpointRecord]
+    replaced: set[str]  # ids of unreadable entries deleted for the record added (repaired)
+
+
+def sort_records(records: list[CheckpointRecord], existing: dict[str, tuple[str, str]], unreadable: set[str], *,
+                 skip_registered: bool, repoint: Collection[str] | None) -> SortedRecords:
+    """Sort ``records`` against the entries ``existing`` (each id's path and digest; ``unreadable``: ids of those
+    that cannot be read). Weights already registered (same digest) are skipped with ``skip_registered``, else
+    refused; the same weights given twice are refused; weights registered at a dir that is gone (moved; given
+    ``repoint``, instead: anywhere for an id in it, and no other) re-point that entry at the new dir, keeping what
+    it holds but what the add gives (``moved_entry``). An entry of the same id that cannot be read is replaced by a
+    plain add, with a warning (``log_insert``): registering the checkpoint again is how such an entry is repaired. A
+    re-scan (``skip_registered``) skips it with a warning instead (even where its dir is gone): it would drop what
+    the entry held (task, lineage) without being asked."""
+    replaced = set() if skip_registered else unreadable
+    existing = {i: found for i, found in existing.items() if i not in replaced}
+    gone = {r.id for r in records if r.id in existing and r.id not in unreadable  # skipped with a warning
+            and (r.id in repoint if repoint is not None else not Path(existing[r.id][0]).is_dir())}
+    moved = [r for r in records if r.id in gone and existing[r.id][1] == r.sha256]
+    skipped = [r for r in records if skip_registered and r.id not in gone
+               and existing.get(r.id, ("", ""))[1] == r.sha256]
+    left = {r.id for r in skipped + moved}
+    added = [r for r in records if r.id not in left]
+    refuse_duplicates(added + moved)
+    refuse_registered(added, existing)
+    return SortedRecords(added, moved, skipped, replaced)

@@ -121,7 +121,7 @@ def tied_copies(records: Sequence[CheckpointRecord], readers: Sequence[WeightRea
     on load. Merged on their own, a random or magnitude sparsification would make them differ from what they are
     tied to, and such a checkpoint is refused on load; a base saved by transformers stores none of them. A stored
     copy of other values is refused here, and so is a weight the inputs tie and leave out that the output unties."""
-    from mashup.model_checks import untied_copy, untied_what
+    from mashup.weight_names import untied_copy, untied_what
 
     first, config = Path(records[0].path), config_dir / "config.json"
     tied = _tied_by(config_dir)
@@ -146,8 +146,9 @@ def tied_copies(records: Sequence[CheckpointRecord], readers: Sequence[WeightRea
 
 def _tied_by(model_dir: Path) -> dict[str, str] | None:
     """The weights ``model_dir``'s config.json ties, by the names its files hold them under
-    (``model_checks.saved_tied_weights``); None where no installed transformers builds it."""
-    from mashup.model_checks import model_on_meta, saved_tied_weights
+    (``weight_names.saved_tied_weights``); None where no installed transformers builds it."""
+    from mashup.model_checks import model_on_meta
+    from mashup.weight_names import saved_tied_weights
 
     try:
         return saved_tied_weights(model_on_meta(model_dir))
