@@ -17,8 +17,8 @@ from mashup.merging.fisher import estimate_fisher
 from mashup.merging.lora import base_weight_name
 from mashup.merging.plan import MergePlan
 from mashup.merging.regmean import conv1d_weights, estimate_gram
-from mashup.weight_names import saved_names
 from mashup.models import attach_adapter, load_model
+from mashup.weight_names import saved_names
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
