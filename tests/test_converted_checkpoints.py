@@ -274,14 +274,18 @@ def test_a_second_copy_of_the_weights_beside_the_loaded_files_is_not_taken_for_t
     from mashup.io import loaded_safetensors
     from tests.tiny import save_tiny_base
 
+    from mashup.workspace import count_parameters
+
     sharded, single = tmp_path / "sharded", save_tiny_base(tmp_path / "single")
     load_model(single).save_pretrained(sharded, max_shard_size="20KB")
-    for base in (sharded, single):
-        save_file({"layers.0.attention.wq.weight": torch.zeros(2, 2)}, str(base / "consolidated.safetensors"))
-        assert all(f.name != "consolidated.safetensors" for f in loaded_safetensors(base))
-    assert len(loaded_safetensors(sharded)) > 1
-    full = _full(single, tmp_path / "full", seed=1)
-    assert [r.kind for r in Library(tmp_path / "lib").add([full], base=str(sharded), task="t")] == ["full"]
+    count = count_parameters(single)
+    full, full_copy = _full(single, tmp_path / "full", seed=1), _full(single, tmp_path / "full-copy", seed=2)
+    for model_dir in (sharded, single, full_copy):
+        save_file({"layers.0.attention.wq.weight": torch.zeros(2, 2)}, str(model_dir / "consolidated.safetensors"))
+        assert all(f.name != "consolidated.safetensors" for f in loaded_safetensors(model_dir))
+    assert len(loaded_safetensors(sharded)) > 1 and count_parameters(single) == count_parameters(sharded) == count
+    added = Library(tmp_path / "lib").add([full, full_copy], base=str(sharded), task="t")
+    assert [r.kind for r in added] == ["full", "full"] and "layers.0.attention.wq.weight" not in added[1].shapes
     merge_checkpoints(records([full, full], sharded), MergeConfig(method="ties"), tmp_path / "out",
                       base_model_dir=sharded)
     assert "layers.0.attention.wq.weight" not in load_file(tmp_path / "out" / "model.safetensors")
@@ -292,6 +296,7 @@ def test_the_loaded_files_are_picked_as_transformers_picks_them(tmp_path: Path) 
     import json
 
     from mashup.io import loaded_safetensors
+    from mashup.merging.full import WeightReader
     from tests.tiny import save_tiny_base
 
     base = tmp_path / "sharded"
@@ -307,6 +312,11 @@ def test_the_loaded_files_are_picked_as_transformers_picks_them(tmp_path: Path) 
     shard.rename(tmp_path / shard.name)
     with pytest.raises(CheckpointError, match=f"shard {shard.name} named by model.safetensors.index.json is missing"):
         loaded_safetensors(base)
-    (tmp_path / shard.name).rename(shard)
+    for other in sorted(base.glob("model-*.safetensors")):  # every shard gone: still the index's line
+        other.rename(tmp_path / other.name)
+    with pytest.raises(CheckpointError, match="named by model.safetensors.index.json is missing"):
+        WeightReader(base)
+    for other in sorted(tmp_path.glob("model-*.safetensors")):
+        other.rename(base / other.name)
     save_file({"w": torch.zeros(1)}, str(base / "model.safetensors"))
     assert loaded_safetensors(base) == [base / "model.safetensors"]

@@ -87,12 +87,9 @@ def test_offline_mode_lists_nothing(hub, monkeypatch):
     assert hub["listings"] == []
 
 
-def test_mistral_inferences_copy_of_the_weights_is_neither_fetched_nor_taken_for_them(hub):
-    """Mistral's repos hold consolidated.safetensors (mistral-inference's names) beside transformers' shards."""
-    from mashup.hub import fetch_hub_model
-
-    fetch_hub_model(REPO)
-    assert hub["ignored"] == ["consolidated*"]
+def test_mistral_inferences_copy_of_the_weights_is_not_taken_for_them(hub):
+    """Mistral's repos hold consolidated.safetensors (mistral-inference's names) beside transformers' shards: a
+    repo with only that copy has no weights transformers loads."""
     hub["listed"] = ["config.json", "consolidated.safetensors", "pytorch_model.bin"]
     with pytest.raises(CheckpointError, match="only pickle"):
         check_base_available(REPO)

@@ -38,9 +38,7 @@ def fetch_hub_model(repo_id: str, *, config_only: bool = False) -> Path:
 
     patterns = ["config.json"] if config_only else ["*.json", "*.safetensors", "*.model", "*.txt"]
     try:
-        # not consolidated*.safetensors: Mistral's repos hold their weights again so, for mistral-inference, which
-        # transformers neither loads nor fetches
-        return Path(snapshot_download(repo_id, allow_patterns=patterns, ignore_patterns=["consolidated*"]))
+        return Path(snapshot_download(repo_id, allow_patterns=patterns))
     except (HfHubHTTPError, LocalEntryNotFoundError, OSError) as exc:  # offline, unknown id, gated, ...
         raise MashupError(f"cannot get base model '{repo_id}' from the Hugging Face Hub ({short_reason(str(exc))})",
                           None,

@@ -218,4 +218,4 @@ def test_a_record_registered_with_r_for_a_missing_alpha_says_why_it_is_stale(tmp
     (adapter / "adapter_config.json").write_text(json.dumps({k: v for k, v in config.items() if k != "lora_alpha"}))
     (record,) = Library(tmp_path / "lib").add([adapter])
     record.lora_alpha = float(record.lora_r)  # as registered before
-    assert "which mashup now reads as PEFT does (8, its default)" in lora_config_change(record)
+    assert "which mashup reads as PEFT does (8, its default) where the entry holds r (4)" in lora_config_change(record)

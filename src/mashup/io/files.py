@@ -75,9 +75,10 @@ def weight_files(model_dir: Path, *, allow_pickle: bool = False) -> list[Path]:
 
 def loaded_safetensors(model_dir: Path) -> list[Path]:
     """The safetensors files transformers loads from a model dir, as it picks them: ``model.safetensors`` where
-    there is one, else the shards its index names, else every ``*.safetensors``. A dir may hold another copy of
-    the weights under other names beside them (Mistral's Hub repos: consolidated.safetensors, for
-    mistral-inference), which reading the model's tensors must leave out."""
+    there is one, else the shards its index names; else (where transformers loads nothing) every
+    ``*.safetensors``, which the load then refuses. A dir may hold another copy of the weights under other names
+    beside them (Mistral's Hub repos: consolidated.safetensors, for mistral-inference), which reading the model's
+    tensors must leave out. A config's ``transformers_weights`` file is not followed."""
     single, index = model_dir / "model.safetensors", model_dir / SAFETENSORS_INDEX
     if single.is_file():
         return [single]

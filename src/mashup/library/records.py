@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from mashup.errors import CheckpointError, MashupError
-from mashup.io import TensorSpec, sha256_files, stat_files, weight_files
+from mashup.io import TensorSpec, loaded_safetensors, sha256_files, stat_files, weight_files
 from mashup.library.base_shapes import BaseShapes, all_shapes, all_specs, check_fits_base, check_lora_fits_base
 from mashup.library.lora_config import (ADAPTER_CONFIG, LORA_SETTINGS, check_lora_dtypes, check_lora_shapes,
                                         check_peft_fields, lora_narrowing, lora_settings, narrowing_choice)
@@ -145,8 +145,9 @@ def lora_config_change(record: CheckpointRecord) -> str | None:
                if narrowing_choice(name, value) != narrowing_choice(name, then.get(name))]
     if changes == [f"lora_alpha {then['lora_alpha']!r} -> {now['lora_alpha']!r}"] and "lora_alpha" not in config \
             and then["lora_alpha"] == then["lora_r"]:
-        return (f"{ADAPTER_CONFIG} has no lora_alpha, which mashup now reads as PEFT does (8, its default) where it "
-                f"was registered as r ({then['lora_r']}): remove the entry and add the adapter again")
+        return (f"{ADAPTER_CONFIG} has no lora_alpha, which mashup reads as PEFT does (8, its default) where the "
+                f"entry holds r ({then['lora_r']}): registered before mashup read PEFT's default, or lora_alpha was "
+                "removed since; remove the entry and add the adapter again")
     return f"{ADAPTER_CONFIG} changed since registration ({'; '.join(changes)})" if changes else None
 
 
@@ -160,8 +161,8 @@ def inspect_full(path: Path, base: str | None, task: str | None, allow_pickle: b
     from mashup.library.identity import check_base_dir  # identity imports this module
 
     check_base_dir(base)  # else a typo registers as a base whose identity is unresolved, found out at merge time
-    files = weight_files(path, allow_pickle=allow_pickle)
-    shapes = all_shapes(all_specs(files))
+    files = weight_files(path, allow_pickle=allow_pickle)  # every one is hashed; the tensors are those loaded
+    shapes = all_shapes(all_specs(loaded_safetensors(path) if files[0].suffix == ".safetensors" else files))
     check_fits_base(shapes, base, (base_shapes or BaseShapes()).files(base), str(path))
     architecture = (config.get("architectures") or [config.get("model_type", "")])[0]
     stats = stat_files(files)

@@ -13,6 +13,7 @@ from safetensors.torch import save_file
 
 from mashup.errors import MashupError, MergeError
 from mashup.io import loaded_safetensors
+from mashup.io.files import SAFETENSORS_INDEX
 from mashup.library.records import CheckpointRecord
 from mashup.merging.plan import MergePlan
 from mashup.merging.registry import merge_tensors
@@ -33,7 +34,8 @@ class WeightReader:
         self.model_dir = Path(model_dir)
         self.files = {}
         # the files transformers loads: not another copy beside them (Mistral's consolidated.safetensors)
-        for path in loaded_safetensors(self.model_dir) if any(self.model_dir.glob("*.safetensors")) else []:
+        listed = (self.model_dir / SAFETENSORS_INDEX).is_file() or any(self.model_dir.glob("*.safetensors"))
+        for path in loaded_safetensors(self.model_dir) if listed else []:
             with safe_open(str(path), framework="pt") as handle:
                 self.files.update({name: path for name in handle.keys()})
         if not self.files:
