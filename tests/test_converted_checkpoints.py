@@ -12,6 +12,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM, Gemma3Config, MixtralConfig
 
+import mashup.io.files as io_files
 from mashup.config import MergeConfig
 from mashup.errors import CheckpointError
 from mashup.library import Library
@@ -267,7 +268,8 @@ def test_an_adapter_of_a_plain_decoder_saved_under_its_files_names_is_refused_at
         Library(tmp_path / "lib").add([adapter], base=str(base), task="t")
 
 
-def test_a_second_copy_of_the_weights_beside_the_loaded_files_is_not_taken_for_them(tmp_path: Path) -> None:
+def test_a_second_copy_of_the_weights_beside_the_loaded_files_is_not_taken_for_them(tmp_path: Path,
+                                                                                    monkeypatch) -> None:
     """Mistral's Hub repos hold consolidated.safetensors (mistral-inference's names) beside transformers' shards or
     model.safetensors: registering a full fine-tune against such a base and merging read the files transformers
     loads. (A base's identity still hashes every safetensors file, as libraries registered before recorded it.)"""
@@ -286,6 +288,12 @@ def test_a_second_copy_of_the_weights_beside_the_loaded_files_is_not_taken_for_t
     assert len(loaded_safetensors(sharded)) > 1 and count_parameters(single) == count_parameters(sharded) == count
     added = Library(tmp_path / "lib").add([full, full_copy], base=str(sharded), task="t")
     assert [r.kind for r in added] == ["full", "full"] and "layers.0.attention.wq.weight" not in added[1].shapes
+    read = []
+    real = io_files.load_weights
+    monkeypatch.setattr(io_files, "load_weights", lambda path: read.append(path.name) or real(path))
+    model = load_model(sharded)
+    load_full_weights_into(model, full_copy)  # the loaded file only, no second load through transformers
+    assert read == ["model.safetensors"] and _same_weights(model, load_model(full_copy))
     merge_checkpoints(records([full, full], sharded), MergeConfig(method="ties"), tmp_path / "out",
                       base_model_dir=sharded)
     assert "layers.0.attention.wq.weight" not in load_file(tmp_path / "out" / "model.safetensors")
@@ -297,6 +305,7 @@ def test_the_loaded_files_are_picked_as_transformers_picks_them(tmp_path: Path) 
 
     from mashup.io import loaded_safetensors
     from mashup.merging.full import WeightReader
+    from mashup.workspace import count_parameters
     from tests.tiny import save_tiny_base
 
     base = tmp_path / "sharded"
@@ -314,8 +323,9 @@ def test_the_loaded_files_are_picked_as_transformers_picks_them(tmp_path: Path) 
         loaded_safetensors(base)
     for other in sorted(base.glob("model-*.safetensors")):  # every shard gone: still the index's line
         other.rename(tmp_path / other.name)
-    with pytest.raises(CheckpointError, match="named by model.safetensors.index.json is missing"):
-        WeightReader(base)
+    for reads in (WeightReader, count_parameters, lambda d: Library(tmp_path / "lib").add([d], base=str(d))):
+        with pytest.raises(CheckpointError, match="named by model.safetensors.index.json is missing"):
+            reads(base)
     for other in sorted(tmp_path.glob("model-*.safetensors")):
         other.rename(base / other.name)
     save_file({"w": torch.zeros(1)}, str(base / "model.safetensors"))

@@ -61,6 +61,8 @@ def weight_files(model_dir: Path, *, allow_pickle: bool = False) -> list[Path]:
     found = sorted(model_dir.glob("*.safetensors"))
     if found:
         return found
+    if (model_dir / SAFETENSORS_INDEX).is_file():
+        loaded_safetensors(model_dir)  # its shards are gone: the line naming them
     pickles = sorted(model_dir.glob("*.bin"))
     if pickles and not allow_pickle:
         raise CheckpointError(
@@ -138,9 +140,11 @@ def unreadable_error(path: Path, exc: Exception) -> CheckpointError:
 
 
 def load_weight_dir(model_dir: Path, *, allow_pickle: bool = False) -> dict[str, torch.Tensor]:
-    """Every tensor of a model or adapter dir's weight files, in one dict."""
+    """Every tensor of a model or adapter dir's weight files, as transformers loads them (``loaded_safetensors``:
+    not another copy of them beside), in one dict."""
+    files = weight_files(model_dir, allow_pickle=allow_pickle)
     tensors: dict[str, torch.Tensor] = {}
-    for path in weight_files(model_dir, allow_pickle=allow_pickle):
+    for path in loaded_safetensors(model_dir) if files[0].suffix == ".safetensors" else files:
         tensors.update(load_weights(path))
     return tensors
 
