@@ -273,7 +273,7 @@ def test_a_second_copy_of_the_weights_beside_the_loaded_files_is_not_taken_for_t
     """Mistral's Hub repos hold consolidated.safetensors (mistral-inference's names) beside transformers' shards or
     model.safetensors: registering a full fine-tune against such a base and merging read the files transformers
     loads. (A base's identity still hashes every safetensors file, as libraries registered before recorded it.)"""
-    from mashup.io import loaded_safetensors
+    from mashup.io import loaded_weight_files
     from tests.tiny import save_tiny_base
 
     from mashup.workspace import count_parameters
@@ -284,8 +284,8 @@ def test_a_second_copy_of_the_weights_beside_the_loaded_files_is_not_taken_for_t
     full, full_copy = _full(single, tmp_path / "full", seed=1), _full(single, tmp_path / "full-copy", seed=2)
     for model_dir in (sharded, single, full_copy):
         save_file({"layers.0.attention.wq.weight": torch.zeros(2, 2)}, str(model_dir / "consolidated.safetensors"))
-        assert all(f.name != "consolidated.safetensors" for f in loaded_safetensors(model_dir))
-    assert len(loaded_safetensors(sharded)) > 1 and count_parameters(single) == count_parameters(sharded) == count
+        assert all(f.name != "consolidated.safetensors" for f in loaded_weight_files(model_dir))
+    assert len(loaded_weight_files(sharded)) > 1 and count_parameters(single) == count_parameters(sharded) == count
     added = Library(tmp_path / "lib").add([full, full_copy], base=str(sharded), task="t")
     assert [r.kind for r in added] == ["full", "full"] and "layers.0.attention.wq.weight" not in added[1].shapes
     read = []
@@ -303,7 +303,7 @@ def test_the_loaded_files_are_picked_as_transformers_picks_them(tmp_path: Path) 
     """model.safetensors before an index; an index's shards, each a file of the dir, at least one, all there."""
     import json
 
-    from mashup.io import loaded_safetensors
+    from mashup.io import loaded_weight_files
     from mashup.merging.full import WeightReader
     from mashup.workspace import count_parameters
     from tests.tiny import save_tiny_base
@@ -315,12 +315,12 @@ def test_the_loaded_files_are_picked_as_transformers_picks_them(tmp_path: Path) 
     for names, problem in (({}, "names no shards"), ({"w": "../elsewhere.safetensors"}, "names shard ../elsewhere")):
         index.write_text(json.dumps({"weight_map": names}))
         with pytest.raises(CheckpointError, match=problem):
-            loaded_safetensors(base)
+            loaded_weight_files(base)
     index.write_text(json.dumps({"weight_map": weight_map}))
     shard = sorted(base.glob("model-*.safetensors"))[0]
     shard.rename(tmp_path / shard.name)
     with pytest.raises(CheckpointError, match=f"shard {shard.name} named by model.safetensors.index.json is missing"):
-        loaded_safetensors(base)
+        loaded_weight_files(base)
     for other in sorted(base.glob("model-*.safetensors")):  # every shard gone: still the index's line
         other.rename(tmp_path / other.name)
     for reads in (WeightReader, count_parameters, lambda d: Library(tmp_path / "lib").add([d], base=str(d))):
@@ -329,4 +329,4 @@ def test_the_loaded_files_are_picked_as_transformers_picks_them(tmp_path: Path) 
     for other in sorted(tmp_path.glob("model-*.safetensors")):
         other.rename(base / other.name)
     save_file({"w": torch.zeros(1)}, str(base / "model.safetensors"))
-    assert loaded_safetensors(base) == [base / "model.safetensors"]
+    assert loaded_weight_files(base) == [base / "model.safetensors"]

@@ -256,13 +256,11 @@ def require_matching_keys(model: PeftModel, adapter_name: str, found: set[str], 
     that match, leaves the rest of the adapter at its init and drops the tensors no module takes."""
     from peft import get_peft_model_state_dict
 
-    from mashup.library.base_shapes import adapted_modules, not_a_module
+    from mashup.library.base_shapes import adapted_modules, require_model_modules
 
     # PEFT renames the modules of one saved under another transformers version's names as it loads it, but the
     # library's slots and merges take them as written: refused with how to re-save it, everywhere alike
-    unknown = sorted(adapted_modules(found) - {name for name, _ in model.get_base_model().named_modules()})
-    if unknown:
-        raise not_a_module(unknown[0], "the base", str(adapter_dir))
+    require_model_modules(adapted_modules(found), model.get_base_model(), str(adapter_dir))
     with quiet_bias_shard_warning():
         # save_embedding_layers=False: "auto" looks the base up on the Hub; embeddings are no LoRA factors anyway
         expected = set(get_peft_model_state_dict(model, adapter_name=adapter_name, save_embedding_layers=False))

@@ -15,7 +15,7 @@ from mashup.data.schema import MCExample
 from mashup.data.target import resolve_formulation
 from mashup.errors import CheckpointError
 from mashup.evaluation import ScoreSettings
-from mashup.io import loaded_safetensors, tensor_shapes, weight_files
+from mashup.io import loaded_weight_files, tensor_shapes
 from mashup.model_checks import model_on_meta
 from mashup.models import default_device, load_tokenizer, resolve_base_dir, resolve_precision
 
@@ -49,11 +49,10 @@ def count_parameters(model_dir: Path) -> int:
     A base with only pickle weights is counted from its config on the meta device: a count is no reason to
     unpickle, and whether the weights may be unpickled is decided where they are loaded (``--allow-pickle``).
     """
-    files = weight_files(model_dir, allow_pickle=True)
+    files = loaded_weight_files(model_dir, allow_pickle=True)
     if files[0].suffix != ".safetensors":
         return _count_from_config(model_dir)
-    return sum(int(torch.Size(shape).numel()) for path in loaded_safetensors(model_dir)
-               for shape in tensor_shapes(path).values())
+    return sum(int(torch.Size(shape).numel()) for path in files for shape in tensor_shapes(path).values())
 
 
 def _count_from_config(model_dir: Path) -> int:

@@ -57,12 +57,12 @@ SAFETENSORS_INDEX = "model.safetensors.index.json"
 
 def weight_files(model_dir: Path, *, allow_pickle: bool = False) -> list[Path]:
     """The weight files of a model or adapter dir, all that identify it (hashed, stat-checked): safetensors, or
-    pickles only when allowed. ``loaded_safetensors`` gives those transformers loads."""
+    pickles only when allowed. ``loaded_weight_files`` gives those transformers loads."""
     found = sorted(model_dir.glob("*.safetensors"))
     if found:
         return found
     if (model_dir / SAFETENSORS_INDEX).is_file():
-        loaded_safetensors(model_dir)  # its shards are gone: the line naming them
+        loaded_weight_files(model_dir)  # its shards are gone: the line naming them
     pickles = sorted(model_dir.glob("*.bin"))
     if pickles and not allow_pickle:
         raise CheckpointError(
@@ -75,17 +75,18 @@ def weight_files(model_dir: Path, *, allow_pickle: bool = False) -> list[Path]:
     raise CheckpointError("no weight files (*.safetensors)", str(model_dir), "point at a model or adapter dir")
 
 
-def loaded_safetensors(model_dir: Path) -> list[Path]:
-    """The safetensors files transformers loads from a model dir, as it picks them: ``model.safetensors`` where
-    there is one, else the shards its index names; else (where transformers loads nothing) every
-    ``*.safetensors``, which the load then refuses. A dir may hold another copy of the weights under other names
-    beside them (Mistral's Hub repos: consolidated.safetensors, for mistral-inference), which reading the model's
-    tensors must leave out. A config's ``transformers_weights`` file is not followed."""
+def loaded_weight_files(model_dir: Path, *, allow_pickle: bool = False) -> list[Path]:
+    """The weight files transformers loads from a model or adapter dir, as it picks them: ``model.safetensors``
+    where there is one, else the shards its index names; else ``weight_files`` (every ``*.safetensors``, which
+    transformers loads for no model dir but an adapter's, or pickles only when allowed). A dir may hold another
+    copy of the weights under other names beside them (Mistral's Hub repos: consolidated.safetensors, for
+    mistral-inference), which reading the model's tensors must leave out. A config's ``transformers_weights`` file
+    is not followed."""
     single, index = model_dir / "model.safetensors", model_dir / SAFETENSORS_INDEX
     if single.is_file():
         return [single]
     if not index.is_file():
-        return weight_files(model_dir)
+        return weight_files(model_dir, allow_pickle=allow_pickle)
     try:
         names = set(json.loads(index.read_text())["weight_map"].values())
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
@@ -140,11 +141,10 @@ def unreadable_error(path: Path, exc: Exception) -> CheckpointError:
 
 
 def load_weight_dir(model_dir: Path, *, allow_pickle: bool = False) -> dict[str, torch.Tensor]:
-    """Every tensor of a model or adapter dir's weight files, as transformers loads them (``loaded_safetensors``:
+    """Every tensor of a model or adapter dir's weight files, as transformers loads them (``loaded_weight_files``:
     not another copy of them beside), in one dict."""
-    files = weight_files(model_dir, allow_pickle=allow_pickle)
     tensors: dict[str, torch.Tensor] = {}
-    for path in loaded_safetensors(model_dir) if files[0].suffix == ".safetensors" else files:
+    for path in loaded_weight_files(model_dir, allow_pickle=allow_pickle):
         tensors.update(load_weights(path))
     return tensors
 

@@ -8,9 +8,10 @@ import re
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 from mashup.errors import CheckpointError
-from mashup.io import TensorSpec, loaded_safetensors, tensor_specs
+from mashup.io import TensorSpec, loaded_weight_files, tensor_specs
 from mashup.library.lora_config import ADAPTER_CONFIG, lora_base_difference, lora_module
 
 ShapesOfBase = Callable[[str], dict[str, list[int]] | None]  # a base -> its tensors' shapes
@@ -43,7 +44,7 @@ def base_tensor_shapes(base: str) -> dict[str, list[int]] | None:
     if model_dir is None:
         return None
     try:  # the files transformers loads, safetensors only
-        return all_shapes(all_specs(loaded_safetensors(model_dir)))
+        return all_shapes(all_specs(loaded_weight_files(model_dir)))
     except CheckpointError:
         return None
 
@@ -144,6 +145,14 @@ def not_a_module(module: str, base: str, where: str) -> CheckpointError:
                "names loads in PEFT, which renames them: re-save it so (PeftModel.from_pretrained(model, "
                "DIR).save_pretrained(NEW_DIR)) and register that")
     return CheckpointError(f"adapter module {module} is not a module of the model {base} builds", where, fix)
+
+
+def require_model_modules(modules: Iterable[str], model: Any, where: str) -> None:
+    """Refuse adapted ``modules`` the built ``model`` (an ``nn.Module``) does not have, naming the adapter ``where``
+    they come from (``not_a_module``)."""
+    missing = sorted(set(modules) - {name for name, _ in model.named_modules()})
+    if missing:
+        raise not_a_module(missing[0], "the base", where)
 
 
 def adapted_modules(names: Iterable[str]) -> set[str]:

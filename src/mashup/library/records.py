@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from mashup.errors import CheckpointError, MashupError
-from mashup.io import TensorSpec, loaded_safetensors, sha256_files, stat_files, weight_files
+from mashup.io import TensorSpec, loaded_weight_files, sha256_files, stat_files, weight_files
 from mashup.library.base_shapes import BaseShapes, all_shapes, all_specs, check_fits_base, check_lora_fits_base
 from mashup.library.lora_config import (ADAPTER_CONFIG, LORA_SETTINGS, check_lora_dtypes, check_lora_shapes,
                                         check_peft_fields, lora_narrowing, lora_settings, narrowing_choice)
@@ -162,7 +162,7 @@ def inspect_full(path: Path, base: str | None, task: str | None, allow_pickle: b
 
     check_base_dir(base)  # else a typo registers as a base whose identity is unresolved, found out at merge time
     files = weight_files(path, allow_pickle=allow_pickle)  # every one is hashed; the tensors are those loaded
-    shapes = all_shapes(all_specs(loaded_safetensors(path) if files[0].suffix == ".safetensors" else files))
+    shapes = all_shapes(all_specs(loaded_weight_files(path, allow_pickle=allow_pickle)))
     check_fits_base(shapes, base, (base_shapes or BaseShapes()).files(base), str(path))
     architecture = (config.get("architectures") or [config.get("model_type", "")])[0]
     stats = stat_files(files)

@@ -12,7 +12,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from mashup.errors import MashupError, MergeError
-from mashup.io import loaded_safetensors
+from mashup.io import loaded_weight_files
 from mashup.io.files import SAFETENSORS_INDEX
 from mashup.library.records import CheckpointRecord
 from mashup.merging.plan import MergePlan
@@ -35,7 +35,7 @@ class WeightReader:
         self.files = {}
         # the files transformers loads: not another copy beside them (Mistral's consolidated.safetensors)
         listed = (self.model_dir / SAFETENSORS_INDEX).is_file() or any(self.model_dir.glob("*.safetensors"))
-        for path in loaded_safetensors(self.model_dir) if listed else []:
+        for path in loaded_weight_files(self.model_dir) if listed else []:
             with safe_open(str(path), framework="pt") as handle:
                 self.files.update({name: path for name in handle.keys()})
         if not self.files:

@@ -23,13 +23,14 @@ from torch import nn
 from mashup.batching import Stacking
 from mashup.data.prompts import EncodedRequest
 from mashup.evaluation import ScoreSettings, ScoringPlan
+from mashup.library.base_shapes import require_model_modules
 from mashup.library.records import CheckpointRecord
 from mashup.io import sorted_shapes
 from mashup.models import load_model
 from mashup.selection.example_scores import ExampleScores, sample_tokens
 from mashup.selection.read_ahead import AdapterReadAhead, default_read_ahead, device_keep_bytes
 from mashup.selection.scoring_copies import ScoringCopies
-from mashup.selection.slots import LoRASlots, SlotLayout, require_modules
+from mashup.selection.slots import LoRASlots, SlotLayout
 from mashup.selection.swapped_models import SwappedModels
 from mashup.workspace import count_parameters
 
@@ -254,7 +255,8 @@ class ScoringEngine:
             return
         assert self._layout is not None
         self._slot_model = self._load_base()
-        require_modules(self._slot_model, self._layout, self._layout_of)
+        # an adapter saved under another transformers version's module names, registered before that was refused
+        require_model_modules(self._layout.modules, self._slot_model, self._layout_of)
         # under bf16 autocast the slots and the layers they wrap hold bf16: autocast would cast them each forward
         dtype = torch.bfloat16 if self.settings.bf16 else None
         self._slots = LoRASlots(self._slot_model, self._layout, self._slot_count, dtype)

@@ -218,17 +218,6 @@ def _tied_parameters(model: nn.Module) -> set[int]:
     return tied
 
 
-def require_modules(model: nn.Module, layout: SlotLayout, where: str) -> None:
-    """Refuse a layout of modules ``model`` does not have (an adapter saved under another transformers version's
-    module names, registered before registration refused them), naming the adapter ``where`` it came from."""
-    from mashup.library.base_shapes import not_a_module
-
-    modules = {name for name, _ in model.named_modules()}
-    missing = next((module for module in layout.modules if module not in modules), None)
-    if missing:
-        raise not_a_module(missing, "the base", where)
-
-
 def _linear(model: nn.Module, path: str) -> nn.Linear:
     module = model.get_submodule(path)
     if not isinstance(module, nn.Linear):
