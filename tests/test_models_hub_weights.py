@@ -93,3 +93,14 @@ def test_mistral_inferences_copy_of_the_weights_is_not_taken_for_them(hub):
     hub["listed"] = ["config.json", "consolidated.safetensors", "pytorch_model.bin"]
     with pytest.raises(CheckpointError, match="only pickle"):
         check_base_available(REPO)
+
+
+def test_a_hub_base_is_fetched_without_mistral_inferences_copy(hub):
+    """transformers loads the shards, and a base's identity hashes only those: the 14 GB copy is not fetched."""
+    from mashup.hub import fetch_hub_model
+
+    fetch_hub_model(REPO)
+    assert hub["downloads"][-1] == ["*.json", "*.safetensors", "*.model", "*.txt"]
+    assert hub["ignored"] == ["consolidated*"]
+    fetch_hub_model(REPO, config_only=True)
+    assert hub["downloads"][-1] == ["config.json"]

@@ -15,7 +15,7 @@ from mashup.errors import MashupError
 from mashup.progress import count_bar, score_cell
 
 if TYPE_CHECKING:
-    from mashup.library.catalog import Added
+    from mashup.library.registration import Added
 
 library_app = typer.Typer(no_args_is_help=True, help="Manage the checkpoint library.")
 tasks_app = typer.Typer(no_args_is_help=True, help="Named benchmark tasks.")
@@ -46,13 +46,14 @@ def library_add(paths: Annotated[list[Path], typer.Argument(help="PEFT adapter d
                     "--init", help="LoRA init weights (task-vector reference)", show_default="none")] = None,
                 recursive: Annotated[bool, typer.Option(
                     "--recursive", "-r", help="every adapter/model dir under PATHS; those already registered with "
-                    "the same weights are skipped (--json: {added, skipped, relocated} ids)")] = False,
+                    "the same weights are skipped, those whose registration is stale skipped with a warning "
+                    "(--json: {added, skipped, relocated, repaired, stale} ids)")] = False,
                 workers: WorkersOpt = None,
                 library: LibraryOpt = None, allow_pickle: PickleOpt = False, as_json: JsonOpt = False) -> None:
     """Register checkpoints (all or none), hashing them in parallel; a re-scan (--recursive) adds the new ones.
 
-    --json: the ids added (repaired unreadable entries too), or with --recursive {added, skipped, relocated}
-    (relocated: also in added)."""
+    --json: the ids registered (new, relocated or repaired entries), or with --recursive {added: those ids,
+    relocated and repaired: which of them, skipped, stale}."""
     from mashup.library import Library
 
     from mashup.data.tasks import is_task_name
@@ -69,9 +70,7 @@ def library_add(paths: Annotated[list[Path], typer.Argument(help="PEFT adapter d
     # what was added is said first: the prototypes are only a cache, and an interrupted warm-up (exit 130) must
     # not hide that the checkpoints are registered
     if as_json:
-        ids = [r.id for r in records]
-        emit({"added": ids, "skipped": [r.id for r in records.skipped], "relocated": [r.id for r in records.relocated]}
-             if recursive else ids, True)
+        emit(_added_json(records) if recursive else [r.id for r in records], True)
     else:
         sys.stdout.write(_added_text(records) + "\n")
     if any(r.kind == "lora" for r in records):
@@ -85,6 +84,14 @@ def _plural(n: int, noun: str, plural: str | None = None) -> str:
     return f"{n} {noun if n == 1 else plural or noun + 's'}"
 
 
+def _added_json(records: Added) -> dict[str, list[str]]:
+    """A re-scan's --json: the ids registered (``added``, as a plain add lists them), which of them were relocated or
+    repaired, and the ids of the registrations it skipped: with the same weights, or stale."""
+    return {"added": [r.id for r in records], "skipped": [r.id for r in records.skipped],
+            "relocated": [r.id for r in records.relocated], "repaired": [r.id for r in records.repaired],
+            "stale": [s.record.id for s in records.stale]}
+
+
 def _added_text(records: Added) -> str:
     """`library add`'s report: a line per checkpoint added (or relocated: its entry re-pointed at the dir it moved
     to; or repaired: it replaced an entry of its id that could not be read), then how many entries were repaired
@@ -96,7 +103,10 @@ def _added_text(records: Added) -> str:
         lines.append(f"repaired {entries}: registered afresh, with only this add's --task and --trained-on")
     if records.skipped:
         lines.append(f"skipped {_plural(len(records.skipped), 'checkpoint')} already registered with the same "
-                     f"weights{'' if records else ' (nothing new)'}")
+                     f"weights{'' if records or records.stale else ' (nothing new)'}")
+    if records.stale:
+        lines.append(f"skipped {_plural(len(records.stale), 'checkpoint')} whose registration is stale (see the "
+                     "warnings: `mashup library remove ID`, then add again)")
     return "\n".join(lines)
 
 

@@ -14,6 +14,7 @@ from mashup.errors import MashupError, short_reason
 logger = logging.getLogger(__name__)
 
 _FILE_SUFFIXES = (".gguf", ".safetensors", ".bin", ".pt", ".json", ".jsonl", ".yaml", ".yml")
+OTHER_WEIGHT_COPIES = "consolidated*"  # Mistral's repos: the weights again under mistral-inference's names
 
 
 def is_hub_id(name: str) -> bool:
@@ -38,7 +39,9 @@ def fetch_hub_model(repo_id: str, *, config_only: bool = False) -> Path:
 
     patterns = ["config.json"] if config_only else ["*.json", "*.safetensors", "*.model", "*.txt"]
     try:
-        return Path(snapshot_download(repo_id, allow_patterns=patterns))
+        # transformers neither fetches nor loads that copy, nor does a base's identity hash it (a repo with only
+        # that copy has no weights a load could use, which the preflight says)
+        return Path(snapshot_download(repo_id, allow_patterns=patterns, ignore_patterns=[OTHER_WEIGHT_COPIES]))
     except (HfHubHTTPError, LocalEntryNotFoundError, OSError) as exc:  # offline, unknown id, gated, ...
         raise MashupError(f"cannot get base model '{repo_id}' from the Hugging Face Hub ({short_reason(str(exc))})",
                           None,

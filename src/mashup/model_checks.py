@@ -258,8 +258,9 @@ def require_matching_keys(model: PeftModel, adapter_name: str, found: set[str], 
 
     from mashup.library.base_shapes import adapted_modules, require_model_modules
 
-    # PEFT renames the modules of one saved under another transformers version's names as it loads it, but the
-    # library's slots and merges take them as written: refused with how to re-save it, everywhere alike
+    # PEFT renames the modules of one saved under another transformers version's names as it loads it (and loads
+    # none of one saved from the inner model), while the library's slots and merges take them as written: refused
+    # with how to re-save it, everywhere alike
     require_model_modules(adapted_modules(found), model.get_base_model(), str(adapter_dir))
     with quiet_bias_shard_warning():
         # save_embedding_layers=False: "auto" looks the base up on the Hub; embeddings are no LoRA factors anyway

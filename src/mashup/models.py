@@ -8,6 +8,7 @@ import logging
 import os
 import warnings
 from collections.abc import Iterator
+from fnmatch import fnmatch
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -16,7 +17,7 @@ from safetensors import SafetensorError
 
 from mashup.config import Precision
 from mashup.errors import CheckpointError, MashupError
-from mashup.hub import fetch_hub_model, is_hub_id, list_hub_files
+from mashup.hub import OTHER_WEIGHT_COPIES, fetch_hub_model, is_hub_id, list_hub_files
 from mashup.io import load_weight_dir, require_finite_tensors, tensor_shapes, weight_files
 from mashup.library.records import MODEL_CONFIG
 from mashup.model_checks import (
@@ -85,7 +86,7 @@ def _check_hub_weights(repo_id: str) -> None:
     if files is None:
         return
     top_level = [name for name in files if "/" not in name]
-    if any(name.endswith(".safetensors") and not name.startswith("consolidated") for name in top_level):
+    if any(name.endswith(".safetensors") and not fnmatch(name, OTHER_WEIGHT_COPIES) for name in top_level):
         return
     where = f"Hub repo {repo_id}"
     if any(name.endswith(".bin") for name in top_level):

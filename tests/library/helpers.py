@@ -30,6 +30,14 @@ def many_adapters(src: Path, root: Path, n: int, offset: int = 0) -> list[Path]:
     return [noisy_copy(src, root / f"a{offset + i:04d}", seed=1000 + offset + i) for i in range(n)]
 
 
+def scanned_library(tmp_path: Path, adapter: Path, n: int) -> tuple[Path, Library, list]:
+    """``n`` adapters under ``tmp_path/runs``, registered by a recursive add: (the dir, the library, the records)."""
+    root = tmp_path / "runs"
+    many_adapters(adapter, root, n)
+    library = Library(tmp_path / "lib")
+    return root, library, library.add([root], recursive=True)
+
+
 def refused(library: Library, paths, match: str, **kwargs) -> CheckpointError:
     """``library.add(paths)`` raises a one-line CheckpointError and registers nothing."""
     with pytest.raises(CheckpointError, match=match) as caught:

@@ -155,7 +155,8 @@ def test_cli_recursive_add_json_lists_the_relocated(tmp_path, registered, capsys
     os.rename(tmp_path / "old", tmp_path / "new")
     out, _ = run_cli(["library", "add", tmp_path / "new", "--recursive", "--library", library.directory, "--json"],
                      capsys, monkeypatch)
-    assert json.loads(out) == {"added": [record.id], "skipped": [], "relocated": [record.id]}
+    assert json.loads(out) == {"added": [record.id], "skipped": [], "relocated": [record.id], "repaired": [],
+                               "stale": []}
 
 
 def test_repoint_re_points_an_entry_whose_dir_is_still_there(tmp_path, registered):

@@ -4,15 +4,17 @@ model its config.json builds (``base_module_shapes``); each once per registratio
 
 from __future__ import annotations
 
+import json
 import re
+import shlex
 import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 from mashup.errors import CheckpointError
 from mashup.io import TensorSpec, loaded_weight_files, tensor_specs
-from mashup.library.lora_config import ADAPTER_CONFIG, lora_base_difference, lora_module
+from mashup.library.lora_config import ADAPTER_CONFIG, ADAPTER_WEIGHTS, lora_base_difference, lora_module
 
 ShapesOfBase = Callable[[str], dict[str, list[int]] | None]  # a base -> its tensors' shapes
 
@@ -127,7 +129,7 @@ def check_lora_fits_base(shapes: dict[str, list[int]], base: str, base_shapes: B
         return
     unknown = unknown_module(shapes, built) if built is not None else None  # files may leave a tied head out
     if unknown:
-        raise not_a_module(unknown, f"base '{base}'", where)
+        raise not_a_module(unknown, f"base '{base}'", where, inner_prefix(adapted_modules(shapes), _holders(built)))
     difference = lora_base_difference(shapes, shapes_of_base)
     if difference:
         raise CheckpointError(f"{difference}: not an adapter of base '{base}'", where,
@@ -135,8 +137,13 @@ def check_lora_fits_base(shapes: dict[str, list[int]], base: str, base_shapes: B
                               f"{ADAPTER_CONFIG}, or --base), or re-save it")
 
 
-def not_a_module(module: str, base: str, where: str) -> CheckpointError:
-    """One wording for an adapter of modules the base's model does not have."""
+def not_a_module(module: str, base: str, where: str, prefix: str | None = None) -> CheckpointError:
+    """One wording for an adapter of modules the base's model does not have; ``prefix``: the one under which they
+    all are its modules (``inner_prefix``)."""
+    if prefix:
+        return CheckpointError(f"adapter module {module} is not a module of the model {base} builds, but "
+                               f"{prefix}{module} is: the adapter was saved from the model inside it (AutoModel, no "
+                               "LM head), so PEFT would load none of its tensors", where, _reprefix_fix(prefix, where))
     if re.search(r"\.experts\.\d+\.", module):  # PEFT re-saves those as target_parameters, which we refuse
         fix = ("per-expert LoRA of a model whose experts transformers 5 fuses is not supported: use adapters of its "
                "attention or dense layers")
@@ -147,12 +154,39 @@ def not_a_module(module: str, base: str, where: str) -> CheckpointError:
     return CheckpointError(f"adapter module {module} is not a module of the model {base} builds", where, fix)
 
 
+def _reprefix_fix(prefix: str, where: str) -> str:
+    """How to rename an adapter's tensors under ``prefix``: a command, where ``where`` is its dir with its weights."""
+    names = f"base_model.model.NAME to base_model.model.{prefix}NAME"
+    source = Path(where).resolve()
+    if not (source / ADAPTER_WEIGHTS).is_file():
+        return f"rename its tensors {names} in {ADAPTER_WEIGHTS} and register that"
+    copy = source.with_name(f"{source.name}-{prefix.strip('.').replace('.', '-')}")
+    # copytree refuses an existing copy, so running the command twice cannot rename a copy's tensors twice
+    weights = json.dumps(f"/{ADAPTER_WEIGHTS}")
+    code = (f"import shutil; from safetensors.torch import load_file, save_file; "
+            f"f = shutil.copytree({json.dumps(str(source))}, {json.dumps(str(copy))}) + {weights}; "
+            f'save_file({{k.replace("base_model.model.", "base_model.model.{prefix}", 1): v '
+            'for k, v in load_file(f).items()}, f, {"format": "pt"})')
+    return f"rename its tensors {names} into a copy, {copy}, and register that: python -c {shlex.quote(code)}"
+
+
+def inner_prefix(modules: Collection[str], holders: Collection[str]) -> str | None:
+    """The shortest prefix (``model.`` for a causal LM) under which every one of an adapter's ``modules`` is one of
+    a model's ``holders`` (its modules' names); None where there is none."""
+    first = next(iter(sorted(modules)), None)
+    if first is None:
+        return None
+    found = sorted({h[:-len(first)] for h in holders if h.endswith(f".{first}")}, key=lambda p: (len(p), p))
+    return next((p for p in found if all(p + m in holders for m in modules)), None)
+
+
 def require_model_modules(modules: Iterable[str], model: Any, where: str) -> None:
     """Refuse adapted ``modules`` the built ``model`` (an ``nn.Module``) does not have, naming the adapter ``where``
     they come from (``not_a_module``)."""
-    missing = sorted(set(modules) - {name for name, _ in model.named_modules()})
+    holders = {name for name, _ in model.named_modules()}
+    missing = sorted(set(modules) - holders)
     if missing:
-        raise not_a_module(missing[0], "the base", where)
+        raise not_a_module(missing[0], "the base", where, inner_prefix(set(modules), holders))
 
 
 def adapted_modules(names: Iterable[str]) -> set[str]:
@@ -162,5 +196,10 @@ def adapted_modules(names: Iterable[str]) -> set[str]:
 
 def unknown_module(shapes: dict[str, list[int]], base_shapes: dict[str, list[int]]) -> str | None:
     """The first module an adapter's factors (``shapes``) adapt that holds none of the base's weights."""
-    holders = {name[:i] for name in base_shapes for i, char in enumerate(name) if char == "."}
+    holders = _holders(base_shapes)
     return next((module for module in sorted(adapted_modules(shapes)) if module not in holders), None)
+
+
+def _holders(base_shapes: dict[str, list[int]]) -> set[str]:
+    """The modules holding a model's weights (``base_shapes``: its weights' names), parents too."""
+    return {name[:i] for name in base_shapes for i, char in enumerate(name) if char == "."}

@@ -17,8 +17,8 @@ from mashup.library.db import ensure_table, read_connection, select_rows, write_
 from mashup.library.freshness import Freshness, check_freshness, parallel_map
 from mashup.library.identity import BaseMatcher
 from mashup.library.records import CheckpointRecord, discover_checkpoints, inspect_to_register
-from mashup.library.registration import (Progress, checks_of_registered, complete_records, inspect_new, sort_records,
-                                         stored_init_reference)
+from mashup.library.registration import (Added, Progress, checks_of_registered, complete_records, inspect_new,
+                                         log_skipped, refuse_stale, sort_records, stored_init_reference)
 from mashup.library.rows import (COLUMNS, UnreadableEntry, from_row, log_insert, read_rows, relocate_rows, to_row,
                                  unreadable_ids)
 
@@ -42,21 +42,6 @@ def check_kind(kind: str | None) -> None:
 
 def _setup(conn) -> None:
     ensure_table(conn, "checkpoints", COLUMNS, "id")
-
-
-class Added(list[CheckpointRecord]):
-    """The records ``Library.add`` registered, in order; ``skipped`` holds the checkpoints a recursive add found
-    already registered with the same weights (each with its registered id and the path where it was found);
-    ``relocated`` the entries among those added that were re-pointed at their checkpoint's new dir (moved, or
-    re-pointed on request); ``repaired`` those among the added that replaced an entry of their id that could not be
-    read (see ``Library.entries``)."""
-
-    def __init__(self, added: Sequence[CheckpointRecord] = (), skipped: Sequence[CheckpointRecord] = (),
-                 relocated: Sequence[CheckpointRecord] = (), repaired: Sequence[CheckpointRecord] = ()) -> None:
-        super().__init__(added)
-        self.skipped = list(skipped)
-        self.relocated = list(relocated)
-        self.repaired = list(repaired)
 
 
 class Library:
@@ -93,28 +78,43 @@ class Library:
             ) -> Added:
         """Register checkpoints, all or none: every one is inspected and hashed (in parallel) before one transaction
         adds them. ``recursive`` registers every adapter/model dir under the given dirs, skipping those already
-        registered with the same weights (the result's ``skipped``); named explicitly, such a checkpoint is an error,
+        registered with the same weights (the result's ``skipped``) and those whose registration is stale, with a
+        warning each (``stale``: the entry left as it is); named explicitly, a registered checkpoint is an error,
         unless its entry's dir is gone (moved: the entry is re-pointed); given ``repoint``, unless its id is in it
         instead (ids whose entries are re-pointed wherever their dirs are; no other is). The init reference, and a base
         that is a local path, are stored absolute. ``progress(done, total)`` is called as checkpoints are inspected."""
         init = stored_init_reference(init_reference)
         dirs = discover_checkpoints(paths) if recursive else [Path(p) for p in paths]
         registered = self.list() if recursive else []
+        if not recursive:
+            refuse_stale(self._at_paths(dirs))
         base_shapes = BaseShapes()  # the base's shapes read once for all the checkpoints added
         inspect = partial(inspect_to_register, base=base, task=task, allow_pickle=allow_pickle, base_shapes=base_shapes)
-        new, rescanned = inspect_new(dirs, registered, inspect, workers, progress)
+        new, rescanned, stale = inspect_new(dirs, registered, inspect, workers, progress)
         for record in new:
             record.init_reference, record.data_fingerprint = init, data_fingerprint
             record.metadata, record.lineage = dict(metadata or {}), dict(lineage or {})
         complete_records(new)
-        checks = checks_of_registered(new, rescanned, registered)
+        checks, stale_elsewhere = checks_of_registered(new, rescanned, registered, stale)
+        stale += stale_elsewhere
+        left_out = {s.record.id for s in stale}  # a copy of a stale entry's weights found elsewhere is not added
+        new = [r for r in new if r.id not in left_out]
         # with none new, a library that exists is not written (it may be read-only); one that does not is made
         inserted = (self._insert(new, skip_registered=recursive, repoint=repoint)
                     if new or not self.db_path.exists() else Added())
         self._store_stats(checks)  # so that dirs hashed again for new stats are not hashed next time
         inserted.skipped = [c.record for c in rescanned] + inserted.skipped
-        _log_skipped(inserted.skipped)
+        inserted.stale = stale + inserted.stale
+        log_skipped(inserted.skipped, inserted.stale)
         return inserted
+
+    def _at_paths(self, dirs: list[Path]) -> list[CheckpointRecord]:
+        """The readable entries registered at ``dirs`` (as stored: resolved); an unreadable one is the add's to
+        replace (see ``sort_records``), not warned about here."""
+        paths = sorted({str(p.resolve()) for p in dirs})
+        if not paths or not self.db_path.exists():
+            return []
+        return self._read(self._rows(f"WHERE path IN ({', '.join('?' * len(paths))})", tuple(paths)))[0]
 
     def _insert(self, records: list[CheckpointRecord], *, skip_registered: bool,
                 repoint: Collection[str] | None = None) -> Added:
@@ -124,15 +124,16 @@ class Library:
             existing = {i: (path, sha) for i, path, sha in conn.execute("SELECT id, path, sha256 FROM checkpoints")}
             unreadable = unreadable_ids(conn, {r.id for r in records if r.id in existing}, str(self.db_path))
             plan = sort_records(records, existing, unreadable, skip_registered=skip_registered, repoint=repoint)
-            relocated = {r.id: r for r in relocate_rows(conn, plan.moved, str(self.db_path))}
+            moved, stale = relocate_rows(conn, plan.moved, str(self.db_path), skip_stale=skip_registered)
+            relocated = {r.id: r for r in moved}
             conn.executemany("DELETE FROM checkpoints WHERE id = ?", [(i,) for i in sorted(plan.replaced)])
             columns = ", ".join(COLUMNS)
             conn.executemany(f"INSERT INTO checkpoints ({columns}) VALUES ({', '.join('?' * len(COLUMNS))})",
                              [to_row(r) for r in plan.added])
         log_insert(plan.replaced, unreadable - plan.replaced, [(existing[i][0], r) for i, r in relocated.items()])
-        left = {r.id for r in plan.skipped}
+        left = {r.id for r in plan.skipped} | {s.record.id for s in stale}
         return Added([relocated.get(r.id, r) for r in records if r.id not in left], plan.skipped,
-                     list(relocated.values()), [r for r in plan.added if r.id in plan.replaced])
+                     list(relocated.values()), [r for r in plan.added if r.id in plan.replaced], stale)
 
     def relocate(self, record: CheckpointRecord, path: str | Path, *, copied: bool = False) -> Freshness:
         """Re-point ``record``, whose dir is gone (or, ``copied``, still there: ``path`` holds a copy to use instead),
@@ -268,12 +269,6 @@ class Library:
         for check in checks:
             if check.new_stats:
                 check.record.file_stats = check.new_stats
-
-
-def _log_skipped(skipped: list[CheckpointRecord]) -> None:
-    if skipped:
-        logger.info("%d checkpoint(s) already registered with the same weights: skipped", len(skipped))
-        logger.debug("skipped as registered: %s", ", ".join(f"{r.path} ({r.id})" for r in skipped))
 
 
 def _trained_on(record: CheckpointRecord, wanted: str) -> bool:

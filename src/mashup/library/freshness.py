@@ -5,7 +5,9 @@ was hashed; only when they differ is the file hashed again. Same bytes: the entr
 stats to record). Other bytes or missing files: the entry is stale, with the reason. A LoRA's
 adapter_config.json is read again each time (about 30 us): its rank, alpha, rsLoRA, DoRA and target
 modules change what the weights compute, its exclude_modules, layers_to_transform and layers_pattern
-which of them PEFT loads, and the digest covers the weights alone.
+which of them PEFT loads, and the digest covers the weights alone. A full fine-tune's entry whose tensors are
+not those of the files transformers loads (registered when every weight file was read: Mistral's
+consolidated.safetensors too) is stale, found from the headers of a dir that holds such other files.
 """
 
 from __future__ import annotations
@@ -17,8 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from mashup.errors import LibraryError, MashupError
-from mashup.io import sha256_files, stat_files, weight_files
+from mashup.errors import MashupError
+from mashup.io import loaded_weight_files, sha256_files, stat_files, tensor_shapes, weight_files
 from mashup.library.records import CheckpointRecord, lora_config_change
 
 Status = Literal["ok", "missing", "changed"]
@@ -37,6 +39,39 @@ class Freshness:
 
 def check_freshness(record: CheckpointRecord, *, rehash: bool = False) -> Freshness:
     """Compare ``record`` with its files; ``rehash`` hashes even when the stats are unchanged (verify)."""
+    freshness = _check_bytes(record, rehash)
+    if freshness.status == "ok" and (change := loaded_tensors_change(record)):
+        return Freshness(record, "changed", change)
+    return freshness
+
+
+def loaded_tensors_change(record: CheckpointRecord) -> str | None:
+    """Why a full fine-tune's entry, its bytes unchanged, lists other tensors than the files transformers loads
+    hold, or None: it was registered from every weight file, and selection would refuse it as shaped unlike its
+    base. Only a dir holding weight files beside the loaded ones is read, and of those the headers alone."""
+    path = Path(record.path)
+    if record.kind != "full":
+        return None
+    try:
+        files, loaded = weight_files(path, allow_pickle=True), loaded_weight_files(path, allow_pickle=True)
+        others = [f.name for f in files if f not in set(loaded)]
+        if not others:  # registered from these same files
+            return None
+        names = {name for f in loaded for name in tensor_shapes(f)}
+    except MashupError as exc:
+        return exc.line()
+    except OSError as exc:
+        return f"cannot read {path} ({exc.strerror})"
+    differ = sorted(set(record.shapes) - names) + sorted(names - set(record.shapes))
+    if not differ:
+        return None
+    return (f"the entry lists other tensors than the files transformers loads (e.g. {differ[0]}): registered when "
+            f"mashup read {', '.join(others)} too; remove the entry and add the checkpoint again")
+
+
+def _check_bytes(record: CheckpointRecord, rehash: bool) -> Freshness:
+    """Whether ``record``'s weight files still hold the bytes it was registered with (and a LoRA's config its
+    settings)."""
     path = Path(record.path)
     if not path.is_dir():
         return Freshness(record, "missing", f"checkpoint dir {path} is gone")
@@ -62,17 +97,6 @@ def check_freshness(record: CheckpointRecord, *, rehash: bool = False) -> Freshn
         return Freshness(record, "changed", f"weights changed since registration (sha256 {record.sha256[:12]} "
                                             f"now {digest[:12]}) in {path}")
     return Freshness(record, "ok", new_stats=None if stored == current else current, rehashed=True)
-
-
-def require_fresh(registered: CheckpointRecord, found: Path) -> Freshness:
-    """A re-scan skips ``found`` as ``registered`` only while that registration still serves; a stale one (files
-    gone, moved or changed) would leave selection nothing to rank, so the add stops and says how to fix it."""
-    freshness = check_freshness(registered)
-    if freshness.status != "ok":
-        raise LibraryError(f"registered as {registered.id} at {registered.path}, which is stale "
-                           f"({freshness.reason})", str(found),
-                           f"`mashup library remove {registered.id}`, then add it again")
-    return freshness
 
 
 def parallel_map(func: Callable[[T], R], items: Sequence[T], workers: int | None = None,

@@ -2,9 +2,13 @@
 and any spelling of the same path are one base.
 
 The identity is a digest of the model's config (canonical JSON, without name/path/version fields) and of
-its weight files. Hashing a base's weights costs seconds once; the result is cached (in
-``$MASHUP_CACHE/identities.sqlite``) under the dir's path and its files' sizes and mtimes, so later calls
-cost a few ``stat`` calls. Resolution never touches the network: a named model counts only once
+the weight files transformers loads (``loaded_weight_files``: not another copy beside them, such as Mistral's
+consolidated.safetensors). Before, every weight file was hashed; for a dir holding only the loaded files (nearly
+every model) that is the same digest, and for one holding more, records made then hold ``legacy_base_identity``,
+which ``BaseMatcher`` accepts while the dir the record names, or the base's, still holds that copy (without it
+the old digest cannot be computed: such a record reads as of other content, to register again). Hashing a base's
+weights costs seconds once; the result is cached (in ``$MASHUP_CACHE/identities.sqlite``) under the dir's path and
+its files' sizes and mtimes, so later calls cost a few ``stat`` calls. Resolution never touches the network: a named model counts only once
 converted, a Hub id only when already in the local Hugging Face cache.
 """
 
@@ -17,7 +21,7 @@ from pathlib import Path
 
 from mashup.errors import CheckpointError, MashupError
 from mashup.hub import is_hub_id
-from mashup.io import sha256_files, stat_files, weight_files
+from mashup.io import loaded_weight_files, sha256_files, stat_files, weight_files
 from mashup.library.db import ensure_table, read_connection, select_rows, write_transaction
 from mashup.library.records import CheckpointRecord, read_json_object
 
@@ -46,9 +50,26 @@ def _canonical_config(config_path: Path) -> bytes:
 
 
 def base_identity(model_dir: str | Path) -> str:
-    """Content digest of a local HF model dir: canonical config plus weights; cached by path, size and mtime."""
+    """Content digest of a local HF model dir: canonical config plus the weight files transformers loads; cached by
+    path, size and mtime."""
+    model_dir = Path(model_dir).expanduser().resolve()
+    return _identity(model_dir, loaded_weight_files(model_dir, allow_pickle=True))
+
+
+def legacy_base_identity(model_dir: str | Path) -> str | None:
+    """The digest mashup gave ``model_dir`` before it hashed only the loaded files (every weight file: Mistral's
+    consolidated.safetensors too), as records registered then hold; None where it is ``base_identity``'s (the dir
+    holds no other weight file), without hashing anything."""
     model_dir = Path(model_dir).expanduser().resolve()
     files = weight_files(model_dir, allow_pickle=True)
+    if set(files) == set(loaded_weight_files(model_dir, allow_pickle=True)):
+        return None
+    return _identity(model_dir, files)
+
+
+def _identity(model_dir: Path, files: list[Path]) -> str:
+    """The digest of ``model_dir``'s config and ``files``, through the cache: keyed by the dir and the files' stats,
+    so the legacy digest of a dir with other files has its own key (the one it was cached under before)."""
     stats = stat_files([model_dir / "config.json", *files])  # stat before hashing, as the catalog does
     key = hashlib.sha256(json.dumps([str(model_dir), [(s["name"], s["size"], s["mtime_ns"]) for s in stats]])
                          .encode()).hexdigest()
@@ -148,8 +169,8 @@ def resolve_identity(base: str) -> str | None:
         return None
     try:
         return base_identity(model_dir)
-    except MashupError as exc:  # e.g. a dir without weight files: fall back to comparing names
-        logger.debug("no identity for base %s: %s", base, exc.line())
+    except (MashupError, OSError) as exc:  # e.g. a dir without weight files: fall back to comparing names
+        logger.debug("no identity for base %s: %s", base, exc)
         return None
 
 
@@ -170,26 +191,53 @@ def _same_spelling(a: str, b: str) -> bool:
 
 class BaseMatcher:
     """Whether records were made on a given base: by content identity where both sides resolve locally,
-    else by spelling (equal strings or the same resolved path). Identities are resolved once per spelling."""
+    else by spelling (equal strings or the same resolved path). Identities are resolved once per spelling.
+    A record's stored identity may be a ``legacy_base_identity`` (registered before the identity left out files
+    transformers does not load): of a dir of this base, that is the same base too."""
 
     def __init__(self, base: str, identity: str | None = None) -> None:
         self.base = base
         self.identity = identity if identity is not None else resolve_identity(base)
         self._resolved: dict[str, str | None] = {}
+        self._legacy_digests: dict[str, str | None] = {}
 
     def record_identity(self, record: CheckpointRecord) -> str | None:
         if record.base_identity:
             return record.base_identity
-        if record.base_model not in self._resolved:
-            self._resolved[record.base_model] = resolve_identity(record.base_model)
-        return self._resolved[record.base_model]
+        return self._identity_of(record.base_model)
 
     def mismatch(self, record: CheckpointRecord) -> str | None:
         """Why ``record`` is not on this base, or None if it is."""
         other = self.record_identity(record)
         if self.identity and other:
-            if other == self.identity:
+            if other == self.identity or self._on_legacy_digest(record):
                 return None
             return f"base model '{record.base_model}' has other content than '{self.base}'"
         return None if _same_spelling(record.base_model, self.base) else \
             f"base model is '{record.base_model}', not '{self.base}'"
+
+    def _on_legacy_digest(self, record: CheckpointRecord) -> bool:
+        """Whether ``record``'s stored identity is the ``legacy_base_identity`` of a dir of this base: the one its
+        base names, or this matcher's where it spells the base alike. Only a dir holding weight files transformers
+        does not load is hashed (once; the digest was cached under the same key when it was the identity), and a
+        dir's identity is resolved only when that digest is the record's."""
+        if not record.base_identity:
+            return False
+        names = {record.base_model} | ({self.base} if _same_spelling(record.base_model, self.base) else set())
+        return any(self._legacy(name) == record.base_identity and self._identity_of(name) == self.identity
+                   for name in sorted(names))
+
+    def _legacy(self, name: str) -> str | None:
+        if name not in self._legacy_digests:
+            model_dir = local_base_dir(name)
+            try:
+                self._legacy_digests[name] = legacy_base_identity(model_dir) if model_dir is not None else None
+            except (MashupError, OSError) as exc:  # e.g. the other copy deleted from the HF cache, its link left
+                logger.debug("no legacy identity for base %s: %s", name, exc)
+                self._legacy_digests[name] = None
+        return self._legacy_digests[name]
+
+    def _identity_of(self, name: str) -> str | None:
+        if name not in self._resolved:
+            self._resolved[name] = resolve_identity(name)
+        return self._resolved[name]

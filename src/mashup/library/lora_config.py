@@ -15,12 +15,14 @@ from mashup.io import TensorSpec
 from mashup.library.values import is_count, is_int, is_number, shown
 
 ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
 LORA_SETTINGS = ("lora_r", "lora_alpha", "target_modules", "use_rslora", "use_dora")
 PEFT_DEFAULTS = {"r": 8, "lora_alpha": 8}  # peft.LoraConfig's, which PEFT applies to a field the file leaves out
 # the fields that narrow which modules target_modules picks: registration judges the factors against them, so an
 # edit of them later makes the record stale, and a merge cannot unite inputs that differ in them
 NARROWING_FIELDS = ("exclude_modules", "layers_to_transform", "layers_pattern")
 _NAMES = "a list of module names or a regex string"
+_FLAG = "true or false (or a number: 0 is false)"
 ALL_LINEAR = "all-linear"  # PEFT's shorthand, compared case-insensitively; it picks linear layers once built
 
 
@@ -30,12 +32,9 @@ def is_module_names(value: Any) -> bool:
 
 
 def _is_flag(value: Any) -> bool:
-    return value is None or isinstance(value, bool)
-
-
-def _is_bias_flag(value: Any) -> bool:
-    """A flag, or 0 or 1 for false or true: PEFT 0.21 takes lora_bias by truth value (``nn.Linear(bias=1)``)."""
-    return _is_flag(value) or is_number(value) and value in (0, 1)
+    """A flag as PEFT 0.21 reads it, by truth value (``if config.use_dora``, ``nn.Linear(bias=lora_bias)``): null,
+    true, false or a number (0 false, any other true). A string is refused: PEFT would read "false" as true."""
+    return value is None or isinstance(value, bool) or is_number(value)
 
 
 def _as_flag(value: Any) -> Any:
@@ -102,8 +101,7 @@ def _is_int_text(text: str) -> bool:
 _PEFT_FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "lora_dropout": (lambda v: is_number(v) and 0 <= v <= 1, "a number from 0 to 1"),
     "bias": (lambda v: v in ("none", "all", "lora_only"), 'one of "none", "all", "lora_only"'),
-    "fan_in_fan_out": (_is_flag, "true or false"), "inference_mode": (_is_flag, "true or false"),
-    "lora_bias": (_is_bias_flag, "true or false (or 1 or 0)"),
+    "fan_in_fan_out": (_is_flag, _FLAG), "inference_mode": (_is_flag, _FLAG), "lora_bias": (_is_flag, _FLAG),
     "init_lora_weights": (is_lora_init, f"true, false or one of {_INITS}"),
     "modules_to_save": (_is_names, "a list of module names or null"),
     "target_parameters": (_is_names, "a list of parameter names or null"),
@@ -152,8 +150,8 @@ def lora_settings(config: dict[str, Any], where: str = ADAPTER_CONFIG) -> dict[s
     targets = names_field(config, "target_modules", where) or []
     return {"lora_r": r, "lora_alpha": float(alpha),
             "target_modules": [targets] if isinstance(targets, str) else sorted(targets),
-            "use_rslora": bool(read_field(config, "use_rslora", False, _is_flag, "true or false", where)),
-            "use_dora": bool(read_field(config, "use_dora", False, _is_flag, "true or false", where))}
+            "use_rslora": bool(read_field(config, "use_rslora", False, _is_flag, _FLAG, where)),
+            "use_dora": bool(read_field(config, "use_dora", False, _is_flag, _FLAG, where))}
 
 
 def check_peft_fields(config: dict[str, Any], where: str = ADAPTER_CONFIG) -> None:

@@ -1,20 +1,42 @@
-"""What ``Library.add`` does before its one write: find which dirs are new, inspect and hash them (in parallel),
-complete their records (id, time, base as stored and its identity), and sort them against the catalog's rows
-(``sort_records``); the catalog's write is ``catalog``'s."""
+"""What ``Library.add`` does before its one write: find which dirs are new (a re-scan skips the registered ones, and
+those whose registration is stale, with a warning; a plain add refuses a stale one), inspect and hash them (in
+parallel), complete their records (id, time, base as stored and its identity), and sort them against the catalog's
+rows (``sort_records``); what it returns (``Added``). The catalog's write is ``catalog``'s."""
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Collection
+import logging
+from collections.abc import Callable, Collection, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
 from mashup.errors import AlreadyRegistered, CheckpointError, LibraryError
-from mashup.library.freshness import Freshness, parallel_map, require_fresh
+from mashup.library.freshness import Freshness, check_freshness, parallel_map
 from mashup.library.identity import resolve_identity, stored_base
 from mashup.library.records import CheckpointRecord
+from mashup.library.rows import StaleEntry
 
+logger = logging.getLogger(__name__)
 Progress = Callable[[int, int], None]
+
+
+class Added(list[CheckpointRecord]):
+    """The records ``Library.add`` registered, in order (new entries, and the relocated and repaired among them);
+    ``skipped`` holds the checkpoints a recursive add found already registered with the same weights (each with its
+    registered id and the path where it was found); ``relocated`` the entries among those added that were re-pointed
+    at their checkpoint's new dir (moved, or re-pointed on request); ``repaired`` those among the added that replaced
+    an entry of their id that could not be read (see ``Library.entries``); ``stale`` the registrations a recursive
+    add found stale and left as they are, the checkpoints found for them not added."""
+
+    def __init__(self, added: Sequence[CheckpointRecord] = (), skipped: Sequence[CheckpointRecord] = (),
+                 relocated: Sequence[CheckpointRecord] = (), repaired: Sequence[CheckpointRecord] = (),
+                 stale: Sequence[StaleEntry] = ()) -> None:
+        super().__init__(added)
+        self.skipped = list(skipped)
+        self.relocated = list(relocated)
+        self.repaired = list(repaired)
+        self.stale = list(stale)
 
 
 def stored_init_reference(init_reference: str | None) -> str | None:
@@ -28,31 +50,54 @@ def stored_init_reference(init_reference: str | None) -> str | None:
     return str(Path(init_reference).expanduser().absolute())
 
 
+def check_registered(registered: CheckpointRecord, found: Path) -> Freshness | StaleEntry:
+    """Whether ``registered`` still serves for the checkpoint found at ``found``: its freshness check, or a
+    ``StaleEntry`` (files gone, moved or changed: selection would have nothing to rank)."""
+    check = check_freshness(registered)
+    if check.status == "ok":
+        return check
+    where = "" if Path(registered.path) == found.resolve() else f" at {registered.path}"
+    return StaleEntry(registered, f"registered as {registered.id}{where}, which is stale ({check.reason})", str(found))
+
+
+def refuse_stale(at_paths: list[CheckpointRecord]) -> None:
+    """A plain add stops at a dir given whose registration there (``at_paths``: the entries at the dirs given) is
+    stale: the user named that dir, and registering it again would leave a second, stale entry at its path."""
+    for known in at_paths:  # a dir gone is not a stale registration but a path to report (or a move to relocate)
+        if Path(known.path).is_dir() and isinstance(check := check_registered(known, Path(known.path)), StaleEntry):
+            raise check
+
+
 def inspect_new(dirs: list[Path], registered: list[CheckpointRecord], inspect: Callable[[Path], CheckpointRecord],
-                workers: int | None, progress: Progress | None) -> tuple[list[CheckpointRecord], list[Freshness]]:
+                workers: int | None, progress: Progress | None
+                ) -> tuple[list[CheckpointRecord], list[Freshness], list[StaleEntry]]:
     """Inspect and hash ``dirs`` in parallel: (their new records, the checks of those already registered at
-    their path). A re-scan skips such a dir without hashing it again, while its registration serves."""
+    their path, those whose registration there is stale). A re-scan skips a registered dir without hashing it
+    again, while its registration serves; a stale one it skips too, leaving its entry as it is."""
     at_path = {Path(r.path): r for r in registered}
 
-    def one(path: Path) -> CheckpointRecord | Freshness:
+    def one(path: Path) -> CheckpointRecord | Freshness | StaleEntry:
         known = at_path.get(path.resolve())
-        return inspect(path) if known is None else require_fresh(known, path)
+        return inspect(path) if known is None else check_registered(known, path)
 
     found = parallel_map(one, dirs, workers, progress)
-    return [f for f in found if isinstance(f, CheckpointRecord)], [f for f in found if isinstance(f, Freshness)]
+    return ([f for f in found if isinstance(f, CheckpointRecord)], [f for f in found if isinstance(f, Freshness)],
+            [f for f in found if isinstance(f, StaleEntry)])
 
 
-def checks_of_registered(new: list[CheckpointRecord], rescanned: list[Freshness],
-                         registered: list[CheckpointRecord]) -> list[Freshness]:
+def checks_of_registered(new: list[CheckpointRecord], rescanned: list[Freshness], registered: list[CheckpointRecord],
+                         stale: list[StaleEntry]) -> tuple[list[Freshness], list[StaleEntry]]:
     """The freshness checks behind a recursive add's skips: of registrations re-scanned at their own path, and of
-    those holding the weights of a checkpoint found at another path (skipped only while they serve). One whose dir
-    is gone is not checked: the checkpoint moved, and the add re-points its entry at the path found."""
+    those holding the weights of a checkpoint found at another path (skipped only while they serve; a stale one is
+    returned apart, the checkpoint found for it not to be added). One whose dir is gone is not checked: the
+    checkpoint moved, and the add re-points its entry at the path found."""
     by_id = {r.id: r for r in registered}
-    checks = {c.record.id: c for c in rescanned}
+    checks: dict[str, Freshness | StaleEntry] = {c.record.id: c for c in [*rescanned, *stale]}  # checked once
     for record in new:
         if record.id in by_id and record.id not in checks and Path(by_id[record.id].path).is_dir():
-            checks[record.id] = require_fresh(by_id[record.id], Path(record.path))
-    return list(checks.values())
+            checks[record.id] = check_registered(by_id[record.id], Path(record.path))
+    return ([c for c in checks.values() if isinstance(c, Freshness)],
+            [c for c in checks.values() if isinstance(c, StaleEntry) and c not in stale])
 
 
 def complete_records(records: list[CheckpointRecord]) -> None:
@@ -116,3 +161,12 @@ def sort_records(records: list[CheckpointRecord], existing: dict[str, tuple[str,
     refuse_duplicates(added + moved)
     refuse_registered(added, existing)
     return SortedRecords(added, moved, skipped, replaced)
+
+
+def log_skipped(skipped: list[CheckpointRecord], stale: list[StaleEntry]) -> None:
+    """A re-scan's skips: how many were registered already, and a warning for each stale registration."""
+    if skipped:
+        logger.info("%d checkpoint(s) already registered with the same weights: skipped", len(skipped))
+        logger.debug("skipped as registered: %s", ", ".join(f"{r.path} ({r.id})" for r in skipped))
+    for entry in stale:
+        logger.warning("%s", entry.skipped_line())

@@ -44,6 +44,19 @@ class UnreadableEntry(LibraryError):
         super().__init__(f"catalog entry {self.id or '(no id)'} cannot be read ({problem})", catalog, fix)
 
 
+class StaleEntry(LibraryError):
+    """A registration found stale by an add (its files changed, or its record no longer matches them): ``record``,
+    the entry; the line names the dir the add found, why, and the ``library remove`` that lets it be added again."""
+
+    def __init__(self, record: CheckpointRecord, what: str, found: str) -> None:
+        self.record = record
+        super().__init__(what, found, f"`mashup library remove {record.id}`, then add it again")
+
+    def skipped_line(self) -> str:
+        """The warning of a re-scan that skips ``where`` instead of stopping."""
+        return f"skipped {self.where}: {self.what}; {self.fix}"
+
+
 def _anything(v: Any) -> bool:
     return True
 
@@ -131,23 +144,29 @@ def unreadable_ids(conn: sqlite3.Connection, ids: Iterable[str], catalog: str) -
     return found
 
 
-def relocate_rows(conn: sqlite3.Connection, moved: list[CheckpointRecord], catalog: str) -> list[CheckpointRecord]:
+def relocate_rows(conn: sqlite3.Connection, moved: list[CheckpointRecord], catalog: str, *, skip_stale: bool = False
+                  ) -> tuple[list[CheckpointRecord], list[StaleEntry]]:
     """Re-point the entries of ``moved``'s ids (whose dirs are gone, or copied) at ``moved``'s paths, with their new
     file stats, keeping everything else they hold (lineage, metadata, created) but what the add gave (see
-    ``moved_entry``): the entries as they now read."""
-    relocated = []
+    ``moved_entry``): the entries as they now read. An entry whose LoRA settings differ from the config found is
+    stale (the same weights under other settings compute something else): raised, or with ``skip_stale`` left as
+    it is and returned."""
+    relocated, stale = [], []
     for record in moved:
-        kept = from_row(select_rows(conn, "checkpoints", list(COLUMNS), "WHERE id = ?", (record.id,))[0], catalog)
-        old_path, kept = kept.path, moved_entry(kept, record)
+        entry = from_row(select_rows(conn, "checkpoints", list(COLUMNS), "WHERE id = ?", (record.id,))[0], catalog)
+        kept = moved_entry(entry, record)
         change = lora_config_change(kept) if kept.kind == "lora" else None
-        if change:  # the same weights under other settings compute something else: not the same checkpoint moved
-            raise LibraryError(f"registered as {kept.id} ({old_path}), but {change}", record.path,
-                               f"`mashup library remove {kept.id}`, then add it again")
+        if change:
+            error = StaleEntry(entry, f"registered as {entry.id} ({entry.path}), but {change}", record.path)
+            if not skip_stale:
+                raise error
+            stale.append(error)
+            continue
         conn.execute("UPDATE checkpoints SET path = ?, file_stats = ?, task = ?, init_reference = ?, "
                      "data_fingerprint = ? WHERE id = ?", (kept.path, json.dumps(kept.file_stats), kept.task,
                                                            kept.init_reference, kept.data_fingerprint, kept.id))
         relocated.append(kept)
-    return relocated
+    return relocated, stale
 
 
 def moved_entry(kept: CheckpointRecord, record: CheckpointRecord) -> CheckpointRecord:

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from mashup.data.prompts import EncodedRequest
-from mashup.io import weight_files
+from mashup.io import loaded_weight_files
 from mashup.library.db import ensure_table, read_connection, select_rows, write_transaction
 
 CACHE_NAME = "scores.sqlite"
@@ -48,7 +48,7 @@ def fingerprint(base_dir: Path, requests: Sequence[EncodedRequest], bf16: bool =
     digest = hashlib.sha256(b"bf16|" if bf16 else b"")
     if SCORING_VERSION > 1:
         digest.update(f"scoring-v{SCORING_VERSION}|".encode())
-    for path in weight_files(base_dir):
+    for path in loaded_weight_files(base_dir):  # not another copy beside them (consolidated.safetensors)
         stat = path.stat()
         digest.update(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode())
     for request in requests:

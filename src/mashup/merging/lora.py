@@ -17,7 +17,7 @@ from safetensors.torch import save_file
 
 from mashup.errors import MergeError
 from mashup.io import load_weight_dir, load_weights
-from mashup.library.lora_config import ADAPTER_CONFIG, NARROWING_FIELDS
+from mashup.library.lora_config import ADAPTER_CONFIG, ADAPTER_WEIGHTS, NARROWING_FIELDS
 from mashup.library.records import CheckpointRecord
 from mashup.merging.base import MergeParams
 from mashup.merging.compat import refuse_other_tensors
@@ -28,7 +28,6 @@ from mashup.merging.registry import merge_tensors
 from mashup.merging.tensors import require_finite
 
 logger = logging.getLogger(__name__)
-ADAPTER_WEIGHTS = "adapter_model.safetensors"
 PEFT_PREFIX = "base_model.model."
 Tensors = dict[str, torch.Tensor]
 

@@ -75,6 +75,12 @@ def estimate_gram(model: torch.nn.Module, batches: Sequence[dict[str, torch.Tens
     return grams
 
 
+def saw_inputs(grams: Sequence[torch.Tensor]) -> bool:
+    """Whether any of a weight's Grams is not all zero: its layer ran on the calibration batches (a vision tower
+    does not on text), so that RegMean has something to weight it by; else it averages the weight."""
+    return any(bool(gram.any()) for gram in grams)
+
+
 def regularized_gram(gram: torch.Tensor, alpha: float) -> torch.Tensor:
     """Scale the off-diagonal entries by alpha (the diagonal is kept)."""
     diagonal = torch.diag(torch.diagonal(gram))
@@ -96,7 +102,7 @@ def _check_grams(grams: Sequence[torch.Tensor], shape: torch.Size, transposed: b
 
 class RegMeanMerge(MergeMethod):
     """W* = (Σ w_i·G_i)⁻¹ Σ w_i·G_i·W_iᵀ for 2-D weights with Grams (W_i as stored when ``params.transposed``:
-    a Conv1D computes x·W); other tensors: weighted mean."""
+    a Conv1D computes x·W); other tensors, and weights whose Grams are all zero (``saw_inputs``): weighted mean."""
 
     statistic = "gram"
 
@@ -105,6 +111,8 @@ class RegMeanMerge(MergeMethod):
         if params.statistics is None or tensors[0].dim() != 2:
             return AverageMerge("average").merge(tensors, weights, None, MergeParams(), None)
         _check_grams(params.statistics, tensors[0].shape, params.transposed)
+        if not saw_inputs(params.statistics):  # the solve would make the weight zero
+            return AverageMerge("average").merge(tensors, weights, None, MergeParams(), None)
         grams = torch.stack([regularized_gram(g.double(), params.regmean_alpha) for g in params.statistics])
         grams = grams * stack_weights(weights.double(), grams)
         # Linear weights are (out, in) and y = x Wᵀ, so the closed form solves for Wᵀ; Conv1D's are Wᵀ already.

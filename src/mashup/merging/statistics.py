@@ -16,7 +16,7 @@ from mashup.library.records import CheckpointRecord
 from mashup.merging.fisher import estimate_fisher
 from mashup.merging.lora import base_weight_name
 from mashup.merging.plan import MergePlan
-from mashup.merging.regmean import conv1d_weights, estimate_gram
+from mashup.merging.regmean import conv1d_weights, estimate_gram, saw_inputs
 from mashup.models import attach_adapter, load_model
 from mashup.weight_names import saved_names
 
@@ -82,7 +82,8 @@ def compute_statistics(plan: MergePlan, base_model_dir: Path | None,
                          "pass calibration_batches (dicts of input_ids, attention_mask, labels)")
     if base_model_dir is None:
         raise MergeError(f"{plan.method.name} needs the base model to load checkpoints", None, "pass base_model_dir")
-    statistics = []
+    statistics: list[Tensors] = []
+    by_design: set[str] = set()
     for record in plan.records:
         logger.info("estimating %s statistics for %s", plan.method.statistic, record.id or record.path)
         model = load_checkpoint_model(record, base_model_dir)
@@ -92,6 +93,36 @@ def compute_statistics(plan: MergePlan, base_model_dir: Path | None,
             saved = saved_names(model, statistics[-1].keys() | plan.conv1d_weights)
             statistics[-1] = {saved[name]: stat for name, stat in statistics[-1].items()}
             plan.conv1d_weights = {saved[name] for name in plan.conv1d_weights}
+            if plan.method.statistic == "gram" and not by_design:
+                by_design = _averaged_by_design(model)
         del model
         gc.collect()
+    if plan.kind == "full" and plan.method.statistic == "gram":
+        _warn_without_gram(plan, statistics, by_design)
     return statistics
+
+
+def _averaged_by_design(model: PreTrainedModel) -> set[str]:
+    """The weights RegMean averages by design, by their files' names: the embeddings, the output head (a Linear
+    head has a Gram all the same) and buffers."""
+    head = model.get_output_embeddings()
+    names = {f"{name}.weight" for name, module in model.named_modules()
+             if isinstance(module, torch.nn.Embedding) or head is not None and module is head}
+    names |= {name for name, _ in model.named_buffers()}
+    return set(saved_names(model, names & model.state_dict().keys()).values())
+
+
+def _warn_without_gram(plan: MergePlan, statistics: Sequence[Tensors], by_design: set[str]) -> None:
+    """Warn, once per merge, of the 2-D weights of full checkpoints that RegMean averages for want of a Gram: no
+    Linear or Conv1D layer takes them (transformers 5 fuses MoE experts into 3-D parameters and keeps routers as
+    bare ones, while the files store 2-D weights per expert), or none that ran on the calibration batches."""
+    without = sorted(name for name, shape in plan.records[0].shapes.items()
+                     if len(shape) == 2 and name not in by_design and not _has_gram(name, statistics))
+    if without:
+        plan.warn(f"{len(without)} linear weights have no RegMean statistics and are averaged (e.g. {without[0]}: no "
+                  "Linear or Conv1D layer that ran on the calibration batches takes it)")
+
+
+def _has_gram(name: str, statistics: Sequence[Tensors]) -> bool:
+    """Whether RegMean solves for weight ``name`` (merge_full takes the first checkpoint's names as all's)."""
+    return name in statistics[0] and saw_inputs([stats[name] for stats in statistics])

@@ -255,7 +255,7 @@ class ScoringEngine:
             return
         assert self._layout is not None
         self._slot_model = self._load_base()
-        # an adapter saved under another transformers version's module names, registered before that was refused
+        # an adapter saved under other module names (another transformers version's, or the inner model's)
         require_model_modules(self._layout.modules, self._slot_model, self._layout_of)
         # under bf16 autocast the slots and the layers they wrap hold bf16: autocast would cast them each forward
         dtype = torch.bfloat16 if self.settings.bf16 else None
