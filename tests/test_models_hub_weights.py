@@ -1,6 +1,7 @@
 """The base preflight (``check_base_available``) of a Hub model reads its repo's file list: a repo a load could not
-use (pickles only, no safetensors) is refused before any work, and a repo that cannot be listed passes as before.
-The Hub is never reached: huggingface_hub's download and listing are replaced."""
+use (pickles only, no safetensors transformers loads) is refused before any work; a repo that cannot be listed is
+judged by the HF cache's snapshot, and passes where that holds no weights. The Hub is never reached:
+huggingface_hub's download and listing are replaced."""
 
 from __future__ import annotations
 
@@ -104,3 +105,37 @@ def test_a_hub_base_is_fetched_without_mistral_inferences_copy(hub):
     assert hub["ignored"] == ["consolidated*"]
     fetch_hub_model(REPO, config_only=True)
     assert hub["downloads"][-1] == ["config.json"]
+
+
+@pytest.mark.parametrize("failure", [None, OfflineModeIsEnabled("offline"), ConnectionError("unreachable")])
+def test_a_cached_snapshot_holding_only_pickles_is_refused_without_a_listing(hub, monkeypatch, failure):
+    """Offline (or the Hub out of reach) the repo cannot be listed: the HF cache's snapshot config.json came from
+    is read instead, and one whose weights are pickles only is refused up front, not after the work."""
+    if failure is None:
+        monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    hub["listed"] = failure
+    snapshot = Path(hub_snapshot := huggingface_hub.snapshot_download(REPO))
+    (snapshot / "pytorch_model.bin").write_bytes(b"pickle")
+    with pytest.raises(CheckpointError, match="only pickle") as caught:
+        check_base_available(REPO)
+    assert caught.value.where == f"the cached snapshot of Hub repo {REPO} ({hub_snapshot})"
+    (snapshot / "model.safetensors").write_bytes(b"")
+    check_base_available(REPO)
+
+
+def test_safetensors_transformers_does_not_load_are_refused(hub):
+    """transformers reads model.safetensors or its index, not a variant (model.fp16.safetensors) nor shards without
+    their index (what the load would then refuse)."""
+    hub["listed"] = ["config.json", "model.fp16.safetensors", "model-00001-of-00002.safetensors"]
+    with pytest.raises(CheckpointError, match="transformers loads none of its safetensors"):
+        check_base_available(REPO)
+
+
+def test_the_file_a_configs_transformers_weights_names_is_the_one_looked_for(hub):
+    snapshot = Path(huggingface_hub.snapshot_download(REPO))
+    (snapshot / "config.json").write_text(json.dumps({"model_type": "llama", "transformers_weights": "w.safetensors"}))
+    hub["listed"] = ["config.json", "w.safetensors"]
+    check_base_available(REPO)
+    hub["listed"] = ["config.json", "model.safetensors"]
+    with pytest.raises(CheckpointError, match="it reads w.safetensors"):
+        check_base_available(REPO)

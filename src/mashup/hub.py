@@ -7,9 +7,11 @@ experiment's checks, can use it without importing the other.
 from __future__ import annotations
 
 import logging
+from fnmatch import fnmatch
 from pathlib import Path
 
-from mashup.errors import MashupError, short_reason
+from mashup.errors import CheckpointError, MashupError, short_reason
+from mashup.io.files import SAFETENSORS_NAMES, explicit_weights_name
 
 logger = logging.getLogger(__name__)
 
@@ -63,3 +65,33 @@ def list_hub_files(repo_id: str) -> list[str] | None:
     except Exception as exc:
         logger.debug("cannot list the files of Hub model %s: %s", repo_id, short_reason(str(exc)))
         return None
+
+
+def check_hub_weights(repo_id: str, snapshot: Path) -> None:
+    """Refuse a Hub model whose repo holds no weights the load could use (``fetch_hub_model`` fetches no pickles,
+    and transformers loads the file config.json's ``transformers_weights`` names, else model.safetensors or its
+    index, from the top level), before the experiment's work. Without the repo's file list (offline, Hub out of
+    reach) the local HF cache's ``snapshot`` (where config.json came from) is read instead: one holding weights,
+    none of them loadable, is refused as the load would refuse it; one holding none passes (the load may fetch)."""
+    listed = list_hub_files(repo_id)
+    names = listed if listed is not None else [str(p.relative_to(snapshot)) for p in snapshot.rglob("*")
+                                               if p.is_file()]
+    top_level = [name for name in names if "/" not in name and not fnmatch(name, OTHER_WEIGHT_COPIES)]
+    explicit = explicit_weights_name(snapshot)
+    if set(top_level) & ({explicit} if isinstance(explicit, str) else set(SAFETENSORS_NAMES)):
+        return
+    safetensors, pickles = ([n for n in top_level if n.endswith(suffix)] for suffix in (".safetensors", ".bin"))
+    if listed is None and not safetensors and not pickles:
+        return
+    where = f"Hub repo {repo_id}" if listed is not None else f"the cached snapshot of Hub repo {repo_id} ({snapshot})"
+    if safetensors:
+        raise CheckpointError(f"transformers loads none of its safetensors ({', '.join(sorted(safetensors)[:3])}): "
+                              f"it reads {explicit if isinstance(explicit, str) else ' or '.join(SAFETENSORS_NAMES)}",
+                              where, "save_pretrained the model to a local dir and point base at that dir")
+    if pickles:
+        raise CheckpointError("only pickle (.bin) weights found (a Hub base is fetched as safetensors only)", where,
+                              "convert them to safetensors (load the model and save_pretrained it to a local dir: "
+                              "transformers writes safetensors) and point base at that dir")
+    raise CheckpointError("no weight files (*.safetensors) found", where,
+                          "point base at a Hub id whose repo holds safetensors weights, a local HF model dir or a "
+                          "named model")

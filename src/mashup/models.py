@@ -8,7 +8,6 @@ import logging
 import os
 import warnings
 from collections.abc import Iterator
-from fnmatch import fnmatch
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -17,8 +16,8 @@ from safetensors import SafetensorError
 
 from mashup.config import Precision
 from mashup.errors import CheckpointError, MashupError
-from mashup.hub import OTHER_WEIGHT_COPIES, fetch_hub_model, is_hub_id, list_hub_files
-from mashup.io import load_weight_dir, require_finite_tensors, tensor_shapes, weight_files
+from mashup.hub import check_hub_weights, fetch_hub_model, is_hub_id
+from mashup.io import load_weight_dir, loaded_weight_files, require_finite_tensors, tensor_shapes, weight_files
 from mashup.library.records import MODEL_CONFIG
 from mashup.model_checks import (
     checked_weight_files,
@@ -60,10 +59,10 @@ def check_base_available(base: str) -> None:
     if base in NAMED_MODELS:
         return
     # unlike check_base_dir (registration, offline), a Hub id is looked up here: its config.json is fetched
-    _local_or_hub_dir(base, fetch_weights=False)
+    fetched = _local_or_hub_dir(base, fetch_weights=False)
     path = Path(base).expanduser()
     if not path.is_dir():  # a Hub id: _local_or_hub_dir refused any other name
-        _check_hub_weights(base)
+        check_hub_weights(base, fetched)
         return
     try:
         check_base_dir(base)
@@ -76,26 +75,7 @@ def check_base_available(base: str) -> None:
         raise CheckpointError(exc.what, str(path.absolute()), "convert them to safetensors (load the model and "
                               "save_pretrained it again: transformers writes safetensors) and point base at that "
                               "dir") from None
-
-
-def _check_hub_weights(repo_id: str) -> None:
-    """Refuse a Hub model whose repo has no safetensors at its top level: ``fetch_hub_model`` fetches no pickles and
-    the load reads the snapshot's top level (``weight_files``), so it would fail after the experiment's work. A repo
-    that cannot be listed (offline, Hub out of reach) passes, as before: the load then decides."""
-    files = list_hub_files(repo_id)
-    if files is None:
-        return
-    top_level = [name for name in files if "/" not in name]
-    if any(name.endswith(".safetensors") and not fnmatch(name, OTHER_WEIGHT_COPIES) for name in top_level):
-        return
-    where = f"Hub repo {repo_id}"
-    if any(name.endswith(".bin") for name in top_level):
-        raise CheckpointError("only pickle (.bin) weights found (a Hub base is fetched as safetensors only)", where,
-                              "convert them to safetensors (load the model and save_pretrained it to a local dir: "
-                              "transformers writes safetensors) and point base at that dir")
-    raise CheckpointError("no weight files (*.safetensors) found", where,
-                          "point base at a Hub id whose repo holds safetensors weights, a local HF model dir or a "
-                          "named model")
+    loaded_weight_files(path)  # weights transformers would not load (shards without their index): its line
 
 
 def _local_or_hub_dir(base: str, *, fetch_weights: bool) -> Path:
@@ -140,10 +120,12 @@ def load_model(model_dir: Path, *, allow_pickle: bool = False, check_values: boo
     not parse or build a model is named."""
     from transformers import AutoModelForCausalLM
 
-    files = checked_weight_files(model_dir, allow_pickle=allow_pickle)
+    checked_weight_files(model_dir, allow_pickle=allow_pickle)
     if not (Path(model_dir) / MODEL_CONFIG).is_file():  # else transformers blames a model_type missing from it
         raise CheckpointError(f"no {MODEL_CONFIG}", str(model_dir),
                               f"pass a complete HF model dir ({MODEL_CONFIG} beside its weights)")
+    # the files it loads, as registration and a base's identity take them; one line where it would load none
+    files = loaded_weight_files(Path(model_dir), allow_pickle=allow_pickle)
     if check_values:  # a corrupt file named from its header; the values checked once loaded, not read twice
         for path in files:
             tensor_shapes(path)
@@ -191,6 +173,9 @@ def attach_adapter(model: PreTrainedModel, adapter_dir: Path, *, trainable: bool
         with quiet_peft_deprecations(), warnings.catch_warnings():
             # the keys it names are refused below, with the tensors nothing loaded (which it does not name)
             warnings.filterwarnings("ignore", message=".*Found missing adapter keys", category=UserWarning)
+            # true of a bias-less base layer (PEFT's merge_and_unload then raises, saying so), but eval, train and
+            # select never merge (the forward adds the lora_B bias), and merged_adapter gives it a zero bias first
+            warnings.filterwarnings("ignore", message="`lora_bias=True` was passed but the targeted layer")
             peft_model = PeftModel.from_pretrained(model, adapter_dir, adapter_name=adapter_name,
                                                    is_trainable=trainable)
     except (OSError, ValueError, RuntimeError, KeyError, SafetensorError) as exc:
@@ -198,6 +183,20 @@ def attach_adapter(model: PreTrainedModel, adapter_dir: Path, *, trainable: bool
                               "check it was trained on this base model") from None
     require_matching_keys(peft_model, adapter_name, set(shapes), adapter_dir)
     return peft_model
+
+
+def merged_adapter(model: PreTrainedModel, adapter_dir: Path) -> PreTrainedModel:
+    """``model`` with the adapter in ``adapter_dir`` merged into its weights (``attach_adapter``, then PEFT's
+    ``merge_and_unload``). A lora_B bias (``lora_bias``) on a layer without a bias, which PEFT refuses to merge,
+    gets a zero bias to fold into first: the merged layer computes what the adapter does."""
+    adapted = attach_adapter(model, adapter_dir, trainable=False)
+    for module in adapted.modules():
+        if any(getattr(module, "lora_bias", {}).values()):
+            layer = module.get_base_layer()
+            if getattr(layer, "bias", None) is None:
+                layer.bias = torch.nn.Parameter(torch.zeros(layer.weight.shape[0], dtype=layer.weight.dtype,
+                                                            device=layer.weight.device), requires_grad=False)
+    return adapted.merge_and_unload()
 
 
 def load_full_weights_into(model: PreTrainedModel, model_dir: Path, *, allow_pickle: bool = False) -> None:

@@ -155,3 +155,16 @@ def test_training_saves_a_lora_bias_adapter_without_pefts_deepspeed_warning(bias
         save_init_adapter(model, tmp_path / "init.safetensors")
         save_trained(model, tmp_path / "out", str(tiny_base))
     assert not [w for w in caught if "DeepSpeed" in str(w.message)]
+
+
+def test_a_switch_candidate_of_a_lora_bias_adapter_merges_it_into_bias_less_layers(bias_loras: list[Path],
+                                                                                  tiny_base: Path) -> None:
+    """Switch generation merges a candidate's adapter into its model: PEFT refuses to merge a lora_B bias into a
+    layer without a bias (a RuntimeError traceback); the merged candidate computes what the adapter does."""
+    from tests.switch.helpers import candidate
+
+    inputs = sample_inputs(tiny_base)
+    merged = candidate(tiny_base, adapter=bias_loras[0]).model
+    with torch.no_grad():
+        logits = merged(**inputs).logits
+    assert torch.allclose(logits, exact_logits(tiny_base, bias_loras[:1], [1.0], inputs), atol=1e-4)

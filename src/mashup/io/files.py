@@ -53,6 +53,12 @@ def stat_files(paths: list[Path]) -> list[dict[str, Any]]:
 
 
 SAFETENSORS_INDEX = "model.safetensors.index.json"
+# what transformers 5's from_pretrained looks for in a model dir, in its order (modeling_utils'
+# _get_resolved_checkpoint_files): a config's transformers_weights first, then these; the pickles only where
+# mashup loads with use_safetensors=None (--allow-pickle). No variant (model.fp16.safetensors): mashup passes none
+SAFETENSORS_NAMES = ("model.safetensors", SAFETENSORS_INDEX)
+PICKLE_NAMES = ("pytorch_model.bin", "pytorch_model.bin.index.json")
+EXPLICIT_WEIGHTS = "transformers_weights"  # config.json's field naming the weights file (or index) to load
 
 
 def weight_files(model_dir: Path, *, allow_pickle: bool = False) -> list[Path]:
@@ -76,30 +82,78 @@ def weight_files(model_dir: Path, *, allow_pickle: bool = False) -> list[Path]:
 
 
 def loaded_weight_files(model_dir: Path, *, allow_pickle: bool = False) -> list[Path]:
-    """The weight files transformers loads from a model or adapter dir, as it picks them: ``model.safetensors``
-    where there is one, else the shards its index names; else ``weight_files`` (every ``*.safetensors``, which
-    transformers loads for no model dir but an adapter's, or pickles only when allowed). A dir may hold another
-    copy of the weights under other names beside them (Mistral's Hub repos: consolidated.safetensors, for
-    mistral-inference), which reading the model's tensors must leave out. A config's ``transformers_weights`` file
-    is not followed."""
-    single, index = model_dir / "model.safetensors", model_dir / SAFETENSORS_INDEX
-    if single.is_file():
-        return [single]
-    if not index.is_file():
+    """The weight files transformers loads from a model dir, as it picks them: the file (or index) its config's
+    ``transformers_weights`` names, else ``model.safetensors``, else the shards its index names (with pickles
+    allowed then ``pytorch_model.bin`` or its index's shards); a model dir holding weights transformers would not
+    load (shards without their index, a variant such as ``model.fp16.safetensors``) is refused. A dir may hold
+    another copy of the weights beside them (Mistral's Hub repos: consolidated.safetensors, for mistral-inference),
+    which reading the model's tensors must leave out. An adapter dir (adapter_config.json, no config.json) gives
+    ``weight_files``, as ever."""
+    if (model_dir / "adapter_config.json").is_file() and not (model_dir / "config.json").is_file():
         return weight_files(model_dir, allow_pickle=allow_pickle)
+    entry = _explicit_weights(model_dir, allow_pickle)
+    names = SAFETENSORS_NAMES + (PICKLE_NAMES if allow_pickle else ())
+    entry = entry or next((model_dir / name for name in names if (model_dir / name).is_file()), None)
+    if entry is None:
+        found = weight_files(model_dir, allow_pickle=allow_pickle)  # no weights, or pickles not allowed: its line
+        raise CheckpointError(f"transformers loads none of its weight files ({_some(found)}): it reads "
+                              f"{' or '.join(names)}", str(model_dir),
+                              "re-save the model with save_pretrained (or write the index of its shards, or rename "
+                              "a single file model.safetensors)")
+    return _index_shards(model_dir, entry) if entry.name.endswith(".index.json") else [entry]
+
+
+def _explicit_weights(model_dir: Path, allow_pickle: bool) -> Path | None:
+    """The file config.json's ``transformers_weights`` names, which transformers loads before any other; None
+    where it names none (an unreadable config.json is the load's to report)."""
+    name, where = explicit_weights_name(model_dir), str(model_dir / "config.json")
+    if name is None:
+        return None
+    if not isinstance(name, str) or not (name.endswith((".safetensors", ".safetensors.index.json"))
+                                         or name == "adapter_model.bin"):  # transformers refuses any other
+        raise CheckpointError(f"{EXPLICIT_WEIGHTS} {name!r} is not a safetensors file or index", where,
+                              f"fix {EXPLICIT_WEIGHTS} or remove it (transformers then loads model.safetensors)")
+    if Path(name).name != name:  # transformers takes a subfolder's file, which mashup neither hashes nor checks
+        raise CheckpointError(f"{EXPLICIT_WEIGHTS} names {name}, not a file beside config.json", where,
+                              f"move the file beside config.json and set {EXPLICIT_WEIGHTS} to its name")
+    if not (model_dir / name).is_file():
+        raise CheckpointError(f"{EXPLICIT_WEIGHTS} names {name}, which is missing", where,
+                              f"copy the model's files again, or fix {EXPLICIT_WEIGHTS}")
+    if name.endswith(".bin") and not allow_pickle:
+        raise CheckpointError(f"{EXPLICIT_WEIGHTS} names pickle weights ({name}); refusing to unpickle", where,
+                              "convert them to safetensors or pass --allow-pickle")
+    return model_dir / name
+
+
+def explicit_weights_name(model_dir: Path) -> object:
+    """What config.json's ``transformers_weights`` holds (a file name, if valid), or None: absent, or no config
+    that parses (the load's to report)."""
+    try:
+        return json.loads((model_dir / "config.json").read_text()).get(EXPLICIT_WEIGHTS)
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _some(paths: list[Path]) -> str:
+    """A few file names, for an error line."""
+    return ", ".join(p.name for p in paths[:3]) + (f", ... ({len(paths)} files)" if len(paths) > 3 else "")
+
+
+def _index_shards(model_dir: Path, index: Path) -> list[Path]:
+    """The shards ``index`` names, each a file of ``model_dir``, at least one, all there."""
     try:
         names = set(json.loads(index.read_text())["weight_map"].values())
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise CheckpointError(f"{SAFETENSORS_INDEX} is not a weight index ({type(exc).__name__}: {exc})",
+        raise CheckpointError(f"{index.name} is not a weight index ({type(exc).__name__}: {exc})",
                               str(index), "re-save the model") from None
     shards = sorted(model_dir / name for name in names if isinstance(name, str))
     outside = next((name for name in sorted(map(str, names)) if Path(name).name != name), None)
     if outside is not None or not shards:
-        raise CheckpointError(f"{SAFETENSORS_INDEX} names {'shard ' + outside if outside else 'no shards'}, not a "
+        raise CheckpointError(f"{index.name} names {'shard ' + outside if outside else 'no shards'}, not a "
                               "file of this dir", str(index), "re-save the model")
     missing = [shard for shard in shards if not shard.is_file()]
     if missing:
-        raise CheckpointError(f"shard {missing[0].name} named by {SAFETENSORS_INDEX} is missing "
+        raise CheckpointError(f"shard {missing[0].name} named by {index.name} is missing "
                               f"({len(missing)} missing)", str(model_dir), "copy the model's files again")
     return shards
 

@@ -17,10 +17,11 @@ from mashup.library.db import ensure_table, read_connection, select_rows, write_
 from mashup.library.freshness import Freshness, check_freshness, parallel_map
 from mashup.library.identity import BaseMatcher
 from mashup.library.records import CheckpointRecord, discover_checkpoints, inspect_to_register
-from mashup.library.registration import (Added, Progress, checks_of_registered, complete_records, inspect_new,
-                                         log_skipped, refuse_stale, sort_records, stored_init_reference)
-from mashup.library.rows import (COLUMNS, UnreadableEntry, from_row, log_insert, read_rows, relocate_rows, to_row,
-                                 unreadable_ids)
+from mashup.library.registration import (Added, Progress, check_at_paths, checks_of_registered, complete_records,
+                                         inspect_new, log_skipped, refuse_at_paths, sort_records,
+                                         stored_init_reference)
+from mashup.library.rows import (COLUMNS, StaleEntry, UnreadableEntry, from_row, log_insert, read_rows, relocate_rows,
+                                 to_row, unreadable_ids)
 
 logger = logging.getLogger(__name__)
 
@@ -87,7 +88,9 @@ class Library:
         dirs = discover_checkpoints(paths) if recursive else [Path(p) for p in paths]
         registered = self.list() if recursive else []
         if not recursive:
-            refuse_stale(self._at_paths(dirs))
+            at_dirs = check_at_paths(self._at_paths(dirs))
+            self._store_stats(at_dirs)  # stored even where refused, so these dirs are not hashed again next time
+            refuse_at_paths(at_dirs, repoint)
         base_shapes = BaseShapes()  # the base's shapes read once for all the checkpoints added
         inspect = partial(inspect_to_register, base=base, task=task, allow_pickle=allow_pickle, base_shapes=base_shapes)
         new, rescanned, stale = inspect_new(dirs, registered, inspect, workers, progress)
@@ -102,7 +105,7 @@ class Library:
         # with none new, a library that exists is not written (it may be read-only); one that does not is made
         inserted = (self._insert(new, skip_registered=recursive, repoint=repoint)
                     if new or not self.db_path.exists() else Added())
-        self._store_stats(checks)  # so that dirs hashed again for new stats are not hashed next time
+        self._store_stats([*checks, *stale])  # so that dirs hashed again for new stats are not hashed next time
         inserted.skipped = [c.record for c in rescanned] + inserted.skipped
         inserted.stale = stale + inserted.stale
         log_skipped(inserted.skipped, inserted.stale)
@@ -122,7 +125,9 @@ class Library:
         and repaired among them, as they now read), the skipped, the relocated and the repaired."""
         with self._write() as conn:
             existing = {i: (path, sha) for i, path, sha in conn.execute("SELECT id, path, sha256 FROM checkpoints")}
-            unreadable = unreadable_ids(conn, {r.id for r in records if r.id in existing}, str(self.db_path))
+            paths = {r.path for r in records}
+            near = {i for i, (path, _) in existing.items() if path in paths} | {r.id for r in records}  # to read
+            unreadable = unreadable_ids(conn, near & existing.keys(), str(self.db_path))
             plan = sort_records(records, existing, unreadable, skip_registered=skip_registered, repoint=repoint)
             moved, stale = relocate_rows(conn, plan.moved, str(self.db_path), skip_stale=skip_registered)
             relocated = {r.id: r for r in moved}
@@ -131,9 +136,9 @@ class Library:
             conn.executemany(f"INSERT INTO checkpoints ({columns}) VALUES ({', '.join('?' * len(COLUMNS))})",
                              [to_row(r) for r in plan.added])
         log_insert(plan.replaced, unreadable - plan.replaced, [(existing[i][0], r) for i, r in relocated.items()])
-        left = {r.id for r in plan.skipped} | {s.record.id for s in stale}
-        return Added([relocated.get(r.id, r) for r in records if r.id not in left], plan.skipped,
-                     list(relocated.values()), [r for r in plan.added if r.id in plan.replaced], stale)
+        kept = {r.id for r in plan.added} | relocated.keys()
+        return Added([relocated.get(r.id, r) for r in records if r.id in kept], plan.skipped,
+                     list(relocated.values()), plan.repaired, stale)
 
     def relocate(self, record: CheckpointRecord, path: str | Path, *, copied: bool = False) -> Freshness:
         """Re-point ``record``, whose dir is gone (or, ``copied``, still there: ``path`` holds a copy to use instead),
@@ -255,8 +260,11 @@ class Library:
         self._store_stats(checks)
         return checks
 
-    def _store_stats(self, checks: Sequence[Freshness]) -> None:
-        """Record the new stats of files whose bytes were found unchanged, so they are not hashed again."""
+    def _store_stats(self, found: Sequence[Freshness | StaleEntry]) -> None:
+        """Record the new stats of files whose bytes were found unchanged (a stale entry's too: its check's), so
+        they are not hashed again."""
+        checks = [f.check if isinstance(f, StaleEntry) else f for f in found]
+        checks = [c for c in checks if c is not None]
         updates = [(json.dumps(c.new_stats), c.record.id, c.record.sha256) for c in checks if c.new_stats]
         if not updates:
             return

@@ -12,6 +12,7 @@ consolidated.safetensors too) is stale, found from the headers of a dir that hol
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -33,7 +34,7 @@ class Freshness:
     record: CheckpointRecord
     status: Status
     reason: str | None = None
-    new_stats: list[dict[str, Any]] | None = None  # set when the stats changed but the bytes did not
+    new_stats: list[dict[str, Any]] | None = None  # the stats changed, the bytes did not (even where stale for more)
     rehashed: bool = False
 
 
@@ -41,7 +42,8 @@ def check_freshness(record: CheckpointRecord, *, rehash: bool = False) -> Freshn
     """Compare ``record`` with its files; ``rehash`` hashes even when the stats are unchanged (verify)."""
     freshness = _check_bytes(record, rehash)
     if freshness.status == "ok" and (change := loaded_tensors_change(record)):
-        return Freshness(record, "changed", change)
+        # the bytes check stands: its new stats are stored, so the same bytes are not hashed again each check
+        return dataclasses.replace(freshness, status="changed", reason=change)
     return freshness
 
 

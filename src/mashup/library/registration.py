@@ -1,7 +1,8 @@
 """What ``Library.add`` does before its one write: find which dirs are new (a re-scan skips the registered ones, and
-those whose registration is stale, with a warning; a plain add refuses a stale one), inspect and hash them (in
-parallel), complete their records (id, time, base as stored and its identity), and sort them against the catalog's
-rows (``sort_records``); what it returns (``Added``). The catalog's write is ``catalog``'s."""
+those whose registration is stale, with a warning; a plain add refuses a stale one, and a registered one before
+hashing it again), inspect and hash them (in parallel), complete their records (id, time, base as stored and its
+identity), and sort them against the catalog's rows (``sort_records``); what it returns (``Added``). The catalog's
+write is ``catalog``'s."""
 
 from __future__ import annotations
 
@@ -26,8 +27,8 @@ class Added(list[CheckpointRecord]):
     ``skipped`` holds the checkpoints a recursive add found already registered with the same weights (each with its
     registered id and the path where it was found); ``relocated`` the entries among those added that were re-pointed
     at their checkpoint's new dir (moved, or re-pointed on request); ``repaired`` those among the added that replaced
-    an entry of their id that could not be read (see ``Library.entries``); ``stale`` the registrations a recursive
-    add found stale and left as they are, the checkpoints found for them not added."""
+    an entry of their id, or at their path, that could not be read (see ``Library.entries``); ``stale`` the
+    registrations a recursive add found stale and left as they are, the checkpoints found for them not added."""
 
     def __init__(self, added: Sequence[CheckpointRecord] = (), skipped: Sequence[CheckpointRecord] = (),
                  relocated: Sequence[CheckpointRecord] = (), repaired: Sequence[CheckpointRecord] = (),
@@ -57,15 +58,28 @@ def check_registered(registered: CheckpointRecord, found: Path) -> Freshness | S
     if check.status == "ok":
         return check
     where = "" if Path(registered.path) == found.resolve() else f" at {registered.path}"
-    return StaleEntry(registered, f"registered as {registered.id}{where}, which is stale ({check.reason})", str(found))
+    return StaleEntry(registered, f"registered as {registered.id}{where}, which is stale ({check.reason})", str(found),
+                      check)
 
 
-def refuse_stale(at_paths: list[CheckpointRecord]) -> None:
-    """A plain add stops at a dir given whose registration there (``at_paths``: the entries at the dirs given) is
-    stale: the user named that dir, and registering it again would leave a second, stale entry at its path."""
-    for known in at_paths:  # a dir gone is not a stale registration but a path to report (or a move to relocate)
-        if Path(known.path).is_dir() and isinstance(check := check_registered(known, Path(known.path)), StaleEntry):
+def check_at_paths(at_paths: list[CheckpointRecord]) -> list[Freshness | StaleEntry]:
+    """The checks of the entries registered at the dirs a plain add is given (``at_paths``); a dir gone is not
+    checked: it is a path to report, or a move to relocate."""
+    return [check_registered(known, Path(known.path)) for known in at_paths if Path(known.path).is_dir()]
+
+
+def refuse_at_paths(checks: list[Freshness | StaleEntry], repoint: Collection[str] | None) -> None:
+    """A plain add stops at a dir given whose registration there (``checks``, see ``check_at_paths``) is stale: the
+    user named that dir, and registering it again would leave a second, stale entry at its path. One that serves
+    is refused as registered before the dir is hashed again (unless ``repoint`` names it, see ``sort_records``)."""
+    for check in checks:
+        if isinstance(check, StaleEntry):
             raise check
+    for check in checks:
+        if repoint is None or check.record.id not in repoint:
+            known = check.record
+            raise AlreadyRegistered(f"already registered as {known.id} ({known.path})", known.path,
+                                    "nothing to do, or remove the old entry first", known.id)
 
 
 def inspect_new(dirs: list[Path], registered: list[CheckpointRecord], inspect: Callable[[Path], CheckpointRecord],
@@ -136,19 +150,23 @@ class SortedRecords:
     added: list[CheckpointRecord]  # to insert, the repaired among them
     moved: list[CheckpointRecord]  # whose entries are re-pointed at their dirs
     skipped: list[CheckpointRecord]
-    replaced: set[str]  # ids of unreadable entries deleted for the record added (repaired)
+    replaced: set[str]  # ids of unreadable entries deleted for the records added (repaired)
+    repaired: list[CheckpointRecord]  # those among the added that replace an unreadable entry
 
 
 def sort_records(records: list[CheckpointRecord], existing: dict[str, tuple[str, str]], unreadable: set[str], *,
                  skip_registered: bool, repoint: Collection[str] | None) -> SortedRecords:
     """Sort ``records`` against the entries ``existing`` (each id's path and digest; ``unreadable``: ids of those
-    that cannot be read). Weights already registered (same digest) are skipped with ``skip_registered``, else
-    refused; the same weights given twice are refused; weights registered at a dir that is gone (moved; given
-    ``repoint``, instead: anywhere for an id in it, and no other) re-point that entry at the new dir, keeping what
-    it holds but what the add gives (``moved_entry``). An entry of the same id that cannot be read is replaced by a
-    plain add, with a warning (``log_insert``): registering the checkpoint again is how such an entry is repaired. A
-    re-scan (``skip_registered``) skips it with a warning instead (even where its dir is gone): it would drop what
-    the entry held (task, lineage) without being asked."""
+    that cannot be read, of the records' ids or at their paths). Weights already registered (same digest) are
+    skipped with ``skip_registered``, else refused; the same weights given twice are refused; weights registered at
+    a dir that is gone (moved; given ``repoint``, instead: anywhere for an id in it, and no other) re-point that
+    entry at the new dir, keeping what it holds but what the add gives (``moved_entry``). An entry that cannot be
+    read, of the same id or at the same path (other weights written there since), is replaced by a plain add, with a
+    warning (``log_insert``): registering the checkpoint again is how such an entry is repaired, and it leaves one
+    entry at that path. A re-scan (``skip_registered``) leaves such a record out with a warning instead (even where
+    its dir is gone): it would drop what the entry held (task, lineage) without being asked."""
+    unreadable_at = {existing[i][0] for i in unreadable}
+    tied = {r.id for r in records if r.id in unreadable or r.path in unreadable_at}  # to an unreadable entry
     replaced = set() if skip_registered else unreadable
     existing = {i: found for i, found in existing.items() if i not in replaced}
     gone = {r.id for r in records if r.id in existing and r.id not in unreadable  # skipped with a warning
@@ -156,11 +174,11 @@ def sort_records(records: list[CheckpointRecord], existing: dict[str, tuple[str,
     moved = [r for r in records if r.id in gone and existing[r.id][1] == r.sha256]
     skipped = [r for r in records if skip_registered and r.id not in gone
                and existing.get(r.id, ("", ""))[1] == r.sha256]
-    left = {r.id for r in skipped + moved}
+    left = {r.id for r in skipped + moved} | (tied if skip_registered else set())
     added = [r for r in records if r.id not in left]
     refuse_duplicates(added + moved)
     refuse_registered(added, existing)
-    return SortedRecords(added, moved, skipped, replaced)
+    return SortedRecords(added, moved, skipped, replaced, [r for r in added if r.id in tied])
 
 
 def log_skipped(skipped: list[CheckpointRecord], stale: list[StaleEntry]) -> None:

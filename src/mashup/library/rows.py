@@ -17,6 +17,7 @@ from typing import Any
 
 from mashup.errors import LibraryError
 from mashup.library.db import select_rows
+from mashup.library.freshness import Freshness
 from mashup.library.records import CheckpointRecord, lora_config_change
 from mashup.library.values import is_int, is_number, shown
 
@@ -46,10 +47,11 @@ class UnreadableEntry(LibraryError):
 
 class StaleEntry(LibraryError):
     """A registration found stale by an add (its files changed, or its record no longer matches them): ``record``,
-    the entry; the line names the dir the add found, why, and the ``library remove`` that lets it be added again."""
+    the entry; ``check``, the freshness check that found it so (its new stats are stored); the line names the dir
+    the add found, why, and the ``library remove`` that lets it be added again."""
 
-    def __init__(self, record: CheckpointRecord, what: str, found: str) -> None:
-        self.record = record
+    def __init__(self, record: CheckpointRecord, what: str, found: str, check: Freshness | None = None) -> None:
+        self.record, self.check = record, check
         super().__init__(what, found, f"`mashup library remove {record.id}`, then add it again")
 
     def skipped_line(self) -> str:

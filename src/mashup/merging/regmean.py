@@ -75,10 +75,13 @@ def estimate_gram(model: torch.nn.Module, batches: Sequence[dict[str, torch.Tens
     return grams
 
 
-def saw_inputs(grams: Sequence[torch.Tensor]) -> bool:
-    """Whether any of a weight's Grams is not all zero: its layer ran on the calibration batches (a vision tower
-    does not on text), so that RegMean has something to weight it by; else it averages the weight."""
-    return any(bool(gram.any()) for gram in grams)
+def unseen_features(grams: Sequence[torch.Tensor], weights: Sequence[float] | torch.Tensor) -> torch.Tensor:
+    """Which input features (a bool per input of the weight) no checkpoint's weighted Gram saw: wᵢ·Gᵢ[j, j] = 0 for
+    every i, i.e. the calibration batches never made feature j non-zero (or only in checkpoints of weight 0). Each
+    Gᵢ being positive semi-definite, row and column j of every wᵢ·Gᵢ are then zero too. All of them: a layer the
+    batches never ran (a vision tower on text)."""
+    diagonals = torch.stack([float(w) * torch.diagonal(g) for g, w in zip(grams, weights)])
+    return (diagonals == 0).all(dim=0)
 
 
 def regularized_gram(gram: torch.Tensor, alpha: float) -> torch.Tensor:
@@ -102,26 +105,48 @@ def _check_grams(grams: Sequence[torch.Tensor], shape: torch.Size, transposed: b
 
 class RegMeanMerge(MergeMethod):
     """W* = (Σ w_i·G_i)⁻¹ Σ w_i·G_i·W_iᵀ for 2-D weights with Grams (W_i as stored when ``params.transposed``:
-    a Conv1D computes x·W); other tensors, and weights whose Grams are all zero (``saw_inputs``): weighted mean."""
+    a Conv1D computes x·W), solved on the input features the Grams saw (``unseen_features``), whose columns keep
+    the weighted mean; other tensors, and weights whose Grams saw no feature: weighted mean."""
 
     statistic = "gram"
 
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self._said_singular = False
+
     def merge(self, tensors: Sequence[torch.Tensor], weights: torch.Tensor, reference: torch.Tensor | None,
               params: MergeParams, generator: torch.Generator | None) -> torch.Tensor:
+        mean = AverageMerge("average").merge(tensors, weights, None, MergeParams(), None)
         if params.statistics is None or tensors[0].dim() != 2:
-            return AverageMerge("average").merge(tensors, weights, None, MergeParams(), None)
+            return mean
         _check_grams(params.statistics, tensors[0].shape, params.transposed)
-        if not saw_inputs(params.statistics):  # the solve would make the weight zero
-            return AverageMerge("average").merge(tensors, weights, None, MergeParams(), None)
+        seen = ~unseen_features(params.statistics, weights)
+        if not seen.any():  # the solve would make the weight zero
+            return mean
+        # RegMean minimises Σᵢ wᵢ‖Xᵢ(W − Wᵢ)‖² over W (here (in, out): y = x·W). An input feature j that is zero in
+        # every Xᵢ leaves row j of W out of it: any value is a minimum, and the pseudo-inverse's minimum-norm one is
+        # 0, which drops that input from the layer wherever it does occur (other text at inference). With a ridge,
+        # Σᵢ wᵢ(‖Xᵢ(W − Wᵢ)‖² + λ‖W − Wᵢ‖²), the normal equations (Σ wᵢGᵢ + λΣwᵢ·I)W = Σ wᵢ(Gᵢ + λI)Wᵢ decouple
+        # (row and column j of every wᵢGᵢ are zero): row j is Σ wᵢWᵢ[j] / Σ wᵢ, the weighted mean, for every λ > 0,
+        # and as λ → 0 the seen rows tend to the plain solve on the seen block. So: that solve, and the mean.
         grams = torch.stack([regularized_gram(g.double(), params.regmean_alpha) for g in params.statistics])
         grams = grams * stack_weights(weights.double(), grams)
         # Linear weights are (out, in) and y = x Wᵀ, so the closed form solves for Wᵀ; Conv1D's are Wᵀ already.
         inputs = [t.double() if params.transposed else t.double().T for t in tensors]
-        rhs = sum(g @ t for g, t in zip(grams, inputs))
-        lhs = grams.sum(dim=0)
-        try:
-            solution = torch.linalg.solve(lhs, rhs)
-        except RuntimeError:  # singular: e.g. an input feature that is always zero
-            logger.warning("RegMean Gram sum is singular; using the pseudo-inverse")
-            solution = torch.linalg.pinv(lhs) @ rhs
+        rhs = sum(g @ t for g, t in zip(grams, inputs))[seen]
+        solution = (mean if params.transposed else mean.T).double().clone()
+        solution[seen] = self._solve(grams.sum(dim=0)[seen][:, seen], rhs)
         return (solution if params.transposed else solution.T).to(weights.dtype)
+
+    def _solve(self, lhs: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
+        """lhs⁻¹·rhs, else the pseudo-inverse's least-norm solution. On the seen features, lhs is positive definite
+        at regmean_alpha < 1 with weights ≥ 0 (≥ (1 − alpha)·its diagonal, positive there): only other settings
+        (alpha 1 and dependent features, negative weights) reach the fallback, said once per merge."""
+        try:
+            return torch.linalg.solve(lhs, rhs)
+        except RuntimeError:
+            if not self._said_singular:
+                logger.warning("RegMean Gram sum is singular on the input features the calibration batches saw; "
+                               "using the pseudo-inverse (said once per merge)")
+                self._said_singular = True
+            return torch.linalg.pinv(lhs) @ rhs

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import gc
 import logging
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -16,8 +15,8 @@ from mashup.library.records import CheckpointRecord
 from mashup.merging.fisher import estimate_fisher
 from mashup.merging.lora import base_weight_name
 from mashup.merging.plan import MergePlan
-from mashup.merging.regmean import conv1d_weights, estimate_gram, saw_inputs
-from mashup.models import attach_adapter, load_model
+from mashup.merging.regmean import conv1d_weights, estimate_gram, unseen_features
+from mashup.models import load_model, merged_adapter
 from mashup.weight_names import saved_names
 
 if TYPE_CHECKING:
@@ -37,22 +36,7 @@ def load_checkpoint_model(record: CheckpointRecord, base_model_dir: Path) -> Pre
     if record.kind == "full":
         return load_model(Path(record.path))
     # the base is not registered, so nothing checked its values: NaN statistics would only show in the output
-    with warnings.catch_warnings():  # that it could not merge a lora_B bias into a bias-less layer: it can, below
-        warnings.filterwarnings("ignore", message="`lora_bias=True` was passed but the targeted layer")
-        adapted = attach_adapter(load_model(base_model_dir), Path(record.path), trainable=False)
-    _zero_biases_to_fold_into(adapted)
-    return adapted.merge_and_unload()
-
-
-def _zero_biases_to_fold_into(model: torch.nn.Module) -> None:
-    """PEFT folds a lora_B bias (lora_bias) into its base layer's bias: a base layer without one gets a zero bias
-    to take it, which computes what the adapter does."""
-    for module in model.modules():
-        if any(getattr(module, "lora_bias", {}).values()):
-            layer = module.get_base_layer()
-            if getattr(layer, "bias", None) is None:
-                layer.bias = torch.nn.Parameter(torch.zeros(layer.weight.shape[0], dtype=layer.weight.dtype,
-                                                            device=layer.weight.device), requires_grad=False)
+    return merged_adapter(load_model(base_model_dir), Path(record.path))
 
 
 def _statistics_for(model: PreTrainedModel, plan: MergePlan, record: CheckpointRecord,
@@ -97,8 +81,7 @@ def compute_statistics(plan: MergePlan, base_model_dir: Path | None,
                 by_design = _averaged_by_design(model)
         del model
         gc.collect()
-    if plan.kind == "full" and plan.method.statistic == "gram":
-        _warn_without_gram(plan, statistics, by_design)
+    _warn_of_fallbacks(plan, statistics, by_design)
     return statistics
 
 
@@ -112,17 +95,60 @@ def _averaged_by_design(model: PreTrainedModel) -> set[str]:
     return set(saved_names(model, names & model.state_dict().keys()).values())
 
 
-def _warn_without_gram(plan: MergePlan, statistics: Sequence[Tensors], by_design: set[str]) -> None:
-    """Warn, once per merge, of the 2-D weights of full checkpoints that RegMean averages for want of a Gram: no
-    Linear or Conv1D layer takes them (transformers 5 fuses MoE experts into 3-D parameters and keeps routers as
-    bare ones, while the files store 2-D weights per expert), or none that ran on the calibration batches."""
-    without = sorted(name for name, shape in plan.records[0].shapes.items()
-                     if len(shape) == 2 and name not in by_design and not _has_gram(name, statistics))
-    if without:
-        plan.warn(f"{len(without)} linear weights have no RegMean statistics and are averaged (e.g. {without[0]}: no "
-                  "Linear or Conv1D layer that ran on the calibration batches takes it)")
+def _warn_of_fallbacks(plan: MergePlan, statistics: Sequence[Tensors], by_design: set[str]) -> None:
+    """Warn, once per merge each, of the weights (ΔW in a LoRA merge) the method averages for want of statistics,
+    and of those RegMean solves on only some input features (``_warn_partly_seen``). Averaged: a full merge's 2-D
+    weights RegMean has no Gram for (no Linear or Conv1D layer takes them: transformers 5 fuses MoE experts into
+    3-D parameters and keeps routers as bare ones, while the files store 2-D weights per expert), and the weights
+    whose statistics are all zero (a layer the calibration batches never ran: a vision tower on text)."""
+    gram = plan.method.statistic == "gram"
+    names = _weighed_names(plan, statistics, by_design)
+    averaged = [name for name in names if not _informed(plan, name, statistics)]
+    if averaged:
+        subject = "adapted weights" if plan.kind == "lora" else "linear weights" if gram else "tensors"
+        lacking = "have no RegMean statistics" if gram else "have zero Fisher information in every checkpoint"
+        why = ("no Linear or Conv1D layer that ran on the calibration batches takes it" if gram else
+               "no gradient reached it on the calibration batches, as in a layer they never ran")
+        plan.warn(f"{len(averaged)} {subject} {lacking} and {'their ΔW ' if plan.kind == 'lora' else ''}are "
+                  f"averaged (e.g. {averaged[0]}: {why})")
+    if gram:
+        _warn_partly_seen(plan, statistics, [name for name in names if name not in averaged])
 
 
-def _has_gram(name: str, statistics: Sequence[Tensors]) -> bool:
-    """Whether RegMean solves for weight ``name`` (merge_full takes the first checkpoint's names as all's)."""
-    return name in statistics[0] and saw_inputs([stats[name] for stats in statistics])
+def _weighed_names(plan: MergePlan, statistics: Sequence[Tensors], by_design: set[str]) -> list[str]:
+    """The weights the method would weigh by their statistics, sorted: a LoRA merge's adapted weights (one without
+    statistics is refused by the merge), a full merge's 2-D weights not averaged by design (RegMean; those without
+    a Gram too) or tensors with Fisher information (full.py counts those without)."""
+    if plan.kind == "lora":
+        return sorted(_lora_weight_names(plan) & statistics[0].keys())
+    shapes = plan.records[0].shapes  # merge_full takes the first checkpoint's names as all's
+    if plan.method.statistic == "gram":
+        return sorted(name for name, shape in shapes.items() if len(shape) == 2 and name not in by_design)
+    return sorted(name for name in shapes if name in statistics[0])
+
+
+def _informed(plan: MergePlan, name: str, statistics: Sequence[Tensors]) -> bool:
+    """Whether the method weighs ``name`` by its statistics rather than averaging it: RegMean where a weighted Gram
+    saw some input feature, Fisher where some entry has non-zero weighted Fisher information (others: the mean)."""
+    if name not in statistics[0]:
+        return False
+    stats = [s[name] for s in statistics]
+    if plan.method.statistic == "gram":
+        return not bool(unseen_features(stats, plan.weights).all())
+    return any(bool(stat.any()) for stat, weight in zip(stats, plan.weights) if weight != 0)
+
+
+def _warn_partly_seen(plan: MergePlan, statistics: Sequence[Tensors], names: Sequence[str]) -> None:
+    """Once per merge: the weights with input features the calibration batches never made non-zero, whose
+    columns RegMean cannot weigh and keeps at the weighted mean (``RegMeanMerge``; the pseudo-inverse made them 0)."""
+    partly: dict[str, tuple[int, int]] = {}
+    for name in names:
+        unseen = unseen_features([s[name] for s in statistics], plan.weights)
+        if unseen.any():
+            partly[name] = (int(unseen.sum()), unseen.numel())
+    if partly:
+        name, (count, width) = next(iter(partly.items()))
+        columns = "their ΔW's columns" if plan.kind == "lora" else "their columns"
+        plan.warn(f"{len(partly)} {'adapted' if plan.kind == 'lora' else 'linear'} weights have input features the "
+                  f"calibration batches never made non-zero (e.g. {name}: {count} of {width}): {columns} for those "
+                  "features keep the weighted mean, which RegMean has nothing to weigh by")

@@ -20,7 +20,7 @@ from mashup.errors import CheckpointError
 from mashup.library import Library
 from mashup.config import Precision
 from mashup.model_checks import require_registered_dir
-from mashup.models import (attach_adapter, autocast, default_device, load_model, load_tokenizer, resolve_base_dir,
+from mashup.models import (autocast, default_device, load_model, load_tokenizer, merged_adapter, resolve_base_dir,
                            resolve_precision)
 from mashup.switch.config import CandidateConfig, GenerationConfig
 
@@ -78,7 +78,7 @@ def load_candidate(config: CandidateConfig, library: Library | None = None,
         base_dir = weights_dir = resolve_base_dir(str(config.model))
     model = load_model(weights_dir)  # a NaN weight would write garbage text, not fail
     if adapter is not None:
-        model = attach_adapter(model, adapter, trainable=False).merge_and_unload()
+        model = merged_adapter(model, adapter)
     tokenizer = load_tokenizer(weights_dir if (weights_dir / "tokenizer_config.json").is_file() else base_dir)
     chat = config.chat_template == "on" or (config.chat_template == "auto" and bool(tokenizer.chat_template))
     if config.chat_template == "on" and not tokenizer.chat_template:

@@ -22,7 +22,7 @@ from mashup.errors import CheckpointError
 from mashup.library.identity import same_base
 from mashup.library.lora_config import ADAPTER_CONFIG
 from mashup.config import Precision
-from mashup.models import (attach_adapter, autocast, default_device, load_model, load_tokenizer, resolve_base_dir,
+from mashup.models import (autocast, default_device, load_model, load_tokenizer, merged_adapter, resolve_base_dir,
                            resolve_precision)
 from mashup.switch.generation import Segment, segment_generator
 
@@ -102,7 +102,7 @@ def load_switcher(model: str | Path, n_candidates: int, *, adapter: str | Path |
     lm = load_model(base_dir)
     if adapter is not None:
         require_adapter_base(Path(adapter), str(model))
-        lm = attach_adapter(lm, Path(adapter), trainable=False).merge_and_unload()
+        lm = merged_adapter(lm, Path(adapter))
     return Switcher(lm.to(device), load_tokenizer(base_dir), n_candidates, top_p=top_p, seed=seed, device=device,
                     precision=precision)
 

@@ -1,0 +1,96 @@
+"""``loaded_weight_files`` picks what transformers 5's ``from_pretrained`` loads from a model dir (a config's
+``transformers_weights`` first, then model.safetensors, its index, and with pickles allowed pytorch_model.bin), and
+refuses in one line a dir it would load nothing from: registration, a base's identity, the preflight and the load
+agree on it."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from mashup.errors import CheckpointError
+from mashup.io import load_weight_dir, loaded_weight_files
+from mashup.library import Library
+from mashup.models import check_base_available, load_model
+
+
+def _copy(tiny_base: Path, to: Path) -> tuple[Path, dict[str, torch.Tensor]]:
+    """A copy of the tiny base without its model.safetensors, and that file's tensors."""
+    shutil.copytree(tiny_base, to)
+    state = load_file(str(to / "model.safetensors"))
+    (to / "model.safetensors").unlink()
+    return to, state
+
+
+def _shards_without_index(model_dir: Path, state: dict[str, torch.Tensor]) -> None:
+    names = sorted(state)
+    for i, part in enumerate((names[: len(names) // 2], names[len(names) // 2:]), start=1):
+        save_file({k: state[k] for k in part}, str(model_dir / f"model-0000{i}-of-00002.safetensors"))
+
+
+def _variant(model_dir: Path, state: dict[str, torch.Tensor]) -> None:
+    save_file(state, str(model_dir / "model.fp16.safetensors"))
+
+
+@pytest.mark.parametrize("layout", [_shards_without_index, _variant])
+def test_a_dir_transformers_loads_nothing_from_is_refused_alike_everywhere(tmp_path, tiny_base, monkeypatch, layout):
+    """Before, the library registered (and hashed, and merged) every *.safetensors of it, which a load then
+    refused: transformers reads no shards without their index, nor a variant mashup does not ask for."""
+    from mashup.library.identity import base_identity
+
+    monkeypatch.setenv("MASHUP_CACHE", str(tmp_path / "cache"))
+    model_dir, state = _copy(tiny_base, tmp_path / "model")
+    layout(model_dir, state)
+    said = "transformers loads none of its weight files"
+    with pytest.raises(CheckpointError, match=said) as caught:
+        loaded_weight_files(model_dir)
+    assert len(str(caught.value).splitlines()) == 1 and "re-save the model with save_pretrained" in caught.value.fix
+    for reads in (load_model, base_identity, lambda d: check_base_available(str(d)),
+                  lambda d: Library(tmp_path / "lib").add([d], base=str(tiny_base))):
+        with pytest.raises(CheckpointError, match=said):
+            reads(model_dir)
+
+
+def test_a_configs_transformers_weights_is_the_file_loaded(tmp_path, tiny_base):
+    """transformers loads the file it names, even beside a model.safetensors (here zeros), and so does mashup."""
+    model_dir, state = _copy(tiny_base, tmp_path / "model")
+    save_file(state, str(model_dir / "weights.safetensors"))
+    save_file({k: torch.zeros_like(v) for k, v in state.items()}, str(model_dir / "model.safetensors"))
+    config = json.loads((model_dir / "config.json").read_text())
+    (model_dir / "config.json").write_text(json.dumps({**config, "transformers_weights": "weights.safetensors"}))
+    assert loaded_weight_files(model_dir) == [model_dir / "weights.safetensors"]
+    loaded, read = load_model(model_dir).state_dict(), load_weight_dir(model_dir)
+    assert all(torch.equal(loaded[name], tensor) for name, tensor in read.items())
+    assert any(tensor.abs().sum() > 0 for tensor in read.values())
+
+
+@pytest.mark.parametrize(("named", "said"), [("gone.safetensors", "names gone.safetensors, which is missing"),
+                                             ("weights.pt", "'weights.pt' is not a safetensors file"),
+                                             ("sub/w.safetensors", "not a file beside config.json")])
+def test_a_transformers_weights_mashup_cannot_follow_is_one_line(tmp_path, tiny_base, named, said):
+    model_dir = Path(shutil.copytree(tiny_base, tmp_path / "model"))
+    config = json.loads((model_dir / "config.json").read_text())
+    (model_dir / "config.json").write_text(json.dumps({**config, "transformers_weights": named}))
+    with pytest.raises(CheckpointError, match=said) as caught:
+        loaded_weight_files(model_dir)
+    assert caught.value.where == str(model_dir / "config.json") and len(str(caught.value).splitlines()) == 1
+
+
+def test_pickles_allowed_are_pytorch_model_bin_only(tmp_path, tiny_base):
+    """Trainer's training_args.bin (a pickle of objects) beside the weights is no weight file transformers loads."""
+    model_dir, state = _copy(tiny_base, tmp_path / "model")
+    torch.save(state, model_dir / "pytorch_model.bin")
+    torch.save({"args": 1}, model_dir / "training_args.bin")
+    assert loaded_weight_files(model_dir, allow_pickle=True) == [model_dir / "pytorch_model.bin"]
+    with pytest.raises(CheckpointError, match="refusing to unpickle"):
+        loaded_weight_files(model_dir)
+
+
+def test_an_adapter_dir_gives_its_weight_files_as_before(tiny_loras):
+    assert loaded_weight_files(tiny_loras[0]) == [tiny_loras[0] / "adapter_model.safetensors"]
+    assert load_weight_dir(tiny_loras[0])
