@@ -94,3 +94,74 @@ def test_pickles_allowed_are_pytorch_model_bin_only(tmp_path, tiny_base):
 def test_an_adapter_dir_gives_its_weight_files_as_before(tiny_loras):
     assert loaded_weight_files(tiny_loras[0]) == [tiny_loras[0] / "adapter_model.safetensors"]
     assert load_weight_dir(tiny_loras[0])
+
+
+def test_an_adapter_dir_shipping_its_bases_config_is_an_adapter_dir(tmp_path, tiny_base, tiny_loras):
+    """Many Hub adapters ship their base's config.json: registration takes them as adapters (adapter_config.json),
+    and so must reading their weights, or a LoRA merge refuses them as models transformers loads nothing from."""
+    from mashup.config import MergeConfig
+    from mashup.merging import merge_checkpoints
+
+    adapters = [Path(shutil.copytree(lora, tmp_path / f"lora{i}")) for i, lora in enumerate(tiny_loras[:2])]
+    for adapter in adapters:
+        shutil.copy2(tiny_base / "config.json", adapter / "config.json")
+    assert loaded_weight_files(adapters[0]) == [adapters[0] / "adapter_model.safetensors"]
+    records = Library(tmp_path / "lib").add(adapters)
+    merge_checkpoints(records, MergeConfig(method="average"), tmp_path / "merged")
+    assert (tmp_path / "merged" / "adapter_model.safetensors").is_file()
+
+
+def test_an_adapter_dir_with_a_model_index_and_no_weights_names_the_missing_shard(tmp_path, tiny_loras):
+    """weight_files and loaded_weight_files called each other here, without end (RecursionError)."""
+    from mashup.io import weight_files
+
+    adapter = Path(shutil.copytree(tiny_loras[0], tmp_path / "lora"))
+    (adapter / "adapter_model.safetensors").unlink()
+    (adapter / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"a": "s1.safetensors"}}))
+    for reads in (weight_files, loaded_weight_files):
+        with pytest.raises(CheckpointError, match="shard s1.safetensors named by model.safetensors.index.json"):
+            reads(adapter)
+
+
+def test_a_pickled_trainer_dir_registers_with_pickles_allowed(tmp_path, tiny_base):
+    """Its training_args.bin (a pickle of objects) was hashed and value-checked as a weight file, and refused."""
+    import argparse
+
+    model_dir, state = _copy(tiny_base, tmp_path / "model")
+    torch.save(state, model_dir / "pytorch_model.bin")
+    torch.save(argparse.Namespace(lr=1.0), model_dir / "training_args.bin")
+    (record,) = Library(tmp_path / "lib").add([model_dir], base=str(tiny_base), allow_pickle=True)
+    assert [s["name"] for s in record.file_stats] == ["pytorch_model.bin"]
+
+
+def test_a_transformers_weights_spelled_from_the_dir_is_the_file_beside_config(tmp_path, tiny_base):
+    model_dir, state = _copy(tiny_base, tmp_path / "model")
+    save_file(state, str(model_dir / "weights.safetensors"))
+    config = json.loads((model_dir / "config.json").read_text())
+    (model_dir / "config.json").write_text(json.dumps({**config, "transformers_weights": "./weights.safetensors"}))
+    assert loaded_weight_files(model_dir) == [model_dir / "weights.safetensors"]
+
+
+def test_a_base_transformers_loads_nothing_from_is_no_base_to_register_against(tmp_path, tiny_base, tiny_fulls):
+    """--base was checked with every *.safetensors: a fine-tune registered against shards without an index, with
+    no identity, which every load then refused."""
+    model_dir, state = _copy(tiny_base, tmp_path / "base")
+    _shards_without_index(model_dir, state)
+    with pytest.raises(CheckpointError, match="not a base model dir: transformers loads none of its weight files"):
+        Library(tmp_path / "lib").add([tiny_fulls[0]], base=str(model_dir))
+
+
+def test_a_full_merge_of_a_base_naming_its_weights_file_writes_a_model_that_loads(tmp_path, tiny_base, tiny_fulls):
+    """The output is model.safetensors: the config copied from the base may not name the base's own file (as
+    transformers' save_pretrained drops transformers_weights)."""
+    from mashup.config import MergeConfig
+    from mashup.merging import merge_checkpoints
+
+    base, state = _copy(tiny_base, tmp_path / "base")
+    save_file(state, str(base / "weights.safetensors"))
+    config = json.loads((base / "config.json").read_text())
+    (base / "config.json").write_text(json.dumps({**config, "transformers_weights": "weights.safetensors"}))
+    records = Library(tmp_path / "lib").add(tiny_fulls[:2], base=str(base))
+    merge_checkpoints(records, MergeConfig(method="task_arithmetic"), tmp_path / "merged", base_model_dir=base)
+    assert "transformers_weights" not in json.loads((tmp_path / "merged" / "config.json").read_text())
+    load_model(tmp_path / "merged")

@@ -84,15 +84,30 @@ def test_a_hub_base_whose_files_cannot_be_listed_passes_as_before(hub, failure):
 def test_offline_mode_lists_nothing(hub, monkeypatch):
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     hub["listed"] = ["config.json", "pytorch_model.bin"]
+    (Path(huggingface_hub.snapshot_download(REPO)) / "model.safetensors").write_bytes(b"")
     check_base_available(REPO)
     assert hub["listings"] == []
+
+
+@pytest.mark.parametrize("cached", [[], ["consolidated.safetensors"]])
+def test_offline_a_cached_snapshot_without_weights_the_load_reads_is_refused_up_front(hub, monkeypatch, cached):
+    """HF_HUB_OFFLINE: nothing can be fetched, so a snapshot holding config.json only (what the preflight's own
+    config fetch leaves) or only mistral-inference's copy would fail at the load, after the work."""
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    snapshot = Path(huggingface_hub.snapshot_download(REPO))
+    for name in cached:
+        (snapshot / name).write_bytes(b"")
+    said = "transformers loads none of its safetensors" if cached else "not in the local Hugging Face cache"
+    with pytest.raises(CheckpointError, match=said) as caught:
+        check_base_available(REPO)
+    assert caught.value.where == f"the cached snapshot of Hub repo {REPO} ({snapshot})"
 
 
 def test_mistral_inferences_copy_of_the_weights_is_not_taken_for_them(hub):
     """Mistral's repos hold consolidated.safetensors (mistral-inference's names) beside transformers' shards: a
     repo with only that copy has no weights transformers loads."""
     hub["listed"] = ["config.json", "consolidated.safetensors", "pytorch_model.bin"]
-    with pytest.raises(CheckpointError, match="only pickle"):
+    with pytest.raises(CheckpointError, match=r"transformers loads none of its safetensors \(consolidated"):
         check_base_available(REPO)
 
 

@@ -7,7 +7,6 @@ experiment's checks, can use it without importing the other.
 from __future__ import annotations
 
 import logging
-from fnmatch import fnmatch
 from pathlib import Path
 
 from mashup.errors import CheckpointError, MashupError, short_reason
@@ -73,17 +72,22 @@ def check_hub_weights(repo_id: str, snapshot: Path) -> None:
     index, from the top level), before the experiment's work. Without the repo's file list (offline, Hub out of
     reach) the local HF cache's ``snapshot`` (where config.json came from) is read instead: one holding weights,
     none of them loadable, is refused as the load would refuse it; one holding none passes (the load may fetch)."""
+    import huggingface_hub
+
     listed = list_hub_files(repo_id)
     names = listed if listed is not None else [str(p.relative_to(snapshot)) for p in snapshot.rglob("*")
                                                if p.is_file()]
-    top_level = [name for name in names if "/" not in name and not fnmatch(name, OTHER_WEIGHT_COPIES)]
+    top_level = [name for name in names if "/" not in name]
     explicit = explicit_weights_name(snapshot)
     if set(top_level) & ({explicit} if isinstance(explicit, str) else set(SAFETENSORS_NAMES)):
         return
     safetensors, pickles = ([n for n in top_level if n.endswith(suffix)] for suffix in (".safetensors", ".bin"))
-    if listed is None and not safetensors and not pickles:
-        return
     where = f"Hub repo {repo_id}" if listed is not None else f"the cached snapshot of Hub repo {repo_id} ({snapshot})"
+    if listed is None and not safetensors and not pickles:
+        if huggingface_hub.is_offline_mode():  # nothing can be fetched: the load would fail after the work
+            raise CheckpointError("its weights are not in the local Hugging Face cache, and HF_HUB_OFFLINE is set",
+                                  where, "unset HF_HUB_OFFLINE to download them, or point base at a local model dir")
+        return
     if safetensors:
         raise CheckpointError(f"transformers loads none of its safetensors ({', '.join(sorted(safetensors)[:3])}): "
                               f"it reads {explicit if isinstance(explicit, str) else ' or '.join(SAFETENSORS_NAMES)}",

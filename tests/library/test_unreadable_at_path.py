@@ -70,3 +70,20 @@ def test_a_rescan_of_an_unreadable_entrys_dir_whose_digest_cannot_be_read_goes_o
     again = library.add([root], recursive=True)
     assert [r.path for r in again] == [str(other.resolve())]
     assert [r[0] for r in _rows(library)] == [old.id, again[0].id]
+
+
+def test_a_rescan_does_not_relocate_an_entry_onto_an_unreadable_entrys_path(tmp_path, tiny_loras):
+    """Unreadable X at P; Y, registered at a dir since gone, now at P: relocating Y there left two entries at P,
+    and the warning's "add its dir alone to replace it" then failed (already registered)."""
+    runs = tmp_path / "runs"
+    library = Library(tmp_path / "lib")
+    unreadable = library.add([noisy_copy(tiny_loras[0], runs / "P", seed=1)])[0]
+    with sqlite3.connect(library.db_path) as conn:
+        conn.execute("UPDATE checkpoints SET shapes = ? WHERE id = ?", ("{not json", unreadable.id))
+    moving = library.add([noisy_copy(tiny_loras[0], tmp_path / "elsewhere" / "Q", seed=2)])[0]
+    shutil.rmtree(runs / "P")
+    shutil.move(str(tmp_path / "elsewhere" / "Q"), str(runs / "P"))
+    assert list(library.add([runs], recursive=True)) == []
+    assert sorted(_rows(library)) == sorted([(unreadable.id, str(runs / "P")), (moving.id, moving.path)])
+    (repaired,) = library.add([runs / "P"])  # what the warning says to do
+    assert repaired.id == moving.id and _rows(library) == [(moving.id, str(runs / "P"))]

@@ -189,3 +189,11 @@ def test_a_lora_regmean_says_once_of_modules_with_unseen_input_features(tmp_path
     # the first layer's inputs are the base's in either checkpoint: its seen columns are the mean too, the unseen
     # ones were 0
     assert torch.allclose(merged[module][:, :2], mean[:, :2], atol=1e-5) and mean[:, :2].any()
+
+
+def test_a_feature_seen_faintly_in_fp16_grams_is_seen() -> None:
+    """A small weight times a small fp16 diagonal rounded to 0 in fp16, and the feature's columns took the mean."""
+    from mashup.merging.regmean import unseen_features
+
+    gram = torch.diag(torch.tensor([1.0, 1e-4, 1.0, 1.0])).half()
+    assert not unseen_features([gram, gram], [1e-4, 1e-4]).any()

@@ -58,6 +58,7 @@ SAFETENSORS_INDEX = "model.safetensors.index.json"
 # mashup loads with use_safetensors=None (--allow-pickle). No variant (model.fp16.safetensors): mashup passes none
 SAFETENSORS_NAMES = ("model.safetensors", SAFETENSORS_INDEX)
 PICKLE_NAMES = ("pytorch_model.bin", "pytorch_model.bin.index.json")
+PICKLE_WEIGHT_PREFIXES = ("pytorch_model", "adapter_model")  # pytorch_model(-0000N-of-0000M).bin, adapter_model.bin
 EXPLICIT_WEIGHTS = "transformers_weights"  # config.json's field naming the weights file (or index) to load
 
 
@@ -68,8 +69,9 @@ def weight_files(model_dir: Path, *, allow_pickle: bool = False) -> list[Path]:
     if found:
         return found
     if (model_dir / SAFETENSORS_INDEX).is_file():
-        loaded_weight_files(model_dir)  # its shards are gone: the line naming them
-    pickles = sorted(model_dir.glob("*.bin"))
+        _index_shards(model_dir, model_dir / SAFETENSORS_INDEX)  # its shards are gone: the line naming them
+    # a Trainer's training_args.bin is a pickle of objects, not weights: only the files transformers or PEFT load
+    pickles = sorted(p for p in model_dir.glob("*.bin") if p.name.startswith(PICKLE_WEIGHT_PREFIXES))
     if pickles and not allow_pickle:
         raise CheckpointError(
             "only pickle (.bin) weights found; refusing to unpickle",
@@ -87,9 +89,9 @@ def loaded_weight_files(model_dir: Path, *, allow_pickle: bool = False) -> list[
     allowed then ``pytorch_model.bin`` or its index's shards); a model dir holding weights transformers would not
     load (shards without their index, a variant such as ``model.fp16.safetensors``) is refused. A dir may hold
     another copy of the weights beside them (Mistral's Hub repos: consolidated.safetensors, for mistral-inference),
-    which reading the model's tensors must leave out. An adapter dir (adapter_config.json, no config.json) gives
-    ``weight_files``, as ever."""
-    if (model_dir / "adapter_config.json").is_file() and not (model_dir / "config.json").is_file():
+    which reading the model's tensors must leave out. An adapter dir (adapter_config.json, whether or not it ships
+    its base's config.json, as many Hub adapters do) gives ``weight_files``, as ever."""
+    if (model_dir / "adapter_config.json").is_file():  # as inspect_checkpoint tells an adapter from a model
         return weight_files(model_dir, allow_pickle=allow_pickle)
     entry = _explicit_weights(model_dir, allow_pickle)
     names = SAFETENSORS_NAMES + (PICKLE_NAMES if allow_pickle else ())
@@ -113,6 +115,7 @@ def _explicit_weights(model_dir: Path, allow_pickle: bool) -> Path | None:
                                          or name == "adapter_model.bin"):  # transformers refuses any other
         raise CheckpointError(f"{EXPLICIT_WEIGHTS} {name!r} is not a safetensors file or index", where,
                               f"fix {EXPLICIT_WEIGHTS} or remove it (transformers then loads model.safetensors)")
+    name = os.path.normpath(name)  # "./weights.safetensors" is the file beside config.json
     if Path(name).name != name:  # transformers takes a subfolder's file, which mashup neither hashes nor checks
         raise CheckpointError(f"{EXPLICIT_WEIGHTS} names {name}, not a file beside config.json", where,
                               f"move the file beside config.json and set {EXPLICIT_WEIGHTS} to its name")

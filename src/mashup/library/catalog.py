@@ -78,12 +78,14 @@ class Library:
             workers: int | None = None, progress: Progress | None = None, repoint: Collection[str] | None = None
             ) -> Added:
         """Register checkpoints, all or none: every one is inspected and hashed (in parallel) before one transaction
-        adds them. ``recursive`` registers every adapter/model dir under the given dirs, skipping those already
-        registered with the same weights (the result's ``skipped``) and those whose registration is stale, with a
-        warning each (``stale``: the entry left as it is); named explicitly, a registered checkpoint is an error,
-        unless its entry's dir is gone (moved: the entry is re-pointed); given ``repoint``, unless its id is in it
-        instead (ids whose entries are re-pointed wherever their dirs are; no other is). The init reference, and a base
-        that is a local path, are stored absolute. ``progress(done, total)`` is called as checkpoints are inspected."""
+        adds them (a refused add may still have recorded the new file stats of registered entries it found holding
+        the same bytes, a cache of their hashing). ``recursive`` registers every adapter/model dir under the given
+        dirs, skipping those already registered with the same weights (the result's ``skipped``) and those whose
+        registration is stale, with a warning each (``stale``: the entry left as it is); named explicitly, a
+        registered checkpoint is an error, unless its entry's dir is gone (moved: the entry is re-pointed); given
+        ``repoint``, unless its id is in it instead (ids whose entries are re-pointed wherever their dirs are; no other
+        is). The init reference, and a base that is a local path, are stored absolute. ``progress(done, total)`` is
+        called as checkpoints are inspected."""
         init = stored_init_reference(init_reference)
         dirs = discover_checkpoints(paths) if recursive else [Path(p) for p in paths]
         registered = self.list() if recursive else []

@@ -8,8 +8,8 @@ every model) that is the same digest, and for one holding more, records made the
 which ``BaseMatcher`` accepts while the dir the record names, or the base's, still holds that copy (without it
 the old digest cannot be computed: such a record reads as of other content, to register again). Hashing a base's
 weights costs seconds once; the result is cached (in ``$MASHUP_CACHE/identities.sqlite``) under the dir's path and
-its files' sizes and mtimes, so later calls cost a few ``stat`` calls. Resolution never touches the network: a named model counts only once
-converted, a Hub id only when already in the local Hugging Face cache.
+its files' sizes and mtimes, so later calls cost a few ``stat`` calls. Resolution never touches the network: a
+named model counts only once converted, a Hub id only when already in the local Hugging Face cache.
 """
 
 from __future__ import annotations
@@ -147,7 +147,7 @@ def check_base_dir(base: str) -> None:
         raise CheckpointError("no config.json in the base model dir", str(path.absolute()), _BASE_FIX)
     try:
         read_json_object(path / "config.json")
-        weight_files(path, allow_pickle=True)
+        loaded_weight_files(path, allow_pickle=True)  # what the load reads: shards without an index are no base
     except CheckpointError as exc:
         raise CheckpointError(f"not a base model dir: {exc.what}", str(path.absolute()), _BASE_FIX) from None
 

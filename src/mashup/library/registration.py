@@ -171,7 +171,9 @@ def sort_records(records: list[CheckpointRecord], existing: dict[str, tuple[str,
     existing = {i: found for i, found in existing.items() if i not in replaced}
     gone = {r.id for r in records if r.id in existing and r.id not in unreadable  # skipped with a warning
             and (r.id in repoint if repoint is not None else not Path(existing[r.id][0]).is_dir())}
-    moved = [r for r in records if r.id in gone and existing[r.id][1] == r.sha256]
+    # a re-scan leaves a record tied to an unreadable entry where it is, moved or not (one entry per path)
+    moved = [r for r in records if r.id in gone and existing[r.id][1] == r.sha256
+             and not (skip_registered and r.id in tied)]
     skipped = [r for r in records if skip_registered and r.id not in gone
                and existing.get(r.id, ("", ""))[1] == r.sha256]
     left = {r.id for r in skipped + moved} | (tied if skip_registered else set())

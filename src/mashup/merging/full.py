@@ -13,7 +13,7 @@ from safetensors.torch import save_file
 
 from mashup.errors import MashupError, MergeError
 from mashup.io import loaded_weight_files
-from mashup.io.files import SAFETENSORS_INDEX
+from mashup.io.files import EXPLICIT_WEIGHTS, SAFETENSORS_INDEX, explicit_weights_name
 from mashup.library.records import CheckpointRecord
 from mashup.merging.plan import MergePlan
 from mashup.merging.registry import merge_tensors
@@ -90,10 +90,17 @@ class ShardWriter:
 
 
 def copy_model_files(source: Path, out_dir: Path) -> None:
-    """config.json, generation config and tokenizer files, so the output loads with from_pretrained."""
+    """config.json, generation config and tokenizer files, so the output loads with from_pretrained. The output
+    is model.safetensors: a config's ``transformers_weights`` (the source's own file) is dropped, as transformers'
+    save_pretrained drops it."""
     for name in MODEL_FILES:
         if (source / name).exists():
             shutil.copy2(source / name, out_dir / name)
+    config_path = out_dir / "config.json"
+    if config_path.is_file() and explicit_weights_name(out_dir) is not None:
+        config = json.loads(config_path.read_text())
+        config.pop(EXPLICIT_WEIGHTS)
+        config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
 def _open_inputs(plan: MergePlan, base_model_dir: Path | None, config_dir: Path

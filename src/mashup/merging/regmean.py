@@ -80,7 +80,8 @@ def unseen_features(grams: Sequence[torch.Tensor], weights: Sequence[float] | to
     every i, i.e. the calibration batches never made feature j non-zero (or only in checkpoints of weight 0). Each
     Gᵢ being positive semi-definite, row and column j of every wᵢ·Gᵢ are then zero too. All of them: a layer the
     batches never ran (a vision tower on text)."""
-    diagonals = torch.stack([float(w) * torch.diagonal(g) for g, w in zip(grams, weights)])
+    # in float64: a small weight times a small fp16 diagonal would round to 0 and take a seen feature for unseen
+    diagonals = torch.stack([float(w) * torch.diagonal(g).double() for g, w in zip(grams, weights)])
     return (diagonals == 0).all(dim=0)
 
 
