@@ -81,7 +81,7 @@ def test_a_transformers_weights_mashup_cannot_follow_is_one_line(tmp_path, tiny_
     assert caught.value.where == str(model_dir / "config.json") and len(str(caught.value).splitlines()) == 1
 
 
-def test_pickles_allowed_are_pytorch_model_bin_only(tmp_path, tiny_base):
+def test_pickles_loaded_are_pytorch_model_bin_only(tmp_path, tiny_base):
     """Trainer's training_args.bin (a pickle of objects) beside the weights is no weight file transformers loads."""
     model_dir, state = _copy(tiny_base, tmp_path / "model")
     torch.save(state, model_dir / "pytorch_model.bin")
@@ -118,9 +118,54 @@ def test_an_adapter_dir_with_a_model_index_and_no_weights_names_the_missing_shar
     adapter = Path(shutil.copytree(tiny_loras[0], tmp_path / "lora"))
     (adapter / "adapter_model.safetensors").unlink()
     (adapter / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"a": "s1.safetensors"}}))
-    for reads in (weight_files, loaded_weight_files):
-        with pytest.raises(CheckpointError, match="shard s1.safetensors named by model.safetensors.index.json"):
-            reads(adapter)
+    with pytest.raises(CheckpointError, match="shard s1.safetensors named by model.safetensors.index.json"):
+        weight_files(adapter)
+    with pytest.raises(CheckpointError, match=r"holds a model's weights \(model.safetensors.index.json\) and an"):
+        loaded_weight_files(adapter)
+
+
+def test_pickle_shards_an_index_names_register_whatever_their_names(tmp_path, tiny_base):
+    """transformers loads the shards pytorch_model.bin.index.json names, under any file name."""
+    model_dir, state = _copy(tiny_base, tmp_path / "model")
+    names = sorted(state)
+    halves = {f"model-0000{i}-of-00002.bin": names[i - 1::2] for i in (1, 2)}
+    for shard, keys in halves.items():
+        torch.save({k: state[k] for k in keys}, model_dir / shard)
+    index = {"weight_map": {k: shard for shard, keys in halves.items() for k in keys}}
+    (model_dir / "pytorch_model.bin.index.json").write_text(json.dumps(index))
+    (record,) = Library(tmp_path / "lib").add([model_dir], base=str(tiny_base), allow_pickle=True)
+    assert [s["name"] for s in record.file_stats] == sorted(halves)
+
+
+def test_a_legacy_record_of_a_pickled_base_beside_training_args_matches_it(tmp_path, tiny_base, tiny_fulls,
+                                                                            monkeypatch):
+    """Records made when the base's digest hashed every .bin (training_args.bin too) still match it."""
+    import dataclasses
+
+    from mashup.library import BaseMatcher
+    from mashup.library.identity import base_identity, legacy_base_identity
+
+    monkeypatch.setenv("MASHUP_CACHE", str(tmp_path / "cache"))
+    base, state = _copy(tiny_base, tmp_path / "base")
+    torch.save(state, base / "pytorch_model.bin")
+    torch.save({"lr": torch.tensor(1.0)}, base / "training_args.bin")
+    legacy = legacy_base_identity(base)
+    assert legacy not in (None, base_identity(base))
+    (record,) = Library(tmp_path / "lib").add([tiny_fulls[0]], base=str(base), allow_pickle=True)
+    assert BaseMatcher(str(base)).mismatch(dataclasses.replace(record, base_identity=legacy)) is None
+
+
+def test_a_model_dir_holding_an_adapter_config_is_refused_everywhere(tmp_path, tiny_base, tiny_loras, tiny_fulls):
+    """transformers 5 loads it as the model with the adapter applied again on top (a merge_and_unload output saved
+    into its adapter's dir): the logits differ from the model's own; mashup read one or the other."""
+    both = Path(shutil.copytree(tiny_base, tmp_path / "both"))
+    for name in ("adapter_config.json", "adapter_model.safetensors"):
+        shutil.copy2(tiny_loras[0] / name, both / name)
+    said = r"holds a model's weights \(model.safetensors\) and an adapter \(adapter_config.json\)"
+    for reads in (load_model, lambda d: check_base_available(str(d)), lambda d: Library(tmp_path / "l1").add([d]),
+                  lambda d: Library(tmp_path / "l2").add([tiny_fulls[0]], base=str(d))):
+        with pytest.raises(CheckpointError, match=said):
+            reads(both)
 
 
 def test_a_pickled_trainer_dir_registers_with_pickles_allowed(tmp_path, tiny_base):
@@ -165,3 +210,16 @@ def test_a_full_merge_of_a_base_naming_its_weights_file_writes_a_model_that_load
     merge_checkpoints(records, MergeConfig(method="task_arithmetic"), tmp_path / "merged", base_model_dir=base)
     assert "transformers_weights" not in json.loads((tmp_path / "merged" / "config.json").read_text())
     load_model(tmp_path / "merged")
+
+
+def test_a_rescan_takes_no_dir_holding_only_a_trainers_arguments_for_a_model(tmp_path, tiny_base, tiny_loras):
+    """config.json beside training_args.bin alone (a run's output dir before its weights are saved) is no
+    checkpoint: a re-scan registering it would stop at it, all or none."""
+    from mashup.library.records import discover_checkpoints
+
+    run = tmp_path / "runs" / "run"
+    run.mkdir(parents=True)
+    shutil.copy2(tiny_base / "config.json", run / "config.json")
+    torch.save({"lr": torch.tensor(1.0)}, run / "training_args.bin")
+    adapter = Path(shutil.copytree(tiny_loras[0], tmp_path / "runs" / "lora"))
+    assert discover_checkpoints([tmp_path / "runs"]) == [adapter.resolve()]

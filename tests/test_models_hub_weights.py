@@ -97,7 +97,8 @@ def test_offline_a_cached_snapshot_without_weights_the_load_reads_is_refused_up_
     snapshot = Path(huggingface_hub.snapshot_download(REPO))
     for name in cached:
         (snapshot / name).write_bytes(b"")
-    said = "transformers loads none of its safetensors" if cached else "not in the local Hugging Face cache"
+    said = ("transformers loads none of its safetensors" if cached
+            else "not in the local Hugging Face cache, and the Hub is in offline mode")
     with pytest.raises(CheckpointError, match=said) as caught:
         check_base_available(REPO)
     assert caught.value.where == f"the cached snapshot of Hub repo {REPO} ({snapshot})"

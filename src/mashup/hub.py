@@ -71,7 +71,8 @@ def check_hub_weights(repo_id: str, snapshot: Path) -> None:
     and transformers loads the file config.json's ``transformers_weights`` names, else model.safetensors or its
     index, from the top level), before the experiment's work. Without the repo's file list (offline, Hub out of
     reach) the local HF cache's ``snapshot`` (where config.json came from) is read instead: one holding weights,
-    none of them loadable, is refused as the load would refuse it; one holding none passes (the load may fetch)."""
+    none of them loadable, is refused as the load would refuse it; one holding none passes (the load may fetch),
+    but in offline mode, where nothing can be fetched."""
     import huggingface_hub
 
     listed = list_hub_files(repo_id)
@@ -85,8 +86,9 @@ def check_hub_weights(repo_id: str, snapshot: Path) -> None:
     where = f"Hub repo {repo_id}" if listed is not None else f"the cached snapshot of Hub repo {repo_id} ({snapshot})"
     if listed is None and not safetensors and not pickles:
         if huggingface_hub.is_offline_mode():  # nothing can be fetched: the load would fail after the work
-            raise CheckpointError("its weights are not in the local Hugging Face cache, and HF_HUB_OFFLINE is set",
-                                  where, "unset HF_HUB_OFFLINE to download them, or point base at a local model dir")
+            raise CheckpointError("its weights are not in the local Hugging Face cache, and the Hub is in offline mode",
+                                  where, "unset HF_HUB_OFFLINE (and TRANSFORMERS_OFFLINE) to download them, or point "
+                                  "base at a local model dir")
         return
     if safetensors:
         raise CheckpointError(f"transformers loads none of its safetensors ({', '.join(sorted(safetensors)[:3])}): "

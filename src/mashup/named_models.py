@@ -11,7 +11,6 @@ reuse the cached dir.
 from __future__ import annotations
 
 import importlib.util
-import json
 import logging
 import os
 import time
@@ -21,7 +20,7 @@ from pathlib import Path
 import torch
 
 from mashup.errors import CheckpointError, MashupError
-from mashup.io import atomic_output_dir, sha256_files, write_json
+from mashup.io import atomic_output_dir, drop_json_field, sha256_files, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -177,7 +176,7 @@ def convert_gguf(gguf_path: Path, out_dir: Path, atol: float = DEFAULT_ATOL) -> 
         tmp.chmod(0o755)  # mkdtemp makes it private; the cache may be shared
         _dense_copy(gguf_model).save_pretrained(tmp)
         gguf_tokenizer.save_pretrained(tmp)
-        _drop_quantization_config(tmp / "config.json")
+        drop_json_field(tmp / "config.json", "quantization_config")
         diff = _check_against_gguf(tmp, gguf_model, gguf_tokenizer, atol, gguf_path)
         write_json(tmp / MARKER, {
             "source": str(gguf_path), "source_sha256": sha256_files([gguf_path]), "dtype": "float32",
@@ -217,12 +216,6 @@ def _dense_copy(gguf_model: torch.nn.Module) -> torch.nn.Module:
     dense = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     dense.load_state_dict(gguf_model.state_dict(), strict=True)
     return dense.eval()
-
-
-def _drop_quantization_config(config_path: Path) -> None:
-    config = json.loads(config_path.read_text())
-    if config.pop("quantization_config", None) is not None:
-        write_json(config_path, config)
 
 
 def _check_against_gguf(model_dir: Path, gguf_model: torch.nn.Module, gguf_tokenizer: object, atol: float,

@@ -38,6 +38,13 @@ def write_text_atomic(path: Path, text: str) -> None:
         raise
 
 
+def drop_json_field(path: Path, field: str) -> None:
+    """Remove ``field`` from the JSON object at ``path`` (written again atomically), where it is there."""
+    data = json.loads(path.read_text())
+    if data.pop(field, None) is not None:
+        write_json(path, data)
+
+
 def stat_files(paths: list[Path]) -> list[dict[str, Any]]:
     """Name, size, mtime, ctime and inode of each file: what tells, short of hashing, that a file changed.
 
@@ -58,7 +65,7 @@ SAFETENSORS_INDEX = "model.safetensors.index.json"
 # mashup loads with use_safetensors=None (--allow-pickle). No variant (model.fp16.safetensors): mashup passes none
 SAFETENSORS_NAMES = ("model.safetensors", SAFETENSORS_INDEX)
 PICKLE_NAMES = ("pytorch_model.bin", "pytorch_model.bin.index.json")
-PICKLE_WEIGHT_PREFIXES = ("pytorch_model", "adapter_model")  # pytorch_model(-0000N-of-0000M).bin, adapter_model.bin
+NOT_WEIGHTS = frozenset({"training_args.bin"})  # a Trainer's arguments: a pickle of objects beside its weights
 EXPLICIT_WEIGHTS = "transformers_weights"  # config.json's field naming the weights file (or index) to load
 
 
@@ -70,8 +77,7 @@ def weight_files(model_dir: Path, *, allow_pickle: bool = False) -> list[Path]:
         return found
     if (model_dir / SAFETENSORS_INDEX).is_file():
         _index_shards(model_dir, model_dir / SAFETENSORS_INDEX)  # its shards are gone: the line naming them
-    # a Trainer's training_args.bin is a pickle of objects, not weights: only the files transformers or PEFT load
-    pickles = sorted(p for p in model_dir.glob("*.bin") if p.name.startswith(PICKLE_WEIGHT_PREFIXES))
+    pickles = sorted(p for p in model_dir.glob("*.bin") if p.name not in NOT_WEIGHTS)
     if pickles and not allow_pickle:
         raise CheckpointError(
             "only pickle (.bin) weights found; refusing to unpickle",
@@ -92,6 +98,7 @@ def loaded_weight_files(model_dir: Path, *, allow_pickle: bool = False) -> list[
     which reading the model's tensors must leave out. An adapter dir (adapter_config.json, whether or not it ships
     its base's config.json, as many Hub adapters do) gives ``weight_files``, as ever."""
     if (model_dir / "adapter_config.json").is_file():  # as inspect_checkpoint tells an adapter from a model
+        refuse_model_beside_adapter(model_dir)
         return weight_files(model_dir, allow_pickle=allow_pickle)
     entry = _explicit_weights(model_dir, allow_pickle)
     names = SAFETENSORS_NAMES + (PICKLE_NAMES if allow_pickle else ())
@@ -103,6 +110,18 @@ def loaded_weight_files(model_dir: Path, *, allow_pickle: bool = False) -> list[
                               "re-save the model with save_pretrained (or write the index of its shards, or rename "
                               "a single file model.safetensors)")
     return _index_shards(model_dir, entry) if entry.name.endswith(".index.json") else [entry]
+
+
+def refuse_model_beside_adapter(model_dir: Path) -> None:
+    """Refuse a dir holding a model's weights beside adapter_config.json (a merge_and_unload output saved into its
+    adapter's dir): transformers 5 loads it as the model with the adapter applied again on top
+    (``maybe_load_adapters``), while mashup would read one or the other."""
+    model = next((name for name in SAFETENSORS_NAMES + PICKLE_NAMES if (model_dir / name).is_file()), None)
+    if model is not None and (model_dir / "adapter_config.json").is_file():
+        raise CheckpointError(f"holds a model's weights ({model}) and an adapter (adapter_config.json), which "
+                              "transformers loads as the model with the adapter applied on top", str(model_dir),
+                              "move the adapter's files (adapter_config.json, adapter_model.*) or the model's to a "
+                              "dir of their own")
 
 
 def _explicit_weights(model_dir: Path, allow_pickle: bool) -> Path | None:

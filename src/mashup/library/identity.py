@@ -21,7 +21,7 @@ from pathlib import Path
 
 from mashup.errors import CheckpointError, MashupError
 from mashup.hub import is_hub_id
-from mashup.io import loaded_weight_files, sha256_files, stat_files, weight_files
+from mashup.io import loaded_weight_files, sha256_files, stat_files
 from mashup.library.db import ensure_table, read_connection, select_rows, write_transaction
 from mashup.library.records import CheckpointRecord, read_json_object
 
@@ -61,7 +61,7 @@ def legacy_base_identity(model_dir: str | Path) -> str | None:
     consolidated.safetensors too), as records registered then hold; None where it is ``base_identity``'s (the dir
     holds no other weight file), without hashing anything."""
     model_dir = Path(model_dir).expanduser().resolve()
-    files = weight_files(model_dir, allow_pickle=True)
+    files = sorted(model_dir.glob("*.safetensors")) or sorted(model_dir.glob("*.bin"))  # what was hashed then
     if set(files) == set(loaded_weight_files(model_dir, allow_pickle=True)):
         return None
     return _identity(model_dir, files)

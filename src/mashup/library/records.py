@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 from mashup.errors import CheckpointError, MashupError
 from mashup.io import TensorSpec, loaded_weight_files, sha256_files, stat_files, weight_files
+from mashup.io.files import NOT_WEIGHTS, refuse_model_beside_adapter
 from mashup.library.base_shapes import BaseShapes, all_shapes, all_specs, check_fits_base, check_lora_fits_base
 from mashup.library.lora_config import (ADAPTER_CONFIG, LORA_SETTINGS, check_lora_dtypes, check_lora_shapes,
                                         check_peft_fields, lora_narrowing, lora_settings, narrowing_choice)
@@ -191,6 +192,7 @@ def inspect_checkpoint(
     if not path.is_dir():
         raise CheckpointError("checkpoint directory not found", str(path), "pass a PEFT adapter or HF model dir")
     if (path / ADAPTER_CONFIG).exists():
+        refuse_model_beside_adapter(path)
         record = inspect_lora(path, task, allow_pickle, check_values, base, base_shapes)
         if base and record.base_model and base != record.base_model and not _same_base(base, record.base_model):
             raise CheckpointError(
@@ -226,7 +228,7 @@ def discover_checkpoints(roots: Sequence[str | Path]) -> list[Path]:
             raise CheckpointError("directory not found", str(root), "pass dirs that hold adapters or models")
         for dirpath, dirnames, filenames in os.walk(root):
             dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))  # also skips temp output dirs
-            weights = any(f.endswith((".safetensors", ".bin")) for f in filenames)
+            weights = any(f.endswith(".safetensors") or f.endswith(".bin") and f not in NOT_WEIGHTS for f in filenames)
             if ADAPTER_CONFIG in filenames or (MODEL_CONFIG in filenames and weights):
                 found.append(Path(dirpath).resolve())
     found = list(dict.fromkeys(found))  # overlapping roots (runs and runs/sub) name a dir once

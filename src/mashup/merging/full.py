@@ -12,7 +12,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from mashup.errors import MashupError, MergeError
-from mashup.io import loaded_weight_files
+from mashup.io import drop_json_field, loaded_weight_files
 from mashup.io.files import EXPLICIT_WEIGHTS, SAFETENSORS_INDEX, explicit_weights_name
 from mashup.library.records import CheckpointRecord
 from mashup.merging.plan import MergePlan
@@ -96,11 +96,8 @@ def copy_model_files(source: Path, out_dir: Path) -> None:
     for name in MODEL_FILES:
         if (source / name).exists():
             shutil.copy2(source / name, out_dir / name)
-    config_path = out_dir / "config.json"
-    if config_path.is_file() and explicit_weights_name(out_dir) is not None:
-        config = json.loads(config_path.read_text())
-        config.pop(EXPLICIT_WEIGHTS)
-        config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    if (out_dir / "config.json").is_file() and explicit_weights_name(out_dir) is not None:
+        drop_json_field(out_dir / "config.json", EXPLICIT_WEIGHTS)
 
 
 def _open_inputs(plan: MergePlan, base_model_dir: Path | None, config_dir: Path
