@@ -120,7 +120,7 @@ def test_an_adapter_dir_with_a_model_index_and_no_weights_names_the_missing_shar
     (adapter / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"a": "s1.safetensors"}}))
     with pytest.raises(CheckpointError, match="shard s1.safetensors named by model.safetensors.index.json"):
         weight_files(adapter)
-    with pytest.raises(CheckpointError, match=r"holds a model's weights \(model.safetensors.index.json\) and an"):
+    with pytest.raises(CheckpointError, match=r"holds a model's weights \(model.safetensors.index.json\) beside an"):
         loaded_weight_files(adapter)
 
 
@@ -161,11 +161,27 @@ def test_a_model_dir_holding_an_adapter_config_is_refused_everywhere(tmp_path, t
     both = Path(shutil.copytree(tiny_base, tmp_path / "both"))
     for name in ("adapter_config.json", "adapter_model.safetensors"):
         shutil.copy2(tiny_loras[0] / name, both / name)
-    said = r"holds a model's weights \(model.safetensors\) and an adapter \(adapter_config.json\)"
+    said = r"holds a model's weights \(model.safetensors\) beside an adapter \(adapter_config.json\)"
     for reads in (load_model, lambda d: check_base_available(str(d)), lambda d: Library(tmp_path / "l1").add([d]),
                   lambda d: Library(tmp_path / "l2").add([tiny_fulls[0]], base=str(d))):
         with pytest.raises(CheckpointError, match=said):
             reads(both)
+    (both / "model.safetensors").rename(both / "weights.safetensors")  # named by the config: loaded all the same
+    config = json.loads((both / "config.json").read_text())
+    (both / "config.json").write_text(json.dumps({**config, "transformers_weights": "weights.safetensors"}))
+    with pytest.raises(CheckpointError, match=r"holds a model's weights \(weights.safetensors\) beside an adapter"):
+        load_model(both)
+
+
+def test_a_trainers_optimizer_state_beside_a_pickled_adapter_is_no_weight_file(tmp_path, tiny_loras):
+    from safetensors.torch import load_file as read
+
+    adapter = Path(shutil.copytree(tiny_loras[0], tmp_path / "checkpoint-500"))
+    torch.save(read(str(adapter / "adapter_model.safetensors")), adapter / "adapter_model.bin")
+    (adapter / "adapter_model.safetensors").unlink()
+    torch.save({"state": {}, "param_groups": [{"lr": 1.0}]}, adapter / "optimizer.bin")
+    (record,) = Library(tmp_path / "lib").add([adapter], allow_pickle=True)
+    assert [s["name"] for s in record.file_stats] == ["adapter_model.bin"]
 
 
 def test_a_pickled_trainer_dir_registers_with_pickles_allowed(tmp_path, tiny_base):

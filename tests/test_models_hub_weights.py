@@ -155,3 +155,12 @@ def test_the_file_a_configs_transformers_weights_names_is_the_one_looked_for(hub
     hub["listed"] = ["config.json", "model.safetensors"]
     with pytest.raises(CheckpointError, match="it reads w.safetensors"):
         check_base_available(REPO)
+
+
+def test_a_hub_repo_holding_an_adapter_beside_the_model_is_refused_before_the_download(hub):
+    """Its adapter_config.json is fetched with the *.json files: transformers would load the model with the
+    adapter on top, and the load refuses such a dir, after the download."""
+    hub["listed"] = ["config.json", "model.safetensors", "adapter_config.json", "adapter_model.safetensors"]
+    with pytest.raises(CheckpointError, match="holds a model's weights beside an adapter") as caught:
+        check_base_available(REPO)
+    assert caught.value.where == f"Hub repo {REPO}" and hub["downloads"] == [["config.json"]]

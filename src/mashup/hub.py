@@ -80,10 +80,14 @@ def check_hub_weights(repo_id: str, snapshot: Path) -> None:
                                                if p.is_file()]
     top_level = [name for name in names if "/" not in name]
     explicit = explicit_weights_name(snapshot)
+    where = f"Hub repo {repo_id}" if listed is not None else f"the cached snapshot of Hub repo {repo_id} ({snapshot})"
     if set(top_level) & ({explicit} if isinstance(explicit, str) else set(SAFETENSORS_NAMES)):
+        if "adapter_config.json" in top_level:  # fetched too (*.json): the load would refuse it after the download
+            raise CheckpointError("holds a model's weights beside an adapter (adapter_config.json), which "
+                                  "transformers loads as the model with the adapter applied on top", where,
+                                  "save_pretrained the model alone to a local dir and point base at that dir")
         return
     safetensors, pickles = ([n for n in top_level if n.endswith(suffix)] for suffix in (".safetensors", ".bin"))
-    where = f"Hub repo {repo_id}" if listed is not None else f"the cached snapshot of Hub repo {repo_id} ({snapshot})"
     if listed is None and not safetensors and not pickles:
         if huggingface_hub.is_offline_mode():  # nothing can be fetched: the load would fail after the work
             raise CheckpointError("its weights are not in the local Hugging Face cache, and the Hub is in offline mode",

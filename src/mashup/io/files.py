@@ -65,7 +65,8 @@ SAFETENSORS_INDEX = "model.safetensors.index.json"
 # mashup loads with use_safetensors=None (--allow-pickle). No variant (model.fp16.safetensors): mashup passes none
 SAFETENSORS_NAMES = ("model.safetensors", SAFETENSORS_INDEX)
 PICKLE_NAMES = ("pytorch_model.bin", "pytorch_model.bin.index.json")
-NOT_WEIGHTS = frozenset({"training_args.bin"})  # a Trainer's arguments: a pickle of objects beside its weights
+# a Trainer's arguments and (FSDP) optimizer and scheduler states: pickles beside its weights, not weights
+NOT_WEIGHTS = frozenset({"training_args.bin", "optimizer.bin", "scheduler.bin"})
 EXPLICIT_WEIGHTS = "transformers_weights"  # config.json's field naming the weights file (or index) to load
 
 
@@ -114,14 +115,18 @@ def loaded_weight_files(model_dir: Path, *, allow_pickle: bool = False) -> list[
 
 def refuse_model_beside_adapter(model_dir: Path) -> None:
     """Refuse a dir holding a model's weights beside adapter_config.json (a merge_and_unload output saved into its
-    adapter's dir): transformers 5 loads it as the model with the adapter applied again on top
-    (``maybe_load_adapters``), while mashup would read one or the other."""
-    model = next((name for name in SAFETENSORS_NAMES + PICKLE_NAMES if (model_dir / name).is_file()), None)
-    if model is not None and (model_dir / "adapter_config.json").is_file():
-        raise CheckpointError(f"holds a model's weights ({model}) and an adapter (adapter_config.json), which "
-                              "transformers loads as the model with the adapter applied on top", str(model_dir),
-                              "move the adapter's files (adapter_config.json, adapter_model.*) or the model's to a "
-                              "dir of their own")
+    adapter's dir): mashup reads a dir as one or the other, while transformers 5 loads it (with its config.json) as
+    the model with the adapter applied again on top (``maybe_load_adapters``)."""
+    if not (model_dir / "adapter_config.json").is_file():
+        return
+    explicit = explicit_weights_name(model_dir)
+    names = (explicit,) if isinstance(explicit, str) else SAFETENSORS_NAMES + PICKLE_NAMES
+    model = next((name for name in names if (model_dir / name).is_file()), None)
+    if model is not None:
+        raise CheckpointError(f"holds a model's weights ({model}) beside an adapter (adapter_config.json): a dir is "
+                              "one or the other (transformers loads it as the model with the adapter applied on top)",
+                              str(model_dir), "move the adapter's files (adapter_config.json, adapter_model.*) or the "
+                              "model's to a dir of their own")
 
 
 def _explicit_weights(model_dir: Path, allow_pickle: bool) -> Path | None:
