@@ -17,6 +17,16 @@ def _fp32_for_oracle_tests(request: pytest.FixtureRequest, monkeypatch: pytest.M
         monkeypatch.setenv("MASHUP_PRECISION", "fp32")
 
 
+@pytest.fixture(autouse=True)
+def _private_shapes_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test its own cache of built bases' shapes (beside its tmp_path, which some tests expect empty): a test
+    counting model builds must not find another test's (or an earlier run's) entry."""
+    from mashup.library import shapes_cache
+
+    cache = tmp_path_factory.mktemp("shapes-cache") / shapes_cache.CACHE_NAME
+    monkeypatch.setattr(shapes_cache, "cache_path", lambda: cache)
+
+
 @pytest.fixture(scope="session")
 def tiny_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random Llama-architecture model dir with its tokenizer."""

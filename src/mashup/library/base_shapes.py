@@ -14,6 +14,7 @@ from typing import Any
 
 from mashup.errors import CheckpointError
 from mashup.io import TensorSpec, loaded_weight_files, tensor_specs
+from mashup.library import shapes_cache
 from mashup.library.lora_config import ADAPTER_CONFIG, ADAPTER_WEIGHTS, lora_base_difference, lora_module
 
 ShapesOfBase = Callable[[str], dict[str, list[int]] | None]  # a base -> its tensors' shapes
@@ -55,13 +56,27 @@ def base_module_shapes(base: str) -> dict[str, list[int]] | None:
     """Names and shapes of the weights of the model the local base dir's config.json builds (on the meta device: no
     weights read), by the model's own names, which PEFT names the modules it adapts by; transformers 5 saves some
     architectures under other names (``weight_names.saved_names``). None when the base is not local or its config
-    does not build."""
+    does not build. A build's result is replayed from ``shapes_cache`` for the same config and installed code."""
     from mashup.library.identity import local_base_dir  # identity imports records, which imports this module
-    from mashup.model_checks import model_on_meta
 
     model_dir = local_base_dir(base)
     if model_dir is None:
         return None
+    key = shapes_cache.shapes_key(model_dir)
+    cached = shapes_cache.cached_shapes(key) if key is not None else None
+    if cached is not None:
+        return cached
+    shapes = built_module_shapes(model_dir)
+    # stored only if config.json did not change during the build, so the key names what was built
+    if shapes is not None and key is not None and shapes_cache.shapes_key(model_dir) == key:
+        shapes_cache.store_shapes(key, shapes, model_dir)
+    return shapes
+
+
+def built_module_shapes(model_dir: Path) -> dict[str, list[int]] | None:
+    """``base_module_shapes`` of ``model_dir``, built (no cache); None when its config does not build."""
+    from mashup.model_checks import model_on_meta
+
     try:
         return {name: list(tensor.shape) for name, tensor in model_on_meta(model_dir).state_dict().items()}
     except (CheckpointError, OSError):

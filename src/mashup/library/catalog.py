@@ -19,7 +19,7 @@ from mashup.library.identity import BaseMatcher
 from mashup.library.records import CheckpointRecord, discover_checkpoints, inspect_to_register
 from mashup.library.registration import (Added, Progress, check_at_paths, checks_of_registered, complete_records,
                                          inspect_new, log_skipped, refuse_at_paths, sort_records,
-                                         stored_init_reference)
+                                         name_moved_weights, stored_init_reference)
 from mashup.library.rows import (COLUMNS, StaleEntry, UnreadableEntry, from_row, log_insert, read_rows, relocate_rows,
                                  to_row, unreadable_ids)
 
@@ -81,11 +81,11 @@ class Library:
         adds them (a refused add may still have recorded the new file stats of registered entries it found holding
         the same bytes, a cache of their hashing). ``recursive`` registers every adapter/model dir under the given
         dirs, skipping those already registered with the same weights (the result's ``skipped``) and those whose
-        registration is stale, with a warning each (``stale``: the entry left as it is); named explicitly, a
-        registered checkpoint is an error, unless its entry's dir is gone (moved: the entry is re-pointed); given
-        ``repoint``, unless its id is in it instead (ids whose entries are re-pointed wherever their dirs are; no other
-        is). The init reference, and a base that is a local path, are stored absolute. ``progress(done, total)`` is
-        called as checkpoints are inspected."""
+        registration is stale, with a warning each (``stale``: the entry left as it is; one whose weights were found
+        in another dir names it); named explicitly, a registered checkpoint is an error, unless its entry's dir is
+        gone (moved: the entry is re-pointed); given ``repoint``, unless its id is in it instead (ids whose entries
+        are re-pointed wherever their dirs are; no other is). The init reference, and a base that is a local path,
+        are stored absolute. ``progress(done, total)`` is called as checkpoints are inspected."""
         init = stored_init_reference(init_reference)
         dirs = discover_checkpoints(paths) if recursive else [Path(p) for p in paths]
         registered = self.list() if recursive else []
@@ -101,7 +101,7 @@ class Library:
             record.metadata, record.lineage = dict(metadata or {}), dict(lineage or {})
         complete_records(new)
         checks, stale_elsewhere = checks_of_registered(new, rescanned, registered, stale)
-        stale += stale_elsewhere
+        stale = name_moved_weights(stale + stale_elsewhere, new)  # where a moved one's weights are now
         left_out = {s.record.id for s in stale}  # a copy of a stale entry's weights found elsewhere is not added
         new = [r for r in new if r.id not in left_out]
         # with none new, a library that exists is not written (it may be read-only); one that does not is made

@@ -12,7 +12,8 @@ from collections.abc import Callable, Collection, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
-from mashup.errors import AlreadyRegistered, CheckpointError, LibraryError
+from mashup.errors import AlreadyRegistered, CheckpointError, LibraryError, MashupError
+from mashup.io import sha256_files, weight_files
 from mashup.library.freshness import Freshness, check_freshness, parallel_map
 from mashup.library.identity import resolve_identity, stored_base
 from mashup.library.records import CheckpointRecord
@@ -112,6 +113,35 @@ def checks_of_registered(new: list[CheckpointRecord], rescanned: list[Freshness]
             checks[record.id] = check_registered(by_id[record.id], Path(record.path))
     return ([c for c in checks.values() if isinstance(c, Freshness)],
             [c for c in checks.values() if isinstance(c, StaleEntry) and c not in stale])
+
+
+def name_moved_weights(stale: list[StaleEntry], new: list[CheckpointRecord]) -> list[StaleEntry]:
+    """``stale``, each entry whose registered weights a re-scan found in one other dir (``new``) while its own dir
+    holds them no more (moved, other weights written at its path since) naming that dir and the fix that keeps the
+    entry: the checkpoint at the old path moved away, an add re-points the entry at its weights' new dir."""
+    found: dict[str, list[str]] = {}
+    for record in new:
+        found.setdefault(record.sha256, []).append(record.path)
+    named = []
+    for entry in stale:
+        old, dirs = entry.record.path, found.get(entry.record.sha256, [])
+        if len(dirs) != 1 or dirs[0] == old or _holds_weights(entry.record):
+            named.append(entry)  # a copy of weights still registered where they are: not a move
+            continue
+        fix = (f"its registered weights are now at {dirs[0]}: move the checkpoint at {old} to another dir, then add "
+               f"both (the entry follows its weights to {dirs[0]}), or `mashup library remove {entry.record.id}`, "
+               "then add both (a new entry, without the old one's task and lineage)")
+        named.append(StaleEntry(entry.record, entry.what, entry.where or old, entry.check, fix))
+    return named
+
+
+def _holds_weights(record: CheckpointRecord) -> bool:
+    """Whether ``record``'s dir still holds its registered weights (hashed again: asked only of a stale entry whose
+    weights were found elsewhere; one stale for its settings may hold them still)."""
+    try:
+        return sha256_files(weight_files(Path(record.path), allow_pickle=True)) == record.sha256
+    except (MashupError, OSError):
+        return False
 
 
 def complete_records(records: list[CheckpointRecord]) -> None:

@@ -48,11 +48,12 @@ class UnreadableEntry(LibraryError):
 class StaleEntry(LibraryError):
     """A registration found stale by an add (its files changed, or its record no longer matches them): ``record``,
     the entry; ``check``, the freshness check that found it so (its new stats are stored); the line names the dir
-    the add found, why, and the ``library remove`` that lets it be added again."""
+    the add found, why, and the fix: by default the ``library remove`` that lets it be added again."""
 
-    def __init__(self, record: CheckpointRecord, what: str, found: str, check: Freshness | None = None) -> None:
+    def __init__(self, record: CheckpointRecord, what: str, found: str, check: Freshness | None = None,
+                 fix: str | None = None) -> None:
         self.record, self.check = record, check
-        super().__init__(what, found, f"`mashup library remove {record.id}`, then add it again")
+        super().__init__(what, found, fix or f"`mashup library remove {record.id}`, then add it again")
 
     def skipped_line(self) -> str:
         """The warning of a re-scan that skips ``where`` instead of stopping."""

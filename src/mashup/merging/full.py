@@ -16,7 +16,6 @@ from mashup.io import drop_json_field, loaded_weight_files
 from mashup.io.files import EXPLICIT_WEIGHTS, SAFETENSORS_INDEX, explicit_weights_name
 from mashup.library.records import CheckpointRecord
 from mashup.merging.plan import MergePlan
-from mashup.merging.registry import merge_tensors
 from mashup.merging.tensors import require_finite
 
 INDEX_NAME = "model.safetensors.index.json"
@@ -185,10 +184,11 @@ def merge_full(plan: MergePlan, out_dir: Path, base_model_dir: Path | None = Non
                 method, without_statistics = plan.method_fallback(), without_statistics + 1
         ref = reference.get(name) if reference is not None else None
         params = plan.params_for(stats, transposed=name in plan.conv1d_weights)
-        merged = merge_tensors(method, tensors, plan.weights, ref, params, plan.generator(name))
+        merged = plan.merge(name, tensors, ref, params, method)
         require_finite(merged, name, "the merged output")
         writer.add(name, merged)
     writer.close()
+    plan.warn_of_singular()
     if without_statistics:
         plan.warn(f"{without_statistics} tensors had no Fisher information and were averaged")
     copy_model_files(config_dir, out_dir)

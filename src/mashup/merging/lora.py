@@ -1,7 +1,6 @@
 """Merge LoRA adapters into a new PEFT LoRA adapter, in one of three spaces (ab, delta, concat).
 
-Weights and lambda act linearly on ΔW in every mode; docs/merging.md gives the exact formula per mode.
-"""
+Weights and lambda act linearly on ΔW in every mode; docs/merging.md gives the exact formula per mode."""
 
 from __future__ import annotations
 
@@ -160,7 +159,7 @@ def _factor_merged(plan: MergePlan, module: str, adapters: Sequence[Tensors], re
     deltas = [_module_delta(t, module, record.lora_scale, shape) for t, record in zip(adapters, plan.records)]
     ref = None if reference is None else _module_delta(reference, module, plan.records[0].lora_scale, shape)
     stats = None if statistics is None else _module_statistics(plan, module, statistics)
-    merged = merge_tensors(plan.method, deltas, plan.weights, ref, plan.params_for(stats), plan.generator(module))
+    merged = plan.merge(module, deltas, ref, plan.params_for(stats))
     del deltas
     return factor_dense(merged, plan.lora_rank or 0, plan.output_scale, plan.generator(module + "/svd"))
 
@@ -294,6 +293,7 @@ def merge_lora(plan: MergePlan, out_dir: Path, statistics: Sequence[Tensors] | N
         merged = merge_delta(plan, adapters, reference, statistics, errors)
     else:
         merged = merge_concat(plan, adapters, reference)
+    plan.warn_of_singular()
     for name, tensor in merged.items():
         require_finite(tensor, name, "the merged output")
     write_adapter(plan, merged, out_dir)

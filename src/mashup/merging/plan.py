@@ -14,7 +14,8 @@ from mashup.errors import MergeError
 from mashup.library.records import CheckpointRecord
 from mashup.merging.base import MergeMethod, MergeParams
 from mashup.merging.compat import check_records, lora_modules, output_rank, resolve_lora_mode
-from mashup.merging.registry import get_merge_method
+from mashup.merging.registry import get_merge_method, merge_tensors
+from mashup.merging.regmean import RegMeanMerge
 
 logger = logging.getLogger(__name__)
 WEIGHT_SUM_TOLERANCE = 1e-8  # as ``safe_divisor``, below which the methods would skip the division
@@ -36,10 +37,34 @@ class MergePlan:
     modules: dict[str, tuple[int, int]] = field(default_factory=dict)  # delta/concat: all modules → (out, in)
     conv1d_weights: set[str] = field(default_factory=set)  # base weights stored (in, out); set with the statistics
     warnings: list[str] = field(default_factory=list)
+    singular: list[str] = field(default_factory=list)  # tensors whose RegMean solve took the pseudo-inverse
 
     def warn(self, message: str) -> None:
         logger.warning(message)
         self.warnings.append(message)
+
+    def merge(self, name: str, tensors: Sequence[torch.Tensor], reference: torch.Tensor | None, params: MergeParams,
+              method: MergeMethod | None = None) -> torch.Tensor:
+        """``merge_tensors`` of the tensor ``name`` (the plan's method unless ``method``, its weights and generator),
+        noting it when RegMean's solve fell back to the pseudo-inverse (see ``warn_of_singular``)."""
+        method = method or self.method
+        regmean = method if isinstance(method, RegMeanMerge) else None
+        before = regmean.singular if regmean else 0
+        if regmean:
+            regmean.quiet = True  # said once per merge by ``warn_of_singular``, with a count and a name
+        merged = merge_tensors(method, tensors, self.weights, reference, params, self.generator(name))
+        if regmean and regmean.singular > before:
+            self.singular.append(name)
+        return merged
+
+    def warn_of_singular(self) -> None:
+        """Once per merge, at its end: the tensors whose RegMean Gram sum was singular on the seen input features
+        (reached only with negative weights or regmean_alpha 1), solved by the pseudo-inverse instead."""
+        if self.singular:
+            what = "adapted modules' ΔW" if self.kind == "lora" else "weights"
+            self.warn(f"RegMean's Gram sum was singular on the seen input features of {len(self.singular)} {what} "
+                      f"(e.g. {self.singular[0]}), which took the pseudo-inverse's least-norm solution; with "
+                      "non-negative weights (and regmean_alpha < 1) it cannot be")
 
     def generator(self, tensor_name: str) -> torch.Generator:
         """A generator per tensor, so DARE masks do not depend on the order or sharding of tensors."""

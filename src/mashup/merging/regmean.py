@@ -113,7 +113,8 @@ class RegMeanMerge(MergeMethod):
 
     def __init__(self, name: str) -> None:
         super().__init__(name)
-        self._said_singular = False
+        self.singular = 0  # calls whose solve fell back to the pseudo-inverse (a merge has one instance)
+        self.quiet = False  # a merge names them in its report instead (``MergePlan.merge``): not logged here
 
     def merge(self, tensors: Sequence[torch.Tensor], weights: torch.Tensor, reference: torch.Tensor | None,
               params: MergeParams, generator: torch.Generator | None) -> torch.Tensor:
@@ -142,12 +143,13 @@ class RegMeanMerge(MergeMethod):
     def _solve(self, lhs: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
         """lhs⁻¹·rhs, else the pseudo-inverse's least-norm solution. On the seen features, lhs is positive definite
         at regmean_alpha < 1 with weights ≥ 0 (≥ (1 − alpha)·its diagonal, positive there): only other settings
-        (alpha 1 and dependent features, negative weights) reach the fallback, said once per merge."""
+        (alpha 1 and dependent features, negative weights) reach the fallback, counted in ``singular`` and said once
+        per instance (unless ``quiet``: a merge reports it, with a weight named)."""
         try:
             return torch.linalg.solve(lhs, rhs)
         except RuntimeError:
-            if not self._said_singular:
+            if not self.singular and not self.quiet:
                 logger.warning("RegMean Gram sum is singular on the input features the calibration batches saw; "
                                "using the pseudo-inverse (said once per merge)")
-                self._said_singular = True
+            self.singular += 1
             return torch.linalg.pinv(lhs) @ rhs
