@@ -109,8 +109,33 @@ def test_another_transformers_misses(tmp_path: Path, tiny_base: Path, built: lis
     real = metadata.distribution
     monkeypatch.setattr(metadata, "distribution", lambda name: _Reinstalled(real(name), version, record_line)
                         if name == "transformers" else real(name))
+    if version is not None:  # as a process started after the upgrade has it loaded
+        monkeypatch.setattr(sys.modules["transformers"], "__version__", version)
     assert base_module_shapes(str(base)) == shapes and len(built) == 2
     assert base_module_shapes(str(base)) == shapes and len(built) == 2, "cached under that one in turn"
+
+
+def test_a_transformers_upgraded_under_a_running_process_is_not_cached(tmp_path: Path, tiny_base: Path,
+                                                                         built: list[Path],
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """The metadata on disk says 0.0.1 while the process builds with the version it imported: stored under the new
+    key, the old code's shapes would be replayed to later processes."""
+    base = _config_only(tiny_base, tmp_path / "base")
+    real = metadata.distribution
+    monkeypatch.setattr(metadata, "distribution", lambda name: _Reinstalled(real(name), "0.0.1", "")
+                        if name == "transformers" else real(name))
+    assert base_module_shapes(str(base)) == base_module_shapes(str(base)) and len(built) == 2
+
+
+def test_a_config_naming_other_configuration_files_is_not_cached(tmp_path: Path, tiny_base: Path,
+                                                                  built: list[Path]) -> None:
+    """transformers may read config.<version>.json in its place, which the key does not cover."""
+    base = _config_only(tiny_base, tmp_path / "base")
+    config = json.loads((base / "config.json").read_text())
+    (base / "config.4.0.0.json").write_text(json.dumps(config))
+    (base / "config.json").write_text(json.dumps({**config, "configuration_files": ["config.4.0.0.json"]}))
+    shapes = base_module_shapes(str(base))
+    assert shapes is not None and base_module_shapes(str(base)) == shapes and len(built) == 2
 
 
 def test_a_transformers_imported_from_elsewhere_is_not_cached(tmp_path: Path, tiny_base: Path, built: list[Path],

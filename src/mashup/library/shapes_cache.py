@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import sys
 from importlib import metadata, util
 from pathlib import Path
 
@@ -53,6 +54,9 @@ def installed_code() -> str | None:
     installed = Path(str(dist.locate_file("transformers/__init__.py")))
     if not record or origin is None or Path(origin).resolve() != installed.resolve():
         return None  # e.g. editable: its files change in place under one version and RECORD
+    loaded = sys.modules.get("transformers")
+    if loaded is not None and getattr(loaded, "__version__", None) != dist.version:
+        return None  # upgraded on disk under a running process: what it builds is the old code's
     return json.dumps([dist.version, hashlib.sha256(record.encode()).hexdigest(), torch_version])
 
 
@@ -60,9 +64,12 @@ def canonical_config(config_path: Path) -> str | None:
     """config.json as transformers reads it (``json.loads`` of its UTF-8 text), re-serialized in the same key order
     (the order the config's fields are set in); None where it does not read so (the build then says why)."""
     try:
-        return json.dumps(json.loads(config_path.read_bytes().decode("utf-8")), separators=(",", ":"))
+        config = json.loads(config_path.read_bytes().decode("utf-8"))
     except (OSError, ValueError):
         return None
+    if isinstance(config, dict) and "configuration_files" in config:
+        return None  # transformers may read another config.<version>.json in its place: not keyed here
+    return json.dumps(config, separators=(",", ":"))
 
 
 def shapes_key(model_dir: Path) -> str | None:
