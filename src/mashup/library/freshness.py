@@ -35,7 +35,7 @@ class Freshness:
     status: Status
     reason: str | None = None
     new_stats: list[dict[str, Any]] | None = None  # the stats changed, the bytes did not (even where stale for more)
-    rehashed: bool = False
+    digest: str | None = None  # the weights' sha256 where this check hashed them
 
 
 def check_freshness(record: CheckpointRecord, *, rehash: bool = False) -> Freshness:
@@ -97,8 +97,8 @@ def _check_bytes(record: CheckpointRecord, rehash: bool) -> Freshness:
         return Freshness(record, "missing", f"cannot read {path} ({exc.strerror})")
     if digest != record.sha256:
         return Freshness(record, "changed", f"weights changed since registration (sha256 {record.sha256[:12]} "
-                                            f"now {digest[:12]}) in {path}")
-    return Freshness(record, "ok", new_stats=None if stored == current else current, rehashed=True)
+                                            f"now {digest[:12]}) in {path}", digest=digest)
+    return Freshness(record, "ok", new_stats=None if stored == current else current, digest=digest)
 
 
 def parallel_map(func: Callable[[T], R], items: Sequence[T], workers: int | None = None,

@@ -125,7 +125,7 @@ def name_moved_weights(stale: list[StaleEntry], new: list[CheckpointRecord]) -> 
     named = []
     for entry in stale:
         old, dirs = entry.record.path, found.get(entry.record.sha256, [])
-        if len(dirs) != 1 or dirs[0] == old or _holds_weights(entry.record):
+        if len(dirs) != 1 or dirs[0] == old or _holds_weights(entry):
             named.append(entry)  # a copy of weights still registered where they are: not a move
             continue
         fix = (f"its registered weights are now at {dirs[0]}: move the checkpoint at {old} to another dir, then add "
@@ -135,9 +135,13 @@ def name_moved_weights(stale: list[StaleEntry], new: list[CheckpointRecord]) -> 
     return named
 
 
-def _holds_weights(record: CheckpointRecord) -> bool:
-    """Whether ``record``'s dir still holds its registered weights (hashed again: asked only of a stale entry whose
-    weights were found elsewhere; one stale for its settings may hold them still)."""
+def _holds_weights(entry: StaleEntry) -> bool:
+    """Whether a stale entry's dir still holds its registered weights (asked only of one whose weights were found
+    elsewhere): by the digest its freshness check hashed, else hashed now (one stale for its settings, or found
+    so by its file names or stats alone, may hold them still)."""
+    record = entry.record
+    if entry.check is not None and entry.check.digest is not None:
+        return entry.check.digest == record.sha256
     try:
         return sha256_files(weight_files(Path(record.path), allow_pickle=True)) == record.sha256
     except (MashupError, OSError):
