@@ -1,7 +1,9 @@
 from __future__ import annotations
 
 import json
+import os
 import random
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -25,6 +27,30 @@ def _private_shapes_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch:
 
     cache = tmp_path_factory.mktemp("shapes-cache") / shapes_cache.CACHE_NAME
     monkeypatch.setattr(shapes_cache, "cache_path", lambda: cache)
+
+
+_USER_CACHE = os.environ.get("MASHUP_CACHE")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_mashup_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The tests, their module and session fixtures, and the CLI subprocesses they start (which inherit the
+    environment) keep mashup's caches (base identities and shapes, converted models) in this run's temp dir, never in
+    the user's ``~/.cache/mashup``. A test setting ``$MASHUP_CACHE`` itself overrides it."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MASHUP_CACHE", str(tmp_path_factory.getbasetemp() / "mashup-cache"))
+        yield
+
+
+@pytest.fixture(autouse=True)
+def _user_cache_for_integration(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The integration tests use the user's cache, where the real models are converted once."""
+    if request.node.get_closest_marker("integration") is None:
+        return
+    if _USER_CACHE is None:
+        monkeypatch.delenv("MASHUP_CACHE")
+    else:
+        monkeypatch.setenv("MASHUP_CACHE", _USER_CACHE)
 
 
 @pytest.fixture(scope="session")

@@ -164,3 +164,22 @@ def test_a_hub_repo_holding_an_adapter_beside_the_model_is_refused_before_the_do
     with pytest.raises(CheckpointError, match="holds a model's weights beside an adapter") as caught:
         check_base_available(REPO)
     assert caught.value.where == f"Hub repo {REPO}" and hub["downloads"] == [["config.json"]]
+
+
+def test_offline_a_cached_snapshot_missing_shards_its_index_names_is_refused_up_front(hub, monkeypatch):
+    """A download stopped part-way leaves the index and some shards in the HF cache: offline, the load could fetch
+    none of the others, so the preflight refuses it before the work; online the load fetches them."""
+    snapshot = Path(huggingface_hub.snapshot_download(REPO))
+    shards = ["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"]
+    (snapshot / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"a": shards[0], "b": shards[1]}}))
+    (snapshot / shards[0]).write_bytes(b"")
+    hub["listed"] = ConnectionError("unreachable")
+    check_base_available(REPO)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(CheckpointError, match=f"shard {shards[1]} named by model.safetensors.index.json is missing "
+                       r"\(1 missing\), and the Hub is in offline mode") as caught:
+        check_base_available(REPO)
+    assert caught.value.where == f"the cached snapshot of Hub repo {REPO} ({snapshot})"
+    assert "unset HF_HUB_OFFLINE" in caught.value.fix
+    (snapshot / shards[1]).write_bytes(b"")
+    check_base_available(REPO)

@@ -1,17 +1,17 @@
 """Which library checkpoints selection may rank for a target, decided before anything is scored.
 
 A candidate must be fresh (its files unchanged since registration), fit the base and kind, not have been
-trained on the target (that would leak the target into the comparison), and be mergeable with the
-others under the run's merge settings (same init reference for task-vector methods, same LoRA shape in
-``ab`` mode). Every checkpoint left out is reported with its reason, so selection never pays for a
-candidate the merge would refuse.
+trained on the target, itself or through a checkpoint it was merged from (that would leak the target into the
+comparison), and be mergeable with the others under the run's merge settings (same init reference for
+task-vector methods, same LoRA shape in ``ab`` mode). Every checkpoint left out is reported with its reason,
+so selection never pays for a candidate the merge would refuse.
 """
 
 from __future__ import annotations
 
 import logging
-from collections import Counter
-from collections.abc import Collection, Iterable, Sequence
+from collections import Counter, deque
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from mashup.config import MergeConfig
@@ -24,6 +24,8 @@ from mashup.merging.compat import method_and_mode
 logger = logging.getLogger(__name__)
 INCLUDE_TARGET_HINT = ("to rank them too, pass --include-target-checkpoints (select, run) or set "
                        "include_target_checkpoints: true in the select config")
+STALE = "stale: "  # how a stale checkpoint's reason starts, among the rejected
+SHOWN_IDS = 5  # ids named in one warning for several checkpoints left out for one reason
 KIND_HINT = "to rank them: --kind {kind} in select, --mode {kind} in run, mode: {kind} in an experiment config"
 
 
@@ -39,11 +41,44 @@ class Candidates:
     other_kinds: dict[str, int] = field(default_factory=dict)
 
 
-def trained_on(record: CheckpointRecord, target: TargetData) -> bool:
-    """True when the checkpoint saw the target's data: the same data fingerprint, or the same task name."""
+def trained_on(record: CheckpointRecord, target: TargetData,
+               records: Mapping[str, CheckpointRecord] | None = None) -> bool:
+    """True when the checkpoint saw the target's data (the same data fingerprint, or the same task name), itself or
+    through a checkpoint it was merged from, found in ``records`` (id -> record; None: the checkpoint alone)."""
+    return target_lineage(record, target, records) is not None
+
+
+def target_lineage(record: CheckpointRecord, target: TargetData,
+                   records: Mapping[str, CheckpointRecord] | None = None) -> list[CheckpointRecord] | None:
+    """The shortest chain from ``record`` through its lineage's ``merged_from`` (ids resolved in ``records``) to a
+    checkpoint that saw the target's data: ``[record]`` when it did itself; None when none did. A merge carries its
+    inputs' weights, and so does a run trained from one: both saw what their ancestors saw. An id not in
+    ``records`` (removed since) cannot be followed."""
+    queue, seen = deque([[record]]), {record.id}
+    while queue:
+        chain = queue.popleft()
+        if _saw(chain[-1], target):
+            return chain
+        parents = chain[-1].lineage.get("merged_from") if records else None
+        for parent_id in parents if isinstance(parents, list) else []:
+            parent = records.get(str(parent_id)) if records else None
+            if parent is not None and parent.id not in seen:  # ``seen`` also guards a cycle (a hand-made lineage)
+                seen.add(parent.id)
+                queue.append([*chain, parent])
+    return None
+
+
+def _saw(record: CheckpointRecord, target: TargetData) -> bool:
     same_data = record.data_fingerprint is not None and record.data_fingerprint == target.fingerprint
-    trained_task = (record.lineage.get("trained_on") or {}).get("task")
+    trained = record.lineage.get("trained_on")
+    trained_task = trained.get("task") if isinstance(trained, dict) else None
     return same_data or target.name in {record.task, trained_task}
+
+
+def exclusion_reason(chain: Sequence[CheckpointRecord], target: TargetData) -> str:
+    """Why a checkpoint is left out, from its ``target_lineage``: which ancestor saw the target."""
+    steps = [f"{'itself ' if i else ''}merged from {c.id}" for i, c in enumerate(chain[1:])]
+    return ", ".join([*steps, f"trained on the target '{target.name}'"])
 
 
 def _same_reference(records: list[CheckpointRecord], merge: MergeConfig
@@ -90,25 +125,32 @@ def find_candidates(library: Library, base: str, kind: str, target: TargetData, 
     ``log_rejected=False`` leaves the rejected ones to a caller that gathers several calls' (``log_rejections``).
     """
     _, lora_mode = method_and_mode(merge, kind)
-    listed = [r for r in library.list() if among is None or r.id in among]
+    everything = library.list()
+    listed = [r for r in everything if among is None or r.id in among]
     fresh, stale = library.fresh(listed)
+    by_id = {r.id: r for r in everything}  # lineage is followed through the whole library, not ``among`` alone
+    chains = {} if include_target else {r.id: target_lineage(r, target, by_id) for r in fresh}
     compatible, rejected = partition_compatible(fresh, base, kind, lora_mode=lora_mode or "ab", base_id=base_id)
-    other_kinds = _other_kinds([r for r, _ in rejected if include_target or not trained_on(r, target)], base, kind,
+    other_kinds = _other_kinds([r for r, _ in rejected if chains.get(r.id) is None], base, kind,
                                base_id)  # fresh ones, that the other kind would not leave out as the target's
-    rejected = [(r, f"stale: {reason}") for r, reason in stale] + rejected
-    leaking = [] if include_target else [r for r in compatible if trained_on(r, target)]
+    rejected = [(r, f"{STALE}{reason}") for r, reason in stale] + rejected
+    leaking = [r for r in compatible if chains.get(r.id) is not None]
     leaking_ids = {r.id for r in leaking}
     mergeable, refused = _mergeable([r for r in compatible if r.id not in leaking_ids], merge)
     rejected += refused
     found = Candidates(mergeable, [{"id": r.id, "reason": reason} for r, reason in rejected],
-                       [{"id": r.id, "reason": f"trained on the target '{target.name}'"} for r in leaking], other_kinds)
+                       [{"id": r.id, "reason": exclusion_reason(chains[r.id], target)} for r in leaking], other_kinds)
     if log_rejected:
         log_rejections(found.rejected)
     if leaking:
+        labels = ", ".join(_leak_label(chains[r.id]) for r in leaking)
         logger.log(logging.WARNING if include_hint else logging.INFO, "excluded %d checkpoint(s) trained on the "
-                   "target '%s' (%s)%s", len(leaking), target.name, ", ".join(r.id for r in leaking),
-                   f"; {include_hint}" if include_hint else "")
+                   "target '%s' (%s)%s", len(leaking), target.name, labels, f"; {include_hint}" if include_hint else "")
     return found
+
+
+def _leak_label(chain: list[CheckpointRecord]) -> str:
+    return chain[0].id if len(chain) == 1 else f"{chain[0].id} via {chain[-1].id}"
 
 
 def find_mergeable_candidates(library: Library, base: str, kind: str, target: TargetData,
@@ -141,9 +183,17 @@ def _other_kinds(rejected: Sequence[CheckpointRecord], base: str, kind: str, bas
 
 
 def log_rejections(rejected: Iterable[dict[str, str]]) -> None:
-    """One warning per checkpoint left out (``Candidates.rejected`` items), a repeated one only once."""
+    """One warning per reason checkpoints were left out for (``Candidates.rejected`` items), naming the checkpoint,
+    or, where several share it (a library's checkpoints of the other kind), their count and the first few ids."""
+    by_reason: dict[str, list[str]] = {}
     for checkpoint_id, reason in dict.fromkeys((item["id"], item["reason"]) for item in rejected):
-        logger.warning("skipping %s: %s", checkpoint_id, reason)
+        by_reason.setdefault(reason, []).append(checkpoint_id)
+    for reason, ids in by_reason.items():
+        if len(ids) == 1:
+            logger.warning("skipping %s: %s", ids[0], reason)
+        else:
+            shown = ", ".join(ids[:SHOWN_IDS]) + (", ..." if len(ids) > SHOWN_IDS else "")
+            logger.warning("skipping %d checkpoints (%s): %s", len(ids), shown, reason)
 
 
 def describe_shortage(candidates: Candidates, k: int, kind: str, base: str) -> str | None:
@@ -154,7 +204,10 @@ def describe_shortage(candidates: Candidates, k: int, kind: str, base: str) -> s
     left_out = []
     if candidates.excluded:
         left_out.append(f"{len(candidates.excluded)} trained on the target")
-    incompatible = len(candidates.rejected) - sum(candidates.other_kinds.values())
+    stale = sum(item["reason"].startswith(STALE) for item in candidates.rejected)
+    if stale:
+        left_out.append(f"{stale} stale (files changed or gone since registered: reasons above)")
+    incompatible = len(candidates.rejected) - stale - sum(candidates.other_kinds.values())
     if incompatible:
         left_out.append(f"{incompatible} incompatible (reasons above)")
     left_out += [f"{n} of kind {other} ({KIND_HINT.format(kind=other)})"

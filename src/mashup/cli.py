@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
@@ -21,7 +20,7 @@ from mashup.cli_run import demo_cmd, run_cmd
 from mashup.cli_runner import run_command_line
 from mashup.config import (EvalConfig, HalvingConfig, MergeConfig, PrefilterConfig, SelectConfig, TrainConfig,
                            max_share_option)
-from mashup.errors import MashupError, MergeError
+from mashup.errors import MergeError
 from mashup.experiment import cli as experiment_cli
 from mashup.progress import score_cell, scoring_bar, selection_summary, training_bars
 from mashup.switch.cli import switch_app
@@ -106,7 +105,7 @@ def _ranking_table(result: SelectResult, metric: str, rows: int) -> Table:
 @with_data_options
 def merge_cmd(checkpoints: Annotated[list[str], typer.Option(
                   "--checkpoints", help="ids to merge: --checkpoints A B, or repeat the option")],
-              out: Annotated[Path, typer.Option("--out", help="output dir (must not exist)")],
+              out: Annotated[Path, typer.Option("--out", help="output dir (must not exist, or be empty)")],
               method: Annotated[str, typer.Option(
                   "--method", help="merge method (average, ties, dare_ties, dare_linear, task_arithmetic, "
                   "magnitude_prune, fisher, regmean)")] = "average",
@@ -129,7 +128,8 @@ def merge_cmd(checkpoints: Annotated[list[str], typer.Option(
                                                           show_default="the first checkpoint's")] = None,
               data: DataOptions = DataOptions(),
               export_mergekit: Annotated[Optional[Path], typer.Option(
-                  "--export-mergekit", help="also write the merge as a mergekit YAML file",
+                  "--export-mergekit", help="also write the merge as a mergekit YAML file (a new file outside "
+                  "--out; full fine-tunes only)",
                   show_default="none")] = None,
               library: LibraryOpt = None, as_json: JsonOpt = False) -> None:
     """Merge checkpoints into a PEFT adapter dir or an HF model dir."""
@@ -137,35 +137,13 @@ def merge_cmd(checkpoints: Annotated[list[str], typer.Option(
     from mashup.verbs import merge
 
     require_merge_method(method, "--method")
-    lib = Library.existing(library)
+    Library.existing(library)
     config = MergeConfig(method=method, weights=weights or None,  # type: ignore[arg-type]
                          density=density, lambda_=lambda_, normalize=normalize, sign=sign, seed=seed,
                          lora_mode=lora_mode, lora_rank=lora_rank)
-    exported = None
-    if export_mergekit is not None:  # built first so an unsupported export fails before any merge work
-        from mashup.merging import export_mergekit_yaml
-
-        records = [lib.get(i) for i in checkpoints]
-        exported = export_mergekit_yaml(records, config, base or records[0].base_model)
-        _require_free_export(export_mergekit)  # before the merge, which a failed export would leave behind
-    report = merge(checkpoints, config, out, library, base=base, data=data.config() if data.given() else None)
-    if exported is not None:
-        from mashup.io import write_text_atomic
-
-        write_text_atomic(export_mergekit, exported)
+    report = merge(checkpoints, config, out, library, base=base, data=data.config() if data.given() else None,
+                   export_mergekit=export_mergekit)
     emit(report.to_dict() if as_json else f"merged {len(checkpoints)} checkpoints with {method} into {out}", as_json)
-
-
-def _require_free_export(path: Path) -> None:
-    """The --export-mergekit file must be new, in a dir that exists and can be written: never an overwrite."""
-    if path.exists() or path.is_symlink():
-        raise MashupError("the --export-mergekit file already exists", str(path), "choose another path or remove it")
-    if not path.parent.is_dir():
-        raise MashupError("no such dir for the --export-mergekit file", str(path.parent),
-                          "create it or choose another path")
-    if not os.access(path.parent, os.W_OK):
-        raise MashupError("cannot write the --export-mergekit file here (permission denied)", str(path.parent),
-                          "choose a dir you can write to")
 
 
 @app.command("train")

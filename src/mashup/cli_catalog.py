@@ -15,6 +15,7 @@ from mashup.errors import MashupError
 from mashup.progress import count_bar, score_cell
 
 if TYPE_CHECKING:
+    from mashup.library import Library
     from mashup.library.registration import Added
 
 library_app = typer.Typer(no_args_is_help=True, help="Manage the checkpoint library.")
@@ -195,13 +196,25 @@ def library_scores(target: Annotated[Optional[str], _filter("--target", "target 
 
     if metric not in ("loss", "accuracy"):
         raise MashupError(f"unknown metric '{metric}'", None, "use --metric loss or --metric accuracy")
-    matrix = score_matrix(Library.existing(library), target=target, task=task, checkpoint=checkpoint)
+    lib = Library.existing(library)
+    matrix = score_matrix(lib, target=target, task=task, checkpoint=checkpoint)
+    if not matrix.checkpoints:
+        if checkpoint is not None and not _registered_prefix(lib, checkpoint):
+            lib.get(checkpoint)  # neither registered nor cached: the one-line error `library show` gives
+        which = " match these filters" if target or task or checkpoint else " yet"
+        err.print(f"no cached scores{which}: `mashup select` caches the scores it computes", highlight=False)
     table = Table("id", "task", *[c["label"] for c in matrix.columns], title=f"cached {metric} by target sample")
     for row in matrix.checkpoints:
         cells = matrix.cells[row["id"]]
         values = [score_cell(cells[c["key"]][metric]) if c["key"] in cells else "" for c in matrix.columns]
         table.add_row(row["id"] + ("" if row["in_library"] else " (removed)"), row["task"] or "", *values)
     emit(matrix.to_dict(), as_json, table)
+
+
+def _registered_prefix(library: Library, prefix: str) -> bool:
+    """Whether any catalog entry's id, readable or not, starts with ``prefix``."""
+    records, unreadable = library.entries()
+    return any(str(entry.id).startswith(prefix) for entry in [*records, *unreadable])
 
 
 @tasks_app.command("list")

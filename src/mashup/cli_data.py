@@ -34,11 +34,12 @@ def _option(flag: str, help_text: str, default_shown: str | None = None) -> type
 # the defaults shown are DataConfig's, which apply when the option is left out.
 _OPTIONS: dict[str, tuple[type, typer.models.OptionInfo]] = {
     "data": (str, _option("--data", "named task (see `mashup tasks list`) or a data file/dir (JSONL, CSV, Parquet, "
-                                    "saved HF dataset); optional when --train is given", "none")),
+                                    "saved HF dataset); not with --train, which names the data itself", "none")),
     "name": (str, _option("--name", "the target's name, recorded with results and library entries", "the task's "
                                     "name, or the file's (its directory's for files called train/test)")),
     "train": (str, _option("--train", "explicit train file (with --test: no carving)", "none")),
-    "test": (str, _option("--test", "explicit test file", "carved from the data with --test-size")),
+    "test": (str, _option("--test", "explicit test file (with --data FILE: train on all of FILE)",
+                           "carved from the data with --test-size")),
     "test_size": (float, _option("--test-size", "fraction (<1) or count (>=1) of a single data file carved out as "
                                                 "test")),
     "validation_size": (float, _option("--validation-size", "fraction (<1) or count (>=1) of the train split "
@@ -67,7 +68,11 @@ class DataOptions:
     max_test_examples: int | None = None
 
     def given(self) -> dict[str, Any]:
-        """The options that were given, as DataConfig fields (``--train`` alone stands for ``--data``)."""
+        """The options that were given, as DataConfig fields (``--train`` alone stands for ``--data``); a
+        one-line error for ``--data`` with ``--train`` (or a named task with ``--test``)."""
+        from mashup.data.target import check_sources
+
+        check_sources(self.data, self.train, self.test)
         values = {key: value for key, value in asdict(self).items() if value is not None}
         if "data" not in values and self.train:
             values["data"] = self.train

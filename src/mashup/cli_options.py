@@ -4,6 +4,7 @@ that declare an option whose default is left to a config."""
 from __future__ import annotations
 
 import json
+import math
 import sys
 from typing import Annotated, Any, Optional
 
@@ -27,11 +28,23 @@ PickleOpt = Annotated[bool, typer.Option("--allow-pickle", help="allow .bin weig
 def emit(data: Any, as_json: bool, table: Table | None = None) -> None:
     """A command's result on stdout: JSON with ``--json``, else the table (or the data as rich prints it)."""
     if as_json:
-        sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+        sys.stdout.write(json.dumps(_strict_json(data), indent=2, default=str) + "\n")
     elif table is not None:
         Console().print(table)
     else:
         Console().print(data)
+
+
+def _strict_json(data: Any) -> Any:
+    """``data`` with each float that is not finite (a NaN loss) as null: Python's json writes a bare NaN, which
+    strict JSON readers (jq, JavaScript) refuse."""
+    if isinstance(data, float) and not math.isfinite(data):
+        return None
+    if isinstance(data, dict):
+        return {key: _strict_json(value) for key, value in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [_strict_json(value) for value in data]
+    return data
 
 
 def config_default(model: type, field: str) -> str:

@@ -21,6 +21,7 @@ Precision = Literal["auto", "fp32", "bf16"]
 Finite = Annotated[float, Field(allow_inf_nan=False)]
 
 LORA_SHAPE_FIELDS = ("lora_r", "lora_alpha", "target_modules", "lora_dropout", "use_rslora")
+FLOAT32_MAX = 3.4028234663852886e38  # torch.finfo(torch.float32).max; this module must not import torch
 MAX_LR = 1.0  # AdamW moves each weight by about lr a step: above 1 that outgrows the weights themselves
 # mashup.named_models.NAMED_MODELS' names, for help texts: that module imports torch, which --help and config loading
 # must not (a test pins the two equal)
@@ -106,6 +107,14 @@ class PrefilterConfig(StageConfig):
     keep: float = Field(0.5, gt=0, description="candidates kept: a fraction (<1) or a count (>=1)")
     min_keep: int = Field(32, gt=0, description="never keep fewer than this many (or all)")
 
+    @field_validator("keep")
+    @classmethod
+    def _keep_count_whole(cls, value: float) -> float:
+        if value >= 1 and not float(value).is_integer():  # 1.5 would be read as the count 1
+            raise ValueError(f"{value:g} is neither a fraction (below 1) nor a whole count of candidates "
+                             "(e.g. 0.5 or 64)")
+        return value
+
 
 class SelectConfig(StageConfig):
     samples: int = Field(256, gt=0)
@@ -155,7 +164,17 @@ class MergeConfig(StageConfig):
         if value is not None and value and not any(value):
             raise ValueError("all weights are 0, so the merge would hold none of the checkpoints (one must be "
                              "non-zero)")
+        for weight in value or []:
+            _require_float32(weight, "weight")
         return value
+
+    @field_validator("lambda_")
+    @classmethod
+    def _lambda_not_zero(cls, value: float) -> float:
+        if value == 0:
+            raise ValueError("lambda 0 scales the merged task vector to nothing, so the merge would hold none of the "
+                             "checkpoints (an all-zero adapter cannot even train); give a non-zero lambda")
+        return _require_float32(value, "lambda")
 
     @field_validator("density")
     @classmethod
@@ -163,6 +182,14 @@ class MergeConfig(StageConfig):
         if value is not None and not 0.0 < value <= 1.0:
             raise ValueError(f"density must be in (0, 1] (the fraction kept), got {value}")
         return value
+
+
+def _require_float32(value: float, what: str) -> float:
+    """Refuse a merge scale beyond float32's range: merges compute in float32, where it is inf."""
+    if abs(value) > FLOAT32_MAX:
+        raise ValueError(f"{what} {value:g} is beyond float32's range (about 3.4e38), in which merges compute; "
+                         f"give a smaller {what}")
+    return value
 
 
 class TrainConfig(StageConfig):

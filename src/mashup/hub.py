@@ -10,7 +10,7 @@ import logging
 from pathlib import Path
 
 from mashup.errors import CheckpointError, MashupError, short_reason
-from mashup.io.files import SAFETENSORS_NAMES, explicit_weights_name
+from mashup.io.files import SAFETENSORS_NAMES, explicit_weights_name, loaded_weight_files
 
 logger = logging.getLogger(__name__)
 
@@ -71,8 +71,8 @@ def check_hub_weights(repo_id: str, snapshot: Path) -> None:
     and transformers loads the file config.json's ``transformers_weights`` names, else model.safetensors or its
     index, from the top level), before the experiment's work. Without the repo's file list (offline, Hub out of
     reach) the local HF cache's ``snapshot`` (where config.json came from) is read instead: one holding weights,
-    none of them loadable, is refused as the load would refuse it; one holding none passes (the load may fetch),
-    but in offline mode, where nothing can be fetched."""
+    none of them loadable, is refused as the load would refuse it; one holding none, or an index without all its
+    shards, passes (the load may fetch), but in offline mode, where nothing can be fetched."""
     import huggingface_hub
 
     listed = list_hub_files(repo_id)
@@ -86,6 +86,8 @@ def check_hub_weights(repo_id: str, snapshot: Path) -> None:
             raise CheckpointError("holds a model's weights beside an adapter (adapter_config.json), which "
                                   "transformers loads as the model with the adapter applied on top", where,
                                   "save_pretrained the model alone to a local dir and point base at that dir")
+        if listed is None and huggingface_hub.is_offline_mode():
+            _check_cached_shards(snapshot, where)
         return
     safetensors, pickles = ([n for n in top_level if n.endswith(suffix)] for suffix in (".safetensors", ".bin"))
     if listed is None and not safetensors and not pickles:
@@ -105,3 +107,14 @@ def check_hub_weights(repo_id: str, snapshot: Path) -> None:
     raise CheckpointError("no weight files (*.safetensors) found", where,
                           "point base at a Hub id whose repo holds safetensors weights, a local HF model dir or a "
                           "named model")
+
+
+def _check_cached_shards(snapshot: Path, where: str) -> None:
+    """Offline, a cached snapshot's index must find every shard it names there (a download stopped part-way leaves
+    the index and some shards): the load could fetch none of the others, and would fail after the work."""
+    try:
+        loaded_weight_files(snapshot)
+    except CheckpointError as exc:
+        raise CheckpointError(f"{exc.what}, and the Hub is in offline mode", where,
+                              "unset HF_HUB_OFFLINE (and TRANSFORMERS_OFFLINE) to download the rest, or point base "
+                              "at a local model dir") from None

@@ -34,6 +34,15 @@ def chunks(items: list, size: int) -> list[list]:
     return [items[i:i + size] for i in range(0, len(items), size)]
 
 
+NO_PREDICTION = -1  # a row whose choices scored NaN (NaN or inf weights, an overflow): no choice is its answer
+
+
+def predictions(choice_scores: torch.Tensor) -> torch.Tensor:
+    """Each row's best choice (highest score, last dim), or ``NO_PREDICTION`` where a score is NaN: an argmax
+    over NaN picks the first choice, which would count as correct wherever the answer is the first."""
+    return choice_scores.argmax(dim=-1).masked_fill(choice_scores.isnan().any(dim=-1), NO_PREDICTION)
+
+
 @dataclass(frozen=True)
 class LetterBatch:
     """Letter answers: one forward pass per prompt scores every choice at the answer position."""
@@ -49,8 +58,7 @@ class LetterBatch:
         logprobs = last_token_logprobs(model, self.inputs, copies)
         chosen = logprobs.gather(-1, self.choice_ids.repeat(copies, 1)).cpu().view(copies, len(self.rows), -1)
         losses = -chosen.gather(-1, self.answers.view(1, -1, 1).expand(copies, -1, 1)).squeeze(-1)
-        preds = chosen.masked_fill(~self.choice_mask, float("-inf")).argmax(dim=-1)
-        return losses.double(), preds
+        return losses.double(), predictions(chosen.masked_fill(~self.choice_mask, float("-inf")))
 
 
 @dataclass(frozen=True)
@@ -67,7 +75,7 @@ class ClozeBatch:
         sums = prefix_batch_logprobs(model, self.prefix, copies).cpu().view(copies, len(self.rows), -1)
         answer_sums = sums.gather(-1, self.answers.view(1, -1, 1).expand(copies, -1, 1)).squeeze(-1)
         losses = -answer_sums.double() / self.answer_tokens
-        return losses, (sums / self.chars).argmax(dim=-1)
+        return losses, predictions(sums / self.chars)
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -22,10 +22,20 @@ class CheckpointScore:
     task: str | None
     kind: str
     loss: float
-    accuracy: float | None  # None: scored for a loss ranking, which needs no accuracy
+    # None: scored for a loss ranking, which needs no accuracy, or a loss that is not finite (see ``finite``)
+    accuracy: float | None
     n: int
     seconds: float
     cached: bool = False  # read from the library's score cache rather than computed now
+
+    def __post_init__(self) -> None:
+        if not self.finite:  # predictions from NaN logits are no answers: an argmax over them picks choice 0
+            self.accuracy = None
+
+    @property
+    def finite(self) -> bool:
+        """Whether the loss is finite: NaN or inf means NaN or inf weights, or a forward that overflowed."""
+        return math.isfinite(self.loss)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -33,11 +43,26 @@ class CheckpointScore:
 
 def rank(scores: Sequence[CheckpointScore], metric: Metric) -> list[CheckpointScore]:
     """Best first: ascending loss, or descending accuracy (ties broken by loss, then id). A loss that is not
-    finite (a forward that overflowed) ranks last: a NaN would scramble the sort and could come out first."""
+    finite ranks last under either metric, its accuracy unknown: a NaN would scramble the sort and could come
+    out first. Selection never selects such a checkpoint (``selectable``)."""
     if metric == "accuracy":
-        assert all(s.accuracy is not None for s in scores), "an accuracy ranking needs scores with accuracy"
-        return sorted(scores, key=lambda s: (-(s.accuracy or 0.0), _finite_or_last(s.loss), s.id))
+        assert all(s.accuracy is not None for s in scores if s.finite), "an accuracy ranking needs accuracies"
+        return sorted(scores, key=lambda s: (not s.finite, -(s.accuracy or 0.0), _finite_or_last(s.loss), s.id))
     return sorted(scores, key=lambda s: (_finite_or_last(s.loss), s.id))
+
+
+def selectable(ranking: Sequence[CheckpointScore]) -> list[CheckpointScore]:
+    """The ranking without the scores whose loss is not finite (which ``rank`` puts last), in its order."""
+    return [s for s in ranking if s.finite]
+
+
+def warn_not_finite(scores: Sequence[CheckpointScore], paths: Mapping[str, str]) -> None:
+    """One warning per score whose loss is not finite (``paths``: the checkpoints' dirs by id), cached or not."""
+    for s in scores:
+        if not s.finite:
+            logger.warning("%s (%s) scored a loss of %s: its forward is not finite (NaN or inf weights, or an "
+                           "overflow), so it ranks last and is never selected; check its weights, or `mashup "
+                           "library remove %s`", s.id, paths.get(s.id, "?"), s.loss, s.id)
 
 
 def _finite_or_last(loss: float) -> float:
@@ -69,4 +94,6 @@ def score_checkpoints(
 
     engine = ScoringEngine(base_dir, requests, settings, allow_pickle=allow_pickle)
     callback = (lambda scores: on_scored(to_score(scores))) if on_scored else None
-    return [to_score(s) for s in engine.score(records, on_scored=callback)]
+    scores = [to_score(s) for s in engine.score(records, on_scored=callback)]
+    warn_not_finite(scores, {r.id: r.path for r in records})
+    return scores

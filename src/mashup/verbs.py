@@ -63,8 +63,11 @@ def select(base: str, data: DataConfig, config: SelectConfig, library_dir: str |
     Usable (see mashup.candidates): fresh, on this base, not trained on the target, and mergeable under
     ``merge`` (default: MergeConfig()), so nothing is scored that the merge would refuse; ``among`` limits them
     to these ids and ``include_hint`` is what an exclusion's log line suggests (``find_candidates``). Scores are
-    cached in the library (``config.cache``); ``progress(done, planned)`` follows the scoring.
+    cached in the library (``config.cache``); ``progress(done, planned)`` follows the scoring. A checkpoint whose
+    loss is not finite ranks last and is never selected: fewer than ``config.k`` finite ones is a ``LibraryError``.
     """
+    from mashup.selection.api import select_top
+
     check_kind(kind)
     start = time.perf_counter()
     workspace = workspace or open_workspace(base, data, precision)
@@ -78,12 +81,16 @@ def select(base: str, data: DataConfig, config: SelectConfig, library_dir: str |
     if shortage:
         raise LibraryError(shortage, str(library.directory), "register more with `mashup library add`, lower --k, "
                            "or change the merge settings")
+    if config.samples > len(target.train):  # the whole split is scored: a warning, as for a skipped checkpoint
+        logger.warning("%s's train split has %d examples, fewer than the %d samples asked for: scoring all %d",
+                       target.name, len(target.train), config.samples, len(target.train))
     requests = workspace.encode(sample(target.train, config.samples, config.seed), target.template)
     sample_info = {"target": target.name, "seed": config.seed, "formulation": workspace.formulation, "base": base}
     selection = select_checkpoints(workspace, candidates.records, requests, config, library.directory,
                                    allow_pickle=allow_pickle, progress=progress, sample_info=sample_info)
     ranking = selection.ranking
-    return SelectResult(ranking=ranking, selected=[s.id for s in ranking[:config.k]], rejected=candidates.rejected,
+    selected = select_top(ranking, config.k, library.directory)  # a loss that is not finite is never selected
+    return SelectResult(ranking=ranking, selected=selected, rejected=candidates.rejected,
                         excluded=candidates.excluded, metric=config.metric, n=len(requests),
                         seconds=time.perf_counter() - start, formulation=workspace.formulation,
                         precision=workspace.precision, stats=selection.stats.to_dict())
@@ -117,9 +124,18 @@ def merge_statistics_batches(config: MergeConfig, workspace: Workspace, target: 
 
 
 def merge(checkpoint_ids: Sequence[str], config: MergeConfig, out: str | Path, library_dir: str | Path | None = None,
-          *, base: str | None = None, data: DataConfig | None = None, overwrite: bool = False):
-    """Merge catalog checkpoints into one PEFT adapter dir (LoRA) or HF model dir (full)."""
-    from mashup.merging import merge_checkpoints
+          *, base: str | None = None, data: DataConfig | None = None, overwrite: bool = False,
+          export_mergekit: str | Path | None = None):
+    """Merge catalog checkpoints into one PEFT adapter dir (LoRA) or HF model dir (full).
+
+    ``base`` (default: the checkpoints' own) must be their base by content. ``export_mergekit`` also writes the
+    equivalent mergekit YAML there (full fine-tunes only), naming the local base dir the merge read; it is written
+    as the merge commits, and a failed write leaves no merge behind.
+    """
+    from mashup.merging import export_mergekit_yaml, merge_checkpoints
+    from mashup.merging.compat import check_base
+    from mashup.merging.plan import build_plan
+    from mashup.merging.mergekit_yaml import require_free_export, write_export
 
     library = Library.existing(library_dir)
     records = [library.get(i) for i in checkpoint_ids]
@@ -130,16 +146,31 @@ def merge(checkpoint_ids: Sequence[str], config: MergeConfig, out: str | Path, l
         raise LibraryError(f"checkpoint {record.id} is stale: {reason}", str(library.directory),
                            f"register it again (`mashup library remove {record.id}`, then `library add`) or merge "
                            "others")
+    build_plan(records, config)  # the records' own refusals (repeats, kinds, bases) before the base is read
+    if export_mergekit is not None:  # an unsupported or unwritable export fails before anything is merged
+        export_mergekit_yaml(records, config, base or records[0].base_model)
+        require_free_export(Path(export_mergekit), Path(out))
+    spelled = base
     base = base or records[0].base_model
     needs_statistics = config.method in STATISTICS_METHODS
     base_dir = resolve_base_dir(base) if records[0].kind == "full" or needs_statistics else None
-    batches = None
+    if spelled is not None or base_dir is not None:  # task vectors, config and statistics come from this base
+        check_base(records, base, base_identity(base_dir) if base_dir else None)
+    batches, calibration = None, None
     if needs_statistics:
         if data is None:
             raise MashupError(f"merge method '{config.method}' needs target data", None, "pass --data TARGET")
-        batches = merge_statistics_batches(config, open_workspace(base, data), load_target(data))
-    return merge_checkpoints(records, config, Path(out), base_model_dir=base_dir,
-                             calibration_batches=batches, overwrite=overwrite)
+        workspace, target = open_workspace(base, data), load_target(data)
+        batches = merge_statistics_batches(config, workspace, target)
+        calibration = {"target": target.name, "fingerprint": target.fingerprint,
+                       "examples": sum(int(b["input_ids"].shape[0]) for b in batches or []), "seed": config.seed,
+                       "scoring": workspace.formulation}
+    on_commit = None
+    if export_mergekit is not None:
+        text = export_mergekit_yaml(records, config, str(base_dir.absolute()) if base_dir else base)
+        on_commit = lambda _: write_export(Path(export_mergekit), text)  # noqa: E731
+    return merge_checkpoints(records, config, Path(out), base_model_dir=base_dir, calibration_batches=batches,
+                             overwrite=overwrite, base=spelled, calibration=calibration, on_commit=on_commit)
 
 
 @dataclass

@@ -126,7 +126,8 @@ def test_a_second_run_finds_everything_done_and_the_report_regenerates(finished,
     write_report(config.out)
     assert (Path(config.out) / "report" / "table3.md").read_text() == before
     results = json.loads((Path(config.out) / "results.json").read_text())
-    assert set(results) == set(OUTPUTS)
+    assert set(results) == {*OUTPUTS, "partial", "missing_units", "planned_units"}
+    assert results["partial"] is False and results["missing_units"] == [] and results["planned_units"] > 0
 
 
 def _shared_by_two_phases(config, records, tmp_path) -> tuple[Any, str, list[str]]:

@@ -100,7 +100,7 @@ def test_records_holding_the_legacy_identity_still_match_their_base(tmp_path, ti
     assert legacy.base_identity not in (None, record.base_identity)
     for spelling in (str(base), f"{base}/", str(tmp_path / "." / "base")):
         compatible, rejected = partition_compatible([legacy, other], spelling, "lora")
-        assert compatible == [legacy] and "other content" in rejected[0][1], spelling
+        assert compatible == [legacy] and "holds other weights than when" in rejected[0][1], spelling
     assert BaseMatcher(str(base), base_identity(base)).mismatch(legacy) is None  # the selection's base_id
     hashed = len(hashes)
     assert BaseMatcher(str(base)).mismatch(legacy) is None and len(hashes) == hashed, "from the identity cache"
@@ -156,13 +156,13 @@ def test_a_legacy_record_matches_its_base_spelled_as_another_dir(tmp_path, tiny_
 
 def test_a_dangling_other_copy_is_no_crash(tmp_path, tiny_base, tiny_loras):
     """The copy deleted from the HF cache leaves its link: the base still resolves; a legacy record no longer
-    shows it is that base's (its digest cannot be computed) and is said to be of other content, not a traceback."""
+    shows it is that base's (its digest cannot be computed) and is said to be on other weights, not a traceback."""
     base, legacy = _legacy_record(tmp_path, tiny_base, tiny_loras)
     (base / OTHER_COPY).unlink()
     (base / OTHER_COPY).symlink_to(tmp_path / "blob-gone")
     matcher = BaseMatcher(str(base))
     assert matcher.identity == base_identity(tiny_base)
-    assert "other content" in (matcher.mismatch(legacy) or "")
+    assert "holds other weights than when" in (matcher.mismatch(legacy) or "")
 
 
 def test_the_score_cache_keys_a_base_by_the_files_transformers_loads(tmp_path, tiny_base):

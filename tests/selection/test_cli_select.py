@@ -67,7 +67,8 @@ def test_select_cli_sets_the_prefilter(tmp_path, tiny_base, tiny_loras, mc_file,
             "--scoring", "letter", "--selector", "prefilter+halving", "--no-cache", "--json"]
     default = json.loads(run_cli(args, capsys, monkeypatch)[0])["stats"]
     assert default["prefiltered_out"] == 0  # 3 candidates: under the default min_keep (32), all are kept
-    arrow = [*args, "--prefilter-keep", 1, "--prefilter-min-keep", 1, "--prefilter-signals", "arrow"]
+    # keep 1 with --k 1: the prefilter never keeps fewer than k
+    arrow = [*args, "--k", 1, "--prefilter-keep", 1, "--prefilter-min-keep", 1, "--prefilter-signals", "arrow"]
     first = json.loads(run_cli(arrow, capsys, monkeypatch)[0])
     assert first["stats"]["prefiltered_out"] == 2 and first["stats"]["probe_tokens"] > 0
 

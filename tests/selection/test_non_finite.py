@@ -24,7 +24,7 @@ def test_a_loss_that_is_not_finite_ranks_last():
     scores = [_score("a", math.nan), _score("b", 1.0), _score("c", 0.5), _score("d", math.inf), _score("e", 2.0)]
     assert [s.id for s in rank(scores, "loss")] == ["c", "b", "e", "a", "d"]
     tied = [_score("a", math.nan, 0.5), _score("b", 1.0, 0.5), _score("c", 0.1, 0.25)]
-    assert [s.id for s in rank(tied, "accuracy")] == ["b", "a", "c"]
+    assert [s.id for s in rank(tied, "accuracy")] == ["b", "c", "a"], "last by accuracy too"
 
 
 def test_a_nan_score_in_the_cache_reads_back_and_ranks_last(tmp_path, tiny_base, tiny_loras, mc_file):

@@ -158,6 +158,20 @@ def test_bad_task_files(tmp_path: Path, text: str, match: str) -> None:
         load_switch_task(str(path))
 
 
+@pytest.mark.parametrize("row, match", [
+    ({"question": "q", "choices": ["a", "b", "b"], "answer": 2}, r"holds 'b' twice.*t\.jsonl:2"),
+    ({"question": " ", "choices": ["a", "b"], "answer": 0}, r"'question' is empty.*t\.jsonl:2"),
+])
+def test_a_multiple_choice_task_file_gets_the_checks_of_a_data_file(tmp_path: Path, row: dict, match: str) -> None:
+    """As `mashup eval --data` reads the file: duplicate choices (a cloze score could never pick a later copy)
+    and blank texts are refused."""
+    path = tmp_path / "t.jsonl"
+    good = {"question": "q", "choices": ["a", "b"], "answer": 0}
+    path.write_text(json.dumps(good) + "\n" + json.dumps(row) + "\n")
+    with pytest.raises(DataError, match=match):
+        load_switch_task(str(path))
+
+
 def test_a_task_file_that_is_not_utf8(tmp_path: Path) -> None:
     path = tmp_path / "t.jsonl"
     path.write_bytes(b'{"question": "\xff", "answer": 1}\n')

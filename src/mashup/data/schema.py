@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import random
 import string
 from collections.abc import Iterable, Sequence
@@ -11,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mashup.errors import DataError
+from mashup.errors import DataError, clipped
 
 LETTERS = string.ascii_uppercase
 
@@ -27,16 +28,18 @@ class MCExample:
 
 
 def parse_answer(value: Any, n_choices: int, where: str) -> int:
-    """Accept a 0-based index or a label letter (A, b, ...) and return the index."""
+    """Accept a 0-based index (also as text, or as an integral float such as 3.0, which pandas writes for an
+    integer column with a missing value) or a label letter (A, b, ...) and return the index."""
     if isinstance(value, bool):
         raise DataError(f"field 'answer' must be an index or a letter, got {value!r}", where,
                         "use 0-based index or A, B, ...")
+    text = value.strip() if isinstance(value, str) else None
     if isinstance(value, int) or (isinstance(value, float) and value.is_integer()):
         index = int(value)
-    elif isinstance(value, str) and value.strip().isdigit():
-        index = int(value.strip())
-    elif isinstance(value, str) and len(value.strip()) == 1 and value.strip().upper() in LETTERS:
-        index = LETTERS.index(value.strip().upper())
+    elif text is not None and (number := _integral(text)) is not None:
+        index = number
+    elif text is not None and len(text) == 1 and text.upper() in LETTERS:
+        index = LETTERS.index(text.upper())
     else:
         raise DataError(f"field 'answer' must be an index or a letter, got {value!r}", where,
                         "use 0-based index or A, B, ...")
@@ -45,12 +48,31 @@ def parse_answer(value: Any, n_choices: int, where: str) -> int:
     return index
 
 
+def _integral(text: str) -> int | None:
+    """``text`` as an integer when it reads as one ("3", "3.0"), else None."""
+    try:
+        number = float(text)
+    except ValueError:
+        return None
+    return int(number) if number.is_integer() else None
+
+
+def _missing(value: Any) -> bool:
+    """None, or NaN (a missing value as pandas writes it)."""
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def _blank(value: Any) -> bool:
+    return isinstance(value, str) and not value.strip()
+
+
 def example_from_row(row: dict[str, Any], where: str) -> MCExample:
     """Validate one raw row (question, choices, answer, optional context)."""
     if not isinstance(row, dict):
         raise DataError("row is not an object", where, "each row needs question, choices, answer")
     for field in ("question", "choices", "answer"):
-        if field not in row or row[field] is None:
+        # an empty answer cell (CSV) is a missing answer too, not a malformed one
+        if field not in row or _missing(row[field]) or (field == "answer" and _blank(row[field])):
             raise DataError(f"missing field '{field}'", where, "each row needs question, choices, answer")
     question, choices = row["question"], row["choices"]
     if isinstance(choices, str):
@@ -58,9 +80,12 @@ def example_from_row(row: dict[str, Any], where: str) -> MCExample:
             choices = json.loads(choices)
         except json.JSONDecodeError:
             raise DataError("field 'choices' is a string, not a list", where, "give a JSON list of strings") from None
+        if isinstance(choices, str):  # '"ab"' decodes to a string, which would split into characters
+            raise DataError(f"field 'choices' is a JSON string ({clipped(repr(choices), 40)}), not a list", where,
+                            'give a JSON list of strings, e.g. ["a", "b"]')
     if not isinstance(question, str):
         raise DataError("field 'question' must be a string", where, "fix the row")
-    if not isinstance(choices, Sequence) or len(choices) < 2 or not all(isinstance(c, str) for c in choices):
+    if not isinstance(choices, (list, tuple)) or len(choices) < 2 or not all(isinstance(c, str) for c in choices):
         raise DataError("field 'choices' must be a list of at least 2 strings", where, "fix the row")
     if len(choices) > len(LETTERS):
         raise DataError(f"too many choices ({len(choices)})", where, f"at most {len(LETTERS)}")
@@ -69,6 +94,27 @@ def example_from_row(row: dict[str, Any], where: str) -> MCExample:
         raise DataError("field 'context' must be a string", where, "fix the row")
     answer = parse_answer(row["answer"], len(choices), where)
     return MCExample(question=question, choices=tuple(choices), answer=answer, context=context or None)
+
+
+def check_file_example(example: MCExample, where: str) -> MCExample:
+    """The checks a row of a user's data file gets on top of :func:`example_from_row`: a non-blank question and
+    choices, and distinct choices. Named tasks skip them: their rows are scored as published (docs/tasks.md).
+
+    Choices are compared after stripping surrounding whitespace: "b" and "b " read the same in a letter prompt
+    and differ in a cloze score only by a whitespace token, and with tied scores argmax picks the first copy,
+    so a gold answer repeating an earlier choice could never be scored correct.
+    """
+    if _blank(example.question):
+        raise DataError("field 'question' is empty", where, "give the question's text")
+    first: dict[str, int] = {}
+    for index, choice in enumerate(example.choices):
+        if _blank(choice):
+            raise DataError(f"field 'choices' item {index} is empty", where,
+                            "give every choice a text, or drop it (and renumber the answer)")
+        if (earlier := first.setdefault(choice.strip(), index)) != index:
+            raise DataError(f"field 'choices' holds {clipped(repr(choice.strip()), 60)} twice (items {earlier} and "
+                            f"{index})", where, "make the choices distinct")
+    return example
 
 
 # "utf-8-sig" reads plain UTF-8 too, and drops the byte-order mark Excel and some editors put first.
@@ -200,7 +246,7 @@ def load_examples(path: str | Path) -> list[MCExample]:
     path = Path(path)
     if not path.exists():
         raise data_not_found(str(path), TASKS, "a task name from `mashup tasks list`")
-    examples = [example_from_row(row, where) for where, row in read_rows(path)]
+    examples = [check_file_example(example_from_row(row, where), where) for where, row in read_rows(path)]
     if not examples:
         raise DataError("no examples", str(path), "the file is empty")
     return examples

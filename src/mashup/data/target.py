@@ -38,6 +38,7 @@ def load_target(config: DataConfig) -> TargetData:
     """Train/test examples for a named task or a data file, with the configured caps applied."""
     from mashup.data.tasks import get_task, is_task_name
 
+    check_sources(config.data, config.train, config.test)
     if is_task_name(config.data) and not (config.train or config.test):
         task = get_task(config.data)
         train, test = task.load()
@@ -57,6 +58,19 @@ def load_target(config: DataConfig) -> TargetData:
         test = sample(test, config.max_test_examples, config.split_seed)
     return TargetData(name=name, train=train, test=test, template=template, source=source, fingerprint=fingerprint,
                       validation=validation)
+
+
+def check_sources(data: str | None, train: str | None, test: str | None) -> None:
+    """Refuse a target named two ways, one of which would go unread: ``data`` beside a different ``train``
+    file, or a named task beside a ``test`` file. ``data`` FILE with ``test`` means: train on all of FILE."""
+    from mashup.data.tasks import is_task_name
+
+    usage = "pass --data TASK_OR_FILE (test carved with --test-size) or --train FILE [--test FILE], not both"
+    if data and train and data != train:
+        raise DataError(f"--data {data} and --train {train} both name the train data (--data would go unread)",
+                        None, usage)
+    if data and test and not train and is_task_name(data):
+        raise DataError(f"--test {test} given with the named task {data}, which has its own test split", None, usage)
 
 
 def file_target_name(config: DataConfig) -> str:

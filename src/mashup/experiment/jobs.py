@@ -207,7 +207,8 @@ def _run_select(job: SelectJob, tmp: Path) -> dict[str, Any]:
     shortage = describe_shortage(found, 1, job.mode, job.base)
     if shortage:
         raise LibraryError(shortage, str(library.directory), "add checkpoints or change the merge settings")
-    leaked = [r.id for r in found.records if trained_on(r, target)]
+    registered = {r.id: r for r in library.list()}
+    leaked = [r.id for r in found.records if trained_on(r, target, registered)]
     if leaked:  # find_candidates excludes them; this guards the experiment's honesty against any future change there
         raise MashupError(f"selection for '{target.name}' would rank checkpoints trained on it: {leaked}",
                           str(library.directory))

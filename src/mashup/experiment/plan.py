@@ -16,7 +16,8 @@ from mashup.config import MergeConfig
 from mashup.experiment.analysis import best_lr, train_runs
 from mashup.experiment.config import ExperimentConfig
 from mashup.experiment.jobs import AnyJob, EvalJob, MergeJob, SelectJob, SourceJob, TrainJob, random_choice
-from mashup.scoring import CheckpointScore, rank
+from mashup.errors import MashupError
+from mashup.scoring import CheckpointScore, rank, selectable
 
 PHASES = ("base", "scratch", "sources", "selection", "merges", "mashup", "sweeps")
 
@@ -148,15 +149,27 @@ def _resolve_select(unit: Unit, ctx: Context) -> SelectJob:
                      merges=merges)
 
 
-def ranking(ctx: Context, task: str, samples: int | None = None) -> list[CheckpointScore]:
-    """Selection's ranking of a target's candidates (by loss), on the arms' sample size unless given."""
+def ranking(ctx: Context, task: str, samples: int | None = None, *, finite: bool = True) -> list[CheckpointScore]:
+    """Selection's ranking of a target's candidates (by loss), on the arms' sample size unless given; ``finite``:
+    without the checkpoints whose loss is not finite (``mashup select`` never selects them either)."""
     samples = samples or ctx.config.samples
     rows = ctx.result(Unit("selection", "select", task, f"samples:{samples}").id)["ranking"]
-    return [CheckpointScore(**row) for row in rows]
+    scores = [CheckpointScore(**row) for row in rows]
+    return selectable(scores) if finite else scores
 
 
 def merge_checkpoint_ids(unit: Unit, ctx: Context) -> tuple[list[str], str]:
     """Which checkpoints a merge unit merges, and with which method."""
+    ids, method = _chosen(unit, ctx)
+    wanted = int(unit.arm.split(":")[2]) if unit.arm.startswith("grid:") else ctx.config.k
+    if len(ids) < wanted:
+        raise MashupError(f"merge unit {unit.id} needs {wanted} checkpoints, but only {len(ids)} of the target's "
+                          "candidates scored a finite loss", None, "check the sources' weights (`mashup library "
+                          "verify`), or lower k")
+    return ids, method
+
+
+def _chosen(unit: Unit, ctx: Context) -> tuple[list[str], str]:
     config, arm = ctx.config, unit.arm
     by_loss = ranking(ctx, unit.task)
     if arm == "mashup_loss":
@@ -164,9 +177,12 @@ def merge_checkpoint_ids(unit: Unit, ctx: Context) -> tuple[list[str], str]:
     if arm == "mashup_accuracy":
         return [s.id for s in rank(by_loss, "accuracy")[:config.k]], config.merge_method
     if arm == "mashup_random":
-        return random_choice([s.id for s in by_loss], config.k, unit.task, unit.seed or 0), config.merge_method
-    if arm.startswith("oracle:"):
-        combinations = list(itertools.combinations(sorted(s.id for s in by_loss), config.k))
+        ids = [s.id for s in by_loss]
+        return random_choice(ids, config.k, unit.task, unit.seed or 0) if len(ids) >= config.k else ids, \
+            config.merge_method
+    if arm.startswith("oracle:"):  # every combination, as planned from the candidates' count
+        every = ranking(ctx, unit.task, finite=False)
+        combinations = list(itertools.combinations(sorted(s.id for s in every), config.k))
         return list(combinations[int(arm.split(":")[1])]), config.merge_method
     if arm.startswith("samples:"):
         return [s.id for s in ranking(ctx, unit.task, int(arm.split(":")[1]))[:config.k]], config.merge_method

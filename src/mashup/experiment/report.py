@@ -143,7 +143,8 @@ def write_report(out_dir: str | Path, config: ExperimentConfig | None = None, *,
 
     A planned unit whose record cannot be read is an error; planned units without a record (an unfinished
     experiment) are one too, unless ``partial``. Either way the earlier report is left as it was.
-    ``candidates`` (sources per target) is the runner's, when it knows them.
+    ``candidates`` (sources per target) is the runner's, when it knows them. ``results.json`` holds each
+    output's rows, ``partial``, ``missing_units`` (their ids) and ``planned_units`` (a count).
     """
     out_dir = Path(out_dir)
     if config is None:
@@ -171,7 +172,9 @@ def write_report(out_dir: str | Path, config: ExperimentConfig | None = None, *,
         write_csv(output, report_dir / f"{output.name}.csv")
         write_png(output, report_dir / f"{output.name}.png")
         sections.append(render_markdown(output) + f"\n![{output.name}]({REPORT_DIR}/{output.name}.png)\n")
-    write_json(out_dir / RESULTS_JSON, {o.name: o.csv_rows for o in outputs})
+    # beside the tables: whether units are missing (their cells null), always present for a consumer to check
+    write_json(out_dir / RESULTS_JSON, {**{o.name: o.csv_rows for o in outputs}, "partial": bool(missing),
+                                        "missing_units": missing, "planned_units": planned})
     report = out_dir / REPORT_MD
     write_text_atomic(report, _header(config, records, len(missing), planned) + "\n" + "\n".join(sections))
     return report

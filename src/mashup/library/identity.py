@@ -212,6 +212,8 @@ class BaseMatcher:
         if self.identity and other:
             if other == self.identity or self._on_legacy_digest(record):
                 return None
+            if _same_spelling(record.base_model, self.base):  # one dir, whose weights changed after registration
+                return f"base model '{self.base}' holds other weights than when this checkpoint was registered"
             return f"base model '{record.base_model}' has other content than '{self.base}'"
         return None if _same_spelling(record.base_model, self.base) else \
             f"base model is '{record.base_model}', not '{self.base}'"

@@ -19,6 +19,7 @@ from mashup.library.lora_targets import check_lora_targets
 
 Kind = Literal["lora", "full"]
 MODEL_CONFIG = "config.json"
+MERGE_REPORT = "merge_report.json"  # mashup.merging.api.REPORT_NAME (mashup.merging imports this module)
 
 
 @dataclass
@@ -77,6 +78,51 @@ def read_json_object(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise CheckpointError(f"{path.name} is not a JSON object", str(path), "fix or re-save the file")
     return data
+
+
+def merge_lineage(record: CheckpointRecord) -> dict[str, Any]:
+    """The lineage a ``mashup merge`` output gives (its ``merge_report.json`` beside the weights): ``merged_from``
+    (the input ids) and ``merge_method``, as ``mashup run`` records them; {} for a dir without a report.
+
+    A report that cannot be read, or that contradicts the weights (``_report_mismatch``: copied beside others), is
+    refused rather than dropped with a warning: registered without its lineage, the merge would be ranked for the
+    targets its inputs were trained on, the leak selection promises to prevent, and in a recursive add a warning
+    is easily lost among the others. The report holds no digest of the merged weights, so a report copied beside
+    other weights of the same kind, rank and base passes."""
+    path = Path(record.path) / MERGE_REPORT
+    if not path.is_file():
+        return {}
+    fix = f"re-save the merge with `mashup merge`, or move {MERGE_REPORT} away to register it without its lineage"
+    try:
+        report = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"cannot read {MERGE_REPORT} ({exc})", str(path), fix) from None
+    ids = report.get("checkpoint_ids") if isinstance(report, dict) else None
+    method = report.get("method") if isinstance(report, dict) else None
+    if not (isinstance(ids, list) and ids and all(isinstance(i, str) and i for i in ids)
+            and isinstance(method, str) and method):
+        raise CheckpointError(f"{MERGE_REPORT} holds no checkpoint_ids list and method name", str(path), fix)
+    mismatch = _report_mismatch(report, record, ids)
+    if mismatch:
+        raise CheckpointError(f"{MERGE_REPORT} does not describe these weights ({mismatch})", str(path), fix)
+    return {"merged_from": list(ids), "merge_method": method}
+
+
+def _report_mismatch(report: dict[str, Any], record: CheckpointRecord, ids: list[str]) -> str | None:
+    """How a merge report contradicts the (completed) record it was found beside, or None: another kind, LoRA rank
+    or base (where both identities are known), or these very weights named as an input (copied beside one)."""
+    if report.get("kind") not in (None, record.kind):
+        return f"a {report['kind']} merge, but the weights are {record.kind}"
+    rank = report.get("lora_rank")
+    if record.kind == "lora" and rank is not None and rank != record.lora_r:
+        return f"a merge of LoRA rank {rank}, but the adapter's r is {record.lora_r}"
+    if record.id in ids:
+        return f"it names these weights, {record.id}, as an input of their own merge"
+    base = report.get("base")  # {"model", "dir", "identity"} where the merge recorded it
+    identity = base.get("identity") if isinstance(base, dict) else None
+    if identity and record.base_identity and identity != record.base_identity:
+        return f"a merge on base {str(identity)[:12]}, but the weights' base is {record.base_identity[:12]}"
+    return None
 
 
 def inspect_lora(path: Path, task: str | None, allow_pickle: bool, check_values: bool = False,

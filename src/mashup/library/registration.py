@@ -16,7 +16,7 @@ from mashup.errors import AlreadyRegistered, CheckpointError, LibraryError, Mash
 from mashup.io import sha256_files, weight_files
 from mashup.library.freshness import Freshness, check_freshness, parallel_map
 from mashup.library.identity import resolve_identity, stored_base
-from mashup.library.records import CheckpointRecord
+from mashup.library.records import CheckpointRecord, merge_lineage
 from mashup.library.rows import StaleEntry
 
 logger = logging.getLogger(__name__)
@@ -150,7 +150,8 @@ def _holds_weights(entry: StaleEntry) -> bool:
 
 def complete_records(records: list[CheckpointRecord]) -> None:
     """What registration adds to inspected records: the id, the time, the base as stored (a local path
-    absolute, see ``stored_base``) and its content identity."""
+    absolute, see ``stored_base``), its content identity, and a merge's lineage from its report (``merge_lineage``;
+    the lineage the add gives wins where both name a key)."""
     for record in records:
         record.base_model = stored_base(record.base_model)
     identities = {b: resolve_identity(b) for b in {r.base_model for r in records}}
@@ -158,6 +159,7 @@ def complete_records(records: list[CheckpointRecord]) -> None:
     for record in records:
         record.id, record.created = record.sha256[:12], created
         record.base_identity = identities[record.base_model]
+        record.lineage = {**merge_lineage(record), **record.lineage}
 
 
 def refuse_duplicates(records: list[CheckpointRecord]) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,6 +13,8 @@ import torch
 
 from mashup.config import MergeConfig, save_config
 from mashup.io import atomic_output_dir, write_json
+from mashup.errors import MashupError
+from mashup.library.identity import base_identity
 from mashup.library.records import CheckpointRecord
 from mashup.merging.compat import reference_key
 from mashup.merging.full import merge_full
@@ -31,7 +33,9 @@ class MergeReport:
     """What was merged and how; ``svd_module_errors`` holds per-module truncation errors (LoRA delta mode).
 
     ``density`` and ``lora_mode`` are the resolved values (the method's defaults when none was given);
-    ``lora_rank`` is the rank of the written adapter; ``reference`` the task-vector reference identity.
+    ``lora_rank`` is the rank of the written adapter; ``reference`` the task-vector reference identity;
+    ``base`` the base model (its spelling, the dir read, if any, and its content identity); ``calibration`` the
+    data Fisher / RegMean statistics came from, as the caller describes it (target, fingerprint, examples, ...).
     """
 
     method: str
@@ -46,6 +50,8 @@ class MergeReport:
     density: float | None = None
     lora_rank: int | None = None
     reference: str | None = None
+    base: dict[str, str | None] = field(default_factory=dict)
+    calibration: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -54,17 +60,22 @@ class MergeReport:
 def merge_checkpoints(records: Sequence[CheckpointRecord], config: MergeConfig, out_dir: Path, *,
                       base_model_dir: Path | None = None,
                       calibration_batches: Sequence[dict[str, torch.Tensor]] | None = None,
-                      overwrite: bool = False) -> MergeReport:
+                      overwrite: bool = False, base: str | None = None, calibration: dict[str, Any] | None = None,
+                      on_commit: Callable[[Path], None] | None = None) -> MergeReport:
     """Merge checkpoints of one kind into ``out_dir`` (a PEFT adapter dir or an HF model dir).
 
-    Beside the weights: the resolved config, the report and the package versions (version.json). Writes
-    atomically: on any error (MergeError for bad inputs, NaN/inf, mismatches) nothing is left.
+    ``base`` is how the caller named the base (default: the first record's), for the report; ``mashup merge``
+    (``mashup.verbs.merge``) checks that it is the records' base. Beside the weights: the resolved config, the
+    report and the package versions (version.json). Writes atomically: on any error (MergeError for bad inputs, NaN/inf,
+    mismatches) nothing is left; ``on_commit(out_dir)`` runs once the output is in place, and if it raises the
+    output is removed again.
     """
     start = time.perf_counter()
     plan = build_plan(records, config)
+    base_info = _base_info(plan.records, base, Path(base_model_dir) if base_model_dir else None)
     statistics = compute_statistics(plan, Path(base_model_dir) if base_model_dir else None, calibration_batches)
     errors: dict[str, float] = {}
-    with atomic_output_dir(Path(out_dir), overwrite=overwrite) as tmp:
+    with atomic_output_dir(Path(out_dir), overwrite=overwrite, on_commit=on_commit) as tmp:
         if plan.kind == "lora":
             errors = merge_lora(plan, tmp, statistics)
         else:
@@ -76,6 +87,7 @@ def merge_checkpoints(records: Sequence[CheckpointRecord], config: MergeConfig, 
             svd_relative_error=overall, warnings=list(plan.warnings), svd_module_errors=errors,
             density=plan.params.density, lora_rank=plan.lora_rank,
             reference=reference_key(plan.records[0], plan.method, plan.lora_mode),  # type: ignore[arg-type]
+            base=base_info, calibration=calibration,
         )
         save_config(plan.config, tmp / CONFIG_NAME)
         write_json(tmp / REPORT_NAME, report.to_dict())
@@ -83,3 +95,16 @@ def merge_checkpoints(records: Sequence[CheckpointRecord], config: MergeConfig, 
     logger.info("merged %d %s checkpoints with %s in %.1fs", len(plan.records), plan.kind, plan.method.name,
                 report.seconds)
     return report
+
+
+def _base_info(records: Sequence[CheckpointRecord], base: str | None, base_dir: Path | None
+               ) -> dict[str, str | None]:
+    """What the report records of the base: its spelling, the dir the merge read (if any) and its identity."""
+    identity = records[0].base_identity
+    if base_dir is not None:
+        try:
+            identity = base_identity(base_dir)
+        except (MashupError, OSError):  # unreadable weights: the merge itself says so where it reads them
+            identity = None
+    return {"model": base or records[0].base_model, "dir": str(base_dir.absolute()) if base_dir else None,
+            "identity": identity}

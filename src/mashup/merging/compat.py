@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from mashup.config import LoraMode, MergeConfig
 from mashup.errors import MashupError, MergeError
+from mashup.library.identity import BaseMatcher
 from mashup.library.lora_config import is_factor
 from mashup.library.records import CheckpointRecord
 from mashup.merging.base import MergeMethod
@@ -131,7 +132,9 @@ def check_records(records: Sequence[CheckpointRecord], method: MergeMethod, lora
     """Raise MergeError (naming the difference) unless ``records`` can be merged with this method and mode."""
     if not records:
         raise MergeError("no checkpoints to merge", None, "select at least one (k >= 1)")
+    _refuse_repeats(records)
     _require_same(records, lambda r: r.kind, "checkpoint kind", "merge only checkpoints of one kind")
+    _check_one_base(records)
     if records[0].kind == "full":
         _check_shapes_equal(records)
     else:
@@ -148,6 +151,51 @@ def check_records(records: Sequence[CheckpointRecord], method: MergeMethod, lora
             _check_delta(records)
     if method.uses_reference:
         _check_references(records, lora_mode)
+
+
+def _refuse_repeats(records: Sequence[CheckpointRecord]) -> None:
+    """Refuse one catalog entry given twice (its id and dir): merging it with itself only reweights it."""
+    keys = [(r.id, r.path) for r in records if r.id]
+    repeated = next((key for key in keys if keys.count(key) > 1), None)
+    if repeated is not None:
+        raise MergeError(f"checkpoint {repeated[0]} is given {keys.count(repeated)} times", None,
+                         "give each checkpoint once (an id prefix names the checkpoint it resolves to)")
+
+
+def _base_text(record: CheckpointRecord) -> str:
+    identity = f"identity {record.base_identity[:12]}" if record.base_identity else "identity unresolved"
+    return f"{_name(record)}: '{record.base_model}', {identity}"
+
+
+def _same_base(a: CheckpointRecord, b: CheckpointRecord) -> bool:
+    """The library's rule (``BaseMatcher``: content identity where known, else spelling), tried from both sides,
+    so that a record holding a legacy identity matches a newer record of the same base dir either way round."""
+    if a.base_identity and a.base_identity == b.base_identity:
+        return True
+    if a.base_model == b.base_model and not (a.base_identity and b.base_identity):
+        return True  # one spelling, at most one stored identity: nothing tells them apart
+    return any(BaseMatcher(x.base_model, x.base_identity).mismatch(y) is None for x, y in ((a, b), (b, a)))
+
+
+def _check_one_base(records: Sequence[CheckpointRecord]) -> None:
+    """Refuse checkpoints fine-tuned from different base models: their deltas live in different weight spaces."""
+    for record in records[1:]:
+        if not _same_base(records[0], record):
+            raise MergeError(f"checkpoints {_name(records[0])} and {_name(record)} are of different base models "
+                             f"({_base_text(records[0])}; {_base_text(record)})", None,
+                             "merge checkpoints of one base")
+
+
+def check_base(records: Sequence[CheckpointRecord], base: str, identity: str | None = None) -> None:
+    """Refuse a base (``--base``, or the dir ``mashup merge`` reads config and reference weights from) that is not
+    the records' base by the library's rule; ``identity`` is its content identity where the caller has it."""
+    matcher = BaseMatcher(base, identity)
+    for record in records:
+        if matcher.mismatch(record) is not None:
+            own = f"identity {matcher.identity[:12]}" if matcher.identity else "identity unresolved"
+            raise MergeError(f"base '{base}' ({own}) is not the base model of checkpoint {_base_text(record)}",
+                             None, "merge checkpoints with the base they were fine-tuned from (leave --base out "
+                             "to use theirs)")
 
 
 def _check_references(records: Sequence[CheckpointRecord], lora_mode: LoraMode | None) -> None:

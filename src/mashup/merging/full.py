@@ -16,7 +16,7 @@ from mashup.io import drop_json_field, loaded_weight_files
 from mashup.io.files import EXPLICIT_WEIGHTS, SAFETENSORS_INDEX, explicit_weights_name
 from mashup.library.records import CheckpointRecord
 from mashup.merging.plan import MergePlan
-from mashup.merging.tensors import require_finite
+from mashup.merging.tensors import require_finite, require_finite_output
 
 INDEX_NAME = "model.safetensors.index.json"
 MAX_SHARD_BYTES = 2 * 1024**3
@@ -185,7 +185,7 @@ def merge_full(plan: MergePlan, out_dir: Path, base_model_dir: Path | None = Non
         ref = reference.get(name) if reference is not None else None
         params = plan.params_for(stats, transposed=name in plan.conv1d_weights)
         merged = plan.merge(name, tensors, ref, params, method)
-        require_finite(merged, name, "the merged output")
+        require_finite_output(merged, name)
         writer.add(name, merged)
     writer.close()
     plan.warn_of_singular()

@@ -24,7 +24,7 @@ from mashup.merging.lowrank import Factors, factor_dense, factor_stacked, peft_i
 from mashup.merging.plan import MergePlan
 from mashup.merging.references import ZERO_REFERENCE, reference_identity
 from mashup.merging.registry import merge_tensors
-from mashup.merging.tensors import require_finite
+from mashup.merging.tensors import require_finite, require_finite_output
 
 logger = logging.getLogger(__name__)
 PEFT_PREFIX = "base_model.model."
@@ -295,6 +295,6 @@ def merge_lora(plan: MergePlan, out_dir: Path, statistics: Sequence[Tensors] | N
         merged = merge_concat(plan, adapters, reference)
     plan.warn_of_singular()
     for name, tensor in merged.items():
-        require_finite(tensor, name, "the merged output")
+        require_finite_output(tensor, name)
     write_adapter(plan, merged, out_dir)
     return errors

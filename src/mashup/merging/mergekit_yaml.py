@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import yaml
 
 from mashup.config import MergeConfig
-from mashup.errors import MergeError
+from mashup.errors import MashupError, MergeError
+from mashup.io import write_text_atomic
 from mashup.library.records import CheckpointRecord
 from mashup.merging.plan import build_plan
 
@@ -45,3 +48,28 @@ def export_mergekit_yaml(records: Sequence[CheckpointRecord], config: MergeConfi
         text = ("# mashup rescales DARE survivors by 1/density; recent mergekit rescales to the delta's L1 norm,\n"
                 "# so results match in expectation, not bit for bit.\n") + text
     return text
+
+
+def require_free_export(path: Path, out: Path) -> None:
+    """The export file must be new, outside the merge's ``out`` dir, in a dir that exists and can be written."""
+    target, out_dir = Path(path).absolute().resolve(), Path(out).absolute().resolve()
+    if target == out_dir or out_dir in target.parents:
+        raise MashupError("the --export-mergekit file is inside the merge's --out dir", str(path),
+                          "write it outside --out")
+    if path.exists() or path.is_symlink():
+        raise MashupError("the --export-mergekit file already exists", str(path), "choose another path or remove it")
+    if not path.parent.is_dir():
+        raise MashupError("no such dir for the --export-mergekit file", str(path.parent),
+                          "create it or choose another path")
+    if not os.access(path.parent, os.W_OK):
+        raise MashupError("cannot write the --export-mergekit file here (permission denied)", str(path.parent),
+                          "choose a dir you can write to")
+
+
+def write_export(path: Path, text: str) -> None:
+    """Write the export atomically; a failure is one line naming ``path`` (not the temp file beside it)."""
+    try:
+        write_text_atomic(path, text)
+    except OSError as exc:
+        raise MashupError(f"cannot write the --export-mergekit file ({exc.strerror or exc})", str(path),
+                          "check the path and its permissions") from None

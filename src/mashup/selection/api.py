@@ -12,9 +12,11 @@ import torch
 from mashup.config import SelectConfig
 from mashup.data.prompts import EncodedRequest
 from mashup.evaluation import ScoreSettings
+from mashup.errors import LibraryError
 from mashup.executors import Executor, make_executor
 from mashup.library import CheckpointRecord
 from mashup.score_batches import plan_batch_rows
+from mashup.scoring import CheckpointScore, selectable, warn_not_finite
 from mashup.selection.driver import ProgressFn, Selection, SelectionContext, SelectionStats
 from mashup.selection.engine import default_adapters_per_forward, default_stacking, group_rows, keeps_scoring_copies
 from mashup.selection.example_scores import sample_tokens
@@ -72,7 +74,24 @@ def select_checkpoints(workspace: Workspace, records: Sequence[CheckpointRecord]
         stats.retried_units = executor.retried - retried_before
         if own:
             executor.close()
+    warn_not_finite(ranking, {r.id: r.path for r in records})
     return Selection(ranking, stats)
+
+
+def select_top(ranking: Sequence[CheckpointScore], k: int, library_dir: Path | None) -> list[str]:
+    """The ids of the ``k`` best of ``ranking`` whose loss is finite; a ``LibraryError`` where fewer are, as
+    where fewer than k checkpoints are usable: a merge of fewer than asked for, or of NaN weights, is no answer."""
+    usable = selectable(ranking)
+    if len(usable) >= k:
+        return [s.id for s in usable[:k]]
+    bad = [s.id for s in ranking if not s.finite]
+    if not bad:  # no selector ranks fewer than k of k or more candidates; were one to, it is no selection
+        raise LibraryError(f"k={k} but the selector ranked only {len(ranking)} checkpoint(s)",
+                           str(library_dir) if library_dir else None, "lower --k, or use --selector exhaustive")
+    named = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+    raise LibraryError(f"k={k} but only {len(usable)} of {len(ranking)} ranked checkpoint(s) scored a finite loss "
+                       f"(not finite: {named})", str(library_dir) if library_dir else None,
+                       "lower --k, or check those checkpoints' weights (see the warnings) and register others")
 
 
 @dataclass(frozen=True)

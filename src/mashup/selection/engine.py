@@ -11,7 +11,6 @@ accuracy), which is all a loss ranking needs.
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -181,10 +180,9 @@ class ScoringEngine:
             correct = None if preds is None else [p == r.answer for p, r in zip(preds.tolist(), plan.requests)]
             scores = ExampleScores(record.id, key, losses.tolist(), correct, seconds, tokens)
             results[record.id] = scores
+            # a loss that is not finite is warned of where the ranking is made (``scoring.warn_not_finite``), cached
+            # or not, and in the driver's process, not a Ray worker's
             logger.info("scored %s (%s): loss %.4f accuracy %s", record.id, record.task, scores.loss, scores.accuracy)
-            if not math.isfinite(scores.loss):
-                logger.warning("%s (%s) scored a loss of %s (its forward overflowed): it ranks last", record.id,
-                               record.path, scores.loss)
             if on_scored:
                 on_scored(scores)
 

@@ -53,17 +53,20 @@ class PrefilterResult:
     probe_seconds: float = 0.0  # of ``seconds``: the probe (the rest reads factors and computes the signals)
 
 
-def keep_count(n: int, config: PrefilterConfig) -> int:
+def keep_count(n: int, config: PrefilterConfig, k: int = 1) -> int:
+    """How many of ``n`` ranked candidates the prefilter keeps: ``config.keep`` (a share or a count), at least
+    ``config.min_keep`` and the ``k`` to select (else halving could select fewer), at most all."""
     wanted = math.ceil(config.keep * n) if config.keep < 1 else int(config.keep)
-    return min(n, max(wanted, config.min_keep))
+    return min(n, max(wanted, config.min_keep, k))
 
 
 def run_prefilter(records: Sequence[CheckpointRecord], requests: Sequence[EncodedRequest], settings: ScoreSettings,
-                  base_dir: Path, config: PrefilterConfig, fingerprint: str, *, library_dir: Path | None = None,
-                  cache_values: bool = True, allow_pickle: bool = False) -> PrefilterResult:
+                  base_dir: Path, config: PrefilterConfig, fingerprint: str, *, k: int = 1,
+                  library_dir: Path | None = None, cache_values: bool = True, allow_pickle: bool = False
+                  ) -> PrefilterResult:
     """The candidates worth scoring: the best ``config.keep`` of those the signals can rank (plain LoRA
     adapters on the library's most common set of target modules, which the probe covers), plus every
-    one they cannot rank.
+    one they cannot rank; never fewer than ``k`` (``keep_count``).
 
     With ``library_dir`` Arrow's prototypes are cached there (they depend on the weights' bytes alone, so
     they are kept even when ``cache_values`` is off), and with ``cache_values`` the signals' values for
@@ -72,7 +75,7 @@ def run_prefilter(records: Sequence[CheckpointRecord], requests: Sequence[Encode
     layouts = {r.id: SlotLayout.of(r) for r in records}
     modules = _most_common_modules(layout.modules for layout in layouts.values() if layout is not None)
     eligible = [r for r in records if layouts[r.id] is not None and layouts[r.id].modules == modules]
-    count = keep_count(len(eligible), config)
+    count = keep_count(len(eligible), config, k)
     if count >= len(eligible):
         return PrefilterResult(list(records), seconds=time.perf_counter() - start)
     if len(eligible) < SAFE_CUT_MIN_POOL:

@@ -175,12 +175,14 @@ def halving(context: SelectionContext, records: Sequence[CheckpointRecord]) -> l
         ranked, scores = _ranked(context, survivors, n)
         spent += len(survivors) * (prefix_tokens[n] - prefix_tokens[previous])
         if i == len(rounds) - 1:
-            return ranked + [s for group in reversed(dropped) for s in group]
+            everyone = ranked + [s for group in reversed(dropped) for s in group]
+            return sorted(everyone, key=lambda s: not s.finite)  # stable: not finite last, as ``rank`` has it
         keep = rounds[i + 1][1]
         close = close_contenders(ranked, scores, keep, config.k, within_se)
         if budget < math.inf:
             close = close[:near_tie_room(rounds, prefix_tokens, i, budget - spent)]
-        kept = {s.id for s in ranked[:keep] + close}
+        # a loss that is not finite on a prefix stays so on the whole sample: never selected, it is not scored on
+        kept = {s.id for s in ranked[:keep] + close if s.finite}
         dropped.append([s for s in ranked if s.id not in kept])
         survivors = [by_id[s.id] for s in ranked if s.id in kept]
     raise AssertionError("a schedule has at least one round")
@@ -190,8 +192,8 @@ def prefilter_halving(context: SelectionContext, records: Sequence[CheckpointRec
     """Keep the prefilters' most promising candidates, then rank them by halving."""
     config = context.config
     result = run_prefilter(records, context.requests, context.settings, context.base_dir, config.prefilter,
-                           context.fingerprint(), library_dir=context.library_dir, cache_values=config.cache,
-                           allow_pickle=context.allow_pickle)
+                           context.fingerprint(), k=config.k, library_dir=context.library_dir,
+                           cache_values=config.cache, allow_pickle=context.allow_pickle)
     context.stats.probe_tokens += result.probe_tokens
     context.stats.prefilter_seconds += result.seconds
     context.stats.probe_seconds += result.probe_seconds

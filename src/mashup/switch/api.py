@@ -19,15 +19,18 @@ from mashup.provenance import write_version
 
 def generate(config: SwitchConfig, prompt: str, *, writer: str | None = None) -> SwitchTrace:
     """One response: the switcher picks the writers (or ``writer``, a candidate name, writes it all)."""
-    candidates = load_candidates(config.candidates, config.library, precision=config.precision)
-    names = [c.name for c in candidates]
     if writer is not None:
+        candidates = load_candidates(config.candidates, config.library, precision=config.precision)
+        names = [c.name for c in candidates]
         if writer not in names:
             raise MashupError(f"no candidate named '{writer}'", None, f"use one of: {', '.join(names)}")
         plan = Plan(config.generation.model_copy(update={"aligned_ends": False}), None)
         return switch_generate(candidates, prompt, fixed(names.index(writer)), plan)
-    switcher = load_switcher(switcher_base(config), len(candidates), adapter=config.switcher.adapter,
-                             top_p=config.switcher.top_p, seed=config.generation.seed, precision=config.precision)
+    # the switcher first: an adapter trained for other candidates is refused before they load
+    switcher = load_switcher(switcher_base(config), len(config.candidates), adapter=config.switcher.adapter,
+                             top_p=config.switcher.top_p, seed=config.generation.seed, precision=config.precision,
+                             candidates=config.candidates)
+    candidates = load_candidates(config.candidates, config.library, precision=config.precision)
     return switch_generate(candidates, prompt, switcher, Plan(config.generation, config.aligned_index()),
                            chooser_cost=switcher.cost)
 

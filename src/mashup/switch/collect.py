@@ -8,8 +8,9 @@ mean reward; an instance where every candidate ties is kept in the log but not u
 
 Every instance is one JSON line appended (and fsynced) to ``rollouts.jsonl``, with all its rollouts and
 rewards. Each instance's randomness comes from ``(seed, index)`` alone, so a run killed part-way resumes
-with the instances not yet logged and gives the same file. ``summary.json`` is written last: a collect
-dir without it is unfinished.
+with the instances not yet logged and gives the same file. ``task_data.json`` records the task data's
+fingerprint, and a resume on other data is refused. ``summary.json`` is written last: a collect dir without
+it is unfinished.
 """
 
 from __future__ import annotations
@@ -29,15 +30,15 @@ from mashup.data.schema import sample
 from mashup.errors import MashupError
 from mashup.io import write_json
 from mashup.switch.candidates import Candidate, load_candidates
-from mashup.switch.config import CollectConfig, SwitchConfig
+from mashup.switch.config import SWITCH_CONFIG, CollectConfig, SwitchConfig
 from mashup.switch.generation import Plan, Segment, fixed, random_chooser, switch_generate
 from mashup.switch.rewards import Reward, build_reward, reward_name
-from mashup.switch.tasks import SwitchItem, SwitchTask, load_switch_task
+from mashup.switch.tasks import SwitchItem, SwitchTask, load_switch_task, task_fingerprint
 from mashup.provenance import write_version
 
 logger = logging.getLogger(__name__)
 ROLLOUTS, SUMMARY = "rollouts.jsonl", "summary.json"
-SWITCH_CONFIG, COLLECT_CONFIG = "switch_config.yaml", "collect_config.yaml"
+COLLECT_CONFIG, TASK_DATA = "collect_config.yaml", "task_data.json"
 ProgressFn = Callable[[int, int], None]
 
 
@@ -167,15 +168,34 @@ def _resumable(out: Path, config: SwitchConfig, collect_config: CollectConfig) -
 
 def _started(name: str) -> bool:
     """A file that a start killed before its last write leaves (the dir is then started afresh)."""
-    return name in (SWITCH_CONFIG, "version.json") or (name.startswith(".") and name.endswith(".tmp"))
+    return name in (SWITCH_CONFIG, "version.json", TASK_DATA) or (name.startswith(".") and name.endswith(".tmp"))
 
 
-def _start(out: Path, config: SwitchConfig, collect_config: CollectConfig) -> None:
+def _require_same_data(out: Path, task: str, fingerprint: str) -> None:
+    """Refuse to resume on other task data (another file under the same name, or the file edited): the log
+    would mix instances of both. A collect started before the fingerprint was recorded resumes unchecked."""
+    path = out / TASK_DATA
+    if not path.is_file():
+        logger.debug("%s has no %s: resuming without checking the task data", out, TASK_DATA)
+        return
+    try:
+        recorded = json.loads(path.read_text())["fingerprint"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise MashupError(f"unreadable {TASK_DATA}", str(path), "collect into a new --out, or delete this dir and "
+                          "run the collect again") from None
+    if recorded != fingerprint:
+        raise MashupError(f"task '{task}' holds other data than the collect in this dir was started on "
+                          f"(fingerprint {fingerprint[:12]}, not {str(recorded)[:12]})", str(out),
+                          "collect into a new --out, or delete this dir to start again on the new data")
+
+
+def _start(out: Path, config: SwitchConfig, collect_config: CollectConfig, fingerprint: str) -> None:
     out.mkdir(parents=True, exist_ok=True)
     for stale in out.glob(".*.tmp"):  # a config write an earlier, killed start cut short
         stale.unlink()
     save_config(config, out / SWITCH_CONFIG)
     write_version(out)
+    write_json(out / TASK_DATA, {"task": collect_config.task, "fingerprint": fingerprint})
     save_config(collect_config, out / COLLECT_CONFIG)  # last: its presence makes the dir a collect to resume
 
 
@@ -191,6 +211,9 @@ def collect(config: SwitchConfig, collect_config: CollectConfig, out: str | Path
     out = Path(out)
     resuming = _resumable(out, config, collect_config)
     task = task or load_switch_task(collect_config.task)
+    fingerprint = task_fingerprint(task)
+    if resuming:
+        _require_same_data(out, collect_config.task, fingerprint)
     items = sample(task.train, collect_config.instances, collect_config.seed)  # type: ignore[arg-type]
     aligned = config.aligned_index()
     generation = config.generation.model_copy(update={
@@ -201,7 +224,7 @@ def collect(config: SwitchConfig, collect_config: CollectConfig, out: str | Path
     candidates = list(candidates or load_candidates(config.candidates, config.library, precision=config.precision))
     reward = build_reward(chosen, collect_config.reward, task, candidates[aligned if aligned is not None else 0])
     if not resuming:
-        _start(out, config, collect_config)
+        _start(out, config, collect_config, fingerprint)
     log = RolloutLog(out / ROLLOUTS, resume=True)
     done = log.done
     if progress:  # every check has passed: a progress bar may appear now

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import BeforeValidator, Field, model_validator
@@ -9,9 +10,13 @@ from pydantic import BeforeValidator, Field, model_validator
 from mashup.config import BASE_SPELLINGS, Finite, Precision, StageConfig, TrainConfig
 
 ALIGNED = "aligned"
+# the switch config a collect, a switcher training and an eval each write into their output dir
+SWITCH_CONFIG = "switch_config.yaml"
 # the eval rows beside each candidate alone ("alone:NAME"), in the order an eval runs them
 SYSTEMS = ("random", "switcher-untrained", "switcher-trained", "router", "logit-average", "merge")
 ChatTemplate = Literal["auto", "on", "off"]
+# only 'aligned' changes what a candidate does; the others label it (in traces, tables and the collect's key)
+Role = Literal["aligned", "pretrained", "expert", "candidate"]
 RewardMode = Literal["binary", "margin"]
 
 
@@ -22,7 +27,8 @@ class CandidateConfig(StageConfig):
     model: str | None = Field(None, description=BASE_SPELLINGS)
     adapter: str | None = Field(None, description="a LoRA adapter dir on `model`")
     checkpoint: str | None = Field(None, description="a library checkpoint id (LoRA on its base, or a full model)")
-    role: str = Field("candidate", description=f"'{ALIGNED}' writes the first and last segments")
+    role: Role = Field("candidate", description=f"'{ALIGNED}' writes the first and last segments; pretrained, "
+                                                "expert and candidate are labels")
     chat_template: ChatTemplate = Field("auto", description="auto: apply it when the tokenizer has one")
 
     @model_validator(mode="after")
@@ -40,6 +46,22 @@ class CandidateConfig(StageConfig):
         return f"{source}+{str(self.adapter).rstrip('/').rsplit('/', 1)[-1]}" if self.adapter else source
 
 
+def _place(path: str | None) -> str | None:
+    """A local path resolved (the same dir from any working dir); a Hub id or named base as given."""
+    return str(Path(path).expanduser().resolve()) if path and Path(path).expanduser().exists() else path
+
+
+def candidate_key(candidate: CandidateConfig) -> tuple:
+    """What a label's (or a switcher's digit's) index stands for: the candidate's weights and its role (paths
+    compared resolved)."""
+    return candidate.checkpoint, _place(candidate.model), _place(candidate.adapter), candidate.role
+
+
+def resolved_candidate(candidate: CandidateConfig) -> CandidateConfig:
+    """The candidate with its local paths resolved, as a record that another working dir reads the same."""
+    return candidate.model_copy(update={"model": _place(candidate.model), "adapter": _place(candidate.adapter)})
+
+
 class GenerationConfig(StageConfig):
     """Segments of a fixed number of new tokens; greedy unless ``do_sample``."""
 
@@ -54,6 +76,10 @@ class GenerationConfig(StageConfig):
     @property
     def n_segments(self) -> int:
         return -(-self.max_new_tokens // self.segment_tokens)
+
+    def segment_budget(self, step: int) -> int:
+        """New tokens segment ``step`` may write: ``segment_tokens``, the last only what the cap leaves."""
+        return min(self.segment_tokens, self.max_new_tokens - step * self.segment_tokens)
 
 
 class SwitcherConfig(StageConfig):

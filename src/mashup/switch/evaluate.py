@@ -22,6 +22,7 @@ import math
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -142,14 +143,15 @@ def _routed(candidates: Sequence[Candidate], item: SwitchItem, switcher: Switche
 
 
 def load_switchers(config: SwitchConfig, n: int) -> dict[str, Switcher]:
+    """The untrained switcher, and the trained one where ``switcher.adapter`` is set (loaded first: an adapter
+    trained for other candidates or on another base fails before any model loads)."""
     base = switcher_base(config)
-    found = {"switcher-untrained": load_switcher(base, n, top_p=config.switcher.top_p, seed=config.generation.seed,
-                                                 precision=config.precision)}
-    if config.switcher.adapter:
-        found["switcher-trained"] = load_switcher(base, n, adapter=config.switcher.adapter,
-                                                  top_p=config.switcher.top_p, seed=config.generation.seed,
-                                                  precision=config.precision)
-    return found
+    settings: dict[str, Any] = {"top_p": config.switcher.top_p, "seed": config.generation.seed,
+                                "precision": config.precision}
+    trained = (load_switcher(base, n, adapter=config.switcher.adapter, candidates=config.candidates, **settings)
+               if config.switcher.adapter else None)
+    found = {"switcher-untrained": load_switcher(base, n, **settings)}
+    return found if trained is None else {**found, "switcher-trained": trained}
 
 
 def system_names(config: SwitchConfig) -> list[str]:
@@ -179,10 +181,11 @@ def evaluate_switch(config: SwitchConfig, eval_config: SwitchEvalConfig, *, prog
     items = (task.test if eval_config.max_examples is None
              else sample(task.test, eval_config.max_examples, 0))  # type: ignore[arg-type]
     chosen = reward_name(eval_config.reward, task)  # before the models load: a bad reward fails at once
+    switchers = load_switchers(config, len(config.candidates))  # first: a mismatched adapter fails at once
     candidates = list(candidates or load_candidates(config.candidates, config.library, precision=config.precision))
     aligned = config.aligned_index()
     reward = build_reward(chosen, eval_config.reward, task, candidates[aligned if aligned is not None else 0])
-    systems, skipped = build_systems(config, candidates, load_switchers(config, len(candidates)))
+    systems, skipped = build_systems(config, candidates, switchers)
     if eval_config.systems:
         _require_applicable(eval_config.systems, skipped)
         systems = {k: v for k, v in systems.items() if k in eval_config.systems}

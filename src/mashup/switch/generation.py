@@ -108,7 +108,7 @@ def switch_generate(candidates: Sequence[Candidate], query: str, chooser: Choose
         stream = streams[writer] = streams[writer] or Stream(candidates[writer], query)
         stream.catch_up(response)
         before = len(stream.ids)
-        text, tokens, ended = stream.write(plan.config.segment_tokens, sampler, segment_generator(seed, step))
+        text, tokens, ended = stream.write(plan.config.segment_budget(step), sampler, segment_generator(seed, step))
         reencoded += before + max(tokens + ended - 1, 0)
         segments.append(Segment(writer, text, tokens))
         response += text
@@ -132,7 +132,7 @@ def logit_average_generate(candidates: Sequence[Candidate], query: str, plan: Pl
     generated = 0
     for step in range(plan.n_segments):  # segments only set the seeds here, as in switch_generate
         generator = segment_generator(seed, step)
-        for _ in range(plan.config.segment_tokens):
+        for _ in range(plan.config.segment_budget(step)):
             logprobs = torch.stack([s.next_logits().log_softmax(-1) for s in streams])
             token = sampler(torch.logsumexp(logprobs, 0) - torch.log(torch.tensor(float(len(streams)))), generator)
             if token in eos:

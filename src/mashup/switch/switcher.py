@@ -21,9 +21,10 @@ from mashup.data.prompts import EncodedRequest
 from mashup.errors import CheckpointError
 from mashup.library.identity import same_base
 from mashup.library.lora_config import ADAPTER_CONFIG
-from mashup.config import Precision
+from mashup.config import Precision, load_config
 from mashup.models import (autocast, default_device, load_model, load_tokenizer, merged_adapter, resolve_base_dir,
                            resolve_precision)
+from mashup.switch.config import SWITCH_CONFIG, CandidateConfig, SwitchConfig, candidate_key
 from mashup.switch.generation import Segment, segment_generator
 
 logger = logging.getLogger(__name__)
@@ -95,13 +96,20 @@ class Switcher:
 
 def load_switcher(model: str | Path, n_candidates: int, *, adapter: str | Path | None = None,
                   top_p: float | None = None, seed: int = 0, device: torch.device | None = None,
-                  precision: Precision | None = None) -> Switcher:
-    """The switcher LM (a named base, local dir or Hub id), with its trained LoRA merged in when given."""
+                  precision: Precision | None = None,
+                  candidates: Sequence[CandidateConfig] | None = None) -> Switcher:
+    """The switcher LM (a named base, local dir or Hub id), with its trained LoRA merged in when given.
+
+    ``candidates`` (the configs whose indices the switcher names): refuse an adapter trained for others.
+    """
     device = device or default_device()
+    if adapter is not None:
+        require_adapter_base(Path(adapter), str(model))
+        if candidates is not None:
+            require_adapter_candidates(Path(adapter), candidates)
     base_dir = resolve_base_dir(str(model))
     lm = load_model(base_dir)
     if adapter is not None:
-        require_adapter_base(Path(adapter), str(model))
         lm = merged_adapter(lm, Path(adapter))
     return Switcher(lm.to(device), load_tokenizer(base_dir), n_candidates, top_p=top_p, seed=seed, device=device,
                     precision=precision)
@@ -122,3 +130,22 @@ def require_adapter_base(adapter: Path, model: str) -> None:
     if not same_base(recorded, model):
         raise CheckpointError(f"the switcher adapter was trained on base '{recorded}', not '{model}'", str(adapter),
                               "set switcher.model to the base it was trained on, or train a switcher on this one")
+
+
+def require_adapter_candidates(adapter: Path, candidates: Sequence[CandidateConfig]) -> None:
+    """Refuse a switcher adapter trained for other candidates (fewer, more or reordered): its digit ``i``
+    names the i-th candidate it was trained with, so it would hand segments to the wrong writers.
+
+    The candidates are those ``switch train`` records in the switch config beside ``adapter``; an adapter
+    without one (trained elsewhere) is taken as it is.
+    """
+    recorded_path = adapter.parent / SWITCH_CONFIG
+    if not recorded_path.is_file():
+        logger.debug("no %s beside the switcher adapter %s: its candidates are not checked", SWITCH_CONFIG, adapter)
+        return
+    recorded = load_config(recorded_path, SwitchConfig).candidates
+    if [candidate_key(c) for c in recorded] != [candidate_key(c) for c in candidates]:
+        raise CheckpointError(f"the switcher adapter was trained for other candidates "
+                              f"({', '.join(c.label() for c in recorded)}) than the config's "
+                              f"({', '.join(c.label() for c in candidates)})", str(adapter),
+                              f"use the candidates of {recorded_path} in that order, or train a switcher for these")

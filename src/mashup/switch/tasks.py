@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Literal
 
 from mashup.data.prompts import PromptTemplate
-from mashup.data.schema import LETTERS, MCExample, carve_split, data_not_found, example_from_row, read_rows
+from mashup.data.schema import (LETTERS, MCExample, carve_split, check_file_example, data_not_found, example_from_row,
+                                examples_fingerprint, read_rows)
 from mashup.data.tasks import ASSETS_HINT, SPLIT_SEED, TASKS, assets_dir, get_task, is_task_name
 from mashup.errors import DataError
 
@@ -44,6 +45,13 @@ class SwitchTask:
     train: list[SwitchItem]
     test: list[SwitchItem]
     template: PromptTemplate | None = None  # choice tasks: the cloze wording
+
+
+def task_fingerprint(task: SwitchTask) -> str:
+    """A digest of the task's rows (train and test), as ``TargetData.fingerprint`` digests a target's: the same
+    for any order or split of the same rows. An open question counts as a one-choice example of its answer."""
+    items = [*task.train, *task.test]
+    return examples_fingerprint(item.example or MCExample(item.query, (str(item.gold),), 0) for item in items)
 
 
 OPEN_FILES = {"gsm8k": "gsm8k/gold_bpb_5shot/requests.jsonl.gz",
@@ -76,7 +84,7 @@ def _file_task(path: Path) -> SwitchTask:
         raise DataError(f"a switch task file needs at least 2 rows (a train and a test half), got {len(rows)}",
                         str(path), "add questions to the file")
     if "choices" in rows[0][1]:
-        examples = [example_from_row(row, where) for where, row in rows]
+        examples = [check_file_example(example_from_row(row, where), where) for where, row in rows]
         train, test = carve_split(examples, OPEN_TEST_FRACTION, SPLIT_SEED)
         return SwitchTask(path.stem, "choice", [choice_item(ex) for ex in train], [choice_item(ex) for ex in test],
                           PromptTemplate())

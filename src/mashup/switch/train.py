@@ -18,8 +18,8 @@ from mashup.evaluation import ScoreSettings
 from mashup.errors import MashupError
 from mashup.io import atomic_output_dir, write_json
 from mashup.models import default_device, load_tokenizer, resolve_base_dir, resolve_precision
-from mashup.switch.collect import ROLLOUTS, SWITCH_CONFIG, labelled_instances
-from mashup.switch.config import CandidateConfig, SwitchConfig
+from mashup.switch.collect import ROLLOUTS, labelled_instances
+from mashup.switch.config import SWITCH_CONFIG, SwitchConfig, candidate_key, resolved_candidate
 from mashup.switch.generation import Segment
 from mashup.switch.switcher import switcher_request
 from mashup.training import ProgressFn, prepare_model, save_trained, total_steps, train
@@ -55,20 +55,13 @@ def checked_collect_dirs(config: SwitchConfig, collect_dirs: list[str | Path]) -
     return list(found.values())
 
 
-def _candidate_key(candidate: CandidateConfig) -> tuple:
-    """What a label's index stands for: the candidate's weights and its role (paths compared resolved)."""
-    def place(path: str | None) -> str | None:
-        return str(Path(path).expanduser().resolve()) if path and Path(path).expanduser().exists() else path
-    return candidate.checkpoint, place(candidate.model), place(candidate.adapter), candidate.role
-
-
 def _require_same_candidates(config: SwitchConfig, collect_dir: Path) -> None:
     recorded_path = collect_dir / SWITCH_CONFIG
     if not recorded_path.is_file():
         raise MashupError(f"not a collect dir (no {SWITCH_CONFIG})", str(collect_dir),
                           "give the --out dir of `mashup switch collect`")
     recorded = load_config(recorded_path, SwitchConfig).candidates
-    if [_candidate_key(c) for c in recorded] != [_candidate_key(c) for c in config.candidates]:
+    if [candidate_key(c) for c in recorded] != [candidate_key(c) for c in config.candidates]:
         raise MashupError(f"the collect labelled other candidates ({', '.join(c.label() for c in recorded)}) than "
                           f"--config ({', '.join(c.label() for c in config.candidates)})", str(collect_dir),
                           "train with the switch config the collect was made with, in the same order")
@@ -135,8 +128,10 @@ def train_checked(config: SwitchConfig, inputs: SwitcherInputs, out: str | Path,
         save_trained(model, tmp / "adapter", base, tokenizer)
         write_curve(result, tmp)
         save_config(train_config, tmp / "train_config.yaml")
-        save_config(config.model_copy(update={"switcher": config.switcher.model_copy(
-            update={"model": base, "adapter": str(Path(out) / "adapter")})}), tmp / "switch_config.yaml")
+        save_config(config.model_copy(update={  # the candidates resolved: generate/eval check them from any dir
+            "candidates": [resolved_candidate(c) for c in config.candidates],
+            "switcher": config.switcher.model_copy(update={"model": base, "adapter": str(Path(out) / "adapter")})}),
+            tmp / SWITCH_CONFIG)
         write_version(tmp)
         summary = {"out": str(out), "adapter": str(Path(out) / "adapter"), "base": base,
                    "train_examples": len(train_requests), "held_out": len(eval_requests),
