@@ -45,7 +45,7 @@ ACCEPTED = {
     ("select", "--rows", "0"), ("switch eval", "--max-examples", "0"),
     ("select", "--halving-factor", "2"), ("select", "--prefilter-keep", "2"),  # a count
     ("select", "--halving-keep-within-se", "0"), ("select", "--halving-keep-within-se", "2"),
-    ("merge", "--lambda", "2"), ("merge", "--weights", "2"),
+    ("merge", "--lambda", "-1"), ("merge", "--lambda", "0"), ("merge", "--lambda", "2"), ("merge", "--weights", "2"),
     # checked where the work starts, which the walk stops before
     *((verb, "--precision", "bogus") for verb in ("select", "train", "eval")),
 }

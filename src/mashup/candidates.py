@@ -54,18 +54,32 @@ def target_lineage(record: CheckpointRecord, target: TargetData,
     checkpoint that saw the target's data: ``[record]`` when it did itself; None when none did. A merge carries its
     inputs' weights, and so does a run trained from one: both saw what their ancestors saw. An id not in
     ``records`` (removed since) cannot be followed."""
-    queue, seen = deque([[record]]), {record.id}
+    reached_from: dict[str, CheckpointRecord | None] = {record.id: None}  # also guards a cycle (a hand-made lineage)
+    queue = deque([record])
     while queue:
-        chain = queue.popleft()
-        if _saw(chain[-1], target):
-            return chain
-        parents = chain[-1].lineage.get("merged_from") if records else None
-        for parent_id in parents if isinstance(parents, list) else []:
-            parent = records.get(str(parent_id)) if records else None
-            if parent is not None and parent.id not in seen:  # ``seen`` also guards a cycle (a hand-made lineage)
-                seen.add(parent.id)
-                queue.append([*chain, parent])
+        current = queue.popleft()
+        if _saw(current, target):
+            chain = [current]
+            while (child := reached_from[chain[-1].id]) is not None:
+                chain.append(child)
+            return chain[::-1]
+        for parent_id in _parent_ids(current) if records else []:
+            parent = records.get(parent_id) if records else None
+            if parent is not None and parent.id not in reached_from:
+                reached_from[parent.id] = current
+                queue.append(parent)
     return None
+
+
+def _parent_ids(record: CheckpointRecord) -> list[str]:
+    parents = record.lineage.get("merged_from")
+    return [str(i) for i in parents] if isinstance(parents, list) else []
+
+
+def untraced(records: Iterable[CheckpointRecord], by_id: Mapping[str, CheckpointRecord]) -> list[CheckpointRecord]:
+    """The records merged from a checkpoint that is not in ``by_id`` (removed from the library since, or merged in
+    another): whether it saw a target cannot be told."""
+    return [r for r in records if any(i not in by_id for i in _parent_ids(r))]
 
 
 def _saw(record: CheckpointRecord, target: TargetData) -> bool:
@@ -142,6 +156,11 @@ def find_candidates(library: Library, base: str, kind: str, target: TargetData, 
                        [{"id": r.id, "reason": exclusion_reason(chains[r.id], target)} for r in leaking], other_kinds)
     if log_rejected:
         log_rejections(found.rejected)
+    unknown = untraced(found.records, by_id)
+    if unknown and not include_target:
+        logger.warning("%d candidate(s) merged from checkpoints no longer in the library (%s): whether those saw "
+                       "the target's data cannot be told, so they are ranked; `mashup library remove` them if they "
+                       "may have", len(unknown), ", ".join(r.id for r in unknown[:SHOWN_IDS]))
     if leaking:
         labels = ", ".join(_leak_label(chains[r.id]) for r in leaking)
         logger.log(logging.WARNING if include_hint else logging.INFO, "excluded %d checkpoint(s) trained on the "

@@ -149,7 +149,7 @@ def merge_cmd(checkpoints: Annotated[list[str], typer.Option(
 @app.command("train")
 @with_data_options
 def train_cmd(base: BaseOpt, data: DataOptions,
-              out: Annotated[Path, typer.Option("--out", help="output dir (must not exist)")],
+              out: Annotated[Path, typer.Option("--out", help="output dir (must not exist, or be empty)")],
               init: Annotated[Optional[Path], typer.Option(
                   "--init", help="merged adapter/model dir to start from",
                   show_default="a fresh LoRA / the base")] = None,

@@ -27,7 +27,7 @@ def _override(flag: str, help: str, model: type, field: str) -> Any:
 @with_data_options
 def run_cmd(base: Annotated[Optional[str], from_config_option("--base", BASE_HELP)] = None,
             data: DataOptions = DataOptions(),
-            out: Annotated[Optional[Path], from_config_option("--out", "run dir (must not exist)")] = None,
+            out: Annotated[Optional[Path], from_config_option("--out", "run dir (must not exist, or be empty)")] = None,
             library: LibraryOpt = None,
             config_file: Annotated[Optional[Path], typer.Option(
                 "--config", help="RunConfig YAML (flags given override it)", show_default="none")] = None,

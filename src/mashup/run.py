@@ -118,7 +118,7 @@ def run(config: RunConfig, stage: StageFn = lambda name: None, overwrite: bool =
 
     on_commit = register if config.add_to_library else None
     with atomic_output_dir(out, overwrite=overwrite, on_commit=on_commit) as tmp:
-        save_config(config, tmp / "run_config.yaml")
+        save_config(config.recorded(library.directory), tmp / "run_config.yaml")
         write_version(tmp)
         selection = select(config.base, config.data, config.select, config.library, kind=kind, merge=config.merge,
                            workspace=workspace, target=target, allow_pickle=config.allow_pickle)

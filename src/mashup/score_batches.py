@@ -38,8 +38,9 @@ NO_PREDICTION = -1  # a row whose choices scored NaN (NaN or inf weights, an ove
 
 
 def predictions(choice_scores: torch.Tensor) -> torch.Tensor:
-    """Each row's best choice (highest score, last dim), or ``NO_PREDICTION`` where a score is NaN: an argmax
-    over NaN picks the first choice, which would count as correct wherever the answer is the first."""
+    """Each row's best choice (highest score, last dim), or ``NO_PREDICTION`` where a score is NaN: torch's argmax
+    takes NaN for the largest and picks the first NaN, which would count as correct wherever that is the answer
+    (the first choice, where every score is NaN)."""
     return choice_scores.argmax(dim=-1).masked_fill(choice_scores.isnan().any(dim=-1), NO_PREDICTION)
 
 

@@ -4,14 +4,10 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 from mashup.config import Metric
-from mashup.data.prompts import EncodedRequest
-from mashup.evaluation import ScoreSettings
-from mashup.library.records import CheckpointRecord
 
 logger = logging.getLogger(__name__)
 
@@ -67,33 +63,3 @@ def warn_not_finite(scores: Sequence[CheckpointScore], paths: Mapping[str, str])
 
 def _finite_or_last(loss: float) -> float:
     return loss if math.isfinite(loss) else math.inf
-
-
-def score_checkpoints(
-    base_dir: Path,
-    records: Sequence[CheckpointRecord],
-    requests: Sequence[EncodedRequest],
-    settings: ScoreSettings,
-    *,
-    allow_pickle: bool = False,
-    on_scored: Callable[[CheckpointScore], None] | None = None,
-) -> list[CheckpointScore]:
-    """Score each checkpoint on the same requests with one ``ScoringEngine`` (base loaded once).
-
-    LoRA adapters are copied into slots built once into the base; full fine-tunes have their
-    weights swapped into one model object.
-    """
-    from mashup.selection.engine import ScoringEngine
-
-    by_id = {r.id: r for r in records}
-
-    def to_score(scores) -> CheckpointScore:
-        record = by_id[scores.id]
-        return CheckpointScore(record.id, record.task, record.kind, scores.loss, scores.accuracy,
-                               len(scores.losses), scores.seconds)
-
-    engine = ScoringEngine(base_dir, requests, settings, allow_pickle=allow_pickle)
-    callback = (lambda scores: on_scored(to_score(scores))) if on_scored else None
-    scores = [to_score(s) for s in engine.score(records, on_scored=callback)]
-    warn_not_finite(scores, {r.id: r.path for r in records})
-    return scores

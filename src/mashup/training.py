@@ -224,13 +224,16 @@ def save_init_adapter(model: nn.Module, path: Path) -> None:
         save_file({k: v.detach().clone().contiguous() for k, v in state.items()}, str(path))
 
 
-def save_trained(model: nn.Module, out_dir: Path, base_identity: str, tokenizer=None) -> Path:
-    """Write a PEFT adapter dir (LoRA) or an HF model dir (full) and return it."""
+def save_trained(model: nn.Module, out_dir: Path, base: str, tokenizer=None) -> Path:
+    """Write a PEFT adapter dir (LoRA) or an HF model dir (full) and return it; an adapter names its ``base`` as the
+    library records one (a local dir absolute: PEFT and ``library add`` read it from any working dir)."""
     from peft import PeftModel
     from transformers import PreTrainedModel
 
+    from mashup.library.identity import stored_base
+
     if isinstance(model, PeftModel):
-        model.peft_config["default"].base_model_name_or_path = base_identity
+        model.peft_config["default"].base_model_name_or_path = stored_base(base)
         with quiet_bias_shard_warning():
             model.save_pretrained(out_dir, save_embedding_layers=False)  # "auto" would look the base up on the Hub
         return out_dir

@@ -234,8 +234,8 @@ def train_model(base: str, data: DataConfig, config: TrainConfig, out: str | Pat
     target = load_target(data)
     with atomic_output_dir(Path(out), overwrite=overwrite) as tmp:
         summary = train_in(workspace, target, config, eval_config or EvalConfig(), tmp,
-                           Path(init) if init else None, progress, allow_pickle, final_dir=Path(out))
-        save_config(data, tmp / "data_config.yaml")
+                           Path(init) if init else None, progress, allow_pickle, final_dir=Path(out).absolute())
+        save_config(data.recorded(), tmp / "data_config.yaml")
     return summary
 
 

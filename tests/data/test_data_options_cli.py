@@ -24,9 +24,32 @@ def test_data_beside_train_is_refused_before_any_work(tmp_path: Path, tiny_base:
         _, err = run_cli([verb, "--base", tiny_base, "--data", data, "--train", train, *extra], capsys, monkeypatch,
                          expect=1)
         line = one_line_error(err)
-        assert f"--data {data} and --train {train} both name the train data" in line
-        assert "--train FILE [--test FILE], not both" in line
+        assert f"data {data} and train {train} both name the train data" in line
+        assert "or train (and test), not both (--data, --train, --test on the command line)" in line
     assert not out.exists()
+
+
+def test_one_file_spelled_two_ways_is_one_source(tmp_path: Path, tiny_base: Path, capsys, monkeypatch) -> None:
+    write_mc_jsonl(tmp_path / "target.jsonl", 20)
+    monkeypatch.chdir(tmp_path)
+    for train in ("./target.jsonl", str(tmp_path / "target.jsonl")):
+        run_cli(["eval", "--base", tiny_base, "--data", "target.jsonl", "--train", train, "--scoring", "letter",
+                 "--max-length", 96], capsys, monkeypatch)
+
+
+def test_a_config_file_naming_two_sources_says_which_file_and_field(tmp_path: Path, tiny_base: Path, capsys,
+                                                                    monkeypatch) -> None:
+    """An old run_config.yaml could hold data beside another train file (the command line then read only train):
+    refused where the config loads, before any model, naming the file."""
+    import yaml
+
+    train = write_mc_jsonl(tmp_path / "target.jsonl", 20)
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump({"base": str(tiny_base), "out": str(tmp_path / "out"),
+                                      "data": {"data": str(tmp_path / "other.jsonl"), "train": str(train)}}))
+    _, err = run_cli(["run", "--config", config], capsys, monkeypatch, expect=1)
+    line = one_line_error(err)
+    assert "both name the train data" in line and str(config) in line
 
 
 def test_named_task_beside_test_is_refused(tmp_path: Path, tiny_base: Path, capsys, monkeypatch) -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from pydantic import ValidationError
 
 from mashup.cli_data import DataOptions
 from mashup.config import DataConfig
@@ -120,17 +121,17 @@ def test_a_choices_cell_holding_a_json_list_still_loads(tmp_path: Path) -> None:
 def test_data_with_a_different_train_file_is_refused(tmp_path: Path) -> None:
     train = write_mc_jsonl(tmp_path / "train.jsonl", 20)
     for data in ("arc_easy", str(tmp_path / "broken.jsonl")):
-        with pytest.raises(DataError, match="both name the train data") as info:
-            load_target(DataConfig(data=data, train=str(train)))
-        assert "--train FILE [--test FILE], not both" in str(info.value)
+        with pytest.raises(ValidationError, match="both name the train data") as info:
+            DataConfig(data=data, train=str(train))
+        assert "or train (and test), not both" in str(info.value)
         with pytest.raises(MashupError, match="both name the train data"):
             DataOptions(data=data, train=str(train)).config()
 
 
 def test_named_task_with_a_test_file_is_refused(tmp_path: Path) -> None:
     test = write_mc_jsonl(tmp_path / "test.jsonl", 8)
-    with pytest.raises(DataError, match="named task arc_easy, which has its own test split"):
-        load_target(DataConfig(data="arc_easy", test=str(test)))
+    with pytest.raises(ValidationError, match="named task arc_easy, which has its own test split"):
+        DataConfig(data="arc_easy", test=str(test))
     with pytest.raises(MashupError, match="its own test split"):
         DataOptions(data="arc_easy", test=str(test)).given()
 

@@ -17,7 +17,8 @@ class _Config:
 
 def _context(losses: dict[str, float]) -> Context:
     ranking = [{"id": i, "task": None, "kind": "lora", "loss": loss, "accuracy": 0.9 if math.isnan(loss) else 0.5,
-                "n": 8, "seconds": 1.0} for i, loss in sorted(losses.items(), key=lambda item: (not math.isfinite(item[1]), item[1]))]
+                "n": 8, "seconds": 1.0}
+               for i, loss in sorted(losses.items(), key=lambda item: (not math.isfinite(item[1]), item[1]))]
     unit = Unit("selection", "select", "t", "samples:8")
     return Context(config=_Config(), root="/x", precision="fp32", library="lib",  # type: ignore[arg-type]
                    records={unit.id: {"result": {"ranking": ranking}}})

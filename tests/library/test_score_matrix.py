@@ -53,3 +53,20 @@ def test_removed_checkpoints_stay_visible_as_removed(tmp_path, tiny_base, tiny_l
     matrix = json.loads(run_cli(["library", "scores", "--library", lib, "--json"], capsys, monkeypatch)[0])
     assert {c["id"]: c["in_library"] for c in matrix["checkpoints"]} == {records[0].id: False, records[1].id: True}
 
+
+
+def test_a_loss_that_is_not_finite_shows_no_accuracy(tmp_path, tiny_loras):
+    """Rows cached before such a loss lost its accuracy hold one read off NaN logits: the matrix shows none."""
+    import math
+
+    from mashup.library.report import score_matrix
+
+    lib = tmp_path / "lib"
+    library = Library(lib)
+    records = library.add(tiny_loras[:3])
+    rows = [(records[0].sha256, math.nan, 0.25, 8, 1.0), (records[1].sha256, math.inf, 0.5, 8, 1.0),
+            (records[2].sha256, 1.5, 0.75, 8, 1.0)]
+    ScoreCache(lib).put("f" * 64, rows, target="target", sample={"samples": 8})
+    cells = {cid: by_column["f" * 12] for cid, by_column in score_matrix(library).cells.items()}
+    assert [cells[r.id]["accuracy"] for r in records] == [None, None, 0.75]
+    assert cells[records[0].id]["loss"] is None and cells[records[2].id]["loss"] == 1.5

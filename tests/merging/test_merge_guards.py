@@ -81,8 +81,6 @@ def test_the_same_checkpoint_twice_is_refused(tmp_path, tiny_loras, capsys, monk
 
 
 @pytest.mark.parametrize(("settings", "words"), [
-    ({"method": "task_arithmetic", "lambda": 0}, "none of the checkpoints"),
-    ({"lambda": 0.0}, "none of the checkpoints"),
     ({"method": "task_arithmetic", "lambda": 1e39}, "beyond float32's range"),
     ({"weights": [1.0, -1e39]}, "beyond float32's range"),
 ])
@@ -91,12 +89,17 @@ def test_scales_that_zero_or_overflow_the_merge_are_refused(settings, words):
         MergeConfig.model_validate(settings)
 
 
-def test_a_lambda_of_zero_is_refused_by_the_cli(tmp_path, tiny_loras, capsys, monkeypatch):
+def test_a_lambda_of_zero_is_refused_where_it_zeroes_every_lora_factor(tmp_path, tiny_loras, capsys, monkeypatch):
+    """In mode ab task arithmetic scales both factors by sqrt(lambda): at 0 an all-zero adapter, which cannot
+    train. Elsewhere lambda 0 is legitimate (the base itself, the end of a lambda sweep) or ignored."""
     lib = tmp_path / "lib"
     ids = _add(tiny_loras[:2], lib, capsys, monkeypatch)
     err = one_line_error(_merge(ids, lib, tmp_path / "out", capsys, monkeypatch, "--method", "task_arithmetic",
-                                "--lambda", "0", expect=2))
-    assert "--lambda" in err and "none of the checkpoints" in err and not (tmp_path / "out").exists()
+                                "--lambda", "0", expect=1))
+    assert "lambda 0" in err and "--lora-mode delta" in err and not (tmp_path / "out").exists()
+    for method, mode in (("task_arithmetic", "delta"), ("average", "ab")):
+        _merge(ids, lib, tmp_path / f"{method}-{mode}", capsys, monkeypatch, "--method", method, "--lora-mode", mode,
+               "--lambda", "0")
 
 
 def test_an_overflowing_merge_blames_the_weights_not_a_checkpoint(tmp_path, tiny_base, tiny_fulls):

@@ -13,9 +13,10 @@ from mashup.selection.arrow import affinity, prototypes, prototypes_of, unit_inp
 from mashup.selection.engine import ScoringEngine
 from mashup.selection.factors import stack_factors
 from mashup.selection.first_order import predicted_change, predicted_changes
-from mashup.selection.prefilter import _round_robin, keep_count, run_prefilter
+from mashup.selection.prefilter import keep_count, run_prefilter
 from mashup.selection.probe import run_probe
 from mashup.selection.signal_cache import SignalCache, weights_key
+from mashup.selection.signal_ranking import _round_robin
 from mashup.selection.slots import SlotLayout
 from tests.selection.helpers import records_for, requests_for
 

@@ -9,7 +9,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
 from mashup.switch.candidates import Candidate, load_candidate
-from mashup.switch.config import CandidateConfig, GenerationConfig
+from mashup.switch.config import CandidateConfig, GenerationConfig, SwitchConfig
 from tests.tiny import CORPUS, build_model
 
 CHAT_TEMPLATE = ("{% for m in messages %}<|user|>{{ m['content'] }}\n{% endfor %}"
@@ -48,3 +48,17 @@ def candidate(path: Path, role: str = "candidate", name: str | None = None, adap
 
 def generation(**kwargs: object) -> GenerationConfig:
     return GenerationConfig(**{"segment_tokens": 4, "max_new_tokens": 16, **kwargs})  # type: ignore[arg-type]
+
+def two_candidates(tiny_base: Path, other_base: Path) -> SwitchConfig:
+    """A switch config of two tiny candidates, the first aligned, with short segments."""
+    return SwitchConfig(candidates=[CandidateConfig(model=str(tiny_base), role="aligned", name="a"),
+                                    CandidateConfig(model=str(other_base), name="b")],
+                        generation=generation(segment_tokens=3, max_new_tokens=12))
+
+
+def cut_back(out: Path) -> str:
+    """The collect in ``out`` cut back to its first instance, as a crash would leave it."""
+    (out / "summary.json").unlink()
+    first = (out / "rollouts.jsonl").read_text().splitlines()[0] + "\n"
+    (out / "rollouts.jsonl").write_text(first)
+    return first

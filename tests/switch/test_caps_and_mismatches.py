@@ -1,5 +1,5 @@
-"""max_new_tokens is a cap; a role is one of its names; a switcher adapter and a resumed collect are refused when
-they were made for other candidates or other task data."""
+"""max_new_tokens is a cap; a switcher adapter and a resumed collect are refused when they were made for other
+candidates or other task data (roles: test_recorded_runs.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-from pydantic import ValidationError
 
 from mashup.config import TrainConfig, save_config
 from mashup.errors import CheckpointError, MashupError
@@ -25,7 +24,7 @@ from mashup.switch.switcher import load_switcher
 from mashup.switch.tasks import SwitchTask, number_item
 from mashup.switch.train import train_switcher
 from tests.conftest import write_mc_jsonl
-from tests.switch.helpers import generation
+from tests.switch.helpers import cut_back, generation, two_candidates
 from tests.test_cli import run_cli
 
 collect_module = importlib.import_module("mashup.switch.collect")
@@ -57,22 +56,6 @@ def test_the_cli_response_is_no_longer_than_max_new_tokens(tmp_path, tiny_base, 
     assert [s["tokens"] for s in json.loads(out)["segments"]] == [4, 4, 2]
 
 
-# --- role: one of its names, not any string ---
-
-@pytest.mark.parametrize("role", ["Aligned", "aligend", "expert "])
-def test_a_misspelt_role_is_refused_with_the_valid_ones(tiny_base, role: str) -> None:
-    with pytest.raises(ValidationError, match="'aligned', 'pretrained', 'expert' or 'candidate'"):
-        CandidateConfig(model=str(tiny_base), role=role)  # type: ignore[arg-type]
-
-
-def test_a_misspelt_role_in_yaml_is_one_line(tmp_path, tiny_base, capsys, monkeypatch) -> None:
-    path = tmp_path / "switch.yaml"
-    path.write_text(yaml.safe_dump({"candidates": [{"model": str(tiny_base), "role": "Aligned"},
-                                                   {"model": str(tiny_base), "name": "b"}]}))
-    _, err = run_cli(["switch", "generate", "--config", path, "hi"], capsys, monkeypatch, expect=1)
-    assert "candidates.0.role" in err and "'aligned'" in err and err.strip().count("\n") == 0
-
-
 # --- a trained switcher names the candidates it was trained with, in their order ---
 
 def _candidates(tiny_base: Path, other_base: Path, expert_lora: Path) -> list[CandidateConfig]:
@@ -94,7 +77,8 @@ def switcher_dir(tmp_path, tiny_base, other_base, expert_lora) -> Path:
 def test_a_switcher_trained_for_other_candidates_is_refused(switcher_dir, tiny_base, other_base, expert_lora,
                                                             order: list[int]) -> None:
     candidates = [_candidates(tiny_base, other_base, expert_lora)[i] for i in order]
-    with pytest.raises(CheckpointError, match=r"trained for other candidates \(aligned, other, expert\)") as error:
+    with pytest.raises(CheckpointError, match=r"trained for other candidates than the config's \(candidate 1 "
+                                              r"\(other\): model ") as error:
         load_switcher(tiny_base, len(candidates), adapter=switcher_dir / "adapter", candidates=candidates)
     assert str(switcher_dir / "switch_config.yaml") in error.value.line()
 
@@ -123,27 +107,13 @@ def test_generate_and_eval_refuse_a_switcher_of_other_candidates(switcher_dir, t
 
 # --- a collect resumes only on the task data it was started on ---
 
-def _switch_config(tiny_base: Path, other_base: Path) -> SwitchConfig:
-    return SwitchConfig(candidates=[CandidateConfig(model=str(tiny_base), role="aligned", name="a"),
-                                    CandidateConfig(model=str(other_base), name="b")],
-                        generation=generation(segment_tokens=3, max_new_tokens=12))
-
-
-def _unfinished(out: Path) -> str:
-    """The collect in ``out`` cut back to its first instance, as a crash would leave it."""
-    (out / "summary.json").unlink()
-    first = (out / "rollouts.jsonl").read_text().splitlines()[0] + "\n"
-    (out / "rollouts.jsonl").write_text(first)
-    return first
-
-
 def test_resuming_on_other_task_data_is_refused(trio, tiny_base, other_base, tmp_path, monkeypatch) -> None:
     monkeypatch.setattr(collect_module, "build_reward", lambda *a: lambda item, text: RewardResult(1.0, True))
-    config, out = _switch_config(tiny_base, other_base), tmp_path / "col"
+    config, out = two_candidates(tiny_base, other_base), tmp_path / "col"
     settings = CollectConfig(task="tiny", instances=3, rollouts=1)
     task = SwitchTask("tiny", "number", [number_item(f"What is {i} + 1?", str(i + 1)) for i in range(6)], [])
     collect(config, settings, out, candidates=trio[:2], task=task)
-    first = _unfinished(out)
+    first = cut_back(out)
     other = SwitchTask("tiny", "number", [number_item(f"What is {i} + 2?", str(i + 2)) for i in range(6)], [])
     with pytest.raises(MashupError, match="other data") as error:
         collect(config, settings, out, candidates=trio[:2], task=other)
@@ -154,11 +124,11 @@ def test_resuming_on_other_task_data_is_refused(trio, tiny_base, other_base, tmp
 
 def test_a_task_file_edited_in_place_is_refused_on_resume(trio, tiny_base, other_base, tmp_path, monkeypatch) -> None:
     monkeypatch.setattr(collect_module, "build_reward", lambda *a: lambda item, text: RewardResult(1.0, True))
-    config, out = _switch_config(tiny_base, other_base), tmp_path / "col"
+    config, out = two_candidates(tiny_base, other_base), tmp_path / "col"
     data = write_mc_jsonl(tmp_path / "quiz.jsonl", 12)
     settings = CollectConfig(task=str(data), instances=2, rollouts=1)
     collect(config, settings, out, candidates=trio[:2])
-    _unfinished(out)
+    cut_back(out)
     write_mc_jsonl(data, 12, seed=7)
     with pytest.raises(MashupError, match="other data"):
         collect(config, settings, out, candidates=trio[:2])
@@ -167,11 +137,11 @@ def test_a_task_file_edited_in_place_is_refused_on_resume(trio, tiny_base, other
 def test_a_collect_without_a_recorded_fingerprint_resumes_as_before(trio, tiny_base, other_base, tmp_path,
                                                                      monkeypatch) -> None:
     monkeypatch.setattr(collect_module, "build_reward", lambda *a: lambda item, text: RewardResult(1.0, True))
-    config, out = _switch_config(tiny_base, other_base), tmp_path / "col"
+    config, out = two_candidates(tiny_base, other_base), tmp_path / "col"
     settings = CollectConfig(task="tiny", instances=2, rollouts=1)
     task = SwitchTask("tiny", "number", [number_item(f"What is {i} + 1?", str(i + 1)) for i in range(6)], [])
     collect(config, settings, out, candidates=trio[:2], task=task)
-    _unfinished(out)
+    cut_back(out)
     (out / collect_module.TASK_DATA).unlink()  # a collect made before the fingerprint was recorded
     assert collect(config, settings, out, candidates=trio[:2], task=task)["instances"] == 2
 

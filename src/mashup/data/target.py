@@ -38,7 +38,6 @@ def load_target(config: DataConfig) -> TargetData:
     """Train/test examples for a named task or a data file, with the configured caps applied."""
     from mashup.data.tasks import get_task, is_task_name
 
-    check_sources(config.data, config.train, config.test)
     if is_task_name(config.data) and not (config.train or config.test):
         task = get_task(config.data)
         train, test = task.load()
@@ -61,16 +60,27 @@ def load_target(config: DataConfig) -> TargetData:
 
 
 def check_sources(data: str | None, train: str | None, test: str | None) -> None:
-    """Refuse a target named two ways, one of which would go unread: ``data`` beside a different ``train``
-    file, or a named task beside a ``test`` file. ``data`` FILE with ``test`` means: train on all of FILE."""
+    """Refuse a target named two ways, one of which would go unread: ``data`` beside another ``train`` file (one
+    file spelled two ways is one file), or a named task beside a ``test`` file. ``data`` FILE with ``test`` means:
+    train on all of FILE. Worded for the command line's options and a config's fields alike."""
     from mashup.data.tasks import is_task_name
 
-    usage = "pass --data TASK_OR_FILE (test carved with --test-size) or --train FILE [--test FILE], not both"
-    if data and train and data != train:
-        raise DataError(f"--data {data} and --train {train} both name the train data (--data would go unread)",
-                        None, usage)
+    usage = ("give data (a task or file; test carved with test_size) or train (and test), not both (--data, --train, "
+             "--test on the command line)")
+    if data and train and not _same_file(data, train):
+        raise DataError(f"data {data} and train {train} both name the train data (data would go unread)", None,
+                        usage)
     if data and test and not train and is_task_name(data):
-        raise DataError(f"--test {test} given with the named task {data}, which has its own test split", None, usage)
+        raise DataError(f"test {test} given with the named task {data}, which has its own test split", None, usage)
+
+
+def absolute(path: str | None) -> str | None:
+    """``path`` absolute where it names a local file or dir; else (nothing there, or None) as given."""
+    return str(Path(path).expanduser().absolute()) if path and Path(path).expanduser().exists() else path
+
+
+def _same_file(a: str, b: str) -> bool:
+    return a == b or Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
 
 
 def file_target_name(config: DataConfig) -> str:

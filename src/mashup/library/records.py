@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -120,9 +120,19 @@ def _report_mismatch(report: dict[str, Any], record: CheckpointRecord, ids: list
         return f"it names these weights, {record.id}, as an input of their own merge"
     base = report.get("base")  # {"model", "dir", "identity"} where the merge recorded it
     identity = base.get("identity") if isinstance(base, dict) else None
-    if identity and record.base_identity and identity != record.base_identity:
+    if identity and record.base_identity and identity != record.base_identity and not _legacy_of(record, identity):
         return f"a merge on base {str(identity)[:12]}, but the weights' base is {record.base_identity[:12]}"
     return None
+
+
+def _legacy_of(record: CheckpointRecord, identity: object) -> bool:
+    """Whether ``identity`` is the ``legacy_base_identity`` of ``record``'s base (a merge of records registered
+    before the identity left out files transformers does not load records theirs): the same base, as
+    ``BaseMatcher`` judges it."""
+    from mashup.library.identity import BaseMatcher
+
+    merged_on = replace(record, base_identity=str(identity))
+    return BaseMatcher(record.base_model, record.base_identity).mismatch(merged_on) is None
 
 
 def inspect_lora(path: Path, task: str | None, allow_pickle: bool, check_values: bool = False,

@@ -37,7 +37,9 @@ _COLUMNS = {"checkpoint_sha": "TEXT", "fingerprint": "TEXT", "loss": "REAL", "ac
 
 # How scores are computed from those inputs (the loss's normalisation, the answer tokens counted, ...): bump it
 # with any change that moves a score, so that caches written before the change are not read after it.
-SCORING_VERSION = 1
+# 2: a row with a NaN choice score predicts no choice (``score_batches.predictions``), where the argmax took the
+# first NaN; a cloze row whose other choice is NaN (its loss finite) moved its accuracy.
+SCORING_VERSION = 2
 
 
 def fingerprint(base_dir: Path, requests: Sequence[EncodedRequest], bf16: bool = False) -> str:

@@ -14,7 +14,7 @@ import torch
 from mashup.config import MergeConfig, save_config
 from mashup.io import atomic_output_dir, write_json
 from mashup.errors import MashupError
-from mashup.library.identity import base_identity
+from mashup.library.identity import base_identity, resolve_identity
 from mashup.library.records import CheckpointRecord
 from mashup.merging.compat import reference_key
 from mashup.merging.full import merge_full
@@ -99,12 +99,15 @@ def merge_checkpoints(records: Sequence[CheckpointRecord], config: MergeConfig, 
 
 def _base_info(records: Sequence[CheckpointRecord], base: str | None, base_dir: Path | None
                ) -> dict[str, str | None]:
-    """What the report records of the base: its spelling, the dir the merge read (if any) and its identity."""
-    identity = records[0].base_identity
+    """What the report records of the base: its spelling, the dir the merge read (if any) and its identity (the
+    current one: a record may hold a ``legacy_base_identity``, which the merge's registration would not match)."""
+    spelled = base or records[0].base_model
     if base_dir is not None:
         try:
             identity = base_identity(base_dir)
         except (MashupError, OSError):  # unreadable weights: the merge itself says so where it reads them
             identity = None
-    return {"model": base or records[0].base_model, "dir": str(base_dir.absolute()) if base_dir else None,
+    else:
+        identity = resolve_identity(spelled) or records[0].base_identity
+    return {"model": spelled, "dir": str(base_dir.absolute()) if base_dir else None,
             "identity": identity}

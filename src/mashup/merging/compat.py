@@ -174,7 +174,18 @@ def _same_base(a: CheckpointRecord, b: CheckpointRecord) -> bool:
         return True
     if a.base_model == b.base_model and not (a.base_identity and b.base_identity):
         return True  # one spelling, at most one stored identity: nothing tells them apart
-    return any(BaseMatcher(x.base_model, x.base_identity).mismatch(y) is None for x, y in ((a, b), (b, a)))
+    key = (a.base_model, a.base_identity, b.base_model, b.base_identity)
+    if key not in _MATCHED_BASES:
+        if len(_MATCHED_BASES) >= 256:
+            _MATCHED_BASES.clear()
+        _MATCHED_BASES[key] = any(BaseMatcher(x.base_model, x.base_identity).mismatch(y) is None
+                                  for x, y in ((a, b), (b, a)))
+    return _MATCHED_BASES[key]
+
+
+# selection checks every candidate against the first (1,000 times over a library mixing legacy and new identities):
+# a matcher resolves identities and legacy digests from disk, for the same few (spelling, identity) pairs each time
+_MATCHED_BASES: dict[tuple[str, str | None, str, str | None], bool] = {}
 
 
 def _check_one_base(records: Sequence[CheckpointRecord]) -> None:

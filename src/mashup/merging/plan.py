@@ -161,6 +161,10 @@ def build_plan(records: Sequence[CheckpointRecord], config: MergeConfig) -> Merg
     kind = records[0].kind
     lora_mode = resolve_lora_mode(method, config.lora_mode) if kind == "lora" else None
     check_records(records, method, lora_mode)
+    if method.uses_lambda and config.lambda_ == 0 and lora_mode == "ab":
+        raise MergeError(f"lambda 0 makes every LoRA factor of a {method.name} merge in mode ab zero: an adapter "
+                         "holding none of the checkpoints, whose gradients are all zero, so it could not even train",
+                         None, "give a non-zero --lambda, or --lora-mode delta")
     density = method.resolve_density(config.density) if method.uses_density else None
     params = MergeParams(density=density, lambda_=config.lambda_, normalize=normalize, sign=config.sign)
     plan = MergePlan(method, records, weights, params, config, kind, lora_mode)

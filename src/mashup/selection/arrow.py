@@ -26,16 +26,26 @@ def prototypes_of(factors: StackedFactors) -> dict[str, torch.Tensor]:
     R comes from the Cholesky factor of A A^T (= R^T R) and the top right singular vector of B R^T from
     the r x r eigenproblem of its Gram matrix, instead of a QR and an SVD per matrix: LAPACK's fixed
     cost per call, not the arithmetic, set the time of the many small factorisations, so every module's
-    problems are solved in one batched call. Factors whose A A^T is singular take the QR route.
+    problems are solved in one batched call. Factors whose A A^T is singular take the QR route. An adapter
+    whose problems are not finite or do not converge (factors that overflow float32) has no prototype: its
+    rows are NaN (and so its affinity), and the others' come out as they would without it.
     """
     # the r x r Gram matrices in float32 (no float64 copy of the factors), everything after in float64
     gram_a = torch.stack([a @ a.transpose(1, 2) for a, _ in factors.values()]).double()  # [modules, C, r, r]
     gram_b = torch.stack([b.transpose(1, 2) @ b for _, b in factors.values()]).double()
-    lower, info = torch.linalg.cholesky_ex(gram_a)  # A A^T = L L^T: R = L^T
+    broken = ~(_finite(gram_a) & _finite(gram_b)).all(dim=0)  # [C]
+    eye = torch.eye(gram_a.shape[-1], dtype=gram_a.dtype, device=gram_a.device)
+    # identity placeholders for the broken adapters: one NaN would fail (or spoil) the whole batched call
+    lower, info = torch.linalg.cholesky_ex(_masked(gram_a, broken, eye))  # A A^T = L L^T: R = L^T
     singular = info != 0
-    eye = torch.eye(lower.shape[-1], dtype=lower.dtype, device=lower.device)
     lower = torch.where(singular[..., None, None], eye, lower)  # placeholders, replaced below
-    _, eigenvectors = torch.linalg.eigh(lower.transpose(-1, -2) @ gram_b @ lower)  # ascending: top one last
+    matrices = lower.transpose(-1, -2) @ _masked(gram_b, broken, eye) @ lower
+    try:
+        _, eigenvectors = torch.linalg.eigh(matrices)  # ascending: the top one last
+    except torch.linalg.LinAlgError:  # LAPACK gave up on one: solve each adapter's alone, without the failing
+        eigenvectors, failed = _eigh_each(matrices)
+        broken |= failed
+    singular &= ~broken[None, :]
     w = torch.linalg.solve_triangular(lower.transpose(-1, -2), eigenvectors[..., -1:], upper=True).float()
     redo: dict[int, list[int]] = {}
     for k, i in torch.nonzero(singular).tolist():
@@ -45,8 +55,33 @@ def prototypes_of(factors: StackedFactors) -> dict[str, torch.Tensor]:
         vectors = (a.transpose(1, 2) @ w[k]).squeeze(-1)  # Q w = A^T R^-1 w, [C, in]
         for i in redo.get(k, []):
             vectors[i] = _top_right_vector(a[i].double(), b[i].double()).float()
-        out[module] = vectors / vectors.norm(dim=1, keepdim=True)
+        vectors = vectors / vectors.norm(dim=1, keepdim=True)
+        out[module] = vectors.masked_fill(broken[:, None], torch.nan)
     return out
+
+
+def _finite(grams: torch.Tensor) -> torch.Tensor:
+    """[modules, C]: whether each adapter's module Gram matrix is finite."""
+    return grams.isfinite().flatten(2).all(dim=2)
+
+
+def _masked(grams: torch.Tensor, broken: torch.Tensor, eye: torch.Tensor) -> torch.Tensor:
+    return torch.where(broken[None, :, None, None], eye, grams)
+
+
+def _eigh_each(matrices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``eigh``'s eigenvectors of each adapter's problems (``matrices``: [modules, C, r, r]) solved apart, and
+    [C]: whose LAPACK could not solve (identity placeholders)."""
+    failed = torch.zeros(matrices.shape[1], dtype=torch.bool, device=matrices.device)
+    vectors = []
+    for c in range(matrices.shape[1]):
+        try:
+            vectors.append(torch.linalg.eigh(matrices[:, c])[1])
+        except torch.linalg.LinAlgError:
+            failed[c] = True
+            vectors.append(torch.eye(matrices.shape[-1], dtype=matrices.dtype,
+                                     device=matrices.device).expand_as(matrices[:, c]))
+    return torch.stack(vectors, dim=1), failed
 
 
 def _top_right_vector(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -30,6 +30,7 @@ from mashup.selection.factors import FactorReader, StackedFactors, factor_count
 from mashup.selection.first_order import predicted_changes
 from mashup.selection.probe import Probe, run_probe
 from mashup.selection.signal_cache import SignalCache, weights_key
+from mashup.selection.signal_ranking import best_by_signals
 from mashup.selection.slots import SlotLayout, input_features
 
 logger = logging.getLogger(__name__)
@@ -97,12 +98,22 @@ def run_prefilter(records: Sequence[CheckpointRecord], requests: Sequence[Encode
             values[signal].update(new)
             if value_cache is not None:
                 value_cache.put_signals(signal, fingerprint, {keys[i]: v for i, v in new.items()})
-    chosen = best_by_signals(values, count)
-    ranked = {r.id for r in eligible}
+    # a candidate a signal has no value for (Arrow's of factors that overflow) is kept unranked, as the ineligible are
+    ranked = {r.id for r in eligible if all(r.id in values[signal] for signal in config.signals)}
+    _warn_unranked([r for r in eligible if r.id not in ranked])
+    chosen = best_by_signals({signal: {i: v for i, v in got.items() if i in ranked} for signal, got in values.items()},
+                             count)
     result.kept = [r for r in records if r.id not in ranked or r.id in chosen]
     result.values = values
     result.seconds = time.perf_counter() - start
     return result
+
+
+def _warn_unranked(records: Sequence[CheckpointRecord]) -> None:
+    if records:
+        logger.warning("the prefilter has no value for %s (factors that overflow float32): kept unranked, the "
+                       "scores decide; check the weights, or `mashup library remove %s`",
+                       ", ".join(f"{r.id} ({r.path})" for r in records), " ".join(r.id for r in records))
 
 
 def _most_common_modules(module_sets: Iterable[tuple[str, ...]]) -> tuple[str, ...]:
@@ -217,6 +228,7 @@ class _ArrowMatch:
         for record in records:
             self.ids_by_key.setdefault(keys[record.id], []).append(record.id)
         self.values: dict[str, float] = {}
+        self.unranked: set[str] = set()  # ids whose prototypes are NaN (``prototypes_of``): no value
 
     def match_cached(self) -> None:
         """Match the rows the cache has, a block at a time (``arrow_block_rows``)."""
@@ -228,7 +240,8 @@ class _ArrowMatch:
         """Whether the record's row is to be made from its factors: wanted, not matched yet, and the first
         of its copies."""
         owners = self.ids_by_key.get(self.keys.get(record.id), [])
-        return bool(owners) and owners[0] == record.id and record.id not in self.values
+        matched = record.id in self.values or record.id in self.unranked
+        return bool(owners) and owners[0] == record.id and not matched
 
     def match_new(self, records: Sequence[CheckpointRecord], rows: torch.Tensor) -> None:
         """Match rows made from the factors (float16 on the CPU, as the cache keeps them) and cache them."""
@@ -241,7 +254,10 @@ class _ArrowMatch:
         for start in range(0, len(owners), self.block_rows):
             block = rows[start:start + self.block_rows].to(self.device)
             for ids, value in zip(owners[start:start + self.block_rows], affinity(self.units, block, self.layout)):
-                self.values.update((i, _finite_or_worst(-value)) for i in ids)
+                if math.isfinite(value):
+                    self.values.update((i, -value) for i in ids)
+                else:
+                    self.unranked.update(ids)
 
 
 def arrow_block_rows(layout: Layout) -> int:
@@ -274,22 +290,3 @@ def _chunks(records: Sequence[CheckpointRecord], size: int) -> list[list[Checkpo
         step = max(1, min(size, CHUNK_BYTES // (4 * factor_count(group[0]))))
         chunks += [group[i:i + step] for i in range(0, len(group), step)]
     return chunks
-
-
-def best_by_signals(values: dict[str, dict[str, float]], count: int) -> set[str]:
-    """The ``count`` ids the signals rank best (lowest value first, ties by id), taken from each in turn."""
-    return _round_robin([sorted(v, key=lambda i: (v[i], i)) for v in values.values()], count)
-
-
-def _round_robin(rankings: Sequence[Sequence[str]], count: int) -> set[str]:
-    """Take the next best of each ranking in turn until ``count`` distinct ids are taken."""
-    chosen: set[str] = set()
-    cursors = [0] * len(rankings)
-    while len(chosen) < count and any(c < len(r) for c, r in zip(cursors, rankings)):
-        for i, ranking in enumerate(rankings):
-            while cursors[i] < len(ranking) and ranking[cursors[i]] in chosen:
-                cursors[i] += 1
-            if cursors[i] < len(ranking) and len(chosen) < count:
-                chosen.add(ranking[cursors[i]])
-                cursors[i] += 1
-    return chosen

@@ -80,7 +80,7 @@ class ScoreStore:
             if record.sha256 in found:
                 loss, accuracy, n, seconds, losses, applies = found[record.sha256]
                 loss = math.nan if loss is None else loss  # SQLite keeps a NaN as NULL; it ranks last (scoring.rank)
-                if accuracy is None and self.needs_accuracy:
+                if accuracy is None and self.needs_accuracy and math.isfinite(loss):  # not finite: no accuracy
                     continue
                 if applies is not None and applies != record.applies:  # same weights, another alpha (rank, ...)
                     continue
@@ -92,10 +92,13 @@ class ScoreStore:
         return out
 
     def store(self, requests: Sequence[EncodedRequest], scores: Sequence[tuple[CheckpointRecord, PrefixScore]]) -> None:
+        """Cache these scores on exactly ``requests``; a loss that is not finite is kept with no accuracy (its
+        predictions come from NaN logits: no answers, ``CheckpointScore``)."""
         if self.cache is not None and scores:
             info = {**self.sample_info, "samples": len(requests)}
             self.cache.put(fingerprint(self.base_dir, requests, self.bf16),
-                           [(r.sha256, s.loss, s.accuracy, s.n, s.seconds, s.losses, r.applies) for r, s in scores],
+                           [(r.sha256, s.loss, s.accuracy if math.isfinite(s.loss) else None, s.n, s.seconds,
+                             s.losses, r.applies) for r, s in scores],
                            target=info.get("target"), sample=info)
 
 

@@ -175,8 +175,7 @@ def halving(context: SelectionContext, records: Sequence[CheckpointRecord]) -> l
         ranked, scores = _ranked(context, survivors, n)
         spent += len(survivors) * (prefix_tokens[n] - prefix_tokens[previous])
         if i == len(rounds) - 1:
-            everyone = ranked + [s for group in reversed(dropped) for s in group]
-            return sorted(everyone, key=lambda s: not s.finite)  # stable: not finite last, as ``rank`` has it
+            return _final_ranking(ranked, dropped)
         keep = rounds[i + 1][1]
         close = close_contenders(ranked, scores, keep, config.k, within_se)
         if budget < math.inf:
@@ -185,7 +184,25 @@ def halving(context: SelectionContext, records: Sequence[CheckpointRecord]) -> l
         kept = {s.id for s in ranked[:keep] + close if s.finite}
         dropped.append([s for s in ranked if s.id not in kept])
         survivors = [by_id[s.id] for s in ranked if s.id in kept]
+        _fewer_alive(context, rounds, i, len(survivors))
+        if not survivors:  # every one not finite: nothing left to score
+            return _final_ranking([], dropped)
     raise AssertionError("a schedule has at least one round")
+
+
+def _final_ranking(ranked: list[CheckpointScore], dropped: list[list[CheckpointScore]]) -> list[CheckpointScore]:
+    """The last round's ranking, then each earlier round's dropped candidates, latest first."""
+    everyone = ranked + [s for group in reversed(dropped) for s in group]
+    return sorted(everyone, key=lambda s: not s.finite)  # stable: not finite last, as ``rank`` has it
+
+
+def _fewer_alive(context: SelectionContext, rounds: list[tuple[int, int]], i: int, alive: int) -> None:
+    """Cap the schedule's rounds past ``i`` at ``alive`` candidates, in place, and un-plan the work cut: where
+    losses that are not finite were dropped, fewer than planned survive, and later rounds score only those."""
+    unplanned = sum(max(0, rounds[j][1] - alive) * (rounds[j][0] - rounds[j - 1][0]) for j in range(i + 1, len(rounds)))
+    if unplanned:
+        context.plan(-unplanned)
+        rounds[i + 1:] = [(n, min(planned, alive)) for n, planned in rounds[i + 1:]]
 
 
 def prefilter_halving(context: SelectionContext, records: Sequence[CheckpointRecord]) -> list[CheckpointScore]:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -13,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from mashup.cli_options import JsonOpt, PrecisionOpt, err, given
+from mashup.cli_options import JsonOpt, PrecisionOpt, emit, err, given
 from mashup.config import TrainConfig, load_config
 from mashup.progress import started_on_first_use, task_on_first_update
 from mashup.switch.config import (SYSTEMS, CollectConfig, RewardConfig, SwitchConfig, SwitchEvalConfig,
@@ -62,8 +60,9 @@ def _config(path: Path, segment_tokens: int | None = None, max_new_tokens: int |
 
 
 def _emit(data: Any, as_json: bool, text: str) -> None:
+    """``data`` as strict JSON with ``--json`` (as every verb writes it), else ``text`` as it is."""
     if as_json:
-        sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+        emit(data, as_json)
     else:
         Console().print(text, markup=False, highlight=False, soft_wrap=True)  # "[name] ..." is text, not a style
 

@@ -9,8 +9,8 @@ mean reward; an instance where every candidate ties is kept in the log but not u
 Every instance is one JSON line appended (and fsynced) to ``rollouts.jsonl``, with all its rollouts and
 rewards. Each instance's randomness comes from ``(seed, index)`` alone, so a run killed part-way resumes
 with the instances not yet logged and gives the same file. ``task_data.json`` records the task data's
-fingerprint, and a resume on other data is refused. ``summary.json`` is written last: a collect dir without
-it is unfinished.
+fingerprint (of its rows in order), and a resume on other data, or on its rows reordered, is refused.
+``summary.json`` is written last: a collect dir without it is unfinished.
 """
 
 from __future__ import annotations
@@ -33,12 +33,14 @@ from mashup.switch.candidates import Candidate, load_candidates
 from mashup.switch.config import SWITCH_CONFIG, CollectConfig, SwitchConfig
 from mashup.switch.generation import Plan, Segment, fixed, random_chooser, switch_generate
 from mashup.switch.rewards import Reward, build_reward, reward_name
-from mashup.switch.tasks import SwitchItem, SwitchTask, load_switch_task, task_fingerprint
+from mashup.switch.tasks import (SwitchItem, SwitchTask, load_switch_task, ordered_task_fingerprint,
+                                 task_fingerprint)
 from mashup.provenance import write_version
 
 logger = logging.getLogger(__name__)
 ROLLOUTS, SUMMARY = "rollouts.jsonl", "summary.json"
 COLLECT_CONFIG, TASK_DATA = "collect_config.yaml", "task_data.json"
+ORDERED = "ordered_fingerprint"  # task_data.json's key for the digest of the task's items in order
 ProgressFn = Callable[[int, int], None]
 
 
@@ -171,31 +173,43 @@ def _started(name: str) -> bool:
     return name in (SWITCH_CONFIG, "version.json", TASK_DATA) or (name.startswith(".") and name.endswith(".tmp"))
 
 
-def _require_same_data(out: Path, task: str, fingerprint: str) -> None:
-    """Refuse to resume on other task data (another file under the same name, or the file edited): the log
-    would mix instances of both. A collect started before the fingerprint was recorded resumes unchecked."""
+def _task_data(task: SwitchTask, name: str) -> dict:
+    """What ``task_data.json`` records: the task data's digest in order (instances are drawn by position), and
+    its order-free digest, which collects started before the order was recorded hold alone."""
+    return {"task": name, ORDERED: ordered_task_fingerprint(task), "fingerprint": task_fingerprint(task)}
+
+
+def _require_same_data(out: Path, task: str, current: dict) -> None:
+    """Refuse to resume on other task data (another file under the same name, the file edited or its rows
+    reordered): the log would mix instances of both. A collect started before the fingerprint was recorded
+    resumes unchecked; one whose record has no ordered digest is checked on its order-free one (the order it was
+    started on is not known, and the same rows may well be in the same order)."""
     path = out / TASK_DATA
     if not path.is_file():
         logger.debug("%s has no %s: resuming without checking the task data", out, TASK_DATA)
         return
     try:
-        recorded = json.loads(path.read_text())["fingerprint"]
+        record = json.loads(path.read_text())
+        key = ORDERED if ORDERED in record else "fingerprint"
+        recorded = record[key]
     except (OSError, ValueError, KeyError, TypeError):
         raise MashupError(f"unreadable {TASK_DATA}", str(path), "collect into a new --out, or delete this dir and "
                           "run the collect again") from None
-    if recorded != fingerprint:
-        raise MashupError(f"task '{task}' holds other data than the collect in this dir was started on "
-                          f"(fingerprint {fingerprint[:12]}, not {str(recorded)[:12]})", str(out),
+    if key != ORDERED:
+        logger.debug("%s records no ordered digest: the task's rows are checked, not their order", path)
+    if recorded != current[key]:
+        raise MashupError(f"task '{task}' holds other data (or its rows in another order) than the collect in this "
+                          f"dir was started on (fingerprint {current[key][:12]}, not {str(recorded)[:12]})", str(out),
                           "collect into a new --out, or delete this dir to start again on the new data")
 
 
-def _start(out: Path, config: SwitchConfig, collect_config: CollectConfig, fingerprint: str) -> None:
+def _start(out: Path, config: SwitchConfig, collect_config: CollectConfig, task_data: dict) -> None:
     out.mkdir(parents=True, exist_ok=True)
     for stale in out.glob(".*.tmp"):  # a config write an earlier, killed start cut short
         stale.unlink()
     save_config(config, out / SWITCH_CONFIG)
     write_version(out)
-    write_json(out / TASK_DATA, {"task": collect_config.task, "fingerprint": fingerprint})
+    write_json(out / TASK_DATA, task_data)
     save_config(collect_config, out / COLLECT_CONFIG)  # last: its presence makes the dir a collect to resume
 
 
@@ -211,9 +225,9 @@ def collect(config: SwitchConfig, collect_config: CollectConfig, out: str | Path
     out = Path(out)
     resuming = _resumable(out, config, collect_config)
     task = task or load_switch_task(collect_config.task)
-    fingerprint = task_fingerprint(task)
+    task_data = _task_data(task, collect_config.task)
     if resuming:
-        _require_same_data(out, collect_config.task, fingerprint)
+        _require_same_data(out, collect_config.task, task_data)
     items = sample(task.train, collect_config.instances, collect_config.seed)  # type: ignore[arg-type]
     aligned = config.aligned_index()
     generation = config.generation.model_copy(update={
@@ -224,7 +238,7 @@ def collect(config: SwitchConfig, collect_config: CollectConfig, out: str | Path
     candidates = list(candidates or load_candidates(config.candidates, config.library, precision=config.precision))
     reward = build_reward(chosen, collect_config.reward, task, candidates[aligned if aligned is not None else 0])
     if not resuming:
-        _start(out, config, collect_config, fingerprint)
+        _start(out, config, collect_config, task_data)
     log = RolloutLog(out / ROLLOUTS, resume=True)
     done = log.done
     if progress:  # every check has passed: a progress bar may appear now

@@ -2,21 +2,22 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BeforeValidator, Field, model_validator
+from pydantic import BeforeValidator, Field, field_validator, model_validator
 
 from mashup.config import BASE_SPELLINGS, Finite, Precision, StageConfig, TrainConfig
 
+logger = logging.getLogger(__name__)
 ALIGNED = "aligned"
 # the switch config a collect, a switcher training and an eval each write into their output dir
 SWITCH_CONFIG = "switch_config.yaml"
 # the eval rows beside each candidate alone ("alone:NAME"), in the order an eval runs them
 SYSTEMS = ("random", "switcher-untrained", "switcher-trained", "router", "logit-average", "merge")
 ChatTemplate = Literal["auto", "on", "off"]
-# only 'aligned' changes what a candidate does; the others label it (in traces, tables and the collect's key)
-Role = Literal["aligned", "pretrained", "expert", "candidate"]
 RewardMode = Literal["binary", "margin"]
 
 
@@ -27,9 +28,21 @@ class CandidateConfig(StageConfig):
     model: str | None = Field(None, description=BASE_SPELLINGS)
     adapter: str | None = Field(None, description="a LoRA adapter dir on `model`")
     checkpoint: str | None = Field(None, description="a library checkpoint id (LoRA on its base, or a full model)")
-    role: Role = Field("candidate", description=f"'{ALIGNED}' writes the first and last segments; pretrained, "
-                                                "expert and candidate are labels")
+    role: str = Field("candidate", description=f"'{ALIGNED}' writes the first and last segments; any other "
+                                               "role (pretrained, expert, ...) is a free label")
     chat_template: ChatTemplate = Field("auto", description="auto: apply it when the tokenizer has one")
+
+    @field_validator("role")
+    @classmethod
+    def _not_misspelt_aligned(cls, role: str) -> str:
+        """Only 'aligned' changes what a candidate does, so a near miss of it would silently be a label."""
+        folded = role.strip().lower()
+        # a label built on the word ("unaligned", "misaligned") is a label; "Aligned", "aligend" are near misses
+        if role != ALIGNED and (folded == ALIGNED or ALIGNED not in folded and _edit_distance(folded, ALIGNED) <= 2):
+            raise ValueError(f"role '{role}' reads as a misspelt '{ALIGNED}' (the one role that changes what a "
+                             f"candidate does: it writes the first and last segments); write '{ALIGNED}', or a "
+                             "label further from it")
+        return role
 
     @model_validator(mode="after")
     def _one_source(self) -> CandidateConfig:
@@ -46,15 +59,61 @@ class CandidateConfig(StageConfig):
         return f"{source}+{str(self.adapter).rstrip('/').rsplit('/', 1)[-1]}" if self.adapter else source
 
 
+def _edit_distance(a: str, b: str) -> int:
+    """Levenshtein distance (insertions, deletions, substitutions)."""
+    row = list(range(len(b) + 1))
+    for i, x in enumerate(a, start=1):
+        previous, row[0] = row[0], i
+        for j, y in enumerate(b, start=1):
+            previous, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, previous + (x != y))
+    return row[-1]
+
+
 def _place(path: str | None) -> str | None:
     """A local path resolved (the same dir from any working dir); a Hub id or named base as given."""
     return str(Path(path).expanduser().resolve()) if path and Path(path).expanduser().exists() else path
 
 
-def candidate_key(candidate: CandidateConfig) -> tuple:
-    """What a label's (or a switcher's digit's) index stands for: the candidate's weights and its role (paths
-    compared resolved)."""
-    return candidate.checkpoint, _place(candidate.model), _place(candidate.adapter), candidate.role
+def _same_place(recorded: str | None, given: str | None) -> bool:
+    """Whether a recorded model or adapter spelling names the given one: equal, or the same dir resolved.
+
+    A relative recorded path (a collect records its candidates as given, and so did `switch train` before it
+    recorded them resolved) was relative to a working dir that is not known: it matches a given dir whose path
+    ends with it (``models/m1`` matches ``/work/proj/models/m1``), the most that can be compared.
+    """
+    if recorded == given:
+        return True
+    if recorded is None or given is None:
+        return False
+    here = _place(given)
+    if _place(recorded) == here:
+        return True
+    parts = [part for part in Path(recorded).parts if part not in (".", "..")]
+    if Path(recorded).expanduser().is_absolute() or not parts or not Path(str(here)).is_absolute():
+        return False
+    same = Path(str(here)).parts[-len(parts):] == tuple(parts)
+    if same:
+        logger.debug("recorded relative path %s taken as %s (the dir it was relative to is not known)", recorded, here)
+    return same
+
+
+def candidates_difference(recorded: Sequence[CandidateConfig], given: Sequence[CandidateConfig]) -> str | None:
+    """The first way ``given`` differs from ``recorded`` in what a label's (or a switcher digit's) index stands
+    for: the candidate's weights (checkpoint id, model, adapter) and whether it is the aligned one; None when the
+    same. Names and other role labels are only labels, and are not compared."""
+    for index, (old, new) in enumerate(zip(recorded, given)):
+        fields = {"checkpoint": (old.checkpoint, new.checkpoint, old.checkpoint == new.checkpoint),
+                  "model": (old.model, new.model, _same_place(old.model, new.model)),
+                  "adapter": (old.adapter, new.adapter, _same_place(old.adapter, new.adapter)),
+                  "role": (old.role, new.role, (old.role == ALIGNED) == (new.role == ALIGNED))}
+        for field, (was, now, same) in fields.items():
+            if not same:
+                return f"candidate {index} ({old.label()}): {field} {was} recorded, {now} in the config"
+    if len(recorded) == len(given):
+        return None
+    first = min(len(recorded), len(given))
+    extra, side = (recorded[first], "recorded") if len(recorded) > len(given) else (given[first], "in the config")
+    return f"candidate {first} ({extra.label()}): only {side} ({len(recorded)} recorded, {len(given)} in the config)"
 
 
 def resolved_candidate(candidate: CandidateConfig) -> CandidateConfig:

@@ -24,7 +24,7 @@ from mashup.library.lora_config import ADAPTER_CONFIG
 from mashup.config import Precision, load_config
 from mashup.models import (autocast, default_device, load_model, load_tokenizer, merged_adapter, resolve_base_dir,
                            resolve_precision)
-from mashup.switch.config import SWITCH_CONFIG, CandidateConfig, SwitchConfig, candidate_key
+from mashup.switch.config import SWITCH_CONFIG, CandidateConfig, SwitchConfig, candidates_difference
 from mashup.switch.generation import Segment, segment_generator
 
 logger = logging.getLogger(__name__)
@@ -143,9 +143,8 @@ def require_adapter_candidates(adapter: Path, candidates: Sequence[CandidateConf
     if not recorded_path.is_file():
         logger.debug("no %s beside the switcher adapter %s: its candidates are not checked", SWITCH_CONFIG, adapter)
         return
-    recorded = load_config(recorded_path, SwitchConfig).candidates
-    if [candidate_key(c) for c in recorded] != [candidate_key(c) for c in candidates]:
-        raise CheckpointError(f"the switcher adapter was trained for other candidates "
-                              f"({', '.join(c.label() for c in recorded)}) than the config's "
-                              f"({', '.join(c.label() for c in candidates)})", str(adapter),
+    difference = candidates_difference(load_config(recorded_path, SwitchConfig).candidates, candidates)
+    if difference is not None:
+        raise CheckpointError(f"the switcher adapter was trained for other candidates than the config's "
+                              f"({difference})", str(adapter),
                               f"use the candidates of {recorded_path} in that order, or train a switcher for these")

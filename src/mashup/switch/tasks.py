@@ -11,6 +11,7 @@ CSV, Parquet or a saved HF dataset dir, as ``mashup eval --data`` reads them.
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -52,6 +53,16 @@ def task_fingerprint(task: SwitchTask) -> str:
     for any order or split of the same rows. An open question counts as a one-choice example of its answer."""
     items = [*task.train, *task.test]
     return examples_fingerprint(item.example or MCExample(item.query, (str(item.gold),), 0) for item in items)
+
+
+def ordered_task_fingerprint(task: SwitchTask) -> str:
+    """A digest of the task's items in their order, train half then test half: a collect's instances are drawn
+    from the train half by position, so the same rows in another order (or split) digest differently."""
+    def rows(items: list[SwitchItem]) -> list[list]:
+        return [[item.query, item.gold, None if item.example is None else
+                 [item.example.context, item.example.question, list(item.example.choices), item.example.answer]]
+                for item in items]
+    return hashlib.sha256(json.dumps([rows(task.train), rows(task.test)]).encode()).hexdigest()
 
 
 OPEN_FILES = {"gsm8k": "gsm8k/gold_bpb_5shot/requests.jsonl.gz",

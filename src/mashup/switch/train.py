@@ -19,7 +19,7 @@ from mashup.errors import MashupError
 from mashup.io import atomic_output_dir, write_json
 from mashup.models import default_device, load_tokenizer, resolve_base_dir, resolve_precision
 from mashup.switch.collect import ROLLOUTS, labelled_instances
-from mashup.switch.config import SWITCH_CONFIG, SwitchConfig, candidate_key, resolved_candidate
+from mashup.switch.config import SWITCH_CONFIG, SwitchConfig, candidates_difference, resolved_candidate
 from mashup.switch.generation import Segment
 from mashup.switch.switcher import switcher_request
 from mashup.training import ProgressFn, prepare_model, save_trained, total_steps, train
@@ -60,10 +60,9 @@ def _require_same_candidates(config: SwitchConfig, collect_dir: Path) -> None:
     if not recorded_path.is_file():
         raise MashupError(f"not a collect dir (no {SWITCH_CONFIG})", str(collect_dir),
                           "give the --out dir of `mashup switch collect`")
-    recorded = load_config(recorded_path, SwitchConfig).candidates
-    if [candidate_key(c) for c in recorded] != [candidate_key(c) for c in config.candidates]:
-        raise MashupError(f"the collect labelled other candidates ({', '.join(c.label() for c in recorded)}) than "
-                          f"--config ({', '.join(c.label() for c in config.candidates)})", str(collect_dir),
+    difference = candidates_difference(load_config(recorded_path, SwitchConfig).candidates, config.candidates)
+    if difference is not None:
+        raise MashupError(f"the collect labelled other candidates than --config's ({difference})", str(collect_dir),
                           "train with the switch config the collect was made with, in the same order")
 
 

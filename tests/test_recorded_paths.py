@@ -1,0 +1,64 @@
+"""What train and run outputs record about their inputs holds from any working dir: local paths are written
+absolute (an adapter's base, the data, a run's out and the library it read), named tasks and models as given; so
+PEFT and `library add` find an adapter's base, and a run's run_config.yaml reruns it from elsewhere."""
+
+import json
+import shutil
+from pathlib import Path
+
+import yaml
+
+from mashup.library import Library
+from tests.test_cli import run_cli
+
+
+def _work_dir(tmp_path, tiny_base, mc_file) -> Path:
+    """A project dir holding the base and the data, to be named relative to it."""
+    work = tmp_path / "work"
+    work.mkdir()
+    shutil.copytree(tiny_base, work / "base")
+    shutil.copy(mc_file, work / "target.jsonl")
+    return work
+
+
+def test_train_records_absolute_paths(tmp_path, tiny_base, mc_file, capsys, monkeypatch):
+    work = _work_dir(tmp_path, tiny_base, mc_file)
+    monkeypatch.chdir(work)
+    run_cli(["train", "--base", "base", "--data", "target.jsonl", "--out", "trained", "--max-steps", 1,
+             "--batch-size", 4, "--scoring", "letter", "--max-length", 96], capsys, monkeypatch)
+    adapter = work / "trained" / "adapter"
+    assert json.loads((adapter / "adapter_config.json").read_text())["base_model_name_or_path"] == str(work / "base")
+    data = yaml.safe_load((work / "trained" / "data_config.yaml").read_text())
+    assert data["data"] == str(work / "target.jsonl")
+    assert json.loads((work / "trained" / "result.json").read_text())["out"] == str(work / "trained")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    (record,) = Library(tmp_path / "lib").add([adapter])
+    assert record.base_model == str(work / "base") and record.base_identity is not None
+
+
+def test_a_named_task_is_recorded_by_name(tmp_path):
+    from mashup.config import DataConfig
+
+    assert DataConfig(data="arc_easy").recorded().data == "arc_easy"
+    assert DataConfig(data="nosuch.jsonl").recorded().data == "nosuch.jsonl"  # nothing there: as given
+
+
+def test_a_runs_config_reruns_it_from_another_dir(tmp_path, tiny_base, tiny_loras, mc_file, capsys, monkeypatch):
+    work = _work_dir(tmp_path, tiny_base, mc_file)
+    Library(work / "lib").add(tiny_loras[:2])
+    monkeypatch.chdir(work)
+    monkeypatch.setenv("MASHUP_LIBRARY", "lib")
+    args = ["--samples", 4, "--k", 2, "--max-steps", 1, "--batch-size", 4, "--scoring", "letter", "--max-length", 96,
+            "--no-register"]
+    run_cli(["run", "--base", "base", "--data", "target.jsonl", "--out", "run1", *args], capsys, monkeypatch)
+    recorded = yaml.safe_load((work / "run1" / "run_config.yaml").read_text())
+    assert recorded["base"] == str(work / "base") and recorded["data"]["data"] == str(work / "target.jsonl")
+    assert recorded["library"] == str(work / "lib") and recorded["out"] == str(work / "run1")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    monkeypatch.delenv("MASHUP_LIBRARY")
+    run_cli(["run", "--config", work / "run1" / "run_config.yaml", "--out", "run2"], capsys, monkeypatch)
+    assert (elsewhere / "run2" / "summary.json").is_file()
