@@ -69,7 +69,8 @@ def orderings(target: str, samples: int, count: int) -> list[list[int]]:
 def sweep(args: argparse.Namespace) -> dict:
     """Each setting on every target and ordering: rates of top-1 kept and same top 2, mean token cost."""
     from mashup.library import Library
-    from mashup.selection.prefilter import PrefilterResult, best_by_signals
+    from mashup.selection.prefilter import PrefilterResult
+    from mashup.selection.signal_ranking import best_by_signals
 
     library = Library(bench_dir(args) / "library")
     rows: dict[str, dict[str, list[tuple[bool, bool, float]]]] = {}

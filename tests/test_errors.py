@@ -18,3 +18,11 @@ def test_a_value_is_quoted_as_json_cut_the_same_way_with_its_spaces_kept():
 
 def test_an_error_is_one_line_of_what_where_and_fix():
     assert MashupError("bad value", "run.yaml", "fix it").line() == "bad value in run.yaml; fix it"
+
+
+def test_names_are_listed_up_to_a_count_then_counted():
+    from mashup.errors import listed
+
+    assert listed(["a", "b"]) == "a, b"
+    assert listed([str(i) for i in range(8)]) == "0, 1, 2, 3, 4 and 3 more"
+    assert listed(["a", "b", "c"], shown=2) == "a, b and 1 more"

@@ -40,9 +40,29 @@ def test_train_records_absolute_paths(tmp_path, tiny_base, mc_file, capsys, monk
 
 def test_a_named_task_is_recorded_by_name(tmp_path):
     from mashup.config import DataConfig
+    from mashup.data.target import recorded_data_config
 
-    assert DataConfig(data="arc_easy").recorded().data == "arc_easy"
-    assert DataConfig(data="nosuch.jsonl").recorded().data == "nosuch.jsonl"  # nothing there: as given
+    assert recorded_data_config(DataConfig(data="arc_easy")) == DataConfig(data="arc_easy")
+    assert recorded_data_config(DataConfig(data="nosuch.jsonl")).data == "nosuch.jsonl"  # nothing there: as given
+
+
+def test_a_file_targets_name_is_recorded_as_it_was_derived(tmp_path, monkeypatch):
+    """A file called train.jsonl is named after its dir: the working dir's, when it is given bare. Recorded
+    absolute, the path alone would name it after the dir above; so the name is written out."""
+    from mashup.config import DataConfig
+    from mashup.data.target import load_target, recorded_data_config
+    from tests.conftest import write_mc_jsonl
+
+    project = tmp_path / "proj"
+    project.mkdir()
+    write_mc_jsonl(project / "train.jsonl", 20)
+    monkeypatch.chdir(project)
+    config = DataConfig(data="train.jsonl")
+    assert load_target(config).name == "train"  # a bare file name: no dir to name it after
+    recorded = recorded_data_config(config)
+    assert recorded.data == str(project / "train.jsonl")
+    monkeypatch.chdir(tmp_path)
+    assert load_target(recorded).name == "train"
 
 
 def test_a_runs_config_reruns_it_from_another_dir(tmp_path, tiny_base, tiny_loras, mc_file, capsys, monkeypatch):
@@ -62,3 +82,18 @@ def test_a_runs_config_reruns_it_from_another_dir(tmp_path, tiny_base, tiny_lora
     monkeypatch.delenv("MASHUP_LIBRARY")
     run_cli(["run", "--config", work / "run1" / "run_config.yaml", "--out", "run2"], capsys, monkeypatch)
     assert (elsewhere / "run2" / "summary.json").is_file()
+
+
+def test_a_run_writes_where_its_record_says(tmp_path, tiny_base, tiny_loras, mc_file, capsys, monkeypatch):
+    """`out: ~/runs/x` is the home dir's runs/x (as recorded), not a dir called ~ in the working dir."""
+    work = _work_dir(tmp_path, tiny_base, mc_file)
+    Library(work / "lib").add(tiny_loras[:2])
+    monkeypatch.chdir(work)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    run_cli(["run", "--base", "base", "--data", "target.jsonl", "--out", "~/runs/x", "--library", "lib", "--samples",
+             4, "--max-steps", 1, "--batch-size", 4, "--scoring", "letter", "--max-length", 96, "--no-register"],
+            capsys, monkeypatch)
+    out = tmp_path / "home" / "runs" / "x"
+    assert not (work / "~").exists() and (out / "summary.json").is_file()
+    assert yaml.safe_load((out / "run_config.yaml").read_text())["out"] == str(out)
+    assert json.loads((out / "mashup" / "result.json").read_text())["out"] == str(out / "mashup")

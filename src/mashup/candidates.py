@@ -16,16 +16,17 @@ from dataclasses import dataclass, field
 
 from mashup.config import MergeConfig
 from mashup.data.target import TargetData
-from mashup.errors import MashupError
+from mashup.errors import MashupError, listed
 from mashup.library import BaseMatcher, CheckpointRecord, Library, incompatibility, partition_compatible
+from mashup.library.catalog import trained_on_data
 from mashup.merging import merge_compatibility, reference_key
 from mashup.merging.compat import method_and_mode
+from mashup.library.identity import BaseMemo
 
 logger = logging.getLogger(__name__)
 INCLUDE_TARGET_HINT = ("to rank them too, pass --include-target-checkpoints (select, run) or set "
                        "include_target_checkpoints: true in the select config")
 STALE = "stale: "  # how a stale checkpoint's reason starts, among the rejected
-SHOWN_IDS = 5  # ids named in one warning for several checkpoints left out for one reason
 KIND_HINT = "to rank them: --kind {kind} in select, --mode {kind} in run, mode: {kind} in an experiment config"
 
 
@@ -33,12 +34,14 @@ KIND_HINT = "to rank them: --kind {kind} in select, --mode {kind} in run, mode: 
 class Candidates:
     """The checkpoints to rank, and the ones left out: ``rejected`` (cannot join) and ``excluded``
     (trained on the target), each as {"id", "reason"}; ``other_kinds`` counts, per kind, the rejected ones
-    left out for their kind alone (they fit the base: a run of that kind could rank them)."""
+    left out for their kind alone (they fit the base: a run of that kind could rank them); ``untraced`` names
+    the ranked ones whose lineage reaches a checkpoint no longer in the library (``untraced``)."""
 
     records: list[CheckpointRecord]
     rejected: list[dict[str, str]] = field(default_factory=list)
     excluded: list[dict[str, str]] = field(default_factory=list)
     other_kinds: dict[str, int] = field(default_factory=dict)
+    untraced: list[str] = field(default_factory=list)
 
 
 def trained_on(record: CheckpointRecord, target: TargetData,
@@ -54,39 +57,41 @@ def target_lineage(record: CheckpointRecord, target: TargetData,
     checkpoint that saw the target's data: ``[record]`` when it did itself; None when none did. A merge carries its
     inputs' weights, and so does a run trained from one: both saw what their ancestors saw. An id not in
     ``records`` (removed since) cannot be followed."""
+    known = records or {}
     reached_from: dict[str, CheckpointRecord | None] = {record.id: None}  # also guards a cycle (a hand-made lineage)
     queue = deque([record])
     while queue:
         current = queue.popleft()
-        if _saw(current, target):
+        if trained_on_data(current, target.name, target.fingerprint):
             chain = [current]
             while (child := reached_from[chain[-1].id]) is not None:
                 chain.append(child)
             return chain[::-1]
-        for parent_id in _parent_ids(current) if records else []:
-            parent = records.get(parent_id) if records else None
+        for parent_id in current.merged_from:
+            parent = known.get(parent_id)
             if parent is not None and parent.id not in reached_from:
                 reached_from[parent.id] = current
                 queue.append(parent)
     return None
 
 
-def _parent_ids(record: CheckpointRecord) -> list[str]:
-    parents = record.lineage.get("merged_from")
-    return [str(i) for i in parents] if isinstance(parents, list) else []
-
-
 def untraced(records: Iterable[CheckpointRecord], by_id: Mapping[str, CheckpointRecord]) -> list[CheckpointRecord]:
-    """The records merged from a checkpoint that is not in ``by_id`` (removed from the library since, or merged in
-    another): whether it saw a target cannot be told."""
-    return [r for r in records if any(i not in by_id for i in _parent_ids(r))]
+    """The records whose lineage reaches, through ``merged_from`` at any depth, a checkpoint not in ``by_id``
+    (removed from the library since, or merged in another): whether it saw a target cannot be told."""
+    return [r for r in records if _reaches_missing(r, by_id)]
 
 
-def _saw(record: CheckpointRecord, target: TargetData) -> bool:
-    same_data = record.data_fingerprint is not None and record.data_fingerprint == target.fingerprint
-    trained = record.lineage.get("trained_on")
-    trained_task = trained.get("task") if isinstance(trained, dict) else None
-    return same_data or target.name in {record.task, trained_task}
+def _reaches_missing(record: CheckpointRecord, by_id: Mapping[str, CheckpointRecord]) -> bool:
+    seen, queue = {record.id}, deque([record])  # ``seen`` also guards a cycle (a hand-made lineage)
+    while queue:
+        for parent_id in queue.popleft().merged_from:
+            parent = by_id.get(parent_id)
+            if parent is None:
+                return True
+            if parent_id not in seen:
+                seen.add(parent_id)
+                queue.append(parent)
+    return False
 
 
 def exclusion_reason(chain: Sequence[CheckpointRecord], target: TargetData) -> str:
@@ -122,10 +127,14 @@ def _mergeable(records: list[CheckpointRecord], merge: MergeConfig
     if not records:
         return records, []
     records, rejected = _same_reference(records, merge)
-    kept = []
+    kept: list[CheckpointRecord] = []
+    bases: BaseMemo = {}  # one pass's: the same few (spelling, identity) pairs, for each of maybe 1,000 candidates
     for record in records:
-        reason = merge_compatibility([records[0], record], merge) if kept else merge_compatibility([record], merge)
-        (rejected.append((record, reason)) if reason else kept.append(record))
+        reason = merge_compatibility([*kept[:1], record], merge, bases=bases)
+        if reason:
+            rejected.append((record, reason))
+        else:
+            kept.append(record)
     return kept, rejected
 
 
@@ -136,12 +145,13 @@ def find_candidates(library: Library, base: str, kind: str, target: TargetData, 
 
     ``among`` limits them to these ids (None: the whole library). ``include_hint`` tells the caller's users
     how to rank the target's own checkpoints; None when leaving them out is the protocol (logged as info).
-    ``log_rejected=False`` leaves the rejected ones to a caller that gathers several calls' (``log_rejections``).
+    ``log_rejected=False`` leaves the rejected and untraced ones to a caller that gathers several calls'
+    (``log_left_out``).
     """
     _, lora_mode = method_and_mode(merge, kind)
     everything = library.list()
-    listed = [r for r in everything if among is None or r.id in among]
-    fresh, stale = library.fresh(listed)
+    in_scope = [r for r in everything if among is None or r.id in among]
+    fresh, stale = library.fresh(in_scope)
     by_id = {r.id: r for r in everything}  # lineage is followed through the whole library, not ``among`` alone
     chains = {} if include_target else {r.id: target_lineage(r, target, by_id) for r in fresh}
     compatible, rejected = partition_compatible(fresh, base, kind, lora_mode=lora_mode or "ab", base_id=base_id)
@@ -149,23 +159,23 @@ def find_candidates(library: Library, base: str, kind: str, target: TargetData, 
                                base_id)  # fresh ones, that the other kind would not leave out as the target's
     rejected = [(r, f"{STALE}{reason}") for r, reason in stale] + rejected
     leaking = [r for r in compatible if chains.get(r.id) is not None]
-    leaking_ids = {r.id for r in leaking}
-    mergeable, refused = _mergeable([r for r in compatible if r.id not in leaking_ids], merge)
-    rejected += refused
-    found = Candidates(mergeable, [{"id": r.id, "reason": reason} for r, reason in rejected],
-                       [{"id": r.id, "reason": exclusion_reason(chains[r.id], target)} for r in leaking], other_kinds)
+    mergeable, refused = _mergeable([r for r in compatible if chains.get(r.id) is None], merge)
+    found = Candidates(mergeable, [{"id": r.id, "reason": reason} for r, reason in rejected + refused],
+                       [{"id": r.id, "reason": exclusion_reason(chains[r.id], target)} for r in leaking], other_kinds,
+                       [] if include_target else [r.id for r in untraced(mergeable, by_id)])
     if log_rejected:
-        log_rejections(found.rejected)
-    unknown = untraced(found.records, by_id)
-    if unknown and not include_target:
-        logger.warning("%d candidate(s) merged from checkpoints no longer in the library (%s): whether those saw "
-                       "the target's data cannot be told, so they are ranked; `mashup library remove` them if they "
-                       "may have", len(unknown), ", ".join(r.id for r in unknown[:SHOWN_IDS]))
-    if leaking:
-        labels = ", ".join(_leak_label(chains[r.id]) for r in leaking)
-        logger.log(logging.WARNING if include_hint else logging.INFO, "excluded %d checkpoint(s) trained on the "
-                   "target '%s' (%s)%s", len(leaking), target.name, labels, f"; {include_hint}" if include_hint else "")
+        log_left_out([found])
+    _log_leaks([chains[r.id] for r in leaking], target, include_hint)
     return found
+
+
+def _log_leaks(chains: Sequence[list[CheckpointRecord]], target: TargetData, include_hint: str | None) -> None:
+    """One line for the checkpoints left out as trained on ``target``: a warning where ``include_hint`` says how to
+    rank them, else info (leaving them out is the protocol)."""
+    if chains:
+        labels = ", ".join(_leak_label(chain) for chain in chains)
+        logger.log(logging.WARNING if include_hint else logging.INFO, "excluded %d checkpoint(s) trained on the "
+                   "target '%s' (%s)%s", len(chains), target.name, labels, f"; {include_hint}" if include_hint else "")
 
 
 def _leak_label(chain: list[CheckpointRecord]) -> str:
@@ -185,9 +195,10 @@ def find_mergeable_candidates(library: Library, base: str, kind: str, target: Ta
     for merge in merges[1:]:
         narrowed = find_candidates(library, base, kind, target, merge, base_id=base_id,
                                    among=[r.id for r in found.records], include_hint=None, log_rejected=False)
-        found = Candidates(narrowed.records, found.rejected + narrowed.rejected, found.excluded, found.other_kinds)
+        found = Candidates(narrowed.records, found.rejected + narrowed.rejected, found.excluded, found.other_kinds,
+                           narrowed.untraced)
     if log_rejected:
-        log_rejections(found.rejected)
+        log_left_out([found])
     return found
 
 
@@ -201,6 +212,24 @@ def _other_kinds(rejected: Sequence[CheckpointRecord], base: str, kind: str, bas
     return dict(Counter(r.kind for r in others if incompatibility(r, None, base, r.kind, matcher=matcher) is None))
 
 
+def log_left_out(found: Iterable[Candidates]) -> None:
+    """Log what several ``find_candidates`` calls (one per target, say) left out or could not trace, once:
+    ``log_rejections`` of their rejected, then one warning naming every untraced candidate."""
+    found = list(found)
+    log_rejections(item for candidates in found for item in candidates.rejected)
+    log_untraced(i for candidates in found for i in candidates.untraced)
+
+
+def log_untraced(ids: Iterable[str]) -> None:
+    """One warning naming the ranked candidates (``Candidates.untraced``, each once) whose lineage reaches a
+    checkpoint no longer in the library."""
+    unknown = list(dict.fromkeys(ids))
+    if unknown:
+        logger.warning("%d candidate(s) merged from checkpoints no longer in the library (%s): whether those saw "
+                       "the target's data cannot be told, so they are ranked; `mashup library remove` them if they "
+                       "may have", len(unknown), listed(unknown))
+
+
 def log_rejections(rejected: Iterable[dict[str, str]]) -> None:
     """One warning per reason checkpoints were left out for (``Candidates.rejected`` items), naming the checkpoint,
     or, where several share it (a library's checkpoints of the other kind), their count and the first few ids."""
@@ -211,8 +240,7 @@ def log_rejections(rejected: Iterable[dict[str, str]]) -> None:
         if len(ids) == 1:
             logger.warning("skipping %s: %s", ids[0], reason)
         else:
-            shown = ", ".join(ids[:SHOWN_IDS]) + (", ..." if len(ids) > SHOWN_IDS else "")
-            logger.warning("skipping %d checkpoints (%s): %s", len(ids), shown, reason)
+            logger.warning("skipping %d checkpoints (%s): %s", len(ids), listed(ids), reason)
 
 
 def describe_shortage(candidates: Candidates, k: int, kind: str, base: str) -> str | None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -61,15 +60,6 @@ class DataConfig(StageConfig):
         except MashupError as exc:  # a config file's loader names the file and the field
             raise ValueError(exc.line()) from None
         return self
-
-    def recorded(self) -> DataConfig:
-        """This config as an output dir records it: each local file or dir absolute, so that the record (a run's
-        ``run_config.yaml`` is a valid ``--config``) means the same from any working dir; a task name as given."""
-        from mashup.data.target import absolute
-        from mashup.data.tasks import is_task_name
-
-        data = self.data if is_task_name(self.data) and not (self.train or self.test) else absolute(self.data)
-        return self.model_copy(update={"data": data, "train": absolute(self.train), "test": absolute(self.test)})
 
 
 SelectorName = Literal["exhaustive", "halving", "prefilter+halving"]
@@ -287,13 +277,3 @@ class RunConfig(StageConfig):
     add_to_library: bool = True
     allow_pickle: bool = False
     precision: Precision | None = Field(None, description="auto | fp32 | bf16; default $MASHUP_PRECISION or auto")
-
-    def recorded(self, library_dir: Path) -> RunConfig:
-        """This config as the run dir records it: local paths absolute (base as the library records it, data as
-        ``DataConfig.recorded``) and the library the run read (``library_dir``: given or the default), so that
-        ``run_config.yaml`` reruns the same run from any working dir."""
-        from mashup.library.identity import stored_base
-
-        return self.model_copy(update={"base": stored_base(self.base), "data": self.data.recorded(),
-                                       "library": str(library_dir.absolute()),
-                                       "out": str(Path(self.out).expanduser().absolute())})

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 
 class MashupError(Exception):
     """An error caused by user input; the CLI prints it as one line and exits non-zero."""
@@ -63,3 +65,9 @@ class TrainingError(MashupError):
 
 class LibraryBusyError(LibraryError):
     """Another process holds the library's write lock longer than the busy timeout."""
+
+
+def listed(names: Sequence[str], shown: int = 5) -> str:
+    """Names for one line of a message: the first ``shown``, then how many more ("a, b, c and 12 more")."""
+    head = ", ".join(names[:shown])
+    return head if len(names) <= shown else f"{head} and {len(names) - shown} more"

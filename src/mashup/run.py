@@ -10,10 +10,12 @@ from pathlib import Path
 from typing import Any
 
 from mashup.config import RunConfig, TrainConfig, save_config
-from mashup.data.target import TargetData, load_target
+from mashup.data.target import TargetData, load_target, recorded_data_config
 from mashup.evaluation import steps_to_parity
 from mashup.io import atomic_output_dir, sha256_files, weight_files, write_json
+from mashup.io.files import local_absolute
 from mashup.library import CheckpointRecord, Library
+from mashup.library.identity import stored_base
 from mashup.scoring import CheckpointScore
 from mashup.selection.prefilter import warm_prototype_cache
 from mashup.training import INIT_WEIGHTS, ProgressFn, TrainResult, resolve_train_config
@@ -99,7 +101,7 @@ def run(config: RunConfig, stage: StageFn = lambda name: None, overwrite: bool =
     target = load_target(config.data)
     library = Library.existing(config.library)
     kind = config.train.mode
-    out = Path(config.out)
+    out = Path(config.out).expanduser().absolute()  # where its records (summary, result.json) say it is
 
     added: list[CheckpointRecord] = []
 
@@ -118,7 +120,7 @@ def run(config: RunConfig, stage: StageFn = lambda name: None, overwrite: bool =
 
     on_commit = register if config.add_to_library else None
     with atomic_output_dir(out, overwrite=overwrite, on_commit=on_commit) as tmp:
-        save_config(config.recorded(library.directory), tmp / "run_config.yaml")
+        save_config(_recorded(config, library.directory), tmp / "run_config.yaml")
         write_version(tmp)
         selection = select(config.base, config.data, config.select, config.library, kind=kind, merge=config.merge,
                            workspace=workspace, target=target, allow_pickle=config.allow_pickle)
@@ -162,3 +164,12 @@ def _register(library: Library, train_dir: Path, kind: str, target: TargetData, 
     records = library.add([weights], task=target.name, base=base, init_reference=reference,
                           metadata={"source": "mashup run"}, data_fingerprint=target.fingerprint, lineage=lineage)
     return records[0].id, records
+
+
+def _recorded(config: RunConfig, library_dir: Path) -> RunConfig:
+    """``config`` as the run dir records it: local paths absolute (the base as the library records one, the data as
+    ``recorded_data_config``) and the library the run read (given or the default), so that ``run_config.yaml``
+    names the same run from any working dir."""
+    return config.model_copy(update={"base": stored_base(config.base), "data": recorded_data_config(config.data),
+                                     "library": str(library_dir.absolute()),
+                                     "out": local_absolute(config.out, must_exist=False)})

@@ -8,6 +8,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 
 from mashup.config import Metric
+from mashup.errors import listed
 
 logger = logging.getLogger(__name__)
 
@@ -25,8 +26,7 @@ class CheckpointScore:
     cached: bool = False  # read from the library's score cache rather than computed now
 
     def __post_init__(self) -> None:
-        if not self.finite:  # predictions from NaN logits are no answers: an argmax over them picks choice 0
-            self.accuracy = None
+        self.accuracy = accuracy_if_finite(self.loss, self.accuracy)
 
     @property
     def finite(self) -> bool:
@@ -35,6 +35,12 @@ class CheckpointScore:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def accuracy_if_finite(loss: float | None, accuracy: float | None) -> float | None:
+    """``accuracy``, or None where ``loss`` is not finite (None: a NaN as SQLite keeps it): predictions from NaN
+    logits are no answers, an argmax over them picks choice 0."""
+    return accuracy if loss is not None and math.isfinite(loss) else None
 
 
 def rank(scores: Sequence[CheckpointScore], metric: Metric) -> list[CheckpointScore]:
@@ -53,12 +59,14 @@ def selectable(ranking: Sequence[CheckpointScore]) -> list[CheckpointScore]:
 
 
 def warn_not_finite(scores: Sequence[CheckpointScore], paths: Mapping[str, str]) -> None:
-    """One warning per score whose loss is not finite (``paths``: the checkpoints' dirs by id), cached or not."""
-    for s in scores:
-        if not s.finite:
-            logger.warning("%s (%s) scored a loss of %s: its forward is not finite (NaN or inf weights, or an "
-                           "overflow), so it ranks last and is never selected; check its weights, or `mashup "
-                           "library remove %s`", s.id, paths.get(s.id, "?"), s.loss, s.id)
+    """One warning naming the scores whose loss is not finite (``paths``: the checkpoints' dirs by id), cached
+    or not."""
+    bad = [s for s in scores if not s.finite]
+    if bad:
+        logger.warning("%d checkpoint(s) scored a loss that is not finite (their forward is not finite: NaN or inf "
+                       "weights, or an overflow), so they rank last and are never selected: %s; check their weights, "
+                       "or `mashup library remove ID`", len(bad),
+                       listed([f"{s.id} ({paths.get(s.id, '?')}, loss {s.loss})" for s in bad]))
 
 
 def _finite_or_last(loss: float) -> float:

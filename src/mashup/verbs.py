@@ -5,21 +5,22 @@ from __future__ import annotations
 import csv
 import logging
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from mashup.batching import ScoredSequence, collate
 from mashup.config import DataConfig, EvalConfig, MergeConfig, Precision, SelectConfig, TrainConfig, save_config
 from mashup.data.schema import sample
-from mashup.data.target import TargetData, load_target
+from mashup.data.target import TargetData, load_target, recorded_data_config
 from mashup.errors import DataError, LibraryError, MashupError
 from mashup.evaluation import EvalResult, evaluate
 from mashup.io import atomic_output_dir, write_json
 from mashup.candidates import INCLUDE_TARGET_HINT, describe_shortage, find_candidates
-from mashup.library import Library, check_kind
+from mashup.library import CheckpointRecord, Library, check_kind
 from mashup.library.identity import base_identity
 from mashup.model_checks import require_registered_dir
 from mashup.models import attach_adapter, load_model, resolve_base_dir
@@ -133,44 +134,70 @@ def merge(checkpoint_ids: Sequence[str], config: MergeConfig, out: str | Path, l
     as the merge commits, and a failed write leaves no merge behind.
     """
     from mashup.merging import export_mergekit_yaml, merge_checkpoints
+    from mashup.merging.api import base_identity_of
     from mashup.merging.compat import check_base
     from mashup.merging.plan import build_plan
-    from mashup.merging.mergekit_yaml import require_free_export, write_export
+    from mashup.merging.mergekit_yaml import require_free_export
 
     library = Library.existing(library_dir)
     records = [library.get(i) for i in checkpoint_ids]
+    _refuse_stale(library, records)
+    build_plan(records, config)  # the records' own refusals (repeats, kinds, bases) before the base is read
+    if export_mergekit is not None:  # an unsupported or unwritable export fails before anything is merged
+        export_mergekit_yaml(records, config, base or records[0].base_model)
+        require_free_export(Path(export_mergekit), Path(out))
+    spelled, base = base, base or records[0].base_model
+    needs_statistics = config.method in STATISTICS_METHODS
+    base_dir = resolve_base_dir(base) if records[0].kind == "full" or needs_statistics else None
+    identity = base_identity_of(base, base_dir)
+    if spelled is not None or base_dir is not None:  # task vectors, config and statistics come from this base
+        check_base(records, base, identity, given=spelled is not None)
+    batches, calibration = _calibration(config, base, data) if needs_statistics else (None, None)
+    on_commit = None if export_mergekit is None else _mergekit_export(
+        records, config, Path(export_mergekit), str(base_dir.absolute()) if base_dir else base)
+    return merge_checkpoints(records, config, Path(out), base_model_dir=base_dir, calibration_batches=batches,
+                             overwrite=overwrite, base=spelled, calibration=calibration, on_commit=on_commit,
+                             base_id=identity)
+
+
+def _refuse_stale(library: Library, records: Sequence[CheckpointRecord]) -> None:
+    """Refuse a stale checkpoint: select leaves these out; merging one would record a lineage of bytes that are not
+    there."""
     stale = library.fresh(records)[1]
-    if stale:  # select leaves these out; merging one would record a lineage of bytes that are not there
+    if stale:
         record, reason = stale[0]
         require_registered_dir(record, library.directory)  # a dir that is gone: nothing there to register again
         raise LibraryError(f"checkpoint {record.id} is stale: {reason}", str(library.directory),
                            f"register it again (`mashup library remove {record.id}`, then `library add`) or merge "
                            "others")
-    build_plan(records, config)  # the records' own refusals (repeats, kinds, bases) before the base is read
-    if export_mergekit is not None:  # an unsupported or unwritable export fails before anything is merged
-        export_mergekit_yaml(records, config, base or records[0].base_model)
-        require_free_export(Path(export_mergekit), Path(out))
-    spelled = base
-    base = base or records[0].base_model
-    needs_statistics = config.method in STATISTICS_METHODS
-    base_dir = resolve_base_dir(base) if records[0].kind == "full" or needs_statistics else None
-    if spelled is not None or base_dir is not None:  # task vectors, config and statistics come from this base
-        check_base(records, base, base_identity(base_dir) if base_dir else None)
-    batches, calibration = None, None
-    if needs_statistics:
-        if data is None:
-            raise MashupError(f"merge method '{config.method}' needs target data", None, "pass --data TARGET")
-        workspace, target = open_workspace(base, data), load_target(data)
-        batches = merge_statistics_batches(config, workspace, target)
-        calibration = {"target": target.name, "fingerprint": target.fingerprint,
-                       "examples": sum(int(b["input_ids"].shape[0]) for b in batches or []), "seed": config.seed,
-                       "scoring": workspace.formulation}
-    on_commit = None
-    if export_mergekit is not None:
-        text = export_mergekit_yaml(records, config, str(base_dir.absolute()) if base_dir else base)
-        on_commit = lambda _: write_export(Path(export_mergekit), text)  # noqa: E731
-    return merge_checkpoints(records, config, Path(out), base_model_dir=base_dir, calibration_batches=batches,
-                             overwrite=overwrite, base=spelled, calibration=calibration, on_commit=on_commit)
+
+
+def _calibration(config: MergeConfig, base: str, data: DataConfig | None
+                 ) -> tuple[list[dict[str, torch.Tensor]] | None, dict[str, Any]]:
+    """Fisher / RegMean's calibration batches from the target's train split, and how the merge report describes
+    them (target, fingerprint, examples, seed, scoring)."""
+    if data is None:
+        raise MashupError(f"merge method '{config.method}' needs target data", None, "pass --data TARGET")
+    workspace, target = open_workspace(base, data), load_target(data)
+    batches = merge_statistics_batches(config, workspace, target)
+    return batches, {"target": target.name, "fingerprint": target.fingerprint,
+                     "examples": sum(int(b["input_ids"].shape[0]) for b in batches or []), "seed": config.seed,
+                     "scoring": workspace.formulation}
+
+
+def _mergekit_export(records: Sequence[CheckpointRecord], config: MergeConfig, path: Path, base: str
+                     ) -> Callable[[Path], None]:
+    """The merge's on-commit hook: write the equivalent mergekit YAML, naming ``base`` (the local base dir read), to
+    ``path``."""
+    from mashup.merging import export_mergekit_yaml
+    from mashup.merging.mergekit_yaml import write_export
+
+    text = export_mergekit_yaml(records, config, base)
+
+    def write(_: Path) -> None:
+        write_export(path, text)
+
+    return write
 
 
 @dataclass
@@ -235,7 +262,7 @@ def train_model(base: str, data: DataConfig, config: TrainConfig, out: str | Pat
     with atomic_output_dir(Path(out), overwrite=overwrite) as tmp:
         summary = train_in(workspace, target, config, eval_config or EvalConfig(), tmp,
                            Path(init) if init else None, progress, allow_pickle, final_dir=Path(out).absolute())
-        save_config(data.recorded(), tmp / "data_config.yaml")
+        save_config(recorded_data_config(data), tmp / "data_config.yaml")
     return summary
 
 

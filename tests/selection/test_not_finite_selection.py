@@ -91,7 +91,7 @@ def test_fewer_finite_scores_than_k_is_one_error(tmp_path, tiny_base, mixed_libr
     line = [e for e in err.splitlines() if e.startswith("error:")]
     assert out == "" and len(line) == 1 and "Traceback" not in err
     assert "k=3 but only 2 of 3 ranked checkpoint(s) scored a finite loss" in line[0] and huge in line[0]
-    assert "lower --k" in line[0]
+    assert "lower k (--k)" in line[0], "worded for a config file too"
 
 
 def test_halving_drops_a_survivor_that_is_not_finite(tmp_path, tiny_base, tiny_loras, mc_file):

@@ -87,19 +87,23 @@ def test_the_ordered_fingerprint_follows_the_file_order(tmp_path) -> None:
     (tmp_path / "a.jsonl").write_text("".join(rows))
     (tmp_path / "b.jsonl").write_text("".join(rows[1:] + rows[:1]))
     a, b = load_switch_task(str(tmp_path / "a.jsonl")), load_switch_task(str(tmp_path / "b.jsonl"))
-    assert task_fingerprint(a) == task_fingerprint(b)  # the library's digest stays order-free
+    assert task_fingerprint(a) == task_fingerprint(b)  # the order-free digest older collects recorded
     assert ordered_task_fingerprint(a) != ordered_task_fingerprint(b)
     assert ordered_task_fingerprint(a) == ordered_task_fingerprint(load_switch_task(str(tmp_path / "a.jsonl")))
 
 
 # --- role: a free label, unless it reads as a misspelt 'aligned' ---
 
-@pytest.mark.parametrize("role", ["base", "expert ", "teacher", "pretrained", "aligned-sft", "unaligned", "misaligned"])
+# two edits or more from 'aligned' (English words among them), or built on the word: labels
+@pytest.mark.parametrize("role", ["base", "expert ", "teacher", "pretrained", "aligned-sft", "unaligned", "misaligned",
+                                  "align", "aligns", "signed", "assigned", "alignment", "Align"])
 def test_any_other_role_is_a_label(tiny_base, role: str) -> None:
     assert CandidateConfig(model=str(tiny_base), role=role).role == role
 
 
-@pytest.mark.parametrize("role", ["Aligned", "ALIGNED", "aligend", "aligned ", "align", "alinged", "aligner"])
+# the same but for case or surrounding spaces, or one edit away (a letter added, dropped, changed, two swapped)
+@pytest.mark.parametrize("role", ["Aligned", "ALIGNED", " aligned\t", "aligend", "alinged", "aligned ", "aligner",
+                                  "alignee", "aligne", "alligned", "Alined", "al igned"])
 def test_a_misspelt_aligned_is_refused(tiny_base, role: str) -> None:
     with pytest.raises(ValidationError, match="misspelt 'aligned'"):
         CandidateConfig(model=str(tiny_base), role=role)

@@ -275,8 +275,12 @@ def sample(examples: Sequence[MCExample], n: int, seed: int) -> list[MCExample]:
     return random.Random(seed).sample(list(examples), n)
 
 
+def fingerprint_row(example: MCExample) -> list:
+    """What a fingerprint digests of an example (its JSON): context, question, choices and answer."""
+    return [example.context, example.question, list(example.choices), example.answer]
+
+
 def examples_fingerprint(examples: Iterable[MCExample]) -> str:
     """A digest of a set of examples: the same for any order and any split of the same rows."""
-    rows = sorted(hashlib.sha256(json.dumps([ex.context, ex.question, list(ex.choices), ex.answer]).encode()).digest()
-                  for ex in examples)
+    rows = sorted(hashlib.sha256(json.dumps(fingerprint_row(ex)).encode()).digest() for ex in examples)
     return hashlib.sha256(b"".join(rows)).hexdigest()

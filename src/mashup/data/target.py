@@ -9,6 +9,7 @@ from mashup.config import DataConfig, Scoring
 from mashup.data.prompts import Formulation, PromptTemplate
 from mashup.data.schema import MCExample, carve_split, examples_fingerprint, load_examples, sample
 from mashup.errors import DataError
+from mashup.io.files import local_absolute
 
 # Below about 1B parameters, models stay at chance on letter answers (see issue 3 measurements),
 # so `auto` picks the lm-eval style cloze formulation for them.
@@ -74,13 +75,21 @@ def check_sources(data: str | None, train: str | None, test: str | None) -> None
         raise DataError(f"test {test} given with the named task {data}, which has its own test split", None, usage)
 
 
-def absolute(path: str | None) -> str | None:
-    """``path`` absolute where it names a local file or dir; else (nothing there, or None) as given."""
-    return str(Path(path).expanduser().absolute()) if path and Path(path).expanduser().exists() else path
-
-
 def _same_file(a: str, b: str) -> bool:
     return a == b or Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
+
+
+def recorded_data_config(config: DataConfig) -> DataConfig:
+    """``config`` as an output dir records it: local files and dirs absolute and the target's name written out (it
+    is derived from the paths as given), so that the record (a run's ``run_config.yaml`` is a valid ``--config``)
+    names the same target from any working dir; a named task as given."""
+    from mashup.data.tasks import is_task_name
+
+    if is_task_name(config.data) and not (config.train or config.test):
+        return config
+    return config.model_copy(update={"data": local_absolute(config.data), "train": local_absolute(config.train),
+                                     "test": local_absolute(config.test),
+                                     "name": config.name or file_target_name(config)})
 
 
 def file_target_name(config: DataConfig) -> str:

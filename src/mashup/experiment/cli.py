@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import sys
 from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
@@ -13,6 +11,7 @@ from pydantic import BaseModel
 from rich.console import Console
 from rich.table import Column, Table
 
+from mashup.cli_options import emit
 from mashup.config import ExecutorName
 
 if TYPE_CHECKING:
@@ -75,7 +74,7 @@ def experiment_cmd(
     summary = {"out": str(run.out), "report": str(run.report), "computed": len(run.computed),
                "reused": len(run.reused), "already_done": len(run.already_done)}
     if as_json:
-        sys.stdout.write(json.dumps(summary, indent=2) + "\n")
+        emit(summary, True)
     else:
         err.print(f"{summary['computed']} units computed, {summary['reused']} reused, {summary['already_done']} "
                   f"already done; report: {run.report}")
@@ -98,8 +97,8 @@ def _dry_run(config: ExperimentConfig, as_json: bool) -> None:
     if as_json:
         rows = [{"unit": p.unit.id, "phase": p.unit.phase, "estimate_seconds": round(p.estimate_seconds, 1),
                  "recorded": p.recorded, "status": p.status, "shared": p.shared} for p in planned]
-        sys.stdout.write(json.dumps({"units": rows, "estimate_seconds": round(expected, 1),
-                                     "estimate_seconds_if_nothing_shared": round(upper, 1)}, indent=2) + "\n")
+        emit({"units": rows, "estimate_seconds": round(expected, 1),
+              "estimate_seconds_if_nothing_shared": round(upper, 1)}, True)
         return
     table = Table("phase", Column("unit", overflow="fold"), "estimate", title=f"planned units for {config.out}")
     for p in planned:

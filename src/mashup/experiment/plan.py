@@ -16,7 +16,7 @@ from mashup.config import MergeConfig
 from mashup.experiment.analysis import best_lr, train_runs
 from mashup.experiment.config import ExperimentConfig
 from mashup.experiment.jobs import AnyJob, EvalJob, MergeJob, SelectJob, SourceJob, TrainJob, random_choice
-from mashup.errors import MashupError
+from mashup.errors import MashupError, listed
 from mashup.scoring import CheckpointScore, rank, selectable
 
 PHASES = ("base", "scratch", "sources", "selection", "merges", "mashup", "sweeps")
@@ -161,12 +161,15 @@ def ranking(ctx: Context, task: str, samples: int | None = None, *, finite: bool
 def merge_checkpoint_ids(unit: Unit, ctx: Context) -> tuple[list[str], str]:
     """Which checkpoints a merge unit merges, and with which method."""
     ids, method = _chosen(unit, ctx)
-    wanted = int(unit.arm.split(":")[2]) if unit.arm.startswith("grid:") else ctx.config.k
-    if len(ids) < wanted:
-        raise MashupError(f"merge unit {unit.id} needs {wanted} checkpoints, but only {len(ids)} of the target's "
+    _require_count(unit, len(ids), int(unit.arm.split(":")[2]) if unit.arm.startswith("grid:") else ctx.config.k)
+    return ids, method
+
+
+def _require_count(unit: Unit, found: int, wanted: int) -> None:
+    if found < wanted:
+        raise MashupError(f"merge unit {unit.id} needs {wanted} checkpoints, but only {found} of the target's "
                           "candidates scored a finite loss", None, "check the sources' weights (`mashup library "
                           "verify`), or lower k")
-    return ids, method
 
 
 def _chosen(unit: Unit, ctx: Context) -> tuple[list[str], str]:
@@ -177,17 +180,28 @@ def _chosen(unit: Unit, ctx: Context) -> tuple[list[str], str]:
     if arm == "mashup_accuracy":
         return [s.id for s in rank(by_loss, "accuracy")[:config.k]], config.merge_method
     if arm == "mashup_random":
-        ids = [s.id for s in by_loss]
-        return random_choice(ids, config.k, unit.task, unit.seed or 0) if len(ids) >= config.k else ids, \
-            config.merge_method
-    if arm.startswith("oracle:"):  # every combination, as planned from the candidates' count
-        every = ranking(ctx, unit.task, finite=False)
-        combinations = list(itertools.combinations(sorted(s.id for s in every), config.k))
-        return list(combinations[int(arm.split(":")[1])]), config.merge_method
+        _require_count(unit, len(by_loss), config.k)
+        return random_choice([s.id for s in by_loss], config.k, unit.task, unit.seed or 0), config.merge_method
+    if arm.startswith("oracle:"):
+        return _oracle_combination(unit, ctx), config.merge_method
     if arm.startswith("samples:"):
         return [s.id for s in ranking(ctx, unit.task, int(arm.split(":")[1]))[:config.k]], config.merge_method
     _, method, k = arm.split(":")
     return [s.id for s in by_loss[:int(k)]], method
+
+
+def _oracle_combination(unit: Unit, ctx: Context) -> list[str]:
+    """The oracle unit's combination of k candidates, by its index among every combination as planned from the
+    candidates' count (those whose loss is not finite too, so that the index means what was planned); refused
+    when it holds one of those: its NaN or inf weights would fail the merge."""
+    every = ranking(ctx, unit.task, finite=False)
+    combination = list(itertools.combinations(sorted(s.id for s in every), ctx.config.k))[int(unit.arm.split(":")[1])]
+    bad = sorted(s.id for s in every if s.id in combination and not s.finite)
+    if bad:
+        raise MashupError(f"oracle unit {unit.id} would merge checkpoint(s) whose selection loss is not finite: "
+                          f"{listed(bad)}", None, "check their weights (`mashup library verify`), or leave "
+                          "'oracle' out of the arms")
+    return list(combination)
 
 
 def _resolve_merge(unit: Unit, ctx: Context) -> MergeJob:

@@ -25,7 +25,7 @@ logger = logging.getLogger(__name__)
 
 def usable_candidates(config: ExperimentConfig, targets: dict[str, TargetData]) -> dict[str, Candidates]:
     """Per target, the given library's checkpoints its selection may rank, with those left out and why."""
-    from mashup.candidates import find_mergeable_candidates, log_rejections
+    from mashup.candidates import find_mergeable_candidates, log_left_out
     from mashup.library import Library
 
     if config.library is None:
@@ -36,7 +36,7 @@ def usable_candidates(config: ExperimentConfig, targets: dict[str, TargetData]) 
     usable = {name: find_mergeable_candidates(library, config.base, config.mode, target, merges,
                                               base_id=base_id, log_rejected=False)
               for name, target in targets.items()}
-    log_rejections(item for found in usable.values() for item in found.rejected)  # once, not once per target
+    log_left_out(usable.values())  # once, not once per target
     return usable
 
 

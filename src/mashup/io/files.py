@@ -26,6 +26,14 @@ def write_json(path: Path, data: Any) -> None:
     write_text_atomic(path, json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
 
 
+def local_absolute(path: str | None, *, must_exist: bool = True) -> str | None:
+    """``path`` as an output records it: absolute (``~`` expanded) where it names a local file or dir, so that the
+    record means the same from any working dir; else (nothing there and ``must_exist``, or None) as given."""
+    if not path or must_exist and not Path(path).expanduser().exists():
+        return path
+    return str(Path(path).expanduser().absolute())
+
+
 def write_text_atomic(path: Path, text: str) -> None:
     """``text`` at ``path``, written to a temp sibling and renamed: a reader (or a kill) never meets half a file."""
     path = Path(path)

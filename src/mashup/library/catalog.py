@@ -195,21 +195,21 @@ class Library:
     def list(self, *, base: str | None = None, kind: str | None = None, task: str | None = None,
              merged_from: str | None = None, trained_on: str | None = None) -> list[CheckpointRecord]:
         """Registered checkpoints, filtered: ``base`` by content identity (or spelling), ``merged_from`` by an id
-        (prefix) in the lineage, ``trained_on`` by the task or data fingerprint (prefix) in the lineage. A row
-        that cannot be read is left out with a warning (see ``entries``)."""
+        (prefix) in the lineage, ``trained_on`` by task or data fingerprint (prefix), itself or through merged_from
+        (``trained_on_data``, as selection). A row that cannot be read is left out with a warning (``entries``)."""
         check_kind(kind)
         clauses = {"kind = ?": kind, "task = ?": task}
         where = [c for c, v in clauses.items() if v is not None]
         records = self._select(("WHERE " + " AND ".join(where)) if where else "",
                                tuple(v for v in clauses.values() if v is not None))
+        if trained_on is not None:
+            saw = _trained_on_ids(self._select("", ()) if where else records, trained_on)
+            records = [r for r in records if r.id in saw]
         if base is not None:
             matcher = BaseMatcher(base)
             records = [r for r in records if matcher.mismatch(r) is None]
         if merged_from is not None:
-            records = [r for r in records if any(str(i).startswith(merged_from)
-                                                 for i in r.lineage.get("merged_from") or [])]
-        if trained_on is not None:
-            records = [r for r in records if _trained_on(r, trained_on)]
+            records = [r for r in records if any(i.startswith(merged_from) for i in r.merged_from)]
         return records
 
     def _match(self, checkpoint_id: str) -> dict[str, Any]:
@@ -281,7 +281,19 @@ class Library:
                 check.record.file_stats = check.new_stats
 
 
-def _trained_on(record: CheckpointRecord, wanted: str) -> bool:
-    trained = record.lineage.get("trained_on") or {}
-    fingerprint = trained.get("data_fingerprint") or record.data_fingerprint or ""
-    return trained.get("task") == wanted or (len(wanted) >= 6 and fingerprint.startswith(wanted))
+def trained_on_data(record: CheckpointRecord, task: str | None, fingerprint: str | None = None) -> bool:
+    """Whether the checkpoint itself was trained on ``task`` (its task, or its lineage's ``trained_on`` one) or on
+    data whose fingerprint starts with ``fingerprint``: what selection leaves out for a target (mashup.candidates)."""
+    trained = record.lineage.get("trained_on") if isinstance(record.lineage.get("trained_on"), dict) else {}
+    prints = [p for p in (record.data_fingerprint, trained.get("data_fingerprint")) if isinstance(p, str)]
+    return (task is not None and task in (record.task, trained.get("task"))) or \
+        any(fingerprint and p.startswith(fingerprint) for p in prints)
+
+
+def _trained_on_ids(records: Sequence[CheckpointRecord], wanted: str) -> set[str]:
+    """Ids of ``records`` trained on ``wanted`` (a task, or a 6+ character fingerprint prefix), or merged from one."""
+    saw = {r.id for r in records if trained_on_data(r, wanted, wanted if len(wanted) >= 6 else None)}
+    parents = {r.id: set(r.merged_from) for r in records if r.merged_from}
+    while more := {i for i, ids in parents.items() if i not in saw and not saw.isdisjoint(ids)}:
+        saw |= more
+    return saw

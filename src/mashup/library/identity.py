@@ -19,9 +19,11 @@ import json
 import logging
 from pathlib import Path
 
+from mashup.config import NAMED_BASES
 from mashup.errors import CheckpointError, MashupError
 from mashup.hub import is_hub_id
 from mashup.io import loaded_weight_files, sha256_files, stat_files
+from mashup.io.files import local_absolute
 from mashup.library.db import ensure_table, read_connection, select_rows, write_transaction
 from mashup.library.records import CheckpointRecord, read_json_object
 
@@ -158,8 +160,7 @@ def stored_base(base: str) -> str:
     that name) or a Hub id as given."""
     from mashup.named_models import NAMED_MODELS
 
-    path = Path(base).expanduser()
-    return str(path.absolute()) if base and base not in NAMED_MODELS and path.exists() else base
+    return base if base in NAMED_MODELS else local_absolute(base) or base
 
 
 def resolve_identity(base: str) -> str | None:
@@ -178,12 +179,16 @@ def same_base(a: str, b: str) -> bool:
     """Whether two spellings name one base: by content identity where both resolve locally, else by spelling
     (``BaseMatcher``'s rule, for two names rather than a record)."""
     identities = resolve_identity(a), resolve_identity(b)
-    return identities[0] == identities[1] if all(identities) else _same_spelling(a, b)
+    return identities[0] == identities[1] if all(identities) else same_spelling(a, b)
 
 
-def _same_spelling(a: str, b: str) -> bool:
+def same_spelling(a: str, b: str) -> bool:
+    """Whether two spellings name one base or dir without reading it: equal strings, or local paths resolving alike.
+    A named model and a dir of its name differ (a name is read as the named model, whatever is in the cwd)."""
     if a == b:
         return True
+    if (a in NAMED_BASES) != (b in NAMED_BASES):
+        return False
     if any(s.startswith(("/", ".", "~")) or Path(s).expanduser().exists() for s in (a, b)):
         return Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
     return False
@@ -202,32 +207,36 @@ class BaseMatcher:
         self._legacy_digests: dict[str, str | None] = {}
 
     def record_identity(self, record: CheckpointRecord) -> str | None:
-        if record.base_identity:
-            return record.base_identity
-        return self._identity_of(record.base_model)
+        return self._stored_or_resolved(record.base_model, record.base_identity)
+
+    def _stored_or_resolved(self, base_model: str, stored: str | None) -> str | None:
+        return stored if stored else self._identity_of(base_model)
 
     def mismatch(self, record: CheckpointRecord) -> str | None:
         """Why ``record`` is not on this base, or None if it is."""
-        other = self.record_identity(record)
-        if self.identity and other:
-            if other == self.identity or self._on_legacy_digest(record):
-                return None
-            if _same_spelling(record.base_model, self.base):  # one dir, whose weights changed after registration
-                return f"base model '{self.base}' holds other weights than when this checkpoint was registered"
-            return f"base model '{record.base_model}' has other content than '{self.base}'"
-        return None if _same_spelling(record.base_model, self.base) else \
-            f"base model is '{record.base_model}', not '{self.base}'"
+        return self.stored_mismatch(record.base_model, record.base_identity)
 
-    def _on_legacy_digest(self, record: CheckpointRecord) -> bool:
-        """Whether ``record``'s stored identity is the ``legacy_base_identity`` of a dir of this base: the one its
-        base names, or this matcher's where it spells the base alike. Only a dir holding weight files transformers
-        does not load is hashed (once; the digest was cached under the same key when it was the identity), and a
-        dir's identity is resolved only when that digest is the record's."""
-        if not record.base_identity:
+    def stored_mismatch(self, base_model: str, stored: str | None) -> str | None:
+        """Why a base as a record stores it (its spelling ``base_model`` and ``stored`` identity, if any) is not this
+        base, or None if it is."""
+        other = self._stored_or_resolved(base_model, stored)
+        if self.identity and other:
+            if other == self.identity or self._on_legacy_digest(base_model, stored):
+                return None
+            if same_spelling(base_model, self.base):  # one dir, whose weights changed after registration
+                return f"base model '{self.base}' holds other weights than when this checkpoint was registered"
+            return f"base model '{base_model}' has other content than '{self.base}'"
+        return None if same_spelling(base_model, self.base) else f"base model is '{base_model}', not '{self.base}'"
+
+    def _on_legacy_digest(self, base_model: str, stored: str | None) -> bool:
+        """Whether the ``stored`` identity is the ``legacy_base_identity`` of a dir of this base: the one
+        ``base_model`` names, or this matcher's where it spells the base alike. Only a dir holding weight files
+        transformers does not load is hashed (once; the digest was cached under the same key when it was the
+        identity), and a dir's identity is resolved only when that digest is the stored one."""
+        if not stored:
             return False
-        names = {record.base_model} | ({self.base} if _same_spelling(record.base_model, self.base) else set())
-        return any(self._legacy(name) == record.base_identity and self._identity_of(name) == self.identity
-                   for name in sorted(names))
+        names = {base_model} | ({self.base} if same_spelling(base_model, self.base) else set())
+        return any(self._legacy(name) == stored and self._identity_of(name) == self.identity for name in sorted(names))
 
     def _legacy(self, name: str) -> str | None:
         if name not in self._legacy_digests:
@@ -243,3 +252,28 @@ class BaseMatcher:
         if name not in self._resolved:
             self._resolved[name] = resolve_identity(name)
         return self._resolved[name]
+
+
+RecordBase = tuple[str, str | None]  # a base as a record stores it: (base_model, base_identity)
+BaseMemo = dict[tuple[RecordBase, RecordBase], bool]  # same_record_base's answers, for one pass over records
+
+
+def record_base(record: CheckpointRecord) -> RecordBase:
+    return record.base_model, record.base_identity
+
+
+def same_record_base(a: RecordBase, b: RecordBase, memo: BaseMemo | None = None) -> bool:
+    """Whether two bases as records store them are one, by ``BaseMatcher``'s rule (content identity where known,
+    else spelling), tried from both sides: a legacy identity matches a newer one of the same base dir either way
+    round. ``memo`` keeps the answers for a caller comparing many records over the same few bases (a selection's
+    1,000 candidates): it resolves identities from disk, so it is kept no longer than one pass."""
+    if a[1] and a[1] == b[1]:
+        return True
+    if a[0] == b[0] and not (a[1] and b[1]):
+        return True  # one spelling, at most one stored identity: nothing tells them apart
+    if memo is not None and (a, b) in memo:
+        return memo[(a, b)]
+    same = any(BaseMatcher(x[0], x[1]).stored_mismatch(*y) is None for x, y in ((a, b), (b, a)))
+    if memo is not None:
+        memo[(a, b)] = same
+    return same

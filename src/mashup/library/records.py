@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -52,6 +52,12 @@ class CheckpointRecord:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @property
+    def merged_from(self) -> list[str]:
+        """The ids its lineage says it was merged from (none where the lineage holds no list)."""
+        parents = self.lineage.get("merged_from")
+        return [str(i) for i in parents] if isinstance(parents, list) else []
 
     @property
     def lora_scale(self) -> float:
@@ -128,11 +134,10 @@ def _report_mismatch(report: dict[str, Any], record: CheckpointRecord, ids: list
 def _legacy_of(record: CheckpointRecord, identity: object) -> bool:
     """Whether ``identity`` is the ``legacy_base_identity`` of ``record``'s base (a merge of records registered
     before the identity left out files transformers does not load records theirs): the same base, as
-    ``BaseMatcher`` judges it."""
-    from mashup.library.identity import BaseMatcher
+    ``same_record_base`` judges it."""
+    from mashup.library.identity import record_base, same_record_base
 
-    merged_on = replace(record, base_identity=str(identity))
-    return BaseMatcher(record.base_model, record.base_identity).mismatch(merged_on) is None
+    return same_record_base((record.base_model, str(identity)), record_base(record))
 
 
 def inspect_lora(path: Path, task: str | None, allow_pickle: bool, check_values: bool = False,

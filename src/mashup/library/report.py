@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -11,6 +10,7 @@ from mashup.io import readable_size
 from mashup.library.catalog import Library
 from mashup.library.records import CheckpointRecord
 from mashup.library.score_cache import ScoreCache, ScoreEntry
+from mashup.scoring import accuracy_if_finite
 
 
 def _checkpoint_label(library: Library, checkpoint_id: str) -> str:
@@ -104,10 +104,9 @@ def score_matrix(library: Library, *, target: str | None = None, task: str | Non
         columns.setdefault(key, {"key": key, "label": column_label(entry), "target": label, "fingerprint":
                                  entry.fingerprint, **{k: v for k, v in entry.sample.items() if k != "target"}})
         rows.setdefault(row_id, {"id": row_id, "task": row_task, "in_library": record is not None})
-        # a loss that is not finite (NULL in SQLite) has no accuracy: rows cached before that rule hold one read off
-        # NaN logits, which selection never reports (``CheckpointScore``)
-        finite = entry.loss is not None and math.isfinite(entry.loss)
-        matrix.cells.setdefault(row_id, {})[key] = {"loss": entry.loss, "accuracy": entry.accuracy if finite else None,
+        # rows cached before a loss that is not finite (NULL in SQLite) lost its accuracy hold one read off NaN logits
+        accuracy = accuracy_if_finite(entry.loss, entry.accuracy)
+        matrix.cells.setdefault(row_id, {})[key] = {"loss": entry.loss, "accuracy": accuracy,
                                                     "n": entry.n, "seconds": entry.seconds, "created": entry.created}
     matrix.columns, matrix.checkpoints = list(columns.values()), list(rows.values())
     return matrix

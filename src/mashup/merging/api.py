@@ -61,18 +61,19 @@ def merge_checkpoints(records: Sequence[CheckpointRecord], config: MergeConfig, 
                       base_model_dir: Path | None = None,
                       calibration_batches: Sequence[dict[str, torch.Tensor]] | None = None,
                       overwrite: bool = False, base: str | None = None, calibration: dict[str, Any] | None = None,
-                      on_commit: Callable[[Path], None] | None = None) -> MergeReport:
+                      on_commit: Callable[[Path], None] | None = None, base_id: str | None = None) -> MergeReport:
     """Merge checkpoints of one kind into ``out_dir`` (a PEFT adapter dir or an HF model dir).
 
     ``base`` is how the caller named the base (default: the first record's), for the report; ``mashup merge``
-    (``mashup.verbs.merge``) checks that it is the records' base. Beside the weights: the resolved config, the
+    (``mashup.verbs.merge``) checks that it is the records' base. ``base_id`` is its content identity where the
+    caller has it (``base_identity_of``; None: found here). Beside the weights: the resolved config, the
     report and the package versions (version.json). Writes atomically: on any error (MergeError for bad inputs, NaN/inf,
     mismatches) nothing is left; ``on_commit(out_dir)`` runs once the output is in place, and if it raises the
     output is removed again.
     """
     start = time.perf_counter()
     plan = build_plan(records, config)
-    base_info = _base_info(plan.records, base, Path(base_model_dir) if base_model_dir else None)
+    base_info = _base_info(plan.records, base, Path(base_model_dir) if base_model_dir else None, base_id)
     statistics = compute_statistics(plan, Path(base_model_dir) if base_model_dir else None, calibration_batches)
     errors: dict[str, float] = {}
     with atomic_output_dir(Path(out_dir), overwrite=overwrite, on_commit=on_commit) as tmp:
@@ -97,17 +98,23 @@ def merge_checkpoints(records: Sequence[CheckpointRecord], config: MergeConfig, 
     return report
 
 
-def _base_info(records: Sequence[CheckpointRecord], base: str | None, base_dir: Path | None
-               ) -> dict[str, str | None]:
+def base_identity_of(base: str, base_dir: Path | None) -> str | None:
+    """The content identity of the base a merge reads: of ``base_dir`` where it reads one (None if its weights
+    cannot be read: the merge itself says so where it reads them), else of what ``base`` names locally."""
+    if base_dir is None:
+        return resolve_identity(base)
+    try:
+        return base_identity(base_dir)
+    except (MashupError, OSError):
+        return None
+
+
+def _base_info(records: Sequence[CheckpointRecord], base: str | None, base_dir: Path | None,
+               identity: str | None) -> dict[str, str | None]:
     """What the report records of the base: its spelling, the dir the merge read (if any) and its identity (the
     current one: a record may hold a ``legacy_base_identity``, which the merge's registration would not match)."""
     spelled = base or records[0].base_model
-    if base_dir is not None:
-        try:
-            identity = base_identity(base_dir)
-        except (MashupError, OSError):  # unreadable weights: the merge itself says so where it reads them
-            identity = None
-    else:
-        identity = resolve_identity(spelled) or records[0].base_identity
-    return {"model": spelled, "dir": str(base_dir.absolute()) if base_dir else None,
-            "identity": identity}
+    identity = identity or base_identity_of(spelled, base_dir)
+    if base_dir is None:
+        identity = identity or records[0].base_identity
+    return {"model": spelled, "dir": str(base_dir.absolute()) if base_dir else None, "identity": identity}

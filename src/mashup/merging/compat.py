@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from mashup.config import LoraMode, MergeConfig
 from mashup.errors import MashupError, MergeError
-from mashup.library.identity import BaseMatcher
+from mashup.library.identity import BaseMatcher, BaseMemo, record_base, same_record_base
 from mashup.library.lora_config import is_factor
 from mashup.library.records import CheckpointRecord
 from mashup.merging.base import MergeMethod
@@ -128,13 +128,15 @@ def _check_delta(records: Sequence[CheckpointRecord]) -> None:
                                  None, "merge adapters of one base model")
 
 
-def check_records(records: Sequence[CheckpointRecord], method: MergeMethod, lora_mode: LoraMode | None) -> None:
-    """Raise MergeError (naming the difference) unless ``records`` can be merged with this method and mode."""
+def check_records(records: Sequence[CheckpointRecord], method: MergeMethod, lora_mode: LoraMode | None, *,
+                  bases: BaseMemo | None = None) -> None:
+    """Raise MergeError (naming the difference) unless ``records`` can be merged with this method and mode;
+    ``bases`` keeps base comparisons for a caller checking many records (``same_record_base``)."""
     if not records:
         raise MergeError("no checkpoints to merge", None, "select at least one (k >= 1)")
     _refuse_repeats(records)
     _require_same(records, lambda r: r.kind, "checkpoint kind", "merge only checkpoints of one kind")
-    _check_one_base(records)
+    _check_one_base(records, bases)
     if records[0].kind == "full":
         _check_shapes_equal(records)
     else:
@@ -167,46 +169,32 @@ def _base_text(record: CheckpointRecord) -> str:
     return f"{_name(record)}: '{record.base_model}', {identity}"
 
 
-def _same_base(a: CheckpointRecord, b: CheckpointRecord) -> bool:
-    """The library's rule (``BaseMatcher``: content identity where known, else spelling), tried from both sides,
-    so that a record holding a legacy identity matches a newer record of the same base dir either way round."""
-    if a.base_identity and a.base_identity == b.base_identity:
-        return True
-    if a.base_model == b.base_model and not (a.base_identity and b.base_identity):
-        return True  # one spelling, at most one stored identity: nothing tells them apart
-    key = (a.base_model, a.base_identity, b.base_model, b.base_identity)
-    if key not in _MATCHED_BASES:
-        if len(_MATCHED_BASES) >= 256:
-            _MATCHED_BASES.clear()
-        _MATCHED_BASES[key] = any(BaseMatcher(x.base_model, x.base_identity).mismatch(y) is None
-                                  for x, y in ((a, b), (b, a)))
-    return _MATCHED_BASES[key]
-
-
-# selection checks every candidate against the first (1,000 times over a library mixing legacy and new identities):
-# a matcher resolves identities and legacy digests from disk, for the same few (spelling, identity) pairs each time
-_MATCHED_BASES: dict[tuple[str, str | None, str, str | None], bool] = {}
-
-
-def _check_one_base(records: Sequence[CheckpointRecord]) -> None:
+def _check_one_base(records: Sequence[CheckpointRecord], bases: BaseMemo | None = None) -> None:
     """Refuse checkpoints fine-tuned from different base models: their deltas live in different weight spaces."""
     for record in records[1:]:
-        if not _same_base(records[0], record):
+        if not same_record_base(record_base(records[0]), record_base(record), bases):
             raise MergeError(f"checkpoints {_name(records[0])} and {_name(record)} are of different base models "
                              f"({_base_text(records[0])}; {_base_text(record)})", None,
                              "merge checkpoints of one base")
 
 
-def check_base(records: Sequence[CheckpointRecord], base: str, identity: str | None = None) -> None:
-    """Refuse a base (``--base``, or the dir ``mashup merge`` reads config and reference weights from) that is not
-    the records' base by the library's rule; ``identity`` is its content identity where the caller has it."""
+def check_base(records: Sequence[CheckpointRecord], base: str, identity: str | None = None, *,
+               given: bool = True) -> None:
+    """Refuse a base that is not the records' base by the library's rule: ``--base`` (``given``), or else the dir
+    their own base names, which ``mashup merge`` reads config, reference weights and statistics from (then a
+    mismatch means it changed on disk since they were registered); ``identity`` is its content identity where the
+    caller has it."""
     matcher = BaseMatcher(base, identity)
     for record in records:
-        if matcher.mismatch(record) is not None:
+        reason = matcher.mismatch(record)
+        if reason is not None:
             own = f"identity {matcher.identity[:12]}" if matcher.identity else "identity unresolved"
-            raise MergeError(f"base '{base}' ({own}) is not the base model of checkpoint {_base_text(record)}",
-                             None, "merge checkpoints with the base they were fine-tuned from (leave --base out "
-                             "to use theirs)")
+            fix = ("merge checkpoints with the base they were fine-tuned from (leave --base out to use theirs)"
+                   if given else f"restore it, or register the checkpoints again (`mashup library remove "
+                   f"{record.id}`, then `library add`)")
+            raise MergeError(f"base '{base}' ({own}) is not the base model of checkpoint "
+                             f"{_base_text(record)}: {reason}",
+                             None, fix)
 
 
 def _check_references(records: Sequence[CheckpointRecord], lora_mode: LoraMode | None) -> None:
@@ -234,17 +222,19 @@ def reference_key(record: CheckpointRecord, method: str | MergeMethod, lora_mode
     return reference_identity(record, mode)
 
 
-def merge_compatibility(records: Sequence[CheckpointRecord], config: MergeConfig) -> str | None:
+def merge_compatibility(records: Sequence[CheckpointRecord], config: MergeConfig, *,
+                        bases: BaseMemo | None = None) -> str | None:
     """Why ``records`` cannot be merged with ``config`` (one line), or None if they can.
 
     Uses the same checks as the merge itself, from catalog records alone (see the module docstring).
-    Weight counts are not checked: call it with any subset, e.g. [template, candidate] per candidate.
+    Weight counts are not checked: call it with any subset, e.g. [template, candidate] per candidate, with one
+    ``bases`` memo (a dict) over those calls.
     """
     try:
         if not records:
             raise MergeError("no checkpoints to merge")
         method, mode = method_and_mode(config, records[0].kind)
-        check_records(records, method, mode)
+        check_records(records, method, mode, bases=bases)
     except MashupError as exc:
         return exc.line()
     return None

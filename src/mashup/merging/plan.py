@@ -164,7 +164,7 @@ def build_plan(records: Sequence[CheckpointRecord], config: MergeConfig) -> Merg
     if method.uses_lambda and config.lambda_ == 0 and lora_mode == "ab":
         raise MergeError(f"lambda 0 makes every LoRA factor of a {method.name} merge in mode ab zero: an adapter "
                          "holding none of the checkpoints, whose gradients are all zero, so it could not even train",
-                         None, "give a non-zero --lambda, or --lora-mode delta")
+                         None, "give a non-zero --lambda / merge.lambda, or --lora-mode delta / merge.lora_mode: delta")
     density = method.resolve_density(config.density) if method.uses_density else None
     params = MergeParams(density=density, lambda_=config.lambda_, normalize=normalize, sign=config.sign)
     plan = MergePlan(method, records, weights, params, config, kind, lora_mode)

@@ -21,4 +21,4 @@ def require_finite_output(tensor: torch.Tensor, name: str) -> None:
     if tensor.is_floating_point() and not torch.isfinite(tensor).all():
         raise MergeError(f"merged tensor {name} holds NaN or inf: the weights or lambda scale the checkpoints past "
                          "float32's range (about 3.4e38)", MERGED_OUTPUT,
-                         "give smaller weights or lambda (--weights, --lambda)")
+                         "give smaller weights or lambda (--weights / merge.weights, --lambda / merge.lambda)")

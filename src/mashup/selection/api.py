@@ -12,7 +12,7 @@ import torch
 from mashup.config import SelectConfig
 from mashup.data.prompts import EncodedRequest
 from mashup.evaluation import ScoreSettings
-from mashup.errors import LibraryError
+from mashup.errors import LibraryError, listed
 from mashup.executors import Executor, make_executor
 from mashup.library import CheckpointRecord
 from mashup.score_batches import plan_batch_rows
@@ -87,11 +87,11 @@ def select_top(ranking: Sequence[CheckpointScore], k: int, library_dir: Path | N
     bad = [s.id for s in ranking if not s.finite]
     if not bad:  # no selector ranks fewer than k of k or more candidates; were one to, it is no selection
         raise LibraryError(f"k={k} but the selector ranked only {len(ranking)} checkpoint(s)",
-                           str(library_dir) if library_dir else None, "lower --k, or use --selector exhaustive")
-    named = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+                           str(library_dir) if library_dir else None,
+                           "lower k (--k), or use the exhaustive selector (--selector exhaustive)")
     raise LibraryError(f"k={k} but only {len(usable)} of {len(ranking)} ranked checkpoint(s) scored a finite loss "
-                       f"(not finite: {named})", str(library_dir) if library_dir else None,
-                       "lower --k, or check those checkpoints' weights (see the warnings) and register others")
+                       f"(not finite: {listed(bad)})", str(library_dir) if library_dir else None,
+                       "lower k (--k), or check those checkpoints' weights (see the warnings) and register others")
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ import torch
 
 from mashup.config import PrefilterConfig
 from mashup.data.prompts import EncodedRequest
-from mashup.errors import MashupError
+from mashup.errors import MashupError, listed
 from mashup.evaluation import ScoreSettings
 from mashup.library import CheckpointRecord
 from mashup.selection.arrow import Layout, affinity, prototypes_of, unit_inputs
@@ -43,6 +43,9 @@ ARROW_BYTES = 128 << 20  # and at most this much of them (58 rows of a 7B Llama'
 # 52nd by the first-order estimate and 81st by Arrow, so keeping half lost it; among 1,000 the worse of exhaustive's
 # top 2 ranked at most 335th by Arrow, inside the half kept)
 SAFE_CUT_MIN_POOL = 500
+# a signal's value where it has none (NaN or inf: the weights, or float32 arithmetic on them, overflow): cached as
+# that, so a repeat knows it without a probe (a NaN would be kept as NULL and read back as missing), and never ranked
+NO_VALUE = math.inf
 
 
 @dataclass
@@ -66,8 +69,8 @@ def run_prefilter(records: Sequence[CheckpointRecord], requests: Sequence[Encode
                   library_dir: Path | None = None, cache_values: bool = True, allow_pickle: bool = False
                   ) -> PrefilterResult:
     """The candidates worth scoring: the best ``config.keep`` of those the signals can rank (plain LoRA
-    adapters on the library's most common set of target modules, which the probe covers), plus every
-    one they cannot rank; never fewer than ``k`` (``keep_count``).
+    adapters on the library's most common set of target modules, which the probe covers, with a finite
+    value of every signal), plus every one they cannot rank; never fewer than ``k`` (``keep_count``).
 
     With ``library_dir`` Arrow's prototypes are cached there (they depend on the weights' bytes alone, so
     they are kept even when ``cache_values`` is off), and with ``cache_values`` the signals' values for
@@ -81,7 +84,8 @@ def run_prefilter(records: Sequence[CheckpointRecord], requests: Sequence[Encode
         return PrefilterResult(list(records), seconds=time.perf_counter() - start)
     if len(eligible) < SAFE_CUT_MIN_POOL:
         logger.warning("the prefilter's signals are too weak to cut %d candidates (under %d) safely: it may drop the "
-                       "best ones; on a pool this small use --selector halving", len(eligible), SAFE_CUT_MIN_POOL)
+                       "best ones; on a pool this small use the halving selector (--selector halving)", len(eligible),
+                       SAFE_CUT_MIN_POOL)
     cache = SignalCache(library_dir) if library_dir is not None else None
     keys = {r.id: weights_key(r, allow_pickle) for r in eligible}
     value_cache = cache if cache_values else None
@@ -98,22 +102,30 @@ def run_prefilter(records: Sequence[CheckpointRecord], requests: Sequence[Encode
             values[signal].update(new)
             if value_cache is not None:
                 value_cache.put_signals(signal, fingerprint, {keys[i]: v for i, v in new.items()})
-    # a candidate a signal has no value for (Arrow's of factors that overflow) is kept unranked, as the ineligible are
-    ranked = {r.id for r in eligible if all(r.id in values[signal] for signal in config.signals)}
-    _warn_unranked([r for r in eligible if r.id not in ranked])
-    chosen = best_by_signals({signal: {i: v for i, v in got.items() if i in ranked} for signal, got in values.items()},
-                             count)
-    result.kept = [r for r in records if r.id not in ranked or r.id in chosen]
-    result.values = values
+    result.kept, result.values = _cut(records, eligible, values, count)
     result.seconds = time.perf_counter() - start
     return result
 
 
+def _cut(records: Sequence[CheckpointRecord], eligible: Sequence[CheckpointRecord],
+         values: dict[str, dict[str, float]], count: int) -> tuple[list[CheckpointRecord], dict[str, dict[str, float]]]:
+    """The kept records (the ``count`` best ranked, every unranked one) and each signal's finite values.
+
+    A candidate some signal has no finite value for is kept unranked, as the ineligible are, with a warning."""
+    ranked = {r.id for r in eligible if all(math.isfinite(got.get(r.id, math.nan)) for got in values.values())}
+    _warn_unranked([r for r in eligible if r.id not in ranked])
+    chosen = best_by_signals({signal: {i: v for i, v in got.items() if i in ranked} for signal, got in values.items()},
+                             count)
+    finite = {signal: {i: v for i, v in got.items() if math.isfinite(v)} for signal, got in values.items()}
+    return [r for r in records if r.id not in ranked or r.id in chosen], finite
+
+
 def _warn_unranked(records: Sequence[CheckpointRecord]) -> None:
     if records:
-        logger.warning("the prefilter has no value for %s (factors that overflow float32): kept unranked, the "
-                       "scores decide; check the weights, or `mashup library remove %s`",
-                       ", ".join(f"{r.id} ({r.path})" for r in records), " ".join(r.id for r in records))
+        logger.warning("the prefilter has no value for %d candidate(s) (a signal of theirs is not finite: NaN or inf "
+                       "weights, or weights that overflow float32): %s; kept unranked, their scores decide; check "
+                       "their weights, or `mashup library remove ID`", len(records),
+                       listed([f"{r.id} ({r.path})" for r in records]))
 
 
 def _most_common_modules(module_sets: Iterable[tuple[str, ...]]) -> tuple[str, ...]:
@@ -199,7 +211,7 @@ def compute_signals(missing: dict[str, list[CheckpointRecord]], probe: Probe, mo
         if first:
             scales = [group[i].lora_scale for i in first]
             values = predicted_changes(gradients, _rows(factors, first, len(group)), scales)
-            fresh["first_order"].update((group[i].id, _finite_or_worst(v)) for i, v in zip(first, values))
+            fresh["first_order"].update((group[i].id, _or_no_value(v)) for i, v in zip(first, values))
         new = [i for i, r in enumerate(group) if arrow is not None and arrow.needs_factors(r)]
         if new:
             arrow.match_new([group[i] for i in new], _prototype_rows(_rows(factors, new, len(group)), modules))
@@ -208,10 +220,9 @@ def compute_signals(missing: dict[str, list[CheckpointRecord]], probe: Probe, mo
     return fresh
 
 
-def _finite_or_worst(value: float) -> float:
-    """A signal's value, or +inf (ranked last) where it overflowed: NaN would scramble the sort (and the cache
-    would keep it as NULL)."""
-    return value if math.isfinite(value) else math.inf
+def _or_no_value(value: float) -> float:
+    """A signal's value, or ``NO_VALUE`` where it is not finite (the candidate is then kept unranked)."""
+    return value if math.isfinite(value) else NO_VALUE
 
 
 class _ArrowMatch:
@@ -227,8 +238,7 @@ class _ArrowMatch:
         self.ids_by_key: dict[str, list[str]] = {}  # copies of one file share a key, and so a row
         for record in records:
             self.ids_by_key.setdefault(keys[record.id], []).append(record.id)
-        self.values: dict[str, float] = {}
-        self.unranked: set[str] = set()  # ids whose prototypes are NaN (``prototypes_of``): no value
+        self.values: dict[str, float] = {}  # NO_VALUE where the prototypes are NaN (``prototypes_of``)
 
     def match_cached(self) -> None:
         """Match the rows the cache has, a block at a time (``arrow_block_rows``)."""
@@ -240,8 +250,7 @@ class _ArrowMatch:
         """Whether the record's row is to be made from its factors: wanted, not matched yet, and the first
         of its copies."""
         owners = self.ids_by_key.get(self.keys.get(record.id), [])
-        matched = record.id in self.values or record.id in self.unranked
-        return bool(owners) and owners[0] == record.id and not matched
+        return bool(owners) and owners[0] == record.id and record.id not in self.values
 
     def match_new(self, records: Sequence[CheckpointRecord], rows: torch.Tensor) -> None:
         """Match rows made from the factors (float16 on the CPU, as the cache keeps them) and cache them."""
@@ -254,10 +263,7 @@ class _ArrowMatch:
         for start in range(0, len(owners), self.block_rows):
             block = rows[start:start + self.block_rows].to(self.device)
             for ids, value in zip(owners[start:start + self.block_rows], affinity(self.units, block, self.layout)):
-                if math.isfinite(value):
-                    self.values.update((i, -value) for i in ids)
-                else:
-                    self.unranked.update(ids)
+                self.values.update((i, _or_no_value(-value)) for i in ids)
 
 
 def arrow_block_rows(layout: Layout) -> int:

@@ -16,7 +16,7 @@ from typing import Any
 from mashup.data.prompts import EncodedRequest
 from mashup.library import CheckpointRecord
 from mashup.library.score_cache import ScoreCache, fingerprint
-from mashup.scoring import CheckpointScore
+from mashup.scoring import CheckpointScore, accuracy_if_finite
 from mashup.selection.example_scores import ExampleScores, sample_tokens
 
 
@@ -80,12 +80,13 @@ class ScoreStore:
             if record.sha256 in found:
                 loss, accuracy, n, seconds, losses, applies = found[record.sha256]
                 loss = math.nan if loss is None else loss  # SQLite keeps a NaN as NULL; it ranks last (scoring.rank)
-                if accuracy is None and self.needs_accuracy and math.isfinite(loss):  # not finite: no accuracy
+                kept = accuracy_if_finite(loss, accuracy)
+                if kept is None and self.needs_accuracy and math.isfinite(loss):  # scored again
                     continue
                 if applies is not None and applies != record.applies:  # same weights, another alpha (rank, ...)
                     continue
                 # a cached score keeps the seconds it cost (0 for rows cached before that was recorded)
-                out[record.id] = PrefixScore(loss * n, None if accuracy is None else round(accuracy * n), n,
+                out[record.id] = PrefixScore(loss * n, None if kept is None else round(kept * n), n,
                                              seconds=(seconds or 0.0) * (1.0 if accuracy is None else share),
                                              cached=True,
                                              losses=losses if losses is not None and len(losses) == n else None)
@@ -97,7 +98,7 @@ class ScoreStore:
         if self.cache is not None and scores:
             info = {**self.sample_info, "samples": len(requests)}
             self.cache.put(fingerprint(self.base_dir, requests, self.bf16),
-                           [(r.sha256, s.loss, s.accuracy if math.isfinite(s.loss) else None, s.n, s.seconds,
+                           [(r.sha256, s.loss, accuracy_if_finite(s.loss, s.accuracy), s.n, s.seconds,
                              s.losses, r.applies) for r, s in scores],
                            target=info.get("target"), sample=info)
 

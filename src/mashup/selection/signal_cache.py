@@ -152,7 +152,7 @@ class SignalCache:
 
     def signals(self, signal: str, fingerprint: str, keys: Iterable[str]) -> dict[str, float]:
         """The cached values of ``signal`` for this target sample, by weights key (a NaN, kept as NULL, reads
-        as missing)."""
+        as missing; +inf reads back as itself: the prefilter's ``NO_VALUE``, a value known to be lacking)."""
         wanted, rows = set(keys), []
         with self._reading("signals") as conn:
             if conn is not None:

@@ -30,7 +30,8 @@ from mashup.data.schema import sample
 from mashup.errors import MashupError
 from mashup.io import write_json
 from mashup.switch.candidates import Candidate, load_candidates
-from mashup.switch.config import SWITCH_CONFIG, CollectConfig, SwitchConfig
+from mashup.switch.config import (SWITCH_CONFIG, CollectConfig, SwitchConfig, candidates_difference,
+                                  resolved_candidate)
 from mashup.switch.generation import Plan, Segment, fixed, random_chooser, switch_generate
 from mashup.switch.rewards import Reward, build_reward, reward_name
 from mashup.switch.tasks import (SwitchItem, SwitchTask, load_switch_task, ordered_task_fingerprint,
@@ -155,9 +156,16 @@ def _parse_record(line: bytes) -> dict | None:
 
 
 def _resumable(out: Path, config: SwitchConfig, collect_config: CollectConfig) -> bool:
-    """Whether ``out`` holds a collect with the same configs (to resume); False for a new or empty dir."""
+    """Whether ``out`` holds a collect with the same configs (to resume); False for a new or empty dir. Candidates
+    are compared as `switch train` compares them (by weights and alignment, paths by the dir they name), the rest
+    of the configs as they are."""
     if (out / COLLECT_CONFIG).exists():
-        same = (load_config(out / SWITCH_CONFIG, SwitchConfig) == config
+        recorded = load_config(out / SWITCH_CONFIG, SwitchConfig)
+        difference = candidates_difference(recorded.candidates, config.candidates)
+        if difference is not None:
+            raise MashupError(f"the output dir holds a collect of other candidates ({difference})", str(out),
+                              "resume with the same candidates in the same order, or choose another --out")
+        same = (recorded.model_dump(exclude={"candidates"}) == config.model_dump(exclude={"candidates"})
                 and load_config(out / COLLECT_CONFIG, CollectConfig) == collect_config)
         if not same:
             raise MashupError("the output dir holds a collect with other settings", str(out),
@@ -207,7 +215,9 @@ def _start(out: Path, config: SwitchConfig, collect_config: CollectConfig, task_
     out.mkdir(parents=True, exist_ok=True)
     for stale in out.glob(".*.tmp"):  # a config write an earlier, killed start cut short
         stale.unlink()
-    save_config(config, out / SWITCH_CONFIG)
+    # the candidates as `switch train` records them: a resume or a training from another working dir reads the same
+    save_config(config.model_copy(update={"candidates": [resolved_candidate(c) for c in config.candidates]}),
+                out / SWITCH_CONFIG)
     write_version(out)
     write_json(out / TASK_DATA, task_data)
     save_config(collect_config, out / COLLECT_CONFIG)  # last: its presence makes the dir a collect to resume

@@ -9,7 +9,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BeforeValidator, Field, field_validator, model_validator
 
-from mashup.config import BASE_SPELLINGS, Finite, Precision, StageConfig, TrainConfig
+from mashup.config import BASE_SPELLINGS, NAMED_BASES, Finite, Precision, StageConfig, TrainConfig
+from mashup.library.identity import same_spelling, stored_base
 
 logger = logging.getLogger(__name__)
 ALIGNED = "aligned"
@@ -37,8 +38,9 @@ class CandidateConfig(StageConfig):
     def _not_misspelt_aligned(cls, role: str) -> str:
         """Only 'aligned' changes what a candidate does, so a near miss of it would silently be a label."""
         folded = role.strip().lower()
-        # a label built on the word ("unaligned", "misaligned") is a label; "Aligned", "aligend" are near misses
-        if role != ALIGNED and (folded == ALIGNED or ALIGNED not in folded and _edit_distance(folded, ALIGNED) <= 2):
+        # a label built on the word ("unaligned", "aligned-sft") is a label, and so is a word two edits away
+        # ("align", "signed"); "Aligned", "aligned ", "aligend", "alined" are near misses
+        if role != ALIGNED and (folded == ALIGNED or ALIGNED not in folded and _edit_distance(folded, ALIGNED) == 1):
             raise ValueError(f"role '{role}' reads as a misspelt '{ALIGNED}' (the one role that changes what a "
                              f"candidate does: it writes the first and last segments); write '{ALIGNED}', or a "
                              "label further from it")
@@ -60,38 +62,62 @@ class CandidateConfig(StageConfig):
 
 
 def _edit_distance(a: str, b: str) -> int:
-    """Levenshtein distance (insertions, deletions, substitutions)."""
-    row = list(range(len(b) + 1))
+    """Damerau-Levenshtein distance (optimal string alignment): insertions, deletions, substitutions and swaps of
+    two adjacent letters ("aligend") each count one edit."""
+    before, row = [0] * (len(b) + 1), list(range(len(b) + 1))
     for i, x in enumerate(a, start=1):
-        previous, row[0] = row[0], i
+        current = [i] + [0] * len(b)
         for j, y in enumerate(b, start=1):
-            previous, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, previous + (x != y))
+            current[j] = min(row[j] + 1, current[j - 1] + 1, row[j - 1] + (x != y))
+            if i > 1 and j > 1 and x == b[j - 2] and a[i - 2] == y:
+                current[j] = min(current[j], before[j - 2] + 1)
+        before, row = row, current
     return row[-1]
 
 
-def _place(path: str | None) -> str | None:
-    """A local path resolved (the same dir from any working dir); a Hub id or named base as given."""
-    return str(Path(path).expanduser().resolve()) if path and Path(path).expanduser().exists() else path
+# the shortest checkpoint id prefix taken to name the same checkpoint as a longer one it begins: ids are the
+# first 12 hex digits of the weights' sha256 and `library` may differ between two configs (or be gone), so a
+# prefix is compared by its letters, not looked up; two given checkpoints share 6 hex digits by a chance of
+# 1 in 16.7 million
+MIN_ID_PREFIX = 6
+
+
+def _same_checkpoint(recorded: str | None, given: str | None) -> bool:
+    """Whether two checkpoint ids (or unique prefixes, as `library` takes them) name one checkpoint."""
+    if recorded is None or given is None or recorded == given:
+        return recorded == given
+    shorter, longer = sorted((recorded, given), key=len)
+    return len(shorter) >= MIN_ID_PREFIX and longer.startswith(shorter)
+
+
+def _same_model(recorded: str | None, given: str | None) -> bool:
+    """``_same_place`` for a base, where a named model (``smollm2-135m``) is never a dir of that name: a candidate's
+    load (``resolve_base_dir``) takes the name for the named model even where such a dir exists."""
+    if recorded is not None and given is not None and (recorded in NAMED_BASES) != (given in NAMED_BASES):
+        return False
+    return _same_place(recorded, given)
 
 
 def _same_place(recorded: str | None, given: str | None) -> bool:
-    """Whether a recorded model or adapter spelling names the given one: equal, or the same dir resolved.
+    """Whether a recorded model or adapter spelling names the given one: equal, or the same dir resolved (the
+    library's spelling rule).
 
-    A relative recorded path (a collect records its candidates as given, and so did `switch train` before it
-    recorded them resolved) was relative to a working dir that is not known: it matches a given dir whose path
-    ends with it (``models/m1`` matches ``/work/proj/models/m1``), the most that can be compared.
+    A relative recorded path (a collect recorded its candidates as given before it recorded them absolute, and
+    so did `switch train`) was relative to a working dir that is not known: it matches a given dir whose path
+    ends with it (``models/m1`` matches ``/work/proj/models/m1``), the most that can be compared. A recorded Hub
+    id (``org/model``) reads as such a path too, so it matches a local dir ending in ``org/model``: left so, as
+    a dir of that name is almost always that model's download.
     """
-    if recorded == given:
-        return True
     if recorded is None or given is None:
-        return False
-    here = _place(given)
-    if _place(recorded) == here:
+        return recorded == given
+    if same_spelling(recorded, given):
         return True
+    here = Path(given).expanduser()
+    here = here.resolve() if here.exists() else here
     parts = [part for part in Path(recorded).parts if part not in (".", "..")]
-    if Path(recorded).expanduser().is_absolute() or not parts or not Path(str(here)).is_absolute():
+    if Path(recorded).expanduser().is_absolute() or not parts or not here.is_absolute():
         return False
-    same = Path(str(here)).parts[-len(parts):] == tuple(parts)
+    same = here.parts[-len(parts):] == tuple(parts)
     if same:
         logger.debug("recorded relative path %s taken as %s (the dir it was relative to is not known)", recorded, here)
     return same
@@ -102,8 +128,8 @@ def candidates_difference(recorded: Sequence[CandidateConfig], given: Sequence[C
     for: the candidate's weights (checkpoint id, model, adapter) and whether it is the aligned one; None when the
     same. Names and other role labels are only labels, and are not compared."""
     for index, (old, new) in enumerate(zip(recorded, given)):
-        fields = {"checkpoint": (old.checkpoint, new.checkpoint, old.checkpoint == new.checkpoint),
-                  "model": (old.model, new.model, _same_place(old.model, new.model)),
+        fields = {"checkpoint": (old.checkpoint, new.checkpoint, _same_checkpoint(old.checkpoint, new.checkpoint)),
+                  "model": (old.model, new.model, _same_model(old.model, new.model)),
                   "adapter": (old.adapter, new.adapter, _same_place(old.adapter, new.adapter)),
                   "role": (old.role, new.role, (old.role == ALIGNED) == (new.role == ALIGNED))}
         for field, (was, now, same) in fields.items():
@@ -117,8 +143,11 @@ def candidates_difference(recorded: Sequence[CandidateConfig], given: Sequence[C
 
 
 def resolved_candidate(candidate: CandidateConfig) -> CandidateConfig:
-    """The candidate with its local paths resolved, as a record that another working dir reads the same."""
-    return candidate.model_copy(update={"model": _place(candidate.model), "adapter": _place(candidate.adapter)})
+    """The candidate as a record that another working dir reads the same: its model as the library records a base
+    (a local dir absolute; a named model or Hub id as given), its adapter dir absolute."""
+    adapter = str(Path(candidate.adapter).expanduser().absolute()) if candidate.adapter else None
+    model = stored_base(candidate.model) if candidate.model else candidate.model
+    return candidate.model_copy(update={"model": model, "adapter": adapter})
 
 
 class GenerationConfig(StageConfig):

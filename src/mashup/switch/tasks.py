@@ -20,7 +20,7 @@ from typing import Literal
 
 from mashup.data.prompts import PromptTemplate
 from mashup.data.schema import (LETTERS, MCExample, carve_split, check_file_example, data_not_found, example_from_row,
-                                examples_fingerprint, read_rows)
+                                examples_fingerprint, fingerprint_row, read_rows)
 from mashup.data.tasks import ASSETS_HINT, SPLIT_SEED, TASKS, assets_dir, get_task, is_task_name
 from mashup.errors import DataError
 
@@ -58,9 +58,8 @@ def task_fingerprint(task: SwitchTask) -> str:
 def ordered_task_fingerprint(task: SwitchTask) -> str:
     """A digest of the task's items in their order, train half then test half: a collect's instances are drawn
     from the train half by position, so the same rows in another order (or split) digest differently."""
-    def rows(items: list[SwitchItem]) -> list[list]:
-        return [[item.query, item.gold, None if item.example is None else
-                 [item.example.context, item.example.question, list(item.example.choices), item.example.answer]]
+    def rows(items: list[SwitchItem]) -> list[list]:  # each the query, the gold, then the example's row, if any
+        return [[item.query, item.gold, None if item.example is None else fingerprint_row(item.example)]
                 for item in items]
     return hashlib.sha256(json.dumps([rows(task.train), rows(task.test)]).encode()).hexdigest()
 

@@ -17,6 +17,7 @@ from mashup.config import TrainConfig, load_config, save_config
 from mashup.evaluation import ScoreSettings
 from mashup.errors import MashupError
 from mashup.io import atomic_output_dir, write_json
+from mashup.library.identity import stored_base
 from mashup.models import default_device, load_tokenizer, resolve_base_dir, resolve_precision
 from mashup.switch.collect import ROLLOUTS, labelled_instances
 from mashup.switch.config import SWITCH_CONFIG, SwitchConfig, candidates_difference, resolved_candidate
@@ -108,6 +109,20 @@ def train_switcher(config: SwitchConfig, collect_dirs: list[str | Path], out: st
                          overwrite=overwrite)
 
 
+def _absolute(path: str | Path) -> Path:
+    return Path(path).expanduser().absolute()
+
+
+def recorded_config(config: SwitchConfig, base: str, out: str | Path) -> SwitchConfig:
+    """The switch config written beside the adapter, read the same from any working dir (generate and eval check
+    their candidates against it): the candidates, and the switcher's base as the library records a base and its
+    adapter absolute."""
+    adapter = str(_absolute(out) / "adapter")
+    switcher = config.switcher.model_copy(update={"model": stored_base(base), "adapter": adapter})
+    return config.model_copy(update={"candidates": [resolved_candidate(c) for c in config.candidates],
+                                     "switcher": switcher})
+
+
 def train_checked(config: SwitchConfig, inputs: SwitcherInputs, out: str | Path, train_config: TrainConfig, *,
                   held_out: float = HELD_OUT, progress: ProgressFn | None = None, overwrite: bool = False) -> dict:
     """:func:`train_switcher` on inputs :func:`check_switcher_inputs` has checked."""
@@ -127,12 +142,9 @@ def train_checked(config: SwitchConfig, inputs: SwitcherInputs, out: str | Path,
         save_trained(model, tmp / "adapter", base, tokenizer)
         write_curve(result, tmp)
         save_config(train_config, tmp / "train_config.yaml")
-        save_config(config.model_copy(update={  # the candidates resolved: generate/eval check them from any dir
-            "candidates": [resolved_candidate(c) for c in config.candidates],
-            "switcher": config.switcher.model_copy(update={"model": base, "adapter": str(Path(out) / "adapter")})}),
-            tmp / SWITCH_CONFIG)
+        save_config(recorded_config(config, base, out), tmp / SWITCH_CONFIG)
         write_version(tmp)
-        summary = {"out": str(out), "adapter": str(Path(out) / "adapter"), "base": base,
+        summary = {"out": str(_absolute(out)), "adapter": str(_absolute(out) / "adapter"), "base": stored_base(base),
                    "train_examples": len(train_requests), "held_out": len(eval_requests),
                    "labels": {i: sum(r.answer == i for r in requests) for i in range(n)}, **result.to_dict()}
         write_json(tmp / "result.json", summary)

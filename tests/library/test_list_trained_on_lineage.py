@@ -1,0 +1,33 @@
+"""`library list --trained-on T` lists what selection leaves out for T: a checkpoint trained on T itself (its task or
+data fingerprint), or through a checkpoint it was merged from, at any depth; a hand-made lineage cannot crash it."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+from mashup.candidates import trained_on
+from mashup.library import Library
+from tests.library.helpers import many_adapters
+
+
+def test_trained_on_follows_merged_from_as_selection_does(tmp_path, tiny_loras):
+    paths = many_adapters(tiny_loras[0], tmp_path / "runs", 5)
+    library = Library(tmp_path / "lib")
+    source = library.add(paths[:1], task="sciq")[0]  # registered with its task alone, as `library add --task`
+    merged = library.add(paths[1:2], lineage={"merged_from": [source.id]})[0]
+    run = library.add(paths[2:3], task="arc", lineage={"merged_from": [merged.id], "trained_on": {"task": "arc"}})[0]
+    library.add(paths[3:4], task="arc", data_fingerprint="ab" * 32)
+    listed = [r.id for r in library.list(trained_on="sciq")]
+    assert listed == [source.id, merged.id, run.id]
+    target = SimpleNamespace(name="sciq", fingerprint="f" * 64)
+    by_id = {r.id: r for r in library.list()}
+    assert [i for i, r in by_id.items() if trained_on(r, target, by_id)]  # type: ignore[arg-type] == listed
+    assert len(library.list(trained_on="ababab")) == 1 and [r.id for r in library.list(trained_on="sciq",
+                                                                                        kind="lora")] == listed
+
+
+def test_a_hand_made_lineage_is_read_as_saying_nothing(tmp_path, tiny_loras):
+    library = Library(tmp_path / "lib")
+    odd = library.add(tiny_loras[:1], lineage={"trained_on": "sciq", "merged_from": "sciq"})[0]
+    plain = library.add(tiny_loras[1:2], task="sciq")[0]
+    assert [r.id for r in library.list(trained_on="sciq")] == [plain.id] and odd.id != plain.id
