@@ -97,3 +97,24 @@ def test_a_run_writes_where_its_record_says(tmp_path, tiny_base, tiny_loras, mc_
     assert not (work / "~").exists() and (out / "summary.json").is_file()
     assert yaml.safe_load((out / "run_config.yaml").read_text())["out"] == str(out)
     assert json.loads((out / "mashup" / "result.json").read_text())["out"] == str(out / "mashup")
+
+
+def test_a_recorded_config_run_on_other_data_takes_that_datas_name(tmp_path):
+    """A run's run_config.yaml names its target; given with --data of another target, the name is that one's."""
+    from mashup.cli_run import run_config
+
+    config = tmp_path / "run_config.yaml"
+    config.write_text(yaml.safe_dump({"base": "b", "out": "o", "data": {"data": str(tmp_path / "foo.jsonl"),
+                                                                       "name": "foo"}}))
+    assert run_config(config, {}, {"data": {"data": "sciq"}}).data.name is None
+    assert run_config(config, {}, {"data": {"data": "sciq", "name": "mine"}}).data.name == "mine"
+    assert run_config(config, {}, {}).data.name == "foo"
+
+
+def test_a_target_given_as_the_working_dir_is_named_after_it(tmp_path, monkeypatch):
+    from mashup.config import DataConfig
+    from mashup.data.target import file_target_name
+
+    (tmp_path / "mydata").mkdir()
+    monkeypatch.chdir(tmp_path / "mydata")
+    assert file_target_name(DataConfig(data=".")) == "mydata"

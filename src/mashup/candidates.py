@@ -18,7 +18,7 @@ from mashup.config import MergeConfig
 from mashup.data.target import TargetData
 from mashup.errors import MashupError, listed
 from mashup.library import BaseMatcher, CheckpointRecord, Library, incompatibility, partition_compatible
-from mashup.library.catalog import trained_on_data
+from mashup.library.lineage import trained_on_data, trained_on_ids, untraceable_ids
 from mashup.merging import merge_compatibility, reference_key
 from mashup.merging.compat import method_and_mode
 from mashup.library.identity import BaseMemo
@@ -73,25 +73,6 @@ def target_lineage(record: CheckpointRecord, target: TargetData,
                 reached_from[parent.id] = current
                 queue.append(parent)
     return None
-
-
-def untraced(records: Iterable[CheckpointRecord], by_id: Mapping[str, CheckpointRecord]) -> list[CheckpointRecord]:
-    """The records whose lineage reaches, through ``merged_from`` at any depth, a checkpoint not in ``by_id``
-    (removed from the library since, or merged in another): whether it saw a target cannot be told."""
-    return [r for r in records if _reaches_missing(r, by_id)]
-
-
-def _reaches_missing(record: CheckpointRecord, by_id: Mapping[str, CheckpointRecord]) -> bool:
-    seen, queue = {record.id}, deque([record])  # ``seen`` also guards a cycle (a hand-made lineage)
-    while queue:
-        for parent_id in queue.popleft().merged_from:
-            parent = by_id.get(parent_id)
-            if parent is None:
-                return True
-            if parent_id not in seen:
-                seen.add(parent_id)
-                queue.append(parent)
-    return False
 
 
 def exclusion_reason(chain: Sequence[CheckpointRecord], target: TargetData) -> str:
@@ -153,7 +134,8 @@ def find_candidates(library: Library, base: str, kind: str, target: TargetData, 
     in_scope = [r for r in everything if among is None or r.id in among]
     fresh, stale = library.fresh(in_scope)
     by_id = {r.id: r for r in everything}  # lineage is followed through the whole library, not ``among`` alone
-    chains = {} if include_target else {r.id: target_lineage(r, target, by_id) for r in fresh}
+    saw = set() if include_target else trained_on_ids(everything, target.name, target.fingerprint)
+    chains = {r.id: target_lineage(r, target, by_id) for r in fresh if r.id in saw}  # for the reasons only
     compatible, rejected = partition_compatible(fresh, base, kind, lora_mode=lora_mode or "ab", base_id=base_id)
     other_kinds = _other_kinds([r for r, _ in rejected if chains.get(r.id) is None], base, kind,
                                base_id)  # fresh ones, that the other kind would not leave out as the target's
@@ -162,11 +144,16 @@ def find_candidates(library: Library, base: str, kind: str, target: TargetData, 
     mergeable, refused = _mergeable([r for r in compatible if chains.get(r.id) is None], merge)
     found = Candidates(mergeable, [{"id": r.id, "reason": reason} for r, reason in rejected + refused],
                        [{"id": r.id, "reason": exclusion_reason(chains[r.id], target)} for r in leaking], other_kinds,
-                       [] if include_target else [r.id for r in untraced(mergeable, by_id)])
+                       [] if include_target else _untraced(mergeable, everything))
     if log_rejected:
         log_left_out([found])
     _log_leaks([chains[r.id] for r in leaking], target, include_hint)
     return found
+
+
+def _untraced(candidates: Sequence[CheckpointRecord], everything: Sequence[CheckpointRecord]) -> list[str]:
+    untraceable = untraceable_ids(everything)
+    return [r.id for r in candidates if r.id in untraceable]
 
 
 def _log_leaks(chains: Sequence[list[CheckpointRecord]], target: TargetData, include_hint: str | None) -> None:

@@ -123,12 +123,27 @@ def library_list(task: Annotated[Optional[str], _filter("--task", "only checkpoi
     """List registered checkpoints, filtered by task, base, kind and lineage."""
     from mashup.library import Library
 
+    name, fingerprint = _trained_on_target(trained_on)
     records = Library.existing(library).list(task=task, base=base, kind=kind, merged_from=merged_from,
-                                             trained_on=trained_on)
+                                             trained_on=name, trained_on_fingerprint=fingerprint)
     table = Table("id", "kind", "task", "base", "r", "path")
     for r in records:
         table.add_row(r.id, r.kind, r.task or "", r.base_model, str(r.lora_r or ""), r.path)
     emit([{k: v for k, v in r.to_dict().items() if k != "shapes"} for r in records], as_json, table)
+
+
+def _trained_on_target(wanted: str | None) -> tuple[str | None, str | None]:
+    """``--trained-on`` as selection would see that target: a named task or a data file gives its target's name and
+    data fingerprint (what `library add --trained-on` records); anything else is a task name or fingerprint prefix."""
+    from mashup.data.target import load_target
+    from mashup.data.tasks import get_task, is_task_name
+
+    # a task without its offline copy is not fetched for a listing: its name is what there is to match
+    task = is_task_name(wanted or "") and get_task(str(wanted)).has_offline()
+    if wanted is None or not (task or Path(wanted).expanduser().exists()):
+        return wanted, None
+    target = load_target(DataConfig(data=wanted))
+    return target.name, target.fingerprint
 
 
 @library_app.command("show")

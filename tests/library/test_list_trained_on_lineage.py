@@ -21,7 +21,7 @@ def test_trained_on_follows_merged_from_as_selection_does(tmp_path, tiny_loras):
     assert listed == [source.id, merged.id, run.id]
     target = SimpleNamespace(name="sciq", fingerprint="f" * 64)
     by_id = {r.id: r for r in library.list()}
-    assert [i for i, r in by_id.items() if trained_on(r, target, by_id)]  # type: ignore[arg-type] == listed
+    assert [i for i, r in by_id.items() if trained_on(r, target, by_id)] == listed  # type: ignore[arg-type]
     assert len(library.list(trained_on="ababab")) == 1 and [r.id for r in library.list(trained_on="sciq",
                                                                                         kind="lora")] == listed
 
@@ -31,3 +31,25 @@ def test_a_hand_made_lineage_is_read_as_saying_nothing(tmp_path, tiny_loras):
     odd = library.add(tiny_loras[:1], lineage={"trained_on": "sciq", "merged_from": "sciq"})[0]
     plain = library.add(tiny_loras[1:2], task="sciq")[0]
     assert [r.id for r in library.list(trained_on="sciq")] == [plain.id] and odd.id != plain.id
+
+
+def test_a_trained_on_task_or_file_lists_what_was_added_with_it(tmp_path, tiny_loras, capsys, monkeypatch):
+    """`library add --trained-on FILE` records the data's fingerprint (no task): `library list --trained-on` of that
+    file (any copy of its rows) lists it, as selection for that target leaves it out."""
+    import json
+
+    from tests.conftest import write_mc_jsonl
+    from tests.test_cli import run_cli
+
+    data = write_mc_jsonl(tmp_path / "foo.jsonl", 20)
+    lib = tmp_path / "lib"
+    out, _ = run_cli(["library", "add", tiny_loras[0], "--trained-on", data, "--library", lib, "--json"], capsys,
+                     monkeypatch)
+    (added,) = json.loads(out)
+    run_cli(["library", "add", tiny_loras[1], "--library", lib], capsys, monkeypatch)
+    copy = tmp_path / "elsewhere.jsonl"
+    copy.write_text(data.read_text())
+    for wanted in (str(data), str(copy)):
+        out, _ = run_cli(["library", "list", "--trained-on", wanted, "--library", lib, "--json"], capsys,
+                         monkeypatch)
+        assert [r["id"] for r in json.loads(out)] == [added], wanted

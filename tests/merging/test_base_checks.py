@@ -37,7 +37,8 @@ def test_the_checkpoints_own_base_changed_on_disk_says_so(tmp_path, tiny_base, t
         merge(ids, MergeConfig(), tmp_path / "out", library.directory)
     line = caught.value.line()
     assert "holds other weights than when this checkpoint was registered" in line
-    assert "restore it, or register the checkpoints again" in line and "--base" not in line
+    assert "restore the base dir's weights" in line and "--base" not in line
+    assert f"only if {ids[0]}, {ids[1]} were fine-tuned from its new weights, register them again" in line
     assert not (tmp_path / "out").exists()
 
 

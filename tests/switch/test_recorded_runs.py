@@ -96,7 +96,7 @@ def test_the_ordered_fingerprint_follows_the_file_order(tmp_path) -> None:
 
 # two edits or more from 'aligned' (English words among them), or built on the word: labels
 @pytest.mark.parametrize("role", ["base", "expert ", "teacher", "pretrained", "aligned-sft", "unaligned", "misaligned",
-                                  "align", "aligns", "signed", "assigned", "alignment", "Align"])
+                                  "aligns", "signed", "assigned", "alignment", "alig", "Alig"])
 def test_any_other_role_is_a_label(tiny_base, role: str) -> None:
     assert CandidateConfig(model=str(tiny_base), role=role).role == role
 

@@ -16,6 +16,7 @@ from mashup.library.base_shapes import BaseShapes
 from mashup.library.db import ensure_table, read_connection, select_rows, write_transaction
 from mashup.library.freshness import Freshness, check_freshness, parallel_map
 from mashup.library.identity import BaseMatcher
+from mashup.library.lineage import FINGERPRINT_PREFIX_MIN, trained_on_ids
 from mashup.library.records import CheckpointRecord, discover_checkpoints, inspect_to_register
 from mashup.library.registration import (Added, Progress, check_at_paths, checks_of_registered, complete_records,
                                          inspect_new, log_skipped, refuse_at_paths, sort_records,
@@ -193,18 +194,24 @@ class Library:
         return [row["path"] for row in rows if isinstance(row["path"], str)]
 
     def list(self, *, base: str | None = None, kind: str | None = None, task: str | None = None,
-             merged_from: str | None = None, trained_on: str | None = None) -> list[CheckpointRecord]:
+             merged_from: str | None = None, trained_on: str | None = None,
+             trained_on_fingerprint: str | None = None) -> list[CheckpointRecord]:
         """Registered checkpoints, filtered: ``base`` by content identity (or spelling), ``merged_from`` by an id
-        (prefix) in the lineage, ``trained_on`` by task or data fingerprint (prefix), itself or through merged_from
-        (``trained_on_data``, as selection). A row that cannot be read is left out with a warning (``entries``)."""
+        (prefix) in the lineage, ``trained_on`` by task or data fingerprint (a prefix of 6+ characters, or
+        ``trained_on_fingerprint``), itself or through merged_from (``lineage.trained_on_ids``, as selection). A row
+        that cannot be read is left out with a warning (``entries``)."""
         check_kind(kind)
-        clauses = {"kind = ?": kind, "task = ?": task}
-        where = [c for c, v in clauses.items() if v is not None]
-        records = self._select(("WHERE " + " AND ".join(where)) if where else "",
-                               tuple(v for v in clauses.values() if v is not None))
-        if trained_on is not None:
-            saw = _trained_on_ids(self._select("", ()) if where else records, trained_on)
-            records = [r for r in records if r.id in saw]
+        if trained_on is not None or trained_on_fingerprint is not None:  # lineage needs every record: one read
+            everything = self._select("", ())
+            fingerprint = trained_on_fingerprint or (trained_on if len(trained_on or "") >= FINGERPRINT_PREFIX_MIN
+                                                     else None)
+            saw = trained_on_ids(everything, trained_on, fingerprint)
+            records = [r for r in everything if r.id in saw and kind in (None, r.kind) and task in (None, r.task)]
+        else:
+            clauses = {"kind = ?": kind, "task = ?": task}
+            where = [c for c, v in clauses.items() if v is not None]
+            records = self._select(("WHERE " + " AND ".join(where)) if where else "",
+                                   tuple(v for v in clauses.values() if v is not None))
         if base is not None:
             matcher = BaseMatcher(base)
             records = [r for r in records if matcher.mismatch(r) is None]
@@ -279,21 +286,3 @@ class Library:
         for check in checks:
             if check.new_stats:
                 check.record.file_stats = check.new_stats
-
-
-def trained_on_data(record: CheckpointRecord, task: str | None, fingerprint: str | None = None) -> bool:
-    """Whether the checkpoint itself was trained on ``task`` (its task, or its lineage's ``trained_on`` one) or on
-    data whose fingerprint starts with ``fingerprint``: what selection leaves out for a target (mashup.candidates)."""
-    trained = record.lineage.get("trained_on") if isinstance(record.lineage.get("trained_on"), dict) else {}
-    prints = [p for p in (record.data_fingerprint, trained.get("data_fingerprint")) if isinstance(p, str)]
-    return (task is not None and task in (record.task, trained.get("task"))) or \
-        any(fingerprint and p.startswith(fingerprint) for p in prints)
-
-
-def _trained_on_ids(records: Sequence[CheckpointRecord], wanted: str) -> set[str]:
-    """Ids of ``records`` trained on ``wanted`` (a task, or a 6+ character fingerprint prefix), or merged from one."""
-    saw = {r.id for r in records if trained_on_data(r, wanted, wanted if len(wanted) >= 6 else None)}
-    parents = {r.id: set(r.merged_from) for r in records if r.merged_from}
-    while more := {i for i, ids in parents.items() if i not in saw and not saw.isdisjoint(ids)}:
-        saw |= more
-    return saw

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from mashup.config import LoraMode, MergeConfig
-from mashup.errors import MashupError, MergeError
+from mashup.errors import MashupError, MergeError, listed
 from mashup.library.identity import BaseMatcher, BaseMemo, record_base, same_record_base
 from mashup.library.lora_config import is_factor
 from mashup.library.records import CheckpointRecord
@@ -185,16 +185,19 @@ def check_base(records: Sequence[CheckpointRecord], base: str, identity: str | N
     mismatch means it changed on disk since they were registered); ``identity`` is its content identity where the
     caller has it."""
     matcher = BaseMatcher(base, identity)
-    for record in records:
-        reason = matcher.mismatch(record)
-        if reason is not None:
-            own = f"identity {matcher.identity[:12]}" if matcher.identity else "identity unresolved"
-            fix = ("merge checkpoints with the base they were fine-tuned from (leave --base out to use theirs)"
-                   if given else f"restore it, or register the checkpoints again (`mashup library remove "
-                   f"{record.id}`, then `library add`)")
-            raise MergeError(f"base '{base}' ({own}) is not the base model of checkpoint "
-                             f"{_base_text(record)}: {reason}",
-                             None, fix)
+    reasons = {record.id: reason for record in records if (reason := matcher.mismatch(record)) is not None}
+    if not reasons:
+        return
+    record = next(r for r in records if r.id in reasons)
+    own = f"identity {matcher.identity[:12]}" if matcher.identity else "identity unresolved"
+    # a base changed on disk: merging against it takes task vectors from weights the checkpoints never started
+    # from, so registering them again is right only if they were fine-tuned from the new weights
+    fix = ("merge checkpoints with the base they were fine-tuned from (leave --base out to use theirs)" if given
+           else f"restore the base dir's weights (identity {str(record.base_identity)[:12]} when registered); only "
+           f"if {listed(list(reasons))} were fine-tuned from its new weights, register them again (`mashup library "
+           "remove ID`, then `library add`)")
+    raise MergeError(f"base '{base}' ({own}) is not the base model of checkpoint {_base_text(record)}: "
+                     f"{reasons[record.id]}", None, fix)
 
 
 def _check_references(records: Sequence[CheckpointRecord], lora_mode: LoraMode | None) -> None:

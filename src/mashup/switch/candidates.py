@@ -16,13 +16,13 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from transformers.generation.logits_process import TemperatureLogitsWarper, TopPLogitsWarper
 
-from mashup.errors import CheckpointError
+from mashup.errors import CheckpointError, MashupError
 from mashup.library import Library
 from mashup.config import Precision
 from mashup.model_checks import require_registered_dir
 from mashup.models import (autocast, default_device, load_model, load_tokenizer, merged_adapter, resolve_base_dir,
                            resolve_precision)
-from mashup.switch.config import CandidateConfig, GenerationConfig
+from mashup.switch.config import CandidateConfig, GenerationConfig, resolved_candidate
 
 logger = logging.getLogger(__name__)
 DECODE_CONTEXT = 8  # tokens decoded before a segment so that its leading space / merged bytes come out right
@@ -183,3 +183,23 @@ def load_candidates(configs: list[CandidateConfig], library: str | None = None,
         logger.info("loaded candidate %s (%s, chat template: %s)", config.label(), config.role,
                     candidates[-1].chat)
     return candidates
+
+
+def recorded_candidates(configs: list[CandidateConfig], library: str | None = None, *,
+                        required: bool = True) -> list[CandidateConfig]:
+    """The candidates as a collect or a training records them (:func:`resolved_candidate`), with each checkpoint
+    id (or prefix) given as the full id it resolves to, so that a later library's new id sharing the prefix is not
+    taken for it. Without ``required`` a library that cannot resolve them (gone, or moved) leaves the ids as
+    given."""
+    resolved = [resolved_candidate(c) for c in configs]
+    if not any(c.checkpoint for c in configs):
+        return resolved
+    try:
+        catalog = Library.existing(library)
+        return [c.model_copy(update={"checkpoint": catalog.get(c.checkpoint).id}) if c.checkpoint else c
+                for c in resolved]
+    except MashupError:
+        if required:
+            raise
+        logger.debug("checkpoint ids recorded as given: library %s does not resolve them", library)
+        return resolved

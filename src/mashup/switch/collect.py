@@ -29,9 +29,8 @@ from mashup.config import load_config, save_config
 from mashup.data.schema import sample
 from mashup.errors import MashupError
 from mashup.io import write_json
-from mashup.switch.candidates import Candidate, load_candidates
-from mashup.switch.config import (SWITCH_CONFIG, CollectConfig, SwitchConfig, candidates_difference,
-                                  resolved_candidate)
+from mashup.switch.candidates import Candidate, load_candidates, recorded_candidates
+from mashup.switch.config import SWITCH_CONFIG, CollectConfig, SwitchConfig, candidates_difference
 from mashup.switch.generation import Plan, Segment, fixed, random_chooser, switch_generate
 from mashup.switch.rewards import Reward, build_reward, reward_name
 from mashup.switch.tasks import (SwitchItem, SwitchTask, load_switch_task, ordered_task_fingerprint,
@@ -161,7 +160,9 @@ def _resumable(out: Path, config: SwitchConfig, collect_config: CollectConfig) -
     of the configs as they are."""
     if (out / COLLECT_CONFIG).exists():
         recorded = load_config(out / SWITCH_CONFIG, SwitchConfig)
-        difference = candidates_difference(recorded.candidates, config.candidates)
+        # paths as the resume compared them before they were recorded absolute: a relative one as the same string
+        difference = (candidates_difference(recorded.candidates, config.candidates, suffix_match=False)
+                      or _chat_difference(recorded, config))
         if difference is not None:
             raise MashupError(f"the output dir holds a collect of other candidates ({difference})", str(out),
                               "resume with the same candidates in the same order, or choose another --out")
@@ -174,6 +175,13 @@ def _resumable(out: Path, config: SwitchConfig, collect_config: CollectConfig) -
     if out.exists() and (not out.is_dir() or not all(_started(p.name) for p in out.iterdir())):
         raise MashupError("output directory already exists and is not a collect", str(out), "choose another --out")
     return False
+
+
+def _chat_difference(recorded: SwitchConfig, config: SwitchConfig) -> str | None:
+    """The first candidate whose chat_template differs: it changes the prompts (names and role labels do not)."""
+    return next((f"candidate {i} ({old.label()}): chat_template {old.chat_template} recorded, {new.chat_template} "
+                 "in the config" for i, (old, new) in enumerate(zip(recorded.candidates, config.candidates))
+                 if old.chat_template != new.chat_template), None)
 
 
 def _started(name: str) -> bool:
@@ -216,7 +224,7 @@ def _start(out: Path, config: SwitchConfig, collect_config: CollectConfig, task_
     for stale in out.glob(".*.tmp"):  # a config write an earlier, killed start cut short
         stale.unlink()
     # the candidates as `switch train` records them: a resume or a training from another working dir reads the same
-    save_config(config.model_copy(update={"candidates": [resolved_candidate(c) for c in config.candidates]}),
+    save_config(config.model_copy(update={"candidates": recorded_candidates(config.candidates, config.library)}),
                 out / SWITCH_CONFIG)
     write_version(out)
     write_json(out / TASK_DATA, task_data)

@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BeforeValidator, Field, field_validator, model_validator
 
 from mashup.config import BASE_SPELLINGS, NAMED_BASES, Finite, Precision, StageConfig, TrainConfig
-from mashup.library.identity import same_spelling, stored_base
+from mashup.library.identity import stored_base
 
 logger = logging.getLogger(__name__)
 ALIGNED = "aligned"
@@ -39,8 +39,11 @@ class CandidateConfig(StageConfig):
         """Only 'aligned' changes what a candidate does, so a near miss of it would silently be a label."""
         folded = role.strip().lower()
         # a label built on the word ("unaligned", "aligned-sft") is a label, and so is a word two edits away
-        # ("align", "signed"); "Aligned", "aligned ", "aligend", "alined" are near misses
-        if role != ALIGNED and (folded == ALIGNED or ALIGNED not in folded and _edit_distance(folded, ALIGNED) == 1):
+        # ("signed"); "Aligned", "aligned ", "aligend", "alined" are near misses
+        # a cut-short "aligned" of 5+ letters ("align", "Aligne") would be a label too, leaving no aligned candidate
+        cut_short = len(folded) >= 5 and ALIGNED.startswith(folded)
+        near = ALIGNED not in folded and _edit_distance(folded, ALIGNED) == 1
+        if role != ALIGNED and (folded == ALIGNED or cut_short or near):
             raise ValueError(f"role '{role}' reads as a misspelt '{ALIGNED}' (the one role that changes what a "
                              f"candidate does: it writes the first and last segments); write '{ALIGNED}', or a "
                              "label further from it")
@@ -90,15 +93,25 @@ def _same_checkpoint(recorded: str | None, given: str | None) -> bool:
     return len(shorter) >= MIN_ID_PREFIX and longer.startswith(shorter)
 
 
-def _same_model(recorded: str | None, given: str | None) -> bool:
+def _same_model(recorded: str | None, given: str | None, *, suffix_match: bool = True) -> bool:
     """``_same_place`` for a base, where a named model (``smollm2-135m``) is never a dir of that name: a candidate's
     load (``resolve_base_dir``) takes the name for the named model even where such a dir exists."""
     if recorded is not None and given is not None and (recorded in NAMED_BASES) != (given in NAMED_BASES):
         return False
-    return _same_place(recorded, given)
+    return _same_place(recorded, given, suffix_match=suffix_match)
 
 
-def _same_place(recorded: str | None, given: str | None) -> bool:
+def _same_path(a: str, b: str) -> bool:
+    """Whether two spellings name one dir: equal strings, or local paths resolving alike (no named-model rule: an
+    adapter is always a dir, whatever its name)."""
+    if a == b:
+        return True
+    if any(s.startswith(("/", ".", "~")) or Path(s).expanduser().exists() for s in (a, b)):
+        return Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
+    return False
+
+
+def _same_place(recorded: str | None, given: str | None, *, suffix_match: bool = True) -> bool:
     """Whether a recorded model or adapter spelling names the given one: equal, or the same dir resolved (the
     library's spelling rule).
 
@@ -106,12 +119,20 @@ def _same_place(recorded: str | None, given: str | None) -> bool:
     so did `switch train`) was relative to a working dir that is not known: it matches a given dir whose path
     ends with it (``models/m1`` matches ``/work/proj/models/m1``), the most that can be compared. A recorded Hub
     id (``org/model``) reads as such a path too, so it matches a local dir ending in ``org/model``: left so, as
-    a dir of that name is almost always that model's download.
+    a dir of that name is almost always that model's download. Without ``suffix_match`` (a collect's resume,
+    which compared exact strings before it recorded paths absolute) a relative recorded path must be the given
+    spelling itself.
     """
     if recorded is None or given is None:
         return recorded == given
-    if same_spelling(recorded, given):
+    if recorded == given:
         return True
+    if not suffix_match and not Path(recorded).expanduser().is_absolute():
+        return False
+    if _same_path(recorded, given):
+        return True
+    if not suffix_match:
+        return False
     here = Path(given).expanduser()
     here = here.resolve() if here.exists() else here
     parts = [part for part in Path(recorded).parts if part not in (".", "..")]
@@ -123,14 +144,17 @@ def _same_place(recorded: str | None, given: str | None) -> bool:
     return same
 
 
-def candidates_difference(recorded: Sequence[CandidateConfig], given: Sequence[CandidateConfig]) -> str | None:
+def candidates_difference(recorded: Sequence[CandidateConfig], given: Sequence[CandidateConfig], *,
+                          suffix_match: bool = True) -> str | None:
     """The first way ``given`` differs from ``recorded`` in what a label's (or a switcher digit's) index stands
     for: the candidate's weights (checkpoint id, model, adapter) and whether it is the aligned one; None when the
-    same. Names and other role labels are only labels, and are not compared."""
+    same. Names and other role labels are only labels, and are not compared. ``suffix_match``: a relative
+    recorded path matches a given dir ending with it (see ``_same_place``)."""
     for index, (old, new) in enumerate(zip(recorded, given)):
         fields = {"checkpoint": (old.checkpoint, new.checkpoint, _same_checkpoint(old.checkpoint, new.checkpoint)),
-                  "model": (old.model, new.model, _same_model(old.model, new.model)),
-                  "adapter": (old.adapter, new.adapter, _same_place(old.adapter, new.adapter)),
+                  "model": (old.model, new.model, _same_model(old.model, new.model, suffix_match=suffix_match)),
+                  "adapter": (old.adapter, new.adapter,
+                              _same_place(old.adapter, new.adapter, suffix_match=suffix_match)),
                   "role": (old.role, new.role, (old.role == ALIGNED) == (new.role == ALIGNED))}
         for field, (was, now, same) in fields.items():
             if not same:

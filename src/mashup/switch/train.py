@@ -20,7 +20,8 @@ from mashup.io import atomic_output_dir, write_json
 from mashup.library.identity import stored_base
 from mashup.models import default_device, load_tokenizer, resolve_base_dir, resolve_precision
 from mashup.switch.collect import ROLLOUTS, labelled_instances
-from mashup.switch.config import SWITCH_CONFIG, SwitchConfig, candidates_difference, resolved_candidate
+from mashup.switch.candidates import recorded_candidates
+from mashup.switch.config import SWITCH_CONFIG, SwitchConfig, candidates_difference
 from mashup.switch.generation import Segment
 from mashup.switch.switcher import switcher_request
 from mashup.training import ProgressFn, prepare_model, save_trained, total_steps, train
@@ -119,7 +120,8 @@ def recorded_config(config: SwitchConfig, base: str, out: str | Path) -> SwitchC
     adapter absolute."""
     adapter = str(_absolute(out) / "adapter")
     switcher = config.switcher.model_copy(update={"model": stored_base(base), "adapter": adapter})
-    return config.model_copy(update={"candidates": [resolved_candidate(c) for c in config.candidates],
+    candidates = recorded_candidates(config.candidates, config.library, required=False)
+    return config.model_copy(update={"candidates": candidates,
                                      "switcher": switcher})
 
 
