@@ -118,3 +118,22 @@ def test_a_target_given_as_the_working_dir_is_named_after_it(tmp_path, monkeypat
     (tmp_path / "mydata").mkdir()
     monkeypatch.chdir(tmp_path / "mydata")
     assert file_target_name(DataConfig(data=".")) == "mydata"
+
+
+def test_a_target_given_as_the_parent_dir_is_named_after_it(tmp_path, monkeypatch):
+    from mashup.config import DataConfig
+    from mashup.data.target import file_target_name
+
+    (tmp_path / "mydata" / "sub").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path / "mydata" / "sub")
+    assert [file_target_name(DataConfig(data=d)) for d in ("..", "../", "../sub/..")] == ["mydata"] * 3
+
+
+def test_a_test_file_or_the_same_data_keeps_a_configs_name(tmp_path):
+    from mashup.cli_run import run_config
+
+    data = tmp_path / "copy_of_sciq.jsonl"
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump({"base": "b", "out": "o", "data": {"data": str(data), "name": "sciq"}}))
+    assert run_config(config, {}, {"data": {"test": str(tmp_path / "heldout.jsonl")}}).data.name == "sciq"
+    assert run_config(config, {}, {"data": {"data": str(data)}}).data.name == "sciq"

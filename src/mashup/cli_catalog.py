@@ -138,11 +138,14 @@ def _trained_on_target(wanted: str | None) -> tuple[str | None, str | None]:
     from mashup.data.target import load_target
     from mashup.data.tasks import get_task, is_task_name
 
-    # a task without its offline copy is not fetched for a listing: its name is what there is to match
-    task = is_task_name(wanted or "") and get_task(str(wanted)).has_offline()
-    if wanted is None or not (task or Path(wanted).expanduser().exists()):
+    if not wanted or (is_task_name(wanted) and not get_task(wanted).has_offline()):
+        return wanted, None  # a task without its offline copy is not fetched for a listing: its name is matched
+    if not is_task_name(wanted) and not Path(wanted).expanduser().exists():
         return wanted, None
-    target = load_target(DataConfig(data=wanted))
+    try:
+        target = load_target(DataConfig(data=wanted))
+    except MashupError:  # a dir or file that is no data (an adapter dir named after its task): a name to match
+        return wanted, None
     return target.name, target.fingerprint
 
 

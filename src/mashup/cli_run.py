@@ -112,12 +112,12 @@ def _validated(raw: dict[str, Any], config_file: Path | None, flagged: set[str])
 
 
 def _merge_section(raw: dict[str, Any], section: str, flags: dict[str, Any]) -> None:
-    """The flags given for one config section over the file's values (a non-mapping is left for validation). Data
-    given on the command line is another target: the file's name for its own data (a run's recorded config writes
-    it out) no longer applies, unless --name is given too."""
+    """The flags given for one config section over the file's values (a non-mapping is left for validation). Other
+    train data given on the command line is another target: the file's name for its own data (a run's recorded
+    config writes it out) no longer applies, unless --name is given too (a --test file names nothing)."""
     current = raw.setdefault(section, {})
     if isinstance(current, dict):
-        if section == "data" and {"data", "train", "test"} & set(flags):
+        if section == "data" and any(key in flags and flags[key] != current.get(key) for key in ("data", "train")):
             current.pop("name", None)
         current.update(flags)
 

@@ -53,3 +53,20 @@ def test_a_trained_on_task_or_file_lists_what_was_added_with_it(tmp_path, tiny_l
         out, _ = run_cli(["library", "list", "--trained-on", wanted, "--library", lib, "--json"], capsys,
                          monkeypatch)
         assert [r["id"] for r in json.loads(out)] == [added], wanted
+
+
+def test_a_trained_on_name_that_is_also_a_dir_here_is_a_name(tmp_path, tiny_loras, capsys, monkeypatch):
+    """An adapter dir named after its task (or any dir that is no data) is not read as data: the name is matched."""
+    import json
+    import shutil
+
+    from tests.test_cli import run_cli
+
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(tiny_loras[0], tmp_path / "mytask")
+    (tmp_path / "mathqa").mkdir()  # a task without its offline copy, beside a dir of its name: nothing fetched
+    lib = tmp_path / "lib"
+    out, _ = run_cli(["library", "add", "mytask", "--task", "mytask", "--library", lib, "--json"], capsys, monkeypatch)
+    for wanted, expected in (("mytask", json.loads(out)), ("./mytask", []), ("mathqa", []), (".", [])):
+        out, _ = run_cli(["library", "list", "--trained-on", wanted, "--library", lib, "--json"], capsys, monkeypatch)
+        assert [r["id"] for r in json.loads(out)] == expected, wanted

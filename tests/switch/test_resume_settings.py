@@ -117,6 +117,25 @@ def test_collect_and_train_record_a_checkpoint_prefix_as_its_full_id(trio, tiny_
     assert trained.candidates[1].checkpoint == record.id
 
 
+def test_a_short_checkpoint_prefix_resumes_and_trains_on_its_full_record(trio, tiny_base, expert_lora,
+                                                                         tmp_path) -> None:
+    """A config naming a checkpoint by a prefix shorter than the comparison's minimum (any unique prefix loads) is
+    the record's full id, resolved through the library, when a resume or a training compares them."""
+    from mashup.switch.train import _require_same_candidates
+
+    library = tmp_path / "lib"
+    record = Library(library).add([expert_lora])[0]
+    config = SwitchConfig(candidates=[CandidateConfig(model=str(tiny_base), role="aligned", name="a"),
+                                      CandidateConfig(checkpoint=record.id[:3], name="b")],
+                          generation=generation(segment_tokens=3, max_new_tokens=12), library=str(library))
+    out = tmp_path / "col"
+    collect(config, SETTINGS, out, candidates=trio[:2], task=TASK)
+    cut_back(out)
+    collect(config, SETTINGS, out, candidates=trio[:2], task=TASK)
+    assert (out / "summary.json").is_file()
+    _require_same_candidates(config, out)
+
+
 # --- an adapter dir is a dir, whatever its name ---
 
 def test_an_adapter_dir_named_as_a_named_model_matches_itself(tmp_path, tiny_base, monkeypatch) -> None:

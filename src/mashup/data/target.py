@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -95,8 +96,8 @@ def recorded_data_config(config: DataConfig) -> DataConfig:
 def file_target_name(config: DataConfig) -> str:
     """A file target's name: the file's stem, or its directory's name for files called train/test/data."""
     path = Path(config.train or config.data)
-    if not path.stem:  # "." (a saved dataset dir, from inside it): the dir's own name
-        path = path.expanduser().absolute()
+    if path.name in ("", ".", ".."):  # "." or ".." (a saved dataset dir, from inside or below it): that dir's name
+        path = Path(os.path.normpath(path.expanduser().absolute()))
     generic = {"train", "test", "validation", "val", "dev", "data", "all"}
     return path.parent.name if path.stem.lower() in generic and path.parent.name else path.stem
 

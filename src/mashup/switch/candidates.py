@@ -9,6 +9,7 @@ candidate writing consecutive segments therefore generates exactly as it would a
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -191,15 +192,22 @@ def recorded_candidates(configs: list[CandidateConfig], library: str | None = No
     id (or prefix) given as the full id it resolves to, so that a later library's new id sharing the prefix is not
     taken for it. Without ``required`` a library that cannot resolve them (gone, or moved) leaves the ids as
     given."""
-    resolved = [resolved_candidate(c) for c in configs]
+    return with_full_ids([resolved_candidate(c) for c in configs], library, required=required)
+
+
+def with_full_ids(configs: Sequence[CandidateConfig], library: str | None = None, *,
+                  required: bool = False) -> list[CandidateConfig]:
+    """``configs`` with each checkpoint id prefix given as the full id ``library`` resolves it to (a config naming
+    ``c8c3`` is the one a record names ``c8c3678c9135``); without ``required`` ids the library cannot resolve (it is
+    gone, or moved) stay as given."""
     if not any(c.checkpoint for c in configs):
-        return resolved
+        return list(configs)
     try:
         catalog = Library.existing(library)
         return [c.model_copy(update={"checkpoint": catalog.get(c.checkpoint).id}) if c.checkpoint else c
-                for c in resolved]
+                for c in configs]
     except MashupError:
         if required:
             raise
-        logger.debug("checkpoint ids recorded as given: library %s does not resolve them", library)
-        return resolved
+        logger.debug("checkpoint ids as given: library %s does not resolve them", library)
+        return list(configs)

@@ -29,7 +29,7 @@ from mashup.config import load_config, save_config
 from mashup.data.schema import sample
 from mashup.errors import MashupError
 from mashup.io import write_json
-from mashup.switch.candidates import Candidate, load_candidates, recorded_candidates
+from mashup.switch.candidates import Candidate, load_candidates, recorded_candidates, with_full_ids
 from mashup.switch.config import SWITCH_CONFIG, CollectConfig, SwitchConfig, candidates_difference
 from mashup.switch.generation import Plan, Segment, fixed, random_chooser, switch_generate
 from mashup.switch.rewards import Reward, build_reward, reward_name
@@ -156,12 +156,12 @@ def _parse_record(line: bytes) -> dict | None:
 
 def _resumable(out: Path, config: SwitchConfig, collect_config: CollectConfig) -> bool:
     """Whether ``out`` holds a collect with the same configs (to resume); False for a new or empty dir. Candidates
-    are compared as `switch train` compares them (by weights and alignment, paths by the dir they name), the rest
-    of the configs as they are."""
+    are compared by weights, alignment and chat template (``candidates_difference``), the rest as they are."""
     if (out / COLLECT_CONFIG).exists():
         recorded = load_config(out / SWITCH_CONFIG, SwitchConfig)
         # paths as the resume compared them before they were recorded absolute: a relative one as the same string
-        difference = (candidates_difference(recorded.candidates, config.candidates, suffix_match=False)
+        difference = (candidates_difference(recorded.candidates, with_full_ids(config.candidates, config.library),
+                                            suffix_match=False)
                       or _chat_difference(recorded, config))
         if difference is not None:
             raise MashupError(f"the output dir holds a collect of other candidates ({difference})", str(out),

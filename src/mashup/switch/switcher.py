@@ -25,6 +25,7 @@ from mashup.config import Precision, load_config
 from mashup.models import (autocast, default_device, load_model, load_tokenizer, merged_adapter, resolve_base_dir,
                            resolve_precision)
 from mashup.switch.config import SWITCH_CONFIG, CandidateConfig, SwitchConfig, candidates_difference
+from mashup.switch.candidates import with_full_ids
 from mashup.switch.generation import Segment, segment_generator
 
 logger = logging.getLogger(__name__)
@@ -143,7 +144,8 @@ def require_adapter_candidates(adapter: Path, candidates: Sequence[CandidateConf
     if not recorded_path.is_file():
         logger.debug("no %s beside the switcher adapter %s: its candidates are not checked", SWITCH_CONFIG, adapter)
         return
-    difference = candidates_difference(load_config(recorded_path, SwitchConfig).candidates, candidates)
+    recorded = load_config(recorded_path, SwitchConfig)
+    difference = candidates_difference(recorded.candidates, with_full_ids(candidates, recorded.library))
     if difference is not None:
         raise CheckpointError(f"the switcher adapter was trained for other candidates than the config's "
                               f"({difference})", str(adapter),

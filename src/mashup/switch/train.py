@@ -20,7 +20,7 @@ from mashup.io import atomic_output_dir, write_json
 from mashup.library.identity import stored_base
 from mashup.models import default_device, load_tokenizer, resolve_base_dir, resolve_precision
 from mashup.switch.collect import ROLLOUTS, labelled_instances
-from mashup.switch.candidates import recorded_candidates
+from mashup.switch.candidates import recorded_candidates, with_full_ids
 from mashup.switch.config import SWITCH_CONFIG, SwitchConfig, candidates_difference
 from mashup.switch.generation import Segment
 from mashup.switch.switcher import switcher_request
@@ -62,7 +62,8 @@ def _require_same_candidates(config: SwitchConfig, collect_dir: Path) -> None:
     if not recorded_path.is_file():
         raise MashupError(f"not a collect dir (no {SWITCH_CONFIG})", str(collect_dir),
                           "give the --out dir of `mashup switch collect`")
-    difference = candidates_difference(load_config(recorded_path, SwitchConfig).candidates, config.candidates)
+    difference = candidates_difference(load_config(recorded_path, SwitchConfig).candidates,
+                                       with_full_ids(config.candidates, config.library))
     if difference is not None:
         raise MashupError(f"the collect labelled other candidates than --config's ({difference})", str(collect_dir),
                           "train with the switch config the collect was made with, in the same order")
