@@ -35,7 +35,7 @@ class Candidates:
     """The checkpoints to rank, and the ones left out: ``rejected`` (cannot join) and ``excluded``
     (trained on the target), each as {"id", "reason"}; ``other_kinds`` counts, per kind, the rejected ones
     left out for their kind alone (they fit the base: a run of that kind could rank them); ``untraced`` names
-    the ranked ones whose lineage reaches a checkpoint no longer in the library (``untraced``)."""
+    the ranked ones whose lineage reaches a checkpoint no longer in the library (``lineage.untraceable_ids``)."""
 
     records: list[CheckpointRecord]
     rejected: list[dict[str, str]] = field(default_factory=list)

@@ -177,3 +177,18 @@ def test_help_says_an_empty_output_dir_is_accepted(tmp_path, tiny_loras, capsys,
     (tmp_path / "empty").mkdir()
     _merge(ids, lib, tmp_path / "empty", capsys, monkeypatch)
     assert (tmp_path / "empty" / "adapter_model.safetensors").exists()
+
+
+def test_a_setting_the_method_ignores_is_warned_of_once(tmp_path, tiny_base, tiny_fulls, capsys, monkeypatch,
+                                                        caplog):
+    """`mashup merge` checks the plan before it reads the base and writes the export from it too: each of those
+    builds the plan, and the warning is still said once, by the merge itself."""
+    lib = tmp_path / "lib"
+    ids = _add(tiny_fulls[:2], lib, capsys, monkeypatch, base=tiny_base)
+    with caplog.at_level("WARNING"):
+        _merge(ids, lib, tmp_path / "out", capsys, monkeypatch, "--density", "0.5", "--export-mergekit",
+               tmp_path / "merge.yaml")
+    said = [r.getMessage() for r in caplog.records if "density 0.5 is ignored by average" in r.getMessage()]
+    assert len(said) == 1, said
+    report = json.loads((tmp_path / "out" / "merge_report.json").read_text())
+    assert report["warnings"].count("density 0.5 is ignored by average") == 1

@@ -46,6 +46,16 @@ def write_text_atomic(path: Path, text: str) -> None:
         raise
 
 
+def same_path(a: str, b: str) -> bool:
+    """Whether two spellings name one file or dir, without reading it: equal strings, or local paths (spelled as
+    paths, or existing here) that resolve alike."""
+    if a == b:
+        return True
+    if any(s.startswith(("/", ".", "~")) or Path(s).expanduser().exists() for s in (a, b)):
+        return Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
+    return False
+
+
 def drop_json_field(path: Path, field: str) -> None:
     """Remove ``field`` from the JSON object at ``path`` (written again atomically), where it is there."""
     data = json.loads(path.read_text())

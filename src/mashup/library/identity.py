@@ -23,7 +23,7 @@ from mashup.config import NAMED_BASES
 from mashup.errors import CheckpointError, MashupError
 from mashup.hub import is_hub_id
 from mashup.io import loaded_weight_files, sha256_files, stat_files
-from mashup.io.files import local_absolute
+from mashup.io.files import local_absolute, same_path
 from mashup.library.db import ensure_table, read_connection, select_rows, write_transaction
 from mashup.library.records import CheckpointRecord, read_json_object
 
@@ -189,9 +189,7 @@ def same_spelling(a: str, b: str) -> bool:
         return True
     if (a in NAMED_BASES) != (b in NAMED_BASES):
         return False
-    if any(s.startswith(("/", ".", "~")) or Path(s).expanduser().exists() for s in (a, b)):
-        return Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
-    return False
+    return same_path(a, b)
 
 
 class BaseMatcher:

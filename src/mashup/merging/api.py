@@ -73,6 +73,8 @@ def merge_checkpoints(records: Sequence[CheckpointRecord], config: MergeConfig, 
     """
     start = time.perf_counter()
     plan = build_plan(records, config)
+    for message in plan.warnings:
+        logger.warning(message)
     base_info = _base_info(plan.records, base, Path(base_model_dir) if base_model_dir else None, base_id)
     statistics = compute_statistics(plan, Path(base_model_dir) if base_model_dir else None, calibration_batches)
     errors: dict[str, float] = {}

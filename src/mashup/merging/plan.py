@@ -147,7 +147,9 @@ def _check_weight_sum(method: MergeMethod, weights: Sequence[float], normalize: 
 
 
 def build_plan(records: Sequence[CheckpointRecord], config: MergeConfig) -> MergePlan:
-    """Check the inputs and resolve defaults; raises MergeError before any output exists."""
+    """Check the inputs and resolve defaults; raises MergeError before any output exists. Settings the method
+    ignores are noted in ``plan.warnings`` without being logged: callers that only check or export (``mashup
+    merge`` checks before it reads the base) would repeat them; ``merge_checkpoints`` logs them once."""
     records = list(records)
     if not records:
         raise MergeError("no checkpoints to merge", None, "select at least one (k >= 1)")
@@ -174,6 +176,5 @@ def build_plan(records: Sequence[CheckpointRecord], config: MergeConfig) -> Merg
         "weights": weights, "density": density, "normalize": normalize, "lora_mode": lora_mode,
         "lora_rank": plan.lora_rank if lora_mode == "delta" else None})
     mode_warnings = _mode_warnings(method, config, lora_mode) if lora_mode is not None else []
-    for message in mode_warnings + _setting_warnings(method, config, density):
-        plan.warn(message)
+    plan.warnings += mode_warnings + _setting_warnings(method, config, density)
     return plan

@@ -10,6 +10,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BeforeValidator, Field, field_validator, model_validator
 
 from mashup.config import BASE_SPELLINGS, NAMED_BASES, Finite, Precision, StageConfig, TrainConfig
+from mashup.io.files import same_path
 from mashup.library.identity import stored_base
 
 logger = logging.getLogger(__name__)
@@ -101,16 +102,6 @@ def _same_model(recorded: str | None, given: str | None, *, suffix_match: bool =
     return _same_place(recorded, given, suffix_match=suffix_match)
 
 
-def _same_path(a: str, b: str) -> bool:
-    """Whether two spellings name one dir: equal strings, or local paths resolving alike (no named-model rule: an
-    adapter is always a dir, whatever its name)."""
-    if a == b:
-        return True
-    if any(s.startswith(("/", ".", "~")) or Path(s).expanduser().exists() for s in (a, b)):
-        return Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
-    return False
-
-
 def _same_place(recorded: str | None, given: str | None, *, suffix_match: bool = True) -> bool:
     """Whether a recorded model or adapter spelling names the given one: equal, or the same dir resolved (the
     library's spelling rule).
@@ -129,7 +120,7 @@ def _same_place(recorded: str | None, given: str | None, *, suffix_match: bool =
         return True
     if not suffix_match and not Path(recorded).expanduser().is_absolute():
         return False
-    if _same_path(recorded, given):
+    if same_path(recorded, given):
         return True
     if not suffix_match:
         return False
